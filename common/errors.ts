@@ -1,0 +1,111 @@
+import { ClientError, ServerError, Status } from 'nice-grpc-common';
+
+/**
+ * Domain errors. Handlers throw only these; one table maps each to a gRPC status and an HTTP
+ * status so both faces of the coordinator agree.
+ */
+export type ErrorCode =
+  | 'INVALID_ARGUMENT'
+  | 'NOT_FOUND'
+  | 'ALREADY_EXISTS'
+  | 'FAILED_PRECONDITION'
+  | 'RESOURCE_EXHAUSTED'
+  | 'UNAUTHENTICATED'
+  | 'PERMISSION_DENIED'
+  | 'UNAVAILABLE'
+  | 'DEADLINE_EXCEEDED'
+  | 'CANCELLED'
+  | 'DATA_LOSS'
+  | 'INTERNAL';
+
+/** One row per code: the gRPC status and the HTTP status it maps to. */
+export const ERROR_TABLE: Readonly<Record<ErrorCode, { grpc: Status; http: number }>> = {
+  INVALID_ARGUMENT: { grpc: Status.INVALID_ARGUMENT, http: 400 },
+  NOT_FOUND: { grpc: Status.NOT_FOUND, http: 404 },
+  ALREADY_EXISTS: { grpc: Status.ALREADY_EXISTS, http: 409 },
+  FAILED_PRECONDITION: { grpc: Status.FAILED_PRECONDITION, http: 409 },
+  RESOURCE_EXHAUSTED: { grpc: Status.RESOURCE_EXHAUSTED, http: 429 },
+  UNAUTHENTICATED: { grpc: Status.UNAUTHENTICATED, http: 401 },
+  PERMISSION_DENIED: { grpc: Status.PERMISSION_DENIED, http: 403 },
+  UNAVAILABLE: { grpc: Status.UNAVAILABLE, http: 503 },
+  DEADLINE_EXCEEDED: { grpc: Status.DEADLINE_EXCEEDED, http: 504 },
+  CANCELLED: { grpc: Status.CANCELLED, http: 499 },
+  DATA_LOSS: { grpc: Status.DATA_LOSS, http: 500 },
+  INTERNAL: { grpc: Status.INTERNAL, http: 500 },
+};
+
+/** Base of every error Retrace raises on purpose. `field` names the offending input, when one does. */
+export class RetraceError extends Error {
+  readonly code: ErrorCode;
+  readonly field: string | undefined;
+
+  constructor(code: ErrorCode, message: string, options?: { field?: string; cause?: unknown }) {
+    super(options?.field ? `${options.field}: ${message}` : message, { cause: options?.cause });
+    this.name = 'RetraceError';
+    this.code = code;
+    this.field = options?.field;
+  }
+}
+
+/** Bad input; `field` is a path such as `events[3].step.used[0].content_hash`. */
+export class InvalidArgumentError extends RetraceError {
+  constructor(field: string, message: string, cause?: unknown) {
+    super('INVALID_ARGUMENT', message, { field, cause });
+    this.name = 'InvalidArgumentError';
+  }
+}
+
+export class NotFoundError extends RetraceError {
+  constructor(what: string, field?: string) {
+    super('NOT_FOUND', `${what} not found`, field === undefined ? {} : { field });
+    this.name = 'NotFoundError';
+  }
+}
+
+export class FailedPreconditionError extends RetraceError {
+  constructor(message: string, field?: string) {
+    super('FAILED_PRECONDITION', message, field === undefined ? {} : { field });
+    this.name = 'FailedPreconditionError';
+  }
+}
+
+export class UnavailableError extends RetraceError {
+  constructor(message: string, cause?: unknown) {
+    super('UNAVAILABLE', message, { cause });
+    this.name = 'UnavailableError';
+  }
+}
+
+export class DataLossError extends RetraceError {
+  constructor(message: string) {
+    super('DATA_LOSS', message);
+    this.name = 'DataLossError';
+  }
+}
+
+export function isRetraceError(err: unknown): err is RetraceError {
+  return err instanceof RetraceError;
+}
+
+/** Server side: a domain error becomes its gRPC status; anything else is for the caller to log and hide. */
+export function toServerError(err: RetraceError): ServerError {
+  return new ServerError(ERROR_TABLE[err.code].grpc, err.message);
+}
+
+const codeByStatus = new Map<Status, ErrorCode>(
+  (Object.entries(ERROR_TABLE) as [ErrorCode, { grpc: Status }][]).map(([code, row]) => [row.grpc, code]),
+);
+
+/** Client side: a gRPC status becomes the matching typed error, keeping the original as `cause`. */
+export function fromClientError(err: unknown): unknown {
+  if (!(err instanceof ClientError)) return err;
+  const code = codeByStatus.get(err.code) ?? 'INTERNAL';
+  return new RetraceError(code, err.details, { cause: err });
+}
+
+/** HTTP status and JSON body for an error on the HTTP face. */
+export function toHttpError(err: RetraceError): { status: number; body: { error: ErrorCode; message: string; field?: string } } {
+  const body: { error: ErrorCode; message: string; field?: string } = { error: err.code, message: err.message };
+  if (err.field !== undefined) body.field = err.field;
+  return { status: ERROR_TABLE[err.code].http, body };
+}
