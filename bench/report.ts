@@ -1,0 +1,26 @@
+import { cpus, totalmem, platform, release } from 'node:os';
+
+/** The machine a figure was measured on, for every benchmark's report. */
+export function machine(): Record<string, string | number> {
+  const cpu = cpus();
+  return {
+    cpu: cpu[0]?.model ?? 'unknown',
+    cores: cpu.length,
+    memoryGiB: Math.round((totalmem() / 2 ** 30) * 10) / 10,
+    os: `${platform()} ${release()}`,
+    node: process.version,
+  };
+}
+
+/** Prints the final JSON line; `ratio` must read directly against `goal`. */
+export function finish(result: { bench: string; ratio: number; goal: number | string } & Record<string, unknown>): void {
+  console.log(JSON.stringify({ ...result, machine: machine() }));
+}
+
+/** p-th percentile (0..100) of the samples, nearest-rank. */
+export function percentile(samples: readonly number[], p: number): number {
+  if (samples.length === 0) return Number.NaN;
+  const sorted = [...samples].sort((a, b) => a - b);
+  const idx = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[idx] as number;
+}

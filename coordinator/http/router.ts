@@ -1,0 +1,29 @@
+/**
+ * The HTTP face's routing contract. Route modules export `Route[]`; the HTTP server
+ * (`http-server.ts`) parses JSON bodies, dispatches, and maps thrown RetraceErrors to
+ * `{status, {error, message, field}}` through the shared error table. Handlers never
+ * write to the socket themselves.
+ */
+export interface HttpRequest {
+  method: string;
+  /** Path without the query string, e.g. "/api/v1/lineage". */
+  path: string;
+  query: URLSearchParams;
+  /** Parsed JSON body (undefined for an empty body). Malformed JSON never reaches a handler: 400. */
+  body: unknown;
+  headers: Record<string, string | string[] | undefined>;
+  signal: AbortSignal;
+}
+
+export interface HttpResponse {
+  status: number;
+  /** Serialised as JSON; omit for an empty body. */
+  body?: unknown;
+}
+
+export interface Route {
+  method: 'GET' | 'POST' | 'PUT' | 'DELETE';
+  /** Exact path match. */
+  path: string;
+  handler: (req: HttpRequest) => Promise<HttpResponse>;
+}

@@ -1,0 +1,91 @@
+/**
+ * One CLI subcommand. `path` is the words that select it (e.g. ["lineage", "trace"]);
+ * the longest matching path wins. `run` returns the exit code; errors thrown from it are
+ * printed by the dispatcher (RetraceErrors as "error: <message>", exit 1; usage errors exit 2).
+ */
+export interface CliCommand {
+  path: string[];
+  /** One line for `retrace help`. */
+  summary: string;
+  /** Usage text shown by `retrace <path> --help` and on usage errors. */
+  usage: string;
+  /** Flags of this command that take no value (besides COMMON_BOOLEAN_FLAGS). */
+  booleans?: readonly string[];
+  run(args: ParsedArgs, io: CliIo): Promise<number>;
+}
+
+export interface CliIo {
+  stdout: NodeJS.WritableStream;
+  stderr: NodeJS.WritableStream;
+  stdin: NodeJS.ReadableStream;
+  /** Aborted on SIGINT/SIGTERM: long-running commands stop cleanly. */
+  signal: AbortSignal;
+}
+
+/** `--name value`, `--name=value`, bare `--flag` (value "true"); repeated flags collect in order. */
+export interface ParsedArgs {
+  positionals: string[];
+  flags: Map<string, string[]>;
+}
+
+export class UsageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'UsageError';
+  }
+}
+
+/** Flags that never take a value, for every command; commands add their own through `booleans`. */
+export const COMMON_BOOLEAN_FLAGS: readonly string[] = ['json', 'help', 'watch'];
+
+/**
+ * Splits argv into positionals and flags. A flag listed in `booleans` never takes the next word
+ * as its value, so `--json node-1` keeps `node-1` positional.
+ */
+export function parseArgs(argv: readonly string[], booleans: Iterable<string> = COMMON_BOOLEAN_FLAGS): ParsedArgs {
+  const bools = new Set(booleans);
+  const positionals: string[] = [];
+  const flags = new Map<string, string[]>();
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i] as string;
+    if (arg === '--') {
+      positionals.push(...argv.slice(i + 1));
+      break;
+    }
+    if (!arg.startsWith('--') || arg === '-') {
+      positionals.push(arg);
+      continue;
+    }
+    const eq = arg.indexOf('=');
+    const name = eq >= 0 ? arg.slice(2, eq) : arg.slice(2);
+    let value = 'true';
+    if (eq >= 0) value = arg.slice(eq + 1);
+    else if (!bools.has(name)) {
+      const next = argv[i + 1];
+      if (next !== undefined && (!next.startsWith('--') || next === '-')) {
+        value = next;
+        i++;
+      }
+    }
+    const list = flags.get(name) ?? [];
+    list.push(value);
+    flags.set(name, list);
+  }
+  return { positionals, flags };
+}
+
+/** Last value of a flag, or the default. */
+export function flag(args: ParsedArgs, name: string, fallback?: string): string | undefined {
+  const v = args.flags.get(name);
+  return v && v.length > 0 ? v[v.length - 1] : fallback;
+}
+
+export function hasFlag(args: ParsedArgs, name: string): boolean {
+  const v = flag(args, name);
+  return v !== undefined && v !== 'false';
+}
+
+/** Every value of a repeatable flag. */
+export function flagAll(args: ParsedArgs, name: string): string[] {
+  return args.flags.get(name) ?? [];
+}

@@ -1,0 +1,72 @@
+import { isRetraceError } from '../../common/errors.js';
+import { COMMON_BOOLEAN_FLAGS, parseArgs, UsageError, type CliCommand, type CliIo } from './command.js';
+import { loadCommands } from './command-list.js';
+
+/** Runs one `retrace` invocation and returns its exit code. */
+export async function main(argv: readonly string[], io?: Partial<CliIo>): Promise<number> {
+  const controller = new AbortController();
+  const onSignal = (): void => controller.abort(new Error('interrupted'));
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  const cli: CliIo = {
+    stdout: io?.stdout ?? process.stdout,
+    stderr: io?.stderr ?? process.stderr,
+    stdin: io?.stdin ?? process.stdin,
+    signal: io?.signal ?? controller.signal,
+  };
+  try {
+    const commands = await loadCommands();
+    const command = findCommand(commands, argv);
+    if (!command || argv[0] === 'help' || argv.length === 0) {
+      cli.stdout.write(helpText(commands));
+      return command || argv[0] === 'help' || argv.length === 0 ? 0 : 2;
+    }
+    const args = parseArgs(argv.slice(command.path.length), [...COMMON_BOOLEAN_FLAGS, ...(command.booleans ?? [])]);
+    if (args.flags.has('help')) {
+      cli.stdout.write(`${command.usage}\n`);
+      return 0;
+    }
+    try {
+      return await command.run(args, cli);
+    } catch (err) {
+      if (err instanceof UsageError) {
+        cli.stderr.write(`error: ${err.message}\n\nusage: ${command.usage}\n`);
+        return 2;
+      }
+      throw err;
+    }
+  } catch (err) {
+    if (isRetraceError(err)) {
+      cli.stderr.write(`error: ${err.message}\n`);
+    } else {
+      cli.stderr.write(`error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    }
+    return 1;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+}
+
+function findCommand(commands: readonly CliCommand[], argv: readonly string[]): CliCommand | undefined {
+  let best: CliCommand | undefined;
+  for (const c of commands) {
+    if (c.path.length <= argv.length && c.path.every((w, i) => argv[i] === w)) {
+      if (!best || c.path.length > best.path.length) best = c;
+    }
+  }
+  return best;
+}
+
+function helpText(commands: readonly CliCommand[]): string {
+  const rows = [...commands].sort((a, b) => a.path.join(' ').localeCompare(b.path.join(' ')));
+  const width = Math.max(0, ...rows.map((c) => c.path.join(' ').length));
+  return [
+    'retrace: provenance, replay and recomputation',
+    '',
+    'usage: retrace <command> [flags]   (retrace <command> --help for details)',
+    '',
+    ...rows.map((c) => `  ${c.path.join(' ').padEnd(width)}  ${c.summary}`),
+    '',
+  ].join('\n');
+}
