@@ -1,0 +1,95 @@
+import type { ObjectVersion, Step } from './gen/retrace/v1/provenance.js';
+import { nanosToIso } from './time.js';
+
+/** Retrace's namespace in PROV documents. */
+export const PROV_NAMESPACE = 'https://retrace.dev/ns/prov#';
+
+export interface ProvSubgraph {
+  versions: ObjectVersion[];
+  /** Objects reached as a whole (unversioned uses). */
+  objects: string[];
+  steps: Step[];
+}
+
+type ProvRecord = Record<string, unknown>;
+
+/**
+ * A lineage subgraph as a W3C PROV-JSON document (https://www.w3.org/submissions/prov-json/):
+ * object versions are entities, steps are activities, hosts and principals are agents, with
+ * used / wasGeneratedBy / wasAssociatedWith relations. Identifiers are `retrace:` QNames with
+ * the local part percent-encoded.
+ */
+export function toProvJson(graph: ProvSubgraph): Record<string, unknown> {
+  const entity: Record<string, ProvRecord> = {};
+  const activity: Record<string, ProvRecord> = {};
+  const agent: Record<string, ProvRecord> = {};
+  const used: Record<string, ProvRecord> = {};
+  const wasGeneratedBy: Record<string, ProvRecord> = {};
+  const wasAssociatedWith: Record<string, ProvRecord> = {};
+  let n = 0;
+  const blank = (): string => `_:r${++n}`;
+
+  for (const v of graph.versions) {
+    const rec: ProvRecord = {
+      'prov:type': { $: 'retrace:ObjectVersion', type: 'prov:QUALIFIED_NAME' },
+      'retrace:objectId': v.objectId,
+      'retrace:contentHash': v.contentHash,
+      'retrace:size': Number(v.size),
+    };
+    if (v.mediaType) rec['retrace:mediaType'] = v.mediaType;
+    if (v.createdAtNs !== '0') rec['retrace:createdAt'] = { $: nanosToIso(v.createdAtNs), type: 'xsd:dateTime' };
+    entity[versionId(v.objectId, v.contentHash)] = rec;
+  }
+  for (const o of graph.objects) {
+    entity[qname(`object/${o}`)] = { 'prov:type': { $: 'retrace:Object', type: 'prov:QUALIFIED_NAME' }, 'retrace:objectId': o };
+  }
+  for (const s of graph.steps) {
+    const id = qname(`step/${s.stepId}`);
+    const rec: ProvRecord = {
+      'prov:type': { $: 'retrace:Step', type: 'prov:QUALIFIED_NAME' },
+      'retrace:transform': s.transform,
+    };
+    if (s.startedAtNs !== '0') rec['prov:startTime'] = nanosToIso(s.startedAtNs);
+    if (s.endedAtNs !== '0') rec['prov:endTime'] = nanosToIso(s.endedAtNs);
+    if (s.codeVersion) rec['retrace:codeVersion'] = s.codeVersion;
+    if (s.runId) rec['retrace:runId'] = s.runId;
+    if (s.parameters) rec['retrace:parameters'] = JSON.stringify(s.parameters);
+    if (s.resources) {
+      for (const [k, v] of Object.entries(s.resources)) rec[`retrace:${k}`] = Number(v);
+    }
+    if (s.why) {
+      rec['retrace:triggerKind'] = s.why.kind;
+      if (s.why.id) rec['retrace:triggerId'] = s.why.id;
+    }
+    activity[id] = rec;
+    for (const u of s.used) {
+      used[blank()] = { 'prov:activity': id, 'prov:entity': u.unversioned ? qname(`object/${u.objectId}`) : versionId(u.objectId, u.contentHash) };
+    }
+    for (const g of s.generated) {
+      wasGeneratedBy[blank()] = { 'prov:entity': versionId(g.objectId, g.contentHash), 'prov:activity': id, ...(s.endedAtNs !== '0' ? { 'prov:time': nanosToIso(s.endedAtNs) } : {}) };
+    }
+    if (s.nodeId || s.host) {
+      const agentId = qname(`node/${s.nodeId || s.host}`);
+      agent[agentId] = { 'prov:type': { $: 'prov:SoftwareAgent', type: 'prov:QUALIFIED_NAME' }, ...(s.host ? { 'retrace:host': s.host } : {}) };
+      wasAssociatedWith[blank()] = { 'prov:activity': id, 'prov:agent': agentId };
+    }
+    if (s.why?.principal) {
+      const agentId = qname(`principal/${s.why.principal}`);
+      agent[agentId] = { 'prov:type': { $: 'prov:Person', type: 'prov:QUALIFIED_NAME' } };
+      wasAssociatedWith[blank()] = { 'prov:activity': id, 'prov:agent': agentId, 'prov:role': 'retrace:principal' };
+    }
+  }
+  const doc: Record<string, unknown> = { prefix: { retrace: PROV_NAMESPACE } };
+  for (const [name, section] of Object.entries({ entity, activity, agent, used, wasGeneratedBy, wasAssociatedWith })) {
+    if (Object.keys(section).length > 0) doc[name] = section;
+  }
+  return doc;
+}
+
+function versionId(objectId: string, contentHash: string): string {
+  return qname(`version/${objectId}@${contentHash}`);
+}
+
+function qname(local: string): string {
+  return `retrace:${encodeURIComponent(local)}`;
+}

@@ -1,0 +1,55 @@
+import { resolve } from 'node:path';
+import { InvalidArgumentError } from '../common/errors.js';
+
+/** What an operator may set (CLI flags map onto these). */
+export interface CoordinatorOptions {
+  /** Data directory; null keeps everything in memory (tests). Default "./.retrace". */
+  dataDir?: string | null;
+  /** gRPC listen address, default "127.0.0.1:7700"; port 0 picks a free port. */
+  grpc?: string;
+  /** HTTP listen address, default "127.0.0.1:7780"; port 0 picks a free port. */
+  http?: string;
+  /** Allow listening beyond loopback. Default false. */
+  allowRemote?: boolean;
+  /** Auth token; default: read or create `<dataDir>/auth-token`. */
+  token?: string;
+  log?: (line: string) => void;
+}
+
+export interface CompiledCoordinatorOptions {
+  readonly dataDir: string | null;
+  readonly grpc: { readonly host: string; readonly port: number };
+  readonly http: { readonly host: string; readonly port: number };
+  readonly token: string | undefined;
+  readonly log: (line: string) => void;
+}
+
+const LOOPBACK = new Set(['127.0.0.1', 'localhost', '::1', '[::1]']);
+
+/** Validates and defaults once; the rest of the coordinator never re-checks. */
+export function compileCoordinatorOptions(o: CoordinatorOptions): CompiledCoordinatorOptions {
+  const grpc = parseAddress(o.grpc ?? '127.0.0.1:7700', 'grpc');
+  const http = parseAddress(o.http ?? '127.0.0.1:7780', 'http');
+  for (const [field, a] of [['grpc', grpc], ['http', http]] as const) {
+    if (!o.allowRemote && !LOOPBACK.has(a.host)) {
+      throw new InvalidArgumentError(field, `${a.host} is not a loopback address; pass --allow-remote to listen beyond this machine`);
+    }
+  }
+  if (o.token !== undefined && o.token.length < 16) throw new InvalidArgumentError('token', 'must be at least 16 characters');
+  return Object.freeze({
+    dataDir: o.dataDir === null ? null : resolve(o.dataDir ?? './.retrace'),
+    grpc: Object.freeze(grpc),
+    http: Object.freeze(http),
+    token: o.token,
+    log: o.log ?? ((line: string) => process.stderr.write(`${new Date().toISOString()} ${line}\n`)),
+  });
+}
+
+/** "HOST:PORT" (IPv6 in brackets) to parts. */
+export function parseAddress(text: string, field: string): { host: string; port: number } {
+  const m = /^(\[[0-9a-fA-F:]+\]|[^:]+):(\d{1,5})$/.exec(text);
+  if (!m) throw new InvalidArgumentError(field, `expected HOST:PORT, got ${JSON.stringify(text)}`);
+  const port = Number(m[2]);
+  if (port > 65535) throw new InvalidArgumentError(field, `port ${port} out of range`);
+  return { host: m[1] as string, port };
+}

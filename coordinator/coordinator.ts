@@ -1,0 +1,169 @@
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import type { Server as HttpServer } from 'node:http';
+import type { Server as GrpcServer } from 'nice-grpc';
+import { LineageServiceDefinition } from '../common/gen/retrace/v1/lineage.js';
+import { FailedPreconditionError } from '../common/errors.js';
+import { createSystemClock, type NanoClock } from './clock.js';
+import { compileCoordinatorOptions, type CompiledCoordinatorOptions, type CoordinatorOptions } from './coordinator-options.js';
+import { createGrpcServer, type ServiceMount } from './grpc/grpc-server.js';
+import { createLineageHandlers } from './grpc/lineage-handlers.js';
+import { createHttpServer } from './http/http-server.js';
+import type { Route } from './http/router.js';
+import { createOpenLineageRoutes } from './http/openlineage-routes.js';
+import { loadCheckpointSigner } from './ledger/checkpoint-signer.js';
+import { LineageEngine } from './lineage/lineage-engine.js';
+import { openDatabase, type Database } from './store/database.js';
+import { LineageStore } from './store/lineage-store.js';
+
+export type CoordinatorState = 'NEW' | 'STARTING' | 'RUNNING' | 'STOPPING' | 'STOPPED' | 'FAILED';
+
+/** Where a started coordinator listens. */
+export interface CoordinatorAddresses {
+  grpc: string;
+  http: string;
+}
+
+/** A feature that adds services, routes and a lifecycle to the coordinator (mesh, replay...). */
+export interface CoordinatorExtension {
+  name: string;
+  services?: ServiceMount[];
+  routes?: Route[];
+  start?(): Promise<void>;
+  stop?(): Promise<void>;
+}
+
+/** What an extension factory gets: the open database and the lineage engine. */
+export interface CoordinatorContext {
+  db: Database;
+  lineage: LineageEngine;
+  clock: NanoClock;
+  dataDir: string | null;
+  log: (line: string) => void;
+}
+
+export type ExtensionFactory = (ctx: CoordinatorContext) => CoordinatorExtension | Promise<CoordinatorExtension>;
+
+/**
+ * The control plane: LevelDB under the data dir, the lineage ledger and index, the gRPC server
+ * (lineage + extensions, health, reflection) and the HTTP face (OpenLineage). Explicit
+ * lifecycle: start() once, stop() once; illegal transitions throw.
+ */
+export class Coordinator {
+  private state: CoordinatorState = 'NEW';
+  private readonly options: CompiledCoordinatorOptions;
+  private db: Database | undefined;
+  private engine: LineageEngine | undefined;
+  private grpcServer: GrpcServer | undefined;
+  private httpServer: HttpServer | undefined;
+  private extensions: CoordinatorExtension[] = [];
+  private token = '';
+  addresses: CoordinatorAddresses | undefined;
+
+  constructor(options: CoordinatorOptions, private readonly extensionFactories: readonly ExtensionFactory[] = []) {
+    this.options = compileCoordinatorOptions(options);
+  }
+
+  get lineage(): LineageEngine {
+    if (!this.engine) throw new FailedPreconditionError(`coordinator is ${this.state}`);
+    return this.engine;
+  }
+
+  get authToken(): string {
+    return this.token;
+  }
+
+  async start(): Promise<CoordinatorAddresses> {
+    this.transition('NEW', 'STARTING');
+    const { dataDir, log } = this.options;
+    try {
+      if (dataDir !== null) mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+      this.token = this.options.token ?? loadOrCreateToken(dataDir);
+      this.db = await openDatabase(dataDir === null ? null : join(dataDir, 'db'));
+      const store = new LineageStore(this.db);
+      const signer = loadCheckpointSigner(dataDir);
+      const clock = createSystemClock();
+      this.engine = new LineageEngine({ store, signer, clock, log });
+      await this.engine.start();
+      const ctx: CoordinatorContext = { db: this.db, lineage: this.engine, clock, dataDir, log };
+      for (const factory of this.extensionFactories) this.extensions.push(await factory(ctx));
+      for (const ext of this.extensions) await ext.start?.();
+
+      const { server, health } = createGrpcServer({
+        token: this.token,
+        log,
+        services: [
+          { definition: LineageServiceDefinition, implementation: createLineageHandlers(this.engine, store, signer.publicKeyBase64) },
+          ...this.extensions.flatMap((e) => e.services ?? []),
+        ],
+      });
+      this.grpcServer = server;
+      const { grpc, http } = this.options;
+      const grpcPort = await server.listen(`${grpc.host}:${grpc.port}`);
+      health.setStatus('healthy');
+
+      const routes = [...createOpenLineageRoutes(this.engine), ...this.extensions.flatMap((e) => e.routes ?? [])];
+      this.httpServer = createHttpServer(routes, log);
+      const httpServer = this.httpServer;
+      await new Promise<void>((resolve, reject) => {
+        httpServer.once('error', reject);
+        httpServer.listen(http.port, http.host.replace(/^\[|\]$/g, ''), () => resolve());
+      });
+      const httpPort = (httpServer.address() as AddressInfo).port;
+      this.addresses = { grpc: `${grpc.host}:${grpcPort}`, http: `${http.host}:${httpPort}` };
+      this.transition('STARTING', 'RUNNING');
+      log(`coordinator: listening grpc=${this.addresses.grpc} http=${this.addresses.http} data=${dataDir ?? '(memory)'}`);
+      return this.addresses;
+    } catch (err) {
+      this.state = 'FAILED';
+      await this.release();
+      throw err;
+    }
+  }
+
+  /** Stops accepting work, lets running calls finish (streams are cancelled), flushes and closes the store. */
+  async stop(): Promise<void> {
+    if (this.state === 'STOPPED' || this.state === 'STOPPING') return;
+    this.transition(this.state === 'FAILED' ? 'FAILED' : 'RUNNING', 'STOPPING');
+    await this.release();
+    this.transition('STOPPING', 'STOPPED');
+  }
+
+  private async release(): Promise<void> {
+    const http = this.httpServer;
+    if (http) {
+      await new Promise<void>((resolve) => {
+        http.close(() => resolve());
+        http.closeAllConnections();
+      });
+    }
+    if (this.grpcServer) {
+      // Long-lived streams (agents, watches) would hold a graceful shutdown forever.
+      const grpc = this.grpcServer;
+      const timer = setTimeout(() => grpc.forceShutdown(), 2000);
+      await grpc.shutdown();
+      clearTimeout(timer);
+    }
+    for (const ext of [...this.extensions].reverse()) await ext.stop?.().catch((err: unknown) => this.options.log(`coordinator: stopping ${ext.name} failed: ${String(err)}`));
+    await this.engine?.stop();
+    await this.db?.close();
+  }
+
+  private transition(from: CoordinatorState, to: CoordinatorState): void {
+    if (this.state !== from) throw new FailedPreconditionError(`coordinator cannot go ${from} -> ${to}: it is ${this.state}`);
+    this.options.log(`coordinator: ${from} -> ${to}`);
+    this.state = to;
+  }
+}
+
+/** The token clients and agents present; created on first start, readable by the owner only. */
+export function loadOrCreateToken(dataDir: string | null): string {
+  if (dataDir === null) return randomBytes(24).toString('hex');
+  const file = join(dataDir, 'auth-token');
+  if (existsSync(file)) return readFileSync(file, 'utf8').trim();
+  const token = randomBytes(24).toString('hex');
+  writeFileSync(file, `${token}\n`, { mode: 0o600, flag: 'wx' });
+  return token;
+}

@@ -1,0 +1,20 @@
+import { ServerError, Status, type CallContext, type ServerMiddlewareCall } from 'nice-grpc';
+import { isAbortError } from 'abort-controller-x';
+import { isRetraceError, toServerError } from '../../common/errors.js';
+
+/**
+ * The server's one error funnel: RetraceErrors become their gRPC status (message names the
+ * field); anything unexpected becomes INTERNAL with a generic message and a log line.
+ */
+export function createErrorMiddleware(log: (line: string) => void) {
+  return async function* errorMiddleware<Request, Response>(call: ServerMiddlewareCall<Request, Response>, context: CallContext) {
+    try {
+      return yield* call.next(call.request, context);
+    } catch (err) {
+      if (err instanceof ServerError || isAbortError(err)) throw err;
+      if (isRetraceError(err)) throw toServerError(err);
+      log(`grpc: ${call.method.path} failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+      throw new ServerError(Status.INTERNAL, 'internal error (see coordinator log)');
+    }
+  };
+}

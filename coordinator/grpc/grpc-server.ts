@@ -1,0 +1,36 @@
+import { readFileSync } from 'node:fs';
+import { createServer, type Server } from 'nice-grpc';
+import { HealthDefinition, HealthServiceImpl, HealthState } from 'nice-grpc-server-health';
+import { ServerReflection, ServerReflectionService } from 'nice-grpc-server-reflection';
+import { createAuthMiddleware } from './auth-middleware.js';
+import { createErrorMiddleware } from './error-middleware.js';
+
+/** A service to mount: its generated definition and implementation. */
+export interface ServiceMount {
+  // nice-grpc's definition and implementation types are checked where each mount is built.
+  definition: { fullName: string } & Record<string, unknown>;
+  implementation: unknown;
+}
+
+/** Largest message either way; larger ones fail with RESOURCE_EXHAUSTED at the transport. */
+export const MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
+
+const DESCRIPTOR_SET = new URL('../../common/gen/descriptor-set.binpb', import.meta.url);
+
+/**
+ * The coordinator's gRPC server: auth, then the error funnel, in front of every service; plus
+ * the standard health service and server reflection so generic gRPC tools can list and call it.
+ */
+export function createGrpcServer(options: { token: string; services: ServiceMount[]; log: (line: string) => void }): { server: Server; health: HealthState } {
+  const server = createServer({
+    'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
+    'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
+  })
+    .use(createErrorMiddleware(options.log))
+    .use(createAuthMiddleware(options.token));
+  const health = HealthState();
+  for (const s of options.services) server.add(s.definition as never, s.implementation as never);
+  server.add(HealthDefinition, HealthServiceImpl(health));
+  server.add(ServerReflectionService, ServerReflection(readFileSync(DESCRIPTOR_SET), options.services.map((s) => s.definition.fullName)));
+  return { server, health };
+}

@@ -1,0 +1,77 @@
+import type { CallContext } from 'nice-grpc';
+import type { LineageServiceImplementation, SubmitEventsRequest, SubmitEventsResponse } from '../../common/gen/retrace/v1/lineage.js';
+import { InvalidArgumentError, isRetraceError, RetraceError } from '../../common/errors.js';
+import type { LineageEngine } from '../lineage/lineage-engine.js';
+import type { SubmitResult } from '../lineage/lineage-api.js';
+import { verifyLedger } from '../ledger/ledger-verifier.js';
+import { exportProv } from '../lineage/prov-export.js';
+import type { LineageStore } from '../store/lineage-store.js';
+
+/** How many batches of one SubmitEvents stream may wait for their commit at once. */
+const STREAM_PIPELINE_DEPTH = 16;
+
+/** LineageService over the engine. Handlers throw RetraceErrors only; the error middleware maps them. */
+export function createLineageHandlers(engine: LineageEngine, store: LineageStore, publicKey: string): LineageServiceImplementation {
+  return {
+    async submitEvent(request, context: CallContext) {
+      if (!request.event) throw new InvalidArgumentError('event', 'is required');
+      const r = await engine.submit([request.event], { signal: context.signal });
+      return { seq: (r.seqs[0] ?? 0n).toString(), duplicate: r.duplicates > 0 };
+    },
+
+    // Batches are committed in order and pipelined; a rejected batch fails the stream, naming it.
+    // Batches after it may already be stored: clients resend them, and duplicates are acknowledged.
+    async submitEvents(requests: AsyncIterable<SubmitEventsRequest>, context: CallContext): Promise<SubmitEventsResponse> {
+      const totals = { batches: 0, accepted: 0, duplicates: 0, treeSize: 0n };
+      let index = 0;
+      const settle = async (p: Promise<SubmitResult>, batch: number): Promise<void> => {
+        try {
+          const r = await p;
+          totals.batches++;
+          totals.accepted += r.accepted;
+          totals.duplicates += r.duplicates;
+          if (r.treeSize > totals.treeSize) totals.treeSize = r.treeSize;
+        } catch (err) {
+          if (isRetraceError(err)) {
+            const field = err.field ? `batches[${batch}].${err.field}` : `batches[${batch}]`;
+            throw new RetraceError(err.code, err.message.slice(err.field ? err.field.length + 2 : 0), { field, cause: err });
+          }
+          throw err;
+        }
+      };
+      const pending: { p: Promise<SubmitResult>; batch: number }[] = [];
+      for await (const req of requests) {
+        const p = engine.submit(req.events, { signal: context.signal });
+        p.catch(() => {}); // observed in settle(), in order
+        pending.push({ p, batch: index++ });
+        if (pending.length >= STREAM_PIPELINE_DEPTH) {
+          const first = pending.shift() as { p: Promise<SubmitResult>; batch: number };
+          await settle(first.p, first.batch);
+        }
+      }
+      for (const { p, batch } of pending) await settle(p, batch);
+      return { batches: String(totals.batches), accepted: String(totals.accepted), duplicates: String(totals.duplicates), treeSize: totals.treeSize.toString() };
+    },
+
+    getNode: (request) => engine.getNode(request),
+    trace: (request) => engine.trace(request),
+    getRecordPath: (request) => engine.getRecordPath(request),
+    listRuns: (request) => engine.listRuns(request),
+    getProof: (request) => engine.getProof(request.eventId),
+
+    async verifyLedger() {
+      const report = await verifyLedger(store, { publicKey });
+      return {
+        ok: report.ok,
+        entriesChecked: report.entriesChecked.toString(),
+        firstBadSeq: (report.firstBadSeq ?? 0n).toString(),
+        problem: report.problem ?? '',
+        checkpoint: report.checkpoint,
+      };
+    },
+
+    async exportProv(request) {
+      return { provJson: JSON.stringify(await exportProv(engine, request)) };
+    },
+  };
+}

@@ -1,0 +1,115 @@
+import { createHash } from 'node:crypto';
+import { LedgerEntryBody, type Checkpoint } from '../../common/gen/retrace/v1/provenance.js';
+import { versionKey } from '../../common/lineage-keys.js';
+import { leafHash, MerkleTree } from '../../common/merkle.js';
+import { adjacencyKey, entityKey, seqKey, type EntityRef, type LineageStore } from '../store/lineage-store.js';
+import { verifyCheckpoint } from './checkpoint-signer.js';
+
+export interface VerifyReport {
+  ok: boolean;
+  entriesChecked: bigint;
+  /** First entry found bad (ok = false); for index rows, the entry the row points at. */
+  firstBadSeq?: bigint;
+  problem?: string;
+  checkpoint?: Checkpoint;
+}
+
+/**
+ * Recomputes the hash chain and the Merkle tree from the stored entries, checks every signed
+ * checkpoint against the recomputed root (signature and, when given, the expected public key),
+ * and cross-checks every index row against the entries, both ways: a missing, altered or
+ * extra row is reported. Works on a live store or on a data dir with the coordinator stopped.
+ */
+export async function verifyLedger(store: LineageStore, options: { publicKey?: string; onProgress?: (checked: bigint) => void } = {}): Promise<VerifyReport> {
+  const checkpoints: Checkpoint[] = [];
+  for await (const json of store.allCheckpoints()) checkpoints.push(JSON.parse(json) as Checkpoint);
+  let cpIndex = 0;
+  const tree = new MerkleTree();
+  let head: Uint8Array = new Uint8Array(32);
+  let expectedSeq = 0n;
+  const expectedRows = { eventIds: new Map<string, string>(), entities: new Set<string>(), adjacency: new Map<string, string>() };
+  let lastCheckpoint: Checkpoint | undefined;
+  const fail = (seq: bigint, problem: string): VerifyReport => ({ ok: false, entriesChecked: expectedSeq, firstBadSeq: seq, problem, ...(lastCheckpoint ? { checkpoint: lastCheckpoint } : {}) });
+
+  const checkCheckpoints = (): VerifyReport | undefined => {
+    while (cpIndex < checkpoints.length && BigInt((checkpoints[cpIndex] as Checkpoint).treeSize) === expectedSeq) {
+      const cp = checkpoints[cpIndex] as Checkpoint;
+      const from = cpIndex > 0 ? BigInt((checkpoints[cpIndex - 1] as Checkpoint).treeSize) : 0n;
+      if (!verifyCheckpoint(cp, options.publicKey ?? cp.publicKey)) return fail(from, `checkpoint at tree size ${cp.treeSize} has a bad signature`);
+      if (cp.rootHash !== tree.root().toString('hex')) {
+        return fail(from, `Merkle root of entries ${from}..${expectedSeq - 1n} differs from the signed checkpoint at tree size ${cp.treeSize}: an entry in that range was altered`);
+      }
+      if (cp.headHash !== Buffer.from(head).toString('hex')) return fail(expectedSeq - 1n, `chain head differs from the signed checkpoint at tree size ${cp.treeSize}`);
+      lastCheckpoint = cp;
+      cpIndex++;
+    }
+    return undefined;
+  };
+
+  for await (const entry of store.entries()) {
+    if (entry.seq !== expectedSeq) return fail(expectedSeq, `entry ${expectedSeq} is missing (next stored entry is ${entry.seq})`);
+    const computed = createHash('sha256').update(head).update(entry.body).digest();
+    if (!computed.equals(Buffer.from(entry.entryHash))) return fail(entry.seq, `entry ${entry.seq}: stored hash does not match H(previous hash, body): the entry was altered`);
+    let body: LedgerEntryBody;
+    try {
+      body = LedgerEntryBody.decode(entry.body);
+    } catch {
+      return fail(entry.seq, `entry ${entry.seq}: body does not decode`);
+    }
+    if (body.seq !== entry.seq.toString() || !body.event) return fail(entry.seq, `entry ${entry.seq}: body names seq ${body.seq}`);
+    const seq = seqKey(entry.seq);
+    const ev = body.event;
+    expectedRows.eventIds.set(ev.eventId, seq);
+    const b = ev.body;
+    let entity: EntityRef | undefined;
+    if (b?.$case === 'objectVersion') entity = { table: 'objects', objectId: b.value.objectId, contentHash: b.value.contentHash };
+    else if (b?.$case === 'run') entity = { table: 'runs', runId: b.value.runId };
+    else if (b?.$case === 'step') {
+      entity = { table: 'steps', stepId: b.value.stepId };
+      const used = b.value.used.map((r) => (r.unversioned ? `object:${r.objectId}` : versionKey(r.objectId, r.contentHash)));
+      const generated = b.value.generated.map((r) => versionKey(r.objectId, r.contentHash));
+      expectedRows.adjacency.set(adjacencyKey(BigInt(ev.eventTimeNs), seq), JSON.stringify({ s: b.value.stepId, u: used, g: generated }));
+    }
+    if (entity) expectedRows.entities.add(`${entity.table}\u0000${entityKey(entity, seq)}`);
+    tree.appendLeafHash(leafHash(entry.body));
+    head = computed;
+    expectedSeq++;
+    const bad = checkCheckpoints();
+    if (bad) return bad;
+    if (expectedSeq % 10_000n === 0n) options.onProgress?.(expectedSeq);
+  }
+  if (cpIndex < checkpoints.length) {
+    return fail(expectedSeq, `checkpoint at tree size ${(checkpoints[cpIndex] as Checkpoint).treeSize} covers entries that are missing (ledger has ${expectedSeq})`);
+  }
+
+  // Index rows, both ways. The smallest seq at fault is reported.
+  let worst: { seq: bigint; problem: string } | undefined;
+  const note = (seqHex: string | undefined, problem: string): void => {
+    const s = seqHex && /^[0-9a-f]{16}$/.test(seqHex) ? BigInt(`0x${seqHex}`) : 0n;
+    if (!worst || s < worst.seq) worst = { seq: s, problem };
+  };
+  const seenIds = new Set<string>();
+  for await (const [id, seq] of store.eventIds.iterator()) {
+    const want = expectedRows.eventIds.get(id);
+    if (want !== seq) note(want ?? seq, `event-ids row ${JSON.stringify(id)} → ${seq} does not match the ledger${want ? ` (entry ${BigInt(`0x${want}`)})` : ''}`);
+    seenIds.add(id);
+  }
+  for (const [id, seq] of expectedRows.eventIds) if (!seenIds.has(id)) note(seq, `event-ids row for ${JSON.stringify(id)} is missing`);
+  for (const [table, sub] of [['objects', store.objects], ['steps', store.steps], ['runs', store.runs]] as const) {
+    for await (const key of sub.keys()) {
+      const full = `${table}\u0000${key}`;
+      if (!expectedRows.entities.delete(full)) note(key.slice(key.lastIndexOf('\u0000') + 1), `${table} row ${JSON.stringify(key)} does not match any ledger entry`);
+    }
+  }
+  for (const missing of expectedRows.entities) note(missing.slice(missing.lastIndexOf('\u0000') + 1), `${missing.split('\u0000')[0]} row for entry is missing`);
+  for await (const [key, value] of store.adjacency.iterator()) {
+    const want = expectedRows.adjacency.get(key);
+    const seqHex = key.split('\u0000')[1];
+    if (want === undefined) note(seqHex, `adjacency row ${JSON.stringify(key)} does not match any ledger entry`);
+    else if (want !== value) note(seqHex, `adjacency row of entry ${BigInt(`0x${seqHex}`)} was altered`);
+    expectedRows.adjacency.delete(key);
+  }
+  for (const key of expectedRows.adjacency.keys()) note(key.split('\u0000')[1], 'adjacency row for entry is missing');
+  if (worst) return fail(worst.seq, worst.problem);
+  return { ok: true, entriesChecked: expectedSeq, ...(lastCheckpoint ? { checkpoint: lastCheckpoint } : {}) };
+}

@@ -1,0 +1,310 @@
+import { NodeKind } from '../../common/gen/retrace/v1/lineage.js';
+import { InvalidArgumentError } from '../../common/errors.js';
+import { AdjacencyLists } from './adjacency-lists.js';
+import { GrowableFloat64, GrowableInt32 } from './growable-array.js';
+
+/** What a step event adds to the graph. Keys are lineage node keys (common/lineage-keys.ts). */
+export interface StepEdges {
+  stepKey: string;
+  transformKey: string;
+  runKey: string | undefined;
+  /** Version keys, or object keys for unversioned inputs. */
+  used: string[];
+  generated: string[];
+  /** Object key of each used/generated entry, same order. */
+  usedObjects: string[];
+  generatedObjects: string[];
+}
+
+/** A point to roll the index back to. */
+export interface IndexMark {
+  nodes: number;
+  edges: readonly number[];
+  generatorLog: number;
+  labelLog: number;
+}
+
+export interface WalkOptions {
+  /** Walk edges downstream (uses and generations), upstream, or either way at every hop. */
+  mode: 'down' | 'up' | 'any';
+  objectLevel: boolean;
+  /** Maximum hops; 0 = unlimited. */
+  depth: number;
+  /** Only nodes and edges that existed at this time (ms since epoch); Infinity for now. */
+  asOfMs: number;
+}
+
+const NO_NODE = -1;
+
+/**
+ * The in-memory lineage graph: every node and edge of the ledger in compact typed arrays, in
+ * two granularities (object versions, and whole objects as Marquez draws them), with the time
+ * each edge appeared, so closures and as-of closures are breadth-first walks over arrays.
+ * It is derived state: rebuilt from the ledger at start, and written only by the committer.
+ */
+export class GraphIndex {
+  private readonly ids = new Map<string, number>();
+  private readonly keys: string[] = [];
+  private readonly kinds = new GrowableInt32();
+  private readonly firstSeen = new GrowableFloat64();
+  /** version → object node; other kinds → NO_NODE. */
+  private readonly objectOf = new GrowableInt32();
+  /** version → generating step; other kinds → NO_NODE. */
+  private readonly generator = new GrowableInt32();
+  private readonly labels = new Map<number, string>();
+  private readonly generatorLog: number[] = [];
+  private readonly labelLog: number[] = [];
+
+  /** Version-level edges: down = input → step → output; up = reverse. */
+  private readonly vDown = new AdjacencyLists();
+  private readonly vUp = new AdjacencyLists();
+  /** Object-level edges. */
+  private readonly oDown = new AdjacencyLists();
+  private readonly oUp = new AdjacencyLists();
+  /** transform → steps, run → steps, object → versions. */
+  private readonly members = new AdjacencyLists();
+  private readonly lists = [this.vDown, this.vUp, this.oDown, this.oUp, this.members];
+
+  private visitStamp = new Int32Array(0);
+  private distance = new Int32Array(0);
+  private stamp = 0;
+
+  get nodeCount(): number {
+    return this.keys.length;
+  }
+
+  get edgeCount(): number {
+    return this.vDown.edgeCount;
+  }
+
+  /** Bytes held by the typed arrays (the per-node key strings and map are extra). */
+  get arrayBytes(): number {
+    return this.lists.reduce((n, l) => n + l.byteLength, 0) + this.kinds.byteLength + this.firstSeen.byteLength + this.objectOf.byteLength + this.generator.byteLength;
+  }
+
+  idOf(key: string): number | undefined {
+    return this.ids.get(key);
+  }
+
+  has(key: string): boolean {
+    return this.ids.has(key);
+  }
+
+  keyOf(id: number): string {
+    return this.keys[id] as string;
+  }
+
+  kindOf(id: number): NodeKind {
+    return this.kinds.data[id] as NodeKind;
+  }
+
+  timeOf(id: number): number {
+    return this.firstSeen.data[id] as number;
+  }
+
+  labelOf(id: number): string | undefined {
+    return this.labels.get(id);
+  }
+
+  /** Key of the step that generated a version, if any. */
+  generatorOf(versionKey: string): string | undefined {
+    const id = this.ids.get(versionKey);
+    if (id === undefined) return undefined;
+    const g = this.generator.data[id] as number;
+    return g === NO_NODE ? undefined : this.keys[g];
+  }
+
+  /** Keys of the members of a transform, a run (steps) or an object (versions). */
+  membersOf(key: string): string[] {
+    const id = this.ids.get(key);
+    const out: string[] = [];
+    if (id === undefined) return out;
+    for (let e = this.members.first(id); e !== -1; e = this.members.next.data[e] as number) out.push(this.keys[this.members.dst.data[e] as number] as string);
+    return out.reverse();
+  }
+
+  /** Keys of the steps that used this version (or, for an object key, the object unversioned). */
+  consumersOf(key: string): string[] {
+    const id = this.ids.get(key);
+    const out: string[] = [];
+    if (id === undefined) return out;
+    for (let e = this.vDown.first(id); e !== -1; e = this.vDown.next.data[e] as number) out.push(this.keys[this.vDown.dst.data[e] as number] as string);
+    return out.reverse();
+  }
+
+  mark(): IndexMark {
+    return { nodes: this.keys.length, edges: this.lists.map((l) => l.edgeCount), generatorLog: this.generatorLog.length, labelLog: this.labelLog.length };
+  }
+
+  /** Undoes everything added since `mark`. */
+  rollback(mark: IndexMark): void {
+    this.lists.forEach((l, i) => l.rollback(mark.edges[i] as number, mark.nodes));
+    while (this.generatorLog.length > mark.generatorLog) this.generator.data[this.generatorLog.pop() as number] = NO_NODE;
+    while (this.labelLog.length > mark.labelLog) this.labels.delete(this.labelLog.pop() as number);
+    for (let id = this.keys.length - 1; id >= mark.nodes; id--) this.ids.delete(this.keys[id] as string);
+    this.keys.length = mark.nodes;
+    this.kinds.length = this.firstSeen.length = this.objectOf.length = this.generator.length = mark.nodes;
+  }
+
+  /** Adds (or finds) a node. Object versions also get their object node. */
+  ensureNode(key: string, kind: NodeKind, timeMs: number): number {
+    const existing = this.ids.get(key);
+    if (existing !== undefined) return existing;
+    let object = NO_NODE;
+    if (kind === NodeKind.NODE_KIND_OBJECT_VERSION) {
+      const at = key.lastIndexOf('@sha256:');
+      object = this.ensureNode(`object:${key.slice('version:'.length, at)}`, NodeKind.NODE_KIND_OBJECT, timeMs);
+    }
+    const id = this.keys.length;
+    this.ids.set(key, id);
+    this.keys.push(key);
+    this.kinds.push(kind);
+    this.firstSeen.push(timeMs);
+    this.objectOf.push(object);
+    this.generator.push(NO_NODE);
+    for (const l of this.lists) l.ensureNodes(id + 1);
+    if (object !== NO_NODE) this.members.add(object, id, timeMs);
+    return id;
+  }
+
+  /**
+   * Adds a step event's edges. Throws InvalidArgumentError (leaving the index as it was) when an
+   * output already has another generator or the edges would close a cycle. `path` prefixes
+   * the field names in errors.
+   */
+  addStep(edges: StepEdges, timeMs: number, path: string): void {
+    const mark = this.mark();
+    try {
+      const isNew = !this.ids.has(edges.stepKey);
+      const step = this.ensureNode(edges.stepKey, NodeKind.NODE_KIND_STEP, timeMs);
+      if (isNew) {
+        this.labels.set(step, edges.transformKey.slice('transform:'.length));
+        this.labelLog.push(step);
+        const transform = this.ensureNode(edges.transformKey, NodeKind.NODE_KIND_TRANSFORM, timeMs);
+        this.members.add(transform, step, timeMs);
+        if (edges.runKey) this.members.add(this.ensureNode(edges.runKey, NodeKind.NODE_KIND_RUN, timeMs), step, timeMs);
+      } else if (this.labels.get(step) !== edges.transformKey.slice('transform:'.length)) {
+        throw new InvalidArgumentError(`${path}.transform`, `step already recorded with transform ${JSON.stringify(this.labels.get(step))}`);
+      }
+      edges.used.forEach((key, i) => {
+        const kind = key.startsWith('version:') ? NodeKind.NODE_KIND_OBJECT_VERSION : NodeKind.NODE_KIND_OBJECT;
+        const input = this.ensureNode(key, kind, timeMs);
+        if (!this.vDown.has(input, step)) {
+          this.vDown.add(input, step, timeMs);
+          this.vUp.add(step, input, timeMs);
+        }
+        const object = this.ensureNode(edges.usedObjects[i] as string, NodeKind.NODE_KIND_OBJECT, timeMs);
+        if (!this.oUp.has(step, object)) {
+          this.oDown.add(object, step, timeMs);
+          this.oUp.add(step, object, timeMs);
+        }
+      });
+      edges.generated.forEach((key, i) => {
+        const output = this.ensureNode(key, NodeKind.NODE_KIND_OBJECT_VERSION, timeMs);
+        const g = this.generator.data[output] as number;
+        if (g !== NO_NODE && g !== step) {
+          throw new InvalidArgumentError(`${path}.generated[${i}]`, `${key} was already generated by ${this.keys[g]}`);
+        }
+        if (g === NO_NODE) {
+          this.generator.data[output] = step;
+          this.generatorLog.push(output);
+          this.vDown.add(step, output, timeMs);
+          this.vUp.add(output, step, timeMs);
+        }
+        const object = this.ensureNode(edges.generatedObjects[i] as string, NodeKind.NODE_KIND_OBJECT, timeMs);
+        if (!this.oDown.has(step, object)) {
+          this.oDown.add(step, object, timeMs);
+          this.oUp.add(object, step, timeMs);
+        }
+      });
+      if (this.reachesItself(step)) {
+        throw new InvalidArgumentError(`${path}.generated`, `would close a cycle: ${edges.stepKey} is upstream of its own inputs`);
+      }
+    } catch (err) {
+      this.rollback(mark);
+      throw err;
+    }
+  }
+
+  /**
+   * Breadth-first closure from `starts` (excluded from the result unless reached again). Returns
+   * node ids in visiting order with their distances; `distanceOf` is valid until the next walk.
+   */
+  walk(starts: readonly number[], options: WalkOptions): { nodes: Int32Array; distances: Int32Array } {
+    const lists = options.objectLevel ? [this.oDown, this.oUp] : [this.vDown, this.vUp];
+    const directions = options.mode === 'down' ? [lists[0] as AdjacencyLists] : options.mode === 'up' ? [lists[1] as AdjacencyLists] : lists;
+    this.prepareMarks();
+    const stamp = ++this.stamp;
+    const queue = new GrowableInt32(64);
+    for (const s of starts) {
+      if (this.visitStamp[s] === stamp) continue;
+      this.visitStamp[s] = stamp;
+      this.distance[s] = 0;
+      queue.push(s);
+    }
+    const startCount = queue.length;
+    for (let head = 0; head < queue.length; head++) {
+      const node = queue.data[head] as number;
+      const d = this.distance[node] as number;
+      if (options.depth !== 0 && d >= options.depth) continue;
+      for (const adj of directions) {
+        for (let e = adj.first(node); e !== -1; e = adj.next.data[e] as number) {
+          if ((adj.time.data[e] as number) > options.asOfMs) continue;
+          let to = adj.dst.data[e] as number;
+          // Object-level walks see a version as its object.
+          if (options.objectLevel && this.kinds.data[to] === NodeKind.NODE_KIND_OBJECT_VERSION) to = this.objectOf.data[to] as number;
+          if (this.visitStamp[to] === stamp) continue;
+          this.visitStamp[to] = stamp;
+          this.distance[to] = d + 1;
+          queue.push(to);
+        }
+      }
+    }
+    const nodes = queue.data.slice(startCount, queue.length);
+    const distances = new Int32Array(nodes.length);
+    for (let i = 0; i < nodes.length; i++) distances[i] = this.distance[nodes[i] as number] as number;
+    return { nodes, distances };
+  }
+
+  /** Edges among `nodes` (plus `starts`) in the granularity walked, each once, as [from, to] downstream pairs. */
+  edgesAmong(nodeSet: ReadonlySet<number>, objectLevel: boolean, asOfMs: number): [number, number][] {
+    const down = objectLevel ? this.oDown : this.vDown;
+    const out: [number, number][] = [];
+    for (const n of nodeSet) {
+      for (let e = down.first(n); e !== -1; e = down.next.data[e] as number) {
+        if ((down.time.data[e] as number) > asOfMs) continue;
+        let to = down.dst.data[e] as number;
+        if (objectLevel && this.kinds.data[to] === NodeKind.NODE_KIND_OBJECT_VERSION) to = this.objectOf.data[to] as number;
+        if (nodeSet.has(to)) out.push([n, to]);
+      }
+    }
+    return out;
+  }
+
+  private reachesItself(step: number): boolean {
+    this.prepareMarks();
+    const stamp = ++this.stamp;
+    const stack: number[] = [];
+    for (let e = this.vDown.first(step); e !== -1; e = this.vDown.next.data[e] as number) stack.push(this.vDown.dst.data[e] as number);
+    while (stack.length > 0) {
+      const n = stack.pop() as number;
+      if (n === step) return true;
+      if (this.visitStamp[n] === stamp) continue;
+      this.visitStamp[n] = stamp;
+      for (let e = this.vDown.first(n); e !== -1; e = this.vDown.next.data[e] as number) stack.push(this.vDown.dst.data[e] as number);
+    }
+    return false;
+  }
+
+  private prepareMarks(): void {
+    if (this.visitStamp.length < this.keys.length) {
+      const size = Math.max(1024, this.keys.length * 2);
+      const v = new Int32Array(size);
+      v.set(this.visitStamp);
+      this.visitStamp = v;
+      const d = new Int32Array(size);
+      d.set(this.distance);
+      this.distance = d;
+    }
+  }
+}

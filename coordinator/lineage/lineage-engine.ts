@@ -1,0 +1,566 @@
+import { createHash } from 'node:crypto';
+import {
+  Direction,
+  EdgeKind,
+  NodeKind,
+  type GetNodeRequest,
+  type GetNodeResponse,
+  type GetProofResponse,
+  type GetRecordPathRequest,
+  type GetRecordPathResponse,
+  type ListRunsRequest,
+  type ListRunsResponse,
+  type NodeRef,
+  type TraceEdge,
+  type TraceNode,
+  type TraceRequest,
+  type TraceResponse,
+} from '../../common/gen/retrace/v1/lineage.js';
+import { LedgerEntryBody, type Checkpoint, type LineageEvent, type ObjectVersion, type Run, type Step } from '../../common/gen/retrace/v1/provenance.js';
+import { EVENT_LIMITS, normalizeEvent } from '../../common/event-validation.js';
+import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../../common/errors.js';
+import { nodeKey, parseNodeKey, versionKey } from '../../common/lineage-keys.js';
+import { leafHash, MerkleTree } from '../../common/merkle.js';
+import type { CheckpointSigner } from '../ledger/checkpoint-signer.js';
+import type { NanoClock } from '../clock.js';
+import type { EntityRef, LineageStore, PreparedEntry } from '../store/lineage-store.js';
+import { GraphIndex, type IndexMark } from './graph-index.js';
+import type { LineageApi, SubmitResult } from './lineage-api.js';
+import { foldObjectVersions, foldRuns, foldSteps } from './step-fold.js';
+
+export interface LineageEngineOptions {
+  store: LineageStore;
+  signer: CheckpointSigner;
+  clock: NanoClock;
+  log?: (line: string) => void;
+}
+
+export type LineageEngineState = 'NEW' | 'RECOVERING' | 'RUNNING' | 'STOPPING' | 'STOPPED';
+
+interface Submission {
+  events: LineageEvent[];
+  resolve: (r: SubmitResult) => void;
+  reject: (e: unknown) => void;
+}
+
+const GENESIS = new Uint8Array(32);
+const DEFAULT_PAGE = 1000;
+const MAX_PAGE = 100_000;
+
+/**
+ * The lineage store's engine: validates and appends events to the hash-chained, Merkle-tree
+ * ledger with group commit (one fsync per group of submissions), keeps the in-memory graph index
+ * in step with what is durable, and answers lineage queries. Only the committer writes.
+ */
+export class LineageEngine implements LineageApi {
+  private state: LineageEngineState = 'NEW';
+  private readonly store: LineageStore;
+  private readonly signer: CheckpointSigner;
+  private readonly clock: NanoClock;
+  private readonly log: (line: string) => void;
+
+  readonly index = new GraphIndex();
+  private readonly merkle = new MerkleTree();
+  private readonly eventSeqs = new Map<string, bigint>();
+  private readonly knownRuns = new Set<string>();
+  /** What applyToIndex added to eventSeqs and knownRuns since recovery, so a rejected batch can be undone. Cleared after each commit. */
+  private readonly addedLog: ({ eventId: string } | { runId: string })[] = [];
+  private nextSeq = 0n;
+  private head: Uint8Array = GENESIS;
+  private checkpoint: Checkpoint | undefined;
+
+  private queue: Submission[] = [];
+  private flushing: Promise<void> | undefined;
+
+  constructor(options: LineageEngineOptions) {
+    this.store = options.store;
+    this.signer = options.signer;
+    this.clock = options.clock;
+    this.log = options.log ?? (() => {});
+  }
+
+  get treeSize(): bigint {
+    return this.nextSeq;
+  }
+
+  get latestCheckpoint(): Checkpoint | undefined {
+    return this.checkpoint;
+  }
+
+  /** Rebuilds the in-memory state from the ledger. */
+  async start(): Promise<void> {
+    this.transition('RECOVERING');
+    const started = Date.now();
+    for await (const entry of this.store.entries()) {
+      if (entry.seq !== this.nextSeq) throw new FailedPreconditionError(`ledger has a gap at seq ${this.nextSeq} (found ${entry.seq}); run "retrace verify"`);
+      const body = LedgerEntryBody.decode(entry.body);
+      if (!body.event) throw new FailedPreconditionError(`ledger entry ${entry.seq} has no event; run "retrace verify"`);
+      this.applyToIndex(body.event, entry.seq, `ledger[${entry.seq}]`);
+      this.merkle.appendLeafHash(leafHash(entry.body));
+      this.head = entry.entryHash;
+      this.nextSeq++;
+      this.addedLog.length = 0;
+    }
+    const cp = await this.store.latestCheckpoint();
+    this.checkpoint = cp === undefined ? undefined : (JSON.parse(cp) as Checkpoint);
+    this.log(`lineage: recovered ${this.nextSeq} ledger entries, ${this.index.nodeCount} nodes, ${this.index.edgeCount} edges in ${Date.now() - started} ms`);
+    this.transition('RUNNING');
+  }
+
+  /** Waits for pending commits; later submissions are refused. */
+  async stop(): Promise<void> {
+    if (this.state === 'STOPPED' || this.state === 'NEW') {
+      this.state = 'STOPPED';
+      return;
+    }
+    this.transition('STOPPING');
+    while (this.flushing) await this.flushing;
+    this.transition('STOPPED');
+  }
+
+  submit(events: readonly LineageEvent[], options?: { signal?: AbortSignal }): Promise<SubmitResult> {
+    if (this.state !== 'RUNNING') return Promise.reject(new FailedPreconditionError(`lineage engine is ${this.state}`));
+    if (options?.signal?.aborted) return Promise.reject(options.signal.reason);
+    if (events.length > EVENT_LIMITS.maxEventsPerBatch) {
+      return Promise.reject(new InvalidArgumentError('events', `${events.length} events in one batch; the limit is ${EVENT_LIMITS.maxEventsPerBatch}`));
+    }
+    let normalized: LineageEvent[];
+    try {
+      const receivedAt = this.clock().toString();
+      normalized = events.map((e, i) => normalizeEvent(e, `events[${i}]`, receivedAt));
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return new Promise<SubmitResult>((resolve, reject) => {
+      this.queue.push({ events: normalized, resolve, reject });
+      if (!this.flushing) this.flushing = this.flushLoop();
+    });
+  }
+
+  private async flushLoop(): Promise<void> {
+    try {
+      while (this.queue.length > 0) {
+        const group = this.queue;
+        this.queue = [];
+        await this.commitGroup(group);
+      }
+    } finally {
+      this.flushing = undefined;
+    }
+  }
+
+  private async commitGroup(group: Submission[]): Promise<void> {
+    const groupMark = this.markAll();
+    const prepared: PreparedEntry[] = [];
+    const accepted: { sub: Submission; result: SubmitResult }[] = [];
+    const receivedAt = this.clock();
+    for (const sub of group) {
+      const mark = this.markAll();
+      const preparedBefore = prepared.length;
+      try {
+        let dup = 0;
+        const seqs: bigint[] = [];
+        sub.events.forEach((event, i) => {
+          const existing = this.eventSeqs.get(event.eventId);
+          if (existing !== undefined) {
+            dup++;
+            seqs.push(existing);
+            return;
+          }
+          const entry = this.prepare(event, receivedAt, `events[${i}]`);
+          prepared.push(entry);
+          seqs.push(entry.seq);
+        });
+        accepted.push({ sub, result: { accepted: sub.events.length - dup, duplicates: dup, seqs, treeSize: 0n } });
+      } catch (err) {
+        prepared.length = preparedBefore;
+        this.rollbackAll(mark);
+        sub.reject(err);
+      }
+    }
+    if (accepted.length === 0) return;
+    try {
+      let checkpoint: Checkpoint | undefined;
+      if (prepared.length > 0) {
+        checkpoint = this.signer.sign(this.nextSeq, this.merkle.root().toString('hex'), Buffer.from(this.head).toString('hex'), receivedAt);
+      }
+      await this.store.append(prepared, checkpoint && { treeSize: this.nextSeq, json: JSON.stringify(checkpoint) });
+      if (checkpoint) this.checkpoint = checkpoint;
+    } catch (err) {
+      this.rollbackAll(groupMark);
+      this.log(`lineage: commit of ${prepared.length} entries failed: ${String(err)}`);
+      for (const { sub } of accepted) sub.reject(err);
+      return;
+    }
+    this.addedLog.length = 0;
+    for (const { sub, result } of accepted) {
+      result.treeSize = this.nextSeq;
+      sub.resolve(result);
+    }
+  }
+
+  /** Validates `event` against the graph, applies it to the in-memory state, and encodes its ledger entry. */
+  private prepare(event: LineageEvent, receivedAtNs: bigint, path: string): PreparedEntry {
+    const seq = this.nextSeq;
+    const entity = this.applyToIndex(event, seq, path);
+    const body = LedgerEntryBody.encode({ seq: seq.toString(), receivedAtNs: receivedAtNs.toString(), event }).finish();
+    if (body.length > EVENT_LIMITS.maxEventBytes) {
+      throw new InvalidArgumentError(path, `event is ${body.length} bytes encoded; the limit is ${EVENT_LIMITS.maxEventBytes}`);
+    }
+    const entryHash = createHash('sha256').update(this.head).update(body).digest();
+    this.merkle.appendLeafHash(leafHash(body));
+    this.head = entryHash;
+    this.nextSeq++;
+    const entry: PreparedEntry = { seq, eventId: event.eventId, entryHash, body, entity: entity.ref };
+    if (entity.adjacency) entry.adjacency = entity.adjacency;
+    return entry;
+  }
+
+  /** Applies an event to the graph index, the event-id map and the run set; throws on invalid references. */
+  private applyToIndex(event: LineageEvent, seq: bigint, path: string): { ref: EntityRef; adjacency?: PreparedEntry['adjacency'] } {
+    const timeNs = BigInt(event.eventTimeNs);
+    const timeMs = nsToMs(timeNs);
+    const body = event.body;
+    if (!body) throw new InvalidArgumentError(`${path}.body`, 'is required');
+    let result: { ref: EntityRef; adjacency?: PreparedEntry['adjacency'] };
+    switch (body.$case) {
+      case 'objectVersion': {
+        const v = body.value;
+        const created = v.createdAtNs !== '0' ? nsToMs(BigInt(v.createdAtNs)) : timeMs;
+        this.index.ensureNode(versionKey(v.objectId, v.contentHash), NodeKind.NODE_KIND_OBJECT_VERSION, created);
+        result = { ref: { table: 'objects', objectId: v.objectId, contentHash: v.contentHash } };
+        break;
+      }
+      case 'run': {
+        this.index.ensureNode(`run:${body.value.runId}`, NodeKind.NODE_KIND_RUN, timeMs);
+        if (!this.knownRuns.has(body.value.runId)) {
+          this.knownRuns.add(body.value.runId);
+          this.addedLog.push({ runId: body.value.runId });
+        }
+        result = { ref: { table: 'runs', runId: body.value.runId } };
+        break;
+      }
+      case 'step': {
+        const s = body.value;
+        const p = `${path}.step`;
+        if (s.runId !== '' && !this.knownRuns.has(s.runId)) {
+          throw new InvalidArgumentError(`${p}.run_id`, `unknown run ${JSON.stringify(s.runId)}; submit its run event first (the same batch is fine)`);
+        }
+        const used = s.used.map((r, i) => {
+          if (r.unversioned) return `object:${r.objectId}`;
+          const key = versionKey(r.objectId, r.contentHash);
+          if (!this.index.has(key)) {
+            throw new InvalidArgumentError(`${p}.used[${i}]`, `unknown object version ${key}; submit it (object_version event) or the step that generated it first`);
+          }
+          return key;
+        });
+        const generated = s.generated.map((r) => versionKey(r.objectId, r.contentHash));
+        this.index.addStep(
+          {
+            stepKey: `step:${s.stepId}`,
+            transformKey: `transform:${s.transform}`,
+            runKey: s.runId ? `run:${s.runId}` : undefined,
+            used,
+            generated,
+            usedObjects: s.used.map((r) => `object:${r.objectId}`),
+            generatedObjects: s.generated.map((r) => `object:${r.objectId}`),
+          },
+          timeMs,
+          p,
+        );
+        result = { ref: { table: 'steps', stepId: s.stepId }, adjacency: { timeNs, stepId: s.stepId, used, generated } };
+        break;
+      }
+    }
+    this.eventSeqs.set(event.eventId, seq);
+    this.addedLog.push({ eventId: event.eventId });
+    return result;
+  }
+
+  private markAll(): { index: IndexMark; seq: bigint; head: Uint8Array; added: number } {
+    return { index: this.index.mark(), seq: this.nextSeq, head: this.head, added: this.addedLog.length };
+  }
+
+  /** Undoes everything applied since `mark`: graph, Merkle tree, chain head, event ids, runs. */
+  private rollbackAll(mark: { index: IndexMark; seq: bigint; head: Uint8Array; added: number }): void {
+    this.index.rollback(mark.index);
+    this.merkle.truncate(Number(mark.seq));
+    this.head = mark.head;
+    while (this.addedLog.length > mark.added) {
+      const item = this.addedLog.pop() as { eventId: string } | { runId: string };
+      if ('eventId' in item) this.eventSeqs.delete(item.eventId);
+      else this.knownRuns.delete(item.runId);
+    }
+    this.nextSeq = mark.seq;
+  }
+
+  // ---- queries ----
+
+  async getNode(request: GetNodeRequest): Promise<GetNodeResponse> {
+    const ref = request.node;
+    if (!ref) throw new InvalidArgumentError('node', 'is required');
+    const key = nodeKey(ref);
+    switch (ref.kind) {
+      case NodeKind.NODE_KIND_STEP: {
+        const step = await this.readStep(ref.id);
+        if (!step) throw new NotFoundError(`step ${JSON.stringify(ref.id)}`, 'node.id');
+        return { node: ref, body: { $case: 'step', value: step }, generatedBy: '', relatedSteps: [] };
+      }
+      case NodeKind.NODE_KIND_RUN: {
+        const seqs = await this.store.entitySeqs('runs', ref.id);
+        if (seqs.length === 0) throw new NotFoundError(`run ${JSON.stringify(ref.id)}`, 'node.id');
+        const run = foldRuns((await this.readEvents(seqs)).flatMap((e) => (e.body?.$case === 'run' ? [{ timeNs: BigInt(e.eventTimeNs), run: e.body.value }] : [])));
+        return { node: ref, body: { $case: 'run', value: run }, generatedBy: '', relatedSteps: this.index.membersOf(key) };
+      }
+      case NodeKind.NODE_KIND_OBJECT_VERSION: {
+        const version = await this.readVersion(ref.id, ref.contentHash);
+        if (!version) throw new NotFoundError(`object version ${key}`, 'node');
+        return {
+          node: ref,
+          body: { $case: 'objectVersion', value: version },
+          generatedBy: this.index.generatorOf(key) ?? '',
+          relatedSteps: this.index.consumersOf(key),
+        };
+      }
+      case NodeKind.NODE_KIND_OBJECT: {
+        if (!this.index.has(key)) throw new NotFoundError(`object ${JSON.stringify(ref.id)}`, 'node.id');
+        const versionKeys = this.index.membersOf(key);
+        const versions = await Promise.all(versionKeys.map((k) => this.readVersion(ref.id, parseNodeKey(k).contentHash)));
+        return {
+          node: ref,
+          body: { $case: 'object', value: { objectId: ref.id, versions: versions.filter((v): v is ObjectVersion => v !== undefined) } },
+          generatedBy: '',
+          relatedSteps: this.index.consumersOf(key),
+        };
+      }
+      case NodeKind.NODE_KIND_TRANSFORM: {
+        if (!this.index.has(key)) throw new NotFoundError(`transform ${JSON.stringify(ref.id)}`, 'node.id');
+        return { node: ref, body: undefined, generatedBy: '', relatedSteps: this.index.membersOf(key) };
+      }
+      default:
+        throw new InvalidArgumentError('node.kind', 'is required');
+    }
+  }
+
+  async trace(request: TraceRequest): Promise<TraceResponse> {
+    const start = request.start;
+    if (!start) throw new InvalidArgumentError('start', 'is required');
+    const key = nodeKey(start);
+    const id = this.index.idOf(key);
+    if (id === undefined) throw new NotFoundError(`node ${key}`, 'start');
+    if (request.pageSize > MAX_PAGE) throw new InvalidArgumentError('page_size', `at most ${MAX_PAGE}`);
+    const pageSize = request.pageSize === 0 ? DEFAULT_PAGE : request.pageSize;
+    const token = decodePageToken(request.pageToken);
+    const asOfMs = token?.asOfMs ?? (request.asOfNs === '0' || request.asOfNs === '' ? Number.POSITIVE_INFINITY : nsToMs(BigInt(request.asOfNs)));
+    const objectLevel = request.objectLevel || start.kind === NodeKind.NODE_KIND_OBJECT || start.kind === NodeKind.NODE_KIND_TRANSFORM;
+    let starts = [id];
+    if (start.kind === NodeKind.NODE_KIND_TRANSFORM || start.kind === NodeKind.NODE_KIND_RUN) {
+      starts = this.index.membersOf(key).map((k) => this.index.idOf(k) as number);
+    } else if (objectLevel && start.kind === NodeKind.NODE_KIND_OBJECT_VERSION) {
+      starts = [this.index.idOf(`object:${start.id}`) as number];
+    }
+    const depth = request.depth;
+    const direction = request.direction === Direction.DIRECTION_UNSPECIFIED ? Direction.DIRECTION_DOWNSTREAM : request.direction;
+    let nodes: Int32Array;
+    let distances: Int32Array;
+    if (direction === Direction.DIRECTION_BOTH) {
+      const down = this.index.walk(starts, { mode: 'down', objectLevel, depth, asOfMs });
+      const up = this.index.walk(starts, { mode: 'up', objectLevel, depth, asOfMs });
+      nodes = new Int32Array(down.nodes.length + up.nodes.length);
+      nodes.set(down.nodes);
+      nodes.set(up.nodes, down.nodes.length);
+      distances = new Int32Array(nodes.length);
+      distances.set(down.distances);
+      distances.set(up.distances, down.nodes.length);
+    } else {
+      const mode = direction === Direction.DIRECTION_UPSTREAM ? 'up' : direction === Direction.DIRECTION_ANY ? 'any' : 'down';
+      if (direction !== Direction.DIRECTION_DOWNSTREAM && mode === 'down') throw new InvalidArgumentError('direction', 'unknown direction');
+      ({ nodes, distances } = this.index.walk(starts, { mode, objectLevel, depth, asOfMs }));
+    }
+    // A transform's or run's own steps are part of its answer.
+    const startSet = new Set(starts);
+    const includeStarts = start.kind === NodeKind.NODE_KIND_TRANSFORM || start.kind === NodeKind.NODE_KIND_RUN;
+    const all: number[] = includeStarts ? [...starts] : [];
+    const dist: number[] = includeStarts ? starts.map(() => 0) : [];
+    for (let i = 0; i < nodes.length; i++) {
+      const n = nodes[i] as number;
+      if (startSet.has(n)) continue;
+      all.push(n);
+      dist.push(distances[i] as number);
+    }
+    const offset = token?.offset ?? 0;
+    const end = Math.min(all.length, offset + pageSize);
+    const page: TraceNode[] = [];
+    for (let i = offset; i < end; i++) {
+      const n = all[i] as number;
+      const k = this.index.keyOf(n);
+      page.push({
+        node: parseNodeKey(k),
+        key: k,
+        distance: dist[i] as number,
+        timeNs: msToNsString(this.index.timeOf(n)),
+        label: this.index.labelOf(n) ?? '',
+      });
+    }
+    const edges: TraceEdge[] = [];
+    if (request.includeEdges) {
+      const set = new Set<number>(all.slice(offset, end));
+      for (const s of starts) set.add(s);
+      for (const [from, to] of this.index.edgesAmong(set, objectLevel, asOfMs)) {
+        const fromKind = this.index.kindOf(from);
+        if (fromKind === NodeKind.NODE_KIND_STEP) edges.push({ from: this.index.keyOf(to), to: this.index.keyOf(from), kind: EdgeKind.EDGE_KIND_GENERATED_BY });
+        else edges.push({ from: this.index.keyOf(to), to: this.index.keyOf(from), kind: EdgeKind.EDGE_KIND_USED });
+      }
+    }
+    return {
+      nodes: page,
+      edges,
+      totalNodes: all.length.toString(),
+      nextPageToken: end < all.length ? encodePageToken({ offset: end, asOfMs }) : '',
+    };
+  }
+
+  async getRecordPath(request: GetRecordPathRequest): Promise<GetRecordPathResponse> {
+    if (request.objectId === '') throw new InvalidArgumentError('object_id', 'is required');
+    const objectKey = `object:${request.objectId}`;
+    if (!this.index.has(objectKey)) throw new NotFoundError(`object ${JSON.stringify(request.objectId)}`, 'object_id');
+    const asOfMs = request.asOfNs === '0' || request.asOfNs === '' ? Number.POSITIVE_INFINITY : nsToMs(BigInt(request.asOfNs));
+    let hash = request.contentHash;
+    if (hash === '') {
+      const versions = this.index.membersOf(objectKey).filter((k) => this.index.timeOf(this.index.idOf(k) as number) <= asOfMs);
+      const latest = versions[versions.length - 1];
+      if (!latest) throw new NotFoundError(`a version of ${JSON.stringify(request.objectId)} as of that time`, 'as_of_ns');
+      hash = parseNodeKey(latest).contentHash;
+    }
+    const key = versionKey(request.objectId, hash);
+    const id = this.index.idOf(key);
+    if (id === undefined) throw new NotFoundError(`object version ${key}`, 'content_hash');
+    const { nodes } = this.index.walk([id], { mode: 'up', objectLevel: false, depth: 0, asOfMs });
+    const stepIds = [...nodes].filter((n) => this.index.kindOf(n) === NodeKind.NODE_KIND_STEP);
+    const steps = (await Promise.all(stepIds.map((n) => this.readStep(parseNodeKey(this.index.keyOf(n)).id)))).filter((s): s is Step => s !== undefined);
+    const record = (await this.readVersion(request.objectId, hash)) ?? emptyVersion(request.objectId, hash);
+    return { record, steps: orderByDependencies(steps) };
+  }
+
+  async listRuns(request: ListRunsRequest): Promise<ListRunsResponse> {
+    if (request.pageSize > MAX_PAGE) throw new InvalidArgumentError('page_size', `at most ${MAX_PAGE}`);
+    const pageSize = request.pageSize === 0 ? 100 : request.pageSize;
+    const after = request.pageToken === '' ? '' : Buffer.from(request.pageToken, 'base64url').toString();
+    const runs: Run[] = [];
+    let last = '';
+    let more = false;
+    for await (const { runId, seqs } of this.store.runIds(after)) {
+      if (runs.length === pageSize) {
+        more = true;
+        break;
+      }
+      last = runId;
+      const run = foldRuns((await this.readEvents(seqs)).flatMap((e) => (e.body?.$case === 'run' ? [{ timeNs: BigInt(e.eventTimeNs), run: e.body.value }] : [])));
+      if (request.namePrefix === '' || run.name.startsWith(request.namePrefix)) runs.push(run);
+    }
+    return { runs, nextPageToken: more ? Buffer.from(last).toString('base64url') : '' };
+  }
+
+  async getProof(eventId: string): Promise<GetProofResponse> {
+    if (eventId === '') throw new InvalidArgumentError('event_id', 'is required');
+    const seq = this.eventSeqs.get(eventId);
+    const checkpoint = this.checkpoint;
+    if (seq === undefined || !checkpoint || seq >= BigInt(checkpoint.treeSize)) throw new NotFoundError(`event ${JSON.stringify(eventId)}`, 'event_id');
+    const entry = await this.store.getEntry(seq);
+    if (!entry) throw new NotFoundError(`ledger entry ${seq}`, 'event_id');
+    const size = Number(checkpoint.treeSize);
+    return {
+      seq: seq.toString(),
+      leafHash: leafHash(entry.body).toString('hex'),
+      entryHash: Buffer.from(entry.entryHash).toString('hex'),
+      auditPath: this.merkle.auditPath(Number(seq), size).map((h) => h.toString('hex')),
+      checkpoint,
+      entryBody: Buffer.from(entry.body).toString('base64'),
+    };
+  }
+
+  /** The folded view of a step, or undefined. */
+  async readStep(stepId: string): Promise<Step | undefined> {
+    const seqs = await this.store.entitySeqs('steps', stepId);
+    if (seqs.length === 0) return undefined;
+    return foldSteps((await this.readEvents(seqs)).flatMap((e) => (e.body?.$case === 'step' ? [{ timeNs: BigInt(e.eventTimeNs), step: e.body.value }] : [])));
+  }
+
+  /** The folded view of an object version; a version known only as a step's output has no events and gets a bare record. */
+  async readVersion(objectId: string, contentHash: string): Promise<ObjectVersion | undefined> {
+    const seqs = (await this.store.objectVersionSeqs(objectId, contentHash)).get(contentHash) ?? [];
+    if (seqs.length === 0) return this.index.has(versionKey(objectId, contentHash)) ? emptyVersion(objectId, contentHash) : undefined;
+    return foldObjectVersions((await this.readEvents(seqs)).flatMap((e) => (e.body?.$case === 'objectVersion' ? [{ timeNs: BigInt(e.eventTimeNs), version: e.body.value }] : [])));
+  }
+
+  private async readEvents(seqs: readonly bigint[]): Promise<LineageEvent[]> {
+    const entries = await this.store.getEntries(seqs);
+    return entries.flatMap((e) => {
+      const body = LedgerEntryBody.decode(e.body);
+      return body.event ? [body.event] : [];
+    });
+  }
+
+  private transition(to: LineageEngineState): void {
+    this.log(`lineage: ${this.state} -> ${to}`);
+    this.state = to;
+  }
+}
+
+function emptyVersion(objectId: string, contentHash: string): ObjectVersion {
+  return { objectId, contentHash, size: '0', mediaType: '', createdAtNs: '0', attributes: {}, facets: undefined };
+}
+
+/** Dependencies before dependants; ties by start time, then step id. */
+function orderByDependencies(steps: Step[]): Step[] {
+  const producers = new Map<string, Step>();
+  for (const s of steps) for (const g of s.generated) producers.set(`${g.objectId}@${g.contentHash}`, s);
+  const sorted = [...steps].sort((a, b) => compareNs(a.startedAtNs, b.startedAtNs) || a.stepId.localeCompare(b.stepId));
+  const done = new Set<Step>();
+  const out: Step[] = [];
+  const visit = (s: Step, stack: Set<Step>): void => {
+    if (done.has(s) || stack.has(s)) return;
+    stack.add(s);
+    for (const u of s.used) {
+      const p = producers.get(`${u.objectId}@${u.contentHash}`);
+      if (p) visit(p, stack);
+    }
+    stack.delete(s);
+    done.add(s);
+    out.push(s);
+  };
+  for (const s of sorted) visit(s, new Set());
+  return out;
+}
+
+function compareNs(a: string, b: string): number {
+  const x = BigInt(a);
+  const y = BigInt(b);
+  return x < y ? -1 : x > y ? 1 : 0;
+}
+
+export function nsToMs(ns: bigint): number {
+  return Number(ns / 1000n) / 1000;
+}
+
+function msToNsString(ms: number): string {
+  if (!Number.isFinite(ms)) return '0';
+  return (BigInt(Math.round(ms * 1000)) * 1000n).toString();
+}
+
+function encodePageToken(t: { offset: number; asOfMs: number }): string {
+  return Buffer.from(JSON.stringify({ o: t.offset, a: Number.isFinite(t.asOfMs) ? t.asOfMs : null })).toString('base64url');
+}
+
+function decodePageToken(token: string): { offset: number; asOfMs: number } | undefined {
+  if (token === '') return undefined;
+  try {
+    const v = JSON.parse(Buffer.from(token, 'base64url').toString()) as { o: unknown; a: unknown };
+    if (typeof v.o !== 'number' || !Number.isInteger(v.o) || v.o < 0) throw new Error('bad offset');
+    return { offset: v.o, asOfMs: typeof v.a === 'number' ? v.a : Number.POSITIVE_INFINITY };
+  } catch {
+    throw new InvalidArgumentError('page_token', 'malformed page token');
+  }
+}
+
+export type { NodeRef };

@@ -1,0 +1,75 @@
+import type { ObjectRef, ObjectVersion, Run, Step } from '../../common/gen/retrace/v1/provenance.js';
+
+/**
+ * Several events may describe one step, run or object version (an OpenLineage run sends START
+ * then COMPLETE). The view is their fold in event-time order: non-empty scalars of later events
+ * win, references accumulate, facets merge shallowly.
+ */
+export function foldSteps(events: readonly { timeNs: bigint; step: Step }[]): Step {
+  const sorted = [...events].sort((a, b) => (a.timeNs < b.timeNs ? -1 : a.timeNs > b.timeNs ? 1 : 0));
+  const first = sorted[0];
+  if (!first) throw new Error('foldSteps needs at least one event');
+  const out: Step = { ...first.step, used: [...first.step.used], generated: [...first.step.generated] };
+  for (const { step } of sorted.slice(1)) {
+    if (step.runId) out.runId = step.runId;
+    if (step.codeVersion) out.codeVersion = step.codeVersion;
+    if (step.parameters) out.parameters = step.parameters;
+    if (step.nodeId) out.nodeId = step.nodeId;
+    if (step.host) out.host = step.host;
+    if (step.startedAtNs !== '0' && (out.startedAtNs === '0' || BigInt(step.startedAtNs) < BigInt(out.startedAtNs))) out.startedAtNs = step.startedAtNs;
+    if (step.endedAtNs !== '0') out.endedAtNs = step.endedAtNs;
+    if (step.why) out.why = step.why;
+    if (step.resources) out.resources = step.resources;
+    out.used = mergeRefs(out.used, step.used);
+    out.generated = mergeRefs(out.generated, step.generated);
+    if (step.facets) out.facets = { ...(out.facets ?? {}), ...step.facets };
+  }
+  return out;
+}
+
+export function foldRuns(events: readonly { timeNs: bigint; run: Run }[]): Run {
+  const sorted = [...events].sort((a, b) => (a.timeNs < b.timeNs ? -1 : a.timeNs > b.timeNs ? 1 : 0));
+  const first = sorted[0];
+  if (!first) throw new Error('foldRuns needs at least one event');
+  const out: Run = { ...first.run };
+  for (const { run } of sorted.slice(1)) {
+    if (run.name) out.name = run.name;
+    if (run.parentRunId) out.parentRunId = run.parentRunId;
+    if (run.state) out.state = run.state;
+    if (run.startedAtNs !== '0' && (out.startedAtNs === '0' || BigInt(run.startedAtNs) < BigInt(out.startedAtNs))) out.startedAtNs = run.startedAtNs;
+    if (run.endedAtNs !== '0') out.endedAtNs = run.endedAtNs;
+    if (run.facets) out.facets = { ...(out.facets ?? {}), ...run.facets };
+  }
+  return out;
+}
+
+export function foldObjectVersions(events: readonly { timeNs: bigint; version: ObjectVersion }[]): ObjectVersion {
+  const sorted = [...events].sort((a, b) => (a.timeNs < b.timeNs ? -1 : a.timeNs > b.timeNs ? 1 : 0));
+  const first = sorted[0];
+  if (!first) throw new Error('foldObjectVersions needs at least one event');
+  const out: ObjectVersion = { ...first.version };
+  for (const { version } of sorted.slice(1)) {
+    if (version.size !== '0') out.size = version.size;
+    if (version.mediaType) out.mediaType = version.mediaType;
+    if (version.createdAtNs !== '0' && out.createdAtNs === '0') out.createdAtNs = version.createdAtNs;
+    out.attributes = { ...out.attributes, ...version.attributes };
+    if (version.facets) out.facets = { ...(out.facets ?? {}), ...version.facets };
+  }
+  return out;
+}
+
+function mergeRefs(a: readonly ObjectRef[], b: readonly ObjectRef[]): ObjectRef[] {
+  const seen = new Set(a.map(refId));
+  const out = [...a];
+  for (const r of b) {
+    if (!seen.has(refId(r))) {
+      seen.add(refId(r));
+      out.push(r);
+    }
+  }
+  return out;
+}
+
+function refId(r: ObjectRef): string {
+  return `${r.objectId}\u0000${r.contentHash}`;
+}

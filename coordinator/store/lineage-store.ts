@@ -1,0 +1,206 @@
+import type { AbstractSublevel } from 'abstract-level';
+import type { Database } from './database.js';
+
+type Table = AbstractSublevel<Database, string | Uint8Array, string, string>;
+type BinaryTable = AbstractSublevel<Database, string | Uint8Array, string, Uint8Array>;
+
+/** Which entity table an entry is indexed under. */
+export type EntityRef =
+  | { table: 'objects'; objectId: string; contentHash: string }
+  | { table: 'steps'; stepId: string }
+  | { table: 'runs'; runId: string };
+
+/** One ledger entry ready to write, with the index rows that belong to it. */
+export interface PreparedEntry {
+  seq: bigint;
+  eventId: string;
+  /** H(previous entry hash ‖ body). */
+  entryHash: Uint8Array;
+  /** Canonical bytes (encoded LedgerEntryBody). */
+  body: Uint8Array;
+  entity: EntityRef;
+  /** For step events: the edges they add, time-ordered by `timeNs`. */
+  adjacency?: { timeNs: bigint; stepId: string; used: string[]; generated: string[] };
+}
+
+export interface StoredEntry {
+  seq: bigint;
+  entryHash: Uint8Array;
+  body: Uint8Array;
+}
+
+export interface AdjacencyRow {
+  timeNs: bigint;
+  seq: bigint;
+  stepId: string;
+  used: string[];
+  generated: string[];
+}
+
+/**
+ * The lineage tables over LevelDB sublevels; the only code that knows their key layouts.
+ *   ledger      seq(16 hex)                              → entryHash(32) ‖ body
+ *   event-ids   eventId                                  → seq
+ *   objects     objectId NUL contentHash NUL seq         → ""
+ *   steps       stepId NUL seq                           → ""
+ *   runs        runId NUL seq                            → ""
+ *   adjacency   timeNs(20 digits) NUL seq                → {"s","u","g"} (one row per step event)
+ *   checkpoints treeSize(16 hex)                         → Checkpoint JSON
+ * Everything an event adds is written in the same atomic, fsynced batch as its ledger entry.
+ */
+export class LineageStore {
+  readonly ledger: BinaryTable;
+  readonly eventIds: Table;
+  readonly objects: Table;
+  readonly steps: Table;
+  readonly runs: Table;
+  readonly adjacency: Table;
+  readonly checkpoints: Table;
+
+  constructor(readonly db: Database) {
+    this.ledger = db.sublevel<string, Uint8Array>('ledger', { valueEncoding: 'view' });
+    this.eventIds = db.sublevel<string, string>('event-ids', {});
+    this.objects = db.sublevel<string, string>('objects', {});
+    this.steps = db.sublevel<string, string>('steps', {});
+    this.runs = db.sublevel<string, string>('runs', {});
+    this.adjacency = db.sublevel<string, string>('adjacency', {});
+    this.checkpoints = db.sublevel<string, string>('checkpoints', {});
+  }
+
+  /** Writes entries and their index rows, plus a checkpoint, as one synced batch. */
+  async append(entries: readonly PreparedEntry[], checkpoint: { treeSize: bigint; json: string } | undefined): Promise<void> {
+    const batch = this.db.batch();
+    for (const e of entries) {
+      const seq = seqKey(e.seq);
+      const value = new Uint8Array(32 + e.body.length);
+      value.set(e.entryHash, 0);
+      value.set(e.body, 32);
+      batch.put(seq, value, { sublevel: this.ledger });
+      batch.put(e.eventId, seq, { sublevel: this.eventIds });
+      batch.put(entityKey(e.entity, seq), '', { sublevel: this.entityTable(e.entity) });
+      if (e.adjacency) {
+        const a = e.adjacency;
+        batch.put(adjacencyKey(a.timeNs, seq), JSON.stringify({ s: a.stepId, u: a.used, g: a.generated }), { sublevel: this.adjacency });
+      }
+    }
+    if (checkpoint) batch.put(seqKey(checkpoint.treeSize), checkpoint.json, { sublevel: this.checkpoints });
+    await batch.write({ sync: true });
+  }
+
+  async getEntry(seq: bigint): Promise<StoredEntry | undefined> {
+    const value = await this.ledger.get(seqKey(seq));
+    return value === undefined ? undefined : splitEntry(seq, value);
+  }
+
+  async getEntries(seqs: readonly bigint[]): Promise<StoredEntry[]> {
+    if (seqs.length === 0) return [];
+    const values = await this.ledger.getMany(seqs.map(seqKey));
+    const out: StoredEntry[] = [];
+    values.forEach((v, i) => {
+      if (v !== undefined) out.push(splitEntry(seqs[i] as bigint, v));
+    });
+    return out;
+  }
+
+  /** Every entry from `fromSeq` on, in order. */
+  async *entries(fromSeq = 0n): AsyncGenerator<StoredEntry> {
+    for await (const [key, value] of this.ledger.iterator({ gte: seqKey(fromSeq) })) {
+      yield splitEntry(BigInt(`0x${key}`), value);
+    }
+  }
+
+  async seqOfEvent(eventId: string): Promise<bigint | undefined> {
+    const v = await this.eventIds.get(eventId);
+    return v === undefined ? undefined : BigInt(`0x${v}`);
+  }
+
+  /** Ledger seqs of every event about a step or a run, oldest first. */
+  async entitySeqs(table: 'steps' | 'runs', id: string): Promise<bigint[]> {
+    const t = table === 'steps' ? this.steps : this.runs;
+    const seqs: bigint[] = [];
+    for await (const key of t.keys({ gt: `${id}\u0000`, lt: `${id}\u0001` })) seqs.push(BigInt(`0x${key.slice(id.length + 1)}`));
+    return seqs;
+  }
+
+  /** Versions of an object: content hash and the seqs of the events about each, oldest first. */
+  async objectVersionSeqs(objectId: string, contentHash?: string): Promise<Map<string, bigint[]>> {
+    const prefix = contentHash === undefined ? `${objectId}\u0000` : `${objectId}\u0000${contentHash}\u0000`;
+    const out = new Map<string, bigint[]>();
+    for await (const key of this.objects.keys({ gte: prefix, lt: `${prefix.slice(0, -1)}\u0001` })) {
+      const rest = key.slice(objectId.length + 1);
+      const sep = rest.indexOf('\u0000');
+      const hash = rest.slice(0, sep);
+      const list = out.get(hash) ?? [];
+      list.push(BigInt(`0x${rest.slice(sep + 1)}`));
+      out.set(hash, list);
+    }
+    return out;
+  }
+
+  /** Runs in id order starting after `afterRunId`, with their event seqs. */
+  async *runIds(afterRunId: string): AsyncGenerator<{ runId: string; seqs: bigint[] }> {
+    let current: { runId: string; seqs: bigint[] } | undefined;
+    for await (const key of this.runs.keys(afterRunId === '' ? {} : { gt: `${afterRunId}\u0001` })) {
+      const sep = key.lastIndexOf('\u0000');
+      const runId = key.slice(0, sep);
+      const seq = BigInt(`0x${key.slice(sep + 1)}`);
+      if (current && current.runId === runId) current.seqs.push(seq);
+      else {
+        if (current) yield current;
+        current = { runId, seqs: [seq] };
+      }
+    }
+    if (current) yield current;
+  }
+
+  /** Adjacency rows with event time ≤ asOfNs (all when undefined), in time order. */
+  async *adjacencyRows(asOfNs?: bigint): AsyncGenerator<AdjacencyRow> {
+    const range = asOfNs === undefined ? {} : { lt: `${timeKey(asOfNs)}\u0001` };
+    for await (const [key, value] of this.adjacency.iterator(range)) {
+      const [t, s] = key.split('\u0000') as [string, string];
+      const row = JSON.parse(value) as { s: string; u: string[]; g: string[] };
+      yield { timeNs: BigInt(t), seq: BigInt(`0x${s}`), stepId: row.s, used: row.u, generated: row.g };
+    }
+  }
+
+  async latestCheckpoint(): Promise<string | undefined> {
+    for await (const value of this.checkpoints.values({ reverse: true, limit: 1 })) return value;
+    return undefined;
+  }
+
+  /** Checkpoints in tree-size order. */
+  async *allCheckpoints(): AsyncGenerator<string> {
+    yield* this.checkpoints.values();
+  }
+
+  private entityTable(e: EntityRef): Table {
+    return e.table === 'objects' ? this.objects : e.table === 'steps' ? this.steps : this.runs;
+  }
+}
+
+export function seqKey(seq: bigint): string {
+  return seq.toString(16).padStart(16, '0');
+}
+
+export function timeKey(ns: bigint): string {
+  return ns.toString().padStart(20, '0');
+}
+
+export function entityKey(e: EntityRef, seq: string): string {
+  switch (e.table) {
+    case 'objects':
+      return `${e.objectId}\u0000${e.contentHash}\u0000${seq}`;
+    case 'steps':
+      return `${e.stepId}\u0000${seq}`;
+    case 'runs':
+      return `${e.runId}\u0000${seq}`;
+  }
+}
+
+export function adjacencyKey(timeNs: bigint, seq: string): string {
+  return `${timeKey(timeNs)}\u0000${seq}`;
+}
+
+function splitEntry(seq: bigint, value: Uint8Array): StoredEntry {
+  return { seq, entryHash: value.subarray(0, 32), body: value.subarray(32) };
+}
