@@ -1,0 +1,24 @@
+/** Renders rows as an aligned text table with a header; cells are stringified. */
+export function renderTable(headers: readonly string[], rows: readonly (readonly unknown[])[]): string {
+  const cells = rows.map((r) => r.map((c) => (c === undefined || c === null ? '' : String(c))));
+  const widths = headers.map((h, i) => Math.max(h.length, ...cells.map((r) => (r[i] ?? '').length)));
+  const line = (r: readonly string[]): string => r.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd();
+  return [line(headers), line(widths.map((w) => '-'.repeat(w))), ...cells.map(line)].join('\n') + '\n';
+}
+
+/** Pretty JSON for `--json` output (bigint-safe). */
+export function toJson(value: unknown): string {
+  return `${JSON.stringify(value, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v), 2)}\n`;
+}
+
+/** Shortens "sha256:<64 hex>" to "sha256:<12 hex>…" for tables. */
+export function shortHash(hash: string): string {
+  return hash.startsWith('sha256:') && hash.length > 19 ? `${hash.slice(0, 19)}…` : hash;
+}
+
+/** A one-line progress bar: "[#####.....] 50% label". */
+export function progressBar(done: number, total: number, width = 30, label = ''): string {
+  const frac = total <= 0 ? 1 : Math.min(1, done / total);
+  const filled = Math.round(frac * width);
+  return `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${Math.round(frac * 100)}% ${label}`.trimEnd();
+}

@@ -1,0 +1,234 @@
+import { readFileSync, writeFileSync } from 'node:fs';
+import { Direction, LineageServiceDefinition, NodeKind, type NodeRef } from '../../common/gen/retrace/v1/lineage.js';
+import { LineageEvent } from '../../common/gen/retrace/v1/provenance.js';
+import { parseNodeKey } from '../../common/lineage-keys.js';
+import { verifyInclusion } from '../../common/merkle.js';
+import { isoToNanos, nanosToIso } from '../../common/time.js';
+import { validateOpenLineageBatch, validateOpenLineageEvent } from '../../common/openlineage/validate.js';
+import { toLineageEvents } from '../../common/openlineage/to-lineage-events.js';
+import { verifyCheckpoint } from '../../coordinator/ledger/checkpoint-signer.js';
+import { flag, hasFlag, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
+import { openClient } from './client.js';
+import { renderTable, shortHash, toJson } from './format.js';
+
+const NODE_HELP = 'NODE is object:<id>, version:<id>@sha256:<hex>, step:<id>, run:<id> or transform:<name>';
+
+function nodeArg(args: ParsedArgs, usage: string): NodeRef {
+  const key = args.positionals[0];
+  if (!key) throw new UsageError(`a node is required; ${NODE_HELP}\n${usage}`);
+  try {
+    return parseNodeKey(key);
+  } catch (err) {
+    throw new UsageError(`${(err as Error).message}; ${NODE_HELP}`);
+  }
+}
+
+function directionArg(args: ParsedArgs, fallback: Direction): Direction {
+  const d = flag(args, 'direction');
+  if (d === undefined) return fallback;
+  const map: Record<string, Direction> = { up: Direction.DIRECTION_UPSTREAM, upstream: Direction.DIRECTION_UPSTREAM, down: Direction.DIRECTION_DOWNSTREAM, downstream: Direction.DIRECTION_DOWNSTREAM, both: Direction.DIRECTION_BOTH, any: Direction.DIRECTION_ANY };
+  const v = map[d];
+  if (v === undefined) throw new UsageError(`--direction must be up, down, both or any, not ${JSON.stringify(d)}`);
+  return v;
+}
+
+function intArg(args: ParsedArgs, name: string, fallback: number): number {
+  const v = flag(args, name);
+  if (v === undefined) return fallback;
+  if (!/^\d+$/.test(v)) throw new UsageError(`--${name} must be a non-negative integer, not ${JSON.stringify(v)}`);
+  return Number(v);
+}
+
+/** --as-of as ISO-8601 or integer nanoseconds; "0" when absent (now). */
+function asOfArg(args: ParsedArgs): string {
+  const v = flag(args, 'as-of');
+  if (v === undefined) return '0';
+  if (/^\d+$/.test(v)) return v;
+  try {
+    return isoToNanos(v, '--as-of').toString();
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+}
+
+function timeCell(ns: string): string {
+  return ns === '0' || ns === '' ? '' : nanosToIso(ns);
+}
+
+async function withLineage<T>(args: ParsedArgs, io: CliIo, fn: (client: ReturnType<typeof openClient<typeof LineageServiceDefinition>>['client']) => Promise<T>): Promise<T> {
+  const { client, close } = openClient(LineageServiceDefinition, args);
+  try {
+    return await fn(client);
+  } finally {
+    close();
+    void io;
+  }
+}
+
+const KIND_NAMES: Record<number, string> = { 1: 'object', 2: 'version', 3: 'step', 4: 'run', 5: 'transform' };
+
+const trace: CliCommand = {
+  path: ['lineage', 'trace'],
+  summary: 'upstream/downstream closure of a node (as of a time)',
+  usage: `retrace lineage trace NODE [--direction down|up|both|any] [--depth N] [--as-of ISO|ns] [--object-level] [--limit N] [--json]\n  ${NODE_HELP}`,
+  booleans: ['object-level'],
+  async run(args, io) {
+    const start = nodeArg(args, this.usage);
+    const limit = intArg(args, 'limit', 1000);
+    const r = await withLineage(args, io, (c) =>
+      c.trace(
+        { start, direction: directionArg(args, Direction.DIRECTION_DOWNSTREAM), depth: intArg(args, 'depth', 0), asOfNs: asOfArg(args), pageSize: Math.min(limit, 100_000), pageToken: '', includeEdges: hasFlag(args, 'json'), objectLevel: hasFlag(args, 'object-level') },
+        { signal: io.signal },
+      ),
+    );
+    if (hasFlag(args, 'json')) {
+      io.stdout.write(toJson(r));
+      return 0;
+    }
+    io.stdout.write(renderTable(['dist', 'kind', 'node', 'transform', 'time'], r.nodes.map((n) => [n.distance, KIND_NAMES[n.node?.kind ?? 0] ?? '?', n.node?.kind === NodeKind.NODE_KIND_OBJECT_VERSION ? `${n.node.id}@${shortHash(n.node.contentHash)}` : n.node?.id, n.label, timeCell(n.timeNs)])));
+    io.stdout.write(`${r.totalNodes} node(s) in the closure${r.nextPageToken ? `, first ${r.nodes.length} shown (--limit)` : ''}\n`);
+    return 0;
+  },
+};
+
+const path: CliCommand = {
+  path: ['lineage', 'path'],
+  summary: "a record's full processing path: every step with code version, params, node and resources",
+  usage: 'retrace lineage path OBJECT_ID [--hash sha256:...] [--as-of ISO|ns] [--json]',
+  async run(args, io) {
+    const objectId = args.positionals[0];
+    if (!objectId) throw new UsageError('OBJECT_ID is required');
+    const r = await withLineage(args, io, (c) => c.getRecordPath({ objectId, contentHash: flag(args, 'hash', '') as string, asOfNs: asOfArg(args) }, { signal: io.signal }));
+    if (hasFlag(args, 'json')) {
+      io.stdout.write(toJson(r));
+      return 0;
+    }
+    io.stdout.write(`record ${r.record?.objectId} ${r.record?.contentHash}\n`);
+    io.stdout.write(
+      renderTable(
+        ['#', 'step', 'transform', 'code', 'node', 'started', 'cpu ms', 'peak MiB', 'params'],
+        r.steps.map((s, i) => [
+          i + 1,
+          s.stepId,
+          s.transform,
+          shortHash(s.codeVersion),
+          s.nodeId || s.host,
+          timeCell(s.startedAtNs),
+          s.resources ? (Number(s.resources.cpuTimeNs) / 1e6).toFixed(1) : '',
+          s.resources ? (Number(s.resources.peakMemoryBytes) / 2 ** 20).toFixed(1) : '',
+          s.parameters ? JSON.stringify(s.parameters) : '',
+        ]),
+      ),
+    );
+    return 0;
+  },
+};
+
+const node: CliCommand = {
+  path: ['lineage', 'node'],
+  summary: 'one node: object, version, step, run or transform',
+  usage: `retrace lineage node NODE [--json]\n  ${NODE_HELP}`,
+  async run(args, io) {
+    const ref = nodeArg(args, this.usage);
+    const r = await withLineage(args, io, (c) => c.getNode({ node: ref }, { signal: io.signal }));
+    io.stdout.write(toJson(r));
+    return 0;
+  },
+};
+
+const exportCmd: CliCommand = {
+  path: ['lineage', 'export'],
+  summary: 'export the subgraph around a node as W3C PROV-JSON',
+  usage: `retrace lineage export NODE [--direction both|up|down|any] [--depth N] [--as-of ISO|ns] [--out FILE]\n  ${NODE_HELP}`,
+  async run(args, io) {
+    const start = nodeArg(args, this.usage);
+    const r = await withLineage(args, io, (c) => c.exportProv({ start, direction: directionArg(args, Direction.DIRECTION_BOTH), depth: intArg(args, 'depth', 0), asOfNs: asOfArg(args) }, { signal: io.signal }));
+    const text = `${JSON.stringify(JSON.parse(r.provJson), null, 2)}\n`;
+    const out = flag(args, 'out');
+    if (out) {
+      writeFileSync(out, text);
+      io.stderr.write(`wrote PROV-JSON to ${out}\n`);
+    } else io.stdout.write(text);
+    return 0;
+  },
+};
+
+const runs: CliCommand = {
+  path: ['lineage', 'runs'],
+  summary: 'list runs',
+  usage: 'retrace lineage runs [--prefix NAME] [--limit N] [--json]',
+  async run(args, io) {
+    const r = await withLineage(args, io, (c) => c.listRuns({ pageSize: intArg(args, 'limit', 100), pageToken: '', namePrefix: flag(args, 'prefix', '') as string }, { signal: io.signal }));
+    if (hasFlag(args, 'json')) io.stdout.write(toJson(r));
+    else io.stdout.write(renderTable(['run', 'name', 'state', 'started', 'ended', 'parent'], r.runs.map((x) => [x.runId, x.name, x.state, timeCell(x.startedAtNs), timeCell(x.endedAtNs), x.parentRunId])));
+    return 0;
+  },
+};
+
+const proof: CliCommand = {
+  path: ['lineage', 'proof'],
+  summary: "an event's Merkle inclusion proof, checked here against the signed checkpoint",
+  usage: 'retrace lineage proof EVENT_ID [--json]',
+  async run(args, io) {
+    const eventId = args.positionals[0];
+    if (!eventId) throw new UsageError('EVENT_ID is required');
+    const r = await withLineage(args, io, (c) => c.getProof({ eventId }, { signal: io.signal }));
+    const cp = r.checkpoint;
+    const included = cp !== undefined && verifyInclusion(Buffer.from(r.leafHash, 'hex'), Number(r.seq), Number(cp.treeSize), r.auditPath.map((h) => Buffer.from(h, 'hex')), Buffer.from(cp.rootHash, 'hex'));
+    const signed = cp !== undefined && verifyCheckpoint(cp);
+    if (hasFlag(args, 'json')) io.stdout.write(toJson({ ...r, verified: { included, signed } }));
+    else {
+      io.stdout.write(`event ${eventId} is entry ${r.seq}; leaf ${r.leafHash}\n`);
+      io.stdout.write(`checkpoint: tree size ${cp?.treeSize}, root ${cp?.rootHash}\n`);
+      io.stdout.write(`audit path (${r.auditPath.length} hashes): ${included ? 'verifies' : 'DOES NOT VERIFY'}; checkpoint signature: ${signed ? 'valid' : 'INVALID'}\n`);
+    }
+    return included && signed ? 0 : 1;
+  },
+};
+
+const submit: CliCommand = {
+  path: ['submit'],
+  summary: 'submit lineage: OpenLineage events or native events (JSON file or - for stdin)',
+  usage: 'retrace submit FILE|- [--json]\n  FILE holds one OpenLineage event, an array of them, or native events ({"events":[...]} or an array in proto JSON form).\n  The whole file is one atomic batch.',
+  async run(args, io) {
+    const file = args.positionals[0];
+    if (!file) throw new UsageError('FILE (or - for stdin) is required');
+    const text = file === '-' ? await readAll(io.stdin) : readFileSync(file, 'utf8');
+    let json: unknown;
+    try {
+      json = JSON.parse(text);
+    } catch (err) {
+      throw new UsageError(`${file} is not JSON: ${(err as Error).message}`);
+    }
+    const events = toNativeEvents(json);
+    const r = await withLineage(args, io, (c) =>
+      c.submitEvents(
+        (async function* () {
+          yield { events };
+        })(),
+        { signal: io.signal },
+      ),
+    );
+    if (hasFlag(args, 'json')) io.stdout.write(toJson(r));
+    else io.stdout.write(`stored ${r.accepted} event(s), ${r.duplicates} already present; ledger size ${r.treeSize}\n`);
+    return 0;
+  },
+};
+
+/** OpenLineage (one or an array) or native events, as native events. */
+export function toNativeEvents(json: unknown): LineageEvent[] {
+  const looksOpenLineage = (v: unknown): boolean => typeof v === 'object' && v !== null && ('eventType' in v || ('schemaURL' in v && 'producer' in v && !('body' in v)));
+  if (Array.isArray(json) && json.length > 0 && looksOpenLineage(json[0])) return validateOpenLineageBatch(json).flatMap((e) => toLineageEvents(e));
+  if (looksOpenLineage(json)) return toLineageEvents(validateOpenLineageEvent(json));
+  const list = Array.isArray(json) ? json : typeof json === 'object' && json !== null && Array.isArray((json as { events?: unknown }).events) ? (json as { events: unknown[] }).events : undefined;
+  if (!list) throw new UsageError('expected an OpenLineage event, an array of them, {"events":[...]} or an array of native events');
+  return list.map((e) => LineageEvent.fromJSON(e));
+}
+
+async function readAll(stream: NodeJS.ReadableStream): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const c of stream) chunks.push(typeof c === 'string' ? Buffer.from(c) : (c as Buffer));
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+export const commands: CliCommand[] = [trace, path, node, exportCmd, runs, proof, submit];

@@ -1,0 +1,178 @@
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { Direction, NodeKind } from '../common/gen/retrace/v1/lineage.js';
+import { InvalidArgumentError, NotFoundError } from '../common/errors.js';
+import { leafHash, verifyInclusion } from '../common/merkle.js';
+import { loadCheckpointSigner, verifyCheckpoint } from '../coordinator/ledger/checkpoint-signer.js';
+import { verifyLedger } from '../coordinator/ledger/ledger-verifier.js';
+import { LineageEngine } from '../coordinator/lineage/lineage-engine.js';
+import { openDatabase, type Database } from '../coordinator/store/database.js';
+import { LineageStore } from '../coordinator/store/lineage-store.js';
+import { h, objectEvent, ref, runEvent, stepEvent } from './helpers/lineage-events.js';
+
+let db: Database;
+let store: LineageStore;
+let engine: LineageEngine;
+let t = 1_000_000n;
+const clock = (): bigint => (t += 1000n);
+const signer = loadCheckpointSigner(null);
+
+beforeEach(async () => {
+  db = await openDatabase(null);
+  store = new LineageStore(db);
+  engine = new LineageEngine({ store, signer, clock });
+  await engine.start();
+});
+afterEach(async () => {
+  await engine.stop();
+  await db.close();
+});
+
+/** raw:1 → s1 → mid:1 → s2 → out:1, plus raw:2 → s3 → side:1 */
+async function chain(): Promise<void> {
+  await engine.submit([
+    objectEvent('o1', 'raw:1', 'r1', '1000'),
+    objectEvent('o2', 'raw:2', 'r2', '1000'),
+    stepEvent('e1', 's1', [ref('raw:1', 'r1')], [ref('mid:1', 'm1')], { timeNs: '2000' }),
+    stepEvent('e2', 's2', [ref('mid:1', 'm1')], [ref('out:1', 'x1')], { timeNs: '3000' }),
+    stepEvent('e3', 's3', [ref('raw:2', 'r2')], [ref('side:1', 'y1')], { timeNs: '4000' }),
+  ]);
+}
+
+const version = (id: string, content: string) => ({ kind: NodeKind.NODE_KIND_OBJECT_VERSION, id, contentHash: h(content) });
+const keysOf = (r: { nodes: { key: string }[] }) => r.nodes.map((n) => n.key).sort();
+
+describe('lineage engine', () => {
+  it('traces downstream, upstream, both and any, with depth limits', async () => {
+    await chain();
+    const down = await engine.trace({ start: version('raw:1', 'r1'), direction: Direction.DIRECTION_DOWNSTREAM, depth: 0, asOfNs: '0', pageSize: 0, pageToken: '', includeEdges: true, objectLevel: false });
+    expect(keysOf(down)).toEqual(['step:s1', 'step:s2', `version:mid:1@${h('m1')}`, `version:out:1@${h('x1')}`].sort());
+    expect(down.totalNodes).toBe('4');
+    expect(down.edges).toHaveLength(4);
+    const up = await engine.trace({ start: version('out:1', 'x1'), direction: Direction.DIRECTION_UPSTREAM, depth: 2, asOfNs: '0', pageSize: 0, pageToken: '', includeEdges: false, objectLevel: false });
+    expect(keysOf(up)).toEqual(['step:s2', `version:mid:1@${h('m1')}`].sort());
+    const both = await engine.trace({ start: version('mid:1', 'm1'), direction: Direction.DIRECTION_BOTH, depth: 0, asOfNs: '0', pageSize: 0, pageToken: '', includeEdges: false, objectLevel: false });
+    expect(both.totalNodes).toBe('4');
+    const any = await engine.trace({ start: { kind: NodeKind.NODE_KIND_TRANSFORM, id: 'upper', contentHash: '' }, direction: Direction.DIRECTION_ANY, depth: 0, asOfNs: '0', pageSize: 0, pageToken: '', includeEdges: false, objectLevel: true });
+    expect(keysOf(any)).toEqual(['object:mid:1', 'object:out:1', 'object:raw:1', 'object:raw:2', 'object:side:1', 'step:s1', 'step:s2', 'step:s3']);
+  });
+
+  it('answers as of a past time', async () => {
+    await chain();
+    const at = (ns: string) => engine.trace({ start: version('raw:1', 'r1'), direction: Direction.DIRECTION_DOWNSTREAM, depth: 0, asOfNs: ns, pageSize: 0, pageToken: '', includeEdges: false, objectLevel: false });
+    expect((await at('1500')).totalNodes).toBe('0');
+    expect(keysOf(await at('2500'))).toEqual(['step:s1', `version:mid:1@${h('m1')}`].sort());
+    expect((await at('3000')).totalNodes).toBe('4');
+  });
+
+  it('pages through a closure with stable tokens', async () => {
+    const events = [objectEvent('src', 'src', 'src')];
+    for (let i = 0; i < 25; i++) events.push(stepEvent(`s${i}`, `s${i}`, [ref('src', 'src')], [ref(`o${i}`, `c${i}`)]));
+    await engine.submit(events);
+    const seen: string[] = [];
+    let token = '';
+    do {
+      const page = await engine.trace({ start: version('src', 'src'), direction: Direction.DIRECTION_DOWNSTREAM, depth: 0, asOfNs: '0', pageSize: 7, pageToken: token, includeEdges: false, objectLevel: false });
+      expect(page.totalNodes).toBe('50');
+      seen.push(...page.nodes.map((n) => n.key));
+      token = page.nextPageToken;
+    } while (token);
+    expect(new Set(seen).size).toBe(50);
+    await expect(engine.trace({ start: version('src', 'src'), direction: 0, depth: 0, asOfNs: '0', pageSize: 7, pageToken: '!!bad', includeEdges: false, objectLevel: false })).rejects.toThrow(/page_token/);
+  });
+
+  it('is idempotent by event id, within a batch and across batches', async () => {
+    await chain();
+    const size = engine.treeSize;
+    const again = await engine.submit([objectEvent('o1', 'raw:1', 'r1'), objectEvent('new', 'raw:9', 'r9'), objectEvent('new', 'raw:9', 'r9')]);
+    expect(again).toMatchObject({ accepted: 1, duplicates: 2 });
+    expect(engine.treeSize).toBe(size + 1n);
+  });
+
+  it('rejects a bad batch atomically, naming the field, and stores nothing of it', async () => {
+    await chain();
+    const size = engine.treeSize;
+    const cases: [ReturnType<typeof stepEvent>[], RegExp][] = [
+      [[objectEvent('ok1', 'a', 'a'), stepEvent('bad', 'sx', [ref('a', 'a')], [{ objectId: 'b', contentHash: 'sha256:XYZ', unversioned: false }])], /events\[1\]\.step\.generated\[0\]\.content_hash: malformed hash/],
+      [[objectEvent('ok2', 'a', 'a'), stepEvent('bad', 'sx', [{ objectId: 'a', contentHash: '', unversioned: false }], [])], /events\[1\]\.step\.used\[0\]\.content_hash: is required/],
+      [[objectEvent('ok3', 'a', 'a'), stepEvent('bad', 'sx', [ref('nope', 'n')], [])], /events\[1\]\.step\.used\[0\]: unknown object version/],
+      [[stepEvent('bad', 'sx', [ref('raw:1', 'r1')], [ref('z', 'z')], { runId: 'no-such-run' })], /events\[0\]\.step\.run_id: unknown run/],
+      // out:1 was generated by s2; another generator is a conflict
+      [[stepEvent('bad', 'sx', [ref('raw:1', 'r1')], [ref('out:1', 'x1')])], /events\[0\]\.step\.generated\[0\]: .* already generated by step:s2/],
+      // out:1 → s-cycle → raw:1 would make s1's input downstream of its own output
+      [[stepEvent('bad', 'sc', [ref('out:1', 'x1')], [ref('raw:1', 'r1')])], /events\[0\]\.step\.generated: would close a cycle/],
+      [[stepEvent('bad', 'self', [ref('raw:2', 'r2')], [ref('raw:2', 'r2')])], /cycle/],
+      [[{ eventId: '', eventTimeNs: '0', producer: '', body: undefined }], /events\[0\]\.event_id: is required/],
+      [[{ eventId: 'x', eventTimeNs: '0', producer: '', body: undefined }], /events\[0\]\.body/],
+      [[objectEvent('big', 'big', 'b', '1'), { ...objectEvent('big2', 'big2', 'b'), body: { $case: 'objectVersion', value: { objectId: 'big2', contentHash: h('b'), size: '1', mediaType: '', createdAtNs: '0', attributes: { blob: 'x'.repeat(1_100_000) }, facets: undefined } } }], /events\[1\]: event is \d+ bytes encoded; the limit is/],
+    ];
+    for (const [events, message] of cases) {
+      const err = await engine.submit(events).then(() => undefined, (e: unknown) => e);
+      expect(err, String(message)).toBeInstanceOf(InvalidArgumentError);
+      expect((err as Error).message).toMatch(message);
+      expect(engine.treeSize).toBe(size);
+    }
+    // Nothing from the rejected batches is visible: the object version of case 1 never arrived.
+    await expect(engine.getNode({ node: version('a', 'a') })).rejects.toBeInstanceOf(NotFoundError);
+    // The graph is unchanged and the ledger still verifies.
+    expect((await verifyLedger(store)).ok).toBe(true);
+    const down = await engine.trace({ start: version('raw:1', 'r1'), direction: Direction.DIRECTION_DOWNSTREAM, depth: 0, asOfNs: '0', pageSize: 0, pageToken: '', includeEdges: false, objectLevel: false });
+    expect(down.totalNodes).toBe('4');
+  });
+
+  it('commits concurrent submissions in groups without losing or mixing any', async () => {
+    const batches = Array.from({ length: 40 }, (_, b) => Array.from({ length: 25 }, (_, i) => objectEvent(`c${b}-${i}`, `obj:${b}:${i}`, `v${b}-${i}`)));
+    const bad = engine.submit([objectEvent('bad-ok', 'ok', 'ok'), stepEvent('bad', 's', [ref('missing', 'm')], [])]);
+    const results = await Promise.all(batches.map((events) => engine.submit(events)));
+    await expect(bad).rejects.toThrow(/unknown object version/);
+    expect(results.every((r) => r.accepted === 25)).toBe(true);
+    expect(engine.treeSize).toBe(1000n);
+    const seqs = results.flatMap((r) => r.seqs.map(Number)).sort((a, b) => a - b);
+    expect(seqs).toEqual(Array.from({ length: 1000 }, (_, i) => i));
+    expect((await verifyLedger(store)).ok).toBe(true);
+  });
+
+  it('merges several events about one step (OpenLineage START then COMPLETE)', async () => {
+    await engine.submit([runEvent('r', 'run-1'), objectEvent('i', 'in', 'in')]);
+    await engine.submit([stepEvent('start', 'ol-step', [ref('in', 'in')], [], { runId: 'run-1', timeNs: '5000', endedAtNs: '0' })]);
+    await engine.submit([stepEvent('complete', 'ol-step', [], [ref('out', 'out')], { runId: 'run-1', timeNs: '6000', endedAtNs: '6000' })]);
+    const node = await engine.getNode({ node: { kind: NodeKind.NODE_KIND_STEP, id: 'ol-step', contentHash: '' } });
+    expect(node.body?.$case).toBe('step');
+    const step = node.body?.$case === 'step' ? node.body.value : undefined;
+    expect(step?.used.map((u) => u.objectId)).toEqual(['in']);
+    expect(step?.generated.map((u) => u.objectId)).toEqual(['out']);
+    expect(step?.endedAtNs).toBe('6000');
+    const run = await engine.getNode({ node: { kind: NodeKind.NODE_KIND_RUN, id: 'run-1', contentHash: '' } });
+    expect(run.relatedSteps).toEqual(['step:ol-step']);
+    await expect(engine.submit([stepEvent('other', 'ol-step', [], [], { transform: 'different' })])).rejects.toThrow(/events\[0\]\.step\.transform: step already recorded/);
+  });
+
+  it('returns the processing path of a record in dependency order, with what/where/how', async () => {
+    await chain();
+    const path = await engine.getRecordPath({ objectId: 'out:1', contentHash: '', asOfNs: '0' });
+    expect(path.steps.map((s) => s.stepId)).toEqual(['s1', 's2']);
+    expect(path.steps[0]).toMatchObject({ nodeId: 'node-1', host: 'host-1', codeVersion: h('code:upper'), parameters: { factor: 2 } });
+    expect(path.steps[0]?.resources?.cpuTimeNs).toBe('1000000');
+    await expect(engine.getRecordPath({ objectId: 'nope', contentHash: '', asOfNs: '0' })).rejects.toBeInstanceOf(NotFoundError);
+  });
+
+  it('gives inclusion proofs that verify against the signed checkpoint', async () => {
+    await chain();
+    const p = await engine.getProof('e2');
+    const cp = p.checkpoint;
+    expect(cp && verifyCheckpoint(cp)).toBe(true);
+    expect(leafHash(Buffer.from(p.entryBody, 'base64')).toString('hex')).toBe(p.leafHash);
+    expect(verifyInclusion(Buffer.from(p.leafHash, 'hex'), Number(p.seq), Number(cp?.treeSize), p.auditPath.map((x) => Buffer.from(x, 'hex')), Buffer.from(cp?.rootHash ?? '', 'hex'))).toBe(true);
+    await expect(engine.getProof('missing')).rejects.toBeInstanceOf(NotFoundError);
+  });
+
+  it('rebuilds the same graph from the ledger on restart', async () => {
+    await chain();
+    const before = await engine.trace({ start: version('raw:1', 'r1'), direction: Direction.DIRECTION_DOWNSTREAM, depth: 0, asOfNs: '0', pageSize: 0, pageToken: '', includeEdges: true, objectLevel: false });
+    await engine.stop();
+    engine = new LineageEngine({ store, signer, clock });
+    await engine.start();
+    const after = await engine.trace({ start: version('raw:1', 'r1'), direction: Direction.DIRECTION_DOWNSTREAM, depth: 0, asOfNs: '0', pageSize: 0, pageToken: '', includeEdges: true, objectLevel: false });
+    expect(after).toEqual(before);
+    expect((await engine.submit([objectEvent('o1', 'raw:1', 'r1')])).duplicates).toBe(1);
+  });
+});
