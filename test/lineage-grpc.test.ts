@@ -1,0 +1,95 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ClientError, createChannel, createClient, Status } from 'nice-grpc';
+import { HealthDefinition } from 'nice-grpc-server-health';
+import { Direction, LineageServiceDefinition, NodeKind } from '../common/gen/retrace/v1/lineage.js';
+import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
+import { h, objectEvent, ref, runEvent, stepEvent } from './helpers/lineage-events.js';
+
+let tc: TestCoordinator;
+beforeAll(async () => {
+  tc = await startTestCoordinator();
+});
+afterAll(async () => {
+  await tc.stop();
+});
+
+async function* batches<T>(...items: T[]): AsyncGenerator<T> {
+  for (const i of items) yield i;
+}
+
+describe('LineageService over gRPC', () => {
+  it('accepts streamed batches and unary events, idempotently', async () => {
+    const c = tc.client(LineageServiceDefinition);
+    const r = await c.submitEvents(batches({ events: [runEvent('g-run', 'g-run'), objectEvent('g-o1', 'g:raw', 'raw')] }, { events: [stepEvent('g-s1', 'g-s1', [ref('g:raw', 'raw')], [ref('g:out', 'out')], { runId: 'g-run' })] }));
+    expect(r).toMatchObject({ batches: '2', accepted: '3', duplicates: '0', treeSize: '3' });
+    const again = await c.submitEvent({ event: objectEvent('g-o1', 'g:raw', 'raw') });
+    expect(again).toEqual({ seq: '1', duplicate: true });
+    const trace = await c.trace({ start: { kind: NodeKind.NODE_KIND_OBJECT_VERSION, id: 'g:raw', contentHash: h('raw') }, direction: Direction.DIRECTION_DOWNSTREAM });
+    expect(trace.nodes.map((n) => n.key)).toEqual(['step:g-s1', `version:g:out@${h('out')}`]);
+  });
+
+  it('names the batch and field of bad input with INVALID_ARGUMENT and stores nothing of that batch', async () => {
+    const c = tc.client(LineageServiceDefinition);
+    const before = (await c.verifyLedger({})).entriesChecked;
+    const err = await c
+      .submitEvents(batches({ events: [objectEvent('g-b1', 'g:b1', 'b1')] }, { events: [objectEvent('g-b2', 'g:b2', 'b2'), stepEvent('g-bad', 'g-bad', [ref('g:b2', 'b2')], [{ objectId: 'x', contentHash: 'sha256:nothex', unversioned: false }])] }))
+      .then(() => undefined, (e: unknown) => e);
+    expect(err).toBeInstanceOf(ClientError);
+    expect((err as ClientError).code).toBe(Status.INVALID_ARGUMENT);
+    expect((err as ClientError).details).toMatch(/^batches\[1\]\.events\[1\]\.step\.generated\[0\]\.content_hash: malformed hash/);
+    const after = (await c.verifyLedger({})).entriesChecked;
+    expect(BigInt(after) - BigInt(before)).toBe(1n); // batch 0 stored, batch 1 not at all
+    await expect(c.getNode({ node: { kind: NodeKind.NODE_KIND_OBJECT_VERSION, id: 'g:b2', contentHash: h('b2') } })).rejects.toMatchObject({ code: Status.NOT_FOUND });
+    await expect(c.trace({ start: { kind: NodeKind.NODE_KIND_STEP, id: 'nope', contentHash: '' } })).rejects.toMatchObject({ code: Status.NOT_FOUND, details: expect.stringMatching(/^start: /) });
+    await expect(c.trace({ start: { kind: NodeKind.NODE_KIND_STEP, id: 'g-s1', contentHash: '' }, pageSize: 200_000 })).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringMatching(/^page_size/) });
+    await expect(c.submitEvent({})).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: 'event: is required' });
+  });
+
+  it('refuses calls without the token, but serves health and reflection', async () => {
+    const channel = createChannel(tc.grpcAddress);
+    try {
+      const anon = createClient(LineageServiceDefinition, channel);
+      await expect(anon.listRuns({})).rejects.toMatchObject({ code: Status.UNAUTHENTICATED });
+      const health = createClient(HealthDefinition, channel);
+      expect((await health.check({ service: '' })).status).toBe(1); // SERVING
+    } finally {
+      channel.close();
+    }
+  });
+
+  it('lists its services through server reflection', async () => {
+    const grpc = await import('@grpc/grpc-js');
+    // Reflection is a bidi stream of ServerReflectionRequest{list_services:""}; encode it by hand (field 7, string).
+    const client = new grpc.Client(tc.grpcAddress, grpc.credentials.createInsecure());
+    const call = client.makeBidiStreamRequest('/grpc.reflection.v1.ServerReflection/ServerReflectionInfo', (b: Buffer) => b, (b: Buffer) => b);
+    const response = await new Promise<Buffer>((resolve, reject) => {
+      call.on('data', (d: Buffer) => resolve(d));
+      call.on('error', reject);
+      call.write(Buffer.from([0x3a, 0x00]));
+    });
+    call.end();
+    client.close();
+    expect(response.toString('latin1')).toContain('retrace.v1.LineageService');
+  });
+
+  it('exports W3C PROV-JSON of a subgraph', async () => {
+    const c = tc.client(LineageServiceDefinition);
+    const r = await c.exportProv({ start: { kind: NodeKind.NODE_KIND_STEP, id: 'g-s1', contentHash: '' } });
+    const doc = JSON.parse(r.provJson) as Record<string, Record<string, Record<string, unknown>>>;
+    expect(doc.prefix?.retrace).toBeDefined();
+    expect(Object.keys(doc.activity ?? {})).toEqual(['retrace:step%2Fg-s1']);
+    expect(Object.values(doc.used ?? {})).toEqual([{ 'prov:activity': 'retrace:step%2Fg-s1', 'prov:entity': `retrace:${encodeURIComponent(`version/g:raw@${h('raw')}`)}` }]);
+    expect(Object.values(doc.wasGeneratedBy ?? {})[0]).toMatchObject({ 'prov:entity': `retrace:${encodeURIComponent(`version/g:out@${h('out')}`)}` });
+    expect(Object.keys(doc.entity ?? {})).toHaveLength(2);
+    expect(Object.keys(doc.agent ?? {})).toContain('retrace:node%2Fnode-1');
+  });
+
+  it('lists runs and verifies the ledger', async () => {
+    const c = tc.client(LineageServiceDefinition);
+    const runs = await c.listRuns({ namePrefix: 'pipeline/' });
+    expect(runs.runs.map((r) => r.runId)).toEqual(['g-run']);
+    const v = await c.verifyLedger({});
+    expect(v.ok).toBe(true);
+    expect(v.checkpoint?.treeSize).toBe(v.entriesChecked);
+  });
+});

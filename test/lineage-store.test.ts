@@ -1,0 +1,71 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { openDatabase, type Database } from '../coordinator/store/database.js';
+import { LineageStore, type PreparedEntry } from '../coordinator/store/lineage-store.js';
+
+/** One contract, two backends: memory-level (fast) and LevelDB in a temp dir (real). */
+const backends: [string, () => { dir: string | null; cleanup: () => void }][] = [
+  ['memory-level', () => ({ dir: null, cleanup: () => {} })],
+  ['LevelDB', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'retrace-store-'));
+    return { dir: join(dir, 'db'), cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+  }],
+];
+
+const entry = (seq: bigint, e: Partial<PreparedEntry> = {}): PreparedEntry => ({
+  seq,
+  eventId: `ev-${seq}`,
+  entryHash: new Uint8Array(32).fill(Number(seq % 255n)),
+  body: Buffer.from(`body-${seq}`),
+  entity: { table: 'steps', stepId: `s${seq % 3n}` },
+  ...e,
+});
+
+describe.each(backends)('lineage store contract on %s', (_name, make) => {
+  let db: Database;
+  let store: LineageStore;
+  let env: { dir: string | null; cleanup: () => void };
+  beforeEach(async () => {
+    env = make();
+    db = await openDatabase(env.dir);
+    store = new LineageStore(db);
+  });
+  afterEach(async () => {
+    await db.close();
+    env.cleanup();
+  });
+
+  it('appends entries with their index rows atomically and reads them back in order', async () => {
+    await store.append([entry(0n), entry(1n), entry(2n, { adjacency: { timeNs: 5n, stepId: 's2', used: ['version:a@x'], generated: ['version:b@y'] } })], { treeSize: 3n, json: '{"treeSize":"3"}' });
+    await store.append([entry(3n, { entity: { table: 'objects', objectId: 'o', contentHash: 'sha256:1' } }), entry(4n, { entity: { table: 'runs', runId: 'r' } })], { treeSize: 5n, json: '{"treeSize":"5"}' });
+    const all = [];
+    for await (const e of store.entries()) all.push(e);
+    expect(all.map((e) => e.seq)).toEqual([0n, 1n, 2n, 3n, 4n]);
+    expect(Buffer.from(all[2]?.body ?? []).toString()).toBe('body-2');
+    expect(Buffer.from(all[2]?.entryHash ?? []).equals(Buffer.alloc(32, 2))).toBe(true);
+    expect(await store.seqOfEvent('ev-3')).toBe(3n);
+    expect(await store.seqOfEvent('nope')).toBeUndefined();
+    expect(await store.entitySeqs('steps', 's0')).toEqual([0n]);
+    expect(await store.entitySeqs('steps', 's2')).toEqual([2n]);
+    expect([...(await store.objectVersionSeqs('o'))]).toEqual([['sha256:1', [3n]]]);
+    const runs = [];
+    for await (const r of store.runIds('')) runs.push(r);
+    expect(runs).toEqual([{ runId: 'r', seqs: [4n] }]);
+    expect(await store.latestCheckpoint()).toBe('{"treeSize":"5"}');
+    const rows = [];
+    for await (const r of store.adjacencyRows()) rows.push(r);
+    expect(rows).toEqual([{ timeNs: 5n, seq: 2n, stepId: 's2', used: ['version:a@x'], generated: ['version:b@y'] }]);
+    const none = [];
+    for await (const r of store.adjacencyRows(4n)) none.push(r);
+    expect(none).toEqual([]);
+    expect((await store.getEntries([4n, 9n, 0n])).map((e) => e.seq)).toEqual([4n, 0n]);
+  });
+
+  it('keeps ids that share prefixes apart', async () => {
+    await store.append([entry(0n, { entity: { table: 'steps', stepId: 'a' } }), entry(1n, { entity: { table: 'steps', stepId: 'ab' } }), entry(2n, { entity: { table: 'objects', objectId: 'x', contentHash: 'sha256:1' } }), entry(3n, { entity: { table: 'objects', objectId: 'x:y', contentHash: 'sha256:2' } })], undefined);
+    expect(await store.entitySeqs('steps', 'a')).toEqual([0n]);
+    expect([...(await store.objectVersionSeqs('x')).keys()]).toEqual(['sha256:1']);
+  });
+});
