@@ -1,0 +1,347 @@
+import { InvalidArgumentError, NotFoundError } from '../../common/errors.js';
+import {
+  Direction,
+  EdgeKind,
+  NodeKind,
+  type NodeRef,
+  type TraceResponse,
+} from '../../common/gen/retrace/v1/lineage.js';
+import type { LineageEvent, ObjectVersion, Run, Step } from '../../common/gen/retrace/v1/provenance.js';
+import { parseDatasetObjectId, parseJobTransformName, toLineageEvents } from '../../common/openlineage/to-lineage-events.js';
+import type { ValidatedOpenLineageEvent } from '../../common/openlineage/types.js';
+import { validateOpenLineageBatch, validateOpenLineageEvent } from '../../common/openlineage/validate.js';
+import { nanosToIso } from '../../common/time.js';
+import type { LineageApi } from '../lineage/lineage-api.js';
+import type { HttpRequest, HttpResponse, Route } from './router.js';
+
+/** Marquez's default lineage depth. */
+export const DEFAULT_LINEAGE_DEPTH = 20;
+/** Deepest lineage query served (in Marquez hops: dataset to job or job to dataset pairs). */
+export const MAX_LINEAGE_DEPTH = 10_000;
+/** Most nodes one trace page may hold; a larger closure is answered with its first page. */
+const TRACE_PAGE_SIZE = 100_000;
+
+/** An edge of Marquez's lineage graph, by node id (`dataset:<ns>:<name>` or `job:<ns>:<name>`). */
+export interface MarquezEdge {
+  origin: string;
+  destination: string;
+}
+
+/** A node of Marquez's lineage graph (`GET /api/v1/lineage`). */
+export interface MarquezNode {
+  id: string;
+  type: 'DATASET' | 'JOB';
+  data: Record<string, unknown>;
+  inEdges: MarquezEdge[];
+  outEdges: MarquezEdge[];
+}
+
+/**
+ * The OpenLineage face of the coordinator, Marquez-compatible:
+ *
+ * - `POST /api/v1/lineage`: one OpenLineage event; validated, converted and submitted
+ *   atomically; 201 `{}`. Invalid events are InvalidArgumentErrors (400) naming the JSON path.
+ * - `POST /api/v1/lineage/batch`: a JSON array of events; every one is validated and converted
+ *   before one atomic submission (nothing is stored if any is invalid; paths are prefixed with
+ *   `[i].`); 201 `{accepted, duplicates}`, counted in native events.
+ * - `GET /api/v1/lineage?nodeId=dataset:<ns>:<name>|job:<ns>:<name>&depth=N`: Marquez's lineage
+ *   graph `{graph: MarquezNode[]}` of everything connected to the node within N job hops
+ *   (default 20), nodes sorted by id, edges deduplicated per job. Jobs are transforms (so a job
+ *   that never read or wrote a dataset has no step and is not in the graph), datasets are
+ *   objects. A closure beyond one trace page (100000 nodes) is answered with its first page.
+ *   Unknown node: NotFoundError (404); malformed query: InvalidArgumentError (400).
+ */
+export function createOpenLineageRoutes(lineage: LineageApi): Route[] {
+  return [
+    { method: 'POST', path: '/api/v1/lineage', handler: (req) => postEvent(lineage, req) },
+    { method: 'POST', path: '/api/v1/lineage/batch', handler: (req) => postBatch(lineage, req) },
+    { method: 'GET', path: '/api/v1/lineage', handler: (req) => getLineage(lineage, req) },
+  ];
+}
+
+async function postEvent(lineage: LineageApi, req: HttpRequest): Promise<HttpResponse> {
+  if (req.body === undefined) throw new InvalidArgumentError('$', 'an OpenLineage event (JSON object) is required');
+  const events = convert(validateOpenLineageEvent(req.body), '');
+  // A JobEvent converts to nothing; there is nothing to store, but it was accepted.
+  if (events.length > 0) await lineage.submit(events, { signal: req.signal });
+  return { status: 201, body: {} };
+}
+
+async function postBatch(lineage: LineageApi, req: HttpRequest): Promise<HttpResponse> {
+  if (req.body === undefined) throw new InvalidArgumentError('$', 'a JSON array of OpenLineage events is required');
+  const validated = validateOpenLineageBatch(req.body);
+  const events = validated.flatMap((v, i) => convert(v, `[${i}]`));
+  if (events.length === 0) return { status: 201, body: { accepted: 0, duplicates: 0 } };
+  const result = await lineage.submit(events, { signal: req.signal });
+  return { status: 201, body: { accepted: result.accepted, duplicates: result.duplicates } };
+}
+
+/** Conversion, with its (rare) errors moved under the event's path in the batch. */
+function convert(validated: ValidatedOpenLineageEvent, prefix: string): LineageEvent[] {
+  try {
+    return toLineageEvents(validated);
+  } catch (err) {
+    if (err instanceof InvalidArgumentError && prefix !== '') {
+      const field = err.field ?? '$';
+      const message = err.message.startsWith(`${field}: `) ? err.message.slice(field.length + 2) : err.message;
+      throw new InvalidArgumentError(`${prefix}.${field}`, message, err);
+    }
+    throw err;
+  }
+}
+
+// ---- GET /api/v1/lineage ---------------------------------------------------------------------
+
+async function getLineage(lineage: LineageApi, req: HttpRequest): Promise<HttpResponse> {
+  const nodeId = req.query.get('nodeId');
+  if (nodeId === null || nodeId === '') throw new InvalidArgumentError('nodeId', 'is required: dataset:<namespace>:<name> or job:<namespace>:<name>');
+  let start: NodeRef;
+  if (nodeId.startsWith('dataset:')) start = { kind: NodeKind.NODE_KIND_OBJECT, id: nodeId, contentHash: '' };
+  else if (nodeId.startsWith('job:')) start = { kind: NodeKind.NODE_KIND_TRANSFORM, id: nodeId, contentHash: '' };
+  else throw new InvalidArgumentError('nodeId', `must start with dataset: or job:, got ${JSON.stringify(nodeId.slice(0, 200))}`);
+  const depth = parseDepth(req.query.get('depth'));
+
+  let trace: TraceResponse;
+  try {
+    trace = await lineage.trace({
+      start,
+      direction: Direction.DIRECTION_ANY,
+      // One Marquez hop (dataset to job) is two of ours (object to step to object).
+      depth: 2 * depth,
+      asOfNs: '0',
+      pageSize: TRACE_PAGE_SIZE,
+      pageToken: '',
+      includeEdges: true,
+      objectLevel: true,
+    });
+  } catch (err) {
+    if (err instanceof NotFoundError) throw new NotFoundError(`node ${JSON.stringify(nodeId)}`, 'nodeId');
+    throw err;
+  }
+  return { status: 200, body: { graph: await buildGraph(lineage, start, trace) } };
+}
+
+function parseDepth(text: string | null): number {
+  if (text === null || text === '') return DEFAULT_LINEAGE_DEPTH;
+  if (!/^\d{1,9}$/.test(text) || Number(text) < 1 || Number(text) > MAX_LINEAGE_DEPTH) {
+    throw new InvalidArgumentError('depth', `must be an integer from 1 to ${MAX_LINEAGE_DEPTH}, got ${JSON.stringify(text.slice(0, 40))}`);
+  }
+  return Number(text);
+}
+
+/** What one job (transform) aggregates: its steps, the latest first. */
+interface JobAccumulator {
+  steps: { stepId: string; timeNs: bigint }[];
+}
+
+/**
+ * Folds the trace's steps into their transforms (Marquez jobs) and its objects into datasets,
+ * and its step-level edges into job-level ones (deduplicated: many runs of a job read the same
+ * dataset once in Marquez's graph).
+ */
+async function buildGraph(lineage: LineageApi, start: NodeRef, trace: TraceResponse): Promise<MarquezNode[]> {
+  const datasets = new Set<string>();
+  const jobs = new Map<string, JobAccumulator>();
+  const jobOfStep = new Map<string, string>();
+
+  // Trace leaves an object start out of its nodes (a transform start comes back as its steps).
+  if (start.kind === NodeKind.NODE_KIND_OBJECT) datasets.add(start.id);
+  for (const node of trace.nodes) {
+    const ref = node.node;
+    if (!ref) continue;
+    if (ref.kind === NodeKind.NODE_KIND_OBJECT || ref.kind === NodeKind.NODE_KIND_OBJECT_VERSION) datasets.add(ref.id);
+    else if (ref.kind === NodeKind.NODE_KIND_STEP) {
+      const transform = node.label !== '' ? node.label : await transformOf(lineage, ref.id);
+      jobOfStep.set(node.key, transform);
+      const job = jobs.get(transform) ?? { steps: [] };
+      job.steps.push({ stepId: ref.id, timeNs: BigInt(node.timeNs || '0') });
+      jobs.set(transform, job);
+    }
+  }
+
+  const edges = new Map<string, MarquezEdge>();
+  const idOf = async (key: string): Promise<string | undefined> => {
+    if (key.startsWith('object:')) return key.slice('object:'.length);
+    if (key.startsWith('version:')) return key.slice('version:'.length, key.lastIndexOf('@sha256:'));
+    if (!key.startsWith('step:')) return undefined;
+    let transform = jobOfStep.get(key);
+    if (transform === undefined) {
+      // A step outside this page of nodes (a transform start's own step, say): ask the store.
+      transform = await transformOf(lineage, key.slice('step:'.length));
+      jobOfStep.set(key, transform);
+      if (!jobs.has(transform)) jobs.set(transform, { steps: [{ stepId: key.slice('step:'.length), timeNs: 0n }] });
+    }
+    return transform;
+  };
+  for (const edge of trace.edges) {
+    if (edge.kind !== EdgeKind.EDGE_KIND_USED && edge.kind !== EdgeKind.EDGE_KIND_GENERATED_BY) continue;
+    const from = await idOf(edge.from);
+    const to = await idOf(edge.to);
+    if (from === undefined || to === undefined) continue;
+    // Both kinds point against the data flow: USED goes step -> object it read, GENERATED_BY
+    // object -> step that wrote it. Marquez's edges follow the data: origin = to, destination = from.
+    const e: MarquezEdge = { origin: to, destination: from };
+    edges.set(`${e.origin}\u0000${e.destination}`, e);
+    if (edge.from.startsWith('step:')) datasets.add(to);
+    else datasets.add(from);
+  }
+
+  const inEdges = new Map<string, MarquezEdge[]>();
+  const outEdges = new Map<string, MarquezEdge[]>();
+  const sortedEdges = [...edges.values()].sort((a, b) => compare(a.origin, b.origin) || compare(a.destination, b.destination));
+  for (const e of sortedEdges) {
+    push(outEdges, e.origin, e);
+    push(inEdges, e.destination, e);
+  }
+
+  const nodes: MarquezNode[] = [];
+  const datasetData = await Promise.all([...datasets].map((id) => datasetDataOf(lineage, id)));
+  [...datasets].forEach((id, i) => {
+    nodes.push({ id, type: 'DATASET', data: datasetData[i] ?? {}, inEdges: inEdges.get(id) ?? [], outEdges: outEdges.get(id) ?? [] });
+  });
+  const jobEntries = [...jobs.entries()];
+  const jobData = await Promise.all(
+    jobEntries.map(([id, acc]) => jobDataOf(lineage, id, acc, inEdges.get(id) ?? [], outEdges.get(id) ?? [])),
+  );
+  jobEntries.forEach(([id], i) => {
+    nodes.push({ id, type: 'JOB', data: jobData[i] ?? {}, inEdges: inEdges.get(id) ?? [], outEdges: outEdges.get(id) ?? [] });
+  });
+  return nodes.sort((a, b) => compare(a.id, b.id));
+}
+
+async function transformOf(lineage: LineageApi, stepId: string): Promise<string> {
+  const res = await lineage.getNode({ node: { kind: NodeKind.NODE_KIND_STEP, id: stepId, contentHash: '' } });
+  return res.body?.$case === 'step' ? res.body.value.transform : `step:${stepId}`;
+}
+
+/** Marquez's dataset data: identity, the latest version's schema fields and facets. */
+async function datasetDataOf(lineage: LineageApi, id: string): Promise<Record<string, unknown>> {
+  let latest: ObjectVersion | undefined;
+  let versions = 0;
+  try {
+    const res = await lineage.getNode({ node: { kind: NodeKind.NODE_KIND_OBJECT, id, contentHash: '' } });
+    if (res.body?.$case === 'object') {
+      versions = res.body.value.versions.length;
+      for (const v of res.body.value.versions) {
+        if (latest === undefined || BigInt(v.createdAtNs || '0') >= BigInt(latest.createdAtNs || '0')) latest = v;
+      }
+    }
+  } catch (err) {
+    // An object known only as an input has no stored versions; its identity is all there is.
+    if (!(err instanceof NotFoundError)) throw err;
+  }
+  const attributes = latest?.attributes ?? {};
+  const parsed = parseDatasetObjectId(id);
+  const namespace = attributes['openlineage.namespace'] ?? parsed?.namespace ?? '';
+  const name = attributes['openlineage.name'] ?? parsed?.name ?? id;
+  const facets = (latest?.facets ?? {}) as Record<string, unknown>;
+  return {
+    id: { namespace, name },
+    type: 'DB_TABLE',
+    name,
+    physicalName: name,
+    namespace,
+    fields: schemaFields(facets['schema']),
+    facets,
+    currentVersion: latest?.contentHash ?? null,
+    versions,
+    createdAt: latest && latest.createdAtNs !== '0' ? nanosToIso(latest.createdAtNs) : null,
+  };
+}
+
+function schemaFields(schema: unknown): { name: string; type: string | null; tags: string[]; description: string | null }[] {
+  if (schema === null || typeof schema !== 'object') return [];
+  const fields = (schema as { fields?: unknown }).fields;
+  if (!Array.isArray(fields)) return [];
+  return fields.flatMap((f: unknown) => {
+    if (f === null || typeof f !== 'object') return [];
+    const field = f as Record<string, unknown>;
+    if (typeof field['name'] !== 'string') return [];
+    return [{
+      name: field['name'],
+      type: typeof field['type'] === 'string' ? field['type'] : null,
+      tags: [],
+      description: typeof field['description'] === 'string' ? field['description'] : null,
+    }];
+  });
+}
+
+/** Marquez's job data: identity, its inputs and outputs, and its latest run (from the store). */
+async function jobDataOf(
+  lineage: LineageApi,
+  id: string,
+  acc: JobAccumulator,
+  inEdges: readonly MarquezEdge[],
+  outEdges: readonly MarquezEdge[],
+): Promise<Record<string, unknown>> {
+  const { namespace, name } = parseJobTransformName(id) ?? { namespace: '', name: id };
+  const latestStep = [...acc.steps].sort((a, b) => (a.timeNs < b.timeNs ? 1 : a.timeNs > b.timeNs ? -1 : 0))[0];
+  let step: Step | undefined;
+  let run: Run | undefined;
+  if (latestStep !== undefined) {
+    step = await getOptional(lineage, NodeKind.NODE_KIND_STEP, latestStep.stepId, 'step');
+    if (step?.runId) run = await getOptional(lineage, NodeKind.NODE_KIND_RUN, step.runId, 'run');
+  }
+  const jobFacets = facetMap((run?.facets ?? step?.facets)?.['job']);
+  const jobType = facetMap(jobFacets['jobType']);
+  const documentation = facetMap(jobFacets['documentation']);
+  const location = facetMap(jobFacets['sourceCodeLocation']);
+  const split = (e: MarquezEdge, end: 'origin' | 'destination'): { namespace: string; name: string } =>
+    parseDatasetObjectId(e[end]) ?? { namespace: '', name: e[end] };
+  return {
+    id: { namespace, name },
+    type: typeof jobType['processingType'] === 'string' ? jobType['processingType'] : 'BATCH',
+    name,
+    simpleName: name,
+    namespace,
+    inputs: inEdges.map((e) => split(e, 'origin')),
+    outputs: outEdges.map((e) => split(e, 'destination')),
+    description: typeof documentation['description'] === 'string' ? documentation['description'] : null,
+    location: typeof location['url'] === 'string' ? location['url'] : null,
+    facets: jobFacets,
+    latestRun: run === undefined ? null : runData(run, step),
+  };
+}
+
+function runData(run: Run, step: Step | undefined): Record<string, unknown> {
+  const iso = (ns: string | undefined): string | null => (ns && ns !== '0' ? nanosToIso(ns) : null);
+  return {
+    id: run.runId,
+    state: run.state || null,
+    startedAt: iso(run.startedAtNs),
+    endedAt: iso(run.endedAtNs),
+    parentRunId: run.parentRunId || null,
+    codeVersion: step?.codeVersion || null,
+    facets: facetMap(run.facets?.['run']),
+  };
+}
+
+async function getOptional<K extends 'step' | 'run'>(
+  lineage: LineageApi,
+  kind: NodeKind,
+  id: string,
+  expected: K,
+): Promise<(K extends 'step' ? Step : Run) | undefined> {
+  try {
+    const res = await lineage.getNode({ node: { kind, id, contentHash: '' } });
+    if (res.body?.$case === expected) return res.body.value as K extends 'step' ? Step : Run;
+    return undefined;
+  } catch (err) {
+    if (err instanceof NotFoundError) return undefined;
+    throw err;
+  }
+}
+
+function facetMap(value: unknown): Record<string, unknown> {
+  return value !== null && typeof value === 'object' && !Array.isArray(value) ? (value as Record<string, unknown>) : {};
+}
+
+function push<K, V>(map: Map<K, V[]>, key: K, value: V): void {
+  const list = map.get(key);
+  if (list) list.push(value);
+  else map.set(key, [value]);
+}
+
+function compare(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}

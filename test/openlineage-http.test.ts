@@ -1,0 +1,239 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { NodeKind } from '../common/gen/retrace/v1/lineage.js';
+import { RETRACE_OPENLINEAGE_PRODUCER } from '../common/openlineage/to-openlineage-event.js';
+import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
+
+/** The OpenLineage HTTP face through a real coordinator (LevelDB in a temp dir, real sockets). */
+
+const PRODUCER = 'https://github.com/OpenLineage/OpenLineage/tree/1.23.0/integration/spark';
+const NS = 'warehouse';
+const facet = (extra: Record<string, unknown> = {}): Record<string, unknown> => ({
+  _producer: PRODUCER,
+  _schemaURL: 'https://openlineage.io/spec/facets/1-0-1/SomeFacet.json',
+  ...extra,
+});
+
+let counter = 0;
+/** A UUID unique within this file, so tests do not share runs. */
+function uuid(): string {
+  counter++;
+  return `00000000-0000-4000-8000-${counter.toString(16).padStart(12, '0')}`;
+}
+
+function runEvent(job: string, runId: string, eventType: string, inputs: string[], outputs: string[], time = '2024-10-17T09:18:26.825Z') {
+  return {
+    eventTime: time,
+    producer: PRODUCER,
+    schemaURL: 'https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent',
+    eventType,
+    run: { runId, facets: {} },
+    job: { namespace: NS, name: job, facets: { jobType: facet({ processingType: 'BATCH', integration: 'SPARK' }) } },
+    inputs: inputs.map((name) => ({ namespace: NS, name })),
+    outputs: outputs.map((name) => ({
+      namespace: NS,
+      name,
+      facets: { schema: facet({ fields: [{ name: 'id', type: 'INT', description: 'key' }] }) },
+    })),
+  };
+}
+
+interface GraphNode {
+  id: string;
+  type: 'DATASET' | 'JOB';
+  data: Record<string, any>;
+  inEdges: { origin: string; destination: string }[];
+  outEdges: { origin: string; destination: string }[];
+}
+
+let tc: TestCoordinator;
+
+beforeAll(async () => {
+  tc = await startTestCoordinator({ quiet: true });
+});
+
+afterAll(async () => {
+  await tc?.stop();
+});
+
+async function post(path: string, body: unknown): Promise<{ status: number; json: any }> {
+  const res = await fetch(`${tc.httpUrl}${path}`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: typeof body === 'string' ? body : JSON.stringify(body),
+  });
+  return { status: res.status, json: await res.json() };
+}
+
+async function lineage(nodeId: string, depth?: number): Promise<{ status: number; json: any }> {
+  const q = new URLSearchParams({ nodeId });
+  if (depth !== undefined) q.set('depth', String(depth));
+  const res = await fetch(`${tc.httpUrl}/api/v1/lineage?${q}`);
+  return { status: res.status, json: await res.json() };
+}
+
+function node(graph: GraphNode[], id: string): GraphNode {
+  const n = graph.find((g) => g.id === id);
+  if (!n) throw new Error(`${id} not in graph: ${graph.map((g) => g.id).join(', ')}`);
+  return n;
+}
+
+describe('POST /api/v1/lineage', () => {
+  it('accepts a RunEvent (201 {}) and a resent one without storing it twice', async () => {
+    const runId = uuid();
+    const e = runEvent('single.load', runId, 'COMPLETE', ['single.raw'], ['single.clean']);
+    expect(await post('/api/v1/lineage', e)).toEqual({ status: 201, json: {} });
+    expect(await post('/api/v1/lineage', e)).toEqual({ status: 201, json: {} });
+    // Submitted again in a batch: every native event is a duplicate.
+    expect(await post('/api/v1/lineage/batch', [e])).toEqual({ status: 201, json: { accepted: 0, duplicates: 3 } });
+  });
+
+  it('rejects an invalid event with 400 and the JSON path of the problem', async () => {
+    const e = runEvent('bad.job', uuid(), 'COMPLETE', ['a', 'b', 'c'], []) as any;
+    delete e.inputs[2].namespace;
+    const res = await post('/api/v1/lineage', e);
+    expect(res.status).toBe(400);
+    expect(res.json).toMatchObject({ error: 'INVALID_ARGUMENT', field: 'inputs[2].namespace' });
+    const noRunId = runEvent('bad.job', uuid(), 'COMPLETE', [], []) as any;
+    delete noRunId.run.runId;
+    expect((await post('/api/v1/lineage', noRunId)).json.field).toBe('run.runId');
+    expect((await post('/api/v1/lineage', '{not json')).status).toBe(400);
+    expect((await post('/api/v1/lineage', [])).json.field).toBe('$');
+  });
+
+  it('accepts DatasetEvents and JobEvents', async () => {
+    const base = { eventTime: '2024-01-01T00:00:00Z', producer: PRODUCER, schemaURL: 'https://openlineage.io/spec/2-0-2/OpenLineage.json' };
+    expect((await post('/api/v1/lineage', { ...base, dataset: { namespace: NS, name: 'static.table' } })).status).toBe(201);
+    expect((await post('/api/v1/lineage', { ...base, job: { namespace: NS, name: 'static.job' } })).status).toBe(201);
+  });
+});
+
+describe('POST /api/v1/lineage/batch', () => {
+  it('stores a whole batch atomically and counts native events', async () => {
+    const runA = uuid();
+    const runB = uuid();
+    const batch = [
+      runEvent('batch.extract', runA, 'START', [], [], '2024-10-17T09:00:00Z'),
+      runEvent('batch.extract', runA, 'COMPLETE', ['batch.src'], ['batch.mid'], '2024-10-17T09:01:00Z'),
+      runEvent('batch.transform', runB, 'COMPLETE', ['batch.mid'], ['batch.out'], '2024-10-17T09:02:00Z'),
+    ];
+    // START: run; COMPLETE: run + version + step (twice).
+    expect(await post('/api/v1/lineage/batch', batch)).toEqual({ status: 201, json: { accepted: 7, duplicates: 0 } });
+    const { json } = await lineage('dataset:warehouse:batch.mid');
+    expect(json.graph.map((n: GraphNode) => n.id)).toEqual([
+      'dataset:warehouse:batch.mid',
+      'dataset:warehouse:batch.out',
+      'dataset:warehouse:batch.src',
+      'job:warehouse:batch.extract',
+      'job:warehouse:batch.transform',
+    ]);
+  });
+
+  it('stores nothing when one event is invalid, and names it with its index', async () => {
+    const runId = uuid();
+    const good = runEvent('atomic.job', runId, 'COMPLETE', ['atomic.in'], ['atomic.out']);
+    const bad = runEvent('atomic.job2', uuid(), 'COMPLETE', [], []) as any;
+    bad.eventType = 'FINISHED';
+    const res = await post('/api/v1/lineage/batch', [good, bad]);
+    expect(res.status).toBe(400);
+    expect(res.json).toMatchObject({ error: 'INVALID_ARGUMENT', field: '[1].eventType' });
+    expect((await lineage('dataset:warehouse:atomic.out')).status).toBe(404);
+    expect((await post('/api/v1/lineage/batch', { events: [] })).json.field).toBe('$');
+    expect(await post('/api/v1/lineage/batch', [])).toEqual({ status: 201, json: { accepted: 0, duplicates: 0 } });
+  });
+});
+
+describe('GET /api/v1/lineage', () => {
+  // raw -> ingest -> staged -> enrich (+ dims) -> mart -> report -> dashboard
+  const runs = { ingest: uuid(), enrich: uuid(), report: uuid() };
+  beforeAll(async () => {
+    const batch = [
+      runEvent('g.ingest', runs.ingest, 'START', ['g.raw'], [], '2024-10-17T10:00:00Z'),
+      runEvent('g.ingest', runs.ingest, 'COMPLETE', [], ['g.staged'], '2024-10-17T10:05:00Z'),
+      runEvent('g.enrich', runs.enrich, 'COMPLETE', ['g.staged', 'g.dims'], ['g.mart'], '2024-10-17T10:10:00Z'),
+      runEvent('g.report', runs.report, 'COMPLETE', ['g.mart'], ['g.dashboard'], '2024-10-17T10:15:00Z'),
+    ];
+    expect((await post('/api/v1/lineage/batch', batch)).status).toBe(201);
+  });
+
+  it('returns the Marquez graph with job-level edges both ways', async () => {
+    const { status, json } = await lineage('job:warehouse:g.enrich');
+    expect(status).toBe(200);
+    const graph = json.graph as GraphNode[];
+    expect(graph.map((n) => n.id).sort()).toEqual([
+      'dataset:warehouse:g.dashboard',
+      'dataset:warehouse:g.dims',
+      'dataset:warehouse:g.mart',
+      'dataset:warehouse:g.raw',
+      'dataset:warehouse:g.staged',
+      'job:warehouse:g.enrich',
+      'job:warehouse:g.ingest',
+      'job:warehouse:g.report',
+    ]);
+    const enrich = node(graph, 'job:warehouse:g.enrich');
+    expect(enrich.type).toBe('JOB');
+    expect(enrich.inEdges).toEqual([
+      { origin: 'dataset:warehouse:g.dims', destination: 'job:warehouse:g.enrich' },
+      { origin: 'dataset:warehouse:g.staged', destination: 'job:warehouse:g.enrich' },
+    ]);
+    expect(enrich.outEdges).toEqual([{ origin: 'job:warehouse:g.enrich', destination: 'dataset:warehouse:g.mart' }]);
+    // The ingest job's edges come from two events of one run, merged into one step.
+    const ingest = node(graph, 'job:warehouse:g.ingest');
+    expect(ingest.inEdges).toEqual([{ origin: 'dataset:warehouse:g.raw', destination: 'job:warehouse:g.ingest' }]);
+    expect(ingest.outEdges).toEqual([{ origin: 'job:warehouse:g.ingest', destination: 'dataset:warehouse:g.staged' }]);
+    const mart = node(graph, 'dataset:warehouse:g.mart');
+    expect(mart.type).toBe('DATASET');
+    expect(mart.inEdges).toEqual([{ origin: 'job:warehouse:g.enrich', destination: 'dataset:warehouse:g.mart' }]);
+    expect(mart.outEdges).toEqual([{ origin: 'dataset:warehouse:g.mart', destination: 'job:warehouse:g.report' }]);
+  });
+
+  it('fills job and dataset data from the store', async () => {
+    const graph = (await lineage('dataset:warehouse:g.mart')).json.graph as GraphNode[];
+    const ingest = node(graph, 'job:warehouse:g.ingest').data;
+    expect(ingest).toMatchObject({
+      id: { namespace: 'warehouse', name: 'g.ingest' },
+      name: 'g.ingest',
+      namespace: 'warehouse',
+      type: 'BATCH',
+      inputs: [{ namespace: 'warehouse', name: 'g.raw' }],
+      outputs: [{ namespace: 'warehouse', name: 'g.staged' }],
+      latestRun: { id: runs.ingest, state: 'COMPLETE', startedAt: '2024-10-17T10:00:00Z', endedAt: '2024-10-17T10:05:00Z' },
+    });
+    const mart = node(graph, 'dataset:warehouse:g.mart').data;
+    expect(mart).toMatchObject({
+      id: { namespace: 'warehouse', name: 'g.mart' },
+      name: 'g.mart',
+      namespace: 'warehouse',
+      fields: [{ name: 'id', type: 'INT', tags: [], description: 'key' }],
+    });
+    // Known only as an input: identity from the id, no fields.
+    expect(node(graph, 'dataset:warehouse:g.dims').data).toMatchObject({ namespace: 'warehouse', name: 'g.dims', fields: [] });
+  });
+
+  it('limits the graph by depth, in job hops', async () => {
+    const near = (await lineage('dataset:warehouse:g.raw', 1)).json.graph as GraphNode[];
+    expect(near.map((n) => n.id).sort()).toEqual(['dataset:warehouse:g.raw', 'dataset:warehouse:g.staged', 'job:warehouse:g.ingest']);
+    const far = (await lineage('dataset:warehouse:g.raw')).json.graph as GraphNode[];
+    expect(far).toHaveLength(8);
+  });
+
+  it('answers 404 for an unknown node and 400 for a malformed query', async () => {
+    expect((await lineage('dataset:warehouse:nope')).status).toBe(404);
+    expect((await lineage('job:warehouse:nope')).json).toMatchObject({ error: 'NOT_FOUND', field: 'nodeId' });
+    expect((await lineage('table:warehouse:g.raw')).json).toMatchObject({ error: 'INVALID_ARGUMENT', field: 'nodeId' });
+    expect((await lineage('dataset:warehouse:g.raw', 0)).json).toMatchObject({ error: 'INVALID_ARGUMENT', field: 'depth' });
+    const res = await fetch(`${tc.httpUrl}/api/v1/lineage`);
+    expect(res.status).toBe(400);
+    expect(await res.json()).toMatchObject({ field: 'nodeId' });
+  });
+});
+
+describe('resource facet over HTTP', () => {
+  it('a retrace_resources run facet reaches the stored step', async () => {
+    const runId = uuid();
+    const e = runEvent('res.job', runId, 'COMPLETE', [], ['res.out']) as any;
+    e.run.facets.retrace_resources = { _producer: RETRACE_OPENLINEAGE_PRODUCER, _schemaURL: 'urn:x', cpuTimeNs: 5, gpuUtilization: 0.5 };
+    expect((await post('/api/v1/lineage', e)).status).toBe(201);
+    const res = await tc.coordinator.lineage.getNode({ node: { kind: NodeKind.NODE_KIND_STEP, id: `openlineage:${runId}`, contentHash: '' } });
+    expect(res.body?.$case === 'step' ? res.body.value.resources : undefined).toMatchObject({ cpuTimeNs: '5', gpuUtilization: 0.5 });
+  });
+});

@@ -1,0 +1,188 @@
+import { readFileSync } from 'node:fs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { toLineageEvents } from '../../common/openlineage/to-lineage-events.js';
+import type { OpenLineageRunEvent } from '../../common/openlineage/types.js';
+import { validateOpenLineageBatch, validateOpenLineageEvent } from '../../common/openlineage/validate.js';
+import { startTestCoordinator, type TestCoordinator } from '../helpers/test-coordinator.js';
+
+/**
+ * Real OpenLineage events (Airflow and Spark-on-Dataproc captures from OpenLineage's
+ * compatibility tests, and Marquez's demo seed) through validation, conversion, the HTTP face
+ * and lineage queries of a real coordinator.
+ */
+
+const DATA = new URL('../../../shared/data/openlineage-events/', import.meta.url);
+
+interface Edge {
+  origin: string;
+  destination: string;
+}
+interface GraphNode {
+  id: string;
+  type: 'DATASET' | 'JOB';
+  data: Record<string, any>;
+  inEdges: Edge[];
+  outEdges: Edge[];
+}
+
+/** The 74 captured events, as MANIFEST.tsv lists them. */
+function capturedEvents(): { path: string; event: unknown }[] {
+  const manifest = readFileSync(new URL('MANIFEST.tsv', DATA), 'utf8');
+  return manifest
+    .split('\n')
+    .slice(1)
+    .map((line) => line.split('\t')[0] ?? '')
+    .filter((path) => /^real-captured\/.*\/events\/[^/]+\.json$/.test(path))
+    .map((path) => ({ path, event: JSON.parse(readFileSync(new URL(path, DATA), 'utf8')) as unknown }));
+}
+
+/** Marquez's seed with its time placeholders filled: runs start at a fixed time, end N minutes later. */
+function marquezSeed(): unknown[] {
+  const start = Date.parse('2024-06-01T08:00:00.000Z');
+  const text = readFileSync(new URL('marquez-demo-seed/metadata.template.json', DATA), 'utf8')
+    .replaceAll('{{RUN_START_TIME}}', new Date(start).toISOString())
+    .replace(/\{\{RUN_END_TIME_AFTER_(\d+)_MINUTES\}\}/g, (_, minutes: string) => new Date(start + Number(minutes) * 60_000).toISOString());
+  expect(text).not.toContain('{{');
+  return JSON.parse(text) as unknown[];
+}
+
+/** Marquez-level edges the events themselves declare: dataset -> job for inputs, job -> dataset for outputs. */
+function expectedEdges(events: readonly OpenLineageRunEvent[]): Map<string, Edge> {
+  const edges = new Map<string, Edge>();
+  for (const e of events) {
+    const job = `job:${e.job.namespace}:${e.job.name}`;
+    for (const d of e.inputs ?? []) edges.set(`${d.namespace}|${d.name}|in|${job}`, { origin: `dataset:${d.namespace}:${d.name}`, destination: job });
+    for (const d of e.outputs ?? []) edges.set(`${d.namespace}|${d.name}|out|${job}`, { origin: job, destination: `dataset:${d.namespace}:${d.name}` });
+  }
+  return edges;
+}
+
+function sortEdges(edges: Iterable<Edge>): Edge[] {
+  return [...edges].sort((a, b) => `${a.origin}\n${a.destination}`.localeCompare(`${b.origin}\n${b.destination}`));
+}
+
+let tc: TestCoordinator;
+
+beforeAll(async () => {
+  tc = await startTestCoordinator({ quiet: true });
+});
+
+afterAll(async () => {
+  await tc?.stop();
+});
+
+async function post(path: string, body: unknown): Promise<{ status: number; json: any }> {
+  const res = await fetch(`${tc.httpUrl}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  return { status: res.status, json: await res.json() };
+}
+
+async function graphOf(nodeId: string, depth?: number): Promise<GraphNode[]> {
+  const q = new URLSearchParams({ nodeId });
+  if (depth !== undefined) q.set('depth', String(depth));
+  const res = await fetch(`${tc.httpUrl}/api/v1/lineage?${q}`);
+  const json = (await res.json()) as { graph: GraphNode[] };
+  expect(res.status, `${nodeId}: ${JSON.stringify(json)}`).toBe(200);
+  return json.graph;
+}
+
+/** Checks that every node of the expected edges is served with exactly its in- and out-edges. */
+async function expectGraphMatches(edges: Map<string, Edge>): Promise<void> {
+  const ids = new Set([...edges.values()].flatMap((e) => [e.origin, e.destination]));
+  for (const id of ids) {
+    const graph = await graphOf(id, 1);
+    const node = graph.find((n) => n.id === id);
+    expect(node, id).toBeDefined();
+    expect(node?.type).toBe(id.startsWith('job:') ? 'JOB' : 'DATASET');
+    expect(node?.inEdges, `${id} inEdges`).toEqual(sortEdges([...edges.values()].filter((e) => e.destination === id)));
+    expect(node?.outEdges, `${id} outEdges`).toEqual(sortEdges([...edges.values()].filter((e) => e.origin === id)));
+  }
+}
+
+describe('real captured events (Airflow 1.14, Spark on Dataproc)', () => {
+  const captured = capturedEvents();
+
+  it('all 74 validate and convert', () => {
+    expect(captured).toHaveLength(74);
+    for (const { path, event } of captured) {
+      const validated = validateOpenLineageEvent(event);
+      expect(validated.kind, path).toBe('RunEvent');
+      expect(toLineageEvents(validated).length, path).toBeGreaterThan(0);
+    }
+  });
+
+  it('all are accepted over HTTP, one by one; resent as one batch they are all duplicates', async () => {
+    let nativeEvents = 0;
+    for (const { path, event } of captured) {
+      const res = await post('/api/v1/lineage', event);
+      expect(res, path).toEqual({ status: 201, json: {} });
+      nativeEvents += toLineageEvents(validateOpenLineageEvent(event)).length;
+    }
+    expect(await post('/api/v1/lineage/batch', captured.map((c) => c.event))).toEqual({
+      status: 201,
+      json: { accepted: 0, duplicates: nativeEvents },
+    });
+  });
+
+  it('every job and dataset shows up in GET lineage with the in- and out-edges the events declare', async () => {
+    const events = validateOpenLineageBatch(captured.map((c) => c.event)).map((v) => v.event as OpenLineageRunEvent);
+    const edges = expectedEdges(events);
+    expect(edges.size).toBeGreaterThan(20);
+    await expectGraphMatches(edges);
+  });
+
+  it('a Spark job carries its dataset schema and its latest run', async () => {
+    const events = captured.map((c) => c.event as OpenLineageRunEvent);
+    const withSchema = events.find((e) => (e.outputs ?? []).some((o) => (o.facets?.schema?.fields?.length ?? 0) > 0));
+    const output = withSchema?.outputs?.find((o) => (o.facets?.schema?.fields?.length ?? 0) > 0);
+    if (!withSchema || !output) throw new Error('no output with a schema among the captured events');
+    const id = `dataset:${output.namespace}:${output.name}`;
+    const graph = await graphOf(id);
+    const dataset = graph.find((n) => n.id === id);
+    expect(dataset?.data['namespace']).toBe(output.namespace);
+    expect(dataset?.data['name']).toBe(output.name);
+    expect((dataset?.data['fields'] as unknown[]).length).toBeGreaterThan(0);
+    const job = graph.find((n) => n.id === `job:${withSchema.job.namespace}:${withSchema.job.name}`);
+    expect(job?.data['latestRun']).toMatchObject({ id: withSchema.run.runId });
+  });
+});
+
+describe('Marquez demo seed (food_delivery)', () => {
+  const seed = marquezSeed();
+
+  it('is accepted as one batch', async () => {
+    expect(seed).toHaveLength(26);
+    const res = await post('/api/v1/lineage/batch', seed);
+    expect(res.status).toBe(201);
+    expect(res.json.duplicates).toBe(0);
+  });
+
+  it('gives the 13-job DAG from any of its nodes, with the declared edges', async () => {
+    const events = validateOpenLineageBatch(seed).map((v) => v.event as OpenLineageRunEvent);
+    const edges = expectedEdges(events);
+    const jobs = new Set(events.map((e) => `job:${e.job.namespace}:${e.job.name}`));
+    const datasets = new Set([...edges.values()].flatMap((e) => [e.origin, e.destination]).filter((id) => id.startsWith('dataset:')));
+    expect(jobs.size).toBe(13);
+    for (const start of [...jobs, ...datasets]) {
+      const graph = await graphOf(start);
+      expect(graph.filter((n) => n.type === 'JOB').map((n) => n.id).sort(), start).toEqual([...jobs].sort());
+      expect(graph.filter((n) => n.type === 'DATASET').map((n) => n.id).sort(), start).toEqual([...datasets].sort());
+      const served = sortEdges(new Map(graph.flatMap((n) => [...n.inEdges, ...n.outEdges]).map((e) => [`${e.origin}\n${e.destination}`, e])).values());
+      expect(served, start).toEqual(sortEdges(edges.values()));
+    }
+    await expectGraphMatches(edges);
+  });
+
+  it('serves job and dataset data as Marquez does', async () => {
+    const graph = await graphOf('job:food_delivery:etl_menus');
+    const job = graph.find((n) => n.id === 'job:food_delivery:etl_menus');
+    expect(job?.data).toMatchObject({
+      namespace: 'food_delivery',
+      name: 'etl_menus',
+      description: 'Loads newly added restaurant menus daily.',
+      outputs: [{ namespace: 'food_delivery', name: 'public.menus' }],
+      latestRun: { id: '4d3b8069-69b6-4708-ade0-3275112c9f04', state: 'COMPLETE', startedAt: '2024-06-01T08:00:00Z', endedAt: '2024-06-01T08:08:00Z' },
+    });
+    const menus = graph.find((n) => n.id === 'dataset:food_delivery:public.menus');
+    expect((menus?.data['fields'] as { name: string }[]).map((f) => f.name)).toEqual(['id', 'name', 'restaurant_id', 'description']);
+  });
+});
