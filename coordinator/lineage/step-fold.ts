@@ -22,7 +22,7 @@ export function foldSteps(events: readonly { timeNs: bigint; step: Step }[]): St
     if (step.resources) out.resources = step.resources;
     out.used = mergeRefs(out.used, step.used);
     out.generated = mergeRefs(out.generated, step.generated);
-    if (step.facets) out.facets = { ...(out.facets ?? {}), ...step.facets };
+    if (step.facets) out.facets = mergeFacets(out.facets, step.facets);
   }
   return out;
 }
@@ -38,7 +38,7 @@ export function foldRuns(events: readonly { timeNs: bigint; run: Run }[]): Run {
     if (run.state) out.state = run.state;
     if (run.startedAtNs !== '0' && (out.startedAtNs === '0' || BigInt(run.startedAtNs) < BigInt(out.startedAtNs))) out.startedAtNs = run.startedAtNs;
     if (run.endedAtNs !== '0') out.endedAtNs = run.endedAtNs;
-    if (run.facets) out.facets = { ...(out.facets ?? {}), ...run.facets };
+    if (run.facets) out.facets = mergeFacets(out.facets, run.facets);
   }
   return out;
 }
@@ -53,7 +53,7 @@ export function foldObjectVersions(events: readonly { timeNs: bigint; version: O
     if (version.mediaType) out.mediaType = version.mediaType;
     if (version.createdAtNs !== '0' && out.createdAtNs === '0') out.createdAtNs = version.createdAtNs;
     out.attributes = { ...out.attributes, ...version.attributes };
-    if (version.facets) out.facets = { ...(out.facets ?? {}), ...version.facets };
+    if (version.facets) out.facets = mergeFacets(out.facets, version.facets);
   }
   return out;
 }
@@ -72,4 +72,22 @@ function mergeRefs(a: readonly ObjectRef[], b: readonly ObjectRef[]): ObjectRef[
 
 function refId(r: ObjectRef): string {
   return `${r.objectId}\u0000${r.contentHash}`;
+}
+
+/**
+ * Facets merge two levels deep: producers group facets (OpenLineage keeps `run` and `job`
+ * facets apart) and each event carries only some of them, so a later event's group must add to
+ * the earlier one's rather than replace it.
+ */
+function mergeFacets(a: Record<string, unknown> | undefined, b: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...(a ?? {}) };
+  for (const [k, v] of Object.entries(b)) {
+    const prev = out[k];
+    out[k] = isPlainObject(prev) && isPlainObject(v) ? { ...prev, ...v } : v;
+  }
+  return out;
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
