@@ -60,7 +60,8 @@ export function createLineageHandlers(engine: LineageEngine, store: LineageStore
     getProof: (request) => engine.getProof(request.eventId),
 
     async verifyLedger() {
-      const report = await verifyLedger(store, { publicKey });
+      const checkpoint = engine.latestCheckpoint;
+      const report = await verifyLedger(store, { publicKey, treeSize: checkpoint ? BigInt(checkpoint.treeSize) : 0n });
       return {
         ok: report.ok,
         entriesChecked: report.entriesChecked.toString(),

@@ -20,9 +20,21 @@ export interface VerifyReport {
  * and cross-checks every index row against the entries, both ways: a missing, altered or
  * extra row is reported. Works on a live store or on a data dir with the coordinator stopped.
  */
-export async function verifyLedger(store: LineageStore, options: { publicKey?: string; onProgress?: (checked: bigint) => void } = {}): Promise<VerifyReport> {
+export async function verifyLedger(
+  store: LineageStore,
+  options: {
+    publicKey?: string;
+    onProgress?: (checked: bigint) => void;
+    /** Verify only the first `treeSize` entries (a live store keeps growing while it is read). */
+    treeSize?: bigint;
+  } = {},
+): Promise<VerifyReport> {
+  const limit = options.treeSize;
   const checkpoints: Checkpoint[] = [];
-  for await (const json of store.allCheckpoints()) checkpoints.push(JSON.parse(json) as Checkpoint);
+  for await (const json of store.allCheckpoints()) {
+    const cp = JSON.parse(json) as Checkpoint;
+    if (limit === undefined || BigInt(cp.treeSize) <= limit) checkpoints.push(cp);
+  }
   let cpIndex = 0;
   const tree = new MerkleTree();
   let head: Uint8Array = new Uint8Array(32);
@@ -47,6 +59,7 @@ export async function verifyLedger(store: LineageStore, options: { publicKey?: s
   };
 
   for await (const entry of store.entries()) {
+    if (limit !== undefined && entry.seq >= limit) break;
     if (entry.seq !== expectedSeq) return fail(expectedSeq, `entry ${expectedSeq} is missing (next stored entry is ${entry.seq})`);
     const computed = createHash('sha256').update(head).update(entry.body).digest();
     if (!computed.equals(Buffer.from(entry.entryHash))) return fail(entry.seq, `entry ${entry.seq}: stored hash does not match H(previous hash, body): the entry was altered`);
@@ -80,6 +93,12 @@ export async function verifyLedger(store: LineageStore, options: { publicKey?: s
   }
   if (cpIndex < checkpoints.length) {
     return fail(expectedSeq, `checkpoint at tree size ${(checkpoints[cpIndex] as Checkpoint).treeSize} covers entries that are missing (ledger has ${expectedSeq})`);
+  }
+  // Every commit writes its checkpoint in the same atomic batch, so entries that no signed
+  // checkpoint covers were added or rewritten behind the coordinator's back.
+  const covered = lastCheckpoint ? BigInt(lastCheckpoint.treeSize) : 0n;
+  if (expectedSeq > covered) {
+    return fail(covered, `entries ${covered}..${expectedSeq - 1n} are not covered by any signed checkpoint (last one at tree size ${covered}): they were appended or rewritten outside the coordinator`);
   }
 
   // Index rows, both ways. The smallest seq at fault is reported.

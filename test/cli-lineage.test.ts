@@ -1,0 +1,371 @@
+import { once } from 'node:events';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { EdgeKind, NodeKind } from '../common/gen/retrace/v1/lineage.js';
+import { LineageEvent } from '../common/gen/retrace/v1/provenance.js';
+import { contentHashOf } from '../common/hash.js';
+import { runOutputHash } from '../common/openlineage/to-lineage-events.js';
+import { main } from '../scripts/cli/main.js';
+import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
+
+/**
+ * The `retrace lineage` and `retrace submit` commands, run in-process through main() against a
+ * real coordinator (LevelDB in a temp dir, real sockets), with explicit --coordinator/--token.
+ */
+
+const T0 = 1_720_000_000_000_000_000n;
+const S = 1_000_000_000n;
+const PRODUCER = 'test://cli-lineage';
+const h = (content: string): string => contentHashOf(content);
+
+const RAW = { objectId: 'orders/raw', contentHash: h('orders raw v1') };
+const CLEAN = { objectId: 'orders/clean', contentHash: h('orders clean v1') };
+const SUMMARY = { objectId: 'orders/summary', contentHash: h('orders summary v1') };
+const CODE = h('def clean(): ...');
+const key = (v: { objectId: string; contentHash: string }): string => `version:${v.objectId}@${v.contentHash}`;
+
+const NATIVE: LineageEvent[] = [
+  LineageEvent.fromPartial({
+    eventId: 'ev-run-nightly-1',
+    eventTimeNs: T0.toString(),
+    producer: PRODUCER,
+    body: { $case: 'run', value: { runId: 'nightly-1', name: 'nightly-orders', state: 'COMPLETE', startedAtNs: T0.toString(), endedAtNs: (T0 + 10n * S).toString() } },
+  }),
+  LineageEvent.fromPartial({
+    eventId: 'ev-raw',
+    eventTimeNs: (T0 + S).toString(),
+    producer: PRODUCER,
+    body: { $case: 'objectVersion', value: { ...RAW, size: '1234', mediaType: 'text/csv' } },
+  }),
+  LineageEvent.fromPartial({
+    eventId: 'ev-clean',
+    eventTimeNs: (T0 + 2n * S).toString(),
+    producer: PRODUCER,
+    body: {
+      $case: 'step',
+      value: {
+        stepId: 'clean-orders-1',
+        runId: 'nightly-1',
+        transform: 'clean-orders',
+        codeVersion: CODE,
+        parameters: { threshold: 3 },
+        nodeId: 'node-a',
+        startedAtNs: (T0 + 2n * S).toString(),
+        endedAtNs: (T0 + 3n * S).toString(),
+        resources: { cpuTimeNs: '250000000', peakMemoryBytes: String(64 * 2 ** 20) },
+        used: [RAW],
+        generated: [CLEAN],
+      },
+    },
+  }),
+  LineageEvent.fromPartial({
+    eventId: 'ev-aggregate',
+    eventTimeNs: (T0 + 4n * S).toString(),
+    producer: PRODUCER,
+    body: {
+      $case: 'step',
+      value: {
+        stepId: 'aggregate-orders-1',
+        runId: 'nightly-1',
+        transform: 'aggregate-orders',
+        nodeId: 'node-b',
+        startedAtNs: (T0 + 4n * S).toString(),
+        endedAtNs: (T0 + 5n * S).toString(),
+        used: [CLEAN],
+        generated: [SUMMARY],
+      },
+    },
+  }),
+  LineageEvent.fromPartial({
+    eventId: 'ev-summary',
+    eventTimeNs: (T0 + 5n * S).toString(),
+    producer: PRODUCER,
+    body: { $case: 'objectVersion', value: { ...SUMMARY, size: '42', mediaType: 'application/json' } },
+  }),
+];
+
+const OL_RUN_ID = '0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b';
+const OL_PRODUCER = 'https://github.com/OpenLineage/OpenLineage/tree/1.23.0/integration/airflow';
+const OL_EVENT = {
+  eventTime: '2024-07-03T10:00:00.000Z',
+  producer: OL_PRODUCER,
+  schemaURL: 'https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent',
+  eventType: 'COMPLETE',
+  run: { runId: OL_RUN_ID, facets: {} },
+  job: { namespace: 'warehouse', name: 'load_orders', facets: {} },
+  inputs: [{ namespace: 'warehouse', name: 'public.orders_src' }],
+  outputs: [{ namespace: 'warehouse', name: 'public.orders' }],
+};
+const OL_OUTPUT = { objectId: 'dataset:warehouse:public.orders', contentHash: runOutputHash('warehouse', 'public.orders', OL_RUN_ID) };
+
+let tc: TestCoordinator;
+let dir: string;
+let nativeFile: string;
+let olFile: string;
+const outFiles: string[] = [];
+
+interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `retrace ...args --coordinator ADDR --token TOKEN` in-process. */
+async function cli(args: string[], options: { token?: string } = {}): Promise<CliResult> {
+  const stdout = new PassThrough();
+  const stderr = new PassThrough();
+  const out: string[] = [];
+  const err: string[] = [];
+  stdout.setEncoding('utf8').on('data', (d: string) => out.push(d));
+  stderr.setEncoding('utf8').on('data', (d: string) => err.push(d));
+  const code = await main([...args, '--coordinator', tc.grpcAddress, '--token', options.token ?? tc.token], { stdout, stderr, stdin: new PassThrough() });
+  stdout.end();
+  stderr.end();
+  await Promise.all([once(stdout, 'end'), once(stderr, 'end')]);
+  return { code, stdout: out.join(''), stderr: err.join('') };
+}
+
+beforeAll(async () => {
+  tc = await startTestCoordinator({ quiet: true });
+  dir = mkdtempSync(join(tmpdir(), 'retrace-cli-'));
+  nativeFile = join(dir, 'native-events.json');
+  writeFileSync(nativeFile, JSON.stringify({ events: NATIVE.map((e) => LineageEvent.toJSON(e)) }, null, 2));
+  olFile = join(dir, 'openlineage-run.json');
+  writeFileSync(olFile, JSON.stringify(OL_EVENT, null, 2));
+  const native = await cli(['submit', nativeFile]);
+  expect(native, native.stderr).toMatchObject({ code: 0, stdout: `stored ${NATIVE.length} event(s), 0 already present; ledger size ${NATIVE.length}\n` });
+  const ol = await cli(['submit', olFile]);
+  expect(ol.code, ol.stderr).toBe(0);
+  expect(ol.stdout).toMatch(/^stored [1-9]\d* event\(s\), 0 already present/);
+});
+
+afterAll(async () => {
+  await tc?.stop();
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+afterEach(() => {
+  for (const f of outFiles.splice(0)) rmSync(f, { force: true });
+});
+
+describe('retrace submit', () => {
+  it('resubmitting the same files stores nothing new', async () => {
+    const again = await cli(['submit', nativeFile, '--json']);
+    expect(again.code, again.stderr).toBe(0);
+    expect(JSON.parse(again.stdout)).toMatchObject({ batches: '1', accepted: '0', duplicates: String(NATIVE.length) });
+    const ol = await cli(['submit', olFile]);
+    expect(ol.code, ol.stderr).toBe(0);
+    expect(ol.stdout).toMatch(/^stored 0 event\(s\), [1-9]\d* already present/);
+  });
+
+  it('a file that is not JSON is a usage error (exit 2)', async () => {
+    const bad = join(dir, 'not-json.json');
+    outFiles.push(bad);
+    writeFileSync(bad, '{ nope');
+    const r = await cli(['submit', bad]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('is not JSON');
+    expect(r.stderr).toContain('usage: retrace submit');
+  });
+});
+
+describe('retrace lineage trace', () => {
+  it('prints the downstream closure as a table', async () => {
+    const r = await cli(['lineage', 'trace', key(RAW)]);
+    expect(r.code, r.stderr).toBe(0);
+    const lines = r.stdout.trimEnd().split('\n');
+    expect(lines[0]).toMatch(/^dist\s+kind\s+node\s+transform\s+time$/);
+    expect(r.stdout).toMatch(/^1\s+step\s+clean-orders-1\s+clean-orders\s+\d{4}-\d{2}-\d{2}T/m);
+    expect(r.stdout).toMatch(/^2\s+version\s+orders\/clean@sha256:[0-9a-f]{12}…/m);
+    expect(r.stdout).toMatch(/^3\s+step\s+aggregate-orders-1\s+aggregate-orders/m);
+    expect(r.stdout).toMatch(/^4\s+version\s+orders\/summary@sha256:/m);
+    expect(lines[lines.length - 1]).toBe('4 node(s) in the closure');
+  });
+
+  it('--json gives nodes and the edges among them', async () => {
+    const r = await cli(['lineage', 'trace', key(RAW), '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const json = JSON.parse(r.stdout) as { nodes: { key: string; distance: number }[]; edges: { from: string; to: string; kind: number }[]; totalNodes: string; nextPageToken: string };
+    expect(json.totalNodes).toBe('4');
+    expect(json.nextPageToken).toBe('');
+    expect(json.nodes.map((n) => [n.key, n.distance])).toEqual([
+      ['step:clean-orders-1', 1],
+      [key(CLEAN), 2],
+      ['step:aggregate-orders-1', 3],
+      [key(SUMMARY), 4],
+    ]);
+    expect(json.edges).toEqual(
+      expect.arrayContaining([
+        { from: 'step:clean-orders-1', to: key(RAW), kind: EdgeKind.EDGE_KIND_USED },
+        { from: key(CLEAN), to: 'step:clean-orders-1', kind: EdgeKind.EDGE_KIND_GENERATED_BY },
+        { from: 'step:aggregate-orders-1', to: key(CLEAN), kind: EdgeKind.EDGE_KIND_USED },
+        { from: key(SUMMARY), to: 'step:aggregate-orders-1', kind: EdgeKind.EDGE_KIND_GENERATED_BY },
+      ]),
+    );
+    expect(json.edges).toHaveLength(4);
+  });
+
+  it('--direction up walks to the inputs only', async () => {
+    const r = await cli(['lineage', 'trace', key(SUMMARY), '--direction', 'up', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const json = JSON.parse(r.stdout) as { nodes: { key: string; distance: number }[] };
+    expect(json.nodes.map((n) => [n.key, n.distance])).toEqual([
+      ['step:aggregate-orders-1', 1],
+      [key(CLEAN), 2],
+      ['step:clean-orders-1', 3],
+      [key(RAW), 4],
+    ]);
+    const table = await cli(['lineage', 'trace', key(CLEAN), '--direction', 'up', '--depth', '1']);
+    expect(table.code, table.stderr).toBe(0);
+    expect(table.stdout).toContain('clean-orders-1');
+    expect(table.stdout).not.toContain('orders/raw');
+    expect(table.stdout).not.toContain('aggregate');
+    expect(table.stdout.trimEnd().split('\n').pop()).toBe('1 node(s) in the closure');
+  });
+
+  it('follows OpenLineage datasets at object level', async () => {
+    const r = await cli(['lineage', 'trace', 'object:dataset:warehouse:public.orders_src', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const keys = (JSON.parse(r.stdout) as { nodes: { key: string }[] }).nodes.map((n) => n.key);
+    expect(keys).toContain(`step:openlineage:${OL_RUN_ID}`);
+    expect(keys).toContain('object:dataset:warehouse:public.orders');
+  });
+
+  it('a bad --direction is a usage error (exit 2)', async () => {
+    const r = await cli(['lineage', 'trace', key(RAW), '--direction', 'sideways']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('--direction must be up, down, both or any, not "sideways"');
+    expect(r.stderr).toContain('usage: retrace lineage trace');
+    expect(r.stdout).toBe('');
+  });
+});
+
+describe('retrace lineage path, node, runs', () => {
+  it('path lists every step of a record in execution order', async () => {
+    const r = await cli(['lineage', 'path', SUMMARY.objectId]);
+    expect(r.code, r.stderr).toBe(0);
+    const lines = r.stdout.trimEnd().split('\n');
+    expect(lines[0]).toBe(`record ${SUMMARY.objectId} ${SUMMARY.contentHash}`);
+    expect(lines[1]).toMatch(/^#\s+step\s+transform\s+code\s+node\s+started\s+cpu ms\s+peak MiB\s+params$/);
+    expect(lines[3]).toMatch(/^1\s+clean-orders-1\s+clean-orders\s+sha256:[0-9a-f]{12}…\s+node-a\s+\S+\s+250\.0\s+64\.0\s+\{"threshold":3\}$/);
+    expect(lines[4]).toMatch(/^2\s+aggregate-orders-1\s+aggregate-orders\s+node-b\s/);
+    expect(lines).toHaveLength(5);
+
+    const json = await cli(['lineage', 'path', SUMMARY.objectId, '--json']);
+    expect(json.code, json.stderr).toBe(0);
+    const parsed = JSON.parse(json.stdout) as { record: { objectId: string; size: string }; steps: { stepId: string; codeVersion: string }[] };
+    expect(parsed.record).toMatchObject({ objectId: SUMMARY.objectId, size: '42' });
+    expect(parsed.steps.map((s) => s.stepId)).toEqual(['clean-orders-1', 'aggregate-orders-1']);
+    expect(parsed.steps[0]?.codeVersion).toBe(CODE);
+  });
+
+  it('node prints a step, a version and a transform as JSON', async () => {
+    const step = await cli(['lineage', 'node', 'step:clean-orders-1']);
+    expect(step.code, step.stderr).toBe(0);
+    const s = JSON.parse(step.stdout) as { node: { kind: number; id: string }; body: { $case: string; value: { transform: string; runId: string; used: unknown[] } } };
+    expect(s.node).toMatchObject({ kind: NodeKind.NODE_KIND_STEP, id: 'clean-orders-1' });
+    expect(s.body.$case).toBe('step');
+    expect(s.body.value).toMatchObject({ transform: 'clean-orders', runId: 'nightly-1', used: [{ ...RAW, unversioned: false }] });
+
+    const version = await cli(['lineage', 'node', key(CLEAN)]);
+    expect(version.code, version.stderr).toBe(0);
+    expect(JSON.parse(version.stdout)).toMatchObject({ generatedBy: 'step:clean-orders-1', relatedSteps: ['step:aggregate-orders-1'] });
+
+    const transform = await cli(['lineage', 'node', 'transform:job:warehouse:load_orders']);
+    expect(transform.code, transform.stderr).toBe(0);
+    expect(JSON.parse(transform.stdout)).toMatchObject({ relatedSteps: [`step:openlineage:${OL_RUN_ID}`] });
+
+    const olVersion = await cli(['lineage', 'node', key(OL_OUTPUT)]);
+    expect(olVersion.code, olVersion.stderr).toBe(0);
+    expect(JSON.parse(olVersion.stdout)).toMatchObject({ generatedBy: `step:openlineage:${OL_RUN_ID}` });
+  });
+
+  it('runs lists native and OpenLineage runs, filtered by --prefix', async () => {
+    const r = await cli(['lineage', 'runs']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/^run\s+name\s+state\s+started\s+ended\s+parent$/m);
+    expect(r.stdout).toMatch(/^nightly-1\s+nightly-orders\s+COMPLETE\s+\d{4}-/m);
+    expect(r.stdout).toMatch(new RegExp(`^${OL_RUN_ID}\\s+job:warehouse:load_orders\\s+COMPLETE`, 'm'));
+
+    const filtered = await cli(['lineage', 'runs', '--prefix', 'job:', '--json']);
+    expect(filtered.code, filtered.stderr).toBe(0);
+    const runs = (JSON.parse(filtered.stdout) as { runs: { runId: string }[] }).runs;
+    expect(runs.map((x) => x.runId)).toEqual([OL_RUN_ID]);
+  });
+});
+
+describe('retrace lineage proof and export', () => {
+  it('proof checks the inclusion proof against the signed checkpoint', async () => {
+    const r = await cli(['lineage', 'proof', 'ev-clean']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain('event ev-clean is entry 2;');
+    expect(r.stdout).toMatch(/audit path \(\d+ hashes\): verifies; checkpoint signature: valid/);
+
+    const json = await cli(['lineage', 'proof', 'ev-summary', '--json']);
+    expect(json.code, json.stderr).toBe(0);
+    expect(JSON.parse(json.stdout)).toMatchObject({ seq: '4', verified: { included: true, signed: true } });
+  });
+
+  it('proof of an unknown event exits 1 with "not found"', async () => {
+    const r = await cli(['lineage', 'proof', 'no-such-event']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('not found');
+  });
+
+  it('export --out writes a PROV-JSON document', async () => {
+    const out = join(dir, 'prov.json');
+    outFiles.push(out);
+    const r = await cli(['lineage', 'export', key(CLEAN), '--out', out]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toContain(`wrote PROV-JSON to ${out}`);
+    expect(r.stdout).toBe('');
+    expect(existsSync(out)).toBe(true);
+    const doc = JSON.parse(readFileSync(out, 'utf8')) as Record<string, Record<string, Record<string, unknown>>>;
+    for (const section of ['prefix', 'entity', 'activity', 'used', 'wasGeneratedBy']) expect(doc, section).toHaveProperty(section);
+    const entities = Object.keys(doc['entity'] ?? {}).map(decodeURIComponent);
+    for (const v of [RAW, CLEAN, SUMMARY]) expect(entities).toContain(`retrace:version/${v.objectId}@${v.contentHash}`);
+    const activities = Object.keys(doc['activity'] ?? {}).map(decodeURIComponent);
+    expect(activities.some((a) => a.includes('clean-orders-1'))).toBe(true);
+    expect(activities.some((a) => a.includes('aggregate-orders-1'))).toBe(true);
+    expect(Object.values(doc['used'] ?? {})).toHaveLength(2);
+    expect(Object.values(doc['wasGeneratedBy'] ?? {})).toHaveLength(2);
+  });
+});
+
+describe('retrace lineage errors', () => {
+  it('a malformed node key is a usage error (exit 2)', async () => {
+    for (const bad of ['bogus:xyz', 'version:orders/raw', 'step:']) {
+      const r = await cli(['lineage', 'node', bad]);
+      expect(r.code, bad).toBe(2);
+      expect(r.stderr).toContain('usage: retrace lineage node');
+      expect(r.stderr).toContain('NODE is object:<id>');
+    }
+    const missing = await cli(['lineage', 'trace']);
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toContain('a node is required');
+  });
+
+  it('an unknown node exits 1 with "not found"', async () => {
+    for (const unknown of ['step:no-such-step', `version:orders/raw@${h('never stored')}`, 'run:no-such-run']) {
+      const r = await cli(['lineage', 'node', unknown]);
+      expect(r.code, unknown).toBe(1);
+      expect(r.stderr).toContain('not found');
+    }
+    const trace = await cli(['lineage', 'trace', 'object:nowhere']);
+    expect(trace.code).toBe(1);
+    expect(trace.stderr).toContain('not found');
+  });
+
+  it('a wrong token exits 1 and says so', async () => {
+    const r = await cli(['lineage', 'runs'], { token: 'wrong-token-xxxxxxxx' });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^error: .*token/);
+    expect(r.stdout).toBe('');
+    const submit = await cli(['submit', nativeFile], { token: 'wrong-token-xxxxxxxx' });
+    expect(submit.code).toBe(1);
+    expect(submit.stderr).toContain('token');
+  });
+});
