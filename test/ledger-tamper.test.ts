@@ -338,10 +338,8 @@ describe('ledger verification of a tampered data dir', () => {
     expect(from).toBe(seq - (seq % BigInt(BATCH)));
   });
 
-  // BUG (coordinator/ledger/ledger-verifier.ts): entries after the last stored checkpoint are
-  // trusted, so deleting the checkpoint rows that cover a re-chained rewrite hides it (the report
-  // is ok, "matching the checkpoint at tree size N" while more entries were checked). Every commit
-  // writes its checkpoint in the same atomic batch, so an uncovered tail is itself tampering.
+  // Every commit writes its checkpoint in the same atomic batch, so an uncovered tail is itself
+  // tampering: deleting the checkpoints that cover a re-chained rewrite must not hide it.
   it('(g) a re-chained rewrite whose covering checkpoints were deleted is still caught', async () => {
     const seq = seqOf('step:join-4');
     const report = await tamperAndVerify(async (store) => {

@@ -6,7 +6,9 @@ import type { CliCommand } from './command.js';
  */
 export async function loadCommands(): Promise<CliCommand[]> {
   const modules = await Promise.all([
-    // Added as features land, e.g. import('./lineage-commands.js'),
+    import('./coordinator-commands.js'),
+    import('./lineage-commands.js'),
+    import('./tour-commands.js'),
   ] as Promise<{ commands: CliCommand[] }>[]);
   return modules.flatMap((m) => m.commands);
 }
