@@ -139,14 +139,15 @@ export class Coordinator {
         http.closeAllConnections();
       });
     }
+    // Extensions first: they end their long-lived streams (agents, watches), which would
+    // otherwise hold the gRPC server's graceful shutdown.
+    for (const ext of [...this.extensions].reverse()) await ext.stop?.().catch((err: unknown) => this.options.log(`coordinator: stopping ${ext.name} failed: ${String(err)}`));
     if (this.grpcServer) {
-      // Long-lived streams (agents, watches) would hold a graceful shutdown forever.
       const grpc = this.grpcServer;
       const timer = setTimeout(() => grpc.forceShutdown(), 2000);
       await grpc.shutdown();
       clearTimeout(timer);
     }
-    for (const ext of [...this.extensions].reverse()) await ext.stop?.().catch((err: unknown) => this.options.log(`coordinator: stopping ${ext.name} failed: ${String(err)}`));
     await this.engine?.stop();
     await this.db?.close();
   }

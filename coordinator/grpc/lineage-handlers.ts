@@ -58,6 +58,7 @@ export function createLineageHandlers(engine: LineageEngine, store: LineageStore
     getRecordPath: (request) => engine.getRecordPath(request),
     listRuns: (request) => engine.listRuns(request),
     getProof: (request) => engine.getProof(request.eventId),
+    resolveNodes: async (request) => ({ keys: engine.resolveNodes(request.nodeIds) }),
 
     async verifyLedger() {
       const checkpoint = engine.latestCheckpoint;

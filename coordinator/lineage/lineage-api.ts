@@ -27,5 +27,6 @@ export interface SubmitResult {
 export interface LineageApi {
   submit(events: readonly LineageEvent[], options?: { signal?: AbortSignal }): Promise<SubmitResult>;
   getNode(request: GetNodeRequest): Promise<GetNodeResponse>;
-  trace(request: TraceRequest): Promise<TraceResponse>;
+  /** Unset fields take their proto defaults. */
+  trace(request: Partial<TraceRequest>): Promise<TraceResponse>;
 }

@@ -15,6 +15,7 @@ import {
   type TraceNode,
   type TraceRequest,
   type TraceResponse,
+  TraceView,
 } from '../../common/gen/retrace/v1/lineage.js';
 import { LedgerEntryBody, type Checkpoint, type LineageEvent, type ObjectVersion, type Run, type Step } from '../../common/gen/retrace/v1/provenance.js';
 import { EVENT_LIMITS, normalizeEvent } from '../../common/event-validation.js';
@@ -43,7 +44,25 @@ interface Submission {
   reject: (e: unknown) => void;
 }
 
+interface EngineMark {
+  index: IndexMark;
+  seq: bigint;
+  head: Uint8Array;
+  /** Absolute position in the added-log. */
+  added: number;
+}
+
+interface PreparedGroup {
+  mark: EngineMark;
+  entries: PreparedEntry[];
+  accepted: { sub: Submission; result: SubmitResult }[];
+  checkpoint: Checkpoint | undefined;
+  treeSize: bigint;
+  addedEnd: number;
+}
+
 const GENESIS = new Uint8Array(32);
+const TRACE_DEFAULTS: TraceRequest = { start: undefined, direction: Direction.DIRECTION_UNSPECIFIED, depth: 0, asOfNs: '0', pageSize: 0, pageToken: '', includeEdges: false, objectLevel: false, view: TraceView.TRACE_VIEW_UNSPECIFIED };
 const DEFAULT_PAGE = 1000;
 const MAX_PAGE = 100_000;
 
@@ -63,8 +82,12 @@ export class LineageEngine implements LineageApi {
   private readonly merkle = new MerkleTree();
   private readonly eventSeqs = new Map<string, bigint>();
   private readonly knownRuns = new Set<string>();
-  /** What applyToIndex added to eventSeqs and knownRuns since recovery, so a rejected batch can be undone. Cleared after each commit. */
+  /**
+   * What applyToIndex added to eventSeqs and knownRuns and is not yet durable, so a rejected
+   * batch or a failed write can be undone; `addedBase` is the absolute position of its first item.
+   */
   private readonly addedLog: ({ eventId: string } | { runId: string })[] = [];
+  private addedBase = 0;
   private nextSeq = 0n;
   private head: Uint8Array = GENESIS;
   private checkpoint: Checkpoint | undefined;
@@ -99,8 +122,9 @@ export class LineageEngine implements LineageApi {
       this.merkle.appendLeafHash(leafHash(entry.body));
       this.head = entry.entryHash;
       this.nextSeq++;
-      this.addedLog.length = 0;
     }
+    this.addedLog.length = 0;
+    this.addedBase = 0;
     const cp = await this.store.latestCheckpoint();
     this.checkpoint = cp === undefined ? undefined : (JSON.parse(cp) as Checkpoint);
     this.log(`lineage: recovered ${this.nextSeq} ledger entries, ${this.index.nodeCount} nodes, ${this.index.edgeCount} edges in ${Date.now() - started} ms`);
@@ -133,30 +157,59 @@ export class LineageEngine implements LineageApi {
     }
     return new Promise<SubmitResult>((resolve, reject) => {
       this.queue.push({ events: normalized, resolve, reject });
-      if (!this.flushing) this.flushing = this.flushLoop();
+      this.kick();
     });
   }
 
+  /** Starts the commit loop unless it runs; restarts it for submissions that arrived as it ended. */
+  private kick(): void {
+    if (this.flushing) return;
+    this.flushing = this.flushLoop()
+      .catch((err: unknown) => this.log(`lineage: commit loop failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`))
+      .finally(() => {
+        this.flushing = undefined;
+        if (this.queue.length > 0) this.kick();
+      });
+  }
+
+  /**
+   * Commit pipeline: while one group's batch is being written and fsynced, the next group is
+   * validated and prepared, so CPU work overlaps the disk. Writes stay strictly in order; a
+   * group is acknowledged only after its own write and every earlier one succeeded.
+   */
   private async flushLoop(): Promise<void> {
-    try {
-      while (this.queue.length > 0) {
-        const group = this.queue;
+    // Always yield first: a loop that finished synchronously would end before kick() stored it.
+    await null;
+    let writing: Promise<boolean> | undefined;
+    while (this.queue.length > 0 || writing) {
+      let next: PreparedGroup | undefined;
+      if (this.queue.length > 0) {
+        const subs = this.queue;
         this.queue = [];
-        await this.commitGroup(group);
+        next = this.prepareGroup(subs);
       }
-    } finally {
-      this.flushing = undefined;
+      if (writing) {
+        const ok = await writing;
+        writing = undefined;
+        if (!ok && next) {
+          // The failed write's rollback also undid `next`: validate its submissions again.
+          this.queue.unshift(...next.accepted.map((a) => a.sub));
+          next = undefined;
+        }
+      }
+      if (next) writing = this.writeGroup(next);
     }
   }
 
-  private async commitGroup(group: Submission[]): Promise<void> {
+  /** Validates and applies a group of submissions in memory; rejects the bad ones, each atomically. */
+  private prepareGroup(group: Submission[]): PreparedGroup | undefined {
     const groupMark = this.markAll();
-    const prepared: PreparedEntry[] = [];
+    const entries: PreparedEntry[] = [];
     const accepted: { sub: Submission; result: SubmitResult }[] = [];
     const receivedAt = this.clock();
     for (const sub of group) {
       const mark = this.markAll();
-      const preparedBefore = prepared.length;
+      const before = entries.length;
       try {
         let dup = 0;
         const seqs: bigint[] = [];
@@ -168,35 +221,40 @@ export class LineageEngine implements LineageApi {
             return;
           }
           const entry = this.prepare(event, receivedAt, `events[${i}]`);
-          prepared.push(entry);
+          entries.push(entry);
           seqs.push(entry.seq);
         });
         accepted.push({ sub, result: { accepted: sub.events.length - dup, duplicates: dup, seqs, treeSize: 0n } });
       } catch (err) {
-        prepared.length = preparedBefore;
+        entries.length = before;
         this.rollbackAll(mark);
         sub.reject(err);
       }
     }
-    if (accepted.length === 0) return;
+    if (accepted.length === 0) return undefined;
+    const checkpoint = entries.length > 0 ? this.signer.sign(this.nextSeq, this.merkle.root().toString('hex'), Buffer.from(this.head).toString('hex'), receivedAt) : undefined;
+    return { mark: groupMark, entries, accepted, checkpoint, treeSize: this.nextSeq, addedEnd: this.addedBase + this.addedLog.length };
+  }
+
+  /** Writes a prepared group (one synced batch) and settles its submissions; false when the write failed. */
+  private async writeGroup(g: PreparedGroup): Promise<boolean> {
     try {
-      let checkpoint: Checkpoint | undefined;
-      if (prepared.length > 0) {
-        checkpoint = this.signer.sign(this.nextSeq, this.merkle.root().toString('hex'), Buffer.from(this.head).toString('hex'), receivedAt);
-      }
-      await this.store.append(prepared, checkpoint && { treeSize: this.nextSeq, json: JSON.stringify(checkpoint) });
-      if (checkpoint) this.checkpoint = checkpoint;
+      if (g.entries.length > 0) await this.store.append(g.entries, g.checkpoint && { treeSize: g.treeSize, json: JSON.stringify(g.checkpoint) });
     } catch (err) {
-      this.rollbackAll(groupMark);
-      this.log(`lineage: commit of ${prepared.length} entries failed: ${String(err)}`);
-      for (const { sub } of accepted) sub.reject(err);
-      return;
+      this.rollbackAll(g.mark);
+      this.log(`lineage: commit of ${g.entries.length} entries failed: ${String(err)}`);
+      for (const { sub } of g.accepted) sub.reject(err);
+      return false;
     }
-    this.addedLog.length = 0;
-    for (const { sub, result } of accepted) {
-      result.treeSize = this.nextSeq;
+    if (g.checkpoint) this.checkpoint = g.checkpoint;
+    // What this group added can no longer be rolled back.
+    this.addedLog.splice(0, g.addedEnd - this.addedBase);
+    this.addedBase = g.addedEnd;
+    for (const { sub, result } of g.accepted) {
+      result.treeSize = g.treeSize;
       sub.resolve(result);
     }
+    return true;
   }
 
   /** Validates `event` against the graph, applies it to the in-memory state, and encodes its ledger entry. */
@@ -277,16 +335,16 @@ export class LineageEngine implements LineageApi {
     return result;
   }
 
-  private markAll(): { index: IndexMark; seq: bigint; head: Uint8Array; added: number } {
-    return { index: this.index.mark(), seq: this.nextSeq, head: this.head, added: this.addedLog.length };
+  private markAll(): EngineMark {
+    return { index: this.index.mark(), seq: this.nextSeq, head: this.head, added: this.addedBase + this.addedLog.length };
   }
 
   /** Undoes everything applied since `mark`: graph, Merkle tree, chain head, event ids, runs. */
-  private rollbackAll(mark: { index: IndexMark; seq: bigint; head: Uint8Array; added: number }): void {
+  private rollbackAll(mark: EngineMark): void {
     this.index.rollback(mark.index);
     this.merkle.truncate(Number(mark.seq));
     this.head = mark.head;
-    while (this.addedLog.length > mark.added) {
+    while (this.addedBase + this.addedLog.length > mark.added) {
       const item = this.addedLog.pop() as { eventId: string } | { runId: string };
       if ('eventId' in item) this.eventSeqs.delete(item.eventId);
       else this.knownRuns.delete(item.runId);
@@ -342,7 +400,9 @@ export class LineageEngine implements LineageApi {
     }
   }
 
-  async trace(request: TraceRequest): Promise<TraceResponse> {
+  /** Closure of a node; unset fields take their proto defaults. */
+  async trace(partial: Partial<TraceRequest>): Promise<TraceResponse> {
+    const request: TraceRequest = { ...TRACE_DEFAULTS, ...partial };
     const start = request.start;
     if (!start) throw new InvalidArgumentError('start', 'is required');
     const key = nodeKey(start);
@@ -390,6 +450,20 @@ export class LineageEngine implements LineageApi {
     }
     const offset = token?.offset ?? 0;
     const end = Math.min(all.length, offset + pageSize);
+    const nextPageToken = end < all.length ? encodePageToken({ offset: end, asOfMs }) : '';
+    const totalNodes = all.length.toString();
+    if (request.view === TraceView.TRACE_VIEW_IDS || request.view === TraceView.TRACE_VIEW_KEYS) {
+      const ids = all.slice(offset, end);
+      return {
+        nodes: [],
+        edges: [],
+        totalNodes,
+        nextPageToken,
+        keys: request.view === TraceView.TRACE_VIEW_KEYS ? ids.map((n) => this.index.keyOf(n)) : [],
+        nodeIds: request.view === TraceView.TRACE_VIEW_IDS ? ids : [],
+        distances: dist.slice(offset, end),
+      };
+    }
     const page: TraceNode[] = [];
     for (let i = offset; i < end; i++) {
       const n = all[i] as number;
@@ -412,12 +486,12 @@ export class LineageEngine implements LineageApi {
         else edges.push({ from: this.index.keyOf(to), to: this.index.keyOf(from), kind: EdgeKind.EDGE_KIND_USED });
       }
     }
-    return {
-      nodes: page,
-      edges,
-      totalNodes: all.length.toString(),
-      nextPageToken: end < all.length ? encodePageToken({ offset: end, asOfMs }) : '',
-    };
+    return { nodes: page, edges, totalNodes, nextPageToken, keys: [], nodeIds: [], distances: [] };
+  }
+
+  /** Keys of node numbers (from TRACE_VIEW_IDS); empty strings for unknown numbers. */
+  resolveNodes(ids: readonly number[]): string[] {
+    return ids.map((n) => (n >= 0 && n < this.index.nodeCount ? this.index.keyOf(n) : ''));
   }
 
   async getRecordPath(request: GetRecordPathRequest): Promise<GetRecordPathResponse> {

@@ -57,6 +57,9 @@ export class LineageStore {
   readonly adjacency: Table;
   readonly checkpoints: Table;
 
+  /** Global key prefixes of the tables, for writes that bypass per-put sublevel options. */
+  private readonly prefix: Record<'ledger' | 'eventIds' | 'objects' | 'steps' | 'runs' | 'adjacency' | 'checkpoints', string>;
+
   constructor(readonly db: Database) {
     this.ledger = db.sublevel<string, Uint8Array>('ledger', { valueEncoding: 'view' });
     this.eventIds = db.sublevel<string, string>('event-ids', {});
@@ -65,25 +68,35 @@ export class LineageStore {
     this.runs = db.sublevel<string, string>('runs', {});
     this.adjacency = db.sublevel<string, string>('adjacency', {});
     this.checkpoints = db.sublevel<string, string>('checkpoints', {});
+    this.prefix = {
+      ledger: this.ledger.prefix,
+      eventIds: this.eventIds.prefix,
+      objects: this.objects.prefix,
+      steps: this.steps.prefix,
+      runs: this.runs.prefix,
+      adjacency: this.adjacency.prefix,
+      checkpoints: this.checkpoints.prefix,
+    };
   }
 
   /** Writes entries and their index rows, plus a checkpoint, as one synced batch. */
   async append(entries: readonly PreparedEntry[], checkpoint: { treeSize: bigint; json: string } | undefined): Promise<void> {
+    const p = this.prefix;
     const batch = this.db.batch();
     for (const e of entries) {
       const seq = seqKey(e.seq);
       const value = new Uint8Array(32 + e.body.length);
       value.set(e.entryHash, 0);
       value.set(e.body, 32);
-      batch.put(seq, value, { sublevel: this.ledger });
-      batch.put(e.eventId, seq, { sublevel: this.eventIds });
-      batch.put(entityKey(e.entity, seq), '', { sublevel: this.entityTable(e.entity) });
+      batch.put(p.ledger + seq, value);
+      batch.put(p.eventIds + e.eventId, Buffer.from(seq));
+      batch.put(p[e.entity.table] + entityKey(e.entity, seq), EMPTY);
       if (e.adjacency) {
         const a = e.adjacency;
-        batch.put(adjacencyKey(a.timeNs, seq), JSON.stringify({ s: a.stepId, u: a.used, g: a.generated }), { sublevel: this.adjacency });
+        batch.put(p.adjacency + adjacencyKey(a.timeNs, seq), Buffer.from(JSON.stringify({ s: a.stepId, u: a.used, g: a.generated })));
       }
     }
-    if (checkpoint) batch.put(seqKey(checkpoint.treeSize), checkpoint.json, { sublevel: this.checkpoints });
+    if (checkpoint) batch.put(p.checkpoints + seqKey(checkpoint.treeSize), Buffer.from(checkpoint.json));
     await batch.write({ sync: true });
   }
 
@@ -172,11 +185,9 @@ export class LineageStore {
   async *allCheckpoints(): AsyncGenerator<string> {
     yield* this.checkpoints.values();
   }
-
-  private entityTable(e: EntityRef): Table {
-    return e.table === 'objects' ? this.objects : e.table === 'steps' ? this.steps : this.runs;
-  }
 }
+
+const EMPTY = new Uint8Array(0);
 
 export function seqKey(seq: bigint): string {
   return seq.toString(16).padStart(16, '0');

@@ -9,6 +9,9 @@ export async function loadCommands(): Promise<CliCommand[]> {
     import('./coordinator-commands.js'),
     import('./lineage-commands.js'),
     import('./tour-commands.js'),
+    import('./agent-commands.js'),
+    import('./node-commands.js'),
+    import('./publish-command.js'),
   ] as Promise<{ commands: CliCommand[] }>[]);
   return modules.flatMap((m) => m.commands);
 }

@@ -11,6 +11,7 @@ import { openClient } from './client.js';
 import { coordinatorExtensions } from './coordinator-extensions.js';
 import { buildExampleLineage } from './example-lineage.js';
 import { parseArgs } from './command.js';
+import { startLocalAgents, stopLocalAgents, type LocalAgent } from './local-agents.js';
 
 /** Submits the example pipeline's lineage through the coordinator's own gRPC API. */
 async function fillExample(addresses: CoordinatorAddresses, token: string, io: CliIo): Promise<{ stored: number; total: number; report: string; firstOrder: string; runEventId: string }> {
@@ -37,7 +38,12 @@ const start: CliCommand = {
     const dataDir = flag(args, 'data', './.retrace') as string;
     const c = new Coordinator({ dataDir, grpc: flag(args, 'grpc', '127.0.0.1:7700') as string, http: flag(args, 'http', '127.0.0.1:7780') as string, log: () => {} }, coordinatorExtensions());
     const addresses = await c.start();
+    let agents: LocalAgent[] = [];
     try {
+      agents = await startLocalAgents(addresses.grpc, c.authToken, dataDir, [
+        { name: 'local-1', labels: ['pool=local'] },
+        { name: 'local-2', labels: ['pool=local'] },
+      ]);
       const ex = await fillExample(addresses, c.authToken, io);
       const cli = 'npx retrace';
       io.stdout.write(
@@ -46,6 +52,7 @@ const start: CliCommand = {
           '',
           'Retrace is running (Ctrl-C stops it).',
           `  gRPC ${addresses.grpc}   HTTP http://${addresses.http}   data ${dataDir}   token ${dataDir}/auth-token`,
+          `  agents: ${agents.map((a) => a.nodeId).join(', ')} (this machine, reporting every 2 s)`,
           `  example pipeline: orders -> parse-order -> enrich-currency -> aggregate-daily (${ex.total} events, ${ex.stored} new)`,
           '',
           'Try, in another terminal here:',
@@ -55,6 +62,9 @@ const start: CliCommand = {
           `  ${cli} lineage runs`,
           `  ${cli} lineage export object:${ex.firstOrder} --out prov.json   # W3C PROV-JSON`,
           `  ${cli} verify --coordinator ${addresses.grpc}                          # tamper check`,
+          `  ${cli} nodes --watch                                              # live inventory of the agents`,
+          `  ${cli} nodes history ${agents[0]?.nodeId ?? 'NODE'} --metric cpu`,
+          `  ${cli} forecast ${agents[0]?.nodeId ?? 'NODE'} --metric cpu --horizon 10m --plot cpu.svg`,
           `  curl -s 'http://${addresses.http}/api/v1/lineage?nodeId=dataset:reports:daily-revenue&depth=2'`,
           `  ${cli} help                                                       # every command`,
           '',
@@ -62,6 +72,7 @@ const start: CliCommand = {
       );
       await new Promise<void>((r) => (io.signal.aborted ? r() : io.signal.addEventListener('abort', () => r(), { once: true })));
     } finally {
+      await stopLocalAgents(agents);
       await c.stop();
     }
     return 0;
@@ -105,6 +116,22 @@ const demo: CliCommand = {
       const http = await fetch(`http://${addresses.http}/api/v1/lineage?nodeId=dataset:reports:daily-revenue&depth=1`);
       io.stdout.write(`GET /api/v1/lineage?nodeId=dataset:reports:daily-revenue -> ${http.status}, ${((await http.json()) as { graph?: unknown[] }).graph?.length ?? 0} nodes\n`);
       await step('Verify the ledger online', ['verify', ...conn]);
+
+      say('Two agents join: one measured as it is, one declaring a GPU and 64 GiB for tests and simulations');
+      const agents = await startLocalAgents(addresses.grpc, c.authToken, dataDir, [
+        { name: 'demo-cpu', labels: ['pool=demo'], reportInterval: '300ms' },
+        { name: 'demo-gpu', labels: ['pool=testing'], advertise: 'gpu=1,memory=64GiB', reportInterval: '300ms' },
+      ]);
+      try {
+        await new Promise((r) => setTimeout(r, 2000));
+        await step('Live inventory', ['nodes', ...conn]);
+        await step('Declared values are reported as declared, never as measured', ['nodes', 'show', agents[1]?.nodeId ?? '', ...conn]);
+        await step('Resource history kept per node and metric', ['nodes', 'history', agents[0]?.nodeId ?? '', '--metric', 'cpu', '--since', '1m', ...conn]);
+        await step('Capacity forecast (short history: the backtest falls back to a baseline)', ['forecast', agents[0]?.nodeId ?? '', '--metric', 'cpu', '--horizon', '30s', ...conn]);
+        await step('Drain a node', ['nodes', 'drain', agents[1]?.nodeId ?? '', ...conn]);
+      } finally {
+        await stopLocalAgents(agents);
+      }
       await c.stop();
       say('Tamper with one stored ledger entry while the coordinator is stopped, then verify offline');
       const db = await openDatabase(join(dataDir, 'db'));

@@ -125,6 +125,57 @@ export function directionToJSON(object: Direction): string {
   }
 }
 
+export enum TraceView {
+  TRACE_VIEW_UNSPECIFIED = 0,
+  /** TRACE_VIEW_FULL - `nodes`: reference, key, distance, time and label of each node. */
+  TRACE_VIEW_FULL = 1,
+  /** TRACE_VIEW_KEYS - `keys` and `distances` only. */
+  TRACE_VIEW_KEYS = 2,
+  /**
+   * TRACE_VIEW_IDS - `node_ids` and `distances` only: node numbers are assigned in ledger order and never change;
+   * ResolveNodes turns them into keys.
+   */
+  TRACE_VIEW_IDS = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function traceViewFromJSON(object: any): TraceView {
+  switch (object) {
+    case 0:
+    case "TRACE_VIEW_UNSPECIFIED":
+      return TraceView.TRACE_VIEW_UNSPECIFIED;
+    case 1:
+    case "TRACE_VIEW_FULL":
+      return TraceView.TRACE_VIEW_FULL;
+    case 2:
+    case "TRACE_VIEW_KEYS":
+      return TraceView.TRACE_VIEW_KEYS;
+    case 3:
+    case "TRACE_VIEW_IDS":
+      return TraceView.TRACE_VIEW_IDS;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return TraceView.UNRECOGNIZED;
+  }
+}
+
+export function traceViewToJSON(object: TraceView): string {
+  switch (object) {
+    case TraceView.TRACE_VIEW_UNSPECIFIED:
+      return "TRACE_VIEW_UNSPECIFIED";
+    case TraceView.TRACE_VIEW_FULL:
+      return "TRACE_VIEW_FULL";
+    case TraceView.TRACE_VIEW_KEYS:
+      return "TRACE_VIEW_KEYS";
+    case TraceView.TRACE_VIEW_IDS:
+      return "TRACE_VIEW_IDS";
+    case TraceView.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 export enum EdgeKind {
   EDGE_KIND_UNSPECIFIED = 0,
   /** EDGE_KIND_USED - from = step, to = object version (or object) it used. */
@@ -242,6 +293,8 @@ export interface TraceRequest {
    * downstream of every version's generator. Implied when start is an object or a transform.
    */
   objectLevel: boolean;
+  /** How much to return per node; defaults to TRACE_VIEW_FULL. */
+  view: TraceView;
 }
 
 export interface TraceNode {
@@ -266,6 +319,21 @@ export interface TraceResponse {
   /** Size of the whole closure, start node excluded. */
   totalNodes: string;
   nextPageToken: string;
+  /** TRACE_VIEW_KEYS: node keys, in the same order as `distances`. */
+  keys: string[];
+  /** TRACE_VIEW_IDS: node numbers, in the same order as `distances`. */
+  nodeIds: number[];
+  /** TRACE_VIEW_KEYS and TRACE_VIEW_IDS: hops from the start node. */
+  distances: number[];
+}
+
+export interface ResolveNodesRequest {
+  nodeIds: number[];
+}
+
+export interface ResolveNodesResponse {
+  /** Same order as the request; empty for numbers that name no node. */
+  keys: string[];
 }
 
 export interface GetRecordPathRequest {
@@ -1154,6 +1222,7 @@ function createBaseTraceRequest(): TraceRequest {
     pageToken: "",
     includeEdges: false,
     objectLevel: false,
+    view: 0,
   };
 }
 
@@ -1182,6 +1251,9 @@ export const TraceRequest: MessageFns<TraceRequest> = {
     }
     if (message.objectLevel !== false) {
       writer.uint32(64).bool(message.objectLevel);
+    }
+    if (message.view !== 0) {
+      writer.uint32(72).int32(message.view);
     }
     return writer;
   },
@@ -1263,6 +1335,14 @@ export const TraceRequest: MessageFns<TraceRequest> = {
             message.objectLevel = reader.bool();
             continue;
           }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.view = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1305,6 +1385,7 @@ export const TraceRequest: MessageFns<TraceRequest> = {
         : isSet(object.object_level)
         ? globalThis.Boolean(object.object_level)
         : false,
+      view: isSet(object.view) ? traceViewFromJSON(object.view) : 0,
     };
   },
 
@@ -1334,6 +1415,9 @@ export const TraceRequest: MessageFns<TraceRequest> = {
     if (message.objectLevel !== false) {
       obj.objectLevel = message.objectLevel;
     }
+    if (message.view !== 0) {
+      obj.view = traceViewToJSON(message.view);
+    }
     return obj;
   },
 
@@ -1352,6 +1436,7 @@ export const TraceRequest: MessageFns<TraceRequest> = {
     message.pageToken = object.pageToken ?? "";
     message.includeEdges = object.includeEdges ?? false;
     message.objectLevel = object.objectLevel ?? false;
+    message.view = object.view ?? 0;
     return message;
   },
 };
@@ -1595,7 +1680,7 @@ export const TraceEdge: MessageFns<TraceEdge> = {
 };
 
 function createBaseTraceResponse(): TraceResponse {
-  return { nodes: [], edges: [], totalNodes: "0", nextPageToken: "" };
+  return { nodes: [], edges: [], totalNodes: "0", nextPageToken: "", keys: [], nodeIds: [], distances: [] };
 }
 
 export const TraceResponse: MessageFns<TraceResponse> = {
@@ -1611,6 +1696,23 @@ export const TraceResponse: MessageFns<TraceResponse> = {
     }
     if (message.nextPageToken !== "") {
       writer.uint32(34).string(message.nextPageToken);
+    }
+    for (const v of message.keys) {
+      writer.uint32(42).string(v!);
+    }
+    if (message.nodeIds.length !== 0) {
+      writer.uint32(50).fork();
+      for (const v of message.nodeIds) {
+        writer.uint32(v);
+      }
+      writer.join();
+    }
+    if (message.distances.length !== 0) {
+      writer.uint32(58).fork();
+      for (const v of message.distances) {
+        writer.uint32(v);
+      }
+      writer.join();
     }
     return writer;
   },
@@ -1660,6 +1762,50 @@ export const TraceResponse: MessageFns<TraceResponse> = {
             message.nextPageToken = reader.string();
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.keys.push(reader.string());
+            continue;
+          }
+          case 6: {
+            if (tag === 48) {
+              message.nodeIds.push(reader.uint32());
+
+              continue;
+            }
+
+            if (tag === 50) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.nodeIds.push(reader.uint32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 7: {
+            if (tag === 56) {
+              message.distances.push(reader.uint32());
+
+              continue;
+            }
+
+            if (tag === 58) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.distances.push(reader.uint32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1686,6 +1832,15 @@ export const TraceResponse: MessageFns<TraceResponse> = {
         : isSet(object.next_page_token)
         ? globalThis.String(object.next_page_token)
         : "",
+      keys: globalThis.Array.isArray(object?.keys) ? object.keys.map((e: any) => globalThis.String(e)) : [],
+      nodeIds: globalThis.Array.isArray(object?.nodeIds)
+        ? object.nodeIds.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.node_ids)
+        ? object.node_ids.map((e: any) => globalThis.Number(e))
+        : [],
+      distances: globalThis.Array.isArray(object?.distances)
+        ? object.distances.map((e: any) => globalThis.Number(e))
+        : [],
     };
   },
 
@@ -1703,6 +1858,15 @@ export const TraceResponse: MessageFns<TraceResponse> = {
     if (message.nextPageToken !== "") {
       obj.nextPageToken = message.nextPageToken;
     }
+    if (message.keys?.length) {
+      obj.keys = message.keys;
+    }
+    if (message.nodeIds?.length) {
+      obj.nodeIds = message.nodeIds.map((e) => Math.round(e));
+    }
+    if (message.distances?.length) {
+      obj.distances = message.distances.map((e) => Math.round(e));
+    }
     return obj;
   },
 
@@ -1715,6 +1879,163 @@ export const TraceResponse: MessageFns<TraceResponse> = {
     message.edges = object.edges?.map((e) => TraceEdge.fromPartial(e)) || [];
     message.totalNodes = object.totalNodes ?? "0";
     message.nextPageToken = object.nextPageToken ?? "";
+    message.keys = object.keys?.map((e) => e) || [];
+    message.nodeIds = object.nodeIds?.map((e) => e) || [];
+    message.distances = object.distances?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseResolveNodesRequest(): ResolveNodesRequest {
+  return { nodeIds: [] };
+}
+
+export const ResolveNodesRequest: MessageFns<ResolveNodesRequest> = {
+  encode(message: ResolveNodesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.nodeIds.length !== 0) {
+      writer.uint32(10).fork();
+      for (const v of message.nodeIds) {
+        writer.uint32(v);
+      }
+      writer.join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ResolveNodesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseResolveNodesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag === 8) {
+              message.nodeIds.push(reader.uint32());
+
+              continue;
+            }
+
+            if (tag === 10) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.nodeIds.push(reader.uint32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ResolveNodesRequest {
+    return {
+      nodeIds: globalThis.Array.isArray(object?.nodeIds)
+        ? object.nodeIds.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.node_ids)
+        ? object.node_ids.map((e: any) => globalThis.Number(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ResolveNodesRequest): unknown {
+    const obj: any = {};
+    if (message.nodeIds?.length) {
+      obj.nodeIds = message.nodeIds.map((e) => Math.round(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ResolveNodesRequest>): ResolveNodesRequest {
+    return ResolveNodesRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ResolveNodesRequest>): ResolveNodesRequest {
+    const message = createBaseResolveNodesRequest();
+    message.nodeIds = object.nodeIds?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseResolveNodesResponse(): ResolveNodesResponse {
+  return { keys: [] };
+}
+
+export const ResolveNodesResponse: MessageFns<ResolveNodesResponse> = {
+  encode(message: ResolveNodesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.keys) {
+      writer.uint32(10).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ResolveNodesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseResolveNodesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.keys.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ResolveNodesResponse {
+    return { keys: globalThis.Array.isArray(object?.keys) ? object.keys.map((e: any) => globalThis.String(e)) : [] };
+  },
+
+  toJSON(message: ResolveNodesResponse): unknown {
+    const obj: any = {};
+    if (message.keys?.length) {
+      obj.keys = message.keys;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ResolveNodesResponse>): ResolveNodesResponse {
+    return ResolveNodesResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ResolveNodesResponse>): ResolveNodesResponse {
+    const message = createBaseResolveNodesResponse();
+    message.keys = object.keys?.map((e) => e) || [];
     return message;
   },
 };
@@ -2832,6 +3153,15 @@ export const LineageServiceDefinition = {
       responseStream: false,
       options: { idempotencyLevel: "IDEMPOTENT" },
     },
+    /** Keys of node numbers returned by Trace with TRACE_VIEW_IDS. */
+    resolveNodes: {
+      name: "ResolveNodes",
+      requestType: ResolveNodesRequest as typeof ResolveNodesRequest,
+      requestStream: false,
+      responseType: ResolveNodesResponse as typeof ResolveNodesResponse,
+      responseStream: false,
+      options: { idempotencyLevel: "IDEMPOTENT" },
+    },
     /** A subgraph as W3C PROV-JSON. */
     exportProv: {
       name: "ExportProv",
@@ -2875,6 +3205,11 @@ export interface LineageServiceImplementation<CallContextExt = {}> {
     request: VerifyLedgerRequest,
     context: CallContext & CallContextExt,
   ): Promise<DeepPartial<VerifyLedgerResponse>>;
+  /** Keys of node numbers returned by Trace with TRACE_VIEW_IDS. */
+  resolveNodes(
+    request: ResolveNodesRequest,
+    context: CallContext & CallContextExt,
+  ): Promise<DeepPartial<ResolveNodesResponse>>;
   /** A subgraph as W3C PROV-JSON. */
   exportProv(
     request: ExportProvRequest,
@@ -2913,6 +3248,11 @@ export interface LineageServiceClient<CallOptionsExt = {}> {
     request: DeepPartial<VerifyLedgerRequest>,
     options?: CallOptions & CallOptionsExt,
   ): Promise<VerifyLedgerResponse>;
+  /** Keys of node numbers returned by Trace with TRACE_VIEW_IDS. */
+  resolveNodes(
+    request: DeepPartial<ResolveNodesRequest>,
+    options?: CallOptions & CallOptionsExt,
+  ): Promise<ResolveNodesResponse>;
   /** A subgraph as W3C PROV-JSON. */
   exportProv(
     request: DeepPartial<ExportProvRequest>,

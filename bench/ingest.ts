@@ -1,0 +1,403 @@
+/**
+ * `npm run bench -- ingest [--events N] [--streams K] [--batch B]`
+ *
+ * Events/s through LineageService.SubmitEvents of a real coordinator (in-process, LevelDB in a
+ * temp dir), against raw `level` writes of exactly the keys and values the coordinator stored,
+ * in the same run.
+ *
+ * - The client runs in a worker thread (a producer is another process in practice) and encodes
+ *   every SubmitEventsRequest before the clock starts, so the figure is the coordinator's cost:
+ *   gRPC receive + decode, validation, hashing, index, LevelDB batch and fsync.
+ * - Event mix, per record of a record pipeline: an object-version event for the source record,
+ *   a "parse" step using it (1 version) and an "enrich" step using the parsed version and, half
+ *   of the time, a recent other record's parsed version (2 versions); each step generates 1.
+ * - Batch ack latency is taken in-process at LineageEngine.submit (batch decoded → durable),
+ *   since a SubmitEvents stream acknowledges only at its end. Commit group sizes come from
+ *   wrapping the store's append (bench-only instrumentation, no source file changed).
+ * - Raw baseline: with the coordinator stopped, every key/value of the ledger, event-ids and
+ *   entity/adjacency sublevels is read back, grouped by event (ledger seq), and written into a
+ *   fresh `level` DB with chained db.batch() of the same number of events per batch,
+ *   { sync: true }, one batch after another. Checkpoint rows (one per commit group) are left out.
+ */
+import { randomUUID, createHash } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { loadavg, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
+import { Level } from 'level';
+import { createChannel, createClientFactory, Metadata, type MethodDefinition } from 'nice-grpc';
+import { Coordinator } from '../coordinator/coordinator.js';
+import type { LineageStore, PreparedEntry } from '../coordinator/store/lineage-store.js';
+import { SubmitEventsRequest, SubmitEventsResponse } from '../common/gen/retrace/v1/lineage.js';
+import { LineageEvent } from '../common/gen/retrace/v1/provenance.js';
+import { finish, percentile } from './report.js';
+
+interface ClientConfig {
+  kind: 'retrace-ingest-client';
+  address: string;
+  token: string;
+  events: number;
+  streams: number;
+  batch: number;
+}
+
+type ToMain =
+  | { type: 'ready'; batches: number; events: number; eventBytes: number; minEventBytes: number; maxEventBytes: number; mix: Record<string, number> }
+  | { type: 'done'; accepted: number; streamMs: number[] }
+  | { type: 'error'; message: string };
+
+function flag(argv: string[], name: string, dflt: number): number {
+  const i = argv.indexOf(`--${name}`);
+  if (i < 0) return dflt;
+  const v = Number(argv[i + 1]);
+  if (!Number.isFinite(v) || v <= 0) throw new Error(`--${name} needs a positive number`);
+  return Math.floor(v);
+}
+
+function fmt(n: number, digits = 0): string {
+  return n.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits });
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const events = flag(argv, 'events', 200_000);
+  const streams = flag(argv, 'streams', 4);
+  const batch = flag(argv, 'batch', 500);
+  const root = mkdtempSync(join(tmpdir(), 'retrace-bench-ingest-'));
+  try {
+    await run(root, events, streams, batch);
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+}
+
+async function run(root: string, events: number, streams: number, batch: number): Promise<void> {
+  const dataDir = join(root, 'coordinator');
+  const coordinator = new Coordinator({ dataDir, grpc: '127.0.0.1:0', http: '127.0.0.1:0', log: () => {} });
+  const addresses = await coordinator.start();
+  const engine = coordinator.lineage;
+
+  // Instrumentation: ack latency per batch at the engine, size and write time per commit group.
+  const ackMs: number[] = [];
+  const submit = engine.submit.bind(engine);
+  engine.submit = (evs, options) => {
+    const t0 = performance.now();
+    const p = submit(evs, options);
+    p.then(() => ackMs.push(performance.now() - t0), () => {});
+    return p;
+  };
+  const store = (engine as unknown as { store: LineageStore }).store;
+  const groupSizes: number[] = [];
+  const appendMs: number[] = [];
+  const append = store.append.bind(store);
+  store.append = async (entries: readonly PreparedEntry[], checkpoint) => {
+    const t0 = performance.now();
+    await append(entries, checkpoint);
+    groupSizes.push(entries.length);
+    appendMs.push(performance.now() - t0);
+  };
+
+  console.log(`ingest: ${fmt(events)} events, ${streams} concurrent SubmitEvents streams, ${batch} events per batch; load average ${loadavg().map((x) => x.toFixed(1)).join(' ')}`);
+  const config: ClientConfig = { kind: 'retrace-ingest-client', address: addresses.grpc, token: coordinator.authToken, events, streams, batch };
+  const worker = startTsWorker(import.meta.url, config);
+  const next = (): Promise<ToMain> =>
+    new Promise((resolve, reject) => {
+      const onMessage = (m: ToMain): void => {
+        worker.off('error', reject);
+        if (m.type === 'error') reject(new Error(`client: ${m.message}`));
+        else resolve(m);
+      };
+      worker.once('message', onMessage);
+      worker.once('error', reject);
+    });
+  const ready = await next();
+  if (ready.type !== 'ready') throw new Error('client did not get ready');
+  console.log(
+    `client: ${fmt(ready.events)} events in ${ready.batches} pre-encoded batches; encoded event ${fmt(ready.eventBytes, 1)} B mean (${ready.minEventBytes}–${ready.maxEventBytes}); mix ${JSON.stringify(ready.mix)}`,
+  );
+
+  const cpu0 = process.cpuUsage();
+  const hr0 = Number(process.hrtime.bigint());
+  const t0 = performance.now();
+  worker.postMessage('go');
+  const done = await next();
+  const retraceMs = performance.now() - t0;
+  // For `node --cpu-prof`: the timed window in the profile's clock (µs, CLOCK_MONOTONIC).
+  if (process.env.BENCH_PROFILE_WINDOW) console.error(`profile window µs ${Math.round(hr0 / 1000)} ${Math.round(Number(process.hrtime.bigint()) / 1000)}`);
+  const cpu = process.cpuUsage(cpu0);
+  if (done.type !== 'done') throw new Error('client did not finish');
+  await worker.terminate();
+  if (done.accepted !== events) throw new Error(`coordinator accepted ${done.accepted} of ${events} events`);
+  const retraceRate = events / (retraceMs / 1000);
+  const rssMiB = process.memoryUsage().rss / 2 ** 20;
+  await coordinator.stop();
+
+  // ---- raw level baseline over the same bytes ----
+  const rows = await readRows(join(dataDir, 'db'));
+  if (rows.perEvent.length !== events) throw new Error(`read back ${rows.perEvent.length} events from the ledger, expected ${events}`);
+  const rawDir = join(root, 'raw');
+  const raw = await writeRaw(rawDir, rows.perEvent, batch, 1);
+  const rawConc = await writeRaw(join(root, 'raw-concurrent'), rows.perEvent, batch, streams);
+  const rawRate = events / (raw.ms / 1000);
+  const rawConcRate = events / (rawConc.ms / 1000);
+  const ratio = retraceRate / rawRate;
+
+  const groups = [...groupSizes].sort((a, b) => a - b);
+  const groupMean = groupSizes.reduce((a, b) => a + b, 0) / Math.max(1, groupSizes.length);
+  const appendTotal = appendMs.reduce((a, b) => a + b, 0);
+  console.log('');
+  console.log(`Retrace SubmitEvents : ${fmt(retraceRate)} events/s  (${fmt(retraceMs)} ms wall, coordinator+client process CPU ${fmt((cpu.user + cpu.system) / 1000)} ms = ${fmt((cpu.user + cpu.system) / 1000 / retraceMs, 2)} cores)`);
+  console.log(`  batch ack latency  : p50 ${fmt(percentile(ackMs, 50), 1)} ms, p99 ${fmt(percentile(ackMs, 99), 1)} ms, max ${fmt(percentile(ackMs, 100), 1)} ms  (${ackMs.length} batches, engine.submit → durable)`);
+  console.log(`  commit groups      : ${groupSizes.length} groups; events per group p50 ${fmt(percentile(groups, 50))}, mean ${fmt(groupMean)}, min ${fmt(groups[0] ?? 0)}, max ${fmt(groups[groups.length - 1] ?? 0)}`);
+  console.log(`  store.append       : ${fmt(appendTotal)} ms total (${fmt((100 * appendTotal) / retraceMs, 1)}% of wall), p50 ${fmt(percentile(appendMs, 50), 1)} ms per group`);
+  console.log(`  stored rows        : ${fmt(rows.rowCount)} rows, ${fmt(rows.bytes / 2 ** 20, 1)} MiB keys+values (${fmt(rows.rowCount / events, 2)} puts per event, ${fmt(rows.bytes / events, 0)} B per event), plus ${rows.checkpoints} checkpoint rows`);
+  console.log(`  process RSS        : ${fmt(rssMiB)} MiB`);
+  console.log(`raw level, sequential: ${fmt(rawRate)} events/s  (${fmt(raw.ms)} ms, ${raw.batches} chained batches of ${batch} events, sync: true, one at a time)`);
+  console.log(`raw level, ${streams} writers: ${fmt(rawConcRate)} events/s  (same batches, ${streams} concurrent writers; context only, not in the ratio)`);
+  console.log(`ratio Retrace / raw sequential = ${fmt(ratio, 3)}   (goal ≥ 0.5 and ≥ 50,000 events/s)`);
+
+  finish({
+    bench: 'ingest',
+    ratio: round(ratio, 3),
+    goal: '>= 0.5 and >= 50000 events/s',
+    retraceEventsPerS: Math.round(retraceRate),
+    rawEventsPerS: Math.round(rawRate),
+    rawConcurrentEventsPerS: Math.round(rawConcRate),
+    events,
+    streams,
+    batch,
+    meanEventBytes: round(ready.eventBytes, 1),
+    ackP50Ms: round(percentile(ackMs, 50), 2),
+    ackP99Ms: round(percentile(ackMs, 99), 2),
+    commitGroups: groupSizes.length,
+    groupEventsP50: percentile(groups, 50),
+    groupEventsMean: Math.round(groupMean),
+    groupEventsMax: groups[groups.length - 1] ?? 0,
+    putsPerEvent: round(rows.rowCount / events, 2),
+    coordinatorCpuCores: round((cpu.user + cpu.system) / 1000 / retraceMs, 2),
+    rssMiB: Math.round(rssMiB),
+    loadAvg1m: round(loadavg()[0] ?? 0, 1),
+  });
+}
+
+function round(n: number, digits: number): number {
+  const f = 10 ** digits;
+  return Math.round(n * f) / f;
+}
+
+type Row = [Uint8Array, Uint8Array];
+
+/** Every row of the ledger and index sublevels, grouped by the ledger seq of the event that wrote it. */
+async function readRows(dir: string): Promise<{ perEvent: Row[][]; rowCount: number; bytes: number; checkpoints: number }> {
+  const db = new Level<Uint8Array, Uint8Array>(dir, { keyEncoding: 'view', valueEncoding: 'view' });
+  await db.open();
+  const bySeq = new Map<number, Row[]>();
+  const dec = new TextDecoder('latin1');
+  let rowCount = 0;
+  let bytes = 0;
+  let checkpoints = 0;
+  const add = (seqHex: string, row: Row): void => {
+    const seq = Number.parseInt(seqHex, 16);
+    if (!Number.isFinite(seq)) throw new Error(`no seq in row ${dec.decode(row[0])}`);
+    let list = bySeq.get(seq);
+    if (!list) bySeq.set(seq, (list = []));
+    list.push(row);
+    rowCount++;
+    bytes += row[0].length + row[1].length;
+  };
+  for await (const [key, value] of db.iterator()) {
+    const k = dec.decode(key);
+    const end = k.indexOf('!', 1);
+    const table = k.slice(1, end);
+    const rest = k.slice(end + 1);
+    const row: Row = [key.slice(), value.slice()];
+    switch (table) {
+      case 'ledger':
+        add(rest, row);
+        break;
+      case 'event-ids':
+        add(dec.decode(value), row);
+        break;
+      case 'objects':
+      case 'steps':
+      case 'runs':
+      case 'adjacency':
+        add(rest.slice(-16), row);
+        break;
+      case 'checkpoints':
+        checkpoints++;
+        break;
+      default:
+        throw new Error(`unexpected sublevel ${JSON.stringify(table)}`);
+    }
+  }
+  await db.close();
+  const perEvent: Row[][] = [];
+  for (let seq = 0; seq < bySeq.size; seq++) {
+    const list = bySeq.get(seq);
+    if (!list) throw new Error(`no rows for seq ${seq}`);
+    perEvent.push(list);
+  }
+  return { perEvent, rowCount, bytes, checkpoints };
+}
+
+/** Writes the rows in batches of `batch` events with chained db.batch() and sync, `writers` at a time. */
+async function writeRaw(dir: string, perEvent: Row[][], batch: number, writers: number): Promise<{ ms: number; batches: number }> {
+  const db = new Level<Uint8Array, Uint8Array>(dir, { keyEncoding: 'view', valueEncoding: 'view' });
+  await db.open();
+  const chunks: Row[][][] = [];
+  for (let i = 0; i < perEvent.length; i += batch) chunks.push(perEvent.slice(i, i + batch));
+  let nextChunk = 0;
+  const t0 = performance.now();
+  await Promise.all(
+    Array.from({ length: writers }, async () => {
+      for (let c = nextChunk++; c < chunks.length; c = nextChunk++) {
+        const b = db.batch();
+        for (const ev of chunks[c] as Row[][]) for (const [k, v] of ev) b.put(k, v);
+        await b.write({ sync: true });
+      }
+    }),
+  );
+  const ms = performance.now() - t0;
+  await db.close();
+  return { ms, batches: chunks.length };
+}
+
+// ---- client (worker thread) ----
+
+/** A worker thread running this .ts module: tsx's loader hooks do not reach workers, so register them there first. */
+function startTsWorker(moduleUrl: string, data: ClientConfig): Worker {
+  const tsxApi = import.meta.resolve('tsx/esm/api');
+  const code = `import(${JSON.stringify(tsxApi)}).then((m) => { m.register(); return import(${JSON.stringify(moduleUrl)}); });`;
+  return new Worker(code, { eval: true, workerData: data });
+}
+
+/** SubmitEvents with pre-encoded request bytes, so the producer's protobuf encoding is not timed. */
+const RawSubmitEvents = {
+  submitEvents: {
+    path: '/retrace.v1.LineageService/SubmitEvents',
+    requestStream: true,
+    responseStream: false,
+    requestSerialize: (bytes: Uint8Array): Uint8Array => bytes,
+    requestDeserialize: (bytes: Uint8Array): Uint8Array => bytes,
+    responseSerialize: (r: SubmitEventsResponse): Uint8Array => SubmitEventsResponse.encode(r).finish(),
+    responseDeserialize: (bytes: Uint8Array): SubmitEventsResponse => SubmitEventsResponse.decode(bytes),
+    options: { idempotencyLevel: 'IDEMPOTENT' },
+  } satisfies MethodDefinition<Uint8Array, Uint8Array, SubmitEventsResponse, SubmitEventsResponse, true, false>,
+};
+
+const hex = (s: string): string => `sha256:${createHash('sha256').update(s).digest('hex')}`;
+
+/** The events of one stream: a run, then records through source → parse → enrich. */
+function streamEvents(stream: number, count: number, mix: Record<string, number>): LineageEvent[] {
+  const out: LineageEvent[] = [];
+  const base = 1_700_000_000_000_000_000n + BigInt(stream) * 1_000_000_000_000n;
+  let tick = 0n;
+  const time = (): string => (base + 1000n * tick++).toString();
+  const runId = `run-${stream}`;
+  const producer = 'retrace-bench';
+  out.push(LineageEvent.fromPartial({ eventId: randomUUID(), eventTimeNs: time(), producer, body: { $case: 'run', value: { runId, name: `orders pipeline ${stream}`, state: 'RUNNING', startedAtNs: time() } } }));
+  mix.run = (mix.run ?? 0) + 1;
+  const parsed: { objectId: string; contentHash: string }[] = [];
+  for (let r = 0; out.length < count; r++) {
+    const id = `${stream}-${r.toString().padStart(7, '0')}`;
+    const source = { objectId: `orders:${id}`, contentHash: hex(`src:${id}`) };
+    const t = time();
+    out.push(
+      LineageEvent.fromPartial({
+        eventId: randomUUID(),
+        eventTimeNs: t,
+        producer,
+        body: { $case: 'objectVersion', value: { ...source, size: String(180 + (r % 300)), mediaType: 'application/json', createdAtNs: t, attributes: { partition: String(r % 12) } } },
+      }),
+    );
+    mix.objectVersion = (mix.objectVersion ?? 0) + 1;
+    if (out.length >= count) break;
+    const parsedRef = { objectId: `parsed:${id}`, contentHash: hex(`parsed:${id}`) };
+    out.push(stepEvent(`p-${id}`, 'parse', runId, [source], parsedRef, time, producer));
+    mix.step1 = (mix.step1 ?? 0) + 1;
+    parsed.push(parsedRef);
+    if (out.length >= count) break;
+    const used = [parsedRef];
+    if (r % 2 === 1) used.push(parsed[Math.max(0, parsed.length - 2 - (r % 17))] as { objectId: string; contentHash: string });
+    out.push(stepEvent(`e-${id}`, 'enrich', runId, used, { objectId: `enriched:${id}`, contentHash: hex(`enriched:${id}`) }, time, producer));
+    mix[`step${used.length}`] = (mix[`step${used.length}`] ?? 0) + 1;
+    if (parsed.length > 64) parsed.splice(0, 32);
+  }
+  return out;
+}
+
+function stepEvent(
+  stepId: string,
+  transform: string,
+  runId: string,
+  used: { objectId: string; contentHash: string }[],
+  generated: { objectId: string; contentHash: string },
+  time: () => string,
+  producer: string,
+): LineageEvent {
+  const started = time();
+  const ended = time();
+  return LineageEvent.fromPartial({
+    eventId: randomUUID(),
+    eventTimeNs: ended,
+    producer,
+    body: { $case: 'step', value: { stepId, runId, transform, startedAtNs: started, endedAtNs: ended, used, generated: [generated] } },
+  });
+}
+
+async function runClient(config: ClientConfig): Promise<void> {
+  const port = parentPort;
+  if (!port) return;
+  try {
+    const perStream = Math.floor(config.events / config.streams);
+    const mix: Record<string, number> = {};
+    const batches: Uint8Array[][] = [];
+    let eventBytes = 0;
+    let minEventBytes = Number.POSITIVE_INFINITY;
+    let maxEventBytes = 0;
+    let total = 0;
+    for (let s = 0; s < config.streams; s++) {
+      const count = s === config.streams - 1 ? config.events - perStream * (config.streams - 1) : perStream;
+      const evs = streamEvents(s, count, mix);
+      total += evs.length;
+      for (const e of evs) {
+        const n = LineageEvent.encode(e).finish().length;
+        eventBytes += n;
+        minEventBytes = Math.min(minEventBytes, n);
+        maxEventBytes = Math.max(maxEventBytes, n);
+      }
+      const list: Uint8Array[] = [];
+      for (let i = 0; i < evs.length; i += config.batch) list.push(SubmitEventsRequest.encode({ events: evs.slice(i, i + config.batch) }).finish());
+      batches.push(list);
+    }
+    const channel = createChannel(config.address, undefined, { 'grpc.max_send_message_length': 64 << 20 });
+    const client = createClientFactory().create(RawSubmitEvents, channel, { '*': { metadata: Metadata({ authorization: `Bearer ${config.token}` }) } });
+    port.postMessage({
+      type: 'ready',
+      batches: batches.reduce((n, l) => n + l.length, 0),
+      events: total,
+      eventBytes: eventBytes / total,
+      minEventBytes,
+      maxEventBytes,
+      mix,
+    } satisfies ToMain);
+    await new Promise<void>((resolve) => port.once('message', () => resolve()));
+    const t0 = performance.now();
+    const results = await Promise.all(
+      batches.map(async (list) => {
+        async function* requests(): AsyncGenerator<Uint8Array> {
+          yield* list;
+        }
+        const r = await client.submitEvents(requests());
+        return { accepted: Number(r.accepted), ms: performance.now() - t0 };
+      }),
+    );
+    channel.close();
+    port.postMessage({ type: 'done', accepted: results.reduce((n, r) => n + r.accepted, 0), streamMs: results.map((r) => r.ms) } satisfies ToMain);
+  } catch (err) {
+    port.postMessage({ type: 'error', message: err instanceof Error ? (err.stack ?? err.message) : String(err) } satisfies ToMain);
+  }
+}
+
+if (!isMainThread && (workerData as Partial<ClientConfig> | undefined)?.kind === 'retrace-ingest-client') void runClient(workerData as ClientConfig);

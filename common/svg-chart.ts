@@ -1,0 +1,214 @@
+/**
+ * A dependency-free SVG line chart for forecasts: history line, forecast line, shaded prediction
+ * interval, time and value axes, title and legend. Pure string building; the caller writes the file
+ * (`retrace forecast ID --plot out.svg`).
+ */
+import { InvalidArgumentError } from './errors.js';
+
+/** What to draw. Times are epoch ms; non-finite values leave a gap in their line. */
+export interface ForecastChartInput {
+  title: string;
+  history: { t: readonly number[]; v: readonly number[] };
+  forecast?: {
+    t: readonly number[];
+    mean: readonly number[];
+    lower?: readonly number[];
+    upper?: readonly number[];
+    /** Nominal coverage of the band, shown in the legend (e.g. 0.8 → "80% interval"). */
+    coverage?: number;
+  };
+  /** Unit or name for the value axis, e.g. `CPU %`. */
+  yLabel?: string;
+  /** Pixels; default 800. */
+  width?: number;
+  /** Pixels; default 360. */
+  height?: number;
+  /** Minutes east of UTC for the time labels; default 0 (UTC). */
+  utcOffsetMinutes?: number;
+}
+
+const MARGIN = { left: 64, right: 16, top: 40, bottom: 44 };
+const COLORS = { history: '#1f77b4', forecast: '#ff7f0e', band: '#ff7f0e', grid: '#e5e5e5', axis: '#333333', text: '#222222' };
+const TIME_STEPS_MS = [
+  1_000, 5_000, 15_000, 30_000, 60_000, 300_000, 900_000, 1_800_000, 3_600_000, 3 * 3_600_000, 6 * 3_600_000, 12 * 3_600_000,
+  86_400_000, 2 * 86_400_000, 7 * 86_400_000, 14 * 86_400_000, 30 * 86_400_000,
+];
+
+/** Escapes text for SVG content and attribute values. */
+export function escapeXml(text: string): string {
+  return text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;').replace(/'/g, '&apos;');
+}
+
+/** Short value label: 1234 → `1.23k`, 5e9 → `5G`, 0.125 → `0.125`. */
+export function formatValue(x: number): string {
+  const abs = Math.abs(x);
+  const units: [number, string][] = [[1e12, 'T'], [1e9, 'G'], [1e6, 'M'], [1e3, 'k']];
+  for (const [size, suffix] of units) if (abs >= size) return `${trim(x / size)}${suffix}`;
+  return trim(x);
+}
+
+function trim(x: number): string {
+  return String(Number(x.toPrecision(3)));
+}
+
+/** "Nice" ticks (1, 2, 5 × 10^k) covering [lo, hi]. */
+function valueTicks(lo: number, hi: number, target = 5): number[] {
+  const span = hi - lo;
+  const raw = span / target;
+  const mag = 10 ** Math.floor(Math.log10(raw));
+  const step = ([1, 2, 5, 10].map((m) => m * mag).find((s) => span / s <= target) ?? 10 * mag);
+  const ticks: number[] = [];
+  for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) ticks.push(Math.abs(v) < step * 1e-9 ? 0 : v);
+  return ticks;
+}
+
+function pad2(n: number): string {
+  return String(n).padStart(2, '0');
+}
+
+function timeLabel(t: number, stepMs: number, spanMs: number, offsetMin: number): string {
+  const d = new Date(t + offsetMin * 60_000);
+  const date = `${pad2(d.getUTCMonth() + 1)}-${pad2(d.getUTCDate())}`;
+  const clock = `${pad2(d.getUTCHours())}:${pad2(d.getUTCMinutes())}${stepMs < 60_000 ? `:${pad2(d.getUTCSeconds())}` : ''}`;
+  if (stepMs >= 86_400_000) return date;
+  return spanMs > 86_400_000 ? `${date} ${clock}` : clock;
+}
+
+function extent(xs: readonly number[]): [number, number] {
+  let lo = Number.POSITIVE_INFINITY;
+  let hi = Number.NEGATIVE_INFINITY;
+  for (const x of xs) {
+    if (x < lo) lo = x;
+    if (x > hi) hi = x;
+  }
+  return [lo, hi];
+}
+
+function finite(x: number | undefined): x is number {
+  return typeof x === 'number' && Number.isFinite(x);
+}
+
+/**
+ * Renders the chart as a standalone SVG document.
+ * @throws InvalidArgumentError for mismatched array lengths or a bad width/height.
+ */
+export function renderForecastSvg(input: ForecastChartInput): string {
+  const width = input.width ?? 800;
+  const height = input.height ?? 360;
+  if (!finite(width) || width < 200) throw new InvalidArgumentError('width', `expected at least 200 pixels, got ${String(width)}`);
+  if (!finite(height) || height < 120) throw new InvalidArgumentError('height', `expected at least 120 pixels, got ${String(height)}`);
+  if (input.history.t.length !== input.history.v.length) throw new InvalidArgumentError('history', 't and v must have the same length');
+  const fc = input.forecast;
+  if (fc) {
+    const n = fc.t.length;
+    if (fc.mean.length !== n || (fc.lower && fc.lower.length !== n) || (fc.upper && fc.upper.length !== n)) {
+      throw new InvalidArgumentError('forecast', 't, mean, lower and upper must have the same length');
+    }
+  }
+  const offset = input.utcOffsetMinutes ?? 0;
+
+  const ts: number[] = [...input.history.t, ...(fc?.t ?? [])].filter(finite);
+  const vs: number[] = [...input.history.v, ...(fc?.mean ?? []), ...(fc?.lower ?? []), ...(fc?.upper ?? [])].filter(finite);
+  const plotW = width - MARGIN.left - MARGIN.right;
+  const plotH = height - MARGIN.top - MARGIN.bottom;
+  const parts: string[] = [];
+  parts.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="11">`);
+  parts.push(`<rect x="0" y="0" width="${width}" height="${height}" fill="#ffffff"/>`);
+  parts.push(`<text x="${width / 2}" y="20" text-anchor="middle" font-size="14" fill="${COLORS.text}">${escapeXml(input.title)}</text>`);
+  if (ts.length === 0 || vs.length === 0) {
+    parts.push(`<text x="${width / 2}" y="${height / 2}" text-anchor="middle" fill="${COLORS.text}">no data</text>`);
+    parts.push('</svg>');
+    return parts.join('\n');
+  }
+
+  // Loops, not Math.min(...xs): long histories would overflow the argument stack.
+  let [t0, t1] = extent(ts);
+  if (t1 === t0) {
+    t0 -= 30_000;
+    t1 += 30_000;
+  }
+  let [lo, hi] = extent(vs);
+  if (hi === lo) {
+    const pad = Math.abs(hi) > 0 ? Math.abs(hi) * 0.1 : 1;
+    lo -= pad;
+    hi += pad;
+  } else {
+    const pad = (hi - lo) * 0.05;
+    lo -= pad;
+    hi += pad;
+  }
+  const x = (t: number): number => MARGIN.left + ((t - t0) / (t1 - t0)) * plotW;
+  const y = (v: number): number => MARGIN.top + (1 - (v - lo) / (hi - lo)) * plotH;
+  const r = (n: number): string => n.toFixed(1);
+
+  // Value axis: grid lines and labels.
+  for (const v of valueTicks(lo, hi)) {
+    parts.push(`<line x1="${MARGIN.left}" x2="${MARGIN.left + plotW}" y1="${r(y(v))}" y2="${r(y(v))}" stroke="${COLORS.grid}"/>`);
+    parts.push(`<text x="${MARGIN.left - 6}" y="${r(y(v) + 4)}" text-anchor="end" fill="${COLORS.text}">${escapeXml(formatValue(v))}</text>`);
+  }
+  // Time axis: the smallest step giving at most 8 ticks, aligned to the (offset) clock.
+  const span = t1 - t0;
+  const step = TIME_STEPS_MS.find((s) => span / s <= 8) ?? Math.ceil(span / 8 / 86_400_000) * 86_400_000;
+  const shift = offset * 60_000;
+  for (let t = Math.ceil((t0 + shift) / step) * step - shift; t <= t1; t += step) {
+    parts.push(`<line x1="${r(x(t))}" x2="${r(x(t))}" y1="${MARGIN.top}" y2="${MARGIN.top + plotH}" stroke="${COLORS.grid}"/>`);
+    parts.push(`<text x="${r(x(t))}" y="${MARGIN.top + plotH + 16}" text-anchor="middle" fill="${COLORS.text}">${escapeXml(timeLabel(t, step, span, offset))}</text>`);
+  }
+  parts.push(`<rect x="${MARGIN.left}" y="${MARGIN.top}" width="${plotW}" height="${plotH}" fill="none" stroke="${COLORS.axis}"/>`);
+  parts.push(`<text x="${MARGIN.left + plotW / 2}" y="${height - 8}" text-anchor="middle" fill="${COLORS.text}">time (${offset === 0 ? 'UTC' : `UTC${offset > 0 ? '+' : '-'}${pad2(Math.floor(Math.abs(offset) / 60))}:${pad2(Math.abs(offset) % 60)}`})</text>`);
+  if (input.yLabel) {
+    parts.push(`<text x="14" y="${MARGIN.top + plotH / 2}" text-anchor="middle" transform="rotate(-90 14 ${MARGIN.top + plotH / 2})" fill="${COLORS.text}">${escapeXml(input.yLabel)}</text>`);
+  }
+
+  // Interval band: one polygon per run of steps where both bounds are finite.
+  if (fc?.lower && fc.upper) {
+    let run: number[] = [];
+    const flush = (): void => {
+      if (run.length > 0) {
+        const upper = run.map((k) => `${r(x(fc.t[k] as number))},${r(y(fc.upper?.[k] as number))}`);
+        const lower = [...run].reverse().map((k) => `${r(x(fc.t[k] as number))},${r(y(fc.lower?.[k] as number))}`);
+        parts.push(`<polygon class="interval" points="${[...upper, ...lower].join(' ')}" fill="${COLORS.band}" fill-opacity="0.2" stroke="none"/>`);
+      }
+      run = [];
+    };
+    for (let k = 0; k < fc.t.length; k++) {
+      if (finite(fc.t[k]) && finite(fc.lower[k]) && finite(fc.upper[k])) run.push(k);
+      else flush();
+    }
+    flush();
+  }
+  const line = (tsArr: readonly number[], vsArr: readonly number[], color: string, cls: string, dash?: string): void => {
+    let d = '';
+    let pen = false;
+    for (let k = 0; k < tsArr.length; k++) {
+      const t = tsArr[k];
+      const v = vsArr[k];
+      if (!finite(t) || !finite(v)) {
+        pen = false;
+        continue;
+      }
+      d += `${pen ? 'L' : 'M'}${r(x(t))},${r(y(v))}`;
+      pen = true;
+    }
+    if (d) parts.push(`<path class="${cls}" d="${d}" fill="none" stroke="${color}" stroke-width="1.5"${dash ? ` stroke-dasharray="${dash}"` : ''}/>`);
+  };
+  line(input.history.t, input.history.v, COLORS.history, 'history');
+  if (fc) line(fc.t, fc.mean, COLORS.forecast, 'forecast', '5,3');
+
+  // Legend.
+  const legend: [string, string, string][] = [['history', COLORS.history, 'line']];
+  if (fc) legend.push(['forecast', COLORS.forecast, 'line']);
+  if (fc?.lower && fc.upper) legend.push([fc.coverage !== undefined ? `${Math.round(fc.coverage * 100)}% interval` : 'interval', COLORS.band, 'band']);
+  let lx = MARGIN.left + 8;
+  for (const [label, color, kind] of legend) {
+    parts.push(
+      kind === 'line'
+        ? `<line x1="${lx}" x2="${lx + 18}" y1="${MARGIN.top + 12}" y2="${MARGIN.top + 12}" stroke="${color}" stroke-width="2"/>`
+        : `<rect x="${lx}" y="${MARGIN.top + 6}" width="18" height="12" fill="${color}" fill-opacity="0.2"/>`,
+    );
+    parts.push(`<text x="${lx + 22}" y="${MARGIN.top + 16}" fill="${COLORS.text}">${escapeXml(label)}</text>`);
+    lx += 30 + label.length * 6.5;
+  }
+  parts.push('</svg>');
+  return parts.join('\n');
+}

@@ -1,0 +1,77 @@
+import { readFileSync } from 'node:fs';
+import { runAgent } from '../../agent/run-agent.js';
+import { parseAdvertise, parseLabels } from '../../common/node-resources.js';
+import { parseDurationMs } from '../../common/time.js';
+import { flag, flagAll, UsageError, type CliCommand } from './command.js';
+import { DEFAULT_TOKEN_FILE, resolveToken } from './client.js';
+
+const USAGE = `retrace agent --coordinator HOST:PORT [--data DIR] [--label k=v ...] [--advertise k=v,...]
+              [--report-interval 2s] [--link-probe-interval 2m] [--token T | --token-file F]
+
+Runs this host as a node of the mesh until SIGTERM/SIGINT, then leaves cleanly.
+  --coordinator      the coordinator's gRPC address (required)
+  --data DIR         keeps the node identity (default ./.retrace/agent): same dir, same node id
+  --label k=v        placement labels, repeatable (also k=v,k2=v2)
+  --advertise ...    declared capacity, reported as DECLARED next to what is measured:
+                     gpu=1,memory=64GiB,cpu=8,disk=500GiB,tpu=4,net=10Gbps,gpu.0.model=A100
+  --report-interval  resource report period (default 2s)
+  --link-probe-interval  period of the bandwidth/RTT measurement to the coordinator (default 2m, 0 = off)
+  --token / --token-file / env RETRACE_TOKEN   bearer token (default: ${DEFAULT_TOKEN_FILE} if present)
+Prints {"nodeId": ...} on stdout once registered; logs JSON lines on stderr.`;
+
+function agentVersion(): string {
+  try {
+    return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version?: string }).version ?? '0.0.0';
+  } catch {
+    return '0.0.0';
+  }
+}
+
+function durationFlag(value: string | undefined, name: string, fallback: number, min: number): number {
+  if (value === undefined) return fallback;
+  if (value === '0' && min === 0) return 0;
+  let ms: number;
+  try {
+    ms = parseDurationMs(value, `--${name}`);
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  if (ms !== 0 && ms < Math.max(min, 50)) throw new UsageError(`--${name}: at least ${Math.max(min, 50)}ms, got ${value}`);
+  if (ms === 0 && min > 0) throw new UsageError(`--${name}: must be greater than 0`);
+  return ms;
+}
+
+/** `retrace agent`. */
+export const commands: CliCommand[] = [
+  {
+    path: ['agent'],
+    summary: 'run this host as a node of the mesh (resource reports, identity, link probes)',
+    usage: USAGE,
+    async run(args, io) {
+      const coordinator = flag(args, 'coordinator');
+      if (!coordinator || coordinator === 'true') throw new UsageError('--coordinator HOST:PORT is required');
+      if (args.positionals.length > 0) throw new UsageError(`unexpected argument ${JSON.stringify(args.positionals[0])}`);
+      let labels: Record<string, string>;
+      let advertised;
+      try {
+        labels = parseLabels(flagAll(args, 'label'), '--label');
+        advertised = parseAdvertise(flagAll(args, 'advertise'), '--advertise');
+      } catch (err) {
+        throw new UsageError((err as Error).message);
+      }
+      return runAgent(
+        {
+          coordinator,
+          dataDir: flag(args, 'data', './.retrace/agent') as string,
+          token: resolveToken(args, { defaultFile: DEFAULT_TOKEN_FILE }),
+          labels,
+          advertised,
+          reportIntervalMs: durationFlag(flag(args, 'report-interval'), 'report-interval', 2000, 50),
+          linkProbeIntervalMs: durationFlag(flag(args, 'link-probe-interval'), 'link-probe-interval', 120_000, 0),
+          agentVersion: agentVersion(),
+        },
+        io,
+      );
+    },
+  },
+];

@@ -1,0 +1,72 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+
+/** An agent process started on this machine by `retrace start` / `retrace demo`. */
+export interface LocalAgent {
+  nodeId: string;
+  process: ChildProcess;
+}
+
+const CLI = fileURLToPath(new URL('../retrace.mjs', import.meta.url));
+
+/**
+ * Starts one `retrace agent` process per spec (each with its own data dir, so its identity
+ * persists across restarts) and resolves once each has registered and printed its node id.
+ */
+export async function startLocalAgents(
+  coordinator: string,
+  token: string,
+  dataDir: string,
+  specs: readonly { name: string; labels?: string[]; advertise?: string; reportInterval?: string }[],
+): Promise<LocalAgent[]> {
+  return Promise.all(
+    specs.map(async (spec) => {
+      const args = [CLI, 'agent', '--coordinator', coordinator, '--token', token, '--data', join(dataDir, 'agents', spec.name), '--report-interval', spec.reportInterval ?? '2s'];
+      for (const l of spec.labels ?? []) args.push('--label', l);
+      if (spec.advertise) args.push('--advertise', spec.advertise);
+      const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+      const stderr: string[] = [];
+      child.stderr?.on('data', (d: Buffer) => stderr.push(d.toString()));
+      const nodeId = await new Promise<string>((resolve, reject) => {
+        const lines = createInterface({ input: child.stdout as NodeJS.ReadableStream });
+        const timer = setTimeout(() => reject(new Error(`agent ${spec.name} did not register within 30 s: ${stderr.join('').slice(-500)}`)), 30_000);
+        lines.on('line', (line) => {
+          try {
+            const parsed = JSON.parse(line) as { nodeId?: string };
+            if (parsed.nodeId) {
+              clearTimeout(timer);
+              resolve(parsed.nodeId);
+            }
+          } catch {
+            // not the registration line
+          }
+        });
+        child.once('exit', (code) => {
+          clearTimeout(timer);
+          reject(new Error(`agent ${spec.name} exited with ${code}: ${stderr.join('').slice(-500)}`));
+        });
+      });
+      return { nodeId, process: child };
+    }),
+  );
+}
+
+/** SIGTERM (agents drain and leave cleanly), then SIGKILL after `graceMs`. */
+export async function stopLocalAgents(agents: readonly LocalAgent[], graceMs = 5000): Promise<void> {
+  await Promise.all(
+    agents.map(
+      (a) =>
+        new Promise<void>((resolve) => {
+          if (a.process.exitCode !== null || a.process.signalCode !== null) return resolve();
+          const timer = setTimeout(() => a.process.kill('SIGKILL'), graceMs);
+          a.process.once('exit', () => {
+            clearTimeout(timer);
+            resolve();
+          });
+          a.process.kill('SIGTERM');
+        }),
+    ),
+  );
+}

@@ -1,0 +1,329 @@
+import { writeFileSync } from 'node:fs';
+import { isAbortError } from 'abort-controller-x';
+import {
+  ForecastResponse,
+  GetHistoryResponse,
+  ListNodesResponse,
+  NodeEventKind,
+  NodeInfo,
+  NodeServiceDefinition,
+  NodeState,
+  NodeServiceGetNodeResponse,
+  ReadingSource,
+  WatchNodesResponse,
+  nodeStateFromJSON,
+  nodeStateToJSON,
+  type ResourceReading,
+} from '../../common/gen/retrace/v1/node.js';
+import { effectiveReading, formatBytes, parseLabels } from '../../common/node-resources.js';
+import { millisToNanos, nanosToIso, parseDurationMs } from '../../common/time.js';
+import { flag, flagAll, hasFlag, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
+import { openClient } from './client.js';
+
+const CONNECT_FLAGS = '[--coordinator HOST:PORT] [--token T | --token-file F]';
+
+function duration(args: ParsedArgs, name: string, fallback?: string): number | undefined {
+  const v = flag(args, name, fallback);
+  if (v === undefined) return undefined;
+  try {
+    return parseDurationMs(v, `--${name}`);
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+}
+
+function oneId(args: ParsedArgs): string {
+  const [id, extra] = args.positionals;
+  if (!id) throw new UsageError('a node id is required');
+  if (extra !== undefined) throw new UsageError(`unexpected argument ${JSON.stringify(extra)}`);
+  return id;
+}
+
+function requiredFlag(args: ParsedArgs, name: string): string {
+  const v = flag(args, name);
+  if (v === undefined || v === 'true') throw new UsageError(`--${name} is required`);
+  return v;
+}
+
+const stateName = (s: NodeState): string => nodeStateToJSON(s).replace('NODE_STATE_', '');
+
+function mark(r: ResourceReading | undefined): string {
+  if (!r) return '';
+  if (r.source === ReadingSource.READING_SOURCE_DECLARED) return '*';
+  if (r.source === ReadingSource.READING_SOURCE_UNKNOWN) return '?';
+  return '';
+}
+
+function latest(n: NodeInfo, name: string): number | undefined {
+  const r = n.latest.find((x) => x.name === name && x.source === ReadingSource.READING_SOURCE_MEASURED);
+  return r?.value;
+}
+
+function ago(ns: string, nowMs: number): string {
+  if (ns === '0') return '-';
+  const s = Math.max(0, (nowMs - Number(BigInt(ns) / 1_000_000n)) / 1000);
+  return s < 60 ? `${s.toFixed(1)}s` : s < 3600 ? `${(s / 60).toFixed(0)}m` : `${(s / 3600).toFixed(1)}h`;
+}
+
+/** One row per node: id, host, state, cpu, memory, gpu, last report, labels. `*` = declared, `?` = unknown. */
+export function nodeTable(nodes: readonly NodeInfo[], nowMs = Date.now()): string {
+  const header = ['ID', 'HOST', 'STATE', 'CPU', 'MEMORY', 'GPU', 'REPORT', 'LABELS'];
+  const rows = nodes.map((n) => {
+    const threads = effectiveReading(n.capabilities, 'cpu.threads');
+    const load = latest(n, 'cpu.load');
+    const total = effectiveReading(n.capabilities, 'memory.total');
+    const used = latest(n, 'memory.used');
+    const gpus = effectiveReading(n.capabilities, 'gpu.count');
+    const gpuUtil = latest(n, 'gpu.util');
+    const cpu = `${threads ? `${threads.value}${mark(threads)}` : '?'}${load === undefined ? '' : ` ${load.toFixed(0)}%`}`;
+    const mem = `${used === undefined ? '' : `${formatBytes(used)} / `}${total ? `${formatBytes(total.value)}${mark(total)}` : '?'}`;
+    const gpu = !gpus || (gpus.value === 0 && gpus.source !== ReadingSource.READING_SOURCE_DECLARED) ? '-' : `${gpus.value}${mark(gpus)}${gpuUtil === undefined ? '' : ` ${gpuUtil.toFixed(0)}%`}`;
+    const state = `${stateName(n.state)}${n.connected ? '' : n.state === NodeState.NODE_STATE_READY || n.state === NodeState.NODE_STATE_DRAINING ? ' (disconnected)' : ''}`;
+    const labels = Object.entries(n.labels).map(([k, v]) => `${k}=${v}`).join(',');
+    return [n.nodeId, n.host, state, cpu, mem, gpu, ago(n.lastReportNs, nowMs), labels || '-'];
+  });
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cells: string[]): string => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i] ?? 0))).join('  ');
+  const footer = nodes.some((n) => n.capabilities.some((c) => c.source === ReadingSource.READING_SOURCE_DECLARED)) ? '\n* declared by the operator, not measured' : '';
+  return `${[line(header), ...rows.map(line)].join('\n')}${footer}\n`;
+}
+
+async function listNodes(args: ParsedArgs, io: CliIo): Promise<number> {
+  if (args.positionals.length > 0) throw new UsageError(`unknown nodes subcommand ${JSON.stringify(args.positionals[0])}`);
+  const states = flagAll(args, 'state').flatMap((s) => s.split(',')).map((s) => {
+    const v = nodeStateFromJSON(`NODE_STATE_${s.trim().toUpperCase()}`);
+    if (v === NodeState.UNRECOGNIZED || v === NodeState.NODE_STATE_UNSPECIFIED) throw new UsageError(`--state: unknown state ${JSON.stringify(s)}`);
+    return v;
+  });
+  let labels: Record<string, string>;
+  try {
+    labels = parseLabels(flagAll(args, 'label'), '--label');
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  const json = hasFlag(args, 'json');
+  const { client, close } = openClient(NodeServiceDefinition, args);
+  try {
+    if (!hasFlag(args, 'watch')) {
+      const res = await client.listNodes({ states, labels }, { signal: io.signal });
+      io.stdout.write(json ? `${JSON.stringify(ListNodesResponse.toJSON(res))}\n` : nodeTable(res.nodes));
+      return 0;
+    }
+    return await watch(client, io, json, states, labels);
+  } finally {
+    close();
+  }
+}
+
+async function watch(
+  client: ReturnType<typeof openClient<typeof NodeServiceDefinition>>['client'],
+  io: CliIo,
+  json: boolean,
+  states: NodeState[],
+  labels: Record<string, string>,
+): Promise<number> {
+  const nodes = new Map<string, NodeInfo>();
+  let synced = false;
+  let lastRender = 0;
+  let pending: NodeJS.Timeout | undefined;
+  const tty = (io.stdout as NodeJS.WriteStream).isTTY === true;
+  const visible = (n: NodeInfo): boolean =>
+    (states.length === 0 || states.includes(n.state)) && Object.entries(labels).every(([k, v]) => n.labels[k] === v);
+  const render = (): void => {
+    pending = undefined;
+    lastRender = Date.now();
+    const table = nodeTable([...nodes.values()].filter(visible).sort((a, b) => a.nodeId.localeCompare(b.nodeId)));
+    io.stdout.write(tty ? `\x1b[H\x1b[2J${table}` : `${table}\n`);
+  };
+  try {
+    for await (const event of client.watchNodes({ nodeId: '', includeReports: !json }, { signal: io.signal })) {
+      if (json) {
+        io.stdout.write(`${JSON.stringify(WatchNodesResponse.toJSON(event))}\n`);
+        continue;
+      }
+      if (event.node) nodes.set(event.node.nodeId, event.node);
+      if (event.kind === NodeEventKind.NODE_EVENT_KIND_SYNCED) synced = true;
+      if (!synced || pending) continue;
+      // At most two repaints a second, however many reports arrive.
+      pending = setTimeout(render, Math.max(0, 500 - (Date.now() - lastRender)));
+    }
+  } catch (err) {
+    if (!(io.signal.aborted || isAbortError(err))) throw err;
+  } finally {
+    if (pending) clearTimeout(pending);
+  }
+  return 0;
+}
+
+/** SVG of a history line and a forecast band; used when common/svg-chart.ts is not available. */
+export function forecastSvg(history: readonly { t: number; v: number }[], f: ForecastResponse, title: string): string {
+  const W = 800;
+  const H = 360;
+  const pad = { l: 60, r: 20, t: 30, b: 40 };
+  const fc = f.points.map((p) => ({ t: Number(BigInt(p.timeNs) / 1_000_000n), mean: p.mean, lower: p.lower, upper: p.upper }));
+  const ts = [...history.map((p) => p.t), ...fc.map((p) => p.t)];
+  const vs = [...history.map((p) => p.v), ...fc.flatMap((p) => [p.lower, p.upper, p.mean])].filter(Number.isFinite);
+  if (ts.length === 0 || vs.length === 0) return `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}"><text x="20" y="40">no data</text></svg>\n`;
+  const t0 = Math.min(...ts);
+  const t1 = Math.max(...ts, t0 + 1);
+  let v0 = Math.min(...vs);
+  let v1 = Math.max(...vs);
+  if (v1 === v0) {
+    v0 -= 1;
+    v1 += 1;
+  }
+  const x = (t: number): string => (pad.l + ((t - t0) / (t1 - t0)) * (W - pad.l - pad.r)).toFixed(1);
+  const y = (v: number): string => (H - pad.b - ((v - v0) / (v1 - v0)) * (H - pad.t - pad.b)).toFixed(1);
+  const path = (pts: { t: number; v: number }[]): string => pts.map((p, i) => `${i === 0 ? 'M' : 'L'}${x(p.t)},${y(p.v)}`).join(' ');
+  const band = fc.length > 0
+    ? `${fc.map((p, i) => `${i === 0 ? 'M' : 'L'}${x(p.t)},${y(p.upper)}`).join(' ')} ${[...fc].reverse().map((p) => `L${x(p.t)},${y(p.lower)}`).join(' ')} Z`
+    : '';
+  const esc = (s: string): string => s.replace(/&/g, '&amp;').replace(/</g, '&lt;');
+  return [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="12">`,
+    `<rect width="${W}" height="${H}" fill="white"/>`,
+    `<text x="${pad.l}" y="18" font-size="14">${esc(title)}</text>`,
+    `<line x1="${pad.l}" y1="${H - pad.b}" x2="${W - pad.r}" y2="${H - pad.b}" stroke="#888"/>`,
+    `<line x1="${pad.l}" y1="${pad.t}" x2="${pad.l}" y2="${H - pad.b}" stroke="#888"/>`,
+    `<text x="${pad.l - 6}" y="${y(v1)}" text-anchor="end">${v1.toPrecision(4)}</text>`,
+    `<text x="${pad.l - 6}" y="${y(v0)}" text-anchor="end">${v0.toPrecision(4)}</text>`,
+    `<text x="${pad.l}" y="${H - 20}">${new Date(t0).toISOString()}</text>`,
+    `<text x="${W - pad.r}" y="${H - 20}" text-anchor="end">${new Date(t1).toISOString()}</text>`,
+    band ? `<path d="${band}" fill="#4a90d9" fill-opacity="0.2" stroke="none"/>` : '',
+    history.length > 0 ? `<path d="${path([...history])}" fill="none" stroke="#333" stroke-width="1.5"/>` : '',
+    fc.length > 0 ? `<path d="${path(fc.map((p) => ({ t: p.t, v: p.mean })))}" fill="none" stroke="#1f5fa8" stroke-width="2" stroke-dasharray="6 3"/>` : '',
+    '</svg>',
+    '',
+  ].join('\n');
+}
+
+/** `retrace nodes ...` and `retrace forecast`. */
+export const commands: CliCommand[] = [
+  {
+    path: ['nodes'],
+    summary: 'list the nodes of the mesh (--watch keeps it live)',
+    usage: `retrace nodes [--json] [--watch] [--state READY,SUSPECT] [--label k=v] ${CONNECT_FLAGS}
+Columns: id, host, state, cpu (threads, load), memory (used / total), gpu (count, load), age of the
+last report, labels. "*" marks operator-declared capacity, "?" capacity the agent could not measure.`,
+    run: listNodes,
+  },
+  {
+    path: ['nodes', 'show'],
+    summary: 'one node as JSON: capabilities, latest readings, transitions',
+    usage: `retrace nodes show ID ${CONNECT_FLAGS}`,
+    async run(args, io) {
+      const nodeId = oneId(args);
+      const { client, close } = openClient(NodeServiceDefinition, args);
+      try {
+        const res = await client.getNode({ nodeId }, { signal: io.signal });
+        io.stdout.write(`${JSON.stringify((NodeServiceGetNodeResponse.toJSON(res) as { node?: unknown }).node ?? {}, null, 2)}\n`);
+        return 0;
+      } finally {
+        close();
+      }
+    },
+  },
+  {
+    path: ['nodes', 'drain'],
+    summary: 'stop placing work on a node (DRAINING); the agent keeps reporting',
+    usage: `retrace nodes drain ID [--reason TEXT] [--json] ${CONNECT_FLAGS}`,
+    async run(args, io) {
+      const nodeId = oneId(args);
+      const { client, close } = openClient(NodeServiceDefinition, args);
+      try {
+        const res = await client.drainNode({ nodeId, reason: flag(args, 'reason', '') as string }, { signal: io.signal });
+        const node = res.node;
+        if (hasFlag(args, 'json')) io.stdout.write(`${JSON.stringify(node ? NodeInfo.toJSON(node) : {})}\n`);
+        else io.stdout.write(`${nodeId}: ${node ? stateName(node.state) : '?'} (${node?.drainReason ?? ''})\n`);
+        return 0;
+      } finally {
+        close();
+      }
+    },
+  },
+  {
+    path: ['nodes', 'history'],
+    summary: 'stored samples of one metric of a node',
+    usage: `retrace nodes history ID --metric cpu [--since 1h] [--step 1m] [--json] ${CONNECT_FLAGS}
+Metrics: cpu, memory, swap, gpu, disk, disk-read, disk-write, rx, tx, rtt, bandwidth, or a
+reading name such as cpu.core.0.load or gpu.0.util.`,
+    async run(args, io) {
+      const nodeId = oneId(args);
+      const metric = requiredFlag(args, 'metric');
+      const sinceMs = duration(args, 'since', '1h') as number;
+      const stepMs = duration(args, 'step') ?? 0;
+      const now = Date.now();
+      const { client, close } = openClient(NodeServiceDefinition, args);
+      try {
+        const res = await client.getHistory(
+          {
+            nodeId,
+            metric,
+            fromNs: millisToNanos(now - sinceMs).toString(),
+            toNs: millisToNanos(now).toString(),
+            stepNs: millisToNanos(stepMs).toString(),
+          },
+          { signal: io.signal },
+        );
+        if (hasFlag(args, 'json')) {
+          io.stdout.write(`${JSON.stringify(GetHistoryResponse.toJSON(res))}\n`);
+        } else {
+          io.stdout.write(`# ${res.nodeId} ${res.metric} (${res.points.length} points)\n`);
+          for (const p of res.points) io.stdout.write(`${nanosToIso(p.timeNs)}  ${p.value}\n`);
+        }
+        return 0;
+      } finally {
+        close();
+      }
+    },
+  },
+  {
+    path: ['forecast'],
+    summary: 'forecast a metric of a node with a prediction interval (--plot out.svg)',
+    usage: `retrace forecast ID --metric cpu --horizon 2h [--step 1m] [--lookback 8h] [--plot out.svg] [--json] ${CONNECT_FLAGS}`,
+    async run(args, io) {
+      const nodeId = oneId(args);
+      const metric = requiredFlag(args, 'metric');
+      const horizonMs = duration(args, 'horizon') ?? Number.NaN;
+      if (!Number.isFinite(horizonMs)) throw new UsageError('--horizon is required, e.g. 2h');
+      const stepMs = duration(args, 'step') ?? 0;
+      const lookbackMs = duration(args, 'lookback') ?? 0;
+      const { client, close } = openClient(NodeServiceDefinition, args);
+      try {
+        const res = await client.forecast(
+          {
+            nodeId,
+            metric,
+            horizonNs: millisToNanos(horizonMs).toString(),
+            stepNs: millisToNanos(stepMs).toString(),
+            lookbackNs: millisToNanos(lookbackMs).toString(),
+          },
+          { signal: io.signal },
+        );
+        const plot = flag(args, 'plot');
+        if (plot !== undefined && plot !== 'true') {
+          const now = Date.now();
+          const historyMs = lookbackMs || Math.max(2 * horizonMs, 60 * Number(BigInt(res.stepNs) / 1_000_000n));
+          const hist = await client.getHistory(
+            { nodeId, metric, fromNs: millisToNanos(now - historyMs).toString(), toNs: millisToNanos(now).toString(), stepNs: res.stepNs },
+            { signal: io.signal },
+          );
+          const points = hist.points.map((p) => ({ t: Number(BigInt(p.timeNs) / 1_000_000n), v: p.value }));
+          writeFileSync(plot, forecastSvg(points, res, `${nodeId} ${res.metric}: ${res.method}, ${Math.round(res.coverage * 100)}% interval`));
+        }
+        if (hasFlag(args, 'json')) {
+          io.stdout.write(`${JSON.stringify(ForecastResponse.toJSON(res))}\n`);
+        } else {
+          io.stdout.write(`# ${res.nodeId} ${res.metric}: ${res.method}, ${Math.round(res.coverage * 100)}% interval, fitted on ${res.fittedPoints} points\n`);
+          for (const p of res.points) {
+            io.stdout.write(`${nanosToIso(p.timeNs)}  ${p.mean.toFixed(3)}  [${p.lower.toFixed(3)}, ${p.upper.toFixed(3)}]\n`);
+          }
+          if (plot !== undefined && plot !== 'true') io.stdout.write(`plot written to ${plot}\n`);
+        }
+        return 0;
+      } finally {
+        close();
+      }
+    },
+  },
+];

@@ -1,0 +1,304 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createCodeCache } from '../agent/code-cache.js';
+import { createShardExecutor, type ShardExecutor } from '../agent/shard-executor.js';
+import { ShardStatus, type ShardAssignment, type ShardInput, type ShardOutcome } from '../common/gen/retrace/v1/shard.js';
+import { contentHashOf } from '../common/hash.js';
+import { bundleTransform } from '../scripts/cli/publish-command.js';
+
+// Small transforms, bundled through the real publish bundler and run in real worker threads.
+const SOURCES: Record<string, string> = {
+  echo: `
+    import { defineTransform } from 'retrace/transform';
+    let calls = 0;
+    export default defineTransform({
+      name: 'echo',
+      run(input, params, ctx) {
+        calls++;
+        ctx.log('echo ' + input.key);
+        return [
+          { json: { key: input.key, value: input.json(), params, calls, node: ctx.nodeId, shard: ctx.shardId, other: input.inputs.rates?.text() ?? null } },
+          { key: input.key + ':raw', payload: input.payload, mediaType: 'application/x-raw' },
+        ];
+      },
+    });`,
+  throws: `
+    import { defineTransform } from 'retrace/transform';
+    export default defineTransform({ name: 'throws', run() { throw new TypeError('bad order'); } });`,
+  loop: `
+    import { defineTransform } from 'retrace/transform';
+    export default defineTransform({ name: 'loop', run() { for (;;) {} } });`,
+  bomb: `
+    import { defineTransform } from 'retrace/transform';
+    export default defineTransform({ name: 'bomb', run() { const a = []; for (;;) a.push({ n: a.length, s: 'x' + a.length }); } });`,
+  spin: `
+    import { defineTransform } from 'retrace/transform';
+    export default defineTransform({
+      name: 'spin',
+      run(input, params) {
+        // Fixed work (not fixed time), so CPU per shard does not depend on the host's load.
+        let x = 0;
+        for (let i = 0; i < Number(params.iterations); i++) x = (x + Math.sqrt(i * 1.0001)) % 1e9;
+        return { json: x };
+      },
+    });`,
+  probe: `
+    import { defineTransform } from 'retrace/transform';
+    import { workerData, parentPort } from 'node:worker_threads';
+    export default defineTransform({
+      name: 'probe',
+      run() {
+        return { json: { env: Object.keys(process.env), argv: process.argv.slice(1), workerData: Object.keys(workerData ?? {}), token: process.env.RETRACE_TOKEN ?? null } };
+      },
+    });`,
+  exits: `
+    import { defineTransform } from 'retrace/transform';
+    export default defineTransform({ name: 'exits', run() { process.exit(3); } });`,
+  badOutput: `
+    import { defineTransform } from 'retrace/transform';
+    export default defineTransform({ name: 'bad-output', run() { return [{ json: 1 }, { key: 'k' }]; } });`,
+  slowAsync: `
+    import { defineTransform } from 'retrace/transform';
+    export default defineTransform({
+      name: 'slow-async',
+      async run(input, params, ctx) {
+        await new Promise((resolve, reject) => {
+          const t = setTimeout(resolve, 10_000);
+          ctx.signal.addEventListener('abort', () => { clearTimeout(t); reject(new Error('stopped')); });
+        });
+        return null;
+      },
+    });`,
+};
+
+describe('shard executor (real worker threads)', () => {
+  let dir: string;
+  const versions: Record<string, string> = {};
+  const bundles = new Map<string, Uint8Array>();
+  let fetches = 0;
+  let executor: ShardExecutor;
+  const logs: { event: string; fields?: Record<string, unknown> }[] = [];
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'retrace-exec-'));
+    process.env.RETRACE_TOKEN = 'agent-secret-token';
+    for (const [name, source] of Object.entries(SOURCES)) {
+      const file = join(dir, `${name}.ts`);
+      writeFileSync(file, source);
+      const b = await bundleTransform(file);
+      versions[name] = b.codeVersion;
+      bundles.set(b.codeVersion, b.bytes);
+    }
+    const codeCache = createCodeCache({
+      dir: join(dir, 'code'),
+      fetch: async (v) => {
+        fetches++;
+        const bytes = bundles.get(v);
+        if (!bytes) throw new Error(`${v} not found`);
+        return bytes;
+      },
+    });
+    executor = createShardExecutor({
+      codeCache,
+      nodeId: 'node-test',
+      maxConcurrent: 2,
+      defaultTimeoutMs: 10_000,
+      defaultMemoryMb: 128,
+      log: (_level, event, fields) => logs.push(fields ? { event, fields } : { event }),
+    });
+  });
+
+  afterAll(async () => {
+    await executor.stop();
+    delete process.env.RETRACE_TOKEN;
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  function input(name: string, key: string, body: string, corrupt = false): ShardInput {
+    const payload = Buffer.from(body);
+    return { name, objectId: `record:${name}:${key}`, key, payload, contentHash: contentHashOf(corrupt ? `${body}!` : body), eventTimeNs: '1700000000000000000', mediaType: 'application/json' };
+  }
+
+  let seq = 0;
+  function shard(transform: string, over: Partial<ShardAssignment> = {}): ShardAssignment {
+    return {
+      shardId: `shard-${++seq}`,
+      stepName: 'step',
+      transform,
+      codeVersion: versions[transform] ?? '',
+      parameters: {},
+      inputs: [input('orders', 'o1', '{"total":5}')],
+      timeoutMs: 0,
+      memoryLimitMb: 0,
+      jobId: '',
+      ...over,
+    };
+  }
+
+  const ms = (ns: string): number => Number(ns) / 1e6;
+
+  it('runs a transform: outputs with content hashes, params, inputs by name, resources', async () => {
+    const a = shard('echo', {
+      parameters: { min: 3, tag: 'x' },
+      inputs: [input('orders', 'o1', '{"total":5}'), input('orders', 'o2', '{"total":1}'), input('rates', 'r', 'EUR')],
+    });
+    const out = await executor.execute(a);
+    expect(out.error).toBe('');
+    expect(out.status).toBe(ShardStatus.SHARD_STATUS_SUCCEEDED);
+    expect(out.shardId).toBe(a.shardId);
+    expect(out.nodeId).toBe('node-test');
+    expect(out.outputs.map((o) => o.key)).toEqual(['o1', 'o1:raw', 'o2', 'o2:raw']);
+    for (const o of out.outputs) expect(o.contentHash).toBe(contentHashOf(o.payload));
+    const first = JSON.parse(out.outputs[0]?.payload.toString() ?? '{}') as Record<string, unknown>;
+    expect(first).toEqual({ key: 'o1', value: { total: 5 }, params: { min: 3, tag: 'x' }, calls: 1, node: 'node-test', shard: a.shardId, other: 'EUR' });
+    expect(out.outputs[0]?.mediaType).toBe('application/json');
+    expect(out.outputs[1]?.payload.toString()).toBe('{"total":5}');
+    expect(out.outputs[1]?.mediaType).toBe('application/x-raw');
+    const r = out.resources;
+    expect(Number(r?.netBytesIn)).toBe(11 + 11 + 3);
+    expect(Number(r?.netBytesOut)).toBe(out.outputs.reduce((n, o) => n + o.payload.byteLength, 0));
+    expect(Number(r?.cpuTimeNs)).toBeGreaterThan(0);
+    expect(Number(r?.cpuTimeNs)).toBeLessThanOrEqual(Number(r?.wallTimeNs) * 1.05);
+    expect(Number(r?.peakMemoryBytes)).toBeGreaterThan(100_000);
+    expect(r?.gpuTimeNs).toBe('0');
+    expect(BigInt(out.endedAtNs)).toBeGreaterThanOrEqual(BigInt(out.startedAtNs));
+    expect(logs.some((l) => l.event === 'shard:log' && l.fields?.message === 'echo o1')).toBe(true);
+
+    // The worker is reused for the same code version (module state survives), the bundle is not fetched again.
+    const fetched = fetches;
+    const again = await executor.execute(shard('echo'));
+    expect((JSON.parse(again.outputs[0]?.payload.toString() ?? '{}') as { calls: number }).calls).toBe(3);
+    expect(fetches).toBe(fetched);
+  });
+
+  it('gives the worker no environment, arguments or port of the agent', async () => {
+    const out = await executor.execute(shard('probe'));
+    expect(out.status).toBe(ShardStatus.SHARD_STATUS_SUCCEEDED);
+    const seen = JSON.parse(out.outputs[0]?.payload.toString() ?? '{}') as { env: string[]; argv: string[]; workerData: string[]; token: string | null };
+    expect(seen.token).toBeNull();
+    expect(seen.env).toEqual([]);
+    expect(seen.argv).toEqual(['[worker eval]']);
+    expect(seen.workerData).toEqual(['bundleUrl']);
+  });
+
+  it('reports a thrown error as FAILED with its message, and a bad output naming it', async () => {
+    const out = await executor.execute(shard('throws'));
+    expect(out.status).toBe(ShardStatus.SHARD_STATUS_FAILED);
+    expect(out.error).toBe('TypeError: bad order');
+    expect(out.outputs).toEqual([]);
+    const bad = await executor.execute(shard('badOutput'));
+    expect(bad.status).toBe(ShardStatus.SHARD_STATUS_FAILED);
+    expect(bad.error).toMatch(/outputs\[1\]: needs exactly one of payload and json/);
+    const exits = await executor.execute(shard('exits'));
+    expect(exits.status).toBe(ShardStatus.SHARD_STATUS_FAILED);
+    expect(exits.error).toMatch(/exited \(code 3\)/);
+  });
+
+  it('times out an infinite loop within the timeout, with its CPU time measured', async () => {
+    const t0 = performance.now();
+    const out = await executor.execute(shard('loop', { timeoutMs: 400 }));
+    const took = performance.now() - t0;
+    expect(out.status).toBe(ShardStatus.SHARD_STATUS_TIMED_OUT);
+    expect(out.error).toBe('timed out after 400 ms');
+    expect(ms(out.resources?.wallTimeNs ?? '0')).toBeGreaterThanOrEqual(400);
+    expect(took).toBeLessThan(400 + 3000); // worker start-up (not part of the timeout) + slack
+    expect(ms(out.resources?.cpuTimeNs ?? '0')).toBeGreaterThan(50);
+    // The terminated worker is replaced: the same code runs again.
+    const next = await executor.execute(shard('loop', { timeoutMs: 200 }));
+    expect(next.status).toBe(ShardStatus.SHARD_STATUS_TIMED_OUT);
+  });
+
+  it('stops an allocation bomb at its heap limit: OUT_OF_MEMORY', async () => {
+    const out = await executor.execute(shard('bomb', { memoryLimitMb: 32 }));
+    expect(out.status).toBe(ShardStatus.SHARD_STATUS_OUT_OF_MEMORY);
+    expect(out.error).toMatch(/32 MiB heap/);
+    expect(out.resources?.peakMemoryBytes).toBe(String(32 * 1024 * 1024));
+  });
+
+  it('refuses corrupted input, naming it, without running the transform', async () => {
+    const before = fetches;
+    const out = await executor.execute(shard('echo', { inputs: [input('orders', 'o1', '{}'), input('rates', 'r', 'EUR', true)] }));
+    expect(out.status).toBe(ShardStatus.SHARD_STATUS_INPUT_CORRUPTED);
+    expect(out.error).toMatch(/^inputs\[1\] "rates" \(record:rates:r\): payload hashes to sha256:[0-9a-f]{64}, expected sha256:/);
+    expect(fetches).toBe(before);
+    const malformed = await executor.execute(shard('echo', { inputs: [{ ...input('orders', 'o1', '{}'), contentHash: 'md5:x' }] }));
+    expect(malformed.status).toBe(ShardStatus.SHARD_STATUS_INPUT_CORRUPTED);
+  });
+
+  it('applies injected faults: failure, latency, latency past the timeout', async () => {
+    const failed = await executor.execute(shard('echo', { faults: { addedLatencyMs: 0, fail: true } }));
+    expect(failed.status).toBe(ShardStatus.SHARD_STATUS_FAILED);
+    expect(failed.error).toBe('injected failure (faults.fail)');
+    const slow = await executor.execute(shard('echo', { faults: { addedLatencyMs: 250, fail: false } }));
+    expect(slow.status).toBe(ShardStatus.SHARD_STATUS_SUCCEEDED);
+    expect(ms(slow.resources?.wallTimeNs ?? '0')).toBeGreaterThanOrEqual(250);
+    const late = await executor.execute(shard('echo', { timeoutMs: 100, faults: { addedLatencyMs: 1000, fail: false } }));
+    expect(late.status).toBe(ShardStatus.SHARD_STATUS_TIMED_OUT);
+    expect(ms(late.resources?.wallTimeNs ?? '0')).toBeLessThan(900);
+  });
+
+  it('refuses a bundle that does not hash to its code version: CODE_UNAVAILABLE', async () => {
+    const wanted = contentHashOf('some other code');
+    bundles.set(wanted, bundles.get(versions.echo ?? '') ?? new Uint8Array());
+    const out = await executor.execute(shard('echo', { codeVersion: wanted }));
+    expect(out.status).toBe(ShardStatus.SHARD_STATUS_CODE_UNAVAILABLE);
+    expect(out.error).toMatch(/hashes to sha256:[0-9a-f]{64}; refused/);
+    const unknown = await executor.execute(shard('echo', { codeVersion: contentHashOf('never published') }));
+    expect(unknown.status).toBe(ShardStatus.SHARD_STATUS_CODE_UNAVAILABLE);
+    expect(unknown.error).toMatch(/not found/);
+  });
+
+  it('cancels running and queued shards', async () => {
+    const controller = new AbortController();
+    const cooperative = executor.execute(shard('slowAsync'), controller.signal);
+    const stubborn = executor.execute(shard('loop'), controller.signal);
+    const queued = executor.execute(shard('echo'), controller.signal);
+    await new Promise((r) => setTimeout(r, 600));
+    expect(executor.queued).toBe(1);
+    const t0 = performance.now();
+    controller.abort();
+    const [a, b, c] = await Promise.all([cooperative, stubborn, queued]);
+    expect(performance.now() - t0).toBeLessThan(2000);
+    for (const o of [a, b, c] as ShardOutcome[]) expect(o.status).toBe(ShardStatus.SHARD_STATUS_CANCELLED);
+    expect(c.error).toBe('cancelled before it started');
+    expect(executor.running).toBe(0);
+  });
+
+  it('keeps measured CPU within a 0.5 cap by duty-cycling a CPU-bound batch', async () => {
+    const capped = createShardExecutor({
+      codeCache: createCodeCache({ dir: join(dir, 'code'), fetch: async (v) => bundles.get(v) ?? new Uint8Array() }),
+      nodeId: 'node-cap',
+      maxConcurrent: 1,
+      hostCpus: 1,
+    });
+    try {
+      // Calibrate: one shard of ~60 ms of CPU on this host (warms the worker too).
+      const probe = await capped.execute(shard('spin', { parameters: { iterations: 2_000_000 } }));
+      const perIteration = Number(probe.resources?.cpuTimeNs) / 2_000_000;
+      const iterations = Math.max(100_000, Math.round(60e6 / perIteration));
+      capped.setThrottle({ cpuFraction: 0.5 });
+      // Let the calibration's CPU debt run out, so the window starts clean.
+      await new Promise((r) => setTimeout(r, 2 * ms(probe.resources?.cpuTimeNs ?? '0') + 50));
+      const outs = await Promise.all(Array.from({ length: 8 }, () => capped.execute(shard('spin', { parameters: { iterations } }))));
+      for (const o of outs) expect(o.status).toBe(ShardStatus.SHARD_STATUS_SUCCEEDED);
+      const cpu = outs.reduce((n, o) => n + Number(o.resources?.cpuTimeNs), 0);
+      const start = Math.min(...outs.map((o) => Number(BigInt(o.startedAtNs) / 1000n)));
+      const end = Math.max(...outs.map((o) => Number(BigInt(o.endedAtNs) / 1000n)));
+      const ratio = cpu / 1000 / (end - start);
+      expect(ratio).toBeLessThanOrEqual(0.6);
+      expect(cpu).toBeGreaterThan(8 * 20e6);
+    } finally {
+      await capped.stop();
+    }
+  });
+
+  it('answers CANCELLED after stop() and never throws', async () => {
+    const other = createShardExecutor({ codeCache: { get: () => Promise.reject(new Error('unused')) }, nodeId: 'n' });
+    await other.stop();
+    const out = await other.execute(shard('echo'));
+    expect(out.status).toBe(ShardStatus.SHARD_STATUS_CANCELLED);
+    expect(out.error).toMatch(/executor stopped/);
+  });
+});
