@@ -1,10 +1,11 @@
 import { hostname } from 'node:os';
 import { performance } from 'node:perf_hooks';
-import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ClientError, Metadata, Status, createChannel, createClient, type Channel } from 'nice-grpc';
 import { AsyncQueue } from '../common/async-queue.js';
 import { FailedPreconditionError, InvalidArgumentError, RetraceError } from '../common/errors.js';
+import { CodeServiceDefinition, type CodeServiceClient } from '../common/gen/retrace/v1/code.js';
+import type { ShardAssignment, ShardOutcome } from '../common/gen/retrace/v1/shard.js';
 import {
   NodeServiceDefinition,
   ReadingSource,
@@ -16,8 +17,10 @@ import {
 import { createJsonLog, type LogFn } from '../common/log.js';
 import { millisToNanos } from '../common/time.js';
 import { DEFAULT_BACKOFF, backoffDelayMs, type BackoffPolicy } from './backoff.js';
+import { codeServiceFetcher, createCodeCache, type CodeCache } from './code-cache.js';
 import { loadOrCreateIdentity, saveIdentity } from './identity-store.js';
 import { createResourceProbe, type ResourceProbe } from './resource-probe.js';
+import { createShardExecutor, type ShardExecutor, type ShardExecutorOptions } from './shard-executor.js';
 
 /**
  * Lifecycle of an agent process:
@@ -84,8 +87,10 @@ export interface AgentOptions {
   agentVersion?: string;
   /** Host name reported (default os.hostname()). */
   host?: string;
-  /** Code versions held in the local cache (default: names under `<dataDir>/code`). */
+  /** Code versions held in the local cache, "sha256:<hex>" (default: the bundles in `<dataDir>/code`). */
   codeVersions?: () => Promise<string[]>;
+  /** Tunables of the shard executor (node id and code cache are the runtime's). */
+  executor?: Omit<ShardExecutorOptions, 'codeCache' | 'nodeId' | 'log'>;
   /** Defaults to a probe of this host. */
   probe?: ResourceProbe;
   /** Wall clock, ms since the epoch. */
@@ -109,7 +114,7 @@ interface CompiledAgentOptions {
   readonly backoff: BackoffPolicy;
   readonly agentVersion: string;
   readonly host: string;
-  readonly codeVersions: () => Promise<string[]>;
+  readonly codeVersions: (() => Promise<string[]>) | undefined;
   readonly now: () => number;
   readonly rng: () => number;
   readonly log: LogFn;
@@ -147,7 +152,7 @@ export function compileAgentOptions(o: AgentOptions): CompiledAgentOptions {
     backoff: Object.freeze(backoff),
     agentVersion: o.agentVersion ?? '0.0.0',
     host: o.host ?? hostname(),
-    codeVersions: o.codeVersions ?? (() => listCodeVersions(join(dataDir, 'code'))),
+    codeVersions: o.codeVersions,
     now: o.now ?? Date.now,
     rng: o.rng ?? Math.random,
     log: o.log ?? createJsonLog((line) => process.stderr.write(line), { name: 'agent' }),
@@ -195,11 +200,26 @@ export function createAgentRuntime(options: AgentOptions): AgentRuntime {
   let link: AgentLink | undefined;
   let linkSentAtMs = 0;
   let drainRequested = false;
+  let executorStopped = false;
   let started = false;
   let stopping = false;
   let session: Session | undefined;
   let channel: Channel | undefined;
   let probeSeq = 0;
+  // Shards: bundles come from CodeService on the agent's own channel (set in loop()).
+  let codeClient: CodeServiceClient | undefined;
+  const codeCache: CodeCache = createCodeCache({
+    dir: join(opts.dataDir, 'code'),
+    fetch: (v) => {
+      if (!codeClient) return Promise.reject(new Error('not connected to the coordinator'));
+      return codeServiceFetcher(codeClient)(v);
+    },
+  });
+  const codeVersions = opts.codeVersions ?? (() => codeCache.list());
+  let executor: ShardExecutor | undefined;
+  const running = new Map<string, AbortController>();
+  let outgoing: ShardOutcome[] = [];
+  let flushScheduled = false;
   const stopController = new AbortController();
   let resolveDone!: () => void;
   let rejectDone!: (err: unknown) => void;
@@ -238,6 +258,8 @@ export function createAgentRuntime(options: AgentOptions): AgentRuntime {
     stopController.abort();
     session?.abort.abort();
     channel?.close();
+    executorStopped = true;
+    void executor?.stop();
     rejectDone(err);
   }
 
@@ -340,6 +362,8 @@ export function createAgentRuntime(options: AgentOptions): AgentRuntime {
     transition('RUNNING', msg.rejoined ? 'rejoined' : 'registered');
     log('info', 'agent:registered', { nodeId, rejoined: msg.rejoined, reportIntervalMs });
     emit('agent:registered', { nodeId: nodeId ?? '', rejoined: msg.rejoined, reportIntervalMs });
+    // Outcomes that finished while disconnected go out now (the coordinator ignores duplicates).
+    if (outgoing.length > 0) scheduleFlush();
     let sampling = false;
     s.timers.push(
       setInterval(() => {
@@ -383,10 +407,65 @@ export function createAgentRuntime(options: AgentOptions): AgentRuntime {
         drainRequested = true;
         emit('agent:drain', { reason: body.value.reason });
         break;
+      case 'assign':
+        for (const a of body.value.shards) runShard(a);
+        break;
+      case 'cancel':
+        for (const id of body.value.shardIds) running.get(id)?.abort(new Error(body.value.reason || 'cancelled by the coordinator'));
+        break;
+      case 'throttle':
+        try {
+          executor?.setThrottle({ cpuFraction: body.value.cpuFraction, maxConcurrent: body.value.maxConcurrent });
+        } catch (err) {
+          log('warn', 'agent:bad-throttle', { error: String(err) });
+        }
+        break;
       default:
         // A newer coordinator may send messages this agent does not know; ignoring them keeps
         // old agents working.
         break;
+    }
+  }
+
+  function runShard(a: ShardAssignment): void {
+    if (!executor || running.has(a.shardId)) return; // a duplicate assignment: the first run answers
+    const controller = new AbortController();
+    running.set(a.shardId, controller);
+    executor
+      .execute(a, controller.signal)
+      .then((outcome) => {
+        running.delete(a.shardId);
+        // A shard cut short by our own shutdown is not an outcome: the coordinator reassigns it.
+        if (executorStopped) return;
+        outgoing.push(outcome);
+        scheduleFlush();
+      })
+      .catch((err: unknown) => {
+        running.delete(a.shardId);
+        log('error', 'agent:shard-lost', { shardId: a.shardId, error: String(err) });
+      });
+  }
+
+  function scheduleFlush(): void {
+    if (flushScheduled) return;
+    flushScheduled = true;
+    // Outcomes finishing in the same turn go out in one frame.
+    setImmediate(flushOutcomes);
+  }
+
+  function flushOutcomes(): void {
+    flushScheduled = false;
+    const s = session;
+    if (!s || !s.registered || outgoing.length === 0) return; // kept until the next registration
+    const batch = outgoing;
+    outgoing = [];
+    for (let i = 0; i < batch.length; i += 256) {
+      const outcomes = batch.slice(i, i + 256);
+      if (!s.out.push({ body: { $case: 'outcomes', value: { outcomes } } })) {
+        outgoing.push(...batch.slice(i));
+        log('warn', 'agent:outcomes-deferred', { count: batch.length - i });
+        break;
+      }
     }
   }
 
@@ -401,7 +480,7 @@ export function createAgentRuntime(options: AgentOptions): AgentRuntime {
       lastHeardMs: performance.now(),
     };
     session = s;
-    s.out.push(registration(await opts.codeVersions().catch(() => [])));
+    s.out.push(registration(await codeVersions().catch(() => [])));
     s.timers.push(
       setInterval(() => {
         if (performance.now() - s.lastHeardMs > opts.silenceTimeoutMs) {
@@ -432,8 +511,10 @@ export function createAgentRuntime(options: AgentOptions): AgentRuntime {
   async function loop(): Promise<void> {
     const metadata = Metadata();
     if (opts.token) metadata.set('authorization', `Bearer ${opts.token}`);
-    channel = createChannel(opts.coordinator);
+    // Bundles may be up to 32 MiB; GetCode answers need more than gRPC's 4 MiB default.
+    channel = createChannel(opts.coordinator, undefined, { 'grpc.max_receive_message_length': 64 * 1024 * 1024 });
     const client: NodeServiceClient = createClient(NodeServiceDefinition, channel, { '*': { metadata } });
+    codeClient = createClient(CodeServiceDefinition, channel, { '*': { metadata } });
     let attempt = 0;
     try {
       while (!stopping) {
@@ -478,6 +559,7 @@ export function createAgentRuntime(options: AgentOptions): AgentRuntime {
       try {
         nodeId = (await loadOrCreateIdentity(opts.dataDir, opts.now)).nodeId;
         capabilities = await probe.capabilities();
+        executor = createShardExecutor({ ...options.executor, codeCache, nodeId, log });
       } catch (err) {
         fail(err);
         throw err;
@@ -534,6 +616,8 @@ export function createAgentRuntime(options: AgentOptions): AgentRuntime {
         }
       }
       await loopDone;
+      executorStopped = true;
+      await executor?.stop();
       if (state === 'DRAINING') {
         transition('STOPPED', reason);
         resolveDone();
@@ -562,10 +646,3 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
   });
 }
 
-async function listCodeVersions(dir: string): Promise<string[]> {
-  try {
-    return (await readdir(dir)).filter((n) => !n.startsWith('.')).sort();
-  } catch {
-    return [];
-  }
-}

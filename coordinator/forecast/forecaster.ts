@@ -445,6 +445,8 @@ function chooseMethod(candidates: readonly ForecastMethod[], residuals: Readonly
   if (learned === undefined) return baseline;
   const l = maes(learned);
   const b = maes(baseline);
+  // A baseline that was exact over the whole window (a flat stretch) cannot be beaten, only tied.
+  if (b[0] === 0) return baseline;
   // Halves too short to score (NaN) do not veto.
   const wins = b.every((x, k) => !(x >= (l[k] as number) * (1 - margin)));
   return wins ? baseline : learned;

@@ -73,7 +73,7 @@ const MAX_PAGE = 100_000;
  */
 export class LineageEngine implements LineageApi {
   private state: LineageEngineState = 'NEW';
-  private readonly store: LineageStore;
+  readonly store: LineageStore;
   private readonly signer: CheckpointSigner;
   private readonly clock: NanoClock;
   private readonly log: (line: string) => void;
@@ -567,7 +567,8 @@ export class LineageEngine implements LineageApi {
     return foldObjectVersions((await this.readEvents(seqs)).flatMap((e) => (e.body?.$case === 'objectVersion' ? [{ timeNs: BigInt(e.eventTimeNs), version: e.body.value }] : [])));
   }
 
-  private async readEvents(seqs: readonly bigint[]): Promise<LineageEvent[]> {
+  /** Events stored at these ledger positions, in the given order. */
+  async readEvents(seqs: readonly bigint[]): Promise<LineageEvent[]> {
     const entries = await this.store.getEntries(seqs);
     return entries.flatMap((e) => {
       const body = LedgerEntryBody.decode(e.body);
@@ -586,7 +587,7 @@ function emptyVersion(objectId: string, contentHash: string): ObjectVersion {
 }
 
 /** Dependencies before dependants; ties by start time, then step id. */
-function orderByDependencies(steps: Step[]): Step[] {
+export function orderByDependencies(steps: Step[]): Step[] {
   const producers = new Map<string, Step>();
   for (const s of steps) for (const g of s.generated) producers.set(`${g.objectId}@${g.contentHash}`, s);
   const sorted = [...steps].sort((a, b) => compareNs(a.startedAtNs, b.startedAtNs) || a.stepId.localeCompare(b.stepId));

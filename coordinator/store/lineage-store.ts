@@ -150,6 +150,15 @@ export class LineageStore {
     return out;
   }
 
+  /** Object versions whose object id starts with `prefix`: id, hash and event seqs, in id order. */
+  async *objectVersionsWithPrefix(prefix: string): AsyncGenerator<{ objectId: string; contentHash: string; seq: bigint }> {
+    for await (const key of this.objects.keys({ gte: prefix, lt: `${prefix}\uffff` })) {
+      const last = key.lastIndexOf('\u0000');
+      const mid = key.lastIndexOf('\u0000', last - 1);
+      yield { objectId: key.slice(0, mid), contentHash: key.slice(mid + 1, last), seq: BigInt(`0x${key.slice(last + 1)}`) };
+    }
+  }
+
   /** Runs in id order starting after `afterRunId`, with their event seqs. */
   async *runIds(afterRunId: string): AsyncGenerator<{ runId: string; seqs: bigint[] }> {
     let current: { runId: string; seqs: bigint[] } | undefined;

@@ -12,6 +12,8 @@ export async function loadCommands(): Promise<CliCommand[]> {
     import('./agent-commands.js'),
     import('./node-commands.js'),
     import('./publish-command.js'),
+    import('./pipeline-commands.js'),
+    import('./replay-commands.js'),
   ] as Promise<{ commands: CliCommand[] }>[]);
   return modules.flatMap((m) => m.commands);
 }

@@ -1,8 +1,36 @@
 import type { ExtensionFactory } from '../../coordinator/coordinator.js';
+import type { CodeStore } from '../../coordinator/code/code-store.js';
 import { meshExtension } from '../../coordinator/mesh/mesh-extension.js';
 import { codeExtension } from '../../coordinator/code/code-extension.js';
+import type { NodeMesh } from '../../coordinator/mesh/node-mesh.js';
+import type { Dispatcher } from '../../coordinator/scheduler/dispatcher.js';
+import { schedulerExtension } from '../../coordinator/scheduler/scheduler-extension.js';
+import { pipelineExtension, type PipelineHandles } from '../../coordinator/pipeline/pipeline-extension.js';
+import { replayExtension } from '../../coordinator/replay/replay-extension.js';
+import type { ReplayEngine } from '../../coordinator/replay/replay-engine.js';
 
-/** The features the CLI's coordinator runs besides lineage: the agents' mesh (inventory, history, forecasts). */
-export function coordinatorExtensions(): ExtensionFactory[] {
-  return [meshExtension(), codeExtension()];
+/** What the coordinator's extensions publish for the ones after them (pipelines, replay). */
+export interface CoordinatorServices {
+  mesh?: NodeMesh;
+  code?: CodeStore;
+  dispatcher?: Dispatcher;
+  /** Pipeline definitions/versions and payloads (set by pipelineExtension). */
+  pipelines?: PipelineHandles;
+  /** The replay engine (set by replayExtension). */
+  replay?: ReplayEngine;
+}
+
+/**
+ * The features the CLI's coordinator runs besides lineage: the agents' mesh (inventory, history,
+ * forecasts), published code, shard dispatch, pipelines and replay. Pass `shared` to read the services once the
+ * coordinator has started its extensions.
+ */
+export function coordinatorExtensions(shared: CoordinatorServices = {}): ExtensionFactory[] {
+  return [
+    meshExtension({ onMesh: (m) => (shared.mesh = m) }),
+    codeExtension({ onCodeStore: (s) => (shared.code = s) }),
+    schedulerExtension(shared),
+    pipelineExtension(shared),
+    replayExtension(shared),
+  ];
 }

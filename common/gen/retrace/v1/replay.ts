@@ -175,9 +175,11 @@ export interface FaultPolicy {
 export interface ReplayPolicy {
   /**
    * Factor on the recorded inter-arrival times of the source records: 2 replays twice as fast,
-   * 0.5 at half speed. 0 means as fast as possible.
+   * 0.5 at half speed. Unset means as fast as possible; 0 or less is rejected.
    */
-  speed: number;
+  speed?:
+    | number
+    | undefined;
   /** Only these nodes (ids); empty means any. */
   targetNodeIds: string[];
   /** Only nodes with all these labels, e.g. pool=testing. */
@@ -1059,7 +1061,7 @@ export const FaultPolicy: MessageFns<FaultPolicy> = {
 
 function createBaseReplayPolicy(): ReplayPolicy {
   return {
-    speed: 0,
+    speed: undefined,
     targetNodeIds: [],
     targetLabels: {},
     maxCpuFraction: 0,
@@ -1074,7 +1076,7 @@ function createBaseReplayPolicy(): ReplayPolicy {
 
 export const ReplayPolicy: MessageFns<ReplayPolicy> = {
   encode(message: ReplayPolicy, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    if (message.speed !== 0) {
+    if (message.speed !== undefined) {
       writer.uint32(9).double(message.speed);
     }
     for (const v of message.targetNodeIds) {
@@ -1227,7 +1229,7 @@ export const ReplayPolicy: MessageFns<ReplayPolicy> = {
 
   fromJSON(object: any): ReplayPolicy {
     return {
-      speed: isSet(object.speed) ? globalThis.Number(object.speed) : 0,
+      speed: isSet(object.speed) ? globalThis.Number(object.speed) : undefined,
       targetNodeIds: globalThis.Array.isArray(object?.targetNodeIds)
         ? object.targetNodeIds.map((e: any) => globalThis.String(e))
         : globalThis.Array.isArray(object?.target_node_ids)
@@ -1332,7 +1334,7 @@ export const ReplayPolicy: MessageFns<ReplayPolicy> = {
 
   toJSON(message: ReplayPolicy): unknown {
     const obj: any = {};
-    if (message.speed !== 0) {
+    if (message.speed !== undefined) {
       obj.speed = floatToJson(message.speed);
     }
     if (message.targetNodeIds?.length) {
@@ -1391,7 +1393,7 @@ export const ReplayPolicy: MessageFns<ReplayPolicy> = {
   },
   fromPartial(object: DeepPartial<ReplayPolicy>): ReplayPolicy {
     const message = createBaseReplayPolicy();
-    message.speed = object.speed ?? 0;
+    message.speed = object.speed ?? undefined;
     message.targetNodeIds = object.targetNodeIds?.map((e) => e) || [];
     message.targetLabels = (globalThis.Object.entries(object.targetLabels ?? {}) as [string, string][]).reduce(
       (acc: { [key: string]: string }, [key, value]: [string, string]) => {

@@ -1,0 +1,152 @@
+import type { CallContext } from 'nice-grpc';
+import { InvalidArgumentError } from '../../common/errors.js';
+import {
+  PipelineServiceDefinition,
+  type IngestRequest,
+  type PipelineServiceImplementation,
+} from '../../common/gen/retrace/v1/pipeline.js';
+import type { CoordinatorExtension, ExtensionFactory } from '../coordinator.js';
+import { createPayloadStore, type PayloadStore } from '../store/payload-store.js';
+import { PipelineRunner, type IngestRecordInput, type ShardRunner } from './pipeline-runner.js';
+import { createPipelineStore, type CodeLookup, type PipelineStore } from './pipeline-store.js';
+
+/** What the pipeline extension publishes for later extensions (replay). */
+export interface PipelineHandles {
+  /** Definitions and versions: `store.get(name, version?)`, `store.list()`. */
+  store: PipelineStore;
+  /** Content-addressed payloads: `payloads.get(hash)`, `payloads.find(hash)`, `payloads.has(hash)`. */
+  payloads: PayloadStore;
+  runner: PipelineRunner;
+}
+
+/** Services the pipeline extension reads (set by extensions before it) and publishes. */
+export interface PipelineShared {
+  code?: CodeLookup;
+  dispatcher?: ShardRunner;
+  mesh?: { nodes(): readonly { nodeId: string; host: string }[] };
+  pipelines?: PipelineHandles;
+}
+
+export interface PipelineExtensionOptions {
+  /** Payload retention (ms since last reference); default keep forever. */
+  payloadRetentionMs?: number;
+  /** How often to sweep expired payloads (default 1 h) when retention is set. */
+  sweepIntervalMs?: number;
+  /** Records processed in parallel per Ingest call (default 32). */
+  concurrency?: number;
+  /** Overrides `shared.dispatcher` (tests). */
+  runner?: ShardRunner;
+}
+
+/** The caller as the request names it (`x-retrace-principal`), or 'ingest'. */
+function principalOf(context: CallContext): string {
+  const p = context.metadata.get('x-retrace-principal');
+  return typeof p === 'string' && p.trim() !== '' ? p.trim() : 'ingest';
+}
+
+/** PipelineService over the store and the runner; errors are the stores' typed errors. */
+export function createPipelineHandlers(h: PipelineHandles): PipelineServiceImplementation {
+  return {
+    async applyPipeline(request) {
+      if (!request.pipeline) throw new InvalidArgumentError('pipeline', 'is required');
+      return h.store.apply(request.pipeline);
+    },
+    async getPipeline(request) {
+      const pipeline = await h.store.get(request.name, request.version);
+      return { pipeline, versions: await h.store.versions(request.name) };
+    },
+    async listPipelines() {
+      return { pipelines: await h.store.list() };
+    },
+    async ingest(requests, context) {
+      const iterator = requests[Symbol.asyncIterator]();
+      const first = await iterator.next();
+      if (first.done) throw new InvalidArgumentError('requests', 'the stream sent no message');
+      const head: IngestRequest = first.value;
+      if (head.pipeline === '') throw new InvalidArgumentError('requests[0].pipeline', 'is required');
+      if (head.source === '') throw new InvalidArgumentError('requests[0].source', 'is required');
+      const convert = (r: IngestRequest): IngestRecordInput[] =>
+        r.records.map((rec) => ({ key: rec.key, eventTimeNs: rec.eventTimeNs, payload: rec.payload, mediaType: rec.mediaType }));
+      async function* batches(): AsyncGenerator<IngestRecordInput[]> {
+        yield convert(head);
+        let i = 1;
+        for (;;) {
+          const next = await iterator.next();
+          if (next.done) return;
+          const r = next.value;
+          if (r.pipeline !== '' && r.pipeline !== head.pipeline) throw new InvalidArgumentError(`requests[${i}].pipeline`, `every message must name pipeline ${JSON.stringify(head.pipeline)}`);
+          if (r.source !== '' && r.source !== head.source) throw new InvalidArgumentError(`requests[${i}].source`, `every message must name source ${JSON.stringify(head.source)}`);
+          i++;
+          yield convert(r);
+        }
+      }
+      const s = await h.runner.ingest(head.pipeline, head.source, batches(), { principal: principalOf(context), signal: context.signal });
+      return {
+        accepted: String(s.accepted),
+        duplicates: String(s.duplicates),
+        runId: s.runId,
+        shardsRun: String(s.shardsRun),
+        shardsFailed: String(s.shardsFailed),
+        firstError: s.firstError,
+        pipelineVersion: s.pipelineVersion,
+      };
+    },
+    async getPayload(request) {
+      const bytes = await h.payloads.get(request.contentHash);
+      return { contentHash: request.contentHash, payload: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength) };
+    },
+  };
+}
+
+/**
+ * Pipelines as a coordinator extension: mounts PipelineService over the `pipelines` and
+ * `payloads` sublevels, runs shards through `shared.dispatcher` (read when each shard runs),
+ * validates code versions against `shared.code` when set, and publishes its handles on
+ * `shared.pipelines`. Put it after the code and scheduler extensions.
+ */
+export function pipelineExtension(shared: PipelineShared = {}, options: PipelineExtensionOptions = {}): ExtensionFactory {
+  return (ctx): CoordinatorExtension => {
+    const payloadOptions: { retentionMs?: number } = {};
+    if (options.payloadRetentionMs !== undefined) payloadOptions.retentionMs = options.payloadRetentionMs;
+    const payloads = createPayloadStore(ctx.db, payloadOptions);
+    const code: CodeLookup = { describe: async (v) => (shared.code ? shared.code.describe(v) : undefined) };
+    const store = createPipelineStore(ctx.db, ctx.clock, shared.code ? code : undefined);
+    const dispatch = (): ShardRunner | undefined => {
+      const d = options.runner ?? shared.dispatcher;
+      if (!d) return undefined;
+      return {
+        async run(assignment, runOptions) {
+          const result = await d.run(assignment, runOptions);
+          if (result.host !== undefined || !shared.mesh || result.nodeId === '') return result;
+          const host = shared.mesh.nodes().find((n) => n.nodeId === result.nodeId)?.host;
+          return host === undefined ? result : { ...result, host };
+        },
+      };
+    };
+    const runnerOptions: ConstructorParameters<typeof PipelineRunner>[0] = { lineage: ctx.lineage, pipelines: store, payloads, runner: dispatch, clock: ctx.clock };
+    if (options.concurrency !== undefined) runnerOptions.concurrency = options.concurrency;
+    const runner = new PipelineRunner(runnerOptions);
+    const handles: PipelineHandles = { store, payloads, runner };
+    shared.pipelines = handles;
+    let timer: NodeJS.Timeout | undefined;
+    return {
+      name: 'pipelines',
+      services: [{ definition: PipelineServiceDefinition, implementation: createPipelineHandlers(handles) }],
+      async start() {
+        if (payloads.retentionMs !== undefined) {
+          timer = setInterval(() => {
+            payloads.sweep().then(
+              (n) => n > 0 && ctx.log(`pipelines: swept ${n} expired payloads`),
+              (err: unknown) => ctx.log(`pipelines: payload sweep failed: ${String(err)}`),
+            );
+          }, options.sweepIntervalMs ?? 3_600_000);
+          timer.unref();
+        }
+      },
+      async stop() {
+        if (timer) clearInterval(timer);
+        if (shared.pipelines === handles) delete shared.pipelines;
+      },
+    };
+  };
+}

@@ -1,0 +1,460 @@
+import { randomUUID } from 'node:crypto';
+import { canonicalJson } from '../../common/canonical-json.js';
+import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../../common/errors.js';
+import type { TransformRequirements } from '../../common/gen/retrace/v1/code.js';
+import type { PipelineStep, PipelineVersion } from '../../common/gen/retrace/v1/pipeline.js';
+import { TriggerKind, type LineageEvent, type ObjectRef, type ObjectVersion, type Step } from '../../common/gen/retrace/v1/provenance.js';
+import { ShardStatus, type ShardAssignment, type ShardInput, type ShardOutcome } from '../../common/gen/retrace/v1/shard.js';
+import { contentHashOf, sha256Hex } from '../../common/hash.js';
+import type { NanoClock } from '../clock.js';
+import type { LineageEngine } from '../lineage/lineage-engine.js';
+import type { PayloadStore } from '../store/payload-store.js';
+import { validatePipeline, type CurrentRecord, type PipelineStore } from './pipeline-store.js';
+
+/** What the scheduler's dispatcher returns for one shard. */
+export interface ShardRunResult {
+  outcome: ShardOutcome;
+  nodeId: string;
+  attempts: number;
+  queuedMs: number;
+  /** Host name of the node, when the runner knows it. */
+  host?: string;
+}
+
+/** Runs one shard somewhere (the scheduler's dispatcher, or an in-process fake); always resolves with an outcome. */
+export interface ShardRunner {
+  run(assignment: ShardAssignment, options?: { requirements?: TransformRequirements; signal?: AbortSignal }): Promise<ShardRunResult>;
+}
+
+/** One record as ingested. */
+export interface IngestRecordInput {
+  key: string;
+  /** Nanoseconds since the epoch; '0' or '' means now. */
+  eventTimeNs?: string;
+  payload: Uint8Array;
+  mediaType?: string;
+}
+
+/** What one Ingest call did. */
+export interface IngestSummary {
+  accepted: number;
+  duplicates: number;
+  runId: string;
+  shardsRun: number;
+  shardsFailed: number;
+  firstError: string;
+  pipelineVersion: number;
+}
+
+export interface PipelineRunnerOptions {
+  lineage: Pick<LineageEngine, 'submit' | 'readStep' | 'readVersion'>;
+  pipelines: PipelineStore;
+  payloads: PayloadStore;
+  /** The runner, or a getter (the dispatcher may be attached after the extension is built). */
+  runner: ShardRunner | (() => ShardRunner | undefined);
+  clock: NanoClock;
+  /** Records processed at once (different keys run in parallel; one key's records in order). Default 32. */
+  concurrency?: number;
+  /**
+   * false runs the same path without recording anything (no payloads, no lineage, no current
+   * records): the benchmark's baseline. Default true.
+   */
+  capture?: boolean;
+  producer?: string;
+}
+
+/** The facets recorded under `retrace` on every step the runner records. */
+export interface RetraceStepFacet {
+  pipeline: string;
+  pipelineVersion: number;
+  step: string;
+  shardId: string;
+  /** Input name → object id. */
+  inputs: Record<string, string>;
+}
+
+/** Object id of a record of a source or a step's output. */
+export function recordObjectId(pipeline: string, dataset: string, key: string): string {
+  return `record:${pipeline}/${dataset}:${key}`;
+}
+
+/** Step id of a shard of a pipeline step. */
+export function pipelineStepId(pipeline: string, step: string, shardId: string): string {
+  return `${pipeline}/${step}/${shardId}`;
+}
+
+/**
+ * Deterministic shard id: sha256 of the pipeline, step, code version, parameters and the inputs
+ * (name, object id, content hash), so a retried or re-ingested shard is the same shard.
+ */
+export function computeShardId(pipeline: string, step: PipelineStep, inputs: readonly { name: string; objectId: string; contentHash: string }[]): string {
+  return sha256Hex(
+    canonicalJson({
+      pipeline,
+      step: step.name,
+      codeVersion: step.codeVersion,
+      parameters: step.parameters ?? {},
+      inputs: inputs.map((i) => [i.name, i.objectId, i.contentHash]),
+    }),
+  );
+}
+
+/** A record known while one record's path runs: its version, and the bytes when at hand. */
+interface Known extends CurrentRecord {
+  payload?: Uint8Array;
+  /** Created in this path (so no stored step can have used it yet). */
+  fresh: boolean;
+}
+
+interface Tally {
+  accepted: number;
+  duplicates: number;
+  shardsRun: number;
+  shardsFailed: number;
+  firstError: string;
+}
+
+const PRODUCER = 'retrace://coordinator/pipeline';
+
+/**
+ * Runs pipelines over ingested records and records their provenance: for each record, its payload
+ * and object version, then every step whose inputs are available for the record's key, in
+ * dependency order, each as one shard through the ShardRunner; one `step` event per executed shard
+ * and one object version per output, all of one record's path in one atomic lineage submission.
+ */
+export class PipelineRunner {
+  private readonly concurrency: number;
+  private readonly capture: boolean;
+  private readonly producer: string;
+  private readonly orders = new Map<string, number[]>();
+
+  constructor(private readonly options: PipelineRunnerOptions) {
+    this.concurrency = Math.max(1, options.concurrency ?? 32);
+    this.capture = options.capture ?? true;
+    this.producer = options.producer ?? PRODUCER;
+  }
+
+  private shardRunner(): ShardRunner {
+    const r = this.options.runner;
+    const runner = typeof r === 'function' ? r() : r;
+    if (!runner) throw new FailedPreconditionError('no shard dispatcher: the coordinator runs no scheduler');
+    return runner;
+  }
+
+  private stepOrder(pv: PipelineVersion): number[] {
+    const key = `${pv.pipeline?.name ?? ''}@${pv.version}`;
+    let order = this.orders.get(key);
+    if (!order) {
+      order = validatePipeline(pv.pipeline as NonNullable<PipelineVersion['pipeline']>);
+      this.orders.set(key, order);
+    }
+    return order;
+  }
+
+  /**
+   * Ingests batches of records of one source of the latest version of `pipeline`, as one run.
+   * NotFoundError (`pipeline`) / InvalidArgumentError (`source`, `records[i].key`) on bad input.
+   */
+  async ingest(
+    pipelineName: string,
+    source: string,
+    batches: AsyncIterable<readonly IngestRecordInput[]> | Iterable<readonly IngestRecordInput[]>,
+    options: { principal?: string; signal?: AbortSignal } = {},
+  ): Promise<IngestSummary> {
+    const { pipelines, clock } = this.options;
+    let pv: PipelineVersion;
+    try {
+      pv = await pipelines.get(pipelineName);
+    } catch (err) {
+      if (err instanceof NotFoundError) throw new NotFoundError(`pipeline ${JSON.stringify(pipelineName)}`, 'pipeline');
+      throw err;
+    }
+    const def = pv.pipeline as NonNullable<PipelineVersion['pipeline']>;
+    const src = def.sources.find((s) => s.name === source);
+    if (!src) throw new InvalidArgumentError('source', `pipeline ${JSON.stringify(pipelineName)} has no source ${JSON.stringify(source)} (sources: ${def.sources.map((s) => s.name).join(', ')})`);
+    const order = this.stepOrder(pv);
+    const runId = `ingest:${pipelineName}:${randomUUID()}`;
+    const principal = options.principal || 'ingest';
+    const startedAtNs = clock().toString();
+    const runFacets = { retrace: { pipeline: pipelineName, pipelineVersion: pv.version, source, principal } };
+    if (this.capture) {
+      await this.options.lineage.submit([
+        {
+          eventId: `run:${runId}:start`,
+          eventTimeNs: startedAtNs,
+          producer: this.producer,
+          body: { $case: 'run', value: { runId, name: `pipeline:${pipelineName}`, parentRunId: '', state: 'RUNNING', startedAtNs, endedAtNs: '0', facets: runFacets } },
+        },
+      ]);
+    }
+    const tally: Tally = { accepted: 0, duplicates: 0, shardsRun: 0, shardsFailed: 0, firstError: '' };
+    const keyTails = new Map<string, Promise<void>>();
+    const inFlight = new Set<Promise<void>>();
+    let failure: unknown;
+    let index = 0;
+    const ctx = { pv, order, runId, principal, source, mediaType: src.mediaType, signal: options.signal };
+    for await (const batch of batches) {
+      for (const rec of batch) {
+        const i = index++;
+        if (typeof rec.key !== 'string' || rec.key === '') throw new InvalidArgumentError(`records[${i}].key`, 'is required');
+        if (rec.eventTimeNs !== undefined && rec.eventTimeNs !== '' && !/^\d{1,19}$/.test(rec.eventTimeNs)) {
+          throw new InvalidArgumentError(`records[${i}].event_time_ns`, 'must be non-negative nanoseconds since the epoch');
+        }
+        if (failure !== undefined) break;
+        while (inFlight.size >= this.concurrency) await Promise.race(inFlight);
+        const prev = keyTails.get(rec.key) ?? Promise.resolve();
+        const p: Promise<void> = prev
+          .then(() => this.processRecord(ctx, rec, tally))
+          .catch((err: unknown) => {
+            failure ??= err;
+          })
+          .finally(() => {
+            inFlight.delete(p);
+            if (keyTails.get(rec.key) === p) keyTails.delete(rec.key);
+          });
+        keyTails.set(rec.key, p);
+        inFlight.add(p);
+      }
+      if (failure !== undefined) break;
+    }
+    await Promise.all(inFlight);
+    if (failure !== undefined) throw failure;
+    if (this.capture) {
+      const endedAtNs = clock().toString();
+      await this.options.lineage.submit([
+        {
+          eventId: `run:${runId}:end`,
+          eventTimeNs: endedAtNs,
+          producer: this.producer,
+          body: {
+            $case: 'run',
+            value: {
+              runId,
+              name: `pipeline:${pipelineName}`,
+              parentRunId: '',
+              state: tally.shardsFailed > 0 ? 'FAIL' : 'COMPLETE',
+              startedAtNs,
+              endedAtNs,
+              facets: { retrace: { ...runFacets.retrace, accepted: tally.accepted, duplicates: tally.duplicates, shardsRun: tally.shardsRun, shardsFailed: tally.shardsFailed } },
+            },
+          },
+        },
+      ]);
+    }
+    return { ...tally, runId, pipelineVersion: pv.version };
+  }
+
+  private async processRecord(
+    ctx: { pv: PipelineVersion; order: number[]; runId: string; principal: string; source: string; mediaType: string; signal: AbortSignal | undefined },
+    rec: IngestRecordInput,
+    tally: Tally,
+  ): Promise<void> {
+    const { lineage, pipelines, payloads, clock } = this.options;
+    const capture = this.capture;
+    const def = ctx.pv.pipeline as NonNullable<PipelineVersion['pipeline']>;
+    const p = def.name;
+    const nowNs = clock().toString();
+    const eventTimeNs = rec.eventTimeNs && rec.eventTimeNs !== '0' ? rec.eventTimeNs : nowNs;
+    const mediaType = rec.mediaType || ctx.mediaType || 'application/octet-stream';
+    const srcId = recordObjectId(p, ctx.source, rec.key);
+    const srcHash = contentHashOf(rec.payload);
+    // A record equal to the current one of its key is a duplicate (an older version sent again
+    // counts as accepted; its events are deduplicated by id all the same).
+    const existed = capture ? (await pipelines.getCurrent(p, ctx.source, rec.key))?.contentHash === srcHash : false;
+    if (existed) tally.duplicates++;
+    else tally.accepted++;
+
+    const events: LineageEvent[] = [];
+    const toStore: Uint8Array[] = [rec.payload];
+    const currents: { dataset: string; key: string; record: CurrentRecord }[] = [];
+    const known = new Map<string, Map<string, Known>>();
+    const remember = (dataset: string, key: string, k: Known): void => {
+      let m = known.get(dataset);
+      if (!m) known.set(dataset, (m = new Map()));
+      m.set(key, k);
+      currents.push({ dataset, key, record: { objectId: k.objectId, contentHash: k.contentHash, size: k.size, mediaType: k.mediaType, eventTimeNs: k.eventTimeNs } });
+    };
+    const srcRecord: Known = { objectId: srcId, contentHash: srcHash, size: rec.payload.byteLength, mediaType, eventTimeNs, payload: rec.payload, fresh: !existed };
+    remember(ctx.source, rec.key, srcRecord);
+    if (!existed) events.push(this.versionEvent(srcRecord, nowNs, { pipeline: p, dataset: ctx.source, key: rec.key, event_time_ns: eventTimeNs }));
+
+    const changed = new Map<string, Set<string>>([[ctx.source, new Set([rec.key])]]);
+    for (const si of ctx.order) {
+      const step = def.steps[si] as PipelineStep;
+      const keys = new Set<string>();
+      for (const name of step.inputs) for (const k of changed.get(name) ?? []) keys.add(k);
+      for (const key of keys) {
+        const inputs: { name: string; rec: Known }[] = [];
+        for (const name of step.inputs) {
+          let r: Known | undefined = known.get(name)?.get(key);
+          if (!r && capture) {
+            const cur = await pipelines.getCurrent(p, name, key);
+            if (cur) r = { ...cur, fresh: false };
+          }
+          if (!r) break;
+          inputs.push({ name, rec: r });
+        }
+        if (inputs.length < step.inputs.length) continue;
+        const shardId = computeShardId(
+          p,
+          step,
+          inputs.map((i) => ({ name: i.name, objectId: i.rec.objectId, contentHash: i.rec.contentHash })),
+        );
+        const stepId = pipelineStepId(p, step.name, shardId);
+        const outputDataset = step.name;
+        const outPrefix = recordObjectId(p, outputDataset, '');
+
+        // Already recorded (re-ingest, retry): reuse its outputs, run nothing.
+        if (capture && inputs.every((i) => !i.rec.fresh)) {
+          const prior = await lineage.readStep(stepId);
+          if (prior) {
+            for (const g of prior.generated) {
+              if (!g.objectId.startsWith(outPrefix)) continue;
+              const v = await lineage.readVersion(g.objectId, g.contentHash);
+              const outKey = g.objectId.slice(outPrefix.length);
+              remember(outputDataset, outKey, {
+                objectId: g.objectId,
+                contentHash: g.contentHash,
+                size: Number(v?.size ?? 0),
+                mediaType: v?.mediaType ?? '',
+                eventTimeNs: maxNs(inputs.map((i) => i.rec.eventTimeNs)),
+                fresh: false,
+              });
+              addTo(changed, outputDataset, outKey);
+            }
+            continue;
+          }
+        }
+
+        const shardInputs: ShardInput[] = [];
+        let missing = '';
+        for (const { name, rec: r } of inputs) {
+          const payload = r.payload ?? (await payloads.find(r.contentHash));
+          if (!payload) {
+            missing = `input ${name} (${r.objectId}) payload ${r.contentHash} is no longer stored`;
+            break;
+          }
+          shardInputs.push({ name, objectId: r.objectId, contentHash: r.contentHash, payload: Buffer.isBuffer(payload) ? payload : Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength), key, eventTimeNs: r.eventTimeNs, mediaType: r.mediaType });
+        }
+        if (missing) {
+          this.fail(tally, `${step.name}/${key}: ${missing}`);
+          continue;
+        }
+        const assignment: ShardAssignment = {
+          shardId,
+          stepName: step.name,
+          transform: step.transform,
+          codeVersion: step.codeVersion,
+          parameters: step.parameters ?? {},
+          inputs: shardInputs,
+          timeoutMs: step.timeoutMs,
+          memoryLimitMb: step.requirements?.memoryMb ?? 0,
+          faults: undefined,
+          jobId: '',
+        };
+        tally.shardsRun++;
+        const runOptions: { requirements?: TransformRequirements; signal?: AbortSignal } = {};
+        if (step.requirements) runOptions.requirements = step.requirements;
+        if (ctx.signal) runOptions.signal = ctx.signal;
+        let result: ShardRunResult;
+        try {
+          result = await this.shardRunner().run(assignment, runOptions);
+        } catch (err) {
+          this.fail(tally, `${step.name}/${key}: ${(err as Error).message}`);
+          continue;
+        }
+        const outcome = result.outcome;
+        if (outcome.status !== ShardStatus.SHARD_STATUS_SUCCEEDED) {
+          this.fail(tally, `${step.name}/${key}: ${ShardStatus[outcome.status] ?? outcome.status}${outcome.error ? `: ${outcome.error}` : ''}`);
+          continue;
+        }
+        const outEventTime = maxNs(inputs.map((i) => i.rec.eventTimeNs));
+        const generated: ObjectRef[] = [];
+        const outputs: Known[] = [];
+        let bad = '';
+        for (const [oi, o] of outcome.outputs.entries()) {
+          const hash = contentHashOf(o.payload);
+          if (o.contentHash !== '' && o.contentHash !== hash) {
+            bad = `outputs[${oi}]: content hash ${o.contentHash} does not match its payload (${hash})`;
+            break;
+          }
+          const outKey = o.key || key;
+          const k: Known = { objectId: recordObjectId(p, outputDataset, outKey), contentHash: hash, size: o.payload.byteLength, mediaType: o.mediaType, eventTimeNs: outEventTime, payload: o.payload, fresh: true };
+          outputs.push(k);
+          generated.push({ objectId: k.objectId, contentHash: hash, unversioned: false });
+        }
+        if (bad) {
+          this.fail(tally, `${step.name}/${key}: ${bad}`);
+          continue;
+        }
+        const endedAtNs = outcome.endedAtNs !== '0' && outcome.endedAtNs !== '' ? outcome.endedAtNs : clock().toString();
+        const startedAtNs = outcome.startedAtNs !== '0' && outcome.startedAtNs !== '' ? outcome.startedAtNs : endedAtNs;
+        const facet: RetraceStepFacet = {
+          pipeline: p,
+          pipelineVersion: ctx.pv.version,
+          step: step.name,
+          shardId,
+          inputs: Object.fromEntries(inputs.map((i) => [i.name, i.rec.objectId])),
+        };
+        const stepBody: Step = {
+          stepId,
+          runId: ctx.runId,
+          transform: step.transform,
+          codeVersion: step.codeVersion,
+          parameters: step.parameters ?? {},
+          nodeId: result.nodeId || outcome.nodeId,
+          host: result.host ?? '',
+          startedAtNs,
+          endedAtNs,
+          why: { kind: TriggerKind.TRIGGER_KIND_EVENT, id: ctx.runId, principal: ctx.principal },
+          resources: outcome.resources,
+          used: inputs.map((i) => ({ objectId: i.rec.objectId, contentHash: i.rec.contentHash, unversioned: false })),
+          generated,
+          facets: { retrace: { ...facet, attempts: result.attempts, queuedMs: result.queuedMs, output: step.output || step.name } },
+        };
+        events.push({ eventId: `step:${stepId}`, eventTimeNs: endedAtNs, producer: this.producer, body: { $case: 'step', value: stepBody } });
+        for (const k of outputs) {
+          const outKey = k.objectId.slice(outPrefix.length);
+          toStore.push(k.payload as Uint8Array);
+          events.push(this.versionEvent(k, endedAtNs, { pipeline: p, dataset: outputDataset, key: outKey, event_time_ns: k.eventTimeNs }));
+          remember(outputDataset, outKey, k);
+          addTo(changed, outputDataset, outKey);
+        }
+      }
+    }
+    if (!capture) return;
+    await payloads.putMany(toStore);
+    if (events.length > 0) await lineage.submit(events, ctx.signal ? { signal: ctx.signal } : undefined);
+    await pipelines.setCurrent(p, currents);
+  }
+
+  private fail(tally: Tally, message: string): void {
+    tally.shardsFailed++;
+    if (tally.firstError === '') tally.firstError = message;
+  }
+
+  private versionEvent(k: Known, createdAtNs: string, attributes: Record<string, string>): LineageEvent {
+    const value: ObjectVersion = {
+      objectId: k.objectId,
+      contentHash: k.contentHash,
+      size: String(k.size),
+      mediaType: k.mediaType,
+      createdAtNs,
+      attributes,
+      facets: undefined,
+    };
+    return { eventId: `version:${k.objectId}@${k.contentHash}`, eventTimeNs: createdAtNs, producer: this.producer, body: { $case: 'objectVersion', value } };
+  }
+}
+
+function addTo(map: Map<string, Set<string>>, name: string, key: string): void {
+  let s = map.get(name);
+  if (!s) map.set(name, (s = new Set()));
+  s.add(key);
+}
+
+function maxNs(values: readonly string[]): string {
+  let max = 0n;
+  for (const v of values) if (v !== '' && BigInt(v) > max) max = BigInt(v);
+  return max.toString();
+}

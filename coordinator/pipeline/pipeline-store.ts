@@ -1,0 +1,198 @@
+import { InvalidArgumentError, NotFoundError } from '../../common/errors.js';
+import { canonicalJson } from '../../common/canonical-json.js';
+import type { PublishedCode } from '../../common/gen/retrace/v1/code.js';
+import { Pipeline, PipelineVersion } from '../../common/gen/retrace/v1/pipeline.js';
+import { contentHashOf, isContentHash } from '../../common/hash.js';
+import type { NanoClock } from '../clock.js';
+import type { Database } from '../store/database.js';
+
+/** What validation needs of the code store (when one is mounted). */
+export interface CodeLookup {
+  describe(codeVersion: string): Promise<PublishedCode | undefined>;
+}
+
+/** The latest known version of one record of a source or step output, for one key. */
+export interface CurrentRecord {
+  objectId: string;
+  contentHash: string;
+  size: number;
+  mediaType: string;
+  eventTimeNs: string;
+}
+
+/**
+ * Pipeline definitions and their versions, and the current record per (pipeline, dataset, key),
+ * in the `pipelines` sublevel: `versions` (`<name>\0<version, 10 digits>` → PipelineVersion JSON),
+ * `latest` (name → version number) and `current` (`<pipeline>\0<source or step>\0<key>` →
+ * CurrentRecord JSON). The only code that knows this layout.
+ */
+export interface PipelineStore {
+  /** Validates and stores a definition; a definition equal to the latest version returns it with created = false. */
+  apply(pipeline: Pipeline): Promise<{ pipeline: PipelineVersion; created: boolean }>;
+  /** One version (latest when `version` is 0 or absent); NotFoundError (`name` / `version`) when unknown. */
+  get(name: string, version?: number): Promise<PipelineVersion>;
+  /** Every version number of a pipeline, oldest first (empty when unknown). */
+  versions(name: string): Promise<number[]>;
+  /** Latest version of every pipeline, by name. */
+  list(): Promise<PipelineVersion[]>;
+  getCurrent(pipeline: string, dataset: string, key: string): Promise<CurrentRecord | undefined>;
+  setCurrent(pipeline: string, entries: readonly { dataset: string; key: string; record: CurrentRecord }[]): Promise<void>;
+}
+
+const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+
+function checkName(value: string, field: string): void {
+  if (!NAME.test(value)) throw new InvalidArgumentError(field, `expected a name of letters, digits, ".", "_" and "-" (at most 128), got ${JSON.stringify(value)}`);
+}
+
+/**
+ * Structural validation of a definition (no I/O): names, unknown inputs, duplicates, cycles,
+ * code version syntax. Returns the steps' indexes in dependency order. Errors name the field.
+ */
+export function validatePipeline(p: Pipeline): number[] {
+  checkName(p.name, 'pipeline.name');
+  if (p.sources.length === 0) throw new InvalidArgumentError('pipeline.sources', 'at least one source is required');
+  const owner = new Map<string, string>();
+  p.sources.forEach((s, i) => {
+    checkName(s.name, `sources[${i}].name`);
+    if (owner.has(s.name)) throw new InvalidArgumentError(`sources[${i}].name`, `duplicate name ${JSON.stringify(s.name)} (also ${owner.get(s.name)})`);
+    owner.set(s.name, `sources[${i}]`);
+  });
+  const stepIndex = new Map<string, number>();
+  p.steps.forEach((s, i) => {
+    checkName(s.name, `steps[${i}].name`);
+    if (owner.has(s.name)) throw new InvalidArgumentError(`steps[${i}].name`, `duplicate name ${JSON.stringify(s.name)} (also ${owner.get(s.name)})`);
+    owner.set(s.name, `steps[${i}]`);
+    stepIndex.set(s.name, i);
+    if (s.transform === '') throw new InvalidArgumentError(`steps[${i}].transform`, 'is required');
+    if (!isContentHash(s.codeVersion)) {
+      throw new InvalidArgumentError(`steps[${i}].code_version`, `malformed code version ${JSON.stringify(s.codeVersion.slice(0, 80))}; expected sha256:<64 lowercase hex digits>`);
+    }
+    if (s.output !== '') checkName(s.output, `steps[${i}].output`);
+  });
+  p.steps.forEach((s, i) => {
+    if (s.inputs.length === 0) throw new InvalidArgumentError(`steps[${i}].inputs`, 'at least one input is required');
+    const seen = new Set<string>();
+    s.inputs.forEach((name, j) => {
+      if (!owner.has(name)) throw new InvalidArgumentError(`steps[${i}].inputs[${j}]`, `unknown input ${JSON.stringify(name)}: not a source or step of the pipeline`);
+      if (name === s.name) throw new InvalidArgumentError(`steps[${i}].inputs[${j}]`, 'a step cannot use its own output (cycle)');
+      if (seen.has(name)) throw new InvalidArgumentError(`steps[${i}].inputs[${j}]`, `duplicate input ${JSON.stringify(name)}`);
+      seen.add(name);
+    });
+  });
+  // Depth-first topological order; a back edge is a cycle, reported at the input that closes it.
+  const state = new Map<number, 'visiting' | 'done'>();
+  const order: number[] = [];
+  const visit = (i: number): void => {
+    state.set(i, 'visiting');
+    const step = p.steps[i];
+    step?.inputs.forEach((name, j) => {
+      const dep = stepIndex.get(name);
+      if (dep === undefined) return;
+      const st = state.get(dep);
+      if (st === 'visiting') throw new InvalidArgumentError(`steps[${i}].inputs[${j}]`, `cycle: ${JSON.stringify(step.name)} depends on ${JSON.stringify(name)}, which depends on it`);
+      if (st === undefined) visit(dep);
+    });
+    state.set(i, 'done');
+    order.push(i);
+  };
+  p.steps.forEach((_, i) => {
+    if (!state.has(i)) visit(i);
+  });
+  return order;
+}
+
+/** Canonical JSON form of a definition, with defaults filled so equal definitions hash equal. */
+function canonicalDefinition(p: Pipeline): string {
+  return canonicalJson(Pipeline.toJSON(p));
+}
+
+/** Opens the pipeline store on `db`. `code`, when given, must know every step's code version. */
+export function createPipelineStore(db: Database, clock: NanoClock, code?: CodeLookup): PipelineStore {
+  const root = db.sublevel('pipelines');
+  const versions = root.sublevel<string, unknown>('versions', { valueEncoding: 'json' });
+  const latest = root.sublevel<string, string>('latest', { valueEncoding: 'utf8' });
+  const current = root.sublevel<string, CurrentRecord>('current', { valueEncoding: 'json' });
+  let tail: Promise<unknown> = Promise.resolve();
+  const cache = new Map<string, PipelineVersion>();
+
+  const versionKey = (name: string, v: number): string => `${name}\u0000${String(v).padStart(10, '0')}`;
+
+  async function read(name: string, v: number): Promise<PipelineVersion | undefined> {
+    const key = versionKey(name, v);
+    const hit = cache.get(key);
+    if (hit) return hit;
+    const raw = await versions.get(key);
+    if (raw === undefined) return undefined;
+    const pv = PipelineVersion.fromJSON(raw);
+    cache.set(key, pv);
+    return pv;
+  }
+
+  async function latestVersion(name: string): Promise<number> {
+    const v = await latest.get(name);
+    return v === undefined ? 0 : Number(v);
+  }
+
+  async function applyNow(input: Pipeline): Promise<{ pipeline: PipelineVersion; created: boolean }> {
+    const pipeline = Pipeline.fromJSON(Pipeline.toJSON(input));
+    validatePipeline(pipeline);
+    if (code) {
+      for (const [i, s] of pipeline.steps.entries()) {
+        const found = await code.describe(s.codeVersion);
+        if (!found) throw new NotFoundError(`code version ${s.codeVersion} (publish it with "retrace publish")`, `steps[${i}].code_version`);
+        const published = found.manifest?.transform;
+        if (published !== undefined && published !== '' && published !== s.transform) {
+          throw new InvalidArgumentError(`steps[${i}].transform`, `code version ${s.codeVersion} is transform ${JSON.stringify(published)}, not ${JSON.stringify(s.transform)}`);
+        }
+      }
+    }
+    const definitionHash = contentHashOf(canonicalDefinition(pipeline));
+    const last = await latestVersion(pipeline.name);
+    if (last > 0) {
+      const prev = await read(pipeline.name, last);
+      if (prev && prev.definitionHash === definitionHash) return { pipeline: prev, created: false };
+    }
+    const pv: PipelineVersion = { pipeline, version: last + 1, definitionHash, createdAtNs: clock().toString() };
+    const batch = root.batch();
+    batch.put(versionKey(pipeline.name, pv.version), PipelineVersion.toJSON(pv), { sublevel: versions });
+    batch.put(pipeline.name, String(pv.version), { sublevel: latest });
+    await batch.write();
+    cache.set(versionKey(pipeline.name, pv.version), pv);
+    return { pipeline: pv, created: true };
+  }
+
+  return {
+    apply(pipeline) {
+      const p = tail.then(() => applyNow(pipeline));
+      tail = p.catch(() => undefined);
+      return p;
+    },
+    async get(name, version = 0) {
+      const v = version > 0 ? version : await latestVersion(name);
+      if (v === 0) throw new NotFoundError(`pipeline ${JSON.stringify(name)}`, 'name');
+      const pv = await read(name, v);
+      if (!pv) throw new NotFoundError(`version ${v} of pipeline ${JSON.stringify(name)}`, 'version');
+      return pv;
+    },
+    async versions(name) {
+      const last = await latestVersion(name);
+      return Array.from({ length: last }, (_, i) => i + 1);
+    },
+    async list() {
+      const out: PipelineVersion[] = [];
+      for await (const [name, v] of latest.iterator()) {
+        const pv = await read(name, Number(v));
+        if (pv) out.push(pv);
+      }
+      return out;
+    },
+    async getCurrent(pipeline, dataset, key) {
+      return current.get(`${pipeline}\u0000${dataset}\u0000${key}`);
+    },
+    async setCurrent(pipeline, entries) {
+      if (entries.length === 0) return;
+      await current.batch(entries.map((e) => ({ type: 'put' as const, key: `${pipeline}\u0000${e.dataset}\u0000${e.key}`, value: e.record })));
+    },
+  };
+}

@@ -1,0 +1,578 @@
+import { randomBytes } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import { NodeKind } from '../../common/gen/retrace/v1/lineage.js';
+import { TriggerKind, type LineageEvent, type ObjectRef, type Step } from '../../common/gen/retrace/v1/provenance.js';
+import { ReplayReport, ReplayState, type RecordSelector, type ReplayStepResult, type ReplaySummary, type StartReplayRequest, type WatchReplayResponse } from '../../common/gen/retrace/v1/replay.js';
+import { ShardStatus, type ShardAssignment, type ShardInput, type ShardOutcome } from '../../common/gen/retrace/v1/shard.js';
+import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../../common/errors.js';
+import { contentHashOf, sha256Hex } from '../../common/hash.js';
+import { versionKey } from '../../common/lineage-keys.js';
+import type { NanoClock } from '../clock.js';
+import { orderByDependencies, type LineageEngine } from '../lineage/lineage-engine.js';
+import type { Database } from '../store/database.js';
+import { checkSelector, compileReplayPolicy, createRng, type CompiledReplayPolicy, type ReplayPlacement } from './replay-policy.js';
+
+/** Runs one shard somewhere and always resolves with its outcome (the dispatcher). */
+export interface ReplayShardRunner {
+  run(assignment: ShardAssignment, options?: { placement?: ReplayPlacement; signal?: AbortSignal }): Promise<{ outcome: ShardOutcome; nodeId: string; attempts: number; queuedMs: number }>;
+  setLinkOutage?(nodeId: string, untilMs: number): void;
+}
+
+/** Where original payloads are (content-addressed) and replay outputs go. */
+export interface ReplayPayloads {
+  find(hash: string): Promise<Uint8Array | undefined>;
+  put(bytes: Uint8Array): Promise<string>;
+}
+
+export interface ReplayEngineDeps {
+  db: Database;
+  lineage: LineageEngine;
+  runner: () => ReplayShardRunner | undefined;
+  payloads: () => ReplayPayloads | undefined;
+  /** Ids of known nodes, to reject policies naming unknown ones. */
+  nodeIds?: () => ReadonlySet<string>;
+  /** Why no node could take shards under this placement now, or undefined when one can. */
+  checkPlacement?: (placement: ReplayPlacement) => string | undefined;
+  clock: NanoClock;
+  log: (line: string) => void;
+  /** Records replayed at once at most (default 32). */
+  concurrency?: number;
+}
+
+/** One recorded step of a record's path, as replay needs it. */
+interface PathStep {
+  step: Step;
+  name: string;
+  /** Input name of each `used` ref, same order. */
+  inputNames: string[];
+}
+
+interface RecordPlan {
+  /** The source record version the path starts from. */
+  source: ObjectRef;
+  key: string;
+  eventTimeNs: bigint;
+  steps: PathStep[];
+}
+
+interface ReplayJob {
+  id: string;
+  report: ReplayReport;
+  policy: CompiledReplayPolicy;
+  plans: RecordPlan[];
+  controller: AbortController;
+  events: EventEmitter;
+  progress: WatchReplayResponse;
+}
+
+const STATE_DONE = new Set([ReplayState.REPLAY_STATE_SUCCEEDED, ReplayState.REPLAY_STATE_FAILED, ReplayState.REPLAY_STATE_CANCELLED]);
+
+/**
+ * The replay engine: resolves a selector to source records, rebuilds each record's processing
+ * path from provenance, and re-executes it through the dispatcher under the policy (pacing,
+ * placement, caps, seeded faults, what-if overrides). Outputs go to the `replay:<id>/` namespace
+ * and every replayed step is recorded with why = the replay. The report compares each step's
+ * outputs with the original's; reports persist in the `replays` sublevel.
+ */
+export class ReplayEngine {
+  private readonly table;
+  private readonly jobs = new Map<string, ReplayJob>();
+
+  constructor(private readonly deps: ReplayEngineDeps) {
+    this.table = deps.db.sublevel<string, string>('replays', {});
+  }
+
+  /** Marks replays that a stopped coordinator left running as failed (they are not resumed). */
+  async start(): Promise<void> {
+    for await (const [id, json] of this.table.iterator()) {
+      const report = ReplayReport.fromJSON(JSON.parse(json));
+      if (!STATE_DONE.has(report.state)) {
+        report.state = ReplayState.REPLAY_STATE_FAILED;
+        report.error = 'interrupted: the coordinator stopped during the replay; start it again';
+        await this.table.put(id, JSON.stringify(ReplayReport.toJSON(report)));
+      }
+    }
+  }
+
+  async stop(): Promise<void> {
+    for (const job of this.jobs.values()) job.controller.abort(new Error('coordinator stopping'));
+    await Promise.all([...this.jobs.values()].map((j) => new Promise<void>((r) => (STATE_DONE.has(j.report.state) ? r() : j.events.once('done', () => r())))));
+  }
+
+  async startReplay(request: StartReplayRequest): Promise<{ replayId: string; records: number; steps: number }> {
+    const runner = this.deps.runner();
+    const payloads = this.deps.payloads();
+    if (!runner || !payloads) throw new FailedPreconditionError('replay needs the scheduler and the payload store (start the coordinator with agents and pipelines)');
+    const selector = checkSelector(request.selector);
+    const policy = compileReplayPolicy(request.policy, this.deps.nodeIds?.());
+    const unplaceable = this.deps.checkPlacement?.(policy.placement);
+    if (unplaceable) throw new InvalidArgumentError('policy', `no node can run the replay: ${unplaceable}`);
+    const sources = await this.resolveSelector(selector);
+    if (sources.length === 0) throw new NotFoundError('source records for the selector', 'selector');
+    const plans: RecordPlan[] = [];
+    for (const s of sources) plans.push(await this.planRecord(s));
+    const stepCount = plans.reduce((n, p) => n + p.steps.length, 0);
+    if (stepCount === 0) throw new FailedPreconditionError('the selected records were not processed by any recorded step: nothing to replay', 'selector');
+    const id = `replay-${new Date(Number(this.deps.clock() / 1_000_000n)).toISOString().replace(/[-:.TZ]/g, '').slice(0, 14)}-${randomBytes(3).toString('hex')}`;
+    const report: ReplayReport = {
+      replayId: id,
+      state: ReplayState.REPLAY_STATE_PENDING,
+      startedAtNs: this.deps.clock().toString(),
+      endedAtNs: '0',
+      selector: request.selector,
+      policy: request.policy,
+      summary: undefined,
+      steps: [],
+      error: '',
+    };
+    const job: ReplayJob = {
+      id,
+      report,
+      policy,
+      plans,
+      controller: new AbortController(),
+      events: new EventEmitter(),
+      progress: { state: ReplayState.REPLAY_STATE_PENDING, stepsDone: 0, stepsTotal: stepCount, stepsFailed: 0, recordsDone: 0, recordsTotal: plans.length, message: '' },
+    };
+    this.jobs.set(id, job);
+    await this.save(job);
+    void this.execute(job, runner, payloads).catch((err: unknown) => this.deps.log(`replay ${id}: crashed: ${String(err)}`));
+    return { replayId: id, records: plans.length, steps: stepCount };
+  }
+
+  /** Progress snapshots until the replay ends. */
+  async *watch(replayId: string, signal: AbortSignal): AsyncGenerator<WatchReplayResponse> {
+    const job = this.jobs.get(replayId);
+    if (!job) {
+      const report = await this.report(replayId);
+      yield { state: report.state, stepsDone: report.steps.length, stepsTotal: report.steps.length, stepsFailed: report.summary?.failed ?? 0, recordsDone: report.summary?.records ?? 0, recordsTotal: report.summary?.records ?? 0, message: report.error };
+      return;
+    }
+    const queue: WatchReplayResponse[] = [{ ...job.progress }];
+    let wake: (() => void) | undefined;
+    const onProgress = (p: WatchReplayResponse): void => {
+      queue.push({ ...p });
+      wake?.();
+    };
+    job.events.on('progress', onProgress);
+    const onAbort = (): void => wake?.();
+    signal.addEventListener('abort', onAbort);
+    try {
+      for (;;) {
+        while (queue.length > 0) {
+          const p = queue.shift() as WatchReplayResponse;
+          yield p;
+          if (STATE_DONE.has(p.state)) return;
+        }
+        if (signal.aborted) return;
+        await new Promise<void>((r) => (wake = r));
+        wake = undefined;
+      }
+    } finally {
+      job.events.off('progress', onProgress);
+      signal.removeEventListener('abort', onAbort);
+    }
+  }
+
+  async report(replayId: string): Promise<ReplayReport> {
+    const live = this.jobs.get(replayId);
+    if (live) return live.report;
+    const json = await this.table.get(replayId);
+    if (json === undefined) throw new NotFoundError(`replay ${JSON.stringify(replayId)}`, 'replay_id');
+    return ReplayReport.fromJSON(JSON.parse(json));
+  }
+
+  async list(): Promise<ReplayReport[]> {
+    const out: ReplayReport[] = [];
+    for await (const json of this.table.values()) {
+      const r = ReplayReport.fromJSON(JSON.parse(json));
+      out.push({ ...r, steps: [] });
+    }
+    return out;
+  }
+
+  async cancel(replayId: string): Promise<ReplayState> {
+    const job = this.jobs.get(replayId);
+    if (!job) return (await this.report(replayId)).state;
+    job.controller.abort(new Error('cancelled by operator'));
+    await new Promise<void>((r) => (STATE_DONE.has(job.report.state) ? r() : job.events.once('done', () => r())));
+    return job.report.state;
+  }
+
+  // ---- selection and planning ----
+
+  private async resolveSelector(s: NonNullable<RecordSelector['selector']>): Promise<{ ref: ObjectRef; eventTimeNs: bigint }[]> {
+    const lineage = this.deps.lineage;
+    const latest = async (objectId: string, field: string): Promise<{ ref: ObjectRef; eventTimeNs: bigint }> => {
+      const versions = lineage.index.membersOf(`object:${objectId}`);
+      const last = versions[versions.length - 1];
+      if (!last) throw new NotFoundError(`record ${JSON.stringify(objectId)}`, field);
+      const contentHash = last.slice(last.lastIndexOf('@') + 1);
+      const v = await lineage.readVersion(objectId, contentHash);
+      return { ref: { objectId, contentHash, unversioned: false }, eventTimeNs: recordTime(v) };
+    };
+    switch (s.$case) {
+      case 'recordIds':
+        return Promise.all(s.value.objectIds.map((id, i) => latest(id, `selector.record_ids.object_ids[${i}]`)));
+      case 'window':
+      case 'last': {
+        const from = s.$case === 'window' ? BigInt(s.value.fromNs) : this.deps.clock() - BigInt(Math.round(s.value.minutes * 60e9));
+        const to = s.$case === 'window' ? BigInt(s.value.toNs) : this.deps.clock() + 1n;
+        const prefix = `record:${s.value.pipeline}/${s.value.source}:`;
+        const out: { ref: ObjectRef; eventTimeNs: bigint }[] = [];
+        const seen = new Set<string>();
+        for await (const row of lineage.store.objectVersionsWithPrefix(prefix)) {
+          const k = `${row.objectId}@${row.contentHash}`;
+          if (seen.has(k)) continue;
+          seen.add(k);
+          const v = await lineage.readVersion(row.objectId, row.contentHash);
+          const t = recordTime(v);
+          if (t >= from && t < to) out.push({ ref: { objectId: row.objectId, contentHash: row.contentHash, unversioned: false }, eventTimeNs: t });
+        }
+        return out;
+      }
+      case 'runId': {
+        const steps = lineage.index.membersOf(`run:${s.value}`);
+        if (steps.length === 0) throw new NotFoundError(`run ${JSON.stringify(s.value)}`, 'selector.run_id');
+        const out = new Map<string, { ref: ObjectRef; eventTimeNs: bigint }>();
+        for (const key of steps) {
+          const step = await lineage.readStep(key.slice('step:'.length));
+          for (const u of step?.used ?? []) {
+            const k = versionKey(u.objectId, u.contentHash);
+            if (u.unversioned || out.has(k) || lineage.index.generatorOf(k)) continue;
+            const v = await lineage.readVersion(u.objectId, u.contentHash);
+            out.set(k, { ref: u, eventTimeNs: recordTime(v) });
+          }
+        }
+        return [...out.values()];
+      }
+    }
+  }
+
+  /** The recorded steps downstream of one source record, dependencies first; earlier replays excluded. */
+  private async planRecord(source: { ref: ObjectRef; eventTimeNs: bigint }): Promise<RecordPlan> {
+    const lineage = this.deps.lineage;
+    const trace = await lineage.trace({ start: { kind: NodeKind.NODE_KIND_OBJECT_VERSION, id: source.ref.objectId, contentHash: source.ref.contentHash }, pageSize: 100_000 });
+    const steps: Step[] = [];
+    for (const n of trace.nodes) {
+      if (n.node?.kind !== NodeKind.NODE_KIND_STEP) continue;
+      const step = await lineage.readStep(n.node.id);
+      if (!step || step.why?.kind === TriggerKind.TRIGGER_KIND_REPLAY) continue;
+      steps.push(step);
+    }
+    const key = source.ref.objectId.slice(source.ref.objectId.indexOf(':', 'record:'.length) + 1) || source.ref.objectId;
+    return {
+      source: source.ref,
+      key,
+      eventTimeNs: source.eventTimeNs,
+      steps: orderByDependencies(steps).map((step) => {
+        const meta = retraceFacet(step);
+        const byObject = new Map(Object.entries(meta.inputs ?? {}).map(([name, objectId]) => [objectId, name]));
+        return { step, name: meta.step ?? step.transform, inputNames: step.used.map((u) => byObject.get(u.objectId) ?? u.objectId) };
+      }),
+    };
+  }
+
+  // ---- execution ----
+
+  private async execute(job: ReplayJob, runner: ReplayShardRunner, payloads: ReplayPayloads): Promise<void> {
+    const { policy } = job;
+    const rng = createRng(policy.seed);
+    const started = performance.now();
+    job.report.state = ReplayState.REPLAY_STATE_RUNNING;
+    this.publish(job, 'running');
+    await this.deps.lineage.submit([
+      {
+        eventId: `replay:${job.id}:run`,
+        eventTimeNs: this.deps.clock().toString(),
+        producer: 'retrace-replay',
+        body: { $case: 'run', value: { runId: job.id, name: `replay/${job.id}`, parentRunId: '', state: 'RUNNING', startedAtNs: job.report.startedAtNs, endedAtNs: '0', facets: undefined } },
+      },
+    ]);
+    const timers: NodeJS.Timeout[] = [];
+    const nowMs = (): number => Date.now();
+    for (const o of policy.outages) {
+      timers.push(setTimeout(() => runner.setLinkOutage?.(o.nodeId, nowMs() + o.durationMs), o.startAfterMs));
+    }
+    const plans = [...job.plans].sort((a, b) => (a.eventTimeNs < b.eventTimeNs ? -1 : a.eventTimeNs > b.eventTimeNs ? 1 : 0));
+    const t0 = plans[0]?.eventTimeNs ?? 0n;
+    const tLast = plans[plans.length - 1]?.eventTimeNs ?? 0n;
+    const limit = this.deps.concurrency ?? 32;
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < plans.length && !job.controller.signal.aborted) {
+        const plan = plans[next++] as RecordPlan;
+        const targetMs = policy.speed > 0 ? Number(plan.eventTimeNs - t0) / 1e6 / policy.speed : 0;
+        const wait = started + targetMs - performance.now();
+        if (wait > 0) await sleep(wait, job.controller.signal);
+        if (job.controller.signal.aborted) break;
+        const dispatchedMs = performance.now() - started;
+        await this.replayRecord(job, plan, runner, payloads, rng, { dispatchedMs, targetMs });
+        job.progress.recordsDone++;
+        this.publish(job, `record ${plan.key}`);
+      }
+    };
+    // Paced replays keep the recorded order: one worker per record that is due, so a slow record
+    // never delays the next record's start.
+    await Promise.all(Array.from({ length: policy.speed > 0 ? Math.min(plans.length, Math.max(limit, 256)) : Math.min(limit, plans.length) }, () => worker()));
+    for (const t of timers) clearTimeout(t);
+    const results = job.report.steps;
+    const failed = results.filter((r) => r.status !== 'SUCCEEDED').length;
+    job.report.summary = summarize(job, results, performance.now() - started, Number(tLast - t0) / 1e6);
+    job.report.endedAtNs = this.deps.clock().toString();
+    job.report.state = job.controller.signal.aborted ? ReplayState.REPLAY_STATE_CANCELLED : failed > 0 ? ReplayState.REPLAY_STATE_FAILED : ReplayState.REPLAY_STATE_SUCCEEDED;
+    await this.deps.lineage
+      .submit([{ eventId: `replay:${job.id}:end`, eventTimeNs: job.report.endedAtNs, producer: 'retrace-replay', body: { $case: 'run', value: { runId: job.id, name: `replay/${job.id}`, parentRunId: '', state: ReplayState[job.report.state].replace('REPLAY_STATE_', ''), startedAtNs: '0', endedAtNs: job.report.endedAtNs, facets: undefined } } }])
+      .catch((err: unknown) => this.deps.log(`replay ${job.id}: recording its end failed: ${String(err)}`));
+    await this.save(job);
+    this.publish(job, 'done');
+    this.jobs.delete(job.id);
+    job.events.emit('done');
+  }
+
+  private async replayRecord(job: ReplayJob, plan: RecordPlan, runner: ReplayShardRunner, payloads: ReplayPayloads, rng: () => number, timing: { dispatchedMs: number; targetMs: number }): Promise<void> {
+    const { policy } = job;
+    /** original version key → replayed output */
+    const produced = new Map<string, { ref: ObjectRef; payload: Uint8Array; mediaType: string }>();
+    const events: LineageEvent[] = [];
+    let broken = false;
+    for (const ps of plan.steps) {
+      const { step } = ps;
+      const parameters = { ...((step.parameters ?? {}) as Record<string, unknown>), ...(policy.stepParameters[ps.name] ?? {}) };
+      const codeVersion = policy.codeVersions[step.transform] ?? step.codeVersion;
+      const overridden = codeVersion !== step.codeVersion || policy.stepParameters[ps.name] !== undefined;
+      const result: ReplayStepResult = {
+        record: plan.source.objectId,
+        step: ps.name,
+        originalStepId: step.stepId,
+        replayStepId: `replay:${job.id}/${step.stepId}`,
+        transform: step.transform,
+        codeVersion,
+        originalOutputHashes: step.generated.map((g) => g.contentHash),
+        replayOutputHashes: [],
+        matches: false,
+        overridden,
+        originalNode: step.nodeId,
+        replayNode: '',
+        originalResources: step.resources,
+        replayResources: undefined,
+        status: 'SKIPPED',
+        error: '',
+        attempts: 0,
+        dispatchedAtMs: timing.dispatchedMs,
+        targetAtMs: timing.targetMs,
+        valueDiffs: [],
+        faults: [],
+      };
+      job.report.steps.push(result);
+      if (broken || job.controller.signal.aborted) {
+        result.error = broken ? 'an upstream step of this record failed' : 'cancelled';
+        job.progress.stepsDone++;
+        job.progress.stepsFailed++;
+        continue;
+      }
+      const inputs: ShardInput[] = [];
+      const usedRefs: ObjectRef[] = [];
+      for (const [i, u] of step.used.entries()) {
+        const name = ps.inputNames[i] ?? u.objectId;
+        const fromPath = produced.get(versionKey(u.objectId, u.contentHash));
+        let payload: Uint8Array | undefined;
+        let ref: ObjectRef;
+        if (fromPath) {
+          payload = fromPath.payload;
+          ref = fromPath.ref;
+        } else {
+          payload = u.unversioned ? undefined : await payloads.find(u.contentHash);
+          ref = u;
+        }
+        if (!payload) {
+          broken = true;
+          result.error = `payload of input ${name} (${u.objectId}@${u.contentHash}) is not kept (retention) or was never stored`;
+          break;
+        }
+        let sent = payload;
+        if (policy.corruptInputProbability > 0 && rng() < policy.corruptInputProbability) {
+          sent = Uint8Array.from(payload);
+          if (sent.length > 0) sent[Math.floor(rng() * sent.length)] = (sent[0] ?? 0) ^ 0xff ^ (sent[Math.floor(sent.length / 2)] ?? 0);
+          else sent = Uint8Array.of(0);
+          if (contentHashOf(sent) !== ref.contentHash) result.faults.push(`corrupted input ${name}`);
+        }
+        inputs.push({ name, objectId: ref.objectId, contentHash: ref.contentHash, payload: Buffer.from(sent.buffer, sent.byteOffset, sent.byteLength), key: plan.key, eventTimeNs: plan.eventTimeNs.toString(), mediaType: '' });
+        usedRefs.push(ref);
+      }
+      if (broken) {
+        job.progress.stepsDone++;
+        job.progress.stepsFailed++;
+        continue;
+      }
+      const fail = policy.stepFailureProbability > 0 && rng() < policy.stepFailureProbability;
+      if (fail) result.faults.push('injected step failure');
+      if (policy.addedLatencyMs > 0) result.faults.push(`added latency ${policy.addedLatencyMs} ms`);
+      const assignment: ShardAssignment = {
+        shardId: `replay-${sha256Hex(`${job.id}\u0000${step.stepId}`).slice(0, 32)}`,
+        stepName: ps.name,
+        transform: step.transform,
+        codeVersion,
+        parameters,
+        inputs,
+        timeoutMs: 0,
+        memoryLimitMb: policy.placement.maxMemoryMb ?? 0,
+        faults: { addedLatencyMs: policy.addedLatencyMs, fail },
+        jobId: job.id,
+      };
+      if (policy.linkOutageProbability > 0 && rng() < policy.linkOutageProbability && step.nodeId) {
+        runner.setLinkOutage?.(step.nodeId, Date.now() + 1000);
+        result.faults.push(`link outage of ${step.nodeId} for 1 s`);
+      }
+      const { outcome, nodeId, attempts } = await runner.run(assignment, { placement: policy.placement, signal: job.controller.signal });
+      result.replayNode = nodeId;
+      result.attempts = attempts;
+      result.replayResources = outcome.resources;
+      result.status = ShardStatus[outcome.status].replace('SHARD_STATUS_', '');
+      result.error = outcome.error;
+      job.progress.stepsDone++;
+      if (outcome.status !== ShardStatus.SHARD_STATUS_SUCCEEDED) {
+        job.progress.stepsFailed++;
+        broken = true;
+        this.publish(job, `${ps.name} ${result.status}`);
+        continue;
+      }
+      const generated: ObjectRef[] = [];
+      for (const [i, out] of outcome.outputs.entries()) {
+        const original = step.generated[i];
+        const objectId = `replay:${job.id}/${original?.objectId ?? `${step.stepId}/out-${i}`}`;
+        const hash = await payloads.put(out.payload);
+        const ref = { objectId, contentHash: hash, unversioned: false };
+        generated.push(ref);
+        result.replayOutputHashes.push(hash);
+        if (original) produced.set(versionKey(original.objectId, original.contentHash), { ref, payload: out.payload, mediaType: out.mediaType });
+        events.push({ eventId: `replay:${job.id}:obj:${objectId}@${hash}`, eventTimeNs: outcome.endedAtNs, producer: 'retrace-replay', body: { $case: 'objectVersion', value: { objectId, contentHash: hash, size: String(out.payload.length), mediaType: out.mediaType, createdAtNs: outcome.endedAtNs, attributes: { replayOf: original ? versionKey(original.objectId, original.contentHash) : '' }, facets: undefined } } });
+      }
+      result.matches = result.replayOutputHashes.length === result.originalOutputHashes.length && result.replayOutputHashes.every((h, i) => h === result.originalOutputHashes[i]);
+      if (!result.matches) result.valueDiffs = await jsonDiffs(payloads, result.originalOutputHashes, outcome.outputs.map((o) => o.payload));
+      events.push({
+        eventId: `replay:${job.id}:step:${step.stepId}`,
+        eventTimeNs: outcome.endedAtNs,
+        producer: 'retrace-replay',
+        body: {
+          $case: 'step',
+          value: {
+            stepId: result.replayStepId,
+            runId: job.id,
+            transform: step.transform,
+            codeVersion,
+            parameters,
+            nodeId,
+            host: '',
+            startedAtNs: outcome.startedAtNs,
+            endedAtNs: outcome.endedAtNs,
+            why: { kind: TriggerKind.TRIGGER_KIND_REPLAY, id: job.id, principal: policy.principal },
+            resources: outcome.resources,
+            used: usedRefs,
+            generated,
+            facets: { retrace: { ...retraceFacet(step), replayOf: step.stepId } },
+          },
+        },
+      });
+      this.publish(job, `${ps.name} on ${nodeId}`);
+    }
+    if (events.length > 0) {
+      // Replayed versions first: steps refer to them as inputs downstream.
+      await this.deps.lineage.submit([...events.filter((e) => e.body?.$case === 'objectVersion'), ...events.filter((e) => e.body?.$case === 'step')]).catch((err: unknown) => {
+        this.deps.log(`replay ${job.id}: recording ${plan.source.objectId} failed: ${String(err)}`);
+      });
+    }
+  }
+
+  private publish(job: ReplayJob, message: string): void {
+    job.progress.state = job.report.state;
+    job.progress.message = message;
+    job.events.emit('progress', job.progress);
+  }
+
+  private async save(job: ReplayJob): Promise<void> {
+    await this.table.put(job.id, JSON.stringify(ReplayReport.toJSON(job.report)));
+  }
+}
+
+function summarize(job: ReplayJob, results: readonly ReplayStepResult[], wallMs: number, spanMs: number): ReplaySummary {
+  const placements: Record<string, number> = {};
+  for (const r of results) if (r.replayNode) placements[r.replayNode] = (placements[r.replayNode] ?? 0) + 1;
+  const succeeded = results.filter((r) => r.status === 'SUCCEEDED');
+  const differed = succeeded.filter((r) => !r.matches);
+  // A record changed when the outputs of its last step differ from the original's.
+  const lastByRecord = new Map<string, ReplayStepResult>();
+  for (const r of results) lastByRecord.set(r.record, r);
+  const changed = [...lastByRecord.values()].filter((r) => r.status === 'SUCCEEDED' && !r.matches).map((r) => r.record);
+  return {
+    records: job.plans.length,
+    steps: results.length,
+    matched: succeeded.length - differed.length,
+    differed: differed.length,
+    failed: results.length - succeeded.length,
+    nondeterministic: job.policy.overrides || job.policy.injectsFaults ? 0 : differed.length,
+    changedRecords: changed.length,
+    firstChangedRecords: changed.slice(0, 10),
+    corruptedInputsDetected: results.filter((r) => r.status === 'INPUT_CORRUPTED').length,
+    reassigned: results.filter((r) => r.attempts > 1).length,
+    placements,
+    replayWallMs: wallMs,
+    originalSpanMs: spanMs,
+    speed: job.policy.speed,
+  };
+}
+
+/** "field: original -> replay" for JSON outputs that differ (top-level fields, at most 10). */
+async function jsonDiffs(payloads: ReplayPayloads, originalHashes: readonly string[], replayed: readonly Uint8Array[]): Promise<string[]> {
+  const out: string[] = [];
+  for (const [i, bytes] of replayed.entries()) {
+    const h = originalHashes[i];
+    const original = h ? await payloads.find(h) : undefined;
+    if (!original) continue;
+    let a: unknown;
+    let b: unknown;
+    try {
+      a = JSON.parse(Buffer.from(original).toString('utf8'));
+      b = JSON.parse(Buffer.from(bytes).toString('utf8'));
+    } catch {
+      out.push(`output ${i}: bytes differ (not JSON)`);
+      continue;
+    }
+    if (isRecord(a) && isRecord(b)) {
+      for (const k of [...new Set([...Object.keys(a), ...Object.keys(b)])].sort()) {
+        if (JSON.stringify(a[k]) !== JSON.stringify(b[k])) out.push(`${k}: ${JSON.stringify(a[k])} -> ${JSON.stringify(b[k])}`);
+        if (out.length >= 10) return out;
+      }
+    } else if (JSON.stringify(a) !== JSON.stringify(b)) out.push(`${JSON.stringify(a)} -> ${JSON.stringify(b)}`);
+  }
+  return out;
+}
+
+/** A source record's event time: the one its producer gave (pipelines keep it as an attribute), else when it was recorded. */
+function recordTime(v: { createdAtNs: string; attributes: Record<string, string> } | undefined): bigint {
+  const t = v?.attributes.event_time_ns;
+  return BigInt(t && /^\d+$/.test(t) ? t : (v?.createdAtNs ?? '0'));
+}
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function retraceFacet(step: Step): { pipeline?: string; step?: string; inputs?: Record<string, string>; [k: string]: unknown } {
+  const f = (step.facets as Record<string, unknown> | undefined)?.retrace;
+  return isRecord(f) ? (f as { step?: string; inputs?: Record<string, string> }) : {};
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve();
+    const t = setTimeout(done, ms);
+    function done(): void {
+      clearTimeout(t);
+      signal.removeEventListener('abort', done);
+      resolve();
+    }
+    signal.addEventListener('abort', done, { once: true });
+  });
+}
+

@@ -1,0 +1,56 @@
+import { ReplayServiceDefinition, type ReplayServiceImplementation } from '../../common/gen/retrace/v1/replay.js';
+import { InvalidArgumentError } from '../../common/errors.js';
+import type { CoordinatorExtension, ExtensionFactory } from '../coordinator.js';
+import type { NodeInfo } from '../../common/gen/retrace/v1/node.js';
+import { allocate, toNodeView } from '../scheduler/allocator.js';
+import { ReplayEngine, type ReplayPayloads, type ReplayShardRunner } from './replay-engine.js';
+
+/** What the replay extension reads from the extensions before it. */
+export interface ReplayShared {
+  dispatcher?: ReplayShardRunner;
+  pipelines?: { payloads: ReplayPayloads };
+  mesh?: { nodes(): readonly NodeInfo[] };
+  replay?: ReplayEngine;
+}
+
+/** ReplayService as a coordinator extension; the engine is published on `shared.replay`. */
+export function replayExtension(shared: ReplayShared): ExtensionFactory {
+  return (ctx): CoordinatorExtension => {
+    const engine = new ReplayEngine({
+      db: ctx.db,
+      lineage: ctx.lineage,
+      runner: () => shared.dispatcher,
+      payloads: () => shared.pipelines?.payloads,
+      nodeIds: () => new Set((shared.mesh?.nodes() ?? []).map((n) => n.nodeId)),
+      checkPlacement: (placement) => {
+        const result = allocate((shared.mesh?.nodes() ?? []).map(toNodeView), { placement }, new Map());
+        return 'waiting' in result ? result.waiting : undefined;
+      },
+      clock: ctx.clock,
+      log: ctx.log,
+    });
+    shared.replay = engine;
+    const implementation: ReplayServiceImplementation = {
+      startReplay: (request) => engine.startReplay(request),
+      async *watchReplay(request, context) {
+        if (!request.replayId) throw new InvalidArgumentError('replay_id', 'is required');
+        yield* engine.watch(request.replayId, context.signal);
+      },
+      async getReplayReport(request) {
+        if (!request.replayId) throw new InvalidArgumentError('replay_id', 'is required');
+        return { report: await engine.report(request.replayId) };
+      },
+      listReplays: async () => ({ replays: await engine.list() }),
+      async cancelReplay(request) {
+        if (!request.replayId) throw new InvalidArgumentError('replay_id', 'is required');
+        return { state: await engine.cancel(request.replayId) };
+      },
+    };
+    return {
+      name: 'replay',
+      services: [{ definition: ReplayServiceDefinition, implementation }],
+      start: () => engine.start(),
+      stop: () => engine.stop(),
+    };
+  };
+}

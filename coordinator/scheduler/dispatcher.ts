@@ -1,0 +1,457 @@
+import type { ConnectRequest, ConnectResponse, NodeInfo } from '../../common/gen/retrace/v1/node.js';
+import { ShardStatus, type ShardAssignment, type ShardOutcome } from '../../common/gen/retrace/v1/shard.js';
+import { InvalidArgumentError } from '../../common/errors.js';
+import type { LogFn } from '../../common/log.js';
+import { millisToNanos } from '../../common/time.js';
+import type { TransformRequirements } from '../../common/transform.js';
+import type { NodeMesh } from '../mesh/node-mesh.js';
+import { allocate, toNodeView, type NodeLoad, type NodeView, type Placement } from './allocator.js';
+
+/** The parts of the node mesh the dispatcher uses. */
+export type DispatcherMesh = Pick<NodeMesh, 'nodes' | 'send' | 'onMessage' | 'on'>;
+
+/** Options of `createDispatcher`, validated once. Durations in ms. */
+export interface DispatcherOptions {
+  mesh: DispatcherMesh;
+  log: LogFn;
+  /** Wall clock, ms (default Date.now). */
+  now?: () => number;
+  /** Shards in flight on one agent at most; more wait in the coordinator (default 64). */
+  maxInFlightPerNode?: number;
+  /** One attempt may take this long before the shard is given to another node (default 60000). */
+  shardTimeoutMs?: number;
+  /** Attempts before a shard ends FAILED (default 3). */
+  maxAttempts?: number;
+  /** Shards per ShardBatch frame at most (default 256). */
+  maxBatch?: number;
+  /** Link outages to start with: node id → until (ms, `now()` clock). */
+  linkFaults?: ReadonlyMap<string, number>;
+  /** Forecast free capacity of a node, plugged into the allocator. */
+  headroom?: (nodeId: string) => { cpuCores: number; memoryMb: number } | undefined;
+}
+
+/** Options of one `run`. */
+export interface RunOptions {
+  requirements?: TransformRequirements;
+  placement?: Placement;
+  signal?: AbortSignal;
+  inputsCachedOn?: ReadonlySet<string>;
+}
+
+/** What `run` resolves: always an outcome, never a rejection. */
+export interface DispatchResult {
+  outcome: ShardOutcome;
+  /** The node whose outcome won ('' when none ran it). */
+  nodeId: string;
+  /** Placements made (1 when the first node answered). */
+  attempts: number;
+  /** Time from `run` to the last placement, ms. */
+  queuedMs: number;
+}
+
+/** A shard that no node can take now, and why. */
+export interface WaitingShard {
+  shardId: string;
+  stepName: string;
+  reason: string;
+}
+
+/** Sends shards to agents over the mesh and matches their outcomes. */
+export interface Dispatcher {
+  /**
+   * Places the shard (allocator.ts), sends it batched on the node's Connect stream and resolves
+   * with the first outcome reported for its shard id. A node that goes LOST/LEFT, a link outage
+   * or an attempt running past `shardTimeoutMs` moves the shard to another node; after
+   * `maxAttempts` it resolves FAILED. `signal` resolves it CANCELLED (and cancels it on the agent).
+   * Running a shard id that is already running joins that run.
+   */
+  run(assignment: ShardAssignment, options?: RunOptions): Promise<DispatchResult>;
+  /** Shards no node can take now, with the reason. */
+  waiting(): WaitingShard[];
+  /** Drops every message to and from `nodeId` until `untilMs` (`now()` clock); its shards move elsewhere. */
+  setLinkOutage(nodeId: string, untilMs: number): void;
+  /** Shards in flight per node. */
+  inFlight(): Map<string, number>;
+  /** Resolves every open shard CANCELLED and stops listening. Idempotent. */
+  stop(): void;
+}
+
+interface Entry {
+  assignment: ShardAssignment;
+  options: RunOptions;
+  classKey: string;
+  inputBytes: number;
+  attempts: number;
+  startedMs: number;
+  queuedMs: number;
+  nodeId: string | undefined;
+  deadlineMs: number;
+  cpu: number;
+  memMb: number;
+  resolve: (r: DispatchResult) => void;
+  promise: Promise<DispatchResult>;
+  offAbort: (() => void) | undefined;
+  /** Placed once already: lives in its class's retry list from now on. */
+  requeued: boolean;
+}
+
+interface ShardClass {
+  retry: Entry[];
+  /** FIFO with a moving head; finished entries are skipped lazily (Map iteration over deleted slots is O(n)). */
+  queue: Entry[];
+  head: number;
+  /** Why the last placement failed; undefined after a success. */
+  reason: string | undefined;
+}
+
+/** Creates a dispatcher over the mesh; it listens to the mesh until `stop()`. */
+export function createDispatcher(options: DispatcherOptions): Dispatcher {
+  const now = options.now ?? Date.now;
+  const log = options.log;
+  const maxInFlight = options.maxInFlightPerNode ?? 64;
+  const shardTimeoutMs = options.shardTimeoutMs ?? 60_000;
+  const maxAttempts = options.maxAttempts ?? 3;
+  const maxBatch = options.maxBatch ?? 256;
+  for (const [k, v] of Object.entries({ maxInFlightPerNode: maxInFlight, shardTimeoutMs, maxAttempts, maxBatch })) {
+    if (!Number.isFinite(v) || v <= 0) throw new InvalidArgumentError(k, `must be a positive number, got ${v}`);
+  }
+  const mesh = options.mesh;
+  const active = new Map<string, Entry>();
+  const classes = new Map<string, ShardClass>();
+  const onNode = new Map<string, Map<string, Entry>>();
+  const load = new Map<string, NodeLoad>();
+  const outbox = new Map<string, ShardAssignment[]>();
+  const outages = new Map<string, number>(options.linkFaults ?? []);
+  const throttled = new Map<string, number>();
+  let views: NodeView[] = [];
+  let viewsStale = true;
+  let scheduled = false;
+  let stopped = false;
+
+  function inOutage(nodeId: string): boolean {
+    const until = outages.get(nodeId);
+    if (until === undefined) return false;
+    if (now() < until) return true;
+    outages.delete(nodeId);
+    return false;
+  }
+
+  function send(nodeId: string, message: ConnectResponse): boolean {
+    if (inOutage(nodeId)) return true; // dropped on the (simulated) wire
+    return mesh.send(nodeId, message);
+  }
+
+  function refreshViews(): void {
+    if (!viewsStale) return;
+    viewsStale = false;
+    views = mesh.nodes().map((n: NodeInfo) => {
+      const v = toNodeView(n);
+      return inOutage(v.nodeId) ? { ...v, state: 'UNREACHABLE' } : v;
+    });
+  }
+
+  function schedule(): void {
+    if (scheduled || stopped) return;
+    scheduled = true;
+    queueMicrotask(() => {
+      scheduled = false;
+      pump();
+      flush();
+    });
+  }
+
+  function loadOf(nodeId: string): NodeLoad {
+    let l = load.get(nodeId);
+    if (!l) load.set(nodeId, (l = { inFlight: 0, reservedCpu: 0, reservedMemMb: 0 }));
+    return l;
+  }
+
+  function unplace(e: Entry): void {
+    const nodeId = e.nodeId;
+    if (nodeId === undefined) return;
+    e.nodeId = undefined;
+    onNode.get(nodeId)?.delete(e.assignment.shardId);
+    const l = loadOf(nodeId);
+    l.inFlight--;
+    l.reservedCpu -= e.cpu;
+    l.reservedMemMb -= e.memMb;
+  }
+
+  function classOf(key: string): ShardClass {
+    let c = classes.get(key);
+    if (!c) classes.set(key, (c = { retry: [], queue: [], head: 0, reason: undefined }));
+    return c;
+  }
+
+  function finish(e: Entry, outcome: ShardOutcome, nodeId: string): void {
+    const id = e.assignment.shardId;
+    if (active.get(id) !== e) return;
+    active.delete(id);
+    unplace(e);
+    const c = classes.get(e.classKey);
+    if (c) {
+      const i = c.retry.indexOf(e);
+      if (i >= 0) c.retry.splice(i, 1);
+    }
+    e.offAbort?.();
+    e.resolve({ outcome, nodeId, attempts: e.attempts, queuedMs: e.queuedMs });
+    schedule();
+  }
+
+  function failed(e: Entry, status: ShardStatus, error: string): ShardOutcome {
+    const t = millisToNanos(now()).toString();
+    return { shardId: e.assignment.shardId, status, outputs: [], error, startedAtNs: t, endedAtNs: t, nodeId: '' };
+  }
+
+  /** Takes the shard back from its node (lost, outage, timeout) and queues it again, or fails it. */
+  function requeue(e: Entry, why: string): void {
+    const from = e.nodeId;
+    unplace(e);
+    if (e.attempts >= maxAttempts) {
+      log('warn', 'shard:failed', { shardId: e.assignment.shardId, attempts: e.attempts, reason: why });
+      finish(e, failed(e, ShardStatus.SHARD_STATUS_FAILED, `gave up after ${e.attempts} attempts: ${why}`), '');
+      return;
+    }
+    log('info', 'shard:reassigned', { shardId: e.assignment.shardId, from, reason: why, attempts: e.attempts });
+    e.requeued = true;
+    classOf(e.classKey).retry.push(e);
+    schedule();
+  }
+
+  function evacuate(nodeId: string, why: string): void {
+    const list = onNode.get(nodeId);
+    if (!list || list.size === 0) return;
+    for (const e of [...list.values()]) requeue(e, `${why} (node ${nodeId})`);
+  }
+
+  function place(e: Entry, nodeId: string): void {
+    e.nodeId = nodeId;
+    e.attempts++;
+    e.queuedMs = now() - e.startedMs;
+    e.deadlineMs = now() + shardTimeoutMs;
+    let m = onNode.get(nodeId);
+    if (!m) onNode.set(nodeId, (m = new Map()));
+    m.set(e.assignment.shardId, e);
+    const l = loadOf(nodeId);
+    l.inFlight++;
+    l.reservedCpu += e.cpu;
+    l.reservedMemMb += e.memMb;
+    const fraction = e.options.placement?.maxCpuFraction;
+    if (fraction !== undefined && throttled.get(nodeId) !== fraction) {
+      // The agent enforces the job's CPU cap on its workers; sent before the shards it covers.
+      flushNode(nodeId);
+      throttled.set(nodeId, fraction);
+      send(nodeId, { body: { $case: 'throttle', value: { cpuFraction: fraction, maxConcurrent: 0 } } });
+    }
+    let box = outbox.get(nodeId);
+    if (!box) outbox.set(nodeId, (box = []));
+    box.push(e.assignment);
+  }
+
+  /** Still to be placed from its class's queue (not finished, not placed). */
+  function pending(e: Entry): boolean {
+    return e.nodeId === undefined && active.get(e.assignment.shardId) === e && !e.requeued;
+  }
+
+  function pump(): void {
+    if (stopped || active.size === 0) return;
+    refreshViews();
+    for (const [key, c] of classes) {
+      for (;;) {
+        while (c.head < c.queue.length && !pending(c.queue[c.head] as Entry)) c.head++;
+        if (c.head > 1024 && c.head * 2 > c.queue.length) {
+          c.queue = c.queue.slice(c.head);
+          c.head = 0;
+        }
+        const e = c.retry[0] ?? c.queue[c.head];
+        if (!e) break;
+        const result = allocate(
+          views,
+          {
+            ...(e.options.requirements ? { requirements: e.options.requirements } : {}),
+            ...(e.options.placement ? { placement: e.options.placement } : {}),
+            codeVersion: e.assignment.codeVersion,
+            inputBytes: e.inputBytes,
+            ...(e.options.inputsCachedOn ? { inputsCachedOn: e.options.inputsCachedOn } : {}),
+          },
+          load,
+          { maxInFlight, ...(options.headroom ? { headroom: options.headroom } : {}) },
+        );
+        if ('waiting' in result) {
+          if (c.reason !== result.waiting && !result.busy) log('info', 'shard:waiting', { shardId: e.assignment.shardId, reason: result.waiting });
+          c.reason = result.waiting;
+          break;
+        }
+        c.reason = undefined;
+        if (c.retry[0] === e) c.retry.shift();
+        else c.head++;
+        place(e, result.nodeId);
+      }
+      if (c.retry.length === 0 && c.head >= c.queue.length) classes.delete(key);
+    }
+  }
+
+  function flushNode(nodeId: string): void {
+    const box = outbox.get(nodeId);
+    if (!box || box.length === 0) return;
+    outbox.delete(nodeId);
+    for (let i = 0; i < box.length; i += maxBatch) {
+      const shards = box.slice(i, i + maxBatch);
+      if (!send(nodeId, { body: { $case: 'assign', value: { shards } } })) {
+        // No open stream: the node is gone as far as these shards are concerned.
+        viewsStale = true;
+        for (const s of shards) {
+          const e = active.get(s.shardId);
+          if (e && e.nodeId === nodeId) requeue(e, `node ${nodeId} has no open stream`);
+        }
+      }
+    }
+  }
+
+  function flush(): void {
+    for (const nodeId of [...outbox.keys()]) flushNode(nodeId);
+  }
+
+  function onOutcomes(nodeId: string, msg: ConnectRequest): void {
+    if (msg.body?.$case !== 'outcomes') return;
+    if (inOutage(nodeId)) return; // dropped on the (simulated) wire
+    for (const o of msg.body.value.outcomes) {
+      const e = active.get(o.shardId);
+      // The first outcome of a shard id wins; late ones (a reassigned shard finishing on its
+      // first node too) are ignored: outputs are idempotent by shard id.
+      if (!e) continue;
+      const ranOn = o.nodeId || nodeId;
+      if (o.status === ShardStatus.SHARD_STATUS_CANCELLED) {
+        // Not ours (ours resolve before the cancel is sent): the agent stopped it, e.g. while
+        // shutting down. Run it elsewhere; a cancel echo from a node it has left is ignored.
+        if (e.nodeId === ranOn) requeue(e, `cancelled on ${ranOn}: ${o.error}`);
+        continue;
+      }
+      if (e.nodeId !== undefined && e.nodeId !== ranOn) {
+        send(e.nodeId, { body: { $case: 'cancel', value: { shardIds: [o.shardId], reason: `completed on ${ranOn}` } } });
+      }
+      finish(e, o, ranOn);
+    }
+  }
+
+  const offs = [
+    mesh.onMessage(onOutcomes),
+    mesh.on('node:registered', () => {
+      viewsStale = true;
+      schedule();
+    }),
+    mesh.on('node:transition', (t) => {
+      viewsStale = true;
+      if (t.to === 'LOST' || t.to === 'LEFT') {
+        throttled.delete(t.nodeId);
+        evacuate(t.nodeId, t.to);
+      }
+      schedule();
+    }),
+    mesh.on('node:reported', () => {
+      viewsStale = true;
+      if (classes.size > 0) schedule();
+    }),
+  ];
+
+  // One sweep for every deadline instead of a timer per shard.
+  const sweepMs = Math.max(10, Math.min(500, Math.floor(shardTimeoutMs / 4)));
+  const sweeper = setInterval(() => {
+    const t = now();
+    for (const [nodeId, until] of outages) {
+      if (t >= until) {
+        outages.delete(nodeId);
+        viewsStale = true;
+        log('info', 'link:restored', { nodeId });
+        schedule();
+      }
+    }
+    for (const m of onNode.values()) {
+      for (const e of [...m.values()]) {
+        if (t >= e.deadlineMs) {
+          if (e.nodeId) send(e.nodeId, { body: { $case: 'cancel', value: { shardIds: [e.assignment.shardId], reason: 'timed out; reassigned' } } });
+          requeue(e, `attempt timed out after ${shardTimeoutMs} ms`);
+        }
+      }
+    }
+  }, sweepMs);
+  sweeper.unref();
+
+  return {
+    run(assignment, runOptions = {}) {
+      const existing = active.get(assignment.shardId);
+      if (existing) return existing.promise;
+      let resolve!: (r: DispatchResult) => void;
+      const promise = new Promise<DispatchResult>((res) => (resolve = res));
+      const r = runOptions.requirements;
+      const e: Entry = {
+        assignment,
+        options: runOptions,
+        classKey: r === undefined && runOptions.placement === undefined ? '' : JSON.stringify([r ?? null, runOptions.placement ?? null]),
+        inputBytes: assignment.inputs.reduce((n, i) => n + i.payload.byteLength, 0),
+        attempts: 0,
+        startedMs: now(),
+        queuedMs: 0,
+        nodeId: undefined,
+        deadlineMs: Number.POSITIVE_INFINITY,
+        cpu: r?.cpu ?? 0,
+        memMb: r?.memoryMb ?? 0,
+        resolve,
+        promise,
+        offAbort: undefined,
+        requeued: false,
+      };
+      if (stopped) {
+        resolve({ outcome: failed(e, ShardStatus.SHARD_STATUS_CANCELLED, 'dispatcher stopped'), nodeId: '', attempts: 0, queuedMs: 0 });
+        return promise;
+      }
+      const signal = runOptions.signal;
+      if (signal?.aborted) {
+        resolve({ outcome: failed(e, ShardStatus.SHARD_STATUS_CANCELLED, 'cancelled before it was placed'), nodeId: '', attempts: 0, queuedMs: 0 });
+        return promise;
+      }
+      active.set(assignment.shardId, e);
+      classOf(e.classKey).queue.push(e);
+      if (signal) {
+        const onAbort = (): void => {
+          if (e.nodeId !== undefined) send(e.nodeId, { body: { $case: 'cancel', value: { shardIds: [assignment.shardId], reason: 'cancelled' } } });
+          finish(e, failed(e, ShardStatus.SHARD_STATUS_CANCELLED, 'cancelled'), e.nodeId ?? '');
+        };
+        signal.addEventListener('abort', onAbort, { once: true });
+        e.offAbort = () => signal.removeEventListener('abort', onAbort);
+      }
+      schedule();
+      return promise;
+    },
+    waiting() {
+      const out: WaitingShard[] = [];
+      for (const c of classes.values()) {
+        if (c.reason === undefined) continue;
+        for (const e of [...c.retry, ...c.queue.slice(c.head).filter(pending)]) out.push({ shardId: e.assignment.shardId, stepName: e.assignment.stepName, reason: c.reason });
+      }
+      return out;
+    },
+    setLinkOutage(nodeId, untilMs) {
+      outages.set(nodeId, untilMs);
+      viewsStale = true;
+      log('warn', 'link:outage', { nodeId, untilMs });
+      evacuate(nodeId, 'link outage');
+      schedule();
+    },
+    inFlight() {
+      const out = new Map<string, number>();
+      for (const [nodeId, l] of load) if (l.inFlight > 0) out.set(nodeId, l.inFlight);
+      return out;
+    },
+    stop() {
+      if (stopped) return;
+      clearInterval(sweeper);
+      for (const off of offs) off();
+      for (const e of [...active.values()]) {
+        if (e.nodeId !== undefined) send(e.nodeId, { body: { $case: 'cancel', value: { shardIds: [e.assignment.shardId], reason: 'dispatcher stopped' } } });
+        finish(e, failed(e, ShardStatus.SHARD_STATUS_CANCELLED, 'dispatcher stopped'), '');
+      }
+      stopped = true;
+    },
+  };
+}

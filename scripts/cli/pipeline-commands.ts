@@ -1,0 +1,216 @@
+import { createReadStream, readFileSync, statSync } from 'node:fs';
+import { createInterface } from 'node:readline';
+import { RetraceError } from '../../common/errors.js';
+import {
+  ApplyPipelineResponse,
+  GetPipelineResponse,
+  IngestResponse,
+  ListPipelinesResponse,
+  Pipeline,
+  PipelineServiceDefinition,
+  type IngestRecord,
+  type IngestRequest,
+  type PipelineVersion,
+} from '../../common/gen/retrace/v1/pipeline.js';
+import { isoToNanos, nanosToIso } from '../../common/time.js';
+import { flag, hasFlag, UsageError, type CliCommand, type CliIo } from './command.js';
+import { openClient } from './client.js';
+import { progressBar, renderTable, shortHash } from './format.js';
+
+const CONNECT_FLAGS = '[--coordinator HOST:PORT] [--token T | --token-file F]';
+/** Records per IngestRequest message. */
+const BATCH = 500;
+/** Files larger than this get a progress bar on stderr. */
+const PROGRESS_MIN_BYTES = 1 << 20;
+
+/** Reads a pipeline definition file (proto JSON, camelCase or snake_case fields). */
+export function readPipelineFile(file: string): Pipeline {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new UsageError(`${file}: cannot read: ${(err as Error).message}`);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (err) {
+    throw new RetraceError('INVALID_ARGUMENT', `not JSON: ${(err as Error).message}`, { field: file });
+  }
+  if (json === null || typeof json !== 'object' || Array.isArray(json)) throw new RetraceError('INVALID_ARGUMENT', 'expected a JSON object', { field: file });
+  return Pipeline.fromJSON(json);
+}
+
+/** One JSONL line → an IngestRecord. `line` is 1-based, for messages. */
+export function parseRecordLine(text: string, line: number): IngestRecord {
+  let obj: unknown;
+  try {
+    obj = JSON.parse(text);
+  } catch (err) {
+    throw new RetraceError('INVALID_ARGUMENT', `not JSON: ${(err as Error).message}`, { field: `line ${line}` });
+  }
+  if (obj === null || typeof obj !== 'object' || Array.isArray(obj)) throw new RetraceError('INVALID_ARGUMENT', 'expected a JSON object {key, eventTime?, payload}', { field: `line ${line}` });
+  const o = obj as { key?: unknown; eventTime?: unknown; payload?: unknown; mediaType?: unknown };
+  if (typeof o.key !== 'string' && typeof o.key !== 'number') throw new RetraceError('INVALID_ARGUMENT', 'key (string) is required', { field: `line ${line}.key` });
+  if (o.payload === undefined) throw new RetraceError('INVALID_ARGUMENT', 'payload is required', { field: `line ${line}.payload` });
+  let eventTimeNs = '0';
+  if (typeof o.eventTime === 'number' && Number.isInteger(o.eventTime) && o.eventTime >= 0) eventTimeNs = BigInt(o.eventTime).toString();
+  else if (typeof o.eventTime === 'string') eventTimeNs = /^\d+$/.test(o.eventTime) ? o.eventTime : isoToNanos(o.eventTime, `line ${line}.eventTime`).toString();
+  else if (o.eventTime !== undefined) throw new RetraceError('INVALID_ARGUMENT', 'expected ISO-8601 text or integer nanoseconds', { field: `line ${line}.eventTime` });
+  const isText = typeof o.payload === 'string';
+  const payload = Buffer.from(isText ? (o.payload as string) : JSON.stringify(o.payload), 'utf8');
+  const mediaType = typeof o.mediaType === 'string' ? o.mediaType : isText ? 'text/plain; charset=utf-8' : 'application/json';
+  return { key: String(o.key), eventTimeNs, payload, mediaType };
+}
+
+function describeSteps(pv: PipelineVersion): string[][] {
+  return (pv.pipeline?.steps ?? []).map((s) => [s.name, s.transform, shortHash(s.codeVersion), s.inputs.join(','), s.output || s.name, JSON.stringify(s.parameters ?? {})]);
+}
+
+async function* readBatches(file: string, io: CliIo, progress: (bytes: number) => void): AsyncGenerator<IngestRequest['records']> {
+  const input: NodeJS.ReadableStream = file === '-' ? io.stdin : createReadStream(file);
+  let bytes = 0;
+  (input as NodeJS.EventEmitter).on('data', (chunk: Buffer | string) => {
+    bytes += typeof chunk === 'string' ? Buffer.byteLength(chunk) : chunk.byteLength;
+  });
+  const lines = createInterface({ input, crlfDelay: Infinity });
+  let batch: IngestRecord[] = [];
+  let n = 0;
+  for await (const text of lines) {
+    n++;
+    if (text.trim() === '') continue;
+    batch.push(parseRecordLine(text, n));
+    if (batch.length >= BATCH) {
+      progress(bytes);
+      yield batch;
+      batch = [];
+    }
+  }
+  progress(bytes);
+  if (batch.length > 0) yield batch;
+}
+
+/** `retrace pipeline apply|list|show` and `retrace ingest`. */
+export const commands: CliCommand[] = [
+  {
+    path: ['pipeline', 'apply'],
+    summary: 'store a pipeline definition (JSON); a changed one becomes a new version',
+    usage: `retrace pipeline apply FILE.json [--json] ${CONNECT_FLAGS}
+FILE is a Pipeline as JSON: {"name", "sources": [{"name", "mediaType"}], "steps": [{"name",
+"transform", "codeVersion": "sha256:...", "parameters": {...}, "inputs": [...], "output"}]}.`,
+    async run(args, io) {
+      const [file, extra] = args.positionals;
+      if (!file) throw new UsageError('a pipeline file is required');
+      if (extra !== undefined) throw new UsageError(`unexpected argument ${JSON.stringify(extra)}`);
+      const pipeline = readPipelineFile(file);
+      const { client, close } = openClient(PipelineServiceDefinition, args);
+      try {
+        const res = await client.applyPipeline({ pipeline }, { signal: io.signal });
+        if (hasFlag(args, 'json')) io.stdout.write(`${JSON.stringify(ApplyPipelineResponse.toJSON(res))}\n`);
+        else io.stdout.write(`${res.pipeline?.pipeline?.name ?? pipeline.name} version ${res.pipeline?.version ?? '?'}  ${res.created ? 'created' : 'unchanged'}  ${res.pipeline?.definitionHash ?? ''}\n`);
+        return 0;
+      } finally {
+        close();
+      }
+    },
+  },
+  {
+    path: ['pipeline', 'list'],
+    summary: 'pipelines (latest version of each)',
+    usage: `retrace pipeline list [--json] ${CONNECT_FLAGS}`,
+    async run(args, io) {
+      if (args.positionals.length > 0) throw new UsageError(`unexpected argument ${JSON.stringify(args.positionals[0])}`);
+      const { client, close } = openClient(PipelineServiceDefinition, args);
+      try {
+        const res = await client.listPipelines({}, { signal: io.signal });
+        if (hasFlag(args, 'json')) {
+          io.stdout.write(`${JSON.stringify(ListPipelinesResponse.toJSON(res))}\n`);
+          return 0;
+        }
+        io.stdout.write(
+          renderTable(
+            ['NAME', 'VERSION', 'SOURCES', 'STEPS', 'CREATED'],
+            res.pipelines.map((p) => [p.pipeline?.name, p.version, (p.pipeline?.sources ?? []).map((s) => s.name).join(','), (p.pipeline?.steps ?? []).map((s) => s.name).join(','), nanosToIso(p.createdAtNs)]),
+          ),
+        );
+        return 0;
+      } finally {
+        close();
+      }
+    },
+  },
+  {
+    path: ['pipeline', 'show'],
+    summary: 'one pipeline: sources and steps (latest version unless --version N)',
+    usage: `retrace pipeline show NAME [--version N] [--json] ${CONNECT_FLAGS}`,
+    async run(args, io) {
+      const [name, extra] = args.positionals;
+      if (!name) throw new UsageError('a pipeline name is required');
+      if (extra !== undefined) throw new UsageError(`unexpected argument ${JSON.stringify(extra)}`);
+      const versionText = flag(args, 'version', '0') as string;
+      if (!/^\d+$/.test(versionText)) throw new UsageError(`--version: expected a number, got ${JSON.stringify(versionText)}`);
+      const { client, close } = openClient(PipelineServiceDefinition, args);
+      try {
+        const res = await client.getPipeline({ name, version: Number(versionText) }, { signal: io.signal });
+        if (hasFlag(args, 'json')) {
+          io.stdout.write(`${JSON.stringify(GetPipelineResponse.toJSON(res))}\n`);
+          return 0;
+        }
+        const pv = res.pipeline as PipelineVersion;
+        io.stdout.write(`pipeline ${pv.pipeline?.name} version ${pv.version} of [${res.versions.join(', ')}]  created ${nanosToIso(pv.createdAtNs)}  ${pv.definitionHash}\n`);
+        io.stdout.write(`sources: ${(pv.pipeline?.sources ?? []).map((s) => `${s.name}${s.mediaType ? ` (${s.mediaType})` : ''}`).join(', ')}\n`);
+        io.stdout.write(renderTable(['STEP', 'TRANSFORM', 'CODE', 'INPUTS', 'OUTPUT', 'PARAMETERS'], describeSteps(pv)));
+        return 0;
+      } finally {
+        close();
+      }
+    },
+  },
+  {
+    path: ['ingest'],
+    summary: 'stream JSONL records into a pipeline source; runs its steps and records provenance',
+    usage: `retrace ingest PIPELINE SOURCE FILE.jsonl|- [--json] ${CONNECT_FLAGS}
+One JSON object per line: {"key": "...", "eventTime": ISO-8601 or integer ns (optional),
+"payload": text or any JSON value, "mediaType" (optional)}. "-" reads stdin. Prints accepted and
+duplicate records, the run id and failed shards; a progress bar goes to stderr for large files.`,
+    async run(args, io) {
+      const [pipeline, source, file, extra] = args.positionals;
+      if (!pipeline || !source || !file) throw new UsageError('PIPELINE, SOURCE and FILE (or -) are required');
+      if (extra !== undefined) throw new UsageError(`unexpected argument ${JSON.stringify(extra)}`);
+      let total = 0;
+      if (file !== '-') {
+        try {
+          total = statSync(file).size;
+        } catch {
+          throw new UsageError(`${file}: no such file`);
+        }
+      }
+      const showBar = total >= PROGRESS_MIN_BYTES && !hasFlag(args, 'json');
+      const progress = (bytes: number): void => {
+        if (showBar) io.stderr.write(`\r${progressBar(bytes, total, 30, `${(bytes / 2 ** 20).toFixed(1)} MiB`)}`);
+      };
+      async function* requests(): AsyncGenerator<IngestRequest> {
+        let first = true;
+        for await (const records of readBatches(file as string, io, progress)) {
+          yield { pipeline: first ? (pipeline as string) : '', source: first ? (source as string) : '', records };
+          first = false;
+        }
+        if (first) yield { pipeline: pipeline as string, source: source as string, records: [] };
+      }
+      const { client, close } = openClient(PipelineServiceDefinition, args);
+      try {
+        const res = await client.ingest(requests(), { signal: io.signal });
+        if (showBar) io.stderr.write('\n');
+        if (hasFlag(args, 'json')) {
+          io.stdout.write(`${JSON.stringify(IngestResponse.toJSON(res))}\n`);
+        } else {
+          io.stdout.write(`accepted ${res.accepted}  duplicates ${res.duplicates}  shards ${res.shardsRun} run, ${res.shardsFailed} failed  run ${res.runId}  (pipeline version ${res.pipelineVersion})\n`);
+          if (res.firstError) io.stdout.write(`first failure: ${res.firstError}\n`);
+        }
+        return Number(res.shardsFailed) > 0 ? 1 : 0;
+      } finally {
+        close();
+      }
+    },
+  },
+];

@@ -1,0 +1,234 @@
+import { ReplayServiceDefinition, ReplayState, GpuMode, type RecordSelector, type ReplayPolicy, type ReplayReport } from '../../common/gen/retrace/v1/replay.js';
+import { isoToNanos, parseDurationMs } from '../../common/time.js';
+import { flag, flagAll, hasFlag, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
+import { openClient } from './client.js';
+import { progressBar, renderTable, shortHash, toJson } from './format.js';
+
+const START_USAGE = `retrace replay start SELECTOR [POLICY] [--watch] [--json]
+  SELECTOR (one of):
+    --record OBJECT_ID ...            source records, e.g. record:orders/raw:42 (repeatable)
+    --window PIPELINE/SOURCE FROM TO  records whose event time is in [FROM, TO) (ISO-8601 or ns)
+    --last DURATION PIPELINE/SOURCE   records of the last 10m, 2h...
+    --run RUN_ID                      every source record of a run
+  POLICY:
+    --speed 0.5x|1x|2x|max            pacing on the recorded inter-arrival times (default max)
+    --target NODE|key=value ...       only these nodes / labels (repeatable)
+    --max-cpu 50%                     CPU cap per node;  --max-memory 512 (MiB)
+    --gpu only|none                   GPU-only or no-GPU nodes
+    --fault outage:NODE:after=1s:for=5s | link:0.1 | corrupt:0.1 | fail:0.2 | latency:50ms   (repeatable)
+    --seed N                          fault seed (default 1)
+    --set STEP.PARAM=JSON             what-if parameter (repeatable)
+    --code TRANSFORM=sha256:...       what-if code version (repeatable)`;
+
+function parseSelector(args: ParsedArgs): RecordSelector {
+  const records = flagAll(args, 'record');
+  if (records.length > 0) return { selector: { $case: 'recordIds', value: { objectIds: records } } };
+  const run = flag(args, 'run');
+  if (run) return { selector: { $case: 'runId', value: run } };
+  const split = (ps: string | undefined): { pipeline: string; source: string } => {
+    const [pipeline, source] = (ps ?? '').split('/');
+    if (!pipeline || !source) throw new UsageError(`expected PIPELINE/SOURCE, got ${JSON.stringify(ps ?? '')}`);
+    return { pipeline, source };
+  };
+  const time = (t: string | undefined): string => {
+    if (!t) throw new UsageError('--window needs FROM and TO');
+    return /^\d+$/.test(t) ? t : isoToNanos(t, '--window').toString();
+  };
+  const window = flag(args, 'window');
+  if (window) return { selector: { $case: 'window', value: { ...split(window), fromNs: time(args.positionals[0]), toNs: time(args.positionals[1]) } } };
+  const last = flag(args, 'last');
+  if (last) return { selector: { $case: 'last', value: { ...split(args.positionals[0]), minutes: parseDurationMs(last, '--last') / 60_000 } } };
+  throw new UsageError('a selector is required: --record, --window, --last or --run');
+}
+
+function parsePolicy(args: ParsedArgs): ReplayPolicy {
+  const speedText = flag(args, 'speed', 'max') as string;
+  // The coordinator validates the factor (0 and negatives are refused there, naming the field).
+  const speed = speedText === 'max' ? undefined : Number(speedText.replace(/x$/, ''));
+  if (speed !== undefined && Number.isNaN(speed)) throw new UsageError(`--speed must be a factor like 0.5x, 1x, 2x, or max; got ${JSON.stringify(speedText)}`);
+  const targetNodeIds: string[] = [];
+  const targetLabels: Record<string, string> = {};
+  for (const t of flagAll(args, 'target')) {
+    const eq = t.indexOf('=');
+    if (eq > 0) targetLabels[t.slice(0, eq)] = t.slice(eq + 1);
+    else targetNodeIds.push(...t.split(',').filter(Boolean));
+  }
+  const cpuText = flag(args, 'max-cpu');
+  const maxCpuFraction = cpuText === undefined ? 0 : cpuText.endsWith('%') ? Number(cpuText.slice(0, -1)) / 100 : Number(cpuText);
+  if (!Number.isFinite(maxCpuFraction) || maxCpuFraction < 0 || maxCpuFraction > 1) throw new UsageError('--max-cpu must be like 50% or 0.5');
+  const gpuText = flag(args, 'gpu');
+  const gpu = gpuText === undefined ? GpuMode.GPU_MODE_ANY : gpuText === 'only' ? GpuMode.GPU_MODE_ONLY : gpuText === 'none' ? GpuMode.GPU_MODE_NONE : undefined;
+  if (gpu === undefined) throw new UsageError('--gpu must be only or none');
+  const faults = { seed: flag(args, 'seed', '1') as string, outages: [] as { nodeId: string; startAfterMs: number; durationMs: number }[], linkOutageProbability: 0, corruptInputProbability: 0, stepFailureProbability: 0, addedLatencyMs: 0 };
+  for (const f of flagAll(args, 'fault')) {
+    const [kind, ...rest] = f.split(':');
+    const prob = (): number => {
+      const p = Number(rest[0]);
+      if (!(p >= 0 && p <= 1)) throw new UsageError(`--fault ${kind}: probability between 0 and 1 expected`);
+      return p;
+    };
+    if (kind === 'outage') {
+      const nodeId = rest[0];
+      if (!nodeId) throw new UsageError('--fault outage:NODE:after=1s:for=5s');
+      const opts = Object.fromEntries(rest.slice(1).map((kv) => kv.split('=') as [string, string]));
+      faults.outages.push({ nodeId, startAfterMs: parseDurationMs(opts.after ?? '0s', '--fault after'), durationMs: parseDurationMs(opts.for ?? '5s', '--fault for') });
+    } else if (kind === 'link') faults.linkOutageProbability = prob();
+    else if (kind === 'corrupt') faults.corruptInputProbability = prob();
+    else if (kind === 'fail') faults.stepFailureProbability = prob();
+    else if (kind === 'latency') faults.addedLatencyMs = parseDurationMs(rest[0] ?? '', '--fault latency');
+    else throw new UsageError(`unknown fault ${JSON.stringify(kind)}: outage, link, corrupt, fail or latency`);
+  }
+  const stepParameters: Record<string, Record<string, unknown>> = {};
+  for (const s of flagAll(args, 'set')) {
+    const m = /^([^.=]+)\.([^=]+)=(.*)$/.exec(s);
+    if (!m) throw new UsageError(`--set STEP.PARAM=VALUE, got ${JSON.stringify(s)}`);
+    let value: unknown = m[3];
+    try {
+      value = JSON.parse(m[3] as string);
+    } catch {
+      // a bare string
+    }
+    (stepParameters[m[1] as string] ??= {})[m[2] as string] = value;
+  }
+  const codeVersions: Record<string, string> = {};
+  for (const c of flagAll(args, 'code')) {
+    const eq = c.indexOf('=');
+    if (eq <= 0) throw new UsageError('--code TRANSFORM=sha256:...');
+    codeVersions[c.slice(0, eq)] = c.slice(eq + 1);
+  }
+  return {
+    speed,
+    targetNodeIds,
+    targetLabels,
+    maxCpuFraction,
+    maxMemoryMb: Number(flag(args, 'max-memory', '0')),
+    gpu,
+    faults,
+    stepParameters,
+    codeVersions,
+    principal: process.env.USER ?? 'cli',
+  };
+}
+
+async function watch(client: ReturnType<typeof openClient<typeof ReplayServiceDefinition>>['client'], replayId: string, io: CliIo): Promise<void> {
+  for await (const p of client.watchReplay({ replayId }, { signal: io.signal })) {
+    io.stderr.write(`\r${progressBar(p.stepsDone, p.stepsTotal, 30, `${p.stepsDone}/${p.stepsTotal} steps, ${p.recordsDone}/${p.recordsTotal} records, ${p.stepsFailed} failed  ${p.message}`.slice(0, 110))}\x1b[K`);
+  }
+  io.stderr.write('\n');
+}
+
+function printReport(r: ReplayReport, io: CliIo): void {
+  const s = r.summary;
+  io.stdout.write(`replay ${r.replayId}: ${ReplayState[r.state].replace('REPLAY_STATE_', '')}${r.error ? ` (${r.error})` : ''}\n`);
+  if (s) {
+    io.stdout.write(
+      `  ${s.records} records, ${s.steps} steps: ${s.matched} matched, ${s.differed} differed, ${s.failed} failed; non-deterministic ${s.nondeterministic}; corrupted inputs detected ${s.corruptedInputsDetected}; reassigned ${s.reassigned}\n` +
+        `  wall ${s.replayWallMs.toFixed(0)} ms for a recorded span of ${s.originalSpanMs.toFixed(0)} ms at speed ${s.speed || 'max'}; placements ${JSON.stringify(s.placements)}\n`,
+    );
+    if (s.changedRecords > 0) io.stdout.write(`  changed records: ${s.changedRecords} (first: ${s.firstChangedRecords.join(', ')})\n`);
+  }
+  io.stdout.write(
+    renderTable(
+      ['record', 'step', 'status', 'match', 'original', 'replay', 'orig node', 'node', 'cpu ms o/r', 'diff / error'],
+      r.steps.map((x) => [
+        x.record,
+        x.step,
+        x.status,
+        x.status === 'SUCCEEDED' ? (x.matches ? 'yes' : x.overridden ? 'changed' : 'NO') : '',
+        shortHash(x.originalOutputHashes[0] ?? ''),
+        shortHash(x.replayOutputHashes[0] ?? ''),
+        x.originalNode,
+        x.replayNode,
+        `${ms(x.originalResources?.cpuTimeNs)}/${ms(x.replayResources?.cpuTimeNs)}`,
+        [x.error, ...x.valueDiffs, ...x.faults].filter(Boolean).join('; ').slice(0, 80),
+      ]),
+    ),
+  );
+}
+
+function ms(ns: string | undefined): string {
+  return ns ? (Number(ns) / 1e6).toFixed(1) : '-';
+}
+
+const start: CliCommand = {
+  path: ['replay', 'start'],
+  summary: 'replay records from provenance under a policy (speed, targets, caps, faults, what-if)',
+  usage: START_USAGE,
+  async run(args, io) {
+    const selector = parseSelector(args);
+    const policy = parsePolicy(args);
+    const { client, close } = openClient(ReplayServiceDefinition, args);
+    try {
+      const r = await client.startReplay({ selector, policy }, { signal: io.signal });
+      if (!hasFlag(args, 'watch')) {
+        io.stdout.write(hasFlag(args, 'json') ? toJson(r) : `started ${r.replayId}: ${r.records} records, ${r.steps} steps; retrace replay report ${r.replayId}\n`);
+        return 0;
+      }
+      io.stderr.write(`replay ${r.replayId}: ${r.records} records, ${r.steps} steps\n`);
+      await watch(client, r.replayId, io);
+      const { report } = await client.getReplayReport({ replayId: r.replayId }, { signal: io.signal });
+      if (!report) return 1;
+      if (hasFlag(args, 'json')) io.stdout.write(toJson(report));
+      else printReport(report, io);
+      return report.state === ReplayState.REPLAY_STATE_SUCCEEDED ? 0 : 1;
+    } finally {
+      close();
+    }
+  },
+};
+
+const report: CliCommand = {
+  path: ['replay', 'report'],
+  summary: 'how a replay differed from the original: hashes, diffs, placements, resources',
+  usage: 'retrace replay report REPLAY_ID [--json]',
+  async run(args, io) {
+    const replayId = args.positionals[0];
+    if (!replayId) throw new UsageError('REPLAY_ID is required');
+    const { client, close } = openClient(ReplayServiceDefinition, args);
+    try {
+      const { report: r } = await client.getReplayReport({ replayId }, { signal: io.signal });
+      if (!r) return 1;
+      if (hasFlag(args, 'json')) io.stdout.write(toJson(r));
+      else printReport(r, io);
+      return 0;
+    } finally {
+      close();
+    }
+  },
+};
+
+const list: CliCommand = {
+  path: ['replay', 'list'],
+  summary: 'replays and their state',
+  usage: 'retrace replay list [--json]',
+  async run(args, io) {
+    const { client, close } = openClient(ReplayServiceDefinition, args);
+    try {
+      const r = await client.listReplays({}, { signal: io.signal });
+      if (hasFlag(args, 'json')) io.stdout.write(toJson(r));
+      else io.stdout.write(renderTable(['replay', 'state', 'records', 'steps', 'matched', 'failed'], r.replays.map((x) => [x.replayId, ReplayState[x.state].replace('REPLAY_STATE_', ''), x.summary?.records ?? '', x.summary?.steps ?? '', x.summary?.matched ?? '', x.summary?.failed ?? ''])));
+      return 0;
+    } finally {
+      close();
+    }
+  },
+};
+
+const watchCmd: CliCommand = {
+  path: ['replay', 'watch'],
+  summary: 'progress bar of a running replay',
+  usage: 'retrace replay watch REPLAY_ID',
+  async run(args, io) {
+    const replayId = args.positionals[0];
+    if (!replayId) throw new UsageError('REPLAY_ID is required');
+    const { client, close } = openClient(ReplayServiceDefinition, args);
+    try {
+      await watch(client, replayId, io);
+      return 0;
+    } finally {
+      close();
+    }
+  },
+};
+
+export const commands: CliCommand[] = [start, report, list, watchCmd];

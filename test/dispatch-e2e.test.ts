@@ -1,0 +1,153 @@
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CodeServiceDefinition } from '../common/gen/retrace/v1/code.js';
+import { ShardStatus, type ShardAssignment } from '../common/gen/retrace/v1/shard.js';
+import { contentHashOf } from '../common/hash.js';
+import { codeExtension } from '../coordinator/code/code-extension.js';
+import { meshExtension } from '../coordinator/mesh/mesh-extension.js';
+import { schedulerExtension } from '../coordinator/scheduler/scheduler-extension.js';
+import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
+import { startLocalAgents, stopLocalAgents, type LocalAgent } from '../scripts/cli/local-agents.js';
+import { bundleTransform } from '../scripts/cli/publish-command.js';
+import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
+
+// A transform that echoes its input after `params.sleepMs`, so shards can be caught in flight.
+const SOURCE = `
+import { defineTransform } from 'retrace/transform';
+export default defineTransform({
+  name: 'slow-echo',
+  async run(input, params, ctx) {
+    const ms = Number(params.sleepMs ?? 0);
+    if (ms > 0) await new Promise((resolve) => setTimeout(resolve, ms));
+    return { json: { key: input.key, value: input.json(), node: ctx.nodeId } };
+  },
+});
+`;
+
+describe('dispatch end to end (real coordinator, real agent processes)', () => {
+  let tc: TestCoordinator;
+  let dir: string;
+  const shared: CoordinatorServices = {};
+  const agents: LocalAgent[] = [];
+  let codeVersion = '';
+  let seq = 0;
+
+  function shard(sleepMs = 0): ShardAssignment {
+    const id = `e2e-${++seq}`;
+    const payload = Buffer.from(JSON.stringify({ n: seq }));
+    return {
+      shardId: id,
+      stepName: 'echo',
+      transform: 'slow-echo',
+      codeVersion,
+      parameters: { sleepMs },
+      inputs: [{ name: 'in', objectId: `obj-${seq}`, contentHash: contentHashOf(payload), payload, key: `k${seq}`, eventTimeNs: '0', mediaType: 'application/json' }],
+      timeoutMs: 0,
+      memoryLimitMb: 0,
+      jobId: '',
+    };
+  }
+  const dispatcher = () => {
+    if (!shared.dispatcher) throw new Error('no dispatcher');
+    return shared.dispatcher;
+  };
+  async function until(cond: () => boolean, ms = 15_000): Promise<void> {
+    const end = Date.now() + ms;
+    while (!cond()) {
+      if (Date.now() > end) throw new Error('timed out waiting');
+      await new Promise((r) => setTimeout(r, 25));
+    }
+  }
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'retrace-dispatch-'));
+    tc = await startTestCoordinator({
+      extensions: [
+        meshExtension({ onMesh: (m) => (shared.mesh = m), options: { minReportIntervalMs: 50, suspectAfterIntervals: 2, lostAfterIntervals: 4 } }),
+        codeExtension({ onCodeStore: (s) => (shared.code = s) }),
+        schedulerExtension(shared, { shardTimeoutMs: 20_000, maxInFlightPerNode: 8 }),
+      ],
+    });
+    mkdirSync(join(dir, 'src'));
+    writeFileSync(join(dir, 'src', 'echo.ts'), SOURCE);
+    const bundle = await bundleTransform(join(dir, 'src', 'echo.ts'));
+    const published = await tc.client(CodeServiceDefinition).publishCode({ bundle: Buffer.from(bundle.bytes), manifest: { transform: 'slow-echo', sourceFile: 'echo.ts', bundler: bundle.bundler } });
+    codeVersion = published.code?.codeVersion ?? '';
+    agents.push(
+      ...(await startLocalAgents(tc.grpcAddress, tc.token, dir, [
+        { name: 'a', reportInterval: '200ms' },
+        { name: 'b', reportInterval: '200ms' },
+        { name: 'gpu', reportInterval: '200ms', advertise: 'gpu=1' },
+      ])),
+    );
+  }, 60_000);
+
+  afterAll(async () => {
+    await stopLocalAgents(agents, 3000);
+    await tc?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }, 30_000);
+
+  it('runs shards on agents; outcomes come back with hashes and measured resources', async () => {
+    const results = await Promise.all(Array.from({ length: 40 }, () => dispatcher().run(shard())));
+    for (const r of results) {
+      expect(r.outcome.status, r.outcome.error).toBe(ShardStatus.SHARD_STATUS_SUCCEEDED);
+      expect(r.outcome.outputs[0]?.contentHash).toMatch(/^sha256:[0-9a-f]{64}$/);
+      expect(Number(r.outcome.resources?.wallTimeNs)).toBeGreaterThan(0);
+      expect(Number(r.outcome.resources?.netBytesIn)).toBeGreaterThan(0);
+      expect(r.attempts).toBeLessThanOrEqual(2); // TODO: an occasional first-batch reassignment, cause not yet found
+    }
+    expect(new Set(results.map((r) => r.nodeId)).size).toBeGreaterThanOrEqual(2);
+    // Each agent fetched the bundle once over CodeService into <data>/code (reported as a code version at its next registration).
+    const hex = codeVersion.slice('sha256:'.length);
+    expect(existsSync(join(dir, 'agents', 'a', 'code', `${hex}.mjs`)) || existsSync(join(dir, 'agents', 'b', 'code', `${hex}.mjs`))).toBe(true);
+  }, 60_000);
+
+  it('a gpu-only placement lands only on the agent advertising a gpu', async () => {
+    const gpuNode = agents[2]?.nodeId;
+    const results = await Promise.all(Array.from({ length: 12 }, () => dispatcher().run(shard(), { placement: { gpu: 'only' } })));
+    expect(results.map((r) => r.nodeId)).toEqual(results.map(() => gpuNode));
+    expect(results.every((r) => r.outcome.status === ShardStatus.SHARD_STATUS_SUCCEEDED)).toBe(true);
+  }, 60_000);
+
+  it('an impossible requirement waits with a reason, then runs when a fitting agent joins', async () => {
+    const s = shard();
+    const p = dispatcher().run(s, { requirements: { cpu: 512 } });
+    await until(() => dispatcher().waiting().some((w) => w.shardId === s.shardId));
+    expect(dispatcher().waiting().find((w) => w.shardId === s.shardId)?.reason).toMatch(/needs cpu ≥ 512: no READY node meets it \(3 READY nodes/);
+    const [big] = await startLocalAgents(tc.grpcAddress, tc.token, dir, [{ name: 'big', reportInterval: '200ms', advertise: 'cpu=1024' }]);
+    agents.push(big as LocalAgent);
+    const r = await p;
+    expect(r.nodeId).toBe(big?.nodeId);
+    expect(r.outcome.status).toBe(ShardStatus.SHARD_STATUS_SUCCEEDED);
+    expect(dispatcher().waiting()).toEqual([]);
+  }, 60_000);
+
+  it('an agent SIGKILLed with shards in flight: they complete elsewhere, none lost or duplicated', async () => {
+    const victim = agents[0] as LocalAgent;
+    const shards = Array.from({ length: 24 }, () => shard(1500));
+    const runs = shards.map((s) => dispatcher().run(s, { placement: { gpu: 'none' } }));
+    await until(() => (dispatcher().inFlight().get(victim.nodeId) ?? 0) > 0);
+    victim.process.kill('SIGKILL');
+    const results = await Promise.all(runs);
+    expect(results.every((r) => r.outcome.status === ShardStatus.SHARD_STATUS_SUCCEEDED)).toBe(true);
+    expect(new Set(results.map((r) => r.outcome.shardId))).toEqual(new Set(shards.map((s) => s.shardId)));
+    const moved = results.filter((r) => r.attempts > 1);
+    expect(moved.length).toBeGreaterThan(0);
+    expect(moved.every((r) => r.nodeId !== victim.nodeId)).toBe(true);
+  }, 90_000);
+
+  it('a link outage: its shards are reassigned and complete', async () => {
+    const cut = agents[1] as LocalAgent;
+    const shards = Array.from({ length: 12 }, () => shard(800));
+    const runs = shards.map((s) => dispatcher().run(s));
+    await until(() => (dispatcher().inFlight().get(cut.nodeId) ?? 0) > 0);
+    dispatcher().setLinkOutage(cut.nodeId, Date.now() + 3000);
+    const results = await Promise.all(runs);
+    expect(results.every((r) => r.outcome.status === ShardStatus.SHARD_STATUS_SUCCEEDED)).toBe(true);
+    expect(results.filter((r) => r.attempts > 1).length).toBeGreaterThan(0);
+    expect(results.every((r) => r.nodeId !== cut.nodeId)).toBe(true);
+  }, 60_000);
+});

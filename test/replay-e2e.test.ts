@@ -1,0 +1,182 @@
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Status } from 'nice-grpc';
+import { CodeServiceDefinition } from '../common/gen/retrace/v1/code.js';
+import { LineageServiceDefinition, NodeKind } from '../common/gen/retrace/v1/lineage.js';
+import { PipelineServiceDefinition } from '../common/gen/retrace/v1/pipeline.js';
+import { GpuMode, ReplayServiceDefinition, ReplayState, type ReplayPolicy, type ReplayReport } from '../common/gen/retrace/v1/replay.js';
+import { TriggerKind } from '../common/gen/retrace/v1/provenance.js';
+import { codeExtension } from '../coordinator/code/code-extension.js';
+import { meshExtension } from '../coordinator/mesh/mesh-extension.js';
+import { pipelineExtension } from '../coordinator/pipeline/pipeline-extension.js';
+import { replayExtension } from '../coordinator/replay/replay-extension.js';
+import { schedulerExtension } from '../coordinator/scheduler/scheduler-extension.js';
+import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
+import { startLocalAgents, stopLocalAgents, type LocalAgent } from '../scripts/cli/local-agents.js';
+import { bundleTransform } from '../scripts/cli/publish-command.js';
+import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
+
+const SCALE = `
+import { defineTransform } from 'retrace/transform';
+export default defineTransform({
+  name: 'scale',
+  run(input, params) {
+    const o = input.json();
+    return { json: { id: o.id, amount: o.amount * Number(params.factor ?? 1) } };
+  },
+});`;
+const LABEL = `
+import { defineTransform } from 'retrace/transform';
+export default defineTransform({
+  name: 'label',
+  run(input) {
+    const o = input.json();
+    return { json: { ...o, size: o.amount >= 50 ? 'large' : 'small' } };
+  },
+});`;
+
+const RECORDS = 6;
+const GAP_MS = 200;
+
+describe('replay end to end (real coordinator, real agent processes)', () => {
+  let tc: TestCoordinator;
+  let dir: string;
+  const shared: CoordinatorServices = {};
+  const agents: LocalAgent[] = [];
+  const t0 = 1_767_225_600_000_000_000n;
+
+  const replay = () => tc.client(ReplayServiceDefinition);
+  async function run(policy: Partial<ReplayPolicy>, selector: Parameters<ReturnType<typeof replay>['startReplay']>[0]['selector']): Promise<ReplayReport> {
+    const client = replay();
+    const started = await client.startReplay({ selector, policy: { faults: { seed: '7', outages: [], linkOutageProbability: 0, corruptInputProbability: 0, stepFailureProbability: 0, addedLatencyMs: 0 }, ...policy } as ReplayPolicy });
+    const states: ReplayState[] = [];
+    for await (const p of client.watchReplay({ replayId: started.replayId })) states.push(p.state);
+    expect(states.at(-1)).not.toBe(ReplayState.REPLAY_STATE_RUNNING);
+    const { report } = await client.getReplayReport({ replayId: started.replayId });
+    if (!report) throw new Error('no report');
+    return report;
+  }
+  const window = { selector: { $case: 'window' as const, value: { pipeline: 'orders', source: 'raw', fromNs: t0.toString(), toNs: (t0 + 10_000_000_000n).toString() } } };
+  const one = { selector: { $case: 'recordIds' as const, value: { objectIds: ['record:orders/raw:k2'] } } };
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'retrace-replay-'));
+    tc = await startTestCoordinator({
+      extensions: [
+        meshExtension({ onMesh: (m) => (shared.mesh = m), options: { minReportIntervalMs: 50, suspectAfterIntervals: 5, lostAfterIntervals: 12 } }),
+        codeExtension({ onCodeStore: (s) => (shared.code = s) }),
+        schedulerExtension(shared, { shardTimeoutMs: 15_000 }),
+        pipelineExtension(shared),
+        replayExtension(shared),
+      ],
+    });
+    mkdirSync(join(dir, 'src'));
+    const versions: Record<string, string> = {};
+    for (const [name, source] of [['scale', SCALE], ['label', LABEL]] as const) {
+      writeFileSync(join(dir, 'src', `${name}.ts`), source);
+      const bundle = await bundleTransform(join(dir, 'src', `${name}.ts`));
+      const published = await tc.client(CodeServiceDefinition).publishCode({ bundle: Buffer.from(bundle.bytes), manifest: { transform: name, sourceFile: `${name}.ts`, bundler: bundle.bundler } });
+      versions[name] = published.code?.codeVersion ?? '';
+    }
+    agents.push(
+      ...(await startLocalAgents(tc.grpcAddress, tc.token, dir, [
+        { name: 'plain', labels: ['pool=prod'], reportInterval: '200ms' },
+        { name: 'gpu', labels: ['pool=testing'], advertise: 'gpu=1', reportInterval: '200ms' },
+      ])),
+    );
+    const pipelines = tc.client(PipelineServiceDefinition);
+    await pipelines.applyPipeline({
+      pipeline: {
+        name: 'orders',
+        sources: [{ name: 'raw', mediaType: 'application/json' }],
+        steps: [
+          { name: 'scale', transform: 'scale', codeVersion: versions.scale ?? '', parameters: { factor: 2 }, requirements: undefined, inputs: ['raw'], output: '', timeoutMs: 0 },
+          { name: 'label', transform: 'label', codeVersion: versions.label ?? '', parameters: {}, requirements: undefined, inputs: ['scale'], output: '', timeoutMs: 0 },
+        ],
+      },
+    } as never);
+    const records = Array.from({ length: RECORDS }, (_, i) => ({ key: `k${i}`, eventTimeNs: (t0 + BigInt(i * GAP_MS) * 1_000_000n).toString(), payload: Buffer.from(JSON.stringify({ id: i, amount: 10 * i })), mediaType: '' }));
+    const r = await pipelines.ingest((async function* () {
+      yield { pipeline: 'orders', source: 'raw', records };
+    })());
+    expect(Number(r.accepted)).toBe(RECORDS);
+  }, 120_000);
+
+  afterAll(async () => {
+    await stopLocalAgents(agents);
+    await tc?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('replays one record and reproduces the original hashes, recorded with why = the replay', async () => {
+    const report = await run({}, one);
+    expect(report.state).toBe(ReplayState.REPLAY_STATE_SUCCEEDED);
+    expect(report.summary).toMatchObject({ records: 1, steps: 2, matched: 2, differed: 0, failed: 0, nondeterministic: 0 });
+    for (const s of report.steps) {
+      expect(s.replayOutputHashes).toEqual(s.originalOutputHashes);
+      expect(s.replayResources?.wallTimeNs).not.toBe('0');
+    }
+    const step = await tc.client(LineageServiceDefinition).getNode({ node: { kind: NodeKind.NODE_KIND_STEP, id: report.steps[1]?.replayStepId ?? '', contentHash: '' } });
+    const value = step.body?.$case === 'step' ? step.body.value : undefined;
+    expect(value?.why).toMatchObject({ kind: TriggerKind.TRIGGER_KIND_REPLAY, id: report.replayId });
+    expect(value?.generated[0]?.objectId).toBe(`replay:${report.replayId}/record:orders/label:k2`);
+  });
+
+  it('replays a window at 2x in about half the recorded span, keeping the inter-arrival times', async () => {
+    const report = await run({ speed: 2 }, window);
+    expect(report.summary?.records).toBe(RECORDS);
+    expect(report.summary?.matched).toBe(RECORDS * 2);
+    const span = (RECORDS - 1) * GAP_MS;
+    expect(report.summary?.originalSpanMs).toBeCloseTo(span, 0);
+    const firsts = report.steps.filter((s) => s.step === 'scale');
+    const last = Math.max(...firsts.map((s) => s.dispatchedAtMs));
+    expect(last).toBeGreaterThanOrEqual(span / 2 - 5);
+    expect(last).toBeLessThan(span / 2 + 150);
+    for (const s of firsts) expect(Math.abs(s.dispatchedAtMs - s.targetAtMs)).toBeLessThan(100);
+  });
+
+  it('a GPU-only policy lands only on the node that advertises a GPU', async () => {
+    const gpuNode = agents[1]?.nodeId as string;
+    const report = await run({ gpu: GpuMode.GPU_MODE_ONLY }, window);
+    expect(Object.keys(report.summary?.placements ?? {})).toEqual([gpuNode]);
+    const labelled = await run({ targetLabels: { pool: 'prod' } }, one);
+    expect(Object.keys(labelled.summary?.placements ?? {})).toEqual([agents[0]?.nodeId]);
+  });
+
+  it('a what-if parameter shows exactly the affected downstream records and their value diffs', async () => {
+    const report = await run({ stepParameters: { scale: { factor: 6 } } }, window);
+    // amount 10*i*6 vs 10*i*2: record k0 (amount 0) is unchanged; the others change.
+    expect(report.summary?.changedRecords).toBe(RECORDS - 1);
+    expect(report.summary?.firstChangedRecords).not.toContain('record:orders/raw:k0');
+    expect(report.summary?.nondeterministic).toBe(0);
+    const k3 = report.steps.find((s) => s.record === 'record:orders/raw:k3' && s.step === 'scale');
+    expect(k3?.valueDiffs).toEqual(['amount: 60 -> 180']);
+    expect(k3?.overridden).toBe(true);
+  });
+
+  it('detects corrupted input and reports it', async () => {
+    const report = await run({ faults: { seed: '3', outages: [], linkOutageProbability: 0, corruptInputProbability: 1, stepFailureProbability: 0, addedLatencyMs: 0 } }, one);
+    expect(report.steps[0]?.status).toBe('INPUT_CORRUPTED');
+    expect(report.summary?.corruptedInputsDetected).toBe(1);
+    expect(report.state).toBe(ReplayState.REPLAY_STATE_FAILED);
+  });
+
+  it('an outage on one agent link gets its shards reassigned and the replay completes', async () => {
+    const gpuNode = agents[1]?.nodeId as string;
+    const report = await run({ faults: { seed: '1', outages: [{ nodeId: gpuNode, startAfterMs: 0, durationMs: 5000 }], linkOutageProbability: 0, corruptInputProbability: 0, stepFailureProbability: 0, addedLatencyMs: 0 } }, window);
+    expect(report.state).toBe(ReplayState.REPLAY_STATE_SUCCEEDED);
+    expect(report.summary?.matched).toBe(RECORDS * 2);
+    expect(Object.keys(report.summary?.placements ?? {})).toEqual([agents[0]?.nodeId]);
+  });
+
+  it('refuses bad policies with the field at fault', async () => {
+    const client = replay();
+    await expect(client.startReplay({ selector: one, policy: { targetNodeIds: ['no-such-node'] } as never })).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringMatching(/^policy\.target_node_ids\[0\]: unknown node/) });
+    await expect(client.startReplay({ selector: one, policy: { speed: 0 } as never })).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringMatching(/^policy\.speed/) });
+    await expect(client.startReplay({ selector: one, policy: { targetLabels: { pool: 'nowhere' } } as never })).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringMatching(/^policy: no node can run the replay/) });
+    await expect(client.startReplay({ selector: { selector: { $case: 'recordIds', value: { objectIds: ['record:nope'] } } }, policy: {} as never })).rejects.toMatchObject({ code: Status.NOT_FOUND });
+    await expect(client.startReplay({ policy: {} as never })).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringMatching(/^selector/) });
+  });
+});

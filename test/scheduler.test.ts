@@ -1,0 +1,233 @@
+import { describe, expect, it } from 'vitest';
+import { NodeState, ReadingSource, type ConnectRequest, type ConnectResponse, type NodeInfo, type ResourceReading } from '../common/gen/retrace/v1/node.js';
+import { ShardStatus, type ShardAssignment } from '../common/gen/retrace/v1/shard.js';
+import { allocate, toNodeView, type NodeLoad, type NodeView } from '../coordinator/scheduler/allocator.js';
+import { createDispatcher } from '../coordinator/scheduler/dispatcher.js';
+import type { MeshEvents } from '../coordinator/mesh/mesh-events.js';
+
+const GIB = 1024 ** 3;
+const M = ReadingSource.READING_SOURCE_MEASURED;
+const D = ReadingSource.READING_SOURCE_DECLARED;
+const r = (name: string, value: number, source = M, text = ''): ResourceReading => ({ name, value, text, unit: '', source });
+
+function info(nodeId: string, o: { state?: NodeState; cores?: number; memGiB?: number; availGiB?: number; load?: number; gpu?: number; flags?: string; up?: number; labels?: Record<string, string>; extra?: ResourceReading[]; code?: string[] } = {}): NodeInfo {
+  return {
+    nodeId,
+    host: 'h',
+    labels: o.labels ?? {},
+    state: o.state ?? NodeState.NODE_STATE_READY,
+    capabilities: [
+      r('cpu.threads', o.cores ?? 4),
+      r('memory.total', (o.memGiB ?? 8) * GIB),
+      r('gpu.count', o.gpu ?? 0),
+      r('cpu.flags', 2, M, o.flags ?? 'sse4_2,avx2'),
+      ...(o.extra ?? []),
+    ],
+    latest: [
+      r('cpu.load', o.load ?? 0),
+      r('memory.available', (o.availGiB ?? o.memGiB ?? 8) * GIB),
+      ...(o.up !== undefined ? [r('net.up', o.up), r('net.down', o.up)] : []),
+    ],
+    lastReportNs: '0', registeredNs: '0', firstSeenNs: '0', reportIntervalNs: '0', connected: true, agentVersion: '', codeVersions: o.code ?? [], coordinatorRttMs: 0, transitions: [], drainReason: '',
+  };
+}
+const views = (...infos: NodeInfo[]): NodeView[] => infos.map(toNodeView);
+const noLoad = new Map<string, NodeLoad>();
+const pick = (res: ReturnType<typeof allocate>): string => ('nodeId' in res ? res.nodeId : `waiting: ${res.waiting}`);
+
+describe('allocator: filters', () => {
+  it('takes READY nodes only', () => {
+    const nodes = views(info('a', { state: NodeState.NODE_STATE_DRAINING }), info('b', { state: NodeState.NODE_STATE_SUSPECT }), info('c', { state: NodeState.NODE_STATE_LOST }), info('d', { state: NodeState.NODE_STATE_LEFT }), info('e'));
+    expect(pick(allocate(nodes, {}, noLoad))).toBe('e');
+    expect(pick(allocate(nodes.slice(0, 4), {}, noLoad))).toMatch(/^waiting: no READY node \(4 known\)/);
+  });
+  it('cpu, memory, gpu, flags and bandwidth requirements, with reasons', () => {
+    const nodes = views(info('small', { cores: 2, memGiB: 2, up: 1e6 }), info('big', { cores: 16, memGiB: 64, flags: 'avx512f,avx2', up: 1e8 }));
+    expect(pick(allocate(nodes, { requirements: { cpu: 8 } }, noLoad))).toBe('big');
+    expect(pick(allocate(nodes, { requirements: { memoryMb: 4096 } }, noLoad))).toBe('big');
+    expect(pick(allocate(nodes, { requirements: { instructionSets: ['AVX512F'] } }, noLoad))).toBe('big');
+    expect(pick(allocate(nodes, { requirements: { networkMbps: 100 } }, noLoad))).toBe('big');
+    expect(pick(allocate(nodes, { requirements: { gpu: true } }, noLoad))).toBe('waiting: needs gpu ≥ 1: no READY node meets it (2 READY nodes: small, big)');
+    expect(pick(allocate(nodes, { requirements: { cpu: 64 } }, noLoad))).toMatch(/needs cpu ≥ 64/);
+    expect(pick(allocate(nodes, { requirements: { memoryMb: 1e6 } }, noLoad))).toMatch(/needs memory ≥ 1000000 MiB/);
+    expect(pick(allocate(nodes, { requirements: { instructionSets: ['sve'] } }, noLoad))).toMatch(/needs cpu flag sve/);
+    expect(pick(allocate(nodes, { requirements: { networkMbps: 10_000 } }, noLoad))).toMatch(/needs network ≥ 10000 Mbit\/s/);
+  });
+  it('declared capacity counts like measured', () => {
+    const nodes = views(info('plain'), info('declared', { extra: [r('gpu.count', 2, D), r('memory.total', 256 * GIB, D), r('net.speed', 10e9, D)] }));
+    expect(pick(allocate(nodes, { requirements: { gpu: 2 } }, noLoad))).toBe('declared');
+    expect(pick(allocate(nodes, { requirements: { memoryMb: 100_000 } }, noLoad))).toBe('declared');
+    expect(pick(allocate(nodes, { requirements: { networkMbps: 5000 } }, noLoad))).toBe('declared');
+  });
+  it('placement: nodeIds, labels, gpu only/none, maxCpuFraction, maxMemoryMb', () => {
+    const nodes = views(info('a', { labels: { zone: 'eu' } }), info('b', { labels: { zone: 'us' }, gpu: 1 }), info('c', { cores: 16 }));
+    expect(pick(allocate(nodes, { placement: { nodeIds: ['b'] } }, noLoad))).toBe('b');
+    expect(pick(allocate(nodes, { placement: { labels: { zone: 'eu' } } }, noLoad))).toBe('a');
+    expect(pick(allocate(nodes, { placement: { labels: { zone: 'ap' } } }, noLoad))).toMatch(/needs label zone=ap: no READY node/);
+    expect(pick(allocate(nodes, { placement: { gpu: 'only' } }, noLoad))).toBe('b');
+    expect(pick(allocate(views(info('b', { gpu: 1 })), { placement: { gpu: 'none' } }, noLoad))).toMatch(/gpu=none/);
+    expect(pick(allocate(nodes, { requirements: { cpu: 4 }, placement: { maxCpuFraction: 0.5 } }, noLoad))).toBe('c');
+    expect(pick(allocate(nodes, { requirements: { memoryMb: 512 }, placement: { maxMemoryMb: 256 } }, noLoad))).toMatch(/maxMemoryMb is 256/);
+  });
+  it('in-flight limit and reservations: busy, not impossible', () => {
+    const nodes = views(info('a', { cores: 2 }), info('b', { cores: 2 }));
+    const load = new Map<string, NodeLoad>([['a', { inFlight: 2, reservedCpu: 2, reservedMemMb: 0 }], ['b', { inFlight: 1, reservedCpu: 0, reservedMemMb: 0 }]]);
+    expect(pick(allocate(nodes, { requirements: { cpu: 1 } }, load, { maxInFlight: 2 }))).toBe('b');
+    const full = new Map<string, NodeLoad>([['a', { inFlight: 2, reservedCpu: 0, reservedMemMb: 0 }], ['b', { inFlight: 2, reservedCpu: 0, reservedMemMb: 0 }]]);
+    const res = allocate(nodes, {}, full, { maxInFlight: 2 });
+    expect(res).toMatchObject({ busy: true });
+    expect(pick(res)).toMatch(/at capacity/);
+  });
+});
+
+describe('allocator: ranking', () => {
+  it('prefers headroom (free cpu and memory now)', () => {
+    expect(pick(allocate(views(info('busy', { load: 90 }), info('idle', { load: 5 })), {}, noLoad))).toBe('idle');
+    expect(pick(allocate(views(info('a', { availGiB: 1 }), info('b', { availGiB: 7 })), {}, noLoad))).toBe('b');
+  });
+  it('takes a pluggable headroom (forecast)', () => {
+    const nodes = views(info('a'), info('b'));
+    expect(pick(allocate(nodes, {}, noLoad, { headroom: (id) => (id === 'a' ? { cpuCores: 0, memoryMb: 100 } : { cpuCores: 4, memoryMb: 8192 }) }))).toBe('b');
+  });
+  it('prefers data locality (transfer time), and cached inputs', () => {
+    const nodes = views(info('slow', { up: 1e5 }), info('fast', { up: 1e8 }));
+    expect(pick(allocate(nodes, { inputBytes: 50e6 }, noLoad))).toBe('fast');
+    expect(pick(allocate(nodes, { inputBytes: 50e6, inputsCachedOn: new Set(['slow']) }, noLoad))).toBe('slow');
+  });
+  it('prefers shorter queues', () => {
+    const nodes = views(info('a'), info('b'));
+    expect(pick(allocate(nodes, {}, new Map([['a', { inFlight: 8, reservedCpu: 0, reservedMemMb: 0 }]])))).toBe('b');
+  });
+  it('weighs the cost label', () => {
+    expect(pick(allocate(views(info('a', { labels: { cost: '3' } }), info('b', { labels: { cost: '1' } })), {}, noLoad))).toBe('b');
+  });
+  it('breaks ties by node id, with a small bonus for cached code', () => {
+    expect(pick(allocate(views(info('b'), info('a')), {}, noLoad))).toBe('a');
+    expect(pick(allocate(views(info('a'), info('b', { code: ['sha256:x'] })), { codeVersion: 'sha256:x' }, noLoad))).toBe('b');
+  });
+});
+
+// ---- dispatcher over a fake mesh ----
+
+function fakeMesh(nodeInfos: NodeInfo[]) {
+  const listeners: { [K in keyof MeshEvents]?: ((p: MeshEvents[K]) => void)[] } = {};
+  const msgListeners: ((nodeId: string, m: ConnectRequest) => void)[] = [];
+  const sent: { nodeId: string; msg: ConnectResponse }[] = [];
+  let infos = nodeInfos;
+  return {
+    sent,
+    set(next: NodeInfo[]) {
+      infos = next;
+    },
+    emit<E extends keyof MeshEvents>(e: E, p: MeshEvents[E]) {
+      for (const l of (listeners[e] ?? []) as ((p: MeshEvents[E]) => void)[]) l(p);
+    },
+    reply(nodeId: string, shardIds: string[], status = ShardStatus.SHARD_STATUS_SUCCEEDED) {
+      const outcomes = shardIds.map((shardId) => ({ shardId, status, outputs: [], error: '', startedAtNs: '0', endedAtNs: '0', nodeId }));
+      for (const l of msgListeners) l(nodeId, { body: { $case: 'outcomes', value: { outcomes } } });
+    },
+    assigned(nodeId?: string) {
+      return sent.filter((s) => (nodeId === undefined || s.nodeId === nodeId) && s.msg.body?.$case === 'assign').flatMap((s) => (s.msg.body?.$case === 'assign' ? s.msg.body.value.shards.map((a) => a.shardId) : []));
+    },
+    mesh: {
+      nodes: () => infos,
+      send: (nodeId: string, msg: ConnectResponse) => {
+        sent.push({ nodeId, msg });
+        return infos.some((n) => n.nodeId === nodeId && n.state !== NodeState.NODE_STATE_LOST);
+      },
+      onMessage: (l: (nodeId: string, m: ConnectRequest) => void) => {
+        msgListeners.push(l);
+        return () => {};
+      },
+      on: <E extends keyof MeshEvents>(e: E, l: (p: MeshEvents[E]) => void) => {
+        ((listeners[e] ??= []) as ((p: MeshEvents[E]) => void)[]).push(l);
+        return () => {};
+      },
+    },
+  };
+}
+const shard = (id: string): ShardAssignment => ({ shardId: id, stepName: 'step', transform: 't', codeVersion: 'sha256:x', inputs: [], timeoutMs: 0, memoryLimitMb: 0, jobId: '' });
+const tick = () => new Promise((r) => setTimeout(r, 5));
+const quiet = () => {};
+
+describe('dispatcher (fake mesh)', () => {
+  it('batches per node, first outcome wins, bounded in flight', async () => {
+    const f = fakeMesh([info('a'), info('b')]);
+    const d = createDispatcher({ mesh: f.mesh, log: quiet, maxInFlightPerNode: 2, shardTimeoutMs: 10_000 });
+    const runs = ['s1', 's2', 's3', 's4', 's5'].map((id) => d.run(shard(id)));
+    await tick();
+    expect(f.sent.filter((s) => s.msg.body?.$case === 'assign')).toHaveLength(2); // one frame per node
+    expect(f.assigned()).toHaveLength(4);
+    expect(d.waiting().map((w) => w.shardId)).toEqual(['s5']);
+    const first = f.assigned('a')[0] as string;
+    f.reply('a', [first]);
+    f.reply('a', [first], ShardStatus.SHARD_STATUS_FAILED); // duplicate: ignored
+    await tick();
+    expect(f.assigned()).toHaveLength(5);
+    f.reply('a', f.assigned('a'));
+    f.reply('b', f.assigned('b'));
+    const results = await Promise.all(runs);
+    expect(results.every((x) => x.outcome.status === ShardStatus.SHARD_STATUS_SUCCEEDED && x.attempts === 1)).toBe(true);
+    d.stop();
+  });
+  it('waits with a reason and places when a node appears', async () => {
+    const f = fakeMesh([info('a')]);
+    const d = createDispatcher({ mesh: f.mesh, log: quiet, shardTimeoutMs: 10_000 });
+    const p = d.run(shard('g'), { requirements: { gpu: 1 } });
+    await tick();
+    expect(d.waiting()).toEqual([{ shardId: 'g', stepName: 'step', reason: expect.stringMatching(/needs gpu ≥ 1/) as unknown as string }]);
+    f.set([info('a'), info('gpu', { gpu: 1 })]);
+    f.emit('node:registered', { nodeId: 'gpu', rejoined: false, atMs: 0 });
+    await tick();
+    expect(f.assigned('gpu')).toEqual(['g']);
+    f.reply('gpu', ['g']);
+    expect((await p).nodeId).toBe('gpu');
+    d.stop();
+  });
+  it('reassigns on LOST, on timeout, on link outage; fails after maxAttempts', async () => {
+    const f = fakeMesh([info('a'), info('b')]);
+    const d = createDispatcher({ mesh: f.mesh, log: quiet, shardTimeoutMs: 60, maxAttempts: 3, maxInFlightPerNode: 1 });
+    const p1 = d.run(shard('x'));
+    await tick();
+    const firstNode = f.assigned()[0] === 'x' ? (f.sent.find((s) => s.msg.body?.$case === 'assign')?.nodeId as string) : '';
+    const other = firstNode === 'a' ? 'b' : 'a';
+    f.set([info(firstNode, { state: NodeState.NODE_STATE_LOST }), info(other)]);
+    f.emit('node:transition', { nodeId: firstNode, from: 'READY', to: 'LOST', reason: 't', atMs: 0 });
+    await tick();
+    expect(f.assigned(other)).toEqual(['x']);
+    f.reply(other, ['x']);
+    expect(await p1).toMatchObject({ nodeId: other, attempts: 2 });
+
+    f.set([info('a'), info('b')]);
+    f.emit('node:registered', { nodeId: firstNode, rejoined: true, atMs: 0 });
+    const p2 = d.run(shard('y'));
+    await tick();
+    const yNode = f.sent.filter((s) => s.msg.body?.$case === 'assign').at(-1)?.nodeId as string;
+    d.setLinkOutage(yNode, Date.now() + 10_000);
+    await tick();
+    const yOther = yNode === 'a' ? 'b' : 'a';
+    expect(f.assigned(yOther)).toContain('y');
+    f.reply(yNode, ['y']); // dropped: the link is down
+    await tick();
+    f.reply(yOther, ['y']);
+    expect(await p2).toMatchObject({ nodeId: yOther, attempts: 2 });
+
+    const p3 = d.run(shard('z')); // nobody answers
+    const r3 = await p3;
+    expect(r3.outcome.status).toBe(ShardStatus.SHARD_STATUS_FAILED);
+    expect(r3.attempts).toBe(3);
+    d.stop();
+  });
+  it('throttles for maxCpuFraction and cancels on abort', async () => {
+    const f = fakeMesh([info('a')]);
+    const d = createDispatcher({ mesh: f.mesh, log: quiet, shardTimeoutMs: 10_000 });
+    const ac = new AbortController();
+    const p = d.run(shard('c'), { placement: { maxCpuFraction: 0.5 }, signal: ac.signal });
+    await tick();
+    expect(f.sent.map((s) => s.msg.body?.$case)).toEqual(['throttle', 'assign']);
+    ac.abort();
+    expect((await p).outcome.status).toBe(ShardStatus.SHARD_STATUS_CANCELLED);
+    expect(f.sent.at(-1)?.msg.body).toMatchObject({ $case: 'cancel', value: { shardIds: ['c'] } });
+    d.stop();
+  });
+});
