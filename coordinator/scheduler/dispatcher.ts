@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events';
 import type { ConnectRequest, ConnectResponse, NodeInfo } from '../../common/gen/retrace/v1/node.js';
 import { ShardStatus, type ShardAssignment, type ShardOutcome } from '../../common/gen/retrace/v1/shard.js';
 import { InvalidArgumentError } from '../../common/errors.js';
@@ -417,6 +418,8 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
           if (e.nodeId !== undefined) send(e.nodeId, { body: { $case: 'cancel', value: { shardIds: [assignment.shardId], reason: 'cancelled' } } });
           finish(e, failed(e, ShardStatus.SHARD_STATUS_CANCELLED, 'cancelled'), e.nodeId ?? '');
         };
+        // One job's signal is shared by all of its shards: many listeners on it are expected.
+        setMaxListeners(0, signal);
         signal.addEventListener('abort', onAbort, { once: true });
         e.offAbort = () => signal.removeEventListener('abort', onAbort);
       }

@@ -111,10 +111,14 @@ function parsePolicy(args: ParsedArgs): ReplayPolicy {
 }
 
 async function watch(client: ReturnType<typeof openClient<typeof ReplayServiceDefinition>>['client'], replayId: string, io: CliIo): Promise<void> {
+  // A live bar on a terminal; elsewhere (logs, pipes) one line when it ends.
+  const tty = (io.stderr as { isTTY?: boolean }).isTTY === true;
+  let line = '';
   for await (const p of client.watchReplay({ replayId }, { signal: io.signal })) {
-    io.stderr.write(`\r${progressBar(p.stepsDone, p.stepsTotal, 30, `${p.stepsDone}/${p.stepsTotal} steps, ${p.recordsDone}/${p.recordsTotal} records, ${p.stepsFailed} failed  ${p.message}`.slice(0, 110))}\x1b[K`);
+    line = progressBar(p.stepsDone, p.stepsTotal, 30, `${p.stepsDone}/${p.stepsTotal} steps, ${p.recordsDone}/${p.recordsTotal} records, ${p.stepsFailed} failed  ${p.message}`.slice(0, 110));
+    if (tty) io.stderr.write(`\r${line}\x1b[K`);
   }
-  io.stderr.write('\n');
+  io.stderr.write(tty ? '\n' : `${line}\n`);
 }
 
 function printReport(r: ReplayReport, io: CliIo): void {

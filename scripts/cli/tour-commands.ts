@@ -10,6 +10,7 @@ import { flag, type CliCommand, type CliIo } from './command.js';
 import { openClient } from './client.js';
 import { coordinatorExtensions } from './coordinator-extensions.js';
 import { buildExampleLineage } from './example-lineage.js';
+import { runExamplePipeline } from './example-pipeline.js';
 import { parseArgs } from './command.js';
 import { startLocalAgents, stopLocalAgents, type LocalAgent } from './local-agents.js';
 
@@ -45,6 +46,7 @@ const start: CliCommand = {
         { name: 'local-2', labels: ['pool=local'] },
       ]);
       const ex = await fillExample(addresses, c.authToken, io);
+      const live = await runExamplePipeline(addresses.grpc, c.authToken, { signal: io.signal });
       const cli = 'npx retrace';
       io.stdout.write(
         [
@@ -53,7 +55,8 @@ const start: CliCommand = {
           'Retrace is running (Ctrl-C stops it).',
           `  gRPC ${addresses.grpc}   HTTP http://${addresses.http}   data ${dataDir}   token ${dataDir}/auth-token`,
           `  agents: ${agents.map((a) => a.nodeId).join(', ')} (this machine, reporting every 2 s)`,
-          `  example pipeline: orders -> parse-order -> enrich-currency -> aggregate-daily (${ex.total} events, ${ex.stored} new)`,
+          `  recorded example: orders -> parse-order -> enrich-currency -> aggregate-daily (${ex.total} events, ${ex.stored} new)`,
+          `  live pipeline "orders" (raw -> scale -> classify) ran on the agents: ${live.accepted} new records, run ${live.runId || '(already ingested)'}`,
           '',
           'Try, in another terminal here:',
           `  ${cli} lineage trace object:${ex.firstOrder}                          # everything one order fed`,
@@ -66,6 +69,11 @@ const start: CliCommand = {
           `  ${cli} nodes history ${agents[0]?.nodeId ?? 'NODE'} --metric cpu`,
           `  ${cli} forecast ${agents[0]?.nodeId ?? 'NODE'} --metric cpu --horizon 10m --plot cpu.svg`,
           `  curl -s 'http://${addresses.http}/api/v1/lineage?nodeId=dataset:reports:daily-revenue&depth=2'`,
+          `  ${cli} lineage path record:orders/classify:o2                    # a live record: code version, node, measured resources`,
+          `  ${cli} replay start --record ${live.firstRecord} --watch      # replay one record; hashes compared`,
+          `  ${cli} replay start --window orders/raw 2026-01-01T00:00:00Z 2026-01-01T00:00:02Z --speed 2x --watch`,
+          `  ${cli} replay start --last 100000d orders/raw --set classify.largeCents=2000 --watch   # what-if`,
+          `  ${cli} pipeline list;  ${cli} code list`,
           `  ${cli} help                                                       # every command`,
           '',
         ].join('\n'),
@@ -128,6 +136,15 @@ const demo: CliCommand = {
         await step('Declared values are reported as declared, never as measured', ['nodes', 'show', agents[1]?.nodeId ?? '', ...conn]);
         await step('Resource history kept per node and metric', ['nodes', 'history', agents[0]?.nodeId ?? '', '--metric', 'cpu', '--since', '1m', ...conn]);
         await step('Capacity forecast (short history: the backtest falls back to a baseline)', ['forecast', agents[0]?.nodeId ?? '', '--metric', 'cpu', '--horizon', '30s', ...conn]);
+        say('Publish two transforms, apply the "orders" pipeline and ingest 20 orders: the agents run it and the coordinator records provenance');
+        const live = await runExamplePipeline(addresses.grpc, c.authToken, { signal: io.signal });
+        io.stdout.write(`ingested ${live.accepted} records (run ${live.runId}); code versions ${JSON.stringify(live.codeVersions)}\n`);
+        await step('Processing path of one live record: code version, parameters, node and measured resources', ['lineage', 'path', 'record:orders/classify:o2', ...conn]);
+        await step('Replay one record from provenance: original and replay hashes compared', ['replay', 'start', '--record', live.firstRecord, '--watch', ...conn]);
+        await step('Replay a 1 s window at 2x on the GPU node only', ['replay', 'start', '--window', 'orders/raw', '2026-01-01T00:00:00Z', '2026-01-01T00:00:01Z', '--speed', '2x', '--gpu', 'only', '--watch', ...conn]);
+        await step('What-if: a lower "large" threshold; the report shows exactly which records change', ['replay', 'start', '--window', 'orders/raw', '2026-01-01T00:00:00Z', '2026-01-01T00:00:01Z', '--set', 'classify.largeCents=2000', '--watch', ...conn], 0);
+        await step('Injected faults: corrupted inputs are detected and reported (exit 1 expected)', ['replay', 'start', '--record', live.firstRecord, '--fault', 'corrupt:1', '--seed', '4', '--watch', ...conn], 1);
+        await step('Replays so far', ['replay', 'list', ...conn]);
         await step('Drain a node', ['nodes', 'drain', agents[1]?.nodeId ?? '', ...conn]);
       } finally {
         await stopLocalAgents(agents);
