@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { EventEmitter } from 'node:events';
+import { EventEmitter, setMaxListeners } from 'node:events';
 import { NodeKind } from '../../common/gen/retrace/v1/lineage.js';
 import { TriggerKind, type LineageEvent, type ObjectRef, type Step } from '../../common/gen/retrace/v1/provenance.js';
 import { ReplayReport, ReplayState, type RecordSelector, type ReplayStepResult, type ReplaySummary, type StartReplayRequest, type WatchReplayResponse } from '../../common/gen/retrace/v1/replay.js';
@@ -134,6 +134,8 @@ export class ReplayEngine {
       events: new EventEmitter(),
       progress: { state: ReplayState.REPLAY_STATE_PENDING, stepsDone: 0, stepsTotal: stepCount, stepsFailed: 0, recordsDone: 0, recordsTotal: plans.length, message: '' },
     };
+    // Every paced record and every shard of the job listens on this one signal.
+    setMaxListeners(0, job.controller.signal);
     this.jobs.set(id, job);
     await this.save(job);
     void this.execute(job, runner, payloads).catch((err: unknown) => this.deps.log(`replay ${id}: crashed: ${String(err)}`));
