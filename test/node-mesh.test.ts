@@ -217,7 +217,9 @@ describe('NodeService over gRPC (in-process)', () => {
   it('stores reports, serves history with steps, forecasts, and validates horizons', async () => {
     server = await startMeshServer();
     const a = rawConnect(server);
-    a.out.push(register('raw-h'));
+    const withCores = register('raw-h');
+    if (withCores.body?.$case === 'register') withCores.body.value.capabilities = [measured('cpu.cores', 4, 'count')];
+    a.out.push(withCores);
     const t0 = Date.now() - 60_000;
     for (let i = 0; i < 60; i++) a.out.push(report([measured('cpu.load', i, 'percent')], `${t0 + i * 1000}000000`));
     const s = server;
@@ -236,6 +238,13 @@ describe('NodeService over gRPC (in-process)', () => {
     expect(f.points).toHaveLength(10);
     expect(f.points[0]?.mean).toBe(59);
     expect(f.fittedPoints).toBeGreaterThan(3);
+    // Free capacity = capacity − usage − reservations of assigned shards (1 of 4 cores = 25%).
+    expect(f.capacity).toBe(100);
+    expect(f.points[0]).toMatchObject({ reserved: 0, free: 41 });
+    server.mesh.setReservationSource(() => ({ cpuCores: 1, memoryMb: 0 }));
+    const reserved = await client.forecast({ nodeId: 'raw-h', metric: 'cpu', horizonNs: '10000000000', stepNs: '1000000000', lookbackNs: '0' });
+    expect(reserved.points[0]).toMatchObject({ reserved: 25, free: 16 });
+    expect(reserved.points[0]?.freeLower).toBe(100 - (reserved.points[0]?.upper ?? 0) - 25);
     await expect(client.forecast({ nodeId: 'raw-h', metric: 'cpu', horizonNs: '-7200000000000', stepNs: '0', lookbackNs: '0' })).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringMatching(/horizon_ns/) });
     await expect(client.forecast({ nodeId: 'raw-h', metric: 'cpu', horizonNs: '0', stepNs: '0', lookbackNs: '0' })).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT });
     await expect(client.forecast({ nodeId: 'nope', metric: 'cpu', horizonNs: '1000', stepNs: '0', lookbackNs: '0' })).rejects.toMatchObject({ code: Status.NOT_FOUND });

@@ -3,6 +3,7 @@ import { AsyncQueue } from '../../common/async-queue.js';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError, RetraceError, UnavailableError } from '../../common/errors.js';
 import {
   NodeEventKind,
+  ReadingSource,
   type ConnectRequest,
   type ConnectResponse,
   type DeepPartial,
@@ -136,6 +137,11 @@ const MESH_ALLOWED: Readonly<Record<MeshState, readonly MeshState[]>> = {
 
 /** The node mesh: the NodeService implementation plus its lifecycle and events. */
 export interface NodeMesh {
+  /**
+   * Where Forecast learns what assigned shards hold on a node (the dispatcher's reservations),
+   * so it can answer free capacity = capacity − forecast usage − reservations.
+   */
+  setReservationSource(source: (nodeId: string) => { cpuCores: number; memoryMb: number } | undefined): void;
   /** For `server.add(NodeServiceDefinition, mesh.implementation)`. */
   readonly implementation: NodeServiceImplementation;
   readonly state: MeshState;
@@ -172,6 +178,7 @@ export function createNodeMesh(deps: NodeMeshDeps): NodeMesh {
   let compactTimer: NodeJS.Timeout | undefined;
   let compacting: Promise<unknown> = Promise.resolve();
   const forecaster = (deps.forecaster ?? createForecaster()) as MeshForecaster<unknown>;
+  let reservationSource: ((nodeId: string) => { cpuCores: number; memoryMb: number } | undefined) | undefined;
   // Fits are the expensive part (a backtest, maybe a small model); a fit is reused for
   // forecastRefitMs and conditioned on the latest history at each request.
   const fits = new Map<string, { atMs: number; fitted: Promise<unknown> }>();
@@ -372,15 +379,19 @@ export function createNodeMesh(deps: NodeMeshDeps): NodeMesh {
         if (fits.size > 10_000) fits.delete(fits.keys().next().value as string);
       }
       const f = await forecaster.forecast(await fit.fitted, horizonSteps, series);
+      const info = toNodeInfo(node);
+      const capacity = capacityOf(info, metric);
+      const reserved = reservedIn(info, metric, reservationSource?.(node.record.nodeId));
       return {
         nodeId: node.record.nodeId,
         metric,
-        points: f.t.map((t, i) => ({
-          timeNs: millisToNanos(t).toString(),
-          mean: f.mean[i] ?? Number.NaN,
-          lower: f.lower[i] ?? Number.NaN,
-          upper: f.upper[i] ?? Number.NaN,
-        })),
+        capacity,
+        points: f.t.map((t, i) => {
+          const mean = f.mean[i] ?? Number.NaN;
+          const lower = f.lower[i] ?? Number.NaN;
+          const upper = f.upper[i] ?? Number.NaN;
+          return { timeNs: millisToNanos(t).toString(), mean, lower, upper, reserved, free: capacity - mean - reserved, freeLower: capacity - upper - reserved, freeUpper: capacity - lower - reserved };
+        }),
         method: f.method,
         coverage: f.coverage,
         stepNs: millisToNanos(stepMs).toString(),
@@ -436,6 +447,9 @@ export function createNodeMesh(deps: NodeMeshDeps): NodeMesh {
     nodes() {
       return registry.list().map(toNodeInfo);
     },
+    setReservationSource(source) {
+      reservationSource = source;
+    },
     send(nodeId, message) {
       return sessions.get(nodeId)?.send(message) ?? false;
     },
@@ -446,4 +460,28 @@ export function createNodeMesh(deps: NodeMeshDeps): NodeMesh {
       };
     },
   };
+}
+
+/** A reading's value, declared over measured. */
+function readingValue(info: NodeInfo, name: string): number | undefined {
+  const all = [...info.capabilities, ...info.latest].filter((r) => r.name === name && Number.isFinite(r.value));
+  return (all.find((r) => r.source === ReadingSource.READING_SOURCE_DECLARED) ?? all[0])?.value;
+}
+
+/** Capacity of a node in a usage metric's units; NaN when the metric has none. */
+function capacityOf(info: NodeInfo, metric: string): number {
+  if (metric === 'cpu.load' || metric === 'gpu.util') return 100;
+  if (metric === 'memory.used') return readingValue(info, 'memory.total') ?? Number.NaN;
+  return Number.NaN;
+}
+
+/** What assigned shards reserve on the node, in the metric's units. */
+function reservedIn(info: NodeInfo, metric: string, r: { cpuCores: number; memoryMb: number } | undefined): number {
+  if (!r) return 0;
+  if (metric === 'cpu.load') {
+    const cores = readingValue(info, 'cpu.threads') ?? readingValue(info, 'cpu.cores') ?? 0;
+    return cores > 0 ? (100 * r.cpuCores) / cores : 0;
+  }
+  if (metric === 'memory.used') return r.memoryMb * 2 ** 20;
+  return 0;
 }

@@ -73,6 +73,8 @@ export interface Dispatcher {
   setLinkOutage(nodeId: string, untilMs: number): void;
   /** Shards in flight per node. */
   inFlight(): Map<string, number>;
+  /** CPU cores and memory reserved on a node by the shards assigned to it now. */
+  reservedOn(nodeId: string): { cpuCores: number; memoryMb: number } | undefined;
   /** Resolves every open shard CANCELLED and stops listening. Idempotent. */
   stop(): void;
 }
@@ -445,6 +447,10 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
       const out = new Map<string, number>();
       for (const [nodeId, l] of load) if (l.inFlight > 0) out.set(nodeId, l.inFlight);
       return out;
+    },
+    reservedOn(nodeId) {
+      const l = load.get(nodeId);
+      return l ? { cpuCores: Math.max(0, l.reservedCpu), memoryMb: Math.max(0, l.reservedMemMb) } : undefined;
     },
     stop() {
       if (stopped) return;

@@ -29,6 +29,8 @@ export function schedulerExtension(shared: SchedulerShared, options: SchedulerEx
     };
     const dispatcher = createDispatcher({ shardTimeoutMs: 60_000, ...options, mesh, log });
     shared.dispatcher = dispatcher;
+    // Forecasts of free capacity subtract what assigned shards hold.
+    mesh.setReservationSource((nodeId) => dispatcher.reservedOn(nodeId));
     return {
       name: 'scheduler',
       async stop() {

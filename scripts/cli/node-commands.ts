@@ -314,9 +314,10 @@ reading name such as cpu.core.0.load or gpu.0.util.`,
         if (hasFlag(args, 'json')) {
           io.stdout.write(`${JSON.stringify(ForecastResponse.toJSON(res))}\n`);
         } else {
-          io.stdout.write(`# ${res.nodeId} ${res.metric}: ${res.method}, ${Math.round(res.coverage * 100)}% interval, fitted on ${res.fittedPoints} points\n`);
+          io.stdout.write(`# ${res.nodeId} ${res.metric}: ${res.method}, ${Math.round(res.coverage * 100)}% interval, fitted on ${res.fittedPoints} points${Number.isFinite(res.capacity) ? `; free = capacity ${res.capacity} - usage - reserved by assigned shards` : ''}\n`);
           for (const p of res.points) {
-            io.stdout.write(`${nanosToIso(p.timeNs)}  ${p.mean.toFixed(3)}  [${p.lower.toFixed(3)}, ${p.upper.toFixed(3)}]\n`);
+            const free = Number.isFinite(p.free) ? `  free ${p.free.toFixed(3)} [${p.freeLower.toFixed(3)}, ${p.freeUpper.toFixed(3)}] reserved ${p.reserved.toFixed(3)}` : '';
+            io.stdout.write(`${nanosToIso(p.timeNs)}  ${p.mean.toFixed(3)}  [${p.lower.toFixed(3)}, ${p.upper.toFixed(3)}]${free}\n`);
           }
           if (plot !== undefined && plot !== 'true') io.stdout.write(`plot written to ${plot}\n`);
         }

@@ -438,9 +438,19 @@ export interface ForecastRequest {
 
 export interface ForecastPoint {
   timeNs: string;
+  /** Expected usage and its interval, in the metric's units. */
   mean: number;
   lower: number;
   upper: number;
+  /**
+   * Expected free capacity = capacity - usage - reservations of shards assigned to the node, with
+   * its interval; NaN when the metric has no capacity (see ForecastResponse.capacity).
+   */
+  free: number;
+  freeLower: number;
+  freeUpper: number;
+  /** Reservations of assigned shards, in the metric's units. */
+  reserved: number;
 }
 
 export interface ForecastResponse {
@@ -454,6 +464,8 @@ export interface ForecastResponse {
   stepNs: string;
   /** Points of history the model was fitted on. */
   fittedPoints: number;
+  /** Capacity in the metric's units (100 for cpu.load and gpu.util, total bytes for memory.used); NaN when unknown. */
+  capacity: number;
 }
 
 function createBaseResourceReading(): ResourceReading {
@@ -4047,7 +4059,7 @@ export const ForecastRequest: MessageFns<ForecastRequest> = {
 };
 
 function createBaseForecastPoint(): ForecastPoint {
-  return { timeNs: "0", mean: 0, lower: 0, upper: 0 };
+  return { timeNs: "0", mean: 0, lower: 0, upper: 0, free: 0, freeLower: 0, freeUpper: 0, reserved: 0 };
 }
 
 export const ForecastPoint: MessageFns<ForecastPoint> = {
@@ -4063,6 +4075,18 @@ export const ForecastPoint: MessageFns<ForecastPoint> = {
     }
     if (message.upper !== 0) {
       writer.uint32(33).double(message.upper);
+    }
+    if (message.free !== 0) {
+      writer.uint32(41).double(message.free);
+    }
+    if (message.freeLower !== 0) {
+      writer.uint32(49).double(message.freeLower);
+    }
+    if (message.freeUpper !== 0) {
+      writer.uint32(57).double(message.freeUpper);
+    }
+    if (message.reserved !== 0) {
+      writer.uint32(65).double(message.reserved);
     }
     return writer;
   },
@@ -4112,6 +4136,38 @@ export const ForecastPoint: MessageFns<ForecastPoint> = {
             message.upper = reader.double();
             continue;
           }
+          case 5: {
+            if (tag !== 41) {
+              break;
+            }
+
+            message.free = reader.double();
+            continue;
+          }
+          case 6: {
+            if (tag !== 49) {
+              break;
+            }
+
+            message.freeLower = reader.double();
+            continue;
+          }
+          case 7: {
+            if (tag !== 57) {
+              break;
+            }
+
+            message.freeUpper = reader.double();
+            continue;
+          }
+          case 8: {
+            if (tag !== 65) {
+              break;
+            }
+
+            message.reserved = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4134,6 +4190,18 @@ export const ForecastPoint: MessageFns<ForecastPoint> = {
       mean: isSet(object.mean) ? globalThis.Number(object.mean) : 0,
       lower: isSet(object.lower) ? globalThis.Number(object.lower) : 0,
       upper: isSet(object.upper) ? globalThis.Number(object.upper) : 0,
+      free: isSet(object.free) ? globalThis.Number(object.free) : 0,
+      freeLower: isSet(object.freeLower)
+        ? globalThis.Number(object.freeLower)
+        : isSet(object.free_lower)
+        ? globalThis.Number(object.free_lower)
+        : 0,
+      freeUpper: isSet(object.freeUpper)
+        ? globalThis.Number(object.freeUpper)
+        : isSet(object.free_upper)
+        ? globalThis.Number(object.free_upper)
+        : 0,
+      reserved: isSet(object.reserved) ? globalThis.Number(object.reserved) : 0,
     };
   },
 
@@ -4151,6 +4219,18 @@ export const ForecastPoint: MessageFns<ForecastPoint> = {
     if (message.upper !== 0) {
       obj.upper = floatToJson(message.upper);
     }
+    if (message.free !== 0) {
+      obj.free = floatToJson(message.free);
+    }
+    if (message.freeLower !== 0) {
+      obj.freeLower = floatToJson(message.freeLower);
+    }
+    if (message.freeUpper !== 0) {
+      obj.freeUpper = floatToJson(message.freeUpper);
+    }
+    if (message.reserved !== 0) {
+      obj.reserved = floatToJson(message.reserved);
+    }
     return obj;
   },
 
@@ -4163,12 +4243,16 @@ export const ForecastPoint: MessageFns<ForecastPoint> = {
     message.mean = object.mean ?? 0;
     message.lower = object.lower ?? 0;
     message.upper = object.upper ?? 0;
+    message.free = object.free ?? 0;
+    message.freeLower = object.freeLower ?? 0;
+    message.freeUpper = object.freeUpper ?? 0;
+    message.reserved = object.reserved ?? 0;
     return message;
   },
 };
 
 function createBaseForecastResponse(): ForecastResponse {
-  return { nodeId: "", metric: "", points: [], method: "", coverage: 0, stepNs: "0", fittedPoints: 0 };
+  return { nodeId: "", metric: "", points: [], method: "", coverage: 0, stepNs: "0", fittedPoints: 0, capacity: 0 };
 }
 
 export const ForecastResponse: MessageFns<ForecastResponse> = {
@@ -4193,6 +4277,9 @@ export const ForecastResponse: MessageFns<ForecastResponse> = {
     }
     if (message.fittedPoints !== 0) {
       writer.uint32(56).uint32(message.fittedPoints);
+    }
+    if (message.capacity !== 0) {
+      writer.uint32(65).double(message.capacity);
     }
     return writer;
   },
@@ -4266,6 +4353,14 @@ export const ForecastResponse: MessageFns<ForecastResponse> = {
             message.fittedPoints = reader.uint32();
             continue;
           }
+          case 8: {
+            if (tag !== 65) {
+              break;
+            }
+
+            message.capacity = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4299,6 +4394,7 @@ export const ForecastResponse: MessageFns<ForecastResponse> = {
         : isSet(object.fitted_points)
         ? globalThis.Number(object.fitted_points)
         : 0,
+      capacity: isSet(object.capacity) ? globalThis.Number(object.capacity) : 0,
     };
   },
 
@@ -4325,6 +4421,9 @@ export const ForecastResponse: MessageFns<ForecastResponse> = {
     if (message.fittedPoints !== 0) {
       obj.fittedPoints = Math.round(message.fittedPoints);
     }
+    if (message.capacity !== 0) {
+      obj.capacity = floatToJson(message.capacity);
+    }
     return obj;
   },
 
@@ -4340,6 +4439,7 @@ export const ForecastResponse: MessageFns<ForecastResponse> = {
     message.coverage = object.coverage ?? 0;
     message.stepNs = object.stepNs ?? "0";
     message.fittedPoints = object.fittedPoints ?? 0;
+    message.capacity = object.capacity ?? 0;
     return message;
   },
 };
