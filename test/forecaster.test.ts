@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { InvalidArgumentError } from '../common/errors.js';
 import { renderForecastSvg } from '../common/svg-chart.js';
-import { createForecaster, type FittedForecaster } from '../coordinator/forecast/forecaster.js';
+import { createForecaster, WEEK_MS, type FittedForecaster } from '../coordinator/forecast/forecaster.js';
 import { toFreeCapacity } from '../coordinator/forecast/free-capacity.js';
 import { createRng, rollingMedian, toRegularSeries, windowMedian } from '../coordinator/forecast/regular-series.js';
 import { tensorflowBackend } from '../coordinator/forecast/tensorflow-backend.js';
@@ -207,5 +207,25 @@ describe('forecast helpers', () => {
     expect(svg).toContain('00:05');
     expect(svg).not.toContain('NaN');
     expect(renderForecastSvg({ title: 'empty', history: { t: [], v: [] } })).toContain('no data');
+  });
+});
+
+describe('forecaster season choice', () => {
+  it('learns a weekly season where the history spans enough weeks, and keeps daily otherwise', async () => {
+    const HOUR = 3_600_000;
+    const rng = createRng(11);
+    const t: number[] = [];
+    const v: number[] = [];
+    // 5 weeks hourly: busy weekdays (70), quiet weekends (20): a weekly, not a daily, pattern.
+    for (let i = 0; i < 5 * 7 * 24; i++) {
+      const day = Math.floor(i / 24) % 7;
+      t.push(T0 + i * HOUR);
+      v.push((day < 5 ? 70 : 20) + (rng() - 0.5) * 4);
+    }
+    const forecaster = createForecaster({ seed: 5 });
+    const weekly = await forecaster.fit({ t, v }, HOUR);
+    expect(weekly.seasonPeriodMs).toBe(WEEK_MS);
+    const short = await forecaster.fit(seasonalSeries(8), STEP);
+    expect(short.seasonPeriodMs).toBe(86_400_000);
   });
 });

@@ -503,7 +503,39 @@ function fromTail(tail: FittedForecaster['tail'], stepMs: number): RegularSeries
  * Creates a forecaster with validated options.
  * @throws InvalidArgumentError for bad options.
  */
+/** A week, the second season tried when the history is long enough. */
+export const WEEK_MS = 7 * 86_400_000;
+
+/**
+ * The forecaster. Without an explicit `seasonPeriodMs` it fits a daily season and, when the
+ * history spans three weeks or more, a weekly one too, and keeps whichever the rolling backtest
+ * scores better (mean MASE of the methods it would use), so weekly seasonality is learned where
+ * the history supports it.
+ */
 export function createForecaster(options: ForecasterOptions = {}): Forecaster {
+  const daily = createSingleSeasonForecaster(options);
+  if (options.seasonPeriodMs !== undefined) return daily;
+  const weekly = createSingleSeasonForecaster({ ...options, seasonPeriodMs: WEEK_MS });
+  const score = (f: FittedForecaster): number => {
+    const m = meanOf(f.anchors.map((a) => a.mase[a.method] as number).filter(Number.isFinite));
+    return Number.isFinite(m) ? m : Number.POSITIVE_INFINITY;
+  };
+  return Object.freeze({
+    options: daily.options,
+    async fit(series: Series, stepMs: number): Promise<FittedForecaster> {
+      const d = await daily.fit(series, stepMs);
+      const span = (series.t[series.t.length - 1] ?? 0) - (series.t[0] ?? 0);
+      if (span < 3 * WEEK_MS) return d;
+      const w = await weekly.fit(series, stepMs);
+      return score(w) < score(d) ? w : d;
+    },
+    // Forecasts depend only on the fitted object (its season included), not on the instance.
+    forecast: daily.forecast,
+    rollingOrigin: daily.rollingOrigin,
+  });
+}
+
+function createSingleSeasonForecaster(options: ForecasterOptions): Forecaster {
   const opts = compileForecasterOptions(options);
 
   function tailLength(periodSteps: number): number {

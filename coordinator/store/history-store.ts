@@ -273,6 +273,8 @@ export function createHistoryStore(db: HistoryDb, options: HistoryStoreOptions =
     db.sublevel<string, Uint8Array>(tier.resolutionMs === 0 ? 'raw' : `r${tier.resolutionMs}`, { keyEncoding: 'utf8', valueEncoding: 'view' }),
   );
   const seriesDb = db.sublevel<string, string>('series', { keyEncoding: 'utf8', valueEncoding: 'utf8' });
+  /** Series whose index entry this process wrote or saw written; others are (re)written on append. */
+  const knownSeries = new Set<string>();
   // Appends and the "is this series empty now?" check of compaction share one lock, so an append
   // can never land between that check and the index delete; compactions queue on their own lock.
   const writeLock = createMutex();
@@ -294,8 +296,14 @@ export function createHistoryStore(db: HistoryDb, options: HistoryStoreOptions =
       ops.push({ type: 'put', sublevel: tierDbs[0] as TierDb, key: seriesPrefix(nodeId, metric) + padTime(t), value: encodeRaw(s.value) });
     });
     if (ops.length === 0) return 0;
-    for (const metric of metrics) ops.push({ type: 'put', sublevel: seriesDb, key: `${nodeId}${SEP}${metric}`, value: '' });
-    await writeLock(() => db.batch(ops));
+    await writeLock(async () => {
+      // The series index is written once per series, not on every report (it doubled the writes);
+      // decided under the lock so compaction cannot drop an index entry in between.
+      const fresh = [...metrics].map((m) => `${nodeId}${SEP}${m}`).filter((k) => !knownSeries.has(k));
+      for (const key of fresh) ops.push({ type: 'put', sublevel: seriesDb, key, value: '' });
+      await db.batch(ops);
+      for (const key of fresh) knownSeries.add(key);
+    });
     return samples.length;
   }
 
@@ -434,6 +442,7 @@ export function createHistoryStore(db: HistoryDb, options: HistoryStoreOptions =
         const removed = await writeLock(async () => {
           if (!(await seriesIsEmpty(seriesPrefix(nodeId, metric)))) return false;
           await seriesDb.del(key);
+          knownSeries.delete(key);
           return true;
         });
         if (removed) report.seriesRemoved++;
