@@ -65,7 +65,7 @@ describe('dispatch end to end (real coordinator, real agent processes)', () => {
     dir = mkdtempSync(join(tmpdir(), 'retrace-dispatch-'));
     tc = await startTestCoordinator({
       extensions: [
-        meshExtension({ onMesh: (m) => (shared.mesh = m), options: { minReportIntervalMs: 50, suspectAfterIntervals: 2, lostAfterIntervals: 4 } }),
+        meshExtension({ onMesh: (m) => (shared.mesh = m), options: { minReportIntervalMs: 50, suspectAfterIntervals: 5, lostAfterIntervals: 10 } }),
         codeExtension({ onCodeStore: (s) => (shared.code = s) }),
         schedulerExtension(shared, { shardTimeoutMs: 20_000, maxInFlightPerNode: 8 }),
       ],
