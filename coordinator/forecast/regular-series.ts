@@ -164,14 +164,4 @@ export function naiveScale(series: RegularSeries, end = series.v.length): number
   return Math.max(scale, floor);
 }
 
-/** Seeded 32-bit PRNG (mulberry32), uniform in [0, 1). */
-export function createRng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { createRng } from '../../common/random.js';

@@ -10,7 +10,8 @@ import { versionKey } from '../../common/lineage-keys.js';
 import type { NanoClock } from '../clock.js';
 import { orderByDependencies, type LineageEngine } from '../lineage/lineage-engine.js';
 import type { Database } from '../store/database.js';
-import { checkSelector, compileReplayPolicy, createRng, type CompiledReplayPolicy, type ReplayPlacement } from './replay-policy.js';
+import { createRng } from '../../common/random.js';
+import { checkSelector, compileReplayPolicy, type CompiledReplayPolicy, type ReplayPlacement } from './replay-policy.js';
 
 /** Runs one shard somewhere and always resolves with its outcome (the dispatcher). */
 export interface ReplayShardRunner {

@@ -110,15 +110,3 @@ export function checkSelector(selector: RecordSelector | undefined): NonNullable
   }
   return s;
 }
-
-/** mulberry32: small, seedable, good enough to draw faults repeatably. */
-export function createRng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
