@@ -6,7 +6,7 @@ import type { ObjectRef, ObjectVersion, Run, Step } from '../../common/gen/retra
  * win, references accumulate, facets merge shallowly.
  */
 export function foldSteps(events: readonly { timeNs: bigint; step: Step }[]): Step {
-  const sorted = [...events].sort((a, b) => (a.timeNs < b.timeNs ? -1 : a.timeNs > b.timeNs ? 1 : 0));
+  const sorted = [...events].sort(byEventTime);
   const first = sorted[0];
   if (!first) throw new Error('foldSteps needs at least one event');
   const out: Step = { ...first.step, used: [...first.step.used], generated: [...first.step.generated] };
@@ -28,7 +28,7 @@ export function foldSteps(events: readonly { timeNs: bigint; step: Step }[]): St
 }
 
 export function foldRuns(events: readonly { timeNs: bigint; run: Run }[]): Run {
-  const sorted = [...events].sort((a, b) => (a.timeNs < b.timeNs ? -1 : a.timeNs > b.timeNs ? 1 : 0));
+  const sorted = [...events].sort(byEventTime);
   const first = sorted[0];
   if (!first) throw new Error('foldRuns needs at least one event');
   const out: Run = { ...first.run };
@@ -44,7 +44,7 @@ export function foldRuns(events: readonly { timeNs: bigint; run: Run }[]): Run {
 }
 
 export function foldObjectVersions(events: readonly { timeNs: bigint; version: ObjectVersion }[]): ObjectVersion {
-  const sorted = [...events].sort((a, b) => (a.timeNs < b.timeNs ? -1 : a.timeNs > b.timeNs ? 1 : 0));
+  const sorted = [...events].sort(byEventTime);
   const first = sorted[0];
   if (!first) throw new Error('foldObjectVersions needs at least one event');
   const out: ObjectVersion = { ...first.version };
@@ -90,4 +90,8 @@ function mergeFacets(a: Record<string, unknown> | undefined, b: Record<string, u
 
 function isPlainObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function byEventTime(a: { timeNs: bigint }, b: { timeNs: bigint }): number {
+  return a.timeNs < b.timeNs ? -1 : a.timeNs > b.timeNs ? 1 : 0;
 }
