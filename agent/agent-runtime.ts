@@ -21,6 +21,7 @@ import { codeServiceFetcher, createCodeCache, type CodeCache } from './code-cach
 import { loadOrCreateIdentity, saveIdentity } from './identity-store.js';
 import { createResourceProbe, type ResourceProbe } from './resource-probe.js';
 import { createShardExecutor, type ShardExecutor, type ShardExecutorOptions } from './shard-executor.js';
+import { sleep } from '../common/abortable-sleep.js';
 
 /**
  * Lifecycle of an agent process:
@@ -631,18 +632,5 @@ export function createAgentRuntime(options: AgentOptions): AgentRuntime {
     },
   };
   return runtime;
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve();
-    const timer = setTimeout(done, ms);
-    function done(): void {
-      clearTimeout(timer);
-      signal.removeEventListener('abort', done);
-      resolve();
-    }
-    signal.addEventListener('abort', done, { once: true });
-  });
 }
 

@@ -12,6 +12,7 @@ import { silentLog, type LogFn } from '../common/log.js';
 import type { ShardRecord, TransformParams } from '../common/transform.js';
 import type { CachedCode, CodeCache } from './code-cache.js';
 import type { FromWorker, ToWorker, WorkerShard } from './shard-worker.js';
+import { sleep } from '../common/abortable-sleep.js';
 
 /**
  * Runs shards (ShardAssignment → ShardOutcome) in worker threads.
@@ -219,18 +220,6 @@ type RunEnd =
   | { kind: 'died'; death: Death }
   | { kind: 'timeout' }
   | { kind: 'cancelled' };
-
-const sleep = (ms: number, signal: AbortSignal): Promise<void> =>
-  new Promise((resolve) => {
-    if (signal.aborted || ms <= 0) return resolve();
-    const timer = setTimeout(done, ms);
-    function done(): void {
-      clearTimeout(timer);
-      signal.removeEventListener('abort', done);
-      resolve();
-    }
-    signal.addEventListener('abort', done, { once: true });
-  });
 
 /** Creates an executor; workers start on demand. Throws InvalidArgumentError for bad options. */
 export function createShardExecutor(options: ShardExecutorOptions): ShardExecutor {

@@ -12,6 +12,7 @@ import { orderByDependencies, type LineageEngine } from '../lineage/lineage-engi
 import type { Database } from '../store/database.js';
 import { createRng } from '../../common/random.js';
 import { checkSelector, compileReplayPolicy, type CompiledReplayPolicy, type ReplayPlacement } from './replay-policy.js';
+import { sleep } from '../../common/abortable-sleep.js';
 
 /** Runs one shard somewhere and always resolves with its outcome (the dispatcher). */
 export interface ReplayShardRunner {
@@ -564,18 +565,5 @@ function isRecord(v: unknown): v is Record<string, unknown> {
 function retraceFacet(step: Step): { pipeline?: string; step?: string; inputs?: Record<string, string>; [k: string]: unknown } {
   const f = (step.facets as Record<string, unknown> | undefined)?.retrace;
   return isRecord(f) ? (f as { step?: string; inputs?: Record<string, string> }) : {};
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve();
-    const t = setTimeout(done, ms);
-    function done(): void {
-      clearTimeout(t);
-      signal.removeEventListener('abort', done);
-      resolve();
-    }
-    signal.addEventListener('abort', done, { once: true });
-  });
 }
 
