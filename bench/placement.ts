@@ -7,10 +7,10 @@
  * bound to a node that could ever fit it as soon as it is ready and waits in that node's FIFO).
  * ratio = round-robin makespan / allocator makespan (geometric mean over the workflows); goal > 1.
  */
-import { readFileSync, readdirSync, statSync } from 'node:fs';
-import { join, relative, resolve } from 'node:path';
+import { relative, resolve } from 'node:path';
 import { allocate, type NodeLoad, type NodeView } from '../coordinator/scheduler/allocator.js';
 import { finish } from './report.js';
+import { listWorkflowFiles, loadWorkflow } from './wf-instances.js';
 
 interface Task { id: string; parents: string[]; runtime: number; cpu: number; memMb: number }
 interface SimNode { view: NodeView; freeCpu: number; freeMem: number; fifo: Task[] }
@@ -18,13 +18,6 @@ interface SimNode { view: NodeView; freeCpu: number; freeMem: number; fifo: Task
 function flag(argv: string[], name: string, def: string): string {
   const i = argv.indexOf(`--${name}`);
   return i >= 0 && argv[i + 1] !== undefined ? (argv[i + 1] as string) : def;
-}
-
-function listJson(dir: string): string[] {
-  return readdirSync(dir).flatMap((n) => {
-    const p = join(dir, n);
-    return statSync(p).isDirectory() ? listJson(p) : n.endsWith('.json') ? [p] : [];
-  });
 }
 
 const NODE_SPECS = [
@@ -35,16 +28,8 @@ const NODE_SPECS = [
 ];
 
 function loadTasks(file: string): Task[] {
-  type Exec = { id: string; runtimeInSeconds?: number; coreCount?: number; avgCPU?: number; memoryInBytes?: number };
-  const wf = JSON.parse(readFileSync(file, 'utf8')) as { workflow: { specification: { tasks: { id: string; parents?: string[] }[] }; execution: { tasks: Exec[] } } };
-  const exec = new Map(wf.workflow.execution.tasks.map((t) => [t.id, t]));
   const maxCores = Math.max(...NODE_SPECS.map((n) => n.cores));
-  return wf.workflow.specification.tasks.map((t) => {
-    const e = exec.get(t.id);
-    const cpu = Math.min(maxCores, Math.max(1, Math.round(e?.coreCount ?? ((e?.avgCPU ?? 100) / 100))));
-    const memMb = Math.min(8 * 1024, Math.max(1, Math.round((e?.memoryInBytes ?? 0) / 2 ** 20)));
-    return { id: t.id, parents: t.parents ?? [], runtime: Math.max(0.001, e?.runtimeInSeconds ?? 1), cpu, memMb };
-  });
+  return loadWorkflow(file, { maxCores }).tasks.map((t) => ({ id: t.id, parents: t.parents, runtime: t.runtime, cpu: t.cores, memMb: t.memMb }));
 }
 
 function makeNodes(): SimNode[] {
@@ -135,7 +120,7 @@ function simulate(tasks: Task[], policy: Policy, seed: number): number {
 export async function main(argv: string[]): Promise<void> {
   const dir = resolve(flag(argv, 'workflows', '../shared/data/wfinstances'));
   const seed = Number(flag(argv, 'seed', '1'));
-  const files = listJson(dir).sort();
+  const files = listWorkflowFiles(dir);
   const rows: { workflow: string; tasks: number; allocator: number; roundRobin: number; random: number }[] = [];
   for (const f of files) {
     const tasks = loadTasks(f);
