@@ -227,7 +227,47 @@ describe('dispatcher (fake mesh)', () => {
     expect(f.sent.map((s) => s.msg.body?.$case)).toEqual(['throttle', 'assign']);
     ac.abort();
     expect((await p).outcome.status).toBe(ShardStatus.SHARD_STATUS_CANCELLED);
-    expect(f.sent.at(-1)?.msg.body).toMatchObject({ $case: 'cancel', value: { shardIds: ['c'] } });
+    expect(f.sent.map((s) => s.msg.body?.$case)).toEqual(['throttle', 'assign', 'cancel', 'throttle']);
+    expect(f.sent.find((s) => s.msg.body?.$case === 'cancel')?.msg.body).toMatchObject({ value: { shardIds: ['c'] } });
+    expect(f.sent.at(-1)?.msg.body).toMatchObject({ $case: 'throttle', value: { cpuFraction: 0 } }); // lifted
+    d.stop();
+  });
+  it('lifts a job\'s CPU cap once its last capped shard is done; the tightest cap on a node wins', async () => {
+    const f = fakeMesh([info('a')]);
+    const d = createDispatcher({ mesh: f.mesh, log: quiet, shardTimeoutMs: 10_000 });
+    const throttles = () => f.sent.flatMap((s) => (s.msg.body?.$case === 'throttle' ? [s.msg.body.value.cpuFraction] : []));
+    const half = ['h1', 'h2'].map((id) => d.run(shard(id), { placement: { maxCpuFraction: 0.5 } }));
+    await tick();
+    expect(throttles()).toEqual([0.5]);
+    const quarter = d.run(shard('q'), { placement: { maxCpuFraction: 0.25 } });
+    await tick();
+    expect(throttles()).toEqual([0.5, 0.25]);
+    // The tighter cap reaches the agent before the shard it covers.
+    const cases = f.sent.map((s) => (s.msg.body?.$case === 'assign' ? s.msg.body.value.shards.map((x) => x.shardId).join(',') : s.msg.body?.$case));
+    expect(cases).toEqual(['throttle', 'h1,h2', 'throttle', 'q']);
+    f.reply('a', ['q']);
+    await quarter;
+    expect(throttles()).toEqual([0.5, 0.25, 0.5]); // back to the cap of the shards still running
+    f.reply('a', ['h1']);
+    await tick();
+    expect(throttles()).toEqual([0.5, 0.25, 0.5]); // h2 still runs under it
+    f.reply('a', ['h2']);
+    await Promise.all(half);
+    expect(throttles()).toEqual([0.5, 0.25, 0.5, 0]); // lifted
+    // Later uncapped work sends no throttle and runs uncapped.
+    const free = d.run(shard('free'));
+    await tick();
+    expect(f.assigned('a')).toContain('free');
+    f.reply('a', ['free']);
+    await free;
+    expect(throttles()).toEqual([0.5, 0.25, 0.5, 0]);
+    d.stop();
+  });
+  it('a rejoining node is told its current cap (none), so a stale one does not linger', async () => {
+    const f = fakeMesh([info('a')]);
+    const d = createDispatcher({ mesh: f.mesh, log: quiet, shardTimeoutMs: 10_000 });
+    f.emit('node:registered', { nodeId: 'a', rejoined: true, atMs: 0 });
+    expect(f.sent.map((s) => s.msg.body)).toEqual([{ $case: 'throttle', value: { cpuFraction: 0, maxConcurrent: 0 } }]);
     d.stop();
   });
 });

@@ -55,6 +55,8 @@ export interface WaitingShard {
   shardId: string;
   stepName: string;
   reason: string;
+  /** The replay or recompute job the shard belongs to (its assignment's job_id); absent for live runs. */
+  jobId?: string;
 }
 
 /** Sends shards to agents over the mesh and matches their outcomes. */
@@ -125,7 +127,10 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
   const load = new Map<string, NodeLoad>();
   const outbox = new Map<string, ShardAssignment[]>();
   const outages = new Map<string, number>(options.linkFaults ?? []);
+  /** The CPU fraction last sent to each node (absent or 0: no cap). */
   const throttled = new Map<string, number>();
+  /** Capped shards placed on each node, by their maxCpuFraction: the node's cap is the smallest. */
+  const capsOn = new Map<string, Map<number, number>>();
   let views: NodeView[] = [];
   let viewsStale = true;
   let scheduled = false;
@@ -178,6 +183,39 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
     l.inFlight--;
     l.reservedCpu -= e.cpu;
     l.reservedMemMb -= e.memMb;
+    const fraction = e.options.placement?.maxCpuFraction;
+    if (fraction !== undefined) {
+      const caps = capsOn.get(nodeId);
+      const n = (caps?.get(fraction) ?? 0) - 1;
+      if (n > 0) caps?.set(fraction, n);
+      else caps?.delete(fraction);
+      if (caps?.size === 0) capsOn.delete(nodeId);
+      syncThrottle(nodeId);
+    }
+  }
+
+  /** The cap the node's placed shards call for: the smallest maxCpuFraction among them, 0 when none is capped. */
+  function capOf(nodeId: string): number {
+    let cap = 0;
+    for (const f of capsOn.get(nodeId)?.keys() ?? []) if (cap === 0 || f < cap) cap = f;
+    return cap;
+  }
+
+  /**
+   * Sends the node its cap when it changed. A tighter cap goes out ahead of the shards it covers
+   * (the outbox is flushed first, so shards already placed keep the old one); a looser cap or
+   * none (0) goes out as soon as the last shard that needed the old one is done, so later
+   * uncapped work is not left capped.
+   */
+  function syncThrottle(nodeId: string): void {
+    const cap = capOf(nodeId);
+    const sent = throttled.get(nodeId) ?? 0;
+    if (cap === sent) return;
+    if (cap !== 0 && (sent === 0 || cap < sent)) flushNode(nodeId);
+    if (cap === 0) throttled.delete(nodeId);
+    else throttled.set(nodeId, cap);
+    log('debug', 'node:throttle', { nodeId, cpuFraction: cap });
+    send(nodeId, { body: { $case: 'throttle', value: { cpuFraction: cap, maxConcurrent: 0 } } });
   }
 
   function classOf(key: string): ShardClass {
@@ -240,11 +278,12 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
     l.reservedCpu += e.cpu;
     l.reservedMemMb += e.memMb;
     const fraction = e.options.placement?.maxCpuFraction;
-    if (fraction !== undefined && throttled.get(nodeId) !== fraction) {
-      // The agent enforces the job's CPU cap on its workers; sent before the shards it covers.
-      flushNode(nodeId);
-      throttled.set(nodeId, fraction);
-      send(nodeId, { body: { $case: 'throttle', value: { cpuFraction: fraction, maxConcurrent: 0 } } });
+    if (fraction !== undefined) {
+      // The agent enforces the job's CPU cap on its workers (all of them: the cap is per node).
+      let caps = capsOn.get(nodeId);
+      if (!caps) capsOn.set(nodeId, (caps = new Map()));
+      caps.set(fraction, (caps.get(fraction) ?? 0) + 1);
+      syncThrottle(nodeId);
     }
     let box = outbox.get(nodeId);
     if (!box) outbox.set(nodeId, (box = []));
@@ -339,8 +378,15 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
 
   const offs = [
     mesh.onMessage(onOutcomes),
-    mesh.on('node:registered', () => {
+    mesh.on('node:registered', (r) => {
       viewsStale = true;
+      // A rejoining agent may still hold a cap from before it was lost: tell it the current one.
+      if (r.rejoined) {
+        throttled.delete(r.nodeId);
+        const cap = capOf(r.nodeId);
+        if (cap !== 0) throttled.set(r.nodeId, cap);
+        send(r.nodeId, { body: { $case: 'throttle', value: { cpuFraction: cap, maxConcurrent: 0 } } });
+      }
       schedule();
     }),
     mesh.on('node:transition', (t) => {
@@ -432,7 +478,7 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
       const out: WaitingShard[] = [];
       for (const c of classes.values()) {
         if (c.reason === undefined) continue;
-        for (const e of [...c.retry, ...c.queue.slice(c.head).filter(pending)]) out.push({ shardId: e.assignment.shardId, stepName: e.assignment.stepName, reason: c.reason });
+        for (const e of [...c.retry, ...c.queue.slice(c.head).filter(pending)]) out.push({ shardId: e.assignment.shardId, stepName: e.assignment.stepName, reason: c.reason, jobId: e.assignment.jobId || undefined });
       }
       return out;
     },
