@@ -4,7 +4,7 @@ import { meshExtension } from '../../coordinator/mesh/mesh-extension.js';
 import { codeExtension } from '../../coordinator/code/code-extension.js';
 import type { NodeMesh } from '../../coordinator/mesh/node-mesh.js';
 import type { Dispatcher } from '../../coordinator/scheduler/dispatcher.js';
-import { schedulerExtension } from '../../coordinator/scheduler/scheduler-extension.js';
+import { schedulerExtension, type SchedulerShared } from '../../coordinator/scheduler/scheduler-extension.js';
 import { pipelineExtension, type PipelineHandles } from '../../coordinator/pipeline/pipeline-extension.js';
 import { replayExtension } from '../../coordinator/replay/replay-extension.js';
 import type { ReplayEngine } from '../../coordinator/replay/replay-engine.js';
@@ -14,6 +14,8 @@ export interface CoordinatorServices {
   mesh?: NodeMesh;
   code?: CodeStore;
   dispatcher?: Dispatcher;
+  /** A node's forecast headroom as the allocator ranks by it (set by schedulerExtension). */
+  headroom?: SchedulerShared['headroom'];
   /** Pipeline definitions/versions and payloads (set by pipelineExtension). */
   pipelines?: PipelineHandles;
   /** The replay engine (set by replayExtension). */
