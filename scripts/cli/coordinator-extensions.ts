@@ -8,6 +8,8 @@ import { schedulerExtension, type SchedulerShared } from '../../coordinator/sche
 import { pipelineExtension, type PipelineHandles } from '../../coordinator/pipeline/pipeline-extension.js';
 import { replayExtension } from '../../coordinator/replay/replay-extension.js';
 import type { ReplayEngine } from '../../coordinator/replay/replay-engine.js';
+import { jobsExtension } from '../../coordinator/jobs/jobs-extension.js';
+import type { JobManager } from '../../coordinator/jobs/job-manager.js';
 
 /** What the coordinator's extensions publish for the ones after them (pipelines, replay). */
 export interface CoordinatorServices {
@@ -20,6 +22,8 @@ export interface CoordinatorServices {
   pipelines?: PipelineHandles;
   /** The replay engine (set by replayExtension). */
   replay?: ReplayEngine;
+  /** The job orchestrator (set by jobsExtension); recompute registers its executor here. */
+  jobs?: JobManager;
 }
 
 /**
@@ -33,6 +37,7 @@ export function coordinatorExtensions(shared: CoordinatorServices = {}): Extensi
     codeExtension({ onCodeStore: (s) => (shared.code = s) }),
     schedulerExtension(shared),
     pipelineExtension(shared),
+    jobsExtension(shared),
     replayExtension(shared),
   ];
 }
