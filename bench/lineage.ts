@@ -12,7 +12,10 @@
  * version of layer l. Version-level edges (what the index counts): input version → step and
  * step → output version, ~3 per step. PostgreSQL gets exactly those edges as (src, dst) rows.
  *
- * Retrace latency is client-measured (nice-grpc round trip including response decoding).
+ * Retrace latency is client-measured (nice-grpc round trip including response decoding), view
+ * TRACE_VIEW_PACKED_IDS (node numbers and distances as little-endian uint32 bytes); the IDS,
+ * KEYS and FULL views, the time inside the handler, and a nice-grpc echo of the same response
+ * size in the same process (the floor of any unary call on this machine) are reported beside it.
  * PostgreSQL latency is server-side, from EXPLAIN (ANALYZE, TIMING OFF)'s "Execution Time"
  * (no result transfer); psql's \timing round trip (rows sent to psql) is reported alongside.
  * ratio = PostgreSQL p95 / Retrace p95 over both directions' samples pooled.
@@ -25,7 +28,7 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { createChannel, createClientFactory, Metadata } from 'nice-grpc';
+import { createChannel, createClientFactory, createServer, Metadata } from 'nice-grpc';
 import { Coordinator } from '../coordinator/coordinator.js';
 import { Direction, LineageServiceDefinition, NodeKind, TraceView, type SubmitEventsRequest, type TraceRequest } from '../common/gen/retrace/v1/lineage.js';
 import type { LineageEvent } from '../common/gen/retrace/v1/provenance.js';
@@ -250,9 +253,10 @@ async function run(root: string, o: { targetEdges: number; layers: number; windo
   const starts: Sample[] = [];
   for (let k = 0; k < o.samples; k++) starts.push({ direction: 'down', layer: Math.floor(rnd() * band), pos: Math.floor(rnd() * width) });
   for (let k = 0; k < o.samples; k++) starts.push({ direction: 'up', layer: layers - Math.floor(rnd() * band), pos: Math.floor(rnd() * width) });
-  // The ratio uses TRACE_VIEW_IDS: stable node numbers, what the PostgreSQL query returns too
-  // (integer ids). The keys and full views are measured and reported beside it.
-  const request = (s: Sample, view = TraceView.TRACE_VIEW_IDS): TraceRequest => ({
+  // The ratio uses TRACE_VIEW_PACKED_IDS: stable node numbers (what the PostgreSQL query returns
+  // too, integer ids) as little-endian uint32 bytes. The ids, keys and full views are measured
+  // and reported beside it.
+  const request = (s: Sample, view = TraceView.TRACE_VIEW_PACKED_IDS): TraceRequest => ({
     start: { kind: NodeKind.NODE_KIND_OBJECT_VERSION, id: `rec:${s.pos}`, contentHash: versionHash(s.layer, s.pos) },
     direction: s.direction === 'down' ? Direction.DIRECTION_DOWNSTREAM : Direction.DIRECTION_UPSTREAM,
     depth: 0,
@@ -264,20 +268,64 @@ async function run(root: string, o: { targetEdges: number; layers: number; windo
     view,
   });
 
+  // Bench-only instrumentation: time inside the handler (engine.trace), i.e. the server-side
+  // figure comparable to PostgreSQL's Execution Time; serialization and transport excluded.
+  const serverMs: number[] = [];
+  const engineTrace = coordinator.lineage.trace.bind(coordinator.lineage);
+  let recordServer = false;
+  coordinator.lineage.trace = async (r) => {
+    const t0 = performance.now();
+    const out = await engineTrace(r);
+    if (recordServer) serverMs.push(performance.now() - t0);
+    return out;
+  };
+  // The floor of any unary call here: a nice-grpc echo server in this process (no middleware)
+  // answering pre-encoded bytes of the packed response's size, called from a nice-grpc client.
+  const EchoDefinition = {
+    echo: {
+      path: '/bench.Echo/Echo',
+      requestStream: false,
+      responseStream: false,
+      requestSerialize: (b: Uint8Array): Uint8Array => b,
+      requestDeserialize: (b: Uint8Array): Uint8Array => b,
+      responseSerialize: (b: Uint8Array): Uint8Array => b,
+      responseDeserialize: (b: Uint8Array): Uint8Array => b,
+      options: {},
+    },
+  } as const;
+  let echoPayload: Uint8Array = new Uint8Array(0);
+  const echoServer = createServer();
+  echoServer.add(EchoDefinition, { echo: async () => echoPayload });
+  const echoPort = await echoServer.listen('127.0.0.1:0');
+  const echoChannel = createChannel(`127.0.0.1:${echoPort}`, undefined, { 'grpc.max_receive_message_length': 256 << 20 });
+  const echoClient = createClientFactory().create(EchoDefinition, echoChannel);
+  const echoRequest = new Uint8Array(120);
+
   // ---- Retrace: Trace round trips (a warm-up pass over 20 starts, then every start once) ----
-  for (const s of starts.slice(0, 10).concat(starts.slice(o.samples, o.samples + 10))) await client.trace(request(s));
+  for (const s of starts.slice(0, 10).concat(starts.slice(o.samples, o.samples + 10))) {
+    await client.trace(request(s));
+    await echoClient.echo(echoRequest);
+  }
   const retraceMs: number[] = [];
+  const echoMs: number[] = [];
   const sizes: number[] = [];
   const hr0 = process.hrtime.bigint();
+  recordServer = true;
   for (const s of starts) {
     const t0 = performance.now();
     const r = await client.trace(request(s));
     retraceMs.push(performance.now() - t0);
-    if (r.nextPageToken !== '' || r.nodeIds.length !== Number(r.totalNodes)) throw new Error('closure did not fit one page');
-    sizes.push(r.nodeIds.length);
+    const n = r.packedNodeIds.length / 4;
+    if (r.nextPageToken !== '' || n !== Number(r.totalNodes) || r.packedDistances.length !== r.packedNodeIds.length) throw new Error('closure did not fit one page');
+    sizes.push(n);
+    echoPayload = new Uint8Array(r.packedNodeIds.length + r.packedDistances.length + 12);
+    const t1 = performance.now();
+    await echoClient.echo(echoRequest);
+    echoMs.push(performance.now() - t1);
   }
-  const viewMs: Record<string, number[]> = { keys: [], full: [] };
-  for (const [name, view] of [['keys', TraceView.TRACE_VIEW_KEYS], ['full', TraceView.TRACE_VIEW_FULL]] as const) {
+  recordServer = false;
+  const viewMs: Record<string, number[]> = { ids: [], keys: [], full: [] };
+  for (const [name, view] of [['ids', TraceView.TRACE_VIEW_IDS], ['keys', TraceView.TRACE_VIEW_KEYS], ['full', TraceView.TRACE_VIEW_FULL]] as const) {
     for (const s of starts) {
       const t0 = performance.now();
       await client.trace(request(s, view));
@@ -290,9 +338,11 @@ async function run(root: string, o: { targetEdges: number; layers: number; windo
   const engineMs: number[] = [];
   for (const s of starts) {
     const t0 = performance.now();
-    await coordinator.lineage.trace(request(s));
+    await engineTrace(request(s));
     engineMs.push(performance.now() - t0);
   }
+  echoChannel.close();
+  await echoServer.shutdown();
   channel.close();
   await coordinator.stop();
 
@@ -301,12 +351,14 @@ async function run(root: string, o: { targetEdges: number; layers: number; windo
   const sizeText = (xs: number[]): string => `closure nodes min ${fmt(Math.min(...xs))} / p50 ${fmt(percentile(xs, 50))} / max ${fmt(Math.max(...xs))}`;
   const lat = (xs: number[]): string => `p50 ${fmt(percentile(xs, 50), 2)} ms, p95 ${fmt(percentile(xs, 95), 2)} ms`;
   console.log('');
-  console.log(`Retrace Trace (client round trip, page_size 100000, ${o.samples} starts per direction, view IDS):`);
+  console.log(`Retrace Trace (client round trip, page_size 100000, ${o.samples} starts per direction, view PACKED_IDS):`);
   console.log(`  downstream: ${lat(down(retraceMs))}; ${sizeText(down(sizes))}`);
   console.log(`  upstream  : ${lat(up(retraceMs))}; ${sizeText(up(sizes))}`);
   console.log(`  pooled    : ${lat(retraceMs)}`);
-  console.log(`  view KEYS (node keys as strings): ${lat(viewMs.keys as number[])}; view FULL (NodeRef, key, distance, time, label per node): ${lat(viewMs.full as number[])}`);
-  console.log(`  in-process engine.trace (no gRPC, view IDS): downstream ${lat(down(engineMs))}; upstream ${lat(up(engineMs))}`);
+  console.log(`  server side (inside the handler, no serialization or transport): ${lat(serverMs)}`);
+  console.log(`  nice-grpc echo of the same response size, same process (the floor of a unary call here): ${lat(echoMs)}`);
+  console.log(`  view IDS (repeated uint32): ${lat(viewMs.ids as number[])}; view KEYS (node keys as strings): ${lat(viewMs.keys as number[])}; view FULL (NodeRef, key, distance, time, label per node): ${lat(viewMs.full as number[])}`);
+  console.log(`  in-process engine.trace (no gRPC, view PACKED_IDS): downstream ${lat(down(engineMs))}; upstream ${lat(up(engineMs))}`);
 
   // ---- PostgreSQL ----
   const pg = runPostgres(root, graph, starts, sizes);
@@ -322,6 +374,10 @@ async function run(root: string, o: { targetEdges: number; layers: number; windo
     retraceUpP95Ms: round(percentile(up(retraceMs), 95), 2),
     retraceP95Ms: round(percentile(retraceMs, 95), 2),
     engineP95Ms: round(percentile(engineMs, 95), 2),
+    retraceServerSideP95Ms: round(percentile(serverMs, 95), 2),
+    echoP50Ms: round(percentile(echoMs, 50), 2),
+    echoP95Ms: round(percentile(echoMs, 95), 2),
+    retraceIdsViewP95Ms: round(percentile(viewMs.ids as number[], 95), 2),
     retraceKeysViewP95Ms: round(percentile(viewMs.keys as number[], 95), 2),
     retraceFullViewP95Ms: round(percentile(viewMs.full as number[], 95), 2),
     ingestS: round(ingestMs / 1000, 1),
@@ -330,7 +386,7 @@ async function run(root: string, o: { targetEdges: number; layers: number; windo
     rssDeltaBytesPerEdge: Math.round(rssDelta / edgeCount),
     indexArrayBytesPerEdge: round(index.arrayBytes / edgeCount, 1),
     loadAvg1m: round(loadavg()[0] ?? 0, 1),
-    ratioBasis: 'PostgreSQL p95 (EXPLAIN ANALYZE Execution Time) / Retrace p95 (client round trip, TRACE_VIEW_IDS), both directions pooled',
+    ratioBasis: 'PostgreSQL p95 (EXPLAIN ANALYZE Execution Time) / Retrace p95 (client round trip, TRACE_VIEW_PACKED_IDS), both directions pooled',
   };
   if ('unavailable' in pg) {
     console.log(`PostgreSQL: unavailable: ${pg.unavailable}`);

@@ -1,5 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { Direction, NodeKind } from '../common/gen/retrace/v1/lineage.js';
+import { Direction, NodeKind, TraceView } from '../common/gen/retrace/v1/lineage.js';
 import { InvalidArgumentError, NotFoundError } from '../common/errors.js';
 import { leafHash, verifyInclusion } from '../common/merkle.js';
 import { loadCheckpointSigner, verifyCheckpoint } from '../coordinator/ledger/checkpoint-signer.js';
@@ -78,6 +78,51 @@ describe('lineage engine', () => {
     } while (token);
     expect(new Set(seen).size).toBe(50);
     await expect(engine.trace({ start: version('src', 'src'), direction: 0, depth: 0, asOfNs: '0', pageSize: 7, pageToken: '!!bad', includeEdges: false, objectLevel: false })).rejects.toThrow(/page_token/);
+  });
+
+  it('answers the same closure in every view, page by page, packed ids as little-endian uint32s', async () => {
+    await chain();
+    const events = [objectEvent('fan', 'fan', 'fan')];
+    for (let i = 0; i < 12; i++) events.push(stepEvent(`f${i}`, `f${i}`, [ref('fan', 'fan'), ref('raw:1', 'r1')], [ref(`fo${i}`, `fc${i}`)]));
+    await engine.submit(events);
+    const page = (view: TraceView, pageToken: string) =>
+      engine.trace({ start: version('raw:1', 'r1'), direction: Direction.DIRECTION_DOWNSTREAM, depth: 0, asOfNs: '0', pageSize: 5, pageToken, includeEdges: false, objectLevel: false, view });
+    const collect = async (view: TraceView) => {
+      const out: { key: string; distance: number }[] = [];
+      let token = '';
+      do {
+        const r = await page(view, token);
+        expect(r.totalNodes).toBe('28');
+        if (view === TraceView.TRACE_VIEW_PACKED_IDS) {
+          expect(r.nodeIds).toEqual([]);
+          expect(r.packedNodeIds.length).toBe(r.packedDistances.length);
+          for (let i = 0; i < r.packedNodeIds.length; i += 4) {
+            out.push({ key: engine.resolveNodes([r.packedNodeIds.readUInt32LE(i)])[0] as string, distance: r.packedDistances.readUInt32LE(i) });
+          }
+        } else if (view === TraceView.TRACE_VIEW_IDS) {
+          expect(r.packedNodeIds.length).toBe(0);
+          engine.resolveNodes(r.nodeIds).forEach((key, i) => out.push({ key, distance: r.distances[i] as number }));
+        } else if (view === TraceView.TRACE_VIEW_KEYS) {
+          r.keys.forEach((key, i) => out.push({ key, distance: r.distances[i] as number }));
+        } else {
+          for (const n of r.nodes) out.push({ key: n.key, distance: n.distance });
+        }
+        token = r.nextPageToken;
+      } while (token);
+      return out;
+    };
+    const full = await collect(TraceView.TRACE_VIEW_FULL);
+    expect(full).toHaveLength(28);
+    expect(full.find((n) => n.key === `version:out:1@${h('x1')}`)?.distance).toBe(4);
+    expect(await collect(TraceView.TRACE_VIEW_KEYS)).toEqual(full);
+    expect(await collect(TraceView.TRACE_VIEW_IDS)).toEqual(full);
+    expect(await collect(TraceView.TRACE_VIEW_PACKED_IDS)).toEqual(full);
+    // A run's or transform's own steps lead its answer at distance 0 in the packed view too.
+    const t = await engine.trace({ start: { kind: NodeKind.NODE_KIND_TRANSFORM, id: 'upper', contentHash: '' }, direction: Direction.DIRECTION_DOWNSTREAM, pageSize: 100, view: TraceView.TRACE_VIEW_PACKED_IDS });
+    const f = await engine.trace({ start: { kind: NodeKind.NODE_KIND_TRANSFORM, id: 'upper', contentHash: '' }, direction: Direction.DIRECTION_DOWNSTREAM, pageSize: 100, view: TraceView.TRACE_VIEW_FULL });
+    expect(t.packedNodeIds.length / 4).toBe(f.nodes.length);
+    expect(engine.resolveNodes([t.packedNodeIds.readUInt32LE(0)])).toEqual([f.nodes[0]?.key]);
+    expect(f.nodes[0]?.distance).toBe(0);
   });
 
   it('is idempotent by event id, within a batch and across batches', async () => {

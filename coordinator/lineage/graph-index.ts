@@ -66,7 +66,9 @@ export class GraphIndex {
   private readonly lists = [this.vDown, this.vUp, this.oDown, this.oUp, this.members];
 
   private visitStamp = new Int32Array(0);
-  private distance = new Int32Array(0);
+  /** Scratch of walkScratch: the breadth-first queue and each queued node's distance. */
+  private queue = new Int32Array(0);
+  private queueDistance = new Int32Array(0);
   private stamp = 0;
 
   get nodeCount(): number {
@@ -227,43 +229,62 @@ export class GraphIndex {
   }
 
   /**
-   * Breadth-first closure from `starts` (excluded from the result unless reached again). Returns
-   * node ids in visiting order with their distances; `distanceOf` is valid until the next walk.
+   * Breadth-first closure from `starts` (never part of the result: they are marked visited
+   * first). Returns node ids in visiting order with their distances, in fresh arrays.
    */
   walk(starts: readonly number[], options: WalkOptions): { nodes: Int32Array; distances: Int32Array } {
+    const r = this.walkScratch(starts, options);
+    return { nodes: r.nodes.slice(), distances: r.distances.slice() };
+  }
+
+  /**
+   * `walk` without copying: the arrays are views of scratch buffers that the next walk (or a
+   * step's cycle check) overwrites, so the caller must use or copy them before then. A closure
+   * then allocates nothing per node, which keeps the Trace RPC's latency flat and its garbage low.
+   */
+  walkScratch(starts: readonly number[], options: WalkOptions): { nodes: Int32Array; distances: Int32Array } {
     const lists = options.objectLevel ? [this.oDown, this.oUp] : [this.vDown, this.vUp];
     const directions = options.mode === 'down' ? [lists[0] as AdjacencyLists] : options.mode === 'up' ? [lists[1] as AdjacencyLists] : lists;
     this.prepareMarks();
     const stamp = ++this.stamp;
-    const queue = new GrowableInt32(64);
+    const visit = this.visitStamp;
+    // Every node enters the queue at most once, so queue and distance buffers of nodeCount suffice.
+    const queue = this.queue;
+    const qdist = this.queueDistance;
+    const kinds = this.kinds.data;
+    const objectOf = this.objectOf.data;
+    const depth = options.depth;
+    const asOfMs = options.asOfMs;
+    const objectLevel = options.objectLevel;
+    let tail = 0;
     for (const s of starts) {
-      if (this.visitStamp[s] === stamp) continue;
-      this.visitStamp[s] = stamp;
-      this.distance[s] = 0;
-      queue.push(s);
+      if (visit[s] === stamp) continue;
+      visit[s] = stamp;
+      qdist[tail] = 0;
+      queue[tail++] = s;
     }
-    const startCount = queue.length;
-    for (let head = 0; head < queue.length; head++) {
-      const node = queue.data[head] as number;
-      const d = this.distance[node] as number;
-      if (options.depth !== 0 && d >= options.depth) continue;
+    const startCount = tail;
+    for (let head = 0; head < tail; head++) {
+      const node = queue[head] as number;
+      const d = qdist[head] as number;
+      if (depth !== 0 && d >= depth) continue;
       for (const adj of directions) {
-        for (let e = adj.first(node); e !== -1; e = adj.next.data[e] as number) {
-          if ((adj.time.data[e] as number) > options.asOfMs) continue;
-          let to = adj.dst.data[e] as number;
+        const next = adj.next.data;
+        const dst = adj.dst.data;
+        const time = adj.time.data;
+        for (let e = adj.first(node); e !== -1; e = next[e] as number) {
+          if ((time[e] as number) > asOfMs) continue;
+          let to = dst[e] as number;
           // Object-level walks see a version as its object.
-          if (options.objectLevel && this.kinds.data[to] === NodeKind.NODE_KIND_OBJECT_VERSION) to = this.objectOf.data[to] as number;
-          if (this.visitStamp[to] === stamp) continue;
-          this.visitStamp[to] = stamp;
-          this.distance[to] = d + 1;
-          queue.push(to);
+          if (objectLevel && kinds[to] === NodeKind.NODE_KIND_OBJECT_VERSION) to = objectOf[to] as number;
+          if (visit[to] === stamp) continue;
+          visit[to] = stamp;
+          qdist[tail] = d + 1;
+          queue[tail++] = to;
         }
       }
     }
-    const nodes = queue.data.slice(startCount, queue.length);
-    const distances = new Int32Array(nodes.length);
-    for (let i = 0; i < nodes.length; i++) distances[i] = this.distance[nodes[i] as number] as number;
-    return { nodes, distances };
+    return { nodes: queue.subarray(startCount, tail), distances: qdist.subarray(startCount, tail) };
   }
 
   /** Edges among `nodes` (plus `starts`) in the granularity walked, each once, as [from, to] downstream pairs. */
@@ -302,9 +323,8 @@ export class GraphIndex {
       const v = new Int32Array(size);
       v.set(this.visitStamp);
       this.visitStamp = v;
-      const d = new Int32Array(size);
-      d.set(this.distance);
-      this.distance = d;
+      this.queue = new Int32Array(size);
+      this.queueDistance = new Int32Array(size);
     }
   }
 }

@@ -435,37 +435,46 @@ export class LineageEngine implements LineageApi {
     } else {
       const mode = direction === Direction.DIRECTION_UPSTREAM ? 'up' : direction === Direction.DIRECTION_ANY ? 'any' : 'down';
       if (direction !== Direction.DIRECTION_DOWNSTREAM && mode === 'down') throw new InvalidArgumentError('direction', 'unknown direction');
-      ({ nodes, distances } = this.index.walk(starts, { mode, objectLevel, depth, asOfMs }));
+      // Views of the index's scratch buffers: used (copied) below before anything walks again.
+      ({ nodes, distances } = this.index.walkScratch(starts, { mode, objectLevel, depth, asOfMs }));
     }
-    // A transform's or run's own steps are part of its answer.
-    const startSet = new Set(starts);
-    const includeStarts = start.kind === NodeKind.NODE_KIND_TRANSFORM || start.kind === NodeKind.NODE_KIND_RUN;
-    const all: number[] = includeStarts ? [...starts] : [];
-    const dist: number[] = includeStarts ? starts.map(() => 0) : [];
-    for (let i = 0; i < nodes.length; i++) {
-      const n = nodes[i] as number;
-      if (startSet.has(n)) continue;
-      all.push(n);
-      dist.push(distances[i] as number);
+    // A transform's or run's own steps are part of its answer. Walks never return their starts.
+    if (start.kind === NodeKind.NODE_KIND_TRANSFORM || start.kind === NodeKind.NODE_KIND_RUN) {
+      const withStarts = new Int32Array(starts.length + nodes.length);
+      withStarts.set(starts);
+      withStarts.set(nodes, starts.length);
+      const d = new Int32Array(withStarts.length);
+      d.set(distances, starts.length);
+      nodes = withStarts;
+      distances = d;
     }
     const offset = token?.offset ?? 0;
-    const end = Math.min(all.length, offset + pageSize);
-    const nextPageToken = end < all.length ? encodePageToken({ offset: end, asOfMs }) : '';
-    const totalNodes = all.length.toString();
-    if (request.view === TraceView.TRACE_VIEW_IDS || request.view === TraceView.TRACE_VIEW_KEYS) {
-      const ids = all.slice(offset, end);
-      return {
-        nodes: [],
-        edges: [],
-        totalNodes,
-        nextPageToken,
-        keys: request.view === TraceView.TRACE_VIEW_KEYS ? ids.map((n) => this.index.keyOf(n)) : [],
-        nodeIds: request.view === TraceView.TRACE_VIEW_IDS ? ids : [],
-        distances: dist.slice(offset, end),
-      };
+    const end = Math.max(offset, Math.min(nodes.length, offset + pageSize));
+    const nextPageToken = end < nodes.length ? encodePageToken({ offset: end, asOfMs }) : '';
+    const totalNodes = nodes.length.toString();
+    const ids = nodes.subarray(offset, end);
+    const idDistances = distances.subarray(offset, end);
+    const response: TraceResponse = { nodes: [], edges: [], totalNodes, nextPageToken, keys: [], nodeIds: [], distances: [], packedNodeIds: EMPTY_BYTES, packedDistances: EMPTY_BYTES };
+    switch (request.view) {
+      case TraceView.TRACE_VIEW_PACKED_IDS:
+        response.packedNodeIds = packUint32(ids);
+        response.packedDistances = packUint32(idDistances);
+        return response;
+      case TraceView.TRACE_VIEW_IDS:
+        response.nodeIds = Array.from(ids);
+        response.distances = Array.from(idDistances);
+        return response;
+      case TraceView.TRACE_VIEW_KEYS:
+        response.keys = Array.from(ids, (n) => this.index.keyOf(n));
+        response.distances = Array.from(idDistances);
+        return response;
+      default:
+        break;
     }
+    const all = Array.from(ids);
+    const dist = Array.from(idDistances);
     const page: TraceNode[] = [];
-    for (let i = offset; i < end; i++) {
+    for (let i = 0; i < all.length; i++) {
       const n = all[i] as number;
       const k = this.index.keyOf(n);
       page.push({
@@ -478,7 +487,7 @@ export class LineageEngine implements LineageApi {
     }
     const edges: TraceEdge[] = [];
     if (request.includeEdges) {
-      const set = new Set<number>(all.slice(offset, end));
+      const set = new Set<number>(all);
       for (const s of starts) set.add(s);
       for (const [from, to] of this.index.edgesAmong(set, objectLevel, asOfMs)) {
         const fromKind = this.index.kindOf(from);
@@ -486,7 +495,9 @@ export class LineageEngine implements LineageApi {
         else edges.push({ from: this.index.keyOf(to), to: this.index.keyOf(from), kind: EdgeKind.EDGE_KIND_USED });
       }
     }
-    return { nodes: page, edges, totalNodes, nextPageToken, keys: [], nodeIds: [], distances: [] };
+    response.nodes = page;
+    response.edges = edges;
+    return response;
   }
 
   /** Keys of node numbers (from TRACE_VIEW_IDS); empty strings for unknown numbers. */
@@ -621,6 +632,17 @@ export function nsToMs(ns: bigint): number {
 function msToNsString(ms: number): string {
   if (!Number.isFinite(ms)) return '0';
   return (BigInt(Math.round(ms * 1000)) * 1000n).toString();
+}
+
+const EMPTY_BYTES = Buffer.alloc(0);
+const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+
+/** Little-endian uint32s of `values` (non-negative int32s), in a fresh buffer. */
+function packUint32(values: Int32Array): Buffer {
+  if (LITTLE_ENDIAN) return Buffer.from(values.slice().buffer);
+  const out = Buffer.allocUnsafe(values.length * 4);
+  for (let i = 0; i < values.length; i++) out.writeUInt32LE(values[i] as number, i * 4);
+  return out;
 }
 
 function encodePageToken(t: { offset: number; asOfMs: number }): string {

@@ -136,6 +136,11 @@ export enum TraceView {
    * ResolveNodes turns them into keys.
    */
   TRACE_VIEW_IDS = 3,
+  /**
+   * TRACE_VIEW_PACKED_IDS - TRACE_VIEW_IDS in two byte strings, `packed_node_ids` and `packed_distances` (little-endian
+   * uint32 each, same order): no per-node work to encode or decode; the fastest view.
+   */
+  TRACE_VIEW_PACKED_IDS = 4,
   UNRECOGNIZED = -1,
 }
 
@@ -153,6 +158,9 @@ export function traceViewFromJSON(object: any): TraceView {
     case 3:
     case "TRACE_VIEW_IDS":
       return TraceView.TRACE_VIEW_IDS;
+    case 4:
+    case "TRACE_VIEW_PACKED_IDS":
+      return TraceView.TRACE_VIEW_PACKED_IDS;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -170,6 +178,8 @@ export function traceViewToJSON(object: TraceView): string {
       return "TRACE_VIEW_KEYS";
     case TraceView.TRACE_VIEW_IDS:
       return "TRACE_VIEW_IDS";
+    case TraceView.TRACE_VIEW_PACKED_IDS:
+      return "TRACE_VIEW_PACKED_IDS";
     case TraceView.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
@@ -325,6 +335,10 @@ export interface TraceResponse {
   nodeIds: number[];
   /** TRACE_VIEW_KEYS and TRACE_VIEW_IDS: hops from the start node. */
   distances: number[];
+  /** TRACE_VIEW_PACKED_IDS: node numbers as little-endian uint32s (4 bytes a node). */
+  packedNodeIds: Buffer;
+  /** TRACE_VIEW_PACKED_IDS: hops from the start node as little-endian uint32s, same order. */
+  packedDistances: Buffer;
 }
 
 export interface ResolveNodesRequest {
@@ -1680,7 +1694,17 @@ export const TraceEdge: MessageFns<TraceEdge> = {
 };
 
 function createBaseTraceResponse(): TraceResponse {
-  return { nodes: [], edges: [], totalNodes: "0", nextPageToken: "", keys: [], nodeIds: [], distances: [] };
+  return {
+    nodes: [],
+    edges: [],
+    totalNodes: "0",
+    nextPageToken: "",
+    keys: [],
+    nodeIds: [],
+    distances: [],
+    packedNodeIds: Buffer.alloc(0),
+    packedDistances: Buffer.alloc(0),
+  };
 }
 
 export const TraceResponse: MessageFns<TraceResponse> = {
@@ -1713,6 +1737,12 @@ export const TraceResponse: MessageFns<TraceResponse> = {
         writer.uint32(v);
       }
       writer.join();
+    }
+    if (message.packedNodeIds.length !== 0) {
+      writer.uint32(66).bytes(message.packedNodeIds);
+    }
+    if (message.packedDistances.length !== 0) {
+      writer.uint32(74).bytes(message.packedDistances);
     }
     return writer;
   },
@@ -1806,6 +1836,22 @@ export const TraceResponse: MessageFns<TraceResponse> = {
 
             break;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.packedNodeIds = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.packedDistances = Buffer.from(reader.bytes());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1841,6 +1887,16 @@ export const TraceResponse: MessageFns<TraceResponse> = {
       distances: globalThis.Array.isArray(object?.distances)
         ? object.distances.map((e: any) => globalThis.Number(e))
         : [],
+      packedNodeIds: isSet(object.packedNodeIds)
+        ? Buffer.from(bytesFromBase64(object.packedNodeIds))
+        : isSet(object.packed_node_ids)
+        ? Buffer.from(bytesFromBase64(object.packed_node_ids))
+        : Buffer.alloc(0),
+      packedDistances: isSet(object.packedDistances)
+        ? Buffer.from(bytesFromBase64(object.packedDistances))
+        : isSet(object.packed_distances)
+        ? Buffer.from(bytesFromBase64(object.packed_distances))
+        : Buffer.alloc(0),
     };
   },
 
@@ -1867,6 +1923,12 @@ export const TraceResponse: MessageFns<TraceResponse> = {
     if (message.distances?.length) {
       obj.distances = message.distances.map((e) => Math.round(e));
     }
+    if (message.packedNodeIds.length !== 0) {
+      obj.packedNodeIds = base64FromBytes(message.packedNodeIds);
+    }
+    if (message.packedDistances.length !== 0) {
+      obj.packedDistances = base64FromBytes(message.packedDistances);
+    }
     return obj;
   },
 
@@ -1882,6 +1944,8 @@ export const TraceResponse: MessageFns<TraceResponse> = {
     message.keys = object.keys?.map((e) => e) || [];
     message.nodeIds = object.nodeIds?.map((e) => e) || [];
     message.distances = object.distances?.map((e) => e) || [];
+    message.packedNodeIds = object.packedNodeIds ?? Buffer.alloc(0);
+    message.packedDistances = object.packedDistances ?? Buffer.alloc(0);
     return message;
   },
 };
@@ -3258,6 +3322,14 @@ export interface LineageServiceClient<CallOptionsExt = {}> {
     request: DeepPartial<ExportProvRequest>,
     options?: CallOptions & CallOptionsExt,
   ): Promise<ExportProvResponse>;
+}
+
+function bytesFromBase64(b64: string): Uint8Array {
+  return Uint8Array.from(globalThis.Buffer.from(b64, "base64"));
+}
+
+function base64FromBytes(arr: Uint8Array): string {
+  return globalThis.Buffer.from(arr).toString("base64");
 }
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;
