@@ -215,7 +215,8 @@ export class JobManager implements JobSubmitter {
       if (filter.kind && r.kind !== filter.kind) continue;
       out.push(viewOf(r));
     }
-    return out;
+    // Ids made in the same second sort at random: creation time decides.
+    return out.sort((a, b) => b.createdAtMs - a.createdAtMs || (a.jobId < b.jobId ? 1 : -1));
   }
 
   /** A task's result once it SUCCEEDED (what dependents get as `deps`). */

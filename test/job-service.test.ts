@@ -1,0 +1,277 @@
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { ClientError, Status } from 'nice-grpc';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CodeServiceDefinition } from '../common/gen/retrace/v1/code.js';
+import { JobServiceDefinition, JobState, TaskState } from '../common/gen/retrace/v1/job.js';
+import { ShardStatus } from '../common/gen/retrace/v1/shard.js';
+import { contentHashOf } from '../common/hash.js';
+import { codeExtension } from '../coordinator/code/code-extension.js';
+import { jobsExtension } from '../coordinator/jobs/jobs-extension.js';
+import type { JobSpec, TaskRunContext } from '../coordinator/jobs/job-types.js';
+import { meshExtension } from '../coordinator/mesh/mesh-extension.js';
+import { schedulerExtension } from '../coordinator/scheduler/scheduler-extension.js';
+import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
+import { watchJobProgress } from '../scripts/cli/job-progress.js';
+import { startLocalAgents, stopLocalAgents, type LocalAgent } from '../scripts/cli/local-agents.js';
+import { main } from '../scripts/cli/main.js';
+import { bundleTransform } from '../scripts/cli/publish-command.js';
+import { waitFor } from './helpers/mesh-server.js';
+import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
+
+const SOURCE = `
+import { defineTransform } from 'retrace/transform';
+export default defineTransform({
+  name: 'echo',
+  async run(input) {
+    return { json: { key: input.key, value: input.json() } };
+  },
+});
+`;
+
+/** Runs `retrace ...` in-process; resolves exit code and output. */
+async function retrace(argv: string[]): Promise<{ code: number; out: string; err: string }> {
+  let out = '';
+  let err = '';
+  const sink = (append: (s: string) => void) =>
+    new Writable({
+      write(chunk: Buffer, _enc, cb) {
+        append(chunk.toString());
+        cb();
+      },
+    });
+  const code = await main(argv, { stdout: sink((s) => (out += s)), stderr: sink((s) => (err += s)) });
+  return { code, out, err };
+}
+
+// JobService over gRPC on a real coordinator (LevelDB in a temp dir), with the dispatcher and
+// real agent processes for the "fits nowhere" case; the CLI runs in-process against it.
+describe('JobService and retrace jobs', () => {
+  let tc: TestCoordinator;
+  let dir: string;
+  const shared: CoordinatorServices = {};
+  const agents: LocalAgent[] = [];
+  let codeVersion = '';
+  /** Tasks with payload {gate: name} wait until the gate is opened (or the job is cancelled). */
+  const gates = new Map<string, { open: () => void; promise: Promise<void> }>();
+  let broken = true;
+  const gate = (name: string): { open: () => void; promise: Promise<void> } => {
+    let g = gates.get(name);
+    if (!g) {
+      let open = (): void => {};
+      const promise = new Promise<void>((r) => (open = r));
+      g = { open, promise };
+      gates.set(name, g);
+    }
+    return g;
+  };
+  const cli = (...argv: string[]) => retrace([...argv, '--coordinator', tc.grpcAddress, '--token', tc.token]);
+  const client = () => tc.client(JobServiceDefinition);
+
+  async function runTask(ctx: TaskRunContext) {
+    const p = ctx.task.payload as { gate?: string; fail?: boolean; cpu?: number };
+    if (p.fail && broken) throw new Error('input not there yet');
+    if (p.gate) {
+      await Promise.race([gate(p.gate).promise, new Promise((_r, reject) => ctx.signal.addEventListener('abort', () => reject(new Error('aborted')), { once: true }))]);
+    }
+    if (p.cpu !== undefined) {
+      const payload = Buffer.from(JSON.stringify({ task: ctx.task.id }));
+      const dispatcher = shared.dispatcher;
+      if (!dispatcher) throw new Error('no dispatcher');
+      const r = await dispatcher.run(
+        {
+          shardId: `${ctx.jobId}/${ctx.task.id}`,
+          stepName: ctx.task.id,
+          transform: 'echo',
+          codeVersion,
+          parameters: {},
+          inputs: [{ name: 'in', objectId: `obj-${ctx.task.id}`, contentHash: contentHashOf(payload), payload, key: ctx.task.id, eventTimeNs: '0', mediaType: 'application/json' }],
+          timeoutMs: 0,
+          memoryLimitMb: 0,
+          faults: undefined,
+          jobId: ctx.jobId,
+        },
+        { requirements: { cpu: p.cpu }, signal: ctx.signal },
+      );
+      if (r.outcome.status !== ShardStatus.SHARD_STATUS_SUCCEEDED) throw new Error(`shard ${ShardStatus[r.outcome.status]}: ${r.outcome.error}`);
+      return { outcome: 'executed' as const, result: r.nodeId };
+    }
+    return { outcome: 'executed' as const, result: ctx.task.id };
+  }
+
+  const submit = (tasks: { id: string; deps?: string[]; payload?: Record<string, unknown> }[], extra: Partial<JobSpec> = {}) =>
+    (shared.jobs ?? (() => {
+      throw new Error('no job manager');
+    })()).submit({
+      kind: 'test',
+      title: 'a test job',
+      principal: 'tester',
+      payload: null,
+      retry: { maxAttempts: 2, baseMs: 1 },
+      tasks: tasks.map((t) => ({ id: t.id, label: `step ${t.id}`, dependsOn: t.deps ?? [], payload: (t.payload ?? {}) as never })),
+      ...extra,
+    });
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'retrace-jobsvc-'));
+    tc = await startTestCoordinator({
+      extensions: [
+        meshExtension({ onMesh: (m) => (shared.mesh = m), options: { minReportIntervalMs: 50, suspectAfterIntervals: 5, lostAfterIntervals: 10 } }),
+        codeExtension({ onCodeStore: (s) => (shared.code = s) }),
+        schedulerExtension(shared, { shardTimeoutMs: 20_000 }),
+        jobsExtension(shared, { waitingPollMs: 100 }),
+      ],
+    });
+    shared.jobs?.registerExecutor({ kind: 'test', runTask });
+    mkdirSync(join(dir, 'src'));
+    writeFileSync(join(dir, 'src', 'echo.ts'), SOURCE);
+    const bundle = await bundleTransform(join(dir, 'src', 'echo.ts'));
+    const published = await tc.client(CodeServiceDefinition).publishCode({ bundle: Buffer.from(bundle.bytes), manifest: { transform: 'echo', sourceFile: 'echo.ts', bundler: bundle.bundler } });
+    codeVersion = published.code?.codeVersion ?? '';
+    agents.push(...(await startLocalAgents(tc.grpcAddress, tc.token, dir, [{ name: 'small', reportInterval: '200ms' }])));
+  }, 60_000);
+
+  afterAll(async () => {
+    for (const g of gates.values()) g.open();
+    await stopLocalAgents(agents, 3000);
+    await tc?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }, 30_000);
+
+  it('GetJob, ListJobs (filters, newest first, paging) and WatchJob to the end', async () => {
+    const { jobId: first } = await submit([{ id: 'a' }, { id: 'b', deps: ['a'] }]);
+    const { jobId } = await submit([{ id: 'a', payload: { gate: 'g1' } }, { id: 'b', deps: ['a'] }, { id: 'c' }]);
+    const updates: { state: JobState; changed: string[]; percent: number }[] = [];
+    const watching = (async () => {
+      for await (const u of client().watchJob({ jobId })) {
+        updates.push({ state: u.job?.state ?? JobState.JOB_STATE_UNSPECIFIED, percent: u.job?.percent ?? -1, changed: u.changedTasks.map((t) => `${t.id}:${TaskState[t.state]}`) });
+        if (updates.length === 1) gate('g1').open();
+      }
+    })();
+    await watching;
+    expect(updates[0]?.changed).toHaveLength(3);
+    expect(updates.at(-1)?.state).toBe(JobState.JOB_STATE_SUCCEEDED);
+    expect(updates.at(-1)?.percent).toBe(100);
+    expect(updates.flatMap((u) => u.changed)).toEqual(expect.arrayContaining(['a:TASK_STATE_SUCCEEDED', 'b:TASK_STATE_SUCCEEDED']));
+
+    const { job } = await client().getJob({ jobId });
+    expect(job).toMatchObject({ jobId, kind: 'test', title: 'a test job', principal: 'tester', state: JobState.JOB_STATE_SUCCEEDED, counts: { total: 3, succeeded: 3 } });
+    expect(job?.tasks.map((t) => [t.id, t.label, t.attempts, t.outcome])).toEqual([
+      ['a', 'step a', 1, 'executed'],
+      ['b', 'step b', 1, 'executed'],
+      ['c', 'step c', 1, 'executed'],
+    ]);
+    expect(Number(job?.endedAtNs)).toBeGreaterThanOrEqual(Number(job?.startedAtNs));
+
+    await waitFor(async () => (await client().getJob({ jobId: first })).job?.state === JobState.JOB_STATE_SUCCEEDED);
+    const all = await client().listJobs({ state: JobState.JOB_STATE_SUCCEEDED, kind: 'test', pageSize: 0, pageToken: '' });
+    expect(all.jobs.map((j) => j.jobId)).toEqual(expect.arrayContaining([jobId, first]));
+    const times = all.jobs.map((j) => BigInt(j.createdAtNs));
+    expect(times.every((t, i) => i === 0 || t <= (times[i - 1] as bigint))).toBe(true);
+    expect(all.jobs.every((j) => j.tasks.length === 0)).toBe(true);
+    const page1 = await client().listJobs({ state: JobState.JOB_STATE_SUCCEEDED, kind: 'test', pageSize: 1, pageToken: '' });
+    expect(page1.jobs).toHaveLength(1);
+    const page2 = await client().listJobs({ state: JobState.JOB_STATE_SUCCEEDED, kind: 'test', pageSize: 1, pageToken: page1.nextPageToken });
+    expect(page2.jobs[0]?.jobId).not.toBe(page1.jobs[0]?.jobId);
+    expect((await client().listJobs({ state: JobState.JOB_STATE_FAILED, kind: 'test', pageSize: 10, pageToken: '' })).jobs.filter((j) => j.jobId === jobId)).toEqual([]);
+    expect((await client().listJobs({ state: 0, kind: 'other', pageSize: 10, pageToken: '' })).jobs).toEqual([]);
+  }, 60_000);
+
+  it('CancelJob aborts a running job; ResumeJob reruns only what did not succeed; the CLI shows it', async () => {
+    broken = true;
+    const { jobId } = await submit([{ id: 'ok' }, { id: 'flaky', deps: ['ok'], payload: { fail: true } }, { id: 'after', deps: ['flaky'] }, { id: 'hold', payload: { gate: 'never' } }]);
+    await waitFor(async () => (await client().getJob({ jobId })).job?.tasks.find((t) => t.id === 'flaky')?.state === TaskState.TASK_STATE_FAILED);
+    expect((await client().cancelJob({ jobId })).state).toBe(JobState.JOB_STATE_CANCELLED);
+    const cancelled = (await client().getJob({ jobId })).job;
+    expect(Object.fromEntries((cancelled?.tasks ?? []).map((t) => [t.id, TaskState[t.state]]))).toEqual({
+      ok: 'TASK_STATE_SUCCEEDED',
+      flaky: 'TASK_STATE_FAILED',
+      after: 'TASK_STATE_UPSTREAM_FAILED',
+      hold: 'TASK_STATE_CANCELLED',
+    });
+
+    const shown = await cli('jobs', 'show', jobId);
+    expect(shown.code).toBe(0);
+    expect(shown.out).toContain(`job ${jobId} (test): CANCELLED`);
+    expect(shown.out).toMatch(/flaky\s+FAILED\s+2\s+step flaky\s+input not there yet/);
+    expect(shown.out).toMatch(/after\s+UPSTREAM_FAILED/);
+    const listed = await cli('jobs', '--kind', 'test');
+    expect(listed.out).toMatch(new RegExp(`${jobId}\\s+test\\s+CANCELLED\\s+\\[#+\\.*\\]`));
+
+    broken = false;
+    gate('never').open();
+    const resumed = await cli('jobs', 'resume', jobId);
+    expect(resumed.out).toMatch(/3 task\(s\) to run again/);
+    const watched = await cli('jobs', 'watch', jobId);
+    expect(watched.code).toBe(0);
+    expect(watched.out).toContain(`job ${jobId}: SUCCEEDED`);
+    const json = JSON.parse((await cli('jobs', 'show', jobId, '--json')).out) as { state: string; resumes: number; tasks: { id: string; attempts: number }[] };
+    expect(json.state).toBe('SUCCEEDED');
+    expect(json.resumes).toBe(1);
+    expect(json.tasks.find((t) => t.id === 'ok')?.attempts).toBe(1);
+    expect(json.tasks.find((t) => t.id === 'flaky')?.attempts).toBe(3);
+  }, 60_000);
+
+  it('a failed job makes `retrace jobs watch` exit non-zero; watchJobProgress returns the final state', async () => {
+    broken = true;
+    const { jobId } = await submit([{ id: 'bad', payload: { fail: true } }]);
+    const watched = await cli('jobs', 'watch', jobId);
+    expect(watched.code).toBe(1);
+    expect(watched.out).toContain(`job ${jobId}: FAILED`);
+    const lines: string[] = [];
+    const sink = new Writable({
+      write(chunk: Buffer, _e, cb) {
+        lines.push(chunk.toString());
+        cb();
+      },
+    });
+    const final = await watchJobProgress(client(), jobId, { out: sink });
+    expect(final).toMatchObject({ jobId, stateName: 'FAILED', done: true });
+    expect(lines.join('')).toMatch(/\[\#+\] 100% FAILED 1\/1 tasks, 1 failed/);
+  }, 60_000);
+
+  it('unknown and missing ids: NOT_FOUND / INVALID_ARGUMENT naming job_id, over gRPC and in the CLI', async () => {
+    for (const call of [() => client().getJob({ jobId: 'job-20000101000000-abcdef' }), () => client().cancelJob({ jobId: 'job-nope' }), () => client().resumeJob({ jobId: 'replay-nope' })]) {
+      const err = await call().then(() => undefined, (e: unknown) => e);
+      expect(err).toBeInstanceOf(ClientError);
+      expect((err as ClientError).code).toBe(Status.NOT_FOUND);
+      expect((err as ClientError).details).toMatch(/^job_id: /);
+    }
+    const empty = await client().getJob({ jobId: '' }).then(() => undefined, (e: unknown) => e);
+    expect((empty as ClientError).code).toBe(Status.INVALID_ARGUMENT);
+    const watchErr = await (async () => {
+      for await (const _ of client().watchJob({ jobId: 'job-missing' })) void _;
+    })().then(() => undefined, (e: unknown) => e);
+    expect((watchErr as ClientError).code).toBe(Status.NOT_FOUND);
+    const shown = await cli('jobs', 'show', 'job-missing');
+    expect(shown.code).not.toBe(0);
+    expect(shown.err).toMatch(/job_id: job "job-missing" not found/);
+  });
+
+  it('a shard that fits nowhere: `jobs show` names the requirement no node meets; it is placed when capacity appears', async () => {
+    const { jobId } = await submit([{ id: 'fits', payload: { cpu: 0.01 } }, { id: 'huge', payload: { cpu: 512 } }]);
+    const waiting = await waitFor(async () => {
+      const j = (await client().getJob({ jobId })).job;
+      return j && j.waiting.length > 0 && j.tasks.find((t) => t.id === 'fits')?.state === TaskState.TASK_STATE_SUCCEEDED ? j : undefined;
+    }, 30_000, 'a waiting shard');
+    expect(waiting.waiting).toEqual([{ shardId: `${jobId}/huge`, stepName: 'huge', reason: expect.stringMatching(/needs cpu ≥ 512: no READY node meets it/) as unknown as string }]);
+    expect(waiting.state).toBe(JobState.JOB_STATE_RUNNING);
+    const shown = await cli('jobs', 'show', jobId);
+    expect(shown.out).toMatch(/waiting for a node \(1 shard\(s\)\)/);
+    expect(shown.out).toMatch(/huge\s+needs cpu ≥ 512: no READY node meets it/);
+    const listed = await cli('jobs');
+    expect(listed.out).toMatch(new RegExp(`${jobId}\\s+test\\s+RUNNING \\(waiting\\)`));
+
+    const [big] = await startLocalAgents(tc.grpcAddress, tc.token, dir, [{ name: 'big', reportInterval: '200ms', advertise: 'cpu=1024' }]);
+    agents.push(big as LocalAgent);
+    const done = await waitFor(async () => {
+      const j = (await client().getJob({ jobId })).job;
+      return j && j.state !== JobState.JOB_STATE_RUNNING ? j : undefined;
+    }, 30_000, 'the job to end');
+    expect(done.state).toBe(JobState.JOB_STATE_SUCCEEDED);
+    expect(done.waiting).toEqual([]);
+    expect(await shared.jobs?.result(jobId, 'huge')).toBe(big?.nodeId);
+  }, 90_000);
+});
