@@ -1,9 +1,10 @@
 import type { CallContext } from 'nice-grpc';
-import { InvalidArgumentError } from '../../common/errors.js';
+import { InvalidArgumentError, NotFoundError } from '../../common/errors.js';
 import {
   PipelineServiceDefinition,
   type IngestRequest,
   type PipelineServiceImplementation,
+  type PipelineVersion,
 } from '../../common/gen/retrace/v1/pipeline.js';
 import type { CoordinatorExtension, ExtensionFactory } from '../coordinator.js';
 import { createPayloadStore, type PayloadStore } from '../store/payload-store.js';
@@ -17,7 +18,12 @@ export interface PipelineHandles {
   /** Content-addressed payloads: `payloads.get(hash)`, `payloads.find(hash)`, `payloads.has(hash)`. */
   payloads: PayloadStore;
   runner: PipelineRunner;
+  /** Told about every new version ApplyPipeline stores (change detection); set by later extensions. */
+  applyListener?: PipelineApplyListener;
 }
+
+/** A pipeline definition stored as a new version; `previous` is undefined for a new pipeline. */
+export type PipelineApplyListener = (e: { previous: PipelineVersion | undefined; current: PipelineVersion; principal: string }) => Promise<void>;
 
 /** Services the pipeline extension reads (set by extensions before it) and publishes. */
 export interface PipelineShared {
@@ -39,17 +45,22 @@ export interface PipelineExtensionOptions {
 }
 
 /** The caller as the request names it (`x-retrace-principal`), or 'ingest'. */
-function principalOf(context: CallContext): string {
+function principalOf(context: CallContext, fallback = 'ingest'): string {
   const p = context.metadata.get('x-retrace-principal');
-  return typeof p === 'string' && p.trim() !== '' ? p.trim() : 'ingest';
+  return typeof p === 'string' && p.trim() !== '' ? p.trim() : fallback;
 }
 
 /** PipelineService over the store and the runner; errors are the stores' typed errors. */
 export function createPipelineHandlers(h: PipelineHandles): PipelineServiceImplementation {
   return {
-    async applyPipeline(request) {
+    async applyPipeline(request, context) {
       if (!request.pipeline) throw new InvalidArgumentError('pipeline', 'is required');
-      return h.store.apply(request.pipeline);
+      const listener = h.applyListener;
+      const previous = listener ? await h.store.get(request.pipeline.name).catch((err: unknown) => (err instanceof NotFoundError ? undefined : Promise.reject(err))) : undefined;
+      const result = await h.store.apply(request.pipeline);
+      // The listener records the change; it never fails the apply, which is already stored.
+      if (listener && result.created) await listener({ previous, current: result.pipeline, principal: principalOf(context, 'apply') });
+      return result;
     },
     async getPipeline(request) {
       const pipeline = await h.store.get(request.name, request.version);

@@ -63,6 +63,21 @@ export interface PipelineRunnerOptions {
   producer?: string;
 }
 
+/** A source record ingested again under its key with new content. */
+export interface RecordChange {
+  pipeline: string;
+  source: string;
+  key: string;
+  objectId: string;
+  oldHash: string;
+  newHash: string;
+  principal: string;
+  runId: string;
+}
+
+/** Records a change and decides whether the record's downstream steps run in this ingest. */
+export type RecordChangeListener = (change: RecordChange) => Promise<{ runSteps: boolean }>;
+
 /** The facets recorded under `retrace` on every step the runner records. */
 export interface RetraceStepFacet {
   pipeline: string;
@@ -127,11 +142,17 @@ export class PipelineRunner {
   private readonly capture: boolean;
   private readonly producer: string;
   private readonly orders = new Map<string, number[]>();
+  private changeListener: RecordChangeListener | undefined;
 
   constructor(private readonly options: PipelineRunnerOptions) {
     this.concurrency = Math.max(1, options.concurrency ?? 32);
     this.capture = options.capture ?? true;
     this.producer = options.producer ?? PRODUCER;
+  }
+
+  /** Sets (or clears) the listener told about records re-ingested with new content. */
+  setChangeListener(listener: RecordChangeListener | undefined): void {
+    this.changeListener = listener;
   }
 
   private shardRunner(): ShardRunner {
@@ -260,9 +281,16 @@ export class PipelineRunner {
     const srcHash = contentHashOf(rec.payload);
     // A record equal to the current one of its key is a duplicate (an older version sent again
     // counts as accepted; its events are deduplicated by id all the same).
-    const existed = capture ? (await pipelines.getCurrent(p, ctx.source, rec.key))?.contentHash === srcHash : false;
+    const prev = capture ? await pipelines.getCurrent(p, ctx.source, rec.key) : undefined;
+    const existed = prev?.contentHash === srcHash;
     if (existed) tally.duplicates++;
     else tally.accepted++;
+    // New content under a known key is a change: the listener records it and says whether the
+    // downstream steps run now (policy auto) or wait for a recompute (manual).
+    let runSteps = true;
+    if (prev && !existed && this.changeListener) {
+      runSteps = (await this.changeListener({ pipeline: p, source: ctx.source, key: rec.key, objectId: srcId, oldHash: prev.contentHash, newHash: srcHash, principal: ctx.principal, runId: ctx.runId })).runSteps;
+    }
 
     const events: LineageEvent[] = [];
     const toStore: Uint8Array[] = [rec.payload];
@@ -279,7 +307,7 @@ export class PipelineRunner {
     if (!existed) events.push(this.versionEvent(srcRecord, nowNs, { pipeline: p, dataset: ctx.source, key: rec.key, event_time_ns: eventTimeNs }));
 
     const changed = new Map<string, Set<string>>([[ctx.source, new Set([rec.key])]]);
-    for (const si of ctx.order) {
+    for (const si of runSteps ? ctx.order : []) {
       const step = def.steps[si] as PipelineStep;
       const keys = new Set<string>();
       for (const name of step.inputs) for (const k of changed.get(name) ?? []) keys.add(k);

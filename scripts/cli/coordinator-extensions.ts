@@ -10,6 +10,7 @@ import { replayExtension } from '../../coordinator/replay/replay-extension.js';
 import type { ReplayEngine } from '../../coordinator/replay/replay-engine.js';
 import { jobsExtension } from '../../coordinator/jobs/jobs-extension.js';
 import type { JobManager } from '../../coordinator/jobs/job-manager.js';
+import { recomputeExtension, type RecomputeHandles } from '../../coordinator/recompute/recompute-extension.js';
 
 /** What the coordinator's extensions publish for the ones after them (pipelines, replay). */
 export interface CoordinatorServices {
@@ -24,6 +25,8 @@ export interface CoordinatorServices {
   replay?: ReplayEngine;
   /** The job orchestrator (set by jobsExtension); recompute registers its executor here. */
   jobs?: JobManager;
+  /** Change detection, impact and recompute (set by recomputeExtension). */
+  recompute?: RecomputeHandles;
 }
 
 /**
@@ -39,5 +42,6 @@ export function coordinatorExtensions(shared: CoordinatorServices = {}): Extensi
     pipelineExtension(shared),
     jobsExtension(shared),
     replayExtension(shared),
+    recomputeExtension(shared),
   ];
 }

@@ -1,0 +1,260 @@
+import { watch as fsWatch, type FSWatcher } from 'node:fs';
+import { readdir, readFile, stat } from 'node:fs/promises';
+import { isAbsolute, join, relative, resolve, sep } from 'node:path';
+import { canonicalJson } from '../../common/canonical-json.js';
+import { InvalidArgumentError, NotFoundError } from '../../common/errors.js';
+import type { PipelineVersion } from '../../common/gen/retrace/v1/pipeline.js';
+import { ChangeKind, type PathWatch } from '../../common/gen/retrace/v1/recompute.js';
+import { contentHashOf, sha256Hex } from '../../common/hash.js';
+import type { NanoClock } from '../clock.js';
+import type { ChangeInput, ChangeStore } from './change-store.js';
+
+/** One file of a watched path whose content is new since the last scan. */
+export interface ChangedFile {
+  /** Path relative to the watched directory, with "/" separators (the file name for a watched file). */
+  rel: string;
+  bytes: Uint8Array;
+  hash: string;
+}
+
+/** Where a scan's new content goes: ingested into the pipeline source, or reported as objects. */
+export type FileSink = (watch: PathWatch, files: readonly ChangedFile[]) => Promise<void>;
+
+const DEFAULT_RESCAN_MS = 5000;
+const DEFAULT_DEBOUNCE_MS = 200;
+
+/** Watches one file or directory: fs events (debounced) and a periodic rescan; stat, then sha256 only for files whose size or mtime moved. */
+class PathWatcher {
+  private fsw: FSWatcher | undefined;
+  private interval: NodeJS.Timeout | undefined;
+  private debounce: NodeJS.Timeout | undefined;
+  private scanning: Promise<void> | undefined;
+  private again = false;
+  private stopped = false;
+  /** rel → last seen stat and hash. */
+  private readonly seen = new Map<string, { mtimeMs: number; size: number; hash: string }>();
+
+  constructor(
+    readonly spec: PathWatch,
+    private readonly sink: FileSink,
+    private readonly clock: NanoClock,
+    private readonly log: (line: string) => void,
+  ) {}
+
+  start(): void {
+    try {
+      this.fsw = fsWatch(this.spec.path, { recursive: true, persistent: false }, () => this.poke());
+      this.fsw.on('error', (err) => this.log(`recompute: watch ${this.spec.path}: ${String(err)} (periodic rescans go on)`));
+    } catch (err) {
+      // Some file systems have no recursive events; the periodic rescan still sees every change.
+      this.log(`recompute: watch ${this.spec.path}: no fs events (${String(err)}); rescanning every ${this.spec.rescanIntervalMs} ms`);
+    }
+    this.interval = setInterval(() => this.poke(0), this.spec.rescanIntervalMs);
+    this.interval.unref();
+    this.poke(0);
+  }
+
+  /** Schedules a scan after the debounce delay (0: at once). */
+  poke(delayMs = this.spec.debounceMs): void {
+    if (this.stopped) return;
+    if (this.debounce) clearTimeout(this.debounce);
+    this.debounce = setTimeout(() => {
+      this.debounce = undefined;
+      void this.scan();
+    }, delayMs);
+    this.debounce.unref();
+  }
+
+  /** One scan at a time; a poke during a scan runs one more after it. */
+  scan(): Promise<void> {
+    if (this.scanning) {
+      this.again = true;
+      return this.scanning;
+    }
+    this.scanning = (async () => {
+      do {
+        this.again = false;
+        try {
+          await this.scanOnce();
+          this.spec.lastError = '';
+        } catch (err) {
+          this.spec.lastError = err instanceof Error ? err.message : String(err);
+          this.log(`recompute: scan of ${this.spec.path} failed: ${this.spec.lastError}`);
+        }
+      } while (this.again && !this.stopped);
+    })().finally(() => (this.scanning = undefined));
+    return this.scanning;
+  }
+
+  private async scanOnce(): Promise<void> {
+    const root = this.spec.path;
+    const top = await stat(root);
+    const files: { abs: string; rel: string }[] = [];
+    if (top.isFile()) files.push({ abs: root, rel: root.split(sep).pop() as string });
+    else {
+      const walk = async (dir: string): Promise<void> => {
+        for (const e of await readdir(dir, { withFileTypes: true })) {
+          // Dot files are editors' and tools' temporaries.
+          if (e.name.startsWith('.')) continue;
+          const abs = join(dir, e.name);
+          if (e.isDirectory()) await walk(abs);
+          else if (e.isFile()) files.push({ abs, rel: relative(root, abs).split(sep).join('/') });
+        }
+      };
+      await walk(root);
+    }
+    const changed: ChangedFile[] = [];
+    const updates: [string, { mtimeMs: number; size: number; hash: string }][] = [];
+    for (const f of files) {
+      let st;
+      try {
+        st = await stat(f.abs);
+      } catch {
+        continue; // removed since the listing
+      }
+      const prev = this.seen.get(f.rel);
+      if (prev && prev.mtimeMs === st.mtimeMs && prev.size === st.size) continue;
+      const bytes = await readFile(f.abs);
+      const hash = contentHashOf(bytes);
+      updates.push([f.rel, { mtimeMs: st.mtimeMs, size: st.size, hash }]);
+      if (prev?.hash !== hash) changed.push({ rel: f.rel, bytes, hash });
+    }
+    if (changed.length > 0) await this.sink(this.spec, changed);
+    // Only after the sink took them: a failed ingest is retried by the next scan.
+    for (const [rel, s] of updates) this.seen.set(rel, s);
+    this.spec.files = files.length;
+    this.spec.lastScanNs = this.clock().toString();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.fsw?.close();
+    if (this.interval) clearInterval(this.interval);
+    if (this.debounce) clearTimeout(this.debounce);
+    await this.scanning;
+  }
+}
+
+/**
+ * Change detection besides ingest and NotifyChange: watched files and directories (persisted in
+ * the change store, watched again by `start`), and the comparison of pipeline versions that turns
+ * a step's new code version or parameters into changes.
+ */
+export class ChangeDetector {
+  private readonly watchers = new Map<string, PathWatcher>();
+  private state: 'NEW' | 'RUNNING' | 'STOPPED' = 'NEW';
+
+  constructor(
+    private readonly deps: {
+      changes: ChangeStore;
+      sink: FileSink;
+      clock: NanoClock;
+      log: (line: string) => void;
+      /** Checks the target of a watch: the pipeline and source exist. */
+      checkTarget?: (pipeline: string, source: string) => Promise<void>;
+    },
+  ) {}
+
+  /** Watches every persisted path again. */
+  async start(): Promise<void> {
+    if (this.state !== 'NEW') throw new Error(`change detector is ${this.state}`);
+    this.state = 'RUNNING';
+    for (const w of await this.deps.changes.watches()) {
+      w.files = 0;
+      this.begin(w);
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.state = 'STOPPED';
+    await Promise.all([...this.watchers.values()].map((w) => w.stop()));
+    this.watchers.clear();
+  }
+
+  /**
+   * Validates and persists a watch, then starts it (replacing one of the same path). Errors:
+   * InvalidArgumentError (`path`, `pipeline`, `source`, `object_id_prefix`); NotFoundError (`path`).
+   */
+  async watch(request: Omit<PathWatch, 'watchId' | 'files' | 'lastScanNs' | 'lastError'>): Promise<PathWatch> {
+    if (request.path === '') throw new InvalidArgumentError('path', 'is required');
+    if (!isAbsolute(request.path)) throw new InvalidArgumentError('path', `must be absolute (the coordinator's working directory is not the caller's), got ${JSON.stringify(request.path)}`);
+    const path = resolve(request.path);
+    const asSource = request.pipeline !== '' || request.source !== '';
+    if (asSource && (request.pipeline === '' || request.source === '')) throw new InvalidArgumentError(request.pipeline === '' ? 'pipeline' : 'source', 'a pipeline source needs both pipeline and source');
+    if (asSource === (request.objectIdPrefix !== '')) throw new InvalidArgumentError('object_id_prefix', 'give either pipeline and source, or object_id_prefix');
+    try {
+      await stat(path);
+    } catch {
+      throw new NotFoundError(`path ${JSON.stringify(path)}`, 'path');
+    }
+    if (asSource) await this.deps.checkTarget?.(request.pipeline, request.source);
+    const spec: PathWatch = {
+      watchId: `w-${sha256Hex(path).slice(0, 12)}`,
+      path,
+      pipeline: request.pipeline,
+      source: request.source,
+      objectIdPrefix: request.objectIdPrefix,
+      rescanIntervalMs: request.rescanIntervalMs || DEFAULT_RESCAN_MS,
+      debounceMs: request.debounceMs || DEFAULT_DEBOUNCE_MS,
+      files: 0,
+      lastScanNs: '0',
+      lastError: '',
+    };
+    await this.deps.changes.putWatch(spec);
+    await this.watchers.get(spec.watchId)?.stop();
+    this.begin(spec);
+    return spec;
+  }
+
+  async unwatch(watchId: string): Promise<boolean> {
+    const w = this.watchers.get(watchId);
+    this.watchers.delete(watchId);
+    await w?.stop();
+    return this.deps.changes.deleteWatch(watchId);
+  }
+
+  /** Live watches with their last scan's figures. */
+  list(): PathWatch[] {
+    return [...this.watchers.values()].map((w) => ({ ...w.spec }));
+  }
+
+  /** Runs a scan of a watch now and waits for it (tests, `retrace watch --once`). */
+  async scanNow(watchId: string): Promise<void> {
+    await this.watchers.get(watchId)?.scan();
+  }
+
+  private begin(spec: PathWatch): void {
+    if (this.state !== 'RUNNING') return;
+    const w = new PathWatcher(spec, this.deps.sink, this.deps.clock, this.deps.log);
+    this.watchers.set(spec.watchId, w);
+    w.start();
+  }
+}
+
+/** The changes between two versions of a pipeline: steps whose code version or parameters differ (one change per step). */
+export function stepChanges(previous: PipelineVersion | undefined, current: PipelineVersion, noticedBy: string): ChangeInput[] {
+  if (!previous?.pipeline || !current.pipeline) return [];
+  const before = new Map(previous.pipeline.steps.map((s) => [s.name, s]));
+  const out: ChangeInput[] = [];
+  for (const s of current.pipeline.steps) {
+    const b = before.get(s.name);
+    if (!b) continue;
+    const oldParams = contentHashOf(canonicalJson(b.parameters ?? {}));
+    const newParams = contentHashOf(canonicalJson(s.parameters ?? {}));
+    const pipeline = current.pipeline.name;
+    if (b.codeVersion !== s.codeVersion) {
+      out.push({
+        kind: ChangeKind.CHANGE_KIND_CODE_VERSION,
+        oldHash: b.codeVersion,
+        newHash: s.codeVersion,
+        pipeline,
+        step: s.name,
+        noticedBy,
+        detail: `code version of step ${s.name} (v${previous.version} -> v${current.version})${oldParams !== newParams ? ', parameters too' : ''}`,
+      });
+    } else if (oldParams !== newParams) {
+      out.push({ kind: ChangeKind.CHANGE_KIND_PARAMETERS, oldHash: oldParams, newHash: newParams, pipeline, step: s.name, noticedBy, detail: `parameters of step ${s.name} (v${previous.version} -> v${current.version}): ${canonicalJson(b.parameters ?? {})} -> ${canonicalJson(s.parameters ?? {})}` });
+    }
+  }
+  return out;
+}

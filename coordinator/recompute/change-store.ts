@@ -1,0 +1,192 @@
+import { Change, ChangeKind, ChangePolicy, ChangeState, PathWatch, type PolicyEntry } from '../../common/gen/retrace/v1/recompute.js';
+import { canonicalJson } from '../../common/canonical-json.js';
+import { InvalidArgumentError, NotFoundError } from '../../common/errors.js';
+import { sha256Hex } from '../../common/hash.js';
+import type { NanoClock } from '../clock.js';
+import type { LineageEngine } from '../lineage/lineage-engine.js';
+import type { Database } from '../store/database.js';
+
+/** What a detector reports; the store fills id, time, policy and state. */
+export interface ChangeInput {
+  kind: ChangeKind;
+  objectId?: string;
+  oldHash: string;
+  newHash: string;
+  pipeline?: string;
+  source?: string;
+  step?: string;
+  noticedBy: string;
+  detail?: string;
+  /** Defaults to REPORTED. */
+  state?: ChangeState;
+}
+
+/** The policy that applies where nothing is set: recompute at once, as ingest always did. */
+export const DEFAULT_POLICY = ChangePolicy.CHANGE_POLICY_AUTO;
+
+/**
+ * Changes, policies and watched paths in the `recompute` sublevel: `changes` (id → Change JSON),
+ * `changes-by-time` (`<detected ns, 20 digits>:<id>` → id), `policies` (`<pipeline>\0<source>` →
+ * policy number) and `watches` (id → PathWatch JSON). Every change is also recorded in provenance
+ * as a run `change:<id>` whose `retrace.change` facet says what changed, the old and new hash and
+ * who noticed. The only code that knows this layout.
+ */
+export interface ChangeStore {
+  /**
+   * Records a change (provenance first, then the table). The id is derived from what changed and
+   * the two hashes, so reporting the same change again returns the stored one (`created` false).
+   */
+  record(input: ChangeInput): Promise<{ change: Change; created: boolean }>;
+  get(changeId: string): Promise<Change>;
+  /** Newest first; `pipeline` filters. Page size 1..1000 (default 100). */
+  list(options?: { pipeline?: string; pageSize?: number; pageToken?: string }): Promise<{ changes: Change[]; nextPageToken: string }>;
+  /** Adds a job id to a change and sets its state. */
+  markSubmitted(changeId: string, jobId: string): Promise<Change>;
+  setPolicy(pipeline: string, source: string, policy: ChangePolicy): Promise<PolicyEntry>;
+  /** The source's policy, else the pipeline's, else DEFAULT_POLICY. */
+  policyFor(pipeline: string, source: string): Promise<ChangePolicy>;
+  policies(): Promise<PolicyEntry[]>;
+  putWatch(watch: PathWatch): Promise<void>;
+  deleteWatch(watchId: string): Promise<boolean>;
+  watches(): Promise<PathWatch[]>;
+}
+
+const TOKEN = /^\d{20}:chg-[0-9a-f]{16}$/;
+
+/** The id of a change: what changed and the two hashes, so equal reports get equal ids. */
+export function changeIdOf(input: Pick<ChangeInput, 'kind' | 'objectId' | 'pipeline' | 'step' | 'oldHash' | 'newHash'>): string {
+  return `chg-${sha256Hex(canonicalJson([input.kind, input.objectId ?? '', input.pipeline ?? '', input.step ?? '', input.oldHash, input.newHash])).slice(0, 16)}`;
+}
+
+export function createChangeStore(db: Database, lineage: Pick<LineageEngine, 'submit'>, clock: NanoClock): ChangeStore {
+  const root = db.sublevel('recompute');
+  const changes = root.sublevel<string, unknown>('changes', { valueEncoding: 'json' });
+  const byTime = root.sublevel<string, string>('changes-by-time', { valueEncoding: 'utf8' });
+  const policies = root.sublevel<string, number>('policies', { valueEncoding: 'json' });
+  const watches = root.sublevel<string, unknown>('watches', { valueEncoding: 'json' });
+  // Serialised so two reports of one change store it once.
+  let tail: Promise<unknown> = Promise.resolve();
+  const serial = <T>(fn: () => Promise<T>): Promise<T> => {
+    const p = tail.then(fn);
+    tail = p.catch(() => undefined);
+    return p;
+  };
+
+  async function read(changeId: string): Promise<Change | undefined> {
+    const raw = await changes.get(changeId);
+    return raw === undefined ? undefined : Change.fromJSON(raw);
+  }
+
+  async function policyFor(pipeline: string, source: string): Promise<ChangePolicy> {
+    if (pipeline === '') return DEFAULT_POLICY;
+    if (source !== '') {
+      const p = await policies.get(`${pipeline}\u0000${source}`);
+      if (p !== undefined) return p;
+    }
+    return (await policies.get(`${pipeline}\u0000`)) ?? DEFAULT_POLICY;
+  }
+
+  return {
+    record(input) {
+      return serial(async () => {
+        const changeId = changeIdOf(input);
+        const existing = await read(changeId);
+        if (existing) return { change: existing, created: false };
+        const detectedAtNs = clock().toString();
+        const change: Change = {
+          changeId,
+          kind: input.kind,
+          objectId: input.objectId ?? '',
+          oldHash: input.oldHash,
+          newHash: input.newHash,
+          pipeline: input.pipeline ?? '',
+          source: input.source ?? '',
+          step: input.step ?? '',
+          noticedBy: input.noticedBy,
+          detectedAtNs,
+          policy: await policyFor(input.pipeline ?? '', input.source ?? ''),
+          state: input.state ?? ChangeState.CHANGE_STATE_REPORTED,
+          jobIds: [],
+          detail: input.detail ?? '',
+        };
+        const json = Change.toJSON(change) as Record<string, unknown>;
+        await lineage.submit([
+          {
+            eventId: `change:${changeId}`,
+            eventTimeNs: detectedAtNs,
+            producer: 'retrace://coordinator/recompute',
+            body: {
+              $case: 'run',
+              value: { runId: `change:${changeId}`, name: `change/${ChangeKind[input.kind].replace('CHANGE_KIND_', '').toLowerCase()}`, parentRunId: '', state: 'COMPLETE', startedAtNs: detectedAtNs, endedAtNs: detectedAtNs, facets: { retrace: { change: json } } },
+            },
+          },
+        ]);
+        await root
+          .batch()
+          .put(changeId, json, { sublevel: changes })
+          .put(`${detectedAtNs.padStart(20, '0')}:${changeId}`, changeId, { sublevel: byTime })
+          .write();
+        return { change, created: true };
+      });
+    },
+    async get(changeId) {
+      const c = await read(changeId);
+      if (!c) throw new NotFoundError(`change ${JSON.stringify(changeId)}`, 'change_id');
+      return c;
+    },
+    async list(options = {}) {
+      const pageSize = options.pageSize === undefined || options.pageSize === 0 ? 100 : options.pageSize;
+      if (!Number.isInteger(pageSize) || pageSize < 1 || pageSize > 1000) throw new InvalidArgumentError('page_size', `must be 1..1000, got ${pageSize}`);
+      const token = options.pageToken ?? '';
+      if (token !== '' && !TOKEN.test(token)) throw new InvalidArgumentError('page_token', 'is not a token from a previous response');
+      const out: Change[] = [];
+      let last = '';
+      for await (const [key, id] of byTime.iterator(token === '' ? { reverse: true } : { reverse: true, lt: token })) {
+        const c = await read(id);
+        if (!c || (options.pipeline && c.pipeline !== options.pipeline)) continue;
+        if (out.length === pageSize) return { changes: out, nextPageToken: last };
+        out.push(c);
+        last = key;
+      }
+      return { changes: out, nextPageToken: '' };
+    },
+    markSubmitted(changeId, jobId) {
+      return serial(async () => {
+        const c = await read(changeId);
+        if (!c) throw new NotFoundError(`change ${JSON.stringify(changeId)}`, 'change_id');
+        if (!c.jobIds.includes(jobId)) c.jobIds.push(jobId);
+        c.state = ChangeState.CHANGE_STATE_RECOMPUTE_SUBMITTED;
+        await changes.put(changeId, Change.toJSON(c));
+        return c;
+      });
+    },
+    async setPolicy(pipeline, source, policy) {
+      if (pipeline === '') throw new InvalidArgumentError('pipeline', 'is required');
+      if (policy !== ChangePolicy.CHANGE_POLICY_AUTO && policy !== ChangePolicy.CHANGE_POLICY_MANUAL) throw new InvalidArgumentError('policy', 'must be CHANGE_POLICY_AUTO or CHANGE_POLICY_MANUAL');
+      await policies.put(`${pipeline}\u0000${source}`, policy);
+      return { pipeline, source, policy };
+    },
+    policyFor,
+    async policies() {
+      const out: PolicyEntry[] = [];
+      for await (const [key, policy] of policies.iterator()) {
+        const [pipeline = '', source = ''] = key.split('\u0000');
+        out.push({ pipeline, source, policy });
+      }
+      return out;
+    },
+    async putWatch(watch) {
+      await watches.put(watch.watchId, PathWatch.toJSON(watch));
+    },
+    async deleteWatch(watchId) {
+      if ((await watches.get(watchId)) === undefined) return false;
+      await watches.del(watchId);
+      return true;
+    },
+    async watches() {
+      const out: PathWatch[] = [];
+      for await (const raw of watches.values()) out.push(PathWatch.fromJSON(raw));
+      return out;
+    },
+  };
+}

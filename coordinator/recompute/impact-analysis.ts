@@ -1,0 +1,276 @@
+import { InvalidArgumentError, NotFoundError } from '../../common/errors.js';
+import type { Step } from '../../common/gen/retrace/v1/provenance.js';
+import type { AffectedObject, AffectedStep, ImpactResponse } from '../../common/gen/retrace/v1/recompute.js';
+import { parseNodeKey, versionKey } from '../../common/lineage-keys.js';
+import type { LineageEngine } from '../lineage/lineage-engine.js';
+
+/**
+ * What changed, as impact analysis starts from it:
+ * - `version`: an object's version was replaced; the steps that used `oldHash` are affected.
+ * - `step`: a recorded step and everything downstream of its outputs.
+ * - `pipelineStep`: every latest execution of a pipeline step (its code or parameters changed).
+ */
+export type ImpactRoot =
+  | { kind: 'version'; objectId: string; oldHash: string; newHash?: string }
+  | { kind: 'step'; stepId: string }
+  | { kind: 'pipelineStep'; pipeline: string; step: string; transform: string };
+
+/** One affected logical step: the latest recorded execution of a (pipeline step, inputs) pair. */
+export interface AffectedNode {
+  step: Step;
+  /** facets.retrace of the step (empty strings for steps recorded outside pipelines). */
+  pipeline: string;
+  stepName: string;
+  key: string;
+  /** Output dataset of a pipeline step. */
+  output: string;
+  /** What it output: generated versions, and those it reproduced exactly (recorded by an earlier step). */
+  outputs: { objectId: string; contentHash: string }[];
+  /** Input name of each `used` ref, same order. */
+  inputNames: string[];
+  /** 0 for a step root, 1 for the direct users of a changed version, and so on. */
+  depth: number;
+  /** Step ids (of other affected nodes) whose outputs this one uses. */
+  dependsOn: string[];
+}
+
+/** The affected subgraph, steps in dependency order. */
+export interface AffectedGraph {
+  roots: string[];
+  nodes: AffectedNode[];
+  objects: AffectedObject[];
+}
+
+export type ImpactLineage = Pick<LineageEngine, 'index' | 'readStep'>;
+
+interface StepFacet {
+  reproduced?: { objectId: string; contentHash: string }[];
+  pipeline?: string;
+  step?: string;
+  output?: string;
+  inputs?: Record<string, string>;
+}
+
+function facetOf(step: Step): StepFacet {
+  const f = (step.facets as Record<string, unknown> | undefined)?.retrace;
+  return typeof f === 'object' && f !== null && !Array.isArray(f) ? (f as StepFacet) : {};
+}
+
+/** A step's outputs: its generated versions and the ones a recompute reproduced (facet `reproduced`). */
+function outputsOf(step: Step): { objectId: string; contentHash: string }[] {
+  const reproduced = facetOf(step).reproduced;
+  const extra = Array.isArray(reproduced) ? reproduced.filter((r) => typeof r?.objectId === 'string' && typeof r.contentHash === 'string') : [];
+  return [...step.generated.map((g) => ({ objectId: g.objectId, contentHash: g.contentHash })), ...extra];
+}
+
+/** The key of a pipeline record id (`record:<pipeline>/<dataset>:<key>`), or ''. */
+export function recordKeyOf(objectId: string): string {
+  if (!objectId.startsWith('record:')) return '';
+  const colon = objectId.indexOf(':', 'record:'.length);
+  return colon < 0 ? '' : objectId.slice(colon + 1);
+}
+
+/** The dataset of a pipeline record id, or ''. */
+function datasetOf(objectId: string): string {
+  const m = /^record:[^/]+\/([^:]+):/.exec(objectId);
+  return m ? (m[1] as string) : '';
+}
+
+/**
+ * A step's logical identity: the same pipeline step over the same input objects. Re-executions
+ * (re-ingest, earlier recomputes) share it; impact keeps the latest one.
+ */
+function logicalKeyOf(step: Step, f: StepFacet): string {
+  const used = step.used.map((u) => u.objectId).sort();
+  return JSON.stringify([f.pipeline ?? '', f.step ?? step.transform, used]);
+}
+
+function compareNs(a: string, b: string): number {
+  const x = BigInt(a || '0');
+  const y = BigInt(b || '0');
+  return x < y ? -1 : x > y ? 1 : 0;
+}
+
+/**
+ * Walks the graph downstream from the roots, as of `asOfMs` (steps recorded later are ignored),
+ * and returns the affected logical steps in dependency order with their dependencies. Throws
+ * NotFoundError for an unknown version or step, InvalidArgumentError (`pipeline`) when the
+ * affected steps depend on each other in a cycle.
+ */
+export async function collectAffected(lineage: ImpactLineage, roots: readonly ImpactRoot[], asOfMs = Number.POSITIVE_INFINITY): Promise<AffectedGraph> {
+  const index = lineage.index;
+  const visible = (key: string): boolean => {
+    const id = index.idOf(key);
+    return id !== undefined && index.timeOf(id) <= asOfMs;
+  };
+  const depthOf = new Map<string, number>();
+  const queue: string[] = [];
+  const enqueue = (stepKey: string, depth: number): void => {
+    if (!visible(stepKey)) return;
+    const known = depthOf.get(stepKey);
+    if (known !== undefined && known <= depth) return;
+    depthOf.set(stepKey, depth);
+    queue.push(stepKey);
+  };
+  const rootNames: string[] = [];
+  for (const [i, r] of roots.entries()) {
+    if (r.kind === 'version') {
+      const key = versionKey(r.objectId, r.oldHash);
+      if (!index.has(key)) throw new NotFoundError(`object version ${key}`, `roots[${i}]`);
+      rootNames.push(key);
+      for (const s of index.consumersOf(key)) enqueue(s, 1);
+    } else if (r.kind === 'step') {
+      const key = `step:${r.stepId}`;
+      if (!index.has(key)) throw new NotFoundError(`step ${JSON.stringify(r.stepId)}`, 'step_id');
+      rootNames.push(key);
+      enqueue(key, 0);
+    } else {
+      rootNames.push(`${r.pipeline}/${r.step}`);
+      for (const s of index.membersOf(`transform:${r.transform}`)) {
+        if (!visible(s)) continue;
+        const step = await lineage.readStep(parseNodeKey(s).id);
+        const f = step ? facetOf(step) : {};
+        if (f.pipeline === r.pipeline && f.step === r.step) enqueue(s, 1);
+      }
+    }
+  }
+  const steps = new Map<string, Step>();
+  const objects = new Map<string, AffectedObject>();
+  while (queue.length > 0) {
+    const key = queue.shift() as string;
+    const depth = depthOf.get(key) as number;
+    let step = steps.get(key);
+    if (!step) {
+      step = await lineage.readStep(parseNodeKey(key).id);
+      if (!step) continue;
+      steps.set(key, step);
+    }
+    for (const g of outputsOf(step)) {
+      const vk = versionKey(g.objectId, g.contentHash);
+      const prev = objects.get(vk);
+      if (!prev || prev.depth > depth + 1) objects.set(vk, { objectId: g.objectId, contentHash: g.contentHash, depth: depth + 1 });
+      for (const c of index.consumersOf(vk)) enqueue(c, depth + 1);
+    }
+  }
+  // Keep the latest execution of each logical step (with the smallest depth any of them had).
+  const kept = new Map<string, AffectedNode>();
+  for (const [key, step] of steps) {
+    const f = facetOf(step);
+    const lk = logicalKeyOf(step, f);
+    const depth = depthOf.get(key) as number;
+    const cur = kept.get(lk);
+    if (cur && (compareNs(cur.step.endedAtNs, step.endedAtNs) > 0 || (compareNs(cur.step.endedAtNs, step.endedAtNs) === 0 && cur.step.stepId > step.stepId))) {
+      cur.depth = Math.min(cur.depth, depth);
+      continue;
+    }
+    const byObject = new Map(Object.entries(f.inputs ?? {}).map(([name, objectId]) => [objectId, name]));
+    const outputs = outputsOf(step);
+    const firstRecord = step.used.find((u) => recordKeyOf(u.objectId) !== '') ?? outputs.find((g) => recordKeyOf(g.objectId) !== '');
+    kept.set(lk, {
+      step,
+      pipeline: f.pipeline ?? '',
+      stepName: f.step ?? step.transform,
+      key: firstRecord ? recordKeyOf(firstRecord.objectId) : '',
+      // The dataset its outputs were recorded under (the runner names it after the step).
+      output: datasetOf(outputs[0]?.objectId ?? '') || (f.step ?? step.transform),
+      outputs,
+      inputNames: step.used.map((u) => byObject.get(u.objectId) ?? u.objectId),
+      depth: Math.min(depth, cur?.depth ?? depth),
+      dependsOn: [],
+    });
+  }
+  // A node depends on the node that produces (a version of) an object it uses.
+  const producer = new Map<string, AffectedNode>();
+  for (const n of kept.values()) for (const g of n.outputs) producer.set(g.objectId, n);
+  for (const n of kept.values()) {
+    const deps = new Set<string>();
+    for (const u of n.step.used) {
+      const p = producer.get(u.objectId);
+      if (p && p !== n) deps.add(p.step.stepId);
+    }
+    n.dependsOn = [...deps].sort();
+  }
+  const ordered = topoOrder([...kept.values()]);
+  return { roots: rootNames, nodes: ordered, objects: [...objects.values()].sort((a, b) => a.depth - b.depth || a.objectId.localeCompare(b.objectId)) };
+}
+
+/** Kahn's order (ties by depth, then step id); a leftover means a cycle. */
+export function topoOrder(nodes: readonly AffectedNode[]): AffectedNode[] {
+  const byId = new Map(nodes.map((n) => [n.step.stepId, n]));
+  const indegree = new Map(nodes.map((n) => [n.step.stepId, n.dependsOn.filter((d) => byId.has(d)).length]));
+  const dependants = new Map<string, string[]>();
+  for (const n of nodes) for (const d of n.dependsOn) if (byId.has(d)) dependants.set(d, [...(dependants.get(d) ?? []), n.step.stepId]);
+  const cmp = (a: AffectedNode, b: AffectedNode): number => a.depth - b.depth || a.step.stepId.localeCompare(b.step.stepId);
+  const ready = nodes.filter((n) => indegree.get(n.step.stepId) === 0).sort(cmp);
+  const out: AffectedNode[] = [];
+  while (ready.length > 0) {
+    const n = ready.shift() as AffectedNode;
+    out.push(n);
+    for (const d of dependants.get(n.step.stepId) ?? []) {
+      const left = (indegree.get(d) as number) - 1;
+      indegree.set(d, left);
+      if (left === 0) {
+        ready.push(byId.get(d) as AffectedNode);
+        ready.sort(cmp);
+      }
+    }
+  }
+  if (out.length < nodes.length) {
+    const stuck = nodes.filter((n) => !out.includes(n)).map((n) => `${n.pipeline}/${n.stepName}`);
+    throw new InvalidArgumentError('pipeline', `the affected steps depend on each other in a cycle: ${[...new Set(stuck)].slice(0, 5).join(', ')}`);
+  }
+  return out;
+}
+
+/** Where the allocator would place a step now: a node id, or why none can take it. */
+export type PlacementProbe = (node: AffectedNode) => Promise<{ nodeId: string } | { waiting: string }>;
+
+/** The ImpactResponse of an affected graph: counts, recorded costs, placement now. */
+export async function toImpactResponse(graph: AffectedGraph, asOfNs: string, place?: PlacementProbe): Promise<ImpactResponse> {
+  const steps: AffectedStep[] = [];
+  const placements: Record<string, number> = {};
+  let cpu = 0n;
+  let wall = 0n;
+  // Longest chain of recorded wall times, in dependency order.
+  const finish = new Map<string, bigint>();
+  let critical = 0n;
+  for (const n of graph.nodes) {
+    const r = n.step.resources;
+    const w = BigInt(r?.wallTimeNs ?? '0');
+    cpu += BigInt(r?.cpuTimeNs ?? '0');
+    wall += w;
+    const start = n.dependsOn.reduce((m, d) => (finish.get(d) ?? 0n) > m ? (finish.get(d) ?? 0n) : m, 0n);
+    finish.set(n.step.stepId, start + w);
+    if (start + w > critical) critical = start + w;
+    const where = place ? await place(n) : { waiting: 'no allocator' };
+    if ('nodeId' in where) placements[where.nodeId] = (placements[where.nodeId] ?? 0) + 1;
+    steps.push({
+      stepId: n.step.stepId,
+      pipeline: n.pipeline,
+      step: n.stepName,
+      key: n.key,
+      transform: n.step.transform,
+      codeVersion: n.step.codeVersion,
+      depth: n.depth,
+      nodeId: n.step.nodeId,
+      cpuTimeNs: r?.cpuTimeNs ?? '0',
+      wallTimeNs: r?.wallTimeNs ?? '0',
+      peakMemoryBytes: r?.peakMemoryBytes ?? '0',
+      placementNodeId: 'nodeId' in where ? where.nodeId : '',
+      placementWaiting: 'waiting' in where ? where.waiting : '',
+      dependsOn: n.dependsOn,
+    });
+  }
+  return {
+    roots: graph.roots,
+    steps,
+    objects: graph.objects,
+    stepCount: steps.length,
+    objectCount: graph.objects.length,
+    estimatedCpuTimeNs: cpu.toString(),
+    estimatedWallTimeNs: wall.toString(),
+    criticalPathWallTimeNs: critical.toString(),
+    asOfNs,
+    placements,
+  };
+}

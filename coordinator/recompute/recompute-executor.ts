@@ -1,0 +1,233 @@
+import { canonicalJson } from '../../common/canonical-json.js';
+import { FailedPreconditionError } from '../../common/errors.js';
+import type { TransformRequirements } from '../../common/gen/retrace/v1/code.js';
+import { TriggerKind, type LineageEvent, type ObjectRef, type Step } from '../../common/gen/retrace/v1/provenance.js';
+import { ShardStatus, type ShardAssignment, type ShardInput, type ShardOutcome } from '../../common/gen/retrace/v1/shard.js';
+import { contentHashOf, sha256Hex } from '../../common/hash.js';
+import { versionKey } from '../../common/lineage-keys.js';
+import type { NanoClock } from '../clock.js';
+import type { JobExecutor, JsonValue, TaskRunContext, TaskRunResult } from '../jobs/job-types.js';
+import type { LineageEngine } from '../lineage/lineage-engine.js';
+import { computeShardId, pipelineStepId, recordObjectId } from '../pipeline/pipeline-runner.js';
+import type { CurrentRecord } from '../pipeline/pipeline-store.js';
+import type { Placement } from '../scheduler/allocator.js';
+import { recordKeyOf } from './impact-analysis.js';
+import { cacheKeyOf, type MemoOutput, type MemoStore } from './memo-store.js';
+import type { RecomputeJobPayload, RecomputeTaskPayload, RecomputeTaskResult } from './recompute-planner.js';
+
+/** Runs one shard (the dispatcher); always resolves with an outcome. */
+export interface RecomputeShardRunner {
+  run(assignment: ShardAssignment, options?: { requirements?: TransformRequirements; placement?: Placement; signal?: AbortSignal }): Promise<{ outcome: ShardOutcome; nodeId: string; attempts: number; queuedMs: number }>;
+}
+
+export interface RecomputeExecutorDeps {
+  lineage: Pick<LineageEngine, 'submit' | 'readStep' | 'index'>;
+  payloads: () => { find(hash: string): Promise<Uint8Array | undefined>; putMany(p: readonly Uint8Array[]): Promise<string[]> } | undefined;
+  /** Sets the pipelines' current records (pipeline outputs only). */
+  setCurrent: (pipeline: string, entries: { dataset: string; key: string; record: CurrentRecord }[]) => Promise<void>;
+  memo: MemoStore;
+  runner: () => RecomputeShardRunner | undefined;
+  clock: NanoClock;
+  /** Called after each task with its outcome (progress, tests). */
+  onTask?: (jobId: string, taskId: string, outcome: TaskRunResult['outcome']) => void;
+}
+
+const PRODUCER = 'retrace://coordinator/recompute';
+
+/** An error the job manager must not retry (missing payload, bad payload). */
+class PermanentError extends Error {
+  readonly retryable = false;
+}
+
+/** The step id a task records: deterministic, so a retried or resumed attempt finds it. */
+export function recomputeStepId(jobId: string, taskId: string): string {
+  return `recompute:${jobId}/${taskId}`;
+}
+
+function toResult(r: RecomputeTaskResult): JsonValue {
+  return r as unknown as JsonValue;
+}
+
+/**
+ * The `recompute` job executor. One attempt of a task:
+ * 1. resolves each input's version (a root's new version, or the upstream task's result);
+ * 2. early cutoff: nothing differs from what the original execution used (inputs, code version,
+ *    parameters) → 'cutoff', the original outputs stand;
+ * 3. an attempt of this task that already recorded its step (retry, resume) → that step's result;
+ * 4. memo: a stored result for the cache key H(code version, parameters, input hashes), or the
+ *    pipeline's own execution of exactly these inputs → 'cached', nothing runs;
+ * 5. otherwise runs the shard through the dispatcher, stores the payloads, records the step
+ *    (why = RECOMPUTE, the job) and its output versions, and memoizes → 'executed'.
+ * Cached and executed outputs become the pipelines' current records; old versions stay.
+ */
+export class RecomputeExecutor implements JobExecutor {
+  readonly kind = 'recompute';
+
+  constructor(private readonly deps: RecomputeExecutorDeps) {}
+
+  async runTask(ctx: TaskRunContext): Promise<TaskRunResult> {
+    const r = await this.attempt(ctx);
+    this.deps.onTask?.(ctx.jobId, ctx.task.id, r.outcome);
+    return r;
+  }
+
+  private async attempt(ctx: TaskRunContext): Promise<TaskRunResult> {
+    const t = ctx.task.payload as unknown as RecomputeTaskPayload;
+    const job = ctx.job.payload as unknown as RecomputeJobPayload;
+    const inputs = t.inputs.map((i) => {
+      let hash = i.newHash ?? i.originalHash;
+      if (i.fromTask !== undefined) {
+        const dep = ctx.deps.get(i.fromTask) as unknown as RecomputeTaskResult | undefined;
+        hash = dep?.outputs[i.objectId] ?? i.originalHash;
+      }
+      return { name: i.name, objectId: i.objectId, contentHash: hash, changed: hash !== i.originalHash };
+    });
+    const sameCode = t.codeVersion === t.originalCodeVersion && canonicalJson(t.parameters) === canonicalJson(t.originalParameters);
+    const original = Object.fromEntries(t.outputs.map((o) => [o.objectId, o.contentHash]));
+    if (sameCode && inputs.every((i) => !i.changed)) {
+      return { outcome: 'cutoff', result: toResult({ outputs: original, changed: false, stepId: t.originalStepId, nodeId: '', cachedFrom: '' }) };
+    }
+    const changedFrom = (outs: Record<string, string>): boolean => {
+      const a = Object.keys(outs).sort();
+      const b = Object.keys(original).sort();
+      return a.length !== b.length || a.some((k, i) => k !== b[i] || outs[k] !== original[k]);
+    };
+    const stepId = recomputeStepId(ctx.jobId, ctx.task.id);
+    const recorded = await this.deps.lineage.readStep(stepId);
+    if (recorded) {
+      const facetOutputs = ((recorded.facets as Record<string, unknown> | undefined)?.retrace as { outputs?: Record<string, string> } | undefined)?.outputs;
+      const outs = facetOutputs ?? Object.fromEntries(recorded.generated.map((g) => [g.objectId, g.contentHash]));
+      return { outcome: 'executed', result: toResult({ outputs: outs, changed: changedFrom(outs), stepId, nodeId: recorded.nodeId, cachedFrom: '' }) };
+    }
+    const cacheKey = cacheKeyOf(t.codeVersion, t.parameters, inputs);
+    const hit = await this.lookup(t, inputs, cacheKey);
+    if (hit) {
+      await this.updateCurrent(t, hit.outputs);
+      const outs = Object.fromEntries(hit.outputs.map((o) => [o.objectId, o.contentHash]));
+      return { outcome: 'cached', result: toResult({ outputs: outs, changed: changedFrom(outs), stepId: '', nodeId: '', cachedFrom: hit.stepId }) };
+    }
+    const executed = await this.execute(ctx, t, job, inputs, cacheKey, stepId);
+    const outs = Object.fromEntries(executed.outputs.map((o) => [o.objectId, o.contentHash]));
+    return { outcome: 'executed', result: toResult({ outputs: outs, changed: changedFrom(outs), stepId, nodeId: executed.nodeId, cachedFrom: '' }) };
+  }
+
+  /** A memoized result, or the pipeline runner's recording of this very execution (its step id is deterministic). */
+  private async lookup(t: RecomputeTaskPayload, inputs: readonly { name: string; objectId: string; contentHash: string }[], cacheKey: string): Promise<{ outputs: MemoOutput[]; stepId: string } | undefined> {
+    const memo = await this.deps.memo.get(cacheKey);
+    if (memo) return memo;
+    if (t.pipeline === '') return undefined;
+    const shardId = computeShardId(t.pipeline, { name: t.step, codeVersion: t.codeVersion, parameters: t.parameters } as never, inputs);
+    const prior = await this.deps.lineage.readStep(pipelineStepId(t.pipeline, t.step, shardId));
+    if (!prior) return undefined;
+    const outputs = prior.generated.map((g) => ({ objectId: g.objectId, contentHash: g.contentHash, size: 0, mediaType: '' }));
+    await this.deps.memo.put(cacheKey, { outputs, stepId: prior.stepId });
+    return { outputs, stepId: prior.stepId };
+  }
+
+  private async execute(
+    ctx: TaskRunContext,
+    t: RecomputeTaskPayload,
+    job: RecomputeJobPayload,
+    inputs: readonly { name: string; objectId: string; contentHash: string }[],
+    cacheKey: string,
+    stepId: string,
+  ): Promise<{ outputs: MemoOutput[]; nodeId: string }> {
+    const runner = this.deps.runner();
+    const payloads = this.deps.payloads();
+    if (!runner || !payloads) throw new FailedPreconditionError('recompute needs the scheduler and the payload store');
+    const shardInputs: ShardInput[] = [];
+    for (const i of inputs) {
+      const bytes = await payloads.find(i.contentHash);
+      if (!bytes) throw new PermanentError(`input ${i.name} (${i.objectId}@${i.contentHash}): content is not stored; send it with NotifyChange (payload) or re-ingest it`);
+      shardInputs.push({ name: i.name, objectId: i.objectId, contentHash: i.contentHash, payload: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength), key: t.key, eventTimeNs: '0', mediaType: '' });
+    }
+    const assignment: ShardAssignment = {
+      shardId: `recompute-${sha256Hex(`${ctx.jobId}\u0000${ctx.task.id}\u0000${ctx.attempt}`).slice(0, 32)}`,
+      stepName: t.step,
+      transform: t.transform,
+      codeVersion: t.codeVersion,
+      parameters: t.parameters,
+      inputs: shardInputs,
+      timeoutMs: t.timeoutMs,
+      memoryLimitMb: t.requirements?.memoryMb ?? 0,
+      faults: undefined,
+      jobId: ctx.jobId,
+    };
+    const options: Parameters<RecomputeShardRunner['run']>[1] = { signal: ctx.signal };
+    if (t.requirements) options.requirements = t.requirements;
+    if (job.placement.nodeIds?.length || Object.keys(job.placement.labels ?? {}).length > 0) options.placement = job.placement;
+    const { outcome, nodeId } = await runner.run(assignment, options);
+    if (outcome.status !== ShardStatus.SHARD_STATUS_SUCCEEDED) {
+      throw new Error(`${t.pipeline ? `${t.pipeline}/${t.step}` : t.transform} key=${t.key}: ${ShardStatus[outcome.status] ?? outcome.status}${outcome.error ? `: ${outcome.error}` : ''}`);
+    }
+    const outputs: (MemoOutput & { payload: Uint8Array })[] = outcome.outputs.map((o, i) => {
+      const hash = contentHashOf(o.payload);
+      const objectId = t.pipeline ? recordObjectId(t.pipeline, t.output, o.key || t.key) : (t.outputs[i]?.objectId ?? `${t.originalStepId}/out-${i}`);
+      return { objectId, contentHash: hash, size: o.payload.byteLength, mediaType: o.mediaType, payload: o.payload };
+    });
+    await payloads.putMany(outputs.map((o) => o.payload));
+    const endedAtNs = outcome.endedAtNs !== '0' && outcome.endedAtNs !== '' ? outcome.endedAtNs : this.deps.clock().toString();
+    const startedAtNs = outcome.startedAtNs !== '0' && outcome.startedAtNs !== '' ? outcome.startedAtNs : endedAtNs;
+    // A version has one generating step: an output that came out exactly as an earlier step made
+    // it is listed in the facet (`reproduced`), not generated again.
+    const index = this.deps.lineage.index;
+    const reproduced = outputs.filter((o) => index.generatorOf(versionKey(o.objectId, o.contentHash)) !== undefined);
+    const generated: ObjectRef[] = outputs.filter((o) => !reproduced.includes(o)).map((o) => ({ objectId: o.objectId, contentHash: o.contentHash, unversioned: false }));
+    const step: Step = {
+      stepId,
+      runId: ctx.jobId,
+      transform: t.transform,
+      codeVersion: t.codeVersion,
+      parameters: t.parameters,
+      nodeId: nodeId || outcome.nodeId,
+      host: '',
+      startedAtNs,
+      endedAtNs,
+      why: { kind: TriggerKind.TRIGGER_KIND_RECOMPUTE, id: ctx.jobId, principal: job.principal },
+      resources: outcome.resources,
+      used: inputs.map((i) => ({ objectId: i.objectId, contentHash: i.contentHash, unversioned: false })),
+      generated,
+      facets: {
+        retrace: {
+          pipeline: t.pipeline,
+          step: t.step,
+          output: t.output,
+          shardId: assignment.shardId,
+          inputs: Object.fromEntries(inputs.map((i) => [i.name, i.objectId])),
+          recomputeOf: t.originalStepId,
+          cacheKey,
+          changes: job.changeIds,
+          outputs: Object.fromEntries(outputs.map((o) => [o.objectId, o.contentHash])),
+          reproduced: reproduced.map((o) => ({ objectId: o.objectId, contentHash: o.contentHash })),
+        },
+      },
+    };
+    const events: LineageEvent[] = [
+      // The job's run, once (the event id deduplicates it across tasks).
+      { eventId: `recompute:${ctx.jobId}:run`, eventTimeNs: startedAtNs, producer: PRODUCER, body: { $case: 'run', value: { runId: ctx.jobId, name: `recompute/${ctx.jobId}`, parentRunId: '', state: 'RUNNING', startedAtNs, endedAtNs: '0', facets: { retrace: { changes: job.changeIds, principal: job.principal } } } } },
+      ...outputs
+        .filter((o) => !reproduced.includes(o))
+        .map((o): LineageEvent => ({
+        eventId: `version:${o.objectId}@${o.contentHash}`,
+        eventTimeNs: endedAtNs,
+        producer: PRODUCER,
+        body: { $case: 'objectVersion', value: { objectId: o.objectId, contentHash: o.contentHash, size: String(o.size), mediaType: o.mediaType, createdAtNs: endedAtNs, attributes: t.pipeline ? { pipeline: t.pipeline, dataset: t.output, key: recordKeyOf(o.objectId), recompute_job: ctx.jobId } : { recompute_job: ctx.jobId }, facets: undefined } },
+      })),
+      { eventId: `step:${stepId}`, eventTimeNs: endedAtNs, producer: PRODUCER, body: { $case: 'step', value: step } },
+    ];
+    await this.deps.lineage.submit(events);
+    const memoOutputs = outputs.map(({ objectId, contentHash, size, mediaType }) => ({ objectId, contentHash, size, mediaType }));
+    await this.deps.memo.put(cacheKey, { outputs: memoOutputs, stepId });
+    await this.updateCurrent(t, memoOutputs);
+    return { outputs: memoOutputs, nodeId: step.nodeId };
+  }
+
+  private async updateCurrent(t: RecomputeTaskPayload, outputs: readonly MemoOutput[]): Promise<void> {
+    if (t.pipeline === '') return;
+    const prefix = recordObjectId(t.pipeline, t.output, '');
+    const entries = outputs
+      .filter((o) => o.objectId.startsWith(prefix))
+      .map((o) => ({ dataset: t.output, key: o.objectId.slice(prefix.length), record: { objectId: o.objectId, contentHash: o.contentHash, size: o.size, mediaType: o.mediaType, eventTimeNs: this.deps.clock().toString() } }));
+    await this.deps.setCurrent(t.pipeline, entries);
+  }
+}

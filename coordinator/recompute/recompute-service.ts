@@ -1,0 +1,319 @@
+import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../../common/errors.js';
+import type { PipelineVersion } from '../../common/gen/retrace/v1/pipeline.js';
+import {
+  ChangeKind,
+  ChangePolicy,
+  ChangeState,
+  type Change,
+  type ImpactRequest,
+  type ImpactResponse,
+  type NotifyChangeRequest,
+  type NotifyChangeResponse,
+  type PathWatch,
+  type RecomputeRequest,
+  type RecomputeResponse,
+} from '../../common/gen/retrace/v1/recompute.js';
+import type { NodeInfo } from '../../common/gen/retrace/v1/node.js';
+import { contentHashOf, isContentHash } from '../../common/hash.js';
+import { parseNodeKey } from '../../common/lineage-keys.js';
+import type { NanoClock } from '../clock.js';
+import type { JobSubmitter } from '../jobs/job-types.js';
+import { nsToMs, type LineageEngine } from '../lineage/lineage-engine.js';
+import type { RecordChange } from '../pipeline/pipeline-runner.js';
+import type { CurrentRecord, PipelineStore } from '../pipeline/pipeline-store.js';
+import { allocate, toNodeView } from '../scheduler/allocator.js';
+import type { ChangedFile } from './change-detector.js';
+import { stepChanges } from './change-detector.js';
+import { changeIdOf, type ChangeInput, type ChangeStore } from './change-store.js';
+import { collectAffected, toImpactResponse, type AffectedGraph, type AffectedNode, type ImpactRoot } from './impact-analysis.js';
+import { planRecompute, type StepDefinition } from './recompute-planner.js';
+
+export interface RecomputerDeps {
+  lineage: LineageEngine;
+  changes: ChangeStore;
+  pipelines: () => { store: PipelineStore; payloads: { put(bytes: Uint8Array): Promise<string> }; runner: { ingest: (p: string, s: string, batches: Iterable<readonly { key: string; payload: Uint8Array }[]>, o: { principal: string }) => Promise<unknown> } } | undefined;
+  jobs: () => JobSubmitter | undefined;
+  nodes: () => readonly NodeInfo[];
+  code: () => { describe(codeVersion: string): Promise<unknown> } | undefined;
+  clock: NanoClock;
+  log: (line: string) => void;
+}
+
+const PRODUCER = 'retrace://coordinator/recompute';
+
+/** `record:<pipeline>/<dataset>:<key>` → its parts, or undefined. */
+function parseRecordId(objectId: string): { pipeline: string; dataset: string; key: string } | undefined {
+  const m = /^record:([^/]+)\/([^:]+):(.*)$/s.exec(objectId);
+  return m ? { pipeline: m[1] as string, dataset: m[2] as string, key: m[3] as string } : undefined;
+}
+
+/**
+ * The recompute service's logic: turns detections into recorded changes (and, under the auto
+ * policy, into recompute jobs), answers Impact, and plans and submits Recompute jobs.
+ */
+export class Recomputer {
+  constructor(private readonly deps: RecomputerDeps) {}
+
+  // ---- detection ----
+
+  /** NotifyChange; see the proto for the errors. `submitAuto` false never starts a job (Recompute's own new contents). */
+  async notify(request: NotifyChangeRequest, principal: string, options: { kind?: ChangeKind; submitAuto?: boolean; field?: string } = {}): Promise<NotifyChangeResponse> {
+    const field = options.field ?? '';
+    const objectId = request.objectId;
+    if (objectId === '') throw new InvalidArgumentError(`${field}object_id`, 'is required');
+    let hash = request.contentHash;
+    const payload = request.payload;
+    if (hash !== '' && !isContentHash(hash)) throw new InvalidArgumentError(`${field}content_hash`, `expected "sha256:" and 64 lowercase hex digits, got ${JSON.stringify(hash.slice(0, 80))}`);
+    if (payload.length > 0) {
+      const actual = contentHashOf(payload);
+      if (hash !== '' && hash !== actual) throw new InvalidArgumentError(`${field}content_hash`, `${hash} does not match the payload (${actual})`);
+      hash = actual;
+    }
+    if (hash === '') throw new InvalidArgumentError(`${field}content_hash`, 'is required unless a payload is sent');
+    const index = this.deps.lineage.index;
+    const versions = index.membersOf(`object:${objectId}`);
+    const latest = versions[versions.length - 1];
+    if (!latest) throw new NotFoundError(`object ${JSON.stringify(objectId)} (provenance has no version of it)`, `${field}object_id`);
+    const oldHash = parseNodeKey(latest).contentHash;
+    if (oldHash === hash) {
+      return { change: undefined, unchanged: true };
+    }
+    const kind = options.kind ?? ChangeKind.CHANGE_KIND_OBJECT;
+    const noticedBy = request.noticedBy || `notify:${principal}`;
+    const rec = parseRecordId(objectId);
+    const pipes = this.deps.pipelines();
+    if (payload.length > 0) {
+      if (!pipes) throw new FailedPreconditionError('storing the new content needs the pipelines extension (payload store)');
+      await pipes.payloads.put(payload);
+    }
+    const changeId = changeIdOf({ kind, objectId, oldHash, newHash: hash, pipeline: rec?.pipeline ?? '' });
+    const nowNs = this.deps.clock().toString();
+    await this.deps.lineage.submit([
+      {
+        eventId: `version:${objectId}@${hash}`,
+        eventTimeNs: nowNs,
+        producer: PRODUCER,
+        body: { $case: 'objectVersion', value: { objectId, contentHash: hash, size: String(payload.length), mediaType: request.mediaType, createdAtNs: nowNs, attributes: { change_id: changeId, previous_hash: oldHash, noticed_by: noticedBy, ...(rec ? { pipeline: rec.pipeline, dataset: rec.dataset, key: rec.key } : {}) }, facets: undefined } },
+      },
+    ]);
+    // A pipeline record's new version is its current one from now on (a manual policy leaves its downstream stale until recomputed).
+    if (rec && pipes) {
+      const cur: CurrentRecord = { objectId, contentHash: hash, size: payload.length, mediaType: request.mediaType, eventTimeNs: nowNs };
+      await pipes.store.setCurrent(rec.pipeline, [{ dataset: rec.dataset, key: rec.key, record: cur }]);
+    }
+    const { change, created } = await this.deps.changes.record({ kind, objectId, oldHash, newHash: hash, pipeline: rec?.pipeline ?? '', source: rec?.dataset ?? '', noticedBy });
+    if (created && options.submitAuto !== false && change.policy === ChangePolicy.CHANGE_POLICY_AUTO) return { change: await this.autoRecompute([change]), unchanged: false };
+    return { change, unchanged: false };
+  }
+
+  /** The pipeline runner's listener: records a re-ingested record's change; steps run now only under `auto`. */
+  async onRecordChange(c: RecordChange): Promise<{ runSteps: boolean }> {
+    const policy = await this.deps.changes.policyFor(c.pipeline, c.source);
+    const auto = policy === ChangePolicy.CHANGE_POLICY_AUTO;
+    await this.deps.changes.record({
+      kind: c.principal.startsWith('watch:') ? ChangeKind.CHANGE_KIND_FILE : ChangeKind.CHANGE_KIND_RECORD,
+      objectId: c.objectId,
+      oldHash: c.oldHash,
+      newHash: c.newHash,
+      pipeline: c.pipeline,
+      source: c.source,
+      noticedBy: `${c.principal} (${c.runId})`,
+      state: auto ? ChangeState.CHANGE_STATE_RECOMPUTED_BY_INGEST : ChangeState.CHANGE_STATE_REPORTED,
+    });
+    return { runSteps: auto };
+  }
+
+  /** The pipeline extension's listener: a new version whose steps changed code or parameters. Never throws. */
+  async onPipelineApplied(e: { previous: PipelineVersion | undefined; current: PipelineVersion; principal: string }): Promise<void> {
+    try {
+      const inputs = stepChanges(e.previous, e.current, `apply:${e.principal}`);
+      const recorded: Change[] = [];
+      for (const input of inputs) {
+        const { change, created } = await this.deps.changes.record(input);
+        if (created) recorded.push(change);
+      }
+      const auto = recorded.filter((c) => c.policy === ChangePolicy.CHANGE_POLICY_AUTO);
+      if (auto.length > 0) await this.autoRecompute(auto);
+    } catch (err) {
+      this.deps.log(`recompute: change detection for pipeline ${e.current.pipeline?.name ?? ''} v${e.current.version} failed: ${String(err)}`);
+    }
+  }
+
+  /** A watched path's new files: ingested into its pipeline source, or reported as objects. */
+  async onFiles(watch: PathWatch, files: readonly ChangedFile[]): Promise<void> {
+    if (watch.pipeline !== '') {
+      const pipes = this.deps.pipelines();
+      if (!pipes) throw new FailedPreconditionError('watching a pipeline source needs the pipelines extension');
+      await pipes.runner.ingest(watch.pipeline, watch.source, [files.map((f) => ({ key: f.rel, payload: f.bytes }))], { principal: `watch:${watch.path}` });
+      return;
+    }
+    for (const f of files) {
+      const objectId = `${watch.objectIdPrefix}${f.rel}`;
+      if (this.deps.lineage.index.has(`object:${objectId}`)) {
+        await this.notify({ objectId, contentHash: f.hash, payload: Buffer.from(f.bytes), mediaType: '', noticedBy: `watch:${watch.path}` }, 'watch', { kind: ChangeKind.CHANGE_KIND_FILE });
+        continue;
+      }
+      // A file seen for the first time: its first version, so later edits are changes.
+      await this.deps.pipelines()?.payloads.put(f.bytes);
+      const nowNs = this.deps.clock().toString();
+      await this.deps.lineage.submit([{ eventId: `version:${objectId}@${f.hash}`, eventTimeNs: nowNs, producer: PRODUCER, body: { $case: 'objectVersion', value: { objectId, contentHash: f.hash, size: String(f.bytes.length), mediaType: '', createdAtNs: nowNs, attributes: { noticed_by: `watch:${watch.path}` }, facets: undefined } } }]);
+    }
+  }
+
+  private async autoRecompute(changes: Change[]): Promise<Change> {
+    try {
+      const r = await this.recompute({ changeIds: changes.map((c) => c.changeId), objectIds: [], newContents: [], policy: undefined }, 'auto-policy');
+      this.deps.log(`recompute: ${changes.length} change(s) under the auto policy -> job ${r.jobId} (${r.tasks.length} tasks)`);
+    } catch (err) {
+      this.deps.log(`recompute: auto recompute of ${changes.map((c) => c.changeId).join(', ')} not started: ${err instanceof Error ? err.message : String(err)}`);
+    }
+    return this.deps.changes.get((changes[0] as Change).changeId);
+  }
+
+  // ---- impact ----
+
+  /** The roots of a change. */
+  private async rootsOfChange(change: Change, field: string): Promise<ImpactRoot[]> {
+    switch (change.kind) {
+      case ChangeKind.CHANGE_KIND_CODE_VERSION:
+      case ChangeKind.CHANGE_KIND_PARAMETERS: {
+        const pipes = this.deps.pipelines();
+        const pv = pipes ? await pipes.store.get(change.pipeline).catch(() => undefined) : undefined;
+        const def = pv?.pipeline?.steps.find((s) => s.name === change.step);
+        if (!def) throw new FailedPreconditionError(`step ${change.step} is no longer in pipeline ${change.pipeline}`, field);
+        return [{ kind: 'pipelineStep', pipeline: change.pipeline, step: change.step, transform: def.transform }];
+      }
+      case ChangeKind.CHANGE_KIND_CODE_PUBLISHED:
+        throw new FailedPreconditionError('a published code version changes nothing until a pipeline is applied with it', field);
+      default:
+        return [{ kind: 'version', objectId: change.objectId, oldHash: change.oldHash, newHash: change.newHash }];
+    }
+  }
+
+  async impact(request: ImpactRequest): Promise<ImpactResponse> {
+    const asOfNs = request.asOfNs === '' ? '0' : request.asOfNs;
+    if (!/^\d{1,19}$/.test(asOfNs)) throw new InvalidArgumentError('as_of_ns', 'must be non-negative nanoseconds since the epoch');
+    const asOfMs = asOfNs === '0' ? Number.POSITIVE_INFINITY : nsToMs(BigInt(asOfNs));
+    const t = request.target;
+    let roots: ImpactRoot[];
+    if (!t) throw new InvalidArgumentError('target', 'one of change_id, object_id and step_id is required');
+    if (t.$case === 'changeId') roots = await this.rootsOfChange(await this.deps.changes.get(t.value), 'change_id');
+    else if (t.$case === 'stepId') roots = [{ kind: 'step', stepId: t.value }];
+    else {
+      const index = this.deps.lineage.index;
+      const versions = index.membersOf(`object:${t.value}`).filter((k) => index.timeOf(index.idOf(k) as number) <= asOfMs);
+      const latest = versions[versions.length - 1];
+      if (!latest) throw new NotFoundError(`object ${JSON.stringify(t.value)}${asOfNs !== '0' ? ' as of that time' : ''}`, 'object_id');
+      roots = [{ kind: 'version', objectId: t.value, oldHash: parseNodeKey(latest).contentHash }];
+    }
+    const graph = await collectAffected(this.deps.lineage, roots, asOfMs);
+    const defs = await this.definitions(graph);
+    return toImpactResponse(graph, asOfNs, async (n) => this.place(n, defs));
+  }
+
+  /** Where the allocator would put a node's step now (no loads: a dry run). */
+  private async place(n: AffectedNode, defs: ReadonlyMap<string, StepDefinition>): Promise<{ nodeId: string } | { waiting: string }> {
+    const def = defs.get(`${n.pipeline}/${n.stepName}`);
+    const need: Parameters<typeof allocate>[1] = { codeVersion: def?.codeVersion ?? n.step.codeVersion };
+    if (def?.requirements) need.requirements = def.requirements;
+    const result = allocate(this.deps.nodes().map(toNodeView), need, new Map());
+    return 'nodeId' in result ? { nodeId: result.nodeId } : { waiting: result.waiting };
+  }
+
+  /** Each affected pipeline step's definition in the latest version of its pipeline. */
+  private async definitions(graph: AffectedGraph): Promise<Map<string, StepDefinition>> {
+    const out = new Map<string, StepDefinition>();
+    const pipes = this.deps.pipelines();
+    if (!pipes) return out;
+    for (const name of new Set(graph.nodes.map((n) => n.pipeline).filter((p) => p !== ''))) {
+      const pv = await pipes.store.get(name).catch(() => undefined);
+      for (const s of pv?.pipeline?.steps ?? []) {
+        const def: StepDefinition = { transform: s.transform, codeVersion: s.codeVersion, parameters: (s.parameters ?? {}) as Record<string, unknown>, timeoutMs: s.timeoutMs };
+        if (s.requirements) def.requirements = s.requirements;
+        out.set(`${name}/${s.name}`, def);
+      }
+    }
+    return out;
+  }
+
+  // ---- recompute ----
+
+  async recompute(request: RecomputeRequest, principal: string): Promise<RecomputeResponse> {
+    const policy = request.policy;
+    if (request.changeIds.length + request.objectIds.length + request.newContents.length === 0) throw new InvalidArgumentError('change_ids', 'name at least one change, object or new content');
+    if (policy && policy.maxAttempts > 100) throw new InvalidArgumentError('policy.max_attempts', 'at most 100');
+    const known = new Set(this.deps.nodes().map((n) => n.nodeId));
+    policy?.targetNodeIds.forEach((id, i) => {
+      if (!known.has(id)) throw new InvalidArgumentError(`policy.target_node_ids[${i}]`, `unknown node ${JSON.stringify(id)}`);
+    });
+    const changes: Change[] = [];
+    for (const [i, id] of request.changeIds.entries()) {
+      try {
+        changes.push(await this.deps.changes.get(id));
+      } catch (err) {
+        if (err instanceof NotFoundError) throw new NotFoundError(`change ${JSON.stringify(id)}`, `change_ids[${i}]`);
+        throw err;
+      }
+    }
+    // Validate every object before recording anything.
+    const index = this.deps.lineage.index;
+    const objectRoots: ChangeInput[] = [];
+    for (const [i, objectId] of request.objectIds.entries()) {
+      const versions = index.membersOf(`object:${objectId}`);
+      const latest = versions[versions.length - 1];
+      if (!latest) throw new NotFoundError(`object ${JSON.stringify(objectId)}`, `object_ids[${i}]`);
+      const newHash = parseNodeKey(latest).contentHash;
+      // The newest older version some step used: what the consumers are behind on.
+      const used = versions.slice(0, -1).reverse().find((k) => index.consumersOf(k).length > 0);
+      if (!used) throw new FailedPreconditionError(`no step used an older version of ${objectId}: nothing is behind its latest version`, `object_ids[${i}]`);
+      const rec = parseRecordId(objectId);
+      objectRoots.push({ kind: ChangeKind.CHANGE_KIND_OBJECT, objectId, oldHash: parseNodeKey(used).contentHash, newHash, pipeline: rec?.pipeline ?? '', source: rec?.dataset ?? '', noticedBy: `recompute:${principal}` });
+    }
+    request.newContents.forEach((n, i) => {
+      if (n.objectId === '') throw new InvalidArgumentError(`new_contents[${i}].object_id`, 'is required');
+      if (!index.has(`object:${n.objectId}`)) throw new NotFoundError(`object ${JSON.stringify(n.objectId)}`, `new_contents[${i}].object_id`);
+    });
+    for (const r of objectRoots) changes.push((await this.deps.changes.record(r)).change);
+    for (const [i, n] of request.newContents.entries()) {
+      const res = await this.notify({ objectId: n.objectId, contentHash: '', payload: n.payload, mediaType: n.mediaType, noticedBy: `recompute:${principal}` }, principal, { submitAuto: false, field: `new_contents[${i}].` });
+      if (res.change) changes.push(res.change);
+    }
+    const roots: ImpactRoot[] = [];
+    for (const [i, c] of changes.entries()) roots.push(...(await this.rootsOfChange(c, `change_ids[${i}]`)));
+    const newVersions = new Map<string, string>();
+    for (const r of roots) if (r.kind === 'version' && r.newHash) newVersions.set(r.objectId, r.newHash);
+    const graph = await collectAffected(this.deps.lineage, roots);
+    const definitions = await this.definitions(graph);
+    const code = this.deps.code();
+    if (code) {
+      for (const n of graph.nodes) {
+        const cv = definitions.get(`${n.pipeline}/${n.stepName}`)?.codeVersion ?? n.step.codeVersion;
+        if (cv !== '' && (await code.describe(cv)) === undefined) throw new NotFoundError(`code version ${cv} of step ${n.pipeline}/${n.stepName} (publish it with "retrace publish")`, 'code_version');
+      }
+    }
+    const changeIds = changes.map((c) => c.changeId);
+    const placement: { nodeIds?: string[]; labels?: Record<string, string> } = {};
+    if (policy?.targetNodeIds.length) placement.nodeIds = policy.targetNodeIds;
+    if (policy && Object.keys(policy.targetLabels).length > 0) placement.labels = policy.targetLabels;
+    const planOptions: Parameters<typeof planRecompute>[1] = {
+      newVersions,
+      definitions,
+      changeIds,
+      principal,
+      title: `recompute ${changeIds.slice(0, 3).join(', ')}${changeIds.length > 3 ? ` and ${changeIds.length - 3} more` : ''}`,
+      placement,
+    };
+    if (policy?.maxAttempts) planOptions.maxAttempts = policy.maxAttempts;
+    if (policy?.concurrency) planOptions.concurrency = policy.concurrency;
+    const spec = planRecompute(graph, planOptions);
+    const tasks = spec.tasks.map((t) => ({ taskId: t.id, label: t.label, originalStepId: (t.payload as { originalStepId: string }).originalStepId, dependsOn: t.dependsOn }));
+    if (policy?.dryRun) return { jobId: '', tasks, changeIds };
+    if (spec.tasks.length === 0) throw new FailedPreconditionError(`no recorded step used the changed versions (${graph.roots.join(', ')}): nothing to recompute`, 'change_ids');
+    const jobs = this.deps.jobs();
+    if (!jobs) throw new FailedPreconditionError('recompute needs the job manager (start the coordinator with the jobs extension)');
+    const { jobId } = await jobs.submit(spec);
+    for (const c of changeIds) await this.deps.changes.markSubmitted(c, jobId);
+    return { jobId, tasks, changeIds };
+  }
+}
+

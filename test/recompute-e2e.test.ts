@@ -1,0 +1,276 @@
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Status } from 'nice-grpc';
+import { CodeServiceDefinition } from '../common/gen/retrace/v1/code.js';
+import { LineageServiceDefinition, NodeKind } from '../common/gen/retrace/v1/lineage.js';
+import { PipelineServiceDefinition, type Pipeline } from '../common/gen/retrace/v1/pipeline.js';
+import { TriggerKind } from '../common/gen/retrace/v1/provenance.js';
+import { ChangeKind, ChangePolicy, ChangeState, RecomputeServiceDefinition } from '../common/gen/retrace/v1/recompute.js';
+import { codeExtension } from '../coordinator/code/code-extension.js';
+import type { JobView } from '../coordinator/jobs/job-manager.js';
+import { jobsExtension } from '../coordinator/jobs/jobs-extension.js';
+import { meshExtension } from '../coordinator/mesh/mesh-extension.js';
+import { pipelineExtension } from '../coordinator/pipeline/pipeline-extension.js';
+import { recomputeExtension } from '../coordinator/recompute/recompute-extension.js';
+import { schedulerExtension } from '../coordinator/scheduler/scheduler-extension.js';
+import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
+import { startLocalAgents, stopLocalAgents, type LocalAgent } from '../scripts/cli/local-agents.js';
+import { bundleTransform } from '../scripts/cli/publish-command.js';
+import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
+
+const WF_TASK = fileURLToPath(new URL('../scripts/examples/transforms/wf-task.ts', import.meta.url));
+const KEYS = 6;
+
+/** Polls until `check` returns a value (not undefined) or the deadline passes. */
+async function until<T>(what: string, check: () => Promise<T | undefined> | T | undefined, timeoutMs = 30_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await check();
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+describe('recompute end to end (real coordinator, real agent processes)', () => {
+  let tc: TestCoordinator;
+  let dir: string;
+  const shared: CoordinatorServices = {};
+  const agents: LocalAgent[] = [];
+  let wfV1 = '';
+  let pipeline: Pipeline;
+
+  const recompute = () => tc.client(RecomputeServiceDefinition);
+  const pipelines = () => tc.client(PipelineServiceDefinition);
+  const json = (o: unknown): Buffer => Buffer.from(JSON.stringify(o));
+
+  async function finished(jobId: string): Promise<JobView & { tasks: NonNullable<JobView['tasks']> }> {
+    return until(`job ${jobId}`, async () => {
+      const j = await (shared.jobs as NonNullable<CoordinatorServices['jobs']>).get(jobId);
+      return ['SUCCEEDED', 'FAILED', 'CANCELLED'].includes(j.state) ? (j as JobView & { tasks: NonNullable<JobView['tasks']> }) : undefined;
+    }, 90_000);
+  }
+  /** label → outcome (or state when it did not succeed). */
+  function outcomes(job: { tasks: NonNullable<JobView['tasks']> }): Record<string, string> {
+    return Object.fromEntries(job.tasks.map((t) => [t.label, t.state === 'SUCCEEDED' ? (t.outcome ?? '?') : t.state]));
+  }
+  async function ingest(name: string, source: string, records: { key: string; payload: Buffer }[]) {
+    return pipelines().ingest((async function* () {
+      yield { pipeline: name, source, records: records.map((r) => ({ ...r, eventTimeNs: '0', mediaType: '' })) };
+    })());
+  }
+  function versionsOf(objectId: string): string[] {
+    return tc.coordinator.lineage.index.membersOf(`object:${objectId}`);
+  }
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'retrace-recompute-'));
+    tc = await startTestCoordinator({
+      extensions: [
+        meshExtension({ onMesh: (m) => (shared.mesh = m), options: { minReportIntervalMs: 50, suspectAfterIntervals: 5, lostAfterIntervals: 12 } }),
+        codeExtension({ onCodeStore: (s) => (shared.code = s) }),
+        schedulerExtension(shared, { shardTimeoutMs: 20_000 }),
+        pipelineExtension(shared),
+        jobsExtension(shared, { seed: 1 }),
+        recomputeExtension(shared),
+      ],
+    });
+    const bundle = await bundleTransform(WF_TASK);
+    const published = await tc.client(CodeServiceDefinition).publishCode({ bundle: Buffer.from(bundle.bytes), manifest: { transform: 'wf-task', sourceFile: 'wf-task.ts', bundler: bundle.bundler } });
+    wfV1 = published.code?.codeVersion ?? '';
+    agents.push(
+      ...(await startLocalAgents(tc.grpcAddress, tc.token, dir, [
+        { name: 'a1', labels: ['pool=a'], reportInterval: '200ms' },
+        { name: 'a2', labels: ['pool=b'], reportInterval: '200ms' },
+      ])),
+    );
+    const step = (name: string, inputs: string[], parameters: Record<string, unknown>) => ({ name, transform: 'wf-task', codeVersion: wfV1, parameters, requirements: undefined, inputs, output: '', timeoutMs: 0 });
+    pipeline = {
+      name: 'wf',
+      sources: [{ name: 'raw', mediaType: 'application/json', description: '' }],
+      steps: [
+        // proj looks at id and amount only: a change of `note` leaves its output as it was.
+        step('proj', ['raw'], { project: ['id', 'amount'], failIf: 'FAIL', costMs: 5 }),
+        step('total', ['proj'], { project: ['amount'] }),
+        step('audit', ['raw'], {}),
+      ],
+    } as Pipeline;
+    await pipelines().applyPipeline({ pipeline });
+    // Manual: the tests start each recompute themselves (auto is tested on its own).
+    await recompute().setChangePolicy({ pipeline: 'wf', source: '', policy: ChangePolicy.CHANGE_POLICY_MANUAL });
+    const r = await ingest('wf', 'raw', Array.from({ length: KEYS }, (_, i) => ({ key: `k${i}`, payload: json({ id: i, amount: 10 * i, note: 'n' }) })));
+    expect(Number(r.accepted)).toBe(KEYS);
+    expect(Number(r.shardsRun)).toBe(KEYS * 3);
+  }, 180_000);
+
+  afterAll(async () => {
+    await stopLocalAgents(agents);
+    await tc?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  let k2Change = '';
+  let beforeK2Ns = '';
+
+  it('a one-source change recomputes exactly its downstream closure, recorded as new versions with why = the job', async () => {
+    beforeK2Ns = (BigInt(Date.now()) * 1_000_000n).toString();
+    await new Promise((r) => setTimeout(r, 20));
+    const n = await recompute().notifyChange({ objectId: 'record:wf/raw:k2', contentHash: '', payload: json({ id: 2, amount: 99, note: 'n' }), mediaType: 'application/json', noticedBy: '' });
+    expect(n.unchanged).toBe(false);
+    expect(n.change).toMatchObject({ kind: ChangeKind.CHANGE_KIND_OBJECT, objectId: 'record:wf/raw:k2', policy: ChangePolicy.CHANGE_POLICY_MANUAL, state: ChangeState.CHANGE_STATE_REPORTED, noticedBy: 'notify:anonymous' });
+    k2Change = n.change?.changeId ?? '';
+    // The change is in provenance too: a run with what changed, old and new hash.
+    const run = await tc.client(LineageServiceDefinition).getNode({ node: { kind: NodeKind.NODE_KIND_RUN, id: `change:${k2Change}`, contentHash: '' } });
+    expect(JSON.stringify(run.body?.$case === 'run' ? run.body.value.facets : {})).toContain(n.change?.oldHash ?? 'x');
+
+    const impact = await recompute().impact({ target: { $case: 'changeId', value: k2Change }, asOfNs: '0' });
+    expect(impact.stepCount).toBe(3);
+    expect(impact.steps.map((s) => `${s.step}:${s.key}`).sort()).toEqual(['audit:k2', 'proj:k2', 'total:k2']);
+    expect(impact.objectCount).toBe(3);
+    expect(Number(impact.estimatedWallTimeNs)).toBeGreaterThan(0);
+    expect(impact.steps.every((s) => s.placementNodeId !== '')).toBe(true);
+    expect(impact.steps.find((s) => s.step === 'total')?.dependsOn).toEqual([impact.steps.find((s) => s.step === 'proj')?.stepId]);
+
+    const r = await recompute().recompute({ changeIds: [k2Change], objectIds: [], newContents: [], policy: undefined });
+    expect(r.tasks).toHaveLength(3);
+    const job = await finished(r.jobId);
+    expect(job.state).toBe('SUCCEEDED');
+    expect(outcomes(job)).toEqual({ 'wf/proj key=k2': 'executed', 'wf/total key=k2': 'executed', 'wf/audit key=k2': 'executed' });
+    // New versions; the old ones stay queryable.
+    for (const ds of ['proj', 'total', 'audit']) expect(versionsOf(`record:wf/${ds}:k2`)).toHaveLength(2);
+    for (const ds of ['proj', 'total', 'audit']) expect(versionsOf(`record:wf/${ds}:k1`)).toHaveLength(1);
+    const stepId = `recompute:${r.jobId}/${r.tasks.find((t) => t.label.includes('total'))?.taskId}`;
+    const step = await tc.coordinator.lineage.readStep(stepId);
+    expect(step?.why).toMatchObject({ kind: TriggerKind.TRIGGER_KIND_RECOMPUTE, id: r.jobId });
+    expect((await recompute().getChange({ changeId: k2Change })).change).toMatchObject({ state: ChangeState.CHANGE_STATE_RECOMPUTE_SUBMITTED, jobIds: [r.jobId] });
+  });
+
+  it('answers impact as of an earlier time', async () => {
+    const then = await recompute().impact({ target: { $case: 'objectId', value: 'record:wf/raw:k2' }, asOfNs: beforeK2Ns });
+    expect(then.steps.map((s) => s.step).sort()).toEqual(['audit', 'proj', 'total']);
+    expect(then.steps.every((s) => s.stepId.startsWith('wf/'))).toBe(true);
+    // Now the latest version of raw:k2 is the one the recompute used.
+    const now = await recompute().impact({ target: { $case: 'objectId', value: 'record:wf/raw:k2' }, asOfNs: '0' });
+    expect(now.steps.filter((s) => s.depth === 1).every((s) => s.stepId.startsWith('recompute:'))).toBe(true);
+    await expect(recompute().impact({ target: { $case: 'objectId', value: 'record:wf/raw:k2' }, asOfNs: '1000' })).rejects.toMatchObject({ code: Status.NOT_FOUND });
+  });
+
+  it('a repeated recompute is served entirely from the cache', async () => {
+    const r = await recompute().recompute({ changeIds: [k2Change], objectIds: [], newContents: [], policy: undefined });
+    const job = await finished(r.jobId);
+    expect(job.state).toBe('SUCCEEDED');
+    expect(Object.values(outcomes(job))).toEqual(['cached', 'cached', 'cached']);
+  });
+
+  it('early cutoff: an output that comes out unchanged stops the recompute there', async () => {
+    const n = await recompute().notifyChange({ objectId: 'record:wf/raw:k3', contentHash: '', payload: json({ id: 3, amount: 30, note: 'edited' }), mediaType: '', noticedBy: 'test' });
+    const r = await recompute().recompute({ changeIds: [n.change?.changeId ?? ''], objectIds: [], newContents: [], policy: undefined });
+    const job = await finished(r.jobId);
+    expect(job.tasks.map((t) => t.error ?? '').join('')).toBe('');
+    expect(outcomes(job)).toEqual({ 'wf/proj key=k3': 'executed', 'wf/audit key=k3': 'executed', 'wf/total key=k3': 'cutoff' });
+    expect(versionsOf('record:wf/proj:k3')).toHaveLength(1);
+    expect(versionsOf('record:wf/total:k3')).toHaveLength(1);
+    expect(versionsOf('record:wf/audit:k3')).toHaveLength(2);
+  });
+
+  it('a new code version of a step recomputes that step everywhere and what its new outputs change', async () => {
+    const src = readFileSync(WF_TASK, 'utf8').replace('const VERSION = 1;', 'const VERSION = 2;');
+    mkdirSync(join(dir, 'v2'), { recursive: true });
+    writeFileSync(join(dir, 'v2', 'wf-task.ts'), src);
+    const bundle = await bundleTransform(join(dir, 'v2', 'wf-task.ts'));
+    const v2 = (await tc.client(CodeServiceDefinition).publishCode({ bundle: Buffer.from(bundle.bytes), manifest: { transform: 'wf-task', sourceFile: 'wf-task.ts', bundler: bundle.bundler } })).code?.codeVersion ?? '';
+    expect(v2).not.toBe(wfV1);
+    const next = { ...pipeline, steps: pipeline.steps.map((s) => (s.name === 'proj' ? { ...s, codeVersion: v2 } : s)) };
+    expect((await pipelines().applyPipeline({ pipeline: next })).created).toBe(true);
+    const { changes } = await recompute().listChanges({ pipeline: 'wf', pageSize: 0, pageToken: '' });
+    const change = changes.find((c) => c.kind === ChangeKind.CHANGE_KIND_CODE_VERSION);
+    expect(change).toMatchObject({ step: 'proj', oldHash: wfV1, newHash: v2, state: ChangeState.CHANGE_STATE_REPORTED });
+    const r = await recompute().recompute({ changeIds: [change?.changeId ?? ''], objectIds: [], newContents: [], policy: undefined });
+    const job = await finished(r.jobId);
+    expect(job.tasks.map((t) => t.error ?? '').join('')).toBe('');
+    expect(job.state).toBe('SUCCEEDED');
+    const o = outcomes(job);
+    expect(Object.keys(o).sort()).toEqual([...Array.from({ length: KEYS }, (_, i) => `wf/proj key=k${i}`), ...Array.from({ length: KEYS }, (_, i) => `wf/total key=k${i}`)].sort());
+    // proj's digest includes the code's VERSION, so every proj output changed and total ran again.
+    expect(o).toEqual(Object.fromEntries(Object.keys(o).map((k) => [k, "executed"])));
+    pipeline = next;
+  });
+
+  it('a step that keeps failing is retried, then fails only its subtree', async () => {
+    const r = await recompute().recompute({
+      changeIds: [],
+      objectIds: [],
+      newContents: [
+        { objectId: 'record:wf/raw:k4', payload: json({ id: 4, amount: 40, note: 'FAIL' }), mediaType: '' },
+        { objectId: 'record:wf/raw:k5', payload: json({ id: 5, amount: 55, note: 'n' }), mediaType: '' },
+      ],
+      policy: { maxAttempts: 2, concurrency: 4, targetNodeIds: [], targetLabels: {}, dryRun: false },
+    });
+    expect(r.changeIds).toHaveLength(2);
+    const job = await finished(r.jobId);
+    expect(job.state).toBe('FAILED');
+    const o = outcomes(job);
+    expect(o).toMatchObject({ 'wf/proj key=k4': 'FAILED', 'wf/total key=k4': 'UPSTREAM_FAILED', 'wf/audit key=k4': 'executed', 'wf/proj key=k5': 'executed', 'wf/total key=k5': 'executed', 'wf/audit key=k5': 'executed' });
+    expect(job.tasks.find((t) => t.label === 'wf/proj key=k4')?.attempts).toBe(2);
+    expect(job.tasks.find((t) => t.label === 'wf/proj key=k4')?.error).toMatch(/failIf/);
+  });
+
+  it('policy: manual reports a re-ingested change and runs nothing; auto recomputes at once', async () => {
+    await recompute().setChangePolicy({ pipeline: 'wf', source: 'raw', policy: ChangePolicy.CHANGE_POLICY_MANUAL });
+    const projVersions = versionsOf('record:wf/proj:k1').length;
+    const manual = await ingest('wf', 'raw', [{ key: 'k1', payload: json({ id: 1, amount: 11, note: 'n' }) }]);
+    expect(Number(manual.accepted)).toBe(1);
+    expect(Number(manual.shardsRun)).toBe(0);
+    const reported = (await recompute().listChanges({ pipeline: 'wf', pageSize: 0, pageToken: '' })).changes[0];
+    expect(reported).toMatchObject({ kind: ChangeKind.CHANGE_KIND_RECORD, objectId: 'record:wf/raw:k1', state: ChangeState.CHANGE_STATE_REPORTED, policy: ChangePolicy.CHANGE_POLICY_MANUAL });
+    expect(versionsOf('record:wf/proj:k1')).toHaveLength(projVersions);
+
+    await recompute().setChangePolicy({ pipeline: 'wf', source: 'raw', policy: ChangePolicy.CHANGE_POLICY_AUTO });
+    const auto = await ingest('wf', 'raw', [{ key: 'k1', payload: json({ id: 1, amount: 12, note: 'n' }) }]);
+    expect(Number(auto.shardsRun)).toBe(3);
+    const inline = (await recompute().listChanges({ pipeline: 'wf', pageSize: 0, pageToken: '' })).changes[0];
+    expect(inline).toMatchObject({ objectId: 'record:wf/raw:k1', state: ChangeState.CHANGE_STATE_RECOMPUTED_BY_INGEST, policy: ChangePolicy.CHANGE_POLICY_AUTO });
+
+    // NotifyChange under auto submits the job itself.
+    const n = await recompute().notifyChange({ objectId: 'record:wf/raw:k0', contentHash: '', payload: json({ id: 0, amount: 1, note: 'n' }), mediaType: '', noticedBy: '' });
+    expect(n.change?.jobIds).toHaveLength(1);
+    const job = await finished(n.change?.jobIds[0] ?? '');
+    expect(job.state).toBe('SUCCEEDED');
+    expect(job.tasks).toHaveLength(3);
+  });
+
+  it('a watched directory is a source: each file a record, edits become changes', async () => {
+    const docs = join(dir, 'docs');
+    mkdirSync(docs);
+    writeFileSync(join(docs, 'a.txt'), 'alpha');
+    writeFileSync(join(docs, 'b.txt'), 'beta');
+    await pipelines().applyPipeline({ pipeline: { name: 'docs', sources: [{ name: 'files', mediaType: 'text/plain', description: '' }], steps: [{ name: 'wc', transform: 'wf-task', codeVersion: wfV1, parameters: { ignoreInputSuffix: 1 }, requirements: undefined, inputs: ['files'], output: '', timeoutMs: 0 }] } as Pipeline });
+    const w = await recompute().watchPath({ path: docs, pipeline: 'docs', source: 'files', objectIdPrefix: '', policy: ChangePolicy.CHANGE_POLICY_AUTO, rescanIntervalMs: 300, debounceMs: 50 });
+    expect(w.watch?.watchId).toMatch(/^w-/);
+    await until('both files ingested', () => (versionsOf('record:docs/wc:a.txt').length === 1 && versionsOf('record:docs/wc:b.txt').length === 1 ? true : undefined));
+    writeFileSync(join(docs, 'a.txt'), 'alphabet');
+    const change = await until('the edit noticed', async () => (await recompute().listChanges({ pipeline: 'docs', pageSize: 0, pageToken: '' })).changes.find((c) => c.objectId === 'record:docs/files:a.txt'));
+    expect(change).toMatchObject({ kind: ChangeKind.CHANGE_KIND_FILE, noticedBy: expect.stringContaining(`watch:${docs}`) });
+    await until('a.txt recomputed', () => (versionsOf('record:docs/wc:a.txt').length === 2 ? true : undefined));
+    expect(versionsOf('record:docs/wc:b.txt')).toHaveLength(1);
+    expect((await recompute().listWatches({})).watches[0]).toMatchObject({ path: docs, files: 2, lastError: '' });
+    expect((await recompute().unwatchPath({ watchId: w.watch?.watchId ?? '' })).removed).toBe(true);
+  });
+
+  it('bad requests get clear errors naming the field', async () => {
+    const c = recompute();
+    await expect(c.notifyChange({ objectId: 'record:wf/raw:nope', contentHash: `sha256:${'a'.repeat(64)}`, payload: Buffer.alloc(0), mediaType: '', noticedBy: '' })).rejects.toMatchObject({ code: Status.NOT_FOUND, details: expect.stringMatching(/^object_id: /) });
+    await expect(c.notifyChange({ objectId: 'record:wf/raw:k1', contentHash: 'md5:abc', payload: Buffer.alloc(0), mediaType: '', noticedBy: '' })).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringMatching(/^content_hash: /) });
+    await expect(c.impact({ target: { $case: 'objectId', value: 'no-such-object' }, asOfNs: '0' })).rejects.toMatchObject({ code: Status.NOT_FOUND, details: expect.stringMatching(/^object_id: /) });
+    await expect(c.recompute({ changeIds: ['chg-0000000000000000'], objectIds: [], newContents: [], policy: undefined })).rejects.toMatchObject({ code: Status.NOT_FOUND, details: expect.stringMatching(/^change_ids\[0\]: /) });
+    await expect(c.recompute({ changeIds: [], objectIds: ['record:wf/raw:nope'], newContents: [], policy: undefined })).rejects.toMatchObject({ code: Status.NOT_FOUND, details: expect.stringMatching(/^object_ids\[0\]: /) });
+    const cyclic = { name: 'loop', sources: [{ name: 'raw', mediaType: '', description: '' }], steps: [{ name: 'a', transform: 'wf-task', codeVersion: wfV1, parameters: {}, requirements: undefined, inputs: ['b'], output: '', timeoutMs: 0 }, { name: 'b', transform: 'wf-task', codeVersion: wfV1, parameters: {}, requirements: undefined, inputs: ['a'], output: '', timeoutMs: 0 }] } as Pipeline;
+    await expect(pipelines().applyPipeline({ pipeline: cyclic })).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringMatching(/cycle/) });
+    const unknownCode = { ...pipeline, steps: pipeline.steps.map((s) => (s.name === 'audit' ? { ...s, codeVersion: `sha256:${'0'.repeat(64)}` } : s)) };
+    await expect(pipelines().applyPipeline({ pipeline: unknownCode })).rejects.toMatchObject({ code: Status.NOT_FOUND, details: expect.stringMatching(/^steps\[2\]\.code_version: /) });
+    await expect(c.watchPath({ path: 'relative/dir', pipeline: 'wf', source: 'raw', objectIdPrefix: '', policy: 0, rescanIntervalMs: 0, debounceMs: 0 })).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringMatching(/^path: /) });
+  });
+});
