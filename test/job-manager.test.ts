@@ -257,6 +257,30 @@ describe('JobManager', () => {
     expect((await untilEnded(manager, jobId)).state).toBe('SUCCEEDED');
   });
 
+  it('stop() ends open watches and leaves the job RUNNING on disk; the next start resumes it', async () => {
+    const dir = tempDir();
+    const first = await startManager(dir);
+    first.manager.registerExecutor(fakeExecutor((ctx) => (ctx.task.id === 'hang' ? abortable(ctx.signal) : { outcome: 'executed', result: null })));
+    const { jobId } = await first.manager.submit(spec([task('quick'), task('hang', ['quick'])]));
+    await waitFor(async () => stateOf(await first.manager.get(jobId), 'hang') === 'RUNNING');
+    const seen: string[] = [];
+    const watching = (async () => {
+      for await (const u of first.manager.watch(jobId, new AbortController().signal)) seen.push(u.job.state);
+    })();
+    await first.manager.stop();
+    await watching;
+    expect(seen[0]).toBe('RUNNING');
+    await first.db.close();
+    const second = await startManager(dir);
+    second.manager.registerExecutor(fakeExecutor(() => ({ outcome: 'executed', result: null })));
+    const job = await untilEnded(second.manager, jobId);
+    expect(job.state).toBe('SUCCEEDED');
+    expect(job.tasks?.map((t) => [t.id, t.attempts])).toEqual([
+      ['quick', 1],
+      ['hang', 2],
+    ]);
+  });
+
   it('watch yields a snapshot at once and one per change, ending with the job', async () => {
     const { manager } = await startManager();
     let release: (() => void) | undefined;

@@ -6,12 +6,16 @@ import { ClientError, Status } from 'nice-grpc';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CodeServiceDefinition } from '../common/gen/retrace/v1/code.js';
 import { JobServiceDefinition, JobState, TaskState } from '../common/gen/retrace/v1/job.js';
+import { PipelineServiceDefinition } from '../common/gen/retrace/v1/pipeline.js';
+import { ReplayServiceDefinition, type ReplayPolicy } from '../common/gen/retrace/v1/replay.js';
 import { ShardStatus } from '../common/gen/retrace/v1/shard.js';
 import { contentHashOf } from '../common/hash.js';
 import { codeExtension } from '../coordinator/code/code-extension.js';
 import { jobsExtension } from '../coordinator/jobs/jobs-extension.js';
 import type { JobSpec, TaskRunContext } from '../coordinator/jobs/job-types.js';
 import { meshExtension } from '../coordinator/mesh/mesh-extension.js';
+import { pipelineExtension } from '../coordinator/pipeline/pipeline-extension.js';
+import { replayExtension } from '../coordinator/replay/replay-extension.js';
 import { schedulerExtension } from '../coordinator/scheduler/scheduler-extension.js';
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
 import { watchJobProgress } from '../scripts/cli/job-progress.js';
@@ -121,7 +125,9 @@ describe('JobService and retrace jobs', () => {
         meshExtension({ onMesh: (m) => (shared.mesh = m), options: { minReportIntervalMs: 50, suspectAfterIntervals: 5, lostAfterIntervals: 10 } }),
         codeExtension({ onCodeStore: (s) => (shared.code = s) }),
         schedulerExtension(shared, { shardTimeoutMs: 20_000 }),
+        pipelineExtension(shared),
         jobsExtension(shared, { waitingPollMs: 100 }),
+        replayExtension(shared),
       ],
     });
     shared.jobs?.registerExecutor({ kind: 'test', runTask });
@@ -273,5 +279,39 @@ describe('JobService and retrace jobs', () => {
     expect(done.state).toBe(JobState.JOB_STATE_SUCCEEDED);
     expect(done.waiting).toEqual([]);
     expect(await shared.jobs?.result(jobId, 'huge')).toBe(big?.nodeId);
+  }, 90_000);
+
+  it('replays are jobs of kind replay: `jobs show REPLAY_ID` lists its steps and the shards that wait for a node, and `jobs cancel` stops it', async () => {
+    const t0 = 1_767_225_600_000_000_000n;
+    const pipelines = tc.client(PipelineServiceDefinition);
+    await pipelines.applyPipeline({
+      pipeline: { name: 'jobtest', sources: [{ name: 'raw', mediaType: 'application/json' }], steps: [{ name: 'echo', transform: 'echo', codeVersion, parameters: {}, requirements: undefined, inputs: ['raw'], output: '', timeoutMs: 0 }] },
+    } as never);
+    // Two records 1 s apart in event time; replayed at 0.1x, the second is due 10 s after the first.
+    const records = [0, 1].map((i) => ({ key: `r${i}`, eventTimeNs: (t0 + BigInt(i) * 1_000_000_000n).toString(), payload: Buffer.from(JSON.stringify({ i })), mediaType: '' }));
+    await pipelines.ingest((async function* () {
+      yield { pipeline: 'jobtest', source: 'raw', records };
+    })());
+    const [target] = await startLocalAgents(tc.grpcAddress, tc.token, dir, [{ name: 'target', labels: ['pool=replay'], reportInterval: '200ms' }]);
+    agents.push(target as LocalAgent);
+    const policy = { speed: 0.1, targetLabels: { pool: 'replay' }, principal: 'tester', faults: { seed: '1', outages: [], linkOutageProbability: 0, corruptInputProbability: 0, stepFailureProbability: 0, addedLatencyMs: 0 } } as unknown as ReplayPolicy;
+    const { replayId } = await tc.client(ReplayServiceDefinition).startReplay({ selector: { selector: { $case: 'window', value: { pipeline: 'jobtest', source: 'raw', fromNs: t0.toString(), toNs: (t0 + 5_000_000_000n).toString() } } }, policy });
+    await waitFor(async () => ((await client().getJob({ jobId: replayId })).job?.counts?.succeeded ?? 0) >= 1, 30_000, 'the first record replayed');
+    // The only node the policy allows leaves: the second record's shard fits nowhere.
+    await stopLocalAgents([target as LocalAgent], 3000);
+    const waiting = await waitFor(async () => {
+      const j = (await client().getJob({ jobId: replayId })).job;
+      return j && j.waiting.length > 0 ? j : undefined;
+    }, 30_000, 'a waiting replay shard');
+    expect(waiting).toMatchObject({ kind: 'replay', state: JobState.JOB_STATE_RUNNING, principal: 'tester', counts: { total: 2, succeeded: 1 } });
+    expect(waiting.waiting[0]?.reason).toMatch(/needs label pool=replay: no READY node meets it/);
+    const shown = await cli('jobs', 'show', replayId);
+    expect(shown.out).toContain(`job ${replayId} (replay): RUNNING`);
+    expect(shown.out).toMatch(/echo\s+needs label pool=replay/);
+    expect(shown.out).toMatch(/record:jobtest\/raw:r0 echo/);
+    expect((await cli('jobs', '--kind', 'replay')).out).toContain(replayId);
+    const cancelled = await cli('jobs', 'cancel', replayId);
+    expect(cancelled.out).toContain(`job ${replayId}: CANCELLED`);
+    expect((await client().getJob({ jobId: replayId })).job?.waiting).toEqual([]);
   }, 90_000);
 });

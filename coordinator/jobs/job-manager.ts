@@ -98,6 +98,8 @@ export class JobManager implements JobSubmitter {
   private readonly stopGraceMs: number;
   private readonly executors = new Map<string, JobExecutor>();
   private readonly live = new Map<string, LiveJob>();
+  /** Wakes every watch loop, so open WatchJob streams end on stop(). */
+  private readonly stopping = new EventEmitter();
   private state: ManagerState = 'CREATED';
   private startedAtMs = 0;
 
@@ -108,6 +110,7 @@ export class JobManager implements JobSubmitter {
     this.rng = createRng(options.seed ?? randomBytes(4).readUInt32LE(0));
     this.sleep = options.sleep ?? sleep;
     this.stopGraceMs = options.stopGraceMs ?? 10_000;
+    setMaxListeners(0, this.stopping);
   }
 
   get managerState(): ManagerState {
@@ -146,6 +149,7 @@ export class JobManager implements JobSubmitter {
   async stop(): Promise<void> {
     if (this.state === 'STOPPED' || this.state === 'STOPPING') return;
     this.state = 'STOPPING';
+    this.stopping.emit('stop');
     for (const job of this.live.values()) job.controller?.abort(new Error('coordinator stopping'));
     const settled = Promise.all(
       [...this.live.values()].map(async (j) => {
@@ -298,6 +302,7 @@ export class JobManager implements JobSubmitter {
     const onAbort = (): void => wake?.();
     job.events.on('change', onChange);
     signal.addEventListener('abort', onAbort, { once: true });
+    this.stopping.on('stop', onAbort);
     try {
       yield { job: viewOf(job.record), changed: [...job.tasks.values()].map(statusOf) };
       if (JOB_ENDED.has(job.record.state)) return;
@@ -314,6 +319,7 @@ export class JobManager implements JobSubmitter {
     } finally {
       job.events.off('change', onChange);
       signal.removeEventListener('abort', onAbort);
+      this.stopping.off('stop', onAbort);
     }
   }
 
