@@ -366,6 +366,8 @@ export class JobManager implements JobSubmitter {
     // Unmet dependencies per pending task; tasks reach the ready queue when theirs reach 0.
     const unmet = new Map<string, number>();
     const ready: string[] = [];
+    // A moving head instead of shift(): shift is O(n) and jobs may have many thousand tasks.
+    let head = 0;
     for (const spec of compiled.spec.tasks) {
       const t = job.tasks.get(spec.id) as TaskRecord;
       if (t.state !== 'PENDING') continue;
@@ -380,12 +382,11 @@ export class JobManager implements JobSubmitter {
 
     const inFlight = new Map<string, Promise<void>>();
     for (;;) {
-      while (!signal.aborted && inFlight.size < compiled.concurrency && ready.length > 0) {
-        const id = ready.shift() as string;
+      while (!signal.aborted && inFlight.size < compiled.concurrency && head < ready.length) {
+        const id = ready[head++] as string;
         const t = job.tasks.get(id) as TaskRecord;
         if (t.state !== 'PENDING') continue;
         const p = this.runTask(job, executor, t, signal).then(async (state) => {
-          inFlight.delete(id);
           if (state === 'SUCCEEDED') {
             for (const d of compiled.dependents.get(id) ?? []) {
               const n = (unmet.get(d) ?? 1) - 1;
@@ -397,6 +398,8 @@ export class JobManager implements JobSubmitter {
             this.markUpstreamFailed(job, id, changed);
             if (changed.length > 0) await this.persist(job, changed);
           }
+          // Only now: the loop must not end while a failure's subtree is still being written.
+          inFlight.delete(id);
         });
         inFlight.set(id, p);
       }
