@@ -2,6 +2,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { Writable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Status } from 'nice-grpc';
 import { CodeServiceDefinition } from '../common/gen/retrace/v1/code.js';
@@ -18,11 +19,26 @@ import { recomputeExtension } from '../coordinator/recompute/recompute-extension
 import { schedulerExtension } from '../coordinator/scheduler/scheduler-extension.js';
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
 import { startLocalAgents, stopLocalAgents, type LocalAgent } from '../scripts/cli/local-agents.js';
+import { main } from '../scripts/cli/main.js';
 import { bundleTransform } from '../scripts/cli/publish-command.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 
 const WF_TASK = fileURLToPath(new URL('../scripts/examples/transforms/wf-task.ts', import.meta.url));
 const KEYS = 6;
+
+async function cli(argv: string[]): Promise<{ code: number; out: string; err: string }> {
+  let out = '';
+  let err = '';
+  const sink = (append: (s: string) => void) =>
+    new Writable({
+      write(chunk: Buffer, _enc, cb) {
+        append(chunk.toString());
+        cb();
+      },
+    });
+  const code = await main(argv, { stdout: sink((s) => (out += s)), stderr: sink((s) => (err += s)) });
+  return { code, out, err };
+}
 
 /** Polls until `check` returns a value (not undefined) or the deadline passes. */
 async function until<T>(what: string, check: () => Promise<T | undefined> | T | undefined, timeoutMs = 30_000): Promise<T> {
@@ -258,6 +274,29 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
     expect(versionsOf('record:docs/wc:b.txt')).toHaveLength(1);
     expect((await recompute().listWatches({})).watches[0]).toMatchObject({ path: docs, files: 2, lastError: '' });
     expect((await recompute().unwatchPath({ watchId: w.watch?.watchId ?? '' })).removed).toBe(true);
+  });
+
+  it('the CLI: notify, changes, impact (table, DOT, SVG), recompute --watch', async () => {
+    const conn = ['--coordinator', tc.grpcAddress, '--token', tc.token];
+    const file = join(dir, 'k5.json');
+    writeFileSync(file, JSON.stringify({ id: 5, amount: 56, note: 'n' }));
+    await recompute().setChangePolicy({ pipeline: 'wf', source: 'raw', policy: ChangePolicy.CHANGE_POLICY_MANUAL });
+    const n = await cli(['notify', 'record:wf/raw:k5', file, ...conn]);
+    expect(n.code).toBe(0);
+    const changeId = /change (chg-[0-9a-f]{16})/.exec(n.out)?.[1] ?? '';
+    expect(changeId).not.toBe('');
+    expect((await cli(['changes', ...conn])).out).toContain(changeId);
+    const table = await cli(['impact', changeId, ...conn]);
+    expect(table.out).toMatch(/3 steps, 3 objects/);
+    const svgFile = join(dir, 'impact.svg');
+    const dot = await cli(['impact', changeId, '--dot', '--svg', svgFile, ...conn]);
+    expect(dot.out).toMatch(/^digraph impact \{/);
+    expect(readFileSync(svgFile, 'utf8')).toMatch(/^<svg[\s\S]*total k5[\s\S]*<\/svg>/);
+    const dry = await cli(['recompute', changeId, '--dry-run', ...conn]);
+    expect(dry.out).toMatch(/dry run: 3 tasks/);
+    const run = await cli(['recompute', changeId, '--watch', ...conn]);
+    expect(run.code).toBe(0);
+    expect(run.out).toMatch(/SUCCEEDED: 3 executed, 0 cached, 0 cut off/);
   });
 
   it('bad requests get clear errors naming the field', async () => {

@@ -14,6 +14,7 @@ export async function loadCommands(): Promise<CliCommand[]> {
     import('./publish-command.js'),
     import('./pipeline-commands.js'),
     import('./replay-commands.js'),
+    import('./recompute-commands.js'),
     import('./job-commands.js'),
   ] as Promise<{ commands: CliCommand[] }>[]);
   return modules.flatMap((m) => m.commands);

@@ -1,0 +1,400 @@
+import { readFileSync, writeFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { RetraceError } from '../../common/errors.js';
+import { JobServiceDefinition, TaskState } from '../../common/gen/retrace/v1/job.js';
+import {
+  ChangeKind,
+  ChangePolicy,
+  ChangeState,
+  RecomputeServiceDefinition,
+  type Change,
+  type ImpactResponse,
+  type RecomputePolicy,
+} from '../../common/gen/retrace/v1/recompute.js';
+import { escapeXml } from '../../common/svg-chart.js';
+import { isoToNanos, nanosToIso, parseDurationMs } from '../../common/time.js';
+import { flag, flagAll, hasFlag, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
+import { openClient } from './client.js';
+import { renderTable, shortHash, toJson } from './format.js';
+import { taskStateName, watchJobProgress } from './job-progress.js';
+
+const kindName = (k: ChangeKind): string => (ChangeKind[k] ?? 'UNKNOWN').replace('CHANGE_KIND_', '').toLowerCase();
+const policyName = (p: ChangePolicy): string => (ChangePolicy[p] ?? 'UNKNOWN').replace('CHANGE_POLICY_', '').toLowerCase();
+const stateName = (s: ChangeState): string => (ChangeState[s] ?? 'UNKNOWN').replace('CHANGE_STATE_', '').toLowerCase();
+
+function parsePolicy(text: string | undefined, what: string): ChangePolicy {
+  if (text === 'auto') return ChangePolicy.CHANGE_POLICY_AUTO;
+  if (text === 'manual') return ChangePolicy.CHANGE_POLICY_MANUAL;
+  throw new UsageError(`${what} must be auto or manual, got ${JSON.stringify(text ?? '')}`);
+}
+
+function what(c: Change): string {
+  return c.objectId || `${c.pipeline}/${c.step}`;
+}
+
+function printChange(c: Change, io: CliIo): void {
+  io.stdout.write(
+    [
+      `change ${c.changeId}: ${kindName(c.kind)} ${what(c)}`,
+      `  old ${c.oldHash}`,
+      `  new ${c.newHash}`,
+      `  noticed by ${c.noticedBy} at ${nanosToIso(c.detectedAtNs)}`,
+      `  policy ${policyName(c.policy)}, ${stateName(c.state)}${c.jobIds.length ? `; jobs ${c.jobIds.join(', ')}` : ''}`,
+      ...(c.detail ? [`  ${c.detail}`] : []),
+    ].join('\n') + '\n',
+  );
+}
+
+const changesList: CliCommand = {
+  path: ['changes'],
+  summary: 'detected changes (records, objects, files, code versions, parameters), newest first',
+  usage: `retrace changes [list] [--pipeline P] [--limit N] [--json]
+retrace changes show CHANGE_ID [--json]
+retrace changes policy [PIPELINE[/SOURCE] auto|manual]   (no arguments: list the policies)`,
+  async run(args, io) {
+    const sub = args.positionals[0];
+    if (sub !== undefined && sub !== 'list') throw new UsageError(`unknown subcommand ${JSON.stringify(sub)}: list, show or policy`);
+    const { client, close } = openClient(RecomputeServiceDefinition, args);
+    try {
+      const r = await client.listChanges({ pipeline: flag(args, 'pipeline', '') as string, pageSize: Number(flag(args, 'limit', '100')), pageToken: '' }, { signal: io.signal });
+      if (hasFlag(args, 'json')) io.stdout.write(toJson(r));
+      else
+        io.stdout.write(
+          renderTable(
+            ['change', 'kind', 'what', 'old', 'new', 'noticed by', 'policy', 'state', 'jobs'],
+            r.changes.map((c) => [c.changeId, kindName(c.kind), what(c), shortHash(c.oldHash), shortHash(c.newHash), c.noticedBy.slice(0, 40), policyName(c.policy), stateName(c.state), c.jobIds.join(',')]),
+          ),
+        );
+      return 0;
+    } finally {
+      close();
+    }
+  },
+};
+
+const changesShow: CliCommand = {
+  path: ['changes', 'show'],
+  summary: 'one change: what changed, old and new hash, who noticed, its recompute jobs',
+  usage: 'retrace changes show CHANGE_ID [--json]',
+  async run(args, io) {
+    const changeId = args.positionals[0];
+    if (!changeId) throw new UsageError('CHANGE_ID is required');
+    const { client, close } = openClient(RecomputeServiceDefinition, args);
+    try {
+      const { change } = await client.getChange({ changeId }, { signal: io.signal });
+      if (!change) return 1;
+      if (hasFlag(args, 'json')) io.stdout.write(toJson(change));
+      else printChange(change, io);
+      return 0;
+    } finally {
+      close();
+    }
+  },
+};
+
+const changesPolicy: CliCommand = {
+  path: ['changes', 'policy'],
+  summary: 'set the change policy of a pipeline or one of its sources (auto: recompute at once; manual: report only)',
+  usage: 'retrace changes policy [PIPELINE[/SOURCE] auto|manual] [--json]',
+  async run(args, io) {
+    const [target, policyText] = args.positionals;
+    const { client, close } = openClient(RecomputeServiceDefinition, args);
+    try {
+      if (target === undefined) {
+        const r = await client.listChangePolicies({}, { signal: io.signal });
+        if (hasFlag(args, 'json')) io.stdout.write(toJson(r));
+        else {
+          io.stdout.write(renderTable(['pipeline', 'source', 'policy'], r.entries.map((e) => [e.pipeline, e.source || '(all)', policyName(e.policy)])));
+          io.stdout.write(`default where none is set: ${policyName(r.defaultPolicy)}\n`);
+        }
+        return 0;
+      }
+      const [pipeline = '', source = ''] = target.split('/');
+      const r = await client.setChangePolicy({ pipeline, source, policy: parsePolicy(policyText, 'the policy') }, { signal: io.signal });
+      io.stdout.write(hasFlag(args, 'json') ? toJson(r) : `${pipeline}${source ? `/${source}` : ''}: ${policyName(r.entry?.policy ?? 0)}\n`);
+      return 0;
+    } finally {
+      close();
+    }
+  },
+};
+
+const notify: CliCommand = {
+  path: ['notify'],
+  summary: 'report new content of an object (a file to send, or only its hash)',
+  usage: 'retrace notify OBJECT_ID FILE|--hash sha256:... [--media-type TYPE] [--json]',
+  async run(args, io) {
+    const [objectId, file] = args.positionals;
+    if (!objectId) throw new UsageError('OBJECT_ID is required');
+    const hash = flag(args, 'hash', '') as string;
+    if (!file && !hash) throw new UsageError('give a FILE with the new content or --hash');
+    const payload = file ? readFileSync(file) : Buffer.alloc(0);
+    const { client, close } = openClient(RecomputeServiceDefinition, args);
+    try {
+      const r = await client.notifyChange({ objectId, contentHash: hash, payload, mediaType: flag(args, 'media-type', '') as string, noticedBy: '' }, { signal: io.signal });
+      if (hasFlag(args, 'json')) io.stdout.write(toJson(r));
+      else if (r.unchanged || !r.change) io.stdout.write(`${objectId}: unchanged (that is its latest version)\n`);
+      else printChange(r.change, io);
+      return 0;
+    } finally {
+      close();
+    }
+  },
+};
+
+const watch: CliCommand = {
+  path: ['watch'],
+  summary: 'watch a file or directory as a pipeline source (each file a record) or as objects',
+  usage: `retrace watch PATH (--pipeline P --source S | --prefix OBJECT_ID_PREFIX) [--policy auto|manual] [--rescan 5s] [--debounce 200ms] [--json]
+retrace watch list [--json]
+retrace watch remove WATCH_ID`,
+  async run(args, io) {
+    const path = args.positionals[0];
+    if (!path) throw new UsageError('PATH is required');
+    const policyText = flag(args, 'policy');
+    const { client, close } = openClient(RecomputeServiceDefinition, args);
+    try {
+      const r = await client.watchPath(
+        {
+          path: resolve(path),
+          pipeline: flag(args, 'pipeline', '') as string,
+          source: flag(args, 'source', '') as string,
+          objectIdPrefix: flag(args, 'prefix', '') as string,
+          policy: policyText === undefined ? ChangePolicy.CHANGE_POLICY_UNSPECIFIED : parsePolicy(policyText, '--policy'),
+          rescanIntervalMs: parseDurationMs(flag(args, 'rescan', '5s') as string, '--rescan'),
+          debounceMs: parseDurationMs(flag(args, 'debounce', '200ms') as string, '--debounce'),
+        },
+        { signal: io.signal },
+      );
+      const w = r.watch;
+      io.stdout.write(hasFlag(args, 'json') ? toJson(r) : `watching ${w?.path} as ${w?.pipeline ? `${w.pipeline}/${w.source}` : `${w?.objectIdPrefix}*`} (${w?.watchId}; rescan every ${w?.rescanIntervalMs} ms)\n`);
+      return 0;
+    } finally {
+      close();
+    }
+  },
+};
+
+const watchList: CliCommand = {
+  path: ['watch', 'list'],
+  summary: 'watched paths and their last scan',
+  usage: 'retrace watch list [--json]',
+  async run(args, io) {
+    const { client, close } = openClient(RecomputeServiceDefinition, args);
+    try {
+      const r = await client.listWatches({}, { signal: io.signal });
+      if (hasFlag(args, 'json')) io.stdout.write(toJson(r));
+      else io.stdout.write(renderTable(['watch', 'path', 'as', 'files', 'last scan', 'error'], r.watches.map((w) => [w.watchId, w.path, w.pipeline ? `${w.pipeline}/${w.source}` : `${w.objectIdPrefix}*`, w.files, w.lastScanNs === '0' ? '-' : nanosToIso(w.lastScanNs), w.lastError])));
+      return 0;
+    } finally {
+      close();
+    }
+  },
+};
+
+const watchRemove: CliCommand = {
+  path: ['watch', 'remove'],
+  summary: 'stop watching a path',
+  usage: 'retrace watch remove WATCH_ID',
+  async run(args, io) {
+    const watchId = args.positionals[0];
+    if (!watchId) throw new UsageError('WATCH_ID is required');
+    const { client, close } = openClient(RecomputeServiceDefinition, args);
+    try {
+      const r = await client.unwatchPath({ watchId }, { signal: io.signal });
+      io.stdout.write(r.removed ? `removed ${watchId}\n` : `${watchId}: no such watch\n`);
+      return r.removed ? 0 : 1;
+    } finally {
+      close();
+    }
+  },
+};
+
+/** Graphviz DOT of the affected subgraph: steps as boxes, dependencies as edges. */
+export function impactToDot(r: ImpactResponse): string {
+  const id = (s: string): string => JSON.stringify(s);
+  const lines = ['digraph impact {', '  rankdir=LR;', '  node [shape=box, fontname="Helvetica"];'];
+  for (const root of r.roots) lines.push(`  ${id(root)} [shape=ellipse, style=filled, fillcolor="#fde2e2"];`);
+  for (const s of r.steps) {
+    lines.push(`  ${id(s.stepId)} [label=${id(`${s.pipeline ? `${s.pipeline}/` : ''}${s.step}\\n${s.key}${s.placementNodeId ? `\\n-> ${s.placementNodeId}` : ''}`)}];`);
+    if (s.depth <= 1 && s.dependsOn.length === 0) for (const root of r.roots) lines.push(`  ${id(root)} -> ${id(s.stepId)};`);
+    for (const d of s.dependsOn) lines.push(`  ${id(d)} -> ${id(s.stepId)};`);
+  }
+  lines.push('}');
+  return `${lines.join('\n')}\n`;
+}
+
+/** An SVG of the affected subgraph, layered by dependency depth (left to right). */
+export function impactToSvg(r: ImpactResponse): string {
+  const layerOf = new Map<string, number>();
+  for (const s of r.steps) layerOf.set(s.stepId, 1 + Math.max(0, ...s.dependsOn.map((d) => layerOf.get(d) ?? 0)));
+  const layers = new Map<number, string[]>();
+  layers.set(0, r.roots);
+  for (const s of r.steps) {
+    const l = layerOf.get(s.stepId) ?? 1;
+    layers.set(l, [...(layers.get(l) ?? []), s.stepId]);
+  }
+  const W = 190;
+  const H = 44;
+  const GX = 60;
+  const GY = 16;
+  const pos = new Map<string, { x: number; y: number }>();
+  let maxRows = 0;
+  for (const [l, ids] of layers) {
+    ids.forEach((nodeId, i) => pos.set(nodeId, { x: 20 + l * (W + GX), y: 40 + i * (H + GY) }));
+    maxRows = Math.max(maxRows, ids.length);
+  }
+  const width = 40 + layers.size * (W + GX);
+  const height = 60 + maxRows * (H + GY);
+  const out: string[] = [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="Helvetica, Arial, sans-serif" font-size="11">`,
+    `<text x="20" y="22" font-size="13">impact: ${r.stepCount} steps, ${r.objectCount} objects, est. ${(Number(r.estimatedWallTimeNs) / 1e6).toFixed(1)} ms wall</text>`,
+  ];
+  const edge = (from: string, to: string): void => {
+    const a = pos.get(from);
+    const b = pos.get(to);
+    if (a && b) out.push(`<line x1="${a.x + W}" y1="${a.y + H / 2}" x2="${b.x}" y2="${b.y + H / 2}" stroke="#888" />`);
+  };
+  for (const s of r.steps) {
+    if (s.dependsOn.length === 0) for (const root of r.roots) edge(root, s.stepId);
+    for (const d of s.dependsOn) edge(d, s.stepId);
+  }
+  for (const root of r.roots) {
+    const p = pos.get(root) as { x: number; y: number };
+    out.push(`<rect x="${p.x}" y="${p.y}" width="${W}" height="${H}" rx="18" fill="#fde2e2" stroke="#c66" />`, `<text x="${p.x + 8}" y="${p.y + 26}">${escapeXml(root.slice(0, 32))}</text>`);
+  }
+  for (const s of r.steps) {
+    const p = pos.get(s.stepId) as { x: number; y: number };
+    out.push(
+      `<rect x="${p.x}" y="${p.y}" width="${W}" height="${H}" rx="4" fill="#eef3fb" stroke="#5b7db8" />`,
+      `<text x="${p.x + 8}" y="${p.y + 17}">${escapeXml(`${s.pipeline ? `${s.pipeline}/` : ''}${s.step} ${s.key}`.slice(0, 32))}</text>`,
+      `<text x="${p.x + 8}" y="${p.y + 33}" fill="#555">${escapeXml(`${(Number(s.wallTimeNs) / 1e6).toFixed(1)} ms -> ${s.placementNodeId || 'waiting'}`.slice(0, 34))}</text>`,
+    );
+  }
+  out.push('</svg>');
+  return `${out.join('\n')}\n`;
+}
+
+function printImpact(r: ImpactResponse, io: CliIo): void {
+  io.stdout.write(
+    `impact of ${r.roots.join(', ')}${r.asOfNs !== '0' ? ` as of ${nanosToIso(r.asOfNs)}` : ''}: ${r.stepCount} steps, ${r.objectCount} objects\n` +
+      `  recorded cost: cpu ${(Number(r.estimatedCpuTimeNs) / 1e6).toFixed(1)} ms, wall ${(Number(r.estimatedWallTimeNs) / 1e6).toFixed(1)} ms (critical path ${(Number(r.criticalPathWallTimeNs) / 1e6).toFixed(1)} ms)\n` +
+      `  placement now: ${Object.entries(r.placements).map(([n, c]) => `${n} ${c}`).join(', ') || 'none'}\n`,
+  );
+  io.stdout.write(
+    renderTable(
+      ['depth', 'step', 'key', 'recorded step', 'ran on', 'wall ms', 'would run on'],
+      r.steps.map((s) => [s.depth, `${s.pipeline ? `${s.pipeline}/` : ''}${s.step}`, s.key, s.stepId.slice(0, 48), s.nodeId, (Number(s.wallTimeNs) / 1e6).toFixed(1), s.placementNodeId || `waiting: ${s.placementWaiting}`]),
+    ),
+  );
+}
+
+const impact: CliCommand = {
+  path: ['impact'],
+  summary: 'every step and object downstream of a change, an object or a step, with cost and placement',
+  usage: `retrace impact ID [--as-of TIME] [--json] [--dot] [--svg FILE]
+  ID: a change id (chg-...), an object id (record:orders/raw:o1) or a step id; --object/--step force the kind
+  TIME: ISO-8601 or nanoseconds since the epoch`,
+  booleans: ['dot', 'object', 'step'],
+  async run(args, io) {
+    const idArg = args.positionals[0];
+    if (!idArg) throw new UsageError('ID is required');
+    const asOfText = flag(args, 'as-of');
+    const asOfNs = asOfText === undefined ? '0' : /^\d+$/.test(asOfText) ? asOfText : isoToNanos(asOfText, '--as-of').toString();
+    const { client, close } = openClient(RecomputeServiceDefinition, args);
+    try {
+      let r: ImpactResponse;
+      if (idArg.startsWith('chg-') && !hasFlag(args, 'object') && !hasFlag(args, 'step')) r = await client.impact({ target: { $case: 'changeId', value: idArg }, asOfNs }, { signal: io.signal });
+      else if (hasFlag(args, 'step')) r = await client.impact({ target: { $case: 'stepId', value: idArg }, asOfNs }, { signal: io.signal });
+      else {
+        try {
+          r = await client.impact({ target: { $case: 'objectId', value: idArg }, asOfNs }, { signal: io.signal });
+        } catch (err) {
+          // Not an object: maybe a step id.
+          if (hasFlag(args, 'object') || !(err instanceof RetraceError) || err.code !== 'NOT_FOUND' || !err.message.startsWith('object_id:')) throw err;
+          r = await client.impact({ target: { $case: 'stepId', value: idArg }, asOfNs }, { signal: io.signal });
+        }
+      }
+      const svg = flag(args, 'svg');
+      if (svg) {
+        writeFileSync(svg, impactToSvg(r));
+        io.stderr.write(`wrote ${svg}\n`);
+      }
+      if (hasFlag(args, 'json')) io.stdout.write(toJson(r));
+      else if (hasFlag(args, 'dot')) io.stdout.write(impactToDot(r));
+      else printImpact(r, io);
+      return 0;
+    } finally {
+      close();
+    }
+  },
+};
+
+function parseRecomputePolicy(args: ParsedArgs): RecomputePolicy {
+  const targetNodeIds: string[] = [];
+  const targetLabels: Record<string, string> = {};
+  for (const t of flagAll(args, 'target')) {
+    const eq = t.indexOf('=');
+    if (eq > 0) targetLabels[t.slice(0, eq)] = t.slice(eq + 1);
+    else targetNodeIds.push(...t.split(',').filter(Boolean));
+  }
+  const int = (name: string): number => {
+    const v = Number(flag(args, name, '0'));
+    if (!Number.isInteger(v) || v < 0) throw new UsageError(`--${name} must be a non-negative whole number`);
+    return v;
+  };
+  return { maxAttempts: int('max-attempts'), concurrency: int('concurrency'), targetNodeIds, targetLabels, dryRun: hasFlag(args, 'dry-run') };
+}
+
+const recomputeCmd: CliCommand = {
+  path: ['recompute'],
+  summary: 'recompute what changes affect: only affected steps, memoized, with early cutoff (a job)',
+  usage: `retrace recompute (CHANGE_ID|OBJECT_ID)... [--content OBJECT_ID=FILE ...] [--watch] [--dry-run] [--json]
+    [--max-attempts N] [--concurrency N] [--target NODE|key=value ...]
+  CHANGE_ID: chg-... (retrace changes); OBJECT_ID: an object whose latest version its consumers have not used
+  --content: new content for an object (reported as a change first)`,
+  booleans: ['dry-run'],
+  async run(args, io) {
+    const changeIds = args.positionals.filter((p) => p.startsWith('chg-'));
+    const objectIds = args.positionals.filter((p) => !p.startsWith('chg-'));
+    const newContents = flagAll(args, 'content').map((c) => {
+      const eq = c.lastIndexOf('=');
+      if (eq <= 0) throw new UsageError(`--content OBJECT_ID=FILE, got ${JSON.stringify(c)}`);
+      return { objectId: c.slice(0, eq), payload: readFileSync(c.slice(eq + 1)), mediaType: '' };
+    });
+    if (changeIds.length + objectIds.length + newContents.length === 0) throw new UsageError('name at least one CHANGE_ID, OBJECT_ID or --content');
+    const policy = parseRecomputePolicy(args);
+    const { client, close } = openClient(RecomputeServiceDefinition, args);
+    try {
+      const r = await client.recompute({ changeIds, objectIds, newContents, policy }, { signal: io.signal });
+      if (policy.dryRun) {
+        if (hasFlag(args, 'json')) io.stdout.write(toJson(r));
+        else io.stdout.write(`dry run: ${r.tasks.length} tasks for ${r.changeIds.join(', ')}\n${renderTable(['task', 'step', 'recorded step', 'after'], r.tasks.map((t) => [t.taskId, t.label, t.originalStepId.slice(0, 48), t.dependsOn.join(',')]))}`);
+        return 0;
+      }
+      if (!hasFlag(args, 'watch')) {
+        io.stdout.write(hasFlag(args, 'json') ? toJson(r) : `started ${r.jobId}: ${r.tasks.length} tasks for ${r.changeIds.join(', ')}; retrace jobs watch ${r.jobId}\n`);
+        return 0;
+      }
+      io.stderr.write(`job ${r.jobId}: ${r.tasks.length} tasks for ${r.changeIds.join(', ')}\n`);
+      const jobs = openClient(JobServiceDefinition, args);
+      try {
+        const final = await watchJobProgress(jobs.client, r.jobId, { out: io.stderr, signal: io.signal });
+        const tasks = final.job.tasks;
+        const count = (o: string): number => tasks.filter((t) => t.state === TaskState.TASK_STATE_SUCCEEDED && t.outcome === o).length;
+        if (hasFlag(args, 'json')) io.stdout.write(toJson(final.job));
+        else {
+          io.stdout.write(`${r.jobId}: ${final.stateName}: ${count('executed')} executed, ${count('cached')} cached, ${count('cutoff')} cut off, ${tasks.filter((t) => t.state !== TaskState.TASK_STATE_SUCCEEDED).length} not done\n`);
+          io.stdout.write(renderTable(['task', 'step', 'state', 'outcome', 'attempts', 'error'], tasks.map((t) => [t.id, t.label, taskStateName(t.state), t.outcome, t.attempts, t.error.slice(0, 80)])));
+        }
+        return final.stateName === 'SUCCEEDED' ? 0 : 1;
+      } finally {
+        jobs.close();
+      }
+    } finally {
+      close();
+    }
+  },
+};
+
+export const commands: CliCommand[] = [changesList, changesShow, changesPolicy, notify, watch, watchList, watchRemove, impact, recomputeCmd];
