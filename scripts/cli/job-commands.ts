@@ -39,7 +39,7 @@ function jobJson(j: Job): unknown {
 function printJob(j: Job, io: CliIo): void {
   const out = io.stdout;
   out.write(`job ${j.jobId} (${j.kind}): ${jobStateName(j.state)}${j.title ? `  ${j.title}` : ''}\n`);
-  out.write(`  ${renderJobLine(j)}\n`);
+  out.write(`  ${renderJobLine(j, 30, false)}\n`);
   out.write(`  by ${j.principal || '-'}, created ${age(j.createdAtNs)} ago${j.endedAtNs !== '0' ? `, ended ${age(j.endedAtNs)} ago` : ''}`);
   if (j.restarts > 0) out.write(`; resumed after ${j.restarts} coordinator restart(s), ${j.tasksRerunAfterRestart} task(s) rerun, running again ${j.restartToRunningMs.toFixed(0)} ms after the restart`);
   if (j.resumes > 0) out.write(`; resumed ${j.resumes} time(s)`);

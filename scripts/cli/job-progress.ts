@@ -34,7 +34,7 @@ export function isJobEnded(state: JobState): boolean {
  * One line for a job: "[#####.....] 50% 5/10 tasks, 1 failed, 2 running  message", the same bar
  * as `retrace replay watch` (format.ts progressBar).
  */
-export function renderJobLine(job: Job, width = 30): string {
+export function renderJobLine(job: Job, width = 30, withMessage = true): string {
   const c = job.counts;
   const total = c?.total ?? 0;
   const finished = total - (c?.pending ?? 0) - (c?.running ?? 0);
@@ -43,7 +43,7 @@ export function renderJobLine(job: Job, width = 30): string {
   if (failed > 0) parts.push(`${failed} failed`);
   if ((c?.running ?? 0) > 0) parts.push(`${c?.running} running`);
   if (job.waiting.length > 0) parts.push(`${job.waiting.length} waiting for a node`);
-  const label = `${jobStateName(job.state)} ${parts.join(', ')}${job.message ? `  ${job.message}` : ''}`;
+  const label = `${jobStateName(job.state)} ${parts.join(', ')}${withMessage && job.message ? `  ${job.message}` : ''}`;
   return progressBar(finished, total, width, label.slice(0, 110));
 }
 
