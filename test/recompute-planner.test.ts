@@ -1,0 +1,158 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { InvalidArgumentError } from '../common/errors.js';
+import type { PipelineVersion } from '../common/gen/retrace/v1/pipeline.js';
+import type { Step } from '../common/gen/retrace/v1/provenance.js';
+import { ChangeKind } from '../common/gen/retrace/v1/recompute.js';
+import { ShardStatus, type ShardAssignment } from '../common/gen/retrace/v1/shard.js';
+import { contentHashOf } from '../common/hash.js';
+import type { JobSpec, JsonValue, TaskRunContext } from '../coordinator/jobs/job-types.js';
+import { openDatabase } from '../coordinator/store/database.js';
+import { stepChanges } from '../coordinator/recompute/change-detector.js';
+import { collectAffected, toImpactResponse, topoOrder, type AffectedNode } from '../coordinator/recompute/impact-analysis.js';
+import { cacheKeyOf, createMemoStore } from '../coordinator/recompute/memo-store.js';
+import { RecomputeExecutor } from '../coordinator/recompute/recompute-executor.js';
+import { planRecompute, type RecomputeTaskPayload, type RecomputeTaskResult } from '../coordinator/recompute/recompute-planner.js';
+import { objectEvent, ref, runEvent, stepEvent } from './helpers/lineage-events.js';
+import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
+
+const facet = (step: string, inputs: Record<string, string>) => ({ retrace: { pipeline: 'p', step, inputs } });
+
+// raw:a (v1) → X → mid:a → Y → out:a, and raw:b (v1) → X → mid:b → Y → out:b; later raw:a v2 re-ran X
+// (X') and Y (Y'). Times: the first pipeline pass at 2 s, the second at 5 s (event times in ns).
+describe('impact analysis and recompute planning', () => {
+  let tc: TestCoordinator;
+  const S = 1_000_000_000n;
+
+  beforeAll(async () => {
+    tc = await startTestCoordinator();
+    const at = (s: bigint) => (s * S).toString();
+    await tc.coordinator.lineage.submit([
+      runEvent('r', 'run-1'),
+      objectEvent('a1', 'record:p/raw:a', 'a1', at(1n)),
+      objectEvent('b1', 'record:p/raw:b', 'b1', at(1n)),
+      stepEvent('x-a', 'p/X/a1', [ref('record:p/raw:a', 'a1')], [ref('record:p/X:a', 'xa1')], { timeNs: at(2n), facets: facet('X', { raw: 'record:p/raw:a' }) }),
+      stepEvent('y-a', 'p/Y/a1', [ref('record:p/X:a', 'xa1')], [ref('record:p/Y:a', 'ya1')], { timeNs: at(2n), facets: facet('Y', { X: 'record:p/X:a' }) }),
+      stepEvent('x-b', 'p/X/b1', [ref('record:p/raw:b', 'b1')], [ref('record:p/X:b', 'xb1')], { timeNs: at(2n), facets: facet('X', { raw: 'record:p/raw:b' }) }),
+      stepEvent('y-b', 'p/Y/b1', [ref('record:p/X:b', 'xb1')], [ref('record:p/Y:b', 'yb1')], { timeNs: at(2n), facets: facet('Y', { X: 'record:p/X:b' }) }),
+      objectEvent('a2', 'record:p/raw:a', 'a2', at(5n)),
+      stepEvent('x-a2', 'p/X/a2', [ref('record:p/raw:a', 'a2')], [ref('record:p/X:a', 'xa2')], { timeNs: at(5n), facets: facet('X', { raw: 'record:p/raw:a' }) }),
+      stepEvent('y-a2', 'p/Y/a2', [ref('record:p/X:a', 'xa2')], [ref('record:p/Y:a', 'ya2')], { timeNs: at(5n), facets: facet('Y', { X: 'record:p/X:a' }) }),
+    ]);
+  });
+  afterAll(async () => tc?.stop());
+
+  it('a replaced version affects exactly the steps downstream of it, in dependency order', async () => {
+    const g = await collectAffected(tc.coordinator.lineage, [{ kind: 'version', objectId: 'record:p/raw:a', oldHash: contentHashOf('a2') }]);
+    expect(g.nodes.map((n) => n.step.stepId)).toEqual(['p/X/a2', 'p/Y/a2']);
+    expect(g.nodes.map((n) => [n.stepName, n.key, n.depth, n.inputNames])).toEqual([
+      ['X', 'a', 1, ['raw']],
+      ['Y', 'a', 2, ['X']],
+    ]);
+    expect(g.nodes[1]?.dependsOn).toEqual(['p/X/a2']);
+    expect(g.objects.map((o) => o.objectId)).toEqual(['record:p/X:a', 'record:p/Y:a']);
+    const impact = await toImpactResponse(g, '0');
+    expect(impact).toMatchObject({ stepCount: 2, objectCount: 2, estimatedWallTimeNs: '4000000', criticalPathWallTimeNs: '4000000', estimatedCpuTimeNs: '2000000' });
+  });
+
+  it('a pipeline step change affects its latest execution per input, and their downstream', async () => {
+    const g = await collectAffected(tc.coordinator.lineage, [{ kind: 'pipelineStep', pipeline: 'p', step: 'X', transform: 'upper' }]);
+    // X over raw:a ran twice: only the latest counts (and its Y).
+    expect(g.nodes.map((n) => n.step.stepId).sort()).toEqual(['p/X/a2', 'p/X/b1', 'p/Y/a2', 'p/Y/b1']);
+  });
+
+  it('as of an earlier time, later steps do not exist', async () => {
+    const asOfMs = 3000;
+    const g = await collectAffected(tc.coordinator.lineage, [{ kind: 'pipelineStep', pipeline: 'p', step: 'X', transform: 'upper' }], asOfMs);
+    expect(g.nodes.map((n) => n.step.stepId).sort()).toEqual(['p/X/a1', 'p/X/b1', 'p/Y/a1', 'p/Y/b1']);
+  });
+
+  it('unknown roots and cycles are refused', async () => {
+    await expect(collectAffected(tc.coordinator.lineage, [{ kind: 'version', objectId: 'nope', oldHash: contentHashOf('x') }])).rejects.toMatchObject({ code: 'NOT_FOUND' });
+    await expect(collectAffected(tc.coordinator.lineage, [{ kind: 'step', stepId: 'nope' }])).rejects.toMatchObject({ code: 'NOT_FOUND', field: 'step_id' });
+    const node = (id: string, deps: string[]): AffectedNode => ({ step: { stepId: id } as Step, pipeline: 'p', stepName: id, key: 'k', output: id, outputs: [], inputNames: [], depth: 1, dependsOn: deps });
+    expect(() => topoOrder([node('a', ['b']), node('b', ['a'])])).toThrow(InvalidArgumentError);
+    expect(() => topoOrder([node('a', ['b']), node('b', ['a'])])).toThrow(/^pipeline: .*cycle/);
+    expect(topoOrder([node('b', ['a']), node('a', [])]).map((n) => n.step.stepId)).toEqual(['a', 'b']);
+  });
+
+  it('plans one task per step, wiring inputs to the new version or the upstream task, with the current definition', async () => {
+    const g = await collectAffected(tc.coordinator.lineage, [{ kind: 'version', objectId: 'record:p/raw:a', oldHash: contentHashOf('a2') }]);
+    const spec = planRecompute(g, {
+      newVersions: new Map([['record:p/raw:a', contentHashOf('a3')]]),
+      definitions: new Map([['p/Y', { transform: 'upper', codeVersion: contentHashOf('code:v2'), parameters: { factor: 3 }, timeoutMs: 0 }]]),
+      changeIds: ['chg-1'],
+      principal: 'me',
+      title: 't',
+      maxAttempts: 2,
+    });
+    expect(spec).toMatchObject({ kind: 'recompute', retry: { maxAttempts: 2 }, payload: { changeIds: ['chg-1'], principal: 'me' } });
+    expect(spec.tasks.map((t) => [t.id, t.label, t.dependsOn])).toEqual([
+      ['t0001', 'p/X key=a', []],
+      ['t0002', 'p/Y key=a', ['t0001']],
+    ]);
+    const [x, y] = spec.tasks.map((t) => t.payload as unknown as RecomputeTaskPayload);
+    expect(x?.inputs).toEqual([{ name: 'raw', objectId: 'record:p/raw:a', originalHash: contentHashOf('a2'), newHash: contentHashOf('a3') }]);
+    expect(y?.inputs).toEqual([{ name: 'X', objectId: 'record:p/X:a', originalHash: contentHashOf('xa2'), fromTask: 't0001' }]);
+    expect(y).toMatchObject({ codeVersion: contentHashOf('code:v2'), originalCodeVersion: contentHashOf('code:upper'), parameters: { factor: 3 }, originalParameters: { factor: 2 } });
+  });
+
+  it('cache keys depend on code, parameters and input contents, not on input order', () => {
+    const a = cacheKeyOf('sha256:c', { x: 1 }, [
+      { name: 'a', contentHash: 'h1' },
+      { name: 'b', contentHash: 'h2' },
+    ]);
+    expect(cacheKeyOf('sha256:c', { x: 1 }, [{ name: 'b', contentHash: 'h2' }, { name: 'a', contentHash: 'h1' }])).toBe(a);
+    expect(cacheKeyOf('sha256:d', { x: 1 }, [{ name: 'a', contentHash: 'h1' }, { name: 'b', contentHash: 'h2' }])).not.toBe(a);
+    expect(cacheKeyOf('sha256:c', { x: 2 }, [{ name: 'a', contentHash: 'h1' }, { name: 'b', contentHash: 'h2' }])).not.toBe(a);
+    expect(cacheKeyOf('sha256:c', { x: 1 }, [{ name: 'a', contentHash: 'h1' }, { name: 'b', contentHash: 'h3' }])).not.toBe(a);
+  });
+
+  it('pipeline versions whose steps changed code or parameters are changes', () => {
+    const pv = (version: number, code: string, params: Record<string, unknown>): PipelineVersion =>
+      ({ version, definitionHash: '', createdAtNs: '0', pipeline: { name: 'p', sources: [], steps: [{ name: 'X', transform: 'upper', codeVersion: code, parameters: params, inputs: ['raw'], output: '', timeoutMs: 0, requirements: undefined }] } }) as PipelineVersion;
+    expect(stepChanges(undefined, pv(1, 'c1', {}), 'apply:me')).toEqual([]);
+    expect(stepChanges(pv(1, 'c1', {}), pv(2, 'c1', {}), 'apply:me')).toEqual([]);
+    expect(stepChanges(pv(1, 'c1', {}), pv(2, 'c2', {}), 'apply:me')).toMatchObject([{ kind: ChangeKind.CHANGE_KIND_CODE_VERSION, oldHash: 'c1', newHash: 'c2', step: 'X', noticedBy: 'apply:me' }]);
+    expect(stepChanges(pv(1, 'c1', { f: 1 }), pv(2, 'c1', { f: 2 }), 'apply:me')).toMatchObject([{ kind: ChangeKind.CHANGE_KIND_PARAMETERS, step: 'X' }]);
+  });
+
+  it('the executor cuts off unchanged inputs, executes once, and a retried attempt reuses the recorded step', async () => {
+    const db = await openDatabase(null);
+    const runs: ShardAssignment[] = [];
+    const stored = new Map<string, Uint8Array>([[contentHashOf('a3'), Buffer.from('a3')]]);
+    const executor = new RecomputeExecutor({
+      lineage: tc.coordinator.lineage,
+      payloads: () => ({ find: async (h) => stored.get(h), putMany: async (ps) => ps.map((p) => contentHashOf(p)) }),
+      setCurrent: async () => {},
+      memo: createMemoStore(db),
+      runner: () => ({
+        async run(assignment) {
+          runs.push(assignment);
+          return { nodeId: 'n1', attempts: 1, queuedMs: 0, outcome: { shardId: assignment.shardId, nodeId: 'n1', status: ShardStatus.SHARD_STATUS_SUCCEEDED, error: '', outputs: [{ key: 'a', payload: Buffer.from('xa3'), mediaType: 'text/plain', contentHash: '' }], startedAtNs: '1', endedAtNs: '2', resources: undefined } as never };
+        },
+      }),
+      clock: () => 9_000_000_000n,
+    });
+    await tc.coordinator.lineage.submit([objectEvent('a3', 'record:p/raw:a', 'a3', '8000000000')]);
+    const g = await collectAffected(tc.coordinator.lineage, [{ kind: 'version', objectId: 'record:p/raw:a', oldHash: contentHashOf('a2') }]);
+    const job: JobSpec = planRecompute(g, { newVersions: new Map([['record:p/raw:a', contentHashOf('a3')]]), definitions: new Map(), changeIds: [], principal: 'me', title: 't' });
+    const ctx = (taskIndex: number, deps: Map<string, JsonValue>, attempt = 1): TaskRunContext => ({ jobId: 'job-1', job, task: job.tasks[taskIndex] as JobSpec['tasks'][number], attempt, signal: new AbortController().signal, deps });
+    const x = await executor.runTask(ctx(0, new Map()));
+    expect(x.outcome).toBe('executed');
+    expect(runs).toHaveLength(1);
+    expect((x.result as unknown as RecomputeTaskResult).outputs).toEqual({ 'record:p/X:a': contentHashOf('xa3') });
+    const again = await executor.runTask(ctx(0, new Map(), 2));
+    expect(again.outcome).toBe('executed');
+    expect(runs).toHaveLength(1);
+    // Y with an upstream result equal to what it used originally: cut off without running.
+    const same: RecomputeTaskResult = { outputs: { 'record:p/X:a': contentHashOf('xa2') }, changed: false, stepId: '', nodeId: '', cachedFrom: '' };
+    const y = await executor.runTask(ctx(1, new Map([['t0001', same as unknown as JsonValue]])));
+    expect(y.outcome).toBe('cutoff');
+    expect(runs).toHaveLength(1);
+    // Another job with the same inputs: served from the memo.
+    const other = await executor.runTask({ ...ctx(0, new Map()), jobId: 'job-2' });
+    expect(other.outcome).toBe('cached');
+    expect(runs).toHaveLength(1);
+    await db.close();
+  });
+});
