@@ -24,6 +24,8 @@ export interface ReplayShardRunner {
 export interface ReplayPayloads {
   find(hash: string): Promise<Uint8Array | undefined>;
   put(bytes: Uint8Array): Promise<string>;
+  /** Stores many in one write (used when present); hashes in input order. */
+  putMany?(payloads: readonly Uint8Array[]): Promise<string[]>;
 }
 
 export interface ReplayEngineDeps {
@@ -65,6 +67,40 @@ interface ReplayJob {
   controller: AbortController;
   events: EventEmitter;
   progress: WatchReplayResponse;
+  /** While a paced replay releases records: when the next one is due and a promise of its release. */
+  pacing?: { nextAtMs: number; released: Promise<void> };
+}
+
+/** Holds a prepared record at its release time: `prepared()` says it is ready, `released` opens. */
+interface ReleaseGate {
+  prepared(): void;
+  released: Promise<void>;
+}
+
+/**
+ * How long before a deadline the pacer stops sleeping on a timer and yields event-loop turns
+ * instead: timers fire up to a millisecond or so late (whole-ms resolution, and timers due
+ * together run in one batch), which is most of the error left once lateness does not
+ * accumulate. Spent only at release points, so the cost is about this much CPU per record.
+ */
+const SPIN_MS = 2;
+
+/** Records prepared ahead of the one due next (each holds its input payloads until released). */
+const PREPARE_AHEAD = 16;
+
+/**
+ * A record's results are written (payloads, lineage events: a few ms of work on the event loop)
+ * only when the next release is at least this far off, else right after it, so writes do not
+ * delay releases.
+ */
+const QUIET_MS = 5;
+
+/** Resolves at `deadlineMs` (performance.now() clock) or when `signal` aborts. */
+async function waitUntil(deadlineMs: number, signal: AbortSignal): Promise<void> {
+  const early = deadlineMs - performance.now() - SPIN_MS;
+  if (early > 0) await sleep(early, signal);
+  // setImmediate, not a microtask loop: I/O (agents' outcomes, lineage commits) keeps flowing.
+  while (!signal.aborted && performance.now() < deadlineMs) await new Promise<void>((r) => setImmediate(r));
 }
 
 const STATE_DONE = new Set([ReplayState.REPLAY_STATE_SUCCEEDED, ReplayState.REPLAY_STATE_FAILED, ReplayState.REPLAY_STATE_CANCELLED]);
@@ -282,7 +318,6 @@ export class ReplayEngine {
   private async execute(job: ReplayJob, runner: ReplayShardRunner, payloads: ReplayPayloads): Promise<void> {
     const { policy } = job;
     const rng = createRng(policy.seed);
-    const started = performance.now();
     job.report.state = ReplayState.REPLAY_STATE_RUNNING;
     this.publish(job, 'running');
     await this.deps.lineage.submit([
@@ -302,23 +337,23 @@ export class ReplayEngine {
     const t0 = plans[0]?.eventTimeNs ?? 0n;
     const tLast = plans[plans.length - 1]?.eventTimeNs ?? 0n;
     const limit = this.deps.concurrency ?? 32;
-    let next = 0;
-    const worker = async (): Promise<void> => {
-      while (next < plans.length && !job.controller.signal.aborted) {
-        const plan = plans[next++] as RecordPlan;
-        const targetMs = policy.speed > 0 ? Number(plan.eventTimeNs - t0) / 1e6 / policy.speed : 0;
-        const wait = started + targetMs - performance.now();
-        if (wait > 0) await sleep(wait, job.controller.signal);
-        if (job.controller.signal.aborted) break;
-        const dispatchedMs = performance.now() - started;
-        await this.replayRecord(job, plan, runner, payloads, rng, { dispatchedMs, targetMs });
-        job.progress.recordsDone++;
-        this.publish(job, `record ${plan.key}`);
-      }
+    // Offsets count from here, after the run event is committed: a group commit's wait would
+    // otherwise make only the first record late.
+    const started = performance.now();
+    const replayOne = async (plan: RecordPlan, targetMs: number, gate?: ReleaseGate): Promise<void> => {
+      await this.replayRecord(job, plan, runner, payloads, rng, { startedMs: started, targetMs, ...(gate ? { gate } : {}) });
+      job.progress.recordsDone++;
+      this.publish(job, `record ${plan.key}`);
     };
-    // Paced replays keep the recorded order: one worker per record that is due, so a slow record
-    // never delays the next record's start.
-    await Promise.all(Array.from({ length: policy.speed > 0 ? Math.min(plans.length, Math.max(limit, 256)) : Math.min(limit, plans.length) }, () => worker()));
+    if (policy.speed > 0) {
+      await this.pace(job, plans, started, (plan) => Number(plan.eventTimeNs - t0) / 1e6 / policy.speed, replayOne, Math.max(limit, 256));
+    } else {
+      let next = 0;
+      const worker = async (): Promise<void> => {
+        while (next < plans.length && !job.controller.signal.aborted) await replayOne(plans[next++] as RecordPlan, 0);
+      };
+      await Promise.all(Array.from({ length: Math.min(limit, plans.length) }, () => worker()));
+    }
     for (const t of timers) clearTimeout(t);
     const results = job.report.steps;
     const failed = results.filter((r) => r.status !== 'SUCCEEDED').length;
@@ -334,12 +369,78 @@ export class ReplayEngine {
     job.events.emit('done');
   }
 
-  private async replayRecord(job: ReplayJob, plan: RecordPlan, runner: ReplayShardRunner, payloads: ReplayPayloads, rng: () => number, timing: { dispatchedMs: number; targetMs: number }): Promise<void> {
+  /**
+   * Releases records at their recorded offsets from one start time (absolute deadlines, so
+   * lateness never accumulates). Records are prepared (input payloads read, seeded faults drawn,
+   * the first shard built) up to `PREPARE_AHEAD` records before their release, one after the
+   * other so seeded draws keep the record order, and held at a gate; at its deadline the pacer
+   * opens the gate and the shard goes to the dispatcher in the same event-loop turn, so a slow
+   * store read lands before the deadline rather than after it. Released records run on while
+   * later ones wait; at most `maxInFlight` records are open at once.
+   */
+  private async pace(job: ReplayJob, plans: readonly RecordPlan[], startedMs: number, offsetMs: (plan: RecordPlan) => number, replayOne: (plan: RecordPlan, targetMs: number, gate: ReleaseGate) => Promise<void>, maxInFlight: number): Promise<void> {
+    const signal = job.controller.signal;
+    const open = new Set<Promise<void>>();
+    const slots: { targetMs: number; ready: Promise<void>; release: () => void }[] = [];
+    let prepared: Promise<void> = Promise.resolve();
+    let failure: unknown;
+    const launch = (plan: RecordPlan): void => {
+      const targetMs = offsetMs(plan);
+      let onReady!: () => void;
+      let release!: () => void;
+      const ready = new Promise<void>((r) => (onReady = r));
+      const released = new Promise<void>((r) => (release = r));
+      const done: Promise<void> = prepared
+        .then(() => replayOne(plan, targetMs, { prepared: onReady, released }))
+        .catch((err: unknown) => {
+          failure ??= err;
+        })
+        .finally(() => open.delete(done));
+      open.add(done);
+      // Ready when prepared, or when done without a shard to release (a missing input payload).
+      prepared = Promise.race([ready, done]);
+      slots.push({ targetMs, ready: prepared, release });
+    };
+    let onReleased!: () => void;
+    const pacing = { nextAtMs: Number.POSITIVE_INFINITY, released: new Promise<void>((r) => (onReleased = r)) };
+    job.pacing = pacing;
+    let next = 0;
+    for (let i = 0; i < plans.length && !signal.aborted && failure === undefined; i++) {
+      while (next <= i || (next < plans.length && next <= i + PREPARE_AHEAD && open.size < maxInFlight)) {
+        if (open.size >= maxInFlight) {
+          // Open records must be able to finish (and write) for a slot to free up.
+          pacing.nextAtMs = Number.POSITIVE_INFINITY;
+          await Promise.race(open);
+        } else launch(plans[next++] as RecordPlan);
+      }
+      const slot = slots[i] as (typeof slots)[number];
+      pacing.nextAtMs = startedMs + slot.targetMs;
+      await slot.ready;
+      await waitUntil(pacing.nextAtMs, signal);
+      slot.release();
+      pacing.nextAtMs = Number.POSITIVE_INFINITY;
+      const wake = onReleased;
+      pacing.released = new Promise<void>((r) => (onReleased = r));
+      wake();
+    }
+    delete job.pacing;
+    onReleased();
+    // Cancelled or failed: records prepared but not released end now (their shards cancelled).
+    for (const slot of slots) slot.release();
+    await Promise.all(open);
+    if (failure !== undefined) throw failure;
+  }
+
+  private async replayRecord(job: ReplayJob, plan: RecordPlan, runner: ReplayShardRunner, payloads: ReplayPayloads, rng: () => number, timing: { startedMs: number; targetMs: number; gate?: ReleaseGate }): Promise<void> {
     const { policy } = job;
     /** original version key → replayed output */
     const produced = new Map<string, { ref: ObjectRef; payload: Uint8Array; mediaType: string }>();
     const events: LineageEvent[] = [];
+    /** Output payloads, written with the record's events. */
+    const toStore: Uint8Array[] = [];
     let broken = false;
+    // When the record's first shard went to the dispatcher (ms since the replay started).
+    let dispatchedMs: number | undefined;
     for (const ps of plan.steps) {
       const { step } = ps;
       const parameters = { ...((step.parameters ?? {}) as Record<string, unknown>), ...(policy.stepParameters[ps.name] ?? {}) };
@@ -363,7 +464,7 @@ export class ReplayEngine {
         status: 'SKIPPED',
         error: '',
         attempts: 0,
-        dispatchedAtMs: timing.dispatchedMs,
+        dispatchedAtMs: dispatchedMs ?? 0,
         targetAtMs: timing.targetMs,
         valueDiffs: [],
         faults: [],
@@ -424,10 +525,20 @@ export class ReplayEngine {
         faults: { addedLatencyMs: policy.addedLatencyMs, fail },
         jobId: job.id,
       };
-      if (policy.linkOutageProbability > 0 && rng() < policy.linkOutageProbability && step.nodeId) {
-        runner.setLinkOutage?.(step.nodeId, Date.now() + 1000);
-        result.faults.push(`link outage of ${step.nodeId} for 1 s`);
+      // Drawn now (record order), cut when the shard is sent: the record may be prepared early.
+      const outage = policy.linkOutageProbability > 0 && rng() < policy.linkOutageProbability && step.nodeId ? step.nodeId : undefined;
+      if (outage) result.faults.push(`link outage of ${outage} for 1 s`);
+      if (dispatchedMs === undefined) {
+        if (timing.gate) {
+          timing.gate.prepared();
+          await timing.gate.released;
+        }
+        // Measured here, as the shard goes to the dispatcher: what pacing accuracy is about.
+        dispatchedMs = performance.now() - timing.startedMs;
+        // Steps before the first dispatched one can only have failed, and then none is dispatched.
+        result.dispatchedAtMs = dispatchedMs;
       }
+      if (outage) runner.setLinkOutage?.(outage, Date.now() + 1000);
       const { outcome, nodeId, attempts } = await runner.run(assignment, { placement: policy.placement, signal: job.controller.signal });
       result.replayNode = nodeId;
       result.attempts = attempts;
@@ -445,7 +556,8 @@ export class ReplayEngine {
       for (const [i, out] of outcome.outputs.entries()) {
         const original = step.generated[i];
         const objectId = `replay:${job.id}/${original?.objectId ?? `${step.stepId}/out-${i}`}`;
-        const hash = await payloads.put(out.payload);
+        const hash = contentHashOf(out.payload);
+        toStore.push(out.payload);
         const ref = { objectId, contentHash: hash, unversioned: false };
         generated.push(ref);
         result.replayOutputHashes.push(hash);
@@ -480,12 +592,22 @@ export class ReplayEngine {
       });
       this.publish(job, `${ps.name} on ${nodeId}`);
     }
+    if (toStore.length > 0 || events.length > 0) await this.quiet(job);
+    if (toStore.length > 0) {
+      if (payloads.putMany) await payloads.putMany(toStore);
+      else for (const bytes of toStore) await payloads.put(bytes);
+    }
     if (events.length > 0) {
       // Replayed versions first: steps refer to them as inputs downstream.
       await this.deps.lineage.submit([...events.filter((e) => e.body?.$case === 'objectVersion'), ...events.filter((e) => e.body?.$case === 'step')]).catch((err: unknown) => {
         this.deps.log(`replay ${job.id}: recording ${plan.source.objectId} failed: ${String(err)}`);
       });
     }
+  }
+
+  /** Resolves when the next release of a paced replay is at least QUIET_MS away (at once otherwise). */
+  private async quiet(job: ReplayJob): Promise<void> {
+    for (let p = job.pacing; p && p.nextAtMs - performance.now() < QUIET_MS; p = job.pacing) await p.released;
   }
 
   private publish(job: ReplayJob, message: string): void {
