@@ -310,6 +310,8 @@ describe('JobService and retrace jobs', () => {
     expect(shown.out).toMatch(/echo\s+needs label pool=replay/);
     expect(shown.out).toMatch(/record:jobtest\/raw:r0 echo/);
     expect((await cli('jobs', '--kind', 'replay')).out).toContain(replayId);
+    const listed = (await client().listJobs({ state: JobState.JOB_STATE_RUNNING, kind: 'replay', pageSize: 10, pageToken: '' })).jobs.find((j) => j.jobId === replayId);
+    expect(listed?.counts).toMatchObject({ total: 2, succeeded: 1, running: 1 });
     const cancelled = await cli('jobs', 'cancel', replayId);
     expect(cancelled.out).toContain(`job ${replayId}: CANCELLED`);
     expect((await client().getJob({ jobId: replayId })).job?.waiting).toEqual([]);

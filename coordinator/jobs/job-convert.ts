@@ -127,20 +127,30 @@ export function replayToJobProto(report: ReplayReport, progress: WatchReplayResp
   const by = (st: TaskStateProto): number => tasks.filter((t) => t.state === st).length;
   const total = progress?.stepsTotal ?? report.summary?.steps ?? tasks.length;
   const running = by(TaskStateProto.TASK_STATE_RUNNING);
-  // ListReplays leaves the steps out; an ended replay's summary still has the totals.
-  const summary = tasks.length === 0 && !live ? report.summary : undefined;
-  const counts: TaskCountsProto = summary
-    ? { total, pending: 0, running: 0, succeeded: summary.steps - summary.failed, failed: summary.failed, upstreamFailed: 0, cancelled: 0 }
-    : {
-        total,
-        pending: Math.max(0, total - tasks.length),
-        running,
-        succeeded: by(TaskStateProto.TASK_STATE_SUCCEEDED),
-        failed: by(TaskStateProto.TASK_STATE_FAILED),
-        upstreamFailed: by(TaskStateProto.TASK_STATE_UPSTREAM_FAILED),
-        cancelled: by(TaskStateProto.TASK_STATE_CANCELLED),
-      };
-  const finished = summary ? total : tasks.length - running;
+  // ListReplays leaves the steps out: an ended replay's summary, or a running one's live
+  // progress, still has the totals.
+  const stepless = tasks.length === 0 && total > 0;
+  const summary = stepless && !live ? report.summary : undefined;
+  let counts: TaskCountsProto;
+  let finished: number;
+  if (summary) {
+    counts = { total, pending: 0, running: 0, succeeded: summary.steps - summary.failed, failed: summary.failed, upstreamFailed: 0, cancelled: 0 };
+    finished = total;
+  } else if (stepless && live && progress) {
+    counts = { total, pending: total - progress.stepsDone, running: 0, succeeded: progress.stepsDone - progress.stepsFailed, failed: progress.stepsFailed, upstreamFailed: 0, cancelled: 0 };
+    finished = progress.stepsDone;
+  } else {
+    counts = {
+      total,
+      pending: Math.max(0, total - tasks.length),
+      running,
+      succeeded: by(TaskStateProto.TASK_STATE_SUCCEEDED),
+      failed: by(TaskStateProto.TASK_STATE_FAILED),
+      upstreamFailed: by(TaskStateProto.TASK_STATE_UPSTREAM_FAILED),
+      cancelled: by(TaskStateProto.TASK_STATE_CANCELLED),
+    };
+    finished = tasks.length - running;
+  }
   const records = report.summary?.records ?? progress?.recordsTotal ?? 0;
   const message = waiting.length > 0 ? `${waiting.length} shard(s) wait for a node: ${waiting[0]?.reason}` : report.error || (progress?.message ?? '');
   return {

@@ -1,5 +1,5 @@
 import { JobServiceDefinition, JobState as JobStateProto, type Job, type JobServiceImplementation, type WatchJobResponse } from '../../common/gen/retrace/v1/job.js';
-import type { WatchReplayResponse } from '../../common/gen/retrace/v1/replay.js';
+import { ReplayState, type WatchReplayResponse } from '../../common/gen/retrace/v1/replay.js';
 import { InvalidArgumentError, NotFoundError } from '../../common/errors.js';
 import type { CoordinatorExtension, ExtensionFactory } from '../coordinator.js';
 import type { ReplayEngine } from '../replay/replay-engine.js';
@@ -79,8 +79,12 @@ export function jobsExtension(shared: JobsShared, options: JobsExtensionOptions 
           for (const v of await manager.list({ ...(state ? { state } : {}), ...(request.kind ? { kind: request.kind } : {}) })) jobs.push(toJobProto(v, waitingOf(v.jobId)));
         }
         if (shared.replay && (!request.kind || request.kind === 'replay')) {
-          for (const r of await shared.replay.list()) {
-            const job = replayToJobProto(r, undefined, waitingOf(r.replayId), false);
+          for (const listed of await shared.replay.list()) {
+            // The stored entry of an unfinished replay is as of its start: the live report and
+            // progress have its state and counts.
+            const live = listed.state === ReplayState.REPLAY_STATE_PENDING || listed.state === ReplayState.REPLAY_STATE_RUNNING;
+            const r = live ? await shared.replay.report(listed.replayId) : listed;
+            const job = replayToJobProto(r, live ? await replayProgress(r.replayId) : undefined, waitingOf(r.replayId), false);
             if (request.state && job.state !== request.state) continue;
             jobs.push(job);
           }
