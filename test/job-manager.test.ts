@@ -117,11 +117,16 @@ describe('JobManager', () => {
     const { manager } = await startManager();
     let running = 0;
     let peak = 0;
+    // The first tasks hold until three run at once (or 3 s pass), so a slow machine cannot hide parallelism.
+    let reached = (): void => {};
+    const full = new Promise<void>((r) => (reached = r));
     manager.registerExecutor(
       fakeExecutor(async () => {
         running++;
         peak = Math.max(peak, running);
-        await new Promise((r) => setTimeout(r, 30));
+        if (running === 3) reached();
+        await Promise.race([full, new Promise((r) => setTimeout(r, 3000))]);
+        await new Promise((r) => setTimeout(r, 5));
         running--;
         return { outcome: 'executed', result: null };
       }),
