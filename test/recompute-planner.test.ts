@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { InvalidArgumentError } from '../common/errors.js';
 import type { PipelineVersion } from '../common/gen/retrace/v1/pipeline.js';
-import type { Step } from '../common/gen/retrace/v1/provenance.js';
+import { TriggerKind, type Step } from '../common/gen/retrace/v1/provenance.js';
 import { ChangeKind } from '../common/gen/retrace/v1/recompute.js';
 import { ShardStatus, type ShardAssignment } from '../common/gen/retrace/v1/shard.js';
 import { contentHashOf } from '../common/hash.js';
@@ -37,6 +37,9 @@ describe('impact analysis and recompute planning', () => {
       objectEvent('a2', 'record:p/raw:a', 'a2', at(5n)),
       stepEvent('x-a2', 'p/X/a2', [ref('record:p/raw:a', 'a2')], [ref('record:p/X:a', 'xa2')], { timeNs: at(5n), facets: facet('X', { raw: 'record:p/raw:a' }) }),
       stepEvent('y-a2', 'p/Y/a2', [ref('record:p/X:a', 'xa2')], [ref('record:p/Y:a', 'ya2')], { timeNs: at(5n), facets: facet('Y', { X: 'record:p/X:a' }) }),
+      // A later replay of X over raw:a v2, in its own namespace: never part of an impact.
+      runEvent('rr', 'replay-1'),
+      stepEvent('x-replay', 'replay:replay-1/p/X/a2', [ref('record:p/raw:a', 'a2')], [ref('replay:replay-1/record:p/X:a', 'xa2')], { timeNs: at(6n), runId: 'replay-1', why: { kind: TriggerKind.TRIGGER_KIND_REPLAY, id: 'replay-1', principal: '' }, facets: facet('X', { raw: 'record:p/raw:a' }) }),
     ]);
   });
   afterAll(async () => tc?.stop());

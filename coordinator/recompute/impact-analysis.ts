@@ -1,5 +1,5 @@
 import { InvalidArgumentError, NotFoundError } from '../../common/errors.js';
-import type { Step } from '../../common/gen/retrace/v1/provenance.js';
+import { TriggerKind, type Step } from '../../common/gen/retrace/v1/provenance.js';
 import type { AffectedObject, AffectedStep, ImpactResponse } from '../../common/gen/retrace/v1/recompute.js';
 import { parseNodeKey, versionKey } from '../../common/lineage-keys.js';
 import type { LineageEngine } from '../lineage/lineage-engine.js';
@@ -54,6 +54,10 @@ interface StepFacet {
 function facetOf(step: Step): StepFacet {
   const f = (step.facets as Record<string, unknown> | undefined)?.retrace;
   return typeof f === 'object' && f !== null && !Array.isArray(f) ? (f as StepFacet) : {};
+}
+
+function isReplay(step: Step): boolean {
+  return step.why?.kind === TriggerKind.TRIGGER_KIND_REPLAY;
 }
 
 /** A step's outputs: its generated versions and the ones a recompute reproduced (facet `reproduced`). */
@@ -130,7 +134,7 @@ export async function collectAffected(lineage: ImpactLineage, roots: readonly Im
         if (!visible(s)) continue;
         const step = await lineage.readStep(parseNodeKey(s).id);
         const f = step ? facetOf(step) : {};
-        if (f.pipeline === r.pipeline && f.step === r.step) enqueue(s, 1);
+        if (step && !isReplay(step) && f.pipeline === r.pipeline && f.step === r.step) enqueue(s, 1);
       }
     }
   }
@@ -142,7 +146,9 @@ export async function collectAffected(lineage: ImpactLineage, roots: readonly Im
     let step = steps.get(key);
     if (!step) {
       step = await lineage.readStep(parseNodeKey(key).id);
-      if (!step) continue;
+      // Replays run in their own namespace (replay:<id>/...): what-ifs and checks, never inputs
+      // of the live pipelines, so nothing a change affects.
+      if (!step || isReplay(step)) continue;
       steps.set(key, step);
     }
     for (const g of outputsOf(step)) {

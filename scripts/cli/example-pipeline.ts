@@ -1,6 +1,7 @@
 import { fileURLToPath } from 'node:url';
 import { CodeServiceDefinition } from '../../common/gen/retrace/v1/code.js';
 import { PipelineServiceDefinition } from '../../common/gen/retrace/v1/pipeline.js';
+import { RecomputeServiceDefinition } from '../../common/gen/retrace/v1/recompute.js';
 import { parseArgs } from './command.js';
 import { openClient } from './client.js';
 import { bundleTransform } from './publish-command.js';
@@ -55,5 +56,35 @@ export async function runExamplePipeline(coordinator: string, token: string, opt
   } finally {
     code.close();
     pipelines.close();
+  }
+}
+
+/**
+ * The recompute part of the tour: re-ingests two orders of the `orders` pipeline with new content
+ * — o2 with a new amount (its scale and classify outputs change) and o3 with only a note that the
+ * steps ignore (scale's output comes out the same: early cutoff) — and returns the changes the
+ * coordinator recorded for them. Under the `manual` policy nothing runs until `retrace recompute`.
+ */
+export async function changeExampleRecords(coordinator: string, token: string, options: { signal?: AbortSignal } = {}): Promise<{ changeIds: string[]; shardsRun: number }> {
+  const args = parseArgs(['--coordinator', coordinator, '--token', token]);
+  const pipelines = openClient(PipelineServiceDefinition, args);
+  const recompute = openClient(RecomputeServiceDefinition, args);
+  try {
+    const records = [
+      { key: 'o2', eventTimeNs: '0', payload: Buffer.from(JSON.stringify({ id: 2, amount: 150, currency: 'GBP' })), mediaType: '' },
+      { key: 'o3', eventTimeNs: '0', payload: Buffer.from(JSON.stringify({ id: 3, amount: 23, currency: 'USD', note: 'gift wrap' })), mediaType: '' },
+    ];
+    const r = await pipelines.client.ingest(
+      (async function* () {
+        yield { pipeline: 'orders', source: 'raw', records };
+      })(),
+      { signal: options.signal },
+    );
+    const { changes } = await recompute.client.listChanges({ pipeline: 'orders', pageSize: 100, pageToken: '' }, { signal: options.signal });
+    const changeIds = ['record:orders/raw:o2', 'record:orders/raw:o3'].map((id) => changes.find((c) => c.objectId === id)?.changeId ?? '').filter((id) => id !== '');
+    return { changeIds, shardsRun: Number(r.shardsRun) };
+  } finally {
+    pipelines.close();
+    recompute.close();
   }
 }

@@ -10,7 +10,7 @@ import { flag, type CliCommand, type CliIo } from './command.js';
 import { openClient } from './client.js';
 import { coordinatorExtensions } from './coordinator-extensions.js';
 import { buildExampleLineage } from './example-lineage.js';
-import { runExamplePipeline } from './example-pipeline.js';
+import { changeExampleRecords, runExamplePipeline } from './example-pipeline.js';
 import { parseArgs } from './command.js';
 import { startLocalAgents, stopLocalAgents, type LocalAgent } from './local-agents.js';
 
@@ -74,6 +74,9 @@ const start: CliCommand = {
           `  ${cli} replay start --window orders/raw 2026-01-01T00:00:00Z 2026-01-01T00:00:02Z --speed 2x --watch`,
           `  ${cli} replay start --last 100000d orders/raw --set classify.largeCents=2000 --watch   # what-if`,
           `  ${cli} pipeline list;  ${cli} code list`,
+          `  ${cli} impact record:orders/raw:o1 --svg impact.svg                # what a change of one order would recompute`,
+          `  ${cli} changes policy orders/raw manual; ${cli} changes            # report changes only; list them`,
+          `  ${cli} recompute --content record:orders/raw:o1=order.json --watch     # executed / cached / cut off`,
           `  ${cli} help                                                       # every command`,
           '',
         ].join('\n'),
@@ -145,6 +148,17 @@ const demo: CliCommand = {
         await step('What-if: a lower "large" threshold; the report shows exactly which records change', ['replay', 'start', '--window', 'orders/raw', '2026-01-01T00:00:00Z', '2026-01-01T00:00:01Z', '--set', 'classify.largeCents=2000', '--watch', ...conn], 0);
         await step('Injected faults: corrupted inputs are detected and reported (exit 1 expected)', ['replay', 'start', '--record', live.firstRecord, '--fault', 'corrupt:1', '--seed', '4', '--watch', ...conn], 1);
         await step('Replays so far', ['replay', 'list', ...conn]);
+        await step('Recompute: changes to orders/raw are only reported from now on (manual policy)', ['changes', 'policy', 'orders/raw', 'manual', ...conn]);
+        say('Re-ingest o2 with a new amount and o3 with only a note the steps ignore');
+        const changed = await changeExampleRecords(addresses.grpc, c.authToken, { signal: io.signal });
+        io.stdout.write(`2 records re-ingested; ${changed.shardsRun} shards ran (manual: none); changes ${changed.changeIds.join(', ')}\n`);
+        if (changed.changeIds.length !== 2 || changed.shardsRun !== 0) failures.push(`re-ingest under manual: ${changed.changeIds.length} changes, ${changed.shardsRun} shards run`);
+        await step('Detected changes: what, old and new hash, who noticed', ['changes', ...conn]);
+        await step('Impact of the o2 change: affected steps, recorded cost, where they would run now', ['impact', changed.changeIds[0] ?? '', ...conn]);
+        const first = await step('Recompute both: only affected steps run; o3\'s scale output is unchanged, so its classify is cut off', ['recompute', ...changed.changeIds, '--watch', ...conn]);
+        if (!/2 executed|3 executed/.test(first) || !/1 cut off/.test(first)) failures.push('recompute did not execute the o2 path and cut o3 off');
+        const again = await step('The same recompute again is served from the cache', ['recompute', ...changed.changeIds, '--watch', ...conn]);
+        if (!/0 executed/.test(again)) failures.push('the repeated recompute executed steps');
         await step('Drain a node', ['nodes', 'drain', agents[1]?.nodeId ?? '', ...conn]);
       } finally {
         await stopLocalAgents(agents);
