@@ -5,7 +5,8 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { ChangeKind, RecomputeServiceDefinition } from '../common/gen/retrace/v1/recompute.js';
 import { contentHashOf } from '../common/hash.js';
 import { pipelineExtension } from '../coordinator/pipeline/pipeline-extension.js';
-import { recomputeExtension, type RecomputeShared } from '../coordinator/recompute/recompute-extension.js';
+import { recomputeExtension } from '../coordinator/recompute/recompute-extension.js';
+import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 
 async function until<T>(what: string, check: () => Promise<T | undefined> | T | undefined, timeoutMs = 20_000): Promise<T> {
@@ -28,7 +29,7 @@ describe('watched paths', () => {
   mkdirSync(join(files, 'sub'), { recursive: true });
   let tc: TestCoordinator | undefined;
   const start = async (): Promise<TestCoordinator> => {
-    const shared: RecomputeShared = {};
+    const shared: CoordinatorServices = {};
     tc = await startTestCoordinator({ dataDir, extensions: [pipelineExtension(shared), recomputeExtension(shared)] });
     return tc;
   };
