@@ -8,6 +8,7 @@ import { LineageEngine } from '../coordinator/lineage/lineage-engine.js';
 import { openDatabase, type Database } from '../coordinator/store/database.js';
 import { LineageStore } from '../coordinator/store/lineage-store.js';
 import { h, objectEvent, ref, runEvent, stepEvent } from './helpers/lineage-events.js';
+import { LedgerEntryBody, LineageEvent, type ObjectVersion } from '../common/gen/retrace/v1/provenance.js';
 
 let db: Database;
 let store: LineageStore;
@@ -123,6 +124,35 @@ describe('lineage engine', () => {
     expect(t.packedNodeIds.length / 4).toBe(f.nodes.length);
     expect(engine.resolveNodes([t.packedNodeIds.readUInt32LE(0)])).toEqual([f.nodes[0]?.key]);
     expect(f.nodes[0]?.distance).toBe(0);
+  });
+
+  it('stores received event bytes as they are when they are canonical, and the normalised encoding when not', async () => {
+    const plain = objectEvent('w1', 'wire:1', 'w1');
+    const unsorted = { ...objectEvent('w2', 'wire:2', 'w2'), body: { $case: 'objectVersion' as const, value: { ...(objectEvent('w2', 'wire:2', 'w2').body?.value as ObjectVersion), attributes: { zone: 'a', app: 'b' } } } };
+    const untimed = { ...objectEvent('w3', 'wire:3', 'w3'), eventTimeNs: '0' };
+    const events = [plain, unsorted, untimed];
+    // The first event's bytes put its body before its id, time and producer: the same event,
+    // bytes the generated encoder would not write, so "stored as received" is visible.
+    const reordered = Buffer.concat([LineageEvent.encode({ eventId: '', eventTimeNs: '0', producer: '', body: plain.body }).finish(), LineageEvent.encode({ ...plain, body: undefined }).finish()]);
+    expect(LineageEvent.decode(reordered)).toEqual(plain);
+    const wire = [reordered, LineageEvent.encode(unsorted).finish(), LineageEvent.encode(untimed).finish()];
+    const r = await engine.submit(events, { wire });
+    const stored = await store.getEntries(r.seqs);
+    const bodies = stored.map((e) => LedgerEntryBody.decode(e.body));
+    // Canonical: the body holds the received bytes verbatim, and they decode to the event.
+    expect(Buffer.from(stored[0]?.body ?? []).includes(reordered)).toBe(true);
+    expect(bodies[0]?.event).toEqual(plain);
+    expect(bodies[0]?.seq).toBe(r.seqs[0]?.toString());
+    // Not canonical: sorted attributes, event time filled in, encoded as the generated encoder does.
+    expect(Object.keys((bodies[1]?.event?.body?.value as ObjectVersion).attributes)).toEqual(['app', 'zone']);
+    expect(BigInt(bodies[2]?.event?.eventTimeNs ?? '0')).toBeGreaterThan(0n); // the time submit received it
+    for (const i of [1, 2]) expect(Buffer.from(stored[i]?.body ?? [])).toEqual(Buffer.from(LedgerEntryBody.encode(bodies[i] as LedgerEntryBody).finish()));
+    expect((await verifyLedger(store)).ok).toBe(true);
+    // Restart: the graph is rebuilt from the stored bytes.
+    await engine.stop();
+    engine = new LineageEngine({ store, signer, clock });
+    await engine.start();
+    expect((await engine.getNode({ node: version('wire:1', 'w1') })).node).toEqual(version('wire:1', 'w1'));
   });
 
   it('is idempotent by event id, within a batch and across batches', async () => {

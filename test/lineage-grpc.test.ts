@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ClientError, createChannel, createClient, Status } from 'nice-grpc';
 import { HealthDefinition } from 'nice-grpc-server-health';
 import { Direction, LineageServiceDefinition, NodeKind } from '../common/gen/retrace/v1/lineage.js';
+import { LedgerEntryBody } from '../common/gen/retrace/v1/provenance.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 import { h, objectEvent, ref, runEvent, stepEvent } from './helpers/lineage-events.js';
 
@@ -26,6 +27,11 @@ describe('LineageService over gRPC', () => {
     expect(again).toEqual({ seq: '1', duplicate: true });
     const trace = await c.trace({ start: { kind: NodeKind.NODE_KIND_OBJECT_VERSION, id: 'g:raw', contentHash: h('raw') }, direction: Direction.DIRECTION_DOWNSTREAM });
     expect(trace.nodes.map((n) => n.key)).toEqual(['step:g-s1', `version:g:out@${h('out')}`]);
+    // Streamed events are stored with their received bytes; the ledger body decodes to the event.
+    const proof = await c.getProof({ eventId: 'g-s1' });
+    const body = LedgerEntryBody.decode(Buffer.from(proof.entryBody, 'base64'));
+    expect(body.event).toEqual(stepEvent('g-s1', 'g-s1', [ref('g:raw', 'raw')], [ref('g:out', 'out')], { runId: 'g-run' }));
+    expect(body.seq).toBe('2');
   });
 
   it('names the batch and field of bad input with INVALID_ARGUMENT and stores nothing of that batch', async () => {

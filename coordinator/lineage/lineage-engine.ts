@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import * as crypto from 'node:crypto';
 import {
   Direction,
   EdgeKind,
@@ -18,13 +18,13 @@ import {
   TraceView,
 } from '../../common/gen/retrace/v1/lineage.js';
 import { LedgerEntryBody, type Checkpoint, type LineageEvent, type ObjectVersion, type Run, type Step } from '../../common/gen/retrace/v1/provenance.js';
-import { EVENT_LIMITS, normalizeEvent } from '../../common/event-validation.js';
+import { EVENT_LIMITS, normalizeEventChecked } from '../../common/event-validation.js';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../../common/errors.js';
 import { nodeKey, parseNodeKey, versionKey } from '../../common/lineage-keys.js';
 import { leafHash, MerkleTree } from '../../common/merkle.js';
 import type { CheckpointSigner } from '../ledger/checkpoint-signer.js';
 import type { NanoClock } from '../clock.js';
-import type { EntityRef, LineageStore, PreparedEntry } from '../store/lineage-store.js';
+import type { EntityRef, LineageBatch, LineageStore, PreparedEntry } from '../store/lineage-store.js';
 import { GraphIndex, type IndexMark } from './graph-index.js';
 import type { LineageApi, SubmitResult } from './lineage-api.js';
 import { foldObjectVersions, foldRuns, foldSteps } from './step-fold.js';
@@ -40,6 +40,8 @@ export type LineageEngineState = 'NEW' | 'RECOVERING' | 'RUNNING' | 'STOPPING' |
 
 interface Submission {
   events: LineageEvent[];
+  /** Per event, its wire bytes when they encode exactly the normalised event; else undefined. */
+  wire: (Uint8Array | undefined)[] | undefined;
   resolve: (r: SubmitResult) => void;
   reject: (e: unknown) => void;
 }
@@ -55,6 +57,8 @@ interface EngineMark {
 interface PreparedGroup {
   mark: EngineMark;
   entries: PreparedEntry[];
+  /** The group's rows, already added (built while the previous group is being written). */
+  batch: LineageBatch | undefined;
   accepted: { sub: Submission; result: SubmitResult }[];
   checkpoint: Checkpoint | undefined;
   treeSize: bigint;
@@ -91,6 +95,9 @@ export class LineageEngine implements LineageApi {
   private nextSeq = 0n;
   private head: Uint8Array = GENESIS;
   private checkpoint: Checkpoint | undefined;
+
+  /** received_at_ns of the group being prepared, encoded once for all its entries. */
+  private receivedAtField: { ns: bigint; bytes: Uint8Array } = { ns: -1n, bytes: new Uint8Array(0) };
 
   private queue: Submission[] = [];
   private flushing: Promise<void> | undefined;
@@ -142,21 +149,32 @@ export class LineageEngine implements LineageApi {
     this.transition('STOPPED');
   }
 
-  submit(events: readonly LineageEvent[], options?: { signal?: AbortSignal }): Promise<SubmitResult> {
+  /**
+   * Appends `events` atomically (see LineageApi.submit). `options.wire`, when given, holds each
+   * event's LineageEvent bytes as received: an event that normalising leaves unchanged is then
+   * stored with those bytes instead of being encoded again.
+   */
+  submit(events: readonly LineageEvent[], options?: { signal?: AbortSignal; wire?: readonly Uint8Array[] }): Promise<SubmitResult> {
     if (this.state !== 'RUNNING') return Promise.reject(new FailedPreconditionError(`lineage engine is ${this.state}`));
     if (options?.signal?.aborted) return Promise.reject(options.signal.reason);
     if (events.length > EVENT_LIMITS.maxEventsPerBatch) {
       return Promise.reject(new InvalidArgumentError('events', `${events.length} events in one batch; the limit is ${EVENT_LIMITS.maxEventsPerBatch}`));
     }
-    let normalized: LineageEvent[];
+    const given = options?.wire !== undefined && options.wire.length === events.length ? options.wire : undefined;
+    const normalized: LineageEvent[] = new Array<LineageEvent>(events.length);
+    const wire: (Uint8Array | undefined)[] | undefined = given ? new Array<Uint8Array | undefined>(events.length) : undefined;
     try {
       const receivedAt = this.clock().toString();
-      normalized = events.map((e, i) => normalizeEvent(e, `events[${i}]`, receivedAt));
+      for (let i = 0; i < events.length; i++) {
+        const n = normalizeEventChecked(events[i] as LineageEvent, `events[${i}]`, receivedAt);
+        normalized[i] = n.event;
+        if (wire && given) wire[i] = n.changed ? undefined : given[i];
+      }
     } catch (err) {
       return Promise.reject(err);
     }
     return new Promise<SubmitResult>((resolve, reject) => {
-      this.queue.push({ events: normalized, resolve, reject });
+      this.queue.push({ events: normalized, wire, resolve, reject });
       this.kick();
     });
   }
@@ -193,6 +211,7 @@ export class LineageEngine implements LineageApi {
         writing = undefined;
         if (!ok && next) {
           // The failed write's rollback also undid `next`: validate its submissions again.
+          void next.batch?.discard().catch(() => {});
           this.queue.unshift(...next.accepted.map((a) => a.sub));
           next = undefined;
         }
@@ -220,7 +239,7 @@ export class LineageEngine implements LineageApi {
             seqs.push(existing);
             return;
           }
-          const entry = this.prepare(event, receivedAt, `events[${i}]`);
+          const entry = this.prepare(event, sub.wire?.[i], receivedAt, `events[${i}]`);
           entries.push(entry);
           seqs.push(entry.seq);
         });
@@ -233,13 +252,18 @@ export class LineageEngine implements LineageApi {
     }
     if (accepted.length === 0) return undefined;
     const checkpoint = entries.length > 0 ? this.signer.sign(this.nextSeq, this.merkle.root().toString('hex'), Buffer.from(this.head).toString('hex'), receivedAt) : undefined;
-    return { mark: groupMark, entries, accepted, checkpoint, treeSize: this.nextSeq, addedEnd: this.addedBase + this.addedLog.length };
+    let batch: LineageBatch | undefined;
+    if (entries.length > 0) {
+      batch = this.store.startBatch();
+      for (const e of entries) batch.add(e);
+    }
+    return { mark: groupMark, entries, batch, accepted, checkpoint, treeSize: this.nextSeq, addedEnd: this.addedBase + this.addedLog.length };
   }
 
   /** Writes a prepared group (one synced batch) and settles its submissions; false when the write failed. */
   private async writeGroup(g: PreparedGroup): Promise<boolean> {
     try {
-      if (g.entries.length > 0) await this.store.append(g.entries, g.checkpoint && { treeSize: g.treeSize, json: JSON.stringify(g.checkpoint) });
+      if (g.batch) await g.batch.write(g.checkpoint && { treeSize: g.treeSize, json: JSON.stringify(g.checkpoint) });
     } catch (err) {
       this.rollbackAll(g.mark);
       this.log(`lineage: commit of ${g.entries.length} entries failed: ${String(err)}`);
@@ -257,19 +281,39 @@ export class LineageEngine implements LineageApi {
     return true;
   }
 
-  /** Validates `event` against the graph, applies it to the in-memory state, and encodes its ledger entry. */
-  private prepare(event: LineageEvent, receivedAtNs: bigint, path: string): PreparedEntry {
+  /**
+   * Validates `event` against the graph, applies it to the in-memory state, and builds its
+   * ledger entry. With `wire` (the event's own bytes) the body is written around them without
+   * encoding the event again; the bytes decode to the same event either way.
+   */
+  private prepare(event: LineageEvent, wire: Uint8Array | undefined, receivedAtNs: bigint, path: string): PreparedEntry {
     const seq = this.nextSeq;
     const entity = this.applyToIndex(event, seq, path);
-    const body = LedgerEntryBody.encode({ seq: seq.toString(), receivedAtNs: receivedAtNs.toString(), event }).finish();
-    if (body.length > EVENT_LIMITS.maxEventBytes) {
-      throw new InvalidArgumentError(path, `event is ${body.length} bytes encoded; the limit is ${EVENT_LIMITS.maxEventBytes}`);
+    // The ledger row is entryHash(32) ‖ body; the body is built in place after the first 32 bytes.
+    let value: Buffer;
+    if (wire) {
+      if (this.receivedAtField.ns !== receivedAtNs) this.receivedAtField = { ns: receivedAtNs, bytes: encodeReceivedAt(receivedAtNs) };
+      value = writeEntryBody(Number(seq), this.receivedAtField.bytes, wire);
+    } else {
+      const encoded = LedgerEntryBody.encode({ seq: seq.toString(), receivedAtNs: receivedAtNs.toString(), event }).finish();
+      value = Buffer.allocUnsafe(32 + encoded.length);
+      value.set(encoded, 32);
     }
-    const entryHash = createHash('sha256').update(this.head).update(body).digest();
-    this.merkle.appendLeafHash(leafHash(body));
+    const bodyLength = value.length - 32;
+    if (bodyLength > EVENT_LIMITS.maxEventBytes) {
+      throw new InvalidArgumentError(path, `event is ${bodyLength} bytes encoded; the limit is ${EVENT_LIMITS.maxEventBytes}`);
+    }
+    // Both hashes are one-shot over that buffer: first H(previous head ‖ body) with the head in
+    // the hash's place, then the RFC 6962 leaf H(0x00 ‖ body) from byte 31; the entry hash then
+    // takes its place.
+    value.set(this.head, 0);
+    const entryHash = sha256(value);
+    value[31] = 0;
+    this.merkle.appendLeafHash(sha256(value.subarray(31)));
+    value.set(entryHash, 0);
     this.head = entryHash;
     this.nextSeq++;
-    const entry: PreparedEntry = { seq, eventId: event.eventId, entryHash, body, entity: entity.ref };
+    const entry: PreparedEntry = { seq, eventId: event.eventId, entryHash, body: value.subarray(32), value, entity: entity.ref };
     if (entity.adjacency) entry.adjacency = entity.adjacency;
     return entry;
   }
@@ -635,6 +679,63 @@ function msToNsString(ms: number): string {
 }
 
 const EMPTY_BYTES = Buffer.alloc(0);
+
+/** One-shot SHA-256 (crypto.hash, Node ≥ 20.12: no Hash object per call), else createHash. */
+const sha256: (data: Uint8Array) => Buffer =
+  typeof crypto.hash === 'function' ? (data) => crypto.hash('sha256', data, 'buffer') : (data) => crypto.createHash('sha256').update(data).digest();
+
+/**
+ * 32 free bytes, then LedgerEntryBody { seq = 1; received_at_ns = 2; event = 3 } written by hand
+ * around the event's own bytes, field for field what LedgerEntryBody.encode writes (zero scalars
+ * left out). `receivedAt` is field 2 already encoded (tag and varint), shared by a commit group.
+ */
+function writeEntryBody(seq: number, receivedAt: Uint8Array, event: Uint8Array): Buffer {
+  const head = 32 + (seq === 0 ? 0 : 1 + varintLength(seq)) + receivedAt.length + 1 + varintLength(event.length);
+  const out = Buffer.allocUnsafe(head + event.length);
+  let pos = 32;
+  if (seq !== 0) {
+    out[pos++] = 0x08;
+    pos = writeVarint(out, pos, seq);
+  }
+  out.set(receivedAt, pos);
+  pos += receivedAt.length;
+  out[pos++] = 0x1a;
+  pos = writeVarint(out, pos, event.length);
+  out.set(event, pos);
+  return out;
+}
+
+/** Field 2 (int64 received_at_ns) as LedgerEntryBody.encode writes it: nothing for zero. */
+function encodeReceivedAt(ns: bigint): Uint8Array {
+  if (ns === 0n) return new Uint8Array(0);
+  const bytes = [0x10];
+  let v = BigInt.asUintN(64, ns);
+  while (v >= 0x80n) {
+    bytes.push(Number(v & 0x7fn) | 0x80);
+    v >>= 7n;
+  }
+  bytes.push(Number(v));
+  return Uint8Array.from(bytes);
+}
+
+/** Varint length of a non-negative safe integer. */
+function varintLength(v: number): number {
+  let n = 1;
+  while (v >= 0x80) {
+    v = Math.floor(v / 128);
+    n++;
+  }
+  return n;
+}
+
+function writeVarint(out: Buffer, pos: number, v: number): number {
+  while (v >= 0x80) {
+    out[pos++] = (v % 128) | 0x80;
+    v = Math.floor(v / 128);
+  }
+  out[pos++] = v;
+  return pos;
+}
 const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 
 /** Little-endian uint32s of `values` (non-negative int32s), in a fresh buffer. */

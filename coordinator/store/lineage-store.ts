@@ -18,9 +18,20 @@ export interface PreparedEntry {
   entryHash: Uint8Array;
   /** Canonical bytes (encoded LedgerEntryBody). */
   body: Uint8Array;
+  /** The ledger row, entryHash ‖ body, when the caller built it already (`body` is then its tail). */
+  value?: Uint8Array;
   entity: EntityRef;
   /** For step events: the edges they add, time-ordered by `timeNs`. */
   adjacency?: { timeNs: bigint; stepId: string; used: string[]; generated: string[] };
+}
+
+/** One atomic, synced write being built; see LineageStore.startBatch. */
+export interface LineageBatch {
+  add(entry: PreparedEntry): void;
+  /** Writes everything added plus the checkpoint row, synced; once. */
+  write(checkpoint: { treeSize: bigint; json: string } | undefined): Promise<void>;
+  /** Drops the batch unwritten (no-op after write). */
+  discard(): Promise<void>;
 }
 
 export interface StoredEntry {
@@ -81,23 +92,47 @@ export class LineageStore {
 
   /** Writes entries and their index rows, plus a checkpoint, as one synced batch. */
   async append(entries: readonly PreparedEntry[], checkpoint: { treeSize: bigint; json: string } | undefined): Promise<void> {
+    const batch = this.startBatch();
+    for (const e of entries) batch.add(e);
+    await batch.write(checkpoint);
+  }
+
+  /**
+   * A batch to fill entry by entry (while an earlier batch is still being written, so building
+   * it overlaps the disk) and then write once, synced, with its checkpoint; or discard.
+   */
+  startBatch(): LineageBatch {
     const p = this.prefix;
     const batch = this.db.batch();
-    for (const e of entries) {
-      const seq = seqKey(e.seq);
-      const value = new Uint8Array(32 + e.body.length);
-      value.set(e.entryHash, 0);
-      value.set(e.body, 32);
-      batch.put(p.ledger + seq, value);
-      batch.put(p.eventIds + e.eventId, Buffer.from(seq));
-      batch.put(p[e.entity.table] + entityKey(e.entity, seq), EMPTY);
-      if (e.adjacency) {
-        const a = e.adjacency;
-        batch.put(p.adjacency + adjacencyKey(a.timeNs, seq), Buffer.from(JSON.stringify({ s: a.stepId, u: a.used, g: a.generated })));
-      }
-    }
-    if (checkpoint) batch.put(p.checkpoints + seqKey(checkpoint.treeSize), Buffer.from(checkpoint.json));
-    await batch.write({ sync: true });
+    let open = true;
+    return {
+      add(e: PreparedEntry): void {
+        const seq = seqKey(e.seq);
+        let value = e.value;
+        if (!value) {
+          value = new Uint8Array(32 + e.body.length);
+          value.set(e.entryHash, 0);
+          value.set(e.body, 32);
+        }
+        batch.put(p.ledger + seq, value);
+        batch.put(p.eventIds + e.eventId, Buffer.from(seq, 'latin1'));
+        batch.put(p[e.entity.table] + entityKey(e.entity, seq), EMPTY);
+        if (e.adjacency) {
+          const a = e.adjacency;
+          batch.put(p.adjacency + adjacencyKey(a.timeNs, seq), Buffer.from(JSON.stringify({ s: a.stepId, u: a.used, g: a.generated })));
+        }
+      },
+      async write(checkpoint: { treeSize: bigint; json: string } | undefined): Promise<void> {
+        open = false;
+        if (checkpoint) batch.put(p.checkpoints + seqKey(checkpoint.treeSize), Buffer.from(checkpoint.json));
+        await batch.write({ sync: true });
+      },
+      async discard(): Promise<void> {
+        if (!open) return;
+        open = false;
+        await batch.close();
+      },
+    };
   }
 
   async getEntry(seq: bigint): Promise<StoredEntry | undefined> {
