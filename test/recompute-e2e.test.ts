@@ -204,8 +204,12 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
     const { changes } = await recompute().listChanges({ pipeline: 'wf', pageSize: 0, pageToken: '' });
     const change = changes.find((c) => c.kind === ChangeKind.CHANGE_KIND_CODE_VERSION);
     expect(change).toMatchObject({ step: 'proj', oldHash: wfV1, newHash: v2, state: ChangeState.CHANGE_STATE_REPORTED });
-    const r = await recompute().recompute({ changeIds: [change?.changeId ?? ''], objectIds: [], newContents: [], policy: undefined });
+    // Placed where the policy says: every executed step on the second agent.
+    const target = agents[1]?.nodeId ?? '';
+    const r = await recompute().recompute({ changeIds: [change?.changeId ?? ''], objectIds: [], newContents: [], policy: { maxAttempts: 0, concurrency: 4, targetNodeIds: [target], targetLabels: {}, dryRun: false } });
     const job = await finished(r.jobId);
+    const nodes = await Promise.all(r.tasks.map(async (t) => (await tc.coordinator.lineage.readStep(`recompute:${r.jobId}/${t.taskId}`))?.nodeId));
+    expect(new Set(nodes)).toEqual(new Set([target]));
     expect(job.tasks.map((t) => t.error ?? '').join('')).toBe('');
     expect(job.state).toBe('SUCCEEDED');
     const o = outcomes(job);
