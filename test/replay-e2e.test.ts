@@ -137,6 +137,21 @@ describe('replay end to end (real coordinator, real agent processes)', () => {
     for (const s of firsts) expect(Math.abs(s.dispatchedAtMs - s.targetAtMs)).toBeLessThan(100);
   });
 
+  it('cancelling a paced replay ends it at once, records held for their release time included', async () => {
+    const client = replay();
+    // 0.05x stretches the 1 s window to 20 s: records wait prepared at the pacer's gate.
+    const { replayId } = await client.startReplay({ selector: window, policy: { speed: 0.05, faults: { seed: '7', outages: [], linkOutageProbability: 0, corruptInputProbability: 0, stepFailureProbability: 0, addedLatencyMs: 0 } } as never });
+    await new Promise((r) => setTimeout(r, 500));
+    const t = Date.now();
+    const { state } = await client.cancelReplay({ replayId });
+    expect(state).toBe(ReplayState.REPLAY_STATE_CANCELLED);
+    expect(Date.now() - t).toBeLessThan(10_000);
+    const { report } = await client.getReplayReport({ replayId });
+    // The first record was due at once; the ones held at the gate end cancelled, none ran.
+    expect(report?.steps.filter((s) => s.status === 'SUCCEEDED').every((s) => s.record === 'record:orders/raw:k0')).toBe(true);
+    expect(report?.steps.some((s) => s.status === 'CANCELLED' || s.error === 'cancelled')).toBe(true);
+  });
+
   it('a GPU-only policy lands only on the node that advertises a GPU', async () => {
     const gpuNode = agents[1]?.nodeId as string;
     const report = await run({ gpu: GpuMode.GPU_MODE_ONLY }, window);

@@ -69,6 +69,8 @@ interface ReplayJob {
   progress: WatchReplayResponse;
   /** While a paced replay releases records: when the next one is due and a promise of its release. */
   pacing?: { nextAtMs: number; released: Promise<void> };
+  /** Input payloads read ahead for records not yet prepared, by content hash. */
+  prefetched?: Map<string, Promise<Uint8Array | undefined>>;
 }
 
 /** Holds a prepared record at its release time: `prepared()` says it is ready, `released` opens. */
@@ -87,6 +89,13 @@ const SPIN_MS = 2;
 
 /** Records prepared ahead of the one due next (each holds its input payloads until released). */
 const PREPARE_AHEAD = 16;
+
+/**
+ * Records whose first step's input payloads are read ahead, all at once: preparation itself is
+ * sequential (seeded draws in record order), and one store read at a time can fall behind the
+ * release rate when the store's threads are busy with commits.
+ */
+const PREFETCH_AHEAD = 64;
 
 /**
  * A record's results are written (payloads, lineage events: a few ms of work on the event loop)
@@ -346,7 +355,7 @@ export class ReplayEngine {
       this.publish(job, `record ${plan.key}`);
     };
     if (policy.speed > 0) {
-      await this.pace(job, plans, started, (plan) => Number(plan.eventTimeNs - t0) / 1e6 / policy.speed, replayOne, Math.max(limit, 256));
+      await this.pace(job, plans, started, (plan) => Number(plan.eventTimeNs - t0) / 1e6 / policy.speed, replayOne, Math.max(limit, 256), payloads);
     } else {
       let next = 0;
       const worker = async (): Promise<void> => {
@@ -378,8 +387,22 @@ export class ReplayEngine {
    * store read lands before the deadline rather than after it. Released records run on while
    * later ones wait; at most `maxInFlight` records are open at once.
    */
-  private async pace(job: ReplayJob, plans: readonly RecordPlan[], startedMs: number, offsetMs: (plan: RecordPlan) => number, replayOne: (plan: RecordPlan, targetMs: number, gate: ReleaseGate) => Promise<void>, maxInFlight: number): Promise<void> {
+  private async pace(job: ReplayJob, plans: readonly RecordPlan[], startedMs: number, offsetMs: (plan: RecordPlan) => number, replayOne: (plan: RecordPlan, targetMs: number, gate: ReleaseGate) => Promise<void>, maxInFlight: number, payloads: ReplayPayloads): Promise<void> {
     const signal = job.controller.signal;
+    const prefetched = new Map<string, Promise<Uint8Array | undefined>>();
+    job.prefetched = prefetched;
+    let fetchedUpTo = 0;
+    const prefetch = (upTo: number): void => {
+      for (; fetchedUpTo < Math.min(upTo, plans.length); fetchedUpTo++) {
+        for (const u of plans[fetchedUpTo]?.steps[0]?.step.used ?? []) {
+          if (u.unversioned || prefetched.has(u.contentHash)) continue;
+          const read = payloads.find(u.contentHash);
+          // A failed read is retried by the record itself; it must not go unhandled here.
+          read.catch(() => prefetched.delete(u.contentHash));
+          prefetched.set(u.contentHash, read);
+        }
+      }
+    };
     const open = new Set<Promise<void>>();
     const slots: { targetMs: number; ready: Promise<void>; release: () => void }[] = [];
     let prepared: Promise<void> = Promise.resolve();
@@ -406,6 +429,7 @@ export class ReplayEngine {
     job.pacing = pacing;
     let next = 0;
     for (let i = 0; i < plans.length && !signal.aborted && failure === undefined; i++) {
+      prefetch(i + PREFETCH_AHEAD);
       while (next <= i || (next < plans.length && next <= i + PREPARE_AHEAD && open.size < maxInFlight)) {
         if (open.size >= maxInFlight) {
           // Open records must be able to finish (and write) for a slot to free up.
@@ -424,6 +448,7 @@ export class ReplayEngine {
       wake();
     }
     delete job.pacing;
+    delete job.prefetched;
     onReleased();
     // Cancelled or failed: records prepared but not released end now (their shards cancelled).
     for (const slot of slots) slot.release();
@@ -487,7 +512,10 @@ export class ReplayEngine {
           payload = fromPath.payload;
           ref = fromPath.ref;
         } else {
-          payload = u.unversioned ? undefined : await payloads.find(u.contentHash);
+          const ahead = job.prefetched?.get(u.contentHash);
+          // Taken once: a later record with the same bytes reads them again rather than pinning them.
+          if (ahead) job.prefetched?.delete(u.contentHash);
+          payload = u.unversioned ? undefined : await (ahead?.catch(() => payloads.find(u.contentHash)) ?? payloads.find(u.contentHash));
           ref = u;
         }
         if (!payload) {
