@@ -247,6 +247,8 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
     const reported = (await recompute().listChanges({ pipeline: 'wf', pageSize: 0, pageToken: '' })).changes[0];
     expect(reported).toMatchObject({ kind: ChangeKind.CHANGE_KIND_RECORD, objectId: 'record:wf/raw:k1', state: ChangeState.CHANGE_STATE_REPORTED, policy: ChangePolicy.CHANGE_POLICY_MANUAL });
     expect(versionsOf('record:wf/proj:k1')).toHaveLength(projVersions);
+    // Sending the same record again runs nothing either: the change waits for a recompute.
+    expect(Number((await ingest('wf', 'raw', [{ key: 'k1', payload: json({ id: 1, amount: 11, note: 'n' }) }])).shardsRun)).toBe(0);
 
     await recompute().setChangePolicy({ pipeline: 'wf', source: 'raw', policy: ChangePolicy.CHANGE_POLICY_AUTO });
     const auto = await ingest('wf', 'raw', [{ key: 'k1', payload: json({ id: 1, amount: 12, note: 'n' }) }]);

@@ -75,8 +75,13 @@ export interface RecordChange {
   runId: string;
 }
 
-/** Records a change and decides whether the record's downstream steps run in this ingest. */
-export type RecordChangeListener = (change: RecordChange) => Promise<{ runSteps: boolean }>;
+/** Change detection's view of ingest (set by the recompute extension). */
+export interface RecordChangeListener {
+  /** Records a change and decides whether the record's downstream steps run in this ingest. */
+  onChange(change: RecordChange): Promise<{ runSteps: boolean }>;
+  /** Whether a record sent again unchanged runs its steps (not under a manual policy, whose changes wait for a recompute). */
+  runsSteps(pipeline: string, source: string): Promise<boolean>;
+}
 
 /** The facets recorded under `retrace` on every step the runner records. */
 export interface RetraceStepFacet {
@@ -288,8 +293,10 @@ export class PipelineRunner {
     // New content under a known key is a change: the listener records it and says whether the
     // downstream steps run now (policy auto) or wait for a recompute (manual).
     let runSteps = true;
-    if (prev && !existed && this.changeListener) {
-      runSteps = (await this.changeListener({ pipeline: p, source: ctx.source, key: rec.key, objectId: srcId, oldHash: prev.contentHash, newHash: srcHash, principal: ctx.principal, runId: ctx.runId })).runSteps;
+    if (prev && this.changeListener) {
+      runSteps = existed
+        ? await this.changeListener.runsSteps(p, ctx.source)
+        : (await this.changeListener.onChange({ pipeline: p, source: ctx.source, key: rec.key, objectId: srcId, oldHash: prev.contentHash, newHash: srcHash, principal: ctx.principal, runId: ctx.runId })).runSteps;
     }
 
     const events: LineageEvent[] = [];

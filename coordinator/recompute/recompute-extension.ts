@@ -2,7 +2,7 @@ import type { CallContext } from 'nice-grpc';
 import { InvalidArgumentError } from '../../common/errors.js';
 import type { NodeInfo } from '../../common/gen/retrace/v1/node.js';
 import { DEFAULT_POLICY } from './change-store.js';
-import { RecomputeServiceDefinition, type RecomputeServiceImplementation } from '../../common/gen/retrace/v1/recompute.js';
+import { ChangePolicy, RecomputeServiceDefinition, type RecomputeServiceImplementation } from '../../common/gen/retrace/v1/recompute.js';
 import type { CoordinatorExtension, ExtensionFactory } from '../coordinator.js';
 import type { JobSubmitter } from '../jobs/job-types.js';
 import type { PipelineHandles } from '../pipeline/pipeline-extension.js';
@@ -111,7 +111,10 @@ export function recomputeExtension(shared: RecomputeShared): ExtensionFactory {
     shared.recompute = handles;
     const pipelines = shared.pipelines;
     if (pipelines) {
-      pipelines.runner.setChangeListener((c) => recomputer.onRecordChange(c));
+      pipelines.runner.setChangeListener({
+        onChange: (c) => recomputer.onRecordChange(c),
+        runsSteps: async (pipeline, source) => (await changes.policyFor(pipeline, source)) !== ChangePolicy.CHANGE_POLICY_MANUAL,
+      });
       pipelines.applyListener = (e) => recomputer.onPipelineApplied(e);
     }
     return {
