@@ -11,9 +11,6 @@ export interface StepEdges {
   /** Version keys, or object keys for unversioned inputs. */
   used: string[];
   generated: string[];
-  /** Object key of each used/generated entry, same order. */
-  usedObjects: string[];
-  generatedObjects: string[];
 }
 
 /** A point to roll the index back to. */
@@ -177,9 +174,9 @@ export class GraphIndex {
   addStep(edges: StepEdges, timeMs: number, path: string): void {
     const mark = this.mark();
     try {
-      const isNew = !this.ids.has(edges.stepKey);
-      const step = this.ensureNode(edges.stepKey, NodeKind.NODE_KIND_STEP, timeMs);
-      if (isNew) {
+      const known = this.ids.get(edges.stepKey);
+      const step = known ?? this.ensureNode(edges.stepKey, NodeKind.NODE_KIND_STEP, timeMs);
+      if (known === undefined) {
         this.labels.set(step, edges.transformKey.slice('transform:'.length));
         this.labelLog.push(step);
         const transform = this.ensureNode(edges.transformKey, NodeKind.NODE_KIND_TRANSFORM, timeMs);
@@ -188,19 +185,20 @@ export class GraphIndex {
       } else if (this.labels.get(step) !== edges.transformKey.slice('transform:'.length)) {
         throw new InvalidArgumentError(`${path}.transform`, `step already recorded with transform ${JSON.stringify(this.labels.get(step))}`);
       }
-      edges.used.forEach((key, i) => {
+      for (const key of edges.used) {
         const kind = key.startsWith('version:') ? NodeKind.NODE_KIND_OBJECT_VERSION : NodeKind.NODE_KIND_OBJECT;
         const input = this.ensureNode(key, kind, timeMs);
         if (!this.vDown.has(input, step)) {
           this.vDown.add(input, step, timeMs);
           this.vUp.add(step, input, timeMs);
         }
-        const object = this.ensureNode(edges.usedObjects[i] as string, NodeKind.NODE_KIND_OBJECT, timeMs);
+        // A version's object is known from the version (no key lookup); an unversioned input is the object.
+        const object = kind === NodeKind.NODE_KIND_OBJECT_VERSION ? (this.objectOf.data[input] as number) : input;
         if (!this.oUp.has(step, object)) {
           this.oDown.add(object, step, timeMs);
           this.oUp.add(step, object, timeMs);
         }
-      });
+      }
       edges.generated.forEach((key, i) => {
         const output = this.ensureNode(key, NodeKind.NODE_KIND_OBJECT_VERSION, timeMs);
         const g = this.generator.data[output] as number;
@@ -213,7 +211,7 @@ export class GraphIndex {
           this.vDown.add(step, output, timeMs);
           this.vUp.add(output, step, timeMs);
         }
-        const object = this.ensureNode(edges.generatedObjects[i] as string, NodeKind.NODE_KIND_OBJECT, timeMs);
+        const object = this.objectOf.data[output] as number;
         if (!this.oDown.has(step, object)) {
           this.oDown.add(step, object, timeMs);
           this.oUp.add(object, step, timeMs);

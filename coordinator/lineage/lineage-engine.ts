@@ -364,8 +364,6 @@ export class LineageEngine implements LineageApi {
             runKey: s.runId ? `run:${s.runId}` : undefined,
             used,
             generated,
-            usedObjects: s.used.map((r) => `object:${r.objectId}`),
-            generatedObjects: s.generated.map((r) => `object:${r.objectId}`),
           },
           timeMs,
           p,
