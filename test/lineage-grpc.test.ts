@@ -1,8 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ClientError, createChannel, createClient, Status } from 'nice-grpc';
 import { HealthDefinition } from 'nice-grpc-server-health';
-import { Direction, LineageServiceDefinition, NodeKind } from '../common/gen/retrace/v1/lineage.js';
-import { LedgerEntryBody } from '../common/gen/retrace/v1/provenance.js';
+import { Direction, LineageServiceDefinition, NodeKind, SubmitEventsRequest } from '../common/gen/retrace/v1/lineage.js';
+import { decodeSubmitEventsRequest } from '../coordinator/grpc/lineage-wire.js';
+import { LedgerEntryBody, LineageEvent } from '../common/gen/retrace/v1/provenance.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 import { h, objectEvent, ref, runEvent, stepEvent } from './helpers/lineage-events.js';
 
@@ -32,6 +33,17 @@ describe('LineageService over gRPC', () => {
     const body = LedgerEntryBody.decode(Buffer.from(proof.entryBody, 'base64'));
     expect(body.event).toEqual(stepEvent('g-s1', 'g-s1', [ref('g:raw', 'raw')], [ref('g:out', 'out')], { runId: 'g-run' }));
     expect(body.seq).toBe('2');
+  });
+
+  it('decodes SubmitEvents like the generated decoder, keeping each event\'s bytes and skipping unknown fields', () => {
+    const events = [objectEvent('d1', 'd:1', 'd1'), stepEvent('d2', 'd2', [ref('d:1', 'd1')], [ref('d:2', 'd2')])];
+    const known = SubmitEventsRequest.encode({ events }).finish();
+    const unknown = Uint8Array.of((9 << 3) | 0, 42, (10 << 3) | 2, 2, 7, 7); // field 9 varint, field 10 bytes
+    const bytes = Buffer.concat([unknown, known, unknown]);
+    const decoded = decodeSubmitEventsRequest(bytes);
+    expect(decoded.events).toEqual(SubmitEventsRequest.decode(bytes).events);
+    expect(decoded.wire?.map((w) => LineageEvent.decode(w))).toEqual(events);
+    expect(decoded.wire?.map((w) => Buffer.from(w))).toEqual(events.map((e) => Buffer.from(LineageEvent.encode(e).finish())));
   });
 
   it('names the batch and field of bad input with INVALID_ARGUMENT and stores nothing of that batch', async () => {
