@@ -104,6 +104,9 @@ const PREFETCH_AHEAD = 64;
  */
 const QUIET_MS = 5;
 
+/** Progress snapshots a watcher gets at most once per this many ms (the final one at once). */
+const WATCH_INTERVAL_MS = 100;
+
 /** Resolves at `deadlineMs` (performance.now() clock) or when `signal` aborts. */
 async function waitUntil(deadlineMs: number, signal: AbortSignal): Promise<void> {
   const early = deadlineMs - performance.now() - SPIN_MS;
@@ -189,7 +192,7 @@ export class ReplayEngine {
     return { replayId: id, records: plans.length, steps: stepCount };
   }
 
-  /** Progress snapshots until the replay ends. */
+  /** Progress snapshots until the replay ends: the latest at most every 100 ms, the final one at once. */
   async *watch(replayId: string, signal: AbortSignal): AsyncGenerator<WatchReplayResponse> {
     const job = this.jobs.get(replayId);
     if (!job) {
@@ -197,24 +200,39 @@ export class ReplayEngine {
       yield { state: report.state, stepsDone: report.steps.length, stepsTotal: report.steps.length, stepsFailed: report.summary?.failed ?? 0, recordsDone: report.summary?.records ?? 0, recordsTotal: report.summary?.records ?? 0, message: report.error };
       return;
     }
-    const queue: WatchReplayResponse[] = [{ ...job.progress }];
+    // The latest snapshot only, at most one per WATCH_INTERVAL_MS (the final one at once): a
+    // replay publishes several per record, and a watcher wants where it stands, not each step.
+    let latest: WatchReplayResponse = { ...job.progress };
+    let fresh = true;
     let wake: (() => void) | undefined;
     const onProgress = (p: WatchReplayResponse): void => {
-      queue.push({ ...p });
+      latest = { ...p };
+      fresh = true;
       wake?.();
     };
     job.events.on('progress', onProgress);
     const onAbort = (): void => wake?.();
     signal.addEventListener('abort', onAbort);
+    let nextAt = 0;
     try {
       for (;;) {
-        while (queue.length > 0) {
-          const p = queue.shift() as WatchReplayResponse;
+        if (signal.aborted) return;
+        const wait = nextAt - performance.now();
+        if (fresh && (wait <= 0 || STATE_DONE.has(latest.state))) {
+          fresh = false;
+          const p = latest;
+          nextAt = performance.now() + WATCH_INTERVAL_MS;
           yield p;
           if (STATE_DONE.has(p.state)) return;
+          continue;
         }
-        if (signal.aborted) return;
-        await new Promise<void>((r) => (wake = r));
+        // Woken by a new snapshot (a final one is sent at once) or, when one is pending, by the timer.
+        let timer: NodeJS.Timeout | undefined;
+        await new Promise<void>((r) => {
+          wake = r;
+          if (fresh) timer = setTimeout(r, wait);
+        });
+        clearTimeout(timer);
         wake = undefined;
       }
     } finally {
