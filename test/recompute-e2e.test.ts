@@ -87,7 +87,7 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
     tc = await startTestCoordinator({
       extensions: [
         meshExtension({ onMesh: (m) => (shared.mesh = m), options: { minReportIntervalMs: 50, suspectAfterIntervals: 5, lostAfterIntervals: 12 } }),
-        codeExtension({ onCodeStore: (s) => (shared.code = s) }),
+        codeExtension({ onCodeStore: (s) => (shared.code = s), onPublished: async (c, p) => shared.recompute?.recomputer.onCodePublished(c, p) }),
         schedulerExtension(shared, { shardTimeoutMs: 20_000 }),
         pipelineExtension(shared),
         jobsExtension(shared, { seed: 1 }),
@@ -217,6 +217,53 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
     // proj's digest includes the code's VERSION, so every proj output changed and total ran again.
     expect(o).toEqual(Object.fromEntries(Object.keys(o).map((k) => [k, "executed"])));
     pipeline = next;
+  });
+
+  it('publishing a new code version of a used transform is a change: reported under manual, followed under auto', async () => {
+    const publish = async (version: number): Promise<string> => {
+      const src = readFileSync(WF_TASK, 'utf8').replace('const VERSION = 1;', `const VERSION = ${version};`);
+      mkdirSync(join(dir, `v${version}`), { recursive: true });
+      writeFileSync(join(dir, `v${version}`, 'wf-task.ts'), src);
+      const bundle = await bundleTransform(join(dir, `v${version}`, 'wf-task.ts'));
+      return (await tc.client(CodeServiceDefinition).publishCode({ bundle: Buffer.from(bundle.bytes), manifest: { transform: 'wf-task', sourceFile: 'wf-task.ts', bundler: bundle.bundler } })).code?.codeVersion ?? '';
+    };
+    const published = async (hash: string) => (await recompute().listChanges({ pipeline: 'wf', pageSize: 0, pageToken: '' })).changes.filter((c) => c.kind === ChangeKind.CHANGE_KIND_CODE_PUBLISHED && c.newHash === hash);
+    const stepVersions = async () => Object.fromEntries(((await pipelines().getPipeline({ name: 'wf', version: 0 })).pipeline?.pipeline?.steps ?? []).map((s) => [s.name, s.codeVersion]));
+    const before = await stepVersions();
+
+    // Manual: one change per step that uses wf-task, and the pipeline keeps its pinned versions.
+    const v3 = await publish(3);
+    const reported = await published(v3);
+    expect(reported.map((c) => c.step).sort()).toEqual(['audit', 'proj', 'total']);
+    expect(reported.every((c) => c.state === ChangeState.CHANGE_STATE_REPORTED && c.objectId === 'code:wf-task')).toBe(true);
+    expect(await stepVersions()).toEqual(before);
+    // Recomputing the change for `audit` moves that step to v3 and reruns it for every key.
+    const auditChange = reported.find((c) => c.step === 'audit');
+    const r = await recompute().recompute({ changeIds: [auditChange?.changeId ?? ''], objectIds: [], newContents: [], policy: undefined });
+    const job = await finished(r.jobId);
+    expect(job.state).toBe('SUCCEEDED');
+    expect(Object.keys(outcomes(job)).sort()).toEqual(Array.from({ length: KEYS }, (_, i) => `wf/audit key=k${i}`).sort());
+    expect(await stepVersions()).toEqual({ ...before, audit: v3 });
+    expect((await tc.coordinator.lineage.readStep(`recompute:${r.jobId}/${r.tasks[0]?.taskId ?? ''}`))?.codeVersion).toBe(v3);
+
+    // Auto: the pipeline follows the new version at once and its step changes are recomputed.
+    await recompute().setChangePolicy({ pipeline: 'wf', source: '', policy: ChangePolicy.CHANGE_POLICY_AUTO });
+    try {
+      const v4 = await publish(4);
+      expect(await stepVersions()).toEqual({ proj: v4, total: v4, audit: v4 });
+      const { changes } = await recompute().listChanges({ pipeline: 'wf', pageSize: 0, pageToken: '' });
+      const followed = changes.filter((c) => c.kind === ChangeKind.CHANGE_KIND_CODE_VERSION && c.newHash === v4);
+      expect(followed.map((c) => c.step).sort()).toEqual(['audit', 'proj', 'total']);
+      const jobIds = [...new Set(followed.flatMap((c) => c.jobIds))];
+      expect(jobIds).toHaveLength(1);
+      const auto = await finished(jobIds[0] ?? '');
+      expect(auto.state).toBe('SUCCEEDED');
+      expect(Object.values(outcomes(auto)).every((o) => o === 'executed')).toBe(true);
+      expect(auto.tasks).toHaveLength(3 * KEYS);
+      pipeline = (await pipelines().getPipeline({ name: 'wf', version: 0 })).pipeline?.pipeline as Pipeline;
+    } finally {
+      await recompute().setChangePolicy({ pipeline: 'wf', source: '', policy: ChangePolicy.CHANGE_POLICY_MANUAL });
+    }
   });
 
   it('a step that keeps failing is retried, then fails only its subtree', async () => {

@@ -1,4 +1,5 @@
-import { CodeServiceDefinition, type CodeServiceImplementation } from '../../common/gen/retrace/v1/code.js';
+import type { CallContext } from 'nice-grpc';
+import { CodeServiceDefinition, type CodeServiceImplementation, type PublishedCode } from '../../common/gen/retrace/v1/code.js';
 import type { CoordinatorExtension, ExtensionFactory } from '../coordinator.js';
 import { createCodeStore, type CodeStore } from './code-store.js';
 
@@ -6,13 +7,26 @@ import { createCodeStore, type CodeStore } from './code-store.js';
 export interface CodeExtensionOptions {
   /** Receives the store once created, for other coordinator code (scheduler, replay) to read code. */
   onCodeStore?: (store: CodeStore) => void;
+  /**
+   * Told of every newly published bundle (not of bytes published before), after it is stored and
+   * before PublishCode answers, so a publish that is a change (a new version of a transform a
+   * pipeline uses) is recorded by the time the client hears back. It must not throw.
+   */
+  onPublished?: (code: PublishedCode, principal: string) => Promise<void>;
+}
+
+function principalOf(context: CallContext): string {
+  const p = context.metadata.get('x-retrace-principal');
+  return typeof p === 'string' && p.trim() !== '' ? p.trim() : 'publish';
 }
 
 /** CodeService over a store: each RPC is one store call; errors are the store's typed errors. */
-export function createCodeHandlers(store: CodeStore): CodeServiceImplementation {
+export function createCodeHandlers(store: CodeStore, onPublished?: CodeExtensionOptions['onPublished']): CodeServiceImplementation {
   return {
-    async publishCode(request) {
-      return store.publish(request.bundle, request.manifest as NonNullable<typeof request.manifest>);
+    async publishCode(request, context) {
+      const result = await store.publish(request.bundle, request.manifest as NonNullable<typeof request.manifest>);
+      if (result.created && result.code && onPublished) await onPublished(result.code, principalOf(context));
+      return result;
     },
     async getCode(request) {
       const { code, bundle } = await store.get(request.codeVersion);
@@ -35,7 +49,7 @@ export function codeExtension(options: CodeExtensionOptions = {}): ExtensionFact
     options.onCodeStore?.(store);
     return {
       name: 'code',
-      services: [{ definition: CodeServiceDefinition, implementation: createCodeHandlers(store) }],
+      services: [{ definition: CodeServiceDefinition, implementation: createCodeHandlers(store, options.onPublished) }],
     };
   };
 }

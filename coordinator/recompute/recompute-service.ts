@@ -1,4 +1,5 @@
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../../common/errors.js';
+import type { PublishedCode } from '../../common/gen/retrace/v1/code.js';
 import type { PipelineVersion } from '../../common/gen/retrace/v1/pipeline.js';
 import {
   ChangeKind,
@@ -139,6 +140,58 @@ export class Recomputer {
     }
   }
 
+  /**
+   * The code extension's listener: a newly published version of a transform that pipeline steps
+   * use at another version is one change per step. Under `auto` the pipeline follows the new
+   * version (a new pipeline version, whose step changes then recompute as any apply's do); under
+   * `manual` the change waits for `Recompute` or an apply. Never throws.
+   */
+  async onCodePublished(code: PublishedCode, principal: string): Promise<void> {
+    const transform = code.manifest?.transform ?? '';
+    const pipes = this.deps.pipelines();
+    if (!pipes || transform === '') return;
+    try {
+      for (const pv of await pipes.store.list()) {
+        const def = pv.pipeline;
+        if (!def) continue;
+        const autoSteps = new Set<string>();
+        for (const s of def.steps) {
+          if (s.transform !== transform || s.codeVersion === code.codeVersion) continue;
+          const { change, created } = await this.deps.changes.record({
+            kind: ChangeKind.CHANGE_KIND_CODE_PUBLISHED,
+            objectId: `code:${transform}`,
+            oldHash: s.codeVersion,
+            newHash: code.codeVersion,
+            pipeline: def.name,
+            step: s.name,
+            noticedBy: `publish:${principal}`,
+            detail: `new code version of transform ${transform}, used by step ${s.name} at ${s.codeVersion}`,
+          });
+          if (created && change.policy === ChangePolicy.CHANGE_POLICY_AUTO) autoSteps.add(s.name);
+        }
+        if (autoSteps.size === 0) continue;
+        const { pipeline: current, created } = await pipes.store.apply({ ...def, steps: def.steps.map((s) => (autoSteps.has(s.name) ? { ...s, codeVersion: code.codeVersion } : s)) });
+        if (created) await this.onPipelineApplied({ previous: pv, current, principal: `publish:${principal}` });
+      }
+    } catch (err) {
+      this.deps.log(`recompute: change detection for published ${transform} ${code.codeVersion} failed: ${String(err)}`);
+    }
+  }
+
+  /**
+   * Recomputing a published-code change moves its step to the new version first (a new pipeline
+   * version, its step change recorded), so the recompute runs the code the change is about.
+   */
+  private async adoptPublishedCode(change: Change): Promise<void> {
+    const pipes = this.deps.pipelines();
+    const pv = pipes ? await pipes.store.get(change.pipeline).catch(() => undefined) : undefined;
+    const def = pv?.pipeline;
+    const step = def?.steps.find((s) => s.name === change.step);
+    if (!pipes || !pv || !def || !step || step.codeVersion === change.newHash) return;
+    const { pipeline: current, created } = await pipes.store.apply({ ...def, steps: def.steps.map((s) => (s.name === change.step ? { ...s, codeVersion: change.newHash } : s)) });
+    if (created) for (const input of stepChanges(pv, current, change.noticedBy)) await this.deps.changes.record(input);
+  }
+
   /** A watched path's new files: ingested into its pipeline source, or reported as objects. */
   async onFiles(watch: PathWatch, files: readonly ChangedFile[]): Promise<void> {
     if (watch.pipeline !== '') {
@@ -176,6 +229,7 @@ export class Recomputer {
   private async rootsOfChange(change: Change, field: string): Promise<ImpactRoot[]> {
     switch (change.kind) {
       case ChangeKind.CHANGE_KIND_CODE_VERSION:
+      case ChangeKind.CHANGE_KIND_CODE_PUBLISHED:
       case ChangeKind.CHANGE_KIND_PARAMETERS: {
         const pipes = this.deps.pipelines();
         const pv = pipes ? await pipes.store.get(change.pipeline).catch(() => undefined) : undefined;
@@ -183,8 +237,6 @@ export class Recomputer {
         if (!def) throw new FailedPreconditionError(`step ${change.step} is no longer in pipeline ${change.pipeline}`, field);
         return [{ kind: 'pipelineStep', pipeline: change.pipeline, step: change.step, transform: def.transform }];
       }
-      case ChangeKind.CHANGE_KIND_CODE_PUBLISHED:
-        throw new FailedPreconditionError('a published code version changes nothing until a pipeline is applied with it', field);
       default:
         return [{ kind: 'version', objectId: change.objectId, oldHash: change.oldHash, newHash: change.newHash }];
     }
@@ -278,6 +330,7 @@ export class Recomputer {
       const res = await this.notify({ objectId: n.objectId, contentHash: '', payload: n.payload, mediaType: n.mediaType, noticedBy: `recompute:${principal}` }, principal, { submitAuto: false, field: `new_contents[${i}].` });
       if (res.change) changes.push(res.change);
     }
+    for (const c of changes) if (c.kind === ChangeKind.CHANGE_KIND_CODE_PUBLISHED) await this.adoptPublishedCode(c);
     const roots: ImpactRoot[] = [];
     for (const [i, c] of changes.entries()) roots.push(...(await this.rootsOfChange(c, `change_ids[${i}]`)));
     const newVersions = new Map<string, string>();

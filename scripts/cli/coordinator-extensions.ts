@@ -37,7 +37,10 @@ export interface CoordinatorServices {
 export function coordinatorExtensions(shared: CoordinatorServices = {}): ExtensionFactory[] {
   return [
     meshExtension({ onMesh: (m) => (shared.mesh = m) }),
-    codeExtension({ onCodeStore: (s) => (shared.code = s) }),
+    codeExtension({
+      onCodeStore: (s) => (shared.code = s),
+      onPublished: async (code, principal) => shared.recompute?.recomputer.onCodePublished(code, principal),
+    }),
     schedulerExtension(shared),
     pipelineExtension(shared),
     jobsExtension(shared),

@@ -25,8 +25,9 @@ export enum ChangeKind {
   /** CHANGE_KIND_PARAMETERS - A pipeline step's parameters changed. */
   CHANGE_KIND_PARAMETERS = 5,
   /**
-   * CHANGE_KIND_CODE_PUBLISHED - A new code version of a transform that pipelines use was published (report only: the
-   * pipelines keep their pinned version until applied with the new one).
+   * CHANGE_KIND_CODE_PUBLISHED - A new code version of a transform that a pipeline step uses was published. Under `auto` the
+   * pipeline moves to it (a new pipeline version, recomputed as any step change); under `manual`
+   * it is reported, and recomputing the change moves the step to it first.
    */
   CHANGE_KIND_CODE_PUBLISHED = 6,
   UNRECOGNIZED = -1,
