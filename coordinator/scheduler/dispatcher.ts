@@ -154,7 +154,9 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
     viewsStale = false;
     views = mesh.nodes().map((n: NodeInfo) => {
       const v = toNodeView(n);
-      return inOutage(v.nodeId) ? { ...v, state: 'UNREACHABLE' } : v;
+      // Not connected (e.g. restored from disk by a restarted coordinator before its agent is
+      // back): a shard placed there fails at once with "no open stream" and burns its attempts.
+      return inOutage(v.nodeId) || !n.connected ? { ...v, state: 'UNREACHABLE' } : v;
     });
   }
 
