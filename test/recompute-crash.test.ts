@@ -1,0 +1,218 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { createChannel, createClientFactory, Metadata, type Channel, type Client, type CompatServiceDefinition } from 'nice-grpc';
+import { afterAll, describe, expect, it } from 'vitest';
+import { CodeServiceDefinition } from '../common/gen/retrace/v1/code.js';
+import { JobServiceDefinition, JobState, TaskState, type Job } from '../common/gen/retrace/v1/job.js';
+import { LineageServiceDefinition, NodeKind } from '../common/gen/retrace/v1/lineage.js';
+import { PipelineServiceDefinition, type Pipeline } from '../common/gen/retrace/v1/pipeline.js';
+import { ChangePolicy, RecomputeServiceDefinition } from '../common/gen/retrace/v1/recompute.js';
+import { createJobStore, type StoredJob } from '../coordinator/jobs/job-store.js';
+import { openDatabase } from '../coordinator/store/database.js';
+import { startLocalAgents, stopLocalAgents, type LocalAgent } from '../scripts/cli/local-agents.js';
+import { bundleTransform } from '../scripts/cli/publish-command.js';
+
+/**
+ * A coordinator (the real CLI, a child process) is SIGKILLed while a recompute job runs on two
+ * real agent processes, with some tasks done and some in flight; restarted on the same data dir
+ * and port, the agents reconnect, the job resumes and ends with exactly the outputs of the same
+ * change recomputed without interruption (a second pipeline of the same steps, same coordinator,
+ * before the crash). The job's state on disk at the kill (read from LevelDB while the coordinator
+ * is dead) says which tasks were done and which in flight: only the in-flight ones run again.
+ */
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const CLI = join(ROOT, 'scripts', 'retrace.mjs');
+const WF_TASK = join(ROOT, 'scripts', 'examples', 'transforms', 'wf-task.ts');
+const KEYS = ['k0', 'k1', 'k2', 'k3', 'k4', 'k5'];
+/** Per step while the crashed job runs: long enough to catch it mid-job on a loaded machine. */
+const SLOW_MS = 700;
+
+interface CoordinatorProcess {
+  proc: ChildProcess;
+  grpc: string;
+  exited: Promise<unknown>;
+}
+
+const children: ChildProcess[] = [];
+const channels: Channel[] = [];
+const dirs: string[] = [];
+let agents: LocalAgent[] = [];
+
+afterAll(async () => {
+  await stopLocalAgents(agents, 3000);
+  for (const c of channels.splice(0)) c.close();
+  for (const proc of children.splice(0)) {
+    if (proc.exitCode === null && proc.signalCode === null) {
+      const gone = new Promise((r) => proc.once('exit', r));
+      proc.kill('SIGKILL');
+      await gone;
+    }
+  }
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+});
+
+/** `retrace coordinator` on `grpc` (port 0 picks one); resolves once it prints its addresses. */
+async function startCoordinator(dataDir: string, grpc: string): Promise<CoordinatorProcess> {
+  const proc = spawn(process.execPath, [CLI, 'coordinator', '--data', dataDir, '--grpc', grpc, '--http', '127.0.0.1:0'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  children.push(proc);
+  let errText = '';
+  proc.stderr?.setEncoding('utf8').on('data', (d: string) => (errText = (errText + d).slice(-20_000)));
+  const exited = new Promise((resolve) => proc.once('exit', resolve));
+  const lines = createInterface({ input: proc.stdout as NodeJS.ReadableStream });
+  const first = await new Promise<string>((resolve, reject) => {
+    lines.once('line', resolve);
+    void exited.then(() => reject(new Error(`coordinator exited before listening:\n${errText}`)));
+  });
+  lines.on('line', () => {});
+  return { proc, grpc: (JSON.parse(first) as { grpc: string }).grpc, exited };
+}
+
+function client<S extends CompatServiceDefinition>(address: string, token: string, definition: S): Client<S> {
+  const channel = createChannel(address);
+  channels.push(channel);
+  return createClientFactory().create(definition, channel, { '*': { metadata: Metadata({ authorization: `Bearer ${token}` }) } }) as Client<S>;
+}
+
+async function until<T>(what: string, check: () => Promise<T | undefined>, timeoutMs = 60_000, everyMs = 50): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await check().catch(() => undefined);
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
+
+function pipelineOf(name: string, codeVersion: string, costMs: number): Pipeline {
+  // `step` in the parameters: b and c read the same input, and must not be one memoized computation.
+  const step = (n: string, inputs: string[]) => ({ name: n, transform: 'wf-task', codeVersion, parameters: { step: n, costMs }, requirements: undefined, inputs, output: '', timeoutMs: 0 });
+  // A diamond per key: a → (b, c) → d.
+  return { name, sources: [{ name: 'raw', mediaType: 'application/json', description: '' }], steps: [step('a', ['raw']), step('b', ['a']), step('c', ['a']), step('d', ['b', 'c'])] } as Pipeline;
+}
+
+const payloadOf = (key: string, rev: number): Buffer => Buffer.from(JSON.stringify({ key, rev }));
+
+/** `<step> key=<k>` → the content hash of its output, from the recompute steps the job recorded. */
+async function outputsOf(lineage: Client<typeof LineageServiceDefinition>, job: Job): Promise<Map<string, string>> {
+  const out = new Map<string, string>();
+  for (const t of job.tasks) {
+    const r = await lineage.getNode({ node: { kind: NodeKind.NODE_KIND_STEP, id: `recompute:${job.jobId}/${t.id}`, contentHash: '' } });
+    const step = r.body?.$case === 'step' ? r.body.value : undefined;
+    const outputs = ((step?.facets as Record<string, unknown> | undefined)?.retrace as { outputs?: Record<string, string> } | undefined)?.outputs ?? {};
+    const hashes = Object.values(outputs);
+    expect(hashes, `${t.label}: one output`).toHaveLength(1);
+    out.set(t.label.replace(/^[^/]+\//, ''), hashes[0] as string);
+  }
+  return out;
+}
+
+describe('recompute jobs across a coordinator crash', () => {
+  it('a coordinator SIGKILL mid-job resumes to identical outputs', async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), 'retrace-recompute-crash-'));
+    dirs.push(dataDir);
+    const first = await startCoordinator(join(dataDir, 'coordinator'), '127.0.0.1:0');
+    const token = readFileSync(join(dataDir, 'coordinator', 'auth-token'), 'utf8').trim();
+    agents = await startLocalAgents(first.grpc, token, dataDir, [
+      { name: 'a1', reportInterval: '200ms' },
+      { name: 'a2', reportInterval: '200ms' },
+    ]);
+    let c = {
+      code: client(first.grpc, token, CodeServiceDefinition),
+      pipelines: client(first.grpc, token, PipelineServiceDefinition),
+      recompute: client(first.grpc, token, RecomputeServiceDefinition),
+      jobs: client(first.grpc, token, JobServiceDefinition),
+      lineage: client(first.grpc, token, LineageServiceDefinition),
+    };
+    const bundle = await bundleTransform(WF_TASK);
+    const codeVersion = (await c.code.publishCode({ bundle: Buffer.from(bundle.bytes), manifest: { transform: 'wf-task', sourceFile: 'wf-task.ts', bundler: bundle.bundler } })).code?.codeVersion ?? '';
+    // Two pipelines of the same steps: `ref` is recomputed without interruption, `wf` crashes.
+    // wf-task's output leaves costMs out, so the two compute the same bytes at any speed.
+    for (const name of ['ref', 'wf']) {
+      await c.pipelines.applyPipeline({ pipeline: pipelineOf(name, codeVersion, 10) });
+      await c.recompute.setChangePolicy({ pipeline: name, source: '', policy: ChangePolicy.CHANGE_POLICY_MANUAL });
+      const r = await c.pipelines.ingest((async function* () {
+        yield { pipeline: name, source: 'raw', records: KEYS.map((key) => ({ key, payload: payloadOf(key, 0), eventTimeNs: '0', mediaType: 'application/json' })) };
+      })());
+      expect(Number(r.shardsRun)).toBe(KEYS.length * 4);
+    }
+    const change = (name: string) => ({ changeIds: [], objectIds: [], newContents: KEYS.map((key) => ({ objectId: `record:${name}/raw:${key}`, payload: payloadOf(key, 1), mediaType: 'application/json' })), policy: { maxAttempts: 3, concurrency: 4, targetNodeIds: [], targetLabels: {}, dryRun: false } });
+    const ended = (j: Job | undefined): j is Job => j !== undefined && [JobState.JOB_STATE_SUCCEEDED, JobState.JOB_STATE_FAILED, JobState.JOB_STATE_CANCELLED].includes(j.state);
+
+    const refJobId = (await c.recompute.recompute(change('ref'))).jobId;
+    const refJob = await until('the uninterrupted job', async () => {
+      const j = (await c.jobs.getJob({ jobId: refJobId })).job;
+      return ended(j) ? j : undefined;
+    });
+    expect(refJob.state).toBe(JobState.JOB_STATE_SUCCEEDED);
+    const want = await outputsOf(c.lineage, refJob);
+    expect(want.size).toBe(KEYS.length * 4);
+
+    // The crashing run: slow steps (a new pipeline version; costMs is left out of the outputs).
+    await c.pipelines.applyPipeline({ pipeline: pipelineOf('wf', codeVersion, SLOW_MS) });
+    const jobId = (await c.recompute.recompute(change('wf'))).jobId;
+    await until('some tasks done and some in flight', async () => {
+      const j = (await c.jobs.getJob({ jobId })).job;
+      return j && j.state === JobState.JOB_STATE_RUNNING && (j.counts?.succeeded ?? 0) >= 4 && (j.counts?.running ?? 0) >= 1 ? j : undefined;
+    }, 90_000, 20);
+    first.proc.kill('SIGKILL');
+    await first.exited;
+    const killedAtMs = Date.now();
+
+    // The job as the dead coordinator left it on disk.
+    const db = await openDatabase(join(dataDir, 'coordinator', 'db'));
+    let atKill: StoredJob | undefined;
+    try {
+      atKill = await createJobStore(db).read(jobId);
+    } finally {
+      await db.close();
+    }
+    expect(atKill?.record.state).toBe('RUNNING');
+    const doneAtKill = (atKill?.tasks ?? []).filter((t) => t.state === 'SUCCEEDED');
+    const inFlightAtKill = (atKill?.tasks ?? []).filter((t) => t.state === 'RUNNING');
+    expect(doneAtKill.length).toBeGreaterThanOrEqual(1);
+    expect(doneAtKill.length).toBeLessThan(KEYS.length * 4);
+
+    // Restart on the same data dir and port: the agents reconnect to it.
+    for (const ch of channels.splice(0)) ch.close();
+    const second = await startCoordinator(join(dataDir, 'coordinator'), first.grpc);
+    expect(second.grpc).toBe(first.grpc);
+    c = {
+      code: client(second.grpc, token, CodeServiceDefinition),
+      pipelines: client(second.grpc, token, PipelineServiceDefinition),
+      recompute: client(second.grpc, token, RecomputeServiceDefinition),
+      jobs: client(second.grpc, token, JobServiceDefinition),
+      lineage: client(second.grpc, token, LineageServiceDefinition),
+    };
+    const job = await until('the resumed job to end', async () => {
+      const j = (await c.jobs.getJob({ jobId })).job;
+      return ended(j) ? j : undefined;
+    }, 120_000, 100);
+    expect(job.tasks.filter((t) => t.error !== '').map((t) => `${t.label}: ${t.error}`)).toEqual([]);
+    expect(job.state).toBe(JobState.JOB_STATE_SUCCEEDED);
+    expect(job.restarts).toBe(1);
+    expect(job.tasksRerunAfterRestart).toBe(inFlightAtKill.length);
+
+    // Identical outputs to the uninterrupted run.
+    const got = await outputsOf(c.lineage, job);
+    expect(Object.fromEntries(got)).toEqual(Object.fromEntries(want));
+    expect(job.tasks.every((t) => t.state === TaskState.TASK_STATE_SUCCEEDED && t.outcome === 'executed')).toBe(true);
+
+    // Done before the kill: not run again (same attempt count, same start). In flight: run again.
+    const byId = new Map(job.tasks.map((t) => [t.id, t]));
+    for (const t of doneAtKill) {
+      const now = byId.get(t.id);
+      expect(now?.attempts, t.label).toBe(t.attempts);
+      expect(Math.round(Number(now?.startedAtNs) / 1e6), t.label).toBe(t.startedAtMs);
+    }
+    for (const t of inFlightAtKill) {
+      const now = byId.get(t.id);
+      expect(now?.attempts, t.label).toBe(t.attempts + 1);
+      expect(Math.round(Number(now?.startedAtNs) / 1e6), t.label).toBeGreaterThanOrEqual(killedAtMs);
+    }
+  }, 240_000);
+});
