@@ -77,6 +77,7 @@ const start: CliCommand = {
           `  ${cli} impact record:orders/raw:o1 --svg impact.svg                # what a change of one order would recompute`,
           `  ${cli} changes policy orders/raw manual; ${cli} changes            # report changes only; list them`,
           `  ${cli} recompute --content record:orders/raw:o1=order.json --watch     # executed / cached / cut off`,
+          `  ${cli} jobs;  ${cli} jobs show JOB_ID                                      # recompute and replay jobs: states, retries, waiting reasons`,
           `  ${cli} help                                                       # every command`,
           '',
         ].join('\n'),
