@@ -168,6 +168,22 @@ describe('replay under a CPU cap and an agent SIGKILL (real coordinator, real ag
     const cpuNode = agents[0]?.nodeId as string;
     const info = shared.mesh?.nodes().find((n) => n.nodeId === cpuNode);
     const hostCpus = (info && (effectiveReading(info.capabilities, 'cpu.threads')?.value ?? effectiveReading(info.capabilities, 'cpu.cores')?.value)) || availableParallelism();
+    // What the agent's executor was told (its JSON log on stderr): the cap must reach it whatever
+    // the machine's load, and be lifted once the capped job's shards are done.
+    const throttles: number[] = [];
+    let partial = '';
+    agents[0]?.process.stderr?.on('data', (d: Buffer) => {
+      const lines = (partial + d.toString()).split('\n');
+      partial = lines.pop() ?? '';
+      for (const line of lines) {
+        if (!line.includes('shard-executor:throttle')) continue;
+        try {
+          throttles.push(Number((JSON.parse(line) as { cpuFraction?: number }).cpuFraction));
+        } catch {
+          // not a log line
+        }
+      }
+    });
     const measure = async (policy: Partial<ReplayPolicy>) => {
       const report = await finish(await startReplay({ targetNodeIds: [cpuNode], ...policy }, windowOf('burn')));
       expect(report.state).toBe(ReplayState.REPLAY_STATE_SUCCEEDED);
@@ -182,6 +198,9 @@ describe('replay under a CPU cap and an agent SIGKILL (real coordinator, real ag
     for (let attempt = 1; attempt <= 2; attempt++) {
       const u0 = await measure({});
       const u1 = await measure({ maxCpuFraction: 0.5 });
+      expect(throttles).toContain(0.5);
+      for (let waited = 0; throttles.at(-1) !== 0 && waited < 10_000; waited += 100) await new Promise((r) => setTimeout(r, 100));
+      expect(throttles.at(-1)).toBe(0);
       console.log(`cpu cap, attempt ${attempt}: ${hostCpus} CPUs; uncapped ${JSON.stringify(u0)}; capped at 50% ${JSON.stringify(u1)}`);
       // Same work both times (a fixed iteration count), so CPU time is comparable.
       expect(u1.cpuMs).toBeGreaterThan(u0.cpuMs * 0.5);
