@@ -288,6 +288,26 @@ export class Recomputer {
     return out;
   }
 
+  /**
+   * Inputs that neither this request changes nor an affected step produces are taken as the
+   * pipeline's current records, not as the recorded execution used them: a recompute served from
+   * the memo (a reverted change) moves a record back without recording a step, so the latest
+   * recorded execution can name a version that is no longer current.
+   */
+  private async addCurrentInputs(graph: AffectedGraph, newVersions: Map<string, string>): Promise<void> {
+    const pipes = this.deps.pipelines();
+    if (!pipes) return;
+    const produced = new Set(graph.nodes.flatMap((n) => n.outputs.map((o) => o.objectId)));
+    for (const n of graph.nodes) {
+      for (const u of n.step.used) {
+        if (produced.has(u.objectId) || newVersions.has(u.objectId)) continue;
+        const rec = parseRecordId(u.objectId);
+        const cur = rec ? await pipes.store.getCurrent(rec.pipeline, rec.dataset, rec.key) : undefined;
+        if (cur && cur.objectId === u.objectId && cur.contentHash !== u.contentHash) newVersions.set(u.objectId, cur.contentHash);
+      }
+    }
+  }
+
   // ---- recompute ----
 
   async recompute(request: RecomputeRequest, principal: string): Promise<RecomputeResponse> {
@@ -336,6 +356,7 @@ export class Recomputer {
     const newVersions = new Map<string, string>();
     for (const r of roots) if (r.kind === 'version' && r.newHash) newVersions.set(r.objectId, r.newHash);
     const graph = await collectAffected(this.deps.lineage, roots);
+    await this.addCurrentInputs(graph, newVersions);
     const definitions = await this.definitions(graph);
     const code = this.deps.code();
     if (code) {

@@ -1,0 +1,105 @@
+import { fileURLToPath } from 'node:url';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CodeServiceDefinition } from '../common/gen/retrace/v1/code.js';
+import { JobServiceDefinition, JobState, TaskState, type Job } from '../common/gen/retrace/v1/job.js';
+import { PipelineServiceDefinition, type Pipeline } from '../common/gen/retrace/v1/pipeline.js';
+import { ChangePolicy, RecomputeServiceDefinition } from '../common/gen/retrace/v1/recompute.js';
+import { codeExtension } from '../coordinator/code/code-extension.js';
+import { jobsExtension } from '../coordinator/jobs/jobs-extension.js';
+import { meshExtension } from '../coordinator/mesh/mesh-extension.js';
+import { pipelineExtension } from '../coordinator/pipeline/pipeline-extension.js';
+import { recomputeExtension } from '../coordinator/recompute/recompute-extension.js';
+import { schedulerExtension } from '../coordinator/scheduler/scheduler-extension.js';
+import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
+import { startLocalAgents, stopLocalAgents, type LocalAgent } from '../scripts/cli/local-agents.js';
+import { bundleTransform } from '../scripts/cli/publish-command.js';
+import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
+
+/**
+ * A change reverted by a recompute served from the memo records no step, so the latest recorded
+ * execution of a step downstream still names the reverted version. A later change of another
+ * input must recompute that step with the current version of the first one, as a from-scratch
+ * run of the same inputs would.
+ */
+
+const WF_TASK = fileURLToPath(new URL('../scripts/examples/transforms/wf-task.ts', import.meta.url));
+
+describe('recompute after a reverted change', () => {
+  let tc: TestCoordinator;
+  let dir: string;
+  const shared: CoordinatorServices = {};
+  let agents: LocalAgent[] = [];
+  let codeVersion = '';
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'retrace-revert-'));
+    tc = await startTestCoordinator({
+      extensions: [
+        meshExtension({ onMesh: (m) => (shared.mesh = m), options: { minReportIntervalMs: 50, suspectAfterIntervals: 5, lostAfterIntervals: 12 } }),
+        codeExtension({ onCodeStore: (s) => (shared.code = s) }),
+        schedulerExtension(shared, { shardTimeoutMs: 20_000 }),
+        pipelineExtension(shared),
+        jobsExtension(shared, { seed: 1 }),
+        recomputeExtension(shared),
+      ],
+    });
+    const bundle = await bundleTransform(WF_TASK);
+    codeVersion = (await tc.client(CodeServiceDefinition).publishCode({ bundle: Buffer.from(bundle.bytes), manifest: { transform: 'wf-task', sourceFile: 'wf-task.ts', bundler: bundle.bundler } })).code?.codeVersion ?? '';
+    agents = await startLocalAgents(tc.grpcAddress, tc.token, dir, [{ name: 'a1', reportInterval: '200ms' }]);
+  }, 120_000);
+
+  afterAll(async () => {
+    await stopLocalAgents(agents);
+    await tc?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const pipelineOf = (name: string): Pipeline => {
+    const step = (n: string, inputs: string[]) => ({ name: n, transform: 'wf-task', codeVersion, parameters: { step: n }, requirements: undefined, inputs, output: '', timeoutMs: 0 });
+    return { name, sources: [{ name: 'x', mediaType: '', description: '' }, { name: 'y', mediaType: '', description: '' }], steps: [step('p', ['x']), step('q', ['y']), step('r', ['p', 'q'])] } as Pipeline;
+  };
+  const ingest = async (pipeline: string, source: string, text: string) =>
+    tc.client(PipelineServiceDefinition).ingest((async function* () {
+      yield { pipeline, source, records: [{ key: 'k', payload: Buffer.from(text), eventTimeNs: '0', mediaType: '' }] };
+    })());
+  const current = async (pipeline: string, dataset: string) => (await shared.pipelines?.store.getCurrent(pipeline, dataset, 'k'))?.contentHash;
+
+  /** NotifyChange + Recompute; resolves with the ended job's outcomes by step. */
+  async function change(source: string, text: string): Promise<Record<string, string>> {
+    const rc = tc.client(RecomputeServiceDefinition);
+    const n = await rc.notifyChange({ objectId: `record:wf/${source}:k`, contentHash: '', payload: Buffer.from(text), mediaType: '', noticedBy: '' });
+    const { jobId } = await rc.recompute({ changeIds: [n.change?.changeId ?? ''], objectIds: [], newContents: [], policy: undefined });
+    const deadline = Date.now() + 60_000;
+    let job: Job | undefined;
+    while (Date.now() < deadline) {
+      job = (await tc.client(JobServiceDefinition).getJob({ jobId })).job;
+      if (job && job.state >= JobState.JOB_STATE_SUCCEEDED) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    expect(job?.state).toBe(JobState.JOB_STATE_SUCCEEDED);
+    return Object.fromEntries((job?.tasks ?? []).map((t) => [t.label.replace(/^wf\/| key=k$/g, ''), t.state === TaskState.TASK_STATE_SUCCEEDED ? t.outcome : TaskState[t.state]]));
+  }
+
+  it('uses the current version of an input a cached revert moved back', async () => {
+    for (const name of ['wf', 'fresh']) await tc.client(PipelineServiceDefinition).applyPipeline({ pipeline: pipelineOf(name) });
+    await tc.client(RecomputeServiceDefinition).setChangePolicy({ pipeline: 'wf', source: '', policy: ChangePolicy.CHANGE_POLICY_MANUAL });
+    await ingest('wf', 'x', 'x0');
+    await ingest('wf', 'y', 'y0');
+    const p0 = await current('wf', 'p');
+
+    expect(await change('x', 'x1')).toEqual({ p: 'executed', r: 'executed' });
+    expect(await current('wf', 'p')).not.toBe(p0);
+    // The revert comes from the memo: p is back at p0 without a new recorded step.
+    expect(await change('x', 'x0')).toEqual({ p: 'cached', r: 'cached' });
+    expect(await current('wf', 'p')).toBe(p0);
+
+    expect(await change('y', 'y1')).toEqual({ q: 'executed', r: 'executed' });
+    // The same inputs from scratch (same step names and parameters: the same bytes).
+    await ingest('fresh', 'x', 'x0');
+    await ingest('fresh', 'y', 'y1');
+    expect(await current('wf', 'r')).toBe(await current('fresh', 'r'));
+  }, 120_000);
+});
