@@ -193,8 +193,9 @@ describe('replay under a CPU cap and an agent SIGKILL (real coordinator, real ag
     };
     // Whether the cap is enforced shows only when the uncapped run can use more than the cap,
     // i.e. when other processes leave this agent more than half the machine. A shared, loaded
-    // machine may not: then the pair is measured again, and if it never can, the comparison is
-    // skipped (the bound on the capped run is still asserted every time).
+    // machine may not: then a 10% cap shows it instead, and if even that cannot be told apart,
+    // the pair is measured again and at last the comparison is skipped (the bound on the capped
+    // run and the throttle reaching the agent are asserted every time).
     for (let attempt = 1; attempt <= 2; attempt++) {
       const u0 = await measure({});
       const u1 = await measure({ maxCpuFraction: 0.5 });
@@ -214,9 +215,19 @@ describe('replay under a CPU cap and an agent SIGKILL (real coordinator, real ag
         expect(u1.usage).toBeLessThan(u0.usage * 0.9);
         return;
       }
+      if (u0.usage >= 0.2) {
+        // Too loaded to tell at 50%, not at 10% (0.2 of a core on 2 CPUs): the same mechanism
+        // must hold this run well below what the uncapped one got. The two shards that start
+        // before any debt is charged add about 0.02 over a 16-shard run.
+        const u2 = await measure({ maxCpuFraction: 0.1 });
+        console.log(`cpu cap, attempt ${attempt}: capped at 10% ${JSON.stringify(u2)}`);
+        expect(u2.usage).toBeLessThanOrEqual(0.14);
+        expect(u2.usage).toBeLessThan(u0.usage * 0.7);
+        return;
+      }
       await new Promise((r) => setTimeout(r, 2000));
     }
-    ctx.skip('the machine is too loaded for an uncapped run to exceed 60% of its CPUs, so an enforced cap cannot be told from an idle one');
+    ctx.skip('the machine is too loaded for an uncapped run to exceed 20% of its CPUs, so an enforced cap cannot be told from an idle one');
   }, 300_000);
 
   it('an agent SIGKILLed mid-replay loses nothing: every step once, every hash as recorded', async () => {
