@@ -102,4 +102,13 @@ describe('recompute after a reverted change', () => {
     await ingest('fresh', 'y', 'y1');
     expect(await current('wf', 'r')).toBe(await current('fresh', 'r'));
   }, 120_000);
+
+  it('re-applying a reverted change is a change again, served from the memo', async () => {
+    const p1 = (await current('wf', 'p')) ?? '';
+    expect(await change('x', 'x1')).toEqual({ p: 'cached', r: 'executed' });
+    expect(await change('x', 'x0')).toEqual({ p: 'cached', r: 'cached' });
+    expect(await current('wf', 'p')).toBe(p1);
+    // x1 again: the index's newest version of x is x1 already, but the record is at x0 now.
+    expect(await change('x', 'x1')).toEqual({ p: 'cached', r: 'cached' });
+  }, 120_000);
 });

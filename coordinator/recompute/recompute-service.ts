@@ -75,14 +75,17 @@ export class Recomputer {
     const versions = index.membersOf(`object:${objectId}`);
     const latest = versions[versions.length - 1];
     if (!latest) throw new NotFoundError(`object ${JSON.stringify(objectId)} (provenance has no version of it)`, `${field}object_id`);
-    const oldHash = parseNodeKey(latest).contentHash;
+    const rec = parseRecordId(objectId);
+    const pipes = this.deps.pipelines();
+    // A pipeline record's version now is its current record: after a revert to an older version
+    // the index's newest version is the reverted one, and re-applying it is a change.
+    const current = rec && pipes ? await pipes.store.getCurrent(rec.pipeline, rec.dataset, rec.key) : undefined;
+    const oldHash = current?.objectId === objectId ? current.contentHash : parseNodeKey(latest).contentHash;
     if (oldHash === hash) {
       return { change: undefined, unchanged: true };
     }
     const kind = options.kind ?? ChangeKind.CHANGE_KIND_OBJECT;
     const noticedBy = request.noticedBy || `notify:${principal}`;
-    const rec = parseRecordId(objectId);
-    const pipes = this.deps.pipelines();
     if (payload.length > 0) {
       if (!pipes) throw new FailedPreconditionError('storing the new content needs the pipelines extension (payload store)');
       await pipes.payloads.put(payload);
