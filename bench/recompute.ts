@@ -11,7 +11,8 @@
  * 3. for K external files (the ones with the smallest, median and largest downstream closure):
  *    change the file's body, recompute, and compare the steps executed with the minimal set
  *    computed here from the WfFormat DAG (exactly equal is the goal), and the time with the full
- *    recompute's; then recompute the same change again (every task should be a cache hit);
+ *    recompute's; then recompute the same change again, revert it and re-apply it (nothing may
+ *    execute: memo hits, or steps found up to date);
  * 4. early cutoff: a file read by entry tasks (which ignore a file's last 8 characters) changes
  *    only there; the entry tasks execute and reproduce their outputs, so the rest of the closure
  *    is cut off: steps saved, checked against the minimal set that accounts for it.
@@ -63,8 +64,11 @@ interface ChangeRow {
   repeatHits?: number;
   /** ... of which memo hits (the rest were found up to date). */
   repeatCached?: number;
-  /** Tasks executed by the repeat (goal 0). */
-  repeatExecuted?: number;
+  /** Tasks executed by the repeat, the revert and the re-apply (goal 0). */
+  repeatExecuted: number;
+  /** Revert and re-apply: of the tasks that executed the first time (counted twice), those that did not execute. */
+  revertHits?: number;
+  revertTasks?: number;
   repeatTasks?: number;
   repeatMs?: number;
 }
@@ -150,6 +154,7 @@ async function runWorkflow(c: Clients, dir: string, wf: Workflow, index: number,
       exact,
       ms: r.ms,
       fullMs: full.ms,
+      repeatExecuted: 0,
     };
     // The same change again: nothing may execute. What executed the first time comes from the memo
     // (cached), or is found up to date (cutoff: its latest execution already used the new inputs,
@@ -159,13 +164,23 @@ async function runWorkflow(c: Clients, dir: string, wf: Workflow, index: number,
     const cutoffAgain = tasksWithOutcome(m, again, 'cutoff');
     row.repeatHits = [...executed].filter((t) => cachedAgain.has(t) || cutoffAgain.has(t)).length;
     row.repeatCached = [...executed].filter((t) => cachedAgain.has(t)).length;
-    row.repeatExecuted = tasksWithOutcome(m, again, 'executed').size;
+    row.repeatExecuted += tasksWithOutcome(m, again, 'executed').size;
     row.repeatTasks = executed.size;
     row.repeatMs = again.ms;
+    // Revert, then re-apply: both states were computed before, so nothing may execute either.
+    for (const step of [-1, 1]) {
+      if (kind === 'body') rev.set(file, (rev.get(file) ?? 0) + step);
+      else tail.set(file, (tail.get(file) ?? 0) + step);
+      const back = await recomputeAndWait(c, await notifyFiles(c, m, [[file, content(file)]]), o.concurrency);
+      const notRun = [...executed].filter((t) => !tasksWithOutcome(m, back, 'executed').has(t));
+      row.revertHits = (row.revertHits ?? 0) + notRun.length;
+      row.revertTasks = (row.revertTasks ?? 0) + executed.size;
+      row.repeatExecuted += tasksWithOutcome(m, back, 'executed').size;
+    }
     log(
       `  ${kind === 'body' ? 'change' : 'tail  '} ${m.sourceOf.get(file)} (${file.slice(0, 40)}): ${row.executed}/${row.minimal} minimal executed` +
         `${kind === 'tail' ? `, ${row.cutoff} cut off of ${row.affected} downstream` : ''}, ${Math.round(r.ms)} ms (${((100 * r.ms) / full.ms).toFixed(0)}% of full); ` +
-        `repeat ${row.repeatHits}/${row.repeatTasks} not executed (${row.repeatCached} cached) in ${Math.round(again.ms)} ms${exact ? '' : `; MISMATCH ${describeDiff(m, executed, want.executed)}`}`,
+        `repeat ${row.repeatHits}/${row.repeatTasks} not executed (${row.repeatCached} cached) in ${Math.round(again.ms)} ms, revert + re-apply ${row.revertHits}/${row.revertTasks}${exact ? '' : `; MISMATCH ${describeDiff(m, executed, want.executed)}`}`,
     );
     rows.push(row);
     return row;
@@ -236,7 +251,8 @@ export async function main(argv: string[]): Promise<void> {
     cacheHitGoal: 1,
     repeatMemoHits: rows.reduce((s, r) => s + (r.repeatCached ?? 0), 0),
     repeatUpToDate: hits - rows.reduce((s, r) => s + (r.repeatCached ?? 0), 0),
-    repeatExecuted: rows.reduce((s, r) => s + (r.repeatExecuted ?? 0), 0),
+    repeatExecuted: rows.reduce((s, r) => s + r.repeatExecuted, 0),
+    revertReapplyHitRatio: rows.reduce((s, r) => s + (r.revertHits ?? 0), 0) / Math.max(1, rows.reduce((s, r) => s + (r.revertTasks ?? 0), 0)),
     medianTimeVsFull: median(timeRatios),
     medianStepsVsFull: median(stepRatios),
     medianChangeMs: Math.round(median(body.map((r) => r.ms))),
@@ -254,7 +270,7 @@ export async function main(argv: string[]): Promise<void> {
     note: 'shared 2-core machine: times are noisy; step counts and cache hits are exact',
   };
   log(
-    `\nsteps executed ${executed} / minimal ${minimal} (${summary.exactSets}/${rows.length} changes exactly the minimal set); cache hits on repeat ${hits}/${repeated}; ` +
+    `\nsteps executed ${executed} / minimal ${minimal} (${summary.exactSets}/${rows.length} changes exactly the minimal set); not executed again on repeat ${hits}/${repeated} (revert + re-apply ${Math.round(100 * summary.revertReapplyHitRatio)}%, executed by repeats ${summary.repeatExecuted}); ` +
       `single-file change vs full recompute: median ${(100 * summary.medianTimeVsFull).toFixed(0)}% of the time for ${(100 * summary.medianStepsVsFull).toFixed(0)}% of the steps; ` +
       `early cutoff saved ${summary.cutoff.cutOff} of ${summary.cutoff.downstreamSteps} downstream steps`,
   );
