@@ -218,7 +218,8 @@ export function createAgentRuntime(options: AgentOptions): AgentRuntime {
   });
   const codeVersions = opts.codeVersions ?? (() => codeCache.list());
   let executor: ShardExecutor | undefined;
-  const running = new Map<string, AbortController>();
+  /** Shard ids given to the executor and not yet answered (a duplicate assignment joins the first run). */
+  const running = new Set<string>();
   let outgoing: ShardOutcome[] = [];
   let flushScheduled = false;
   const stopController = new AbortController();
@@ -412,7 +413,7 @@ export function createAgentRuntime(options: AgentOptions): AgentRuntime {
         for (const a of body.value.shards) runShard(a);
         break;
       case 'cancel':
-        for (const id of body.value.shardIds) running.get(id)?.abort(new Error(body.value.reason || 'cancelled by the coordinator'));
+        for (const id of body.value.shardIds) if (running.has(id)) executor?.cancel(id, body.value.reason || 'cancelled by the coordinator');
         break;
       case 'throttle':
         try {
@@ -430,10 +431,9 @@ export function createAgentRuntime(options: AgentOptions): AgentRuntime {
 
   function runShard(a: ShardAssignment): void {
     if (!executor || running.has(a.shardId)) return; // a duplicate assignment: the first run answers
-    const controller = new AbortController();
-    running.set(a.shardId, controller);
+    running.add(a.shardId);
     executor
-      .execute(a, controller.signal)
+      .execute(a)
       .then((outcome) => {
         running.delete(a.shardId);
         // A shard cut short by our own shutdown is not an outcome: the coordinator reassigns it.

@@ -3,46 +3,64 @@ import { availableParallelism } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
+import { MessageChannel, Worker } from 'node:worker_threads';
 import { InvalidArgumentError } from '../common/errors.js';
 import type { ResourceUsage } from '../common/gen/retrace/v1/provenance.js';
 import { ShardStatus, type ShardAssignment, type ShardOutcome, type ShardOutput } from '../common/gen/retrace/v1/shard.js';
 import { contentHashOf, isContentHash } from '../common/hash.js';
 import { silentLog, type LogFn } from '../common/log.js';
-import type { ShardRecord, TransformParams } from '../common/transform.js';
 import type { CachedCode, CodeCache } from './code-cache.js';
-import type { FromWorker, ToWorker, WorkerShard } from './shard-worker.js';
-import { sleep } from '../common/abortable-sleep.js';
+import { PHASE_IDLE, PHASE_RUN, PROGRESS_BYTES, type FromWorker, type ToWorker, type WorkerRecord, type WorkerResult, type WorkerShard } from './shard-worker-protocol.js';
 
 /**
  * Runs shards (ShardAssignment → ShardOutcome) in worker threads.
  *
- * Isolation: each shard runs in a `worker_threads` Worker with a V8 heap limit
+ * Isolation: shards run in `worker_threads` Workers with a V8 heap limit
  * (`resourceLimits.maxOldGenerationSizeMb`), an empty environment, no arguments, and only the
  * bundle's code (imported by file URL from the code cache). Workers are pooled per (code version,
  * heap limit) and reused; a worker that timed out, ran out of heap, crashed or did not answer a
  * cancellation is terminated and replaced.
  *
+ * Batches: shards waiting for a slot that share a code version and heap limit go to one worker in
+ * one message (inputs packed into one transferred buffer), and their outcomes come back batched
+ * (one message per batch, or per 20 ms of it). A batch takes one slot; with `n` shards waiting
+ * and `k` free slots a batch takes ⌈n/k⌉ of them (at most `maxBatch`), so work spreads over the
+ * slots. The shards of a batch run one after another; each keeps its own timeout and heap limit:
+ * the worker publishes which shard runs and since when in a shared buffer, and one watchdog timer
+ * per batch terminates the worker when the running shard passes its timeout (TIMED_OUT) or
+ * ignores a cancellation for `cancelGraceMs` (CANCELLED); a worker that dies (heap limit, crash,
+ * exit) fails the shard it was running (OUT_OF_MEMORY / FAILED). The other shards of that batch
+ * lose nothing: those without an outcome yet are queued again, first in line, and run on a fresh
+ * worker (a shard whose outcome was still buffered in the dead worker runs again: outcomes are
+ * idempotent by shard id). A shard is queued again at most twice this way.
+ *
  * Measurement, per shard:
  * - CPU time: the worker thread's on-CPU nanoseconds from `/proc/self/task/<tid>/schedstat` (field
- *   1; the kernel's per-thread scheduler clock, ns resolution), read by the executor before the
- *   shard is posted, every 50 ms while it runs and when it ends, so it needs nothing from the
- *   transform and survives a timeout. Fallbacks: `.../stat` utime+stime (10 ms ticks), then, off
- *   Linux, the worker's event-loop active time (`worker.performance.eventLoopUtilization()`),
- *   which counts time blocked in synchronous calls too. V8's shared GC helper threads are not
- *   attributed to the shard.
+ *   1; the kernel's per-thread scheduler clock, ns resolution), read when a batch is posted, when
+ *   each message of outcomes arrives and before a worker is terminated, so it needs nothing from
+ *   the transform and survives a timeout. The CPU between two readings is shared among the shards
+ *   reported in between: each is charged its time inside the transform's `run` calls (capped so
+ *   the sum fits the reading), and what is left (messaging, bundle loading, GC) is split evenly.
+ *   A terminated shard is charged all CPU since the last reading. Fallbacks: `.../stat`
+ *   utime+stime (10 ms ticks), then, off Linux, the worker's event-loop active time
+ *   (`worker.performance.eventLoopUtilization()`), which counts time blocked in synchronous calls
+ *   too. V8's shared GC helper threads are not attributed to the shard.
  * - Peak memory: sampled inside the worker (`v8.getHeapStatistics()` used heap + external
- *   memory) every 10 ms when its event loop gets a turn, after every `run` call and at the end,
- *   so a spike inside one synchronous stretch can be missed. OUT_OF_MEMORY reports the limit.
+ *   memory) at the shard's start and end, after every `run` call and every 10 ms when its event
+ *   loop gets a turn, so a spike inside one synchronous stretch can be missed. The inputs of a
+ *   batch share one buffer, counted in every shard's peak. OUT_OF_MEMORY reports the limit.
+ * - Wall time, start and end: the worker's clock around the shard (injected latency and, for the
+ *   first shard of a worker, the bundle's loading included).
  * - Bytes in/out: input and output payload sizes (as net_bytes_in / net_bytes_out).
  * - GPU time: the run's wall time when TF.js (`globalThis._tfengine`) ran on a GPU backend
  *   (webgl, webgpu), else 0.
  *
  * CPU cap (`setThrottle({ cpuFraction })`): threads cannot be paused from outside (no SIGSTOP
- * for one thread), so the cap is kept by duty-cycling dispatch. Every CPU nanosecond measured is
- * charged to a debt clock: `debtUntil = max(debtUntil, t_sample_start) + cpu / (cpuFraction ×
- * hostCpus)`; no shard starts before `debtUntil`. Over any window longer than one shard, the CPU
- * used stays within the cap; a single shard is not slowed down while it runs.
+ * for one thread), so the cap is kept by duty-cycling dispatch. While capped, batches hold one
+ * shard and the worker's CPU is also read every 50 ms; every CPU nanosecond measured is charged
+ * to a debt clock: `debtUntil = max(debtUntil, t_sample_start) + cpu / (cpuFraction × hostCpus)`;
+ * no shard starts before `debtUntil`. Over any window longer than one shard, the CPU used stays
+ * within the cap; a single shard is not slowed down while it runs.
  */
 
 /** Options of `createShardExecutor`; validated once. */
@@ -51,7 +69,7 @@ export interface ShardExecutorOptions {
   codeCache: Pick<CodeCache, 'get'>;
   /** This agent's node id, put on every outcome and given to transforms. */
   nodeId: string;
-  /** Shards running at once (default: available parallelism). The throttle may lower it. */
+  /** Workers running shards at once, one batch each (default: available parallelism). The throttle may lower it. */
   maxConcurrent?: number;
   /** Timeout of a shard whose assignment says 0, ms (default 60000). */
   defaultTimeoutMs?: number;
@@ -69,6 +87,8 @@ export interface ShardExecutorOptions {
   cancelGraceMs?: number;
   /** How long a new worker may take to start, ms (default 30000). */
   workerStartTimeoutMs?: number;
+  /** Shards given to one worker in one message at most (default 256). */
+  maxBatch?: number;
   log?: LogFn;
 }
 
@@ -84,6 +104,7 @@ interface CompiledOptions {
   readonly maxIdleWorkers: number;
   readonly cancelGraceMs: number;
   readonly workerStartTimeoutMs: number;
+  readonly maxBatch: number;
   readonly log: LogFn;
 }
 
@@ -103,9 +124,14 @@ export interface ShardExecutor {
    * failed). Waits for a free slot (and the CPU cap) first; `signal` also cancels that wait.
    */
   execute(assignment: ShardAssignment, signal?: AbortSignal): Promise<ShardOutcome>;
+  /**
+   * Cancels the shard with this id (queued or running), as an abort of its `signal` would: its
+   * outcome is CANCELLED. Nothing happens for an id that is not running here.
+   */
+  cancel(shardId: string, reason?: string): void;
   /** Applies new limits at once to shards not yet started. */
   setThrottle(throttle: ExecutorThrottle): void;
-  /** Shards running now / waiting for a slot. */
+  /** Shards given to a worker and not yet answered / waiting for a slot. */
   readonly running: number;
   readonly queued: number;
   /** Cancels waiting and running shards (CANCELLED), terminates every worker. Idempotent. */
@@ -137,6 +163,7 @@ function compile(o: ShardExecutorOptions): CompiledOptions {
     maxIdleWorkers: o.maxIdleWorkers === 0 ? 0 : positive('maxIdleWorkers', o.maxIdleWorkers, maxConcurrent),
     cancelGraceMs: positive('cancelGraceMs', o.cancelGraceMs, 500),
     workerStartTimeoutMs: positive('workerStartTimeoutMs', o.workerStartTimeoutMs, 30_000),
+    maxBatch: positive('maxBatch', o.maxBatch, 256),
     log: o.log ?? silentLog,
   });
 }
@@ -207,19 +234,57 @@ interface PooledWorker {
   readonly worker: Worker;
   readonly port: MessagePort;
   readonly memoryMb: number;
+  /** The worker's progress (shard-worker.ts PROGRESS_*): index, phase, start, heap peak. */
+  readonly slot: Int32Array;
+  readonly startedAt: BigInt64Array;
+  readonly peak: Float64Array;
   tid: number | null;
   state: 'starting' | 'idle' | 'busy' | 'dead';
   death: Death | undefined;
   idleTimer: NodeJS.Timeout | undefined;
-  /** Receives the messages and the death of the shard it runs. */
+  /** Receives the messages and the death of the batch it runs. */
   listener: ((event: FromWorker | { type: 'died'; death: Death }) => void) | undefined;
 }
 
-type RunEnd =
-  | { kind: 'done'; msg: Extract<FromWorker, { type: 'done' }> }
-  | { kind: 'died'; death: Death }
-  | { kind: 'timeout' }
-  | { kind: 'cancelled' };
+type MessagePort = import('node:worker_threads').MessagePort;
+
+/** One shard inside the executor. */
+interface Job {
+  readonly a: ShardAssignment;
+  /** Pool key: code version and heap limit. */
+  readonly key: string;
+  readonly timeoutMs: number;
+  readonly memoryMb: number;
+  readonly bytesIn: number;
+  readonly queuedAtNs: bigint;
+  readonly resolve: (o: ShardOutcome) => void;
+  state: 'queued' | 'batched' | 'done';
+  batch: Batch | undefined;
+  /** Index in its batch once posted, else -1. */
+  index: number;
+  /** Times its batch's worker died, with no shard to blame, while it waited in the batch. */
+  requeues: number;
+  /** A cancellation asked of the worker, waiting for its answer. */
+  cancelling: boolean;
+  offAbort: (() => void) | undefined;
+}
+
+interface Batch {
+  readonly id: number;
+  readonly key: string;
+  jobs: Job[];
+  pw: PooledWorker | undefined;
+  /** Jobs without an outcome. */
+  open: number;
+  cpuLast: number | undefined;
+  cpuAtMs: number;
+  /** CPU read by the cap's sampler and not yet given to a shard, ns. */
+  cpuUnclaimed: number;
+  elu: ReturnType<Worker['performance']['eventLoopUtilization']> | undefined;
+  watchdog: NodeJS.Timeout | undefined;
+  sampler: NodeJS.Timeout | undefined;
+  over: boolean;
+}
 
 /** Creates an executor; workers start on demand. Throws InvalidArgumentError for bad options. */
 export function createShardExecutor(options: ShardExecutorOptions): ShardExecutor {
@@ -227,10 +292,15 @@ export function createShardExecutor(options: ShardExecutorOptions): ShardExecuto
   const log = opts.log;
   const idle = new Map<string, PooledWorker[]>();
   const all = new Set<PooledWorker>();
-  const waiters: { resolve: (ok: boolean) => void; signal: AbortSignal | undefined; onAbort: () => void }[] = [];
-  const stopController = new AbortController();
-  const inFlight = new Set<Promise<ShardOutcome>>();
+  const byId = new Map<string, Job>();
+  const batches = new Set<Batch>();
+  /** Waiting jobs, FIFO with a moving head; cancelled ones are skipped lazily. */
+  let queue: Job[] = [];
+  let head = 0;
+  let queuedCount = 0;
+  let batchedCount = 0;
   let nextWorkerId = 0;
+  let nextBatchId = 0;
   let active = 0;
   let stopped = false;
   let cpuFraction = 0;
@@ -238,6 +308,7 @@ export function createShardExecutor(options: ShardExecutorOptions): ShardExecuto
   /** performance.now() ms before which no shard may start (the CPU cap's debt clock). */
   let debtUntil = 0;
   let gateTimer: NodeJS.Timeout | undefined;
+  let pumpScheduled = false;
 
   const limit = (): number => (throttleMax > 0 ? throttleMax : opts.maxConcurrent);
   const capped = (): boolean => cpuFraction > 0 && cpuFraction < 1;
@@ -248,48 +319,154 @@ export function createShardExecutor(options: ShardExecutorOptions): ShardExecuto
     debtUntil = Math.max(debtUntil, fromMs) + cpuNs / 1e6 / (cpuFraction * opts.hostCpus);
   }
 
+  // ---- outcomes ----
+
+  function outcomeOf(
+    a: ShardAssignment,
+    status: ShardStatus,
+    startedAtNs: bigint,
+    fields: { error?: string; outputs?: ShardOutput[]; resources?: Partial<Record<keyof ResourceUsage, number>>; endedAtNs?: bigint } = {},
+  ): ShardOutcome {
+    const r = fields.resources ?? {};
+    const int = (v: number | undefined): string => String(Math.max(0, Math.round(v ?? 0)));
+    return {
+      shardId: a.shardId,
+      status,
+      outputs: fields.outputs ?? [],
+      resources: {
+        cpuTimeNs: int(r.cpuTimeNs),
+        peakMemoryBytes: int(r.peakMemoryBytes),
+        netBytesIn: int(r.netBytesIn),
+        netBytesOut: int(r.netBytesOut),
+        diskBytesRead: '0',
+        diskBytesWritten: '0',
+        gpuTimeNs: int(r.gpuTimeNs),
+        gpuUtilization: 0,
+        wallTimeNs: int(r.wallTimeNs),
+      },
+      error: fields.error ?? '',
+      startedAtNs: startedAtNs.toString(),
+      endedAtNs: (fields.endedAtNs ?? opts.now()).toString(),
+      nodeId: opts.nodeId,
+    };
+  }
+
+  /** The first input whose payload does not hash to its content_hash, as a message. */
+  function corruptInput(a: ShardAssignment): string | undefined {
+    for (const [i, input] of a.inputs.entries()) {
+      const where = `inputs[${i}] ${JSON.stringify(input.name)}${input.objectId ? ` (${input.objectId})` : ''}`;
+      if (!isContentHash(input.contentHash)) return `${where}: content_hash ${JSON.stringify(input.contentHash)} is not "sha256:<hex>"`;
+      const actual = contentHashOf(input.payload);
+      if (actual !== input.contentHash) return `${where}: payload hashes to ${actual}, expected ${input.contentHash}`;
+    }
+    return undefined;
+  }
+
+  /** Gives the job its outcome (once). */
+  function settle(job: Job, outcome: ShardOutcome): void {
+    if (job.state === 'done') return;
+    if (job.state === 'queued') queuedCount--;
+    else batchedCount--;
+    job.state = 'done';
+    if (job.batch && job.index >= 0) job.batch.open--;
+    if (byId.get(job.a.shardId) === job) byId.delete(job.a.shardId);
+    job.offAbort?.();
+    job.resolve(outcome);
+  }
+
+  // ---- slots and the queue ----
+
   function pump(): void {
     if (gateTimer) {
       clearTimeout(gateTimer);
       gateTimer = undefined;
     }
-    while (waiters.length > 0 && active < limit()) {
+    while (queuedCount > 0 && active < limit() && !stopped) {
       const wait = capped() ? debtUntil - performance.now() : 0;
       if (wait > 0) {
         gateTimer = setTimeout(pump, Math.ceil(wait));
         return;
       }
-      const w = waiters.shift();
-      if (!w) return;
-      w.signal?.removeEventListener('abort', w.onAbort);
+      while (head < queue.length && (queue[head] as Job).state !== 'queued') head++;
+      const first = queue[head];
+      if (!first) return;
+      // Spread what waits over the free slots; one shard at a time while capped, so the debt
+      // clock can space them.
+      const want = capped() ? 1 : Math.min(opts.maxBatch, Math.ceil(queuedCount / Math.max(1, limit() - active)));
+      const jobs: Job[] = [];
+      const skipped: Job[] = [];
+      let i = head;
+      // Same-key shards further back join the batch; the scan is bounded so a mix of keys stays cheap.
+      const scanEnd = Math.min(queue.length, head + want * 4 + 64);
+      for (; i < scanEnd && jobs.length < want; i++) {
+        const j = queue[i] as Job;
+        if (j.state !== 'queued') continue;
+        if (j.key === first.key) jobs.push(j);
+        else skipped.push(j);
+      }
+      queue = skipped.length === 0 ? queue.slice(i) : [...skipped, ...queue.slice(i)];
+      head = 0;
+      const batch: Batch = { id: ++nextBatchId, key: first.key, jobs, pw: undefined, open: 0, cpuLast: undefined, cpuAtMs: 0, cpuUnclaimed: 0, elu: undefined, watchdog: undefined, sampler: undefined, over: false };
+      for (const j of jobs) {
+        j.state = 'batched';
+        j.batch = batch;
+        j.index = -1;
+      }
+      queuedCount -= jobs.length;
+      batchedCount += jobs.length;
       active++;
-      w.resolve(true);
+      batches.add(batch);
+      void startBatch(batch).catch((err: unknown) => {
+        // A bug of the executor, not of a shard: still outcomes, and loud in the log.
+        log('error', 'shard:executor-error', { error: err instanceof Error ? (err.stack ?? err.message) : String(err) });
+        endBatch(batch, 'executor error');
+        for (const j of batch.jobs) settle(j, outcomeOf(j.a, ShardStatus.SHARD_STATUS_FAILED, j.queuedAtNs, { error: `agent error: ${err instanceof Error ? err.message : String(err)}` }));
+      });
     }
   }
 
-  /** Resolves true with a slot taken, false when cancelled first. */
-  function acquire(signal: AbortSignal | undefined): Promise<boolean> {
-    if (signal?.aborted || stopped) return Promise.resolve(false);
-    return new Promise<boolean>((resolve) => {
-      const entry = {
-        resolve,
-        signal,
-        onAbort: () => {
-          const i = waiters.indexOf(entry);
-          if (i >= 0) waiters.splice(i, 1);
-          resolve(false);
-        },
-      };
-      signal?.addEventListener('abort', entry.onAbort, { once: true });
-      waiters.push(entry);
-      pump();
-    });
-  }
-
-  function release(): void {
+  /** Frees the batch's slot (its worker parked or killed by the caller). Idempotent. */
+  function endBatch(batch: Batch, why: string): void {
+    if (batch.over) return;
+    batch.over = true;
+    if (batch.watchdog) clearTimeout(batch.watchdog);
+    if (batch.sampler) clearInterval(batch.sampler);
+    if (batch.pw && batch.pw.state !== 'dead') batch.pw.listener = undefined;
+    batches.delete(batch);
     active--;
+    if (batch.open > 0) log('debug', 'shard-batch:ended', { batch: batch.id, open: batch.open, reason: why });
     pump();
   }
+
+  /**
+   * Puts the batch's unanswered shards back at the head of the queue (their worker is gone).
+   * `unexplained`: no shard was running when the worker died, so none can be blamed; each shard
+   * takes that at most twice before it fails, so a worker that keeps dying cannot loop forever.
+   */
+  function requeueRest(batch: Batch, death: string, unexplained: boolean): void {
+    const back: Job[] = [];
+    for (const j of batch.jobs) {
+      if (j.state !== 'batched') continue;
+      if (unexplained && j.requeues >= 2) {
+        settle(j, outcomeOf(j.a, ShardStatus.SHARD_STATUS_FAILED, j.queuedAtNs, { error: `its worker died ${j.requeues + 1} times before it ran: ${death}` }));
+        continue;
+      }
+      if (j.index >= 0) batch.open--;
+      if (unexplained) j.requeues++;
+      j.state = 'queued';
+      j.batch = undefined;
+      j.index = -1;
+      j.cancelling = false;
+      batchedCount--;
+      queuedCount++;
+      back.push(j);
+    }
+    if (back.length === 0) return;
+    queue = [...back, ...queue.slice(head)];
+    head = 0;
+  }
+
+  // ---- worker pool ----
 
   function kill(pw: PooledWorker, why: string): void {
     if (pw.state === 'dead') return;
@@ -331,6 +508,7 @@ export function createShardExecutor(options: ShardExecutorOptions): ShardExecuto
   async function spawn(code: CachedCode, memoryMb: number, key: string): Promise<PooledWorker> {
     const entry = await workerEntry();
     const { port1, port2 } = new MessageChannel();
+    const progress = new SharedArrayBuffer(PROGRESS_BYTES);
     const worker = new Worker(entry.kind === 'eval' ? entry.source : entry.url, {
       eval: entry.kind === 'eval',
       env: {},
@@ -339,7 +517,7 @@ export function createShardExecutor(options: ShardExecutorOptions): ShardExecuto
       stdout: true,
       stderr: true,
       resourceLimits: { maxOldGenerationSizeMb: memoryMb },
-      workerData: { port: port2, bundleUrl: code.url },
+      workerData: { port: port2, bundleUrl: code.url, progress },
       transferList: [port2],
     });
     const pw: PooledWorker = {
@@ -348,6 +526,9 @@ export function createShardExecutor(options: ShardExecutorOptions): ShardExecuto
       worker,
       port: port1,
       memoryMb,
+      slot: new Int32Array(progress, 0, 2),
+      startedAt: new BigInt64Array(progress, 8, 1),
+      peak: new Float64Array(progress, 16, 1),
       tid: null,
       state: 'starting',
       death: undefined,
@@ -401,8 +582,7 @@ export function createShardExecutor(options: ShardExecutorOptions): ShardExecuto
     return pw;
   }
 
-  async function workerFor(code: CachedCode, memoryMb: number): Promise<PooledWorker> {
-    const key = `${code.codeVersion}|${memoryMb}`;
+  async function workerFor(code: CachedCode, memoryMb: number, key: string): Promise<PooledWorker> {
     const list = idle.get(key);
     while (list && list.length > 0) {
       const pw = list.pop() as PooledWorker;
@@ -418,237 +598,334 @@ export function createShardExecutor(options: ShardExecutorOptions): ShardExecuto
     return pw;
   }
 
-  // ---- one shard ----
+  // ---- one batch ----
 
-  function outcomeOf(a: ShardAssignment, status: ShardStatus, startedAtNs: bigint, fields: { error?: string; outputs?: ShardOutput[]; resources?: Partial<Record<keyof ResourceUsage, number>> } = {}): ShardOutcome {
-    const r = fields.resources ?? {};
-    const int = (v: number | undefined): string => String(Math.max(0, Math.round(v ?? 0)));
-    return {
-      shardId: a.shardId,
-      status,
-      outputs: fields.outputs ?? [],
-      resources: {
-        cpuTimeNs: int(r.cpuTimeNs),
-        peakMemoryBytes: int(r.peakMemoryBytes),
-        netBytesIn: int(r.netBytesIn),
-        netBytesOut: int(r.netBytesOut),
-        diskBytesRead: '0',
-        diskBytesWritten: '0',
-        gpuTimeNs: int(r.gpuTimeNs),
-        gpuUtilization: 0,
-        wallTimeNs: int(r.wallTimeNs),
-      },
-      error: fields.error ?? '',
-      startedAtNs: startedAtNs.toString(),
-      endedAtNs: opts.now().toString(),
-      nodeId: opts.nodeId,
-    };
+  /** Reads the worker's CPU (charged to the cap, kept as unclaimed); false without counters. */
+  function readCpu(batch: Batch): boolean {
+    const pw = batch.pw;
+    if (!pw || batch.cpuLast === undefined || pw.tid === null) return false;
+    const c = threadCpuNs(pw.tid);
+    const now = performance.now();
+    if (c === undefined) return false;
+    const delta = Math.max(0, c - batch.cpuLast);
+    charge(delta, batch.cpuAtMs);
+    batch.cpuLast = c;
+    batch.cpuAtMs = now;
+    batch.cpuUnclaimed += delta;
+    return true;
   }
 
-  /** The first input whose payload does not hash to its content_hash, as a message. */
-  function corruptInput(a: ShardAssignment): string | undefined {
-    for (const [i, input] of a.inputs.entries()) {
-      const where = `inputs[${i}] ${JSON.stringify(input.name)}${input.objectId ? ` (${input.objectId})` : ''}`;
-      if (!isContentHash(input.contentHash)) return `${where}: content_hash ${JSON.stringify(input.contentHash)} is not "sha256:<hex>"`;
-      const actual = contentHashOf(input.payload);
-      if (actual !== input.contentHash) return `${where}: payload hashes to ${actual}, expected ${input.contentHash}`;
+  /** CPU not yet given to a shard, ns (and now given): the thread clock, else event-loop active time. */
+  function cpuSince(batch: Batch): number {
+    if (readCpu(batch)) {
+      const d = batch.cpuUnclaimed;
+      batch.cpuUnclaimed = 0;
+      return d;
     }
-    return undefined;
+    const pw = batch.pw;
+    if (!pw || !batch.elu) return 0;
+    const now = pw.worker.performance.eventLoopUtilization();
+    const used = pw.worker.performance.eventLoopUtilization(now, batch.elu).active * 1e6;
+    batch.elu = now;
+    // Without per-thread counters the cap is charged once per reading, from event-loop time.
+    charge(used, batch.cpuAtMs);
+    batch.cpuAtMs = performance.now();
+    return used;
   }
 
-  async function runShard(a: ShardAssignment, signal: AbortSignal): Promise<ShardOutcome> {
-    const startedAtNs = opts.now();
-    const t0 = performance.now();
-    const wall = (): number => (performance.now() - t0) * 1e6;
-    const bytesIn = a.inputs.reduce((n, i) => n + i.payload.byteLength, 0);
-    const corrupt = corruptInput(a);
-    if (corrupt) return outcomeOf(a, ShardStatus.SHARD_STATUS_INPUT_CORRUPTED, startedAtNs, { error: corrupt, resources: { wallTimeNs: wall() } });
-
+  async function startBatch(batch: Batch): Promise<void> {
+    const first = batch.jobs[0] as Job;
+    const live = (): Job[] => batch.jobs.filter((j) => j.state === 'batched');
     let code: CachedCode;
     try {
-      code = await opts.codeCache.get(a.codeVersion, signal);
+      code = await opts.codeCache.get(first.a.codeVersion, stopSignal);
     } catch (err) {
-      if (signal.aborted) return outcomeOf(a, ShardStatus.SHARD_STATUS_CANCELLED, startedAtNs, { error: 'cancelled', resources: { wallTimeNs: wall() } });
+      endBatch(batch, 'code unavailable');
       const message = err instanceof Error ? err.message : String(err);
-      return outcomeOf(a, ShardStatus.SHARD_STATUS_CODE_UNAVAILABLE, startedAtNs, { error: `code ${a.codeVersion}: ${message}`, resources: { wallTimeNs: wall(), netBytesIn: bytesIn } });
+      for (const j of live()) {
+        settle(
+          j,
+          stopped
+            ? outcomeOf(j.a, ShardStatus.SHARD_STATUS_CANCELLED, j.queuedAtNs, { error: 'cancelled: the executor stopped' })
+            : outcomeOf(j.a, ShardStatus.SHARD_STATUS_CODE_UNAVAILABLE, j.queuedAtNs, { error: `code ${j.a.codeVersion}: ${message}`, resources: { netBytesIn: j.bytesIn } }),
+        );
+      }
+      return;
     }
-
-    const timeoutMs = a.timeoutMs > 0 ? a.timeoutMs : opts.defaultTimeoutMs;
-    const memoryMb = a.memoryLimitMb > 0 ? a.memoryLimitMb : opts.defaultMemoryMb;
-    // The timeout covers the injected latency and the run (bundle load included), not the
-    // worker's start-up, which depends on the host rather than the shard.
     let pw: PooledWorker;
     try {
-      pw = await workerFor(code, memoryMb);
+      pw = await workerFor(code, first.memoryMb, batch.key);
     } catch (err) {
-      return outcomeOf(a, ShardStatus.SHARD_STATUS_FAILED, startedAtNs, { error: `agent: ${(err as Error).message}`, resources: { wallTimeNs: wall(), netBytesIn: bytesIn } });
+      endBatch(batch, 'no worker');
+      for (const j of live()) settle(j, outcomeOf(j.a, ShardStatus.SHARD_STATUS_FAILED, j.queuedAtNs, { error: `agent: ${(err as Error).message}`, resources: { netBytesIn: j.bytesIn } }));
+      return;
     }
-    if (signal.aborted) {
+    batch.jobs = live();
+    if (batch.jobs.length === 0 || stopped) {
+      endBatch(batch, 'nothing left to run');
       park(pw);
-      return outcomeOf(a, ShardStatus.SHARD_STATUS_CANCELLED, startedAtNs, { error: 'cancelled', resources: { wallTimeNs: wall() } });
+      for (const j of batch.jobs) settle(j, outcomeOf(j.a, ShardStatus.SHARD_STATUS_CANCELLED, j.queuedAtNs, { error: 'cancelled: the executor stopped' }));
+      return;
     }
-
-    const deadline = new AbortController();
-    const timer = setTimeout(() => deadline.abort(), timeoutMs);
-    const either = AbortSignal.any([deadline.signal, signal]);
-    const faults = a.faults;
-    try {
-      if (faults && faults.addedLatencyMs > 0) await sleep(faults.addedLatencyMs, either);
-      if (!either.aborted && faults?.fail) {
-        park(pw);
-        return outcomeOf(a, ShardStatus.SHARD_STATUS_FAILED, startedAtNs, { error: 'injected failure (faults.fail)', resources: { wallTimeNs: wall(), netBytesIn: bytesIn } });
-      }
-      if (either.aborted) {
-        park(pw);
-        return signal.aborted
-          ? outcomeOf(a, ShardStatus.SHARD_STATUS_CANCELLED, startedAtNs, { error: 'cancelled', resources: { wallTimeNs: wall() } })
-          : outcomeOf(a, ShardStatus.SHARD_STATUS_TIMED_OUT, startedAtNs, { error: `timed out after ${timeoutMs} ms (injected latency ${faults?.addedLatencyMs ?? 0} ms)`, resources: { wallTimeNs: wall(), netBytesIn: bytesIn } });
-      }
-      return await runInWorker(a, pw, signal, deadline.signal, { startedAtNs, t0, timeoutMs, memoryMb, bytesIn });
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
-  async function runInWorker(
-    a: ShardAssignment,
-    pw: PooledWorker,
-    signal: AbortSignal,
-    deadline: AbortSignal,
-    m: { startedAtNs: bigint; t0: number; timeoutMs: number; memoryMb: number; bytesIn: number },
-  ): Promise<ShardOutcome> {
-    // CPU of the worker thread: read from /proc by thread id, sampled while the shard runs.
-    const elu0 = pw.worker.performance.eventLoopUtilization();
-    const cpu0 = pw.tid === null ? undefined : threadCpuNs(pw.tid);
-    let cpuLast = cpu0;
-    const dispatchedAt = performance.now();
-    let sampledAt = dispatchedAt;
-    const sampleCpu = (): void => {
-      const now = performance.now();
-      if (pw.tid !== null && cpuLast !== undefined) {
-        const c = threadCpuNs(pw.tid);
-        if (c !== undefined) {
-          charge(c - cpuLast, sampledAt);
-          cpuLast = c;
-        }
-      }
-      sampledAt = now;
-    };
-    const cpuUsed = (): number => {
-      if (cpu0 !== undefined && cpuLast !== undefined) return cpuLast - cpu0;
-      const elu = pw.worker.performance.eventLoopUtilization(elu0);
-      return elu.active * 1e6;
-    };
-    const sampler = setInterval(sampleCpu, 50);
-    let peakHeap = 0;
-
-    const records: ShardRecord[] = a.inputs.map((i) => ({
-      name: i.name,
-      objectId: i.objectId,
-      key: i.key,
-      // A copy that owns its buffer: it moves to the worker without cloning the whole message.
-      payload: new Uint8Array(i.payload),
-      eventTimeNs: i.eventTimeNs,
-      mediaType: i.mediaType,
-    }));
-    const shard: WorkerShard = { shardId: a.shardId, nodeId: opts.nodeId, params: (a.parameters ?? {}) as TransformParams, records };
-
-    const end = await new Promise<RunEnd>((resolve) => {
-      let settled = false;
-      const finish = (e: RunEnd): void => {
-        if (settled) return;
-        settled = true;
-        deadline.removeEventListener('abort', onTimeout);
-        signal.removeEventListener('abort', onCancel);
-        resolve(e);
-      };
-      pw.listener = (event) => {
-        if (event.type === 'died') finish({ kind: 'died', death: event.death });
-        else if (event.type === 'log' && event.shardId === a.shardId) log('info', 'shard:log', { shardId: a.shardId, message: event.message });
-        else if (event.type === 'heap' && event.shardId === a.shardId) peakHeap = Math.max(peakHeap, event.peakHeapBytes);
-        else if (event.type === 'done' && event.shardId === a.shardId) finish({ kind: 'done', msg: event });
-      };
-      const onTimeout = (): void => finish({ kind: 'timeout' });
-      const onCancel = (): void => {
-        // Ask the transform to stop (ctx.signal); terminate the worker if it does not in time.
-        const msg: ToWorker = { type: 'cancel', shardId: a.shardId };
-        pw.port.postMessage(msg);
-        const grace = setTimeout(() => finish({ kind: 'cancelled' }), opts.cancelGraceMs);
-        const previous = pw.listener;
-        pw.listener = (event) => {
-          if (event.type === 'done' || event.type === 'died') clearTimeout(grace);
-          previous?.(event);
-        };
-      };
-      if (deadline.aborted) return finish({ kind: 'timeout' });
-      if (signal.aborted) return onCancel();
-      deadline.addEventListener('abort', onTimeout, { once: true });
-      signal.addEventListener('abort', onCancel, { once: true });
-      const msg: ToWorker = { type: 'run', shard };
-      pw.port.postMessage(msg, [...new Set(records.map((r) => r.payload.buffer as ArrayBuffer))]);
+    batch.pw = pw;
+    // Inputs packed into one buffer: one copy, one transfer (a payload decoded from the stream is
+    // a view into a larger buffer, which must not be cloned whole or taken from its owner).
+    let bytes = 0;
+    for (const j of batch.jobs) for (const i of j.a.inputs) bytes += i.payload.byteLength;
+    const buffer = new ArrayBuffer(bytes);
+    const view = new Uint8Array(buffer);
+    let offset = 0;
+    const shards: WorkerShard[] = batch.jobs.map((j, index) => {
+      j.index = index;
+      const records: WorkerRecord[] = j.a.inputs.map((i) => {
+        view.set(i.payload, offset);
+        const r = { name: i.name, objectId: i.objectId, key: i.key, offset, length: i.payload.byteLength, eventTimeNs: i.eventTimeNs, mediaType: i.mediaType };
+        offset += i.payload.byteLength;
+        return r;
+      });
+      const faults = j.a.faults;
+      return { shardId: j.a.shardId, params: (j.a.parameters ?? {}) as WorkerShard['params'], records, timeoutMs: j.timeoutMs, latencyMs: faults?.addedLatencyMs ?? 0, fail: faults?.fail ?? false };
     });
-    clearInterval(sampler);
-    sampleCpu();
-    // Without per-thread counters the cap is charged once, at the end, from event-loop time.
-    if (cpu0 === undefined) charge(cpuUsed(), dispatchedAt);
-    const cancelled = signal.aborted;
-    const wallTimeNs = (performance.now() - m.t0) * 1e6;
-    const base = { cpuTimeNs: cpuUsed(), wallTimeNs, netBytesIn: m.bytesIn };
+    batch.open = batch.jobs.length;
+    pw.listener = (event) => onWorkerEvent(batch, event);
+    batch.cpuAtMs = performance.now();
+    batch.cpuLast = pw.tid === null ? undefined : threadCpuNs(pw.tid);
+    if (batch.cpuLast === undefined) batch.elu = pw.worker.performance.eventLoopUtilization();
+    if (capped()) batch.sampler = setInterval(() => void readCpu(batch), 50);
+    const msg: ToWorker = { type: 'batch', batchId: batch.id, nodeId: opts.nodeId, shards, buffer };
+    pw.port.postMessage(msg, [buffer]);
+    // Cancellations that came while the code or the worker was being fetched.
+    for (const j of batch.jobs) if (j.cancelling) pw.port.postMessage({ type: 'cancel', shardId: j.a.shardId } satisfies ToWorker);
+    arm(batch, Math.min(...batch.jobs.map((j) => j.timeoutMs)));
+  }
 
-    switch (end.kind) {
-      case 'timeout':
-        kill(pw, 'timed out');
-        return outcomeOf(a, ShardStatus.SHARD_STATUS_TIMED_OUT, m.startedAtNs, { error: `timed out after ${m.timeoutMs} ms`, resources: { ...base, peakMemoryBytes: peakHeap } });
-      case 'cancelled':
-        kill(pw, 'did not stop when cancelled');
-        return outcomeOf(a, ShardStatus.SHARD_STATUS_CANCELLED, m.startedAtNs, { error: 'cancelled', resources: { ...base, peakMemoryBytes: peakHeap } });
-      case 'died':
-        kill(pw, end.death.message);
-        if (end.death.oom) {
-          return outcomeOf(a, ShardStatus.SHARD_STATUS_OUT_OF_MEMORY, m.startedAtNs, { error: end.death.message, resources: { ...base, peakMemoryBytes: m.memoryMb * 1024 * 1024 } });
-        }
-        return outcomeOf(a, cancelled ? ShardStatus.SHARD_STATUS_CANCELLED : ShardStatus.SHARD_STATUS_FAILED, m.startedAtNs, { error: end.death.message, resources: { ...base, peakMemoryBytes: peakHeap } });
-      case 'done': {
-        const msg = end.msg;
-        const peakMemoryBytes = Math.max(peakHeap, msg.peakHeapBytes);
-        if (msg.ok === false && msg.phase === 'load') kill(pw, 'bundle did not load');
-        else park(pw);
-        if (cancelled) return outcomeOf(a, ShardStatus.SHARD_STATUS_CANCELLED, m.startedAtNs, { error: 'cancelled', resources: { ...base, peakMemoryBytes } });
-        if (msg.ok === false) return outcomeOf(a, ShardStatus.SHARD_STATUS_FAILED, m.startedAtNs, { error: msg.error, resources: { ...base, peakMemoryBytes } });
-        const outputs: ShardOutput[] = msg.outputs.map((o) => ({
-          key: o.key,
-          contentHash: contentHashOf(o.payload),
-          payload: Buffer.from(o.payload.buffer, o.payload.byteOffset, o.payload.byteLength),
-          mediaType: o.mediaType,
-        }));
-        const netBytesOut = outputs.reduce((n, o) => n + o.payload.byteLength, 0);
-        return outcomeOf(a, ShardStatus.SHARD_STATUS_SUCCEEDED, m.startedAtNs, { outputs, resources: { ...base, peakMemoryBytes, netBytesOut, gpuTimeNs: msg.gpuTimeNs } });
+  function arm(batch: Batch, ms: number): void {
+    if (batch.over) return;
+    batch.watchdog = setTimeout(() => watch(batch), Math.max(1, Math.ceil(ms)));
+  }
+
+  /** The batch's watchdog: times out the running shard, else sleeps until it could time out. */
+  function watch(batch: Batch): void {
+    const pw = batch.pw;
+    if (batch.over || !pw) return;
+    const index = Atomics.load(pw.slot, 0);
+    const phase = Atomics.load(pw.slot, 1);
+    const job = batch.jobs[index];
+    if (index >= 0 && job && phase === PHASE_RUN && job.state === 'batched') {
+      const elapsedMs = Number(process.hrtime.bigint() - Atomics.load(pw.startedAt, 0)) / 1e6;
+      if (elapsedMs >= job.timeoutMs) {
+        abort(batch, job, 'timed out', (cpu, wallNs, peak, endedAtNs, startedAtNs) =>
+          outcomeOf(job.a, ShardStatus.SHARD_STATUS_TIMED_OUT, startedAtNs, { error: `timed out after ${job.timeoutMs} ms`, endedAtNs, resources: { cpuTimeNs: cpu, wallTimeNs: wallNs, peakMemoryBytes: peak, netBytesIn: job.bytesIn } }),
+        );
+        return;
+      }
+      return arm(batch, job.timeoutMs - elapsedMs);
+    }
+    // Between shards or in an injected latency (which the worker bounds itself): the next shard
+    // to run cannot time out sooner than the shortest timeout left.
+    let next = Number.POSITIVE_INFINITY;
+    for (const j of batch.jobs) if (j.state === 'batched' && j.timeoutMs < next) next = j.timeoutMs;
+    if (Number.isFinite(next)) arm(batch, next);
+  }
+
+  /**
+   * Terminates the batch's worker while it runs `job`: `job` gets the outcome `make` builds (with
+   * all CPU since the last reading, its wall time and heap peak), the shards without an outcome
+   * are queued again.
+   */
+  function abort(
+    batch: Batch,
+    job: Job,
+    why: string,
+    make: (cpuNs: number, wallNs: number, peakBytes: number, endedAtNs: bigint, startedAtNs: bigint) => ShardOutcome,
+    deadAlready = false,
+  ): void {
+    const pw = batch.pw as PooledWorker;
+    const cpu = deadAlready ? 0 : cpuSince(batch);
+    const hrNow = process.hrtime.bigint();
+    const running = Atomics.load(pw.slot, 0) === job.index && Atomics.load(pw.slot, 1) !== PHASE_IDLE;
+    const startHr = running ? Atomics.load(pw.startedAt, 0) : hrNow;
+    const toEpoch = opts.now() - hrNow;
+    const peak = Atomics.load(pw.slot, 0) === job.index ? pw.peak[0] ?? 0 : 0;
+    kill(pw, why);
+    settle(job, make(cpu, Number(hrNow - startHr), peak, hrNow + toEpoch, startHr + toEpoch));
+    requeueRest(batch, why, false);
+    endBatch(batch, why);
+  }
+
+  function onWorkerEvent(batch: Batch, event: FromWorker | { type: 'died'; death: Death }): void {
+    if (batch.over) return;
+    if (event.type === 'log') {
+      log('info', 'shard:log', { shardId: event.shardId, message: event.message });
+      return;
+    }
+    if (event.type === 'died') {
+      const pw = batch.pw as PooledWorker;
+      const index = Atomics.load(pw.slot, 0);
+      const job = Atomics.load(pw.slot, 1) !== PHASE_IDLE ? batch.jobs[index] : undefined;
+      const death = event.death;
+      if (!job || job.state !== 'batched') {
+        requeueRest(batch, death.message, true);
+        endBatch(batch, death.message);
+        return;
+      }
+      abort(
+        batch,
+        job,
+        death.message,
+        (cpu, wallNs, peak, endedAtNs, startedAtNs) => {
+          const resources = { cpuTimeNs: cpu, wallTimeNs: wallNs, netBytesIn: job.bytesIn };
+          if (death.oom) return outcomeOf(job.a, ShardStatus.SHARD_STATUS_OUT_OF_MEMORY, startedAtNs, { error: death.message, endedAtNs, resources: { ...resources, peakMemoryBytes: job.memoryMb * 1024 * 1024 } });
+          const status = job.cancelling ? ShardStatus.SHARD_STATUS_CANCELLED : ShardStatus.SHARD_STATUS_FAILED;
+          return outcomeOf(job.a, status, startedAtNs, { error: death.message, endedAtNs, resources: { ...resources, peakMemoryBytes: peak } });
+        },
+        true,
+      );
+      return;
+    }
+    if (event.type !== 'results' || event.batchId !== batch.id) return;
+    const results = event.results;
+    const cpu = cpuSince(batch);
+    // Each shard is charged its time in `run` (scaled down when the thread used less CPU than
+    // that, e.g. an async transform that waited); the rest of the reading is split evenly.
+    let runSum = 0;
+    for (const r of results) runSum += r.runNs;
+    const scale = runSum > cpu && runSum > 0 ? cpu / runSum : 1;
+    const overhead = results.length > 0 ? Math.max(0, cpu - runSum * scale) / results.length : 0;
+    const hrNow = process.hrtime.bigint();
+    const toEpoch = opts.now() - hrNow;
+    const bytes = event.buffer.byteLength > 0 ? Buffer.from(event.buffer) : Buffer.alloc(0);
+    let loadFailed = false;
+    for (const r of results) {
+      const job = batch.jobs[r.index];
+      if (!job || job.state !== 'batched' || job.batch !== batch) continue;
+      settle(job, outcomeFromWorker(job, r, r.runNs * scale + overhead, toEpoch, bytes));
+      if (!r.ok && r.phase === 'load') loadFailed = true;
+    }
+    if (event.last) {
+      const pw = batch.pw as PooledWorker;
+      endBatch(batch, 'done');
+      if (loadFailed) kill(pw, 'bundle did not load');
+      else park(pw);
+      // Every shard has an outcome by now; one without is a bug, still answered.
+      for (const j of batch.jobs) {
+        if (j.state === 'batched' && j.batch === batch) settle(j, outcomeOf(j.a, ShardStatus.SHARD_STATUS_FAILED, j.queuedAtNs, { error: 'agent error: the worker gave no outcome' }));
       }
     }
   }
 
-  async function execute(a: ShardAssignment, signal?: AbortSignal): Promise<ShardOutcome> {
-    const queuedAtNs = opts.now();
-    const cancel = signal ? AbortSignal.any([signal, stopController.signal]) : stopController.signal;
-    const got = await acquire(cancel);
-    if (!got) return outcomeOf(a, ShardStatus.SHARD_STATUS_CANCELLED, queuedAtNs, { error: stopped ? 'cancelled: the executor stopped' : 'cancelled before it started' });
-    try {
-      return await runShard(a, cancel);
-    } catch (err) {
-      // A bug of the executor, not of the shard: still an outcome, and loud in the log.
-      log('error', 'shard:executor-error', { shardId: a.shardId, error: err instanceof Error ? (err.stack ?? err.message) : String(err) });
-      return outcomeOf(a, ShardStatus.SHARD_STATUS_FAILED, queuedAtNs, { error: `agent error: ${err instanceof Error ? err.message : String(err)}` });
-    } finally {
-      release();
+  function outcomeFromWorker(job: Job, r: WorkerResult, cpuNs: number, toEpoch: bigint, bytes: Buffer): ShardOutcome {
+    const startedAtNs = r.startHr + toEpoch;
+    const endedAtNs = r.endHr + toEpoch;
+    const wallNs = Number(r.endHr - r.startHr);
+    // One thread cannot give a shard more CPU than the shard's wall time; what the reading holds
+    // beyond that (messaging outside any shard) is the batch's, not the shard's.
+    const base = { cpuTimeNs: Math.min(cpuNs, wallNs), wallTimeNs: wallNs, netBytesIn: job.bytesIn, peakMemoryBytes: r.peakHeapBytes };
+    if (r.ok) {
+      let netBytesOut = 0;
+      const outputs: ShardOutput[] = r.outputs.map((o) => {
+        netBytesOut += o.length;
+        return { key: o.key, contentHash: o.contentHash, payload: bytes.subarray(o.offset, o.offset + o.length), mediaType: o.mediaType };
+      });
+      return outcomeOf(job.a, ShardStatus.SHARD_STATUS_SUCCEEDED, startedAtNs, { outputs, endedAtNs, resources: { ...base, netBytesOut, gpuTimeNs: r.gpuTimeNs } });
     }
+    const status =
+      r.status === 'cancelled' || job.cancelling
+        ? ShardStatus.SHARD_STATUS_CANCELLED
+        : r.status === 'timeout'
+          ? ShardStatus.SHARD_STATUS_TIMED_OUT
+          : ShardStatus.SHARD_STATUS_FAILED;
+    return outcomeOf(job.a, status, startedAtNs, { error: status === ShardStatus.SHARD_STATUS_CANCELLED ? 'cancelled' : r.error, endedAtNs, resources: base });
+  }
+
+  // ---- cancellation ----
+
+  function cancelJob(job: Job, why: string): void {
+    if (job.state === 'done') return;
+    if (job.state === 'queued') {
+      settle(job, outcomeOf(job.a, ShardStatus.SHARD_STATUS_CANCELLED, job.queuedAtNs, { error: why }));
+      return;
+    }
+    const batch = job.batch as Batch;
+    const pw = batch.pw;
+    if (!pw) {
+      // Its batch is still fetching code or a worker: it is left out when the batch is posted.
+      settle(job, outcomeOf(job.a, ShardStatus.SHARD_STATUS_CANCELLED, job.queuedAtNs, { error: 'cancelled' }));
+      return;
+    }
+    if (job.cancelling) return;
+    job.cancelling = true;
+    pw.port.postMessage({ type: 'cancel', shardId: job.a.shardId } satisfies ToWorker);
+    const running = Atomics.load(pw.slot, 0) === job.index;
+    if (!running && Atomics.load(pw.slot, 0) < job.index) {
+      // Not started: the worker will skip it; nothing to wait for.
+      settle(job, outcomeOf(job.a, ShardStatus.SHARD_STATUS_CANCELLED, job.queuedAtNs, { error: 'cancelled' }));
+      return;
+    }
+    // Running: the transform is asked to stop (ctx.signal); its worker is terminated if it does not in time.
+    const grace = setTimeout(() => {
+      if (job.state !== 'batched' || job.batch !== batch || batch.over) return;
+      if (Atomics.load(pw.slot, 0) !== job.index) return;
+      abort(batch, job, 'did not stop when cancelled', (cpu, wallNs, peak, endedAtNs, startedAtNs) =>
+        outcomeOf(job.a, ShardStatus.SHARD_STATUS_CANCELLED, startedAtNs, { error: 'cancelled', endedAtNs, resources: { cpuTimeNs: cpu, wallTimeNs: wallNs, peakMemoryBytes: peak, netBytesIn: job.bytesIn } }),
+      );
+    }, opts.cancelGraceMs);
+    grace.unref();
+  }
+
+  const stopController = new AbortController();
+  const stopSignal = stopController.signal;
+
+  function execute(a: ShardAssignment, signal?: AbortSignal): Promise<ShardOutcome> {
+    const queuedAtNs = opts.now();
+    if (stopped) return Promise.resolve(outcomeOf(a, ShardStatus.SHARD_STATUS_CANCELLED, queuedAtNs, { error: 'cancelled: the executor stopped' }));
+    if (signal?.aborted) return Promise.resolve(outcomeOf(a, ShardStatus.SHARD_STATUS_CANCELLED, queuedAtNs, { error: 'cancelled before it started' }));
+    const corrupt = corruptInput(a);
+    if (corrupt) return Promise.resolve(outcomeOf(a, ShardStatus.SHARD_STATUS_INPUT_CORRUPTED, queuedAtNs, { error: corrupt }));
+    const memoryMb = a.memoryLimitMb > 0 ? a.memoryLimitMb : opts.defaultMemoryMb;
+    let bytesIn = 0;
+    for (const i of a.inputs) bytesIn += i.payload.byteLength;
+    return new Promise<ShardOutcome>((resolve) => {
+      const job: Job = {
+        a,
+        key: `${a.codeVersion}|${memoryMb}`,
+        timeoutMs: a.timeoutMs > 0 ? a.timeoutMs : opts.defaultTimeoutMs,
+        memoryMb,
+        bytesIn,
+        queuedAtNs,
+        resolve,
+        state: 'queued',
+        batch: undefined,
+        index: -1,
+        requeues: 0,
+        cancelling: false,
+        offAbort: undefined,
+      };
+      if (signal) {
+        const onAbort = (): void => cancelJob(job, job.state === 'queued' ? 'cancelled before it started' : 'cancelled');
+        signal.addEventListener('abort', onAbort, { once: true });
+        job.offAbort = () => signal.removeEventListener('abort', onAbort);
+      }
+      // A second run of a shard id answers both; the later one is the one cancel() reaches.
+      byId.set(a.shardId, job);
+      queue.push(job);
+      queuedCount++;
+      // Shards given in the same turn (one assignment frame) are batched together.
+      if (!pumpScheduled) {
+        pumpScheduled = true;
+        queueMicrotask(() => {
+          pumpScheduled = false;
+          pump();
+        });
+      }
+    });
   }
 
   return {
-    execute(a, signal) {
-      const p = execute(a, signal);
-      inFlight.add(p);
-      void p.finally(() => inFlight.delete(p));
-      return p;
+    execute,
+    cancel(shardId, reason) {
+      const job = byId.get(shardId);
+      if (job) cancelJob(job, job.state === 'queued' ? 'cancelled before it started' : (reason ?? 'cancelled'));
     },
     setThrottle(t) {
       const fraction = t.cpuFraction ?? 0;
@@ -662,24 +939,31 @@ export function createShardExecutor(options: ShardExecutorOptions): ShardExecuto
       pump();
     },
     get running() {
-      return active;
+      return batchedCount;
     },
     get queued() {
-      return waiters.length;
+      return queuedCount;
     },
     async stop() {
-      if (stopped) {
-        await Promise.allSettled([...inFlight]);
-        return;
+      if (!stopped) {
+        stopped = true;
+        stopController.abort(new Error('executor stopped'));
+        if (gateTimer) clearTimeout(gateTimer);
+        for (const j of queue.slice(head)) settle(j, outcomeOf(j.a, ShardStatus.SHARD_STATUS_CANCELLED, j.queuedAtNs, { error: 'cancelled: the executor stopped' }));
+        queue = [];
+        head = 0;
+        for (const b of [...batches]) {
+          if (b.pw) kill(b.pw, 'executor stopped');
+          endBatch(b, 'executor stopped');
+          for (const j of b.jobs) settle(j, outcomeOf(j.a, ShardStatus.SHARD_STATUS_CANCELLED, j.queuedAtNs, { error: 'cancelled: the executor stopped' }));
+        }
       }
-      stopped = true;
-      stopController.abort(new Error('executor stopped'));
-      if (gateTimer) clearTimeout(gateTimer);
-      await Promise.allSettled([...inFlight]);
-      await Promise.allSettled([...all].map((pw) => {
-        kill(pw, 'executor stopped');
-        return pw.worker.terminate();
-      }));
+      await Promise.allSettled(
+        [...all].map((pw) => {
+          kill(pw, 'executor stopped');
+          return pw.worker.terminate();
+        }),
+      );
     },
   };
 }

@@ -1,16 +1,24 @@
 /**
  * Entry of a shard worker thread (see shard-executor.ts). One worker serves one code version: it
- * imports the bundle by file URL on its first shard and runs shards one at a time. It talks to
- * the executor only over the private MessagePort it gets at start, which it removes from
- * `workerData` before any bundle code runs, so the transform cannot forge results on it. The
- * worker has an empty environment and no arguments; the agent's token never reaches it.
+ * imports the bundle by file URL on its first shard and runs shards one at a time, taking them in
+ * batches (one message in, outcomes back in one message per batch or per 20 ms, whichever comes
+ * first). It talks to the executor only over the private MessagePort it gets at start, which it
+ * removes from `workerData` before any bundle code runs, so the transform cannot forge results on
+ * it. The worker has an empty environment and no arguments; the agent's token never reaches it.
+ *
+ * Progress goes to a small SharedArrayBuffer (`WorkerBoot.progress`, see `PROGRESS_*`): the index
+ * of the shard running, its phase, when it started and its heap peak so far. The executor's one
+ * watchdog per batch reads it to enforce each shard's timeout and to tell which shard a dead worker
+ * was running, without a message or a timer per shard.
  *
  * Bundled into one script by the executor (esbuild) at first use; keep its imports to Node
  * built-ins and common/.
  */
 import { readlinkSync } from 'node:fs';
 import { getHeapStatistics } from 'node:v8';
-import { workerData, type MessagePort } from 'node:worker_threads';
+import { workerData } from 'node:worker_threads';
+import { contentHashOf } from '../common/hash.js';
+import { PHASE_IDLE, PHASE_LATENCY, PHASE_RUN, type FromWorker, type ToWorker, type WorkerBoot, type WorkerResult } from './shard-worker-protocol.js';
 import {
   normalizeOutputs,
   toTransformInputs,
@@ -18,47 +26,13 @@ import {
   type NormalizedOutput,
   type ShardRecord,
   type TransformDefinition,
-  type TransformParams,
 } from '../common/transform.js';
-
-/** What the executor passes at start (`workerData`). */
-export interface WorkerBoot {
-  port: MessagePort;
-  /** File URL of the cached bundle. */
-  bundleUrl: string;
-}
-
-/** One shard as the worker receives it. */
-export interface WorkerShard {
-  shardId: string;
-  nodeId: string;
-  params: TransformParams;
-  records: ShardRecord[];
-}
-
-export type ToWorker = { type: 'run'; shard: WorkerShard } | { type: 'cancel'; shardId: string };
-
-export type FromWorker =
-  /** `tid`: the worker's OS thread id (Linux), so the executor can read its CPU time from /proc. */
-  | { type: 'ready'; tid: number | null }
-  | { type: 'log'; shardId: string; message: string }
-  /** A new heap peak, sent when the event loop gets a turn (so not during synchronous loops). */
-  | { type: 'heap'; shardId: string; peakHeapBytes: number }
-  | {
-      type: 'done';
-      shardId: string;
-      ok: true;
-      outputs: NormalizedOutput[];
-      peakHeapBytes: number;
-      /** The TF.js backend in use at the end, or '' without TF.js. */
-      tfBackend: string;
-      gpuTimeNs: number;
-    }
-  | { type: 'done'; shardId: string; ok: false; error: string; phase: 'load' | 'run'; peakHeapBytes: number };
 
 /** TF.js backends that run kernels on a GPU. */
 const GPU_BACKENDS = new Set(['webgl', 'webgpu']);
 const MAX_LOG_CHARS = 4096;
+/** Finished outcomes wait at most this long for the rest of their batch, ms. */
+const FLUSH_MS = 20;
 
 function describeError(err: unknown): string {
   if (err instanceof Error) return err.name && err.name !== 'Error' ? `${err.name}: ${err.message}` : err.message;
@@ -90,76 +64,208 @@ function start(): void {
   const boot = workerData as Partial<WorkerBoot>;
   const port = boot.port;
   const url = boot.bundleUrl;
+  const progress = boot.progress;
   delete boot.port;
-  if (!port || typeof url !== 'string') throw new Error('shard worker started without its port and bundle');
+  delete boot.progress;
+  if (!port || typeof url !== 'string' || !progress) throw new Error('shard worker started without its port, bundle and progress buffer');
   const bundleUrl: string = url;
+  const slot = new Int32Array(progress, 0, 2);
+  const startedAt = new BigInt64Array(progress, 8, 1);
+  const peakOut = new Float64Array(progress, 16, 1);
   let definition: Promise<TransformDefinition> | undefined;
-  const running = new Map<string, AbortController>();
+  /** Shards asked to stop: skipped when not started, their signal aborted when running. */
+  const cancelled = new Set<string>();
+  let current: { shardId: string; controller: AbortController | undefined } | undefined;
+  const batches: Extract<ToWorker, { type: 'batch' }>[] = [];
+  let busy = false;
   const post = (msg: FromWorker, transfer: ArrayBuffer[] = []): void => port.postMessage(msg, transfer);
 
-  async function run(shard: WorkerShard): Promise<void> {
-    const controller = new AbortController();
-    running.set(shard.shardId, controller);
-    let peak = heapInUse();
-    let reported = peak;
-    const observe = (): void => {
-      peak = Math.max(peak, heapInUse());
-    };
-    const sampler = setInterval(() => {
-      observe();
-      if (peak > reported + 1024 * 1024) {
-        reported = peak;
-        post({ type: 'heap', shardId: shard.shardId, peakHeapBytes: peak });
-      }
-    }, 10);
-    let def: TransformDefinition;
-    try {
-      definition ??= import(bundleUrl).then((m: Record<string, unknown>) => transformOfModule(m));
-      def = await definition;
-    } catch (err) {
-      clearInterval(sampler);
-      running.delete(shard.shardId);
-      post({ type: 'done', shardId: shard.shardId, ok: false, phase: 'load', error: `cannot load the bundle: ${describeError(err)}`, peakHeapBytes: peak });
-      return;
+  let peak = 0;
+  const observe = (): void => {
+    const h = heapInUse();
+    if (h > peak) {
+      peak = h;
+      peakOut[0] = h;
     }
-    try {
-      const ctx = {
-        shardId: shard.shardId,
-        nodeId: shard.nodeId,
-        signal: controller.signal,
-        log: (message: string) => post({ type: 'log', shardId: shard.shardId, message: String(message).slice(0, MAX_LOG_CHARS) }),
-      };
-      const outputs: NormalizedOutput[] = [];
-      let runNs = 0n;
-      for (const input of toTransformInputs(shard.records)) {
-        if (controller.signal.aborted) throw new Error('cancelled');
-        const t0 = process.hrtime.bigint();
-        const result = await def.run(input, shard.params, ctx);
-        runNs += process.hrtime.bigint() - t0;
-        observe();
-        outputs.push(...normalizeOutputs(result, input.key));
+  };
+
+  /** Packs the outputs of `pending` into one buffer (one transfer instead of one per output). */
+  function flush(batchId: number, pending: { result: WorkerResult; outputs: NormalizedOutput[] }[], last: boolean): void {
+    let bytes = 0;
+    for (const p of pending) for (const o of p.outputs) bytes += o.payload.byteLength;
+    const buffer = new ArrayBuffer(bytes);
+    const view = new Uint8Array(buffer);
+    let offset = 0;
+    const results: WorkerResult[] = [];
+    for (const p of pending) {
+      if (p.result.ok) {
+        for (const o of p.outputs) {
+          view.set(o.payload, offset);
+          p.result.outputs.push({ key: o.key, mediaType: o.mediaType, contentHash: contentHashOf(o.payload), offset, length: o.payload.byteLength });
+          offset += o.payload.byteLength;
+        }
       }
-      observe();
-      const backend = tfBackend();
-      // TF.js exposes no per-kernel GPU clock here: with a GPU backend the run's wall time is
-      // reported as GPU time (an upper bound).
-      const gpuTimeNs = GPU_BACKENDS.has(backend) ? Number(runNs) : 0;
-      // Output payloads own their buffers (normalizeOutputs copies), so they move without a copy.
-      const transfer = [...new Set(outputs.map((o) => o.payload.buffer as ArrayBuffer))];
-      post({ type: 'done', shardId: shard.shardId, ok: true, outputs, peakHeapBytes: peak, tfBackend: backend, gpuTimeNs }, transfer);
-    } catch (err) {
-      observe();
-      post({ type: 'done', shardId: shard.shardId, ok: false, phase: 'run', error: describeError(err), peakHeapBytes: peak });
+      results.push(p.result);
+    }
+    post({ type: 'results', batchId, results, buffer, last }, [buffer]);
+  }
+
+  /** Sleeps `ms`, woken early by a cancel of `shardId`; true when it slept the whole time. */
+  function latency(ms: number, shardId: string): Promise<boolean> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        current = { shardId, controller: undefined };
+        resolve(true);
+      }, ms);
+      current = {
+        shardId,
+        controller: {
+          abort: () => {
+            clearTimeout(timer);
+            resolve(false);
+          },
+        } as unknown as AbortController,
+      };
+    });
+  }
+
+  async function runBatch(batch: Extract<ToWorker, { type: 'batch' }>): Promise<void> {
+    const bytes = new Uint8Array(batch.buffer);
+    let pending: { result: WorkerResult; outputs: NormalizedOutput[] }[] = [];
+    let lastFlush = process.hrtime.bigint();
+    // Heap peaks between run calls (an async transform yields); a synchronous stretch is not sampled.
+    const sampler = setInterval(observe, 10);
+    try {
+      for (const [index, shard] of batch.shards.entries()) {
+        const startHr = process.hrtime.bigint();
+        peak = 0;
+        observe();
+        Atomics.store(startedAt, 0, startHr);
+        Atomics.store(slot, 0, index);
+        const end = (r: Omit<WorkerResult, 'index' | 'startHr' | 'endHr' | 'peakHeapBytes'> & Partial<WorkerResult>, outputs: NormalizedOutput[] = []): void => {
+          observe();
+          pending.push({ result: { ...r, index, startHr, endHr: process.hrtime.bigint(), peakHeapBytes: peak } as WorkerResult, outputs });
+        };
+        if (cancelled.delete(shard.shardId)) {
+          end({ ok: false, status: 'cancelled', phase: 'run', error: 'cancelled', runNs: 0 });
+          continue;
+        }
+        if (shard.latencyMs > 0) {
+          Atomics.store(slot, 1, PHASE_LATENCY);
+          const slept = await latency(Math.min(shard.latencyMs, shard.timeoutMs), shard.shardId);
+          current = undefined;
+          if (!slept || cancelled.delete(shard.shardId)) {
+            Atomics.store(slot, 1, PHASE_IDLE);
+            end({ ok: false, status: 'cancelled', phase: 'run', error: 'cancelled', runNs: 0 });
+            continue;
+          }
+          if (shard.latencyMs >= shard.timeoutMs) {
+            Atomics.store(slot, 1, PHASE_IDLE);
+            end({ ok: false, status: 'timeout', phase: 'run', error: `timed out after ${shard.timeoutMs} ms (injected latency ${shard.latencyMs} ms)`, runNs: 0 });
+            continue;
+          }
+        }
+        if (shard.fail) {
+          Atomics.store(slot, 1, PHASE_IDLE);
+          end({ ok: false, status: 'failed', phase: 'run', error: 'injected failure (faults.fail)', runNs: 0 });
+          continue;
+        }
+        Atomics.store(slot, 1, PHASE_RUN);
+        let def: TransformDefinition;
+        try {
+          definition ??= import(bundleUrl).then((m: Record<string, unknown>) => transformOfModule(m));
+          def = await definition;
+        } catch (err) {
+          Atomics.store(slot, 1, PHASE_IDLE);
+          // Every shard of the batch gets the same answer; the executor retires this worker.
+          const error = `cannot load the bundle: ${describeError(err)}`;
+          end({ ok: false, status: 'failed', phase: 'load', error, runNs: 0 });
+          for (let i = index + 1; i < batch.shards.length; i++) {
+            const t = process.hrtime.bigint();
+            pending.push({ result: { index: i, ok: false, status: 'failed', phase: 'load', error, runNs: 0, startHr: t, endHr: t, peakHeapBytes: peak }, outputs: [] });
+          }
+          break;
+        }
+        // The shard's signal is made only when the transform asks for it: most never do.
+        const cur: { shardId: string; controller: AbortController | undefined } = { shardId: shard.shardId, controller: undefined };
+        current = cur;
+        const ctx = {
+          shardId: shard.shardId,
+          nodeId: batch.nodeId,
+          get signal(): AbortSignal {
+            cur.controller ??= new AbortController();
+            return cur.controller.signal;
+          },
+          log: (message: string) => post({ type: 'log', shardId: shard.shardId, message: String(message).slice(0, MAX_LOG_CHARS) }),
+        };
+        let runNs = 0n;
+        try {
+          const records: ShardRecord[] = shard.records.map((r) => ({
+            name: r.name,
+            objectId: r.objectId,
+            key: r.key,
+            payload: bytes.subarray(r.offset, r.offset + r.length),
+            eventTimeNs: r.eventTimeNs,
+            mediaType: r.mediaType,
+          }));
+          const outputs: NormalizedOutput[] = [];
+          for (const input of toTransformInputs(records)) {
+            if (cur.controller?.signal.aborted || cancelled.has(shard.shardId)) throw new Error('cancelled');
+            const t0 = process.hrtime.bigint();
+            const result = await def.run(input, shard.params, ctx);
+            runNs += process.hrtime.bigint() - t0;
+            observe();
+            for (const o of normalizeOutputs(result, input.key)) outputs.push(o);
+          }
+          const backend = tfBackend();
+          // TF.js exposes no per-kernel GPU clock here: with a GPU backend the run's wall time is
+          // reported as GPU time (an upper bound).
+          const gpuTimeNs = GPU_BACKENDS.has(backend) ? Number(runNs) : 0;
+          if (cancelled.delete(shard.shardId)) end({ ok: false, status: 'cancelled', phase: 'run', error: 'cancelled', runNs: Number(runNs) });
+          else end({ ok: true, outputs: [], tfBackend: backend, gpuTimeNs, runNs: Number(runNs) }, outputs);
+        } catch (err) {
+          if (cancelled.delete(shard.shardId)) end({ ok: false, status: 'cancelled', phase: 'run', error: 'cancelled', runNs: Number(runNs) });
+          else end({ ok: false, status: 'failed', phase: 'run', error: describeError(err), runNs: Number(runNs) });
+        } finally {
+          current = undefined;
+          Atomics.store(slot, 1, PHASE_IDLE);
+        }
+        const now = process.hrtime.bigint();
+        if (now - lastFlush >= FLUSH_MS * 1e6 && index < batch.shards.length - 1) {
+          flush(batch.batchId, pending, false);
+          pending = [];
+          lastFlush = now;
+        }
+      }
     } finally {
       clearInterval(sampler);
-      running.delete(shard.shardId);
+      Atomics.store(slot, 0, -1);
+      // A cancel that arrived after its shard ended must not linger.
+      if (cancelled.size > 0) for (const s of batch.shards) cancelled.delete(s.shardId);
+      flush(batch.batchId, pending, true);
+    }
+  }
+
+  async function drain(): Promise<void> {
+    if (busy) return;
+    busy = true;
+    try {
+      for (let b = batches.shift(); b; b = batches.shift()) await runBatch(b);
+    } finally {
+      busy = false;
     }
   }
 
   port.on('message', (msg: ToWorker) => {
-    if (msg.type === 'run') void run(msg.shard);
-    else if (msg.type === 'cancel') running.get(msg.shardId)?.abort(new Error('cancelled'));
+    if (msg.type === 'batch') {
+      batches.push(msg);
+      void drain();
+    } else if (msg.type === 'cancel') {
+      if (current?.shardId === msg.shardId && current.controller) current.controller.abort(new Error('cancelled'));
+      cancelled.add(msg.shardId);
+    }
   });
+  Atomics.store(slot, 0, -1);
   post({ type: 'ready', tid: threadId() });
 }
 

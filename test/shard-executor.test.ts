@@ -71,6 +71,18 @@ const SOURCES: Record<string, string> = {
         return null;
       },
     });`,
+  mixed: `
+    import { defineTransform } from 'retrace/transform';
+    export default defineTransform({
+      name: 'mixed',
+      async run(input, params, ctx) {
+        if (params.mode === 'loop') for (;;) {}
+        if (params.mode === 'bomb') { const a = []; for (;;) a.push({ n: a.length, s: 'x' + a.length }); }
+        if (params.mode === 'exit') process.exit(3);
+        if (params.mode === 'wait') await new Promise((resolve) => ctx.signal.addEventListener('abort', resolve));
+        return { json: { key: input.key, shard: ctx.shardId } };
+      },
+    });`,
 };
 
 describe('shard executor (real worker threads)', () => {
@@ -292,6 +304,66 @@ describe('shard executor (real worker threads)', () => {
     } finally {
       await capped.stop();
     }
+  });
+
+  it('batches shards into one worker; a hung, oversized or exiting shard is reported alone and the rest of its batch still runs', async () => {
+    const started: unknown[] = [];
+    const one = createShardExecutor({
+      codeCache: createCodeCache({ dir: join(dir, 'code'), fetch: async (v) => bundles.get(v) ?? new Uint8Array() }),
+      nodeId: 'node-batch',
+      maxConcurrent: 1,
+      log: (_level, event, fields) => {
+        if (event === 'shard-worker:started') started.push(fields);
+      },
+    });
+    try {
+      const warm = await one.execute(shard('mixed', { memoryLimitMb: 48 }));
+      expect(warm.status).toBe(ShardStatus.SHARD_STATUS_SUCCEEDED);
+      const modes = ['ok', 'ok', 'loop', 'ok', 'bomb', 'ok', 'exit', 'ok', 'ok'];
+      const shards = modes.map((mode) => shard('mixed', { parameters: { mode }, memoryLimitMb: 48, timeoutMs: mode === 'loop' ? 300 : 20_000 }));
+      // Given in one turn: one batch for the one worker slot.
+      const outs = await Promise.all(shards.map((x) => one.execute(x)));
+      expect(outs.map((o) => o.shardId)).toEqual(shards.map((x) => x.shardId));
+      expect(outs.map((o) => o.status)).toEqual(
+        modes.map((m) =>
+          m === 'loop' ? ShardStatus.SHARD_STATUS_TIMED_OUT : m === 'bomb' ? ShardStatus.SHARD_STATUS_OUT_OF_MEMORY : m === 'exit' ? ShardStatus.SHARD_STATUS_FAILED : ShardStatus.SHARD_STATUS_SUCCEEDED,
+        ),
+      );
+      expect(outs[2]?.error).toBe('timed out after 300 ms');
+      expect(outs[4]?.error).toMatch(/48 MiB heap/);
+      expect(outs[6]?.error).toMatch(/exited \(code 3\)/);
+      for (const [i, o] of outs.entries()) {
+        if (o.status !== ShardStatus.SHARD_STATUS_SUCCEEDED) continue;
+        expect(JSON.parse(o.outputs[0]?.payload.toString() ?? '{}')).toEqual({ key: 'o1', shard: shards[i]?.shardId });
+        expect(o.outputs[0]?.contentHash).toBe(contentHashOf(o.outputs[0]?.payload ?? ''));
+      }
+      // The warm-up's worker, then one after each of the three terminations.
+      expect(started).toHaveLength(4);
+      // A cancelled shard waiting in a batch is skipped; the one running is stopped; the rest run.
+      const controller = new AbortController();
+      const waiting = [shard('mixed', { parameters: { mode: 'wait' }, memoryLimitMb: 48 }), shard('mixed', { memoryLimitMb: 48 }), shard('mixed', { memoryLimitMb: 48 })];
+      const runs = waiting.map((x, i) => one.execute(x, i < 2 ? controller.signal : undefined));
+      await new Promise((r) => setTimeout(r, 300));
+      expect(one.running).toBe(3);
+      controller.abort();
+      const [stopped, skipped, ran] = await Promise.all(runs);
+      expect(stopped?.status).toBe(ShardStatus.SHARD_STATUS_CANCELLED);
+      expect(skipped?.status).toBe(ShardStatus.SHARD_STATUS_CANCELLED);
+      expect(ran?.status).toBe(ShardStatus.SHARD_STATUS_SUCCEEDED);
+      expect(started).toHaveLength(4); // the cooperative stop kept the worker
+      expect(one.running).toBe(0);
+    } finally {
+      await one.stop();
+    }
+  });
+
+  it('cancel(shardId) cancels like an abort of its signal', async () => {
+    const p = executor.execute(shard('slowAsync'));
+    await new Promise((r) => setTimeout(r, 200));
+    executor.cancel('no-such-shard');
+    executor.cancel(`shard-${seq}`, 'the coordinator says so');
+    const out = await p;
+    expect(out.status).toBe(ShardStatus.SHARD_STATUS_CANCELLED);
   });
 
   it('answers CANCELLED after stop() and never throws', async () => {
