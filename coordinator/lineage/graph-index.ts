@@ -10,6 +10,8 @@ export interface StepEdges {
   runKey: string | undefined;
   /** Version keys, or object keys for unversioned inputs. */
   used: string[];
+  /** Node ids of `used` where the caller has already looked them up (-1: look up or add). */
+  usedIds?: readonly number[];
   generated: string[];
 }
 
@@ -185,9 +187,11 @@ export class GraphIndex {
       } else if (this.labels.get(step) !== edges.transformKey.slice('transform:'.length)) {
         throw new InvalidArgumentError(`${path}.transform`, `step already recorded with transform ${JSON.stringify(this.labels.get(step))}`);
       }
-      for (const key of edges.used) {
+      for (let i = 0; i < edges.used.length; i++) {
+        const key = edges.used[i] as string;
         const kind = key.startsWith('version:') ? NodeKind.NODE_KIND_OBJECT_VERSION : NodeKind.NODE_KIND_OBJECT;
-        const input = this.ensureNode(key, kind, timeMs);
+        const known = edges.usedIds?.[i] ?? -1;
+        const input = known >= 0 ? known : this.ensureNode(key, kind, timeMs);
         if (!this.vDown.has(input, step)) {
           this.vDown.add(input, step, timeMs);
           this.vUp.add(step, input, timeMs);

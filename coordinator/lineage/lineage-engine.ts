@@ -348,12 +348,18 @@ export class LineageEngine implements LineageApi {
         if (s.runId !== '' && !this.knownRuns.has(s.runId)) {
           throw new InvalidArgumentError(`${p}.run_id`, `unknown run ${JSON.stringify(s.runId)}; submit its run event first (the same batch is fine)`);
         }
+        const usedIds: number[] = [];
         const used = s.used.map((r, i) => {
-          if (r.unversioned) return `object:${r.objectId}`;
+          if (r.unversioned) {
+            usedIds.push(-1);
+            return `object:${r.objectId}`;
+          }
           const key = versionKey(r.objectId, r.contentHash);
-          if (!this.index.has(key)) {
+          const id = this.index.idOf(key);
+          if (id === undefined) {
             throw new InvalidArgumentError(`${p}.used[${i}]`, `unknown object version ${key}; submit it (object_version event) or the step that generated it first`);
           }
+          usedIds.push(id);
           return key;
         });
         const generated = s.generated.map((r) => versionKey(r.objectId, r.contentHash));
@@ -363,6 +369,7 @@ export class LineageEngine implements LineageApi {
             transformKey: `transform:${s.transform}`,
             runKey: s.runId ? `run:${s.runId}` : undefined,
             used,
+            usedIds,
             generated,
           },
           timeMs,
