@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { readdir, realpath } from 'node:fs/promises';
+import { readdir, realpath, statfs } from 'node:fs/promises';
 import { arch, cpus } from 'node:os';
 import { resolve, sep } from 'node:path';
 import si from 'systeminformation';
@@ -255,13 +255,32 @@ export function createResourceProbe(options: ResourceProbeOptions): ResourceProb
     // The first call has no previous counters, hence no rate.
     if (s && finite(s.rx_sec)) out.push(measured('disk.read', s.rx_sec, 'bytes/s'));
     if (s && finite(s.wx_sec)) out.push(measured('disk.write', s.wx_sec, 'bytes/s'));
-    const m = await dataMount();
+    const m = await freeOnDataMount();
     out.push(m ? measured('disk.free', m.available, 'bytes') : unknown('disk.free', 'bytes'));
     return out;
   }
 
+  /**
+   * Free space of the data dir's file system for every report: one statfs(2) on the real host
+   * (systeminformation's fsSize runs `df` synchronously, the costliest part of a report).
+   */
+  async function freeOnDataMount(): Promise<{ available: number } | undefined> {
+    if (options.system) return dataMount();
+    try {
+      const st = await statfs(options.dataDir);
+      return { available: st.bavail * st.bsize };
+    } catch {
+      return dataMount();
+    }
+  }
+
+  // Looked up once: without a name, every networkStats() call runs `ip route` synchronously
+  // (systeminformation), the largest cost of a report on the agent's event loop.
+  let defaultIface: Promise<string> | undefined;
   async function sampleNet(): Promise<ResourceReading[]> {
-    const stats = await system.networkStats();
+    defaultIface ??= system.networkInterfaceDefault().catch(() => '');
+    const iface = await defaultIface;
+    const stats = await (iface === '' ? system.networkStats() : system.networkStats(iface));
     const s = stats[0];
     const out: ResourceReading[] = [];
     if (s && finite(s.rx_sec)) out.push(measured('net.rx', s.rx_sec, 'bytes/s'));
