@@ -5,7 +5,7 @@
  * bidirectional-stream echo moving the same ShardBatch / ShardOutcomes frames (same sizes, same
  * batching) in the same run. ratio = shards/s ÷ raw echo messages (shards)/s; goal ≥ 0.3.
  */
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -39,6 +39,18 @@ function noopShard(i: number, codeVersion: string): ShardAssignment {
     inputs: [{ name: 'in', objectId: `o${i}`, contentHash: contentHashOf(payload), payload, key: `k${i}`, eventTimeNs: '0', mediaType: '' }],
     timeoutMs: 0, memoryLimitMb: 0, jobId: '',
   };
+}
+
+/** CPU time of a process (all its threads, so an agent's shard workers too), µs; undefined off Linux. */
+function processCpuUs(pid: number): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    // utime and stime (fields 14 and 15) in clock ticks of 10 ms.
+    return (Number(fields[11]) + Number(fields[12])) * 10_000;
+  } catch {
+    return undefined;
+  }
 }
 
 /** Raw echo: one bidi stream; the client keeps `window` frames in flight, the server answers each frame with an outcomes frame. */
@@ -108,9 +120,17 @@ export async function main(argv: string[]): Promise<void> {
     // Warm-up: workers started, bundle cached.
     await Promise.all(Array.from({ length: 2000 }, (_, i) => d.run(noopShard(-1 - i, codeVersion))));
     const shards = Array.from({ length: total }, (_, i) => noopShard(i, codeVersion));
+    const agentCpu0 = agents.map((a) => processCpuUs(a.process.pid ?? 0));
+    const cpu0 = process.cpuUsage();
     const t0 = performance.now();
     const results = await Promise.all(shards.map((s) => d.run(s)));
     const seconds = (performance.now() - t0) / 1000;
+    const cpu = process.cpuUsage(cpu0);
+    const agentCpuUs = agents.map((a, i) => (processCpuUs(a.process.pid ?? 0) ?? Number.NaN) - (agentCpu0[i] ?? Number.NaN));
+    // CPU per shard on each side over the timed run (the coordinator figure includes this
+    // bench's own driving of the dispatcher, which runs in the coordinator's process).
+    const coordinatorCpuUsPerShard = Math.round(((cpu.user + cpu.system) / total) * 10) / 10;
+    const agentCpuUsPerShard = Math.round((agentCpuUs.reduce((n, x) => n + x, 0) / total) * 10) / 10;
     const ok = results.filter((r) => r.outcome.status === ShardStatus.SHARD_STATUS_SUCCEEDED).length;
     const shardsPerSec = total / seconds;
     const perNode: Record<string, number> = {};
@@ -124,6 +144,7 @@ export async function main(argv: string[]): Promise<void> {
     const framesPerSec = await rawEcho(reqFrame, resFrame, frames, Math.max(1, Math.ceil((2 * inFlight) / batch)));
     const echoMsgsPerSec = framesPerSec * batch;
     console.log(`dispatch: ${total} no-op shards in ${seconds.toFixed(2)} s = ${Math.round(shardsPerSec)} shards/s (${ok} succeeded; per node ${JSON.stringify(perNode)})`);
+    console.log(`CPU per shard: coordinator ${coordinatorCpuUsPerShard} µs, agents ${agentCpuUsPerShard} µs (processes with their worker threads; 2 cores shared with whatever else runs)`);
     console.log(`raw grpc-js echo: ${Math.round(framesPerSec)} frames/s × ${batch} = ${Math.round(echoMsgsPerSec)} msgs/s (frames ${reqFrame.byteLength} B → ${resFrame.byteLength} B)`);
     finish({
       bench: 'dispatch',
@@ -133,6 +154,8 @@ export async function main(argv: string[]): Promise<void> {
       rawEchoMsgsPerSec: Math.round(echoMsgsPerSec),
       perShardOverheadUs: Math.round((1e6 / shardsPerSec - 1e6 / echoMsgsPerSec) * 10) / 10,
       perShardUs: Math.round((1e6 / shardsPerSec) * 10) / 10,
+      coordinatorCpuUsPerShard,
+      agentCpuUsPerShard,
       shards: total,
       succeeded: ok,
       batch,
