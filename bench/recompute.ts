@@ -195,7 +195,7 @@ async function runWorkflow(c: Clients, dir: string, wf: Workflow, index: number,
   }).pop();
   if (cutoffFile) await one(cutoffFile, 'tail');
   else log('  early cutoff: no external file is read only by entry tasks with work downstream; skipped');
-  return { workflow: name, tasks: wf.tasks.length, files: m.sourceOf.size, costMs: costTotal, firstRunMs: Math.round(first.ms), fullMs: Math.round(full.ms), fullExecuted: fullGot.size };
+  return { workflow: name, tasks: wf.tasks.length, files: m.sourceOf.size - m.seeds.size, seeds: m.seeds.size, costMs: costTotal, firstRunMs: Math.round(first.ms), fullMs: Math.round(full.ms), fullExecuted: fullGot.size };
 }
 
 export async function main(argv: string[]): Promise<void> {
