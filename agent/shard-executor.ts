@@ -321,11 +321,14 @@ export function createShardExecutor(options: ShardExecutorOptions): ShardExecuto
 
   // ---- outcomes ----
 
+  /** Nanoseconds as the proto's decimal int64 (numbers below 1e21 print without an exponent). */
+  const ns = (v: bigint | number): string => (typeof v === 'bigint' ? v.toString() : String(Math.round(v)));
+
   function outcomeOf(
     a: ShardAssignment,
     status: ShardStatus,
-    startedAtNs: bigint,
-    fields: { error?: string; outputs?: ShardOutput[]; resources?: Partial<Record<keyof ResourceUsage, number>>; endedAtNs?: bigint } = {},
+    startedAtNs: bigint | number,
+    fields: { error?: string; outputs?: ShardOutput[]; resources?: Partial<Record<keyof ResourceUsage, number>>; endedAtNs?: bigint | number } = {},
   ): ShardOutcome {
     const r = fields.resources ?? {};
     const int = (v: number | undefined): string => String(Math.max(0, Math.round(v ?? 0)));
@@ -345,8 +348,8 @@ export function createShardExecutor(options: ShardExecutorOptions): ShardExecuto
         wallTimeNs: int(r.wallTimeNs),
       },
       error: fields.error ?? '',
-      startedAtNs: startedAtNs.toString(),
-      endedAtNs: (fields.endedAtNs ?? opts.now()).toString(),
+      startedAtNs: ns(startedAtNs),
+      endedAtNs: ns(fields.endedAtNs ?? opts.now()),
       nodeId: opts.nodeId,
     };
   }
@@ -737,7 +740,7 @@ export function createShardExecutor(options: ShardExecutorOptions): ShardExecuto
     batch: Batch,
     job: Job,
     why: string,
-    make: (cpuNs: number, wallNs: number, peakBytes: number, endedAtNs: bigint, startedAtNs: bigint) => ShardOutcome,
+    make: (cpuNs: number, wallNs: number, peakBytes: number, endedAtNs: bigint | number, startedAtNs: bigint | number) => ShardOutcome,
     deadAlready = false,
   ): void {
     const pw = batch.pw as PooledWorker;
@@ -793,7 +796,7 @@ export function createShardExecutor(options: ShardExecutorOptions): ShardExecuto
     const scale = runSum > cpu && runSum > 0 ? cpu / runSum : 1;
     const overhead = results.length > 0 ? Math.max(0, cpu - runSum * scale) / results.length : 0;
     const hrNow = process.hrtime.bigint();
-    const toEpoch = opts.now() - hrNow;
+    const toEpoch = Number(opts.now() - hrNow);
     const bytes = event.buffer.byteLength > 0 ? Buffer.from(event.buffer) : Buffer.alloc(0);
     let loadFailed = false;
     for (const r of results) {
@@ -814,10 +817,10 @@ export function createShardExecutor(options: ShardExecutorOptions): ShardExecuto
     }
   }
 
-  function outcomeFromWorker(job: Job, r: WorkerResult, cpuNs: number, toEpoch: bigint, bytes: Buffer): ShardOutcome {
+  function outcomeFromWorker(job: Job, r: WorkerResult, cpuNs: number, toEpoch: number, bytes: Buffer): ShardOutcome {
     const startedAtNs = r.startHr + toEpoch;
     const endedAtNs = r.endHr + toEpoch;
-    const wallNs = Number(r.endHr - r.startHr);
+    const wallNs = r.endHr - r.startHr;
     // One thread cannot give a shard more CPU than the shard's wall time; what the reading holds
     // beyond that (messaging outside any shard) is the batch's, not the shard's.
     const base = { cpuTimeNs: Math.min(cpuNs, wallNs), wallTimeNs: wallNs, netBytesIn: job.bytesIn, peakMemoryBytes: r.peakHeapBytes };

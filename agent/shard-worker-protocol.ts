@@ -56,12 +56,16 @@ export interface WorkerOutput {
   length: number;
 }
 
-/** The end of one shard of a batch. Times are `process.hrtime.bigint()` values (shared by all threads). */
+/**
+ * The end of one shard of a batch. Times are `process.hrtime.bigint()` values (one clock for all
+ * threads) as numbers: ns precision is kept below 2^53 ns (~104 days of host uptime), and after
+ * that it degrades to tens of ns, which no outcome needs; numbers clone and add far cheaper.
+ */
 export type WorkerResult = {
   index: number;
   peakHeapBytes: number;
-  startHr: bigint;
-  endHr: bigint;
+  startHr: number;
+  endHr: number;
   /** Time in the transform's `run` calls (the weight of the shard's share of the batch's CPU), ns. */
   runNs: number;
 } & (

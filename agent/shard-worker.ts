@@ -137,14 +137,15 @@ function start(): void {
     const sampler = setInterval(observe, 10);
     try {
       for (const [index, shard] of batch.shards.entries()) {
-        const startHr = process.hrtime.bigint();
+        const startBig = process.hrtime.bigint();
+        const startHr = Number(startBig);
         peak = 0;
         observe();
-        Atomics.store(startedAt, 0, startHr);
+        Atomics.store(startedAt, 0, startBig);
         Atomics.store(slot, 0, index);
         const end = (r: Omit<WorkerResult, 'index' | 'startHr' | 'endHr' | 'peakHeapBytes'> & Partial<WorkerResult>, outputs: NormalizedOutput[] = []): void => {
           observe();
-          pending.push({ result: { ...r, index, startHr, endHr: process.hrtime.bigint(), peakHeapBytes: peak } as WorkerResult, outputs });
+          pending.push({ result: { ...r, index, startHr, endHr: Number(process.hrtime.bigint()), peakHeapBytes: peak } as WorkerResult, outputs });
         };
         if (cancelled.delete(shard.shardId)) {
           end({ ok: false, status: 'cancelled', phase: 'run', error: 'cancelled', runNs: 0 });
@@ -181,7 +182,7 @@ function start(): void {
           const error = `cannot load the bundle: ${describeError(err)}`;
           end({ ok: false, status: 'failed', phase: 'load', error, runNs: 0 });
           for (let i = index + 1; i < batch.shards.length; i++) {
-            const t = process.hrtime.bigint();
+            const t = Number(process.hrtime.bigint());
             pending.push({ result: { index: i, ok: false, status: 'failed', phase: 'load', error, runNs: 0, startHr: t, endHr: t, peakHeapBytes: peak }, outputs: [] });
           }
           break;
