@@ -4,6 +4,9 @@
  * the Connect stream, execution in the agent's worker thread, outcome back), against a raw grpc-js
  * bidirectional-stream echo moving the same ShardBatch / ShardOutcomes frames (same sizes, same
  * batching) in the same run. ratio = shards/s ÷ raw echo messages (shards)/s; goal ≥ 0.3.
+ * Also prints CPU per shard on each side (this process, which hosts the coordinator and drives
+ * it; the agent processes with their worker threads). Outcomes are matched by the dispatcher but
+ * not written to provenance here: the lineage engine's write path is measured by `ingest`.
  */
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
