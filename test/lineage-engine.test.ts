@@ -212,6 +212,20 @@ describe('lineage engine', () => {
     expect((await verifyLedger(store)).ok).toBe(true);
   });
 
+  it('bounds a commit group at 4000 events, but never splits a submission', async () => {
+    const batch = (tag: string, n: number) => Array.from({ length: n }, (_, i) => objectEvent(`${tag}-${i}`, `${tag}:${i}`, `${tag}${i}`));
+    const results = await Promise.all([batch('a', 1500), batch('b', 1500), batch('c', 1500), batch('d', 1500), batch('e', 5000)].map((events) => engine.submit(events)));
+    expect(results.map((r) => r.accepted)).toEqual([1500, 1500, 1500, 1500, 5000]);
+    const sizes: bigint[] = [];
+    for await (const json of store.allCheckpoints()) sizes.push(BigInt((JSON.parse(json) as { treeSize: string }).treeSize));
+    const groups = sizes.map((size, i) => size - (i > 0 ? (sizes[i - 1] as bigint) : 0n));
+    expect(groups.reduce((a, b) => a + b, 0n)).toBe(11_000n);
+    // Groups hold whole submissions: at most 4000 events, or the 5000-event one alone.
+    for (const g of groups) expect(g <= 4000n || g === 5000n).toBe(true);
+    expect(groups).toContain(5000n);
+    expect((await verifyLedger(store)).ok).toBe(true);
+  });
+
   it('merges several events about one step (OpenLineage START then COMPLETE)', async () => {
     await engine.submit([runEvent('r', 'run-1'), objectEvent('i', 'in', 'in')]);
     await engine.submit([stepEvent('start', 'ol-step', [ref('in', 'in')], [], { runId: 'run-1', timeNs: '5000', endedAtNs: '0' })]);

@@ -68,6 +68,8 @@ interface PreparedGroup {
 const GENESIS = new Uint8Array(32);
 const TRACE_DEFAULTS: TraceRequest = { start: undefined, direction: Direction.DIRECTION_UNSPECIFIED, depth: 0, asOfNs: '0', pageSize: 0, pageToken: '', includeEdges: false, objectLevel: false, view: TraceView.TRACE_VIEW_UNSPECIFIED };
 const DEFAULT_PAGE = 1000;
+/** Events per commit group (one synced write) at most, unless one submission is larger. */
+const MAX_GROUP_EVENTS = 4000;
 const MAX_PAGE = 100_000;
 
 /**
@@ -201,11 +203,7 @@ export class LineageEngine implements LineageApi {
     let writing: Promise<boolean> | undefined;
     while (this.queue.length > 0 || writing) {
       let next: PreparedGroup | undefined;
-      if (this.queue.length > 0) {
-        const subs = this.queue;
-        this.queue = [];
-        next = this.prepareGroup(subs);
-      }
+      if (this.queue.length > 0) next = this.prepareGroup(this.takeGroup());
       if (writing) {
         const ok = await writing;
         writing = undefined;
@@ -218,6 +216,26 @@ export class LineageEngine implements LineageApi {
       }
       if (next) writing = this.writeGroup(next);
     }
+  }
+
+  /**
+   * The next commit group: queued submissions up to MAX_GROUP_EVENTS events (at least one).
+   * Bounding a group bounds what is held in memory until its write, and so the garbage
+   * collector's work, and the acknowledgement latency of its submissions.
+   */
+  private takeGroup(): Submission[] {
+    let n = 0;
+    let k = 0;
+    while (k < this.queue.length && (k === 0 || n + (this.queue[k] as Submission).events.length <= MAX_GROUP_EVENTS)) {
+      n += (this.queue[k] as Submission).events.length;
+      k++;
+    }
+    if (k === this.queue.length) {
+      const all = this.queue;
+      this.queue = [];
+      return all;
+    }
+    return this.queue.splice(0, k);
   }
 
   /** Validates and applies a group of submissions in memory; rejects the bad ones, each atomically. */
