@@ -823,15 +823,18 @@ export function createShardExecutor(options: ShardExecutorOptions): ShardExecuto
     const wallNs = r.endHr - r.startHr;
     // One thread cannot give a shard more CPU than the shard's wall time; what the reading holds
     // beyond that (messaging outside any shard) is the batch's, not the shard's.
-    const base = { cpuTimeNs: Math.min(cpuNs, wallNs), wallTimeNs: wallNs, netBytesIn: job.bytesIn, peakMemoryBytes: r.peakHeapBytes };
+    const cpuTimeNs = Math.min(cpuNs, wallNs);
     if (r.ok) {
       let netBytesOut = 0;
-      const outputs: ShardOutput[] = r.outputs.map((o) => {
+      const outputs: ShardOutput[] = [];
+      for (const o of r.outputs) {
         netBytesOut += o.length;
-        return { key: o.key, contentHash: o.contentHash, payload: bytes.subarray(o.offset, o.offset + o.length), mediaType: o.mediaType };
-      });
-      return outcomeOf(job.a, ShardStatus.SHARD_STATUS_SUCCEEDED, startedAtNs, { outputs, endedAtNs, resources: { ...base, netBytesOut, gpuTimeNs: r.gpuTimeNs } });
+        outputs.push({ key: o.key, contentHash: o.contentHash, payload: bytes.subarray(o.offset, o.offset + o.length), mediaType: o.mediaType });
+      }
+      const resources = { cpuTimeNs, wallTimeNs: wallNs, netBytesIn: job.bytesIn, peakMemoryBytes: r.peakHeapBytes, netBytesOut, gpuTimeNs: r.gpuTimeNs };
+      return outcomeOf(job.a, ShardStatus.SHARD_STATUS_SUCCEEDED, startedAtNs, { outputs, endedAtNs, resources });
     }
+    const base = { cpuTimeNs, wallTimeNs: wallNs, netBytesIn: job.bytesIn, peakMemoryBytes: r.peakHeapBytes };
     const status =
       r.status === 'cancelled' || job.cancelling
         ? ShardStatus.SHARD_STATUS_CANCELLED
