@@ -1,7 +1,7 @@
+import { Writable } from 'node:stream';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
 import { ClientError, Status } from 'nice-grpc';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CodeServiceDefinition } from '../common/gen/retrace/v1/code.js';
@@ -20,10 +20,10 @@ import { schedulerExtension } from '../coordinator/scheduler/scheduler-extension
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
 import { watchJobProgress } from '../scripts/cli/job-progress.js';
 import { startLocalAgents, stopLocalAgents, type LocalAgent } from '../scripts/cli/local-agents.js';
-import { main } from '../scripts/cli/main.js';
 import { bundleTransform } from '../scripts/cli/publish-command.js';
 import { waitFor } from './helpers/mesh-server.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
+import { runCli } from './helpers/in-process-cli.js';
 
 const SOURCE = `
 import { defineTransform } from 'retrace/transform';
@@ -35,20 +35,7 @@ export default defineTransform({
 });
 `;
 
-/** Runs `retrace ...` in-process; resolves exit code and output. */
-async function retrace(argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const sink = (append: (s: string) => void) =>
-    new Writable({
-      write(chunk: Buffer, _enc, cb) {
-        append(chunk.toString());
-        cb();
-      },
-    });
-  const code = await main(argv, { stdout: sink((s) => (out += s)), stderr: sink((s) => (err += s)) });
-  return { code, out, err };
-}
+const retrace = runCli;
 
 // JobService over gRPC on a real coordinator (LevelDB in a temp dir), with the dispatcher and
 // real agent processes for the "fits nowhere" case; the CLI runs in-process against it.

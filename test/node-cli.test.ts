@@ -1,32 +1,14 @@
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { meshExtension } from '../coordinator/mesh/mesh-extension.js';
 import type { NodeMesh } from '../coordinator/mesh/node-mesh.js';
-import { main } from '../scripts/cli/main.js';
 import { spawnAgent, waitFor, type AgentProcess } from './helpers/mesh-server.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
+import { runCli } from './helpers/in-process-cli.js';
 
-/** Runs `retrace ...` in-process; resolves exit code and output. */
-async function retrace(argv: string[], signal?: AbortSignal): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const sink = (append: (s: string) => void) =>
-    new Writable({
-      write(chunk: Buffer, _enc, cb) {
-        append(chunk.toString());
-        cb();
-      },
-    });
-  const code = await main(argv, {
-    stdout: sink((s) => (out += s)),
-    stderr: sink((s) => (err += s)),
-    ...(signal ? { signal } : {}),
-  });
-  return { code, out, err };
-}
+const retrace = runCli;
 
 // The mesh inside the real coordinator (as the CLI's coordinator runs it), a real agent started
 // through the CLI with --token-file, and the client commands against them.

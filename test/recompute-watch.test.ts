@@ -8,16 +8,8 @@ import { pipelineExtension } from '../coordinator/pipeline/pipeline-extension.js
 import { recomputeExtension } from '../coordinator/recompute/recompute-extension.js';
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
+import { until } from './helpers/until.js';
 
-async function until<T>(what: string, check: () => Promise<T | undefined> | T | undefined, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await check();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 // Watched paths as plain objects (no pipeline, no agents): first sight records a version, an edit
 // is a change, and the watch survives a coordinator restart on the same data dir.
