@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import type { Server as HttpServer } from 'node:http';
 import type { Server as GrpcServer } from 'nice-grpc';
-import { LineageServiceDefinition } from '../common/gen/retrace/v1/lineage.js';
+import { LineageServiceWireDefinition } from './grpc/lineage-wire.js';
 import { FailedPreconditionError } from '../common/errors.js';
 import { createSystemClock, type NanoClock } from './clock.js';
 import { compileCoordinatorOptions, type CompiledCoordinatorOptions, type CoordinatorOptions } from './coordinator-options.js';
@@ -95,7 +95,8 @@ export class Coordinator {
         token: this.token,
         log,
         services: [
-          { definition: LineageServiceDefinition, implementation: createLineageHandlers(this.engine, store, signer.publicKeyBase64) },
+          // The generated definition with SubmitEvents decoded by hand, so the ledger keeps each event's received bytes.
+          { definition: LineageServiceWireDefinition, implementation: createLineageHandlers(this.engine, store, signer.publicKeyBase64) },
           ...this.extensions.flatMap((e) => e.services ?? []),
         ],
       });

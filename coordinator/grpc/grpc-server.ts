@@ -4,8 +4,6 @@ import { HealthDefinition, HealthServiceImpl, HealthState } from 'nice-grpc-serv
 import { ServerReflection, ServerReflectionService } from 'nice-grpc-server-reflection';
 import { createAuthMiddleware } from './auth-middleware.js';
 import { createErrorMiddleware } from './error-middleware.js';
-import { LineageServiceDefinition } from '../../common/gen/retrace/v1/lineage.js';
-import { LineageServiceWireDefinition } from './lineage-wire.js';
 
 /** A service to mount: its generated definition and implementation. */
 export interface ServiceMount {
@@ -16,12 +14,6 @@ export interface ServiceMount {
 
 /** Largest message either way; larger ones fail with RESOURCE_EXHAUSTED at the transport. */
 export const MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
-
-/**
- * Generated definitions served with a hand-written codec for a hot method (same messages on the
- * wire): SubmitEvents keeps each event's received bytes for the ledger.
- */
-const WIRE_DEFINITIONS = new Map<object, ServiceMount['definition']>([[LineageServiceDefinition, LineageServiceWireDefinition]]);
 
 const DESCRIPTOR_SET = new URL('../../common/gen/descriptor-set.binpb', import.meta.url);
 
@@ -37,7 +29,7 @@ export function createGrpcServer(options: { token: string; services: ServiceMoun
     .use(createErrorMiddleware(options.log))
     .use(createAuthMiddleware(options.token));
   const health = HealthState();
-  for (const s of options.services) server.add((WIRE_DEFINITIONS.get(s.definition) ?? s.definition) as never, s.implementation as never);
+  for (const s of options.services) server.add(s.definition as never, s.implementation as never);
   server.add(HealthDefinition, HealthServiceImpl(health));
   server.add(ServerReflectionService, ServerReflection(readFileSync(DESCRIPTOR_SET), options.services.map((s) => s.definition.fullName)));
   return { server, health };
