@@ -301,6 +301,7 @@ export class PipelineRunner {
 
     const events: LineageEvent[] = [];
     const toStore: Uint8Array[] = [rec.payload];
+    const toStoreHashes: string[] = [srcHash];
     const currents: { dataset: string; key: string; record: CurrentRecord }[] = [];
     const known = new Map<string, Map<string, Known>>();
     const remember = (dataset: string, key: string, k: Known): void => {
@@ -451,6 +452,7 @@ export class PipelineRunner {
         for (const k of outputs) {
           const outKey = k.objectId.slice(outPrefix.length);
           toStore.push(k.payload as Uint8Array);
+          toStoreHashes.push(k.contentHash);
           events.push(this.versionEvent(k, endedAtNs, { pipeline: p, dataset: outputDataset, key: outKey, event_time_ns: k.eventTimeNs }));
           remember(outputDataset, outKey, k);
           addTo(changed, outputDataset, outKey);
@@ -458,7 +460,7 @@ export class PipelineRunner {
       }
     }
     if (!capture) return;
-    await payloads.putMany(toStore);
+    await payloads.putMany(toStore, toStoreHashes);
     if (events.length > 0) await lineage.submit(events, ctx.signal ? { signal: ctx.signal } : undefined);
     await pipelines.setCurrent(p, currents);
   }

@@ -21,8 +21,11 @@ export interface PayloadStoreOptions {
 export interface PayloadStore {
   /** Stores the bytes once per content; returns "sha256:<hex>". Putting stored bytes again only refreshes their reference time. */
   put(bytes: Uint8Array): Promise<string>;
-  /** Stores many payloads in one batch; hashes in input order. */
-  putMany(payloads: readonly Uint8Array[]): Promise<string[]>;
+  /**
+   * Stores many payloads in one batch; hashes in input order. `hashes`, when given, are the
+   * content hashes the caller already computed for exactly these bytes (not re-hashed).
+   */
+  putMany(payloads: readonly Uint8Array[], hashes?: readonly string[]): Promise<string[]>;
   /** The bytes, or undefined when unknown (or swept). */
   find(hash: string): Promise<Uint8Array | undefined>;
   /** The bytes; NotFoundError (`content_hash`) when unknown. */
@@ -51,8 +54,9 @@ export function createPayloadStore(db: Database, options: PayloadStoreOptions = 
     throw new InvalidArgumentError('retention_ms', 'must be a positive number of milliseconds');
   }
 
-  async function putMany(payloads: readonly Uint8Array[]): Promise<string[]> {
-    const hashes = payloads.map((p) => contentHashOf(p));
+  async function putMany(payloads: readonly Uint8Array[], known?: readonly string[]): Promise<string[]> {
+    if (known && known.length !== payloads.length) throw new Error(`putMany: ${known.length} hashes for ${payloads.length} payloads`);
+    const hashes = known ? [...known] : payloads.map((p) => contentHashOf(p));
     const unique = new Map<string, Uint8Array>();
     hashes.forEach((h, i) => unique.set(h.slice(7), payloads[i] as Uint8Array));
     // Writing the same bytes under the same key again is harmless and cheaper than reading first.
