@@ -6,6 +6,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { createChannel, createClientFactory, Metadata, type Channel, type Client, type CompatServiceDefinition } from 'nice-grpc';
 import { afterAll, describe, expect, it } from 'vitest';
+import { until } from './helpers/until.js';
 import { CodeServiceDefinition } from '../common/gen/retrace/v1/code.js';
 import { JobServiceDefinition, JobState, TaskState, type Job } from '../common/gen/retrace/v1/job.js';
 import { LineageServiceDefinition, NodeKind } from '../common/gen/retrace/v1/lineage.js';
@@ -78,14 +79,9 @@ function client<S extends CompatServiceDefinition>(address: string, token: strin
   return createClientFactory().create(definition, channel, { '*': { metadata: Metadata({ authorization: `Bearer ${token}` }) } }) as Client<S>;
 }
 
-async function until<T>(what: string, check: () => Promise<T | undefined>, timeoutMs = 60_000, everyMs = 50): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await check().catch(() => undefined);
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, everyMs));
-  }
+/** Polls through coordinator restarts: a call that fails counts as "not yet". */
+function untilReachable<T>(what: string, check: () => Promise<T | undefined>, timeoutMs = 60_000, everyMs = 50): Promise<T> {
+  return until(what, () => check().catch(() => undefined), timeoutMs, everyMs);
 }
 
 function pipelineOf(name: string, codeVersion: string, costMs: number): Pipeline {
@@ -144,7 +140,7 @@ describe('recompute jobs across a coordinator crash', () => {
     const ended = (j: Job | undefined): j is Job => j !== undefined && [JobState.JOB_STATE_SUCCEEDED, JobState.JOB_STATE_FAILED, JobState.JOB_STATE_CANCELLED].includes(j.state);
 
     const refJobId = (await c.recompute.recompute(change('ref'))).jobId;
-    const refJob = await until('the uninterrupted job', async () => {
+    const refJob = await untilReachable('the uninterrupted job', async () => {
       const j = (await c.jobs.getJob({ jobId: refJobId })).job;
       return ended(j) ? j : undefined;
     });
@@ -155,7 +151,7 @@ describe('recompute jobs across a coordinator crash', () => {
     // The crashing run: slow steps (a new pipeline version; costMs is left out of the outputs).
     await c.pipelines.applyPipeline({ pipeline: pipelineOf('wf', codeVersion, SLOW_MS) });
     const jobId = (await c.recompute.recompute(change('wf'))).jobId;
-    await until('some tasks done and some in flight', async () => {
+    await untilReachable('some tasks done and some in flight', async () => {
       const j = (await c.jobs.getJob({ jobId })).job;
       return j && j.state === JobState.JOB_STATE_RUNNING && (j.counts?.succeeded ?? 0) >= 4 && (j.counts?.running ?? 0) >= 1 ? j : undefined;
     }, 90_000, 20);
@@ -188,7 +184,7 @@ describe('recompute jobs across a coordinator crash', () => {
       jobs: client(second.grpc, token, JobServiceDefinition),
       lineage: client(second.grpc, token, LineageServiceDefinition),
     };
-    const job = await until('the resumed job to end', async () => {
+    const job = await untilReachable('the resumed job to end', async () => {
       const j = (await c.jobs.getJob({ jobId })).job;
       return ended(j) ? j : undefined;
     }, 120_000, 100);
