@@ -119,6 +119,13 @@ export function computeShardId(pipeline: string, step: PipelineStep, inputs: rea
   );
 }
 
+/** A shard's start and end as its outcome reports them; an agent that sent none ran it "now". */
+export function outcomeSpanNs(outcome: Pick<ShardOutcome, 'startedAtNs' | 'endedAtNs'>, clock: NanoClock): { startedAtNs: string; endedAtNs: string } {
+  const endedAtNs = outcome.endedAtNs !== '0' && outcome.endedAtNs !== '' ? outcome.endedAtNs : clock().toString();
+  const startedAtNs = outcome.startedAtNs !== '0' && outcome.startedAtNs !== '' ? outcome.startedAtNs : endedAtNs;
+  return { startedAtNs, endedAtNs };
+}
+
 /** A record known while one record's path runs: its version, and the bytes when at hand. */
 interface Known extends CurrentRecord {
   payload?: Uint8Array;
@@ -423,8 +430,7 @@ export class PipelineRunner {
           this.fail(tally, `${step.name}/${key}: ${bad}`);
           continue;
         }
-        const endedAtNs = outcome.endedAtNs !== '0' && outcome.endedAtNs !== '' ? outcome.endedAtNs : clock().toString();
-        const startedAtNs = outcome.startedAtNs !== '0' && outcome.startedAtNs !== '' ? outcome.startedAtNs : endedAtNs;
+        const { startedAtNs, endedAtNs } = outcomeSpanNs(outcome, clock);
         const facet: RetraceStepFacet = {
           pipeline: p,
           pipelineVersion: ctx.pv.version,

@@ -8,7 +8,7 @@ import { versionKey } from '../../common/lineage-keys.js';
 import type { NanoClock } from '../clock.js';
 import type { JobExecutor, JsonValue, TaskRunContext, TaskRunResult } from '../jobs/job-types.js';
 import type { LineageEngine } from '../lineage/lineage-engine.js';
-import { computeShardId, pipelineStepId, recordObjectId } from '../pipeline/pipeline-runner.js';
+import { computeShardId, outcomeSpanNs, pipelineStepId, recordObjectId } from '../pipeline/pipeline-runner.js';
 import type { CurrentRecord } from '../pipeline/pipeline-store.js';
 import type { Placement } from '../scheduler/allocator.js';
 import { recordKeyOf } from './impact-analysis.js';
@@ -22,7 +22,7 @@ export interface RecomputeShardRunner {
 
 export interface RecomputeExecutorDeps {
   lineage: Pick<LineageEngine, 'submit' | 'readStep' | 'index'>;
-  payloads: () => { find(hash: string): Promise<Uint8Array | undefined>; putMany(p: readonly Uint8Array[]): Promise<string[]> } | undefined;
+  payloads: () => { find(hash: string): Promise<Uint8Array | undefined>; putMany(p: readonly Uint8Array[], hashes?: readonly string[]): Promise<string[]> } | undefined;
   /** Sets the pipelines' current records (pipeline outputs only). */
   setCurrent: (pipeline: string, entries: { dataset: string; key: string; record: CurrentRecord }[]) => Promise<void>;
   memo: MemoStore;
@@ -165,9 +165,11 @@ export class RecomputeExecutor implements JobExecutor {
       const objectId = t.pipeline ? recordObjectId(t.pipeline, t.output, o.key || t.key) : (t.outputs[i]?.objectId ?? `${t.originalStepId}/out-${i}`);
       return { objectId, contentHash: hash, size: o.payload.byteLength, mediaType: o.mediaType, payload: o.payload };
     });
-    await payloads.putMany(outputs.map((o) => o.payload));
-    const endedAtNs = outcome.endedAtNs !== '0' && outcome.endedAtNs !== '' ? outcome.endedAtNs : this.deps.clock().toString();
-    const startedAtNs = outcome.startedAtNs !== '0' && outcome.startedAtNs !== '' ? outcome.startedAtNs : endedAtNs;
+    await payloads.putMany(
+      outputs.map((o) => o.payload),
+      outputs.map((o) => o.contentHash),
+    );
+    const { startedAtNs, endedAtNs } = outcomeSpanNs(outcome, this.deps.clock);
     // A version has one generating step: an output that came out exactly as an earlier step made
     // it is listed in the facet (`reproduced`), not generated again.
     const index = this.deps.lineage.index;
