@@ -297,11 +297,11 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
     await pipelines().applyPipeline({ pipeline: { name: 'docs', sources: [{ name: 'files', mediaType: 'text/plain', description: '' }], steps: [{ name: 'wc', transform: 'wf-task', codeVersion: wfV1, parameters: { ignoreInputSuffix: 1 }, requirements: undefined, inputs: ['files'], output: '', timeoutMs: 0 }] } as Pipeline });
     const w = await recompute().watchPath({ path: docs, pipeline: 'docs', source: 'files', objectIdPrefix: '', policy: ChangePolicy.CHANGE_POLICY_AUTO, rescanIntervalMs: 300, debounceMs: 50 });
     expect(w.watch?.watchId).toMatch(/^w-/);
-    await until('both files ingested', () => (versionsOf('record:docs/wc:a.txt').length === 1 && versionsOf('record:docs/wc:b.txt').length === 1 ? true : undefined));
+    await until('both files ingested', () => (versionsOf('record:docs/wc:a.txt').length === 1 && versionsOf('record:docs/wc:b.txt').length === 1 ? true : undefined), 30_000);
     writeFileSync(join(docs, 'a.txt'), 'alphabet');
-    const change = await until('the edit noticed', async () => (await recompute().listChanges({ pipeline: 'docs', pageSize: 0, pageToken: '' })).changes.find((c) => c.objectId === 'record:docs/files:a.txt'));
+    const change = await until('the edit noticed', async () => (await recompute().listChanges({ pipeline: 'docs', pageSize: 0, pageToken: '' })).changes.find((c) => c.objectId === 'record:docs/files:a.txt'), 30_000);
     expect(change).toMatchObject({ kind: ChangeKind.CHANGE_KIND_FILE, noticedBy: expect.stringContaining(`watch:${docs}`) });
-    await until('a.txt recomputed', () => (versionsOf('record:docs/wc:a.txt').length === 2 ? true : undefined));
+    await until('a.txt recomputed', () => (versionsOf('record:docs/wc:a.txt').length === 2 ? true : undefined), 30_000);
     expect(versionsOf('record:docs/wc:b.txt')).toHaveLength(1);
     expect((await recompute().listWatches({})).watches[0]).toMatchObject({ path: docs, files: 2, lastError: '' });
     expect((await recompute().unwatchPath({ watchId: w.watch?.watchId ?? '' })).removed).toBe(true);
