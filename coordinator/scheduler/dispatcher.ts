@@ -214,6 +214,10 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
     const sent = throttled.get(nodeId) ?? 0;
     if (cap === sent) return;
     if (cap !== 0 && (sent === 0 || cap < sent)) flushNode(nodeId);
+    sendThrottle(nodeId, cap);
+  }
+
+  function sendThrottle(nodeId: string, cap: number): void {
     if (cap === 0) throttled.delete(nodeId);
     else throttled.set(nodeId, cap);
     log('debug', 'node:throttle', { nodeId, cpuFraction: cap });
@@ -383,12 +387,7 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
     mesh.on('node:registered', (r) => {
       viewsStale = true;
       // A rejoining agent may still hold a cap from before it was lost: tell it the current one.
-      if (r.rejoined) {
-        throttled.delete(r.nodeId);
-        const cap = capOf(r.nodeId);
-        if (cap !== 0) throttled.set(r.nodeId, cap);
-        send(r.nodeId, { body: { $case: 'throttle', value: { cpuFraction: cap, maxConcurrent: 0 } } });
-      }
+      if (r.rejoined) sendThrottle(r.nodeId, capOf(r.nodeId));
       schedule();
     }),
     mesh.on('node:transition', (t) => {
