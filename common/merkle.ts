@@ -27,6 +27,33 @@ export class MerkleTree {
     }
   }
 
+  /**
+   * Appends leaf hashes whose interior nodes were computed elsewhere (LedgerHasher), in the order
+   * appendLeafHash would compute them; `nodes` must hold exactly those, 32 bytes each.
+   */
+  appendPrecomputed(leaves: Uint8Array, nodes: Uint8Array): void {
+    let next = 0;
+    for (let i = 0; i < leaves.length; i += 32) {
+      let level = 0;
+      let hash = leaves.subarray(i, i + 32);
+      for (;;) {
+        const lv = this.levelAt(level);
+        lv.push(hash);
+        if (lv.count % 2 === 1) break;
+        if (next + 32 > nodes.length) throw new RangeError('appendPrecomputed: fewer interior nodes than the leaves complete');
+        hash = nodes.subarray(next, next + 32);
+        next += 32;
+        level++;
+      }
+    }
+    if (next !== nodes.length) throw new RangeError('appendPrecomputed: more interior nodes than the leaves complete');
+  }
+
+  /** Per level, the last hash when that level holds an odd count (a left node awaiting its sibling). */
+  frontier(): (Uint8Array | undefined)[] {
+    return this.levels.map((lv) => (lv.count % 2 === 1 ? lv.get(lv.count - 1).slice() : undefined));
+  }
+
   /** Drops leaves beyond `size` (undo of appends that were never committed). */
   truncate(size: number): void {
     for (let k = 0; k < this.levels.length; k++) (this.levels[k] as HashLevel).truncate(Math.floor(size / 2 ** k));

@@ -163,7 +163,6 @@ export class GraphIndex {
     this.firstSeen.push(timeMs);
     this.objectOf.push(object);
     this.generator.push(NO_NODE);
-    for (const l of this.lists) l.ensureNodes(id + 1);
     if (object !== NO_NODE) this.members.add(object, id, timeMs);
     return id;
   }
@@ -203,7 +202,8 @@ export class GraphIndex {
           this.oUp.add(step, object, timeMs);
         }
       }
-      edges.generated.forEach((key, i) => {
+      for (let i = 0; i < edges.generated.length; i++) {
+        const key = edges.generated[i] as string;
         const output = this.ensureNode(key, NodeKind.NODE_KIND_OBJECT_VERSION, timeMs);
         const g = this.generator.data[output] as number;
         if (g !== NO_NODE && g !== step) {
@@ -220,7 +220,7 @@ export class GraphIndex {
           this.oDown.add(step, object, timeMs);
           this.oUp.add(object, step, timeMs);
         }
-      });
+      }
       if (this.reachesItself(step)) {
         throw new InvalidArgumentError(`${path}.generated`, `would close a cycle: ${edges.stepKey} is upstream of its own inputs`);
       }
@@ -307,14 +307,19 @@ export class GraphIndex {
   private reachesItself(step: number): boolean {
     this.prepareMarks();
     const stamp = ++this.stamp;
-    const stack: number[] = [];
-    for (let e = this.vDown.first(step); e !== -1; e = this.vDown.next.data[e] as number) stack.push(this.vDown.dst.data[e] as number);
-    while (stack.length > 0) {
-      const n = stack.pop() as number;
+    // The queue buffer serves as the stack: each node is pushed once per in-edge, and the edges
+    // walked are at most all of them, so grow it to the edge count when that is larger.
+    const down = this.vDown;
+    if (this.queue.length < down.edgeCount + 1) this.queue = new Int32Array(Math.max(this.queue.length * 2, down.edgeCount + 1));
+    const stack = this.queue;
+    let top = 0;
+    for (let e = down.first(step); e !== -1; e = down.next.data[e] as number) stack[top++] = down.dst.data[e] as number;
+    while (top > 0) {
+      const n = stack[--top] as number;
       if (n === step) return true;
       if (this.visitStamp[n] === stamp) continue;
       this.visitStamp[n] = stamp;
-      for (let e = this.vDown.first(n); e !== -1; e = this.vDown.next.data[e] as number) stack.push(this.vDown.dst.data[e] as number);
+      for (let e = down.first(n); e !== -1; e = down.next.data[e] as number) stack[top++] = down.dst.data[e] as number;
     }
     return false;
   }

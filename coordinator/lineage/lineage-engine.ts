@@ -1,4 +1,3 @@
-import * as crypto from 'node:crypto';
 import {
   Direction,
   EdgeKind,
@@ -23,6 +22,7 @@ import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '..
 import { nodeKey, parseNodeKey, versionKey } from '../../common/lineage-keys.js';
 import { leafHash, MerkleTree } from '../../common/merkle.js';
 import type { CheckpointSigner } from '../ledger/checkpoint-signer.js';
+import { LedgerHasher } from '../ledger/ledger-hasher.js';
 import type { NanoClock } from '../clock.js';
 import type { EntityRef, LineageBatch, LineageStore, PreparedEntry } from '../store/lineage-store.js';
 import { GraphIndex, type IndexMark } from './graph-index.js';
@@ -57,15 +57,20 @@ interface EngineMark {
 interface PreparedGroup {
   mark: EngineMark;
   entries: PreparedEntry[];
-  /** The group's rows, already added (built while the previous group is being written). */
-  batch: LineageBatch | undefined;
   accepted: { sub: Submission; result: SubmitResult }[];
-  checkpoint: Checkpoint | undefined;
+  receivedAt: bigint;
   treeSize: bigint;
   addedEnd: number;
+  /** The entries' rows in one shared buffer, for the hasher; undefined when there are none. */
+  rows: { buf: SharedArrayBuffer; offsets: Int32Array } | undefined;
+  /** Set by sealGroup, while the previous group is being written: the rows added, and the checkpoint. */
+  batch?: LineageBatch;
+  checkpoint?: Checkpoint;
 }
 
 const GENESIS = new Uint8Array(32);
+/** The entry hash of a prepared entry until its group is sealed. */
+const UNSEALED = new Uint8Array(0);
 const TRACE_DEFAULTS: TraceRequest = { start: undefined, direction: Direction.DIRECTION_UNSPECIFIED, depth: 0, asOfNs: '0', pageSize: 0, pageToken: '', includeEdges: false, objectLevel: false, view: TraceView.TRACE_VIEW_UNSPECIFIED };
 const DEFAULT_PAGE = 1000;
 /** Events per commit group (one synced write) at most, unless one submission is larger. */
@@ -86,13 +91,15 @@ export class LineageEngine implements LineageApi {
 
   readonly index = new GraphIndex();
   private readonly merkle = new MerkleTree();
+  private readonly hasher = new LedgerHasher();
   private readonly eventSeqs = new Map<string, bigint>();
   private readonly knownRuns = new Set<string>();
   /**
-   * What applyToIndex added to eventSeqs and knownRuns and is not yet durable, so a rejected
-   * batch or a failed write can be undone; `addedBase` is the absolute position of its first item.
+   * What applyToIndex added to eventSeqs (event ids as plain strings, one per event, so no
+   * wrapper object) and knownRuns and is not yet durable, so a rejected batch or a failed write
+   * can be undone; `addedBase` is the absolute position of its first item.
    */
-  private readonly addedLog: ({ eventId: string } | { runId: string })[] = [];
+  private readonly addedLog: (string | { runId: string })[] = [];
   private addedBase = 0;
   private nextSeq = 0n;
   private head: Uint8Array = GENESIS;
@@ -148,6 +155,7 @@ export class LineageEngine implements LineageApi {
     }
     this.transition('STOPPING');
     while (this.flushing) await this.flushing;
+    await this.hasher.stop();
     this.transition('STOPPED');
   }
 
@@ -194,27 +202,45 @@ export class LineageEngine implements LineageApi {
 
   /**
    * Commit pipeline: while one group's batch is being written and fsynced, the next group is
-   * validated and prepared, so CPU work overlaps the disk. Writes stay strictly in order; a
-   * group is acknowledged only after its own write and every earlier one succeeded.
+   * validated and prepared on this thread and hashed on the hasher's, so CPU work overlaps the
+   * disk. Writes stay strictly in order; a group is acknowledged only after its own write and
+   * every earlier one succeeded.
    */
   private async flushLoop(): Promise<void> {
     // Always yield first: a loop that finished synchronously would end before kick() stored it.
     await null;
-    let writing: Promise<boolean> | undefined;
+    let writing: Promise<{ group: PreparedGroup; err: unknown } | undefined> | undefined;
     while (this.queue.length > 0 || writing) {
       let next: PreparedGroup | undefined;
       if (this.queue.length > 0) next = this.prepareGroup(this.takeGroup());
+      // The previous group was sealed before its write began, so `next` chains onto it.
+      const sealing = next?.rows ? this.sealGroup(next) : undefined;
       if (writing) {
-        const ok = await writing;
+        const failed = await writing;
         writing = undefined;
-        if (!ok && next) {
-          // The failed write's rollback also undid `next`: validate its submissions again.
-          void next.batch?.discard().catch(() => {});
-          this.queue.unshift(...next.accepted.map((a) => a.sub));
-          next = undefined;
+        if (failed) {
+          // Undo the failed group and everything after it, once `next`'s hashes (which extend
+          // the tree) are in; then validate `next`'s submissions again.
+          if (sealing) await sealing;
+          this.rollbackAll(failed.group.mark);
+          this.log(`lineage: commit of ${failed.group.entries.length} entries failed: ${String(failed.err)}`);
+          for (const { sub } of failed.group.accepted) sub.reject(failed.err);
+          if (next) {
+            void next.batch?.discard().catch(() => {});
+            this.queue.unshift(...next.accepted.map((a) => a.sub));
+          }
+          continue;
         }
       }
-      if (next) writing = this.writeGroup(next);
+      if (!next) continue;
+      const sealErr = sealing ? await sealing : undefined;
+      if (sealErr !== undefined) {
+        this.rollbackAll(next.mark);
+        this.log(`lineage: hashing ${next.entries.length} entries failed: ${String(sealErr)}`);
+        for (const { sub } of next.accepted) sub.reject(sealErr);
+        continue;
+      }
+      writing = this.writeGroup(next);
     }
   }
 
@@ -250,17 +276,18 @@ export class LineageEngine implements LineageApi {
       try {
         let dup = 0;
         const seqs: bigint[] = [];
-        sub.events.forEach((event, i) => {
+        for (let i = 0; i < sub.events.length; i++) {
+          const event = sub.events[i] as LineageEvent;
           const existing = this.eventSeqs.get(event.eventId);
           if (existing !== undefined) {
             dup++;
             seqs.push(existing);
-            return;
+            continue;
           }
-          const entry = this.prepare(event, sub.wire?.[i], receivedAt, `events[${i}]`);
+          const entry = this.prepare(event, sub.wire?.[i], receivedAt, i);
           entries.push(entry);
           seqs.push(entry.seq);
-        });
+        }
         accepted.push({ sub, result: { accepted: sub.events.length - dup, duplicates: dup, seqs, treeSize: 0n } });
       } catch (err) {
         entries.length = before;
@@ -269,24 +296,41 @@ export class LineageEngine implements LineageApi {
       }
     }
     if (accepted.length === 0) return undefined;
-    const checkpoint = entries.length > 0 ? this.signer.sign(this.nextSeq, this.merkle.root().toString('hex'), Buffer.from(this.head).toString('hex'), receivedAt) : undefined;
-    let batch: LineageBatch | undefined;
-    if (entries.length > 0) {
-      batch = this.store.startBatch();
-      for (const e of entries) batch.add(e);
-    }
-    return { mark: groupMark, entries, batch, accepted, checkpoint, treeSize: this.nextSeq, addedEnd: this.addedBase + this.addedLog.length };
+    return { mark: groupMark, entries, accepted, receivedAt, treeSize: this.nextSeq, addedEnd: this.addedBase + this.addedLog.length, rows: packRows(entries) };
   }
 
-  /** Writes a prepared group (one synced batch) and settles its submissions; false when the write failed. */
-  private async writeGroup(g: PreparedGroup): Promise<boolean> {
+  /**
+   * Hashes a prepared group's rows (chain and Merkle tree) on the hasher, then builds its batch
+   * and signs its checkpoint. Resolves to the error when hashing failed, else undefined.
+   */
+  private async sealGroup(g: PreparedGroup): Promise<unknown> {
+    try {
+      const rows = g.rows as { buf: SharedArrayBuffer; offsets: Int32Array };
+      const r = await this.hasher.hash({ buf: rows.buf, offsets: rows.offsets, head: this.head, frontier: this.merkle.frontier() });
+      this.merkle.appendPrecomputed(r.leaves, r.nodes);
+      this.head = r.head;
+      const batch = this.store.startBatch();
+      for (const e of g.entries) {
+        e.entryHash = (e.value as Uint8Array).subarray(0, 32);
+        batch.add(e);
+      }
+      g.batch = batch;
+      g.checkpoint = this.signer.sign(g.treeSize, this.merkle.root().toString('hex'), Buffer.from(this.head).toString('hex'), g.receivedAt);
+      return undefined;
+    } catch (err) {
+      return err ?? new Error('hashing failed');
+    }
+  }
+
+  /**
+   * Writes a sealed group (one synced batch) and settles its submissions. A failed write is
+   * returned, not rolled back here: the loop undoes it once the next group's hashing settled.
+   */
+  private async writeGroup(g: PreparedGroup): Promise<{ group: PreparedGroup; err: unknown } | undefined> {
     try {
       if (g.batch) await g.batch.write(g.checkpoint && { treeSize: g.treeSize, json: JSON.stringify(g.checkpoint) });
     } catch (err) {
-      this.rollbackAll(g.mark);
-      this.log(`lineage: commit of ${g.entries.length} entries failed: ${String(err)}`);
-      for (const { sub } of g.accepted) sub.reject(err);
-      return false;
+      return { group: g, err };
     }
     if (g.checkpoint) this.checkpoint = g.checkpoint;
     // What this group added can no longer be rolled back.
@@ -296,17 +340,18 @@ export class LineageEngine implements LineageApi {
       result.treeSize = g.treeSize;
       sub.resolve(result);
     }
-    return true;
+    return undefined;
   }
 
   /**
    * Validates `event` against the graph, applies it to the in-memory state, and builds its
-   * ledger entry. With `wire` (the event's own bytes) the body is written around them without
-   * encoding the event again; the bytes decode to the same event either way.
+   * ledger row, 32 bytes of room for its entry hash (sealGroup fills them) and its body. With
+   * `wire` (the event's own bytes) the body is written around them without encoding the event
+   * again; the bytes decode to the same event either way.
    */
-  private prepare(event: LineageEvent, wire: Uint8Array | undefined, receivedAtNs: bigint, path: string): PreparedEntry {
+  private prepare(event: LineageEvent, wire: Uint8Array | undefined, receivedAtNs: bigint, index: number): PreparedEntry {
     const seq = this.nextSeq;
-    const entity = this.applyToIndex(event, seq, path);
+    const entity = this.applyToIndex(event, seq, `events[${index}]`);
     // The ledger row is entryHash(32) ‖ body; the body is built in place after the first 32 bytes.
     let value: Buffer;
     if (wire) {
@@ -319,19 +364,10 @@ export class LineageEngine implements LineageApi {
     }
     const bodyLength = value.length - 32;
     if (bodyLength > EVENT_LIMITS.maxEventBytes) {
-      throw new InvalidArgumentError(path, `event is ${bodyLength} bytes encoded; the limit is ${EVENT_LIMITS.maxEventBytes}`);
+      throw new InvalidArgumentError(`events[${index}]`, `event is ${bodyLength} bytes encoded; the limit is ${EVENT_LIMITS.maxEventBytes}`);
     }
-    // Both hashes are one-shot over that buffer: first H(previous head ‖ body) with the head in
-    // the hash's place, then the RFC 6962 leaf H(0x00 ‖ body) from byte 31; the entry hash then
-    // takes its place.
-    value.set(this.head, 0);
-    const entryHash = sha256(value);
-    value[31] = 0;
-    this.merkle.appendLeafHash(sha256(value.subarray(31)));
-    value.set(entryHash, 0);
-    this.head = entryHash;
     this.nextSeq++;
-    const entry: PreparedEntry = { seq, eventId: event.eventId, entryHash, body: value.subarray(32), value, entity: entity.ref };
+    const entry: PreparedEntry = { seq, eventId: event.eventId, entryHash: UNSEALED, body: value.subarray(32), value, entity: entity.ref };
     if (entity.adjacency) entry.adjacency = entity.adjacency;
     return entry;
   }
@@ -398,7 +434,7 @@ export class LineageEngine implements LineageApi {
       }
     }
     this.eventSeqs.set(event.eventId, seq);
-    this.addedLog.push({ eventId: event.eventId });
+    this.addedLog.push(event.eventId);
     return result;
   }
 
@@ -412,8 +448,8 @@ export class LineageEngine implements LineageApi {
     this.merkle.truncate(Number(mark.seq));
     this.head = mark.head;
     while (this.addedBase + this.addedLog.length > mark.added) {
-      const item = this.addedLog.pop() as { eventId: string } | { runId: string };
-      if ('eventId' in item) this.eventSeqs.delete(item.eventId);
+      const item = this.addedLog.pop() as string | { runId: string };
+      if (typeof item === 'string') this.eventSeqs.delete(item);
       else this.knownRuns.delete(item.runId);
     }
     this.nextSeq = mark.seq;
@@ -703,15 +739,32 @@ function msToNsString(ms: number): string {
 
 const EMPTY_BYTES = Buffer.alloc(0);
 
-/** One-shot SHA-256 (crypto.hash, Node ≥ 20.12: no Hash object per call), else createHash. */
-const sha256: (data: Uint8Array) => Buffer =
-  typeof crypto.hash === 'function' ? (data) => crypto.hash('sha256', data, 'buffer') : (data) => crypto.createHash('sha256').update(data).digest();
-
 /**
  * 32 free bytes, then LedgerEntryBody { seq = 1; received_at_ns = 2; event = 3 } written by hand
  * around the event's own bytes, field for field what LedgerEntryBody.encode writes (zero scalars
  * left out). `receivedAt` is field 2 already encoded (tag and varint), shared by a commit group.
  */
+/** Copies the entries' rows into one shared buffer (the hasher's job) and points the entries at them. */
+function packRows(entries: PreparedEntry[]): { buf: SharedArrayBuffer; offsets: Int32Array } | undefined {
+  if (entries.length === 0) return undefined;
+  let total = 0;
+  for (const e of entries) total += (e.value as Uint8Array).length;
+  const buf = new SharedArrayBuffer(total);
+  const arena = Buffer.from(buf);
+  const offsets = new Int32Array(2 * entries.length);
+  let pos = 0;
+  entries.forEach((e, i) => {
+    const value = e.value as Uint8Array;
+    arena.set(value, pos);
+    offsets[2 * i] = pos;
+    offsets[2 * i + 1] = pos + value.length;
+    e.value = arena.subarray(pos, pos + value.length);
+    e.body = e.value.subarray(32);
+    pos += value.length;
+  });
+  return { buf, offsets };
+}
+
 function writeEntryBody(seq: number, receivedAt: Uint8Array, event: Uint8Array): Buffer {
   const head = 32 + (seq === 0 ? 0 : 1 + varintLength(seq)) + receivedAt.length + 1 + varintLength(event.length);
   const out = Buffer.allocUnsafe(head + event.length);

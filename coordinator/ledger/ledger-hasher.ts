@@ -1,0 +1,165 @@
+import * as crypto from 'node:crypto';
+import { Worker } from 'node:worker_threads';
+
+/**
+ * One commit group's ledger rows in one shared buffer: row i is bytes [offsets[2i], offsets[2i+1])
+ * of `buf`, 32 bytes of room for its entry hash followed by its body (the canonical bytes).
+ */
+export interface HashJob {
+  buf: SharedArrayBuffer;
+  offsets: Int32Array;
+  /** Entry hash of the entry before the group's first. */
+  head: Uint8Array;
+  /** The Merkle tree's right frontier before the group (MerkleTree.frontier()). */
+  frontier: (Uint8Array | undefined)[];
+}
+
+export interface HashResult {
+  /** RFC 6962 leaf hashes, 32 bytes each, in row order. */
+  leaves: Uint8Array;
+  /** The interior nodes the leaves complete, in the order MerkleTree.appendPrecomputed takes them. */
+  nodes: Uint8Array;
+  /** Entry hash of the group's last entry. */
+  head: Uint8Array;
+}
+
+/**
+ * The ledger's hashing for one group, in place: each row's first 32 bytes become its entry hash
+ * H(previous entry hash ‖ body); also its leaf hash H(0x00 ‖ body) and the interior nodes
+ * H(0x01 ‖ left ‖ right) that complete. Self-contained (no module scope), because its source is
+ * also the hashing worker's: `sha256` is passed in.
+ */
+function hashGroup(sha256: (data: Uint8Array) => Uint8Array, job: HashJob): HashResult {
+  const view = new Uint8Array(job.buf);
+  const n = job.offsets.length / 2;
+  const leaves = new Uint8Array(32 * n);
+  // Appending n leaves completes fewer than n + log2(size) interior nodes.
+  let nodes = new Uint8Array(32 * (n + 64));
+  let nodeCount = 0;
+  const frontier = job.frontier.slice();
+  const nodeInput = new Uint8Array(65);
+  nodeInput[0] = 1;
+  let head = job.head;
+  for (let i = 0; i < n; i++) {
+    const row = view.subarray(job.offsets[2 * i] as number, job.offsets[2 * i + 1] as number);
+    row.set(head, 0);
+    const entryHash = sha256(row);
+    // The leaf hash reads 0x00 ‖ body from byte 31, where the previous head's last byte was.
+    row[31] = 0;
+    let hash = sha256(row.subarray(31));
+    leaves.set(hash, 32 * i);
+    row.set(entryHash, 0);
+    head = entryHash;
+    let level = 0;
+    for (let left = frontier[level]; left !== undefined; left = frontier[level]) {
+      nodeInput.set(left, 1);
+      nodeInput.set(hash, 33);
+      hash = sha256(nodeInput);
+      if ((nodeCount + 1) * 32 > nodes.length) {
+        const grown = new Uint8Array(nodes.length * 2);
+        grown.set(nodes);
+        nodes = grown;
+      }
+      nodes.set(hash, 32 * nodeCount++);
+      frontier[level] = undefined;
+      level++;
+    }
+    frontier[level] = hash;
+  }
+  return { leaves, nodes: nodes.slice(0, 32 * nodeCount), head: Uint8Array.from(head) };
+}
+
+const oneShot = (crypto as { hash?: (algorithm: string, data: Uint8Array, encoding: 'buffer') => Buffer }).hash;
+const sha256 = oneShot ? (data: Uint8Array): Uint8Array => oneShot('sha256', data, 'buffer') : (data: Uint8Array): Uint8Array => crypto.createHash('sha256').update(data).digest();
+
+/** The worker's source: hashGroup, and a loop answering jobs by id. */
+const WORKER_SOURCE = `
+const { parentPort } = require('node:worker_threads');
+const crypto = require('node:crypto');
+const sha256 = crypto.hash ? (d) => crypto.hash('sha256', d, 'buffer') : (d) => crypto.createHash('sha256').update(d).digest();
+const hashGroup = ${hashGroup.toString()};
+parentPort.on('message', ({ id, job }) => {
+  try {
+    const r = hashGroup(sha256, job);
+    parentPort.postMessage({ id, result: r }, [r.leaves.buffer, r.nodes.buffer]);
+  } catch (err) {
+    parentPort.postMessage({ id, error: String(err && err.stack || err) });
+  }
+});
+`;
+
+export interface LedgerHasherOptions {
+  /** Groups of fewer rows are hashed on the calling thread: a worker round trip costs more. */
+  inlineBelow?: number;
+}
+
+/**
+ * Hashes commit groups on a worker thread, so the committer's thread validates and indexes the
+ * next group meanwhile (hashing is about a tenth of ingest's CPU). Jobs carry the chain head and
+ * Merkle frontier, so the worker holds no state: a rolled-back group needs no reset there, and a
+ * worker that died is replaced on the next job.
+ */
+export class LedgerHasher {
+  private readonly inlineBelow: number;
+  private worker: Worker | undefined;
+  private readonly pending = new Map<number, { resolve: (r: HashResult) => void; reject: (e: Error) => void }>();
+  private nextId = 0;
+  private stopped = false;
+
+  constructor(options: LedgerHasherOptions = {}) {
+    this.inlineBelow = options.inlineBelow ?? 128;
+  }
+
+  hash(job: HashJob): Promise<HashResult> {
+    if (this.stopped) return Promise.reject(new Error('ledger hasher stopped'));
+    if (job.offsets.length / 2 < this.inlineBelow) {
+      try {
+        return Promise.resolve(hashGroup(sha256, job));
+      } catch (err) {
+        return Promise.reject(err instanceof Error ? err : new Error(String(err)));
+      }
+    }
+    const worker = this.ensureWorker();
+    const id = this.nextId++;
+    return new Promise<HashResult>((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      worker.postMessage({ id, job });
+    });
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    const w = this.worker;
+    this.worker = undefined;
+    if (w) await w.terminate();
+    this.failAll(new Error('ledger hasher stopped'));
+  }
+
+  private ensureWorker(): Worker {
+    if (this.worker) return this.worker;
+    const w = new Worker(WORKER_SOURCE, { eval: true, env: {}, argv: [], execArgv: [] });
+    w.unref();
+    w.on('message', (m: { id: number; result?: HashResult; error?: string }) => {
+      const p = this.pending.get(m.id);
+      if (!p) return;
+      this.pending.delete(m.id);
+      if (m.result) p.resolve(m.result);
+      else p.reject(new Error(`ledger hasher: ${m.error ?? 'no result'}`));
+    });
+    const lost = (err: Error): void => {
+      if (this.worker !== w) return;
+      this.worker = undefined;
+      this.failAll(err);
+    };
+    w.on('error', (err) => lost(err));
+    w.on('exit', (code) => lost(new Error(`ledger hasher worker exited with code ${code}`)));
+    this.worker = w;
+    return w;
+  }
+
+  private failAll(err: Error): void {
+    const all = [...this.pending.values()];
+    this.pending.clear();
+    for (const p of all) p.reject(err);
+  }
+}
