@@ -51,6 +51,8 @@ export class GraphIndex {
   /** version → generating step; other kinds → NO_NODE. */
   private readonly generator = new GrowableInt32();
   private readonly labels = new Map<number, string>();
+  /** Transform node → its name: the one string its steps' labels share. */
+  private readonly transformNames = new Map<number, string>();
   private readonly generatorLog: number[] = [];
   private readonly labelLog: number[] = [];
 
@@ -142,6 +144,8 @@ export class GraphIndex {
     this.lists.forEach((l, i) => l.rollback(mark.edges[i] as number, mark.nodes));
     while (this.generatorLog.length > mark.generatorLog) this.generator.data[this.generatorLog.pop() as number] = NO_NODE;
     while (this.labelLog.length > mark.labelLog) this.labels.delete(this.labelLog.pop() as number);
+    // Few transforms exist, and rollbacks are rare: a scan is cheaper than a log.
+    for (const id of this.transformNames.keys()) if (id >= mark.nodes) this.transformNames.delete(id);
     for (let id = this.keys.length - 1; id >= mark.nodes; id--) this.ids.delete(this.keys[id] as string);
     this.keys.length = mark.nodes;
     this.kinds.length = this.firstSeen.length = this.objectOf.length = this.generator.length = mark.nodes;
@@ -150,7 +154,11 @@ export class GraphIndex {
   /** Adds (or finds) a node. Object versions also get their object node. */
   ensureNode(key: string, kind: NodeKind, timeMs: number): number {
     const existing = this.ids.get(key);
-    if (existing !== undefined) return existing;
+    return existing !== undefined ? existing : this.addNode(key, kind, timeMs);
+  }
+
+  /** Adds a node known to be absent. */
+  private addNode(key: string, kind: NodeKind, timeMs: number): number {
     let object = NO_NODE;
     if (kind === NodeKind.NODE_KIND_OBJECT_VERSION) {
       const at = key.lastIndexOf('@sha256:');
@@ -176,11 +184,17 @@ export class GraphIndex {
     const mark = this.mark();
     try {
       const known = this.ids.get(edges.stepKey);
-      const step = known ?? this.ensureNode(edges.stepKey, NodeKind.NODE_KIND_STEP, timeMs);
+      const step = known ?? this.addNode(edges.stepKey, NodeKind.NODE_KIND_STEP, timeMs);
       if (known === undefined) {
-        this.labels.set(step, edges.transformKey.slice('transform:'.length));
-        this.labelLog.push(step);
         const transform = this.ensureNode(edges.transformKey, NodeKind.NODE_KIND_TRANSFORM, timeMs);
+        // Steps share their transform's label string: a slice per step outlived the step event.
+        let label = this.transformNames.get(transform);
+        if (label === undefined) {
+          label = edges.transformKey.slice('transform:'.length);
+          this.transformNames.set(transform, label);
+        }
+        this.labels.set(step, label);
+        this.labelLog.push(step);
         this.members.add(transform, step, timeMs);
         if (edges.runKey) this.members.add(this.ensureNode(edges.runKey, NodeKind.NODE_KIND_RUN, timeMs), step, timeMs);
       } else if (this.labels.get(step) !== edges.transformKey.slice('transform:'.length)) {

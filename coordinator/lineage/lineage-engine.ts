@@ -92,7 +92,8 @@ export class LineageEngine implements LineageApi {
   readonly index = new GraphIndex();
   private readonly merkle = new MerkleTree();
   private readonly hasher = new LedgerHasher();
-  private readonly eventSeqs = new Map<string, bigint>();
+  /** Event id → ledger seq, as a number: a BigInt per event was a long-lived heap object more. */
+  private readonly eventSeqs = new Map<string, number>();
   private readonly knownRuns = new Set<string>();
   /**
    * What applyToIndex added to eventSeqs (event ids as plain strings, one per event, so no
@@ -281,7 +282,7 @@ export class LineageEngine implements LineageApi {
           const existing = this.eventSeqs.get(event.eventId);
           if (existing !== undefined) {
             dup++;
-            seqs.push(existing);
+            seqs.push(BigInt(existing));
             continue;
           }
           const entry = this.prepare(event, sub.wire?.[i], receivedAt, i);
@@ -433,7 +434,7 @@ export class LineageEngine implements LineageApi {
         break;
       }
     }
-    this.eventSeqs.set(event.eventId, seq);
+    this.eventSeqs.set(event.eventId, Number(seq));
     this.addedLog.push(event.eventId);
     return result;
   }
@@ -651,7 +652,8 @@ export class LineageEngine implements LineageApi {
 
   async getProof(eventId: string): Promise<GetProofResponse> {
     if (eventId === '') throw new InvalidArgumentError('event_id', 'is required');
-    const seq = this.eventSeqs.get(eventId);
+    const n = this.eventSeqs.get(eventId);
+    const seq = n === undefined ? undefined : BigInt(n);
     const checkpoint = this.checkpoint;
     if (seq === undefined || !checkpoint || seq >= BigInt(checkpoint.treeSize)) throw new NotFoundError(`event ${JSON.stringify(eventId)}`, 'event_id');
     const entry = await this.store.getEntry(seq);
