@@ -20,7 +20,7 @@
  *   { sync: true }, one batch after another. Checkpoint rows (one per commit group) are left out.
  */
 import { randomUUID, createHash } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -129,6 +129,7 @@ async function run(root: string, events: number, streams: number, batch: number)
   );
 
   const cpu0 = process.cpuUsage();
+  const main0 = mainThreadCpuMs();
   const hr0 = Number(process.hrtime.bigint());
   const t0 = performance.now();
   worker.postMessage('go');
@@ -137,6 +138,7 @@ async function run(root: string, events: number, streams: number, batch: number)
   // For `node --cpu-prof`: the timed window in the profile's clock (µs, CLOCK_MONOTONIC).
   if (process.env.BENCH_PROFILE_WINDOW) console.error(`profile window µs ${Math.round(hr0 / 1000)} ${Math.round(Number(process.hrtime.bigint()) / 1000)}`);
   const cpu = process.cpuUsage(cpu0);
+  const mainMs = main0 === undefined ? undefined : (mainThreadCpuMs() as number) - main0;
   if (done.type !== 'done') throw new Error('client did not finish');
   await worker.terminate();
   if (done.accepted !== events) throw new Error(`coordinator accepted ${done.accepted} of ${events} events`);
@@ -158,13 +160,14 @@ async function run(root: string, events: number, streams: number, batch: number)
   const groupMean = groupSizes.reduce((a, b) => a + b, 0) / Math.max(1, groupSizes.length);
   const appendTotal = appendMs.reduce((a, b) => a + b, 0);
   console.log('');
-  console.log(`Retrace SubmitEvents : ${fmt(retraceRate)} events/s  (${fmt(retraceMs)} ms wall, coordinator+client process CPU ${fmt((cpu.user + cpu.system) / 1000)} ms = ${fmt((cpu.user + cpu.system) / 1000 / retraceMs, 2)} cores)`);
+  console.log(`Retrace SubmitEvents : ${fmt(retraceRate)} events/s  (${fmt(retraceMs)} ms wall, coordinator+client process CPU ${fmt((cpu.user + cpu.system) / 1000)} ms = ${fmt((cpu.user + cpu.system) / 1000 / retraceMs, 2)} cores, ${fmt((cpu.user + cpu.system) / events, 1)} µs per event)`);
+  if (mainMs !== undefined) console.log(`  committer thread   : ${fmt((mainMs * 1000) / events, 1)} µs CPU per event (gRPC receive, decode, validation, index, rows; the coordinator's main thread), so at most ${fmt(events / (mainMs / 1000))} events/s on one core`);
   console.log(`  batch ack latency  : p50 ${fmt(percentile(ackMs, 50), 1)} ms, p99 ${fmt(percentile(ackMs, 99), 1)} ms, max ${fmt(percentile(ackMs, 100), 1)} ms  (${ackMs.length} batches, engine.submit → durable)`);
   console.log(`  commit groups      : ${groupSizes.length} groups; events per group p50 ${fmt(percentile(groups, 50))}, mean ${fmt(groupMean)}, min ${fmt(groups[0] ?? 0)}, max ${fmt(groups[groups.length - 1] ?? 0)}`);
   console.log(`  batch.write        : ${fmt(appendTotal)} ms total (${fmt((100 * appendTotal) / retraceMs, 1)}% of wall), p50 ${fmt(percentile(appendMs, 50), 1)} ms per group (synced LevelDB write; rows added while the previous group was written)`);
   console.log(`  stored rows        : ${fmt(rows.rowCount)} rows, ${fmt(rows.bytes / 2 ** 20, 1)} MiB keys+values (${fmt(rows.rowCount / events, 2)} puts per event, ${fmt(rows.bytes / events, 0)} B per event), plus ${rows.checkpoints} checkpoint rows`);
   console.log(`  process RSS        : ${fmt(rssMiB)} MiB`);
-  console.log(`raw level, sequential: ${fmt(rawRate)} events/s  (${fmt(raw.ms)} ms, ${raw.batches} chained batches of ${batch} events, sync: true, one at a time)`);
+  console.log(`raw level, sequential: ${fmt(rawRate)} events/s  (${fmt(raw.ms)} ms, ${raw.batches} chained batches of ${batch} events, sync: true, one at a time; process CPU ${fmt((raw.cpuMs * 1000) / events, 1)} µs per event, LevelDB's write thread included)`);
   console.log(`raw level, ${streams} writers: ${fmt(rawConcRate)} events/s  (same batches, ${streams} concurrent writers; context only, not in the ratio)`);
   console.log(`ratio Retrace / raw sequential = ${fmt(ratio, 3)}   (goal ≥ 0.5 and ≥ 50,000 events/s)`);
 
@@ -187,9 +190,22 @@ async function run(root: string, events: number, streams: number, batch: number)
     groupEventsMax: groups[groups.length - 1] ?? 0,
     putsPerEvent: round(rows.rowCount / events, 2),
     coordinatorCpuCores: round((cpu.user + cpu.system) / 1000 / retraceMs, 2),
+    cpuUsPerEvent: round((cpu.user + cpu.system) / events, 1),
+    committerUsPerEvent: mainMs === undefined ? null : round((mainMs * 1000) / events, 1),
+    rawCpuUsPerEvent: round((raw.cpuMs * 1000) / events, 1),
     rssMiB: Math.round(rssMiB),
     loadAvg1m: round(loadavg()[0] ?? 0, 1),
   });
+}
+
+/** CPU time of this process's main thread (the coordinator's committer), ms; undefined off Linux. 100 ticks/s. */
+function mainThreadCpuMs(): number | undefined {
+  try {
+    const fields = readFileSync(`/proc/self/task/${process.pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
+    return (Number(fields[11]) + Number(fields[12])) * 10;
+  } catch {
+    return undefined;
+  }
 }
 
 function round(n: number, digits: number): number {
@@ -254,12 +270,13 @@ async function readRows(dir: string): Promise<{ perEvent: Row[][]; rowCount: num
 }
 
 /** Writes the rows in batches of `batch` events with chained db.batch() and sync, `writers` at a time. */
-async function writeRaw(dir: string, perEvent: Row[][], batch: number, writers: number): Promise<{ ms: number; batches: number }> {
+async function writeRaw(dir: string, perEvent: Row[][], batch: number, writers: number): Promise<{ ms: number; batches: number; cpuMs: number }> {
   const db = new Level<Uint8Array, Uint8Array>(dir, { keyEncoding: 'view', valueEncoding: 'view' });
   await db.open();
   const chunks: Row[][][] = [];
   for (let i = 0; i < perEvent.length; i += batch) chunks.push(perEvent.slice(i, i + batch));
   let nextChunk = 0;
+  const cpu0 = process.cpuUsage();
   const t0 = performance.now();
   await Promise.all(
     Array.from({ length: writers }, async () => {
@@ -271,8 +288,9 @@ async function writeRaw(dir: string, perEvent: Row[][], batch: number, writers: 
     }),
   );
   const ms = performance.now() - t0;
+  const cpu = process.cpuUsage(cpu0);
   await db.close();
-  return { ms, batches: chunks.length };
+  return { ms, batches: chunks.length, cpuMs: (cpu.user + cpu.system) / 1000 };
 }
 
 // ---- client (worker thread) ----
