@@ -116,7 +116,9 @@ function checkResources(u: ResourceUsage, path: string): void {
       }
       continue;
     }
-    checkNonNegative(String(value), `${path}.${snake(name)}`);
+    // The field's path is built only for the error: this runs for every field of every step.
+    const text = String(value);
+    if (!INT64.test(text) || text.startsWith('-')) checkNonNegative(text, `${path}.${snake(name)}`);
   }
 }
 
