@@ -81,7 +81,11 @@ export interface ShardExecutorOptions {
   hostCpus?: number;
   /** Idle workers are terminated after this long, ms (default 30000). */
   idleWorkerMs?: number;
-  /** Idle workers kept in all (default: maxConcurrent). */
+  /**
+   * Idle workers kept in all (default: maxConcurrent, at least 8). Workers are pooled per code
+   * version, and a pipeline's steps take turns: a budget below steps × slots ends a worker (and
+   * starts another, bundle loaded again: ~8 ms of CPU) for most batches.
+   */
   maxIdleWorkers?: number;
   /** How long a cancelled shard may take to stop before its worker is terminated, ms (default 500). */
   cancelGraceMs?: number;
@@ -160,7 +164,7 @@ function compile(o: ShardExecutorOptions): CompiledOptions {
     now: o.now ?? (() => base + process.hrtime.bigint()),
     hostCpus: positive('hostCpus', o.hostCpus, cpus, false),
     idleWorkerMs: positive('idleWorkerMs', o.idleWorkerMs, 30_000),
-    maxIdleWorkers: o.maxIdleWorkers === 0 ? 0 : positive('maxIdleWorkers', o.maxIdleWorkers, maxConcurrent),
+    maxIdleWorkers: o.maxIdleWorkers === 0 ? 0 : positive('maxIdleWorkers', o.maxIdleWorkers, Math.max(maxConcurrent, 8)),
     cancelGraceMs: positive('cancelGraceMs', o.cancelGraceMs, 500),
     workerStartTimeoutMs: positive('workerStartTimeoutMs', o.workerStartTimeoutMs, 30_000),
     maxBatch: positive('maxBatch', o.maxBatch, 256),

@@ -8,7 +8,7 @@
  * it; the agent processes with their worker threads). Outcomes are matched by the dispatcher but
  * not written to provenance here: the lineage engine's write path is measured by `ingest`.
  */
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -24,7 +24,7 @@ import { schedulerExtension } from '../coordinator/scheduler/scheduler-extension
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
 import { startLocalAgents, stopLocalAgents } from '../scripts/cli/local-agents.js';
 import { bundleTransform } from '../scripts/cli/publish-command.js';
-import { finish } from './report.js';
+import { finish, processCpuUs } from './report.js';
 
 function flagNum(argv: string[], name: string, def: number): number {
   const i = argv.indexOf(`--${name}`);
@@ -42,18 +42,6 @@ function noopShard(i: number, codeVersion: string): ShardAssignment {
     inputs: [{ name: 'in', objectId: `o${i}`, contentHash: contentHashOf(payload), payload, key: `k${i}`, eventTimeNs: '0', mediaType: '' }],
     timeoutMs: 0, memoryLimitMb: 0, jobId: '',
   };
-}
-
-/** CPU time of a process (all its threads, so an agent's shard workers too), µs; undefined off Linux. */
-function processCpuUs(pid: number): number | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    // utime and stime (fields 14 and 15) in clock ticks of 10 ms.
-    return (Number(fields[11]) + Number(fields[12])) * 10_000;
-  } catch {
-    return undefined;
-  }
 }
 
 /** Raw echo: one bidi stream; the client keeps `window` frames in flight, the server answers each frame with an outcomes frame. */

@@ -120,7 +120,9 @@ function checkResources(u: ResourceUsage, path: string): void {
       }
       continue;
     }
-    checkNonNegative(String(value), path, `.${snake(name)}`);
+    // The field's path is built only for the error: this runs for every field of every step.
+    const text = String(value);
+    if (!isNonNegativeInt64(text)) checkNonNegative(text, path, `.${snake(name)}`);
   }
 }
 

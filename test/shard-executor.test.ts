@@ -306,6 +306,31 @@ describe('shard executor (real worker threads)', () => {
     }
   });
 
+  it('keeps an idle worker per code version when a pipeline\'s steps take turns on fewer slots', async () => {
+    const started: unknown[] = [];
+    const one = createShardExecutor({
+      codeCache: createCodeCache({ dir: join(dir, 'code'), fetch: async (v) => bundles.get(v) ?? new Uint8Array() }),
+      nodeId: 'node-steps',
+      maxConcurrent: 1,
+      log: (_level, event, fields) => {
+        if (event === 'shard-worker:started') started.push(fields);
+      },
+    });
+    try {
+      // Three steps of a record after another, for three records: three code versions, one slot.
+      for (let record = 0; record < 3; record++) {
+        for (const step of ['echo', 'spin', 'mixed']) {
+          const out = await one.execute(shard(step, { parameters: step === 'spin' ? { iterations: 10 } : {} }));
+          expect(out.status).toBe(ShardStatus.SHARD_STATUS_SUCCEEDED);
+        }
+      }
+      // One worker per version, reused (an idle budget of one slot ended one per shard).
+      expect(started).toHaveLength(3);
+    } finally {
+      await one.stop();
+    }
+  });
+
   it('batches shards into one worker; a hung, oversized or exiting shard is reported alone and the rest of its batch still runs', async () => {
     const started: unknown[] = [];
     const one = createShardExecutor({

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { canonicalJson } from '../../common/canonical-json.js';
+import { canonicalJson, sortKeys } from '../../common/canonical-json.js';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../../common/errors.js';
 import type { TransformRequirements } from '../../common/gen/retrace/v1/code.js';
 import type { PipelineStep, PipelineVersion } from '../../common/gen/retrace/v1/pipeline.js';
@@ -133,6 +133,12 @@ interface Known extends CurrentRecord {
   fresh: boolean;
 }
 
+/** What the runner derives once per pipeline version: step order, and each step's parameters with sorted keys. */
+interface Plan {
+  order: number[];
+  parameters: Record<string, unknown>[];
+}
+
 interface Tally {
   accepted: number;
   duplicates: number;
@@ -142,6 +148,8 @@ interface Tally {
 }
 
 const PRODUCER = 'retrace://coordinator/pipeline';
+/** Records waiting for their provenance to be durable, in slots' worth (see `ingest`). */
+const COMMIT_WINDOW = 4;
 
 /**
  * Runs pipelines over ingested records and records their provenance: for each record, its payload
@@ -153,13 +161,21 @@ export class PipelineRunner {
   private readonly concurrency: number;
   private readonly capture: boolean;
   private readonly producer: string;
-  private readonly orders = new Map<string, number[]>();
+  private readonly plans = new Map<string, Plan>();
   private changeListener: RecordChangeListener | undefined;
 
   constructor(private readonly options: PipelineRunnerOptions) {
     this.concurrency = Math.max(1, options.concurrency ?? 32);
     this.capture = options.capture ?? true;
     this.producer = options.producer ?? PRODUCER;
+  }
+
+  /**
+   * The same runner (shard runner, stores, concurrency) recording nothing: the baseline the
+   * capture-overhead benchmark compares a capturing run with.
+   */
+  withoutCapture(): PipelineRunner {
+    return new PipelineRunner({ ...this.options, capture: false });
   }
 
   /** Sets (or clears) the listener told about records re-ingested with new content. */
@@ -174,14 +190,15 @@ export class PipelineRunner {
     return runner;
   }
 
-  private stepOrder(pv: PipelineVersion): number[] {
+  private plan(pv: PipelineVersion): Plan {
     const key = `${pv.pipeline?.name ?? ''}@${pv.version}`;
-    let order = this.orders.get(key);
-    if (!order) {
-      order = validatePipeline(pv.pipeline as NonNullable<PipelineVersion['pipeline']>);
-      this.orders.set(key, order);
+    let plan = this.plans.get(key);
+    if (!plan) {
+      const def = pv.pipeline as NonNullable<PipelineVersion['pipeline']>;
+      plan = { order: validatePipeline(def), parameters: def.steps.map((s) => sortKeys(s.parameters ?? {})) };
+      this.plans.set(key, plan);
     }
-    return order;
+    return plan;
   }
 
   /**
@@ -205,7 +222,7 @@ export class PipelineRunner {
     const def = pv.pipeline as NonNullable<PipelineVersion['pipeline']>;
     const src = def.sources.find((s) => s.name === source);
     if (!src) throw new InvalidArgumentError('source', `pipeline ${JSON.stringify(pipelineName)} has no source ${JSON.stringify(source)} (sources: ${def.sources.map((s) => s.name).join(', ')})`);
-    const order = this.stepOrder(pv);
+    const { order, parameters } = this.plan(pv);
     const runId = `ingest:${pipelineName}:${randomUUID()}`;
     const principal = options.principal || 'ingest';
     const startedAtNs = clock().toString();
@@ -222,10 +239,16 @@ export class PipelineRunner {
     }
     const tally: Tally = { accepted: 0, duplicates: 0, shardsRun: 0, shardsFailed: 0, firstError: '' };
     const keyTails = new Map<string, Promise<void>>();
-    const inFlight = new Set<Promise<void>>();
+    // A record holds one of `concurrency` slots until its provenance is submitted; waiting for
+    // it to be durable (the engine's next group commit) and updating the current records happen
+    // outside the slots, so the next records run meanwhile. `unfinished` (records not yet
+    // durable, at most COMMIT_WINDOW slots' worth) bounds what waits in memory.
+    const slots = new Set<Promise<void>>();
+    const unfinished = new Set<Promise<void>>();
+    const maxUnfinished = this.concurrency * COMMIT_WINDOW;
     let failure: unknown;
     let index = 0;
-    const ctx = { pv, order, runId, principal, source, mediaType: src.mediaType, signal: options.signal };
+    const ctx = { pv, order, parameters, runId, principal, source, mediaType: src.mediaType, signal: options.signal };
     for await (const batch of batches) {
       for (const rec of batch) {
         const i = index++;
@@ -234,23 +257,29 @@ export class PipelineRunner {
           throw new InvalidArgumentError(`records[${i}].event_time_ns`, 'must be non-negative nanoseconds since the epoch');
         }
         if (failure !== undefined) break;
-        while (inFlight.size >= this.concurrency) await Promise.race(inFlight);
+        while (slots.size >= this.concurrency) await Promise.race(slots);
+        while (unfinished.size >= maxUnfinished) await Promise.race(unfinished);
         const prev = keyTails.get(rec.key) ?? Promise.resolve();
+        let release!: () => void;
+        const slot = new Promise<void>((resolve) => (release = resolve));
         const p: Promise<void> = prev
-          .then(() => this.processRecord(ctx, rec, tally))
+          .then(() => this.processRecord(ctx, rec, tally, release))
           .catch((err: unknown) => {
             failure ??= err;
           })
           .finally(() => {
-            inFlight.delete(p);
+            release();
+            unfinished.delete(p);
             if (keyTails.get(rec.key) === p) keyTails.delete(rec.key);
           });
+        void slot.then(() => slots.delete(slot));
         keyTails.set(rec.key, p);
-        inFlight.add(p);
+        slots.add(slot);
+        unfinished.add(p);
       }
       if (failure !== undefined) break;
     }
-    await Promise.all(inFlight);
+    await Promise.all(unfinished);
     if (failure !== undefined) throw failure;
     if (this.capture) {
       const endedAtNs = clock().toString();
@@ -278,9 +307,10 @@ export class PipelineRunner {
   }
 
   private async processRecord(
-    ctx: { pv: PipelineVersion; order: number[]; runId: string; principal: string; source: string; mediaType: string; signal: AbortSignal | undefined },
+    ctx: { pv: PipelineVersion; order: number[]; parameters: Record<string, unknown>[]; runId: string; principal: string; source: string; mediaType: string; signal: AbortSignal | undefined },
     rec: IngestRecordInput,
     tally: Tally,
+    releaseSlot: () => void,
   ): Promise<void> {
     const { lineage, pipelines, payloads, clock } = this.options;
     const capture = this.capture;
@@ -319,11 +349,12 @@ export class PipelineRunner {
     };
     const srcRecord: Known = { objectId: srcId, contentHash: srcHash, size: rec.payload.byteLength, mediaType, eventTimeNs, payload: rec.payload, fresh: !existed };
     remember(ctx.source, rec.key, srcRecord);
-    if (!existed) events.push(this.versionEvent(srcRecord, nowNs, { pipeline: p, dataset: ctx.source, key: rec.key, event_time_ns: eventTimeNs }));
+    if (!existed) events.push(this.versionEvent(srcRecord, nowNs, { dataset: ctx.source, event_time_ns: eventTimeNs, key: rec.key, pipeline: p }));
 
     const changed = new Map<string, Set<string>>([[ctx.source, new Set([rec.key])]]);
     for (const si of runSteps ? ctx.order : []) {
       const step = def.steps[si] as PipelineStep;
+      const parameters = ctx.parameters[si] as Record<string, unknown>;
       const keys = new Set<string>();
       for (const name of step.inputs) for (const k of changed.get(name) ?? []) keys.add(k);
       for (const key of keys) {
@@ -388,7 +419,7 @@ export class PipelineRunner {
           stepName: step.name,
           transform: step.transform,
           codeVersion: step.codeVersion,
-          parameters: step.parameters ?? {},
+          parameters,
           inputs: shardInputs,
           timeoutMs: step.timeoutMs,
           memoryLimitMb: step.requirements?.memoryMb ?? 0,
@@ -431,19 +462,24 @@ export class PipelineRunner {
           continue;
         }
         const { startedAtNs, endedAtNs } = outcomeSpanNs(outcome, clock);
-        const facet: RetraceStepFacet = {
+        // Facets and attributes are built with their keys in canonical (sorted) order, so the
+        // engine's normalisation keeps them as they are instead of copying them sorted.
+        const facet: RetraceStepFacet & { attempts: number; output: string; queuedMs: number } = {
+          attempts: result.attempts,
+          inputs: inputs.length === 1 ? { [(inputs[0] as { name: string }).name]: (inputs[0] as { rec: Known }).rec.objectId } : sortKeys(Object.fromEntries(inputs.map((i) => [i.name, i.rec.objectId]))),
+          output: step.output || step.name,
           pipeline: p,
           pipelineVersion: ctx.pv.version,
-          step: step.name,
+          queuedMs: result.queuedMs,
           shardId,
-          inputs: Object.fromEntries(inputs.map((i) => [i.name, i.rec.objectId])),
+          step: step.name,
         };
         const stepBody: Step = {
           stepId,
           runId: ctx.runId,
           transform: step.transform,
           codeVersion: step.codeVersion,
-          parameters: step.parameters ?? {},
+          parameters,
           nodeId: result.nodeId || outcome.nodeId,
           host: result.host ?? '',
           startedAtNs,
@@ -452,22 +488,26 @@ export class PipelineRunner {
           resources: outcome.resources,
           used: inputs.map((i) => ({ objectId: i.rec.objectId, contentHash: i.rec.contentHash, unversioned: false })),
           generated,
-          facets: { retrace: { ...facet, attempts: result.attempts, queuedMs: result.queuedMs, output: step.output || step.name } },
+          facets: { retrace: facet },
         };
         events.push({ eventId: `step:${stepId}`, eventTimeNs: endedAtNs, producer: this.producer, body: { $case: 'step', value: stepBody } });
         for (const k of outputs) {
           const outKey = k.objectId.slice(outPrefix.length);
           toStore.push(k.payload as Uint8Array);
           toStoreHashes.push(k.contentHash);
-          events.push(this.versionEvent(k, endedAtNs, { pipeline: p, dataset: outputDataset, key: outKey, event_time_ns: k.eventTimeNs }));
+          events.push(this.versionEvent(k, endedAtNs, { dataset: outputDataset, event_time_ns: k.eventTimeNs, key: outKey, pipeline: p }));
           remember(outputDataset, outKey, k);
           addTo(changed, outputDataset, outKey);
         }
       }
     }
     if (!capture) return;
+    // Payloads first: the engine's synced write then makes them durable with the events.
     await payloads.putMany(toStore, toStoreHashes);
-    if (events.length > 0) await lineage.submit(events, ctx.signal ? { signal: ctx.signal } : undefined);
+    const durable = events.length > 0 ? lineage.submit(events, ctx.signal ? { signal: ctx.signal } : undefined) : undefined;
+    releaseSlot();
+    if (durable) await durable;
+    // Only once the provenance is durable: a current record must never name unrecorded work.
     await pipelines.setCurrent(p, currents);
   }
 

@@ -4,6 +4,7 @@ import type { PublishedCode } from '../../common/gen/retrace/v1/code.js';
 import { Pipeline, PipelineVersion } from '../../common/gen/retrace/v1/pipeline.js';
 import { contentHashOf, isContentHash } from '../../common/hash.js';
 import type { NanoClock } from '../clock.js';
+import { coalesceCalls } from '../store/call-coalescer.js';
 import type { Database } from '../store/database.js';
 
 /** What validation needs of the code store (when one is mounted). */
@@ -116,6 +117,15 @@ export function createPipelineStore(db: Database, clock: NanoClock, code?: CodeL
   let tail: Promise<unknown> = Promise.resolve();
   const cache = new Map<string, PipelineVersion>();
 
+  // Every ingested record reads and writes its current records: concurrent records share one
+  // getMany and one batch.
+  const currentKey = (pipeline: string, dataset: string, key: string): string => `${pipeline}\u0000${dataset}\u0000${key}`;
+  const readCurrent = coalesceCalls((keys: string[]) => current.getMany(keys));
+  type CurrentPut = { type: 'put'; key: string; value: CurrentRecord };
+  const writeCurrent = coalesceCalls(async (groups: CurrentPut[][]) => {
+    await current.batch(groups.flat());
+    return [];
+  });
   const versionKey = (name: string, v: number): string => `${name}\u0000${String(v).padStart(10, '0')}`;
 
   async function read(name: string, v: number): Promise<PipelineVersion | undefined> {
@@ -188,11 +198,11 @@ export function createPipelineStore(db: Database, clock: NanoClock, code?: CodeL
       return out;
     },
     async getCurrent(pipeline, dataset, key) {
-      return current.get(`${pipeline}\u0000${dataset}\u0000${key}`);
+      return readCurrent(currentKey(pipeline, dataset, key));
     },
     async setCurrent(pipeline, entries) {
       if (entries.length === 0) return;
-      await current.batch(entries.map((e) => ({ type: 'put' as const, key: `${pipeline}\u0000${e.dataset}\u0000${e.key}`, value: e.record })));
+      await writeCurrent(entries.map((e) => ({ type: 'put' as const, key: currentKey(pipeline, e.dataset, e.key), value: e.record })));
     },
   };
 }

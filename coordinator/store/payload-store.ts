@@ -1,5 +1,6 @@
 import { InvalidArgumentError, NotFoundError } from '../../common/errors.js';
 import { contentHashOf, isContentHash } from '../../common/hash.js';
+import { coalesceCalls } from './call-coalescer.js';
 import type { Database } from './database.js';
 
 /** Options of the payload store. */
@@ -54,6 +55,12 @@ export function createPayloadStore(db: Database, options: PayloadStoreOptions = 
     throw new InvalidArgumentError('retention_ms', 'must be a positive number of milliseconds');
   }
 
+  // Every ingested record stores its payloads: concurrent records share one batch.
+  const write = coalesceCalls(async (groups: never[][]) => {
+    await root.batch(groups.flat());
+    return [];
+  });
+
   async function putMany(payloads: readonly Uint8Array[], known?: readonly string[]): Promise<string[]> {
     if (known && known.length !== payloads.length) throw new Error(`putMany: ${known.length} hashes for ${payloads.length} payloads`);
     const hashes = known ? [...known] : payloads.map((p) => contentHashOf(p));
@@ -66,7 +73,7 @@ export function createPayloadStore(db: Database, options: PayloadStoreOptions = 
       ops.push({ type: 'put', key: hex, value: payload, sublevel: bytes } as never);
       if (retentionMs !== undefined) ops.push({ type: 'put', key: hex, value: stamp, sublevel: touched } as never);
     }
-    if (ops.length > 0) await root.batch(ops);
+    if (ops.length > 0) await write(ops);
     return hashes;
   }
 

@@ -1,0 +1,160 @@
+import { describe, expect, it } from 'vitest';
+import { Pipeline } from '../common/gen/retrace/v1/pipeline.js';
+import type { LineageEvent } from '../common/gen/retrace/v1/provenance.js';
+import { ShardStatus, type ShardAssignment } from '../common/gen/retrace/v1/shard.js';
+import { contentHashOf } from '../common/hash.js';
+import { PipelineRunner, type PipelineRunnerOptions, type ShardRunner } from '../coordinator/pipeline/pipeline-runner.js';
+import { createPipelineStore, type PipelineStore } from '../coordinator/pipeline/pipeline-store.js';
+import { coalesceCalls } from '../coordinator/store/call-coalescer.js';
+import { openDatabase } from '../coordinator/store/database.js';
+import { createPayloadStore, type PayloadStore } from '../coordinator/store/payload-store.js';
+import { until } from './helpers/until.js';
+
+const CODE = contentHashOf('upper bundle');
+
+/** Upper-cases its input in-process; records every assignment. */
+function upperRunner(calls: ShardAssignment[]): ShardRunner {
+  return {
+    async run(a) {
+      calls.push(a);
+      const payload = Buffer.from(new TextDecoder().decode(a.inputs[0]?.payload).toUpperCase());
+      return {
+        outcome: { shardId: a.shardId, status: ShardStatus.SHARD_STATUS_SUCCEEDED, outputs: [{ key: '', contentHash: contentHashOf(payload), payload, mediaType: 'text/plain' }], resources: undefined, error: '', startedAtNs: '1', endedAtNs: '2', nodeId: 'n' },
+        nodeId: 'n',
+        attempts: 1,
+        queuedMs: 0,
+      };
+    },
+  };
+}
+
+/**
+ * A lineage engine stand-in whose record submissions become durable only when the test says so
+ * (run events are durable at once), or fail.
+ */
+function gatedLineage(): PipelineRunnerOptions['lineage'] & { held: { events: LineageEvent[]; settle(err?: Error): void }[] } {
+  const held: { events: LineageEvent[]; settle(err?: Error): void }[] = [];
+  return {
+    held,
+    async submit(events) {
+      if (events.every((e) => e.body?.$case === 'run')) return { accepted: events.length, duplicates: 0, seqs: [], treeSize: 0n };
+      return new Promise((resolve, reject) => {
+        held.push({ events: [...events], settle: (err) => (err ? reject(err) : resolve({ accepted: events.length, duplicates: 0, seqs: [], treeSize: 0n })) });
+      });
+    },
+    async readStep() {
+      return undefined;
+    },
+    async readVersion() {
+      return undefined;
+    },
+  };
+}
+
+async function setup(concurrency: number): Promise<{ runner: PipelineRunner; lineage: ReturnType<typeof gatedLineage>; pipelines: PipelineStore; payloads: PayloadStore; calls: ShardAssignment[] }> {
+  const db = await openDatabase(null);
+  const clock = (): bigint => BigInt(Date.now()) * 1_000_000n;
+  const pipelines = createPipelineStore(db, clock);
+  const payloads = createPayloadStore(db);
+  await pipelines.apply(Pipeline.fromJSON({ name: 'p', sources: [{ name: 'raw' }], steps: [{ name: 'up', transform: 'upper', codeVersion: CODE, inputs: ['raw'] }] }));
+  const lineage = gatedLineage();
+  const calls: ShardAssignment[] = [];
+  const runner = new PipelineRunner({ lineage, pipelines, payloads, runner: upperRunner(calls), clock, concurrency });
+  return { runner, lineage, pipelines, payloads, calls };
+}
+
+const rec = (key: string, text: string): { key: string; payload: Uint8Array } => ({ key, payload: Buffer.from(text) });
+
+describe('pipeline capture and durability', () => {
+  it('answers an ingest only once every record is durable; records run on while earlier ones wait for durability', async () => {
+    const { runner, lineage, pipelines, payloads, calls } = await setup(1);
+    let answered = false;
+    const ingest = runner.ingest('p', 'raw', [[rec('k1', 'a'), rec('k2', 'b'), rec('k3', 'c')]]).finally(() => (answered = true));
+    // One slot, nothing durable yet: all three records still ran their step and submitted.
+    await until('three submissions', () => (lineage.held.length === 3 ? true : undefined), 5000, 5);
+    expect(calls).toHaveLength(3);
+    // Payloads are written before the events that name them are submitted.
+    expect(await payloads.has(contentHashOf('B'))).toBe(true);
+    // Not durable: no current record, no answer.
+    expect(await pipelines.getCurrent('p', 'raw', 'k1')).toBeUndefined();
+    expect(answered).toBe(false);
+    // Each submission is the record's whole path: source version, step, output version.
+    expect(lineage.held[1]?.events.map((e) => e.body?.$case)).toEqual(['objectVersion', 'step', 'objectVersion']);
+    for (const h of lineage.held.slice(0, 2)) h.settle();
+    await until('k2 current', () => pipelines.getCurrent('p', 'up', 'k2'), 5000, 5);
+    expect(answered).toBe(false);
+    lineage.held[2]?.settle();
+    const summary = await ingest;
+    expect([summary.accepted, summary.shardsRun, summary.shardsFailed]).toEqual([3, 3, 0]);
+    expect((await pipelines.getCurrent('p', 'up', 'k3'))?.contentHash).toBe(contentHashOf('C'));
+  });
+
+  it('runs a key\'s next record only after the previous one is durable and current', async () => {
+    const { runner, lineage, calls } = await setup(4);
+    const ingest = runner.ingest('p', 'raw', [[rec('k', 'a'), rec('k', 'a'), rec('k', 'b')]]);
+    // Each of the key's records starts once the one before it is durable (and current).
+    for (let n = 1; n <= 3; n++) {
+      await until(`submission ${n}`, () => (lineage.held.length === n ? true : undefined), 5000, 5);
+      await new Promise((r) => setTimeout(r, 20));
+      expect([calls.length, lineage.held.length]).toEqual([n, n]);
+      lineage.held[n - 1]?.settle();
+    }
+    const summary = await ingest;
+    // The second record equals the current one: a duplicate, whose source version is not submitted again.
+    expect([summary.accepted, summary.duplicates, summary.shardsRun]).toEqual([2, 1, 3]);
+    expect(lineage.held[1]?.events.map((e) => e.body?.$case)).toEqual(['step', 'objectVersion']);
+  });
+
+  it('fails the ingest and records no current record when provenance cannot be made durable', async () => {
+    const { runner, lineage, pipelines } = await setup(2);
+    const ingest = runner.ingest('p', 'raw', [[rec('k1', 'a'), rec('k2', 'b')]]);
+    await until('two submissions', () => (lineage.held.length === 2 ? true : undefined), 5000, 5);
+    lineage.held[0]?.settle(new Error('disk full'));
+    lineage.held[1]?.settle();
+    await expect(ingest).rejects.toThrow(/disk full/);
+    expect(await pipelines.getCurrent('p', 'raw', 'k1')).toBeUndefined();
+  });
+
+  it('the runner without capture runs the same steps and records nothing', async () => {
+    const { runner, lineage, pipelines, payloads, calls } = await setup(2);
+    const summary = await runner.withoutCapture().ingest('p', 'raw', [[rec('k1', 'a'), rec('k2', 'b')]]);
+    expect([summary.shardsRun, summary.shardsFailed]).toEqual([2, 0]);
+    expect(calls.map((c) => new TextDecoder().decode(c.inputs[0]?.payload))).toEqual(['a', 'b']);
+    expect(lineage.held).toHaveLength(0);
+    expect(await pipelines.getCurrent('p', 'raw', 'k1')).toBeUndefined();
+    expect(await payloads.has(contentHashOf('A'))).toBe(false);
+  });
+});
+
+describe('coalesceCalls', () => {
+  it('serves calls made together in one call, and calls made meanwhile in the next, in order', async () => {
+    const served: number[][] = [];
+    let gate: (() => void) | undefined;
+    const double = coalesceCalls(async (xs: number[]) => {
+      served.push(xs);
+      if (served.length === 1) await new Promise<void>((r) => (gate = r));
+      return xs.map((x) => x * 2);
+    });
+    const first = [double(1), double(2)];
+    await until('first serve', () => gate, 1000, 1);
+    const second = [double(3), double(4), double(5)];
+    gate?.();
+    expect(await Promise.all([...first, ...second])).toEqual([2, 4, 6, 8, 10]);
+    expect(served).toEqual([
+      [1, 2],
+      [3, 4, 5],
+    ]);
+  });
+
+  it('rejects every call of a failed serve, and serves later calls', async () => {
+    let fail = true;
+    const f = coalesceCalls(async (xs: string[]) => {
+      if (fail) throw new Error('boom');
+      return xs.map((x) => x.toUpperCase());
+    });
+    const results = await Promise.allSettled([f('a'), f('b')]);
+    expect(results.map((r) => r.status)).toEqual(['rejected', 'rejected']);
+    fail = false;
+    expect(await f('c')).toBe('C');
+  });
+});
