@@ -151,7 +151,7 @@ function checkNonNegative(value: string, a: string, b = '', c = ''): void {
   if (!isNonNegativeInt64(value)) throw new InvalidArgumentError(a + b + c, 'must be a non-negative integer');
 }
 
-/** 1–19 decimal digits, no sign: what INT64 accepts minus negative numbers, without a regex. */
+/** 1–19 decimal digits and no sign, checked without a regex (the int64 range itself is not enforced, as before). */
 function isNonNegativeInt64(value: string): boolean {
   const n = value.length;
   if (n === 0 || n > 19) return false;
