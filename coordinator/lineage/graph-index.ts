@@ -53,6 +53,8 @@ export class GraphIndex {
   private readonly labels = new Map<number, string>();
   /** Transform node → its name: the one string its steps' labels share. */
   private readonly transformNames = new Map<number, string>();
+  private readonly lastTransform = { key: '', id: NO_NODE };
+  private readonly lastRun = { key: '', id: NO_NODE };
   private readonly generatorLog: number[] = [];
   private readonly labelLog: number[] = [];
 
@@ -146,6 +148,7 @@ export class GraphIndex {
     while (this.labelLog.length > mark.labelLog) this.labels.delete(this.labelLog.pop() as number);
     // Few transforms exist, and rollbacks are rare: a scan is cheaper than a log.
     for (const id of this.transformNames.keys()) if (id >= mark.nodes) this.transformNames.delete(id);
+    for (const cache of [this.lastTransform, this.lastRun]) if (cache.id >= mark.nodes) cache.id = NO_NODE;
     for (let id = this.keys.length - 1; id >= mark.nodes; id--) this.ids.delete(this.keys[id] as string);
     this.keys.length = mark.nodes;
     this.kinds.length = this.firstSeen.length = this.objectOf.length = this.generator.length = mark.nodes;
@@ -155,6 +158,18 @@ export class GraphIndex {
   ensureNode(key: string, kind: NodeKind, timeMs: number): number {
     const existing = this.ids.get(key);
     return existing !== undefined ? existing : this.addNode(key, kind, timeMs);
+  }
+
+  /**
+   * ensureNode through a one-entry cache: consecutive steps mostly share their transform and
+   * run, and comparing a short key is cheaper than a lookup in the map of every node.
+   */
+  private cachedNode(cache: { key: string; id: number }, key: string, kind: NodeKind, timeMs: number): number {
+    if (cache.id >= 0 && cache.id < this.keys.length && cache.key === key) return cache.id;
+    const id = this.ensureNode(key, kind, timeMs);
+    cache.key = this.keys[id] as string;
+    cache.id = id;
+    return id;
   }
 
   /** Adds a node known to be absent. */
@@ -186,7 +201,7 @@ export class GraphIndex {
       const known = this.ids.get(edges.stepKey);
       const step = known ?? this.addNode(edges.stepKey, NodeKind.NODE_KIND_STEP, timeMs);
       if (known === undefined) {
-        const transform = this.ensureNode(edges.transformKey, NodeKind.NODE_KIND_TRANSFORM, timeMs);
+        const transform = this.cachedNode(this.lastTransform, edges.transformKey, NodeKind.NODE_KIND_TRANSFORM, timeMs);
         // Steps share their transform's label string: a slice per step outlived the step event.
         let label = this.transformNames.get(transform);
         if (label === undefined) {
@@ -196,7 +211,7 @@ export class GraphIndex {
         this.labels.set(step, label);
         this.labelLog.push(step);
         this.members.add(transform, step, timeMs);
-        if (edges.runKey) this.members.add(this.ensureNode(edges.runKey, NodeKind.NODE_KIND_RUN, timeMs), step, timeMs);
+        if (edges.runKey) this.members.add(this.cachedNode(this.lastRun, edges.runKey, NodeKind.NODE_KIND_RUN, timeMs), step, timeMs);
       } else if (this.labels.get(step) !== edges.transformKey.slice('transform:'.length)) {
         throw new InvalidArgumentError(`${path}.transform`, `step already recorded with transform ${JSON.stringify(this.labels.get(step))}`);
       }
