@@ -13,9 +13,11 @@
  * step → output version, ~3 per step. PostgreSQL gets exactly those edges as (src, dst) rows.
  *
  * Retrace latency is client-measured (nice-grpc round trip including response decoding), view
- * TRACE_VIEW_PACKED_IDS (node numbers and distances as little-endian uint32 bytes); the IDS,
- * KEYS and FULL views, the time inside the handler, and a nice-grpc echo of the same response
- * size in the same process (the floor of any unary call on this machine) are reported beside it.
+ * TRACE_VIEW_COMPACT (node numbers grouped by distance, varint deltas: common/trace-compact.ts),
+ * the client decoding it to node numbers and distances inside the timed call; the PACKED_IDS,
+ * IDS, KEYS and FULL views, the time inside the handler, and a nice-grpc echo of the compact
+ * response's size in the same process (the floor of any unary call on this machine) are
+ * reported beside it.
  * PostgreSQL latency is server-side, from EXPLAIN (ANALYZE, TIMING OFF)'s "Execution Time"
  * (no result transfer); psql's \timing round trip (rows sent to psql) is reported alongside.
  * ratio = PostgreSQL p95 / Retrace p95 over both directions' samples pooled.
@@ -30,7 +32,8 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { createChannel, createClientFactory, createServer, Metadata } from 'nice-grpc';
 import { Coordinator } from '../coordinator/coordinator.js';
-import { Direction, LineageServiceDefinition, NodeKind, TraceView, type SubmitEventsRequest, type TraceRequest } from '../common/gen/retrace/v1/lineage.js';
+import { Direction, LineageServiceDefinition, NodeKind, TraceResponse, TraceView, type SubmitEventsRequest, type TraceRequest } from '../common/gen/retrace/v1/lineage.js';
+import { decodeCompactTrace } from '../common/trace-compact.js';
 import type { LineageEvent } from '../common/gen/retrace/v1/provenance.js';
 import { finish, percentile } from './report.js';
 
@@ -253,10 +256,10 @@ async function run(root: string, o: { targetEdges: number; layers: number; windo
   const starts: Sample[] = [];
   for (let k = 0; k < o.samples; k++) starts.push({ direction: 'down', layer: Math.floor(rnd() * band), pos: Math.floor(rnd() * width) });
   for (let k = 0; k < o.samples; k++) starts.push({ direction: 'up', layer: layers - Math.floor(rnd() * band), pos: Math.floor(rnd() * width) });
-  // The ratio uses TRACE_VIEW_PACKED_IDS: stable node numbers (what the PostgreSQL query returns
-  // too, integer ids) as little-endian uint32 bytes. The ids, keys and full views are measured
-  // and reported beside it.
-  const request = (s: Sample, view = TraceView.TRACE_VIEW_PACKED_IDS): TraceRequest => ({
+  // The ratio uses TRACE_VIEW_COMPACT: stable node numbers (what the PostgreSQL query returns
+  // too, integer ids) with their distances, decoded by the client. The packed, ids, keys and
+  // full views are measured and reported beside it.
+  const request = (s: Sample, view = TraceView.TRACE_VIEW_COMPACT): TraceRequest => ({
     start: { kind: NodeKind.NODE_KIND_OBJECT_VERSION, id: `rec:${s.pos}`, contentHash: versionHash(s.layer, s.pos) },
     direction: s.direction === 'down' ? Direction.DIRECTION_DOWNSTREAM : Direction.DIRECTION_UPSTREAM,
     depth: 0,
@@ -280,7 +283,7 @@ async function run(root: string, o: { targetEdges: number; layers: number; windo
     return out;
   };
   // The floor of any unary call here: a nice-grpc echo server in this process (no middleware)
-  // answering pre-encoded bytes of the packed response's size, called from a nice-grpc client.
+  // answering pre-encoded bytes of the compact response's size, called from a nice-grpc client.
   const EchoDefinition = {
     echo: {
       path: '/bench.Echo/Echo',
@@ -309,27 +312,40 @@ async function run(root: string, o: { targetEdges: number; layers: number; windo
   const retraceMs: number[] = [];
   const echoMs: number[] = [];
   const sizes: number[] = [];
+  const compactBytes: number[] = [];
+  const closures: Uint32Array[] = [];
   const hr0 = process.hrtime.bigint();
   recordServer = true;
   for (const s of starts) {
     const t0 = performance.now();
     const r = await client.trace(request(s));
+    const decoded = decodeCompactTrace(r);
     retraceMs.push(performance.now() - t0);
-    const n = r.packedNodeIds.length / 4;
-    if (r.nextPageToken !== '' || n !== Number(r.totalNodes) || r.packedDistances.length !== r.packedNodeIds.length) throw new Error('closure did not fit one page');
+    const n = decoded.nodeIds.length;
+    if (r.nextPageToken !== '' || n !== Number(r.totalNodes)) throw new Error('closure did not fit one page');
     sizes.push(n);
-    echoPayload = new Uint8Array(r.packedNodeIds.length + r.packedDistances.length + 12);
+    closures.push(decoded.nodeIds);
+    const wireBytes = TraceResponse.encode(r).finish().length;
+    compactBytes.push(wireBytes);
+    echoPayload = new Uint8Array(wireBytes);
     const t1 = performance.now();
     await echoClient.echo(echoRequest);
     echoMs.push(performance.now() - t1);
   }
   recordServer = false;
-  const viewMs: Record<string, number[]> = { ids: [], keys: [], full: [] };
-  for (const [name, view] of [['ids', TraceView.TRACE_VIEW_IDS], ['keys', TraceView.TRACE_VIEW_KEYS], ['full', TraceView.TRACE_VIEW_FULL]] as const) {
-    for (const s of starts) {
+  const viewMs: Record<string, number[]> = { packed: [], ids: [], keys: [], full: [] };
+  const packedBytes: number[] = [];
+  for (const [name, view] of [['packed', TraceView.TRACE_VIEW_PACKED_IDS], ['ids', TraceView.TRACE_VIEW_IDS], ['keys', TraceView.TRACE_VIEW_KEYS], ['full', TraceView.TRACE_VIEW_FULL]] as const) {
+    for (let k = 0; k < starts.length; k++) {
       const t0 = performance.now();
-      await client.trace(request(s, view));
+      const r = await client.trace(request(starts[k] as Sample, view));
       (viewMs[name] as number[]).push(performance.now() - t0);
+      if (view !== TraceView.TRACE_VIEW_PACKED_IDS) continue;
+      // The compact view must have answered exactly the packed view's node set.
+      packedBytes.push(TraceResponse.encode(r).finish().length);
+      const packed = new Uint32Array(r.packedNodeIds.buffer.slice(r.packedNodeIds.byteOffset, r.packedNodeIds.byteOffset + r.packedNodeIds.length)).sort();
+      const compact = (closures[k] as Uint32Array).slice().sort();
+      if (packed.length !== compact.length || packed.some((v, i) => v !== compact[i])) throw new Error(`closure ${k}: compact and packed views differ`);
     }
   }
   // For `node --cpu-prof`: the timed window in the profile's clock (µs, CLOCK_MONOTONIC).
@@ -341,6 +357,12 @@ async function run(root: string, o: { targetEdges: number; layers: number; windo
     await engineTrace(request(s));
     engineMs.push(performance.now() - t0);
   }
+  const enginePackedMs: number[] = [];
+  for (const s of starts) {
+    const t0 = performance.now();
+    await engineTrace(request(s, TraceView.TRACE_VIEW_PACKED_IDS));
+    enginePackedMs.push(performance.now() - t0);
+  }
   echoChannel.close();
   await echoServer.shutdown();
   channel.close();
@@ -351,14 +373,18 @@ async function run(root: string, o: { targetEdges: number; layers: number; windo
   const sizeText = (xs: number[]): string => `closure nodes min ${fmt(Math.min(...xs))} / p50 ${fmt(percentile(xs, 50))} / max ${fmt(Math.max(...xs))}`;
   const lat = (xs: number[]): string => `p50 ${fmt(percentile(xs, 50), 2)} ms, p95 ${fmt(percentile(xs, 95), 2)} ms`;
   console.log('');
-  console.log(`Retrace Trace (client round trip, page_size 100000, ${o.samples} starts per direction, view PACKED_IDS):`);
+  const bytesPerNode = (bytes: number[]): number => bytes.reduce((a, b) => a + b, 0) / sizes.reduce((a, b) => a + b, 0);
+  const bytesText = (bytes: number[]): string => `response p50 ${fmt(percentile(bytes, 50))} B / max ${fmt(Math.max(...bytes))} B = ${fmt(bytesPerNode(bytes), 2)} B/node`;
+  console.log(`Retrace Trace (client round trip including decodeCompactTrace, page_size 100000, ${o.samples} starts per direction, view COMPACT; ${bytesText(compactBytes)}):`);
   console.log(`  downstream: ${lat(down(retraceMs))}; ${sizeText(down(sizes))}`);
   console.log(`  upstream  : ${lat(up(retraceMs))}; ${sizeText(up(sizes))}`);
   console.log(`  pooled    : ${lat(retraceMs)}`);
   console.log(`  server side (inside the handler, no serialization or transport): ${lat(serverMs)}`);
-  console.log(`  nice-grpc echo of the same response size, same process (the floor of a unary call here): ${lat(echoMs)}`);
+  console.log(`  nice-grpc echo of the compact response's size, same process (the floor of a unary call here): ${lat(echoMs)}`);
+  console.log(`  view PACKED_IDS (uint32 ids + distances, ${bytesText(packedBytes)}): ${lat(viewMs.packed as number[])}`);
   console.log(`  view IDS (repeated uint32): ${lat(viewMs.ids as number[])}; view KEYS (node keys as strings): ${lat(viewMs.keys as number[])}; view FULL (NodeRef, key, distance, time, label per node): ${lat(viewMs.full as number[])}`);
-  console.log(`  in-process engine.trace (no gRPC, view PACKED_IDS): downstream ${lat(down(engineMs))}; upstream ${lat(up(engineMs))}`);
+  console.log(`  in-process engine.trace (no gRPC), view COMPACT: downstream ${lat(down(engineMs))}; upstream ${lat(up(engineMs))}; pooled ${lat(engineMs)}`);
+  console.log(`  in-process engine.trace (no gRPC), view PACKED_IDS: pooled ${lat(enginePackedMs)}`);
 
   // ---- PostgreSQL ----
   const pg = runPostgres(root, graph, starts, sizes);
@@ -374,9 +400,16 @@ async function run(root: string, o: { targetEdges: number; layers: number; windo
     retraceUpP95Ms: round(percentile(up(retraceMs), 95), 2),
     retraceP95Ms: round(percentile(retraceMs, 95), 2),
     engineP95Ms: round(percentile(engineMs, 95), 2),
+    enginePackedP95Ms: round(percentile(enginePackedMs, 95), 2),
+    compactResponseBytesP50: percentile(compactBytes, 50),
+    compactResponseBytesMax: Math.max(...compactBytes),
+    compactBytesPerNode: round(bytesPerNode(compactBytes), 2),
+    packedResponseBytesP50: percentile(packedBytes, 50),
+    packedBytesPerNode: round(bytesPerNode(packedBytes), 2),
     retraceServerSideP95Ms: round(percentile(serverMs, 95), 2),
     echoP50Ms: round(percentile(echoMs, 50), 2),
     echoP95Ms: round(percentile(echoMs, 95), 2),
+    retracePackedViewP95Ms: round(percentile(viewMs.packed as number[], 95), 2),
     retraceIdsViewP95Ms: round(percentile(viewMs.ids as number[], 95), 2),
     retraceKeysViewP95Ms: round(percentile(viewMs.keys as number[], 95), 2),
     retraceFullViewP95Ms: round(percentile(viewMs.full as number[], 95), 2),
@@ -386,7 +419,7 @@ async function run(root: string, o: { targetEdges: number; layers: number; windo
     rssDeltaBytesPerEdge: Math.round(rssDelta / edgeCount),
     indexArrayBytesPerEdge: round(index.arrayBytes / edgeCount, 1),
     loadAvg1m: round(loadavg()[0] ?? 0, 1),
-    ratioBasis: 'PostgreSQL p95 (EXPLAIN ANALYZE Execution Time) / Retrace p95 (client round trip, TRACE_VIEW_PACKED_IDS), both directions pooled',
+    ratioBasis: 'PostgreSQL p95 (EXPLAIN ANALYZE Execution Time) / Retrace p95 (client round trip, TRACE_VIEW_COMPACT decoded by the client), both directions pooled',
   };
   if ('unavailable' in pg) {
     console.log(`PostgreSQL: unavailable: ${pg.unavailable}`);

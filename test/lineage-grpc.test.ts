@@ -1,7 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ClientError, createChannel, createClient, Status } from 'nice-grpc';
 import { HealthDefinition } from 'nice-grpc-server-health';
-import { Direction, LineageServiceDefinition, NodeKind, SubmitEventsRequest } from '../common/gen/retrace/v1/lineage.js';
+import { Direction, LineageServiceDefinition, NodeKind, SubmitEventsRequest, TraceView, type TraceRequest } from '../common/gen/retrace/v1/lineage.js';
+import { decodeCompactTrace } from '../common/trace-compact.js';
 import { decodeSubmitEventsRequest } from '../coordinator/grpc/lineage-wire.js';
 import { LedgerEntryBody, LineageEvent } from '../common/gen/retrace/v1/provenance.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
@@ -100,6 +101,69 @@ describe('LineageService over gRPC', () => {
     expect(Object.values(doc.wasGeneratedBy ?? {})[0]).toMatchObject({ 'prov:entity': `retrace:${encodeURIComponent(`version/g:out@${h('out')}`)}` });
     expect(Object.keys(doc.entity ?? {})).toHaveLength(2);
     expect(Object.keys(doc.agent ?? {})).toContain('retrace:node%2Fnode-1');
+  });
+
+  it('answers the compact view with the nodes and distances of the ids view, page by page', async () => {
+    const c = tc.client(LineageServiceDefinition);
+    // a, b → s1 → x1, a, b → s2 → x2 (t 2000); x1, x2 → s3 → y (t 3000); a → f<i> → z<i> (t 4000);
+    // y, z0 → s4 → w (t 5000); b → s5 → y's second version (t 6000).
+    const events = [objectEvent('cv-a', 'cv:a', 'a', '1000'), objectEvent('cv-b', 'cv:b', 'b', '1000')];
+    events.push(stepEvent('cv-s1', 'cv-s1', [ref('cv:a', 'a'), ref('cv:b', 'b')], [ref('cv:x1', 'x1')], { timeNs: '2000' }));
+    events.push(stepEvent('cv-s2', 'cv-s2', [ref('cv:a', 'a'), ref('cv:b', 'b')], [ref('cv:x2', 'x2')], { timeNs: '2000' }));
+    events.push(stepEvent('cv-s3', 'cv-s3', [ref('cv:x1', 'x1'), ref('cv:x2', 'x2')], [ref('cv:y', 'y')], { timeNs: '3000' }));
+    for (let i = 0; i < 9; i++) events.push(stepEvent(`cv-f${i}`, `cv-f${i}`, [ref('cv:a', 'a')], [ref(`cv:z${i}`, `z${i}`)], { timeNs: '4000' }));
+    events.push(stepEvent('cv-s4', 'cv-s4', [ref('cv:y', 'y'), ref('cv:z0', 'z0')], [ref('cv:w', 'w')], { timeNs: '5000' }));
+    events.push(stepEvent('cv-s5', 'cv-s5', [ref('cv:b', 'b')], [ref('cv:y', 'y2')], { timeNs: '6000' }));
+    await c.submitEvents(batches({ events }));
+    const version = (id: string, content: string) => ({ kind: NodeKind.NODE_KIND_OBJECT_VERSION, id, contentHash: h(content) });
+    type Page = { total: string; nodes: string[] };
+    const pages = async (request: Partial<TraceRequest>, view: TraceView): Promise<Page[]> => {
+      const out: Page[] = [];
+      let pageToken = '';
+      do {
+        const r = await c.trace({ ...request, view, pageToken });
+        let ids: ArrayLike<number>;
+        let distances: ArrayLike<number>;
+        if (view === TraceView.TRACE_VIEW_COMPACT) {
+          expect(r.nodeIds).toEqual([]);
+          expect(r.packedNodeIds.length).toBe(0);
+          ({ nodeIds: ids, distances } = decodeCompactTrace(r));
+          // Within a group, node numbers ascend.
+          for (let i = 1; i < ids.length; i++) if (distances[i] === distances[i - 1]) expect(ids[i]).toBeGreaterThan(ids[i - 1] as number);
+        } else {
+          expect(r.compactNodeIds.length).toBe(0);
+          ({ nodeIds: ids, distances } = r);
+        }
+        const keys = (await c.resolveNodes({ nodeIds: Array.from(ids) })).keys;
+        out.push({ total: r.totalNodes, nodes: keys.map((k, i) => `${distances[i]} ${k}`).sort() });
+        pageToken = r.nextPageToken;
+      } while (pageToken !== '');
+      return out;
+    };
+    // [name, request, closure size now, as-of time that cuts it, closure size then]
+    const cases: [string, Partial<TraceRequest>, number, string, number][] = [
+      ['downstream', { start: version('cv:a', 'a'), direction: Direction.DIRECTION_DOWNSTREAM }, 26, '3500', 6],
+      ['upstream', { start: version('cv:w', 'w'), direction: Direction.DIRECTION_UPSTREAM }, 11, '4500', 0],
+      ['upstream object-level', { start: { kind: NodeKind.NODE_KIND_OBJECT, id: 'cv:y', contentHash: '' }, direction: Direction.DIRECTION_UPSTREAM }, 8, '5500', 7],
+      ['both', { start: version('cv:x2', 'x2'), direction: Direction.DIRECTION_BOTH }, 7, '3500', 5],
+    ];
+    for (const [name, request, total, cut, totalThen] of cases) {
+      for (const [asOfNs, size] of [['0', total], [cut, totalThen]] as const) {
+        for (const pageSize of [0, 3]) {
+          const what = `${name} as of ${asOfNs}, page size ${pageSize}`;
+          const compact = await pages({ ...request, asOfNs, pageSize }, TraceView.TRACE_VIEW_COMPACT);
+          const ids = await pages({ ...request, asOfNs, pageSize }, TraceView.TRACE_VIEW_IDS);
+          expect(compact, what).toEqual(ids);
+          const all = ids.flatMap((p) => p.nodes);
+          expect(all, what).toHaveLength(size);
+          expect(new Set(all).size).toBe(size);
+          expect(ids.every((p) => p.total === String(size))).toBe(true);
+          expect(ids.length, what).toBe(pageSize === 0 ? 1 : Math.max(1, Math.ceil(size / pageSize)));
+        }
+      }
+    }
+    const down = (await pages(cases[0]?.[1] as Partial<TraceRequest>, TraceView.TRACE_VIEW_COMPACT))[0]?.nodes;
+    expect(down).toContain(`4 version:cv:w@${h('w')}`);
   });
 
   it('lists runs and verifies the ledger', async () => {

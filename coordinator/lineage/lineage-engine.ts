@@ -21,6 +21,7 @@ import { EVENT_LIMITS, normalizeEventChecked } from '../../common/event-validati
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../../common/errors.js';
 import { nodeKey, parseNodeKey, versionKey } from '../../common/lineage-keys.js';
 import { leafHash, MerkleTree } from '../../common/merkle.js';
+import { encodeCompactTrace } from '../../common/trace-compact.js';
 import type { CheckpointSigner } from '../ledger/checkpoint-signer.js';
 import { LedgerHasher } from '../ledger/ledger-hasher.js';
 import type { NanoClock } from '../clock.js';
@@ -558,8 +559,10 @@ export class LineageEngine implements LineageApi {
     const totalNodes = nodes.length.toString();
     const ids = nodes.subarray(offset, end);
     const idDistances = distances.subarray(offset, end);
-    const response: TraceResponse = { nodes: [], edges: [], totalNodes, nextPageToken, keys: [], nodeIds: [], distances: [], packedNodeIds: EMPTY_BYTES, packedDistances: EMPTY_BYTES };
+    const response: TraceResponse = { nodes: [], edges: [], totalNodes, nextPageToken, keys: [], nodeIds: [], distances: [], packedNodeIds: EMPTY_BYTES, packedDistances: EMPTY_BYTES, compactDistances: [], compactCounts: [], compactNodeIds: EMPTY_BYTES };
     switch (request.view) {
+      case TraceView.TRACE_VIEW_COMPACT:
+        return Object.assign(response, encodeCompactTrace(ids, idDistances));
       case TraceView.TRACE_VIEW_PACKED_IDS:
         response.packedNodeIds = packUint32(ids);
         response.packedDistances = packUint32(idDistances);

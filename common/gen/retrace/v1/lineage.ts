@@ -138,9 +138,17 @@ export enum TraceView {
   TRACE_VIEW_IDS = 3,
   /**
    * TRACE_VIEW_PACKED_IDS - TRACE_VIEW_IDS in two byte strings, `packed_node_ids` and `packed_distances` (little-endian
-   * uint32 each, same order): no per-node work to encode or decode; the fastest view.
+   * uint32 each, same order): no per-node work to encode or decode; 8 bytes a node.
    */
   TRACE_VIEW_PACKED_IDS = 4,
+  /**
+   * TRACE_VIEW_COMPACT - The page's node numbers grouped by distance, delta-encoded as varints: `compact_distances`,
+   * `compact_counts` and `compact_node_ids`; about 1–3 bytes a node, so the smallest response.
+   * A page holds exactly the nodes of the same page of TRACE_VIEW_IDS (page_size counts nodes and
+   * tokens are interchangeable); only their order differs: each run of equal distance in walk
+   * order is one group, its node numbers ascending. common/trace-compact.ts decodes it.
+   */
+  TRACE_VIEW_COMPACT = 5,
   UNRECOGNIZED = -1,
 }
 
@@ -161,6 +169,9 @@ export function traceViewFromJSON(object: any): TraceView {
     case 4:
     case "TRACE_VIEW_PACKED_IDS":
       return TraceView.TRACE_VIEW_PACKED_IDS;
+    case 5:
+    case "TRACE_VIEW_COMPACT":
+      return TraceView.TRACE_VIEW_COMPACT;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -180,6 +191,8 @@ export function traceViewToJSON(object: TraceView): string {
       return "TRACE_VIEW_IDS";
     case TraceView.TRACE_VIEW_PACKED_IDS:
       return "TRACE_VIEW_PACKED_IDS";
+    case TraceView.TRACE_VIEW_COMPACT:
+      return "TRACE_VIEW_COMPACT";
     case TraceView.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
@@ -339,6 +352,19 @@ export interface TraceResponse {
   packedNodeIds: Buffer;
   /** TRACE_VIEW_PACKED_IDS: hops from the start node as little-endian uint32s, same order. */
   packedDistances: Buffer;
+  /**
+   * TRACE_VIEW_COMPACT: the distance (hops from the start node) of each group of the page, in
+   * walk order. Breadth-first walks visit nodes by distance, so a single-direction page has one
+   * group per distance; DIRECTION_BOTH pages hold the downstream groups, then the upstream ones.
+   */
+  compactDistances: number[];
+  /** TRACE_VIEW_COMPACT: how many nodes each group holds, same order as `compact_distances`. */
+  compactCounts: number[];
+  /**
+   * TRACE_VIEW_COMPACT: every group's node numbers in ascending order, as unsigned LEB128 varints:
+   * a group's first number as it is, each later one as its difference from the one before it.
+   */
+  compactNodeIds: Buffer;
 }
 
 export interface ResolveNodesRequest {
@@ -1704,6 +1730,9 @@ function createBaseTraceResponse(): TraceResponse {
     distances: [],
     packedNodeIds: Buffer.alloc(0),
     packedDistances: Buffer.alloc(0),
+    compactDistances: [],
+    compactCounts: [],
+    compactNodeIds: Buffer.alloc(0),
   };
 }
 
@@ -1743,6 +1772,23 @@ export const TraceResponse: MessageFns<TraceResponse> = {
     }
     if (message.packedDistances.length !== 0) {
       writer.uint32(74).bytes(message.packedDistances);
+    }
+    if (message.compactDistances.length !== 0) {
+      writer.uint32(82).fork();
+      for (const v of message.compactDistances) {
+        writer.uint32(v);
+      }
+      writer.join();
+    }
+    if (message.compactCounts.length !== 0) {
+      writer.uint32(90).fork();
+      for (const v of message.compactCounts) {
+        writer.uint32(v);
+      }
+      writer.join();
+    }
+    if (message.compactNodeIds.length !== 0) {
+      writer.uint32(98).bytes(message.compactNodeIds);
     }
     return writer;
   },
@@ -1852,6 +1898,50 @@ export const TraceResponse: MessageFns<TraceResponse> = {
             message.packedDistances = Buffer.from(reader.bytes());
             continue;
           }
+          case 10: {
+            if (tag === 80) {
+              message.compactDistances.push(reader.uint32());
+
+              continue;
+            }
+
+            if (tag === 82) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.compactDistances.push(reader.uint32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 11: {
+            if (tag === 88) {
+              message.compactCounts.push(reader.uint32());
+
+              continue;
+            }
+
+            if (tag === 90) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.compactCounts.push(reader.uint32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.compactNodeIds = Buffer.from(reader.bytes());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1897,6 +1987,21 @@ export const TraceResponse: MessageFns<TraceResponse> = {
         : isSet(object.packed_distances)
         ? Buffer.from(bytesFromBase64(object.packed_distances))
         : Buffer.alloc(0),
+      compactDistances: globalThis.Array.isArray(object?.compactDistances)
+        ? object.compactDistances.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.compact_distances)
+        ? object.compact_distances.map((e: any) => globalThis.Number(e))
+        : [],
+      compactCounts: globalThis.Array.isArray(object?.compactCounts)
+        ? object.compactCounts.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.compact_counts)
+        ? object.compact_counts.map((e: any) => globalThis.Number(e))
+        : [],
+      compactNodeIds: isSet(object.compactNodeIds)
+        ? Buffer.from(bytesFromBase64(object.compactNodeIds))
+        : isSet(object.compact_node_ids)
+        ? Buffer.from(bytesFromBase64(object.compact_node_ids))
+        : Buffer.alloc(0),
     };
   },
 
@@ -1929,6 +2034,15 @@ export const TraceResponse: MessageFns<TraceResponse> = {
     if (message.packedDistances.length !== 0) {
       obj.packedDistances = base64FromBytes(message.packedDistances);
     }
+    if (message.compactDistances?.length) {
+      obj.compactDistances = message.compactDistances.map((e) => Math.round(e));
+    }
+    if (message.compactCounts?.length) {
+      obj.compactCounts = message.compactCounts.map((e) => Math.round(e));
+    }
+    if (message.compactNodeIds.length !== 0) {
+      obj.compactNodeIds = base64FromBytes(message.compactNodeIds);
+    }
     return obj;
   },
 
@@ -1946,6 +2060,9 @@ export const TraceResponse: MessageFns<TraceResponse> = {
     message.distances = object.distances?.map((e) => e) || [];
     message.packedNodeIds = object.packedNodeIds ?? Buffer.alloc(0);
     message.packedDistances = object.packedDistances ?? Buffer.alloc(0);
+    message.compactDistances = object.compactDistances?.map((e) => e) || [];
+    message.compactCounts = object.compactCounts?.map((e) => e) || [];
+    message.compactNodeIds = object.compactNodeIds ?? Buffer.alloc(0);
     return message;
   },
 };
