@@ -128,6 +128,8 @@ export interface ShardExecutor {
    * failed). Waits for a free slot (and the CPU cap) first; `signal` also cancels that wait.
    */
   execute(assignment: ShardAssignment, signal?: AbortSignal): Promise<ShardOutcome>;
+  /** `execute` with a callback instead of a promise (called once, maybe synchronously): no promise per shard. */
+  executeThen(assignment: ShardAssignment, onOutcome: (outcome: ShardOutcome) => void, signal?: AbortSignal): void;
   /**
    * Cancels the shard with this id (queued or running), as an abort of its `signal` would: its
    * outcome is CANCELLED. Nothing happens for an id that is not running here.
@@ -886,16 +888,16 @@ export function createShardExecutor(options: ShardExecutorOptions): ShardExecuto
   const stopController = new AbortController();
   const stopSignal = stopController.signal;
 
-  function execute(a: ShardAssignment, signal?: AbortSignal): Promise<ShardOutcome> {
+  function executeThen(a: ShardAssignment, resolve: (o: ShardOutcome) => void, signal?: AbortSignal): void {
     const queuedAtNs = opts.now();
-    if (stopped) return Promise.resolve(outcomeOf(a, ShardStatus.SHARD_STATUS_CANCELLED, queuedAtNs, { error: 'cancelled: the executor stopped' }));
-    if (signal?.aborted) return Promise.resolve(outcomeOf(a, ShardStatus.SHARD_STATUS_CANCELLED, queuedAtNs, { error: 'cancelled before it started' }));
+    if (stopped) return resolve(outcomeOf(a, ShardStatus.SHARD_STATUS_CANCELLED, queuedAtNs, { error: 'cancelled: the executor stopped' }));
+    if (signal?.aborted) return resolve(outcomeOf(a, ShardStatus.SHARD_STATUS_CANCELLED, queuedAtNs, { error: 'cancelled before it started' }));
     const corrupt = corruptInput(a);
-    if (corrupt) return Promise.resolve(outcomeOf(a, ShardStatus.SHARD_STATUS_INPUT_CORRUPTED, queuedAtNs, { error: corrupt }));
+    if (corrupt) return resolve(outcomeOf(a, ShardStatus.SHARD_STATUS_INPUT_CORRUPTED, queuedAtNs, { error: corrupt }));
     const memoryMb = a.memoryLimitMb > 0 ? a.memoryLimitMb : opts.defaultMemoryMb;
     let bytesIn = 0;
     for (const i of a.inputs) bytesIn += i.payload.byteLength;
-    return new Promise<ShardOutcome>((resolve) => {
+    {
       const job: Job = {
         a,
         key: `${a.codeVersion}|${memoryMb}`,
@@ -928,11 +930,16 @@ export function createShardExecutor(options: ShardExecutorOptions): ShardExecuto
           pump();
         });
       }
-    });
+    }
+  }
+
+  function execute(a: ShardAssignment, signal?: AbortSignal): Promise<ShardOutcome> {
+    return new Promise<ShardOutcome>((resolve) => executeThen(a, resolve, signal));
   }
 
   return {
     execute,
+    executeThen,
     cancel(shardId, reason) {
       const job = byId.get(shardId);
       if (job) cancelJob(job, job.state === 'queued' ? 'cancelled before it started' : (reason ?? 'cancelled'));

@@ -73,6 +73,8 @@ function start(): void {
   const startedAt = new BigInt64Array(progress, 8, 1);
   const peakOut = new Float64Array(progress, 16, 1);
   let definition: Promise<TransformDefinition> | undefined;
+  /** The loaded transform, once `definition` resolved: later shards take it without an await. */
+  let loaded: TransformDefinition | undefined;
   /** Shards asked to stop: skipped when not started, their signal aborted when running. */
   const cancelled = new Set<string>();
   let current: { shardId: string; controller: AbortController | undefined } | undefined;
@@ -143,8 +145,9 @@ function start(): void {
         observe();
         Atomics.store(startedAt, 0, startBig);
         Atomics.store(slot, 0, index);
-        const end = (r: Omit<WorkerResult, 'index' | 'startHr' | 'endHr' | 'peakHeapBytes'> & Partial<WorkerResult>, outputs: NormalizedOutput[] = []): void => {
-          observe();
+        /** `sampled`: the heap was just observed (after the last run call), nothing ran since. */
+        const end = (r: Omit<WorkerResult, 'index' | 'startHr' | 'endHr' | 'peakHeapBytes'> & Partial<WorkerResult>, outputs: NormalizedOutput[] = [], sampled = false): void => {
+          if (!sampled) observe();
           // Filled in place (`r` is always a fresh literal): a spread here was the worker's top cost.
           const result = r as WorkerResult;
           result.index = index;
@@ -153,7 +156,7 @@ function start(): void {
           result.peakHeapBytes = peak;
           pending.push({ result, outputs });
         };
-        if (cancelled.delete(shard.shardId)) {
+        if (cancelled.size > 0 && cancelled.delete(shard.shardId)) {
           end({ ok: false, status: 'cancelled', phase: 'run', error: 'cancelled', runNs: 0 });
           continue;
         }
@@ -180,8 +183,11 @@ function start(): void {
         Atomics.store(slot, 1, PHASE_RUN);
         let def: TransformDefinition;
         try {
-          definition ??= import(bundleUrl).then((m: Record<string, unknown>) => transformOfModule(m));
-          def = await definition;
+          if (loaded) def = loaded;
+          else {
+            definition ??= import(bundleUrl).then((m: Record<string, unknown>) => transformOfModule(m));
+            def = loaded = await definition;
+          }
         } catch (err) {
           Atomics.store(slot, 1, PHASE_IDLE);
           // Every shard of the batch gets the same answer; the executor retires this worker.
@@ -205,7 +211,8 @@ function start(): void {
           },
           log: (message: string) => post({ type: 'log', shardId: shard.shardId, message: String(message).slice(0, MAX_LOG_CHARS) }),
         };
-        let runNs = 0n;
+        let runNs = 0;
+        let sampled = false;
         try {
           const records: ShardRecord[] = shard.records.map((r) => ({
             name: r.name,
@@ -217,22 +224,28 @@ function start(): void {
           }));
           const outputs: NormalizedOutput[] = [];
           for (const input of toTransformInputs(records)) {
-            if (cur.controller?.signal.aborted || cancelled.has(shard.shardId)) throw new Error('cancelled');
+            if (cur.controller?.signal.aborted || (cancelled.size > 0 && cancelled.has(shard.shardId))) throw new Error('cancelled');
             const t0 = process.hrtime.bigint();
-            const result = await def.run(input, shard.params, ctx);
-            runNs += process.hrtime.bigint() - t0;
+            let result = def.run(input, shard.params, ctx);
+            // A synchronous transform's result needs no trip through the microtask queue.
+            if (result !== null && typeof result === 'object' && typeof (result as { then?: unknown }).then === 'function') result = await result;
+            runNs += Number(process.hrtime.bigint() - t0);
             observe();
-            for (const o of normalizeOutputs(result, input.key)) outputs.push(o);
+            sampled = true;
+            for (const o of normalizeOutputs(result, input.key)) {
+              outputs.push(o);
+              sampled = false;
+            }
           }
           const backend = tfBackend();
           // TF.js exposes no per-kernel GPU clock here: with a GPU backend the run's wall time is
           // reported as GPU time (an upper bound).
-          const gpuTimeNs = GPU_BACKENDS.has(backend) ? Number(runNs) : 0;
-          if (cancelled.delete(shard.shardId)) end({ ok: false, status: 'cancelled', phase: 'run', error: 'cancelled', runNs: Number(runNs) });
-          else end({ ok: true, outputs: [], tfBackend: backend, gpuTimeNs, runNs: Number(runNs) }, outputs);
+          const gpuTimeNs = GPU_BACKENDS.has(backend) ? runNs : 0;
+          if (cancelled.size > 0 && cancelled.delete(shard.shardId)) end({ ok: false, status: 'cancelled', phase: 'run', error: 'cancelled', runNs });
+          else end({ ok: true, outputs: [], tfBackend: backend, gpuTimeNs, runNs }, outputs, sampled);
         } catch (err) {
-          if (cancelled.delete(shard.shardId)) end({ ok: false, status: 'cancelled', phase: 'run', error: 'cancelled', runNs: Number(runNs) });
-          else end({ ok: false, status: 'failed', phase: 'run', error: describeError(err), runNs: Number(runNs) });
+          if (cancelled.delete(shard.shardId)) end({ ok: false, status: 'cancelled', phase: 'run', error: 'cancelled', runNs });
+          else end({ ok: false, status: 'failed', phase: 'run', error: describeError(err), runNs });
         } finally {
           current = undefined;
           Atomics.store(slot, 1, PHASE_IDLE);
