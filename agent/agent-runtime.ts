@@ -3,11 +3,11 @@ import { performance } from 'node:perf_hooks';
 import { join } from 'node:path';
 import { ClientError, Metadata, Status, createChannel, createClient, type Channel } from 'nice-grpc';
 import { AsyncQueue } from '../common/async-queue.js';
+import { NodeServiceConnectWireDefinition } from '../common/connect-wire.js';
 import { FailedPreconditionError, InvalidArgumentError, RetraceError } from '../common/errors.js';
 import { CodeServiceDefinition, type CodeServiceClient } from '../common/gen/retrace/v1/code.js';
 import type { ShardAssignment, ShardOutcome } from '../common/gen/retrace/v1/shard.js';
 import {
-  NodeServiceDefinition,
   ReadingSource,
   type ConnectRequest,
   type ConnectResponse,
@@ -432,19 +432,15 @@ export function createAgentRuntime(options: AgentOptions): AgentRuntime {
   function runShard(a: ShardAssignment): void {
     if (!executor || running.has(a.shardId)) return; // a duplicate assignment: the first run answers
     running.add(a.shardId);
-    executor
-      .execute(a)
-      .then((outcome) => {
-        running.delete(a.shardId);
-        // A shard cut short by our own shutdown is not an outcome: the coordinator reassigns it.
-        if (executorStopped) return;
-        outgoing.push(outcome);
-        scheduleFlush();
-      })
-      .catch((err: unknown) => {
-        running.delete(a.shardId);
-        log('error', 'agent:shard-lost', { shardId: a.shardId, error: String(err) });
-      });
+    executor.executeThen(a, onOutcome);
+  }
+
+  function onOutcome(outcome: ShardOutcome): void {
+    running.delete(outcome.shardId);
+    // A shard cut short by our own shutdown is not an outcome: the coordinator reassigns it.
+    if (executorStopped) return;
+    outgoing.push(outcome);
+    scheduleFlush();
   }
 
   function scheduleFlush(): void {
@@ -514,7 +510,7 @@ export function createAgentRuntime(options: AgentOptions): AgentRuntime {
     if (opts.token) metadata.set('authorization', `Bearer ${opts.token}`);
     // Bundles may be up to 32 MiB; GetCode answers need more than gRPC's 4 MiB default.
     channel = createChannel(opts.coordinator, undefined, { 'grpc.max_receive_message_length': 64 * 1024 * 1024 });
-    const client: NodeServiceClient = createClient(NodeServiceDefinition, channel, { '*': { metadata } });
+    const client: NodeServiceClient = createClient(NodeServiceConnectWireDefinition, channel, { '*': { metadata } });
     codeClient = createClient(CodeServiceDefinition, channel, { '*': { metadata } });
     let attempt = 0;
     try {

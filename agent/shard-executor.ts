@@ -10,7 +10,7 @@ import { ShardStatus, type ShardAssignment, type ShardOutcome, type ShardOutput 
 import { contentHashOf, isContentHash } from '../common/hash.js';
 import { silentLog, type LogFn } from '../common/log.js';
 import type { CachedCode, CodeCache } from './code-cache.js';
-import { PHASE_IDLE, PHASE_RUN, PROGRESS_BYTES, type FromWorker, type ToWorker, type WorkerRecord, type WorkerResult, type WorkerShard } from './shard-worker-protocol.js';
+import { PHASE_IDLE, PHASE_RUN, PROGRESS_BYTES, SHARD_FIELDS, unpackResults, type FromWorker, type ToWorker, type WorkerResult, type WorkerShards } from './shard-worker-protocol.js';
 
 /**
  * Runs shards (ShardAssignment → ShardOutcome) in worker threads.
@@ -128,6 +128,8 @@ export interface ShardExecutor {
    * failed). Waits for a free slot (and the CPU cap) first; `signal` also cancels that wait.
    */
   execute(assignment: ShardAssignment, signal?: AbortSignal): Promise<ShardOutcome>;
+  /** `execute` with a callback instead of a promise (called once, maybe synchronously): no promise per shard. */
+  executeThen(assignment: ShardAssignment, onOutcome: (outcome: ShardOutcome) => void, signal?: AbortSignal): void;
   /**
    * Cancels the shard with this id (queued or running), as an abort of its `signal` would: its
    * outcome is CANCELLED. Nothing happens for an id that is not running here.
@@ -678,21 +680,57 @@ export function createShardExecutor(options: ShardExecutorOptions): ShardExecuto
     // Inputs packed into one buffer: one copy, one transfer (a payload decoded from the stream is
     // a view into a larger buffer, which must not be cloned whole or taken from its owner).
     let bytes = 0;
-    for (const j of batch.jobs) for (const i of j.a.inputs) bytes += i.payload.byteLength;
+    let recordCount = 0;
+    for (const j of batch.jobs) {
+      for (const i of j.a.inputs) bytes += i.payload.byteLength;
+      recordCount += j.a.inputs.length;
+    }
     const buffer = new ArrayBuffer(bytes);
     const view = new Uint8Array(buffer);
     let offset = 0;
-    const shards: WorkerShard[] = batch.jobs.map((j, index) => {
+    const n = batch.jobs.length;
+    const shards: WorkerShards = {
+      shardIds: new Array<string>(n),
+      params: new Array<WorkerShards['params'][number]>(n),
+      nums: new Float64Array(n * SHARD_FIELDS),
+      names: new Array<string>(recordCount),
+      objectIds: new Array<string>(recordCount),
+      keys: new Array<string>(recordCount),
+      eventTimeNs: new Array<string>(recordCount),
+      mediaTypes: new Array<string>(recordCount),
+      spans: new Float64Array(recordCount * 2),
+    };
+    let r = 0;
+    for (let index = 0; index < n; index++) {
+      const j = batch.jobs[index] as Job;
       j.index = index;
-      const records: WorkerRecord[] = j.a.inputs.map((i) => {
+      const a = j.a;
+      shards.shardIds[index] = a.shardId;
+      const params = a.parameters;
+      let empty = true;
+      for (const _ in params) {
+        empty = false;
+        break;
+      }
+      shards.params[index] = empty ? null : (params as WorkerShards['params'][number]);
+      const o = index * SHARD_FIELDS;
+      shards.nums[o] = j.timeoutMs;
+      shards.nums[o + 1] = a.faults?.addedLatencyMs ?? 0;
+      shards.nums[o + 2] = a.faults?.fail ? 1 : 0;
+      shards.nums[o + 3] = a.inputs.length;
+      for (const i of a.inputs) {
         view.set(i.payload, offset);
-        const r = { name: i.name, objectId: i.objectId, key: i.key, offset, length: i.payload.byteLength, eventTimeNs: i.eventTimeNs, mediaType: i.mediaType };
+        shards.names[r] = i.name;
+        shards.objectIds[r] = i.objectId;
+        shards.keys[r] = i.key;
+        shards.eventTimeNs[r] = i.eventTimeNs;
+        shards.mediaTypes[r] = i.mediaType;
+        shards.spans[2 * r] = offset;
+        shards.spans[2 * r + 1] = i.payload.byteLength;
         offset += i.payload.byteLength;
-        return r;
-      });
-      const faults = j.a.faults;
-      return { shardId: j.a.shardId, params: (j.a.parameters ?? {}) as WorkerShard['params'], records, timeoutMs: j.timeoutMs, latencyMs: faults?.addedLatencyMs ?? 0, fail: faults?.fail ?? false };
-    });
+        r++;
+      }
+    }
     batch.open = batch.jobs.length;
     pw.listener = (event) => onWorkerEvent(batch, event);
     batch.cpuAtMs = performance.now();
@@ -791,7 +829,7 @@ export function createShardExecutor(options: ShardExecutorOptions): ShardExecuto
       return;
     }
     if (event.type !== 'results' || event.batchId !== batch.id) return;
-    const results = event.results;
+    const results = unpackResults(event.results);
     const cpu = cpuSince(batch);
     // Each shard is charged its time in `run` (scaled down when the thread used less CPU than
     // that, e.g. an async transform that waited); the rest of the reading is split evenly.
@@ -886,16 +924,16 @@ export function createShardExecutor(options: ShardExecutorOptions): ShardExecuto
   const stopController = new AbortController();
   const stopSignal = stopController.signal;
 
-  function execute(a: ShardAssignment, signal?: AbortSignal): Promise<ShardOutcome> {
+  function executeThen(a: ShardAssignment, resolve: (o: ShardOutcome) => void, signal?: AbortSignal): void {
     const queuedAtNs = opts.now();
-    if (stopped) return Promise.resolve(outcomeOf(a, ShardStatus.SHARD_STATUS_CANCELLED, queuedAtNs, { error: 'cancelled: the executor stopped' }));
-    if (signal?.aborted) return Promise.resolve(outcomeOf(a, ShardStatus.SHARD_STATUS_CANCELLED, queuedAtNs, { error: 'cancelled before it started' }));
+    if (stopped) return resolve(outcomeOf(a, ShardStatus.SHARD_STATUS_CANCELLED, queuedAtNs, { error: 'cancelled: the executor stopped' }));
+    if (signal?.aborted) return resolve(outcomeOf(a, ShardStatus.SHARD_STATUS_CANCELLED, queuedAtNs, { error: 'cancelled before it started' }));
     const corrupt = corruptInput(a);
-    if (corrupt) return Promise.resolve(outcomeOf(a, ShardStatus.SHARD_STATUS_INPUT_CORRUPTED, queuedAtNs, { error: corrupt }));
+    if (corrupt) return resolve(outcomeOf(a, ShardStatus.SHARD_STATUS_INPUT_CORRUPTED, queuedAtNs, { error: corrupt }));
     const memoryMb = a.memoryLimitMb > 0 ? a.memoryLimitMb : opts.defaultMemoryMb;
     let bytesIn = 0;
     for (const i of a.inputs) bytesIn += i.payload.byteLength;
-    return new Promise<ShardOutcome>((resolve) => {
+    {
       const job: Job = {
         a,
         key: `${a.codeVersion}|${memoryMb}`,
@@ -928,11 +966,16 @@ export function createShardExecutor(options: ShardExecutorOptions): ShardExecuto
           pump();
         });
       }
-    });
+    }
+  }
+
+  function execute(a: ShardAssignment, signal?: AbortSignal): Promise<ShardOutcome> {
+    return new Promise<ShardOutcome>((resolve) => executeThen(a, resolve, signal));
   }
 
   return {
     execute,
+    executeThen,
     cancel(shardId, reason) {
       const job = byId.get(shardId);
       if (job) cancelJob(job, job.state === 'queued' ? 'cancelled before it started' : (reason ?? 'cancelled'));

@@ -18,7 +18,7 @@ import { readlinkSync } from 'node:fs';
 import { getHeapStatistics } from 'node:v8';
 import { workerData } from 'node:worker_threads';
 import { contentHashOf } from '../common/hash.js';
-import { PHASE_IDLE, PHASE_LATENCY, PHASE_RUN, type FromWorker, type ToWorker, type WorkerBoot, type WorkerResult } from './shard-worker-protocol.js';
+import { PHASE_IDLE, PHASE_LATENCY, PHASE_RUN, SHARD_FIELDS, packResults, type FromWorker, type ToWorker, type WorkerBoot, type WorkerResult } from './shard-worker-protocol.js';
 import {
   normalizeOutputs,
   toTransformInputs,
@@ -73,6 +73,8 @@ function start(): void {
   const startedAt = new BigInt64Array(progress, 8, 1);
   const peakOut = new Float64Array(progress, 16, 1);
   let definition: Promise<TransformDefinition> | undefined;
+  /** The loaded transform, once `definition` resolved: later shards take it without an await. */
+  let loaded: TransformDefinition | undefined;
   /** Shards asked to stop: skipped when not started, their signal aborted when running. */
   const cancelled = new Set<string>();
   let current: { shardId: string; controller: AbortController | undefined } | undefined;
@@ -96,7 +98,8 @@ function start(): void {
     const buffer = new ArrayBuffer(bytes);
     const view = new Uint8Array(buffer);
     let offset = 0;
-    const results: WorkerResult[] = [];
+    const results: WorkerResult[] = new Array<WorkerResult>(pending.length);
+    let n = 0;
     for (const p of pending) {
       if (p.result.ok) {
         for (const o of p.outputs) {
@@ -105,9 +108,10 @@ function start(): void {
           offset += o.payload.byteLength;
         }
       }
-      results.push(p.result);
+      results[n++] = p.result;
     }
-    post({ type: 'results', batchId, results, buffer, last }, [buffer]);
+    const packed = packResults(results);
+    post({ type: 'results', batchId, results: packed, buffer, last }, [buffer, packed.nums.buffer as ArrayBuffer]);
   }
 
   /** Sleeps `ms`, woken early by a cancel of `shardId`; true when it slept the whole time. */
@@ -135,16 +139,27 @@ function start(): void {
     let lastFlush = process.hrtime.bigint();
     // Heap peaks between run calls (an async transform yields); a synchronous stretch is not sampled.
     const sampler = setInterval(observe, 10);
+    const cols = batch.shards;
+    const count = cols.shardIds.length;
+    /** The first record of the shard at hand (the record columns run shard after shard). */
+    let nextRecord = 0;
     try {
-      for (const [index, shard] of batch.shards.entries()) {
+      for (let index = 0; index < count; index++) {
+        const o = index * SHARD_FIELDS;
+        const shardId = cols.shardIds[index] as string;
+        const timeoutMs = cols.nums[o] as number;
+        const latencyMs = cols.nums[o + 1] as number;
+        const firstRecord = nextRecord;
+        nextRecord += cols.nums[o + 3] as number;
         const startBig = process.hrtime.bigint();
         const startHr = Number(startBig);
         peak = 0;
         observe();
         Atomics.store(startedAt, 0, startBig);
         Atomics.store(slot, 0, index);
-        const end = (r: Omit<WorkerResult, 'index' | 'startHr' | 'endHr' | 'peakHeapBytes'> & Partial<WorkerResult>, outputs: NormalizedOutput[] = []): void => {
-          observe();
+        /** `sampled`: the heap was just observed (after the last run call), nothing ran since. */
+        const end = (r: Omit<WorkerResult, 'index' | 'startHr' | 'endHr' | 'peakHeapBytes'> & Partial<WorkerResult>, outputs: NormalizedOutput[] = [], sampled = false): void => {
+          if (!sampled) observe();
           // Filled in place (`r` is always a fresh literal): a spread here was the worker's top cost.
           const result = r as WorkerResult;
           result.index = index;
@@ -153,26 +168,26 @@ function start(): void {
           result.peakHeapBytes = peak;
           pending.push({ result, outputs });
         };
-        if (cancelled.delete(shard.shardId)) {
+        if (cancelled.size > 0 && cancelled.delete(shardId)) {
           end({ ok: false, status: 'cancelled', phase: 'run', error: 'cancelled', runNs: 0 });
           continue;
         }
-        if (shard.latencyMs > 0) {
+        if (latencyMs > 0) {
           Atomics.store(slot, 1, PHASE_LATENCY);
-          const slept = await latency(Math.min(shard.latencyMs, shard.timeoutMs), shard.shardId);
+          const slept = await latency(Math.min(latencyMs, timeoutMs), shardId);
           current = undefined;
-          if (!slept || cancelled.delete(shard.shardId)) {
+          if (!slept || cancelled.delete(shardId)) {
             Atomics.store(slot, 1, PHASE_IDLE);
             end({ ok: false, status: 'cancelled', phase: 'run', error: 'cancelled', runNs: 0 });
             continue;
           }
-          if (shard.latencyMs >= shard.timeoutMs) {
+          if (latencyMs >= timeoutMs) {
             Atomics.store(slot, 1, PHASE_IDLE);
-            end({ ok: false, status: 'timeout', phase: 'run', error: `timed out after ${shard.timeoutMs} ms (injected latency ${shard.latencyMs} ms)`, runNs: 0 });
+            end({ ok: false, status: 'timeout', phase: 'run', error: `timed out after ${timeoutMs} ms (injected latency ${latencyMs} ms)`, runNs: 0 });
             continue;
           }
         }
-        if (shard.fail) {
+        if (cols.nums[o + 2] === 1) {
           Atomics.store(slot, 1, PHASE_IDLE);
           end({ ok: false, status: 'failed', phase: 'run', error: 'injected failure (faults.fail)', runNs: 0 });
           continue;
@@ -180,65 +195,79 @@ function start(): void {
         Atomics.store(slot, 1, PHASE_RUN);
         let def: TransformDefinition;
         try {
-          definition ??= import(bundleUrl).then((m: Record<string, unknown>) => transformOfModule(m));
-          def = await definition;
+          if (loaded) def = loaded;
+          else {
+            definition ??= import(bundleUrl).then((m: Record<string, unknown>) => transformOfModule(m));
+            def = loaded = await definition;
+          }
         } catch (err) {
           Atomics.store(slot, 1, PHASE_IDLE);
           // Every shard of the batch gets the same answer; the executor retires this worker.
           const error = `cannot load the bundle: ${describeError(err)}`;
           end({ ok: false, status: 'failed', phase: 'load', error, runNs: 0 });
-          for (let i = index + 1; i < batch.shards.length; i++) {
+          for (let i = index + 1; i < count; i++) {
             const t = Number(process.hrtime.bigint());
             pending.push({ result: { index: i, ok: false, status: 'failed', phase: 'load', error, runNs: 0, startHr: t, endHr: t, peakHeapBytes: peak }, outputs: [] });
           }
           break;
         }
         // The shard's signal is made only when the transform asks for it: most never do.
-        const cur: { shardId: string; controller: AbortController | undefined } = { shardId: shard.shardId, controller: undefined };
+        const cur: { shardId: string; controller: AbortController | undefined } = { shardId: shardId, controller: undefined };
         current = cur;
         const ctx = {
-          shardId: shard.shardId,
+          shardId: shardId,
           nodeId: batch.nodeId,
           get signal(): AbortSignal {
             cur.controller ??= new AbortController();
             return cur.controller.signal;
           },
-          log: (message: string) => post({ type: 'log', shardId: shard.shardId, message: String(message).slice(0, MAX_LOG_CHARS) }),
+          log: (message: string) => post({ type: 'log', shardId: shardId, message: String(message).slice(0, MAX_LOG_CHARS) }),
         };
-        let runNs = 0n;
+        let runNs = 0;
+        let sampled = false;
         try {
-          const records: ShardRecord[] = shard.records.map((r) => ({
-            name: r.name,
-            objectId: r.objectId,
-            key: r.key,
-            payload: bytes.subarray(r.offset, r.offset + r.length),
-            eventTimeNs: r.eventTimeNs,
-            mediaType: r.mediaType,
-          }));
+          const records: ShardRecord[] = [];
+          for (let r = firstRecord; r < nextRecord; r++) {
+            const at = cols.spans[2 * r] as number;
+            records.push({
+              name: cols.names[r] as string,
+              objectId: cols.objectIds[r] as string,
+              key: cols.keys[r] as string,
+              payload: bytes.subarray(at, at + (cols.spans[2 * r + 1] as number)),
+              eventTimeNs: cols.eventTimeNs[r] as string,
+              mediaType: cols.mediaTypes[r] as string,
+            });
+          }
           const outputs: NormalizedOutput[] = [];
           for (const input of toTransformInputs(records)) {
-            if (cur.controller?.signal.aborted || cancelled.has(shard.shardId)) throw new Error('cancelled');
+            if (cur.controller?.signal.aborted || (cancelled.size > 0 && cancelled.has(shardId))) throw new Error('cancelled');
             const t0 = process.hrtime.bigint();
-            const result = await def.run(input, shard.params, ctx);
-            runNs += process.hrtime.bigint() - t0;
+            let result = def.run(input, cols.params[index] ?? {}, ctx);
+            // A synchronous transform's result needs no trip through the microtask queue.
+            if (result !== null && typeof result === 'object' && typeof (result as { then?: unknown }).then === 'function') result = await result;
+            runNs += Number(process.hrtime.bigint() - t0);
             observe();
-            for (const o of normalizeOutputs(result, input.key)) outputs.push(o);
+            sampled = true;
+            for (const o of normalizeOutputs(result, input.key)) {
+              outputs.push(o);
+              sampled = false;
+            }
           }
           const backend = tfBackend();
           // TF.js exposes no per-kernel GPU clock here: with a GPU backend the run's wall time is
           // reported as GPU time (an upper bound).
-          const gpuTimeNs = GPU_BACKENDS.has(backend) ? Number(runNs) : 0;
-          if (cancelled.delete(shard.shardId)) end({ ok: false, status: 'cancelled', phase: 'run', error: 'cancelled', runNs: Number(runNs) });
-          else end({ ok: true, outputs: [], tfBackend: backend, gpuTimeNs, runNs: Number(runNs) }, outputs);
+          const gpuTimeNs = GPU_BACKENDS.has(backend) ? runNs : 0;
+          if (cancelled.size > 0 && cancelled.delete(shardId)) end({ ok: false, status: 'cancelled', phase: 'run', error: 'cancelled', runNs });
+          else end({ ok: true, outputs: [], gpuTimeNs, runNs }, outputs, sampled);
         } catch (err) {
-          if (cancelled.delete(shard.shardId)) end({ ok: false, status: 'cancelled', phase: 'run', error: 'cancelled', runNs: Number(runNs) });
-          else end({ ok: false, status: 'failed', phase: 'run', error: describeError(err), runNs: Number(runNs) });
+          if (cancelled.delete(shardId)) end({ ok: false, status: 'cancelled', phase: 'run', error: 'cancelled', runNs });
+          else end({ ok: false, status: 'failed', phase: 'run', error: describeError(err), runNs });
         } finally {
           current = undefined;
           Atomics.store(slot, 1, PHASE_IDLE);
         }
         const now = process.hrtime.bigint();
-        if (now - lastFlush >= FLUSH_MS * 1e6 && index < batch.shards.length - 1) {
+        if (now - lastFlush >= FLUSH_MS * 1e6 && index < count - 1) {
           flush(batch.batchId, pending, false);
           pending = [];
           lastFlush = now;
@@ -248,7 +277,7 @@ function start(): void {
       clearInterval(sampler);
       Atomics.store(slot, 0, -1);
       // A cancel that arrived after its shard ended must not linger.
-      if (cancelled.size > 0) for (const s of batch.shards) cancelled.delete(s.shardId);
+      if (cancelled.size > 0) for (const id of cols.shardIds) cancelled.delete(id);
       flush(batch.batchId, pending, true);
     }
   }

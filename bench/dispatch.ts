@@ -1,22 +1,34 @@
 /**
- * `npm run bench -- dispatch [--shards 30000] [--batch 256] [--in-flight 1024]`: no-op shards per
- * second through the coordinator's dispatcher to 2 local agent processes and back (assignment on
- * the Connect stream, execution in the agent's worker thread, outcome back), against a raw grpc-js
- * bidirectional-stream echo moving the same ShardBatch / ShardOutcomes frames (same sizes, same
- * batching) in the same run. ratio = shards/s ÷ raw echo messages (shards)/s; goal ≥ 0.3.
- * Also prints CPU per shard on each side (this process, which hosts the coordinator and drives
- * it; the agent processes with their worker threads). Outcomes are matched by the dispatcher but
- * not written to provenance here: the lineage engine's write path is measured by `ingest`.
+ * `npm run bench -- dispatch [--shards 30000] [--batch 256] [--in-flight 1024] [--agents 2]`: no-op
+ * shards per second through the coordinator's dispatcher to local agent processes and back
+ * (assignment on the Connect stream, execution in the agent's worker thread, outcome back, and the
+ * outcome recorded in provenance: one step event per shard submitted to the coordinator's
+ * LineageEngine as it arrives, as the pipeline runner and the replay engine record theirs; the
+ * engine's group commit batches them into synced writes), against a raw grpc-js bidirectional
+ * stream echo in the same run moving ShardBatch / ShardOutcomes frames with the same shards per
+ * frame in each direction as the dispatcher's stream carried (counted during the timed run) and the
+ * same shards in flight. ratio = shards/s ÷ raw echo shards/s; goal ≥ 0.3 and ≥ 20000 shards/s.
+ * `--batch` is the dispatcher's maxBatch (shards per assignment frame; default 256, the
+ * dispatcher's own default); the frames actually sent are smaller (the dispatcher refills as
+ * outcomes come back), and agents answer in frames of what finished together (at most 256).
+ * Smaller frames slow the raw echo more than the dispatch, so the ratio rises and shards/s falls.
+ *
+ * Also prints CPU per shard on each side: this process (the coordinator with its lineage engine,
+ * and the bench driving the dispatcher), and the agent processes split into main threads and the
+ * rest (shard worker threads and V8's GC / compiler helper threads, which /proc does not tell apart).
  */
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import * as grpc from '@grpc/grpc-js';
 import { CodeServiceDefinition } from '../common/gen/retrace/v1/code.js';
+import { TriggerKind, type LineageEvent, type ObjectVersion, type Step } from '../common/gen/retrace/v1/provenance.js';
 import { ShardBatch, ShardOutcomes, ShardStatus, type ShardAssignment, type ShardOutcome } from '../common/gen/retrace/v1/shard.js';
 import { contentHashOf } from '../common/hash.js';
 import { Coordinator } from '../coordinator/coordinator.js';
+import type { LineageEngine } from '../coordinator/lineage/lineage-engine.js';
+import type { DispatchResult } from '../coordinator/scheduler/dispatcher.js';
 import { createChannel, createClient, Metadata } from 'nice-grpc';
 import { codeExtension } from '../coordinator/code/code-extension.js';
 import { meshExtension } from '../coordinator/mesh/mesh-extension.js';
@@ -24,7 +36,7 @@ import { schedulerExtension } from '../coordinator/scheduler/scheduler-extension
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
 import { startLocalAgents, stopLocalAgents } from '../scripts/cli/local-agents.js';
 import { bundleTransform } from '../scripts/cli/publish-command.js';
-import { finish, processCpuUs } from './report.js';
+import { finish } from './report.js';
 
 function flagNum(argv: string[], name: string, def: number): number {
   const i = argv.indexOf(`--${name}`);
@@ -44,8 +56,42 @@ function noopShard(i: number, codeVersion: string): ShardAssignment {
   };
 }
 
-/** Raw echo: one bidi stream; the client keeps `window` frames in flight, the server answers each frame with an outcomes frame. */
-async function rawEcho(request: Buffer, response: Buffer, frames: number, window: number): Promise<number> {
+/** On-CPU µs of each thread of a process (schedstat, ns resolution), by tid; empty off Linux. */
+function threadCpuUs(pid: number): Map<number, number> {
+  const out = new Map<number, number>();
+  try {
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      try {
+        out.set(Number(tid), Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0]) / 1000);
+      } catch {
+        // The thread ended between the listing and the read.
+      }
+    }
+  } catch {
+    // Not Linux, or the process is gone.
+  }
+  return out;
+}
+
+/** CPU used between two threadCpuUs readings: the main thread (tid = pid) and all the others. */
+function cpuDelta(pid: number, before: Map<number, number>, after: Map<number, number>): { main: number; others: number } {
+  let main = 0;
+  let others = 0;
+  for (const [tid, us] of after) {
+    const d = us - (before.get(tid) ?? 0);
+    if (tid === pid) main += d;
+    else others += d;
+  }
+  return { main, others };
+}
+
+/**
+ * Raw echo: one bidi stream. The client sends request frames of `perRequest` shards, keeping
+ * `inFlight` shards outstanding; the server answers with response frames of `perResponse`
+ * outcomes as soon as it has received that many shards (the remainder when the client half-
+ * closes). Returns shards (= outcomes received) per second.
+ */
+async function rawEcho(request: Buffer, perRequest: number, response: Buffer, perResponse: number, shards: number, inFlight: number): Promise<number> {
   const id = (b: Buffer): Buffer => b;
   const service: grpc.ServiceDefinition = {
     echo: { path: '/bench.Echo/Echo', requestStream: true, responseStream: true, requestSerialize: id, requestDeserialize: id, responseSerialize: id, responseDeserialize: id },
@@ -53,7 +99,11 @@ async function rawEcho(request: Buffer, response: Buffer, frames: number, window
   const server = new grpc.Server();
   server.addService(service, {
     echo: (call: grpc.ServerDuplexStream<Buffer, Buffer>) => {
-      call.on('data', () => call.write(response));
+      let owed = 0;
+      call.on('data', () => {
+        owed += perRequest;
+        for (; owed >= perResponse; owed -= perResponse) call.write(response);
+      });
       call.on('end', () => call.end());
     },
   });
@@ -62,31 +112,73 @@ async function rawEcho(request: Buffer, response: Buffer, frames: number, window
   const client = new Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure()) as unknown as { echo(): grpc.ClientDuplexStream<Buffer, Buffer>; close(): void };
   const call = client.echo();
   call.on('error', () => {}); // the CANCELLED of our own close
+  // Whole frames only: the run ends when every shard sent has come back.
+  const frames = Math.ceil(shards / perRequest);
+  const total = Math.floor((frames * perRequest) / perResponse) * perResponse;
   let sent = 0;
-  let got = 0;
+  let done = 0;
   const t0 = performance.now();
   await new Promise<void>((resolve) => {
+    const top = (): void => {
+      for (; sent < frames && sent * perRequest - done + perRequest <= Math.max(inFlight, perRequest); sent++) call.write(request);
+    };
     call.on('data', () => {
-      got++;
-      if (got === frames) return resolve();
-      if (sent < frames) {
-        sent++;
-        call.write(request);
-      }
+      done += perResponse;
+      if (done >= total) return resolve();
+      top();
     });
-    for (; sent < Math.min(window, frames); sent++) call.write(request);
+    top();
   });
   const s = (performance.now() - t0) / 1000;
   call.end();
   client.close();
   server.forceShutdown();
-  return frames / s;
+  return done / s;
+}
+
+/** A step event for a finished shard, as the pipeline runner records one (no outputs: a no-op). */
+function stepEvent(a: ShardAssignment, r: DispatchResult, runId: string): LineageEvent {
+  const o = r.outcome;
+  const stepId = `bench/noop/${a.shardId}`;
+  const value: Step = {
+    stepId,
+    runId,
+    transform: a.transform,
+    codeVersion: a.codeVersion,
+    parameters: {},
+    nodeId: r.nodeId,
+    host: '',
+    startedAtNs: o.startedAtNs,
+    endedAtNs: o.endedAtNs,
+    why: { kind: TriggerKind.TRIGGER_KIND_EVENT, id: runId, principal: 'bench' },
+    resources: o.resources,
+    used: a.inputs.map((i) => ({ objectId: i.objectId, contentHash: i.contentHash, unversioned: false })),
+    generated: [],
+    // Keys in canonical (sorted) order, as the pipeline runner builds them.
+    facets: { retrace: { attempts: r.attempts, inputs: { in: a.inputs[0]?.objectId ?? '' }, output: 'noop', pipeline: 'bench', queuedMs: r.queuedMs, shardId: a.shardId, step: 'noop' } },
+  };
+  return { eventId: `step:${stepId}`, eventTimeNs: o.endedAtNs, producer: 'retrace-bench', body: { $case: 'step', value } };
+}
+
+/** The inputs' object versions (the source records), recorded before the clock starts. */
+async function recordInputs(lineage: Pick<LineageEngine, 'submit'>, shards: readonly ShardAssignment[]): Promise<void> {
+  const events: LineageEvent[] = [];
+  for (const s of shards) {
+    for (const i of s.inputs) {
+      const value: ObjectVersion = { objectId: i.objectId, contentHash: i.contentHash, size: String(i.payload.byteLength), mediaType: 'application/json', createdAtNs: '1', attributes: {}, facets: undefined };
+      events.push({ eventId: `version:${i.objectId}@${i.contentHash}`, eventTimeNs: '1', producer: 'retrace-bench', body: { $case: 'objectVersion', value } });
+    }
+  }
+  for (let i = 0; i < events.length; i += 10_000) await lineage.submit(events.slice(i, i + 10_000));
 }
 
 export async function main(argv: string[]): Promise<void> {
   const total = flagNum(argv, 'shards', 30_000);
   const batch = flagNum(argv, 'batch', 256);
   const inFlight = flagNum(argv, 'in-flight', 1024);
+  const agentCount = flagNum(argv, 'agents', 2);
+  // `--provenance 0` leaves the step events out, to see what recording them costs (not the goal's figure).
+  const provenance = flagNum(argv, 'provenance', 1) !== 0;
   const dir = mkdtempSync(join(tmpdir(), 'retrace-bench-dispatch-'));
   const shared: CoordinatorServices = {};
   const coordinator = new Coordinator({ dataDir: dir, grpc: '127.0.0.1:0', http: '127.0.0.1:0', log: () => {} }, [
@@ -105,53 +197,97 @@ export async function main(argv: string[]): Promise<void> {
     const { code: published } = await code.publishCode({ bundle: Buffer.from(bundle.bytes), manifest: { transform: 'noop', sourceFile: 'noop.ts', bundler: bundle.bundler } });
     channel.close();
     const codeVersion = published?.codeVersion ?? '';
-    agents.push(...(await startLocalAgents(addr.grpc, coordinator.authToken, dir, [{ name: 'a' }, { name: 'b' }])));
+    agents.push(...(await startLocalAgents(addr.grpc, coordinator.authToken, dir, Array.from({ length: agentCount }, (_, i) => ({ name: `a${i}` })))));
     const d = shared.dispatcher;
-    if (!d) throw new Error('no dispatcher');
-    // Warm-up: workers started, bundle cached.
-    await Promise.all(Array.from({ length: 2000 }, (_, i) => d.run(noopShard(-1 - i, codeVersion))));
+    const mesh = shared.mesh;
+    if (!d || !mesh) throw new Error('no dispatcher');
+    const lineage = coordinator.lineage;
+    const runId = 'bench-dispatch';
+    await lineage.submit([{ eventId: `run:${runId}`, eventTimeNs: '1', producer: 'retrace-bench', body: { $case: 'run', value: { runId, name: 'bench/dispatch', parentRunId: '', state: 'RUNNING', startedAtNs: '1', endedAtNs: '0', facets: undefined } } }]);
+    const warm = Array.from({ length: 2000 }, (_, i) => noopShard(-1 - i, codeVersion));
     const shards = Array.from({ length: total }, (_, i) => noopShard(i, codeVersion));
-    const agentCpu0 = agents.map((a) => processCpuUs(a.process.pid ?? 0));
+    await recordInputs(lineage, warm);
+    await recordInputs(lineage, shards);
+    // Frames on the Connect streams, counted by wrapping the mesh the dispatcher talks through
+    // (bench instrumentation: what the dispatcher and the agents actually batched).
+    const frames = { assign: 0, assigned: 0, outcomes: 0, outcomesIn: 0 };
+    const send = mesh.send.bind(mesh);
+    mesh.send = (nodeId, message) => {
+      if (message.body?.$case === 'assign') {
+        frames.assign++;
+        frames.assigned += message.body.value.shards.length;
+      }
+      return send(nodeId, message);
+    };
+    mesh.onMessage((_nodeId, message) => {
+      if (message.body?.$case !== 'outcomes') return;
+      frames.outcomes++;
+      frames.outcomesIn += message.body.value.outcomes.length;
+    });
+    const record = (a: ShardAssignment) => async (r: DispatchResult): Promise<DispatchResult> => {
+      if (provenance) await lineage.submit([stepEvent(a, r, runId)]);
+      return r;
+    };
+    // Warm-up: workers started, bundle cached, code paths compiled.
+    await Promise.all(warm.map((s) => d.run(s).then(record(s))));
+    frames.assign = frames.assigned = frames.outcomes = frames.outcomesIn = 0;
+    const pids = agents.map((a) => a.process.pid ?? 0);
+    const agentCpu0 = pids.map((pid) => threadCpuUs(pid));
+    const ledger0 = lineage.treeSize;
     const cpu0 = process.cpuUsage();
     const t0 = performance.now();
-    const results = await Promise.all(shards.map((s) => d.run(s)));
+    const results = await Promise.all(shards.map((s) => d.run(s).then(record(s))));
     const seconds = (performance.now() - t0) / 1000;
     const cpu = process.cpuUsage(cpu0);
-    const agentCpuUs = agents.map((a, i) => (processCpuUs(a.process.pid ?? 0) ?? Number.NaN) - (agentCpu0[i] ?? Number.NaN));
+    const agentCpu = pids.map((pid, i) => cpuDelta(pid, agentCpu0[i] ?? new Map(), threadCpuUs(pid)));
+    const recorded = Number(lineage.treeSize - ledger0);
+    const perShard = (us: number): number => Math.round((us / total) * 10) / 10;
     // CPU per shard on each side over the timed run (the coordinator figure includes this
     // bench's own driving of the dispatcher, which runs in the coordinator's process).
-    const coordinatorCpuUsPerShard = Math.round(((cpu.user + cpu.system) / total) * 10) / 10;
-    const agentCpuUsPerShard = Math.round((agentCpuUs.reduce((n, x) => n + x, 0) / total) * 10) / 10;
+    const coordinatorCpuUsPerShard = perShard(cpu.user + cpu.system);
+    const agentMainUsPerShard = perShard(agentCpu.reduce((n, c) => n + c.main, 0));
+    const agentOtherUsPerShard = perShard(agentCpu.reduce((n, c) => n + c.others, 0));
     const ok = results.filter((r) => r.outcome.status === ShardStatus.SHARD_STATUS_SUCCEEDED).length;
+    if (ok !== total) throw new Error(`${total - ok} shards did not succeed, e.g. ${JSON.stringify(results.find((r) => r.outcome.status !== ShardStatus.SHARD_STATUS_SUCCEEDED)?.outcome.error)}`);
     const shardsPerSec = total / seconds;
     const perNode: Record<string, number> = {};
     for (const r of results) perNode[r.nodeId] = (perNode[r.nodeId] ?? 0) + 1;
+    const load = loadavg().map((x) => Math.round(x * 100) / 100);
 
-    // The same frames on a raw grpc-js bidi stream.
+    // The same frames on a raw grpc-js bidi stream: as many shards per frame as the dispatcher's
+    // stream carried on average, each way.
+    const perRequest = Math.max(1, Math.round(frames.assigned / Math.max(1, frames.assign)));
+    const perResponse = Math.max(1, Math.round(frames.outcomesIn / Math.max(1, frames.outcomes)));
     const sample = results[0]?.outcome as ShardOutcome;
-    const reqFrame = Buffer.from(ShardBatch.encode({ shards: shards.slice(0, batch) }).finish());
-    const resFrame = Buffer.from(ShardOutcomes.encode({ outcomes: Array.from({ length: batch }, () => sample) }).finish());
-    const frames = Math.max(50, Math.ceil(total / batch));
-    const framesPerSec = await rawEcho(reqFrame, resFrame, frames, Math.max(1, Math.ceil((2 * inFlight) / batch)));
-    const echoMsgsPerSec = framesPerSec * batch;
-    console.log(`dispatch: ${total} no-op shards in ${seconds.toFixed(2)} s = ${Math.round(shardsPerSec)} shards/s (${ok} succeeded; per node ${JSON.stringify(perNode)})`);
-    console.log(`CPU per shard: coordinator ${coordinatorCpuUsPerShard} µs, agents ${agentCpuUsPerShard} µs (processes with their worker threads; 2 cores shared with whatever else runs)`);
-    console.log(`raw grpc-js echo: ${Math.round(framesPerSec)} frames/s × ${batch} = ${Math.round(echoMsgsPerSec)} msgs/s (frames ${reqFrame.byteLength} B → ${resFrame.byteLength} B)`);
+    const reqFrame = Buffer.from(ShardBatch.encode({ shards: shards.slice(0, perRequest) }).finish());
+    const resFrame = Buffer.from(ShardOutcomes.encode({ outcomes: Array.from({ length: perResponse }, () => sample) }).finish());
+    const echoPerSec = await rawEcho(reqFrame, perRequest, resFrame, perResponse, Math.max(total, 50 * perRequest), inFlight * agentCount);
+    console.log(`dispatch: ${total} no-op shards in ${seconds.toFixed(2)} s = ${Math.round(shardsPerSec)} shards/s (${ok} succeeded, ${recorded} step events recorded; per node ${JSON.stringify(perNode)}; load average ${load.join(' ')})`);
+    console.log(`frames: ${frames.assign} assignment frames (${(frames.assigned / Math.max(1, frames.assign)).toFixed(1)} shards each), ${frames.outcomes} outcome frames (${(frames.outcomesIn / Math.max(1, frames.outcomes)).toFixed(1)} outcomes each)`);
+    console.log(`CPU per shard: coordinator ${coordinatorCpuUsPerShard} µs (with its lineage engine and this bench), agents ${Math.round((agentMainUsPerShard + agentOtherUsPerShard) * 10) / 10} µs (main threads ${agentMainUsPerShard}, shard workers and V8 helper threads ${agentOtherUsPerShard}); 2 cores shared with whatever else runs`);
+    console.log(`raw grpc-js echo: ${Math.round(echoPerSec)} shards/s (frames of ${perRequest} shards, ${reqFrame.byteLength} B → ${perResponse} outcomes, ${resFrame.byteLength} B; ${inFlight * agentCount} in flight)`);
     finish({
       bench: 'dispatch',
-      ratio: Math.round((shardsPerSec / echoMsgsPerSec) * 1000) / 1000,
+      ratio: Math.round((shardsPerSec / echoPerSec) * 1000) / 1000,
       goal: '>= 0.3 and >= 20000 shards/s',
       shardsPerSec: Math.round(shardsPerSec),
-      rawEchoMsgsPerSec: Math.round(echoMsgsPerSec),
-      perShardOverheadUs: Math.round((1e6 / shardsPerSec - 1e6 / echoMsgsPerSec) * 10) / 10,
+      rawEchoMsgsPerSec: Math.round(echoPerSec),
+      perShardOverheadUs: Math.round((1e6 / shardsPerSec - 1e6 / echoPerSec) * 10) / 10,
       perShardUs: Math.round((1e6 / shardsPerSec) * 10) / 10,
       coordinatorCpuUsPerShard,
-      agentCpuUsPerShard,
+      agentCpuUsPerShard: Math.round((agentMainUsPerShard + agentOtherUsPerShard) * 10) / 10,
+      agentMainCpuUsPerShard: agentMainUsPerShard,
+      agentOtherCpuUsPerShard: agentOtherUsPerShard,
       shards: total,
       succeeded: ok,
+      recorded,
+      provenance,
       batch,
+      shardsPerAssignFrame: Math.round((frames.assigned / Math.max(1, frames.assign)) * 10) / 10,
+      outcomesPerFrame: Math.round((frames.outcomesIn / Math.max(1, frames.outcomes)) * 10) / 10,
       maxInFlightPerNode: inFlight,
-      agents: 2,
+      agents: agentCount,
+      loadAverage: load,
     });
   } finally {
     await stopLocalAgents(agents, 3000);

@@ -1,4 +1,4 @@
-import { NodeServiceDefinition } from '../../common/gen/retrace/v1/node.js';
+import { NodeServiceConnectWireDefinition } from '../../common/connect-wire.js';
 import type { LogFn } from '../../common/log.js';
 import type { CoordinatorExtension, ExtensionFactory } from '../coordinator.js';
 import { createNodeMesh, type MeshForecaster, type MeshHistoryStore, type NodeMesh, type NodeMeshOptions } from './node-mesh.js';
@@ -35,7 +35,7 @@ export function meshExtension(extension: MeshExtensionOptions = {}): ExtensionFa
     extension.onMesh?.(mesh);
     return {
       name: 'mesh',
-      services: [{ definition: NodeServiceDefinition, implementation: mesh.implementation }],
+      services: [{ definition: NodeServiceConnectWireDefinition, implementation: mesh.implementation }],
       start: () => mesh.start(),
       stop: () => mesh.stop(),
     };
