@@ -432,12 +432,21 @@ async function run(root: string, o: { targetEdges: number; layers: number; windo
   console.log(`  pooled    : ${lat(pg.execMs)} (Execution Time)`);
   const ratio = percentile(pg.execMs, 95) / percentile(retraceMs, 95);
   const ratioWorse = Math.min(percentile(down(pg.execMs), 95) / percentile(down(retraceMs), 95), percentile(up(pg.execMs), 95) / percentile(up(retraceMs), 95));
+  // The ratio sets PostgreSQL's server-side time against Retrace's whole client round trip, which
+  // favours PostgreSQL; the like-for-like pairs are printed beside it, not used for the goal.
+  const ratioServerSide = percentile(pg.execMs, 95) / percentile(serverMs, 95);
+  const ratioRoundTrip = percentile(pg.roundTripMs, 95) / percentile(retraceMs, 95);
+  const ratioFloor = percentile(pg.execMs, 95) / percentile(echoMs, 95);
+  console.log(`  like for like (not the goal's ratio): server side both ${fmt(ratioServerSide, 2)} (Execution Time / handler); client round trip both ${fmt(ratioRoundTrip, 2)} (psql \\timing / Trace call); PostgreSQL / the echo floor ${fmt(ratioFloor, 2)} (the most a unary call here can reach)`);
   console.log(`ratio PostgreSQL p95 / Retrace p95 (pooled) = ${fmt(ratio, 2)}; worse direction alone ${fmt(ratioWorse, 2)}   (goal ≥ 10)`);
   finish({
     bench: 'lineage',
     ratio: round(ratio, 2),
     goal: 10,
     ratioWorseDirection: round(ratioWorse, 2),
+    ratioServerSideBoth: round(ratioServerSide, 2),
+    ratioRoundTripBoth: round(ratioRoundTrip, 2),
+    ratioAtEchoFloor: round(ratioFloor, 2),
     ...result,
     pgDownP50Ms: round(percentile(down(pg.execMs), 50), 2),
     pgDownP95Ms: round(percentile(down(pg.execMs), 95), 2),
