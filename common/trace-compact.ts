@@ -20,10 +20,14 @@ const MAX_UINT32 = 0xffff_ffff;
 /** A uint32 takes at most 5 varint bytes. */
 const MAX_VARINT_BYTES = 5;
 
+/** A group whose numbers span at most this many bits per node is ordered by a bitmap, not a sort. */
+const BITMAP_BITS_PER_NODE = 64;
+
 // Reused between calls (encoding is synchronous): a closure of 10k nodes then allocates only
-// its result, which keeps the Trace RPC's garbage low.
+// its result, which keeps the Trace RPC's garbage low. The bitmap is all zeros between calls.
 let sortScratch = new Int32Array(0);
 let byteScratch = new Uint8Array(0);
+let bitmap = new Int32Array(0);
 
 /**
  * Encodes node numbers with their distances (same order, as a closure walk yields them). Each run
@@ -32,27 +36,59 @@ let byteScratch = new Uint8Array(0);
 export function encodeCompactTrace(nodeIds: Int32Array, distances: Int32Array): CompactTrace {
   const n = nodeIds.length;
   if (distances.length !== n) throw new InvalidArgumentError('distances', `has ${distances.length} entries for ${n} node numbers`);
-  if (sortScratch.length < n) sortScratch = new Int32Array(Math.max(1024, n * 2));
   if (byteScratch.length < n * MAX_VARINT_BYTES) byteScratch = new Uint8Array(Math.max(4096, n * 2 * MAX_VARINT_BYTES));
-  const ids = sortScratch.subarray(0, n);
-  ids.set(nodeIds);
-  const out = byteScratch;
   const compactDistances: number[] = [];
   const compactCounts: number[] = [];
   let p = 0;
   for (let start = 0; start < n; ) {
     const d = distances[start] as number;
-    let end = start + 1;
-    while (end < n && distances[end] === d) end++;
-    // Int32Array's sort without a comparator is numeric (and native).
-    const group = ids.subarray(start, end).sort();
-    if ((group[0] as number) < 0) throw new InvalidArgumentError('node_ids', `holds ${group[0]}, not a node number`);
     if (d < 0) throw new InvalidArgumentError('distances', `holds ${d}, not a distance`);
+    let end = start + 1;
+    let min = nodeIds[start] as number;
+    let max = min;
+    for (; end < n && distances[end] === d; end++) {
+      const v = nodeIds[end] as number;
+      if (v < min) min = v;
+      else if (v > max) max = v;
+    }
+    if (min < 0) throw new InvalidArgumentError('node_ids', `holds ${min}, not a node number`);
     compactDistances.push(d);
     compactCounts.push(end - start);
-    let prev = 0;
-    for (let i = 0; i < group.length; i++) {
-      const v = group[i] as number;
+    // A walk's level is mostly a few neighbourhoods of node numbers: marking them in a bitmap and
+    // reading it back in order costs far less than sorting (duplicates need the sort).
+    const at = max - min < (end - start) * BITMAP_BITS_PER_NODE ? writeByBitmap(nodeIds, start, end, min, max, p) : -1;
+    p = at >= 0 ? at : writeSorted(nodeIds, start, end, p);
+    start = end;
+  }
+  return { compactDistances, compactCounts, compactNodeIds: Buffer.from(byteScratch.subarray(0, p)) };
+}
+
+/** Writes ids[start, end) ascending as varint deltas at byteScratch[p]; the end position, or -1 on a duplicate. */
+function writeByBitmap(ids: Int32Array, start: number, end: number, min: number, max: number, p: number): number {
+  const words = ((max - min) >>> 5) + 1;
+  if (bitmap.length < words) bitmap = new Int32Array(Math.max(1024, words * 2));
+  const bits = bitmap;
+  for (let i = start; i < end; i++) {
+    const o = (ids[i] as number) - min;
+    const w = o >>> 5;
+    const bit = 1 << (o & 31);
+    if ((bits[w] as number) & bit) {
+      bits.fill(0, 0, words);
+      return -1;
+    }
+    bits[w] = (bits[w] as number) | bit;
+  }
+  const out = byteScratch;
+  let prev = 0;
+  for (let w = 0; w < words; w++) {
+    let word = bits[w] as number;
+    if (word === 0) continue;
+    bits[w] = 0;
+    const base = min + (w << 5);
+    do {
+      const low = word & -word;
+      word ^= low;
+      const v = base + 31 - Math.clz32(low);
       let delta = v - prev;
       prev = v;
       while (delta >= 0x80) {
@@ -60,10 +96,32 @@ export function encodeCompactTrace(nodeIds: Int32Array, distances: Int32Array): 
         delta >>>= 7;
       }
       out[p++] = delta;
-    }
-    start = end;
+    } while (word !== 0);
   }
-  return { compactDistances, compactCounts, compactNodeIds: Buffer.from(out.subarray(0, p)) };
+  return p;
+}
+
+/** Writes ids[start, end) ascending as varint deltas at byteScratch[p]; returns the end position. */
+function writeSorted(ids: Int32Array, start: number, end: number, p: number): number {
+  const n = end - start;
+  if (sortScratch.length < n) sortScratch = new Int32Array(Math.max(1024, n * 2));
+  const group = sortScratch.subarray(0, n);
+  group.set(ids.subarray(start, end));
+  // Int32Array's sort without a comparator is numeric (and native).
+  group.sort();
+  const out = byteScratch;
+  let prev = 0;
+  for (let i = 0; i < n; i++) {
+    const v = group[i] as number;
+    let delta = v - prev;
+    prev = v;
+    while (delta >= 0x80) {
+      out[p++] = (delta & 0x7f) | 0x80;
+      delta >>>= 7;
+    }
+    out[p++] = delta;
+  }
+  return p;
 }
 
 /**
@@ -97,17 +155,22 @@ export function decodeCompactTrace(response: { compactDistances: readonly number
     let prev = 0;
     for (let i = 0; i < count; i++) {
       const at = p;
-      let v = 0;
-      let shift = 0;
-      let b: number;
-      do {
-        if (p >= len) throw new InvalidArgumentError('compact_node_ids', `ends inside the varint at byte ${at} (group ${g}, node ${i})`);
-        if (p - at === MAX_VARINT_BYTES) throw new InvalidArgumentError('compact_node_ids', `varint at byte ${at} is longer than ${MAX_VARINT_BYTES} bytes`);
-        b = bytes[p++] as number;
-        // The fifth byte's bits would overflow int32 with <<: multiplied instead.
-        v = shift < 28 ? v | ((b & 0x7f) << shift) : v + (b & 0x7f) * 0x1000_0000;
-        shift += 7;
-      } while (b >= 0x80);
+      if (p >= len) throw new InvalidArgumentError('compact_node_ids', `ends inside the varint at byte ${at} (group ${g}, node ${i})`);
+      let v = bytes[p++] as number;
+      // Most deltas fit one byte; the loop is for the rest.
+      if (v >= 0x80) {
+        v &= 0x7f;
+        let shift = 7;
+        let b: number;
+        do {
+          if (p >= len) throw new InvalidArgumentError('compact_node_ids', `ends inside the varint at byte ${at} (group ${g}, node ${i})`);
+          if (p - at === MAX_VARINT_BYTES) throw new InvalidArgumentError('compact_node_ids', `varint at byte ${at} is longer than ${MAX_VARINT_BYTES} bytes`);
+          b = bytes[p++] as number;
+          // The fifth byte's bits would overflow int32 with <<: multiplied instead.
+          v = shift < 28 ? v | ((b & 0x7f) << shift) : v + (b & 0x7f) * 0x1000_0000;
+          shift += 7;
+        } while (b >= 0x80);
+      }
       const value = prev + v;
       if (value > MAX_UINT32) throw new InvalidArgumentError('compact_node_ids', `varint at byte ${at} makes node number ${value}, beyond uint32`);
       nodeIds[k++] = value;
