@@ -1,7 +1,6 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
 import { ClientError, Metadata, Status, type Client } from 'nice-grpc';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { codeExtension } from '../coordinator/code/code-extension.js';
@@ -16,8 +15,7 @@ import { Pipeline, PipelineServiceDefinition, type IngestRequest } from '../comm
 import { TriggerKind } from '../common/gen/retrace/v1/provenance.js';
 import { ShardStatus, type ShardAssignment } from '../common/gen/retrace/v1/shard.js';
 import { contentHashOf } from '../common/hash.js';
-import { COMMON_BOOLEAN_FLAGS, parseArgs } from '../scripts/cli/command.js';
-import { commands } from '../scripts/cli/pipeline-commands.js';
+import { runCli } from './helpers/in-process-cli.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 
 /** In-process transforms by name: deterministic functions of the input payloads. */
@@ -267,22 +265,7 @@ describe('payload store', () => {
   });
 });
 
-async function cli(path: string, argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  const command = commands.find((c) => c.path.join(' ') === path);
-  if (!command) throw new Error(`no command ${path}`);
-  let out = '';
-  let err = '';
-  const sink = (append: (s: string) => void): Writable =>
-    new Writable({
-      write(chunk: Buffer, _enc, cb) {
-        append(chunk.toString());
-        cb();
-      },
-    });
-  const io = { stdout: sink((s) => (out += s)), stderr: sink((s) => (err += s)), stdin: process.stdin, signal: new AbortController().signal };
-  try {
-    return { code: await command.run(parseArgs(argv, [...COMMON_BOOLEAN_FLAGS, ...(command.booleans ?? [])]), io), out, err };
-  } catch (e) {
-    return { code: 1, out, err: `${err}${(e as Error).message}` };
-  }
+/** `retrace <path> ...argv`, in-process. */
+function cli(path: string, argv: string[]): Promise<{ code: number; out: string; err: string }> {
+  return runCli([...path.split(' '), ...argv]);
 }

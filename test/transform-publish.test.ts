@@ -1,7 +1,6 @@
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
 import { ClientError, Status } from 'nice-grpc';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createCodeCache } from '../agent/code-cache.js';
@@ -10,8 +9,8 @@ import type { CodeStore } from '../coordinator/code/code-store.js';
 import { CodeServiceDefinition } from '../common/gen/retrace/v1/code.js';
 import { contentHashOf } from '../common/hash.js';
 import { defineTransform, normalizeOutputs, toTransformInputs, TransformError } from '../common/transform.js';
-import { COMMON_BOOLEAN_FLAGS, parseArgs } from '../scripts/cli/command.js';
-import { bundleTransform, commands, readBundleDefinition } from '../scripts/cli/publish-command.js';
+import { bundleTransform, readBundleDefinition } from '../scripts/cli/publish-command.js';
+import { runCli } from './helpers/in-process-cli.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 
 const CLEAN_V1 = `
@@ -28,25 +27,9 @@ export default defineTransform({
 `;
 const HELPER = `export function helper(order: { total: number }, min: number) { return { ...order, ok: order.total >= min }; }\n`;
 
-/** Runs one of the publish/code commands in-process, as `retrace <path> ...argv`. */
-async function retrace(path: string, argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  const command = commands.find((c) => c.path.join(' ') === path);
-  if (!command) throw new Error(`no command ${path}`);
-  let out = '';
-  let err = '';
-  const sink = (append: (s: string) => void): Writable =>
-    new Writable({
-      write(chunk: Buffer, _enc, cb) {
-        append(chunk.toString());
-        cb();
-      },
-    });
-  const io = { stdout: sink((s) => (out += s)), stderr: sink((s) => (err += s)), stdin: process.stdin, signal: new AbortController().signal };
-  try {
-    return { code: await command.run(parseArgs(argv, [...COMMON_BOOLEAN_FLAGS, ...(command.booleans ?? [])]), io), out, err };
-  } catch (e) {
-    return { code: e instanceof Error && e.name === 'UsageError' ? 2 : 1, out, err: `${err}${(e as Error).message}` };
-  }
+/** `retrace <path> ...argv`, in-process. */
+function retrace(path: string, argv: string[]): Promise<{ code: number; out: string; err: string }> {
+  return runCli([...path.split(' '), ...argv]);
 }
 
 describe('transform SDK (pure)', () => {
