@@ -89,15 +89,20 @@ function writeByBitmap(ids: Int32Array, start: number, end: number, min: number,
       const low = word & -word;
       word ^= low;
       const v = base + 31 - Math.clz32(low);
-      let delta = v - prev;
+      p = writeVarint(out, p, v - prev);
       prev = v;
-      while (delta >= 0x80) {
-        out[p++] = (delta & 0x7f) | 0x80;
-        delta >>>= 7;
-      }
-      out[p++] = delta;
     } while (word !== 0);
   }
+  return p;
+}
+
+/** Writes `v` (a uint32) as an unsigned LEB128 varint at out[p]; returns the end position. */
+function writeVarint(out: Uint8Array, p: number, v: number): number {
+  while (v >= 0x80) {
+    out[p++] = (v & 0x7f) | 0x80;
+    v >>>= 7;
+  }
+  out[p++] = v;
   return p;
 }
 
@@ -113,13 +118,8 @@ function writeSorted(ids: Int32Array, start: number, end: number, p: number): nu
   let prev = 0;
   for (let i = 0; i < n; i++) {
     const v = group[i] as number;
-    let delta = v - prev;
+    p = writeVarint(out, p, v - prev);
     prev = v;
-    while (delta >= 0x80) {
-      out[p++] = (delta & 0x7f) | 0x80;
-      delta >>>= 7;
-    }
-    out[p++] = delta;
   }
   return p;
 }
