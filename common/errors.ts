@@ -96,11 +96,15 @@ const codeByStatus = new Map<Status, ErrorCode>(
   (Object.entries(ERROR_TABLE) as [ErrorCode, { grpc: Status }][]).map(([code, row]) => [row.grpc, code]),
 );
 
+/** The domain code of a gRPC status code; INTERNAL for codes no domain error maps to. */
+export function errorCodeOfStatus(status: number): ErrorCode {
+  return codeByStatus.get(status as Status) ?? 'INTERNAL';
+}
+
 /** Client side: a gRPC status becomes the matching typed error, keeping the original as `cause`. */
 export function fromClientError(err: unknown): unknown {
   if (!(err instanceof ClientError)) return err;
-  const code = codeByStatus.get(err.code) ?? 'INTERNAL';
-  return new RetraceError(code, err.details, { cause: err });
+  return new RetraceError(errorCodeOfStatus(err.code), err.details, { cause: err });
 }
 
 /** HTTP status and JSON body for an error on the HTTP face. */

@@ -114,14 +114,14 @@ interface CliResult {
 }
 
 /** Runs `retrace ...args --coordinator ADDR --token TOKEN` in-process. */
-async function cli(args: string[], options: { token?: string } = {}): Promise<CliResult> {
+async function cli(args: string[], options: { token?: string; stdin?: string } = {}): Promise<CliResult> {
   const stdout = new PassThrough();
   const stderr = new PassThrough();
   const out: string[] = [];
   const err: string[] = [];
   stdout.setEncoding('utf8').on('data', (d: string) => out.push(d));
   stderr.setEncoding('utf8').on('data', (d: string) => err.push(d));
-  const code = await main([...args, '--coordinator', tc.grpcAddress, '--token', options.token ?? tc.token], { stdout, stderr, stdin: new PassThrough() });
+  const code = await main([...args, '--coordinator', tc.grpcAddress, '--token', options.token ?? tc.token], { stdout, stderr, stdin: new PassThrough().end(options.stdin ?? '') });
   stdout.end();
   stderr.end();
   await Promise.all([once(stdout, 'end'), once(stderr, 'end')]);
@@ -224,6 +224,23 @@ describe('retrace lineage trace', () => {
     expect(table.stdout).not.toContain('orders/raw');
     expect(table.stdout).not.toContain('aggregate');
     expect(table.stdout.trimEnd().split('\n').pop()).toBe('1 node(s) in the closure');
+  });
+
+  it('traces several nodes over one session, from the arguments or stdin', async () => {
+    const one = async (k: string) => JSON.parse((await cli(['lineage', 'trace', k, '--json'])).stdout) as unknown;
+    const r = await cli(['lineage', 'trace', key(RAW), key(CLEAN), '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const json = JSON.parse(r.stdout) as { node: string }[];
+    expect(json).toEqual([{ node: key(RAW), ...(await one(key(RAW)) as object) }, { node: key(CLEAN), ...(await one(key(CLEAN)) as object) }]);
+    const table = await cli(['lineage', 'trace', '-', '--direction', 'up'], { stdin: `${key(SUMMARY)}\n\n${key(CLEAN)}\n` });
+    expect(table.code, table.stderr).toBe(0);
+    const sections = table.stdout.split(/^== /m).slice(1);
+    expect(sections.map((x) => x.split('\n')[0])).toEqual([key(SUMMARY), key(CLEAN)]);
+    expect(sections[0]).toMatch(/4 node\(s\) in the closure\n/);
+    expect(sections[1]).toMatch(/2 node\(s\) in the closure\n$/);
+    const bad = await cli(['lineage', 'trace', key(RAW), 'step:no-such-step']);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toContain('start: node step:no-such-step not found');
   });
 
   it('follows OpenLineage datasets at object level', async () => {

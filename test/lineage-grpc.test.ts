@@ -1,7 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ClientError, createChannel, createClient, Status } from 'nice-grpc';
 import { HealthDefinition } from 'nice-grpc-server-health';
-import { Direction, LineageServiceDefinition, NodeKind, SubmitEventsRequest, TraceView, type TraceRequest } from '../common/gen/retrace/v1/lineage.js';
+import { Direction, LineageServiceDefinition, NodeKind, SubmitEventsRequest, TraceView, type TraceRequest, type TraceSessionResponse } from '../common/gen/retrace/v1/lineage.js';
+import { TraceSessionClient } from '../scripts/cli/trace-session-client.js';
 import { decodeCompactTrace } from '../common/trace-compact.js';
 import { decodeSubmitEventsRequest } from '../coordinator/grpc/lineage-wire.js';
 import { LedgerEntryBody, LineageEvent } from '../common/gen/retrace/v1/provenance.js';
@@ -164,6 +165,58 @@ describe('LineageService over gRPC', () => {
     }
     const down = (await pages(cases[0]?.[1] as Partial<TraceRequest>, TraceView.TRACE_VIEW_COMPACT))[0]?.nodes;
     expect(down).toContain(`4 version:cv:w@${h('w')}`);
+  });
+
+  it('answers pipelined TraceSession queries in order, as Trace does, and keeps the session open after a bad query', async () => {
+    const c = tc.client(LineageServiceDefinition);
+    await c.submitEvents(batches({ events: [objectEvent('ts-a', 'ts:a', 'a', '1000'), stepEvent('ts-s1', 'ts-s1', [ref('ts:a', 'a')], [ref('ts:b', 'b')], { timeNs: '2000' }), stepEvent('ts-s2', 'ts-s2', [ref('ts:b', 'b')], [ref('ts:c', 'c')], { timeNs: '3000' })] }));
+    const a = { kind: NodeKind.NODE_KIND_OBJECT_VERSION, id: 'ts:a', contentHash: h('a') };
+    const cv = { kind: NodeKind.NODE_KIND_OBJECT_VERSION, id: 'ts:c', contentHash: h('c') };
+    const good: Partial<TraceRequest>[] = [
+      { start: a, direction: Direction.DIRECTION_DOWNSTREAM, view: TraceView.TRACE_VIEW_COMPACT },
+      { start: cv, direction: Direction.DIRECTION_UPSTREAM, includeEdges: true },
+      { start: a, direction: Direction.DIRECTION_DOWNSTREAM, asOfNs: '2500', view: TraceView.TRACE_VIEW_KEYS },
+      { start: a, direction: Direction.DIRECTION_BOTH, pageSize: 1 },
+    ];
+    const session = new TraceSessionClient(c);
+    // Sent before any answer is read: good and bad queries interleaved.
+    const answers = [
+      session.trace(good[0] as TraceRequest),
+      session.trace({ start: { kind: NodeKind.NODE_KIND_STEP, id: 'ts-nope', contentHash: '' } }),
+      session.trace(good[1] as TraceRequest),
+      session.trace({ start: a, pageSize: 200_000 }),
+      session.trace(good[2] as TraceRequest),
+    ].map((p) => p.then((r) => ({ ok: r }), (err: unknown) => ({ err })));
+    const settled = await Promise.all(answers);
+    expect(settled[0]).toEqual({ ok: await c.trace(good[0] as TraceRequest) });
+    expect(settled[2]).toEqual({ ok: await c.trace(good[1] as TraceRequest) });
+    expect(settled[4]).toEqual({ ok: await c.trace(good[2] as TraceRequest) });
+    expect((settled[4] as { ok: { keys: string[] } }).ok.keys).toEqual(['step:ts-s1', `version:ts:b@${h('b')}`]);
+    expect(settled[1]).toMatchObject({ err: { code: 'NOT_FOUND', field: 'start', message: 'start: node step:ts-nope not found' } });
+    expect(settled[3]).toMatchObject({ err: { code: 'INVALID_ARGUMENT', field: 'page_size' } });
+    // Still open after the errors; paging works through it.
+    const page1 = await session.trace(good[3] as TraceRequest);
+    const page2 = await session.trace({ ...good[3], pageToken: page1.nextPageToken });
+    expect([page1.nodes.length, page2.nodes.length, page1.totalNodes]).toEqual([1, 1, '4']);
+    expect(page2).toEqual(await c.trace({ ...good[3], pageToken: page1.nextPageToken }));
+    await session.close();
+    await expect(session.trace(good[0] as TraceRequest)).rejects.toMatchObject({ code: 'UNAVAILABLE' });
+
+    // On the raw stream: answers carry the request ids; a request without a query is an error.
+    const raw: TraceSessionResponse[] = [];
+    for await (const r of c.traceSession(batches({ requestId: 7 }, { requestId: 9, trace: good[2] as TraceRequest }))) raw.push(r);
+    expect(raw.map((r) => [r.requestId, r.result?.$case])).toEqual([[7, 'error'], [9, 'trace']]);
+    expect(raw[0]?.result).toEqual({ $case: 'error', value: { code: Status.INVALID_ARGUMENT, message: 'trace: is required', field: 'trace' } });
+
+    // Without the token the stream itself fails.
+    const channel = createChannel(tc.grpcAddress);
+    try {
+      const anon = createClient(LineageServiceDefinition, channel);
+      const anonSession = new TraceSessionClient(anon);
+      await expect(anonSession.trace(good[0] as TraceRequest)).rejects.toMatchObject({ code: Status.UNAUTHENTICATED });
+    } finally {
+      channel.close();
+    }
   });
 
   it('lists runs and verifies the ledger', async () => {

@@ -10,17 +10,14 @@ import { verifyCheckpoint } from '../../coordinator/ledger/checkpoint-signer.js'
 import { flag, hasFlag, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
 import { openClient } from './client.js';
 import { renderTable, shortHash, toJson } from './format.js';
+import { TraceSessionClient } from './trace-session-client.js';
 
 const NODE_HELP = 'NODE is object:<id>, version:<id>@sha256:<hex>, step:<id>, run:<id> or transform:<name>';
 
 function nodeArg(args: ParsedArgs, usage: string): NodeRef {
   const key = args.positionals[0];
   if (!key) throw new UsageError(`a node is required; ${NODE_HELP}\n${usage}`);
-  try {
-    return parseNodeKey(key);
-  } catch (err) {
-    throw new UsageError(`${(err as Error).message}; ${NODE_HELP}`);
-  }
+  return parseNodeArg(key);
 }
 
 function directionArg(args: ParsedArgs, fallback: Direction): Direction {
@@ -67,26 +64,55 @@ async function withLineage<T>(args: ParsedArgs, io: CliIo, fn: (client: ReturnTy
 
 const KIND_NAMES: Record<number, string> = { 1: 'object', 2: 'version', 3: 'step', 4: 'run', 5: 'transform' };
 
+function parseNodeArg(key: string): NodeRef {
+  try {
+    return parseNodeKey(key);
+  } catch (err) {
+    throw new UsageError(`${(err as Error).message}; ${NODE_HELP}`);
+  }
+}
+
+/** The NODE arguments; `-` reads more of them from stdin, one per line (blank lines skipped). */
+async function nodeArgs(args: ParsedArgs, io: CliIo, usage: string): Promise<string[]> {
+  const keys: string[] = [];
+  for (const p of args.positionals) {
+    if (p !== '-') keys.push(p);
+    else for (const line of (await readAll(io.stdin)).split('\n')) if (line.trim() !== '') keys.push(line.trim());
+  }
+  if (keys.length === 0) throw new UsageError(`a node is required; ${NODE_HELP}\n${usage}`);
+  return keys;
+}
+
 const trace: CliCommand = {
   path: ['lineage', 'trace'],
-  summary: 'upstream/downstream closure of a node (as of a time)',
-  usage: `retrace lineage trace NODE [--direction down|up|both|any] [--depth N] [--as-of ISO|ns] [--object-level] [--limit N] [--json]\n  ${NODE_HELP}`,
+  summary: 'upstream/downstream closure of one or more nodes (as of a time)',
+  usage: `retrace lineage trace NODE [NODE ...|-] [--direction down|up|both|any] [--depth N] [--as-of ISO|ns] [--object-level] [--limit N] [--json]\n  ${NODE_HELP}\n  Several nodes (or - to read them from stdin, one a line) are traced over one TraceSession stream.`,
   booleans: ['object-level'],
   async run(args, io) {
-    const start = nodeArg(args, this.usage);
+    const keys = await nodeArgs(args, io, this.usage);
+    const starts = keys.map(parseNodeArg);
     const limit = intArg(args, 'limit', 1000);
-    const r = await withLineage(args, io, (c) =>
-      c.trace(
-        { start, direction: directionArg(args, Direction.DIRECTION_DOWNSTREAM), depth: intArg(args, 'depth', 0), asOfNs: asOfArg(args), pageSize: Math.min(limit, 100_000), pageToken: '', includeEdges: hasFlag(args, 'json'), objectLevel: hasFlag(args, 'object-level') },
-        { signal: io.signal },
-      ),
-    );
-    if (hasFlag(args, 'json')) {
-      io.stdout.write(toJson(r));
+    const json = hasFlag(args, 'json');
+    const query = { direction: directionArg(args, Direction.DIRECTION_DOWNSTREAM), depth: intArg(args, 'depth', 0), asOfNs: asOfArg(args), pageSize: Math.min(limit, 100_000), pageToken: '', includeEdges: json, objectLevel: hasFlag(args, 'object-level') };
+    const results = await withLineage(args, io, async (c) => {
+      if (starts.length === 1) return [await c.trace({ ...query, start: starts[0] }, { signal: io.signal })];
+      const session = new TraceSessionClient(c, { signal: io.signal });
+      try {
+        // All queries go out at once; the answers come back in order on the same stream.
+        return await Promise.all(starts.map((start) => session.trace({ ...query, start })));
+      } finally {
+        await session.close().catch(() => {});
+      }
+    });
+    if (json) {
+      io.stdout.write(toJson(results.length === 1 ? results[0] : results.map((r, i) => ({ node: keys[i], ...r }))));
       return 0;
     }
-    io.stdout.write(renderTable(['dist', 'kind', 'node', 'transform', 'time'], r.nodes.map((n) => [n.distance, KIND_NAMES[n.node?.kind ?? 0] ?? '?', n.node?.kind === NodeKind.NODE_KIND_OBJECT_VERSION ? `${n.node.id}@${shortHash(n.node.contentHash)}` : n.node?.id, n.label, timeCell(n.timeNs)])));
-    io.stdout.write(`${r.totalNodes} node(s) in the closure${r.nextPageToken ? `, first ${r.nodes.length} shown (--limit)` : ''}\n`);
+    results.forEach((r, i) => {
+      if (results.length > 1) io.stdout.write(`${i > 0 ? '\n' : ''}== ${keys[i]}\n`);
+      io.stdout.write(renderTable(['dist', 'kind', 'node', 'transform', 'time'], r.nodes.map((n) => [n.distance, KIND_NAMES[n.node?.kind ?? 0] ?? '?', n.node?.kind === NodeKind.NODE_KIND_OBJECT_VERSION ? `${n.node.id}@${shortHash(n.node.contentHash)}` : n.node?.id, n.label, timeCell(n.timeNs)])));
+      io.stdout.write(`${r.totalNodes} node(s) in the closure${r.nextPageToken ? `, first ${r.nodes.length} shown (--limit)` : ''}\n`);
+    });
     return 0;
   },
 };

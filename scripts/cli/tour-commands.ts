@@ -62,6 +62,7 @@ const start: CliCommand = {
           `  ${cli} lineage trace object:${ex.firstOrder}                          # everything one order fed`,
           `  ${cli} lineage path ${ex.report}                        # every step behind the report, with resources`,
           `  ${cli} lineage trace object:${ex.report} --direction up  # upstream closure`,
+          `  ${cli} lineage trace object:record:orders:1 object:record:orders:2 --depth 2  # several closures, one TraceSession stream`,
           `  ${cli} lineage runs`,
           `  ${cli} lineage export object:${ex.firstOrder} --out prov.json   # W3C PROV-JSON`,
           `  ${cli} verify --coordinator ${addresses.grpc}                          # tamper check`,
@@ -120,6 +121,7 @@ const demo: CliCommand = {
       io.stdout.write(`submitted the example pipeline: ${ex.stored} events\n`);
       await step('Downstream of one order record', ['lineage', 'trace', `object:${ex.firstOrder}`, ...conn]);
       await step('The report, upstream, as objects', ['lineage', 'trace', `object:${ex.report}`, '--direction', 'up', ...conn]);
+      await step('Two orders, two hops each, over one TraceSession stream', ['lineage', 'trace', `object:${ex.firstOrder}`, 'object:record:orders:2', '--depth', '2', ...conn]);
       await step('Processing path of the report (every step, code version, params, node, resources)', ['lineage', 'path', ex.report, ...conn]);
       await step('As of before the aggregate ran, the order fed nothing beyond enrichment', ['lineage', 'trace', `object:${ex.firstOrder}`, '--as-of', '2026-01-01T00:00:00.100Z', ...conn]);
       await step('Inclusion proof of one event against the signed checkpoint', ['lineage', 'proof', ex.runEventId, ...conn]);

@@ -367,6 +367,31 @@ export interface TraceResponse {
   compactNodeIds: Buffer;
 }
 
+export interface TraceSessionRequest {
+  /** Chosen by the client (a counter, say); echoed in the answer. */
+  requestId: number;
+  trace?: TraceRequest | undefined;
+}
+
+export interface TraceSessionResponse {
+  requestId: number;
+  result?: { $case: "trace"; value: TraceResponse } | //
+  /** Why Trace would have rejected the query. */
+  { $case: "error"; value: TraceSessionError } | undefined;
+}
+
+export interface TraceSessionError {
+  /** The gRPC status code (google.rpc.Code) Trace would have failed with. */
+  code: number;
+  /** As in Trace's status message: the field at fault first, then what is wrong with it. */
+  message: string;
+  /**
+   * The field at fault when one is: a path in TraceRequest (`start`, `page_size`), or `trace` when
+   * the request carries no query.
+   */
+  field: string;
+}
+
 export interface ResolveNodesRequest {
   nodeIds: number[];
 }
@@ -2067,6 +2092,319 @@ export const TraceResponse: MessageFns<TraceResponse> = {
   },
 };
 
+function createBaseTraceSessionRequest(): TraceSessionRequest {
+  return { requestId: 0, trace: undefined };
+}
+
+export const TraceSessionRequest: MessageFns<TraceSessionRequest> = {
+  encode(message: TraceSessionRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.requestId !== 0) {
+      writer.uint32(8).uint32(message.requestId);
+    }
+    if (message.trace !== undefined) {
+      TraceRequest.encode(message.trace, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TraceSessionRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTraceSessionRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.requestId = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.trace = TraceRequest.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TraceSessionRequest {
+    return {
+      requestId: isSet(object.requestId)
+        ? globalThis.Number(object.requestId)
+        : isSet(object.request_id)
+        ? globalThis.Number(object.request_id)
+        : 0,
+      trace: isSet(object.trace) ? TraceRequest.fromJSON(object.trace) : undefined,
+    };
+  },
+
+  toJSON(message: TraceSessionRequest): unknown {
+    const obj: any = {};
+    if (message.requestId !== 0) {
+      obj.requestId = Math.round(message.requestId);
+    }
+    if (message.trace !== undefined) {
+      obj.trace = TraceRequest.toJSON(message.trace);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<TraceSessionRequest>): TraceSessionRequest {
+    return TraceSessionRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<TraceSessionRequest>): TraceSessionRequest {
+    const message = createBaseTraceSessionRequest();
+    message.requestId = object.requestId ?? 0;
+    message.trace = (object.trace !== undefined && object.trace !== null)
+      ? TraceRequest.fromPartial(object.trace)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseTraceSessionResponse(): TraceSessionResponse {
+  return { requestId: 0, result: undefined };
+}
+
+export const TraceSessionResponse: MessageFns<TraceSessionResponse> = {
+  encode(message: TraceSessionResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.requestId !== 0) {
+      writer.uint32(8).uint32(message.requestId);
+    }
+    switch (message.result?.$case) {
+      case "trace":
+        TraceResponse.encode(message.result.value, writer.uint32(18).fork()).join();
+        break;
+      case "error":
+        TraceSessionError.encode(message.result.value, writer.uint32(26).fork()).join();
+        break;
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TraceSessionResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTraceSessionResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.requestId = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.result = { $case: "trace", value: TraceResponse.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.result = { $case: "error", value: TraceSessionError.decode(reader, reader.uint32()) };
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TraceSessionResponse {
+    return {
+      requestId: isSet(object.requestId)
+        ? globalThis.Number(object.requestId)
+        : isSet(object.request_id)
+        ? globalThis.Number(object.request_id)
+        : 0,
+      result: isSet(object.trace)
+        ? { $case: "trace", value: TraceResponse.fromJSON(object.trace) }
+        : isSet(object.error)
+        ? { $case: "error", value: TraceSessionError.fromJSON(object.error) }
+        : undefined,
+    };
+  },
+
+  toJSON(message: TraceSessionResponse): unknown {
+    const obj: any = {};
+    if (message.requestId !== 0) {
+      obj.requestId = Math.round(message.requestId);
+    }
+    if (message.result?.$case === "trace") {
+      obj.trace = TraceResponse.toJSON(message.result.value);
+    } else if (message.result?.$case === "error") {
+      obj.error = TraceSessionError.toJSON(message.result.value);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<TraceSessionResponse>): TraceSessionResponse {
+    return TraceSessionResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<TraceSessionResponse>): TraceSessionResponse {
+    const message = createBaseTraceSessionResponse();
+    message.requestId = object.requestId ?? 0;
+    switch (object.result?.$case) {
+      case "trace": {
+        if (object.result?.value !== undefined && object.result?.value !== null) {
+          message.result = { $case: "trace", value: TraceResponse.fromPartial(object.result.value) };
+        }
+        break;
+      }
+      case "error": {
+        if (object.result?.value !== undefined && object.result?.value !== null) {
+          message.result = { $case: "error", value: TraceSessionError.fromPartial(object.result.value) };
+        }
+        break;
+      }
+    }
+    return message;
+  },
+};
+
+function createBaseTraceSessionError(): TraceSessionError {
+  return { code: 0, message: "", field: "" };
+}
+
+export const TraceSessionError: MessageFns<TraceSessionError> = {
+  encode(message: TraceSessionError, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.code !== 0) {
+      writer.uint32(8).int32(message.code);
+    }
+    if (message.message !== "") {
+      writer.uint32(18).string(message.message);
+    }
+    if (message.field !== "") {
+      writer.uint32(26).string(message.field);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TraceSessionError {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTraceSessionError();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.code = reader.int32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.field = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TraceSessionError {
+    return {
+      code: isSet(object.code) ? globalThis.Number(object.code) : 0,
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+      field: isSet(object.field) ? globalThis.String(object.field) : "",
+    };
+  },
+
+  toJSON(message: TraceSessionError): unknown {
+    const obj: any = {};
+    if (message.code !== 0) {
+      obj.code = Math.round(message.code);
+    }
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
+    if (message.field !== "") {
+      obj.field = message.field;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<TraceSessionError>): TraceSessionError {
+    return TraceSessionError.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<TraceSessionError>): TraceSessionError {
+    const message = createBaseTraceSessionError();
+    message.code = object.code ?? 0;
+    message.message = object.message ?? "";
+    message.field = object.field ?? "";
+    return message;
+  },
+};
+
 function createBaseResolveNodesRequest(): ResolveNodesRequest {
   return { nodeIds: [] };
 }
@@ -3299,6 +3637,22 @@ export const LineageServiceDefinition = {
       responseStream: false,
       options: { idempotencyLevel: "IDEMPOTENT" },
     },
+    /**
+     * Trace queries over one long-lived stream, for explorers and tools that issue many of them:
+     * each request is answered by one response carrying its request_id, in request order, and a
+     * client may send the next requests before reading the answers. A query that Trace would reject
+     * gets a response with `error` set and the session stays open; the stream itself fails only for
+     * what fails a whole call (authentication, cancellation, an internal error). Saves the per-call
+     * setup of a unary call (about 0.5 ms on a 2-core machine, more than a closure of 5k nodes costs).
+     */
+    traceSession: {
+      name: "TraceSession",
+      requestType: TraceSessionRequest as typeof TraceSessionRequest,
+      requestStream: true,
+      responseType: TraceSessionResponse as typeof TraceSessionResponse,
+      responseStream: true,
+      options: { idempotencyLevel: "IDEMPOTENT" },
+    },
     /** Every step on the processing path of one record, in execution order. */
     getRecordPath: {
       name: "GetRecordPath",
@@ -3373,6 +3727,18 @@ export interface LineageServiceImplementation<CallContextExt = {}> {
   getNode(request: GetNodeRequest, context: CallContext & CallContextExt): Promise<DeepPartial<GetNodeResponse>>;
   /** Upstream and/or downstream closure of a node, optionally as of a past time. */
   trace(request: TraceRequest, context: CallContext & CallContextExt): Promise<DeepPartial<TraceResponse>>;
+  /**
+   * Trace queries over one long-lived stream, for explorers and tools that issue many of them:
+   * each request is answered by one response carrying its request_id, in request order, and a
+   * client may send the next requests before reading the answers. A query that Trace would reject
+   * gets a response with `error` set and the session stays open; the stream itself fails only for
+   * what fails a whole call (authentication, cancellation, an internal error). Saves the per-call
+   * setup of a unary call (about 0.5 ms on a 2-core machine, more than a closure of 5k nodes costs).
+   */
+  traceSession(
+    request: AsyncIterable<TraceSessionRequest>,
+    context: CallContext & CallContextExt,
+  ): ServerStreamingMethodResult<DeepPartial<TraceSessionResponse>>;
   /** Every step on the processing path of one record, in execution order. */
   getRecordPath(
     request: GetRecordPathRequest,
@@ -3416,6 +3782,18 @@ export interface LineageServiceClient<CallOptionsExt = {}> {
   getNode(request: DeepPartial<GetNodeRequest>, options?: CallOptions & CallOptionsExt): Promise<GetNodeResponse>;
   /** Upstream and/or downstream closure of a node, optionally as of a past time. */
   trace(request: DeepPartial<TraceRequest>, options?: CallOptions & CallOptionsExt): Promise<TraceResponse>;
+  /**
+   * Trace queries over one long-lived stream, for explorers and tools that issue many of them:
+   * each request is answered by one response carrying its request_id, in request order, and a
+   * client may send the next requests before reading the answers. A query that Trace would reject
+   * gets a response with `error` set and the session stays open; the stream itself fails only for
+   * what fails a whole call (authentication, cancellation, an internal error). Saves the per-call
+   * setup of a unary call (about 0.5 ms on a 2-core machine, more than a closure of 5k nodes costs).
+   */
+  traceSession(
+    request: AsyncIterable<DeepPartial<TraceSessionRequest>>,
+    options?: CallOptions & CallOptionsExt,
+  ): AsyncIterable<TraceSessionResponse>;
   /** Every step on the processing path of one record, in execution order. */
   getRecordPath(
     request: DeepPartial<GetRecordPathRequest>,
@@ -3461,6 +3839,8 @@ export type DeepPartial<T> = T extends Builtin ? T
 function isSet(value: any): boolean {
   return value !== null && value !== undefined;
 }
+
+export type ServerStreamingMethodResult<Response> = { [Symbol.asyncIterator](): AsyncIterator<Response, void> };
 
 export interface MessageFns<T> {
   encode(message: T, writer?: BinaryWriter): BinaryWriter;
