@@ -10,13 +10,17 @@ export const DEFAULT_MIN_TAIL = 4096;
  *   sequence instead of chasing a pointer per edge;
  * - a tail of the edges appended since the base was built, as linked lists (per edge target,
  *   time and next edge of the same source; per node the head), so an append stays O(1).
- * `compact()` merges the tail into a new base. Every node's edges are visited newest first
+ * `compact()` merges the tail into the base. Every node's edges are visited newest first
  * (its tail chain, then its base run, which is kept in that order), the order the linked lists
  * alone gave, so walks over either part answer the same nodes in the same order.
  *
  * Per edge: 4 bytes of source (in append order, for rollback) plus 12 of target and time;
- * per node 8 bytes (base run start, tail head). Appends are O(1) amortised: a merge, O(nodes +
- * edges), is forced only once the tail has grown by a fixed fraction of the base.
+ * per node 8 bytes (base run start, tail head); the base arrays grow by a quarter when full.
+ * A merge works in place from the top down and stops at the lowest node with tail edges, so it
+ * costs the tail plus the base above that node: little when new edges leave new nodes, as in
+ * ingest, and O(edges) at worst. Appends stay O(1) amortised: a merge is forced only once the
+ * tail is an eighth of what the merge would move, or a quarter of the whole base (which bounds
+ * the share of edges a walk reads from linked lists while ingest goes on).
  */
 export class AdjacencyLists {
   /** Source of every edge in append order: what undoing an append needs. */
@@ -25,7 +29,7 @@ export class AdjacencyLists {
   /** Edges [0, baseEdges) are in the base; nodes [0, baseNodes) have a run there. */
   baseEdges = 0;
   baseNodes = 0;
-  /** Run of node n: baseStart[n] .. baseStart[n + 1], newest edge first. Length ≥ baseNodes + 1. */
+  /** Run of node n: baseStart[n] .. baseStart[n + 1], newest edge first. Length ≥ baseNodes + 1 (spare room past that). */
   baseStart = new Int32Array(1);
   baseDst = new Int32Array(0);
   baseTime = new Float64Array(0);
@@ -36,9 +40,11 @@ export class AdjacencyLists {
 
   /** Tail edge i is edge baseEdges + i. Heads and next hold tail indices, -1 for none. */
   readonly tailHead = new GrowableInt32();
-  readonly tailDst = new GrowableInt32();
-  readonly tailTime = new GrowableFloat64();
-  readonly tailNext = new GrowableInt32();
+  tailDst = new GrowableInt32();
+  tailTime = new GrowableFloat64();
+  tailNext = new GrowableInt32();
+  /** No tail edge leaves a node below this: where a merge starts moving base runs. */
+  private tailMinSrc = Number.POSITIVE_INFINITY;
 
   /** @param minTail tail size below which `add` never merges (tests use small ones). */
   constructor(private readonly minTail = DEFAULT_MIN_TAIL) {}
@@ -67,8 +73,16 @@ export class AdjacencyLists {
     this.tailTime.push(timeMs);
     this.tailNext.push(this.tailHead.data[from] as number);
     this.tailHead.data[from] = i;
-    // A merge costs O(nodes + edges): forcing one only after the base's size / 8 appends keeps appends O(1) amortised.
-    if (i + 1 >= this.minTail && i + 1 >= this.baseEdges >>> 3) this.compact();
+    if (from < this.tailMinSrc) this.tailMinSrc = from;
+    const tail = i + 1;
+    if (tail >= this.minTail && (tail >= this.baseEdges >>> 2 || tail >= this.mergeWork() >>> 3)) this.compact();
+  }
+
+  /** Base entries and run starts a merge of the tail would move. */
+  private mergeWork(): number {
+    const from = this.tailMinSrc;
+    if (from >= this.baseNodes) return this.tailHead.length - this.baseNodes;
+    return this.baseEdges - (this.baseStart[from] as number) + (this.tailHead.length - from);
   }
 
   has(from: number, to: number): boolean {
@@ -137,7 +151,7 @@ export class AdjacencyLists {
     const src = this.src.data;
     const head = this.tailHead.data;
     for (let e = this.baseEdges; e < this.src.length; e++) head[src[e] as number] = -1;
-    this.tailDst.length = this.tailTime.length = this.tailNext.length = 0;
+    this.clearTail();
     this.src.length = this.baseEdges;
     const removed = new Int32Array(this.baseNodes);
     const sources: number[] = [];
@@ -172,44 +186,47 @@ export class AdjacencyLists {
   }
 
   /**
-   * Merges the tail into a new base (fresh arrays of exactly the edges' size: the old base and
-   * the tail's contents are garbage after it). O(nodes + edges).
+   * Merges the tail into the base, in place: from the highest node down, each base run moves up
+   * by the tail edges of the nodes at or below it, and each node's tail chain lands just before
+   * its run. Nodes below the lowest one with tail edges stay where they are.
    */
   compact(): void {
     const tailCount = this.tailDst.length;
     if (tailCount === 0) return;
     const nodes = this.tailHead.length;
     const edges = this.src.length;
-    const oldStart = this.baseStart;
-    const oldDst = this.baseDst;
-    const oldTime = this.baseTime;
-    const oldNodes = this.baseNodes;
+    this.reserve(nodes, edges);
+    const start = this.baseStart;
+    const dst = this.baseDst;
+    const time = this.baseTime;
+    // Nodes new since the last merge have empty runs at the base's end.
+    for (let n = this.baseNodes + 1; n <= nodes; n++) start[n] = this.baseEdges;
     const head = this.tailHead.data;
     const tailNext = this.tailNext.data;
     const tailDst = this.tailDst.data;
     const tailTime = this.tailTime.data;
-    const start = new Int32Array(nodes + 1);
-    const dst = new Int32Array(edges);
-    const time = new Float64Array(edges);
     let maxTime = this.baseMaxTime;
     let descending = this.baseTimeDescending;
-    // Base runs of nodes without tail edges move as whole segments: copy them lazily, a segment at a time.
-    let w = 0;
-    let segFrom = 0;
-    let segTo = 0;
-    let segAt = 0;
-    for (let n = 0; n < nodes; n++) {
-      start[n] = w;
-      const runFrom = n < oldNodes ? (oldStart[n] as number) : segTo;
-      const runTo = n < oldNodes ? (oldStart[n + 1] as number) : segTo;
+    // shift: tail edges of the nodes at or below n, i.e. how far n's base run moves up.
+    let shift = tailCount;
+    // Base entries [n's run start, segEnd) move up by `shift` as one block.
+    let segEnd = this.baseEdges;
+    start[nodes] = edges;
+    for (let n = nodes - 1; shift > 0; n--) {
+      const runFrom = start[n] as number;
       const h = head[n] as number;
       if (h === -1) {
-        if (segTo !== runFrom) throw new Error('adjacency base runs are not contiguous');
-        segTo = runTo;
-        w += runTo - runFrom;
+        start[n] = runFrom + shift;
         continue;
       }
-      copyRun(oldDst, oldTime, segFrom, segTo, dst, time, segAt);
+      if (segEnd > runFrom) {
+        dst.copyWithin(runFrom + shift, runFrom, segEnd);
+        time.copyWithin(runFrom + shift, runFrom, segEnd);
+      }
+      let count = 0;
+      for (let i = h; i !== -1; i = tailNext[i] as number) count++;
+      const runAfter = runFrom + shift;
+      let w = runAfter - count;
       let last = Number.POSITIVE_INFINITY;
       for (let i = h; i !== -1; i = tailNext[i] as number) {
         const t = tailTime[i] as number;
@@ -219,24 +236,47 @@ export class AdjacencyLists {
         dst[w] = tailDst[i] as number;
         time[w++] = t;
       }
-      if (runTo > runFrom && (oldTime[runFrom] as number) > last) descending = false;
-      segFrom = runFrom;
-      segTo = runTo;
-      segAt = w;
-      w += runTo - runFrom;
+      if ((start[n + 1] as number) > runAfter && (time[runAfter] as number) > last) descending = false;
       head[n] = -1;
+      shift -= count;
+      start[n] = runFrom + shift;
+      segEnd = runFrom;
     }
-    copyRun(oldDst, oldTime, segFrom, segTo, dst, time, segAt);
-    start[nodes] = w;
-    if (w !== edges) throw new Error(`adjacency merge wrote ${w} of ${edges} edges`);
-    this.baseStart = start;
-    this.baseDst = dst;
-    this.baseTime = time;
     this.baseNodes = nodes;
     this.baseEdges = edges;
     this.baseMaxTime = maxTime;
     this.baseTimeDescending = descending;
+    this.clearTail();
+  }
+
+  /** Empties the tail; gives back its arrays when a large tail grew them (the base holds those edges now). */
+  private clearTail(): void {
+    this.tailMinSrc = Number.POSITIVE_INFINITY;
+    if (this.tailDst.data.length > 4 * this.minTail) {
+      this.tailDst = new GrowableInt32();
+      this.tailTime = new GrowableFloat64();
+      this.tailNext = new GrowableInt32();
+      return;
+    }
     this.tailDst.length = this.tailTime.length = this.tailNext.length = 0;
+  }
+
+  /** Room for `nodes` runs and `edges` base entries; grows by a quarter (little idle room), keeping the base. */
+  private reserve(nodes: number, edges: number): void {
+    if (this.baseStart.length < nodes + 1) {
+      const start = new Int32Array(Math.max(nodes + 1, Math.floor(this.baseStart.length * 1.25)));
+      start.set(this.baseStart.subarray(0, this.baseNodes + 1));
+      this.baseStart = start;
+    }
+    if (this.baseDst.length < edges) {
+      const size = Math.max(edges, Math.floor(this.baseDst.length * 1.25));
+      const dst = new Int32Array(size);
+      const time = new Float64Array(size);
+      dst.set(this.baseDst.subarray(0, this.baseEdges));
+      time.set(this.baseTime.subarray(0, this.baseEdges));
+      this.baseDst = dst;
+      this.baseTime = time;
+    }
   }
 
   get byteLength(): number {
@@ -253,15 +293,3 @@ export class AdjacencyLists {
   }
 }
 
-/** Copies entries [from, to) of a run's targets and times to `at`; short runs element-wise (a subarray each costs more). */
-function copyRun(srcDst: Int32Array, srcTime: Float64Array, from: number, to: number, dst: Int32Array, time: Float64Array, at: number): void {
-  if (to - from > 64) {
-    dst.set(srcDst.subarray(from, to), at);
-    time.set(srcTime.subarray(from, to), at);
-    return;
-  }
-  for (let p = from; p < to; p++, at++) {
-    dst[at] = srcDst[p] as number;
-    time[at] = srcTime[p] as number;
-  }
-}

@@ -288,8 +288,9 @@ export class GraphIndex {
 
   /**
    * Merges every list's tail into its base now (walks then read contiguous runs only). Appends
-   * merge by themselves once a tail outgrows an eighth of its base, and a quiet spell merges tails
-   * of minTail edges or more; this is for callers that know a burst of appends just ended.
+   * merge by themselves once a tail is big enough for the merge's cost (see AdjacencyLists), and
+   * a quiet spell merges tails of minTail edges or more; this is for callers that know a burst
+   * of appends just ended.
    */
   compact(): void {
     for (const l of this.lists) l.compact();
