@@ -81,6 +81,8 @@ export class GraphIndex {
   private appendedSinceArmed = false;
 
   private visitStamp = new Int32Array(0);
+  /** Walks' visited marks: all 0 between walks. */
+  private seen = new Uint8Array(0);
   /** Scratch of walkScratch: the breadth-first queue and each queued node's distance. */
   private queue = new Int32Array(0);
   private queueDistance = new Int32Array(0);
@@ -350,8 +352,8 @@ export class GraphIndex {
     const lists = options.objectLevel ? [this.oDown, this.oUp] : [this.vDown, this.vUp];
     const directions = options.mode === 'down' ? [lists[0] as AdjacencyLists] : options.mode === 'up' ? [lists[1] as AdjacencyLists] : lists;
     this.prepareMarks();
-    const stamp = ++this.stamp;
-    const visit = this.visitStamp;
+    // A byte a node (cleared from the queue afterwards) keeps the marks of a large graph in cache.
+    const seen = this.seen;
     // Every node enters the queue at most once, so queue and distance buffers of nodeCount suffice.
     const queue = this.queue;
     const qdist = this.queueDistance;
@@ -362,8 +364,8 @@ export class GraphIndex {
     const objectLevel = options.objectLevel;
     let tail = 0;
     for (const s of starts) {
-      if (visit[s] === stamp) continue;
-      visit[s] = stamp;
+      if (seen[s] === 1) continue;
+      seen[s] = 1;
       qdist[tail] = 0;
       queue[tail++] = s;
     }
@@ -384,8 +386,8 @@ export class GraphIndex {
             let to = dst[e] as number;
             // Object-level walks see a version as its object.
             if (objectLevel && kinds[to] === NodeKind.NODE_KIND_OBJECT_VERSION) to = objectOf[to] as number;
-            if (visit[to] === stamp) continue;
-            visit[to] = stamp;
+            if (seen[to] === 1) continue;
+            seen[to] = 1;
             qdist[tail] = d1;
             queue[tail++] = to;
           }
@@ -405,8 +407,8 @@ export class GraphIndex {
               if ((time[p] as number) > asOfMs) continue;
               let to = dst[p] as number;
               if (objectLevel && kinds[to] === NodeKind.NODE_KIND_OBJECT_VERSION) to = objectOf[to] as number;
-              if (visit[to] === stamp) continue;
-              visit[to] = stamp;
+              if (seen[to] === 1) continue;
+              seen[to] = 1;
               qdist[tail] = d1;
               queue[tail++] = to;
             }
@@ -417,22 +419,23 @@ export class GraphIndex {
           for (; p < end; p++) {
             let to = dst[p] as number;
             if (kinds[to] === NodeKind.NODE_KIND_OBJECT_VERSION) to = objectOf[to] as number;
-            if (visit[to] === stamp) continue;
-            visit[to] = stamp;
+            if (seen[to] === 1) continue;
+            seen[to] = 1;
             qdist[tail] = d1;
             queue[tail++] = to;
           }
         } else {
           for (; p < end; p++) {
             const to = dst[p] as number;
-            if (visit[to] === stamp) continue;
-            visit[to] = stamp;
+            if (seen[to] === 1) continue;
+            seen[to] = 1;
             qdist[tail] = d1;
             queue[tail++] = to;
           }
         }
       }
     }
+    for (let i = 0; i < tail; i++) seen[queue[i] as number] = 0;
     return { nodes: queue.subarray(startCount, tail), distances: qdist.subarray(startCount, tail) };
   }
 
@@ -476,6 +479,7 @@ export class GraphIndex {
       const v = new Int32Array(size);
       v.set(this.visitStamp);
       this.visitStamp = v;
+      this.seen = new Uint8Array(size);
       this.queue = new Int32Array(size);
       this.queueDistance = new Int32Array(size);
     }
