@@ -317,21 +317,24 @@ export class GraphIndex {
     }
   }
 
-  private armMerge(): void {
+  private armMerge(delayMs = this.idleMergeMs): void {
     this.appendedSinceArmed = false;
-    const timer = setTimeout(() => this.mergeWhenIdle(), this.idleMergeMs);
+    const timer = setTimeout(() => this.mergeWhenIdle(), delayMs);
     // Derived state only: the timer must not keep a process alive.
     timer.unref();
     this.mergeTimer = timer;
   }
 
+  /** One list a turn: a merge can take tens of ms on a large graph, and calls waiting meanwhile get a turn between lists. */
   private mergeWhenIdle(): void {
     this.mergeTimer = undefined;
     if (this.appendedSinceArmed) {
       this.armMerge();
       return;
     }
-    for (const l of this.lists) if (l.tailEdges >= this.minTail) l.compact();
+    const due = this.lists.filter((l) => l.tailEdges >= this.minTail);
+    due[0]?.compact();
+    if (due.length > 1) this.armMerge(0);
   }
 
   /**
