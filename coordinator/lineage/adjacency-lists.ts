@@ -43,7 +43,7 @@ export class AdjacencyLists {
   tailDst = new GrowableInt32();
   tailTime = new GrowableFloat64();
   tailNext = new GrowableInt32();
-  /** No tail edge leaves a node below this: where a merge starts moving base runs. */
+  /** No tail edge leaves a node below this (a lower bound after rollbacks): sizes what a merge would move. */
   private tailMinSrc = Number.POSITIVE_INFINITY;
 
   /** @param minTail tail size below which `add` never merges (tests use small ones). */
