@@ -1,6 +1,6 @@
 import { NodeKind } from '../../common/gen/retrace/v1/lineage.js';
 import { InvalidArgumentError } from '../../common/errors.js';
-import { AdjacencyLists } from './adjacency-lists.js';
+import { AdjacencyLists, DEFAULT_MIN_TAIL } from './adjacency-lists.js';
 import { GrowableFloat64, GrowableInt32 } from './growable-array.js';
 
 /** What a step event adds to the graph. Keys are lineage node keys (common/lineage-keys.ts). */
@@ -33,7 +33,15 @@ export interface WalkOptions {
   asOfMs: number;
 }
 
+export interface GraphIndexOptions {
+  /** Edges appended to a list (since its last merge) before a merge into its base is worth it; default 4096. */
+  minTail?: number;
+  /** Quiet time (no appends) after which lists with at least minTail new edges are merged; 0 = never by timer. Default 100 ms. */
+  idleMergeMs?: number;
+}
+
 const NO_NODE = -1;
+const DEFAULT_IDLE_MERGE_MS = 100;
 
 /**
  * The in-memory lineage graph: every node and edge of the ledger in compact typed arrays, in
@@ -59,20 +67,37 @@ export class GraphIndex {
   private readonly labelLog: number[] = [];
 
   /** Version-level edges: down = input → step → output; up = reverse. */
-  private readonly vDown = new AdjacencyLists();
-  private readonly vUp = new AdjacencyLists();
+  private readonly vDown: AdjacencyLists;
+  private readonly vUp: AdjacencyLists;
   /** Object-level edges. */
-  private readonly oDown = new AdjacencyLists();
-  private readonly oUp = new AdjacencyLists();
+  private readonly oDown: AdjacencyLists;
+  private readonly oUp: AdjacencyLists;
   /** transform → steps, run → steps, object → versions. */
-  private readonly members = new AdjacencyLists();
-  private readonly lists = [this.vDown, this.vUp, this.oDown, this.oUp, this.members];
+  private readonly members: AdjacencyLists;
+  private readonly lists: readonly AdjacencyLists[];
+  private readonly minTail: number;
+  private readonly idleMergeMs: number;
+  private mergeTimer: ReturnType<typeof setTimeout> | undefined;
+  private appendedSinceArmed = false;
 
   private visitStamp = new Int32Array(0);
+  /** Walks' visited marks: all 0 between walks. */
+  private seen = new Uint8Array(0);
   /** Scratch of walkScratch: the breadth-first queue and each queued node's distance. */
   private queue = new Int32Array(0);
   private queueDistance = new Int32Array(0);
   private stamp = 0;
+
+  constructor(options: GraphIndexOptions = {}) {
+    this.minTail = options.minTail ?? DEFAULT_MIN_TAIL;
+    this.idleMergeMs = options.idleMergeMs ?? DEFAULT_IDLE_MERGE_MS;
+    this.vDown = new AdjacencyLists(this.minTail);
+    this.vUp = new AdjacencyLists(this.minTail);
+    this.oDown = new AdjacencyLists(this.minTail);
+    this.oUp = new AdjacencyLists(this.minTail);
+    this.members = new AdjacencyLists(this.minTail);
+    this.lists = [this.vDown, this.vUp, this.oDown, this.oUp, this.members];
+  }
 
   get nodeCount(): number {
     return this.keys.length;
@@ -124,7 +149,7 @@ export class GraphIndex {
     const id = this.ids.get(key);
     const out: string[] = [];
     if (id === undefined) return out;
-    for (let e = this.members.first(id); e !== -1; e = this.members.next.data[e] as number) out.push(this.keys[this.members.dst.data[e] as number] as string);
+    for (const n of this.members.targets(id, Number.POSITIVE_INFINITY, [])) out.push(this.keys[n] as string);
     return out.reverse();
   }
 
@@ -133,7 +158,7 @@ export class GraphIndex {
     const id = this.ids.get(key);
     const out: string[] = [];
     if (id === undefined) return out;
-    for (let e = this.vDown.first(id); e !== -1; e = this.vDown.next.data[e] as number) out.push(this.keys[this.vDown.dst.data[e] as number] as string);
+    for (const n of this.vDown.targets(id, Number.POSITIVE_INFINITY, [])) out.push(this.keys[n] as string);
     return out.reverse();
   }
 
@@ -157,7 +182,10 @@ export class GraphIndex {
   /** Adds (or finds) a node. Object versions also get their object node. */
   ensureNode(key: string, kind: NodeKind, timeMs: number): number {
     const existing = this.ids.get(key);
-    return existing !== undefined ? existing : this.addNode(key, kind, timeMs);
+    if (existing !== undefined) return existing;
+    const id = this.addNode(key, kind, timeMs);
+    this.noteAppends();
+    return id;
   }
 
   /**
@@ -257,6 +285,56 @@ export class GraphIndex {
       this.rollback(mark);
       throw err;
     }
+    this.noteAppends();
+  }
+
+  /**
+   * Merges every list's tail into its base now (walks then read contiguous runs only). Appends
+   * merge by themselves once a tail is big enough for the merge's cost (see AdjacencyLists), and
+   * a quiet spell merges tails of minTail edges or more; this is for callers that know a burst
+   * of appends just ended.
+   */
+  compact(): void {
+    for (const l of this.lists) l.compact();
+  }
+
+  /** Edges appended since each list's last merge (version-level down first, as in `mark`). */
+  get tailEdges(): readonly number[] {
+    return this.lists.map((l) => l.tailEdges);
+  }
+
+  /**
+   * Arms the idle merge once some tail is worth merging. The timer re-arms while appends keep
+   * coming, so a burst of ingest is not slowed by merges the next append would make stale.
+   */
+  private noteAppends(): void {
+    this.appendedSinceArmed = true;
+    if (this.mergeTimer !== undefined || this.idleMergeMs <= 0) return;
+    for (const l of this.lists) {
+      if (l.tailEdges < this.minTail) continue;
+      this.armMerge();
+      return;
+    }
+  }
+
+  private armMerge(delayMs = this.idleMergeMs): void {
+    this.appendedSinceArmed = false;
+    const timer = setTimeout(() => this.mergeWhenIdle(), delayMs);
+    // Derived state only: the timer must not keep a process alive.
+    timer.unref();
+    this.mergeTimer = timer;
+  }
+
+  /** One list a turn: a merge can take tens of ms on a large graph, and calls waiting meanwhile get a turn between lists. */
+  private mergeWhenIdle(): void {
+    this.mergeTimer = undefined;
+    if (this.appendedSinceArmed) {
+      this.armMerge();
+      return;
+    }
+    const due = this.lists.filter((l) => l.tailEdges >= this.minTail);
+    due[0]?.compact();
+    if (due.length > 1) this.armMerge(0);
   }
 
   /**
@@ -277,8 +355,8 @@ export class GraphIndex {
     const lists = options.objectLevel ? [this.oDown, this.oUp] : [this.vDown, this.vUp];
     const directions = options.mode === 'down' ? [lists[0] as AdjacencyLists] : options.mode === 'up' ? [lists[1] as AdjacencyLists] : lists;
     this.prepareMarks();
-    const stamp = ++this.stamp;
-    const visit = this.visitStamp;
+    // A byte a node (cleared from the queue afterwards) keeps the marks of a large graph in cache.
+    const seen = this.seen;
     // Every node enters the queue at most once, so queue and distance buffers of nodeCount suffice.
     const queue = this.queue;
     const qdist = this.queueDistance;
@@ -289,8 +367,8 @@ export class GraphIndex {
     const objectLevel = options.objectLevel;
     let tail = 0;
     for (const s of starts) {
-      if (visit[s] === stamp) continue;
-      visit[s] = stamp;
+      if (seen[s] === 1) continue;
+      seen[s] = 1;
       qdist[tail] = 0;
       queue[tail++] = s;
     }
@@ -299,22 +377,68 @@ export class GraphIndex {
       const node = queue[head] as number;
       const d = qdist[head] as number;
       if (depth !== 0 && d >= depth) continue;
+      const d1 = d + 1;
       for (const adj of directions) {
-        const next = adj.next.data;
-        const dst = adj.dst.data;
-        const time = adj.time.data;
-        for (let e = adj.first(node); e !== -1; e = next[e] as number) {
-          if ((time[e] as number) > asOfMs) continue;
-          let to = dst[e] as number;
-          // Object-level walks see a version as its object.
-          if (objectLevel && kinds[to] === NodeKind.NODE_KIND_OBJECT_VERSION) to = objectOf[to] as number;
-          if (visit[to] === stamp) continue;
-          visit[to] = stamp;
-          qdist[tail] = d + 1;
-          queue[tail++] = to;
+        // Newest edges first: the node's tail chain, then its base run (kept newest first).
+        if (node < adj.tailHead.length) {
+          const next = adj.tailNext.data;
+          const dst = adj.tailDst.data;
+          const time = adj.tailTime.data;
+          for (let e = adj.tailHead.data[node] as number; e !== -1; e = next[e] as number) {
+            if ((time[e] as number) > asOfMs) continue;
+            let to = dst[e] as number;
+            // Object-level walks see a version as its object.
+            if (objectLevel && kinds[to] === NodeKind.NODE_KIND_OBJECT_VERSION) to = objectOf[to] as number;
+            if (seen[to] === 1) continue;
+            seen[to] = 1;
+            qdist[tail] = d1;
+            queue[tail++] = to;
+          }
+        }
+        if (node >= adj.baseNodes) continue;
+        const start = adj.baseStart;
+        const dst = adj.baseDst;
+        let p = start[node] as number;
+        const end = start[node + 1] as number;
+        if (asOfMs < adj.baseMaxTime) {
+          const time = adj.baseTime;
+          if (adj.baseTimeDescending) {
+            // Times fall along the run: skip its too-new prefix, and the rest all qualify.
+            while (p < end && (time[p] as number) > asOfMs) p++;
+          } else {
+            for (; p < end; p++) {
+              if ((time[p] as number) > asOfMs) continue;
+              let to = dst[p] as number;
+              if (objectLevel && kinds[to] === NodeKind.NODE_KIND_OBJECT_VERSION) to = objectOf[to] as number;
+              if (seen[to] === 1) continue;
+              seen[to] = 1;
+              qdist[tail] = d1;
+              queue[tail++] = to;
+            }
+            continue;
+          }
+        }
+        if (objectLevel) {
+          for (; p < end; p++) {
+            let to = dst[p] as number;
+            if (kinds[to] === NodeKind.NODE_KIND_OBJECT_VERSION) to = objectOf[to] as number;
+            if (seen[to] === 1) continue;
+            seen[to] = 1;
+            qdist[tail] = d1;
+            queue[tail++] = to;
+          }
+        } else {
+          for (; p < end; p++) {
+            const to = dst[p] as number;
+            if (seen[to] === 1) continue;
+            seen[to] = 1;
+            qdist[tail] = d1;
+            queue[tail++] = to;
+          }
         }
       }
     }
+    for (let i = 0; i < tail; i++) seen[queue[i] as number] = 0;
     return { nodes: queue.subarray(startCount, tail), distances: qdist.subarray(startCount, tail) };
   }
 
@@ -322,10 +446,10 @@ export class GraphIndex {
   edgesAmong(nodeSet: ReadonlySet<number>, objectLevel: boolean, asOfMs: number): [number, number][] {
     const down = objectLevel ? this.oDown : this.vDown;
     const out: [number, number][] = [];
+    const targets: number[] = [];
     for (const n of nodeSet) {
-      for (let e = down.first(n); e !== -1; e = down.next.data[e] as number) {
-        if ((down.time.data[e] as number) > asOfMs) continue;
-        let to = down.dst.data[e] as number;
+      targets.length = 0;
+      for (let to of down.targets(n, asOfMs, targets)) {
         if (objectLevel && this.kinds.data[to] === NodeKind.NODE_KIND_OBJECT_VERSION) to = this.objectOf.data[to] as number;
         if (nodeSet.has(to)) out.push([n, to]);
       }
@@ -341,14 +465,13 @@ export class GraphIndex {
     const down = this.vDown;
     if (this.queue.length < down.edgeCount + 1) this.queue = new Int32Array(Math.max(this.queue.length * 2, down.edgeCount + 1));
     const stack = this.queue;
-    let top = 0;
-    for (let e = down.first(step); e !== -1; e = down.next.data[e] as number) stack[top++] = down.dst.data[e] as number;
+    let top = down.pushTargets(step, stack, 0);
     while (top > 0) {
       const n = stack[--top] as number;
       if (n === step) return true;
       if (this.visitStamp[n] === stamp) continue;
       this.visitStamp[n] = stamp;
-      for (let e = down.first(n); e !== -1; e = down.next.data[e] as number) stack[top++] = down.dst.data[e] as number;
+      top = down.pushTargets(n, stack, top);
     }
     return false;
   }
@@ -359,6 +482,7 @@ export class GraphIndex {
       const v = new Int32Array(size);
       v.set(this.visitStamp);
       this.visitStamp = v;
+      this.seen = new Uint8Array(size);
       this.queue = new Int32Array(size);
       this.queueDistance = new Int32Array(size);
     }
