@@ -1,7 +1,7 @@
 import { InvalidArgumentError } from './errors.js';
 import { isContentHash } from './hash.js';
 import { sortKeys } from './canonical-json.js';
-import type { LineageEvent, ObjectRef, ObjectVersion, ResourceUsage, Run, Step } from './gen/retrace/v1/provenance.js';
+import type { GeneratedVersions, LineageEvent, ObjectRef, ObjectVersion, ResourceUsage, Run, Step } from './gen/retrace/v1/provenance.js';
 
 /** Limits on one event; larger input is rejected with INVALID_ARGUMENT, never truncated. */
 export const EVENT_LIMITS = {
@@ -58,8 +58,7 @@ interface Canon {
   changed: boolean;
 }
 
-function normalizeObjectVersion(v: ObjectVersion, event: string, ctx: Canon): ObjectVersion {
-  const p = '.object_version';
+function normalizeObjectVersion(v: ObjectVersion, event: string, ctx: Canon, p = '.object_version'): ObjectVersion {
   requireId(v.objectId, event, p, '.object_id');
   requireHash(v.contentHash, event, p, '.content_hash');
   checkNonNegative(v.size, event, p, '.size');
@@ -88,7 +87,38 @@ function normalizeStep(s: Step, event: string, ctx: Canon): Step {
   if (s.resources) checkResources(s.resources, `${event}${p}.resources`);
   const parameters = canonicalOptional(s.parameters, ctx);
   const facets = canonicalOptional(s.facets, ctx);
-  return parameters === s.parameters && facets === s.facets ? s : { ...s, parameters, facets };
+  const generatedVersions = s.generatedVersions === undefined ? undefined : normalizeGeneratedVersions(s, event, ctx);
+  return parameters === s.parameters && facets === s.facets && generatedVersions === s.generatedVersions ? s : { ...s, parameters, facets, generatedVersions };
+}
+
+/**
+ * A step's inline output versions: each an object version of its own, naming one of the step's
+ * `generated` refs, at most once. The same object untouched when nothing needed sorting.
+ */
+function normalizeGeneratedVersions(s: Step, event: string, ctx: Canon): GeneratedVersions {
+  const g = s.generatedVersions as GeneratedVersions;
+  if (g.versions.length > s.generated.length) {
+    throw new InvalidArgumentError(`${event}.step.generated_versions.versions`, `${g.versions.length} versions for ${s.generated.length} generated references`);
+  }
+  let out: ObjectVersion[] | undefined;
+  const seen = g.versions.length > 1 ? new Set<string>() : undefined;
+  // A scan per version is cheapest for a step's usual one or two outputs, quadratic for many.
+  const generated = g.versions.length > 8 ? new Set(s.generated.map((r) => `${r.objectId}\u0000${r.contentHash}`)) : undefined;
+  for (let i = 0; i < g.versions.length; i++) {
+    const v = g.versions[i] as ObjectVersion;
+    const path = `${event}.step.generated_versions.versions[${i}]`;
+    const n = normalizeObjectVersion(v, path, ctx, '');
+    if (!(generated ? generated.has(`${v.objectId}\u0000${v.contentHash}`) : s.generated.some((r) => r.objectId === v.objectId && r.contentHash === v.contentHash))) {
+      throw new InvalidArgumentError(path, `${v.objectId}@${v.contentHash} is not among the step's generated references`);
+    }
+    if (seen) {
+      const k = `${v.objectId}\u0000${v.contentHash}`;
+      if (seen.has(k)) throw new InvalidArgumentError(path, `${v.objectId}@${v.contentHash} is described twice`);
+      seen.add(k);
+    }
+    if (n !== v) (out ??= g.versions.slice())[i] = n;
+  }
+  return out ? { versions: out } : g;
 }
 
 function normalizeRun(r: Run, event: string, ctx: Canon): Run {

@@ -371,6 +371,8 @@ export class LineageEngine implements LineageApi {
     this.nextSeq++;
     const entry: PreparedEntry = { seq, eventId: event.eventId, entryHash: UNSEALED, body: value.subarray(32), value, entity: entity.ref };
     if (entity.adjacency) entry.adjacency = entity.adjacency;
+    const versions = event.body?.$case === 'step' ? event.body.value.generatedVersions?.versions : undefined;
+    if (versions !== undefined && versions.length > 0) entry.versions = versions;
     return entry;
   }
 
@@ -679,11 +681,24 @@ export class LineageEngine implements LineageApi {
     return foldSteps((await this.readEvents(seqs)).flatMap((e) => (e.body?.$case === 'step' ? [{ timeNs: BigInt(e.eventTimeNs), step: e.body.value }] : [])));
   }
 
-  /** The folded view of an object version; a version known only as a step's output has no events and gets a bare record. */
+  /**
+   * The folded view of an object version: its object_version events and the steps that describe
+   * it in their generated_versions; a version known only as a step's output has neither and gets
+   * a bare record.
+   */
   async readVersion(objectId: string, contentHash: string): Promise<ObjectVersion | undefined> {
     const seqs = (await this.store.objectVersionSeqs(objectId, contentHash)).get(contentHash) ?? [];
     if (seqs.length === 0) return this.index.has(versionKey(objectId, contentHash)) ? emptyVersion(objectId, contentHash) : undefined;
-    return foldObjectVersions((await this.readEvents(seqs)).flatMap((e) => (e.body?.$case === 'objectVersion' ? [{ timeNs: BigInt(e.eventTimeNs), version: e.body.value }] : [])));
+    const versions: { timeNs: bigint; version: ObjectVersion }[] = [];
+    for (const e of await this.readEvents(seqs)) {
+      if (e.body?.$case === 'objectVersion') versions.push({ timeNs: BigInt(e.eventTimeNs), version: e.body.value });
+      else if (e.body?.$case === 'step') {
+        for (const v of e.body.value.generatedVersions?.versions ?? []) {
+          if (v.objectId === objectId && v.contentHash === contentHash) versions.push({ timeNs: BigInt(e.eventTimeNs), version: v });
+        }
+      }
+    }
+    return versions.length > 0 ? foldObjectVersions(versions) : emptyVersion(objectId, contentHash);
   }
 
   /** Events stored at these ledger positions, in the given order. */

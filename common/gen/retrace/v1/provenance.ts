@@ -149,7 +149,20 @@ export interface Step {
   resources?: ResourceUsage | undefined;
   used: ObjectRef[];
   generated: ObjectRef[];
-  facets?: { [key: string]: any } | undefined;
+  facets?:
+    | { [key: string]: any }
+    | undefined;
+  /**
+   * Versions of outputs described in the step itself, so that a producer need not send one
+   * object_version event per output. Each must match one of `generated` (object id and content
+   * hash) and is recorded as if sent as its own object_version event at this event's time.
+   */
+  generatedVersions?: GeneratedVersions | undefined;
+}
+
+/** The object versions a step describes along with it (see Step.generated_versions). */
+export interface GeneratedVersions {
+  versions: ObjectVersion[];
 }
 
 /** A group of steps. */
@@ -973,6 +986,7 @@ function createBaseStep(): Step {
     used: [],
     generated: [],
     facets: undefined,
+    generatedVersions: undefined,
   };
 }
 
@@ -1019,6 +1033,9 @@ export const Step: MessageFns<Step> = {
     }
     if (message.facets !== undefined) {
       Struct.encode(Struct.wrap(message.facets), writer.uint32(114).fork()).join();
+    }
+    if (message.generatedVersions !== undefined) {
+      GeneratedVersions.encode(message.generatedVersions, writer.uint32(122).fork()).join();
     }
     return writer;
   },
@@ -1148,6 +1165,14 @@ export const Step: MessageFns<Step> = {
             message.facets = Struct.unwrap(Struct.decode(reader, reader.uint32()));
             continue;
           }
+          case 15: {
+            if (tag !== 122) {
+              break;
+            }
+
+            message.generatedVersions = GeneratedVersions.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1204,6 +1229,11 @@ export const Step: MessageFns<Step> = {
         ? object.generated.map((e: any) => ObjectRef.fromJSON(e))
         : [],
       facets: isObject(object.facets) ? object.facets : undefined,
+      generatedVersions: isSet(object.generatedVersions)
+        ? GeneratedVersions.fromJSON(object.generatedVersions)
+        : isSet(object.generated_versions)
+        ? GeneratedVersions.fromJSON(object.generated_versions)
+        : undefined,
     };
   },
 
@@ -1251,6 +1281,9 @@ export const Step: MessageFns<Step> = {
     if (message.facets !== undefined) {
       obj.facets = message.facets;
     }
+    if (message.generatedVersions !== undefined) {
+      obj.generatedVersions = GeneratedVersions.toJSON(message.generatedVersions);
+    }
     return obj;
   },
 
@@ -1275,6 +1308,80 @@ export const Step: MessageFns<Step> = {
     message.used = object.used?.map((e) => ObjectRef.fromPartial(e)) || [];
     message.generated = object.generated?.map((e) => ObjectRef.fromPartial(e)) || [];
     message.facets = object.facets ?? undefined;
+    message.generatedVersions = (object.generatedVersions !== undefined && object.generatedVersions !== null)
+      ? GeneratedVersions.fromPartial(object.generatedVersions)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseGeneratedVersions(): GeneratedVersions {
+  return { versions: [] };
+}
+
+export const GeneratedVersions: MessageFns<GeneratedVersions> = {
+  encode(message: GeneratedVersions, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.versions) {
+      ObjectVersion.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GeneratedVersions {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGeneratedVersions();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.versions.push(ObjectVersion.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GeneratedVersions {
+    return {
+      versions: globalThis.Array.isArray(object?.versions)
+        ? object.versions.map((e: any) => ObjectVersion.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: GeneratedVersions): unknown {
+    const obj: any = {};
+    if (message.versions?.length) {
+      obj.versions = message.versions.map((e) => ObjectVersion.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<GeneratedVersions>): GeneratedVersions {
+    return GeneratedVersions.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<GeneratedVersions>): GeneratedVersions {
+    const message = createBaseGeneratedVersions();
+    message.versions = object.versions?.map((e) => ObjectVersion.fromPartial(e)) || [];
     return message;
   },
 };
