@@ -18,6 +18,7 @@ import {
 } from '../../common/gen/retrace/v1/lineage.js';
 import { LedgerEntryBody, type Checkpoint, type LineageEvent, type ObjectVersion, type Run, type Step } from '../../common/gen/retrace/v1/provenance.js';
 import { EVENT_LIMITS, normalizeEventChecked } from '../../common/event-validation.js';
+import { encodeLineageEvent } from '../../common/lineage-event-encoding.js';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../../common/errors.js';
 import { nodeKey, parseNodeKey, versionKey } from '../../common/lineage-keys.js';
 import { leafHash, MerkleTree } from '../../common/merkle.js';
@@ -356,9 +357,12 @@ export class LineageEngine implements LineageApi {
     const entity = this.applyToIndex(event, seq, `events[${index}]`);
     // The ledger row is entryHash(32) ‖ body; the body is built in place after the first 32 bytes.
     let value: Buffer;
-    if (wire) {
+    // Events submitted in-process (the pipeline runner's, the dispatcher's outcomes) come
+    // without wire bytes: the fast encoder writes the generated encoder's bytes for them.
+    const bytes = wire ?? encodeLineageEvent(event);
+    if (bytes) {
       if (this.receivedAtField.ns !== receivedAtNs) this.receivedAtField = { ns: receivedAtNs, bytes: encodeReceivedAt(receivedAtNs) };
-      value = writeEntryBody(Number(seq), this.receivedAtField.bytes, wire);
+      value = writeEntryBody(Number(seq), this.receivedAtField.bytes, bytes);
     } else {
       const encoded = LedgerEntryBody.encode({ seq: seq.toString(), receivedAtNs: receivedAtNs.toString(), event }).finish();
       value = Buffer.allocUnsafe(32 + encoded.length);
