@@ -1,7 +1,7 @@
 import { InvalidArgumentError } from './errors.js';
 import { isContentHash } from './hash.js';
 import { sortKeys } from './canonical-json.js';
-import type { GeneratedVersions, LineageEvent, ObjectRef, ObjectVersion, ResourceUsage, Run, Step } from './gen/retrace/v1/provenance.js';
+import type { LineageEvent, ObjectRef, ObjectVersion, ObjectVersions, ResourceUsage, Run, Step } from './gen/retrace/v1/provenance.js';
 
 /** Limits on one event; larger input is rejected with INVALID_ARGUMENT, never truncated. */
 export const EVENT_LIMITS = {
@@ -87,33 +87,36 @@ function normalizeStep(s: Step, event: string, ctx: Canon): Step {
   if (s.resources) checkResources(s.resources, `${event}${p}.resources`);
   const parameters = canonicalOptional(s.parameters, ctx);
   const facets = canonicalOptional(s.facets, ctx);
-  const generatedVersions = s.generatedVersions === undefined ? undefined : normalizeGeneratedVersions(s, event, ctx);
-  return parameters === s.parameters && facets === s.facets && generatedVersions === s.generatedVersions ? s : { ...s, parameters, facets, generatedVersions };
+  const generatedVersions = s.generatedVersions === undefined ? undefined : normalizeDescribedVersions(s.generatedVersions, s.generated, `${event}.step.generated_versions`, 'generated', ctx);
+  const usedVersions = s.usedVersions === undefined ? undefined : normalizeDescribedVersions(s.usedVersions, s.used, `${event}.step.used_versions`, 'used', ctx);
+  return parameters === s.parameters && facets === s.facets && generatedVersions === s.generatedVersions && usedVersions === s.usedVersions
+    ? s
+    : { ...s, parameters, facets, generatedVersions, usedVersions };
 }
 
 /**
- * A step's inline output versions: each an object version of its own, naming one of the step's
- * `generated` refs, at most once. The same object untouched when nothing needed sorting.
+ * A step's inline object versions (of its outputs or its inputs): each an object version of its
+ * own, naming one of the step's `refs`, at most once. The same object untouched when nothing
+ * needed sorting.
  */
-function normalizeGeneratedVersions(s: Step, event: string, ctx: Canon): GeneratedVersions {
-  const g = s.generatedVersions as GeneratedVersions;
-  if (g.versions.length > s.generated.length) {
-    throw new InvalidArgumentError(`${event}.step.generated_versions.versions`, `${g.versions.length} versions for ${s.generated.length} generated references`);
+function normalizeDescribedVersions(g: ObjectVersions, refs: readonly ObjectRef[], path: string, list: string, ctx: Canon): ObjectVersions {
+  if (g.versions.length > refs.length) {
+    throw new InvalidArgumentError(`${path}.versions`, `${g.versions.length} versions for ${refs.length} ${list} references`);
   }
   let out: ObjectVersion[] | undefined;
   const seen = g.versions.length > 1 ? new Set<string>() : undefined;
-  // A scan per version is cheapest for a step's usual one or two outputs, quadratic for many.
-  const generated = g.versions.length > 8 ? new Set(s.generated.map((r) => `${r.objectId}\u0000${r.contentHash}`)) : undefined;
+  // A scan per version is cheapest for a step's usual one or two refs, quadratic for many.
+  const known = g.versions.length > 8 ? new Set(refs.map((r) => `${r.objectId}\u0000${r.contentHash}`)) : undefined;
   for (let i = 0; i < g.versions.length; i++) {
     const v = g.versions[i] as ObjectVersion;
-    const path = `${event}.step.generated_versions.versions[${i}]`;
-    const n = normalizeObjectVersion(v, path, ctx, '');
-    if (!(generated ? generated.has(`${v.objectId}\u0000${v.contentHash}`) : s.generated.some((r) => r.objectId === v.objectId && r.contentHash === v.contentHash))) {
-      throw new InvalidArgumentError(path, `${v.objectId}@${v.contentHash} is not among the step's generated references`);
+    const at = `${path}.versions[${i}]`;
+    const n = normalizeObjectVersion(v, at, ctx, '');
+    if (!(known ? known.has(`${v.objectId}\u0000${v.contentHash}`) : refs.some((r) => !r.unversioned && r.objectId === v.objectId && r.contentHash === v.contentHash))) {
+      throw new InvalidArgumentError(at, `${v.objectId}@${v.contentHash} is not among the step's ${list} references`);
     }
     if (seen) {
       const k = `${v.objectId}\u0000${v.contentHash}`;
-      if (seen.has(k)) throw new InvalidArgumentError(path, `${v.objectId}@${v.contentHash} is described twice`);
+      if (seen.has(k)) throw new InvalidArgumentError(at, `${v.objectId}@${v.contentHash} is described twice`);
       seen.add(k);
     }
     if (n !== v) (out ??= g.versions.slice())[i] = n;

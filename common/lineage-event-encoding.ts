@@ -251,15 +251,18 @@ function writeStep(w: Writer, s: Step): void {
   for (const r of s.used) writeRef(w, 98, r);
   for (const r of s.generated) writeRef(w, 106, r);
   if (s.facets !== undefined) structField(w, 114, s.facets);
-  if (s.generatedVersions !== undefined) {
-    fork(w, 122);
-    for (const v of s.generatedVersions.versions) {
-      fork(w, 10);
-      writeObjectVersion(w, v);
-      join(w);
-    }
+  if (s.generatedVersions !== undefined) writeVersions(w, 122, s.generatedVersions.versions);
+  if (s.usedVersions !== undefined) writeVersions(w, 130, s.usedVersions.versions);
+}
+
+function writeVersions(w: Writer, tag: number, versions: readonly ObjectVersion[]): void {
+  fork(w, tag);
+  for (const v of versions) {
+    fork(w, 10);
+    writeObjectVersion(w, v);
     join(w);
   }
+  join(w);
 }
 
 function writeRun(w: Writer, r: Run): void {

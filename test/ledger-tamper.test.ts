@@ -76,7 +76,11 @@ function buildEvents(): LineageEvent[] {
         stepId: 'split-0',
         runId: 'r2',
         transform: 'split',
-        used: [{ objectId: 'joined/0', contentHash: hash('joined 0') }],
+        used: [
+          { objectId: 'joined/0', contentHash: hash('joined 0') },
+          { objectId: 'rules', contentHash: hash('rules') },
+        ],
+        usedVersions: { versions: [{ objectId: 'rules', contentHash: hash('rules'), size: '5', mediaType: 'text/plain', createdAtNs: '0', attributes: {} }] },
         generated: [0, 1].map((p) => ({ objectId: `split/${p}`, contentHash: hash(`split ${p}`) })),
         generatedVersions: { versions: [0, 1].map((p) => ({ objectId: `split/${p}`, contentHash: hash(`split ${p}`), size: '7', mediaType: 'text/csv', createdAtNs: '0', attributes: { part: String(p) } })) },
       },
@@ -269,15 +273,17 @@ describe('ledger verification of a tampered data dir', () => {
   });
 
   it.each([
-    ['deleted', 'is missing'],
-    ['moved to another version', 'does not match any ledger entry'],
-  ])('(c) an objects row of a version a step describes (generated_versions) %s', async (how, problem) => {
+    ['an output (generated_versions), deleted', 'is missing'],
+    ['an output (generated_versions), moved to another version', 'does not match any ledger entry'],
+    ['an input (used_versions), deleted', 'is missing'],
+  ])('(c) an objects row of a version a step describes, %s', async (how, problem) => {
     const seq = seqOf('step:split-0');
-    const key = objectRowKey('split/1', hash('split 1'), seqKey(seq));
+    const [id, content] = how.includes('used_versions') ? ['rules', 'rules'] : ['split/1', 'split 1'];
+    const key = objectRowKey(id, hash(content), seqKey(seq));
     const report = await tamperAndVerify(async (store) => {
       expect(await store.objects.get(key)).toBe('');
       await store.objects.del(key);
-      if (how !== 'deleted') await store.objects.put(objectRowKey('split/1', hash('split 2'), seqKey(seq)), '');
+      if (how.includes('moved')) await store.objects.put(objectRowKey('split/1', hash('split 2'), seqKey(seq)), '');
     });
     expect(report).toMatchObject({ ok: false, firstBadSeq: seq });
     expect(report.problem).toContain(problem);

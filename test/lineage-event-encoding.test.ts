@@ -87,6 +87,7 @@ function randomEvent(r: () => number): LineageEvent {
     generated: refs(),
     facets: r() < 0.6 ? randomStruct(r, 0) : undefined,
     generatedVersions: r() < 0.5 ? { versions: Array.from({ length: Math.floor(r() * 3) }, () => randomVersion(r)) } : undefined,
+    usedVersions: r() < 0.5 ? { versions: Array.from({ length: Math.floor(r() * 3) }, () => randomVersion(r)) } : undefined,
   };
   return { ...base, body: { $case: 'step', value: step } };
 }

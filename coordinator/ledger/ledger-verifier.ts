@@ -82,7 +82,9 @@ export async function verifyLedger(
       const used = b.value.used.map((r) => (r.unversioned ? `object:${r.objectId}` : versionKey(r.objectId, r.contentHash)));
       const generated = b.value.generated.map((r) => versionKey(r.objectId, r.contentHash));
       expectedRows.adjacency.set(adjacencyKey(BigInt(ev.eventTimeNs), seq), JSON.stringify({ s: b.value.stepId, u: used, g: generated }));
-      for (const v of b.value.generatedVersions?.versions ?? []) expectedRows.entities.add(`objects\u0000${objectRowKey(v.objectId, v.contentHash, seq)}`);
+      for (const list of [b.value.usedVersions, b.value.generatedVersions]) {
+        for (const v of list?.versions ?? []) expectedRows.entities.add(`objects\u0000${objectRowKey(v.objectId, v.contentHash, seq)}`);
+      }
     }
     if (entity) expectedRows.entities.add(`${entity.table}\u0000${entityKey(entity, seq)}`);
     tree.appendLeafHash(leafHash(entry.body));

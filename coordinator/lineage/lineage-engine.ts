@@ -375,8 +375,11 @@ export class LineageEngine implements LineageApi {
     this.nextSeq++;
     const entry: PreparedEntry = { seq, eventId: event.eventId, entryHash: UNSEALED, body: value.subarray(32), value, entity: entity.ref };
     if (entity.adjacency) entry.adjacency = entity.adjacency;
-    const versions = event.body?.$case === 'step' ? event.body.value.generatedVersions?.versions : undefined;
-    if (versions !== undefined && versions.length > 0) entry.versions = versions;
+    if (event.body?.$case === 'step') {
+      const used = event.body.value.usedVersions?.versions ?? [];
+      const generated = event.body.value.generatedVersions?.versions ?? [];
+      if (used.length + generated.length > 0) entry.versions = used.length === 0 ? generated : generated.length === 0 ? used : [...used, ...generated];
+    }
     return entry;
   }
 
@@ -409,6 +412,10 @@ export class LineageEngine implements LineageApi {
         const p = `${path}.step`;
         if (s.runId !== '' && !this.knownRuns.has(s.runId)) {
           throw new InvalidArgumentError(`${p}.run_id`, `unknown run ${JSON.stringify(s.runId)}; submit its run event first (the same batch is fine)`);
+        }
+        // Inputs described in the step are recorded first, as their object_version events would be.
+        for (const v of s.usedVersions?.versions ?? []) {
+          this.index.ensureNode(versionKey(v.objectId, v.contentHash), NodeKind.NODE_KIND_OBJECT_VERSION, v.createdAtNs !== '0' ? nsToMs(BigInt(v.createdAtNs)) : timeMs);
         }
         const usedIds: number[] = [];
         const used = s.used.map((r, i) => {
@@ -687,7 +694,7 @@ export class LineageEngine implements LineageApi {
 
   /**
    * The folded view of an object version: its object_version events and the steps that describe
-   * it in their generated_versions; a version known only as a step's output has neither and gets
+   * it (generated_versions, used_versions); a version known only as a step's output has neither and gets
    * a bare record.
    */
   async readVersion(objectId: string, contentHash: string): Promise<ObjectVersion | undefined> {
@@ -697,8 +704,10 @@ export class LineageEngine implements LineageApi {
     for (const e of await this.readEvents(seqs)) {
       if (e.body?.$case === 'objectVersion') versions.push({ timeNs: BigInt(e.eventTimeNs), version: e.body.value });
       else if (e.body?.$case === 'step') {
-        for (const v of e.body.value.generatedVersions?.versions ?? []) {
-          if (v.objectId === objectId && v.contentHash === contentHash) versions.push({ timeNs: BigInt(e.eventTimeNs), version: v });
+        for (const list of [e.body.value.usedVersions, e.body.value.generatedVersions]) {
+          for (const v of list?.versions ?? []) {
+            if (v.objectId === objectId && v.contentHash === contentHash) versions.push({ timeNs: BigInt(e.eventTimeNs), version: v });
+          }
         }
       }
     }

@@ -155,8 +155,8 @@ const COMMIT_WINDOW = 4;
  * Runs pipelines over ingested records and records their provenance: for each record, its payload
  * and object version, then every step whose inputs are available for the record's key, in
  * dependency order, each as one shard through the ShardRunner; one `step` event per executed shard
- * describing its outputs' versions too (generated_versions), all of one record's path in one
- * atomic lineage submission.
+ * describing its outputs' versions too (generated_versions) and the first to read the record
+ * also its version (used_versions), all of one record's path in one atomic lineage submission.
  */
 export class PipelineRunner {
   private readonly concurrency: number;
@@ -350,7 +350,8 @@ export class PipelineRunner {
     };
     const srcRecord: Known = { objectId: srcId, contentHash: srcHash, size: rec.payload.byteLength, mediaType, eventTimeNs, payload: rec.payload, fresh: !existed };
     remember(ctx.source, rec.key, srcRecord);
-    if (!existed) events.push(this.versionEvent(srcRecord, nowNs, { dataset: ctx.source, event_time_ns: eventTimeNs, key: rec.key, pipeline: p }));
+    // A new source version travels in the first step that reads it (used_versions), else alone.
+    let srcVersion = existed ? undefined : this.version(srcRecord, nowNs, { dataset: ctx.source, event_time_ns: eventTimeNs, key: rec.key, pipeline: p });
 
     const changed = new Map<string, Set<string>>([[ctx.source, new Set([rec.key])]]);
     for (const si of runSteps ? ctx.order : []) {
@@ -494,7 +495,12 @@ export class PipelineRunner {
           generated,
           facets: { retrace: facet },
           generatedVersions: { versions },
+          usedVersions: undefined,
         };
+        if (srcVersion && inputs.some((i) => i.rec === srcRecord)) {
+          stepBody.usedVersions = { versions: [srcVersion] };
+          srcVersion = undefined;
+        }
         events.push({ eventId: `step:${stepId}`, eventTimeNs: endedAtNs, producer: this.producer, body: { $case: 'step', value: stepBody } });
         for (const k of outputs) {
           const outKey = k.objectId.slice(outPrefix.length);
@@ -506,6 +512,7 @@ export class PipelineRunner {
       }
     }
     if (!capture) return;
+    if (srcVersion) events.unshift({ eventId: `version:${srcId}@${srcHash}`, eventTimeNs: nowNs, producer: this.producer, body: { $case: 'objectVersion', value: srcVersion } });
     // Payloads first: the engine's synced write then makes them durable with the events.
     await payloads.putMany(toStore, toStoreHashes);
     const durable = events.length > 0 ? lineage.submit(events, ctx.signal ? { signal: ctx.signal } : undefined) : undefined;
@@ -525,9 +532,6 @@ export class PipelineRunner {
     return { objectId: k.objectId, contentHash: k.contentHash, size: String(k.size), mediaType: k.mediaType, createdAtNs, attributes, facets: undefined };
   }
 
-  private versionEvent(k: Known, createdAtNs: string, attributes: Record<string, string>): LineageEvent {
-    return { eventId: `version:${k.objectId}@${k.contentHash}`, eventTimeNs: createdAtNs, producer: this.producer, body: { $case: 'objectVersion', value: this.version(k, createdAtNs, attributes) } };
-  }
 }
 
 function addTo(map: Map<string, Set<string>>, name: string, key: string): void {

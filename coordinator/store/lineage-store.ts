@@ -21,7 +21,7 @@ export interface PreparedEntry {
   /** The ledger row, entryHash ‖ body, when the caller built it already (`body` is then its tail). */
   value?: Uint8Array;
   entity: EntityRef;
-  /** Object versions the event describes besides its entity (a step's generated_versions): an objects row each. */
+  /** Object versions the event describes besides its entity (a step's used_versions and generated_versions): an objects row each. */
   versions?: readonly { objectId: string; contentHash: string }[];
   /** For step events: the edges they add, time-ordered by `timeNs`. */
   adjacency?: { timeNs: bigint; stepId: string; used: string[]; generated: string[] };
@@ -54,7 +54,7 @@ export interface AdjacencyRow {
  * The lineage tables over LevelDB sublevels; the only code that knows their key layouts.
  *   ledger      seq(16 hex)                              → entryHash(32) ‖ body
  *   event-ids   eventId                                  → seq
- *   objects     objectId NUL contentHash NUL seq         → "" (object_version events, and steps' generated_versions)
+ *   objects     objectId NUL contentHash NUL seq         → "" (object_version events; steps' described versions)
  *   steps       stepId NUL seq                           → ""
  *   runs        runId NUL seq                            → ""
  *   adjacency   timeNs(20 digits) NUL seq                → {"s","u","g"} (one row per step event)

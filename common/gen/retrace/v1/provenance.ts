@@ -157,11 +157,20 @@ export interface Step {
    * object_version event per output. Each must match one of `generated` (object id and content
    * hash) and is recorded as if sent as its own object_version event at this event's time.
    */
-  generatedVersions?: GeneratedVersions | undefined;
+  generatedVersions?:
+    | ObjectVersions
+    | undefined;
+  /**
+   * Versions of inputs described in the step itself (e.g. a source record, sent with the first
+   * step that reads it). Each must match one of `used` (object id and content hash) and is
+   * recorded, before the step's edges, as if sent as its own object_version event at this
+   * event's time; a version already recorded may be described again.
+   */
+  usedVersions?: ObjectVersions | undefined;
 }
 
-/** The object versions a step describes along with it (see Step.generated_versions). */
-export interface GeneratedVersions {
+/** Object versions a step describes along with it (see Step.generated_versions, used_versions). */
+export interface ObjectVersions {
   versions: ObjectVersion[];
 }
 
@@ -987,6 +996,7 @@ function createBaseStep(): Step {
     generated: [],
     facets: undefined,
     generatedVersions: undefined,
+    usedVersions: undefined,
   };
 }
 
@@ -1035,7 +1045,10 @@ export const Step: MessageFns<Step> = {
       Struct.encode(Struct.wrap(message.facets), writer.uint32(114).fork()).join();
     }
     if (message.generatedVersions !== undefined) {
-      GeneratedVersions.encode(message.generatedVersions, writer.uint32(122).fork()).join();
+      ObjectVersions.encode(message.generatedVersions, writer.uint32(122).fork()).join();
+    }
+    if (message.usedVersions !== undefined) {
+      ObjectVersions.encode(message.usedVersions, writer.uint32(130).fork()).join();
     }
     return writer;
   },
@@ -1170,7 +1183,15 @@ export const Step: MessageFns<Step> = {
               break;
             }
 
-            message.generatedVersions = GeneratedVersions.decode(reader, reader.uint32());
+            message.generatedVersions = ObjectVersions.decode(reader, reader.uint32());
+            continue;
+          }
+          case 16: {
+            if (tag !== 130) {
+              break;
+            }
+
+            message.usedVersions = ObjectVersions.decode(reader, reader.uint32());
             continue;
           }
         }
@@ -1230,9 +1251,14 @@ export const Step: MessageFns<Step> = {
         : [],
       facets: isObject(object.facets) ? object.facets : undefined,
       generatedVersions: isSet(object.generatedVersions)
-        ? GeneratedVersions.fromJSON(object.generatedVersions)
+        ? ObjectVersions.fromJSON(object.generatedVersions)
         : isSet(object.generated_versions)
-        ? GeneratedVersions.fromJSON(object.generated_versions)
+        ? ObjectVersions.fromJSON(object.generated_versions)
+        : undefined,
+      usedVersions: isSet(object.usedVersions)
+        ? ObjectVersions.fromJSON(object.usedVersions)
+        : isSet(object.used_versions)
+        ? ObjectVersions.fromJSON(object.used_versions)
         : undefined,
     };
   },
@@ -1282,7 +1308,10 @@ export const Step: MessageFns<Step> = {
       obj.facets = message.facets;
     }
     if (message.generatedVersions !== undefined) {
-      obj.generatedVersions = GeneratedVersions.toJSON(message.generatedVersions);
+      obj.generatedVersions = ObjectVersions.toJSON(message.generatedVersions);
+    }
+    if (message.usedVersions !== undefined) {
+      obj.usedVersions = ObjectVersions.toJSON(message.usedVersions);
     }
     return obj;
   },
@@ -1309,25 +1338,28 @@ export const Step: MessageFns<Step> = {
     message.generated = object.generated?.map((e) => ObjectRef.fromPartial(e)) || [];
     message.facets = object.facets ?? undefined;
     message.generatedVersions = (object.generatedVersions !== undefined && object.generatedVersions !== null)
-      ? GeneratedVersions.fromPartial(object.generatedVersions)
+      ? ObjectVersions.fromPartial(object.generatedVersions)
+      : undefined;
+    message.usedVersions = (object.usedVersions !== undefined && object.usedVersions !== null)
+      ? ObjectVersions.fromPartial(object.usedVersions)
       : undefined;
     return message;
   },
 };
 
-function createBaseGeneratedVersions(): GeneratedVersions {
+function createBaseObjectVersions(): ObjectVersions {
   return { versions: [] };
 }
 
-export const GeneratedVersions: MessageFns<GeneratedVersions> = {
-  encode(message: GeneratedVersions, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+export const ObjectVersions: MessageFns<ObjectVersions> = {
+  encode(message: ObjectVersions, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     for (const v of message.versions) {
       ObjectVersion.encode(v!, writer.uint32(10).fork()).join();
     }
     return writer;
   },
 
-  decode(input: BinaryReader | Uint8Array, length?: number): GeneratedVersions {
+  decode(input: BinaryReader | Uint8Array, length?: number): ObjectVersions {
     const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
     const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
     if (previousRecursionDepth >= 100) {
@@ -1336,7 +1368,7 @@ export const GeneratedVersions: MessageFns<GeneratedVersions> = {
     (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
     try {
       const end = length === undefined ? reader.len : reader.pos + length;
-      const message = createBaseGeneratedVersions();
+      const message = createBaseObjectVersions();
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
@@ -1360,7 +1392,7 @@ export const GeneratedVersions: MessageFns<GeneratedVersions> = {
     }
   },
 
-  fromJSON(object: any): GeneratedVersions {
+  fromJSON(object: any): ObjectVersions {
     return {
       versions: globalThis.Array.isArray(object?.versions)
         ? object.versions.map((e: any) => ObjectVersion.fromJSON(e))
@@ -1368,7 +1400,7 @@ export const GeneratedVersions: MessageFns<GeneratedVersions> = {
     };
   },
 
-  toJSON(message: GeneratedVersions): unknown {
+  toJSON(message: ObjectVersions): unknown {
     const obj: any = {};
     if (message.versions?.length) {
       obj.versions = message.versions.map((e) => ObjectVersion.toJSON(e));
@@ -1376,11 +1408,11 @@ export const GeneratedVersions: MessageFns<GeneratedVersions> = {
     return obj;
   },
 
-  create(base?: DeepPartial<GeneratedVersions>): GeneratedVersions {
-    return GeneratedVersions.fromPartial(base ?? {});
+  create(base?: DeepPartial<ObjectVersions>): ObjectVersions {
+    return ObjectVersions.fromPartial(base ?? {});
   },
-  fromPartial(object: DeepPartial<GeneratedVersions>): GeneratedVersions {
-    const message = createBaseGeneratedVersions();
+  fromPartial(object: DeepPartial<ObjectVersions>): ObjectVersions {
+    const message = createBaseObjectVersions();
     message.versions = object.versions?.map((e) => ObjectVersion.fromPartial(e)) || [];
     return message;
   },
