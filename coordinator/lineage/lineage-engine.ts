@@ -694,8 +694,8 @@ export class LineageEngine implements LineageApi {
 
   /**
    * The folded view of an object version: its object_version events and the steps that describe
-   * it (generated_versions, used_versions); a version known only as a step's output has neither and gets
-   * a bare record.
+   * it (generated_versions, used_versions); a version known only as a step's output has neither
+   * and gets a bare record.
    */
   async readVersion(objectId: string, contentHash: string): Promise<ObjectVersion | undefined> {
     const seqs = (await this.store.objectVersionSeqs(objectId, contentHash)).get(contentHash) ?? [];

@@ -531,7 +531,6 @@ export class PipelineRunner {
   private version(k: Known, createdAtNs: string, attributes: Record<string, string>): ObjectVersion {
     return { objectId: k.objectId, contentHash: k.contentHash, size: String(k.size), mediaType: k.mediaType, createdAtNs, attributes, facets: undefined };
   }
-
 }
 
 function addTo(map: Map<string, Set<string>>, name: string, key: string): void {
