@@ -1,7 +1,7 @@
 import { InvalidArgumentError } from './errors.js';
 import { isContentHash } from './hash.js';
 import { sortKeys } from './canonical-json.js';
-import type { LineageEvent, ObjectRef, ObjectVersion, ResourceUsage, Run, Step } from './gen/retrace/v1/provenance.js';
+import type { LineageEvent, ObjectRef, ObjectVersion, ObjectVersions, ResourceUsage, Run, Step } from './gen/retrace/v1/provenance.js';
 
 /** Limits on one event; larger input is rejected with INVALID_ARGUMENT, never truncated. */
 export const EVENT_LIMITS = {
@@ -58,8 +58,7 @@ interface Canon {
   changed: boolean;
 }
 
-function normalizeObjectVersion(v: ObjectVersion, event: string, ctx: Canon): ObjectVersion {
-  const p = '.object_version';
+function normalizeObjectVersion(v: ObjectVersion, event: string, ctx: Canon, p = '.object_version'): ObjectVersion {
   requireId(v.objectId, event, p, '.object_id');
   requireHash(v.contentHash, event, p, '.content_hash');
   checkNonNegative(v.size, event, p, '.size');
@@ -88,7 +87,41 @@ function normalizeStep(s: Step, event: string, ctx: Canon): Step {
   if (s.resources) checkResources(s.resources, `${event}${p}.resources`);
   const parameters = canonicalOptional(s.parameters, ctx);
   const facets = canonicalOptional(s.facets, ctx);
-  return parameters === s.parameters && facets === s.facets ? s : { ...s, parameters, facets };
+  const generatedVersions = s.generatedVersions === undefined ? undefined : normalizeDescribedVersions(s.generatedVersions, s.generated, `${event}.step.generated_versions`, 'generated', ctx);
+  const usedVersions = s.usedVersions === undefined ? undefined : normalizeDescribedVersions(s.usedVersions, s.used, `${event}.step.used_versions`, 'used', ctx);
+  return parameters === s.parameters && facets === s.facets && generatedVersions === s.generatedVersions && usedVersions === s.usedVersions
+    ? s
+    : { ...s, parameters, facets, generatedVersions, usedVersions };
+}
+
+/**
+ * A step's inline object versions (of its outputs or its inputs): each an object version of its
+ * own, naming one of the step's `refs`, at most once. The same object untouched when nothing
+ * needed sorting.
+ */
+function normalizeDescribedVersions(g: ObjectVersions, refs: readonly ObjectRef[], path: string, list: string, ctx: Canon): ObjectVersions {
+  if (g.versions.length > refs.length) {
+    throw new InvalidArgumentError(`${path}.versions`, `${g.versions.length} versions for ${refs.length} ${list} references`);
+  }
+  let out: ObjectVersion[] | undefined;
+  const seen = g.versions.length > 1 ? new Set<string>() : undefined;
+  // A scan per version is cheapest for a step's usual one or two refs, quadratic for many.
+  const known = g.versions.length > 8 ? new Set(refs.map((r) => `${r.objectId}\u0000${r.contentHash}`)) : undefined;
+  for (let i = 0; i < g.versions.length; i++) {
+    const v = g.versions[i] as ObjectVersion;
+    const at = `${path}.versions[${i}]`;
+    const n = normalizeObjectVersion(v, at, ctx, '');
+    if (!(known ? known.has(`${v.objectId}\u0000${v.contentHash}`) : refs.some((r) => !r.unversioned && r.objectId === v.objectId && r.contentHash === v.contentHash))) {
+      throw new InvalidArgumentError(at, `${v.objectId}@${v.contentHash} is not among the step's ${list} references`);
+    }
+    if (seen) {
+      const k = `${v.objectId}\u0000${v.contentHash}`;
+      if (seen.has(k)) throw new InvalidArgumentError(at, `${v.objectId}@${v.contentHash} is described twice`);
+      seen.add(k);
+    }
+    if (n !== v) (out ??= g.versions.slice())[i] = n;
+  }
+  return out ? { versions: out } : g;
 }
 
 function normalizeRun(r: Run, event: string, ctx: Canon): Run {

@@ -12,7 +12,7 @@ import { versionKey } from '../common/lineage-keys.js';
 import { readPublicKey } from '../coordinator/ledger/checkpoint-signer.js';
 import { verifyLedger, type VerifyReport } from '../coordinator/ledger/ledger-verifier.js';
 import { openDatabase, type Database } from '../coordinator/store/database.js';
-import { adjacencyKey, entityKey, LineageStore, seqKey } from '../coordinator/store/lineage-store.js';
+import { adjacencyKey, entityKey, LineageStore, objectRowKey, seqKey } from '../coordinator/store/lineage-store.js';
 import { startTestCoordinator } from './helpers/test-coordinator.js';
 
 /**
@@ -67,6 +67,25 @@ function buildEvents(): LineageEvent[] {
       },
     });
   }
+  // A step that describes its outputs' versions itself (generated_versions): an objects row each.
+  add({
+    eventId: 'step:split-0',
+    body: {
+      $case: 'step',
+      value: {
+        stepId: 'split-0',
+        runId: 'r2',
+        transform: 'split',
+        used: [
+          { objectId: 'joined/0', contentHash: hash('joined 0') },
+          { objectId: 'rules', contentHash: hash('rules') },
+        ],
+        usedVersions: { versions: [{ objectId: 'rules', contentHash: hash('rules'), size: '5', mediaType: 'text/plain', createdAtNs: '0', attributes: {} }] },
+        generated: [0, 1].map((p) => ({ objectId: `split/${p}`, contentHash: hash(`split ${p}`) })),
+        generatedVersions: { versions: [0, 1].map((p) => ({ objectId: `split/${p}`, contentHash: hash(`split ${p}`), size: '7', mediaType: 'text/csv', createdAtNs: '0', attributes: { part: String(p) } })) },
+      },
+    },
+  });
   version('clean/0', 'clean 0', 'obj:clean/0:described');
   run('r1', 'COMPLETE');
   for (let v = 2; v <= 5; v++) version('raw/0', `raw 0 v${v}`);
@@ -251,6 +270,23 @@ describe('ledger verification of a tampered data dir', () => {
     });
     expect(report).toMatchObject({ ok: false, firstBadSeq: seq });
     expect(report.problem).toBe(`${table} row for entry is missing`);
+  });
+
+  it.each([
+    ['an output (generated_versions), deleted', 'is missing'],
+    ['an output (generated_versions), moved to another version', 'does not match any ledger entry'],
+    ['an input (used_versions), deleted', 'is missing'],
+  ])('(c) an objects row of a version a step describes, %s', async (how, problem) => {
+    const seq = seqOf('step:split-0');
+    const [id, content] = how.includes('used_versions') ? ['rules', 'rules'] : ['split/1', 'split 1'];
+    const key = objectRowKey(id, hash(content), seqKey(seq));
+    const report = await tamperAndVerify(async (store) => {
+      expect(await store.objects.get(key)).toBe('');
+      await store.objects.del(key);
+      if (how.includes('moved')) await store.objects.put(objectRowKey('split/1', hash('split 2'), seqKey(seq)), '');
+    });
+    expect(report).toMatchObject({ ok: false, firstBadSeq: seq });
+    expect(report.problem).toContain(problem);
   });
 
   it('(d) an adjacency row whose edges were altered', async () => {

@@ -242,6 +242,56 @@ describe('lineage engine', () => {
     await expect(engine.submit([stepEvent('other', 'ol-step', [], [], { transform: 'different' })])).rejects.toThrow(/events\[0\]\.step\.transform: step already recorded/);
   });
 
+  it('records the output versions a step describes (generated_versions) as object versions, and rejects bad ones', async () => {
+    await chain();
+    const described = (objectId: string, content: string, attributes: Record<string, string> = {}): ObjectVersion => ({ objectId, contentHash: h(content), size: String(content.length), mediaType: 'text/plain', createdAtNs: '5000', attributes, facets: undefined });
+    const size = engine.treeSize;
+    const bad: [ReturnType<typeof stepEvent>, RegExp][] = [
+      [stepEvent('bad', 'sx', [ref('raw:1', 'r1')], [ref('g:1', 'g1')], { generatedVersions: { versions: [described('g:2', 'g2')] } }), /events\[0\]\.step\.generated_versions\.versions\[0\]: g:2@sha256:\w+ is not among the step's generated references/],
+      [stepEvent('bad', 'sx', [ref('raw:1', 'r1')], [ref('g:1', 'g1')], { generatedVersions: { versions: [{ ...described('g:1', 'g1'), size: '-1' }] } }), /events\[0\]\.step\.generated_versions\.versions\[0\]\.size: must be a non-negative integer/],
+      [stepEvent('bad', 'sx', [ref('raw:1', 'r1')], [ref('g:1', 'g1'), ref('g:2', 'g2')], { generatedVersions: { versions: [described('g:1', 'g1'), described('g:1', 'g1')] } }), /versions\[1\]: g:1@sha256:\w+ is described twice/],
+      [stepEvent('bad', 'sx', [ref('u:1', 'u1')], [ref('g:1', 'g1')], { usedVersions: { versions: [described('u:2', 'u2')] } }), /events\[0\]\.step\.used_versions\.versions\[0\]: u:2@sha256:\w+ is not among the step's used references/],
+      // An input described nowhere is still unknown; the step's own outputs cannot stand in for it.
+      [stepEvent('bad', 'sx', [ref('u:1', 'u1')], [ref('g:1', 'g1')], { generatedVersions: { versions: [described('g:1', 'g1')] } }), /events\[0\]\.step\.used\[0\]: unknown object version/],
+    ];
+    for (const [event, message] of bad) {
+      const err = await engine.submit([event]).then(() => undefined, (e: unknown) => e);
+      expect(err, String(message)).toBeInstanceOf(InvalidArgumentError);
+      expect((err as Error).message).toMatch(message);
+      expect(engine.treeSize).toBe(size);
+    }
+    // Attributes out of order are sorted, as in an object_version event.
+    // u:1 is new: described as used, it is recorded before the step's edges.
+    await engine.submit([stepEvent('e4', 's4', [ref('out:1', 'x1'), ref('u:1', 'u1')], [ref('g:1', 'g1'), ref('g:2', 'g2')], { timeNs: '5000', generatedVersions: { versions: [described('g:1', 'g1', { z: '1', a: '2' })] }, usedVersions: { versions: [{ ...described('u:1', 'u1'), createdAtNs: '4500' }] } })]);
+    expect(engine.treeSize).toBe(size + 1n);
+    const check = async (): Promise<void> => {
+      expect(await engine.readVersion('g:1', h('g1'))).toEqual(described('g:1', 'g1', { a: '2', z: '1' }));
+      expect(Object.keys((await engine.readVersion('g:1', h('g1')))?.attributes ?? {})).toEqual(['a', 'z']);
+      // g:2 is only a generated reference: a bare record, as before.
+      expect(await engine.readVersion('g:2', h('g2'))).toMatchObject({ objectId: 'g:2', size: '0', mediaType: '' });
+      const node = await engine.getNode({ node: version('g:1', 'g1') });
+      expect(node.body?.$case === 'objectVersion' && node.body.value.size).toBe('2');
+      expect(node.generatedBy).toBe('step:s4');
+      const input = await engine.getNode({ node: version('u:1', 'u1') });
+      expect([input.body?.$case === 'objectVersion' && input.body.value.createdAtNs, input.generatedBy, input.relatedSteps]).toEqual(['4500', '', ['step:s4']]);
+      // Its own time is its creation, not the step's.
+      const early = await engine.trace({ start: version('u:1', 'u1'), direction: Direction.DIRECTION_DOWNSTREAM, depth: 0, asOfNs: '4700', pageSize: 0, pageToken: '', includeEdges: false, objectLevel: false });
+      expect(early.totalNodes).toBe('0');
+      const path = await engine.getRecordPath({ objectId: 'g:1', contentHash: '', asOfNs: '0' });
+      expect([path.record?.mediaType, path.steps.map((s) => s.stepId)]).toEqual(['text/plain', ['s1', 's2', 's4']]);
+      // A later object_version event about the same version folds with the step's description.
+      expect((await engine.getNode({ node: { kind: NodeKind.NODE_KIND_OBJECT, id: 'g:1', contentHash: '' } })).body).toMatchObject({ value: { versions: [{ size: '2' }] } });
+    };
+    await check();
+    expect(await verifyLedger(store)).toMatchObject({ ok: true });
+    await engine.stop();
+    engine = new LineageEngine({ store, signer, clock });
+    await engine.start();
+    await check();
+    await engine.submit([{ ...objectEvent('o-g1', 'g:1', 'g1', '6000'), body: { $case: 'objectVersion', value: { ...described('g:1', 'g1', { b: '3' }), size: '0', mediaType: '' } } }]);
+    expect(await engine.readVersion('g:1', h('g1'))).toMatchObject({ size: '2', mediaType: 'text/plain', attributes: { a: '2', b: '3', z: '1' } });
+  });
+
   it('returns the processing path of a record in dependency order, with what/where/how', async () => {
     await chain();
     const path = await engine.getRecordPath({ objectId: 'out:1', contentHash: '', asOfNs: '0' });

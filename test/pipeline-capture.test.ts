@@ -17,6 +17,9 @@ function upperRunner(calls: ShardAssignment[]): ShardRunner {
   return {
     async run(a) {
       calls.push(a);
+      if (new TextDecoder().decode(a.inputs[0]?.payload) === 'fail') {
+        return { outcome: { shardId: a.shardId, status: ShardStatus.SHARD_STATUS_FAILED, outputs: [], resources: undefined, error: 'asked to fail', startedAtNs: '1', endedAtNs: '2', nodeId: 'n' }, nodeId: 'n', attempts: 1, queuedMs: 0 };
+      }
       const payload = Buffer.from(new TextDecoder().decode(a.inputs[0]?.payload).toUpperCase());
       return {
         outcome: { shardId: a.shardId, status: ShardStatus.SHARD_STATUS_SUCCEEDED, outputs: [{ key: '', contentHash: contentHashOf(payload), payload, mediaType: 'text/plain' }], resources: undefined, error: '', startedAtNs: '1', endedAtNs: '2', nodeId: 'n' },
@@ -78,8 +81,13 @@ describe('pipeline capture and durability', () => {
     // Not durable: no current record, no answer.
     expect(await pipelines.getCurrent('p', 'raw', 'k1')).toBeUndefined();
     expect(answered).toBe(false);
-    // Each submission is the record's whole path: source version, step, output version.
-    expect(lineage.held[1]?.events.map((e) => e.body?.$case)).toEqual(['objectVersion', 'step', 'objectVersion']);
+    // Each submission is the record's whole path: here one step event, which describes the
+    // source record's version it read and its output's version itself.
+    expect(lineage.held[1]?.events.map((e) => e.body?.$case)).toEqual(['step']);
+    const step = lineage.held[1]?.events[0]?.body;
+    const described = (list: 'usedVersions' | 'generatedVersions') => (step?.$case === 'step' ? step.value[list]?.versions.map((v) => [v.objectId, v.contentHash, v.size, v.attributes.dataset, v.attributes.key]) : undefined);
+    expect(described('usedVersions')).toEqual([['record:p/raw:k2', contentHashOf('b'), '1', 'raw', 'k2']]);
+    expect(described('generatedVersions')).toEqual([['record:p/up:k2', contentHashOf('B'), '1', 'up', 'k2']]);
     for (const h of lineage.held.slice(0, 2)) h.settle();
     await until('k2 current', () => pipelines.getCurrent('p', 'up', 'k2'), 5000, 5);
     expect(answered).toBe(false);
@@ -102,7 +110,17 @@ describe('pipeline capture and durability', () => {
     const summary = await ingest;
     // The second record equals the current one: a duplicate, whose source version is not submitted again.
     expect([summary.accepted, summary.duplicates, summary.shardsRun]).toEqual([2, 1, 3]);
-    expect(lineage.held[1]?.events.map((e) => e.body?.$case)).toEqual(['step', 'objectVersion']);
+    expect(lineage.held[1]?.events.map((e) => e.body?.$case)).toEqual(['step']);
+  });
+
+  it('records a new source version on its own when no step that reads it succeeds', async () => {
+    const { runner, lineage } = await setup(1);
+    const ingest = runner.ingest('p', 'raw', [[rec('k', 'fail')]]);
+    await until('submission', () => (lineage.held.length === 1 ? true : undefined), 5000, 5);
+    lineage.held[0]?.settle();
+    expect((await ingest).shardsFailed).toBe(1);
+    const only = lineage.held[0]?.events ?? [];
+    expect(only.map((e) => [e.eventId, e.body?.$case])).toEqual([[`version:record:p/raw:k@${contentHashOf('fail')}`, 'objectVersion']]);
   });
 
   it('fails the ingest and records no current record when provenance cannot be made durable', async () => {

@@ -18,6 +18,7 @@ import {
 } from '../../common/gen/retrace/v1/lineage.js';
 import { LedgerEntryBody, type Checkpoint, type LineageEvent, type ObjectVersion, type Run, type Step } from '../../common/gen/retrace/v1/provenance.js';
 import { EVENT_LIMITS, normalizeEventChecked } from '../../common/event-validation.js';
+import { encodeLineageEvent } from '../../common/lineage-event-encoding.js';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../../common/errors.js';
 import { nodeKey, parseNodeKey, versionKey } from '../../common/lineage-keys.js';
 import { leafHash, MerkleTree } from '../../common/merkle.js';
@@ -356,9 +357,12 @@ export class LineageEngine implements LineageApi {
     const entity = this.applyToIndex(event, seq, `events[${index}]`);
     // The ledger row is entryHash(32) ‖ body; the body is built in place after the first 32 bytes.
     let value: Buffer;
-    if (wire) {
+    // Events submitted in-process (the pipeline runner's, the dispatcher's outcomes) come
+    // without wire bytes: the fast encoder writes the generated encoder's bytes for them.
+    const bytes = wire ?? encodeLineageEvent(event);
+    if (bytes) {
       if (this.receivedAtField.ns !== receivedAtNs) this.receivedAtField = { ns: receivedAtNs, bytes: encodeReceivedAt(receivedAtNs) };
-      value = writeEntryBody(Number(seq), this.receivedAtField.bytes, wire);
+      value = writeEntryBody(Number(seq), this.receivedAtField.bytes, bytes);
     } else {
       const encoded = LedgerEntryBody.encode({ seq: seq.toString(), receivedAtNs: receivedAtNs.toString(), event }).finish();
       value = Buffer.allocUnsafe(32 + encoded.length);
@@ -371,6 +375,11 @@ export class LineageEngine implements LineageApi {
     this.nextSeq++;
     const entry: PreparedEntry = { seq, eventId: event.eventId, entryHash: UNSEALED, body: value.subarray(32), value, entity: entity.ref };
     if (entity.adjacency) entry.adjacency = entity.adjacency;
+    if (event.body?.$case === 'step') {
+      const used = event.body.value.usedVersions?.versions ?? [];
+      const generated = event.body.value.generatedVersions?.versions ?? [];
+      if (used.length + generated.length > 0) entry.versions = used.length === 0 ? generated : generated.length === 0 ? used : [...used, ...generated];
+    }
     return entry;
   }
 
@@ -403,6 +412,10 @@ export class LineageEngine implements LineageApi {
         const p = `${path}.step`;
         if (s.runId !== '' && !this.knownRuns.has(s.runId)) {
           throw new InvalidArgumentError(`${p}.run_id`, `unknown run ${JSON.stringify(s.runId)}; submit its run event first (the same batch is fine)`);
+        }
+        // Inputs described in the step are recorded first, as their object_version events would be.
+        for (const v of s.usedVersions?.versions ?? []) {
+          this.index.ensureNode(versionKey(v.objectId, v.contentHash), NodeKind.NODE_KIND_OBJECT_VERSION, v.createdAtNs !== '0' ? nsToMs(BigInt(v.createdAtNs)) : timeMs);
         }
         const usedIds: number[] = [];
         const used = s.used.map((r, i) => {
@@ -679,11 +692,26 @@ export class LineageEngine implements LineageApi {
     return foldSteps((await this.readEvents(seqs)).flatMap((e) => (e.body?.$case === 'step' ? [{ timeNs: BigInt(e.eventTimeNs), step: e.body.value }] : [])));
   }
 
-  /** The folded view of an object version; a version known only as a step's output has no events and gets a bare record. */
+  /**
+   * The folded view of an object version: its object_version events and the steps that describe
+   * it (generated_versions, used_versions); a version known only as a step's output has neither
+   * and gets a bare record.
+   */
   async readVersion(objectId: string, contentHash: string): Promise<ObjectVersion | undefined> {
     const seqs = (await this.store.objectVersionSeqs(objectId, contentHash)).get(contentHash) ?? [];
     if (seqs.length === 0) return this.index.has(versionKey(objectId, contentHash)) ? emptyVersion(objectId, contentHash) : undefined;
-    return foldObjectVersions((await this.readEvents(seqs)).flatMap((e) => (e.body?.$case === 'objectVersion' ? [{ timeNs: BigInt(e.eventTimeNs), version: e.body.value }] : [])));
+    const versions: { timeNs: bigint; version: ObjectVersion }[] = [];
+    for (const e of await this.readEvents(seqs)) {
+      if (e.body?.$case === 'objectVersion') versions.push({ timeNs: BigInt(e.eventTimeNs), version: e.body.value });
+      else if (e.body?.$case === 'step') {
+        for (const list of [e.body.value.usedVersions, e.body.value.generatedVersions]) {
+          for (const v of list?.versions ?? []) {
+            if (v.objectId === objectId && v.contentHash === contentHash) versions.push({ timeNs: BigInt(e.eventTimeNs), version: v });
+          }
+        }
+      }
+    }
+    return versions.length > 0 ? foldObjectVersions(versions) : emptyVersion(objectId, contentHash);
   }
 
   /** Events stored at these ledger positions, in the given order. */

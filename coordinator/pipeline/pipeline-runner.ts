@@ -155,7 +155,8 @@ const COMMIT_WINDOW = 4;
  * Runs pipelines over ingested records and records their provenance: for each record, its payload
  * and object version, then every step whose inputs are available for the record's key, in
  * dependency order, each as one shard through the ShardRunner; one `step` event per executed shard
- * and one object version per output, all of one record's path in one atomic lineage submission.
+ * describing its outputs' versions too (generated_versions) and the first to read the record
+ * also its version (used_versions), all of one record's path in one atomic lineage submission.
  */
 export class PipelineRunner {
   private readonly concurrency: number;
@@ -349,7 +350,8 @@ export class PipelineRunner {
     };
     const srcRecord: Known = { objectId: srcId, contentHash: srcHash, size: rec.payload.byteLength, mediaType, eventTimeNs, payload: rec.payload, fresh: !existed };
     remember(ctx.source, rec.key, srcRecord);
-    if (!existed) events.push(this.versionEvent(srcRecord, nowNs, { dataset: ctx.source, event_time_ns: eventTimeNs, key: rec.key, pipeline: p }));
+    // A new source version travels in the first step that reads it (used_versions), else alone.
+    let srcVersion = existed ? undefined : this.version(srcRecord, nowNs, { dataset: ctx.source, event_time_ns: eventTimeNs, key: rec.key, pipeline: p });
 
     const changed = new Map<string, Set<string>>([[ctx.source, new Set([rec.key])]]);
     for (const si of runSteps ? ctx.order : []) {
@@ -462,6 +464,9 @@ export class PipelineRunner {
           continue;
         }
         const { startedAtNs, endedAtNs } = outcomeSpanNs(outcome, clock);
+        // The outputs' versions travel in the step event itself: one event per shard instead of
+        // one more per output, each of which cost the engine as much as the step's own.
+        const versions: ObjectVersion[] = outputs.map((k) => this.version(k, endedAtNs, { dataset: outputDataset, event_time_ns: k.eventTimeNs, key: k.objectId.slice(outPrefix.length), pipeline: p }));
         // Facets and attributes are built with their keys in canonical (sorted) order, so the
         // engine's normalisation keeps them as they are instead of copying them sorted.
         const facet: RetraceStepFacet & { attempts: number; output: string; queuedMs: number } = {
@@ -489,19 +494,25 @@ export class PipelineRunner {
           used: inputs.map((i) => ({ objectId: i.rec.objectId, contentHash: i.rec.contentHash, unversioned: false })),
           generated,
           facets: { retrace: facet },
+          generatedVersions: { versions },
+          usedVersions: undefined,
         };
+        if (srcVersion && inputs.some((i) => i.rec === srcRecord)) {
+          stepBody.usedVersions = { versions: [srcVersion] };
+          srcVersion = undefined;
+        }
         events.push({ eventId: `step:${stepId}`, eventTimeNs: endedAtNs, producer: this.producer, body: { $case: 'step', value: stepBody } });
         for (const k of outputs) {
           const outKey = k.objectId.slice(outPrefix.length);
           toStore.push(k.payload as Uint8Array);
           toStoreHashes.push(k.contentHash);
-          events.push(this.versionEvent(k, endedAtNs, { dataset: outputDataset, event_time_ns: k.eventTimeNs, key: outKey, pipeline: p }));
           remember(outputDataset, outKey, k);
           addTo(changed, outputDataset, outKey);
         }
       }
     }
     if (!capture) return;
+    if (srcVersion) events.unshift({ eventId: `version:${srcId}@${srcHash}`, eventTimeNs: nowNs, producer: this.producer, body: { $case: 'objectVersion', value: srcVersion } });
     // Payloads first: the engine's synced write then makes them durable with the events.
     await payloads.putMany(toStore, toStoreHashes);
     const durable = events.length > 0 ? lineage.submit(events, ctx.signal ? { signal: ctx.signal } : undefined) : undefined;
@@ -516,17 +527,9 @@ export class PipelineRunner {
     if (tally.firstError === '') tally.firstError = message;
   }
 
-  private versionEvent(k: Known, createdAtNs: string, attributes: Record<string, string>): LineageEvent {
-    const value: ObjectVersion = {
-      objectId: k.objectId,
-      contentHash: k.contentHash,
-      size: String(k.size),
-      mediaType: k.mediaType,
-      createdAtNs,
-      attributes,
-      facets: undefined,
-    };
-    return { eventId: `version:${k.objectId}@${k.contentHash}`, eventTimeNs: createdAtNs, producer: this.producer, body: { $case: 'objectVersion', value } };
+  /** A record's object version; `attributes` with their keys in sorted order. */
+  private version(k: Known, createdAtNs: string, attributes: Record<string, string>): ObjectVersion {
+    return { objectId: k.objectId, contentHash: k.contentHash, size: String(k.size), mediaType: k.mediaType, createdAtNs, attributes, facets: undefined };
   }
 }
 

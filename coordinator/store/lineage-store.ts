@@ -21,6 +21,8 @@ export interface PreparedEntry {
   /** The ledger row, entryHash ‖ body, when the caller built it already (`body` is then its tail). */
   value?: Uint8Array;
   entity: EntityRef;
+  /** Object versions the event describes besides its entity (a step's used_versions and generated_versions): an objects row each. */
+  versions?: readonly { objectId: string; contentHash: string }[];
   /** For step events: the edges they add, time-ordered by `timeNs`. */
   adjacency?: { timeNs: bigint; stepId: string; used: string[]; generated: string[] };
 }
@@ -52,7 +54,7 @@ export interface AdjacencyRow {
  * The lineage tables over LevelDB sublevels; the only code that knows their key layouts.
  *   ledger      seq(16 hex)                              → entryHash(32) ‖ body
  *   event-ids   eventId                                  → seq
- *   objects     objectId NUL contentHash NUL seq         → ""
+ *   objects     objectId NUL contentHash NUL seq         → "" (object_version events; steps' described versions)
  *   steps       stepId NUL seq                           → ""
  *   runs        runId NUL seq                            → ""
  *   adjacency   timeNs(20 digits) NUL seq                → {"s","u","g"} (one row per step event)
@@ -117,6 +119,7 @@ export class LineageStore {
         batch.put(p.ledger + seq, value);
         batch.put(p.eventIds + e.eventId, Buffer.from(seq, 'latin1'));
         batch.put(p[e.entity.table] + entityKey(e.entity, seq), EMPTY);
+        if (e.versions) for (const v of e.versions) batch.put(p.objects + objectRowKey(v.objectId, v.contentHash, seq), EMPTY);
         if (e.adjacency) {
           const a = e.adjacency;
           batch.put(p.adjacency + adjacencyKey(a.timeNs, seq), Buffer.from(JSON.stringify({ s: a.stepId, u: a.used, g: a.generated })));
@@ -245,12 +248,17 @@ export function timeKey(ns: bigint): string {
 export function entityKey(e: EntityRef, seq: string): string {
   switch (e.table) {
     case 'objects':
-      return `${e.objectId}\u0000${e.contentHash}\u0000${seq}`;
+      return objectRowKey(e.objectId, e.contentHash, seq);
     case 'steps':
       return `${e.stepId}\u0000${seq}`;
     case 'runs':
       return `${e.runId}\u0000${seq}`;
   }
+}
+
+/** Key of an objects row: an event at `seq` describes this object version. */
+export function objectRowKey(objectId: string, contentHash: string, seq: string): string {
+  return `${objectId}\u0000${contentHash}\u0000${seq}`;
 }
 
 export function adjacencyKey(timeNs: bigint, seq: string): string {

@@ -149,7 +149,29 @@ export interface Step {
   resources?: ResourceUsage | undefined;
   used: ObjectRef[];
   generated: ObjectRef[];
-  facets?: { [key: string]: any } | undefined;
+  facets?:
+    | { [key: string]: any }
+    | undefined;
+  /**
+   * Versions of outputs described in the step itself, so that a producer need not send one
+   * object_version event per output. Each must match one of `generated` (object id and content
+   * hash) and is recorded as if sent as its own object_version event at this event's time.
+   */
+  generatedVersions?:
+    | ObjectVersions
+    | undefined;
+  /**
+   * Versions of inputs described in the step itself (e.g. a source record, sent with the first
+   * step that reads it). Each must match one of `used` (object id and content hash) and is
+   * recorded, before the step's edges, as if sent as its own object_version event at this
+   * event's time; a version already recorded may be described again.
+   */
+  usedVersions?: ObjectVersions | undefined;
+}
+
+/** Object versions a step describes along with it (see Step.generated_versions, used_versions). */
+export interface ObjectVersions {
+  versions: ObjectVersion[];
 }
 
 /** A group of steps. */
@@ -973,6 +995,8 @@ function createBaseStep(): Step {
     used: [],
     generated: [],
     facets: undefined,
+    generatedVersions: undefined,
+    usedVersions: undefined,
   };
 }
 
@@ -1019,6 +1043,12 @@ export const Step: MessageFns<Step> = {
     }
     if (message.facets !== undefined) {
       Struct.encode(Struct.wrap(message.facets), writer.uint32(114).fork()).join();
+    }
+    if (message.generatedVersions !== undefined) {
+      ObjectVersions.encode(message.generatedVersions, writer.uint32(122).fork()).join();
+    }
+    if (message.usedVersions !== undefined) {
+      ObjectVersions.encode(message.usedVersions, writer.uint32(130).fork()).join();
     }
     return writer;
   },
@@ -1148,6 +1178,22 @@ export const Step: MessageFns<Step> = {
             message.facets = Struct.unwrap(Struct.decode(reader, reader.uint32()));
             continue;
           }
+          case 15: {
+            if (tag !== 122) {
+              break;
+            }
+
+            message.generatedVersions = ObjectVersions.decode(reader, reader.uint32());
+            continue;
+          }
+          case 16: {
+            if (tag !== 130) {
+              break;
+            }
+
+            message.usedVersions = ObjectVersions.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1204,6 +1250,16 @@ export const Step: MessageFns<Step> = {
         ? object.generated.map((e: any) => ObjectRef.fromJSON(e))
         : [],
       facets: isObject(object.facets) ? object.facets : undefined,
+      generatedVersions: isSet(object.generatedVersions)
+        ? ObjectVersions.fromJSON(object.generatedVersions)
+        : isSet(object.generated_versions)
+        ? ObjectVersions.fromJSON(object.generated_versions)
+        : undefined,
+      usedVersions: isSet(object.usedVersions)
+        ? ObjectVersions.fromJSON(object.usedVersions)
+        : isSet(object.used_versions)
+        ? ObjectVersions.fromJSON(object.used_versions)
+        : undefined,
     };
   },
 
@@ -1251,6 +1307,12 @@ export const Step: MessageFns<Step> = {
     if (message.facets !== undefined) {
       obj.facets = message.facets;
     }
+    if (message.generatedVersions !== undefined) {
+      obj.generatedVersions = ObjectVersions.toJSON(message.generatedVersions);
+    }
+    if (message.usedVersions !== undefined) {
+      obj.usedVersions = ObjectVersions.toJSON(message.usedVersions);
+    }
     return obj;
   },
 
@@ -1275,6 +1337,83 @@ export const Step: MessageFns<Step> = {
     message.used = object.used?.map((e) => ObjectRef.fromPartial(e)) || [];
     message.generated = object.generated?.map((e) => ObjectRef.fromPartial(e)) || [];
     message.facets = object.facets ?? undefined;
+    message.generatedVersions = (object.generatedVersions !== undefined && object.generatedVersions !== null)
+      ? ObjectVersions.fromPartial(object.generatedVersions)
+      : undefined;
+    message.usedVersions = (object.usedVersions !== undefined && object.usedVersions !== null)
+      ? ObjectVersions.fromPartial(object.usedVersions)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseObjectVersions(): ObjectVersions {
+  return { versions: [] };
+}
+
+export const ObjectVersions: MessageFns<ObjectVersions> = {
+  encode(message: ObjectVersions, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.versions) {
+      ObjectVersion.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ObjectVersions {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseObjectVersions();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.versions.push(ObjectVersion.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ObjectVersions {
+    return {
+      versions: globalThis.Array.isArray(object?.versions)
+        ? object.versions.map((e: any) => ObjectVersion.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ObjectVersions): unknown {
+    const obj: any = {};
+    if (message.versions?.length) {
+      obj.versions = message.versions.map((e) => ObjectVersion.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ObjectVersions>): ObjectVersions {
+    return ObjectVersions.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ObjectVersions>): ObjectVersions {
+    const message = createBaseObjectVersions();
+    message.versions = object.versions?.map((e) => ObjectVersion.fromPartial(e)) || [];
     return message;
   },
 };
