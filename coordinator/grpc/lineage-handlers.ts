@@ -1,6 +1,6 @@
 import type { CallContext } from 'nice-grpc';
-import type { LineageServiceImplementation, SubmitEventsRequest, SubmitEventsResponse } from '../../common/gen/retrace/v1/lineage.js';
-import { InvalidArgumentError, isRetraceError, RetraceError } from '../../common/errors.js';
+import type { LineageServiceImplementation, SubmitEventsRequest, SubmitEventsResponse, TraceSessionResponse } from '../../common/gen/retrace/v1/lineage.js';
+import { ERROR_TABLE, InvalidArgumentError, isRetraceError, RetraceError } from '../../common/errors.js';
 import type { LineageEngine } from '../lineage/lineage-engine.js';
 import type { SubmitResult } from '../lineage/lineage-api.js';
 import { verifyLedger } from '../ledger/ledger-verifier.js';
@@ -58,6 +58,23 @@ export function createLineageHandlers(engine: LineageEngine, store: LineageStore
 
     getNode: (request) => engine.getNode(request),
     trace: (request) => engine.trace(request),
+
+    // One query at a time, answered in order. A query Trace would reject is answered with its
+    // error and the session goes on; anything else ends the stream through the error middleware.
+    async *traceSession(requests, context: CallContext) {
+      for await (const { requestId, trace } of requests) {
+        if (context.signal.aborted) return;
+        let answer: TraceSessionResponse;
+        try {
+          if (!trace) throw new InvalidArgumentError('trace', 'is required');
+          answer = { requestId, result: { $case: 'trace', value: await engine.trace(trace) } };
+        } catch (err) {
+          if (!isRetraceError(err)) throw err;
+          answer = { requestId, result: { $case: 'error', value: { code: ERROR_TABLE[err.code].grpc, message: err.message, field: err.field ?? '' } } };
+        }
+        yield answer;
+      }
+    },
     getRecordPath: (request) => engine.getRecordPath(request),
     listRuns: (request) => engine.listRuns(request),
     getProof: (request) => engine.getProof(request.eventId),
