@@ -208,6 +208,16 @@ describe('LineageService over gRPC', () => {
     expect(raw.map((r) => [r.requestId, r.result?.$case])).toEqual([[7, 'error'], [9, 'trace']]);
     expect(raw[0]?.result).toEqual({ $case: 'error', value: { code: Status.INVALID_ARGUMENT, message: 'trace: is required', field: 'trace' } });
 
+    // Aborting the client's signal ends the session: queries then reject, none hangs.
+    const abort = new AbortController();
+    const aborted = new TraceSessionClient(c, { signal: abort.signal });
+    expect((await aborted.trace(good[2] as TraceRequest)).keys).toHaveLength(2);
+    const pending = aborted.trace(good[0] as TraceRequest).then(() => 'answered', () => 'rejected');
+    abort.abort();
+    expect(['answered', 'rejected']).toContain(await pending);
+    await expect(aborted.trace(good[0] as TraceRequest)).rejects.toBeDefined();
+    await aborted.close();
+
     // Without the token the stream itself fails.
     const channel = createChannel(tc.grpcAddress);
     try {
