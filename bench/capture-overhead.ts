@@ -9,8 +9,9 @@
  * - Real agents (the headline ratio). The coordinator runs every extension `retrace start` runs,
  *   two local `retrace agent` processes execute the three published transforms, and records go
  *   in through PipelineService.Ingest over gRPC in batches of 500, as the product runs a
- *   pipeline. With capture: payloads stored, one object version per source record and output and
- *   one step event per shard submitted to the LineageEngine (fsynced group commit; an Ingest call
+ *   pipeline. With capture: payloads stored, one step event per shard, describing its outputs'
+ *   versions and (the first step to read it) the source record's, submitted to the LineageEngine
+ *   (3 events per record here; fsynced group commit; an Ingest call
  *   answers only once its records' provenance is durable), current-record index updated. Without:
  *   the service's runner swapped for `runner.withoutCapture()` (same dispatcher, stores and
  *   concurrency; no payload, lineage or index I/O) for that side's Ingest calls. Same process
