@@ -9,6 +9,8 @@ import type { LineageEvent, ObjectRef, ObjectVersion, ResourceUsage, Run, Step, 
  * (an int64 that is not 1-19 decimal digits within the int64 range, a Struct value that is not
  * null, a boolean, a number, a string, an array or a plain object) makes it return undefined,
  * and the caller encodes with the generated encoder instead.
+ * The bytes are a view of a scratch buffer that the next call overwrites (the ledger copies them
+ * into its entry at once): a caller that keeps them must copy them first.
  */
 export function encodeLineageEvent(event: LineageEvent): Uint8Array | undefined {
   const w = writer;
