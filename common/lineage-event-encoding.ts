@@ -1,4 +1,5 @@
 import type { LineageEvent, ObjectRef, ObjectVersion, ResourceUsage, Run, Step, Trigger } from './gen/retrace/v1/provenance.js';
+import { writeVarint } from './varint.js';
 
 /**
  * A LineageEvent encoder that writes, byte for byte, what `LineageEvent.encode(event).finish()`
@@ -53,12 +54,7 @@ function ensure(w: Writer, n: number): void {
 
 function varint32(w: Writer, v: number): void {
   ensure(w, 5);
-  const b = w.buf;
-  while (v > 0x7f) {
-    b[w.pos++] = (v & 0x7f) | 0x80;
-    v >>>= 7;
-  }
-  b[w.pos++] = v;
+  w.pos = writeVarint(w.buf, w.pos, v);
 }
 
 /** A length-delimited field whose length is written once its content is (1 byte reserved). */
@@ -124,14 +120,9 @@ function int64(w: Writer, tag: number, s: string): void {
   }
   varint32(w, tag);
   ensure(w, 10);
+  // Up to 15 digits is below 2^53: a safe integer.
   if (n <= 15) {
-    let v = Number(s);
-    const b = w.buf;
-    while (v > 0x7f) {
-      b[w.pos++] = (v % 128) | 0x80;
-      v = Math.floor(v / 128);
-    }
-    b[w.pos++] = v;
+    w.pos = writeVarint(w.buf, w.pos, Number(s));
     return;
   }
   const big = BigInt(s);

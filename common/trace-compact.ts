@@ -1,4 +1,5 @@
 import { InvalidArgumentError } from './errors.js';
+import { writeVarint } from './varint.js';
 
 /**
  * TRACE_VIEW_COMPACT's three TraceResponse fields (proto/retrace/v1/lineage.proto): node numbers
@@ -93,16 +94,6 @@ function writeByBitmap(ids: Int32Array, start: number, end: number, min: number,
       prev = v;
     } while (word !== 0);
   }
-  return p;
-}
-
-/** Writes `v` (a uint32) as an unsigned LEB128 varint at out[p]; returns the end position. */
-function writeVarint(out: Uint8Array, p: number, v: number): number {
-  while (v >= 0x80) {
-    out[p++] = (v & 0x7f) | 0x80;
-    v >>>= 7;
-  }
-  out[p++] = v;
   return p;
 }
 

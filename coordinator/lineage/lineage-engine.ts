@@ -23,6 +23,7 @@ import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '..
 import { nodeKey, parseNodeKey, versionKey } from '../../common/lineage-keys.js';
 import { leafHash, MerkleTree } from '../../common/merkle.js';
 import { encodeCompactTrace } from '../../common/trace-compact.js';
+import { varintLength, writeVarint } from '../../common/varint.js';
 import type { CheckpointSigner } from '../ledger/checkpoint-signer.js';
 import { LedgerHasher } from '../ledger/ledger-hasher.js';
 import type { NanoClock } from '../clock.js';
@@ -827,24 +828,6 @@ function encodeReceivedAt(ns: bigint): Uint8Array {
   return Uint8Array.from(bytes);
 }
 
-/** Varint length of a non-negative safe integer. */
-function varintLength(v: number): number {
-  let n = 1;
-  while (v >= 0x80) {
-    v = Math.floor(v / 128);
-    n++;
-  }
-  return n;
-}
-
-function writeVarint(out: Buffer, pos: number, v: number): number {
-  while (v >= 0x80) {
-    out[pos++] = (v % 128) | 0x80;
-    v = Math.floor(v / 128);
-  }
-  out[pos++] = v;
-  return pos;
-}
 const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 
 /** Little-endian uint32s of `values` (non-negative int32s), in a fresh buffer. */
