@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { LedgerEntryBody, type Checkpoint } from '../../common/gen/retrace/v1/provenance.js';
 import { versionKey } from '../../common/lineage-keys.js';
 import { leafHash, MerkleTree } from '../../common/merkle.js';
+import { describedVersions } from '../../common/step-versions.js';
 import { adjacencyKey, entityKey, objectRowKey, seqKey, type EntityRef, type LineageStore } from '../store/lineage-store.js';
 import { verifyCheckpoint } from './checkpoint-signer.js';
 
@@ -82,9 +83,7 @@ export async function verifyLedger(
       const used = b.value.used.map((r) => (r.unversioned ? `object:${r.objectId}` : versionKey(r.objectId, r.contentHash)));
       const generated = b.value.generated.map((r) => versionKey(r.objectId, r.contentHash));
       expectedRows.adjacency.set(adjacencyKey(BigInt(ev.eventTimeNs), seq), JSON.stringify({ s: b.value.stepId, u: used, g: generated }));
-      for (const list of [b.value.usedVersions, b.value.generatedVersions]) {
-        for (const v of list?.versions ?? []) expectedRows.entities.add(`objects\u0000${objectRowKey(v.objectId, v.contentHash, seq)}`);
-      }
+      for (const v of describedVersions(b.value)) expectedRows.entities.add(`objects\u0000${objectRowKey(v.objectId, v.contentHash, seq)}`);
     }
     if (entity) expectedRows.entities.add(`${entity.table}\u0000${entityKey(entity, seq)}`);
     tree.appendLeafHash(leafHash(entry.body));

@@ -22,6 +22,7 @@ import { encodeLineageEvent } from '../../common/lineage-event-encoding.js';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../../common/errors.js';
 import { nodeKey, parseNodeKey, versionKey } from '../../common/lineage-keys.js';
 import { leafHash, MerkleTree } from '../../common/merkle.js';
+import { describedVersions } from '../../common/step-versions.js';
 import { encodeCompactTrace } from '../../common/trace-compact.js';
 import { varintLength, writeVarint } from '../../common/varint.js';
 import type { CheckpointSigner } from '../ledger/checkpoint-signer.js';
@@ -377,9 +378,8 @@ export class LineageEngine implements LineageApi {
     const entry: PreparedEntry = { seq, eventId: event.eventId, entryHash: UNSEALED, body: value.subarray(32), value, entity: entity.ref };
     if (entity.adjacency) entry.adjacency = entity.adjacency;
     if (event.body?.$case === 'step') {
-      const used = event.body.value.usedVersions?.versions ?? [];
-      const generated = event.body.value.generatedVersions?.versions ?? [];
-      if (used.length + generated.length > 0) entry.versions = used.length === 0 ? generated : generated.length === 0 ? used : [...used, ...generated];
+      const versions = describedVersions(event.body.value);
+      if (versions.length > 0) entry.versions = versions;
     }
     return entry;
   }
@@ -705,10 +705,8 @@ export class LineageEngine implements LineageApi {
     for (const e of await this.readEvents(seqs)) {
       if (e.body?.$case === 'objectVersion') versions.push({ timeNs: BigInt(e.eventTimeNs), version: e.body.value });
       else if (e.body?.$case === 'step') {
-        for (const list of [e.body.value.usedVersions, e.body.value.generatedVersions]) {
-          for (const v of list?.versions ?? []) {
-            if (v.objectId === objectId && v.contentHash === contentHash) versions.push({ timeNs: BigInt(e.eventTimeNs), version: v });
-          }
+        for (const v of describedVersions(e.body.value)) {
+          if (v.objectId === objectId && v.contentHash === contentHash) versions.push({ timeNs: BigInt(e.eventTimeNs), version: v });
         }
       }
     }
