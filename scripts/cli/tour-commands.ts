@@ -62,7 +62,7 @@ const start: CliCommand = {
           `  ${cli} lineage trace object:${ex.firstOrder}                          # everything one order fed`,
           `  ${cli} lineage path ${ex.report}                        # every step behind the report, with resources`,
           `  ${cli} lineage trace object:${ex.report} --direction up  # upstream closure`,
-          `  ${cli} lineage trace object:record:orders:1 object:record:orders:2 --depth 2  # several closures, one TraceSession stream`,
+          `  ${cli} lineage trace object:${ex.firstOrder} object:record:orders:2 --depth 2  # several closures, one TraceSession stream`,
           `  ${cli} lineage runs`,
           `  ${cli} lineage export object:${ex.firstOrder} --out prov.json   # W3C PROV-JSON`,
           `  ${cli} verify --coordinator ${addresses.grpc}                          # tamper check`,
