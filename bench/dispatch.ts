@@ -17,7 +17,7 @@
  * and the bench driving the dispatcher), and the agent processes split into main threads and the
  * rest (shard worker threads and V8's GC / compiler helper threads, which /proc does not tell apart).
  */
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -36,7 +36,7 @@ import { schedulerExtension } from '../coordinator/scheduler/scheduler-extension
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
 import { startLocalAgents, stopLocalAgents } from '../scripts/cli/local-agents.js';
 import { bundleTransform } from '../scripts/cli/publish-command.js';
-import { finish } from './report.js';
+import { finish, threadCpuUs } from './report.js';
 
 function flagNum(argv: string[], name: string, def: number): number {
   const i = argv.indexOf(`--${name}`);
@@ -54,23 +54,6 @@ function noopShard(i: number, codeVersion: string): ShardAssignment {
     inputs: [{ name: 'in', objectId: `o${i}`, contentHash: contentHashOf(payload), payload, key: `k${i}`, eventTimeNs: '0', mediaType: '' }],
     timeoutMs: 0, memoryLimitMb: 0, jobId: '',
   };
-}
-
-/** On-CPU µs of each thread of a process (schedstat, ns resolution), by tid; empty off Linux. */
-function threadCpuUs(pid: number): Map<number, number> {
-  const out = new Map<number, number>();
-  try {
-    for (const tid of readdirSync(`/proc/${pid}/task`)) {
-      try {
-        out.set(Number(tid), Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0]) / 1000);
-      } catch {
-        // The thread ended between the listing and the read.
-      }
-    }
-  } catch {
-    // Not Linux, or the process is gone.
-  }
-  return out;
 }
 
 /** CPU used between two threadCpuUs readings: the main thread (tid = pid) and all the others. */

@@ -20,7 +20,7 @@
  *   { sync: true }, one batch after another. Checkpoint rows (one per commit group) are left out.
  */
 import { randomUUID, createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -31,7 +31,7 @@ import { Coordinator } from '../coordinator/coordinator.js';
 import type { LineageStore, PreparedEntry } from '../coordinator/store/lineage-store.js';
 import { SubmitEventsRequest, SubmitEventsResponse } from '../common/gen/retrace/v1/lineage.js';
 import { LineageEvent } from '../common/gen/retrace/v1/provenance.js';
-import { finish, percentile } from './report.js';
+import { finish, percentile, threadCpuUs } from './report.js';
 
 interface ClientConfig {
   kind: 'retrace-ingest-client';
@@ -129,7 +129,8 @@ async function run(root: string, events: number, streams: number, batch: number)
   );
 
   const cpu0 = process.cpuUsage();
-  const main0 = mainThreadCpuMs();
+  // The main thread is the coordinator's committer.
+  const main0 = threadCpuUs(process.pid).get(process.pid);
   const hr0 = Number(process.hrtime.bigint());
   const t0 = performance.now();
   worker.postMessage('go');
@@ -138,7 +139,7 @@ async function run(root: string, events: number, streams: number, batch: number)
   // For `node --cpu-prof`: the timed window in the profile's clock (µs, CLOCK_MONOTONIC).
   if (process.env.BENCH_PROFILE_WINDOW) console.error(`profile window µs ${Math.round(hr0 / 1000)} ${Math.round(Number(process.hrtime.bigint()) / 1000)}`);
   const cpu = process.cpuUsage(cpu0);
-  const mainMs = main0 === undefined ? undefined : (mainThreadCpuMs() as number) - main0;
+  const mainMs = main0 === undefined ? undefined : ((threadCpuUs(process.pid).get(process.pid) as number) - main0) / 1000;
   if (done.type !== 'done') throw new Error('client did not finish');
   await worker.terminate();
   if (done.accepted !== events) throw new Error(`coordinator accepted ${done.accepted} of ${events} events`);
@@ -196,16 +197,6 @@ async function run(root: string, events: number, streams: number, batch: number)
     rssMiB: Math.round(rssMiB),
     loadAvg1m: round(loadavg()[0] ?? 0, 1),
   });
-}
-
-/** CPU time of this process's main thread (the coordinator's committer), ms; undefined off Linux. 100 ticks/s. */
-function mainThreadCpuMs(): number | undefined {
-  try {
-    const fields = readFileSync(`/proc/self/task/${process.pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
-    return (Number(fields[11]) + Number(fields[12])) * 10;
-  } catch {
-    return undefined;
-  }
 }
 
 function round(n: number, digits: number): number {
