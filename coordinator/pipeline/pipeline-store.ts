@@ -120,10 +120,17 @@ export function createPipelineStore(db: Database, clock: NanoClock, code?: CodeL
   // Every ingested record reads and writes its current records: concurrent records share one
   // getMany and one batch.
   const currentKey = (pipeline: string, dataset: string, key: string): string => `${pipeline}\u0000${dataset}\u0000${key}`;
-  const readCurrent = coalesceCalls((keys: string[]) => current.getMany(keys));
-  type CurrentPut = { type: 'put'; key: string; value: CurrentRecord };
-  const writeCurrent = coalesceCalls(async (groups: CurrentPut[][]) => {
-    await current.batch(groups.flat());
+  // Keys go to the root with the sublevel's prefix already on them and values are encoded here:
+  // sublevel batches and getMany pay per-entry prefixing and transcoding several times over.
+  const currentPrefix = current.prefix;
+  const readCurrent = coalesceCalls(async (keys: string[]): Promise<(CurrentRecord | undefined)[]> => {
+    const values = await db.getMany(keys.map((k) => currentPrefix + k));
+    return values.map((v) => (v === undefined ? undefined : (JSON.parse(Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString('utf8')) as CurrentRecord)));
+  });
+  const writeCurrent = coalesceCalls(async (groups: (readonly [string, CurrentRecord])[][]) => {
+    const batch = db.batch();
+    for (const group of groups) for (const [key, record] of group) batch.put(currentPrefix + key, Buffer.from(JSON.stringify(record)));
+    await batch.write();
     return [];
   });
   const versionKey = (name: string, v: number): string => `${name}\u0000${String(v).padStart(10, '0')}`;
@@ -202,7 +209,7 @@ export function createPipelineStore(db: Database, clock: NanoClock, code?: CodeL
     },
     async setCurrent(pipeline, entries) {
       if (entries.length === 0) return;
-      await writeCurrent(entries.map((e) => ({ type: 'put' as const, key: currentKey(pipeline, e.dataset, e.key), value: e.record })));
+      await writeCurrent(entries.map((e) => [currentKey(pipeline, e.dataset, e.key), e.record] as const));
     },
   };
 }

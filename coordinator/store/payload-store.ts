@@ -55,9 +55,15 @@ export function createPayloadStore(db: Database, options: PayloadStoreOptions = 
     throw new InvalidArgumentError('retention_ms', 'must be a positive number of milliseconds');
   }
 
-  // Every ingested record stores its payloads: concurrent records share one batch.
-  const write = coalesceCalls(async (groups: never[][]) => {
-    await root.batch(groups.flat());
+  // Every ingested record stores its payloads: concurrent records share one batch. Keys go to the
+  // root with the sublevels' prefixes already on them (a sublevel batch prefixes and transcodes
+  // each entry again).
+  const bytesPrefix = bytes.prefix;
+  const touchedPrefix = touched.prefix;
+  const write = coalesceCalls(async (groups: (readonly [string, Uint8Array])[][]) => {
+    const batch = db.batch();
+    for (const group of groups) for (const [key, value] of group) batch.put(key, value);
+    await batch.write();
     return [];
   });
 
@@ -67,11 +73,11 @@ export function createPayloadStore(db: Database, options: PayloadStoreOptions = 
     const unique = new Map<string, Uint8Array>();
     hashes.forEach((h, i) => unique.set(h.slice(7), payloads[i] as Uint8Array));
     // Writing the same bytes under the same key again is harmless and cheaper than reading first.
-    const stamp = String(now());
-    const ops: never[] = [];
+    const stamp = Buffer.from(String(now()));
+    const ops: (readonly [string, Uint8Array])[] = [];
     for (const [hex, payload] of unique) {
-      ops.push({ type: 'put', key: hex, value: payload, sublevel: bytes } as never);
-      if (retentionMs !== undefined) ops.push({ type: 'put', key: hex, value: stamp, sublevel: touched } as never);
+      ops.push([bytesPrefix + hex, payload]);
+      if (retentionMs !== undefined) ops.push([touchedPrefix + hex, stamp]);
     }
     if (ops.length > 0) await write(ops);
     return hashes;
