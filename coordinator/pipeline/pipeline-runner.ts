@@ -53,7 +53,11 @@ export interface PipelineRunnerOptions {
   /** The runner, or a getter (the dispatcher may be attached after the extension is built). */
   runner: ShardRunner | (() => ShardRunner | undefined);
   clock: NanoClock;
-  /** Records processed at once (different keys run in parallel; one key's records in order). Default 32. */
+  /**
+   * Records processed at once (different keys run in parallel; one key's records in order).
+   * Default 128: with 32, a 3-step pipeline on two local agents ran 15-25% slower (fewer shards
+   * per frame to the agents, fewer events per commit group).
+   */
   concurrency?: number;
   /**
    * false runs the same path without recording anything (no payloads, no lineage, no current
@@ -166,7 +170,7 @@ export class PipelineRunner {
   private changeListener: RecordChangeListener | undefined;
 
   constructor(private readonly options: PipelineRunnerOptions) {
-    this.concurrency = Math.max(1, options.concurrency ?? 32);
+    this.concurrency = Math.max(1, options.concurrency ?? 128);
     this.capture = options.capture ?? true;
     this.producer = options.producer ?? PRODUCER;
   }

@@ -23,7 +23,8 @@ export async function startLocalAgents(
 ): Promise<LocalAgent[]> {
   return Promise.all(
     specs.map(async (spec) => {
-      const args = [CLI, 'agent', '--coordinator', coordinator, '--token', token, '--data', join(dataDir, 'agents', spec.name), '--report-interval', spec.reportInterval ?? '2s'];
+      // The young-generation size retrace.mjs's shebang asks for (spawned through node, not the shebang).
+      const args = ['--max-semi-space-size=32', CLI, 'agent', '--coordinator', coordinator, '--token', token, '--data', join(dataDir, 'agents', spec.name), '--report-interval', spec.reportInterval ?? '2s'];
       for (const l of spec.labels ?? []) args.push('--label', l);
       if (spec.advertise) args.push('--advertise', spec.advertise);
       const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
