@@ -1,4 +1,4 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync, readSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { createInterface } from 'node:readline';
@@ -36,7 +36,8 @@ import { PHASE_IDLE, PHASE_RUN, PROGRESS_BYTES, SHARD_FIELDS, unpackResults, typ
  *
  * Measurement, per shard:
  * - CPU time: the worker thread's on-CPU nanoseconds from `/proc/self/task/<tid>/schedstat` (field
- *   1; the kernel's per-thread scheduler clock, ns resolution), read when a batch is posted, when
+ *   1; the kernel's per-thread scheduler clock, ns resolution; the file stays open while the
+ *   worker lives, so a reading is one pread), read when a batch is posted, when
  *   each message of outcomes arrives and before a worker is terminated, so it needs nothing from
  *   the transform and survives a timeout. The CPU between two readings is shared among the shards
  *   reported in between: each is charged its time inside the transform's `run` calls (capped so
@@ -210,8 +211,36 @@ function workerEntry(): Promise<WorkerEntry> {
 
 // ---- per-thread CPU time -------------------------------------------------------------------
 
-/** On-CPU nanoseconds of thread `tid` of this process, or undefined when /proc cannot tell. */
-function threadCpuNs(tid: number): number | undefined {
+const SCHEDSTAT_BYTES = Buffer.alloc(64);
+
+/**
+ * The worker thread's schedstat file, opened once: a reading is then one pread (~3 µs) instead
+ * of open, read and close through /proc's path lookup (~17 µs quiet, several times that under
+ * load), and the executor reads it twice per batch. -1 when it cannot be opened.
+ */
+function openThreadCpu(tid: number | null): number {
+  if (tid === null) return -1;
+  try {
+    return openSync(`/proc/self/task/${tid}/schedstat`, 'r');
+  } catch {
+    return -1;
+  }
+}
+
+/** On-CPU nanoseconds of thread `tid` of this process (through `fd` when open), or undefined when /proc cannot tell. */
+function threadCpuNs(tid: number, fd = -1): number | undefined {
+  if (fd >= 0) {
+    try {
+      // procfs regenerates the text on a read at offset 0.
+      const n = readSync(fd, SCHEDSTAT_BYTES, 0, SCHEDSTAT_BYTES.length, 0);
+      let end = SCHEDSTAT_BYTES.indexOf(0x20);
+      if (end < 0 || end > n) end = n;
+      const ns = Number(SCHEDSTAT_BYTES.toString('latin1', 0, end));
+      if (end > 0 && Number.isFinite(ns)) return ns;
+    } catch {
+      // Fall through to the path.
+    }
+  }
   try {
     const first = readFileSync(`/proc/self/task/${tid}/schedstat`, 'utf8').split(' ')[0];
     const ns = Number(first);
@@ -245,6 +274,8 @@ interface PooledWorker {
   readonly startedAt: BigInt64Array;
   readonly peak: Float64Array;
   tid: number | null;
+  /** Its schedstat file (openThreadCpu), closed when it dies; -1 when not open. */
+  cpuFd: number;
   state: 'starting' | 'idle' | 'busy' | 'dead';
   death: Death | undefined;
   idleTimer: NodeJS.Timeout | undefined;
@@ -539,6 +570,7 @@ export function createShardExecutor(options: ShardExecutorOptions): ShardExecuto
       startedAt: new BigInt64Array(progress, 8, 1),
       peak: new Float64Array(progress, 16, 1),
       tid: null,
+      cpuFd: -1,
       state: 'starting',
       death: undefined,
       idleTimer: undefined,
@@ -562,6 +594,14 @@ export function createShardExecutor(options: ShardExecutorOptions): ShardExecuto
         all.delete(pw);
       }
       listener?.({ type: 'died', death });
+      if (pw.cpuFd >= 0) {
+        try {
+          closeSync(pw.cpuFd);
+        } catch {
+          // Already gone: nothing to release.
+        }
+        pw.cpuFd = -1;
+      }
     };
     worker.on('error', (err: Error & { code?: string }) => {
       const oom = err.code === 'ERR_WORKER_OUT_OF_MEMORY';
@@ -579,6 +619,7 @@ export function createShardExecutor(options: ShardExecutorOptions): ShardExecuto
         if (event.type === 'ready') {
           clearTimeout(timer);
           pw.tid = event.tid;
+          pw.cpuFd = openThreadCpu(event.tid);
           pw.listener = undefined;
           resolve();
         } else if (event.type === 'died') {
@@ -613,7 +654,7 @@ export function createShardExecutor(options: ShardExecutorOptions): ShardExecuto
   function readCpu(batch: Batch): boolean {
     const pw = batch.pw;
     if (!pw || batch.cpuLast === undefined || pw.tid === null) return false;
-    const c = threadCpuNs(pw.tid);
+    const c = threadCpuNs(pw.tid, pw.cpuFd);
     const now = performance.now();
     if (c === undefined) return false;
     const delta = Math.max(0, c - batch.cpuLast);
@@ -734,7 +775,7 @@ export function createShardExecutor(options: ShardExecutorOptions): ShardExecuto
     batch.open = batch.jobs.length;
     pw.listener = (event) => onWorkerEvent(batch, event);
     batch.cpuAtMs = performance.now();
-    batch.cpuLast = pw.tid === null ? undefined : threadCpuNs(pw.tid);
+    batch.cpuLast = pw.tid === null ? undefined : threadCpuNs(pw.tid, pw.cpuFd);
     if (batch.cpuLast === undefined) batch.elu = pw.worker.performance.eventLoopUtilization();
     if (capped()) batch.sampler = setInterval(() => void readCpu(batch), 50);
     const msg: ToWorker = { type: 'batch', batchId: batch.id, nodeId: opts.nodeId, shards, buffer };

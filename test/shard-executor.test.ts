@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -7,6 +7,7 @@ import { createShardExecutor, type ShardExecutor } from '../agent/shard-executor
 import { ShardStatus, type ShardAssignment, type ShardInput, type ShardOutcome } from '../common/gen/retrace/v1/shard.js';
 import { contentHashOf } from '../common/hash.js';
 import { bundleTransform } from '../scripts/cli/publish-command.js';
+import { until } from './helpers/until.js';
 
 // Small transforms, bundled through the real publish bundler and run in real worker threads.
 const SOURCES: Record<string, string> = {
@@ -84,6 +85,22 @@ const SOURCES: Record<string, string> = {
       },
     });`,
 };
+
+/** Open file descriptors of this process on /proc/<pid>/task/<tid>/schedstat for these threads. */
+function schedstatFds(tids: readonly string[]): number {
+  let n = 0;
+  for (const fd of readdirSync('/proc/self/fd')) {
+    let target = '';
+    try {
+      target = readlinkSync(`/proc/self/fd/${fd}`);
+    } catch {
+      continue;
+    }
+    const m = /\/task\/(\d+)\/schedstat$/.exec(target);
+    if (m && tids.includes(m[1] as string)) n++;
+  }
+  return n;
+}
 
 describe('shard executor (real worker threads)', () => {
   let dir: string;
@@ -326,6 +343,13 @@ describe('shard executor (real worker threads)', () => {
       }
       // One worker per version, reused (an idle budget of one slot ended one per shard).
       expect(started).toHaveLength(3);
+      // Each live worker's CPU clock is read through one open schedstat file, closed with it.
+      if (process.platform === 'linux') {
+        const tids = started.map((f) => String((f as { tid: number }).tid));
+        expect(schedstatFds(tids)).toBe(3);
+        await one.stop();
+        await until('the workers\' schedstat files closed', () => (schedstatFds(tids) === 0 ? true : undefined), 5000, 20);
+      }
     } finally {
       await one.stop();
     }
