@@ -4,7 +4,7 @@ import type { PublishedCode } from '../../common/gen/retrace/v1/code.js';
 import { Pipeline, PipelineVersion } from '../../common/gen/retrace/v1/pipeline.js';
 import { contentHashOf, isContentHash } from '../../common/hash.js';
 import type { NanoClock } from '../clock.js';
-import { coalesceCalls } from '../store/call-coalescer.js';
+import { coalesceCalls, coalescedRootWrites } from '../store/call-coalescer.js';
 import type { Database } from '../store/database.js';
 
 /** What validation needs of the code store (when one is mounted). */
@@ -127,12 +127,7 @@ export function createPipelineStore(db: Database, clock: NanoClock, code?: CodeL
     const values = await db.getMany(keys.map((k) => currentPrefix + k));
     return values.map((v) => (v === undefined ? undefined : (JSON.parse(Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString('utf8')) as CurrentRecord)));
   });
-  const writeCurrent = coalesceCalls(async (groups: (readonly [string, CurrentRecord])[][]) => {
-    const batch = db.batch();
-    for (const group of groups) for (const [key, record] of group) batch.put(currentPrefix + key, Buffer.from(JSON.stringify(record)));
-    await batch.write();
-    return [];
-  });
+  const writeCurrent = coalescedRootWrites(db);
   const versionKey = (name: string, v: number): string => `${name}\u0000${String(v).padStart(10, '0')}`;
 
   async function read(name: string, v: number): Promise<PipelineVersion | undefined> {
@@ -209,7 +204,7 @@ export function createPipelineStore(db: Database, clock: NanoClock, code?: CodeL
     },
     async setCurrent(pipeline, entries) {
       if (entries.length === 0) return;
-      await writeCurrent(entries.map((e) => [currentKey(pipeline, e.dataset, e.key), e.record] as const));
+      await writeCurrent(entries.map((e) => [currentPrefix + currentKey(pipeline, e.dataset, e.key), Buffer.from(JSON.stringify(e.record))] as const));
     },
   };
 }

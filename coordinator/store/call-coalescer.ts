@@ -1,3 +1,5 @@
+import type { Database } from './database.js';
+
 /**
  * Merges concurrent calls into shared ones: `serve` gets the inputs of every call made while the
  * previous `serve` ran (or, when idle, of every call made in the same microtask turn) and answers
@@ -30,4 +32,24 @@ export function coalesceCalls<I, O>(serve: (inputs: I[]) => Promise<readonly O[]
         queueMicrotask(() => void drain());
       }
     });
+}
+
+/** A row for the root of the database: its sublevel's prefix already on the key, the value encoded. */
+export type RootRow = readonly [key: string, value: Uint8Array];
+
+/**
+ * Writes rows through the database's root, concurrent calls sharing one (unsynced) batch. Keys
+ * carry their sublevel's prefix and values are encoded by the caller: a sublevel batch prefixes
+ * and transcodes every entry again, several times the cost of the put itself.
+ */
+export function coalescedRootWrites(db: Database): (rows: readonly RootRow[]) => Promise<void> {
+  const write = coalesceCalls(async (groups: (readonly RootRow[])[]) => {
+    const batch = db.batch();
+    for (const rows of groups) for (const [key, value] of rows) batch.put(key, value);
+    await batch.write();
+    return [];
+  });
+  return async (rows) => {
+    await write(rows);
+  };
 }

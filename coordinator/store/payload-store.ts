@@ -1,6 +1,6 @@
 import { InvalidArgumentError, NotFoundError } from '../../common/errors.js';
 import { contentHashOf, isContentHash } from '../../common/hash.js';
-import { coalesceCalls } from './call-coalescer.js';
+import { coalescedRootWrites, type RootRow } from './call-coalescer.js';
 import type { Database } from './database.js';
 
 /** Options of the payload store. */
@@ -55,17 +55,10 @@ export function createPayloadStore(db: Database, options: PayloadStoreOptions = 
     throw new InvalidArgumentError('retention_ms', 'must be a positive number of milliseconds');
   }
 
-  // Every ingested record stores its payloads: concurrent records share one batch. Keys go to the
-  // root with the sublevels' prefixes already on them (a sublevel batch prefixes and transcodes
-  // each entry again).
+  // Every ingested record stores its payloads: concurrent records share one batch.
   const bytesPrefix = bytes.prefix;
   const touchedPrefix = touched.prefix;
-  const write = coalesceCalls(async (groups: (readonly [string, Uint8Array])[][]) => {
-    const batch = db.batch();
-    for (const group of groups) for (const [key, value] of group) batch.put(key, value);
-    await batch.write();
-    return [];
-  });
+  const write = coalescedRootWrites(db);
 
   async function putMany(payloads: readonly Uint8Array[], known?: readonly string[]): Promise<string[]> {
     if (known && known.length !== payloads.length) throw new Error(`putMany: ${known.length} hashes for ${payloads.length} payloads`);
@@ -74,7 +67,7 @@ export function createPayloadStore(db: Database, options: PayloadStoreOptions = 
     hashes.forEach((h, i) => unique.set(h.slice(7), payloads[i] as Uint8Array));
     // Writing the same bytes under the same key again is harmless and cheaper than reading first.
     const stamp = Buffer.from(String(now()));
-    const ops: (readonly [string, Uint8Array])[] = [];
+    const ops: RootRow[] = [];
     for (const [hex, payload] of unique) {
       ops.push([bytesPrefix + hex, payload]);
       if (retentionMs !== undefined) ops.push([touchedPrefix + hex, stamp]);
