@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { LineageEvent, TriggerKind, type ObjectVersion, type Step } from '../common/gen/retrace/v1/provenance.js';
 import { encodeLineageEvent } from '../common/lineage-event-encoding.js';
+import { createRng } from '../common/random.js';
 import { h, objectEvent, ref, runEvent, stepEvent } from './helpers/lineage-events.js';
 
 /** The generated encoder's bytes: what the fast encoder must write exactly. */
@@ -10,18 +11,6 @@ function expectSame(e: LineageEvent): void {
   const fast = encodeLineageEvent(e);
   expect(fast, JSON.stringify(e).slice(0, 200)).toBeDefined();
   expect(Buffer.from(fast as Uint8Array).toString('hex')).toBe(generated(e).toString('hex'));
-}
-
-/** A small deterministic generator, so a failure can be replayed. */
-function prng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 const STRINGS = ['', 'a', 'record:bench/parsed:cap-1-17', 'ünïcödé ✓', '😀 emoji', 'x'.repeat(127), 'y'.repeat(128), 'z'.repeat(300), `${'é'.repeat(70)}`, '\u0001\u007f', '\ud800 lone'];
@@ -103,7 +92,8 @@ describe('fast lineage event encoding', () => {
   });
 
   it('writes the generated encoder\'s bytes for 3000 random events (strings, int64s, Struct values, maps)', () => {
-    const r = prng(20261123);
+    // Seeded, so a failure can be replayed.
+    const r = createRng(20261123);
     for (let i = 0; i < 3000; i++) expectSame(randomEvent(r));
   });
 
