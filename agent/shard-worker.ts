@@ -117,10 +117,19 @@ function start(): void {
   /** Sleeps `ms`, woken early by a cancel of `shardId`; true when it slept the whole time. */
   function latency(ms: number, shardId: string): Promise<boolean> {
     return new Promise((resolve) => {
-      const timer = setTimeout(() => {
+      // libuv arms timers from the loop's cached clock, which can lag the shard's start by up to a
+      // millisecond, so a bare setTimeout may fire early: re-arm until the hrtime deadline passes.
+      const deadline = process.hrtime.bigint() + BigInt(Math.round(ms * 1e6));
+      const fire = (): void => {
+        const left = Number(deadline - process.hrtime.bigint()) / 1e6;
+        if (left > 0) {
+          timer = setTimeout(fire, Math.ceil(left));
+          return;
+        }
         current = { shardId, controller: undefined };
         resolve(true);
-      }, ms);
+      };
+      let timer = setTimeout(fire, ms);
       current = {
         shardId,
         controller: {
