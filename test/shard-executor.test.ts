@@ -263,7 +263,7 @@ describe('shard executor (real worker threads)', () => {
     const slow = await executor.execute(shard('echo', { faults: { addedLatencyMs: 250, fail: false } }));
     expect(slow.status).toBe(ShardStatus.SHARD_STATUS_SUCCEEDED);
     expect(ms(slow.resources?.wallTimeNs ?? '0')).toBeGreaterThanOrEqual(250);
-    // Short latencies in a row: a timer armed from the loop's cached clock would end some early.
+    // 40 short latencies at once: a timer armed from the loop's cached clock would end some early.
     const short = await Promise.all(Array.from({ length: 40 }, () => executor.execute(shard('echo', { faults: { addedLatencyMs: 3, fail: false } }))));
     for (const o of short) expect(ms(o.resources?.wallTimeNs ?? '0')).toBeGreaterThanOrEqual(3);
     const late = await executor.execute(shard('echo', { timeoutMs: 100, faults: { addedLatencyMs: 1000, fail: false } }));
