@@ -8,7 +8,7 @@ import { TriggerKind, type LineageEvent, type ResourceUsage, type Step } from '.
  * report. Each step's CPU time, wall time and heap growth are measured while it runs. Event
  * ids are derived from content, so running the example twice stores nothing new.
  */
-export function buildExampleLineage(options: { orders?: number; nodeId?: string } = {}): { events: LineageEvent[]; report: string; firstOrder: string; runEventId: string } {
+export function buildExampleLineage(options: { orders?: number; nodeId?: string } = {}): { events: LineageEvent[]; report: string; firstOrder: string; secondOrder: string; runEventId: string } {
   const n = options.orders ?? 12;
   const nodeId = options.nodeId ?? 'local';
   const host = hostname();
@@ -18,6 +18,7 @@ export function buildExampleLineage(options: { orders?: number; nodeId?: string 
   let clock = base;
   const tick = (ms: number): bigint => (clock += BigInt(ms) * 1_000_000n);
   const code = (fn: (...a: never[]) => unknown): string => contentHashOf(fn.toString());
+  const orderId = (i: number): string => `record:orders:${i}`;
 
   events.push({ eventId: `example:${runId}`, eventTimeNs: tick(1).toString(), producer: 'retrace-example', body: { $case: 'run', value: { runId, name: 'example/orders-daily', parentRunId: '', state: 'COMPLETE', startedAtNs: base.toString(), endedAtNs: '0', facets: undefined } } });
 
@@ -31,7 +32,7 @@ export function buildExampleLineage(options: { orders?: number; nodeId?: string 
   const enrich = (o: { id: number; amount: number; currency: string }, rates: Record<string, number>): { id: number; usd: number } => ({ id: o.id, usd: Math.round(o.amount * (rates[o.currency] ?? 1) * 100) / 100 });
   for (let i = 1; i <= n; i++) {
     const raw = JSON.stringify({ id: i, amount: 10 * i + (i % 3), currency: ['EUR', 'GBP', 'USD'][i % 3] });
-    const rawId = `record:orders:${i}`;
+    const rawId = orderId(i);
     events.push(objectEvent(rawId, raw, tick(5), 'application/json'));
     const parsed = measure(() => JSON.stringify(parse(raw)));
     events.push(stepEvent({ stepId: `${runId}/parse/${i}`, runId, transform: 'parse-order', codeVersion: code(parse), parameters: { strict: true }, nodeId, host, startedAtNs: tick(1).toString(), endedAtNs: tick(2).toString(), resources: parsed.resources, used: [{ objectId: rawId, contentHash: contentHashOf(raw), unversioned: false }], generated: [{ objectId: `record:parsed:${i}`, contentHash: contentHashOf(parsed.value), unversioned: false }] }));
@@ -45,7 +46,7 @@ export function buildExampleLineage(options: { orders?: number; nodeId?: string 
   const report = measure(() => JSON.stringify(Object.fromEntries([...totals].sort())));
   const reportId = 'dataset:reports:daily-revenue';
   events.push(stepEvent({ stepId: `${runId}/aggregate`, runId, transform: 'aggregate-daily', codeVersion: contentHashOf('aggregate-daily:v1'), parameters: { window: '1d' }, nodeId, host, startedAtNs: tick(1).toString(), endedAtNs: tick(10).toString(), resources: report.resources, used: enrichedRefs, generated: [{ objectId: reportId, contentHash: contentHashOf(report.value), unversioned: false }] }));
-  return { events, report: reportId, firstOrder: 'record:orders:1', runEventId: `example:${runId}` };
+  return { events, report: reportId, firstOrder: orderId(1), secondOrder: orderId(2), runEventId: `example:${runId}` };
 }
 
 function objectEvent(objectId: string, content: string, time: bigint, mediaType = 'application/json'): LineageEvent {

@@ -15,7 +15,7 @@ import { parseArgs } from './command.js';
 import { startLocalAgents, stopLocalAgents, type LocalAgent } from './local-agents.js';
 
 /** Submits the example pipeline's lineage through the coordinator's own gRPC API. */
-async function fillExample(addresses: CoordinatorAddresses, token: string, io: CliIo): Promise<{ stored: number; total: number; report: string; firstOrder: string; runEventId: string }> {
+async function fillExample(addresses: CoordinatorAddresses, token: string, io: CliIo): Promise<{ stored: number; total: number; report: string; firstOrder: string; secondOrder: string; runEventId: string }> {
   const example = buildExampleLineage();
   const { client, close } = openClient(LineageServiceDefinition, parseArgs(['--coordinator', addresses.grpc, '--token', token]));
   try {
@@ -25,7 +25,7 @@ async function fillExample(addresses: CoordinatorAddresses, token: string, io: C
       })(),
       { signal: io.signal },
     );
-    return { stored: Number(r.accepted), total: example.events.length, report: example.report, firstOrder: example.firstOrder, runEventId: example.runEventId };
+    return { stored: Number(r.accepted), total: example.events.length, report: example.report, firstOrder: example.firstOrder, secondOrder: example.secondOrder, runEventId: example.runEventId };
   } finally {
     close();
   }
@@ -62,7 +62,7 @@ const start: CliCommand = {
           `  ${cli} lineage trace object:${ex.firstOrder}                          # everything one order fed`,
           `  ${cli} lineage path ${ex.report}                        # every step behind the report, with resources`,
           `  ${cli} lineage trace object:${ex.report} --direction up  # upstream closure`,
-          `  ${cli} lineage trace object:${ex.firstOrder} object:record:orders:2 --depth 2  # several closures, one TraceSession stream`,
+          `  ${cli} lineage trace object:${ex.firstOrder} object:${ex.secondOrder} --depth 2  # several closures, one TraceSession stream`,
           `  ${cli} lineage runs`,
           `  ${cli} lineage export object:${ex.firstOrder} --out prov.json   # W3C PROV-JSON`,
           `  ${cli} verify --coordinator ${addresses.grpc}                          # tamper check`,
@@ -121,7 +121,7 @@ const demo: CliCommand = {
       io.stdout.write(`submitted the example pipeline: ${ex.stored} events\n`);
       await step('Downstream of one order record', ['lineage', 'trace', `object:${ex.firstOrder}`, ...conn]);
       await step('The report, upstream, as objects', ['lineage', 'trace', `object:${ex.report}`, '--direction', 'up', ...conn]);
-      await step('Two orders, two hops each, over one TraceSession stream', ['lineage', 'trace', `object:${ex.firstOrder}`, 'object:record:orders:2', '--depth', '2', ...conn]);
+      await step('Two orders, two hops each, over one TraceSession stream', ['lineage', 'trace', `object:${ex.firstOrder}`, `object:${ex.secondOrder}`, '--depth', '2', ...conn]);
       await step('Processing path of the report (every step, code version, params, node, resources)', ['lineage', 'path', ex.report, ...conn]);
       await step('As of before the aggregate ran, the order fed nothing beyond enrichment', ['lineage', 'trace', `object:${ex.firstOrder}`, '--as-of', '2026-01-01T00:00:00.100Z', ...conn]);
       await step('Inclusion proof of one event against the signed checkpoint', ['lineage', 'proof', ex.runEventId, ...conn]);
