@@ -14,7 +14,7 @@
  * - Batch ack latency is taken in-process at LineageEngine.submit (batch decoded → durable),
  *   since a SubmitEvents stream acknowledges only at its end. Commit group sizes and write times
  *   come from wrapping the store's startBatch (bench-only instrumentation, no source file changed).
- * - Raw baseline: with the coordinator stopped, every key/value of the ledger, event-ids and
+ * - Raw baseline: with the coordinator stopped, every key/value of the ledger and the
  *   entity/adjacency sublevels is read back, grouped by event (ledger seq), and written into a
  *   fresh `level` DB with chained db.batch() of the same number of events per batch,
  *   { sync: true }, one batch after another. Checkpoint rows (one per commit group) are left out.
@@ -233,9 +233,6 @@ async function readRows(dir: string): Promise<{ perEvent: Row[][]; rowCount: num
     switch (table) {
       case 'ledger':
         add(rest, row);
-        break;
-      case 'event-ids':
-        add(dec.decode(value), row);
         break;
       case 'objects':
       case 'steps':

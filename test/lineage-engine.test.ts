@@ -321,4 +321,31 @@ describe('lineage engine', () => {
     expect(after).toEqual(before);
     expect((await engine.submit([objectEvent('o1', 'raw:1', 'r1')])).duplicates).toBe(1);
   });
+
+  it('writes no event-id rows, removes those an older version wrote, and stays idempotent across restarts', async () => {
+    await chain();
+    const tables = async (): Promise<Set<string>> => {
+      const names = new Set<string>();
+      for await (const key of db.keys({ keyEncoding: 'utf8' })) names.add(key.slice(1, key.indexOf('!', 1)));
+      return names;
+    };
+    expect(await tables()).toEqual(new Set(['ledger', 'objects', 'steps', 'adjacency', 'checkpoints']));
+    // What an older version left: one row per event, id → seq.
+    const legacy = db.sublevel<string, string>('event-ids', {});
+    await legacy.batch(['o1', 'o2', 'e1', 'e2', 'e3'].map((id, i) => ({ type: 'put' as const, key: id, value: i.toString(16).padStart(16, '0') })));
+    expect(await tables()).toContain('event-ids');
+    await engine.stop();
+    const logs: string[] = [];
+    engine = new LineageEngine({ store, signer, clock, log: (l) => logs.push(l) });
+    await engine.start();
+    expect(await tables()).not.toContain('event-ids');
+    expect(logs.some((l) => l.includes('removed the event-ids index'))).toBe(true);
+    expect(await verifyLedger(store)).toMatchObject({ ok: true, entriesChecked: 5n });
+    expect(await engine.submit([objectEvent('o2', 'raw:2', 'r2'), stepEvent('e3', 's3', [ref('raw:2', 'r2')], [ref('side:1', 'y1')], { timeNs: '4000' })])).toMatchObject({ accepted: 0, duplicates: 2 });
+    expect((await engine.getProof('e2')).seq).toBe('3');
+    await engine.stop();
+    engine = new LineageEngine({ store, signer, clock, log: (l) => logs.push(l) });
+    await engine.start();
+    expect(logs.filter((l) => l.includes('removed the event-ids index'))).toHaveLength(1);
+  });
 });

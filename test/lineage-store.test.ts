@@ -16,7 +16,6 @@ const backends: [string, () => { dir: string | null; cleanup: () => void }][] = 
 
 const entry = (seq: bigint, e: Partial<PreparedEntry> = {}): PreparedEntry => ({
   seq,
-  eventId: `ev-${seq}`,
   entryHash: new Uint8Array(32).fill(Number(seq % 255n)),
   body: Buffer.from(`body-${seq}`),
   entity: { table: 'steps', stepId: `s${seq % 3n}` },
@@ -45,8 +44,6 @@ describe.each(backends)('lineage store contract on %s', (_name, make) => {
     expect(all.map((e) => e.seq)).toEqual([0n, 1n, 2n, 3n, 4n]);
     expect(Buffer.from(all[2]?.body ?? []).toString()).toBe('body-2');
     expect(Buffer.from(all[2]?.entryHash ?? []).equals(Buffer.alloc(32, 2))).toBe(true);
-    expect(await store.seqOfEvent('ev-3')).toBe(3n);
-    expect(await store.seqOfEvent('nope')).toBeUndefined();
     expect(await store.entitySeqs('steps', 's0')).toEqual([0n]);
     expect(await store.entitySeqs('steps', 's2')).toEqual([2n]);
     expect([...(await store.objectVersionSeqs('o'))]).toEqual([['sha256:1', [3n]]]);
@@ -61,6 +58,18 @@ describe.each(backends)('lineage store contract on %s', (_name, make) => {
     for await (const r of store.adjacencyRows(4n)) none.push(r);
     expect(none).toEqual([]);
     expect((await store.getEntries([4n, 9n, 0n])).map((e) => e.seq)).toEqual([4n, 0n]);
+  });
+
+  it("drops an older version's event-ids rows once, and nothing else", async () => {
+    await store.append([entry(0n), entry(1n)], { treeSize: 2n, json: '{"treeSize":"2"}' });
+    const legacy = db.sublevel<string, string>('event-ids', {});
+    await legacy.put('ev-0', '0000000000000000');
+    await legacy.put('ev-1', '0000000000000001');
+    expect(await store.dropLegacyEventIds()).toBe(true);
+    expect(await legacy.keys().all()).toEqual([]);
+    expect(await store.dropLegacyEventIds()).toBe(false);
+    expect((await store.getEntries([0n, 1n])).map((e) => e.seq)).toEqual([0n, 1n]);
+    expect(await store.entitySeqs('steps', 's1')).toEqual([1n]);
   });
 
   it('keeps ids that share prefixes apart', async () => {

@@ -135,6 +135,7 @@ export class LineageEngine implements LineageApi {
   async start(): Promise<void> {
     this.transition('RECOVERING');
     const started = Date.now();
+    if (await this.store.dropLegacyEventIds()) this.log('lineage: removed the event-ids index an earlier version wrote (event ids are kept in memory)');
     for await (const entry of this.store.entries()) {
       if (entry.seq !== this.nextSeq) throw new FailedPreconditionError(`ledger has a gap at seq ${this.nextSeq} (found ${entry.seq}); run "retrace verify"`);
       const body = LedgerEntryBody.decode(entry.body);
@@ -375,7 +376,7 @@ export class LineageEngine implements LineageApi {
       throw new InvalidArgumentError(`events[${index}]`, `event is ${bodyLength} bytes encoded; the limit is ${EVENT_LIMITS.maxEventBytes}`);
     }
     this.nextSeq++;
-    const entry: PreparedEntry = { seq, eventId: event.eventId, entryHash: UNSEALED, body: value.subarray(32), value, entity: entity.ref };
+    const entry: PreparedEntry = { seq, entryHash: UNSEALED, body: value.subarray(32), value, entity: entity.ref };
     if (entity.adjacency) entry.adjacency = entity.adjacency;
     if (event.body?.$case === 'step') {
       const versions = describedVersions(event.body.value);

@@ -13,7 +13,6 @@ export type EntityRef =
 /** One ledger entry ready to write, with the index rows that belong to it. */
 export interface PreparedEntry {
   seq: bigint;
-  eventId: string;
   /** H(previous entry hash ‖ body). */
   entryHash: Uint8Array;
   /** Canonical bytes (encoded LedgerEntryBody). */
@@ -53,17 +52,20 @@ export interface AdjacencyRow {
 /**
  * The lineage tables over LevelDB sublevels; the only code that knows their key layouts.
  *   ledger      seq(16 hex)                              → entryHash(32) ‖ body
- *   event-ids   eventId                                  → seq
  *   objects     objectId NUL contentHash NUL seq         → "" (object_version events; steps' described versions)
  *   steps       stepId NUL seq                           → ""
  *   runs        runId NUL seq                            → ""
  *   adjacency   timeNs(20 digits) NUL seq                → {"s","u","g"} (one row per step event)
  *   checkpoints treeSize(16 hex)                         → Checkpoint JSON
  * Everything an event adds is written in the same atomic, fsynced batch as its ledger entry.
+ *
+ * Event ids have no table: the engine keeps them in memory, rebuilt from the ledger at start.
+ * Earlier versions wrote an `event-ids` row per event that nothing read; its random keys (UUIDs,
+ * mostly) spread every batch over the whole key space, so LevelDB's compactions rewrote far
+ * more than the ledger's appends. dropLegacyEventIds removes those rows from an old data dir.
  */
 export class LineageStore {
   readonly ledger: BinaryTable;
-  readonly eventIds: Table;
   readonly objects: Table;
   readonly steps: Table;
   readonly runs: Table;
@@ -71,11 +73,10 @@ export class LineageStore {
   readonly checkpoints: Table;
 
   /** Global key prefixes of the tables, for writes that bypass per-put sublevel options. */
-  private readonly prefix: Record<'ledger' | 'eventIds' | 'objects' | 'steps' | 'runs' | 'adjacency' | 'checkpoints', string>;
+  private readonly prefix: Record<'ledger' | 'objects' | 'steps' | 'runs' | 'adjacency' | 'checkpoints', string>;
 
   constructor(readonly db: Database) {
     this.ledger = db.sublevel<string, Uint8Array>('ledger', { valueEncoding: 'view' });
-    this.eventIds = db.sublevel<string, string>('event-ids', {});
     this.objects = db.sublevel<string, string>('objects', {});
     this.steps = db.sublevel<string, string>('steps', {});
     this.runs = db.sublevel<string, string>('runs', {});
@@ -83,7 +84,6 @@ export class LineageStore {
     this.checkpoints = db.sublevel<string, string>('checkpoints', {});
     this.prefix = {
       ledger: this.ledger.prefix,
-      eventIds: this.eventIds.prefix,
       objects: this.objects.prefix,
       steps: this.steps.prefix,
       runs: this.runs.prefix,
@@ -117,7 +117,6 @@ export class LineageStore {
           value.set(e.body, 32);
         }
         batch.put(p.ledger + seq, value);
-        batch.put(p.eventIds + e.eventId, Buffer.from(seq, 'latin1'));
         batch.put(p[e.entity.table] + entityKey(e.entity, seq), EMPTY);
         if (e.versions) for (const v of e.versions) batch.put(p.objects + objectRowKey(v.objectId, v.contentHash, seq), EMPTY);
         if (e.adjacency) {
@@ -160,9 +159,17 @@ export class LineageStore {
     }
   }
 
-  async seqOfEvent(eventId: string): Promise<bigint | undefined> {
-    const v = await this.eventIds.get(eventId);
-    return v === undefined ? undefined : BigInt(`0x${v}`);
+  /**
+   * Deletes the `event-ids` rows an older version wrote (see the class comment); returns
+   * whether there were any. Safe to repeat after a crash: the rows are derived and unread.
+   */
+  async dropLegacyEventIds(): Promise<boolean> {
+    const legacy = this.db.sublevel<string, string>('event-ids', {});
+    for await (const _ of legacy.keys({ limit: 1 })) {
+      await legacy.clear();
+      return true;
+    }
+    return false;
   }
 
   /** Ledger seqs of every event about a step or a run, oldest first. */
