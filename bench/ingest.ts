@@ -11,8 +11,9 @@
  * - Event mix, per record of a record pipeline: an object-version event for the source record,
  *   a "parse" step using it (1 version) and an "enrich" step using the parsed version and, half
  *   of the time, a recent other record's parsed version (2 versions); each step generates 1.
- * - Batch ack latency is taken in-process at LineageEngine.submit (batch decoded → durable),
- *   since a SubmitEvents stream acknowledges only at its end. Commit group sizes and write times
+ * - Batch ack latency is taken in-process at LineageEngine.submit (batch received, still
+ *   undecoded → durable; the engine lets at most 8,000 events queue), since a SubmitEvents
+ *   stream acknowledges only at its end. Commit group sizes and write times
  *   come from wrapping the store's startBatch (bench-only instrumentation, no source file changed).
  * - Raw baseline: with the coordinator stopped, every key/value of the ledger and the
  *   entity/adjacency sublevels is read back, grouped by event (ledger seq), and written into a

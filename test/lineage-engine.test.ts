@@ -227,6 +227,24 @@ describe('lineage engine', () => {
     expect((await verifyLedger(store)).ok).toBe(true);
   });
 
+  it('bounds its commit queue: room() is a promise while 8000 events wait, settled once a group is taken', async () => {
+    const batch = (tag: string) => Array.from({ length: 4000 }, (_, i) => objectEvent(`${tag}-${i}`, `${tag}:${i}`, `${tag}${i}`));
+    expect(engine.room()).toBeUndefined();
+    const first = engine.submit(batch('qa'));
+    expect(engine.room()).toBeUndefined();
+    const second = engine.submit(batch('qb'));
+    const room = engine.room();
+    expect(room).toBeInstanceOf(Promise);
+    let settled = false;
+    void room?.then(() => (settled = true));
+    // Nothing was taken yet: the commit loop starts on a later tick.
+    await null;
+    expect(settled).toBe(false);
+    await room;
+    expect(engine.room()).toBeUndefined();
+    expect((await Promise.all([first, second])).map((r) => r.accepted)).toEqual([4000, 4000]);
+  });
+
   it('merges several events about one step (OpenLineage START then COMPLETE)', async () => {
     await engine.submit([runEvent('r', 'run-1'), objectEvent('i', 'in', 'in')]);
     await engine.submit([stepEvent('start', 'ol-step', [ref('in', 'in')], [], { runId: 'run-1', timeNs: '5000', endedAtNs: '0' })]);

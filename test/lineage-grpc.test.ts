@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ClientError, createChannel, createClient, Status } from 'nice-grpc';
 import { HealthDefinition } from 'nice-grpc-server-health';
-import { Direction, LineageServiceDefinition, NodeKind, SubmitEventsRequest, TraceView, type TraceRequest, type TraceSessionResponse } from '../common/gen/retrace/v1/lineage.js';
+import { Direction, LineageServiceDefinition, NodeKind, SubmitEventsRequest, SubmitEventsResponse, TraceView, type TraceRequest, type TraceSessionResponse } from '../common/gen/retrace/v1/lineage.js';
 import { TraceSessionClient } from '../scripts/cli/trace-session-client.js';
 import { decodeCompactTrace } from '../common/trace-compact.js';
 import { decodeSubmitEventsRequest } from '../coordinator/grpc/lineage-wire.js';
@@ -63,6 +63,35 @@ describe('LineageService over gRPC', () => {
     await expect(c.trace({ start: { kind: NodeKind.NODE_KIND_STEP, id: 'nope', contentHash: '' } })).rejects.toMatchObject({ code: Status.NOT_FOUND, details: expect.stringMatching(/^start: /) });
     await expect(c.trace({ start: { kind: NodeKind.NODE_KIND_STEP, id: 'g-s1', contentHash: '' }, pageSize: 200_000 })).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringMatching(/^page_size/) });
     await expect(c.submitEvent({})).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: 'event: is required' });
+  });
+
+  it('names the event whose bytes do not decode (INVALID_ARGUMENT, batches[i].events[j]) and stores nothing of that batch', async () => {
+    // SubmitEvents with the request bytes as given, so one event can be garbage on the wire.
+    const raw = {
+      submitEvents: {
+        path: '/retrace.v1.LineageService/SubmitEvents',
+        requestStream: true,
+        responseStream: false,
+        requestSerialize: (bytes: Uint8Array): Buffer => Buffer.from(bytes),
+        requestDeserialize: (bytes: Buffer): Uint8Array => bytes,
+        responseSerialize: (r: SubmitEventsResponse): Buffer => Buffer.from(SubmitEventsResponse.encode(r).finish()),
+        responseDeserialize: (bytes: Buffer): SubmitEventsResponse => SubmitEventsResponse.decode(bytes),
+        options: {},
+      },
+    } as const;
+    const c = tc.client(raw);
+    const good = SubmitEventsRequest.encode({ events: [objectEvent('g-w1', 'g:w1', 'w1')] }).finish();
+    // events[1] is a length-delimited field 1 whose payload is a varint that never ends.
+    const garbage = Uint8Array.of(0x0a, 0x04, 0x08, 0xff, 0xff, 0xff);
+    const bad = Buffer.concat([SubmitEventsRequest.encode({ events: [objectEvent('g-w2', 'g:w2', 'w2')] }).finish(), garbage]);
+    const before = BigInt((await tc.client(LineageServiceDefinition).verifyLedger({})).entriesChecked);
+    const err = await c.submitEvents(batches(good, bad)).then(() => undefined, (e: unknown) => e);
+    expect(err).toBeInstanceOf(ClientError);
+    expect((err as ClientError).code).toBe(Status.INVALID_ARGUMENT);
+    expect((err as ClientError).details).toMatch(/^batches\[1\]\.events\[1\]: does not decode as a LineageEvent/);
+    const lineage = tc.client(LineageServiceDefinition);
+    expect(BigInt((await lineage.verifyLedger({})).entriesChecked) - before).toBe(1n);
+    await expect(lineage.getNode({ node: { kind: NodeKind.NODE_KIND_OBJECT_VERSION, id: 'g:w2', contentHash: h('w2') } })).rejects.toMatchObject({ code: Status.NOT_FOUND });
   });
 
   it('refuses calls without the token, but serves health and reflection', async () => {

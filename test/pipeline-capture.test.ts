@@ -39,7 +39,7 @@ function gatedLineage(): PipelineRunnerOptions['lineage'] & { held: { events: Li
   const held: { events: LineageEvent[]; settle(err?: Error): void }[] = [];
   return {
     held,
-    async submit(events) {
+    async submit(events: readonly LineageEvent[]) {
       if (events.every((e) => e.body?.$case === 'run')) return { accepted: events.length, duplicates: 0, seqs: [], treeSize: 0n };
       return new Promise((resolve, reject) => {
         held.push({ events: [...events], settle: (err) => (err ? reject(err) : resolve({ accepted: events.length, duplicates: 0, seqs: [], treeSize: 0n })) });

@@ -6,7 +6,7 @@ import type { SubmitResult } from '../lineage/lineage-api.js';
 import { verifyLedger } from '../ledger/ledger-verifier.js';
 import { exportProv } from '../lineage/prov-export.js';
 import type { LineageStore } from '../store/lineage-store.js';
-import type { WireSubmitEventsRequest } from './lineage-wire.js';
+import { LazySubmitEventsRequest } from './lineage-wire.js';
 
 /** How many batches of one SubmitEvents stream may wait for their commit at once. */
 const STREAM_PIPELINE_DEPTH = 16;
@@ -42,9 +42,11 @@ export function createLineageHandlers(engine: LineageEngine, store: LineageStore
       };
       const pending: { p: Promise<SubmitResult>; batch: number }[] = [];
       for await (const req of requests) {
-        // The server decodes this method with decodeSubmitEventsRequest (lineage-wire.ts).
-        const wire = (req as WireSubmitEventsRequest).wire;
-        const p = engine.submit(req.events, wire ? { signal: context.signal, wire } : { signal: context.signal });
+        const room = engine.room();
+        if (room) await room;
+        // The server decodes this method with decodeSubmitEventsRequest (lineage-wire.ts): the
+        // engine decodes the events when it prepares their commit group.
+        const p = engine.submit(req instanceof LazySubmitEventsRequest ? req : req.events, { signal: context.signal });
         p.catch(() => {}); // observed in settle(), in order
         pending.push({ p, batch: index++ });
         if (pending.length >= STREAM_PIPELINE_DEPTH) {

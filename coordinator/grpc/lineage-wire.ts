@@ -1,6 +1,8 @@
 import { BinaryReader } from '@bufbuild/protobuf/wire';
 import { LineageServiceDefinition, SubmitEventsRequest } from '../../common/gen/retrace/v1/lineage.js';
 import { LineageEvent } from '../../common/gen/retrace/v1/provenance.js';
+import { InvalidArgumentError } from '../../common/errors.js';
+import type { DeferredEvents } from '../lineage/lineage-engine.js';
 
 /** A SubmitEventsRequest that also carries each event's bytes as received, same order. */
 export interface WireSubmitEventsRequest extends SubmitEventsRequest {
@@ -10,26 +12,70 @@ export interface WireSubmitEventsRequest extends SubmitEventsRequest {
 const EVENTS_TAG = (1 << 3) | 2; // field 1, length-delimited
 
 /**
- * Decodes SubmitEventsRequest like the generated decoder and keeps each event's bytes (views of
- * the received message), so the ledger can store them without encoding every event again.
+ * A received SubmitEventsRequest kept as its bytes: the engine decodes it (DeferredEvents) when
+ * it prepares the commit group, so the request waits in the call's read buffer and the commit
+ * queue as one buffer. `events` decodes for any other reader.
  */
-export function decodeSubmitEventsRequest(input: BinaryReader | Uint8Array, length?: number): WireSubmitEventsRequest {
-  if (!(input instanceof Uint8Array) || length !== undefined) return SubmitEventsRequest.decode(input, length);
-  const reader = new BinaryReader(input);
-  const events: LineageEvent[] = [];
-  const wire: Uint8Array[] = [];
+export class LazySubmitEventsRequest implements WireSubmitEventsRequest, DeferredEvents {
+  private decoded: { events: LineageEvent[]; wire: Uint8Array[] } | undefined;
+
+  constructor(
+    private readonly bytes: Uint8Array,
+    readonly count: number,
+  ) {}
+
+  get events(): LineageEvent[] {
+    return (this.decoded ??= this.decode()).events;
+  }
+
+  get wire(): Uint8Array[] {
+    return (this.decoded ??= this.decode()).wire;
+  }
+
+  decode(): { events: LineageEvent[]; wire: Uint8Array[] } {
+    const wire: Uint8Array[] = [];
+    scanEvents(this.bytes, (start, end) => wire.push(this.bytes.subarray(start, end)));
+    const events = new Array<LineageEvent>(wire.length);
+    for (let i = 0; i < wire.length; i++) {
+      try {
+        events[i] = LineageEvent.decode(wire[i] as Uint8Array);
+      } catch (err) {
+        throw new InvalidArgumentError(`events[${i}]`, `does not decode as a LineageEvent: ${err instanceof Error ? err.message : String(err)}`, err);
+      }
+    }
+    return { events, wire };
+  }
+}
+
+/** Counts the events of an encoded SubmitEventsRequest, handing each one's byte range to `onEvent`. */
+function scanEvents(bytes: Uint8Array, onEvent?: (start: number, end: number) => void): number {
+  const reader = new BinaryReader(bytes);
+  let n = 0;
   while (reader.pos < reader.len) {
     const tag = reader.uint32();
     if (tag === EVENTS_TAG) {
-      const bytes = reader.bytes();
-      events.push(LineageEvent.decode(bytes));
-      wire.push(bytes);
+      const len = reader.uint32();
+      const start = reader.pos;
+      if (start + len > reader.len) throw new RangeError('premature EOF');
+      reader.pos += len;
+      onEvent?.(start, reader.pos);
+      n++;
       continue;
     }
     if ((tag & 7) === 4 || tag === 0) break;
     reader.skip(tag & 7, tag >>> 3);
   }
-  return { events, wire };
+  return n;
+}
+
+/**
+ * SubmitEventsRequest's decoder for the server: the events stay undecoded (LazySubmitEventsRequest)
+ * and, once decoded, keep their bytes, so the ledger can store them without encoding each again.
+ * A message whose framing is broken throws here, as the generated decoder would.
+ */
+export function decodeSubmitEventsRequest(input: BinaryReader | Uint8Array, length?: number): WireSubmitEventsRequest {
+  if (!(input instanceof Uint8Array) || length !== undefined) return SubmitEventsRequest.decode(input, length);
+  return new LazySubmitEventsRequest(input, scanEvents(input));
 }
 
 /**

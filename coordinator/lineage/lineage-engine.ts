@@ -42,8 +42,28 @@ export interface LineageEngineOptions {
 
 export type LineageEngineState = 'NEW' | 'RECOVERING' | 'RUNNING' | 'STOPPING' | 'STOPPED';
 
+/**
+ * Events still in their wire form, decoded only when their commit group is prepared. While a
+ * submission waits in the commit queue (up to a few hundred milliseconds under load) it is one
+ * buffer, not the thousands of objects and strings decoding makes, which the young-generation
+ * collector would copy and then promote into the old generation, where they die.
+ */
+export interface DeferredEvents {
+  readonly count: number;
+  /**
+   * Decodes every event afresh, with each event's bytes as received. Throws InvalidArgumentError
+   * naming `events[i]` on bytes that do not decode.
+   */
+  decode(): { events: LineageEvent[]; wire: Uint8Array[] };
+}
+
 interface Submission {
-  events: LineageEvent[];
+  /** Normalised events; for a deferred submission, only while prepareGroup uses them. */
+  events: LineageEvent[] | undefined;
+  deferred: DeferredEvents | undefined;
+  count: number;
+  /** received_at_ns for events without an event time: when submit() was called. */
+  receivedAt: string;
   /** Per event, its wire bytes when they encode exactly the normalised event; else undefined. */
   wire: (Uint8Array | undefined)[] | undefined;
   resolve: (r: SubmitResult) => void;
@@ -60,7 +80,9 @@ interface EngineMark {
 
 interface PreparedGroup {
   mark: EngineMark;
+  /** Emptied by sealGroup once the batch holds their rows; `entryCount` stays. */
   entries: PreparedEntry[];
+  entryCount: number;
   accepted: { sub: Submission; result: SubmitResult }[];
   receivedAt: bigint;
   treeSize: bigint;
@@ -79,6 +101,8 @@ const TRACE_DEFAULTS: TraceRequest = { start: undefined, direction: Direction.DI
 const DEFAULT_PAGE = 1000;
 /** Events per commit group (one synced write) at most, unless one submission is larger. */
 const MAX_GROUP_EVENTS = 4000;
+/** Events waiting for a commit group beyond which `room()` makes streaming front ends wait. */
+const MAX_QUEUED_EVENTS = 2 * MAX_GROUP_EVENTS;
 const MAX_PAGE = 100_000;
 
 /**
@@ -114,6 +138,9 @@ export class LineageEngine implements LineageApi {
   private receivedAtField: { ns: bigint; bytes: Uint8Array } = { ns: -1n, bytes: new Uint8Array(0) };
 
   private queue: Submission[] = [];
+  /** Events in `queue`. */
+  private queuedEvents = 0;
+  private roomWaiters: (() => void)[] = [];
   private flushing: Promise<void> | undefined;
 
   constructor(options: LineageEngineOptions) {
@@ -160,6 +187,8 @@ export class LineageEngine implements LineageApi {
       return;
     }
     this.transition('STOPPING');
+    // Waiting front ends go on, and their submissions are refused.
+    this.releaseRoomWaiters();
     while (this.flushing) await this.flushing;
     await this.hasher.stop();
     this.transition('STOPPED');
@@ -168,31 +197,49 @@ export class LineageEngine implements LineageApi {
   /**
    * Appends `events` atomically (see LineageApi.submit). `options.wire`, when given, holds each
    * event's LineageEvent bytes as received: an event that normalising leaves unchanged is then
-   * stored with those bytes instead of being encoded again.
+   * stored with those bytes instead of being encoded again. DeferredEvents (the gRPC front end's)
+   * are decoded and validated when their commit group is prepared; the same errors reject the
+   * submission then.
    */
-  submit(events: readonly LineageEvent[], options?: { signal?: AbortSignal; wire?: readonly Uint8Array[] }): Promise<SubmitResult> {
+  submit(events: readonly LineageEvent[] | DeferredEvents, options?: { signal?: AbortSignal; wire?: readonly Uint8Array[] }): Promise<SubmitResult> {
     if (this.state !== 'RUNNING') return Promise.reject(new FailedPreconditionError(`lineage engine is ${this.state}`));
     if (options?.signal?.aborted) return Promise.reject(options.signal.reason);
-    if (events.length > EVENT_LIMITS.maxEventsPerBatch) {
-      return Promise.reject(new InvalidArgumentError('events', `${events.length} events in one batch; the limit is ${EVENT_LIMITS.maxEventsPerBatch}`));
+    const deferred = isDeferred(events) ? events : undefined;
+    const count = deferred ? deferred.count : (events as readonly LineageEvent[]).length;
+    if (count > EVENT_LIMITS.maxEventsPerBatch) {
+      return Promise.reject(new InvalidArgumentError('events', `${count} events in one batch; the limit is ${EVENT_LIMITS.maxEventsPerBatch}`));
     }
-    const given = options?.wire !== undefined && options.wire.length === events.length ? options.wire : undefined;
-    const normalized: LineageEvent[] = new Array<LineageEvent>(events.length);
-    const wire: (Uint8Array | undefined)[] | undefined = given ? new Array<Uint8Array | undefined>(events.length) : undefined;
-    try {
-      const receivedAt = this.clock().toString();
-      for (let i = 0; i < events.length; i++) {
-        const n = normalizeEventChecked(events[i] as LineageEvent, `events[${i}]`, receivedAt);
-        normalized[i] = n.event;
-        if (wire && given) wire[i] = n.changed ? undefined : given[i];
+    const receivedAt = this.clock().toString();
+    let normalized: LineageEvent[] | undefined;
+    let wire: (Uint8Array | undefined)[] | undefined;
+    if (!deferred) {
+      try {
+        ({ normalized, wire } = normalizeAll(events as readonly LineageEvent[], options?.wire, receivedAt));
+      } catch (err) {
+        return Promise.reject(err);
       }
-    } catch (err) {
-      return Promise.reject(err);
     }
     return new Promise<SubmitResult>((resolve, reject) => {
-      this.queue.push({ events: normalized, wire, resolve, reject });
+      this.queue.push({ events: normalized, deferred, count, receivedAt, wire, resolve, reject });
+      this.queuedEvents += count;
       this.kick();
     });
+  }
+
+  /**
+   * Undefined while fewer than MAX_QUEUED_EVENTS events wait for a commit group, else a promise
+   * of room. A streaming front end awaits it before each submission: that bounds the queue, so
+   * the memory and acknowledgement latency of a busy coordinator, whatever the number of
+   * streams. (Each stream's own pipelining is bounded separately, by its handler.)
+   */
+  room(): Promise<void> | undefined {
+    if (this.queuedEvents < MAX_QUEUED_EVENTS || this.state !== 'RUNNING') return undefined;
+    return new Promise<void>((resolve) => this.roomWaiters.push(resolve));
+  }
+
+  private releaseRoomWaiters(): void {
+    if (this.roomWaiters.length === 0) return;
+    for (const resolve of this.roomWaiters.splice(0)) resolve();
   }
 
   /** Starts the commit loop unless it runs; restarts it for submissions that arrived as it ended. */
@@ -229,11 +276,12 @@ export class LineageEngine implements LineageApi {
           // the tree) are in; then validate `next`'s submissions again.
           if (sealing) await sealing;
           this.rollbackAll(failed.group.mark);
-          this.log(`lineage: commit of ${failed.group.entries.length} entries failed: ${String(failed.err)}`);
+          this.log(`lineage: commit of ${failed.group.entryCount} entries failed: ${String(failed.err)}`);
           for (const { sub } of failed.group.accepted) sub.reject(failed.err);
           if (next) {
             void next.batch?.discard().catch(() => {});
             this.queue.unshift(...next.accepted.map((a) => a.sub));
+            for (const a of next.accepted) this.queuedEvents += a.sub.count;
           }
           continue;
         }
@@ -242,7 +290,7 @@ export class LineageEngine implements LineageApi {
       const sealErr = sealing ? await sealing : undefined;
       if (sealErr !== undefined) {
         this.rollbackAll(next.mark);
-        this.log(`lineage: hashing ${next.entries.length} entries failed: ${String(sealErr)}`);
+        this.log(`lineage: hashing ${next.entryCount} entries failed: ${String(sealErr)}`);
         for (const { sub } of next.accepted) sub.reject(sealErr);
         continue;
       }
@@ -258,10 +306,12 @@ export class LineageEngine implements LineageApi {
   private takeGroup(): Submission[] {
     let n = 0;
     let k = 0;
-    while (k < this.queue.length && (k === 0 || n + (this.queue[k] as Submission).events.length <= MAX_GROUP_EVENTS)) {
-      n += (this.queue[k] as Submission).events.length;
+    while (k < this.queue.length && (k === 0 || n + (this.queue[k] as Submission).count <= MAX_GROUP_EVENTS)) {
+      n += (this.queue[k] as Submission).count;
       k++;
     }
+    this.queuedEvents -= n;
+    if (this.queuedEvents < MAX_QUEUED_EVENTS) this.releaseRoomWaiters();
     if (k === this.queue.length) {
       const all = this.queue;
       this.queue = [];
@@ -280,10 +330,15 @@ export class LineageEngine implements LineageApi {
       const mark = this.markAll();
       const before = entries.length;
       try {
+        if (sub.deferred) {
+          const d = sub.deferred.decode();
+          ({ normalized: sub.events, wire: sub.wire } = normalizeAll(d.events, d.wire, sub.receivedAt));
+        }
+        const events = sub.events as LineageEvent[];
         let dup = 0;
         const seqs: bigint[] = [];
-        for (let i = 0; i < sub.events.length; i++) {
-          const event = sub.events[i] as LineageEvent;
+        for (let i = 0; i < events.length; i++) {
+          const event = events[i] as LineageEvent;
           const existing = this.eventSeqs.get(event.eventId);
           if (existing !== undefined) {
             dup++;
@@ -294,15 +349,17 @@ export class LineageEngine implements LineageApi {
           entries.push(entry);
           seqs.push(entry.seq);
         }
-        accepted.push({ sub, result: { accepted: sub.events.length - dup, duplicates: dup, seqs, treeSize: 0n } });
+        accepted.push({ sub, result: { accepted: events.length - dup, duplicates: dup, seqs, treeSize: 0n } });
       } catch (err) {
         entries.length = before;
         this.rollbackAll(mark);
         sub.reject(err);
       }
+      // Decoded again should the group have to be prepared again (see flushLoop).
+      if (sub.deferred) sub.events = sub.wire = undefined;
     }
     if (accepted.length === 0) return undefined;
-    return { mark: groupMark, entries, accepted, receivedAt, treeSize: this.nextSeq, addedEnd: this.addedBase + this.addedLog.length, rows: packRows(entries) };
+    return { mark: groupMark, entries, entryCount: entries.length, accepted, receivedAt, treeSize: this.nextSeq, addedEnd: this.addedBase + this.addedLog.length, rows: packRows(entries) };
   }
 
   /**
@@ -320,6 +377,8 @@ export class LineageEngine implements LineageApi {
         e.entryHash = (e.value as Uint8Array).subarray(0, 32);
         batch.add(e);
       }
+      // The batch holds its own copy of every row: let the entries go before the write.
+      g.entries = [];
       g.batch = batch;
       g.checkpoint = this.signer.sign(g.treeSize, this.merkle.root().toString('hex'), Buffer.from(this.head).toString('hex'), g.receivedAt);
       return undefined;
@@ -853,3 +912,24 @@ function decodePageToken(token: string): { offset: number; asOfMs: number } | un
 }
 
 export type { NodeRef };
+
+function isDeferred(events: readonly LineageEvent[] | DeferredEvents): events is DeferredEvents {
+  return !Array.isArray(events);
+}
+
+/** Normalises a submission's events; `given` bytes are kept for the events normalising leaves unchanged. */
+function normalizeAll(
+  events: readonly LineageEvent[],
+  given: readonly Uint8Array[] | undefined,
+  receivedAt: string,
+): { normalized: LineageEvent[]; wire: (Uint8Array | undefined)[] | undefined } {
+  const bytes = given !== undefined && given.length === events.length ? given : undefined;
+  const normalized = new Array<LineageEvent>(events.length);
+  const wire = bytes ? new Array<Uint8Array | undefined>(events.length) : undefined;
+  for (let i = 0; i < events.length; i++) {
+    const n = normalizeEventChecked(events[i] as LineageEvent, `events[${i}]`, receivedAt);
+    normalized[i] = n.event;
+    if (wire && bytes) wire[i] = n.changed ? undefined : bytes[i];
+  }
+  return { normalized, wire };
+}
