@@ -13,18 +13,21 @@
  *   of the time, a recent other record's parsed version (2 versions); each step generates 1.
  * - Batch ack latency is taken in-process at LineageEngine.submit (batch received, still
  *   undecoded → durable; the engine lets at most 8,000 events queue), since a SubmitEvents
- *   stream acknowledges only at its end. Commit group sizes and write times
- *   come from wrapping the store's startBatch (bench-only instrumentation, no source file changed).
+ *   stream acknowledges only at its end. Commit group sizes and write times come from wrapping
+ *   the store's startBatch (bench-only instrumentation, no source file changed).
+ * - CPU is split three ways from per-thread schedstat: the committer (main thread), the client's
+ *   thread (left out), and every other thread (LevelDB, V8's GC and compiler helpers); the main
+ *   thread's GC pauses come from a PerformanceObserver. Rows are counted per table.
  * - Raw baseline: with the coordinator stopped, every key/value of the ledger and the
  *   entity/adjacency sublevels is read back, grouped by event (ledger seq), and written into a
  *   fresh `level` DB with chained db.batch() of the same number of events per batch,
  *   { sync: true }, one batch after another. Checkpoint rows (one per commit group) are left out.
  */
 import { randomUUID, createHash } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readlinkSync, rmSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { performance } from 'node:perf_hooks';
+import { performance, PerformanceObserver, constants as perfConstants } from 'node:perf_hooks';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 import { Level } from 'level';
 import { createChannel, createClientFactory, Metadata, type MethodDefinition } from 'nice-grpc';
@@ -44,7 +47,7 @@ interface ClientConfig {
 }
 
 type ToMain =
-  | { type: 'ready'; batches: number; events: number; eventBytes: number; minEventBytes: number; maxEventBytes: number; mix: Record<string, number> }
+  | { type: 'ready'; batches: number; events: number; eventBytes: number; minEventBytes: number; maxEventBytes: number; mix: Record<string, number>; tid: number | undefined }
   | { type: 'done'; accepted: number; streamMs: number[] }
   | { type: 'error'; message: string };
 
@@ -129,14 +132,32 @@ async function run(root: string, events: number, streams: number, batch: number)
     `client: ${fmt(ready.events)} events in ${ready.batches} pre-encoded batches; encoded event ${fmt(ready.eventBytes, 1)} B mean (${ready.minEventBytes}–${ready.maxEventBytes}); mix ${JSON.stringify(ready.mix)}`,
   );
 
+  // Garbage collection pauses of the main thread (the committer) during the timed window.
+  const gc = { pauseMs: 0, minor: 0, major: 0 };
+  const gcObserver = new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) {
+      gc.pauseMs += e.duration;
+      const kind = (e as unknown as { detail?: { kind?: number } }).detail?.kind;
+      if (kind === perfConstants.NODE_PERFORMANCE_GC_MINOR) gc.minor++;
+      else if (kind === perfConstants.NODE_PERFORMANCE_GC_MAJOR) gc.major++;
+    }
+  });
+  gcObserver.observe({ entryTypes: ['gc'] });
   const cpu0 = process.cpuUsage();
   // The main thread is the coordinator's committer.
-  const main0 = threadCpuUs(process.pid).get(process.pid);
+  const threads0 = threadCpuUs(process.pid);
+  const main0 = threads0.get(process.pid);
   const hr0 = Number(process.hrtime.bigint());
   const t0 = performance.now();
   worker.postMessage('go');
   const done = await next();
   const retraceMs = performance.now() - t0;
+  const threads1 = threadCpuUs(process.pid);
+  gcObserver.disconnect();
+  // Every thread but the committer and the client's: LevelDB's writer and compaction threads,
+  // V8's helpers (parallel scavenging, concurrent marking, compilation), libuv's pool.
+  let otherUs = 0;
+  for (const [tid, us] of threads1) if (tid !== process.pid && tid !== ready.tid) otherUs += us - (threads0.get(tid) ?? 0);
   // For `node --cpu-prof`: the timed window in the profile's clock (µs, CLOCK_MONOTONIC).
   if (process.env.BENCH_PROFILE_WINDOW) console.error(`profile window µs ${Math.round(hr0 / 1000)} ${Math.round(Number(process.hrtime.bigint()) / 1000)}`);
   const cpu = process.cpuUsage(cpu0);
@@ -167,7 +188,10 @@ async function run(root: string, events: number, streams: number, batch: number)
   console.log(`  batch ack latency  : p50 ${fmt(percentile(ackMs, 50), 1)} ms, p99 ${fmt(percentile(ackMs, 99), 1)} ms, max ${fmt(percentile(ackMs, 100), 1)} ms  (${ackMs.length} batches, engine.submit → durable)`);
   console.log(`  commit groups      : ${groupSizes.length} groups; events per group p50 ${fmt(percentile(groups, 50))}, mean ${fmt(groupMean)}, min ${fmt(groups[0] ?? 0)}, max ${fmt(groups[groups.length - 1] ?? 0)}`);
   console.log(`  batch.write        : ${fmt(appendTotal)} ms total (${fmt((100 * appendTotal) / retraceMs, 1)}% of wall), p50 ${fmt(percentile(appendMs, 50), 1)} ms per group (synced LevelDB write; rows added while the previous group was written)`);
+  if (threads1.size > 0) console.log(`  other threads      : ${fmt(otherUs / events, 1)} µs CPU per event (LevelDB's writer and compaction, V8's garbage-collection and compiler helpers; the client's thread excluded)`);
+  console.log(`  main-thread GC     : ${fmt(gc.pauseMs)} ms of pauses (${fmt((100 * gc.pauseMs) / retraceMs, 1)}% of wall): ${gc.minor} scavenges, ${gc.major} mark-compacts`);
   console.log(`  stored rows        : ${fmt(rows.rowCount)} rows, ${fmt(rows.bytes / 2 ** 20, 1)} MiB keys+values (${fmt(rows.rowCount / events, 2)} puts per event, ${fmt(rows.bytes / events, 0)} B per event), plus ${rows.checkpoints} checkpoint rows`);
+  console.log(`  rows by table      : ${Object.entries(rows.tables).map(([t, v]) => `${t} ${fmt(v.rows / events, 2)} per event × ${fmt(v.bytes / v.rows)} B`).join(', ')}`);
   console.log(`  process RSS        : ${fmt(rssMiB)} MiB`);
   console.log(`raw level, sequential: ${fmt(rawRate)} events/s  (${fmt(raw.ms)} ms, ${raw.batches} chained batches of ${batch} events, sync: true, one at a time; process CPU ${fmt((raw.cpuMs * 1000) / events, 1)} µs per event, LevelDB's write thread included)`);
   console.log(`raw level, ${streams} writers: ${fmt(rawConcRate)} events/s  (same batches, ${streams} concurrent writers; context only, not in the ratio)`);
@@ -194,6 +218,8 @@ async function run(root: string, events: number, streams: number, batch: number)
     coordinatorCpuCores: round((cpu.user + cpu.system) / 1000 / retraceMs, 2),
     cpuUsPerEvent: round((cpu.user + cpu.system) / events, 1),
     committerUsPerEvent: mainMs === undefined ? null : round((mainMs * 1000) / events, 1),
+    otherThreadsUsPerEvent: threads1.size > 0 ? round(otherUs / events, 1) : null,
+    mainGcPauseMs: Math.round(gc.pauseMs),
     rawCpuUsPerEvent: round((raw.cpuMs * 1000) / events, 1),
     rssMiB: Math.round(rssMiB),
     loadAvg1m: round(loadavg()[0] ?? 0, 1),
@@ -208,7 +234,7 @@ function round(n: number, digits: number): number {
 type Row = [Uint8Array, Uint8Array];
 
 /** Every row of the ledger and index sublevels, grouped by the ledger seq of the event that wrote it. */
-async function readRows(dir: string): Promise<{ perEvent: Row[][]; rowCount: number; bytes: number; checkpoints: number }> {
+async function readRows(dir: string): Promise<{ perEvent: Row[][]; rowCount: number; bytes: number; checkpoints: number; tables: Record<string, { rows: number; bytes: number }> }> {
   const db = new Level<Uint8Array, Uint8Array>(dir, { keyEncoding: 'view', valueEncoding: 'view' });
   await db.open();
   const bySeq = new Map<number, Row[]>();
@@ -216,7 +242,8 @@ async function readRows(dir: string): Promise<{ perEvent: Row[][]; rowCount: num
   let rowCount = 0;
   let bytes = 0;
   let checkpoints = 0;
-  const add = (seqHex: string, row: Row): void => {
+  const tables: Record<string, { rows: number; bytes: number }> = {};
+  const add = (seqHex: string, row: Row, table: string): void => {
     const seq = Number.parseInt(seqHex, 16);
     if (!Number.isFinite(seq)) throw new Error(`no seq in row ${dec.decode(row[0])}`);
     let list = bySeq.get(seq);
@@ -224,6 +251,9 @@ async function readRows(dir: string): Promise<{ perEvent: Row[][]; rowCount: num
     list.push(row);
     rowCount++;
     bytes += row[0].length + row[1].length;
+    const t = (tables[table] ??= { rows: 0, bytes: 0 });
+    t.rows++;
+    t.bytes += row[0].length + row[1].length;
   };
   for await (const [key, value] of db.iterator()) {
     const k = dec.decode(key);
@@ -233,13 +263,13 @@ async function readRows(dir: string): Promise<{ perEvent: Row[][]; rowCount: num
     const row: Row = [key.slice(), value.slice()];
     switch (table) {
       case 'ledger':
-        add(rest, row);
+        add(rest, row, table);
         break;
       case 'objects':
       case 'steps':
       case 'runs':
       case 'adjacency':
-        add(rest.slice(-16), row);
+        add(rest.slice(-16), row, table);
         break;
       case 'checkpoints':
         checkpoints++;
@@ -255,7 +285,7 @@ async function readRows(dir: string): Promise<{ perEvent: Row[][]; rowCount: num
     if (!list) throw new Error(`no rows for seq ${seq}`);
     perEvent.push(list);
   }
-  return { perEvent, rowCount, bytes, checkpoints };
+  return { perEvent, rowCount, bytes, checkpoints, tables };
 }
 
 /** Writes the rows in batches of `batch` events with chained db.batch() and sync, `writers` at a time. */
@@ -365,6 +395,15 @@ function stepEvent(
   });
 }
 
+/** This thread's Linux thread id, so the main thread can leave its CPU out; undefined elsewhere. */
+function clientThreadId(): number | undefined {
+  try {
+    return Number(readlinkSync('/proc/thread-self').split('/').pop());
+  } catch {
+    return undefined;
+  }
+}
+
 async function runClient(config: ClientConfig): Promise<void> {
   const port = parentPort;
   if (!port) return;
@@ -394,6 +433,7 @@ async function runClient(config: ClientConfig): Promise<void> {
     const client = createClientFactory().create(RawSubmitEvents, channel, { '*': { metadata: Metadata({ authorization: `Bearer ${config.token}` }) } });
     port.postMessage({
       type: 'ready',
+      tid: clientThreadId(),
       batches: batches.reduce((n, l) => n + l.length, 0),
       events: total,
       eventBytes: eventBytes / total,
