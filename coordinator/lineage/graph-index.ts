@@ -2,6 +2,7 @@ import { NodeKind } from '../../common/gen/retrace/v1/lineage.js';
 import { InvalidArgumentError } from '../../common/errors.js';
 import { AdjacencyLists, DEFAULT_MIN_TAIL } from './adjacency-lists.js';
 import { GrowableFloat64, GrowableInt32 } from './growable-array.js';
+import { KeyTable } from './key-table.js';
 
 /** What a step event adds to the graph. Keys are lineage node keys (common/lineage-keys.ts). */
 export interface StepEdges {
@@ -20,7 +21,6 @@ export interface IndexMark {
   nodes: number;
   edges: readonly number[];
   generatorLog: number;
-  labelLog: number;
 }
 
 export interface WalkOptions {
@@ -50,21 +50,21 @@ const DEFAULT_IDLE_MERGE_MS = 100;
  * It is derived state: rebuilt from the ledger at start, and written only by the committer.
  */
 export class GraphIndex {
-  private readonly ids = new Map<string, number>();
-  private readonly keys: string[] = [];
+  /** Node key ↔ node id. */
+  private readonly keys = new KeyTable();
   private readonly kinds = new GrowableInt32();
   private readonly firstSeen = new GrowableFloat64();
   /** version → object node; other kinds → NO_NODE. */
   private readonly objectOf = new GrowableInt32();
   /** version → generating step; other kinds → NO_NODE. */
   private readonly generator = new GrowableInt32();
-  private readonly labels = new Map<number, string>();
+  /** Step → its transform node (a step's label is the transform's name); other kinds → NO_NODE. */
+  private readonly transformOf = new GrowableInt32();
   /** Transform node → its name: the one string its steps' labels share. */
   private readonly transformNames = new Map<number, string>();
   private readonly lastTransform = { key: '', id: NO_NODE };
   private readonly lastRun = { key: '', id: NO_NODE };
   private readonly generatorLog: number[] = [];
-  private readonly labelLog: number[] = [];
 
   /** Version-level edges: down = input → step → output; up = reverse. */
   private readonly vDown: AdjacencyLists;
@@ -100,28 +100,29 @@ export class GraphIndex {
   }
 
   get nodeCount(): number {
-    return this.keys.length;
+    return this.keys.size;
   }
 
   get edgeCount(): number {
     return this.vDown.edgeCount;
   }
 
-  /** Bytes held by the typed arrays (the per-node key strings and map are extra). */
+  /** Bytes held by the typed arrays, the keys' included (a few maps of transforms are extra). */
   get arrayBytes(): number {
-    return this.lists.reduce((n, l) => n + l.byteLength, 0) + this.kinds.byteLength + this.firstSeen.byteLength + this.objectOf.byteLength + this.generator.byteLength;
+    const perNode = [this.kinds, this.firstSeen, this.objectOf, this.generator, this.transformOf];
+    return this.lists.reduce((n, l) => n + l.byteLength, 0) + perNode.reduce((n, a) => n + a.byteLength, 0) + this.keys.byteLength;
   }
 
   idOf(key: string): number | undefined {
-    return this.ids.get(key);
+    return this.keys.get(key);
   }
 
   has(key: string): boolean {
-    return this.ids.has(key);
+    return this.keys.has(key);
   }
 
   keyOf(id: number): string {
-    return this.keys[id] as string;
+    return this.keys.keyOf(id);
   }
 
   kindOf(id: number): NodeKind {
@@ -133,55 +134,55 @@ export class GraphIndex {
   }
 
   labelOf(id: number): string | undefined {
-    return this.labels.get(id);
+    if (id < 0 || id >= this.transformOf.length) return undefined;
+    const transform = this.transformOf.data[id] as number;
+    return transform === NO_NODE ? undefined : this.transformNames.get(transform);
   }
 
   /** Key of the step that generated a version, if any. */
   generatorOf(versionKey: string): string | undefined {
-    const id = this.ids.get(versionKey);
+    const id = this.keys.get(versionKey);
     if (id === undefined) return undefined;
     const g = this.generator.data[id] as number;
-    return g === NO_NODE ? undefined : this.keys[g];
+    return g === NO_NODE ? undefined : this.keys.keyOf(g);
   }
 
   /** Keys of the members of a transform, a run (steps) or an object (versions). */
   membersOf(key: string): string[] {
-    const id = this.ids.get(key);
+    const id = this.keys.get(key);
     const out: string[] = [];
     if (id === undefined) return out;
-    for (const n of this.members.targets(id, Number.POSITIVE_INFINITY, [])) out.push(this.keys[n] as string);
+    for (const n of this.members.targets(id, Number.POSITIVE_INFINITY, [])) out.push(this.keys.keyOf(n));
     return out.reverse();
   }
 
   /** Keys of the steps that used this version (or, for an object key, the object unversioned). */
   consumersOf(key: string): string[] {
-    const id = this.ids.get(key);
+    const id = this.keys.get(key);
     const out: string[] = [];
     if (id === undefined) return out;
-    for (const n of this.vDown.targets(id, Number.POSITIVE_INFINITY, [])) out.push(this.keys[n] as string);
+    for (const n of this.vDown.targets(id, Number.POSITIVE_INFINITY, [])) out.push(this.keys.keyOf(n));
     return out.reverse();
   }
 
   mark(): IndexMark {
-    return { nodes: this.keys.length, edges: this.lists.map((l) => l.edgeCount), generatorLog: this.generatorLog.length, labelLog: this.labelLog.length };
+    return { nodes: this.keys.size, edges: this.lists.map((l) => l.edgeCount), generatorLog: this.generatorLog.length };
   }
 
   /** Undoes everything added since `mark`. */
   rollback(mark: IndexMark): void {
     this.lists.forEach((l, i) => l.rollback(mark.edges[i] as number, mark.nodes));
     while (this.generatorLog.length > mark.generatorLog) this.generator.data[this.generatorLog.pop() as number] = NO_NODE;
-    while (this.labelLog.length > mark.labelLog) this.labels.delete(this.labelLog.pop() as number);
     // Few transforms exist, and rollbacks are rare: a scan is cheaper than a log.
     for (const id of this.transformNames.keys()) if (id >= mark.nodes) this.transformNames.delete(id);
     for (const cache of [this.lastTransform, this.lastRun]) if (cache.id >= mark.nodes) cache.id = NO_NODE;
-    for (let id = this.keys.length - 1; id >= mark.nodes; id--) this.ids.delete(this.keys[id] as string);
-    this.keys.length = mark.nodes;
-    this.kinds.length = this.firstSeen.length = this.objectOf.length = this.generator.length = mark.nodes;
+    this.keys.truncate(mark.nodes);
+    this.kinds.length = this.firstSeen.length = this.objectOf.length = this.generator.length = this.transformOf.length = mark.nodes;
   }
 
   /** Adds (or finds) a node. Object versions also get their object node. */
   ensureNode(key: string, kind: NodeKind, timeMs: number): number {
-    const existing = this.ids.get(key);
+    const existing = this.keys.get(key);
     if (existing !== undefined) return existing;
     const id = this.addNode(key, kind, timeMs);
     this.noteAppends();
@@ -193,9 +194,9 @@ export class GraphIndex {
    * run, and comparing a short key is cheaper than a lookup in the map of every node.
    */
   private cachedNode(cache: { key: string; id: number }, key: string, kind: NodeKind, timeMs: number): number {
-    if (cache.id >= 0 && cache.id < this.keys.length && cache.key === key) return cache.id;
+    if (cache.id >= 0 && cache.id < this.keys.size && cache.key === key) return cache.id;
     const id = this.ensureNode(key, kind, timeMs);
-    cache.key = this.keys[id] as string;
+    cache.key = key;
     cache.id = id;
     return id;
   }
@@ -207,13 +208,12 @@ export class GraphIndex {
       const at = key.lastIndexOf('@sha256:');
       object = this.ensureNode(`object:${key.slice('version:'.length, at)}`, NodeKind.NODE_KIND_OBJECT, timeMs);
     }
-    const id = this.keys.length;
-    this.ids.set(key, id);
-    this.keys.push(key);
+    const id = this.keys.add(key);
     this.kinds.push(kind);
     this.firstSeen.push(timeMs);
     this.objectOf.push(object);
     this.generator.push(NO_NODE);
+    this.transformOf.push(NO_NODE);
     if (object !== NO_NODE) this.members.add(object, id, timeMs);
     return id;
   }
@@ -226,7 +226,7 @@ export class GraphIndex {
   addStep(edges: StepEdges, timeMs: number, path: string): void {
     const mark = this.mark();
     try {
-      const known = this.ids.get(edges.stepKey);
+      const known = this.keys.get(edges.stepKey);
       const step = known ?? this.addNode(edges.stepKey, NodeKind.NODE_KIND_STEP, timeMs);
       if (known === undefined) {
         const transform = this.cachedNode(this.lastTransform, edges.transformKey, NodeKind.NODE_KIND_TRANSFORM, timeMs);
@@ -236,12 +236,11 @@ export class GraphIndex {
           label = edges.transformKey.slice('transform:'.length);
           this.transformNames.set(transform, label);
         }
-        this.labels.set(step, label);
-        this.labelLog.push(step);
+        this.transformOf.data[step] = transform;
         this.members.add(transform, step, timeMs);
         if (edges.runKey) this.members.add(this.cachedNode(this.lastRun, edges.runKey, NodeKind.NODE_KIND_RUN, timeMs), step, timeMs);
-      } else if (this.labels.get(step) !== edges.transformKey.slice('transform:'.length)) {
-        throw new InvalidArgumentError(`${path}.transform`, `step already recorded with transform ${JSON.stringify(this.labels.get(step))}`);
+      } else if (this.labelOf(step) !== edges.transformKey.slice('transform:'.length)) {
+        throw new InvalidArgumentError(`${path}.transform`, `step already recorded with transform ${JSON.stringify(this.labelOf(step))}`);
       }
       for (let i = 0; i < edges.used.length; i++) {
         const key = edges.used[i] as string;
@@ -264,7 +263,7 @@ export class GraphIndex {
         const output = this.ensureNode(key, NodeKind.NODE_KIND_OBJECT_VERSION, timeMs);
         const g = this.generator.data[output] as number;
         if (g !== NO_NODE && g !== step) {
-          throw new InvalidArgumentError(`${path}.generated[${i}]`, `${key} was already generated by ${this.keys[g]}`);
+          throw new InvalidArgumentError(`${path}.generated[${i}]`, `${key} was already generated by ${this.keys.keyOf(g)}`);
         }
         if (g === NO_NODE) {
           this.generator.data[output] = step;
@@ -477,8 +476,8 @@ export class GraphIndex {
   }
 
   private prepareMarks(): void {
-    if (this.visitStamp.length < this.keys.length) {
-      const size = Math.max(1024, this.keys.length * 2);
+    if (this.visitStamp.length < this.keys.size) {
+      const size = Math.max(1024, this.keys.size * 2);
       const v = new Int32Array(size);
       v.set(this.visitStamp);
       this.visitStamp = v;

@@ -30,6 +30,7 @@ import { LedgerHasher } from '../ledger/ledger-hasher.js';
 import type { NanoClock } from '../clock.js';
 import type { EntityRef, LineageBatch, LineageStore, PreparedEntry } from '../store/lineage-store.js';
 import { GraphIndex, type IndexMark } from './graph-index.js';
+import { KeyTable } from './key-table.js';
 import type { LineageApi, SubmitResult } from './lineage-api.js';
 import { foldObjectVersions, foldRuns, foldSteps } from './step-fold.js';
 
@@ -120,15 +121,17 @@ export class LineageEngine implements LineageApi {
   readonly index = new GraphIndex();
   private readonly merkle = new MerkleTree();
   private readonly hasher = new LedgerHasher();
-  /** Event id → ledger seq, as a number: a BigInt per event was a long-lived heap object more. */
-  private readonly eventSeqs = new Map<string, number>();
+  /**
+   * Event id → ledger seq: every entry adds its event id, in ledger order, so an id's number in
+   * the table is its entry's seq. Undone by truncating to a seq.
+   */
+  private readonly eventIds = new KeyTable();
   private readonly knownRuns = new Set<string>();
   /**
-   * What applyToIndex added to eventSeqs (event ids as plain strings, one per event, so no
-   * wrapper object) and knownRuns and is not yet durable, so a rejected batch or a failed write
-   * can be undone; `addedBase` is the absolute position of its first item.
+   * Run ids applyToIndex added to knownRuns that are not yet durable, so a rejected batch or a
+   * failed write can be undone; `addedBase` is the absolute position of its first item.
    */
-  private readonly addedLog: (string | { runId: string })[] = [];
+  private readonly addedLog: string[] = [];
   private addedBase = 0;
   private nextSeq = 0n;
   private head: Uint8Array = GENESIS;
@@ -339,7 +342,7 @@ export class LineageEngine implements LineageApi {
         const seqs: bigint[] = [];
         for (let i = 0; i < events.length; i++) {
           const event = events[i] as LineageEvent;
-          const existing = this.eventSeqs.get(event.eventId);
+          const existing = this.eventIds.get(event.eventId);
           if (existing !== undefined) {
             dup++;
             seqs.push(BigInt(existing));
@@ -463,7 +466,7 @@ export class LineageEngine implements LineageApi {
         this.index.ensureNode(`run:${body.value.runId}`, NodeKind.NODE_KIND_RUN, timeMs);
         if (!this.knownRuns.has(body.value.runId)) {
           this.knownRuns.add(body.value.runId);
-          this.addedLog.push({ runId: body.value.runId });
+          this.addedLog.push(body.value.runId);
         }
         result = { ref: { table: 'runs', runId: body.value.runId } };
         break;
@@ -509,8 +512,7 @@ export class LineageEngine implements LineageApi {
         break;
       }
     }
-    this.eventSeqs.set(event.eventId, Number(seq));
-    this.addedLog.push(event.eventId);
+    if (this.eventIds.add(event.eventId) !== Number(seq)) throw new Error(`event id table out of step with the ledger at seq ${seq}`);
     return result;
   }
 
@@ -523,11 +525,8 @@ export class LineageEngine implements LineageApi {
     this.index.rollback(mark.index);
     this.merkle.truncate(Number(mark.seq));
     this.head = mark.head;
-    while (this.addedBase + this.addedLog.length > mark.added) {
-      const item = this.addedLog.pop() as string | { runId: string };
-      if (typeof item === 'string') this.eventSeqs.delete(item);
-      else this.knownRuns.delete(item.runId);
-    }
+    this.eventIds.truncate(Number(mark.seq));
+    while (this.addedBase + this.addedLog.length > mark.added) this.knownRuns.delete(this.addedLog.pop() as string);
     this.nextSeq = mark.seq;
   }
 
@@ -729,7 +728,7 @@ export class LineageEngine implements LineageApi {
 
   async getProof(eventId: string): Promise<GetProofResponse> {
     if (eventId === '') throw new InvalidArgumentError('event_id', 'is required');
-    const n = this.eventSeqs.get(eventId);
+    const n = this.eventIds.get(eventId);
     const seq = n === undefined ? undefined : BigInt(n);
     const checkpoint = this.checkpoint;
     if (seq === undefined || !checkpoint || seq >= BigInt(checkpoint.treeSize)) throw new NotFoundError(`event ${JSON.stringify(eventId)}`, 'event_id');

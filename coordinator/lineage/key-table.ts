@@ -1,0 +1,183 @@
+/**
+ * Interns strings as dense ids 0, 1, 2, … in insertion order, in typed arrays only: the
+ * characters in one byte arena (one byte per char for keys whose chars are all below U+0100,
+ * the usual case, two bytes per UTF-16 code unit otherwise), an open-addressing hash table of
+ * ids. A Map<string, number>
+ * holds one heap string per key, which every young-generation collection copies (twice, into
+ * the old generation) and every full collection marks again; for the lineage index's millions
+ * of keys that was most of ingest's garbage-collection work. Here the collector sees a handful
+ * of arrays whatever the number of keys.
+ *
+ * Removal is last-in, first-out only (`truncate`), which is what rollbacks need; it is exact
+ * with linear probing, because a key's probe run can only pass over slots of keys added before
+ * it.
+ */
+export class KeyTable {
+  /** The keys' chars, back to back: a byte each, or for a wide key two (low byte first). */
+  private bytes = new Uint8Array(1 << 16);
+  private byteCount = 0;
+  /** Key id → offset of its first byte in `bytes`; `starts[count]` is the end of the last key. */
+  private starts = new Int32Array(1 << 12);
+  /** Key id → 1 when the key has a char above U+00FF (stored two bytes per code unit). */
+  private wide = new Uint8Array(1 << 12);
+  /** Key id → its hash, so growing the table never reads the keys. */
+  private hashes = new Int32Array(1 << 12);
+  /** Hash slot → key id + 1 (0: empty). Size a power of two, at most half full. */
+  private slots = new Int32Array(1 << 13);
+  private count = 0;
+
+  get size(): number {
+    return this.count;
+  }
+
+  /** Bytes held by the arrays. */
+  get byteLength(): number {
+    return this.bytes.byteLength + this.starts.byteLength + this.wide.byteLength + this.hashes.byteLength + this.slots.byteLength;
+  }
+
+  get(key: string): number | undefined {
+    const hash = hashOf(key);
+    const mask = this.slots.length - 1;
+    for (let slot = hash & mask; ; slot = (slot + 1) & mask) {
+      const entry = this.slots[slot] as number;
+      if (entry === 0) return undefined;
+      const id = entry - 1;
+      if (this.hashes[id] === hash && this.equals(id, key)) return id;
+    }
+  }
+
+  has(key: string): boolean {
+    return this.get(key) !== undefined;
+  }
+
+  /** Adds a key known to be absent; returns its id (the previous size). */
+  add(key: string): number {
+    const id = this.count;
+    if (id + 2 > this.starts.length) {
+      this.starts = grown(this.starts, this.starts.length * 2);
+      this.hashes = grown(this.hashes, this.hashes.length * 2);
+      this.wide = grown(this.wide, this.wide.length * 2);
+    }
+    const hash = hashOf(key);
+    let isWide = false;
+    for (let i = 0; i < key.length; i++) {
+      if (key.charCodeAt(i) > 0xff) {
+        isWide = true;
+        break;
+      }
+    }
+    const need = isWide ? 2 * key.length : key.length;
+    if (this.byteCount + need > this.bytes.length) {
+      let size = this.bytes.length * 2;
+      while (size < this.byteCount + need) size *= 2;
+      this.bytes = grown(this.bytes.subarray(0, this.byteCount), size);
+    }
+    const bytes = this.bytes;
+    let at = this.byteCount;
+    if (isWide) {
+      for (let i = 0; i < key.length; i++) {
+        const c = key.charCodeAt(i);
+        bytes[at++] = c & 0xff;
+        bytes[at++] = c >>> 8;
+      }
+    } else {
+      for (let i = 0; i < key.length; i++) bytes[at++] = key.charCodeAt(i);
+    }
+    this.starts[id] = this.byteCount;
+    this.byteCount = at;
+    this.starts[id + 1] = at;
+    this.wide[id] = isWide ? 1 : 0;
+    this.hashes[id] = hash;
+    this.count = id + 1;
+    if (2 * this.count > this.slots.length) this.rehash(this.slots.length * 2);
+    else this.place(id, hash);
+    return id;
+  }
+
+  keyOf(id: number): string {
+    if (id < 0 || id >= this.count) throw new RangeError(`no key ${id}`);
+    const start = this.starts[id] as number;
+    const end = this.starts[id + 1] as number;
+    let codes: ArrayLike<number> = this.bytes.subarray(start, end);
+    if (this.wide[id] === 1) {
+      const units = new Uint16Array((end - start) / 2);
+      for (let i = 0, at = start; i < units.length; i++, at += 2) units[i] = (this.bytes[at] as number) | ((this.bytes[at + 1] as number) << 8);
+      codes = units;
+    }
+    // fromCharCode takes arguments: a long key goes in pieces to stay clear of the stack limit.
+    if (codes.length <= 4096) return String.fromCharCode.apply(null, codes as number[]);
+    let out = '';
+    for (let s = 0; s < codes.length; s += 4096) out += String.fromCharCode.apply(null, Array.prototype.slice.call(codes, s, s + 4096) as number[]);
+    return out;
+  }
+
+  /** Removes the keys with ids ≥ `size` (the last ones added). */
+  truncate(size: number): void {
+    const mask = this.slots.length - 1;
+    for (let id = this.count - 1; id >= size; id--) {
+      for (let slot = (this.hashes[id] as number) & mask; ; slot = (slot + 1) & mask) {
+        if (this.slots[slot] === id + 1) {
+          this.slots[slot] = 0;
+          break;
+        }
+      }
+    }
+    if (size < this.count) {
+      this.byteCount = this.starts[size] as number;
+      this.count = size;
+    }
+  }
+
+  private equals(id: number, key: string): boolean {
+    const start = this.starts[id] as number;
+    const length = (this.starts[id + 1] as number) - start;
+    const bytes = this.bytes;
+    if (this.wide[id] === 1) {
+      if (length !== 2 * key.length) return false;
+      for (let i = 0, at = start; i < key.length; i++, at += 2) if (((bytes[at] as number) | ((bytes[at + 1] as number) << 8)) !== key.charCodeAt(i)) return false;
+      return true;
+    }
+    if (length !== key.length) return false;
+    for (let i = 0; i < key.length; i++) if (bytes[start + i] !== key.charCodeAt(i)) return false;
+    return true;
+  }
+
+  private place(id: number, hash: number): void {
+    const mask = this.slots.length - 1;
+    let slot = hash & mask;
+    while (this.slots[slot] !== 0) slot = (slot + 1) & mask;
+    this.slots[slot] = id + 1;
+  }
+
+  /** Rebuilds the table in id order, so later keys still probe past earlier ones (see truncate). */
+  private rehash(size: number): void {
+    this.slots = new Int32Array(size);
+    for (let id = 0; id < this.count; id++) this.place(id, this.hashes[id] as number);
+  }
+}
+
+/** A copy of `a` in a new array of `size` elements. */
+function grown<T extends Int32Array | Uint8Array>(a: T, size: number): T {
+  const next = new (a.constructor as new (n: number) => T)(size);
+  next.set(a);
+  return next;
+}
+
+/**
+ * Per process, as V8 seeds its own string hashes: keys come from clients, and a fixed hash would
+ * let one choose keys that all land in one probe run.
+ */
+const SEED = (Math.random() * 0x100000000) | 0;
+
+/** FNV-1a over UTF-16 code units from a seeded basis, then murmur3's finaliser so low bits mix well. */
+function hashOf(key: string): number {
+  // ToNumber flattens a concatenated (cons) string once, so charCodeAt below indexes flat chars.
+  void Number(key);
+  let h = 0x811c9dc5 ^ SEED;
+  for (let i = 0; i < key.length; i++) h = Math.imul(h ^ key.charCodeAt(i), 0x01000193);
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  return (h ^ (h >>> 16)) | 0;
+}

@@ -1,0 +1,63 @@
+import { describe, expect, it } from 'vitest';
+import { createRng } from '../common/random.js';
+import { KeyTable } from '../coordinator/lineage/key-table.js';
+
+describe('KeyTable', () => {
+  it('interns keys as ids in insertion order and reads them back', () => {
+    const t = new KeyTable();
+    expect(t.get('a')).toBeUndefined();
+    expect(t.add('version:orders:1@sha256:ab')).toBe(0);
+    expect(t.add('')).toBe(1);
+    expect(t.add('naïve ☃ 𝄞')).toBe(2);
+    expect(t.get('version:orders:1@sha256:ab')).toBe(0);
+    expect(t.get('')).toBe(1);
+    expect(t.keyOf(2)).toBe('naïve ☃ 𝄞');
+    expect(t.has('naïve ☃')).toBe(false);
+    expect(t.size).toBe(3);
+    expect(() => t.keyOf(3)).toThrow(RangeError);
+    const long = 'x'.repeat(10_000) + 'y';
+    expect(t.add(long)).toBe(3);
+    expect(t.keyOf(3)).toBe(long);
+    // One char above U+00FF makes a key wide (two bytes a char); equal chars below it do not match it.
+    const longWide = 'ÿ'.repeat(5_000) + '☃';
+    expect(t.add(longWide)).toBe(4);
+    expect(t.keyOf(4)).toBe(longWide);
+    expect(t.get('ÿ'.repeat(5_000) + 'ÿ')).toBeUndefined();
+    expect(t.get(longWide)).toBe(4);
+  });
+
+  it('agrees with a Map through growth and last-in-first-out truncation (seeded random operations)', () => {
+    for (const seed of [1, 2, 3]) {
+      const rng = createRng(seed);
+      const t = new KeyTable();
+      const keys: string[] = [];
+      const ids = new Map<string, number>();
+      for (let op = 0; op < 20_000; op++) {
+        const r = rng();
+        if (r < 0.97 || keys.length === 0) {
+          // Short keys over a small alphabet, so lookups hit, miss and share hash slots often.
+          const n = Math.floor(rng() * 40_000);
+          const key = n % 7 === 0 ? `k☃${n.toString(36)}` : `k${n.toString(36)}`;
+          const known = ids.get(key);
+          expect(t.get(key)).toBe(known);
+          if (known === undefined) {
+            expect(t.add(key)).toBe(keys.length);
+            ids.set(key, keys.length);
+            keys.push(key);
+          }
+        } else {
+          const size = Math.max(0, keys.length - 1 - Math.floor(rng() * 50));
+          t.truncate(size);
+          for (const k of keys.splice(size)) ids.delete(k);
+          expect(t.size).toBe(keys.length);
+        }
+      }
+      for (const [k, id] of ids) expect(t.get(k)).toBe(id);
+      for (let id = 0; id < keys.length; id += 97) expect(t.keyOf(id)).toBe(keys[id]);
+      // Removed keys are gone and can come back with new ids.
+      const gone = `k${(40_000).toString(36)}-gone`;
+      expect(t.get(gone)).toBeUndefined();
+      expect(t.add(gone)).toBe(keys.length);
+    }
+  });
+});
