@@ -8,6 +8,8 @@ import { LineageEngine } from '../coordinator/lineage/lineage-engine.js';
 import { openDatabase, type Database } from '../coordinator/store/database.js';
 import { LineageStore } from '../coordinator/store/lineage-store.js';
 import { h, objectEvent, ref, runEvent, stepEvent } from './helpers/lineage-events.js';
+import { decodeSubmitEventsRequest, type LazySubmitEventsRequest } from '../coordinator/grpc/lineage-wire.js';
+import { SubmitEventsRequest } from '../common/gen/retrace/v1/lineage.js';
 import { LedgerEntryBody, LineageEvent, type ObjectVersion } from '../common/gen/retrace/v1/provenance.js';
 
 let db: Database;
@@ -243,6 +245,38 @@ describe('lineage engine', () => {
     await room;
     expect(engine.room()).toBeUndefined();
     expect((await Promise.all([first, second])).map((r) => r.accepted)).toEqual([4000, 4000]);
+  });
+
+  it('a failed write rejects its group, undoes it, and commits the group prepared behind it after validating it again', async () => {
+    // Wire-form submissions (as SubmitEvents hands them over), decoded when their group is prepared.
+    const wire = (tag: string) => decodeSubmitEventsRequest(SubmitEventsRequest.encode({ events: Array.from({ length: 3000 }, (_, i) => objectEvent(`${tag}-${i}`, `${tag}:${i}`, `${tag}${i}`)) }).finish()) as LazySubmitEventsRequest;
+    const startBatch = store.startBatch.bind(store);
+    let writes = 0;
+    store.startBatch = () => {
+      const batch = startBatch();
+      const n = writes++;
+      return {
+        add: (e) => batch.add(e),
+        discard: () => batch.discard(),
+        // The first group's write fails after a while, so the second group is prepared meanwhile.
+        write: async (checkpoint) => {
+          if (n > 0) return batch.write(checkpoint);
+          await new Promise((r) => setTimeout(r, 50));
+          await batch.discard();
+          throw new Error('disk full');
+        },
+      };
+    };
+    const [a, b] = [engine.submit(wire('fa')), engine.submit(wire('fb'))].map((p) => p.then((r) => r, (e: unknown) => e));
+    expect(await a).toMatchObject({ message: 'disk full' });
+    expect(await b).toMatchObject({ accepted: 3000, duplicates: 0 });
+    expect(writes).toBe(3); // fa (failed), fb (sealed meanwhile, discarded), fb again
+    expect(engine.treeSize).toBe(3000n);
+    expect((await engine.getProof('fb-0')).seq).toBe('0');
+    await expect(engine.getProof('fa-0')).rejects.toBeInstanceOf(NotFoundError);
+    // Nothing of the failed group is left behind: it is stored in full when sent again.
+    expect(await engine.submit(wire('fa'))).toMatchObject({ accepted: 3000, duplicates: 0 });
+    expect(await verifyLedger(store)).toMatchObject({ ok: true, entriesChecked: 6000n });
   });
 
   it('merges several events about one step (OpenLineage START then COMPLETE)', async () => {
