@@ -9,7 +9,7 @@ import { openDatabase, type Database } from '../coordinator/store/database.js';
 import { LineageStore } from '../coordinator/store/lineage-store.js';
 import { h, objectEvent, ref, runEvent, stepEvent } from './helpers/lineage-events.js';
 import { decodeSubmitEventsRequest, type LazySubmitEventsRequest } from '../coordinator/grpc/lineage-wire.js';
-import { SubmitEventsRequest } from '../common/gen/retrace/v1/lineage.js';
+import { BinaryWriter } from '@bufbuild/protobuf/wire';
 import { LedgerEntryBody, LineageEvent, type ObjectVersion } from '../common/gen/retrace/v1/provenance.js';
 
 let db: Database;
@@ -29,6 +29,13 @@ afterEach(async () => {
   await engine.stop();
   await db.close();
 });
+
+/** A submission in wire form, as SubmitEvents hands it over: the events' bytes as given, decoded when its group is prepared. */
+function wireForm(bytes: readonly Uint8Array[]): LazySubmitEventsRequest {
+  const w = new BinaryWriter();
+  for (const b of bytes) w.uint32(10).bytes(b); // field 1, length-delimited
+  return decodeSubmitEventsRequest(w.finish()) as LazySubmitEventsRequest;
+}
 
 /** raw:1 → s1 → mid:1 → s2 → out:1, plus raw:2 → s3 → side:1 */
 async function chain(): Promise<void> {
@@ -132,13 +139,12 @@ describe('lineage engine', () => {
     const plain = objectEvent('w1', 'wire:1', 'w1');
     const unsorted = { ...objectEvent('w2', 'wire:2', 'w2'), body: { $case: 'objectVersion' as const, value: { ...(objectEvent('w2', 'wire:2', 'w2').body?.value as ObjectVersion), attributes: { zone: 'a', app: 'b' } } } };
     const untimed = { ...objectEvent('w3', 'wire:3', 'w3'), eventTimeNs: '0' };
-    const events = [plain, unsorted, untimed];
     // The first event's bytes put its body before its id, time and producer: the same event,
     // bytes the generated encoder would not write, so "stored as received" is visible.
     const reordered = Buffer.concat([LineageEvent.encode({ eventId: '', eventTimeNs: '0', producer: '', body: plain.body }).finish(), LineageEvent.encode({ ...plain, body: undefined }).finish()]);
     expect(LineageEvent.decode(reordered)).toEqual(plain);
     const wire = [reordered, LineageEvent.encode(unsorted).finish(), LineageEvent.encode(untimed).finish()];
-    const r = await engine.submit(events, { wire });
+    const r = await engine.submit(wireForm(wire));
     const stored = await store.getEntries(r.seqs);
     const bodies = stored.map((e) => LedgerEntryBody.decode(e.body));
     // Canonical: the body holds the received bytes verbatim, and they decode to the event.
@@ -151,7 +157,7 @@ describe('lineage engine', () => {
     for (const i of [1, 2]) expect(Buffer.from(stored[i]?.body ?? [])).toEqual(Buffer.from(LedgerEntryBody.encode(bodies[i] as LedgerEntryBody).finish()));
     // Bytes as the generated encoder writes them: the hand-written body is byte-identical.
     const more = Array.from({ length: 200 }, (_, i) => objectEvent(`wc${i}`, `wire:c${i}`, `c${i}`));
-    const r2 = await engine.submit(more, { wire: more.map((e) => LineageEvent.encode(e).finish()) });
+    const r2 = await engine.submit(wireForm(more.map((e) => LineageEvent.encode(e).finish())));
     for (const e of await store.getEntries([r2.seqs[0] as bigint, r2.seqs[199] as bigint])) {
       expect(Buffer.from(e.body)).toEqual(Buffer.from(LedgerEntryBody.encode(LedgerEntryBody.decode(e.body)).finish()));
     }
@@ -249,7 +255,7 @@ describe('lineage engine', () => {
 
   it('a failed write rejects its group, undoes it, and commits the group prepared behind it after validating it again', async () => {
     // Wire-form submissions (as SubmitEvents hands them over), decoded when their group is prepared.
-    const wire = (tag: string) => decodeSubmitEventsRequest(SubmitEventsRequest.encode({ events: Array.from({ length: 3000 }, (_, i) => objectEvent(`${tag}-${i}`, `${tag}:${i}`, `${tag}${i}`)) }).finish()) as LazySubmitEventsRequest;
+    const wire = (tag: string) => wireForm(Array.from({ length: 3000 }, (_, i) => LineageEvent.encode(objectEvent(`${tag}-${i}`, `${tag}:${i}`, `${tag}${i}`)).finish()));
     const startBatch = store.startBatch.bind(store);
     let writes = 0;
     store.startBatch = () => {

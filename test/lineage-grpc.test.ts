@@ -4,7 +4,7 @@ import { HealthDefinition } from 'nice-grpc-server-health';
 import { Direction, LineageServiceDefinition, NodeKind, SubmitEventsRequest, SubmitEventsResponse, TraceView, type TraceRequest, type TraceSessionResponse } from '../common/gen/retrace/v1/lineage.js';
 import { TraceSessionClient } from '../scripts/cli/trace-session-client.js';
 import { decodeCompactTrace } from '../common/trace-compact.js';
-import { decodeSubmitEventsRequest } from '../coordinator/grpc/lineage-wire.js';
+import { decodeSubmitEventsRequest, LazySubmitEventsRequest } from '../coordinator/grpc/lineage-wire.js';
 import { LedgerEntryBody, LineageEvent } from '../common/gen/retrace/v1/provenance.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 import { h, objectEvent, ref, runEvent, stepEvent } from './helpers/lineage-events.js';
@@ -43,9 +43,11 @@ describe('LineageService over gRPC', () => {
     const unknown = Uint8Array.of((9 << 3) | 0, 42, (10 << 3) | 2, 2, 7, 7); // field 9 varint, field 10 bytes
     const bytes = Buffer.concat([unknown, known, unknown]);
     const decoded = decodeSubmitEventsRequest(bytes);
+    expect(decoded).toBeInstanceOf(LazySubmitEventsRequest);
     expect(decoded.events).toEqual(SubmitEventsRequest.decode(bytes).events);
-    expect(decoded.wire?.map((w) => LineageEvent.decode(w))).toEqual(events);
-    expect(decoded.wire?.map((w) => Buffer.from(w))).toEqual(events.map((e) => Buffer.from(LineageEvent.encode(e).finish())));
+    const { wire } = (decoded as LazySubmitEventsRequest).decode();
+    expect(wire.map((w) => LineageEvent.decode(w))).toEqual(events);
+    expect(wire.map((w) => Buffer.from(w))).toEqual(events.map((e) => Buffer.from(LineageEvent.encode(e).finish())));
   });
 
   it('names the batch and field of bad input with INVALID_ARGUMENT and stores nothing of that batch', async () => {

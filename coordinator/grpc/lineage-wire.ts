@@ -4,11 +4,6 @@ import { LineageEvent } from '../../common/gen/retrace/v1/provenance.js';
 import { InvalidArgumentError } from '../../common/errors.js';
 import type { DeferredEvents } from '../lineage/lineage-engine.js';
 
-/** A SubmitEventsRequest that also carries each event's bytes as received, same order. */
-export interface WireSubmitEventsRequest extends SubmitEventsRequest {
-  wire?: Uint8Array[];
-}
-
 const EVENTS_TAG = (1 << 3) | 2; // field 1, length-delimited
 
 /**
@@ -16,8 +11,8 @@ const EVENTS_TAG = (1 << 3) | 2; // field 1, length-delimited
  * it prepares the commit group, so the request waits in the call's read buffer and the commit
  * queue as one buffer. `events` decodes for any other reader.
  */
-export class LazySubmitEventsRequest implements WireSubmitEventsRequest, DeferredEvents {
-  private decoded: { events: LineageEvent[]; wire: Uint8Array[] } | undefined;
+export class LazySubmitEventsRequest implements SubmitEventsRequest, DeferredEvents {
+  private decoded: LineageEvent[] | undefined;
 
   constructor(
     private readonly bytes: Uint8Array,
@@ -25,11 +20,7 @@ export class LazySubmitEventsRequest implements WireSubmitEventsRequest, Deferre
   ) {}
 
   get events(): LineageEvent[] {
-    return (this.decoded ??= this.decode()).events;
-  }
-
-  get wire(): Uint8Array[] {
-    return (this.decoded ??= this.decode()).wire;
+    return (this.decoded ??= this.decode().events);
   }
 
   decode(): { events: LineageEvent[]; wire: Uint8Array[] } {
@@ -73,7 +64,7 @@ function scanEvents(bytes: Uint8Array, onEvent?: (start: number, end: number) =>
  * and, once decoded, keep their bytes, so the ledger can store them without encoding each again.
  * A message whose framing is broken throws here, as the generated decoder would.
  */
-export function decodeSubmitEventsRequest(input: BinaryReader | Uint8Array, length?: number): WireSubmitEventsRequest {
+export function decodeSubmitEventsRequest(input: BinaryReader | Uint8Array, length?: number): SubmitEventsRequest {
   if (!(input instanceof Uint8Array) || length !== undefined) return SubmitEventsRequest.decode(input, length);
   return new LazySubmitEventsRequest(input, scanEvents(input));
 }

@@ -3,6 +3,7 @@ import { LedgerEntryBody, type Checkpoint } from '../../common/gen/retrace/v1/pr
 import { versionKey } from '../../common/lineage-keys.js';
 import { leafHash, MerkleTree } from '../../common/merkle.js';
 import { describedVersions } from '../../common/step-versions.js';
+import { KeyTable } from '../lineage/key-table.js';
 import { adjacencyKey, entityKey, objectRowKey, seqKey, type EntityRef, type LineageStore } from '../store/lineage-store.js';
 import { verifyCheckpoint } from './checkpoint-signer.js';
 
@@ -42,8 +43,11 @@ export async function verifyLedger(
   let head: Uint8Array = new Uint8Array(32);
   let expectedSeq = 0n;
   const expectedRows = { entities: new Set<string>(), adjacency: new Map<string, string>() };
-  /** Event id → seq: the engine stores an event id once (resubmissions are acknowledged, not stored). */
-  const eventSeqs = new Map<string, bigint>();
+  /**
+   * Event ids so far, each numbered by its entry's seq (as in the engine): the engine stores an
+   * event id once (resubmissions are acknowledged, not stored).
+   */
+  const eventIds = new KeyTable();
   let lastCheckpoint: Checkpoint | undefined;
   const fail = (seq: bigint, problem: string): VerifyReport => ({ ok: false, entriesChecked: expectedSeq, firstBadSeq: seq, problem, ...(lastCheckpoint ? { checkpoint: lastCheckpoint } : {}) });
 
@@ -76,9 +80,9 @@ export async function verifyLedger(
     if (body.seq !== entry.seq.toString() || !body.event) return fail(entry.seq, `entry ${entry.seq}: body names seq ${body.seq}`);
     const seq = seqKey(entry.seq);
     const ev = body.event;
-    const earlier = eventSeqs.get(ev.eventId);
+    const earlier = eventIds.get(ev.eventId);
     if (earlier !== undefined) return fail(entry.seq, `entry ${entry.seq} repeats event id ${JSON.stringify(ev.eventId)} of entry ${earlier}: an event is stored once`);
-    eventSeqs.set(ev.eventId, entry.seq);
+    eventIds.add(ev.eventId);
     const b = ev.body;
     let entity: EntityRef | undefined;
     if (b?.$case === 'objectVersion') entity = { table: 'objects', objectId: b.value.objectId, contentHash: b.value.contentHash };

@@ -2,11 +2,10 @@
  * Interns strings as dense ids 0, 1, 2, … in insertion order, in typed arrays only: the
  * characters in one byte arena (one byte per char for keys whose chars are all below U+0100,
  * the usual case, two bytes per UTF-16 code unit otherwise), an open-addressing hash table of
- * ids. A Map<string, number>
- * holds one heap string per key, which every young-generation collection copies (twice, into
- * the old generation) and every full collection marks again; for the lineage index's millions
- * of keys that was most of ingest's garbage-collection work. Here the collector sees a handful
- * of arrays whatever the number of keys.
+ * ids. A Map<string, number> holds one heap string per key, which every young-generation
+ * collection copies (twice, into the old generation) and every full collection marks again;
+ * for the lineage index's millions of keys that was most of ingest's garbage-collection work.
+ * Here the collector sees a handful of arrays whatever the number of keys.
  *
  * Removal is last-in, first-out only (`truncate`), which is what rollbacks need; it is exact
  * with linear probing, because a key's probe run can only pass over slots of keys added before

@@ -198,13 +198,12 @@ export class LineageEngine implements LineageApi {
   }
 
   /**
-   * Appends `events` atomically (see LineageApi.submit). `options.wire`, when given, holds each
-   * event's LineageEvent bytes as received: an event that normalising leaves unchanged is then
-   * stored with those bytes instead of being encoded again. DeferredEvents (the gRPC front end's)
-   * are decoded and validated when their commit group is prepared; the same errors reject the
-   * submission then.
+   * Appends `events` atomically (see LineageApi.submit). DeferredEvents (the gRPC front end's)
+   * are decoded and validated when their commit group is prepared, and the same errors reject
+   * the submission then; an event that normalising leaves unchanged is stored with its bytes as
+   * received instead of being encoded again.
    */
-  submit(events: readonly LineageEvent[] | DeferredEvents, options?: { signal?: AbortSignal; wire?: readonly Uint8Array[] }): Promise<SubmitResult> {
+  submit(events: readonly LineageEvent[] | DeferredEvents, options?: { signal?: AbortSignal }): Promise<SubmitResult> {
     if (this.state !== 'RUNNING') return Promise.reject(new FailedPreconditionError(`lineage engine is ${this.state}`));
     if (options?.signal?.aborted) return Promise.reject(options.signal.reason);
     const deferred = isDeferred(events) ? events : undefined;
@@ -217,7 +216,7 @@ export class LineageEngine implements LineageApi {
     let wire: (Uint8Array | undefined)[] | undefined;
     if (!deferred) {
       try {
-        ({ normalized, wire } = normalizeAll(events as readonly LineageEvent[], options?.wire, receivedAt));
+        ({ normalized, wire } = normalizeAll(events as readonly LineageEvent[], undefined, receivedAt));
       } catch (err) {
         return Promise.reject(err);
       }
