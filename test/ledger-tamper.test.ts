@@ -284,15 +284,38 @@ describe('ledger verification of a tampered data dir', () => {
     expect(report.problem).toContain(problem);
   });
 
-  it('(d) an adjacency row whose edges were altered', async () => {
+  it('(d) an adjacency row given a value (rows point at their entry and hold nothing)', async () => {
     const seq = seqOf('step:join-1');
     const report = await tamperAndVerify(async (store) => {
       const key = adjacencyRowKey(seq);
-      const row = JSON.parse((await store.adjacency.get(key)) ?? 'null') as { s: string; u: string[]; g: string[] };
+      expect(await store.adjacency.get(key)).toBe('');
+      await store.adjacency.put(key, JSON.stringify({ s: 'join-1', u: [], g: [versionKey('ghost', hash('ghost'))] }));
+    });
+    expect(report).toMatchObject({ ok: false, firstBadSeq: seq });
+    expect(report.problem).toBe(`adjacency row of entry ${seq} was altered`);
+  });
+
+  it("(d) adjacency rows as an earlier version wrote them (the step's edges as JSON) verify, and an altered one is named", async () => {
+    const legacyValue = (seq: bigint): string => {
+      const body = eventAt(seq).body;
+      if (body?.$case !== 'step') throw new Error(`entry ${seq} is not a step`);
+      const s = body.value;
+      return JSON.stringify({ s: s.stepId, u: s.used.map((r) => (r.unversioned ? `object:${r.objectId}` : versionKey(r.objectId, r.contentHash))), g: s.generated.map((r) => versionKey(r.objectId, r.contentHash)) });
+    };
+    const steps = EVENTS.map((_, i) => BigInt(i)).filter((seq) => eventAt(seq).body?.$case === 'step');
+    expect(steps.length).toBeGreaterThan(10);
+    const toLegacy = async (store: LineageStore): Promise<void> => {
+      for (const seq of steps) await store.adjacency.put(adjacencyRowKey(seq), legacyValue(seq));
+    };
+    const dir = copyData();
+    expect(await tamperAndVerify(toLegacy, dir)).toMatchObject({ ok: true });
+    const seq = seqOf('step:join-1');
+    const report = await tamperAndVerify(async (store) => {
+      const row = JSON.parse(legacyValue(seq)) as { s: string; u: string[]; g: string[] };
       expect(row.u).toContain(versionKey('clean/2', hash('clean 2')));
       row.u = row.u.filter((u) => u !== versionKey('clean/2', hash('clean 2')));
-      await store.adjacency.put(key, JSON.stringify(row));
-    });
+      await store.adjacency.put(adjacencyRowKey(seq), JSON.stringify(row));
+    }, dir);
     expect(report).toMatchObject({ ok: false, firstBadSeq: seq });
     expect(report.problem).toBe(`adjacency row of entry ${seq} was altered`);
   });

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { LedgerEntryBody, type Checkpoint } from '../../common/gen/retrace/v1/provenance.js';
+import { LedgerEntryBody, type Checkpoint, type Step } from '../../common/gen/retrace/v1/provenance.js';
 import { versionKey } from '../../common/lineage-keys.js';
 import { leafHash, MerkleTree } from '../../common/merkle.js';
 import { describedVersions } from '../../common/step-versions.js';
@@ -42,7 +42,10 @@ export async function verifyLedger(
   const tree = new MerkleTree();
   let head: Uint8Array = new Uint8Array(32);
   let expectedSeq = 0n;
-  const expectedRows = { entities: new Set<string>(), adjacency: new Map<string, string>() };
+  /** Adjacency rows expected: key → the seq of the step entry it points at. */
+  const expectedRows = { entities: new Set<string>(), adjacency: new Map<string, bigint>() };
+  /** Step entries whose adjacency row has a legacy (non-empty) value, to check against the entry. */
+  const legacyRows = new Map<bigint, string>();
   /**
    * Event ids so far, each numbered by its entry's seq (as in the engine): the engine stores an
    * event id once (resubmissions are acknowledged, not stored).
@@ -89,9 +92,7 @@ export async function verifyLedger(
     else if (b?.$case === 'run') entity = { table: 'runs', runId: b.value.runId };
     else if (b?.$case === 'step') {
       entity = { table: 'steps', stepId: b.value.stepId };
-      const used = b.value.used.map((r) => (r.unversioned ? `object:${r.objectId}` : versionKey(r.objectId, r.contentHash)));
-      const generated = b.value.generated.map((r) => versionKey(r.objectId, r.contentHash));
-      expectedRows.adjacency.set(adjacencyKey(BigInt(ev.eventTimeNs), seq), JSON.stringify({ s: b.value.stepId, u: used, g: generated }));
+      expectedRows.adjacency.set(adjacencyKey(BigInt(ev.eventTimeNs), seq), entry.seq);
       for (const v of describedVersions(b.value)) expectedRows.entities.add(`objects\u0000${objectRowKey(v.objectId, v.contentHash, seq)}`);
     }
     if (entity) expectedRows.entities.add(`${entity.table}\u0000${entityKey(entity, seq)}`);
@@ -127,13 +128,32 @@ export async function verifyLedger(
   }
   for (const missing of expectedRows.entities) note(missing.slice(missing.lastIndexOf('\u0000') + 1), `${missing.split('\u0000')[0]} row for entry is missing`);
   for await (const [key, value] of store.adjacency.iterator()) {
-    const want = expectedRows.adjacency.get(key);
+    const seq = expectedRows.adjacency.get(key);
     const seqHex = key.split('\u0000')[1];
-    if (want === undefined) note(seqHex, `adjacency row ${JSON.stringify(key)} does not match any ledger entry`);
-    else if (want !== value) note(seqHex, `adjacency row of entry ${BigInt(`0x${seqHex}`)} was altered`);
+    if (seq === undefined) note(seqHex, `adjacency row ${JSON.stringify(key)} does not match any ledger entry`);
+    else if (value !== '') legacyRows.set(seq, value);
     expectedRows.adjacency.delete(key);
   }
   for (const key of expectedRows.adjacency.keys()) note(key.split('\u0000')[1], 'adjacency row for entry is missing');
+  // Rows written before adjacency values were dropped repeat the step's edges; they must still match.
+  const legacySeqs = [...legacyRows.keys()].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+  legacy: for (let i = 0; i < legacySeqs.length; i += 256) {
+    for (const stored of await store.getEntries(legacySeqs.slice(i, i + 256))) {
+      if (worst && worst.seq <= stored.seq) break legacy;
+      const ev = LedgerEntryBody.decode(stored.body).event;
+      if (ev?.body?.$case !== 'step' || legacyAdjacencyValue(ev.body.value) !== legacyRows.get(stored.seq)) {
+        note(seqKey(stored.seq), `adjacency row of entry ${stored.seq} was altered`);
+        break legacy;
+      }
+    }
+  }
   if (worst) return fail(worst.seq, worst.problem);
   return { ok: true, entriesChecked: expectedSeq, ...(lastCheckpoint ? { checkpoint: lastCheckpoint } : {}) };
+}
+
+/** The value an adjacency row had before this version: the step's id and edges as JSON. */
+function legacyAdjacencyValue(step: Step): string {
+  const used = step.used.map((r) => (r.unversioned ? `object:${r.objectId}` : versionKey(r.objectId, r.contentHash)));
+  const generated = step.generated.map((r) => versionKey(r.objectId, r.contentHash));
+  return JSON.stringify({ s: step.stepId, u: used, g: generated });
 }

@@ -507,7 +507,7 @@ export class LineageEngine implements LineageApi {
           timeMs,
           p,
         );
-        result = { ref: { table: 'steps', stepId: s.stepId }, adjacency: { timeNs, stepId: s.stepId, used, generated } };
+        result = { ref: { table: 'steps', stepId: s.stepId }, adjacency: { timeNs } };
         break;
       }
     }

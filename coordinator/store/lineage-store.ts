@@ -22,8 +22,8 @@ export interface PreparedEntry {
   entity: EntityRef;
   /** Object versions the event describes besides its entity (a step's used_versions and generated_versions): an objects row each. */
   versions?: readonly { objectId: string; contentHash: string }[];
-  /** For step events: the edges they add, time-ordered by `timeNs`. */
-  adjacency?: { timeNs: bigint; stepId: string; used: string[]; generated: string[] };
+  /** For step events: their event time, the adjacency row's time order. */
+  adjacency?: { timeNs: bigint };
 }
 
 /** One atomic, synced write being built; see LineageStore.startBatch. */
@@ -41,12 +41,11 @@ export interface StoredEntry {
   body: Uint8Array;
 }
 
+/** A step entry found through the time index: its event time and the entry itself. */
 export interface AdjacencyRow {
   timeNs: bigint;
   seq: bigint;
-  stepId: string;
-  used: string[];
-  generated: string[];
+  entry: StoredEntry;
 }
 
 /**
@@ -55,9 +54,14 @@ export interface AdjacencyRow {
  *   objects     objectId NUL contentHash NUL seq         → "" (object_version events; steps' described versions)
  *   steps       stepId NUL seq                           → ""
  *   runs        runId NUL seq                            → ""
- *   adjacency   timeNs(20 digits) NUL seq                → {"s","u","g"} (one row per step event)
+ *   adjacency   timeNs(20 digits) NUL seq                → "" (one row per step event)
  *   checkpoints treeSize(16 hex)                         → Checkpoint JSON
  * Everything an event adds is written in the same atomic, fsynced batch as its ledger entry.
+ *
+ * An adjacency row is the time-ordered index of step entries: the edges (used → step →
+ * generated, read either way) are in the entry it points at. Its value repeated them (object ids
+ * and hex hashes, 300 B a row on average) until this version, a third of the bytes ingest wrote;
+ * rows written then keep their value, which nothing reads but verify.
  *
  * Event ids have no table: the engine keeps them in memory, rebuilt from the ledger at start.
  * Earlier versions wrote an `event-ids` row per event that nothing read; its random keys (UUIDs,
@@ -119,10 +123,7 @@ export class LineageStore {
         batch.put(p.ledger + seq, value);
         batch.put(p[e.entity.table] + entityKey(e.entity, seq), EMPTY);
         if (e.versions) for (const v of e.versions) batch.put(p.objects + objectRowKey(v.objectId, v.contentHash, seq), EMPTY);
-        if (e.adjacency) {
-          const a = e.adjacency;
-          batch.put(p.adjacency + adjacencyKey(a.timeNs, seq), Buffer.from(JSON.stringify({ s: a.stepId, u: a.used, g: a.generated })));
-        }
+        if (e.adjacency) batch.put(p.adjacency + adjacencyKey(e.adjacency.timeNs, seq), EMPTY);
       },
       async write(checkpoint: { treeSize: bigint; json: string } | undefined): Promise<void> {
         open = false;
@@ -220,14 +221,29 @@ export class LineageStore {
     if (current) yield current;
   }
 
-  /** Adjacency rows with event time ≤ asOfNs (all when undefined), in time order. */
+  /** Step entries with event time ≤ asOfNs (all when undefined), in time order, through the adjacency rows. */
   async *adjacencyRows(asOfNs?: bigint): AsyncGenerator<AdjacencyRow> {
     const range = asOfNs === undefined ? {} : { lt: `${timeKey(asOfNs)}\u0001` };
-    for await (const [key, value] of this.adjacency.iterator(range)) {
+    let chunk: { timeNs: bigint; seq: bigint }[] = [];
+    for await (const key of this.adjacency.keys(range)) {
       const [t, s] = key.split('\u0000') as [string, string];
-      const row = JSON.parse(value) as { s: string; u: string[]; g: string[] };
-      yield { timeNs: BigInt(t), seq: BigInt(`0x${s}`), stepId: row.s, used: row.u, generated: row.g };
+      chunk.push({ timeNs: BigInt(t), seq: BigInt(`0x${s}`) });
+      if (chunk.length === 256) {
+        yield* await this.withEntries(chunk);
+        chunk = [];
+      }
     }
+    yield* await this.withEntries(chunk);
+  }
+
+  private async withEntries(rows: readonly { timeNs: bigint; seq: bigint }[]): Promise<AdjacencyRow[]> {
+    if (rows.length === 0) return [];
+    const values = await this.ledger.getMany(rows.map((r) => seqKey(r.seq)));
+    return rows.map((r, i) => {
+      const value = values[i];
+      if (value === undefined) throw new Error(`adjacency row at ${r.timeNs} points at ledger entry ${r.seq}, which is missing`);
+      return { ...r, entry: splitEntry(r.seq, value) };
+    });
   }
 
   async latestCheckpoint(): Promise<string | undefined> {
