@@ -170,6 +170,29 @@ describe('dispatcher (fake mesh)', () => {
     expect(results.every((x) => x.outcome.status === ShardStatus.SHARD_STATUS_SUCCEEDED && x.attempts === 1)).toBe(true);
     d.stop();
   });
+  it('sends the shards that became ready in separate callbacks of one loop turn in one frame', async () => {
+    const f = fakeMesh([info('a')]);
+    const d = createDispatcher({ mesh: f.mesh, log: quiet, shardTimeoutMs: 10_000 });
+    // Ten callbacks of one timers phase, each submitting a shard, as a pipeline's records do when
+    // their store reads return; microtasks run between them, so a flush per microtask checkpoint
+    // sent ten frames.
+    const runs: Promise<unknown>[] = [];
+    await new Promise<void>((resolve) => {
+      for (let i = 0; i < 10; i++) {
+        setTimeout(() => {
+          runs.push(d.run(shard(`cb-${i}`)));
+          if (runs.length === 10) resolve();
+        }, 1);
+      }
+    });
+    await tick();
+    expect(f.assigned()).toHaveLength(10);
+    expect(f.sent.filter((s) => s.msg.body?.$case === 'assign')).toHaveLength(1);
+    f.reply('a', f.assigned('a'));
+    await Promise.all(runs);
+    d.stop();
+  });
+
   it('waits with a reason and places when a node appears', async () => {
     const f = fakeMesh([info('a')]);
     const d = createDispatcher({ mesh: f.mesh, log: quiet, shardTimeoutMs: 10_000 });

@@ -163,7 +163,12 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
   function schedule(): void {
     if (scheduled || stopped) return;
     scheduled = true;
-    queueMicrotask(() => {
+    // After the I/O callbacks of this loop turn, not after the current one: shards that become
+    // ready across many callbacks (a pipeline's records as their LevelDB reads return) go out in
+    // one frame per agent instead of one each. Each frame costs an agent a wake-up of its worker
+    // and a message each way (about 0.3 ms of CPU); a pipeline run with capture sent 8 shards a
+    // frame this way round, 2.5x as many frames as without capture.
+    setImmediate(() => {
       scheduled = false;
       pump();
       flush();
