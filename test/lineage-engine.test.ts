@@ -235,6 +235,27 @@ describe('lineage engine', () => {
     expect((await verifyLedger(store)).ok).toBe(true);
   });
 
+  it('hashes a group in chunks as its submissions are accepted; a rejected one between chunks leaves no trace', async () => {
+    const batch = (tag: string, n: number) => Array.from({ length: n }, (_, i) => objectEvent(`${tag}-${i}`, `${tag}:${i}`, `${tag}${i}`));
+    // A step using a version nobody recorded: the whole submission is rejected.
+    const bad = [...batch('bad', 299), stepEvent('bad-step', 'bad-step', [ref('nowhere', 'x')], [ref('out', 'o')])];
+    const submissions = [batch('a', 300), batch('b', 10), bad, batch('c', 300), batch('d', 5)].map((events) => engine.submit(events));
+    const settled = await Promise.allSettled(submissions);
+    expect(settled.map((s) => s.status)).toEqual(['fulfilled', 'fulfilled', 'rejected', 'fulfilled', 'fulfilled']);
+    expect(engine.treeSize).toBe(615n);
+    const sizes: bigint[] = [];
+    for await (const json of store.allCheckpoints()) sizes.push(BigInt((JSON.parse(json) as { treeSize: string }).treeSize));
+    // One group, its rows hashed in chunks of 300, 310 (b waited for c's) and 5.
+    expect(sizes).toEqual([615n]);
+    expect((await verifyLedger(store)).ok).toBe(true);
+    const tags = new Set<string>();
+    for await (const e of store.entries()) tags.add(LedgerEntryBody.decode(e.body).event?.eventId.replace(/-\d+$/, '') ?? '');
+    expect(tags).toEqual(new Set(['a', 'b', 'c', 'd']));
+    // The chain and tree the chunks left are the ones the next group continues.
+    await engine.submit(batch('e', 3));
+    expect((await verifyLedger(store)).ok).toBe(true);
+  });
+
   it('bounds its commit queue: room() is a promise while 8000 events wait, settled once a group is taken', async () => {
     const batch = (tag: string) => Array.from({ length: 4000 }, (_, i) => objectEvent(`${tag}-${i}`, `${tag}:${i}`, `${tag}${i}`));
     expect(engine.room()).toBeUndefined();

@@ -1,17 +1,24 @@
 import * as crypto from 'node:crypto';
 import { Worker } from 'node:worker_threads';
 
+/** Where the hash chain and the Merkle tree stand: the last entry hash and the tree's right frontier (MerkleTree.frontier()). */
+export interface ChainState {
+  head: Uint8Array;
+  frontier: (Uint8Array | undefined)[];
+}
+
 /**
- * One commit group's ledger rows in one shared buffer: row i is bytes [offsets[2i], offsets[2i+1])
- * of `buf`, 32 bytes of room for its entry hash followed by its body (the canonical bytes).
+ * Consecutive ledger rows in one shared buffer: row i is bytes [offsets[2i], offsets[2i+1]) of
+ * `buf`, 32 bytes of room for its entry hash followed by its body (the canonical bytes).
  */
 export interface HashJob {
   buf: SharedArrayBuffer;
   offsets: Int32Array;
-  /** Entry hash of the entry before the group's first. */
-  head: Uint8Array;
-  /** The Merkle tree's right frontier before the group (MerkleTree.frontier()). */
-  frontier: (Uint8Array | undefined)[];
+  /**
+   * The chain and tree before the job's first row. Absent: where this hasher's previous job left
+   * them, so a commit group can be hashed in chunks sent while the rest is still being prepared.
+   */
+  start?: ChainState;
 }
 
 export interface HashResult {
@@ -24,22 +31,23 @@ export interface HashResult {
 }
 
 /**
- * The ledger's hashing for one group, in place: each row's first 32 bytes become its entry hash
+ * The ledger's hashing for one job, in place: each row's first 32 bytes become its entry hash
  * H(previous entry hash ‖ body); also its leaf hash H(0x00 ‖ body) and the interior nodes
- * H(0x01 ‖ left ‖ right) that complete. Self-contained (no module scope), because its source is
+ * H(0x01 ‖ left ‖ right) that complete. `state` starts where the chain and tree stand and is
+ * left where they stand after the job. Self-contained (no module scope), because its source is
  * also the hashing worker's: `sha256` is passed in.
  */
-function hashGroup(sha256: (data: Uint8Array) => Uint8Array, job: HashJob): HashResult {
+function hashRows(sha256: (data: Uint8Array) => Uint8Array, job: HashJob, state: ChainState): HashResult {
   const view = new Uint8Array(job.buf);
   const n = job.offsets.length / 2;
   const leaves = new Uint8Array(32 * n);
   // Appending n leaves completes fewer than n + log2(size) interior nodes.
   let nodes = new Uint8Array(32 * (n + 64));
   let nodeCount = 0;
-  const frontier = job.frontier.slice();
+  const frontier = state.frontier;
   const nodeInput = new Uint8Array(65);
   nodeInput[0] = 1;
-  let head = job.head;
+  let head = state.head;
   for (let i = 0; i < n; i++) {
     const row = view.subarray(job.offsets[2 * i] as number, job.offsets[2 * i + 1] as number);
     row.set(head, 0);
@@ -66,21 +74,25 @@ function hashGroup(sha256: (data: Uint8Array) => Uint8Array, job: HashJob): Hash
     }
     frontier[level] = hash;
   }
-  return { leaves, nodes: nodes.slice(0, 32 * nodeCount), head: Uint8Array.from(head) };
+  state.head = Uint8Array.from(head);
+  return { leaves, nodes: nodes.slice(0, 32 * nodeCount), head: state.head };
 }
 
 const oneShot = (crypto as { hash?: (algorithm: string, data: Uint8Array, encoding: 'buffer') => Buffer }).hash;
 const sha256 = oneShot ? (data: Uint8Array): Uint8Array => oneShot('sha256', data, 'buffer') : (data: Uint8Array): Uint8Array => crypto.createHash('sha256').update(data).digest();
 
-/** The worker's source: hashGroup, and a loop answering jobs by id. */
+/** The worker's source: hashRows, the chain its jobs continue, and a loop answering jobs by id. */
 const WORKER_SOURCE = `
 const { parentPort } = require('node:worker_threads');
 const crypto = require('node:crypto');
 const sha256 = crypto.hash ? (d) => crypto.hash('sha256', d, 'buffer') : (d) => crypto.createHash('sha256').update(d).digest();
-const hashGroup = ${hashGroup.toString()};
+const hashRows = ${hashRows.toString()};
+let state;
 parentPort.on('message', ({ id, job }) => {
   try {
-    const r = hashGroup(sha256, job);
+    if (job.start) state = { head: job.start.head, frontier: job.start.frontier.slice() };
+    else if (!state) throw new Error('a job continues a chain this worker did not start (it was replaced)');
+    const r = hashRows(sha256, job, state);
     parentPort.postMessage({ id, result: r }, [r.leaves.buffer, r.nodes.buffer]);
   } catch (err) {
     parentPort.postMessage({ id, error: String(err && err.stack || err) });
@@ -89,15 +101,17 @@ parentPort.on('message', ({ id, job }) => {
 `;
 
 export interface LedgerHasherOptions {
-  /** Groups of fewer rows are hashed on the calling thread: a worker round trip costs more. */
+  /** Jobs that start a chain with fewer rows are hashed on the calling thread: a worker round trip costs more. */
   inlineBelow?: number;
 }
 
 /**
- * Hashes commit groups on a worker thread, so the committer's thread validates and indexes the
- * next group meanwhile (hashing is about a tenth of ingest's CPU). Jobs carry the chain head and
- * Merkle frontier, so the worker holds no state: a rolled-back group needs no reset there, and a
- * worker that died is replaced on the next job.
+ * Hashes ledger rows on a worker thread, so the committer's thread validates and indexes the
+ * rest of a group (and the next group) meanwhile: hashing is about a tenth of ingest's CPU.
+ * A job that starts a chain carries the chain head and Merkle frontier, so a rolled-back group
+ * needs no reset on the worker; the jobs that continue it take the state the one before left
+ * (jobs run in the order they were sent). A worker that died is replaced on the next job, and a
+ * job continuing a chain the new worker never saw fails.
  */
 export class LedgerHasher {
   private readonly inlineBelow: number;
@@ -105,6 +119,8 @@ export class LedgerHasher {
   private readonly pending = new Map<number, { resolve: (r: HashResult) => void; reject: (e: Error) => void }>();
   private nextId = 0;
   private stopped = false;
+  /** The chain the last job left, when it ran inline (undefined: it ran on the worker, which holds it). */
+  private inlineState: ChainState | undefined;
 
   constructor(options: LedgerHasherOptions = {}) {
     this.inlineBelow = options.inlineBelow ?? 128;
@@ -112,13 +128,17 @@ export class LedgerHasher {
 
   hash(job: HashJob): Promise<HashResult> {
     if (this.stopped) return Promise.reject(new Error('ledger hasher stopped'));
-    if (job.offsets.length / 2 < this.inlineBelow) {
+    const inline = job.start ? job.offsets.length / 2 < this.inlineBelow : this.inlineState !== undefined;
+    if (inline) {
       try {
-        return Promise.resolve(hashGroup(sha256, job));
+        const state = job.start ? { head: job.start.head, frontier: job.start.frontier.slice() } : (this.inlineState as ChainState);
+        this.inlineState = state;
+        return Promise.resolve(hashRows(sha256, job, state));
       } catch (err) {
         return Promise.reject(err instanceof Error ? err : new Error(String(err)));
       }
     }
+    this.inlineState = undefined;
     const worker = this.ensureWorker();
     const id = this.nextId++;
     return new Promise<HashResult>((resolve, reject) => {

@@ -26,7 +26,7 @@ import { describedVersions } from '../../common/step-versions.js';
 import { encodeCompactTrace } from '../../common/trace-compact.js';
 import { varintLength, writeVarint } from '../../common/varint.js';
 import type { CheckpointSigner } from '../ledger/checkpoint-signer.js';
-import { LedgerHasher } from '../ledger/ledger-hasher.js';
+import { LedgerHasher, type HashResult } from '../ledger/ledger-hasher.js';
 import type { NanoClock } from '../clock.js';
 import type { EntityRef, LineageBatch, LineageStore, PreparedEntry } from '../store/lineage-store.js';
 import { GraphIndex, type IndexMark } from './graph-index.js';
@@ -88,8 +88,8 @@ interface PreparedGroup {
   receivedAt: bigint;
   treeSize: bigint;
   addedEnd: number;
-  /** The entries' rows in one shared buffer, for the hasher; undefined when there are none. */
-  rows: { buf: SharedArrayBuffer; offsets: Int32Array } | undefined;
+  /** The hasher's jobs over the entries' rows, in order (sent while the group was prepared); empty when there are none. */
+  hashes: Promise<HashResult>[];
   /** Set by sealGroup, while the previous group is being written: the rows added, and the checkpoint. */
   batch?: LineageBatch;
   checkpoint?: Checkpoint;
@@ -102,6 +102,8 @@ const TRACE_DEFAULTS: TraceRequest = { start: undefined, direction: Direction.DI
 const DEFAULT_PAGE = 1000;
 /** Events per commit group (one synced write) at most, unless one submission is larger. */
 const MAX_GROUP_EVENTS = 4000;
+/** A group's rows go to the hasher once this many await it (at submission boundaries). */
+const HASH_CHUNK_ROWS = 256;
 /** Events waiting for a commit group beyond which `room()` makes streaming front ends wait. */
 const MAX_QUEUED_EVENTS = 2 * MAX_GROUP_EVENTS;
 const MAX_PAGE = 100_000;
@@ -269,7 +271,7 @@ export class LineageEngine implements LineageApi {
       let next: PreparedGroup | undefined;
       if (this.queue.length > 0) next = this.prepareGroup(this.takeGroup());
       // The previous group was sealed before its write began, so `next` chains onto it.
-      const sealing = next?.rows ? this.sealGroup(next) : undefined;
+      const sealing = next && next.hashes.length > 0 ? this.sealGroup(next) : undefined;
       if (writing) {
         const failed = await writing;
         writing = undefined;
@@ -328,6 +330,20 @@ export class LineageEngine implements LineageApi {
     const entries: PreparedEntry[] = [];
     const accepted: { sub: Submission; result: SubmitResult }[] = [];
     const receivedAt = this.clock();
+    const hashes: Promise<HashResult>[] = [];
+    let hashed = 0;
+    // Rows go to the hasher in chunks as submissions are accepted, so hashing runs beside the
+    // rest of the group's preparation instead of after it (the committer used to wait for the
+    // whole group's hashes, a quarter of ingest's wall time). Only accepted submissions' rows
+    // are sent: a rejected one is undone before anything of it leaves.
+    const sendRows = (): void => {
+      const job = { ...packRows(entries, hashed), ...(hashes.length === 0 ? { start: { head: this.head, frontier: this.merkle.frontier() } } : {}) };
+      const p = this.hasher.hash(job);
+      // Awaited by sealGroup; until then a failure must not count as unhandled.
+      p.catch(() => {});
+      hashes.push(p);
+      hashed = entries.length;
+    };
     for (const sub of group) {
       const mark = this.markAll();
       const before = entries.length;
@@ -352,6 +368,7 @@ export class LineageEngine implements LineageApi {
           seqs.push(entry.seq);
         }
         accepted.push({ sub, result: { accepted: events.length - dup, duplicates: dup, seqs, treeSize: 0n } });
+        if (entries.length - hashed >= HASH_CHUNK_ROWS) sendRows();
       } catch (err) {
         entries.length = before;
         this.rollbackAll(mark);
@@ -361,19 +378,21 @@ export class LineageEngine implements LineageApi {
       if (sub.deferred) sub.events = sub.wire = undefined;
     }
     if (accepted.length === 0) return undefined;
-    return { mark: groupMark, entries, entryCount: entries.length, accepted, receivedAt, treeSize: this.nextSeq, addedEnd: this.addedBase + this.addedLog.length, rows: packRows(entries) };
+    if (entries.length > hashed) sendRows();
+    return { mark: groupMark, entries, entryCount: entries.length, accepted, receivedAt, treeSize: this.nextSeq, addedEnd: this.addedBase + this.addedLog.length, hashes };
   }
 
   /**
-   * Hashes a prepared group's rows (chain and Merkle tree) on the hasher, then builds its batch
-   * and signs its checkpoint. Resolves to the error when hashing failed, else undefined.
+   * Takes a prepared group's hashes (chain and Merkle tree) from the hasher, then builds its
+   * batch and signs its checkpoint. Resolves to the error when hashing failed, else undefined.
    */
   private async sealGroup(g: PreparedGroup): Promise<unknown> {
     try {
-      const rows = g.rows as { buf: SharedArrayBuffer; offsets: Int32Array };
-      const r = await this.hasher.hash({ buf: rows.buf, offsets: rows.offsets, head: this.head, frontier: this.merkle.frontier() });
-      this.merkle.appendPrecomputed(r.leaves, r.nodes);
-      this.head = r.head;
+      const results = await Promise.all(g.hashes);
+      for (const r of results) {
+        this.merkle.appendPrecomputed(r.leaves, r.nodes);
+        this.head = r.head;
+      }
       const batch = this.store.startBatch();
       for (const e of g.entries) {
         e.entryHash = (e.value as Uint8Array).subarray(0, 32);
@@ -829,32 +848,32 @@ function msToNsString(ms: number): string {
 
 const EMPTY_BYTES = Buffer.alloc(0);
 
+/** Copies the rows of entries[from..] into one shared buffer (a hasher job) and points the entries at them. */
+function packRows(entries: PreparedEntry[], from: number): { buf: SharedArrayBuffer; offsets: Int32Array } {
+  let total = 0;
+  for (let i = from; i < entries.length; i++) total += ((entries[i] as PreparedEntry).value as Uint8Array).length;
+  const buf = new SharedArrayBuffer(total);
+  const arena = Buffer.from(buf);
+  const offsets = new Int32Array(2 * (entries.length - from));
+  let pos = 0;
+  for (let i = from; i < entries.length; i++) {
+    const e = entries[i] as PreparedEntry;
+    const value = e.value as Uint8Array;
+    arena.set(value, pos);
+    offsets[2 * (i - from)] = pos;
+    offsets[2 * (i - from) + 1] = pos + value.length;
+    e.value = arena.subarray(pos, pos + value.length);
+    e.body = e.value.subarray(32);
+    pos += value.length;
+  }
+  return { buf, offsets };
+}
+
 /**
  * 32 free bytes, then LedgerEntryBody { seq = 1; received_at_ns = 2; event = 3 } written by hand
  * around the event's own bytes, field for field what LedgerEntryBody.encode writes (zero scalars
  * left out). `receivedAt` is field 2 already encoded (tag and varint), shared by a commit group.
  */
-/** Copies the entries' rows into one shared buffer (the hasher's job) and points the entries at them. */
-function packRows(entries: PreparedEntry[]): { buf: SharedArrayBuffer; offsets: Int32Array } | undefined {
-  if (entries.length === 0) return undefined;
-  let total = 0;
-  for (const e of entries) total += (e.value as Uint8Array).length;
-  const buf = new SharedArrayBuffer(total);
-  const arena = Buffer.from(buf);
-  const offsets = new Int32Array(2 * entries.length);
-  let pos = 0;
-  entries.forEach((e, i) => {
-    const value = e.value as Uint8Array;
-    arena.set(value, pos);
-    offsets[2 * i] = pos;
-    offsets[2 * i + 1] = pos + value.length;
-    e.value = arena.subarray(pos, pos + value.length);
-    e.body = e.value.subarray(32);
-    pos += value.length;
-  });
-  return { buf, offsets };
-}
-
 function writeEntryBody(seq: number, receivedAt: Uint8Array, event: Uint8Array): Buffer {
   const head = 32 + (seq === 0 ? 0 : 1 + varintLength(seq)) + receivedAt.length + 1 + varintLength(event.length);
   const out = Buffer.allocUnsafe(head + event.length);
