@@ -393,11 +393,16 @@ export function createShardExecutor(options: ShardExecutorOptions): ShardExecuto
 
   /** The first input whose payload does not hash to its content_hash, as a message. */
   function corruptInput(a: ShardAssignment): string | undefined {
-    for (const [i, input] of a.inputs.entries()) {
-      const where = `inputs[${i}] ${JSON.stringify(input.name)}${input.objectId ? ` (${input.objectId})` : ''}`;
-      if (!isContentHash(input.contentHash)) return `${where}: content_hash ${JSON.stringify(input.contentHash)} is not "sha256:<hex>"`;
+    // The input's description is built only for an error: this runs for every shard.
+    const where = (i: number): string => {
+      const input = a.inputs[i] as ShardAssignment['inputs'][number];
+      return `inputs[${i}] ${JSON.stringify(input.name)}${input.objectId ? ` (${input.objectId})` : ''}`;
+    };
+    for (let i = 0; i < a.inputs.length; i++) {
+      const input = a.inputs[i] as ShardAssignment['inputs'][number];
+      if (!isContentHash(input.contentHash)) return `${where(i)}: content_hash ${JSON.stringify(input.contentHash)} is not "sha256:<hex>"`;
       const actual = contentHashOf(input.payload);
-      if (actual !== input.contentHash) return `${where}: payload hashes to ${actual}, expected ${input.contentHash}`;
+      if (actual !== input.contentHash) return `${where(i)}: payload hashes to ${actual}, expected ${input.contentHash}`;
     }
     return undefined;
   }
