@@ -26,6 +26,24 @@ describe('KeyTable', () => {
     expect(t.get(longWide)).toBe(4);
   });
 
+  it('keeps keys apart that one byte encoding would merge: lone surrogates, Latin-1 and ASCII', () => {
+    const t = new KeyTable();
+    // UTF-8 writes every lone surrogate as U+FFFD; each is its own key here.
+    const keys = ['a\uD800', 'a\uD801', 'a\uFFFD', 'a\uDC00b', 'café', 'cafe', 'caf\u00e9', 'x'.repeat(3), 'xx\u00ff', 'xx\u017f'];
+    const ids = keys.map((k) => t.get(k) ?? t.add(k));
+    // 'café' and 'caf\u00e9' are the same string.
+    expect(ids).toEqual([0, 1, 2, 3, 4, 5, 4, 6, 7, 8]);
+    keys.forEach((k, i) => {
+      expect(t.get(k)).toBe(ids[i]);
+      expect(t.keyOf(ids[i] as number)).toBe(k);
+    });
+    // A concatenated (not yet flattened) key finds the flat one, and the other way round.
+    const part = 'version:orders:';
+    expect(t.add(`${part}${'7'}`)).toBe(9);
+    expect(t.get('version:orders:7')).toBe(9);
+    expect(t.get(part + String(7))).toBe(9);
+  });
+
   it('agrees with a Map through growth and last-in-first-out truncation (seeded random operations)', () => {
     for (const seed of [1, 2, 3]) {
       const rng = createRng(seed);

@@ -12,8 +12,11 @@
  * it.
  */
 export class KeyTable {
-  /** The keys' chars, back to back: a byte each, or for a wide key two (low byte first). */
-  private bytes = new Uint8Array(1 << 16);
+  /**
+   * The keys' chars, back to back: a byte each, or for a wide key two (low byte first). Bytes
+   * past `byteCount` stage the ASCII key being looked up or added (see `stage`).
+   */
+  private bytes = Buffer.allocUnsafeSlow(1 << 16);
   private byteCount = 0;
   /** Key id → offset of its first byte in `bytes`; `starts[count]` is the end of the last key. */
   private starts = new Int32Array(1 << 12);
@@ -35,13 +38,24 @@ export class KeyTable {
   }
 
   get(key: string): number | undefined {
-    const hash = hashOf(key);
+    const n = this.stage(key);
     const mask = this.slots.length - 1;
+    if (n < 0) {
+      const hash = hashOf(key);
+      for (let slot = hash & mask; ; slot = (slot + 1) & mask) {
+        const entry = this.slots[slot] as number;
+        if (entry === 0) return undefined;
+        const id = entry - 1;
+        if (this.hashes[id] === hash && this.equals(id, key)) return id;
+      }
+    }
+    const at = this.byteCount;
+    const hash = hashBytes(this.bytes, at, at + n);
     for (let slot = hash & mask; ; slot = (slot + 1) & mask) {
       const entry = this.slots[slot] as number;
       if (entry === 0) return undefined;
       const id = entry - 1;
-      if (this.hashes[id] === hash && this.equals(id, key)) return id;
+      if (this.hashes[id] === hash && this.equalsStaged(id, n)) return id;
     }
   }
 
@@ -57,6 +71,12 @@ export class KeyTable {
       this.hashes = grown(this.hashes, this.hashes.length * 2);
       this.wide = grown(this.wide, this.wide.length * 2);
     }
+    const staged = this.stage(key);
+    if (staged >= 0) {
+      // An ASCII key: its bytes are already in place.
+      const hash = hashBytes(this.bytes, this.byteCount, this.byteCount + staged);
+      return this.commit(id, this.byteCount + staged, false, hash);
+    }
     const hash = hashOf(key);
     let isWide = false;
     for (let i = 0; i < key.length; i++) {
@@ -65,12 +85,7 @@ export class KeyTable {
         break;
       }
     }
-    const need = isWide ? 2 * key.length : key.length;
-    if (this.byteCount + need > this.bytes.length) {
-      let size = this.bytes.length * 2;
-      while (size < this.byteCount + need) size *= 2;
-      this.bytes = grown(this.bytes.subarray(0, this.byteCount), size);
-    }
+    this.reserve(isWide ? 2 * key.length : key.length);
     const bytes = this.bytes;
     let at = this.byteCount;
     if (isWide) {
@@ -82,9 +97,14 @@ export class KeyTable {
     } else {
       for (let i = 0; i < key.length; i++) bytes[at++] = key.charCodeAt(i);
     }
+    return this.commit(id, at, isWide, hash);
+  }
+
+  /** Makes the bytes from `byteCount` to `end` key `id`'s, and enters it in the hash table. */
+  private commit(id: number, end: number, isWide: boolean, hash: number): number {
     this.starts[id] = this.byteCount;
-    this.byteCount = at;
-    this.starts[id + 1] = at;
+    this.byteCount = end;
+    this.starts[id + 1] = end;
     this.wide[id] = isWide ? 1 : 0;
     this.hashes[id] = hash;
     this.count = id + 1;
@@ -93,21 +113,50 @@ export class KeyTable {
     return id;
   }
 
+  /**
+   * Writes `key` as UTF-8 after the last key, uncommitted, in one native call whatever the
+   * string's representation (charCodeAt on a concatenated string, as keys built from parts are,
+   * cost a third more per char than on a flat one), and returns its length when every char is
+   * ASCII (UTF-8 then writes one byte a char, the bytes a narrow key is stored as), else -1: such
+   * keys take the char-by-char path, which keeps lone surrogates apart (UTF-8 would write them
+   * all as U+FFFD). Keys from the wire and ids built from them are ASCII in practice.
+   */
+  private stage(key: string): number {
+    if (key.length === 0) return 0;
+    const room = 3 * key.length;
+    this.reserve(room);
+    const written = this.bytes.write(key, this.byteCount, room, 'utf8');
+    return written === key.length ? written : -1;
+  }
+
+  /** Room for `need` more bytes in the arena. */
+  private reserve(need: number): void {
+    if (this.byteCount + need <= this.bytes.length) return;
+    let size = this.bytes.length * 2;
+    while (size < this.byteCount + need) size *= 2;
+    const next = Buffer.allocUnsafeSlow(size);
+    this.bytes.copy(next, 0, 0, this.byteCount);
+    this.bytes = next;
+  }
+
+  /** Whether narrow key `id` is the staged ASCII key of `n` bytes. */
+  private equalsStaged(id: number, n: number): boolean {
+    if (this.wide[id] === 1) return false;
+    const start = this.starts[id] as number;
+    if ((this.starts[id + 1] as number) - start !== n) return false;
+    const bytes = this.bytes;
+    const at = this.byteCount;
+    for (let i = 0; i < n; i++) if (bytes[start + i] !== bytes[at + i]) return false;
+    return true;
+  }
+
   keyOf(id: number): string {
     if (id < 0 || id >= this.count) throw new RangeError(`no key ${id}`);
     const start = this.starts[id] as number;
     const end = this.starts[id + 1] as number;
-    let codes: ArrayLike<number> = this.bytes.subarray(start, end);
-    if (this.wide[id] === 1) {
-      const units = new Uint16Array((end - start) / 2);
-      for (let i = 0, at = start; i < units.length; i++, at += 2) units[i] = (this.bytes[at] as number) | ((this.bytes[at + 1] as number) << 8);
-      codes = units;
-    }
-    // fromCharCode takes arguments: a long key goes in pieces to stay clear of the stack limit.
-    if (codes.length <= 4096) return String.fromCharCode.apply(null, codes as number[]);
-    let out = '';
-    for (let s = 0; s < codes.length; s += 4096) out += String.fromCharCode.apply(null, Array.prototype.slice.call(codes, s, s + 4096) as number[]);
-    return out;
+    // Narrow: a byte a char (latin1). Wide: two bytes a code unit, low byte first (UTF-16LE, which
+    // keeps lone surrogates as they were).
+    return this.bytes.toString(this.wide[id] === 0 ? 'latin1' : 'utf16le', start, end);
   }
 
   /** Removes the keys with ids ≥ `size` (the last ones added). */
@@ -174,6 +223,18 @@ function hashOf(key: string): number {
   void Number(key);
   let h = 0x811c9dc5 ^ SEED;
   for (let i = 0; i < key.length; i++) h = Math.imul(h ^ key.charCodeAt(i), 0x01000193);
+  return finalise(h);
+}
+
+/** hashOf of an ASCII key from its bytes (one byte a code unit, so the same value). */
+function hashBytes(bytes: Uint8Array, start: number, end: number): number {
+  let h = 0x811c9dc5 ^ SEED;
+  for (let i = start; i < end; i++) h = Math.imul(h ^ (bytes[i] as number), 0x01000193);
+  return finalise(h);
+}
+
+function finalise(hash: number): number {
+  let h = hash;
   h ^= h >>> 16;
   h = Math.imul(h, 0x85ebca6b);
   h ^= h >>> 13;
