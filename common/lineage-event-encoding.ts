@@ -1,5 +1,6 @@
 import type { LineageEvent, ObjectRef, ObjectVersion, ResourceUsage, Run, Step, Trigger } from './gen/retrace/v1/provenance.js';
 import { writeVarint } from './varint.js';
+import { withRoom } from './buffer-room.js';
 
 /**
  * A LineageEvent encoder that writes, byte for byte, what `LineageEvent.encode(event).finish()`
@@ -44,12 +45,7 @@ interface Writer {
 const writer: Writer = { buf: Buffer.allocUnsafe(4096), pos: 0, forks: [], depth: 0 };
 
 function ensure(w: Writer, n: number): void {
-  if (w.pos + n <= w.buf.length) return;
-  let size = w.buf.length * 2;
-  while (size < w.pos + n) size *= 2;
-  const grown = Buffer.allocUnsafe(size);
-  w.buf.copy(grown, 0, 0, w.pos);
-  w.buf = grown;
+  w.buf = withRoom(w.buf, w.pos, n);
 }
 
 function varint32(w: Writer, v: number): void {

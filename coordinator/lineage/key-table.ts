@@ -1,3 +1,5 @@
+import { withRoom } from '../../common/buffer-room.js';
+
 /**
  * Interns strings as dense ids 0, 1, 2, … in insertion order, in typed arrays only: the
  * characters in one byte arena (one byte per char for keys whose chars are all below U+0100,
@@ -16,7 +18,7 @@ export class KeyTable {
    * The keys' chars, back to back: a byte each, or for a wide key two (low byte first). Bytes
    * past `byteCount` stage the ASCII key being looked up or added (see `stage`).
    */
-  private bytes = Buffer.allocUnsafeSlow(1 << 16);
+  private bytes: Buffer = Buffer.allocUnsafe(1 << 16);
   private byteCount = 0;
   /** Key id → offset of its first byte in `bytes`; `starts[count]` is the end of the last key. */
   private starts = new Int32Array(1 << 12);
@@ -131,12 +133,7 @@ export class KeyTable {
 
   /** Room for `need` more bytes in the arena. */
   private reserve(need: number): void {
-    if (this.byteCount + need <= this.bytes.length) return;
-    let size = this.bytes.length * 2;
-    while (size < this.byteCount + need) size *= 2;
-    const next = Buffer.allocUnsafeSlow(size);
-    this.bytes.copy(next, 0, 0, this.byteCount);
-    this.bytes = next;
+    this.bytes = withRoom(this.bytes, this.byteCount, need);
   }
 
   /** Whether narrow key `id` is the staged ASCII key of `n` bytes. */
