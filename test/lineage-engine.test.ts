@@ -256,6 +256,25 @@ describe('lineage engine', () => {
     expect((await verifyLedger(store)).ok).toBe(true);
   });
 
+  it('a chunk whose hashing fails rejects its whole group and stores none of it; the next group starts the chain afresh', async () => {
+    const batch = (tag: string, n: number) => Array.from({ length: n }, (_, i) => objectEvent(`${tag}-${i}`, `${tag}:${i}`, `${tag}${i}`));
+    await engine.submit(batch('before', 3));
+    // The hasher's second job of the next group fails, as a continuing job does on a replaced worker.
+    const hasher = (engine as unknown as { hasher: { hash(job: { start?: unknown }): Promise<unknown> } }).hasher;
+    const hash = hasher.hash.bind(hasher);
+    let continued = 0;
+    hasher.hash = (job) => (job.start === undefined && ++continued === 1 ? Promise.reject(new Error('hasher worker lost')) : hash(job));
+    const failed = await Promise.allSettled([batch('x', 300), batch('y', 300), batch('z', 300)].map((events) => engine.submit(events)));
+    expect(failed.map((s) => s.status)).toEqual(['rejected', 'rejected', 'rejected']);
+    expect(String((failed[0] as PromiseRejectedResult).reason)).toMatch(/hasher worker lost/);
+    expect(engine.treeSize).toBe(3n);
+    // Sent again, the same events are stored (nothing of the failed group counts as a duplicate).
+    const again = await engine.submit(batch('x', 300));
+    expect(again).toMatchObject({ accepted: 300, duplicates: 0 });
+    expect(engine.treeSize).toBe(303n);
+    expect((await verifyLedger(store)).ok).toBe(true);
+  });
+
   it('bounds its commit queue: room() is a promise while 8000 events wait, settled once a group is taken', async () => {
     const batch = (tag: string) => Array.from({ length: 4000 }, (_, i) => objectEvent(`${tag}-${i}`, `${tag}:${i}`, `${tag}${i}`));
     expect(engine.room()).toBeUndefined();
