@@ -237,12 +237,12 @@ export class LineageStore {
   }
 
   private async withEntries(rows: readonly { timeNs: bigint; seq: bigint }[]): Promise<AdjacencyRow[]> {
-    if (rows.length === 0) return [];
-    const values = await this.ledger.getMany(rows.map((r) => seqKey(r.seq)));
+    // getEntries keeps the order and leaves out missing entries: a shorter answer names the first gap.
+    const entries = await this.getEntries(rows.map((r) => r.seq));
     return rows.map((r, i) => {
-      const value = values[i];
-      if (value === undefined) throw new Error(`adjacency row at ${r.timeNs} points at ledger entry ${r.seq}, which is missing`);
-      return { ...r, entry: splitEntry(r.seq, value) };
+      const entry = entries[i];
+      if (entry?.seq !== r.seq) throw new Error(`adjacency row at ${r.timeNs} points at ledger entry ${r.seq}, which is missing`);
+      return { ...r, entry };
     });
   }
 
