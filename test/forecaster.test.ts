@@ -208,6 +208,15 @@ describe('forecast helpers', () => {
     expect(svg).not.toContain('NaN');
     expect(renderForecastSvg({ title: 'empty', history: { t: [], v: [] } })).toContain('no data');
   });
+
+  it('render a week of one-second samples (604,800 points) without spreading them into Math.min', () => {
+    const n = 7 * 86_400;
+    const t = Array.from({ length: n }, (_, i) => T0 + i * 1000);
+    const v = Array.from({ length: n }, (_, i) => 50 + 40 * Math.sin(i / 3600));
+    const svg = renderForecastSvg({ title: 'a week', history: { t, v }, forecast: { t: [T0 + n * 1000], mean: [50], lower: [40], upper: [60], coverage: 0.9 } });
+    expect(svg).toContain('class="history"');
+    expect(svg).toContain('90% interval');
+  });
 });
 
 describe('forecaster season choice', () => {

@@ -73,7 +73,14 @@ describe('retrace agent / nodes / forecast against a real coordinator', () => {
     expect(f.code).toBe(0);
     expect(f.out).toMatch(/interval, fitted on \d+ points/);
     expect(f.out.trim().split('\n').length).toBeGreaterThanOrEqual(11);
-    expect(readFileSync(plot, 'utf8')).toMatch(/^<svg/);
+    // The chart holds the recorded history, the forecast line and its band, with the band's coverage in the legend.
+    const svg = readFileSync(plot, 'utf8');
+    expect(svg).toMatch(/^<svg/);
+    expect(svg).toMatch(/class="history"[^>]* d="M[\d.]+,[\d.]+L/);
+    expect(svg).toMatch(/class="forecast"[^>]* d="M[\d.]+,[\d.]+L/);
+    expect(svg).toContain('class="interval"');
+    expect(svg).toMatch(/\d+% interval/);
+    expect(svg).not.toContain('NaN');
     const bad = await retrace(['forecast', nodeId, '--metric', 'cpu', '--horizon', '-2h', ...conn()]);
     expect(bad.code).toBe(2);
     const unknown = await retrace(['nodes', 'history', 'no-such-node', '--metric', 'cpu', ...conn()]);

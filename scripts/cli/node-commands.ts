@@ -16,6 +16,7 @@ import {
   type ResourceReading,
 } from '../../common/gen/retrace/v1/node.js';
 import { effectiveReading, formatBytes, parseLabels } from '../../common/node-resources.js';
+import { renderForecastSvg } from '../../common/svg-chart.js';
 import { millisToNanos, nanosToIso, parseDurationMs } from '../../common/time.js';
 import { flag, flagAll, hasFlag, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
 import { openClient } from './client.js';
@@ -155,48 +156,6 @@ async function watch(
   return 0;
 }
 
-/** SVG of a history line and a forecast band; used when common/svg-chart.ts is not available. */
-export function forecastSvg(history: readonly { t: number; v: number }[], f: ForecastResponse, title: string): string {
-  const W = 800;
-  const H = 360;
-  const pad = { l: 60, r: 20, t: 30, b: 40 };
-  const fc = f.points.map((p) => ({ t: Number(BigInt(p.timeNs) / 1_000_000n), mean: p.mean, lower: p.lower, upper: p.upper }));
-  const ts = [...history.map((p) => p.t), ...fc.map((p) => p.t)];
-  const vs = [...history.map((p) => p.v), ...fc.flatMap((p) => [p.lower, p.upper, p.mean])].filter(Number.isFinite);
-  if (ts.length === 0 || vs.length === 0) return `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}"><text x="20" y="40">no data</text></svg>\n`;
-  const t0 = Math.min(...ts);
-  const t1 = Math.max(...ts, t0 + 1);
-  let v0 = Math.min(...vs);
-  let v1 = Math.max(...vs);
-  if (v1 === v0) {
-    v0 -= 1;
-    v1 += 1;
-  }
-  const x = (t: number): string => (pad.l + ((t - t0) / (t1 - t0)) * (W - pad.l - pad.r)).toFixed(1);
-  const y = (v: number): string => (H - pad.b - ((v - v0) / (v1 - v0)) * (H - pad.t - pad.b)).toFixed(1);
-  const path = (pts: { t: number; v: number }[]): string => pts.map((p, i) => `${i === 0 ? 'M' : 'L'}${x(p.t)},${y(p.v)}`).join(' ');
-  const band = fc.length > 0
-    ? `${fc.map((p, i) => `${i === 0 ? 'M' : 'L'}${x(p.t)},${y(p.upper)}`).join(' ')} ${[...fc].reverse().map((p) => `L${x(p.t)},${y(p.lower)}`).join(' ')} Z`
-    : '';
-  const esc = (s: string): string => s.replace(/&/g, '&amp;').replace(/</g, '&lt;');
-  return [
-    `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="12">`,
-    `<rect width="${W}" height="${H}" fill="white"/>`,
-    `<text x="${pad.l}" y="18" font-size="14">${esc(title)}</text>`,
-    `<line x1="${pad.l}" y1="${H - pad.b}" x2="${W - pad.r}" y2="${H - pad.b}" stroke="#888"/>`,
-    `<line x1="${pad.l}" y1="${pad.t}" x2="${pad.l}" y2="${H - pad.b}" stroke="#888"/>`,
-    `<text x="${pad.l - 6}" y="${y(v1)}" text-anchor="end">${v1.toPrecision(4)}</text>`,
-    `<text x="${pad.l - 6}" y="${y(v0)}" text-anchor="end">${v0.toPrecision(4)}</text>`,
-    `<text x="${pad.l}" y="${H - 20}">${new Date(t0).toISOString()}</text>`,
-    `<text x="${W - pad.r}" y="${H - 20}" text-anchor="end">${new Date(t1).toISOString()}</text>`,
-    band ? `<path d="${band}" fill="#4a90d9" fill-opacity="0.2" stroke="none"/>` : '',
-    history.length > 0 ? `<path d="${path([...history])}" fill="none" stroke="#333" stroke-width="1.5"/>` : '',
-    fc.length > 0 ? `<path d="${path(fc.map((p) => ({ t: p.t, v: p.mean })))}" fill="none" stroke="#1f5fa8" stroke-width="2" stroke-dasharray="6 3"/>` : '',
-    '</svg>',
-    '',
-  ].join('\n');
-}
-
 /** `retrace nodes ...` and `retrace forecast`. */
 export const commands: CliCommand[] = [
   {
@@ -308,8 +267,14 @@ reading name such as cpu.core.0.load or gpu.0.util.`,
             { nodeId, metric, fromNs: millisToNanos(now - historyMs).toString(), toNs: millisToNanos(now).toString(), stepNs: res.stepNs },
             { signal: io.signal },
           );
-          const points = hist.points.map((p) => ({ t: Number(BigInt(p.timeNs) / 1_000_000n), v: p.value }));
-          writeFileSync(plot, forecastSvg(points, res, `${nodeId} ${res.metric}: ${res.method}, ${Math.round(res.coverage * 100)}% interval`));
+          const ms = (ns: string): number => Number(BigInt(ns) / 1_000_000n);
+          const chart = renderForecastSvg({
+            title: `${nodeId} ${res.metric}: ${res.method}`,
+            yLabel: res.metric,
+            history: { t: hist.points.map((p) => ms(p.timeNs)), v: hist.points.map((p) => p.value) },
+            forecast: { t: res.points.map((p) => ms(p.timeNs)), mean: res.points.map((p) => p.mean), lower: res.points.map((p) => p.lower), upper: res.points.map((p) => p.upper), coverage: res.coverage },
+          });
+          writeFileSync(plot, chart);
         }
         if (hasFlag(args, 'json')) {
           io.stdout.write(`${JSON.stringify(ForecastResponse.toJSON(res))}\n`);
