@@ -127,6 +127,20 @@ describe('forecaster fallbacks and input checks', () => {
     expect(f.method).toBe('persistence');
   });
 
+  it('keeps the interval of a never-negative metric at or above zero on a short, spiky history', async () => {
+    // A CPU load sampled every 2 s right after an agent starts: one busy sample, then near idle.
+    const v = [43.6, 0.75, 0.5, 1.25, 0.5, 3.9];
+    const fitted = await forecaster.fit({ t: v.map((_x, i) => T0 + i * 2000), v }, 2000);
+    expect(fitted.method).toBe('persistence');
+    expect(fitted.bounds?.[0]).toBe(0);
+    const f = forecaster.forecast(fitted, 30);
+    expect(Math.min(...f.lower)).toBe(0);
+    expect(f.mean.every((m, k) => f.lower[k]! <= m && m <= f.upper[k]!)).toBe(true);
+    // A metric that did go negative keeps its negative interval.
+    const signed = await forecaster.fit({ t: v.map((_x, i) => T0 + i * 2000), v: v.map((x) => x - 2) }, 2000);
+    expect(Math.min(...forecaster.forecast(signed, 30).lower)).toBeLessThan(0);
+  });
+
   it('falls back to a baseline when history is too short to train the model', async () => {
     const s = seasonalSeries(1);
     const fitted = await forecaster.fit(slice(s, 200), STEP);

@@ -251,6 +251,25 @@ describe('NodeService over gRPC (in-process)', () => {
     a.out.close();
   });
 
+  it('caps forecast usage at the capacity: CPU load never above 100 %, free capacity never below 0', async () => {
+    server = await startMeshServer();
+    const a = rawConnect(server);
+    a.out.push(register('busy-h'));
+    const t0 = Date.now() - 30_000;
+    for (let i = 0; i < 30; i++) a.out.push(report([measured('cpu.load', 95, 'percent')], `${t0 + i * 1000}000000`));
+    const s = server;
+    await waitFor(async () => (await s.history.count('busy-h', 'cpu.load')) === 30, 5000, '30 samples');
+    // The test forecaster's interval is ±10 % of the last value: 85.5 to 104.5 here.
+    const f = await server.client().forecast({ nodeId: 'busy-h', metric: 'cpu', horizonNs: '5000000000', stepNs: '1000000000', lookbackNs: '0' });
+    expect(f.points).toHaveLength(5);
+    for (const p of f.points) {
+      expect(p).toMatchObject({ mean: 95, upper: 100, freeLower: 0, free: 5 });
+      expect(p.lower).toBeCloseTo(85.5);
+      expect(p.freeUpper).toBeCloseTo(14.5);
+    }
+    a.out.close();
+  });
+
   it('lets a newer connection of the same node supersede the old one', async () => {
     server = await startMeshServer();
     const a = rawConnect(server);

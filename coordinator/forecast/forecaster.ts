@@ -135,8 +135,9 @@ export interface FittedForecaster {
   /**
    * Range model forecasts (Holt-Winters, learned, ensemble) are clamped to: the observed range
    * widened by its own width on each side (room for drift and growth, not for a runaway
-   * extrapolation), and never below zero for a metric that was never negative. Absent for
-   * persistence-only fits.
+   * extrapolation), and never below zero for a metric that was never negative. Persistence
+   * forecasts need no clamping, but their intervals do: a short, spiky history of CPU load gave
+   * an interval reaching below 0 %. Absent only when no point was observed.
    */
   bounds?: [number, number];
   /** TensorFlow.js package that trained the learned model. */
@@ -557,6 +558,7 @@ function createSingleSeasonForecaster(options: ForecasterOptions): Forecaster {
     const n = grid.v.length;
     const anchors: AnchorFit[] = [];
     let calibrated = false;
+    const bounds = observedBounds(grid);
     for (const h of opts.anchors) {
       const residuals: number[] = [];
       for (let i = 0; i + h < n; i++) {
@@ -587,6 +589,7 @@ function createSingleSeasonForecaster(options: ForecasterOptions): Forecaster {
       anchors,
       backtestMase: { persistence: meanOf(anchors.map((a) => a.mase.persistence as number).filter(Number.isFinite)) },
       tail: toTail(grid, tailLength(periodSteps)),
+      ...(bounds.every(Number.isFinite) ? { bounds } : {}),
     };
   }
 

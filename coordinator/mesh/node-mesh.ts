@@ -387,9 +387,12 @@ export function createNodeMesh(deps: NodeMeshDeps): NodeMesh {
         metric,
         capacity,
         points: f.t.map((t, i) => {
-          const mean = f.mean[i] ?? Number.NaN;
-          const lower = f.lower[i] ?? Number.NaN;
-          const upper = f.upper[i] ?? Number.NaN;
+          // Usage never exceeds a known capacity (100 % of the CPU, all of the memory), however
+          // wide the interval the residuals give.
+          const cap = (x: number): number => (x > capacity ? capacity : x);
+          const mean = cap(f.mean[i] ?? Number.NaN);
+          const lower = cap(f.lower[i] ?? Number.NaN);
+          const upper = cap(f.upper[i] ?? Number.NaN);
           return { timeNs: millisToNanos(t).toString(), mean, lower, upper, reserved, free: capacity - mean - reserved, freeLower: capacity - upper - reserved, freeUpper: capacity - lower - reserved };
         }),
         method: f.method,
