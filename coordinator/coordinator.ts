@@ -106,7 +106,7 @@ export class Coordinator {
       health.setStatus('healthy');
 
       const routes = [...createOpenLineageRoutes(this.engine), ...this.extensions.flatMap((e) => e.routes ?? [])];
-      this.httpServer = createHttpServer(routes, log);
+      this.httpServer = createHttpServer(routes, { token: this.token, log });
       const httpServer = this.httpServer;
       await new Promise<void>((resolve, reject) => {
         httpServer.once('error', reject);

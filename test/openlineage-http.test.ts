@@ -58,7 +58,7 @@ afterAll(async () => {
 async function post(path: string, body: unknown): Promise<{ status: number; json: any }> {
   const res = await fetch(`${tc.httpUrl}${path}`, {
     method: 'POST',
-    headers: { 'content-type': 'application/json' },
+    headers: { 'content-type': 'application/json', ...tc.httpAuth },
     body: typeof body === 'string' ? body : JSON.stringify(body),
   });
   return { status: res.status, json: await res.json() };
@@ -67,7 +67,7 @@ async function post(path: string, body: unknown): Promise<{ status: number; json
 async function lineage(nodeId: string, depth?: number): Promise<{ status: number; json: any }> {
   const q = new URLSearchParams({ nodeId });
   if (depth !== undefined) q.set('depth', String(depth));
-  const res = await fetch(`${tc.httpUrl}/api/v1/lineage?${q}`);
+  const res = await fetch(`${tc.httpUrl}/api/v1/lineage?${q}`, { headers: tc.httpAuth });
   return { status: res.status, json: await res.json() };
 }
 
@@ -221,9 +221,30 @@ describe('GET /api/v1/lineage', () => {
     expect((await lineage('job:warehouse:nope')).json).toMatchObject({ error: 'NOT_FOUND', field: 'nodeId' });
     expect((await lineage('table:warehouse:g.raw')).json).toMatchObject({ error: 'INVALID_ARGUMENT', field: 'nodeId' });
     expect((await lineage('dataset:warehouse:g.raw', 0)).json).toMatchObject({ error: 'INVALID_ARGUMENT', field: 'depth' });
-    const res = await fetch(`${tc.httpUrl}/api/v1/lineage`);
+    const res = await fetch(`${tc.httpUrl}/api/v1/lineage`, { headers: tc.httpAuth });
     expect(res.status).toBe(400);
     expect(await res.json()).toMatchObject({ field: 'nodeId' });
+  });
+});
+
+describe('HTTP authentication', () => {
+  it('answers 401 with a JSON body and stores nothing without the token, a wrong one or another scheme', async () => {
+    const before = tc.coordinator.lineage.treeSize;
+    const e = runEvent('auth.job', uuid(), 'COMPLETE', ['auth.in'], ['auth.out']);
+    const attempts: Record<string, string>[] = [{}, { authorization: `Bearer ${tc.token}x` }, { authorization: 'Bearer ' }, { authorization: `Basic ${tc.token}` }, { authorization: tc.token }];
+    for (const headers of attempts) {
+      for (const [method, path, body] of [['POST', '/api/v1/lineage', e], ['POST', '/api/v1/lineage/batch', [e]], ['GET', '/api/v1/lineage?nodeId=dataset:warehouse:auth.out', undefined], ['GET', '/nope', undefined]] as const) {
+        const res = await fetch(`${tc.httpUrl}${path}`, { method, headers: { 'content-type': 'application/json', ...headers }, ...(body ? { body: JSON.stringify(body) } : {}) });
+        expect(res.status, `${method} ${path} with ${JSON.stringify(headers)}`).toBe(401);
+        expect(res.headers.get('www-authenticate')).toBe('Bearer realm="retrace"');
+        expect(await res.json()).toMatchObject({ error: 'UNAUTHENTICATED', message: expect.stringMatching(/Authorization: Bearer/) });
+      }
+    }
+    expect(tc.coordinator.lineage.treeSize).toBe(before);
+    // The scheme is case-insensitive (RFC 7235), as OpenLineage clients may send it.
+    const ok = await fetch(`${tc.httpUrl}/api/v1/lineage`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `bearer ${tc.token}` }, body: JSON.stringify(e) });
+    expect(ok.status).toBe(201);
+    expect(tc.coordinator.lineage.treeSize).toBeGreaterThan(before);
   });
 });
 

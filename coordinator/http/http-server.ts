@@ -1,15 +1,20 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { InvalidArgumentError, isRetraceError, NotFoundError, toHttpError } from '../../common/errors.js';
+import { InvalidArgumentError, isRetraceError, NotFoundError, RetraceError, toHttpError } from '../../common/errors.js';
+import { bearerTokenCheck } from '../bearer-token.js';
 import type { HttpRequest, Route } from './router.js';
 
 /** Largest accepted request body. */
 export const MAX_HTTP_BODY_BYTES = 16 * 1024 * 1024;
 
 /**
- * The coordinator's HTTP face: JSON in, JSON out, routes by exact path. Errors go through the
+ * The coordinator's HTTP face: JSON in, JSON out, routes by exact path. Every request needs
+ * `Authorization: Bearer <token>`, the token the gRPC services take (OpenLineage clients send it
+ * with their api_key auth); without it, 401 before any route is looked up. Errors go through the
  * shared error table, so a 400 carries `{error, message, field}` just as gRPC names the field.
  */
-export function createHttpServer(routes: readonly Route[], log: (line: string) => void): Server {
+export function createHttpServer(routes: readonly Route[], options: { token: string; log: (line: string) => void }): Server {
+  const { log } = options;
+  const authorized = bearerTokenCheck(options.token);
   const table = new Map<string, Route>(routes.map((r) => [`${r.method} ${r.path}`, r]));
   const paths = new Set(routes.map((r) => r.path));
   return createServer((req, res) => {
@@ -20,6 +25,9 @@ export function createHttpServer(routes: readonly Route[], log: (line: string) =
     const controller = new AbortController();
     res.on('close', () => controller.abort(new Error('client went away')));
     try {
+      if (!authorized(req.headers.authorization)) {
+        throw new RetraceError('UNAUTHENTICATED', 'missing or wrong token: send "Authorization: Bearer <token>" (the coordinator writes it to <data dir>/auth-token; OpenLineage clients: api_key auth of the http transport)');
+      }
       const url = new URL(req.url ?? '/', 'http://localhost');
       const route = table.get(`${req.method} ${url.pathname}`);
       if (!route) {
@@ -42,7 +50,7 @@ export function createHttpServer(routes: readonly Route[], log: (line: string) =
     } catch (err) {
       if (isRetraceError(err)) {
         const { status, body } = toHttpError(err);
-        send(res, status, body);
+        send(res, status, body, status === 401 ? { 'www-authenticate': 'Bearer realm="retrace"' } : {});
       } else {
         log(`http: ${req.method} ${req.url} failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
         send(res, 500, { error: 'INTERNAL', message: 'internal error (see coordinator log)' });
@@ -68,9 +76,9 @@ async function readJson(req: IncomingMessage): Promise<unknown> {
   }
 }
 
-function send(res: ServerResponse, status: number, body: unknown): void {
+function send(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
   if (res.headersSent) return;
   const text = body === undefined ? '' : JSON.stringify(body);
-  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+  res.writeHead(status, { ...headers, 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
   res.end(text);
 }

@@ -69,7 +69,7 @@ const start: CliCommand = {
           `  ${cli} nodes --watch                                              # live inventory of the agents`,
           `  ${cli} nodes history ${agents[0]?.nodeId ?? 'NODE'} --metric cpu`,
           `  ${cli} forecast ${agents[0]?.nodeId ?? 'NODE'} --metric cpu --horizon 10m --plot cpu.svg`,
-          `  curl -s 'http://${addresses.http}/api/v1/lineage?nodeId=dataset:reports:daily-revenue&depth=2'`,
+          `  curl -s -H "Authorization: Bearer $(cat ${dataDir}/auth-token)" 'http://${addresses.http}/api/v1/lineage?nodeId=dataset:reports:daily-revenue&depth=2'`,
           `  ${cli} lineage path record:orders/classify:o2                    # a live record: code version, node, measured resources`,
           `  ${cli} replay start --record ${live.firstRecord} --watch      # replay one record; hashes compared`,
           `  ${cli} replay start --window orders/raw 2026-01-01T00:00:00Z 2026-01-01T00:00:02Z --speed 2x --watch`,
@@ -127,8 +127,10 @@ const demo: CliCommand = {
       await step('Inclusion proof of one event against the signed checkpoint', ['lineage', 'proof', ex.runEventId, ...conn]);
       await step('Runs', ['lineage', 'runs', ...conn]);
       say('OpenLineage face: Marquez-shaped lineage of the report');
-      const http = await fetch(`http://${addresses.http}/api/v1/lineage?nodeId=dataset:reports:daily-revenue&depth=1`);
-      io.stdout.write(`GET /api/v1/lineage?nodeId=dataset:reports:daily-revenue -> ${http.status}, ${((await http.json()) as { graph?: unknown[] }).graph?.length ?? 0} nodes\n`);
+      const http = await fetch(`http://${addresses.http}/api/v1/lineage?nodeId=dataset:reports:daily-revenue&depth=1`, { headers: { authorization: `Bearer ${c.authToken}` } });
+      const graph = ((await http.json()) as { graph?: unknown[] }).graph ?? [];
+      io.stdout.write(`GET /api/v1/lineage?nodeId=dataset:reports:daily-revenue -> ${http.status}, ${graph.length} nodes\n`);
+      if (http.status !== 200 || graph.length === 0) failures.push(`OpenLineage face: ${http.status} with ${graph.length} nodes, expected 200 with the report's graph`);
       await step('Verify the ledger online', ['verify', ...conn]);
 
       say('Two agents join: one measured as it is, one declaring a GPU and 64 GiB for tests and simulations');

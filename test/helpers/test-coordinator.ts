@@ -8,6 +8,8 @@ export interface TestCoordinator {
   coordinator: Coordinator;
   grpcAddress: string;
   httpUrl: string;
+  /** Headers every HTTP request needs: `Authorization: Bearer <token>`. */
+  httpAuth: Record<string, string>;
   dataDir: string;
   token: string;
   /** A client with the auth token for any service; closed by stop(). */
@@ -30,6 +32,7 @@ export async function startTestCoordinator(options: { dataDir?: string; extensio
     coordinator,
     grpcAddress: addresses.grpc,
     httpUrl: `http://${addresses.http}`,
+    httpAuth: { authorization: `Bearer ${coordinator.authToken}` },
     dataDir,
     token: coordinator.authToken,
     client<S extends CompatServiceDefinition>(definition: S): Client<S> {

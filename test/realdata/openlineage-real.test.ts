@@ -72,14 +72,14 @@ afterAll(async () => {
 });
 
 async function post(path: string, body: unknown): Promise<{ status: number; json: any }> {
-  const res = await fetch(`${tc.httpUrl}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  const res = await fetch(`${tc.httpUrl}${path}`, { method: 'POST', headers: { 'content-type': 'application/json', ...tc.httpAuth }, body: JSON.stringify(body) });
   return { status: res.status, json: await res.json() };
 }
 
 async function graphOf(nodeId: string, depth?: number): Promise<GraphNode[]> {
   const q = new URLSearchParams({ nodeId });
   if (depth !== undefined) q.set('depth', String(depth));
-  const res = await fetch(`${tc.httpUrl}/api/v1/lineage?${q}`);
+  const res = await fetch(`${tc.httpUrl}/api/v1/lineage?${q}`, { headers: tc.httpAuth });
   const json = (await res.json()) as { graph: GraphNode[] };
   expect(res.status, `${nodeId}: ${JSON.stringify(json)}`).toBe(200);
   return json.graph;
