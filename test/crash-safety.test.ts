@@ -2,13 +2,12 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
 import { createChannel, createClientFactory, Metadata, type Channel, type Client } from 'nice-grpc';
 import { afterEach, describe, expect, it } from 'vitest';
 import { LineageServiceDefinition, NodeKind } from '../common/gen/retrace/v1/lineage.js';
 import { LineageEvent } from '../common/gen/retrace/v1/provenance.js';
 import { contentHashOf } from '../common/hash.js';
+import { CLI, ROOT, startCoordinatorProcess } from './helpers/coordinator-process.js';
 
 /**
  * Crash safety of the ledger: a child-process coordinator (the real CLI, LevelDB in a temp dir)
@@ -16,19 +15,9 @@ import { contentHashOf } from '../common/hash.js';
  * be there after a restart, the ledger must verify, and resending is idempotent.
  */
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const CLI = join(ROOT, 'scripts', 'retrace.mjs');
 const KILL_AFTER_ACKS = 1500;
 
 type LineageClient = Client<typeof LineageServiceDefinition>;
-
-interface CoordinatorProcess {
-  proc: ChildProcess;
-  grpc: string;
-  http: string;
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  stderr(): string;
-}
 
 const children: ChildProcess[] = [];
 const channels: Channel[] = [];
@@ -45,29 +34,6 @@ afterEach(async () => {
   }
   for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
 });
-
-/** Starts `retrace coordinator` on port 0 and resolves with the addresses from its JSON line. */
-async function startCoordinatorProcess(dataDir: string): Promise<CoordinatorProcess> {
-  const proc = spawn(process.execPath, [CLI, 'coordinator', '--data', dataDir, '--grpc', '127.0.0.1:0', '--http', '127.0.0.1:0'], {
-    cwd: ROOT,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  children.push(proc);
-  let errText = '';
-  proc.stderr?.setEncoding('utf8');
-  proc.stderr?.on('data', (d: string) => {
-    errText = (errText + d).slice(-20_000);
-  });
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => proc.once('exit', (code, signal) => resolve({ code, signal })));
-  const lines = createInterface({ input: proc.stdout as NodeJS.ReadableStream });
-  const first = await new Promise<string>((resolve, reject) => {
-    lines.once('line', resolve);
-    void exited.then(({ code, signal }) => reject(new Error(`coordinator exited (${code ?? signal}) before listening:\n${errText}`)));
-  });
-  lines.on('line', () => {}); // keep draining stdout
-  const addresses = JSON.parse(first) as { grpc: string; http: string };
-  return { proc, grpc: addresses.grpc, http: addresses.http, exited, stderr: () => errText };
-}
 
 function connect(address: string, token: string): LineageClient {
   const channel = createChannel(address);
@@ -139,7 +105,7 @@ describe('crash safety', () => {
   it('keeps every acknowledged event across a SIGKILL mid-submission, verifies, and stays idempotent', async () => {
     const dataDir = mkdtempSync(join(tmpdir(), 'retrace-crash-'));
     dirs.push(dataDir);
-    const first = await startCoordinatorProcess(dataDir);
+    const first = await startCoordinatorProcess(dataDir, children);
     const token = readFileSync(join(dataDir, 'auth-token'), 'utf8').trim();
 
     /** Every acknowledged event, with the seq the coordinator answered (unary) or undefined (stream). */
@@ -214,7 +180,7 @@ describe('crash safety', () => {
     expect(inFlightAtKill).toBeGreaterThan(0);
 
     // Restart on the same data dir.
-    const second = await startCoordinatorProcess(dataDir);
+    const second = await startCoordinatorProcess(dataDir, children);
     const client = connect(second.grpc, token);
 
     // Every acknowledged event is in the ledger, at the seq it was acknowledged with.

@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'nice-grpc';
 import { HealthDefinition, HealthServiceImpl, HealthState } from 'nice-grpc-server-health';
 import { ServerReflection, ServerReflectionService } from 'nice-grpc-server-reflection';
-import { createAuthMiddleware } from './auth-middleware.js';
+import { createAuthInterceptor } from './auth-interceptor.js';
 import { createErrorMiddleware } from './error-middleware.js';
 
 /** A service to mount: its generated definition and implementation. */
@@ -27,9 +27,9 @@ export function createGrpcServer(options: { token: string; services: ServiceMoun
     'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
     // No channelz service is mounted, so its per-call and per-session bookkeeping is never read.
     'grpc.enable_channelz': 0,
+    interceptors: [createAuthInterceptor(options.token)],
   })
-    .use(createErrorMiddleware(options.log))
-    .use(createAuthMiddleware(options.token));
+    .use(createErrorMiddleware(options.log));
   const health = HealthState();
   for (const s of options.services) server.add(s.definition as never, s.implementation as never);
   server.add(HealthDefinition, HealthServiceImpl(health));

@@ -1,0 +1,41 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+
+export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+export const CLI = join(ROOT, 'scripts', 'retrace.mjs');
+
+export interface CoordinatorProcess {
+  proc: ChildProcess;
+  grpc: string;
+  http: string;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  stderr(): string;
+}
+
+/**
+ * Starts `retrace coordinator` (the real CLI, a child process) on port 0 and resolves with the
+ * addresses from its JSON line. The process is pushed onto `children` for the caller to kill.
+ */
+export async function startCoordinatorProcess(dataDir: string, children: ChildProcess[]): Promise<CoordinatorProcess> {
+  const proc = spawn(process.execPath, [CLI, 'coordinator', '--data', dataDir, '--grpc', '127.0.0.1:0', '--http', '127.0.0.1:0'], {
+    cwd: ROOT,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  children.push(proc);
+  let errText = '';
+  proc.stderr?.setEncoding('utf8');
+  proc.stderr?.on('data', (d: string) => {
+    errText = (errText + d).slice(-20_000);
+  });
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => proc.once('exit', (code, signal) => resolve({ code, signal })));
+  const lines = createInterface({ input: proc.stdout as NodeJS.ReadableStream });
+  const first = await new Promise<string>((resolve, reject) => {
+    lines.once('line', resolve);
+    void exited.then(({ code, signal }) => reject(new Error(`coordinator exited (${code ?? signal}) before listening:\n${errText}`)));
+  });
+  lines.on('line', () => {}); // keep draining stdout
+  const addresses = JSON.parse(first) as { grpc: string; http: string };
+  return { proc, grpc: addresses.grpc, http: addresses.http, exited, stderr: () => errText };
+}
