@@ -24,10 +24,12 @@ export async function startLocalAgents(
   return Promise.all(
     specs.map(async (spec) => {
       // The young-generation size retrace.mjs's shebang asks for (spawned through node, not the shebang).
-      const args = ['--max-semi-space-size=32', CLI, 'agent', '--coordinator', coordinator, '--token', token, '--data', join(dataDir, 'agents', spec.name), '--report-interval', spec.reportInterval ?? '2s'];
+      const args = ['--max-semi-space-size=32', CLI, 'agent', '--coordinator', coordinator, '--data', join(dataDir, 'agents', spec.name), '--report-interval', spec.reportInterval ?? '2s'];
       for (const l of spec.labels ?? []) args.push('--label', l);
       if (spec.advertise) args.push('--advertise', spec.advertise);
-      const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+      // The token goes in the environment, which only this user can read; any local user can
+      // read a command line (ps, /proc/PID/cmdline).
+      const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RETRACE_TOKEN: token } });
       const stderr: string[] = [];
       child.stderr?.on('data', (d: Buffer) => stderr.push(d.toString()));
       const nodeId = await new Promise<string>((resolve, reject) => {

@@ -103,7 +103,8 @@ const demo: CliCommand = {
     const c = new Coordinator({ dataDir, grpc: '127.0.0.1:0', http: '127.0.0.1:0', log: () => {} }, coordinatorExtensions());
     const failures: string[] = [];
     const step = async (title: string, argv: string[], expectCode = 0): Promise<string> => {
-      say(`${title}\n$ retrace ${argv.join(' ')}`);
+      // The token stays out of what the tour prints (terminal scrollback, CI logs).
+      say(`${title}\n$ retrace ${argv.map((a, i) => (argv[i - 1] === '--token' ? '<token>' : a)).join(' ')}`);
       const out = new PassThrough();
       const chunks: Buffer[] = [];
       out.on('data', (d: Buffer) => chunks.push(d));
