@@ -46,6 +46,11 @@ export interface CodeCache {
    * else (nothing is cached), or the fetcher's error (not remembered: the next call tries again).
    */
   get(codeVersion: string, signal?: AbortSignal): Promise<CachedCode>;
+  /**
+   * Drops what `get` remembers of a version: the next `get` reads and checks the cached file
+   * again, and fetches the bundle anew when the file no longer hashes to the version.
+   */
+  forget(codeVersion: string): void;
   /** Code versions with a bundle in the cache folder (not re-verified), sorted. */
   list(): Promise<string[]>;
 }
@@ -70,12 +75,13 @@ export function createCodeCache(options: CodeCacheOptions): CodeCache {
     const bytes = await fetch(codeVersion);
     const actual = contentHashOf(bytes);
     if (actual !== codeVersion) throw new DataLossError(`code version ${codeVersion}: the fetched bundle hashes to ${actual}; refused`);
-    await mkdir(dir, { recursive: true });
+    // Only this agent's user may change what its workers will load.
+    await mkdir(dir, { recursive: true, mode: 0o700 });
     // Write then rename, so a crash never leaves a partial bundle under its final name. The
     // temporary name starts with "." so listings skip it.
     const tmp = join(dir, `.${hex}.${randomBytes(6).toString('hex')}.tmp`);
     try {
-      await writeFile(tmp, bytes, { mode: 0o644 });
+      await writeFile(tmp, bytes, { mode: 0o600 });
       await rename(tmp, path);
     } catch (err) {
       await rm(tmp, { force: true });
@@ -99,6 +105,10 @@ export function createCodeCache(options: CodeCacheOptions): CodeCache {
         pending = p;
       }
       return signal ? abortable(pending, signal) : pending;
+    },
+
+    forget(codeVersion) {
+      loaded.delete(codeVersion);
     },
 
     async list() {

@@ -67,7 +67,7 @@ import { PHASE_IDLE, PHASE_RUN, PROGRESS_BYTES, SHARD_FIELDS, unpackResults, typ
 /** Options of `createShardExecutor`; validated once. */
 export interface ShardExecutorOptions {
   /** Where bundles come from (fetched and verified on first use). */
-  codeCache: Pick<CodeCache, 'get'>;
+  codeCache: Pick<CodeCache, 'get' | 'forget'>;
   /** This agent's node id, put on every outcome and given to transforms. */
   nodeId: string;
   /** Workers running shards at once, one batch each (default: available parallelism). The throttle may lower it. */
@@ -98,7 +98,7 @@ export interface ShardExecutorOptions {
 }
 
 interface CompiledOptions {
-  readonly codeCache: Pick<CodeCache, 'get'>;
+  readonly codeCache: Pick<CodeCache, 'get' | 'forget'>;
   readonly nodeId: string;
   readonly maxConcurrent: number;
   readonly defaultTimeoutMs: number;
@@ -154,7 +154,7 @@ function compile(o: ShardExecutorOptions): CompiledOptions {
     }
     return value;
   };
-  if (typeof o.codeCache?.get !== 'function') throw new InvalidArgumentError('codeCache', 'is required');
+  if (typeof o.codeCache?.get !== 'function' || typeof o.codeCache.forget !== 'function') throw new InvalidArgumentError('codeCache', 'is required');
   if (typeof o.nodeId !== 'string') throw new InvalidArgumentError('nodeId', 'must be a string');
   const maxConcurrent = positive('maxConcurrent', o.maxConcurrent, cpus);
   const base = BigInt(Date.now()) * 1_000_000n - process.hrtime.bigint();
@@ -562,7 +562,7 @@ export function createShardExecutor(options: ShardExecutorOptions): ShardExecuto
       stdout: true,
       stderr: true,
       resourceLimits: { maxOldGenerationSizeMb: memoryMb },
-      workerData: { port: port2, bundleUrl: code.url, progress },
+      workerData: { port: port2, bundleUrl: code.url, codeVersion: code.codeVersion, progress },
       transferList: [port2],
     });
     const pw: PooledWorker = {
@@ -648,7 +648,12 @@ export function createShardExecutor(options: ShardExecutorOptions): ShardExecuto
         return pw;
       }
     }
-    const pw = await spawn(code, memoryMb, key);
+    // A new worker loads the file again, maybe long after the cache checked it: the cache checks
+    // it once more first (a read and a hash, small beside a worker's start) and fetches the
+    // bundle anew if it changed. The worker checks it too, right before its import.
+    opts.codeCache.forget(code.codeVersion);
+    const checked = await opts.codeCache.get(code.codeVersion, stopSignal);
+    const pw = await spawn(checked, memoryMb, key);
     pw.state = 'busy';
     return pw;
   }

@@ -11,6 +11,8 @@ export interface WorkerBoot {
   port: MessagePort;
   /** File URL of the cached bundle. */
   bundleUrl: string;
+  /** "sha256:<hex>" the file must hash to when the worker loads it. */
+  codeVersion: string;
   /** PROGRESS_BYTES shared with the executor. */
   progress: SharedArrayBuffer;
 }

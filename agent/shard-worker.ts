@@ -1,10 +1,11 @@
 /**
- * Entry of a shard worker thread (see shard-executor.ts). One worker serves one code version: it
- * imports the bundle by file URL on its first shard and runs shards one at a time, taking them in
- * batches (one message in, outcomes back in one message per batch or per 20 ms, whichever comes
- * first). It talks to the executor only over the private MessagePort it gets at start, which it
- * removes from `workerData` before any bundle code runs, so the transform cannot forge results on
- * it. The worker has an empty environment and no arguments; the agent's token never reaches it.
+ * Entry of a shard worker thread (see shard-executor.ts). One worker serves one code version: on
+ * its first shard it checks the bundle file's hash and imports it by file URL, and it runs shards
+ * one at a time, taking them in batches (one message in, outcomes back in one message per batch or
+ * per 20 ms, whichever comes first). It talks to the executor only over the private MessagePort
+ * it gets at start, which it removes from `workerData` before any bundle code runs, so the
+ * transform cannot forge results on it. The worker has an empty environment and no arguments; the
+ * agent's token never reaches it.
  *
  * Progress goes to a small SharedArrayBuffer (`WorkerBoot.progress`, see `PROGRESS_*`): the index
  * of the shard running, its phase, when it started and its heap peak so far. The executor's one
@@ -14,7 +15,8 @@
  * Bundled into one script by the executor (esbuild) at first use; keep its imports to Node
  * built-ins and common/.
  */
-import { readlinkSync } from 'node:fs';
+import { readFileSync, readlinkSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { getHeapStatistics } from 'node:v8';
 import { workerData } from 'node:worker_threads';
 import { contentHashOf } from '../common/hash.js';
@@ -60,15 +62,29 @@ function tfBackend(): string {
   return typeof engine?.backendName === 'string' ? engine.backendName : '';
 }
 
+/**
+ * Imports the bundle once its file is checked against the code version. The code cache checked
+ * it when it was fetched or first read, but every new worker loads the file again, maybe much
+ * later: a file changed since then (a bad disk, a hand edit) would run under a code version that
+ * provenance records for other bytes.
+ */
+async function loadVerified(bundleUrl: string, codeVersion: string): Promise<TransformDefinition> {
+  const actual = contentHashOf(readFileSync(fileURLToPath(bundleUrl)));
+  if (actual !== codeVersion) throw new Error(`the cached bundle hashes to ${actual}, not to its code version ${codeVersion}; refused`);
+  return transformOfModule((await import(bundleUrl)) as Record<string, unknown>);
+}
+
 function start(): void {
   const boot = workerData as Partial<WorkerBoot>;
   const port = boot.port;
   const url = boot.bundleUrl;
+  const version = boot.codeVersion;
   const progress = boot.progress;
   delete boot.port;
   delete boot.progress;
-  if (!port || typeof url !== 'string' || !progress) throw new Error('shard worker started without its port, bundle and progress buffer');
+  if (!port || typeof url !== 'string' || typeof version !== 'string' || !progress) throw new Error('shard worker started without its port, bundle, code version and progress buffer');
   const bundleUrl: string = url;
+  const codeVersion: string = version;
   const slot = new Int32Array(progress, 0, 2);
   const startedAt = new BigInt64Array(progress, 8, 1);
   const peakOut = new Float64Array(progress, 16, 1);
@@ -206,7 +222,7 @@ function start(): void {
         try {
           if (loaded) def = loaded;
           else {
-            definition ??= import(bundleUrl).then((m: Record<string, unknown>) => transformOfModule(m));
+            definition ??= loadVerified(bundleUrl, codeVersion);
             def = loaded = await definition;
           }
         } catch (err) {

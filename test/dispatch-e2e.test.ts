@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -103,6 +103,15 @@ describe('dispatch end to end (real coordinator, real agent processes)', () => {
     // Each agent fetched the bundle once over CodeService into <data>/code (reported as a code version at its next registration).
     const hex = codeVersion.slice('sha256:'.length);
     expect(existsSync(join(dir, 'agents', 'a', 'code', `${hex}.mjs`)) || existsSync(join(dir, 'agents', 'b', 'code', `${hex}.mjs`))).toBe(true);
+    // Only the agent's user can change what its workers load.
+    for (const d of ['a', 'b'].map((n) => join(dir, 'agents', n, 'code')).filter((d) => existsSync(d))) {
+      expect(statSync(d).mode & 0o777).toBe(0o700);
+      for (const f of readdirSync(d)) expect(statSync(join(d, f)).mode & 0o777, f).toBe(0o600);
+    }
+    // The token reached the agents through their environment, not their command lines (which any local user can read).
+    if (process.platform === 'linux') {
+      for (const a of agents) expect(readFileSync(`/proc/${a.process.pid}/cmdline`, 'utf8')).not.toContain(tc.token);
+    }
   }, 60_000);
 
   it('a gpu-only placement lands only on the agent advertising a gpu', async () => {

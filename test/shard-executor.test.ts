@@ -1,6 +1,7 @@
-import { mkdtempSync, readdirSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createCodeCache } from '../agent/code-cache.js';
 import { createShardExecutor, type ShardExecutor } from '../agent/shard-executor.js';
@@ -209,7 +210,7 @@ describe('shard executor (real worker threads)', () => {
     expect(seen.token).toBeNull();
     expect(seen.env).toEqual([]);
     expect(seen.argv).toEqual(['[worker eval]']);
-    expect(seen.workerData).toEqual(['bundleUrl']);
+    expect(seen.workerData).toEqual(['bundleUrl', 'codeVersion']);
   });
 
   it('reports a thrown error as FAILED with its message, and a bad output naming it', async () => {
@@ -418,8 +419,59 @@ describe('shard executor (real worker threads)', () => {
     expect(out.status).toBe(ShardStatus.SHARD_STATUS_CANCELLED);
   });
 
+  it('checks a cached bundle again before a new worker loads it, and fetches it anew when the file changed', async () => {
+    const cacheDir = join(dir, 'code-recheck');
+    let fetched = 0;
+    const events: string[] = [];
+    const ex = createShardExecutor({
+      codeCache: createCodeCache({
+        dir: cacheDir,
+        fetch: async (v) => {
+          fetched++;
+          return bundles.get(v) ?? new Uint8Array();
+        },
+      }),
+      nodeId: 'node-recheck',
+      maxConcurrent: 1,
+      idleWorkerMs: 20,
+      log: (_level, event) => events.push(event),
+    });
+    try {
+      expect((await ex.execute(shard('echo'))).status).toBe(ShardStatus.SHARD_STATUS_SUCCEEDED);
+      expect(fetched).toBe(1);
+      // Another transform's bytes under echo's name, as a bad disk or a hand edit would leave them.
+      const file = join(cacheDir, `${(versions.echo as string).slice('sha256:'.length)}.mjs`);
+      writeFileSync(file, bundles.get(versions.probe as string) as Uint8Array);
+      await until('the idle worker ended', () => (events.includes('shard-worker:terminated') ? true : undefined), 5000, 10);
+      const out = await ex.execute(shard('echo', { inputs: [input('orders', 'o9', '{"n":9}')] }));
+      expect(out.status, out.error).toBe(ShardStatus.SHARD_STATUS_SUCCEEDED);
+      // echo's answer (the probe transform would have listed env and workerData instead).
+      expect(JSON.parse(out.outputs[0]?.payload.toString() ?? '{}')).toMatchObject({ key: 'o9', value: { n: 9 } });
+      expect(fetched).toBe(2);
+      expect(contentHashOf(readFileSync(file))).toBe(versions.echo);
+    } finally {
+      await ex.stop();
+    }
+  });
+
+  it('a worker refuses a bundle file that does not hash to its code version', async () => {
+    // A cache that hands out a file it never checked: the worker's own check is the last one.
+    const file = join(dir, 'unchecked.mjs');
+    writeFileSync(file, bundles.get(versions.probe as string) as Uint8Array);
+    const lying = { codeVersion: versions.echo as string, path: file, url: pathToFileURL(file).href, sizeBytes: 1 };
+    const ex = createShardExecutor({ codeCache: { get: async () => lying, forget: () => {} }, nodeId: 'node-lied-to', maxConcurrent: 1 });
+    try {
+      const out = await ex.execute(shard('echo'));
+      expect(out.status).toBe(ShardStatus.SHARD_STATUS_FAILED);
+      expect(out.error).toMatch(new RegExp(`cannot load the bundle: .*hashes to ${versions.probe}, not to its code version ${versions.echo}; refused`));
+      expect(out.outputs).toEqual([]);
+    } finally {
+      await ex.stop();
+    }
+  });
+
   it('answers CANCELLED after stop() and never throws', async () => {
-    const other = createShardExecutor({ codeCache: { get: () => Promise.reject(new Error('unused')) }, nodeId: 'n' });
+    const other = createShardExecutor({ codeCache: { get: () => Promise.reject(new Error('unused')), forget: () => {} }, nodeId: 'n' });
     await other.stop();
     const out = await other.execute(shard('echo'));
     expect(out.status).toBe(ShardStatus.SHARD_STATUS_CANCELLED);
