@@ -1,5 +1,6 @@
 import { InvalidArgumentError } from './errors.js';
 import { isContentHash } from './hash.js';
+import { tooDeepAt } from './json-depth.js';
 import { sortKeys } from './canonical-json.js';
 import type { LineageEvent, ObjectRef, ObjectVersion, ObjectVersions, ResourceUsage, Run, Step } from './gen/retrace/v1/provenance.js';
 
@@ -64,7 +65,7 @@ function normalizeObjectVersion(v: ObjectVersion, event: string, ctx: Canon, p =
   checkNonNegative(v.size, event, p, '.size');
   checkNanos(v.createdAtNs, event, p, '.created_at_ns');
   const attributes = canonical(v.attributes, ctx);
-  const facets = canonicalOptional(v.facets, ctx);
+  const facets = canonicalOptional(v.facets, ctx, `${event}${p}.facets`);
   return attributes === v.attributes && facets === v.facets ? v : { ...v, attributes, facets };
 }
 
@@ -85,8 +86,8 @@ function normalizeStep(s: Step, event: string, ctx: Canon): Step {
   for (let i = 0; i < s.used.length; i++) checkRef(s.used[i] as ObjectRef, event, '.step.used', i, true);
   for (let i = 0; i < s.generated.length; i++) checkRef(s.generated[i] as ObjectRef, event, '.step.generated', i, false);
   if (s.resources) checkResources(s.resources, `${event}${p}.resources`);
-  const parameters = canonicalOptional(s.parameters, ctx);
-  const facets = canonicalOptional(s.facets, ctx);
+  const parameters = canonicalOptional(s.parameters, ctx, `${event}${p}.parameters`);
+  const facets = canonicalOptional(s.facets, ctx, `${event}${p}.facets`);
   const generatedVersions = s.generatedVersions === undefined ? undefined : normalizeDescribedVersions(s.generatedVersions, s.generated, `${event}.step.generated_versions`, 'generated', ctx);
   const usedVersions = s.usedVersions === undefined ? undefined : normalizeDescribedVersions(s.usedVersions, s.used, `${event}.step.used_versions`, 'used', ctx);
   return parameters === s.parameters && facets === s.facets && generatedVersions === s.generatedVersions && usedVersions === s.usedVersions
@@ -131,7 +132,7 @@ function normalizeRun(r: Run, event: string, ctx: Canon): Run {
   if (r.parentRunId === r.runId) throw new InvalidArgumentError(`${event}${p}.parent_run_id`, 'a run cannot be its own parent');
   checkNanos(r.startedAtNs, event, p, '.started_at_ns');
   checkNanos(r.endedAtNs, event, p, '.ended_at_ns');
-  const facets = canonicalOptional(r.facets, ctx);
+  const facets = canonicalOptional(r.facets, ctx, `${event}${p}.facets`);
   return facets === r.facets ? r : { ...r, facets };
 }
 
@@ -184,7 +185,12 @@ function checkNonNegative(value: string, a: string, b = '', c = ''): void {
   if (!isNonNegativeInt64(value)) throw new InvalidArgumentError(a + b + c, 'must be a non-negative integer');
 }
 
-/** 1–19 decimal digits and no sign, checked without a regex (the int64 range itself is not enforced, as before). */
+const INT64_MAX = '9223372036854775807';
+
+/**
+ * 1–19 decimal digits, no sign, at most 2^63 − 1: checked without a regex or a BigInt. Past the
+ * range the protobuf encoder throws, which surfaced as INTERNAL (HTTP 500) instead of the field.
+ */
 function isNonNegativeInt64(value: string): boolean {
   const n = value.length;
   if (n === 0 || n > 19) return false;
@@ -192,7 +198,8 @@ function isNonNegativeInt64(value: string): boolean {
     const c = value.charCodeAt(i);
     if (c < 48 || c > 57) return false;
   }
-  return true;
+  // Equal lengths compare as numbers do; leading zeros keep a shorter value's digits in range.
+  return n < 19 || value <= INT64_MAX;
 }
 
 /** `v` itself when its keys are already in canonical order (the usual case); else a sorted copy, noted in `ctx`. */
@@ -202,8 +209,18 @@ function canonical<T>(v: T, ctx: Canon): T {
   return sortKeys(v);
 }
 
-function canonicalOptional<T>(v: T | undefined, ctx: Canon): T | undefined {
-  return v === undefined ? undefined : canonical(v, ctx);
+/**
+ * Levels of objects and lists a Struct field (facets, parameters) may nest. Each level costs the
+ * protobuf decoder three of its 100 nested messages; an event nested past that limit would be
+ * stored and then fail to decode, leaving a ledger the coordinator cannot load at its next start.
+ */
+export const MAX_STRUCT_DEPTH = 24;
+
+function canonicalOptional<T>(v: T | undefined, ctx: Canon, field: string): T | undefined {
+  if (v === undefined) return undefined;
+  const deep = tooDeepAt(v, MAX_STRUCT_DEPTH, field);
+  if (deep !== undefined) throw new InvalidArgumentError(deep, `nested more than ${MAX_STRUCT_DEPTH} levels of objects and lists deep`);
+  return canonical(v, ctx);
 }
 
 /** True when sortKeys(value) would equal `value` member for member, in the same order. */

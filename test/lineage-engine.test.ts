@@ -191,6 +191,9 @@ describe('lineage engine', () => {
       [[stepEvent('bad', 'sc', [ref('out:1', 'x1')], [ref('raw:1', 'r1')])], /events\[0\]\.step\.generated: would close a cycle/],
       [[stepEvent('bad', 'self', [ref('raw:2', 'r2')], [ref('raw:2', 'r2')])], /cycle/],
       [[{ eventId: '', eventTimeNs: '0', producer: '', body: undefined }], /events\[0\]\.event_id: is required/],
+      // Past int64: the protobuf encoder would throw (INTERNAL) if validation let it through.
+      [[{ ...objectEvent('late', 'late', 'l'), eventTimeNs: '9223372036854775808' }], /events\[0\]\.event_time_ns: must be non-negative nanoseconds/],
+      [[{ ...objectEvent('huge', 'huge', 'h'), body: { $case: 'objectVersion', value: { objectId: 'huge', contentHash: h('h'), size: '9999999999999999999', mediaType: '', createdAtNs: '0', attributes: {}, facets: undefined } } }], /events\[0\]\.object_version\.size: must be a non-negative integer/],
       [[{ eventId: 'x', eventTimeNs: '0', producer: '', body: undefined }], /events\[0\]\.body/],
       [[objectEvent('big', 'big', 'b', '1'), { ...objectEvent('big2', 'big2', 'b'), body: { $case: 'objectVersion', value: { objectId: 'big2', contentHash: h('b'), size: '1', mediaType: '', createdAtNs: '0', attributes: { blob: 'x'.repeat(1_100_000) }, facets: undefined } } }], /events\[1\]: event is \d+ bytes encoded; the limit is/],
     ];
@@ -418,6 +421,31 @@ describe('lineage engine', () => {
     const after = await engine.trace({ start: version('raw:1', 'r1'), direction: Direction.DIRECTION_DOWNSTREAM, depth: 0, asOfNs: '0', pageSize: 0, pageToken: '', includeEdges: true, objectLevel: false });
     expect(after).toEqual(before);
     expect((await engine.submit([objectEvent('o1', 'raw:1', 'r1')])).duplicates).toBe(1);
+  });
+
+  it('takes facets and parameters nested as deep as a Struct decodes, refuses deeper ones, and loads them again after a restart', async () => {
+    // `levels` levels of objects and lists: a list innermost, objects around it.
+    const nest = (levels: number): Record<string, unknown> => {
+      let v: unknown = [1, 'x'];
+      for (let i = 1; i < levels; i++) v = { a: v };
+      return v as Record<string, unknown>;
+    };
+    await chain();
+    const size = engine.treeSize;
+    for (const [field, options] of [['parameters', { parameters: nest(25) }], ['facets', { facets: { deep: nest(24) } }]] as const) {
+      const err = await engine.submit([stepEvent('too-deep', 'sd', [ref('raw:1', 'r1')], [ref('deep:1', 'd1')], options)]).then(() => undefined, (e: unknown) => e);
+      expect(err).toBeInstanceOf(InvalidArgumentError);
+      expect((err as Error).message).toMatch(new RegExp(`^events\\[0\\]\\.step\\.${field}(\\.(a|deep))+: nested more than 24 levels`));
+      expect(engine.treeSize).toBe(size);
+    }
+    // At the limit: stored, and the ledger still decodes when the engine starts again.
+    await engine.submit([stepEvent('deep-ok', 'sd', [ref('raw:1', 'r1')], [ref('deep:1', 'd1')], { parameters: nest(24), facets: { deep: nest(23) } })]);
+    await engine.stop();
+    engine = new LineageEngine({ store, signer, clock });
+    await engine.start();
+    const node = await engine.getNode({ node: { kind: NodeKind.NODE_KIND_STEP, id: 'sd', contentHash: '' } });
+    expect(node.body?.$case === 'step' ? node.body.value.parameters : undefined).toEqual(nest(24));
+    expect((await verifyLedger(store)).ok).toBe(true);
   });
 
   it('writes no event-id rows, removes those an older version wrote, and stays idempotent across restarts', async () => {

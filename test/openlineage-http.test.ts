@@ -227,6 +227,32 @@ describe('GET /api/v1/lineage', () => {
   });
 });
 
+describe('deeply nested facets', () => {
+  it('answer 400 naming where the event nests too deep, and store nothing, however deep', async () => {
+    const before = tc.coordinator.lineage.treeSize;
+    for (const levels of [30, 5000]) {
+      const e = runEvent('deep.job', uuid(), 'COMPLETE', [], ['deep.out']) as any;
+      e.run.facets.deep = { _producer: PRODUCER, _schemaURL: 'urn:x', d: 'DEEP' };
+      // Written as text: JSON.stringify itself would overflow the stack at 5000 levels.
+      const res = await post('/api/v1/lineage', JSON.stringify(e).replace('"DEEP"', `${'{"a":'.repeat(levels)}{"leaf":1}${'}'.repeat(levels)}`));
+      expect(res.status, String(levels)).toBe(400);
+      expect(res.json).toMatchObject({ error: 'INVALID_ARGUMENT', field: expect.stringMatching(/^run\.facets\.deep\.d(\.a)+$/), message: expect.stringMatching(/nested more than 26 levels/) });
+    }
+    expect(tc.coordinator.lineage.treeSize).toBe(before);
+  });
+});
+
+describe('event times past int64 nanoseconds', () => {
+  it('answer 400 naming eventTime, not 500', async () => {
+    for (const time of ['2280-01-02T00:00:00Z', '2262-04-11T23:47:16.854775808Z']) {
+      const res = await post('/api/v1/lineage', runEvent('late.job', uuid(), 'COMPLETE', [], ['late.out'], time));
+      expect(res.status, time).toBe(400);
+      expect(res.json).toMatchObject({ error: 'INVALID_ARGUMENT', field: 'eventTime', message: expect.stringMatching(/after 2262-04-11T23:47:16.854775807Z/) });
+    }
+    expect((await post('/api/v1/lineage', runEvent('late.job', uuid(), 'COMPLETE', [], ['late.out'], '2262-04-11T23:47:16.854775807Z'))).status).toBe(201);
+  });
+});
+
 describe('HTTP authentication', () => {
   it('answers 401 with a JSON body and stores nothing without the token, a wrong one or another scheme', async () => {
     const before = tc.coordinator.lineage.treeSize;

@@ -135,6 +135,8 @@ function eventIds(event: object): (part: string) => string {
 function eventTimeNs(eventTime: string): string {
   const ns = isoToNanos(eventTime, 'eventTime');
   if (ns < 0n) throw new InvalidArgumentError('eventTime', `must not be before 1970-01-01, got ${JSON.stringify(eventTime)}`);
+  // Nanoseconds since the epoch are an int64 (the ledger's event_time_ns).
+  if (ns > 0x7fff_ffff_ffff_ffffn) throw new InvalidArgumentError('eventTime', `must not be after 2262-04-11T23:47:16.854775807Z, got ${JSON.stringify(eventTime)}`);
   return ns.toString();
 }
 

@@ -1,5 +1,6 @@
 import { InvalidArgumentError } from '../errors.js';
-import { EVENT_LIMITS } from '../event-validation.js';
+import { EVENT_LIMITS, MAX_STRUCT_DEPTH } from '../event-validation.js';
+import { tooDeepAt } from '../json-depth.js';
 import {
   OPENLINEAGE_EVENT_TYPES,
   RETRACE_RESOURCES_FACET,
@@ -29,6 +30,9 @@ export interface OpenLineageValidationOptions {
 
 /** Largest batch the batch validator accepts, so one request cannot hold the server hostage. */
 export const MAX_OPENLINEAGE_BATCH = 10_000;
+
+/** Levels of objects and lists an event may nest: a run facet's content then fits a Struct (see MAX_STRUCT_DEPTH). */
+export const MAX_OPENLINEAGE_DEPTH = MAX_STRUCT_DEPTH + 2;
 
 /**
  * Validates one unknown JSON value as an OpenLineage 2-0-2 event: the core schema's required
@@ -121,6 +125,10 @@ class Validator {
   constructor(private readonly formats: OpenLineageFormatMode) {}
 
   event(value: unknown, path: string): ValidatedOpenLineageEvent {
+    // First, and without deep recursion: facets are kept as Structs, which may nest only so far
+    // (a run facet sits two levels down), and the checks below recurse.
+    const deep = tooDeepAt(value, MAX_OPENLINEAGE_DEPTH, path);
+    if (deep !== undefined) throw new InvalidArgumentError(deep, `nested more than ${MAX_OPENLINEAGE_DEPTH} levels of objects and lists deep`);
     const obj = this.object(value, path);
     this.dateTime(obj, path, 'eventTime');
     this.uri(obj, path, 'producer', true);
