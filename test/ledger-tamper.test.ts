@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { cpSync, mkdtempSync, rmSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -422,5 +422,12 @@ describe('ledger verification of a tampered data dir', () => {
     expect(clean.code, clean.stdout + clean.stderr).toBe(0);
     expect(clean.stdout).toContain(`ok: ${EVENTS.length} entries`);
     expect(clean.stdout).toContain(`signed checkpoint at tree size ${EVENTS.length}`);
+
+    // A mistyped path is an error, not an empty ledger that verifies, and nothing is created there.
+    const missing = join(copyData(), 'no-such-dir');
+    const none = await runCli(['verify', '--data', missing]);
+    expect(none.code).toBe(2);
+    expect(none.stderr).toContain(`no Retrace data in ${missing}`);
+    expect(existsSync(missing)).toBe(false);
   });
 });

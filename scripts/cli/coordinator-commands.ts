@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { Coordinator } from '../../coordinator/coordinator.js';
 import { verifyLedger } from '../../coordinator/ledger/ledger-verifier.js';
@@ -6,7 +7,7 @@ import { openDatabase } from '../../coordinator/store/database.js';
 import { LineageStore } from '../../coordinator/store/lineage-store.js';
 import { LineageServiceDefinition } from '../../common/gen/retrace/v1/lineage.js';
 import { RetraceError } from '../../common/errors.js';
-import { flag, hasFlag, type CliCommand } from './command.js';
+import { flag, hasFlag, UsageError, type CliCommand } from './command.js';
 import { openClient } from './client.js';
 import { coordinatorExtensions } from './coordinator-extensions.js';
 import { toJson } from './format.js';
@@ -50,9 +51,11 @@ const verify: CliCommand = {
       }
     } else {
       const dataDir = resolve(flag(args, 'data', './.retrace') as string);
+      // A mistyped path must not verify as an empty, untampered ledger (nor leave one behind).
+      if (!existsSync(join(dataDir, 'db', 'CURRENT'))) throw new UsageError(`--data: no Retrace data in ${dataDir} (no ${join(dataDir, 'db')})`);
       let db;
       try {
-        db = await openDatabase(join(dataDir, 'db'));
+        db = await openDatabase(join(dataDir, 'db'), { createIfMissing: false });
       } catch (err) {
         throw new RetraceError('FAILED_PRECONDITION', `cannot open ${dataDir}: ${(err as Error).message}. Is the coordinator running? Stop it, or verify online with --coordinator HOST:PORT`);
       }
