@@ -87,9 +87,17 @@ export function isRetraceError(err: unknown): err is RetraceError {
   return err instanceof RetraceError;
 }
 
+/**
+ * Most characters of a status message: it travels in a trailer, and one that echoed a 100k
+ * character id made the client's channel stop answering.
+ */
+export const MAX_STATUS_MESSAGE_CHARS = 1024;
+
 /** Server side: a domain error becomes its gRPC status; anything else is for the caller to log and hide. */
 export function toServerError(err: RetraceError): ServerError {
-  return new ServerError(ERROR_TABLE[err.code].grpc, err.message);
+  const m = err.message;
+  const message = m.length <= MAX_STATUS_MESSAGE_CHARS ? m : `${m.slice(0, MAX_STATUS_MESSAGE_CHARS - 40)}… (${m.length} characters in all)`;
+  return new ServerError(ERROR_TABLE[err.code].grpc, message);
 }
 
 const codeByStatus = new Map<Status, ErrorCode>(

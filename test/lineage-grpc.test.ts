@@ -96,6 +96,16 @@ describe('LineageService over gRPC', () => {
     await expect(lineage.getNode({ node: { kind: NodeKind.NODE_KIND_OBJECT_VERSION, id: 'g:w2', contentHash: h('w2') } })).rejects.toMatchObject({ code: Status.NOT_FOUND });
   });
 
+  it('keeps a status message short when it would echo a huge id, and the channel keeps answering', async () => {
+    const c = tc.client(LineageServiceDefinition);
+    const err = await c.getRecordPath({ objectId: 'x'.repeat(100_000), contentHash: '', asOfNs: '0' }, { signal: AbortSignal.timeout(10_000) }).then(() => undefined, (e: unknown) => e);
+    expect(err).toBeInstanceOf(ClientError);
+    expect((err as ClientError).code).toBe(Status.NOT_FOUND);
+    expect((err as ClientError).details.length).toBeLessThanOrEqual(1024);
+    expect((err as ClientError).details).toMatch(/^object_id: object "xxx.*… \(\d+ characters in all\)$/);
+    expect((await c.listRuns({})).runs).toBeDefined();
+  });
+
   it('refuses calls without the token, but serves health and reflection', async () => {
     const channel = createChannel(tc.grpcAddress);
     try {
