@@ -170,6 +170,15 @@ describe('retrace submit', () => {
     expect(r.stderr).toContain('is not JSON');
     expect(r.stderr).toContain('usage: retrace submit');
   });
+
+  it('a missing file, or an unwritable --out, is one line of error without a stack trace (exit 1)', async () => {
+    const missing = await cli(['submit', join(dir, 'no-such-file.json')]);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toBe(`error: ENOENT: no such file or directory, open '${join(dir, 'no-such-file.json')}'\n`);
+    const out = await cli(['lineage', 'export', key(RAW), '--out', join(dir, 'no-such-dir', 'prov.json')]);
+    expect(out.code).toBe(1);
+    expect(out.stderr).toMatch(/^error: ENOENT: no such file or directory, open '.*prov\.json'\n$/);
+  });
 });
 
 describe('retrace lineage trace', () => {

@@ -36,16 +36,25 @@ export async function main(argv: readonly string[], io?: Partial<CliIo>): Promis
       throw err;
     }
   } catch (err) {
-    if (isRetraceError(err)) {
+    if (isRetraceError(err) || isSystemError(err)) {
+      // What the user asked for failed (a missing file, a port in use): the message says it all.
       cli.stderr.write(`error: ${err.message}\n`);
-    } else {
+    } else if (process.env.RETRACE_DEBUG) {
       cli.stderr.write(`error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    } else {
+      cli.stderr.write(`error: ${err instanceof Error ? err.message : String(err)} (unexpected; RETRACE_DEBUG=1 prints where it came from)\n`);
     }
     return 1;
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
   }
+}
+
+/** An error from the operating system (ENOENT, EACCES, EADDRINUSE...), as Node reports them. */
+function isSystemError(err: unknown): err is Error & { code: string } {
+  const code = err instanceof Error ? (err as { code?: unknown }).code : undefined;
+  return typeof code === 'string' && /^E[A-Z0-9]+$/.test(code);
 }
 
 function findCommand(commands: readonly CliCommand[], argv: readonly string[]): CliCommand | undefined {
