@@ -54,6 +54,24 @@ function gatedLineage(): PipelineRunnerOptions['lineage'] & { held: { events: Li
   };
 }
 
+/** A lineage that takes every submission at once and keeps the events. */
+function recordingLineage(): PipelineRunnerOptions['lineage'] & { events: LineageEvent[] } {
+  const events: LineageEvent[] = [];
+  return {
+    events,
+    async submit(submitted: readonly LineageEvent[]) {
+      events.push(...submitted);
+      return { accepted: submitted.length, duplicates: 0, seqs: [], treeSize: 0n };
+    },
+    async readStep() {
+      return undefined;
+    },
+    async readVersion() {
+      return undefined;
+    },
+  };
+}
+
 async function setup(concurrency: number): Promise<{ runner: PipelineRunner; lineage: ReturnType<typeof gatedLineage>; pipelines: PipelineStore; payloads: PayloadStore; calls: ShardAssignment[] }> {
   const db = await openDatabase(null);
   const clock = (): bigint => BigInt(Date.now()) * 1_000_000n;
@@ -131,6 +149,35 @@ describe('pipeline capture and durability', () => {
     lineage.held[1]?.settle();
     await expect(ingest).rejects.toThrow(/disk full/);
     expect(await pipelines.getCurrent('p', 'raw', 'k1')).toBeUndefined();
+  });
+
+  it('checks a whole batch before running any of it, and closes a failed ingest run as FAIL', async () => {
+    const db = await openDatabase(null);
+    const clock = (): bigint => BigInt(Date.now()) * 1_000_000n;
+    const pipelines = createPipelineStore(db, clock);
+    await pipelines.apply(Pipeline.fromJSON({ name: 'p', sources: [{ name: 'raw' }], steps: [{ name: 'up', transform: 'upper', codeVersion: CODE, inputs: ['raw'] }] }));
+    const lineage = recordingLineage();
+    const calls: ShardAssignment[] = [];
+    const runner = new PipelineRunner({ lineage, pipelines, payloads: createPayloadStore(db), runner: upperRunner(calls), clock, concurrency: 4 });
+    const runStates = (): string[] => lineage.events.flatMap((e) => (e.body?.$case === 'run' ? [e.body.value.state] : []));
+    for (const [bad, message] of [
+      [{ key: 'k\u0000', payload: Buffer.from('x') }, /^records\[1\]\.key: contains a NUL character$/],
+      [{ key: 'k'.repeat(1020), payload: Buffer.from('x') }, /^records\[1\]\.key: longer than \d+ characters/],
+      [{ key: 'k', eventTimeNs: '9223372036854775808', payload: Buffer.from('x') }, /^records\[1\]\.event_time_ns: must be non-negative/],
+    ] as const) {
+      lineage.events.length = 0;
+      await expect(runner.ingest('p', 'raw', [[rec('good', 'a'), bad]])).rejects.toThrow(message);
+      // The good record of the same batch never ran; the run was opened and closed as failed.
+      expect(calls).toHaveLength(0);
+      expect(runStates()).toEqual(['RUNNING', 'FAIL']);
+    }
+    // A bad record in a later batch: the earlier batch ran, and the run is closed all the same.
+    lineage.events.length = 0;
+    await expect(runner.ingest('p', 'raw', [[rec('first', 'a')], [{ key: '', payload: Buffer.from('x') }]])).rejects.toThrow(/^records\[1\]\.key: is required$/);
+    expect(calls).toHaveLength(1);
+    expect(runStates()).toEqual(['RUNNING', 'FAIL']);
+    const end = lineage.events.at(-1);
+    expect(end?.body?.$case === 'run' ? end.body.value.facets : undefined).toMatchObject({ retrace: { error: 'records[1].key: is required' } });
   });
 
   it('the runner without capture runs the same steps and records nothing', async () => {

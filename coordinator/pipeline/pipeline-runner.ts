@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { canonicalJson, sortKeys } from '../../common/canonical-json.js';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../../common/errors.js';
+import { EVENT_LIMITS } from '../../common/event-validation.js';
 import type { TransformRequirements } from '../../common/gen/retrace/v1/code.js';
 import type { PipelineStep, PipelineVersion } from '../../common/gen/retrace/v1/pipeline.js';
 import { TriggerKind, type LineageEvent, type ObjectRef, type ObjectVersion, type Step } from '../../common/gen/retrace/v1/provenance.js';
@@ -254,41 +255,47 @@ export class PipelineRunner {
     let failure: unknown;
     let index = 0;
     const ctx = { pv, order, parameters, runId, principal, source, mediaType: src.mediaType, signal: options.signal };
-    for await (const batch of batches) {
-      for (const rec of batch) {
-        const i = index++;
-        if (typeof rec.key !== 'string' || rec.key === '') throw new InvalidArgumentError(`records[${i}].key`, 'is required');
-        if (rec.eventTimeNs !== undefined && rec.eventTimeNs !== '' && !/^\d{1,19}$/.test(rec.eventTimeNs)) {
-          throw new InvalidArgumentError(`records[${i}].event_time_ns`, 'must be non-negative nanoseconds since the epoch');
+    // A key becomes part of the object id of the record and of every output of it.
+    const keyRoom = EVENT_LIMITS.maxIdLength - Math.max(...[source, ...def.steps.map((st) => st.name)].map((d) => recordObjectId(pipelineName, d, '').length));
+    try {
+      for await (const batch of batches) {
+        // The whole batch is checked before any of it runs: a bad record leaves none of its batch half done.
+        batch.forEach((rec, j) => checkRecord(rec, index + j, keyRoom));
+        for (const rec of batch) {
+          index++;
+          if (failure !== undefined) break;
+          while (slots.size >= this.concurrency) await Promise.race(slots);
+          while (unfinished.size >= maxUnfinished) await Promise.race(unfinished);
+          const prev = keyTails.get(rec.key) ?? Promise.resolve();
+          let release!: () => void;
+          const slot = new Promise<void>((resolve) => (release = resolve));
+          const p: Promise<void> = prev
+            .then(() => this.processRecord(ctx, rec, tally, release))
+            .catch((err: unknown) => {
+              failure ??= err;
+            })
+            .finally(() => {
+              release();
+              unfinished.delete(p);
+              if (keyTails.get(rec.key) === p) keyTails.delete(rec.key);
+            });
+          void slot.then(() => slots.delete(slot));
+          keyTails.set(rec.key, p);
+          slots.add(slot);
+          unfinished.add(p);
         }
         if (failure !== undefined) break;
-        while (slots.size >= this.concurrency) await Promise.race(slots);
-        while (unfinished.size >= maxUnfinished) await Promise.race(unfinished);
-        const prev = keyTails.get(rec.key) ?? Promise.resolve();
-        let release!: () => void;
-        const slot = new Promise<void>((resolve) => (release = resolve));
-        const p: Promise<void> = prev
-          .then(() => this.processRecord(ctx, rec, tally, release))
-          .catch((err: unknown) => {
-            failure ??= err;
-          })
-          .finally(() => {
-            release();
-            unfinished.delete(p);
-            if (keyTails.get(rec.key) === p) keyTails.delete(rec.key);
-          });
-        void slot.then(() => slots.delete(slot));
-        keyTails.set(rec.key, p);
-        slots.add(slot);
-        unfinished.add(p);
       }
-      if (failure !== undefined) break;
+    } catch (err) {
+      failure ??= err;
     }
+    // Records already running finish (their slots never reject) before the run is closed.
     await Promise.all(unfinished);
-    if (failure !== undefined) throw failure;
     if (this.capture) {
+      // A run that failed is closed too (FAIL, with its error), so it never stays RUNNING.
+      const error = failure === undefined ? undefined : failure instanceof Error ? failure.message : String(failure);
       const endedAtNs = clock().toString();
-      await this.options.lineage.submit([
+      const closing = this.options.lineage.submit([
         {
           eventId: `run:${runId}:end`,
           eventTimeNs: endedAtNs,
@@ -299,15 +306,21 @@ export class PipelineRunner {
               runId,
               name: `pipeline:${pipelineName}`,
               parentRunId: '',
-              state: tally.shardsFailed > 0 ? 'FAIL' : 'COMPLETE',
+              state: tally.shardsFailed > 0 || error !== undefined ? 'FAIL' : 'COMPLETE',
               startedAtNs,
               endedAtNs,
-              facets: { retrace: { ...runFacets.retrace, accepted: tally.accepted, duplicates: tally.duplicates, shardsRun: tally.shardsRun, shardsFailed: tally.shardsFailed } },
+              facets: {
+                retrace: { ...runFacets.retrace, accepted: tally.accepted, duplicates: tally.duplicates, shardsRun: tally.shardsRun, shardsFailed: tally.shardsFailed, ...(error === undefined ? {} : { error: error.slice(0, 1000) }) },
+              },
             },
           },
         },
       ]);
+      // The run's own failure is what the caller needs to hear about, not a failure to record it.
+      if (failure === undefined) await closing;
+      else await closing.catch(() => {});
     }
+    if (failure !== undefined) throw failure;
     return { ...tally, runId, pipelineVersion: pv.version };
   }
 
@@ -534,6 +547,16 @@ export class PipelineRunner {
   /** A record's object version; `attributes` with their keys in sorted order. */
   private version(k: Known, createdAtNs: string, attributes: Record<string, string>): ObjectVersion {
     return { objectId: k.objectId, contentHash: k.contentHash, size: String(k.size), mediaType: k.mediaType, createdAtNs, attributes, facets: undefined };
+  }
+}
+
+/** Record `i` of an Ingest call: InvalidArgumentError naming its field when it cannot be ingested. */
+function checkRecord(rec: IngestRecordInput, i: number, keyRoom: number): void {
+  if (typeof rec.key !== 'string' || rec.key === '') throw new InvalidArgumentError(`records[${i}].key`, 'is required');
+  if (rec.key.includes('\u0000')) throw new InvalidArgumentError(`records[${i}].key`, 'contains a NUL character');
+  if (rec.key.length > keyRoom) throw new InvalidArgumentError(`records[${i}].key`, `longer than ${keyRoom} characters (the record's object ids hold at most ${EVENT_LIMITS.maxIdLength})`);
+  if (rec.eventTimeNs !== undefined && rec.eventTimeNs !== '' && !(/^\d{1,19}$/.test(rec.eventTimeNs) && BigInt(rec.eventTimeNs) <= 0x7fff_ffff_ffff_ffffn)) {
+    throw new InvalidArgumentError(`records[${i}].event_time_ns`, 'must be non-negative nanoseconds since the epoch');
   }
 }
 
