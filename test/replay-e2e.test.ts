@@ -193,5 +193,8 @@ describe('replay end to end (real coordinator, real agent processes)', () => {
     await expect(client.startReplay({ selector: one, policy: { targetLabels: { pool: 'nowhere' } } as never })).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringMatching(/^policy: no node can run the replay/) });
     await expect(client.startReplay({ selector: { selector: { $case: 'recordIds', value: { objectIds: ['record:nope'] } } }, policy: {} as never })).rejects.toMatchObject({ code: Status.NOT_FOUND });
     await expect(client.startReplay({ policy: {} as never })).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringMatching(/^selector/) });
+    // A what-if for a step or transform the replay does not run would change nothing.
+    await expect(client.startReplay({ selector: one, policy: { stepParameters: { nostep: { x: 1 } } } as never })).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringMatching(/^policy\.step_parameters\[nostep\]: no replayed step is named "nostep" \(steps: .*scale/) });
+    await expect(client.startReplay({ selector: one, policy: { codeVersions: { nope: `sha256:${'a'.repeat(64)}` } } as never })).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringMatching(/^policy\.code_versions\[nope\]: no replayed step runs a transform named "nope"/) });
   });
 });

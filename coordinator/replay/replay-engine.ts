@@ -163,6 +163,7 @@ export class ReplayEngine {
     for (const s of sources) plans.push(await this.planRecord(s));
     const stepCount = plans.reduce((n, p) => n + p.steps.length, 0);
     if (stepCount === 0) throw new FailedPreconditionError('the selected records were not processed by any recorded step: nothing to replay', 'selector');
+    checkOverridesApply(policy, plans);
     const id = `replay-${new Date(Number(this.deps.clock() / 1_000_000n)).toISOString().replace(/[-:.TZ]/g, '').slice(0, 14)}-${randomBytes(3).toString('hex')}`;
     const report: ReplayReport = {
       replayId: id,
@@ -735,3 +736,24 @@ function retraceFacet(step: Step): { pipeline?: string; step?: string; inputs?: 
   return isRecord(f) ? (f as { step?: string; inputs?: Record<string, string> }) : {};
 }
 
+/**
+ * A what-if must change something the replay runs: a step or transform name that no replayed step
+ * has (a typo, another pipeline's step) would otherwise replay unchanged and report no difference.
+ */
+function checkOverridesApply(policy: CompiledReplayPolicy, plans: readonly RecordPlan[]): void {
+  const steps = new Set<string>();
+  const transforms = new Set<string>();
+  for (const plan of plans) {
+    for (const ps of plan.steps) {
+      steps.add(ps.name);
+      transforms.add(ps.step.transform);
+    }
+  }
+  const list = (names: Set<string>): string => [...names].sort().join(', ');
+  for (const name of Object.keys(policy.stepParameters)) {
+    if (!steps.has(name)) throw new InvalidArgumentError(`policy.step_parameters[${name}]`, `no replayed step is named ${JSON.stringify(name)} (steps: ${list(steps)})`);
+  }
+  for (const name of Object.keys(policy.codeVersions)) {
+    if (!transforms.has(name)) throw new InvalidArgumentError(`policy.code_versions[${name}]`, `no replayed step runs a transform named ${JSON.stringify(name)} (transforms: ${list(transforms)})`);
+  }
+}
