@@ -3610,7 +3610,9 @@ export const LineageServiceDefinition = {
     /**
      * Client stream of batches. Each batch is atomic: all of its events are stored, or none.
      * A rejected batch ends the stream with INVALID_ARGUMENT naming the batch and field;
-     * batches before it stay stored.
+     * batches before it stay stored. Up to 16 batches are validated and committed while earlier
+     * ones wait for their commit, so batches sent after the rejected one may be stored too:
+     * resend everything from the rejected batch on (resent events are acknowledged as duplicates).
      */
     submitEvents: {
       name: "SubmitEvents",
@@ -3718,7 +3720,9 @@ export interface LineageServiceImplementation<CallContextExt = {}> {
   /**
    * Client stream of batches. Each batch is atomic: all of its events are stored, or none.
    * A rejected batch ends the stream with INVALID_ARGUMENT naming the batch and field;
-   * batches before it stay stored.
+   * batches before it stay stored. Up to 16 batches are validated and committed while earlier
+   * ones wait for their commit, so batches sent after the rejected one may be stored too:
+   * resend everything from the rejected batch on (resent events are acknowledged as duplicates).
    */
   submitEvents(
     request: AsyncIterable<SubmitEventsRequest>,
@@ -3773,7 +3777,9 @@ export interface LineageServiceClient<CallOptionsExt = {}> {
   /**
    * Client stream of batches. Each batch is atomic: all of its events are stored, or none.
    * A rejected batch ends the stream with INVALID_ARGUMENT naming the batch and field;
-   * batches before it stay stored.
+   * batches before it stay stored. Up to 16 batches are validated and committed while earlier
+   * ones wait for their commit, so batches sent after the rejected one may be stored too:
+   * resend everything from the rejected batch on (resent events are acknowledged as duplicates).
    */
   submitEvents(
     request: AsyncIterable<DeepPartial<SubmitEventsRequest>>,
