@@ -289,7 +289,7 @@ export class PipelineRunner {
     } catch (err) {
       failure ??= err;
     }
-    // Records already running finish (their slots never reject) before the run is closed.
+    // Records already running finish before the run is closed (their promises never reject).
     await Promise.all(unfinished);
     if (this.capture) {
       // A run that failed is closed too (FAIL, with its error), so it never stays RUNNING.
