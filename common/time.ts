@@ -13,8 +13,14 @@ export function isoToNanos(text: string, field = 'time'): Nanos {
   const m = ISO_PATTERN.exec(text.trim());
   if (!m) throw new InvalidArgumentError(field, `not an ISO-8601 date-time: ${JSON.stringify(text)}`);
   const [, y, mo, d, h, mi, s, frac, zone] = m;
-  const ms = Date.UTC(Number(y), Number(mo) - 1, Number(d), Number(h), Number(mi), Number(s ?? '0'));
-  if (Number.isNaN(ms)) throw new InvalidArgumentError(field, `invalid date-time: ${JSON.stringify(text)}`);
+  const [year, month, day, hour, minute, second] = [y, mo, d, h, mi, s ?? '0'].map(Number) as [number, number, number, number, number, number];
+  // Date.UTC rolls 2026-13-45 over into 2027-02-14 (and reads years below 100 as 19xx): the
+  // calendar date must come back as written. Second 60 is a leap second.
+  const date = new Date(Date.UTC(year, month - 1, day));
+  if (date.getUTCFullYear() !== year || date.getUTCMonth() !== month - 1 || date.getUTCDate() !== day || hour > 23 || minute > 59 || second > 60) {
+    throw new InvalidArgumentError(field, `invalid date-time: ${JSON.stringify(text)}`);
+  }
+  const ms = Date.UTC(year, month - 1, day, hour, minute, second);
   let offsetMinutes = 0;
   if (zone && zone.toUpperCase() !== 'Z') {
     const sign = zone.startsWith('-') ? -1 : 1;
