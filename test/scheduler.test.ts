@@ -173,16 +173,17 @@ describe('dispatcher (fake mesh)', () => {
   it('sends the shards that became ready in separate callbacks of one loop turn in one frame', async () => {
     const f = fakeMesh([info('a')]);
     const d = createDispatcher({ mesh: f.mesh, log: quiet, shardTimeoutMs: 10_000 });
-    // Ten callbacks of one timers phase, each submitting a shard, as a pipeline's records do when
+    // Ten callbacks of one loop turn, each submitting a shard, as a pipeline's records do when
     // their store reads return; microtasks run between them, so a flush per microtask checkpoint
-    // sent ten frames.
+    // sent ten frames. Immediates queued together run in one check phase however loaded the
+    // machine is (ten 1 ms timers could straddle a millisecond and fire in two turns).
     const runs: Promise<unknown>[] = [];
     await new Promise<void>((resolve) => {
       for (let i = 0; i < 10; i++) {
-        setTimeout(() => {
+        setImmediate(() => {
           runs.push(d.run(shard(`cb-${i}`)));
           if (runs.length === 10) resolve();
-        }, 1);
+        });
       }
     });
     await tick();
