@@ -182,6 +182,14 @@ describe('retrace submit', () => {
 });
 
 describe('retrace lineage trace', () => {
+  it('refuses a flag it does not take, suggesting the nearest (exit 2)', async () => {
+    const r = await cli(['lineage', 'trace', key(RAW), '--dept', '1']);
+    expect(r.code).toBe(2);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toMatch(/^error: unknown flag --dept \(did you mean --depth\?\)\n\nusage: retrace lineage trace/);
+    expect((await cli(['lineage', 'trace', key(RAW), '--no-such-thing'])).stderr).toMatch(/^error: unknown flag --no-such-thing\n/);
+  });
+
   it('prints the downstream closure as a table', async () => {
     const r = await cli(['lineage', 'trace', key(RAW)]);
     expect(r.code, r.stderr).toBe(0);

@@ -1,5 +1,5 @@
 import { isRetraceError } from '../../common/errors.js';
-import { COMMON_BOOLEAN_FLAGS, parseArgs, UsageError, type CliCommand, type CliIo } from './command.js';
+import { COMMON_BOOLEAN_FLAGS, parseArgs, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
 import { loadCommands } from './command-list.js';
 
 /** Runs one `retrace` invocation and returns its exit code. */
@@ -27,6 +27,7 @@ export async function main(argv: readonly string[], io?: Partial<CliIo>): Promis
       return 0;
     }
     try {
+      checkFlags(command, args);
       return await command.run(args, cli);
     } catch (err) {
       if (err instanceof UsageError) {
@@ -49,6 +50,33 @@ export async function main(argv: readonly string[], io?: Partial<CliIo>): Promis
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
   }
+}
+
+/** Flags every command takes: connection, output, help. */
+const COMMON_FLAGS = ['coordinator', 'token', 'token-file', ...COMMON_BOOLEAN_FLAGS];
+
+/**
+ * A flag the command does not take is a usage error: ignored, a typo (`--dept 1`) silently ran
+ * the command without it. A command takes the flags its usage text names.
+ */
+function checkFlags(command: CliCommand, args: ParsedArgs): void {
+  const known = new Set([...COMMON_FLAGS, ...(command.booleans ?? []), ...[...command.usage.matchAll(/--([a-z][a-z0-9-]*)/g)].map((m) => m[1] as string)]);
+  for (const name of args.flags.keys()) {
+    if (known.has(name)) continue;
+    const near = [...known].filter((k) => editDistance(k, name) <= 2).sort((a, b) => editDistance(a, name) - editDistance(b, name))[0];
+    throw new UsageError(`unknown flag --${name}${near ? ` (did you mean --${near}?)` : ''}`);
+  }
+}
+
+/** Levenshtein distance, for suggestions between short flag names. */
+function editDistance(a: string, b: string): number {
+  let row = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const next = [i];
+    for (let j = 1; j <= b.length; j++) next[j] = Math.min((row[j] as number) + 1, (next[j - 1] as number) + 1, (row[j - 1] as number) + (a[i - 1] === b[j - 1] ? 0 : 1));
+    row = next;
+  }
+  return row[b.length] as number;
 }
 
 /** An error from the operating system (ENOENT, EACCES, EADDRINUSE...), as Node reports them. */
