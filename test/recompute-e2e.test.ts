@@ -263,6 +263,13 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
     expect(job.tasks.find((t) => t.label === 'wf/proj key=k4')?.error).toMatch(/failIf/);
   });
 
+  it('refuses a change policy for a pipeline or source that does not exist, storing nothing', async () => {
+    const before = (await recompute().listChangePolicies({})).entries;
+    await expect(recompute().setChangePolicy({ pipeline: 'nope', source: '', policy: ChangePolicy.CHANGE_POLICY_MANUAL })).rejects.toMatchObject({ code: Status.NOT_FOUND, details: expect.stringMatching(/^pipeline: pipeline "nope" not found/) });
+    await expect(recompute().setChangePolicy({ pipeline: 'wf', source: 'nosrc', policy: ChangePolicy.CHANGE_POLICY_MANUAL })).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringMatching(/^source: pipeline "wf" has no source "nosrc" \(sources: raw\)/) });
+    expect((await recompute().listChangePolicies({})).entries).toEqual(before);
+  });
+
   it('policy: manual reports a re-ingested change and runs nothing; auto recomputes at once', async () => {
     await recompute().setChangePolicy({ pipeline: 'wf', source: 'raw', policy: ChangePolicy.CHANGE_POLICY_MANUAL });
     const projVersions = versionsOf('record:wf/proj:k1').length;

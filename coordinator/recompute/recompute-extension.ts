@@ -1,5 +1,5 @@
 import type { CallContext } from 'nice-grpc';
-import { InvalidArgumentError } from '../../common/errors.js';
+import { InvalidArgumentError, NotFoundError } from '../../common/errors.js';
 import type { NodeInfo } from '../../common/gen/retrace/v1/node.js';
 import { DEFAULT_POLICY } from './change-store.js';
 import { ChangePolicy, RecomputeServiceDefinition, type RecomputeServiceImplementation } from '../../common/gen/retrace/v1/recompute.js';
@@ -37,7 +37,7 @@ function principalOf(context: CallContext): string {
 }
 
 /** RecomputeService over a Recomputer, the change store and the detector. */
-export function createRecomputeHandlers(h: RecomputeHandles): RecomputeServiceImplementation {
+export function createRecomputeHandlers(h: RecomputeHandles, checkTarget: (pipeline: string, source: string) => Promise<void>): RecomputeServiceImplementation {
   return {
     notifyChange: (request, context) => h.recomputer.notify(request, principalOf(context)),
     async listChanges(request) {
@@ -48,13 +48,18 @@ export function createRecomputeHandlers(h: RecomputeHandles): RecomputeServiceIm
       return { change: await h.changes.get(request.changeId) };
     },
     async setChangePolicy(request) {
+      if (request.pipeline !== '') await checkTarget(request.pipeline, request.source);
       return { entry: await h.changes.setPolicy(request.pipeline, request.source, request.policy) };
     },
     async listChangePolicies() {
       return { entries: await h.changes.policies(), defaultPolicy: DEFAULT_POLICY };
     },
     async watchPath(request) {
-      if (request.policy !== 0 && request.pipeline !== '') await h.changes.setPolicy(request.pipeline, request.source, request.policy);
+      if (request.policy !== 0 && request.pipeline !== '') {
+        // Checked before the policy is stored, so a watch refused for its target leaves nothing behind.
+        await checkTarget(request.pipeline, request.source);
+        await h.changes.setPolicy(request.pipeline, request.source, request.policy);
+      }
       return { watch: await h.detector.watch(request) };
     },
     async listWatches() {
@@ -89,15 +94,26 @@ export function recomputeExtension(shared: RecomputeShared): ExtensionFactory {
       clock: ctx.clock,
       log: ctx.log,
     });
+    // A watch or a change policy names a pipeline and source that exist (when pipelines are mounted).
+    const checkTarget = async (pipeline: string, source: string): Promise<void> => {
+      const store = shared.pipelines?.store;
+      if (!store) return;
+      let pv;
+      try {
+        pv = await store.get(pipeline);
+      } catch (err) {
+        if (err instanceof NotFoundError) throw new NotFoundError(`pipeline ${JSON.stringify(pipeline)}`, 'pipeline');
+        throw err;
+      }
+      const sources = pv.pipeline?.sources.map((src) => src.name) ?? [];
+      if (source !== '' && !sources.includes(source)) throw new InvalidArgumentError('source', `pipeline ${JSON.stringify(pipeline)} has no source ${JSON.stringify(source)} (sources: ${sources.join(', ')})`);
+    };
     const detector = new ChangeDetector({
       changes,
       sink: (watch, files) => recomputer.onFiles(watch, files),
       clock: ctx.clock,
       log: ctx.log,
-      async checkTarget(pipeline, source) {
-        const pv = await shared.pipelines?.store.get(pipeline);
-        if (pv && !pv.pipeline?.sources.some((s) => s.name === source)) throw new InvalidArgumentError('source', `pipeline ${JSON.stringify(pipeline)} has no source ${JSON.stringify(source)}`);
-      },
+      checkTarget,
     });
     const executor = new RecomputeExecutor({
       lineage: ctx.lineage,
@@ -119,7 +135,7 @@ export function recomputeExtension(shared: RecomputeShared): ExtensionFactory {
     }
     return {
       name: 'recompute',
-      services: [{ definition: RecomputeServiceDefinition, implementation: createRecomputeHandlers(handles) }],
+      services: [{ definition: RecomputeServiceDefinition, implementation: createRecomputeHandlers(handles, checkTarget) }],
       async start() {
         if (shared.jobs) shared.jobs.registerExecutor(executor);
         else ctx.log('recompute: no job manager; Recompute will answer FAILED_PRECONDITION');
