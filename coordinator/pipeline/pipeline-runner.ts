@@ -1,16 +1,16 @@
 import { randomUUID } from 'node:crypto';
 import { canonicalJson, sortKeys } from '../../common/canonical-json.js';
-import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../../common/errors.js';
+import { FailedPreconditionError, InvalidArgumentError } from '../../common/errors.js';
 import { EVENT_LIMITS } from '../../common/event-validation.js';
 import type { TransformRequirements } from '../../common/gen/retrace/v1/code.js';
-import type { PipelineStep, PipelineVersion } from '../../common/gen/retrace/v1/pipeline.js';
+import type { PipelineSource, PipelineStep, PipelineVersion } from '../../common/gen/retrace/v1/pipeline.js';
 import { TriggerKind, type LineageEvent, type ObjectRef, type ObjectVersion, type Step } from '../../common/gen/retrace/v1/provenance.js';
 import { ShardStatus, type ShardAssignment, type ShardInput, type ShardOutcome } from '../../common/gen/retrace/v1/shard.js';
 import { contentHashOf, sha256Hex } from '../../common/hash.js';
 import type { NanoClock } from '../clock.js';
 import type { LineageEngine } from '../lineage/lineage-engine.js';
 import type { PayloadStore } from '../store/payload-store.js';
-import { validatePipeline, type CurrentRecord, type PipelineStore } from './pipeline-store.js';
+import { latestWithSource, validatePipeline, type CurrentRecord, type PipelineStore } from './pipeline-store.js';
 
 /** What the scheduler's dispatcher returns for one shard. */
 export interface ShardRunResult {
@@ -218,16 +218,10 @@ export class PipelineRunner {
     options: { principal?: string; signal?: AbortSignal } = {},
   ): Promise<IngestSummary> {
     const { pipelines, clock } = this.options;
-    let pv: PipelineVersion;
-    try {
-      pv = await pipelines.get(pipelineName);
-    } catch (err) {
-      if (err instanceof NotFoundError) throw new NotFoundError(`pipeline ${JSON.stringify(pipelineName)}`, 'pipeline');
-      throw err;
-    }
+    const found = await latestWithSource(pipelines, pipelineName, source);
+    const pv = found.pv;
+    const src = found.source as PipelineSource;
     const def = pv.pipeline as NonNullable<PipelineVersion['pipeline']>;
-    const src = def.sources.find((s) => s.name === source);
-    if (!src) throw new InvalidArgumentError('source', `pipeline ${JSON.stringify(pipelineName)} has no source ${JSON.stringify(source)} (sources: ${def.sources.map((s) => s.name).join(', ')})`);
     const { order, parameters } = this.plan(pv);
     const runId = `ingest:${pipelineName}:${randomUUID()}`;
     const principal = options.principal || 'ingest';

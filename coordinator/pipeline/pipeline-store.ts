@@ -1,7 +1,7 @@
 import { InvalidArgumentError, NotFoundError } from '../../common/errors.js';
 import { canonicalJson } from '../../common/canonical-json.js';
 import type { PublishedCode } from '../../common/gen/retrace/v1/code.js';
-import { Pipeline, PipelineVersion } from '../../common/gen/retrace/v1/pipeline.js';
+import { Pipeline, PipelineVersion, type PipelineSource } from '../../common/gen/retrace/v1/pipeline.js';
 import { contentHashOf, isContentHash } from '../../common/hash.js';
 import type { NanoClock } from '../clock.js';
 import { coalesceCalls, coalescedRootWrites } from '../store/call-coalescer.js';
@@ -101,6 +101,26 @@ export function validatePipeline(p: Pipeline): number[] {
     if (!state.has(i)) visit(i);
   });
   return order;
+}
+
+/**
+ * The latest version of `pipeline` for a request that names it and, unless `source` is
+ * undefined, one of its sources: NotFoundError naming `pipeline`, or InvalidArgumentError naming
+ * `source` and listing the pipeline's sources.
+ */
+export async function latestWithSource(store: Pick<PipelineStore, 'get'>, pipeline: string, source: string | undefined): Promise<{ pv: PipelineVersion; source: PipelineSource | undefined }> {
+  let pv: PipelineVersion;
+  try {
+    pv = await store.get(pipeline);
+  } catch (err) {
+    if (err instanceof NotFoundError) throw new NotFoundError(`pipeline ${JSON.stringify(pipeline)}`, 'pipeline');
+    throw err;
+  }
+  if (source === undefined) return { pv, source: undefined };
+  const sources = pv.pipeline?.sources ?? [];
+  const found = sources.find((s) => s.name === source);
+  if (!found) throw new InvalidArgumentError('source', `pipeline ${JSON.stringify(pipeline)} has no source ${JSON.stringify(source)} (sources: ${sources.map((s) => s.name).join(', ')})`);
+  return { pv, source: found };
 }
 
 /** Canonical JSON form of a definition, with defaults filled so equal definitions hash equal. */

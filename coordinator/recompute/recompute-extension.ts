@@ -1,11 +1,12 @@
 import type { CallContext } from 'nice-grpc';
-import { InvalidArgumentError, NotFoundError } from '../../common/errors.js';
+import { InvalidArgumentError } from '../../common/errors.js';
 import type { NodeInfo } from '../../common/gen/retrace/v1/node.js';
 import { DEFAULT_POLICY } from './change-store.js';
 import { ChangePolicy, RecomputeServiceDefinition, type RecomputeServiceImplementation } from '../../common/gen/retrace/v1/recompute.js';
 import type { CoordinatorExtension, ExtensionFactory } from '../coordinator.js';
 import type { JobSubmitter } from '../jobs/job-types.js';
 import type { PipelineHandles } from '../pipeline/pipeline-extension.js';
+import { latestWithSource } from '../pipeline/pipeline-store.js';
 import { ChangeDetector } from './change-detector.js';
 import { createChangeStore, type ChangeStore } from './change-store.js';
 import { createMemoStore, type MemoStore } from './memo-store.js';
@@ -97,16 +98,7 @@ export function recomputeExtension(shared: RecomputeShared): ExtensionFactory {
     // A watch or a change policy names a pipeline and source that exist (when pipelines are mounted).
     const checkTarget = async (pipeline: string, source: string): Promise<void> => {
       const store = shared.pipelines?.store;
-      if (!store) return;
-      let pv;
-      try {
-        pv = await store.get(pipeline);
-      } catch (err) {
-        if (err instanceof NotFoundError) throw new NotFoundError(`pipeline ${JSON.stringify(pipeline)}`, 'pipeline');
-        throw err;
-      }
-      const sources = pv.pipeline?.sources.map((src) => src.name) ?? [];
-      if (source !== '' && !sources.includes(source)) throw new InvalidArgumentError('source', `pipeline ${JSON.stringify(pipeline)} has no source ${JSON.stringify(source)} (sources: ${sources.join(', ')})`);
+      if (store) await latestWithSource(store, pipeline, source === '' ? undefined : source);
     };
     const detector = new ChangeDetector({
       changes,
