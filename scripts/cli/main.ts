@@ -63,7 +63,10 @@ function checkFlags(command: CliCommand, args: ParsedArgs): void {
   const known = new Set([...COMMON_FLAGS, ...(command.booleans ?? []), ...[...command.usage.matchAll(/--([a-z][a-z0-9-]*)/g)].map((m) => m[1] as string)]);
   for (const name of args.flags.keys()) {
     if (known.has(name)) continue;
-    const near = [...known].filter((k) => editDistance(k, name) <= 2).sort((a, b) => editDistance(a, name) - editDistance(b, name))[0];
+    const near = [...known]
+      .map((k) => ({ k, d: editDistance(k, name) }))
+      .filter((c) => c.d <= 2)
+      .sort((a, b) => a.d - b.d)[0]?.k;
     throw new UsageError(`unknown flag --${name}${near ? ` (did you mean --${near}?)` : ''}`);
   }
 }
