@@ -166,10 +166,21 @@ function requireId(value: string, a: string, b = '', c = ''): void {
   checkId(value, a, b, c);
 }
 
-function checkId(value: string, a: string, b = '', c = ''): void {
-  if (value.length > EVENT_LIMITS.maxIdLength) throw new InvalidArgumentError(a + b + c, `longer than ${EVENT_LIMITS.maxIdLength} characters`);
+/**
+ * What is wrong with an id, or undefined: at most `maxLength` characters and no NUL. Ids that
+ * are built from a caller's string (a record key inside an object id) check that string with
+ * the room the id leaves it.
+ */
+export function idProblem(value: string, maxLength: number = EVENT_LIMITS.maxIdLength): string | undefined {
   // NUL separates the parts of store keys, so it may not appear in ids.
-  if (value.includes('\u0000')) throw new InvalidArgumentError(a + b + c, 'contains a NUL character');
+  if (value.includes('\u0000')) return 'contains a NUL character';
+  if (value.length > maxLength) return `longer than ${maxLength} characters`;
+  return undefined;
+}
+
+function checkId(value: string, a: string, b = '', c = ''): void {
+  const problem = idProblem(value);
+  if (problem !== undefined) throw new InvalidArgumentError(a + b + c, problem);
 }
 
 function requireHash(value: string, a: string, b = '', c = ''): void {
@@ -191,7 +202,8 @@ const INT64_MAX = '9223372036854775807';
  * 1–19 decimal digits, no sign, at most 2^63 − 1: checked without a regex or a BigInt. Past the
  * range the protobuf encoder throws, which surfaced as INTERNAL (HTTP 500) instead of the field.
  */
-function isNonNegativeInt64(value: string): boolean {
+/** A decimal string of an int64 that is not negative (what int64 nanosecond and size fields hold). */
+export function isNonNegativeInt64(value: string): boolean {
   const n = value.length;
   if (n === 0 || n > 19) return false;
   for (let i = 0; i < n; i++) {

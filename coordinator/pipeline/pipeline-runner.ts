@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { canonicalJson, sortKeys } from '../../common/canonical-json.js';
 import { FailedPreconditionError, InvalidArgumentError } from '../../common/errors.js';
-import { EVENT_LIMITS } from '../../common/event-validation.js';
+import { EVENT_LIMITS, idProblem, isNonNegativeInt64 } from '../../common/event-validation.js';
 import type { TransformRequirements } from '../../common/gen/retrace/v1/code.js';
 import type { PipelineSource, PipelineStep, PipelineVersion } from '../../common/gen/retrace/v1/pipeline.js';
 import { TriggerKind, type LineageEvent, type ObjectRef, type ObjectVersion, type Step } from '../../common/gen/retrace/v1/provenance.js';
@@ -547,9 +547,9 @@ export class PipelineRunner {
 /** Record `i` of an Ingest call: InvalidArgumentError naming its field when it cannot be ingested. */
 function checkRecord(rec: IngestRecordInput, i: number, keyRoom: number): void {
   if (typeof rec.key !== 'string' || rec.key === '') throw new InvalidArgumentError(`records[${i}].key`, 'is required');
-  if (rec.key.includes('\u0000')) throw new InvalidArgumentError(`records[${i}].key`, 'contains a NUL character');
-  if (rec.key.length > keyRoom) throw new InvalidArgumentError(`records[${i}].key`, `longer than ${keyRoom} characters (the record's object ids hold at most ${EVENT_LIMITS.maxIdLength})`);
-  if (rec.eventTimeNs !== undefined && rec.eventTimeNs !== '' && !(/^\d{1,19}$/.test(rec.eventTimeNs) && BigInt(rec.eventTimeNs) <= 0x7fff_ffff_ffff_ffffn)) {
+  const problem = idProblem(rec.key, keyRoom);
+  if (problem !== undefined) throw new InvalidArgumentError(`records[${i}].key`, rec.key.length > keyRoom ? `${problem} (the record's object ids hold at most ${EVENT_LIMITS.maxIdLength})` : problem);
+  if (rec.eventTimeNs !== undefined && rec.eventTimeNs !== '' && !isNonNegativeInt64(rec.eventTimeNs)) {
     throw new InvalidArgumentError(`records[${i}].event_time_ns`, 'must be non-negative nanoseconds since the epoch');
   }
 }
