@@ -225,6 +225,45 @@ describe('retrace lineage trace', () => {
     expect(json.edges).toHaveLength(4);
   });
 
+  it('--dot prints the subgraph as Graphviz DOT, data flowing from inputs to outputs', async () => {
+    const r = await cli(['lineage', 'trace', key(RAW), '--dot']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/^digraph "lineage" \{\n  label="lineage of version:orders\/raw@sha256:[0-9a-f]{64}: 5 nodes"; labelloc=t; rankdir=LR;\n/);
+    const edges = [...r.stdout.matchAll(/^ {2}"([^"]+)" -> "([^"]+)";$/gm)].map((m) => [m[1], m[2]]);
+    expect(edges).toEqual(
+      expect.arrayContaining([
+        [key(RAW), 'step:clean-orders-1'],
+        ['step:clean-orders-1', key(CLEAN)],
+        [key(CLEAN), 'step:aggregate-orders-1'],
+        ['step:aggregate-orders-1', key(SUMMARY)],
+      ]),
+    );
+    expect(edges).toHaveLength(4);
+    expect(r.stdout).toContain('"step:clean-orders-1" [label="clean-orders\\nclean-orders-1", shape=box, style=filled');
+    expect(r.stdout).not.toMatch(/^dist/m);
+  });
+
+  it('--svg FILE draws the subgraph: every edge goes right, from an input to what used it', async () => {
+    const file = join(dir, 'trace.svg');
+    outFiles.push(file);
+    const r = await cli(['lineage', 'trace', key(SUMMARY), '--direction', 'up', '--svg', file]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toBe(`wrote ${file}: 5 nodes, 4 edges\n`);
+    // The table still prints.
+    expect(r.stdout.trimEnd().split('\n').pop()).toBe('4 node(s) in the closure');
+    const svg = readFileSync(file, 'utf8');
+    expect(svg).toMatch(/^<svg xmlns="http:\/\/www.w3.org\/2000\/svg"[\s\S]*<\/svg>\n$/);
+    // Each node is a group titled with its key; its box's left edge says its column.
+    const x = new Map([...svg.matchAll(/<g><title>([^<]+)<\/title>\n<rect x="(\d+)"/g)].map((m) => [m[1]?.replace(/&amp;/g, '&'), Number(m[2])]));
+    expect([...x.keys()].sort()).toEqual([key(CLEAN), key(RAW), key(SUMMARY), 'step:aggregate-orders-1', 'step:clean-orders-1'].sort());
+    const order = [key(RAW), 'step:clean-orders-1', key(CLEAN), 'step:aggregate-orders-1', key(SUMMARY)].map((k) => x.get(k) as number);
+    expect(order).toEqual([...order].sort((a, b) => a - b));
+    expect(new Set(order).size).toBe(5);
+    expect(svg.match(/marker-end="url\(#arrow\)"/g)).toHaveLength(4);
+    expect(svg).toContain('>clean-orders</text>');
+    expect(svg).toContain('>orders/summary</text>');
+  });
+
   it('--direction up walks to the inputs only', async () => {
     const r = await cli(['lineage', 'trace', key(SUMMARY), '--direction', 'up', '--json']);
     expect(r.code, r.stderr).toBe(0);

@@ -328,7 +328,9 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
     expect(table.out).toMatch(/3 steps, 3 objects/);
     const svgFile = join(dir, 'impact.svg');
     const dot = await cli(['impact', changeId, '--dot', '--svg', svgFile, ...conn]);
-    expect(dot.out).toMatch(/^digraph impact \{/);
+    expect(dot.out).toMatch(/^digraph "impact" \{/);
+    // The changed record feeds two steps; one of them feeds the third.
+    expect(dot.out.match(/^ {2}"[^"]+" -> "[^"]+";$/gm)).toHaveLength(3);
     expect(readFileSync(svgFile, 'utf8')).toMatch(/^<svg[\s\S]*total k5[\s\S]*<\/svg>/);
     const dry = await cli(['recompute', changeId, '--dry-run', ...conn]);
     expect(dry.out).toMatch(/dry run: 3 tasks/);

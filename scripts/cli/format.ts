@@ -1,3 +1,6 @@
+import { NodeKind, type NodeRef } from '../../common/gen/retrace/v1/lineage.js';
+import { parseNodeKey } from '../../common/lineage-keys.js';
+
 /** Renders rows as an aligned text table with a header; cells are stringified. */
 export function renderTable(headers: readonly string[], rows: readonly (readonly unknown[])[]): string {
   const cells = rows.map((r) => r.map((c) => (c === undefined || c === null ? '' : String(c))));
@@ -14,6 +17,29 @@ export function toJson(value: unknown): string {
 /** Shortens "sha256:<64 hex>" to "sha256:<12 hex>…" for tables. */
 export function shortHash(hash: string): string {
   return hash.startsWith('sha256:') && hash.length > 19 ? `${hash.slice(0, 19)}…` : hash;
+}
+
+/**
+ * A lineage node's lines in a drawing: a step's transform (`label`) and id, an object version's
+ * id and short hash, an object's id; any other key as it is.
+ */
+export function nodeLines(key: string, label = ''): string[] {
+  let ref: NodeRef;
+  try {
+    ref = parseNodeKey(key);
+  } catch {
+    return [key];
+  }
+  switch (ref.kind) {
+    case NodeKind.NODE_KIND_STEP:
+      return [label || 'step', ref.id];
+    case NodeKind.NODE_KIND_OBJECT_VERSION:
+      return [ref.id, `@${shortHash(ref.contentHash)}`];
+    case NodeKind.NODE_KIND_OBJECT:
+      return [ref.id, 'object'];
+    default:
+      return [key];
+  }
 }
 
 /** A one-line progress bar: "[#####.....] 50% label". */

@@ -1,7 +1,8 @@
 import { readFileSync, writeFileSync } from 'node:fs';
-import { Direction, LineageServiceDefinition, NodeKind, type NodeRef } from '../../common/gen/retrace/v1/lineage.js';
+import { dagToDot, dagToSvg, type DagDrawing, type DagNode } from '../../common/dag-drawing.js';
+import { Direction, LineageServiceDefinition, NodeKind, type NodeRef, type TraceResponse } from '../../common/gen/retrace/v1/lineage.js';
 import { LineageEvent } from '../../common/gen/retrace/v1/provenance.js';
-import { parseNodeKey } from '../../common/lineage-keys.js';
+import { nodeKey, parseNodeKey } from '../../common/lineage-keys.js';
 import { verifyInclusion } from '../../common/merkle.js';
 import { isoToNanos, nanosToIso } from '../../common/time.js';
 import { validateOpenLineageBatch, validateOpenLineageEvent } from '../../common/openlineage/validate.js';
@@ -9,7 +10,7 @@ import { toLineageEvents } from '../../common/openlineage/to-lineage-events.js';
 import { verifyCheckpoint } from '../../coordinator/ledger/checkpoint-signer.js';
 import { flag, hasFlag, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
 import { openClient } from './client.js';
-import { renderTable, shortHash, toJson } from './format.js';
+import { nodeLines, renderTable, shortHash, toJson } from './format.js';
 import { TraceSessionClient } from './trace-session-client.js';
 
 const NODE_HELP = 'NODE is object:<id>, version:<id>@sha256:<hex>, step:<id>, run:<id> or transform:<name>';
@@ -83,17 +84,46 @@ async function nodeArgs(args: ParsedArgs, io: CliIo, usage: string): Promise<str
   return keys;
 }
 
+/**
+ * The traced subgraph to draw, several traces merged: the start nodes, steps (transform and id)
+ * and objects or versions (id and short hash), with edges turned to the way data flows (the
+ * trace's edges point from a step to what it used and from an object to its generator).
+ */
+function traceDrawing(starts: readonly NodeRef[], results: readonly TraceResponse[], asOfNs: string): DagDrawing {
+  const nodes = new Map<string, DagNode>();
+  const startKeys = starts.map((ref) => nodeKey(ref));
+  for (const key of startKeys) nodes.set(key, { id: key, lines: nodeLines(key), tone: 'start' });
+  const edges: { from: string; to: string }[] = [];
+  const seen = new Set<string>();
+  for (const r of results) {
+    for (const n of r.nodes) {
+      if (!n.node || nodes.has(n.key)) continue;
+      nodes.set(n.key, { id: n.key, lines: nodeLines(n.key, n.label), tone: n.node.kind === NodeKind.NODE_KIND_STEP ? 'step' : 'object' });
+    }
+    for (const e of r.edges) {
+      const k = `${e.to}\u0000${e.from}`;
+      if (seen.has(k)) continue;
+      seen.add(k);
+      edges.push({ from: e.to, to: e.from });
+    }
+  }
+  const title = `lineage of ${startKeys.join(', ')}${asOfNs !== '0' ? ` as of ${nanosToIso(asOfNs)}` : ''}: ${nodes.size} nodes`;
+  return { title, nodes: [...nodes.values()], edges };
+}
+
 const trace: CliCommand = {
   path: ['lineage', 'trace'],
   summary: 'upstream/downstream closure of one or more nodes (as of a time)',
-  usage: `retrace lineage trace NODE [NODE ...|-] [--direction down|up|both|any] [--depth N] [--as-of ISO|ns] [--object-level] [--limit N] [--json]\n  ${NODE_HELP}\n  Several nodes (or - to read them from stdin, one a line) are traced over one TraceSession stream.`,
-  booleans: ['object-level'],
+  usage: `retrace lineage trace NODE [NODE ...|-] [--direction down|up|both|any] [--depth N] [--as-of ISO|ns] [--object-level] [--limit N] [--json] [--dot] [--svg FILE]\n  ${NODE_HELP}\n  Several nodes (or - to read them from stdin, one a line) are traced over one TraceSession stream.\n  --dot prints the subgraph (nodes and their edges) as Graphviz DOT; --svg FILE draws it, data flowing left to right.`,
+  booleans: ['object-level', 'dot'],
   async run(args, io) {
     const keys = await nodeArgs(args, io, this.usage);
     const starts = keys.map(parseNodeArg);
     const limit = intArg(args, 'limit', 1000);
     const json = hasFlag(args, 'json');
-    const query = { direction: directionArg(args, Direction.DIRECTION_DOWNSTREAM), depth: intArg(args, 'depth', 0), asOfNs: asOfArg(args), pageSize: Math.min(limit, 100_000), pageToken: '', includeEdges: json, objectLevel: hasFlag(args, 'object-level') };
+    const svg = flag(args, 'svg');
+    const drawn = svg !== undefined || hasFlag(args, 'dot');
+    const query = { direction: directionArg(args, Direction.DIRECTION_DOWNSTREAM), depth: intArg(args, 'depth', 0), asOfNs: asOfArg(args), pageSize: Math.min(limit, 100_000), pageToken: '', includeEdges: json || drawn, objectLevel: hasFlag(args, 'object-level') };
     const results = await withLineage(args, io, async (c) => {
       if (starts.length === 1) return [await c.trace({ ...query, start: starts[0] }, { signal: io.signal })];
       const session = new TraceSessionClient(c, { signal: io.signal });
@@ -104,10 +134,22 @@ const trace: CliCommand = {
         await session.close().catch(() => {});
       }
     });
+    if (drawn) {
+      const drawing = traceDrawing(starts, results, query.asOfNs);
+      const shown = results.reduce((n, r) => n + r.nodes.length, 0);
+      const total = results.reduce((n, r) => n + Number(r.totalNodes), 0);
+      if (shown < total) io.stderr.write(`drawing ${shown} of the closure's ${total} nodes (--limit ${limit})\n`);
+      if (svg !== undefined) {
+        writeFileSync(svg, dagToSvg(drawing));
+        io.stderr.write(`wrote ${svg}: ${drawing.nodes.length} nodes, ${drawing.edges.length} edges\n`);
+      }
+      if (hasFlag(args, 'dot')) io.stdout.write(dagToDot(drawing));
+    }
     if (json) {
       io.stdout.write(toJson(results.length === 1 ? results[0] : results.map((r, i) => ({ node: keys[i], ...r }))));
       return 0;
     }
+    if (hasFlag(args, 'dot')) return 0;
     results.forEach((r, i) => {
       if (results.length > 1) io.stdout.write(`${i > 0 ? '\n' : ''}== ${keys[i]}\n`);
       io.stdout.write(renderTable(['dist', 'kind', 'node', 'transform', 'time'], r.nodes.map((n) => [n.distance, KIND_NAMES[n.node?.kind ?? 0] ?? '?', n.node?.kind === NodeKind.NODE_KIND_OBJECT_VERSION ? `${n.node.id}@${shortHash(n.node.contentHash)}` : n.node?.id, n.label, timeCell(n.timeNs)])));

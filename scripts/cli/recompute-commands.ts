@@ -11,11 +11,11 @@ import {
   type ImpactResponse,
   type RecomputePolicy,
 } from '../../common/gen/retrace/v1/recompute.js';
-import { escapeXml } from '../../common/svg-chart.js';
+import { dagToDot, dagToSvg, type DagDrawing, type DagNode } from '../../common/dag-drawing.js';
 import { isoToNanos, nanosToIso, parseDurationMs } from '../../common/time.js';
 import { flag, flagAll, hasFlag, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
 import { openClient } from './client.js';
-import { renderTable, shortHash, toJson } from './format.js';
+import { nodeLines, renderTable, shortHash, toJson } from './format.js';
 import { taskStateName, watchJobProgress } from './job-progress.js';
 
 const kindName = (k: ChangeKind): string => (ChangeKind[k] ?? 'UNKNOWN').replace('CHANGE_KIND_', '').toLowerCase();
@@ -210,69 +210,23 @@ const watchRemove: CliCommand = {
   },
 };
 
-/** Graphviz DOT of the affected subgraph: steps as boxes, dependencies as edges. */
-export function impactToDot(r: ImpactResponse): string {
-  const id = (s: string): string => JSON.stringify(s);
-  const lines = ['digraph impact {', '  rankdir=LR;', '  node [shape=box, fontname="Helvetica"];'];
-  for (const root of r.roots) lines.push(`  ${id(root)} [shape=ellipse, style=filled, fillcolor="#fde2e2"];`);
+/**
+ * The affected subgraph to draw: the changed objects or steps, then the steps to recompute with
+ * their recorded wall time and where they would run now; edges from each step's dependencies.
+ */
+export function impactDrawing(r: ImpactResponse): DagDrawing {
+  const nodes: DagNode[] = r.roots.map((root) => ({ id: root, lines: nodeLines(root), tone: 'start' }));
+  const edges: { from: string; to: string }[] = [];
   for (const s of r.steps) {
-    lines.push(`  ${id(s.stepId)} [label=${id(`${s.pipeline ? `${s.pipeline}/` : ''}${s.step}\\n${s.key}${s.placementNodeId ? `\\n-> ${s.placementNodeId}` : ''}`)}];`);
-    if (s.depth <= 1 && s.dependsOn.length === 0) for (const root of r.roots) lines.push(`  ${id(root)} -> ${id(s.stepId)};`);
-    for (const d of s.dependsOn) lines.push(`  ${id(d)} -> ${id(s.stepId)};`);
+    nodes.push({
+      id: s.stepId,
+      lines: [`${s.pipeline ? `${s.pipeline}/` : ''}${s.step} ${s.key}`, `${(Number(s.wallTimeNs) / 1e6).toFixed(1)} ms -> ${s.placementNodeId || 'waiting'}`],
+      tone: 'step',
+    });
+    if (s.depth <= 1 && s.dependsOn.length === 0) for (const root of r.roots) edges.push({ from: root, to: s.stepId });
+    for (const d of s.dependsOn) edges.push({ from: d, to: s.stepId });
   }
-  lines.push('}');
-  return `${lines.join('\n')}\n`;
-}
-
-/** An SVG of the affected subgraph, layered by dependency depth (left to right). */
-export function impactToSvg(r: ImpactResponse): string {
-  const layerOf = new Map<string, number>();
-  for (const s of r.steps) layerOf.set(s.stepId, 1 + Math.max(0, ...s.dependsOn.map((d) => layerOf.get(d) ?? 0)));
-  const layers = new Map<number, string[]>();
-  layers.set(0, r.roots);
-  for (const s of r.steps) {
-    const l = layerOf.get(s.stepId) ?? 1;
-    layers.set(l, [...(layers.get(l) ?? []), s.stepId]);
-  }
-  const W = 190;
-  const H = 44;
-  const GX = 60;
-  const GY = 16;
-  const pos = new Map<string, { x: number; y: number }>();
-  let maxRows = 0;
-  for (const [l, ids] of layers) {
-    ids.forEach((nodeId, i) => pos.set(nodeId, { x: 20 + l * (W + GX), y: 40 + i * (H + GY) }));
-    maxRows = Math.max(maxRows, ids.length);
-  }
-  const width = 40 + layers.size * (W + GX);
-  const height = 60 + maxRows * (H + GY);
-  const out: string[] = [
-    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="Helvetica, Arial, sans-serif" font-size="11">`,
-    `<text x="20" y="22" font-size="13">impact: ${r.stepCount} steps, ${r.objectCount} objects, est. ${(Number(r.estimatedWallTimeNs) / 1e6).toFixed(1)} ms wall</text>`,
-  ];
-  const edge = (from: string, to: string): void => {
-    const a = pos.get(from);
-    const b = pos.get(to);
-    if (a && b) out.push(`<line x1="${a.x + W}" y1="${a.y + H / 2}" x2="${b.x}" y2="${b.y + H / 2}" stroke="#888" />`);
-  };
-  for (const s of r.steps) {
-    if (s.dependsOn.length === 0) for (const root of r.roots) edge(root, s.stepId);
-    for (const d of s.dependsOn) edge(d, s.stepId);
-  }
-  for (const root of r.roots) {
-    const p = pos.get(root) as { x: number; y: number };
-    out.push(`<rect x="${p.x}" y="${p.y}" width="${W}" height="${H}" rx="18" fill="#fde2e2" stroke="#c66" />`, `<text x="${p.x + 8}" y="${p.y + 26}">${escapeXml(root.slice(0, 32))}</text>`);
-  }
-  for (const s of r.steps) {
-    const p = pos.get(s.stepId) as { x: number; y: number };
-    out.push(
-      `<rect x="${p.x}" y="${p.y}" width="${W}" height="${H}" rx="4" fill="#eef3fb" stroke="#5b7db8" />`,
-      `<text x="${p.x + 8}" y="${p.y + 17}">${escapeXml(`${s.pipeline ? `${s.pipeline}/` : ''}${s.step} ${s.key}`.slice(0, 32))}</text>`,
-      `<text x="${p.x + 8}" y="${p.y + 33}" fill="#555">${escapeXml(`${(Number(s.wallTimeNs) / 1e6).toFixed(1)} ms -> ${s.placementNodeId || 'waiting'}`.slice(0, 34))}</text>`,
-    );
-  }
-  out.push('</svg>');
-  return `${out.join('\n')}\n`;
+  return { title: `impact of ${r.roots.map((root) => nodeLines(root)[0]).join(', ')}: ${r.stepCount} steps, ${r.objectCount} objects, est. ${(Number(r.estimatedWallTimeNs) / 1e6).toFixed(1)} ms wall`, nodes, edges };
 }
 
 function printImpact(r: ImpactResponse, io: CliIo): void {
@@ -317,11 +271,11 @@ const impact: CliCommand = {
       }
       const svg = flag(args, 'svg');
       if (svg) {
-        writeFileSync(svg, impactToSvg(r));
+        writeFileSync(svg, dagToSvg(impactDrawing(r)));
         io.stderr.write(`wrote ${svg}\n`);
       }
       if (hasFlag(args, 'json')) io.stdout.write(toJson(r));
-      else if (hasFlag(args, 'dot')) io.stdout.write(impactToDot(r));
+      else if (hasFlag(args, 'dot')) io.stdout.write(dagToDot(impactDrawing(r), 'impact'));
       else printImpact(r, io);
       return 0;
     } finally {

@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
@@ -61,7 +61,7 @@ const start: CliCommand = {
           'Try, in another terminal here:',
           `  ${cli} lineage trace object:${ex.firstOrder}                          # everything one order fed`,
           `  ${cli} lineage path ${ex.report}                        # every step behind the report, with resources`,
-          `  ${cli} lineage trace object:${ex.report} --direction up  # upstream closure`,
+          `  ${cli} lineage trace object:${ex.report} --direction up --svg lineage.svg  # upstream closure, drawn (--dot for Graphviz)`,
           `  ${cli} lineage trace object:${ex.firstOrder} object:${ex.secondOrder} --depth 2  # several closures, one TraceSession stream`,
           `  ${cli} lineage runs`,
           `  ${cli} lineage export object:${ex.firstOrder} --out prov.json   # W3C PROV-JSON`,
@@ -121,7 +121,8 @@ const demo: CliCommand = {
       const ex = await fillExample(addresses, c.authToken, io);
       io.stdout.write(`submitted the example pipeline: ${ex.stored} events\n`);
       await step('Downstream of one order record', ['lineage', 'trace', `object:${ex.firstOrder}`, ...conn]);
-      await step('The report, upstream, as objects', ['lineage', 'trace', `object:${ex.report}`, '--direction', 'up', ...conn]);
+      await step('The report, upstream, as objects, also drawn as an SVG (--dot gives Graphviz)', ['lineage', 'trace', `object:${ex.report}`, '--direction', 'up', '--svg', join(dataDir, 'lineage.svg'), ...conn]);
+      if (!existsSync(join(dataDir, 'lineage.svg'))) failures.push('the lineage drawing was not written');
       await step('Two orders, two hops each, over one TraceSession stream', ['lineage', 'trace', `object:${ex.firstOrder}`, `object:${ex.secondOrder}`, '--depth', '2', ...conn]);
       await step('Processing path of the report (every step, code version, params, node, resources)', ['lineage', 'path', ex.report, ...conn]);
       await step('As of before the aggregate ran, the order fed nothing beyond enrichment', ['lineage', 'trace', `object:${ex.firstOrder}`, '--as-of', '2026-01-01T00:00:00.100Z', ...conn]);

@@ -1,0 +1,64 @@
+import { describe, expect, it } from 'vitest';
+import { dagToDot, dagToSvg, type DagDrawing, type DagNode } from '../common/dag-drawing.js';
+
+const node = (id: string, tone: DagNode['tone'] = 'object', lines: string[] = [id]): DagNode => ({ id, lines, tone });
+
+/** Left edge of each node's box, by id. */
+function columns(svg: string): Map<string, number> {
+  return new Map([...svg.matchAll(/<g><title>([^<]+)<\/title>\n<rect x="(\d+)"/g)].map((m) => [m[1] as string, Number(m[2])]));
+}
+
+describe('DAG drawings', () => {
+  const chain: DagDrawing = {
+    title: 'chain',
+    nodes: [node('a', 'start'), node('s1', 'step'), node('b'), node('s2', 'step'), node('c'), node('ref')],
+    edges: [
+      { from: 'a', to: 's1' },
+      { from: 's1', to: 'b' },
+      { from: 'b', to: 's2' },
+      { from: 'ref', to: 's2' },
+      { from: 's2', to: 'c' },
+    ],
+  };
+
+  it('puts every node right of what feeds it, and an input only a later step reads just before that step', () => {
+    const x = columns(dagToSvg(chain));
+    expect(x.size).toBe(6);
+    for (const e of chain.edges) expect(x.get(e.to) as number).toBeGreaterThan(x.get(e.from) as number);
+    expect(x.get('ref')).toBe(x.get('b'));
+    expect(x.get('a')).toBeLessThan(x.get('ref') as number);
+  });
+
+  it('draws one arrow per edge and leaves out edges to nodes it does not have', () => {
+    const d: DagDrawing = { ...chain, edges: [...chain.edges, { from: 'c', to: 'elsewhere' }, { from: 'a', to: 'a' }] };
+    expect(dagToSvg(d).match(/marker-end="url\(#arrow\)"/g)).toHaveLength(5);
+    const dot = dagToDot(d);
+    expect(dot.match(/ -> /g)).toHaveLength(6);
+    expect(dot).not.toContain('"elsewhere"');
+  });
+
+  it('escapes ids and labels for SVG and DOT, and cuts long lines', () => {
+    const d: DagDrawing = {
+      title: 'x < y & "z"',
+      nodes: [node('object:<a&"b>', 'start', ['<a&"b>', 'x'.repeat(80)]), node('step:q\\r', 'step', ['line one\nline two'])],
+      edges: [{ from: 'object:<a&"b>', to: 'step:q\\r' }],
+    };
+    const svg = dagToSvg(d);
+    expect(svg).toContain('<title>object:&lt;a&amp;&quot;b&gt;</title>');
+    expect(svg).toContain('>x &lt; y &amp; &quot;z&quot;</text>');
+    expect(svg).toContain(`>${'x'.repeat(30)}…</text>`);
+    expect(svg).not.toMatch(/<title>[^<]*[&][^a-z#]/);
+    const dot = dagToDot(d, 'g');
+    expect(dot).toContain('digraph "g" {');
+    expect(dot).toContain('"object:<a&\\"b>" [label="<a&\\"b>\\n');
+    expect(dot).toContain('"step:q\\\\r" [label="line one\\nline two"');
+    expect(dot).toContain('"object:<a&\\"b>" -> "step:q\\\\r";');
+  });
+
+  it('draws a cycle instead of looping forever, and a graph with no edges', () => {
+    const cyclic = dagToSvg({ title: 'c', nodes: [node('p'), node('q'), node('r')], edges: [{ from: 'p', to: 'q' }, { from: 'q', to: 'r' }, { from: 'r', to: 'q' }] });
+    expect(columns(cyclic).size).toBe(3);
+    const lone = dagToSvg({ title: 'one', nodes: [node('only', 'start')], edges: [] });
+    expect(columns(lone).get('only')).toBe(20);
+  });
+});
