@@ -212,3 +212,78 @@ export function renderForecastSvg(input: ForecastChartInput): string {
   parts.push('</svg>');
   return parts.join('\n');
 }
+
+/** What a scatter chart draws: one colour per series, optionally the line y = x. */
+export interface ScatterChartInput {
+  title: string;
+  xLabel: string;
+  yLabel: string;
+  series: readonly { name: string; color: string; x: readonly number[]; y: readonly number[] }[];
+  /** A dashed y = x: points on it are where y equals x (a replay on time, a step as costly as recorded). */
+  diagonal?: boolean;
+  /** Pixels; default 800. */
+  width?: number;
+  /** Pixels; default 360. */
+  height?: number;
+}
+
+/**
+ * Renders a scatter chart as a standalone SVG document; points with a non-finite coordinate are
+ * left out.
+ * @throws InvalidArgumentError for a series whose x and y differ in length.
+ */
+export function renderScatterSvg(input: ScatterChartInput): string {
+  const width = input.width ?? 800;
+  const height = input.height ?? 360;
+  for (const [i, s] of input.series.entries()) {
+    if (s.x.length !== s.y.length) throw new InvalidArgumentError(`series[${i}]`, 'x and y must have the same length');
+  }
+  const points = input.series.map((s) => s.x.flatMap((x, k) => (finite(x) && finite(s.y[k]) ? [[x, s.y[k] as number] as const] : [])));
+  const xs = points.flatMap((p) => p.map(([x]) => x));
+  const ys = points.flatMap((p) => p.map(([, y]) => y));
+  const plotW = width - MARGIN.left - MARGIN.right;
+  const plotH = height - MARGIN.top - MARGIN.bottom;
+  const parts: string[] = [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="11">`,
+    `<rect x="0" y="0" width="${width}" height="${height}" fill="#ffffff"/>`,
+    `<text x="${width / 2}" y="20" text-anchor="middle" font-size="14" fill="${COLORS.text}">${escapeXml(input.title)}</text>`,
+  ];
+  if (xs.length === 0) {
+    parts.push(`<text x="${width / 2}" y="${height / 2}" text-anchor="middle" fill="${COLORS.text}">no data</text>`, '</svg>');
+    return parts.join('\n');
+  }
+  const padded = ([lo, hi]: [number, number]): [number, number] => (hi === lo ? [lo - (Math.abs(lo) > 0 ? Math.abs(lo) * 0.1 : 1), hi + (Math.abs(hi) > 0 ? Math.abs(hi) * 0.1 : 1)] : [lo - (hi - lo) * 0.05, hi + (hi - lo) * 0.05]);
+  let [x0, x1] = padded(extent(xs));
+  let [y0, y1] = padded(extent(ys));
+  if (input.diagonal) {
+    // The same range on both axes, so y = x is the square's diagonal.
+    x0 = y0 = Math.min(x0, y0);
+    x1 = y1 = Math.max(x1, y1);
+  }
+  const x = (v: number): number => MARGIN.left + ((v - x0) / (x1 - x0)) * plotW;
+  const y = (v: number): number => MARGIN.top + (1 - (v - y0) / (y1 - y0)) * plotH;
+  const r = (n: number): string => n.toFixed(1);
+  for (const v of valueTicks(y0, y1)) {
+    parts.push(`<line x1="${MARGIN.left}" x2="${MARGIN.left + plotW}" y1="${r(y(v))}" y2="${r(y(v))}" stroke="${COLORS.grid}"/>`);
+    parts.push(`<text x="${MARGIN.left - 6}" y="${r(y(v) + 4)}" text-anchor="end" fill="${COLORS.text}">${escapeXml(formatValue(v))}</text>`);
+  }
+  for (const v of valueTicks(x0, x1, 8)) {
+    parts.push(`<line x1="${r(x(v))}" x2="${r(x(v))}" y1="${MARGIN.top}" y2="${MARGIN.top + plotH}" stroke="${COLORS.grid}"/>`);
+    parts.push(`<text x="${r(x(v))}" y="${MARGIN.top + plotH + 16}" text-anchor="middle" fill="${COLORS.text}">${escapeXml(formatValue(v))}</text>`);
+  }
+  parts.push(`<rect x="${MARGIN.left}" y="${MARGIN.top}" width="${plotW}" height="${plotH}" fill="none" stroke="${COLORS.axis}"/>`);
+  parts.push(`<text x="${MARGIN.left + plotW / 2}" y="${height - 8}" text-anchor="middle" fill="${COLORS.text}">${escapeXml(input.xLabel)}</text>`);
+  parts.push(`<text x="14" y="${MARGIN.top + plotH / 2}" text-anchor="middle" transform="rotate(-90 14 ${MARGIN.top + plotH / 2})" fill="${COLORS.text}">${escapeXml(input.yLabel)}</text>`);
+  if (input.diagonal) parts.push(`<line class="diagonal" x1="${r(x(x0))}" y1="${r(y(x0))}" x2="${r(x(x1))}" y2="${r(y(x1))}" stroke="${COLORS.axis}" stroke-dasharray="4,3"/>`);
+  input.series.forEach((s, i) => {
+    for (const [px, py] of points[i] ?? []) parts.push(`<circle class="point" cx="${r(x(px))}" cy="${r(y(py))}" r="3" fill="${s.color}" fill-opacity="0.75"/>`);
+  });
+  let lx = MARGIN.left + 8;
+  input.series.forEach((s, i) => {
+    const label = `${s.name} (${points[i]?.length ?? 0})`;
+    parts.push(`<circle cx="${lx + 5}" cy="${MARGIN.top + 12}" r="4" fill="${s.color}"/>`, `<text x="${lx + 14}" y="${MARGIN.top + 16}" fill="${COLORS.text}">${escapeXml(label)}</text>`);
+    lx += 26 + label.length * 6.5;
+  });
+  parts.push('</svg>');
+  return parts.join('\n');
+}

@@ -1,4 +1,5 @@
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { PassThrough } from 'node:stream';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -15,6 +16,7 @@ import { replayExtension } from '../coordinator/replay/replay-extension.js';
 import { schedulerExtension } from '../coordinator/scheduler/scheduler-extension.js';
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
 import { startLocalAgents, stopLocalAgents, type LocalAgent } from '../scripts/cli/local-agents.js';
+import { main } from '../scripts/cli/main.js';
 import { bundleTransform } from '../scripts/cli/publish-command.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 
@@ -135,6 +137,24 @@ describe('replay end to end (real coordinator, real agent processes)', () => {
     expect(last).toBeGreaterThanOrEqual(span / 2 - 5);
     expect(last).toBeLessThan(span / 2 + 150);
     for (const s of firsts) expect(Math.abs(s.dispatchedAtMs - s.targetAtMs)).toBeLessThan(100);
+
+    // The CLI's report gives the pacing error and charts it: one point per record, at (due, dispatched).
+    const file = join(dir, 'replay.svg');
+    const out = new PassThrough();
+    const chunks: Buffer[] = [];
+    out.on('data', (d: Buffer) => chunks.push(d));
+    const code = await main(['replay', 'report', report.replayId, '--svg', file, '--coordinator', tc.grpcAddress, '--token', tc.token], { stdout: out, stderr: out });
+    const text = Buffer.concat(chunks).toString();
+    expect(code, text).toBe(0);
+    expect(text).toMatch(new RegExp(`pacing, dispatched - due over ${RECORDS} records: p50 -?\\d+\\.\\d ms, p99 -?\\d+\\.\\d ms, max -?\\d+\\.\\d ms`));
+    expect(text).toContain(`wrote ${file}`);
+    const svg = readFileSync(file, 'utf8');
+    expect(svg).toContain('dispatch against due time at 2x');
+    expect(svg).toContain('matched (6)');
+    expect(svg).toContain('failed (0)');
+    // Pacing chart: 6 record points plus the legend's 4 dots; CPU chart: 12 step points plus 2 legend dots.
+    expect(svg.match(/<circle class="point"/g)).toHaveLength(RECORDS + 2 * RECORDS);
+    expect(svg.match(/class="diagonal"/g)).toHaveLength(2);
   });
 
   it('cancelling a paced replay ends it at once, records held for their release time included', async () => {

@@ -1,4 +1,6 @@
+import { writeFileSync } from 'node:fs';
 import { ReplayServiceDefinition, ReplayState, GpuMode, type RecordSelector, type ReplayPolicy, type ReplayReport } from '../../common/gen/retrace/v1/replay.js';
+import { renderScatterSvg } from '../../common/svg-chart.js';
 import { isoToNanos, parseDurationMs } from '../../common/time.js';
 import { flag, flagAll, hasFlag, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
 import { openClient } from './client.js';
@@ -130,6 +132,11 @@ function printReport(r: ReplayReport, io: CliIo): void {
         `  wall ${s.replayWallMs.toFixed(0)} ms for a recorded span of ${s.originalSpanMs.toFixed(0)} ms at speed ${s.speed || 'max'}; placements ${JSON.stringify(s.placements)}\n`,
     );
     if (s.changedRecords > 0) io.stdout.write(`  changed records: ${s.changedRecords} (first: ${s.firstChangedRecords.join(', ')})\n`);
+    const lag = s.speed > 0 ? recordTimings(r).map((t) => t.dispatchedMs - t.targetMs).sort((a, b) => a - b) : [];
+    if (lag.length > 0) {
+      const q = (p: number): string => (lag[Math.min(lag.length - 1, Math.floor(p * lag.length))] as number).toFixed(1);
+      io.stdout.write(`  pacing, dispatched - due over ${lag.length} records: p50 ${q(0.5)} ms, p99 ${q(0.99)} ms, max ${(lag[lag.length - 1] as number).toFixed(1)} ms\n`);
+    }
   }
   io.stdout.write(
     renderTable(
@@ -148,6 +155,64 @@ function printReport(r: ReplayReport, io: CliIo): void {
       ]),
     ),
   );
+}
+
+type RecordOutcome = 'matched' | 'changed' | 'differed' | 'failed';
+
+/**
+ * Each replayed record's dispatch (its first step's) against when the speed policy had it due,
+ * both from the replay's start, with what became of the record: failed if a step failed, changed
+ * or differed (no overrides: non-determinism) if an output hash did, else matched.
+ */
+function recordTimings(r: ReplayReport): { record: string; targetMs: number; dispatchedMs: number; outcome: RecordOutcome }[] {
+  const byRecord = new Map<string, { record: string; targetMs: number; dispatchedMs: number; outcome: RecordOutcome }>();
+  const rank: Record<RecordOutcome, number> = { matched: 0, changed: 1, differed: 2, failed: 3 };
+  for (const x of r.steps) {
+    const outcome: RecordOutcome = x.status !== 'SUCCEEDED' ? 'failed' : x.matches ? 'matched' : x.overridden ? 'changed' : 'differed';
+    const t = byRecord.get(x.record);
+    if (!t) byRecord.set(x.record, { record: x.record, targetMs: x.targetAtMs, dispatchedMs: x.dispatchedAtMs, outcome });
+    else {
+      if (x.dispatchedAtMs < t.dispatchedMs) Object.assign(t, { targetMs: x.targetAtMs, dispatchedMs: x.dispatchedAtMs });
+      if (rank[outcome] > rank[t.outcome]) t.outcome = outcome;
+    }
+  }
+  return [...byRecord.values()].sort((a, b) => a.targetMs - b.targetMs || a.dispatchedMs - b.dispatchedMs);
+}
+
+const OUTCOME_COLORS: Record<RecordOutcome, string> = { matched: '#2ca02c', changed: '#ff7f0e', differed: '#9467bd', failed: '#d62728' };
+const STEP_COLORS = ['#1f77b4', '#ff7f0e', '#2ca02c', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f', '#bcbd22', '#17becf', '#d62728'];
+
+/**
+ * Two charts, one above the other: when each record was dispatched against when the speed had it
+ * due (by record order at max speed), coloured by what became of it; and each step's CPU time in
+ * the replay against the original's, one colour per step.
+ */
+export function replayReportSvg(r: ReplayReport): string {
+  const speed = r.summary?.speed ?? 0;
+  const timings = recordTimings(r);
+  const pacing = renderScatterSvg({
+    title: `replay ${r.replayId}: dispatch ${speed > 0 ? `against due time at ${speed}x` : 'order at max speed'}`,
+    xLabel: speed > 0 ? 'due (ms after the replay started; recorded offset / speed)' : 'record, in replay order',
+    yLabel: 'dispatched (ms after start)',
+    diagonal: speed > 0,
+    series: (Object.keys(OUTCOME_COLORS) as RecordOutcome[]).map((outcome) => {
+      const pts = timings.map((t, i) => ({ ...t, i })).filter((t) => t.outcome === outcome);
+      return { name: outcome, color: OUTCOME_COLORS[outcome], x: pts.map((t) => (speed > 0 ? t.targetMs : t.i)), y: pts.map((t) => t.dispatchedMs) };
+    }),
+  });
+  const steps = [...new Set(r.steps.map((x) => x.step))];
+  const cpu = (ns: string | undefined): number => (ns ? Number(ns) / 1e6 : Number.NaN);
+  const resources = renderScatterSvg({
+    title: 'CPU time per step: replay against original',
+    xLabel: 'original CPU (ms)',
+    yLabel: 'replay CPU (ms)',
+    diagonal: true,
+    series: steps.map((name, i) => {
+      const xs = r.steps.filter((x) => x.step === name);
+      return { name, color: STEP_COLORS[i % STEP_COLORS.length] as string, x: xs.map((x) => cpu(x.originalResources?.cpuTimeNs)), y: xs.map((x) => cpu(x.replayResources?.cpuTimeNs)) };
+    }),
+  });
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="800" height="720" viewBox="0 0 800 720">\n<svg y="0">${pacing}</svg>\n<svg y="360">${resources}</svg>\n</svg>\n`;
 }
 
 function ms(ns: string | undefined): string {
@@ -184,7 +249,7 @@ const start: CliCommand = {
 const report: CliCommand = {
   path: ['replay', 'report'],
   summary: 'how a replay differed from the original: hashes, diffs, placements, resources',
-  usage: 'retrace replay report REPLAY_ID [--json]',
+  usage: 'retrace replay report REPLAY_ID [--json] [--svg FILE]\n  --svg FILE charts when each record was dispatched against when the speed had it due, and each step\'s CPU time against the original\'s',
   async run(args, io) {
     const replayId = args.positionals[0];
     if (!replayId) throw new UsageError('REPLAY_ID is required');
@@ -192,6 +257,11 @@ const report: CliCommand = {
     try {
       const { report: r } = await client.getReplayReport({ replayId }, { signal: io.signal });
       if (!r) return 1;
+      const svg = flag(args, 'svg');
+      if (svg !== undefined) {
+        writeFileSync(svg, replayReportSvg(r));
+        io.stderr.write(`wrote ${svg}\n`);
+      }
       if (hasFlag(args, 'json')) io.stdout.write(toJson(r));
       else printReport(r, io);
       return 0;

@@ -73,6 +73,7 @@ const start: CliCommand = {
           `  ${cli} lineage path record:orders/classify:o2                    # a live record: code version, node, measured resources`,
           `  ${cli} replay start --record ${live.firstRecord} --watch      # replay one record; hashes compared`,
           `  ${cli} replay start --window orders/raw 2026-01-01T00:00:00Z 2026-01-01T00:00:02Z --speed 2x --watch`,
+          `  ${cli} replay report REPLAY_ID --svg replay.svg                   # pacing and CPU against the original, charted`,
           `  ${cli} replay start --last 100000d orders/raw --set classify.largeCents=2000 --watch   # what-if`,
           `  ${cli} pipeline list;  ${cli} code list`,
           `  ${cli} impact record:orders/raw:o1 --svg impact.svg                # what a change of one order would recompute`,
@@ -151,7 +152,10 @@ const demo: CliCommand = {
         io.stdout.write(`ingested ${live.accepted} records (run ${live.runId}); code versions ${JSON.stringify(live.codeVersions)}\n`);
         await step('Processing path of one live record: code version, parameters, node and measured resources', ['lineage', 'path', 'record:orders/classify:o2', ...conn]);
         await step('Replay one record from provenance: original and replay hashes compared', ['replay', 'start', '--record', live.firstRecord, '--watch', ...conn]);
-        await step('Replay a 1 s window at 2x on the GPU node only', ['replay', 'start', '--window', 'orders/raw', '2026-01-01T00:00:00Z', '2026-01-01T00:00:01Z', '--speed', '2x', '--gpu', 'only', '--watch', ...conn]);
+        const paced = await step('Replay a 1 s window at 2x on the GPU node only', ['replay', 'start', '--window', 'orders/raw', '2026-01-01T00:00:00Z', '2026-01-01T00:00:01Z', '--speed', '2x', '--gpu', 'only', '--watch', ...conn]);
+        const pacedId = /^replay (replay-\S+): /m.exec(paced)?.[1] ?? '';
+        await step('Its report charted: dispatch against due time, CPU against the original', ['replay', 'report', pacedId, '--svg', join(dataDir, 'replay.svg'), ...conn]);
+        if (!existsSync(join(dataDir, 'replay.svg'))) failures.push('the replay chart was not written');
         await step('What-if: a lower "large" threshold; the report shows exactly which records change', ['replay', 'start', '--window', 'orders/raw', '2026-01-01T00:00:00Z', '2026-01-01T00:00:01Z', '--set', 'classify.largeCents=2000', '--watch', ...conn], 0);
         await step('Injected faults: corrupted inputs are detected and reported (exit 1 expected)', ['replay', 'start', '--record', live.firstRecord, '--fault', 'corrupt:1', '--seed', '4', '--watch', ...conn], 1);
         await step('Replays so far', ['replay', 'list', ...conn]);

@@ -1,0 +1,35 @@
+import { describe, expect, it } from 'vitest';
+import { InvalidArgumentError } from '../common/errors.js';
+import { renderScatterSvg } from '../common/svg-chart.js';
+
+describe('scatter chart', () => {
+  it('draws each finite point once, in its series colour, and y = x on shared axes', () => {
+    const svg = renderScatterSvg({
+      title: 'due <vs> dispatched',
+      xLabel: 'due',
+      yLabel: 'dispatched',
+      diagonal: true,
+      series: [
+        { name: 'matched', color: '#2ca02c', x: [0, 100, 200, Number.NaN], y: [1, 102, 199, 5] },
+        { name: 'failed', color: '#d62728', x: [300], y: [900] },
+      ],
+    });
+    expect(svg).toMatch(/^<svg xmlns="http:\/\/www.w3.org\/2000\/svg"[\s\S]*<\/svg>$/);
+    expect(svg).toContain('>due &lt;vs&gt; dispatched</text>');
+    expect(svg.match(/<circle class="point"[^>]*fill="#2ca02c"/g)).toHaveLength(3);
+    expect(svg.match(/<circle class="point"[^>]*fill="#d62728"/g)).toHaveLength(1);
+    expect(svg).toContain('>matched (3)</text>');
+    // Shared axes: the diagonal runs corner to corner of the plot.
+    const d = /<line class="diagonal" x1="([\d.]+)" y1="([\d.]+)" x2="([\d.]+)" y2="([\d.]+)"/.exec(svg);
+    expect(d?.slice(1).map(Number)).toEqual([64, 316, 784, 40]);
+    // The point (300, 900) sits above the diagonal: a lower y on screen than y = x at x = 300.
+    const late = /<circle class="point" cx="([\d.]+)" cy="([\d.]+)" r="3" fill="#d62728"/.exec(svg);
+    const [cx, cy] = [Number(late?.[1]), Number(late?.[2])];
+    expect(cy).toBeLessThan(316 - ((cx - 64) / 720) * 276);
+  });
+
+  it('says so when there is nothing to draw, and refuses a series whose x and y differ in length', () => {
+    expect(renderScatterSvg({ title: 't', xLabel: 'x', yLabel: 'y', series: [{ name: 's', color: '#000', x: [], y: [] }] })).toContain('>no data</text>');
+    expect(() => renderScatterSvg({ title: 't', xLabel: 'x', yLabel: 'y', series: [{ name: 's', color: '#000', x: [1, 2], y: [1] }] })).toThrow(InvalidArgumentError);
+  });
+});
