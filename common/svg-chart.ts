@@ -88,6 +88,15 @@ function finite(x: number | undefined): x is number {
   return typeof x === 'number' && Number.isFinite(x);
 }
 
+/** The value axis: a grid line and a label at each nice tick in [lo, hi]; `y` maps a value to pixels. */
+function valueAxis(parts: string[], lo: number, hi: number, y: (v: number) => number, plotW: number): void {
+  for (const v of valueTicks(lo, hi)) {
+    const py = y(v).toFixed(1);
+    parts.push(`<line x1="${MARGIN.left}" x2="${MARGIN.left + plotW}" y1="${py}" y2="${py}" stroke="${COLORS.grid}"/>`);
+    parts.push(`<text x="${MARGIN.left - 6}" y="${(y(v) + 4).toFixed(1)}" text-anchor="end" fill="${COLORS.text}">${escapeXml(formatValue(v))}</text>`);
+  }
+}
+
 /**
  * Renders the chart as a standalone SVG document.
  * @throws InvalidArgumentError for mismatched array lengths or a bad width/height.
@@ -141,11 +150,7 @@ export function renderForecastSvg(input: ForecastChartInput): string {
   const y = (v: number): number => MARGIN.top + (1 - (v - lo) / (hi - lo)) * plotH;
   const r = (n: number): string => n.toFixed(1);
 
-  // Value axis: grid lines and labels.
-  for (const v of valueTicks(lo, hi)) {
-    parts.push(`<line x1="${MARGIN.left}" x2="${MARGIN.left + plotW}" y1="${r(y(v))}" y2="${r(y(v))}" stroke="${COLORS.grid}"/>`);
-    parts.push(`<text x="${MARGIN.left - 6}" y="${r(y(v) + 4)}" text-anchor="end" fill="${COLORS.text}">${escapeXml(formatValue(v))}</text>`);
-  }
+  valueAxis(parts, lo, hi, y, plotW);
   // Time axis: the smallest step giving at most 8 ticks, aligned to the (offset) clock.
   const span = t1 - t0;
   const step = TIME_STEPS_MS.find((s) => span / s <= 8) ?? Math.ceil(span / 8 / 86_400_000) * 86_400_000;
@@ -263,10 +268,7 @@ export function renderScatterSvg(input: ScatterChartInput): string {
   const x = (v: number): number => MARGIN.left + ((v - x0) / (x1 - x0)) * plotW;
   const y = (v: number): number => MARGIN.top + (1 - (v - y0) / (y1 - y0)) * plotH;
   const r = (n: number): string => n.toFixed(1);
-  for (const v of valueTicks(y0, y1)) {
-    parts.push(`<line x1="${MARGIN.left}" x2="${MARGIN.left + plotW}" y1="${r(y(v))}" y2="${r(y(v))}" stroke="${COLORS.grid}"/>`);
-    parts.push(`<text x="${MARGIN.left - 6}" y="${r(y(v) + 4)}" text-anchor="end" fill="${COLORS.text}">${escapeXml(formatValue(v))}</text>`);
-  }
+  valueAxis(parts, y0, y1, y, plotW);
   for (const v of valueTicks(x0, x1, 8)) {
     parts.push(`<line x1="${r(x(v))}" x2="${r(x(v))}" y1="${MARGIN.top}" y2="${MARGIN.top + plotH}" stroke="${COLORS.grid}"/>`);
     parts.push(`<text x="${r(x(v))}" y="${MARGIN.top + plotH + 16}" text-anchor="middle" fill="${COLORS.text}">${escapeXml(formatValue(v))}</text>`);
