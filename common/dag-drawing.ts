@@ -37,9 +37,11 @@ const STYLE: Record<DagTone, { fill: string; stroke: string; rx: number; dot: st
   object: { fill: '#f1f7ec', stroke: '#6a9a4a', rx: H / 2, dot: 'shape=box, style="rounded,filled", fillcolor="#f1f7ec"' },
 };
 
-interface Layout {
+/** Where dagToSvg puts each node: its layers, left to right, and each box's top-left corner. */
+export interface DagLayout {
   layers: string[][];
   pos: Map<string, { x: number; y: number }>;
+  /** The edges drawn: those between two known nodes, self-loops left out. */
   edges: { from: string; to: string }[];
   width: number;
   height: number;
@@ -49,7 +51,7 @@ interface Layout {
  * Longest-path layers (every edge goes at least one layer right), ordered within each layer by
  * the mean position of their neighbours to cut crossings, each layer centred vertically.
  */
-function layout(d: DagDrawing): Layout {
+export function dagLayout(d: DagDrawing): DagLayout {
   const known = new Set(d.nodes.map((n) => n.id));
   const edges = d.edges.filter((e) => known.has(e.from) && known.has(e.to) && e.from !== e.to);
   const succ = new Map<string, string[]>();
@@ -79,14 +81,18 @@ function layout(d: DagDrawing): Layout {
     }
   }
   // Lineage is acyclic; should a drawing not be, what is left of a cycle goes after the rest.
-  const last = Math.max(0, ...layerOf.values());
+  // Loops, not Math.max(...xs): a big closure would overflow the argument stack.
+  let last = 0;
+  for (const l of layerOf.values()) last = Math.max(last, l);
   for (const n of d.nodes) if (!layerOf.has(n.id)) layerOf.set(n.id, last + 1);
   // An input that only a later step reads (a reference dataset) goes right before that step
   // instead of with the first inputs, so its edges stay short.
   for (const n of d.nodes) {
     const next = succ.get(n.id);
     if (pred.has(n.id) || !next) continue;
-    layerOf.set(n.id, Math.max(layerOf.get(n.id) as number, Math.min(...next.map((id) => layerOf.get(id) as number)) - 1));
+    let first = Number.POSITIVE_INFINITY;
+    for (const id of next) first = Math.min(first, layerOf.get(id) as number);
+    layerOf.set(n.id, Math.max(layerOf.get(n.id) as number, first - 1));
   }
 
   const layers: string[][] = [];
@@ -108,7 +114,7 @@ function layout(d: DagDrawing): Layout {
     for (let l = layers.length - 2; l >= 0; l--) reorder(layers[l] as string[], succ);
   }
 
-  const rows = Math.max(1, ...layers.map((l) => l.length));
+  const rows = layers.reduce((m, l) => Math.max(m, l.length), 1);
   const pos = new Map<string, { x: number; y: number }>();
   layers.forEach((layer, l) => {
     const offset = ((rows - layer.length) * (H + GAP_Y)) / 2;
@@ -123,7 +129,7 @@ function cut(text: string): string {
 
 /** The drawing as a standalone SVG document. */
 export function dagToSvg(d: DagDrawing): string {
-  const { pos, edges, width: graphWidth, height } = layout(d);
+  const { pos, edges, width: graphWidth, height } = dagLayout(d);
   // About 7 pixels a character at the title's 13 px.
   const width = Math.max(graphWidth, 2 * LEFT + Math.ceil(d.title.length * 7));
   const out: string[] = [

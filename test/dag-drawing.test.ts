@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { dagToDot, dagToSvg, type DagDrawing, type DagNode } from '../common/dag-drawing.js';
+import { dagLayout, dagToDot, dagToSvg, type DagDrawing, type DagNode } from '../common/dag-drawing.js';
 
 const node = (id: string, tone: DagNode['tone'] = 'object', lines: string[] = [id]): DagNode => ({ id, lines, tone });
 
@@ -60,5 +60,21 @@ describe('DAG drawings', () => {
     expect(columns(cyclic).size).toBe(3);
     const lone = dagToSvg({ title: 'one', nodes: [node('only', 'start')], edges: [] });
     expect(columns(lone).get('only')).toBe(20);
+  });
+});
+
+describe('DAG drawings of big closures', () => {
+  it('lays out 150,000 nodes, one input feeding them all, without overflowing the stack', () => {
+    const n = 150_000;
+    const nodes: DagNode[] = [node('ref')];
+    const edges: { from: string; to: string }[] = [];
+    for (let i = 0; i < n; i++) {
+      nodes.push(node(`s${i}`, 'step'));
+      edges.push({ from: 'ref', to: `s${i}` });
+    }
+    const { layers, pos } = dagLayout({ title: 'fan-out', nodes, edges });
+    expect(layers.map((l) => l.length)).toEqual([1, n]);
+    expect(pos.get('ref')?.x).toBe(20);
+    expect(pos.get(`s${n - 1}`)?.x).toBe(290);
   });
 });
