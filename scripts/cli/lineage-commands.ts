@@ -7,7 +7,7 @@ import { isoToNanos, nanosToIso } from '../../common/time.js';
 import { validateOpenLineageBatch, validateOpenLineageEvent } from '../../common/openlineage/validate.js';
 import { toLineageEvents } from '../../common/openlineage/to-lineage-events.js';
 import { verifyCheckpoint } from '../../coordinator/ledger/checkpoint-signer.js';
-import { flag, hasFlag, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
+import { flag, hasFlag, intFlag, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
 import { openClient } from './client.js';
 import { renderTable, shortHash, toJson } from './format.js';
 import { TraceSessionClient } from './trace-session-client.js';
@@ -27,13 +27,6 @@ function directionArg(args: ParsedArgs, fallback: Direction): Direction {
   const v = map[d];
   if (v === undefined) throw new UsageError(`--direction must be up, down, both or any, not ${JSON.stringify(d)}`);
   return v;
-}
-
-function intArg(args: ParsedArgs, name: string, fallback: number): number {
-  const v = flag(args, name);
-  if (v === undefined) return fallback;
-  if (!/^\d+$/.test(v)) throw new UsageError(`--${name} must be a non-negative integer, not ${JSON.stringify(v)}`);
-  return Number(v);
 }
 
 /** --as-of as ISO-8601 or integer nanoseconds; "0" when absent (now). */
@@ -87,13 +80,14 @@ const trace: CliCommand = {
   path: ['lineage', 'trace'],
   summary: 'upstream/downstream closure of one or more nodes (as of a time)',
   usage: `retrace lineage trace NODE [NODE ...|-] [--direction down|up|both|any] [--depth N] [--as-of ISO|ns] [--object-level] [--limit N] [--json]\n  ${NODE_HELP}\n  Several nodes (or - to read them from stdin, one a line) are traced over one TraceSession stream.`,
+  integers: { depth: 'uint32', limit: 'uint32' },
   booleans: ['object-level'],
   async run(args, io) {
     const keys = await nodeArgs(args, io, this.usage);
     const starts = keys.map(parseNodeArg);
-    const limit = intArg(args, 'limit', 1000);
+    const limit = intFlag(args, 'limit', 1000);
     const json = hasFlag(args, 'json');
-    const query = { direction: directionArg(args, Direction.DIRECTION_DOWNSTREAM), depth: intArg(args, 'depth', 0), asOfNs: asOfArg(args), pageSize: Math.min(limit, 100_000), pageToken: '', includeEdges: json, objectLevel: hasFlag(args, 'object-level') };
+    const query = { direction: directionArg(args, Direction.DIRECTION_DOWNSTREAM), depth: intFlag(args, 'depth', 0), asOfNs: asOfArg(args), pageSize: Math.min(limit, 100_000), pageToken: '', includeEdges: json, objectLevel: hasFlag(args, 'object-level') };
     const results = await withLineage(args, io, async (c) => {
       if (starts.length === 1) return [await c.trace({ ...query, start: starts[0] }, { signal: io.signal })];
       const session = new TraceSessionClient(c, { signal: io.signal });
@@ -166,9 +160,10 @@ const exportCmd: CliCommand = {
   path: ['lineage', 'export'],
   summary: 'export the subgraph around a node as W3C PROV-JSON',
   usage: `retrace lineage export NODE [--direction both|up|down|any] [--depth N] [--as-of ISO|ns] [--out FILE]\n  ${NODE_HELP}`,
+  integers: { depth: 'uint32' },
   async run(args, io) {
     const start = nodeArg(args, this.usage);
-    const r = await withLineage(args, io, (c) => c.exportProv({ start, direction: directionArg(args, Direction.DIRECTION_BOTH), depth: intArg(args, 'depth', 0), asOfNs: asOfArg(args) }, { signal: io.signal }));
+    const r = await withLineage(args, io, (c) => c.exportProv({ start, direction: directionArg(args, Direction.DIRECTION_BOTH), depth: intFlag(args, 'depth', 0), asOfNs: asOfArg(args) }, { signal: io.signal }));
     const text = `${JSON.stringify(JSON.parse(r.provJson), null, 2)}\n`;
     const out = flag(args, 'out');
     if (out) {
@@ -183,8 +178,9 @@ const runs: CliCommand = {
   path: ['lineage', 'runs'],
   summary: 'list runs',
   usage: 'retrace lineage runs [--prefix NAME] [--limit N] [--json]',
+  integers: { limit: 'uint32' },
   async run(args, io) {
-    const r = await withLineage(args, io, (c) => c.listRuns({ pageSize: intArg(args, 'limit', 100), pageToken: '', namePrefix: flag(args, 'prefix', '') as string }, { signal: io.signal }));
+    const r = await withLineage(args, io, (c) => c.listRuns({ pageSize: intFlag(args, 'limit', 100), pageToken: '', namePrefix: flag(args, 'prefix', '') as string }, { signal: io.signal }));
     if (hasFlag(args, 'json')) io.stdout.write(toJson(r));
     else io.stdout.write(renderTable(['run', 'name', 'state', 'started', 'ended', 'parent'], r.runs.map((x) => [x.runId, x.name, x.state, timeCell(x.startedAtNs), timeCell(x.endedAtNs), x.parentRunId])));
     return 0;

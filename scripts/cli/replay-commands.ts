@@ -1,6 +1,6 @@
 import { ReplayServiceDefinition, ReplayState, GpuMode, type RecordSelector, type ReplayPolicy, type ReplayReport } from '../../common/gen/retrace/v1/replay.js';
 import { isoToNanos, parseDurationMs } from '../../common/time.js';
-import { flag, flagAll, hasFlag, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
+import { flag, flagAll, hasFlag, intFlag, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
 import { openClient } from './client.js';
 import { progressBar, renderTable, shortHash, toJson } from './format.js';
 
@@ -101,7 +101,7 @@ function parsePolicy(args: ParsedArgs): ReplayPolicy {
     targetNodeIds,
     targetLabels,
     maxCpuFraction,
-    maxMemoryMb: Number(flag(args, 'max-memory', '0')),
+    maxMemoryMb: intFlag(args, 'max-memory', 0),
     gpu,
     faults,
     stepParameters,
@@ -158,6 +158,7 @@ const start: CliCommand = {
   path: ['replay', 'start'],
   summary: 'replay records from provenance under a policy (speed, targets, caps, faults, what-if)',
   usage: START_USAGE,
+  integers: { seed: 'uint64', 'max-memory': 'uint32' },
   async run(args, io) {
     const selector = parseSelector(args);
     const policy = parsePolicy(args);
