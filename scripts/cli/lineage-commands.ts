@@ -1,8 +1,11 @@
 import { readFileSync, writeFileSync } from 'node:fs';
+import { createFileRegistry, fromBinary, type DescMessage } from '@bufbuild/protobuf';
+import { FileDescriptorSetSchema } from '@bufbuild/protobuf/wkt';
 import { Direction, LineageServiceDefinition, NodeKind, type NodeRef } from '../../common/gen/retrace/v1/lineage.js';
 import { LineageEvent } from '../../common/gen/retrace/v1/provenance.js';
 import { parseNodeKey } from '../../common/lineage-keys.js';
 import { verifyInclusion } from '../../common/merkle.js';
+import { checkProtoJson } from '../../common/proto-json-check.js';
 import { isoToNanos, nanosToIso } from '../../common/time.js';
 import { validateOpenLineageBatch, validateOpenLineageEvent } from '../../common/openlineage/validate.js';
 import { toLineageEvents } from '../../common/openlineage/to-lineage-events.js';
@@ -244,7 +247,20 @@ export function toNativeEvents(json: unknown): LineageEvent[] {
   if (looksOpenLineage(json)) return toLineageEvents(validateOpenLineageEvent(json));
   const list = Array.isArray(json) ? json : typeof json === 'object' && json !== null && Array.isArray((json as { events?: unknown }).events) ? (json as { events: unknown[] }).events : undefined;
   if (!list) throw new UsageError('expected an OpenLineage event, an array of them, {"events":[...]} or an array of native events');
+  const desc = lineageEventDescriptor();
+  const prefix = Array.isArray(json) ? '' : 'events';
+  // fromJSON coerces any value to its field's type ("eventId": 12 would be stored as "12"): the
+  // file is checked against the message's descriptor first, so nothing is sent unless all of it is right.
+  list.forEach((e, i) => checkProtoJson(desc, e, `${prefix}[${i}]`));
   return list.map((e) => LineageEvent.fromJSON(e));
+}
+
+const DESCRIPTOR_SET = new URL('../../common/gen/descriptor-set.binpb', import.meta.url);
+
+function lineageEventDescriptor(): DescMessage {
+  const desc = createFileRegistry(fromBinary(FileDescriptorSetSchema, readFileSync(DESCRIPTOR_SET))).getMessage('retrace.v1.LineageEvent');
+  if (!desc) throw new Error(`retrace.v1.LineageEvent is missing from ${DESCRIPTOR_SET.pathname}`);
+  return desc;
 }
 
 async function readAll(stream: NodeJS.ReadableStream): Promise<string> {
