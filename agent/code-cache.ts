@@ -1,10 +1,11 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
+import { readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { DataLossError, InvalidArgumentError } from '../common/errors.js';
 import type { CodeServiceClient } from '../common/gen/retrace/v1/code.js';
 import { contentHashOf, isContentHash } from '../common/hash.js';
+import { makeDirectory } from './make-directory.js';
 
 /** A verified bundle on local disk. */
 export interface CachedCode {
@@ -76,7 +77,7 @@ export function createCodeCache(options: CodeCacheOptions): CodeCache {
     const actual = contentHashOf(bytes);
     if (actual !== codeVersion) throw new DataLossError(`code version ${codeVersion}: the fetched bundle hashes to ${actual}; refused`);
     // Only this agent's user may change what its workers will load.
-    await mkdir(dir, { recursive: true, mode: 0o700 });
+    await makeDirectory(dir, 0o700);
     // Write then rename, so a crash never leaves a partial bundle under its final name. The
     // temporary name starts with "." so listings skip it.
     const tmp = join(dir, `.${hex}.${randomBytes(6).toString('hex')}.tmp`);

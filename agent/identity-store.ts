@@ -1,9 +1,10 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { readFile, rename, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import { DataLossError } from '../common/errors.js';
+import { DataLossError, InvalidArgumentError } from '../common/errors.js';
 import { isNodeId } from '../common/node-resources.js';
+import { makeDirectory } from './make-directory.js';
 
 /** What makes an agent the same node across restarts; kept in `<data dir>/node-identity.json`. */
 export interface AgentIdentity {
@@ -18,10 +19,10 @@ const FILE = 'node-identity.json';
  * Loads the identity from `dataDir`, creating (and persisting) a new one on first start:
  * `<hostname>-<6 hex>`, readable in `retrace nodes` yet unique when hosts share a name.
  * Throws DataLossError when the file exists but is unreadable, rather than silently becoming
- * a different node.
+ * a different node; InvalidArgumentError naming `data` when `dataDir` cannot be created.
  */
 export async function loadOrCreateIdentity(dataDir: string, now: () => number = Date.now): Promise<AgentIdentity> {
-  await mkdir(dataDir, { recursive: true });
+  await prepareDataDir(dataDir, 'data');
   const path = join(dataDir, FILE);
   let text: string | undefined;
   try {
@@ -44,6 +45,18 @@ export async function loadOrCreateIdentity(dataDir: string, now: () => number = 
   const identity: AgentIdentity = { nodeId: `${base}-${randomBytes(3).toString('hex')}`, createdAtMs: now() };
   await saveIdentity(dataDir, identity);
   return identity;
+}
+
+/**
+ * Creates the data directory if it is missing; InvalidArgumentError naming `field` (the option or
+ * flag the directory came from) with the system's reason when it cannot be.
+ */
+export async function prepareDataDir(dataDir: string, field: string): Promise<void> {
+  try {
+    await makeDirectory(dataDir);
+  } catch (err) {
+    throw new InvalidArgumentError(field, `cannot create the directory ${JSON.stringify(dataDir)}: ${(err as Error).message}`, err);
+  }
 }
 
 /** Writes the identity atomically (temp file + rename), so a crash never leaves half a file. */

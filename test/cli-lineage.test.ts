@@ -171,6 +171,23 @@ describe('retrace submit', () => {
     expect(r.stderr).toContain('usage: retrace submit');
   });
 
+  it('native events with a value of the wrong type are refused naming the field, and nothing of the file is stored', async () => {
+    const good = LineageEvent.toJSON(LineageEvent.fromPartial({ eventId: 'ev-typed-ok', eventTimeNs: (T0 + 20n * S).toString(), producer: PRODUCER, body: { $case: 'objectVersion', value: { objectId: 'typed/ok', contentHash: h('typed ok') } } })) as Record<string, unknown>;
+    const cases: [unknown, string][] = [
+      [{ events: [good, { ...good, eventId: 12 }] }, 'events[1].eventId: expected a string, got 12'],
+      [[good, { ...good, eventId: 'ev-typed-2', producer: { name: 'x' } }], '[1].producer: expected a string, got an object'],
+      [{ events: [{ ...good, objectVersion: { objectId: 'typed/ok', contentHash: h('typed ok'), size: 'big' } }] }, 'events[0].objectVersion.size: expected an integer from -9223372036854775808 to 9223372036854775807 (int64), got "big"'],
+    ];
+    for (const [json, message] of cases) {
+      const file = join(dir, 'typed.json');
+      outFiles.push(file);
+      writeFileSync(file, JSON.stringify(json));
+      const r = await cli(['submit', file]);
+      expect(r, message).toMatchObject({ code: 1, stdout: '', stderr: `error: ${message}\n` });
+    }
+    for (const id of ['ev-typed-ok', '12', 'ev-typed-2']) expect((await cli(['lineage', 'proof', id])).stderr, id).toContain('not found');
+  });
+
   it('a missing file, or an unwritable --out, is one line of error without a stack trace (exit 1)', async () => {
     const missing = await cli(['submit', join(dir, 'no-such-file.json')]);
     expect(missing.code).toBe(1);

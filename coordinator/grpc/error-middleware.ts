@@ -1,15 +1,17 @@
 import { ServerError, Status, type CallContext, type ServerMiddlewareCall } from 'nice-grpc';
 import { isAbortError } from 'abort-controller-x';
 import { isRetraceError, toServerError } from '../../common/errors.js';
+import { rejectUndecodable, rejectUndecodableStream } from './request-decoding.js';
 
 /**
  * The server's one error funnel: RetraceErrors become their gRPC status (message names the
- * field); anything unexpected becomes INTERNAL with a generic message and a log line.
+ * field); anything unexpected becomes INTERNAL with a generic message and a log line. Requests
+ * whose bytes did not decode (request-decoding.ts) are refused here with INVALID_ARGUMENT.
  */
 export function createErrorMiddleware(log: (line: string) => void) {
   return async function* errorMiddleware<Request, Response>(call: ServerMiddlewareCall<Request, Response>, context: CallContext) {
     try {
-      return yield* call.next(call.request, context);
+      return yield* call.next(call.requestStream ? rejectUndecodableStream(call.request) : rejectUndecodable(call.request), context);
     } catch (err) {
       if (err instanceof ServerError || isAbortError(err)) throw err;
       if (isRetraceError(err)) throw toServerError(err);

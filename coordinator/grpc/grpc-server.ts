@@ -1,9 +1,12 @@
 import { readFileSync } from 'node:fs';
+import { createFileRegistry, fromBinary } from '@bufbuild/protobuf';
+import { FileDescriptorSetSchema } from '@bufbuild/protobuf/wkt';
 import { createServer, type Server } from 'nice-grpc';
 import { HealthDefinition, HealthServiceImpl, HealthState } from 'nice-grpc-server-health';
 import { ServerReflection, ServerReflectionService } from 'nice-grpc-server-reflection';
 import { createAuthInterceptor } from './auth-interceptor.js';
 import { createErrorMiddleware } from './error-middleware.js';
+import { guardRequestDecoding } from './request-decoding.js';
 
 /** A service to mount: its generated definition and implementation. */
 export interface ServiceMount {
@@ -20,6 +23,8 @@ const DESCRIPTOR_SET = new URL('../../common/gen/descriptor-set.binpb', import.m
 /**
  * The coordinator's gRPC server: auth, then the error funnel, in front of every service; plus
  * the standard health service and server reflection so generic gRPC tools can list and call it.
+ * Request bytes that do not decode as the method's message are refused with INVALID_ARGUMENT
+ * naming the message (grpc-js alone answers INTERNAL "Error deserializing request").
  */
 export function createGrpcServer(options: { token: string; services: ServiceMount[]; log: (line: string) => void }): { server: Server; health: HealthState } {
   const server = createServer({
@@ -31,8 +36,14 @@ export function createGrpcServer(options: { token: string; services: ServiceMoun
   })
     .use(createErrorMiddleware(options.log));
   const health = HealthState();
-  for (const s of options.services) server.add(s.definition as never, s.implementation as never);
+  const descriptors = readFileSync(DESCRIPTOR_SET);
+  const registry = createFileRegistry(fromBinary(FileDescriptorSetSchema, descriptors));
+  for (const s of options.services) {
+    const service = registry.getService(s.definition.fullName);
+    const definition = guardRequestDecoding(s.definition as never, (method) => service?.methods.find((m) => m.name === method)?.input.typeName);
+    server.add(definition as never, s.implementation as never);
+  }
   server.add(HealthDefinition, HealthServiceImpl(health));
-  server.add(ServerReflectionService, ServerReflection(readFileSync(DESCRIPTOR_SET), options.services.map((s) => s.definition.fullName)));
+  server.add(ServerReflectionService, ServerReflection(descriptors, options.services.map((s) => s.definition.fullName)));
   return { server, health };
 }

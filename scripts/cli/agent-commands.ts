@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { prepareDataDir } from '../../agent/identity-store.js';
 import { runAgent } from '../../agent/run-agent.js';
 import { parseAdvertise, parseLabels } from '../../common/node-resources.js';
 import { parseDurationMs } from '../../common/time.js';
@@ -59,10 +60,13 @@ export const commands: CliCommand[] = [
       } catch (err) {
         throw new UsageError((err as Error).message);
       }
+      const dataDir = flag(args, 'data', './.retrace/agent') as string;
+      // Here rather than only in the runtime, so the error names the flag the user typed.
+      await prepareDataDir(dataDir, '--data');
       return runAgent(
         {
           coordinator,
-          dataDir: flag(args, 'data', './.retrace/agent') as string,
+          dataDir,
           token: resolveToken(args, { defaultFile: DEFAULT_TOKEN_FILE }),
           labels,
           advertised,

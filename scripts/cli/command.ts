@@ -11,6 +11,12 @@ export interface CliCommand {
   usage: string;
   /** Flags of this command that take no value (besides COMMON_BOOLEAN_FLAGS). */
   booleans?: readonly string[];
+  /**
+   * Flags of this command that feed a protobuf integer field, with the field's type. The dispatcher
+   * checks every value against the type's range before `run`, so `run` reads them with `intFlag`
+   * (or `flag` for 64-bit ones) and never sees a value the encoder would refuse.
+   */
+  integers?: Readonly<Record<string, IntegerFlagKind>>;
   run(args: ParsedArgs, io: CliIo): Promise<number>;
 }
 
@@ -33,6 +39,31 @@ export class UsageError extends Error {
     super(message);
     this.name = 'UsageError';
   }
+}
+
+/** The protobuf integer types a flag can feed. */
+export type IntegerFlagKind = 'uint32' | 'int32' | 'uint64';
+
+const INTEGER_RANGES: Readonly<Record<IntegerFlagKind, { min: bigint; max: bigint }>> = {
+  uint32: { min: 0n, max: 2n ** 32n - 1n },
+  int32: { min: -(2n ** 31n), max: 2n ** 31n - 1n },
+  uint64: { min: 0n, max: 2n ** 64n - 1n },
+};
+
+/**
+ * Refuses a value of `--name` that is not a decimal integer within the range of `kind`, with a
+ * usage error naming the flag and the range; the protobuf encoder's own message names neither.
+ */
+export function checkIntegerFlag(name: string, value: string, kind: IntegerFlagKind): void {
+  const { min, max } = INTEGER_RANGES[kind];
+  const n = /^-?\d+$/.test(value) ? BigInt(value) : undefined;
+  if (n === undefined || n < min || n > max) throw new UsageError(`--${name}: expected an integer from ${min} to ${max} (${kind}), got ${JSON.stringify(value)}`);
+}
+
+/** Last value of an integer flag declared in the command's `integers` (already range-checked), or the default. */
+export function intFlag(args: ParsedArgs, name: string, fallback: number): number {
+  const v = flag(args, name);
+  return v === undefined ? fallback : Number(v);
 }
 
 /** Flags that never take a value, for every command; commands add their own through `booleans`. */

@@ -1,5 +1,5 @@
 import { JobServiceDefinition, JobState, type Job } from '../../common/gen/retrace/v1/job.js';
-import { flag, hasFlag, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
+import { flag, hasFlag, intFlag, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
 import { openClient } from './client.js';
 import { progressBar, renderTable, toJson } from './format.js';
 import { jobStateName, renderJobLine, taskStateName, watchJobProgress } from './job-progress.js';
@@ -59,6 +59,7 @@ const list: CliCommand = {
   path: ['jobs'],
   summary: 'jobs and replays, newest first: state, progress, task counts, age',
   usage: `retrace jobs [--state ${STATES.join('|')}] [--kind KIND] [--limit N] [--json]`,
+  integers: { limit: 'uint32' },
   async run(args, io) {
     const stateText = flag(args, 'state');
     let state = JobState.JOB_STATE_UNSPECIFIED;
@@ -66,8 +67,8 @@ const list: CliCommand = {
       if (!STATES.includes(stateText.toLowerCase())) throw new UsageError(`--state must be one of ${STATES.join(', ')}`);
       state = JobState[`JOB_STATE_${stateText.toUpperCase()}` as keyof typeof JobState];
     }
-    const limit = Number(flag(args, 'limit', '50'));
-    if (!Number.isInteger(limit) || limit <= 0) throw new UsageError('--limit must be a positive integer');
+    const limit = intFlag(args, 'limit', 50);
+    if (limit <= 0) throw new UsageError('--limit must be a positive integer');
     const { client, close } = openClient(JobServiceDefinition, args);
     try {
       const r = await client.listJobs({ state, kind: flag(args, 'kind') ?? '', pageSize: Math.min(limit, 1000), pageToken: '' }, { signal: io.signal });

@@ -1,14 +1,17 @@
 import { readFileSync, writeFileSync } from 'node:fs';
+import { createFileRegistry, fromBinary, type DescMessage } from '@bufbuild/protobuf';
+import { FileDescriptorSetSchema } from '@bufbuild/protobuf/wkt';
 import { dagToDot, dagToSvg, type DagDrawing, type DagNode } from '../../common/dag-drawing.js';
 import { Direction, LineageServiceDefinition, NodeKind, type NodeRef, type TraceResponse } from '../../common/gen/retrace/v1/lineage.js';
 import { LineageEvent } from '../../common/gen/retrace/v1/provenance.js';
 import { nodeKey, parseNodeKey } from '../../common/lineage-keys.js';
 import { verifyInclusion } from '../../common/merkle.js';
+import { checkProtoJson } from '../../common/proto-json-check.js';
 import { isoToNanos, nanosToIso } from '../../common/time.js';
 import { validateOpenLineageBatch, validateOpenLineageEvent } from '../../common/openlineage/validate.js';
 import { toLineageEvents } from '../../common/openlineage/to-lineage-events.js';
 import { verifyCheckpoint } from '../../coordinator/ledger/checkpoint-signer.js';
-import { flag, hasFlag, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
+import { flag, hasFlag, intFlag, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
 import { openClient } from './client.js';
 import { nodeLines, renderTable, shortHash, toJson } from './format.js';
 import { TraceSessionClient } from './trace-session-client.js';
@@ -28,13 +31,6 @@ function directionArg(args: ParsedArgs, fallback: Direction): Direction {
   const v = map[d];
   if (v === undefined) throw new UsageError(`--direction must be up, down, both or any, not ${JSON.stringify(d)}`);
   return v;
-}
-
-function intArg(args: ParsedArgs, name: string, fallback: number): number {
-  const v = flag(args, name);
-  if (v === undefined) return fallback;
-  if (!/^\d+$/.test(v)) throw new UsageError(`--${name} must be a non-negative integer, not ${JSON.stringify(v)}`);
-  return Number(v);
 }
 
 /** --as-of as ISO-8601 or integer nanoseconds; "0" when absent (now). */
@@ -115,15 +111,16 @@ const trace: CliCommand = {
   path: ['lineage', 'trace'],
   summary: 'upstream/downstream closure of one or more nodes (as of a time)',
   usage: `retrace lineage trace NODE [NODE ...|-] [--direction down|up|both|any] [--depth N] [--as-of ISO|ns] [--object-level] [--limit N] [--json] [--dot] [--svg FILE]\n  ${NODE_HELP}\n  Several nodes (or - to read them from stdin, one a line) are traced over one TraceSession stream.\n  --dot prints the subgraph (nodes and their edges) as Graphviz DOT; --svg FILE draws it, data flowing left to right.`,
+  integers: { depth: 'uint32', limit: 'uint32' },
   booleans: ['object-level', 'dot'],
   async run(args, io) {
     const keys = await nodeArgs(args, io, this.usage);
     const starts = keys.map(parseNodeArg);
-    const limit = intArg(args, 'limit', 1000);
+    const limit = intFlag(args, 'limit', 1000);
     const json = hasFlag(args, 'json');
     const svg = flag(args, 'svg');
     const drawn = svg !== undefined || hasFlag(args, 'dot');
-    const query = { direction: directionArg(args, Direction.DIRECTION_DOWNSTREAM), depth: intArg(args, 'depth', 0), asOfNs: asOfArg(args), pageSize: Math.min(limit, 100_000), pageToken: '', includeEdges: json || drawn, objectLevel: hasFlag(args, 'object-level') };
+    const query = { direction: directionArg(args, Direction.DIRECTION_DOWNSTREAM), depth: intFlag(args, 'depth', 0), asOfNs: asOfArg(args), pageSize: Math.min(limit, 100_000), pageToken: '', includeEdges: json || drawn, objectLevel: hasFlag(args, 'object-level') };
     const results = await withLineage(args, io, async (c) => {
       if (starts.length === 1) return [await c.trace({ ...query, start: starts[0] }, { signal: io.signal })];
       const session = new TraceSessionClient(c, { signal: io.signal });
@@ -208,9 +205,10 @@ const exportCmd: CliCommand = {
   path: ['lineage', 'export'],
   summary: 'export the subgraph around a node as W3C PROV-JSON',
   usage: `retrace lineage export NODE [--direction both|up|down|any] [--depth N] [--as-of ISO|ns] [--out FILE]\n  ${NODE_HELP}`,
+  integers: { depth: 'uint32' },
   async run(args, io) {
     const start = nodeArg(args, this.usage);
-    const r = await withLineage(args, io, (c) => c.exportProv({ start, direction: directionArg(args, Direction.DIRECTION_BOTH), depth: intArg(args, 'depth', 0), asOfNs: asOfArg(args) }, { signal: io.signal }));
+    const r = await withLineage(args, io, (c) => c.exportProv({ start, direction: directionArg(args, Direction.DIRECTION_BOTH), depth: intFlag(args, 'depth', 0), asOfNs: asOfArg(args) }, { signal: io.signal }));
     const text = `${JSON.stringify(JSON.parse(r.provJson), null, 2)}\n`;
     const out = flag(args, 'out');
     if (out) {
@@ -225,8 +223,9 @@ const runs: CliCommand = {
   path: ['lineage', 'runs'],
   summary: 'list runs',
   usage: 'retrace lineage runs [--prefix NAME] [--limit N] [--json]',
+  integers: { limit: 'uint32' },
   async run(args, io) {
-    const r = await withLineage(args, io, (c) => c.listRuns({ pageSize: intArg(args, 'limit', 100), pageToken: '', namePrefix: flag(args, 'prefix', '') as string }, { signal: io.signal }));
+    const r = await withLineage(args, io, (c) => c.listRuns({ pageSize: intFlag(args, 'limit', 100), pageToken: '', namePrefix: flag(args, 'prefix', '') as string }, { signal: io.signal }));
     if (hasFlag(args, 'json')) io.stdout.write(toJson(r));
     else io.stdout.write(renderTable(['run', 'name', 'state', 'started', 'ended', 'parent'], r.runs.map((x) => [x.runId, x.name, x.state, timeCell(x.startedAtNs), timeCell(x.endedAtNs), x.parentRunId])));
     return 0;
@@ -290,7 +289,20 @@ export function toNativeEvents(json: unknown): LineageEvent[] {
   if (looksOpenLineage(json)) return toLineageEvents(validateOpenLineageEvent(json));
   const list = Array.isArray(json) ? json : typeof json === 'object' && json !== null && Array.isArray((json as { events?: unknown }).events) ? (json as { events: unknown[] }).events : undefined;
   if (!list) throw new UsageError('expected an OpenLineage event, an array of them, {"events":[...]} or an array of native events');
+  const desc = lineageEventDescriptor();
+  const prefix = Array.isArray(json) ? '' : 'events';
+  // fromJSON coerces any value to its field's type ("eventId": 12 would be stored as "12"): the
+  // file is checked against the message's descriptor first, so nothing is sent unless all of it is right.
+  list.forEach((e, i) => checkProtoJson(desc, e, `${prefix}[${i}]`));
   return list.map((e) => LineageEvent.fromJSON(e));
+}
+
+const DESCRIPTOR_SET = new URL('../../common/gen/descriptor-set.binpb', import.meta.url);
+
+function lineageEventDescriptor(): DescMessage {
+  const desc = createFileRegistry(fromBinary(FileDescriptorSetSchema, readFileSync(DESCRIPTOR_SET))).getMessage('retrace.v1.LineageEvent');
+  if (!desc) throw new Error(`retrace.v1.LineageEvent is missing from ${DESCRIPTOR_SET.pathname}`);
+  return desc;
 }
 
 async function readAll(stream: NodeJS.ReadableStream): Promise<string> {

@@ -1,5 +1,5 @@
 import { isRetraceError } from '../../common/errors.js';
-import { COMMON_BOOLEAN_FLAGS, parseArgs, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
+import { checkIntegerFlag, COMMON_BOOLEAN_FLAGS, parseArgs, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
 import { loadCommands } from './command-list.js';
 
 /** Runs one `retrace` invocation and returns its exit code. */
@@ -57,7 +57,8 @@ const COMMON_FLAGS = ['coordinator', 'token', 'token-file', ...COMMON_BOOLEAN_FL
 
 /**
  * A flag the command does not take is a usage error: ignored, a typo (`--dept 1`) silently ran
- * the command without it. A command takes the flags its usage text names.
+ * the command without it. A command takes the flags its usage text names. Integer flags are
+ * range-checked here, once, against the protobuf field each one feeds.
  */
 function checkFlags(command: CliCommand, args: ParsedArgs): void {
   const known = new Set([...COMMON_FLAGS, ...(command.booleans ?? []), ...[...command.usage.matchAll(/--([a-z][a-z0-9-]*)/g)].map((m) => m[1] as string)]);
@@ -68,6 +69,9 @@ function checkFlags(command: CliCommand, args: ParsedArgs): void {
       .filter((c) => c.d <= 2)
       .sort((a, b) => a.d - b.d)[0]?.k;
     throw new UsageError(`unknown flag --${name}${near ? ` (did you mean --${near}?)` : ''}`);
+  }
+  for (const [name, kind] of Object.entries(command.integers ?? {})) {
+    for (const value of args.flags.get(name) ?? []) checkIntegerFlag(name, value, kind);
   }
 }
 

@@ -13,7 +13,7 @@ import {
   type PipelineVersion,
 } from '../../common/gen/retrace/v1/pipeline.js';
 import { isoToNanos, nanosToIso } from '../../common/time.js';
-import { flag, hasFlag, UsageError, type CliCommand, type CliIo } from './command.js';
+import { hasFlag, intFlag, UsageError, type CliCommand, type CliIo } from './command.js';
 import { openClient } from './client.js';
 import { progressBar, renderTable, shortHash } from './format.js';
 
@@ -143,15 +143,14 @@ FILE is a Pipeline as JSON: {"name", "sources": [{"name", "mediaType"}], "steps"
     path: ['pipeline', 'show'],
     summary: 'one pipeline: sources and steps (latest version unless --version N)',
     usage: `retrace pipeline show NAME [--version N] [--json] ${CONNECT_FLAGS}`,
+    integers: { version: 'uint32' },
     async run(args, io) {
       const [name, extra] = args.positionals;
       if (!name) throw new UsageError('a pipeline name is required');
       if (extra !== undefined) throw new UsageError(`unexpected argument ${JSON.stringify(extra)}`);
-      const versionText = flag(args, 'version', '0') as string;
-      if (!/^\d+$/.test(versionText)) throw new UsageError(`--version: expected a number, got ${JSON.stringify(versionText)}`);
       const { client, close } = openClient(PipelineServiceDefinition, args);
       try {
-        const res = await client.getPipeline({ name, version: Number(versionText) }, { signal: io.signal });
+        const res = await client.getPipeline({ name, version: intFlag(args, 'version', 0) }, { signal: io.signal });
         if (hasFlag(args, 'json')) {
           io.stdout.write(`${JSON.stringify(GetPipelineResponse.toJSON(res))}\n`);
           return 0;

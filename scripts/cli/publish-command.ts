@@ -223,6 +223,7 @@ same source publishes as the same version. --name overrides the definition's nam
     path: ['code', 'list'],
     summary: 'published code versions, newest first',
     usage: `retrace code list [--transform NAME] [--limit N] [--json] ${CONNECT_FLAGS}`,
+    integers: { limit: 'uint32' },
     async run(args, io) {
       if (args.positionals.length > 0) throw new UsageError(`unexpected argument ${JSON.stringify(args.positionals[0])}`);
       const limitText = flag(args, 'limit', '100') as string;

@@ -13,7 +13,7 @@ import {
 } from '../../common/gen/retrace/v1/recompute.js';
 import { dagToDot, dagToSvg, type DagDrawing, type DagNode } from '../../common/dag-drawing.js';
 import { isoToNanos, nanosToIso, parseDurationMs } from '../../common/time.js';
-import { flag, flagAll, hasFlag, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
+import { flag, flagAll, hasFlag, intFlag, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
 import { openClient } from './client.js';
 import { nodeLines, renderTable, shortHash, toJson } from './format.js';
 import { taskStateName, watchJobProgress } from './job-progress.js';
@@ -51,12 +51,13 @@ const changesList: CliCommand = {
   usage: `retrace changes [list] [--pipeline P] [--limit N] [--json]
 retrace changes show CHANGE_ID [--json]
 retrace changes policy [PIPELINE[/SOURCE] auto|manual]   (no arguments: list the policies)`,
+  integers: { limit: 'uint32' },
   async run(args, io) {
     const sub = args.positionals[0];
     if (sub !== undefined && sub !== 'list') throw new UsageError(`unknown subcommand ${JSON.stringify(sub)}: list, show or policy`);
     const { client, close } = openClient(RecomputeServiceDefinition, args);
     try {
-      const r = await client.listChanges({ pipeline: flag(args, 'pipeline', '') as string, pageSize: Number(flag(args, 'limit', '100')), pageToken: '' }, { signal: io.signal });
+      const r = await client.listChanges({ pipeline: flag(args, 'pipeline', '') as string, pageSize: intFlag(args, 'limit', 100), pageToken: '' }, { signal: io.signal });
       if (hasFlag(args, 'json')) io.stdout.write(toJson(r));
       else
         io.stdout.write(
@@ -292,12 +293,7 @@ function parseRecomputePolicy(args: ParsedArgs): RecomputePolicy {
     if (eq > 0) targetLabels[t.slice(0, eq)] = t.slice(eq + 1);
     else targetNodeIds.push(...t.split(',').filter(Boolean));
   }
-  const int = (name: string): number => {
-    const v = Number(flag(args, name, '0'));
-    if (!Number.isInteger(v) || v < 0) throw new UsageError(`--${name} must be a non-negative whole number`);
-    return v;
-  };
-  return { maxAttempts: int('max-attempts'), concurrency: int('concurrency'), targetNodeIds, targetLabels, dryRun: hasFlag(args, 'dry-run') };
+  return { maxAttempts: intFlag(args, 'max-attempts', 0), concurrency: intFlag(args, 'concurrency', 0), targetNodeIds, targetLabels, dryRun: hasFlag(args, 'dry-run') };
 }
 
 const recomputeCmd: CliCommand = {
@@ -308,6 +304,7 @@ const recomputeCmd: CliCommand = {
   CHANGE_ID: chg-... (retrace changes); OBJECT_ID: an object whose latest version its consumers have not used
   --content: new content for an object (reported as a change first)`,
   booleans: ['dry-run'],
+  integers: { 'max-attempts': 'uint32', concurrency: 'uint32' },
   async run(args, io) {
     const changeIds = args.positionals.filter((p) => p.startsWith('chg-'));
     const objectIds = args.positionals.filter((p) => !p.startsWith('chg-'));

@@ -2,7 +2,7 @@ import { writeFileSync } from 'node:fs';
 import { ReplayServiceDefinition, ReplayState, GpuMode, type RecordSelector, type ReplayPolicy, type ReplayReport } from '../../common/gen/retrace/v1/replay.js';
 import { renderScatterSvg } from '../../common/svg-chart.js';
 import { isoToNanos, parseDurationMs } from '../../common/time.js';
-import { flag, flagAll, hasFlag, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
+import { flag, flagAll, hasFlag, intFlag, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
 import { openClient } from './client.js';
 import { progressBar, renderTable, shortHash, toJson } from './format.js';
 
@@ -103,7 +103,7 @@ function parsePolicy(args: ParsedArgs): ReplayPolicy {
     targetNodeIds,
     targetLabels,
     maxCpuFraction,
-    maxMemoryMb: Number(flag(args, 'max-memory', '0')),
+    maxMemoryMb: intFlag(args, 'max-memory', 0),
     gpu,
     faults,
     stepParameters,
@@ -223,6 +223,7 @@ const start: CliCommand = {
   path: ['replay', 'start'],
   summary: 'replay records from provenance under a policy (speed, targets, caps, faults, what-if)',
   usage: START_USAGE,
+  integers: { seed: 'uint64', 'max-memory': 'uint32' },
   async run(args, io) {
     const selector = parseSelector(args);
     const policy = parsePolicy(args);

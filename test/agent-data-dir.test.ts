@@ -1,0 +1,62 @@
+import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { makeDirectory } from '../agent/make-directory.js';
+import { spawnAgent, type AgentProcess } from './helpers/mesh-server.js';
+
+// /proc/nope is the case that made Node's recursive mkdir spin forever (the agent hung at start).
+const HAS_PROC = existsSync('/proc/self');
+
+describe('agent data directory', () => {
+  const dirs: string[] = [];
+  const agents: AgentProcess[] = [];
+
+  afterEach(async () => {
+    for (const a of agents.splice(0)) {
+      if (a.child.exitCode === null && a.child.signalCode === null) a.child.kill('SIGKILL');
+      await a.exited;
+    }
+    for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+  });
+
+  function tempDir(): string {
+    const d = mkdtempSync(join(tmpdir(), 'retrace-datadir-'));
+    dirs.push(d);
+    return d;
+  }
+
+  it('makeDirectory creates missing levels with the mode, and accepts one that exists', async () => {
+    const root = tempDir();
+    const deep = join(root, 'a', 'b', 'c');
+    await makeDirectory(deep, 0o700);
+    expect(statSync(deep).isDirectory()).toBe(true);
+    expect(statSync(join(root, 'a')).mode & 0o777).toBe(0o700);
+    await makeDirectory(deep);
+    await makeDirectory(root);
+  });
+
+  it('makeDirectory rejects with the system error when a level cannot be made', async () => {
+    const root = tempDir();
+    writeFileSync(join(root, 'file'), 'x');
+    await expect(makeDirectory(join(root, 'file', 'sub'))).rejects.toMatchObject({ code: 'ENOTDIR' });
+    await expect(makeDirectory(join(root, 'file'))).rejects.toMatchObject({ code: 'ENOTDIR' });
+    if (HAS_PROC) await expect(makeDirectory('/proc/nope/deeper')).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+
+  it.runIf(HAS_PROC)('retrace agent --data /proc/nope exits 1 at once with an error naming --data (it hung)', async () => {
+    const agent = spawnAgent(['--coordinator', '127.0.0.1:1', '--token', 'unused', '--data', '/proc/nope/agent']);
+    agents.push(agent);
+    expect(await agent.exited).toBe(1);
+    expect(agent.stderr).toContain(`error: --data: cannot create the directory "/proc/nope/agent": ENOENT: no such file or directory, mkdir '/proc/nope'`);
+  }, 15_000);
+
+  it('retrace agent --data under a file exits 1 with an error naming --data', async () => {
+    const root = tempDir();
+    writeFileSync(join(root, 'file'), 'x');
+    const agent = spawnAgent(['--coordinator', '127.0.0.1:1', '--token', 'unused', '--data', join(root, 'file', 'agent')]);
+    agents.push(agent);
+    expect(await agent.exited).toBe(1);
+    expect(agent.stderr.some((l) => l.startsWith(`error: --data: cannot create the directory ${JSON.stringify(join(root, 'file', 'agent'))}: ENOTDIR`))).toBe(true);
+  }, 15_000);
+});
