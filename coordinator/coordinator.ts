@@ -1,11 +1,11 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
-import { join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import type { Server as HttpServer } from 'node:http';
 import type { Server as GrpcServer } from 'nice-grpc';
 import { LineageServiceWireDefinition } from './grpc/lineage-wire.js';
-import { FailedPreconditionError } from '../common/errors.js';
+import { FailedPreconditionError, InvalidArgumentError } from '../common/errors.js';
 import { createSystemClock, type NanoClock } from './clock.js';
 import { compileCoordinatorOptions, type CompiledCoordinatorOptions, type CoordinatorOptions } from './coordinator-options.js';
 import { createGrpcServer, type ServiceMount } from './grpc/grpc-server.js';
@@ -79,7 +79,7 @@ export class Coordinator {
     this.transition('NEW', 'STARTING');
     const { dataDir, log } = this.options;
     try {
-      if (dataDir !== null) mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+      if (dataDir !== null) makeDataDir(dataDir);
       this.token = this.options.token ?? loadOrCreateToken(dataDir);
       this.db = await openDatabase(dataDir === null ? null : join(dataDir, 'db'));
       const store = new LineageStore(this.db);
@@ -157,6 +157,27 @@ export class Coordinator {
     if (this.state !== from) throw new FailedPreconditionError(`coordinator cannot go ${from} -> ${to}: it is ${this.state}`);
     this.options.log(`coordinator: ${from} -> ${to}`);
     this.state = to;
+  }
+}
+
+/**
+ * Creates the data directory and its missing parents, the new levels readable by this user only.
+ * Not mkdirSync's `recursive`: in Node 20 it never returns for a path the kernel refuses with
+ * ENOENT under a parent that exists (`--data /proc/nope`), so the coordinator hung at start.
+ */
+function makeDataDir(dir: string): void {
+  const missing: string[] = [];
+  for (let p = resolve(dir); !existsSync(p) && dirname(p) !== p; p = dirname(p)) missing.push(p);
+  try {
+    for (const p of missing.reverse()) {
+      try {
+        mkdirSync(p, { mode: 0o700 });
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      }
+    }
+  } catch (err) {
+    throw new InvalidArgumentError('data', `cannot create the directory ${JSON.stringify(dir)}: ${(err as Error).message}`);
   }
 }
 

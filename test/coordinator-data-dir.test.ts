@@ -1,0 +1,36 @@
+import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { InvalidArgumentError } from '../common/errors.js';
+import { Coordinator } from '../coordinator/coordinator.js';
+
+const HAS_PROC = existsSync('/proc/self');
+
+describe('coordinator data directory', () => {
+  const dirs: string[] = [];
+  afterEach(() => {
+    for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+  });
+  const start = (dataDir: string): Promise<unknown> => new Coordinator({ dataDir, grpc: '127.0.0.1:0', http: '127.0.0.1:0', log: () => {} }).start();
+
+  // Node 20's recursive mkdir never returned for this path: the coordinator hung at start.
+  it.runIf(HAS_PROC)('a --data it cannot create is refused at once, naming it', async () => {
+    const err = await start('/proc/nope/coordinator').catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(InvalidArgumentError);
+    expect(String((err as Error).message)).toBe(`data: cannot create the directory "/proc/nope/coordinator": ENOENT: no such file or directory, mkdir '/proc/nope'`);
+  }, 10_000);
+
+  it('a --data under a file is refused; missing levels are made for this user only', async () => {
+    const root = mkdtempSync(join(tmpdir(), 'retrace-coord-dir-'));
+    dirs.push(root);
+    writeFileSync(join(root, 'file'), 'x');
+    await expect(start(join(root, 'file', 'data'))).rejects.toMatchObject({ message: expect.stringMatching(/^data: cannot create the directory .*: ENOTDIR/) });
+    const deep = join(root, 'a', 'b');
+    const c = new Coordinator({ dataDir: deep, grpc: '127.0.0.1:0', http: '127.0.0.1:0', log: () => {} });
+    await c.start();
+    await c.stop();
+    expect(statSync(join(root, 'a')).mode & 0o777).toBe(0o700);
+    expect(statSync(deep).mode & 0o777).toBe(0o700);
+  }, 20_000);
+});
