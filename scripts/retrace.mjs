@@ -15,5 +15,13 @@
 import { register } from 'tsx/esm/api';
 
 register();
+// A reader that stopped reading (`retrace jobs | head -1`) is not an error of ours: stop quietly,
+// as `grep` and `rg` do, instead of crashing on the unhandled EPIPE with a stack trace.
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on('error', (err) => {
+    if (err.code === 'EPIPE') process.exit(0);
+    throw err;
+  });
+}
 const { main } = await import('./cli/main.ts');
 process.exitCode = await main(process.argv.slice(2));

@@ -5,7 +5,11 @@ import { loadCommands } from './command-list.js';
 /** Runs one `retrace` invocation and returns its exit code. */
 export async function main(argv: readonly string[], io?: Partial<CliIo>): Promise<number> {
   const controller = new AbortController();
-  const onSignal = (): void => controller.abort(new Error('interrupted'));
+  let interruptedBy: NodeJS.Signals | undefined;
+  const onSignal = (signal: NodeJS.Signals): void => {
+    interruptedBy = signal;
+    controller.abort(new Error('interrupted'));
+  };
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   const cli: CliIo = {
@@ -37,6 +41,12 @@ export async function main(argv: readonly string[], io?: Partial<CliIo>): Promis
       throw err;
     }
   } catch (err) {
+    if (cli.signal.aborted) {
+      // Ctrl-C (or the caller's signal) ended the command: whatever it was doing failed because of
+      // that, and saying so is the whole story. 128 + the signal's number, as shells report it.
+      cli.stderr.write(`interrupted${interruptedBy ? ` (${interruptedBy})` : ''}\n`);
+      return interruptedBy === 'SIGTERM' ? 143 : 130;
+    }
     if (isRetraceError(err) || isSystemError(err)) {
       // What the user asked for failed (a missing file, a port in use): the message says it all.
       cli.stderr.write(`error: ${err.message}\n`);
