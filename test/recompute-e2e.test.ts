@@ -296,6 +296,34 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
     expect(job.tasks).toHaveLength(3);
   });
 
+  it('an ingest still running on the version an apply replaced: its late steps are recomputed too (auto)', async () => {
+    const step = (salt: number) => ({ name: 's1', transform: 'wf-task', codeVersion: wfV1, parameters: { salt, costMs: 5 }, requirements: undefined, inputs: ['raw'], output: '', timeoutMs: 0 });
+    const late = (salt: number) => ({ name: 'late', sources: [{ name: 'raw', mediaType: 'application/json', description: '' }], steps: [step(salt)] }) as Pipeline;
+    await pipelines().applyPipeline({ pipeline: late(0) });
+    await recompute().setChangePolicy({ pipeline: 'late', source: '', policy: ChangePolicy.CHANGE_POLICY_AUTO });
+    const records = (from: number) => Array.from({ length: 3 }, (_, i) => ({ key: `k${from + i}`, payload: json({ id: from + i }), eventTimeNs: '0', mediaType: '' }));
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    // One ingest call: three records, then (after the apply) three more, all on version 1.
+    const ingesting = pipelines().ingest((async function* () {
+      yield { pipeline: 'late', source: 'raw', records: records(0) };
+      await gate;
+      yield { pipeline: 'late', source: 'raw', records: records(3) };
+    })());
+    await until('the first three records processed', () => ([0, 1, 2].every((i) => versionsOf(`record:late/s1:k${i}`).length === 1) ? true : undefined), 30_000);
+    await pipelines().applyPipeline({ pipeline: late(1) });
+    release();
+    const r = await ingesting;
+    expect(Number(r.shardsRun)).toBe(6);
+    // The apply's recompute covered k0-k2; k3-k5 ran on version 1 after it, and are recomputed after the run.
+    await until('every record at version 2', () => (Array.from({ length: 6 }, (_, i) => versionsOf(`record:late/s1:k${i}`).length).every((n) => n === 2) ? true : undefined), 30_000);
+    const change = (await recompute().listChanges({ pipeline: 'late', pageSize: 0, pageToken: '' })).changes.find((c) => c.kind === ChangeKind.CHANGE_KIND_PARAMETERS);
+    expect(change?.jobIds).toHaveLength(2);
+    const followUp = await finished(change?.jobIds[1] ?? '');
+    expect(followUp.state).toBe('SUCCEEDED');
+    expect(Object.entries(outcomes(followUp)).filter(([, o]) => o === 'executed').map(([label]) => label).sort()).toEqual(['late/s1 key=k3', 'late/s1 key=k4', 'late/s1 key=k5']);
+  }, 90_000);
+
   it('a watched directory is a source: each file a record, edits become changes', async () => {
     const docs = join(dir, 'docs');
     mkdirSync(docs);

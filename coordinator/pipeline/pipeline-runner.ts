@@ -86,6 +86,11 @@ export interface RecordChangeListener {
   onChange(change: RecordChange): Promise<{ runSteps: boolean }>;
   /** Whether a record sent again unchanged runs its steps (not under a manual policy, whose changes wait for a recompute). */
   runsSteps(pipeline: string, source: string): Promise<boolean>;
+  /**
+   * An ingest ran on a version of its pipeline that a newer one replaced while it ran: the steps
+   * it recorded after the apply are outside what the apply's changes recomputed. Never throws.
+   */
+  onStaleRun?(run: { pipeline: PipelineVersion; runId: string }): Promise<void>;
 }
 
 /** The facets recorded under `retrace` on every step the runner records. */
@@ -313,6 +318,13 @@ export class PipelineRunner {
       // The run's own failure is what the caller needs to hear about, not a failure to record it.
       if (failure === undefined) await closing;
       else await closing.catch(() => {});
+    }
+    // A run keeps the version it started on (its records and steps say which); if a newer one
+    // was applied meanwhile, the recompute side learns which of its steps that leaves behind.
+    const listener = this.changeListener;
+    if (listener?.onStaleRun && tally.shardsRun > 0) {
+      const latest = await pipelines.get(pipelineName).catch(() => undefined);
+      if (latest && latest.version > pv.version) await listener.onStaleRun({ pipeline: pv, runId });
     }
     if (failure !== undefined) throw failure;
     return { ...tally, runId, pipelineVersion: pv.version };

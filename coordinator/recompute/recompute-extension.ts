@@ -122,6 +122,7 @@ export function recomputeExtension(shared: RecomputeShared): ExtensionFactory {
       pipelines.runner.setChangeListener({
         onChange: (c) => recomputer.onRecordChange(c),
         runsSteps: async (pipeline, source) => (await changes.policyFor(pipeline, source)) !== ChangePolicy.CHANGE_POLICY_MANUAL,
+        onStaleRun: (run) => recomputer.onStaleRun(run),
       });
       pipelines.applyListener = (e) => recomputer.onPipelineApplied(e);
     }

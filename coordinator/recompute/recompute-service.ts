@@ -144,6 +144,30 @@ export class Recomputer {
   }
 
   /**
+   * The runner's listener for an ingest that ran on a version a newer apply replaced: the apply's
+   * changes (the same change ids: they derive from what changed) now also cover the steps that
+   * run recorded after the apply's recompute was planned. Under `auto` they are recomputed again;
+   * the memo serves every step already at the new version, so only the run's late steps execute.
+   * Under `manual` nothing runs: a later recompute of the change plans from provenance then, late
+   * steps included. Never throws.
+   */
+  async onStaleRun(e: { pipeline: PipelineVersion; runId: string }): Promise<void> {
+    const name = e.pipeline.pipeline?.name ?? '';
+    try {
+      const pipes = this.deps.pipelines();
+      const latest = pipes ? await pipes.store.get(name) : undefined;
+      if (!latest) return;
+      const changes: Change[] = [];
+      for (const input of stepChanges(e.pipeline, latest, `ingest:${e.runId}`)) changes.push((await this.deps.changes.record(input)).change);
+      const auto = changes.filter((c) => c.policy === ChangePolicy.CHANGE_POLICY_AUTO);
+      this.deps.log(`recompute: run ${e.runId} ran ${name} v${e.pipeline.version} while v${latest.version} was applied: ${changes.length} step change(s)${auto.length > 0 ? ', recomputed again' : ''}`);
+      if (auto.length > 0) await this.autoRecompute(auto);
+    } catch (err) {
+      this.deps.log(`recompute: follow-up of run ${e.runId} on ${name} v${e.pipeline.version} failed: ${String(err)}`);
+    }
+  }
+
+  /**
    * The code extension's listener: a newly published version of a transform that pipeline steps
    * use at another version is one change per step. Under `auto` the pipeline follows the new
    * version (a new pipeline version, whose step changes then recompute as any apply's do); under
