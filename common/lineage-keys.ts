@@ -35,6 +35,13 @@ const PREFIXES: readonly [string, NodeKind][] = [
   ['transform:', NodeKind.NODE_KIND_TRANSFORM],
 ];
 
+/** What a node key of `kind` starts with ("object:", "step:", ...). */
+export function nodeKindPrefix(kind: NodeKind): string {
+  const found = PREFIXES.find(([, k]) => k === kind);
+  if (!found) throw new InvalidArgumentError('node.kind', 'must be OBJECT, OBJECT_VERSION, STEP, RUN or TRANSFORM');
+  return found[0];
+}
+
 /** Inverse of nodeKey. */
 export function parseNodeKey(key: string, field = 'node'): NodeRef {
   for (const [prefix, kind] of PREFIXES) {

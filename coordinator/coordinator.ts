@@ -12,6 +12,7 @@ import { createGrpcServer, type ServiceMount } from './grpc/grpc-server.js';
 import { createLineageHandlers } from './grpc/lineage-handlers.js';
 import { createHttpServer } from './http/http-server.js';
 import type { Route } from './http/router.js';
+import { createMarquezRoutes } from './http/marquez-routes.js';
 import { createOpenLineageRoutes } from './http/openlineage-routes.js';
 import { loadCheckpointSigner } from './ledger/checkpoint-signer.js';
 import { LineageEngine } from './lineage/lineage-engine.js';
@@ -105,7 +106,7 @@ export class Coordinator {
       const grpcPort = await server.listen(`${grpc.host}:${grpc.port}`);
       health.setStatus('healthy');
 
-      const routes = [...createOpenLineageRoutes(this.engine), ...this.extensions.flatMap((e) => e.routes ?? [])];
+      const routes = [...createOpenLineageRoutes(this.engine), ...createMarquezRoutes(this.engine), ...this.extensions.flatMap((e) => e.routes ?? [])];
       this.httpServer = createHttpServer(routes, { token: this.token, log });
       const httpServer = this.httpServer;
       await new Promise<void>((resolve, reject) => {

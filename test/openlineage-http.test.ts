@@ -227,6 +227,43 @@ describe('GET /api/v1/lineage', () => {
   });
 });
 
+describe("Marquez's read API", () => {
+  const get = async (path: string): Promise<{ status: number; json: any }> => {
+    const res = await fetch(`${tc.httpUrl}${path}`, { headers: tc.httpAuth });
+    return { status: res.status, json: await res.json() };
+  };
+  const run = uuid();
+  beforeAll(async () => {
+    // A namespace with a ":" and a name with a "/", as URIs and paths give them.
+    const ev = { ...runEvent('m.load', run, 'COMPLETE', ['m/in'], ['m.out'], '2024-10-18T10:00:00Z'), job: { namespace: 'pg://db:5432', name: 'm.load', facets: {} } };
+    ev.inputs = [{ namespace: 'pg://db:5432', name: 'm/in' }];
+    ev.outputs = [{ namespace: 'pg://db:5432', name: 'm.out', facets: {} }] as never;
+    expect((await post('/api/v1/lineage', ev)).status).toBe(201);
+  });
+
+  it('lists namespaces, datasets and jobs, and serves one of each with percent-encoded names', async () => {
+    const ns = encodeURIComponent('pg://db:5432');
+    expect((await get('/api/v1/namespaces')).json.namespaces.map((n: { name: string }) => n.name)).toContain('pg://db:5432');
+    expect((await get(`/api/v1/namespaces/${ns}/datasets`)).json).toMatchObject({ totalCount: 2, datasets: [{ name: 'm.out' }, { name: 'm/in' }] });
+    expect((await get(`/api/v1/namespaces/${ns}/datasets/${encodeURIComponent('m/in')}`)).json).toMatchObject({ id: { namespace: 'pg://db:5432', name: 'm/in' } });
+    expect((await get(`/api/v1/namespaces/${ns}/jobs`)).json).toMatchObject({ totalCount: 1, jobs: [{ name: 'm.load', inputs: [{ name: 'm/in' }], outputs: [{ name: 'm.out' }], latestRun: { id: run, state: 'COMPLETE' } }] });
+    expect((await get(`/api/v1/namespaces/${ns}/jobs/m.load`)).json.latestRun.id).toBe(run);
+    expect((await get(`/api/v1/jobs/runs/${run}`)).json).toMatchObject({ id: run, state: 'COMPLETE' });
+    expect((await get('/api/v1/search?q=m.lo')).json).toEqual({ totalCount: 1, results: [{ type: 'JOB', name: 'm.load', namespace: 'pg://db:5432', nodeId: 'job:pg://db:5432:m.load', updatedAt: expect.any(String) }] });
+  });
+
+  it('answers 404 naming the unknown part, 400 naming the bad parameter, 405 for another method', async () => {
+    const ns = encodeURIComponent('pg://db:5432');
+    expect((await get('/api/v1/namespaces/none/jobs')).json).toMatchObject({ error: 'NOT_FOUND', field: 'namespace' });
+    expect((await get(`/api/v1/namespaces/${ns}/datasets/none`)).status).toBe(404);
+    expect((await get(`/api/v1/namespaces/${ns}/datasets?offset=-1`)).json).toMatchObject({ error: 'INVALID_ARGUMENT', field: 'offset' });
+    expect((await get('/api/v1/search?q=')).json).toMatchObject({ field: 'q' });
+    expect((await get('/api/v1/namespaces/%ZZ')).json).toMatchObject({ error: 'INVALID_ARGUMENT', field: 'namespace' });
+    expect((await fetch(`${tc.httpUrl}/api/v1/namespaces/${ns}`, { method: 'POST', headers: tc.httpAuth })).status).toBe(405);
+    expect((await get('/api/v1/namespaces/a/b/c/d')).status).toBe(404);
+  });
+});
+
 describe('deeply nested facets', () => {
   it('answer 400 naming where the event nests too deep, and store nothing, however deep', async () => {
     const before = tc.coordinator.lineage.treeSize;

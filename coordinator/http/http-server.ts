@@ -7,7 +7,7 @@ import type { HttpRequest, Route } from './router.js';
 export const MAX_HTTP_BODY_BYTES = 16 * 1024 * 1024;
 
 /**
- * The coordinator's HTTP face: JSON in, JSON out, routes by exact path. Every request needs
+ * The coordinator's HTTP face: JSON in, JSON out, routes by path (router.ts). Every request needs
  * `Authorization: Bearer <token>`, the token the gRPC services take (OpenLineage clients send it
  * with their api_key auth); without it, 401 before any route is looked up. Errors go through the
  * shared error table, so a 400 carries `{error, message, field}` just as gRPC names the field.
@@ -15,8 +15,7 @@ export const MAX_HTTP_BODY_BYTES = 16 * 1024 * 1024;
 export function createHttpServer(routes: readonly Route[], options: { token: string; log: (line: string) => void }): Server {
   const { log } = options;
   const authorized = bearerTokenCheck(options.token);
-  const table = new Map<string, Route>(routes.map((r) => [`${r.method} ${r.path}`, r]));
-  const paths = new Set(routes.map((r) => r.path));
+  const match = compileRoutes(routes);
   return createServer((req, res) => {
     void handle(req, res).catch((err: unknown) => log(`http: response failed: ${String(err)}`));
   });
@@ -29,17 +28,17 @@ export function createHttpServer(routes: readonly Route[], options: { token: str
         throw new RetraceError('UNAUTHENTICATED', 'missing or wrong token: send "Authorization: Bearer <token>" (the coordinator writes it to <data dir>/auth-token; OpenLineage clients: api_key auth of the http transport)');
       }
       const url = new URL(req.url ?? '/', 'http://localhost');
-      const route = table.get(`${req.method} ${url.pathname}`);
-      if (!route) {
-        if (paths.has(url.pathname)) {
-          send(res, 405, { error: 'METHOD_NOT_ALLOWED', message: `${req.method} is not allowed on ${url.pathname}` });
-          return;
-        }
-        throw new NotFoundError(`route ${url.pathname}`);
+      const found = match(req.method ?? 'GET', url.pathname);
+      if (found === 'METHOD_NOT_ALLOWED') {
+        send(res, 405, { error: 'METHOD_NOT_ALLOWED', message: `${req.method} is not allowed on ${url.pathname}` });
+        return;
       }
+      if (!found) throw new NotFoundError(`route ${url.pathname}`);
+      const { route, params } = found;
       const request: HttpRequest = {
         method: req.method ?? 'GET',
         path: url.pathname,
+        params,
         query: url.searchParams,
         body: await readJson(req),
         headers: req.headers,
@@ -57,6 +56,56 @@ export function createHttpServer(routes: readonly Route[], options: { token: str
       }
     }
   }
+}
+
+type RouteMatch = { route: Route; params: Record<string, string> } | 'METHOD_NOT_ALLOWED' | undefined;
+
+/** The routes as one lookup: exact paths from a table, then `{name}` patterns in order. */
+function compileRoutes(routes: readonly Route[]): (method: string, path: string) => RouteMatch {
+  const exact = new Map<string, Route>();
+  const exactPaths = new Set<string>();
+  const patterns: { route: Route; re: RegExp; names: string[] }[] = [];
+  for (const r of routes) {
+    if (!r.path.includes('{')) {
+      exact.set(`${r.method} ${r.path}`, r);
+      exactPaths.add(r.path);
+      continue;
+    }
+    const names: string[] = [];
+    const source = r.path
+      .split('/')
+      .map((seg) => {
+        const m = /^\{([a-zA-Z]+)\}$/.exec(seg);
+        if (!m) return seg.replace(/[.*+?^$()|[\]\\]/g, '\\$&');
+        names.push(m[1] as string);
+        return '([^/]+)';
+      })
+      .join('/');
+    patterns.push({ route: r, re: new RegExp(`^${source}$`), names });
+  }
+  return (method, path) => {
+    const hit = exact.get(`${method} ${path}`);
+    if (hit) return { route: hit, params: {} };
+    let pathKnown = exactPaths.has(path);
+    for (const p of patterns) {
+      const m = p.re.exec(path);
+      if (!m) continue;
+      if (p.route.method !== method) {
+        pathKnown = true;
+        continue;
+      }
+      const params: Record<string, string> = {};
+      p.names.forEach((name, i) => {
+        try {
+          params[name] = decodeURIComponent(m[i + 1] as string);
+        } catch {
+          throw new InvalidArgumentError(name, `malformed percent-encoding in ${JSON.stringify((m[i + 1] as string).slice(0, 200))}`);
+        }
+      });
+      return { route: p.route, params };
+    }
+    return pathKnown ? 'METHOD_NOT_ALLOWED' : undefined;
+  };
 }
 
 async function readJson(req: IncomingMessage): Promise<unknown> {

@@ -139,7 +139,7 @@ interface JobAccumulator {
  * and its step-level edges into job-level ones (deduplicated: many runs of a job read the same
  * dataset once in Marquez's graph).
  */
-async function buildGraph(lineage: LineageApi, start: NodeRef, trace: TraceResponse): Promise<MarquezNode[]> {
+export async function buildGraph(lineage: LineageApi, start: NodeRef, trace: TraceResponse): Promise<MarquezNode[]> {
   const datasets = new Set<string>();
   const jobs = new Map<string, JobAccumulator>();
   const jobOfStep = new Map<string, string>();
@@ -215,7 +215,7 @@ async function transformOf(lineage: LineageApi, stepId: string): Promise<string>
 }
 
 /** Marquez's dataset data: identity, the latest version's schema fields and facets. */
-async function datasetDataOf(lineage: LineageApi, id: string): Promise<Record<string, unknown>> {
+export async function datasetDataOf(lineage: LineageApi, id: string): Promise<Record<string, unknown>> {
   let latest: ObjectVersion | undefined;
   let versions = 0;
   try {
@@ -303,7 +303,7 @@ async function jobDataOf(
   };
 }
 
-function runData(run: Run, step: Step | undefined): Record<string, unknown> {
+export function runData(run: Run, step: Step | undefined): Record<string, unknown> {
   const iso = (ns: string | undefined): string | null => (ns && ns !== '0' ? nanosToIso(ns) : null);
   return {
     id: run.runId,
@@ -316,7 +316,7 @@ function runData(run: Run, step: Step | undefined): Record<string, unknown> {
   };
 }
 
-async function getOptional<K extends 'step' | 'run'>(
+export async function getOptional<K extends 'step' | 'run'>(
   lineage: LineageApi,
   kind: NodeKind,
   id: string,

@@ -1,6 +1,7 @@
 import type {
   GetNodeRequest,
   GetNodeResponse,
+  NodeKind,
   TraceRequest,
   TraceResponse,
 } from '../../common/gen/retrace/v1/lineage.js';
@@ -29,4 +30,9 @@ export interface LineageApi {
   getNode(request: GetNodeRequest): Promise<GetNodeResponse>;
   /** Unset fields take their proto defaults. */
   trace(request: Partial<TraceRequest>): Promise<TraceResponse>;
+  /**
+   * The graph's nodes of one kind whose id starts with `idPrefix`, in the order they were first
+   * seen, with when that was (ms since the epoch). Scans every node of the kind.
+   */
+  listNodes(kind: NodeKind, idPrefix: string): { id: string; firstSeenMs: number }[];
 }

@@ -20,7 +20,7 @@ import { LedgerEntryBody, type Checkpoint, type LineageEvent, type ObjectVersion
 import { EVENT_LIMITS, normalizeEventChecked } from '../../common/event-validation.js';
 import { encodeLineageEvent } from '../../common/lineage-event-encoding.js';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../../common/errors.js';
-import { nodeKey, parseNodeKey, versionKey } from '../../common/lineage-keys.js';
+import { nodeKey, nodeKindPrefix, parseNodeKey, versionKey } from '../../common/lineage-keys.js';
 import { leafHash, MerkleTree } from '../../common/merkle.js';
 import { describedVersions } from '../../common/step-versions.js';
 import { encodeCompactTrace } from '../../common/trace-compact.js';
@@ -549,6 +549,18 @@ export class LineageEngine implements LineageApi {
   }
 
   // ---- queries ----
+
+  listNodes(kind: NodeKind, idPrefix: string): { id: string; firstSeenMs: number }[] {
+    const index = this.index;
+    const prefix = `${nodeKindPrefix(kind)}${idPrefix}`;
+    const out: { id: string; firstSeenMs: number }[] = [];
+    for (let n = 0; n < index.nodeCount; n++) {
+      if (index.kindOf(n) !== kind) continue;
+      const key = index.keyOf(n);
+      if (key.startsWith(prefix)) out.push({ id: key.slice(prefix.length - idPrefix.length), firstSeenMs: index.timeOf(n) });
+    }
+    return out;
+  }
 
   async getNode(request: GetNodeRequest): Promise<GetNodeResponse> {
     const ref = request.node;

@@ -70,6 +70,7 @@ const start: CliCommand = {
           `  ${cli} nodes history ${agents[0]?.nodeId ?? 'NODE'} --metric cpu`,
           `  ${cli} forecast ${agents[0]?.nodeId ?? 'NODE'} --metric cpu --horizon 10m --plot cpu.svg`,
           `  curl -s -H "Authorization: Bearer $(cat ${dataDir}/auth-token)" 'http://${addresses.http}/api/v1/lineage?nodeId=dataset:reports:daily-revenue&depth=2'`,
+          `  curl -s -H "Authorization: Bearer $(cat ${dataDir}/auth-token)" 'http://${addresses.http}/api/v1/search?q=revenue'   # Marquez's read API`,
           `  ${cli} lineage path record:orders/classify:o2                    # a live record: code version, node, measured resources`,
           `  ${cli} replay start --record ${live.firstRecord} --watch      # replay one record; hashes compared`,
           `  ${cli} replay start --window orders/raw 2026-01-01T00:00:00Z 2026-01-01T00:00:02Z --speed 2x --watch`,
@@ -134,6 +135,13 @@ const demo: CliCommand = {
       const graph = ((await http.json()) as { graph?: unknown[] }).graph ?? [];
       io.stdout.write(`GET /api/v1/lineage?nodeId=dataset:reports:daily-revenue -> ${http.status}, ${graph.length} nodes\n`);
       if (http.status !== 200 || graph.length === 0) failures.push(`OpenLineage face: ${http.status} with ${graph.length} nodes, expected 200 with the report's graph`);
+      say("Marquez's read API: the namespaces, and what one holds");
+      const nsRes = await fetch(`http://${addresses.http}/api/v1/namespaces`, { headers: { authorization: `Bearer ${c.authToken}` } });
+      const names = (((await nsRes.json()) as { namespaces?: { name: string }[] }).namespaces ?? []).map((n) => n.name);
+      const dsRes = await fetch(`http://${addresses.http}/api/v1/namespaces/reports/datasets`, { headers: { authorization: `Bearer ${c.authToken}` } });
+      const ds = (await dsRes.json()) as { totalCount?: number; datasets?: { name: string; versions: number }[] };
+      io.stdout.write(`GET /api/v1/namespaces -> ${nsRes.status}: ${names.join(', ')}\nGET /api/v1/namespaces/reports/datasets -> ${dsRes.status}: ${(ds.datasets ?? []).map((d) => `${d.name} (${d.versions} version(s))`).join(', ')}\n`);
+      if (nsRes.status !== 200 || !names.includes('reports') || dsRes.status !== 200 || !ds.totalCount) failures.push(`Marquez read API: ${nsRes.status} / ${dsRes.status}, expected the reports namespace and its datasets`);
       await step('Verify the ledger online', ['verify', ...conn]);
 
       say('Two agents join: one measured as it is, one declaring a GPU and 64 GiB for tests and simulations');

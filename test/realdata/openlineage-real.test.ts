@@ -185,4 +185,59 @@ describe('Marquez demo seed (food_delivery)', () => {
     const menus = graph.find((n) => n.id === 'dataset:food_delivery:public.menus');
     expect((menus?.data['fields'] as { name: string }[]).map((f) => f.name)).toEqual(['id', 'name', 'restaurant_id', 'description']);
   });
+
+  it("can be browsed through Marquez's read API: namespaces, datasets, jobs, a run, search", async () => {
+    const get = async (path: string): Promise<{ status: number; json: any }> => {
+      const res = await fetch(`${tc.httpUrl}${path}`, { headers: tc.httpAuth });
+      return { status: res.status, json: await res.json() };
+    };
+    const events = validateOpenLineageBatch(seed).map((v) => v.event as OpenLineageRunEvent);
+    const edges = expectedEdges(events);
+    const jobNames = [...new Set(events.map((e) => e.job.name))].sort();
+    const datasetNames = [...new Set([...edges.values()].flatMap((e) => [e.origin, e.destination]).filter((id) => id.startsWith('dataset:food_delivery:')).map((id) => id.slice('dataset:food_delivery:'.length)))].sort();
+
+    const ns = await get('/api/v1/namespaces');
+    expect(ns.status).toBe(200);
+    expect(ns.json.namespaces.map((n: { name: string }) => n.name)).toContain('food_delivery');
+    expect((await get('/api/v1/namespaces/food_delivery')).json).toMatchObject({ name: 'food_delivery', ownerName: 'anonymous' });
+
+    const jobs = await get('/api/v1/namespaces/food_delivery/jobs');
+    expect(jobs.status).toBe(200);
+    expect(jobs.json.totalCount).toBe(13);
+    expect(jobs.json.jobs.map((j: { name: string }) => j.name)).toEqual(jobNames);
+    const page = await get('/api/v1/namespaces/food_delivery/jobs?limit=5&offset=10');
+    expect(page.json.jobs.map((j: { name: string }) => j.name)).toEqual(jobNames.slice(10, 15));
+    const etl = await get('/api/v1/namespaces/food_delivery/jobs/etl_menus');
+    expect(etl.json).toMatchObject({ name: 'etl_menus', outputs: [{ namespace: 'food_delivery', name: 'public.menus' }], latestRun: { id: '4d3b8069-69b6-4708-ade0-3275112c9f04', state: 'COMPLETE' } });
+
+    const datasets = await get('/api/v1/namespaces/food_delivery/datasets');
+    expect(datasets.json.totalCount).toBe(datasetNames.length);
+    expect(datasets.json.datasets.map((d: { name: string }) => d.name)).toEqual(datasetNames);
+    // A name with characters a path must encode, as Marquez's clients send it.
+    const menus = await get(`/api/v1/namespaces/food_delivery/datasets/${encodeURIComponent('public.menus')}`);
+    expect(menus.json.fields.map((f: { name: string }) => f.name)).toEqual(['id', 'name', 'restaurant_id', 'description']);
+
+    const run = await get('/api/v1/jobs/runs/4d3b8069-69b6-4708-ade0-3275112c9f04');
+    expect(run.json).toMatchObject({ id: '4d3b8069-69b6-4708-ade0-3275112c9f04', state: 'COMPLETE', startedAt: '2024-06-01T08:00:00Z', endedAt: '2024-06-01T08:08:00Z' });
+
+    const found = await get('/api/v1/search?q=MENU&filter=dataset');
+    expect(found.json.results.map((r: { name: string }) => r.name)).toEqual(datasetNames.filter((n) => n.includes('menu')));
+    expect(found.json.results[0]).toMatchObject({ type: 'DATASET', namespace: 'food_delivery', nodeId: `dataset:food_delivery:${datasetNames.find((n) => n.includes('menu'))}` });
+
+    for (const [path, status, field] of [
+      ['/api/v1/namespaces/nope', 404, 'namespace'],
+      ['/api/v1/namespaces/food_delivery/jobs/nope', 404, 'job'],
+      ['/api/v1/namespaces/food_delivery/datasets/nope', 404, 'dataset'],
+      ['/api/v1/jobs/runs/nope', 404, 'id'],
+      ['/api/v1/namespaces/food_delivery/jobs?limit=0', 400, 'limit'],
+      ['/api/v1/search', 400, 'q'],
+      ['/api/v1/search?q=x&filter=RUN', 400, 'filter'],
+      ['/api/v1/namespaces/%E0%A4%A', 400, 'namespace'],
+    ] as const) {
+      const r = await get(path);
+      expect([r.status, r.json.field], path).toEqual([status, field]);
+    }
+    const post = await fetch(`${tc.httpUrl}/api/v1/namespaces/food_delivery/jobs`, { method: 'POST', headers: tc.httpAuth });
+    expect(post.status).toBe(405);
+  });
 });
