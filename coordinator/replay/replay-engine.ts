@@ -204,8 +204,8 @@ export class ReplayEngine {
       }
       await this.table.put(id, JSON.stringify(ReplayReport.toJSON(report)));
       this.deps.log(`replay ${id}: interrupted by a coordinator stop; marked FAILED with ${report.steps.length} step result(s) of finished records`);
-      const run = await this.deps.lineage.readRun(id);
-      if (run && run.endedAtNs === '0') await this.deps.lineage.submit([this.endEvent(id, report)]);
+      // A run left open is a wrong answer in lineage, not a reason to refuse to start.
+      await this.closeRun(id, report).catch((err: unknown) => this.deps.log(`replay ${id}: closing its run failed: ${String(err)}`));
     }
     for (const id of saved.keys()) await this.progressTable.clear(progressRange(id));
   }
@@ -759,6 +759,11 @@ export class ReplayEngine {
       batch.push({ type: 'put', key: progressHeaderKey(job.id), value: JSON.stringify(header) });
       job.flushing = job.flushing.then(() => this.progressTable.batch(batch)).catch((err: unknown) => this.deps.log(`replay ${job.id}: saving its progress failed: ${String(err)}`));
     }, wait);
+  }
+
+  private async closeRun(id: string, report: ReplayReport): Promise<void> {
+    const run = await this.deps.lineage.readRun(id);
+    if (run && run.endedAtNs === '0') await this.deps.lineage.submit([this.endEvent(id, report)]);
   }
 
   /** The lineage event that closes a replay's run: COMPLETE, FAIL or ABORT, with the replay's state and why. */
