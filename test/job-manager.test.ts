@@ -433,4 +433,54 @@ if (mode === 'first') {
     expect(job.tasksRerunAfterRestart).toBe(1);
     expect(readFileSync(log, 'utf8').trim().split('\n')).toEqual(['a', 'slow', 'slow', 'z']);
   });
+
+  it('tells the executor when a job starts and ends: success, failure, resume, cancel, and a stop that leaves the job to resume', async () => {
+    const dir = tempDir();
+    const { manager, db } = await startManager(dir);
+    const heard: string[] = [];
+    let failB = true;
+    let gate: (() => void) | undefined;
+    const exec: JobExecutor = {
+      ...fakeExecutor(async (ctx) => {
+        if (ctx.task.id === 'b' && failB) throw Object.assign(new Error('b broke'), { retryable: false });
+        if (ctx.task.id === 'hold') await Promise.race([new Promise<void>((r) => (gate = r)), abortable(ctx.signal)]);
+        return { outcome: 'executed', result: null };
+      }),
+      async jobStarted(e) {
+        heard.push(`${e.jobId} started${e.afterRestart ? ' after restart' : ''}`);
+      },
+      async jobEnded(e) {
+        heard.push(`${e.jobId} ${e.state}${e.message ? `: ${e.message.slice(0, 9)}` : ''}`);
+        if (e.state === 'SUCCEEDED') throw new Error('a failing hook changes nothing');
+      },
+    };
+    manager.registerExecutor(exec);
+    const ok = (await manager.submit(spec([task('a')]))).jobId;
+    expect((await untilEnded(manager, ok)).state).toBe('SUCCEEDED');
+    const bad = (await manager.submit(spec([task('b')]))).jobId;
+    expect((await untilEnded(manager, bad)).state).toBe('FAILED');
+    failB = false;
+    await manager.resume(bad);
+    await waitFor(async () => ((await manager.get(bad)).state === 'SUCCEEDED' ? true : undefined), 10_000, 'resumed job');
+    const held = (await manager.submit(spec([task('hold')]))).jobId;
+    await waitFor(async () => (gate ? true : undefined), 10_000, 'hold running');
+    expect(await manager.cancel(held)).toBe('CANCELLED');
+    // cancel() resolves once the job ended, its executor told.
+    expect(heard).toEqual([`${ok} started`, `${ok} SUCCEEDED`, `${bad} started`, `${bad} FAILED: 1 task(s)`, `${bad} started`, `${bad} SUCCEEDED`, `${held} started`, `${held} CANCELLED: cancelled`]);
+
+    // A stop leaves a running job to resume: no end is told; the next start tells it started after a restart.
+    gate = undefined;
+    const again = (await manager.submit(spec([task('hold')]))).jobId;
+    await waitFor(async () => (gate ? true : undefined), 10_000, 'hold running again');
+    await manager.stop();
+    expect(heard.slice(8)).toEqual([`${again} started`]);
+    await db.close();
+    const second = await startManager(dir);
+    second.manager.registerExecutor({ ...exec, kind: 'fake' });
+    await waitFor(async () => (heard.length === 10 ? true : undefined), 10_000, 'restart heard');
+    expect(heard.slice(9)).toEqual([`${again} started after restart`]);
+    (gate as (() => void) | undefined)?.();
+    expect((await untilEnded(second.manager, again)).state).toBe('SUCCEEDED');
+    await waitFor(async () => (heard.length === 11 ? true : undefined), 10_000, 'end after restart');
+  });
 });

@@ -12,6 +12,7 @@ import { JobServiceDefinition, JobState, TaskState, type Job } from '../common/g
 import { LineageServiceDefinition, NodeKind } from '../common/gen/retrace/v1/lineage.js';
 import { PipelineServiceDefinition, type Pipeline } from '../common/gen/retrace/v1/pipeline.js';
 import { ChangePolicy, RecomputeServiceDefinition } from '../common/gen/retrace/v1/recompute.js';
+import { ReplayServiceDefinition, ReplayState, type ReplayPolicy } from '../common/gen/retrace/v1/replay.js';
 import { createJobStore, type StoredJob } from '../coordinator/jobs/job-store.js';
 import { openDatabase } from '../coordinator/store/database.js';
 import { startLocalAgents, stopLocalAgents, type LocalAgent } from '../scripts/cli/local-agents.js';
@@ -123,6 +124,7 @@ describe('recompute jobs across a coordinator crash', () => {
       recompute: client(first.grpc, token, RecomputeServiceDefinition),
       jobs: client(first.grpc, token, JobServiceDefinition),
       lineage: client(first.grpc, token, LineageServiceDefinition),
+      replay: client(first.grpc, token, ReplayServiceDefinition),
     };
     const bundle = await bundleTransform(WF_TASK);
     const codeVersion = (await c.code.publishCode({ bundle: Buffer.from(bundle.bytes), manifest: { transform: 'wf-task', sourceFile: 'wf-task.ts', bundler: bundle.bundler } })).code?.codeVersion ?? '';
@@ -139,6 +141,22 @@ describe('recompute jobs across a coordinator crash', () => {
     const change = (name: string) => ({ changeIds: [], objectIds: [], newContents: KEYS.map((key) => ({ objectId: `record:${name}/raw:${key}`, payload: payloadOf(key, 1), mediaType: 'application/json' })), policy: { maxAttempts: 3, concurrency: 4, targetNodeIds: [], targetLabels: {}, dryRun: false } });
     const ended = (j: Job | undefined): j is Job => j !== undefined && [JobState.JOB_STATE_SUCCEEDED, JobState.JOB_STATE_FAILED, JobState.JOB_STATE_CANCELLED].includes(j.state);
 
+    // Also caught by the crash: a paced replay (two records done, the third due in 10 minutes)
+    // and an ingest whose client keeps its stream open.
+    const T0 = 1_767_225_600_000_000_000n;
+    await c.pipelines.applyPipeline({ pipeline: { ...pipelineOf('pr', codeVersion, 10), steps: pipelineOf('pr', codeVersion, 10).steps.slice(0, 1) } });
+    await c.pipelines.ingest((async function* () {
+      yield { pipeline: 'pr', source: 'raw', records: [0n, 200n, 600_000n].map((ms, i) => ({ key: `p${i}`, payload: payloadOf(`p${i}`, 0), eventTimeNs: (T0 + ms * 1_000_000n).toString(), mediaType: 'application/json' })) };
+    })());
+    const replayId = (await c.replay.startReplay({ selector: { selector: { $case: 'window', value: { pipeline: 'pr', source: 'raw', fromNs: T0.toString(), toNs: (T0 + 3_600_000_000_000n).toString() } } }, policy: { speed: 1 } as ReplayPolicy })).replayId;
+    const hold = new AbortController();
+    const heldIngest = c.pipelines
+      .ingest((async function* () {
+        yield { pipeline: 'pr', source: 'raw', records: [{ key: 'held', payload: payloadOf('held', 0), eventTimeNs: '0', mediaType: 'application/json' }] };
+        await new Promise((r) => hold.signal.addEventListener('abort', r));
+      })(), { signal: hold.signal })
+      .catch(() => undefined);
+
     const refJobId = (await c.recompute.recompute(change('ref'))).jobId;
     const refJob = await untilReachable('the uninterrupted job', async () => {
       const j = (await c.jobs.getJob({ jobId: refJobId })).job;
@@ -147,6 +165,10 @@ describe('recompute jobs across a coordinator crash', () => {
     expect(refJob.state).toBe(JobState.JOB_STATE_SUCCEEDED);
     const want = await outputsOf(c.lineage, refJob);
     expect(want.size).toBe(KEYS.length * 4);
+
+    await until('two records replayed', async () => ((await c.replay.getReplayReport({ replayId })).report?.steps.filter((st) => st.status === 'SUCCEEDED').length === 2 ? true : undefined));
+    // The replay's progress is written at most once a second.
+    await new Promise((r) => setTimeout(r, 1100));
 
     // The crashing run: slow steps (a new pipeline version; costMs is left out of the outputs).
     await c.pipelines.applyPipeline({ pipeline: pipelineOf('wf', codeVersion, SLOW_MS) });
@@ -183,6 +205,7 @@ describe('recompute jobs across a coordinator crash', () => {
       recompute: client(second.grpc, token, RecomputeServiceDefinition),
       jobs: client(second.grpc, token, JobServiceDefinition),
       lineage: client(second.grpc, token, LineageServiceDefinition),
+      replay: client(second.grpc, token, ReplayServiceDefinition),
     };
     const job = await untilReachable('the resumed job to end', async () => {
       const j = (await c.jobs.getJob({ jobId })).job;
@@ -192,6 +215,29 @@ describe('recompute jobs across a coordinator crash', () => {
     expect(job.state).toBe(JobState.JOB_STATE_SUCCEEDED);
     expect(job.restarts).toBe(1);
     expect(job.tasksRerunAfterRestart).toBe(inFlightAtKill.length);
+
+    // The runs nothing resumes were closed on start, with why; the resumed job's run stayed open and closed with the job.
+    const runs = new Map((await c.lineage.listRuns({ pageSize: 0, pageToken: '', namePrefix: '' })).runs.map((r) => [r.runId, r]));
+    const ingestRuns = [...runs.values()].filter((r) => r.name === 'pipeline:pr');
+    expect(ingestRuns.map((r) => r.state).sort()).toEqual(['COMPLETE', 'FAIL']);
+    expect(ingestRuns.every((r) => r.endedAtNs !== '0')).toBe(true);
+    expect(JSON.stringify(ingestRuns.find((r) => r.state === 'FAIL')?.facets)).toMatch(/interrupted: the coordinator stopped during the ingest/);
+    expect(runs.get(replayId)).toMatchObject({ state: 'FAIL', facets: { retrace: { replayState: 'FAILED', error: expect.stringMatching(/^interrupted/) } } });
+    expect(runs.get(replayId)?.endedAtNs).not.toBe('0');
+    const jobRunStates = async () => (await c.lineage.getNode({ node: { kind: NodeKind.NODE_KIND_RUN, id: jobId, contentHash: '' } })).body;
+    await untilReachable('the resumed job run closed', async () => {
+      const b = await jobRunStates();
+      return b?.$case === 'run' && b.value.state === 'COMPLETE' ? true : undefined;
+    }, 10_000);
+    // The interrupted replay kept the records it had finished; the one never run counts as cancelled.
+    const { report } = await c.replay.getReplayReport({ replayId });
+    expect(report?.state).toBe(ReplayState.REPLAY_STATE_FAILED);
+    expect(report?.steps.map((st) => `${st.record} ${st.status}`).sort()).toEqual(['record:pr/raw:p0 SUCCEEDED', 'record:pr/raw:p1 SUCCEEDED']);
+    expect(report?.summary).toMatchObject({ records: 3, steps: 3, matched: 2, failed: 0, upstreamFailed: 0, cancelled: 1 });
+    const listed = (await c.jobs.listJobs({ state: JobState.JOB_STATE_UNSPECIFIED, kind: 'replay', pageSize: 0, pageToken: '' })).jobs.find((j) => j.jobId === replayId);
+    expect(listed).toMatchObject({ title: 'replay of 3 record(s)', counts: { total: 3, succeeded: 2, failed: 0, cancelled: 1 } });
+    hold.abort();
+    await heldIngest;
 
     // Identical outputs to the uninterrupted run.
     const got = await outputsOf(c.lineage, job);

@@ -136,6 +136,10 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
     // New versions; the old ones stay queryable.
     for (const ds of ['proj', 'total', 'audit']) expect(versionsOf(`record:wf/${ds}:k2`)).toHaveLength(2);
     for (const ds of ['proj', 'total', 'audit']) expect(versionsOf(`record:wf/${ds}:k1`)).toHaveLength(1);
+    // The job's run is closed with it: COMPLETE, with its end time.
+    const jobRun = await tc.coordinator.lineage.readRun(r.jobId);
+    expect(jobRun).toMatchObject({ name: `recompute/${r.jobId}`, state: 'COMPLETE' });
+    expect(BigInt(jobRun?.endedAtNs ?? '0')).toBeGreaterThanOrEqual(BigInt(jobRun?.startedAtNs ?? '1'));
     const stepId = `recompute:${r.jobId}/${r.tasks.find((t) => t.label.includes('total'))?.taskId}`;
     const step = await tc.coordinator.lineage.readStep(stepId);
     expect(step?.why).toMatchObject({ kind: TriggerKind.TRIGGER_KIND_RECOMPUTE, id: r.jobId });
@@ -261,6 +265,20 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
     expect(o).toMatchObject({ 'wf/proj key=k4': 'FAILED', 'wf/total key=k4': 'UPSTREAM_FAILED', 'wf/audit key=k4': 'executed', 'wf/proj key=k5': 'executed', 'wf/total key=k5': 'executed', 'wf/audit key=k5': 'executed' });
     expect(job.tasks.find((t) => t.label === 'wf/proj key=k4')?.attempts).toBe(2);
     expect(job.tasks.find((t) => t.label === 'wf/proj key=k4')?.error).toMatch(/failIf/);
+    const closed = await tc.coordinator.lineage.readRun(r.jobId);
+    expect(closed).toMatchObject({ state: 'FAIL', facets: { retrace: { jobState: 'FAILED', error: expect.stringMatching(/1 task\(s\) failed/) } } });
+    expect(closed?.endedAtNs).not.toBe('0');
+    // Resumed, the run is reopened, then closed again at the job's new end.
+    const runEvents = async () => (await tc.coordinator.lineage.readEvents(await tc.coordinator.lineage.store.entitySeqs('runs', r.jobId))).map((e) => (e.body?.$case === 'run' ? e.body.value.state : ''));
+    expect(await runEvents()).toEqual(['RUNNING', 'FAIL']);
+    const jobs = shared.jobs as NonNullable<CoordinatorServices['jobs']>;
+    await jobs.resume(r.jobId);
+    expect((await finished(r.jobId)).state).toBe('FAILED');
+    await until('the run closed again', async () => ((await runEvents()).length === 4 ? true : undefined), 10_000);
+    expect(await runEvents()).toEqual(['RUNNING', 'FAIL', 'RUNNING', 'FAIL']);
+    const reclosed = await tc.coordinator.lineage.readRun(r.jobId);
+    expect(reclosed?.state).toBe('FAIL');
+    expect(BigInt(reclosed?.endedAtNs ?? '0')).toBeGreaterThan(BigInt(closed?.endedAtNs ?? '0'));
   });
 
   it('refuses a change policy for a pipeline or source that does not exist, storing nothing', async () => {

@@ -18,6 +18,8 @@ import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.
 import { startLocalAgents, stopLocalAgents, type LocalAgent } from '../scripts/cli/local-agents.js';
 import { main } from '../scripts/cli/main.js';
 import { bundleTransform } from '../scripts/cli/publish-command.js';
+import { renderJobLine } from '../scripts/cli/job-progress.js';
+import { replayToJobProto } from '../coordinator/jobs/job-convert.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 
 const SCALE = `
@@ -162,14 +164,50 @@ describe('replay end to end (real coordinator, real agent processes)', () => {
     // 0.05x stretches the 1 s window to 20 s: records wait prepared at the pacer's gate.
     const { replayId } = await client.startReplay({ selector: window, policy: { speed: 0.05, faults: { seed: '7', outages: [], linkOutageProbability: 0, corruptInputProbability: 0, stepFailureProbability: 0, addedLatencyMs: 0 } } as never });
     await new Promise((r) => setTimeout(r, 500));
+    // While it runs, steps held at the gate are PENDING, not SKIPPED: nothing was skipped yet.
+    const running = (await client.getReplayReport({ replayId })).report;
+    const held = running?.steps.filter((s) => s.record !== 'record:orders/raw:k0') ?? [];
+    expect(held.length).toBeGreaterThan(0);
+    expect(held.map((s) => s.status)).toEqual(held.map(() => 'PENDING'));
     const t = Date.now();
     const { state } = await client.cancelReplay({ replayId });
     expect(state).toBe(ReplayState.REPLAY_STATE_CANCELLED);
     expect(Date.now() - t).toBeLessThan(10_000);
     const { report } = await client.getReplayReport({ replayId });
+    if (!report?.summary) throw new Error('no report');
     // The first record was due at once; the ones held at the gate end cancelled, none ran.
-    expect(report?.steps.filter((s) => s.status === 'SUCCEEDED').every((s) => s.record === 'record:orders/raw:k0')).toBe(true);
-    expect(report?.steps.some((s) => s.status === 'CANCELLED' || s.error === 'cancelled')).toBe(true);
+    expect(report.steps.filter((s) => s.status === 'SUCCEEDED').every((s) => s.record === 'record:orders/raw:k0')).toBe(true);
+    // Shards aborted say so themselves (CANCELLED); the steps after them in their record were never sent.
+    expect(report.steps.filter((s) => s.status !== 'SUCCEEDED').every((s) => s.status === 'CANCELLED' || (s.status === 'SKIPPED' && s.error === 'cancelled'))).toBe(true);
+    expect(report.error).toBe('cancelled');
+    // Cancelled steps are counted as cancelled, never as failed, and every view says the same.
+    const ok = report.steps.filter((s) => s.status === 'SUCCEEDED').length;
+    expect(report.summary).toMatchObject({ steps: 2 * RECORDS, failed: 0, upstreamFailed: 0, cancelled: 2 * RECORDS - ok });
+    const counts = { total: 2 * RECORDS, pending: 0, running: 0, succeeded: ok, failed: 0, upstreamFailed: 0, cancelled: 2 * RECORDS - ok };
+    const listed = replayToJobProto({ ...report, steps: [] }, undefined, [], false);
+    const shown = replayToJobProto(report, undefined);
+    expect(listed.counts).toEqual(counts);
+    expect(shown.counts).toEqual(counts);
+    expect(renderJobLine(shown)).toContain(`${2 * RECORDS}/${2 * RECORDS} tasks, ${2 * RECORDS - ok} cancelled`);
+    expect(renderJobLine(shown)).not.toContain('failed');
+    const run = await tc.coordinator.lineage.readRun(replayId);
+    expect(run).toMatchObject({ state: 'ABORT', facets: { retrace: { replayState: 'CANCELLED', error: 'cancelled' } } });
+    expect(run?.endedAtNs).not.toBe('0');
+  });
+
+  it('a replay stopped by the coordinator shutting down ends saying so, its run closed', async () => {
+    const client = replay();
+    const { replayId } = await client.startReplay({ selector: window, policy: { speed: 0.05, faults: { seed: '7', outages: [], linkOutageProbability: 0, corruptInputProbability: 0, stepFailureProbability: 0, addedLatencyMs: 0 } } as never });
+    await new Promise((r) => setTimeout(r, 300));
+    // What the coordinator's stop() does to the replay engine.
+    await shared.replay?.stop();
+    const { report } = await client.getReplayReport({ replayId });
+    expect(report?.state).toBe(ReplayState.REPLAY_STATE_CANCELLED);
+    expect(report?.error).toMatch(/^cancelled: the coordinator shut down during the replay/);
+    expect(report?.steps.filter((s) => s.status === 'SKIPPED').every((s) => s.error.startsWith('cancelled: the coordinator shut down'))).toBe(true);
+    expect(report?.summary).toMatchObject({ failed: 0, upstreamFailed: 0 });
+    const run = await tc.coordinator.lineage.readRun(replayId);
+    expect(run).toMatchObject({ state: 'ABORT', facets: { retrace: { error: expect.stringMatching(/coordinator shut down/) } } });
   });
 
   it('a GPU-only policy lands only on the node that advertises a GPU', async () => {

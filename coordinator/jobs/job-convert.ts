@@ -7,6 +7,7 @@ import {
   type WaitingShard as WaitingShardProto,
 } from '../../common/gen/retrace/v1/job.js';
 import { ReplayState, type ReplayReport, type ReplayStepResult, type WatchReplayResponse } from '../../common/gen/retrace/v1/replay.js';
+import { isCancelledStep, isUpstreamFailedStep } from '../replay/replay-engine.js';
 import type { JobView, TaskCounts } from './job-manager.js';
 import type { JobState, TaskState, TaskStatus } from './job-types.js';
 
@@ -97,13 +98,18 @@ const REPLAY_STATE: Readonly<Partial<Record<ReplayState, JobStateProto>>> = {
   [ReplayState.REPLAY_STATE_CANCELLED]: JobStateProto.JOB_STATE_CANCELLED,
 };
 
-/** A replayed step as a task: the engine records a step before it runs, as SKIPPED with no error. */
+/**
+ * A replayed step as a task. The engine records a step PENDING before its shard is sent and
+ * RUNNING until its outcome (reports saved before that kept such steps as SKIPPED with no error);
+ * either in a replay that has ended never ran, as if cancelled.
+ */
 function replayStepTask(s: ReplayStepResult, live: boolean): JobTask {
   let state: TaskStateProto;
   if (s.status === 'SUCCEEDED') state = TaskStateProto.TASK_STATE_SUCCEEDED;
-  else if (s.status === 'CANCELLED' || (s.status === 'SKIPPED' && s.error === 'cancelled')) state = TaskStateProto.TASK_STATE_CANCELLED;
-  else if (s.status === 'SKIPPED' && s.error.startsWith('an upstream step')) state = TaskStateProto.TASK_STATE_UPSTREAM_FAILED;
-  else if (s.status === 'SKIPPED' && !s.error) state = live ? TaskStateProto.TASK_STATE_RUNNING : TaskStateProto.TASK_STATE_CANCELLED;
+  else if (isCancelledStep(s)) state = TaskStateProto.TASK_STATE_CANCELLED;
+  else if (isUpstreamFailedStep(s)) state = TaskStateProto.TASK_STATE_UPSTREAM_FAILED;
+  else if (s.status === 'PENDING') state = live ? TaskStateProto.TASK_STATE_PENDING : TaskStateProto.TASK_STATE_CANCELLED;
+  else if (s.status === 'RUNNING' || (s.status === 'SKIPPED' && !s.error)) state = live ? TaskStateProto.TASK_STATE_RUNNING : TaskStateProto.TASK_STATE_CANCELLED;
   else state = TaskStateProto.TASK_STATE_FAILED;
   return {
     id: s.replayStepId,
@@ -127,6 +133,7 @@ export function replayToJobProto(report: ReplayReport, progress: WatchReplayResp
   const by = (st: TaskStateProto): number => tasks.filter((t) => t.state === st).length;
   const total = progress?.stepsTotal ?? report.summary?.steps ?? tasks.length;
   const running = by(TaskStateProto.TASK_STATE_RUNNING);
+  const pending = by(TaskStateProto.TASK_STATE_PENDING);
   // ListReplays leaves the steps out: an ended replay's summary, or a running one's live
   // progress, still has the totals.
   const stepless = tasks.length === 0 && total > 0;
@@ -134,7 +141,7 @@ export function replayToJobProto(report: ReplayReport, progress: WatchReplayResp
   let counts: TaskCountsProto;
   let finished: number;
   if (summary) {
-    counts = { total, pending: 0, running: 0, succeeded: summary.steps - summary.failed, failed: summary.failed, upstreamFailed: 0, cancelled: 0 };
+    counts = { total, pending: 0, running: 0, succeeded: summary.matched + summary.differed, failed: summary.failed, upstreamFailed: summary.upstreamFailed, cancelled: summary.cancelled };
     finished = total;
   } else if (stepless && live && progress) {
     counts = { total, pending: total - progress.stepsDone, running: 0, succeeded: progress.stepsDone - progress.stepsFailed, failed: progress.stepsFailed, upstreamFailed: 0, cancelled: 0 };
@@ -142,14 +149,15 @@ export function replayToJobProto(report: ReplayReport, progress: WatchReplayResp
   } else {
     counts = {
       total,
-      pending: Math.max(0, total - tasks.length),
+      // Steps without a result in a replay that has ended never started: cancelled with it.
+      pending: (live ? Math.max(0, total - tasks.length) : 0) + pending,
       running,
       succeeded: by(TaskStateProto.TASK_STATE_SUCCEEDED),
       failed: by(TaskStateProto.TASK_STATE_FAILED),
       upstreamFailed: by(TaskStateProto.TASK_STATE_UPSTREAM_FAILED),
-      cancelled: by(TaskStateProto.TASK_STATE_CANCELLED),
+      cancelled: by(TaskStateProto.TASK_STATE_CANCELLED) + (live ? 0 : Math.max(0, total - tasks.length)),
     };
-    finished = tasks.length - running;
+    finished = live ? tasks.length - running - pending : total;
   }
   const records = report.summary?.records ?? progress?.recordsTotal ?? 0;
   const message = waiting.length > 0 ? `${waiting.length} shard(s) wait for a node: ${waiting[0]?.reason}` : report.error || (progress?.message ?? '');

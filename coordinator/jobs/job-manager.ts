@@ -356,12 +356,14 @@ export class JobManager implements JobSubmitter {
     job.record.state = 'RUNNING';
     job.record.startedAtMs ??= this.now();
     job.record.message = '';
+    const afterRestart = job.resumedAfterRestart;
     if (job.resumedAfterRestart) {
       job.record.restartToRunningMs = this.now() - this.startedAtMs;
       job.resumedAfterRestart = false;
     }
     await this.persist(job, []);
     this.log(`job ${job.record.jobId}: RUNNING`);
+    await this.tell(executor, 'jobStarted', job, afterRestart);
 
     // Unmet dependencies per pending task; tasks reach the ready queue when theirs reach 0.
     const unmet = new Map<string, number>();
@@ -436,6 +438,20 @@ export class JobManager implements JobSubmitter {
           : '';
     await this.persist(job, changed);
     this.log(`job ${job.record.jobId}: ${job.record.state}`);
+    const executor = this.executors.get(job.compiled.spec.kind);
+    if (executor) await this.tell(executor, 'jobEnded', job, false);
+  }
+
+  /** Calls an executor's lifecycle hook; its failure is the executor's to report, never the job's. */
+  private async tell(executor: JobExecutor, hook: 'jobStarted' | 'jobEnded', job: LiveJob, afterRestart: boolean): Promise<void> {
+    const fn = executor[hook];
+    if (!fn) return;
+    const r = job.record;
+    try {
+      await fn.call(executor, { jobId: r.jobId, job: job.compiled.spec, state: r.state, atMs: hook === 'jobEnded' ? (r.endedAtMs ?? this.now()) : this.now(), message: hook === 'jobEnded' ? r.message : '', afterRestart });
+    } catch (err) {
+      this.log(`job ${r.jobId}: executor ${executor.kind} ${hook}: ${errorMessage(err)}`);
+    }
   }
 
   /** Runs one task's attempts until it succeeds, fails for good, is cancelled, or the manager stops. */

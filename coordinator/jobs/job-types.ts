@@ -77,6 +77,31 @@ export interface TaskRunResult {
 export interface JobExecutor {
   kind: string;
   runTask(ctx: TaskRunContext): Promise<TaskRunResult>;
+  /**
+   * Told each time a job of this kind goes RUNNING: first run, `resume`, and resumption after a
+   * coordinator restart (`afterRestart`). Awaited before the job's tasks start; a throw is logged
+   * and changes nothing.
+   */
+  jobStarted?(event: JobLifecycleEvent): Promise<void>;
+  /**
+   * Told when a job of this kind ends (SUCCEEDED, FAILED or CANCELLED), a cancelled job that never
+   * ran included; not when the coordinator stops with the job unfinished (it resumes on the next
+   * start). Awaited before the job counts as ended; a throw is logged and changes nothing.
+   */
+  jobEnded?(event: JobLifecycleEvent): Promise<void>;
+}
+
+/** A job's state change as its executor hears of it. */
+export interface JobLifecycleEvent {
+  jobId: string;
+  job: JobSpec;
+  state: JobState;
+  /** Wall clock of the change, ms. */
+  atMs: number;
+  /** Why it ended (the job's message), '' when it succeeded or started. */
+  message: string;
+  /** Only on jobStarted: the job resumes after a coordinator restart. */
+  afterRestart: boolean;
 }
 
 /** A task's persisted progress. */

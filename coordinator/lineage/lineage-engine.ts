@@ -782,6 +782,14 @@ export class LineageEngine implements LineageApi {
     return foldSteps((await this.readEvents(seqs)).flatMap((e) => (e.body?.$case === 'step' ? [{ timeNs: BigInt(e.eventTimeNs), step: e.body.value }] : [])));
   }
 
+  /** The folded view of a run, or undefined when no event names it. */
+  async readRun(runId: string): Promise<Run | undefined> {
+    const seqs = await this.store.entitySeqs('runs', runId);
+    if (seqs.length === 0) return undefined;
+    const runs = (await this.readEvents(seqs)).flatMap((e) => (e.body?.$case === 'run' ? [{ timeNs: BigInt(e.eventTimeNs), run: e.body.value }] : []));
+    return runs.length > 0 ? foldRuns(runs) : undefined;
+  }
+
   /**
    * The folded view of an object version: its object_version events and the steps that describe
    * it (generated_versions, used_versions); a version known only as a step's output has neither

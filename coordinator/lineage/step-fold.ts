@@ -27,6 +27,9 @@ export function foldSteps(events: readonly { timeNs: bigint; step: Step }[]): St
   return out;
 }
 
+/** Run states that say the run goes on: a later event in one of them reopens a closed run. */
+const OPEN_RUN_STATES: ReadonlySet<string> = new Set(['START', 'RUNNING']);
+
 export function foldRuns(events: readonly { timeNs: bigint; run: Run }[]): Run {
   const sorted = [...events].sort(byEventTime);
   const first = sorted[0];
@@ -36,6 +39,8 @@ export function foldRuns(events: readonly { timeNs: bigint; run: Run }[]): Run {
     if (run.name) out.name = run.name;
     if (run.parentRunId) out.parentRunId = run.parentRunId;
     if (run.state) out.state = run.state;
+    // A run closed and then started again (a resumed recompute job) is open again until its next end.
+    if (OPEN_RUN_STATES.has(run.state) && run.endedAtNs === '0') out.endedAtNs = '0';
     if (run.startedAtNs !== '0' && (out.startedAtNs === '0' || BigInt(run.startedAtNs) < BigInt(out.startedAtNs))) out.startedAtNs = run.startedAtNs;
     if (run.endedAtNs !== '0') out.endedAtNs = run.endedAtNs;
     if (run.facets) out.facets = mergeFacets(out.facets, run.facets);

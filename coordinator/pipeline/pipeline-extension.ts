@@ -8,7 +8,7 @@ import {
 } from '../../common/gen/retrace/v1/pipeline.js';
 import type { CoordinatorExtension, ExtensionFactory } from '../coordinator.js';
 import { createPayloadStore, type PayloadStore } from '../store/payload-store.js';
-import { PipelineRunner, type IngestRecordInput, type ShardRunner } from './pipeline-runner.js';
+import { closeInterruptedIngestRuns, PipelineRunner, type IngestRecordInput, type ShardRunner } from './pipeline-runner.js';
 import { createPipelineStore, type CodeLookup, type PipelineStore } from './pipeline-store.js';
 
 /** What the pipeline extension publishes for later extensions (replay). */
@@ -144,6 +144,12 @@ export function pipelineExtension(shared: PipelineShared = {}, options: Pipeline
       name: 'pipelines',
       services: [{ definition: PipelineServiceDefinition, implementation: createPipelineHandlers(handles) }],
       async start() {
+        // Runs left open are a wrong answer in lineage, not a reason to refuse to start.
+        const closed = await closeInterruptedIngestRuns(store, ctx.lineage, ctx.clock).catch((err: unknown) => {
+          ctx.log(`pipelines: closing the ingest runs a stopped coordinator left open failed: ${String(err)}`);
+          return [];
+        });
+        if (closed.length > 0) ctx.log(`pipelines: closed ${closed.length} ingest run(s) a stopped coordinator left open as FAIL (interrupted): ${closed.slice(0, 5).join(', ')}`);
         if (payloads.retentionMs !== undefined) {
           timer = setInterval(() => {
             payloads.sweep().then(

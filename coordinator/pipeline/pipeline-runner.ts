@@ -68,6 +68,36 @@ export interface PipelineRunnerOptions {
   producer?: string;
 }
 
+/**
+ * Closes the ingest runs that a coordinator which died during them left open: FAIL, with why in
+ * the `retrace` facet (an ingest is not resumed: its client saw the stream break). A run noted open
+ * whose start never reached the ledger is only forgotten. Returns the ids of the runs closed.
+ */
+export async function closeInterruptedIngestRuns(pipelines: PipelineStore, lineage: Pick<LineageEngine, 'submit' | 'readRun'>, clock: NanoClock, producer = PRODUCER): Promise<string[]> {
+  const closed: string[] = [];
+  for (const open of await pipelines.openRuns()) {
+    const run = await lineage.readRun(open.runId);
+    if (run && run.endedAtNs === '0') {
+      const endedAtNs = clock().toString();
+      const error = 'interrupted: the coordinator stopped during the ingest; records whose provenance was not recorded were not processed, ingest them again';
+      await lineage.submit([
+        {
+          eventId: `run:${open.runId}:end`,
+          eventTimeNs: endedAtNs,
+          producer,
+          body: {
+            $case: 'run',
+            value: { runId: open.runId, name: `pipeline:${open.pipeline}`, parentRunId: '', state: 'FAIL', startedAtNs: open.startedAtNs, endedAtNs, facets: { retrace: { pipeline: open.pipeline, pipelineVersion: open.pipelineVersion, source: open.source, principal: open.principal, error } } },
+          },
+        },
+      ]);
+      closed.push(open.runId);
+    }
+    await pipelines.markRunClosed(open.runId);
+  }
+  return closed;
+}
+
 /** A source record ingested again under its key with new content. */
 export interface RecordChange {
   pipeline: string;
@@ -233,6 +263,7 @@ export class PipelineRunner {
     const startedAtNs = clock().toString();
     const runFacets = { retrace: { pipeline: pipelineName, pipelineVersion: pv.version, source, principal } };
     if (this.capture) {
+      await pipelines.markRunOpen({ runId, pipeline: pipelineName, source, pipelineVersion: pv.version, principal, startedAtNs });
       await this.options.lineage.submit([
         {
           eventId: `run:${runId}:start`,
@@ -315,9 +346,11 @@ export class PipelineRunner {
           },
         },
       ]);
+      // Once its end is recorded the run needs no closing at the next start.
+      const closed = closing.then(() => pipelines.markRunClosed(runId));
       // The run's own failure is what the caller needs to hear about, not a failure to record it.
-      if (failure === undefined) await closing;
-      else await closing.catch(() => {});
+      if (failure === undefined) await closed;
+      else await closed.catch(() => {});
     }
     // A run keeps the version it started on (its records and steps say which); if a newer one
     // was applied meanwhile, the recompute side learns which of its steps that leaves behind.

@@ -25,7 +25,8 @@ export interface CurrentRecord {
  * Pipeline definitions and their versions, and the current record per (pipeline, dataset, key),
  * in the `pipelines` sublevel: `versions` (`<name>\0<version, 10 digits>` → PipelineVersion JSON),
  * `latest` (name → version number) and `current` (`<pipeline>\0<source or step>\0<key>` →
- * CurrentRecord JSON). The only code that knows this layout.
+ * CurrentRecord JSON) and `open-runs` (ingest run id → OpenIngestRun JSON while the run goes on).
+ * The only code that knows this layout.
  */
 export interface PipelineStore {
   /** Validates and stores a definition; a definition equal to the latest version returns it with created = false. */
@@ -38,6 +39,22 @@ export interface PipelineStore {
   list(): Promise<PipelineVersion[]>;
   getCurrent(pipeline: string, dataset: string, key: string): Promise<CurrentRecord | undefined>;
   setCurrent(pipeline: string, entries: readonly { dataset: string; key: string; record: CurrentRecord }[]): Promise<void>;
+  /** Notes an ingest run as open before its start is recorded, so a restart can close it should the process die. */
+  markRunOpen(run: OpenIngestRun): Promise<void>;
+  /** Forgets an open run once its end is recorded. */
+  markRunClosed(runId: string): Promise<void>;
+  /** Ingest runs noted open and never closed (a process that died during them). */
+  openRuns(): Promise<OpenIngestRun[]>;
+}
+
+/** An ingest run as noted open: what its closing event needs. */
+export interface OpenIngestRun {
+  runId: string;
+  pipeline: string;
+  source: string;
+  pipelineVersion: number;
+  principal: string;
+  startedAtNs: string;
 }
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
@@ -134,6 +151,7 @@ export function createPipelineStore(db: Database, clock: NanoClock, code?: CodeL
   const versions = root.sublevel<string, unknown>('versions', { valueEncoding: 'json' });
   const latest = root.sublevel<string, string>('latest', { valueEncoding: 'utf8' });
   const current = root.sublevel<string, CurrentRecord>('current', { valueEncoding: 'json' });
+  const openRuns = root.sublevel<string, OpenIngestRun>('open-runs', { valueEncoding: 'json' });
   let tail: Promise<unknown> = Promise.resolve();
   const cache = new Map<string, PipelineVersion>();
 
@@ -225,6 +243,15 @@ export function createPipelineStore(db: Database, clock: NanoClock, code?: CodeL
     async setCurrent(pipeline, entries) {
       if (entries.length === 0) return;
       await writeCurrent(entries.map((e) => [currentPrefix + currentKey(pipeline, e.dataset, e.key), Buffer.from(JSON.stringify(e.record))] as const));
+    },
+    async markRunOpen(run) {
+      await openRuns.put(run.runId, run);
+    },
+    async markRunClosed(runId) {
+      await openRuns.del(runId);
+    },
+    async openRuns() {
+      return openRuns.values().all();
     },
   };
 }

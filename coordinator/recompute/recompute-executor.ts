@@ -6,7 +6,7 @@ import { ShardStatus, type ShardAssignment, type ShardInput, type ShardOutcome }
 import { contentHashOf, sha256Hex } from '../../common/hash.js';
 import { versionKey } from '../../common/lineage-keys.js';
 import type { NanoClock } from '../clock.js';
-import type { JobExecutor, JsonValue, TaskRunContext, TaskRunResult } from '../jobs/job-types.js';
+import type { JobExecutor, JobLifecycleEvent, JobState, JsonValue, TaskRunContext, TaskRunResult } from '../jobs/job-types.js';
 import type { LineageEngine } from '../lineage/lineage-engine.js';
 import { computeShardId, outcomeSpanNs, pipelineStepId, recordObjectId } from '../pipeline/pipeline-runner.js';
 import type { CurrentRecord } from '../pipeline/pipeline-store.js';
@@ -21,7 +21,7 @@ export interface RecomputeShardRunner {
 }
 
 export interface RecomputeExecutorDeps {
-  lineage: Pick<LineageEngine, 'submit' | 'readStep' | 'index'>;
+  lineage: Pick<LineageEngine, 'submit' | 'readStep' | 'readRun' | 'index'>;
   payloads: () => { find(hash: string): Promise<Uint8Array | undefined>; putMany(p: readonly Uint8Array[], hashes?: readonly string[]): Promise<string[]> } | undefined;
   /** Sets the pipelines' current records (pipeline outputs only). */
   setCurrent: (pipeline: string, entries: { dataset: string; key: string; record: CurrentRecord }[]) => Promise<void>;
@@ -33,6 +33,9 @@ export interface RecomputeExecutorDeps {
 }
 
 const PRODUCER = 'retrace://coordinator/recompute';
+
+/** A job's end as its run's state (OpenLineage's words, as ingest runs use). */
+const RUN_END_STATE: Readonly<Record<Exclude<JobState, 'PENDING' | 'RUNNING'>, string>> = { SUCCEEDED: 'COMPLETE', FAILED: 'FAIL', CANCELLED: 'ABORT' };
 
 /** An error the job manager must not retry (missing payload, bad payload). */
 class PermanentError extends Error {
@@ -64,6 +67,36 @@ export class RecomputeExecutor implements JobExecutor {
   readonly kind = 'recompute';
 
   constructor(private readonly deps: RecomputeExecutorDeps) {}
+
+  /**
+   * The job's run opens with its first executed step (a job served from cache and cutoffs records
+   * none). A job resumed after its run was closed reopens it; one resumed after a coordinator
+   * restart finds it still RUNNING and leaves it so.
+   */
+  async jobStarted(e: JobLifecycleEvent): Promise<void> {
+    const run = await this.deps.lineage.readRun(e.jobId);
+    if (!run || (run.state === 'RUNNING' && run.endedAtNs === '0')) return;
+    const atNs = (BigInt(e.atMs) * 1_000_000n).toString();
+    await this.deps.lineage.submit([
+      { eventId: `recompute:${e.jobId}:reopen:${e.atMs}`, eventTimeNs: atNs, producer: PRODUCER, body: { $case: 'run', value: { runId: e.jobId, name: `recompute/${e.jobId}`, parentRunId: '', state: 'RUNNING', startedAtNs: '0', endedAtNs: '0', facets: { retrace: { error: '', resumedAtNs: atNs } } } } },
+    ]);
+  }
+
+  /** Closes the job's run (when a step opened one) with the job's end: COMPLETE, FAIL or ABORT, and why. */
+  async jobEnded(e: JobLifecycleEvent): Promise<void> {
+    if (e.state === 'PENDING' || e.state === 'RUNNING') return;
+    const run = await this.deps.lineage.readRun(e.jobId);
+    if (!run) return;
+    const endedAtNs = (BigInt(e.atMs) * 1_000_000n).toString();
+    await this.deps.lineage.submit([
+      {
+        eventId: `recompute:${e.jobId}:end:${e.atMs}`,
+        eventTimeNs: endedAtNs,
+        producer: PRODUCER,
+        body: { $case: 'run', value: { runId: e.jobId, name: `recompute/${e.jobId}`, parentRunId: '', state: RUN_END_STATE[e.state], startedAtNs: '0', endedAtNs, facets: { retrace: { jobState: e.state, error: e.message.slice(0, 1000) } } } },
+      },
+    ]);
+  }
 
   async runTask(ctx: TaskRunContext): Promise<TaskRunResult> {
     const r = await this.attempt(ctx);

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { EventEmitter, setMaxListeners } from 'node:events';
 import { NodeKind } from '../../common/gen/retrace/v1/lineage.js';
 import { TriggerKind, type LineageEvent, type ObjectRef, type Step } from '../../common/gen/retrace/v1/provenance.js';
-import { ReplayReport, ReplayState, type RecordSelector, type ReplayStepResult, type ReplaySummary, type StartReplayRequest, type WatchReplayResponse } from '../../common/gen/retrace/v1/replay.js';
+import { ReplayReport, ReplayState, ReplayStepResult, type RecordSelector, type ReplaySummary, type StartReplayRequest, type WatchReplayResponse } from '../../common/gen/retrace/v1/replay.js';
 import { ShardStatus, type ShardAssignment, type ShardInput, type ShardOutcome } from '../../common/gen/retrace/v1/shard.js';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../../common/errors.js';
 import { contentHashOf, sha256Hex } from '../../common/hash.js';
@@ -71,6 +71,33 @@ interface ReplayJob {
   pacing?: { nextAtMs: number; released: Promise<void> };
   /** Input payloads read ahead for records not yet prepared, by content hash. */
   prefetched?: Map<string, Promise<Uint8Array | undefined>>;
+  /** What a restart needs to close the replay should the coordinator die (see ProgressHeader). */
+  header?: ProgressHeader;
+  /** Step results of finished records not yet written to the progress table. */
+  unsaved: ReplayStepResult[];
+  /** Progress rows written so far (the next row's number). */
+  savedRows: number;
+  lastFlushMs: number;
+  flushTimer?: NodeJS.Timeout | undefined;
+  /** The progress writes, in order. */
+  flushing: Promise<void>;
+}
+
+/**
+ * A running replay's totals in the progress table, with the finished records' step results as
+ * rows beside it: enough for a restart to close a replay the coordinator died during with the
+ * results it had, not an empty report.
+ */
+interface ProgressHeader {
+  records: number;
+  steps: number;
+  overridesOrFaults: boolean;
+  speed: number;
+  originalSpanMs: number;
+  /** Wall clock of the last write, ns: the interrupted replay's end as far as anyone knows. */
+  updatedAtNs: string;
+  /** performance.now() - start at the last write, ms. */
+  wallMs: number;
 }
 
 /** Holds a prepared record at its release time: `prepared()` says it is ready, `released` opens. */
@@ -104,6 +131,20 @@ const PREFETCH_AHEAD = 64;
  */
 const QUIET_MS = 5;
 
+/**
+ * Finished records' step results are written to the progress table at most once per this many
+ * ms: a crash loses at most about this much of the report (the ledger has the steps either way).
+ */
+const FLUSH_INTERVAL_MS = 1000;
+
+/** The abort reason of a replay the coordinator's shutdown stopped. */
+const STOPPING = 'coordinator stopping';
+
+/** Progress sublevel keys: `<replay id>!h` (the header) and `<replay id>!s<row, 9 digits>`. */
+const progressHeaderKey = (id: string): string => `${id}!h`;
+const progressRowKey = (id: string, row: number): string => `${id}!s${String(row).padStart(9, '0')}`;
+const progressRange = (id: string): { gte: string; lt: string } => ({ gte: `${id}!`, lt: `${id}"` });
+
 /** Progress snapshots a watcher gets at most once per this many ms (the final one at once). */
 const WATCH_INTERVAL_MS = 100;
 
@@ -126,26 +167,51 @@ const STATE_DONE = new Set([ReplayState.REPLAY_STATE_SUCCEEDED, ReplayState.REPL
  */
 export class ReplayEngine {
   private readonly table;
+  /** Progress of running replays (see ProgressHeader); emptied when each ends. */
+  private readonly progressTable;
   private readonly jobs = new Map<string, ReplayJob>();
 
   constructor(private readonly deps: ReplayEngineDeps) {
     this.table = deps.db.sublevel<string, string>('replays', {});
+    this.progressTable = deps.db.sublevel<string, string>('replay-progress', {});
   }
 
-  /** Marks replays that a stopped coordinator left running as failed (they are not resumed). */
+  /**
+   * Marks replays that a stopped coordinator left running as failed (they are not resumed), with
+   * the step results of the records they had finished (as last written, at most a second old) and
+   * a summary of those, and closes their lineage runs (FAIL, with why).
+   */
   async start(): Promise<void> {
+    const saved = new Map<string, { header?: ProgressHeader; steps: ReplayStepResult[] }>();
+    for await (const [key, json] of this.progressTable.iterator()) {
+      const id = key.slice(0, key.lastIndexOf('!'));
+      const entry = saved.get(id) ?? { steps: [] };
+      saved.set(id, entry);
+      if (key === progressHeaderKey(id)) entry.header = JSON.parse(json) as ProgressHeader;
+      else entry.steps.push(ReplayStepResult.fromJSON(JSON.parse(json)));
+    }
     for await (const [id, json] of this.table.iterator()) {
       const report = ReplayReport.fromJSON(JSON.parse(json));
-      if (!STATE_DONE.has(report.state)) {
-        report.state = ReplayState.REPLAY_STATE_FAILED;
-        report.error = 'interrupted: the coordinator stopped during the replay; start it again';
-        await this.table.put(id, JSON.stringify(ReplayReport.toJSON(report)));
+      if (STATE_DONE.has(report.state)) continue;
+      const progress = saved.get(id);
+      report.state = ReplayState.REPLAY_STATE_FAILED;
+      report.error = 'interrupted: the coordinator stopped during the replay; start it again';
+      report.endedAtNs = progress?.header?.updatedAtNs ?? this.deps.clock().toString();
+      if (progress?.header) {
+        const h = progress.header;
+        report.steps = progress.steps;
+        report.summary = summarize(h, progress.steps, h.wallMs, h.originalSpanMs);
       }
+      await this.table.put(id, JSON.stringify(ReplayReport.toJSON(report)));
+      this.deps.log(`replay ${id}: interrupted by a coordinator stop; marked FAILED with ${report.steps.length} step result(s) of finished records`);
+      // A run left open is a wrong answer in lineage, not a reason to refuse to start.
+      await this.closeRun(id, report).catch((err: unknown) => this.deps.log(`replay ${id}: closing its run failed: ${String(err)}`));
     }
+    for (const id of saved.keys()) await this.progressTable.clear(progressRange(id));
   }
 
   async stop(): Promise<void> {
-    for (const job of this.jobs.values()) job.controller.abort(new Error('coordinator stopping'));
+    for (const job of this.jobs.values()) job.controller.abort(new Error(STOPPING));
     await Promise.all([...this.jobs.values()].map((j) => new Promise<void>((r) => (STATE_DONE.has(j.report.state) ? r() : j.events.once('done', () => r())))));
   }
 
@@ -184,6 +250,10 @@ export class ReplayEngine {
       controller: new AbortController(),
       events: new EventEmitter(),
       progress: { state: ReplayState.REPLAY_STATE_PENDING, stepsDone: 0, stepsTotal: stepCount, stepsFailed: 0, recordsDone: 0, recordsTotal: plans.length, message: '' },
+      unsaved: [],
+      savedRows: 0,
+      lastFlushMs: Number.NEGATIVE_INFINITY,
+      flushing: Promise.resolve(),
     };
     // Every paced record and every shard of the job listens on this one signal.
     setMaxListeners(0, job.controller.signal);
@@ -365,13 +435,19 @@ export class ReplayEngine {
     const t0 = plans[0]?.eventTimeNs ?? 0n;
     const tLast = plans[plans.length - 1]?.eventTimeNs ?? 0n;
     const limit = this.deps.concurrency ?? 32;
+    const spanMs = Number(tLast - t0) / 1e6;
+    const meta = { records: job.plans.length, steps: job.progress.stepsTotal, overridesOrFaults: policy.overrides || policy.injectsFaults, speed: policy.speed };
+    job.header = { ...meta, originalSpanMs: spanMs, updatedAtNs: this.deps.clock().toString(), wallMs: 0 };
+    await this.progressTable.put(progressHeaderKey(job.id), JSON.stringify(job.header));
     // Offsets count from here, after the run event is committed: a group commit's wait would
     // otherwise make only the first record late.
     const started = performance.now();
     const replayOne = async (plan: RecordPlan, targetMs: number, gate?: ReleaseGate): Promise<void> => {
-      await this.replayRecord(job, plan, runner, payloads, rng, { startedMs: started, targetMs, ...(gate ? { gate } : {}) });
+      const results = await this.replayRecord(job, plan, runner, payloads, rng, { startedMs: started, targetMs, ...(gate ? { gate } : {}) });
       job.progress.recordsDone++;
       this.publish(job, `record ${plan.key}`);
+      job.unsaved.push(...results);
+      this.scheduleFlush(job, started);
     };
     if (policy.speed > 0) {
       await this.pace(job, plans, started, (plan) => Number(plan.eventTimeNs - t0) / 1e6 / policy.speed, replayOne, Math.max(limit, 256), payloads);
@@ -385,13 +461,16 @@ export class ReplayEngine {
     for (const t of timers) clearTimeout(t);
     const results = job.report.steps;
     const failed = results.filter((r) => r.status !== 'SUCCEEDED').length;
-    job.report.summary = summarize(job, results, performance.now() - started, Number(tLast - t0) / 1e6);
+    job.report.summary = summarize(meta, results, performance.now() - started, spanMs);
     job.report.endedAtNs = this.deps.clock().toString();
     job.report.state = job.controller.signal.aborted ? ReplayState.REPLAY_STATE_CANCELLED : failed > 0 ? ReplayState.REPLAY_STATE_FAILED : ReplayState.REPLAY_STATE_SUCCEEDED;
-    await this.deps.lineage
-      .submit([{ eventId: `replay:${job.id}:end`, eventTimeNs: job.report.endedAtNs, producer: 'retrace-replay', body: { $case: 'run', value: { runId: job.id, name: `replay/${job.id}`, parentRunId: '', state: ReplayState[job.report.state].replace('REPLAY_STATE_', ''), startedAtNs: '0', endedAtNs: job.report.endedAtNs, facets: undefined } } }])
-      .catch((err: unknown) => this.deps.log(`replay ${job.id}: recording its end failed: ${String(err)}`));
+    if (job.controller.signal.aborted) job.report.error = cancelText(job);
+    await this.deps.lineage.submit([this.endEvent(job.id, job.report)]).catch((err: unknown) => this.deps.log(`replay ${job.id}: recording its end failed: ${String(err)}`));
+    clearTimeout(job.flushTimer);
+    await job.flushing;
     await this.save(job);
+    // The full report is saved: the progress rows are not needed any more.
+    await this.progressTable.clear(progressRange(job.id)).catch((err: unknown) => this.deps.log(`replay ${job.id}: clearing its progress failed: ${String(err)}`));
     this.publish(job, 'done');
     this.jobs.delete(job.id);
     job.events.emit('done');
@@ -475,14 +554,17 @@ export class ReplayEngine {
     if (failure !== undefined) throw failure;
   }
 
-  private async replayRecord(job: ReplayJob, plan: RecordPlan, runner: ReplayShardRunner, payloads: ReplayPayloads, rng: () => number, timing: { startedMs: number; targetMs: number; gate?: ReleaseGate }): Promise<void> {
+  /** Replays one record's path; resolves with its step results once its outputs and provenance are written. */
+  private async replayRecord(job: ReplayJob, plan: RecordPlan, runner: ReplayShardRunner, payloads: ReplayPayloads, rng: () => number, timing: { startedMs: number; targetMs: number; gate?: ReleaseGate }): Promise<ReplayStepResult[]> {
     const { policy } = job;
+    const results: ReplayStepResult[] = [];
+    /** Why the rest of the record does not run: a step failed, or the replay was cancelled. */
+    let stopped: 'failed' | 'cancelled' | undefined;
     /** original version key → replayed output */
     const produced = new Map<string, { ref: ObjectRef; payload: Uint8Array; mediaType: string }>();
     const events: LineageEvent[] = [];
     /** Output payloads, written with the record's events. */
     const toStore: Uint8Array[] = [];
-    let broken = false;
     // When the record's first shard went to the dispatcher (ms since the replay started).
     let dispatchedMs: number | undefined;
     for (const ps of plan.steps) {
@@ -505,7 +587,7 @@ export class ReplayEngine {
         replayNode: '',
         originalResources: step.resources,
         replayResources: undefined,
-        status: 'SKIPPED',
+        status: 'PENDING',
         error: '',
         attempts: 0,
         dispatchedAtMs: dispatchedMs ?? 0,
@@ -514,8 +596,10 @@ export class ReplayEngine {
         faults: [],
       };
       job.report.steps.push(result);
-      if (broken || job.controller.signal.aborted) {
-        result.error = broken ? 'an upstream step of this record failed' : 'cancelled';
+      results.push(result);
+      if (stopped !== undefined || job.controller.signal.aborted) {
+        result.status = 'SKIPPED';
+        result.error = stopped === 'failed' ? 'an upstream step of this record failed' : cancelText(job);
         job.progress.stepsDone++;
         job.progress.stepsFailed++;
         continue;
@@ -538,7 +622,8 @@ export class ReplayEngine {
           ref = u;
         }
         if (!payload) {
-          broken = true;
+          stopped = 'failed';
+          result.status = 'FAILED';
           result.error = `payload of input ${name} (${u.objectId}@${u.contentHash}) is not kept (retention) or was never stored`;
           break;
         }
@@ -552,7 +637,7 @@ export class ReplayEngine {
         inputs.push({ name, objectId: ref.objectId, contentHash: ref.contentHash, payload: Buffer.from(sent.buffer, sent.byteOffset, sent.byteLength), key: plan.key, eventTimeNs: plan.eventTimeNs.toString(), mediaType: '' });
         usedRefs.push(ref);
       }
-      if (broken) {
+      if (stopped !== undefined) {
         job.progress.stepsDone++;
         job.progress.stepsFailed++;
         continue;
@@ -586,6 +671,7 @@ export class ReplayEngine {
         result.dispatchedAtMs = dispatchedMs;
       }
       if (outage) runner.setLinkOutage?.(outage, Date.now() + 1000);
+      result.status = 'RUNNING';
       const { outcome, nodeId, attempts } = await runner.run(assignment, { placement: policy.placement, signal: job.controller.signal });
       result.replayNode = nodeId;
       result.attempts = attempts;
@@ -595,7 +681,7 @@ export class ReplayEngine {
       job.progress.stepsDone++;
       if (outcome.status !== ShardStatus.SHARD_STATUS_SUCCEEDED) {
         job.progress.stepsFailed++;
-        broken = true;
+        stopped = outcome.status === ShardStatus.SHARD_STATUS_CANCELLED && job.controller.signal.aborted ? 'cancelled' : 'failed';
         this.publish(job, `${ps.name} ${result.status}`);
         continue;
       }
@@ -650,6 +736,45 @@ export class ReplayEngine {
         this.deps.log(`replay ${job.id}: recording ${plan.source.objectId} failed: ${String(err)}`);
       });
     }
+    return results;
+  }
+
+  /**
+   * Writes the finished records' step results to the progress table, at most once per
+   * FLUSH_INTERVAL_MS (the first at once): rows of only what is new, so the cost follows the
+   * replay's rate, not the report's size.
+   */
+  private scheduleFlush(job: ReplayJob, startedMs: number): void {
+    if (job.flushTimer !== undefined || job.header === undefined) return;
+    const header = job.header;
+    const wait = Math.max(0, job.lastFlushMs + FLUSH_INTERVAL_MS - performance.now());
+    job.flushTimer = setTimeout(() => {
+      job.flushTimer = undefined;
+      const rows = job.unsaved.splice(0);
+      if (rows.length === 0) return;
+      job.lastFlushMs = performance.now();
+      header.updatedAtNs = this.deps.clock().toString();
+      header.wallMs = job.lastFlushMs - startedMs;
+      const batch = rows.map((r) => ({ type: 'put' as const, key: progressRowKey(job.id, job.savedRows++), value: JSON.stringify(ReplayStepResult.toJSON(r)) }));
+      batch.push({ type: 'put', key: progressHeaderKey(job.id), value: JSON.stringify(header) });
+      job.flushing = job.flushing.then(() => this.progressTable.batch(batch)).catch((err: unknown) => this.deps.log(`replay ${job.id}: saving its progress failed: ${String(err)}`));
+    }, wait);
+  }
+
+  private async closeRun(id: string, report: ReplayReport): Promise<void> {
+    const run = await this.deps.lineage.readRun(id);
+    if (run && run.endedAtNs === '0') await this.deps.lineage.submit([this.endEvent(id, report)]);
+  }
+
+  /** The lineage event that closes a replay's run: COMPLETE, FAIL or ABORT, with the replay's state and why. */
+  private endEvent(id: string, report: ReplayReport): LineageEvent {
+    const state = report.state === ReplayState.REPLAY_STATE_SUCCEEDED ? 'COMPLETE' : report.state === ReplayState.REPLAY_STATE_CANCELLED ? 'ABORT' : 'FAIL';
+    return {
+      eventId: `replay:${id}:end`,
+      eventTimeNs: report.endedAtNs,
+      producer: 'retrace-replay',
+      body: { $case: 'run', value: { runId: id, name: `replay/${id}`, parentRunId: '', state, startedAtNs: '0', endedAtNs: report.endedAtNs, facets: { retrace: { replayState: ReplayState[report.state].replace('REPLAY_STATE_', ''), error: report.error } } } },
+    };
   }
 
   /** Resolves when the next release of a paced replay is at least QUIET_MS away (at once otherwise). */
@@ -668,7 +793,27 @@ export class ReplayEngine {
   }
 }
 
-function summarize(job: ReplayJob, results: readonly ReplayStepResult[], wallMs: number, spanMs: number): ReplaySummary {
+/** Why a cancelled replay's steps did not run: an operator's cancel, or the coordinator's shutdown. */
+function cancelText(job: ReplayJob): string {
+  const reason: unknown = job.controller.signal.reason;
+  return reason instanceof Error && reason.message === STOPPING ? 'cancelled: the coordinator shut down during the replay; start it again' : 'cancelled';
+}
+
+/** A step that did not run because the replay was cancelled (its shard aborted, or never sent). */
+export function isCancelledStep(r: Pick<ReplayStepResult, 'status' | 'error'>): boolean {
+  return r.status === 'CANCELLED' || (r.status === 'SKIPPED' && r.error.startsWith('cancelled'));
+}
+
+/** A step that did not run because an earlier step of its record failed. */
+export function isUpstreamFailedStep(r: Pick<ReplayStepResult, 'status' | 'error'>): boolean {
+  return r.status === 'SKIPPED' && r.error.startsWith('an upstream step');
+}
+
+/**
+ * The summary of a replay's step results. Planned steps that have no result (records a cancel or
+ * a coordinator stop kept from starting) count as cancelled, so `steps` is always what was planned.
+ */
+function summarize(meta: { records: number; steps: number; overridesOrFaults: boolean; speed: number }, results: readonly ReplayStepResult[], wallMs: number, spanMs: number): ReplaySummary {
   const placements: Record<string, number> = {};
   for (const r of results) if (r.replayNode) placements[r.replayNode] = (placements[r.replayNode] ?? 0) + 1;
   const succeeded = results.filter((r) => r.status === 'SUCCEEDED');
@@ -677,13 +822,17 @@ function summarize(job: ReplayJob, results: readonly ReplayStepResult[], wallMs:
   const lastByRecord = new Map<string, ReplayStepResult>();
   for (const r of results) lastByRecord.set(r.record, r);
   const changed = [...lastByRecord.values()].filter((r) => r.status === 'SUCCEEDED' && !r.matches).map((r) => r.record);
+  const cancelled = results.filter(isCancelledStep).length + Math.max(0, meta.steps - results.length);
+  const upstreamFailed = results.filter(isUpstreamFailedStep).length;
   return {
-    records: job.plans.length,
-    steps: results.length,
+    records: meta.records,
+    steps: Math.max(meta.steps, results.length),
     matched: succeeded.length - differed.length,
     differed: differed.length,
-    failed: results.length - succeeded.length,
-    nondeterministic: job.policy.overrides || job.policy.injectsFaults ? 0 : differed.length,
+    failed: results.length - succeeded.length - results.filter(isCancelledStep).length - upstreamFailed,
+    upstreamFailed,
+    cancelled,
+    nondeterministic: meta.overridesOrFaults ? 0 : differed.length,
     changedRecords: changed.length,
     firstChangedRecords: changed.slice(0, 10),
     corruptedInputsDetected: results.filter((r) => r.status === 'INPUT_CORRUPTED').length,
@@ -691,7 +840,7 @@ function summarize(job: ReplayJob, results: readonly ReplayStepResult[], wallMs:
     placements,
     replayWallMs: wallMs,
     originalSpanMs: spanMs,
-    speed: job.policy.speed,
+    speed: meta.speed,
   };
 }
 

@@ -38,9 +38,11 @@ export function renderJobLine(job: Job, width = 30, withMessage = true): string 
   const c = job.counts;
   const total = c?.total ?? 0;
   const finished = total - (c?.pending ?? 0) - (c?.running ?? 0);
-  const failed = (c?.failed ?? 0) + (c?.upstreamFailed ?? 0);
   const parts = [`${finished}/${total} tasks`];
-  if (failed > 0) parts.push(`${failed} failed`);
+  // The same words as `retrace jobs`: a cancelled task is not a failed one.
+  if (c?.failed) parts.push(`${c.failed} failed`);
+  if (c?.upstreamFailed) parts.push(`${c.upstreamFailed} upstream failed`);
+  if (c?.cancelled) parts.push(`${c.cancelled} cancelled`);
   if ((c?.running ?? 0) > 0) parts.push(`${c?.running} running`);
   if (job.waiting.length > 0) parts.push(`${job.waiting.length} waiting for a node`);
   const label = `${jobStateName(job.state)} ${parts.join(', ')}${withMessage && job.message ? `  ${job.message}` : ''}`;

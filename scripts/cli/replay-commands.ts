@@ -128,7 +128,7 @@ function printReport(r: ReplayReport, io: CliIo): void {
   io.stdout.write(`replay ${r.replayId}: ${ReplayState[r.state].replace('REPLAY_STATE_', '')}${r.error ? ` (${r.error})` : ''}\n`);
   if (s) {
     io.stdout.write(
-      `  ${s.records} records, ${s.steps} steps: ${s.matched} matched, ${s.differed} differed, ${s.failed} failed; non-deterministic ${s.nondeterministic}; corrupted inputs detected ${s.corruptedInputsDetected}; reassigned ${s.reassigned}\n` +
+      `  ${s.records} records, ${s.steps} steps: ${s.matched} matched, ${s.differed} differed, ${s.failed} failed${s.upstreamFailed ? `, ${s.upstreamFailed} upstream failed` : ''}${s.cancelled ? `, ${s.cancelled} cancelled` : ''}; non-deterministic ${s.nondeterministic}; corrupted inputs detected ${s.corruptedInputsDetected}; reassigned ${s.reassigned}\n` +
         `  wall ${s.replayWallMs.toFixed(0)} ms for a recorded span of ${s.originalSpanMs.toFixed(0)} ms at speed ${s.speed || 'max'}; placements ${JSON.stringify(s.placements)}\n`,
     );
     if (s.changedRecords > 0) io.stdout.write(`  changed records: ${s.changedRecords} (first: ${s.firstChangedRecords.join(', ')})\n`);
@@ -281,7 +281,7 @@ const list: CliCommand = {
     try {
       const r = await client.listReplays({}, { signal: io.signal });
       if (hasFlag(args, 'json')) io.stdout.write(toJson(r));
-      else io.stdout.write(renderTable(['replay', 'state', 'records', 'steps', 'matched', 'failed'], r.replays.map((x) => [x.replayId, ReplayState[x.state].replace('REPLAY_STATE_', ''), x.summary?.records ?? '', x.summary?.steps ?? '', x.summary?.matched ?? '', x.summary?.failed ?? ''])));
+      else io.stdout.write(renderTable(['replay', 'state', 'records', 'steps', 'matched', 'failed', 'cancelled'], r.replays.map((x) => [x.replayId, ReplayState[x.state].replace('REPLAY_STATE_', ''), x.summary?.records ?? '', x.summary?.steps ?? '', x.summary?.matched ?? '', x.summary ? x.summary.failed + x.summary.upstreamFailed : '', x.summary?.cancelled ?? ''])));
       return 0;
     } finally {
       close();

@@ -261,7 +261,11 @@ export interface ReplayStepResult {
   replayResources?:
     | ResourceUsage
     | undefined;
-  /** SHARD_STATUS name of the replay's outcome. */
+  /**
+   * SHARD_STATUS name of the replay's outcome once the step ran (SUCCEEDED, FAILED, ...); while
+   * the replay runs, PENDING before the step's shard is sent and RUNNING until its outcome; SKIPPED
+   * when it never ran (error: an upstream step failed, or "cancelled...").
+   */
   status: string;
   error: string;
   attempts: number;
@@ -278,6 +282,10 @@ export interface ReplaySummary {
   steps: number;
   matched: number;
   differed: number;
+  /**
+   * Steps that ran and failed, or could not be sent (a missing input payload); not those skipped
+   * after an upstream failure (upstream_failed) or because the replay was cancelled (cancelled).
+   */
   failed: number;
   /** Differences with no overrides and no faults: the transform is not deterministic. */
   nondeterministic: number;
@@ -290,6 +298,10 @@ export interface ReplaySummary {
   replayWallMs: number;
   originalSpanMs: number;
   speed: number;
+  /** Steps not run because an earlier step of their record failed. */
+  upstreamFailed: number;
+  /** Steps cancelled (their shard aborted, or never sent) when the replay was cancelled or the coordinator stopped. */
+  cancelled: number;
 }
 
 export interface ReplaySummary_PlacementsEntry {
@@ -2698,6 +2710,8 @@ function createBaseReplaySummary(): ReplaySummary {
     replayWallMs: 0,
     originalSpanMs: 0,
     speed: 0,
+    upstreamFailed: 0,
+    cancelled: 0,
   };
 }
 
@@ -2744,6 +2758,12 @@ export const ReplaySummary: MessageFns<ReplaySummary> = {
     }
     if (message.speed !== 0) {
       writer.uint32(113).double(message.speed);
+    }
+    if (message.upstreamFailed !== 0) {
+      writer.uint32(120).uint32(message.upstreamFailed);
+    }
+    if (message.cancelled !== 0) {
+      writer.uint32(128).uint32(message.cancelled);
     }
     return writer;
   },
@@ -2876,6 +2896,22 @@ export const ReplaySummary: MessageFns<ReplaySummary> = {
             message.speed = reader.double();
             continue;
           }
+          case 15: {
+            if (tag !== 120) {
+              break;
+            }
+
+            message.upstreamFailed = reader.uint32();
+            continue;
+          }
+          case 16: {
+            if (tag !== 128) {
+              break;
+            }
+
+            message.cancelled = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2937,6 +2973,12 @@ export const ReplaySummary: MessageFns<ReplaySummary> = {
         ? globalThis.Number(object.original_span_ms)
         : 0,
       speed: isSet(object.speed) ? globalThis.Number(object.speed) : 0,
+      upstreamFailed: isSet(object.upstreamFailed)
+        ? globalThis.Number(object.upstreamFailed)
+        : isSet(object.upstream_failed)
+        ? globalThis.Number(object.upstream_failed)
+        : 0,
+      cancelled: isSet(object.cancelled) ? globalThis.Number(object.cancelled) : 0,
     };
   },
 
@@ -2990,6 +3032,12 @@ export const ReplaySummary: MessageFns<ReplaySummary> = {
     if (message.speed !== 0) {
       obj.speed = floatToJson(message.speed);
     }
+    if (message.upstreamFailed !== 0) {
+      obj.upstreamFailed = Math.round(message.upstreamFailed);
+    }
+    if (message.cancelled !== 0) {
+      obj.cancelled = Math.round(message.cancelled);
+    }
     return obj;
   },
 
@@ -3020,6 +3068,8 @@ export const ReplaySummary: MessageFns<ReplaySummary> = {
     message.replayWallMs = object.replayWallMs ?? 0;
     message.originalSpanMs = object.originalSpanMs ?? 0;
     message.speed = object.speed ?? 0;
+    message.upstreamFailed = object.upstreamFailed ?? 0;
+    message.cancelled = object.cancelled ?? 0;
     return message;
   },
 };
