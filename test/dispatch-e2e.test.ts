@@ -47,6 +47,7 @@ describe('dispatch end to end (real coordinator, real agent processes)', () => {
       timeoutMs: 0,
       memoryLimitMb: 0,
       jobId: '',
+      attempt: 0,
     };
   }
   const dispatcher = () => {

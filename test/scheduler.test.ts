@@ -123,7 +123,7 @@ function fakeMesh(nodeInfos: NodeInfo[]) {
       for (const l of (listeners[e] ?? []) as ((p: MeshEvents[E]) => void)[]) l(p);
     },
     reply(nodeId: string, shardIds: string[], status = ShardStatus.SHARD_STATUS_SUCCEEDED) {
-      const outcomes = shardIds.map((shardId) => ({ shardId, status, outputs: [], error: '', startedAtNs: '0', endedAtNs: '0', nodeId }));
+      const outcomes = shardIds.map((shardId) => ({ shardId, status, outputs: [], error: '', startedAtNs: '0', endedAtNs: '0', nodeId, attempt: 0 }));
       for (const l of msgListeners) l(nodeId, { body: { $case: 'outcomes', value: { outcomes } } });
     },
     assigned(nodeId?: string) {
@@ -146,7 +146,7 @@ function fakeMesh(nodeInfos: NodeInfo[]) {
     },
   };
 }
-const shard = (id: string): ShardAssignment => ({ shardId: id, stepName: 'step', transform: 't', codeVersion: 'sha256:x', inputs: [], timeoutMs: 0, memoryLimitMb: 0, jobId: '' });
+const shard = (id: string): ShardAssignment => ({ shardId: id, stepName: 'step', transform: 't', codeVersion: 'sha256:x', inputs: [], timeoutMs: 0, memoryLimitMb: 0, jobId: '', attempt: 0 });
 const tick = () => new Promise((r) => setTimeout(r, 5));
 const quiet = () => {};
 
@@ -201,7 +201,7 @@ describe('dispatcher (fake mesh)', () => {
     await tick();
     expect(d.waiting()).toEqual([{ shardId: 'g', stepName: 'step', reason: expect.stringMatching(/needs gpu ≥ 1/) as unknown as string }]);
     f.set([info('a'), info('gpu', { gpu: 1 })]);
-    f.emit('node:registered', { nodeId: 'gpu', rejoined: false, atMs: 0 });
+    f.emit('node:registered', { nodeId: 'gpu', rejoined: false, restarted: false, atMs: 0 });
     await tick();
     expect(f.assigned('gpu')).toEqual(['g']);
     f.reply('gpu', ['g']);
@@ -223,7 +223,7 @@ describe('dispatcher (fake mesh)', () => {
     expect(await p1).toMatchObject({ nodeId: other, attempts: 2 });
 
     f.set([info('a'), info('b')]);
-    f.emit('node:registered', { nodeId: firstNode, rejoined: true, atMs: 0 });
+    f.emit('node:registered', { nodeId: firstNode, rejoined: true, restarted: true, atMs: 0 });
     const p2 = d.run(shard('y'));
     await tick();
     const yNode = f.sent.filter((s) => s.msg.body?.$case === 'assign').at(-1)?.nodeId as string;
@@ -290,7 +290,7 @@ describe('dispatcher (fake mesh)', () => {
   it('a rejoining node is told its current cap (none), so a stale one does not linger', async () => {
     const f = fakeMesh([info('a')]);
     const d = createDispatcher({ mesh: f.mesh, log: quiet, shardTimeoutMs: 10_000 });
-    f.emit('node:registered', { nodeId: 'a', rejoined: true, atMs: 0 });
+    f.emit('node:registered', { nodeId: 'a', rejoined: true, restarted: false, atMs: 0 });
     expect(f.sent.map((s) => s.msg.body)).toEqual([{ $case: 'throttle', value: { cpuFraction: 0, maxConcurrent: 0 } }]);
     d.stop();
   });
