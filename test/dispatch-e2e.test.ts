@@ -135,6 +135,34 @@ describe('dispatch end to end (real coordinator, real agent processes)', () => {
     expect(dispatcher().waiting()).toEqual([]);
   }, 60_000);
 
+  it('the agent answers a shard placed again while it still runs it for the newest attempt: it joins a live run, and runs again after a cancelled one', async () => {
+    const mesh = shared.mesh;
+    if (!mesh) throw new Error('no mesh');
+    const node = (agents[1] as LocalAgent).nodeId;
+    const joined = shard(600);
+    const rerun = shard(1500);
+    const got: string[] = [];
+    const off = mesh.onMessage((from, m) => {
+      if (from !== node || m.body?.$case !== 'outcomes') return;
+      for (const o of m.body.value.outcomes) got.push(`${o.shardId}#${o.attempt} ${ShardStatus[o.status]}`);
+    });
+    const assign = (a: ShardAssignment) => mesh.send(node, { body: { $case: 'assign', value: { shards: [a] } } });
+    try {
+      assign({ ...joined, attempt: 1 });
+      assign({ ...rerun, attempt: 1 });
+      await new Promise((r) => setTimeout(r, 300));
+      assign({ ...joined, attempt: 2 }); // e.g. after a reconnect: the run goes on and answers attempt 2
+      // The coordinator timed attempt 1 out: it cancels it and places it here again at once.
+      mesh.send(node, { body: { $case: 'cancel', value: { shardIds: [rerun.shardId], reason: 'timed out; reassigned' } } });
+      assign({ ...rerun, parameters: { sleepMs: 50 }, attempt: 2 });
+      await until(() => got.length >= 2, 15_000);
+      await new Promise((r) => setTimeout(r, 200));
+      expect(got.sort()).toEqual([`${joined.shardId}#2 SHARD_STATUS_SUCCEEDED`, `${rerun.shardId}#2 SHARD_STATUS_SUCCEEDED`].sort());
+    } finally {
+      off();
+    }
+  }, 30_000);
+
   it('an agent SIGKILLed with shards in flight: they complete elsewhere, none lost or duplicated', async () => {
     const victim = agents[0] as LocalAgent;
     const shards = Array.from({ length: 24 }, () => shard(1500));
