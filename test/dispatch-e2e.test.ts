@@ -7,6 +7,7 @@ import { ShardStatus, type ShardAssignment } from '../common/gen/retrace/v1/shar
 import { contentHashOf } from '../common/hash.js';
 import { codeExtension } from '../coordinator/code/code-extension.js';
 import { meshExtension } from '../coordinator/mesh/mesh-extension.js';
+import { createDispatcher } from '../coordinator/scheduler/dispatcher.js';
 import { schedulerExtension } from '../coordinator/scheduler/scheduler-extension.js';
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
 import { startLocalAgents, stopLocalAgents, type LocalAgent } from '../scripts/cli/local-agents.js';
@@ -160,6 +161,23 @@ describe('dispatch end to end (real coordinator, real agent processes)', () => {
       expect(got.sort()).toEqual([`${joined.shardId}#2 SHARD_STATUS_SUCCEEDED`, `${rerun.shardId}#2 SHARD_STATUS_SUCCEEDED`].sort());
     } finally {
       off();
+    }
+  }, 30_000);
+
+  it('shards queued on a busy agent are not timed out for waiting: the deadline counts from the node\'s last answer', async () => {
+    const mesh = shared.mesh;
+    if (!mesh) throw new Error('no mesh');
+    const node = (agents[1] as LocalAgent).nodeId;
+    // Its own dispatcher with a short deadline; the agent runs one shard at a time.
+    const d = createDispatcher({ mesh, log: () => {}, shardTimeoutMs: 1500 });
+    mesh.send(node, { body: { $case: 'throttle', value: { cpuFraction: 0, maxConcurrent: 1 } } });
+    try {
+      // 4 x 800 ms one after the other: the last answers about 3.2 s after it was placed.
+      const results = await Promise.all(Array.from({ length: 4 }, () => d.run(shard(800), { placement: { nodeIds: [node] } })));
+      for (const r of results) expect(r, r.outcome.error).toMatchObject({ nodeId: node, attempts: 1, outcome: { status: ShardStatus.SHARD_STATUS_SUCCEEDED } });
+    } finally {
+      d.stop();
+      mesh.send(node, { body: { $case: 'throttle', value: { cpuFraction: 0, maxConcurrent: 0 } } });
     }
   }, 30_000);
 
