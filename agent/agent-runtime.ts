@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { join } from 'node:path';
@@ -218,8 +219,15 @@ export function createAgentRuntime(options: AgentOptions): AgentRuntime {
   });
   const codeVersions = opts.codeVersions ?? (() => codeCache.list());
   let executor: ShardExecutor | undefined;
-  /** Shard ids given to the executor and not yet answered (a duplicate assignment joins the first run). */
-  const running = new Set<string>();
+  /**
+   * Shard ids given to the executor and not yet answered. A re-assignment of a running shard id
+   * (the coordinator placed it again, e.g. after a reconnect) joins the run, whose outcome then
+   * answers the newer attempt; one that comes after the run was cancelled waits for the
+   * cancelled run to end and runs then (see runShard).
+   */
+  const running = new Map<string, { attempt: number; cancelled: boolean; next: ShardAssignment | undefined }>();
+  /** Drawn once per process: a registration with another one tells the coordinator this is a new process. */
+  const processId = randomUUID();
   let outgoing: ShardOutcome[] = [];
   let flushScheduled = false;
   const stopController = new AbortController();
@@ -278,6 +286,7 @@ export function createAgentRuntime(options: AgentOptions): AgentRuntime {
           agentVersion: opts.agentVersion,
           reportIntervalNs: millisToNanos(opts.reportIntervalMs).toString(),
           draining: drainRequested,
+          processId,
         },
       },
     };
@@ -413,7 +422,16 @@ export function createAgentRuntime(options: AgentOptions): AgentRuntime {
         for (const a of body.value.shards) runShard(a);
         break;
       case 'cancel':
-        for (const id of body.value.shardIds) if (running.has(id)) executor?.cancel(id, body.value.reason || 'cancelled by the coordinator');
+        for (const id of body.value.shardIds) {
+          const run = running.get(id);
+          if (!run) continue;
+          // A cancel is for the latest assignment of the id: one still waiting is simply dropped.
+          if (run.next) run.next = undefined;
+          else if (!run.cancelled) {
+            run.cancelled = true;
+            executor?.cancel(id, body.value.reason || 'cancelled by the coordinator');
+          }
+        }
         break;
       case 'throttle':
         try {
@@ -430,15 +448,31 @@ export function createAgentRuntime(options: AgentOptions): AgentRuntime {
   }
 
   function runShard(a: ShardAssignment): void {
-    if (!executor || running.has(a.shardId)) return; // a duplicate assignment: the first run answers
-    running.add(a.shardId);
-    executor.executeThen(a, onOutcome);
+    if (!executor) return;
+    const run = running.get(a.shardId);
+    if (!run) {
+      running.set(a.shardId, { attempt: a.attempt, cancelled: false, next: undefined });
+      executor.executeThen(a, onOutcome);
+      return;
+    }
+    // Placed again while it still runs here. A live run answers for the new attempt (same shard
+    // id, same work: outputs are idempotent by shard id). A cancelled one (the coordinator timed
+    // it out, then placed it here again) would answer CANCELLED: the new attempt runs after it.
+    if (run.cancelled) run.next = a;
+    else run.attempt = Math.max(run.attempt, a.attempt);
   }
 
   function onOutcome(outcome: ShardOutcome): void {
+    const run = running.get(outcome.shardId);
     running.delete(outcome.shardId);
     // A shard cut short by our own shutdown is not an outcome: the coordinator reassigns it.
     if (executorStopped) return;
+    if (run?.next) {
+      // The coordinator gave up on the cancelled attempt and waits for this one only.
+      runShard(run.next);
+      return;
+    }
+    if (run && run.attempt !== outcome.attempt) outcome = { ...outcome, attempt: run.attempt };
     outgoing.push(outcome);
     scheduleFlush();
   }

@@ -388,6 +388,7 @@ export function createShardExecutor(options: ShardExecutorOptions): ShardExecuto
       startedAtNs: ns(startedAtNs),
       endedAtNs: ns(fields.endedAtNs ?? opts.now()),
       nodeId: opts.nodeId,
+      attempt: a.attempt,
     };
   }
 

@@ -112,6 +112,7 @@ function fakeRunner(workMs: number): ShardRunner {
           outputs: [{ key: '', contentHash: contentHashOf(payload), payload, mediaType: 'application/json' }],
           resources: { cpuTimeNs: String(ended - started), peakMemoryBytes: '0', netBytesIn: '0', netBytesOut: '0', diskBytesRead: '0', diskBytesWritten: '0', gpuTimeNs: '0', gpuUtilization: 0, wallTimeNs: String(ended - started) },
           error: '',
+          attempt: assignment.attempt,
           startedAtNs: String(base - (ended - started)),
           endedAtNs: String(base),
           nodeId: 'bench-node',

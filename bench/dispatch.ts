@@ -58,7 +58,7 @@ function noopShard(i: number, codeVersion: string): ShardAssignment {
   return {
     shardId: `bench-${i}`, stepName: 'noop', transform: 'noop', codeVersion,
     inputs: [{ name: 'in', objectId: `o${i}`, contentHash: contentHashOf(payload), payload, key: `k${i}`, eventTimeNs: '0', mediaType: '' }],
-    timeoutMs: 0, memoryLimitMb: 0, jobId: '',
+    timeoutMs: 0, memoryLimitMb: 0, jobId: '', attempt: 0,
   };
 }
 

@@ -159,6 +159,7 @@ function startAgent(address: string, i: number, runId: string): SimAgent {
         agentVersion: 'bench',
         reportIntervalNs: millisToNanos(REPORT_INTERVAL_MS).toString(),
         draining: false,
+        processId: `sim-process-${i}`,
       },
     },
   });

@@ -7,6 +7,7 @@ import { ShardStatus, type ShardAssignment } from '../common/gen/retrace/v1/shar
 import { contentHashOf } from '../common/hash.js';
 import { codeExtension } from '../coordinator/code/code-extension.js';
 import { meshExtension } from '../coordinator/mesh/mesh-extension.js';
+import { createDispatcher } from '../coordinator/scheduler/dispatcher.js';
 import { schedulerExtension } from '../coordinator/scheduler/scheduler-extension.js';
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
 import { startLocalAgents, stopLocalAgents, type LocalAgent } from '../scripts/cli/local-agents.js';
@@ -47,6 +48,7 @@ describe('dispatch end to end (real coordinator, real agent processes)', () => {
       timeoutMs: 0,
       memoryLimitMb: 0,
       jobId: '',
+      attempt: 0,
     };
   }
   const dispatcher = () => {
@@ -133,6 +135,51 @@ describe('dispatch end to end (real coordinator, real agent processes)', () => {
     expect(r.outcome.status).toBe(ShardStatus.SHARD_STATUS_SUCCEEDED);
     expect(dispatcher().waiting()).toEqual([]);
   }, 60_000);
+
+  it('the agent answers a shard placed again while it still runs it for the newest attempt: it joins a live run, and runs again after a cancelled one', async () => {
+    const mesh = shared.mesh;
+    if (!mesh) throw new Error('no mesh');
+    const node = (agents[1] as LocalAgent).nodeId;
+    const joined = shard(600);
+    const rerun = shard(1500);
+    const got: string[] = [];
+    const off = mesh.onMessage((from, m) => {
+      if (from !== node || m.body?.$case !== 'outcomes') return;
+      for (const o of m.body.value.outcomes) got.push(`${o.shardId}#${o.attempt} ${ShardStatus[o.status]}`);
+    });
+    const assign = (a: ShardAssignment) => mesh.send(node, { body: { $case: 'assign', value: { shards: [a] } } });
+    try {
+      assign({ ...joined, attempt: 1 });
+      assign({ ...rerun, attempt: 1 });
+      await new Promise((r) => setTimeout(r, 300));
+      assign({ ...joined, attempt: 2 }); // e.g. after a reconnect: the run goes on and answers attempt 2
+      // The coordinator timed attempt 1 out: it cancels it and places it here again at once.
+      mesh.send(node, { body: { $case: 'cancel', value: { shardIds: [rerun.shardId], reason: 'timed out; reassigned' } } });
+      assign({ ...rerun, parameters: { sleepMs: 50 }, attempt: 2 });
+      await until(() => got.length >= 2, 15_000);
+      await new Promise((r) => setTimeout(r, 200));
+      expect(got.sort()).toEqual([`${joined.shardId}#2 SHARD_STATUS_SUCCEEDED`, `${rerun.shardId}#2 SHARD_STATUS_SUCCEEDED`].sort());
+    } finally {
+      off();
+    }
+  }, 30_000);
+
+  it('shards queued on a busy agent are not timed out for waiting: the deadline counts from the node\'s last answer', async () => {
+    const mesh = shared.mesh;
+    if (!mesh) throw new Error('no mesh');
+    const node = (agents[1] as LocalAgent).nodeId;
+    // Its own dispatcher with a short deadline; the agent runs one shard at a time.
+    const d = createDispatcher({ mesh, log: () => {}, shardTimeoutMs: 1500 });
+    mesh.send(node, { body: { $case: 'throttle', value: { cpuFraction: 0, maxConcurrent: 1 } } });
+    try {
+      // 4 x 800 ms one after the other: the last answers about 3.2 s after it was placed.
+      const results = await Promise.all(Array.from({ length: 4 }, () => d.run(shard(800), { placement: { nodeIds: [node] } })));
+      for (const r of results) expect(r, r.outcome.error).toMatchObject({ nodeId: node, attempts: 1, outcome: { status: ShardStatus.SHARD_STATUS_SUCCEEDED } });
+    } finally {
+      d.stop();
+      mesh.send(node, { body: { $case: 'throttle', value: { cpuFraction: 0, maxConcurrent: 0 } } });
+    }
+  }, 30_000);
 
   it('an agent SIGKILLed with shards in flight: they complete elsewhere, none lost or duplicated', async () => {
     const victim = agents[0] as LocalAgent;

@@ -135,7 +135,7 @@ describe('forecast headroom', () => {
         // Memory had no forecast: the latest reading stands in.
         expect(shared.headroom?.('b')).toEqual({ cpuCores: expect.closeTo(3.8, 6) as number, memoryMb: 6 * 1024 });
       } else expect(shared.headroom).toBeUndefined();
-      const assignment: ShardAssignment = { shardId: `s-${forecastHeadroom}`, stepName: 'step', transform: 't', codeVersion: 'sha256:x', inputs: [], timeoutMs: 0, memoryLimitMb: 0, jobId: '' };
+      const assignment: ShardAssignment = { shardId: `s-${forecastHeadroom}`, stepName: 'step', transform: 't', codeVersion: 'sha256:x', inputs: [], timeoutMs: 0, memoryLimitMb: 0, jobId: '', attempt: 0 };
       void shared.dispatcher?.run(assignment);
       await settle();
       const placedOn = sent.find((s) => s.msg.body?.$case === 'assign')?.nodeId;

@@ -83,6 +83,7 @@ describe('JobService and retrace jobs', () => {
           memoryLimitMb: 0,
           faults: undefined,
           jobId: ctx.jobId,
+          attempt: 0,
         },
         { requirements: { cpu: p.cpu }, signal: ctx.signal },
       );

@@ -26,7 +26,7 @@ import { startMeshServer, waitFor, type MeshServer } from './helpers/mesh-server
 const measured = (name: string, value: number, unit = 'count'): ResourceReading => ({ name, value, text: '', unit, source: ReadingSource.READING_SOURCE_MEASURED });
 
 function registration(nodeId: string, overrides: Partial<Registration> = {}): Registration {
-  return { nodeId, host: 'h1', labels: {}, capabilities: [], codeVersions: [], agentVersion: 't', reportIntervalMs: 100, draining: false, ...overrides };
+  return { nodeId, host: 'h1', labels: {}, capabilities: [], codeVersions: [], agentVersion: 't', reportIntervalMs: 100, draining: false, processId: 'p1', ...overrides };
 }
 
 describe('node registry (fake clock)', () => {
@@ -47,7 +47,7 @@ describe('node registry (fake clock)', () => {
     emitter.on('node:transition', (e) => transitions.push(`${e.from ?? 'NEW'}>${e.to}`));
     const registry = new NodeRegistry(createNodeRecordStore(d), { suspectAfterIntervals: 3, lostAfterIntervals: 10, maxTransitions: 20 }, emitter, clock.now, (_l, e) => logs.push(e));
     await registry.load();
-    return { registry, clock, transitions, logs, db: d };
+    return { registry, clock, transitions, logs, db: d, emitter };
   }
 
   it('moves READY → SUSPECT → LOST on missed reports and back to READY on a report', async () => {
@@ -65,6 +65,26 @@ describe('node registry (fake clock)', () => {
     registry.sweep();
     expect(registry.get('n1')?.record.state).toBe('LOST');
     expect(transitions).toEqual(['NEW>READY', 'READY>SUSPECT', 'SUSPECT>READY', 'READY>SUSPECT', 'SUSPECT>LOST']);
+  });
+
+  it('flags a known node registering from another process (or one that sends no process id) as restarted, not a reconnect of the same one', async () => {
+    const { registry, emitter } = await makeRegistry();
+    const seen: { rejoined: boolean; restarted: boolean }[] = [];
+    emitter.on('node:registered', (e) => seen.push({ rejoined: e.rejoined, restarted: e.restarted }));
+    const reg = async (processId: string, session: number) => {
+      await registry.register(registration('n1', { processId }), session);
+      return registry.get('n1')?.processId;
+    };
+    expect(await reg('p1', 1)).toBe('p1');
+    expect(await reg('p1', 2)).toBe('p1');
+    expect(await reg('p2', 3)).toBe('p2');
+    expect(await reg('', 4)).toBe('');
+    expect(seen).toEqual([
+      { rejoined: false, restarted: false },
+      { rejoined: true, restarted: false },
+      { rejoined: true, restarted: true },
+      { rejoined: true, restarted: true },
+    ]);
   });
 
   it('persists records, reloads them, and rejects illegal transitions', async () => {
@@ -185,7 +205,7 @@ describe('NodeService over gRPC (in-process)', () => {
   }
 
   const register = (nodeId: string): ConnectRequest => ({
-    body: { $case: 'register', value: { nodeId, host: 'h', labels: {}, capabilities: [], codeVersions: [], agentVersion: '', reportIntervalNs: '100000000', draining: false } },
+    body: { $case: 'register', value: { nodeId, host: 'h', labels: {}, capabilities: [], codeVersions: [], agentVersion: '', reportIntervalNs: '100000000', draining: false, processId: '' } },
   });
   const report = (readings: ResourceReading[], timeNs = `${Date.now()}000000`): ConnectRequest => ({
     body: { $case: 'report', value: { timeNs, readings, seq: '1' } },

@@ -18,11 +18,11 @@ function upperRunner(calls: ShardAssignment[]): ShardRunner {
     async run(a) {
       calls.push(a);
       if (new TextDecoder().decode(a.inputs[0]?.payload) === 'fail') {
-        return { outcome: { shardId: a.shardId, status: ShardStatus.SHARD_STATUS_FAILED, outputs: [], resources: undefined, error: 'asked to fail', startedAtNs: '1', endedAtNs: '2', nodeId: 'n' }, nodeId: 'n', attempts: 1, queuedMs: 0 };
+        return { outcome: { shardId: a.shardId, status: ShardStatus.SHARD_STATUS_FAILED, outputs: [], resources: undefined, error: 'asked to fail', startedAtNs: '1', endedAtNs: '2', nodeId: 'n', attempt: 1 }, nodeId: 'n', attempts: 1, queuedMs: 0 };
       }
       const payload = Buffer.from(new TextDecoder().decode(a.inputs[0]?.payload).toUpperCase());
       return {
-        outcome: { shardId: a.shardId, status: ShardStatus.SHARD_STATUS_SUCCEEDED, outputs: [{ key: '', contentHash: contentHashOf(payload), payload, mediaType: 'text/plain' }], resources: undefined, error: '', startedAtNs: '1', endedAtNs: '2', nodeId: 'n' },
+        outcome: { shardId: a.shardId, status: ShardStatus.SHARD_STATUS_SUCCEEDED, outputs: [{ key: '', contentHash: contentHashOf(payload), payload, mediaType: 'text/plain' }], resources: undefined, error: '', startedAtNs: '1', endedAtNs: '2', nodeId: 'n', attempt: 1 },
         nodeId: 'n',
         attempts: 1,
         queuedMs: 0,

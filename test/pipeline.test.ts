@@ -38,7 +38,7 @@ function fakeRunner(calls: ShardAssignment[]): ShardRunner {
       calls.push(assignment);
       const started = BigInt(Date.now()) * 1_000_000n;
       const fn = TRANSFORMS[assignment.transform];
-      const base = { shardId: assignment.shardId, startedAtNs: started.toString(), endedAtNs: (started + 1000n).toString(), nodeId: 'node-a' };
+      const base = { shardId: assignment.shardId, startedAtNs: started.toString(), endedAtNs: (started + 1000n).toString(), nodeId: 'node-a', attempt: 1 };
       const resources = { cpuTimeNs: '1000', peakMemoryBytes: '4096', netBytesIn: '0', netBytesOut: '0', diskBytesRead: '0', diskBytesWritten: '0', gpuTimeNs: '0', gpuUtilization: 0, wallTimeNs: '1000' };
       try {
         if (!fn) throw new Error(`unknown transform ${assignment.transform}`);

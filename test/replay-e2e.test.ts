@@ -96,7 +96,7 @@ describe('replay end to end (real coordinator, real agent processes)', () => {
         name: 'orders',
         sources: [{ name: 'raw', mediaType: 'application/json' }],
         steps: [
-          { name: 'scale', transform: 'scale', codeVersion: versions.scale ?? '', parameters: { factor: 2 }, requirements: undefined, inputs: ['raw'], output: '', timeoutMs: 0 },
+          { name: 'scale', transform: 'scale', codeVersion: versions.scale ?? '', parameters: { factor: 2 }, requirements: undefined, inputs: ['raw'], output: '', timeoutMs: 30_000 },
           { name: 'label', transform: 'label', codeVersion: versions.label ?? '', parameters: {}, requirements: undefined, inputs: ['scale'], output: '', timeoutMs: 0 },
         ],
       },
@@ -126,6 +126,24 @@ describe('replay end to end (real coordinator, real agent processes)', () => {
     const value = step.body?.$case === 'step' ? step.body.value : undefined;
     expect(value?.why).toMatchObject({ kind: TriggerKind.TRIGGER_KIND_REPLAY, id: report.replayId });
     expect(value?.generated[0]?.objectId).toBe(`replay:${report.replayId}/record:orders/label:k2`);
+  });
+
+  it('a replayed shard keeps its pipeline step\'s timeout, as the pipeline run had it', async () => {
+    const dispatcher = shared.dispatcher;
+    if (!dispatcher) throw new Error('no dispatcher');
+    const seen: string[] = [];
+    const run0 = dispatcher.run.bind(dispatcher);
+    dispatcher.run = (a, o) => {
+      seen.push(`${a.stepName} ${a.timeoutMs}`);
+      return run0(a, o);
+    };
+    try {
+      const report = await run({}, one);
+      expect(report.state).toBe(ReplayState.REPLAY_STATE_SUCCEEDED);
+    } finally {
+      dispatcher.run = run0;
+    }
+    expect(seen).toEqual(['scale 30000', 'label 0']);
   });
 
   it('replays a window at 2x in about half the recorded span, keeping the inter-arrival times', async () => {

@@ -122,9 +122,13 @@ function fakeMesh(nodeInfos: NodeInfo[]) {
     emit<E extends keyof MeshEvents>(e: E, p: MeshEvents[E]) {
       for (const l of (listeners[e] ?? []) as ((p: MeshEvents[E]) => void)[]) l(p);
     },
-    reply(nodeId: string, shardIds: string[], status = ShardStatus.SHARD_STATUS_SUCCEEDED) {
-      const outcomes = shardIds.map((shardId) => ({ shardId, status, outputs: [], error: '', startedAtNs: '0', endedAtNs: '0', nodeId }));
+    reply(nodeId: string, shardIds: string[], status = ShardStatus.SHARD_STATUS_SUCCEEDED, attempt = 0) {
+      const outcomes = shardIds.map((shardId) => ({ shardId, status, outputs: [], error: '', startedAtNs: '0', endedAtNs: '0', nodeId, attempt }));
       for (const l of msgListeners) l(nodeId, { body: { $case: 'outcomes', value: { outcomes } } });
+    },
+    /** `shardId#attempt` of every assignment sent, in order. */
+    attempts(nodeId?: string) {
+      return sent.filter((s) => nodeId === undefined || s.nodeId === nodeId).flatMap((s) => (s.msg.body?.$case === 'assign' ? s.msg.body.value.shards.map((a) => `${a.shardId}#${a.attempt}`) : []));
     },
     assigned(nodeId?: string) {
       return sent.filter((s) => (nodeId === undefined || s.nodeId === nodeId) && s.msg.body?.$case === 'assign').flatMap((s) => (s.msg.body?.$case === 'assign' ? s.msg.body.value.shards.map((a) => a.shardId) : []));
@@ -146,7 +150,7 @@ function fakeMesh(nodeInfos: NodeInfo[]) {
     },
   };
 }
-const shard = (id: string): ShardAssignment => ({ shardId: id, stepName: 'step', transform: 't', codeVersion: 'sha256:x', inputs: [], timeoutMs: 0, memoryLimitMb: 0, jobId: '' });
+const shard = (id: string): ShardAssignment => ({ shardId: id, stepName: 'step', transform: 't', codeVersion: 'sha256:x', inputs: [], timeoutMs: 0, memoryLimitMb: 0, jobId: '', attempt: 0 });
 const tick = () => new Promise((r) => setTimeout(r, 5));
 const quiet = () => {};
 
@@ -201,7 +205,7 @@ describe('dispatcher (fake mesh)', () => {
     await tick();
     expect(d.waiting()).toEqual([{ shardId: 'g', stepName: 'step', reason: expect.stringMatching(/needs gpu ≥ 1/) as unknown as string }]);
     f.set([info('a'), info('gpu', { gpu: 1 })]);
-    f.emit('node:registered', { nodeId: 'gpu', rejoined: false, atMs: 0 });
+    f.emit('node:registered', { nodeId: 'gpu', rejoined: false, restarted: false, atMs: 0 });
     await tick();
     expect(f.assigned('gpu')).toEqual(['g']);
     f.reply('gpu', ['g']);
@@ -223,7 +227,7 @@ describe('dispatcher (fake mesh)', () => {
     expect(await p1).toMatchObject({ nodeId: other, attempts: 2 });
 
     f.set([info('a'), info('b')]);
-    f.emit('node:registered', { nodeId: firstNode, rejoined: true, atMs: 0 });
+    f.emit('node:registered', { nodeId: firstNode, rejoined: true, restarted: true, atMs: 0 });
     const p2 = d.run(shard('y'));
     await tick();
     const yNode = f.sent.filter((s) => s.msg.body?.$case === 'assign').at(-1)?.nodeId as string;
@@ -287,10 +291,74 @@ describe('dispatcher (fake mesh)', () => {
     expect(throttles()).toEqual([0.5, 0.25, 0.5, 0]);
     d.stop();
   });
+  it('an attempt\'s deadline is the shard\'s own timeout plus the margin when it has one, shardTimeoutMs when not', async () => {
+    const f = fakeMesh([info('a')]);
+    const d = createDispatcher({ mesh: f.mesh, log: quiet, shardTimeoutMs: 40, deadlineMarginMs: 100 });
+    const own = d.run({ ...shard('own'), timeoutMs: 5000 });
+    const plain = d.run(shard('plain'));
+    await new Promise((r) => setTimeout(r, 150));
+    // 'plain' was taken back after 40 ms (and placed again); 'own' has 5100 ms.
+    expect(f.attempts('a').filter((s) => s.startsWith('own'))).toEqual(['own#1']);
+    expect(f.attempts('a').filter((s) => s.startsWith('plain')).length).toBeGreaterThan(1);
+    f.reply('a', ['own'], ShardStatus.SHARD_STATUS_SUCCEEDED, 1);
+    expect(await own).toMatchObject({ nodeId: 'a', attempts: 1 });
+    const r = await plain;
+    expect(r.outcome.error).toMatch(/gave up after 3 attempts: attempt timed out after 40 ms/);
+    d.stop();
+  });
+  it('a shard queued behind others on a busy node is not timed out while that node keeps answering', async () => {
+    const f = fakeMesh([info('a')]);
+    const d = createDispatcher({ mesh: f.mesh, log: quiet, shardTimeoutMs: 250 });
+    const ids = ['q1', 'q2', 'q3', 'q4', 'q5'];
+    const runs = ids.map((id) => d.run(shard(id)));
+    await tick();
+    // The node runs one at a time, 70 ms each: q5 answers 350 ms after it was placed.
+    for (const id of ids) {
+      await new Promise((r) => setTimeout(r, 70));
+      f.reply('a', [id], ShardStatus.SHARD_STATUS_SUCCEEDED, 1);
+    }
+    for (const r of await Promise.all(runs)) expect(r).toMatchObject({ nodeId: 'a', attempts: 1 });
+    expect(f.attempts('a')).toEqual(['q1#1', 'q2#1', 'q3#1', 'q4#1', 'q5#1']);
+    d.stop();
+  });
+  it('the cancel echo of a timed-out attempt does not count against the next attempt on the same node', async () => {
+    const f = fakeMesh([info('a')]);
+    const d = createDispatcher({ mesh: f.mesh, log: quiet, shardTimeoutMs: 60, maxAttempts: 3 });
+    const p = d.run(shard('e'));
+    await new Promise((r) => setTimeout(r, 100));
+    // Timed out, cancelled, and placed on the same node again as attempt 2.
+    expect(f.attempts('a').slice(0, 2)).toEqual(['e#1', 'e#2']);
+    f.reply('a', ['e'], ShardStatus.SHARD_STATUS_CANCELLED, 1); // the first attempt's answer to the cancel
+    f.reply('a', ['e'], ShardStatus.SHARD_STATUS_FAILED, 1); // and anything else it says late
+    await tick();
+    f.reply('a', ['e'], ShardStatus.SHARD_STATUS_SUCCEEDED, 2);
+    const r = await p;
+    expect(r.outcome.status).toBe(ShardStatus.SHARD_STATUS_SUCCEEDED);
+    expect(r.attempts).toBe(2);
+    d.stop();
+  });
+  it('a node that registers again as a new process gives its shards back at once; a reconnect of the same process keeps them', async () => {
+    const f = fakeMesh([info('a'), info('b', { load: 90 })]);
+    const d = createDispatcher({ mesh: f.mesh, log: quiet, shardTimeoutMs: 60_000 });
+    const p = d.run(shard('r'));
+    await tick();
+    expect(f.attempts()).toEqual(['r#1']);
+    const first = f.sent.find((s) => s.msg.body?.$case === 'assign')?.nodeId as string;
+    f.emit('node:registered', { nodeId: first, rejoined: true, restarted: false, atMs: 0 });
+    await tick();
+    expect(f.attempts()).toEqual(['r#1']);
+    f.emit('node:registered', { nodeId: first, rejoined: true, restarted: true, atMs: 0 });
+    await tick();
+    expect(f.attempts()).toEqual(['r#1', 'r#2']);
+    const second = f.sent.filter((s) => s.msg.body?.$case === 'assign').at(-1)?.nodeId as string;
+    f.reply(second, ['r'], ShardStatus.SHARD_STATUS_SUCCEEDED, 2);
+    expect(await p).toMatchObject({ attempts: 2 });
+    d.stop();
+  });
   it('a rejoining node is told its current cap (none), so a stale one does not linger', async () => {
     const f = fakeMesh([info('a')]);
     const d = createDispatcher({ mesh: f.mesh, log: quiet, shardTimeoutMs: 10_000 });
-    f.emit('node:registered', { nodeId: 'a', rejoined: true, atMs: 0 });
+    f.emit('node:registered', { nodeId: 'a', rejoined: true, restarted: false, atMs: 0 });
     expect(f.sent.map((s) => s.msg.body)).toEqual([{ $case: 'throttle', value: { cpuFraction: 0, maxConcurrent: 0 } }]);
     d.stop();
   });

@@ -163,6 +163,7 @@ describe('shard executor (real worker threads)', () => {
       timeoutMs: 0,
       memoryLimitMb: 0,
       jobId: '',
+      attempt: 0,
       ...over,
     };
   }

@@ -3,8 +3,11 @@ import type { NodeStateName } from './node-record-store.js';
 
 /** Events of the node mesh, by name (`noun:verb`). Times are ms since the epoch. */
 export interface MeshEvents {
-  /** A node registered on a Connect stream; `rejoined` when its id was known. */
-  'node:registered': { nodeId: string; rejoined: boolean; atMs: number };
+  /**
+   * A node registered on a Connect stream; `rejoined` when its id was known, `restarted` when
+   * it was known and this is another agent process than the last one (or one that does not say).
+   */
+  'node:registered': { nodeId: string; rejoined: boolean; restarted: boolean; atMs: number };
   /** Any state change, including the first (from null). */
   'node:transition': { nodeId: string; from: NodeStateName | null; to: NodeStateName; reason: string; atMs: number };
   /** A report was validated and its samples appended to the history store. */

@@ -55,6 +55,7 @@ export function validateRegistration(
     if (v.length === 0 || v.length > 200) throw new InvalidArgumentError(`${f}.code_versions[${i}]`, 'must be 1..200 characters');
   });
   if (reg.agentVersion.length > 64) throw new InvalidArgumentError(`${f}.agent_version`, 'longer than 64 characters');
+  if (reg.processId.length > 64) throw new InvalidArgumentError(`${f}.process_id`, 'longer than 64 characters');
   const askedMs = Number(parseNanos(reg.reportIntervalNs || '0', `${f}.report_interval_ns`)) / 1e6;
   // The coordinator holds the agent to an interval within its bounds rather than refusing it:
   // an agent configured for 10 ms still joins, at the minimum rate.
@@ -68,6 +69,7 @@ export function validateRegistration(
     agentVersion: reg.agentVersion,
     reportIntervalMs,
     draining: reg.draining,
+    processId: reg.processId,
   };
 }
 

@@ -42,6 +42,8 @@ export interface LiveNode {
   lastSeenMs: number;
   /** The Connect session that owns the node now; 0 when none. */
   sessionId: number;
+  /** The process id of the node's last registration ('' when none or not sent). */
+  processId: string;
   /** Serialises this node's record writes so they land in order. */
   persisting: Promise<void>;
 }
@@ -57,6 +59,8 @@ export interface Registration {
   reportIntervalMs: number;
   /** The registering process was already draining (a reconnect, not a restart). */
   draining: boolean;
+  /** The agent process's own id ('' when it sends none): another one under a known node id is a restart. */
+  processId: string;
 }
 
 const STATE_TO_PROTO: Readonly<Record<NodeStateName, NodeState>> = {
@@ -138,7 +142,7 @@ export class NodeRegistry {
   async load(): Promise<void> {
     const now = this.now();
     for (const record of await this.store.all()) {
-      this.nodes.set(record.nodeId, { record, latest: [], connected: false, rttMs: 0, lastSeenMs: now, sessionId: 0, persisting: Promise.resolve() });
+      this.nodes.set(record.nodeId, { record, latest: [], connected: false, rttMs: 0, lastSeenMs: now, sessionId: 0, processId: '', persisting: Promise.resolve() });
     }
     this.log('info', 'mesh:loaded', { nodes: this.nodes.size });
   }
@@ -168,6 +172,10 @@ export class NodeRegistry {
     const now = this.now();
     let node = this.nodes.get(reg.nodeId);
     const rejoined = node !== undefined;
+    // Another process than the last one registered runs none of its shards. Without process ids
+    // (an older agent) a restart cannot be told from a reconnect: counted as one, the safe side
+    // (shards run again, and outputs are idempotent by shard id).
+    const restarted = node !== undefined && (reg.processId === '' || node.processId !== reg.processId);
     if (!node) {
       node = {
         record: {
@@ -190,6 +198,7 @@ export class NodeRegistry {
         rttMs: 0,
         lastSeenMs: now,
         sessionId,
+        processId: reg.processId,
         persisting: Promise.resolve(),
       };
       this.nodes.set(reg.nodeId, node);
@@ -210,13 +219,14 @@ export class NodeRegistry {
       r.drainReason = reg.draining ? r.drainReason || 'agent was draining' : '';
       node.connected = true;
       node.sessionId = sessionId;
+      node.processId = reg.processId;
       node.lastSeenMs = now;
       const target: NodeStateName = r.drainReason ? 'DRAINING' : 'READY';
       if (r.state !== target) this.transition(node, target, 'rejoined');
     }
     await this.persist(node);
-    this.log('info', 'node:registered', { nodeId: reg.nodeId, host: reg.host, rejoined, state: node.record.state });
-    this.emitter.emit('node:registered', { nodeId: reg.nodeId, rejoined, atMs: now });
+    this.log('info', 'node:registered', { nodeId: reg.nodeId, host: reg.host, rejoined, restarted, state: node.record.state });
+    this.emitter.emit('node:registered', { nodeId: reg.nodeId, rejoined, restarted, atMs: now });
     return { node, rejoined };
   }
 

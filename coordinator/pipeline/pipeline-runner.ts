@@ -483,6 +483,8 @@ export class PipelineRunner {
           memoryLimitMb: step.requirements?.memoryMb ?? 0,
           faults: undefined,
           jobId: '',
+          // Set by the dispatcher for each placement.
+          attempt: 0,
         };
         tally.shardsRun++;
         const runOptions: { requirements?: TransformRequirements; signal?: AbortSignal } = {};

@@ -185,6 +185,8 @@ export class RecomputeExecutor implements JobExecutor {
       memoryLimitMb: t.requirements?.memoryMb ?? 0,
       faults: undefined,
       jobId: ctx.jobId,
+      // Set by the dispatcher for each placement.
+      attempt: 0,
     };
     const options: Parameters<RecomputeShardRunner['run']>[1] = { signal: ctx.signal };
     if (t.requirements) options.requirements = t.requirements;

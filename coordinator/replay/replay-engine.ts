@@ -41,6 +41,11 @@ export interface ReplayEngineDeps {
   log: (line: string) => void;
   /** Records replayed at once at most (default 32). */
   concurrency?: number;
+  /**
+   * The timeout (ms, 0 = the agent's default) of a pipeline step as version `version` of its
+   * pipeline defines it; undefined when unknown. Without it every replayed shard gets the agent's default.
+   */
+  stepTimeoutMs?: (pipeline: string, version: number, step: string) => Promise<number | undefined>;
 }
 
 /** One recorded step of a record's path, as replay needs it. */
@@ -81,6 +86,8 @@ interface ReplayJob {
   flushTimer?: NodeJS.Timeout | undefined;
   /** The progress writes, in order. */
   flushing: Promise<void>;
+  /** Pipeline step timeouts looked up, by `pipeline@version/step`. */
+  timeouts?: Map<string, Promise<number>>;
 }
 
 /**
@@ -652,10 +659,12 @@ export class ReplayEngine {
         codeVersion,
         parameters,
         inputs,
-        timeoutMs: 0,
+        timeoutMs: await this.timeoutOf(job, step),
         memoryLimitMb: policy.placement.maxMemoryMb ?? 0,
         faults: { addedLatencyMs: policy.addedLatencyMs, fail },
         jobId: job.id,
+        // Set by the dispatcher for each placement.
+        attempt: 0,
       };
       // Drawn now (record order), cut when the shard is sent: the record may be prepared early.
       const outage = policy.linkOutageProbability > 0 && rng() < policy.linkOutageProbability && step.nodeId ? step.nodeId : undefined;
@@ -778,6 +787,29 @@ export class ReplayEngine {
   }
 
   /** Resolves when the next release of a paced replay is at least QUIET_MS away (at once otherwise). */
+  /**
+   * The recorded step's timeout: that of its step in the pipeline version that recorded it (the
+   * runner's `retrace` facet names both), as the pipeline runner and recompute set it; 0 (the
+   * agent's default) for steps recorded by other producers or pipelines no longer stored.
+   */
+  private timeoutOf(job: ReplayJob, step: Step): Promise<number> {
+    const lookup = this.deps.stepTimeoutMs;
+    const facet = (step.facets as { retrace?: { pipeline?: unknown; pipelineVersion?: unknown; step?: unknown } } | undefined)?.retrace;
+    if (!lookup || typeof facet?.pipeline !== 'string' || typeof facet.step !== 'string') return Promise.resolve(0);
+    const version = typeof facet.pipelineVersion === 'number' ? facet.pipelineVersion : 0;
+    const key = `${facet.pipeline}@${version}/${facet.step}`;
+    const cache = (job.timeouts ??= new Map());
+    let found = cache.get(key);
+    if (!found) {
+      found = lookup(facet.pipeline, version, facet.step).then(
+        (ms) => ms ?? 0,
+        () => 0,
+      );
+      cache.set(key, found);
+    }
+    return found;
+  }
+
   private async quiet(job: ReplayJob): Promise<void> {
     for (let p = job.pacing; p && p.nextAtMs - performance.now() < QUIET_MS; p = job.pacing) await p.released;
   }

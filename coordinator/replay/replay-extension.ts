@@ -3,12 +3,13 @@ import { InvalidArgumentError } from '../../common/errors.js';
 import type { CoordinatorExtension, ExtensionFactory } from '../coordinator.js';
 import type { NodeInfo } from '../../common/gen/retrace/v1/node.js';
 import { allocate, toNodeView } from '../scheduler/allocator.js';
+import type { PipelineStore } from '../pipeline/pipeline-store.js';
 import { ReplayEngine, type ReplayPayloads, type ReplayShardRunner } from './replay-engine.js';
 
 /** What the replay extension reads from the extensions before it. */
 export interface ReplayShared {
   dispatcher?: ReplayShardRunner;
-  pipelines?: { payloads: ReplayPayloads };
+  pipelines?: { payloads: ReplayPayloads; store?: Pick<PipelineStore, 'get'> };
   mesh?: { nodes(): readonly NodeInfo[] };
   replay?: ReplayEngine;
 }
@@ -28,6 +29,13 @@ export function replayExtension(shared: ReplayShared): ExtensionFactory {
       },
       clock: ctx.clock,
       log: ctx.log,
+      async stepTimeoutMs(pipeline, version, step) {
+        const store = shared.pipelines?.store;
+        if (!store) return undefined;
+        // The recorded version, else the latest (a version never stored reads as unknown).
+        const pv = await store.get(pipeline, version).catch(() => store.get(pipeline));
+        return pv.pipeline?.steps.find((s) => s.name === step)?.timeoutMs;
+      },
     });
     shared.replay = engine;
     const implementation: ReplayServiceImplementation = {

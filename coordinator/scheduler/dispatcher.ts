@@ -19,8 +19,16 @@ export interface DispatcherOptions {
   now?: () => number;
   /** Shards in flight on one agent at most; more wait in the coordinator (default 64). */
   maxInFlightPerNode?: number;
-  /** One attempt may take this long before the shard is given to another node (default 60000). */
+  /**
+   * How long an attempt of a shard without its own timeout (`timeoutMs` 0) may go unanswered
+   * before it is given to another node (default 60000). A shard with a timeout gets that timeout
+   * plus `deadlineMarginMs`. Either is counted from the later of its placement and the last
+   * outcome its node reported, so that time spent queued behind other shards on a busy agent
+   * does not count: only a node that answers nothing for that long loses its shards this way.
+   */
   shardTimeoutMs?: number;
+  /** Added to a shard's own timeout for its coordinator deadline: transfer and worker start, ms (default 10000). */
+  deadlineMarginMs?: number;
   /** Attempts before a shard ends FAILED (default 3). */
   maxAttempts?: number;
   /** Shards per ShardBatch frame at most (default 256). */
@@ -63,10 +71,12 @@ export interface WaitingShard {
 export interface Dispatcher {
   /**
    * Places the shard (allocator.ts), sends it batched on the node's Connect stream and resolves
-   * with the first outcome reported for its shard id. A node that goes LOST/LEFT, a link outage
-   * or an attempt running past `shardTimeoutMs` moves the shard to another node; after
-   * `maxAttempts` it resolves FAILED. `signal` resolves it CANCELLED (and cancels it on the agent).
-   * Running a shard id that is already running joins that run.
+   * with the first outcome reported for its shard id. A node that goes LOST/LEFT or registers
+   * as a new process, a link outage or an attempt past its deadline (see `shardTimeoutMs`) moves
+   * the shard to another node; after `maxAttempts` it resolves FAILED. Each placement is sent
+   * with its attempt number; a failure reported for an earlier one is ignored. `signal` resolves
+   * it CANCELLED (and cancels it on the agent). Running a shard id that is already running joins
+   * that run.
    */
   run(assignment: ShardAssignment, options?: RunOptions): Promise<DispatchResult>;
   /** Shards no node can take now, with the reason. */
@@ -90,7 +100,10 @@ interface Entry {
   startedMs: number;
   queuedMs: number;
   nodeId: string | undefined;
-  deadlineMs: number;
+  /** When the current attempt was placed (`now()` clock). */
+  placedMs: number;
+  /** How long the current attempt may go without an answer from its node, ms. */
+  budgetMs: number;
   cpu: number;
   memMb: number;
   resolve: (r: DispatchResult) => void;
@@ -117,9 +130,11 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
   const shardTimeoutMs = options.shardTimeoutMs ?? 60_000;
   const maxAttempts = options.maxAttempts ?? 3;
   const maxBatch = options.maxBatch ?? 256;
+  const deadlineMarginMs = options.deadlineMarginMs ?? 10_000;
   for (const [k, v] of Object.entries({ maxInFlightPerNode: maxInFlight, shardTimeoutMs, maxAttempts, maxBatch })) {
     if (!Number.isFinite(v) || v <= 0) throw new InvalidArgumentError(k, `must be a positive number, got ${v}`);
   }
+  if (!Number.isFinite(deadlineMarginMs) || deadlineMarginMs < 0) throw new InvalidArgumentError('deadlineMarginMs', `must be a number ≥ 0, got ${deadlineMarginMs}`);
   const mesh = options.mesh;
   const active = new Map<string, Entry>();
   const classes = new Map<string, ShardClass>();
@@ -127,6 +142,8 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
   const load = new Map<string, NodeLoad>();
   const outbox = new Map<string, ShardAssignment[]>();
   const outages = new Map<string, number>(options.linkFaults ?? []);
+  /** When each node last reported an outcome (`now()` clock): its queue is moving. */
+  const progressed = new Map<string, number>();
   /** The CPU fraction last sent to each node (absent or 0: no cap). */
   const throttled = new Map<string, number>();
   /** Capped shards placed on each node, by their maxCpuFraction: the node's cap is the smallest. */
@@ -252,7 +269,7 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
 
   function failed(e: Entry, status: ShardStatus, error: string): ShardOutcome {
     const t = millisToNanos(now()).toString();
-    return { shardId: e.assignment.shardId, status, outputs: [], error, startedAtNs: t, endedAtNs: t, nodeId: '' };
+    return { shardId: e.assignment.shardId, status, outputs: [], error, startedAtNs: t, endedAtNs: t, nodeId: '', attempt: e.attempts };
   }
 
   /** Takes the shard back from its node (lost, outage, timeout) and queues it again, or fails it. */
@@ -280,7 +297,9 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
     e.nodeId = nodeId;
     e.attempts++;
     e.queuedMs = now() - e.startedMs;
-    e.deadlineMs = now() + shardTimeoutMs;
+    e.placedMs = now();
+    const own = e.assignment.timeoutMs;
+    e.budgetMs = own > 0 ? own + deadlineMarginMs : shardTimeoutMs;
     let m = onNode.get(nodeId);
     if (!m) onNode.set(nodeId, (m = new Map()));
     m.set(e.assignment.shardId, e);
@@ -298,7 +317,8 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
     }
     let box = outbox.get(nodeId);
     if (!box) outbox.set(nodeId, (box = []));
-    box.push(e.assignment);
+    // Numbered, so that the agent's outcome says which placement it answers.
+    box.push({ ...e.assignment, attempt: e.attempts });
   }
 
   /** Still to be placed from its class's queue (not finished, not placed). */
@@ -368,18 +388,25 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
   function onOutcomes(nodeId: string, msg: ConnectRequest): void {
     if (msg.body?.$case !== 'outcomes') return;
     if (inOutage(nodeId)) return; // dropped on the (simulated) wire
+    progressed.set(nodeId, now());
     for (const o of msg.body.value.outcomes) {
       const e = active.get(o.shardId);
       // The first outcome of a shard id wins; late ones (a reassigned shard finishing on its
       // first node too) are ignored: outputs are idempotent by shard id.
       if (!e) continue;
       const ranOn = o.nodeId || nodeId;
+      // An outcome of an earlier placement (0: an agent that does not number them) says nothing
+      // about the current one: a success still settles the shard (same shard id, same outputs),
+      // anything else is left to the current attempt.
+      const earlier = o.attempt !== 0 && o.attempt !== e.attempts;
       if (o.status === ShardStatus.SHARD_STATUS_CANCELLED) {
         // Not ours (ours resolve before the cancel is sent): the agent stopped it, e.g. while
-        // shutting down. Run it elsewhere; a cancel echo from a node it has left is ignored.
-        if (e.nodeId === ranOn) requeue(e, `cancelled on ${ranOn}: ${o.error}`);
+        // shutting down. Run it elsewhere; a cancel echo from a node it has left, or of an
+        // attempt cancelled on a timeout, is ignored.
+        if (e.nodeId === ranOn && !earlier) requeue(e, `cancelled on ${ranOn}: ${o.error}`);
         continue;
       }
+      if (earlier && o.status !== ShardStatus.SHARD_STATUS_SUCCEEDED) continue;
       if (e.nodeId !== undefined && e.nodeId !== ranOn) {
         send(e.nodeId, { body: { $case: 'cancel', value: { shardIds: [o.shardId], reason: `completed on ${ranOn}` } } });
       }
@@ -391,6 +418,10 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
     mesh.onMessage(onOutcomes),
     mesh.on('node:registered', (r) => {
       viewsStale = true;
+      progressed.delete(r.nodeId);
+      // A new agent process under a known id runs none of the shards placed on the old one:
+      // they go elsewhere (or back to it) now, not when their deadline passes.
+      if (r.restarted) evacuate(r.nodeId, 'node restarted');
       // A rejoining agent may still hold a cap from before it was lost: tell it the current one.
       if (r.rejoined) sendThrottle(r.nodeId, capOf(r.nodeId));
       schedule();
@@ -399,6 +430,7 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
       viewsStale = true;
       if (t.to === 'LOST' || t.to === 'LEFT') {
         throttled.delete(t.nodeId);
+        progressed.delete(t.nodeId);
         evacuate(t.nodeId, t.to);
       }
       schedule();
@@ -421,11 +453,12 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
         schedule();
       }
     }
-    for (const m of onNode.values()) {
+    for (const [nodeId, m] of onNode) {
+      const moved = progressed.get(nodeId) ?? 0;
       for (const e of [...m.values()]) {
-        if (t >= e.deadlineMs) {
-          if (e.nodeId) send(e.nodeId, { body: { $case: 'cancel', value: { shardIds: [e.assignment.shardId], reason: 'timed out; reassigned' } } });
-          requeue(e, `attempt timed out after ${shardTimeoutMs} ms`);
+        if (t >= Math.max(e.placedMs, moved) + e.budgetMs) {
+          send(nodeId, { body: { $case: 'cancel', value: { shardIds: [e.assignment.shardId], reason: 'timed out; reassigned' } } });
+          requeue(e, `attempt timed out after ${e.budgetMs} ms without an answer from node ${nodeId}`);
         }
       }
     }
@@ -448,7 +481,8 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
         startedMs: now(),
         queuedMs: 0,
         nodeId: undefined,
-        deadlineMs: Number.POSITIVE_INFINITY,
+        placedMs: 0,
+        budgetMs: shardTimeoutMs,
         cpu: r?.cpu ?? 0,
         memMb: r?.memoryMb ?? 0,
         resolve,

@@ -287,6 +287,12 @@ export interface AgentRegistration {
   reportIntervalNs: string;
   /** True when this process was already draining before it reconnected. */
   draining: boolean;
+  /**
+   * Random id the agent process draws at start and sends on every (re)connect: a node id
+   * registering with another one is a new process, which runs none of its predecessor's shards.
+   * Empty from agents that do not send one.
+   */
+  processId: string;
 }
 
 export interface AgentRegistration_LabelsEntry {
@@ -1631,6 +1637,7 @@ function createBaseAgentRegistration(): AgentRegistration {
     agentVersion: "",
     reportIntervalNs: "0",
     draining: false,
+    processId: "",
   };
 }
 
@@ -1659,6 +1666,9 @@ export const AgentRegistration: MessageFns<AgentRegistration> = {
     }
     if (message.draining !== false) {
       writer.uint32(64).bool(message.draining);
+    }
+    if (message.processId !== "") {
+      writer.uint32(74).string(message.processId);
     }
     return writer;
   },
@@ -1743,6 +1753,14 @@ export const AgentRegistration: MessageFns<AgentRegistration> = {
             message.draining = reader.bool();
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.processId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1796,6 +1814,11 @@ export const AgentRegistration: MessageFns<AgentRegistration> = {
         ? globalThis.String(object.report_interval_ns)
         : "0",
       draining: isSet(object.draining) ? globalThis.Boolean(object.draining) : false,
+      processId: isSet(object.processId)
+        ? globalThis.String(object.processId)
+        : isSet(object.process_id)
+        ? globalThis.String(object.process_id)
+        : "",
     };
   },
 
@@ -1831,6 +1854,9 @@ export const AgentRegistration: MessageFns<AgentRegistration> = {
     if (message.draining !== false) {
       obj.draining = message.draining;
     }
+    if (message.processId !== "") {
+      obj.processId = message.processId;
+    }
     return obj;
   },
 
@@ -1855,6 +1881,7 @@ export const AgentRegistration: MessageFns<AgentRegistration> = {
     message.agentVersion = object.agentVersion ?? "";
     message.reportIntervalNs = object.reportIntervalNs ?? "0";
     message.draining = object.draining ?? false;
+    message.processId = object.processId ?? "";
     return message;
   },
 };

@@ -109,6 +109,12 @@ export interface ShardAssignment {
     | undefined;
   /** Replay or recompute job id, or empty for live runs. */
   jobId: string;
+  /**
+   * Which placement of this shard id this is (1, 2, ...); 0 from a coordinator that does not
+   * count. The agent echoes it in the outcome, so that the outcome of an earlier attempt is never
+   * taken for a later one.
+   */
+  attempt: number;
 }
 
 export interface ShardInput {
@@ -146,6 +152,8 @@ export interface ShardOutcome {
   startedAtNs: string;
   endedAtNs: string;
   nodeId: string;
+  /** The assignment's attempt this outcome answers (0 when the assignment had none). */
+  attempt: number;
 }
 
 export interface ShardBatch {
@@ -181,6 +189,7 @@ function createBaseShardAssignment(): ShardAssignment {
     memoryLimitMb: 0,
     faults: undefined,
     jobId: "",
+    attempt: 0,
   };
 }
 
@@ -215,6 +224,9 @@ export const ShardAssignment: MessageFns<ShardAssignment> = {
     }
     if (message.jobId !== "") {
       writer.uint32(82).string(message.jobId);
+    }
+    if (message.attempt !== 0) {
+      writer.uint32(88).uint32(message.attempt);
     }
     return writer;
   },
@@ -312,6 +324,14 @@ export const ShardAssignment: MessageFns<ShardAssignment> = {
             message.jobId = reader.string();
             continue;
           }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.attempt = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -360,6 +380,7 @@ export const ShardAssignment: MessageFns<ShardAssignment> = {
         : isSet(object.job_id)
         ? globalThis.String(object.job_id)
         : "",
+      attempt: isSet(object.attempt) ? globalThis.Number(object.attempt) : 0,
     };
   },
 
@@ -395,6 +416,9 @@ export const ShardAssignment: MessageFns<ShardAssignment> = {
     if (message.jobId !== "") {
       obj.jobId = message.jobId;
     }
+    if (message.attempt !== 0) {
+      obj.attempt = Math.round(message.attempt);
+    }
     return obj;
   },
 
@@ -415,6 +439,7 @@ export const ShardAssignment: MessageFns<ShardAssignment> = {
       ? ShardFaults.fromPartial(object.faults)
       : undefined;
     message.jobId = object.jobId ?? "";
+    message.attempt = object.attempt ?? 0;
     return message;
   },
 };
@@ -832,6 +857,7 @@ function createBaseShardOutcome(): ShardOutcome {
     startedAtNs: "0",
     endedAtNs: "0",
     nodeId: "",
+    attempt: 0,
   };
 }
 
@@ -860,6 +886,9 @@ export const ShardOutcome: MessageFns<ShardOutcome> = {
     }
     if (message.nodeId !== "") {
       writer.uint32(66).string(message.nodeId);
+    }
+    if (message.attempt !== 0) {
+      writer.uint32(72).uint32(message.attempt);
     }
     return writer;
   },
@@ -941,6 +970,14 @@ export const ShardOutcome: MessageFns<ShardOutcome> = {
             message.nodeId = reader.string();
             continue;
           }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.attempt = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -979,6 +1016,7 @@ export const ShardOutcome: MessageFns<ShardOutcome> = {
         : isSet(object.node_id)
         ? globalThis.String(object.node_id)
         : "",
+      attempt: isSet(object.attempt) ? globalThis.Number(object.attempt) : 0,
     };
   },
 
@@ -1008,6 +1046,9 @@ export const ShardOutcome: MessageFns<ShardOutcome> = {
     if (message.nodeId !== "") {
       obj.nodeId = message.nodeId;
     }
+    if (message.attempt !== 0) {
+      obj.attempt = Math.round(message.attempt);
+    }
     return obj;
   },
 
@@ -1026,6 +1067,7 @@ export const ShardOutcome: MessageFns<ShardOutcome> = {
     message.startedAtNs = object.startedAtNs ?? "0";
     message.endedAtNs = object.endedAtNs ?? "0";
     message.nodeId = object.nodeId ?? "";
+    message.attempt = object.attempt ?? 0;
     return message;
   },
 };
