@@ -2,6 +2,8 @@ import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { createServer, type Server, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
+import { meshExtension } from '../coordinator/mesh/mesh-extension.js';
+import { startTestCoordinator } from './helpers/test-coordinator.js';
 
 /** The `retrace` command as a real process: what a shell sees when a pipe closes or Ctrl-C comes. */
 const CLI = new URL('../scripts/retrace.mjs', import.meta.url).pathname;
@@ -10,8 +12,10 @@ function run(args: string[]) {
   const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+  let stdout = '';
+  child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
   const exited = once(child, 'exit').then(([code]) => code as number | null);
-  return { child, exited, stderr: () => stderr };
+  return { child, exited, stderr: () => stderr, stdout: () => stdout };
 }
 
 describe('retrace as a process', () => {
@@ -28,6 +32,23 @@ describe('retrace as a process', () => {
     expect(await p.exited).toBe(0);
     expect(p.stderr()).toBe('');
   }, 20_000);
+
+  it('Ctrl-C on a watch that ends quietly still exits 130 (143 for SIGTERM), saying so', async () => {
+    const tc = await startTestCoordinator({ quiet: true, extensions: [meshExtension()] });
+    try {
+      for (const [signal, code] of [['SIGINT', 130], ['SIGTERM', 143]] as const) {
+        const p = run(['nodes', '--watch', '--coordinator', tc.grpcAddress, '--token', tc.token]);
+        // The watch is up once it has drawn the (empty) inventory.
+        for (let i = 0; i < 200 && p.stdout() === ''; i++) await new Promise((r) => setTimeout(r, 50));
+        expect(p.stdout()).not.toBe('');
+        p.child.kill(signal);
+        expect(await p.exited).toBe(code);
+        expect(p.stderr()).toBe(`interrupted (${signal})\n`);
+      }
+    } finally {
+      await tc.stop();
+    }
+  }, 30_000);
 
   it('Ctrl-C during a call says "interrupted" and exits 130, without calling it unexpected', async () => {
     // A coordinator that accepts the connection and never answers: the call waits until interrupted.

@@ -46,6 +46,7 @@ function durationFlag(value: string | undefined, name: string, fallback: number,
 export const commands: CliCommand[] = [
   {
     path: ['agent'],
+    stopsOnSignal: true,
     summary: 'run this host as a node of the mesh (resource reports, identity, link probes)',
     usage: USAGE,
     async run(args, io) {

@@ -17,6 +17,12 @@ export interface CliCommand {
    * (or `flag` for 64-bit ones) and never sees a value the encoder would refuse.
    */
   integers?: Readonly<Record<string, IntegerFlagKind>>;
+  /**
+   * A service that runs until it is told to stop (coordinator, agent, quick start): SIGINT or
+   * SIGTERM is how it ends, and it exits with what `run` returns. Any other command a signal
+   * ends is interrupted: 130 / 143.
+   */
+  stopsOnSignal?: boolean;
   run(args: ParsedArgs, io: CliIo): Promise<number>;
 }
 

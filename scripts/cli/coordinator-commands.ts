@@ -14,6 +14,7 @@ import { toJson } from './format.js';
 
 const coordinator: CliCommand = {
   path: ['coordinator'],
+  stopsOnSignal: true,
   summary: 'start the coordinator (LevelDB store, gRPC and OpenLineage HTTP)',
   usage: 'retrace coordinator [--data DIR] [--grpc HOST:PORT] [--http HOST:PORT] [--allow-remote]\n  defaults: --data ./.retrace --grpc 127.0.0.1:7700 --http 127.0.0.1:7780; port 0 picks a free port.\n  Prints {"grpc":"HOST:PORT","http":"HOST:PORT"} on stdout once listening; stops on SIGINT/SIGTERM.',
   booleans: ['allow-remote'],

@@ -30,10 +30,19 @@ export async function main(argv: readonly string[], io?: Partial<CliIo>): Promis
       cli.stdout.write(`${command.usage}\n`);
       return 0;
     }
+    // Ctrl-C (or the caller's signal) ended the command, however it came out of it (a watch loop
+    // ends normally, a read of stdin ends early, a call fails as aborted): saying so is the whole
+    // story. 128 + the signal's number, as shells report it.
+    const interrupted = (): number => {
+      cli.stderr.write(`interrupted${interruptedBy ? ` (${interruptedBy})` : ''}\n`);
+      return interruptedBy === 'SIGTERM' ? 143 : 130;
+    };
     try {
       checkFlags(command, args);
-      return await command.run(args, cli);
+      const code = await command.run(args, cli);
+      return cli.signal.aborted && !command.stopsOnSignal ? interrupted() : code;
     } catch (err) {
+      if (cli.signal.aborted) return interrupted();
       if (err instanceof UsageError) {
         cli.stderr.write(`error: ${err.message}\n\nusage: ${command.usage}\n`);
         return 2;
@@ -42,8 +51,6 @@ export async function main(argv: readonly string[], io?: Partial<CliIo>): Promis
     }
   } catch (err) {
     if (cli.signal.aborted) {
-      // Ctrl-C (or the caller's signal) ended the command: whatever it was doing failed because of
-      // that, and saying so is the whole story. 128 + the signal's number, as shells report it.
       cli.stderr.write(`interrupted${interruptedBy ? ` (${interruptedBy})` : ''}\n`);
       return interruptedBy === 'SIGTERM' ? 143 : 130;
     }

@@ -1,6 +1,6 @@
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { Coordinator, type CoordinatorAddresses } from '../../coordinator/coordinator.js';
 import { openDatabase } from '../../coordinator/store/database.js';
@@ -33,6 +33,7 @@ async function fillExample(addresses: CoordinatorAddresses, token: string, io: C
 
 const start: CliCommand = {
   path: ['start'],
+  stopsOnSignal: true,
   summary: 'quick start: coordinator on ./.retrace with an example pipeline, until Ctrl-C',
   usage: 'retrace start [--data DIR] [--grpc HOST:PORT] [--http HOST:PORT]',
   async run(args, io) {
@@ -47,7 +48,40 @@ const start: CliCommand = {
       ]);
       const ex = await fillExample(addresses, c.authToken, io);
       const live = await runExamplePipeline(addresses.grpc, c.authToken, { signal: io.signal });
-      const cli = 'npx retrace';
+      // The Try lines work as printed: client commands find ./.retrace's token and 127.0.0.1:7700
+      // by default, so other addresses or data dirs are spelled out on each line.
+      const defaults = addresses.grpc === '127.0.0.1:7700' && resolve(dataDir) === resolve('./.retrace');
+      const conn = defaults ? '' : ` --coordinator ${addresses.grpc} --token-file ${join(dataDir, 'auth-token')}`;
+      // A changed order for the recompute line (the example's o1 had amount 7).
+      const orderFile = join(dataDir, 'order-o1.json');
+      writeFileSync(orderFile, `${JSON.stringify({ id: 1, amount: 70, currency: 'EUR' })}\n`);
+      const tries: [cmd: string, why: string, ownConn?: boolean][] = [
+        [`lineage trace object:${ex.firstOrder}`, 'everything one order fed'],
+        [`lineage path ${ex.report}`, 'every step behind the report, with resources'],
+        [`lineage trace object:${ex.report} --direction up --svg lineage.svg`, 'upstream closure, drawn (--dot for Graphviz)'],
+        [`lineage trace object:${ex.firstOrder} object:${ex.secondOrder} --depth 2`, 'several closures, one TraceSession stream'],
+        ['lineage runs', ''],
+        [`lineage export object:${ex.firstOrder} --out prov.json`, 'W3C PROV-JSON'],
+        // Without --coordinator, verify reads a data dir offline (the running coordinator holds it).
+        [`verify --coordinator ${addresses.grpc}${defaults ? '' : ` --token-file ${join(dataDir, 'auth-token')}`}`, 'tamper check', true],
+        ['nodes --watch', 'live inventory of the agents'],
+        [`nodes history ${agents[0]?.nodeId ?? 'NODE'} --metric cpu`, ''],
+        [`forecast ${agents[0]?.nodeId ?? 'NODE'} --metric cpu --horizon 10m --plot cpu.svg`, ''],
+        ['lineage path record:orders/classify:o2', 'a live record: code version, node, measured resources'],
+        [`replay start --record ${live.firstRecord} --watch`, 'replay one record; hashes compared'],
+        ['replay start --window orders/raw 2026-01-01T00:00:00Z 2026-01-01T00:00:02Z --speed 2x --watch', ''],
+        ['replay report REPLAY_ID --svg replay.svg', 'pacing and CPU against the original, charted'],
+        ['replay start --last 100000d orders/raw --set classify.largeCents=2000 --watch', 'what-if'],
+        ['pipeline list', ''],
+        ['code list', ''],
+        ['impact record:orders/raw:o1 --svg impact.svg', 'what a change of one order would recompute'],
+        ['changes policy orders/raw manual', 'report changes only'],
+        [`recompute --content record:orders/raw:o1=${orderFile} --watch`, 'executed / cached / cut off'],
+        ['changes', 'detected changes'],
+        ['jobs', 'recompute and replay jobs: states, retries, waiting reasons (jobs show JOB_ID)'],
+        ['help', 'every command', true],
+      ];
+      const curl = `curl -s -H "Authorization: Bearer $(cat ${join(dataDir, 'auth-token')})"`;
       io.stdout.write(
         [
           `${JSON.stringify(addresses)}`,
@@ -59,29 +93,9 @@ const start: CliCommand = {
           `  live pipeline "orders" (raw -> scale -> classify) ran on the agents: ${live.accepted} new records, run ${live.runId || '(already ingested)'}`,
           '',
           'Try, in another terminal here:',
-          `  ${cli} lineage trace object:${ex.firstOrder}                          # everything one order fed`,
-          `  ${cli} lineage path ${ex.report}                        # every step behind the report, with resources`,
-          `  ${cli} lineage trace object:${ex.report} --direction up --svg lineage.svg  # upstream closure, drawn (--dot for Graphviz)`,
-          `  ${cli} lineage trace object:${ex.firstOrder} object:${ex.secondOrder} --depth 2  # several closures, one TraceSession stream`,
-          `  ${cli} lineage runs`,
-          `  ${cli} lineage export object:${ex.firstOrder} --out prov.json   # W3C PROV-JSON`,
-          `  ${cli} verify --coordinator ${addresses.grpc}                          # tamper check`,
-          `  ${cli} nodes --watch                                              # live inventory of the agents`,
-          `  ${cli} nodes history ${agents[0]?.nodeId ?? 'NODE'} --metric cpu`,
-          `  ${cli} forecast ${agents[0]?.nodeId ?? 'NODE'} --metric cpu --horizon 10m --plot cpu.svg`,
-          `  curl -s -H "Authorization: Bearer $(cat ${dataDir}/auth-token)" 'http://${addresses.http}/api/v1/lineage?nodeId=dataset:reports:daily-revenue&depth=2'`,
-          `  curl -s -H "Authorization: Bearer $(cat ${dataDir}/auth-token)" 'http://${addresses.http}/api/v1/search?q=revenue'   # Marquez's read API`,
-          `  ${cli} lineage path record:orders/classify:o2                    # a live record: code version, node, measured resources`,
-          `  ${cli} replay start --record ${live.firstRecord} --watch      # replay one record; hashes compared`,
-          `  ${cli} replay start --window orders/raw 2026-01-01T00:00:00Z 2026-01-01T00:00:02Z --speed 2x --watch`,
-          `  ${cli} replay report REPLAY_ID --svg replay.svg                   # pacing and CPU against the original, charted`,
-          `  ${cli} replay start --last 100000d orders/raw --set classify.largeCents=2000 --watch   # what-if`,
-          `  ${cli} pipeline list;  ${cli} code list`,
-          `  ${cli} impact record:orders/raw:o1 --svg impact.svg                # what a change of one order would recompute`,
-          `  ${cli} changes policy orders/raw manual; ${cli} changes            # report changes only; list them`,
-          `  ${cli} recompute --content record:orders/raw:o1=order.json --watch     # executed / cached / cut off`,
-          `  ${cli} jobs;  ${cli} jobs show JOB_ID                                      # recompute and replay jobs: states, retries, waiting reasons`,
-          `  ${cli} help                                                       # every command`,
+          ...tries.map(([cmd, why, ownConn]) => `  npx retrace ${cmd}${ownConn ? '' : conn}${why ? `   # ${why}` : ''}`),
+          `  ${curl} 'http://${addresses.http}/api/v1/lineage?nodeId=dataset:reports:daily-revenue&depth=2'`,
+          `  ${curl} 'http://${addresses.http}/api/v1/search?q=revenue'   # Marquez's read API`,
           '',
         ].join('\n'),
       );
