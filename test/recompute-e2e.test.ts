@@ -395,7 +395,6 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
     const hash = contentHashOf(content);
     const payloads = (shared.pipelines as NonNullable<CoordinatorServices['pipelines']>).payloads;
     const state = async () => ({
-      ledger: tc.coordinator.lineage.treeSize,
       changes: (await recompute().listChanges({ pipeline: '', pageSize: 0, pageToken: '' })).changes.map((c) => c.changeId),
       versions: versionsOf(objectId),
       current: await (shared.pipelines as NonNullable<CoordinatorServices['pipelines']>).store.getCurrent('wf', 'raw', 'k1'),
@@ -403,11 +402,15 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
     });
     const before = await state();
     expect(before.stored).toBe(false);
+    const ledgerBefore = tc.coordinator.lineage.treeSize;
     const dry = await cli(['recompute', '--content', `${objectId}=${file}`, '--dry-run', ...conn]);
     expect(dry.err).toBe('');
     expect(dry.out).toMatch(/^dry run: 3 tasks for chg-[0-9a-f]{16}\n/);
     const changeId = /chg-[0-9a-f]{16}/.exec(dry.out)?.[0] ?? '';
     expect(await state()).toEqual(before);
+    // Nothing in the ledger either (a run the previous test's job closes may land meanwhile).
+    const seqs = Array.from({ length: Number(tc.coordinator.lineage.treeSize - ledgerBefore) }, (_, i) => ledgerBefore + BigInt(i));
+    expect((await tc.coordinator.lineage.readEvents(seqs)).map((e) => e.eventId).filter((id) => id.includes(objectId) || id.includes(changeId))).toEqual([]);
     await expect(recompute().getChange({ changeId })).rejects.toMatchObject({ code: Status.NOT_FOUND });
 
     const run = await cli(['recompute', '--content', `${objectId}=${file}`, '--watch', ...conn]);
@@ -427,7 +430,7 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
     expect(plain).toEqual({ unchanged: true, change: undefined });
     // Recompute with such content: the change that made it the latest again, else refused.
     expect((await cli(['recompute', '--content', `${objectId}=${file}`, '--dry-run', ...conn])).out).toMatch(new RegExp(`^dry run: 3 tasks for ${changeId}\\n`));
-    const totalBytes = await payloads.get(total?.contentHash ?? '');
+    const totalBytes = Buffer.from(await payloads.get(total?.contentHash ?? ''));
     await expect(recompute().recompute({ changeIds: [], objectIds: [], newContents: [{ objectId: 'record:wf/total:k0', payload: totalBytes, mediaType: '' }], policy: undefined })).rejects.toMatchObject({ code: Status.FAILED_PRECONDITION, details: expect.stringMatching(/^new_contents\[0\]\.payload: /) });
   });
 
