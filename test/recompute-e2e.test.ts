@@ -19,6 +19,7 @@ import { schedulerExtension } from '../coordinator/scheduler/scheduler-extension
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
 import { startLocalAgents, stopLocalAgents, type LocalAgent } from '../scripts/cli/local-agents.js';
 import { bundleTransform } from '../scripts/cli/publish-command.js';
+import { contentHashOf } from '../common/hash.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 import { runCli } from './helpers/in-process-cli.js';
 import { until } from './helpers/until.js';
@@ -383,6 +384,69 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
     const run = await cli(['recompute', changeId, '--watch', ...conn]);
     expect(run.code).toBe(0);
     expect(run.out).toMatch(/SUCCEEDED: 3 executed, 0 cached, 0 cut off/);
+  });
+
+  it('recompute --content --dry-run stores nothing; the real run after it works; a repeated notify names its change', async () => {
+    const conn = ['--coordinator', tc.grpcAddress, '--token', tc.token];
+    const objectId = 'record:wf/raw:k1';
+    const content = Buffer.from(JSON.stringify({ id: 1, amount: 77, note: 'dry' }));
+    const file = join(dir, 'k1-dry.json');
+    writeFileSync(file, content);
+    const hash = contentHashOf(content);
+    const payloads = (shared.pipelines as NonNullable<CoordinatorServices['pipelines']>).payloads;
+    const state = async () => ({
+      changes: (await recompute().listChanges({ pipeline: '', pageSize: 0, pageToken: '' })).changes.map((c) => c.changeId),
+      versions: versionsOf(objectId),
+      current: await (shared.pipelines as NonNullable<CoordinatorServices['pipelines']>).store.getCurrent('wf', 'raw', 'k1'),
+      stored: await payloads.has(hash),
+    });
+    const before = await state();
+    expect(before.stored).toBe(false);
+    const ledgerBefore = tc.coordinator.lineage.treeSize;
+    const dry = await cli(['recompute', '--content', `${objectId}=${file}`, '--dry-run', ...conn]);
+    expect(dry.err).toBe('');
+    expect(dry.out).toMatch(/^dry run: 3 tasks for chg-[0-9a-f]{16}\n/);
+    const changeId = /chg-[0-9a-f]{16}/.exec(dry.out)?.[0] ?? '';
+    expect(await state()).toEqual(before);
+    // Nothing in the ledger either (a run the previous test's job closes may land meanwhile).
+    const seqs = Array.from({ length: Number(tc.coordinator.lineage.treeSize - ledgerBefore) }, (_, i) => ledgerBefore + BigInt(i));
+    expect((await tc.coordinator.lineage.readEvents(seqs)).map((e) => e.eventId).filter((id) => id.includes(objectId) || id.includes(changeId))).toEqual([]);
+    await expect(recompute().getChange({ changeId })).rejects.toMatchObject({ code: Status.NOT_FOUND });
+
+    const run = await cli(['recompute', '--content', `${objectId}=${file}`, '--watch', ...conn]);
+    expect(run.err).toContain(`for ${changeId}`);
+    expect(run.out).toMatch(/SUCCEEDED: 3 executed, 0 cached, 0 cut off/);
+    expect(run.code).toBe(0);
+    expect(await payloads.has(hash)).toBe(true);
+
+    // The same content again: the object's latest version already, made so by that change.
+    const again = await recompute().notifyChange({ objectId, contentHash: '', payload: content, mediaType: '', noticedBy: '' });
+    expect(again).toMatchObject({ unchanged: true, change: { changeId, newHash: hash } });
+    const n = await cli(['notify', objectId, file, ...conn]);
+    expect(n.out).toContain(`${objectId}: unchanged: that is its latest version, since change ${changeId}`);
+    // Content that no change made the latest (a step's output) says only that.
+    const total = await (shared.pipelines as NonNullable<CoordinatorServices['pipelines']>).store.getCurrent('wf', 'total', 'k0');
+    const plain = await recompute().notifyChange({ objectId: 'record:wf/total:k0', contentHash: total?.contentHash ?? '', payload: Buffer.alloc(0), mediaType: '', noticedBy: '' });
+    expect(plain).toEqual({ unchanged: true, change: undefined });
+    // Recompute with such content: the change that made it the latest again, else refused.
+    expect((await cli(['recompute', '--content', `${objectId}=${file}`, '--dry-run', ...conn])).out).toMatch(new RegExp(`^dry run: 3 tasks for ${changeId}\\n`));
+    const totalBytes = Buffer.from(await payloads.get(total?.contentHash ?? ''));
+    await expect(recompute().recompute({ changeIds: [], objectIds: [], newContents: [{ objectId: 'record:wf/total:k0', payload: totalBytes, mediaType: '' }], policy: undefined })).rejects.toMatchObject({ code: Status.FAILED_PRECONDITION, details: expect.stringMatching(/^new_contents\[0\]\.payload: /) });
+  });
+
+  it('impact ID: an id that is no object and no step, or an object not yet there as of --as-of, gets the object\'s error', async () => {
+    const conn = ['--coordinator', tc.grpcAddress, '--token', tc.token];
+    const none = await cli(['impact', 'nonexist:thing', ...conn]);
+    expect(none.code).toBe(1);
+    expect(none.err).toContain('object_id: no object or step has the id "nonexist:thing"');
+    const early = await cli(['impact', 'record:wf/raw:k1', '--as-of', '1970-01-01T00:00:01Z', ...conn]);
+    expect(early.code).toBe(1);
+    expect(early.err).toMatch(/object_id: object "record:wf\/raw:k1" has no version as of 1970-01-01T00:00:01Z \(its first is from 20\d\d-/);
+    // A step id still falls back to the step.
+    const stepId = (await recompute().impact({ target: { $case: 'objectId', value: 'record:wf/raw:k1' }, asOfNs: '0' })).steps[0]?.stepId ?? '';
+    const step = await cli(['impact', stepId, ...conn]);
+    expect(step.err).toBe('');
+    expect(step.out).toContain(`impact of step:${stepId}`);
   });
 
   it('bad requests get clear errors naming the field', async () => {

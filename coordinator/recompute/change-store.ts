@@ -37,7 +37,11 @@ export interface ChangeStore {
    * the two hashes, so reporting the same change again returns the stored one (`created` false).
    */
   record(input: ChangeInput): Promise<{ change: Change; created: boolean }>;
+  /** The change `record` would return, storing nothing (a dry run): the stored one, else a new one not recorded. */
+  preview(input: ChangeInput): Promise<{ change: Change; created: boolean }>;
   get(changeId: string): Promise<Change>;
+  /** The stored change, or undefined. */
+  find(changeId: string): Promise<Change | undefined>;
   /** Newest first; `pipeline` filters. Page size 1..1000 (default 100). */
   list(options?: { pipeline?: string; pageSize?: number; pageToken?: string }): Promise<{ changes: Change[]; nextPageToken: string }>;
   /** Adds a job id to a change and sets its state. */
@@ -86,29 +90,32 @@ export function createChangeStore(db: Database, lineage: Pick<LineageEngine, 'su
     return (await policies.get(`${pipeline}\u0000`)) ?? DEFAULT_POLICY;
   }
 
+  async function build(input: ChangeInput): Promise<Change> {
+    return {
+      changeId: changeIdOf(input),
+      kind: input.kind,
+      objectId: input.objectId ?? '',
+      oldHash: input.oldHash,
+      newHash: input.newHash,
+      pipeline: input.pipeline ?? '',
+      source: input.source ?? '',
+      step: input.step ?? '',
+      noticedBy: input.noticedBy,
+      detectedAtNs: clock().toString(),
+      policy: await policyFor(input.pipeline ?? '', input.source ?? ''),
+      state: input.state ?? ChangeState.CHANGE_STATE_REPORTED,
+      jobIds: [],
+      detail: input.detail ?? '',
+    };
+  }
+
   return {
     record(input) {
       return serial(async () => {
-        const changeId = changeIdOf(input);
-        const existing = await read(changeId);
+        const existing = await read(changeIdOf(input));
         if (existing) return { change: existing, created: false };
-        const detectedAtNs = clock().toString();
-        const change: Change = {
-          changeId,
-          kind: input.kind,
-          objectId: input.objectId ?? '',
-          oldHash: input.oldHash,
-          newHash: input.newHash,
-          pipeline: input.pipeline ?? '',
-          source: input.source ?? '',
-          step: input.step ?? '',
-          noticedBy: input.noticedBy,
-          detectedAtNs,
-          policy: await policyFor(input.pipeline ?? '', input.source ?? ''),
-          state: input.state ?? ChangeState.CHANGE_STATE_REPORTED,
-          jobIds: [],
-          detail: input.detail ?? '',
-        };
+        const change = await build(input);
+        const { changeId, detectedAtNs } = change;
         const json = Change.toJSON(change) as Record<string, unknown>;
         await lineage.submit([
           {
@@ -129,6 +136,11 @@ export function createChangeStore(db: Database, lineage: Pick<LineageEngine, 'su
         return { change, created: true };
       });
     },
+    async preview(input) {
+      const existing = await read(changeIdOf(input));
+      return existing ? { change: existing, created: false } : { change: await build(input), created: true };
+    },
+    find: read,
     async get(changeId) {
       const c = await read(changeId);
       if (!c) throw new NotFoundError(`change ${JSON.stringify(changeId)}`, 'change_id');

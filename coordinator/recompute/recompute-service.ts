@@ -1,4 +1,4 @@
-import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../../common/errors.js';
+import { FailedPreconditionError, InvalidArgumentError, NotFoundError, RetraceError } from '../../common/errors.js';
 import type { PublishedCode } from '../../common/gen/retrace/v1/code.js';
 import type { PipelineVersion } from '../../common/gen/retrace/v1/pipeline.js';
 import {
@@ -17,6 +17,7 @@ import {
 import type { NodeInfo } from '../../common/gen/retrace/v1/node.js';
 import { contentHashOf, isContentHash } from '../../common/hash.js';
 import { parseNodeKey } from '../../common/lineage-keys.js';
+import { nanosToIso } from '../../common/time.js';
 import type { NanoClock } from '../clock.js';
 import type { JobSubmitter } from '../jobs/job-types.js';
 import { nsToMs, type LineageEngine } from '../lineage/lineage-engine.js';
@@ -57,8 +58,11 @@ export class Recomputer {
 
   // ---- detection ----
 
-  /** NotifyChange; see the proto for the errors. `submitAuto` false never starts a job (Recompute's own new contents). */
-  async notify(request: NotifyChangeRequest, principal: string, options: { kind?: ChangeKind; submitAuto?: boolean; field?: string } = {}): Promise<NotifyChangeResponse> {
+  /**
+   * What a NotifyChange reports, checked, with no side effect: the change it would record, and
+   * `unchanged` when the hash is the object's version now (a pipeline record's current one).
+   */
+  private async assess(request: NotifyChangeRequest, principal: string, options: { kind?: ChangeKind; field?: string }): Promise<{ input: ChangeInput & { objectId: string; pipeline: string }; unchanged: boolean }> {
     const field = options.field ?? '';
     const objectId = request.objectId;
     if (objectId === '') throw new InvalidArgumentError(`${field}object_id`, 'is required');
@@ -81,16 +85,44 @@ export class Recomputer {
     // the index's newest version is the reverted one, and re-applying it is a change.
     const current = rec && pipes ? await pipes.store.getCurrent(rec.pipeline, rec.dataset, rec.key) : undefined;
     const oldHash = current?.objectId === objectId ? current.contentHash : parseNodeKey(latest).contentHash;
-    if (oldHash === hash) {
-      return { change: undefined, unchanged: true };
+    if (oldHash !== hash && payload.length > 0 && !pipes) throw new FailedPreconditionError('storing the new content needs the pipelines extension (payload store)');
+    const input = { kind: options.kind ?? ChangeKind.CHANGE_KIND_OBJECT, objectId, oldHash, newHash: hash, pipeline: rec?.pipeline ?? '', source: rec?.dataset ?? '', noticedBy: request.noticedBy || `notify:${principal}` };
+    return { input, unchanged: oldHash === hash };
+  }
+
+  /**
+   * The recorded change that made `hash` this object's version, newest first, if one did. Change
+   * ids derive from kind, object, pipeline and the two hashes, so the candidates are each other
+   * version of the object as the old hash, for each kind of change an object's content can have.
+   */
+  private async changeTo(objectId: string, pipeline: string, hash: string): Promise<Change | undefined> {
+    const index = this.deps.lineage.index;
+    const olds = new Set(index.membersOf(`object:${objectId}`).map((k) => parseNodeKey(k).contentHash));
+    olds.delete(hash);
+    let found: Change | undefined;
+    for (const oldHash of olds) {
+      for (const kind of [ChangeKind.CHANGE_KIND_OBJECT, ChangeKind.CHANGE_KIND_FILE, ChangeKind.CHANGE_KIND_RECORD]) {
+        const c = await this.deps.changes.find(changeIdOf({ kind, objectId, pipeline, oldHash, newHash: hash }));
+        if (c && (!found || BigInt(c.detectedAtNs) > BigInt(found.detectedAtNs))) found = c;
+      }
     }
-    const kind = options.kind ?? ChangeKind.CHANGE_KIND_OBJECT;
-    const noticedBy = request.noticedBy || `notify:${principal}`;
-    if (payload.length > 0) {
-      if (!pipes) throw new FailedPreconditionError('storing the new content needs the pipelines extension (payload store)');
-      await pipes.payloads.put(payload);
-    }
-    const changeId = changeIdOf({ kind, objectId, oldHash, newHash: hash, pipeline: rec?.pipeline ?? '' });
+    return found;
+  }
+
+  /**
+   * NotifyChange; see the proto for the errors. `submitAuto` false never starts a job (Recompute's
+   * own new contents). Content that is the object's version already records nothing: the answer
+   * is `unchanged`, with the change that made it so where one did (a repeated report).
+   */
+  async notify(request: NotifyChangeRequest, principal: string, options: { kind?: ChangeKind; submitAuto?: boolean; field?: string } = {}): Promise<NotifyChangeResponse> {
+    const { input, unchanged } = await this.assess(request, principal, options);
+    const { objectId, newHash: hash, oldHash, noticedBy } = input;
+    if (unchanged) return { change: await this.changeTo(objectId, input.pipeline, hash), unchanged: true };
+    const payload = request.payload;
+    const rec = parseRecordId(objectId);
+    const pipes = this.deps.pipelines();
+    if (payload.length > 0) await pipes?.payloads.put(payload);
+    const changeId = changeIdOf(input);
     const nowNs = this.deps.clock().toString();
     await this.deps.lineage.submit([
       {
@@ -105,7 +137,7 @@ export class Recomputer {
       const cur: CurrentRecord = { objectId, contentHash: hash, size: payload.length, mediaType: request.mediaType, eventTimeNs: nowNs };
       await pipes.store.setCurrent(rec.pipeline, [{ dataset: rec.dataset, key: rec.key, record: cur }]);
     }
-    const { change, created } = await this.deps.changes.record({ kind, objectId, oldHash, newHash: hash, pipeline: rec?.pipeline ?? '', source: rec?.dataset ?? '', noticedBy });
+    const { change, created } = await this.deps.changes.record(input);
     if (created && options.submitAuto !== false && change.policy === ChangePolicy.CHANGE_POLICY_AUTO) return { change: await this.autoRecompute([change]), unchanged: false };
     return { change, unchanged: false };
   }
@@ -280,9 +312,20 @@ export class Recomputer {
     else if (t.$case === 'stepId') roots = [{ kind: 'step', stepId: t.value }];
     else {
       const index = this.deps.lineage.index;
-      const versions = index.membersOf(`object:${t.value}`).filter((k) => index.timeOf(index.idOf(k) as number) <= asOfMs);
+      const all = index.membersOf(`object:${t.value}`);
+      const versions = all.filter((k) => index.timeOf(index.idOf(k) as number) <= asOfMs);
       const latest = versions[versions.length - 1];
-      if (!latest) throw new NotFoundError(`object ${JSON.stringify(t.value)}${asOfNs !== '0' ? ' as of that time' : ''}`, 'object_id');
+      if (!latest) {
+        const first = all[0];
+        if (first !== undefined) {
+          const firstIso = new Date(index.timeOf(index.idOf(first) as number)).toISOString();
+          throw new RetraceError('NOT_FOUND', `object ${JSON.stringify(t.value)} has no version as of ${nanosToIso(asOfNs)} (its first is from ${firstIso})`, { field: 'object_id' });
+        }
+        // Clients that take an id of either kind (the CLI) try the object, then the step: when
+        // neither exists this is the error to show, and it names both.
+        if (!index.has(`step:${t.value}`)) throw new RetraceError('NOT_FOUND', `no object or step has the id ${JSON.stringify(t.value)}`, { field: 'object_id' });
+        throw new NotFoundError(`object ${JSON.stringify(t.value)} (a step has that id)`, 'object_id');
+      }
       roots = [{ kind: 'version', objectId: t.value, oldHash: parseNodeKey(latest).contentHash }];
     }
     const graph = await collectAffected(this.deps.lineage, roots, asOfMs);
@@ -372,12 +415,26 @@ export class Recomputer {
       if (n.objectId === '') throw new InvalidArgumentError(`new_contents[${i}].object_id`, 'is required');
       if (!index.has(`object:${n.objectId}`)) throw new NotFoundError(`object ${JSON.stringify(n.objectId)}`, `new_contents[${i}].object_id`);
     });
-    for (const r of objectRoots) changes.push((await this.deps.changes.record(r)).change);
+    // Each new content as a change; content that is its object's version already stands for the
+    // change that made it so (a repeated request), and is refused where none did.
+    const contents: { request: NotifyChangeRequest; field: string; change: Change; recorded: boolean }[] = [];
     for (const [i, n] of request.newContents.entries()) {
-      const res = await this.notify({ objectId: n.objectId, contentHash: '', payload: n.payload, mediaType: n.mediaType, noticedBy: `recompute:${principal}` }, principal, { submitAuto: false, field: `new_contents[${i}].` });
-      if (res.change) changes.push(res.change);
+      const req: NotifyChangeRequest = { objectId: n.objectId, contentHash: '', payload: n.payload, mediaType: n.mediaType, noticedBy: `recompute:${principal}` };
+      const field = `new_contents[${i}].`;
+      const { input, unchanged } = await this.assess(req, principal, { field });
+      const change = unchanged ? await this.changeTo(input.objectId, input.pipeline, input.newHash) : (await this.deps.changes.preview(input)).change;
+      if (!change) throw new FailedPreconditionError(`this is the latest version of ${n.objectId} already, and no recorded change made it so: nothing changed`, `${field}payload`);
+      contents.push({ request: req, field, change, recorded: unchanged });
     }
-    for (const c of changes) if (c.kind === ChangeKind.CHANGE_KIND_CODE_PUBLISHED) await this.adoptPublishedCode(c);
+    // A dry run stores nothing: no change, no payload, no version in provenance, no current
+    // record moved, no pipeline version adopted. It plans from the changes as they would be.
+    const dryRun = policy?.dryRun === true;
+    for (const r of objectRoots) changes.push((await (dryRun ? this.deps.changes.preview(r) : this.deps.changes.record(r))).change);
+    for (const c of contents) {
+      const change = dryRun || c.recorded ? c.change : (await this.notify(c.request, principal, { submitAuto: false, field: c.field })).change;
+      if (change) changes.push(change);
+    }
+    if (!dryRun) for (const c of changes) if (c.kind === ChangeKind.CHANGE_KIND_CODE_PUBLISHED) await this.adoptPublishedCode(c);
     const roots: ImpactRoot[] = [];
     for (const [i, c] of changes.entries()) roots.push(...(await this.rootsOfChange(c, `change_ids[${i}]`)));
     const newVersions = new Map<string, string>();
@@ -385,6 +442,13 @@ export class Recomputer {
     const graph = await collectAffected(this.deps.lineage, roots);
     await this.addCurrentInputs(graph, newVersions);
     const definitions = await this.definitions(graph);
+    // What adopting a published code version would make each such step run.
+    if (dryRun) {
+      for (const c of changes) {
+        const def = c.kind === ChangeKind.CHANGE_KIND_CODE_PUBLISHED ? definitions.get(`${c.pipeline}/${c.step}`) : undefined;
+        if (def) definitions.set(`${c.pipeline}/${c.step}`, { ...def, codeVersion: c.newHash });
+      }
+    }
     const code = this.deps.code();
     if (code) {
       for (const n of graph.nodes) {
@@ -408,7 +472,7 @@ export class Recomputer {
     if (policy?.concurrency) planOptions.concurrency = policy.concurrency;
     const spec = planRecompute(graph, planOptions);
     const tasks = spec.tasks.map((t) => ({ taskId: t.id, label: t.label, originalStepId: (t.payload as { originalStepId: string }).originalStepId, dependsOn: t.dependsOn }));
-    if (policy?.dryRun) return { jobId: '', tasks, changeIds };
+    if (dryRun) return { jobId: '', tasks, changeIds };
     if (spec.tasks.length === 0) throw new FailedPreconditionError(`no recorded step used the changed versions (${graph.roots.join(', ')}): nothing to recompute`, 'change_ids');
     const jobs = this.deps.jobs();
     if (!jobs) throw new FailedPreconditionError('recompute needs the job manager (start the coordinator with the jobs extension)');

@@ -12,7 +12,7 @@ import { orderByDependencies, type LineageEngine } from '../lineage/lineage-engi
 import type { Database } from '../store/database.js';
 import { createRng } from '../../common/random.js';
 import { checkSelector, compileReplayPolicy, type CompiledReplayPolicy, type ReplayPlacement } from './replay-policy.js';
-import { sleep } from '../../common/abortable-sleep.js';
+import { setLongTimeout, sleep } from '../../common/abortable-sleep.js';
 
 /** Runs one shard somewhere and always resolves with its outcome (the dispatcher). */
 export interface ReplayShardRunner {
@@ -433,10 +433,11 @@ export class ReplayEngine {
         body: { $case: 'run', value: { runId: job.id, name: `replay/${job.id}`, parentRunId: '', state: 'RUNNING', startedAtNs: job.report.startedAtNs, endedAtNs: '0', facets: undefined } },
       },
     ]);
-    const timers: NodeJS.Timeout[] = [];
+    const timers: (() => void)[] = [];
     const nowMs = (): number => Date.now();
     for (const o of policy.outages) {
-      timers.push(setTimeout(() => runner.setLinkOutage?.(o.nodeId, nowMs() + o.durationMs), o.startAfterMs));
+      // start_after_ms is a uint32: up to 49 days, past what one timer takes.
+      timers.push(setLongTimeout(() => runner.setLinkOutage?.(o.nodeId, nowMs() + o.durationMs), o.startAfterMs));
     }
     const plans = [...job.plans].sort((a, b) => (a.eventTimeNs < b.eventTimeNs ? -1 : a.eventTimeNs > b.eventTimeNs ? 1 : 0));
     const t0 = plans[0]?.eventTimeNs ?? 0n;
@@ -465,7 +466,7 @@ export class ReplayEngine {
       };
       await Promise.all(Array.from({ length: Math.min(limit, plans.length) }, () => worker()));
     }
-    for (const t of timers) clearTimeout(t);
+    for (const cancel of timers) cancel();
     const results = job.report.steps;
     const failed = results.filter((r) => r.status !== 'SUCCEEDED').length;
     job.report.summary = summarize(meta, results, performance.now() - started, spanMs);

@@ -134,6 +134,7 @@ const notify: CliCommand = {
     try {
       const r = await client.notifyChange({ objectId, contentHash: hash, payload, mediaType: flag(args, 'media-type', '') as string, noticedBy: '' }, { signal: io.signal });
       if (hasFlag(args, 'json')) io.stdout.write(toJson(r));
+      else if (r.unchanged && r.change) io.stdout.write(`${objectId}: unchanged: that is its latest version, since change ${r.change.changeId} (${stateName(r.change.state)}${r.change.jobIds.length ? `; jobs ${r.change.jobIds.join(', ')}` : ''}; retrace changes show ${r.change.changeId})\n`);
       else if (r.unchanged || !r.change) io.stdout.write(`${objectId}: unchanged (that is its latest version)\n`);
       else printChange(r.change, io);
       return 0;
@@ -265,9 +266,16 @@ const impact: CliCommand = {
         try {
           r = await client.impact({ target: { $case: 'objectId', value: idArg }, asOfNs }, { signal: io.signal });
         } catch (err) {
-          // Not an object: maybe a step id.
+          // Not an object: maybe a step id. When it is no step either, the object's error is the
+          // one to show: it says whether no object or step has the id, or the object had no
+          // version as of --as-of.
           if (hasFlag(args, 'object') || !(err instanceof RetraceError) || err.code !== 'NOT_FOUND' || !err.message.startsWith('object_id:')) throw err;
-          r = await client.impact({ target: { $case: 'stepId', value: idArg }, asOfNs }, { signal: io.signal });
+          try {
+            r = await client.impact({ target: { $case: 'stepId', value: idArg }, asOfNs }, { signal: io.signal });
+          } catch (stepErr) {
+            if (stepErr instanceof RetraceError && stepErr.code === 'NOT_FOUND' && stepErr.message.startsWith('step_id:')) throw err;
+            throw stepErr;
+          }
         }
       }
       const svg = flag(args, 'svg');

@@ -209,6 +209,10 @@ export interface NotifyChangeRequest {
 }
 
 export interface NotifyChangeResponse {
+  /**
+   * The change recorded; with `unchanged`, the recorded change that made this content the
+   * object's latest, if one did (a repeated report), else empty.
+   */
   change?:
     | Change
     | undefined;
@@ -316,7 +320,11 @@ export interface ImpactRequest {
   target?:
     | { $case: "changeId"; value: string }
     | //
-    /** Downstream of its latest version (as of `as_of_ns`). */
+    /**
+     * Downstream of its latest version (as of `as_of_ns`). NOT_FOUND `object_id` says which
+     * case: no object or step has the id, a step has it (ask by `step_id`), or the object had no
+     * version yet as of `as_of_ns`.
+     */
     { $case: "objectId"; value: string }
     | //
     /** Downstream of this step's outputs (the step included). */
@@ -384,7 +392,10 @@ export interface RecomputePolicy {
   concurrency: number;
   targetNodeIds: string[];
   targetLabels: { [key: string]: string };
-  /** Plan only: the response lists the tasks; no job starts. */
+  /**
+   * Plan only: the response lists the tasks and the change ids; no job starts and nothing is
+   * stored (no change, no new content, no version in provenance, no current record moved).
+   */
   dryRun: boolean;
 }
 
