@@ -9,6 +9,9 @@ import type { NodeMesh } from '../mesh/node-mesh.js';
 import { allocate, toNodeView, type NodeLoad, type NodeView, type Placement } from './allocator.js';
 
 /** The parts of the node mesh the dispatcher uses. */
+/** Budgets an attempt may wait on a node that keeps answering other shards, at most. */
+const MAX_PARDONED_BUDGETS = 10;
+
 export type DispatcherMesh = Pick<NodeMesh, 'nodes' | 'send' | 'onMessage' | 'on'>;
 
 /** Options of `createDispatcher`, validated once. Durations in ms. */
@@ -287,10 +290,11 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
     schedule();
   }
 
-  function evacuate(nodeId: string, why: string): void {
+  /** Takes back the node's shards (those placed by `placedByMs` when given) to place them again. */
+  function evacuate(nodeId: string, why: string, placedByMs = Number.POSITIVE_INFINITY): void {
     const list = onNode.get(nodeId);
     if (!list || list.size === 0) return;
-    for (const e of [...list.values()]) requeue(e, `${why} (node ${nodeId})`);
+    for (const e of [...list.values()]) if (e.placedMs <= placedByMs) requeue(e, `${why} (node ${nodeId})`);
   }
 
   function place(e: Entry, nodeId: string): void {
@@ -421,7 +425,9 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
       progressed.delete(r.nodeId);
       // A new agent process under a known id runs none of the shards placed on the old one:
       // they go elsewhere (or back to it) now, not when their deadline passes.
-      if (r.restarted) evacuate(r.nodeId, 'node restarted');
+      // The registry makes the node READY before this event (after persisting it), so shards may
+      // already have gone to the new process: only those placed before it registered go back.
+      if (r.restarted) evacuate(r.nodeId, 'node restarted', r.atMs);
       // A rejoining agent may still hold a cap from before it was lost: tell it the current one.
       if (r.rejoined) sendThrottle(r.nodeId, capOf(r.nodeId));
       schedule();
@@ -456,7 +462,10 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
     for (const [nodeId, m] of onNode) {
       const moved = progressed.get(nodeId) ?? 0;
       for (const e of [...m.values()]) {
-        if (t >= Math.max(e.placedMs, moved) + e.budgetMs) {
+        // A node that keeps answering other shards pardons one still queued behind them, but
+        // only for so long: an outcome lost on a stream that reconnected, or a run that ignores
+        // its cancel, would otherwise be pardoned for as long as the node stays busy.
+        if (t >= Math.min(Math.max(e.placedMs, moved) + e.budgetMs, e.placedMs + MAX_PARDONED_BUDGETS * e.budgetMs)) {
           send(nodeId, { body: { $case: 'cancel', value: { shardIds: [e.assignment.shardId], reason: 'timed out; reassigned' } } });
           requeue(e, `attempt timed out after ${e.budgetMs} ms without an answer from node ${nodeId}`);
         }
