@@ -249,7 +249,35 @@ describe("Marquez's read API", () => {
     expect((await get(`/api/v1/namespaces/${ns}/jobs`)).json).toMatchObject({ totalCount: 1, jobs: [{ name: 'm.load', inputs: [{ name: 'm/in' }], outputs: [{ name: 'm.out' }], latestRun: { id: run, state: 'COMPLETE' } }] });
     expect((await get(`/api/v1/namespaces/${ns}/jobs/m.load`)).json.latestRun.id).toBe(run);
     expect((await get(`/api/v1/jobs/runs/${run}`)).json).toMatchObject({ id: run, state: 'COMPLETE' });
-    expect((await get('/api/v1/search?q=m.lo')).json).toEqual({ totalCount: 1, results: [{ type: 'JOB', name: 'm.load', namespace: 'pg://db:5432', nodeId: 'job:pg://db:5432:m.load', updatedAt: expect.any(String) }] });
+    expect((await get('/api/v1/search?q=m.lo')).json).toEqual({ totalCount: 1, results: [{ type: 'JOB', name: 'm.load', namespace: 'pg://db:5432', nodeId: 'job:pg://db:5432:m.load', updatedAt: '2024-10-18T10:00:00.000Z' }] });
+    // A later run changes the job: updatedAt is when it last changed, not when it was first seen.
+    const later = { ...runEvent('m.load', uuid(), 'COMPLETE', [], [], '2024-10-19T11:00:00Z'), job: { namespace: 'pg://db:5432', name: 'm.load', facets: {} }, inputs: [{ namespace: 'pg://db:5432', name: 'm/in' }], outputs: [] };
+    expect((await post('/api/v1/lineage', later)).status).toBe(201);
+    expect((await get('/api/v1/search?q=m.lo')).json.results[0].updatedAt).toBe('2024-10-19T11:00:00.000Z');
+    expect((await get(`/api/v1/namespaces/${ns}`)).json).toMatchObject({ createdAt: '2024-10-18T10:00:00.000Z', updatedAt: '2024-10-19T11:00:00.000Z' });
+  });
+
+  it("gives each job its own inputs and outputs when many jobs share an input (each reads only its own steps)", async () => {
+    const hubRuns = Array.from({ length: 30 }, (_, i) => ({ ...runEvent(`h.job${String(i).padStart(2, '0')}`, uuid(), 'COMPLETE', ['h.hub'], [`h.out${i}`]), job: { namespace: 'hubns', name: `h.job${String(i).padStart(2, '0')}`, facets: {} }, inputs: [{ namespace: 'hubns', name: 'h.hub' }], outputs: [{ namespace: 'hubns', name: `h.out${i}`, facets: {} }] }));
+    expect((await post('/api/v1/lineage/batch', hubRuns)).status).toBe(201);
+    const jobs = (await get('/api/v1/namespaces/hubns/jobs?limit=1000')).json as { totalCount: number; jobs: { name: string; inputs: unknown[]; outputs: unknown[] }[] };
+    expect(jobs.totalCount).toBe(30);
+    jobs.jobs.forEach((j, i) => {
+      expect(j.name).toBe(`h.job${String(i).padStart(2, '0')}`);
+      expect(j.inputs).toEqual([{ namespace: 'hubns', name: 'h.hub' }]);
+      expect(j.outputs).toEqual([{ namespace: 'hubns', name: `h.out${i}` }]);
+    });
+    expect((await get('/api/v1/namespaces/hubns/jobs?limit=1001')).json).toMatchObject({ field: 'limit' });
+  });
+
+  it('answers 401 on every read route without the token, or with another one', async () => {
+    const ns = encodeURIComponent('pg://db:5432');
+    for (const path of ['/api/v1/namespaces', `/api/v1/namespaces/${ns}`, `/api/v1/namespaces/${ns}/datasets`, `/api/v1/namespaces/${ns}/datasets/m.out`, `/api/v1/namespaces/${ns}/jobs`, `/api/v1/namespaces/${ns}/jobs/m.load`, `/api/v1/jobs/runs/${run}`, '/api/v1/search?q=m']) {
+      for (const headers of [{}, { authorization: 'Bearer wrong' }] as Record<string, string>[]) {
+        const res = await fetch(`${tc.httpUrl}${path}`, { headers });
+        expect([path, res.status, ((await res.json()) as { error: string }).error]).toEqual([path, 401, 'UNAUTHENTICATED']);
+      }
+    }
   });
 
   it('answers 404 naming the unknown part, 400 naming the bad parameter, 405 for another method', async () => {

@@ -7,7 +7,9 @@ import type { HttpRequest, Route } from './router.js';
 
 /** Marquez's default page size for lists, and the largest page served. */
 const DEFAULT_LIMIT = 100;
-const MAX_LIMIT = 10_000;
+const MAX_LIMIT = 1000;
+/** Steps and datasets of one job read for its data, at most (its latest run is among them). */
+const MAX_JOB_NODES = 100_000;
 /** Marquez's default number of search results. */
 const DEFAULT_SEARCH_LIMIT = 10;
 
@@ -19,6 +21,7 @@ interface Entry {
   /** `dataset:<ns>:<name>` / `job:<ns>:<name>`, as in the lineage graph. */
   nodeId: string;
   firstSeenMs: number;
+  lastChangedMs: number;
 }
 
 /**
@@ -36,13 +39,13 @@ export function createMarquezRoutes(lineage: LineageApi): Route[] {
     if (type !== 'JOB') {
       for (const n of lineage.listNodes(NodeKind.NODE_KIND_OBJECT, 'dataset:')) {
         const p = parseDatasetObjectId(n.id);
-        if (p) out.push({ type: 'DATASET', ...p, nodeId: n.id, firstSeenMs: n.firstSeenMs });
+        if (p) out.push({ type: 'DATASET', ...p, nodeId: n.id, firstSeenMs: n.firstSeenMs, lastChangedMs: n.lastChangedMs });
       }
     }
     if (type !== 'DATASET') {
       for (const n of lineage.listNodes(NodeKind.NODE_KIND_TRANSFORM, 'job:')) {
         const p = parseJobTransformName(n.id);
-        if (p) out.push({ type: 'JOB', ...p, nodeId: n.id, firstSeenMs: n.firstSeenMs });
+        if (p) out.push({ type: 'JOB', ...p, nodeId: n.id, firstSeenMs: n.firstSeenMs, lastChangedMs: n.lastChangedMs });
       }
     }
     return out;
@@ -53,10 +56,11 @@ export function createMarquezRoutes(lineage: LineageApi): Route[] {
     return all.sort((a, b) => compare(a.name, b.name));
   };
   const jobData = async (nodeId: string): Promise<Record<string, unknown>> => {
-    // The job's steps and what they read and wrote: one Marquez hop around it.
+    // The job's own steps and the datasets they read and wrote (depth 1 from a transform), and
+    // no data of those datasets: a job's cost stays its own, however many jobs share an input.
     const start = { kind: NodeKind.NODE_KIND_TRANSFORM, id: nodeId, contentHash: '' };
-    const trace = await lineage.trace({ start, direction: Direction.DIRECTION_ANY, depth: 2, pageSize: 100_000, includeEdges: true, objectLevel: true });
-    const node = (await buildGraph(lineage, start, trace)).find((n) => n.id === nodeId);
+    const trace = await lineage.trace({ start, direction: Direction.DIRECTION_ANY, depth: 1, pageSize: MAX_JOB_NODES, includeEdges: true, objectLevel: true });
+    const node = (await buildGraph(lineage, start, trace, { datasetData: false })).find((n) => n.id === nodeId);
     if (!node) throw new NotFoundError(`job ${JSON.stringify(nodeId)}`, 'job');
     return node.data;
   };
@@ -83,7 +87,7 @@ export function createMarquezRoutes(lineage: LineageApi): Route[] {
       handler: async (req) => {
         const all = inNamespace(req.params['namespace'] ?? '', 'DATASET');
         const page = paged(all, req);
-        return { status: 200, body: { totalCount: all.length, datasets: await Promise.all(page.map(datasetData)) } };
+        return { status: 200, body: { totalCount: all.length, datasets: await inTurn(page, datasetData) } };
       },
     },
     {
@@ -101,7 +105,7 @@ export function createMarquezRoutes(lineage: LineageApi): Route[] {
       handler: async (req) => {
         const all = inNamespace(req.params['namespace'] ?? '', 'JOB');
         const page = paged(all, req);
-        return { status: 200, body: { totalCount: all.length, jobs: await Promise.all(page.map((e) => jobData(e.nodeId))) } };
+        return { status: 200, body: { totalCount: all.length, jobs: await inTurn(page, (e) => jobData(e.nodeId)) } };
       },
     },
     {
@@ -131,15 +135,15 @@ export function createMarquezRoutes(lineage: LineageApi): Route[] {
   ];
 }
 
-/** Marquez's namespaces: every namespace a dataset or job is in, first and last seen. */
+/** Marquez's namespaces: every namespace a dataset or job is in, when first seen and last changed. */
 function namespaces(all: readonly Entry[]): { name: string; createdAt: string; updatedAt: string; ownerName: string; description: null; isHidden: boolean }[] {
   const span = new Map<string, { first: number; last: number }>();
   for (const e of all) {
     const s = span.get(e.namespace);
-    if (!s) span.set(e.namespace, { first: e.firstSeenMs, last: e.firstSeenMs });
+    if (!s) span.set(e.namespace, { first: e.firstSeenMs, last: e.lastChangedMs });
     else {
       s.first = Math.min(s.first, e.firstSeenMs);
-      s.last = Math.max(s.last, e.firstSeenMs);
+      s.last = Math.max(s.last, e.lastChangedMs);
     }
   }
   return [...span.entries()]
@@ -160,11 +164,18 @@ function search(entries: (type?: Entry['type']) => Entry[], req: HttpRequest): {
   const needle = q.toLowerCase();
   const hits = entries(filter as Entry['type'] | undefined)
     .filter((e) => (namespace === null || e.namespace === namespace) && (e.name.toLowerCase().includes(needle) || e.namespace.toLowerCase().includes(needle)))
-    .sort((a, b) => (sort === 'NAME' ? compare(a.name, b.name) || compare(a.namespace, b.namespace) : b.firstSeenMs - a.firstSeenMs));
+    .sort((a, b) => (sort === 'NAME' ? compare(a.name, b.name) || compare(a.namespace, b.namespace) : b.lastChangedMs - a.lastChangedMs));
   return {
     totalCount: hits.length,
-    results: hits.slice(0, limit).map((e) => ({ type: e.type, name: e.name, updatedAt: new Date(e.firstSeenMs).toISOString(), namespace: e.namespace, nodeId: e.nodeId })),
+    results: hits.slice(0, limit).map((e) => ({ type: e.type, name: e.name, updatedAt: new Date(e.lastChangedMs).toISOString(), namespace: e.namespace, nodeId: e.nodeId })),
   };
+}
+
+/** One item after another: a page holds only one item's lineage reads in memory at a time. */
+async function inTurn<T, R>(items: readonly T[], f: (item: T) => Promise<R>): Promise<R[]> {
+  const out: R[] = [];
+  for (const item of items) out.push(await f(item));
+  return out;
 }
 
 function paged<T>(all: readonly T[], req: HttpRequest): T[] {

@@ -139,7 +139,7 @@ interface JobAccumulator {
  * and its step-level edges into job-level ones (deduplicated: many runs of a job read the same
  * dataset once in Marquez's graph).
  */
-export async function buildGraph(lineage: LineageApi, start: NodeRef, trace: TraceResponse): Promise<MarquezNode[]> {
+export async function buildGraph(lineage: LineageApi, start: NodeRef, trace: TraceResponse, options: { datasetData?: boolean } = {}): Promise<MarquezNode[]> {
   const datasets = new Set<string>();
   const jobs = new Map<string, JobAccumulator>();
   const jobOfStep = new Map<string, string>();
@@ -195,7 +195,8 @@ export async function buildGraph(lineage: LineageApi, start: NodeRef, trace: Tra
   }
 
   const nodes: MarquezNode[] = [];
-  const datasetData = await Promise.all([...datasets].map((id) => datasetDataOf(lineage, id)));
+  // Without dataset data (a caller after one job's data), datasets are only their ids.
+  const datasetData = options.datasetData === false ? [] : await Promise.all([...datasets].map((id) => datasetDataOf(lineage, id)));
   [...datasets].forEach((id, i) => {
     nodes.push({ id, type: 'DATASET', data: datasetData[i] ?? {}, inEdges: inEdges.get(id) ?? [], outEdges: outEdges.get(id) ?? [] });
   });

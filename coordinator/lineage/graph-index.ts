@@ -133,6 +133,13 @@ export class GraphIndex {
     return this.firstSeen.data[id] as number;
   }
 
+  /** When a node last changed: its latest member's first sighting (an object's versions, a transform's or run's steps), else its own. */
+  lastChangedOf(id: number): number {
+    let last = this.timeOf(id);
+    for (const m of this.members.targets(id, Number.POSITIVE_INFINITY, [])) last = Math.max(last, this.timeOf(m));
+    return last;
+  }
+
   labelOf(id: number): string | undefined {
     if (id < 0 || id >= this.transformOf.length) return undefined;
     const transform = this.transformOf.data[id] as number;

@@ -32,7 +32,8 @@ export interface LineageApi {
   trace(request: Partial<TraceRequest>): Promise<TraceResponse>;
   /**
    * The graph's nodes of one kind whose id starts with `idPrefix`, in the order they were first
-   * seen, with when that was (ms since the epoch). Scans every node of the kind.
+   * seen, with when that was and when they last changed (a new version of an object, a new step
+   * of a transform; ms since the epoch). Scans every node of the kind.
    */
-  listNodes(kind: NodeKind, idPrefix: string): { id: string; firstSeenMs: number }[];
+  listNodes(kind: NodeKind, idPrefix: string): { id: string; firstSeenMs: number; lastChangedMs: number }[];
 }

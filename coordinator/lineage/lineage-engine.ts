@@ -550,14 +550,14 @@ export class LineageEngine implements LineageApi {
 
   // ---- queries ----
 
-  listNodes(kind: NodeKind, idPrefix: string): { id: string; firstSeenMs: number }[] {
+  listNodes(kind: NodeKind, idPrefix: string): { id: string; firstSeenMs: number; lastChangedMs: number }[] {
     const index = this.index;
     const prefix = `${nodeKindPrefix(kind)}${idPrefix}`;
-    const out: { id: string; firstSeenMs: number }[] = [];
+    const out: { id: string; firstSeenMs: number; lastChangedMs: number }[] = [];
     for (let n = 0; n < index.nodeCount; n++) {
       if (index.kindOf(n) !== kind) continue;
       const key = index.keyOf(n);
-      if (key.startsWith(prefix)) out.push({ id: key.slice(prefix.length - idPrefix.length), firstSeenMs: index.timeOf(n) });
+      if (key.startsWith(prefix)) out.push({ id: key.slice(prefix.length - idPrefix.length), firstSeenMs: index.timeOf(n), lastChangedMs: index.lastChangedOf(n) });
     }
     return out;
   }
