@@ -15,13 +15,16 @@
 import { register } from 'tsx/esm/api';
 
 register();
-// A reader that stopped reading (`retrace jobs | head -1`) is not an error of ours: stop quietly,
-// as `grep` and `rg` do, instead of crashing on the unhandled EPIPE with a stack trace.
-for (const stream of [process.stdout, process.stderr]) {
-  stream.on('error', (err) => {
-    if (err.code === 'EPIPE') process.exit(0);
-    throw err;
-  });
-}
-const { main } = await import('./cli/main.ts');
+const { main, runningService } = await import('./cli/main.ts');
+// A reader that stopped reading (`retrace jobs | head -1`) is not an error of ours: a command
+// stops quietly, as `grep` and `rg` do, instead of crashing on the unhandled EPIPE. A service
+// (coordinator, agent) keeps running: its output is not its purpose, and exiting would skip its
+// orderly stop. A closed stderr leaves nowhere to say anything, so nothing is said.
+process.stdout.on('error', (err) => {
+  if (err.code !== 'EPIPE') throw err;
+  if (!runningService()) process.exit(0);
+});
+process.stderr.on('error', (err) => {
+  if (err.code !== 'EPIPE') throw err;
+});
 process.exitCode = await main(process.argv.slice(2));

@@ -1,4 +1,7 @@
 import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { once } from 'node:events';
 import { createServer, type Server, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -32,6 +35,24 @@ describe('retrace as a process', () => {
     expect(await p.exited).toBe(0);
     expect(p.stderr()).toBe('');
   }, 20_000);
+
+  it('a coordinator whose log pipe closes keeps running, and still stops in order on SIGTERM (exit 0)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'retrace-epipe-'));
+    try {
+      const p = run(['coordinator', '--data', dir, '--grpc', '127.0.0.1:0', '--http', '127.0.0.1:0']);
+      // Its log (stderr) goes nowhere from the start: the reader is gone.
+      p.child.stderr.destroy();
+      for (let i = 0; i < 300 && !p.stdout().includes('"grpc"'); i++) await new Promise((r) => setTimeout(r, 50));
+      const { grpc } = JSON.parse(p.stdout().trim().split('\n')[0] ?? '{}') as { grpc: string };
+      expect(grpc).toMatch(/^127\.0\.0\.1:\d+$/);
+      await new Promise((r) => setTimeout(r, 500));
+      expect(p.child.exitCode).toBeNull();
+      p.child.kill('SIGTERM');
+      expect(await p.exited).toBe(0);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 30_000);
 
   it('Ctrl-C on a watch that ends quietly still exits 130 (143 for SIGTERM), saying so', async () => {
     const tc = await startTestCoordinator({ quiet: true, extensions: [meshExtension()] });

@@ -2,6 +2,13 @@ import { isRetraceError } from '../../common/errors.js';
 import { checkIntegerFlag, COMMON_BOOLEAN_FLAGS, parseArgs, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
 import { loadCommands } from './command-list.js';
 
+let servicing = false;
+
+/** Whether the command running is a service (`stopsOnSignal`): a closed stdout does not end it. */
+export function runningService(): boolean {
+  return servicing;
+}
+
 /** Runs one `retrace` invocation and returns its exit code. */
 export async function main(argv: readonly string[], io?: Partial<CliIo>): Promise<number> {
   const controller = new AbortController();
@@ -25,6 +32,7 @@ export async function main(argv: readonly string[], io?: Partial<CliIo>): Promis
       cli.stdout.write(helpText(commands));
       return command || argv[0] === 'help' || argv.length === 0 ? 0 : 2;
     }
+    servicing = command.stopsOnSignal === true;
     const args = parseArgs(argv.slice(command.path.length), [...COMMON_BOOLEAN_FLAGS, ...(command.booleans ?? [])]);
     if (args.flags.has('help')) {
       cli.stdout.write(`${command.usage}\n`);
@@ -42,7 +50,8 @@ export async function main(argv: readonly string[], io?: Partial<CliIo>): Promis
       const code = await command.run(args, cli);
       return cli.signal.aborted && !command.stopsOnSignal ? interrupted() : code;
     } catch (err) {
-      if (cli.signal.aborted) return interrupted();
+      // A service that fails while stopping has a real error to show.
+      if (cli.signal.aborted && !command.stopsOnSignal) return interrupted();
       if (err instanceof UsageError) {
         cli.stderr.write(`error: ${err.message}\n\nusage: ${command.usage}\n`);
         return 2;
