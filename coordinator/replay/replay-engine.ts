@@ -787,11 +787,11 @@ export class ReplayEngine {
     };
   }
 
-  /** Resolves when the next release of a paced replay is at least QUIET_MS away (at once otherwise). */
   /**
    * The recorded step's timeout: that of its step in the pipeline version that recorded it (the
-   * runner's `retrace` facet names both), as the pipeline runner and recompute set it; 0 (the
-   * agent's default) for steps recorded by other producers or pipelines no longer stored.
+   * runner's `retrace` facet names both), as the pipeline runner and recompute set it, or in the
+   * pipeline's latest version when that one is gone; 0 (the agent's default) for steps recorded
+   * by other producers or of a pipeline no longer stored at all.
    */
   private timeoutOf(job: ReplayJob, step: Step): Promise<number> {
     const lookup = this.deps.stepTimeoutMs;
@@ -811,6 +811,7 @@ export class ReplayEngine {
     return found;
   }
 
+  /** Resolves when the next release of a paced replay is at least QUIET_MS away (at once otherwise). */
   private async quiet(job: ReplayJob): Promise<void> {
     for (let p = job.pacing; p && p.nextAtMs - performance.now() < QUIET_MS; p = job.pacing) await p.released;
   }
