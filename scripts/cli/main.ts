@@ -25,6 +25,16 @@ export async function main(argv: readonly string[], io?: Partial<CliIo>): Promis
     stdin: io?.stdin ?? process.stdin,
     signal: io?.signal ?? controller.signal,
   };
+  // Ctrl-C (or the caller's signal) ended a command, however it came out of it (a watch loop
+  // ends normally, a read of stdin ends early, a call fails as aborted): saying so is the whole
+  // story. 128 + the signal's number, as shells report it. A service (`stopsOnSignal`) ends
+  // that way normally, and an error it meets while stopping is shown as any other.
+  const interrupted = (): boolean => cli.signal.aborted && !servicing;
+  const reportInterrupted = (): number => {
+    cli.stderr.write(`interrupted${interruptedBy ? ` (${interruptedBy})` : ''}\n`);
+    return interruptedBy === 'SIGTERM' ? 143 : 130;
+  };
+  servicing = false;
   try {
     const commands = await loadCommands();
     const command = findCommand(commands, argv);
@@ -38,31 +48,19 @@ export async function main(argv: readonly string[], io?: Partial<CliIo>): Promis
       cli.stdout.write(`${command.usage}\n`);
       return 0;
     }
-    // Ctrl-C (or the caller's signal) ended the command, however it came out of it (a watch loop
-    // ends normally, a read of stdin ends early, a call fails as aborted): saying so is the whole
-    // story. 128 + the signal's number, as shells report it.
-    const interrupted = (): number => {
-      cli.stderr.write(`interrupted${interruptedBy ? ` (${interruptedBy})` : ''}\n`);
-      return interruptedBy === 'SIGTERM' ? 143 : 130;
-    };
     try {
       checkFlags(command, args);
       const code = await command.run(args, cli);
-      return cli.signal.aborted && !command.stopsOnSignal ? interrupted() : code;
+      return interrupted() ? reportInterrupted() : code;
     } catch (err) {
-      // A service that fails while stopping has a real error to show.
-      if (cli.signal.aborted && !command.stopsOnSignal) return interrupted();
-      if (err instanceof UsageError) {
+      if (err instanceof UsageError && !interrupted()) {
         cli.stderr.write(`error: ${err.message}\n\nusage: ${command.usage}\n`);
         return 2;
       }
       throw err;
     }
   } catch (err) {
-    if (cli.signal.aborted) {
-      cli.stderr.write(`interrupted${interruptedBy ? ` (${interruptedBy})` : ''}\n`);
-      return interruptedBy === 'SIGTERM' ? 143 : 130;
-    }
+    if (interrupted()) return reportInterrupted();
     if (isRetraceError(err) || isSystemError(err)) {
       // What the user asked for failed (a missing file, a port in use): the message says it all.
       cli.stderr.write(`error: ${err.message}\n`);
