@@ -2,7 +2,7 @@ import { InvalidArgumentError, NotFoundError } from '../../common/errors.js';
 import { Direction, NodeKind } from '../../common/gen/retrace/v1/lineage.js';
 import { parseDatasetObjectId, parseJobTransformName } from '../../common/openlineage/to-lineage-events.js';
 import type { LineageApi } from '../lineage/lineage-api.js';
-import { buildGraph, datasetDataOf, getOptional, runData } from './openlineage-routes.js';
+import { buildGraph, compare, datasetDataOf, getOptional, intParam, runData } from './openlineage-routes.js';
 import type { HttpRequest, Route } from './router.js';
 
 /** Marquez's default page size for lists, and the largest page served. */
@@ -182,15 +182,4 @@ function paged<T>(all: readonly T[], req: HttpRequest): T[] {
   const limit = intParam(req, 'limit', DEFAULT_LIMIT, 1, MAX_LIMIT);
   const offset = intParam(req, 'offset', 0, 0, Number.MAX_SAFE_INTEGER);
   return all.slice(offset, offset + limit);
-}
-
-function intParam(req: HttpRequest, name: string, dflt: number, min: number, max: number): number {
-  const text = req.query.get(name);
-  if (text === null || text === '') return dflt;
-  if (!/^\d{1,15}$/.test(text) || Number(text) < min || Number(text) > max) throw new InvalidArgumentError(name, `must be an integer from ${min} to ${max}, got ${JSON.stringify(text.slice(0, 40))}`);
-  return Number(text);
-}
-
-function compare(a: string, b: string): number {
-  return a < b ? -1 : a > b ? 1 : 0;
 }

@@ -99,7 +99,7 @@ async function getLineage(lineage: LineageApi, req: HttpRequest): Promise<HttpRe
   if (nodeId.startsWith('dataset:')) start = { kind: NodeKind.NODE_KIND_OBJECT, id: nodeId, contentHash: '' };
   else if (nodeId.startsWith('job:')) start = { kind: NodeKind.NODE_KIND_TRANSFORM, id: nodeId, contentHash: '' };
   else throw new InvalidArgumentError('nodeId', `must start with dataset: or job:, got ${JSON.stringify(nodeId.slice(0, 200))}`);
-  const depth = parseDepth(req.query.get('depth'));
+  const depth = intParam(req, 'depth', DEFAULT_LINEAGE_DEPTH, 1, MAX_LINEAGE_DEPTH);
 
   let trace: TraceResponse;
   try {
@@ -121,11 +121,11 @@ async function getLineage(lineage: LineageApi, req: HttpRequest): Promise<HttpRe
   return { status: 200, body: { graph: await buildGraph(lineage, start, trace) } };
 }
 
-function parseDepth(text: string | null): number {
-  if (text === null || text === '') return DEFAULT_LINEAGE_DEPTH;
-  if (!/^\d{1,9}$/.test(text) || Number(text) < 1 || Number(text) > MAX_LINEAGE_DEPTH) {
-    throw new InvalidArgumentError('depth', `must be an integer from 1 to ${MAX_LINEAGE_DEPTH}, got ${JSON.stringify(text.slice(0, 40))}`);
-  }
+/** The integer query parameter `name` in [min, max], `dflt` when absent or empty; else 400 naming it. */
+export function intParam(req: HttpRequest, name: string, dflt: number, min: number, max: number): number {
+  const text = req.query.get(name);
+  if (text === null || text === '') return dflt;
+  if (!/^\d{1,15}$/.test(text) || Number(text) < min || Number(text) > max) throw new InvalidArgumentError(name, `must be an integer from ${min} to ${max}, got ${JSON.stringify(text.slice(0, 40))}`);
   return Number(text);
 }
 
@@ -343,6 +343,7 @@ function push<K, V>(map: Map<K, V[]>, key: K, value: V): void {
   else map.set(key, [value]);
 }
 
-function compare(a: string, b: string): number {
+/** Code-unit order of two strings, for sorts that must not depend on the locale. */
+export function compare(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
 }
