@@ -69,6 +69,19 @@ export interface PipelineRunnerOptions {
 }
 
 /**
+ * The event that closes an ingest run. One builder for the run's own end and for the close of a
+ * run a dead coordinator left open: both carry the same event id, so a run is ended once.
+ */
+function ingestRunEnd(producer: string, runId: string, pipeline: string, state: 'COMPLETE' | 'FAIL', startedAtNs: string, endedAtNs: string, retrace: Record<string, unknown>): LineageEvent {
+  return {
+    eventId: `run:${runId}:end`,
+    eventTimeNs: endedAtNs,
+    producer,
+    body: { $case: 'run', value: { runId, name: `pipeline:${pipeline}`, parentRunId: '', state, startedAtNs, endedAtNs, facets: { retrace } } },
+  };
+}
+
+/**
  * Closes the ingest runs that a coordinator which died during them left open: FAIL, with why in
  * the `retrace` facet (an ingest is not resumed: its client saw the stream break). A run noted open
  * whose start never reached the ledger is only forgotten. Returns the ids of the runs closed.
@@ -80,17 +93,7 @@ export async function closeInterruptedIngestRuns(pipelines: PipelineStore, linea
     if (run && run.endedAtNs === '0') {
       const endedAtNs = clock().toString();
       const error = 'interrupted: the coordinator stopped during the ingest; records whose provenance was not recorded were not processed, ingest them again';
-      await lineage.submit([
-        {
-          eventId: `run:${open.runId}:end`,
-          eventTimeNs: endedAtNs,
-          producer,
-          body: {
-            $case: 'run',
-            value: { runId: open.runId, name: `pipeline:${open.pipeline}`, parentRunId: '', state: 'FAIL', startedAtNs: open.startedAtNs, endedAtNs, facets: { retrace: { pipeline: open.pipeline, pipelineVersion: open.pipelineVersion, source: open.source, principal: open.principal, error } } },
-          },
-        },
-      ]);
+      await lineage.submit([ingestRunEnd(producer, open.runId, open.pipeline, 'FAIL', open.startedAtNs, endedAtNs, { pipeline: open.pipeline, pipelineVersion: open.pipelineVersion, source: open.source, principal: open.principal, error })]);
       closed.push(open.runId);
     }
     await pipelines.markRunClosed(open.runId);
@@ -326,25 +329,14 @@ export class PipelineRunner {
       const error = failure === undefined ? undefined : failure instanceof Error ? failure.message : String(failure);
       const endedAtNs = clock().toString();
       const closing = this.options.lineage.submit([
-        {
-          eventId: `run:${runId}:end`,
-          eventTimeNs: endedAtNs,
-          producer: this.producer,
-          body: {
-            $case: 'run',
-            value: {
-              runId,
-              name: `pipeline:${pipelineName}`,
-              parentRunId: '',
-              state: tally.shardsFailed > 0 || error !== undefined ? 'FAIL' : 'COMPLETE',
-              startedAtNs,
-              endedAtNs,
-              facets: {
-                retrace: { ...runFacets.retrace, accepted: tally.accepted, duplicates: tally.duplicates, shardsRun: tally.shardsRun, shardsFailed: tally.shardsFailed, ...(error === undefined ? {} : { error: error.slice(0, 1000) }) },
-              },
-            },
-          },
-        },
+        ingestRunEnd(this.producer, runId, pipelineName, tally.shardsFailed > 0 || error !== undefined ? 'FAIL' : 'COMPLETE', startedAtNs, endedAtNs, {
+          ...runFacets.retrace,
+          accepted: tally.accepted,
+          duplicates: tally.duplicates,
+          shardsRun: tally.shardsRun,
+          shardsFailed: tally.shardsFailed,
+          ...(error === undefined ? {} : { error: error.slice(0, 1000) }),
+        }),
       ]);
       // Once its end is recorded the run needs no closing at the next start.
       const closed = closing.then(() => pipelines.markRunClosed(runId));
