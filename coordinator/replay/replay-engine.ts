@@ -209,7 +209,7 @@ export class ReplayEngine {
         report.steps = progress.steps;
         report.summary = summarize(h, progress.steps, h.wallMs, h.originalSpanMs);
       }
-      await this.table.put(id, JSON.stringify(ReplayReport.toJSON(report)));
+      await this.save(id, report);
       this.deps.log(`replay ${id}: interrupted by a coordinator stop; marked FAILED with ${report.steps.length} step result(s) of finished records`);
       // A run left open is a wrong answer in lineage, not a reason to refuse to start.
       await this.closeRun(id, report).catch((err: unknown) => this.deps.log(`replay ${id}: closing its run failed: ${String(err)}`));
@@ -265,7 +265,7 @@ export class ReplayEngine {
     // Every paced record and every shard of the job listens on this one signal.
     setMaxListeners(0, job.controller.signal);
     this.jobs.set(id, job);
-    await this.save(job);
+    await this.save(job.id, job.report);
     void this.execute(job, runner, payloads).catch((err: unknown) => this.deps.log(`replay ${id}: crashed: ${String(err)}`));
     return { replayId: id, records: plans.length, steps: stepCount };
   }
@@ -476,7 +476,7 @@ export class ReplayEngine {
     await this.deps.lineage.submit([this.endEvent(job.id, job.report)]).catch((err: unknown) => this.deps.log(`replay ${job.id}: recording its end failed: ${String(err)}`));
     clearTimeout(job.flushTimer);
     await job.flushing;
-    await this.save(job);
+    await this.save(job.id, job.report);
     // The full report is saved: the progress rows are not needed any more.
     await this.progressTable.clear(progressRange(job.id)).catch((err: unknown) => this.deps.log(`replay ${job.id}: clearing its progress failed: ${String(err)}`));
     this.publish(job, 'done');
@@ -822,8 +822,8 @@ export class ReplayEngine {
     job.events.emit('progress', job.progress);
   }
 
-  private async save(job: ReplayJob): Promise<void> {
-    await this.table.put(job.id, JSON.stringify(ReplayReport.toJSON(job.report)));
+  private async save(id: string, report: ReplayReport): Promise<void> {
+    await this.table.put(id, JSON.stringify(ReplayReport.toJSON(report)));
   }
 }
 
