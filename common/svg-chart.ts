@@ -84,6 +84,16 @@ function extent(xs: readonly number[]): [number, number] {
   return [lo, hi];
 }
 
+/** A value range with room around its points: 5% each side, or 10% of the value (1 at 0) for one value. */
+function paddedRange([lo, hi]: [number, number]): [number, number] {
+  if (hi === lo) {
+    const pad = Math.abs(hi) > 0 ? Math.abs(hi) * 0.1 : 1;
+    return [lo - pad, hi + pad];
+  }
+  const pad = (hi - lo) * 0.05;
+  return [lo - pad, hi + pad];
+}
+
 function finite(x: number | undefined): x is number {
   return typeof x === 'number' && Number.isFinite(x);
 }
@@ -136,16 +146,7 @@ export function renderForecastSvg(input: ForecastChartInput): string {
     t0 -= 30_000;
     t1 += 30_000;
   }
-  let [lo, hi] = extent(vs);
-  if (hi === lo) {
-    const pad = Math.abs(hi) > 0 ? Math.abs(hi) * 0.1 : 1;
-    lo -= pad;
-    hi += pad;
-  } else {
-    const pad = (hi - lo) * 0.05;
-    lo -= pad;
-    hi += pad;
-  }
+  const [lo, hi] = paddedRange(extent(vs));
   const x = (t: number): number => MARGIN.left + ((t - t0) / (t1 - t0)) * plotW;
   const y = (v: number): number => MARGIN.top + (1 - (v - lo) / (hi - lo)) * plotH;
   const r = (n: number): string => n.toFixed(1);
@@ -257,9 +258,8 @@ export function renderScatterSvg(input: ScatterChartInput): string {
     parts.push(`<text x="${width / 2}" y="${height / 2}" text-anchor="middle" fill="${COLORS.text}">no data</text>`, '</svg>');
     return parts.join('\n');
   }
-  const padded = ([lo, hi]: [number, number]): [number, number] => (hi === lo ? [lo - (Math.abs(lo) > 0 ? Math.abs(lo) * 0.1 : 1), hi + (Math.abs(hi) > 0 ? Math.abs(hi) * 0.1 : 1)] : [lo - (hi - lo) * 0.05, hi + (hi - lo) * 0.05]);
-  let [x0, x1] = padded(extent(xs));
-  let [y0, y1] = padded(extent(ys));
+  let [x0, x1] = paddedRange(extent(xs));
+  let [y0, y1] = paddedRange(extent(ys));
   if (input.diagonal) {
     // The same range on both axes, so y = x is the square's diagonal.
     x0 = y0 = Math.min(x0, y0);
