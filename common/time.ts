@@ -52,6 +52,20 @@ export function millisToNanos(ms: number): Nanos {
   return BigInt(Math.trunc(ms)) * 1_000_000n + BigInt(Math.round((ms - Math.trunc(ms)) * 1e6));
 }
 
+const DURATION_UNITS: readonly (readonly [string, number])[] = [
+  ['w', 604_800_000],
+  ['d', 86_400_000],
+  ['h', 3_600_000],
+  ['m', 60_000],
+  ['s', 1000],
+];
+
+/** A duration as parseDurationMs reads it: the largest unit it is a whole number of ("30d", "90s"), else ms. */
+export function formatDurationMs(ms: number): string {
+  for (const [unit, size] of DURATION_UNITS) if (ms >= size && ms % size === 0) return `${ms / size}${unit}`;
+  return `${ms}ms`;
+}
+
 /** Parses a duration such as "90s", "5m", "2h", "1d", "500ms" to milliseconds. */
 export function parseDurationMs(text: string, field = 'duration'): number {
   const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d|w)$/.exec(text.trim());

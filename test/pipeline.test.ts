@@ -1,3 +1,4 @@
+import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -8,13 +9,17 @@ import type { CodeStore } from '../coordinator/code/code-store.js';
 import { pipelineExtension, type PipelineShared } from '../coordinator/pipeline/pipeline-extension.js';
 import type { ShardRunner } from '../coordinator/pipeline/pipeline-runner.js';
 import { validatePipeline } from '../coordinator/pipeline/pipeline-store.js';
-import { openDatabase } from '../coordinator/store/database.js';
+import { replayExtension, type ReplayShared } from '../coordinator/replay/replay-extension.js';
+import { openDatabase, type Database } from '../coordinator/store/database.js';
 import { createPayloadStore } from '../coordinator/store/payload-store.js';
 import { LineageServiceDefinition } from '../common/gen/retrace/v1/lineage.js';
 import { Pipeline, PipelineServiceDefinition, type IngestRequest } from '../common/gen/retrace/v1/pipeline.js';
 import { TriggerKind } from '../common/gen/retrace/v1/provenance.js';
+import { ReplayServiceDefinition } from '../common/gen/retrace/v1/replay.js';
+import { NodeInfo, NodeState } from '../common/gen/retrace/v1/node.js';
 import { ShardStatus, type ShardAssignment } from '../common/gen/retrace/v1/shard.js';
 import { contentHashOf } from '../common/hash.js';
+import { startCoordinatorProcess } from './helpers/coordinator-process.js';
 import { runCli } from './helpers/in-process-cli.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 
@@ -242,25 +247,186 @@ describe('pipelines', () => {
   });
 });
 
+describe('payload retention (coordinator with a retention, sweep over gRPC and the CLI)', () => {
+  let tc: TestCoordinator;
+  const calls: ShardAssignment[] = [];
+  const shared: PipelineShared & ReplayShared = {};
+  const RETENTION_MS = 300;
+
+  beforeAll(async () => {
+    shared.dispatcher = fakeRunner(calls);
+    // The replay checks that some node could run it; the fake runner is that node.
+    shared.mesh = { nodes: () => [NodeInfo.fromPartial({ nodeId: 'node-a', state: NodeState.NODE_STATE_READY })] };
+    tc = await startTestCoordinator({
+      extensions: [pipelineExtension(shared, { runner: fakeRunner(calls), payloadRetentionMs: RETENTION_MS, sweepIntervalMs: 3_600_000 }), replayExtension(shared)],
+    });
+    const code = contentHashOf('any transform');
+    await tc.client(PipelineServiceDefinition).applyPipeline({
+      pipeline: Pipeline.fromJSON({
+        name: 'kept',
+        sources: [{ name: 'raw', mediaType: 'text/plain' }],
+        steps: [
+          { name: 'shout', transform: 'upper', codeVersion: code, inputs: ['raw'] },
+          { name: 'tagged', transform: 'enrich', codeVersion: code, parameters: { tag: 'x' }, inputs: ['shout'] },
+        ],
+      }),
+    });
+  });
+  afterAll(async () => {
+    await tc.stop();
+  });
+
+  it('deletes superseded payloads once they expire and keeps current ones; a replay that needs a swept one says so', async () => {
+    const pipelines = tc.client(PipelineServiceDefinition);
+    const first = await pipelines.ingest(records('kept', 'raw', [{ key: 'a', text: 'one' }]));
+    await pipelines.ingest(records('kept', 'raw', [{ key: 'a', text: 'two' }, { key: 'b', text: 'bee' }]));
+    const superseded = [contentHashOf('one'), contentHashOf('ONE'), contentHashOf(JSON.stringify({ value: 'ONE', tag: 'x' }))];
+    const current = ['two', 'TWO', 'bee', 'BEE'].map((t) => contentHashOf(t));
+    await new Promise((r) => setTimeout(r, RETENTION_MS + 100));
+    const args = ['--coordinator', tc.grpcAddress, '--token', tc.token];
+
+    const dry = await cli('payloads sweep', ['--dry-run', '--json', ...args]);
+    expect(dry.code).toBe(0);
+    expect(JSON.parse(dry.out)).toMatchObject({ retentionMs: String(RETENTION_MS), scanned: '9', expired: '9', kept: '6', deleted: '3', dryRun: true });
+    for (const h of superseded) expect((await pipelines.getPayload({ contentHash: h })).payload.length).toBeGreaterThan(0);
+
+    const swept = await cli('payloads sweep', args);
+    expect(swept.code).toBe(0);
+    expect(swept.out).toContain('deleted 3 payloads (');
+    expect(swept.out).toContain('kept 6 as old but still in use');
+    for (const h of superseded) await expectStatus(pipelines.getPayload({ contentHash: h }), Status.NOT_FOUND, 'content_hash');
+    for (const h of current) expect((await pipelines.getPayload({ contentHash: h })).payload.length).toBeGreaterThan(0);
+
+    // Replaying the run that read the swept version fails, naming the payload it lacks.
+    const replays = tc.client(ReplayServiceDefinition);
+    const started = await replays.startReplay({ selector: { selector: { $case: 'runId', value: first.runId } }, policy: undefined });
+    for await (const _ of replays.watchReplay({ replayId: started.replayId }));
+    const { report } = await replays.getReplayReport({ replayId: started.replayId });
+    expect(report?.summary?.failed).toBeGreaterThan(0);
+    expect(report?.steps.find((st) => st.error !== '')?.error).toContain(`${contentHashOf('one')}) is not kept (retention)`);
+
+    // The old content again is a change back: its steps run again and store their outputs anew.
+    const before = calls.length;
+    const again = await pipelines.ingest(records('kept', 'raw', [{ key: 'a', text: 'one' }]));
+    expect(again.shardsFailed).toBe('0');
+    expect(calls.length - before).toBe(2);
+    for (const h of superseded) expect((await pipelines.getPayload({ contentHash: h })).payload.length).toBeGreaterThan(0);
+  });
+
+  it('a coordinator that keeps payloads forever refuses to sweep; the CLI checks --payload-retention', async () => {
+    const forever = await startTestCoordinator({ extensions: [pipelineExtension({}, { runner: fakeRunner([]) })] });
+    try {
+      const r = await cli('payloads sweep', ['--coordinator', forever.grpcAddress, '--token', forever.token]);
+      expect(r.code).toBe(1);
+      expect(r.err).toContain('start the coordinator with --payload-retention');
+    } finally {
+      await forever.stop();
+    }
+    // The real command passes the flag on: its coordinator sweeps.
+    const children: ChildProcess[] = [];
+    const dataDir = mkdtempSync(join(tmpdir(), 'retrace-retention-'));
+    try {
+      const proc = await startCoordinatorProcess(dataDir, children, ['--payload-retention', '30d']);
+      const r = await cli('payloads sweep', ['--json', '--coordinator', proc.grpc, '--token-file', join(dataDir, 'auth-token')]);
+      expect(r.err).toBe('');
+      // Proto JSON leaves zero counts out.
+      expect(JSON.parse(r.out)).toEqual({ retentionMs: String(30 * 86_400_000) });
+    } finally {
+      for (const c of children) c.kill('SIGKILL');
+      await Promise.all(children.map((c) => new Promise((resolve) => (c.exitCode === null && c.signalCode === null ? c.once('exit', resolve) : resolve(undefined)))));
+      rmSync(dataDir, { recursive: true, force: true });
+    }
+    for (const [value, message] of [
+      ['500ms', '--payload-retention: at least 1s, got 500ms'],
+      ['soon', '--payload-retention: expected a duration like 30s'],
+    ] as const) {
+      const r = await cli('coordinator', ['--payload-retention', value, '--grpc', '127.0.0.1:0', '--http', '127.0.0.1:0', '--data', join(tmpdir(), 'retrace-never-made')]);
+      expect(r.code).toBe(2);
+      expect(r.err).toContain(message);
+    }
+  });
+});
+
 describe('payload store', () => {
-  it('deduplicates and sweeps unreferenced payloads after the retention', async () => {
+  const rows = async (db: Database, name: string): Promise<number> => (await db.sublevel('payloads').sublevel(name).keys().all()).length;
+
+  it('deduplicates, and a sweep deletes what was not referenced within the retention unless it is in use', async () => {
     const db = await openDatabase(null);
     let now = 1_000;
     const store = createPayloadStore(db, { retentionMs: 100, now: () => now });
     const h1 = await store.put(Buffer.from('same'));
-    const h2 = await store.put(Buffer.from('same'));
-    expect(h1).toBe(h2);
-    let n = 0;
-    for await (const _ of db.sublevel('payloads').sublevel('bytes').keys()) n++;
-    expect(n).toBe(1);
+    expect(await store.put(Buffer.from('same'))).toBe(h1);
+    expect(await rows(db, 'bytes')).toBe(1);
+    const current = await store.put(Buffer.from('current'));
     now = 1_050;
     const other = await store.put(Buffer.from('other'));
     now = 1_120;
-    expect(await store.sweep()).toBe(1);
+    const dry = await store.sweep({ inUse: () => [current], dryRun: true });
+    expect(dry).toEqual({ retentionMs: 100, scanned: 3, expired: 2, kept: 1, deleted: 1, bytesDeleted: 4, stamped: 0, dryRun: true });
+    expect(await store.has(h1)).toBe(true);
+    expect(await store.sweep({ inUse: () => [current] })).toMatchObject({ expired: 2, kept: 1, deleted: 1, bytesDeleted: 4, dryRun: false });
     expect(await store.has(h1)).toBe(false);
+    expect(await rows(db, 'touched')).toBe(2);
     expect(await store.has(other)).toBe(true);
+    // The kept one's retention was renewed by that sweep: once superseded it stays the retention.
+    now = 1_200;
+    expect(await store.sweep({ inUse: () => [] })).toMatchObject({ expired: 1, deleted: 1 });
+    expect(await store.has(other)).toBe(false);
+    expect(await store.has(current)).toBe(true);
+    now = 1_300;
+    expect(await store.sweep({ inUse: () => [] })).toMatchObject({ expired: 1, deleted: 1 });
+    expect(await store.has(current)).toBe(false);
+    expect(await rows(db, 'touched')).toBe(0);
+    await expect(createPayloadStore(db).sweep({ inUse: () => [] })).rejects.toMatchObject({ code: 'FAILED_PRECONDITION', message: expect.stringContaining('--payload-retention') });
+    await db.close();
+  });
+
+  it('payloads stored while they were kept forever start their retention at the first sweep', async () => {
+    const db = await openDatabase(null);
     const forever = createPayloadStore(db);
-    expect(await forever.sweep()).toBe(0);
+    const old = await forever.put(Buffer.from('old'));
+    expect(await rows(db, 'touched')).toBe(0);
+    let now = 5_000;
+    const store = createPayloadStore(db, { retentionMs: 100, now: () => now });
+    expect(await store.sweep({ inUse: () => [], dryRun: true })).toMatchObject({ scanned: 1, stamped: 1, expired: 0, deleted: 0 });
+    expect(await rows(db, 'touched')).toBe(0);
+    expect(await store.sweep({ inUse: () => [] })).toMatchObject({ scanned: 1, stamped: 1, expired: 0, deleted: 0 });
+    now = 5_050;
+    expect(await store.sweep({ inUse: () => [] })).toMatchObject({ stamped: 0, expired: 0 });
+    now = 5_101;
+    expect(await store.sweep({ inUse: () => [] })).toMatchObject({ expired: 1, deleted: 1 });
+    expect(await store.has(old)).toBe(false);
+    await db.close();
+  });
+
+  it('keeps what is stored or retained while a sweep runs; retain says whether every payload is stored', async () => {
+    const db = await openDatabase(null);
+    let now = 1_000;
+    const store = createPayloadStore(db, { retentionMs: 100, now: () => now });
+    const a = await store.put(Buffer.from('a'));
+    const b = await store.put(Buffer.from('b'));
+    const c = await store.put(Buffer.from('c'));
+    now = 2_000;
+    let retained: boolean | undefined;
+    const report = await store.sweep({
+      // The sweep has listed a, b and c as expired by the time it asks what is in use.
+      async *inUse() {
+        await store.put(Buffer.from('a'));
+        retained = await store.retain([b]);
+      },
+    });
+    expect(retained).toBe(true);
+    expect(report).toMatchObject({ expired: 3, kept: 2, deleted: 1 });
+    expect([await store.has(a), await store.has(b), await store.has(c)]).toEqual([true, true, false]);
+    expect(await store.retain([a, b])).toBe(true);
+    expect(await store.retain([a, c])).toBe(false);
+    expect(await store.retain([])).toBe(true);
+    // A sweep stopped before it deletes leaves every payload.
+    now = 3_000;
+    const stop = new AbortController();
+    stop.abort();
+    await expect(store.sweep({ inUse: () => [], signal: stop.signal })).rejects.toThrow();
+    expect(await store.has(a)).toBe(true);
     await db.close();
   });
 });

@@ -7,6 +7,7 @@ import { ShardStatus, type ShardAssignment } from '../common/gen/retrace/v1/shar
 import { contentHashOf } from '../common/hash.js';
 import type { JobSpec, JsonValue, TaskRunContext } from '../coordinator/jobs/job-types.js';
 import { openDatabase } from '../coordinator/store/database.js';
+import { createPayloadStore } from '../coordinator/store/payload-store.js';
 import { stepChanges } from '../coordinator/recompute/change-detector.js';
 import { collectAffected, toImpactResponse, topoOrder, type AffectedNode } from '../coordinator/recompute/impact-analysis.js';
 import { cacheKeyOf, createMemoStore } from '../coordinator/recompute/memo-store.js';
@@ -122,10 +123,12 @@ describe('impact analysis and recompute planning', () => {
   it('the executor cuts off unchanged inputs, executes once, and a retried attempt reuses the recorded step', async () => {
     const db = await openDatabase(null);
     const runs: ShardAssignment[] = [];
-    const stored = new Map<string, Uint8Array>([[contentHashOf('a3'), Buffer.from('a3')]]);
+    let nowMs = 1_000;
+    const payloads = createPayloadStore(db, { retentionMs: 60_000, now: () => nowMs });
+    await payloads.put(Buffer.from('a3'));
     const executor = new RecomputeExecutor({
       lineage: tc.coordinator.lineage,
-      payloads: () => ({ find: async (h) => stored.get(h), putMany: async (ps) => ps.map((p) => contentHashOf(p)) }),
+      payloads: () => payloads,
       setCurrent: async () => {},
       memo: createMemoStore(db),
       runner: () => ({
@@ -156,6 +159,16 @@ describe('impact analysis and recompute planning', () => {
     const other = await executor.runTask({ ...ctx(0, new Map()), jobId: 'job-2' });
     expect(other.outcome).toBe('cached');
     expect(runs).toHaveLength(1);
+    // Once a retention sweeps the memoised output's payload, a job with the same inputs runs the
+    // step again (the steps after it would find nothing to read) and stores the payload anew.
+    nowMs += 120_000;
+    const swept = await payloads.sweep({ inUse: () => [contentHashOf('a3')] });
+    expect(swept).toMatchObject({ expired: 2, kept: 1, deleted: 1 });
+    expect(await payloads.has(contentHashOf('xa3'))).toBe(false);
+    const rerun = await executor.runTask({ ...ctx(0, new Map()), jobId: 'job-3' });
+    expect(rerun.outcome).toBe('executed');
+    expect(runs).toHaveLength(2);
+    expect(await payloads.has(contentHashOf('xa3'))).toBe(true);
     await db.close();
   });
 });

@@ -163,6 +163,28 @@ export class GraphIndex {
     return out.reverse();
   }
 
+  /**
+   * For every object whose key does not start with `skipKeyPrefix`: the content hash of its
+   * newest version (the latest first seen; every one of them on a tie). What an object is now,
+   * which a payload sweep must keep however old.
+   */
+  *newestVersionHashes(skipKeyPrefix: string): Generator<string> {
+    const versions: number[] = [];
+    for (let n = 0; n < this.nodeCount; n++) {
+      if (this.kindOf(n) !== NodeKind.NODE_KIND_OBJECT) continue;
+      if (skipKeyPrefix !== '' && this.keyOf(n).startsWith(skipKeyPrefix)) continue;
+      versions.length = 0;
+      this.members.targets(n, Number.POSITIVE_INFINITY, versions);
+      let newest = Number.NEGATIVE_INFINITY;
+      for (const v of versions) newest = Math.max(newest, this.timeOf(v));
+      for (const v of versions) {
+        if (this.timeOf(v) !== newest) continue;
+        const key = this.keyOf(v);
+        yield key.slice(key.lastIndexOf('@') + 1);
+      }
+    }
+  }
+
   /** Keys of the steps that used this version (or, for an object key, the object unversioned). */
   consumersOf(key: string): string[] {
     const id = this.keys.get(key);

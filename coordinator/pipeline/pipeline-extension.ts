@@ -7,7 +7,7 @@ import {
   type PipelineVersion,
 } from '../../common/gen/retrace/v1/pipeline.js';
 import type { CoordinatorExtension, ExtensionFactory } from '../coordinator.js';
-import { createPayloadStore, type PayloadStore } from '../store/payload-store.js';
+import { createPayloadStore, type PayloadStore, type SweepReport } from '../store/payload-store.js';
 import { closeInterruptedIngestRuns, PipelineRunner, type IngestRecordInput, type ShardRunner } from './pipeline-runner.js';
 import { createPipelineStore, type CodeLookup, type PipelineStore } from './pipeline-store.js';
 
@@ -34,11 +34,14 @@ export interface PipelineShared {
 }
 
 export interface PipelineExtensionOptions {
-  /** Payload retention (ms since last reference); default keep forever. */
+  /**
+   * Payload retention: a payload not stored, reused or found in use for this long is deleted
+   * (ms); default keep forever. Current records and objects' newest versions are always kept.
+   */
   payloadRetentionMs?: number;
-  /** How often to sweep expired payloads (default 1 h) when retention is set. */
+  /** How often to sweep expired payloads when a retention is set (default 1 h, or the retention if shorter). */
   sweepIntervalMs?: number;
-  /** Records processed in parallel per Ingest call (default 32). */
+  /** Records processed in parallel per Ingest call (default 128). */
   concurrency?: number;
   /** Overrides `shared.dispatcher` (tests). */
   runner?: ShardRunner;
@@ -51,7 +54,7 @@ function principalOf(context: CallContext, fallback = 'ingest'): string {
 }
 
 /** PipelineService over the store and the runner; errors are the stores' typed errors. */
-export function createPipelineHandlers(h: PipelineHandles): PipelineServiceImplementation {
+export function createPipelineHandlers(h: PipelineHandles, sweepPayloads: (dryRun: boolean, signal: AbortSignal) => Promise<SweepReport>): PipelineServiceImplementation {
   return {
     async applyPipeline(request, context) {
       if (!request.pipeline) throw new InvalidArgumentError('pipeline', 'is required');
@@ -106,6 +109,19 @@ export function createPipelineHandlers(h: PipelineHandles): PipelineServiceImple
       const bytes = await h.payloads.get(request.contentHash);
       return { contentHash: request.contentHash, payload: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength) };
     },
+    async sweepPayloads(request, context) {
+      const r = await sweepPayloads(request.dryRun, context.signal);
+      return {
+        retentionMs: String(r.retentionMs),
+        scanned: String(r.scanned),
+        expired: String(r.expired),
+        kept: String(r.kept),
+        deleted: String(r.deleted),
+        bytesDeleted: String(r.bytesDeleted),
+        stamped: String(r.stamped),
+        dryRun: r.dryRun,
+      };
+    },
   };
 }
 
@@ -139,10 +155,23 @@ export function pipelineExtension(shared: PipelineShared = {}, options: Pipeline
     const runner = new PipelineRunner(runnerOptions);
     const handles: PipelineHandles = { store, payloads, runner };
     shared.pipelines = handles;
+    // What a record or object is now stays, however old: recompute and the next ingest read it.
+    // Replay outputs are not kept for that (their namespace is `replay:<id>/`).
+    const stopping = new AbortController();
+    const sweepPayloads = (dryRun: boolean, signal?: AbortSignal): Promise<SweepReport> =>
+      payloads.sweep({
+        dryRun,
+        signal: signal ? AbortSignal.any([signal, stopping.signal]) : stopping.signal,
+        async *inUse() {
+          yield* store.currentHashes();
+          yield* ctx.lineage.index.newestVersionHashes('object:replay:');
+        },
+      });
     let timer: NodeJS.Timeout | undefined;
+    let sweepRunning: Promise<unknown> | undefined;
     return {
       name: 'pipelines',
-      services: [{ definition: PipelineServiceDefinition, implementation: createPipelineHandlers(handles) }],
+      services: [{ definition: PipelineServiceDefinition, implementation: createPipelineHandlers(handles, sweepPayloads) }],
       async start() {
         // Runs left open are a wrong answer in lineage, not a reason to refuse to start.
         const closed = await closeInterruptedIngestRuns(store, ctx.lineage, ctx.clock).catch((err: unknown) => {
@@ -150,18 +179,25 @@ export function pipelineExtension(shared: PipelineShared = {}, options: Pipeline
           return [];
         });
         if (closed.length > 0) ctx.log(`pipelines: closed ${closed.length} ingest run(s) a stopped coordinator left open as FAIL (interrupted): ${closed.slice(0, 5).join(', ')}`);
-        if (payloads.retentionMs !== undefined) {
+        const retention = payloads.retentionMs;
+        if (retention !== undefined) {
           timer = setInterval(() => {
-            payloads.sweep().then(
-              (n) => n > 0 && ctx.log(`pipelines: swept ${n} expired payloads`),
-              (err: unknown) => ctx.log(`pipelines: payload sweep failed: ${String(err)}`),
-            );
-          }, options.sweepIntervalMs ?? 3_600_000);
+            // A slow sweep is not stacked behind another.
+            if (sweepRunning) return;
+            sweepRunning = sweepPayloads(false)
+              .then(
+                (r) => r.deleted > 0 && ctx.log(`pipelines: swept ${r.deleted} payloads (${r.bytesDeleted} bytes) not referenced for ${retention} ms; kept ${r.kept} expired ones still in use`),
+                (err: unknown) => stopping.signal.aborted || ctx.log(`pipelines: payload sweep failed: ${String(err)}`),
+              )
+              .finally(() => (sweepRunning = undefined));
+          }, options.sweepIntervalMs ?? Math.min(3_600_000, retention));
           timer.unref();
         }
       },
       async stop() {
         if (timer) clearInterval(timer);
+        stopping.abort();
+        await sweepRunning;
         if (shared.pipelines === handles) delete shared.pipelines;
       },
     };

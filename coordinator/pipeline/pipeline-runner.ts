@@ -428,12 +428,13 @@ export class PipelineRunner {
         const outputDataset = step.name;
         const outPrefix = recordObjectId(p, outputDataset, '');
 
-        // Already recorded (re-ingest, retry): reuse its outputs, run nothing.
+        // Already recorded (re-ingest, retry): reuse its outputs, run nothing, unless a payload
+        // retention swept them (the steps after it read them).
         if (capture && inputs.every((i) => !i.rec.fresh)) {
           const prior = await lineage.readStep(stepId);
-          if (prior) {
-            for (const g of prior.generated) {
-              if (!g.objectId.startsWith(outPrefix)) continue;
+          const reused = prior?.generated.filter((g) => g.objectId.startsWith(outPrefix)) ?? [];
+          if (prior && (await payloads.retain(reused.map((g) => g.contentHash)))) {
+            for (const g of reused) {
               const v = await lineage.readVersion(g.objectId, g.contentHash);
               const outKey = g.objectId.slice(outPrefix.length);
               remember(outputDataset, outKey, {

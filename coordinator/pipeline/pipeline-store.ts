@@ -39,6 +39,8 @@ export interface PipelineStore {
   list(): Promise<PipelineVersion[]>;
   getCurrent(pipeline: string, dataset: string, key: string): Promise<CurrentRecord | undefined>;
   setCurrent(pipeline: string, entries: readonly { dataset: string; key: string; record: CurrentRecord }[]): Promise<void>;
+  /** The content hash of every current record of every pipeline (what the payload sweep keeps). */
+  currentHashes(): AsyncIterable<string>;
   /** Notes an ingest run as open before its start is recorded, so a restart can close it should the process die. */
   markRunOpen(run: OpenIngestRun): Promise<void>;
   /** Forgets an open run once its end is recorded. */
@@ -243,6 +245,9 @@ export function createPipelineStore(db: Database, clock: NanoClock, code?: CodeL
     async setCurrent(pipeline, entries) {
       if (entries.length === 0) return;
       await writeCurrent(entries.map((e) => [currentPrefix + currentKey(pipeline, e.dataset, e.key), Buffer.from(JSON.stringify(e.record))] as const));
+    },
+    async *currentHashes() {
+      for await (const record of current.values()) yield record.contentHash;
     },
     async markRunOpen(run) {
       await openRuns.put(run.runId, run);

@@ -11,6 +11,7 @@ import type { LineageEngine } from '../lineage/lineage-engine.js';
 import { computeShardId, outcomeSpanNs, pipelineStepId, recordObjectId } from '../pipeline/pipeline-runner.js';
 import type { CurrentRecord } from '../pipeline/pipeline-store.js';
 import type { Placement } from '../scheduler/allocator.js';
+import type { PayloadStore } from '../store/payload-store.js';
 import { recordKeyOf } from './impact-analysis.js';
 import { cacheKeyOf, type MemoOutput, type MemoStore } from './memo-store.js';
 import type { RecomputeJobPayload, RecomputeTaskPayload, RecomputeTaskResult } from './recompute-planner.js';
@@ -22,7 +23,7 @@ export interface RecomputeShardRunner {
 
 export interface RecomputeExecutorDeps {
   lineage: Pick<LineageEngine, 'submit' | 'readStep' | 'readRun' | 'index'>;
-  payloads: () => { find(hash: string): Promise<Uint8Array | undefined>; putMany(p: readonly Uint8Array[], hashes?: readonly string[]): Promise<string[]> } | undefined;
+  payloads: () => Pick<PayloadStore, 'find' | 'putMany' | 'retain'> | undefined;
   /** Sets the pipelines' current records (pipeline outputs only). */
   setCurrent: (pipeline: string, entries: { dataset: string; key: string; record: CurrentRecord }[]) => Promise<void>;
   memo: MemoStore;
@@ -134,7 +135,9 @@ export class RecomputeExecutor implements JobExecutor {
     }
     const cacheKey = cacheKeyOf(t.codeVersion, t.parameters, inputs);
     const hit = await this.lookup(t, inputs, cacheKey);
-    if (hit) {
+    // A result whose payloads a retention swept is recomputed: the steps after it read them.
+    const stored = hit ? ((await this.deps.payloads()?.retain(hit.outputs.map((o) => o.contentHash))) ?? true) : false;
+    if (hit && stored) {
       await this.updateCurrent(t, hit.outputs);
       const outs = Object.fromEntries(hit.outputs.map((o) => [o.objectId, o.contentHash]));
       return { outcome: 'cached', result: toResult({ outputs: outs, changed: changedFrom(outs), stepId: '', nodeId: '', cachedFrom: hit.stepId }) };

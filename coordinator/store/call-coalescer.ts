@@ -34,18 +34,27 @@ export function coalesceCalls<I, O>(serve: (inputs: I[]) => Promise<readonly O[]
     });
 }
 
-/** A row for the root of the database: its sublevel's prefix already on the key, the value encoded. */
-export type RootRow = readonly [key: string, value: Uint8Array];
+/**
+ * A row for the root of the database: its sublevel's prefix already on the key, the value
+ * encoded; a null value deletes the key (in order with the puts queued around it).
+ */
+export type RootRow = readonly [key: string, value: Uint8Array | null];
 
 /**
- * Writes rows through the database's root, concurrent calls sharing one (unsynced) batch. Keys
+ * Writes rows through the database's root, concurrent calls sharing one (unsynced) batch, in the
+ * order they were called (a call with no rows resolves once every earlier call's rows are written). Keys
  * carry their sublevel's prefix and values are encoded by the caller: a sublevel batch prefixes
  * and transcodes every entry again, several times the cost of the put itself.
  */
 export function coalescedRootWrites(db: Database): (rows: readonly RootRow[]) => Promise<void> {
   const write = coalesceCalls(async (groups: (readonly RootRow[])[]) => {
     const batch = db.batch();
-    for (const rows of groups) for (const [key, value] of rows) batch.put(key, value);
+    for (const rows of groups) {
+      for (const [key, value] of rows) {
+        if (value === null) batch.del(key);
+        else batch.put(key, value);
+      }
+    }
     await batch.write();
     return [];
   });

@@ -1,3 +1,4 @@
+import { formatDurationMs, parseDurationMs } from '../../common/time.js';
 /**
  * One CLI subcommand. `path` is the words that select it (e.g. ["lineage", "trace"]);
  * the longest matching path wins. `run` returns the exit code; errors thrown from it are
@@ -115,6 +116,24 @@ export function parseArgs(argv: readonly string[], booleans: Iterable<string> = 
 export function flag(args: ParsedArgs, name: string, fallback?: string): string | undefined {
   const v = args.flags.get(name);
   return v && v.length > 0 ? v[v.length - 1] : fallback;
+}
+
+/**
+ * Last value of a duration flag (`500ms`, `30s`, `5m`, `2h`, `1d`, `1w`) in milliseconds, or
+ * undefined when absent and no fallback; a usage error naming the flag when it is malformed or
+ * below `minMs`.
+ */
+export function durationFlagMs(args: ParsedArgs, name: string, options: { fallback?: string; minMs?: number } = {}): number | undefined {
+  const v = flag(args, name, options.fallback);
+  if (v === undefined) return undefined;
+  let ms: number;
+  try {
+    ms = parseDurationMs(v, `--${name}`);
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  if (options.minMs !== undefined && ms < options.minMs) throw new UsageError(`--${name}: at least ${formatDurationMs(options.minMs)}, got ${v}`);
+  return ms;
 }
 
 export function hasFlag(args: ParsedArgs, name: string): boolean {

@@ -5,7 +5,7 @@ import { codeExtension } from '../../coordinator/code/code-extension.js';
 import type { NodeMesh } from '../../coordinator/mesh/node-mesh.js';
 import type { Dispatcher } from '../../coordinator/scheduler/dispatcher.js';
 import { schedulerExtension, type SchedulerShared } from '../../coordinator/scheduler/scheduler-extension.js';
-import { pipelineExtension, type PipelineHandles } from '../../coordinator/pipeline/pipeline-extension.js';
+import { pipelineExtension, type PipelineExtensionOptions, type PipelineHandles } from '../../coordinator/pipeline/pipeline-extension.js';
 import { replayExtension } from '../../coordinator/replay/replay-extension.js';
 import type { ReplayEngine } from '../../coordinator/replay/replay-engine.js';
 import { jobsExtension } from '../../coordinator/jobs/jobs-extension.js';
@@ -32,9 +32,9 @@ export interface CoordinatorServices {
 /**
  * The features the CLI's coordinator runs besides lineage: the agents' mesh (inventory, history,
  * forecasts), published code, shard dispatch, pipelines and replay. Pass `shared` to read the services once the
- * coordinator has started its extensions.
+ * coordinator has started its extensions; `options.pipelines` sets the payload retention.
  */
-export function coordinatorExtensions(shared: CoordinatorServices = {}): ExtensionFactory[] {
+export function coordinatorExtensions(shared: CoordinatorServices = {}, options: { pipelines?: PipelineExtensionOptions } = {}): ExtensionFactory[] {
   return [
     meshExtension({ onMesh: (m) => (shared.mesh = m) }),
     codeExtension({
@@ -42,7 +42,7 @@ export function coordinatorExtensions(shared: CoordinatorServices = {}): Extensi
       onPublished: async (code, principal) => shared.recompute?.recomputer.onCodePublished(code, principal),
     }),
     schedulerExtension(shared),
-    pipelineExtension(shared),
+    pipelineExtension(shared, options.pipelines),
     jobsExtension(shared),
     replayExtension(shared),
     recomputeExtension(shared),

@@ -17,20 +17,14 @@ import {
 } from '../../common/gen/retrace/v1/node.js';
 import { effectiveReading, formatBytes, parseLabels } from '../../common/node-resources.js';
 import { renderForecastSvg } from '../../common/svg-chart.js';
-import { millisToNanos, nanosToIso, parseDurationMs } from '../../common/time.js';
-import { flag, flagAll, hasFlag, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
+import { millisToNanos, nanosToIso } from '../../common/time.js';
+import { durationFlagMs, flag, flagAll, hasFlag, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
 import { openClient } from './client.js';
 
 const CONNECT_FLAGS = '[--coordinator HOST:PORT] [--token T | --token-file F]';
 
 function duration(args: ParsedArgs, name: string, fallback?: string): number | undefined {
-  const v = flag(args, name, fallback);
-  if (v === undefined) return undefined;
-  try {
-    return parseDurationMs(v, `--${name}`);
-  } catch (err) {
-    throw new UsageError((err as Error).message);
-  }
+  return durationFlagMs(args, name, fallback === undefined ? {} : { fallback });
 }
 
 function oneId(args: ParsedArgs): string {

@@ -8,11 +8,13 @@ import {
   ListPipelinesResponse,
   Pipeline,
   PipelineServiceDefinition,
+  SweepPayloadsResponse,
   type IngestRecord,
   type IngestRequest,
   type PipelineVersion,
 } from '../../common/gen/retrace/v1/pipeline.js';
-import { isoToNanos, nanosToIso } from '../../common/time.js';
+import { formatBytes } from '../../common/node-resources.js';
+import { formatDurationMs, isoToNanos, nanosToIso } from '../../common/time.js';
 import { hasFlag, intFlag, UsageError, type CliCommand, type CliIo } from './command.js';
 import { openClient } from './client.js';
 import { progressBar, renderTable, shortHash } from './format.js';
@@ -207,6 +209,34 @@ duplicate records, the run id and failed shards; a progress bar goes to stderr f
           if (res.firstError) io.stdout.write(`first failure: ${res.firstError}\n`);
         }
         return Number(res.shardsFailed) > 0 ? 1 : 0;
+      } finally {
+        close();
+      }
+    },
+  },
+  {
+    path: ['payloads', 'sweep'],
+    summary: 'delete payloads not referenced within the coordinator\'s --payload-retention (current ones are kept)',
+    usage: `retrace payloads sweep [--dry-run] [--json] ${CONNECT_FLAGS}
+Deletes stored payloads (source records, step outputs) that were not stored, reused or found in
+use within the retention the coordinator was started with (retrace coordinator
+--payload-retention 30d); the coordinator also sweeps on its own. Every pipeline's current
+records and every object's newest version are kept however old. --dry-run only counts.`,
+    booleans: ['dry-run'],
+    async run(args, io) {
+      if (args.positionals.length > 0) throw new UsageError(`unexpected argument ${JSON.stringify(args.positionals[0])}`);
+      const { client, close } = openClient(PipelineServiceDefinition, args);
+      try {
+        const r = await client.sweepPayloads({ dryRun: hasFlag(args, 'dry-run') }, { signal: io.signal });
+        if (hasFlag(args, 'json')) {
+          io.stdout.write(`${JSON.stringify(SweepPayloadsResponse.toJSON(r))}\n`);
+          return 0;
+        }
+        const retention = formatDurationMs(Number(r.retentionMs));
+        io.stdout.write(`${r.dryRun ? 'would delete' : 'deleted'} ${r.deleted} payloads (${formatBytes(Number(r.bytesDeleted))}) unused for ${retention}\n`);
+        io.stdout.write(`kept ${r.kept} as old but still in use (current records, newest versions); looked at ${r.scanned}\n`);
+        if (r.stamped !== '0') io.stdout.write(`${r.stamped} stored while payloads were kept forever ${r.dryRun ? 'would start' : 'start'} their ${retention} now\n`);
+        return 0;
       } finally {
         close();
       }

@@ -6,7 +6,7 @@ import { Coordinator, type CoordinatorAddresses } from '../../coordinator/coordi
 import { openDatabase } from '../../coordinator/store/database.js';
 import { LineageStore, seqKey } from '../../coordinator/store/lineage-store.js';
 import { LineageServiceDefinition } from '../../common/gen/retrace/v1/lineage.js';
-import { flag, type CliCommand, type CliIo } from './command.js';
+import { durationFlagMs, flag, type CliCommand, type CliIo } from './command.js';
 import { openClient } from './client.js';
 import { coordinatorExtensions } from './coordinator-extensions.js';
 import { buildExampleLineage } from './example-lineage.js';
@@ -35,10 +35,14 @@ const start: CliCommand = {
   path: ['start'],
   stopsOnSignal: true,
   summary: 'quick start: coordinator on ./.retrace with an example pipeline, until Ctrl-C',
-  usage: 'retrace start [--data DIR] [--grpc HOST:PORT] [--http HOST:PORT]',
+  usage: 'retrace start [--data DIR] [--grpc HOST:PORT] [--http HOST:PORT] [--payload-retention DURATION]\n  --payload-retention: as for retrace coordinator (default: keep every payload)',
   async run(args, io) {
     const dataDir = flag(args, 'data', './.retrace') as string;
-    const c = new Coordinator({ dataDir, grpc: flag(args, 'grpc', '127.0.0.1:7700') as string, http: flag(args, 'http', '127.0.0.1:7780') as string, log: () => {} }, coordinatorExtensions());
+    const payloadRetentionMs = durationFlagMs(args, 'payload-retention', { minMs: 1000 });
+    const c = new Coordinator(
+      { dataDir, grpc: flag(args, 'grpc', '127.0.0.1:7700') as string, http: flag(args, 'http', '127.0.0.1:7780') as string, log: () => {} },
+      coordinatorExtensions({}, payloadRetentionMs === undefined ? {} : { pipelines: { payloadRetentionMs } }),
+    );
     const addresses = await c.start();
     let agents: LocalAgent[] = [];
     try {
@@ -79,6 +83,7 @@ const start: CliCommand = {
         [`recompute --content record:orders/raw:o1=${orderFile} --watch`, 'executed / cached / cut off'],
         ['changes', 'detected changes'],
         ['jobs', 'recompute and replay jobs: states, retries, waiting reasons (jobs show JOB_ID)'],
+        ...(payloadRetentionMs === undefined ? [] : [['payloads sweep --dry-run', 'what the payload retention would delete now'] as [string, string]]),
         ['help', 'every command', true],
       ];
       const curl = `curl -s -H "Authorization: Bearer $(cat ${join(dataDir, 'auth-token')})"`;
@@ -116,7 +121,9 @@ const demo: CliCommand = {
     const { main } = await import('./main.js');
     const dataDir = mkdtempSync(join(tmpdir(), 'retrace-demo-'));
     const say = (text: string): void => void io.stdout.write(`\n== ${text}\n`);
-    const c = new Coordinator({ dataDir, grpc: '127.0.0.1:0', http: '127.0.0.1:0', log: () => {} }, coordinatorExtensions());
+    // Payloads are kept a second, so the tour can show a sweep; it sweeps only when asked.
+    const retentionMs = 1000;
+    const c = new Coordinator({ dataDir, grpc: '127.0.0.1:0', http: '127.0.0.1:0', log: () => {} }, coordinatorExtensions({}, { pipelines: { payloadRetentionMs: retentionMs, sweepIntervalMs: 3_600_000 } }));
     const failures: string[] = [];
     const step = async (title: string, argv: string[], expectCode = 0): Promise<string> => {
       // The token stays out of what the tour prints (terminal scrollback, CI logs).
@@ -192,6 +199,12 @@ const demo: CliCommand = {
         if (!/2 executed|3 executed/.test(first) || !/1 cut off/.test(first)) failures.push('recompute did not execute the o2 path and cut o3 off');
         const again = await step('The same recompute again is served from the cache', ['recompute', ...changed.changeIds, '--watch', ...conn]);
         if (!/0 executed/.test(again)) failures.push('the repeated recompute executed steps');
+        say(`Payload retention: this tour's coordinator keeps payloads ${retentionMs} ms after their last use (retrace coordinator --payload-retention 30d); waiting that long`);
+        await new Promise((r) => setTimeout(r, retentionMs + 100));
+        await step('What a sweep would delete now', ['payloads', 'sweep', '--dry-run', ...conn]);
+        const swept = await step('Sweep: superseded versions (o2 and o3 before the change) and replay outputs go; current records stay, so the pipeline and recompute go on', ['payloads', 'sweep', ...conn]);
+        if (!/deleted [1-9]\d* payloads/.test(swept)) failures.push('the payload sweep deleted nothing');
+        await step('A replay of a current record still runs after the sweep', ['replay', 'start', '--record', live.firstRecord, '--watch', ...conn]);
         await step('Drain a node', ['nodes', 'drain', agents[1]?.nodeId ?? '', ...conn]);
       } finally {
         await stopLocalAgents(agents);

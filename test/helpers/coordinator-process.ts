@@ -16,10 +16,11 @@ export interface CoordinatorProcess {
 
 /**
  * Starts `retrace coordinator` (the real CLI, a child process) on port 0 and resolves with the
- * addresses from its JSON line. The process is pushed onto `children` for the caller to kill.
+ * addresses from its JSON line; `extraArgs` are more of its flags. The process is pushed onto
+ * `children` for the caller to kill.
  */
-export async function startCoordinatorProcess(dataDir: string, children: ChildProcess[]): Promise<CoordinatorProcess> {
-  const proc = spawn(process.execPath, [CLI, 'coordinator', '--data', dataDir, '--grpc', '127.0.0.1:0', '--http', '127.0.0.1:0'], {
+export async function startCoordinatorProcess(dataDir: string, children: ChildProcess[], extraArgs: readonly string[] = []): Promise<CoordinatorProcess> {
+  const proc = spawn(process.execPath, [CLI, 'coordinator', '--data', dataDir, '--grpc', '127.0.0.1:0', '--http', '127.0.0.1:0', ...extraArgs], {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
   });

@@ -130,6 +130,30 @@ export interface GetPayloadResponse {
   payload: Buffer;
 }
 
+export interface SweepPayloadsRequest {
+  /** Only count what would be deleted; change nothing. */
+  dryRun: boolean;
+}
+
+export interface SweepPayloadsResponse {
+  retentionMs: string;
+  /** Payloads looked at: every stored one. */
+  scanned: string;
+  /** Not referenced (stored, reused or found in use) within the retention. */
+  expired: string;
+  /**
+   * Expired but in use (a current record, an object's newest version) or stored again while
+   * the sweep ran: kept, their retention renewed.
+   */
+  kept: string;
+  /** Deleted (with dry_run: would be). */
+  deleted: string;
+  bytesDeleted: string;
+  /** Stored while the coordinator kept payloads forever: their retention starts with this sweep. */
+  stamped: string;
+  dryRun: boolean;
+}
+
 function createBasePipelineSource(): PipelineSource {
   return { name: "", mediaType: "", description: "" };
 }
@@ -1713,6 +1737,281 @@ export const GetPayloadResponse: MessageFns<GetPayloadResponse> = {
   },
 };
 
+function createBaseSweepPayloadsRequest(): SweepPayloadsRequest {
+  return { dryRun: false };
+}
+
+export const SweepPayloadsRequest: MessageFns<SweepPayloadsRequest> = {
+  encode(message: SweepPayloadsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.dryRun !== false) {
+      writer.uint32(8).bool(message.dryRun);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SweepPayloadsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSweepPayloadsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.dryRun = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SweepPayloadsRequest {
+    return {
+      dryRun: isSet(object.dryRun)
+        ? globalThis.Boolean(object.dryRun)
+        : isSet(object.dry_run)
+        ? globalThis.Boolean(object.dry_run)
+        : false,
+    };
+  },
+
+  toJSON(message: SweepPayloadsRequest): unknown {
+    const obj: any = {};
+    if (message.dryRun !== false) {
+      obj.dryRun = message.dryRun;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<SweepPayloadsRequest>): SweepPayloadsRequest {
+    return SweepPayloadsRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SweepPayloadsRequest>): SweepPayloadsRequest {
+    const message = createBaseSweepPayloadsRequest();
+    message.dryRun = object.dryRun ?? false;
+    return message;
+  },
+};
+
+function createBaseSweepPayloadsResponse(): SweepPayloadsResponse {
+  return {
+    retentionMs: "0",
+    scanned: "0",
+    expired: "0",
+    kept: "0",
+    deleted: "0",
+    bytesDeleted: "0",
+    stamped: "0",
+    dryRun: false,
+  };
+}
+
+export const SweepPayloadsResponse: MessageFns<SweepPayloadsResponse> = {
+  encode(message: SweepPayloadsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.retentionMs !== "0") {
+      writer.uint32(8).uint64(message.retentionMs);
+    }
+    if (message.scanned !== "0") {
+      writer.uint32(16).uint64(message.scanned);
+    }
+    if (message.expired !== "0") {
+      writer.uint32(24).uint64(message.expired);
+    }
+    if (message.kept !== "0") {
+      writer.uint32(32).uint64(message.kept);
+    }
+    if (message.deleted !== "0") {
+      writer.uint32(40).uint64(message.deleted);
+    }
+    if (message.bytesDeleted !== "0") {
+      writer.uint32(48).uint64(message.bytesDeleted);
+    }
+    if (message.stamped !== "0") {
+      writer.uint32(56).uint64(message.stamped);
+    }
+    if (message.dryRun !== false) {
+      writer.uint32(64).bool(message.dryRun);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SweepPayloadsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSweepPayloadsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.retentionMs = reader.uint64().toString();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.scanned = reader.uint64().toString();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.expired = reader.uint64().toString();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.kept = reader.uint64().toString();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.deleted = reader.uint64().toString();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.bytesDeleted = reader.uint64().toString();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.stamped = reader.uint64().toString();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.dryRun = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SweepPayloadsResponse {
+    return {
+      retentionMs: isSet(object.retentionMs)
+        ? globalThis.String(object.retentionMs)
+        : isSet(object.retention_ms)
+        ? globalThis.String(object.retention_ms)
+        : "0",
+      scanned: isSet(object.scanned) ? globalThis.String(object.scanned) : "0",
+      expired: isSet(object.expired) ? globalThis.String(object.expired) : "0",
+      kept: isSet(object.kept) ? globalThis.String(object.kept) : "0",
+      deleted: isSet(object.deleted) ? globalThis.String(object.deleted) : "0",
+      bytesDeleted: isSet(object.bytesDeleted)
+        ? globalThis.String(object.bytesDeleted)
+        : isSet(object.bytes_deleted)
+        ? globalThis.String(object.bytes_deleted)
+        : "0",
+      stamped: isSet(object.stamped) ? globalThis.String(object.stamped) : "0",
+      dryRun: isSet(object.dryRun)
+        ? globalThis.Boolean(object.dryRun)
+        : isSet(object.dry_run)
+        ? globalThis.Boolean(object.dry_run)
+        : false,
+    };
+  },
+
+  toJSON(message: SweepPayloadsResponse): unknown {
+    const obj: any = {};
+    if (message.retentionMs !== "0") {
+      obj.retentionMs = message.retentionMs;
+    }
+    if (message.scanned !== "0") {
+      obj.scanned = message.scanned;
+    }
+    if (message.expired !== "0") {
+      obj.expired = message.expired;
+    }
+    if (message.kept !== "0") {
+      obj.kept = message.kept;
+    }
+    if (message.deleted !== "0") {
+      obj.deleted = message.deleted;
+    }
+    if (message.bytesDeleted !== "0") {
+      obj.bytesDeleted = message.bytesDeleted;
+    }
+    if (message.stamped !== "0") {
+      obj.stamped = message.stamped;
+    }
+    if (message.dryRun !== false) {
+      obj.dryRun = message.dryRun;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<SweepPayloadsResponse>): SweepPayloadsResponse {
+    return SweepPayloadsResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SweepPayloadsResponse>): SweepPayloadsResponse {
+    const message = createBaseSweepPayloadsResponse();
+    message.retentionMs = object.retentionMs ?? "0";
+    message.scanned = object.scanned ?? "0";
+    message.expired = object.expired ?? "0";
+    message.kept = object.kept ?? "0";
+    message.deleted = object.deleted ?? "0";
+    message.bytesDeleted = object.bytesDeleted ?? "0";
+    message.stamped = object.stamped ?? "0";
+    message.dryRun = object.dryRun ?? false;
+    return message;
+  },
+};
+
 /**
  * Pipelines: named record streams (sources) and the steps that transform them. The coordinator
  * runs every step for each ingested record and records its provenance automatically.
@@ -1775,6 +2074,21 @@ export const PipelineServiceDefinition = {
       responseStream: false,
       options: { idempotencyLevel: "IDEMPOTENT" },
     },
+    /**
+     * Deletes the payloads not referenced within the coordinator's payload retention
+     * (`retrace coordinator --payload-retention`), keeping every current record's and every
+     * object's newest version's however old; the coordinator also sweeps on its own (hourly, or
+     * every retention period if shorter). Replays of records whose payloads are gone fail naming
+     * them. FAILED_PRECONDITION when the coordinator keeps payloads forever (no retention set).
+     */
+    sweepPayloads: {
+      name: "SweepPayloads",
+      requestType: SweepPayloadsRequest as typeof SweepPayloadsRequest,
+      requestStream: false,
+      responseType: SweepPayloadsResponse as typeof SweepPayloadsResponse,
+      responseStream: false,
+      options: {},
+    },
   },
 } as const;
 
@@ -1812,6 +2126,17 @@ export interface PipelineServiceImplementation<CallContextExt = {}> {
     request: GetPayloadRequest,
     context: CallContext & CallContextExt,
   ): Promise<DeepPartial<GetPayloadResponse>>;
+  /**
+   * Deletes the payloads not referenced within the coordinator's payload retention
+   * (`retrace coordinator --payload-retention`), keeping every current record's and every
+   * object's newest version's however old; the coordinator also sweeps on its own (hourly, or
+   * every retention period if shorter). Replays of records whose payloads are gone fail naming
+   * them. FAILED_PRECONDITION when the coordinator keeps payloads forever (no retention set).
+   */
+  sweepPayloads(
+    request: SweepPayloadsRequest,
+    context: CallContext & CallContextExt,
+  ): Promise<DeepPartial<SweepPayloadsResponse>>;
 }
 
 export interface PipelineServiceClient<CallOptionsExt = {}> {
@@ -1848,6 +2173,17 @@ export interface PipelineServiceClient<CallOptionsExt = {}> {
     request: DeepPartial<GetPayloadRequest>,
     options?: CallOptions & CallOptionsExt,
   ): Promise<GetPayloadResponse>;
+  /**
+   * Deletes the payloads not referenced within the coordinator's payload retention
+   * (`retrace coordinator --payload-retention`), keeping every current record's and every
+   * object's newest version's however old; the coordinator also sweeps on its own (hourly, or
+   * every retention period if shorter). Replays of records whose payloads are gone fail naming
+   * them. FAILED_PRECONDITION when the coordinator keeps payloads forever (no retention set).
+   */
+  sweepPayloads(
+    request: DeepPartial<SweepPayloadsRequest>,
+    options?: CallOptions & CallOptionsExt,
+  ): Promise<SweepPayloadsResponse>;
 }
 
 function bytesFromBase64(b64: string): Uint8Array {
