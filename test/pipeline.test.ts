@@ -313,7 +313,7 @@ describe('payload retention (coordinator with a retention, sweep over gRPC and t
     for (const h of superseded) expect((await pipelines.getPayload({ contentHash: h })).payload.length).toBeGreaterThan(0);
   });
 
-  it('a coordinator that keeps payloads forever refuses to sweep; the CLI checks --payload-retention', async () => {
+  it('a coordinator that keeps payloads forever refuses to sweep; the CLI checks --payload-retention and --watch-root', async () => {
     const forever = await startTestCoordinator({ extensions: [pipelineExtension({}, { runner: fakeRunner([]) })] });
     try {
       const r = await cli('payloads sweep', ['--coordinator', forever.grpcAddress, '--token', forever.token]);
@@ -322,19 +322,26 @@ describe('payload retention (coordinator with a retention, sweep over gRPC and t
     } finally {
       await forever.stop();
     }
-    // The real command passes the flag on: its coordinator sweeps.
+    // The real command passes the flags on: its coordinator sweeps, and watches inside its root only.
     const children: ChildProcess[] = [];
     const dataDir = mkdtempSync(join(tmpdir(), 'retrace-retention-'));
+    const watchRoot = mkdtempSync(join(tmpdir(), 'retrace-watch-root-'));
     try {
-      const proc = await startCoordinatorProcess(dataDir, children, ['--payload-retention', '30d']);
-      const r = await cli('payloads sweep', ['--json', '--coordinator', proc.grpc, '--token-file', join(dataDir, 'auth-token')]);
+      const proc = await startCoordinatorProcess(dataDir, children, ['--payload-retention', '30d', '--watch-root', watchRoot]);
+      const conn = ['--coordinator', proc.grpc, '--token-file', join(dataDir, 'auth-token')];
+      const r = await cli('payloads sweep', ['--json', ...conn]);
       expect(r.err).toBe('');
       // Proto JSON leaves zero counts out.
       expect(JSON.parse(r.out)).toEqual({ retentionMs: String(30 * 86_400_000) });
+      expect((await cli('watch', [watchRoot, '--prefix', 'w:', ...conn])).code).toBe(0);
+      const outside = await cli('watch', [dataDir, '--prefix', 'w:', ...conn]);
+      expect(outside.code).toBe(1);
+      expect(outside.err).toContain("is or holds the coordinator's data dir");
     } finally {
       for (const c of children) c.kill('SIGKILL');
       await Promise.all(children.map((c) => new Promise((resolve) => (c.exitCode === null && c.signalCode === null ? c.once('exit', resolve) : resolve(undefined)))));
       rmSync(dataDir, { recursive: true, force: true });
+      rmSync(watchRoot, { recursive: true, force: true });
     }
     for (const [value, message] of [
       ['500ms', '--payload-retention: at least 1s, got 500ms'],
@@ -343,6 +350,12 @@ describe('payload retention (coordinator with a retention, sweep over gRPC and t
       const r = await cli('coordinator', ['--payload-retention', value, '--grpc', '127.0.0.1:0', '--http', '127.0.0.1:0', '--data', join(tmpdir(), 'retrace-never-made')]);
       expect(r.code).toBe(2);
       expect(r.err).toContain(message);
+    }
+    for (const command of ['coordinator', 'start']) {
+      const r = await cli(command, ['--watch-root', join(tmpdir(), 'retrace-no-such-dir'), '--grpc', '127.0.0.1:0', '--http', '127.0.0.1:0', '--data', join(tmpdir(), 'retrace-never-made')]);
+      expect(r.code).toBe(2);
+      expect(r.err).toContain('--watch-root: ');
+      expect(r.err).toContain('retrace-no-such-dir" is not a directory');
     }
   });
 });

@@ -70,7 +70,7 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
         schedulerExtension(shared, { shardTimeoutMs: 20_000 }),
         pipelineExtension(shared),
         jobsExtension(shared, { seed: 1 }),
-        recomputeExtension(shared),
+        recomputeExtension(shared, { watchRoots: [dir] }),
       ],
     });
     const bundle = await bundleTransform(WF_TASK);

@@ -1,10 +1,13 @@
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, realpathSync, rmSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { ChangeKind, RecomputeServiceDefinition } from '../common/gen/retrace/v1/recompute.js';
+import { Status } from 'nice-grpc';
+import { Pipeline, PipelineServiceDefinition } from '../common/gen/retrace/v1/pipeline.js';
+import { ChangeKind, ChangePolicy, RecomputeServiceDefinition } from '../common/gen/retrace/v1/recompute.js';
 import { contentHashOf } from '../common/hash.js';
 import { pipelineExtension } from '../coordinator/pipeline/pipeline-extension.js';
+import { MAX_WATCHED_FILE_BYTES } from '../coordinator/recompute/change-detector.js';
 import { recomputeExtension } from '../coordinator/recompute/recompute-extension.js';
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
@@ -20,9 +23,10 @@ describe('watched paths', () => {
   mkdirSync(dataDir);
   mkdirSync(join(files, 'sub'), { recursive: true });
   let tc: TestCoordinator | undefined;
-  const start = async (): Promise<TestCoordinator> => {
+  // The root holds the data dir too: watching it whole is refused, its files dir is not.
+  const start = async (watchRoots: string[] = [root]): Promise<TestCoordinator> => {
     const shared: CoordinatorServices = {};
-    tc = await startTestCoordinator({ dataDir, extensions: [pipelineExtension(shared), recomputeExtension(shared)] });
+    tc = await startTestCoordinator({ dataDir, extensions: [pipelineExtension(shared), recomputeExtension(shared, { watchRoots })] });
     return tc;
   };
   afterAll(async () => {
@@ -54,5 +58,61 @@ describe('watched paths', () => {
     writeFileSync(join(files, 'sub', 'b.csv'), 'y,2\n');
     await new Promise((r) => setTimeout(r, 600));
     expect(versions('file:sub/b.csv')).toHaveLength(1);
+  });
+
+  it('reads only inside the watch roots, never the data dir, with bounded timings; a refused watch changes no policy', async () => {
+    await tc?.stop({ keepData: true });
+    const outside = mkdtempSync(join(tmpdir(), 'retrace-outside-'));
+    try {
+      symlinkSync(outside, join(root, 'link-out'));
+      const c = await start();
+      const client = c.client(RecomputeServiceDefinition);
+      const req = { pipeline: '', source: '', objectIdPrefix: 'x:', policy: 0, rescanIntervalMs: 0, debounceMs: 0 };
+      const refused = async (path: string, code: Status, text: string, extra: Partial<typeof req> = {}): Promise<void> => {
+        await expect(client.watchPath({ ...req, ...extra, path })).rejects.toMatchObject({ code, details: expect.stringContaining(text) });
+      };
+      await refused(dataDir, Status.PERMISSION_DENIED, "path: \"" + dataDir + "\" is or holds the coordinator's data dir");
+      await refused(join(dataDir, 'db'), Status.PERMISSION_DENIED, 'is or holds the coordinator');
+      await refused(root, Status.PERMISSION_DENIED, 'is or holds the coordinator');
+      await refused(outside, Status.PERMISSION_DENIED, `is outside the coordinator's --watch-root directories (${realpathSync(root)})`);
+      // A link inside a root is followed to where it points, which is outside.
+      await refused(join(root, 'link-out'), Status.PERMISSION_DENIED, 'is outside');
+      await refused(files, Status.INVALID_ARGUMENT, 'rescan_interval_ms: must be from 100 to 86400000 ms', { rescanIntervalMs: 1 });
+      await refused(files, Status.INVALID_ARGUMENT, 'rescan_interval_ms', { rescanIntervalMs: 2_592_000_000 });
+      await refused(files, Status.INVALID_ARGUMENT, 'debounce_ms: must be at most 60000 ms', { debounceMs: 60_001 });
+      // A watch refused for its path leaves the source's change policy as it was.
+      await c.client(PipelineServiceDefinition).applyPipeline({ pipeline: Pipeline.fromJSON({ name: 'p', sources: [{ name: 's' }], steps: [] }) });
+      await refused(outside, Status.PERMISSION_DENIED, 'is outside', { objectIdPrefix: '', pipeline: 'p', source: 's', policy: ChangePolicy.CHANGE_POLICY_MANUAL });
+      expect((await client.listChangePolicies({})).entries).toEqual([]);
+
+      // A file over the size cap is left out and said so; the others are read.
+      const big = join(files, 'big.bin');
+      writeFileSync(big, '');
+      truncateSync(big, MAX_WATCHED_FILE_BYTES + 1);
+      const w = await client.watchPath({ ...req, path: files, objectIdPrefix: 'cap:', rescanIntervalMs: 200 });
+      const listed = await until('the scan that leaves big.bin out', async () => (await client.listWatches({})).watches.find((x) => x.watchId === w.watch?.watchId && x.lastError !== ''));
+      expect(listed?.lastError).toBe('left out 1 file(s) over 32 MiB: big.bin');
+      expect(c.coordinator.lineage.index.membersOf('object:cap:a.csv')).toHaveLength(1);
+      expect(c.coordinator.lineage.index.has('object:cap:big.bin')).toBe(false);
+      rmSync(big);
+
+      // Restarted with other roots, the persisted watches are listed with why, not watched.
+      await c.stop({ keepData: true });
+      const narrow = await start([outside]);
+      const watches = (await narrow.client(RecomputeServiceDefinition).listWatches({})).watches;
+      expect(watches.length).toBeGreaterThan(0);
+      for (const x of watches) expect(x.lastError).toContain('not watched: path: ');
+    } finally {
+      rmSync(outside, { recursive: true, force: true });
+    }
+  });
+
+  it('without --watch-root, watching is off', async () => {
+    await tc?.stop({ keepData: true });
+    const c = await start([]);
+    await expect(c.client(RecomputeServiceDefinition).watchPath({ path: files, pipeline: '', source: '', objectIdPrefix: 'x:', policy: 0, rescanIntervalMs: 0, debounceMs: 0 })).rejects.toMatchObject({
+      code: Status.FAILED_PRECONDITION,
+      details: expect.stringContaining('path: watching files is off: start the coordinator with --watch-root DIR'),
+    });
   });
 });

@@ -1,8 +1,8 @@
 import { watch as fsWatch, type FSWatcher } from 'node:fs';
-import { readdir, readFile, stat } from 'node:fs/promises';
+import { readdir, readFile, realpath, stat } from 'node:fs/promises';
 import { isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { canonicalJson } from '../../common/canonical-json.js';
-import { InvalidArgumentError, NotFoundError } from '../../common/errors.js';
+import { FailedPreconditionError, InvalidArgumentError, NotFoundError, RetraceError } from '../../common/errors.js';
 import type { PipelineVersion } from '../../common/gen/retrace/v1/pipeline.js';
 import { ChangeKind, type PathWatch } from '../../common/gen/retrace/v1/recompute.js';
 import { contentHashOf, sha256Hex } from '../../common/hash.js';
@@ -22,6 +22,38 @@ export type FileSink = (watch: PathWatch, files: readonly ChangedFile[]) => Prom
 
 const DEFAULT_RESCAN_MS = 5000;
 const DEFAULT_DEBOUNCE_MS = 200;
+/** Bounds of a watch's timings: below them a watch keeps a core busy (setInterval turns anything above 2^31-1 ms into 1 ms). */
+const RESCAN_MS = { min: 100, max: 86_400_000 };
+const MAX_DEBOUNCE_MS = 60_000;
+/** A file larger than this is not read (it would be one payload, and gRPC messages stop at 64 MiB). */
+export const MAX_WATCHED_FILE_BYTES = 32 * 2 ** 20;
+/** New content handed to the sink at once: a scan of many files goes in batches of about this much. */
+const SINK_BATCH_BYTES = 64 * 2 ** 20;
+
+/** Where watches may point: inside one of `roots`, never at or around the coordinator's own data. */
+export interface WatchScope {
+  /** Real paths of the directories the operator allowed (`--watch-root`); none: watching is off. */
+  roots: readonly string[];
+  /** Real path of the coordinator's data dir, or undefined (in-memory). */
+  dataDir: string | undefined;
+}
+
+function inside(path: string, dir: string): boolean {
+  const rel = relative(dir, path);
+  return rel === '' || (!rel.startsWith('..') && !isAbsolute(rel));
+}
+
+/** Why a real path may not be watched, or undefined when it may. */
+function scopeProblem(real: string, scope: WatchScope): RetraceError | undefined {
+  if (scope.roots.length === 0) return new FailedPreconditionError('watching files is off: start the coordinator with --watch-root DIR (repeatable) for the directories it may read', 'path');
+  if (scope.dataDir !== undefined && (inside(real, scope.dataDir) || inside(scope.dataDir, real))) {
+    return new RetraceError('PERMISSION_DENIED', `${JSON.stringify(real)} is or holds the coordinator's data dir (its keys and database)`, { field: 'path' });
+  }
+  if (!scope.roots.some((r) => inside(real, r))) {
+    return new RetraceError('PERMISSION_DENIED', `${JSON.stringify(real)} is outside the coordinator's --watch-root directories (${scope.roots.join(', ')})`, { field: 'path' });
+  }
+  return undefined;
+}
 
 /** Watches one file or directory: fs events (debounced) and a periodic rescan; stat, then sha256 only for files whose size or mtime moved. */
 class PathWatcher {
@@ -39,6 +71,7 @@ class PathWatcher {
     private readonly sink: FileSink,
     private readonly clock: NanoClock,
     private readonly log: (line: string) => void,
+    private readonly scope: WatchScope,
   ) {}
 
   start(): void {
@@ -75,8 +108,7 @@ class PathWatcher {
       do {
         this.again = false;
         try {
-          await this.scanOnce();
-          this.spec.lastError = '';
+          this.spec.lastError = await this.scanOnce();
         } catch (err) {
           this.spec.lastError = err instanceof Error ? err.message : String(err);
           this.log(`recompute: scan of ${this.spec.path} failed: ${this.spec.lastError}`);
@@ -86,15 +118,19 @@ class PathWatcher {
     return this.scanning;
   }
 
-  private async scanOnce(): Promise<void> {
+  /** One scan; resolves with what it had to leave out ('' when nothing). */
+  private async scanOnce(): Promise<string> {
+    // Checked again on every scan: the path may since have become a link to somewhere else.
     const root = this.spec.path;
+    const problem = scopeProblem(await realpath(root), this.scope);
+    if (problem) throw problem;
     const top = await stat(root);
     const files: { abs: string; rel: string }[] = [];
     if (top.isFile()) files.push({ abs: root, rel: root.split(sep).pop() as string });
     else {
       const walk = async (dir: string): Promise<void> => {
         for (const e of await readdir(dir, { withFileTypes: true })) {
-          // Dot files are editors' and tools' temporaries.
+          // Dot files are editors' and tools' temporaries; links are not followed (out of scope).
           if (e.name.startsWith('.')) continue;
           const abs = join(dir, e.name);
           if (e.isDirectory()) await walk(abs);
@@ -103,8 +139,18 @@ class PathWatcher {
       };
       await walk(root);
     }
-    const changed: ChangedFile[] = [];
-    const updates: [string, { mtimeMs: number; size: number; hash: string }][] = [];
+    let changed: ChangedFile[] = [];
+    let updates: [string, { mtimeMs: number; size: number; hash: string }][] = [];
+    let batchBytes = 0;
+    const tooBig: string[] = [];
+    const flush = async (): Promise<void> => {
+      if (changed.length > 0) await this.sink(this.spec, changed);
+      // Only after the sink took them: a failed ingest is retried by the next scan.
+      for (const [rel, s] of updates) this.seen.set(rel, s);
+      changed = [];
+      updates = [];
+      batchBytes = 0;
+    };
     for (const f of files) {
       let st;
       try {
@@ -114,16 +160,26 @@ class PathWatcher {
       }
       const prev = this.seen.get(f.rel);
       if (prev && prev.mtimeMs === st.mtimeMs && prev.size === st.size) continue;
+      if (st.size > MAX_WATCHED_FILE_BYTES) {
+        tooBig.push(f.rel);
+        continue;
+      }
       const bytes = await readFile(f.abs);
       const hash = contentHashOf(bytes);
       updates.push([f.rel, { mtimeMs: st.mtimeMs, size: st.size, hash }]);
-      if (prev?.hash !== hash) changed.push({ rel: f.rel, bytes, hash });
+      if (prev?.hash !== hash) {
+        changed.push({ rel: f.rel, bytes, hash });
+        batchBytes += bytes.byteLength;
+      }
+      if (batchBytes >= SINK_BATCH_BYTES) await flush();
     }
-    if (changed.length > 0) await this.sink(this.spec, changed);
-    // Only after the sink took them: a failed ingest is retried by the next scan.
-    for (const [rel, s] of updates) this.seen.set(rel, s);
+    await flush();
     this.spec.files = files.length;
     this.spec.lastScanNs = this.clock().toString();
+    if (tooBig.length === 0) return '';
+    const names = `${tooBig.slice(0, 3).join(', ')}${tooBig.length > 3 ? `, and ${tooBig.length - 3} more` : ''}`;
+    this.log(`recompute: watch ${root}: left out ${tooBig.length} file(s) over ${MAX_WATCHED_FILE_BYTES} bytes: ${names}`);
+    return `left out ${tooBig.length} file(s) over 32 MiB: ${names}`;
   }
 
   async stop(): Promise<void> {
@@ -152,15 +208,41 @@ export class ChangeDetector {
       log: (line: string) => void;
       /** Checks the target of a watch: the pipeline and source exist. */
       checkTarget?: (pipeline: string, source: string) => Promise<void>;
+      /** Directories watches may point into (`--watch-root`); none or absent: watching is off. */
+      watchRoots?: readonly string[];
+      /** The coordinator's data dir, which no watch may read. */
+      dataDir?: string | null;
     },
   ) {}
 
-  /** Watches every persisted path again. */
+  private scope: WatchScope = { roots: [], dataDir: undefined };
+  /** Persisted watches that the roots no longer allow: listed with why, not watched. */
+  private readonly refused = new Map<string, PathWatch>();
+
+  /** Resolves the watch roots, then watches every persisted path again that they still allow. */
   async start(): Promise<void> {
     if (this.state !== 'NEW') throw new Error(`change detector is ${this.state}`);
+    const roots: string[] = [];
+    for (const r of this.deps.watchRoots ?? []) {
+      const real = await realpath(r).catch(() => undefined);
+      if (real === undefined || !(await stat(real)).isDirectory()) throw new InvalidArgumentError('watch_roots', `${JSON.stringify(r)} is not a directory`);
+      roots.push(real);
+    }
+    const dataDir = this.deps.dataDir ? await realpath(this.deps.dataDir).catch(() => resolve(this.deps.dataDir as string)) : undefined;
+    this.scope = { roots, dataDir };
     this.state = 'RUNNING';
     for (const w of await this.deps.changes.watches()) {
       w.files = 0;
+      const problem = await realpath(w.path).then(
+        (real) => scopeProblem(real, this.scope),
+        () => undefined,
+      );
+      if (problem) {
+        w.lastError = `not watched: ${problem.message}`;
+        this.refused.set(w.watchId, w);
+        this.deps.log(`recompute: watch ${w.path} ${w.lastError}`);
+        continue;
+      }
       this.begin(w);
     }
   }
@@ -172,35 +254,49 @@ export class ChangeDetector {
   }
 
   /**
-   * Validates and persists a watch, then starts it (replacing one of the same path). Errors:
-   * InvalidArgumentError (`path`, `pipeline`, `source`, `object_id_prefix`); NotFoundError (`path`).
+   * A watch request checked, as `watch` would store it; changes nothing. Errors:
+   * InvalidArgumentError (`path`, `pipeline`, `source`, `object_id_prefix`, `rescan_interval_ms`,
+   * `debounce_ms`); NotFoundError (`path`); FAILED_PRECONDITION (`path`: no watch roots) and
+   * PERMISSION_DENIED (`path`: outside them, or around the data dir).
    */
-  async watch(request: Omit<PathWatch, 'watchId' | 'files' | 'lastScanNs' | 'lastError'>): Promise<PathWatch> {
+  async check(request: Omit<PathWatch, 'watchId' | 'files' | 'lastScanNs' | 'lastError'>): Promise<PathWatch> {
     if (request.path === '') throw new InvalidArgumentError('path', 'is required');
     if (!isAbsolute(request.path)) throw new InvalidArgumentError('path', `must be absolute (the coordinator's working directory is not the caller's), got ${JSON.stringify(request.path)}`);
     const path = resolve(request.path);
     const asSource = request.pipeline !== '' || request.source !== '';
     if (asSource && (request.pipeline === '' || request.source === '')) throw new InvalidArgumentError(request.pipeline === '' ? 'pipeline' : 'source', 'a pipeline source needs both pipeline and source');
     if (asSource === (request.objectIdPrefix !== '')) throw new InvalidArgumentError('object_id_prefix', 'give either pipeline and source, or object_id_prefix');
+    const rescan = request.rescanIntervalMs || DEFAULT_RESCAN_MS;
+    if (rescan < RESCAN_MS.min || rescan > RESCAN_MS.max) throw new InvalidArgumentError('rescan_interval_ms', `must be from ${RESCAN_MS.min} to ${RESCAN_MS.max} ms (0: ${DEFAULT_RESCAN_MS}), got ${request.rescanIntervalMs}`);
+    if (request.debounceMs > MAX_DEBOUNCE_MS) throw new InvalidArgumentError('debounce_ms', `must be at most ${MAX_DEBOUNCE_MS} ms (0: ${DEFAULT_DEBOUNCE_MS}), got ${request.debounceMs}`);
+    let real: string;
     try {
-      await stat(path);
+      real = await realpath(path);
     } catch {
       throw new NotFoundError(`path ${JSON.stringify(path)}`, 'path');
     }
+    const problem = scopeProblem(real, this.scope);
+    if (problem) throw problem;
     if (asSource) await this.deps.checkTarget?.(request.pipeline, request.source);
-    const spec: PathWatch = {
+    return {
       watchId: `w-${sha256Hex(path).slice(0, 12)}`,
       path,
       pipeline: request.pipeline,
       source: request.source,
       objectIdPrefix: request.objectIdPrefix,
-      rescanIntervalMs: request.rescanIntervalMs || DEFAULT_RESCAN_MS,
+      rescanIntervalMs: rescan,
       debounceMs: request.debounceMs || DEFAULT_DEBOUNCE_MS,
       files: 0,
       lastScanNs: '0',
       lastError: '',
     };
+  }
+
+  /** Checks (see `check`) and persists a watch, then starts it (replacing one of the same path). */
+  async watch(request: Omit<PathWatch, 'watchId' | 'files' | 'lastScanNs' | 'lastError'>): Promise<PathWatch> {
+    const spec = await this.check(request);
     await this.deps.changes.putWatch(spec);
+    this.refused.delete(spec.watchId);
     await this.watchers.get(spec.watchId)?.stop();
     this.begin(spec);
     return spec;
@@ -209,13 +305,14 @@ export class ChangeDetector {
   async unwatch(watchId: string): Promise<boolean> {
     const w = this.watchers.get(watchId);
     this.watchers.delete(watchId);
+    this.refused.delete(watchId);
     await w?.stop();
     return this.deps.changes.deleteWatch(watchId);
   }
 
-  /** Live watches with their last scan's figures. */
+  /** Live watches with their last scan's figures, and persisted ones not watched (with why). */
   list(): PathWatch[] {
-    return [...this.watchers.values()].map((w) => ({ ...w.spec }));
+    return [...[...this.watchers.values()].map((w) => w.spec), ...this.refused.values()].map((w) => ({ ...w }));
   }
 
   /** Runs a scan of a watch now and waits for it (tests, `retrace watch --once`). */
@@ -225,7 +322,7 @@ export class ChangeDetector {
 
   private begin(spec: PathWatch): void {
     if (this.state !== 'RUNNING') return;
-    const w = new PathWatcher(spec, this.deps.sink, this.deps.clock, this.deps.log);
+    const w = new PathWatcher(spec, this.deps.sink, this.deps.clock, this.deps.log, this.scope);
     this.watchers.set(spec.watchId, w);
     w.start();
   }

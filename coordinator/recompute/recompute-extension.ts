@@ -37,6 +37,11 @@ function principalOf(context: CallContext): string {
   return typeof p === 'string' && p.trim() !== '' ? p.trim() : 'anonymous';
 }
 
+export interface RecomputeExtensionOptions {
+  /** Directories `WatchPath` may read (the coordinator's `--watch-root`); none: watching is off. */
+  watchRoots?: readonly string[];
+}
+
 /** RecomputeService over a Recomputer, the change store and the detector. */
 export function createRecomputeHandlers(h: RecomputeHandles, checkTarget: (pipeline: string, source: string) => Promise<void>): RecomputeServiceImplementation {
   return {
@@ -57,8 +62,8 @@ export function createRecomputeHandlers(h: RecomputeHandles, checkTarget: (pipel
     },
     async watchPath(request) {
       if (request.policy !== 0 && request.pipeline !== '') {
-        // Checked before the policy is stored, so a watch refused for its target leaves nothing behind.
-        await checkTarget(request.pipeline, request.source);
+        // The whole watch is checked before the policy is stored, so a refused one leaves nothing behind.
+        await h.detector.check(request);
         await h.changes.setPolicy(request.pipeline, request.source, request.policy);
       }
       return { watch: await h.detector.watch(request) };
@@ -81,7 +86,7 @@ export function createRecomputeHandlers(h: RecomputeHandles, checkTarget: (pipel
  * ApplyPipeline (step code/parameter changes), watches the persisted paths, and registers the
  * `recompute` executor with `shared.jobs`. Put it after the jobs and pipeline extensions.
  */
-export function recomputeExtension(shared: RecomputeShared): ExtensionFactory {
+export function recomputeExtension(shared: RecomputeShared, options: RecomputeExtensionOptions = {}): ExtensionFactory {
   return (ctx): CoordinatorExtension => {
     const changes = createChangeStore(ctx.db, ctx.lineage, ctx.clock);
     const memo = createMemoStore(ctx.db);
@@ -106,6 +111,8 @@ export function recomputeExtension(shared: RecomputeShared): ExtensionFactory {
       clock: ctx.clock,
       log: ctx.log,
       checkTarget,
+      watchRoots: options.watchRoots ?? [],
+      dataDir: ctx.dataDir,
     });
     const executor = new RecomputeExecutor({
       lineage: ctx.lineage,

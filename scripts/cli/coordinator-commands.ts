@@ -7,24 +7,22 @@ import { openDatabase } from '../../coordinator/store/database.js';
 import { LineageStore } from '../../coordinator/store/lineage-store.js';
 import { LineageServiceDefinition } from '../../common/gen/retrace/v1/lineage.js';
 import { RetraceError } from '../../common/errors.js';
-import { durationFlagMs, flag, hasFlag, UsageError, type CliCommand } from './command.js';
+import { flag, hasFlag, UsageError, type CliCommand } from './command.js';
 import { openClient } from './client.js';
-import { coordinatorExtensions } from './coordinator-extensions.js';
+import { COORDINATOR_FEATURE_USAGE, coordinatorExtensions, coordinatorFlags } from './coordinator-extensions.js';
 import { toJson } from './format.js';
 
 const coordinator: CliCommand = {
   path: ['coordinator'],
   stopsOnSignal: true,
   summary: 'start the coordinator (LevelDB store, gRPC and OpenLineage HTTP)',
-  usage: `retrace coordinator [--data DIR] [--grpc HOST:PORT] [--http HOST:PORT] [--allow-remote] [--payload-retention DURATION]
+  usage: `retrace coordinator [--data DIR] [--grpc HOST:PORT] [--http HOST:PORT] [--allow-remote] [--payload-retention DURATION] [--watch-root DIR ...]
   defaults: --data ./.retrace --grpc 127.0.0.1:7700 --http 127.0.0.1:7780; port 0 picks a free port.
-  --payload-retention 30d: delete stored payloads (source records, step outputs) not stored, reused
-  or found in use for that long (swept hourly, or every retention period if shorter; see retrace
-  payloads sweep); current records and every object's newest version are kept. Default: keep all.
+${COORDINATOR_FEATURE_USAGE}
   Prints {"grpc":"HOST:PORT","http":"HOST:PORT"} on stdout once listening; stops on SIGINT/SIGTERM.`,
   booleans: ['allow-remote'],
   async run(args, io) {
-    const payloadRetentionMs = durationFlagMs(args, 'payload-retention', { minMs: 1000 });
+    const features = coordinatorFlags(args);
     const c = new Coordinator(
       {
         dataDir: flag(args, 'data', './.retrace') as string,
@@ -32,7 +30,7 @@ const coordinator: CliCommand = {
         http: flag(args, 'http', '127.0.0.1:7780') as string,
         allowRemote: hasFlag(args, 'allow-remote'),
       },
-      coordinatorExtensions({}, payloadRetentionMs === undefined ? {} : { pipelines: { payloadRetentionMs } }),
+      coordinatorExtensions({}, features),
     );
     const addresses = await c.start();
     io.stdout.write(`${JSON.stringify(addresses)}\n`);

@@ -1,3 +1,5 @@
+import { statSync } from 'node:fs';
+import { resolve } from 'node:path';
 import type { ExtensionFactory } from '../../coordinator/coordinator.js';
 import type { CodeStore } from '../../coordinator/code/code-store.js';
 import { meshExtension } from '../../coordinator/mesh/mesh-extension.js';
@@ -10,7 +12,35 @@ import { replayExtension } from '../../coordinator/replay/replay-extension.js';
 import type { ReplayEngine } from '../../coordinator/replay/replay-engine.js';
 import { jobsExtension } from '../../coordinator/jobs/jobs-extension.js';
 import type { JobManager } from '../../coordinator/jobs/job-manager.js';
-import { recomputeExtension, type RecomputeHandles } from '../../coordinator/recompute/recompute-extension.js';
+import { recomputeExtension, type RecomputeExtensionOptions, type RecomputeHandles } from '../../coordinator/recompute/recompute-extension.js';
+import { durationFlagMs, flagAll, UsageError, type ParsedArgs } from './command.js';
+
+/** Settings of the coordinator's features, as `coordinatorFlags` reads them. */
+export interface CoordinatorFeatureOptions {
+  pipelines?: PipelineExtensionOptions;
+  recompute?: RecomputeExtensionOptions;
+}
+
+/** Usage lines of the flags `coordinatorFlags` reads (`retrace coordinator`, `retrace start`). */
+export const COORDINATOR_FEATURE_USAGE = `  --payload-retention 30d: delete stored payloads (source records, step outputs) not stored, reused
+  or found in use for that long (swept hourly, or every retention period if shorter; see retrace
+  payloads sweep); current records and every object's newest version are kept. Default: keep all.
+  --watch-root DIR (repeatable): a directory retrace watch may read files in (none: watching is off;
+  never the data dir).`;
+
+/** The features' settings from the command line; usage errors name the flag. */
+export function coordinatorFlags(args: ParsedArgs): CoordinatorFeatureOptions {
+  const payloadRetentionMs = durationFlagMs(args, 'payload-retention', { minMs: 1000 });
+  return {
+    ...(payloadRetentionMs === undefined ? {} : { pipelines: { payloadRetentionMs } }),
+    recompute: {
+      watchRoots: flagAll(args, 'watch-root').map((d) => {
+        if (!statSync(d, { throwIfNoEntry: false })?.isDirectory()) throw new UsageError(`--watch-root: ${JSON.stringify(d)} is not a directory`);
+        return resolve(d);
+      }),
+    },
+  };
+}
 
 /** What the coordinator's extensions publish for the ones after them (pipelines, replay). */
 export interface CoordinatorServices {
@@ -32,9 +62,9 @@ export interface CoordinatorServices {
 /**
  * The features the CLI's coordinator runs besides lineage: the agents' mesh (inventory, history,
  * forecasts), published code, shard dispatch, pipelines and replay. Pass `shared` to read the services once the
- * coordinator has started its extensions; `options.pipelines` sets the payload retention.
+ * coordinator has started its extensions; `options` carries the features' settings.
  */
-export function coordinatorExtensions(shared: CoordinatorServices = {}, options: { pipelines?: PipelineExtensionOptions } = {}): ExtensionFactory[] {
+export function coordinatorExtensions(shared: CoordinatorServices = {}, options: CoordinatorFeatureOptions = {}): ExtensionFactory[] {
   return [
     meshExtension({ onMesh: (m) => (shared.mesh = m) }),
     codeExtension({
@@ -45,6 +75,6 @@ export function coordinatorExtensions(shared: CoordinatorServices = {}, options:
     pipelineExtension(shared, options.pipelines),
     jobsExtension(shared),
     replayExtension(shared),
-    recomputeExtension(shared),
+    recomputeExtension(shared, options.recompute),
   ];
 }

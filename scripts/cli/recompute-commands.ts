@@ -149,7 +149,10 @@ const watch: CliCommand = {
   summary: 'watch a file or directory as a pipeline source (each file a record) or as objects',
   usage: `retrace watch PATH (--pipeline P --source S | --prefix OBJECT_ID_PREFIX) [--policy auto|manual] [--rescan 5s] [--debounce 200ms] [--json]
 retrace watch list [--json]
-retrace watch remove WATCH_ID`,
+retrace watch remove WATCH_ID
+The coordinator reads PATH itself: it must lie in a directory the coordinator was started with
+--watch-root DIR (and not hold its data dir). Files over 32 MiB are left out; --rescan 100ms..1d,
+--debounce at most 1m.`,
   async run(args, io) {
     const path = args.positionals[0];
     if (!path) throw new UsageError('PATH is required');

@@ -6,9 +6,9 @@ import { Coordinator, type CoordinatorAddresses } from '../../coordinator/coordi
 import { openDatabase } from '../../coordinator/store/database.js';
 import { LineageStore, seqKey } from '../../coordinator/store/lineage-store.js';
 import { LineageServiceDefinition } from '../../common/gen/retrace/v1/lineage.js';
-import { durationFlagMs, flag, type CliCommand, type CliIo } from './command.js';
+import { flag, type CliCommand, type CliIo } from './command.js';
 import { openClient } from './client.js';
-import { coordinatorExtensions } from './coordinator-extensions.js';
+import { COORDINATOR_FEATURE_USAGE, coordinatorExtensions, coordinatorFlags } from './coordinator-extensions.js';
 import { buildExampleLineage } from './example-lineage.js';
 import { changeExampleRecords, runExamplePipeline } from './example-pipeline.js';
 import { parseArgs } from './command.js';
@@ -35,14 +35,11 @@ const start: CliCommand = {
   path: ['start'],
   stopsOnSignal: true,
   summary: 'quick start: coordinator on ./.retrace with an example pipeline, until Ctrl-C',
-  usage: 'retrace start [--data DIR] [--grpc HOST:PORT] [--http HOST:PORT] [--payload-retention DURATION]\n  --payload-retention: as for retrace coordinator (default: keep every payload)',
+  usage: `retrace start [--data DIR] [--grpc HOST:PORT] [--http HOST:PORT] [--payload-retention DURATION] [--watch-root DIR ...]\n${COORDINATOR_FEATURE_USAGE}`,
   async run(args, io) {
     const dataDir = flag(args, 'data', './.retrace') as string;
-    const payloadRetentionMs = durationFlagMs(args, 'payload-retention', { minMs: 1000 });
-    const c = new Coordinator(
-      { dataDir, grpc: flag(args, 'grpc', '127.0.0.1:7700') as string, http: flag(args, 'http', '127.0.0.1:7780') as string, log: () => {} },
-      coordinatorExtensions({}, payloadRetentionMs === undefined ? {} : { pipelines: { payloadRetentionMs } }),
-    );
+    const features = coordinatorFlags(args);
+    const c = new Coordinator({ dataDir, grpc: flag(args, 'grpc', '127.0.0.1:7700') as string, http: flag(args, 'http', '127.0.0.1:7780') as string, log: () => {} }, coordinatorExtensions({}, features));
     const addresses = await c.start();
     let agents: LocalAgent[] = [];
     try {
@@ -83,7 +80,7 @@ const start: CliCommand = {
         [`recompute --content record:orders/raw:o1=${orderFile} --watch`, 'executed / cached / cut off'],
         ['changes', 'detected changes'],
         ['jobs', 'recompute and replay jobs: states, retries, waiting reasons (jobs show JOB_ID)'],
-        ...(payloadRetentionMs === undefined ? [] : [['payloads sweep --dry-run', 'what the payload retention would delete now'] as [string, string]]),
+        ...(features.pipelines?.payloadRetentionMs === undefined ? [] : [['payloads sweep --dry-run', 'what the payload retention would delete now'] as [string, string]]),
         ['help', 'every command', true],
       ];
       const curl = `curl -s -H "Authorization: Bearer $(cat ${join(dataDir, 'auth-token')})"`;

@@ -4262,7 +4262,11 @@ export const RecomputeServiceDefinition = {
      * Watches a file or directory as a pipeline source (each file a record, key = path relative to
      * the watched directory, payload = its bytes) or as external objects (`object_id_prefix` +
      * relative path). Persisted: watched again after a restart. Watching the same path again
-     * replaces its settings.
+     * replaces its settings. The coordinator reads only inside its `--watch-root` directories:
+     * FAILED_PRECONDITION `path` when it has none, PERMISSION_DENIED `path` outside them (after
+     * following links) or at or around its data dir. Files over 32 MiB are left out (named in
+     * `last_error`). INVALID_ARGUMENT for a rescan interval outside 100 ms..1 day or a debounce
+     * over 60 s (0: the defaults, 5 s and 200 ms).
      */
     watchPath: {
       name: "WatchPath",
@@ -4343,7 +4347,11 @@ export interface RecomputeServiceImplementation<CallContextExt = {}> {
    * Watches a file or directory as a pipeline source (each file a record, key = path relative to
    * the watched directory, payload = its bytes) or as external objects (`object_id_prefix` +
    * relative path). Persisted: watched again after a restart. Watching the same path again
-   * replaces its settings.
+   * replaces its settings. The coordinator reads only inside its `--watch-root` directories:
+   * FAILED_PRECONDITION `path` when it has none, PERMISSION_DENIED `path` outside them (after
+   * following links) or at or around its data dir. Files over 32 MiB are left out (named in
+   * `last_error`). INVALID_ARGUMENT for a rescan interval outside 100 ms..1 day or a debounce
+   * over 60 s (0: the defaults, 5 s and 200 ms).
    */
   watchPath(request: WatchPathRequest, context: CallContext & CallContextExt): Promise<DeepPartial<WatchPathResponse>>;
   listWatches(
@@ -4394,7 +4402,11 @@ export interface RecomputeServiceClient<CallOptionsExt = {}> {
    * Watches a file or directory as a pipeline source (each file a record, key = path relative to
    * the watched directory, payload = its bytes) or as external objects (`object_id_prefix` +
    * relative path). Persisted: watched again after a restart. Watching the same path again
-   * replaces its settings.
+   * replaces its settings. The coordinator reads only inside its `--watch-root` directories:
+   * FAILED_PRECONDITION `path` when it has none, PERMISSION_DENIED `path` outside them (after
+   * following links) or at or around its data dir. Files over 32 MiB are left out (named in
+   * `last_error`). INVALID_ARGUMENT for a rescan interval outside 100 ms..1 day or a debounce
+   * over 60 s (0: the defaults, 5 s and 200 ms).
    */
   watchPath(request: DeepPartial<WatchPathRequest>, options?: CallOptions & CallOptionsExt): Promise<WatchPathResponse>;
   listWatches(
