@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import type { Server as HttpServer } from 'node:http';
@@ -81,7 +81,7 @@ export class Coordinator {
     const { dataDir, log } = this.options;
     try {
       if (dataDir !== null) makeDataDir(dataDir);
-      this.token = this.options.token ?? loadOrCreateToken(dataDir);
+      this.token = this.options.token ?? loadOrCreateToken(dataDir, log);
       this.db = await openDatabase(dataDir === null ? null : join(dataDir, 'db'));
       const store = new LineageStore(this.db);
       const signer = loadCheckpointSigner(dataDir);
@@ -183,10 +183,16 @@ function makeDataDir(dir: string): void {
 }
 
 /** The token clients and agents present; created on first start, readable by the owner only. */
-export function loadOrCreateToken(dataDir: string | null): string {
+export function loadOrCreateToken(dataDir: string | null, log: (line: string) => void = () => {}): string {
   if (dataDir === null) return randomBytes(24).toString('hex');
   const file = join(dataDir, 'auth-token');
-  if (existsSync(file)) return readFileSync(file, 'utf8').trim();
+  if (existsSync(file)) {
+    // An operator may have written the file: it is held to the rule a --token option is.
+    const token = readFileSync(file, 'utf8').trim();
+    if (token.length < 16) throw new InvalidArgumentError('token', `${file} holds ${token.length === 0 ? 'no token' : 'a token shorter than 16 characters'}; put one of at least 16 in it, or delete it to have one made`);
+    if ((statSync(file).mode & 0o077) !== 0) log(`coordinator: ${file} can be read by other users (mode ${(statSync(file).mode & 0o777).toString(8)}); chmod 600 it`);
+    return token;
+  }
   const token = randomBytes(24).toString('hex');
   writeFileSync(file, `${token}\n`, { mode: 0o600, flag: 'wx' });
   return token;

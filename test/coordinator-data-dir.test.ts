@@ -1,4 +1,4 @@
-import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -32,5 +32,25 @@ describe('coordinator data directory', () => {
     await c.stop();
     expect(statSync(join(root, 'a')).mode & 0o777).toBe(0o700);
     expect(statSync(deep).mode & 0o777).toBe(0o700);
+  }, 20_000);
+
+  it('an auth-token file an operator wrote is held to the 16-character rule, and one others can read is reported', async () => {
+    const root = mkdtempSync(join(tmpdir(), 'retrace-coord-token-'));
+    dirs.push(root);
+    for (const [text, problem] of [['', 'holds no token'], ['abc\n', 'holds a token shorter than 16 characters']] as const) {
+      writeFileSync(join(root, 'auth-token'), text, { mode: 0o600 });
+      await expect(start(root)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: expect.stringContaining(`token: ${join(root, 'auth-token')} ${problem}`) });
+    }
+    writeFileSync(join(root, 'auth-token'), 'a-long-enough-operator-token\n');
+    chmodSync(join(root, 'auth-token'), 0o644);
+    const logs: string[] = [];
+    const c = new Coordinator({ dataDir: root, grpc: '127.0.0.1:0', http: '127.0.0.1:0', log: (l) => logs.push(l) });
+    await c.start();
+    try {
+      expect(c.authToken).toBe('a-long-enough-operator-token');
+      expect(logs.some((l) => l.includes('can be read by other users (mode 644); chmod 600 it'))).toBe(true);
+    } finally {
+      await c.stop();
+    }
   }, 20_000);
 });
