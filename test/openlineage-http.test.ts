@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NodeKind } from '../common/gen/retrace/v1/lineage.js';
-import { RETRACE_OPENLINEAGE_PRODUCER } from '../common/openlineage/to-openlineage-event.js';
+import { RETRACE_OPENLINEAGE_PRODUCER, RETRACE_RESOURCES_FACET_SCHEMA_URL } from '../common/openlineage/to-openlineage-event.js';
+import { objectEvent, ref, runEvent as nativeRunEvent, stepEvent } from './helpers/lineage-events.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 
 /** The OpenLineage HTTP face through a real coordinator (LevelDB in a temp dir, real sockets). */
@@ -347,5 +348,24 @@ describe('resource facet over HTTP', () => {
     expect((await post('/api/v1/lineage', e)).status).toBe(201);
     const res = await tc.coordinator.lineage.getNode({ node: { kind: NodeKind.NODE_KIND_STEP, id: `openlineage:${runId}`, contentHash: '' } });
     expect(res.body?.$case === 'step' ? res.body.value.resources : undefined).toMatchObject({ cpuTimeNs: '5', gpuUtilization: 0.5 });
+    // Sent in, it comes back out as the producer sent it, not twice.
+    const back = await fetch(`${tc.httpUrl}/api/v1/jobs/runs/${runId}`, { headers: tc.httpAuth });
+    expect(((await back.json()) as any).facets.retrace_resources).toEqual(e.run.facets.retrace_resources);
+  });
+
+  it('resources Retrace measured go out as the retrace_resources run facet', async () => {
+    const used = [ref('dataset:res:native.in', 'in')];
+    const generated = [ref('dataset:res:native.out', 'out')];
+    const resources = { cpuTimeNs: '1200000', peakMemoryBytes: '9007199254740993', netBytesIn: '10', netBytesOut: '20', diskBytesRead: '0', diskBytesWritten: '30', gpuTimeNs: '0', gpuUtilization: 0, wallTimeNs: '2500000' };
+    await tc.coordinator.lineage.submit([
+      objectEvent('res-in', 'dataset:res:native.in', 'in'),
+      nativeRunEvent('res-run', 'native-run'),
+      stepEvent('res-step', 'native-step', used, generated, { transform: 'job:res:native.job', runId: 'native-run', codeVersion: 'sha256:' + 'a'.repeat(64), resources }),
+    ]);
+    const res = await fetch(`${tc.httpUrl}/api/v1/namespaces/res/jobs/native.job`, { headers: tc.httpAuth });
+    const job = (await res.json()) as any;
+    expect(job.latestRun).toMatchObject({ id: 'native-run', codeVersion: 'sha256:' + 'a'.repeat(64) });
+    // Beyond 2^53 an integer stays a decimal string, so no value loses precision.
+    expect(job.latestRun.facets.retrace_resources).toEqual({ _producer: RETRACE_OPENLINEAGE_PRODUCER, _schemaURL: RETRACE_RESOURCES_FACET_SCHEMA_URL, cpuTimeNs: 1200000, peakMemoryBytes: '9007199254740993', netBytesIn: 10, netBytesOut: 20, diskBytesRead: 0, diskBytesWritten: 30, gpuTimeNs: 0, gpuUtilization: 0, wallTimeNs: 2500000 });
   });
 });

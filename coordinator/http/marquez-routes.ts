@@ -1,6 +1,6 @@
 import { InvalidArgumentError, NotFoundError } from '../../common/errors.js';
 import { Direction, NodeKind } from '../../common/gen/retrace/v1/lineage.js';
-import { parseDatasetObjectId, parseJobTransformName } from '../../common/openlineage/to-lineage-events.js';
+import { openLineageStepId, parseDatasetObjectId, parseJobTransformName } from '../../common/openlineage/to-lineage-events.js';
 import type { LineageApi } from '../lineage/lineage-api.js';
 import { buildGraph, compare, datasetDataOf, getOptional, intParam, runData } from './openlineage-routes.js';
 import type { HttpRequest, Route } from './router.js';
@@ -124,7 +124,8 @@ export function createMarquezRoutes(lineage: LineageApi): Route[] {
         const id = req.params['id'] ?? '';
         const run = await getOptional(lineage, NodeKind.NODE_KIND_RUN, id, 'run');
         if (!run) throw new NotFoundError(`run ${JSON.stringify(id)}`, 'id');
-        return { status: 200, body: runData(run, undefined) };
+        // An OpenLineage run is one step, whose code version and resources are the run's.
+        return { status: 200, body: runData(run, await getOptional(lineage, NodeKind.NODE_KIND_STEP, openLineageStepId(id), 'step')) };
       },
     },
     {

@@ -8,7 +8,8 @@ import {
 } from '../../common/gen/retrace/v1/lineage.js';
 import type { LineageEvent, ObjectVersion, Run, Step } from '../../common/gen/retrace/v1/provenance.js';
 import { parseDatasetObjectId, parseJobTransformName, toLineageEvents } from '../../common/openlineage/to-lineage-events.js';
-import type { ValidatedOpenLineageEvent } from '../../common/openlineage/types.js';
+import { toRetraceResourcesFacet } from '../../common/openlineage/to-openlineage-event.js';
+import { RETRACE_RESOURCES_FACET, type ValidatedOpenLineageEvent } from '../../common/openlineage/types.js';
 import { validateOpenLineageBatch, validateOpenLineageEvent } from '../../common/openlineage/validate.js';
 import { nanosToIso } from '../../common/time.js';
 import type { LineageApi } from '../lineage/lineage-api.js';
@@ -304,8 +305,13 @@ async function jobDataOf(
   };
 }
 
+/**
+ * A run as Marquez shows it. The step's measured resources go out as the `retrace_resources` run
+ * facet (the one producers send them in), unless the producer sent that facet itself.
+ */
 export function runData(run: Run, step: Step | undefined): Record<string, unknown> {
   const iso = (ns: string | undefined): string | null => (ns && ns !== '0' ? nanosToIso(ns) : null);
+  const facets = facetMap(run.facets?.['run']);
   return {
     id: run.runId,
     state: run.state || null,
@@ -313,7 +319,7 @@ export function runData(run: Run, step: Step | undefined): Record<string, unknow
     endedAt: iso(run.endedAtNs),
     parentRunId: run.parentRunId || null,
     codeVersion: step?.codeVersion || null,
-    facets: facetMap(run.facets?.['run']),
+    facets: step?.resources && facets[RETRACE_RESOURCES_FACET] === undefined ? { ...facets, [RETRACE_RESOURCES_FACET]: toRetraceResourcesFacet(step.resources) } : facets,
   };
 }
 
