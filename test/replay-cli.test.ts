@@ -1,0 +1,143 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { NodeInfo, NodeState } from '../common/gen/retrace/v1/node.js';
+import { Pipeline, PipelineServiceDefinition } from '../common/gen/retrace/v1/pipeline.js';
+import { GpuMode, ReplayState } from '../common/gen/retrace/v1/replay.js';
+import { ShardStatus, type ShardAssignment } from '../common/gen/retrace/v1/shard.js';
+import { contentHashOf } from '../common/hash.js';
+import { pipelineExtension, type PipelineShared } from '../coordinator/pipeline/pipeline-extension.js';
+import type { ShardRunner } from '../coordinator/pipeline/pipeline-runner.js';
+import { replayExtension, type ReplayShared } from '../coordinator/replay/replay-extension.js';
+import { runCli } from './helpers/in-process-cli.js';
+import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
+
+// Every `retrace replay start` flag, from the command line to the policy the coordinator ran
+// (the report echoes selector and policy) and to what it did. Shards run in-process on one
+// node, "node-a", so the policies' effects that need real agents (caps, outages) are the
+// end-to-end suites' business; here the point is that each flag arrives as meant.
+
+const CODE = contentHashOf('v1');
+const OTHER_CODE = contentHashOf('v2');
+const T0 = 1_767_225_600_000_000_000n;
+
+/** upper: the text upper-cased; tag: {value, tag, code}. Fails a shard whose faults say so, as an agent does. */
+function runner(calls: ShardAssignment[]): ShardRunner {
+  return {
+    async run(a) {
+      calls.push(a);
+      const failed = a.faults?.fail === true;
+      const text = new TextDecoder().decode(a.inputs[0]?.payload);
+      const out = a.transform === 'upper' ? text.toUpperCase() : JSON.stringify({ value: text, tag: (a.parameters as { tag?: string }).tag ?? '', code: a.codeVersion === CODE ? 1 : 2 });
+      const now = BigInt(Date.now()) * 1_000_000n;
+      const resources = { cpuTimeNs: '1000', peakMemoryBytes: '0', netBytesIn: '0', netBytesOut: '0', diskBytesRead: '0', diskBytesWritten: '0', gpuTimeNs: '0', gpuUtilization: 0, wallTimeNs: '1000' };
+      const outcome = { shardId: a.shardId, status: failed ? ShardStatus.SHARD_STATUS_FAILED : ShardStatus.SHARD_STATUS_SUCCEEDED, outputs: failed ? [] : [{ key: '', contentHash: '', payload: Buffer.from(out), mediaType: 'text/plain' }], resources, error: failed ? 'injected failure' : '', attempt: a.attempt, startedAtNs: String(now - 1000n), endedAtNs: String(now), nodeId: 'node-a' };
+      return { outcome, nodeId: 'node-a', attempts: 1, queuedMs: 0, host: 'host-a' };
+    },
+  };
+}
+
+describe('retrace replay start: every flag reaches the replay', () => {
+  let tc: TestCoordinator;
+  const calls: ShardAssignment[] = [];
+  let runId = '';
+  let conn: string[] = [];
+  const cli = (...argv: string[]): ReturnType<typeof runCli> => runCli([...argv, ...conn]);
+  /** Starts a replay with --watch --json and returns its report as the CLI printed it. */
+  const replay = async (argv: string[], expectCode = 0): Promise<{ report: any; err: string }> => {
+    const r = await cli('replay', 'start', ...argv, '--watch', '--json');
+    expect(r.code, r.err + r.out).toBe(expectCode);
+    expect(r.out, r.err).not.toBe('');
+    return { report: JSON.parse(r.out), err: r.err };
+  };
+
+  beforeAll(async () => {
+    const shared: PipelineShared & ReplayShared = { dispatcher: runner(calls), mesh: { nodes: () => [NodeInfo.fromPartial({ nodeId: 'node-a', state: NodeState.NODE_STATE_READY, labels: { pool: 'test' } })] } };
+    tc = await startTestCoordinator({ extensions: [pipelineExtension(shared, { runner: runner(calls) }), replayExtension(shared)] });
+    conn = ['--coordinator', tc.grpcAddress, '--token', tc.token];
+    const pipelines = tc.client(PipelineServiceDefinition);
+    await pipelines.applyPipeline({
+      pipeline: Pipeline.fromJSON({
+        name: 'orders',
+        sources: [{ name: 'raw', mediaType: 'text/plain' }],
+        steps: [
+          { name: 'shout', transform: 'upper', codeVersion: CODE, inputs: ['raw'] },
+          { name: 'tagged', transform: 'tag', codeVersion: CODE, parameters: { tag: 'x' }, inputs: ['shout'] },
+        ],
+      }),
+    });
+    const ingested = await pipelines.ingest(
+      (async function* () {
+        yield { pipeline: 'orders', source: 'raw', records: ['a', 'b', 'c', 'd'].map((key, i) => ({ key, eventTimeNs: String(T0 + BigInt(i) * 20_000_000n), payload: Buffer.from(`order ${key}`), mediaType: '' })) };
+      })(),
+    );
+    runId = ingested.runId;
+  });
+  afterAll(async () => {
+    await tc.stop();
+  });
+
+  it('--window, --speed, --target, --max-cpu, --max-memory, --gpu, --set, --fault latency, --watch', async () => {
+    const from = '2026-01-01T00:00:00Z';
+    const to = '2026-01-01T00:00:00.050Z';
+    const { report, err } = await replay(['--window', 'orders/raw', from, to, '--speed', '2x', '--target', 'node-a', '--target', 'pool=test', '--max-cpu', '50%', '--max-memory', '256', '--gpu', 'none', '--set', 'tagged.tag="y"', '--fault', 'latency:5ms']);
+    expect(report.selector.selector).toEqual({ $case: 'window', value: { pipeline: 'orders', source: 'raw', fromNs: String(T0), toNs: String(T0 + 50_000_000n) } });
+    expect(report.policy).toMatchObject({ speed: 2, targetNodeIds: ['node-a'], targetLabels: { pool: 'test' }, maxCpuFraction: 0.5, maxMemoryMb: 256, gpu: GpuMode.GPU_MODE_NONE, stepParameters: { tagged: { tag: 'y' } } });
+    expect(report.policy.faults).toMatchObject({ addedLatencyMs: 5, seed: '1' });
+    // Records at 0, 20 and 40 ms of event time fall in the 50 ms window; the what-if changes each.
+    expect(report.state).toBe(ReplayState.REPLAY_STATE_SUCCEEDED);
+    expect(report.summary).toMatchObject({ records: 3, steps: 6, speed: 2, changedRecords: 3 });
+    // The watch's bar, as one line when stderr is not a terminal.
+    expect(err).toMatch(/100% 6\/6 steps, 3\/3 records, 0 failed/);
+    const shard = calls.filter((c) => c.transform === 'tag').at(-1);
+    expect(shard?.parameters).toEqual({ tag: 'y' });
+  });
+
+  it('--record with --fault fail, corrupt, link and outage and --seed', async () => {
+    const { report } = await replay(['--record', 'record:orders/raw:a', '--record', 'record:orders/raw:b', '--fault', 'fail:1', '--fault', 'corrupt:0.5', '--fault', 'link:0.25', '--fault', 'outage:node-a:after=10s:for=2s', '--seed', '3'], 1);
+    expect(report.selector.selector).toEqual({ $case: 'recordIds', value: { objectIds: ['record:orders/raw:a', 'record:orders/raw:b'] } });
+    expect(report.policy.faults).toEqual({ seed: '3', outages: [{ nodeId: 'node-a', startAfterMs: 10_000, durationMs: 2_000 }], linkOutageProbability: 0.25, corruptInputProbability: 0.5, stepFailureProbability: 1, addedLatencyMs: 0 });
+    expect(report.state).toBe(ReplayState.REPLAY_STATE_FAILED);
+    // Every first step fails (probability 1), so the second steps never run.
+    expect(report.summary).toMatchObject({ records: 2, steps: 4, failed: 2, upstreamFailed: 2 });
+  });
+
+  it('--run and --last select records; --code runs another version of a transform', async () => {
+    const byRun = await replay(['--run', runId, '--code', `tag=${OTHER_CODE}`]);
+    expect(byRun.report.selector.selector).toEqual({ $case: 'runId', value: runId });
+    expect(byRun.report.policy.codeVersions).toEqual({ tag: OTHER_CODE });
+    expect(byRun.report.summary).toMatchObject({ records: 4, changedRecords: 4 });
+    expect(calls.filter((c) => c.codeVersion === OTHER_CODE)).toHaveLength(4);
+    const last = await replay(['--last', '100000d', 'orders/raw']);
+    expect(last.report.selector.selector).toEqual({ $case: 'last', value: { pipeline: 'orders', source: 'raw', minutes: 144_000_000 } });
+    expect(last.report.summary).toMatchObject({ records: 4, matched: 8, changedRecords: 0 });
+    const list = await cli('replay', 'list', '--json');
+    expect(list.code).toBe(0);
+    expect(list.out).toContain(byRun.report.replayId);
+  });
+
+  it('bad flags are usage errors naming them; bad policies are refused by the coordinator', async () => {
+    for (const [argv, text] of [
+      [['--record', 'record:orders/raw:a', '--speed', 'fast'], '--speed must be a factor like 0.5x'],
+      [['--record', 'record:orders/raw:a', '--max-cpu', '150%'], '--max-cpu must be like 50% or 0.5'],
+      [['--record', 'record:orders/raw:a', '--gpu', 'maybe'], '--gpu must be only or none'],
+      [['--record', 'record:orders/raw:a', '--fault', 'fail:2'], '--fault fail: probability between 0 and 1 expected'],
+      [['--record', 'record:orders/raw:a', '--fault', 'boom:1'], 'unknown fault "boom"'],
+      [['--record', 'record:orders/raw:a', '--set', 'nodot=1'], '--set STEP.PARAM=VALUE'],
+      [['--window', 'orders', '2026-01-01T00:00:00Z', '2026-01-02T00:00:00Z'], 'expected PIPELINE/SOURCE'],
+      [[], 'a selector is required'],
+    ] as const) {
+      const r = await cli('replay', 'start', ...argv);
+      expect(r.code, `${argv.join(' ')}: ${r.err}`).toBe(2);
+      expect(r.err).toContain(text);
+    }
+    for (const [argv, text] of [
+      [['--record', 'record:orders/raw:a', '--speed', '0x'], 'speed'],
+      [['--record', 'record:orders/raw:a', '--target', 'node-nope'], 'node-nope'],
+      [['--record', 'record:orders/raw:a', '--set', 'nostep.tag=1'], 'nostep'],
+      [['--record', 'record:orders/raw:a', '--fault', 'outage:node-z:after=1s:for=1s'], 'policy.faults.outages[0].node_id: unknown node "node-z"'],
+    ] as const) {
+      const r = await cli('replay', 'start', ...argv);
+      expect(r.code, `${argv.join(' ')}: ${r.err}`).toBe(1);
+      expect(r.err).toContain(text);
+    }
+  });
+});
