@@ -65,6 +65,12 @@ describe('LineageService over gRPC', () => {
     await expect(c.trace({ start: { kind: NodeKind.NODE_KIND_STEP, id: 'nope', contentHash: '' } })).rejects.toMatchObject({ code: Status.NOT_FOUND, details: expect.stringMatching(/^start: /) });
     await expect(c.trace({ start: { kind: NodeKind.NODE_KIND_STEP, id: 'g-s1', contentHash: '' }, pageSize: 200_000 })).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringMatching(/^page_size/) });
     await expect(c.submitEvent({})).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: 'event: is required' });
+    // An event over the 1 MiB limit is named like any other bad field; a message over the
+    // transport's 64 MiB is RESOURCE_EXHAUSTED, as gRPC clients expect of any server.
+    const big = { ...objectEvent('g-big', 'g:big', 'big'), body: { $case: 'objectVersion' as const, value: { objectId: 'g:big', contentHash: h('big'), size: '3', mediaType: '', createdAtNs: '0', attributes: { blob: 'x'.repeat(1_100_000) }, facets: undefined } } };
+    await expect(c.submitEvents(batches({ events: [objectEvent('g-small', 'g:small', 's'), big] }))).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringMatching(/^batches\[0\]\.events\[1\]: event is \d+ bytes encoded; the limit is 1048576/) });
+    await expect(c.getNode({ node: { kind: NodeKind.NODE_KIND_OBJECT_VERSION, id: 'g:small', contentHash: h('s') } })).rejects.toMatchObject({ code: Status.NOT_FOUND });
+    await expect(c.submitEvent({ event: { ...big, body: { ...big.body, value: { ...big.body.value, attributes: { blob: 'x'.repeat(65 * 2 ** 20) } } } } })).rejects.toMatchObject({ code: Status.RESOURCE_EXHAUSTED });
   });
 
   it('names the event whose bytes do not decode (INVALID_ARGUMENT, batches[i].events[j]) and stores nothing of that batch', async () => {
