@@ -123,6 +123,29 @@ describe('dispatch end to end (real coordinator, real agent processes)', () => {
     expect(results.every((r) => r.outcome.status === ShardStatus.SHARD_STATUS_SUCCEEDED)).toBe(true);
   }, 60_000);
 
+  it("a transform's own declared requirements (its code manifest) place its shards, with no step requirements", async () => {
+    const publish = async (tag: string, requirements: object): Promise<string> => {
+      const file = join(dir, 'src', `echo-${tag}.ts`);
+      writeFileSync(file, `${SOURCE}\n// ${tag}\n`);
+      const bundle = await bundleTransform(file);
+      const r = await tc.client(CodeServiceDefinition).publishCode({ bundle: Buffer.from(bundle.bytes), manifest: { transform: 'slow-echo', sourceFile: `echo-${tag}.ts`, bundler: bundle.bundler, requirements: { cpu: 0, memoryMb: 0, gpu: 0, instructionSets: [], networkMbps: 0, ...requirements } } });
+      return r.code?.codeVersion ?? '';
+    };
+    const gpuCode = await publish('gpu', { gpu: 1 });
+    const results = await Promise.all(Array.from({ length: 8 }, () => dispatcher().run({ ...shard(), codeVersion: gpuCode })));
+    expect(results.map((r) => r.nodeId)).toEqual(results.map(() => agents[2]?.nodeId));
+    expect(results.every((r) => r.outcome.status === ShardStatus.SHARD_STATUS_SUCCEEDED)).toBe(true);
+    // Step and code requirements add up: an instruction set no node has makes the shard wait, named.
+    const isaCode = await publish('isa', { instructionSets: ['no-such-isa'] });
+    const s = { ...shard(), codeVersion: isaCode };
+    const stop = new AbortController();
+    const p = dispatcher().run(s, { requirements: { cpu: 0.1 }, signal: stop.signal });
+    await until(() => dispatcher().waiting().some((w) => w.shardId === s.shardId));
+    expect(dispatcher().waiting().find((w) => w.shardId === s.shardId)?.reason).toMatch(/no-such-isa/);
+    stop.abort();
+    expect((await p).outcome.status).toBe(ShardStatus.SHARD_STATUS_CANCELLED);
+  }, 60_000);
+
   it('an impossible requirement waits with a reason, then runs when a fitting agent joins', async () => {
     const s = shard();
     const p = dispatcher().run(s, { requirements: { cpu: 512 } });

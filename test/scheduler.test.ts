@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { NodeState, ReadingSource, type ConnectRequest, type ConnectResponse, type NodeInfo, type ResourceReading } from '../common/gen/retrace/v1/node.js';
 import { ShardStatus, type ShardAssignment } from '../common/gen/retrace/v1/shard.js';
+import { isEmpty, mergeRequirements } from '../common/requirements.js';
 import { allocate, toNodeView, type NodeLoad, type NodeView } from '../coordinator/scheduler/allocator.js';
 import { createDispatcher } from '../coordinator/scheduler/dispatcher.js';
 import type { MeshEvents } from '../coordinator/mesh/mesh-events.js';
@@ -78,6 +79,19 @@ describe('allocator: filters', () => {
     const res = allocate(nodes, {}, full, { maxInFlight: 2 });
     expect(res).toMatchObject({ busy: true });
     expect(pick(res)).toMatch(/at capacity/);
+  });
+});
+
+describe('requirements of a step and of its code', () => {
+  it('combine into the larger amount of each and every instruction set; an empty side leaves the other as it is', () => {
+    const code = { cpu: 0.5, memoryMb: 512, gpu: 0, instructionSets: ['avx2'], networkMbps: 0 };
+    const step = { cpu: 2, gpu: true, instructionSets: ['avx2', 'sse4_2'] };
+    expect(mergeRequirements(code, step)).toEqual({ cpu: 2, memoryMb: 512, gpu: 1, instructionSets: ['avx2', 'sse4_2'], networkMbps: 0 });
+    const none = { cpu: 0, memoryMb: 0, gpu: 0, instructionSets: [], networkMbps: 0 };
+    expect(mergeRequirements(none, step)).toBe(step);
+    expect(mergeRequirements(code, undefined)).toBe(code);
+    expect(mergeRequirements(undefined, undefined)).toBeUndefined();
+    expect(isEmpty({ gpu: false })).toBe(true);
   });
 });
 

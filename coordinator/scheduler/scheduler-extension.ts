@@ -4,7 +4,11 @@ import type { CoordinatorExtension, ExtensionFactory } from '../coordinator.js';
 import { createHeadroomCache, toNodeHeadroom, type HeadroomCache, type MetricForecast, type NodeHeadroom } from '../forecast/free-capacity.js';
 import type { NodeMesh } from '../mesh/node-mesh.js';
 import { toNodeView } from './allocator.js';
-import { createDispatcher, type Dispatcher, type DispatcherOptions } from './dispatcher.js';
+import { createDispatcher, type DispatchResult, type Dispatcher, type DispatcherOptions, type RunOptions } from './dispatcher.js';
+import type { PublishedCode } from '../../common/gen/retrace/v1/code.js';
+import type { TransformRequirements } from '../../common/transform.js';
+import type { ShardAssignment } from '../../common/gen/retrace/v1/shard.js';
+import { isEmpty, mergeRequirements } from '../../common/requirements.js';
 
 /** Services the scheduler extension reads and publishes (filled in by the extensions before it). */
 export interface SchedulerShared {
@@ -14,6 +18,8 @@ export interface SchedulerShared {
   dispatcher?: Dispatcher;
   /** Set by this extension: a node's forecast headroom as the allocator reads it (undefined = latest readings are used). */
   headroom?: (nodeId: string) => NodeHeadroom | undefined;
+  /** Published code (set by codeExtension before this one): a transform's declared requirements count in placement. */
+  code?: { describe(codeVersion: string): Promise<PublishedCode | undefined> };
 }
 
 /** Tunables passed to the dispatcher (mesh and log are the extension's), and of the forecast headroom. */
@@ -47,7 +53,10 @@ export function schedulerExtension(shared: SchedulerShared, options: SchedulerEx
     };
     const { forecastHeadroom = true, headroomHorizonMs = 60_000, headroomRefreshMs = 5000, ...dispatcherOptions } = options;
     const headroom = forecastHeadroom ? createForecastHeadroom(mesh, { horizonMs: headroomHorizonMs, refreshMs: headroomRefreshMs, log }) : undefined;
-    const dispatcher = createDispatcher({ shardTimeoutMs: 60_000, ...dispatcherOptions, mesh, log, ...(headroom ? { headroom: (id: string) => headroom.cache.get(id) } : {}) });
+    const dispatcher = withCodeRequirements(
+      createDispatcher({ shardTimeoutMs: 60_000, ...dispatcherOptions, mesh, log, ...(headroom ? { headroom: (id: string) => headroom.cache.get(id) } : {}) }),
+      shared,
+    );
     shared.dispatcher = dispatcher;
     if (headroom) shared.headroom = (id) => headroom.cache.get(id);
     // Forecasts of free capacity subtract what assigned shards hold.
@@ -61,6 +70,39 @@ export function schedulerExtension(shared: SchedulerShared, options: SchedulerEx
         delete shared.headroom;
       },
     };
+  };
+}
+
+/**
+ * The dispatcher with each shard's requirements made of its step's and its code's: what
+ * `defineTransform` declared (stored in the code's manifest) holds wherever the transform runs,
+ * so a pipeline step, replay or recompute need not repeat it. The code's memory is also the
+ * worker's heap limit when the shard sets none. Manifests are read once per code version (a
+ * version's bytes and manifest never change); shards of unknown code run on their step's alone.
+ */
+function withCodeRequirements(dispatcher: Dispatcher, shared: SchedulerShared): Dispatcher {
+  const declared = new Map<string, TransformRequirements | undefined>();
+  const run = (assignment: ShardAssignment, options: RunOptions, code: TransformRequirements | undefined): Promise<DispatchResult> => {
+    const requirements = mergeRequirements(code, options.requirements);
+    if (requirements === options.requirements) return dispatcher.run(assignment, options);
+    const memoryMb = requirements?.memoryMb ?? 0;
+    return dispatcher.run(assignment.memoryLimitMb === 0 && memoryMb > 0 ? { ...assignment, memoryLimitMb: memoryMb } : assignment, { ...options, ...(requirements ? { requirements } : {}) });
+  };
+  return {
+    ...dispatcher,
+    run(assignment, options = {}) {
+      const v = assignment.codeVersion;
+      if (declared.has(v) || !shared.code) return run(assignment, options, declared.get(v));
+      return shared.code.describe(v).then(
+        (c) => {
+          const r = c?.manifest?.requirements;
+          // Unknown versions are not remembered: they may be published later.
+          if (c) declared.set(v, r && !isEmpty(r) ? r : undefined);
+          return run(assignment, options, r);
+        },
+        () => run(assignment, options, undefined),
+      );
+    },
   };
 }
 
