@@ -152,8 +152,17 @@ export class Coordinator {
     for (const ext of [...this.extensions].reverse()) await ext.stop?.().catch((err: unknown) => this.options.log(`coordinator: stopping ${ext.name} failed: ${String(err)}`));
     if (this.grpcServer) {
       const grpc = this.grpcServer;
-      const timer = setTimeout(() => grpc.forceShutdown(), 2000);
-      await grpc.shutdown();
+      // Not only forced after 2 s but no longer waited for: grpc-js never settles a graceful
+      // shutdown that meets a connection its client is dropping (a client whose TLS handshake
+      // with this plaintext server just failed), and forceShutdown does not settle it either.
+      let timer: NodeJS.Timeout | undefined;
+      const forced = new Promise<void>((resolve) => {
+        timer = setTimeout(() => {
+          grpc.forceShutdown();
+          resolve();
+        }, 2000);
+      });
+      await Promise.race([grpc.shutdown(), forced]);
       clearTimeout(timer);
     }
     await this.engine?.stop();
