@@ -95,12 +95,13 @@ export interface CliClient<S extends CompatServiceDefinition> {
  * Opens a channel to the coordinator named by the flags and a client for `definition` that
  * sends `authorization: Bearer <token>`, retries calls the proto marks IDEMPOTENT on UNAVAILABLE
  * (jittered backoff, 3 attempts, unary only) and turns gRPC statuses into typed RetraceErrors.
- * With `--tls-ca` (or RETRACE_TLS_CA) the channel is TLS, trusting that CA only.
+ * With `--tls-ca` (or RETRACE_TLS_CA) the channel is TLS, trusting that CA only. `env` replaces
+ * process.env for RETRACE_TOKEN and RETRACE_TLS_CA.
  */
-export function openClient<S extends CompatServiceDefinition>(definition: S, args: ParsedArgs): CliClient<S> {
+export function openClient<S extends CompatServiceDefinition>(definition: S, args: ParsedArgs, options: { env?: NodeJS.ProcessEnv } = {}): CliClient<S> {
   const address = coordinatorAddress(args);
-  const token = resolveToken(args, { defaultFile: DEFAULT_TOKEN_FILE });
-  const ca = resolveTlsCa(args);
+  const token = resolveToken(args, { ...options, defaultFile: DEFAULT_TOKEN_FILE });
+  const ca = resolveTlsCa(args, options);
   const metadata = Metadata();
   if (token) metadata.set('authorization', `Bearer ${token}`);
   const channel = createChannel(address, ca ? ChannelCredentials.createSsl(ca) : ChannelCredentials.createInsecure());
