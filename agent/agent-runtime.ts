@@ -2,8 +2,9 @@ import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { join } from 'node:path';
-import { ClientError, Metadata, Status, createChannel, createClient, type Channel } from 'nice-grpc';
+import { ChannelCredentials, ClientError, Metadata, Status, createChannel, createClient, type Channel } from 'nice-grpc';
 import { AsyncQueue } from '../common/async-queue.js';
+import { describeConnectFailure } from '../common/connect-failure.js';
 import { NodeServiceConnectWireDefinition } from '../common/connect-wire.js';
 import { FailedPreconditionError, InvalidArgumentError, RetraceError } from '../common/errors.js';
 import { CodeServiceDefinition, type CodeServiceClient } from '../common/gen/retrace/v1/code.js';
@@ -69,6 +70,8 @@ export interface AgentOptions {
   dataDir: string;
   /** Sent as `authorization: Bearer <token>`. */
   token?: string;
+  /** PEM CA certificate(s) of a coordinator that serves TLS: the channel is then TLS, trusting these only. Default: plaintext. */
+  tlsCa?: Buffer | undefined;
   labels?: Readonly<Record<string, string>>;
   /** DECLARED capabilities (`--advertise`), reported next to the measured ones. */
   advertised?: readonly ResourceReading[];
@@ -106,6 +109,7 @@ interface CompiledAgentOptions {
   readonly coordinator: string;
   readonly dataDir: string;
   readonly token: string | undefined;
+  readonly tlsCa: Buffer | undefined;
   readonly labels: Readonly<Record<string, string>>;
   readonly advertised: readonly ResourceReading[];
   readonly reportIntervalMs: number;
@@ -144,6 +148,7 @@ export function compileAgentOptions(o: AgentOptions): CompiledAgentOptions {
     coordinator: o.coordinator,
     dataDir,
     token: o.token && o.token.trim() !== '' ? o.token.trim() : undefined,
+    tlsCa: o.tlsCa,
     labels: Object.freeze({ ...(o.labels ?? {}) }),
     advertised: Object.freeze((o.advertised ?? []).map((r) => ({ ...r, source: ReadingSource.READING_SOURCE_DECLARED }))),
     reportIntervalMs: positive('reportIntervalMs', o.reportIntervalMs, 2000, 50),
@@ -543,7 +548,8 @@ export function createAgentRuntime(options: AgentOptions): AgentRuntime {
     const metadata = Metadata();
     if (opts.token) metadata.set('authorization', `Bearer ${opts.token}`);
     // Bundles may be up to 32 MiB; GetCode answers need more than gRPC's 4 MiB default.
-    channel = createChannel(opts.coordinator, undefined, { 'grpc.max_receive_message_length': 64 * 1024 * 1024 });
+    const credentials = opts.tlsCa ? ChannelCredentials.createSsl(opts.tlsCa) : ChannelCredentials.createInsecure();
+    channel = createChannel(opts.coordinator, credentials, { 'grpc.max_receive_message_length': 64 * 1024 * 1024 });
     const client: NodeServiceClient = createClient(NodeServiceConnectWireDefinition, channel, { '*': { metadata } });
     codeClient = createClient(CodeServiceDefinition, channel, { '*': { metadata } });
     let attempt = 0;
@@ -560,7 +566,9 @@ export function createAgentRuntime(options: AgentOptions): AgentRuntime {
             fail(new RetraceError('UNAUTHENTICATED', `coordinator refused the agent: ${(err as ClientError).details}`, { cause: err }));
             return;
           }
-          log('warn', 'agent:disconnected', { error: err instanceof ClientError ? `${Status[err.code]}: ${err.details}` : String(err) });
+          // A channel that never connected says why (TLS on one side only, an untrusted certificate).
+          const connectFailure = err instanceof ClientError && err.code === Status.UNAVAILABLE ? describeConnectFailure(err.details, { address: opts.coordinator, tls: opts.tlsCa !== undefined }) : undefined;
+          log('warn', 'agent:disconnected', { error: connectFailure ?? (err instanceof ClientError ? `${Status[err.code]}: ${err.details}` : String(err)) });
         }
         if (stopping) break;
         if (wasRegistered) attempt = 0;

@@ -1,4 +1,5 @@
 import { resolve } from 'node:path';
+import { createSecureContext } from 'node:tls';
 import { InvalidArgumentError } from '../common/errors.js';
 
 /** What an operator may set (CLI flags map onto these). */
@@ -13,6 +14,11 @@ export interface CoordinatorOptions {
   allowRemote?: boolean;
   /** Auth token; default: read or create `<dataDir>/auth-token`. */
   token?: string;
+  /**
+   * TLS for both listeners (gRPC and HTTPS): a PEM certificate (chain) and its PEM private key,
+   * as bytes (the caller reads the files). Default: plaintext.
+   */
+  tls?: { cert: Buffer; key: Buffer };
   log?: (line: string) => void;
 }
 
@@ -21,6 +27,9 @@ export interface CompiledCoordinatorOptions {
   readonly grpc: { readonly host: string; readonly port: number };
   readonly http: { readonly host: string; readonly port: number };
   readonly token: string | undefined;
+  readonly tls: { readonly cert: Buffer; readonly key: Buffer } | undefined;
+  /** Listening beyond loopback was allowed without TLS: tokens would cross the network in cleartext. */
+  readonly cleartextRemote: boolean;
   readonly log: (line: string) => void;
 }
 
@@ -36,13 +45,33 @@ export function compileCoordinatorOptions(o: CoordinatorOptions): CompiledCoordi
     }
   }
   if (o.token !== undefined && o.token.length < 16) throw new InvalidArgumentError('token', 'must be at least 16 characters');
+  if (o.tls) checkKeyPair(o.tls.cert, o.tls.key);
   return Object.freeze({
     dataDir: o.dataDir === null ? null : resolve(o.dataDir ?? './.retrace'),
     grpc: Object.freeze(grpc),
     http: Object.freeze(http),
     token: o.token,
+    tls: o.tls ? Object.freeze({ cert: o.tls.cert, key: o.tls.key }) : undefined,
+    cleartextRemote: o.allowRemote === true && !o.tls,
     log: o.log ?? ((line: string) => process.stderr.write(`${new Date().toISOString()} ${line}\n`)),
   });
+}
+
+/**
+ * Refuses a certificate or key that does not parse, or a key that is not the certificate's, here
+ * rather than at the first handshake: grpc-js and node:https would start listening with them.
+ */
+function checkKeyPair(cert: Buffer, key: Buffer): void {
+  const attempt = (field: string, what: string, options: { cert?: Buffer; key?: Buffer }): void => {
+    try {
+      createSecureContext(options);
+    } catch (err) {
+      throw new InvalidArgumentError(field, `${what}: ${(err as Error).message}`, err);
+    }
+  };
+  attempt('tls-cert', 'not a PEM certificate', { cert });
+  attempt('tls-key', 'not a PEM private key', { key });
+  attempt('tls-key', 'does not match the certificate of --tls-cert', { cert, key });
 }
 
 /** "HOST:PORT" (IPv6 in brackets) to parts. */

@@ -3,6 +3,8 @@ import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'no
 import type { AddressInfo } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import type { Server as HttpServer } from 'node:http';
+import type { Server as HttpsServer } from 'node:https';
+import { ServerCredentials } from '@grpc/grpc-js';
 import type { Server as GrpcServer } from 'nice-grpc';
 import { LineageServiceWireDefinition } from './grpc/lineage-wire.js';
 import { FailedPreconditionError, InvalidArgumentError } from '../common/errors.js';
@@ -58,7 +60,7 @@ export class Coordinator {
   private db: Database | undefined;
   private engine: LineageEngine | undefined;
   private grpcServer: GrpcServer | undefined;
-  private httpServer: HttpServer | undefined;
+  private httpServer: HttpServer | HttpsServer | undefined;
   private extensions: CoordinatorExtension[] = [];
   private token = '';
   addresses: CoordinatorAddresses | undefined;
@@ -78,7 +80,10 @@ export class Coordinator {
 
   async start(): Promise<CoordinatorAddresses> {
     this.transition('NEW', 'STARTING');
-    const { dataDir, log } = this.options;
+    const { dataDir, log, tls } = this.options;
+    if (this.options.cleartextRemote) {
+      log('coordinator: WARNING: --allow-remote without TLS: bearer tokens and data cross the network in cleartext; use --tls-cert FILE --tls-key FILE');
+    }
     try {
       if (dataDir !== null) makeDataDir(dataDir);
       this.token = this.options.token ?? loadOrCreateToken(dataDir, log);
@@ -103,11 +108,12 @@ export class Coordinator {
       });
       this.grpcServer = server;
       const { grpc, http } = this.options;
-      const grpcPort = await server.listen(`${grpc.host}:${grpc.port}`);
+      const credentials = tls ? ServerCredentials.createSsl(null, [{ cert_chain: tls.cert, private_key: tls.key }], false) : ServerCredentials.createInsecure();
+      const grpcPort = await server.listen(`${grpc.host}:${grpc.port}`, credentials);
       health.setStatus('healthy');
 
       const routes = [...createOpenLineageRoutes(this.engine), ...createMarquezRoutes(this.engine), ...this.extensions.flatMap((e) => e.routes ?? [])];
-      this.httpServer = createHttpServer(routes, { token: this.token, log });
+      this.httpServer = createHttpServer(routes, { token: this.token, log, tls });
       const httpServer = this.httpServer;
       await new Promise<void>((resolve, reject) => {
         httpServer.once('error', reject);
@@ -116,7 +122,7 @@ export class Coordinator {
       const httpPort = (httpServer.address() as AddressInfo).port;
       this.addresses = { grpc: `${grpc.host}:${grpcPort}`, http: `${http.host}:${httpPort}` };
       this.transition('STARTING', 'RUNNING');
-      log(`coordinator: listening grpc=${this.addresses.grpc} http=${this.addresses.http} data=${dataDir ?? '(memory)'}`);
+      log(`coordinator: listening grpc=${this.addresses.grpc} http=${this.addresses.http}${tls ? ' tls=on' : ''} data=${dataDir ?? '(memory)'}`);
       return this.addresses;
     } catch (err) {
       this.state = 'FAILED';
@@ -146,8 +152,17 @@ export class Coordinator {
     for (const ext of [...this.extensions].reverse()) await ext.stop?.().catch((err: unknown) => this.options.log(`coordinator: stopping ${ext.name} failed: ${String(err)}`));
     if (this.grpcServer) {
       const grpc = this.grpcServer;
-      const timer = setTimeout(() => grpc.forceShutdown(), 2000);
-      await grpc.shutdown();
+      // Not only forced after 2 s but no longer waited for: grpc-js never settles a graceful
+      // shutdown that meets a connection its client is dropping (a client whose TLS handshake
+      // with this plaintext server just failed), and forceShutdown does not settle it either.
+      let timer: NodeJS.Timeout | undefined;
+      const forced = new Promise<void>((resolve) => {
+        timer = setTimeout(() => {
+          grpc.forceShutdown();
+          resolve();
+        }, 2000);
+      });
+      await Promise.race([grpc.shutdown(), forced]);
       clearTimeout(timer);
     }
     await this.engine?.stop();

@@ -15,6 +15,14 @@
 import { register } from 'tsx/esm/api';
 
 register();
+// grpc-js names the TLS server by the host it dials, an IP literal too (`--coordinator
+// 127.0.0.1:7700 --tls-ca ...`), and Node warns about that (DEP0123) on stderr. The certificate
+// is still checked against that IP's subjectAltName, so the warning only adds noise.
+const emitWarning = process.emitWarning.bind(process);
+process.emitWarning = (warning, ...rest) => {
+  const code = typeof rest[0] === 'object' && rest[0] !== null ? rest[0].code : rest[1];
+  if (code !== 'DEP0123') emitWarning(warning, ...rest);
+};
 const { main, runningService } = await import('./cli/main.ts');
 // A reader that stopped reading (`retrace jobs | head -1`) is not an error of ours: a command
 // stops quietly, as `grep` and `rg` do, instead of crashing on the unhandled EPIPE. A service

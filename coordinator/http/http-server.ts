@@ -1,4 +1,5 @@
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer, type IncomingMessage, type RequestListener, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import { InvalidArgumentError, isRetraceError, NotFoundError, RetraceError, toHttpError } from '../../common/errors.js';
 import { bearerTokenCheck } from '../bearer-token.js';
 import type { HttpRequest, Route } from './router.js';
@@ -11,14 +12,19 @@ export const MAX_HTTP_BODY_BYTES = 16 * 1024 * 1024;
  * `Authorization: Bearer <token>`, the token the gRPC services take (OpenLineage clients send it
  * with their api_key auth); without it, 401 before any route is looked up. Errors go through the
  * shared error table, so a 400 carries `{error, message, field}` just as gRPC names the field.
+ * With `tls` (PEM certificate and key) it serves HTTPS instead.
  */
-export function createHttpServer(routes: readonly Route[], options: { token: string; log: (line: string) => void }): Server {
+export function createHttpServer(
+  routes: readonly Route[],
+  options: { token: string; log: (line: string) => void; tls?: { cert: Buffer; key: Buffer } | undefined },
+): Server | HttpsServer {
   const { log } = options;
   const authorized = bearerTokenCheck(options.token);
   const match = compileRoutes(routes);
-  return createServer((req, res) => {
+  const listener: RequestListener = (req, res) => {
     void handle(req, res).catch((err: unknown) => log(`http: response failed: ${String(err)}`));
-  });
+  };
+  return options.tls ? createHttpsServer({ cert: options.tls.cert, key: options.tls.key }, listener) : createServer(listener);
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const controller = new AbortController();

@@ -4,10 +4,10 @@ import { runAgent } from '../../agent/run-agent.js';
 import { parseAdvertise, parseLabels } from '../../common/node-resources.js';
 import { parseDurationMs } from '../../common/time.js';
 import { flag, flagAll, UsageError, type CliCommand } from './command.js';
-import { DEFAULT_TOKEN_FILE, resolveToken } from './client.js';
+import { DEFAULT_TOKEN_FILE, resolveTlsCa, resolveToken } from './client.js';
 
 const USAGE = `retrace agent --coordinator HOST:PORT [--data DIR] [--label k=v ...] [--advertise k=v,...]
-              [--report-interval 2s] [--link-probe-interval 2m] [--token T | --token-file F]
+              [--report-interval 2s] [--link-probe-interval 2m] [--token T | --token-file F] [--tls-ca FILE]
 
 Runs this host as a node of the mesh until SIGTERM/SIGINT, then leaves cleanly.
   --coordinator      the coordinator's gRPC address (required)
@@ -18,6 +18,7 @@ Runs this host as a node of the mesh until SIGTERM/SIGINT, then leaves cleanly.
   --report-interval  resource report period (default 2s)
   --link-probe-interval  period of the bandwidth/RTT measurement to the coordinator (default 2m, 0 = off)
   --token / --token-file / env RETRACE_TOKEN   bearer token (default: ${DEFAULT_TOKEN_FILE} if present)
+  --tls-ca FILE / env RETRACE_TLS_CA   PEM CA for a coordinator started with --tls-cert: connect over TLS
 Prints {"nodeId": ...} on stdout once registered; logs JSON lines on stderr.`;
 
 function agentVersion(): string {
@@ -69,6 +70,7 @@ export const commands: CliCommand[] = [
           coordinator,
           dataDir,
           token: resolveToken(args, { defaultFile: DEFAULT_TOKEN_FILE }),
+          tlsCa: resolveTlsCa(args),
           labels,
           advertised,
           reportIntervalMs: durationFlag(flag(args, 'report-interval'), 'report-interval', 2000, 50),

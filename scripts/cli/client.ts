@@ -1,6 +1,8 @@
+import { X509Certificate } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import {
+  ChannelCredentials,
   ClientError,
   Metadata,
   Status,
@@ -12,7 +14,8 @@ import {
   type ClientMiddlewareCall,
   type CompatServiceDefinition,
 } from 'nice-grpc';
-import { fromClientError } from '../../common/errors.js';
+import { describeConnectFailure } from '../../common/connect-failure.js';
+import { fromClientError, RetraceError } from '../../common/errors.js';
 import { flag, UsageError, type ParsedArgs } from './command.js';
 
 /** Where client commands connect when `--coordinator` is not given. */
@@ -38,19 +41,46 @@ export function resolveToken(args: ParsedArgs, options: { env?: NodeJS.ProcessEn
   const direct = flag(args, 'token');
   if (direct !== undefined && direct !== 'true') return direct.trim();
   const file = flag(args, 'token-file');
-  if (file !== undefined) {
-    try {
-      return readFileSync(resolve(file), 'utf8').trim();
-    } catch (err) {
-      throw new UsageError(`--token-file: cannot read ${file}: ${(err as Error).message}`);
-    }
-  }
+  if (file !== undefined) return readNamedFile('--token-file', file).toString('utf8').trim();
   const env = (options.env ?? process.env).RETRACE_TOKEN;
   if (env !== undefined && env.trim() !== '') return env.trim();
   if (options.defaultFile !== undefined && existsSync(options.defaultFile)) {
     return readFileSync(options.defaultFile, 'utf8').trim();
   }
   return undefined;
+}
+
+/** The bytes of the file a flag (or variable) names; a usage error naming `source` when it cannot be read. */
+export function readNamedFile(source: string, file: string): Buffer {
+  if (file === '' || file === 'true') throw new UsageError(`${source}: expected a file name`);
+  try {
+    return readFileSync(resolve(file));
+  } catch (err) {
+    throw new UsageError(`${source}: cannot read ${file}: ${(err as Error).message}`);
+  }
+}
+
+/**
+ * The PEM CA certificate(s) a client trusts for the coordinator's TLS certificate, from
+ * `--tls-ca FILE`, else the file env RETRACE_TLS_CA names; undefined (plaintext) when neither is
+ * set. A usage error naming the flag or variable when the file cannot be read or holds no
+ * certificate (grpc-js would take it and fail every handshake later).
+ */
+export function resolveTlsCa(args: ParsedArgs, options: { env?: NodeJS.ProcessEnv } = {}): Buffer | undefined {
+  const direct = flag(args, 'tls-ca');
+  const envFile = (options.env ?? process.env).RETRACE_TLS_CA;
+  let source: string;
+  let file: string;
+  if (direct !== undefined) [source, file] = ['--tls-ca', direct];
+  else if (envFile !== undefined && envFile.trim() !== '') [source, file] = ['RETRACE_TLS_CA', envFile.trim()];
+  else return undefined;
+  const pem = readNamedFile(source, file);
+  try {
+    new X509Certificate(pem);
+  } catch (err) {
+    throw new UsageError(`${source}: ${file} holds no PEM certificate: ${(err as Error).message}`);
+  }
+  return pem;
 }
 
 /** A connected client; `close()` releases the channel. */
@@ -65,26 +95,33 @@ export interface CliClient<S extends CompatServiceDefinition> {
  * Opens a channel to the coordinator named by the flags and a client for `definition` that
  * sends `authorization: Bearer <token>`, retries calls the proto marks IDEMPOTENT on UNAVAILABLE
  * (jittered backoff, 3 attempts, unary only) and turns gRPC statuses into typed RetraceErrors.
+ * With `--tls-ca` (or RETRACE_TLS_CA) the channel is TLS, trusting that CA only. `env` replaces
+ * process.env for RETRACE_TOKEN and RETRACE_TLS_CA.
  */
-export function openClient<S extends CompatServiceDefinition>(definition: S, args: ParsedArgs): CliClient<S> {
+export function openClient<S extends CompatServiceDefinition>(definition: S, args: ParsedArgs, options: { env?: NodeJS.ProcessEnv } = {}): CliClient<S> {
   const address = coordinatorAddress(args);
-  const token = resolveToken(args, { defaultFile: DEFAULT_TOKEN_FILE });
+  const token = resolveToken(args, { ...options, defaultFile: DEFAULT_TOKEN_FILE });
+  const ca = resolveTlsCa(args, options);
   const metadata = Metadata();
   if (token) metadata.set('authorization', `Bearer ${token}`);
-  const channel = createChannel(address);
+  const channel = createChannel(address, ca ? ChannelCredentials.createSsl(ca) : ChannelCredentials.createInsecure());
   const client = createClientFactory()
-    .use(errorMiddleware)
+    .use(errorMiddleware({ address, tls: ca !== undefined }))
     .use(retryMiddleware)
     .create(definition, channel, { '*': { metadata } }) as Client<S>;
   return { client, channel, address, close: () => channel.close() };
 }
 
-async function* errorMiddleware<Request, Response>(call: ClientMiddlewareCall<Request, Response>, options: CallOptions) {
-  try {
-    return yield* call.next(call.request, options);
-  } catch (err) {
-    throw fromClientError(err);
-  }
+/** The client's error funnel: statuses become RetraceErrors; a channel that never connected says why in one line. */
+function errorMiddleware(connection: { address: string; tls: boolean }) {
+  return async function* <Request, Response>(call: ClientMiddlewareCall<Request, Response>, options: CallOptions) {
+    try {
+      return yield* call.next(call.request, options);
+    } catch (err) {
+      const message = err instanceof ClientError && err.code === Status.UNAVAILABLE ? describeConnectFailure(err.details, connection) : undefined;
+      throw message === undefined ? fromClientError(err) : new RetraceError('UNAVAILABLE', message, { cause: err });
+    }
+  };
 }
 
 async function* retryMiddleware<Request, Response>(call: ClientMiddlewareCall<Request, Response>, options: CallOptions) {

@@ -8,7 +8,7 @@ import { LineageStore } from '../../coordinator/store/lineage-store.js';
 import { LineageServiceDefinition } from '../../common/gen/retrace/v1/lineage.js';
 import { RetraceError } from '../../common/errors.js';
 import { flag, hasFlag, UsageError, type CliCommand } from './command.js';
-import { openClient } from './client.js';
+import { openClient, readNamedFile } from './client.js';
 import { COORDINATOR_FEATURE_USAGE, coordinatorExtensions, coordinatorFlags } from './coordinator-extensions.js';
 import { toJson } from './format.js';
 
@@ -16,19 +16,26 @@ const coordinator: CliCommand = {
   path: ['coordinator'],
   stopsOnSignal: true,
   summary: 'start the coordinator (LevelDB store, gRPC and OpenLineage HTTP)',
-  usage: `retrace coordinator [--data DIR] [--grpc HOST:PORT] [--http HOST:PORT] [--allow-remote] [--payload-retention DURATION] [--watch-root DIR ...]
+  usage: `retrace coordinator [--data DIR] [--grpc HOST:PORT] [--http HOST:PORT] [--allow-remote] [--tls-cert FILE --tls-key FILE]
+                    [--payload-retention DURATION] [--watch-root DIR ...]
   defaults: --data ./.retrace --grpc 127.0.0.1:7700 --http 127.0.0.1:7780; port 0 picks a free port.
+  --tls-cert/--tls-key: PEM certificate (chain) and private key; gRPC and the HTTP API then serve TLS
+  (clients pass --tls-ca). --allow-remote without them sends tokens in cleartext (warned on stderr).
 ${COORDINATOR_FEATURE_USAGE}
   Prints {"grpc":"HOST:PORT","http":"HOST:PORT"} on stdout once listening; stops on SIGINT/SIGTERM.`,
   booleans: ['allow-remote'],
   async run(args, io) {
     const features = coordinatorFlags(args);
+    const certFile = flag(args, 'tls-cert');
+    const keyFile = flag(args, 'tls-key');
+    if ((certFile === undefined) !== (keyFile === undefined)) throw new UsageError(certFile === undefined ? '--tls-key needs --tls-cert' : '--tls-cert needs --tls-key');
     const c = new Coordinator(
       {
         dataDir: flag(args, 'data', './.retrace') as string,
         grpc: flag(args, 'grpc', '127.0.0.1:7700') as string,
         http: flag(args, 'http', '127.0.0.1:7780') as string,
         allowRemote: hasFlag(args, 'allow-remote'),
+        ...(certFile !== undefined && keyFile !== undefined ? { tls: { cert: readNamedFile('--tls-cert', certFile), key: readNamedFile('--tls-key', keyFile) } } : {}),
       },
       coordinatorExtensions({}, features),
     );

@@ -16,8 +16,9 @@ const TRANSFORMS = ['scale-order', 'classify-order'] as const;
  */
 export async function runExamplePipeline(coordinator: string, token: string, options: { records?: number; signal?: AbortSignal } = {}): Promise<{ codeVersions: Record<string, string>; accepted: number; runId: string; firstRecord: string }> {
   const args = parseArgs(['--coordinator', coordinator, '--token', token]);
-  const code = openClient(CodeServiceDefinition, args);
-  const pipelines = openClient(PipelineServiceDefinition, args);
+  // The quick start's plaintext loopback coordinator: no RETRACE_TLS_CA kept for another one applies.
+  const code = openClient(CodeServiceDefinition, args, { env: {} });
+  const pipelines = openClient(PipelineServiceDefinition, args, { env: {} });
   try {
     const codeVersions: Record<string, string> = {};
     for (const name of TRANSFORMS) {
@@ -67,8 +68,8 @@ export async function runExamplePipeline(coordinator: string, token: string, opt
  */
 export async function changeExampleRecords(coordinator: string, token: string, options: { signal?: AbortSignal } = {}): Promise<{ changeIds: string[]; shardsRun: number }> {
   const args = parseArgs(['--coordinator', coordinator, '--token', token]);
-  const pipelines = openClient(PipelineServiceDefinition, args);
-  const recompute = openClient(RecomputeServiceDefinition, args);
+  const pipelines = openClient(PipelineServiceDefinition, args, { env: {} });
+  const recompute = openClient(RecomputeServiceDefinition, args, { env: {} });
   try {
     const records = [
       { key: 'o2', eventTimeNs: '0', payload: Buffer.from(JSON.stringify({ id: 2, amount: 150, currency: 'GBP' })), mediaType: '' },

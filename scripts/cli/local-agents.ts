@@ -28,8 +28,9 @@ export async function startLocalAgents(
       for (const l of spec.labels ?? []) args.push('--label', l);
       if (spec.advertise) args.push('--advertise', spec.advertise);
       // The token goes in the environment, which only this user can read; any local user can
-      // read a command line (ps, /proc/PID/cmdline).
-      const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RETRACE_TOKEN: token } });
+      // read a command line (ps, /proc/PID/cmdline). The coordinators of `start` and `demo` are
+      // plaintext on loopback: a RETRACE_TLS_CA kept for a remote one must not turn TLS on here.
+      const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RETRACE_TOKEN: token, RETRACE_TLS_CA: '' } });
       const stderr: string[] = [];
       child.stderr?.on('data', (d: Buffer) => stderr.push(d.toString()));
       const nodeId = await new Promise<string>((resolve, reject) => {

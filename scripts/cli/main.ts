@@ -77,7 +77,7 @@ export async function main(argv: readonly string[], io?: Partial<CliIo>): Promis
 }
 
 /** Flags every command takes: connection, output, help. */
-const COMMON_FLAGS = ['coordinator', 'token', 'token-file', ...COMMON_BOOLEAN_FLAGS];
+const COMMON_FLAGS = ['coordinator', 'token', 'token-file', 'tls-ca', ...COMMON_BOOLEAN_FLAGS];
 
 /**
  * A flag the command does not take is a usage error: ignored, a typo (`--dept 1`) silently ran

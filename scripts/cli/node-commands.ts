@@ -21,7 +21,7 @@ import { millisToNanos, nanosToIso } from '../../common/time.js';
 import { durationFlagMs, flag, flagAll, hasFlag, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
 import { openClient } from './client.js';
 
-const CONNECT_FLAGS = '[--coordinator HOST:PORT] [--token T | --token-file F]';
+const CONNECT_FLAGS = '[--coordinator HOST:PORT] [--token T | --token-file F] [--tls-ca FILE]';
 
 function duration(args: ParsedArgs, name: string, fallback?: string): number | undefined {
   return durationFlagMs(args, name, fallback === undefined ? {} : { fallback });

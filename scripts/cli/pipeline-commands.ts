@@ -19,7 +19,7 @@ import { hasFlag, intFlag, UsageError, type CliCommand, type CliIo } from './com
 import { openClient } from './client.js';
 import { progressBar, renderTable, shortHash } from './format.js';
 
-const CONNECT_FLAGS = '[--coordinator HOST:PORT] [--token T | --token-file F]';
+const CONNECT_FLAGS = '[--coordinator HOST:PORT] [--token T | --token-file F] [--tls-ca FILE]';
 /** Records per IngestRequest message. */
 const BATCH = 500;
 /** Files larger than this get a progress bar on stderr. */

@@ -159,7 +159,7 @@ export async function readBundleDefinition(bytes: Uint8Array, options: { timeout
   }
 }
 
-const CONNECT_FLAGS = '[--coordinator HOST:PORT] [--token T | --token-file F]';
+const CONNECT_FLAGS = '[--coordinator HOST:PORT] [--token T | --token-file F] [--tls-ca FILE]';
 
 function shortRequirements(r: PublishedCode['manifest']): string {
   const q = r?.requirements;

@@ -17,7 +17,8 @@ import { startLocalAgents, stopLocalAgents, type LocalAgent } from './local-agen
 /** Submits the example pipeline's lineage through the coordinator's own gRPC API. */
 async function fillExample(addresses: CoordinatorAddresses, token: string, io: CliIo): Promise<{ stored: number; total: number; report: string; firstOrder: string; secondOrder: string; runEventId: string }> {
   const example = buildExampleLineage();
-  const { client, close } = openClient(LineageServiceDefinition, parseArgs(['--coordinator', addresses.grpc, '--token', token]));
+  // Its own plaintext loopback coordinator: no RETRACE_TLS_CA kept for another one applies.
+  const { client, close } = openClient(LineageServiceDefinition, parseArgs(['--coordinator', addresses.grpc, '--token', token]), { env: {} });
   try {
     const r = await client.submitEvents(
       (async function* () {
