@@ -292,6 +292,9 @@ export function createAgentRuntime(options: AgentOptions): AgentRuntime {
           reportIntervalNs: millisToNanos(opts.reportIntervalMs).toString(),
           draining: drainRequested,
           processId,
+          // The cache lives as long as this process: a reconnect keeps it, a restart (new
+          // process id) starts empty, and the coordinator's mirror of it follows.
+          payloadCacheBytes: String(executor?.payloadCacheBytes ?? 0),
         },
       },
     };

@@ -8,6 +8,7 @@ import { InvalidArgumentError } from '../common/errors.js';
 import type { ResourceUsage } from '../common/gen/retrace/v1/provenance.js';
 import { ShardStatus, type ShardAssignment, type ShardOutcome, type ShardOutput } from '../common/gen/retrace/v1/shard.js';
 import { contentHashOf, isContentHash } from '../common/hash.js';
+import { ByteLru, CACHED_PAYLOAD_MIN_BYTES } from '../common/payload-locality.js';
 import { silentLog, type LogFn } from '../common/log.js';
 import type { CachedCode, CodeCache } from './code-cache.js';
 import { PHASE_IDLE, PHASE_RUN, PROGRESS_BYTES, SHARD_FIELDS, unpackResults, type FromWorker, type ToWorker, type WorkerResult, type WorkerShards } from './shard-worker-protocol.js';
@@ -94,8 +95,16 @@ export interface ShardExecutorOptions {
   workerStartTimeoutMs?: number;
   /** Shards given to one worker in one message at most (default 256). */
   maxBatch?: number;
+  /**
+   * Bytes of payloads kept for shards to use by reference (inputs sent, outputs made, each at
+   * least CACHED_PAYLOAD_MIN_BYTES); default DEFAULT_PAYLOAD_CACHE_BYTES, 0: none.
+   */
+  payloadCacheBytes?: number;
   log?: LogFn;
 }
+
+/** The payload cache an agent keeps unless told otherwise. */
+export const DEFAULT_PAYLOAD_CACHE_BYTES = 256 * 2 ** 20;
 
 interface CompiledOptions {
   readonly codeCache: Pick<CodeCache, 'get' | 'forget'>;
@@ -108,6 +117,7 @@ interface CompiledOptions {
   readonly idleWorkerMs: number;
   readonly maxIdleWorkers: number;
   readonly cancelGraceMs: number;
+  readonly payloadCacheBytes: number;
   readonly workerStartTimeoutMs: number;
   readonly maxBatch: number;
   readonly log: LogFn;
@@ -138,6 +148,8 @@ export interface ShardExecutor {
   cancel(shardId: string, reason?: string): void;
   /** Applies new limits at once to shards not yet started. */
   setThrottle(throttle: ExecutorThrottle): void;
+  /** What the payload cache can hold, bytes (0: none); the registration tells the coordinator. */
+  readonly payloadCacheBytes: number;
   /** Shards given to a worker and not yet answered / waiting for a slot. */
   readonly running: number;
   readonly queued: number;
@@ -171,6 +183,7 @@ function compile(o: ShardExecutorOptions): CompiledOptions {
     cancelGraceMs: positive('cancelGraceMs', o.cancelGraceMs, 500),
     workerStartTimeoutMs: positive('workerStartTimeoutMs', o.workerStartTimeoutMs, 30_000),
     maxBatch: positive('maxBatch', o.maxBatch, 256),
+    payloadCacheBytes: o.payloadCacheBytes === 0 ? 0 : positive('payloadCacheBytes', o.payloadCacheBytes, DEFAULT_PAYLOAD_CACHE_BYTES),
     log: o.log ?? silentLog,
   });
 }
@@ -346,6 +359,8 @@ export function createShardExecutor(options: ShardExecutorOptions): ShardExecuto
   let debtUntil = 0;
   let gateTimer: NodeJS.Timeout | undefined;
   let pumpScheduled = false;
+  /** Inputs sent and outputs made, by content hash, for shards that name them by reference. */
+  const payloads = new ByteLru<Uint8Array>(opts.payloadCacheBytes);
 
   const limit = (): number => (throttleMax > 0 ? throttleMax : opts.maxConcurrent);
   const capped = (): boolean => cpuFraction > 0 && cpuFraction < 1;
@@ -926,6 +941,7 @@ export function createShardExecutor(options: ShardExecutorOptions): ShardExecuto
         outputs.push({ key: o.key, contentHash: o.contentHash, payload: bytes.subarray(o.offset, o.offset + o.length), mediaType: o.mediaType });
       }
       const resources = { cpuTimeNs, wallTimeNs: wallNs, netBytesIn: job.bytesIn, peakMemoryBytes: r.peakHeapBytes, netBytesOut, gpuTimeNs: r.gpuTimeNs };
+      keep(outputs);
       return outcomeOf(job.a, ShardStatus.SHARD_STATUS_SUCCEEDED, startedAtNs, { outputs, endedAtNs, resources });
     }
     const base = { cpuTimeNs, wallTimeNs: wallNs, netBytesIn: job.bytesIn, peakMemoryBytes: r.peakHeapBytes };
@@ -976,15 +992,32 @@ export function createShardExecutor(options: ShardExecutorOptions): ShardExecuto
   const stopController = new AbortController();
   const stopSignal = stopController.signal;
 
+  /** Keeps payloads worth sending by reference, as the coordinator's mirror of this cache expects. */
+  function keep(items: readonly { contentHash: string; payload: Uint8Array }[]): void {
+    if (opts.payloadCacheBytes === 0) return;
+    for (const i of items) {
+      const n = i.payload.byteLength;
+      // A copy: the bytes may be a view of a whole frame or of a worker's batch buffer.
+      if (n >= CACHED_PAYLOAD_MIN_BYTES && !payloads.has(i.contentHash)) payloads.set(i.contentHash, Buffer.from(i.payload), n);
+    }
+  }
+
   function executeThen(a: ShardAssignment, resolve: (o: ShardOutcome) => void, signal?: AbortSignal): void {
     const queuedAtNs = opts.now();
     if (stopped) return resolve(outcomeOf(a, ShardStatus.SHARD_STATUS_CANCELLED, queuedAtNs, { error: 'cancelled: the executor stopped' }));
     if (signal?.aborted) return resolve(outcomeOf(a, ShardStatus.SHARD_STATUS_CANCELLED, queuedAtNs, { error: 'cancelled before it started' }));
-    const corrupt = corruptInput(a);
-    if (corrupt) return resolve(outcomeOf(a, ShardStatus.SHARD_STATUS_INPUT_CORRUPTED, queuedAtNs, { error: corrupt }));
-    const memoryMb = a.memoryLimitMb > 0 ? a.memoryLimitMb : opts.defaultMemoryMb;
+    // Bytes that crossed the network for this shard: a cached input's did not.
     let bytesIn = 0;
     for (const i of a.inputs) bytesIn += i.payload.byteLength;
+    if (a.inputs.some((i) => i.cached)) {
+      const missing = a.inputs.filter((i) => i.cached && !payloads.has(i.contentHash));
+      if (missing.length > 0) return resolve(outcomeOf(a, ShardStatus.SHARD_STATUS_INPUT_NOT_CACHED, queuedAtNs, { error: `not in this agent's payload cache: ${missing.map((i) => i.contentHash).join(', ')}` }));
+      a = { ...a, inputs: a.inputs.map((i) => (i.cached ? { ...i, payload: payloads.get(i.contentHash) as Buffer, cached: false } : i)) };
+    }
+    const corrupt = corruptInput(a);
+    if (corrupt) return resolve(outcomeOf(a, ShardStatus.SHARD_STATUS_INPUT_CORRUPTED, queuedAtNs, { error: corrupt }));
+    keep(a.inputs);
+    const memoryMb = a.memoryLimitMb > 0 ? a.memoryLimitMb : opts.defaultMemoryMb;
     {
       const job: Job = {
         a,
@@ -1043,6 +1076,7 @@ export function createShardExecutor(options: ShardExecutorOptions): ShardExecuto
       log('info', 'shard-executor:throttle', { cpuFraction, maxConcurrent: limit() });
       pump();
     },
+    payloadCacheBytes: opts.payloadCacheBytes,
     get running() {
       return batchedCount;
     },

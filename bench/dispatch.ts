@@ -57,7 +57,7 @@ function noopShard(i: number, codeVersion: string): ShardAssignment {
   const payload = Buffer.from('{}');
   return {
     shardId: `bench-${i}`, stepName: 'noop', transform: 'noop', codeVersion,
-    inputs: [{ name: 'in', objectId: `o${i}`, contentHash: contentHashOf(payload), payload, key: `k${i}`, eventTimeNs: '0', mediaType: '' }],
+    inputs: [{ name: 'in', objectId: `o${i}`, contentHash: contentHashOf(payload), payload, key: `k${i}`, eventTimeNs: '0', mediaType: '', cached: false }],
     timeoutMs: 0, memoryLimitMb: 0, jobId: '', attempt: 0,
   };
 }

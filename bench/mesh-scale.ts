@@ -160,6 +160,7 @@ function startAgent(address: string, i: number, runId: string): SimAgent {
         reportIntervalNs: millisToNanos(REPORT_INTERVAL_MS).toString(),
         draining: false,
         processId: `sim-process-${i}`,
+        payloadCacheBytes: '0',
       },
     },
   });

@@ -63,7 +63,7 @@ describe('an agent SIGKILLed and restarted with the same id (real coordinator, r
       const payload = Buffer.from('{"n":1}');
       const s: ShardAssignment = {
         shardId: 'restart-1', stepName: 'echo', transform: 'slow-echo', codeVersion, parameters: { sleepMs: 2000 },
-        inputs: [{ name: 'in', objectId: 'obj-1', contentHash: contentHashOf(payload), payload, key: 'k1', eventTimeNs: '0', mediaType: 'application/json' }],
+        inputs: [{ name: 'in', objectId: 'obj-1', contentHash: contentHashOf(payload), payload, key: 'k1', eventTimeNs: '0', mediaType: 'application/json', cached: false }],
         timeoutMs: 0, memoryLimitMb: 0, jobId: '', attempt: 0,
       };
       const run = d.run(s);

@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CodeServiceDefinition } from '../common/gen/retrace/v1/code.js';
 import { ShardStatus, type ShardAssignment } from '../common/gen/retrace/v1/shard.js';
 import { contentHashOf } from '../common/hash.js';
+import { CACHED_PAYLOAD_MIN_BYTES } from '../common/payload-locality.js';
 import { codeExtension } from '../coordinator/code/code-extension.js';
 import { meshExtension } from '../coordinator/mesh/mesh-extension.js';
 import { createDispatcher } from '../coordinator/scheduler/dispatcher.js';
@@ -44,7 +45,7 @@ describe('dispatch end to end (real coordinator, real agent processes)', () => {
       transform: 'slow-echo',
       codeVersion,
       parameters: { sleepMs },
-      inputs: [{ name: 'in', objectId: `obj-${seq}`, contentHash: contentHashOf(payload), payload, key: `k${seq}`, eventTimeNs: '0', mediaType: 'application/json' }],
+      inputs: [{ name: 'in', objectId: `obj-${seq}`, contentHash: contentHashOf(payload), payload, key: `k${seq}`, eventTimeNs: '0', mediaType: 'application/json', cached: false }],
       timeoutMs: 0,
       memoryLimitMb: 0,
       jobId: '',
@@ -121,6 +122,23 @@ describe('dispatch end to end (real coordinator, real agent processes)', () => {
     const results = await Promise.all(Array.from({ length: 12 }, () => dispatcher().run(shard(), { placement: { gpu: 'only' } })));
     expect(results.map((r) => r.nodeId)).toEqual(results.map(() => gpuNode));
     expect(results.every((r) => r.outcome.status === ShardStatus.SHARD_STATUS_SUCCEEDED)).toBe(true);
+  }, 60_000);
+
+  it('a large input crosses the network once: the next shard on that agent names it by reference', async () => {
+    const node = agents[0]?.nodeId as string;
+    const payload = Buffer.from(JSON.stringify({ pad: 'p'.repeat(2 * CACHED_PAYLOAD_MIN_BYTES) }));
+    const withBig = (): ShardAssignment => {
+      const s = shard();
+      return { ...s, inputs: [{ ...(s.inputs[0] as ShardAssignment['inputs'][number]), contentHash: contentHashOf(payload), payload }] };
+    };
+    const first = await dispatcher().run(withBig(), { placement: { nodeIds: [node] } });
+    const second = await dispatcher().run(withBig(), { placement: { nodeIds: [node] } });
+    for (const r of [first, second]) expect(r.outcome.status, r.outcome.error).toBe(ShardStatus.SHARD_STATUS_SUCCEEDED);
+    // What the agent measured coming in: the bytes the first time, nothing the second.
+    expect(Number(first.outcome.resources?.netBytesIn)).toBe(payload.length);
+    expect(second.outcome.resources?.netBytesIn).toBe('0');
+    const value = (r: typeof first): unknown => (JSON.parse(r.outcome.outputs[0]?.payload.toString() ?? '{}') as { value: unknown }).value;
+    expect(value(second)).toEqual(value(first));
   }, 60_000);
 
   it("a transform's own declared requirements (its code manifest) place its shards, with no step requirements", async () => {

@@ -78,7 +78,7 @@ describe('JobService and retrace jobs', () => {
           transform: 'echo',
           codeVersion,
           parameters: {},
-          inputs: [{ name: 'in', objectId: `obj-${ctx.task.id}`, contentHash: contentHashOf(payload), payload, key: ctx.task.id, eventTimeNs: '0', mediaType: 'application/json' }],
+          inputs: [{ name: 'in', objectId: `obj-${ctx.task.id}`, contentHash: contentHashOf(payload), payload, key: ctx.task.id, eventTimeNs: '0', mediaType: 'application/json', cached: false }],
           timeoutMs: 0,
           memoryLimitMb: 0,
           faults: undefined,

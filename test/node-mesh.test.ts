@@ -26,7 +26,7 @@ import { startMeshServer, waitFor, type MeshServer } from './helpers/mesh-server
 const measured = (name: string, value: number, unit = 'count'): ResourceReading => ({ name, value, text: '', unit, source: ReadingSource.READING_SOURCE_MEASURED });
 
 function registration(nodeId: string, overrides: Partial<Registration> = {}): Registration {
-  return { nodeId, host: 'h1', labels: {}, capabilities: [], codeVersions: [], agentVersion: 't', reportIntervalMs: 100, draining: false, processId: 'p1', ...overrides };
+  return { nodeId, host: 'h1', labels: {}, capabilities: [], codeVersions: [], agentVersion: 't', reportIntervalMs: 100, draining: false, processId: 'p1', payloadCacheBytes: 0, ...overrides };
 }
 
 describe('node registry (fake clock)', () => {
@@ -205,7 +205,7 @@ describe('NodeService over gRPC (in-process)', () => {
   }
 
   const register = (nodeId: string): ConnectRequest => ({
-    body: { $case: 'register', value: { nodeId, host: 'h', labels: {}, capabilities: [], codeVersions: [], agentVersion: '', reportIntervalNs: '100000000', draining: false, processId: '' } },
+    body: { $case: 'register', value: { nodeId, host: 'h', labels: {}, capabilities: [], codeVersions: [], agentVersion: '', reportIntervalNs: '100000000', draining: false, processId: '', payloadCacheBytes: '0' } },
   });
   const report = (readings: ResourceReading[], timeNs = `${Date.now()}000000`): ConnectRequest => ({
     body: { $case: 'report', value: { timeNs, readings, seq: '1' } },

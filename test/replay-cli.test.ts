@@ -19,11 +19,22 @@ const CODE = contentHashOf('v1');
 const OTHER_CODE = contentHashOf('v2');
 const T0 = 1_767_225_600_000_000_000n;
 
-/** upper: the text upper-cased; tag: {value, tag, code}. Fails a shard whose faults say so, as an agent does. */
-function runner(calls: ShardAssignment[]): ShardRunner {
+/**
+ * upper: the text upper-cased; tag: {value, tag, code}. Fails a shard whose faults say so and
+ * refuses input that does not hash to its content hash, as an agent does; `sentAsIs` collects
+ * the ids of shards whose inputs the caller said must travel as they are.
+ */
+function runner(calls: ShardAssignment[], sentAsIs: string[] = []): ShardRunner {
   return {
-    async run(a) {
+    async run(a, options) {
       calls.push(a);
+      if ((options as { inputsAsSent?: boolean } | undefined)?.inputsAsSent) sentAsIs.push(a.shardId);
+      const now0 = BigInt(Date.now()) * 1_000_000n;
+      const corrupt = a.inputs.find((i) => contentHashOf(i.payload) !== i.contentHash);
+      if (corrupt) {
+        const outcome = { shardId: a.shardId, status: ShardStatus.SHARD_STATUS_INPUT_CORRUPTED, outputs: [], resources: undefined, error: `${corrupt.name} is corrupted`, attempt: a.attempt, startedAtNs: String(now0), endedAtNs: String(now0), nodeId: 'node-a' };
+        return { outcome, nodeId: 'node-a', attempts: 1, queuedMs: 0, host: 'host-a' };
+      }
       const failed = a.faults?.fail === true;
       const text = new TextDecoder().decode(a.inputs[0]?.payload);
       const out = a.transform === 'upper' ? text.toUpperCase() : JSON.stringify({ value: text, tag: (a.parameters as { tag?: string }).tag ?? '', code: a.codeVersion === CODE ? 1 : 2 });
@@ -38,6 +49,7 @@ function runner(calls: ShardAssignment[]): ShardRunner {
 describe('retrace replay start: every flag reaches the replay', () => {
   let tc: TestCoordinator;
   const calls: ShardAssignment[] = [];
+  const sentAsIs: string[] = [];
   let runId = '';
   let conn: string[] = [];
   const cli = (...argv: string[]): ReturnType<typeof runCli> => runCli([...argv, ...conn]);
@@ -50,7 +62,7 @@ describe('retrace replay start: every flag reaches the replay', () => {
   };
 
   beforeAll(async () => {
-    const shared: PipelineShared & ReplayShared = { dispatcher: runner(calls), mesh: { nodes: () => [NodeInfo.fromPartial({ nodeId: 'node-a', state: NodeState.NODE_STATE_READY, labels: { pool: 'test' } })] } };
+    const shared: PipelineShared & ReplayShared = { dispatcher: runner(calls, sentAsIs), mesh: { nodes: () => [NodeInfo.fromPartial({ nodeId: 'node-a', state: NodeState.NODE_STATE_READY, labels: { pool: 'test' } })] } };
     tc = await startTestCoordinator({ extensions: [pipelineExtension(shared, { runner: runner(calls) }), replayExtension(shared)] });
     conn = ['--coordinator', tc.grpcAddress, '--token', tc.token];
     const pipelines = tc.client(PipelineServiceDefinition);
@@ -98,6 +110,16 @@ describe('retrace replay start: every flag reaches the replay', () => {
     expect(report.state).toBe(ReplayState.REPLAY_STATE_FAILED);
     // Every first step fails (probability 1), so the second steps never run.
     expect(report.summary).toMatchObject({ records: 2, steps: 4, failed: 2, upstreamFailed: 2 });
+  });
+
+  it('--fault corrupt: the altered bytes reach the node as they are (never by reference), which refuses them', async () => {
+    const before = calls.length;
+    const asIsBefore = sentAsIs.length;
+    const { report } = await replay(['--record', 'record:orders/raw:c', '--fault', 'corrupt:1'], 1);
+    expect(report.summary).toMatchObject({ records: 1, corruptedInputsDetected: 1 });
+    const shard = calls.slice(before)[0] as ShardAssignment;
+    expect(contentHashOf(shard.inputs[0]?.payload ?? Buffer.alloc(0))).not.toBe(shard.inputs[0]?.contentHash);
+    expect(sentAsIs.slice(asIsBefore)).toEqual([shard.shardId]);
   });
 
   it('--run and --last select records; --code runs another version of a transform', async () => {

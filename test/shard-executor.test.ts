@@ -4,9 +4,10 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createCodeCache } from '../agent/code-cache.js';
-import { createShardExecutor, type ShardExecutor } from '../agent/shard-executor.js';
+import { createShardExecutor, DEFAULT_PAYLOAD_CACHE_BYTES, type ShardExecutor } from '../agent/shard-executor.js';
 import { ShardStatus, type ShardAssignment, type ShardInput, type ShardOutcome } from '../common/gen/retrace/v1/shard.js';
 import { contentHashOf } from '../common/hash.js';
+import { CACHED_PAYLOAD_MIN_BYTES } from '../common/payload-locality.js';
 import { bundleTransform } from '../scripts/cli/publish-command.js';
 import { until } from './helpers/until.js';
 
@@ -148,7 +149,7 @@ describe('shard executor (real worker threads)', () => {
 
   function input(name: string, key: string, body: string, corrupt = false): ShardInput {
     const payload = Buffer.from(body);
-    return { name, objectId: `record:${name}:${key}`, key, payload, contentHash: contentHashOf(corrupt ? `${body}!` : body), eventTimeNs: '1700000000000000000', mediaType: 'application/json' };
+    return { name, objectId: `record:${name}:${key}`, key, payload, contentHash: contentHashOf(corrupt ? `${body}!` : body), eventTimeNs: '1700000000000000000', mediaType: 'application/json', cached: false };
   }
 
   let seq = 0;
@@ -477,5 +478,30 @@ describe('shard executor (real worker threads)', () => {
     const out = await other.execute(shard('echo'));
     expect(out.status).toBe(ShardStatus.SHARD_STATUS_CANCELLED);
     expect(out.error).toMatch(/executor stopped/);
+  });
+
+  // Last: echo counts its calls in module state, which the tests above check.
+  it('keeps large inputs and outputs for shards that name them by reference; one it lacks is INPUT_NOT_CACHED', async () => {
+    expect(executor.payloadCacheBytes).toBe(DEFAULT_PAYLOAD_CACHE_BYTES);
+    const big = input('orders', 'big', JSON.stringify({ total: 5, pad: 'x'.repeat(CACHED_PAYLOAD_MIN_BYTES) }));
+    const first = await executor.execute(shard('echo', { inputs: [big] }));
+    expect(first.status, first.error).toBe(ShardStatus.SHARD_STATUS_SUCCEEDED);
+    const byRef = (i: ShardInput | { contentHash: string }): ShardInput => ({ ...big, contentHash: i.contentHash, payload: Buffer.alloc(0), cached: true });
+    const second = await executor.execute(shard('echo', { inputs: [byRef(big)] }));
+    expect(second.status, second.error).toBe(ShardStatus.SHARD_STATUS_SUCCEEDED);
+    // The transform saw the same bytes (its raw copy of the input; the rest counts calls).
+    const raw = (o: typeof first): string | undefined => o.outputs.find((x) => x.key === 'big:raw')?.contentHash;
+    expect(raw(second)).toBe(big.contentHash);
+    // Nothing crossed the network for it.
+    expect(second.resources?.netBytesIn).toBe('0');
+    // An output it made (over 64 KiB) is there for the next step.
+    const made = first.outputs.find((o) => o.payload.byteLength >= CACHED_PAYLOAD_MIN_BYTES && o.contentHash !== big.contentHash);
+    expect(made).toBeDefined();
+    const third = await executor.execute(shard('echo', { inputs: [byRef(made as { contentHash: string })] }));
+    expect(third.status, third.error).toBe(ShardStatus.SHARD_STATUS_SUCCEEDED);
+    const unknown = contentHashOf('never sent');
+    const missing = await executor.execute(shard('echo', { inputs: [byRef({ contentHash: unknown })] }));
+    expect(missing.status).toBe(ShardStatus.SHARD_STATUS_INPUT_NOT_CACHED);
+    expect(missing.error).toBe(`not in this agent's payload cache: ${unknown}`);
   });
 });

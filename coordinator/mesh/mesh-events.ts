@@ -7,7 +7,8 @@ export interface MeshEvents {
    * A node registered on a Connect stream; `rejoined` when its id was known, `restarted` when
    * it was known and this is another agent process than the last one (or one that does not say).
    */
-  'node:registered': { nodeId: string; rejoined: boolean; restarted: boolean; atMs: number };
+  /** `payloadCacheBytes`: what the agent process keeps for shards to use by reference (0: nothing). */
+  'node:registered': { nodeId: string; rejoined: boolean; restarted: boolean; atMs: number; payloadCacheBytes: number };
   /** Any state change, including the first (from null). */
   'node:transition': { nodeId: string; from: NodeStateName | null; to: NodeStateName; reason: string; atMs: number };
   /** A report was validated and its samples appended to the history store. */

@@ -70,6 +70,8 @@ export function validateRegistration(
     reportIntervalMs,
     draining: reg.draining,
     processId: reg.processId,
+    // Whatever an agent claims, the coordinator's mirror of it never holds more than 64 GiB.
+    payloadCacheBytes: Math.min(Number(reg.payloadCacheBytes) || 0, 64 * 2 ** 30),
   };
 }
 

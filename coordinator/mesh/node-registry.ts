@@ -61,6 +61,8 @@ export interface Registration {
   draining: boolean;
   /** The agent process's own id ('' when it sends none): another one under a known node id is a restart. */
   processId: string;
+  /** What the agent process keeps for shards to use by reference, bytes (0: nothing). */
+  payloadCacheBytes: number;
 }
 
 const STATE_TO_PROTO: Readonly<Record<NodeStateName, NodeState>> = {
@@ -226,7 +228,7 @@ export class NodeRegistry {
     }
     await this.persist(node);
     this.log('info', 'node:registered', { nodeId: reg.nodeId, host: reg.host, rejoined, restarted, state: node.record.state });
-    this.emitter.emit('node:registered', { nodeId: reg.nodeId, rejoined, restarted, atMs: now });
+    this.emitter.emit('node:registered', { nodeId: reg.nodeId, rejoined, restarted, atMs: now, payloadCacheBytes: reg.payloadCacheBytes });
     return { node, rejoined };
   }
 

@@ -459,7 +459,7 @@ export class PipelineRunner {
             missing = `input ${name} (${r.objectId}) payload ${r.contentHash} is no longer stored`;
             break;
           }
-          shardInputs.push({ name, objectId: r.objectId, contentHash: r.contentHash, payload: Buffer.isBuffer(payload) ? payload : Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength), key, eventTimeNs: r.eventTimeNs, mediaType: r.mediaType });
+          shardInputs.push({ name, objectId: r.objectId, contentHash: r.contentHash, payload: Buffer.isBuffer(payload) ? payload : Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength), key, eventTimeNs: r.eventTimeNs, mediaType: r.mediaType, cached: false });
         }
         if (missing) {
           this.fail(tally, `${step.name}/${key}: ${missing}`);

@@ -175,7 +175,7 @@ export class RecomputeExecutor implements JobExecutor {
     for (const i of inputs) {
       const bytes = await payloads.find(i.contentHash);
       if (!bytes) throw new PermanentError(`input ${i.name} (${i.objectId}@${i.contentHash}): content is not stored; send it with NotifyChange (payload) or re-ingest it`);
-      shardInputs.push({ name: i.name, objectId: i.objectId, contentHash: i.contentHash, payload: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength), key: t.key, eventTimeNs: '0', mediaType: '' });
+      shardInputs.push({ name: i.name, objectId: i.objectId, contentHash: i.contentHash, payload: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength), key: t.key, eventTimeNs: '0', mediaType: '', cached: false });
     }
     const assignment: ShardAssignment = {
       shardId: `recompute-${sha256Hex(`${ctx.jobId}\u0000${ctx.task.id}\u0000${ctx.attempt}`).slice(0, 32)}`,

@@ -16,7 +16,8 @@ import { setLongTimeout, sleep } from '../../common/abortable-sleep.js';
 
 /** Runs one shard somewhere and always resolves with its outcome (the dispatcher). */
 export interface ReplayShardRunner {
-  run(assignment: ShardAssignment, options?: { placement?: ReplayPlacement; signal?: AbortSignal }): Promise<{ outcome: ShardOutcome; nodeId: string; attempts: number; queuedMs: number }>;
+  /** `inputsAsSent`: the bytes differ from their content hash on purpose (an injected corruption) and must travel as they are. */
+  run(assignment: ShardAssignment, options?: { placement?: ReplayPlacement; signal?: AbortSignal; inputsAsSent?: boolean }): Promise<{ outcome: ShardOutcome; nodeId: string; attempts: number; queuedMs: number }>;
   setLinkOutage?(nodeId: string, untilMs: number): void;
 }
 
@@ -613,6 +614,7 @@ export class ReplayEngine {
         continue;
       }
       const inputs: ShardInput[] = [];
+      let corrupted = false;
       const usedRefs: ObjectRef[] = [];
       for (const [i, u] of step.used.entries()) {
         const name = ps.inputNames[i] ?? u.objectId;
@@ -641,8 +643,9 @@ export class ReplayEngine {
           if (sent.length > 0) sent[Math.floor(rng() * sent.length)] = (sent[0] ?? 0) ^ 0xff ^ (sent[Math.floor(sent.length / 2)] ?? 0);
           else sent = Uint8Array.of(0);
           if (contentHashOf(sent) !== ref.contentHash) result.faults.push(`corrupted input ${name}`);
+          corrupted = true;
         }
-        inputs.push({ name, objectId: ref.objectId, contentHash: ref.contentHash, payload: Buffer.from(sent.buffer, sent.byteOffset, sent.byteLength), key: plan.key, eventTimeNs: plan.eventTimeNs.toString(), mediaType: '' });
+        inputs.push({ name, objectId: ref.objectId, contentHash: ref.contentHash, payload: Buffer.from(sent.buffer, sent.byteOffset, sent.byteLength), key: plan.key, eventTimeNs: plan.eventTimeNs.toString(), mediaType: '', cached: false });
         usedRefs.push(ref);
       }
       if (stopped !== undefined) {
@@ -682,7 +685,7 @@ export class ReplayEngine {
       }
       if (outage) runner.setLinkOutage?.(outage, Date.now() + 1000);
       result.status = 'RUNNING';
-      const { outcome, nodeId, attempts } = await runner.run(assignment, { placement: policy.placement, signal: job.controller.signal });
+      const { outcome, nodeId, attempts } = await runner.run(assignment, { placement: policy.placement, signal: job.controller.signal, ...(corrupted ? { inputsAsSent: true } : {}) });
       result.replayNode = nodeId;
       result.attempts = attempts;
       result.replayResources = outcome.resources;

@@ -3,6 +3,7 @@ import type { ConnectRequest, ConnectResponse, NodeInfo } from '../../common/gen
 import { ShardStatus, type ShardAssignment, type ShardOutcome } from '../../common/gen/retrace/v1/shard.js';
 import { InvalidArgumentError } from '../../common/errors.js';
 import type { LogFn } from '../../common/log.js';
+import { ByteLru, CACHED_PAYLOAD_MIN_BYTES } from '../../common/payload-locality.js';
 import { millisToNanos } from '../../common/time.js';
 import type { TransformRequirements } from '../../common/transform.js';
 import type { NodeMesh } from '../mesh/node-mesh.js';
@@ -47,7 +48,13 @@ export interface RunOptions {
   requirements?: TransformRequirements;
   placement?: Placement;
   signal?: AbortSignal;
+  /** Nodes that hold every input already (besides those the dispatcher knows of itself). */
   inputsCachedOn?: ReadonlySet<string>;
+  /**
+   * Send every input's bytes as given, never by reference: a replay that corrupts inputs on
+   * purpose sends bytes that differ from what their content hash names.
+   */
+  inputsAsSent?: boolean;
 }
 
 /** What `run` resolves: always an outcome, never a rejection. */
@@ -125,6 +132,10 @@ interface ShardClass {
   reason: string | undefined;
 }
 
+/** The share of an agent's payload cache its mirror assumes: the agent evicts in its own order. */
+const MIRROR_SHARE = 0.75;
+const NO_BYTES = Buffer.alloc(0);
+
 /** Creates a dispatcher over the mesh; it listens to the mesh until `stop()`. */
 export function createDispatcher(options: DispatcherOptions): Dispatcher {
   const now = options.now ?? Date.now;
@@ -151,6 +162,12 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
   const throttled = new Map<string, number>();
   /** Capped shards placed on each node, by their maxCpuFraction: the node's cap is the smallest. */
   const capsOn = new Map<string, Map<number, number>>();
+  /**
+   * What each agent's payload cache holds, as far as the dispatcher sent or received it: inputs
+   * in it travel by reference and count as local. A smaller capacity than the agent's own keeps
+   * the mirror within what the agent still has; a miss costs one resend.
+   */
+  const mirrors = new Map<string, ByteLru<true>>();
   let views: NodeView[] = [];
   let viewsStale = true;
   let scheduled = false;
@@ -297,6 +314,29 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
     for (const e of [...list.values()]) if (e.placedMs <= placedByMs) requeue(e, `${why} (node ${nodeId})`);
   }
 
+  /** The nodes that hold every large input of the shard, for the allocator's locality term. */
+  function withCachedOn(e: Entry): { inputsCachedOn?: ReadonlySet<string> } {
+    const given = e.options.inputsCachedOn;
+    if (mirrors.size === 0 || e.inputBytes < CACHED_PAYLOAD_MIN_BYTES) return given ? { inputsCachedOn: given } : {};
+    const large = e.assignment.inputs.filter((i) => i.payload.byteLength >= CACHED_PAYLOAD_MIN_BYTES);
+    const on = new Set(given ?? []);
+    for (const [nodeId, m] of mirrors) if (large.length > 0 && large.every((i) => m.has(i.contentHash))) on.add(nodeId);
+    return on.size > 0 ? { inputsCachedOn: on } : {};
+  }
+
+  /** The shard's inputs as sent to `nodeId`: large ones it holds by reference, the others noted as held from now on. */
+  function inputsFor(e: Entry, nodeId: string): ShardAssignment['inputs'] {
+    const mirror = mirrors.get(nodeId);
+    if (!mirror || e.options.inputsAsSent || e.inputBytes < CACHED_PAYLOAD_MIN_BYTES) return e.assignment.inputs;
+    return e.assignment.inputs.map((i) => {
+      const n = i.payload.byteLength;
+      if (n < CACHED_PAYLOAD_MIN_BYTES) return i;
+      if (mirror.get(i.contentHash)) return { ...i, payload: NO_BYTES, cached: true };
+      mirror.set(i.contentHash, true, n);
+      return i;
+    });
+  }
+
   function place(e: Entry, nodeId: string): void {
     e.nodeId = nodeId;
     e.attempts++;
@@ -322,7 +362,7 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
     let box = outbox.get(nodeId);
     if (!box) outbox.set(nodeId, (box = []));
     // Numbered, so that the agent's outcome says which placement it answers.
-    box.push({ ...e.assignment, attempt: e.attempts });
+    box.push({ ...e.assignment, inputs: inputsFor(e, nodeId), attempt: e.attempts });
   }
 
   /** Still to be placed from its class's queue (not finished, not placed). */
@@ -349,7 +389,7 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
             ...(e.options.placement ? { placement: e.options.placement } : {}),
             codeVersion: e.assignment.codeVersion,
             inputBytes: e.inputBytes,
-            ...(e.options.inputsCachedOn ? { inputsCachedOn: e.options.inputsCachedOn } : {}),
+            ...withCachedOn(e),
           },
           load,
           { maxInFlight, ...(options.headroom ? { headroom: options.headroom } : {}) },
@@ -411,6 +451,17 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
         continue;
       }
       if (earlier && o.status !== ShardStatus.SHARD_STATUS_SUCCEEDED) continue;
+      if (o.status === ShardStatus.SHARD_STATUS_INPUT_NOT_CACHED) {
+        // The mirror was wrong about this node: forget what it thought, send the bytes.
+        const mirror = mirrors.get(ranOn);
+        for (const i of e.assignment.inputs) mirror?.delete(i.contentHash);
+        if (e.nodeId === ranOn) requeue(e, `inputs no longer in the payload cache of node ${ranOn}`);
+        continue;
+      }
+      if (o.status === ShardStatus.SHARD_STATUS_SUCCEEDED) {
+        const mirror = mirrors.get(ranOn);
+        if (mirror) for (const out of o.outputs) if (out.payload.byteLength >= CACHED_PAYLOAD_MIN_BYTES) mirror.set(out.contentHash, true, out.payload.byteLength);
+      }
       if (e.nodeId !== undefined && e.nodeId !== ranOn) {
         send(e.nodeId, { body: { $case: 'cancel', value: { shardIds: [o.shardId], reason: `completed on ${ranOn}` } } });
       }
@@ -428,6 +479,12 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
       // The registry makes the node READY before this event (after persisting it), so shards may
       // already have gone to the new process: only those placed before it registered go back.
       if (r.restarted) evacuate(r.nodeId, 'node restarted', r.atMs);
+      // The agent's cache lives as long as its process: a restart starts it empty.
+      const capacity = Math.floor(r.payloadCacheBytes * MIRROR_SHARE);
+      const mirror = mirrors.get(r.nodeId);
+      if (capacity < CACHED_PAYLOAD_MIN_BYTES) mirrors.delete(r.nodeId);
+      else if (r.restarted || !mirror) mirrors.set(r.nodeId, new ByteLru(capacity));
+      else mirror.resize(capacity);
       // A rejoining agent may still hold a cap from before it was lost: tell it the current one.
       if (r.rejoined) sendThrottle(r.nodeId, capOf(r.nodeId));
       schedule();
@@ -436,6 +493,7 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
       viewsStale = true;
       if (t.to === 'LOST' || t.to === 'LEFT') {
         throttled.delete(t.nodeId);
+        mirrors.delete(t.nodeId);
         progressed.delete(t.nodeId);
         evacuate(t.nodeId, t.to);
       }

@@ -1,13 +1,14 @@
 import { readFileSync } from 'node:fs';
 import { prepareDataDir } from '../../agent/identity-store.js';
 import { runAgent } from '../../agent/run-agent.js';
-import { parseAdvertise, parseLabels } from '../../common/node-resources.js';
+import { parseAdvertise, parseByteSize, parseLabels } from '../../common/node-resources.js';
 import { parseDurationMs } from '../../common/time.js';
 import { flag, flagAll, UsageError, type CliCommand } from './command.js';
 import { DEFAULT_TOKEN_FILE, resolveTlsCa, resolveToken } from './client.js';
 
 const USAGE = `retrace agent --coordinator HOST:PORT [--data DIR] [--label k=v ...] [--advertise k=v,...]
-              [--report-interval 2s] [--link-probe-interval 2m] [--token T | --token-file F] [--tls-ca FILE]
+              [--report-interval 2s] [--link-probe-interval 2m] [--payload-cache 256MiB]
+              [--token T | --token-file F] [--tls-ca FILE]
 
 Runs this host as a node of the mesh until SIGTERM/SIGINT, then leaves cleanly.
   --coordinator      the coordinator's gRPC address (required)
@@ -17,6 +18,8 @@ Runs this host as a node of the mesh until SIGTERM/SIGINT, then leaves cleanly.
                      gpu=1,memory=64GiB,cpu=8,disk=500GiB,tpu=4,net=10Gbps,gpu.0.model=A100
   --report-interval  resource report period (default 2s)
   --link-probe-interval  period of the bandwidth/RTT measurement to the coordinator (default 2m, 0 = off)
+  --payload-cache    memory for inputs and outputs of 64 KiB or more that later shards here may use
+                     by reference, so they cross the network once (default 256MiB, 0 = off)
   --token / --token-file / env RETRACE_TOKEN   bearer token (default: ${DEFAULT_TOKEN_FILE} if present)
   --tls-ca FILE / env RETRACE_TLS_CA   PEM CA for a coordinator started with --tls-cert: connect over TLS
 Prints {"nodeId": ...} on stdout once registered; logs JSON lines on stderr.`;
@@ -56,9 +59,12 @@ export const commands: CliCommand[] = [
       if (args.positionals.length > 0) throw new UsageError(`unexpected argument ${JSON.stringify(args.positionals[0])}`);
       let labels: Record<string, string>;
       let advertised;
+      let payloadCacheBytes: number | undefined;
       try {
         labels = parseLabels(flagAll(args, 'label'), '--label');
         advertised = parseAdvertise(flagAll(args, 'advertise'), '--advertise');
+        const cache = flag(args, 'payload-cache');
+        if (cache !== undefined) payloadCacheBytes = parseByteSize(cache, '--payload-cache');
       } catch (err) {
         throw new UsageError((err as Error).message);
       }
@@ -76,6 +82,7 @@ export const commands: CliCommand[] = [
           reportIntervalMs: durationFlag(flag(args, 'report-interval'), 'report-interval', 2000, 50),
           linkProbeIntervalMs: durationFlag(flag(args, 'link-probe-interval'), 'link-probe-interval', 120_000, 0),
           agentVersion: agentVersion(),
+          ...(payloadCacheBytes === undefined ? {} : { executor: { payloadCacheBytes } }),
         },
         io,
       );

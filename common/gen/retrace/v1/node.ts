@@ -293,6 +293,11 @@ export interface AgentRegistration {
    * Empty from agents that do not send one.
    */
   processId: string;
+  /**
+   * Bytes of payloads the agent keeps (inputs it was sent, outputs it made) for shards to use by
+   * reference; 0: none, every input travels with its shard.
+   */
+  payloadCacheBytes: string;
 }
 
 export interface AgentRegistration_LabelsEntry {
@@ -1638,6 +1643,7 @@ function createBaseAgentRegistration(): AgentRegistration {
     reportIntervalNs: "0",
     draining: false,
     processId: "",
+    payloadCacheBytes: "0",
   };
 }
 
@@ -1669,6 +1675,9 @@ export const AgentRegistration: MessageFns<AgentRegistration> = {
     }
     if (message.processId !== "") {
       writer.uint32(74).string(message.processId);
+    }
+    if (message.payloadCacheBytes !== "0") {
+      writer.uint32(80).uint64(message.payloadCacheBytes);
     }
     return writer;
   },
@@ -1761,6 +1770,14 @@ export const AgentRegistration: MessageFns<AgentRegistration> = {
             message.processId = reader.string();
             continue;
           }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.payloadCacheBytes = reader.uint64().toString();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1819,6 +1836,11 @@ export const AgentRegistration: MessageFns<AgentRegistration> = {
         : isSet(object.process_id)
         ? globalThis.String(object.process_id)
         : "",
+      payloadCacheBytes: isSet(object.payloadCacheBytes)
+        ? globalThis.String(object.payloadCacheBytes)
+        : isSet(object.payload_cache_bytes)
+        ? globalThis.String(object.payload_cache_bytes)
+        : "0",
     };
   },
 
@@ -1857,6 +1879,9 @@ export const AgentRegistration: MessageFns<AgentRegistration> = {
     if (message.processId !== "") {
       obj.processId = message.processId;
     }
+    if (message.payloadCacheBytes !== "0") {
+      obj.payloadCacheBytes = message.payloadCacheBytes;
+    }
     return obj;
   },
 
@@ -1882,6 +1907,7 @@ export const AgentRegistration: MessageFns<AgentRegistration> = {
     message.reportIntervalNs = object.reportIntervalNs ?? "0";
     message.draining = object.draining ?? false;
     message.processId = object.processId ?? "";
+    message.payloadCacheBytes = object.payloadCacheBytes ?? "0";
     return message;
   },
 };

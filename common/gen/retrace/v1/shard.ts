@@ -26,6 +26,8 @@ export enum ShardStatus {
   SHARD_STATUS_OUT_OF_MEMORY = 6,
   /** SHARD_STATUS_CODE_UNAVAILABLE - The code version could not be fetched or verified. */
   SHARD_STATUS_CODE_UNAVAILABLE = 7,
+  /** SHARD_STATUS_INPUT_NOT_CACHED - An input sent by reference (`cached`) is not in the agent's cache (any more): nothing ran. */
+  SHARD_STATUS_INPUT_NOT_CACHED = 8,
   UNRECOGNIZED = -1,
 }
 
@@ -55,6 +57,9 @@ export function shardStatusFromJSON(object: any): ShardStatus {
     case 7:
     case "SHARD_STATUS_CODE_UNAVAILABLE":
       return ShardStatus.SHARD_STATUS_CODE_UNAVAILABLE;
+    case 8:
+    case "SHARD_STATUS_INPUT_NOT_CACHED":
+      return ShardStatus.SHARD_STATUS_INPUT_NOT_CACHED;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -80,6 +85,8 @@ export function shardStatusToJSON(object: ShardStatus): string {
       return "SHARD_STATUS_OUT_OF_MEMORY";
     case ShardStatus.SHARD_STATUS_CODE_UNAVAILABLE:
       return "SHARD_STATUS_CODE_UNAVAILABLE";
+    case ShardStatus.SHARD_STATUS_INPUT_NOT_CACHED:
+      return "SHARD_STATUS_INPUT_NOT_CACHED";
     case ShardStatus.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
@@ -127,6 +134,12 @@ export interface ShardInput {
   key: string;
   eventTimeNs: string;
   mediaType: string;
+  /**
+   * The agent holds this payload in its cache (it was sent it, or made it, before): `payload` is
+   * empty and the agent takes the bytes by `content_hash`. One that no longer has them answers
+   * SHARD_STATUS_INPUT_NOT_CACHED, and the coordinator sends the bytes.
+   */
+  cached: boolean;
 }
 
 export interface ShardOutput {
@@ -453,6 +466,7 @@ function createBaseShardInput(): ShardInput {
     key: "",
     eventTimeNs: "0",
     mediaType: "",
+    cached: false,
   };
 }
 
@@ -478,6 +492,9 @@ export const ShardInput: MessageFns<ShardInput> = {
     }
     if (message.mediaType !== "") {
       writer.uint32(58).string(message.mediaType);
+    }
+    if (message.cached !== false) {
+      writer.uint32(64).bool(message.cached);
     }
     return writer;
   },
@@ -551,6 +568,14 @@ export const ShardInput: MessageFns<ShardInput> = {
             message.mediaType = reader.string();
             continue;
           }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.cached = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -588,6 +613,7 @@ export const ShardInput: MessageFns<ShardInput> = {
         : isSet(object.media_type)
         ? globalThis.String(object.media_type)
         : "",
+      cached: isSet(object.cached) ? globalThis.Boolean(object.cached) : false,
     };
   },
 
@@ -614,6 +640,9 @@ export const ShardInput: MessageFns<ShardInput> = {
     if (message.mediaType !== "") {
       obj.mediaType = message.mediaType;
     }
+    if (message.cached !== false) {
+      obj.cached = message.cached;
+    }
     return obj;
   },
 
@@ -629,6 +658,7 @@ export const ShardInput: MessageFns<ShardInput> = {
     message.key = object.key ?? "";
     message.eventTimeNs = object.eventTimeNs ?? "0";
     message.mediaType = object.mediaType ?? "";
+    message.cached = object.cached ?? false;
     return message;
   },
 };
