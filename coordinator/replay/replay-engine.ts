@@ -10,7 +10,7 @@ import { versionKey } from '../../common/lineage-keys.js';
 import type { NanoClock } from '../clock.js';
 import { orderByDependencies, type LineageEngine } from '../lineage/lineage-engine.js';
 import type { Database } from '../store/database.js';
-import { createRng } from '../../common/random.js';
+import { faultDraw } from './fault-draw.js';
 import { checkSelector, compileReplayPolicy, type CompiledReplayPolicy, type ReplayPlacement } from './replay-policy.js';
 import { setLongTimeout, sleep } from '../../common/abortable-sleep.js';
 
@@ -126,7 +126,7 @@ const PREPARE_AHEAD = 16;
 
 /**
  * Records whose first step's input payloads are read ahead, all at once: preparation itself is
- * sequential (seeded draws in record order), and one store read at a time can fall behind the
+ * sequential (one record after the other), and one store read at a time can fall behind the
  * release rate when the store's threads are busy with commits.
  */
 const PREFETCH_AHEAD = 64;
@@ -422,7 +422,6 @@ export class ReplayEngine {
 
   private async execute(job: ReplayJob, runner: ReplayShardRunner, payloads: ReplayPayloads): Promise<void> {
     const { policy } = job;
-    const rng = createRng(policy.seed);
     job.report.state = ReplayState.REPLAY_STATE_RUNNING;
     this.publish(job, 'running');
     await this.deps.lineage.submit([
@@ -451,7 +450,7 @@ export class ReplayEngine {
     // otherwise make only the first record late.
     const started = performance.now();
     const replayOne = async (plan: RecordPlan, targetMs: number, gate?: ReleaseGate): Promise<void> => {
-      const results = await this.replayRecord(job, plan, runner, payloads, rng, { startedMs: started, targetMs, ...(gate ? { gate } : {}) });
+      const results = await this.replayRecord(job, plan, runner, payloads, { startedMs: started, targetMs, ...(gate ? { gate } : {}) });
       job.progress.recordsDone++;
       this.publish(job, `record ${plan.key}`);
       job.unsaved.push(...results);
@@ -488,7 +487,7 @@ export class ReplayEngine {
    * Releases records at their recorded offsets from one start time (absolute deadlines, so
    * lateness never accumulates). Records are prepared (input payloads read, seeded faults drawn,
    * the first shard built) up to `PREPARE_AHEAD` records before their release, one after the
-   * other so seeded draws keep the record order, and held at a gate; at its deadline the pacer
+   * other in release order, and held at a gate; at its deadline the pacer
    * opens the gate and the shard goes to the dispatcher in the same event-loop turn, so a slow
    * store read lands before the deadline rather than after it. Released records run on while
    * later ones wait; at most `maxInFlight` records are open at once.
@@ -563,7 +562,7 @@ export class ReplayEngine {
   }
 
   /** Replays one record's path; resolves with its step results once its outputs and provenance are written. */
-  private async replayRecord(job: ReplayJob, plan: RecordPlan, runner: ReplayShardRunner, payloads: ReplayPayloads, rng: () => number, timing: { startedMs: number; targetMs: number; gate?: ReleaseGate }): Promise<ReplayStepResult[]> {
+  private async replayRecord(job: ReplayJob, plan: RecordPlan, runner: ReplayShardRunner, payloads: ReplayPayloads, timing: { startedMs: number; targetMs: number; gate?: ReleaseGate }): Promise<ReplayStepResult[]> {
     const { policy } = job;
     const results: ReplayStepResult[] = [];
     /** Why the rest of the record does not run: a step failed, or the replay was cancelled. */
@@ -636,9 +635,9 @@ export class ReplayEngine {
           break;
         }
         let sent = payload;
-        if (policy.corruptInputProbability > 0 && rng() < policy.corruptInputProbability) {
+        if (policy.corruptInputProbability > 0 && faultDraw(policy.seed, plan.source.objectId, step.stepId, 'corrupt', i) < policy.corruptInputProbability) {
           sent = Uint8Array.from(payload);
-          if (sent.length > 0) sent[Math.floor(rng() * sent.length)] = (sent[0] ?? 0) ^ 0xff ^ (sent[Math.floor(sent.length / 2)] ?? 0);
+          if (sent.length > 0) sent[Math.floor(faultDraw(policy.seed, plan.source.objectId, step.stepId, 'corrupt-at', i) * sent.length)] = (sent[0] ?? 0) ^ 0xff ^ (sent[Math.floor(sent.length / 2)] ?? 0);
           else sent = Uint8Array.of(0);
           if (contentHashOf(sent) !== ref.contentHash) result.faults.push(`corrupted input ${name}`);
         }
@@ -650,7 +649,7 @@ export class ReplayEngine {
         job.progress.stepsFailed++;
         continue;
       }
-      const fail = policy.stepFailureProbability > 0 && rng() < policy.stepFailureProbability;
+      const fail = policy.stepFailureProbability > 0 && faultDraw(policy.seed, plan.source.objectId, step.stepId, 'fail') < policy.stepFailureProbability;
       if (fail) result.faults.push('injected step failure');
       if (policy.addedLatencyMs > 0) result.faults.push(`added latency ${policy.addedLatencyMs} ms`);
       const assignment: ShardAssignment = {
@@ -667,8 +666,8 @@ export class ReplayEngine {
         // Set by the dispatcher for each placement.
         attempt: 0,
       };
-      // Drawn now (record order), cut when the shard is sent: the record may be prepared early.
-      const outage = policy.linkOutageProbability > 0 && rng() < policy.linkOutageProbability && step.nodeId ? step.nodeId : undefined;
+      // Drawn now, cut when the shard is sent: the record may be prepared early.
+      const outage = policy.linkOutageProbability > 0 && faultDraw(policy.seed, plan.source.objectId, step.stepId, 'link-outage') < policy.linkOutageProbability && step.nodeId ? step.nodeId : undefined;
       if (outage) result.faults.push(`link outage of ${outage} for 1 s`);
       if (dispatchedMs === undefined) {
         if (timing.gate) {
