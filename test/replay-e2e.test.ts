@@ -42,6 +42,10 @@ export default defineTransform({
 });`;
 
 const RECORDS = 6;
+/** Records of the pipeline whose steps have requirements. */
+const ACCEL_RECORDS = 4;
+/** Requirements as the pipeline API has them (every field set, 0 = none). */
+const needs = (r: { cpu?: number; memoryMb?: number; gpu?: number; instructionSets?: string[] }) => ({ cpu: 0, memoryMb: 0, gpu: 0, instructionSets: [], networkMbps: 0, ...r });
 const GAP_MS = 200;
 
 describe('replay end to end (real coordinator, real agent processes)', () => {
@@ -63,6 +67,7 @@ describe('replay end to end (real coordinator, real agent processes)', () => {
     return report;
   }
   const window = { selector: { $case: 'window' as const, value: { pipeline: 'orders', source: 'raw', fromNs: t0.toString(), toNs: (t0 + 10_000_000_000n).toString() } } };
+  const windowOf = (pipeline: string) => ({ selector: { $case: 'window' as const, value: { pipeline, source: 'raw', fromNs: t0.toString(), toNs: (t0 + 10_000_000_000n).toString() } } });
   const one = { selector: { $case: 'recordIds' as const, value: { objectIds: ['record:orders/raw:k2'] } } };
 
   beforeAll(async () => {
@@ -101,11 +106,24 @@ describe('replay end to end (real coordinator, real agent processes)', () => {
         ],
       },
     } as never);
-    const records = Array.from({ length: RECORDS }, (_, i) => ({ key: `k${i}`, eventTimeNs: (t0 + BigInt(i * GAP_MS) * 1_000_000n).toString(), payload: Buffer.from(JSON.stringify({ id: i, amount: 10 * i })), mediaType: '' }));
-    const r = await pipelines.ingest((async function* () {
-      yield { pipeline: 'orders', source: 'raw', records };
-    })());
-    expect(Number(r.accepted)).toBe(RECORDS);
+    // Its first step needs a GPU, its second 512 MiB: the pipeline run put them where they fit.
+    await pipelines.applyPipeline({
+      pipeline: {
+        name: 'accel',
+        sources: [{ name: 'raw', mediaType: 'application/json' }],
+        steps: [
+          { name: 'boost', transform: 'scale', codeVersion: versions.scale ?? '', parameters: { factor: 3 }, requirements: needs({ gpu: 1 }), inputs: ['raw'], output: '', timeoutMs: 0 },
+          { name: 'tag', transform: 'label', codeVersion: versions.label ?? '', parameters: {}, requirements: needs({ memoryMb: 512 }), inputs: ['boost'], output: '', timeoutMs: 0 },
+        ],
+      },
+    } as never);
+    for (const [pipeline, n] of [['orders', RECORDS], ['accel', ACCEL_RECORDS]] as const) {
+      const records = Array.from({ length: n }, (_, i) => ({ key: `k${i}`, eventTimeNs: (t0 + BigInt(i * GAP_MS) * 1_000_000n).toString(), payload: Buffer.from(JSON.stringify({ id: i, amount: 10 * i })), mediaType: '' }));
+      const r = await pipelines.ingest((async function* () {
+        yield { pipeline, source: 'raw', records };
+      })());
+      expect(Number(r.accepted)).toBe(n);
+    }
   }, 120_000);
 
   afterAll(async () => {
@@ -234,6 +252,55 @@ describe('replay end to end (real coordinator, real agent processes)', () => {
     expect(Object.keys(report.summary?.placements ?? {})).toEqual([gpuNode]);
     const labelled = await run({ targetLabels: { pool: 'prod' } }, one);
     expect(Object.keys(labelled.summary?.placements ?? {})).toEqual([agents[0]?.nodeId]);
+  });
+
+  it("a replayed shard carries its pipeline step's requirements: a GPU step lands only on the GPU node, the worker's memory limit is the step's", async () => {
+    const gpuNode = agents[1]?.nodeId as string;
+    const dispatcher = shared.dispatcher;
+    if (!dispatcher) throw new Error('no dispatcher');
+    const seen: { step: string; memoryLimitMb: number; gpu: unknown; memoryMb: unknown }[] = [];
+    const run0 = dispatcher.run.bind(dispatcher);
+    dispatcher.run = (a, o) => {
+      seen.push({ step: a.stepName, memoryLimitMb: a.memoryLimitMb, gpu: o?.requirements?.gpu, memoryMb: o?.requirements?.memoryMb });
+      return run0(a, o);
+    };
+    try {
+      const report = await run({}, windowOf('accel'));
+      expect(report.state).toBe(ReplayState.REPLAY_STATE_SUCCEEDED);
+      expect(report.summary).toMatchObject({ records: ACCEL_RECORDS, matched: 2 * ACCEL_RECORDS });
+      const boosts = report.steps.filter((s) => s.step === 'boost');
+      expect(boosts).toHaveLength(ACCEL_RECORDS);
+      for (const s of boosts) expect(s.replayNode).toBe(gpuNode);
+      expect(seen.filter((x) => x.step === 'boost')).toEqual(boosts.map(() => ({ step: 'boost', memoryLimitMb: 0, gpu: 1, memoryMb: 0 })));
+      expect(seen.filter((x) => x.step === 'tag')).toEqual(boosts.map(() => ({ step: 'tag', memoryLimitMb: 512, gpu: 0, memoryMb: 512 })));
+      // With a policy cap too, the smaller of the two: the cap where the step asks for none.
+      seen.length = 0;
+      const capped = await run({ maxMemoryMb: 1024 }, windowOf('accel'));
+      expect(capped.state).toBe(ReplayState.REPLAY_STATE_SUCCEEDED);
+      expect(new Set(seen.map((x) => `${x.step} ${x.memoryLimitMb}`))).toEqual(new Set(['boost 1024', 'tag 512']));
+    } finally {
+      dispatcher.run = run0;
+    }
+  });
+
+  it("refuses, before anything runs, a policy that a step's requirements cannot meet, naming the field and the step", async () => {
+    const client = replay();
+    const accel = windowOf('accel');
+    const before = (await client.listReplays({})).replays.length;
+    await expect(client.startReplay({ selector: accel, policy: { maxMemoryMb: 256 } as never })).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringMatching(/^policy\.max_memory_mb: 256 MiB is less than the 512 MiB step "tag" of pipeline accel( version \d+)? requires$/) });
+    await expect(client.startReplay({ selector: accel, policy: { gpu: GpuMode.GPU_MODE_NONE } as never })).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringMatching(/^policy\.gpu: .*step "boost" of pipeline accel( version \d+)? requires a GPU$/) });
+    // The plain node alone can run the policy, not the GPU step.
+    await expect(client.startReplay({ selector: accel, policy: { targetLabels: { pool: 'prod' } } as never })).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringMatching(/^policy: no node the policy allows meets the requirements of step "boost" of pipeline accel.*needs gpu ≥ 1/) });
+    expect((await client.listReplays({})).replays.length).toBe(before);
+    // The CLI's --max-memory says the same.
+    const out = new PassThrough();
+    const chunks: Buffer[] = [];
+    out.on('data', (d: Buffer) => chunks.push(d));
+    const code = await main(['replay', 'start', '--record', 'record:accel/raw:k1', '--max-memory', '256', '--coordinator', tc.grpcAddress, '--token', tc.token], { stdout: out, stderr: out });
+    const text = Buffer.concat(chunks).toString();
+    expect(code, text).not.toBe(0);
+    expect(text).toMatch(/policy\.max_memory_mb: 256 MiB is less than the 512 MiB step "tag"/);
+    expect((await client.listReplays({})).replays.length).toBe(before);
   });
 
   it('a what-if parameter shows exactly the affected downstream records and their value diffs', async () => {
