@@ -24,7 +24,11 @@ export function replayExtension(shared: ReplayShared): ExtensionFactory {
       payloads: () => shared.pipelines?.payloads,
       nodeIds: () => new Set((shared.mesh?.nodes() ?? []).map((n) => n.nodeId)),
       checkPlacement: (placement, requirements) => {
-        const result = allocate((shared.mesh?.nodes() ?? []).map(toNodeView), { placement, ...(requirements ? { requirements } : {}) }, new Map());
+        const nodes = (shared.mesh?.nodes() ?? []).map(toNodeView);
+        // With requirements, among the nodes the placement allows only: the reason is then the
+        // requirement those miss, not the placement rule that rules out the others.
+        const allowed = requirements ? nodes.filter((n) => 'nodeId' in allocate([n], { placement }, new Map())) : nodes;
+        const result = allocate(allowed, { placement, ...(requirements ? { requirements } : {}) }, new Map());
         return 'waiting' in result ? result.waiting : undefined;
       },
       clock: ctx.clock,
