@@ -41,9 +41,27 @@ export default defineTransform({
   },
 });`;
 
+// Slow but idle: a shard stays in flight for params.ms, so an outage lands on shards being run.
+const WAIT = `
+import { defineTransform } from 'retrace/transform';
+export default defineTransform({
+  name: 'wait',
+  async run(input, params, ctx) {
+    const o = input.json();
+    await new Promise((resolve) => {
+      const t = setTimeout(resolve, Number(params.ms ?? 100));
+      ctx.signal.addEventListener('abort', () => { clearTimeout(t); resolve(undefined); });
+    });
+    return { json: o };
+  },
+});`;
+
 const RECORDS = 6;
 /** Records of the pipeline whose steps have requirements. */
 const ACCEL_RECORDS = 4;
+/** Records of the pipeline whose step takes WAIT_MS. */
+const SLOW_RECORDS = 6;
+const WAIT_MS = 1500;
 /** Requirements as the pipeline API has them (every field set, 0 = none). */
 const needs = (r: { cpu?: number; memoryMb?: number; gpu?: number; instructionSets?: string[] }) => ({ cpu: 0, memoryMb: 0, gpu: 0, instructionSets: [], networkMbps: 0, ...r });
 const GAP_MS = 200;
@@ -83,7 +101,7 @@ describe('replay end to end (real coordinator, real agent processes)', () => {
     });
     mkdirSync(join(dir, 'src'));
     const versions: Record<string, string> = {};
-    for (const [name, source] of [['scale', SCALE], ['label', LABEL]] as const) {
+    for (const [name, source] of [['scale', SCALE], ['label', LABEL], ['wait', WAIT]] as const) {
       writeFileSync(join(dir, 'src', `${name}.ts`), source);
       const bundle = await bundleTransform(join(dir, 'src', `${name}.ts`));
       const published = await tc.client(CodeServiceDefinition).publishCode({ bundle: Buffer.from(bundle.bytes), manifest: { transform: name, sourceFile: `${name}.ts`, bundler: bundle.bundler } });
@@ -117,7 +135,10 @@ describe('replay end to end (real coordinator, real agent processes)', () => {
         ],
       },
     } as never);
-    for (const [pipeline, n] of [['orders', RECORDS], ['accel', ACCEL_RECORDS]] as const) {
+    await pipelines.applyPipeline({
+      pipeline: { name: 'slow', sources: [{ name: 'raw', mediaType: 'application/json' }], steps: [{ name: 'wait', transform: 'wait', codeVersion: versions.wait ?? '', parameters: { ms: WAIT_MS }, requirements: undefined, inputs: ['raw'], output: '', timeoutMs: 0 }] },
+    } as never);
+    for (const [pipeline, n] of [['orders', RECORDS], ['accel', ACCEL_RECORDS], ['slow', SLOW_RECORDS]] as const) {
       const records = Array.from({ length: n }, (_, i) => ({ key: `k${i}`, eventTimeNs: (t0 + BigInt(i * GAP_MS) * 1_000_000n).toString(), payload: Buffer.from(JSON.stringify({ id: i, amount: 10 * i })), mediaType: '' }));
       const r = await pipelines.ingest((async function* () {
         yield { pipeline, source: 'raw', records };
@@ -320,6 +341,20 @@ describe('replay end to end (real coordinator, real agent processes)', () => {
     expect(report.summary?.corruptedInputsDetected).toBe(1);
     expect(report.state).toBe(ReplayState.REPLAY_STATE_FAILED);
   });
+
+  it('an outage starting after the first shards went out gets the shards in flight there reassigned, and the replay succeeds', async () => {
+    const gpuNode = agents[1]?.nodeId as string;
+    // All records at once: each shard is in flight for WAIT_MS, on both nodes, when the outage starts.
+    const startedMs = Date.now();
+    const report = await run({ faults: { seed: '1', outages: [{ nodeId: gpuNode, startAfterMs: 500, durationMs: 3000 }], linkOutageProbability: 0, corruptInputProbability: 0, stepFailureProbability: 0, addedLatencyMs: 0 } }, windowOf('slow'));
+    expect(report.state).toBe(ReplayState.REPLAY_STATE_SUCCEEDED);
+    expect(report.summary).toMatchObject({ records: SLOW_RECORDS, matched: SLOW_RECORDS, failed: 0 });
+    expect(report.summary?.reassigned).toBeGreaterThan(0);
+    // Reassigned shards ended on the other node, each after a first attempt on the one cut off.
+    for (const s of report.steps.filter((x) => x.attempts > 1)) expect(s.replayNode).toBe(agents[0]?.nodeId);
+    // The outage outlives the replay: let it end before the next test places shards.
+    await new Promise((r) => setTimeout(r, Math.max(0, startedMs + 3700 - Date.now())));
+  }, 60_000);
 
   it('an outage on one agent link gets its shards reassigned and the replay completes', async () => {
     const gpuNode = agents[1]?.nodeId as string;
