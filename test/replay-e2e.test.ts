@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Status } from 'nice-grpc';
 import { CodeServiceDefinition } from '../common/gen/retrace/v1/code.js';
 import { LineageServiceDefinition, NodeKind } from '../common/gen/retrace/v1/lineage.js';
+import { NodeState } from '../common/gen/retrace/v1/node.js';
 import { PipelineServiceDefinition } from '../common/gen/retrace/v1/pipeline.js';
 import { GpuMode, ReplayServiceDefinition, ReplayState, type ReplayPolicy, type ReplayReport } from '../common/gen/retrace/v1/replay.js';
 import { TriggerKind } from '../common/gen/retrace/v1/provenance.js';
@@ -375,4 +376,18 @@ describe('replay end to end (real coordinator, real agent processes)', () => {
     await expect(client.startReplay({ selector: one, policy: { stepParameters: { nostep: { x: 1 } } } as never })).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringMatching(/^policy\.step_parameters\[nostep\]: no replayed step is named "nostep" \(steps: .*scale/) });
     await expect(client.startReplay({ selector: one, policy: { codeVersions: { nope: `sha256:${'a'.repeat(64)}` } } as never })).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringMatching(/^policy\.code_versions\[nope\]: no replayed step runs a transform named "nope"/) });
   });
+
+  // Last: it stops the GPU agent.
+  it('refuses a replay of a step that no node meets any more, naming the step', async () => {
+    const gpu = agents[1] as LocalAgent;
+    await stopLocalAgents([gpu]);
+    const deadline = Date.now() + 30_000;
+    while (shared.mesh?.nodes().some((n) => n.nodeId === gpu.nodeId && n.state === NodeState.NODE_STATE_READY) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    const client = replay();
+    const before = (await client.listReplays({})).replays.length;
+    await expect(client.startReplay({ selector: windowOf('accel'), policy: {} as never })).rejects.toMatchObject({ code: Status.FAILED_PRECONDITION, details: expect.stringMatching(/^selector: no node meets the requirements of step "boost" of pipeline accel( version \d+)?: needs gpu ≥ 1: no READY node meets it/) });
+    expect((await client.listReplays({})).replays.length).toBe(before);
+    // The records of a pipeline without requirements still replay on the node left.
+    expect((await run({}, one)).state).toBe(ReplayState.REPLAY_STATE_SUCCEEDED);
+  }, 60_000);
 });
