@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Status } from 'nice-grpc';
 import { CodeServiceDefinition } from '../common/gen/retrace/v1/code.js';
 import { LineageServiceDefinition, NodeKind } from '../common/gen/retrace/v1/lineage.js';
+import { NodeState } from '../common/gen/retrace/v1/node.js';
 import { PipelineServiceDefinition } from '../common/gen/retrace/v1/pipeline.js';
 import { GpuMode, ReplayServiceDefinition, ReplayState, type ReplayPolicy, type ReplayReport } from '../common/gen/retrace/v1/replay.js';
 import { TriggerKind } from '../common/gen/retrace/v1/provenance.js';
@@ -41,7 +42,29 @@ export default defineTransform({
   },
 });`;
 
+// Slow but idle: a shard stays in flight for params.ms, so an outage lands on shards being run.
+const WAIT = `
+import { defineTransform } from 'retrace/transform';
+export default defineTransform({
+  name: 'wait',
+  async run(input, params, ctx) {
+    const o = input.json();
+    await new Promise((resolve) => {
+      const t = setTimeout(resolve, Number(params.ms ?? 100));
+      ctx.signal.addEventListener('abort', () => { clearTimeout(t); resolve(undefined); });
+    });
+    return { json: o };
+  },
+});`;
+
 const RECORDS = 6;
+/** Records of the pipeline whose steps have requirements. */
+const ACCEL_RECORDS = 4;
+/** Records of the pipeline whose step takes WAIT_MS. */
+const SLOW_RECORDS = 6;
+const WAIT_MS = 1500;
+/** Requirements as the pipeline API has them (every field set, 0 = none). */
+const needs = (r: { cpu?: number; memoryMb?: number; gpu?: number; instructionSets?: string[] }) => ({ cpu: 0, memoryMb: 0, gpu: 0, instructionSets: [], networkMbps: 0, ...r });
 const GAP_MS = 200;
 
 describe('replay end to end (real coordinator, real agent processes)', () => {
@@ -63,6 +86,7 @@ describe('replay end to end (real coordinator, real agent processes)', () => {
     return report;
   }
   const window = { selector: { $case: 'window' as const, value: { pipeline: 'orders', source: 'raw', fromNs: t0.toString(), toNs: (t0 + 10_000_000_000n).toString() } } };
+  const windowOf = (pipeline: string) => ({ selector: { $case: 'window' as const, value: { pipeline, source: 'raw', fromNs: t0.toString(), toNs: (t0 + 10_000_000_000n).toString() } } });
   const one = { selector: { $case: 'recordIds' as const, value: { objectIds: ['record:orders/raw:k2'] } } };
 
   beforeAll(async () => {
@@ -78,7 +102,7 @@ describe('replay end to end (real coordinator, real agent processes)', () => {
     });
     mkdirSync(join(dir, 'src'));
     const versions: Record<string, string> = {};
-    for (const [name, source] of [['scale', SCALE], ['label', LABEL]] as const) {
+    for (const [name, source] of [['scale', SCALE], ['label', LABEL], ['wait', WAIT]] as const) {
       writeFileSync(join(dir, 'src', `${name}.ts`), source);
       const bundle = await bundleTransform(join(dir, 'src', `${name}.ts`));
       const published = await tc.client(CodeServiceDefinition).publishCode({ bundle: Buffer.from(bundle.bytes), manifest: { transform: name, sourceFile: `${name}.ts`, bundler: bundle.bundler } });
@@ -101,11 +125,27 @@ describe('replay end to end (real coordinator, real agent processes)', () => {
         ],
       },
     } as never);
-    const records = Array.from({ length: RECORDS }, (_, i) => ({ key: `k${i}`, eventTimeNs: (t0 + BigInt(i * GAP_MS) * 1_000_000n).toString(), payload: Buffer.from(JSON.stringify({ id: i, amount: 10 * i })), mediaType: '' }));
-    const r = await pipelines.ingest((async function* () {
-      yield { pipeline: 'orders', source: 'raw', records };
-    })());
-    expect(Number(r.accepted)).toBe(RECORDS);
+    // Its first step needs a GPU, its second 512 MiB: the pipeline run put them where they fit.
+    await pipelines.applyPipeline({
+      pipeline: {
+        name: 'accel',
+        sources: [{ name: 'raw', mediaType: 'application/json' }],
+        steps: [
+          { name: 'boost', transform: 'scale', codeVersion: versions.scale ?? '', parameters: { factor: 3 }, requirements: needs({ gpu: 1 }), inputs: ['raw'], output: '', timeoutMs: 0 },
+          { name: 'tag', transform: 'label', codeVersion: versions.label ?? '', parameters: {}, requirements: needs({ memoryMb: 512 }), inputs: ['boost'], output: '', timeoutMs: 0 },
+        ],
+      },
+    } as never);
+    await pipelines.applyPipeline({
+      pipeline: { name: 'slow', sources: [{ name: 'raw', mediaType: 'application/json' }], steps: [{ name: 'wait', transform: 'wait', codeVersion: versions.wait ?? '', parameters: { ms: WAIT_MS }, requirements: undefined, inputs: ['raw'], output: '', timeoutMs: 0 }] },
+    } as never);
+    for (const [pipeline, n] of [['orders', RECORDS], ['accel', ACCEL_RECORDS], ['slow', SLOW_RECORDS]] as const) {
+      const records = Array.from({ length: n }, (_, i) => ({ key: `k${i}`, eventTimeNs: (t0 + BigInt(i * GAP_MS) * 1_000_000n).toString(), payload: Buffer.from(JSON.stringify({ id: i, amount: 10 * i })), mediaType: '' }));
+      const r = await pipelines.ingest((async function* () {
+        yield { pipeline, source: 'raw', records };
+      })());
+      expect(Number(r.accepted)).toBe(n);
+    }
   }, 120_000);
 
   afterAll(async () => {
@@ -236,6 +276,55 @@ describe('replay end to end (real coordinator, real agent processes)', () => {
     expect(Object.keys(labelled.summary?.placements ?? {})).toEqual([agents[0]?.nodeId]);
   });
 
+  it("a replayed shard carries its pipeline step's requirements: a GPU step lands only on the GPU node, the worker's memory limit is the step's", async () => {
+    const gpuNode = agents[1]?.nodeId as string;
+    const dispatcher = shared.dispatcher;
+    if (!dispatcher) throw new Error('no dispatcher');
+    const seen: { step: string; memoryLimitMb: number; gpu: unknown; memoryMb: unknown }[] = [];
+    const run0 = dispatcher.run.bind(dispatcher);
+    dispatcher.run = (a, o) => {
+      seen.push({ step: a.stepName, memoryLimitMb: a.memoryLimitMb, gpu: o?.requirements?.gpu, memoryMb: o?.requirements?.memoryMb });
+      return run0(a, o);
+    };
+    try {
+      const report = await run({}, windowOf('accel'));
+      expect(report.state).toBe(ReplayState.REPLAY_STATE_SUCCEEDED);
+      expect(report.summary).toMatchObject({ records: ACCEL_RECORDS, matched: 2 * ACCEL_RECORDS });
+      const boosts = report.steps.filter((s) => s.step === 'boost');
+      expect(boosts).toHaveLength(ACCEL_RECORDS);
+      for (const s of boosts) expect(s.replayNode).toBe(gpuNode);
+      expect(seen.filter((x) => x.step === 'boost')).toEqual(boosts.map(() => ({ step: 'boost', memoryLimitMb: 0, gpu: 1, memoryMb: 0 })));
+      expect(seen.filter((x) => x.step === 'tag')).toEqual(boosts.map(() => ({ step: 'tag', memoryLimitMb: 512, gpu: 0, memoryMb: 512 })));
+      // With a policy cap too, the smaller of the two: the cap where the step asks for none.
+      seen.length = 0;
+      const capped = await run({ maxMemoryMb: 1024 }, windowOf('accel'));
+      expect(capped.state).toBe(ReplayState.REPLAY_STATE_SUCCEEDED);
+      expect(new Set(seen.map((x) => `${x.step} ${x.memoryLimitMb}`))).toEqual(new Set(['boost 1024', 'tag 512']));
+    } finally {
+      dispatcher.run = run0;
+    }
+  });
+
+  it("refuses, before anything runs, a policy that a step's requirements cannot meet, naming the field and the step", async () => {
+    const client = replay();
+    const accel = windowOf('accel');
+    const before = (await client.listReplays({})).replays.length;
+    await expect(client.startReplay({ selector: accel, policy: { maxMemoryMb: 256 } as never })).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringMatching(/^policy\.max_memory_mb: 256 MiB is less than the 512 MiB step "tag" of pipeline accel( version \d+)? requires$/) });
+    await expect(client.startReplay({ selector: accel, policy: { gpu: GpuMode.GPU_MODE_NONE } as never })).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringMatching(/^policy\.gpu: .*step "boost" of pipeline accel( version \d+)? requires a GPU$/) });
+    // The plain node alone can run the policy, not the GPU step.
+    await expect(client.startReplay({ selector: accel, policy: { targetLabels: { pool: 'prod' } } as never })).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringMatching(/^policy: no node the policy allows meets the requirements of step "boost" of pipeline accel( version \d+)?: needs gpu ≥ 1: no READY node meets it \(1 READY node: /) });
+    expect((await client.listReplays({})).replays.length).toBe(before);
+    // The CLI's --max-memory says the same.
+    const out = new PassThrough();
+    const chunks: Buffer[] = [];
+    out.on('data', (d: Buffer) => chunks.push(d));
+    const code = await main(['replay', 'start', '--record', 'record:accel/raw:k1', '--max-memory', '256', '--coordinator', tc.grpcAddress, '--token', tc.token], { stdout: out, stderr: out });
+    const text = Buffer.concat(chunks).toString();
+    expect(code, text).not.toBe(0);
+    expect(text).toMatch(/policy\.max_memory_mb: 256 MiB is less than the 512 MiB step "tag"/);
+    expect((await client.listReplays({})).replays.length).toBe(before);
+  });
+
   it('a what-if parameter shows exactly the affected downstream records and their value diffs', async () => {
     const report = await run({ stepParameters: { scale: { factor: 6 } } }, window);
     // amount 10*i*6 vs 10*i*2: record k0 (amount 0) is unchanged; the others change.
@@ -253,6 +342,20 @@ describe('replay end to end (real coordinator, real agent processes)', () => {
     expect(report.summary?.corruptedInputsDetected).toBe(1);
     expect(report.state).toBe(ReplayState.REPLAY_STATE_FAILED);
   });
+
+  it('an outage starting after the first shards went out gets the shards in flight there reassigned, and the replay succeeds', async () => {
+    const gpuNode = agents[1]?.nodeId as string;
+    // All records at once: each shard is in flight for WAIT_MS, on both nodes, when the outage starts.
+    const startedMs = Date.now();
+    const report = await run({ faults: { seed: '1', outages: [{ nodeId: gpuNode, startAfterMs: 500, durationMs: 3000 }], linkOutageProbability: 0, corruptInputProbability: 0, stepFailureProbability: 0, addedLatencyMs: 0 } }, windowOf('slow'));
+    expect(report.state).toBe(ReplayState.REPLAY_STATE_SUCCEEDED);
+    expect(report.summary).toMatchObject({ records: SLOW_RECORDS, matched: SLOW_RECORDS, failed: 0 });
+    expect(report.summary?.reassigned).toBeGreaterThan(0);
+    // Reassigned shards ended on the other node, each after a first attempt on the one cut off.
+    for (const s of report.steps.filter((x) => x.attempts > 1)) expect(s.replayNode).toBe(agents[0]?.nodeId);
+    // The outage outlives the replay: let it end before the next test places shards.
+    await new Promise((r) => setTimeout(r, Math.max(0, startedMs + 3700 - Date.now())));
+  }, 60_000);
 
   it('an outage on one agent link gets its shards reassigned and the replay completes', async () => {
     const gpuNode = agents[1]?.nodeId as string;
@@ -273,4 +376,18 @@ describe('replay end to end (real coordinator, real agent processes)', () => {
     await expect(client.startReplay({ selector: one, policy: { stepParameters: { nostep: { x: 1 } } } as never })).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringMatching(/^policy\.step_parameters\[nostep\]: no replayed step is named "nostep" \(steps: .*scale/) });
     await expect(client.startReplay({ selector: one, policy: { codeVersions: { nope: `sha256:${'a'.repeat(64)}` } } as never })).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringMatching(/^policy\.code_versions\[nope\]: no replayed step runs a transform named "nope"/) });
   });
+
+  // Last: it stops the GPU agent.
+  it('refuses a replay of a step that no node meets any more, naming the step', async () => {
+    const gpu = agents[1] as LocalAgent;
+    await stopLocalAgents([gpu]);
+    const deadline = Date.now() + 30_000;
+    while (shared.mesh?.nodes().some((n) => n.nodeId === gpu.nodeId && n.state === NodeState.NODE_STATE_READY) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    const client = replay();
+    const before = (await client.listReplays({})).replays.length;
+    await expect(client.startReplay({ selector: windowOf('accel'), policy: {} as never })).rejects.toMatchObject({ code: Status.FAILED_PRECONDITION, details: expect.stringMatching(/^selector: no node meets the requirements of step "boost" of pipeline accel( version \d+)?: needs gpu ≥ 1: no READY node meets it/) });
+    expect((await client.listReplays({})).replays.length).toBe(before);
+    // The records of a pipeline without requirements still replay on the node left.
+    expect((await run({}, one)).state).toBe(ReplayState.REPLAY_STATE_SUCCEEDED);
+  }, 60_000);
 });

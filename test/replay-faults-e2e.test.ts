@@ -10,6 +10,7 @@ import { effectiveReading } from '../common/node-resources.js';
 import { codeExtension } from '../coordinator/code/code-extension.js';
 import { meshExtension } from '../coordinator/mesh/mesh-extension.js';
 import { pipelineExtension } from '../coordinator/pipeline/pipeline-extension.js';
+import { faultDraw } from '../coordinator/replay/fault-draw.js';
 import { replayExtension } from '../coordinator/replay/replay-extension.js';
 import { schedulerExtension } from '../coordinator/scheduler/scheduler-extension.js';
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
@@ -59,6 +60,7 @@ const BURN_RECORDS = 16;
 const BURN_ITERATIONS = 4e7;
 const SLOW_RECORDS = 24;
 const WAIT_MS = 400;
+const DICE_RECORDS = 40;
 
 /** The lineage engine's step reader (the replayed steps carry the agent's start and end times). */
 type StepReader = { readStep(id: string): Promise<{ startedAtNs: string; endedAtNs: string } | undefined> };
@@ -133,8 +135,10 @@ describe('replay under a CPU cap and an agent SIGKILL (real coordinator, real ag
     const pipelines = tc.client(PipelineServiceDefinition);
     const step = (name: string, transform: string, parameters: Record<string, unknown>, inputs: string[]) => ({ name, transform, codeVersion: versions[transform] ?? '', parameters, requirements: undefined, inputs, output: '', timeoutMs: 0 });
     await pipelines.applyPipeline({ pipeline: { name: 'burn', sources: [{ name: 'raw', mediaType: 'application/json' }], steps: [step('burn', 'burn', { iterations: BURN_ITERATIONS }, ['raw'])] } } as never);
+    // Two quick steps a record, for seeded faults: a failed first step leaves the second unrun.
+    await pipelines.applyPipeline({ pipeline: { name: 'dice', sources: [{ name: 'raw', mediaType: 'application/json' }], steps: [step('first', 'label', {}, ['raw']), step('second', 'label', {}, ['first'])] } } as never);
     await pipelines.applyPipeline({ pipeline: { name: 'slow', sources: [{ name: 'raw', mediaType: 'application/json' }], steps: [step('wait', 'wait', { ms: WAIT_MS }, ['raw']), step('label', 'label', {}, ['wait'])] } } as never);
-    for (const [pipeline, n] of [['burn', BURN_RECORDS], ['slow', SLOW_RECORDS]] as const) {
+    for (const [pipeline, n] of [['burn', BURN_RECORDS], ['slow', SLOW_RECORDS], ['dice', DICE_RECORDS]] as const) {
       const records = Array.from({ length: n }, (_, i) => ({ key: `k${i}`, eventTimeNs: (t0 + BigInt(i * 10) * 1_000_000n).toString(), payload: Buffer.from(JSON.stringify({ id: i, amount: 5 * i })), mediaType: '' }));
       const r = await pipelines.ingest((async function* () {
         yield { pipeline, source: 'raw', records };
@@ -229,6 +233,43 @@ describe('replay under a CPU cap and an agent SIGKILL (real coordinator, real ag
     }
     ctx.skip('the machine is too loaded for an uncapped run to exceed 20% of its CPUs, so an enforced cap cannot be told from an idle one');
   }, 300_000);
+
+  it('seeded faults are repeatable: the same seed fails and corrupts the same steps whatever the timing, another seed others', async () => {
+    const FAIL = 0.3;
+    const CORRUPT = 0.2;
+    const faults = (seed: number) => ({ seed: String(seed), outages: [], linkOutageProbability: 0, corruptInputProbability: CORRUPT, stepFailureProbability: FAIL, addedLatencyMs: 0 });
+    // Every step's faults and outcome, by (record, step).
+    const outcomes = (r: ReplayReport) => r.steps.map((s) => `${s.record}|${s.step}|${s.status}|${s.faults.join(',')}`).sort();
+    const faulted = (r: ReplayReport) => r.steps.filter((s) => s.faults.length > 0).map((s) => `${s.record}|${s.step}|${s.faults.join(',')}`).sort();
+    // As fast as possible (32 records at once, finishing in any order), then paced at 1x (one
+    // record at a time, in event-time order): the draws must not depend on which ran first.
+    const a1 = await finish(await startReplay({ faults: faults(5) }, windowOf('dice')));
+    const a2 = await finish(await startReplay({ faults: faults(5), speed: 1 }, windowOf('dice')));
+    const b = await finish(await startReplay({ faults: faults(6) }, windowOf('dice')));
+    for (const r of [a1, a2, b]) {
+      expect(r.state).toBe(ReplayState.REPLAY_STATE_FAILED);
+      expect(r.summary?.records).toBe(DICE_RECORDS);
+    }
+    expect(faulted(a1).length).toBeGreaterThan(0);
+    expect(outcomes(a2)).toEqual(outcomes(a1));
+    expect(a2.summary).toMatchObject({ failed: a1.summary?.failed, upstreamFailed: a1.summary?.upstreamFailed, corruptedInputsDetected: a1.summary?.corruptedInputsDetected });
+    expect(faulted(b)).not.toEqual(faulted(a1));
+    // Each step that ran was faulted exactly where the seeded draw for its (record, step) says.
+    for (const [seed, report] of [[5, a1], [6, b]] as const) {
+      for (const s of report.steps) {
+        if (s.status === 'SKIPPED') {
+          expect(s.error).toBe('an upstream step of this record failed');
+          continue;
+        }
+        const fail = faultDraw(seed, s.record, s.originalStepId, 'fail') < FAIL;
+        // The payloads are ASCII JSON and the corrupted byte has its high bit set: always a change.
+        const corrupt = faultDraw(seed, s.record, s.originalStepId, 'corrupt', 0) < CORRUPT;
+        expect(s.faults.includes('injected step failure'), `${s.record} ${s.step}`).toBe(fail);
+        expect(s.faults.some((f) => f.startsWith('corrupted input')), `${s.record} ${s.step}`).toBe(corrupt);
+        expect(s.status).toBe(corrupt ? 'INPUT_CORRUPTED' : fail ? 'FAILED' : 'SUCCEEDED');
+      }
+    }
+  }, 120_000);
 
   it('an agent SIGKILLed mid-replay loses nothing: every step once, every hash as recorded', async () => {
     const victim = agents[2] as LocalAgent;

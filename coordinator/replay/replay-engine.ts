@@ -10,14 +10,18 @@ import { versionKey } from '../../common/lineage-keys.js';
 import type { NanoClock } from '../clock.js';
 import { orderByDependencies, type LineageEngine } from '../lineage/lineage-engine.js';
 import type { Database } from '../store/database.js';
-import { createRng } from '../../common/random.js';
+import { faultDraw } from './fault-draw.js';
 import { checkSelector, compileReplayPolicy, type CompiledReplayPolicy, type ReplayPlacement } from './replay-policy.js';
 import { setLongTimeout, sleep } from '../../common/abortable-sleep.js';
+import type { TransformRequirements } from '../../common/transform.js';
 
 /** Runs one shard somewhere and always resolves with its outcome (the dispatcher). */
 export interface ReplayShardRunner {
   /** `inputsAsSent`: the bytes differ from their content hash on purpose (an injected corruption) and must travel as they are. */
-  run(assignment: ShardAssignment, options?: { placement?: ReplayPlacement; signal?: AbortSignal; inputsAsSent?: boolean }): Promise<{ outcome: ShardOutcome; nodeId: string; attempts: number; queuedMs: number }>;
+  run(
+    assignment: ShardAssignment,
+    options?: { requirements?: TransformRequirements; placement?: ReplayPlacement; signal?: AbortSignal; inputsAsSent?: boolean },
+  ): Promise<{ outcome: ShardOutcome; nodeId: string; attempts: number; queuedMs: number }>;
   setLinkOutage?(nodeId: string, untilMs: number): void;
 }
 
@@ -36,17 +40,30 @@ export interface ReplayEngineDeps {
   payloads: () => ReplayPayloads | undefined;
   /** Ids of known nodes, to reject policies naming unknown ones. */
   nodeIds?: () => ReadonlySet<string>;
-  /** Why no node could take shards under this placement now, or undefined when one can. */
-  checkPlacement?: (placement: ReplayPlacement) => string | undefined;
+  /** Why no node could take shards with these requirements under this placement now, or undefined when one can. */
+  checkPlacement?: (placement: ReplayPlacement, requirements?: TransformRequirements) => string | undefined;
   clock: NanoClock;
   log: (line: string) => void;
   /** Records replayed at once at most (default 32). */
   concurrency?: number;
   /**
-   * The timeout (ms, 0 = the agent's default) of a pipeline step as version `version` of its
-   * pipeline defines it; undefined when unknown. Without it every replayed shard gets the agent's default.
+   * A pipeline step as version `version` of its pipeline defines it (0 or a version no longer
+   * stored: the latest): its timeout (ms, 0 = the agent's default) and requirements; undefined
+   * when unknown. Without it every replayed shard gets the agent's default timeout and no requirements.
    */
-  stepTimeoutMs?: (pipeline: string, version: number, step: string) => Promise<number | undefined>;
+  pipelineStep?: (pipeline: string, version: number, step: string) => Promise<PipelineStepSpec | undefined>;
+}
+
+/** What replay keeps of a recorded step's pipeline definition. */
+export interface PipelineStepSpec {
+  timeoutMs: number;
+  requirements?: TransformRequirements | undefined;
+}
+
+/** A recorded step's definition, looked up once per replay for each `pipeline@version/step`. */
+interface StepSpec extends PipelineStepSpec {
+  /** `step "label" of pipeline orders version 3`, for errors. */
+  where: string;
 }
 
 /** One recorded step of a record's path, as replay needs it. */
@@ -87,8 +104,8 @@ interface ReplayJob {
   flushTimer?: NodeJS.Timeout | undefined;
   /** The progress writes, in order. */
   flushing: Promise<void>;
-  /** Pipeline step timeouts looked up, by `pipeline@version/step`. */
-  timeouts?: Map<string, Promise<number>>;
+  /** The recorded steps' pipeline definitions, by `pipeline@version/step` (see specKey). */
+  specs: ReadonlyMap<string, StepSpec>;
 }
 
 /**
@@ -127,7 +144,7 @@ const PREPARE_AHEAD = 16;
 
 /**
  * Records whose first step's input payloads are read ahead, all at once: preparation itself is
- * sequential (seeded draws in record order), and one store read at a time can fall behind the
+ * sequential (one record after the other), and one store read at a time can fall behind the
  * release rate when the store's threads are busy with commits.
  */
 const PREFETCH_AHEAD = 64;
@@ -238,6 +255,8 @@ export class ReplayEngine {
     const stepCount = plans.reduce((n, p) => n + p.steps.length, 0);
     if (stepCount === 0) throw new FailedPreconditionError('the selected records were not processed by any recorded step: nothing to replay', 'selector');
     checkOverridesApply(policy, plans);
+    const specs = await this.stepSpecs(plans);
+    this.checkRequirements(policy, specs);
     const id = `replay-${new Date(Number(this.deps.clock() / 1_000_000n)).toISOString().replace(/[-:.TZ]/g, '').slice(0, 14)}-${randomBytes(3).toString('hex')}`;
     const report: ReplayReport = {
       replayId: id,
@@ -262,6 +281,7 @@ export class ReplayEngine {
       savedRows: 0,
       lastFlushMs: Number.NEGATIVE_INFINITY,
       flushing: Promise.resolve(),
+      specs,
     };
     // Every paced record and every shard of the job listens on this one signal.
     setMaxListeners(0, job.controller.signal);
@@ -423,7 +443,6 @@ export class ReplayEngine {
 
   private async execute(job: ReplayJob, runner: ReplayShardRunner, payloads: ReplayPayloads): Promise<void> {
     const { policy } = job;
-    const rng = createRng(policy.seed);
     job.report.state = ReplayState.REPLAY_STATE_RUNNING;
     this.publish(job, 'running');
     await this.deps.lineage.submit([
@@ -452,7 +471,7 @@ export class ReplayEngine {
     // otherwise make only the first record late.
     const started = performance.now();
     const replayOne = async (plan: RecordPlan, targetMs: number, gate?: ReleaseGate): Promise<void> => {
-      const results = await this.replayRecord(job, plan, runner, payloads, rng, { startedMs: started, targetMs, ...(gate ? { gate } : {}) });
+      const results = await this.replayRecord(job, plan, runner, payloads, { startedMs: started, targetMs, ...(gate ? { gate } : {}) });
       job.progress.recordsDone++;
       this.publish(job, `record ${plan.key}`);
       job.unsaved.push(...results);
@@ -489,7 +508,7 @@ export class ReplayEngine {
    * Releases records at their recorded offsets from one start time (absolute deadlines, so
    * lateness never accumulates). Records are prepared (input payloads read, seeded faults drawn,
    * the first shard built) up to `PREPARE_AHEAD` records before their release, one after the
-   * other so seeded draws keep the record order, and held at a gate; at its deadline the pacer
+   * other in release order, and held at a gate; at its deadline the pacer
    * opens the gate and the shard goes to the dispatcher in the same event-loop turn, so a slow
    * store read lands before the deadline rather than after it. Released records run on while
    * later ones wait; at most `maxInFlight` records are open at once.
@@ -564,7 +583,7 @@ export class ReplayEngine {
   }
 
   /** Replays one record's path; resolves with its step results once its outputs and provenance are written. */
-  private async replayRecord(job: ReplayJob, plan: RecordPlan, runner: ReplayShardRunner, payloads: ReplayPayloads, rng: () => number, timing: { startedMs: number; targetMs: number; gate?: ReleaseGate }): Promise<ReplayStepResult[]> {
+  private async replayRecord(job: ReplayJob, plan: RecordPlan, runner: ReplayShardRunner, payloads: ReplayPayloads, timing: { startedMs: number; targetMs: number; gate?: ReleaseGate }): Promise<ReplayStepResult[]> {
     const { policy } = job;
     const results: ReplayStepResult[] = [];
     /** Why the rest of the record does not run: a step failed, or the replay was cancelled. */
@@ -638,9 +657,9 @@ export class ReplayEngine {
           break;
         }
         let sent = payload;
-        if (policy.corruptInputProbability > 0 && rng() < policy.corruptInputProbability) {
+        if (policy.corruptInputProbability > 0 && faultDraw(policy.seed, plan.source.objectId, step.stepId, 'corrupt', i) < policy.corruptInputProbability) {
           sent = Uint8Array.from(payload);
-          if (sent.length > 0) sent[Math.floor(rng() * sent.length)] = (sent[0] ?? 0) ^ 0xff ^ (sent[Math.floor(sent.length / 2)] ?? 0);
+          if (sent.length > 0) sent[Math.floor(faultDraw(policy.seed, plan.source.objectId, step.stepId, 'corrupt-at', i) * sent.length)] = (sent[0] ?? 0) ^ 0xff ^ (sent[Math.floor(sent.length / 2)] ?? 0);
           else sent = Uint8Array.of(0);
           if (contentHashOf(sent) !== ref.contentHash) result.faults.push(`corrupted input ${name}`);
           corrupted = true;
@@ -653,7 +672,10 @@ export class ReplayEngine {
         job.progress.stepsFailed++;
         continue;
       }
-      const fail = policy.stepFailureProbability > 0 && rng() < policy.stepFailureProbability;
+      const key = specKey(step);
+      const spec = key === undefined ? undefined : job.specs.get(key);
+      const requirements = spec?.requirements;
+      const fail = policy.stepFailureProbability > 0 && faultDraw(policy.seed, plan.source.objectId, step.stepId, 'fail') < policy.stepFailureProbability;
       if (fail) result.faults.push('injected step failure');
       if (policy.addedLatencyMs > 0) result.faults.push(`added latency ${policy.addedLatencyMs} ms`);
       const assignment: ShardAssignment = {
@@ -663,15 +685,15 @@ export class ReplayEngine {
         codeVersion,
         parameters,
         inputs,
-        timeoutMs: await this.timeoutOf(job, step),
-        memoryLimitMb: policy.placement.maxMemoryMb ?? 0,
+        timeoutMs: spec?.timeoutMs ?? 0,
+        memoryLimitMb: memoryLimitMb(policy.placement.maxMemoryMb, requirements?.memoryMb),
         faults: { addedLatencyMs: policy.addedLatencyMs, fail },
         jobId: job.id,
         // Set by the dispatcher for each placement.
         attempt: 0,
       };
-      // Drawn now (record order), cut when the shard is sent: the record may be prepared early.
-      const outage = policy.linkOutageProbability > 0 && rng() < policy.linkOutageProbability && step.nodeId ? step.nodeId : undefined;
+      // Drawn now, cut when the shard is sent: the record may be prepared early.
+      const outage = policy.linkOutageProbability > 0 && faultDraw(policy.seed, plan.source.objectId, step.stepId, 'link-outage') < policy.linkOutageProbability && step.nodeId ? step.nodeId : undefined;
       if (outage) result.faults.push(`link outage of ${outage} for 1 s`);
       if (dispatchedMs === undefined) {
         if (timing.gate) {
@@ -685,7 +707,7 @@ export class ReplayEngine {
       }
       if (outage) runner.setLinkOutage?.(outage, Date.now() + 1000);
       result.status = 'RUNNING';
-      const { outcome, nodeId, attempts } = await runner.run(assignment, { placement: policy.placement, signal: job.controller.signal, ...(corrupted ? { inputsAsSent: true } : {}) });
+      const { outcome, nodeId, attempts } = await runner.run(assignment, { ...(requirements ? { requirements } : {}), placement: policy.placement, signal: job.controller.signal, ...(corrupted ? { inputsAsSent: true } : {}) });
       result.replayNode = nodeId;
       result.attempts = attempts;
       result.replayResources = outcome.resources;
@@ -791,27 +813,56 @@ export class ReplayEngine {
   }
 
   /**
-   * The recorded step's timeout: that of its step in the pipeline version that recorded it (the
-   * runner's `retrace` facet names both), as the pipeline runner and recompute set it, or in the
-   * pipeline's latest version when that one is gone; 0 (the agent's default) for steps recorded
-   * by other producers or of a pipeline no longer stored at all.
+   * The pipeline definitions of the planned steps (each distinct `pipeline@version/step` once):
+   * a step's timeout and requirements as the pipeline version that recorded it (the runner's
+   * `retrace` facet names both) defines them, as the pipeline runner and recompute set them, or as
+   * the pipeline's latest version does when that one is gone. Steps recorded by other producers,
+   * or of a pipeline no longer stored at all, have none: the agent's default timeout, no requirements.
    */
-  private timeoutOf(job: ReplayJob, step: Step): Promise<number> {
-    const lookup = this.deps.stepTimeoutMs;
-    const facet = (step.facets as { retrace?: { pipeline?: unknown; pipelineVersion?: unknown; step?: unknown } } | undefined)?.retrace;
-    if (!lookup || typeof facet?.pipeline !== 'string' || typeof facet.step !== 'string') return Promise.resolve(0);
-    const version = typeof facet.pipelineVersion === 'number' ? facet.pipelineVersion : 0;
-    const key = `${facet.pipeline}@${version}/${facet.step}`;
-    const cache = (job.timeouts ??= new Map());
-    let found = cache.get(key);
-    if (!found) {
-      found = lookup(facet.pipeline, version, facet.step).then(
-        (ms) => ms ?? 0,
-        () => 0,
-      );
-      cache.set(key, found);
+  private async stepSpecs(plans: readonly RecordPlan[]): Promise<Map<string, StepSpec>> {
+    const specs = new Map<string, StepSpec>();
+    const lookup = this.deps.pipelineStep;
+    if (!lookup) return specs;
+    const wanted = new Map<string, { pipeline: string; version: number; step: string }>();
+    for (const plan of plans) {
+      for (const { step } of plan.steps) {
+        const key = specKey(step);
+        const facet = retraceFacet(step);
+        if (key !== undefined && !wanted.has(key)) wanted.set(key, { pipeline: facet.pipeline as string, version: facetVersion(step), step: facet.step as string });
+      }
     }
-    return found;
+    await Promise.all(
+      [...wanted].map(async ([key, w]) => {
+        const found = await lookup(w.pipeline, w.version, w.step).catch(() => undefined);
+        if (found) specs.set(key, { ...found, where: `step ${JSON.stringify(w.step)} of pipeline ${w.pipeline}${w.version > 0 ? ` version ${w.version}` : ''}` });
+      }),
+    );
+    return specs;
+  }
+
+  /**
+   * Refuses, before anything runs, a replay whose policy and a recorded step's requirements
+   * cannot both be met (a memory cap below what the step needs, GPUs excluded for a step that
+   * needs one, targets none of which meets them), or a step no node meets at all: otherwise its
+   * shards would wait for a node forever, or run where the pipeline would never have put them.
+   */
+  private checkRequirements(policy: CompiledReplayPolicy, specs: ReadonlyMap<string, StepSpec>): void {
+    const p = policy.placement;
+    for (const { requirements: r, where } of specs.values()) {
+      if (!r) continue;
+      const memoryMb = r.memoryMb ?? 0;
+      if (memoryMb > 0 && p.maxMemoryMb !== undefined && p.maxMemoryMb < memoryMb) {
+        throw new InvalidArgumentError('policy.max_memory_mb', `${p.maxMemoryMb} MiB is less than the ${memoryMb} MiB ${where} requires`);
+      }
+      const gpus = r.gpu === true ? 1 : typeof r.gpu === 'number' ? r.gpu : 0;
+      if (gpus > 0 && p.gpu === 'none') throw new InvalidArgumentError('policy.gpu', `GPU_MODE_NONE excludes every node with a GPU, and ${where} requires ${gpus === 1 ? 'a GPU' : `${gpus} GPUs`}`);
+      const check = this.deps.checkPlacement;
+      if (!check || check(p, r) === undefined) continue;
+      // Nowhere at all, or nowhere this policy allows.
+      const anywhere = check({}, r);
+      if (anywhere !== undefined) throw new FailedPreconditionError(`no node meets the requirements of ${where}: ${anywhere}`, 'selector');
+      throw new InvalidArgumentError('policy', `no node the policy allows meets the requirements of ${where}: ${check(p, r) ?? ''}`);
+    }
   }
 
   /** Resolves when the next release of a paced replay is at least QUIET_MS away (at once otherwise). */
@@ -920,6 +971,27 @@ function isRecord(v: unknown): v is Record<string, unknown> {
 function retraceFacet(step: Step): { pipeline?: string; step?: string; inputs?: Record<string, string>; [k: string]: unknown } {
   const f = (step.facets as Record<string, unknown> | undefined)?.retrace;
   return isRecord(f) ? (f as { step?: string; inputs?: Record<string, string> }) : {};
+}
+
+/** A recorded pipeline step's `pipeline@version/step` (version 0: not recorded), or undefined for steps of other producers. */
+function specKey(step: Step): string | undefined {
+  const facet = retraceFacet(step);
+  if (typeof facet.pipeline !== 'string' || typeof facet.step !== 'string') return undefined;
+  return `${facet.pipeline}@${facetVersion(step)}/${facet.step}`;
+}
+
+function facetVersion(step: Step): number {
+  const v = retraceFacet(step).pipelineVersion;
+  return typeof v === 'number' ? v : 0;
+}
+
+/**
+ * The worker's memory limit, MiB (0 = the agent's default): the step's requirement, as the
+ * pipeline run had it, or the policy's cap, or the smaller of the two when both are set.
+ */
+function memoryLimitMb(policyCapMb: number | undefined, stepMb: number | undefined): number {
+  const limits = [policyCapMb ?? 0, stepMb ?? 0].filter((mb) => mb > 0);
+  return limits.length === 0 ? 0 : Math.min(...limits);
 }
 
 /**

@@ -23,18 +23,23 @@ export function replayExtension(shared: ReplayShared): ExtensionFactory {
       runner: () => shared.dispatcher,
       payloads: () => shared.pipelines?.payloads,
       nodeIds: () => new Set((shared.mesh?.nodes() ?? []).map((n) => n.nodeId)),
-      checkPlacement: (placement) => {
-        const result = allocate((shared.mesh?.nodes() ?? []).map(toNodeView), { placement }, new Map());
+      checkPlacement: (placement, requirements) => {
+        const nodes = (shared.mesh?.nodes() ?? []).map(toNodeView);
+        // With requirements, among the nodes the placement allows only: the reason is then the
+        // requirement those miss, not the placement rule that rules out the others.
+        const allowed = requirements ? nodes.filter((n) => 'nodeId' in allocate([n], { placement }, new Map())) : nodes;
+        const result = allocate(allowed, { placement, ...(requirements ? { requirements } : {}) }, new Map());
         return 'waiting' in result ? result.waiting : undefined;
       },
       clock: ctx.clock,
       log: ctx.log,
-      async stepTimeoutMs(pipeline, version, step) {
+      async pipelineStep(pipeline, version, step) {
         const store = shared.pipelines?.store;
         if (!store) return undefined;
         // The recorded version, else the latest (a version never stored reads as unknown).
         const pv = await store.get(pipeline, version).catch(() => store.get(pipeline));
-        return pv.pipeline?.steps.find((s) => s.name === step)?.timeoutMs;
+        const found = pv.pipeline?.steps.find((s) => s.name === step);
+        return found && { timeoutMs: found.timeoutMs, requirements: found.requirements };
       },
     });
     shared.replay = engine;
