@@ -107,6 +107,41 @@ describe('watched paths', () => {
     }
   });
 
+  it('reads the file it listed, not a link swapped in while the scan waited for the sink', async () => {
+    await tc?.stop({ keepData: true });
+    const shared: CoordinatorServices = {};
+    tc = await startTestCoordinator({ dataDir, extensions: [pipelineExtension(shared), recomputeExtension(shared, { watchRoots: [root] })] });
+    const recomputer = shared.recompute?.recomputer as NonNullable<CoordinatorServices['recompute']>['recomputer'];
+    const swapped = join(root, 'swapped');
+    mkdirSync(swapped);
+    writeFileSync(join(dataDir, 'secret.txt'), 'SECRET');
+    // Two files of the size cap fill one batch: the sink takes them before c.txt is read.
+    for (const name of ['a.bin', 'b.bin']) {
+      writeFileSync(join(swapped, name), '');
+      truncateSync(join(swapped, name), MAX_WATCHED_FILE_BYTES);
+    }
+    writeFileSync(join(swapped, 'c.txt'), 'plain');
+    const onFiles = recomputer.onFiles.bind(recomputer);
+    let calls = 0;
+    recomputer.onFiles = async (watch, batch) => {
+      // The earlier tests' watches scan too.
+      if (watch.path === swapped && ++calls === 1) {
+        rmSync(join(swapped, 'c.txt'));
+        symlinkSync(join(dataDir, 'secret.txt'), join(swapped, 'c.txt'));
+      }
+      return onFiles(watch, batch);
+    };
+    const client = tc.client(RecomputeServiceDefinition);
+    const w = await client.watchPath({ path: swapped, pipeline: '', source: '', objectIdPrefix: 'swap:', policy: 0, rescanIntervalMs: 60_000, debounceMs: 0 });
+    await shared.recompute?.detector.scanNow(w.watch?.watchId ?? '');
+    expect(calls).toBe(1);
+    const index = tc.coordinator.lineage.index;
+    expect(index.membersOf('object:swap:a.bin')).toHaveLength(1);
+    expect(index.has('object:swap:c.txt')).toBe(false);
+    expect(index.has(`version:swap:c.txt@${contentHashOf('SECRET')}`)).toBe(false);
+    rmSync(swapped, { recursive: true, force: true });
+  });
+
   it('without --watch-root, watching is off', async () => {
     await tc?.stop({ keepData: true });
     const c = await start([]);

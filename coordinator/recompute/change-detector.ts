@@ -1,5 +1,5 @@
-import { watch as fsWatch, type FSWatcher } from 'node:fs';
-import { readdir, readFile, realpath, stat } from 'node:fs/promises';
+import { constants, watch as fsWatch, type FSWatcher } from 'node:fs';
+import { open, readdir, readlink, realpath, stat, type FileHandle } from 'node:fs/promises';
 import { isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { canonicalJson } from '../../common/canonical-json.js';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError, RetraceError } from '../../common/errors.js';
@@ -36,6 +36,18 @@ export interface WatchScope {
   roots: readonly string[];
   /** Real path of the coordinator's data dir, or undefined (in-memory). */
   dataDir: string | undefined;
+}
+
+/**
+ * Where an open file really is: /proc's link to its descriptor (Linux), whatever its name now
+ * leads to; elsewhere the real path of its name (a swap between open and this call goes unseen).
+ */
+async function openedPath(handle: FileHandle, name: string): Promise<string> {
+  try {
+    return await readlink(`/proc/self/fd/${handle.fd}`);
+  } catch {
+    return realpath(name);
+  }
 }
 
 function inside(path: string, dir: string): boolean {
@@ -138,6 +150,8 @@ class PathWatcher {
         }
       };
       await walk(root);
+      // Path order: a scan that is cut short (a failed ingest) resumes where it was.
+      files.sort((x, y) => (x.rel < y.rel ? -1 : x.rel > y.rel ? 1 : 0));
     }
     let changed: ChangedFile[] = [];
     let updates: [string, { mtimeMs: number; size: number; hash: string }][] = [];
@@ -151,35 +165,51 @@ class PathWatcher {
       updates = [];
       batchBytes = 0;
     };
+    const outside: string[] = [];
     for (const f of files) {
-      let st;
+      // Read through the file opened, not by its name again: between the listing and the read
+      // the file (or a directory above it) may have been swapped for a link out of the root.
+      let handle: FileHandle;
       try {
-        st = await stat(f.abs);
+        handle = await open(f.abs, constants.O_RDONLY | constants.O_NOFOLLOW);
       } catch {
-        continue; // removed since the listing
+        continue; // removed since the listing, or a link now
       }
-      const prev = this.seen.get(f.rel);
-      if (prev && prev.mtimeMs === st.mtimeMs && prev.size === st.size) continue;
-      if (st.size > MAX_WATCHED_FILE_BYTES) {
-        tooBig.push(f.rel);
-        continue;
-      }
-      const bytes = await readFile(f.abs);
-      const hash = contentHashOf(bytes);
-      updates.push([f.rel, { mtimeMs: st.mtimeMs, size: st.size, hash }]);
-      if (prev?.hash !== hash) {
-        changed.push({ rel: f.rel, bytes, hash });
-        batchBytes += bytes.byteLength;
+      try {
+        if (scopeProblem(await openedPath(handle, f.abs), this.scope)) {
+          outside.push(f.rel);
+          continue;
+        }
+        const st = await handle.stat();
+        if (!st.isFile()) continue;
+        const prev = this.seen.get(f.rel);
+        if (prev && prev.mtimeMs === st.mtimeMs && prev.size === st.size) continue;
+        if (st.size > MAX_WATCHED_FILE_BYTES) {
+          tooBig.push(f.rel);
+          continue;
+        }
+        const bytes = await handle.readFile();
+        const hash = contentHashOf(bytes);
+        updates.push([f.rel, { mtimeMs: st.mtimeMs, size: st.size, hash }]);
+        if (prev?.hash !== hash) {
+          changed.push({ rel: f.rel, bytes, hash });
+          batchBytes += bytes.byteLength;
+        }
+      } finally {
+        await handle.close();
       }
       if (batchBytes >= SINK_BATCH_BYTES) await flush();
     }
     await flush();
     this.spec.files = files.length;
     this.spec.lastScanNs = this.clock().toString();
-    if (tooBig.length === 0) return '';
-    const names = `${tooBig.slice(0, 3).join(', ')}${tooBig.length > 3 ? `, and ${tooBig.length - 3} more` : ''}`;
-    this.log(`recompute: watch ${root}: left out ${tooBig.length} file(s) over ${MAX_WATCHED_FILE_BYTES} bytes: ${names}`);
-    return `left out ${tooBig.length} file(s) over 32 MiB: ${names}`;
+    const names = (list: string[]): string => `${list.slice(0, 3).join(', ')}${list.length > 3 ? `, and ${list.length - 3} more` : ''}`;
+    const left = [
+      ...(tooBig.length > 0 ? [`left out ${tooBig.length} file(s) over 32 MiB: ${names(tooBig)}`] : []),
+      ...(outside.length > 0 ? [`left out ${outside.length} file(s) that lead outside the watch roots: ${names(outside)}`] : []),
+    ].join('; ');
+    if (left !== '') this.log(`recompute: watch ${root}: ${left}`);
+    return left;
   }
 
   async stop(): Promise<void> {
