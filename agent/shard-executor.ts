@@ -997,8 +997,11 @@ export function createShardExecutor(options: ShardExecutorOptions): ShardExecuto
     if (opts.payloadCacheBytes === 0) return;
     for (const i of items) {
       const n = i.payload.byteLength;
+      if (n < CACHED_PAYLOAD_MIN_BYTES) continue;
+      // Held already: used again, so the newest, as the coordinator's mirror makes it too.
+      if (payloads.get(i.contentHash) !== undefined) continue;
       // A copy: the bytes may be a view of a whole frame or of a worker's batch buffer.
-      if (n >= CACHED_PAYLOAD_MIN_BYTES && !payloads.has(i.contentHash)) payloads.set(i.contentHash, Buffer.from(i.payload), n);
+      payloads.set(i.contentHash, Buffer.from(i.payload), n);
     }
   }
 

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { NodeState, ReadingSource, type ConnectRequest, type ConnectResponse, type NodeInfo, type ResourceReading } from '../common/gen/retrace/v1/node.js';
 import { ShardStatus, type ShardAssignment } from '../common/gen/retrace/v1/shard.js';
 import { contentHashOf } from '../common/hash.js';
-import { CACHED_PAYLOAD_MIN_BYTES } from '../common/payload-locality.js';
+import { ByteLru, CACHED_PAYLOAD_MIN_BYTES } from '../common/payload-locality.js';
 import { isEmpty, mergeRequirements } from '../common/requirements.js';
 import { allocate, toNodeView, type NodeLoad, type NodeView } from '../coordinator/scheduler/allocator.js';
 import { createDispatcher } from '../coordinator/scheduler/dispatcher.js';
@@ -81,6 +81,21 @@ describe('allocator: filters', () => {
     const res = allocate(nodes, {}, full, { maxInFlight: 2 });
     expect(res).toMatchObject({ busy: true });
     expect(pick(res)).toMatch(/at capacity/);
+  });
+});
+
+describe('ByteLru (agent payload cache and its mirror)', () => {
+  it('evicts the least recently used first, counts a get as a use, and keeps nothing larger than itself', () => {
+    const lru = new ByteLru<string>(10);
+    lru.set('a', 'A', 4);
+    lru.set('b', 'B', 4);
+    expect(lru.get('a')).toBe('A');
+    lru.set('c', 'C', 4);
+    expect([lru.has('a'), lru.has('b'), lru.has('c'), lru.bytes]).toEqual([true, false, true, 8]);
+    lru.set('huge', 'H', 11);
+    expect([lru.has('huge'), lru.size]).toEqual([false, 2]);
+    lru.resize(4);
+    expect([lru.has('a'), lru.has('c'), lru.bytes]).toEqual([false, true, 4]);
   });
 });
 
@@ -220,7 +235,8 @@ describe('dispatcher (fake mesh)', () => {
 
   it('sends a large input a node already holds by reference, places shards where their inputs are, and sends the bytes again after a miss', async () => {
     const f = fakeMesh([info('a'), info('b')]);
-    const d = createDispatcher({ mesh: f.mesh, log: quiet, shardTimeoutMs: 10_000 });
+    // One attempt each: a cache miss ran nothing and must not use it up.
+    const d = createDispatcher({ mesh: f.mesh, log: quiet, shardTimeoutMs: 10_000, maxAttempts: 1 });
     for (const nodeId of ['a', 'b']) f.emit('node:registered', { nodeId, rejoined: false, restarted: false, atMs: 0, payloadCacheBytes: 4 * 2 ** 20 });
     const big = Buffer.alloc(CACHED_PAYLOAD_MIN_BYTES, 7);
     const small = Buffer.from('small');
@@ -257,7 +273,7 @@ describe('dispatcher (fake mesh)', () => {
     await tick();
     expect(sentAs('s3')).toEqual([`bytes ${out.length}`]);
     reply(nodeOf('s3'), 's3', ShardStatus.SHARD_STATUS_SUCCEEDED);
-    expect(await third).toMatchObject({ attempts: 2 });
+    expect(await third).toMatchObject({ attempts: 2, outcome: { status: ShardStatus.SHARD_STATUS_SUCCEEDED } });
     // Inputs a replay altered on purpose travel as they are.
     const fourth = d.run(withInputs('s4', big), { inputsAsSent: true, placement: { nodeIds: ['b'] } });
     await tick();

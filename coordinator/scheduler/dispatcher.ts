@@ -121,6 +121,8 @@ interface Entry {
   offAbort: (() => void) | undefined;
   /** Placed once already: lives in its class's retry list from now on. */
   requeued: boolean;
+  /** Placements a node answered with "input not cached": nothing ran, so they use up no attempt. */
+  cacheMisses: number;
 }
 
 interface ShardClass {
@@ -296,7 +298,7 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
   function requeue(e: Entry, why: string): void {
     const from = e.nodeId;
     unplace(e);
-    if (e.attempts >= maxAttempts) {
+    if (e.attempts - e.cacheMisses >= maxAttempts) {
       log('warn', 'shard:failed', { shardId: e.assignment.shardId, attempts: e.attempts, reason: why });
       finish(e, failed(e, ShardStatus.SHARD_STATUS_FAILED, `gave up after ${e.attempts} attempts: ${why}`), '');
       return;
@@ -455,7 +457,10 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
         // The mirror was wrong about this node: forget what it thought, send the bytes.
         const mirror = mirrors.get(ranOn);
         for (const i of e.assignment.inputs) mirror?.delete(i.contentHash);
-        if (e.nodeId === ranOn) requeue(e, `inputs no longer in the payload cache of node ${ranOn}`);
+        if (e.nodeId === ranOn) {
+          e.cacheMisses++;
+          requeue(e, `inputs no longer in the payload cache of node ${ranOn}`);
+        }
         continue;
       }
       if (o.status === ShardStatus.SHARD_STATUS_SUCCEEDED) {
@@ -556,6 +561,7 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
         promise,
         offAbort: undefined,
         requeued: false,
+        cacheMisses: 0,
       };
       if (stopped) {
         resolve({ outcome: failed(e, ShardStatus.SHARD_STATUS_CANCELLED, 'dispatcher stopped'), nodeId: '', attempts: 0, queuedMs: 0 });
