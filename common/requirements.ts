@@ -1,13 +1,13 @@
 import type { TransformRequirements } from './transform.js';
 
 /** GPUs asked for: `true` is one. */
-function gpus(r: TransformRequirements): number {
+export function gpuCount(r: Pick<TransformRequirements, 'gpu'>): number {
   return r.gpu === true ? 1 : typeof r.gpu === 'number' ? r.gpu : 0;
 }
 
 /** No requirement at all (a manifest that declared none is stored as zeros). */
 export function isEmpty(r: TransformRequirements): boolean {
-  return !r.cpu && !r.memoryMb && gpus(r) === 0 && (r.instructionSets ?? []).length === 0 && !r.networkMbps;
+  return !r.cpu && !r.memoryMb && gpuCount(r) === 0 && (r.instructionSets ?? []).length === 0 && !r.networkMbps;
 }
 
 /**
@@ -21,7 +21,7 @@ export function mergeRequirements(a: TransformRequirements | undefined, b: Trans
   return {
     cpu: Math.max(a.cpu ?? 0, b.cpu ?? 0),
     memoryMb: Math.max(a.memoryMb ?? 0, b.memoryMb ?? 0),
-    gpu: Math.max(gpus(a), gpus(b)),
+    gpu: Math.max(gpuCount(a), gpuCount(b)),
     instructionSets: [...new Set([...(a.instructionSets ?? []), ...(b.instructionSets ?? [])])],
     networkMbps: Math.max(a.networkMbps ?? 0, b.networkMbps ?? 0),
   };

@@ -1,4 +1,5 @@
 import { canonicalJson } from './canonical-json.js';
+import { gpuCount } from './requirements.js';
 
 /**
  * The transform SDK: what a user writes, and the pure conversions the agent's shard worker
@@ -203,7 +204,7 @@ export function toRequirementsMessage(r: Readonly<TransformRequirements>): {
   return {
     cpu: r.cpu ?? 0,
     memoryMb: r.memoryMb ?? 0,
-    gpu: r.gpu === true ? 1 : r.gpu === false || r.gpu === undefined ? 0 : r.gpu,
+    gpu: gpuCount(r),
     instructionSets: [...(r.instructionSets ?? [])],
     networkMbps: r.networkMbps ?? 0,
   };

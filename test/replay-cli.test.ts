@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { PublishedCode } from '../common/gen/retrace/v1/code.js';
 import { NodeInfo, NodeState } from '../common/gen/retrace/v1/node.js';
 import { Pipeline, PipelineServiceDefinition } from '../common/gen/retrace/v1/pipeline.js';
 import { GpuMode, ReplayState } from '../common/gen/retrace/v1/replay.js';
@@ -17,6 +18,7 @@ import { startTestCoordinator, type TestCoordinator } from './helpers/test-coord
 
 const CODE = contentHashOf('v1');
 const OTHER_CODE = contentHashOf('v2');
+const GPU_CODE = contentHashOf('gpu');
 const T0 = 1_767_225_600_000_000_000n;
 
 /**
@@ -82,6 +84,15 @@ describe('retrace replay start: every flag reaches the replay', () => {
       })(),
     );
     runId = ingested.runId;
+    await pipelines.applyPipeline({ pipeline: Pipeline.fromJSON({ name: 'gpu', sources: [{ name: 'raw', mediaType: 'text/plain' }], steps: [{ name: 'shout', transform: 'upper', codeVersion: GPU_CODE, inputs: ['raw'] }] }) });
+    await pipelines.ingest(
+      (async function* () {
+        yield { pipeline: 'gpu', source: 'raw', records: [{ key: 'g', eventTimeNs: String(T0), payload: Buffer.from('gpu order'), mediaType: '' }] };
+      })(),
+    );
+    // A code store only now, for replay: GPU_CODE's manifest declares a GPU, which node-a lacks.
+    // (Before, ApplyPipeline would have checked each step's transform name against it.)
+    shared.code = { describe: async (v: string) => PublishedCode.fromPartial({ codeVersion: v, manifest: { transform: 'upper', requirements: { cpu: 0, memoryMb: 0, gpu: v === GPU_CODE ? 1 : 0, instructionSets: [], networkMbps: 0 } } }) };
   });
   afterAll(async () => {
     await tc.stop();
@@ -134,6 +145,17 @@ describe('retrace replay start: every flag reaches the replay', () => {
     const list = await cli('replay', 'list', '--json');
     expect(list.code).toBe(0);
     expect(list.out).toContain(byRun.report.replayId);
+  });
+
+  it('what the replayed code declares (its manifest) is checked before anything runs, like the step\'s own requirements', async () => {
+    const before = calls.length;
+    const none = await cli('replay', 'start', '--record', 'record:gpu/raw:g', '--gpu', 'none');
+    expect(none.code).toBe(1);
+    expect(none.err).toContain('policy.gpu: GPU_MODE_NONE excludes every node with a GPU, and step "shout" of pipeline gpu version 1 requires a GPU');
+    const nowhere = await cli('replay', 'start', '--record', 'record:gpu/raw:g');
+    expect(nowhere.code).toBe(1);
+    expect(nowhere.err).toContain('selector: no node meets the requirements of step "shout" of pipeline gpu version 1');
+    expect(calls.length).toBe(before);
   });
 
   it('bad flags are usage errors naming them; bad policies are refused by the coordinator', async () => {

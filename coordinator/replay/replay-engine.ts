@@ -14,6 +14,7 @@ import { faultDraw } from './fault-draw.js';
 import { checkSelector, compileReplayPolicy, type CompiledReplayPolicy, type ReplayPlacement } from './replay-policy.js';
 import { setLongTimeout, sleep } from '../../common/abortable-sleep.js';
 import type { TransformRequirements } from '../../common/transform.js';
+import { gpuCount, mergeRequirements } from '../../common/requirements.js';
 
 /** Runs one shard somewhere and always resolves with its outcome (the dispatcher). */
 export interface ReplayShardRunner {
@@ -52,6 +53,8 @@ export interface ReplayEngineDeps {
    * when unknown. Without it every replayed shard gets the agent's default timeout and no requirements.
    */
   pipelineStep?: (pipeline: string, version: number, step: string) => Promise<PipelineStepSpec | undefined>;
+  /** What a code version's manifest declares (`defineTransform`'s requirements), or undefined. */
+  codeRequirements?: (codeVersion: string) => Promise<TransformRequirements | undefined>;
 }
 
 /** What replay keeps of a recorded step's pipeline definition. */
@@ -255,7 +258,7 @@ export class ReplayEngine {
     const stepCount = plans.reduce((n, p) => n + p.steps.length, 0);
     if (stepCount === 0) throw new FailedPreconditionError('the selected records were not processed by any recorded step: nothing to replay', 'selector');
     checkOverridesApply(policy, plans);
-    const specs = await this.stepSpecs(plans);
+    const specs = await this.stepSpecs(plans, policy.codeVersions);
     this.checkRequirements(policy, specs);
     const id = `replay-${new Date(Number(this.deps.clock() / 1_000_000n)).toISOString().replace(/[-:.TZ]/g, '').slice(0, 14)}-${randomBytes(3).toString('hex')}`;
     const report: ReplayReport = {
@@ -819,22 +822,26 @@ export class ReplayEngine {
    * the pipeline's latest version does when that one is gone. Steps recorded by other producers,
    * or of a pipeline no longer stored at all, have none: the agent's default timeout, no requirements.
    */
-  private async stepSpecs(plans: readonly RecordPlan[]): Promise<Map<string, StepSpec>> {
+  private async stepSpecs(plans: readonly RecordPlan[], codeVersions: Readonly<Record<string, string>>): Promise<Map<string, StepSpec>> {
     const specs = new Map<string, StepSpec>();
     const lookup = this.deps.pipelineStep;
     if (!lookup) return specs;
-    const wanted = new Map<string, { pipeline: string; version: number; step: string }>();
+    const wanted = new Map<string, { pipeline: string; version: number; step: string; codeVersion: string }>();
     for (const plan of plans) {
       for (const { step } of plan.steps) {
         const key = specKey(step);
         const facet = retraceFacet(step);
-        if (key !== undefined && !wanted.has(key)) wanted.set(key, { pipeline: facet.pipeline as string, version: facetVersion(step), step: facet.step as string });
+        const codeVersion = codeVersions[step.transform] ?? step.codeVersion;
+        if (key !== undefined && !wanted.has(key)) wanted.set(key, { pipeline: facet.pipeline as string, version: facetVersion(step), step: facet.step as string, codeVersion });
       }
     }
     await Promise.all(
       [...wanted].map(async ([key, w]) => {
-        const found = await lookup(w.pipeline, w.version, w.step).catch(() => undefined);
-        if (found) specs.set(key, { ...found, where: `step ${JSON.stringify(w.step)} of pipeline ${w.pipeline}${w.version > 0 ? ` version ${w.version}` : ''}` });
+        const [found, declared] = await Promise.all([lookup(w.pipeline, w.version, w.step).catch(() => undefined), this.deps.codeRequirements?.(w.codeVersion).catch(() => undefined)]);
+        if (!found) return;
+        // What the replayed code declares counts as it does wherever that code runs.
+        const requirements = mergeRequirements(declared, found.requirements);
+        specs.set(key, { ...found, requirements, where: `step ${JSON.stringify(w.step)} of pipeline ${w.pipeline}${w.version > 0 ? ` version ${w.version}` : ''}` });
       }),
     );
     return specs;
@@ -854,7 +861,7 @@ export class ReplayEngine {
       if (memoryMb > 0 && p.maxMemoryMb !== undefined && p.maxMemoryMb < memoryMb) {
         throw new InvalidArgumentError('policy.max_memory_mb', `${p.maxMemoryMb} MiB is less than the ${memoryMb} MiB ${where} requires`);
       }
-      const gpus = r.gpu === true ? 1 : typeof r.gpu === 'number' ? r.gpu : 0;
+      const gpus = gpuCount(r);
       if (gpus > 0 && p.gpu === 'none') throw new InvalidArgumentError('policy.gpu', `GPU_MODE_NONE excludes every node with a GPU, and ${where} requires ${gpus === 1 ? 'a GPU' : `${gpus} GPUs`}`);
       const check = this.deps.checkPlacement;
       if (!check || check(p, r) === undefined) continue;

@@ -1,7 +1,9 @@
 import { ReplayServiceDefinition, type ReplayServiceImplementation } from '../../common/gen/retrace/v1/replay.js';
 import { InvalidArgumentError } from '../../common/errors.js';
 import type { CoordinatorExtension, ExtensionFactory } from '../coordinator.js';
+import type { PublishedCode } from '../../common/gen/retrace/v1/code.js';
 import type { NodeInfo } from '../../common/gen/retrace/v1/node.js';
+import { isEmpty } from '../../common/requirements.js';
 import { allocate, toNodeView } from '../scheduler/allocator.js';
 import type { PipelineStore } from '../pipeline/pipeline-store.js';
 import { ReplayEngine, type ReplayPayloads, type ReplayShardRunner } from './replay-engine.js';
@@ -9,6 +11,8 @@ import { ReplayEngine, type ReplayPayloads, type ReplayShardRunner } from './rep
 /** What the replay extension reads from the extensions before it. */
 export interface ReplayShared {
   dispatcher?: ReplayShardRunner;
+  /** Published code (codeExtension): what a replayed code version declares counts in the up-front checks. */
+  code?: { describe(codeVersion: string): Promise<PublishedCode | undefined> };
   pipelines?: { payloads: ReplayPayloads; store?: Pick<PipelineStore, 'get'> };
   mesh?: { nodes(): readonly NodeInfo[] };
   replay?: ReplayEngine;
@@ -33,6 +37,10 @@ export function replayExtension(shared: ReplayShared): ExtensionFactory {
       },
       clock: ctx.clock,
       log: ctx.log,
+      async codeRequirements(codeVersion) {
+        const declared = (await shared.code?.describe(codeVersion))?.manifest?.requirements;
+        return declared && !isEmpty(declared) ? declared : undefined;
+      },
       async pipelineStep(pipeline, version, step) {
         const store = shared.pipelines?.store;
         if (!store) return undefined;

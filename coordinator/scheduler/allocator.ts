@@ -1,5 +1,6 @@
 import { NodeState, type NodeInfo, type ResourceReading } from '../../common/gen/retrace/v1/node.js';
 import { effectiveReading } from '../../common/node-resources.js';
+import { gpuCount } from '../../common/requirements.js';
 import type { TransformRequirements } from '../../common/transform.js';
 
 /**
@@ -128,11 +129,6 @@ export function toNodeView(info: Pick<NodeInfo, 'nodeId' | 'state' | 'labels' | 
   };
 }
 
-function gpuNeed(r: Readonly<TransformRequirements> | undefined): number {
-  if (!r || r.gpu === undefined || r.gpu === false) return 0;
-  return r.gpu === true ? 1 : r.gpu;
-}
-
 /** The first static requirement `node` fails (capacity, labels, state), or undefined when it could run the shard. */
 function staticMiss(node: NodeView, need: ShardNeed): string | undefined {
   const r = need.requirements ?? {};
@@ -142,7 +138,7 @@ function staticMiss(node: NodeView, need: ShardNeed): string | undefined {
   if (p.labels) {
     for (const [k, v] of Object.entries(p.labels)) if (node.labels[k] !== v) return `needs label ${k}=${v}`;
   }
-  const gpus = gpuNeed(r);
+  const gpus = r ? gpuCount(r) : 0;
   if (p.gpu === 'only' && node.gpuCount < 1) return 'placement gpu=only: no gpu';
   if (p.gpu === 'none' && node.gpuCount > 0) return 'placement gpu=none: has a gpu';
   if (gpus > 0 && node.gpuCount < gpus) return `needs gpu ≥ ${gpus}`;
