@@ -434,6 +434,10 @@ describe('payload store', () => {
     expect(await store.retain([a, b])).toBe(true);
     expect(await store.retain([a, c])).toBe(false);
     expect(await store.retain([])).toBe(true);
+    // retain() stamped c, which is gone: the next sweep drops that row, and only that one.
+    expect(await rows(db, 'touched')).toBe(3);
+    await store.sweep({ inUse: () => [] });
+    expect(await rows(db, 'touched')).toBe(2);
     // A sweep stopped before it deletes leaves every payload.
     now = 3_000;
     const stop = new AbortController();

@@ -147,15 +147,21 @@ export function createPayloadStore(db: Database, options: PayloadStoreOptions = 
       const report: SweepReport = { retentionMs: retention, scanned: 0, expired: 0, kept: 0, deleted: 0, bytesDeleted: 0, stamped: 0, dryRun };
       const expired = new Set<string>();
       let unstamped: string[] = [];
+      // Reference times of payloads no longer stored (retain() stamps before it knows).
+      const orphans: string[] = [];
       // Both sublevels are sorted by hex: one pass over each.
       const stamps = touched.iterator();
       try {
         let stamp = await stamps.next();
         for await (const hex of bytes.keys()) {
           if (++report.scanned % SWEEP_CHUNK === 0) signal?.throwIfAborted();
-          while (stamp !== undefined && stamp[0] < hex) stamp = await stamps.next();
+          while (stamp !== undefined && stamp[0] < hex) {
+            orphans.push(stamp[0]);
+            stamp = await stamps.next();
+          }
           if (stamp !== undefined && stamp[0] === hex) {
             if (Number(stamp[1]) < cutoff) expired.add(hex);
+            stamp = await stamps.next();
             continue;
           }
           report.stamped++;
@@ -166,6 +172,7 @@ export function createPayloadStore(db: Database, options: PayloadStoreOptions = 
             unstamped = [];
           }
         }
+        for (; stamp !== undefined; stamp = await stamps.next()) orphans.push(stamp[0]);
       } finally {
         await stamps.close();
       }
@@ -199,6 +206,7 @@ export function createPayloadStore(db: Database, options: PayloadStoreOptions = 
       // From here to the queued delete nothing awaits: a payload stored or retained up to now is
       // spared, and one stored afterwards is written after the delete.
       const ops: RootRow[] = [];
+      for (const hex of orphans) if (!referenced.has(hex)) ops.push([touchedPrefix + hex, null]);
       for (const hex of doomed) {
         if (referenced.has(hex)) {
           report.kept++;
