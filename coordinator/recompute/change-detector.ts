@@ -172,8 +172,10 @@ class PathWatcher {
       let handle: FileHandle;
       try {
         handle = await open(f.abs, constants.O_RDONLY | constants.O_NOFOLLOW);
-      } catch {
-        continue; // removed since the listing, or a link now
+      } catch (err) {
+        // A link now (left out, named), or removed since the listing.
+        if ((err as NodeJS.ErrnoException).code === 'ELOOP') outside.push(f.rel);
+        continue;
       }
       try {
         if (scopeProblem(await openedPath(handle, f.abs), this.scope)) {
@@ -206,7 +208,7 @@ class PathWatcher {
     const names = (list: string[]): string => `${list.slice(0, 3).join(', ')}${list.length > 3 ? `, and ${list.length - 3} more` : ''}`;
     const left = [
       ...(tooBig.length > 0 ? [`left out ${tooBig.length} file(s) over 32 MiB: ${names(tooBig)}`] : []),
-      ...(outside.length > 0 ? [`left out ${outside.length} file(s) that lead outside the watch roots: ${names(outside)}`] : []),
+      ...(outside.length > 0 ? [`left out ${outside.length} link(s) or file(s) outside the watch roots: ${names(outside)}`] : []),
     ].join('; ');
     if (left !== '') this.log(`recompute: watch ${root}: ${left}`);
     return left;
