@@ -38,6 +38,18 @@ export interface WatchScope {
   dataDir: string | undefined;
 }
 
+/** The first `size` bytes of an open file, or fewer if it shrank: a file growing while it is read is not followed past the size it was checked at. */
+async function readAtMost(handle: FileHandle, size: number): Promise<Buffer> {
+  const buf = Buffer.alloc(size);
+  let got = 0;
+  while (got < size) {
+    const { bytesRead } = await handle.read(buf, got, size - got, got);
+    if (bytesRead === 0) break;
+    got += bytesRead;
+  }
+  return got === size ? buf : buf.subarray(0, got);
+}
+
 /**
  * Where an open file really is: /proc's link to its descriptor (Linux), whatever its name now
  * leads to; elsewhere the real path of its name (a swap between open and this call goes unseen).
@@ -150,7 +162,7 @@ class PathWatcher {
         }
       };
       await walk(root);
-      // Path order: a scan that is cut short (a failed ingest) resumes where it was.
+      // Path order, the same on every scan (readdir's is the file system's own).
       files.sort((x, y) => (x.rel < y.rel ? -1 : x.rel > y.rel ? 1 : 0));
     }
     let changed: ChangedFile[] = [];
@@ -190,7 +202,7 @@ class PathWatcher {
           tooBig.push(f.rel);
           continue;
         }
-        const bytes = await handle.readFile();
+        const bytes = await readAtMost(handle, st.size);
         const hash = contentHashOf(bytes);
         updates.push([f.rel, { mtimeMs: st.mtimeMs, size: st.size, hash }]);
         if (prev?.hash !== hash) {
