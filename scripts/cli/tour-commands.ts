@@ -121,7 +121,13 @@ const demo: CliCommand = {
     const say = (text: string): void => void io.stdout.write(`\n== ${text}\n`);
     // Payloads are kept a second, so the tour can show a sweep; it sweeps only when asked.
     const retentionMs = 1000;
-    const c = new Coordinator({ dataDir, grpc: '127.0.0.1:0', http: '127.0.0.1:0', log: () => {} }, coordinatorExtensions({}, { pipelines: { payloadRetentionMs: retentionMs, sweepIntervalMs: 3_600_000 } }));
+    // The one directory this tour's coordinator may watch (--watch-root).
+    const watched = mkdtempSync(join(tmpdir(), 'retrace-demo-watched-'));
+    writeFileSync(join(watched, 'rates.csv'), 'EUR,1\nUSD,0.92\n');
+    const c = new Coordinator(
+      { dataDir, grpc: '127.0.0.1:0', http: '127.0.0.1:0', log: () => {} },
+      coordinatorExtensions({}, { pipelines: { payloadRetentionMs: retentionMs, sweepIntervalMs: 3_600_000 }, recompute: { watchRoots: [watched] } }),
+    );
     const failures: string[] = [];
     const step = async (title: string, argv: string[], expectCode = 0): Promise<string> => {
       // The token stays out of what the tour prints (terminal scrollback, CI logs).
@@ -203,6 +209,10 @@ const demo: CliCommand = {
         const swept = await step('Sweep: superseded versions (o2 and o3 before the change) and replay outputs go; current records stay, so the pipeline and recompute go on', ['payloads', 'sweep', ...conn]);
         if (!/deleted [1-9]\d* payloads/.test(swept)) failures.push('the payload sweep deleted nothing');
         await step('A replay of a current record still runs after the sweep', ['replay', 'start', '--record', live.firstRecord, '--watch', ...conn]);
+        await step(`Watch a directory the coordinator was allowed to read (--watch-root ${watched}): each file an object, each edit a change`, ['watch', watched, '--prefix', 'file:', ...conn]);
+        await new Promise((r) => setTimeout(r, 300));
+        await step('Watches, with what their last scan saw', ['watch', 'list', ...conn]);
+        await step("Watching the coordinator's own data dir (its keys, its database) is refused (exit 1 expected)", ['watch', dataDir, '--prefix', 'x:', ...conn], 1);
         await step('Drain a node', ['nodes', 'drain', agents[1]?.nodeId ?? '', ...conn]);
       } finally {
         await stopLocalAgents(agents);
@@ -223,6 +233,7 @@ const demo: CliCommand = {
     } finally {
       await c.stop().catch(() => {});
       rmSync(dataDir, { recursive: true, force: true });
+      rmSync(watched, { recursive: true, force: true });
     }
     if (failures.length > 0) {
       io.stderr.write(`demo FAILED:\n  ${failures.join('\n  ')}\n`);
