@@ -82,6 +82,7 @@ const start: CliCommand = {
         ['changes', 'detected changes'],
         ['jobs', 'recompute and replay jobs: states, retries, waiting reasons (jobs show JOB_ID)'],
         ...(features.pipelines?.payloadRetentionMs === undefined ? [] : [['payloads sweep --dry-run', 'what the payload retention would delete now'] as [string, string]]),
+        ...(features.recompute?.watchRoots ?? []).slice(0, 1).map((root): [string, string] => [`watch ${root} --prefix file:`, 'each file under a --watch-root an object, each edit a change']),
         ['help', 'every command', true],
       ];
       const curl = `curl -s -H "Authorization: Bearer $(cat ${join(dataDir, 'auth-token')})"`;
