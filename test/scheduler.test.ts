@@ -290,6 +290,36 @@ describe('dispatcher (fake mesh)', () => {
     d.stop();
   });
 
+  it('a node that cannot fetch or verify a code version gets no shards of it for a while; with no other node the outcome stands', async () => {
+    const f = fakeMesh([info('a'), info('b')]);
+    const d = createDispatcher({ mesh: f.mesh, log: quiet, shardTimeoutMs: 10_000 });
+    const nodeOf = (id: string): string => f.sent.filter((m) => m.msg.body?.$case === 'assign' && m.msg.body.value.shards.some((a) => a.shardId === id)).at(-1)?.nodeId ?? '';
+    const first = d.run(shard('c1'));
+    await tick();
+    const bad = nodeOf('c1');
+    const good = bad === 'a' ? 'b' : 'a';
+    f.reply(bad, ['c1'], ShardStatus.SHARD_STATUS_CODE_UNAVAILABLE);
+    await tick();
+    expect(nodeOf('c1')).toBe(good);
+    f.reply(good, ['c1']);
+    expect(await first).toMatchObject({ nodeId: good, attempts: 2, outcome: { status: ShardStatus.SHARD_STATUS_SUCCEEDED } });
+    // More shards of that code avoid the node, even when it is the idler one; other code does not.
+    const more = ['c2', 'c3', 'c4'].map((id) => d.run(shard(id)));
+    const other = d.run({ ...shard('o1'), codeVersion: 'sha256:other' });
+    await tick();
+    expect(['c2', 'c3', 'c4'].map(nodeOf)).toEqual([good, good, good]);
+    expect(nodeOf('o1')).toBe(bad);
+    f.reply(good, ['c2', 'c3', 'c4']);
+    f.reply(bad, ['o1']);
+    await Promise.all([...more, other]);
+    // The other node cannot either: nowhere left to try, so the shard ends with that outcome.
+    const last = d.run(shard('c5'));
+    await tick();
+    f.reply(good, ['c5'], ShardStatus.SHARD_STATUS_CODE_UNAVAILABLE);
+    expect(await last).toMatchObject({ attempts: 1, outcome: { status: ShardStatus.SHARD_STATUS_CODE_UNAVAILABLE } });
+    d.stop();
+  });
+
   it('waits with a reason and places when a node appears', async () => {
     const f = fakeMesh([info('a')]);
     const d = createDispatcher({ mesh: f.mesh, log: quiet, shardTimeoutMs: 10_000 });

@@ -56,6 +56,8 @@ export interface ShardNeed {
   inputBytes?: number;
   /** Nodes that already hold the inputs: no transfer time there. */
   inputsCachedOn?: ReadonlySet<string>;
+  /** Nodes that lately could not fetch or verify the shard's code version: not candidates. */
+  codeUnavailableOn?: ReadonlySet<string>;
 }
 
 /** What the dispatcher has placed on a node and not yet seen finish. */
@@ -134,6 +136,7 @@ function staticMiss(node: NodeView, need: ShardNeed): string | undefined {
   const r = need.requirements ?? {};
   const p = need.placement ?? {};
   if (node.state !== 'READY') return `not READY (${node.state})`;
+  if (need.codeUnavailableOn?.has(node.nodeId)) return 'its code version could not be fetched or verified there lately';
   if (p.nodeIds && p.nodeIds.length > 0 && !p.nodeIds.includes(node.nodeId)) return `placement.nodeIds is [${p.nodeIds.join(', ')}]`;
   if (p.labels) {
     for (const [k, v] of Object.entries(p.labels)) if (node.labels[k] !== v) return `needs label ${k}=${v}`;

@@ -134,6 +134,8 @@ interface ShardClass {
   reason: string | undefined;
 }
 
+/** How long a node that could not fetch or verify a code version gets no shards of it. */
+const CODE_UNAVAILABLE_MS = 60_000;
 /** The share of an agent's payload cache its mirror assumes: the agent evicts in its own order. */
 const MIRROR_SHARE = 0.75;
 const NO_BYTES = Buffer.alloc(0);
@@ -170,6 +172,8 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
    * the mirror within what the agent still has; a miss costs one resend.
    */
   const mirrors = new Map<string, ByteLru<true>>();
+  /** Code version → node → until when (`now()` clock) it gets no shards of that code. */
+  const codeTrouble = new Map<string, Map<string, number>>();
   let views: NodeView[] = [];
   let viewsStale = true;
   let scheduled = false;
@@ -316,6 +320,19 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
     for (const e of [...list.values()]) if (e.placedMs <= placedByMs) requeue(e, `${why} (node ${nodeId})`);
   }
 
+  /** The nodes that lately could not fetch or verify the shard's code, for the allocator to pass over. */
+  function withCodeTrouble(e: Entry): { codeUnavailableOn?: ReadonlySet<string> } {
+    const nodes = codeTrouble.get(e.assignment.codeVersion);
+    if (!nodes) return {};
+    const t = now();
+    for (const [nodeId, until] of nodes) if (until <= t) nodes.delete(nodeId);
+    if (nodes.size === 0) {
+      codeTrouble.delete(e.assignment.codeVersion);
+      return {};
+    }
+    return { codeUnavailableOn: new Set(nodes.keys()) };
+  }
+
   /** The nodes that hold every large input of the shard, for the allocator's locality term. */
   function withCachedOn(e: Entry): { inputsCachedOn?: ReadonlySet<string> } {
     const given = e.options.inputsCachedOn;
@@ -392,6 +409,7 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
             codeVersion: e.assignment.codeVersion,
             inputBytes: e.inputBytes,
             ...withCachedOn(e),
+            ...withCodeTrouble(e),
           },
           load,
           { maxInFlight, ...(options.headroom ? { headroom: options.headroom } : {}) },
@@ -463,6 +481,19 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
         }
         continue;
       }
+      if (o.status === ShardStatus.SHARD_STATUS_CODE_UNAVAILABLE && e.nodeId === ranOn) {
+        // That node cannot run this code now (its fetch or its check failed): another may.
+        let nodes = codeTrouble.get(e.assignment.codeVersion);
+        if (!nodes) codeTrouble.set(e.assignment.codeVersion, (nodes = new Map()));
+        nodes.set(ranOn, now() + CODE_UNAVAILABLE_MS);
+        log('warn', 'node:code-unavailable', { nodeId: ranOn, codeVersion: e.assignment.codeVersion, error: o.error });
+        refreshViews();
+        if (views.some((v) => v.state === 'READY' && !nodes.has(v.nodeId))) {
+          requeue(e, `code unavailable on ${ranOn}: ${o.error}`);
+          continue;
+        }
+        // No node left to try: the outcome stands, naming the last node's reason.
+      }
       if (o.status === ShardStatus.SHARD_STATUS_SUCCEEDED) {
         const mirror = mirrors.get(ranOn);
         if (mirror) for (const out of o.outputs) if (out.payload.byteLength >= CACHED_PAYLOAD_MIN_BYTES) mirror.set(out.contentHash, true, out.payload.byteLength);
@@ -484,6 +515,8 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
       // The registry makes the node READY before this event (after persisting it), so shards may
       // already have gone to the new process: only those placed before it registered go back.
       if (r.restarted) evacuate(r.nodeId, 'node restarted', r.atMs);
+      // A new process may fetch and verify code that the old one could not.
+      if (r.restarted) for (const nodes of codeTrouble.values()) nodes.delete(r.nodeId);
       // The agent's cache lives as long as its process: a restart starts it empty.
       const capacity = Math.floor(r.payloadCacheBytes * MIRROR_SHARE);
       const mirror = mirrors.get(r.nodeId);
