@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { sha256 } from '../../common/hash.js';
 
 /** Which injected fault a draw decides (also what keeps two draws for one step apart). */
 export type FaultKind = 'fail' | 'corrupt' | 'corrupt-at' | 'link-outage';
@@ -13,6 +13,5 @@ export type FaultKind = 'fail' | 'corrupt' | 'corrupt-at' | 'link-outage';
  * so an attempt number is not part of it.
  */
 export function faultDraw(seed: number, record: string, step: string, kind: FaultKind, index = 0): number {
-  const digest = createHash('sha256').update(`${seed}\u0000${record}\u0000${step}\u0000${kind}\u0000${index}`).digest();
-  return digest.readUIntBE(0, 6) / 2 ** 48;
+  return sha256(`${seed}\u0000${record}\u0000${step}\u0000${kind}\u0000${index}`).readUIntBE(0, 6) / 2 ** 48;
 }
