@@ -10,6 +10,12 @@ export function isEmpty(r: TransformRequirements): boolean {
   return !r.cpu && !r.memoryMb && gpuCount(r) === 0 && (r.instructionSets ?? []).length === 0 && !r.networkMbps;
 }
 
+/** What a published code version's manifest declares, or undefined when nothing (a manifest stores none as zeros). */
+export function declaredRequirements(code: { manifest?: { requirements?: TransformRequirements | undefined } | undefined } | undefined): TransformRequirements | undefined {
+  const r = code?.manifest?.requirements;
+  return r && !isEmpty(r) ? r : undefined;
+}
+
 /**
  * What a shard needs when both its transform (the code manifest, as `defineTransform` declared
  * it) and its pipeline step state requirements: the larger of each amount, every instruction set

@@ -3,7 +3,7 @@ import { InvalidArgumentError } from '../../common/errors.js';
 import type { CoordinatorExtension, ExtensionFactory } from '../coordinator.js';
 import type { PublishedCode } from '../../common/gen/retrace/v1/code.js';
 import type { NodeInfo } from '../../common/gen/retrace/v1/node.js';
-import { isEmpty } from '../../common/requirements.js';
+import { declaredRequirements } from '../../common/requirements.js';
 import { allocate, toNodeView } from '../scheduler/allocator.js';
 import type { PipelineStore } from '../pipeline/pipeline-store.js';
 import { ReplayEngine, type ReplayPayloads, type ReplayShardRunner } from './replay-engine.js';
@@ -37,10 +37,7 @@ export function replayExtension(shared: ReplayShared): ExtensionFactory {
       },
       clock: ctx.clock,
       log: ctx.log,
-      async codeRequirements(codeVersion) {
-        const declared = (await shared.code?.describe(codeVersion))?.manifest?.requirements;
-        return declared && !isEmpty(declared) ? declared : undefined;
-      },
+      codeRequirements: async (codeVersion) => declaredRequirements(await shared.code?.describe(codeVersion)),
       async pipelineStep(pipeline, version, step) {
         const store = shared.pipelines?.store;
         if (!store) return undefined;

@@ -8,7 +8,7 @@ import { createDispatcher, type DispatchResult, type Dispatcher, type Dispatcher
 import type { PublishedCode } from '../../common/gen/retrace/v1/code.js';
 import type { TransformRequirements } from '../../common/transform.js';
 import type { ShardAssignment } from '../../common/gen/retrace/v1/shard.js';
-import { isEmpty, mergeRequirements } from '../../common/requirements.js';
+import { declaredRequirements, mergeRequirements } from '../../common/requirements.js';
 
 /** Services the scheduler extension reads and publishes (filled in by the extensions before it). */
 export interface SchedulerShared {
@@ -95,9 +95,9 @@ function withCodeRequirements(dispatcher: Dispatcher, shared: SchedulerShared): 
       if (declared.has(v) || !shared.code) return run(assignment, options, declared.get(v));
       return shared.code.describe(v).then(
         (c) => {
-          const r = c?.manifest?.requirements;
+          const r = declaredRequirements(c);
           // Unknown versions are not remembered: they may be published later.
-          if (c) declared.set(v, r && !isEmpty(r) ? r : undefined);
+          if (c) declared.set(v, r);
           return run(assignment, options, r);
         },
         () => run(assignment, options, undefined),
