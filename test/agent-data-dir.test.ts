@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { makeDirectory } from '../agent/make-directory.js';
 import { spawnAgent, type AgentProcess } from './helpers/mesh-server.js';
+import { runCli } from './helpers/in-process-cli.js';
 
 // /proc/nope is the case that made Node's recursive mkdir spin forever (the agent hung at start).
 const HAS_PROC = existsSync('/proc/self');
@@ -59,4 +60,18 @@ describe('agent data directory', () => {
     expect(await agent.exited).toBe(1);
     expect(agent.stderr.some((l) => l.startsWith(`error: --data: cannot create the directory ${JSON.stringify(join(root, 'file', 'agent'))}: ENOTDIR`))).toBe(true);
   }, 15_000);
+
+  it('retrace agent checks its intervals before it starts: at least 50 ms, and 0 turns the link probe off', async () => {
+    const base = ['agent', '--coordinator', '127.0.0.1:1', '--token', 'unused', '--data', tempDir()];
+    for (const [flagArgs, message] of [
+      [['--report-interval', '10ms'], '--report-interval: at least 50ms, got 10ms'],
+      [['--report-interval', '0s'], '--report-interval: at least 50ms, got 0s'],
+      [['--report-interval', '0'], '--report-interval: expected a duration like 30s'],
+      [['--link-probe-interval', '20ms'], '--link-probe-interval: at least 50ms, got 20ms'],
+    ] as const) {
+      const r = await runCli([...base, ...flagArgs]);
+      expect(r.code, r.err).toBe(2);
+      expect(r.err).toContain(message);
+    }
+  });
 });

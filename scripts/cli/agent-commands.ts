@@ -2,8 +2,7 @@ import { readFileSync } from 'node:fs';
 import { prepareDataDir } from '../../agent/identity-store.js';
 import { runAgent } from '../../agent/run-agent.js';
 import { parseAdvertise, parseByteSize, parseLabels } from '../../common/node-resources.js';
-import { parseDurationMs } from '../../common/time.js';
-import { flag, flagAll, UsageError, type CliCommand } from './command.js';
+import { durationFlagMs, flag, flagAll, UsageError, type CliCommand } from './command.js';
 import { DEFAULT_TOKEN_FILE, resolveTlsCa, resolveToken } from './client.js';
 
 const USAGE = `retrace agent --coordinator HOST:PORT [--data DIR] [--label k=v ...] [--advertise k=v,...]
@@ -30,20 +29,6 @@ function agentVersion(): string {
   } catch {
     return '0.0.0';
   }
-}
-
-function durationFlag(value: string | undefined, name: string, fallback: number, min: number): number {
-  if (value === undefined) return fallback;
-  if (value === '0' && min === 0) return 0;
-  let ms: number;
-  try {
-    ms = parseDurationMs(value, `--${name}`);
-  } catch (err) {
-    throw new UsageError((err as Error).message);
-  }
-  if (ms !== 0 && ms < Math.max(min, 50)) throw new UsageError(`--${name}: at least ${Math.max(min, 50)}ms, got ${value}`);
-  if (ms === 0 && min > 0) throw new UsageError(`--${name}: must be greater than 0`);
-  return ms;
 }
 
 /** `retrace agent`. */
@@ -79,8 +64,8 @@ export const commands: CliCommand[] = [
           tlsCa: resolveTlsCa(args),
           labels,
           advertised,
-          reportIntervalMs: durationFlag(flag(args, 'report-interval'), 'report-interval', 2000, 50),
-          linkProbeIntervalMs: durationFlag(flag(args, 'link-probe-interval'), 'link-probe-interval', 120_000, 0),
+          reportIntervalMs: durationFlagMs(args, 'report-interval', { minMs: 50 }) ?? 2000,
+          linkProbeIntervalMs: durationFlagMs(args, 'link-probe-interval', { minMs: 50, zeroTurnsOff: true }) ?? 120_000,
           agentVersion: agentVersion(),
           ...(payloadCacheBytes === undefined ? {} : { executor: { payloadCacheBytes } }),
         },

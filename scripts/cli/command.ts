@@ -121,17 +121,19 @@ export function flag(args: ParsedArgs, name: string, fallback?: string): string 
 /**
  * Last value of a duration flag (`500ms`, `30s`, `5m`, `2h`, `1d`, `1w`) in milliseconds, or
  * undefined when absent and no fallback; a usage error naming the flag when it is malformed or
- * below `minMs`.
+ * below `minMs`. With `zeroTurnsOff`, `0` (bare or with a unit) is 0, whatever `minMs` is.
  */
-export function durationFlagMs(args: ParsedArgs, name: string, options: { fallback?: string; minMs?: number } = {}): number | undefined {
+export function durationFlagMs(args: ParsedArgs, name: string, options: { fallback?: string; minMs?: number; zeroTurnsOff?: boolean } = {}): number | undefined {
   const v = flag(args, name, options.fallback);
   if (v === undefined) return undefined;
+  if (options.zeroTurnsOff && v.trim() === '0') return 0;
   let ms: number;
   try {
     ms = parseDurationMs(v, `--${name}`);
   } catch (err) {
     throw new UsageError((err as Error).message);
   }
+  if (options.zeroTurnsOff && ms === 0) return 0;
   if (options.minMs !== undefined && ms < options.minMs) throw new UsageError(`--${name}: at least ${formatDurationMs(options.minMs)}, got ${v}`);
   return ms;
 }
