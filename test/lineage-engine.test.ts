@@ -343,6 +343,22 @@ describe('lineage engine', () => {
     await expect(engine.submit([stepEvent('other', 'ol-step', [], [], { transform: 'different' })])).rejects.toThrow(/events\[0\]\.step\.transform: step already recorded/);
   });
 
+  it('a START that arrives after its run ended, stamped with the same instant, does not reopen the run; a later one does', async () => {
+    const run = (eventId: string, state: string, timeNs: string, endedAtNs: string): LineageEvent => ({
+      eventId,
+      eventTimeNs: timeNs,
+      producer: 'test',
+      body: { $case: 'run', value: { runId: 'quick', name: 'job/quick', parentRunId: '', state, startedAtNs: state === 'START' ? timeNs : '0', endedAtNs, facets: undefined } },
+    });
+    // A producer's retry delivers the COMPLETE first; both carry the same eventTime.
+    await engine.submit([run('complete', 'COMPLETE', '7000', '7000')]);
+    await engine.submit([run('start', 'START', '7000', '0')]);
+    expect(await engine.readRun('quick')).toMatchObject({ state: 'COMPLETE', startedAtNs: '7000', endedAtNs: '7000' });
+    // A START later than the end is a resumed run: open again.
+    await engine.submit([run('resume', 'START', '9000', '0')]);
+    expect(await engine.readRun('quick')).toMatchObject({ state: 'START', endedAtNs: '0' });
+  });
+
   it('records the output versions a step describes (generated_versions) as object versions, and rejects bad ones', async () => {
     await chain();
     const described = (objectId: string, content: string, attributes: Record<string, string> = {}): ObjectVersion => ({ objectId, contentHash: h(content), size: String(content.length), mediaType: 'text/plain', createdAtNs: '5000', attributes, facets: undefined });

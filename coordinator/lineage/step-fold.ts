@@ -30,8 +30,20 @@ export function foldSteps(events: readonly { timeNs: bigint; step: Step }[]): St
 /** Run states that say the run goes on: a later event in one of them reopens a closed run. */
 const OPEN_RUN_STATES: ReadonlySet<string> = new Set(['START', 'RUNNING']);
 
+/**
+ * Where a run's events share a timestamp, their order in the ledger is only the order they
+ * arrived in (producers emit COMPLETE right after START for quick jobs, and retries reorder
+ * them), so the lifecycle orders them instead: a START stamped with the same instant as the run's
+ * end does not reopen it.
+ */
+const RUN_STATE_RANK: Readonly<Record<string, number>> = { START: 0, RUNNING: 1, OTHER: 1, COMPLETE: 2, FAIL: 2, ABORT: 2 };
+
+function byEventTimeThenLifecycle(a: { timeNs: bigint; run: Run }, b: { timeNs: bigint; run: Run }): number {
+  return byEventTime(a, b) || (RUN_STATE_RANK[a.run.state] ?? 1) - (RUN_STATE_RANK[b.run.state] ?? 1);
+}
+
 export function foldRuns(events: readonly { timeNs: bigint; run: Run }[]): Run {
-  const sorted = [...events].sort(byEventTime);
+  const sorted = [...events].sort(byEventTimeThenLifecycle);
   const first = sorted[0];
   if (!first) throw new Error('foldRuns needs at least one event');
   const out: Run = { ...first.run };
