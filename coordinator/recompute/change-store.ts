@@ -26,7 +26,8 @@ export const DEFAULT_POLICY = ChangePolicy.CHANGE_POLICY_AUTO;
 
 /**
  * Changes, policies and watched paths in the `recompute` sublevel: `changes` (id → Change JSON),
- * `changes-by-time` (`<detected ns, 20 digits>:<id>` → id), `policies` (`<pipeline>\0<source>` →
+ * `changes-by-time` (`<detected ns, 20 digits>:<id>` → id), `changes-to` (`<pipeline>\0<object>\0<new
+ * hash>` → id of the newest content change to that hash), `policies` (`<pipeline>\0<source>` →
  * policy number) and `watches` (id → PathWatch JSON). Every change is also recorded in provenance
  * as a run `change:<id>` whose `retrace.change` facet says what changed, the old and new hash and
  * who noticed. The only code that knows this layout.
@@ -42,6 +43,8 @@ export interface ChangeStore {
   get(changeId: string): Promise<Change>;
   /** The stored change, or undefined. */
   find(changeId: string): Promise<Change | undefined>;
+  /** The newest recorded content change (object, file or record) that made `newHash` the object's content, if any. */
+  latestTo(pipeline: string, objectId: string, newHash: string): Promise<Change | undefined>;
   /** Newest first; `pipeline` filters. Page size 1..1000 (default 100). */
   list(options?: { pipeline?: string; pageSize?: number; pageToken?: string }): Promise<{ changes: Change[]; nextPageToken: string }>;
   /** Adds a job id to a change and sets its state. */
@@ -57,6 +60,12 @@ export interface ChangeStore {
 
 const TOKEN = /^\d{20}:chg-[0-9a-f]{16}$/;
 
+/** Kinds of change that give an object new content, the ones `changes-to` indexes. */
+const CONTENT_KINDS: ReadonlySet<ChangeKind> = new Set([ChangeKind.CHANGE_KIND_OBJECT, ChangeKind.CHANGE_KIND_FILE, ChangeKind.CHANGE_KIND_RECORD]);
+const toKey = (pipeline: string, objectId: string, newHash: string): string => `${pipeline}\u0000${objectId}\u0000${newHash}`;
+/** Set once `changes-to` covers every stored change (data dirs from before it are indexed at first use). */
+const TO_INDEX_BUILT = 'changes-to-built';
+
 /** The id of a change: what changed and the two hashes, so equal reports get equal ids. */
 export function changeIdOf(input: Pick<ChangeInput, 'kind' | 'objectId' | 'pipeline' | 'step' | 'oldHash' | 'newHash'>): string {
   return `chg-${sha256Hex(canonicalJson([input.kind, input.objectId ?? '', input.pipeline ?? '', input.step ?? '', input.oldHash, input.newHash])).slice(0, 16)}`;
@@ -68,6 +77,8 @@ export function createChangeStore(db: Database, lineage: Pick<LineageEngine, 'su
   const byTime = root.sublevel<string, string>('changes-by-time', { valueEncoding: 'utf8' });
   const policies = root.sublevel<string, number>('policies', { valueEncoding: 'json' });
   const watches = root.sublevel<string, unknown>('watches', { valueEncoding: 'json' });
+  const changesTo = root.sublevel<string, string>('changes-to', { valueEncoding: 'utf8' });
+  const meta = root.sublevel<string, string>('meta', { valueEncoding: 'utf8' });
   // Serialised so two reports of one change store it once.
   let tail: Promise<unknown> = Promise.resolve();
   const serial = <T>(fn: () => Promise<T>): Promise<T> => {
@@ -88,6 +99,30 @@ export function createChangeStore(db: Database, lineage: Pick<LineageEngine, 'su
       if (p !== undefined) return p;
     }
     return (await policies.get(`${pipeline}\u0000`)) ?? DEFAULT_POLICY;
+  }
+
+  let toIndexReady: Promise<void> | undefined;
+  /** Indexes the changes a data dir holds from before `changes-to`, once; the newest per key wins. */
+  function ensureToIndex(): Promise<void> {
+    toIndexReady ??= serial(async () => {
+      if ((await meta.get(TO_INDEX_BUILT)) !== undefined) return;
+      const newest = new Map<string, { id: string; at: bigint }>();
+      for await (const raw of changes.values()) {
+        const c = Change.fromJSON(raw);
+        if (!CONTENT_KINDS.has(c.kind)) continue;
+        const key = toKey(c.pipeline, c.objectId, c.newHash);
+        const at = BigInt(c.detectedAtNs);
+        const seen = newest.get(key);
+        if (!seen || at > seen.at) newest.set(key, { id: c.changeId, at });
+      }
+      const batch = root.batch();
+      for (const [key, { id }] of newest) batch.put(key, id, { sublevel: changesTo });
+      await batch.put(TO_INDEX_BUILT, '1', { sublevel: meta }).write();
+    }).catch((err: unknown) => {
+      toIndexReady = undefined;
+      throw err;
+    });
+    return toIndexReady;
   }
 
   async function build(input: ChangeInput): Promise<Change> {
@@ -128,11 +163,12 @@ export function createChangeStore(db: Database, lineage: Pick<LineageEngine, 'su
             },
           },
         ]);
-        await root
+        const batch = root
           .batch()
           .put(changeId, json, { sublevel: changes })
-          .put(`${detectedAtNs.padStart(20, '0')}:${changeId}`, changeId, { sublevel: byTime })
-          .write();
+          .put(`${detectedAtNs.padStart(20, '0')}:${changeId}`, changeId, { sublevel: byTime });
+        if (CONTENT_KINDS.has(change.kind)) batch.put(toKey(change.pipeline, change.objectId, change.newHash), changeId, { sublevel: changesTo });
+        await batch.write();
         return { change, created: true };
       });
     },
@@ -141,6 +177,11 @@ export function createChangeStore(db: Database, lineage: Pick<LineageEngine, 'su
       return existing ? { change: existing, created: false } : { change: await build(input), created: true };
     },
     find: read,
+    async latestTo(pipeline, objectId, newHash) {
+      await ensureToIndex();
+      const id = await changesTo.get(toKey(pipeline, objectId, newHash));
+      return id === undefined ? undefined : read(id);
+    },
     async get(changeId) {
       const c = await read(changeId);
       if (!c) throw new NotFoundError(`change ${JSON.stringify(changeId)}`, 'change_id');

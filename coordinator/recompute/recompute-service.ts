@@ -90,23 +90,9 @@ export class Recomputer {
     return { input, unchanged: oldHash === hash };
   }
 
-  /**
-   * The recorded change that made `hash` this object's version, newest first, if one did. Change
-   * ids derive from kind, object, pipeline and the two hashes, so the candidates are each other
-   * version of the object as the old hash, for each kind of change an object's content can have.
-   */
-  private async changeTo(objectId: string, pipeline: string, hash: string): Promise<Change | undefined> {
-    const index = this.deps.lineage.index;
-    const olds = new Set(index.membersOf(`object:${objectId}`).map((k) => parseNodeKey(k).contentHash));
-    olds.delete(hash);
-    let found: Change | undefined;
-    for (const oldHash of olds) {
-      for (const kind of [ChangeKind.CHANGE_KIND_OBJECT, ChangeKind.CHANGE_KIND_FILE, ChangeKind.CHANGE_KIND_RECORD]) {
-        const c = await this.deps.changes.find(changeIdOf({ kind, objectId, pipeline, oldHash, newHash: hash }));
-        if (c && (!found || BigInt(c.detectedAtNs) > BigInt(found.detectedAtNs))) found = c;
-      }
-    }
-    return found;
+  /** The recorded change that made `hash` this object's version, the newest if several did. */
+  private changeTo(objectId: string, pipeline: string, hash: string): Promise<Change | undefined> {
+    return this.deps.changes.latestTo(pipeline, objectId, hash);
   }
 
   /**
