@@ -290,6 +290,27 @@ describe('dispatcher (fake mesh)', () => {
     d.stop();
   });
 
+  it('an attempt that got no answer leaves its node\'s mirror without the inputs it carried: the retry sends the bytes again', async () => {
+    const f = fakeMesh([info('a'), info('b')]);
+    const d = createDispatcher({ mesh: f.mesh, log: quiet, shardTimeoutMs: 200, maxAttempts: 3 });
+    f.emit('node:registered', { nodeId: 'b', rejoined: false, restarted: false, atMs: 0, payloadCacheBytes: 4 * 2 ** 20 });
+    const big = Buffer.alloc(CACHED_PAYLOAD_MIN_BYTES, 3);
+    const assignment: ShardAssignment = { ...shard('lost'), inputs: [{ name: 'in', objectId: 'o', contentHash: contentHashOf(big), payload: big, key: 'k', eventTimeNs: '0', mediaType: '', cached: false }] };
+    const sends = () => f.sent.flatMap((m) => (m.msg.body?.$case === 'assign' ? m.msg.body.value.shards : [])).filter((a) => a.shardId === 'lost');
+    const run = d.run(assignment, { placement: { nodeIds: ['b'] } });
+    await tick();
+    expect(sends().map((a) => a.inputs[0]?.cached)).toEqual([false]);
+    // The frame is lost: b never answers, and the deadline sends the shard to b again.
+    await until('the retry', () => (sends().length === 2 ? true : undefined), 5_000, 20);
+    expect(sends().map((a) => [a.attempt, a.inputs[0]?.cached, a.inputs[0]?.payload.byteLength])).toEqual([
+      [1, false, big.length],
+      [2, false, big.length],
+    ]);
+    f.emitMessage('b', { body: { $case: 'outcomes', value: { outcomes: [{ shardId: 'lost', status: ShardStatus.SHARD_STATUS_SUCCEEDED, outputs: [], error: '', startedAtNs: '0', endedAtNs: '0', nodeId: 'b', attempt: 2 }] } } });
+    expect(await run).toMatchObject({ attempts: 2, outcome: { status: ShardStatus.SHARD_STATUS_SUCCEEDED } });
+    d.stop();
+  });
+
   it('a node that cannot fetch or verify a code version gets no shards of it for a while; with no other node the outcome stands', async () => {
     const f = fakeMesh([info('a'), info('b')]);
     const d = createDispatcher({ mesh: f.mesh, log: quiet, shardTimeoutMs: 10_000 });

@@ -123,6 +123,8 @@ interface Entry {
   requeued: boolean;
   /** Placements a node answered with "input not cached": nothing ran, so they use up no attempt. */
   cacheMisses: number;
+  /** The large inputs the current attempt sent in full, which its node's mirror counts as held from then on. */
+  sentInFull: string[] | undefined;
 }
 
 interface ShardClass {
@@ -301,6 +303,12 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
   /** Takes the shard back from its node (lost, outage, timeout) and queues it again, or fails it. */
   function requeue(e: Entry, why: string): void {
     const from = e.nodeId;
+    // No answer came, so the frame may never have arrived: the node's cache need not hold what it carried.
+    if (from !== undefined && e.sentInFull) {
+      const mirror = mirrors.get(from);
+      for (const hash of e.sentInFull) mirror?.delete(hash);
+    }
+    e.sentInFull = undefined;
     unplace(e);
     if (e.attempts - e.cacheMisses >= maxAttempts) {
       log('warn', 'shard:failed', { shardId: e.assignment.shardId, attempts: e.attempts, reason: why });
@@ -346,12 +354,14 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
   /** The shard's inputs as sent to `nodeId`: large ones it holds by reference, the others noted as held from now on. */
   function inputsFor(e: Entry, nodeId: string): ShardAssignment['inputs'] {
     const mirror = mirrors.get(nodeId);
+    e.sentInFull = undefined;
     if (!mirror || e.options.inputsAsSent || e.inputBytes < CACHED_PAYLOAD_MIN_BYTES) return e.assignment.inputs;
     return e.assignment.inputs.map((i) => {
       const n = i.payload.byteLength;
       if (n < CACHED_PAYLOAD_MIN_BYTES) return i;
       if (mirror.get(i.contentHash)) return { ...i, payload: NO_BYTES, cached: true };
       mirror.set(i.contentHash, true, n);
+      (e.sentInFull ??= []).push(i.contentHash);
       return i;
     });
   }
@@ -595,6 +605,7 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
         offAbort: undefined,
         requeued: false,
         cacheMisses: 0,
+        sentInFull: undefined,
       };
       if (stopped) {
         resolve({ outcome: failed(e, ShardStatus.SHARD_STATUS_CANCELLED, 'dispatcher stopped'), nodeId: '', attempts: 0, queuedMs: 0 });
