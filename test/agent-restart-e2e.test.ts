@@ -10,7 +10,7 @@ import { meshExtension } from '../coordinator/mesh/mesh-extension.js';
 import { createDispatcher } from '../coordinator/scheduler/dispatcher.js';
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
 import { startLocalAgents, stopLocalAgents, type LocalAgent } from '../scripts/cli/local-agents.js';
-import { bundleTransform } from '../scripts/cli/publish-command.js';
+import { publishTransform } from './helpers/publish-transform.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 
 const SOURCE = `
@@ -42,9 +42,7 @@ describe('an agent SIGKILLed and restarted with the same id (real coordinator, r
     });
     mkdirSync(join(dir, 'src'));
     writeFileSync(join(dir, 'src', 'echo.ts'), SOURCE);
-    const bundle = await bundleTransform(join(dir, 'src', 'echo.ts'));
-    const published = await tc.client(CodeServiceDefinition).publishCode({ bundle: Buffer.from(bundle.bytes), manifest: { transform: 'slow-echo', sourceFile: 'echo.ts', bundler: bundle.bundler } });
-    codeVersion = published.code?.codeVersion ?? '';
+    codeVersion = await publishTransform(tc.client(CodeServiceDefinition), join(dir, 'src', 'echo.ts'), 'slow-echo');
     agents.push(...(await startLocalAgents(tc.grpcAddress, tc.token, dir, [{ name: 'r', reportInterval: '200ms' }])));
   }, 60_000);
 

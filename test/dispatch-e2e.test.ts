@@ -12,7 +12,7 @@ import { createDispatcher } from '../coordinator/scheduler/dispatcher.js';
 import { schedulerExtension } from '../coordinator/scheduler/scheduler-extension.js';
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
 import { startLocalAgents, stopLocalAgents, type LocalAgent } from '../scripts/cli/local-agents.js';
-import { bundleTransform } from '../scripts/cli/publish-command.js';
+import { publishTransform } from './helpers/publish-transform.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 
 // A transform that echoes its input after `params.sleepMs`, so shards can be caught in flight.
@@ -75,9 +75,7 @@ describe('dispatch end to end (real coordinator, real agent processes)', () => {
     });
     mkdirSync(join(dir, 'src'));
     writeFileSync(join(dir, 'src', 'echo.ts'), SOURCE);
-    const bundle = await bundleTransform(join(dir, 'src', 'echo.ts'));
-    const published = await tc.client(CodeServiceDefinition).publishCode({ bundle: Buffer.from(bundle.bytes), manifest: { transform: 'slow-echo', sourceFile: 'echo.ts', bundler: bundle.bundler } });
-    codeVersion = published.code?.codeVersion ?? '';
+    codeVersion = await publishTransform(tc.client(CodeServiceDefinition), join(dir, 'src', 'echo.ts'), 'slow-echo');
     agents.push(
       ...(await startLocalAgents(tc.grpcAddress, tc.token, dir, [
         { name: 'a', reportInterval: '200ms' },
@@ -145,9 +143,7 @@ describe('dispatch end to end (real coordinator, real agent processes)', () => {
     const publish = async (tag: string, requirements: object): Promise<string> => {
       const file = join(dir, 'src', `echo-${tag}.ts`);
       writeFileSync(file, `${SOURCE}\n// ${tag}\n`);
-      const bundle = await bundleTransform(file);
-      const r = await tc.client(CodeServiceDefinition).publishCode({ bundle: Buffer.from(bundle.bytes), manifest: { transform: 'slow-echo', sourceFile: `echo-${tag}.ts`, bundler: bundle.bundler, requirements: { cpu: 0, memoryMb: 0, gpu: 0, instructionSets: [], networkMbps: 0, ...requirements } } });
-      return r.code?.codeVersion ?? '';
+      return publishTransform(tc.client(CodeServiceDefinition), file, 'slow-echo', { requirements: { cpu: 0, memoryMb: 0, gpu: 0, instructionSets: [], networkMbps: 0, ...requirements } });
     };
     const gpuCode = await publish('gpu', { gpu: 1 });
     const results = await Promise.all(Array.from({ length: 8 }, () => dispatcher().run({ ...shard(), codeVersion: gpuCode })));

@@ -20,7 +20,7 @@ import { schedulerExtension } from '../coordinator/scheduler/scheduler-extension
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
 import { watchJobProgress } from '../scripts/cli/job-progress.js';
 import { startLocalAgents, stopLocalAgents, type LocalAgent } from '../scripts/cli/local-agents.js';
-import { bundleTransform } from '../scripts/cli/publish-command.js';
+import { publishTransform } from './helpers/publish-transform.js';
 import { waitFor } from './helpers/mesh-server.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 import { runCli } from './helpers/in-process-cli.js';
@@ -121,9 +121,7 @@ describe('JobService and retrace jobs', () => {
     shared.jobs?.registerExecutor({ kind: 'test', runTask });
     mkdirSync(join(dir, 'src'));
     writeFileSync(join(dir, 'src', 'echo.ts'), SOURCE);
-    const bundle = await bundleTransform(join(dir, 'src', 'echo.ts'));
-    const published = await tc.client(CodeServiceDefinition).publishCode({ bundle: Buffer.from(bundle.bytes), manifest: { transform: 'echo', sourceFile: 'echo.ts', bundler: bundle.bundler } });
-    codeVersion = published.code?.codeVersion ?? '';
+    codeVersion = await publishTransform(tc.client(CodeServiceDefinition), join(dir, 'src', 'echo.ts'), 'echo');
     agents.push(...(await startLocalAgents(tc.grpcAddress, tc.token, dir, [{ name: 'small', reportInterval: '200ms' }])));
   }, 60_000);
 

@@ -16,7 +16,7 @@ import { ReplayServiceDefinition, ReplayState, type ReplayPolicy } from '../comm
 import { createJobStore, type StoredJob } from '../coordinator/jobs/job-store.js';
 import { openDatabase } from '../coordinator/store/database.js';
 import { startLocalAgents, stopLocalAgents, type LocalAgent } from '../scripts/cli/local-agents.js';
-import { bundleTransform } from '../scripts/cli/publish-command.js';
+import { publishTransform } from './helpers/publish-transform.js';
 
 /**
  * A coordinator (the real CLI, a child process) is SIGKILLed while a recompute job runs on two
@@ -126,8 +126,7 @@ describe('recompute jobs across a coordinator crash', () => {
       lineage: client(first.grpc, token, LineageServiceDefinition),
       replay: client(first.grpc, token, ReplayServiceDefinition),
     };
-    const bundle = await bundleTransform(WF_TASK);
-    const codeVersion = (await c.code.publishCode({ bundle: Buffer.from(bundle.bytes), manifest: { transform: 'wf-task', sourceFile: 'wf-task.ts', bundler: bundle.bundler } })).code?.codeVersion ?? '';
+    const codeVersion = await publishTransform(c.code, WF_TASK, 'wf-task');
     // Two pipelines of the same steps: `ref` is recomputed without interruption, `wf` crashes.
     // wf-task's output leaves costMs out, so the two compute the same bytes at any speed.
     for (const name of ['ref', 'wf']) {

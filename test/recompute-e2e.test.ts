@@ -18,7 +18,7 @@ import { recomputeExtension } from '../coordinator/recompute/recompute-extension
 import { schedulerExtension } from '../coordinator/scheduler/scheduler-extension.js';
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
 import { startLocalAgents, stopLocalAgents, type LocalAgent } from '../scripts/cli/local-agents.js';
-import { bundleTransform } from '../scripts/cli/publish-command.js';
+import { publishTransform } from './helpers/publish-transform.js';
 import { contentHashOf } from '../common/hash.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 import { runCli } from './helpers/in-process-cli.js';
@@ -73,9 +73,7 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
         recomputeExtension(shared, { watchRoots: [dir] }),
       ],
     });
-    const bundle = await bundleTransform(WF_TASK);
-    const published = await tc.client(CodeServiceDefinition).publishCode({ bundle: Buffer.from(bundle.bytes), manifest: { transform: 'wf-task', sourceFile: 'wf-task.ts', bundler: bundle.bundler } });
-    wfV1 = published.code?.codeVersion ?? '';
+    wfV1 = await publishTransform(tc.client(CodeServiceDefinition), WF_TASK, 'wf-task');
     agents.push(
       ...(await startLocalAgents(tc.grpcAddress, tc.token, dir, [
         { name: 'a1', labels: ['pool=a'], reportInterval: '200ms' },
@@ -179,8 +177,7 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
     const src = readFileSync(WF_TASK, 'utf8').replace('const VERSION = 1;', 'const VERSION = 2;');
     mkdirSync(join(dir, 'v2'), { recursive: true });
     writeFileSync(join(dir, 'v2', 'wf-task.ts'), src);
-    const bundle = await bundleTransform(join(dir, 'v2', 'wf-task.ts'));
-    const v2 = (await tc.client(CodeServiceDefinition).publishCode({ bundle: Buffer.from(bundle.bytes), manifest: { transform: 'wf-task', sourceFile: 'wf-task.ts', bundler: bundle.bundler } })).code?.codeVersion ?? '';
+    const v2 = await publishTransform(tc.client(CodeServiceDefinition), join(dir, 'v2', 'wf-task.ts'), 'wf-task');
     expect(v2).not.toBe(wfV1);
     const next = { ...pipeline, steps: pipeline.steps.map((s) => (s.name === 'proj' ? { ...s, codeVersion: v2 } : s)) };
     expect((await pipelines().applyPipeline({ pipeline: next })).created).toBe(true);
@@ -207,8 +204,7 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
       const src = readFileSync(WF_TASK, 'utf8').replace('const VERSION = 1;', `const VERSION = ${version};`);
       mkdirSync(join(dir, `v${version}`), { recursive: true });
       writeFileSync(join(dir, `v${version}`, 'wf-task.ts'), src);
-      const bundle = await bundleTransform(join(dir, `v${version}`, 'wf-task.ts'));
-      return (await tc.client(CodeServiceDefinition).publishCode({ bundle: Buffer.from(bundle.bytes), manifest: { transform: 'wf-task', sourceFile: 'wf-task.ts', bundler: bundle.bundler } })).code?.codeVersion ?? '';
+      return publishTransform(tc.client(CodeServiceDefinition), join(dir, `v${version}`, 'wf-task.ts'), 'wf-task');
     };
     const published = async (hash: string) => (await recompute().listChanges({ pipeline: 'wf', pageSize: 0, pageToken: '' })).changes.filter((c) => c.kind === ChangeKind.CHANGE_KIND_CODE_PUBLISHED && c.newHash === hash);
     const stepVersions = async () => Object.fromEntries(((await pipelines().getPipeline({ name: 'wf', version: 0 })).pipeline?.pipeline?.steps ?? []).map((s) => [s.name, s.codeVersion]));

@@ -15,7 +15,7 @@ import { recomputeExtension } from '../coordinator/recompute/recompute-extension
 import { schedulerExtension } from '../coordinator/scheduler/scheduler-extension.js';
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
 import { startLocalAgents, stopLocalAgents, type LocalAgent } from '../scripts/cli/local-agents.js';
-import { bundleTransform } from '../scripts/cli/publish-command.js';
+import { publishTransform } from './helpers/publish-transform.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 
 /**
@@ -46,8 +46,7 @@ describe('recompute after a reverted change', () => {
         recomputeExtension(shared),
       ],
     });
-    const bundle = await bundleTransform(WF_TASK);
-    codeVersion = (await tc.client(CodeServiceDefinition).publishCode({ bundle: Buffer.from(bundle.bytes), manifest: { transform: 'wf-task', sourceFile: 'wf-task.ts', bundler: bundle.bundler } })).code?.codeVersion ?? '';
+    codeVersion = await publishTransform(tc.client(CodeServiceDefinition), WF_TASK, 'wf-task');
     agents = await startLocalAgents(tc.grpcAddress, tc.token, dir, [{ name: 'a1', reportInterval: '200ms' }]);
   }, 120_000);
 

@@ -18,7 +18,7 @@ import { schedulerExtension } from '../coordinator/scheduler/scheduler-extension
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
 import { startLocalAgents, stopLocalAgents, type LocalAgent } from '../scripts/cli/local-agents.js';
 import { main } from '../scripts/cli/main.js';
-import { bundleTransform } from '../scripts/cli/publish-command.js';
+import { publishTransform } from './helpers/publish-transform.js';
 import { renderJobLine } from '../scripts/cli/job-progress.js';
 import { replayToJobProto } from '../coordinator/jobs/job-convert.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
@@ -104,9 +104,7 @@ describe('replay end to end (real coordinator, real agent processes)', () => {
     const versions: Record<string, string> = {};
     for (const [name, source] of [['scale', SCALE], ['label', LABEL], ['wait', WAIT]] as const) {
       writeFileSync(join(dir, 'src', `${name}.ts`), source);
-      const bundle = await bundleTransform(join(dir, 'src', `${name}.ts`));
-      const published = await tc.client(CodeServiceDefinition).publishCode({ bundle: Buffer.from(bundle.bytes), manifest: { transform: name, sourceFile: `${name}.ts`, bundler: bundle.bundler } });
-      versions[name] = published.code?.codeVersion ?? '';
+      versions[name] = await publishTransform(tc.client(CodeServiceDefinition), join(dir, 'src', `${name}.ts`), name);
     }
     agents.push(
       ...(await startLocalAgents(tc.grpcAddress, tc.token, dir, [

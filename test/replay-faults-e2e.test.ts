@@ -15,7 +15,7 @@ import { replayExtension } from '../coordinator/replay/replay-extension.js';
 import { schedulerExtension } from '../coordinator/scheduler/scheduler-extension.js';
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
 import { startLocalAgents, stopLocalAgents, type LocalAgent } from '../scripts/cli/local-agents.js';
-import { bundleTransform } from '../scripts/cli/publish-command.js';
+import { publishTransform } from './helpers/publish-transform.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 
 // A fixed amount of CPU work per record (not a wall-clock loop), so CPU time is what the cap
@@ -123,9 +123,7 @@ describe('replay under a CPU cap and an agent SIGKILL (real coordinator, real ag
     const versions: Record<string, string> = {};
     for (const [name, source] of [['burn', BURN], ['wait', WAIT], ['label', LABEL]] as const) {
       writeFileSync(join(dir, 'src', `${name}.ts`), source);
-      const bundle = await bundleTransform(join(dir, 'src', `${name}.ts`));
-      const published = await tc.client(CodeServiceDefinition).publishCode({ bundle: Buffer.from(bundle.bytes), manifest: { transform: name, sourceFile: `${name}.ts`, bundler: bundle.bundler } });
-      versions[name] = published.code?.codeVersion ?? '';
+      versions[name] = await publishTransform(tc.client(CodeServiceDefinition), join(dir, 'src', `${name}.ts`), name);
     }
     agents = await startLocalAgents(tc.grpcAddress, tc.token, dir, [
       { name: 'cpu', labels: ['role=cpu'], reportInterval: '200ms' },
