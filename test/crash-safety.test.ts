@@ -7,7 +7,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { LineageServiceDefinition, NodeKind } from '../common/gen/retrace/v1/lineage.js';
 import { LineageEvent } from '../common/gen/retrace/v1/provenance.js';
 import { contentHashOf } from '../common/hash.js';
-import { CLI, ROOT, startCoordinatorProcess } from './helpers/coordinator-process.js';
+import { CLI, killChildren, ROOT, startCoordinatorProcess } from './helpers/coordinator-process.js';
 
 /**
  * Crash safety of the ledger: a child-process coordinator (the real CLI, LevelDB in a temp dir)
@@ -25,13 +25,7 @@ const dirs: string[] = [];
 
 afterEach(async () => {
   for (const c of channels.splice(0)) c.close();
-  for (const proc of children.splice(0)) {
-    if (proc.exitCode === null && proc.signalCode === null) {
-      const gone = new Promise((r) => proc.once('exit', r));
-      proc.kill('SIGKILL');
-      await gone;
-    }
-  }
+  await killChildren(children);
   for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
 });
 

@@ -7,7 +7,7 @@ import { HealthDefinition } from 'nice-grpc-server-health';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CodeServiceDefinition } from '../common/gen/retrace/v1/code.js';
 import { LineageServiceDefinition } from '../common/gen/retrace/v1/lineage.js';
-import { startCoordinatorProcess, type CoordinatorProcess } from './helpers/coordinator-process.js';
+import { killChildren, startCoordinatorProcess, type CoordinatorProcess } from './helpers/coordinator-process.js';
 
 /**
  * The token check of the gRPC services, against the real CLI coordinator in a child process (so
@@ -28,11 +28,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   for (const c of channels.splice(0)) c.close();
-  for (const proc of children.splice(0)) {
-    const gone = new Promise((r) => proc.once('exit', r));
-    proc.kill('SIGKILL');
-    await gone;
-  }
+  await killChildren(children);
   rmSync(dataDir, { recursive: true, force: true });
 });
 

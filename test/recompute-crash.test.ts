@@ -1,9 +1,7 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
 import { createChannel, createClientFactory, Metadata, type Channel, type Client, type CompatServiceDefinition } from 'nice-grpc';
 import { afterAll, describe, expect, it } from 'vitest';
 import { until } from './helpers/until.js';
@@ -17,6 +15,7 @@ import { createJobStore, type StoredJob } from '../coordinator/jobs/job-store.js
 import { openDatabase } from '../coordinator/store/database.js';
 import { startLocalAgents, stopLocalAgents, type LocalAgent } from '../scripts/cli/local-agents.js';
 import { publishTransform } from './helpers/publish-transform.js';
+import { killChildren, ROOT, startCoordinatorProcess } from './helpers/coordinator-process.js';
 
 /**
  * A coordinator (the real CLI, a child process) is SIGKILLed while a recompute job runs on two
@@ -27,18 +26,10 @@ import { publishTransform } from './helpers/publish-transform.js';
  * is dead) says which tasks were done and which in flight: only the in-flight ones run again.
  */
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const CLI = join(ROOT, 'scripts', 'retrace.mjs');
 const WF_TASK = join(ROOT, 'scripts', 'examples', 'transforms', 'wf-task.ts');
 const KEYS = ['k0', 'k1', 'k2', 'k3', 'k4', 'k5'];
 /** Per step while the crashed job runs: long enough to catch it mid-job on a loaded machine. */
 const SLOW_MS = 700;
-
-interface CoordinatorProcess {
-  proc: ChildProcess;
-  grpc: string;
-  exited: Promise<unknown>;
-}
 
 const children: ChildProcess[] = [];
 const channels: Channel[] = [];
@@ -48,31 +39,9 @@ let agents: LocalAgent[] = [];
 afterAll(async () => {
   await stopLocalAgents(agents, 3000);
   for (const c of channels.splice(0)) c.close();
-  for (const proc of children.splice(0)) {
-    if (proc.exitCode === null && proc.signalCode === null) {
-      const gone = new Promise((r) => proc.once('exit', r));
-      proc.kill('SIGKILL');
-      await gone;
-    }
-  }
+  await killChildren(children);
   for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
 });
-
-/** `retrace coordinator` on `grpc` (port 0 picks one); resolves once it prints its addresses. */
-async function startCoordinator(dataDir: string, grpc: string): Promise<CoordinatorProcess> {
-  const proc = spawn(process.execPath, [CLI, 'coordinator', '--data', dataDir, '--grpc', grpc, '--http', '127.0.0.1:0'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-  children.push(proc);
-  let errText = '';
-  proc.stderr?.setEncoding('utf8').on('data', (d: string) => (errText = (errText + d).slice(-20_000)));
-  const exited = new Promise((resolve) => proc.once('exit', resolve));
-  const lines = createInterface({ input: proc.stdout as NodeJS.ReadableStream });
-  const first = await new Promise<string>((resolve, reject) => {
-    lines.once('line', resolve);
-    void exited.then(() => reject(new Error(`coordinator exited before listening:\n${errText}`)));
-  });
-  lines.on('line', () => {});
-  return { proc, grpc: (JSON.parse(first) as { grpc: string }).grpc, exited };
-}
 
 function client<S extends CompatServiceDefinition>(address: string, token: string, definition: S): Client<S> {
   const channel = createChannel(address);
@@ -112,7 +81,7 @@ describe('recompute jobs across a coordinator crash', () => {
   it('a coordinator SIGKILL mid-job resumes to identical outputs', async () => {
     const dataDir = mkdtempSync(join(tmpdir(), 'retrace-recompute-crash-'));
     dirs.push(dataDir);
-    const first = await startCoordinator(join(dataDir, 'coordinator'), '127.0.0.1:0');
+    const first = await startCoordinatorProcess(join(dataDir, 'coordinator'), children);
     const token = readFileSync(join(dataDir, 'coordinator', 'auth-token'), 'utf8').trim();
     agents = await startLocalAgents(first.grpc, token, dataDir, [
       { name: 'a1', reportInterval: '200ms' },
@@ -196,7 +165,7 @@ describe('recompute jobs across a coordinator crash', () => {
 
     // Restart on the same data dir and port: the agents reconnect to it.
     for (const ch of channels.splice(0)) ch.close();
-    const second = await startCoordinator(join(dataDir, 'coordinator'), first.grpc);
+    const second = await startCoordinatorProcess(join(dataDir, 'coordinator'), children, ['--grpc', first.grpc]);
     expect(second.grpc).toBe(first.grpc);
     c = {
       code: client(second.grpc, token, CodeServiceDefinition),

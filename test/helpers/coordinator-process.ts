@@ -15,12 +15,13 @@ export interface CoordinatorProcess {
 }
 
 /**
- * Starts `retrace coordinator` (the real CLI, a child process) on port 0 and resolves with the
- * addresses from its JSON line; `extraArgs` are more of its flags. The process is pushed onto
- * `children` for the caller to kill.
+ * Starts `retrace coordinator` (the real CLI, a child process) on port 0 (or the `--grpc` given in
+ * `extraArgs`, e.g. a restart's old address) and resolves with the addresses from its JSON line;
+ * `extraArgs` are more of its flags. The process is pushed onto `children` for the caller to kill.
  */
 export async function startCoordinatorProcess(dataDir: string, children: ChildProcess[], extraArgs: readonly string[] = []): Promise<CoordinatorProcess> {
-  const proc = spawn(process.execPath, [CLI, 'coordinator', '--data', dataDir, '--grpc', '127.0.0.1:0', '--http', '127.0.0.1:0', ...extraArgs], {
+  const grpc = extraArgs.includes('--grpc') ? [] : ['--grpc', '127.0.0.1:0'];
+  const proc = spawn(process.execPath, [CLI, 'coordinator', '--data', dataDir, ...grpc, '--http', '127.0.0.1:0', ...extraArgs], {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -39,4 +40,14 @@ export async function startCoordinatorProcess(dataDir: string, children: ChildPr
   lines.on('line', () => {}); // keep draining stdout
   const addresses = JSON.parse(first) as { grpc: string; http: string };
   return { proc, grpc: addresses.grpc, http: addresses.http, exited, stderr: () => errText };
+}
+
+/** SIGKILLs every child still running and waits for each to exit; empties `children`. */
+export async function killChildren(children: ChildProcess[]): Promise<void> {
+  for (const proc of children.splice(0)) {
+    if (proc.exitCode !== null || proc.signalCode !== null) continue;
+    const gone = new Promise((r) => proc.once('exit', r));
+    proc.kill('SIGKILL');
+    await gone;
+  }
 }
