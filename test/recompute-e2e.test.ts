@@ -296,6 +296,12 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
     expect(versionsOf('record:wf/proj:k1')).toHaveLength(projVersions);
     // Sending the same record again runs nothing either: the change waits for a recompute.
     expect(Number((await ingest('wf', 'raw', [{ key: 'k1', payload: json({ id: 1, amount: 11, note: 'n' }) }])).shardsRun)).toBe(0);
+    // The waiting change's steps are the object's impact, and recomputing the object recomputes that change, not a second one of the same two hashes.
+    const impact = await recompute().impact({ target: { $case: 'objectId', value: 'record:wf/raw:k1' }, asOfNs: '0' });
+    const planned = await recompute().recompute({ changeIds: [], objectIds: ['record:wf/raw:k1'], newContents: [], policy: { maxAttempts: 0, concurrency: 0, targetNodeIds: [], targetLabels: {}, dryRun: true } });
+    expect(planned.changeIds).toEqual([reported?.changeId]);
+    expect(impact.stepCount).toBe(planned.tasks.length);
+    expect(planned.tasks.length).toBeGreaterThan(0);
 
     await recompute().setChangePolicy({ pipeline: 'wf', source: 'raw', policy: ChangePolicy.CHANGE_POLICY_AUTO });
     const auto = await ingest('wf', 'raw', [{ key: 'k1', payload: json({ id: 1, amount: 12, note: 'n' }) }]);

@@ -312,7 +312,11 @@ export class Recomputer {
         if (!index.has(`step:${t.value}`)) throw new RetraceError('NOT_FOUND', `no object or step has the id ${JSON.stringify(t.value)}`, { field: 'object_id' });
         throw new NotFoundError(`object ${JSON.stringify(t.value)} (a step has that id)`, 'object_id');
       }
-      roots = [{ kind: 'version', objectId: t.value, oldHash: parseNodeKey(latest).contentHash }];
+      // What consumes the object now: its newest version some step used by then. A version no
+      // step has read yet (a change waiting under a manual policy) affects what read the one before.
+      const consumed = (k: string): boolean => index.consumersOf(k).some((c) => index.timeOf(index.idOf(c) as number) <= asOfMs);
+      const used = [...versions].reverse().find(consumed) ?? latest;
+      roots = [{ kind: 'version', objectId: t.value, oldHash: parseNodeKey(used).contentHash }];
     }
     const graph = await collectAffected(this.deps.lineage, roots, asOfMs);
     const defs = await this.definitions(graph);
@@ -386,6 +390,7 @@ export class Recomputer {
     // Validate every object before recording anything.
     const index = this.deps.lineage.index;
     const objectRoots: ChangeInput[] = [];
+    const objectRecorded: Change[] = [];
     for (const [i, objectId] of request.objectIds.entries()) {
       const versions = index.membersOf(`object:${objectId}`);
       const latest = versions[versions.length - 1];
@@ -395,7 +400,12 @@ export class Recomputer {
       const used = versions.slice(0, -1).reverse().find((k) => index.consumersOf(k).length > 0);
       if (!used) throw new FailedPreconditionError(`no step used an older version of ${objectId}: nothing is behind its latest version`, `object_ids[${i}]`);
       const rec = parseRecordId(objectId);
-      objectRoots.push({ kind: ChangeKind.CHANGE_KIND_OBJECT, objectId, oldHash: parseNodeKey(used).contentHash, newHash, pipeline: rec?.pipeline ?? '', source: rec?.dataset ?? '', noticedBy: `recompute:${principal}` });
+      const oldHash = parseNodeKey(used).contentHash;
+      // A change already recorded for exactly this step (a re-ingest under a manual policy, a
+      // notify) is the one to recompute, not a second change of the same two hashes.
+      const recorded = await this.changeTo(objectId, rec?.pipeline ?? '', newHash);
+      if (recorded && recorded.oldHash === oldHash) objectRecorded.push(recorded);
+      else objectRoots.push({ kind: ChangeKind.CHANGE_KIND_OBJECT, objectId, oldHash, newHash, pipeline: rec?.pipeline ?? '', source: rec?.dataset ?? '', noticedBy: `recompute:${principal}` });
     }
     request.newContents.forEach((n, i) => {
       if (n.objectId === '') throw new InvalidArgumentError(`new_contents[${i}].object_id`, 'is required');
@@ -415,6 +425,7 @@ export class Recomputer {
     // A dry run stores nothing: no change, no payload, no version in provenance, no current
     // record moved, no pipeline version adopted. It plans from the changes as they would be.
     const dryRun = policy?.dryRun === true;
+    for (const c of objectRecorded) if (!changes.some((x) => x.changeId === c.changeId)) changes.push(c);
     for (const r of objectRoots) changes.push((await (dryRun ? this.deps.changes.preview(r) : this.deps.changes.record(r))).change);
     for (const c of contents) {
       const change = dryRun || c.recorded ? c.change : (await this.notify(c.request, principal, { submitAuto: false, field: c.field })).change;
