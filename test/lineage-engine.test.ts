@@ -359,6 +359,23 @@ describe('lineage engine', () => {
     expect(await engine.readRun('quick')).toMatchObject({ state: 'START', endedAtNs: '0' });
   });
 
+  it('lists runs newest first (then by id), page by page, and refuses a token it did not make', async () => {
+    await engine.submit([runEvent('a', 'run-a', '3000'), runEvent('b', 'run-b', '1000'), runEvent('c', 'run-c', '2000'), runEvent('d', 'run-d', '3000'), runEvent('e', 'other-e', '5000')]);
+    const all = await engine.listRuns({ pageSize: 0, pageToken: '', namePrefix: '' });
+    expect(all.runs.map((r) => r.runId)).toEqual(['other-e', 'run-a', 'run-d', 'run-c', 'run-b']);
+    expect(all.nextPageToken).toBe('');
+    const pages: string[][] = [];
+    let token = '';
+    do {
+      const page = await engine.listRuns({ pageSize: 2, pageToken: token, namePrefix: '' });
+      pages.push(page.runs.map((r) => r.runId));
+      token = page.nextPageToken;
+    } while (token !== '');
+    expect(pages).toEqual([['other-e', 'run-a'], ['run-d', 'run-c'], ['run-b']]);
+    expect((await engine.listRuns({ pageSize: 0, pageToken: '', namePrefix: 'pipeline/run-' })).runs.map((r) => r.runId)).toEqual(['run-a', 'run-d', 'run-c', 'run-b']);
+    await expect(engine.listRuns({ pageSize: 2, pageToken: 'cnVuLWE', namePrefix: '' })).rejects.toThrow(/page_token: is not a token from a previous ListRuns response/);
+  });
+
   it('records the output versions a step describes (generated_versions) as object versions, and rejects bad ones', async () => {
     await chain();
     const described = (objectId: string, content: string, attributes: Record<string, string> = {}): ObjectVersion => ({ objectId, contentHash: h(content), size: String(content.length), mediaType: 'text/plain', createdAtNs: '5000', attributes, facets: undefined });

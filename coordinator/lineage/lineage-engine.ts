@@ -737,23 +737,27 @@ export class LineageEngine implements LineageApi {
     return { record, steps: orderByDependencies(steps) };
   }
 
+  /**
+   * Runs newest first (by their first event's time, then id), as run listings are read: the
+   * latest runs are the ones looked for. The page token is the last listed run's place.
+   */
   async listRuns(request: ListRunsRequest): Promise<ListRunsResponse> {
     if (request.pageSize > MAX_PAGE) throw new InvalidArgumentError('page_size', `at most ${MAX_PAGE}`);
     const pageSize = request.pageSize === 0 ? 100 : request.pageSize;
-    const after = request.pageToken === '' ? '' : Buffer.from(request.pageToken, 'base64url').toString();
+    const after = request.pageToken === '' ? undefined : parseRunToken(request.pageToken);
+    const order = this.listNodes(NodeKind.NODE_KIND_RUN, '').sort((a, b) => b.firstSeenMs - a.firstSeenMs || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    let i = after === undefined ? 0 : order.findIndex((r) => r.firstSeenMs < after.ms || (r.firstSeenMs === after.ms && r.id > after.id));
+    if (i < 0) i = order.length;
     const runs: Run[] = [];
-    let last = '';
-    let more = false;
-    for await (const { runId, seqs } of this.store.runIds(after)) {
-      if (runs.length === pageSize) {
-        more = true;
-        break;
-      }
-      last = runId;
-      const run = foldRuns((await this.readEvents(seqs)).flatMap((e) => (e.body?.$case === 'run' ? [{ timeNs: BigInt(e.eventTimeNs), run: e.body.value }] : [])));
-      if (request.namePrefix === '' || run.name.startsWith(request.namePrefix)) runs.push(run);
+    let last: { firstSeenMs: number; id: string } | undefined;
+    for (; i < order.length && runs.length < pageSize; i++) {
+      const entry = order[i] as { firstSeenMs: number; id: string };
+      last = entry;
+      const run = await this.readRun(entry.id);
+      if (run && (request.namePrefix === '' || run.name.startsWith(request.namePrefix))) runs.push(run);
     }
-    return { runs, nextPageToken: more ? Buffer.from(last).toString('base64url') : '' };
+    const more = i < order.length && last !== undefined;
+    return { runs, nextPageToken: more && last ? Buffer.from(JSON.stringify([last.firstSeenMs, last.id])).toString('base64url') : '' };
   }
 
   async getProof(eventId: string): Promise<GetProofResponse> {
@@ -969,4 +973,18 @@ function normalizeAll(
     if (wire && bytes) wire[i] = n.changed ? undefined : bytes[i];
   }
   return { normalized, wire };
+}
+
+/** A ListRuns page token: [first event ms, run id] of the last run listed. */
+function parseRunToken(token: string): { ms: number; id: string } {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(Buffer.from(token, 'base64url').toString());
+  } catch {
+    parsed = undefined;
+  }
+  if (!Array.isArray(parsed) || parsed.length !== 2 || typeof parsed[0] !== 'number' || typeof parsed[1] !== 'string') {
+    throw new InvalidArgumentError('page_token', 'is not a token from a previous ListRuns response');
+  }
+  return { ms: parsed[0], id: parsed[1] };
 }

@@ -205,22 +205,6 @@ export class LineageStore {
     }
   }
 
-  /** Runs in id order starting after `afterRunId`, with their event seqs. */
-  async *runIds(afterRunId: string): AsyncGenerator<{ runId: string; seqs: bigint[] }> {
-    let current: { runId: string; seqs: bigint[] } | undefined;
-    for await (const key of this.runs.keys(afterRunId === '' ? {} : { gt: `${afterRunId}\u0001` })) {
-      const sep = key.lastIndexOf('\u0000');
-      const runId = key.slice(0, sep);
-      const seq = BigInt(`0x${key.slice(sep + 1)}`);
-      if (current && current.runId === runId) current.seqs.push(seq);
-      else {
-        if (current) yield current;
-        current = { runId, seqs: [seq] };
-      }
-    }
-    if (current) yield current;
-  }
-
   /** Step entries with event time ≤ asOfNs (all when undefined), in time order, through the adjacency rows. */
   async *adjacencyRows(asOfNs?: bigint): AsyncGenerator<AdjacencyRow> {
     const range = asOfNs === undefined ? {} : { lt: `${timeKey(asOfNs)}\u0001` };

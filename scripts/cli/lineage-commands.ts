@@ -221,7 +221,7 @@ const exportCmd: CliCommand = {
 
 const runs: CliCommand = {
   path: ['lineage', 'runs'],
-  summary: 'list runs',
+  summary: 'list runs, newest first',
   usage: 'retrace lineage runs [--prefix NAME] [--limit N] [--json]',
   integers: { limit: 'uint32' },
   async run(args, io) {

@@ -3664,6 +3664,7 @@ export const LineageServiceDefinition = {
       responseStream: false,
       options: { idempotencyLevel: "IDEMPOTENT" },
     },
+    /** Runs newest first (by the time of their first event), then by id. */
     listRuns: {
       name: "ListRuns",
       requestType: ListRunsRequest as typeof ListRunsRequest,
@@ -3748,6 +3749,7 @@ export interface LineageServiceImplementation<CallContextExt = {}> {
     request: GetRecordPathRequest,
     context: CallContext & CallContextExt,
   ): Promise<DeepPartial<GetRecordPathResponse>>;
+  /** Runs newest first (by the time of their first event), then by id. */
   listRuns(request: ListRunsRequest, context: CallContext & CallContextExt): Promise<DeepPartial<ListRunsResponse>>;
   /** Merkle inclusion proof of one event against a signed checkpoint. */
   getProof(request: GetProofRequest, context: CallContext & CallContextExt): Promise<DeepPartial<GetProofResponse>>;
@@ -3805,6 +3807,7 @@ export interface LineageServiceClient<CallOptionsExt = {}> {
     request: DeepPartial<GetRecordPathRequest>,
     options?: CallOptions & CallOptionsExt,
   ): Promise<GetRecordPathResponse>;
+  /** Runs newest first (by the time of their first event), then by id. */
   listRuns(request: DeepPartial<ListRunsRequest>, options?: CallOptions & CallOptionsExt): Promise<ListRunsResponse>;
   /** Merkle inclusion proof of one event against a signed checkpoint. */
   getProof(request: DeepPartial<GetProofRequest>, options?: CallOptions & CallOptionsExt): Promise<GetProofResponse>;
