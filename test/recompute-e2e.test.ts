@@ -302,6 +302,10 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
     expect(planned.changeIds).toEqual([reported?.changeId]);
     expect(impact.stepCount).toBe(planned.tasks.length);
     expect(planned.tasks.length).toBeGreaterThan(0);
+    // A label no node carries is refused up front, as an unknown node id is; one some node carries plans.
+    const targeting = (targetLabels: Record<string, string>) => recompute().recompute({ changeIds: [], objectIds: ['record:wf/raw:k1'], newContents: [], policy: { maxAttempts: 0, concurrency: 0, targetNodeIds: [], targetLabels, dryRun: true } });
+    await expect(targeting({ pool: 'gpu' })).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: 'policy.target_labels: no known node has pool=gpu (labels of known nodes: pool=a, pool=b)' });
+    expect((await targeting({ pool: 'b' })).tasks).toHaveLength(planned.tasks.length);
 
     await recompute().setChangePolicy({ pipeline: 'wf', source: 'raw', policy: ChangePolicy.CHANGE_POLICY_AUTO });
     const auto = await ingest('wf', 'raw', [{ key: 'k1', payload: json({ id: 1, amount: 12, note: 'n' }) }]);

@@ -17,6 +17,7 @@ import {
 import type { NodeInfo } from '../../common/gen/retrace/v1/node.js';
 import { contentHashOf, isContentHash } from '../../common/hash.js';
 import { parseNodeKey } from '../../common/lineage-keys.js';
+import { checkTargetLabels } from '../../common/requirements.js';
 import { nanosToIso } from '../../common/time.js';
 import type { NanoClock } from '../clock.js';
 import type { JobSubmitter } from '../jobs/job-types.js';
@@ -378,6 +379,7 @@ export class Recomputer {
     policy?.targetNodeIds.forEach((id, i) => {
       if (!known.has(id)) throw new InvalidArgumentError(`policy.target_node_ids[${i}]`, `unknown node ${JSON.stringify(id)}`);
     });
+    if (policy) checkTargetLabels(policy.targetLabels, this.deps.nodes(), 'policy.target_labels');
     const changes: Change[] = [];
     for (const [i, id] of request.changeIds.entries()) {
       try {
