@@ -1,4 +1,3 @@
-import { InvalidArgumentError } from './errors.js';
 import type { TransformRequirements } from './transform.js';
 
 /** GPUs asked for: `true` is one. */
@@ -32,16 +31,4 @@ export function mergeRequirements(a: TransformRequirements | undefined, b: Trans
     instructionSets: [...new Set([...(a.instructionSets ?? []), ...(b.instructionSets ?? [])])],
     networkMbps: Math.max(a.networkMbps ?? 0, b.networkMbps ?? 0),
   };
-}
-
-/**
- * Refuses target labels that no known node carries all of: such a job would wait for a node that
- * may never come, where an unknown target node id is refused outright. `field` names the labels.
- */
-export function checkTargetLabels(wanted: Readonly<Record<string, string>>, nodes: readonly { labels: Readonly<Record<string, string>> }[], field: string): void {
-  const pairs = Object.entries(wanted);
-  if (pairs.length === 0) return;
-  if (nodes.some((n) => pairs.every(([k, v]) => n.labels[k] === v))) return;
-  const known = [...new Set(nodes.flatMap((n) => Object.entries(n.labels).map(([k, v]) => `${k}=${v}`)))].sort();
-  throw new InvalidArgumentError(field, `no known node has ${pairs.map(([k, v]) => `${k}=${v}`).join(', ')} (labels of known nodes: ${known.length > 0 ? known.join(', ') : 'none'})`);
 }

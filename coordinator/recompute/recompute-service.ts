@@ -17,7 +17,6 @@ import {
 import type { NodeInfo } from '../../common/gen/retrace/v1/node.js';
 import { contentHashOf, isContentHash } from '../../common/hash.js';
 import { parseNodeKey } from '../../common/lineage-keys.js';
-import { checkTargetLabels } from '../../common/requirements.js';
 import { nanosToIso } from '../../common/time.js';
 import type { NanoClock } from '../clock.js';
 import type { JobSubmitter } from '../jobs/job-types.js';
@@ -25,6 +24,7 @@ import { nsToMs, type LineageEngine } from '../lineage/lineage-engine.js';
 import type { RecordChange } from '../pipeline/pipeline-runner.js';
 import type { CurrentRecord, PipelineStore } from '../pipeline/pipeline-store.js';
 import { allocate, toNodeView } from '../scheduler/allocator.js';
+import { checkTargetLabels } from '../scheduler/placement-targets.js';
 import type { ChangedFile } from './change-detector.js';
 import { stepChanges } from './change-detector.js';
 import { changeIdOf, type ChangeInput, type ChangeStore } from './change-store.js';
