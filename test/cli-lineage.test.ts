@@ -222,7 +222,7 @@ describe('retrace lineage trace', () => {
   it('--json gives nodes and the edges among them', async () => {
     const r = await cli(['lineage', 'trace', key(RAW), '--json']);
     expect(r.code, r.stderr).toBe(0);
-    const json = JSON.parse(r.stdout) as { nodes: { key: string; distance: number }[]; edges: { from: string; to: string; kind: number }[]; totalNodes: string; nextPageToken: string };
+    const json = JSON.parse(r.stdout) as { nodes: { key: string; distance: number }[]; edges: { from: string; to: string; kind: string }[]; totalNodes: string; nextPageToken: string };
     expect(json.totalNodes).toBe('4');
     expect(json.nextPageToken).toBe('');
     expect(json.nodes.map((n) => [n.key, n.distance])).toEqual([
@@ -233,10 +233,10 @@ describe('retrace lineage trace', () => {
     ]);
     expect(json.edges).toEqual(
       expect.arrayContaining([
-        { from: 'step:clean-orders-1', to: key(RAW), kind: EdgeKind.EDGE_KIND_USED },
-        { from: key(CLEAN), to: 'step:clean-orders-1', kind: EdgeKind.EDGE_KIND_GENERATED_BY },
-        { from: 'step:aggregate-orders-1', to: key(CLEAN), kind: EdgeKind.EDGE_KIND_USED },
-        { from: key(SUMMARY), to: 'step:aggregate-orders-1', kind: EdgeKind.EDGE_KIND_GENERATED_BY },
+        { from: 'step:clean-orders-1', to: key(RAW), kind: EdgeKind[EdgeKind.EDGE_KIND_USED] },
+        { from: key(CLEAN), to: 'step:clean-orders-1', kind: EdgeKind[EdgeKind.EDGE_KIND_GENERATED_BY] },
+        { from: 'step:aggregate-orders-1', to: key(CLEAN), kind: EdgeKind[EdgeKind.EDGE_KIND_USED] },
+        { from: key(SUMMARY), to: 'step:aggregate-orders-1', kind: EdgeKind[EdgeKind.EDGE_KIND_GENERATED_BY] },
       ]),
     );
     expect(json.edges).toHaveLength(4);
@@ -355,10 +355,10 @@ describe('retrace lineage path, node, runs', () => {
   it('node prints a step, a version and a transform as JSON', async () => {
     const step = await cli(['lineage', 'node', 'step:clean-orders-1']);
     expect(step.code, step.stderr).toBe(0);
-    const s = JSON.parse(step.stdout) as { node: { kind: number; id: string }; body: { $case: string; value: { transform: string; runId: string; used: unknown[] } } };
-    expect(s.node).toMatchObject({ kind: NodeKind.NODE_KIND_STEP, id: 'clean-orders-1' });
-    expect(s.body.$case).toBe('step');
-    expect(s.body.value).toMatchObject({ transform: 'clean-orders', runId: 'nightly-1', used: [{ ...RAW, unversioned: false }] });
+    // Protobuf JSON: enums by name, the body oneof as its member.
+    const s = JSON.parse(step.stdout) as { node: { kind: string; id: string }; step: { transform: string; runId: string; used: unknown[] } };
+    expect(s.node).toMatchObject({ kind: NodeKind[NodeKind.NODE_KIND_STEP], id: 'clean-orders-1' });
+    expect(s.step).toMatchObject({ transform: 'clean-orders', runId: 'nightly-1', used: [{ ...RAW, unversioned: false }] });
 
     const version = await cli(['lineage', 'node', key(CLEAN)]);
     expect(version.code, version.stderr).toBe(0);

@@ -102,11 +102,12 @@ describe('retrace replay start: every flag reaches the replay', () => {
     const from = '2026-01-01T00:00:00Z';
     const to = '2026-01-01T00:00:00.050Z';
     const { report, err } = await replay(['--window', 'orders/raw', from, to, '--speed', '2x', '--target', 'node-a', '--target', 'pool=test', '--max-cpu', '50%', '--max-memory', '256', '--gpu', 'none', '--set', 'tagged.tag="y"', '--fault', 'latency:5ms']);
-    expect(report.selector.selector).toEqual({ $case: 'window', value: { pipeline: 'orders', source: 'raw', fromNs: String(T0), toNs: String(T0 + 50_000_000n) } });
-    expect(report.policy).toMatchObject({ speed: 2, targetNodeIds: ['node-a'], targetLabels: { pool: 'test' }, maxCpuFraction: 0.5, maxMemoryMb: 256, gpu: GpuMode.GPU_MODE_NONE, stepParameters: { tagged: { tag: 'y' } } });
+    // --json is protobuf JSON: a oneof as its member, enums by name, every field.
+    expect(report.selector).toEqual({ window: { pipeline: 'orders', source: 'raw', fromNs: String(T0), toNs: String(T0 + 50_000_000n) } });
+    expect(report.policy).toMatchObject({ speed: 2, targetNodeIds: ['node-a'], targetLabels: { pool: 'test' }, maxCpuFraction: 0.5, maxMemoryMb: 256, gpu: GpuMode[GpuMode.GPU_MODE_NONE], stepParameters: { tagged: { tag: 'y' } } });
     expect(report.policy.faults).toMatchObject({ addedLatencyMs: 5, seed: '1' });
     // Records at 0, 20 and 40 ms of event time fall in the 50 ms window; the what-if changes each.
-    expect(report.state).toBe(ReplayState.REPLAY_STATE_SUCCEEDED);
+    expect(report.state).toBe(ReplayState[ReplayState.REPLAY_STATE_SUCCEEDED]);
     expect(report.summary).toMatchObject({ records: 3, steps: 6, speed: 2, changedRecords: 3 });
     // The watch's bar, as one line when stderr is not a terminal.
     expect(err).toMatch(/100% 6\/6 steps, 3\/3 records, 0 failed/);
@@ -116,9 +117,9 @@ describe('retrace replay start: every flag reaches the replay', () => {
 
   it('--record with --fault fail, corrupt, link and outage and --seed', async () => {
     const { report } = await replay(['--record', 'record:orders/raw:a', '--record', 'record:orders/raw:b', '--fault', 'fail:1', '--fault', 'corrupt:0.5', '--fault', 'link:0.25', '--fault', 'outage:node-a:after=10s:for=2s', '--seed', '3'], 1);
-    expect(report.selector.selector).toEqual({ $case: 'recordIds', value: { objectIds: ['record:orders/raw:a', 'record:orders/raw:b'] } });
+    expect(report.selector).toEqual({ recordIds: { objectIds: ['record:orders/raw:a', 'record:orders/raw:b'] } });
     expect(report.policy.faults).toEqual({ seed: '3', outages: [{ nodeId: 'node-a', startAfterMs: 10_000, durationMs: 2_000 }], linkOutageProbability: 0.25, corruptInputProbability: 0.5, stepFailureProbability: 1, addedLatencyMs: 0 });
-    expect(report.state).toBe(ReplayState.REPLAY_STATE_FAILED);
+    expect(report.state).toBe(ReplayState[ReplayState.REPLAY_STATE_FAILED]);
     // Every first step fails (probability 1), so the second steps never run.
     expect(report.summary).toMatchObject({ records: 2, steps: 4, failed: 2, upstreamFailed: 2 });
   });
@@ -135,12 +136,12 @@ describe('retrace replay start: every flag reaches the replay', () => {
 
   it('--run and --last select records; --code runs another version of a transform', async () => {
     const byRun = await replay(['--run', runId, '--code', `tag=${OTHER_CODE}`]);
-    expect(byRun.report.selector.selector).toEqual({ $case: 'runId', value: runId });
+    expect(byRun.report.selector).toEqual({ runId });
     expect(byRun.report.policy.codeVersions).toEqual({ tag: OTHER_CODE });
     expect(byRun.report.summary).toMatchObject({ records: 4, changedRecords: 4 });
     expect(calls.filter((c) => c.codeVersion === OTHER_CODE)).toHaveLength(4);
     const last = await replay(['--last', '100000d', 'orders/raw']);
-    expect(last.report.selector.selector).toEqual({ $case: 'last', value: { pipeline: 'orders', source: 'raw', minutes: 144_000_000 } });
+    expect(last.report.selector).toEqual({ last: { pipeline: 'orders', source: 'raw', minutes: 144_000_000 } });
     expect(last.report.summary).toMatchObject({ records: 4, matched: 8, changedRecords: 0 });
     const list = await cli('replay', 'list', '--json');
     expect(list.code).toBe(0);

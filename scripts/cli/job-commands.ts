@@ -32,7 +32,7 @@ function countsText(j: Job): string {
 }
 
 /** A job as JSON with state names instead of enum numbers. */
-function jobJson(j: Job): unknown {
+export function jobJson(j: Job): unknown {
   return { ...j, state: jobStateName(j.state), tasks: j.tasks.map((t) => ({ ...t, state: taskStateName(t.state) })) };
 }
 

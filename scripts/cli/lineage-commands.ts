@@ -1,6 +1,4 @@
 import { readFileSync, writeFileSync } from 'node:fs';
-import { createFileRegistry, fromBinary, type DescMessage } from '@bufbuild/protobuf';
-import { FileDescriptorSetSchema } from '@bufbuild/protobuf/wkt';
 import { dagToDot, dagToSvg, type DagDrawing, type DagNode } from '../../common/dag-drawing.js';
 import { Direction, LineageServiceDefinition, NodeKind, type NodeRef, type TraceResponse } from '../../common/gen/retrace/v1/lineage.js';
 import { LineageEvent } from '../../common/gen/retrace/v1/provenance.js';
@@ -13,6 +11,7 @@ import { toLineageEvents } from '../../common/openlineage/to-lineage-events.js';
 import { verifyCheckpoint } from '../../coordinator/ledger/checkpoint-signer.js';
 import { flag, hasFlag, intFlag, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
 import { openClient } from './client.js';
+import { messageSchema, responseJson } from './proto-json.js';
 import { nodeLines, renderTable, shortHash, toJson } from './format.js';
 import { TraceSessionClient } from './trace-session-client.js';
 
@@ -143,7 +142,8 @@ const trace: CliCommand = {
       if (hasFlag(args, 'dot')) io.stdout.write(dagToDot(drawing));
     }
     if (json) {
-      io.stdout.write(toJson(results.length === 1 ? results[0] : results.map((r, i) => ({ node: keys[i], ...r }))));
+      const traced = results.map((r) => responseJson(LineageServiceDefinition, 'trace', r));
+      io.stdout.write(toJson(traced.length === 1 ? traced[0] : traced.map((r, i) => ({ node: keys[i], ...(r as object) }))));
       return 0;
     }
     if (hasFlag(args, 'dot')) return 0;
@@ -165,7 +165,7 @@ const path: CliCommand = {
     if (!objectId) throw new UsageError('OBJECT_ID is required');
     const r = await withLineage(args, io, (c) => c.getRecordPath({ objectId, contentHash: flag(args, 'hash', '') as string, asOfNs: asOfArg(args) }, { signal: io.signal }));
     if (hasFlag(args, 'json')) {
-      io.stdout.write(toJson(r));
+      io.stdout.write(toJson(responseJson(LineageServiceDefinition, 'getRecordPath', r)));
       return 0;
     }
     io.stdout.write(`record ${r.record?.objectId} ${r.record?.contentHash}\n`);
@@ -196,7 +196,7 @@ const node: CliCommand = {
   async run(args, io) {
     const ref = nodeArg(args, this.usage);
     const r = await withLineage(args, io, (c) => c.getNode({ node: ref }, { signal: io.signal }));
-    io.stdout.write(toJson(r));
+    io.stdout.write(toJson(responseJson(LineageServiceDefinition, 'getNode', r)));
     return 0;
   },
 };
@@ -226,7 +226,7 @@ const runs: CliCommand = {
   integers: { limit: 'uint32' },
   async run(args, io) {
     const r = await withLineage(args, io, (c) => c.listRuns({ pageSize: intFlag(args, 'limit', 100), pageToken: '', namePrefix: flag(args, 'prefix', '') as string }, { signal: io.signal }));
-    if (hasFlag(args, 'json')) io.stdout.write(toJson(r));
+    if (hasFlag(args, 'json')) io.stdout.write(toJson(responseJson(LineageServiceDefinition, 'listRuns', r)));
     else io.stdout.write(renderTable(['run', 'name', 'state', 'started', 'ended', 'parent'], r.runs.map((x) => [x.runId, x.name, x.state, timeCell(x.startedAtNs), timeCell(x.endedAtNs), x.parentRunId])));
     return 0;
   },
@@ -243,7 +243,7 @@ const proof: CliCommand = {
     const cp = r.checkpoint;
     const included = cp !== undefined && verifyInclusion(Buffer.from(r.leafHash, 'hex'), Number(r.seq), Number(cp.treeSize), r.auditPath.map((h) => Buffer.from(h, 'hex')), Buffer.from(cp.rootHash, 'hex'));
     const signed = cp !== undefined && verifyCheckpoint(cp);
-    if (hasFlag(args, 'json')) io.stdout.write(toJson({ ...r, verified: { included, signed } }));
+    if (hasFlag(args, 'json')) io.stdout.write(toJson({ ...(responseJson(LineageServiceDefinition, 'getProof', r) as object), verified: { included, signed } }));
     else {
       io.stdout.write(`event ${eventId} is entry ${r.seq}; leaf ${r.leafHash}\n`);
       io.stdout.write(`checkpoint: tree size ${cp?.treeSize}, root ${cp?.rootHash}\n`);
@@ -276,7 +276,7 @@ const submit: CliCommand = {
         { signal: io.signal },
       ),
     );
-    if (hasFlag(args, 'json')) io.stdout.write(toJson(r));
+    if (hasFlag(args, 'json')) io.stdout.write(toJson(responseJson(LineageServiceDefinition, 'submitEvents', r)));
     else io.stdout.write(`stored ${r.accepted} event(s), ${r.duplicates} already present; ledger size ${r.treeSize}\n`);
     return 0;
   },
@@ -289,20 +289,12 @@ export function toNativeEvents(json: unknown): LineageEvent[] {
   if (looksOpenLineage(json)) return toLineageEvents(validateOpenLineageEvent(json));
   const list = Array.isArray(json) ? json : typeof json === 'object' && json !== null && Array.isArray((json as { events?: unknown }).events) ? (json as { events: unknown[] }).events : undefined;
   if (!list) throw new UsageError('expected an OpenLineage event, an array of them, {"events":[...]} or an array of native events');
-  const desc = lineageEventDescriptor();
+  const desc = messageSchema('retrace.v1.LineageEvent');
   const prefix = Array.isArray(json) ? '' : 'events';
   // fromJSON coerces any value to its field's type ("eventId": 12 would be stored as "12"): the
   // file is checked against the message's descriptor first, so nothing is sent unless all of it is right.
   list.forEach((e, i) => checkProtoJson(desc, e, `${prefix}[${i}]`));
   return list.map((e) => LineageEvent.fromJSON(e));
-}
-
-const DESCRIPTOR_SET = new URL('../../common/gen/descriptor-set.binpb', import.meta.url);
-
-function lineageEventDescriptor(): DescMessage {
-  const desc = createFileRegistry(fromBinary(FileDescriptorSetSchema, readFileSync(DESCRIPTOR_SET))).getMessage('retrace.v1.LineageEvent');
-  if (!desc) throw new Error(`retrace.v1.LineageEvent is missing from ${DESCRIPTOR_SET.pathname}`);
-  return desc;
 }
 
 async function readAll(stream: NodeJS.ReadableStream): Promise<string> {

@@ -1,16 +1,11 @@
 import { writeFileSync } from 'node:fs';
 import { isAbortError } from 'abort-controller-x';
 import {
-  ForecastResponse,
-  GetHistoryResponse,
-  ListNodesResponse,
   NodeEventKind,
   NodeInfo,
   NodeServiceDefinition,
   NodeState,
-  NodeServiceGetNodeResponse,
   ReadingSource,
-  WatchNodesResponse,
   nodeStateFromJSON,
   nodeStateToJSON,
   type ResourceReading,
@@ -20,6 +15,7 @@ import { renderForecastSvg } from '../../common/svg-chart.js';
 import { millisToNanos, nanosToIso } from '../../common/time.js';
 import { durationFlagMs, flag, flagAll, hasFlag, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
 import { openClient } from './client.js';
+import { messageJson, responseJson } from './proto-json.js';
 
 const CONNECT_FLAGS = '[--coordinator HOST:PORT] [--token T | --token-file F] [--tls-ca FILE]';
 
@@ -101,7 +97,7 @@ async function listNodes(args: ParsedArgs, io: CliIo): Promise<number> {
   try {
     if (!hasFlag(args, 'watch')) {
       const res = await client.listNodes({ states, labels }, { signal: io.signal });
-      io.stdout.write(json ? `${JSON.stringify(ListNodesResponse.toJSON(res))}\n` : nodeTable(res.nodes));
+      io.stdout.write(json ? `${JSON.stringify(responseJson(NodeServiceDefinition, 'listNodes', res))}\n` : nodeTable(res.nodes));
       return 0;
     }
     return await watch(client, io, json, states, labels);
@@ -133,7 +129,7 @@ async function watch(
   try {
     for await (const event of client.watchNodes({ nodeId: '', includeReports: !json }, { signal: io.signal })) {
       if (json) {
-        io.stdout.write(`${JSON.stringify(WatchNodesResponse.toJSON(event))}\n`);
+        io.stdout.write(`${JSON.stringify(responseJson(NodeServiceDefinition, 'watchNodes', event))}\n`);
         continue;
       }
       if (event.node) nodes.set(event.node.nodeId, event.node);
@@ -169,7 +165,7 @@ last report, labels. "*" marks operator-declared capacity, "?" capacity the agen
       const { client, close } = openClient(NodeServiceDefinition, args);
       try {
         const res = await client.getNode({ nodeId }, { signal: io.signal });
-        io.stdout.write(`${JSON.stringify((NodeServiceGetNodeResponse.toJSON(res) as { node?: unknown }).node ?? {}, null, 2)}\n`);
+        io.stdout.write(`${JSON.stringify(res.node ? messageJson('retrace.v1.NodeInfo', NodeInfo, res.node) : {}, null, 2)}\n`);
         return 0;
       } finally {
         close();
@@ -186,7 +182,7 @@ last report, labels. "*" marks operator-declared capacity, "?" capacity the agen
       try {
         const res = await client.drainNode({ nodeId, reason: flag(args, 'reason', '') as string }, { signal: io.signal });
         const node = res.node;
-        if (hasFlag(args, 'json')) io.stdout.write(`${JSON.stringify(node ? NodeInfo.toJSON(node) : {})}\n`);
+        if (hasFlag(args, 'json')) io.stdout.write(`${JSON.stringify(node ? messageJson('retrace.v1.NodeInfo', NodeInfo, node) : {})}\n`);
         else io.stdout.write(`${nodeId}: ${node ? stateName(node.state) : '?'} (${node?.drainReason ?? ''})\n`);
         return 0;
       } finally {
@@ -219,7 +215,7 @@ reading name such as cpu.core.0.load or gpu.0.util.`,
           { signal: io.signal },
         );
         if (hasFlag(args, 'json')) {
-          io.stdout.write(`${JSON.stringify(GetHistoryResponse.toJSON(res))}\n`);
+          io.stdout.write(`${JSON.stringify(responseJson(NodeServiceDefinition, 'getHistory', res))}\n`);
         } else {
           io.stdout.write(`# ${res.nodeId} ${res.metric} (${res.points.length} points)\n`);
           for (const p of res.points) io.stdout.write(`${nanosToIso(p.timeNs)}  ${p.value}\n`);
@@ -271,7 +267,7 @@ reading name such as cpu.core.0.load or gpu.0.util.`,
           writeFileSync(plot, chart);
         }
         if (hasFlag(args, 'json')) {
-          io.stdout.write(`${JSON.stringify(ForecastResponse.toJSON(res))}\n`);
+          io.stdout.write(`${JSON.stringify(responseJson(NodeServiceDefinition, 'forecast', res))}\n`);
         } else {
           io.stdout.write(`# ${res.nodeId} ${res.metric}: ${res.method}, ${Math.round(res.coverage * 100)}% interval, fitted on ${res.fittedPoints} points${Number.isFinite(res.capacity) ? `; free = capacity ${res.capacity} - usage - reserved by assigned shards` : ''}\n`);
           for (const p of res.points) {

@@ -5,13 +5,14 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { build, version as esbuildVersion, type Plugin } from 'esbuild';
 import { RetraceError } from '../../common/errors.js';
-import { CodeServiceDefinition, ListCodeResponse, PublishCodeResponse, PublishedCode } from '../../common/gen/retrace/v1/code.js';
+import { CodeServiceDefinition, PublishedCode } from '../../common/gen/retrace/v1/code.js';
 import { contentHashOf } from '../../common/hash.js';
 import { formatBytes } from '../../common/node-resources.js';
 import { nanosToIso } from '../../common/time.js';
 import { TRANSFORM_BRAND, toRequirementsMessage, type TransformRequirements } from '../../common/transform.js';
 import { flag, hasFlag, UsageError, type CliCommand } from './command.js';
 import { openClient } from './client.js';
+import { messageJson, responseJson } from './proto-json.js';
 import { renderTable } from './format.js';
 
 /** A bundled transform: one self-contained ESM file. */
@@ -207,7 +208,7 @@ same source publishes as the same version. --name overrides the definition's nam
           { signal: io.signal },
         );
         const code = res.code;
-        if (hasFlag(args, 'json')) io.stdout.write(`${JSON.stringify(PublishCodeResponse.toJSON(res))}\n`);
+        if (hasFlag(args, 'json')) io.stdout.write(`${JSON.stringify(responseJson(CodeServiceDefinition, 'publishCode', res))}\n`);
         else {
           io.stdout.write(
             `${code?.codeVersion ?? bundle.codeVersion}  ${code?.manifest?.transform ?? ''}  ${formatBytes(Number(code?.sizeBytes ?? 0))}  ${res.created ? 'published' : 'already published'}\n`,
@@ -233,7 +234,7 @@ same source publishes as the same version. --name overrides the definition's nam
       try {
         const res = await client.listCode({ transform: flag(args, 'transform', '') as string, pageSize: limit, pageToken: '' }, { signal: io.signal });
         if (hasFlag(args, 'json')) {
-          io.stdout.write(`${JSON.stringify(ListCodeResponse.toJSON(res))}\n`);
+          io.stdout.write(`${JSON.stringify(responseJson(CodeServiceDefinition, 'listCode', res))}\n`);
           return 0;
         }
         io.stdout.write(
@@ -261,7 +262,7 @@ same source publishes as the same version. --name overrides the definition's nam
         const res = await client.getCode({ codeVersion }, { signal: io.signal });
         const out = flag(args, 'out');
         if (out !== undefined && out !== 'true') writeFileSync(out, res.bundle);
-        io.stdout.write(`${JSON.stringify(res.code ? PublishedCode.toJSON(res.code) : {}, null, 2)}\n`);
+        io.stdout.write(`${JSON.stringify(res.code ? messageJson('retrace.v1.PublishedCode', PublishedCode, res.code) : {}, null, 2)}\n`);
         return 0;
       } finally {
         close();

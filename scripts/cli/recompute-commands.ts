@@ -7,7 +7,7 @@ import {
   ChangePolicy,
   ChangeState,
   RecomputeServiceDefinition,
-  type Change,
+  Change,
   type ImpactResponse,
   type RecomputePolicy,
 } from '../../common/gen/retrace/v1/recompute.js';
@@ -15,6 +15,8 @@ import { dagToDot, dagToSvg, type DagDrawing, type DagNode } from '../../common/
 import { isoToNanos, nanosToIso, parseDurationMs } from '../../common/time.js';
 import { flag, flagAll, hasFlag, intFlag, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
 import { openClient } from './client.js';
+import { jobJson } from './job-commands.js';
+import { messageJson, responseJson } from './proto-json.js';
 import { nodeLines, renderTable, shortHash, toJson } from './format.js';
 import { taskStateName, watchJobProgress } from './job-progress.js';
 
@@ -58,7 +60,7 @@ retrace changes policy [PIPELINE[/SOURCE] auto|manual]   (no arguments: list the
     const { client, close } = openClient(RecomputeServiceDefinition, args);
     try {
       const r = await client.listChanges({ pipeline: flag(args, 'pipeline', '') as string, pageSize: intFlag(args, 'limit', 100), pageToken: '' }, { signal: io.signal });
-      if (hasFlag(args, 'json')) io.stdout.write(toJson(r));
+      if (hasFlag(args, 'json')) io.stdout.write(toJson(responseJson(RecomputeServiceDefinition, 'listChanges', r)));
       else
         io.stdout.write(
           renderTable(
@@ -84,7 +86,7 @@ const changesShow: CliCommand = {
     try {
       const { change } = await client.getChange({ changeId }, { signal: io.signal });
       if (!change) return 1;
-      if (hasFlag(args, 'json')) io.stdout.write(toJson(change));
+      if (hasFlag(args, 'json')) io.stdout.write(toJson(messageJson('retrace.v1.Change', Change, change)));
       else printChange(change, io);
       return 0;
     } finally {
@@ -103,7 +105,7 @@ const changesPolicy: CliCommand = {
     try {
       if (target === undefined) {
         const r = await client.listChangePolicies({}, { signal: io.signal });
-        if (hasFlag(args, 'json')) io.stdout.write(toJson(r));
+        if (hasFlag(args, 'json')) io.stdout.write(toJson(responseJson(RecomputeServiceDefinition, 'listChangePolicies', r)));
         else {
           io.stdout.write(renderTable(['pipeline', 'source', 'policy'], r.entries.map((e) => [e.pipeline, e.source || '(all)', policyName(e.policy)])));
           io.stdout.write(`default where none is set: ${policyName(r.defaultPolicy)}\n`);
@@ -112,7 +114,7 @@ const changesPolicy: CliCommand = {
       }
       const [pipeline = '', source = ''] = target.split('/');
       const r = await client.setChangePolicy({ pipeline, source, policy: parsePolicy(policyText, 'the policy') }, { signal: io.signal });
-      io.stdout.write(hasFlag(args, 'json') ? toJson(r) : `${pipeline}${source ? `/${source}` : ''}: ${policyName(r.entry?.policy ?? 0)}\n`);
+      io.stdout.write(hasFlag(args, 'json') ? toJson(responseJson(RecomputeServiceDefinition, 'setChangePolicy', r)) : `${pipeline}${source ? `/${source}` : ''}: ${policyName(r.entry?.policy ?? 0)}\n`);
       return 0;
     } finally {
       close();
@@ -133,7 +135,7 @@ const notify: CliCommand = {
     const { client, close } = openClient(RecomputeServiceDefinition, args);
     try {
       const r = await client.notifyChange({ objectId, contentHash: hash, payload, mediaType: flag(args, 'media-type', '') as string, noticedBy: '' }, { signal: io.signal });
-      if (hasFlag(args, 'json')) io.stdout.write(toJson(r));
+      if (hasFlag(args, 'json')) io.stdout.write(toJson(responseJson(RecomputeServiceDefinition, 'notifyChange', r)));
       else if (r.unchanged && r.change) io.stdout.write(`${objectId}: unchanged: that is its latest version, since change ${r.change.changeId} (${stateName(r.change.state)}${r.change.jobIds.length ? `; jobs ${r.change.jobIds.join(', ')}` : ''}; retrace changes show ${r.change.changeId})\n`);
       else if (r.unchanged || !r.change) io.stdout.write(`${objectId}: unchanged (that is its latest version)\n`);
       else printChange(r.change, io);
@@ -172,7 +174,7 @@ The coordinator reads PATH itself: it must lie in a directory the coordinator wa
         { signal: io.signal },
       );
       const w = r.watch;
-      io.stdout.write(hasFlag(args, 'json') ? toJson(r) : `watching ${w?.path} as ${w?.pipeline ? `${w.pipeline}/${w.source}` : `${w?.objectIdPrefix}*`} (${w?.watchId}; rescan every ${w?.rescanIntervalMs} ms)\n`);
+      io.stdout.write(hasFlag(args, 'json') ? toJson(responseJson(RecomputeServiceDefinition, 'watchPath', r)) : `watching ${w?.path} as ${w?.pipeline ? `${w.pipeline}/${w.source}` : `${w?.objectIdPrefix}*`} (${w?.watchId}; rescan every ${w?.rescanIntervalMs} ms)\n`);
       return 0;
     } finally {
       close();
@@ -188,7 +190,7 @@ const watchList: CliCommand = {
     const { client, close } = openClient(RecomputeServiceDefinition, args);
     try {
       const r = await client.listWatches({}, { signal: io.signal });
-      if (hasFlag(args, 'json')) io.stdout.write(toJson(r));
+      if (hasFlag(args, 'json')) io.stdout.write(toJson(responseJson(RecomputeServiceDefinition, 'listWatches', r)));
       else io.stdout.write(renderTable(['watch', 'path', 'as', 'files', 'last scan', 'error'], r.watches.map((w) => [w.watchId, w.path, w.pipeline ? `${w.pipeline}/${w.source}` : `${w.objectIdPrefix}*`, w.files, w.lastScanNs === '0' ? '-' : nanosToIso(w.lastScanNs), w.lastError])));
       return 0;
     } finally {
@@ -286,7 +288,7 @@ const impact: CliCommand = {
         writeFileSync(svg, dagToSvg(impactDrawing(r)));
         io.stderr.write(`wrote ${svg}\n`);
       }
-      if (hasFlag(args, 'json')) io.stdout.write(toJson(r));
+      if (hasFlag(args, 'json')) io.stdout.write(toJson(responseJson(RecomputeServiceDefinition, 'impact', r)));
       else if (hasFlag(args, 'dot')) io.stdout.write(dagToDot(impactDrawing(r), 'impact'));
       else printImpact(r, io);
       return 0;
@@ -330,12 +332,12 @@ const recomputeCmd: CliCommand = {
     try {
       const r = await client.recompute({ changeIds, objectIds, newContents, policy }, { signal: io.signal });
       if (policy.dryRun) {
-        if (hasFlag(args, 'json')) io.stdout.write(toJson(r));
+        if (hasFlag(args, 'json')) io.stdout.write(toJson(responseJson(RecomputeServiceDefinition, 'recompute', r)));
         else io.stdout.write(`dry run: ${r.tasks.length} tasks for ${r.changeIds.join(', ')}\n${renderTable(['task', 'step', 'recorded step', 'after'], r.tasks.map((t) => [t.taskId, t.label, t.originalStepId.slice(0, 48), t.dependsOn.join(',')]))}`);
         return 0;
       }
       if (!hasFlag(args, 'watch')) {
-        io.stdout.write(hasFlag(args, 'json') ? toJson(r) : `started ${r.jobId}: ${r.tasks.length} tasks for ${r.changeIds.join(', ')}; retrace jobs watch ${r.jobId}\n`);
+        io.stdout.write(hasFlag(args, 'json') ? toJson(responseJson(RecomputeServiceDefinition, 'recompute', r)) : `started ${r.jobId}: ${r.tasks.length} tasks for ${r.changeIds.join(', ')}; retrace jobs watch ${r.jobId}\n`);
         return 0;
       }
       io.stderr.write(`job ${r.jobId}: ${r.tasks.length} tasks for ${r.changeIds.join(', ')}\n`);
@@ -344,7 +346,7 @@ const recomputeCmd: CliCommand = {
         const final = await watchJobProgress(jobs.client, r.jobId, { out: io.stderr, signal: io.signal });
         const tasks = final.job.tasks;
         const count = (o: string): number => tasks.filter((t) => t.state === TaskState.TASK_STATE_SUCCEEDED && t.outcome === o).length;
-        if (hasFlag(args, 'json')) io.stdout.write(toJson(final.job));
+        if (hasFlag(args, 'json')) io.stdout.write(toJson(jobJson(final.job)));
         else {
           io.stdout.write(`${r.jobId}: ${final.stateName}: ${count('executed')} executed, ${count('cached')} cached, ${count('cutoff')} cut off, ${tasks.filter((t) => t.state !== TaskState.TASK_STATE_SUCCEEDED).length} not done\n`);
           io.stdout.write(renderTable(['task', 'step', 'state', 'outcome', 'attempts', 'error'], tasks.map((t) => [t.id, t.label, taskStateName(t.state), t.outcome, t.attempts, t.error.slice(0, 80)])));

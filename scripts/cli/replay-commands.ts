@@ -1,9 +1,10 @@
 import { writeFileSync } from 'node:fs';
-import { ReplayServiceDefinition, ReplayState, GpuMode, type RecordSelector, type ReplayPolicy, type ReplayReport } from '../../common/gen/retrace/v1/replay.js';
+import { ReplayServiceDefinition, ReplayState, GpuMode, type RecordSelector, type ReplayPolicy, ReplayReport } from '../../common/gen/retrace/v1/replay.js';
 import { renderScatterSvg } from '../../common/svg-chart.js';
 import { isoToNanos, parseDurationMs } from '../../common/time.js';
 import { flag, flagAll, hasFlag, intFlag, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
 import { openClient } from './client.js';
+import { messageJson, responseJson } from './proto-json.js';
 import { progressBar, renderTable, shortHash, toJson } from './format.js';
 
 const START_USAGE = `retrace replay start SELECTOR [POLICY] [--watch] [--json]
@@ -231,14 +232,14 @@ const start: CliCommand = {
     try {
       const r = await client.startReplay({ selector, policy }, { signal: io.signal });
       if (!hasFlag(args, 'watch')) {
-        io.stdout.write(hasFlag(args, 'json') ? toJson(r) : `started ${r.replayId}: ${r.records} records, ${r.steps} steps; retrace replay report ${r.replayId}\n`);
+        io.stdout.write(hasFlag(args, 'json') ? toJson(responseJson(ReplayServiceDefinition, 'startReplay', r)) : `started ${r.replayId}: ${r.records} records, ${r.steps} steps; retrace replay report ${r.replayId}\n`);
         return 0;
       }
       io.stderr.write(`replay ${r.replayId}: ${r.records} records, ${r.steps} steps\n`);
       await watch(client, r.replayId, io);
       const { report } = await client.getReplayReport({ replayId: r.replayId }, { signal: io.signal });
       if (!report) return 1;
-      if (hasFlag(args, 'json')) io.stdout.write(toJson(report));
+      if (hasFlag(args, 'json')) io.stdout.write(toJson(messageJson('retrace.v1.ReplayReport', ReplayReport, report)));
       else printReport(report, io);
       return report.state === ReplayState.REPLAY_STATE_SUCCEEDED ? 0 : 1;
     } finally {
@@ -263,7 +264,7 @@ const report: CliCommand = {
         writeFileSync(svg, replayReportSvg(r));
         io.stderr.write(`wrote ${svg}\n`);
       }
-      if (hasFlag(args, 'json')) io.stdout.write(toJson(r));
+      if (hasFlag(args, 'json')) io.stdout.write(toJson(messageJson('retrace.v1.ReplayReport', ReplayReport, r)));
       else printReport(r, io);
       return 0;
     } finally {
@@ -280,7 +281,7 @@ const list: CliCommand = {
     const { client, close } = openClient(ReplayServiceDefinition, args);
     try {
       const r = await client.listReplays({}, { signal: io.signal });
-      if (hasFlag(args, 'json')) io.stdout.write(toJson(r));
+      if (hasFlag(args, 'json')) io.stdout.write(toJson(responseJson(ReplayServiceDefinition, 'listReplays', r)));
       else io.stdout.write(renderTable(['replay', 'state', 'records', 'steps', 'matched', 'failed', 'cancelled'], r.replays.map((x) => [x.replayId, ReplayState[x.state].replace('REPLAY_STATE_', ''), x.summary?.records ?? '', x.summary?.steps ?? '', x.summary?.matched ?? '', x.summary ? x.summary.failed + x.summary.upstreamFailed : '', x.summary?.cancelled ?? ''])));
       return 0;
     } finally {
