@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NodeKind } from '../common/gen/retrace/v1/lineage.js';
 import { RETRACE_OPENLINEAGE_PRODUCER, RETRACE_RESOURCES_FACET_SCHEMA_URL } from '../common/openlineage/to-openlineage-event.js';
+import { buildExampleLineage } from '../scripts/cli/example-lineage.js';
 import { objectEvent, ref, runEvent as nativeRunEvent, stepEvent } from './helpers/lineage-events.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 
@@ -197,7 +198,7 @@ describe('GET /api/v1/lineage', () => {
       type: 'BATCH',
       inputs: [{ namespace: 'warehouse', name: 'g.raw' }],
       outputs: [{ namespace: 'warehouse', name: 'g.staged' }],
-      latestRun: { id: runs.ingest, state: 'COMPLETE', startedAt: '2024-10-17T10:00:00Z', endedAt: '2024-10-17T10:05:00Z' },
+      latestRun: { id: runs.ingest, state: 'COMPLETED', startedAt: '2024-10-17T10:00:00Z', endedAt: '2024-10-17T10:05:00Z' },
     });
     const mart = node(graph, 'dataset:warehouse:g.mart').data;
     expect(mart).toMatchObject({
@@ -247,9 +248,9 @@ describe("Marquez's read API", () => {
     expect((await get('/api/v1/namespaces')).json.namespaces.map((n: { name: string }) => n.name)).toContain('pg://db:5432');
     expect((await get(`/api/v1/namespaces/${ns}/datasets`)).json).toMatchObject({ totalCount: 2, datasets: [{ name: 'm.out' }, { name: 'm/in' }] });
     expect((await get(`/api/v1/namespaces/${ns}/datasets/${encodeURIComponent('m/in')}`)).json).toMatchObject({ id: { namespace: 'pg://db:5432', name: 'm/in' } });
-    expect((await get(`/api/v1/namespaces/${ns}/jobs`)).json).toMatchObject({ totalCount: 1, jobs: [{ name: 'm.load', inputs: [{ name: 'm/in' }], outputs: [{ name: 'm.out' }], latestRun: { id: run, state: 'COMPLETE' } }] });
+    expect((await get(`/api/v1/namespaces/${ns}/jobs`)).json).toMatchObject({ totalCount: 1, jobs: [{ name: 'm.load', inputs: [{ name: 'm/in' }], outputs: [{ name: 'm.out' }], latestRun: { id: run, state: 'COMPLETED' } }] });
     expect((await get(`/api/v1/namespaces/${ns}/jobs/m.load`)).json.latestRun.id).toBe(run);
-    expect((await get(`/api/v1/jobs/runs/${run}`)).json).toMatchObject({ id: run, state: 'COMPLETE' });
+    expect((await get(`/api/v1/jobs/runs/${run}`)).json).toMatchObject({ id: run, state: 'COMPLETED' });
     expect((await get('/api/v1/search?q=m.lo')).json).toEqual({ totalCount: 1, results: [{ type: 'JOB', name: 'm.load', namespace: 'pg://db:5432', nodeId: 'job:pg://db:5432:m.load', updatedAt: '2024-10-18T10:00:00.000Z' }] });
     // A later run changes the job: updatedAt is when it last changed, not when it was first seen.
     const later = { ...runEvent('m.load', uuid(), 'COMPLETE', [], [], '2024-10-19T11:00:00Z'), job: { namespace: 'pg://db:5432', name: 'm.load', facets: {} }, inputs: [{ namespace: 'pg://db:5432', name: 'm/in' }], outputs: [] };
@@ -367,5 +368,141 @@ describe('resource facet over HTTP', () => {
     expect(job.latestRun).toMatchObject({ id: 'native-run', codeVersion: 'sha256:' + 'a'.repeat(64) });
     // Beyond 2^53 an integer stays a decimal string, so no value loses precision.
     expect(job.latestRun.facets.retrace_resources).toEqual({ _producer: RETRACE_OPENLINEAGE_PRODUCER, _schemaURL: RETRACE_RESOURCES_FACET_SCHEMA_URL, cpuTimeNs: 1200000, peakMemoryBytes: '9007199254740993', netBytesIn: 10, netBytesOut: 20, diskBytesRead: 0, diskBytesWritten: 30, gpuTimeNs: 0, gpuUtilization: 0, wallTimeNs: 2500000 });
+  });
+});
+
+describe("Marquez's run states, runs, facets and versions", () => {
+  const get = async (path: string): Promise<{ status: number; json: any }> => {
+    const res = await fetch(`${tc.httpUrl}${path}`, { headers: tc.httpAuth });
+    return { status: res.status, json: await res.json() };
+  };
+  const at = (minute: number): string => `2024-11-01T10:${String(minute).padStart(2, '0')}:00Z`;
+
+  it("serves run states in Marquez's RunState (COMPLETED, FAILED, ABORTED, RUNNING), with durationMs", async () => {
+    const [failed, aborted, running, done] = [uuid(), uuid(), uuid(), uuid()];
+    const batch = [
+      runEvent('st.fail', failed, 'START', [], [], at(0)),
+      runEvent('st.fail', failed, 'FAIL', ['st.in'], ['st.fail.out'], at(2)),
+      runEvent('st.abort', aborted, 'START', ['st.in'], ['st.abort.out'], at(0)),
+      runEvent('st.abort', aborted, 'ABORT', [], [], at(1)),
+      runEvent('st.run', running, 'START', ['st.in'], ['st.run.out'], at(0)),
+      runEvent('st.run', running, 'RUNNING', [], [], at(1)),
+      runEvent('st.done', done, 'START', ['st.in'], ['st.done.out'], at(0)),
+      runEvent('st.done', done, 'COMPLETE', [], [], at(3)),
+    ];
+    expect((await post('/api/v1/lineage/batch', batch)).status).toBe(201);
+    const expected: [string, string, string, number | null][] = [['st.fail', failed, 'FAILED', 120_000], ['st.abort', aborted, 'ABORTED', 60_000], ['st.run', running, 'RUNNING', null], ['st.done', done, 'COMPLETED', 180_000]];
+    const graph = (await lineage('dataset:warehouse:st.in')).json.graph as GraphNode[];
+    for (const [job, runId, state, durationMs] of expected) {
+      expect((await get(`/api/v1/jobs/runs/${runId}`)).json, job).toMatchObject({ id: runId, state, durationMs });
+      expect((await get(`/api/v1/namespaces/warehouse/jobs/${job}`)).json.latestRun, job).toMatchObject({ id: runId, state });
+      expect(node(graph, `job:warehouse:${job}`).data['latestRun'], job).toMatchObject({ id: runId, state });
+    }
+  });
+
+  it("GET .../jobs/{job}/runs: a job's runs newest first, paged, with totalCount; 404 for an unknown job", async () => {
+    const ids = [uuid(), uuid(), uuid()];
+    const batch = [
+      runEvent('hist.job', ids[0] as string, 'COMPLETE', ['hist.in'], ['hist.out'], at(10)),
+      runEvent('hist.job', ids[1] as string, 'FAIL', ['hist.in'], [], at(20)),
+      // The newest run touched no dataset: it has no step, yet it is a run of the job.
+      runEvent('hist.job', ids[2] as string, 'START', [], [], at(30)),
+    ];
+    expect((await post('/api/v1/lineage/batch', batch)).status).toBe(201);
+    const all = await get('/api/v1/namespaces/warehouse/jobs/hist.job/runs');
+    expect(all.status).toBe(200);
+    expect(all.json.totalCount).toBe(3);
+    expect(all.json.runs.map((r: { id: string }) => r.id)).toEqual([ids[2], ids[1], ids[0]]);
+    expect(all.json.runs.map((r: { state: string }) => r.state)).toEqual(['RUNNING', 'FAILED', 'COMPLETED']);
+    expect((await get('/api/v1/namespaces/warehouse/jobs/hist.job/runs?limit=1&offset=1')).json).toMatchObject({ totalCount: 3, runs: [{ id: ids[1] }] });
+    expect((await get('/api/v1/namespaces/warehouse/jobs/hist.job')).json.latestRun).toMatchObject({ id: ids[2], state: 'RUNNING' });
+    expect((await get('/api/v1/namespaces/warehouse/jobs/nope/runs')).json).toMatchObject({ error: 'NOT_FOUND', field: 'job' });
+    expect((await get('/api/v1/namespaces/warehouse/jobs/hist.job/runs?limit=0')).json).toMatchObject({ error: 'INVALID_ARGUMENT', field: 'limit' });
+  });
+
+  it('GET /api/v1/jobs/runs/{id}/facets?type=run|job: {runId, facets}; 400 without a type, 404 for an unknown run', async () => {
+    const runId = uuid();
+    const e = runEvent('fac.job', runId, 'COMPLETE', ['fac.in'], ['fac.out'], at(40)) as any;
+    e.run.facets.nominalTime = facet({ nominalStartTime: '2024-11-01T10:00:00Z' });
+    expect((await post('/api/v1/lineage', e)).status).toBe(201);
+    expect((await get(`/api/v1/jobs/runs/${runId}/facets?type=run`)).json).toEqual({ runId, facets: { nominalTime: e.run.facets.nominalTime } });
+    expect((await get(`/api/v1/jobs/runs/${runId}/facets?type=JOB`)).json).toEqual({ runId, facets: { jobType: e.job.facets.jobType } });
+    expect((await get(`/api/v1/jobs/runs/${runId}`)).json).toMatchObject({ nominalStartTime: '2024-11-01T10:00:00Z' });
+    expect((await get(`/api/v1/jobs/runs/${runId}/facets`)).json).toMatchObject({ error: 'INVALID_ARGUMENT', field: 'type' });
+    expect((await get(`/api/v1/jobs/runs/${runId}/facets?type=dataset`)).json).toMatchObject({ error: 'INVALID_ARGUMENT', field: 'type' });
+    expect((await get(`/api/v1/jobs/runs/${uuid()}/facets?type=run`)).json).toMatchObject({ error: 'NOT_FOUND', field: 'id' });
+  });
+
+  it("GET .../datasets/{name}/versions: a dataset's versions newest first, with schema and the run that wrote each", async () => {
+    const [first, second] = [uuid(), uuid()];
+    const v1 = runEvent('ver.writer', first, 'COMPLETE', [], ['ver.table'], at(50));
+    const v2 = runEvent('ver.writer', second, 'COMPLETE', [], ['ver.table'], at(55)) as any;
+    v2.outputs[0].facets.schema.fields.push({ name: 'amount', type: 'DOUBLE' });
+    expect((await post('/api/v1/lineage/batch', [v1, v2])).status).toBe(201);
+    const res = await get('/api/v1/namespaces/warehouse/datasets/ver.table/versions');
+    expect(res.status).toBe(200);
+    expect(res.json.totalCount).toBe(2);
+    const [newer, older] = res.json.versions;
+    expect(newer).toMatchObject({
+      id: { namespace: 'warehouse', name: 'ver.table', version: newer.version },
+      name: 'ver.table',
+      namespace: 'warehouse',
+      createdAt: '2024-11-01T10:55:00Z',
+      fields: [{ name: 'id' }, { name: 'amount', type: 'DOUBLE' }],
+      createdByRun: { id: second, state: 'COMPLETED' },
+    });
+    expect(older).toMatchObject({ createdAt: '2024-11-01T10:50:00Z', fields: [{ name: 'id' }], createdByRun: { id: first } });
+    expect(newer.version).not.toBe(older.version);
+    expect((await get('/api/v1/namespaces/warehouse/datasets/ver.table/versions?limit=1&offset=1')).json).toMatchObject({ totalCount: 2, versions: [{ version: older.version }] });
+    // Known only as an input: no versions.
+    expect((await get('/api/v1/namespaces/warehouse/datasets/hist.in/versions')).json).toEqual({ totalCount: 0, versions: [] });
+    expect((await get('/api/v1/namespaces/warehouse/datasets/nope/versions')).json).toMatchObject({ error: 'NOT_FOUND', field: 'dataset' });
+  });
+
+  it('serves a job whose runs read and wrote no dataset: listed, by name, in lineage; with parentJobName and updatedAt', async () => {
+    const [parent, child] = [uuid(), uuid()];
+    const parentStart = runEvent('lonely.dag', parent, 'START', [], [], at(0));
+    const parentEnd = runEvent('lonely.dag', parent, 'COMPLETE', [], [], at(9));
+    const childEvent = runEvent('lonely.dag.task', child, 'COMPLETE', ['lonely.in'], ['lonely.out'], at(5)) as any;
+    childEvent.run.facets.parent = facet({ run: { runId: parent }, job: { namespace: NS, name: 'lonely.dag' } });
+    expect((await post('/api/v1/lineage/batch', [parentStart, childEvent, parentEnd])).status).toBe(201);
+    const job = await get('/api/v1/namespaces/warehouse/jobs/lonely.dag');
+    expect(job.status).toBe(200);
+    expect(job.json).toMatchObject({ id: { namespace: NS, name: 'lonely.dag' }, inputs: [], outputs: [], latestRun: { id: parent, state: 'COMPLETED', durationMs: 540_000 }, parentJobName: null, updatedAt: '2024-11-01T10:09:00.000Z' });
+    const jobs = (await get('/api/v1/namespaces/warehouse/jobs?limit=1000')).json.jobs.map((j: { name: string }) => j.name);
+    expect(jobs).toContain('lonely.dag');
+    expect(jobs).toContain('lonely.dag.task');
+    expect((await get('/api/v1/namespaces/warehouse/jobs/lonely.dag.task')).json).toMatchObject({ parentJobName: 'lonely.dag', latestRun: { id: child, parentRunId: parent } });
+    expect((await get('/api/v1/search?q=lonely.dag&filter=JOB')).json.results.map((r: { name: string }) => r.name)).toEqual(['lonely.dag', 'lonely.dag.task']);
+    const graph = await lineage('job:warehouse:lonely.dag');
+    expect(graph.status).toBe(200);
+    expect(graph.json.graph).toMatchObject([{ id: 'job:warehouse:lonely.dag', type: 'JOB', inEdges: [], outEdges: [], data: { latestRun: { id: parent } } }]);
+    expect((await get('/api/v1/namespaces/warehouse/datasets/lonely.out')).json).toMatchObject({ updatedAt: '2024-11-01T10:05:00.000Z' });
+  });
+
+  it('gives native objects and transforms Marquez ids in the retrace namespace that the API accepts back', async () => {
+    const ex = buildExampleLineage({ orders: 3 });
+    await tc.coordinator.lineage.submit(ex.events);
+    const res = await lineage('dataset:reports:daily-revenue', 2);
+    expect(res.status).toBe(200);
+    const graph = res.json.graph as GraphNode[];
+    expect(graph.map((n) => n.id)).toEqual(expect.arrayContaining(['dataset:reports:daily-revenue', 'job:retrace:aggregate-daily', 'dataset:retrace:record:enriched:1', 'job:retrace:enrich-currency']));
+    for (const n of graph) {
+      expect(n.id, n.id).toMatch(/^(dataset|job):[^:]+:.+$/);
+      expect(`${n.type === 'JOB' ? 'job' : 'dataset'}:${n.data['namespace']}:${n.data['name']}`).toBe(n.id);
+      for (const e of [...n.inEdges, ...n.outEdges]) expect(graph.some((g) => g.id === e.origin) && graph.some((g) => g.id === e.destination), `${e.origin} -> ${e.destination}`).toBe(true);
+      // Every id fed back answers with its own node.
+      const back = await lineage(n.id, 1);
+      expect(back.status, n.id).toBe(200);
+      expect((back.json.graph as GraphNode[]).some((g) => g.id === n.id), n.id).toBe(true);
+    }
+    expect(node(graph, 'job:retrace:aggregate-daily').outEdges).toEqual([{ origin: 'job:retrace:aggregate-daily', destination: 'dataset:reports:daily-revenue' }]);
+    expect((await get('/api/v1/namespaces')).json.namespaces.map((n: { name: string }) => n.name)).toContain('retrace');
+    expect((await get('/api/v1/namespaces/retrace/jobs/aggregate-daily')).json).toMatchObject({ namespace: 'retrace', name: 'aggregate-daily', outputs: [{ namespace: 'reports', name: 'daily-revenue' }] });
+    expect((await get(`/api/v1/namespaces/retrace/datasets/${encodeURIComponent('record:enriched:1')}`)).json).toMatchObject({ namespace: 'retrace', name: 'record:enriched:1' });
+    const runs = (await get('/api/v1/namespaces/retrace/jobs/parse-order/runs')).json;
+    expect(runs).toMatchObject({ totalCount: 1, runs: [{ id: 'example-run-3', state: 'COMPLETED' }] });
+    const versions = (await get('/api/v1/namespaces/reports/datasets/daily-revenue/versions')).json;
+    expect(versions).toMatchObject({ totalCount: 1, versions: [{ createdByRun: { id: 'example-run-3' } }] });
   });
 });

@@ -1,8 +1,12 @@
 import { InvalidArgumentError, NotFoundError } from '../../common/errors.js';
 import { Direction, NodeKind } from '../../common/gen/retrace/v1/lineage.js';
+import type { ObjectVersion, Run, Step } from '../../common/gen/retrace/v1/provenance.js';
 import { openLineageStepId, parseDatasetObjectId, parseJobTransformName } from '../../common/openlineage/to-lineage-events.js';
+import { nanosToIso } from '../../common/time.js';
 import type { LineageApi } from '../lineage/lineage-api.js';
-import { buildGraph, compare, datasetDataOf, getOptional, intParam, runData } from './openlineage-routes.js';
+import { datasetNodeId, jobNodeId } from './marquez-ids.js';
+import { buildGraph, compare, datasetDataOf, facetMap, getOptional, intParam, jobDataFrom, runAndStep, runData, runFacetsOf, type MarquezEdge } from './openlineage-routes.js';
+import { runIndexOf, type RunEntry } from './run-index.js';
 import type { HttpRequest, Route } from './router.js';
 
 /** Marquez's default page size for lists, and the largest page served. */
@@ -20,63 +24,128 @@ interface Entry {
   name: string;
   /** `dataset:<ns>:<name>` / `job:<ns>:<name>`, as in the lineage graph. */
   nodeId: string;
+  /** The object or transform in the store; undefined for a job that has runs but no step. */
+  storeId: string | undefined;
+  /** A job's runs by name (OpenLineage jobs), newest first; empty for datasets and native jobs. */
+  runs: RunEntry[];
   firstSeenMs: number;
   lastChangedMs: number;
 }
 
 /**
- * Marquez's read API over what OpenLineage producers sent, so tools written for Marquez (its web
- * UI, `marquez-python`) can browse Retrace: namespaces, datasets and jobs with their latest
- * versions and runs, a run by id, and search. Datasets are the objects `dataset:<ns>:<name>`,
- * jobs the transforms `job:<ns>:<name>` (see openlineage-routes.ts); names in paths are
- * percent-encoded as Marquez's clients send them. Lists take `limit` (default 100) and
- * `offset`, sorted by name, with `totalCount`. Unknown namespace, dataset, job or run: 404;
- * a bad query parameter: 400 naming it.
+ * Marquez's read API over the store, so tools written for Marquez (its web UI, `marquez-python`)
+ * can browse Retrace: namespaces, datasets and jobs with their latest versions and runs, a job's
+ * runs, a dataset's versions, a run and its facets by id, and search. Datasets are the objects
+ * and jobs the transforms, under their Marquez ids (`dataset:<ns>:<name>`, `job:<ns>:<name>`;
+ * native ones in the `retrace` namespace, see marquez-ids.ts). An OpenLineage job whose runs
+ * read and wrote no dataset has no transform; its runs (by name) make it a job all the same.
+ * Names in paths are percent-encoded as Marquez's clients send them. Lists take `limit`
+ * (default 100) and `offset`, with `totalCount`; namespaces, datasets and jobs come sorted by
+ * name, runs and versions newest first. Unknown namespace, dataset, job or run: 404; a bad
+ * query parameter: 400 naming it.
  */
 export function createMarquezRoutes(lineage: LineageApi): Route[] {
-  const entries = (type?: Entry['type']): Entry[] => {
+  const runIndex = runIndexOf(lineage);
+  const entries = async (type?: Entry['type']): Promise<Entry[]> => {
     const out: Entry[] = [];
     if (type !== 'JOB') {
-      for (const n of lineage.listNodes(NodeKind.NODE_KIND_OBJECT, 'dataset:')) {
-        const p = parseDatasetObjectId(n.id);
-        if (p) out.push({ type: 'DATASET', ...p, nodeId: n.id, firstSeenMs: n.firstSeenMs, lastChangedMs: n.lastChangedMs });
+      const byId = new Map<string, Entry>();
+      for (const n of lineage.listNodes(NodeKind.NODE_KIND_OBJECT, '')) {
+        const nodeId = datasetNodeId(n.id);
+        const p = parseDatasetObjectId(nodeId);
+        // Where a native id and an OpenLineage one share a Marquez id, the OpenLineage one is served.
+        if (p && (!byId.has(nodeId) || n.id.startsWith('dataset:'))) byId.set(nodeId, { type: 'DATASET', ...p, nodeId, storeId: n.id, runs: [], firstSeenMs: n.firstSeenMs, lastChangedMs: n.lastChangedMs });
       }
+      out.push(...byId.values());
     }
     if (type !== 'DATASET') {
-      for (const n of lineage.listNodes(NodeKind.NODE_KIND_TRANSFORM, 'job:')) {
-        const p = parseJobTransformName(n.id);
-        if (p) out.push({ type: 'JOB', ...p, nodeId: n.id, firstSeenMs: n.firstSeenMs, lastChangedMs: n.lastChangedMs });
+      const runs = await runIndex.byJob();
+      const byId = new Map<string, Entry>();
+      for (const n of lineage.listNodes(NodeKind.NODE_KIND_TRANSFORM, '')) {
+        const nodeId = jobNodeId(n.id);
+        const p = parseJobTransformName(nodeId);
+        if (p && (!byId.has(nodeId) || n.id.startsWith('job:'))) byId.set(nodeId, { type: 'JOB', ...p, nodeId, storeId: n.id, runs: [], firstSeenMs: n.firstSeenMs, lastChangedMs: n.lastChangedMs });
       }
+      for (const [job, jobRuns] of runs) {
+        const p = parseJobTransformName(job);
+        if (!p) continue;
+        const e = byId.get(job) ?? { type: 'JOB', ...p, nodeId: job, storeId: undefined, runs: [], firstSeenMs: Number.POSITIVE_INFINITY, lastChangedMs: 0 };
+        e.runs = jobRuns;
+        for (const r of jobRuns) {
+          e.firstSeenMs = Math.min(e.firstSeenMs, r.firstSeenMs);
+          e.lastChangedMs = Math.max(e.lastChangedMs, r.lastChangedMs);
+        }
+        byId.set(job, e);
+      }
+      out.push(...byId.values());
     }
     return out;
   };
-  const inNamespace = (namespace: string, type: Entry['type']): Entry[] => {
-    const all = entries(type).filter((e) => e.namespace === namespace);
-    if (all.length === 0 && !entries().some((e) => e.namespace === namespace)) throw new NotFoundError(`namespace ${JSON.stringify(namespace)}`, 'namespace');
+  const inNamespace = async (namespace: string, type: Entry['type']): Promise<Entry[]> => {
+    const all = (await entries(type)).filter((e) => e.namespace === namespace);
+    if (all.length === 0 && !(await entries()).some((e) => e.namespace === namespace)) throw new NotFoundError(`namespace ${JSON.stringify(namespace)}`, 'namespace');
     return all.sort((a, b) => compare(a.name, b.name));
   };
-  const jobData = async (nodeId: string): Promise<Record<string, unknown>> => {
-    // The job's own steps and the datasets they read and wrote (depth 1 from a transform), and
-    // no data of those datasets: a job's cost stays its own, however many jobs share an input.
-    const start = { kind: NodeKind.NODE_KIND_TRANSFORM, id: nodeId, contentHash: '' };
-    const trace = await lineage.trace({ start, direction: Direction.DIRECTION_ANY, depth: 1, pageSize: MAX_JOB_NODES, includeEdges: true, objectLevel: true });
-    const node = (await buildGraph(lineage, start, trace, { datasetData: false })).find((n) => n.id === nodeId);
-    if (!node) throw new NotFoundError(`job ${JSON.stringify(nodeId)}`, 'job');
-    return node.data;
+  const findEntry = async (req: HttpRequest, type: Entry['type']): Promise<Entry> => {
+    const param = type === 'JOB' ? 'job' : 'dataset';
+    const e = (await inNamespace(req.params['namespace'] ?? '', type)).find((d) => d.name === req.params[param]);
+    if (!e) throw new NotFoundError(`${param} ${JSON.stringify(req.params[param])} in namespace ${JSON.stringify(req.params['namespace'])}`, param);
+    return e;
   };
-  const datasetData = async (e: Entry): Promise<Record<string, unknown>> => ({ ...(await datasetDataOf(lineage, e.nodeId)), firstSeenAt: new Date(e.firstSeenMs).toISOString() });
+  const jobData = async (e: Entry): Promise<Record<string, unknown>> => {
+    let inEdges: MarquezEdge[] = [];
+    let outEdges: MarquezEdge[] = [];
+    let data: Record<string, unknown> | undefined;
+    if (e.storeId !== undefined) {
+      // The job's own steps and the datasets they read and wrote (depth 1 from a transform), and
+      // no data of those datasets: a job's cost stays its own, however many jobs share an input.
+      const start = { kind: NodeKind.NODE_KIND_TRANSFORM, id: e.storeId, contentHash: '' };
+      const trace = await lineage.trace({ start, direction: Direction.DIRECTION_ANY, depth: 1, pageSize: MAX_JOB_NODES, includeEdges: true, objectLevel: true });
+      const node = (await buildGraph(lineage, start, trace, { datasetData: false })).find((n) => n.id === e.nodeId);
+      if (!node) throw new NotFoundError(`job ${JSON.stringify(e.nodeId)}`, 'job');
+      ({ inEdges, outEdges, data } = node);
+    }
+    // The newest run by name, which may have touched no dataset (so have no step), is the latest.
+    const newest = e.runs[0];
+    let latest: Run | undefined;
+    if (newest !== undefined && (data === undefined || facetMap(data['latestRun'])['id'] !== newest.runId)) {
+      const { run, step } = await runAndStep(lineage, newest.runId);
+      data = jobDataFrom(e.nodeId, run, step, inEdges, outEdges);
+      latest = run;
+    }
+    if (data === undefined) throw new NotFoundError(`job ${JSON.stringify(e.nodeId)}`, 'job');
+    const latestRun = facetMap(data['latestRun']);
+    const parentRunId = typeof latestRun['parentRunId'] === 'string' ? latestRun['parentRunId'] : undefined;
+    let parentJobName: string | null = null;
+    if (parentRunId !== undefined) {
+      const parent = await getOptional(lineage, NodeKind.NODE_KIND_RUN, parentRunId, 'run');
+      if (parent?.name) parentJobName = (parseJobTransformName(parent.name) ?? { name: parent.name }).name;
+    }
+    const ended = latest?.endedAtNs && latest.endedAtNs !== '0' ? Number(BigInt(latest.endedAtNs) / 1_000_000n) : 0;
+    return {
+      ...data,
+      createdAt: new Date(e.firstSeenMs).toISOString(),
+      updatedAt: new Date(Math.max(e.lastChangedMs, ended)).toISOString(),
+      parentJobName,
+    };
+  };
+  const datasetData = async (e: Entry): Promise<Record<string, unknown>> => ({
+    ...(await datasetDataOf(lineage, e.storeId ?? e.nodeId)),
+    firstSeenAt: new Date(e.firstSeenMs).toISOString(),
+    updatedAt: new Date(e.lastChangedMs).toISOString(),
+  });
 
   return [
     {
       method: 'GET',
       path: '/api/v1/namespaces',
-      handler: async () => ({ status: 200, body: { namespaces: namespaces(entries()) } }),
+      handler: async () => ({ status: 200, body: { namespaces: namespaces(await entries()) } }),
     },
     {
       method: 'GET',
       path: '/api/v1/namespaces/{namespace}',
       handler: async (req) => {
-        const ns = namespaces(entries()).find((n) => n.name === req.params['namespace']);
+        const ns = namespaces(await entries()).find((n) => n.name === req.params['namespace']);
         if (!ns) throw new NotFoundError(`namespace ${JSON.stringify(req.params['namespace'])}`, 'namespace');
         return { status: 200, body: ns };
       },
@@ -85,7 +154,7 @@ export function createMarquezRoutes(lineage: LineageApi): Route[] {
       method: 'GET',
       path: '/api/v1/namespaces/{namespace}/datasets',
       handler: async (req) => {
-        const all = inNamespace(req.params['namespace'] ?? '', 'DATASET');
+        const all = await inNamespace(req.params['namespace'] ?? '', 'DATASET');
         const page = paged(all, req);
         return { status: 200, body: { totalCount: all.length, datasets: await inTurn(page, datasetData) } };
       },
@@ -93,47 +162,170 @@ export function createMarquezRoutes(lineage: LineageApi): Route[] {
     {
       method: 'GET',
       path: '/api/v1/namespaces/{namespace}/datasets/{dataset}',
-      handler: async (req) => {
-        const e = inNamespace(req.params['namespace'] ?? '', 'DATASET').find((d) => d.name === req.params['dataset']);
-        if (!e) throw new NotFoundError(`dataset ${JSON.stringify(req.params['dataset'])} in namespace ${JSON.stringify(req.params['namespace'])}`, 'dataset');
-        return { status: 200, body: await datasetData(e) };
-      },
+      handler: async (req) => ({ status: 200, body: await datasetData(await findEntry(req, 'DATASET')) }),
+    },
+    {
+      method: 'GET',
+      path: '/api/v1/namespaces/{namespace}/datasets/{dataset}/versions',
+      handler: async (req) => ({ status: 200, body: await datasetVersions(lineage, await findEntry(req, 'DATASET'), req) }),
     },
     {
       method: 'GET',
       path: '/api/v1/namespaces/{namespace}/jobs',
       handler: async (req) => {
-        const all = inNamespace(req.params['namespace'] ?? '', 'JOB');
+        const all = await inNamespace(req.params['namespace'] ?? '', 'JOB');
         const page = paged(all, req);
-        return { status: 200, body: { totalCount: all.length, jobs: await inTurn(page, (e) => jobData(e.nodeId)) } };
+        return { status: 200, body: { totalCount: all.length, jobs: await inTurn(page, jobData) } };
       },
     },
     {
       method: 'GET',
       path: '/api/v1/namespaces/{namespace}/jobs/{job}',
-      handler: async (req) => {
-        const e = inNamespace(req.params['namespace'] ?? '', 'JOB').find((j) => j.name === req.params['job']);
-        if (!e) throw new NotFoundError(`job ${JSON.stringify(req.params['job'])} in namespace ${JSON.stringify(req.params['namespace'])}`, 'job');
-        return { status: 200, body: await jobData(e.nodeId) };
-      },
+      handler: async (req) => ({ status: 200, body: await jobData(await findEntry(req, 'JOB')) }),
+    },
+    {
+      method: 'GET',
+      path: '/api/v1/namespaces/{namespace}/jobs/{job}/runs',
+      handler: async (req) => ({ status: 200, body: await jobRuns(lineage, await findEntry(req, 'JOB'), req) }),
     },
     {
       method: 'GET',
       path: '/api/v1/jobs/runs/{id}',
       handler: async (req) => {
         const id = req.params['id'] ?? '';
-        const run = await getOptional(lineage, NodeKind.NODE_KIND_RUN, id, 'run');
+        const { run, step } = await runAndStep(lineage, id);
         if (!run) throw new NotFoundError(`run ${JSON.stringify(id)}`, 'id');
-        // An OpenLineage run is one step, whose code version and resources are the run's.
-        return { status: 200, body: runData(run, await getOptional(lineage, NodeKind.NODE_KIND_STEP, openLineageStepId(id), 'step')) };
+        return { status: 200, body: runData(run, step) };
+      },
+    },
+    {
+      method: 'GET',
+      path: '/api/v1/jobs/runs/{id}/facets',
+      handler: async (req) => {
+        const id = req.params['id'] ?? '';
+        const type = req.query.get('type')?.toLowerCase();
+        if (type !== 'run' && type !== 'job') throw new InvalidArgumentError('type', `is required: run or job, got ${JSON.stringify((req.query.get('type') ?? '').slice(0, 40))}`);
+        const { run, step } = await runAndStep(lineage, id);
+        if (!run) throw new NotFoundError(`run ${JSON.stringify(id)}`, 'id');
+        return { status: 200, body: { runId: run.runId, facets: type === 'run' ? runFacetsOf(run, step) : facetMap((run.facets ?? step?.facets)?.['job']) } };
       },
     },
     {
       method: 'GET',
       path: '/api/v1/search',
-      handler: async (req) => ({ status: 200, body: search(entries, req) }),
+      handler: async (req) => ({ status: 200, body: await search(entries, req) }),
     },
   ];
+}
+
+/** Most steps of a native job read to find its runs: the newest ones. */
+const MAX_NATIVE_JOB_STEPS = MAX_JOB_NODES;
+
+/**
+ * `GET .../jobs/{job}/runs`: Marquez's `{runs, totalCount}`, newest first. An OpenLineage job's
+ * runs are those named after it; a native job's are the runs of its steps (of its newest
+ * 100000 steps), each served with the job's step in it.
+ */
+async function jobRuns(lineage: LineageApi, e: Entry, req: HttpRequest): Promise<{ runs: Record<string, unknown>[]; totalCount: number }> {
+  let ids: { runId: string; stepId: string | undefined }[];
+  if (e.storeId === undefined || e.storeId.startsWith('job:')) {
+    ids = e.runs.map((r) => ({ runId: r.runId, stepId: openLineageStepId(r.runId) }));
+  } else {
+    const res = await lineage.getNode({ node: { kind: NodeKind.NODE_KIND_TRANSFORM, id: e.storeId, contentHash: '' } });
+    const steps = res.relatedSteps.slice(-MAX_NATIVE_JOB_STEPS);
+    const seen = new Map<string, { runId: string; stepId: string; timeNs: bigint }>();
+    for (const key of steps) {
+      const stepId = key.startsWith('step:') ? key.slice('step:'.length) : key;
+      const step = await getOptional(lineage, NodeKind.NODE_KIND_STEP, stepId, 'step');
+      if (!step?.runId) continue;
+      const timeNs = BigInt(step.startedAtNs || '0');
+      const prev = seen.get(step.runId);
+      if (!prev || timeNs > prev.timeNs) seen.set(step.runId, { runId: step.runId, stepId, timeNs });
+    }
+    ids = [...seen.values()].sort((a, b) => (a.timeNs < b.timeNs ? 1 : a.timeNs > b.timeNs ? -1 : 0));
+  }
+  const page = paged(ids, req);
+  const runs: Record<string, unknown>[] = [];
+  for (const { runId, stepId } of page) {
+    const run = await getOptional(lineage, NodeKind.NODE_KIND_RUN, runId, 'run');
+    if (!run) continue;
+    const step: Step | undefined = stepId === undefined ? undefined : await getOptional(lineage, NodeKind.NODE_KIND_STEP, stepId, 'step');
+    runs.push(runData(run, step));
+  }
+  return { runs, totalCount: ids.length };
+}
+
+/**
+ * `GET .../datasets/{dataset}/versions`: Marquez's `{versions, totalCount}`, newest first. A
+ * version's id is its content hash; `createdByRun` is the run of the step that wrote it, where
+ * one did (a version known only as an input, or written by a DatasetEvent, has none).
+ */
+async function datasetVersions(lineage: LineageApi, e: Entry, req: HttpRequest): Promise<{ versions: Record<string, unknown>[]; totalCount: number }> {
+  const objectId = e.storeId ?? e.nodeId;
+  let all: ObjectVersion[] = [];
+  try {
+    const res = await lineage.getNode({ node: { kind: NodeKind.NODE_KIND_OBJECT, id: objectId, contentHash: '' } });
+    if (res.body?.$case === 'object') all = res.body.value.versions;
+  } catch (err) {
+    if (!(err instanceof NotFoundError)) throw err;
+  }
+  // Newest first; versions of one instant keep the store's order, the later one first.
+  const sorted = all.map((v, i) => ({ v, i })).sort((a, b) => {
+    const ta = BigInt(a.v.createdAtNs || '0');
+    const tb = BigInt(b.v.createdAtNs || '0');
+    return ta < tb ? 1 : ta > tb ? -1 : b.i - a.i;
+  });
+  const page = paged(sorted, req);
+  const versions: Record<string, unknown>[] = [];
+  for (const { v } of page) versions.push(await datasetVersionData(lineage, objectId, v));
+  return { versions, totalCount: all.length };
+}
+
+/** The run that wrote a version, as Marquez shows runs; null when no step wrote it. */
+async function datasetVersionRun(lineage: LineageApi, objectId: string, contentHash: string): Promise<Record<string, unknown> | null> {
+  let generatedBy = '';
+  try {
+    generatedBy = (await lineage.getNode({ node: { kind: NodeKind.NODE_KIND_OBJECT_VERSION, id: objectId, contentHash } })).generatedBy;
+  } catch (err) {
+    if (!(err instanceof NotFoundError)) throw err;
+  }
+  if (!generatedBy.startsWith('step:')) return null;
+  const step = await getOptional(lineage, NodeKind.NODE_KIND_STEP, generatedBy.slice('step:'.length), 'step');
+  if (!step?.runId) return null;
+  const run = await getOptional(lineage, NodeKind.NODE_KIND_RUN, step.runId, 'run');
+  return run === undefined ? null : runData(run, step);
+}
+
+/** One version as Marquez's DatasetVersion. */
+async function datasetVersionData(lineage: LineageApi, objectId: string, v: ObjectVersion): Promise<Record<string, unknown>> {
+  const data = await datasetDataOf(lineage, objectId, v);
+  const facets = facetMap(data['facets']);
+  const lifecycle = facetMap(facets['lifecycleStateChange'])['lifecycleStateChange'];
+  const createdAt = v.createdAtNs !== '0' ? nanosToIso(v.createdAtNs) : null;
+  const { namespace, name } = data as { namespace: string; name: string };
+  return {
+    id: { namespace, name, version: v.contentHash },
+    type: data['type'],
+    name,
+    physicalName: data['physicalName'],
+    createdAt,
+    version: v.contentHash,
+    namespace,
+    sourceName: data['sourceName'],
+    fields: data['fields'],
+    tags: [],
+    lastModifiedAt: createdAt,
+    description: null,
+    lifecycleState: typeof lifecycle === 'string' ? lifecycle : null,
+    createdByRun: await datasetVersionRun(lineage, objectId, v.contentHash),
+    facets,
+  };
+}
+
+function parseFilter(req: HttpRequest): Entry['type'] | undefined {
+  const filter = req.query.get('filter')?.toUpperCase();
+  if (filter !== undefined && filter !== 'DATASET' && filter !== 'JOB') throw new InvalidArgumentError('filter', `must be DATASET or JOB, got ${JSON.stringify(filter.slice(0, 40))}`);
+  return filter;
 }
 
 /** Marquez's namespaces: every namespace a dataset or job is in, when first seen and last changed. */
@@ -153,17 +345,16 @@ function namespaces(all: readonly Entry[]): { name: string; createdAt: string; u
 }
 
 /** `GET /api/v1/search?q=TEXT[&filter=DATASET|JOB][&sort=NAME|UPDATE_AT][&limit=N][&namespace=NS]`: names or namespaces containing q, case-insensitively. */
-function search(entries: (type?: Entry['type']) => Entry[], req: HttpRequest): { totalCount: number; results: Record<string, unknown>[] } {
+async function search(entries: (type?: Entry['type']) => Promise<Entry[]>, req: HttpRequest): Promise<{ totalCount: number; results: Record<string, unknown>[] }> {
   const q = req.query.get('q');
   if (q === null || q.trim() === '') throw new InvalidArgumentError('q', 'is required: the text to look for in dataset and job names');
-  const filter = req.query.get('filter')?.toUpperCase();
-  if (filter !== undefined && filter !== 'DATASET' && filter !== 'JOB') throw new InvalidArgumentError('filter', `must be DATASET or JOB, got ${JSON.stringify(filter.slice(0, 40))}`);
+  const filter = parseFilter(req);
   const sort = req.query.get('sort')?.toUpperCase() ?? 'NAME';
   if (sort !== 'NAME' && sort !== 'UPDATE_AT') throw new InvalidArgumentError('sort', `must be NAME or UPDATE_AT, got ${JSON.stringify(sort.slice(0, 40))}`);
   const limit = intParam(req, 'limit', DEFAULT_SEARCH_LIMIT, 1, MAX_LIMIT);
   const namespace = req.query.get('namespace');
   const needle = q.toLowerCase();
-  const hits = entries(filter as Entry['type'] | undefined)
+  const hits = (await entries(filter))
     .filter((e) => (namespace === null || e.namespace === namespace) && (e.name.toLowerCase().includes(needle) || e.namespace.toLowerCase().includes(needle)))
     .sort((a, b) => (sort === 'NAME' ? compare(a.name, b.name) || compare(a.namespace, b.namespace) : b.lastChangedMs - a.lastChangedMs));
   return {

@@ -7,12 +7,14 @@ import {
   type TraceResponse,
 } from '../../common/gen/retrace/v1/lineage.js';
 import type { LineageEvent, ObjectVersion, Run, Step } from '../../common/gen/retrace/v1/provenance.js';
-import { parseDatasetObjectId, parseJobTransformName, toLineageEvents } from '../../common/openlineage/to-lineage-events.js';
+import { openLineageStepId, parseDatasetObjectId, parseJobTransformName, toLineageEvents } from '../../common/openlineage/to-lineage-events.js';
 import { toRetraceResourcesFacet } from '../../common/openlineage/to-openlineage-event.js';
 import { RETRACE_RESOURCES_FACET, type ValidatedOpenLineageEvent } from '../../common/openlineage/types.js';
 import { validateOpenLineageBatch, validateOpenLineageEvent } from '../../common/openlineage/validate.js';
 import { nanosToIso } from '../../common/time.js';
 import type { LineageApi } from '../lineage/lineage-api.js';
+import { datasetNodeId, jobNodeId, marquezRunState, NATIVE_NAMESPACE, nativeIdOf } from './marquez-ids.js';
+import { runIndexOf } from './run-index.js';
 import type { HttpRequest, HttpResponse, Route } from './router.js';
 
 /** Marquez's default lineage depth. */
@@ -47,9 +49,10 @@ export interface MarquezNode {
  *   `[i].`); 201 `{accepted, duplicates}`, counted in native events.
  * - `GET /api/v1/lineage?nodeId=dataset:<ns>:<name>|job:<ns>:<name>&depth=N`: Marquez's lineage
  *   graph `{graph: MarquezNode[]}` of everything connected to the node within N job hops
- *   (default 20), nodes sorted by id, edges deduplicated per job. Jobs are transforms (so a job
- *   that never read or wrote a dataset has no step and is not in the graph), datasets are
- *   objects. A closure beyond one trace page (100000 nodes) is answered with its first page.
+ *   (default 20), nodes sorted by id, edges deduplicated per job. Jobs are transforms, datasets
+ *   are objects; native ones are in the `retrace` namespace (see marquez-ids.ts). A job whose
+ *   runs never read or wrote a dataset has no step: its graph is the job alone. A closure
+ *   beyond one trace page (100000 nodes) is answered with its first page.
  *   Unknown node: NotFoundError (404); malformed query: InvalidArgumentError (400).
  */
 export function createOpenLineageRoutes(lineage: LineageApi): Route[] {
@@ -96,30 +99,52 @@ function convert(validated: ValidatedOpenLineageEvent, prefix: string): LineageE
 async function getLineage(lineage: LineageApi, req: HttpRequest): Promise<HttpResponse> {
   const nodeId = req.query.get('nodeId');
   if (nodeId === null || nodeId === '') throw new InvalidArgumentError('nodeId', 'is required: dataset:<namespace>:<name> or job:<namespace>:<name>');
-  let start: NodeRef;
-  if (nodeId.startsWith('dataset:')) start = { kind: NodeKind.NODE_KIND_OBJECT, id: nodeId, contentHash: '' };
-  else if (nodeId.startsWith('job:')) start = { kind: NodeKind.NODE_KIND_TRANSFORM, id: nodeId, contentHash: '' };
+  let kind: NodeKind;
+  if (nodeId.startsWith('dataset:')) kind = NodeKind.NODE_KIND_OBJECT;
+  else if (nodeId.startsWith('job:')) kind = NodeKind.NODE_KIND_TRANSFORM;
   else throw new InvalidArgumentError('nodeId', `must start with dataset: or job:, got ${JSON.stringify(nodeId.slice(0, 200))}`);
   const depth = intParam(req, 'depth', DEFAULT_LINEAGE_DEPTH, 1, MAX_LINEAGE_DEPTH);
 
-  let trace: TraceResponse;
-  try {
-    trace = await lineage.trace({
-      start,
-      direction: Direction.DIRECTION_ANY,
-      // One Marquez hop (dataset to job) is two of ours (object to step to object).
-      depth: 2 * depth,
-      asOfNs: '0',
-      pageSize: TRACE_PAGE_SIZE,
-      pageToken: '',
-      includeEdges: true,
-      objectLevel: true,
-    });
-  } catch (err) {
-    if (err instanceof NotFoundError) throw new NotFoundError(`node ${JSON.stringify(nodeId)}`, 'nodeId');
-    throw err;
+  // The id as stored first, then the native object or transform it names in the `retrace` namespace.
+  const native = nativeIdOf(nodeId);
+  for (const id of native === undefined ? [nodeId] : [nodeId, native]) {
+    const start: NodeRef = { kind, id, contentHash: '' };
+    let trace: TraceResponse;
+    try {
+      trace = await lineage.trace({
+        start,
+        direction: Direction.DIRECTION_ANY,
+        // One Marquez hop (dataset to job) is two of ours (object to step to object).
+        depth: 2 * depth,
+        asOfNs: '0',
+        pageSize: TRACE_PAGE_SIZE,
+        pageToken: '',
+        includeEdges: true,
+        objectLevel: true,
+      });
+    } catch (err) {
+      if (err instanceof NotFoundError) continue;
+      throw err;
+    }
+    return { status: 200, body: { graph: await buildGraph(lineage, start, trace) } };
   }
-  return { status: 200, body: { graph: await buildGraph(lineage, start, trace) } };
+  if (kind === NodeKind.NODE_KIND_TRANSFORM) {
+    // A job whose runs touched no dataset has runs but no transform: it stands alone.
+    const runs = (await runIndexOf(lineage).byJob()).get(nodeId);
+    const newest = runs?.[0];
+    if (newest !== undefined) {
+      const { run, step } = await runAndStep(lineage, newest.runId);
+      return { status: 200, body: { graph: [{ id: nodeId, type: 'JOB', data: jobDataFrom(nodeId, run, step, [], []), inEdges: [], outEdges: [] }] } };
+    }
+  }
+  throw new NotFoundError(`node ${JSON.stringify(nodeId)}`, 'nodeId');
+}
+
+/** A run and its OpenLineage step (whose code version and resources are the run's), each undefined when not stored. */
+export async function runAndStep(lineage: LineageApi, runId: string): Promise<{ run: Run | undefined; step: Step | undefined }> {
+  const run = await getOptional(lineage, NodeKind.NODE_KIND_RUN, runId, 'run');
+  const step = run === undefined ? undefined : await getOptional(lineage, NodeKind.NODE_KIND_STEP, openLineageStepId(runId), 'step');
+  return { run, step };
 }
 
 /** The integer query parameter `name` in [min, max], `dflt` when absent or empty; else 400 naming it. */
@@ -138,21 +163,29 @@ interface JobAccumulator {
 /**
  * Folds the trace's steps into their transforms (Marquez jobs) and its objects into datasets,
  * and its step-level edges into job-level ones (deduplicated: many runs of a job read the same
- * dataset once in Marquez's graph).
+ * dataset once in Marquez's graph). Nodes and edges carry Marquez ids (marquez-ids.ts).
  */
 export async function buildGraph(lineage: LineageApi, start: NodeRef, trace: TraceResponse, options: { datasetData?: boolean } = {}): Promise<MarquezNode[]> {
-  const datasets = new Set<string>();
+  /** Marquez id -> object id. */
+  const datasets = new Map<string, string>();
+  /** Marquez id -> the job's steps. */
   const jobs = new Map<string, JobAccumulator>();
   const jobOfStep = new Map<string, string>();
+  const addDataset = (objectId: string): string => {
+    const id = datasetNodeId(objectId);
+    // Where a native id and an OpenLineage one share a Marquez id, the OpenLineage one is served.
+    if (!datasets.has(id) || objectId.startsWith('dataset:')) datasets.set(id, objectId);
+    return id;
+  };
 
   // Trace leaves an object start out of its nodes (a transform start comes back as its steps).
-  if (start.kind === NodeKind.NODE_KIND_OBJECT) datasets.add(start.id);
+  if (start.kind === NodeKind.NODE_KIND_OBJECT) addDataset(start.id);
   for (const node of trace.nodes) {
     const ref = node.node;
     if (!ref) continue;
-    if (ref.kind === NodeKind.NODE_KIND_OBJECT || ref.kind === NodeKind.NODE_KIND_OBJECT_VERSION) datasets.add(ref.id);
+    if (ref.kind === NodeKind.NODE_KIND_OBJECT || ref.kind === NodeKind.NODE_KIND_OBJECT_VERSION) addDataset(ref.id);
     else if (ref.kind === NodeKind.NODE_KIND_STEP) {
-      const transform = node.label !== '' ? node.label : await transformOf(lineage, ref.id);
+      const transform = jobNodeId(node.label !== '' ? node.label : await transformOf(lineage, ref.id));
       jobOfStep.set(node.key, transform);
       const job = jobs.get(transform) ?? { steps: [] };
       job.steps.push({ stepId: ref.id, timeNs: BigInt(node.timeNs || '0') });
@@ -162,13 +195,13 @@ export async function buildGraph(lineage: LineageApi, start: NodeRef, trace: Tra
 
   const edges = new Map<string, MarquezEdge>();
   const idOf = async (key: string): Promise<string | undefined> => {
-    if (key.startsWith('object:')) return key.slice('object:'.length);
-    if (key.startsWith('version:')) return key.slice('version:'.length, key.lastIndexOf('@sha256:'));
+    if (key.startsWith('object:')) return addDataset(key.slice('object:'.length));
+    if (key.startsWith('version:')) return addDataset(key.slice('version:'.length, key.lastIndexOf('@sha256:')));
     if (!key.startsWith('step:')) return undefined;
     let transform = jobOfStep.get(key);
     if (transform === undefined) {
       // A step outside this page of nodes (a transform start's own step, say): ask the store.
-      transform = await transformOf(lineage, key.slice('step:'.length));
+      transform = jobNodeId(await transformOf(lineage, key.slice('step:'.length)));
       jobOfStep.set(key, transform);
       if (!jobs.has(transform)) jobs.set(transform, { steps: [{ stepId: key.slice('step:'.length), timeNs: 0n }] });
     }
@@ -183,8 +216,6 @@ export async function buildGraph(lineage: LineageApi, start: NodeRef, trace: Tra
     // object -> step that wrote it. Marquez's edges follow the data: origin = to, destination = from.
     const e: MarquezEdge = { origin: to, destination: from };
     edges.set(`${e.origin}\u0000${e.destination}`, e);
-    if (edge.from.startsWith('step:')) datasets.add(to);
-    else datasets.add(from);
   }
 
   const inEdges = new Map<string, MarquezEdge[]>();
@@ -196,9 +227,10 @@ export async function buildGraph(lineage: LineageApi, start: NodeRef, trace: Tra
   }
 
   const nodes: MarquezNode[] = [];
+  const datasetEntries = [...datasets.entries()];
   // Without dataset data (a caller after one job's data), datasets are only their ids.
-  const datasetData = options.datasetData === false ? [] : await Promise.all([...datasets].map((id) => datasetDataOf(lineage, id)));
-  [...datasets].forEach((id, i) => {
+  const datasetData = options.datasetData === false ? [] : await Promise.all(datasetEntries.map(([, objectId]) => datasetDataOf(lineage, objectId)));
+  datasetEntries.forEach(([id], i) => {
     nodes.push({ id, type: 'DATASET', data: datasetData[i] ?? {}, inEdges: inEdges.get(id) ?? [], outEdges: outEdges.get(id) ?? [] });
   });
   const jobEntries = [...jobs.entries()];
@@ -216,25 +248,30 @@ async function transformOf(lineage: LineageApi, stepId: string): Promise<string>
   return res.body?.$case === 'step' ? res.body.value.transform : `step:${stepId}`;
 }
 
-/** Marquez's dataset data: identity, the latest version's schema fields and facets. */
-export async function datasetDataOf(lineage: LineageApi, id: string): Promise<Record<string, unknown>> {
-  let latest: ObjectVersion | undefined;
+/**
+ * Marquez's dataset data: identity, the latest version's schema fields and facets. Given a
+ * `version`, that version's, read from nothing else (`versions` is then 0).
+ */
+export async function datasetDataOf(lineage: LineageApi, id: string, version?: ObjectVersion): Promise<Record<string, unknown>> {
+  let latest: ObjectVersion | undefined = version;
   let versions = 0;
-  try {
-    const res = await lineage.getNode({ node: { kind: NodeKind.NODE_KIND_OBJECT, id, contentHash: '' } });
-    if (res.body?.$case === 'object') {
-      versions = res.body.value.versions.length;
-      for (const v of res.body.value.versions) {
-        if (latest === undefined || BigInt(v.createdAtNs || '0') >= BigInt(latest.createdAtNs || '0')) latest = v;
+  if (version === undefined) {
+    try {
+      const res = await lineage.getNode({ node: { kind: NodeKind.NODE_KIND_OBJECT, id, contentHash: '' } });
+      if (res.body?.$case === 'object') {
+        versions = res.body.value.versions.length;
+        for (const v of res.body.value.versions) {
+          if (latest === undefined || BigInt(v.createdAtNs || '0') >= BigInt(latest.createdAtNs || '0')) latest = v;
+        }
       }
+    } catch (err) {
+      // An object known only as an input has no stored versions; its identity is all there is.
+      if (!(err instanceof NotFoundError)) throw err;
     }
-  } catch (err) {
-    // An object known only as an input has no stored versions; its identity is all there is.
-    if (!(err instanceof NotFoundError)) throw err;
   }
   const attributes = latest?.attributes ?? {};
   const parsed = parseDatasetObjectId(id);
-  const namespace = attributes['openlineage.namespace'] ?? parsed?.namespace ?? '';
+  const namespace = attributes['openlineage.namespace'] ?? parsed?.namespace ?? NATIVE_NAMESPACE;
   const name = attributes['openlineage.name'] ?? parsed?.name ?? id;
   const facets = (latest?.facets ?? {}) as Record<string, unknown>;
   return {
@@ -243,6 +280,7 @@ export async function datasetDataOf(lineage: LineageApi, id: string): Promise<Re
     name,
     physicalName: name,
     namespace,
+    sourceName: namespace,
     fields: schemaFields(facets['schema']),
     facets,
     currentVersion: latest?.contentHash ?? null,
@@ -268,7 +306,7 @@ function schemaFields(schema: unknown): { name: string; type: string | null; tag
   });
 }
 
-/** Marquez's job data: identity, its inputs and outputs, and its latest run (from the store). */
+/** Marquez's job data: identity, its inputs and outputs, and its latest step's run (from the store). */
 async function jobDataOf(
   lineage: LineageApi,
   id: string,
@@ -276,7 +314,6 @@ async function jobDataOf(
   inEdges: readonly MarquezEdge[],
   outEdges: readonly MarquezEdge[],
 ): Promise<Record<string, unknown>> {
-  const { namespace, name } = parseJobTransformName(id) ?? { namespace: '', name: id };
   const latestStep = [...acc.steps].sort((a, b) => (a.timeNs < b.timeNs ? 1 : a.timeNs > b.timeNs ? -1 : 0))[0];
   let step: Step | undefined;
   let run: Run | undefined;
@@ -284,6 +321,18 @@ async function jobDataOf(
     step = await getOptional(lineage, NodeKind.NODE_KIND_STEP, latestStep.stepId, 'step');
     if (step?.runId) run = await getOptional(lineage, NodeKind.NODE_KIND_RUN, step.runId, 'run');
   }
+  return jobDataFrom(id, run, step, inEdges, outEdges);
+}
+
+/** Marquez's job data of the job `id` (a Marquez id) from its latest run and that run's step. */
+export function jobDataFrom(
+  id: string,
+  run: Run | undefined,
+  step: Step | undefined,
+  inEdges: readonly MarquezEdge[],
+  outEdges: readonly MarquezEdge[],
+): Record<string, unknown> {
+  const { namespace, name } = parseJobTransformName(id) ?? { namespace: NATIVE_NAMESPACE, name: id };
   const jobFacets = facetMap((run?.facets ?? step?.facets)?.['job']);
   const jobType = facetMap(jobFacets['jobType']);
   const documentation = facetMap(jobFacets['documentation']);
@@ -306,21 +355,40 @@ async function jobDataOf(
 }
 
 /**
- * A run as Marquez shows it. The step's measured resources go out as the `retrace_resources` run
- * facet (the one producers send them in), unless the producer sent that facet itself.
+ * A run as Marquez shows it: its state in Marquez's RunState (marquez-ids.ts), `durationMs` when
+ * it started and ended, and its job as `jobVersion` (the code version, where known). The step's
+ * measured resources go out as the `retrace_resources` run facet (the one producers send them
+ * in), unless the producer sent that facet itself.
  */
 export function runData(run: Run, step: Step | undefined): Record<string, unknown> {
   const iso = (ns: string | undefined): string | null => (ns && ns !== '0' ? nanosToIso(ns) : null);
   const facets = facetMap(run.facets?.['run']);
+  const startedAt = iso(run.startedAtNs);
+  const endedAt = iso(run.endedAtNs);
+  const nominal = facetMap(facets['nominalTime']);
+  const job = parseJobTransformName(run.name);
   return {
     id: run.runId,
-    state: run.state || null,
-    startedAt: iso(run.startedAtNs),
-    endedAt: iso(run.endedAtNs),
+    createdAt: startedAt ?? endedAt,
+    updatedAt: endedAt ?? startedAt,
+    nominalStartTime: typeof nominal['nominalStartTime'] === 'string' ? nominal['nominalStartTime'] : null,
+    nominalEndTime: typeof nominal['nominalEndTime'] === 'string' ? nominal['nominalEndTime'] : null,
+    state: marquezRunState(run.state),
+    startedAt,
+    endedAt,
+    durationMs: startedAt !== null && endedAt !== null ? Number((BigInt(run.endedAtNs) - BigInt(run.startedAtNs)) / 1_000_000n) : null,
+    args: {},
+    jobVersion: job === undefined ? null : { namespace: job.namespace, name: job.name, version: step?.codeVersion || null },
     parentRunId: run.parentRunId || null,
     codeVersion: step?.codeVersion || null,
-    facets: step?.resources && facets[RETRACE_RESOURCES_FACET] === undefined ? { ...facets, [RETRACE_RESOURCES_FACET]: toRetraceResourcesFacet(step.resources) } : facets,
+    facets: runFacetsOf(run, step),
   };
+}
+
+/** The run facets a run is served with: the producer's, plus the measured resources (see runData). */
+export function runFacetsOf(run: Run, step: Step | undefined): Record<string, unknown> {
+  const facets = facetMap(run.facets?.['run']);
+  return step?.resources && facets[RETRACE_RESOURCES_FACET] === undefined ? { ...facets, [RETRACE_RESOURCES_FACET]: toRetraceResourcesFacet(step.resources) } : facets;
 }
 
 export async function getOptional<K extends 'step' | 'run'>(
@@ -339,7 +407,7 @@ export async function getOptional<K extends 'step' | 'run'>(
   }
 }
 
-function facetMap(value: unknown): Record<string, unknown> {
+export function facetMap(value: unknown): Record<string, unknown> {
   return value !== null && typeof value === 'object' && !Array.isArray(value) ? (value as Record<string, unknown>) : {};
 }
 

@@ -144,6 +144,52 @@ describe('real captured events (Airflow 1.14, Spark on Dataproc)', () => {
     const job = graph.find((n) => n.id === `job:${withSchema.job.namespace}:${withSchema.job.name}`);
     expect(job?.data['latestRun']).toMatchObject({ id: withSchema.run.runId });
   });
+
+  it("serves every job, those whose runs read or wrote no dataset (the Airflow DAG, the Spark application) too, with its runs and parent job", async () => {
+    const get = async (path: string): Promise<{ status: number; json: any }> => {
+      const res = await fetch(`${tc.httpUrl}${path}`, { headers: tc.httpAuth });
+      return { status: res.status, json: await res.json() };
+    };
+    const events = captured.map((c) => c.event as OpenLineageRunEvent);
+    const jobs = new Map<string, { namespace: string; name: string; runs: Set<string> }>();
+    const jobOfRun = new Map<string, string>();
+    const parentOf = new Map<string, string>();
+    for (const e of events) {
+      const key = `${e.job.namespace}\n${e.job.name}`;
+      const job = jobs.get(key) ?? { namespace: e.job.namespace, name: e.job.name, runs: new Set<string>() };
+      job.runs.add(e.run.runId);
+      jobs.set(key, job);
+      jobOfRun.set(e.run.runId, e.job.name);
+      const parent = e.run.facets?.parent?.run.runId;
+      if (parent !== undefined && parent !== e.run.runId) parentOf.set(e.run.runId, parent);
+    }
+    const datasetless = [...jobs.values()].filter((j) => events.every((e) => e.job.name !== j.name || e.job.namespace !== j.namespace || ((e.inputs ?? []).length === 0 && (e.outputs ?? []).length === 0)));
+    expect(datasetless.map((j) => `${j.namespace}/${j.name}`)).toEqual(expect.arrayContaining(['airflow/BQ', 'default/cl_i_test_application']));
+
+    for (const ns of new Set([...jobs.values()].map((j) => j.namespace))) {
+      const listed = (await get(`/api/v1/namespaces/${encodeURIComponent(ns)}/jobs?limit=1000`)).json.jobs.map((j: { name: string }) => j.name);
+      expect(listed, ns).toEqual([...jobs.values()].filter((j) => j.namespace === ns).map((j) => j.name).sort());
+    }
+    for (const j of jobs.values()) {
+      const path = `/api/v1/namespaces/${encodeURIComponent(j.namespace)}/jobs/${encodeURIComponent(j.name)}`;
+      const job = await get(path);
+      expect(job.status, path).toBe(200);
+      const latest = job.json.latestRun as { id: string; state: string };
+      expect([...j.runs], path).toContain(latest.id);
+      expect(['NEW', 'RUNNING', 'COMPLETED', 'ABORTED', 'FAILED'], path).toContain(latest.state);
+      const parent = parentOf.get(latest.id);
+      expect(job.json.parentJobName, path).toBe(parent === undefined ? null : (jobOfRun.get(parent) ?? null));
+      const runs = await get(`${path}/runs`);
+      expect(runs.json.totalCount, path).toBe(j.runs.size);
+      expect(new Set(runs.json.runs.map((r: { id: string }) => r.id)), path).toEqual(j.runs);
+      const graph = await graphOf(`job:${j.namespace}:${j.name}`);
+      expect(graph.some((n) => n.id === `job:${j.namespace}:${j.name}`), path).toBe(true);
+    }
+    // The child runs of the DAG point to a job that is served.
+    const bq = (await get('/api/v1/namespaces/airflow/jobs/BQ')).json;
+    expect(bq.latestRun.state).toBe('COMPLETED');
+    expect((await get('/api/v1/namespaces/airflow/jobs/BQ.copy')).json.parentJobName).toBe('BQ');
+  });
 });
 
 describe('Marquez demo seed (food_delivery)', () => {
@@ -180,7 +226,7 @@ describe('Marquez demo seed (food_delivery)', () => {
       name: 'etl_menus',
       description: 'Loads newly added restaurant menus daily.',
       outputs: [{ namespace: 'food_delivery', name: 'public.menus' }],
-      latestRun: { id: '4d3b8069-69b6-4708-ade0-3275112c9f04', state: 'COMPLETE', startedAt: '2024-06-01T08:00:00Z', endedAt: '2024-06-01T08:08:00Z' },
+      latestRun: { id: '4d3b8069-69b6-4708-ade0-3275112c9f04', state: 'COMPLETED', startedAt: '2024-06-01T08:00:00Z', endedAt: '2024-06-01T08:08:00Z' },
     });
     const menus = graph.find((n) => n.id === 'dataset:food_delivery:public.menus');
     expect((menus?.data['fields'] as { name: string }[]).map((f) => f.name)).toEqual(['id', 'name', 'restaurant_id', 'description']);
@@ -208,7 +254,7 @@ describe('Marquez demo seed (food_delivery)', () => {
     const page = await get('/api/v1/namespaces/food_delivery/jobs?limit=5&offset=10');
     expect(page.json.jobs.map((j: { name: string }) => j.name)).toEqual(jobNames.slice(10, 15));
     const etl = await get('/api/v1/namespaces/food_delivery/jobs/etl_menus');
-    expect(etl.json).toMatchObject({ name: 'etl_menus', outputs: [{ namespace: 'food_delivery', name: 'public.menus' }], latestRun: { id: '4d3b8069-69b6-4708-ade0-3275112c9f04', state: 'COMPLETE' } });
+    expect(etl.json).toMatchObject({ name: 'etl_menus', outputs: [{ namespace: 'food_delivery', name: 'public.menus' }], latestRun: { id: '4d3b8069-69b6-4708-ade0-3275112c9f04', state: 'COMPLETED' } });
 
     const datasets = await get('/api/v1/namespaces/food_delivery/datasets');
     expect(datasets.json.totalCount).toBe(datasetNames.length);
@@ -218,7 +264,7 @@ describe('Marquez demo seed (food_delivery)', () => {
     expect(menus.json.fields.map((f: { name: string }) => f.name)).toEqual(['id', 'name', 'restaurant_id', 'description']);
 
     const run = await get('/api/v1/jobs/runs/4d3b8069-69b6-4708-ade0-3275112c9f04');
-    expect(run.json).toMatchObject({ id: '4d3b8069-69b6-4708-ade0-3275112c9f04', state: 'COMPLETE', startedAt: '2024-06-01T08:00:00Z', endedAt: '2024-06-01T08:08:00Z' });
+    expect(run.json).toMatchObject({ id: '4d3b8069-69b6-4708-ade0-3275112c9f04', state: 'COMPLETED', startedAt: '2024-06-01T08:00:00Z', endedAt: '2024-06-01T08:08:00Z' });
 
     const found = await get('/api/v1/search?q=MENU&filter=dataset');
     expect(found.json.results.map((r: { name: string }) => r.name)).toEqual(datasetNames.filter((n) => n.includes('menu')));
