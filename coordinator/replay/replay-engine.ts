@@ -55,6 +55,12 @@ export interface ReplayEngineDeps {
   pipelineStep?: (pipeline: string, version: number, step: string) => Promise<PipelineStepSpec | undefined>;
   /** What a code version's manifest declares (`defineTransform`'s requirements), or undefined. */
   codeRequirements?: (codeVersion: string) => Promise<TransformRequirements | undefined>;
+  /**
+   * The content hash a pipeline holds as current for a record (`record:<pipeline>/<dataset>:<key>`),
+   * or undefined when none or unknown. It picks, among a record's executions of one step, the one
+   * whose output is current (see planRecord); without it the newest execution is replayed.
+   */
+  currentVersion?: (objectId: string) => Promise<string | undefined>;
 }
 
 /** What replay keeps of a recorded step's pipeline definition. */
@@ -418,17 +424,29 @@ export class ReplayEngine {
     }
   }
 
-  /** The recorded steps downstream of one source record, dependencies first; earlier replays excluded. */
+  /**
+   * The record's processing path: one recorded execution of each logical step downstream of the
+   * source record (a pipeline step over the same input objects, as impact analysis counts them),
+   * dependencies first; earlier replays excluded. A step executed more than once (re-ingest,
+   * recomputes) is replayed once, as the execution that made the step's current output: of those
+   * whose outputs, generated or reproduced, include the pipeline's current version of an output
+   * object, the newest; when none does (a step outside pipelines, no current record known), the
+   * newest execution. Replaying every execution would re-run superseded work and compare it with
+   * outputs that are no longer current.
+   */
   private async planRecord(source: { ref: ObjectRef; eventTimeNs: bigint }): Promise<RecordPlan> {
     const lineage = this.deps.lineage;
     const trace = await lineage.trace({ start: { kind: NodeKind.NODE_KIND_OBJECT_VERSION, id: source.ref.objectId, contentHash: source.ref.contentHash }, pageSize: 100_000 });
-    const steps: Step[] = [];
+    const executions = new Map<string, Step[]>();
     for (const n of trace.nodes) {
       if (n.node?.kind !== NodeKind.NODE_KIND_STEP) continue;
       const step = await lineage.readStep(n.node.id);
       if (!step || step.why?.kind === TriggerKind.TRIGGER_KIND_REPLAY) continue;
-      steps.push(step);
+      const key = logicalStepKey(step);
+      executions.set(key, [...(executions.get(key) ?? []), step]);
     }
+    const steps: Step[] = [];
+    for (const group of executions.values()) steps.push(group.length === 1 ? (group[0] as Step) : await this.currentExecution(group));
     const key = source.ref.objectId.slice(source.ref.objectId.indexOf(':', 'record:'.length) + 1) || source.ref.objectId;
     return {
       source: source.ref,
@@ -440,6 +458,24 @@ export class ReplayEngine {
         return { step, name: meta.step ?? step.transform, inputNames: step.used.map((u) => byObject.get(u.objectId) ?? u.objectId) };
       }),
     };
+  }
+
+  /** Of several executions of one logical step, the one planRecord replays (see there). */
+  private async currentExecution(group: readonly Step[]): Promise<Step> {
+    const newestFirst = [...group].sort((a, b) => compareNewest(a, b));
+    const current = this.deps.currentVersion;
+    if (current) {
+      const known = new Map<string, Promise<string | undefined>>();
+      const currentOf = (objectId: string): Promise<string | undefined> => {
+        let hash = known.get(objectId);
+        if (!hash) known.set(objectId, (hash = current(objectId).catch(() => undefined)));
+        return hash;
+      };
+      for (const step of newestFirst) {
+        for (const o of outputsOf(step)) if ((await currentOf(o.objectId)) === o.contentHash) return step;
+      }
+    }
+    return newestFirst[0] as Step;
   }
 
   // ---- execution ----
@@ -603,6 +639,8 @@ export class ReplayEngine {
       const parameters = { ...((step.parameters ?? {}) as Record<string, unknown>), ...(policy.stepParameters[ps.name] ?? {}) };
       const codeVersion = policy.codeVersions[step.transform] ?? step.codeVersion;
       const overridden = codeVersion !== step.codeVersion || policy.stepParameters[ps.name] !== undefined;
+      // A recompute that reproduced an existing version lists it as reproduced, not generated.
+      let originals = outputsOf(step);
       const result: ReplayStepResult = {
         record: plan.source.objectId,
         step: ps.name,
@@ -610,7 +648,7 @@ export class ReplayEngine {
         replayStepId: `replay:${job.id}/${step.stepId}`,
         transform: step.transform,
         codeVersion,
-        originalOutputHashes: step.generated.map((g) => g.contentHash),
+        originalOutputHashes: originals.map((g) => g.contentHash),
         replayOutputHashes: [],
         matches: false,
         overridden,
@@ -724,8 +762,10 @@ export class ReplayEngine {
         continue;
       }
       const generated: ObjectRef[] = [];
+      originals = alignOutputs(step, originals, outcome.outputs.map((o) => o.key || plan.key));
+      result.originalOutputHashes = originals.map((g) => g.contentHash);
       for (const [i, out] of outcome.outputs.entries()) {
-        const original = step.generated[i];
+        const original = originals[i];
         const objectId = `replay:${job.id}/${original?.objectId ?? `${step.stepId}/out-${i}`}`;
         const hash = contentHashOf(out.payload);
         toStore.push(out.payload);
@@ -978,6 +1018,51 @@ function isRecord(v: unknown): v is Record<string, unknown> {
 function retraceFacet(step: Step): { pipeline?: string; step?: string; inputs?: Record<string, string>; [k: string]: unknown } {
   const f = (step.facets as Record<string, unknown> | undefined)?.retrace;
   return isRecord(f) ? (f as { step?: string; inputs?: Record<string, string> }) : {};
+}
+
+/**
+ * A step's outputs: the versions it generated, then those it reproduced exactly (a recompute
+ * whose output an earlier step had made records it in its facet, `reproduced`, not as generated).
+ */
+function outputsOf(step: Step): ObjectRef[] {
+  const reproduced = retraceFacet(step).reproduced;
+  const extra = Array.isArray(reproduced) ? reproduced.filter((r): r is { objectId: string; contentHash: string } => isRecord(r) && typeof r.objectId === 'string' && typeof r.contentHash === 'string') : [];
+  return [...step.generated, ...extra.map((r) => ({ objectId: r.objectId, contentHash: r.contentHash, unversioned: false }))];
+}
+
+/**
+ * A step's original outputs in the order of the replayed ones. Generated and reproduced outputs
+ * are recorded apart, so when a pipeline step has both, the original order is lost: each
+ * replayed output is matched with the original of the record it would write (pipeline, output
+ * dataset, its key), and the rest keep their order.
+ */
+function alignOutputs(step: Step, originals: readonly ObjectRef[], replayedKeys: readonly string[]): ObjectRef[] {
+  const { pipeline, output } = retraceFacet(step);
+  // Nothing reproduced, or a count that differs anyway (the report says so).
+  if (originals.length < 2 || originals.length === step.generated.length || replayedKeys.length !== originals.length) return [...originals];
+  if (typeof pipeline !== 'string' || typeof output !== 'string') return [...originals];
+  const left = [...originals];
+  const byRecord = replayedKeys.map((key) => {
+    const at = left.findIndex((o) => o.objectId === `record:${pipeline}/${output}:${key}`);
+    return at < 0 ? undefined : left.splice(at, 1)[0];
+  });
+  return byRecord.map((o) => o ?? (left.shift() as ObjectRef));
+}
+
+/**
+ * A step's logical identity in a record's path: the same pipeline step (or transform, outside
+ * pipelines) over the same input objects. Its re-executions (re-ingest, recomputes) share it.
+ */
+function logicalStepKey(step: Step): string {
+  const facet = retraceFacet(step);
+  return JSON.stringify([facet.pipeline ?? '', facet.step ?? step.transform, step.used.map((u) => u.objectId).sort()]);
+}
+
+/** Newest first: by end time, then by step id so that the order is always the same. */
+function compareNewest(a: Step, b: Step): number {
+  const x = BigInt(a.endedAtNs || '0');
+  const y = BigInt(b.endedAtNs || '0');
+  return x > y ? -1 : x < y ? 1 : a.stepId < b.stepId ? 1 : a.stepId > b.stepId ? -1 : 0;
 }
 
 /** A recorded pipeline step's `pipeline@version/step` (version 0: not recorded), or undefined for steps of other producers. */

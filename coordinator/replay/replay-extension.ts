@@ -13,7 +13,7 @@ export interface ReplayShared {
   dispatcher?: ReplayShardRunner;
   /** Published code (codeExtension): what a replayed code version declares counts in the up-front checks. */
   code?: { describe(codeVersion: string): Promise<PublishedCode | undefined> };
-  pipelines?: { payloads: ReplayPayloads; store?: Pick<PipelineStore, 'get'> };
+  pipelines?: { payloads: ReplayPayloads; store?: Pick<PipelineStore, 'get' | 'getCurrent'> };
   mesh?: { nodes(): readonly NodeInfo[] };
   replay?: ReplayEngine;
 }
@@ -45,6 +45,12 @@ export function replayExtension(shared: ReplayShared): ExtensionFactory {
         const pv = await store.get(pipeline, version).catch(() => store.get(pipeline));
         const found = pv.pipeline?.steps.find((s) => s.name === step);
         return found && { timeoutMs: found.timeoutMs, requirements: found.requirements };
+      },
+      async currentVersion(objectId) {
+        const m = /^record:([^/]+)\/([^:]+):(.*)$/s.exec(objectId);
+        const store = shared.pipelines?.store;
+        if (!m || !store) return undefined;
+        return (await store.getCurrent(m[1] as string, m[2] as string, m[3] as string))?.contentHash;
       },
     });
     shared.replay = engine;
