@@ -128,7 +128,10 @@ export const commands: CliCommand[] = [
     summary: 'store a pipeline definition (JSON); a changed one becomes a new version',
     usage: `retrace pipeline apply FILE.json [--json] ${CONNECT_FLAGS}
 FILE is a Pipeline as JSON: {"name", "sources": [{"name", "mediaType"}], "steps": [{"name",
-"transform", "codeVersion": "sha256:...", "parameters": {...}, "inputs": [...], "output"}]}.`,
+"transform", "codeVersion": "sha256:...", "parameters": {...}, "inputs": [...], "output",
+"requirements": {"gpu", "memoryMb", ...}, "timeoutMs", "retries", "retryBackoffMs"}]}. A step
+that fails is run again up to "retries" times (default 0) after a jittered backoff. A step that
+no READY node meets now is stored all the same, with a warning on stderr.`,
     async run(args, io) {
       const [file, extra] = args.positionals;
       if (!file) throw new UsageError('a pipeline file is required');
