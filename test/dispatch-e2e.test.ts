@@ -7,11 +7,13 @@ import { ShardStatus, type ShardAssignment } from '../common/gen/retrace/v1/shar
 import { contentHashOf } from '../common/hash.js';
 import { CACHED_PAYLOAD_MIN_BYTES } from '../common/payload-locality.js';
 import { codeExtension } from '../coordinator/code/code-extension.js';
+import { pipelineExtension } from '../coordinator/pipeline/pipeline-extension.js';
 import { meshExtension } from '../coordinator/mesh/mesh-extension.js';
 import { createDispatcher } from '../coordinator/scheduler/dispatcher.js';
 import { schedulerExtension } from '../coordinator/scheduler/scheduler-extension.js';
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
 import { startLocalAgents, stopLocalAgents, type LocalAgent } from '../scripts/cli/local-agents.js';
+import { runCli } from './helpers/in-process-cli.js';
 import { publishTransform } from './helpers/publish-transform.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 
@@ -71,6 +73,7 @@ describe('dispatch end to end (real coordinator, real agent processes)', () => {
         meshExtension({ onMesh: (m) => (shared.mesh = m), options: { minReportIntervalMs: 50, suspectAfterIntervals: 5, lostAfterIntervals: 10 } }),
         codeExtension({ onCodeStore: (s) => (shared.code = s) }),
         schedulerExtension(shared, { shardTimeoutMs: 20_000, maxInFlightPerNode: 8 }),
+        pipelineExtension(shared),
       ],
     });
     mkdirSync(join(dir, 'src'));
@@ -159,6 +162,46 @@ describe('dispatch end to end (real coordinator, real agent processes)', () => {
     stop.abort();
     expect((await p).outcome.status).toBe(ShardStatus.SHARD_STATUS_CANCELLED);
   }, 60_000);
+
+  it('a pipeline step no READY node can run: apply warns (code requirements counted), ingest prints what it waits for, --wait-timeout gives up', async () => {
+    const file = join(dir, 'src', 'echo-huge.ts');
+    writeFileSync(file, `${SOURCE}\n// huge\n`);
+    const huge = await publishTransform(tc.client(CodeServiceDefinition), file, 'slow-echo', { requirements: { cpu: 0, memoryMb: 50_000_000, gpu: 0, instructionSets: [], networkMbps: 0 } });
+    const def = join(dir, 'huge.json');
+    writeFileSync(
+      def,
+      JSON.stringify({
+        name: 'huge',
+        sources: [{ name: 'in' }],
+        steps: [
+          { name: 'fits', transform: 'slow-echo', codeVersion, inputs: ['in'] },
+          { name: 'big', transform: 'slow-echo', codeVersion: huge, inputs: ['in'] },
+          { name: 'gpus', transform: 'slow-echo', codeVersion, requirements: { gpu: 2 }, inputs: ['in'] },
+        ],
+      }),
+    );
+    const conn = ['--coordinator', tc.grpcAddress, '--token', tc.token];
+    const applied = await runCli(['pipeline', 'apply', def, ...conn]);
+    expect(applied.code, applied.err).toBe(0);
+    expect(applied.out).toMatch(/huge version 1 {2}created/);
+    expect(applied.err).toMatch(/^warning: steps\[1\] \(big\): needs memory ≥ 50000000 MiB: no READY node meets it \(3 READY nodes: .*\); its shards will wait until such a node joins$/m);
+    expect(applied.err).toMatch(/^warning: steps\[2\] \(gpus\): needs gpu ≥ 2: no READY node meets it/m);
+    expect(applied.err).not.toMatch(/fits/);
+    const data = join(dir, 'huge.jsonl');
+    writeFileSync(data, `${JSON.stringify({ key: 'k', payload: { n: 1 } })}\n`);
+    const ing = await runCli(['ingest', 'huge', 'in', data, '--wait-timeout', '1s', ...conn]);
+    expect(ing.code, ing.out + ing.err).toBe(1);
+    expect(ing.err).toMatch(/^waiting: 1 shard\(s\) of step big wait: needs memory ≥ 50000000 MiB: no READY node meets it/m);
+    expect(ing.err).toMatch(/^ingest cancelled after --wait-timeout 1s: 1 shard\(s\) of step big wait: needs memory/m);
+    // The cancelled call took its waiting shard with it.
+    await until(() => dispatcher().waiting().length === 0 && shared.pipelines?.runner.running().length === 0);
+  }, 60_000);
+
+  it('a run given earlier attempts numbers its placements after them', async () => {
+    const r = await dispatcher().run(shard(), { attemptsBefore: 2 });
+    expect(r.outcome.status, r.outcome.error).toBe(ShardStatus.SHARD_STATUS_SUCCEEDED);
+    expect([r.attempts, r.outcome.attempt]).toEqual([1, 3]);
+  }, 30_000);
 
   it('an impossible requirement waits with a reason, then runs when a fitting agent joins', async () => {
     const s = shard();

@@ -29,6 +29,19 @@ const TRANSFORMS: Record<string, (a: ShardAssignment) => { key?: string; text: s
   enrich: (a) => [
     { text: JSON.stringify({ value: new TextDecoder().decode(a.inputs[0]?.payload), tag: (a.parameters as { tag?: string }).tag ?? '' }), mediaType: 'application/json' },
   ],
+  // Fails the first time it sees each input (an outage, a flaky service).
+  flaky: (a) => {
+    const text = new TextDecoder().decode(a.inputs[0]?.payload);
+    if (!flakySeen.has(text)) {
+      flakySeen.add(text);
+      throw new Error(`transient failure on ${text}`);
+    }
+    return [{ text, mediaType: 'text/plain' }];
+  },
+  // Refused by the agent as corrupt: a retry would be refused the same way.
+  corrupt: () => {
+    throw Object.assign(new Error('inputs[0] does not hash to its content hash'), { status: ShardStatus.SHARD_STATUS_INPUT_CORRUPTED });
+  },
   boom: (a) => {
     const text = new TextDecoder().decode(a.inputs[0]?.payload);
     if (text.includes('BAD')) throw new Error(`cannot handle ${text}`);
@@ -36,11 +49,16 @@ const TRANSFORMS: Record<string, (a: ShardAssignment) => { key?: string; text: s
   },
 };
 
+const flakySeen = new Set<string>();
+/** The `attemptsBefore` of every run, in order. */
+const attemptsBeforeSeen: (number | undefined)[] = [];
+
 /** A fake dispatcher: runs the transform in-process, reports node "node-a" and made-up resources. */
 function fakeRunner(calls: ShardAssignment[]): ShardRunner {
   return {
-    async run(assignment) {
+    async run(assignment, options) {
       calls.push(assignment);
+      attemptsBeforeSeen.push(options?.attemptsBefore);
       const started = BigInt(Date.now()) * 1_000_000n;
       const fn = TRANSFORMS[assignment.transform];
       const base = { shardId: assignment.shardId, startedAtNs: started.toString(), endedAtNs: (started + 1000n).toString(), nodeId: 'node-a', attempt: 1 };
@@ -50,7 +68,8 @@ function fakeRunner(calls: ShardAssignment[]): ShardRunner {
         const outputs = fn(assignment).map((o) => ({ key: o.key ?? '', contentHash: '', payload: Buffer.from(o.text), mediaType: o.mediaType }));
         return { outcome: { ...base, status: ShardStatus.SHARD_STATUS_SUCCEEDED, outputs, resources, error: '' }, nodeId: 'node-a', attempts: 1, queuedMs: 0, host: 'host-a' };
       } catch (err) {
-        return { outcome: { ...base, status: ShardStatus.SHARD_STATUS_FAILED, outputs: [], resources, error: (err as Error).message }, nodeId: 'node-a', attempts: 1, queuedMs: 0 };
+        const status = (err as { status?: ShardStatus }).status ?? ShardStatus.SHARD_STATUS_FAILED;
+        return { outcome: { ...base, status, outputs: [], resources, error: (err as Error).message }, nodeId: 'node-a', attempts: 1, queuedMs: 0 };
       }
     },
   };
@@ -207,6 +226,43 @@ describe('pipelines', () => {
 
     await expectStatus(pipelines.ingest(records('orders', 'nope', recs)), Status.INVALID_ARGUMENT, /source/);
     await expectStatus(pipelines.ingest(records('ghost', 'raw', recs)), Status.NOT_FOUND, /pipeline/);
+  });
+
+  it('retries a step whose transform failed as often as its `retries` says, recording the attempts; refusals are not retried', async () => {
+    await expectStatus(
+      pipelines.applyPipeline({ pipeline: definition({ name: 'retry-bad', steps: [{ ...definition().steps[0]!, retries: 101 }] }) }),
+      Status.INVALID_ARGUMENT,
+      /steps\[0\]\.retries: at most 100/,
+    );
+    const def = Pipeline.fromJSON({
+      name: 'retrying',
+      sources: [{ name: 'raw' }],
+      steps: [
+        { name: 'flaky', transform: 'flaky', codeVersion: CODE.flaky, inputs: ['raw'], retries: 2, retryBackoffMs: 1 },
+        { name: 'never', transform: 'boom', codeVersion: CODE.boom, inputs: ['flaky'], retries: 2, retryBackoffMs: 1 },
+        { name: 'loud', transform: 'upper', codeVersion: CODE.upper, inputs: ['raw'] },
+        { name: 'once', transform: 'flaky', codeVersion: CODE.flaky, inputs: ['loud'] },
+        { name: 'refused', transform: 'corrupt', codeVersion: CODE.corrupt, inputs: ['raw'], retries: 5, retryBackoffMs: 1 },
+      ],
+    });
+    await pipelines.applyPipeline({ pipeline: def });
+    let before = calls.length;
+    attemptsBeforeSeen.length = 0;
+    const res = await pipelines.ingest(records('retrying', 'raw', [{ key: 'r1', text: 'retry-me' }]));
+    // flaky failed once, then ran; once (no retries) failed once; refused is not retried.
+    expect(calls.slice(before).map((c) => c.stepName)).toEqual(['flaky', 'flaky', 'never', 'loud', 'once', 'refused']);
+    expect([res.shardsRun, res.shardsFailed]).toEqual(['5', '2']);
+    expect(res.firstError).toBe('once/r1: SHARD_STATUS_FAILED: transient failure on RETRY-ME');
+    const ok = await lineage.getRecordPath({ objectId: 'record:retrying/never:r1', contentHash: '', asOfNs: '0' });
+    expect(ok.steps.map((st) => (st.facets?.retrace as { attempts?: number }).attempts)).toEqual([2, 1]);
+    // A retry's placements are numbered after the earlier ones'.
+    expect(attemptsBeforeSeen).toEqual([undefined, 1, undefined, undefined, undefined, undefined]);
+
+    before = calls.length;
+    const failed = await pipelines.ingest(records('retrying', 'raw', [{ key: 'r2', text: 'BAD' }]));
+    expect(calls.slice(before).map((c) => c.stepName)).toEqual(['flaky', 'flaky', 'never', 'never', 'never', 'loud', 'once', 'refused']);
+    expect(failed.firstError).toBe('never/r2: SHARD_STATUS_FAILED: cannot handle BAD (after 3 attempts)');
+    expect(attemptsBeforeSeen.slice(-8)).toEqual([undefined, 1, undefined, 1, 2, undefined, undefined, undefined]);
   });
 
   it('joins a second input by key when both are available', async () => {

@@ -56,7 +56,7 @@ function untilReachable<T>(what: string, check: () => Promise<T | undefined>, ti
 
 function pipelineOf(name: string, codeVersion: string, costMs: number): Pipeline {
   // `step` in the parameters: b and c read the same input, and must not be one memoized computation.
-  const step = (n: string, inputs: string[]) => ({ name: n, transform: 'wf-task', codeVersion, parameters: { step: n, costMs }, requirements: undefined, inputs, output: '', timeoutMs: 0 });
+  const step = (n: string, inputs: string[]) => ({ name: n, transform: 'wf-task', codeVersion, parameters: { step: n, costMs }, requirements: undefined, inputs, output: '', timeoutMs: 0, retries: 0, retryBackoffMs: 0 });
   // A diamond per key: a → (b, c) → d.
   return { name, sources: [{ name: 'raw', mediaType: 'application/json', description: '' }], steps: [step('a', ['raw']), step('b', ['a']), step('c', ['a']), step('d', ['b', 'c'])] } as Pipeline;
 }

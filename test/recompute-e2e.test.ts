@@ -80,7 +80,7 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
         { name: 'a2', labels: ['pool=b'], reportInterval: '200ms' },
       ])),
     );
-    const step = (name: string, inputs: string[], parameters: Record<string, unknown>) => ({ name, transform: 'wf-task', codeVersion: wfV1, parameters, requirements: undefined, inputs, output: '', timeoutMs: 0 });
+    const step = (name: string, inputs: string[], parameters: Record<string, unknown>) => ({ name, transform: 'wf-task', codeVersion: wfV1, parameters, requirements: undefined, inputs, output: '', timeoutMs: 0, retries: 0, retryBackoffMs: 0 });
     pipeline = {
       name: 'wf',
       sources: [{ name: 'raw', mediaType: 'application/json', description: '' }],
@@ -322,7 +322,7 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
   });
 
   it('an ingest still running on the version an apply replaced: its late steps are recomputed too (auto)', async () => {
-    const step = (salt: number) => ({ name: 's1', transform: 'wf-task', codeVersion: wfV1, parameters: { salt, costMs: 5 }, requirements: undefined, inputs: ['raw'], output: '', timeoutMs: 0 });
+    const step = (salt: number) => ({ name: 's1', transform: 'wf-task', codeVersion: wfV1, parameters: { salt, costMs: 5 }, requirements: undefined, inputs: ['raw'], output: '', timeoutMs: 0, retries: 0, retryBackoffMs: 0 });
     const late = (salt: number) => ({ name: 'late', sources: [{ name: 'raw', mediaType: 'application/json', description: '' }], steps: [step(salt)] }) as Pipeline;
     await pipelines().applyPipeline({ pipeline: late(0) });
     await recompute().setChangePolicy({ pipeline: 'late', source: '', policy: ChangePolicy.CHANGE_POLICY_AUTO });
@@ -354,7 +354,7 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
     mkdirSync(docs);
     writeFileSync(join(docs, 'a.txt'), 'alpha');
     writeFileSync(join(docs, 'b.txt'), 'beta');
-    await pipelines().applyPipeline({ pipeline: { name: 'docs', sources: [{ name: 'files', mediaType: 'text/plain', description: '' }], steps: [{ name: 'wc', transform: 'wf-task', codeVersion: wfV1, parameters: { ignoreInputSuffix: 1 }, requirements: undefined, inputs: ['files'], output: '', timeoutMs: 0 }] } as Pipeline });
+    await pipelines().applyPipeline({ pipeline: { name: 'docs', sources: [{ name: 'files', mediaType: 'text/plain', description: '' }], steps: [{ name: 'wc', transform: 'wf-task', codeVersion: wfV1, parameters: { ignoreInputSuffix: 1 }, requirements: undefined, inputs: ['files'], output: '', timeoutMs: 0, retries: 0, retryBackoffMs: 0 }] } as Pipeline });
     const w = await recompute().watchPath({ path: docs, pipeline: 'docs', source: 'files', objectIdPrefix: '', policy: ChangePolicy.CHANGE_POLICY_AUTO, rescanIntervalMs: 300, debounceMs: 50 });
     expect(w.watch?.watchId).toMatch(/^w-/);
     await until('both files ingested', () => (versionsOf('record:docs/wc:a.txt').length === 1 && versionsOf('record:docs/wc:b.txt').length === 1 ? true : undefined), 30_000);
@@ -462,7 +462,7 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
     await expect(c.impact({ target: { $case: 'objectId', value: 'no-such-object' }, asOfNs: '0' })).rejects.toMatchObject({ code: Status.NOT_FOUND, details: expect.stringMatching(/^object_id: /) });
     await expect(c.recompute({ changeIds: ['chg-0000000000000000'], objectIds: [], newContents: [], policy: undefined })).rejects.toMatchObject({ code: Status.NOT_FOUND, details: expect.stringMatching(/^change_ids\[0\]: /) });
     await expect(c.recompute({ changeIds: [], objectIds: ['record:wf/raw:nope'], newContents: [], policy: undefined })).rejects.toMatchObject({ code: Status.NOT_FOUND, details: expect.stringMatching(/^object_ids\[0\]: /) });
-    const cyclic = { name: 'loop', sources: [{ name: 'raw', mediaType: '', description: '' }], steps: [{ name: 'a', transform: 'wf-task', codeVersion: wfV1, parameters: {}, requirements: undefined, inputs: ['b'], output: '', timeoutMs: 0 }, { name: 'b', transform: 'wf-task', codeVersion: wfV1, parameters: {}, requirements: undefined, inputs: ['a'], output: '', timeoutMs: 0 }] } as Pipeline;
+    const cyclic = { name: 'loop', sources: [{ name: 'raw', mediaType: '', description: '' }], steps: [{ name: 'a', transform: 'wf-task', codeVersion: wfV1, parameters: {}, requirements: undefined, inputs: ['b'], output: '', timeoutMs: 0, retries: 0, retryBackoffMs: 0 }, { name: 'b', transform: 'wf-task', codeVersion: wfV1, parameters: {}, requirements: undefined, inputs: ['a'], output: '', timeoutMs: 0, retries: 0, retryBackoffMs: 0 }] } as Pipeline;
     await expect(pipelines().applyPipeline({ pipeline: cyclic })).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringMatching(/cycle/) });
     const unknownCode = { ...pipeline, steps: pipeline.steps.map((s) => (s.name === 'audit' ? { ...s, codeVersion: `sha256:${'0'.repeat(64)}` } : s)) };
     await expect(pipelines().applyPipeline({ pipeline: unknownCode })).rejects.toMatchObject({ code: Status.NOT_FOUND, details: expect.stringMatching(/^steps\[2\]\.code_version: /) });

@@ -113,7 +113,7 @@ describe('impact analysis and recompute planning', () => {
 
   it('pipeline versions whose steps changed code or parameters are changes', () => {
     const pv = (version: number, code: string, params: Record<string, unknown>): PipelineVersion =>
-      ({ version, definitionHash: '', createdAtNs: '0', pipeline: { name: 'p', sources: [], steps: [{ name: 'X', transform: 'upper', codeVersion: code, parameters: params, inputs: ['raw'], output: '', timeoutMs: 0, requirements: undefined }] } }) as PipelineVersion;
+      ({ version, definitionHash: '', createdAtNs: '0', pipeline: { name: 'p', sources: [], steps: [{ name: 'X', transform: 'upper', codeVersion: code, parameters: params, inputs: ['raw'], output: '', timeoutMs: 0, retries: 0, retryBackoffMs: 0, requirements: undefined }] } }) as PipelineVersion;
     expect(stepChanges(undefined, pv(1, 'c1', {}), 'apply:me')).toEqual([]);
     expect(stepChanges(pv(1, 'c1', {}), pv(2, 'c1', {}), 'apply:me')).toEqual([]);
     expect(stepChanges(pv(1, 'c1', {}), pv(2, 'c2', {}), 'apply:me')).toMatchObject([{ kind: ChangeKind.CHANGE_KIND_CODE_VERSION, oldHash: 'c1', newHash: 'c2', step: 'X', noticedBy: 'apply:me' }]);

@@ -57,7 +57,7 @@ describe('recompute after a reverted change', () => {
   });
 
   const pipelineOf = (name: string): Pipeline => {
-    const step = (n: string, inputs: string[]) => ({ name: n, transform: 'wf-task', codeVersion, parameters: { step: n }, requirements: undefined, inputs, output: '', timeoutMs: 0 });
+    const step = (n: string, inputs: string[]) => ({ name: n, transform: 'wf-task', codeVersion, parameters: { step: n }, requirements: undefined, inputs, output: '', timeoutMs: 0, retries: 0, retryBackoffMs: 0 });
     return { name, sources: [{ name: 'x', mediaType: '', description: '' }, { name: 'y', mediaType: '', description: '' }], steps: [step('p', ['x']), step('q', ['y']), step('r', ['p', 'q'])] } as Pipeline;
   };
   const ingest = async (pipeline: string, source: string, text: string) =>

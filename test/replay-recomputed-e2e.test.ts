@@ -92,8 +92,8 @@ describe('replay of recomputed records (real coordinator, real agent process)', 
       name: 'orders',
       sources: [{ name: 'raw', mediaType: 'application/json', description: '' }],
       steps: [
-        { name: 'scale', transform: 'scale-order', codeVersion: scale, parameters: { rates: { USD: 1 } }, requirements: undefined, inputs: ['raw'], output: '', timeoutMs: 0 },
-        { name: 'classify', transform: 'classify-order', codeVersion: classify, parameters: { largeCents: 10_000 }, requirements: undefined, inputs: ['scale'], output: '', timeoutMs: 0 },
+        { name: 'scale', transform: 'scale-order', codeVersion: scale, parameters: { rates: { USD: 1 } }, requirements: undefined, inputs: ['raw'], output: '', timeoutMs: 0, retries: 0, retryBackoffMs: 0 },
+        { name: 'classify', transform: 'classify-order', codeVersion: classify, parameters: { largeCents: 10_000 }, requirements: undefined, inputs: ['scale'], output: '', timeoutMs: 0, retries: 0, retryBackoffMs: 0 },
       ],
     } as Pipeline;
     await pipelines().applyPipeline({ pipeline });

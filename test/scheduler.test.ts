@@ -346,10 +346,14 @@ describe('dispatcher (fake mesh)', () => {
     const d = createDispatcher({ mesh: f.mesh, log: quiet, shardTimeoutMs: 10_000 });
     const p = d.run(shard('g'), { requirements: { gpu: 1 } });
     await tick();
-    expect(d.waiting()).toEqual([{ shardId: 'g', stepName: 'step', reason: expect.stringMatching(/needs gpu ≥ 1/) as unknown as string }]);
+    expect(d.waiting()).toEqual([{ shardId: 'g', stepName: 'step', reason: expect.stringMatching(/needs gpu ≥ 1/) as unknown as string, busy: false }]);
+    // What ApplyPipeline warns of: the same reason, asked without a shard.
+    expect(d.unmet({ gpu: 1 })).toMatch(/^needs gpu ≥ 1: no READY node meets it \(1 READY node: a\)$/);
+    expect(d.unmet(undefined)).toBeUndefined();
     f.set([info('a'), info('gpu', { gpu: 1 })]);
     f.emit('node:registered', { nodeId: 'gpu', rejoined: false, restarted: false, atMs: 0, payloadCacheBytes: 0 });
     await tick();
+    expect(d.unmet({ gpu: 1 })).toBeUndefined();
     expect(f.assigned('gpu')).toEqual(['g']);
     f.reply('gpu', ['g']);
     expect((await p).nodeId).toBe('gpu');

@@ -1,8 +1,10 @@
 import type { CallContext } from 'nice-grpc';
+import type { TransformRequirements } from '../../common/gen/retrace/v1/code.js';
 import { InvalidArgumentError, NotFoundError } from '../../common/errors.js';
 import {
   PipelineServiceDefinition,
   type IngestRequest,
+  type IngestWaiting,
   type PipelineServiceImplementation,
   type PipelineVersion,
 } from '../../common/gen/retrace/v1/pipeline.js';
@@ -28,7 +30,10 @@ export type PipelineApplyListener = (e: { previous: PipelineVersion | undefined;
 /** Services the pipeline extension reads (set by extensions before it) and publishes. */
 export interface PipelineShared {
   code?: CodeLookup;
-  dispatcher?: ShardRunner;
+  /** The scheduler's dispatcher: runs shards, and says which wait for a node and why. */
+  dispatcher?: ShardRunner & { waiting?(): readonly WaitingShardView[] };
+  /** Why no READY node could run a step now (set by the scheduler extension); see ApplyPipeline's warnings. */
+  unmetRequirements?: (codeVersion: string, requirements: TransformRequirements | undefined) => Promise<string | undefined>;
   mesh?: { nodes(): readonly { nodeId: string; host: string }[] };
   pipelines?: PipelineHandles;
 }
@@ -45,6 +50,43 @@ export interface PipelineExtensionOptions {
   concurrency?: number;
   /** Overrides `shared.dispatcher` (tests). */
   runner?: ShardRunner;
+  /** How often the coordinator looks for ingest shards that wait for a node, to log why (default 5000 ms). */
+  waitingLogIntervalMs?: number;
+}
+
+/** A shard the dispatcher cannot place now (its `waiting()`). */
+export interface WaitingShardView {
+  shardId: string;
+  stepName: string;
+  reason: string;
+  busy: boolean;
+}
+
+/** What the extension reads besides the handles: the dispatcher's waiting shards, and the feasibility check. */
+interface SchedulerView {
+  waiting(): readonly WaitingShardView[];
+  unmetRequirements: PipelineShared['unmetRequirements'];
+}
+
+/**
+ * The waiting shards of the running ingests of `pipeline` (of `runId` alone when set), grouped by
+ * run, step and reason.
+ */
+export function ingestWaiting(runner: Pick<PipelineRunner, 'running'>, waiting: readonly WaitingShardView[], pipeline: string, runId = ''): { running: string[]; waiting: IngestWaiting[] } {
+  const runs = runner.running().filter((r) => r.pipeline === pipeline && (runId === '' || r.runId === runId));
+  const byShard = new Map(waiting.map((w) => [w.shardId, w]));
+  const groups = new Map<string, IngestWaiting>();
+  for (const run of runs) {
+    for (const [shardId, step] of run.shards) {
+      const w = byShard.get(shardId);
+      if (!w) continue;
+      const key = JSON.stringify([run.runId, step, w.reason]);
+      const g = groups.get(key);
+      if (g) g.shards++;
+      else groups.set(key, { runId: run.runId, step, shards: 1, reason: w.reason, busy: w.busy });
+    }
+  }
+  return { running: runs.map((r) => r.runId), waiting: [...groups.values()] };
 }
 
 /** The caller as the request names it (`x-retrace-principal`), or 'ingest'. */
@@ -54,7 +96,12 @@ function principalOf(context: CallContext, fallback = 'ingest'): string {
 }
 
 /** PipelineService over the store and the runner; errors are the stores' typed errors. */
-export function createPipelineHandlers(h: PipelineHandles, sweepPayloads: (dryRun: boolean, signal: AbortSignal) => Promise<SweepReport>): PipelineServiceImplementation {
+export function createPipelineHandlers(
+  h: PipelineHandles,
+  sweepPayloads: (dryRun: boolean, signal: AbortSignal) => Promise<SweepReport>,
+  scheduler: () => Partial<SchedulerView> = () => ({}),
+  log: (line: string) => void = () => {},
+): PipelineServiceImplementation {
   return {
     async applyPipeline(request, context) {
       if (!request.pipeline) throw new InvalidArgumentError('pipeline', 'is required');
@@ -63,7 +110,17 @@ export function createPipelineHandlers(h: PipelineHandles, sweepPayloads: (dryRu
       const result = await h.store.apply(request.pipeline);
       // The listener records the change; it never fails the apply, which is already stored.
       if (listener && result.created) await listener({ previous, current: result.pipeline, principal: principalOf(context, 'apply') });
-      return result;
+      // Stored all the same: nodes that meet the requirements may join later.
+      const warnings: string[] = [];
+      const unmet = scheduler().unmetRequirements;
+      if (unmet) {
+        for (const [i, step] of (result.pipeline.pipeline?.steps ?? []).entries()) {
+          const why = await unmet(step.codeVersion, step.requirements);
+          if (why !== undefined) warnings.push(`steps[${i}] (${step.name}): ${why}; its shards will wait until such a node joins`);
+        }
+      }
+      for (const w of warnings) log(`pipelines: ${result.pipeline.pipeline?.name} version ${result.pipeline.version}: ${w}`);
+      return { ...result, warnings };
     },
     async getPipeline(request) {
       const pipeline = await h.store.get(request.name, request.version);
@@ -94,7 +151,15 @@ export function createPipelineHandlers(h: PipelineHandles, sweepPayloads: (dryRu
           yield convert(r);
         }
       }
-      const s = await h.runner.ingest(head.pipeline, head.source, batches(), { principal: principalOf(context), signal: context.signal });
+      const s = await h.runner.ingest(head.pipeline, head.source, batches(), {
+        principal: principalOf(context),
+        signal: context.signal,
+        // Sent before the response so that the caller can ask GetIngestStatus about the run.
+        onRunStarted(runId) {
+          context.header.set('x-retrace-run-id', runId);
+          context.sendHeader();
+        },
+      });
       return {
         accepted: String(s.accepted),
         duplicates: String(s.duplicates),
@@ -104,6 +169,11 @@ export function createPipelineHandlers(h: PipelineHandles, sweepPayloads: (dryRu
         firstError: s.firstError,
         pipelineVersion: s.pipelineVersion,
       };
+    },
+    async getIngestStatus(request) {
+      if (request.pipeline === '') throw new InvalidArgumentError('pipeline', 'is required');
+      const r = ingestWaiting(h.runner, scheduler().waiting?.() ?? [], request.pipeline, request.runId);
+      return { runningRuns: r.running, waiting: r.waiting };
     },
     async getPayload(request) {
       const bytes = await h.payloads.get(request.contentHash);
@@ -167,12 +237,36 @@ export function pipelineExtension(shared: PipelineShared = {}, options: Pipeline
           yield* ctx.lineage.index.newestVersionHashes('object:replay:');
         },
       });
+    const scheduler = (): Partial<SchedulerView> => {
+      const d = shared.dispatcher;
+      return { ...(d?.waiting ? { waiting: () => d.waiting?.() ?? [] } : {}), unmetRequirements: shared.unmetRequirements };
+    };
+    // An ingest whose shards wait for a node that may never come says so in the log, once per
+    // change of what it waits for.
+    const waitingLogged = new Map<string, string>();
+    const logWaiting = (): void => {
+      const d = shared.dispatcher;
+      const running = runner.running();
+      for (const runId of waitingLogged.keys()) if (!running.some((r) => r.runId === runId)) waitingLogged.delete(runId);
+      if (running.length === 0 || !d?.waiting) return;
+      const waiting = d.waiting();
+      for (const run of running) {
+        const groups = ingestWaiting(runner, waiting, run.pipeline, run.runId).waiting.filter((w) => !w.busy);
+        const text = groups.map((g) => `${g.shards} shard(s) of step ${g.step} wait: ${g.reason}`).join('; ');
+        if (text === (waitingLogged.get(run.runId) ?? '')) continue;
+        waitingLogged.set(run.runId, text);
+        if (text !== '') ctx.log(`pipelines: ingest ${run.runId}: ${text}`);
+      }
+    };
+    let waitingTimer: NodeJS.Timeout | undefined;
     let timer: NodeJS.Timeout | undefined;
     let sweepRunning: Promise<unknown> | undefined;
     return {
       name: 'pipelines',
-      services: [{ definition: PipelineServiceDefinition, implementation: createPipelineHandlers(handles, sweepPayloads) }],
+      services: [{ definition: PipelineServiceDefinition, implementation: createPipelineHandlers(handles, sweepPayloads, scheduler, ctx.log) }],
       async start() {
+        waitingTimer = setInterval(logWaiting, options.waitingLogIntervalMs ?? 5000);
+        waitingTimer.unref();
         // Runs left open are a wrong answer in lineage, not a reason to refuse to start.
         const closed = await closeInterruptedIngestRuns(store, ctx.lineage, ctx.clock).catch((err: unknown) => {
           ctx.log(`pipelines: closing the ingest runs a stopped coordinator left open failed: ${String(err)}`);
@@ -196,6 +290,7 @@ export function pipelineExtension(shared: PipelineShared = {}, options: Pipeline
       },
       async stop() {
         if (timer) clearInterval(timer);
+        if (waitingTimer) clearInterval(waitingTimer);
         stopping.abort();
         await sweepRunning;
         if (shared.pipelines === handles) delete shared.pipelines;

@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { sleep } from '../../common/abortable-sleep.js';
 import { canonicalJson, sortKeys } from '../../common/canonical-json.js';
 import { FailedPreconditionError, InvalidArgumentError } from '../../common/errors.js';
 import { EVENT_LIMITS, idProblem, isNonNegativeInt64 } from '../../common/event-validation.js';
@@ -10,12 +11,13 @@ import { contentHashOf, sha256Hex } from '../../common/hash.js';
 import type { NanoClock } from '../clock.js';
 import type { LineageEngine } from '../lineage/lineage-engine.js';
 import type { PayloadStore } from '../store/payload-store.js';
-import { latestWithSource, validatePipeline, type CurrentRecord, type PipelineStore } from './pipeline-store.js';
+import { latestWithSource, STEP_RETRY_LIMITS, validatePipeline, type CurrentRecord, type PipelineStore } from './pipeline-store.js';
 
 /** What the scheduler's dispatcher returns for one shard. */
 export interface ShardRunResult {
   outcome: ShardOutcome;
   nodeId: string;
+  /** Placements made by this run (not counting `attemptsBefore`). */
   attempts: number;
   queuedMs: number;
   /** Host name of the node, when the runner knows it. */
@@ -24,7 +26,16 @@ export interface ShardRunResult {
 
 /** Runs one shard somewhere (the scheduler's dispatcher, or an in-process fake); always resolves with an outcome. */
 export interface ShardRunner {
-  run(assignment: ShardAssignment, options?: { requirements?: TransformRequirements; signal?: AbortSignal }): Promise<ShardRunResult>;
+  /** `attemptsBefore`: placements made by earlier runs of the shard (a step's retries), numbered after. */
+  run(assignment: ShardAssignment, options?: { requirements?: TransformRequirements; signal?: AbortSignal; attemptsBefore?: number }): Promise<ShardRunResult>;
+}
+
+/** An ingest running now, and the shards it has out. */
+export interface RunningIngest {
+  runId: string;
+  pipeline: string;
+  /** Shard id → step name, of the shards it waits for now. */
+  shards: ReadonlyMap<string, string>;
 }
 
 /** One record as ingested. */
@@ -66,6 +77,22 @@ export interface PipelineRunnerOptions {
    */
   capture?: boolean;
   producer?: string;
+  /** Draws the retry backoff in [0, 1) (default Math.random): fixed in tests. */
+  rng?: () => number;
+  /** Waits between retries (default an abortable timer): replaced in tests. */
+  sleep?: (ms: number, signal: AbortSignal) => Promise<void>;
+}
+
+/**
+ * Outcomes a retry may turn out otherwise: the transform threw or ran out of time. The others
+ * would come out the same (an input that does not hash to its id, code that cannot be had, the
+ * same heap limit) or were asked for (cancelled).
+ */
+const RETRIED_STATUSES: ReadonlySet<ShardStatus> = new Set([ShardStatus.SHARD_STATUS_FAILED, ShardStatus.SHARD_STATUS_TIMED_OUT]);
+
+/** Backoff before retry `n` (1-based): uniform in [0, min(cap, base · 2^(n-1))], as the job manager draws it. */
+export function retryDelayMs(n: number, baseMs: number, rng: () => number): number {
+  return Math.round(rng() * Math.min(STEP_RETRY_LIMITS.backoffCapMs, baseMs * 2 ** (n - 1)));
 }
 
 /**
@@ -207,6 +234,7 @@ export class PipelineRunner {
   private readonly producer: string;
   private readonly plans = new Map<string, Plan>();
   private changeListener: RecordChangeListener | undefined;
+  private readonly runningIngests = new Map<string, { runId: string; pipeline: string; shards: Map<string, string> }>();
 
   constructor(private readonly options: PipelineRunnerOptions) {
     this.concurrency = Math.max(1, options.concurrency ?? 128);
@@ -220,6 +248,11 @@ export class PipelineRunner {
    */
   withoutCapture(): PipelineRunner {
     return new PipelineRunner({ ...this.options, capture: false });
+  }
+
+  /** The ingests running now, with the shards each has out (GetIngestStatus reads them). */
+  running(): RunningIngest[] {
+    return [...this.runningIngests.values()];
   }
 
   /** Sets (or clears) the listener told about records re-ingested with new content. */
@@ -253,7 +286,7 @@ export class PipelineRunner {
     pipelineName: string,
     source: string,
     batches: AsyncIterable<readonly IngestRecordInput[]> | Iterable<readonly IngestRecordInput[]>,
-    options: { principal?: string; signal?: AbortSignal } = {},
+    options: { principal?: string; signal?: AbortSignal; onRunStarted?: (runId: string) => void } = {},
   ): Promise<IngestSummary> {
     const { pipelines, clock } = this.options;
     const found = await latestWithSource(pipelines, pipelineName, source);
@@ -276,6 +309,9 @@ export class PipelineRunner {
         },
       ]);
     }
+    const shardsOut = new Map<string, string>();
+    this.runningIngests.set(runId, { runId, pipeline: pipelineName, shards: shardsOut });
+    options.onRunStarted?.(runId);
     const tally: Tally = { accepted: 0, duplicates: 0, shardsRun: 0, shardsFailed: 0, firstError: '' };
     const keyTails = new Map<string, Promise<void>>();
     // A record holds one of `concurrency` slots until its provenance is submitted; waiting for
@@ -287,7 +323,7 @@ export class PipelineRunner {
     const maxUnfinished = this.concurrency * COMMIT_WINDOW;
     let failure: unknown;
     let index = 0;
-    const ctx = { pv, order, parameters, runId, principal, source, mediaType: src.mediaType, signal: options.signal };
+    const ctx = { pv, order, parameters, runId, principal, source, mediaType: src.mediaType, signal: options.signal, shardsOut };
     // A key becomes part of the object id of the record and of every output of it.
     const keyRoom = EVENT_LIMITS.maxIdLength - Math.max(...[source, ...def.steps.map((st) => st.name)].map((d) => recordObjectId(pipelineName, d, '').length));
     try {
@@ -324,6 +360,8 @@ export class PipelineRunner {
     }
     // Records already running finish before the run is closed (their promises never reject).
     await Promise.all(unfinished);
+    // Nothing of the run is out any more (the loop above and these promises never throw).
+    this.runningIngests.delete(runId);
     if (this.capture) {
       // A run that failed is closed too (FAIL, with its error), so it never stays RUNNING.
       const error = failure === undefined ? undefined : failure instanceof Error ? failure.message : String(failure);
@@ -356,7 +394,17 @@ export class PipelineRunner {
   }
 
   private async processRecord(
-    ctx: { pv: PipelineVersion; order: number[]; parameters: Record<string, unknown>[]; runId: string; principal: string; source: string; mediaType: string; signal: AbortSignal | undefined },
+    ctx: {
+      pv: PipelineVersion;
+      order: number[];
+      parameters: Record<string, unknown>[];
+      runId: string;
+      principal: string;
+      source: string;
+      mediaType: string;
+      signal: AbortSignal | undefined;
+      shardsOut: Map<string, string>;
+    },
     rec: IngestRecordInput,
     tally: Tally,
     releaseSlot: () => void,
@@ -480,19 +528,18 @@ export class PipelineRunner {
           attempt: 0,
         };
         tally.shardsRun++;
-        const runOptions: { requirements?: TransformRequirements; signal?: AbortSignal } = {};
-        if (step.requirements) runOptions.requirements = step.requirements;
-        if (ctx.signal) runOptions.signal = ctx.signal;
         let result: ShardRunResult;
+        let attempts: number;
         try {
-          result = await this.shardRunner().run(assignment, runOptions);
+          ({ result, attempts } = await this.runWithRetries(assignment, step, ctx));
         } catch (err) {
           this.fail(tally, `${step.name}/${key}: ${(err as Error).message}`);
           continue;
         }
         const outcome = result.outcome;
         if (outcome.status !== ShardStatus.SHARD_STATUS_SUCCEEDED) {
-          this.fail(tally, `${step.name}/${key}: ${ShardStatus[outcome.status] ?? outcome.status}${outcome.error ? `: ${outcome.error}` : ''}`);
+          const tries = step.retries > 0 && RETRIED_STATUSES.has(outcome.status) ? ` (after ${attempts} attempts)` : '';
+          this.fail(tally, `${step.name}/${key}: ${ShardStatus[outcome.status] ?? outcome.status}${outcome.error ? `: ${outcome.error}` : ''}${tries}`);
           continue;
         }
         const outEventTime = maxNs(inputs.map((i) => i.rec.eventTimeNs));
@@ -521,7 +568,7 @@ export class PipelineRunner {
         // Facets and attributes are built with their keys in canonical (sorted) order, so the
         // engine's normalisation keeps them as they are instead of copying them sorted.
         const facet: RetraceStepFacet & { attempts: number; output: string; queuedMs: number } = {
-          attempts: result.attempts,
+          attempts,
           inputs: inputs.length === 1 ? { [(inputs[0] as { name: string }).name]: (inputs[0] as { rec: Known }).rec.objectId } : sortKeys(Object.fromEntries(inputs.map((i) => [i.name, i.rec.objectId]))),
           output: step.output || step.name,
           pipeline: p,
@@ -571,6 +618,41 @@ export class PipelineRunner {
     if (durable) await durable;
     // Only once the provenance is durable: a current record must never name unrecorded work.
     await pipelines.setCurrent(p, currents);
+  }
+
+  /**
+   * Runs one shard, and again up to the step's `retries` times while it fails in a way a retry
+   * may change (RETRIED_STATUSES), after a jittered exponential backoff. Resolves the last
+   * outcome and the placements made in all (what the step's `attempts` facet records). While it
+   * runs the shard is listed among its run's shards out.
+   */
+  private async runWithRetries(
+    assignment: ShardAssignment,
+    step: PipelineStep,
+    ctx: { signal: AbortSignal | undefined; shardsOut: Map<string, string> },
+  ): Promise<{ result: ShardRunResult; attempts: number }> {
+    const runner = this.shardRunner();
+    const retries = step.retries;
+    const baseMs = step.retryBackoffMs || STEP_RETRY_LIMITS.defaultBackoffMs;
+    const signal = ctx.signal ?? new AbortController().signal;
+    let attempts = 0;
+    ctx.shardsOut.set(assignment.shardId, step.name);
+    try {
+      for (let n = 0; ; n++) {
+        const runOptions: { requirements?: TransformRequirements; signal?: AbortSignal; attemptsBefore?: number } = {};
+        if (step.requirements) runOptions.requirements = step.requirements;
+        if (ctx.signal) runOptions.signal = ctx.signal;
+        if (attempts > 0) runOptions.attemptsBefore = attempts;
+        const result = await runner.run(assignment, runOptions);
+        // A runner that placed nothing (cancelled before placement) still made this try.
+        attempts += Math.max(1, result.attempts);
+        if (result.outcome.status === ShardStatus.SHARD_STATUS_SUCCEEDED || n >= retries || !RETRIED_STATUSES.has(result.outcome.status) || signal.aborted) return { result, attempts };
+        await (this.options.sleep ?? sleep)(retryDelayMs(n + 1, baseMs, this.options.rng ?? Math.random), signal);
+        if (signal.aborted) return { result, attempts };
+      }
+    } finally {
+      ctx.shardsOut.delete(assignment.shardId);
+    }
   }
 
   private fail(tally: Tally, message: string): void {

@@ -59,6 +59,9 @@ export interface OpenIngestRun {
   startedAtNs: string;
 }
 
+/** Step fields `retries` and `retry_backoff_ms`: bounds, the backoff a 0 stands for, and the cap of a drawn backoff (ms). */
+export const STEP_RETRY_LIMITS = { maxRetries: 100, maxBackoffMs: 600_000, defaultBackoffMs: 200, backoffCapMs: 10_000 } as const;
+
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 
 function checkName(value: string, field: string): void {
@@ -89,6 +92,8 @@ export function validatePipeline(p: Pipeline): number[] {
       throw new InvalidArgumentError(`steps[${i}].code_version`, `malformed code version ${JSON.stringify(s.codeVersion.slice(0, 80))}; expected sha256:<64 lowercase hex digits>`);
     }
     if (s.output !== '') checkName(s.output, `steps[${i}].output`);
+    if (s.retries > STEP_RETRY_LIMITS.maxRetries) throw new InvalidArgumentError(`steps[${i}].retries`, `at most ${STEP_RETRY_LIMITS.maxRetries}, got ${s.retries}`);
+    if (s.retryBackoffMs > STEP_RETRY_LIMITS.maxBackoffMs) throw new InvalidArgumentError(`steps[${i}].retry_backoff_ms`, `at most ${STEP_RETRY_LIMITS.maxBackoffMs}, got ${s.retryBackoffMs}`);
   });
   p.steps.forEach((s, i) => {
     if (s.inputs.length === 0) throw new InvalidArgumentError(`steps[${i}].inputs`, 'at least one input is required');

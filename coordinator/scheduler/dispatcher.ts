@@ -55,6 +55,12 @@ export interface RunOptions {
    * purpose sends bytes that differ from what their content hash names.
    */
   inputsAsSent?: boolean;
+  /**
+   * Placements of this shard made by earlier runs of it (a pipeline step's retries): this run's
+   * are numbered after them, so that an outcome of an earlier run is never taken for one of this
+   * run's. `maxAttempts` and the result's `attempts` count this run's placements only. Default 0.
+   */
+  attemptsBefore?: number;
 }
 
 /** What `run` resolves: always an outcome, never a rejection. */
@@ -62,7 +68,7 @@ export interface DispatchResult {
   outcome: ShardOutcome;
   /** The node whose outcome won ('' when none ran it). */
   nodeId: string;
-  /** Placements made (1 when the first node answered). */
+  /** Placements made by this run (1 when the first node answered). */
   attempts: number;
   /** Time from `run` to the last placement, ms. */
   queuedMs: number;
@@ -73,6 +79,8 @@ export interface WaitingShard {
   shardId: string;
   stepName: string;
   reason: string;
+  /** Nodes fit but are all at capacity now (false: no READY node meets the shard's requirements). */
+  busy: boolean;
   /** The replay or recompute job the shard belongs to (its assignment's job_id); absent for live runs. */
   jobId?: string;
 }
@@ -91,6 +99,12 @@ export interface Dispatcher {
   run(assignment: ShardAssignment, options?: RunOptions): Promise<DispatchResult>;
   /** Shards no node can take now, with the reason. */
   waiting(): WaitingShard[];
+  /**
+   * Why no READY node could take a shard with these requirements now, however idle (the static
+   * checks of the allocator: state, capacity, gpus, cpu flags, bandwidth), or undefined when one
+   * could. Load and reservations are left out: they pass.
+   */
+  unmet(requirements: TransformRequirements | undefined): string | undefined;
   /** Drops every message to and from `nodeId` until `untilMs` (`now()` clock); its shards move elsewhere. */
   setLinkOutage(nodeId: string, untilMs: number): void;
   /** Shards in flight per node. */
@@ -107,6 +121,8 @@ interface Entry {
   classKey: string;
   inputBytes: number;
   attempts: number;
+  /** Placements made by earlier runs of the shard (`RunOptions.attemptsBefore`). */
+  attemptsBefore: number;
   startedMs: number;
   queuedMs: number;
   nodeId: string | undefined;
@@ -134,6 +150,8 @@ interface ShardClass {
   head: number;
   /** Why the last placement failed; undefined after a success. */
   reason: string | undefined;
+  /** The last failed placement found fitting nodes, all at capacity. */
+  busy: boolean;
 }
 
 /** How long a node that could not fetch or verify a code version gets no shards of it. */
@@ -276,7 +294,7 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
 
   function classOf(key: string): ShardClass {
     let c = classes.get(key);
-    if (!c) classes.set(key, (c = { retry: [], queue: [], head: 0, reason: undefined }));
+    if (!c) classes.set(key, (c = { retry: [], queue: [], head: 0, reason: undefined, busy: false }));
     return c;
   }
 
@@ -297,7 +315,7 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
 
   function failed(e: Entry, status: ShardStatus, error: string): ShardOutcome {
     const t = millisToNanos(now()).toString();
-    return { shardId: e.assignment.shardId, status, outputs: [], error, startedAtNs: t, endedAtNs: t, nodeId: '', attempt: e.attempts };
+    return { shardId: e.assignment.shardId, status, outputs: [], error, startedAtNs: t, endedAtNs: t, nodeId: '', attempt: e.attemptsBefore + e.attempts };
   }
 
   /** Takes the shard back from its node (lost, outage, timeout) and queues it again, or fails it. */
@@ -391,7 +409,7 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
     let box = outbox.get(nodeId);
     if (!box) outbox.set(nodeId, (box = []));
     // Numbered, so that the agent's outcome says which placement it answers.
-    box.push({ ...e.assignment, inputs: inputsFor(e, nodeId), attempt: e.attempts });
+    box.push({ ...e.assignment, inputs: inputsFor(e, nodeId), attempt: e.attemptsBefore + e.attempts });
   }
 
   /** Still to be placed from its class's queue (not finished, not placed). */
@@ -427,6 +445,7 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
         if ('waiting' in result) {
           if (c.reason !== result.waiting && !result.busy) log('info', 'shard:waiting', { shardId: e.assignment.shardId, reason: result.waiting });
           c.reason = result.waiting;
+          c.busy = result.busy;
           break;
         }
         c.reason = undefined;
@@ -472,7 +491,7 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
       // An outcome of an earlier placement (0: an agent that does not number them) says nothing
       // about the current one: a success still settles the shard (same shard id, same outputs),
       // anything else is left to the current attempt.
-      const earlier = o.attempt !== 0 && o.attempt !== e.attempts;
+      const earlier = o.attempt !== 0 && o.attempt !== e.attemptsBefore + e.attempts;
       if (o.status === ShardStatus.SHARD_STATUS_CANCELLED) {
         // Not ours (ours resolve before the cancel is sent): the agent stopped it, e.g. while
         // shutting down. Run it elsewhere; a cancel echo from a node it has left, or of an
@@ -593,6 +612,7 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
         classKey: r === undefined && runOptions.placement === undefined ? '' : JSON.stringify([r ?? null, runOptions.placement ?? null]),
         inputBytes: assignment.inputs.reduce((n, i) => n + i.payload.byteLength, 0),
         attempts: 0,
+        attemptsBefore: runOptions.attemptsBefore ?? 0,
         startedMs: now(),
         queuedMs: 0,
         nodeId: undefined,
@@ -635,9 +655,14 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
       const out: WaitingShard[] = [];
       for (const c of classes.values()) {
         if (c.reason === undefined) continue;
-        for (const e of [...c.retry, ...c.queue.slice(c.head).filter(pending)]) out.push({ shardId: e.assignment.shardId, stepName: e.assignment.stepName, reason: c.reason, jobId: e.assignment.jobId || undefined });
+        for (const e of [...c.retry, ...c.queue.slice(c.head).filter(pending)]) out.push({ shardId: e.assignment.shardId, stepName: e.assignment.stepName, reason: c.reason, busy: c.busy, jobId: e.assignment.jobId || undefined });
       }
       return out;
+    },
+    unmet(requirements) {
+      refreshViews();
+      const result = allocate(views, requirements ? { requirements } : {}, new Map(), { maxInFlight: Number.POSITIVE_INFINITY });
+      return 'waiting' in result ? result.waiting : undefined;
     },
     setLinkOutage(nodeId, untilMs) {
       outages.set(nodeId, untilMs);

@@ -20,6 +20,12 @@ export interface SchedulerShared {
   headroom?: (nodeId: string) => NodeHeadroom | undefined;
   /** Published code (set by codeExtension before this one): a transform's declared requirements count in placement. */
   code?: { describe(codeVersion: string): Promise<PublishedCode | undefined> };
+  /**
+   * Set by this extension: why no READY node could run a shard of `codeVersion` with a step's
+   * `requirements` now (merged with the code's declared ones, as shards are placed), or
+   * undefined when one could. Never rejects.
+   */
+  unmetRequirements?: (codeVersion: string, requirements: TransformRequirements | undefined) => Promise<string | undefined>;
 }
 
 /** Tunables passed to the dispatcher (mesh and log are the extension's), and of the forecast headroom. */
@@ -53,11 +59,14 @@ export function schedulerExtension(shared: SchedulerShared, options: SchedulerEx
     };
     const { forecastHeadroom = true, headroomHorizonMs = 60_000, headroomRefreshMs = 5000, ...dispatcherOptions } = options;
     const headroom = forecastHeadroom ? createForecastHeadroom(mesh, { horizonMs: headroomHorizonMs, refreshMs: headroomRefreshMs, log }) : undefined;
-    const dispatcher = withCodeRequirements(
+    const { dispatcher, requirementsOf } = withCodeRequirements(
       createDispatcher({ shardTimeoutMs: 60_000, ...dispatcherOptions, mesh, log, ...(headroom ? { headroom: (id: string) => headroom.cache.get(id) } : {}) }),
       shared,
     );
     shared.dispatcher = dispatcher;
+    const unmetRequirements = async (codeVersion: string, requirements: TransformRequirements | undefined): Promise<string | undefined> =>
+      dispatcher.unmet(mergeRequirements(await requirementsOf(codeVersion), requirements));
+    shared.unmetRequirements = unmetRequirements;
     if (headroom) shared.headroom = (id) => headroom.cache.get(id);
     // Forecasts of free capacity subtract what assigned shards hold.
     mesh.setReservationSource((nodeId) => dispatcher.reservedOn(nodeId));
@@ -67,6 +76,7 @@ export function schedulerExtension(shared: SchedulerShared, options: SchedulerEx
         headroom?.stop();
         dispatcher.stop();
         if (shared.dispatcher === dispatcher) delete shared.dispatcher;
+        if (shared.unmetRequirements === unmetRequirements) delete shared.unmetRequirements;
         delete shared.headroom;
       },
     };
@@ -80,8 +90,16 @@ export function schedulerExtension(shared: SchedulerShared, options: SchedulerEx
  * worker's heap limit when the shard sets none. Manifests are read once per code version (a
  * version's bytes and manifest never change); shards of unknown code run on their step's alone.
  */
-function withCodeRequirements(dispatcher: Dispatcher, shared: SchedulerShared): Dispatcher {
+function withCodeRequirements(dispatcher: Dispatcher, shared: SchedulerShared): { dispatcher: Dispatcher; requirementsOf(codeVersion: string): Promise<TransformRequirements | undefined> } {
   const declared = new Map<string, TransformRequirements | undefined>();
+  const requirementsOf = async (v: string): Promise<TransformRequirements | undefined> => {
+    if (declared.has(v) || !shared.code) return declared.get(v);
+    const c = await shared.code.describe(v).catch(() => undefined);
+    const r = declaredRequirements(c);
+    // Unknown versions are not remembered: they may be published later.
+    if (c) declared.set(v, r);
+    return r;
+  };
   const run = (assignment: ShardAssignment, options: RunOptions, code: TransformRequirements | undefined): Promise<DispatchResult> => {
     const requirements = mergeRequirements(code, options.requirements);
     if (requirements === options.requirements) return dispatcher.run(assignment, options);
@@ -89,19 +107,14 @@ function withCodeRequirements(dispatcher: Dispatcher, shared: SchedulerShared): 
     return dispatcher.run(assignment.memoryLimitMb === 0 && memoryMb > 0 ? { ...assignment, memoryLimitMb: memoryMb } : assignment, { ...options, ...(requirements ? { requirements } : {}) });
   };
   return {
-    ...dispatcher,
-    run(assignment, options = {}) {
-      const v = assignment.codeVersion;
-      if (declared.has(v) || !shared.code) return run(assignment, options, declared.get(v));
-      return shared.code.describe(v).then(
-        (c) => {
-          const r = declaredRequirements(c);
-          // Unknown versions are not remembered: they may be published later.
-          if (c) declared.set(v, r);
-          return run(assignment, options, r);
-        },
-        () => run(assignment, options, undefined),
-      );
+    requirementsOf,
+    dispatcher: {
+      ...dispatcher,
+      run(assignment, options = {}) {
+        const v = assignment.codeVersion;
+        if (declared.has(v) || !shared.code) return run(assignment, options, declared.get(v));
+        return requirementsOf(v).then((r) => run(assignment, options, r));
+      },
     },
   };
 }

@@ -49,6 +49,8 @@ export interface CoordinatorServices {
   dispatcher?: Dispatcher;
   /** A node's forecast headroom as the allocator ranks by it (set by schedulerExtension). */
   headroom?: SchedulerShared['headroom'];
+  /** Why no READY node could run a pipeline step now (set by schedulerExtension). */
+  unmetRequirements?: SchedulerShared['unmetRequirements'];
   /** Pipeline definitions/versions and payloads (set by pipelineExtension). */
   pipelines?: PipelineHandles;
   /** The replay engine (set by replayExtension). */

@@ -15,7 +15,7 @@ import {
 } from '../../common/gen/retrace/v1/pipeline.js';
 import { formatBytes } from '../../common/node-resources.js';
 import { formatDurationMs, isoToNanos, nanosToIso } from '../../common/time.js';
-import { hasFlag, intFlag, UsageError, type CliCommand, type CliIo } from './command.js';
+import { durationFlagMs, flag, hasFlag, intFlag, UsageError, type CliCommand, type CliIo } from './command.js';
 import { openClient } from './client.js';
 import { progressBar, renderTable, shortHash } from './format.js';
 
@@ -24,6 +24,8 @@ const CONNECT_FLAGS = '[--coordinator HOST:PORT] [--token T | --token-file F] [-
 const BATCH = 500;
 /** Files larger than this get a progress bar on stderr. */
 const PROGRESS_MIN_BYTES = 1 << 20;
+/** How often `retrace ingest` asks what its run waits for. */
+const STATUS_POLL_MS = 1000;
 
 /** Reads a pipeline definition file (proto JSON, camelCase or snake_case fields). */
 export function readPipelineFile(file: string): Pipeline {
@@ -92,6 +94,33 @@ async function* readBatches(file: string, io: CliIo, progress: (bytes: number) =
   if (batch.length > 0) yield batch;
 }
 
+/**
+ * Polls `poll` every `intervalMs` until stopped, printing to stderr what the run waits for
+ * whenever it changes; when something has been waiting without a break for `timeoutMs`, calls
+ * `giveUp` with it. A failed poll is skipped (the ingest call reports its own errors).
+ */
+function watchWaiting(io: CliIo, intervalMs: number, poll: () => Promise<string[]>, timeoutMs: number | undefined, giveUp: (why: string) => void): { stop(): void } {
+  let last = '';
+  let since: number | undefined;
+  let busy = false;
+  const timer = setInterval(() => {
+    if (busy) return;
+    busy = true;
+    poll()
+      .then((lines) => {
+        const text = lines.join('\n');
+        if (text !== last && text !== '') io.stderr.write(`waiting: ${lines.join('\nwaiting: ')}\n`);
+        if (text === '') since = undefined;
+        else since ??= Date.now();
+        last = text;
+        if (timeoutMs !== undefined && since !== undefined && Date.now() - since >= timeoutMs) giveUp(lines.join('; '));
+      })
+      .catch(() => {})
+      .finally(() => (busy = false));
+  }, intervalMs);
+  return { stop: () => clearInterval(timer) };
+}
+
 /** `retrace pipeline apply|list|show` and `retrace ingest`. */
 export const commands: CliCommand[] = [
   {
@@ -99,7 +128,10 @@ export const commands: CliCommand[] = [
     summary: 'store a pipeline definition (JSON); a changed one becomes a new version',
     usage: `retrace pipeline apply FILE.json [--json] ${CONNECT_FLAGS}
 FILE is a Pipeline as JSON: {"name", "sources": [{"name", "mediaType"}], "steps": [{"name",
-"transform", "codeVersion": "sha256:...", "parameters": {...}, "inputs": [...], "output"}]}.`,
+"transform", "codeVersion": "sha256:...", "parameters": {...}, "inputs": [...], "output",
+"requirements": {"gpu", "memoryMb", ...}, "timeoutMs", "retries", "retryBackoffMs"}]}. A step
+that fails is run again up to "retries" times (default 0) after a jittered backoff. A step that
+no READY node meets now is stored all the same, with a warning on stderr.`,
     async run(args, io) {
       const [file, extra] = args.positionals;
       if (!file) throw new UsageError('a pipeline file is required');
@@ -110,6 +142,7 @@ FILE is a Pipeline as JSON: {"name", "sources": [{"name", "mediaType"}], "steps"
         const res = await client.applyPipeline({ pipeline }, { signal: io.signal });
         if (hasFlag(args, 'json')) io.stdout.write(`${JSON.stringify(ApplyPipelineResponse.toJSON(res))}\n`);
         else io.stdout.write(`${res.pipeline?.pipeline?.name ?? pipeline.name} version ${res.pipeline?.version ?? '?'}  ${res.created ? 'created' : 'unchanged'}  ${res.pipeline?.definitionHash ?? ''}\n`);
+        for (const w of res.warnings) io.stderr.write(`warning: ${w}\n`);
         return 0;
       } finally {
         close();
@@ -170,14 +203,19 @@ FILE is a Pipeline as JSON: {"name", "sources": [{"name", "mediaType"}], "steps"
   {
     path: ['ingest'],
     summary: 'stream JSONL records into a pipeline source; runs its steps and records provenance',
-    usage: `retrace ingest PIPELINE SOURCE FILE.jsonl|- [--json] ${CONNECT_FLAGS}
+    usage: `retrace ingest PIPELINE SOURCE FILE.jsonl|- [--wait-timeout DURATION] [--json] ${CONNECT_FLAGS}
 One JSON object per line: {"key": "...", "eventTime": ISO-8601 or integer ns (optional),
 "payload": text or any JSON value, "mediaType" (optional)}. "-" reads stdin. Prints accepted and
-duplicate records, the run id and failed shards; a progress bar goes to stderr for large files.`,
+duplicate records, the run id and failed shards; a progress bar goes to stderr for large files.
+Shards that no READY node can run (a step needing a gpu or more memory than any node has) wait
+for one to join: what they wait for goes to stderr while they do. --wait-timeout 5m gives up
+when shards have waited that long for a node that meets them: the ingest is cancelled (records
+already processed stay recorded) and the command exits 1 naming the reason.`,
     async run(args, io) {
       const [pipeline, source, file, extra] = args.positionals;
       if (!pipeline || !source || !file) throw new UsageError('PIPELINE, SOURCE and FILE (or -) are required');
       if (extra !== undefined) throw new UsageError(`unexpected argument ${JSON.stringify(extra)}`);
+      const waitTimeoutMs = durationFlagMs(args, 'wait-timeout', { minMs: 1 });
       let total = 0;
       if (file !== '-') {
         try {
@@ -199,8 +237,33 @@ duplicate records, the run id and failed shards; a progress bar goes to stderr f
         if (first) yield { pipeline: pipeline as string, source: source as string, records: [] };
       }
       const { client, close } = openClient(PipelineServiceDefinition, args);
+      const call = new AbortController();
+      const signal = io.signal ? AbortSignal.any([io.signal, call.signal]) : call.signal;
+      let runId = '';
+      let gaveUp = '';
+      const watch = watchWaiting(io, STATUS_POLL_MS, async () => {
+        if (runId === '') return [];
+        const s = await client.getIngestStatus({ pipeline: pipeline as string, runId }, { signal });
+        return s.waiting.filter((w) => !w.busy).map((w) => `${w.shards} shard(s) of step ${w.step} wait: ${w.reason}`);
+      }, waitTimeoutMs, (why) => {
+        gaveUp = why;
+        call.abort();
+      });
       try {
-        const res = await client.ingest(requests(), { signal: io.signal });
+        let res: IngestResponse;
+        try {
+          res = await client.ingest(requests(), {
+            signal,
+            onHeader(header) {
+              runId = header.get('x-retrace-run-id') ?? '';
+            },
+          });
+        } catch (err) {
+          if (gaveUp === '') throw err;
+          if (showBar) io.stderr.write('\n');
+          io.stderr.write(`ingest cancelled after --wait-timeout ${flag(args, 'wait-timeout') ?? ''}: ${gaveUp}\n`);
+          return 1;
+        }
         if (showBar) io.stderr.write('\n');
         if (hasFlag(args, 'json')) {
           io.stdout.write(`${JSON.stringify(IngestResponse.toJSON(res))}\n`);
@@ -210,6 +273,7 @@ duplicate records, the run id and failed shards; a progress bar goes to stderr f
         }
         return Number(res.shardsFailed) > 0 ? 1 : 0;
       } finally {
+        watch.stop();
         close();
       }
     },

@@ -39,6 +39,17 @@ export interface PipelineStep {
   output: string;
   /** 0 means the agent's default. */
   timeoutMs: number;
+  /**
+   * Further attempts of a shard whose transform failed (SHARD_STATUS_FAILED or
+   * SHARD_STATUS_TIMED_OUT), at most 100; 0: none. Outcomes that would come out the same again
+   * (corrupted input, code unavailable, out of memory, cancelled) are not retried.
+   */
+  retries: number;
+  /**
+   * Backoff before retry n: a uniform draw in [0, min(10 s, retry_backoff_ms · 2^(n-1))] ms;
+   * 0 means 200. At most 600000.
+   */
+  retryBackoffMs: number;
 }
 
 export interface Pipeline {
@@ -69,6 +80,12 @@ export interface ApplyPipelineResponse {
     | undefined;
   /** False when the definition equals the latest version. */
   created: boolean;
+  /**
+   * One per step that no READY node meets the requirements of now, e.g. `steps[1] (embed): needs
+   * gpu ≥ 1: no READY node meets it (2 READY nodes: a, b)`: its shards would wait until such a
+   * node joins. Empty when the coordinator runs no scheduler.
+   */
+  warnings: string[];
 }
 
 export interface GetPipelineRequest {
@@ -119,6 +136,34 @@ export interface IngestResponse {
   /** The first failure, "<step>/<key>: <error>"; empty when none. */
   firstError: string;
   pipelineVersion: number;
+}
+
+export interface GetIngestStatusRequest {
+  pipeline: string;
+  /**
+   * One run (the `x-retrace-run-id` header of its Ingest call); empty: every running ingest of
+   * the pipeline.
+   */
+  runId: string;
+}
+
+/** Shards of one step of one run that wait for the same reason. */
+export interface IngestWaiting {
+  runId: string;
+  step: string;
+  shards: number;
+  reason: string;
+  /**
+   * Nodes fit but are all at capacity now: the shards run as soon as one frees up. False: no
+   * READY node meets the step's requirements, and the shards wait until one joins.
+   */
+  busy: boolean;
+}
+
+export interface GetIngestStatusResponse {
+  /** The ingests of the pipeline running now (the one asked for, when it still runs). */
+  runningRuns: string[];
+  waiting: IngestWaiting[];
 }
 
 export interface GetPayloadRequest {
@@ -269,6 +314,8 @@ function createBasePipelineStep(): PipelineStep {
     inputs: [],
     output: "",
     timeoutMs: 0,
+    retries: 0,
+    retryBackoffMs: 0,
   };
 }
 
@@ -297,6 +344,12 @@ export const PipelineStep: MessageFns<PipelineStep> = {
     }
     if (message.timeoutMs !== 0) {
       writer.uint32(64).uint32(message.timeoutMs);
+    }
+    if (message.retries !== 0) {
+      writer.uint32(72).uint32(message.retries);
+    }
+    if (message.retryBackoffMs !== 0) {
+      writer.uint32(80).uint32(message.retryBackoffMs);
     }
     return writer;
   },
@@ -378,6 +431,22 @@ export const PipelineStep: MessageFns<PipelineStep> = {
             message.timeoutMs = reader.uint32();
             continue;
           }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.retries = reader.uint32();
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.retryBackoffMs = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -408,6 +477,12 @@ export const PipelineStep: MessageFns<PipelineStep> = {
         : isSet(object.timeout_ms)
         ? globalThis.Number(object.timeout_ms)
         : 0,
+      retries: isSet(object.retries) ? globalThis.Number(object.retries) : 0,
+      retryBackoffMs: isSet(object.retryBackoffMs)
+        ? globalThis.Number(object.retryBackoffMs)
+        : isSet(object.retry_backoff_ms)
+        ? globalThis.Number(object.retry_backoff_ms)
+        : 0,
     };
   },
 
@@ -437,6 +512,12 @@ export const PipelineStep: MessageFns<PipelineStep> = {
     if (message.timeoutMs !== 0) {
       obj.timeoutMs = Math.round(message.timeoutMs);
     }
+    if (message.retries !== 0) {
+      obj.retries = Math.round(message.retries);
+    }
+    if (message.retryBackoffMs !== 0) {
+      obj.retryBackoffMs = Math.round(message.retryBackoffMs);
+    }
     return obj;
   },
 
@@ -455,6 +536,8 @@ export const PipelineStep: MessageFns<PipelineStep> = {
     message.inputs = object.inputs?.map((e) => e) || [];
     message.output = object.output ?? "";
     message.timeoutMs = object.timeoutMs ?? 0;
+    message.retries = object.retries ?? 0;
+    message.retryBackoffMs = object.retryBackoffMs ?? 0;
     return message;
   },
 };
@@ -759,7 +842,7 @@ export const ApplyPipelineRequest: MessageFns<ApplyPipelineRequest> = {
 };
 
 function createBaseApplyPipelineResponse(): ApplyPipelineResponse {
-  return { pipeline: undefined, created: false };
+  return { pipeline: undefined, created: false, warnings: [] };
 }
 
 export const ApplyPipelineResponse: MessageFns<ApplyPipelineResponse> = {
@@ -769,6 +852,9 @@ export const ApplyPipelineResponse: MessageFns<ApplyPipelineResponse> = {
     }
     if (message.created !== false) {
       writer.uint32(16).bool(message.created);
+    }
+    for (const v of message.warnings) {
+      writer.uint32(26).string(v!);
     }
     return writer;
   },
@@ -802,6 +888,14 @@ export const ApplyPipelineResponse: MessageFns<ApplyPipelineResponse> = {
             message.created = reader.bool();
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.warnings.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -818,6 +912,7 @@ export const ApplyPipelineResponse: MessageFns<ApplyPipelineResponse> = {
     return {
       pipeline: isSet(object.pipeline) ? PipelineVersion.fromJSON(object.pipeline) : undefined,
       created: isSet(object.created) ? globalThis.Boolean(object.created) : false,
+      warnings: globalThis.Array.isArray(object?.warnings) ? object.warnings.map((e: any) => globalThis.String(e)) : [],
     };
   },
 
@@ -828,6 +923,9 @@ export const ApplyPipelineResponse: MessageFns<ApplyPipelineResponse> = {
     }
     if (message.created !== false) {
       obj.created = message.created;
+    }
+    if (message.warnings?.length) {
+      obj.warnings = message.warnings;
     }
     return obj;
   },
@@ -841,6 +939,7 @@ export const ApplyPipelineResponse: MessageFns<ApplyPipelineResponse> = {
       ? PipelineVersion.fromPartial(object.pipeline)
       : undefined;
     message.created = object.created ?? false;
+    message.warnings = object.warnings?.map((e) => e) || [];
     return message;
   },
 };
@@ -1575,6 +1674,323 @@ export const IngestResponse: MessageFns<IngestResponse> = {
   },
 };
 
+function createBaseGetIngestStatusRequest(): GetIngestStatusRequest {
+  return { pipeline: "", runId: "" };
+}
+
+export const GetIngestStatusRequest: MessageFns<GetIngestStatusRequest> = {
+  encode(message: GetIngestStatusRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.pipeline !== "") {
+      writer.uint32(10).string(message.pipeline);
+    }
+    if (message.runId !== "") {
+      writer.uint32(18).string(message.runId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetIngestStatusRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetIngestStatusRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.pipeline = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.runId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetIngestStatusRequest {
+    return {
+      pipeline: isSet(object.pipeline) ? globalThis.String(object.pipeline) : "",
+      runId: isSet(object.runId)
+        ? globalThis.String(object.runId)
+        : isSet(object.run_id)
+        ? globalThis.String(object.run_id)
+        : "",
+    };
+  },
+
+  toJSON(message: GetIngestStatusRequest): unknown {
+    const obj: any = {};
+    if (message.pipeline !== "") {
+      obj.pipeline = message.pipeline;
+    }
+    if (message.runId !== "") {
+      obj.runId = message.runId;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<GetIngestStatusRequest>): GetIngestStatusRequest {
+    return GetIngestStatusRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<GetIngestStatusRequest>): GetIngestStatusRequest {
+    const message = createBaseGetIngestStatusRequest();
+    message.pipeline = object.pipeline ?? "";
+    message.runId = object.runId ?? "";
+    return message;
+  },
+};
+
+function createBaseIngestWaiting(): IngestWaiting {
+  return { runId: "", step: "", shards: 0, reason: "", busy: false };
+}
+
+export const IngestWaiting: MessageFns<IngestWaiting> = {
+  encode(message: IngestWaiting, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.runId !== "") {
+      writer.uint32(10).string(message.runId);
+    }
+    if (message.step !== "") {
+      writer.uint32(18).string(message.step);
+    }
+    if (message.shards !== 0) {
+      writer.uint32(24).uint32(message.shards);
+    }
+    if (message.reason !== "") {
+      writer.uint32(34).string(message.reason);
+    }
+    if (message.busy !== false) {
+      writer.uint32(40).bool(message.busy);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): IngestWaiting {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseIngestWaiting();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.runId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.step = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.shards = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.busy = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): IngestWaiting {
+    return {
+      runId: isSet(object.runId)
+        ? globalThis.String(object.runId)
+        : isSet(object.run_id)
+        ? globalThis.String(object.run_id)
+        : "",
+      step: isSet(object.step) ? globalThis.String(object.step) : "",
+      shards: isSet(object.shards) ? globalThis.Number(object.shards) : 0,
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      busy: isSet(object.busy) ? globalThis.Boolean(object.busy) : false,
+    };
+  },
+
+  toJSON(message: IngestWaiting): unknown {
+    const obj: any = {};
+    if (message.runId !== "") {
+      obj.runId = message.runId;
+    }
+    if (message.step !== "") {
+      obj.step = message.step;
+    }
+    if (message.shards !== 0) {
+      obj.shards = Math.round(message.shards);
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    if (message.busy !== false) {
+      obj.busy = message.busy;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<IngestWaiting>): IngestWaiting {
+    return IngestWaiting.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<IngestWaiting>): IngestWaiting {
+    const message = createBaseIngestWaiting();
+    message.runId = object.runId ?? "";
+    message.step = object.step ?? "";
+    message.shards = object.shards ?? 0;
+    message.reason = object.reason ?? "";
+    message.busy = object.busy ?? false;
+    return message;
+  },
+};
+
+function createBaseGetIngestStatusResponse(): GetIngestStatusResponse {
+  return { runningRuns: [], waiting: [] };
+}
+
+export const GetIngestStatusResponse: MessageFns<GetIngestStatusResponse> = {
+  encode(message: GetIngestStatusResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.runningRuns) {
+      writer.uint32(10).string(v!);
+    }
+    for (const v of message.waiting) {
+      IngestWaiting.encode(v!, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetIngestStatusResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetIngestStatusResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.runningRuns.push(reader.string());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.waiting.push(IngestWaiting.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetIngestStatusResponse {
+    return {
+      runningRuns: globalThis.Array.isArray(object?.runningRuns)
+        ? object.runningRuns.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.running_runs)
+        ? object.running_runs.map((e: any) => globalThis.String(e))
+        : [],
+      waiting: globalThis.Array.isArray(object?.waiting)
+        ? object.waiting.map((e: any) => IngestWaiting.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: GetIngestStatusResponse): unknown {
+    const obj: any = {};
+    if (message.runningRuns?.length) {
+      obj.runningRuns = message.runningRuns;
+    }
+    if (message.waiting?.length) {
+      obj.waiting = message.waiting.map((e) => IngestWaiting.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<GetIngestStatusResponse>): GetIngestStatusResponse {
+    return GetIngestStatusResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<GetIngestStatusResponse>): GetIngestStatusResponse {
+    const message = createBaseGetIngestStatusResponse();
+    message.runningRuns = object.runningRuns?.map((e) => e) || [];
+    message.waiting = object.waiting?.map((e) => IngestWaiting.fromPartial(e)) || [];
+    return message;
+  },
+};
+
 function createBaseGetPayloadRequest(): GetPayloadRequest {
   return { contentHash: "" };
 }
@@ -2056,6 +2472,8 @@ export const PipelineServiceDefinition = {
     /**
      * Client stream of records for one pipeline source; every message names the same pipeline and
      * source. All records of the stream form one run. Re-sending a record is idempotent.
+     * The coordinator sends the run's id in the response header `x-retrace-run-id` as soon as the
+     * run starts, so that the caller can ask GetIngestStatus about it while the call runs.
      */
     ingest: {
       name: "Ingest",
@@ -2064,6 +2482,19 @@ export const PipelineServiceDefinition = {
       responseType: IngestResponse as typeof IngestResponse,
       responseStream: false,
       options: {},
+    },
+    /**
+     * What the running ingests of a pipeline wait for: their shards that no node can take now, by
+     * step, with the dispatcher's reason (e.g. "needs gpu ≥ 1: no READY node meets it (…)").
+     * `retrace ingest` polls it while its Ingest call runs.
+     */
+    getIngestStatus: {
+      name: "GetIngestStatus",
+      requestType: GetIngestStatusRequest as typeof GetIngestStatusRequest,
+      requestStream: false,
+      responseType: GetIngestStatusResponse as typeof GetIngestStatusResponse,
+      responseStream: false,
+      options: { idempotencyLevel: "IDEMPOTENT" },
     },
     /** A stored payload (source record or step output) by content hash. */
     getPayload: {
@@ -2116,11 +2547,22 @@ export interface PipelineServiceImplementation<CallContextExt = {}> {
   /**
    * Client stream of records for one pipeline source; every message names the same pipeline and
    * source. All records of the stream form one run. Re-sending a record is idempotent.
+   * The coordinator sends the run's id in the response header `x-retrace-run-id` as soon as the
+   * run starts, so that the caller can ask GetIngestStatus about it while the call runs.
    */
   ingest(
     request: AsyncIterable<IngestRequest>,
     context: CallContext & CallContextExt,
   ): Promise<DeepPartial<IngestResponse>>;
+  /**
+   * What the running ingests of a pipeline wait for: their shards that no node can take now, by
+   * step, with the dispatcher's reason (e.g. "needs gpu ≥ 1: no READY node meets it (…)").
+   * `retrace ingest` polls it while its Ingest call runs.
+   */
+  getIngestStatus(
+    request: GetIngestStatusRequest,
+    context: CallContext & CallContextExt,
+  ): Promise<DeepPartial<GetIngestStatusResponse>>;
   /** A stored payload (source record or step output) by content hash. */
   getPayload(
     request: GetPayloadRequest,
@@ -2163,11 +2605,22 @@ export interface PipelineServiceClient<CallOptionsExt = {}> {
   /**
    * Client stream of records for one pipeline source; every message names the same pipeline and
    * source. All records of the stream form one run. Re-sending a record is idempotent.
+   * The coordinator sends the run's id in the response header `x-retrace-run-id` as soon as the
+   * run starts, so that the caller can ask GetIngestStatus about it while the call runs.
    */
   ingest(
     request: AsyncIterable<DeepPartial<IngestRequest>>,
     options?: CallOptions & CallOptionsExt,
   ): Promise<IngestResponse>;
+  /**
+   * What the running ingests of a pipeline wait for: their shards that no node can take now, by
+   * step, with the dispatcher's reason (e.g. "needs gpu ≥ 1: no READY node meets it (…)").
+   * `retrace ingest` polls it while its Ingest call runs.
+   */
+  getIngestStatus(
+    request: DeepPartial<GetIngestStatusRequest>,
+    options?: CallOptions & CallOptionsExt,
+  ): Promise<GetIngestStatusResponse>;
   /** A stored payload (source record or step output) by content hash. */
   getPayload(
     request: DeepPartial<GetPayloadRequest>,
