@@ -1,4 +1,4 @@
-import { chmodSync, existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -32,6 +32,22 @@ describe('coordinator data directory', () => {
     await c.stop();
     expect(statSync(join(root, 'a')).mode & 0o777).toBe(0o700);
     expect(statSync(deep).mode & 0o777).toBe(0o700);
+  }, 20_000);
+
+  it('a database that lost its CURRENT is refused and left as it was; a data dir in use names the other process', async () => {
+    const root = mkdtempSync(join(tmpdir(), 'retrace-coord-damaged-'));
+    dirs.push(root);
+    const first = new Coordinator({ dataDir: root, grpc: '127.0.0.1:0', http: '127.0.0.1:0', log: () => {} });
+    await first.start();
+    // A second coordinator on the same data dir, while the first holds it.
+    await expect(start(root)).rejects.toThrow(/db is in use by another process \(a coordinator already runs on this data dir\)/);
+    await first.stop();
+    const db = join(root, 'db');
+    rmSync(join(db, 'CURRENT'));
+    const before = readdirSync(db).sort();
+    await expect(start(root)).rejects.toThrow(/holds \d+ file\(s\) but no CURRENT: the database is damaged; refusing to open it/);
+    // LevelDB opening it as new would have deleted the table files and written a CURRENT.
+    expect(readdirSync(db).sort()).toEqual(before);
   }, 20_000);
 
   it('an auth-token file an operator wrote is held to the 16-character rule, and one others can read is reported', async () => {

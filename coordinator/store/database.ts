@@ -1,4 +1,6 @@
+import { existsSync, readdirSync } from 'node:fs';
 import { Level } from 'level';
+import { FailedPreconditionError } from '../../common/errors.js';
 import { MemoryLevel } from 'memory-level';
 import type { AbstractLevel } from 'abstract-level';
 
@@ -12,11 +14,29 @@ export type Database = AbstractLevel<string | Uint8Array, string, Uint8Array>;
 
 /**
  * Opens the coordinator's database: LevelDB in `dir`, or memory-level when `dir` is null (tests,
- * simulations). Resolves once the database is open. `createIfMissing: false` (readers such as an
- * offline verify) rejects when there is no database in `dir` instead of making an empty one.
+ * simulations). Resolves once the database is open. A new database is made only where `dir` is
+ * absent or empty, and not at all with `createIfMissing: false` (readers such as an offline
+ * verify): a folder that holds LevelDB files but lost its CURRENT would otherwise be opened as a
+ * new, empty database, and LevelDB deletes the old table files as it does so.
+ * FailedPreconditionError when the folder is damaged or another process holds it.
  */
 export async function openDatabase(dir: string | null, options: { createIfMissing?: boolean } = {}): Promise<Database> {
-  const db: Database = dir === null ? new MemoryLevel<string, Uint8Array>({ valueEncoding: 'view' }) : new Level<string, Uint8Array>(dir, { valueEncoding: 'view' });
-  await db.open({ createIfMissing: options.createIfMissing ?? true });
+  if (dir === null) {
+    const db: Database = new MemoryLevel<string, Uint8Array>({ valueEncoding: 'view' });
+    await db.open();
+    return db;
+  }
+  const present = existsSync(dir) ? readdirSync(dir) : [];
+  if (present.length > 0 && !present.includes('CURRENT')) {
+    throw new FailedPreconditionError(`${dir} holds ${present.length} file(s) but no CURRENT: the database is damaged; refusing to open it (a new one would replace it). Restore it from a backup`);
+  }
+  const db: Database = new Level<string, Uint8Array>(dir, { valueEncoding: 'view' });
+  try {
+    await db.open({ createIfMissing: (options.createIfMissing ?? true) && present.length === 0 });
+  } catch (err) {
+    const cause = (err as { cause?: { code?: string; message?: string } }).cause;
+    if (cause?.code === 'LEVEL_LOCKED') throw new FailedPreconditionError(`${dir} is in use by another process (a coordinator already runs on this data dir)`);
+    throw new FailedPreconditionError(`cannot open ${dir}: ${cause?.message ?? (err as Error).message}`);
+  }
   return db;
 }

@@ -64,12 +64,13 @@ const verify: CliCommand = {
     } else {
       const dataDir = resolve(flag(args, 'data', './.retrace') as string);
       // A mistyped path must not verify as an empty, untampered ledger (nor leave one behind).
-      if (!existsSync(join(dataDir, 'db', 'CURRENT'))) throw new UsageError(`--data: no Retrace data in ${dataDir} (no ${join(dataDir, 'db')})`);
+      if (!existsSync(join(dataDir, 'db'))) throw new UsageError(`--data: no Retrace data in ${dataDir} (no ${join(dataDir, 'db')})`);
       let db;
       try {
         db = await openDatabase(join(dataDir, 'db'), { createIfMissing: false });
       } catch (err) {
-        throw new RetraceError('FAILED_PRECONDITION', `cannot open ${dataDir}: ${(err as Error).message}. Is the coordinator running? Stop it, or verify online with --coordinator HOST:PORT`);
+        const inUse = /in use by another process/.test((err as Error).message);
+        throw new RetraceError('FAILED_PRECONDITION', `${(err as Error).message}${inUse ? '. Stop it, or verify online with --coordinator HOST:PORT' : ''}`);
       }
       try {
         const publicKey = readPublicKey(dataDir);

@@ -2,13 +2,9 @@ import { createReadStream, readFileSync, statSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { RetraceError } from '../../common/errors.js';
 import {
-  ApplyPipelineResponse,
-  GetPipelineResponse,
   IngestResponse,
-  ListPipelinesResponse,
   Pipeline,
   PipelineServiceDefinition,
-  SweepPayloadsResponse,
   type IngestRecord,
   type IngestRequest,
   type PipelineVersion,
@@ -17,6 +13,7 @@ import { formatBytes } from '../../common/node-resources.js';
 import { formatDurationMs, isoToNanos, nanosToIso } from '../../common/time.js';
 import { durationFlagMs, flag, hasFlag, intFlag, UsageError, type CliCommand, type CliIo } from './command.js';
 import { openClient } from './client.js';
+import { responseJson } from './proto-json.js';
 import { progressBar, renderTable, shortHash } from './format.js';
 
 const CONNECT_FLAGS = '[--coordinator HOST:PORT] [--token T | --token-file F] [--tls-ca FILE]';
@@ -140,7 +137,7 @@ no READY node meets now is stored all the same, with a warning on stderr.`,
       const { client, close } = openClient(PipelineServiceDefinition, args);
       try {
         const res = await client.applyPipeline({ pipeline }, { signal: io.signal });
-        if (hasFlag(args, 'json')) io.stdout.write(`${JSON.stringify(ApplyPipelineResponse.toJSON(res))}\n`);
+        if (hasFlag(args, 'json')) io.stdout.write(`${JSON.stringify(responseJson(PipelineServiceDefinition, 'applyPipeline', res))}\n`);
         else io.stdout.write(`${res.pipeline?.pipeline?.name ?? pipeline.name} version ${res.pipeline?.version ?? '?'}  ${res.created ? 'created' : 'unchanged'}  ${res.pipeline?.definitionHash ?? ''}\n`);
         for (const w of res.warnings) io.stderr.write(`warning: ${w}\n`);
         return 0;
@@ -159,7 +156,7 @@ no READY node meets now is stored all the same, with a warning on stderr.`,
       try {
         const res = await client.listPipelines({}, { signal: io.signal });
         if (hasFlag(args, 'json')) {
-          io.stdout.write(`${JSON.stringify(ListPipelinesResponse.toJSON(res))}\n`);
+          io.stdout.write(`${JSON.stringify(responseJson(PipelineServiceDefinition, 'listPipelines', res))}\n`);
           return 0;
         }
         io.stdout.write(
@@ -187,7 +184,7 @@ no READY node meets now is stored all the same, with a warning on stderr.`,
       try {
         const res = await client.getPipeline({ name, version: intFlag(args, 'version', 0) }, { signal: io.signal });
         if (hasFlag(args, 'json')) {
-          io.stdout.write(`${JSON.stringify(GetPipelineResponse.toJSON(res))}\n`);
+          io.stdout.write(`${JSON.stringify(responseJson(PipelineServiceDefinition, 'getPipeline', res))}\n`);
           return 0;
         }
         const pv = res.pipeline as PipelineVersion;
@@ -266,7 +263,7 @@ already processed stay recorded) and the command exits 1 naming the reason.`,
         }
         if (showBar) io.stderr.write('\n');
         if (hasFlag(args, 'json')) {
-          io.stdout.write(`${JSON.stringify(IngestResponse.toJSON(res))}\n`);
+          io.stdout.write(`${JSON.stringify(responseJson(PipelineServiceDefinition, 'ingest', res))}\n`);
         } else {
           io.stdout.write(`accepted ${res.accepted}  duplicates ${res.duplicates}  shards ${res.shardsRun} run, ${res.shardsFailed} failed  run ${res.runId}  (pipeline version ${res.pipelineVersion})\n`);
           if (res.firstError) io.stdout.write(`first failure: ${res.firstError}\n`);
@@ -293,7 +290,7 @@ records and every object's newest version are kept however old. --dry-run only c
       try {
         const r = await client.sweepPayloads({ dryRun: hasFlag(args, 'dry-run') }, { signal: io.signal });
         if (hasFlag(args, 'json')) {
-          io.stdout.write(`${JSON.stringify(SweepPayloadsResponse.toJSON(r))}\n`);
+          io.stdout.write(`${JSON.stringify(responseJson(PipelineServiceDefinition, 'sweepPayloads', r))}\n`);
           return 0;
         }
         const retention = formatDurationMs(Number(r.retentionMs));
