@@ -387,8 +387,8 @@ describe('payload retention (coordinator with a retention, sweep over gRPC and t
       const conn = ['--coordinator', proc.grpc, '--token-file', join(dataDir, 'auth-token')];
       const r = await cli('payloads sweep', ['--json', ...conn]);
       expect(r.err).toBe('');
-      // Proto JSON leaves zero counts out.
-      expect(JSON.parse(r.out)).toEqual({ retentionMs: String(30 * 86_400_000) });
+      // Protobuf JSON with every field: the zero counts too.
+      expect(JSON.parse(r.out)).toEqual({ retentionMs: String(30 * 86_400_000), scanned: '0', expired: '0', kept: '0', deleted: '0', bytesDeleted: '0', stamped: '0', dryRun: false });
       expect((await cli('watch', [watchRoot, '--prefix', 'w:', ...conn])).code).toBe(0);
       const outside = await cli('watch', [dataDir, '--prefix', 'w:', ...conn]);
       expect(outside.code).toBe(1);
