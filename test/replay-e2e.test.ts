@@ -366,8 +366,11 @@ describe('replay end to end (real coordinator, real agent processes)', () => {
   it('refuses bad policies with the field at fault', async () => {
     const client = replay();
     await expect(client.startReplay({ selector: one, policy: { targetNodeIds: ['no-such-node'] } as never })).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringMatching(/^policy\.target_node_ids\[0\]: unknown node/) });
+    // A label no known node carries is refused as an unknown node is, not left to wait.
+    await expect(client.startReplay({ selector: one, policy: { targetLabels: { pool: 'no-such-pool' } } as never })).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringMatching(/^policy\.target_labels: no known node has pool=no-such-pool \(labels of known nodes: /) });
     await expect(client.startReplay({ selector: one, policy: { speed: 0 } as never })).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringMatching(/^policy\.speed/) });
-    await expect(client.startReplay({ selector: one, policy: { targetLabels: { pool: 'nowhere' } } as never })).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringMatching(/^policy: no node can run the replay/) });
+    // A label a node carries, but only the GPU node does, and the policy wants none with a GPU.
+    await expect(client.startReplay({ selector: one, policy: { targetLabels: { pool: 'testing' }, gpu: GpuMode.GPU_MODE_NONE } as never })).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringMatching(/^policy: no node can run the replay/) });
     await expect(client.startReplay({ selector: { selector: { $case: 'recordIds', value: { objectIds: ['record:nope'] } } }, policy: {} as never })).rejects.toMatchObject({ code: Status.NOT_FOUND });
     await expect(client.startReplay({ policy: {} as never })).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringMatching(/^selector/) });
     // A what-if for a step or transform the replay does not run would change nothing.

@@ -1,3 +1,4 @@
+import { checkTargetLabels } from '../scheduler/placement-targets.js';
 import { randomBytes } from 'node:crypto';
 import { EventEmitter, setMaxListeners } from 'node:events';
 import { NodeKind } from '../../common/gen/retrace/v1/lineage.js';
@@ -39,8 +40,8 @@ export interface ReplayEngineDeps {
   lineage: LineageEngine;
   runner: () => ReplayShardRunner | undefined;
   payloads: () => ReplayPayloads | undefined;
-  /** Ids of known nodes, to reject policies naming unknown ones. */
-  nodeIds?: () => ReadonlySet<string>;
+  /** Known nodes, to reject policies naming unknown ones or labels none carries. */
+  nodes?: () => readonly { nodeId: string; labels: Readonly<Record<string, string>> }[];
   /** Why no node could take shards with these requirements under this placement now, or undefined when one can. */
   checkPlacement?: (placement: ReplayPlacement, requirements?: TransformRequirements) => string | undefined;
   clock: NanoClock;
@@ -254,7 +255,9 @@ export class ReplayEngine {
     const payloads = this.deps.payloads();
     if (!runner || !payloads) throw new FailedPreconditionError('replay needs the scheduler and the payload store (start the coordinator with agents and pipelines)');
     const selector = checkSelector(request.selector);
-    const policy = compileReplayPolicy(request.policy, this.deps.nodeIds?.());
+    const known = this.deps.nodes?.();
+    const policy = compileReplayPolicy(request.policy, known && new Set(known.map((n) => n.nodeId)));
+    if (known) checkTargetLabels(policy.placement.labels ?? {}, known, 'policy.target_labels');
     const unplaceable = this.deps.checkPlacement?.(policy.placement);
     if (unplaceable) throw new InvalidArgumentError('policy', `no node can run the replay: ${unplaceable}`);
     const sources = await this.resolveSelector(selector);

@@ -26,7 +26,7 @@ export function replayExtension(shared: ReplayShared): ExtensionFactory {
       lineage: ctx.lineage,
       runner: () => shared.dispatcher,
       payloads: () => shared.pipelines?.payloads,
-      nodeIds: () => new Set((shared.mesh?.nodes() ?? []).map((n) => n.nodeId)),
+      nodes: () => shared.mesh?.nodes() ?? [],
       checkPlacement: (placement, requirements) => {
         const nodes = (shared.mesh?.nodes() ?? []).map(toNodeView);
         // With requirements, among the nodes the placement allows only: the reason is then the
