@@ -69,11 +69,11 @@ interface SchedulerView {
 }
 
 /**
- * The waiting shards of the running ingests of `pipeline` (of `runId` alone when set), grouped by
- * run, step and reason.
+ * The waiting shards of the running ingests of `pipeline` (every pipeline when '', `runId` alone
+ * when set), grouped by run, step and reason.
  */
 export function ingestWaiting(runner: Pick<PipelineRunner, 'running'>, waiting: readonly WaitingShardView[], pipeline: string, runId = ''): { running: string[]; waiting: IngestWaiting[] } {
-  const runs = runner.running().filter((r) => r.pipeline === pipeline && (runId === '' || r.runId === runId));
+  const runs = runner.running().filter((r) => (pipeline === '' || r.pipeline === pipeline) && (runId === '' || r.runId === runId));
   const byShard = new Map(waiting.map((w) => [w.shardId, w]));
   const groups = new Map<string, IngestWaiting>();
   for (const run of runs) {
@@ -237,10 +237,7 @@ export function pipelineExtension(shared: PipelineShared = {}, options: Pipeline
           yield* ctx.lineage.index.newestVersionHashes('object:replay:');
         },
       });
-    const scheduler = (): Partial<SchedulerView> => {
-      const d = shared.dispatcher;
-      return { ...(d?.waiting ? { waiting: () => d.waiting?.() ?? [] } : {}), unmetRequirements: shared.unmetRequirements };
-    };
+    const scheduler = (): Partial<SchedulerView> => ({ waiting: () => shared.dispatcher?.waiting?.() ?? [], unmetRequirements: shared.unmetRequirements });
     // An ingest whose shards wait for a node that may never come says so in the log, once per
     // change of what it waits for.
     const waitingLogged = new Map<string, string>();
@@ -249,10 +246,13 @@ export function pipelineExtension(shared: PipelineShared = {}, options: Pipeline
       const running = runner.running();
       for (const runId of waitingLogged.keys()) if (!running.some((r) => r.runId === runId)) waitingLogged.delete(runId);
       if (running.length === 0 || !d?.waiting) return;
-      const waiting = d.waiting();
+      // One grouping for every running ingest, then a line per run.
+      const groups = ingestWaiting(runner, d.waiting(), '').waiting.filter((w) => !w.busy);
       for (const run of running) {
-        const groups = ingestWaiting(runner, waiting, run.pipeline, run.runId).waiting.filter((w) => !w.busy);
-        const text = groups.map((g) => `${g.shards} shard(s) of step ${g.step} wait: ${g.reason}`).join('; ');
+        const text = groups
+          .filter((g) => g.runId === run.runId)
+          .map((g) => `${g.shards} shard(s) of step ${g.step} wait: ${g.reason}`)
+          .join('; ');
         if (text === (waitingLogged.get(run.runId) ?? '')) continue;
         waitingLogged.set(run.runId, text);
         if (text !== '') ctx.log(`pipelines: ingest ${run.runId}: ${text}`);
