@@ -1,4 +1,4 @@
-import type { ObjectVersion, Step } from './gen/retrace/v1/provenance.js';
+import type { ObjectRef, ObjectVersion, Step } from './gen/retrace/v1/provenance.js';
 
 const NONE: readonly ObjectVersion[] = [];
 
@@ -11,4 +11,31 @@ export function describedVersions(step: Step): readonly ObjectVersion[] {
   const used = step.usedVersions?.versions ?? NONE;
   const generated = step.generatedVersions?.versions ?? NONE;
   return used.length === 0 ? generated : generated.length === 0 ? used : [...used, ...generated];
+}
+
+/** The `retrace` facet the pipeline runner and recompute write on a step, or {}. */
+function retraceFacetOf(step: Step): Record<string, unknown> {
+  const f = (step.facets as Record<string, unknown> | undefined)?.retrace;
+  return typeof f === 'object' && f !== null && !Array.isArray(f) ? (f as Record<string, unknown>) : {};
+}
+
+/**
+ * A step's outputs: the versions it generated, then those it reproduced exactly (a recompute
+ * whose output an earlier step had made records it in its facet, `reproduced`, not as generated).
+ */
+export function stepOutputs(step: Step): ObjectRef[] {
+  const reproduced = retraceFacetOf(step).reproduced;
+  const extra = Array.isArray(reproduced)
+    ? reproduced.filter((r): r is { objectId: string; contentHash: string } => typeof r === 'object' && r !== null && typeof r.objectId === 'string' && typeof r.contentHash === 'string')
+    : [];
+  return [...step.generated, ...extra.map((r) => ({ objectId: r.objectId, contentHash: r.contentHash, unversioned: false }))];
+}
+
+/**
+ * A step's logical identity: the same pipeline step (or transform, outside pipelines) over the
+ * same input objects. Its re-executions (re-ingest, recomputes) share it.
+ */
+export function logicalStepKey(step: Step): string {
+  const f = retraceFacetOf(step);
+  return JSON.stringify([f.pipeline ?? '', f.step ?? step.transform, step.used.map((u) => u.objectId).sort()]);
 }

@@ -2,6 +2,7 @@ import { InvalidArgumentError, NotFoundError } from '../../common/errors.js';
 import { TriggerKind, type Step } from '../../common/gen/retrace/v1/provenance.js';
 import type { AffectedObject, AffectedStep, ImpactResponse } from '../../common/gen/retrace/v1/recompute.js';
 import { parseNodeKey, versionKey } from '../../common/lineage-keys.js';
+import { logicalStepKey, stepOutputs } from '../../common/step-versions.js';
 import type { LineageEngine } from '../lineage/lineage-engine.js';
 
 /**
@@ -44,7 +45,6 @@ export interface AffectedGraph {
 export type ImpactLineage = Pick<LineageEngine, 'index' | 'readStep'>;
 
 interface StepFacet {
-  reproduced?: { objectId: string; contentHash: string }[];
   pipeline?: string;
   step?: string;
   output?: string;
@@ -60,13 +60,6 @@ function isReplay(step: Step): boolean {
   return step.why?.kind === TriggerKind.TRIGGER_KIND_REPLAY;
 }
 
-/** A step's outputs: its generated versions and the ones a recompute reproduced (facet `reproduced`). */
-function outputsOf(step: Step): { objectId: string; contentHash: string }[] {
-  const reproduced = facetOf(step).reproduced;
-  const extra = Array.isArray(reproduced) ? reproduced.filter((r) => typeof r?.objectId === 'string' && typeof r.contentHash === 'string') : [];
-  return [...step.generated.map((g) => ({ objectId: g.objectId, contentHash: g.contentHash })), ...extra];
-}
-
 /** The key of a pipeline record id (`record:<pipeline>/<dataset>:<key>`), or ''. */
 export function recordKeyOf(objectId: string): string {
   if (!objectId.startsWith('record:')) return '';
@@ -78,15 +71,6 @@ export function recordKeyOf(objectId: string): string {
 function datasetOf(objectId: string): string {
   const m = /^record:[^/]+\/([^:]+):/.exec(objectId);
   return m ? (m[1] as string) : '';
-}
-
-/**
- * A step's logical identity: the same pipeline step over the same input objects. Re-executions
- * (re-ingest, earlier recomputes) share it; impact keeps the latest one.
- */
-function logicalKeyOf(step: Step, f: StepFacet): string {
-  const used = step.used.map((u) => u.objectId).sort();
-  return JSON.stringify([f.pipeline ?? '', f.step ?? step.transform, used]);
 }
 
 function compareNs(a: string, b: string): number {
@@ -151,7 +135,7 @@ export async function collectAffected(lineage: ImpactLineage, roots: readonly Im
       if (!step || isReplay(step)) continue;
       steps.set(key, step);
     }
-    for (const g of outputsOf(step)) {
+    for (const g of stepOutputs(step)) {
       const vk = versionKey(g.objectId, g.contentHash);
       const prev = objects.get(vk);
       if (!prev || prev.depth > depth + 1) objects.set(vk, { objectId: g.objectId, contentHash: g.contentHash, depth: depth + 1 });
@@ -162,7 +146,7 @@ export async function collectAffected(lineage: ImpactLineage, roots: readonly Im
   const kept = new Map<string, AffectedNode>();
   for (const [key, step] of steps) {
     const f = facetOf(step);
-    const lk = logicalKeyOf(step, f);
+    const lk = logicalStepKey(step);
     const depth = depthOf.get(key) as number;
     const cur = kept.get(lk);
     if (cur && (compareNs(cur.step.endedAtNs, step.endedAtNs) > 0 || (compareNs(cur.step.endedAtNs, step.endedAtNs) === 0 && cur.step.stepId > step.stepId))) {
@@ -170,7 +154,7 @@ export async function collectAffected(lineage: ImpactLineage, roots: readonly Im
       continue;
     }
     const byObject = new Map(Object.entries(f.inputs ?? {}).map(([name, objectId]) => [objectId, name]));
-    const outputs = outputsOf(step);
+    const outputs = stepOutputs(step).map((o) => ({ objectId: o.objectId, contentHash: o.contentHash }));
     const firstRecord = step.used.find((u) => recordKeyOf(u.objectId) !== '') ?? outputs.find((g) => recordKeyOf(g.objectId) !== '');
     kept.set(lk, {
       step,

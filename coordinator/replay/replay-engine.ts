@@ -1,4 +1,5 @@
 import { checkTargetLabels } from '../scheduler/placement-targets.js';
+import { logicalStepKey, stepOutputs } from '../../common/step-versions.js';
 import { randomBytes } from 'node:crypto';
 import { EventEmitter, setMaxListeners } from 'node:events';
 import { NodeKind } from '../../common/gen/retrace/v1/lineage.js';
@@ -446,7 +447,9 @@ export class ReplayEngine {
       const step = await lineage.readStep(n.node.id);
       if (!step || step.why?.kind === TriggerKind.TRIGGER_KIND_REPLAY) continue;
       const key = logicalStepKey(step);
-      executions.set(key, [...(executions.get(key) ?? []), step]);
+      const group = executions.get(key);
+      if (group) group.push(step);
+      else executions.set(key, [step]);
     }
     const steps: Step[] = [];
     for (const group of executions.values()) steps.push(group.length === 1 ? (group[0] as Step) : await this.currentExecution(group));
@@ -475,7 +478,7 @@ export class ReplayEngine {
         return hash;
       };
       for (const step of newestFirst) {
-        for (const o of outputsOf(step)) if ((await currentOf(o.objectId)) === o.contentHash) return step;
+        for (const o of stepOutputs(step)) if ((await currentOf(o.objectId)) === o.contentHash) return step;
       }
     }
     return newestFirst[0] as Step;
@@ -643,7 +646,7 @@ export class ReplayEngine {
       const codeVersion = policy.codeVersions[step.transform] ?? step.codeVersion;
       const overridden = codeVersion !== step.codeVersion || policy.stepParameters[ps.name] !== undefined;
       // A recompute that reproduced an existing version lists it as reproduced, not generated.
-      let originals = outputsOf(step);
+      let originals = stepOutputs(step);
       const result: ReplayStepResult = {
         record: plan.source.objectId,
         step: ps.name,
@@ -1024,16 +1027,6 @@ function retraceFacet(step: Step): { pipeline?: string; step?: string; inputs?: 
 }
 
 /**
- * A step's outputs: the versions it generated, then those it reproduced exactly (a recompute
- * whose output an earlier step had made records it in its facet, `reproduced`, not as generated).
- */
-function outputsOf(step: Step): ObjectRef[] {
-  const reproduced = retraceFacet(step).reproduced;
-  const extra = Array.isArray(reproduced) ? reproduced.filter((r): r is { objectId: string; contentHash: string } => isRecord(r) && typeof r.objectId === 'string' && typeof r.contentHash === 'string') : [];
-  return [...step.generated, ...extra.map((r) => ({ objectId: r.objectId, contentHash: r.contentHash, unversioned: false }))];
-}
-
-/**
  * A step's original outputs in the order of the replayed ones. Generated and reproduced outputs
  * are recorded apart, so when a pipeline step has both, the original order is lost: each
  * replayed output is matched with the original of the record it would write (pipeline, output
@@ -1050,15 +1043,6 @@ function alignOutputs(step: Step, originals: readonly ObjectRef[], replayedKeys:
     return at < 0 ? undefined : left.splice(at, 1)[0];
   });
   return byRecord.map((o) => o ?? (left.shift() as ObjectRef));
-}
-
-/**
- * A step's logical identity in a record's path: the same pipeline step (or transform, outside
- * pipelines) over the same input objects. Its re-executions (re-ingest, recomputes) share it.
- */
-function logicalStepKey(step: Step): string {
-  const facet = retraceFacet(step);
-  return JSON.stringify([facet.pipeline ?? '', facet.step ?? step.transform, step.used.map((u) => u.objectId).sort()]);
 }
 
 /** Newest first: by end time, then by step id so that the order is always the same. */
