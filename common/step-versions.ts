@@ -13,10 +13,25 @@ export function describedVersions(step: Step): readonly ObjectVersion[] {
   return used.length === 0 ? generated : generated.length === 0 ? used : [...used, ...generated];
 }
 
-/** The `retrace` facet the pipeline runner and recompute write on a step, or {}. */
-function retraceFacetOf(step: Step): Record<string, unknown> {
+/**
+ * What the pipeline runner and recompute write under a step's `retrace` facet. The facet is
+ * stored JSON, so readers still check each field's type before trusting it.
+ */
+export interface RetraceStepFacet {
+  pipeline?: string;
+  pipelineVersion?: number;
+  step?: string;
+  output?: string;
+  inputs?: Record<string, string>;
+  outputs?: Record<string, string>;
+  reproduced?: unknown;
+  [k: string]: unknown;
+}
+
+/** The `retrace` facet of a step, or {} for steps recorded outside pipelines. */
+export function retraceFacetOf(step: Step): RetraceStepFacet {
   const f = (step.facets as Record<string, unknown> | undefined)?.retrace;
-  return typeof f === 'object' && f !== null && !Array.isArray(f) ? (f as Record<string, unknown>) : {};
+  return typeof f === 'object' && f !== null && !Array.isArray(f) ? (f as RetraceStepFacet) : {};
 }
 
 /**

@@ -2,7 +2,7 @@ import { InvalidArgumentError, NotFoundError } from '../../common/errors.js';
 import { TriggerKind, type Step } from '../../common/gen/retrace/v1/provenance.js';
 import type { AffectedObject, AffectedStep, ImpactResponse } from '../../common/gen/retrace/v1/recompute.js';
 import { parseNodeKey, versionKey } from '../../common/lineage-keys.js';
-import { logicalStepKey, stepOutputs } from '../../common/step-versions.js';
+import { logicalStepKey, retraceFacetOf, stepOutputs } from '../../common/step-versions.js';
 import type { LineageEngine } from '../lineage/lineage-engine.js';
 
 /**
@@ -43,18 +43,6 @@ export interface AffectedGraph {
 }
 
 export type ImpactLineage = Pick<LineageEngine, 'index' | 'readStep'>;
-
-interface StepFacet {
-  pipeline?: string;
-  step?: string;
-  output?: string;
-  inputs?: Record<string, string>;
-}
-
-function facetOf(step: Step): StepFacet {
-  const f = (step.facets as Record<string, unknown> | undefined)?.retrace;
-  return typeof f === 'object' && f !== null && !Array.isArray(f) ? (f as StepFacet) : {};
-}
 
 function isReplay(step: Step): boolean {
   return step.why?.kind === TriggerKind.TRIGGER_KIND_REPLAY;
@@ -117,7 +105,7 @@ export async function collectAffected(lineage: ImpactLineage, roots: readonly Im
       for (const s of index.membersOf(`transform:${r.transform}`)) {
         if (!visible(s)) continue;
         const step = await lineage.readStep(parseNodeKey(s).id);
-        const f = step ? facetOf(step) : {};
+        const f = step ? retraceFacetOf(step) : {};
         if (step && !isReplay(step) && f.pipeline === r.pipeline && f.step === r.step) enqueue(s, 1);
       }
     }
@@ -145,7 +133,7 @@ export async function collectAffected(lineage: ImpactLineage, roots: readonly Im
   // Keep the latest execution of each logical step (with the smallest depth any of them had).
   const kept = new Map<string, AffectedNode>();
   for (const [key, step] of steps) {
-    const f = facetOf(step);
+    const f = retraceFacetOf(step);
     const lk = logicalStepKey(step);
     const depth = depthOf.get(key) as number;
     const cur = kept.get(lk);

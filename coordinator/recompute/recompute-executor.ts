@@ -5,6 +5,7 @@ import { TriggerKind, type LineageEvent, type ObjectRef, type Step } from '../..
 import { ShardStatus, type ShardAssignment, type ShardInput, type ShardOutcome } from '../../common/gen/retrace/v1/shard.js';
 import { contentHashOf, sha256Hex } from '../../common/hash.js';
 import { versionKey } from '../../common/lineage-keys.js';
+import { retraceFacetOf } from '../../common/step-versions.js';
 import type { NanoClock } from '../clock.js';
 import type { JobExecutor, JobLifecycleEvent, JobState, JsonValue, TaskRunContext, TaskRunResult } from '../jobs/job-types.js';
 import type { LineageEngine } from '../lineage/lineage-engine.js';
@@ -129,7 +130,7 @@ export class RecomputeExecutor implements JobExecutor {
     const stepId = recomputeStepId(ctx.jobId, ctx.task.id);
     const recorded = await this.deps.lineage.readStep(stepId);
     if (recorded) {
-      const facetOutputs = ((recorded.facets as Record<string, unknown> | undefined)?.retrace as { outputs?: Record<string, string> } | undefined)?.outputs;
+      const facetOutputs = retraceFacetOf(recorded).outputs;
       const outs = facetOutputs ?? Object.fromEntries(recorded.generated.map((g) => [g.objectId, g.contentHash]));
       return { outcome: 'executed', result: toResult({ outputs: outs, changed: changedFrom(outs), stepId, nodeId: recorded.nodeId, cachedFrom: '' }) };
     }

@@ -1,5 +1,5 @@
 import { checkTargetLabels } from '../scheduler/placement-targets.js';
-import { logicalStepKey, stepOutputs } from '../../common/step-versions.js';
+import { logicalStepKey, retraceFacetOf, stepOutputs } from '../../common/step-versions.js';
 import { randomBytes } from 'node:crypto';
 import { EventEmitter, setMaxListeners } from 'node:events';
 import { NodeKind } from '../../common/gen/retrace/v1/lineage.js';
@@ -459,7 +459,7 @@ export class ReplayEngine {
       key,
       eventTimeNs: source.eventTimeNs,
       steps: orderByDependencies(steps).map((step) => {
-        const meta = retraceFacet(step);
+        const meta = retraceFacetOf(step);
         const byObject = new Map(Object.entries(meta.inputs ?? {}).map(([name, objectId]) => [objectId, name]));
         return { step, name: meta.step ?? step.transform, inputNames: step.used.map((u) => byObject.get(u.objectId) ?? u.objectId) };
       }),
@@ -803,7 +803,7 @@ export class ReplayEngine {
             resources: outcome.resources,
             used: usedRefs,
             generated,
-            facets: { retrace: { ...retraceFacet(step), replayOf: step.stepId } },
+            facets: { retrace: { ...retraceFacetOf(step), replayOf: step.stepId } },
           },
         },
       });
@@ -876,7 +876,7 @@ export class ReplayEngine {
     for (const plan of plans) {
       for (const { step } of plan.steps) {
         const key = specKey(step);
-        const facet = retraceFacet(step);
+        const facet = retraceFacetOf(step);
         const codeVersion = codeVersions[step.transform] ?? step.codeVersion;
         if (key !== undefined && !wanted.has(key)) wanted.set(key, { pipeline: facet.pipeline as string, version: facetVersion(step), step: facet.step as string, codeVersion });
       }
@@ -1021,11 +1021,6 @@ function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
-function retraceFacet(step: Step): { pipeline?: string; step?: string; inputs?: Record<string, string>; [k: string]: unknown } {
-  const f = (step.facets as Record<string, unknown> | undefined)?.retrace;
-  return isRecord(f) ? (f as { step?: string; inputs?: Record<string, string> }) : {};
-}
-
 /**
  * A step's original outputs in the order of the replayed ones. Generated and reproduced outputs
  * are recorded apart, so when a pipeline step has both, the original order is lost: each
@@ -1033,7 +1028,7 @@ function retraceFacet(step: Step): { pipeline?: string; step?: string; inputs?: 
  * dataset, its key), and the rest keep their order.
  */
 function alignOutputs(step: Step, originals: readonly ObjectRef[], replayedKeys: readonly string[]): ObjectRef[] {
-  const { pipeline, output } = retraceFacet(step);
+  const { pipeline, output } = retraceFacetOf(step);
   // Nothing reproduced, or a count that differs anyway (the report says so).
   if (originals.length < 2 || originals.length === step.generated.length || replayedKeys.length !== originals.length) return [...originals];
   if (typeof pipeline !== 'string' || typeof output !== 'string') return [...originals];
@@ -1054,13 +1049,13 @@ function compareNewest(a: Step, b: Step): number {
 
 /** A recorded pipeline step's `pipeline@version/step` (version 0: not recorded), or undefined for steps of other producers. */
 function specKey(step: Step): string | undefined {
-  const facet = retraceFacet(step);
+  const facet = retraceFacetOf(step);
   if (typeof facet.pipeline !== 'string' || typeof facet.step !== 'string') return undefined;
   return `${facet.pipeline}@${facetVersion(step)}/${facet.step}`;
 }
 
 function facetVersion(step: Step): number {
-  const v = retraceFacet(step).pipelineVersion;
+  const v = retraceFacetOf(step).pipelineVersion;
   return typeof v === 'number' ? v : 0;
 }
 
