@@ -158,14 +158,15 @@ export class Recomputer {
    * follow-up note (stored with the version) is removed once the changes are recorded and the auto
    * ones submitted; it stays when that fails, for the next start to finish. Never throws.
    */
-  async onPipelineApplied(e: { previous: PipelineVersion | undefined; current: PipelineVersion; principal: string }): Promise<void> {
+  async onPipelineApplied(e: { previous: PipelineVersion | undefined; current: PipelineVersion; principal: string }, options: { resumed?: boolean } = {}): Promise<void> {
     const name = e.current.pipeline?.name ?? '';
     try {
       const changes: Change[] = [];
       for (const input of stepChanges(e.previous, e.current, `apply:${e.principal}`)) changes.push((await this.deps.changes.record(input)).change);
       if (changes.length > 0) crashPointForTests('apply-changes-recorded');
       // Not only the changes this call created: a run cut short by a crash recorded some and submitted none.
-      const auto = changes.filter(awaitsAutoJob);
+      let auto = changes.filter(awaitsAutoJob);
+      if (options.resumed && auto.length > 0) auto = await this.linkSubmitted(auto);
       if (auto.length > 0) await this.autoRecompute(auto);
       await this.deps.pipelines()?.store.followUpDone(name, e.current.version);
     } catch (err) {
@@ -242,6 +243,30 @@ export class Recomputer {
   }
 
   /**
+   * The changes that no stored job names: a crash between a job's submission and its noting on
+   * its changes left the job without them, and they get it now rather than a second job.
+   */
+  private async linkSubmitted(changes: Change[]): Promise<Change[]> {
+    const stored = await this.deps.jobs()?.jobPayloads?.('recompute');
+    if (!stored) return changes;
+    const jobOf = new Map<string, string>();
+    for (const { jobId, payload } of stored) {
+      const ids = (payload as { changeIds?: unknown } | null)?.changeIds;
+      if (Array.isArray(ids)) for (const id of ids) if (typeof id === 'string' && !jobOf.has(id)) jobOf.set(id, jobId);
+    }
+    const left: Change[] = [];
+    for (const c of changes) {
+      const jobId = jobOf.get(c.changeId);
+      if (jobId === undefined) left.push(c);
+      else {
+        await this.deps.changes.markSubmitted(c.changeId, jobId);
+        this.deps.log(`recompute: change ${c.changeId} was submitted as job ${jobId} before the coordinator stopped; noted, not submitted again`);
+      }
+    }
+    return left;
+  }
+
+  /**
    * Finishes the follow-ups a stopped coordinator left noted (it died between storing a pipeline
    * version or a code bundle and recording and submitting what that sets off): the same listeners
    * again, which record only what is missing and submit only auto changes without a job. Never throws.
@@ -254,7 +279,7 @@ export class Recomputer {
         this.deps.log(`recompute: finishing the follow-up of pipeline ${f.pipeline} v${f.version} (applied by ${f.principal}) a stopped coordinator left undone`);
         const current = await store.get(f.pipeline, f.version);
         const previous = f.version > 1 ? await store.get(f.pipeline, f.version - 1) : undefined;
-        await this.onPipelineApplied({ previous, current, principal: f.principal });
+        await this.onPipelineApplied({ previous, current, principal: f.principal }, { resumed: true });
       }
       const code = this.deps.code();
       for (const f of (await code?.followUps?.()) ?? []) {
