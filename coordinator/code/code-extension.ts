@@ -10,7 +10,9 @@ export interface CodeExtensionOptions {
   /**
    * Told of every newly published bundle (not of bytes published before), after it is stored and
    * before PublishCode answers, so a publish that is a change (a new version of a transform a
-   * pipeline uses) is recorded by the time the client hears back. It must not throw.
+   * pipeline uses) is recorded by the time the client hears back. It must not throw. The bundle is
+   * stored with a follow-up note (`CodeStore.followUps`) that the listener removes once done
+   * (`followUpDone`): a note left by a crash is the listener's to finish on the next start.
    */
   onPublished?: (code: PublishedCode, principal: string) => Promise<void>;
 }
@@ -24,8 +26,9 @@ function principalOf(context: CallContext): string {
 export function createCodeHandlers(store: CodeStore, onPublished?: CodeExtensionOptions['onPublished']): CodeServiceImplementation {
   return {
     async publishCode(request, context) {
-      const result = await store.publish(request.bundle, request.manifest as NonNullable<typeof request.manifest>);
-      if (result.created && result.code && onPublished) await onPublished(result.code, principalOf(context));
+      const principal = principalOf(context);
+      const result = await store.publish(request.bundle, request.manifest as NonNullable<typeof request.manifest>, onPublished ? { followUp: principal } : {});
+      if (result.created && result.code && onPublished) await onPublished(result.code, principal);
       return result;
     },
     async getCode(request) {

@@ -22,17 +22,24 @@ export interface CodePage {
 
 /**
  * Content-addressed transform code, in the `code` sublevel of the coordinator's database:
- * `bundles` (hex → bytes), `versions` (hex → PublishedCode JSON) and `published`
- * (`<published_at_ns, 20 digits>:<hex>` → hex, the listing order). Nothing is ever deleted, so
- * every version stays fetchable. The only code that knows this layout.
+ * `bundles` (hex → bytes), `versions` (hex → PublishedCode JSON), `published`
+ * (`<published_at_ns, 20 digits>:<hex>` → hex, the listing order) and `followups` (hex → who
+ * published it, until what the publication sets off is done). Nothing but follow-up notes is
+ * ever deleted, so every version stays fetchable. The only code that knows this layout.
  */
 export interface CodeStore {
   /**
    * Stores `bundle` under "sha256:<hex>" of its bytes, with `manifest`, in one atomic batch.
    * Publishing bytes already stored returns the stored version (`created: false`) and writes
-   * nothing. Throws InvalidArgumentError (`bundle`, `manifest.transform`...) on bad input.
+   * nothing. With `followUp` (who published), a new version is noted in that batch as owing its
+   * follow-up, so a crash before `followUpDone` leaves the note for the next start. Throws
+   * InvalidArgumentError (`bundle`, `manifest.transform`...) on bad input.
    */
-  publish(bundle: Uint8Array, manifest: CodeManifest): Promise<PublishResult>;
+  publish(bundle: Uint8Array, manifest: CodeManifest, options?: { followUp?: string }): Promise<PublishResult>;
+  /** The versions whose follow-up was noted and never marked done. */
+  followUps(): Promise<{ codeVersion: string; principal: string }[]>;
+  /** Forgets a version's follow-up note (none: nothing happens). */
+  followUpDone(codeVersion: string): Promise<void>;
   /** The version and its bytes; NotFoundError (`code_version`) when unknown. */
   get(codeVersion: string): Promise<{ code: PublishedCode; bundle: Uint8Array }>;
   /** The version's record without its bytes, or undefined. */
@@ -50,6 +57,7 @@ export function createCodeStore(db: Database, clock: NanoClock): CodeStore {
   const bundles: AbstractSublevel<typeof root, string | Uint8Array, string, Uint8Array> = root.sublevel<string, Uint8Array>('bundles', { valueEncoding: 'view' });
   const versions: AbstractSublevel<typeof root, string | Uint8Array, string, PublishedCode> = root.sublevel<string, PublishedCode>('versions', { valueEncoding: 'json' });
   const published = root.sublevel<string, string>('published', { valueEncoding: 'utf8' });
+  const followUps = root.sublevel<string, { principal: string }>('followups', { valueEncoding: 'json' });
   // Publications are serialised so two concurrent publishes of the same bytes store one version.
   let tail: Promise<unknown> = Promise.resolve();
 
@@ -60,7 +68,7 @@ export function createCodeStore(db: Database, clock: NanoClock): CodeStore {
     return codeVersion.slice('sha256:'.length);
   }
 
-  async function publishNow(bundle: Uint8Array, manifest: CodeManifest): Promise<PublishResult> {
+  async function publishNow(bundle: Uint8Array, manifest: CodeManifest, followUp: string | undefined): Promise<PublishResult> {
     const codeVersion = contentHashOf(bundle);
     const hex = codeVersion.slice('sha256:'.length);
     const existing = await versions.get(hex);
@@ -77,21 +85,32 @@ export function createCodeStore(db: Database, clock: NanoClock): CodeStore {
       sizeBytes: String(bundle.byteLength),
       publishedAtNs,
     };
-    await root
+    const batch = root
       .batch()
       .put<string, Uint8Array>(hex, bundle, { sublevel: bundles })
       .put<string, PublishedCode>(hex, code, { sublevel: versions })
-      .put(`${publishedAtNs.padStart(20, '0')}:${hex}`, hex, { sublevel: published })
-      .write();
+      .put(`${publishedAtNs.padStart(20, '0')}:${hex}`, hex, { sublevel: published });
+    if (followUp !== undefined) batch.put(hex, { principal: followUp }, { sublevel: followUps });
+    await batch.write();
     return { code, created: true };
   }
 
   return {
-    publish(bundle, manifest) {
+    publish(bundle, manifest, options = {}) {
       validatePublish(bundle, manifest);
-      const run = tail.then(() => publishNow(bundle, manifest));
+      const run = tail.then(() => publishNow(bundle, manifest, options.followUp));
       tail = run.catch(() => {});
       return run;
+    },
+
+    async followUps() {
+      const out: { codeVersion: string; principal: string }[] = [];
+      for await (const [hex, v] of followUps.iterator()) out.push({ codeVersion: `sha256:${hex}`, principal: v.principal });
+      return out;
+    },
+
+    async followUpDone(codeVersion) {
+      await followUps.del(hexOf(codeVersion, 'code_version'));
     },
 
     async get(codeVersion) {

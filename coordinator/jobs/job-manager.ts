@@ -202,6 +202,16 @@ export class JobManager implements JobSubmitter {
     return { jobId };
   }
 
+  async jobPayloads(kind: string): Promise<{ jobId: string; payload: JsonValue }[]> {
+    const out: { jobId: string; payload: JsonValue; createdAtMs: number }[] = [];
+    for await (const r of this.store.records()) {
+      if (r.kind !== kind) continue;
+      const stored = await this.store.read(r.jobId);
+      if (stored) out.push({ jobId: r.jobId, payload: stored.spec.payload, createdAtMs: r.createdAtMs });
+    }
+    return out.sort((a, b) => a.createdAtMs - b.createdAtMs).map(({ jobId, payload }) => ({ jobId, payload }));
+  }
+
   /** The job with its tasks; NotFoundError naming `job_id`. */
   async get(jobId: string): Promise<JobView> {
     const live = this.live.get(jobId);

@@ -125,4 +125,9 @@ export interface JobSubmitter {
   submit(spec: JobSpec): Promise<{ jobId: string }>;
   /** Registers the executor of a kind; jobs of that kind left unfinished by a crash resume then. */
   registerExecutor(executor: JobExecutor): void;
+  /**
+   * The stored jobs of `kind` with their persisted payloads, oldest first: after a crash, whether
+   * work was submitted before its submitter could note it. Reads every job of the kind.
+   */
+  jobPayloads?(kind: string): Promise<{ jobId: string; payload: JsonValue }[]>;
 }

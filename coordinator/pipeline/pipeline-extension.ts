@@ -20,7 +20,11 @@ export interface PipelineHandles {
   /** Content-addressed payloads: `payloads.get(hash)`, `payloads.find(hash)`, `payloads.has(hash)`. */
   payloads: PayloadStore;
   runner: PipelineRunner;
-  /** Told about every new version ApplyPipeline stores (change detection); set by later extensions. */
+  /**
+   * Told about every new version ApplyPipeline stores (change detection); set by later extensions.
+   * The version is stored with a follow-up note (`store.followUps`) that the listener removes once
+   * done (`store.followUpDone`): a note left by a crash is the listener's to finish on the next start.
+   */
   applyListener?: PipelineApplyListener;
 }
 
@@ -107,9 +111,10 @@ export function createPipelineHandlers(
       if (!request.pipeline) throw new InvalidArgumentError('pipeline', 'is required');
       const listener = h.applyListener;
       const previous = listener ? await h.store.get(request.pipeline.name).catch((err: unknown) => (err instanceof NotFoundError ? undefined : Promise.reject(err))) : undefined;
-      const result = await h.store.apply(request.pipeline);
+      const principal = principalOf(context, 'apply');
+      const result = await h.store.apply(request.pipeline, listener ? { followUp: principal } : {});
       // The listener records the change; it never fails the apply, which is already stored.
-      if (listener && result.created) await listener({ previous, current: result.pipeline, principal: principalOf(context, 'apply') });
+      if (listener && result.created) await listener({ previous, current: result.pipeline, principal });
       // Stored all the same: nodes that meet the requirements may join later.
       const warnings: string[] = [];
       const unmet = scheduler().unmetRequirements;

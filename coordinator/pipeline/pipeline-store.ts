@@ -25,12 +25,21 @@ export interface CurrentRecord {
  * Pipeline definitions and their versions, and the current record per (pipeline, dataset, key),
  * in the `pipelines` sublevel: `versions` (`<name>\0<version, 10 digits>` → PipelineVersion JSON),
  * `latest` (name → version number) and `current` (`<pipeline>\0<source or step>\0<key>` →
- * CurrentRecord JSON) and `open-runs` (ingest run id → OpenIngestRun JSON while the run goes on).
- * The only code that knows this layout.
+ * CurrentRecord JSON), `open-runs` (ingest run id → OpenIngestRun JSON while the run goes on) and
+ * `followups` (`<name>\0<version, 10 digits>` → ApplyFollowUp JSON until what a new version sets
+ * off is done). The only code that knows this layout.
  */
 export interface PipelineStore {
-  /** Validates and stores a definition; a definition equal to the latest version returns it with created = false. */
-  apply(pipeline: Pipeline): Promise<{ pipeline: PipelineVersion; created: boolean }>;
+  /**
+   * Validates and stores a definition; a definition equal to the latest version returns it with
+   * created = false. With `followUp` (who applied it), a new version is noted as owing its
+   * follow-up in the same batch, so a crash before `followUpDone` leaves the note for the next start.
+   */
+  apply(pipeline: Pipeline, options?: { followUp?: string }): Promise<{ pipeline: PipelineVersion; created: boolean }>;
+  /** The versions whose follow-up was noted and never marked done, oldest first per pipeline. */
+  followUps(): Promise<ApplyFollowUp[]>;
+  /** Forgets a version's follow-up note (none: nothing happens). */
+  followUpDone(name: string, version: number): Promise<void>;
   /** One version (latest when `version` is 0 or absent); NotFoundError (`name` / `version`) when unknown. */
   get(name: string, version?: number): Promise<PipelineVersion>;
   /** Every version number of a pipeline, oldest first (empty when unknown). */
@@ -47,6 +56,13 @@ export interface PipelineStore {
   markRunClosed(runId: string): Promise<void>;
   /** Ingest runs noted open and never closed (a process that died during them). */
   openRuns(): Promise<OpenIngestRun[]>;
+}
+
+/** A new pipeline version whose follow-up (change detection, auto recompute) is owed. */
+export interface ApplyFollowUp {
+  pipeline: string;
+  version: number;
+  principal: string;
 }
 
 /** An ingest run as noted open: what its closing event needs. */
@@ -159,6 +175,7 @@ export function createPipelineStore(db: Database, clock: NanoClock, code?: CodeL
   const latest = root.sublevel<string, string>('latest', { valueEncoding: 'utf8' });
   const current = root.sublevel<string, CurrentRecord>('current', { valueEncoding: 'json' });
   const openRuns = root.sublevel<string, OpenIngestRun>('open-runs', { valueEncoding: 'json' });
+  const followUps = root.sublevel<string, { principal: string }>('followups', { valueEncoding: 'json' });
   let tail: Promise<unknown> = Promise.resolve();
   const cache = new Map<string, PipelineVersion>();
 
@@ -191,7 +208,7 @@ export function createPipelineStore(db: Database, clock: NanoClock, code?: CodeL
     return v === undefined ? 0 : Number(v);
   }
 
-  async function applyNow(input: Pipeline): Promise<{ pipeline: PipelineVersion; created: boolean }> {
+  async function applyNow(input: Pipeline, followUp: string | undefined): Promise<{ pipeline: PipelineVersion; created: boolean }> {
     const pipeline = Pipeline.fromJSON(Pipeline.toJSON(input));
     validatePipeline(pipeline);
     if (code) {
@@ -214,16 +231,28 @@ export function createPipelineStore(db: Database, clock: NanoClock, code?: CodeL
     const batch = root.batch();
     batch.put(versionKey(pipeline.name, pv.version), PipelineVersion.toJSON(pv), { sublevel: versions });
     batch.put(pipeline.name, String(pv.version), { sublevel: latest });
+    if (followUp !== undefined) batch.put(versionKey(pipeline.name, pv.version), { principal: followUp }, { sublevel: followUps });
     await batch.write();
     cache.set(versionKey(pipeline.name, pv.version), pv);
     return { pipeline: pv, created: true };
   }
 
   return {
-    apply(pipeline) {
-      const p = tail.then(() => applyNow(pipeline));
+    apply(pipeline, options = {}) {
+      const p = tail.then(() => applyNow(pipeline, options.followUp));
       tail = p.catch(() => undefined);
       return p;
+    },
+    async followUps() {
+      const out: ApplyFollowUp[] = [];
+      for await (const [key, v] of followUps.iterator()) {
+        const [pipeline = '', version = '0'] = key.split('\u0000');
+        out.push({ pipeline, version: Number(version), principal: v.principal });
+      }
+      return out;
+    },
+    async followUpDone(name, version) {
+      await followUps.del(versionKey(name, version));
     },
     async get(name, version = 0) {
       const v = version > 0 ? version : await latestVersion(name);

@@ -1,6 +1,7 @@
 import type { CallContext } from 'nice-grpc';
 import { InvalidArgumentError } from '../../common/errors.js';
 import type { NodeInfo } from '../../common/gen/retrace/v1/node.js';
+import type { PublishedCode } from '../../common/gen/retrace/v1/code.js';
 import { DEFAULT_POLICY } from './change-store.js';
 import { ChangePolicy, RecomputeServiceDefinition, type RecomputeServiceImplementation } from '../../common/gen/retrace/v1/recompute.js';
 import type { CoordinatorExtension, ExtensionFactory } from '../coordinator.js';
@@ -28,7 +29,7 @@ export interface RecomputeShared {
   pipelines?: PipelineHandles;
   dispatcher?: RecomputeShardRunner;
   mesh?: { nodes(): readonly NodeInfo[] };
-  code?: { describe(codeVersion: string): Promise<unknown> };
+  code?: { describe(codeVersion: string): Promise<PublishedCode | undefined>; followUps?(): Promise<{ codeVersion: string; principal: string }[]>; followUpDone?(codeVersion: string): Promise<void> };
   recompute?: RecomputeHandles;
 }
 
@@ -133,6 +134,7 @@ export function recomputeExtension(shared: RecomputeShared, options: RecomputeEx
       });
       pipelines.applyListener = (e) => recomputer.onPipelineApplied(e);
     }
+    let resuming: Promise<void> | undefined;
     return {
       name: 'recompute',
       services: [{ definition: RecomputeServiceDefinition, implementation: createRecomputeHandlers(handles, checkTarget) }],
@@ -140,8 +142,12 @@ export function recomputeExtension(shared: RecomputeShared, options: RecomputeEx
         if (shared.jobs) shared.jobs.registerExecutor(executor);
         else ctx.log('recompute: no job manager; Recompute will answer FAILED_PRECONDITION');
         await detector.start();
+        // In the background: planning a large pipeline's recompute takes a while, and the
+        // coordinator answers meanwhile. It submits jobs, so the jobs extension must start first.
+        resuming = recomputer.resumeFollowUps();
       },
       async stop() {
+        await resuming;
         await detector.stop();
         if (pipelines) {
           pipelines.runner.setChangeListener(undefined);

@@ -19,6 +19,7 @@ import { contentHashOf, isContentHash } from '../../common/hash.js';
 import { parseNodeKey } from '../../common/lineage-keys.js';
 import { nanosToIso } from '../../common/time.js';
 import type { NanoClock } from '../clock.js';
+import { crashPointForTests } from '../test-crash-point.js';
 import type { JobSubmitter } from '../jobs/job-types.js';
 import { nsToMs, type LineageEngine } from '../lineage/lineage-engine.js';
 import type { RecordChange } from '../pipeline/pipeline-runner.js';
@@ -37,12 +38,18 @@ export interface RecomputerDeps {
   pipelines: () => { store: PipelineStore; payloads: { put(bytes: Uint8Array): Promise<string> }; runner: { ingest: (p: string, s: string, batches: Iterable<readonly { key: string; payload: Uint8Array }[]>, o: { principal: string }) => Promise<unknown> } } | undefined;
   jobs: () => JobSubmitter | undefined;
   nodes: () => readonly NodeInfo[];
-  code: () => { describe(codeVersion: string): Promise<unknown> } | undefined;
+  /** The code store: `describe` checks a version exists; the follow-up notes are those of PublishCode. */
+  code: () => { describe(codeVersion: string): Promise<PublishedCode | undefined>; followUps?(): Promise<{ codeVersion: string; principal: string }[]>; followUpDone?(codeVersion: string): Promise<void> } | undefined;
   clock: NanoClock;
   log: (line: string) => void;
 }
 
 const PRODUCER = 'retrace://coordinator/recompute';
+
+/** An auto-policy change no job was submitted for yet (manual ones wait for `Recompute`). */
+function awaitsAutoJob(c: Change): boolean {
+  return c.policy === ChangePolicy.CHANGE_POLICY_AUTO && c.state === ChangeState.CHANGE_STATE_REPORTED && c.jobIds.length === 0;
+}
 
 /** `record:<pipeline>/<dataset>:<key>` → its parts, or undefined. */
 function parseRecordId(objectId: string): { pipeline: string; dataset: string; key: string } | undefined {
@@ -146,19 +153,24 @@ export class Recomputer {
     return { runSteps: auto };
   }
 
-  /** The pipeline extension's listener: a new version whose steps changed code or parameters. Never throws. */
-  async onPipelineApplied(e: { previous: PipelineVersion | undefined; current: PipelineVersion; principal: string }): Promise<void> {
+  /**
+   * The pipeline extension's listener: a new version whose steps changed code or parameters. Its
+   * follow-up note (stored with the version) is removed once the changes are recorded and the auto
+   * ones submitted; it stays when that fails, for the next start to finish. Never throws.
+   */
+  async onPipelineApplied(e: { previous: PipelineVersion | undefined; current: PipelineVersion; principal: string }, options: { resumed?: boolean } = {}): Promise<void> {
+    const name = e.current.pipeline?.name ?? '';
     try {
-      const inputs = stepChanges(e.previous, e.current, `apply:${e.principal}`);
-      const recorded: Change[] = [];
-      for (const input of inputs) {
-        const { change, created } = await this.deps.changes.record(input);
-        if (created) recorded.push(change);
-      }
-      const auto = recorded.filter((c) => c.policy === ChangePolicy.CHANGE_POLICY_AUTO);
+      const changes: Change[] = [];
+      for (const input of stepChanges(e.previous, e.current, `apply:${e.principal}`)) changes.push((await this.deps.changes.record(input)).change);
+      if (changes.length > 0) crashPointForTests('apply-changes-recorded');
+      // Not only the changes this call created: a run cut short by a crash recorded some and submitted none.
+      let auto = changes.filter(awaitsAutoJob);
+      if (options.resumed && auto.length > 0) auto = await this.linkSubmitted(auto);
       if (auto.length > 0) await this.autoRecompute(auto);
+      await this.deps.pipelines()?.store.followUpDone(name, e.current.version);
     } catch (err) {
-      this.deps.log(`recompute: change detection for pipeline ${e.current.pipeline?.name ?? ''} v${e.current.version} failed: ${String(err)}`);
+      this.deps.log(`recompute: change detection for pipeline ${name} v${e.current.version} failed: ${String(err)}`);
     }
   }
 
@@ -190,20 +202,21 @@ export class Recomputer {
    * The code extension's listener: a newly published version of a transform that pipeline steps
    * use at another version is one change per step. Under `auto` the pipeline follows the new
    * version (a new pipeline version, whose step changes then recompute as any apply's do); under
-   * `manual` the change waits for `Recompute` or an apply. Never throws.
+   * `manual` the change waits for `Recompute` or an apply. The publication's follow-up note is
+   * removed once every pipeline was told; it stays when that fails, for the next start to finish
+   * (a step already moved to the new version is skipped then). Never throws.
    */
   async onCodePublished(code: PublishedCode, principal: string): Promise<void> {
     const transform = code.manifest?.transform ?? '';
     const pipes = this.deps.pipelines();
-    if (!pipes || transform === '') return;
     try {
-      for (const pv of await pipes.store.list()) {
+      for (const pv of pipes && transform !== '' ? await pipes.store.list() : []) {
         const def = pv.pipeline;
         if (!def) continue;
         const autoSteps = new Set<string>();
         for (const s of def.steps) {
           if (s.transform !== transform || s.codeVersion === code.codeVersion) continue;
-          const { change, created } = await this.deps.changes.record({
+          const { change } = await this.deps.changes.record({
             kind: ChangeKind.CHANGE_KIND_CODE_PUBLISHED,
             objectId: `code:${transform}`,
             oldHash: s.codeVersion,
@@ -213,14 +226,70 @@ export class Recomputer {
             noticedBy: `publish:${principal}`,
             detail: `new code version of transform ${transform}, used by step ${s.name} at ${s.codeVersion}`,
           });
-          if (created && change.policy === ChangePolicy.CHANGE_POLICY_AUTO) autoSteps.add(s.name);
+          // Whether or not this call created it: the code is new, so only a run of this follow-up
+          // cut short by a crash can have recorded it, and the step is still behind.
+          if (change.policy === ChangePolicy.CHANGE_POLICY_AUTO) autoSteps.add(s.name);
         }
-        if (autoSteps.size === 0) continue;
-        const { pipeline: current, created } = await pipes.store.apply({ ...def, steps: def.steps.map((s) => (autoSteps.has(s.name) ? { ...s, codeVersion: code.codeVersion } : s)) });
-        if (created) await this.onPipelineApplied({ previous: pv, current, principal: `publish:${principal}` });
+        if (autoSteps.size === 0 || !pipes) continue;
+        const followUp = `publish:${principal}`;
+        const { pipeline: current, created } = await pipes.store.apply({ ...def, steps: def.steps.map((s) => (autoSteps.has(s.name) ? { ...s, codeVersion: code.codeVersion } : s)) }, { followUp });
+        if (created) await this.onPipelineApplied({ previous: pv, current, principal: followUp });
+        crashPointForTests('publish-pipeline-followed');
       }
+      await this.deps.code()?.followUpDone?.(code.codeVersion);
     } catch (err) {
       this.deps.log(`recompute: change detection for published ${transform} ${code.codeVersion} failed: ${String(err)}`);
+    }
+  }
+
+  /**
+   * The changes that no stored job names: a crash between a job's submission and its noting on
+   * its changes left the job without them, and they get it now rather than a second job.
+   */
+  private async linkSubmitted(changes: Change[]): Promise<Change[]> {
+    const stored = await this.deps.jobs()?.jobPayloads?.('recompute');
+    if (!stored) return changes;
+    const jobOf = new Map<string, string>();
+    for (const { jobId, payload } of stored) {
+      const ids = (payload as { changeIds?: unknown } | null)?.changeIds;
+      if (Array.isArray(ids)) for (const id of ids) if (typeof id === 'string' && !jobOf.has(id)) jobOf.set(id, jobId);
+    }
+    const left: Change[] = [];
+    for (const c of changes) {
+      const jobId = jobOf.get(c.changeId);
+      if (jobId === undefined) left.push(c);
+      else {
+        await this.deps.changes.markSubmitted(c.changeId, jobId);
+        this.deps.log(`recompute: change ${c.changeId} was submitted as job ${jobId} before the coordinator stopped; noted, not submitted again`);
+      }
+    }
+    return left;
+  }
+
+  /**
+   * Finishes the follow-ups a stopped coordinator left noted (it died between storing a pipeline
+   * version or a code bundle and recording and submitting what that sets off): the same listeners
+   * again, which record only what is missing and submit only auto changes without a job. Never throws.
+   */
+  async resumeFollowUps(): Promise<void> {
+    try {
+      const pipes = this.deps.pipelines();
+      for (const f of pipes ? await pipes.store.followUps() : []) {
+        const store = (pipes as NonNullable<typeof pipes>).store;
+        this.deps.log(`recompute: finishing the follow-up of pipeline ${f.pipeline} v${f.version} (applied by ${f.principal}) a stopped coordinator left undone`);
+        const current = await store.get(f.pipeline, f.version);
+        const previous = f.version > 1 ? await store.get(f.pipeline, f.version - 1) : undefined;
+        await this.onPipelineApplied({ previous, current, principal: f.principal }, { resumed: true });
+      }
+      const code = this.deps.code();
+      for (const f of (await code?.followUps?.()) ?? []) {
+        this.deps.log(`recompute: finishing the follow-up of published code ${f.codeVersion} (by ${f.principal}) a stopped coordinator left undone`);
+        const published = await code?.describe(f.codeVersion);
+        if (published) await this.onCodePublished(published, f.principal);
+        else await code?.followUpDone?.(f.codeVersion);
+      }
+    } catch (err) {
+      this.deps.log(`recompute: finishing the follow-ups a stopped coordinator left failed (they are tried again on the next start): ${String(err)}`);
     }
   }
 

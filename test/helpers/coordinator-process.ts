@@ -17,13 +17,15 @@ export interface CoordinatorProcess {
 /**
  * Starts `retrace coordinator` (the real CLI, a child process) on port 0 (or the `--grpc` given in
  * `extraArgs`, e.g. a restart's old address) and resolves with the addresses from its JSON line;
- * `extraArgs` are more of its flags. The process is pushed onto `children` for the caller to kill.
+ * `extraArgs` are more of its flags, `env` more environment (e.g. RETRACE_TEST_CRASH_AT). The
+ * process is pushed onto `children` for the caller to kill.
  */
-export async function startCoordinatorProcess(dataDir: string, children: ChildProcess[], extraArgs: readonly string[] = []): Promise<CoordinatorProcess> {
+export async function startCoordinatorProcess(dataDir: string, children: ChildProcess[], extraArgs: readonly string[] = [], env: Readonly<Record<string, string>> = {}): Promise<CoordinatorProcess> {
   const grpc = extraArgs.includes('--grpc') ? [] : ['--grpc', '127.0.0.1:0'];
   const proc = spawn(process.execPath, [CLI, 'coordinator', '--data', dataDir, ...grpc, '--http', '127.0.0.1:0', ...extraArgs], {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, ...env },
   });
   children.push(proc);
   let errText = '';
