@@ -10,7 +10,8 @@ import { codeExtension } from '../coordinator/code/code-extension.js';
 import type { CodeStore } from '../coordinator/code/code-store.js';
 import { pipelineExtension, type PipelineShared } from '../coordinator/pipeline/pipeline-extension.js';
 import type { ShardRunner } from '../coordinator/pipeline/pipeline-runner.js';
-import { isOutOfSpace } from '../coordinator/store/storage-guard.js';
+import { openDatabase } from '../coordinator/store/database.js';
+import { guardStorage, isOutOfSpace } from '../coordinator/store/storage-guard.js';
 import { ERROR_TABLE, errorCodeOfStatus, InsufficientStorageError, toHttpError, toServerError } from '../common/errors.js';
 import { LineageServiceDefinition, NodeKind } from '../common/gen/retrace/v1/lineage.js';
 import { Pipeline, PipelineServiceDefinition, type IngestRequest } from '../common/gen/retrace/v1/pipeline.js';
@@ -94,6 +95,72 @@ describe('the error table', () => {
     expect(isOutOfSpace(new Error('wrapped', { cause: Object.assign(new Error('quota'), { code: 'EDQUOT' }) }))).toBe(true);
     expect(isOutOfSpace(Object.assign(new Error('IO error: /d/000003.log: Input/output error'), { code: 'LEVEL_IO_ERROR' }))).toBe(false);
     expect(isOutOfSpace(new Error('Database is not open'))).toBe(false);
+  });
+});
+
+describe('guardStorage on LevelDB in a temp dir', () => {
+  it('refuses writes while FULL, keeps reads, and reopens root and nested sublevels once the probe finds room', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'retrace-guard-'));
+    const db = await openDatabase(dir);
+    // Under the guard: the next array batch fails as a full disk fails it.
+    let failNext = false;
+    const hooks = db as unknown as { _batch: (...args: unknown[]) => Promise<void>; _open: (...args: unknown[]) => Promise<void> };
+    const batch = hooks._batch.bind(db);
+    hooks._batch = async (...args) => {
+      if (!failNext) return batch(...args);
+      failNext = false;
+      throw enospc(dir);
+    };
+    const logs: string[] = [];
+    let room = false;
+    const guard = guardStorage(db, {
+      dir,
+      log: (l) => logs.push(l),
+      probeIntervalMs: 3_600_000,
+      probeSpace: async () => {
+        if (!room) throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+      },
+    });
+    const states: string[] = [];
+    guard.onChange((s) => states.push(s));
+    try {
+      const outer = db.sublevel<string, string>('outer', { valueEncoding: 'utf8' });
+      const inner = outer.sublevel<string, string>('inner', { valueEncoding: 'utf8' });
+      await inner.put('a', '1');
+      failNext = true;
+      const err = await inner.batch([{ type: 'put', key: 'b', value: '2' }, { type: 'put', key: 'c', value: '3' }]).then(() => undefined, (e: unknown) => e);
+      expect(err).toBeInstanceOf(InsufficientStorageError);
+      expect((err as Error).message).toContain(`the data dir ${dir} is out of space`);
+      expect((err as Error).cause).toBeInstanceOf(Error);
+      expect(guard.state).toBe('FULL');
+      // Refused at once while FULL, whatever the write; reads go on.
+      await expect(outer.put('x', 'y')).rejects.toBeInstanceOf(InsufficientStorageError);
+      expect(() => db.batch()).toThrow(InsufficientStorageError);
+      expect(await inner.get('a')).toBe('1');
+      expect(await inner.get('b')).toBeUndefined();
+
+      expect(await guard.probe()).toBe('FULL');
+      expect(logs.some((l) => l.includes('still cannot be written: ENOSPC'))).toBe(true);
+      room = true;
+      // A reopen that fails leaves it FULL, and the next probe tries again.
+      const open = hooks._open;
+      hooks._open = async () => {
+        hooks._open = open;
+        throw new Error('IO error: simulated open failure');
+      };
+      expect(await guard.probe()).toBe('FULL');
+      expect(await guard.probe()).toBe('WRITABLE');
+      expect(states).toEqual(['FULL', 'WRITABLE']);
+      // Sublevels made before the reopen work after it, nested ones too.
+      await inner.batch([{ type: 'put', key: 'b', value: '2' }]);
+      expect(await inner.getMany(['a', 'b', 'c'])).toEqual(['1', '2', undefined]);
+      await outer.put('x', 'y');
+      expect(await outer.get('x')).toBe('y');
+    } finally {
+      await guard.stop();
+      await db.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 

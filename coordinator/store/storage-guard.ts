@@ -163,8 +163,14 @@ export function guardStorage(db: Database, options: StorageGuardOptions): Storag
       }
       if (s.status === 'closed') reopened.push(s.open());
     }
-    await opening;
-    await Promise.all(reopened);
+    try {
+      await opening;
+    } finally {
+      // Settled either way: a root that failed to open fails its sublevels' opens too.
+      const settled = await Promise.allSettled(reopened);
+      const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      if (failed && db.status === 'open') throw failed.reason;
+    }
   }
 
   function probe(): Promise<StorageState> {
