@@ -10,6 +10,7 @@ export type ErrorCode =
   | 'ALREADY_EXISTS'
   | 'FAILED_PRECONDITION'
   | 'RESOURCE_EXHAUSTED'
+  | 'INSUFFICIENT_STORAGE'
   | 'UNAUTHENTICATED'
   | 'PERMISSION_DENIED'
   | 'UNAVAILABLE'
@@ -25,6 +26,9 @@ export const ERROR_TABLE: Readonly<Record<ErrorCode, { grpc: Status; http: numbe
   ALREADY_EXISTS: { grpc: Status.ALREADY_EXISTS, http: 409 },
   FAILED_PRECONDITION: { grpc: Status.FAILED_PRECONDITION, http: 409 },
   RESOURCE_EXHAUSTED: { grpc: Status.RESOURCE_EXHAUSTED, http: 429 },
+  // A full disk is RESOURCE_EXHAUSTED to gRPC clients too, but not 429 to HTTP ones: waiting
+  // out a rate limit does not free a disk, and 507 is the status HTTP has for it.
+  INSUFFICIENT_STORAGE: { grpc: Status.RESOURCE_EXHAUSTED, http: 507 },
   UNAUTHENTICATED: { grpc: Status.UNAUTHENTICATED, http: 401 },
   PERMISSION_DENIED: { grpc: Status.PERMISSION_DENIED, http: 403 },
   UNAVAILABLE: { grpc: Status.UNAVAILABLE, http: 503 },
@@ -76,6 +80,20 @@ export class UnavailableError extends RetraceError {
   }
 }
 
+/**
+ * A write refused because the data dir's file system is full (ENOSPC, EDQUOT); nothing of it
+ * was stored. `dir` names the data dir.
+ */
+export class InsufficientStorageError extends RetraceError {
+  readonly dir: string;
+
+  constructor(dir: string, cause?: unknown) {
+    super('INSUFFICIENT_STORAGE', `the data dir ${dir} is out of space: nothing of this write was stored; writes resume once space is freed there`, { cause });
+    this.name = 'InsufficientStorageError';
+    this.dir = dir;
+  }
+}
+
 export class DataLossError extends RetraceError {
   constructor(message: string) {
     super('DATA_LOSS', message);
@@ -100,9 +118,9 @@ export function toServerError(err: RetraceError): ServerError {
   return new ServerError(ERROR_TABLE[err.code].grpc, message);
 }
 
-const codeByStatus = new Map<Status, ErrorCode>(
-  (Object.entries(ERROR_TABLE) as [ErrorCode, { grpc: Status }][]).map(([code, row]) => [row.grpc, code]),
-);
+const codeByStatus = new Map<Status, ErrorCode>();
+// Where two codes share a status (RESOURCE_EXHAUSTED), the first row is the one a client hears.
+for (const [code, row] of Object.entries(ERROR_TABLE) as [ErrorCode, { grpc: Status }][]) if (!codeByStatus.has(row.grpc)) codeByStatus.set(row.grpc, code);
 
 /** The domain code of a gRPC status code; INTERNAL for codes no domain error maps to. */
 export function errorCodeOfStatus(status: number): ErrorCode {

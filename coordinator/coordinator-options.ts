@@ -19,6 +19,8 @@ export interface CoordinatorOptions {
    * as bytes (the caller reads the files). Default: plaintext.
    */
   tls?: { cert: Buffer; key: Buffer };
+  /** How often a data dir that ran out of space is checked for room again, in ms. Default 1000. */
+  storageProbeIntervalMs?: number;
   log?: (line: string) => void;
 }
 
@@ -30,6 +32,7 @@ export interface CompiledCoordinatorOptions {
   readonly tls: { readonly cert: Buffer; readonly key: Buffer } | undefined;
   /** Listening beyond loopback was allowed without TLS: tokens would cross the network in cleartext. */
   readonly cleartextRemote: boolean;
+  readonly storageProbeIntervalMs: number;
   readonly log: (line: string) => void;
 }
 
@@ -46,6 +49,8 @@ export function compileCoordinatorOptions(o: CoordinatorOptions): CompiledCoordi
   }
   if (o.token !== undefined && o.token.length < 16) throw new InvalidArgumentError('token', 'must be at least 16 characters');
   if (o.tls) checkKeyPair(o.tls.cert, o.tls.key);
+  const probeMs = o.storageProbeIntervalMs ?? 1000;
+  if (!Number.isInteger(probeMs) || probeMs < 1) throw new InvalidArgumentError('storageProbeIntervalMs', `expected a whole number of ms, at least 1, got ${probeMs}`);
   return Object.freeze({
     dataDir: o.dataDir === null ? null : resolve(o.dataDir ?? './.retrace'),
     grpc: Object.freeze(grpc),
@@ -53,6 +58,7 @@ export function compileCoordinatorOptions(o: CoordinatorOptions): CompiledCoordi
     token: o.token,
     tls: o.tls ? Object.freeze({ cert: o.tls.cert, key: o.tls.key }) : undefined,
     cleartextRemote: o.allowRemote === true && !o.tls,
+    storageProbeIntervalMs: probeMs,
     log: o.log ?? ((line: string) => process.stderr.write(`${new Date().toISOString()} ${line}\n`)),
   });
 }

@@ -20,6 +20,7 @@ import { loadCheckpointSigner } from './ledger/checkpoint-signer.js';
 import { LineageEngine } from './lineage/lineage-engine.js';
 import { openDatabase, type Database } from './store/database.js';
 import { LineageStore } from './store/lineage-store.js';
+import { guardStorage, type StorageGuard } from './store/storage-guard.js';
 
 export type CoordinatorState = 'NEW' | 'STARTING' | 'RUNNING' | 'STOPPING' | 'STOPPED' | 'FAILED';
 
@@ -58,6 +59,7 @@ export class Coordinator {
   private state: CoordinatorState = 'NEW';
   private readonly options: CompiledCoordinatorOptions;
   private db: Database | undefined;
+  private storageGuard: StorageGuard | undefined;
   private engine: LineageEngine | undefined;
   private grpcServer: GrpcServer | undefined;
   private httpServer: HttpServer | HttpsServer | undefined;
@@ -74,6 +76,11 @@ export class Coordinator {
     return this.engine;
   }
 
+  /** The data dir's write guard (see guardStorage); undefined for an in-memory coordinator or before start(). */
+  get storage(): StorageGuard | undefined {
+    return this.storageGuard;
+  }
+
   get authToken(): string {
     return this.token;
   }
@@ -88,6 +95,7 @@ export class Coordinator {
       if (dataDir !== null) makeDataDir(dataDir);
       this.token = this.options.token ?? loadOrCreateToken(dataDir, log);
       this.db = await openDatabase(dataDir === null ? null : join(dataDir, 'db'));
+      if (dataDir !== null) this.storageGuard = guardStorage(this.db, { dir: join(dataDir, 'db'), log, probeIntervalMs: this.options.storageProbeIntervalMs });
       const store = new LineageStore(this.db);
       const signer = loadCheckpointSigner(dataDir);
       const clock = createSystemClock();
@@ -110,7 +118,10 @@ export class Coordinator {
       const { grpc, http } = this.options;
       const credentials = tls ? ServerCredentials.createSsl(null, [{ cert_chain: tls.cert, private_key: tls.key }], false) : ServerCredentials.createInsecure();
       const grpcPort = await server.listen(`${grpc.host}:${grpc.port}`, credentials);
-      health.setStatus('healthy');
+      // NOT_SERVING while the data dir is full (every write fails), SERVING again once it is not.
+      const storage = this.storageGuard;
+      health.setStatus(storage?.state === 'FULL' ? 'unhealthy' : 'healthy');
+      storage?.onChange((state) => health.setStatus(state === 'FULL' ? 'unhealthy' : 'healthy'));
 
       const routes = [...createOpenLineageRoutes(this.engine), ...createMarquezRoutes(this.engine), ...this.extensions.flatMap((e) => e.routes ?? [])];
       this.httpServer = createHttpServer(routes, { token: this.token, log, tls });
@@ -166,6 +177,7 @@ export class Coordinator {
       clearTimeout(timer);
     }
     await this.engine?.stop();
+    await this.storageGuard?.stop();
     await this.db?.close();
   }
 

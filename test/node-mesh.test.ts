@@ -8,6 +8,7 @@ import { createAgentRuntime, type AgentRuntime } from '../agent/agent-runtime.js
 import { backoffDelayMs } from '../agent/backoff.js';
 import { createResourceProbe, placementFlags, type ResourceProbe, type SystemInfo } from '../agent/resource-probe.js';
 import { AsyncQueue } from '../common/async-queue.js';
+import { InsufficientStorageError } from '../common/errors.js';
 import {
   NodeState,
   ReadingSource,
@@ -232,6 +233,30 @@ describe('NodeService over gRPC (in-process)', () => {
     d.out.push(register('raw-2'));
     d.out.push(report([measured('Bad Name', 1)]));
     await expect(d.done).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT });
+  });
+
+  it('keeps an agent connected while its readings cannot be stored for a full data dir, and stores them again after', async () => {
+    server = await startMeshServer();
+    const s = server;
+    const append = s.history.append;
+    let refused = 0;
+    s.history.append = async () => {
+      refused++;
+      throw new InsufficientStorageError('/data/db');
+    };
+    const a = rawConnect(s);
+    a.out.push(register('full-1'));
+    const t0 = Date.now() - 10_000;
+    for (let i = 0; i < 3; i++) a.out.push(report([measured('cpu.load', i, 'percent')], `${t0 + i * 1000}000000`));
+    await waitFor(() => refused === 3, 5000, 'three refused appends');
+    s.history.append = append;
+    a.out.push(report([measured('cpu.load', 7, 'percent')], `${t0 + 5000}000000`));
+    await waitFor(async () => (await s.history.count('full-1', 'cpu.load')) === 1, 5000, 'the report after stored');
+    expect(s.mesh.nodes().find((n) => n.nodeId === 'full-1')?.connected).toBe(true);
+    // Said once, not once per report.
+    expect(s.logs.filter((l) => l.event === 'history:dropped')).toHaveLength(1);
+    a.out.close();
+    await a.done;
   });
 
   it('stores reports, serves history with steps, forecasts, and validates horizons', async () => {

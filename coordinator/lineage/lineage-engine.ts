@@ -294,7 +294,7 @@ export class LineageEngine implements LineageApi {
       const sealErr = sealing ? await sealing : undefined;
       if (sealErr !== undefined) {
         this.rollbackAll(next.mark);
-        this.log(`lineage: hashing ${next.entryCount} entries failed: ${String(sealErr)}`);
+        this.log(`lineage: sealing ${next.entryCount} entries failed: ${String(sealErr)}`);
         for (const { sub } of next.accepted) sub.reject(sealErr);
         continue;
       }

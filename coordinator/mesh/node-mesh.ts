@@ -200,6 +200,8 @@ export function createNodeMesh(deps: NodeMeshDeps): NodeMesh {
     if (state !== 'RUNNING') throw new UnavailableError(`node mesh is ${state.toLowerCase()}`);
   }
 
+  /** Reports' readings are being dropped because the data dir is full (logged once until a write succeeds). */
+  let droppingForSpace = false;
   const host: SessionHost = {
     registry,
     emitter,
@@ -209,7 +211,18 @@ export function createNodeMesh(deps: NodeMeshDeps): NodeMesh {
     maxClockSkewMs: options.maxClockSkewMs,
     sessions,
     async append(nodeId, samples) {
-      if (samples.length > 0) await history.append(nodeId, samples);
+      if (samples.length === 0) return;
+      try {
+        await history.append(nodeId, samples);
+        droppingForSpace = false;
+      } catch (err) {
+        // Readings lost to a full data dir are a gap in the history, not a reason to drop the
+        // agent: ending its session (as any other failed report does) kept every agent
+        // disconnected, so an ingest's shards waited for a node forever.
+        if (!(err instanceof RetraceError && err.code === 'INSUFFICIENT_STORAGE')) throw err;
+        if (!droppingForSpace) log('warn', 'history:dropped', { nodeId, error: err.message });
+        droppingForSpace = true;
+      }
     },
     unhandled(nodeId, message) {
       if (messageListeners.size === 0) log('debug', 'session:ignored', { nodeId, case: message.body?.$case ?? 'empty' });

@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createChannel, createClientFactory, Metadata, type Channel, type Client, type CompatServiceDefinition } from 'nice-grpc';
 import { Coordinator, type ExtensionFactory } from '../../coordinator/coordinator.js';
+import type { CoordinatorOptions } from '../../coordinator/coordinator-options.js';
 
 export interface TestCoordinator {
   coordinator: Coordinator;
@@ -19,11 +20,13 @@ export interface TestCoordinator {
 }
 
 /** A real coordinator on 127.0.0.1 port 0 with LevelDB in a temp dir (or `dataDir`). */
-export async function startTestCoordinator(options: { dataDir?: string; extensions?: ExtensionFactory[]; quiet?: boolean } = {}): Promise<TestCoordinator> {
+export async function startTestCoordinator(
+  options: { dataDir?: string; extensions?: ExtensionFactory[]; quiet?: boolean; coordinatorOptions?: Partial<CoordinatorOptions> } = {},
+): Promise<TestCoordinator> {
   const dataDir = options.dataDir ?? mkdtempSync(join(tmpdir(), 'retrace-test-'));
   const logs: string[] = [];
   const coordinator = new Coordinator(
-    { dataDir, grpc: '127.0.0.1:0', http: '127.0.0.1:0', log: (l) => logs.push(l) },
+    { dataDir, grpc: '127.0.0.1:0', http: '127.0.0.1:0', log: (l) => logs.push(l), ...options.coordinatorOptions },
     options.extensions ?? [],
   );
   const addresses = await coordinator.start();
