@@ -19,6 +19,12 @@ export interface CoordinatorOptions {
    * as bytes (the caller reads the files). Default: plaintext.
    */
   tls?: { cert: Buffer; key: Buffer };
+  /**
+   * Start even though the ledger is shorter than (or differs from) the checkpoint kept in
+   * `<dataDir>/checkpoint.json`: acknowledged entries were lost. Default false: start refuses.
+   * The file is then reset to the ledger's own latest checkpoint, so it takes effect once.
+   */
+  acceptLedgerLoss?: boolean;
   log?: (line: string) => void;
 }
 
@@ -30,6 +36,7 @@ export interface CompiledCoordinatorOptions {
   readonly tls: { readonly cert: Buffer; readonly key: Buffer } | undefined;
   /** Listening beyond loopback was allowed without TLS: tokens would cross the network in cleartext. */
   readonly cleartextRemote: boolean;
+  readonly acceptLedgerLoss: boolean;
   readonly log: (line: string) => void;
 }
 
@@ -53,6 +60,7 @@ export function compileCoordinatorOptions(o: CoordinatorOptions): CompiledCoordi
     token: o.token,
     tls: o.tls ? Object.freeze({ cert: o.tls.cert, key: o.tls.key }) : undefined,
     cleartextRemote: o.allowRemote === true && !o.tls,
+    acceptLedgerLoss: o.acceptLedgerLoss === true,
     log: o.log ?? ((line: string) => process.stderr.write(`${new Date().toISOString()} ${line}\n`)),
   });
 }
