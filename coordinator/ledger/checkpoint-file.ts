@@ -124,6 +124,7 @@ export function createCheckpointFileWriter(dataDir: string, write: (dir: string,
  */
 export function ledgerLossMessage(cp: Checkpoint, ledgerSize: bigint, detail = ''): string {
   const ms = Number(BigInt(cp.signedAtNs) / 1_000_000n);
-  const time = Number.isFinite(ms) && ms > 0 ? new Date(ms).toISOString() : `${cp.signedAtNs} ns`;
+  // Date covers ±8.64e15 ms; beyond (a forged file) the raw figure is shown.
+  const time = ms > 0 && ms <= 8.64e15 ? new Date(ms).toISOString() : `${cp.signedAtNs} ns`;
   return `ledger truncated/rewritten: checkpoint signed at size ${cp.treeSize} (${time}), ledger has ${ledgerSize}${detail ? `; ${detail}` : ''} (${CHECKPOINT_FILE} holds the checkpoint; LevelDB lost or rewrote acknowledged entries)`;
 }
