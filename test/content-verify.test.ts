@@ -87,7 +87,6 @@ async function alteredCopy(alter: (db: Database) => Promise<void> = async () => 
 }
 
 const hexOf = (hash: string): string => hash.slice('sha256:'.length);
-const payloadBytes = (db: Database): ReturnType<Database['sublevel']> => db.sublevel('payloads').sublevel('bytes', { valueEncoding: 'view' });
 
 /** Flips one byte of a stored value, in place of the stored one. */
 async function flipStored(db: Database, path: string[], key: string): Promise<void> {
@@ -180,8 +179,7 @@ describe('verify of stored content', () => {
   it('VerifyLedger (online) reports the content per kind; ledger_only skips it', async () => {
     const badPayload = hexOf(contentHashOf(PAYLOADS[0] as Buffer));
     const dir = await alteredCopy(async (db) => {
-      const bytes = payloadBytes(db);
-      await bytes.put(badPayload, Buffer.from('forged'));
+      await db.sublevel('payloads').sublevel<string, Uint8Array>('bytes', { valueEncoding: 'view' }).put(badPayload, Buffer.from('forged'));
     });
     const tc = await startTestCoordinator({ dataDir: dir, quiet: true });
     try {
