@@ -21,7 +21,7 @@ export interface CoordinatorOptions {
   tls?: { cert: Buffer; key: Buffer };
   /**
    * Start even though the ledger is shorter than (or differs from) the checkpoint kept in
-   * `<dataDir>/checkpoint.json`: acknowledged entries were lost. Default false: start refuses.
+   * `<dataDir>/checkpoint.jsonl`: acknowledged entries were lost. Default false: start refuses.
    * The file is then reset to the ledger's own latest checkpoint, so it takes effect once.
    */
   acceptLedgerLoss?: boolean;

@@ -193,7 +193,7 @@ export class Coordinator {
       if (!this.options.acceptLedgerLoss) {
         throw new FailedPreconditionError(`${loss}. Refusing to start: restore the data dir from a backup, or start with --accept-ledger-loss to go on with the ledger as it is (the lost entries stay lost)`);
       }
-      log(`coordinator: WARNING: ${loss}; going on as --accept-ledger-loss says: checkpoint.json is reset to the ledger's own latest checkpoint`);
+      log(`coordinator: WARNING: ${loss}; going on as --accept-ledger-loss says: checkpoint.jsonl is reset to the ledger's own latest checkpoint`);
     }
     if (!external || loss) {
       const own = engine.latestCheckpoint;

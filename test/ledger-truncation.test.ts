@@ -16,7 +16,7 @@ import { CLI, killChildren, ROOT, startCoordinatorProcess } from './helpers/coor
  * A LevelDB log cut short (a crash on a filesystem that loses the tail, or tampering) loses
  * acknowledged entries together with the checkpoints stored beside them. A child-process
  * coordinator acknowledges events and is SIGKILLed, so they live only in the db's .log file;
- * the log is cut; `retrace verify` must report the loss against DIR/checkpoint.json, and the
+ * the log is cut; `retrace verify` must report the loss against DIR/checkpoint.jsonl, and the
  * coordinator must refuse to start unless --accept-ledger-loss.
  */
 
@@ -97,7 +97,7 @@ afterEach(async () => {
 });
 
 describe('a truncated LevelDB log', () => {
-  it('is reported by verify against checkpoint.json, and the coordinator refuses to start unless --accept-ledger-loss', async () => {
+  it('is reported by verify against checkpoint.jsonl, and the coordinator refuses to start unless --accept-ledger-loss', async () => {
     const dir = copyOf(killedDir);
     const log = logFile(dir);
     const size = statSync(log).size;
@@ -136,7 +136,7 @@ describe('a truncated LevelDB log', () => {
     expect((await again.exited).code).toBe(0);
   }, 30_000);
 
-  it('a data dir without checkpoint.json (an older version) still opens and verifies, and gets the file', async () => {
+  it('a data dir without checkpoint.jsonl (an older version) still opens and verifies, and gets the file', async () => {
     const dir = copyOf(killedDir);
     rmSync(join(dir, CHECKPOINT_FILE));
     const verified = await runCli(['verify', '--data', dir, '--ledger-only']);
@@ -149,7 +149,7 @@ describe('a truncated LevelDB log', () => {
     expect(existsSync(join(dir, CHECKPOINT_FILE))).toBe(true);
   }, 30_000);
 
-  it('a checkpoint.json whose root at its size differs from the ledger (entries rewritten below it), or whose signature is bad, is reported', async () => {
+  it('a checkpoint.jsonl whose root at its size differs from the ledger (entries rewritten below it), or whose signature is bad, is reported', async () => {
     const dir = copyOf(killedDir);
     const cp = readCheckpointFile(dir) as Checkpoint;
     // Signed with the data dir's own key over another root: the ledger was rewritten below it.
@@ -165,7 +165,7 @@ describe('a truncated LevelDB log', () => {
     writeFileSync(join(dir, CHECKPOINT_FILE), JSON.stringify({ ...cp, treeSize: String(BigInt(cp.treeSize) + 1n) }));
     const badSig = await runCli(['verify', '--data', dir, '--ledger-only']);
     expect(badSig.code).toBe(1);
-    expect(badSig.stdout).toContain('checkpoint.json (the checkpoint kept outside the database, tree size');
+    expect(badSig.stdout).toContain('checkpoint.jsonl (the checkpoint kept outside the database, tree size');
     expect(badSig.stdout).toContain('has a bad signature');
   }, 15_000);
 
@@ -201,6 +201,30 @@ describe('the checkpoint file writer', () => {
     await Promise.all(saves);
     expect(settled).toEqual([1, 2, 3]);
     await writer.flush();
+  });
+
+  it('writes the two lines of the file in turn, in place; a reader takes the largest valid line, so a torn line falls back to the other', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'retrace-cpfile-'));
+    dirs.push(dir);
+    const writer = createCheckpointFileWriter(dir);
+    for (const n of [1, 2, 3]) await writer.save(cp(n));
+    await writer.close();
+    const file = join(dir, CHECKPOINT_FILE);
+    expect(statSync(file).size).toBe(2048);
+    expect(readCheckpointFile(dir)?.treeSize).toBe('3');
+    const lines = readFileSync(file, 'utf8').split('\n');
+    expect(lines.map((l) => (JSON.parse(l || 'null') as Checkpoint | null)?.treeSize)).toEqual(['2', '3', undefined]);
+    // A power loss tore the line being written (the newest): the other one still counts.
+    writeFileSync(file, `${lines[0]}\n${'{"treeSize":"4","rootH'.padEnd(1023)}\n`);
+    expect(readCheckpointFile(dir)?.treeSize).toBe('2');
+    writeFileSync(file, 'garbage\n');
+    expect(() => readCheckpointFile(dir)).toThrow(/holds no checkpoint: it was altered/);
+    // A writer finding a file not of two lines replaces it whole.
+    const again = createCheckpointFileWriter(dir);
+    await again.save(cp(5));
+    await again.close();
+    expect(statSync(file).size).toBe(2048);
+    expect(readCheckpointFile(dir)?.treeSize).toBe('5');
   });
 
   it('rejects the saves a failed write covered, and goes on with later ones', async () => {

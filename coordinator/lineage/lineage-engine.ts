@@ -204,7 +204,7 @@ export class LineageEngine implements LineageApi {
     // Waiting front ends go on, and their submissions are refused.
     this.releaseRoomWaiters();
     while (this.flushing) await this.flushing;
-    await this.checkpointFile?.flush();
+    await this.checkpointFile?.close();
     await this.hasher.stop();
     this.transition('STOPPED');
   }

@@ -23,7 +23,7 @@ const coordinator: CliCommand = {
   defaults: --data ./.retrace --grpc 127.0.0.1:7700 --http 127.0.0.1:7780; port 0 picks a free port.
   --tls-cert/--tls-key: PEM certificate (chain) and private key; gRPC and the HTTP API then serve TLS
   (clients pass --tls-ca). --allow-remote without them sends tokens in cleartext (warned on stderr).
-  --accept-ledger-loss: start although the ledger is shorter than (or differs from) DIR/checkpoint.json,
+  --accept-ledger-loss: start although the ledger is shorter than (or differs from) DIR/checkpoint.jsonl,
   the last signed checkpoint kept outside the database (acknowledged entries were lost); without it
   the coordinator refuses to start on such a data dir.
 ${COORDINATOR_FEATURE_USAGE}
@@ -68,7 +68,7 @@ const verify: CliCommand = {
   summary: 'recompute the ledger hash chain, Merkle tree and indexes and re-hash stored content; non-zero exit when altered',
   usage: `retrace verify [--data DIR] [--ledger-only]        offline, with the coordinator stopped (default ./.retrace)
        retrace verify --coordinator HOST:PORT [--ledger-only]   online, through VerifyLedger
-  Checks the ledger against its signed checkpoints and against DIR/checkpoint.json (the latest one,
+  Checks the ledger against its signed checkpoints and against DIR/checkpoint.jsonl (the latest one,
   kept outside the database: a ledger shorter than it lost acknowledged entries), then every payload
   block and code bundle (SHA-256 of the bytes = its key), code version records and pipeline versions
   (they parse, and their steps' code versions are stored). Names the first bad entry, and the first
