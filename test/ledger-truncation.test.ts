@@ -11,6 +11,7 @@ import { Coordinator } from '../coordinator/coordinator.js';
 import { CHECKPOINT_FILE, createCheckpointFileWriter, readCheckpointFile } from '../coordinator/ledger/checkpoint-file.js';
 import { loadCheckpointSigner } from '../coordinator/ledger/checkpoint-signer.js';
 import { CLI, killChildren, ROOT, startCoordinatorProcess } from './helpers/coordinator-process.js';
+import { startTestCoordinator } from './helpers/test-coordinator.js';
 
 /**
  * A LevelDB log cut short (a crash on a filesystem that loses the tail, or tampering) loses
@@ -167,6 +168,23 @@ describe('a truncated LevelDB log', () => {
     expect(badSig.code).toBe(1);
     expect(badSig.stdout).toContain('checkpoint.jsonl (the checkpoint kept outside the database, tree size');
     expect(badSig.stdout).toContain('has a bad signature');
+  }, 15_000);
+
+  it('VerifyLedger (online) compares the ledger with checkpoint.jsonl too', async () => {
+    const dir = copyOf(killedDir);
+    const tc = await startTestCoordinator({ dataDir: dir, quiet: true });
+    try {
+      const client = tc.client(LineageServiceDefinition);
+      expect((await client.verifyLedger({ ledgerOnly: true })).ok).toBe(true);
+      const cp = readCheckpointFile(dir) as Checkpoint;
+      const forged = loadCheckpointSigner(dir).sign(BigInt(cp.treeSize) - 1n, 'cd'.repeat(32), cp.headHash, BigInt(cp.signedAtNs));
+      writeFileSync(join(dir, CHECKPOINT_FILE), JSON.stringify(forged));
+      const r = await client.verifyLedger({ ledgerOnly: true });
+      expect(r.ok).toBe(false);
+      expect(r.problem).toContain(`ledger truncated/rewritten: checkpoint signed at size ${forged.treeSize}`);
+    } finally {
+      await tc.stop();
+    }
   }, 15_000);
 
   it('an untruncated killed data dir verifies and starts', async () => {
