@@ -21,6 +21,12 @@ export interface CoordinatorOptions {
   tls?: { cert: Buffer; key: Buffer };
   /** How often a data dir that ran out of space is checked for room again, in ms. Default 1000. */
   storageProbeIntervalMs?: number;
+  /**
+   * Start even though the ledger is shorter than (or differs from) the checkpoint kept in
+   * `<dataDir>/checkpoint.jsonl`: acknowledged entries were lost. Default false: start refuses.
+   * The file is then reset to the ledger's own latest checkpoint, so it takes effect once.
+   */
+  acceptLedgerLoss?: boolean;
   log?: (line: string) => void;
 }
 
@@ -33,6 +39,7 @@ export interface CompiledCoordinatorOptions {
   /** Listening beyond loopback was allowed without TLS: tokens would cross the network in cleartext. */
   readonly cleartextRemote: boolean;
   readonly storageProbeIntervalMs: number;
+  readonly acceptLedgerLoss: boolean;
   readonly log: (line: string) => void;
 }
 
@@ -59,6 +66,7 @@ export function compileCoordinatorOptions(o: CoordinatorOptions): CompiledCoordi
     tls: o.tls ? Object.freeze({ cert: o.tls.cert, key: o.tls.key }) : undefined,
     cleartextRemote: o.allowRemote === true && !o.tls,
     storageProbeIntervalMs: probeMs,
+    acceptLedgerLoss: o.acceptLedgerLoss === true,
     log: o.log ?? ((line: string) => process.stderr.write(`${new Date().toISOString()} ${line}\n`)),
   });
 }

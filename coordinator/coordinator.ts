@@ -16,8 +16,10 @@ import { createHttpServer } from './http/http-server.js';
 import type { Route } from './http/router.js';
 import { createMarquezRoutes } from './http/marquez-routes.js';
 import { createOpenLineageRoutes } from './http/openlineage-routes.js';
+import { createCheckpointFileWriter, readCheckpointFile, removeCheckpointFile, writeCheckpointFile } from './ledger/checkpoint-file.js';
 import { loadCheckpointSigner } from './ledger/checkpoint-signer.js';
 import { LineageEngine } from './lineage/lineage-engine.js';
+import { verifyContent } from './store/content-verifier.js';
 import { openDatabase, type Database } from './store/database.js';
 import { LineageStore } from './store/lineage-store.js';
 import { guardStorage, type StorageGuard } from './store/storage-guard.js';
@@ -96,11 +98,13 @@ export class Coordinator {
       this.token = this.options.token ?? loadOrCreateToken(dataDir, log);
       this.db = await openDatabase(dataDir === null ? null : join(dataDir, 'db'));
       if (dataDir !== null) this.storageGuard = guardStorage(this.db, { dir: join(dataDir, 'db'), log, probeIntervalMs: this.options.storageProbeIntervalMs });
+      const db = this.db;
       const store = new LineageStore(this.db);
       const signer = loadCheckpointSigner(dataDir);
       const clock = createSystemClock();
-      this.engine = new LineageEngine({ store, signer, clock, log });
+      this.engine = new LineageEngine({ store, signer, clock, log, ...(dataDir !== null ? { checkpointFile: createCheckpointFileWriter(dataDir) } : {}) });
       await this.engine.start();
+      if (dataDir !== null) await this.checkLedgerLoss(this.engine, dataDir);
       const ctx: CoordinatorContext = { db: this.db, lineage: this.engine, clock, dataDir, log };
       for (const factory of this.extensionFactories) this.extensions.push(await factory(ctx));
       for (const ext of this.extensions) await ext.start?.();
@@ -110,7 +114,13 @@ export class Coordinator {
         log,
         services: [
           // The generated definition with SubmitEvents decoded by hand, so the ledger keeps each event's received bytes.
-          { definition: LineageServiceWireDefinition, implementation: createLineageHandlers(this.engine, store, signer.publicKeyBase64) },
+          {
+            definition: LineageServiceWireDefinition,
+            implementation: createLineageHandlers(this.engine, store, signer.publicKeyBase64, {
+              ...(dataDir !== null ? { externalCheckpoint: () => readCheckpointFile(dataDir) } : {}),
+              verifyContent: (signal) => verifyContent(db, { signal }),
+            }),
+          },
           ...this.extensions.flatMap((e) => e.services ?? []),
         ],
       });
@@ -179,6 +189,29 @@ export class Coordinator {
     await this.engine?.stop();
     await this.storageGuard?.stop();
     await this.db?.close();
+  }
+
+  /**
+   * Compares the recovered ledger with the checkpoint kept outside the database: a ledger that
+   * lost or rewrote acknowledged entries refuses the start (FailedPreconditionError), unless
+   * acceptLedgerLoss, which resets the file to the ledger's own latest checkpoint. A data dir
+   * without the file (an older version's) gets it now.
+   */
+  private async checkLedgerLoss(engine: LineageEngine, dataDir: string): Promise<void> {
+    const { log } = this.options;
+    const external = readCheckpointFile(dataDir);
+    const loss = external && (await engine.ledgerLoss(external));
+    if (loss) {
+      if (!this.options.acceptLedgerLoss) {
+        throw new FailedPreconditionError(`${loss}. Refusing to start: restore the data dir from a backup, or start with --accept-ledger-loss to go on with the ledger as it is (the lost entries stay lost)`);
+      }
+      log(`coordinator: WARNING: ${loss}; going on as --accept-ledger-loss says: checkpoint.jsonl is reset to the ledger's own latest checkpoint`);
+    }
+    if (!external || loss) {
+      const own = engine.latestCheckpoint;
+      if (own) await writeCheckpointFile(dataDir, own);
+      else await removeCheckpointFile(dataDir);
+    }
   }
 
   private transition(from: CoordinatorState, to: CoordinatorState): void {

@@ -46,6 +46,10 @@ export interface CodeStore {
   describe(codeVersion: string): Promise<PublishedCode | undefined>;
   /** Versions newest first; `transform` filters by manifest name. Page size 1..1000 (default 100). */
   list(options?: { transform?: string; pageSize?: number; pageToken?: string }): Promise<CodePage>;
+  /** Every stored bundle as [hex of its key, bytes], in key order, read as it goes (for verify). */
+  storedBundles(): AsyncIterable<[string, Uint8Array]>;
+  /** Every version record as [hex of its key, its JSON text, not parsed], in key order (for verify). */
+  storedVersions(): AsyncIterable<[string, string]>;
 }
 
 const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$/;
@@ -140,6 +144,15 @@ export function createCodeStore(db: Database, clock: NanoClock): CodeStore {
         last = key;
       }
       return { versions: out, nextPageToken: '' };
+    },
+
+    storedBundles() {
+      return bundles.iterator();
+    },
+
+    storedVersions() {
+      // As text: a record that no longer parses is reported by verify, not thrown mid-scan.
+      return versions.iterator<string, string>({ valueEncoding: 'utf8' });
     },
   };
 }

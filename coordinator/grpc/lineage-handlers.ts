@@ -1,6 +1,7 @@
 import type { CallContext } from 'nice-grpc';
-import type { LineageServiceImplementation, SubmitEventsRequest, SubmitEventsResponse, TraceSessionResponse } from '../../common/gen/retrace/v1/lineage.js';
+import type { ContentCheck, LineageServiceImplementation, SubmitEventsRequest, SubmitEventsResponse, TraceSessionResponse } from '../../common/gen/retrace/v1/lineage.js';
 import { ERROR_TABLE, InvalidArgumentError, isRetraceError, RetraceError } from '../../common/errors.js';
+import type { Checkpoint } from '../../common/gen/retrace/v1/provenance.js';
 import type { LineageEngine } from '../lineage/lineage-engine.js';
 import type { SubmitResult } from '../lineage/lineage-api.js';
 import { verifyLedger } from '../ledger/ledger-verifier.js';
@@ -11,8 +12,16 @@ import { LazySubmitEventsRequest } from './lineage-wire.js';
 /** How many batches of one SubmitEvents stream may wait for their commit at once. */
 const STREAM_PIPELINE_DEPTH = 16;
 
+/** What VerifyLedger checks beside the ledger, where the coordinator has it. */
+export interface VerifySources {
+  /** The checkpoint kept outside the database (checkpoint-file.ts), or undefined. */
+  externalCheckpoint?: () => Checkpoint | undefined;
+  /** Checks the stored content (content-verifier.ts); skipped with ledger_only. */
+  verifyContent?: (signal: AbortSignal) => Promise<ContentCheck[]>;
+}
+
 /** LineageService over the engine. Handlers throw RetraceErrors only; the error middleware maps them. */
-export function createLineageHandlers(engine: LineageEngine, store: LineageStore, publicKey: string): LineageServiceImplementation {
+export function createLineageHandlers(engine: LineageEngine, store: LineageStore, publicKey: string, sources: VerifySources = {}): LineageServiceImplementation {
   return {
     async submitEvent(request, context: CallContext) {
       if (!request.event) throw new InvalidArgumentError('event', 'is required');
@@ -82,15 +91,20 @@ export function createLineageHandlers(engine: LineageEngine, store: LineageStore
     getProof: (request) => engine.getProof(request.eventId),
     resolveNodes: async (request) => ({ keys: engine.resolveNodes(request.nodeIds) }),
 
-    async verifyLedger() {
+    async verifyLedger(request, context: CallContext) {
+      // The file is read before the engine's checkpoint: it is written after the engine takes a
+      // checkpoint, so its tree size is never beyond the size verified.
+      const external = sources.externalCheckpoint?.();
       const checkpoint = engine.latestCheckpoint;
-      const report = await verifyLedger(store, { publicKey, treeSize: checkpoint ? BigInt(checkpoint.treeSize) : 0n });
+      const report = await verifyLedger(store, { publicKey, treeSize: checkpoint ? BigInt(checkpoint.treeSize) : 0n, ...(external ? { external } : {}) });
+      const content = request.ledgerOnly || !sources.verifyContent ? [] : await sources.verifyContent(context.signal);
       return {
-        ok: report.ok,
+        ok: report.ok && content.every((c) => c.problem === ''),
         entriesChecked: report.entriesChecked.toString(),
         firstBadSeq: (report.firstBadSeq ?? 0n).toString(),
         problem: report.problem ?? '',
         checkpoint: report.checkpoint,
+        content,
       };
     },
 

@@ -5,6 +5,7 @@ import { leafHash, MerkleTree } from '../../common/merkle.js';
 import { describedVersions } from '../../common/step-versions.js';
 import { KeyTable } from '../lineage/key-table.js';
 import { adjacencyKey, entityKey, objectRowKey, seqKey, type EntityRef, type LineageStore } from '../store/lineage-store.js';
+import { CHECKPOINT_FILE, ledgerLossMessage } from './checkpoint-file.js';
 import { verifyCheckpoint } from './checkpoint-signer.js';
 
 export interface VerifyReport {
@@ -30,6 +31,11 @@ export async function verifyLedger(
     onProgress?: (checked: bigint) => void;
     /** Verify only the first `treeSize` entries (a live store keeps growing while it is read). */
     treeSize?: bigint;
+    /**
+     * The checkpoint kept outside the database (checkpoint-file.ts): the ledger must reach its
+     * tree size with its root and head, else it lost or rewrote acknowledged entries.
+     */
+    external?: Checkpoint;
   } = {},
 ): Promise<VerifyReport> {
   const limit = options.treeSize;
@@ -53,6 +59,21 @@ export async function verifyLedger(
   const eventIds = new KeyTable();
   let lastCheckpoint: Checkpoint | undefined;
   const fail = (seq: bigint, problem: string): VerifyReport => ({ ok: false, entriesChecked: expectedSeq, firstBadSeq: seq, problem, ...(lastCheckpoint ? { checkpoint: lastCheckpoint } : {}) });
+
+  const external = options.external;
+  if (external && !verifyCheckpoint(external, options.publicKey ?? external.publicKey)) {
+    return { ok: false, entriesChecked: 0n, firstBadSeq: 0n, problem: `${CHECKPOINT_FILE} (the checkpoint kept outside the database, tree size ${external.treeSize}) has a bad signature: it was altered` };
+  }
+  const externalSize = external ? BigInt(external.treeSize) : -1n;
+  const checkExternal = (): VerifyReport | undefined => {
+    if (!external || expectedSeq !== externalSize) return undefined;
+    if (external.rootHash !== tree.root().toString('hex') || external.headHash !== Buffer.from(head).toString('hex')) {
+      return fail(0n, ledgerLossMessage(external, expectedSeq, `the ledger's Merkle root at size ${external.treeSize} differs from it: an entry below ${external.treeSize} was rewritten`));
+    }
+    return undefined;
+  };
+  const bad0 = checkExternal();
+  if (bad0) return bad0;
 
   const checkCheckpoints = (): VerifyReport | undefined => {
     while (cpIndex < checkpoints.length && BigInt((checkpoints[cpIndex] as Checkpoint).treeSize) === expectedSeq) {
@@ -99,10 +120,12 @@ export async function verifyLedger(
     tree.appendLeafHash(leafHash(entry.body));
     head = computed;
     expectedSeq++;
-    const bad = checkCheckpoints();
+    const bad = checkCheckpoints() ?? checkExternal();
     if (bad) return bad;
     if (expectedSeq % 10_000n === 0n) options.onProgress?.(expectedSeq);
   }
+  // Before the stored checkpoints: a log cut short loses them with the entries they cover.
+  if (external && expectedSeq < externalSize) return fail(expectedSeq, ledgerLossMessage(external, expectedSeq));
   if (cpIndex < checkpoints.length) {
     return fail(expectedSeq, `checkpoint at tree size ${(checkpoints[cpIndex] as Checkpoint).treeSize} covers entries that are missing (ledger has ${expectedSeq})`);
   }

@@ -25,7 +25,8 @@ import { leafHash, MerkleTree } from '../../common/merkle.js';
 import { describedVersions } from '../../common/step-versions.js';
 import { encodeCompactTrace } from '../../common/trace-compact.js';
 import { varintLength, writeVarint } from '../../common/varint.js';
-import type { CheckpointSigner } from '../ledger/checkpoint-signer.js';
+import { CHECKPOINT_FILE, ledgerLossMessage, type CheckpointFileWriter } from '../ledger/checkpoint-file.js';
+import { verifyCheckpoint, type CheckpointSigner } from '../ledger/checkpoint-signer.js';
 import { LedgerHasher, type HashResult } from '../ledger/ledger-hasher.js';
 import type { NanoClock } from '../clock.js';
 import type { EntityRef, LineageBatch, LineageStore, PreparedEntry } from '../store/lineage-store.js';
@@ -39,6 +40,12 @@ export interface LineageEngineOptions {
   signer: CheckpointSigner;
   clock: NanoClock;
   log?: (line: string) => void;
+  /**
+   * Keeps the latest checkpoint outside the database as well (checkpoint-file.ts). A group's
+   * submissions are acknowledged once the file holds its checkpoint or a later one; the next
+   * group's write does not wait for the file.
+   */
+  checkpointFile?: CheckpointFileWriter;
 }
 
 export type LineageEngineState = 'NEW' | 'RECOVERING' | 'RUNNING' | 'STOPPING' | 'STOPPED';
@@ -117,6 +124,7 @@ export class LineageEngine implements LineageApi {
   private state: LineageEngineState = 'NEW';
   readonly store: LineageStore;
   private readonly signer: CheckpointSigner;
+  private readonly checkpointFile: CheckpointFileWriter | undefined;
   private readonly clock: NanoClock;
   private readonly log: (line: string) => void;
 
@@ -151,6 +159,7 @@ export class LineageEngine implements LineageApi {
   constructor(options: LineageEngineOptions) {
     this.store = options.store;
     this.signer = options.signer;
+    this.checkpointFile = options.checkpointFile;
     this.clock = options.clock;
     this.log = options.log ?? (() => {});
   }
@@ -195,6 +204,7 @@ export class LineageEngine implements LineageApi {
     // Waiting front ends go on, and their submissions are refused.
     this.releaseRoomWaiters();
     while (this.flushing) await this.flushing;
+    await this.checkpointFile?.close();
     await this.hasher.stop();
     this.transition('STOPPED');
   }
@@ -422,9 +432,37 @@ export class LineageEngine implements LineageApi {
     // What this group added can no longer be rolled back.
     this.addedLog.splice(0, g.addedEnd - this.addedBase);
     this.addedBase = g.addedEnd;
-    for (const { sub, result } of g.accepted) {
-      result.treeSize = g.treeSize;
-      sub.resolve(result);
+    const acknowledge = (): void => {
+      for (const { sub, result } of g.accepted) {
+        result.treeSize = g.treeSize;
+        sub.resolve(result);
+      }
+    };
+    if (!g.checkpoint || !this.checkpointFile) {
+      acknowledge();
+      return undefined;
+    }
+    // The entries are durable in the database whatever happens to the file: a failed write is
+    // logged, not turned into a failed submission (a resubmission would only be a duplicate).
+    this.checkpointFile.save(g.checkpoint).then(acknowledge, (err: unknown) => {
+      this.log(`lineage: writing the checkpoint file at tree size ${g.treeSize} failed (a lost ledger tail could go unnoticed until the next one): ${String(err)}`);
+      acknowledge();
+    });
+    return undefined;
+  }
+
+  /**
+   * Why the ledger as recovered cannot be the one `cp` (a checkpoint kept outside the database)
+   * was signed over: a bad signature, fewer entries than its tree size, or another root or
+   * chain head at that size. Undefined when it matches. Call after start().
+   */
+  async ledgerLoss(cp: Checkpoint): Promise<string | undefined> {
+    if (!verifyCheckpoint(cp, this.signer.publicKeyBase64)) return `${CHECKPOINT_FILE} (tree size ${cp.treeSize}) has a bad signature: it was altered`;
+    const size = BigInt(cp.treeSize);
+    if (size > this.nextSeq) return ledgerLossMessage(cp, this.nextSeq);
+    const head = size === 0n ? GENESIS : (await this.store.getEntry(size - 1n))?.entryHash;
+    if (this.merkle.root(Number(size)).toString('hex') !== cp.rootHash || head === undefined || Buffer.from(head).toString('hex') !== cp.headHash) {
+      return ledgerLossMessage(cp, this.nextSeq, `the ledger's Merkle root at size ${cp.treeSize} differs from it: an entry below ${cp.treeSize} was rewritten`);
     }
     return undefined;
   }

@@ -56,6 +56,12 @@ export interface PipelineStore {
   markRunClosed(runId: string): Promise<void>;
   /** Ingest runs noted open and never closed (a process that died during them). */
   openRuns(): Promise<OpenIngestRun[]>;
+  /**
+   * Every stored version as [name, version number, its JSON text, not parsed], in key order, and
+   * every name's latest version number as text (for verify).
+   */
+  storedVersions(): AsyncIterable<[string, number, string]>;
+  storedLatest(): AsyncIterable<[string, string]>;
 }
 
 /** A new pipeline version whose follow-up (change detection, auto recompute) is owed. */
@@ -291,6 +297,16 @@ export function createPipelineStore(db: Database, clock: NanoClock, code?: CodeL
     },
     async openRuns() {
       return openRuns.values().all();
+    },
+    async *storedVersions() {
+      // As text: a record that no longer parses is reported by verify, not thrown mid-scan.
+      for await (const [key, text] of versions.iterator<string, string>({ valueEncoding: 'utf8' })) {
+        const cut = key.lastIndexOf('\u0000');
+        yield [key.slice(0, cut), Number(key.slice(cut + 1)), text];
+      }
+    },
+    storedLatest() {
+      return latest.iterator();
     },
   };
 }

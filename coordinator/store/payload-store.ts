@@ -73,6 +73,8 @@ export interface PayloadStore {
    * at a time. FailedPreconditionError without a retention.
    */
   sweep(options: SweepOptions): Promise<SweepReport>;
+  /** Every stored payload as [hex of its key, bytes], in key order, read as it goes (for verify). */
+  stored(): AsyncIterable<[string, Uint8Array]>;
   readonly retentionMs: number | undefined;
 }
 
@@ -241,6 +243,9 @@ export function createPayloadStore(db: Database, options: PayloadStoreOptions = 
     },
     async has(hash) {
       return bytes.has(hexOf(hash));
+    },
+    stored() {
+      return bytes.iterator();
     },
     async sweep(sweepOptions) {
       if (retentionMs === undefined) throw new FailedPreconditionError('payloads are kept forever: start the coordinator with --payload-retention DURATION to sweep them');

@@ -2,10 +2,12 @@ import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { Coordinator } from '../../coordinator/coordinator.js';
 import { verifyLedger } from '../../coordinator/ledger/ledger-verifier.js';
+import { readCheckpointFile } from '../../coordinator/ledger/checkpoint-file.js';
 import { readPublicKey } from '../../coordinator/ledger/checkpoint-signer.js';
+import { verifyContent } from '../../coordinator/store/content-verifier.js';
 import { openDatabase } from '../../coordinator/store/database.js';
 import { LineageStore } from '../../coordinator/store/lineage-store.js';
-import { LineageServiceDefinition } from '../../common/gen/retrace/v1/lineage.js';
+import { LineageServiceDefinition, type ContentCheck } from '../../common/gen/retrace/v1/lineage.js';
 import { RetraceError } from '../../common/errors.js';
 import { flag, hasFlag, UsageError, type CliCommand } from './command.js';
 import { openClient, readNamedFile } from './client.js';
@@ -17,13 +19,16 @@ const coordinator: CliCommand = {
   stopsOnSignal: true,
   summary: 'start the coordinator (LevelDB store, gRPC and OpenLineage HTTP)',
   usage: `retrace coordinator [--data DIR] [--grpc HOST:PORT] [--http HOST:PORT] [--allow-remote] [--tls-cert FILE --tls-key FILE]
-                    [--payload-retention DURATION] [--watch-root DIR ...]
+                    [--payload-retention DURATION] [--watch-root DIR ...] [--accept-ledger-loss]
   defaults: --data ./.retrace --grpc 127.0.0.1:7700 --http 127.0.0.1:7780; port 0 picks a free port.
   --tls-cert/--tls-key: PEM certificate (chain) and private key; gRPC and the HTTP API then serve TLS
   (clients pass --tls-ca). --allow-remote without them sends tokens in cleartext (warned on stderr).
+  --accept-ledger-loss: start although the ledger is shorter than (or differs from) DIR/checkpoint.jsonl,
+  the last signed checkpoint kept outside the database (acknowledged entries were lost); without it
+  the coordinator refuses to start on such a data dir.
 ${COORDINATOR_FEATURE_USAGE}
   Prints {"grpc":"HOST:PORT","http":"HOST:PORT"} on stdout once listening; stops on SIGINT/SIGTERM.`,
-  booleans: ['allow-remote'],
+  booleans: ['allow-remote', 'accept-ledger-loss'],
   async run(args, io) {
     const features = coordinatorFlags(args);
     const certFile = flag(args, 'tls-cert');
@@ -35,6 +40,7 @@ ${COORDINATOR_FEATURE_USAGE}
         grpc: flag(args, 'grpc', '127.0.0.1:7700') as string,
         http: flag(args, 'http', '127.0.0.1:7780') as string,
         allowRemote: hasFlag(args, 'allow-remote'),
+        acceptLedgerLoss: hasFlag(args, 'accept-ledger-loss'),
         ...(certFile !== undefined && keyFile !== undefined ? { tls: { cert: readNamedFile('--tls-cert', certFile), key: readNamedFile('--tls-key', keyFile) } } : {}),
       },
       coordinatorExtensions({}, features),
@@ -47,17 +53,44 @@ ${COORDINATOR_FEATURE_USAGE}
   },
 };
 
+interface VerifyOutput {
+  ok: boolean;
+  entriesChecked: string;
+  firstBadSeq?: string;
+  problem?: string;
+  treeSize?: string;
+  /** One per kind of stored content; absent with --ledger-only. */
+  content?: ContentCheck[];
+}
+
 const verify: CliCommand = {
   path: ['verify'],
-  summary: 'recompute the ledger hash chain, Merkle tree and indexes; non-zero exit when altered',
-  usage: 'retrace verify [--data DIR]        offline, with the coordinator stopped (default ./.retrace)\n       retrace verify --coordinator HOST:PORT   online, through VerifyLedger\n  --json for the report as JSON',
+  summary: 'recompute the ledger hash chain, Merkle tree and indexes and re-hash stored content; non-zero exit when altered',
+  usage: `retrace verify [--data DIR] [--ledger-only]        offline, with the coordinator stopped (default ./.retrace)
+       retrace verify --coordinator HOST:PORT [--ledger-only]   online, through VerifyLedger
+  Checks the ledger against its signed checkpoints and against DIR/checkpoint.jsonl (the latest one,
+  kept outside the database: a ledger shorter than it lost acknowledged entries), then every payload
+  block and code bundle (SHA-256 of the bytes = its key), code version records and pipeline versions
+  (they parse, and their steps' code versions are stored). Names the first bad entry, and the first
+  bad key of each kind. --ledger-only skips the content (payloads can be large).
+  --json for the report as JSON`,
+  booleans: ['ledger-only'],
   async run(args, io) {
-    let report: { ok: boolean; entriesChecked: string; firstBadSeq?: string; problem?: string; treeSize?: string };
+    let report: VerifyOutput;
+    const ledgerOnly = hasFlag(args, 'ledger-only');
     if (flag(args, 'coordinator') !== undefined) {
       const { client, close } = openClient(LineageServiceDefinition, args);
       try {
-        const r = await client.verifyLedger({}, { signal: io.signal });
-        report = { ok: r.ok, entriesChecked: r.entriesChecked, firstBadSeq: r.ok ? undefined : r.firstBadSeq, problem: r.problem || undefined, treeSize: r.checkpoint?.treeSize };
+        const r = await client.verifyLedger({ ledgerOnly }, { signal: io.signal });
+        const ledgerOk = r.problem === '';
+        report = {
+          ok: r.ok,
+          entriesChecked: r.entriesChecked,
+          firstBadSeq: ledgerOk ? undefined : r.firstBadSeq,
+          problem: r.problem || undefined,
+          treeSize: r.checkpoint?.treeSize,
+          ...(ledgerOnly ? {} : { content: r.content }),
+        };
       } finally {
         close();
       }
@@ -74,21 +107,56 @@ const verify: CliCommand = {
       }
       try {
         const publicKey = readPublicKey(dataDir);
+        let external;
+        let externalProblem: string | undefined;
+        try {
+          external = readCheckpointFile(dataDir);
+        } catch (err) {
+          externalProblem = (err as Error).message;
+        }
         const r = await verifyLedger(new LineageStore(db), {
           ...(publicKey ? { publicKey } : {}),
+          ...(external ? { external } : {}),
           onProgress: (n) => io.stderr.write(`\rverified ${n} entries`),
         });
         io.stderr.write('\r');
-        report = { ok: r.ok, entriesChecked: r.entriesChecked.toString(), firstBadSeq: r.firstBadSeq?.toString(), problem: r.problem, treeSize: r.checkpoint?.treeSize };
+        const ledger = externalProblem !== undefined && r.ok ? { ...r, ok: false, firstBadSeq: 0n, problem: externalProblem } : r;
+        const content = ledgerOnly
+          ? undefined
+          : await verifyContent(db, {
+              signal: io.signal,
+              onProgress: (kind, n, bytes) => io.stderr.write(`\rchecked ${n} ${kind.replace('_', ' ')} (${formatBytes(bytes)})\u001b[K`),
+            });
+        if (content) io.stderr.write('\r\u001b[K');
+        report = {
+          ok: ledger.ok && (content ?? []).every((c) => c.problem === ''),
+          entriesChecked: ledger.entriesChecked.toString(),
+          firstBadSeq: ledger.ok ? undefined : ledger.firstBadSeq?.toString(),
+          problem: ledger.problem,
+          treeSize: ledger.checkpoint?.treeSize,
+          ...(content ? { content } : {}),
+        };
       } finally {
         await db.close();
       }
     }
-    if (hasFlag(args, 'json')) io.stdout.write(toJson(report));
-    else if (report.ok) io.stdout.write(`ok: ${report.entriesChecked} entries; chain, Merkle root and indexes match the signed checkpoint at tree size ${report.treeSize ?? 0}\n`);
+    if (hasFlag(args, 'json')) {
+      io.stdout.write(toJson(report));
+      return report.ok ? 0 : 1;
+    }
+    if (report.problem === undefined) io.stdout.write(`ok: ${report.entriesChecked} entries; chain, Merkle root and indexes match the signed checkpoint at tree size ${report.treeSize ?? 0}\n`);
     else io.stdout.write(`TAMPERED: first bad entry ${report.firstBadSeq}: ${report.problem}\n`);
+    for (const c of report.content ?? []) {
+      const what = `${c.checked} ${c.kind.replace('_', ' ')}${c.bytes !== '0' ? ` (${formatBytes(Number(c.bytes))})` : ''}`;
+      if (c.problem === '') io.stdout.write(`ok: ${what}\n`);
+      else io.stdout.write(`TAMPERED: ${c.kind.replace('_', ' ')}: first bad key ${c.firstBadKey}: ${c.problem}\n`);
+    }
     return report.ok ? 0 : 1;
   },
 };
+
+function formatBytes(n: number): string {
+  return n < 1024 * 1024 ? `${(n / 1024).toFixed(1)} KiB` : `${(n / 1024 / 1024).toFixed(1)} MiB`;
+}
 
 export const commands: CliCommand[] = [coordinator, verify];

@@ -446,15 +446,39 @@ export interface GetProofResponse {
 }
 
 export interface VerifyLedgerRequest {
+  /** Check the ledger only: skip re-hashing payloads and code bundles (which can be large). */
+  ledgerOnly: boolean;
 }
 
 export interface VerifyLedgerResponse {
+  /** The ledger and every content check passed. */
   ok: boolean;
   entriesChecked: string;
-  /** Set when ok is false. */
+  /** Set when the ledger is bad (problem non-empty). */
   firstBadSeq: string;
+  /** The ledger's problem; empty when the ledger is good (a content check may still fail). */
   problem: string;
-  checkpoint?: Checkpoint | undefined;
+  checkpoint?:
+    | Checkpoint
+    | undefined;
+  /**
+   * One per kind of stored content (payloads, code bundles, code versions, pipeline versions),
+   * in that order; empty with ledger_only.
+   */
+  content: ContentCheck[];
+}
+
+/** What verify found in one kind of stored content. */
+export interface ContentCheck {
+  /** "payloads", "code_bundles", "code_versions" or "pipeline_versions". */
+  kind: string;
+  /** Values checked (up to and including the first bad one). */
+  checked: string;
+  /** Bytes read, for content-addressed kinds. */
+  bytes: string;
+  /** The first bad value's key; empty when every value checked out. */
+  firstBadKey: string;
+  problem: string;
 }
 
 export interface ExportProvRequest {
@@ -3202,11 +3226,14 @@ export const GetProofResponse: MessageFns<GetProofResponse> = {
 };
 
 function createBaseVerifyLedgerRequest(): VerifyLedgerRequest {
-  return {};
+  return { ledgerOnly: false };
 }
 
 export const VerifyLedgerRequest: MessageFns<VerifyLedgerRequest> = {
-  encode(_: VerifyLedgerRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+  encode(message: VerifyLedgerRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.ledgerOnly !== false) {
+      writer.uint32(8).bool(message.ledgerOnly);
+    }
     return writer;
   },
 
@@ -3223,6 +3250,14 @@ export const VerifyLedgerRequest: MessageFns<VerifyLedgerRequest> = {
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.ledgerOnly = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3235,26 +3270,36 @@ export const VerifyLedgerRequest: MessageFns<VerifyLedgerRequest> = {
     }
   },
 
-  fromJSON(_: any): VerifyLedgerRequest {
-    return {};
+  fromJSON(object: any): VerifyLedgerRequest {
+    return {
+      ledgerOnly: isSet(object.ledgerOnly)
+        ? globalThis.Boolean(object.ledgerOnly)
+        : isSet(object.ledger_only)
+        ? globalThis.Boolean(object.ledger_only)
+        : false,
+    };
   },
 
-  toJSON(_: VerifyLedgerRequest): unknown {
+  toJSON(message: VerifyLedgerRequest): unknown {
     const obj: any = {};
+    if (message.ledgerOnly !== false) {
+      obj.ledgerOnly = message.ledgerOnly;
+    }
     return obj;
   },
 
   create(base?: DeepPartial<VerifyLedgerRequest>): VerifyLedgerRequest {
     return VerifyLedgerRequest.fromPartial(base ?? {});
   },
-  fromPartial(_: DeepPartial<VerifyLedgerRequest>): VerifyLedgerRequest {
+  fromPartial(object: DeepPartial<VerifyLedgerRequest>): VerifyLedgerRequest {
     const message = createBaseVerifyLedgerRequest();
+    message.ledgerOnly = object.ledgerOnly ?? false;
     return message;
   },
 };
 
 function createBaseVerifyLedgerResponse(): VerifyLedgerResponse {
-  return { ok: false, entriesChecked: "0", firstBadSeq: "0", problem: "", checkpoint: undefined };
+  return { ok: false, entriesChecked: "0", firstBadSeq: "0", problem: "", checkpoint: undefined, content: [] };
 }
 
 export const VerifyLedgerResponse: MessageFns<VerifyLedgerResponse> = {
@@ -3273,6 +3318,9 @@ export const VerifyLedgerResponse: MessageFns<VerifyLedgerResponse> = {
     }
     if (message.checkpoint !== undefined) {
       Checkpoint.encode(message.checkpoint, writer.uint32(42).fork()).join();
+    }
+    for (const v of message.content) {
+      ContentCheck.encode(v!, writer.uint32(50).fork()).join();
     }
     return writer;
   },
@@ -3330,6 +3378,14 @@ export const VerifyLedgerResponse: MessageFns<VerifyLedgerResponse> = {
             message.checkpoint = Checkpoint.decode(reader, reader.uint32());
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.content.push(ContentCheck.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3357,6 +3413,9 @@ export const VerifyLedgerResponse: MessageFns<VerifyLedgerResponse> = {
         : "0",
       problem: isSet(object.problem) ? globalThis.String(object.problem) : "",
       checkpoint: isSet(object.checkpoint) ? Checkpoint.fromJSON(object.checkpoint) : undefined,
+      content: globalThis.Array.isArray(object?.content)
+        ? object.content.map((e: any) => ContentCheck.fromJSON(e))
+        : [],
     };
   },
 
@@ -3377,6 +3436,9 @@ export const VerifyLedgerResponse: MessageFns<VerifyLedgerResponse> = {
     if (message.checkpoint !== undefined) {
       obj.checkpoint = Checkpoint.toJSON(message.checkpoint);
     }
+    if (message.content?.length) {
+      obj.content = message.content.map((e) => ContentCheck.toJSON(e));
+    }
     return obj;
   },
 
@@ -3392,6 +3454,144 @@ export const VerifyLedgerResponse: MessageFns<VerifyLedgerResponse> = {
     message.checkpoint = (object.checkpoint !== undefined && object.checkpoint !== null)
       ? Checkpoint.fromPartial(object.checkpoint)
       : undefined;
+    message.content = object.content?.map((e) => ContentCheck.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseContentCheck(): ContentCheck {
+  return { kind: "", checked: "0", bytes: "0", firstBadKey: "", problem: "" };
+}
+
+export const ContentCheck: MessageFns<ContentCheck> = {
+  encode(message: ContentCheck, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.kind !== "") {
+      writer.uint32(10).string(message.kind);
+    }
+    if (message.checked !== "0") {
+      writer.uint32(16).uint64(message.checked);
+    }
+    if (message.bytes !== "0") {
+      writer.uint32(24).uint64(message.bytes);
+    }
+    if (message.firstBadKey !== "") {
+      writer.uint32(34).string(message.firstBadKey);
+    }
+    if (message.problem !== "") {
+      writer.uint32(42).string(message.problem);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ContentCheck {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseContentCheck();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.kind = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.checked = reader.uint64().toString();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.bytes = reader.uint64().toString();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.firstBadKey = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.problem = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ContentCheck {
+    return {
+      kind: isSet(object.kind) ? globalThis.String(object.kind) : "",
+      checked: isSet(object.checked) ? globalThis.String(object.checked) : "0",
+      bytes: isSet(object.bytes) ? globalThis.String(object.bytes) : "0",
+      firstBadKey: isSet(object.firstBadKey)
+        ? globalThis.String(object.firstBadKey)
+        : isSet(object.first_bad_key)
+        ? globalThis.String(object.first_bad_key)
+        : "",
+      problem: isSet(object.problem) ? globalThis.String(object.problem) : "",
+    };
+  },
+
+  toJSON(message: ContentCheck): unknown {
+    const obj: any = {};
+    if (message.kind !== "") {
+      obj.kind = message.kind;
+    }
+    if (message.checked !== "0") {
+      obj.checked = message.checked;
+    }
+    if (message.bytes !== "0") {
+      obj.bytes = message.bytes;
+    }
+    if (message.firstBadKey !== "") {
+      obj.firstBadKey = message.firstBadKey;
+    }
+    if (message.problem !== "") {
+      obj.problem = message.problem;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ContentCheck>): ContentCheck {
+    return ContentCheck.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ContentCheck>): ContentCheck {
+    const message = createBaseContentCheck();
+    message.kind = object.kind ?? "";
+    message.checked = object.checked ?? "0";
+    message.bytes = object.bytes ?? "0";
+    message.firstBadKey = object.firstBadKey ?? "";
+    message.problem = object.problem ?? "";
     return message;
   },
 };
