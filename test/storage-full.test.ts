@@ -10,7 +10,7 @@ import { codeExtension } from '../coordinator/code/code-extension.js';
 import type { CodeStore } from '../coordinator/code/code-store.js';
 import { pipelineExtension, type PipelineShared } from '../coordinator/pipeline/pipeline-extension.js';
 import type { ShardRunner } from '../coordinator/pipeline/pipeline-runner.js';
-import { openDatabase } from '../coordinator/store/database.js';
+import { openDatabase, type Database } from '../coordinator/store/database.js';
 import { guardStorage, isOutOfSpace } from '../coordinator/store/storage-guard.js';
 import { ERROR_TABLE, errorCodeOfStatus, InsufficientStorageError, toHttpError, toServerError } from '../common/errors.js';
 import { LineageServiceDefinition, NodeKind } from '../common/gen/retrace/v1/lineage.js';
@@ -235,6 +235,42 @@ describe('a LevelDB write that fails for space (injected once)', () => {
     const report = await lineage.verifyLedger({});
     expect(report.ok).toBe(true);
     for (let i = 0; i < 5; i++) expect((await lineage.getNode({ node: { kind: NodeKind.NODE_KIND_OBJECT_VERSION, id: `obj:before-${i}`, contentHash: h(`b${i}`) } })).node).toBeDefined();
+  });
+});
+
+describe('a request that meets the database closed', () => {
+  it('answers UNAVAILABLE (gRPC) and 503 (HTTP), which clients retry, rather than an internal error', async () => {
+    let db: Database | undefined;
+    const tc = await startTestCoordinator({ extensions: [(ctx) => ((db = ctx.db), { name: 'db-handle' })] });
+    try {
+      const lineage = tc.client(LineageServiceDefinition);
+      await lineage.submitEvent({ event: objectEvent('one', 'obj:one', '1') });
+      // As during the storage guard's reopen, which closes it for a moment.
+      await (db as Database).close();
+      const read = await rejection(lineage.verifyLedger({ ledgerOnly: true }));
+      expect(read.code).toBe(Status.UNAVAILABLE);
+      expect(read.details).toContain('the database is not open');
+      const write = await rejection(lineage.submitEvent({ event: objectEvent('two', 'obj:two', '2') }));
+      expect(write.code).toBe(Status.UNAVAILABLE);
+      const res = await fetch(`${tc.httpUrl}/api/v1/lineage`, {
+        method: 'POST',
+        headers: { ...tc.httpAuth, 'content-type': 'application/json' },
+        body: JSON.stringify({
+          eventTime: '2024-10-17T09:18:26.825Z',
+          producer: 'https://example.com/p',
+          schemaURL: 'https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent',
+          eventType: 'COMPLETE',
+          run: { runId: '00000000-0000-4000-8000-000000000002', facets: {} },
+          job: { namespace: 'ns', name: 'job', facets: {} },
+          inputs: [],
+          outputs: [{ namespace: 'ns', name: 'out' }],
+        }),
+      });
+      expect(res.status).toBe(503);
+      expect(await res.json()).toEqual({ error: 'UNAVAILABLE', message: expect.stringContaining('the database is not open') });
+    } finally {
+      await tc.stop();
+    }
   });
 });
 

@@ -2,6 +2,7 @@ import { createServer, type IncomingMessage, type RequestListener, type Server, 
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import { InvalidArgumentError, isRetraceError, NotFoundError, RetraceError, toHttpError } from '../../common/errors.js';
 import { bearerTokenCheck } from '../bearer-token.js';
+import { storeErrorOf } from '../store/database.js';
 import type { HttpRequest, Route } from './router.js';
 
 /** Largest accepted request body. */
@@ -52,7 +53,8 @@ export function createHttpServer(
       };
       const response = await route.handler(request);
       send(res, response.status, response.body);
-    } catch (err) {
+    } catch (caught) {
+      const err = isRetraceError(caught) ? caught : (storeErrorOf(caught) ?? caught);
       if (isRetraceError(err)) {
         const { status, body } = toHttpError(err);
         send(res, status, body, status === 401 ? { 'www-authenticate': 'Bearer realm="retrace"' } : {});

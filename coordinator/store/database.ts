@@ -1,6 +1,6 @@
 import { existsSync, readdirSync } from 'node:fs';
 import { Level } from 'level';
-import { FailedPreconditionError } from '../../common/errors.js';
+import { FailedPreconditionError, UnavailableError } from '../../common/errors.js';
 import { MemoryLevel } from 'memory-level';
 import type { AbstractLevel } from 'abstract-level';
 
@@ -39,4 +39,16 @@ export async function openDatabase(dir: string | null, options: { createIfMissin
     throw new FailedPreconditionError(`cannot open ${dir}: ${cause?.message ?? (err as Error).message}`);
   }
   return db;
+}
+
+/**
+ * The store's errors that are not bugs, as the error funnels should answer them: a read or write
+ * that met the database closed (the storage guard reopening it after a full disk, or the
+ * coordinator stopping) is worth retrying, so it is UNAVAILABLE rather than INTERNAL. Else undefined.
+ */
+export function storeErrorOf(err: unknown): UnavailableError | undefined {
+  for (let e = err, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
+    if ((e as { code?: unknown }).code === 'LEVEL_DATABASE_NOT_OPEN') return new UnavailableError('the database is not open (reopening after the data dir was full, or the coordinator is stopping); retry', err);
+  }
+  return undefined;
 }
