@@ -6,8 +6,10 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { InvalidArgumentError, NotFoundError } from '../common/errors.js';
 import { JobManager, type JobView } from '../coordinator/jobs/job-manager.js';
+import { createJobStore } from '../coordinator/jobs/job-store.js';
 import type { JobExecutor, JobSpec, JobTaskSpec, TaskRunContext, TaskRunResult } from '../coordinator/jobs/job-types.js';
 import { openDatabase, type Database } from '../coordinator/store/database.js';
+import { guardStorage } from '../coordinator/store/storage-guard.js';
 import { waitFor } from './helpers/mesh-server.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -482,5 +484,65 @@ if (mode === 'first') {
     (gate as (() => void) | undefined)?.();
     expect((await untilEnded(second.manager, again)).state).toBe('SUCCEEDED');
     await waitFor(async () => (heard.length === 11 ? true : undefined), 10_000, 'end after restart');
+  });
+});
+
+describe('JobManager on a store that refuses writes (a full data dir)', () => {
+  it('pauses the job instead of failing or stranding it, and resumes it without a restart once writes are taken again', async () => {
+    const dir = tempDir();
+    const db = await openDatabase(dir);
+    // The job store writes through sublevel batches, which reach LevelDB as the root's _batch:
+    // the one below fails as a full disk fails it, once, when armed. Wrapped before the guard is.
+    const raw = db as unknown as { _batch: (...args: unknown[]) => Promise<void> };
+    const batch = raw._batch.bind(db);
+    let failNext = false;
+    raw._batch = async (...args: unknown[]): Promise<void> => {
+      if (!failNext) return batch(...args);
+      failNext = false;
+      throw Object.assign(new Error(`IO error: ${dir}/000005.ldb: No space left on device`), { code: 'LEVEL_IO_ERROR' });
+    };
+    const guard = guardStorage(db, { dir, probeIntervalMs: 3_600_000, probeSpace: async () => {} });
+    const logs: string[] = [];
+    const manager = new JobManager({ db, seed: 7, log: (l) => logs.push(l) });
+    await manager.start();
+    cleanups.push(async () => {
+      await manager.stop();
+      await guard.stop();
+      if (db.status === 'open') await db.close();
+    });
+    const exec = fakeExecutor((ctx) => {
+      // Task b's result is the write that meets the full disk.
+      if (ctx.task.id === 'b' && ctx.attempt === 1) failNext = true;
+      return { outcome: 'executed', result: ctx.task.id };
+    });
+    manager.registerExecutor(exec);
+    const { jobId } = await manager.submit(spec([task('a'), task('b', ['a']), task('c', ['b'])]));
+    await waitFor(async () => (guard.state === 'FULL' ? true : undefined), 10_000, 'the store to refuse writes');
+    const paused = await waitFor(async () => {
+      const j = await manager.get(jobId);
+      return j.state === 'PENDING' && j.message.startsWith('paused: the store refused a write') ? j : undefined;
+    }, 10_000, 'the job to pause');
+    // Not failed: b's result, whose write was refused, is kept in memory; c waits.
+    expect(stateOf(paused, 'b')).toBe('SUCCEEDED');
+    expect(stateOf(paused, 'c')).toBe('PENDING');
+    expect(paused.message).toContain('is out of space');
+
+    expect(await guard.probe()).toBe('WRITABLE');
+    const job = await untilEnded(manager, jobId);
+    expect(job.state).toBe('SUCCEEDED');
+    // Nothing ran twice, and the result whose write was refused reached the store after the pause.
+    expect(exec.calls).toEqual([
+      { task: 'a', attempt: 1 },
+      { task: 'b', attempt: 1 },
+      { task: 'c', attempt: 1 },
+    ]);
+    const stored = await createJobStore(db).read(jobId);
+    expect(stored?.record.state).toBe('SUCCEEDED');
+    expect(stored?.tasks.map((t) => [t.id, t.state, t.failures])).toEqual([
+      ['a', 'SUCCEEDED', 0],
+      ['b', 'SUCCEEDED', 0],
+      ['c', 'SUCCEEDED', 0],
+    ]);
+    expect(logs.some((l) => l.includes('run loop crashed'))).toBe(false);
   });
 });

@@ -3,7 +3,7 @@ import { EventEmitter, setMaxListeners } from 'node:events';
 import { sleep } from '../../common/abortable-sleep.js';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError, isRetraceError } from '../../common/errors.js';
 import { createRng } from '../../common/random.js';
-import type { Database } from '../store/database.js';
+import { storeErrorOf, type Database } from '../store/database.js';
 import { createJobStore, type JobRecord, type JobStore, type StoredJob, type TaskCounts, type TaskRecord } from './job-store.js';
 import type { JobExecutor, JobSpec, JobState, JobSubmitter, JobTaskSpec, JsonValue, TaskOutcome, TaskState, TaskStatus } from './job-types.js';
 
@@ -44,6 +44,9 @@ const TASK_STATES: readonly TaskState[] = ['PENDING', 'RUNNING', 'SUCCEEDED', 'F
 const TASK_FINISHED: ReadonlySet<TaskState> = new Set<TaskState>(['SUCCEEDED', 'FAILED', 'UPSTREAM_FAILED', 'CANCELLED']);
 const OUTCOMES: ReadonlySet<string> = new Set<TaskOutcome>(['executed', 'cached', 'cutoff']);
 const DEFAULT_MAX_ATTEMPTS = 3;
+/** A job the store refused a write of tries again after this, doubling per refusal up to PARK_MAX_MS. */
+const PARK_FIRST_MS = 500;
+const PARK_MAX_MS = 5_000;
 const DEFAULT_BASE_MS = 200;
 const DEFAULT_MAX_MS = 10_000;
 const DEFAULT_CONCURRENCY = 16;
@@ -74,6 +77,9 @@ interface LiveJob {
   resumedAfterRestart: boolean;
   /** Writes of this job, in order (a later state never lands before an earlier one). */
   writes: Promise<void>;
+  /** While the store refuses writes: the wait before the next try, doubled per refusal. */
+  parkedDelayMs: number;
+  parkTimer: NodeJS.Timeout | undefined;
 }
 
 /**
@@ -250,6 +256,7 @@ export class JobManager implements JobSubmitter {
     if (!job) return (await this.readStored(jobId)).record.state;
     if (JOB_ENDED.has(job.record.state)) return job.record.state;
     job.cancelRequested = true;
+    clearTimeout(job.parkTimer);
     this.log(`job ${jobId}: cancel requested`);
     if (job.running) {
       job.controller?.abort(new Error('job cancelled'));
@@ -348,7 +355,13 @@ export class JobManager implements JobSubmitter {
       return;
     }
     job.running = this.run(job, executor)
-      .catch((err: unknown) => this.log(`job ${job.record.jobId}: run loop crashed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`))
+      .then(() => {
+        job.parkedDelayMs = 0;
+      })
+      .catch((err: unknown) => {
+        if (isStoreRefusal(err) && this.state === 'RUNNING' && !job.cancelRequested) this.park(job, err);
+        else this.log(`job ${job.record.jobId}: run loop crashed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+      })
       .finally(() => {
         job.running = undefined;
         // Ended jobs need not stay in memory; watchers already hold their last update.
@@ -371,15 +384,14 @@ export class JobManager implements JobSubmitter {
       job.record.restartToRunningMs = this.now() - this.startedAtMs;
       job.resumedAfterRestart = false;
     }
-    await this.persist(job, []);
+    // After a pause every task is written again: results noted in memory while the store refused writes never reached it.
+    await this.persist(job, job.parkedDelayMs > 0 ? [...job.tasks.values()] : []);
     this.log(`job ${job.record.jobId}: RUNNING`);
     await this.tell(executor, 'jobStarted', job, afterRestart);
 
     // Unmet dependencies per pending task; tasks reach the ready queue when theirs reach 0.
     const unmet = new Map<string, number>();
     const ready: string[] = [];
-    // A moving head instead of shift(): shift is O(n) and jobs may have many thousand tasks.
-    let head = 0;
     for (const spec of compiled.spec.tasks) {
       const t = job.tasks.get(spec.id) as TaskRecord;
       if (t.state !== 'PENDING') continue;
@@ -393,6 +405,31 @@ export class JobManager implements JobSubmitter {
     if (upstream.length > 0) await this.persist(job, upstream);
 
     const inFlight = new Map<string, Promise<void>>();
+    try {
+      await this.runReady(job, executor, { ready, unmet, signal, inFlight });
+    } catch (err) {
+      // A write the store refused: the job's other attempts stop before launch parks it.
+      controller.abort(err);
+      await Promise.allSettled(inFlight.values());
+      throw err;
+    }
+    if (this.state !== 'RUNNING' && !job.cancelRequested) {
+      // Stopping: the job stays RUNNING on disk and the next start resumes it.
+      return;
+    }
+    await this.finish(job);
+  }
+
+  /** Runs the ready tasks, at most the job's concurrency at a time, until none is left or the signal aborts. */
+  private async runReady(
+    job: LiveJob,
+    executor: JobExecutor,
+    loop: { ready: string[]; unmet: Map<string, number>; signal: AbortSignal; inFlight: Map<string, Promise<void>> },
+  ): Promise<void> {
+    const { compiled } = job;
+    const { ready, unmet, signal, inFlight } = loop;
+    // A moving head instead of shift(): shift is O(n) and jobs may have many thousand tasks.
+    let head = 0;
     for (;;) {
       while (!signal.aborted && inFlight.size < compiled.concurrency && head < ready.length) {
         const id = ready[head++] as string;
@@ -418,11 +455,31 @@ export class JobManager implements JobSubmitter {
       if (inFlight.size === 0) break;
       await Promise.race(inFlight.values());
     }
-    if (this.state !== 'RUNNING' && !job.cancelRequested) {
-      // Stopping: the job stays RUNNING on disk and the next start resumes it.
-      return;
-    }
-    await this.finish(job);
+  }
+
+  /**
+   * A job whose write the store refused (a full data dir, the database reopening) waits, in
+   * memory, as a restart would leave it: its in-flight tasks PENDING again (a result already
+   * handed back is kept, and written with every other task when the job runs again). It is launched again
+   * after a wait that doubles per refusal up to PARK_MAX_MS, so it resumes without a restart
+   * once the store takes writes again.
+   */
+  private park(job: LiveJob, err: unknown): void {
+    const interrupted = [...job.tasks.values()].filter((t) => t.state === 'RUNNING');
+    for (const t of interrupted) this.setTaskState(job, t, 'PENDING');
+    job.record.state = 'PENDING';
+    job.controller = undefined;
+    job.parkedDelayMs = Math.min(PARK_MAX_MS, Math.max(PARK_FIRST_MS, job.parkedDelayMs * 2));
+    job.record.message = `paused: the store refused a write (${errorMessage(err)}); trying again in ${job.parkedDelayMs} ms`;
+    this.log(`job ${job.record.jobId}: ${job.record.message}`);
+    // Watchers hear of it when the store takes this write; else the next try says it again.
+    void this.persist(job, interrupted).catch(() => {});
+    clearTimeout(job.parkTimer);
+    job.parkTimer = setTimeout(() => {
+      job.parkTimer = undefined;
+      this.launch(job);
+    }, job.parkedDelayMs);
+    job.parkTimer.unref();
   }
 
   /** Ends a job that has nothing left to run: CANCELLED, FAILED or SUCCEEDED. */
@@ -496,6 +553,8 @@ export class JobManager implements JobSubmitter {
         return 'SUCCEEDED';
       }
       if (signal.aborted) return this.abortedTask(job, t);
+      // Not the task's failure: its attempt runs again once the job is launched after the pause.
+      if (isStoreRefusal(error)) throw error;
       t.failures++;
       t.error = errorMessage(error);
       const retryable = isRetryable(error);
@@ -576,6 +635,8 @@ export class JobManager implements JobSubmitter {
       cancelRequested: false,
       resumedAfterRestart: false,
       writes: Promise.resolve(),
+      parkedDelayMs: 0,
+      parkTimer: undefined,
     };
   }
 
@@ -710,4 +771,9 @@ export function isRetryable(err: unknown): boolean {
 
 function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
+}
+
+/** A write refused by the store rather than a bug: a full data dir, or the database closed while it reopens. */
+function isStoreRefusal(err: unknown): boolean {
+  return (isRetraceError(err) && err.code === 'INSUFFICIENT_STORAGE') || storeErrorOf(err) !== undefined;
 }
