@@ -9,6 +9,7 @@ import { TriggerKind, type LineageEvent, type ObjectRef, type ObjectVersion, typ
 import { ShardStatus, type ShardAssignment, type ShardInput, type ShardOutcome } from '../../common/gen/retrace/v1/shard.js';
 import { contentHashOf, sha256Hex } from '../../common/hash.js';
 import type { NanoClock } from '../clock.js';
+import { crashPointForTests } from '../test-crash-point.js';
 import type { LineageEngine } from '../lineage/lineage-engine.js';
 import type { PayloadStore } from '../store/payload-store.js';
 import { latestWithSource, STEP_RETRY_LIMITS, validatePipeline, type CurrentRecord, type PipelineStore } from './pipeline-store.js';
@@ -142,8 +143,17 @@ export interface RecordChange {
 
 /** Change detection's view of ingest (set by the recompute extension). */
 export interface RecordChangeListener {
-  /** Records a change and decides whether the record's downstream steps run in this ingest. */
-  onChange(change: RecordChange): Promise<{ runSteps: boolean }>;
+  /**
+   * Records a change and decides whether the record's downstream steps run in this ingest. The
+   * change is recorded as reported: that the ingest recomputed it is said by `onRecomputed` once so.
+   */
+  onChange(change: RecordChange): Promise<{ runSteps: boolean; changeId?: string }>;
+  /**
+   * The record's downstream steps ran and succeeded and everything the ingest recorded for it is
+   * durable: the change `onChange` recorded is now recomputed by this ingest. Not called when a
+   * step failed or the coordinator stopped first, so the change says no more than is true.
+   */
+  onRecomputed?(changeId: string): Promise<void>;
   /** Whether a record sent again unchanged runs its steps (not under a manual policy, whose changes wait for a recompute). */
   runsSteps(pipeline: string, source: string): Promise<boolean>;
   /**
@@ -427,11 +437,22 @@ export class PipelineRunner {
     // New content under a known key is a change: the listener records it and says whether the
     // downstream steps run now (policy auto) or wait for a recompute (manual).
     let runSteps = true;
+    let recordedChange: string | undefined;
     if (prev && this.changeListener) {
-      runSteps = existed
-        ? await this.changeListener.runsSteps(p, ctx.source)
-        : (await this.changeListener.onChange({ pipeline: p, source: ctx.source, key: rec.key, objectId: srcId, oldHash: prev.contentHash, newHash: srcHash, principal: ctx.principal, runId: ctx.runId })).runSteps;
+      if (existed) runSteps = await this.changeListener.runsSteps(p, ctx.source);
+      else {
+        const told = await this.changeListener.onChange({ pipeline: p, source: ctx.source, key: rec.key, objectId: srcId, oldHash: prev.contentHash, newHash: srcHash, principal: ctx.principal, runId: ctx.runId });
+        runSteps = told.runSteps;
+        if (runSteps) recordedChange = told.changeId;
+        crashPointForTests('ingest-change-recorded');
+      }
     }
+    // Whether a step of this record failed: its change is then not recomputed by this ingest.
+    let failedHere = false;
+    const fail = (message: string): void => {
+      failedHere = true;
+      this.fail(tally, message);
+    };
 
     const events: LineageEvent[] = [];
     const toStore: Uint8Array[] = [rec.payload];
@@ -510,7 +531,7 @@ export class PipelineRunner {
           shardInputs.push({ name, objectId: r.objectId, contentHash: r.contentHash, payload: Buffer.isBuffer(payload) ? payload : Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength), key, eventTimeNs: r.eventTimeNs, mediaType: r.mediaType, cached: false });
         }
         if (missing) {
-          this.fail(tally, `${step.name}/${key}: ${missing}`);
+          fail(`${step.name}/${key}: ${missing}`);
           continue;
         }
         const assignment: ShardAssignment = {
@@ -533,13 +554,13 @@ export class PipelineRunner {
         try {
           ({ result, attempts } = await this.runWithRetries(assignment, step, ctx));
         } catch (err) {
-          this.fail(tally, `${step.name}/${key}: ${(err as Error).message}`);
+          fail(`${step.name}/${key}: ${(err as Error).message}`);
           continue;
         }
         const outcome = result.outcome;
         if (outcome.status !== ShardStatus.SHARD_STATUS_SUCCEEDED) {
           const tries = step.retries > 0 && RETRIED_STATUSES.has(outcome.status) ? ` (after ${attempts} attempts)` : '';
-          this.fail(tally, `${step.name}/${key}: ${ShardStatus[outcome.status] ?? outcome.status}${outcome.error ? `: ${outcome.error}` : ''}${tries}`);
+          fail(`${step.name}/${key}: ${ShardStatus[outcome.status] ?? outcome.status}${outcome.error ? `: ${outcome.error}` : ''}${tries}`);
           continue;
         }
         const outEventTime = maxNs(inputs.map((i) => i.rec.eventTimeNs));
@@ -558,7 +579,7 @@ export class PipelineRunner {
           generated.push({ objectId: k.objectId, contentHash: hash, unversioned: false });
         }
         if (bad) {
-          this.fail(tally, `${step.name}/${key}: ${bad}`);
+          fail(`${step.name}/${key}: ${bad}`);
           continue;
         }
         const { startedAtNs, endedAtNs } = outcomeSpanNs(outcome, clock);
@@ -616,6 +637,9 @@ export class PipelineRunner {
     const durable = events.length > 0 ? lineage.submit(events, ctx.signal ? { signal: ctx.signal } : undefined) : undefined;
     releaseSlot();
     if (durable) await durable;
+    // Only once the provenance is durable, and before the current record moves (a restart then
+    // finds the record still old, not a change marked done whose work was never recorded).
+    if (recordedChange !== undefined && !failedHere) await this.changeListener?.onRecomputed?.(recordedChange);
     // Only once the provenance is durable: a current record must never name unrecorded work.
     await pipelines.setCurrent(p, currents);
   }

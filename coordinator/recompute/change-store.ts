@@ -17,8 +17,6 @@ export interface ChangeInput {
   step?: string;
   noticedBy: string;
   detail?: string;
-  /** Defaults to REPORTED. */
-  state?: ChangeState;
 }
 
 /** The policy that applies where nothing is set: recompute at once, as ingest always did. */
@@ -49,6 +47,8 @@ export interface ChangeStore {
   list(options?: { pipeline?: string; pageSize?: number; pageToken?: string }): Promise<{ changes: Change[]; nextPageToken: string }>;
   /** Adds a job id to a change and sets its state. */
   markSubmitted(changeId: string, jobId: string): Promise<Change>;
+  /** A reported change the ingest that noticed it recomputed: RECOMPUTED_BY_INGEST (a change in another state keeps it). */
+  markRecomputedByIngest(changeId: string): Promise<void>;
   setPolicy(pipeline: string, source: string, policy: ChangePolicy): Promise<PolicyEntry>;
   /** The source's policy, else the pipeline's, else DEFAULT_POLICY. */
   policyFor(pipeline: string, source: string): Promise<ChangePolicy>;
@@ -138,7 +138,7 @@ export function createChangeStore(db: Database, lineage: Pick<LineageEngine, 'su
       noticedBy: input.noticedBy,
       detectedAtNs: clock().toString(),
       policy: await policyFor(input.pipeline ?? '', input.source ?? ''),
-      state: input.state ?? ChangeState.CHANGE_STATE_REPORTED,
+      state: ChangeState.CHANGE_STATE_REPORTED,
       jobIds: [],
       detail: input.detail ?? '',
     };
@@ -202,6 +202,15 @@ export function createChangeStore(db: Database, lineage: Pick<LineageEngine, 'su
         last = key;
       }
       return { changes: out, nextPageToken: '' };
+    },
+    markRecomputedByIngest(changeId) {
+      return serial(async () => {
+        const c = await read(changeId);
+        if (!c) throw new NotFoundError(`change ${JSON.stringify(changeId)}`, 'change_id');
+        if (c.state !== ChangeState.CHANGE_STATE_REPORTED) return;
+        c.state = ChangeState.CHANGE_STATE_RECOMPUTED_BY_INGEST;
+        await changes.put(changeId, Change.toJSON(c));
+      });
     },
     markSubmitted(changeId, jobId) {
       return serial(async () => {

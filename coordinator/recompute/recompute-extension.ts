@@ -129,6 +129,7 @@ export function recomputeExtension(shared: RecomputeShared, options: RecomputeEx
     if (pipelines) {
       pipelines.runner.setChangeListener({
         onChange: (c) => recomputer.onRecordChange(c),
+        onRecomputed: (changeId) => recomputer.onRecordRecomputed(changeId),
         runsSteps: async (pipeline, source) => (await changes.policyFor(pipeline, source)) !== ChangePolicy.CHANGE_POLICY_MANUAL,
         onStaleRun: (run) => recomputer.onStaleRun(run),
       });

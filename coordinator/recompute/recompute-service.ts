@@ -136,11 +136,14 @@ export class Recomputer {
     return { change, unchanged: false };
   }
 
-  /** The pipeline runner's listener: records a re-ingested record's change; steps run now only under `auto`. */
-  async onRecordChange(c: RecordChange): Promise<{ runSteps: boolean }> {
+  /**
+   * The pipeline runner's listener: records a re-ingested record's change, as reported; steps run
+   * now only under `auto`, and the change is marked recomputed by the ingest (onRecordRecomputed)
+   * only once they succeeded and are durable.
+   */
+  async onRecordChange(c: RecordChange): Promise<{ runSteps: boolean; changeId: string }> {
     const policy = await this.deps.changes.policyFor(c.pipeline, c.source);
-    const auto = policy === ChangePolicy.CHANGE_POLICY_AUTO;
-    await this.deps.changes.record({
+    const { change } = await this.deps.changes.record({
       kind: c.principal.startsWith('watch:') ? ChangeKind.CHANGE_KIND_FILE : ChangeKind.CHANGE_KIND_RECORD,
       objectId: c.objectId,
       oldHash: c.oldHash,
@@ -148,9 +151,13 @@ export class Recomputer {
       pipeline: c.pipeline,
       source: c.source,
       noticedBy: `${c.principal} (${c.runId})`,
-      state: auto ? ChangeState.CHANGE_STATE_RECOMPUTED_BY_INGEST : ChangeState.CHANGE_STATE_REPORTED,
     });
-    return { runSteps: auto };
+    return { runSteps: policy === ChangePolicy.CHANGE_POLICY_AUTO, changeId: change.changeId };
+  }
+
+  /** The pipeline runner's listener: the ingest that noticed the change recomputed its record, durably. */
+  async onRecordRecomputed(changeId: string): Promise<void> {
+    await this.deps.changes.markRecomputedByIngest(changeId);
   }
 
   /**

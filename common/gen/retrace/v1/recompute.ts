@@ -132,7 +132,11 @@ export enum ChangeState {
   CHANGE_STATE_REPORTED = 1,
   /** CHANGE_STATE_RECOMPUTE_SUBMITTED - A recompute job was submitted (`job_id`). */
   CHANGE_STATE_RECOMPUTE_SUBMITTED = 2,
-  /** CHANGE_STATE_RECOMPUTED_BY_INGEST - Recomputed inline by the ingest run that noticed it (auto policy of a re-ingested record). */
+  /**
+   * CHANGE_STATE_RECOMPUTED_BY_INGEST - Recomputed inline by the ingest run that noticed it (auto policy of a re-ingested record):
+   * set once the record's steps succeeded and are durable. A re-ingest whose step failed, or that
+   * a coordinator stop cut short, leaves the change REPORTED.
+   */
   CHANGE_STATE_RECOMPUTED_BY_INGEST = 3,
   UNRECOGNIZED = -1,
 }
