@@ -155,6 +155,16 @@ export class Recomputer {
     return { runSteps: policy === ChangePolicy.CHANGE_POLICY_AUTO, changeId: change.changeId };
   }
 
+  /**
+   * The pipeline runner's listener: the newest change that made `contentHash` the record's
+   * content, when an ingest noticed it (record or watched-file kind) and it is still reported.
+   */
+  async reportedRecordChangeTo(pipeline: string, objectId: string, contentHash: string): Promise<string | undefined> {
+    const c = await this.changeTo(objectId, pipeline, contentHash);
+    const byIngest = c?.kind === ChangeKind.CHANGE_KIND_RECORD || c?.kind === ChangeKind.CHANGE_KIND_FILE;
+    return c && byIngest && c.state === ChangeState.CHANGE_STATE_REPORTED ? c.changeId : undefined;
+  }
+
   /** The pipeline runner's listener: the ingest that noticed the change recomputed its record, durably. */
   async onRecordRecomputed(changeId: string): Promise<void> {
     await this.deps.changes.markRecomputedByIngest(changeId);
