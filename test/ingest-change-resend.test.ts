@@ -10,9 +10,10 @@ import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.
 import { startTestCoordinator } from './helpers/test-coordinator.js';
 
 /**
- * A change a re-ingest noticed (policy auto) whose ingest left it REPORTED because a step of the
- * record failed: the record is current already, so the resend the README promises completes it
- * is a duplicate to the runner, not a change. In process on LevelDB with a fake shard runner.
+ * A record change left REPORTED although its record is current (a step of the ingest that noticed
+ * it failed, or it was noticed under `manual`): a resend is a duplicate to the runner, not a
+ * change, yet once it runs the missing steps successfully and durably under `auto` the change is
+ * RECOMPUTED_BY_INGEST, as the README promises. In process on LevelDB with a fake shard runner.
  */
 
 /** Shards fail while `failing` is set and an input contains "boom"; else they succeed. */
@@ -42,8 +43,8 @@ const runner: ShardRunner = {
   },
 };
 
-describe('a change left reported by a failed step', () => {
-  it('is completed by a resend of the record once its steps succeed durably, and stays reported while they fail', async () => {
+describe('a reported record change completed by a resend', () => {
+  it('left reported by a failed step: completed once its steps succeed durably, still reported while they fail', async () => {
     const shared: CoordinatorServices = {};
     const tc = await startTestCoordinator({ extensions: [pipelineExtension(shared, { runner }), recomputeExtension(shared)] });
     try {
@@ -75,6 +76,30 @@ describe('a change left reported by a failed step', () => {
       expect((await changes()).map((c) => c.state)).toEqual([ChangeState.CHANGE_STATE_RECOMPUTED_BY_INGEST]);
     } finally {
       failing = false;
+      await tc.stop();
+    }
+  }, 15_000);
+
+  it('a change reported under manual is completed by a resend once the policy is auto and the steps ran', async () => {
+    const shared: CoordinatorServices = {};
+    const tc = await startTestCoordinator({ extensions: [pipelineExtension(shared, { runner }), recomputeExtension(shared)] });
+    try {
+      const pipes = shared.pipelines as NonNullable<CoordinatorServices['pipelines']>;
+      const changeStore = shared.recompute?.changes as NonNullable<CoordinatorServices['recompute']>['changes'];
+      await pipes.store.apply(Pipeline.fromJSON({ name: 'wf', sources: [{ name: 'raw', mediaType: 'text/plain' }], steps: [{ name: 'a', transform: 't', codeVersion: `sha256:${'0'.repeat(64)}`, parameters: {}, inputs: ['raw'] }] }));
+      const ingest = (value: string) => pipes.runner.ingest('wf', 'raw', [[{ key: 'k', payload: Buffer.from(value) }]], { principal: 'test' });
+      expect((await ingest('v1')).shardsRun).toBe(1);
+      await changeStore.setPolicy('wf', '', ChangePolicy.CHANGE_POLICY_MANUAL);
+      expect((await ingest('v2')).shardsRun).toBe(0);
+      const [reported] = (await changeStore.list({ pipeline: 'wf' })).changes;
+      expect(reported).toMatchObject({ policy: ChangePolicy.CHANGE_POLICY_MANUAL, state: ChangeState.CHANGE_STATE_REPORTED });
+      // Still manual: the resend runs nothing and the change waits.
+      expect((await ingest('v2')).shardsRun).toBe(0);
+      expect((await changeStore.list({ pipeline: 'wf' })).changes).toEqual([reported]);
+      await changeStore.setPolicy('wf', '', ChangePolicy.CHANGE_POLICY_AUTO);
+      expect((await ingest('v2')).shardsRun).toBe(1);
+      expect((await changeStore.list({ pipeline: 'wf' })).changes).toEqual([{ ...reported, state: ChangeState.CHANGE_STATE_RECOMPUTED_BY_INGEST }]);
+    } finally {
       await tc.stop();
     }
   }, 15_000);
