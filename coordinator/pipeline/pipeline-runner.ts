@@ -154,6 +154,13 @@ export interface RecordChangeListener {
    * step failed or the coordinator stopped first, so the change says no more than is true.
    */
   onRecomputed?(changeId: string): Promise<void>;
+  /**
+   * The change, still reported, that made `contentHash` the record's current content, if any: a
+   * step of the ingest that noticed it failed, so the record moved but the change was not done.
+   * Asked for a record sent again unchanged whose missing steps this ingest ran, all successfully
+   * (`onRecomputed` then completes it once they are durable).
+   */
+  reportedChangeTo?(record: { pipeline: string; objectId: string; contentHash: string }): Promise<string | undefined>;
   /** Whether a record sent again unchanged runs its steps (not under a manual policy, whose changes wait for a recompute). */
   runsSteps(pipeline: string, source: string): Promise<boolean>;
   /**
@@ -449,6 +456,8 @@ export class PipelineRunner {
     }
     // Whether a step of this record failed: its change is then not recomputed by this ingest.
     let failedHere = false;
+    // Whether a step of this record executed here (a duplicate's run none, unless some were missing).
+    let ranHere = false;
     const fail = (message: string): void => {
       failedHere = true;
       this.fail(tally, message);
@@ -621,6 +630,7 @@ export class PipelineRunner {
           srcVersion = undefined;
         }
         events.push({ eventId: `step:${stepId}`, eventTimeNs: endedAtNs, producer: this.producer, body: { $case: 'step', value: stepBody } });
+        ranHere = true;
         for (const k of outputs) {
           const outKey = k.objectId.slice(outPrefix.length);
           toStore.push(k.payload as Uint8Array);
@@ -639,7 +649,13 @@ export class PipelineRunner {
     if (durable) await durable;
     // Only once the provenance is durable, and before the current record moves (a restart then
     // finds the record still old, not a change marked done whose work was never recorded).
-    if (recordedChange !== undefined && !failedHere) await this.changeListener?.onRecomputed?.(recordedChange);
+    const listener = this.changeListener;
+    if (listener && !failedHere) {
+      // A resend of a record whose change a failed step left reported: the steps missing then ran
+      // now, so that change is done too (the record is current already: no new change noticed it).
+      const changeId = recordedChange ?? (existed && ranHere ? await listener.reportedChangeTo?.({ pipeline: p, objectId: srcId, contentHash: srcHash }) : undefined);
+      if (changeId !== undefined) await listener.onRecomputed?.(changeId);
+    }
     // Only once the provenance is durable: a current record must never name unrecorded work.
     await pipelines.setCurrent(p, currents);
   }

@@ -130,6 +130,7 @@ export function recomputeExtension(shared: RecomputeShared, options: RecomputeEx
       pipelines.runner.setChangeListener({
         onChange: (c) => recomputer.onRecordChange(c),
         onRecomputed: (changeId) => recomputer.onRecordRecomputed(changeId),
+        reportedChangeTo: (r) => recomputer.reportedRecordChangeTo(r.pipeline, r.objectId, r.contentHash),
         runsSteps: async (pipeline, source) => (await changes.policyFor(pipeline, source)) !== ChangePolicy.CHANGE_POLICY_MANUAL,
         onStaleRun: (run) => recomputer.onStaleRun(run),
       });

@@ -62,6 +62,9 @@ function parseRecordId(objectId: string): { pipeline: string; dataset: string; k
  * policy, into recompute jobs), answers Impact, and plans and submits Recompute jobs.
  */
 export class Recomputer {
+  /** Auto recomputes being submitted, by change id (see submitAutoOnce). */
+  private readonly autoSubmitting = new Map<string, Promise<Change>>();
+
   constructor(private readonly deps: RecomputerDeps) {}
 
   // ---- detection ----
@@ -111,7 +114,13 @@ export class Recomputer {
   async notify(request: NotifyChangeRequest, principal: string, options: { kind?: ChangeKind; submitAuto?: boolean; field?: string } = {}): Promise<NotifyChangeResponse> {
     const { input, unchanged } = await this.assess(request, principal, options);
     const { objectId, newHash: hash, oldHash, noticedBy } = input;
-    if (unchanged) return { change: await this.changeTo(objectId, input.pipeline, hash), unchanged: true };
+    const submitAuto = options.submitAuto !== false;
+    if (unchanged) {
+      // A repeated report is also how a report a coordinator stop cut short gets finished: its
+      // version was written but not its change, or its change but not the auto job.
+      const change = (await this.changeTo(objectId, input.pipeline, hash)) ?? (await this.recordCutShort(input));
+      return { change: change && submitAuto && awaitsAutoJob(change) ? await this.submitAutoOnce(change, true) : change, unchanged: true };
+    }
     const payload = request.payload;
     const rec = parseRecordId(objectId);
     const pipes = this.deps.pipelines();
@@ -126,14 +135,51 @@ export class Recomputer {
         body: { $case: 'objectVersion', value: { objectId, contentHash: hash, size: String(payload.length), mediaType: request.mediaType, createdAtNs: nowNs, attributes: { change_id: changeId, previous_hash: oldHash, noticed_by: noticedBy, ...(rec ? { pipeline: rec.pipeline, dataset: rec.dataset, key: rec.key } : {}) }, facets: undefined } },
       },
     ]);
+    // The change before the current record moves: a stop in between leaves the old content
+    // current, so the report sent again is a change still, the same one. In the other order it
+    // left the record moved with no change, and the report sent again was `unchanged`.
+    const { change, created } = await this.deps.changes.record(input);
     // A pipeline record's new version is its current one from now on (a manual policy leaves its downstream stale until recomputed).
     if (rec && pipes) {
       const cur: CurrentRecord = { objectId, contentHash: hash, size: payload.length, mediaType: request.mediaType, eventTimeNs: nowNs };
       await pipes.store.setCurrent(rec.pipeline, [{ dataset: rec.dataset, key: rec.key, record: cur }]);
     }
-    const { change, created } = await this.deps.changes.record(input);
-    if (created && options.submitAuto !== false && change.policy === ChangePolicy.CHANGE_POLICY_AUTO) return { change: await this.autoRecompute([change]), unchanged: false };
+    if (submitAuto && awaitsAutoJob(change)) return { change: await this.submitAutoOnce(change, !created), unchanged: false };
     return { change, unchanged: false };
+  }
+
+  /**
+   * The change a report of the object's current content had started to record when the
+   * coordinator stopped: its version (which names the change and the previous hash) was written,
+   * the change not. Recorded now, when the repeated report is that change (same kind and hashes).
+   */
+  private async recordCutShort(input: ChangeInput & { objectId: string }): Promise<Change | undefined> {
+    const attributes = (await this.deps.lineage.readVersion(input.objectId, input.newHash))?.attributes ?? {};
+    const previous = attributes.previous_hash;
+    if (previous === undefined || attributes.change_id !== changeIdOf({ ...input, oldHash: previous })) return undefined;
+    const { change } = await this.deps.changes.record({ ...input, oldHash: previous, noticedBy: attributes.noticed_by ?? input.noticedBy });
+    this.deps.log(`recompute: change ${change.changeId} of ${input.objectId}, cut short by a coordinator stop, recorded on its report sent again`);
+    return change;
+  }
+
+  /**
+   * The auto recompute of a change without a job, one submission at a time per change.
+   * `resumed`: the change may be left by a coordinator stop, whose job was stored but not noted
+   * on it; the change gets that job rather than a second one.
+   */
+  private submitAutoOnce(change: Change, resumed: boolean): Promise<Change> {
+    const running = this.autoSubmitting.get(change.changeId);
+    if (running) return running;
+    const submitting = (async () => {
+      // Only a change with something to recompute can have a job: the plan first, which is
+      // cheap, before the scan of every stored job (an object no step reads, reported again and
+      // again under auto, would scan them on every report).
+      const planned = resumed ? await this.recompute({ changeIds: [change.changeId], objectIds: [], newContents: [], policy: { maxAttempts: 0, concurrency: 0, targetNodeIds: [], targetLabels: {}, dryRun: true } }, 'auto-policy').catch(() => undefined) : undefined;
+      const left = planned && planned.tasks.length > 0 ? await this.linkSubmitted([change]) : [change];
+      return left.length > 0 ? this.autoRecompute(left) : this.deps.changes.get(change.changeId);
+    })().finally(() => this.autoSubmitting.delete(change.changeId));
+    this.autoSubmitting.set(change.changeId, submitting);
+    return submitting;
   }
 
   /**
@@ -153,6 +199,16 @@ export class Recomputer {
       noticedBy: `${c.principal} (${c.runId})`,
     });
     return { runSteps: policy === ChangePolicy.CHANGE_POLICY_AUTO, changeId: change.changeId };
+  }
+
+  /**
+   * The pipeline runner's listener: the newest change that made `contentHash` the record's
+   * content, when an ingest noticed it (record or watched-file kind) and it is still reported.
+   */
+  async reportedRecordChangeTo(pipeline: string, objectId: string, contentHash: string): Promise<string | undefined> {
+    const c = await this.changeTo(objectId, pipeline, contentHash);
+    const byIngest = c?.kind === ChangeKind.CHANGE_KIND_RECORD || c?.kind === ChangeKind.CHANGE_KIND_FILE;
+    return c && byIngest && c.state === ChangeState.CHANGE_STATE_REPORTED ? c.changeId : undefined;
   }
 
   /** The pipeline runner's listener: the ingest that noticed the change recomputed its record, durably. */
