@@ -268,7 +268,7 @@ async function harshest(records: number, reps: number, workMs: number, concurren
     const result = await compare(records, reps, [], () => coordinator.lineage.treeSize, (capture, tag) => ingest(capture ? capturing : plain, tag, records));
     if (breakdown) {
       const lineage = coordinator.lineage;
-      const noLineage: PipelineRunnerOptions['lineage'] = { submit: async () => ({ accepted: 0, duplicates: 0, seqs: [], treeSize: 0n }), readStep: async () => undefined, readVersion: async () => undefined };
+      const noLineage: PipelineRunnerOptions['lineage'] = { submit: async () => ({ accepted: 0, duplicates: 0, seqs: [], treeSize: 0n }), readStep: async () => undefined, readVersion: async () => undefined, index: { has: () => false } };
       const noPayloads = { ...handles.payloads, putMany: async (_: readonly Uint8Array[], hashes?: readonly string[]) => [...(hashes ?? [])] };
       const noCurrent = { ...handles.store, getCurrent: async () => undefined, setCurrent: async () => {} };
       const base = { runner, clock: () => BigInt(Date.now()) * 1_000_000n, concurrency };

@@ -103,4 +103,37 @@ describe('a reported record change completed by a resend', () => {
       await tc.stop();
     }
   }, 15_000);
+
+  it('a record back at content a step already ran on reuses that recorded execution instead of running it again', async () => {
+    // Non-deterministic: every run's output differs, as a transform reading a clock would.
+    let runs = 0;
+    const nondeterministic: ShardRunner = {
+      async run(a) {
+        runs++;
+        const r = await runner.run(a);
+        r.outcome.outputs = r.outcome.outputs.map((o) => ({ ...o, payload: Buffer.from(`${Buffer.from(o.payload).toString()}#${runs}`) }));
+        return r;
+      },
+    };
+    const shared: CoordinatorServices = {};
+    const tc = await startTestCoordinator({ extensions: [pipelineExtension(shared, { runner: nondeterministic }), recomputeExtension(shared)] });
+    try {
+      const pipes = shared.pipelines as NonNullable<CoordinatorServices['pipelines']>;
+      const lineage = tc.coordinator.lineage;
+      await pipes.store.apply(Pipeline.fromJSON({ name: 'wf', sources: [{ name: 'raw', mediaType: 'text/plain' }], steps: [{ name: 'a', transform: 't', codeVersion: `sha256:${'0'.repeat(64)}`, parameters: {}, inputs: ['raw'] }] }));
+      const ingest = (value: string) => pipes.runner.ingest('wf', 'raw', [[{ key: 'k', payload: Buffer.from(value) }]], { principal: 'test' });
+      expect((await ingest('v1')).shardsRun).toBe(1);
+      const first = await pipes.store.getCurrent('wf', 'a', 'k');
+      expect((await ingest('v2')).shardsRun).toBe(1);
+      // Back to v1: the step over v1 is recorded, with its output; it is not run again.
+      expect((await ingest('v1')).shardsRun).toBe(0);
+      expect(runs).toBe(2);
+      const current = await pipes.store.getCurrent('wf', 'a', 'k');
+      expect(current?.contentHash).toBe(first?.contentHash);
+      // The current output is one provenance recorded (a rerun's output would have been dropped with its duplicate step event).
+      expect(await lineage.readVersion('record:wf/a:k', current?.contentHash ?? '')).toBeDefined();
+    } finally {
+      await tc.stop();
+    }
+  }, 15_000);
 });

@@ -51,6 +51,7 @@ function gatedLineage(): PipelineRunnerOptions['lineage'] & { held: { events: Li
     async readVersion() {
       return undefined;
     },
+    index: { has: () => false },
   };
 }
 
@@ -69,6 +70,7 @@ function recordingLineage(): PipelineRunnerOptions['lineage'] & { events: Lineag
     async readVersion() {
       return undefined;
     },
+    index: { has: () => false },
   };
 }
 

@@ -60,7 +60,7 @@ export interface IngestSummary {
 }
 
 export interface PipelineRunnerOptions {
-  lineage: Pick<LineageEngine, 'submit' | 'readStep' | 'readVersion'>;
+  lineage: Pick<LineageEngine, 'submit' | 'readStep' | 'readVersion'> & { index: Pick<LineageEngine['index'], 'has'> };
   pipelines: PipelineStore;
   payloads: PayloadStore;
   /** The runner, or a getter (the dispatcher may be attached after the extension is built). */
@@ -506,9 +506,12 @@ export class PipelineRunner {
         const outputDataset = step.name;
         const outPrefix = recordObjectId(p, outputDataset, '');
 
-        // Already recorded (re-ingest, retry): reuse its outputs, run nothing, unless a payload
-        // retention swept them (the steps after it read them).
-        if (capture && inputs.every((i) => !i.rec.fresh)) {
+        // Already recorded (re-ingest, retry, a record back at content it had): reuse its outputs,
+        // run nothing, unless a payload retention swept them (the steps after it read them). The
+        // step id covers code, parameters and inputs, so the recorded execution is this one; a
+        // rerun's event would be dropped as its duplicate, and a transform whose output varies
+        // would leave the current record naming an output provenance never recorded.
+        if (capture && (inputs.every((i) => !i.rec.fresh) || lineage.index.has(`step:${stepId}`))) {
           const prior = await lineage.readStep(stepId);
           const reused = prior?.generated.filter((g) => g.objectId.startsWith(outPrefix)) ?? [];
           if (prior && (await payloads.retain(reused.map((g) => g.contentHash)))) {
