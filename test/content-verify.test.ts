@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import { cpSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -12,7 +11,7 @@ import { createPipelineStore } from '../coordinator/pipeline/pipeline-store.js';
 import { verifyContent } from '../coordinator/store/content-verifier.js';
 import { openDatabase, type Database } from '../coordinator/store/database.js';
 import { createPayloadStore } from '../coordinator/store/payload-store.js';
-import { CLI, ROOT } from './helpers/coordinator-process.js';
+import { runCliProcess } from './helpers/coordinator-process.js';
 import { startTestCoordinator } from './helpers/test-coordinator.js';
 
 /**
@@ -99,15 +98,7 @@ async function flipStored(db: Database, path: string[], key: string): Promise<vo
   await sub.put(key, altered);
 }
 
-async function runCli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const proc = spawn(process.execPath, [CLI, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  proc.stdout?.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-  proc.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-  const code = await new Promise<number | null>((resolve) => proc.once('close', (c) => resolve(c)));
-  return { code, stdout, stderr };
-}
+const runCli = (args: string[]) => runCliProcess(args);
 
 const byKind = (checks: readonly ContentCheck[]): Record<string, ContentCheck> => Object.fromEntries(checks.map((c) => [c.kind, c]));
 

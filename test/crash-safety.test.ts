@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -7,7 +7,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { LineageServiceDefinition, NodeKind } from '../common/gen/retrace/v1/lineage.js';
 import { LineageEvent } from '../common/gen/retrace/v1/provenance.js';
 import { contentHashOf } from '../common/hash.js';
-import { CLI, killChildren, ROOT, startCoordinatorProcess } from './helpers/coordinator-process.js';
+import { killChildren, runCliProcess, startCoordinatorProcess } from './helpers/coordinator-process.js';
 
 /**
  * Crash safety of the ledger: a child-process coordinator (the real CLI, LevelDB in a temp dir)
@@ -35,17 +35,7 @@ function connect(address: string, token: string): LineageClient {
   return createClientFactory().create(LineageServiceDefinition, channel, { '*': { metadata: Metadata({ authorization: `Bearer ${token}` }) } });
 }
 
-/** Runs `retrace ARGS` as a child process; resolves with its exit code and output. */
-async function runCli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const proc = spawn(process.execPath, [CLI, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-  children.push(proc);
-  let stdout = '';
-  let stderr = '';
-  proc.stdout?.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-  proc.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-  const code = await new Promise<number | null>((resolve) => proc.once('close', (c) => resolve(c)));
-  return { code, stdout, stderr };
-}
+const runCli = (args: string[]) => runCliProcess(args, children);
 
 const BASE_NS = 1_700_000_000_000_000_000n;
 const PRODUCER = 'test://crash-safety';

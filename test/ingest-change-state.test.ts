@@ -1,14 +1,12 @@
-import type { ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { createChannel, createClientFactory, Metadata, type Channel, type Client, type CompatServiceDefinition } from 'nice-grpc';
 import { afterAll, describe, expect, it } from 'vitest';
 import { CodeServiceDefinition } from '../common/gen/retrace/v1/code.js';
 import { PipelineServiceDefinition, type Pipeline } from '../common/gen/retrace/v1/pipeline.js';
 import { ChangeKind, ChangePolicy, ChangeState, RecomputeServiceDefinition, type Change } from '../common/gen/retrace/v1/recompute.js';
-import { startLocalAgents, stopLocalAgents, type LocalAgent } from '../scripts/cli/local-agents.js';
-import { killChildren, ROOT, startCoordinatorProcess, type CoordinatorProcess } from './helpers/coordinator-process.js';
+import { startLocalAgents } from '../scripts/cli/local-agents.js';
+import { ROOT, startCoordinatorProcess, type CoordinatorProcess } from './helpers/coordinator-process.js';
+import { processHarness } from './helpers/process-harness.js';
 import { publishTransform } from './helpers/publish-transform.js';
 
 /**
@@ -20,23 +18,13 @@ import { publishTransform } from './helpers/publish-transform.js';
 
 const WF_TASK = join(ROOT, 'scripts', 'examples', 'transforms', 'wf-task.ts');
 
-const children: ChildProcess[] = [];
-const channels: Channel[] = [];
-const dirs: string[] = [];
-let agents: LocalAgent[] = [];
+const h = processHarness();
+const { children } = h;
 
-afterAll(async () => {
-  await stopLocalAgents(agents, 3000);
-  for (const c of channels.splice(0)) c.close();
-  await killChildren(children);
-  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
-});
+afterAll(() => h.cleanup());
 
 function clients(address: string, token: string) {
-  const channel = createChannel(address);
-  channels.push(channel);
-  const make = <S extends CompatServiceDefinition>(d: S): Client<S> => createClientFactory().create(d, channel, { '*': { metadata: Metadata({ authorization: `Bearer ${token}` }) } }) as Client<S>;
-  return { code: make(CodeServiceDefinition), pipelines: make(PipelineServiceDefinition), recompute: make(RecomputeServiceDefinition) };
+  return { code: h.client(address, token, CodeServiceDefinition), pipelines: h.client(address, token, PipelineServiceDefinition), recompute: h.client(address, token, RecomputeServiceDefinition) };
 }
 
 /** raw → a → b; step a fails on an input that contains "boom". */
@@ -49,13 +37,12 @@ const record = (key: string, value: string) => ({ key, payload: Buffer.from(JSON
 
 describe('the state of a change a re-ingest noticed', () => {
   it('is RECOMPUTED_BY_INGEST only after its steps succeeded durably: not after a step failed, nor after a SIGKILL before they were recorded', async () => {
-    const dataDir = mkdtempSync(join(tmpdir(), 'retrace-ingest-change-'));
-    dirs.push(dataDir);
+    const dataDir = h.tempDir('retrace-ingest-change-');
     const coordDir = join(dataDir, 'coordinator');
     // Dies right after the first change an ingest notices is recorded, before its steps run.
     const first = await startCoordinatorProcess(coordDir, children, [], { RETRACE_TEST_CRASH_AT: 'ingest-change-recorded' });
     const token = readFileSync(join(coordDir, 'auth-token'), 'utf8').trim();
-    agents = await startLocalAgents(first.grpc, token, dataDir, [{ name: 'a1', reportInterval: '200ms' }]);
+    h.agents.push(...(await startLocalAgents(first.grpc, token, dataDir, [{ name: 'a1', reportInterval: '200ms' }])));
     let c = clients(first.grpc, token);
     const v1 = await publishTransform(c.code, WF_TASK, 'wf-task');
     expect((await c.pipelines.applyPipeline({ pipeline: pipelineOf(v1) })).created).toBe(true);
@@ -72,7 +59,7 @@ describe('the state of a change a re-ingest noticed', () => {
     await expect(ingest([record('k0', 'v2')])).rejects.toThrow();
     const { signal } = await (first as CoordinatorProcess).exited;
     expect(signal, first.stderr()).toBe('SIGKILL');
-    for (const ch of channels.splice(0)) ch.close();
+    h.closeClients();
 
     const second = await startCoordinatorProcess(coordDir, children, ['--grpc', first.grpc]);
     c = clients(second.grpc, token);

@@ -1,9 +1,7 @@
-import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { cpSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { LineageServiceDefinition } from '../common/gen/retrace/v1/lineage.js';
 import { LedgerEntryBody, LineageEvent } from '../common/gen/retrace/v1/provenance.js';
@@ -13,6 +11,7 @@ import { readPublicKey } from '../coordinator/ledger/checkpoint-signer.js';
 import { verifyLedger, type VerifyReport } from '../coordinator/ledger/ledger-verifier.js';
 import { openDatabase, type Database } from '../coordinator/store/database.js';
 import { adjacencyKey, entityKey, LineageStore, objectRowKey, seqKey } from '../coordinator/store/lineage-store.js';
+import { runCliProcess } from './helpers/coordinator-process.js';
 import { startTestCoordinator } from './helpers/test-coordinator.js';
 
 /**
@@ -21,8 +20,6 @@ import { startTestCoordinator } from './helpers/test-coordinator.js';
  * verifyLedger and `retrace verify` must report the altered entry.
  */
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const CLI = join(ROOT, 'scripts', 'retrace.mjs');
 const BASE_NS = 1_710_000_000_000_000_000n;
 const PRODUCER = 'test://ledger-tamper';
 /** Events per submission; each submission is one commit with its own signed checkpoint. */
@@ -173,15 +170,7 @@ function adjacencyRowKey(seq: bigint): string {
   return adjacencyKey(BigInt(eventAt(seq).eventTimeNs), seqKey(seq));
 }
 
-async function runCli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const proc = spawn(process.execPath, [CLI, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  proc.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-  proc.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-  const code = await new Promise<number | null>((resolve) => proc.once('close', (c) => resolve(c)));
-  return { code, stdout, stderr };
-}
+const runCli = (args: string[]) => runCliProcess(args);
 
 /** Flips one bit of entry `seq`'s stored value at `offset` (0..31: the stored hash; 32..: the body). */
 async function flipByte(store: LineageStore, seq: bigint, offset: number): Promise<void> {

@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -10,7 +10,7 @@ import { contentHashOf } from '../common/hash.js';
 import { Coordinator } from '../coordinator/coordinator.js';
 import { CHECKPOINT_FILE, createCheckpointFileWriter, readCheckpointFile } from '../coordinator/ledger/checkpoint-file.js';
 import { loadCheckpointSigner } from '../coordinator/ledger/checkpoint-signer.js';
-import { CLI, killChildren, ROOT, startCoordinatorProcess } from './helpers/coordinator-process.js';
+import { killChildren, runCliProcess, startCoordinatorProcess } from './helpers/coordinator-process.js';
 import { startTestCoordinator } from './helpers/test-coordinator.js';
 
 /**
@@ -40,16 +40,7 @@ function event(n: number): LineageEvent {
   });
 }
 
-async function runCli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const proc = spawn(process.execPath, [CLI, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-  children.push(proc);
-  let stdout = '';
-  let stderr = '';
-  proc.stdout?.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-  proc.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-  const code = await new Promise<number | null>((resolve) => proc.once('close', (c) => resolve(c)));
-  return { code, stdout, stderr };
-}
+const runCli = (args: string[]) => runCliProcess(args, children);
 
 function copyOf(dir: string): string {
   const copy = mkdtempSync(join(tmpdir(), 'retrace-trunc-'));

@@ -1,8 +1,6 @@
-import type { ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { createChannel, createClientFactory, Metadata, type Channel, type Client, type CompatServiceDefinition } from 'nice-grpc';
+import type { Client } from 'nice-grpc';
 import { afterAll, describe, expect, it } from 'vitest';
 import { until } from './helpers/until.js';
 import { CodeServiceDefinition } from '../common/gen/retrace/v1/code.js';
@@ -13,9 +11,10 @@ import { ChangePolicy, RecomputeServiceDefinition } from '../common/gen/retrace/
 import { ReplayServiceDefinition, ReplayState, type ReplayPolicy } from '../common/gen/retrace/v1/replay.js';
 import { createJobStore, type StoredJob } from '../coordinator/jobs/job-store.js';
 import { openDatabase } from '../coordinator/store/database.js';
-import { startLocalAgents, stopLocalAgents, type LocalAgent } from '../scripts/cli/local-agents.js';
+import { startLocalAgents } from '../scripts/cli/local-agents.js';
 import { publishTransform } from './helpers/publish-transform.js';
-import { killChildren, ROOT, startCoordinatorProcess } from './helpers/coordinator-process.js';
+import { ROOT, startCoordinatorProcess } from './helpers/coordinator-process.js';
+import { processHarness } from './helpers/process-harness.js';
 
 /**
  * A coordinator (the real CLI, a child process) is SIGKILLed while a recompute job runs on two
@@ -31,23 +30,12 @@ const KEYS = ['k0', 'k1', 'k2', 'k3', 'k4', 'k5'];
 /** Per step while the crashed job runs: long enough to catch it mid-job on a loaded machine. */
 const SLOW_MS = 700;
 
-const children: ChildProcess[] = [];
-const channels: Channel[] = [];
-const dirs: string[] = [];
-let agents: LocalAgent[] = [];
+const h = processHarness();
+const { children } = h;
 
-afterAll(async () => {
-  await stopLocalAgents(agents, 3000);
-  for (const c of channels.splice(0)) c.close();
-  await killChildren(children);
-  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
-});
+afterAll(() => h.cleanup());
 
-function client<S extends CompatServiceDefinition>(address: string, token: string, definition: S): Client<S> {
-  const channel = createChannel(address);
-  channels.push(channel);
-  return createClientFactory().create(definition, channel, { '*': { metadata: Metadata({ authorization: `Bearer ${token}` }) } }) as Client<S>;
-}
+const client = h.client;
 
 /** Polls through coordinator restarts: a call that fails counts as "not yet". */
 function untilReachable<T>(what: string, check: () => Promise<T | undefined>, timeoutMs = 60_000, everyMs = 50): Promise<T> {
@@ -79,14 +67,15 @@ async function outputsOf(lineage: Client<typeof LineageServiceDefinition>, job: 
 
 describe('recompute jobs across a coordinator crash', () => {
   it('a coordinator SIGKILL mid-job resumes to identical outputs', async () => {
-    const dataDir = mkdtempSync(join(tmpdir(), 'retrace-recompute-crash-'));
-    dirs.push(dataDir);
+    const dataDir = h.tempDir('retrace-recompute-crash-');
     const first = await startCoordinatorProcess(join(dataDir, 'coordinator'), children);
     const token = readFileSync(join(dataDir, 'coordinator', 'auth-token'), 'utf8').trim();
-    agents = await startLocalAgents(first.grpc, token, dataDir, [
-      { name: 'a1', reportInterval: '200ms' },
-      { name: 'a2', reportInterval: '200ms' },
-    ]);
+    h.agents.push(
+      ...(await startLocalAgents(first.grpc, token, dataDir, [
+        { name: 'a1', reportInterval: '200ms' },
+        { name: 'a2', reportInterval: '200ms' },
+      ])),
+    );
     let c = {
       code: client(first.grpc, token, CodeServiceDefinition),
       pipelines: client(first.grpc, token, PipelineServiceDefinition),
@@ -164,7 +153,7 @@ describe('recompute jobs across a coordinator crash', () => {
     expect(doneAtKill.length).toBeLessThan(KEYS.length * 4);
 
     // Restart on the same data dir and port: the agents reconnect to it.
-    for (const ch of channels.splice(0)) ch.close();
+    h.closeClients();
     const second = await startCoordinatorProcess(join(dataDir, 'coordinator'), children, ['--grpc', first.grpc]);
     expect(second.grpc).toBe(first.grpc);
     c = {

@@ -1,15 +1,14 @@
-import type { ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { createChannel, createClientFactory, Metadata, type Channel, type Client, type CompatServiceDefinition } from 'nice-grpc';
+import type { Client, CompatServiceDefinition } from 'nice-grpc';
 import { afterAll, describe, expect, it } from 'vitest';
 import { CodeServiceDefinition } from '../common/gen/retrace/v1/code.js';
 import { JobServiceDefinition } from '../common/gen/retrace/v1/job.js';
 import { PipelineServiceDefinition, type Pipeline } from '../common/gen/retrace/v1/pipeline.js';
 import { ChangeKind, ChangePolicy, ChangeState, RecomputeServiceDefinition, type Change } from '../common/gen/retrace/v1/recompute.js';
-import { startLocalAgents, stopLocalAgents, type LocalAgent } from '../scripts/cli/local-agents.js';
-import { killChildren, ROOT, startCoordinatorProcess, type CoordinatorProcess } from './helpers/coordinator-process.js';
+import { startLocalAgents } from '../scripts/cli/local-agents.js';
+import { ROOT, startCoordinatorProcess, type CoordinatorProcess } from './helpers/coordinator-process.js';
+import { processHarness } from './helpers/process-harness.js';
 import { publishTransform } from './helpers/publish-transform.js';
 import { until } from './helpers/until.js';
 
@@ -25,22 +24,13 @@ import { until } from './helpers/until.js';
 const WF_TASK = join(ROOT, 'scripts', 'examples', 'transforms', 'wf-task.ts');
 const KEYS = ['k0', 'k1'];
 
-const children: ChildProcess[] = [];
-const channels: Channel[] = [];
-const dirs: string[] = [];
-let agents: LocalAgent[] = [];
+const h = processHarness();
+const { children } = h;
 
-afterAll(async () => {
-  await stopLocalAgents(agents, 3000);
-  for (const c of channels.splice(0)) c.close();
-  await killChildren(children);
-  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
-});
+afterAll(() => h.cleanup());
 
 function clients(address: string, token: string) {
-  const channel = createChannel(address);
-  channels.push(channel);
-  const make = <S extends CompatServiceDefinition>(d: S): Client<S> => createClientFactory().create(d, channel, { '*': { metadata: Metadata({ authorization: `Bearer ${token}` }) } }) as Client<S>;
+  const make = <S extends CompatServiceDefinition>(d: S): Client<S> => h.client(address, token, d);
   return { code: make(CodeServiceDefinition), pipelines: make(PipelineServiceDefinition), recompute: make(RecomputeServiceDefinition), jobs: make(JobServiceDefinition) };
 }
 
@@ -57,12 +47,11 @@ async function killedItself(p: CoordinatorProcess): Promise<void> {
 
 describe('apply and publish follow-ups across a coordinator crash', () => {
   it('a SIGKILL after the version or the code is stored: the restarted coordinator records and submits what it owed', async () => {
-    const dataDir = mkdtempSync(join(tmpdir(), 'retrace-followup-crash-'));
-    dirs.push(dataDir);
+    const dataDir = h.tempDir('retrace-followup-crash-');
     const coordDir = join(dataDir, 'coordinator');
     const first = await startCoordinatorProcess(coordDir, children, [], { RETRACE_TEST_CRASH_AT: 'apply-changes-recorded' });
     const token = readFileSync(join(coordDir, 'auth-token'), 'utf8').trim();
-    agents = await startLocalAgents(first.grpc, token, dataDir, [{ name: 'a1', reportInterval: '200ms' }]);
+    h.agents.push(...(await startLocalAgents(first.grpc, token, dataDir, [{ name: 'a1', reportInterval: '200ms' }])));
     let c = clients(first.grpc, token);
     const v1 = await publishTransform(c.code, WF_TASK, 'wf-task');
     // Both pipelines under the default policy (auto), with recorded steps to recompute.
@@ -78,7 +67,7 @@ describe('apply and publish follow-ups across a coordinator crash', () => {
     const wfV2 = pipelineOf('wf', v1, 2);
     await expect(c.pipelines.applyPipeline({ pipeline: wfV2 })).rejects.toThrow();
     await killedItself(first);
-    for (const ch of channels.splice(0)) ch.close();
+    h.closeClients();
 
     // Restarted on the same port (the agent reconnects), set to die in the publish's follow-up.
     const second = await startCoordinatorProcess(coordDir, children, ['--grpc', first.grpc], { RETRACE_TEST_CRASH_AT: 'publish-pipeline-followed' });
@@ -105,7 +94,7 @@ describe('apply and publish follow-ups across a coordinator crash', () => {
     writeFileSync(join(dataDir, 'v2', 'wf-task.ts'), src);
     await expect(publishTransform(c.code, join(dataDir, 'v2', 'wf-task.ts'), 'wf-task')).rejects.toThrow();
     await killedItself(second);
-    for (const ch of channels.splice(0)) ch.close();
+    h.closeClients();
 
     const third = await startCoordinatorProcess(coordDir, children, ['--grpc', first.grpc]);
     c = clients(third.grpc, token);

@@ -79,6 +79,24 @@ async function health(tc: TestCoordinator): Promise<number> {
   return (await tc.client(HealthDefinition).check({ service: '' })).status;
 }
 
+/** POSTs one OpenLineage COMPLETE RunEvent (job ns/job writing ns/out) to the coordinator's HTTP face. */
+function postRunEvent(tc: TestCoordinator, runId: string): Promise<Response> {
+  return fetch(`${tc.httpUrl}/api/v1/lineage`, {
+    method: 'POST',
+    headers: { ...tc.httpAuth, 'content-type': 'application/json' },
+    body: JSON.stringify({
+      eventTime: '2024-10-17T09:18:26.825Z',
+      producer: 'https://example.com/p',
+      schemaURL: 'https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent',
+      eventType: 'COMPLETE',
+      run: { runId, facets: {} },
+      job: { namespace: 'ns', name: 'job', facets: {} },
+      inputs: [],
+      outputs: [{ namespace: 'ns', name: 'out' }],
+    }),
+  });
+}
+
 describe('the error table', () => {
   it('maps a full data dir to RESOURCE_EXHAUSTED and 507, and RESOURCE_EXHAUSTED back to RESOURCE_EXHAUSTED', () => {
     const err = new InsufficientStorageError('/var/lib/retrace/db', enospc('/var/lib/retrace/db'));
@@ -205,20 +223,7 @@ describe('a LevelDB write that fails for space (injected once)', () => {
     expect(tc.coordinator.storage?.state).toBe('FULL');
     expect(await health(tc)).toBe(NOT_SERVING);
     // Later writes are refused at once, the HTTP face's with 507 and the usual error body.
-    const res = await fetch(`${tc.httpUrl}/api/v1/lineage`, {
-      method: 'POST',
-      headers: { ...tc.httpAuth, 'content-type': 'application/json' },
-      body: JSON.stringify({
-        eventTime: '2024-10-17T09:18:26.825Z',
-        producer: 'https://example.com/p',
-        schemaURL: 'https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent',
-        eventType: 'COMPLETE',
-        run: { runId: '00000000-0000-4000-8000-000000000001', facets: {} },
-        job: { namespace: 'ns', name: 'job', facets: {} },
-        inputs: [],
-        outputs: [{ namespace: 'ns', name: 'out' }],
-      }),
-    });
+    const res = await postRunEvent(tc, '00000000-0000-4000-8000-000000000001');
     expect(res.status).toBe(507);
     expect(await res.json()).toEqual({ error: 'INSUFFICIENT_STORAGE', message: expect.stringContaining(`the data dir ${dbDir} is out of space`) });
     // An ingest ends with the error instead of waiting.
@@ -252,20 +257,7 @@ describe('a request that meets the database closed', () => {
       expect(read.details).toContain('the database is not open');
       const write = await rejection(lineage.submitEvent({ event: objectEvent('two', 'obj:two', '2') }));
       expect(write.code).toBe(Status.UNAVAILABLE);
-      const res = await fetch(`${tc.httpUrl}/api/v1/lineage`, {
-        method: 'POST',
-        headers: { ...tc.httpAuth, 'content-type': 'application/json' },
-        body: JSON.stringify({
-          eventTime: '2024-10-17T09:18:26.825Z',
-          producer: 'https://example.com/p',
-          schemaURL: 'https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent',
-          eventType: 'COMPLETE',
-          run: { runId: '00000000-0000-4000-8000-000000000002', facets: {} },
-          job: { namespace: 'ns', name: 'job', facets: {} },
-          inputs: [],
-          outputs: [{ namespace: 'ns', name: 'out' }],
-        }),
-      });
+      const res = await postRunEvent(tc, '00000000-0000-4000-8000-000000000002');
       expect(res.status).toBe(503);
       expect(await res.json()).toEqual({ error: 'UNAVAILABLE', message: expect.stringContaining('the database is not open') });
     } finally {

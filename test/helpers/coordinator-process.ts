@@ -53,3 +53,15 @@ export async function killChildren(children: ChildProcess[]): Promise<void> {
     await gone;
   }
 }
+
+/** Runs `retrace ARGS` as a child process (pushed onto `children` when given); resolves with its exit code and output. */
+export async function runCliProcess(args: readonly string[], children?: ChildProcess[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const proc = spawn(process.execPath, [CLI, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  children?.push(proc);
+  let stdout = '';
+  let stderr = '';
+  proc.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+  proc.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+  const code = await new Promise<number | null>((resolve) => proc.once('close', (c) => resolve(c)));
+  return { code, stdout, stderr };
+}
