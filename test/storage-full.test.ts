@@ -35,9 +35,13 @@ function enospc(dir: string): Error {
   return Object.assign(new Error(`IO error: ${dir}/000005.ldb: No space left on device`), { code: 'LEVEL_IO_ERROR' });
 }
 
+/** Called as each shard starts (a test arms a failure there). */
+let onShard: (() => void) | undefined;
+
 /** A one-step pipeline whose shards run in-process (upper-cases its input). */
 const upperRunner: ShardRunner = {
   async run(assignment) {
+    onShard?.();
     const started = BigInt(Date.now()) * 1_000_000n;
     const text = new TextDecoder().decode(assignment.inputs[0]?.payload).toUpperCase();
     const resources = { cpuTimeNs: '1000', peakMemoryBytes: '4096', netBytesIn: '0', netBytesOut: '0', diskBytesRead: '0', diskBytesWritten: '0', gpuTimeNs: '0', gpuUtilization: 0, wallTimeNs: '1000' };
@@ -64,6 +68,20 @@ async function startWithPipeline(options: { dataDir?: string; probeMs: number })
   const pipeline = Pipeline.fromJSON({ name: 'shout', sources: [{ name: 'raw', mediaType: 'text/plain' }], steps: [{ name: 'loud', transform: 'upper', codeVersion: code.code.codeVersion, inputs: ['raw'] }] });
   await pipelines.applyPipeline({ pipeline });
   return { tc, pipelines };
+}
+
+/**
+ * The prototype every classic-level chained batch shares, whose _write goes to the native batch:
+ * replaced, it makes the next batch LevelDB writes fail as a full disk fails it.
+ */
+async function chainedBatchPrototype(): Promise<{ _write: (...args: unknown[]) => Promise<void> }> {
+  const probeDir = mkdtempSync(join(tmpdir(), 'retrace-proto-'));
+  const probe = new Level(probeDir);
+  await probe.open();
+  const proto = Object.getPrototypeOf(probe.batch()) as { _write: (...args: unknown[]) => Promise<void> };
+  await probe.close();
+  rmSync(probeDir, { recursive: true, force: true });
+  return proto;
 }
 
 async function rejection(p: Promise<unknown>): Promise<ClientError> {
@@ -202,14 +220,8 @@ describe('a LevelDB write that fails for space (injected once)', () => {
     const acked = (await lineage.verifyLedger({})).entriesChecked;
     expect(await health(tc)).toBe(SERVING);
 
-    // The next batch LevelDB writes fails as a full disk fails it: every chained batch of every
-    // classic-level database shares the prototype whose _write goes to the native batch.
-    const probeDir = mkdtempSync(join(tmpdir(), 'retrace-proto-'));
-    const probe = new Level(probeDir);
-    await probe.open();
-    const proto = Object.getPrototypeOf(probe.batch()) as { _write: (...args: unknown[]) => Promise<void> };
-    await probe.close();
-    rmSync(probeDir, { recursive: true, force: true });
+    // The next batch LevelDB writes fails as a full disk fails it.
+    const proto = await chainedBatchPrototype();
     const original = proto._write;
     restore = () => (proto._write = original);
     proto._write = async function (): Promise<void> {
@@ -240,6 +252,47 @@ describe('a LevelDB write that fails for space (injected once)', () => {
     const report = await lineage.verifyLedger({});
     expect(report.ok).toBe(true);
     for (let i = 0; i < 5; i++) expect((await lineage.getNode({ node: { kind: NodeKind.NODE_KIND_OBJECT_VERSION, id: `obj:before-${i}`, contentHash: h(`b${i}`) } })).node).toBeDefined();
+  });
+});
+
+describe('an ingest the full disk cuts off', () => {
+  let tc: TestCoordinator | undefined;
+  let restore: (() => void) | undefined;
+  afterEach(async () => {
+    restore?.();
+    onShard = undefined;
+    await tc?.stop();
+    tc = undefined;
+  });
+
+  it('has its run ended (FAIL) once writes are taken again, without waiting for a restart', async () => {
+    const started = await startWithPipeline({ probeMs: 3_600_000 });
+    tc = started.tc;
+    const { pipelines } = started;
+    const lineage = tc.client(LineageServiceDefinition);
+    const proto = await chainedBatchPrototype();
+    const original = proto._write;
+    restore = () => (proto._write = original);
+    // The record's provenance is the write that meets the full disk: the run has started by then.
+    onShard = () => {
+      onShard = undefined;
+      proto._write = async function (): Promise<void> {
+        proto._write = original;
+        throw enospc(join((tc as TestCoordinator).dataDir, 'db'));
+      };
+    };
+    const cut = await rejection(pipelines.ingest(records(['a'])));
+    expect(cut.code).toBe(Status.RESOURCE_EXHAUSTED);
+    const shoutRuns = async () => (await lineage.listRuns({ namePrefix: 'pipeline:shout', pageSize: 0, pageToken: '' })).runs;
+    // Its end could not be written either.
+    expect((await shoutRuns()).map((r) => r.state)).toEqual(['RUNNING']);
+
+    expect(await tc.coordinator.storage?.probe()).toBe('WRITABLE');
+    await pipelines.ingest(records(['b']));
+    const runs = await shoutRuns();
+    expect(runs.map((r) => r.state).sort()).toEqual(['COMPLETE', 'FAIL']);
+    const failed = runs.find((r) => r.state === 'FAIL');
+    expect((failed?.facets as { retrace?: { error?: string } } | undefined)?.retrace?.error).toContain('is out of space');
   });
 });
 

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { sleep } from '../../common/abortable-sleep.js';
 import { canonicalJson, sortKeys } from '../../common/canonical-json.js';
-import { FailedPreconditionError, InvalidArgumentError } from '../../common/errors.js';
+import { FailedPreconditionError, InvalidArgumentError, isRetraceError } from '../../common/errors.js';
 import { EVENT_LIMITS, idProblem, isNonNegativeInt64 } from '../../common/event-validation.js';
 import type { TransformRequirements } from '../../common/gen/retrace/v1/code.js';
 import type { PipelineSource, PipelineStep, PipelineVersion } from '../../common/gen/retrace/v1/pipeline.js';
@@ -252,6 +252,12 @@ export class PipelineRunner {
   private readonly plans = new Map<string, Plan>();
   private changeListener: RecordChangeListener | undefined;
   private readonly runningIngests = new Map<string, { runId: string; pipeline: string; shards: Map<string, string> }>();
+  /**
+   * Run ends this process could not record (the store refused the write: a full data dir), by
+   * run id: written again before the next ingest starts, so a run does not stay RUNNING until a
+   * restart closes it as interrupted.
+   */
+  private readonly unrecordedEnds = new Map<string, LineageEvent>();
 
   constructor(private readonly options: PipelineRunnerOptions) {
     this.concurrency = Math.max(1, options.concurrency ?? 128);
@@ -315,6 +321,7 @@ export class PipelineRunner {
     const principal = options.principal || 'ingest';
     const startedAtNs = clock().toString();
     const runFacets = { retrace: { pipeline: pipelineName, pipelineVersion: pv.version, source, principal } };
+    await this.recordUnrecordedEnds();
     if (this.capture) {
       await pipelines.markRunOpen({ runId, pipeline: pipelineName, source, pipelineVersion: pv.version, principal, startedAtNs });
       await this.options.lineage.submit([
@@ -383,18 +390,22 @@ export class PipelineRunner {
       // A run that failed is closed too (FAIL, with its error), so it never stays RUNNING.
       const error = failure === undefined ? undefined : failure instanceof Error ? failure.message : String(failure);
       const endedAtNs = clock().toString();
-      const closing = this.options.lineage.submit([
-        ingestRunEnd(this.producer, runId, pipelineName, tally.shardsFailed > 0 || error !== undefined ? 'FAIL' : 'COMPLETE', startedAtNs, endedAtNs, {
-          ...runFacets.retrace,
-          accepted: tally.accepted,
-          duplicates: tally.duplicates,
-          shardsRun: tally.shardsRun,
-          shardsFailed: tally.shardsFailed,
-          ...(error === undefined ? {} : { error: error.slice(0, 1000) }),
-        }),
-      ]);
+      const end = ingestRunEnd(this.producer, runId, pipelineName, tally.shardsFailed > 0 || error !== undefined ? 'FAIL' : 'COMPLETE', startedAtNs, endedAtNs, {
+        ...runFacets.retrace,
+        accepted: tally.accepted,
+        duplicates: tally.duplicates,
+        shardsRun: tally.shardsRun,
+        shardsFailed: tally.shardsFailed,
+        ...(error === undefined ? {} : { error: error.slice(0, 1000) }),
+      });
       // Once its end is recorded the run needs no closing at the next start.
-      const closed = closing.then(() => pipelines.markRunClosed(runId));
+      const closed = this.options.lineage.submit([end]).then(
+        () => pipelines.markRunClosed(runId),
+        (err: unknown) => {
+          if (isRetraceError(err) && err.code === 'INSUFFICIENT_STORAGE') this.unrecordedEnds.set(runId, end);
+          throw err;
+        },
+      );
       // The run's own failure is what the caller needs to hear about, not a failure to record it.
       if (failure === undefined) await closed;
       else await closed.catch(() => {});
@@ -408,6 +419,20 @@ export class PipelineRunner {
     }
     if (failure !== undefined) throw failure;
     return { ...tally, runId, pipelineVersion: pv.version };
+  }
+
+  /** Records the run ends a refused write left unrecorded; those still refused wait for the next ingest. */
+  private async recordUnrecordedEnds(): Promise<void> {
+    for (const [runId, end] of [...this.unrecordedEnds]) {
+      try {
+        await this.options.lineage.submit([end]);
+        await this.options.pipelines.markRunClosed(runId);
+        this.unrecordedEnds.delete(runId);
+      } catch {
+        // Still refused: the ingest that follows meets the same error and says so.
+        return;
+      }
+    }
   }
 
   private async processRecord(
