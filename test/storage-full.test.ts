@@ -10,12 +10,15 @@ import { codeExtension } from '../coordinator/code/code-extension.js';
 import type { CodeStore } from '../coordinator/code/code-store.js';
 import { pipelineExtension, type PipelineShared } from '../coordinator/pipeline/pipeline-extension.js';
 import type { ShardRunner } from '../coordinator/pipeline/pipeline-runner.js';
+import { replayExtension, type ReplayShared } from '../coordinator/replay/replay-extension.js';
 import { openDatabase, type Database } from '../coordinator/store/database.js';
 import { guardStorage, isOutOfSpace } from '../coordinator/store/storage-guard.js';
 import { ERROR_TABLE, errorCodeOfStatus, InsufficientStorageError, toHttpError, toServerError } from '../common/errors.js';
 import { LineageServiceDefinition, NodeKind } from '../common/gen/retrace/v1/lineage.js';
 import { Pipeline, PipelineServiceDefinition, type IngestRequest } from '../common/gen/retrace/v1/pipeline.js';
 import { ShardStatus } from '../common/gen/retrace/v1/shard.js';
+import { NodeInfo, NodeState } from '../common/gen/retrace/v1/node.js';
+import { ReplayServiceDefinition, ReplayState, type WatchReplayResponse } from '../common/gen/retrace/v1/replay.js';
 import { h, objectEvent } from './helpers/lineage-events.js';
 import { runCli } from './helpers/in-process-cli.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
@@ -56,12 +59,17 @@ function records(keys: string[]): AsyncIterable<IngestRequest> {
   })();
 }
 
-async function startWithPipeline(options: { dataDir?: string; probeMs: number }): Promise<{ tc: TestCoordinator; pipelines: Client<typeof PipelineServiceDefinition> }> {
-  const shared: PipelineShared & { code?: CodeStore } = {};
+async function startWithPipeline(options: { dataDir?: string; probeMs: number; replay?: boolean }): Promise<{ tc: TestCoordinator; pipelines: Client<typeof PipelineServiceDefinition> }> {
+  const shared: PipelineShared & ReplayShared & { code?: CodeStore } = {};
+  if (options.replay) {
+    shared.dispatcher = upperRunner;
+    // The replay checks that some node could run it; the in-process runner is that node.
+    shared.mesh = { nodes: () => [NodeInfo.fromPartial({ nodeId: 'node-a', state: NodeState.NODE_STATE_READY })] };
+  }
   const tc = await startTestCoordinator({
     ...(options.dataDir === undefined ? {} : { dataDir: options.dataDir }),
     coordinatorOptions: { storageProbeIntervalMs: options.probeMs },
-    extensions: [codeExtension({ onCodeStore: (s) => (shared.code = s) }), pipelineExtension(shared, { runner: upperRunner, concurrency: 4 })],
+    extensions: [codeExtension({ onCodeStore: (s) => (shared.code = s) }), pipelineExtension(shared, { runner: upperRunner, concurrency: 4 }), ...(options.replay ? [replayExtension(shared)] : [])],
   });
   const code = await (shared.code as CodeStore).publish(new TextEncoder().encode('// upper'), { transform: 'upper', requirements: undefined, sourceFile: 'upper.ts', bundler: 'test' });
   const pipelines = tc.client(PipelineServiceDefinition);
@@ -293,6 +301,52 @@ describe('an ingest the full disk cuts off', () => {
     expect(runs.map((r) => r.state).sort()).toEqual(['COMPLETE', 'FAIL']);
     const failed = runs.find((r) => r.state === 'FAIL');
     expect((failed?.facets as { retrace?: { error?: string } } | undefined)?.retrace?.error).toContain('is out of space');
+  });
+});
+
+describe('a replay the full disk cuts off', () => {
+  let tc: TestCoordinator | undefined;
+  let restore: (() => void) | undefined;
+  afterEach(async () => {
+    restore?.();
+    onShard = undefined;
+    await tc?.stop();
+    tc = undefined;
+  });
+
+  it('ends FAILED with the error instead of never ending, and its run is closed once writes are taken again', async () => {
+    const started = await startWithPipeline({ probeMs: 3_600_000, replay: true });
+    tc = started.tc;
+    const lineage = tc.client(LineageServiceDefinition);
+    const replays = tc.client(ReplayServiceDefinition);
+    const { runId } = await started.pipelines.ingest(records(['a', 'b']));
+    const proto = await chainedBatchPrototype();
+    const original = proto._write;
+    restore = () => (proto._write = original);
+    // A replayed shard's provenance is the write that meets the full disk.
+    onShard = () => {
+      onShard = undefined;
+      proto._write = async function (): Promise<void> {
+        proto._write = original;
+        throw enospc(join((tc as TestCoordinator).dataDir, 'db'));
+      };
+    };
+    const { replayId } = await replays.startReplay({ selector: { selector: { $case: 'runId', value: runId } }, policy: undefined });
+    let last: WatchReplayResponse | undefined;
+    for await (const p of replays.watchReplay({ replayId })) last = p;
+    expect(last?.state).toBe(ReplayState.REPLAY_STATE_FAILED);
+    expect(last?.message).toContain('is out of space');
+    const { report } = await replays.getReplayReport({ replayId });
+    expect(report?.state).toBe(ReplayState.REPLAY_STATE_FAILED);
+    expect(report?.error).toMatch(/^the replay stopped: .*is out of space/);
+
+    expect(await tc.coordinator.storage?.probe()).toBe('WRITABLE');
+    // Saved again by itself, its run closed (not RUNNING, as a restart would otherwise find it).
+    const run = await until('the replay run closed', async () => {
+      const r = (await lineage.listRuns({ namePrefix: `replay/${replayId}`, pageSize: 0, pageToken: '' })).runs[0];
+      return r && r.state !== 'RUNNING' ? r : undefined;
+    }, 10_000);
+    expect((run.facets as { retrace?: { replayState?: string } } | undefined)?.retrace?.replayState).toBe('FAILED');
   });
 });
 

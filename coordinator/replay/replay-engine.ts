@@ -6,7 +6,7 @@ import { NodeKind } from '../../common/gen/retrace/v1/lineage.js';
 import { TriggerKind, type LineageEvent, type ObjectRef, type Step } from '../../common/gen/retrace/v1/provenance.js';
 import { ReplayReport, ReplayState, ReplayStepResult, type RecordSelector, type ReplaySummary, type StartReplayRequest, type WatchReplayResponse } from '../../common/gen/retrace/v1/replay.js';
 import { ShardStatus, type ShardAssignment, type ShardInput, type ShardOutcome } from '../../common/gen/retrace/v1/shard.js';
-import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../../common/errors.js';
+import { FailedPreconditionError, InvalidArgumentError, isRetraceError, NotFoundError } from '../../common/errors.js';
 import { contentHashOf, sha256Hex } from '../../common/hash.js';
 import { versionKey } from '../../common/lineage-keys.js';
 import type { NanoClock } from '../clock.js';
@@ -192,6 +192,8 @@ async function waitUntil(deadlineMs: number, signal: AbortSignal): Promise<void>
   while (!signal.aborted && performance.now() < deadlineMs) await new Promise<void>((r) => setImmediate(r));
 }
 
+/** How often the report of a replay that failed for a refused write is saved again. */
+const SAVE_RETRY_MS = 2_000;
 const STATE_DONE = new Set([ReplayState.REPLAY_STATE_SUCCEEDED, ReplayState.REPLAY_STATE_FAILED, ReplayState.REPLAY_STATE_CANCELLED]);
 
 /**
@@ -300,7 +302,7 @@ export class ReplayEngine {
     setMaxListeners(0, job.controller.signal);
     this.jobs.set(id, job);
     await this.save(job.id, job.report);
-    void this.execute(job, runner, payloads).catch((err: unknown) => this.deps.log(`replay ${id}: crashed: ${String(err)}`));
+    void this.execute(job, runner, payloads).catch((err: unknown) => this.abandon(job, err));
     return { replayId: id, records: plans.length, steps: stepCount };
   }
 
@@ -817,6 +819,8 @@ export class ReplayEngine {
     if (events.length > 0) {
       // Replayed versions first: steps refer to them as inputs downstream.
       await this.deps.lineage.submit([...events.filter((e) => e.body?.$case === 'objectVersion'), ...events.filter((e) => e.body?.$case === 'step')]).catch((err: unknown) => {
+        // A store that refuses writes ends the replay: its results would name steps never recorded.
+        if (isRetraceError(err) && err.code === 'INSUFFICIENT_STORAGE') throw err;
         this.deps.log(`replay ${job.id}: recording ${plan.source.objectId} failed: ${String(err)}`);
       });
     }
@@ -927,6 +931,41 @@ export class ReplayEngine {
     job.progress.state = job.report.state;
     job.progress.message = message;
     job.events.emit('progress', job.progress);
+  }
+
+  /**
+   * Ends a replay whose execution threw (a store that refused a write: a full data dir) FAILED,
+   * with the error, so watchers and the report say so instead of waiting for an end that never
+   * comes. Its shards still out are cancelled. A report the store still refuses stays served
+   * from memory and is saved again every SAVE_RETRY_MS until it is (a restart would otherwise
+   * close it as interrupted).
+   */
+  private async abandon(job: ReplayJob, err: unknown): Promise<void> {
+    const message = err instanceof Error ? err.message : String(err);
+    this.deps.log(`replay ${job.id}: failed: ${message}`);
+    job.controller.abort(new Error(`replay failed: ${message}`));
+    job.report.state = ReplayState.REPLAY_STATE_FAILED;
+    job.report.error = `the replay stopped: ${message}`;
+    job.report.endedAtNs = this.deps.clock().toString();
+    clearTimeout(job.flushTimer);
+    this.publish(job, job.report.error);
+    job.events.emit('done');
+    const saveEnd = async (): Promise<boolean> => {
+      try {
+        await this.deps.lineage.submit([this.endEvent(job.id, job.report)]);
+        await this.save(job.id, job.report);
+        this.jobs.delete(job.id);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    if (await saveEnd()) return;
+    const retry = (): void => {
+      const t = setTimeout(() => void saveEnd().then((saved) => saved || retry()), SAVE_RETRY_MS);
+      t.unref();
+    };
+    retry();
   }
 
   private async save(id: string, report: ReplayReport): Promise<void> {
