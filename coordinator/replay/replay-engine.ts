@@ -208,6 +208,8 @@ export class ReplayEngine {
   /** Progress of running replays (see ProgressHeader); emptied when each ends. */
   private readonly progressTable;
   private readonly jobs = new Map<string, ReplayJob>();
+  /** Set by stop(): no more saving of reports a refused write left unsaved. */
+  private stopped = false;
 
   constructor(private readonly deps: ReplayEngineDeps) {
     this.table = deps.db.sublevel<string, string>('replays', {});
@@ -249,6 +251,7 @@ export class ReplayEngine {
   }
 
   async stop(): Promise<void> {
+    this.stopped = true;
     for (const job of this.jobs.values()) job.controller.abort(new Error(STOPPING));
     await Promise.all([...this.jobs.values()].map((j) => new Promise<void>((r) => (STATE_DONE.has(j.report.state) ? r() : j.events.once('done', () => r())))));
   }
@@ -961,7 +964,9 @@ export class ReplayEngine {
       }
     };
     if (await saveEnd()) return;
+    // Until saved or the coordinator stops: the next start then closes it as interrupted.
     const retry = (): void => {
+      if (this.stopped) return;
       const t = setTimeout(() => void saveEnd().then((saved) => saved || retry()), SAVE_RETRY_MS);
       t.unref();
     };
