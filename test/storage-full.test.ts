@@ -79,17 +79,29 @@ async function startWithPipeline(options: { dataDir?: string; probeMs: number; r
 }
 
 /**
- * The prototype every classic-level chained batch shares, whose _write goes to the native batch:
- * replaced, it makes the next batch LevelDB writes fail as a full disk fails it.
+ * A full disk on demand: `arm()` makes the next batch LevelDB writes fail as a full disk fails it
+ * (once), by replacing `_write` on the prototype every classic-level chained batch shares, whose
+ * `_write` goes to the native batch. `restore()` undoes it whether or not it fired.
  */
-async function chainedBatchPrototype(): Promise<{ _write: (...args: unknown[]) => Promise<void> }> {
+async function fullDiskOnce(dbDir: string): Promise<{ arm(): void; restore(): void }> {
   const probeDir = mkdtempSync(join(tmpdir(), 'retrace-proto-'));
   const probe = new Level(probeDir);
   await probe.open();
   const proto = Object.getPrototypeOf(probe.batch()) as { _write: (...args: unknown[]) => Promise<void> };
   await probe.close();
   rmSync(probeDir, { recursive: true, force: true });
-  return proto;
+  const original = proto._write;
+  return {
+    arm() {
+      proto._write = async function (): Promise<void> {
+        proto._write = original;
+        throw enospc(dbDir);
+      };
+    },
+    restore() {
+      proto._write = original;
+    },
+  };
 }
 
 async function rejection(p: Promise<unknown>): Promise<ClientError> {
@@ -229,13 +241,9 @@ describe('a LevelDB write that fails for space (injected once)', () => {
     expect(await health(tc)).toBe(SERVING);
 
     // The next batch LevelDB writes fails as a full disk fails it.
-    const proto = await chainedBatchPrototype();
-    const original = proto._write;
-    restore = () => (proto._write = original);
-    proto._write = async function (): Promise<void> {
-      proto._write = original;
-      throw enospc(dbDir);
-    };
+    const disk = await fullDiskOnce(dbDir);
+    restore = disk.restore;
+    disk.arm();
 
     const full = await rejection(lineage.submitEvent({ event: objectEvent('during', 'obj:during', 'd') }));
     expect(full.code).toBe(Status.RESOURCE_EXHAUSTED);
@@ -263,7 +271,7 @@ describe('a LevelDB write that fails for space (injected once)', () => {
   });
 });
 
-describe('an ingest the full disk cuts off', () => {
+describe('work the full disk cuts off', () => {
   let tc: TestCoordinator | undefined;
   let restore: (() => void) | undefined;
   afterEach(async () => {
@@ -273,21 +281,17 @@ describe('an ingest the full disk cuts off', () => {
     tc = undefined;
   });
 
-  it('has its run ended (FAIL) once writes are taken again, without waiting for a restart', async () => {
+  it('an ingest has its run ended (FAIL) once writes are taken again, without waiting for a restart', async () => {
     const started = await startWithPipeline({ probeMs: 3_600_000 });
     tc = started.tc;
     const { pipelines } = started;
     const lineage = tc.client(LineageServiceDefinition);
-    const proto = await chainedBatchPrototype();
-    const original = proto._write;
-    restore = () => (proto._write = original);
+    const disk = await fullDiskOnce(join(tc.dataDir, 'db'));
+    restore = disk.restore;
     // The record's provenance is the write that meets the full disk: the run has started by then.
     onShard = () => {
       onShard = undefined;
-      proto._write = async function (): Promise<void> {
-        proto._write = original;
-        throw enospc(join((tc as TestCoordinator).dataDir, 'db'));
-      };
+      disk.arm();
     };
     const cut = await rejection(pipelines.ingest(records(['a'])));
     expect(cut.code).toBe(Status.RESOURCE_EXHAUSTED);
@@ -302,34 +306,19 @@ describe('an ingest the full disk cuts off', () => {
     const failed = runs.find((r) => r.state === 'FAIL');
     expect((failed?.facets as { retrace?: { error?: string } } | undefined)?.retrace?.error).toContain('is out of space');
   });
-});
 
-describe('a replay the full disk cuts off', () => {
-  let tc: TestCoordinator | undefined;
-  let restore: (() => void) | undefined;
-  afterEach(async () => {
-    restore?.();
-    onShard = undefined;
-    await tc?.stop();
-    tc = undefined;
-  });
-
-  it('ends FAILED with the error instead of never ending, and its run is closed once writes are taken again', async () => {
+  it('a replay ends FAILED with the error instead of never ending, and its run is closed once writes are taken again', async () => {
     const started = await startWithPipeline({ probeMs: 3_600_000, replay: true });
     tc = started.tc;
     const lineage = tc.client(LineageServiceDefinition);
     const replays = tc.client(ReplayServiceDefinition);
     const { runId } = await started.pipelines.ingest(records(['a', 'b']));
-    const proto = await chainedBatchPrototype();
-    const original = proto._write;
-    restore = () => (proto._write = original);
+    const disk = await fullDiskOnce(join(tc.dataDir, 'db'));
+    restore = disk.restore;
     // A replayed shard's provenance is the write that meets the full disk.
     onShard = () => {
       onShard = undefined;
-      proto._write = async function (): Promise<void> {
-        proto._write = original;
-        throw enospc(join((tc as TestCoordinator).dataDir, 'db'));
-      };
+      disk.arm();
     };
     const { replayId } = await replays.startReplay({ selector: { selector: { $case: 'runId', value: runId } }, policy: undefined });
     let last: WatchReplayResponse | undefined;
