@@ -12,3 +12,12 @@ export function createRng(seed: number): () => number {
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
 }
+
+/**
+ * Wait before retry `n` (1-based) after a failure: "full jitter", uniform in
+ * [0, min(capMs, baseMs · 2^(n-1))] and rounded to a ms, so retries of many failures spread out.
+ * The job manager's task retries and a pipeline step's retries draw it alike.
+ */
+export function fullJitterBackoffMs(n: number, baseMs: number, capMs: number, rng: () => number): number {
+  return Math.round(rng() * Math.min(capMs, baseMs * 2 ** (n - 1)));
+}

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { EventEmitter, setMaxListeners } from 'node:events';
 import { sleep } from '../../common/abortable-sleep.js';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError, isRetraceError } from '../../common/errors.js';
-import { createRng } from '../../common/random.js';
+import { createRng, fullJitterBackoffMs } from '../../common/random.js';
 import { storeErrorOf, type Database } from '../store/database.js';
 import { createJobStore, type JobRecord, type JobStore, type StoredJob, type TaskCounts, type TaskRecord } from './job-store.js';
 import type { JobExecutor, JobSpec, JobState, JobSubmitter, JobTaskSpec, JsonValue, TaskOutcome, TaskState, TaskStatus } from './job-types.js';
@@ -566,8 +566,7 @@ export class JobManager implements JobSubmitter {
         this.log(`job ${job.record.jobId}: task ${t.id} FAILED after ${t.failures} attempt(s): ${t.error}`);
         return 'FAILED';
       }
-      const capMs = Math.min(compiled.maxMs, compiled.baseMs * 2 ** (t.failures - 1));
-      const delayMs = Math.round(this.rng() * capMs);
+      const delayMs = fullJitterBackoffMs(t.failures, compiled.baseMs, compiled.maxMs, this.rng);
       job.record.message = `task ${t.id}: attempt ${t.attempts} failed (${t.error}); retrying in ${delayMs} ms`;
       await this.persist(job, [t]);
       await this.sleep(delayMs, signal);

@@ -8,6 +8,7 @@ import type { PipelineSource, PipelineStep, PipelineVersion } from '../../common
 import { TriggerKind, type LineageEvent, type ObjectRef, type ObjectVersion, type Step } from '../../common/gen/retrace/v1/provenance.js';
 import { ShardStatus, type ShardAssignment, type ShardInput, type ShardOutcome } from '../../common/gen/retrace/v1/shard.js';
 import { contentHashOf, sha256Hex } from '../../common/hash.js';
+import { fullJitterBackoffMs } from '../../common/random.js';
 import type { NanoClock } from '../clock.js';
 import { crashPointForTests } from '../test-crash-point.js';
 import type { LineageEngine } from '../lineage/lineage-engine.js';
@@ -90,11 +91,6 @@ export interface PipelineRunnerOptions {
  * same heap limit) or were asked for (cancelled).
  */
 const RETRIED_STATUSES: ReadonlySet<ShardStatus> = new Set([ShardStatus.SHARD_STATUS_FAILED, ShardStatus.SHARD_STATUS_TIMED_OUT]);
-
-/** Backoff before retry `n` (1-based): uniform in [0, min(cap, base · 2^(n-1))], as the job manager draws it. */
-export function retryDelayMs(n: number, baseMs: number, rng: () => number): number {
-  return Math.round(rng() * Math.min(STEP_RETRY_LIMITS.backoffCapMs, baseMs * 2 ** (n - 1)));
-}
 
 /**
  * The event that closes an ingest run. One builder for the run's own end and for the close of a
@@ -715,7 +711,7 @@ export class PipelineRunner {
         // A runner that placed nothing (cancelled before placement) still made this try.
         attempts += Math.max(1, result.attempts);
         if (result.outcome.status === ShardStatus.SHARD_STATUS_SUCCEEDED || n >= retries || !RETRIED_STATUSES.has(result.outcome.status) || signal.aborted) return { result, attempts };
-        await (this.options.sleep ?? sleep)(retryDelayMs(n + 1, baseMs, this.options.rng ?? Math.random), signal);
+        await (this.options.sleep ?? sleep)(fullJitterBackoffMs(n + 1, baseMs, STEP_RETRY_LIMITS.backoffCapMs, this.options.rng ?? Math.random), signal);
         if (signal.aborted) return { result, attempts };
       }
     } finally {
