@@ -67,17 +67,13 @@ export async function verifyContent(db: Database, options: ContentVerifyOptions 
     onProgress?.(kind, checked, bytes);
   };
 
-  await scan('payloads', payloads.stored(), async ([hex, value]) => {
-    const actual = sha256Hex(value);
-    return { key: `sha256:${hex}`, bytes: value.byteLength, ...(actual === hex ? {} : { problem: `payload sha256:${hex} holds ${value.byteLength} bytes that hash to sha256:${actual}: the payload block was altered` }) };
-  });
+  await scan('payloads', payloads.stored(), async ([hex, value]) => hashedToKey(hex, value, 'payload', 'the payload block'));
 
   // Bundle sizes by hex, for the version records' check (code versions are few).
   const bundleSizes = new Map<string, number>();
   await scan('code_bundles', code.storedBundles(), async ([hex, value]) => {
     bundleSizes.set(hex, value.byteLength);
-    const actual = sha256Hex(value);
-    return { key: `sha256:${hex}`, bytes: value.byteLength, ...(actual === hex ? {} : { problem: `code bundle sha256:${hex} holds ${value.byteLength} bytes that hash to sha256:${actual}: the bundle was altered` }) };
+    return hashedToKey(hex, value, 'code bundle', 'the bundle');
   });
 
   await scan('code_versions', code.storedVersions(), async ([hex, text]) => {
@@ -130,6 +126,13 @@ export async function verifyContent(db: Database, options: ContentVerifyOptions 
     }
   }
   return checks;
+}
+
+/** A content-addressed value's check: its bytes hash to `hex`, the key it is stored under. */
+function hashedToKey(hex: string, value: Uint8Array, what: string, altered: string): { key: string; bytes: number; problem?: string } {
+  const actual = sha256Hex(value);
+  const key = `sha256:${hex}`;
+  return actual === hex ? { key, bytes: value.byteLength } : { key, bytes: value.byteLength, problem: `${what} ${key} holds ${value.byteLength} bytes that hash to sha256:${actual}: ${altered} was altered` };
 }
 
 /** The first failed check, or undefined when every kind checked out. */
