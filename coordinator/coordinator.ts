@@ -48,6 +48,12 @@ export interface CoordinatorContext {
   clock: NanoClock;
   dataDir: string | null;
   log: (line: string) => void;
+  /**
+   * Calls `listener` each time the store takes writes again after a full data dir refused them
+   * (never for a data dir that was not full, nor on the in-memory store); returns the unsubscribe.
+   * Work a refused write cut off resumes on it rather than on a timer or the next request.
+   */
+  onStoreWritable(listener: () => void): () => void;
 }
 
 export type ExtensionFactory = (ctx: CoordinatorContext) => CoordinatorExtension | Promise<CoordinatorExtension>;
@@ -105,7 +111,9 @@ export class Coordinator {
       this.engine = new LineageEngine({ store, signer, clock, log, ...(dataDir !== null ? { checkpointFile: createCheckpointFileWriter(dataDir) } : {}) });
       await this.engine.start();
       if (dataDir !== null) await this.checkLedgerLoss(this.engine, dataDir);
-      const ctx: CoordinatorContext = { db: this.db, lineage: this.engine, clock, dataDir, log };
+      const guard = this.storageGuard;
+      const onStoreWritable = (listener: () => void): (() => void) => guard?.onChange((state) => state === 'WRITABLE' && listener()) ?? (() => {});
+      const ctx: CoordinatorContext = { db: this.db, lineage: this.engine, clock, dataDir, log, onStoreWritable };
       for (const factory of this.extensionFactories) this.extensions.push(await factory(ctx));
       for (const ext of this.extensions) await ext.start?.();
 

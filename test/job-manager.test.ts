@@ -503,7 +503,8 @@ describe('JobManager on a store that refuses writes (a full data dir)', () => {
     };
     const guard = guardStorage(db, { dir, probeIntervalMs: 3_600_000, probeSpace: async () => {} });
     const logs: string[] = [];
-    const manager = new JobManager({ db, seed: 7, log: (l) => logs.push(l) });
+    // As the coordinator wires it (CoordinatorContext.onStoreWritable).
+    const manager = new JobManager({ db, seed: 7, log: (l) => logs.push(l), onStoreWritable: (l) => guard.onChange((s) => s === 'WRITABLE' && l()) });
     await manager.start();
     cleanups.push(async () => {
       await manager.stop();
@@ -530,6 +531,8 @@ describe('JobManager on a store that refuses writes (a full data dir)', () => {
     expect(await guard.probe()).toBe('WRITABLE');
     const job = await untilEnded(manager, jobId);
     expect(job.state).toBe('SUCCEEDED');
+    // Resumed on the store's word, not on its backoff timer.
+    expect(logs).toContain(`job ${jobId}: the store takes writes again; resuming`);
     // Nothing ran twice, and the result whose write was refused reached the store after the pause.
     expect(exec.calls).toEqual([
       { task: 'a', attempt: 1 },

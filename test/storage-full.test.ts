@@ -281,7 +281,7 @@ describe('work the full disk cuts off', () => {
     tc = undefined;
   });
 
-  it('an ingest has its run ended (FAIL) once writes are taken again, without waiting for a restart', async () => {
+  it('an ingest has its run ended (FAIL) once writes are taken again, without waiting for a restart or another ingest', async () => {
     const started = await startWithPipeline({ probeMs: 3_600_000 });
     tc = started.tc;
     const { pipelines } = started;
@@ -300,11 +300,13 @@ describe('work the full disk cuts off', () => {
     expect((await shoutRuns()).map((r) => r.state)).toEqual(['RUNNING']);
 
     expect(await tc.coordinator.storage?.probe()).toBe('WRITABLE');
-    await pipelines.ingest(records(['b']));
-    const runs = await shoutRuns();
-    expect(runs.map((r) => r.state).sort()).toEqual(['COMPLETE', 'FAIL']);
-    const failed = runs.find((r) => r.state === 'FAIL');
+    const [failed] = await until('the cut-off run ended', async () => {
+      const runs = await shoutRuns();
+      return runs[0]?.state === 'FAIL' ? runs : undefined;
+    }, 10_000);
     expect((failed?.facets as { retrace?: { error?: string } } | undefined)?.retrace?.error).toContain('is out of space');
+    await pipelines.ingest(records(['b']));
+    expect((await shoutRuns()).map((r) => r.state).sort()).toEqual(['COMPLETE', 'FAIL']);
   });
 
   it('a replay ends FAILED with the error instead of never ending, and its run is closed once writes are taken again', async () => {

@@ -22,6 +22,8 @@ export interface JobManagerOptions {
   sleep?: (ms: number, signal: AbortSignal) => Promise<void>;
   /** How long stop() waits for attempts that ignore their abort signal, ms [10000]; their jobs stay RUNNING on disk either way. */
   stopGraceMs?: number;
+  /** Subscribes to the store taking writes again after a full data dir (CoordinatorContext); parked jobs resume on it. */
+  onStoreWritable?: (listener: () => void) => () => void;
 }
 
 /** A job as the API shows it. `tasks` is left out by `list`. */
@@ -108,6 +110,8 @@ export class JobManager implements JobSubmitter {
   private readonly stopping = new EventEmitter();
   private state: ManagerState = 'CREATED';
   private startedAtMs = 0;
+  private readonly onStoreWritable: ((listener: () => void) => () => void) | undefined;
+  private unsubscribeWritable: () => void = () => {};
 
   constructor(options: JobManagerOptions) {
     this.store = createJobStore(options.db);
@@ -116,6 +120,7 @@ export class JobManager implements JobSubmitter {
     this.rng = createRng(options.seed ?? randomBytes(4).readUInt32LE(0));
     this.sleep = options.sleep ?? sleep;
     this.stopGraceMs = options.stopGraceMs ?? 10_000;
+    this.onStoreWritable = options.onStoreWritable;
     setMaxListeners(0, this.stopping);
   }
 
@@ -131,6 +136,7 @@ export class JobManager implements JobSubmitter {
   async start(): Promise<void> {
     this.transition('RUNNING', ['CREATED']);
     this.startedAtMs = this.now();
+    this.unsubscribeWritable = this.onStoreWritable?.(() => this.resumeParked()) ?? (() => {});
     const unfinished: string[] = [];
     for await (const r of this.store.records()) if (!JOB_ENDED.has(r.state)) unfinished.push(r.jobId);
     for (const jobId of unfinished) {
@@ -155,6 +161,7 @@ export class JobManager implements JobSubmitter {
   async stop(): Promise<void> {
     if (this.state === 'STOPPED' || this.state === 'STOPPING') return;
     this.state = 'STOPPING';
+    this.unsubscribeWritable();
     this.stopping.emit('stop');
     for (const job of this.live.values()) job.controller?.abort(new Error('coordinator stopping'));
     const settled = Promise.all(
@@ -257,6 +264,7 @@ export class JobManager implements JobSubmitter {
     if (JOB_ENDED.has(job.record.state)) return job.record.state;
     job.cancelRequested = true;
     clearTimeout(job.parkTimer);
+    job.parkTimer = undefined;
     this.log(`job ${jobId}: cancel requested`);
     if (job.running) {
       job.controller?.abort(new Error('job cancelled'));
@@ -461,8 +469,9 @@ export class JobManager implements JobSubmitter {
    * A job whose write the store refused (a full data dir, the database reopening) waits, in
    * memory, as a restart would leave it: its in-flight tasks PENDING again (a result already
    * handed back is kept, and written with every other task when the job runs again). It is launched again
-   * after a wait that doubles per refusal up to PARK_MAX_MS, so it resumes without a restart
-   * once the store takes writes again.
+   * as soon as the store says it takes writes again (onStoreWritable), or else after a wait that
+   * doubles per refusal up to PARK_MAX_MS (a refusal the storage guard did not see, or a guard
+   * that was writable again before the job parked), so it resumes without a restart.
    */
   private park(job: LiveJob, err: unknown): void {
     const interrupted = [...job.tasks.values()].filter((t) => t.state === 'RUNNING');
@@ -470,7 +479,7 @@ export class JobManager implements JobSubmitter {
     job.record.state = 'PENDING';
     job.controller = undefined;
     job.parkedDelayMs = Math.min(PARK_MAX_MS, Math.max(PARK_FIRST_MS, job.parkedDelayMs * 2));
-    job.record.message = `paused: the store refused a write (${errorMessage(err)}); trying again in ${job.parkedDelayMs} ms`;
+    job.record.message = `paused: the store refused a write (${errorMessage(err)}); trying again once it takes writes, or in ${job.parkedDelayMs} ms`;
     this.log(`job ${job.record.jobId}: ${job.record.message}`);
     // Watchers hear of it when the store takes this write; else the next try says it again.
     void this.persist(job, interrupted).catch(() => {});
@@ -480,6 +489,18 @@ export class JobManager implements JobSubmitter {
       this.launch(job);
     }, job.parkedDelayMs);
     job.parkTimer.unref();
+  }
+
+  /** Launches every parked job now: the store takes writes again, so their timers need not run out. */
+  private resumeParked(): void {
+    for (const job of this.live.values()) {
+      // One still settling its refused run keeps its timer: launch() would not start it yet.
+      if (job.parkTimer === undefined || job.running || job.cancelRequested) continue;
+      clearTimeout(job.parkTimer);
+      job.parkTimer = undefined;
+      this.log(`job ${job.record.jobId}: the store takes writes again; resuming`);
+      this.launch(job);
+    }
   }
 
   /** Ends a job that has nothing left to run: CANCELLED, FAILED or SUCCEEDED. */

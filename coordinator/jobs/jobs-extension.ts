@@ -36,7 +36,7 @@ const isReplayId = (id: string): boolean => id.startsWith('replay-');
  */
 export function jobsExtension(shared: JobsShared, options: JobsExtensionOptions = {}): ExtensionFactory {
   return (ctx): CoordinatorExtension => {
-    const manager = new JobManager({ log: (l) => ctx.log(l), ...options, db: ctx.db });
+    const manager = new JobManager({ log: (l) => ctx.log(l), onStoreWritable: ctx.onStoreWritable, ...options, db: ctx.db });
     shared.jobs = manager;
     const waitingPollMs = options.waitingPollMs ?? 1000;
 

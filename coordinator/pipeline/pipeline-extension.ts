@@ -266,10 +266,12 @@ export function pipelineExtension(shared: PipelineShared = {}, options: Pipeline
     let waitingTimer: NodeJS.Timeout | undefined;
     let timer: NodeJS.Timeout | undefined;
     let sweepRunning: Promise<unknown> | undefined;
+    let unsubscribeWritable: () => void = () => {};
     return {
       name: 'pipelines',
       services: [{ definition: PipelineServiceDefinition, implementation: createPipelineHandlers(handles, sweepPayloads, scheduler, ctx.log) }],
       async start() {
+        unsubscribeWritable = ctx.onStoreWritable(() => void runner.recordUnrecordedEnds());
         waitingTimer = setInterval(logWaiting, options.waitingLogIntervalMs ?? 5000);
         waitingTimer.unref();
         // Runs left open are a wrong answer in lineage, not a reason to refuse to start.
@@ -294,6 +296,7 @@ export function pipelineExtension(shared: PipelineShared = {}, options: Pipeline
         }
       },
       async stop() {
+        unsubscribeWritable();
         if (timer) clearInterval(timer);
         if (waitingTimer) clearInterval(waitingTimer);
         stopping.abort();

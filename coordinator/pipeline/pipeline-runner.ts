@@ -417,8 +417,11 @@ export class PipelineRunner {
     return { ...tally, runId, pipelineVersion: pv.version };
   }
 
-  /** Records the run ends a refused write left unrecorded; those still refused wait for the next ingest. */
-  private async recordUnrecordedEnds(): Promise<void> {
+  /**
+   * Records the run ends a refused write left unrecorded (called once the store takes writes
+   * again, and before each ingest); those still refused wait for the next call.
+   */
+  async recordUnrecordedEnds(): Promise<void> {
     for (const [runId, end] of [...this.unrecordedEnds]) {
       try {
         await this.options.lineage.submit([end]);

@@ -63,6 +63,8 @@ export interface ReplayEngineDeps {
    * whose output is current (see planRecord); without it the newest execution is replayed.
    */
   currentVersion?: (objectId: string) => Promise<string | undefined>;
+  /** Subscribes to the store taking writes again after a full data dir (CoordinatorContext): unsaved ends are saved on it. */
+  onStoreWritable?: (listener: () => void) => () => void;
 }
 
 /** What replay keeps of a recorded step's pipeline definition. */
@@ -210,6 +212,9 @@ export class ReplayEngine {
   private readonly jobs = new Map<string, ReplayJob>();
   /** Set by stop(): no more saving of reports a refused write left unsaved. */
   private stopped = false;
+  /** Ended replays whose end the store refused, by id: each saves it, resolving whether it did. */
+  private readonly unsavedEnds = new Map<string, () => Promise<boolean>>();
+  private unsubscribeWritable: () => void = () => {};
 
   constructor(private readonly deps: ReplayEngineDeps) {
     this.table = deps.db.sublevel<string, string>('replays', {});
@@ -222,6 +227,9 @@ export class ReplayEngine {
    * a summary of those, and closes their lineage runs (FAIL, with why).
    */
   async start(): Promise<void> {
+    this.unsubscribeWritable = this.deps.onStoreWritable?.(() => {
+      for (const save of this.unsavedEnds.values()) void save();
+    }) ?? (() => {});
     const saved = new Map<string, { header?: ProgressHeader; steps: ReplayStepResult[] }>();
     for await (const [key, json] of this.progressTable.iterator()) {
       const id = key.slice(0, key.lastIndexOf('!'));
@@ -252,6 +260,7 @@ export class ReplayEngine {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    this.unsubscribeWritable();
     for (const job of this.jobs.values()) job.controller.abort(new Error(STOPPING));
     await Promise.all([...this.jobs.values()].map((j) => new Promise<void>((r) => (STATE_DONE.has(j.report.state) ? r() : j.events.once('done', () => r())))));
   }
@@ -940,8 +949,8 @@ export class ReplayEngine {
    * Ends a replay whose execution threw (a store that refused a write: a full data dir) FAILED,
    * with the error, so watchers and the report say so instead of waiting for an end that never
    * comes. Its shards still out are cancelled. A report the store still refuses stays served
-   * from memory and is saved again every SAVE_RETRY_MS until it is (a restart would otherwise
-   * close it as interrupted).
+   * from memory and is saved again once the store takes writes (onStoreWritable), and every
+   * SAVE_RETRY_MS until it is (a restart would otherwise close it as interrupted).
    */
   private async abandon(job: ReplayJob, err: unknown): Promise<void> {
     const message = err instanceof Error ? err.message : String(err);
@@ -958,16 +967,21 @@ export class ReplayEngine {
         await this.deps.lineage.submit([this.endEvent(job.id, job.report)]);
         await this.save(job.id, job.report);
         this.jobs.delete(job.id);
+        this.unsavedEnds.delete(job.id);
         return true;
       } catch {
         return false;
       }
     };
-    if (await saveEnd()) return;
+    // The store's signal and the timer may both fire: one attempt at a time.
+    let attempt: Promise<boolean> | undefined;
+    const saveOnce = (): Promise<boolean> => (attempt ??= saveEnd().finally(() => (attempt = undefined)));
+    if (await saveOnce()) return;
+    this.unsavedEnds.set(job.id, saveOnce);
     // Until saved or the coordinator stops: the next start then closes it as interrupted.
     const retry = (): void => {
-      if (this.stopped) return;
-      const t = setTimeout(() => void saveEnd().then((saved) => saved || retry()), SAVE_RETRY_MS);
+      if (this.stopped || !this.unsavedEnds.has(job.id)) return;
+      const t = setTimeout(() => void saveOnce().then((saved) => saved || retry()), SAVE_RETRY_MS);
       t.unref();
     };
     retry();

@@ -37,6 +37,7 @@ export function replayExtension(shared: ReplayShared): ExtensionFactory {
       },
       clock: ctx.clock,
       log: ctx.log,
+      onStoreWritable: ctx.onStoreWritable,
       codeRequirements: async (codeVersion) => declaredRequirements(await shared.code?.describe(codeVersion)),
       async pipelineStep(pipeline, version, step) {
         const store = shared.pipelines?.store;
