@@ -6,7 +6,7 @@ import { ChangeKind } from '../common/gen/retrace/v1/recompute.js';
 import { h } from './helpers/lineage-events.js';
 import { loadCheckpointSigner } from '../coordinator/ledger/checkpoint-signer.js';
 import { LineageEngine } from '../coordinator/lineage/lineage-engine.js';
-import { createChangeStore } from '../coordinator/recompute/change-store.js';
+import { changeIdOf, createChangeStore } from '../coordinator/recompute/change-store.js';
 import { openDatabase, type Database } from '../coordinator/store/database.js';
 import { LineageStore } from '../coordinator/store/lineage-store.js';
 
@@ -29,6 +29,25 @@ afterEach(async () => {
 });
 
 const content = (objectId: string, oldHash: string, newHash: string, kind = ChangeKind.CHANGE_KIND_OBJECT) => ({ kind, objectId, oldHash, newHash, pipeline: '', noticedBy: 'test' });
+
+describe('change store: a change made again', () => {
+  it('is a change of its own after the object moved away and back; a report repeated before the object moves is the same one', async () => {
+    const changes = createChangeStore(db, engine, clock);
+    const [a, b] = [h('a'), h('b')];
+    const first = await changes.record(content('obj', a, b, ChangeKind.CHANGE_KIND_RECORD));
+    expect((await changes.record(content('obj', a, b, ChangeKind.CHANGE_KIND_RECORD))).created).toBe(false);
+    const back = await changes.record(content('obj', b, a, ChangeKind.CHANGE_KIND_RECORD));
+    const again = await changes.record(content('obj', a, b, ChangeKind.CHANGE_KIND_RECORD));
+    expect(again.created).toBe(true);
+    expect(new Set([first.change.changeId, back.change.changeId, again.change.changeId]).size).toBe(3);
+    // Reported again while still at a (a stop cut it short): the same, newest one.
+    expect((await changes.record(content('obj', a, b, ChangeKind.CHANGE_KIND_RECORD))).change.changeId).toBe(again.change.changeId);
+    expect(await changes.idOf(content('obj', a, b, ChangeKind.CHANGE_KIND_RECORD))).toBe(again.change.changeId);
+    expect((await changes.preview(content('obj', a, b, ChangeKind.CHANGE_KIND_RECORD))).created).toBe(false);
+    // The first, made from a content no change made current, keeps the id it always had.
+    expect(first.change.changeId).toBe(changeIdOf(content('obj', a, b, ChangeKind.CHANGE_KIND_RECORD)));
+  });
+});
 
 describe('change store: the change that made a content current', () => {
   it('answers with the newest content change to a hash, in one lookup, and ignores other kinds and objects', async () => {

@@ -110,4 +110,35 @@ describe('recompute after a reverted change', () => {
     // x1 again: the index's newest version of x is x1 already, but the record is at x0 now.
     expect(await change('x', 'x1')).toEqual({ p: 'cached', r: 'cached' });
   }, 120_000);
+
+  it('under auto, a change made again after a revert is a change of its own, with its own job', async () => {
+    await tc.client(PipelineServiceDefinition).applyPipeline({ pipeline: pipelineOf('auto') });
+    await ingest('auto', 'x', 'x0');
+    await ingest('auto', 'y', 'y0');
+    const rc = tc.client(RecomputeServiceDefinition);
+    const seen: { changeId: string; jobIds: string[] }[] = [];
+    const p: Record<string, string | undefined> = {};
+    for (const text of ['x1', 'x0', 'x1']) {
+      const n = await rc.notifyChange({ objectId: 'record:auto/x:k', contentHash: '', payload: Buffer.from(text), mediaType: '', noticedBy: '' });
+      const c = n.change;
+      expect(c?.jobIds, `${text}: ${JSON.stringify(c)}`).toHaveLength(1);
+      seen.push({ changeId: c?.changeId ?? '', jobIds: c?.jobIds ?? [] });
+      const jobId = c?.jobIds[0] ?? '';
+      const deadline = Date.now() + 60_000;
+      let job: Job | undefined;
+      while (Date.now() < deadline) {
+        job = (await tc.client(JobServiceDefinition).getJob({ jobId })).job;
+        if (job && job.state >= JobState.JOB_STATE_SUCCEEDED) break;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      expect(job?.state).toBe(JobState.JOB_STATE_SUCCEEDED);
+      p[text] = await current('auto', 'p');
+    }
+    // Three changes, three jobs; and p follows x back to x1's output.
+    expect(new Set(seen.map((s) => s.changeId)).size).toBe(3);
+    expect(new Set(seen.flatMap((s) => s.jobIds)).size).toBe(3);
+    expect(p.x1).toBeDefined();
+    expect(p.x1).not.toBe(p.x0);
+    expect(await current('auto', 'p')).toBe(p.x1);
+  }, 120_000);
 });

@@ -124,7 +124,7 @@ describe('replay of recomputed records (real coordinator, real agent process)', 
     expect(o3Step?.generated).toEqual([]);
     expect(await current('classify', 'o1')).not.toBe(o1Before);
 
-    // The revert is served from the pipeline's own executions: no step is recorded.
+    // The revert is served from the pipeline's own executions: nothing runs (its steps are recorded with `cachedFrom`).
     const second = await applyLarge(10_000);
     expect(second.state).toBe('SUCCEEDED');
     expect(second.tasks.map((t) => t.outcome)).toEqual(['cached', 'cached']);

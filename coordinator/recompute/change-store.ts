@@ -33,9 +33,17 @@ export const DEFAULT_POLICY = ChangePolicy.CHANGE_POLICY_AUTO;
 export interface ChangeStore {
   /**
    * Records a change (provenance first, then the table). The id is derived from what changed and
-   * the two hashes, so reporting the same change again returns the stored one (`created` false).
+   * the two hashes (see idOf), so reporting the same change again returns the stored one
+   * (`created` false).
    */
   record(input: ChangeInput): Promise<{ change: Change; created: boolean }>;
+  /**
+   * The id `record` gives `input`: changeIdOf, and for a content change from a version that an
+   * earlier recorded change made current, that change's id too. So a report repeated while the
+   * object is still at the old content is the same change, and the same content change made
+   * again later (A→B, B→A, A→B) is a change of its own, with its own state and job.
+   */
+  idOf(input: ChangeInput): Promise<string>;
   /** The change `record` would return, storing nothing (a dry run): the stored one, else a new one not recorded. */
   preview(input: ChangeInput): Promise<{ change: Change; created: boolean }>;
   get(changeId: string): Promise<Change>;
@@ -66,9 +74,15 @@ const toKey = (pipeline: string, objectId: string, newHash: string): string => `
 /** Set once `changes-to` covers every stored change (data dirs from before it are indexed at first use). */
 const TO_INDEX_BUILT = 'changes-to-built';
 
-/** The id of a change: what changed and the two hashes, so equal reports get equal ids. */
-export function changeIdOf(input: Pick<ChangeInput, 'kind' | 'objectId' | 'pipeline' | 'step' | 'oldHash' | 'newHash'>): string {
-  return `chg-${sha256Hex(canonicalJson([input.kind, input.objectId ?? '', input.pipeline ?? '', input.step ?? '', input.oldHash, input.newHash])).slice(0, 16)}`;
+/**
+ * The id of a change: what changed and the two hashes, so equal reports get equal ids; `after`,
+ * the change that made the old content current (ChangeStore.idOf), tells a change made again
+ * from one made once. Without it the id is as before it existed.
+ */
+export function changeIdOf(input: Pick<ChangeInput, 'kind' | 'objectId' | 'pipeline' | 'step' | 'oldHash' | 'newHash'>, after = ''): string {
+  const fields: unknown[] = [input.kind, input.objectId ?? '', input.pipeline ?? '', input.step ?? '', input.oldHash, input.newHash];
+  if (after !== '') fields.push(after);
+  return `chg-${sha256Hex(canonicalJson(fields)).slice(0, 16)}`;
 }
 
 export function createChangeStore(db: Database, lineage: Pick<LineageEngine, 'submit'>, clock: NanoClock): ChangeStore {
@@ -125,9 +139,16 @@ export function createChangeStore(db: Database, lineage: Pick<LineageEngine, 'su
     return toIndexReady;
   }
 
-  async function build(input: ChangeInput): Promise<Change> {
+  /** See ChangeStore.idOf; call after ensureToIndex. */
+  async function idOf(input: ChangeInput): Promise<string> {
+    if (!CONTENT_KINDS.has(input.kind) || !input.objectId || input.oldHash === '') return changeIdOf(input);
+    const after = await changesTo.get(toKey(input.pipeline ?? '', input.objectId, input.oldHash));
+    return changeIdOf(input, after ?? '');
+  }
+
+  async function build(input: ChangeInput, changeId: string): Promise<Change> {
     return {
-      changeId: changeIdOf(input),
+      changeId,
       kind: input.kind,
       objectId: input.objectId ?? '',
       oldHash: input.oldHash,
@@ -145,11 +166,14 @@ export function createChangeStore(db: Database, lineage: Pick<LineageEngine, 'su
   }
 
   return {
-    record(input) {
+    async record(input) {
+      // Outside serial(): the first use builds the index through it.
+      await ensureToIndex();
       return serial(async () => {
-        const existing = await read(changeIdOf(input));
+        const id = await idOf(input);
+        const existing = await read(id);
         if (existing) return { change: existing, created: false };
-        const change = await build(input);
+        const change = await build(input, id);
         const { changeId, detectedAtNs } = change;
         const json = Change.toJSON(change) as Record<string, unknown>;
         await lineage.submit([
@@ -173,8 +197,14 @@ export function createChangeStore(db: Database, lineage: Pick<LineageEngine, 'su
       });
     },
     async preview(input) {
-      const existing = await read(changeIdOf(input));
-      return existing ? { change: existing, created: false } : { change: await build(input), created: true };
+      await ensureToIndex();
+      const id = await idOf(input);
+      const existing = await read(id);
+      return existing ? { change: existing, created: false } : { change: await build(input, id), created: true };
+    },
+    async idOf(input) {
+      await ensureToIndex();
+      return idOf(input);
     },
     find: read,
     async latestTo(pipeline, objectId, newHash) {

@@ -8,6 +8,11 @@ export interface MemoOutput {
   contentHash: string;
   size: number;
   mediaType: string;
+  /**
+   * A pipeline step's output key as the transform gave it ('' = the input record's key), so a
+   * hit for another record names that record's outputs. Absent in entries from before it.
+   */
+  key?: string;
 }
 
 /** What a step execution with a given cache key produced, and the step that recorded it. */

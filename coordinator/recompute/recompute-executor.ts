@@ -5,7 +5,7 @@ import { TriggerKind, type LineageEvent, type ObjectRef, type Step } from '../..
 import { ShardStatus, type ShardAssignment, type ShardInput, type ShardOutcome } from '../../common/gen/retrace/v1/shard.js';
 import { contentHashOf, sha256Hex } from '../../common/hash.js';
 import { versionKey } from '../../common/lineage-keys.js';
-import { retraceFacetOf } from '../../common/step-versions.js';
+import { retraceFacetOf, stepOutputs } from '../../common/step-versions.js';
 import type { NanoClock } from '../clock.js';
 import type { JobExecutor, JobLifecycleEvent, JobState, JsonValue, TaskRunContext, TaskRunResult } from '../jobs/job-types.js';
 import type { LineageEngine } from '../lineage/lineage-engine.js';
@@ -49,6 +49,18 @@ export function recomputeStepId(jobId: string, taskId: string): string {
   return `recompute:${jobId}/${taskId}`;
 }
 
+/**
+ * A memo hit's outputs as this task's own: the hit may come from another record or pipeline
+ * (the cache key leaves object ids out), whose output ids name that record. A pipeline output
+ * keeps its key relative to the input record's; an entry from before keys were kept maps only
+ * when it has one output (keyed as the record). undefined: it cannot be mapped (run the task).
+ */
+function ownOutputs(t: RecomputeTaskPayload, outputs: readonly MemoOutput[]): MemoOutput[] | undefined {
+  if (t.pipeline === '') return outputs.map((o, i) => ({ ...o, objectId: t.outputs[i]?.objectId ?? `${t.originalStepId}/out-${i}` }));
+  if (outputs.some((o) => o.key === undefined) && outputs.length !== 1) return undefined;
+  return outputs.map((o) => ({ ...o, key: o.key ?? '', objectId: recordObjectId(t.pipeline, t.output, o.key || t.key) }));
+}
+
 function toResult(r: RecomputeTaskResult): JsonValue {
   return r as unknown as JsonValue;
 }
@@ -60,7 +72,8 @@ function toResult(r: RecomputeTaskResult): JsonValue {
  *    parameters) → 'cutoff', the original outputs stand;
  * 3. an attempt of this task that already recorded its step (retry, resume) → that step's result;
  * 4. memo: a stored result for the cache key H(code version, parameters, input hashes), or the
- *    pipeline's own execution of exactly these inputs → 'cached', nothing runs;
+ *    pipeline's own execution of exactly these inputs → 'cached': nothing runs, the step is
+ *    recorded with `cachedFrom` and the outputs named as this record's;
  * 5. otherwise runs the shard through the dispatcher, stores the payloads, records the step
  *    (why = RECOMPUTE, the job) and its output versions, and memoizes → 'executed'.
  * Cached and executed outputs become the pipelines' current records; old versions stay.
@@ -71,8 +84,8 @@ export class RecomputeExecutor implements JobExecutor {
   constructor(private readonly deps: RecomputeExecutorDeps) {}
 
   /**
-   * The job's run opens with its first executed step (a job served from cache and cutoffs records
-   * none). A job resumed after its run was closed reopens it; one resumed after a coordinator
+   * The job's run opens with its first recorded step (executed or served from the memo; a job of
+   * cutoffs only records none). A job resumed after its run was closed reopens it; one resumed after a coordinator
    * restart finds it still RUNNING and leaves it so.
    */
   async jobStarted(e: JobLifecycleEvent): Promise<void> {
@@ -130,18 +143,26 @@ export class RecomputeExecutor implements JobExecutor {
     const stepId = recomputeStepId(ctx.jobId, ctx.task.id);
     const recorded = await this.deps.lineage.readStep(stepId);
     if (recorded) {
-      const facetOutputs = retraceFacetOf(recorded).outputs;
-      const outs = facetOutputs ?? Object.fromEntries(recorded.generated.map((g) => [g.objectId, g.contentHash]));
+      const facet = retraceFacetOf(recorded);
+      const outs = facet.outputs ?? Object.fromEntries(recorded.generated.map((g) => [g.objectId, g.contentHash]));
+      const cachedFrom = typeof facet.cachedFrom === 'string' ? facet.cachedFrom : '';
+      if (cachedFrom !== '') return { outcome: 'cached', result: toResult({ outputs: outs, changed: changedFrom(outs), stepId, nodeId: '', cachedFrom }) };
       return { outcome: 'executed', result: toResult({ outputs: outs, changed: changedFrom(outs), stepId, nodeId: recorded.nodeId, cachedFrom: '' }) };
     }
     const cacheKey = cacheKeyOf(t.codeVersion, t.parameters, inputs);
     const hit = await this.lookup(t, inputs, cacheKey);
+    const own = hit && ownOutputs(t, hit.outputs);
     // A result whose payloads a retention swept is recomputed: the steps after it read them.
-    const stored = hit ? ((await this.deps.payloads()?.retain(hit.outputs.map((o) => o.contentHash))) ?? true) : false;
-    if (hit && stored) {
-      await this.updateCurrent(t, hit.outputs);
-      const outs = Object.fromEntries(hit.outputs.map((o) => [o.objectId, o.contentHash]));
-      return { outcome: 'cached', result: toResult({ outputs: outs, changed: changedFrom(outs), stepId: '', nodeId: '', cachedFrom: hit.stepId }) };
+    const stored = own ? ((await this.deps.payloads()?.retain(own.map((o) => o.contentHash))) ?? true) : false;
+    if (hit && own && stored) {
+      // Recorded like an execution (nothing ran; `cachedFrom` names the step whose result it
+      // is), so lineage shows what this task's outputs came from and a later change of these
+      // inputs finds the steps downstream of them.
+      const nowNs = this.deps.clock();
+      await this.record(ctx, t, job, inputs, cacheKey, stepId, own, { nodeId: '', startedAtNs: nowNs.toString(), endedAtNs: nowNs.toString(), resources: undefined, shardId: '', cachedFrom: hit.stepId });
+      await this.updateCurrent(t, own);
+      const outs = Object.fromEntries(own.map((o) => [o.objectId, o.contentHash]));
+      return { outcome: 'cached', result: toResult({ outputs: outs, changed: changedFrom(outs), stepId, nodeId: '', cachedFrom: hit.stepId }) };
     }
     const executed = await this.execute(ctx, t, job, inputs, cacheKey, stepId);
     const outs = Object.fromEntries(executed.outputs.map((o) => [o.objectId, o.contentHash]));
@@ -156,7 +177,11 @@ export class RecomputeExecutor implements JobExecutor {
     const shardId = computeShardId(t.pipeline, { name: t.step, codeVersion: t.codeVersion, parameters: t.parameters } as never, inputs);
     const prior = await this.deps.lineage.readStep(pipelineStepId(t.pipeline, t.step, shardId));
     if (!prior) return undefined;
-    const outputs = prior.generated.map((g) => ({ objectId: g.objectId, contentHash: g.contentHash, size: 0, mediaType: '' }));
+    // This record's own execution: an output under the record's key is keyed '' as execute() keys it.
+    const outputs = stepOutputs(prior).map((g) => {
+      const key = recordKeyOf(g.objectId);
+      return { objectId: g.objectId, contentHash: g.contentHash, size: 0, mediaType: '', key: key === t.key ? '' : key };
+    });
     await this.deps.memo.put(cacheKey, { outputs, stepId: prior.stepId });
     return { outputs, stepId: prior.stepId };
   }
@@ -202,13 +227,35 @@ export class RecomputeExecutor implements JobExecutor {
     const outputs: (MemoOutput & { payload: Uint8Array })[] = outcome.outputs.map((o, i) => {
       const hash = contentHashOf(o.payload);
       const objectId = t.pipeline ? recordObjectId(t.pipeline, t.output, o.key || t.key) : (t.outputs[i]?.objectId ?? `${t.originalStepId}/out-${i}`);
-      return { objectId, contentHash: hash, size: o.payload.byteLength, mediaType: o.mediaType, payload: o.payload };
+      return { objectId, contentHash: hash, size: o.payload.byteLength, mediaType: o.mediaType, payload: o.payload, ...(t.pipeline ? { key: o.key } : {}) };
     });
     await payloads.putMany(
       outputs.map((o) => o.payload),
       outputs.map((o) => o.contentHash),
     );
     const { startedAtNs, endedAtNs } = outcomeSpanNs(outcome, this.deps.clock);
+    const memoOutputs = outputs.map(({ payload: _payload, ...o }) => o);
+    await this.record(ctx, t, job, inputs, cacheKey, stepId, memoOutputs, { nodeId: nodeId || outcome.nodeId, startedAtNs, endedAtNs, resources: outcome.resources, shardId: assignment.shardId, cachedFrom: '' });
+    await this.deps.memo.put(cacheKey, { outputs: memoOutputs, stepId });
+    await this.updateCurrent(t, memoOutputs);
+    return { outputs: memoOutputs, nodeId: nodeId || outcome.nodeId };
+  }
+
+  /**
+   * Records a task's step (why = RECOMPUTE, the job) and the output versions it is the first to
+   * make: an execution, or a memo hit (`cachedFrom`, no node, no resources).
+   */
+  private async record(
+    ctx: TaskRunContext,
+    t: RecomputeTaskPayload,
+    job: RecomputeJobPayload,
+    inputs: readonly { name: string; objectId: string; contentHash: string }[],
+    cacheKey: string,
+    stepId: string,
+    outputs: readonly MemoOutput[],
+    how: { nodeId: string; startedAtNs: string; endedAtNs: string; resources: ShardOutcome['resources']; shardId: string; cachedFrom: string },
+  ): Promise<void> {
+    const { startedAtNs, endedAtNs } = how;
     // A version has one generating step: an output that came out exactly as an earlier step made
     // it is listed in the facet (`reproduced`), not generated again.
     const index = this.deps.lineage.index;
@@ -220,12 +267,12 @@ export class RecomputeExecutor implements JobExecutor {
       transform: t.transform,
       codeVersion: t.codeVersion,
       parameters: t.parameters,
-      nodeId: nodeId || outcome.nodeId,
+      nodeId: how.nodeId,
       host: '',
       startedAtNs,
       endedAtNs,
       why: { kind: TriggerKind.TRIGGER_KIND_RECOMPUTE, id: ctx.jobId, principal: job.principal },
-      resources: outcome.resources,
+      resources: how.resources,
       used: inputs.map((i) => ({ objectId: i.objectId, contentHash: i.contentHash, unversioned: false })),
       generated,
       facets: {
@@ -233,10 +280,11 @@ export class RecomputeExecutor implements JobExecutor {
           pipeline: t.pipeline,
           step: t.step,
           output: t.output,
-          shardId: assignment.shardId,
+          ...(how.shardId ? { shardId: how.shardId } : {}),
           inputs: Object.fromEntries(inputs.map((i) => [i.name, i.objectId])),
           recomputeOf: t.originalStepId,
           cacheKey,
+          ...(how.cachedFrom ? { cachedFrom: how.cachedFrom } : {}),
           changes: job.changeIds,
           outputs: Object.fromEntries(outputs.map((o) => [o.objectId, o.contentHash])),
           reproduced: reproduced.map((o) => ({ objectId: o.objectId, contentHash: o.contentHash })),
@@ -257,10 +305,6 @@ export class RecomputeExecutor implements JobExecutor {
       { eventId: `step:${stepId}`, eventTimeNs: endedAtNs, producer: PRODUCER, body: { $case: 'step', value: step } },
     ];
     await this.deps.lineage.submit(events);
-    const memoOutputs = outputs.map(({ objectId, contentHash, size, mediaType }) => ({ objectId, contentHash, size, mediaType }));
-    await this.deps.memo.put(cacheKey, { outputs: memoOutputs, stepId });
-    await this.updateCurrent(t, memoOutputs);
-    return { outputs: memoOutputs, nodeId: step.nodeId };
   }
 
   private async updateCurrent(t: RecomputeTaskPayload, outputs: readonly MemoOutput[]): Promise<void> {

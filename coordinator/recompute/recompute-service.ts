@@ -28,7 +28,7 @@ import { allocate, toNodeView } from '../scheduler/allocator.js';
 import { checkTargetLabels } from '../scheduler/placement-targets.js';
 import type { ChangedFile } from './change-detector.js';
 import { stepChanges } from './change-detector.js';
-import { changeIdOf, type ChangeInput, type ChangeStore } from './change-store.js';
+import type { ChangeInput, ChangeStore } from './change-store.js';
 import { collectAffected, toImpactResponse, type AffectedGraph, type AffectedNode, type ImpactRoot } from './impact-analysis.js';
 import { planRecompute, type StepDefinition } from './recompute-planner.js';
 
@@ -125,7 +125,7 @@ export class Recomputer {
     const rec = parseRecordId(objectId);
     const pipes = this.deps.pipelines();
     if (payload.length > 0) await pipes?.payloads.put(payload);
-    const changeId = changeIdOf(input);
+    const changeId = await this.deps.changes.idOf(input);
     const nowNs = this.deps.clock().toString();
     await this.deps.lineage.submit([
       {
@@ -156,7 +156,7 @@ export class Recomputer {
   private async recordCutShort(input: ChangeInput & { objectId: string }): Promise<Change | undefined> {
     const attributes = (await this.deps.lineage.readVersion(input.objectId, input.newHash))?.attributes ?? {};
     const previous = attributes.previous_hash;
-    if (previous === undefined || attributes.change_id !== changeIdOf({ ...input, oldHash: previous })) return undefined;
+    if (previous === undefined || attributes.change_id !== (await this.deps.changes.idOf({ ...input, oldHash: previous }))) return undefined;
     const { change } = await this.deps.changes.record({ ...input, oldHash: previous, noticedBy: attributes.noticed_by ?? input.noticedBy });
     this.deps.log(`recompute: change ${change.changeId} of ${input.objectId}, cut short by a coordinator stop, recorded on its report sent again`);
     return change;

@@ -450,7 +450,9 @@ export class ReplayEngine {
    * whose outputs, generated or reproduced, include the pipeline's current version of an output
    * object, the newest; when none does (a step outside pipelines, no current record known), the
    * newest execution. Replaying every execution would re-run superseded work and compare it with
-   * outputs that are no longer current.
+   * outputs that are no longer current. A recompute task the memo served (facet `cachedFrom`)
+   * ran nothing, so it has no timing or placement to replay: it is taken only where the step has
+   * no execution that ran (a result reused from another record or pipeline).
    */
   private async planRecord(source: { ref: ObjectRef; eventTimeNs: bigint }): Promise<RecordPlan> {
     const lineage = this.deps.lineage;
@@ -466,7 +468,11 @@ export class ReplayEngine {
       else executions.set(key, [step]);
     }
     const steps: Step[] = [];
-    for (const group of executions.values()) steps.push(group.length === 1 ? (group[0] as Step) : await this.currentExecution(group));
+    for (const group of executions.values()) {
+      const ran = group.filter((s) => retraceFacetOf(s).cachedFrom === undefined);
+      const candidates = ran.length > 0 ? ran : group;
+      steps.push(candidates.length === 1 ? (candidates[0] as Step) : await this.currentExecution(candidates));
+    }
     const key = source.ref.objectId.slice(source.ref.objectId.indexOf(':', 'record:'.length) + 1) || source.ref.objectId;
     return {
       source: source.ref,
