@@ -12,7 +12,7 @@ import { RetraceError } from '../../common/errors.js';
 import { flag, hasFlag, UsageError, type CliCommand } from './command.js';
 import { openClient, readNamedFile } from './client.js';
 import { COORDINATOR_FEATURE_USAGE, coordinatorExtensions, coordinatorFlags } from './coordinator-extensions.js';
-import { toJson } from './format.js';
+import { progressBar, toJson } from './format.js';
 
 const coordinator: CliCommand = {
   path: ['coordinator'],
@@ -114,12 +114,14 @@ const verify: CliCommand = {
         } catch (err) {
           externalProblem = (err as Error).message;
         }
-        const r = await verifyLedger(new LineageStore(db), {
+        const store = new LineageStore(db);
+        const total = await progressTotal(store);
+        const r = await verifyLedger(store, {
           ...(publicKey ? { publicKey } : {}),
           ...(external ? { external } : {}),
-          onProgress: (n) => io.stderr.write(`\rverified ${n} entries`),
+          onProgress: (n) => io.stderr.write(`\r${total > 0 ? progressBar(Number(n), total, 30, `${n}/${total} ledger entries`) : `verified ${n} entries`}\u001b[K`),
         });
-        io.stderr.write('\r');
+        io.stderr.write('\r\u001b[K');
         const ledger = externalProblem !== undefined && r.ok ? { ...r, ok: false, firstBadSeq: 0n, problem: externalProblem } : r;
         const content = ledgerOnly
           ? undefined
@@ -154,6 +156,20 @@ const verify: CliCommand = {
     return report.ok ? 0 : 1;
   },
 };
+
+/**
+ * The ledger progress bar's total: the latest checkpoint's tree size (each commit group writes
+ * one with its entries); 0 (a count, no bar) when there is none or it does not parse, which
+ * the verification itself then reports.
+ */
+async function progressTotal(store: LineageStore): Promise<number> {
+  try {
+    const size = Number((JSON.parse((await store.latestCheckpoint()) ?? '{}') as { treeSize?: unknown }).treeSize);
+    return Number.isSafeInteger(size) && size > 0 ? size : 0;
+  } catch {
+    return 0;
+  }
+}
 
 function formatBytes(n: number): string {
   return n < 1024 * 1024 ? `${(n / 1024).toFixed(1)} KiB` : `${(n / 1024 / 1024).toFixed(1)} MiB`;
