@@ -66,11 +66,8 @@ describe('recompute after a reverted change', () => {
     })());
   const current = async (pipeline: string, dataset: string) => (await shared.pipelines?.store.getCurrent(pipeline, dataset, 'k'))?.contentHash;
 
-  /** NotifyChange + Recompute; resolves with the ended job's outcomes by step. */
-  async function change(source: string, text: string): Promise<Record<string, string>> {
-    const rc = tc.client(RecomputeServiceDefinition);
-    const n = await rc.notifyChange({ objectId: `record:wf/${source}:k`, contentHash: '', payload: Buffer.from(text), mediaType: '', noticedBy: '' });
-    const { jobId } = await rc.recompute({ changeIds: [n.change?.changeId ?? ''], objectIds: [], newContents: [], policy: undefined });
+  /** Polls the job until it ended; expects it SUCCEEDED. */
+  async function succeeded(jobId: string): Promise<Job | undefined> {
     const deadline = Date.now() + 60_000;
     let job: Job | undefined;
     while (Date.now() < deadline) {
@@ -79,6 +76,15 @@ describe('recompute after a reverted change', () => {
       await new Promise((r) => setTimeout(r, 50));
     }
     expect(job?.state).toBe(JobState.JOB_STATE_SUCCEEDED);
+    return job;
+  }
+
+  /** NotifyChange + Recompute; resolves with the ended job's outcomes by step. */
+  async function change(source: string, text: string): Promise<Record<string, string>> {
+    const rc = tc.client(RecomputeServiceDefinition);
+    const n = await rc.notifyChange({ objectId: `record:wf/${source}:k`, contentHash: '', payload: Buffer.from(text), mediaType: '', noticedBy: '' });
+    const { jobId } = await rc.recompute({ changeIds: [n.change?.changeId ?? ''], objectIds: [], newContents: [], policy: undefined });
+    const job = await succeeded(jobId);
     return Object.fromEntries((job?.tasks ?? []).map((t) => [t.label.replace(/^wf\/| key=k$/g, ''), t.state === TaskState.TASK_STATE_SUCCEEDED ? t.outcome : TaskState[t.state]]));
   }
 
@@ -123,15 +129,7 @@ describe('recompute after a reverted change', () => {
       const c = n.change;
       expect(c?.jobIds, `${text}: ${JSON.stringify(c)}`).toHaveLength(1);
       seen.push({ changeId: c?.changeId ?? '', jobIds: c?.jobIds ?? [] });
-      const jobId = c?.jobIds[0] ?? '';
-      const deadline = Date.now() + 60_000;
-      let job: Job | undefined;
-      while (Date.now() < deadline) {
-        job = (await tc.client(JobServiceDefinition).getJob({ jobId })).job;
-        if (job && job.state >= JobState.JOB_STATE_SUCCEEDED) break;
-        await new Promise((r) => setTimeout(r, 50));
-      }
-      expect(job?.state).toBe(JobState.JOB_STATE_SUCCEEDED);
+      await succeeded(c?.jobIds[0] ?? '');
       p[text] = await current('auto', 'p');
     }
     // Three changes, three jobs; and p follows x back to x1's output.

@@ -49,6 +49,16 @@ export function recomputeStepId(jobId: string, taskId: string): string {
   return `recompute:${jobId}/${taskId}`;
 }
 
+/** One attempt of a task, as execute() and record() need it: resolved inputs, cache key and step id. */
+interface TaskAttempt {
+  ctx: TaskRunContext;
+  t: RecomputeTaskPayload;
+  job: RecomputeJobPayload;
+  inputs: readonly { name: string; objectId: string; contentHash: string }[];
+  cacheKey: string;
+  stepId: string;
+}
+
 /**
  * A memo hit's outputs as this task's own: the hit may come from another record or pipeline
  * (the cache key leaves object ids out), whose output ids name that record. A pipeline output
@@ -159,12 +169,12 @@ export class RecomputeExecutor implements JobExecutor {
       // is), so lineage shows what this task's outputs came from and a later change of these
       // inputs finds the steps downstream of them.
       const nowNs = this.deps.clock();
-      await this.record(ctx, t, job, inputs, cacheKey, stepId, own, { nodeId: '', startedAtNs: nowNs.toString(), endedAtNs: nowNs.toString(), resources: undefined, shardId: '', cachedFrom: hit.stepId });
+      await this.record({ ctx, t, job, inputs, cacheKey, stepId }, own, { nodeId: '', startedAtNs: nowNs.toString(), endedAtNs: nowNs.toString(), resources: undefined, shardId: '', cachedFrom: hit.stepId });
       await this.updateCurrent(t, own);
       const outs = Object.fromEntries(own.map((o) => [o.objectId, o.contentHash]));
       return { outcome: 'cached', result: toResult({ outputs: outs, changed: changedFrom(outs), stepId, nodeId: '', cachedFrom: hit.stepId }) };
     }
-    const executed = await this.execute(ctx, t, job, inputs, cacheKey, stepId);
+    const executed = await this.execute({ ctx, t, job, inputs, cacheKey, stepId });
     const outs = Object.fromEntries(executed.outputs.map((o) => [o.objectId, o.contentHash]));
     return { outcome: 'executed', result: toResult({ outputs: outs, changed: changedFrom(outs), stepId, nodeId: executed.nodeId, cachedFrom: '' }) };
   }
@@ -186,14 +196,8 @@ export class RecomputeExecutor implements JobExecutor {
     return { outputs, stepId: prior.stepId };
   }
 
-  private async execute(
-    ctx: TaskRunContext,
-    t: RecomputeTaskPayload,
-    job: RecomputeJobPayload,
-    inputs: readonly { name: string; objectId: string; contentHash: string }[],
-    cacheKey: string,
-    stepId: string,
-  ): Promise<{ outputs: MemoOutput[]; nodeId: string }> {
+  private async execute(task: TaskAttempt): Promise<{ outputs: MemoOutput[]; nodeId: string }> {
+    const { ctx, t, job, inputs, cacheKey, stepId } = task;
     const runner = this.deps.runner();
     const payloads = this.deps.payloads();
     if (!runner || !payloads) throw new FailedPreconditionError('recompute needs the scheduler and the payload store');
@@ -235,7 +239,7 @@ export class RecomputeExecutor implements JobExecutor {
     );
     const { startedAtNs, endedAtNs } = outcomeSpanNs(outcome, this.deps.clock);
     const memoOutputs = outputs.map(({ payload: _payload, ...o }) => o);
-    await this.record(ctx, t, job, inputs, cacheKey, stepId, memoOutputs, { nodeId: nodeId || outcome.nodeId, startedAtNs, endedAtNs, resources: outcome.resources, shardId: assignment.shardId, cachedFrom: '' });
+    await this.record(task, memoOutputs, { nodeId: nodeId || outcome.nodeId, startedAtNs, endedAtNs, resources: outcome.resources, shardId: assignment.shardId, cachedFrom: '' });
     await this.deps.memo.put(cacheKey, { outputs: memoOutputs, stepId });
     await this.updateCurrent(t, memoOutputs);
     return { outputs: memoOutputs, nodeId: nodeId || outcome.nodeId };
@@ -246,15 +250,11 @@ export class RecomputeExecutor implements JobExecutor {
    * make: an execution, or a memo hit (`cachedFrom`, no node, no resources).
    */
   private async record(
-    ctx: TaskRunContext,
-    t: RecomputeTaskPayload,
-    job: RecomputeJobPayload,
-    inputs: readonly { name: string; objectId: string; contentHash: string }[],
-    cacheKey: string,
-    stepId: string,
+    task: TaskAttempt,
     outputs: readonly MemoOutput[],
     how: { nodeId: string; startedAtNs: string; endedAtNs: string; resources: ShardOutcome['resources']; shardId: string; cachedFrom: string },
   ): Promise<void> {
+    const { ctx, t, job, inputs, cacheKey, stepId } = task;
     const { startedAtNs, endedAtNs } = how;
     // A version has one generating step: an output that came out exactly as an earlier step made
     // it is listed in the facet (`reproduced`), not generated again.
