@@ -16,6 +16,7 @@ import { schedulerExtension } from '../coordinator/scheduler/scheduler-extension
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
 import { startLocalAgents, stopLocalAgents, type LocalAgent } from '../scripts/cli/local-agents.js';
 import { publishTransform } from './helpers/publish-transform.js';
+import { h } from './helpers/lineage-events.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 
 /**
@@ -115,6 +116,39 @@ describe('recompute after a reverted change', () => {
     expect(await current('wf', 'p')).toBe(p1);
     // x1 again: the index's newest version of x is x1 already, but the record is at x0 now.
     expect(await change('x', 'x1')).toEqual({ p: 'cached', r: 'cached' });
+  }, 120_000);
+
+  it('under manual, two changes of a record before a recompute: either one brings the downstream to the content now', async () => {
+    for (const name of ['man', 'man-fresh']) await tc.client(PipelineServiceDefinition).applyPipeline({ pipeline: pipelineOf(name) });
+    await tc.client(RecomputeServiceDefinition).setChangePolicy({ pipeline: 'man', source: '', policy: ChangePolicy.CHANGE_POLICY_MANUAL });
+    await ingest('man', 'x', 'm0');
+    await ingest('man', 'y', 'n0');
+    // What the downstream must come to: the same inputs from scratch.
+    await ingest('man-fresh', 'x', 'm2');
+    await ingest('man-fresh', 'y', 'n0');
+    const rc = tc.client(RecomputeServiceDefinition);
+    const notify = async (text: string) => (await rc.notifyChange({ objectId: 'record:man/x:k', contentHash: '', payload: Buffer.from(text), mediaType: '', noticedBy: '' })).change?.changeId ?? '';
+    await notify('m1');
+    const c2 = await notify('m2');
+    // The newer change: its old version (m1) no step read; the walk starts from m0's readers.
+    const r2 = await rc.recompute({ changeIds: [c2], objectIds: [], newContents: [], policy: undefined });
+    expect(r2.tasks.map((t) => t.label)).toEqual(['man/p key=k', 'man/r key=k']);
+    await succeeded(r2.jobId);
+    expect(await current('man', 'p')).toBe(await current('man-fresh', 'p'));
+    expect(await current('man', 'r')).toBe(await current('man-fresh', 'r'));
+
+    // The older change, recomputed after: at the record's content now (m2), not at m1.
+    await notify('m3');
+    await notify('m4');
+    const older = (await rc.listChanges({ pipeline: 'man', pageSize: 0, pageToken: '' })).changes.find((c) => c.newHash === h('m3'))?.changeId ?? '';
+    const newer = (await rc.listChanges({ pipeline: 'man', pageSize: 0, pageToken: '' })).changes.find((c) => c.newHash === h('m4'))?.changeId ?? '';
+    const r1 = await rc.recompute({ changeIds: [older], objectIds: [], newContents: [], policy: undefined });
+    // The job also recomputes the reported change that made the content current.
+    expect(r1.changeIds).toEqual([older, newer]);
+    await succeeded(r1.jobId);
+    await ingest('man-fresh', 'x', 'm4');
+    expect(await current('man', 'p')).toBe(await current('man-fresh', 'p'));
+    expect((await rc.getChange({ changeId: newer })).change?.jobIds).toEqual([r1.jobId]);
   }, 120_000);
 
   it('under auto, a change made again after a revert is a change of its own, with its own job', async () => {

@@ -16,7 +16,7 @@ import {
 } from '../../common/gen/retrace/v1/recompute.js';
 import type { NodeInfo } from '../../common/gen/retrace/v1/node.js';
 import { contentHashOf, isContentHash } from '../../common/hash.js';
-import { parseNodeKey } from '../../common/lineage-keys.js';
+import { parseNodeKey, versionKey } from '../../common/lineage-keys.js';
 import { nanosToIso } from '../../common/time.js';
 import type { NanoClock } from '../clock.js';
 import { crashPointForTests } from '../test-crash-point.js';
@@ -47,6 +47,9 @@ export interface RecomputerDeps {
 const PRODUCER = 'retrace://coordinator/recompute';
 
 /** An auto-policy change no job was submitted for yet (manual ones wait for `Recompute`). */
+/** Changes of a pipeline step's code or parameters; the other kinds change an object's content. */
+const CODE_KINDS: ReadonlySet<ChangeKind> = new Set([ChangeKind.CHANGE_KIND_CODE_VERSION, ChangeKind.CHANGE_KIND_CODE_PUBLISHED, ChangeKind.CHANGE_KIND_PARAMETERS]);
+
 function awaitsAutoJob(c: Change): boolean {
   return c.policy === ChangePolicy.CHANGE_POLICY_AUTO && c.state === ChangeState.CHANGE_STATE_REPORTED && c.jobIds.length === 0;
 }
@@ -415,9 +418,33 @@ export class Recomputer {
         if (!def) throw new FailedPreconditionError(`step ${change.step} is no longer in pipeline ${change.pipeline}`, field);
         return [{ kind: 'pipelineStep', pipeline: change.pipeline, step: change.step, transform: def.transform }];
       }
-      default:
-        return [{ kind: 'version', objectId: change.objectId, oldHash: change.oldHash, newHash: change.newHash }];
+      default: {
+        // A version no step has read (a change that waited behind another under manual) is
+        // behind what read the versions before it: the walk starts from the newest one some
+        // step has read, as for an object id.
+        const index = this.deps.lineage.index;
+        let oldHash = change.oldHash;
+        if (index.consumersOf(versionKey(change.objectId, oldHash)).length === 0) {
+          const used = [...index.membersOf(`object:${change.objectId}`)].reverse().find((k) => parseNodeKey(k).contentHash !== change.newHash && index.consumersOf(k).length > 0);
+          if (used) oldHash = parseNodeKey(used).contentHash;
+        }
+        return [{ kind: 'version', objectId: change.objectId, oldHash, newHash: change.newHash }];
+      }
     }
+  }
+
+  /**
+   * A pipeline record's content now, where a change of it is no longer the latest (a newer change
+   * moved it on before this one was recomputed); undefined otherwise. Other objects have no
+   * current record to tell (their newest version may be a reverted one), so they are left as the
+   * change says.
+   */
+  private async movedOnTo(change: Change): Promise<string | undefined> {
+    const rec = parseRecordId(change.objectId);
+    const pipes = this.deps.pipelines();
+    if (!rec || !pipes || CODE_KINDS.has(change.kind)) return undefined;
+    const current = await pipes.store.getCurrent(rec.pipeline, rec.dataset, rec.key);
+    return current && current.objectId === change.objectId && current.contentHash !== change.newHash ? current.contentHash : undefined;
   }
 
   async impact(request: ImpactRequest): Promise<ImpactResponse> {
@@ -566,10 +593,21 @@ export class Recomputer {
       if (change) changes.push(change);
     }
     if (!dryRun) for (const c of changes) if (c.kind === ChangeKind.CHANGE_KIND_CODE_PUBLISHED) await this.adoptPublishedCode(c);
+    // A record that newer changes moved on is recomputed at its content now, not at the one this
+    // change named (that would leave its downstream behind the record); the reported change
+    // that made the content current is recomputed by the same job.
+    const movedOn = new Map<string, string>();
+    for (const c of [...changes]) {
+      const now = await this.movedOnTo(c);
+      if (now === undefined) continue;
+      movedOn.set(c.objectId, now);
+      const newer = await this.changeTo(c.objectId, c.pipeline, now);
+      if (newer && newer.state === ChangeState.CHANGE_STATE_REPORTED && !changes.some((x) => x.changeId === newer.changeId)) changes.push(newer);
+    }
     const roots: ImpactRoot[] = [];
     for (const [i, c] of changes.entries()) roots.push(...(await this.rootsOfChange(c, `change_ids[${i}]`)));
     const newVersions = new Map<string, string>();
-    for (const r of roots) if (r.kind === 'version' && r.newHash) newVersions.set(r.objectId, r.newHash);
+    for (const r of roots) if (r.kind === 'version' && r.newHash) newVersions.set(r.objectId, movedOn.get(r.objectId) ?? r.newHash);
     const graph = await collectAffected(this.deps.lineage, roots);
     await this.addCurrentInputs(graph, newVersions);
     const definitions = await this.definitions(graph);
