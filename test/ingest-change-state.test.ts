@@ -75,6 +75,15 @@ describe('the state of a change a re-ingest noticed', () => {
     // 2. k1 changes to content step a fails on: the change stays reported (no durable new output).
     const failed = await ingest([record('k1', 'boom')]);
     expect(Number(failed.shardsFailed)).toBe(1);
-    expect(await changeOf('record:wf/raw:k1')).toEqual([expect.objectContaining({ policy: ChangePolicy.CHANGE_POLICY_AUTO, state: ChangeState.CHANGE_STATE_REPORTED })]);
+    const [left] = await changeOf('record:wf/raw:k1');
+    expect(left).toMatchObject({ policy: ChangePolicy.CHANGE_POLICY_AUTO, state: ChangeState.CHANGE_STATE_REPORTED });
+
+    // 3. Instead of a resend, newer content comes: its ingest brings the downstream to it, which
+    // also settles the change left reported before it.
+    expect(Number((await ingest([record('k1', 'v3')])).shardsRun)).toBe(2);
+    const settled = await changeOf('record:wf/raw:k1');
+    const newer = settled.find((ch) => ch.changeId !== left?.changeId);
+    expect(newer).toMatchObject({ state: ChangeState.CHANGE_STATE_RECOMPUTED_BY_INGEST, oldHash: left?.newHash });
+    expect(settled.find((ch) => ch.changeId === left?.changeId)).toMatchObject({ state: ChangeState.CHANGE_STATE_RECOMPUTED_BY_INGEST, jobIds: [], detail: expect.stringContaining(`superseded by change ${newer?.changeId}`) });
   }, 60_000);
 });

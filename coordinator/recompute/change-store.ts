@@ -55,7 +55,12 @@ export interface ChangeStore {
   list(options?: { pipeline?: string; pageSize?: number; pageToken?: string }): Promise<{ changes: Change[]; nextPageToken: string }>;
   /** Adds a job id to a change and sets its state. */
   markSubmitted(changeId: string, jobId: string): Promise<Change>;
-  /** A reported change the ingest that noticed it recomputed: RECOMPUTED_BY_INGEST (a change in another state keeps it). */
+  /**
+   * A reported change the ingest that noticed it recomputed: RECOMPUTED_BY_INGEST (a change in
+   * another state keeps it). So are the reported changes without a job before it on the same
+   * object (a failed step or a stop left them so, and a newer content came instead of a resend):
+   * the ingest brought the downstream to the content now, and their `detail` says which change did.
+   */
   markRecomputedByIngest(changeId: string): Promise<void>;
   setPolicy(pipeline: string, source: string, policy: ChangePolicy): Promise<PolicyEntry>;
   /** The source's policy, else the pipeline's, else DEFAULT_POLICY. */
@@ -233,13 +238,28 @@ export function createChangeStore(db: Database, lineage: Pick<LineageEngine, 'su
       }
       return { changes: out, nextPageToken: '' };
     },
-    markRecomputedByIngest(changeId) {
+    async markRecomputedByIngest(changeId) {
+      // Outside serial(): the first use builds the index through it.
+      await ensureToIndex();
       return serial(async () => {
         const c = await read(changeId);
         if (!c) throw new NotFoundError(`change ${JSON.stringify(changeId)}`, 'change_id');
         if (c.state !== ChangeState.CHANGE_STATE_REPORTED) return;
         c.state = ChangeState.CHANGE_STATE_RECOMPUTED_BY_INGEST;
-        await changes.put(changeId, Change.toJSON(c));
+        const batch = root.batch().put(changeId, Change.toJSON(c), { sublevel: changes });
+        // Back along the object's changes while they wait, reported with no job.
+        const seen = new Set([changeId]);
+        for (let at = c; CONTENT_KINDS.has(at.kind); ) {
+          const id = await changesTo.get(toKey(at.pipeline, at.objectId, at.oldHash));
+          const before = id === undefined || seen.has(id) ? undefined : await read(id);
+          if (!before || before.state !== ChangeState.CHANGE_STATE_REPORTED || before.jobIds.length > 0) break;
+          seen.add(before.changeId);
+          before.state = ChangeState.CHANGE_STATE_RECOMPUTED_BY_INGEST;
+          before.detail = `superseded by change ${changeId}, whose ingest brought the downstream to the content now${before.detail ? `; ${before.detail}` : ''}`;
+          batch.put(before.changeId, Change.toJSON(before), { sublevel: changes });
+          at = before;
+        }
+        await batch.write();
       });
     },
     markSubmitted(changeId, jobId) {
