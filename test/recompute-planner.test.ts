@@ -171,4 +171,38 @@ describe('impact analysis and recompute planning', () => {
     expect(await payloads.has(contentHashOf('xa3'))).toBe(true);
     await db.close();
   });
+
+  it('a retried attempt that finds its step recorded still moves the current records (the attempt before stopped in between)', async () => {
+    const db = await openDatabase(null);
+    const payloads = createPayloadStore(db);
+    await payloads.put(Buffer.from('a4'));
+    const moved: string[][] = [];
+    let stopBeforeCurrent = true;
+    const executor = new RecomputeExecutor({
+      lineage: tc.coordinator.lineage,
+      payloads: () => payloads,
+      async setCurrent(pipeline, entries) {
+        if (stopBeforeCurrent) {
+          stopBeforeCurrent = false;
+          throw new Error('the coordinator stopped');
+        }
+        moved.push(...entries.map((e) => [pipeline, e.dataset, e.key, e.record.contentHash, String(e.record.size), e.record.mediaType]));
+      },
+      memo: createMemoStore(db),
+      runner: () => ({
+        async run(assignment) {
+          return { nodeId: 'n1', attempts: 1, queuedMs: 0, outcome: { shardId: assignment.shardId, nodeId: 'n1', status: ShardStatus.SHARD_STATUS_SUCCEEDED, error: '', outputs: [{ key: 'a', payload: Buffer.from('xa4'), mediaType: 'text/plain', contentHash: '' }], startedAtNs: '1', endedAtNs: '2', resources: undefined } as never };
+        },
+      }),
+      clock: () => 10_000_000_000n,
+    });
+    await tc.coordinator.lineage.submit([objectEvent('a4', 'record:p/raw:a', 'a4', '9500000000')]);
+    const g = await collectAffected(tc.coordinator.lineage, [{ kind: 'version', objectId: 'record:p/raw:a', oldHash: contentHashOf('a2') }]);
+    const job: JobSpec = planRecompute(g, { newVersions: new Map([['record:p/raw:a', contentHashOf('a4')]]), definitions: new Map(), changeIds: [], principal: 'me', title: 't' });
+    const ctx = (attempt: number): TaskRunContext => ({ jobId: 'job-stop', job, task: job.tasks[0] as JobSpec['tasks'][number], attempt, signal: new AbortController().signal, deps: new Map() });
+    await expect(executor.runTask(ctx(1))).rejects.toThrow('the coordinator stopped');
+    expect((await executor.runTask(ctx(2))).outcome).toBe('executed');
+    expect(moved).toEqual([['p', 'X', 'a', contentHashOf('xa4'), '3', 'text/plain']]);
+    await db.close();
+  });
 });

@@ -23,7 +23,7 @@ export interface RecomputeShardRunner {
 }
 
 export interface RecomputeExecutorDeps {
-  lineage: Pick<LineageEngine, 'submit' | 'readStep' | 'readRun' | 'index'>;
+  lineage: Pick<LineageEngine, 'submit' | 'readStep' | 'readRun' | 'readVersion' | 'index'>;
   payloads: () => Pick<PayloadStore, 'find' | 'putMany' | 'retain'> | undefined;
   /** Sets the pipelines' current records (pipeline outputs only). */
   setCurrent: (pipeline: string, entries: { dataset: string; key: string; record: CurrentRecord }[]) => Promise<void>;
@@ -156,6 +156,8 @@ export class RecomputeExecutor implements JobExecutor {
       const facet = retraceFacetOf(recorded);
       const outs = facet.outputs ?? Object.fromEntries(recorded.generated.map((g) => [g.objectId, g.contentHash]));
       const cachedFrom = typeof facet.cachedFrom === 'string' ? facet.cachedFrom : '';
+      // The attempt that recorded it may have stopped before the current records moved.
+      await this.updateCurrent(t, await this.versionsOf(outs));
       if (cachedFrom !== '') return { outcome: 'cached', result: toResult({ outputs: outs, changed: changedFrom(outs), stepId, nodeId: '', cachedFrom }) };
       return { outcome: 'executed', result: toResult({ outputs: outs, changed: changedFrom(outs), stepId, nodeId: recorded.nodeId, cachedFrom: '' }) };
     }
@@ -305,6 +307,16 @@ export class RecomputeExecutor implements JobExecutor {
       { eventId: `step:${stepId}`, eventTimeNs: endedAtNs, producer: PRODUCER, body: { $case: 'step', value: step } },
     ];
     await this.deps.lineage.submit(events);
+  }
+
+  /** Outputs as recorded (object id → hash) with the size and media type of their versions. */
+  private async versionsOf(outputs: Record<string, string>): Promise<MemoOutput[]> {
+    return Promise.all(
+      Object.entries(outputs).map(async ([objectId, contentHash]) => {
+        const v = await this.deps.lineage.readVersion(objectId, contentHash);
+        return { objectId, contentHash, size: Number(v?.size ?? 0), mediaType: v?.mediaType ?? '' };
+      }),
+    );
   }
 
   private async updateCurrent(t: RecomputeTaskPayload, outputs: readonly MemoOutput[]): Promise<void> {
