@@ -172,5 +172,14 @@ describe('recompute after a reverted change', () => {
     expect(p.x1).toBeDefined();
     expect(p.x1).not.toBe(p.x0);
     expect(await current('auto', 'p')).toBe(p.x1);
+    // Every step here was served from the memo (of wf's runs): impact names those steps, with the
+    // node and cost of the runs whose results they reused.
+    const impact = await rc.impact({ target: { $case: 'objectId', value: 'record:auto/x:k' }, asOfNs: '' });
+    expect(impact.steps.map((s) => s.step)).toEqual(['p', 'r']);
+    for (const s of impact.steps) {
+      expect(s.stepId).toMatch(/^recompute:/);
+      expect(s.nodeId).toBe(agents[0]?.nodeId);
+      expect(Number(s.wallTimeNs)).toBeGreaterThan(0);
+    }
   }, 120_000);
 });

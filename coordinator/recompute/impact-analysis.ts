@@ -33,6 +33,11 @@ export interface AffectedNode {
   depth: number;
   /** Step ids (of other affected nodes) whose outputs this one uses. */
   dependsOn: string[];
+  /**
+   * Where `step` was served from the memo (facet `cachedFrom`), the execution whose result it
+   * reused: the node and resources a rerun would cost. Else absent.
+   */
+  ranAs?: Step;
 }
 
 /** The affected subgraph, steps in dependency order. */
@@ -168,6 +173,11 @@ export async function collectAffected(lineage: ImpactLineage, roots: readonly Im
     }
     n.dependsOn = [...deps].sort();
   }
+  for (const n of kept.values()) {
+    const from = retraceFacetOf(n.step).cachedFrom;
+    const ran = typeof from === 'string' && from !== '' ? await lineage.readStep(from) : undefined;
+    if (ran) n.ranAs = ran;
+  }
   const ordered = topoOrder([...kept.values()]);
   return { roots: rootNames, nodes: ordered, objects: [...objects.values()].sort((a, b) => a.depth - b.depth || a.objectId.localeCompare(b.objectId)) };
 }
@@ -213,7 +223,9 @@ export async function toImpactResponse(graph: AffectedGraph, asOfNs: string, pla
   const finish = new Map<string, bigint>();
   let critical = 0n;
   for (const n of graph.nodes) {
-    const r = n.step.resources;
+    // A memo-served step ran nothing: its cost is that of the execution it reused.
+    const ran = n.ranAs ?? n.step;
+    const r = ran.resources;
     const w = BigInt(r?.wallTimeNs ?? '0');
     cpu += BigInt(r?.cpuTimeNs ?? '0');
     wall += w;
@@ -230,7 +242,7 @@ export async function toImpactResponse(graph: AffectedGraph, asOfNs: string, pla
       transform: n.step.transform,
       codeVersion: n.step.codeVersion,
       depth: n.depth,
-      nodeId: n.step.nodeId,
+      nodeId: ran.nodeId,
       cpuTimeNs: r?.cpuTimeNs ?? '0',
       wallTimeNs: r?.wallTimeNs ?? '0',
       peakMemoryBytes: r?.peakMemoryBytes ?? '0',
