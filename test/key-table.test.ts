@@ -44,6 +44,34 @@ describe('KeyTable', () => {
     expect(t.get(part + String(7))).toBe(9);
   });
 
+  it('adds a key looked up just before, or earlier with other lookups and changes in between', () => {
+    const t = new KeyTable();
+    expect(t.get('step:a')).toBeUndefined();
+    expect(t.add('step:a')).toBe(0);
+    // A lookup of another key stages that one: adding the first must not take its bytes.
+    expect(t.get('version:b@sha256:1')).toBeUndefined();
+    expect(t.get('object:b')).toBeUndefined();
+    expect(t.add('object:b')).toBe(1);
+    expect(t.add('version:b@sha256:1')).toBe(2);
+    // Truncation, a hit, an equal string built apart, a key that grows the arena in between.
+    expect(t.get('run:c')).toBeUndefined();
+    t.truncate(2);
+    expect(t.add('run:c')).toBe(2);
+    expect(t.get('run:c')).toBe(2);
+    expect(t.get(`tr${'ansform:d'}`)).toBeUndefined();
+    expect(t.add('transform:d')).toBe(3);
+    expect(t.get('e')).toBeUndefined();
+    expect(t.get('x'.repeat(200_000))).toBeUndefined();
+    expect(t.add('e')).toBe(4);
+    expect(t.get('ü☃')).toBeUndefined();
+    expect(t.add('ü☃')).toBe(5);
+    // The version was truncated away; every other key reads back as itself.
+    const keys = ['step:a', 'object:b', 'run:c', 'transform:d', 'e', 'ü☃'];
+    expect(keys.map((k) => t.get(k))).toEqual([0, 1, 2, 3, 4, 5]);
+    expect(keys.map((_, id) => t.keyOf(id))).toEqual(keys);
+    expect(t.get('version:b@sha256:1')).toBeUndefined();
+  });
+
   it('agrees with a Map through growth and last-in-first-out truncation (seeded random operations)', () => {
     for (const seed of [1, 2, 3]) {
       const rng = createRng(seed);

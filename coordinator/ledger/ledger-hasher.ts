@@ -35,11 +35,14 @@ export interface HashResult {
  * H(previous entry hash ‖ body); also its leaf hash H(0x00 ‖ body) and the interior nodes
  * H(0x01 ‖ left ‖ right) that complete. `state` starts where the chain and tree stand and is
  * left where they stand after the job. Self-contained (no module scope), because its source is
- * also the hashing worker's: `sha256` is passed in.
+ * also the hashing worker's: `sha256` is passed in, and answers the digest as a 32-char latin1
+ * string (a char a byte): a digest as a Buffer is a new off-heap ArrayBuffer, three a row, and
+ * allocating and sweeping those cost the hashing thread twice what the hashing did.
  */
-function hashRows(sha256: (data: Uint8Array) => Uint8Array, job: HashJob, state: ChainState): HashResult {
+function hashRows(sha256: (data: Uint8Array) => string, job: HashJob, state: ChainState): HashResult {
   const view = new Uint8Array(job.buf);
-  const n = job.offsets.length / 2;
+  const offsets = job.offsets;
+  const n = offsets.length / 2;
   const leaves = new Uint8Array(32 * n);
   // Appending n leaves completes fewer than n + log2(size) interior nodes.
   let nodes = new Uint8Array(32 * (n + 64));
@@ -47,45 +50,52 @@ function hashRows(sha256: (data: Uint8Array) => Uint8Array, job: HashJob, state:
   const frontier = state.frontier;
   const nodeInput = new Uint8Array(65);
   nodeInput[0] = 1;
-  let head = state.head;
+  // Where the previous entry hash is: state.head, then each row's first 32 bytes once hashed.
+  let headBytes = state.head;
+  let headAt = 0;
   for (let i = 0; i < n; i++) {
-    const row = view.subarray(job.offsets[2 * i] as number, job.offsets[2 * i + 1] as number);
-    row.set(head, 0);
-    const entryHash = sha256(row);
+    const start = offsets[2 * i] as number;
+    for (let j = 0; j < 32; j++) view[start + j] = headBytes[headAt + j] as number;
+    const entryHash = sha256(view.subarray(start, offsets[2 * i + 1] as number));
     // The leaf hash reads 0x00 ‖ body from byte 31, where the previous head's last byte was.
-    row[31] = 0;
-    let hash = sha256(row.subarray(31));
-    leaves.set(hash, 32 * i);
-    row.set(entryHash, 0);
-    head = entryHash;
+    view[start + 31] = 0;
+    let hash = sha256(view.subarray(start + 31, offsets[2 * i + 1] as number));
+    for (let j = 0; j < 32; j++) leaves[32 * i + j] = hash.charCodeAt(j);
+    for (let j = 0; j < 32; j++) view[start + j] = entryHash.charCodeAt(j);
+    headBytes = view;
+    headAt = start;
     let level = 0;
     for (let left = frontier[level]; left !== undefined; left = frontier[level]) {
       nodeInput.set(left, 1);
-      nodeInput.set(hash, 33);
+      for (let j = 0; j < 32; j++) nodeInput[33 + j] = hash.charCodeAt(j);
       hash = sha256(nodeInput);
       if ((nodeCount + 1) * 32 > nodes.length) {
         const grown = new Uint8Array(nodes.length * 2);
         grown.set(nodes);
         nodes = grown;
       }
-      nodes.set(hash, 32 * nodeCount++);
+      for (let j = 0; j < 32; j++) nodes[32 * nodeCount + j] = hash.charCodeAt(j);
+      nodeCount++;
       frontier[level] = undefined;
       level++;
     }
-    frontier[level] = hash;
+    const kept = new Uint8Array(32);
+    for (let j = 0; j < 32; j++) kept[j] = hash.charCodeAt(j);
+    frontier[level] = kept;
   }
-  state.head = Uint8Array.from(head);
+  state.head = headBytes.slice(headAt, headAt + 32);
   return { leaves, nodes: nodes.slice(0, 32 * nodeCount), head: state.head };
 }
 
-const oneShot = (crypto as { hash?: (algorithm: string, data: Uint8Array, encoding: 'buffer') => Buffer }).hash;
-const sha256 = oneShot ? (data: Uint8Array): Uint8Array => oneShot('sha256', data, 'buffer') : (data: Uint8Array): Uint8Array => crypto.createHash('sha256').update(data).digest();
+// 'binary' is Node's name for latin1 among the digest encodings.
+const oneShot = (crypto as { hash?: (algorithm: string, data: Uint8Array, encoding: 'binary') => string }).hash;
+const sha256 = oneShot ? (data: Uint8Array): string => oneShot('sha256', data, 'binary') : (data: Uint8Array): string => crypto.createHash('sha256').update(data).digest('binary');
 
 /** The worker's source: hashRows, the chain its jobs continue, and a loop answering jobs by id. */
 const WORKER_SOURCE = `
 const { parentPort } = require('node:worker_threads');
 const crypto = require('node:crypto');
-const sha256 = crypto.hash ? (d) => crypto.hash('sha256', d, 'buffer') : (d) => crypto.createHash('sha256').update(d).digest();
+const sha256 = crypto.hash ? (d) => crypto.hash('sha256', d, 'binary') : (d) => crypto.createHash('sha256').update(d).digest('binary');
 const hashRows = ${hashRows.toString()};
 let state;
 parentPort.on('message', ({ id, job }) => {

@@ -29,6 +29,14 @@ export class KeyTable {
   /** Hash slot → key id + 1 (0: empty). Size a power of two, at most half full. */
   private slots = new Int32Array(1 << 13);
   private count = 0;
+  /**
+   * The ASCII key whose bytes `get` left staged at `byteCount` (undefined when none), with its
+   * length and hash: adding a key right after looking it up in vain, as ingest does with every
+   * new node and event id, then costs no second encoding and hashing.
+   */
+  private stagedKey: string | undefined = undefined;
+  private stagedLength = 0;
+  private stagedHash = 0;
 
   get size(): number {
     return this.count;
@@ -53,6 +61,9 @@ export class KeyTable {
     }
     const at = this.byteCount;
     const hash = hashBytes(this.bytes, at, at + n);
+    this.stagedKey = key;
+    this.stagedLength = n;
+    this.stagedHash = hash;
     for (let slot = hash & mask; ; slot = (slot + 1) & mask) {
       const entry = this.slots[slot] as number;
       if (entry === 0) return undefined;
@@ -73,6 +84,7 @@ export class KeyTable {
       this.hashes = grown(this.hashes, this.hashes.length * 2);
       this.wide = grown(this.wide, this.wide.length * 2);
     }
+    if (key === this.stagedKey) return this.commit(id, this.byteCount + this.stagedLength, false, this.stagedHash);
     const staged = this.stage(key);
     if (staged >= 0) {
       // An ASCII key: its bytes are already in place.
@@ -104,6 +116,7 @@ export class KeyTable {
 
   /** Makes the bytes from `byteCount` to `end` key `id`'s, and enters it in the hash table. */
   private commit(id: number, end: number, isWide: boolean, hash: number): number {
+    this.stagedKey = undefined;
     this.starts[id] = this.byteCount;
     this.byteCount = end;
     this.starts[id + 1] = end;
@@ -124,6 +137,7 @@ export class KeyTable {
    * all as U+FFFD). Keys from the wire and ids built from them are ASCII in practice.
    */
   private stage(key: string): number {
+    this.stagedKey = undefined;
     if (key.length === 0) return 0;
     const room = 3 * key.length;
     this.reserve(room);
@@ -158,6 +172,7 @@ export class KeyTable {
 
   /** Removes the keys with ids ≥ `size` (the last ones added). */
   truncate(size: number): void {
+    this.stagedKey = undefined;
     const mask = this.slots.length - 1;
     for (let id = this.count - 1; id >= size; id--) {
       for (let slot = (this.hashes[id] as number) & mask; ; slot = (slot + 1) & mask) {

@@ -103,8 +103,6 @@ interface PreparedGroup {
 }
 
 const GENESIS = new Uint8Array(32);
-/** The entry hash of a prepared entry until its group is sealed. */
-const UNSEALED = new Uint8Array(0);
 const TRACE_DEFAULTS: TraceRequest = { start: undefined, direction: Direction.DIRECTION_UNSPECIFIED, depth: 0, asOfNs: '0', pageSize: 0, pageToken: '', includeEdges: false, objectLevel: false, view: TraceView.TRACE_VIEW_UNSPECIFIED };
 const DEFAULT_PAGE = 1000;
 /** Events per commit group (one synced write) at most, unless one submission is larger. */
@@ -404,10 +402,8 @@ export class LineageEngine implements LineageApi {
         this.head = r.head;
       }
       const batch = this.store.startBatch();
-      for (const e of g.entries) {
-        e.entryHash = (e.value as Uint8Array).subarray(0, 32);
-        batch.add(e);
-      }
+      // Each entry's value is its whole row, entry hash included (the hasher wrote it in place).
+      for (const e of g.entries) batch.add(e);
       // The batch holds its own copy of every row: let the entries go before the write.
       g.entries = [];
       g.batch = batch;
@@ -494,7 +490,7 @@ export class LineageEngine implements LineageApi {
       throw new InvalidArgumentError(`events[${index}]`, `event is ${bodyLength} bytes encoded; the limit is ${EVENT_LIMITS.maxEventBytes}`);
     }
     this.nextSeq++;
-    const entry: PreparedEntry = { seq, entryHash: UNSEALED, body: value.subarray(32), value, entity: entity.ref };
+    const entry: PreparedEntry = { seq, value, entity: entity.ref };
     if (entity.adjacency) entry.adjacency = entity.adjacency;
     if (event.body?.$case === 'step') {
       const versions = describedVersions(event.body.value);
@@ -925,7 +921,6 @@ function packRows(entries: PreparedEntry[], from: number): { buf: SharedArrayBuf
     offsets[2 * (i - from)] = pos;
     offsets[2 * (i - from) + 1] = pos + value.length;
     e.value = arena.subarray(pos, pos + value.length);
-    e.body = e.value.subarray(32);
     pos += value.length;
   }
   return { buf, offsets };

@@ -10,14 +10,20 @@ export type EntityRef =
   | { table: 'steps'; stepId: string }
   | { table: 'runs'; runId: string };
 
-/** One ledger entry ready to write, with the index rows that belong to it. */
+/**
+ * One ledger entry ready to write, with the index rows that belong to it: its ledger row as
+ * `value`, or as `entryHash` and `body` for the store to join.
+ */
 export interface PreparedEntry {
   seq: bigint;
-  /** H(previous entry hash ‖ body). */
-  entryHash: Uint8Array;
-  /** Canonical bytes (encoded LedgerEntryBody). */
-  body: Uint8Array;
-  /** The ledger row, entryHash ‖ body, when the caller built it already (`body` is then its tail). */
+  /** H(previous entry hash ‖ body); unused when `value` is given. */
+  entryHash?: Uint8Array;
+  /** Canonical bytes (encoded LedgerEntryBody); unused when `value` is given. */
+  body?: Uint8Array;
+  /**
+   * The ledger row, entryHash ‖ body, when the caller built it already. The engine builds every
+   * row so, and sets no views of its parts: a Buffer view is an allocation a row, unread.
+   */
   value?: Uint8Array;
   entity: EntityRef;
   /** Object versions the event describes besides its entity (a step's used_versions and generated_versions): an objects row each. */
@@ -116,6 +122,7 @@ export class LineageStore {
         const seq = seqKey(e.seq);
         let value = e.value;
         if (!value) {
+          if (!e.entryHash || !e.body) throw new Error(`prepared entry ${e.seq} has neither its row nor its entry hash and body`);
           value = new Uint8Array(32 + e.body.length);
           value.set(e.entryHash, 0);
           value.set(e.body, 32);
