@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CodeServiceDefinition } from '../common/gen/retrace/v1/code.js';
+import { LineageServiceDefinition, NodeKind } from '../common/gen/retrace/v1/lineage.js';
 import { JobServiceDefinition, JobState, TaskState, type Job } from '../common/gen/retrace/v1/job.js';
 import { PipelineServiceDefinition, type Pipeline } from '../common/gen/retrace/v1/pipeline.js';
 import { ChangePolicy, RecomputeServiceDefinition } from '../common/gen/retrace/v1/recompute.js';
@@ -181,5 +182,25 @@ describe('recompute after a reverted change', () => {
       expect(s.nodeId).toBe(agents[0]?.nodeId);
       expect(Number(s.wallTimeNs)).toBeGreaterThan(0);
     }
+  }, 120_000);
+
+  it('a record moved by a memo hit gets versions with the size and media type the reused run recorded', async () => {
+    // x0 under wf was served from wf's own ingest run (the first test's revert), so that memo entry
+    // came from a recorded step, not from an execution: a new record moved to x0 reuses it.
+    await tc.client(PipelineServiceDefinition).applyPipeline({ pipeline: pipelineOf('late') });
+    await ingest('late', 'x', 'x9');
+    await ingest('late', 'y', 'y0');
+    const n = await tc.client(RecomputeServiceDefinition).notifyChange({ objectId: 'record:late/x:k', contentHash: '', payload: Buffer.from('x0'), mediaType: '', noticedBy: '' });
+    const job = await succeeded(n.change?.jobIds[0] ?? '');
+    expect(job?.tasks.find((t) => t.label === 'late/p key=k')?.outcome).toBe('cached');
+    const p = await shared.pipelines?.store.getCurrent('late', 'p', 'k');
+    // p reads x only: 'fresh' ran it on x0 (the first test).
+    const wfP = await shared.pipelines?.store.getCurrent('fresh', 'p', 'k');
+    expect(p?.contentHash).toBe(wfP?.contentHash);
+    const version = await tc.client(LineageServiceDefinition).getNode({ node: { kind: NodeKind.NODE_KIND_OBJECT_VERSION, id: 'record:late/p:k', contentHash: p?.contentHash ?? '' } });
+    const v = version.body?.$case === 'objectVersion' ? version.body.value : undefined;
+    expect(Number(v?.size)).toBeGreaterThan(0);
+    expect(v?.size).toBe(String(wfP?.size));
+    expect(p?.size).toBe(wfP?.size);
   }, 120_000);
 });

@@ -189,10 +189,12 @@ export class RecomputeExecutor implements JobExecutor {
     const shardId = computeShardId(t.pipeline, { name: t.step, codeVersion: t.codeVersion, parameters: t.parameters } as never, inputs);
     const prior = await this.deps.lineage.readStep(pipelineStepId(t.pipeline, t.step, shardId));
     if (!prior) return undefined;
-    // This record's own execution: an output under the record's key is keyed '' as execute() keys it.
-    const outputs = stepOutputs(prior).map((g) => {
-      const key = recordKeyOf(g.objectId);
-      return { objectId: g.objectId, contentHash: g.contentHash, size: 0, mediaType: '', key: key === t.key ? '' : key };
+    // This record's own execution: an output under the record's key is keyed '' as execute() keys
+    // it; size and media type as its versions were recorded (a hit for another record names them).
+    const recorded = await this.versionsOf(Object.fromEntries(stepOutputs(prior).map((g) => [g.objectId, g.contentHash])));
+    const outputs = recorded.map((o) => {
+      const key = recordKeyOf(o.objectId);
+      return { ...o, key: key === t.key ? '' : key };
     });
     await this.deps.memo.put(cacheKey, { outputs, stepId: prior.stepId });
     return { outputs, stepId: prior.stepId };
