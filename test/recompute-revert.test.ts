@@ -102,6 +102,11 @@ describe('recompute after a reverted change', () => {
     // The revert comes from the memo: p is back at p0 without a new recorded step.
     expect(await change('x', 'x0')).toEqual({ p: 'cached', r: 'cached' });
     expect(await current('wf', 'p')).toBe(p0);
+    // What a change of x would touch now: the executions of x's current content (x0, first seen
+    // before x1), not those of x1.
+    const impact = await tc.client(RecomputeServiceDefinition).impact({ target: { $case: 'objectId', value: 'record:wf/x:k' }, asOfNs: '' });
+    const p = await tc.coordinator.lineage.readStep(impact.steps.find((s) => s.step === 'p')?.stepId ?? '');
+    expect(p?.used).toEqual([{ objectId: 'record:wf/x:k', contentHash: h('x0'), unversioned: false }]);
 
     expect(await change('y', 'y1')).toEqual({ q: 'executed', r: 'executed' });
     // The same inputs from scratch (same step names and parameters: the same bytes).

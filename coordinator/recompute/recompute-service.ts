@@ -440,11 +440,18 @@ export class Recomputer {
    * change says.
    */
   private async movedOnTo(change: Change): Promise<string | undefined> {
-    const rec = parseRecordId(change.objectId);
+    if (CODE_KINDS.has(change.kind)) return undefined;
+    const now = await this.recordContentNow(change.objectId);
+    return now !== undefined && now !== change.newHash ? now : undefined;
+  }
+
+  /** A pipeline record's current content; undefined for other objects, or a record not current anywhere. */
+  private async recordContentNow(objectId: string): Promise<string | undefined> {
+    const rec = parseRecordId(objectId);
     const pipes = this.deps.pipelines();
-    if (!rec || !pipes || CODE_KINDS.has(change.kind)) return undefined;
+    if (!rec || !pipes) return undefined;
     const current = await pipes.store.getCurrent(rec.pipeline, rec.dataset, rec.key);
-    return current && current.objectId === change.objectId && current.contentHash !== change.newHash ? current.contentHash : undefined;
+    return current?.objectId === objectId ? current.contentHash : undefined;
   }
 
   async impact(request: ImpactRequest): Promise<ImpactResponse> {
@@ -474,8 +481,12 @@ export class Recomputer {
       }
       // What consumes the object now: its newest version some step used by then. A version no
       // step has read yet (a change waiting under a manual policy) affects what read the one before.
+      // A pipeline record's version now is its current one, which after a revert is not the
+      // newest version first seen.
       const consumed = (k: string): boolean => index.consumersOf(k).some((c) => index.timeOf(index.idOf(c) as number) <= asOfMs);
-      const used = [...versions].reverse().find(consumed) ?? latest;
+      const now = asOfNs === '0' ? await this.recordContentNow(t.value) : undefined;
+      const nowKey = now === undefined ? undefined : versionKey(t.value, now);
+      const used = (nowKey !== undefined && consumed(nowKey) ? nowKey : undefined) ?? [...versions].reverse().find(consumed) ?? latest;
       roots = [{ kind: 'version', objectId: t.value, oldHash: parseNodeKey(used).contentHash }];
     }
     const graph = await collectAffected(this.deps.lineage, roots, asOfMs);
@@ -556,9 +567,10 @@ export class Recomputer {
       const versions = index.membersOf(`object:${objectId}`);
       const latest = versions[versions.length - 1];
       if (!latest) throw new NotFoundError(`object ${JSON.stringify(objectId)}`, `object_ids[${i}]`);
-      const newHash = parseNodeKey(latest).contentHash;
-      // The newest older version some step used: what the consumers are behind on.
-      const used = versions.slice(0, -1).reverse().find((k) => index.consumersOf(k).length > 0);
+      // A pipeline record's version now is its current one (after a revert, not the newest first seen).
+      const newHash = (await this.recordContentNow(objectId)) ?? parseNodeKey(latest).contentHash;
+      // The newest other version some step used: what the consumers are behind on.
+      const used = [...versions].reverse().find((k) => parseNodeKey(k).contentHash !== newHash && index.consumersOf(k).length > 0);
       if (!used) throw new FailedPreconditionError(`no step used an older version of ${objectId}: nothing is behind its latest version`, `object_ids[${i}]`);
       const rec = parseRecordId(objectId);
       const oldHash = parseNodeKey(used).contentHash;
