@@ -205,4 +205,42 @@ describe('impact analysis and recompute planning', () => {
     expect(moved).toEqual([['p', 'X', 'a', contentHashOf('xa4'), '3', 'text/plain']]);
     await db.close();
   });
+
+  it('a task whose input record moved on meanwhile leaves the current records to the newer change', async () => {
+    const db = await openDatabase(null);
+    const payloads = createPayloadStore(db);
+    await payloads.putMany([Buffer.from('a5'), Buffer.from('a6')]);
+    const moved: string[] = [];
+    let rawNow = contentHashOf('a6');
+    const executor = new RecomputeExecutor({
+      lineage: tc.coordinator.lineage,
+      payloads: () => payloads,
+      async setCurrent(_pipeline, entries) {
+        moved.push(...entries.map((e) => e.record.contentHash));
+      },
+      currentOf: async (objectId) => (objectId === 'record:p/raw:a' ? rawNow : undefined),
+      memo: createMemoStore(db),
+      runner: () => ({
+        async run(assignment) {
+          const text = `x${Buffer.from(assignment.inputs[0]?.payload ?? []).toString()}`;
+          return { nodeId: 'n1', attempts: 1, queuedMs: 0, outcome: { shardId: assignment.shardId, nodeId: 'n1', status: ShardStatus.SHARD_STATUS_SUCCEEDED, error: '', outputs: [{ key: 'a', payload: Buffer.from(text), mediaType: 'text/plain', contentHash: '' }], startedAtNs: '1', endedAtNs: '2', resources: undefined } as never };
+        },
+      }),
+      clock: () => 11_000_000_000n,
+    });
+    await tc.coordinator.lineage.submit([objectEvent('a5', 'record:p/raw:a', 'a5', '10500000000'), objectEvent('a6', 'record:p/raw:a', 'a6', '10600000000')]);
+    const g = await collectAffected(tc.coordinator.lineage, [{ kind: 'version', objectId: 'record:p/raw:a', oldHash: contentHashOf('a2') }]);
+    const jobFor = (content: string): JobSpec => planRecompute(g, { newVersions: new Map([['record:p/raw:a', contentHashOf(content)]]), definitions: new Map(), changeIds: [], principal: 'me', title: 't' });
+    const ctx = (jobId: string, job: JobSpec): TaskRunContext => ({ jobId, job, task: job.tasks[0] as JobSpec['tasks'][number], attempt: 1, signal: new AbortController().signal, deps: new Map() });
+    // The job for a5 ends after the record moved on to a6: it runs, records, and moves nothing.
+    expect((await executor.runTask(ctx('job-a5', jobFor('a5')))).outcome).toBe('executed');
+    expect(moved).toEqual([]);
+    expect((await executor.runTask(ctx('job-a6', jobFor('a6')))).outcome).toBe('executed');
+    expect(moved).toEqual([contentHashOf('xa6')]);
+    rawNow = contentHashOf('a5');
+    // Back at a5 (served from the memo): moved again.
+    expect((await executor.runTask(ctx('job-a5-again', jobFor('a5')))).outcome).toBe('cached');
+    expect(moved).toEqual([contentHashOf('xa6'), contentHashOf('xa5')]);
+    await db.close();
+  });
 });

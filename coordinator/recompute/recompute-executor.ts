@@ -27,6 +27,8 @@ export interface RecomputeExecutorDeps {
   payloads: () => Pick<PayloadStore, 'find' | 'putMany' | 'retain'> | undefined;
   /** Sets the pipelines' current records (pipeline outputs only). */
   setCurrent: (pipeline: string, entries: { dataset: string; key: string; record: CurrentRecord }[]) => Promise<void>;
+  /** A pipeline record's current content hash (`record:<pipeline>/<dataset>:<key>`); undefined for other objects. */
+  currentOf?: (objectId: string) => Promise<string | undefined>;
   memo: MemoStore;
   runner: () => RecomputeShardRunner | undefined;
   clock: NanoClock;
@@ -157,7 +159,7 @@ export class RecomputeExecutor implements JobExecutor {
       const outs = facet.outputs ?? Object.fromEntries(recorded.generated.map((g) => [g.objectId, g.contentHash]));
       const cachedFrom = typeof facet.cachedFrom === 'string' ? facet.cachedFrom : '';
       // The attempt that recorded it may have stopped before the current records moved.
-      await this.updateCurrent(t, await this.versionsOf(outs));
+      await this.updateCurrent(t, inputs, await this.versionsOf(outs));
       if (cachedFrom !== '') return { outcome: 'cached', result: toResult({ outputs: outs, changed: changedFrom(outs), stepId, nodeId: '', cachedFrom }) };
       return { outcome: 'executed', result: toResult({ outputs: outs, changed: changedFrom(outs), stepId, nodeId: recorded.nodeId, cachedFrom: '' }) };
     }
@@ -172,7 +174,7 @@ export class RecomputeExecutor implements JobExecutor {
       // inputs finds the steps downstream of them.
       const nowNs = this.deps.clock();
       await this.record({ ctx, t, job, inputs, cacheKey, stepId }, own, { nodeId: '', startedAtNs: nowNs.toString(), endedAtNs: nowNs.toString(), resources: undefined, shardId: '', cachedFrom: hit.stepId });
-      await this.updateCurrent(t, own);
+      await this.updateCurrent(t, inputs, own);
       const outs = Object.fromEntries(own.map((o) => [o.objectId, o.contentHash]));
       return { outcome: 'cached', result: toResult({ outputs: outs, changed: changedFrom(outs), stepId, nodeId: '', cachedFrom: hit.stepId }) };
     }
@@ -245,7 +247,7 @@ export class RecomputeExecutor implements JobExecutor {
     const memoOutputs = outputs.map(({ payload: _payload, ...o }) => o);
     await this.record(task, memoOutputs, { nodeId: nodeId || outcome.nodeId, startedAtNs, endedAtNs, resources: outcome.resources, shardId: assignment.shardId, cachedFrom: '' });
     await this.deps.memo.put(cacheKey, { outputs: memoOutputs, stepId });
-    await this.updateCurrent(t, memoOutputs);
+    await this.updateCurrent(t, inputs, memoOutputs);
     return { outputs: memoOutputs, nodeId: nodeId || outcome.nodeId };
   }
 
@@ -321,8 +323,20 @@ export class RecomputeExecutor implements JobExecutor {
     );
   }
 
-  private async updateCurrent(t: RecomputeTaskPayload, outputs: readonly MemoOutput[]): Promise<void> {
+  /**
+   * Moves the task's output records to `outputs`, unless an input record is no longer at the
+   * content the task read: a newer change moved it meanwhile, and the job recomputing that one
+   * sets the outputs (an older job finishing last must not put them back).
+   */
+  private async updateCurrent(t: RecomputeTaskPayload, inputs: readonly { objectId: string; contentHash: string }[], outputs: readonly MemoOutput[]): Promise<void> {
     if (t.pipeline === '') return;
+    const currentOf = this.deps.currentOf;
+    if (currentOf) {
+      for (const i of inputs) {
+        const now = await currentOf(i.objectId);
+        if (now !== undefined && now !== i.contentHash) return;
+      }
+    }
     const prefix = recordObjectId(t.pipeline, t.output, '');
     const entries = outputs
       .filter((o) => o.objectId.startsWith(prefix))

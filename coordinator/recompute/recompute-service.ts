@@ -446,7 +446,7 @@ export class Recomputer {
   }
 
   /** A pipeline record's current content; undefined for other objects, or a record not current anywhere. */
-  private async recordContentNow(objectId: string): Promise<string | undefined> {
+  async recordContentNow(objectId: string): Promise<string | undefined> {
     const rec = parseRecordId(objectId);
     const pipes = this.deps.pipelines();
     if (!rec || !pipes) return undefined;
