@@ -97,8 +97,8 @@ export class RecomputeExecutor implements JobExecutor {
 
   /**
    * The job's run opens with its first recorded step (executed or served from the memo; a job of
-   * cutoffs only records none). A job resumed after its run was closed reopens it; one resumed after a coordinator
-   * restart finds it still RUNNING and leaves it so.
+   * cutoffs only records none). A job resumed after its run was closed reopens it; one resumed
+   * after a coordinator restart finds it still RUNNING and leaves it so.
    */
   async jobStarted(e: JobLifecycleEvent): Promise<void> {
     const run = await this.deps.lineage.readRun(e.jobId);
