@@ -97,8 +97,7 @@ export class Recomputer {
     const pipes = this.deps.pipelines();
     // A pipeline record's version now is its current record: after a revert to an older version
     // the index's newest version is the reverted one, and re-applying it is a change.
-    const current = rec && pipes ? await pipes.store.getCurrent(rec.pipeline, rec.dataset, rec.key) : undefined;
-    const oldHash = current?.objectId === objectId ? current.contentHash : parseNodeKey(latest).contentHash;
+    const oldHash = (await this.recordContentNow(objectId)) ?? parseNodeKey(latest).contentHash;
     if (oldHash !== hash && payload.length > 0 && !pipes) throw new FailedPreconditionError('storing the new content needs the pipelines extension (payload store)');
     const input = { kind: options.kind ?? ChangeKind.CHANGE_KIND_OBJECT, objectId, oldHash, newHash: hash, pipeline: rec?.pipeline ?? '', source: rec?.dataset ?? '', noticedBy: request.noticedBy || `notify:${principal}` };
     return { input, unchanged: oldHash === hash };
@@ -532,9 +531,8 @@ export class Recomputer {
     for (const n of graph.nodes) {
       for (const u of n.step.used) {
         if (produced.has(u.objectId) || newVersions.has(u.objectId)) continue;
-        const rec = parseRecordId(u.objectId);
-        const cur = rec ? await pipes.store.getCurrent(rec.pipeline, rec.dataset, rec.key) : undefined;
-        if (cur && cur.objectId === u.objectId && cur.contentHash !== u.contentHash) newVersions.set(u.objectId, cur.contentHash);
+        const cur = await this.recordContentNow(u.objectId);
+        if (cur !== undefined && cur !== u.contentHash) newVersions.set(u.objectId, cur);
       }
     }
   }
