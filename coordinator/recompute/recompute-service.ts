@@ -421,12 +421,8 @@ export class Recomputer {
         // A version no step has read (a change that waited behind another under manual) is
         // behind what read the versions before it: the walk starts from the newest one some
         // step has read, as for an object id.
-        const index = this.deps.lineage.index;
-        let oldHash = change.oldHash;
-        if (index.consumersOf(versionKey(change.objectId, oldHash)).length === 0) {
-          const used = [...index.membersOf(`object:${change.objectId}`)].reverse().find((k) => parseNodeKey(k).contentHash !== change.newHash && index.consumersOf(k).length > 0);
-          if (used) oldHash = parseNodeKey(used).contentHash;
-        }
+        const unread = this.deps.lineage.index.consumersOf(versionKey(change.objectId, change.oldHash)).length === 0;
+        const oldHash = (unread ? this.newestReadVersion(change.objectId, change.newHash) : undefined) ?? change.oldHash;
         return [{ kind: 'version', objectId: change.objectId, oldHash, newHash: change.newHash }];
       }
     }
@@ -442,6 +438,13 @@ export class Recomputer {
     if (CODE_KINDS.has(change.kind)) return undefined;
     const now = await this.recordContentNow(change.objectId);
     return now !== undefined && now !== change.newHash ? now : undefined;
+  }
+
+  /** The content hash of the object's newest version (first seen) that some step read, other than `except`. */
+  private newestReadVersion(objectId: string, except: string): string | undefined {
+    const index = this.deps.lineage.index;
+    const used = [...index.membersOf(`object:${objectId}`)].reverse().find((k) => parseNodeKey(k).contentHash !== except && index.consumersOf(k).length > 0);
+    return used === undefined ? undefined : parseNodeKey(used).contentHash;
   }
 
   /** A pipeline record's current content; undefined for other objects, or a record not current anywhere. */
@@ -568,10 +571,9 @@ export class Recomputer {
       // A pipeline record's version now is its current one (after a revert, not the newest first seen).
       const newHash = (await this.recordContentNow(objectId)) ?? parseNodeKey(latest).contentHash;
       // The newest other version some step used: what the consumers are behind on.
-      const used = [...versions].reverse().find((k) => parseNodeKey(k).contentHash !== newHash && index.consumersOf(k).length > 0);
-      if (!used) throw new FailedPreconditionError(`no step used an older version of ${objectId}: nothing is behind its latest version`, `object_ids[${i}]`);
+      const oldHash = this.newestReadVersion(objectId, newHash);
+      if (oldHash === undefined) throw new FailedPreconditionError(`no step used an older version of ${objectId}: nothing is behind its latest version`, `object_ids[${i}]`);
       const rec = parseRecordId(objectId);
-      const oldHash = parseNodeKey(used).contentHash;
       // A change already recorded for exactly this step (a re-ingest under a manual policy, a
       // notify) is the one to recompute, not a second change of the same two hashes.
       const recorded = await this.changeTo(objectId, rec?.pipeline ?? '', newHash);
