@@ -27,6 +27,12 @@ export interface CoordinatorOptions {
    * The file is then reset to the ledger's own latest checkpoint, so it takes effect once.
    */
   acceptLedgerLoss?: boolean;
+  /**
+   * LevelDB's memtable, in MiB: writes gather there before they are flushed into a level-0 table.
+   * Default 64 (RocksDB's default; LevelDB's own is 4). The database may hold up to twice this in
+   * memory, and replays a log of up to this size when it opens after a crash.
+   */
+  dbWriteBufferMiB?: number;
   log?: (line: string) => void;
 }
 
@@ -40,6 +46,7 @@ export interface CompiledCoordinatorOptions {
   readonly cleartextRemote: boolean;
   readonly storageProbeIntervalMs: number;
   readonly acceptLedgerLoss: boolean;
+  readonly dbWriteBufferBytes: number;
   readonly log: (line: string) => void;
 }
 
@@ -58,6 +65,12 @@ export function compileCoordinatorOptions(o: CoordinatorOptions): CompiledCoordi
   if (o.tls) checkKeyPair(o.tls.cert, o.tls.key);
   const probeMs = o.storageProbeIntervalMs ?? 1000;
   if (!Number.isInteger(probeMs) || probeMs < 1) throw new InvalidArgumentError('storageProbeIntervalMs', `expected a whole number of ms, at least 1, got ${probeMs}`);
+  // Capture writes ~6 KB of rows per pipeline record, spread over the whole key space, so each
+  // small level-0 table overlaps all of level 1 and its compaction rewrites that: with LevelDB's
+  // 4 MiB, its compaction thread used more CPU than capture's whole path on the main thread
+  // (bench capture-overhead).
+  const bufferMiB = o.dbWriteBufferMiB ?? 64;
+  if (!Number.isInteger(bufferMiB) || bufferMiB < 1 || bufferMiB > 1024) throw new InvalidArgumentError('dbWriteBufferMiB', `expected a whole number of MiB from 1 to 1024, got ${bufferMiB}`);
   return Object.freeze({
     dataDir: o.dataDir === null ? null : resolve(o.dataDir ?? './.retrace'),
     grpc: Object.freeze(grpc),
@@ -67,6 +80,7 @@ export function compileCoordinatorOptions(o: CoordinatorOptions): CompiledCoordi
     cleartextRemote: o.allowRemote === true && !o.tls,
     storageProbeIntervalMs: probeMs,
     acceptLedgerLoss: o.acceptLedgerLoss === true,
+    dbWriteBufferBytes: bufferMiB * 2 ** 20,
     log: o.log ?? ((line: string) => process.stderr.write(`${new Date().toISOString()} ${line}\n`)),
   });
 }

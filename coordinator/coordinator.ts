@@ -102,7 +102,7 @@ export class Coordinator {
     try {
       if (dataDir !== null) makeDataDir(dataDir);
       this.token = this.options.token ?? loadOrCreateToken(dataDir, log);
-      this.db = await openDatabase(dataDir === null ? null : join(dataDir, 'db'));
+      this.db = await openDatabase(dataDir === null ? null : join(dataDir, 'db'), { writeBufferBytes: this.options.dbWriteBufferBytes });
       if (dataDir !== null) this.storageGuard = guardStorage(this.db, { dir: join(dataDir, 'db'), log, probeIntervalMs: this.options.storageProbeIntervalMs });
       const db = this.db;
       const store = new LineageStore(this.db);

@@ -4,6 +4,8 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { InvalidArgumentError } from '../common/errors.js';
 import { Coordinator } from '../coordinator/coordinator.js';
+import { objectEvent } from './helpers/lineage-events.js';
+import { runCli } from './helpers/in-process-cli.js';
 
 const HAS_PROC = existsSync('/proc/self');
 
@@ -32,6 +34,36 @@ describe('coordinator data directory', () => {
     await c.stop();
     expect(statSync(join(root, 'a')).mode & 0o777).toBe(0o700);
     expect(statSync(deep).mode & 0o777).toBe(0o700);
+  }, 20_000);
+
+  it('--db-write-buffer-mib sizes LevelDB\'s memtable: 3 MiB of events stay in the log under the default, and are flushed to tables under 1 MiB; bad values are refused naming the option', async () => {
+    const tables = async (bufferMiB: number | undefined): Promise<number> => {
+      const root = mkdtempSync(join(tmpdir(), 'retrace-coord-wbuf-'));
+      dirs.push(root);
+      const c = new Coordinator({ dataDir: root, grpc: '127.0.0.1:0', http: '127.0.0.1:0', log: () => {}, ...(bufferMiB === undefined ? {} : { dbWriteBufferMiB: bufferMiB }) });
+      await c.start();
+      try {
+        const blob = 'x'.repeat(60_000);
+        for (let i = 0; i < 50; i++) {
+          const event = objectEvent(`wb-${i}`, `obj:wb-${i}`, `w${i}`);
+          if (event.body?.$case === 'objectVersion') event.body.value.attributes = { blob: `${i}${blob}` };
+          await c.lineage.submit([event]);
+        }
+        // LevelDB flushes a full memtable in the background.
+        await new Promise((r) => setTimeout(r, 300));
+        return readdirSync(join(root, 'db')).filter((f) => f.endsWith('.ldb')).length;
+      } finally {
+        await c.stop();
+      }
+    };
+    expect(await tables(undefined)).toBe(0);
+    expect(await tables(1)).toBeGreaterThan(0);
+    for (const bad of [0, 1025, 1.5]) {
+      expect(() => new Coordinator({ dataDir: null, dbWriteBufferMiB: bad, log: () => {} })).toThrow(`dbWriteBufferMiB: expected a whole number of MiB from 1 to 1024, got ${bad}`);
+    }
+    const cli = await runCli(['coordinator', '--data', join(tmpdir(), 'retrace-never-made'), '--db-write-buffer-mib', '0']);
+    expect(cli.code).not.toBe(0);
+    expect(cli.err).toContain('dbWriteBufferMiB: expected a whole number of MiB from 1 to 1024, got 0');
   }, 20_000);
 
   it('a database that lost its CURRENT is refused and left as it was; a data dir in use names the other process', async () => {

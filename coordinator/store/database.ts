@@ -20,7 +20,7 @@ export type Database = AbstractLevel<string | Uint8Array, string, Uint8Array>;
  * new, empty database, and LevelDB deletes the old table files as it does so.
  * FailedPreconditionError when the folder is damaged or another process holds it.
  */
-export async function openDatabase(dir: string | null, options: { createIfMissing?: boolean } = {}): Promise<Database> {
+export async function openDatabase(dir: string | null, options: { createIfMissing?: boolean; writeBufferBytes?: number } = {}): Promise<Database> {
   if (dir === null) {
     const db: Database = new MemoryLevel<string, Uint8Array>({ valueEncoding: 'view' });
     await db.open();
@@ -30,7 +30,8 @@ export async function openDatabase(dir: string | null, options: { createIfMissin
   if (present.length > 0 && !present.includes('CURRENT')) {
     throw new FailedPreconditionError(`${dir} holds ${present.length} file(s) but no CURRENT: the database is damaged; refusing to open it (a new one would replace it). Restore it from a backup`);
   }
-  const db: Database = new Level<string, Uint8Array>(dir, { valueEncoding: 'view' });
+  // In the constructor's options, which every later open() (the storage guard's reopen) reuses.
+  const db: Database = new Level<string, Uint8Array>(dir, { valueEncoding: 'view', ...(options.writeBufferBytes === undefined ? {} : { writeBufferSize: options.writeBufferBytes }) });
   try {
     await db.open({ createIfMissing: (options.createIfMissing ?? true) && present.length === 0 });
   } catch (err) {

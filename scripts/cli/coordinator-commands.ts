@@ -9,7 +9,7 @@ import { openDatabase } from '../../coordinator/store/database.js';
 import { LineageStore } from '../../coordinator/store/lineage-store.js';
 import { LineageServiceDefinition, type ContentCheck } from '../../common/gen/retrace/v1/lineage.js';
 import { RetraceError } from '../../common/errors.js';
-import { flag, hasFlag, UsageError, type CliCommand } from './command.js';
+import { flag, hasFlag, intFlag, UsageError, type CliCommand } from './command.js';
 import { openClient, readNamedFile } from './client.js';
 import { COORDINATOR_FEATURE_USAGE, coordinatorExtensions, coordinatorFlags } from './coordinator-extensions.js';
 import { progressBar, toJson } from './format.js';
@@ -19,16 +19,18 @@ const coordinator: CliCommand = {
   stopsOnSignal: true,
   summary: 'start the coordinator (LevelDB store, gRPC and OpenLineage HTTP)',
   usage: `retrace coordinator [--data DIR] [--grpc HOST:PORT] [--http HOST:PORT] [--allow-remote] [--tls-cert FILE --tls-key FILE]
-                    [--payload-retention DURATION] [--watch-root DIR ...] [--accept-ledger-loss]
+                    [--payload-retention DURATION] [--watch-root DIR ...] [--accept-ledger-loss] [--db-write-buffer-mib N]
   defaults: --data ./.retrace --grpc 127.0.0.1:7700 --http 127.0.0.1:7780; port 0 picks a free port.
   --tls-cert/--tls-key: PEM certificate (chain) and private key; gRPC and the HTTP API then serve TLS
   (clients pass --tls-ca). --allow-remote without them sends tokens in cleartext (warned on stderr).
   --accept-ledger-loss: start although the ledger is shorter than (or differs from) DIR/checkpoint.jsonl,
   the last signed checkpoint kept outside the database (acknowledged entries were lost); without it
   the coordinator refuses to start on such a data dir.
+  --db-write-buffer-mib: LevelDB's memtable, 1 to 1024 MiB (default 64); it may hold twice this in memory.
 ${COORDINATOR_FEATURE_USAGE}
   Prints {"grpc":"HOST:PORT","http":"HOST:PORT"} on stdout once listening; stops on SIGINT/SIGTERM.`,
   booleans: ['allow-remote', 'accept-ledger-loss'],
+  integers: { 'db-write-buffer-mib': 'uint32' },
   async run(args, io) {
     const features = coordinatorFlags(args);
     const certFile = flag(args, 'tls-cert');
@@ -41,6 +43,7 @@ ${COORDINATOR_FEATURE_USAGE}
         http: flag(args, 'http', '127.0.0.1:7780') as string,
         allowRemote: hasFlag(args, 'allow-remote'),
         acceptLedgerLoss: hasFlag(args, 'accept-ledger-loss'),
+        dbWriteBufferMiB: flag(args, 'db-write-buffer-mib') === undefined ? undefined : intFlag(args, 'db-write-buffer-mib', 0),
         ...(certFile !== undefined && keyFile !== undefined ? { tls: { cert: readNamedFile('--tls-cert', certFile), key: readNamedFile('--tls-key', keyFile) } } : {}),
       },
       coordinatorExtensions({}, features),

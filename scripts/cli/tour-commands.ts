@@ -6,7 +6,7 @@ import { Coordinator, type CoordinatorAddresses } from '../../coordinator/coordi
 import { openDatabase } from '../../coordinator/store/database.js';
 import { LineageStore, seqKey } from '../../coordinator/store/lineage-store.js';
 import { LineageServiceDefinition } from '../../common/gen/retrace/v1/lineage.js';
-import { flag, hasFlag, type CliCommand, type CliIo } from './command.js';
+import { flag, hasFlag, intFlag, type CliCommand, type CliIo } from './command.js';
 import { openClient } from './client.js';
 import { COORDINATOR_FEATURE_USAGE, coordinatorExtensions, coordinatorFlags } from './coordinator-extensions.js';
 import { buildExampleLineage } from './example-lineage.js';
@@ -36,13 +36,14 @@ const start: CliCommand = {
   path: ['start'],
   stopsOnSignal: true,
   summary: 'quick start: coordinator on ./.retrace with an example pipeline, until Ctrl-C',
-  usage: `retrace start [--data DIR] [--grpc HOST:PORT] [--http HOST:PORT] [--payload-retention DURATION] [--watch-root DIR ...] [--accept-ledger-loss]\n${COORDINATOR_FEATURE_USAGE}\n  --accept-ledger-loss: as for retrace coordinator.`,
+  usage: `retrace start [--data DIR] [--grpc HOST:PORT] [--http HOST:PORT] [--payload-retention DURATION] [--watch-root DIR ...] [--accept-ledger-loss] [--db-write-buffer-mib N]\n${COORDINATOR_FEATURE_USAGE}\n  --accept-ledger-loss, --db-write-buffer-mib: as for retrace coordinator.`,
   booleans: ['accept-ledger-loss'],
+  integers: { 'db-write-buffer-mib': 'uint32' },
   async run(args, io) {
     const dataDir = flag(args, 'data', './.retrace') as string;
     const features = coordinatorFlags(args);
     const c = new Coordinator(
-      { dataDir, grpc: flag(args, 'grpc', '127.0.0.1:7700') as string, http: flag(args, 'http', '127.0.0.1:7780') as string, acceptLedgerLoss: hasFlag(args, 'accept-ledger-loss'), log: () => {} },
+      { dataDir, grpc: flag(args, 'grpc', '127.0.0.1:7700') as string, http: flag(args, 'http', '127.0.0.1:7780') as string, acceptLedgerLoss: hasFlag(args, 'accept-ledger-loss'), dbWriteBufferMiB: flag(args, 'db-write-buffer-mib') === undefined ? undefined : intFlag(args, 'db-write-buffer-mib', 0), log: () => {} },
       coordinatorExtensions({}, features),
     );
     const addresses = await c.start();
