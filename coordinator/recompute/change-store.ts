@@ -51,6 +51,8 @@ export interface ChangeStore {
   find(changeId: string): Promise<Change | undefined>;
   /** The newest recorded content change (object, file or record) that made `newHash` the object's content, if any. */
   latestTo(pipeline: string, objectId: string, newHash: string): Promise<Change | undefined>;
+  /** The newest recorded content change of an object (by when it was detected), whatever its new content. */
+  latestOf(pipeline: string, objectId: string): Promise<Change | undefined>;
   /** Newest first; `pipeline` filters. Page size 1..1000 (default 100). */
   list(options?: { pipeline?: string; pageSize?: number; pageToken?: string }): Promise<{ changes: Change[]; nextPageToken: string }>;
   /** Adds a job id to a change and sets its state. */
@@ -216,6 +218,17 @@ export function createChangeStore(db: Database, lineage: Pick<LineageEngine, 'su
       await ensureToIndex();
       const id = await changesTo.get(toKey(pipeline, objectId, newHash));
       return id === undefined ? undefined : read(id);
+    },
+    async latestOf(pipeline, objectId) {
+      await ensureToIndex();
+      // One `changes-to` row per content the object was changed to: few, even for a busy object.
+      const prefix = toKey(pipeline, objectId, '');
+      let newest: Change | undefined;
+      for await (const id of changesTo.values({ gte: prefix, lt: `${prefix.slice(0, -1)}\u0001` })) {
+        const c = await read(id);
+        if (c && (!newest || BigInt(c.detectedAtNs) > BigInt(newest.detectedAtNs))) newest = c;
+      }
+      return newest;
     },
     async get(changeId) {
       const c = await read(changeId);

@@ -27,7 +27,7 @@ export interface RecomputeExecutorDeps {
   payloads: () => Pick<PayloadStore, 'find' | 'putMany' | 'retain'> | undefined;
   /** Sets the pipelines' current records (pipeline outputs only). */
   setCurrent: (pipeline: string, entries: { dataset: string; key: string; record: CurrentRecord }[]) => Promise<void>;
-  /** A pipeline record's current content hash (`record:<pipeline>/<dataset>:<key>`); undefined for other objects. */
+  /** An object's content hash now, where its newest version first seen does not say it (Recomputer.contentNow); else undefined. */
   currentOf?: (objectId: string) => Promise<string | undefined>;
   memo: MemoStore;
   runner: () => RecomputeShardRunner | undefined;

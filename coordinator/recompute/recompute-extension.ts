@@ -119,7 +119,7 @@ export function recomputeExtension(shared: RecomputeShared, options: RecomputeEx
       lineage: ctx.lineage,
       payloads: () => shared.pipelines?.payloads,
       setCurrent: async (pipeline, entries) => shared.pipelines?.store.setCurrent(pipeline, entries),
-      currentOf: (objectId) => recomputer.recordContentNow(objectId),
+      currentOf: (objectId) => recomputer.contentNow(objectId),
       memo,
       runner: () => shared.dispatcher,
       clock: ctx.clock,

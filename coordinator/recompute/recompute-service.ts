@@ -74,7 +74,7 @@ export class Recomputer {
 
   /**
    * What a NotifyChange reports, checked, with no side effect: the change it would record, and
-   * `unchanged` when the hash is the object's version now (a pipeline record's current one).
+   * `unchanged` when the hash is the object's version now (contentNow).
    */
   private async assess(request: NotifyChangeRequest, principal: string, options: { kind?: ChangeKind; field?: string }): Promise<{ input: ChangeInput & { objectId: string; pipeline: string }; unchanged: boolean }> {
     const field = options.field ?? '';
@@ -95,9 +95,9 @@ export class Recomputer {
     if (!latest) throw new NotFoundError(`object ${JSON.stringify(objectId)} (provenance has no version of it)`, `${field}object_id`);
     const rec = parseRecordId(objectId);
     const pipes = this.deps.pipelines();
-    // A pipeline record's version now is its current record: after a revert to an older version
-    // the index's newest version is the reverted one, and re-applying it is a change.
-    const oldHash = (await this.recordContentNow(objectId)) ?? parseNodeKey(latest).contentHash;
+    // After a revert to an older version the index's newest version is the reverted one, and
+    // re-applying it is a change.
+    const oldHash = (await this.contentNow(objectId)) ?? parseNodeKey(latest).contentHash;
     if (oldHash !== hash && payload.length > 0 && !pipes) throw new FailedPreconditionError('storing the new content needs the pipelines extension (payload store)');
     const input = { kind: options.kind ?? ChangeKind.CHANGE_KIND_OBJECT, objectId, oldHash, newHash: hash, pipeline: rec?.pipeline ?? '', source: rec?.dataset ?? '', noticedBy: request.noticedBy || `notify:${principal}` };
     return { input, unchanged: oldHash === hash };
@@ -429,14 +429,12 @@ export class Recomputer {
   }
 
   /**
-   * A pipeline record's content now, where a change of it is no longer the latest (a newer change
-   * moved it on before this one was recomputed); undefined otherwise. Other objects have no
-   * current record to tell (their newest version may be a reverted one), so they are left as the
-   * change says.
+   * An object's content now, where a change of it is no longer the latest (a newer change moved
+   * it on before this one was recomputed); undefined otherwise.
    */
   private async movedOnTo(change: Change): Promise<string | undefined> {
     if (CODE_KINDS.has(change.kind)) return undefined;
-    const now = await this.recordContentNow(change.objectId);
+    const now = await this.contentNow(change.objectId);
     return now !== undefined && now !== change.newHash ? now : undefined;
   }
 
@@ -447,13 +445,28 @@ export class Recomputer {
     return used === undefined ? undefined : parseNodeKey(used).contentHash;
   }
 
-  /** A pipeline record's current content; undefined for other objects, or a record not current anywhere. */
-  async recordContentNow(objectId: string): Promise<string | undefined> {
+  /**
+   * The content an object is at now where its newest version first seen may not say it:
+   * undefined when that version does. A pipeline record's is its current record. Another object's
+   * (a producer's dataset) is its newest change's new content, unless a producer reported a
+   * version after that change: after a revert (A→B, B→A) the newest version first seen is B.
+   */
+  async contentNow(objectId: string): Promise<string | undefined> {
     const rec = parseRecordId(objectId);
     const pipes = this.deps.pipelines();
-    if (!rec || !pipes) return undefined;
-    const current = await pipes.store.getCurrent(rec.pipeline, rec.dataset, rec.key);
-    return current?.objectId === objectId ? current.contentHash : undefined;
+    if (rec && pipes) {
+      const current = await pipes.store.getCurrent(rec.pipeline, rec.dataset, rec.key);
+      return current?.objectId === objectId ? current.contentHash : undefined;
+    }
+    const change = await this.deps.changes.latestOf(rec?.pipeline ?? '', objectId);
+    if (!change) return undefined;
+    // Node ids follow the ledger's order; event times are the producers' and may be anything.
+    const index = this.deps.lineage.index;
+    const changeNode = index.idOf(`run:change:${change.changeId}`);
+    const newest = index.membersOf(`object:${objectId}`).at(-1);
+    const newestNode = newest === undefined ? undefined : index.idOf(newest);
+    if (changeNode === undefined || (newestNode !== undefined && newestNode > changeNode)) return undefined;
+    return change.newHash;
   }
 
   async impact(request: ImpactRequest): Promise<ImpactResponse> {
@@ -483,10 +496,9 @@ export class Recomputer {
       }
       // What consumes the object now: its newest version some step used by then. A version no
       // step has read yet (a change waiting under a manual policy) affects what read the one before.
-      // A pipeline record's version now is its current one, which after a revert is not the
-      // newest version first seen.
+      // After a revert the object's version now is not its newest version first seen.
       const consumed = (k: string): boolean => index.consumersOf(k).some((c) => index.timeOf(index.idOf(c) as number) <= asOfMs);
-      const now = asOfNs === '0' ? await this.recordContentNow(t.value) : undefined;
+      const now = asOfNs === '0' ? await this.contentNow(t.value) : undefined;
       const nowKey = now === undefined ? undefined : versionKey(t.value, now);
       const used = (nowKey !== undefined && consumed(nowKey) ? nowKey : undefined) ?? [...versions].reverse().find(consumed) ?? latest;
       roots = [{ kind: 'version', objectId: t.value, oldHash: parseNodeKey(used).contentHash }];
@@ -522,8 +534,8 @@ export class Recomputer {
   }
 
   /**
-   * Inputs that neither this request changes nor an affected step produces are taken as the
-   * pipeline's current records, not as the recorded execution used them: a recompute served from
+   * Inputs that neither this request changes nor an affected step produces are taken at their
+   * content now, not as the recorded execution used them: a recompute served from
    * the memo (a reverted change) moves a record back without recording a step, so the latest
    * recorded execution can name a version that is no longer current.
    */
@@ -534,7 +546,7 @@ export class Recomputer {
     for (const n of graph.nodes) {
       for (const u of n.step.used) {
         if (produced.has(u.objectId) || newVersions.has(u.objectId)) continue;
-        const cur = await this.recordContentNow(u.objectId);
+        const cur = await this.contentNow(u.objectId);
         if (cur !== undefined && cur !== u.contentHash) newVersions.set(u.objectId, cur);
       }
     }
@@ -568,8 +580,8 @@ export class Recomputer {
       const versions = index.membersOf(`object:${objectId}`);
       const latest = versions[versions.length - 1];
       if (!latest) throw new NotFoundError(`object ${JSON.stringify(objectId)}`, `object_ids[${i}]`);
-      // A pipeline record's version now is its current one (after a revert, not the newest first seen).
-      const newHash = (await this.recordContentNow(objectId)) ?? parseNodeKey(latest).contentHash;
+      // The object's version now (after a revert, not the newest first seen).
+      const newHash = (await this.contentNow(objectId)) ?? parseNodeKey(latest).contentHash;
       // The newest other version some step used: what the consumers are behind on.
       const oldHash = this.newestReadVersion(objectId, newHash);
       if (oldHash === undefined) throw new FailedPreconditionError(`no step used an older version of ${objectId}: nothing is behind its latest version`, `object_ids[${i}]`);
