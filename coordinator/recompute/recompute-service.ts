@@ -17,6 +17,7 @@ import {
 import type { NodeInfo } from '../../common/gen/retrace/v1/node.js';
 import { contentHashOf, isContentHash } from '../../common/hash.js';
 import { parseNodeKey, versionKey } from '../../common/lineage-keys.js';
+import { declaredRequirements, mergeRequirements } from '../../common/requirements.js';
 import { nanosToIso } from '../../common/time.js';
 import type { NanoClock } from '../clock.js';
 import { crashPointForTests } from '../test-crash-point.js';
@@ -508,11 +509,17 @@ export class Recomputer {
     return toImpactResponse(graph, asOfNs, async (n) => this.place(n, defs));
   }
 
-  /** Where the allocator would put a node's step now (no loads: a dry run). */
+  /**
+   * Where the allocator would put a node's step now (no loads: a dry run), with what its shards
+   * would need: the step's requirements and its transform's declared ones, as the dispatcher
+   * merges them.
+   */
   private async place(n: AffectedNode, defs: ReadonlyMap<string, StepDefinition>): Promise<{ nodeId: string } | { waiting: string }> {
     const def = defs.get(`${n.pipeline}/${n.stepName}`);
-    const need: Parameters<typeof allocate>[1] = { codeVersion: def?.codeVersion ?? n.step.codeVersion };
-    if (def?.requirements) need.requirements = def.requirements;
+    const codeVersion = def?.codeVersion ?? n.step.codeVersion;
+    const need: Parameters<typeof allocate>[1] = { codeVersion };
+    const requirements = mergeRequirements(declaredRequirements(await this.deps.code()?.describe(codeVersion)), def?.requirements);
+    if (requirements) need.requirements = requirements;
     const result = allocate(this.deps.nodes().map(toNodeView), need, new Map());
     return 'nodeId' in result ? { nodeId: result.nodeId } : { waiting: result.waiting };
   }
