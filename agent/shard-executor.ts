@@ -272,6 +272,33 @@ function threadCpuNs(tid: number, fd = -1): number | undefined {
   }
 }
 
+// ---- outcomes ------------------------------------------------------------------------------
+
+/** A measured quantity as the proto's decimal int64: rounded, at least 0. */
+function nonNegativeInt(v: number | undefined): string {
+  return String(Math.max(0, Math.round(v ?? 0)));
+}
+
+/** An outcome's resource usage (disk and GPU utilisation are not measured). */
+function usage(cpuTimeNs?: number, peakMemoryBytes?: number, netBytesIn?: number, netBytesOut?: number, gpuTimeNs?: number, wallTimeNs?: number): ResourceUsage {
+  return {
+    cpuTimeNs: nonNegativeInt(cpuTimeNs),
+    peakMemoryBytes: nonNegativeInt(peakMemoryBytes),
+    netBytesIn: nonNegativeInt(netBytesIn),
+    netBytesOut: nonNegativeInt(netBytesOut),
+    diskBytesRead: '0',
+    diskBytesWritten: '0',
+    gpuTimeNs: nonNegativeInt(gpuTimeNs),
+    gpuUtilization: 0,
+    wallTimeNs: nonNegativeInt(wallTimeNs),
+  };
+}
+
+/** An input as an error message names it. */
+function inputNamed(input: ShardAssignment['inputs'][number], i: number): string {
+  return `inputs[${i}] ${JSON.stringify(input.name)}${input.objectId ? ` (${input.objectId})` : ''}`;
+}
+
 // ---- workers -------------------------------------------------------------------------------
 
 type Death = { oom: boolean; message: string };
@@ -383,22 +410,11 @@ export function createShardExecutor(options: ShardExecutorOptions): ShardExecuto
     fields: { error?: string; outputs?: ShardOutput[]; resources?: Partial<Record<keyof ResourceUsage, number>>; endedAtNs?: bigint | number } = {},
   ): ShardOutcome {
     const r = fields.resources ?? {};
-    const int = (v: number | undefined): string => String(Math.max(0, Math.round(v ?? 0)));
     return {
       shardId: a.shardId,
       status,
       outputs: fields.outputs ?? [],
-      resources: {
-        cpuTimeNs: int(r.cpuTimeNs),
-        peakMemoryBytes: int(r.peakMemoryBytes),
-        netBytesIn: int(r.netBytesIn),
-        netBytesOut: int(r.netBytesOut),
-        diskBytesRead: '0',
-        diskBytesWritten: '0',
-        gpuTimeNs: int(r.gpuTimeNs),
-        gpuUtilization: 0,
-        wallTimeNs: int(r.wallTimeNs),
-      },
+      resources: usage(r.cpuTimeNs, r.peakMemoryBytes, r.netBytesIn, r.netBytesOut, r.gpuTimeNs, r.wallTimeNs),
       error: fields.error ?? '',
       startedAtNs: ns(startedAtNs),
       endedAtNs: ns(fields.endedAtNs ?? opts.now()),
@@ -409,16 +425,11 @@ export function createShardExecutor(options: ShardExecutorOptions): ShardExecuto
 
   /** The first input whose payload does not hash to its content_hash, as a message. */
   function corruptInput(a: ShardAssignment): string | undefined {
-    // The input's description is built only for an error: this runs for every shard.
-    const where = (i: number): string => {
-      const input = a.inputs[i] as ShardAssignment['inputs'][number];
-      return `inputs[${i}] ${JSON.stringify(input.name)}${input.objectId ? ` (${input.objectId})` : ''}`;
-    };
     for (let i = 0; i < a.inputs.length; i++) {
       const input = a.inputs[i] as ShardAssignment['inputs'][number];
-      if (!isContentHash(input.contentHash)) return `${where(i)}: content_hash ${JSON.stringify(input.contentHash)} is not "sha256:<hex>"`;
+      if (!isContentHash(input.contentHash)) return `${inputNamed(input, i)}: content_hash ${JSON.stringify(input.contentHash)} is not "sha256:<hex>"`;
       const actual = contentHashOf(input.payload);
-      if (actual !== input.contentHash) return `${where(i)}: payload hashes to ${actual}, expected ${input.contentHash}`;
+      if (actual !== input.contentHash) return `${inputNamed(input, i)}: payload hashes to ${actual}, expected ${input.contentHash}`;
     }
     return undefined;
   }
@@ -940,9 +951,19 @@ export function createShardExecutor(options: ShardExecutorOptions): ShardExecuto
         netBytesOut += o.length;
         outputs.push({ key: o.key, contentHash: o.contentHash, payload: bytes.subarray(o.offset, o.offset + o.length), mediaType: o.mediaType });
       }
-      const resources = { cpuTimeNs, wallTimeNs: wallNs, netBytesIn: job.bytesIn, peakMemoryBytes: r.peakHeapBytes, netBytesOut, gpuTimeNs: r.gpuTimeNs };
       keep(outputs);
-      return outcomeOf(job.a, ShardStatus.SHARD_STATUS_SUCCEEDED, startedAtNs, { outputs, endedAtNs, resources });
+      // Built here, not by outcomeOf: no options object and partial usage per shard.
+      return {
+        shardId: job.a.shardId,
+        status: ShardStatus.SHARD_STATUS_SUCCEEDED,
+        outputs,
+        resources: usage(cpuTimeNs, r.peakHeapBytes, job.bytesIn, netBytesOut, r.gpuTimeNs, wallNs),
+        error: '',
+        startedAtNs: ns(startedAtNs),
+        endedAtNs: ns(endedAtNs),
+        nodeId: opts.nodeId,
+        attempt: job.a.attempt,
+      };
     }
     const base = { cpuTimeNs, wallTimeNs: wallNs, netBytesIn: job.bytesIn, peakMemoryBytes: r.peakHeapBytes };
     const status =
@@ -1011,8 +1032,12 @@ export function createShardExecutor(options: ShardExecutorOptions): ShardExecuto
     if (signal?.aborted) return resolve(outcomeOf(a, ShardStatus.SHARD_STATUS_CANCELLED, queuedAtNs, { error: 'cancelled before it started' }));
     // Bytes that crossed the network for this shard: a cached input's did not.
     let bytesIn = 0;
-    for (const i of a.inputs) bytesIn += i.payload.byteLength;
-    if (a.inputs.some((i) => i.cached)) {
+    let cached = false;
+    for (const i of a.inputs) {
+      bytesIn += i.payload.byteLength;
+      if (i.cached) cached = true;
+    }
+    if (cached) {
       const missing = a.inputs.filter((i) => i.cached && !payloads.has(i.contentHash));
       if (missing.length > 0) return resolve(outcomeOf(a, ShardStatus.SHARD_STATUS_INPUT_NOT_CACHED, queuedAtNs, { error: `not in this agent's payload cache: ${missing.map((i) => i.contentHash).join(', ')}` }));
       a = { ...a, inputs: a.inputs.map((i) => (i.cached ? { ...i, payload: payloads.get(i.contentHash) as Buffer, cached: false } : i)) };

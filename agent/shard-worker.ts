@@ -168,6 +168,21 @@ function start(): void {
     const count = cols.shardIds.length;
     /** The first record of the shard at hand (the record columns run shard after shard). */
     let nextRecord = 0;
+    /**
+     * Queues the result of shard `index`, which started at `startHr`. `sampled`: the heap was just
+     * observed (after the last run call), nothing ran since. One function for the batch, not a
+     * closure per shard.
+     */
+    const end = (index: number, startHr: number, r: Omit<WorkerResult, 'index' | 'startHr' | 'endHr' | 'peakHeapBytes'> & Partial<WorkerResult>, outputs: NormalizedOutput[] = [], sampled = false): void => {
+      if (!sampled) observe();
+      // Filled in place (`r` is always a fresh literal): a spread here was the worker's top cost.
+      const result = r as WorkerResult;
+      result.index = index;
+      result.startHr = startHr;
+      result.endHr = Number(process.hrtime.bigint());
+      result.peakHeapBytes = peak;
+      pending.push({ result, outputs });
+    };
     try {
       for (let index = 0; index < count; index++) {
         const o = index * SHARD_FIELDS;
@@ -182,19 +197,8 @@ function start(): void {
         observe();
         Atomics.store(startedAt, 0, startBig);
         Atomics.store(slot, 0, index);
-        /** `sampled`: the heap was just observed (after the last run call), nothing ran since. */
-        const end = (r: Omit<WorkerResult, 'index' | 'startHr' | 'endHr' | 'peakHeapBytes'> & Partial<WorkerResult>, outputs: NormalizedOutput[] = [], sampled = false): void => {
-          if (!sampled) observe();
-          // Filled in place (`r` is always a fresh literal): a spread here was the worker's top cost.
-          const result = r as WorkerResult;
-          result.index = index;
-          result.startHr = startHr;
-          result.endHr = Number(process.hrtime.bigint());
-          result.peakHeapBytes = peak;
-          pending.push({ result, outputs });
-        };
         if (cancelled.size > 0 && cancelled.delete(shardId)) {
-          end({ ok: false, status: 'cancelled', phase: 'run', error: 'cancelled', runNs: 0 });
+          end(index, startHr, { ok: false, status: 'cancelled', phase: 'run', error: 'cancelled', runNs: 0 });
           continue;
         }
         if (latencyMs > 0) {
@@ -203,18 +207,18 @@ function start(): void {
           current = undefined;
           if (!slept || cancelled.delete(shardId)) {
             Atomics.store(slot, 1, PHASE_IDLE);
-            end({ ok: false, status: 'cancelled', phase: 'run', error: 'cancelled', runNs: 0 });
+            end(index, startHr, { ok: false, status: 'cancelled', phase: 'run', error: 'cancelled', runNs: 0 });
             continue;
           }
           if (latencyMs >= timeoutMs) {
             Atomics.store(slot, 1, PHASE_IDLE);
-            end({ ok: false, status: 'timeout', phase: 'run', error: `timed out after ${timeoutMs} ms (injected latency ${latencyMs} ms)`, runNs: 0 });
+            end(index, startHr, { ok: false, status: 'timeout', phase: 'run', error: `timed out after ${timeoutMs} ms (injected latency ${latencyMs} ms)`, runNs: 0 });
             continue;
           }
         }
         if (cols.nums[o + 2] === 1) {
           Atomics.store(slot, 1, PHASE_IDLE);
-          end({ ok: false, status: 'failed', phase: 'run', error: 'injected failure (faults.fail)', runNs: 0 });
+          end(index, startHr, { ok: false, status: 'failed', phase: 'run', error: 'injected failure (faults.fail)', runNs: 0 });
           continue;
         }
         Atomics.store(slot, 1, PHASE_RUN);
@@ -229,7 +233,7 @@ function start(): void {
           Atomics.store(slot, 1, PHASE_IDLE);
           // Every shard of the batch gets the same answer; the executor retires this worker.
           const error = `cannot load the bundle: ${describeError(err)}`;
-          end({ ok: false, status: 'failed', phase: 'load', error, runNs: 0 });
+          end(index, startHr, { ok: false, status: 'failed', phase: 'load', error, runNs: 0 });
           for (let i = index + 1; i < count; i++) {
             const t = Number(process.hrtime.bigint());
             pending.push({ result: { index: i, ok: false, status: 'failed', phase: 'load', error, runNs: 0, startHr: t, endHr: t, peakHeapBytes: peak }, outputs: [] });
@@ -282,11 +286,11 @@ function start(): void {
           // TF.js exposes no per-kernel GPU clock here: with a GPU backend the run's wall time is
           // reported as GPU time (an upper bound).
           const gpuTimeNs = GPU_BACKENDS.has(backend) ? runNs : 0;
-          if (cancelled.size > 0 && cancelled.delete(shardId)) end({ ok: false, status: 'cancelled', phase: 'run', error: 'cancelled', runNs });
-          else end({ ok: true, outputs: [], gpuTimeNs, runNs }, outputs, sampled);
+          if (cancelled.size > 0 && cancelled.delete(shardId)) end(index, startHr, { ok: false, status: 'cancelled', phase: 'run', error: 'cancelled', runNs });
+          else end(index, startHr, { ok: true, outputs: [], gpuTimeNs, runNs }, outputs, sampled);
         } catch (err) {
-          if (cancelled.delete(shardId)) end({ ok: false, status: 'cancelled', phase: 'run', error: 'cancelled', runNs });
-          else end({ ok: false, status: 'failed', phase: 'run', error: describeError(err), runNs });
+          if (cancelled.delete(shardId)) end(index, startHr, { ok: false, status: 'cancelled', phase: 'run', error: 'cancelled', runNs });
+          else end(index, startHr, { ok: false, status: 'failed', phase: 'run', error: describeError(err), runNs });
         } finally {
           current = undefined;
           Atomics.store(slot, 1, PHASE_IDLE);

@@ -77,7 +77,7 @@ function normalizeStep(s: Step, event: string, ctx: Canon): Step {
   if (s.codeVersion !== '') requireHash(s.codeVersion, event, p, '.code_version');
   checkNanos(s.startedAtNs, event, p, '.started_at_ns');
   checkNanos(s.endedAtNs, event, p, '.ended_at_ns');
-  if (s.startedAtNs !== '0' && s.endedAtNs !== '0' && BigInt(s.endedAtNs) < BigInt(s.startedAtNs)) {
+  if (s.startedAtNs !== '0' && s.endedAtNs !== '0' && decimalLess(s.endedAtNs, s.startedAtNs)) {
     throw new InvalidArgumentError(`${event}${p}.ended_at_ns`, 'is before started_at_ns');
   }
   if (s.used.length + s.generated.length > EVENT_LIMITS.maxRefsPerStep) {
@@ -147,7 +147,9 @@ function checkRef(r: ObjectRef, event: string, list: string, i: number, allowUnv
 }
 
 function checkResources(u: ResourceUsage, path: string): void {
-  for (const [name, value] of Object.entries(u)) {
+  // Keys, not entries: no pair array per field of every step.
+  for (const name of Object.keys(u)) {
+    const value = u[name as keyof ResourceUsage];
     if (name === 'gpuUtilization') {
       if (typeof value !== 'number' || !Number.isFinite(value) || value < 0 || value > 1) {
         throw new InvalidArgumentError(`${path}.gpu_utilization`, 'must be between 0 and 1');
@@ -212,6 +214,25 @@ export function isNonNegativeInt64(value: string): boolean {
   }
   // Equal lengths compare as numbers do; leading zeros keep a shorter value's digits in range.
   return n < 19 || value <= INT64_MAX;
+}
+
+/**
+ * a < b for two decimal strings that isNonNegativeInt64 accepts, without a BigInt each: digit
+ * strings of one length compare as their values do, leading zeros aside.
+ */
+function decimalLess(a: string, b: string): boolean {
+  if (a.length !== b.length) {
+    a = withoutLeadingZeros(a);
+    b = withoutLeadingZeros(b);
+    if (a.length !== b.length) return a.length < b.length;
+  }
+  return a < b;
+}
+
+function withoutLeadingZeros(s: string): string {
+  let i = 0;
+  while (i < s.length - 1 && s.charCodeAt(i) === 48) i++;
+  return i === 0 ? s : s.slice(i);
 }
 
 /** `v` itself when its keys are already in canonical order (the usual case); else a sorted copy, noted in `ctx`. */

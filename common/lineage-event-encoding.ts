@@ -32,7 +32,7 @@ export function encodeLineageEvent(event: LineageEvent): Uint8Array | undefined 
 const UNSUPPORTED = new Error('unsupported by the fast lineage event encoder');
 /** Struct nesting the fast path follows; deeper values go to the generated encoder. */
 const MAX_DEPTH = 64;
-const INT64_MAX = 9223372036854775807n;
+const TWO_32 = 2 ** 32;
 
 interface Writer {
   buf: Buffer;
@@ -110,21 +110,38 @@ function int64(w: Writer, tag: number, s: string): void {
   if (s === '0') return;
   const n = s.length;
   if (typeof s !== 'string' || n === 0 || n > 19) throw UNSUPPORTED;
-  for (let i = 0; i < n; i++) {
-    const c = s.charCodeAt(i);
-    if (c < 48 || c > 57) throw UNSUPPORTED;
+  // Up to 15 digits is below 2^53: a safe integer, parsed while the digits are checked.
+  const head = n < 15 ? n : 15;
+  let v = 0;
+  for (let i = 0; i < head; i++) {
+    const d = s.charCodeAt(i) - 48;
+    if (d < 0 || d > 9) throw UNSUPPORTED;
+    v = v * 10 + d;
   }
-  varint32(w, tag);
-  ensure(w, 10);
-  // Up to 15 digits is below 2^53: a safe integer.
-  if (n <= 15) {
-    w.pos = writeVarint(w.buf, w.pos, Number(s));
+  if (n === head) {
+    varint32(w, tag);
+    ensure(w, 10);
+    w.pos = writeVarint(w.buf, w.pos, v);
     return;
   }
-  const big = BigInt(s);
-  if (big > INT64_MAX) throw UNSUPPORTED;
-  let lo = Number(big & 0xffffffffn);
-  let hi = Number(big >> 32n);
+  // The last 1-4 digits (nanosecond timestamps have 19) are multiplied in on two 32-bit halves,
+  // every product below 2^53 and so exact: a BigInt per field was most of the encoder's int64 cost.
+  let m = 1;
+  let tail = 0;
+  for (let i = head; i < n; i++) {
+    const d = s.charCodeAt(i) - 48;
+    if (d < 0 || d > 9) throw UNSUPPORTED;
+    tail = tail * 10 + d;
+    m *= 10;
+  }
+  const vHi = Math.floor(v / TWO_32);
+  const low = (v - vHi * TWO_32) * m + tail;
+  const carry = Math.floor(low / TWO_32);
+  let lo = low - carry * TWO_32;
+  let hi = vHi * m + carry;
+  if (hi > 0x7fffffff) throw UNSUPPORTED;
+  varint32(w, tag);
+  ensure(w, 10);
   const b = w.buf;
   // 7 bits at a time across the two 32-bit halves.
   while (hi > 0 || lo > 0x7f) {

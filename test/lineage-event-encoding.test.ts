@@ -97,6 +97,50 @@ describe('fast lineage event encoding', () => {
     for (let i = 0; i < 3000; i++) expectSame(randomEvent(r));
   });
 
+  it('writes int64 fields as a BigInt varint of their value would, at every length and boundary', () => {
+    // The varint the encoder wrote with BigInt arithmetic before it split values into 32-bit halves.
+    const bigintVarint = (s: string): string => {
+      const out: number[] = [];
+      let v = BigInt(s);
+      while (v > 0x7fn) {
+        out.push(Number(v & 0x7fn) | 0x80);
+        v >>= 7n;
+      }
+      out.push(Number(v));
+      return Buffer.from(out).toString('hex');
+    };
+    const values = new Set<string>(['0', '1', '9', '10', '00', '0000000000000000001', '0000000000000000000']);
+    for (let bits = 0; bits <= 63; bits++) {
+      const p = 1n << BigInt(bits);
+      for (const v of [p - 1n, p, p + 1n]) if (v > 0n && v < 1n << 63n) values.add(v.toString());
+    }
+    for (let digits = 1; digits <= 19; digits++) {
+      const p = 10n ** BigInt(digits - 1);
+      for (const v of [p, p + 1n, 10n * p - 1n]) if (v < 1n << 63n) values.add(v.toString());
+      values.add(`${'0'.repeat(19 - digits)}${p}`.slice(-19));
+    }
+    for (const v of ['4294967295999', '4294967296000', '9007199254740993', '1700000000000100000', '1732476121123456789', '9223372036854775807', '9223372036854775806', '9223372032559808512']) values.add(v);
+    const r = createRng(20261124);
+    for (let i = 0; i < 2000; i++) {
+      const digits = 1 + Math.floor(r() * 19);
+      let s = '';
+      for (let d = 0; d < digits; d++) s += String(Math.floor(r() * 10));
+      if (BigInt(s) < 1n << 63n) values.add(s);
+    }
+    for (const v of values) {
+      const e: LineageEvent = { eventId: '', eventTimeNs: v, producer: '', body: undefined };
+      const fast = encodeLineageEvent(e);
+      expect(fast, v).toBeDefined();
+      const hex = Buffer.from(fast as Uint8Array).toString('hex');
+      expect(hex, v).toBe(v === '0' ? '' : `10${bigintVarint(v)}`);
+      expect(hex, v).toBe(generated(e).toString('hex'));
+    }
+    // Past the int64 range, negative, or not digits: left to the generated encoder, as before.
+    for (const v of ['9223372036854775808', '9999999999999999999', '18446744073709551615', '12345678901234567890', '-1', '-9223372036854775808', '-0', '+1', '1e3', ' 1', '1 ', '123456789012345a', '1234567890123456-', '12345678901234567/', '1234567890123456789:']) {
+      expect(encodeLineageEvent({ eventId: '', eventTimeNs: v, producer: '', body: undefined }), v).toBeUndefined();
+    }
+  });
+
   it('leaves input it does not handle exactly to the generated encoder', () => {
     const version = (patch: Partial<ObjectVersion>): LineageEvent => {
       const e = objectEvent('o', 'o', 'o');

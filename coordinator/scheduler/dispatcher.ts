@@ -137,6 +137,8 @@ interface Entry {
   offAbort: (() => void) | undefined;
   /** Placed once already: lives in its class's retry list from now on. */
   requeued: boolean;
+  /** Resolved and out of `active`: read for every shard, where a lookup in `active` cost a hash of its id. */
+  finished: boolean;
   /** Placements a node answered with "input not cached": nothing ran, so they use up no attempt. */
   cacheMisses: number;
   /** The large inputs the current attempt sent in full, which its node's mirror counts as held from then on. */
@@ -299,11 +301,12 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
   }
 
   function finish(e: Entry, outcome: ShardOutcome, nodeId: string): void {
-    const id = e.assignment.shardId;
-    if (active.get(id) !== e) return;
-    active.delete(id);
+    if (e.finished) return;
+    e.finished = true;
+    active.delete(e.assignment.shardId);
     unplace(e);
-    const c = classes.get(e.classKey);
+    // Only an entry placed before can be in a retry list.
+    const c = e.requeued ? classes.get(e.classKey) : undefined;
     if (c) {
       const i = c.retry.indexOf(e);
       if (i >= 0) c.retry.splice(i, 1);
@@ -387,8 +390,9 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
   function place(e: Entry, nodeId: string): void {
     e.nodeId = nodeId;
     e.attempts++;
-    e.queuedMs = now() - e.startedMs;
-    e.placedMs = now();
+    const t = now();
+    e.queuedMs = t - e.startedMs;
+    e.placedMs = t;
     const own = e.assignment.timeoutMs;
     e.budgetMs = own > 0 ? own + deadlineMarginMs : shardTimeoutMs;
     let m = onNode.get(nodeId);
@@ -414,7 +418,7 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
 
   /** Still to be placed from its class's queue (not finished, not placed). */
   function pending(e: Entry): boolean {
-    return e.nodeId === undefined && active.get(e.assignment.shardId) === e && !e.requeued;
+    return e.nodeId === undefined && !e.finished && !e.requeued;
   }
 
   function pump(): void {
@@ -523,7 +527,7 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
         }
         // No node left to try: the outcome stands, naming the last node's reason.
       }
-      if (o.status === ShardStatus.SHARD_STATUS_SUCCEEDED) {
+      if (o.status === ShardStatus.SHARD_STATUS_SUCCEEDED && o.outputs.length > 0) {
         const mirror = mirrors.get(ranOn);
         if (mirror) for (const out of o.outputs) if (out.payload.byteLength >= CACHED_PAYLOAD_MIN_BYTES) mirror.set(out.contentHash, true, out.payload.byteLength);
       }
@@ -624,6 +628,7 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
         promise,
         offAbort: undefined,
         requeued: false,
+        finished: false,
         cacheMisses: 0,
         sentInFull: undefined,
       };
