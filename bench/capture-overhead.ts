@@ -18,7 +18,7 @@
  *   setup on both sides; the agents' CPU is reported apart from the coordinator's. This is the
  *   issue's "pipeline run with provenance capture against the same transforms executed without
  *   recording": what capture adds to a run as users see it, agents' work and round trips
- *   included. The runner's concurrency is the product's default (128 records); on a small machine
+ *   included. The runner's concurrency is the product's default (256 records); on a small machine
  *   the agents share the cores with the coordinator, so capture's CPU slows them too.
  * - Harshest case (second figure). The same runner in-process over a fake ShardRunner doing the
  *   transforms' work inline (`--work-ms` adds latency per shard, default 0): no agent round trip,

@@ -50,8 +50,10 @@ export interface PipelineExtensionOptions {
   payloadRetentionMs?: number;
   /** How often to sweep expired payloads when a retention is set (default 1 h, or the retention if shorter). */
   sweepIntervalMs?: number;
-  /** Records processed in parallel per Ingest call (default 128). */
+  /** Records processed in parallel per Ingest call (PipelineRunnerOptions.concurrency, default 256). */
   concurrency?: number;
+  /** Source payload bytes an Ingest call holds at once (PipelineRunnerOptions.maxHeldBytes, default 64 MiB). */
+  maxHeldBytes?: number;
   /** Overrides `shared.dispatcher` (tests). */
   runner?: ShardRunner;
   /** How often the coordinator looks for ingest shards that wait for a node, to log why (default 5000 ms). */
@@ -227,6 +229,7 @@ export function pipelineExtension(shared: PipelineShared = {}, options: Pipeline
     };
     const runnerOptions: ConstructorParameters<typeof PipelineRunner>[0] = { lineage: ctx.lineage, pipelines: store, payloads, runner: dispatch, clock: ctx.clock };
     if (options.concurrency !== undefined) runnerOptions.concurrency = options.concurrency;
+    if (options.maxHeldBytes !== undefined) runnerOptions.maxHeldBytes = options.maxHeldBytes;
     const runner = new PipelineRunner(runnerOptions);
     const handles: PipelineHandles = { store, payloads, runner };
     shared.pipelines = handles;

@@ -69,10 +69,17 @@ export interface PipelineRunnerOptions {
   clock: NanoClock;
   /**
    * Records processed at once (different keys run in parallel; one key's records in order).
-   * Default 128: with 32, a 3-step pipeline on two local agents ran 15-25% slower (fewer shards
-   * per frame to the agents, fewer events per commit group).
+   * Default 256: with 32, a 3-step pipeline on two local agents ran 15-25% slower than with 128,
+   * and with 128 capture halved the shards per frame to the agents (bench capture-overhead: 20
+   * against 38 without capture) and ran 10-12% slower than with 256; 512 and 1024 were no faster.
    */
   concurrency?: number;
+  /**
+   * Source payload bytes of the records an ingest holds at once (running, or waiting for their
+   * provenance to be durable), default 64 MiB: a record past it waits, unless none is held.
+   * Large records then run fewer at a time instead of holding `concurrency` times their size.
+   */
+  maxHeldBytes?: number;
   /**
    * false runs the same path without recording anything (no payloads, no lineage, no current
    * records): the benchmark's baseline. Default true.
@@ -233,6 +240,7 @@ interface Tally {
 const PRODUCER = 'retrace://coordinator/pipeline';
 /** Records waiting for their provenance to be durable, in slots' worth (see `ingest`). */
 const COMMIT_WINDOW = 4;
+const DEFAULT_MAX_HELD_BYTES = 64 * 2 ** 20;
 
 /**
  * Runs pipelines over ingested records and records their provenance: for each record, its payload
@@ -243,6 +251,7 @@ const COMMIT_WINDOW = 4;
  */
 export class PipelineRunner {
   private readonly concurrency: number;
+  private readonly maxHeldBytes: number;
   private readonly capture: boolean;
   private readonly producer: string;
   private readonly plans = new Map<string, Plan>();
@@ -256,7 +265,8 @@ export class PipelineRunner {
   private readonly unrecordedEnds = new Map<string, LineageEvent>();
 
   constructor(private readonly options: PipelineRunnerOptions) {
-    this.concurrency = Math.max(1, options.concurrency ?? 128);
+    this.concurrency = Math.max(1, options.concurrency ?? 256);
+    this.maxHeldBytes = Math.max(1, options.maxHeldBytes ?? DEFAULT_MAX_HELD_BYTES);
     this.capture = options.capture ?? true;
     this.producer = options.producer ?? PRODUCER;
   }
@@ -341,6 +351,7 @@ export class PipelineRunner {
     const slots = new Set<Promise<void>>();
     const unfinished = new Set<Promise<void>>();
     const maxUnfinished = this.concurrency * COMMIT_WINDOW;
+    let heldBytes = 0;
     let failure: unknown;
     let index = 0;
     const ctx = { pv, order, parameters, runId, principal, source, mediaType: src.mediaType, signal: options.signal, shardsOut };
@@ -354,7 +365,9 @@ export class PipelineRunner {
           index++;
           if (failure !== undefined) break;
           while (slots.size >= this.concurrency) await Promise.race(slots);
-          while (unfinished.size >= maxUnfinished) await Promise.race(unfinished);
+          const size = rec.payload.byteLength;
+          while (unfinished.size >= maxUnfinished || (unfinished.size > 0 && heldBytes + size > this.maxHeldBytes)) await Promise.race(unfinished);
+          heldBytes += size;
           const prev = keyTails.get(rec.key) ?? Promise.resolve();
           let release!: () => void;
           const slot = new Promise<void>((resolve) => (release = resolve));
@@ -365,6 +378,7 @@ export class PipelineRunner {
             })
             .finally(() => {
               release();
+              heldBytes -= size;
               unfinished.delete(p);
               if (keyTails.get(rec.key) === p) keyTails.delete(rec.key);
             });
