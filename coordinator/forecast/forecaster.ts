@@ -199,6 +199,8 @@ export interface Forecaster {
 }
 
 const DEFAULT_ANCHORS = [1, 3, 6, 12, 24, 72, 288];
+/** Fewest h-step changes a fallback (short-history) fit needs to give horizon h its own interval. */
+const MIN_FALLBACK_RESIDUALS = 5;
 const LEARNED_METHODS: ReadonlySet<ForecastMethod> = new Set(['learned', 'ensemble']);
 
 function stepList(value: readonly number[] | undefined, fallback: readonly number[], field: string, allowEmpty: boolean): readonly number[] {
@@ -564,7 +566,9 @@ function createSingleSeasonForecaster(options: ForecasterOptions): Forecaster {
       for (let i = 0; i + h < n; i++) {
         if (grid.observed[i + h]) residuals.push((grid.v[i + h] as number) - (grid.v[i] as number));
       }
-      if (residuals.length === 0 && anchors.length > 0) break;
+      // A horizon seen from fewer origins than this says nothing about its spread (two residuals
+      // gave an interval entirely below the forecast); later horizons carry the last one forward.
+      if (residuals.length < MIN_FALLBACK_RESIDUALS && anchors.length > 0) break;
       if (residuals.length >= 10) calibrated = true;
       const mae = residuals.length > 0 ? meanOf(residuals.map(Math.abs)) : Number.NaN;
       anchors.push({
@@ -732,13 +736,21 @@ function createSingleSeasonForecaster(options: ForecasterOptions): Forecaster {
     for (const m of new Set(plans.map((p) => p.method))) byMethod.set(m, predictMethod(m, grid, parts, [origin], horizons));
     const last = grid.t0 + origin * grid.stepMs;
     const result: ForecastResult = { t: [], mean: [], lower: [], upper: [], method: fitted.method, methods: [], coverage: fitted.coverage, calibrated: fitted.calibrated };
+    // The interval's offsets never narrow as the horizon grows: what is uncertain one step ahead
+    // is no more certain further out. Residual quantiles of different horizons come from
+    // different (and, on a short history, very few) origins, so taken alone they gave intervals
+    // that shrank with the horizon, even to nothing on one side.
+    let below = 0;
+    let above = 0;
     plans.forEach((plan, k) => {
       const mean = ((byMethod.get(plan.method) as Float64Array[])[k] as Float64Array)[0] as number;
+      below = Math.min(below, plan.lower);
+      above = Math.max(above, plan.upper);
       result.t.push(last + (k + 1) * grid.stepMs);
       result.mean.push(mean);
       const [lo, hi] = fitted.bounds ?? [Number.NEGATIVE_INFINITY, Number.POSITIVE_INFINITY];
-      result.lower.push(Math.max(Math.min(lo, mean), mean + Math.min(0, plan.lower)));
-      result.upper.push(Math.min(Math.max(hi, mean), mean + Math.max(0, plan.upper)));
+      result.lower.push(Math.max(Math.min(lo, mean), mean + below));
+      result.upper.push(Math.min(Math.max(hi, mean), mean + above));
       result.methods.push(plan.method);
     });
     return result;
