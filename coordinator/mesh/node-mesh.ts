@@ -181,7 +181,7 @@ export function createNodeMesh(deps: NodeMeshDeps): NodeMesh {
   let reservationSource: ((nodeId: string) => { cpuCores: number; memoryMb: number } | undefined) | undefined;
   // Fits are the expensive part (a backtest, maybe a small model); a fit is reused for
   // forecastRefitMs and conditioned on the latest history at each request.
-  const fits = new Map<string, { atMs: number; fitted: Promise<unknown> }>();
+  const fits = new Map<string, { atMs: number; points: number; fitted: Promise<unknown> }>();
   const registry = new NodeRegistry(createNodeRecordStore(deps.db), options, emitter, now, log);
   const sessions = new Map<string, ConnectSession>();
   const openSessions = new Set<ConnectSession>();
@@ -377,15 +377,19 @@ export function createNodeMesh(deps: NodeMeshDeps): NodeMesh {
       const lookbackMs = positiveNs(request.lookbackNs, 'lookback_ns', false) || Math.max(4 * horizonMs, 60 * stepMs);
       if (lookbackMs / stepMs > 10 * MAX_POINTS) throw new InvalidArgumentError('lookback_ns', 'too long for the step');
       const end = now();
-      const points = await queryPoints(node.record.nodeId, metric, end - lookbackMs, end, stepMs);
+      // A horizon of centuries asks for a lookback before the epoch: read from its start instead.
+      const points = await queryPoints(node.record.nodeId, metric, Math.max(0, end - lookbackMs), end, stepMs);
       if (points.length < 3) {
         throw new FailedPreconditionError(`not enough history of ${metric} on ${node.record.nodeId} to forecast: ${points.length} points, need 3`, 'metric');
       }
       const series = { t: points.map((p) => p.t), v: points.map((p) => p.value) };
       const key = `${node.record.nodeId}\0${metric}\0${stepMs}\0${lookbackMs}`;
       let fit = fits.get(key);
-      if (!fit || end - fit.atMs > options.forecastRefitMs) {
-        fit = { atMs: end, fitted: Promise.resolve(forecaster.fit(series, stepMs)) };
+      // A fit is also redone once the history has doubled since it was made: the first forecast
+      // of a node (the scheduler's headroom asks right after it registers) sees a few points, and
+      // a fit on those kept its intervals for forecastRefitMs however much history came after.
+      if (!fit || end - fit.atMs > options.forecastRefitMs || series.t.length >= 2 * fit.points) {
+        fit = { atMs: end, points: series.t.length, fitted: Promise.resolve(forecaster.fit(series, stepMs)) };
         fits.set(key, fit);
         // A failed fit must not stay cached.
         fit.fitted.catch(() => fits.delete(key));
@@ -411,7 +415,7 @@ export function createNodeMesh(deps: NodeMeshDeps): NodeMesh {
         method: f.method,
         coverage: f.coverage,
         stepNs: millisToNanos(stepMs).toString(),
-        fittedPoints: points.length,
+        fittedPoints: fit.points,
       };
     },
   };
