@@ -2,6 +2,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { AsyncQueue } from '../common/async-queue.js';
 import { ReadingSource, type ConnectRequest, type ResourceReading } from '../common/gen/retrace/v1/node.js';
 import { createForecaster } from '../coordinator/forecast/forecaster.js';
+import { runCli } from './helpers/in-process-cli.js';
 import { startMeshServer, waitFor, type MeshServer } from './helpers/mesh-server.js';
 
 /** The first cpu.load readings (%) of a real agent on a 2-core VM, 2 s apart. */
@@ -85,6 +86,36 @@ describe('Forecast RPC on a growing history', () => {
     const err = await s.client().forecast({ nodeId: 'far-h', metric: 'cpu', horizonNs: '9223372036854775807', stepNs: '0', lookbackNs: '0' }).catch((e: unknown) => e);
     expect(String((err as Error).message)).not.toMatch(/fromMs/);
     expect(String((err as Error).message)).toMatch(/not enough history/);
+    out.close();
+  });
+});
+
+describe('retrace nodes history over a huge range', () => {
+  let server: MeshServer | undefined;
+  afterEach(async () => {
+    await server?.stop();
+    server = undefined;
+  });
+
+  it('--since longer than the epoch is all of the history, not a negative from_ns', async () => {
+    server = await startMeshServer();
+    const s = server;
+    const out = new AsyncQueue<ConnectRequest>();
+    const done = (async () => {
+      for await (const _m of s.client().connect(out)) void _m;
+    })();
+    done.catch(() => {});
+    out.push({
+      body: { $case: 'register', value: { nodeId: 'old-h', host: 'h', labels: {}, capabilities: [], codeVersions: [], agentVersion: '', reportIntervalNs: '1000000000', draining: false, processId: '', payloadCacheBytes: '0' } },
+    });
+    // One sample two hours ago, outside GetHistory's default hour.
+    const reading: ResourceReading = { name: 'cpu.load', value: 7, text: '', unit: 'percent', source: ReadingSource.READING_SOURCE_MEASURED };
+    out.push({ body: { $case: 'report', value: { timeNs: `${Date.now() - 7_200_000}000000`, readings: [reading], seq: '1' } } });
+    await waitFor(async () => (await s.history.count('old-h', 'cpu.load')) === 1, 5000, '1 sample');
+    const res = await runCli(['nodes', 'history', 'old-h', '--metric', 'cpu', '--since', '100000d', '--coordinator', s.address, '--token', s.token]);
+    expect(res.err).toBe('');
+    expect(res.code).toBe(0);
+    expect(res.out).toMatch(/\(1 points\)/);
     out.close();
   });
 });

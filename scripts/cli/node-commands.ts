@@ -146,6 +146,14 @@ async function watch(
   return 0;
 }
 
+/**
+ * The start of a history range, ns: a start before the epoch (`--since 100000d`, meaning all of
+ * it) is the epoch's first nanosecond; 0 would mean "the default hour" to GetHistory.
+ */
+function startNs(ms: number): string {
+  return ms >= 1e-6 ? millisToNanos(ms).toString() : '1';
+}
+
 /** `retrace nodes ...` and `retrace forecast`. */
 export const commands: CliCommand[] = [
   {
@@ -208,7 +216,7 @@ reading name such as cpu.core.0.load or gpu.0.util.`,
           {
             nodeId,
             metric,
-            fromNs: millisToNanos(now - sinceMs).toString(),
+            fromNs: startNs(now - sinceMs),
             toNs: millisToNanos(now).toString(),
             stepNs: millisToNanos(stepMs).toString(),
           },
@@ -254,7 +262,7 @@ reading name such as cpu.core.0.load or gpu.0.util.`,
           const now = Date.now();
           const historyMs = lookbackMs || Math.max(2 * horizonMs, 60 * Number(BigInt(res.stepNs) / 1_000_000n));
           const hist = await client.getHistory(
-            { nodeId, metric, fromNs: millisToNanos(now - historyMs).toString(), toNs: millisToNanos(now).toString(), stepNs: res.stepNs },
+            { nodeId, metric, fromNs: startNs(now - historyMs), toNs: millisToNanos(now).toString(), stepNs: res.stepNs },
             { signal: io.signal },
           );
           const ms = (ns: string): number => Number(BigInt(ns) / 1_000_000n);
