@@ -132,7 +132,10 @@ export function createResourceProbe(options: ResourceProbeOptions): ResourceProb
   async function cpuCapabilities(): Promise<ResourceReading[]> {
     const c = await system.cpu();
     const flags = placementFlags((await system.cpuFlags()) || c.flags);
-    const speedMhz = finite(c.speedMax) && c.speedMax > 0 ? c.speedMax * 1000 : finite(c.speed) && c.speed > 0 ? c.speed * 1000 : undefined;
+    // Virtual machines often report no frequency to systeminformation (nor to os.cpus()), while
+    // /proc/cpuinfo still has the clock the hypervisor shows.
+    const speedMhz =
+      finite(c.speedMax) && c.speedMax > 0 ? c.speedMax * 1000 : finite(c.speed) && c.speed > 0 ? c.speed * 1000 : await proc?.cpuMhz().catch(() => undefined);
     return [
       measured('cpu.model', 0, '', `${c.manufacturer} ${c.brand}`.trim() || (cpus()[0]?.model ?? '')),
       measured('cpu.vendor', 0, '', c.vendor),
@@ -334,28 +337,45 @@ interface Rates {
   tx_sec: number | null;
 }
 
+/** How long the first CPU reading looks at the counters (later ones cover the time since the previous). */
+const FIRST_CPU_WINDOW_MS = 250;
+
 /**
- * Counters of this host read from /proc (Linux): CPU busy % since the previous call (since boot
- * on the first), disk and network bytes/s since the previous call. Each method rejects when its
- * file cannot be read or parsed (the caller falls back to systeminformation).
+ * Counters of this host read from /proc (Linux): CPU busy % since the previous call (over the
+ * first FIRST_CPU_WINDOW_MS on the first: the counters alone give the average since boot, which
+ * an agent started on a busy or idle host reported as its load), the CPU clock, disk and network
+ * bytes/s since the previous call. Each method rejects when its file cannot be read or parsed (the caller falls
+ * back to systeminformation). `readText` and `pause` are replaced in tests.
  */
-function createProcCounters(): { cpu(): Promise<{ total: number; cores: number[] }>; disk(): Promise<Rates>; net(iface: string): Promise<Rates> } {
+export function createProcCounters(
+  readText: (path: string) => Promise<string> = (path) => readFile(path, 'utf8'),
+  pause: (ms: number) => Promise<void> = (ms) => new Promise((r) => setTimeout(r, ms)),
+): { cpu(): Promise<{ total: number; cores: number[] }>; cpuMhz(): Promise<number | undefined>; disk(): Promise<Rates>; net(iface: string): Promise<Rates> } {
   let lastCpu: Map<string, { busy: number; total: number }> | undefined;
+  const cpuCounters = async (): Promise<Map<string, { busy: number; total: number }>> => {
+    const text = await readText('/proc/stat');
+    const now = new Map<string, { busy: number; total: number }>();
+    for (const line of text.split('\n')) {
+      if (!line.startsWith('cpu')) continue;
+      const [name, ...rest] = line.trim().split(/\s+/);
+      const v = rest.map(Number);
+      // user nice system idle iowait irq softirq steal (guest time is inside user already).
+      const total = v.slice(0, 8).reduce((a, b) => a + (Number.isFinite(b) ? b : 0), 0);
+      const idle = (v[3] ?? 0) + (v[4] ?? 0);
+      if (name) now.set(name, { busy: total - idle, total });
+    }
+    if (!now.has('cpu')) throw new Error('no cpu line in /proc/stat');
+    return now;
+  };
   let lastDisk: { read: number; written: number; atMs: number } | undefined;
   let lastNet: { iface: string; rx: number; tx: number; atMs: number } | undefined;
   return {
     async cpu() {
-      const text = await readFile('/proc/stat', 'utf8');
-      const now = new Map<string, { busy: number; total: number }>();
-      for (const line of text.split('\n')) {
-        if (!line.startsWith('cpu')) continue;
-        const [name, ...rest] = line.trim().split(/\s+/);
-        const v = rest.map(Number);
-        // user nice system idle iowait irq softirq steal (guest time is inside user already).
-        const total = v.slice(0, 8).reduce((a, b) => a + (Number.isFinite(b) ? b : 0), 0);
-        const idle = (v[3] ?? 0) + (v[4] ?? 0);
-        if (name) now.set(name, { busy: total - idle, total });
+      if (!lastCpu) {
+        lastCpu = await cpuCounters();
+        await pause(FIRST_CPU_WINDOW_MS);
       }
+      const now = await cpuCounters();
       const pct = (name: string): number => {
         const n = now.get(name);
         if (!n) return 0;
@@ -363,15 +383,23 @@ function createProcCounters(): { cpu(): Promise<{ total: number; cores: number[]
         const dt = n.total - (p?.total ?? 0);
         return dt > 0 ? (100 * (n.busy - (p?.busy ?? 0))) / dt : 0;
       };
-      if (!now.has('cpu')) throw new Error('no cpu line in /proc/stat');
       const cores: number[] = [];
       for (let i = 0; now.has(`cpu${i}`); i++) cores.push(pct(`cpu${i}`));
       const total = pct('cpu');
       lastCpu = now;
       return { total, cores };
     },
+    /** The highest `cpu MHz` of /proc/cpuinfo (the clock now, not a rated maximum); undefined when none is there. */
+    async cpuMhz() {
+      let most: number | undefined;
+      for (const m of (await readText('/proc/cpuinfo')).matchAll(/^cpu MHz\s*:\s*([\d.]+)/gm)) {
+        const mhz = Number(m[1]);
+        if (mhz > 0 && (most === undefined || mhz > most)) most = mhz;
+      }
+      return most;
+    },
     async disk() {
-      const text = await readFile('/proc/diskstats', 'utf8');
+      const text = await readText('/proc/diskstats');
       let read = 0;
       let written = 0;
       for (const line of text.split('\n')) {
@@ -390,7 +418,7 @@ function createProcCounters(): { cpu(): Promise<{ total: number; cores: number[]
       return { rx_sec: (read - prev.read) / sec, wx_sec: (written - prev.written) / sec, tx_sec: null };
     },
     async net(iface) {
-      const text = await readFile('/proc/net/dev', 'utf8');
+      const text = await readText('/proc/net/dev');
       const line = text.split('\n').find((l) => l.trim().startsWith(`${iface}:`));
       if (!line) throw new Error(`no ${iface} in /proc/net/dev`);
       const f = line.slice(line.indexOf(':') + 1).trim().split(/\s+/).map(Number);
