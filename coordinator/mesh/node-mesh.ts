@@ -18,7 +18,7 @@ import {
 } from '../../common/gen/retrace/v1/node.js';
 import { createJsonLog, type LogFn } from '../../common/log.js';
 import { isNodeId, resolveMetric } from '../../common/node-resources.js';
-import { millisToNanos, parseNanos } from '../../common/time.js';
+import { formatDurationMs, millisToNanos, parseNanos } from '../../common/time.js';
 import type { Database } from '../store/database.js';
 import { createHistoryStore, type HistoryStore } from '../store/history-store.js';
 import { createForecaster } from '../forecast/forecaster.js';
@@ -380,7 +380,10 @@ export function createNodeMesh(deps: NodeMeshDeps): NodeMesh {
       // A horizon of centuries asks for a lookback before the epoch: read from its start instead.
       const points = await queryPoints(node.record.nodeId, metric, Math.max(0, end - lookbackMs), end, stepMs);
       if (points.length < 3) {
-        throw new FailedPreconditionError(`not enough history of ${metric} on ${node.record.nodeId} to forecast: ${points.length} points, need 3`, 'metric');
+        // A long horizon with no step asked for makes the step 1/60 of it: say so, since the
+        // history may well be long enough at a finer step.
+        const auto = positiveNs(request.stepNs, 'step_ns', false) === 0 ? ` at the automatic step of ${formatDurationMs(stepMs)} (1/60 of the horizon; a smaller step_ns may find enough)` : ` at a step of ${formatDurationMs(stepMs)}`;
+        throw new FailedPreconditionError(`not enough history of ${metric} on ${node.record.nodeId} to forecast: ${points.length} points${auto}, need 3`, 'metric');
       }
       const series = { t: points.map((p) => p.t), v: points.map((p) => p.value) };
       const key = `${node.record.nodeId}\0${metric}\0${stepMs}\0${lookbackMs}`;
