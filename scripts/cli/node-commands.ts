@@ -56,7 +56,10 @@ function ago(ns: string, nowMs: number): string {
   return s < 60 ? `${s.toFixed(1)}s` : s < 3600 ? `${(s / 60).toFixed(0)}m` : `${(s / 3600).toFixed(1)}h`;
 }
 
-/** One row per node: id, host, state, cpu, memory, gpu, last report, labels. `*` = declared, `?` = unknown. */
+/**
+ * One row per node: id, host, state, cpu, memory, gpu, last report, labels. `*` = declared, `?` =
+ * unknown; a LOST node's load figures, the last it sent, are in parentheses.
+ */
 export function nodeTable(nodes: readonly NodeInfo[], nowMs = Date.now()): string {
   const header = ['ID', 'HOST', 'STATE', 'CPU', 'MEMORY', 'GPU', 'REPORT', 'LABELS'];
   const rows = nodes.map((n) => {
@@ -66,16 +69,19 @@ export function nodeTable(nodes: readonly NodeInfo[], nowMs = Date.now()): strin
     const used = latest(n, 'memory.used');
     const gpus = effectiveReading(n.capabilities, 'gpu.count');
     const gpuUtil = latest(n, 'gpu.util');
-    const cpu = `${threads ? `${threads.value}${mark(threads)}` : '?'}${load === undefined ? '' : ` ${load.toFixed(0)}%`}`;
-    const mem = `${used === undefined ? '' : `${formatBytes(used)} / `}${total ? `${formatBytes(total.value)}${mark(total)}` : '?'}`;
-    const gpu = !gpus || (gpus.value === 0 && gpus.source !== ReadingSource.READING_SOURCE_DECLARED) ? '-' : `${gpus.value}${mark(gpus)}${gpuUtil === undefined ? '' : ` ${gpuUtil.toFixed(0)}%`}`;
+    // A lost node's last readings may be from long ago: shown, but not as if they were now.
+    const live = (text: string): string => (n.state === NodeState.NODE_STATE_LOST ? `(${text})` : text);
+    const cpu = `${threads ? `${threads.value}${mark(threads)}` : '?'}${load === undefined ? '' : ` ${live(`${load.toFixed(0)}%`)}`}`;
+    const mem = `${used === undefined ? '' : `${live(formatBytes(used))} / `}${total ? `${formatBytes(total.value)}${mark(total)}` : '?'}`;
+    const gpu = !gpus || (gpus.value === 0 && gpus.source !== ReadingSource.READING_SOURCE_DECLARED) ? '-' : `${gpus.value}${mark(gpus)}${gpuUtil === undefined ? '' : ` ${live(`${gpuUtil.toFixed(0)}%`)}`}`;
     const state = `${stateName(n.state)}${n.connected ? '' : n.state === NodeState.NODE_STATE_READY || n.state === NodeState.NODE_STATE_DRAINING ? ' (disconnected)' : ''}`;
     const labels = Object.entries(n.labels).map(([k, v]) => `${k}=${v}`).join(',');
     return [n.nodeId, n.host, state, cpu, mem, gpu, ago(n.lastReportNs, nowMs), labels || '-'];
   });
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
   const line = (cells: string[]): string => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i] ?? 0))).join('  ');
-  const footer = nodes.some((n) => n.capabilities.some((c) => c.source === ReadingSource.READING_SOURCE_DECLARED)) ? '\n* declared by the operator, not measured' : '';
+  let footer = nodes.some((n) => n.capabilities.some((c) => c.source === ReadingSource.READING_SOURCE_DECLARED)) ? '\n* declared by the operator, not measured' : '';
+  if (nodes.some((n) => n.state === NodeState.NODE_STATE_LOST)) footer += '\n(…) the last reading of a node that stopped reporting (see REPORT)';
   return `${[line(header), ...rows.map(line)].join('\n')}${footer}\n`;
 }
 

@@ -1,0 +1,29 @@
+import { describe, expect, it } from 'vitest';
+import { NodeInfo, NodeState, ReadingSource } from '../common/gen/retrace/v1/node.js';
+import { nodeTable } from '../scripts/cli/node-commands.js';
+
+/** `retrace nodes`: a LOST node's load figures are its last readings, marked as such, not shown as if current. */
+describe('retrace nodes table', () => {
+  const reading = (name: string, value: number) => ({ name, value, text: '', unit: '', source: ReadingSource.READING_SOURCE_MEASURED });
+  const node = (nodeId: string, state: NodeState, connected: boolean): NodeInfo =>
+    NodeInfo.fromPartial({
+      nodeId,
+      host: 'h',
+      state,
+      connected,
+      capabilities: [reading('cpu.threads', 2), reading('memory.total', 8 * 2 ** 30)],
+      latest: [reading('cpu.load', 31), reading('memory.used', 2 * 2 ** 30)],
+      lastReportNs: `${Date.now() - 25_000}000000`,
+    });
+
+  it('brackets the last load figures of a LOST node and says why; a READY node shows them plainly', () => {
+    const now = Date.now();
+    const table = nodeTable([node('a', NodeState.NODE_STATE_READY, true), node('b', NodeState.NODE_STATE_LOST, false)], now);
+    const [header, ready, lost, ...footer] = table.trimEnd().split('\n');
+    expect(header).toMatch(/^ID\s+HOST\s+STATE\s+CPU\s+MEMORY/);
+    expect(ready).toMatch(/^a\s+h\s+READY\s+2 31%\s+2\.0 GiB \/ 8\.0 GiB/);
+    expect(lost).toMatch(/^b\s+h\s+LOST\s+2 \(31%\)\s+\(2\.0 GiB\) \/ 8\.0 GiB/);
+    expect(footer).toEqual(['(…) the last reading of a node that stopped reporting (see REPORT)']);
+    expect(nodeTable([node('a', NodeState.NODE_STATE_READY, true)], now)).not.toContain('(…)');
+  });
+});
