@@ -161,14 +161,18 @@ function printReport(r: ReplayReport, io: CliIo): void {
 type RecordOutcome = 'matched' | 'changed' | 'differed' | 'failed';
 
 /**
- * Each replayed record's dispatch (its first step's) against when the speed policy had it due,
- * both from the replay's start, with what became of the record: failed if a step failed, changed
+ * Each dispatched replayed record's dispatch (its first step's) against when the speed policy had
+ * it due, both from the replay's start, with what became of the record: failed if a step failed, changed
  * or differed (no overrides: non-determinism) if an output hash did, else matched.
  */
 function recordTimings(r: ReplayReport): { record: string; targetMs: number; dispatchedMs: number; outcome: RecordOutcome }[] {
   const byRecord = new Map<string, { record: string; targetMs: number; dispatchedMs: number; outcome: RecordOutcome }>();
   const rank: Record<RecordOutcome, number> = { matched: 0, changed: 1, differed: 2, failed: 3 };
+  // A record none of whose steps reached a node was never dispatched (cancelled before its due
+  // time, or its input payload missing): it has no dispatch time to set against its due time.
+  const reached = new Set(r.steps.filter((x) => x.replayNode !== '').map((x) => x.record));
   for (const x of r.steps) {
+    if (!reached.has(x.record)) continue;
     const outcome: RecordOutcome = x.status !== 'SUCCEEDED' ? 'failed' : x.matches ? 'matched' : x.overridden ? 'changed' : 'differed';
     const t = byRecord.get(x.record);
     if (!t) byRecord.set(x.record, { record: x.record, targetMs: x.targetAtMs, dispatchedMs: x.dispatchedAtMs, outcome });
