@@ -58,6 +58,11 @@ export interface ReplayEngineDeps {
   /** What a code version's manifest declares (`defineTransform`'s requirements), or undefined. */
   codeRequirements?: (codeVersion: string) => Promise<TransformRequirements | undefined>;
   /**
+   * Whether a code version is published (a what-if's `code_versions` is checked with it before
+   * anything runs); without it, or when it resolves undefined (no code store), none is refused.
+   */
+  codePublished?: (codeVersion: string) => Promise<boolean | undefined>;
+  /**
    * The content hash a pipeline holds as current for a record (`record:<pipeline>/<dataset>:<key>`),
    * or undefined when none or unknown. It picks, among a record's executions of one step, the one
    * whose output is current (see planRecord); without it the newest execution is replayed.
@@ -303,6 +308,10 @@ export class ReplayEngine {
     const stepCount = plans.reduce((n, p) => n + p.steps.length, 0);
     if (stepCount === 0) throw new FailedPreconditionError('the selected records were not processed by any recorded step: nothing to replay', 'selector');
     checkOverridesApply(policy, plans);
+    for (const [transform, version] of Object.entries(policy.codeVersions)) {
+      // Otherwise every shard of the transform fails CODE_UNAVAILABLE on every node it is tried on.
+      if ((await this.deps.codePublished?.(version)) === false) throw new InvalidArgumentError(`policy.code_versions[${transform}]`, `code version ${version} is not published (retrace code list --transform ${transform})`);
+    }
     const specs = await this.stepSpecs(plans, policy.codeVersions);
     this.checkRequirements(policy, specs);
     const id = `replay-${new Date(Number(this.deps.clock() / 1_000_000n)).toISOString().replace(/[-:.TZ]/g, '').slice(0, 14)}-${randomBytes(3).toString('hex')}`;
