@@ -58,6 +58,11 @@ export interface ReplayEngineDeps {
   /** What a code version's manifest declares (`defineTransform`'s requirements), or undefined. */
   codeRequirements?: (codeVersion: string) => Promise<TransformRequirements | undefined>;
   /**
+   * Whether a code version is published (a what-if's `code_versions` is checked with it before
+   * anything runs); without it, or when it resolves undefined (no code store), none is refused.
+   */
+  codePublished?: (codeVersion: string) => Promise<boolean | undefined>;
+  /**
    * The content hash a pipeline holds as current for a record (`record:<pipeline>/<dataset>:<key>`),
    * or undefined when none or unknown. It picks, among a record's executions of one step, the one
    * whose output is current (see planRecord); without it the newest execution is replayed.
@@ -103,8 +108,8 @@ interface ReplayJob {
   controller: AbortController;
   events: EventEmitter;
   progress: WatchReplayResponse;
-  /** While a paced replay releases records: when the next one is due and a promise of its release. */
-  pacing?: { nextAtMs: number; released: Promise<void> };
+  /** While a paced replay releases records: when the next one is due (and which), and a promise of its release. */
+  pacing?: { nextAtMs: number; nextKey?: string; released: Promise<void> };
   /** Input payloads read ahead for records not yet prepared, by content hash. */
   prefetched?: Map<string, Promise<Uint8Array | undefined>>;
   /** What a restart needs to close the replay should the coordinator die (see ProgressHeader). */
@@ -185,6 +190,27 @@ const progressRange = (id: string): { gte: string; lt: string } => ({ gte: `${id
 
 /** Progress snapshots a watcher gets at most once per this many ms (the final one at once). */
 const WATCH_INTERVAL_MS = 100;
+
+/**
+ * A paced replay that waits at least this long for its next record says so in its progress
+ * message, with when the record is due: records hours or months apart keep their gaps, and a
+ * watcher would otherwise see a replay that seems stuck.
+ */
+const LONG_WAIT_MS = 1000;
+
+/** A wait as a watcher reads it: `119d 23h`, `5m 3s`, `12s`. */
+function formatWait(ms: number): string {
+  const units: [string, number][] = [['d', 86_400], ['h', 3_600], ['m', 60], ['s', 1]];
+  let left = Math.max(1, Math.round(ms / 1000));
+  const parts: string[] = [];
+  for (const [unit, size] of units) {
+    if (left >= size && parts.length < 2) {
+      parts.push(`${Math.floor(left / size)}${unit}`);
+      left %= size;
+    } else if (parts.length > 0) break;
+  }
+  return parts.join(' ');
+}
 
 /** Resolves at `deadlineMs` (performance.now() clock) or when `signal` aborts. */
 async function waitUntil(deadlineMs: number, signal: AbortSignal): Promise<void> {
@@ -282,6 +308,10 @@ export class ReplayEngine {
     const stepCount = plans.reduce((n, p) => n + p.steps.length, 0);
     if (stepCount === 0) throw new FailedPreconditionError('the selected records were not processed by any recorded step: nothing to replay', 'selector');
     checkOverridesApply(policy, plans);
+    for (const [transform, version] of Object.entries(policy.codeVersions)) {
+      // Otherwise every shard of the transform fails CODE_UNAVAILABLE on every node it is tried on.
+      if ((await this.deps.codePublished?.(version)) === false) throw new InvalidArgumentError(`policy.code_versions[${transform}]`, `code version ${version} is not published (retrace code list --transform ${transform})`);
+    }
     const specs = await this.stepSpecs(plans, policy.codeVersions);
     this.checkRequirements(policy, specs);
     const id = `replay-${new Date(Number(this.deps.clock() / 1_000_000n)).toISOString().replace(/[-:.TZ]/g, '').slice(0, 14)}-${randomBytes(3).toString('hex')}`;
@@ -375,10 +405,14 @@ export class ReplayEngine {
     return ReplayReport.fromJSON(JSON.parse(json));
   }
 
+  /**
+   * Every replay, without step results. A running replay is listed as it stands in memory: the
+   * table holds it as it was saved at its start (PENDING) until it ends.
+   */
   async list(): Promise<ReplayReport[]> {
     const out: ReplayReport[] = [];
-    for await (const json of this.table.values()) {
-      const r = ReplayReport.fromJSON(JSON.parse(json));
+    for await (const [id, json] of this.table.iterator()) {
+      const r = this.jobs.get(id)?.report ?? ReplayReport.fromJSON(JSON.parse(json));
       out.push({ ...r, steps: [] });
     }
     return out;
@@ -616,7 +650,7 @@ export class ReplayEngine {
       slots.push({ targetMs, ready: prepared, release });
     };
     let onReleased!: () => void;
-    const pacing = { nextAtMs: Number.POSITIVE_INFINITY, released: new Promise<void>((r) => (onReleased = r)) };
+    const pacing: NonNullable<ReplayJob['pacing']> = { nextAtMs: Number.POSITIVE_INFINITY, released: new Promise<void>((r) => (onReleased = r)) };
     job.pacing = pacing;
     let next = 0;
     for (let i = 0; i < plans.length && !signal.aborted && failure === undefined; i++) {
@@ -630,10 +664,13 @@ export class ReplayEngine {
       }
       const slot = slots[i] as (typeof slots)[number];
       pacing.nextAtMs = startedMs + slot.targetMs;
+      pacing.nextKey = (plans[i] as RecordPlan).key;
       await slot.ready;
+      if (pacing.nextAtMs - performance.now() >= LONG_WAIT_MS) this.publish(job, 'paced');
       await waitUntil(pacing.nextAtMs, signal);
       slot.release();
       pacing.nextAtMs = Number.POSITIVE_INFINITY;
+      delete pacing.nextKey;
       const wake = onReleased;
       pacing.released = new Promise<void>((r) => (onReleased = r));
       wake();
@@ -766,6 +803,15 @@ export class ReplayEngine {
         if (timing.gate) {
           timing.gate.prepared();
           await timing.gate.released;
+          // Released by a cancel, not by its due time: never dispatched, so no dispatch time to report.
+          if (job.controller.signal.aborted) {
+            stopped = 'cancelled';
+            result.status = 'SKIPPED';
+            result.error = cancelText(job);
+            job.progress.stepsDone++;
+            job.progress.stepsFailed++;
+            continue;
+          }
         }
         // Measured here, as the shard goes to the dispatcher: what pacing accuracy is about.
         dispatchedMs = performance.now() - timing.startedMs;
@@ -947,7 +993,12 @@ export class ReplayEngine {
 
   private publish(job: ReplayJob, message: string): void {
     job.progress.state = job.report.state;
-    job.progress.message = message;
+    const p = job.pacing;
+    const waitMs = p?.nextKey === undefined ? 0 : p.nextAtMs - performance.now();
+    job.progress.message =
+      waitMs >= LONG_WAIT_MS && p?.nextKey !== undefined
+        ? `${message}; next record ${p.nextKey} due at ${new Date(Date.now() + waitMs).toISOString()} (in ${formatWait(waitMs)}, at ${job.policy.speed}x)`
+        : message;
     job.events.emit('progress', job.progress);
   }
 

@@ -39,6 +39,7 @@ export function replayExtension(shared: ReplayShared): ExtensionFactory {
       log: ctx.log,
       onStoreWritable: ctx.onStoreWritable,
       codeRequirements: async (codeVersion) => declaredRequirements(await shared.code?.describe(codeVersion)),
+      codePublished: async (codeVersion) => (shared.code ? (await shared.code.describe(codeVersion)) !== undefined : undefined),
       async pipelineStep(pipeline, version, step) {
         const store = shared.pipelines?.store;
         if (!store) return undefined;

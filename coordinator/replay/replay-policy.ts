@@ -16,7 +16,8 @@ export interface CompiledReplayPolicy {
   /** Factor on recorded inter-arrival times; 0 = as fast as possible. */
   readonly speed: number;
   readonly placement: ReplayPlacement;
-  readonly seed: number;
+  /** The fault seed, a uint64 in decimal (what faultDraw hashes). */
+  readonly seed: string;
   readonly outages: readonly { nodeId: string; startAfterMs: number; durationMs: number }[];
   readonly linkOutageProbability: number;
   readonly corruptInputProbability: number;
@@ -71,7 +72,8 @@ export function compileReplayPolicy(p: ReplayPolicy | undefined, knownNodes: Rea
   const compiled = {
     speed,
     placement,
-    seed: Number(BigInt.asUintN(32, BigInt(faults?.seed ?? 0))),
+    // All 64 bits, as decimal: cut to 32, seed 4294967296 drew the same faults as seed 0.
+    seed: BigInt.asUintN(64, BigInt(faults?.seed || 0)).toString(),
     outages,
     linkOutageProbability: probability(faults?.linkOutageProbability, 'policy.faults.link_outage_probability'),
     corruptInputProbability: probability(faults?.corruptInputProbability, 'policy.faults.corrupt_input_probability'),

@@ -23,6 +23,9 @@ const START_USAGE = `retrace replay start SELECTOR [POLICY] [--watch] [--json]
     --set STEP.PARAM=JSON             what-if parameter (repeatable)
     --code TRANSFORM=sha256:...       what-if code version (repeatable)`;
 
+/** The longest fault duration the policy carries (uint32 milliseconds). */
+const MAX_FAULT_MS = 2 ** 32 - 1;
+
 function parseSelector(args: ParsedArgs): RecordSelector {
   const records = flagAll(args, 'record');
   if (records.length > 0) return { selector: { $case: 'recordIds', value: { objectIds: records } } };
@@ -66,19 +69,31 @@ function parsePolicy(args: ParsedArgs): ReplayPolicy {
   for (const f of flagAll(args, 'fault')) {
     const [kind, ...rest] = f.split(':');
     const prob = (): number => {
-      const p = Number(rest[0]);
-      if (!(p >= 0 && p <= 1)) throw new UsageError(`--fault ${kind}: probability between 0 and 1 expected`);
+      // Number('') is 0: `link:` would otherwise inject nothing without a word.
+      const p = rest.length === 1 && rest[0] !== '' ? Number(rest[0]) : Number.NaN;
+      if (!(p >= 0 && p <= 1)) throw new UsageError(`--fault ${kind}: probability between 0 and 1 expected, got ${JSON.stringify(f)}`);
       return p;
+    };
+    // The policy carries milliseconds as uint32: a longer one would fail in serialization, naming nothing.
+    const ms = (text: string, field: string): number => {
+      const v = Math.round(parseDurationMs(text, field));
+      if (v > MAX_FAULT_MS) throw new UsageError(`${field}: at most ${MAX_FAULT_MS} ms (about 49 days), got ${JSON.stringify(text)}`);
+      return v;
     };
     if (kind === 'outage') {
       const nodeId = rest[0];
       if (!nodeId) throw new UsageError('--fault outage:NODE:after=1s:for=5s');
-      const opts = Object.fromEntries(rest.slice(1).map((kv) => kv.split('=') as [string, string]));
-      faults.outages.push({ nodeId, startAfterMs: parseDurationMs(opts.after ?? '0s', '--fault after'), durationMs: parseDurationMs(opts.for ?? '5s', '--fault for') });
+      const opts: Record<string, string> = {};
+      for (const kv of rest.slice(1)) {
+        const m = /^(after|for)=(.+)$/.exec(kv);
+        if (!m) throw new UsageError(`--fault outage:NODE:after=1s:for=5s takes after=DURATION and for=DURATION, got ${JSON.stringify(kv)}`);
+        opts[m[1] as string] = m[2] as string;
+      }
+      faults.outages.push({ nodeId, startAfterMs: ms(opts.after ?? '0s', '--fault after'), durationMs: ms(opts.for ?? '5s', '--fault for') });
     } else if (kind === 'link') faults.linkOutageProbability = prob();
     else if (kind === 'corrupt') faults.corruptInputProbability = prob();
     else if (kind === 'fail') faults.stepFailureProbability = prob();
-    else if (kind === 'latency') faults.addedLatencyMs = parseDurationMs(rest[0] ?? '', '--fault latency');
+    else if (kind === 'latency') faults.addedLatencyMs = ms(rest.join(':'), '--fault latency');
     else throw new UsageError(`unknown fault ${JSON.stringify(kind)}: outage, link, corrupt, fail or latency`);
   }
   const stepParameters: Record<string, Record<string, unknown>> = {};
@@ -88,8 +103,10 @@ function parsePolicy(args: ParsedArgs): ReplayPolicy {
     let value: unknown = m[3];
     try {
       value = JSON.parse(m[3] as string);
-    } catch {
-      // a bare string
+    } catch (err) {
+      // A bare string (`--set scale.currency=EUR`), unless it was meant as JSON: a broken object,
+      // array or string would otherwise run as that text and change every output it reaches.
+      if (/^\s*[[{"]/.test(m[3] as string)) throw new UsageError(`--set ${m[1]}.${m[2]}: ${JSON.stringify(m[3])} is not valid JSON (${err instanceof Error ? err.message : String(err)})`);
     }
     (stepParameters[m[1] as string] ??= {})[m[2] as string] = value;
   }
@@ -161,14 +178,18 @@ function printReport(r: ReplayReport, io: CliIo): void {
 type RecordOutcome = 'matched' | 'changed' | 'differed' | 'failed';
 
 /**
- * Each replayed record's dispatch (its first step's) against when the speed policy had it due,
- * both from the replay's start, with what became of the record: failed if a step failed, changed
+ * Each dispatched replayed record's dispatch (its first step's) against when the speed policy had
+ * it due, both from the replay's start, with what became of the record: failed if a step failed, changed
  * or differed (no overrides: non-determinism) if an output hash did, else matched.
  */
 function recordTimings(r: ReplayReport): { record: string; targetMs: number; dispatchedMs: number; outcome: RecordOutcome }[] {
   const byRecord = new Map<string, { record: string; targetMs: number; dispatchedMs: number; outcome: RecordOutcome }>();
   const rank: Record<RecordOutcome, number> = { matched: 0, changed: 1, differed: 2, failed: 3 };
+  // A record none of whose steps reached a node was never dispatched (cancelled before its due
+  // time, or its input payload missing): it has no dispatch time to set against its due time.
+  const reached = new Set(r.steps.filter((x) => x.replayNode !== '').map((x) => x.record));
   for (const x of r.steps) {
+    if (!reached.has(x.record)) continue;
     const outcome: RecordOutcome = x.status !== 'SUCCEEDED' ? 'failed' : x.matches ? 'matched' : x.overridden ? 'changed' : 'differed';
     const t = byRecord.get(x.record);
     if (!t) byRecord.set(x.record, { record: x.record, targetMs: x.targetAtMs, dispatchedMs: x.dispatchedAtMs, outcome });
