@@ -54,7 +54,7 @@ describe('a paced replay waiting a long gap for its next record', () => {
     await tc.stop();
   });
 
-  it('is listed RUNNING, says which record it waits for and when it is due, and a cancel leaves that record out of the pacing', async () => {
+  it('is listed RUNNING, says which record it waits for and when it is due, and a cancel (CLI) leaves that record out of the pacing', async () => {
     const replays = tc.client(ReplayServiceDefinition);
     const { replayId } = await replays.startReplay({ selector: { selector: { $case: 'window', value: { pipeline: 'orders', source: 'raw', fromNs: String(T0), toNs: String(T0 + 7_200_000_000_000n) } } }, policy: { speed: 1 } as never });
     const watching = new AbortController();
@@ -78,7 +78,17 @@ describe('a paced replay waiting a long gap for its next record', () => {
     const cliList = await runCli(['replay', 'list', ...conn]);
     expect(cliList.out).toMatch(new RegExp(`${replayId}\\s+RUNNING`));
 
-    expect((await replays.cancelReplay({ replayId })).state).toBe(ReplayState.REPLAY_STATE_CANCELLED);
+    // A watcher started before the cancel ends with the replay, exiting 1: it did not succeed.
+    const watcher = runCli(['replay', 'watch', replayId, ...conn]);
+    const cancelled = await runCli(['replay', 'cancel', replayId, ...conn]);
+    expect(cancelled).toMatchObject({ code: 0, out: `${replayId}: CANCELLED\n` });
+    const watched = await watcher;
+    expect(watched.code).toBe(1);
+    expect(watched.err).toMatch(new RegExp(`replay ${replayId}: CANCELLED`));
+    expect(JSON.parse((await runCli(['replay', 'cancel', replayId, '--json', ...conn])).out)).toEqual({ state: 'REPLAY_STATE_CANCELLED' });
+    const unknown = await runCli(['replay', 'cancel', 'replay-nope', ...conn]);
+    expect(unknown.code).not.toBe(0);
+    expect(unknown.err).toContain('replay_id');
     const { report } = await replays.getReplayReport({ replayId });
     const c = report?.steps.find((s) => s.record === 'record:orders/raw:c');
     expect(c?.status).toMatch(/^(SKIPPED|CANCELLED)$/);

@@ -313,14 +313,35 @@ const list: CliCommand = {
 
 const watchCmd: CliCommand = {
   path: ['replay', 'watch'],
-  summary: 'progress bar of a running replay',
-  usage: 'retrace replay watch REPLAY_ID',
+  summary: 'progress bar of a running replay; exits 0 only if it succeeds',
+  usage: 'retrace replay watch REPLAY_ID\n  Exits once the replay ends: 0 if it SUCCEEDED, 1 otherwise (as replay start --watch), after a line with its state.',
   async run(args, io) {
     const replayId = args.positionals[0];
     if (!replayId) throw new UsageError('REPLAY_ID is required');
     const { client, close } = openClient(ReplayServiceDefinition, args);
     try {
       await watch(client, replayId, io);
+      const { report: r } = await client.getReplayReport({ replayId }, { signal: io.signal });
+      if (!r) return 1;
+      io.stderr.write(`replay ${replayId}: ${ReplayState[r.state].replace('REPLAY_STATE_', '')}${r.error ? ` (${r.error})` : ''}\n`);
+      return r.state === ReplayState.REPLAY_STATE_SUCCEEDED ? 0 : 1;
+    } finally {
+      close();
+    }
+  },
+};
+
+const cancel: CliCommand = {
+  path: ['replay', 'cancel'],
+  summary: 'cancel a running replay (what it finished stays in its report)',
+  usage: 'retrace replay cancel REPLAY_ID [--json]\n  Prints the replay\'s state after the cancel (CANCELLED, or how it had already ended).',
+  async run(args, io) {
+    const replayId = args.positionals[0];
+    if (!replayId) throw new UsageError('REPLAY_ID is required');
+    const { client, close } = openClient(ReplayServiceDefinition, args);
+    try {
+      const r = await client.cancelReplay({ replayId }, { signal: io.signal });
+      io.stdout.write(hasFlag(args, 'json') ? toJson(responseJson(ReplayServiceDefinition, 'cancelReplay', r)) : `${replayId}: ${ReplayState[r.state].replace('REPLAY_STATE_', '')}\n`);
       return 0;
     } finally {
       close();
@@ -328,4 +349,4 @@ const watchCmd: CliCommand = {
   },
 };
 
-export const commands: CliCommand[] = [start, report, list, watchCmd];
+export const commands: CliCommand[] = [start, report, list, watchCmd, cancel];
