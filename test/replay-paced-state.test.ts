@@ -85,6 +85,10 @@ describe('a paced replay waiting a long gap for its next record', () => {
     const watched = await watcher;
     expect(watched.code).toBe(1);
     expect(watched.err).toMatch(new RegExp(`replay ${replayId}: CANCELLED`));
+    // c was cancelled, not failed: the watch counts it as the report does.
+    expect(watched.err).toMatch(/3\/3 steps, \d\/3 records, 0 failed, 1 not run/);
+    const after = await replays.watchReplay({ replayId })[Symbol.asyncIterator]().next();
+    expect(after.value).toMatchObject({ stepsFailed: 0, stepsSkipped: 1 });
     expect(JSON.parse((await runCli(['replay', 'cancel', replayId, '--json', ...conn])).out)).toEqual({ state: 'REPLAY_STATE_CANCELLED' });
     const unknown = await runCli(['replay', 'cancel', 'replay-nope', ...conn]);
     expect(unknown.code).not.toBe(0);

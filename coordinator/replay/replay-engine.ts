@@ -333,7 +333,7 @@ export class ReplayEngine {
       plans,
       controller: new AbortController(),
       events: new EventEmitter(),
-      progress: { state: ReplayState.REPLAY_STATE_PENDING, stepsDone: 0, stepsTotal: stepCount, stepsFailed: 0, recordsDone: 0, recordsTotal: plans.length, message: '' },
+      progress: { state: ReplayState.REPLAY_STATE_PENDING, stepsDone: 0, stepsTotal: stepCount, stepsFailed: 0, stepsSkipped: 0, recordsDone: 0, recordsTotal: plans.length, message: '' },
       unsaved: [],
       savedRows: 0,
       lastFlushMs: Number.NEGATIVE_INFINITY,
@@ -353,7 +353,7 @@ export class ReplayEngine {
     const job = this.jobs.get(replayId);
     if (!job) {
       const report = await this.report(replayId);
-      yield { state: report.state, stepsDone: report.steps.length, stepsTotal: report.steps.length, stepsFailed: report.summary?.failed ?? 0, recordsDone: report.summary?.records ?? 0, recordsTotal: report.summary?.records ?? 0, message: report.error };
+      yield { state: report.state, stepsDone: report.steps.length, stepsTotal: report.steps.length, stepsFailed: report.summary?.failed ?? 0, stepsSkipped: (report.summary?.upstreamFailed ?? 0) + (report.summary?.cancelled ?? 0), recordsDone: report.summary?.records ?? 0, recordsTotal: report.summary?.records ?? 0, message: report.error };
       return;
     }
     // The latest snapshot only, at most one per WATCH_INTERVAL_MS (the final one at once): a
@@ -733,7 +733,7 @@ export class ReplayEngine {
         result.status = 'SKIPPED';
         result.error = stopped === 'failed' ? 'an upstream step of this record failed' : cancelText(job);
         job.progress.stepsDone++;
-        job.progress.stepsFailed++;
+        job.progress.stepsSkipped++;
         continue;
       }
       const inputs: ShardInput[] = [];
@@ -809,7 +809,7 @@ export class ReplayEngine {
             result.status = 'SKIPPED';
             result.error = cancelText(job);
             job.progress.stepsDone++;
-            job.progress.stepsFailed++;
+            job.progress.stepsSkipped++;
             continue;
           }
         }
@@ -828,8 +828,10 @@ export class ReplayEngine {
       result.error = outcome.error;
       job.progress.stepsDone++;
       if (outcome.status !== ShardStatus.SHARD_STATUS_SUCCEEDED) {
-        job.progress.stepsFailed++;
         stopped = outcome.status === ShardStatus.SHARD_STATUS_CANCELLED && job.controller.signal.aborted ? 'cancelled' : 'failed';
+        // As the summary counts them: a shard the cancel stopped is cancelled, not failed.
+        if (isCancelledStep(result)) job.progress.stepsSkipped++;
+        else job.progress.stepsFailed++;
         this.publish(job, `${ps.name} ${result.status}`);
         continue;
       }

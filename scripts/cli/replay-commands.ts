@@ -135,7 +135,7 @@ async function watch(client: ReturnType<typeof openClient<typeof ReplayServiceDe
   const tty = (io.stderr as { isTTY?: boolean }).isTTY === true;
   let line = '';
   for await (const p of client.watchReplay({ replayId }, { signal: io.signal })) {
-    line = progressBar(p.stepsDone, p.stepsTotal, 30, `${p.stepsDone}/${p.stepsTotal} steps, ${p.recordsDone}/${p.recordsTotal} records, ${p.stepsFailed} failed  ${p.message}`.slice(0, 110));
+    line = progressBar(p.stepsDone, p.stepsTotal, 30, `${p.stepsDone}/${p.stepsTotal} steps, ${p.recordsDone}/${p.recordsTotal} records, ${p.stepsFailed} failed${p.stepsSkipped > 0 ? `, ${p.stepsSkipped} not run` : ''}  ${p.message}`.slice(0, 110));
     if (tty) io.stderr.write(`\r${line}\x1b[K`);
   }
   io.stderr.write(tty ? '\n' : `${line}\n`);

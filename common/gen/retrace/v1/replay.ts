@@ -233,10 +233,16 @@ export interface WatchReplayResponse {
   state: ReplayState;
   stepsDone: number;
   stepsTotal: number;
+  /** Steps that ran and failed (the report's summary.failed). */
   stepsFailed: number;
   recordsDone: number;
   recordsTotal: number;
   message: string;
+  /**
+   * Steps not run: an upstream step of their record failed, or the replay was cancelled
+   * (summary.upstream_failed + summary.cancelled).
+   */
+  stepsSkipped: number;
 }
 
 export interface GetReplayReportRequest {
@@ -1972,7 +1978,16 @@ export const WatchReplayRequest: MessageFns<WatchReplayRequest> = {
 };
 
 function createBaseWatchReplayResponse(): WatchReplayResponse {
-  return { state: 0, stepsDone: 0, stepsTotal: 0, stepsFailed: 0, recordsDone: 0, recordsTotal: 0, message: "" };
+  return {
+    state: 0,
+    stepsDone: 0,
+    stepsTotal: 0,
+    stepsFailed: 0,
+    recordsDone: 0,
+    recordsTotal: 0,
+    message: "",
+    stepsSkipped: 0,
+  };
 }
 
 export const WatchReplayResponse: MessageFns<WatchReplayResponse> = {
@@ -1997,6 +2012,9 @@ export const WatchReplayResponse: MessageFns<WatchReplayResponse> = {
     }
     if (message.message !== "") {
       writer.uint32(58).string(message.message);
+    }
+    if (message.stepsSkipped !== 0) {
+      writer.uint32(64).uint32(message.stepsSkipped);
     }
     return writer;
   },
@@ -2070,6 +2088,14 @@ export const WatchReplayResponse: MessageFns<WatchReplayResponse> = {
             message.message = reader.string();
             continue;
           }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.stepsSkipped = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2111,6 +2137,11 @@ export const WatchReplayResponse: MessageFns<WatchReplayResponse> = {
         ? globalThis.Number(object.records_total)
         : 0,
       message: isSet(object.message) ? globalThis.String(object.message) : "",
+      stepsSkipped: isSet(object.stepsSkipped)
+        ? globalThis.Number(object.stepsSkipped)
+        : isSet(object.steps_skipped)
+        ? globalThis.Number(object.steps_skipped)
+        : 0,
     };
   },
 
@@ -2137,6 +2168,9 @@ export const WatchReplayResponse: MessageFns<WatchReplayResponse> = {
     if (message.message !== "") {
       obj.message = message.message;
     }
+    if (message.stepsSkipped !== 0) {
+      obj.stepsSkipped = Math.round(message.stepsSkipped);
+    }
     return obj;
   },
 
@@ -2152,6 +2186,7 @@ export const WatchReplayResponse: MessageFns<WatchReplayResponse> = {
     message.recordsDone = object.recordsDone ?? 0;
     message.recordsTotal = object.recordsTotal ?? 0;
     message.message = object.message ?? "";
+    message.stepsSkipped = object.stepsSkipped ?? 0;
     return message;
   },
 };
