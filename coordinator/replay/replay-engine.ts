@@ -26,6 +26,8 @@ export interface ReplayShardRunner {
     options?: { requirements?: TransformRequirements; placement?: ReplayPlacement; signal?: AbortSignal; inputsAsSent?: boolean },
   ): Promise<{ outcome: ShardOutcome; nodeId: string; attempts: number; queuedMs: number }>;
   setLinkOutage?(nodeId: string, untilMs: number): void;
+  /** Shards no node can take now and why, each with the job (replay id) its assignment names. */
+  waiting?(): readonly { jobId?: string; reason: string }[];
 }
 
 /** Where original payloads are (content-addressed) and replay outputs go. */
@@ -190,6 +192,9 @@ const progressRange = (id: string): { gte: string; lt: string } => ({ gte: `${id
 
 /** Progress snapshots a watcher gets at most once per this many ms (the final one at once). */
 const WATCH_INTERVAL_MS = 100;
+
+/** How often a running replay looks for its shards that wait for a node. */
+const WAITING_CHECK_MS = 1000;
 
 /**
  * A paced replay that waits at least this long for its next record says so in its progress
@@ -558,6 +563,18 @@ export class ReplayEngine {
       // start_after_ms is a uint32: up to 49 days, past what one timer takes.
       timers.push(setLongTimeout(() => runner.setLinkOutage?.(o.nodeId, nowMs() + o.durationMs), o.startAfterMs));
     }
+    // Shards no node can take now (a target node that died, a cap no node meets any more) leave
+    // the progress at the last record's message, a replay that seems stuck: say what they wait for.
+    let waitingSaid = '';
+    const waitingCheck = setInterval(() => {
+      const mine = (runner.waiting?.() ?? []).filter((w) => w.jobId === job.id);
+      const said = mine.length === 0 ? '' : `${mine.length} shard${mine.length === 1 ? ' waits' : 's wait'} for a node: ${mine[0]?.reason ?? ''}`;
+      if (said === waitingSaid) return;
+      waitingSaid = said;
+      if (said !== '') this.publish(job, said);
+    }, WAITING_CHECK_MS);
+    waitingCheck.unref();
+    timers.push(() => clearInterval(waitingCheck));
     const plans = [...job.plans].sort((a, b) => (a.eventTimeNs < b.eventTimeNs ? -1 : a.eventTimeNs > b.eventTimeNs ? 1 : 0));
     const t0 = plans[0]?.eventTimeNs ?? 0n;
     const tLast = plans[plans.length - 1]?.eventTimeNs ?? 0n;
@@ -576,16 +593,19 @@ export class ReplayEngine {
       job.unsaved.push(...results);
       this.scheduleFlush(job, started);
     };
-    if (policy.speed > 0) {
-      await this.pace(job, plans, started, (plan) => Number(plan.eventTimeNs - t0) / 1e6 / policy.speed, replayOne, Math.max(limit, 256), payloads);
-    } else {
-      let next = 0;
-      const worker = async (): Promise<void> => {
-        while (next < plans.length && !job.controller.signal.aborted) await replayOne(plans[next++] as RecordPlan, 0);
-      };
-      await Promise.all(Array.from({ length: Math.min(limit, plans.length) }, () => worker()));
+    try {
+      if (policy.speed > 0) {
+        await this.pace(job, plans, started, (plan) => Number(plan.eventTimeNs - t0) / 1e6 / policy.speed, replayOne, Math.max(limit, 256), payloads);
+      } else {
+        let next = 0;
+        const worker = async (): Promise<void> => {
+          while (next < plans.length && !job.controller.signal.aborted) await replayOne(plans[next++] as RecordPlan, 0);
+        };
+        await Promise.all(Array.from({ length: Math.min(limit, plans.length) }, () => worker()));
+      }
+    } finally {
+      for (const cancel of timers) cancel();
     }
-    for (const cancel of timers) cancel();
     const results = job.report.steps;
     const failed = results.filter((r) => r.status !== 'SUCCEEDED').length;
     job.report.summary = summarize(meta, results, performance.now() - started, spanMs);
