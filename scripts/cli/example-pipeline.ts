@@ -4,7 +4,7 @@ import { PipelineServiceDefinition } from '../../common/gen/retrace/v1/pipeline.
 import { RecomputeServiceDefinition } from '../../common/gen/retrace/v1/recompute.js';
 import { parseArgs } from './command.js';
 import { openClient } from './client.js';
-import { bundleTransform } from './publish-command.js';
+import { publishTransformFile } from './publish-command.js';
 
 const TRANSFORMS = ['scale-order', 'classify-order'] as const;
 
@@ -22,9 +22,8 @@ export async function runExamplePipeline(coordinator: string, token: string, opt
   try {
     const codeVersions: Record<string, string> = {};
     for (const name of TRANSFORMS) {
-      const bundle = await bundleTransform(fileURLToPath(new URL(`../examples/transforms/${name}.ts`, import.meta.url)));
-      const r = await code.client.publishCode({ bundle: Buffer.from(bundle.bytes), manifest: { transform: name, sourceFile: `${name}.ts`, bundler: bundle.bundler } }, { signal: options.signal });
-      codeVersions[name] = r.code?.codeVersion ?? '';
+      const { response } = await publishTransformFile(code.client, fileURLToPath(new URL(`../examples/transforms/${name}.ts`, import.meta.url)), { name, ...(options.signal ? { signal: options.signal } : {}) });
+      codeVersions[name] = response.code?.codeVersion ?? '';
     }
     await pipelines.client.applyPipeline(
       {

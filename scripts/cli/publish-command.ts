@@ -160,6 +160,25 @@ export async function readBundleDefinition(bytes: Uint8Array, options: { timeout
   }
 }
 
+/**
+ * Bundles a transform file, reads its definition (name, declared requirements) and publishes it:
+ * what `retrace publish` does, and the quick start's example with it, so the requirements a
+ * transform declares count in placement and in up-front checks wherever it is published from.
+ */
+export async function publishTransformFile(
+  client: { publishCode: ReturnType<typeof openClient<typeof CodeServiceDefinition>>['client']['publishCode'] },
+  file: string,
+  options: { name?: string; signal?: AbortSignal } = {},
+): Promise<{ response: Awaited<ReturnType<typeof client.publishCode>>; bundle: TransformBundle }> {
+  const bundle = await bundleTransform(file);
+  const def = await readBundleDefinition(bundle.bytes);
+  const response = await client.publishCode(
+    { bundle: Buffer.from(bundle.bytes), manifest: { transform: options.name ?? def.name, requirements: toRequirementsMessage(def.requirements), sourceFile: bundle.sourceFile, bundler: bundle.bundler } },
+    options.signal ? { signal: options.signal } : {},
+  );
+  return { response, bundle };
+}
+
 const CONNECT_FLAGS = '[--coordinator HOST:PORT] [--token T | --token-file F] [--tls-ca FILE]';
 
 function shortRequirements(r: PublishedCode['manifest']): string {
@@ -191,22 +210,9 @@ same source publishes as the same version. --name overrides the definition's nam
       if (extra !== undefined) throw new UsageError(`unexpected argument ${JSON.stringify(extra)}`);
       const nameFlag = flag(args, 'name');
       if (nameFlag === 'true') throw new UsageError('--name needs a value');
-      const bundle = await bundleTransform(file);
-      const def = await readBundleDefinition(bundle.bytes);
       const { client, close } = openClient(CodeServiceDefinition, args);
       try {
-        const res = await client.publishCode(
-          {
-            bundle: Buffer.from(bundle.bytes),
-            manifest: {
-              transform: nameFlag ?? def.name,
-              requirements: toRequirementsMessage(def.requirements),
-              sourceFile: bundle.sourceFile,
-              bundler: bundle.bundler,
-            },
-          },
-          { signal: io.signal },
-        );
+        const { response: res, bundle } = await publishTransformFile(client, file, { ...(nameFlag === undefined ? {} : { name: nameFlag }), signal: io.signal });
         const code = res.code;
         if (hasFlag(args, 'json')) io.stdout.write(`${JSON.stringify(responseJson(CodeServiceDefinition, 'publishCode', res))}\n`);
         else {
