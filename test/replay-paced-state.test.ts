@@ -102,4 +102,13 @@ describe('a paced replay waiting a long gap for its next record', () => {
     expect(printed.code).toBe(0);
     expect(printed.out).toMatch(/pacing, dispatched - due over 2 records: p50 [\d.]+ ms, p99 [\d.]+ ms, max [\d.]+ ms/);
   });
+
+  it('an empty window says where the source\'s records are; an unknown source says it has none', async () => {
+    const replays = tc.client(ReplayServiceDefinition);
+    const window = (source: string, from: bigint, to: bigint) => replays.startReplay({ selector: { selector: { $case: 'window', value: { pipeline: 'orders', source, fromNs: String(from), toNs: String(to) } } }, policy: undefined }).catch((e: unknown) => e as Error);
+    const empty = await window('raw', T0 + 7_200_000_000_000n, T0 + 10_800_000_000_000n);
+    expect(String(empty)).toContain('NOT_FOUND: selector.window: no record of orders/raw has an event time in [2026-01-01T02:00:00Z, 2026-01-01T03:00:00Z): its 3 record version(s) run from 2026-01-01T00:00:00Z to 2026-01-01T01:00:00Z');
+    const unknown = await window('nope', T0, T0 + 1n);
+    expect(String(unknown)).toContain('NOT_FOUND: selector.window: no record of orders/nope is in provenance (is the pipeline or source name right?)');
+  });
 });

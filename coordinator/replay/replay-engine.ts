@@ -6,7 +6,7 @@ import { NodeKind } from '../../common/gen/retrace/v1/lineage.js';
 import { TriggerKind, type LineageEvent, type ObjectRef, type Step } from '../../common/gen/retrace/v1/provenance.js';
 import { ReplayReport, ReplayState, ReplayStepResult, type RecordSelector, type ReplaySummary, type StartReplayRequest, type WatchReplayResponse } from '../../common/gen/retrace/v1/replay.js';
 import { ShardStatus, type ShardAssignment, type ShardInput, type ShardOutcome } from '../../common/gen/retrace/v1/shard.js';
-import { FailedPreconditionError, InvalidArgumentError, isRetraceError, NotFoundError } from '../../common/errors.js';
+import { FailedPreconditionError, InvalidArgumentError, isRetraceError, NotFoundError, RetraceError } from '../../common/errors.js';
 import { contentHashOf, sha256Hex } from '../../common/hash.js';
 import { versionKey } from '../../common/lineage-keys.js';
 import type { NanoClock } from '../clock.js';
@@ -15,6 +15,7 @@ import type { Database } from '../store/database.js';
 import { faultDraw } from './fault-draw.js';
 import { checkSelector, compileReplayPolicy, type CompiledReplayPolicy, type ReplayPlacement } from './replay-policy.js';
 import { setLongTimeout, sleep } from '../../common/abortable-sleep.js';
+import { nanosToIso } from '../../common/time.js';
 import type { TransformRequirements } from '../../common/transform.js';
 import { gpuCount, mergeRequirements } from '../../common/requirements.js';
 
@@ -453,13 +454,24 @@ export class ReplayEngine {
         const prefix = `record:${s.value.pipeline}/${s.value.source}:`;
         const out: { ref: ObjectRef; eventTimeNs: bigint }[] = [];
         const seen = new Set<string>();
+        let first: bigint | undefined;
+        let last: bigint | undefined;
         for await (const row of lineage.store.objectVersionsWithPrefix(prefix)) {
           const k = `${row.objectId}@${row.contentHash}`;
           if (seen.has(k)) continue;
           seen.add(k);
           const v = await lineage.readVersion(row.objectId, row.contentHash);
           const t = recordTime(v);
+          if (first === undefined || t < first) first = t;
+          if (last === undefined || t > last) last = t;
           if (t >= from && t < to) out.push({ ref: { objectId: row.objectId, contentHash: row.contentHash, unversioned: false }, eventTimeNs: t });
+        }
+        // An empty window says where the records are, so the next try can aim at them.
+        if (out.length === 0) {
+          const field = s.$case === 'window' ? 'selector.window' : 'selector.last';
+          const source = `${s.value.pipeline}/${s.value.source}`;
+          if (first === undefined || last === undefined) throw new RetraceError('NOT_FOUND', `no record of ${source} is in provenance (is the pipeline or source name right?)`, { field });
+          throw new RetraceError('NOT_FOUND', `no record of ${source} has an event time in [${nanosToIso(from)}, ${nanosToIso(to)}): its ${seen.size} record version(s) run from ${nanosToIso(first)} to ${nanosToIso(last)}`, { field });
         }
         return out;
       }
