@@ -29,7 +29,7 @@ import { CHECKPOINT_FILE, ledgerLossMessage, type CheckpointFileWriter } from '.
 import { verifyCheckpoint, type CheckpointSigner } from '../ledger/checkpoint-signer.js';
 import { LedgerHasher, type HashResult } from '../ledger/ledger-hasher.js';
 import type { NanoClock } from '../clock.js';
-import type { EntityRef, LineageBatch, LineageStore, PreparedEntry } from '../store/lineage-store.js';
+import { LedgerRowError, type EntityRef, type LineageBatch, type LineageStore, type PreparedEntry, type StoredEntry } from '../store/lineage-store.js';
 import { GraphIndex, type IndexMark } from './graph-index.js';
 import { KeyTable } from './key-table.js';
 import type { LineageApi, SubmitResult } from './lineage-api.js';
@@ -175,11 +175,33 @@ export class LineageEngine implements LineageApi {
     this.transition('RECOVERING');
     const started = Date.now();
     if (await this.store.dropLegacyEventIds()) this.log('lineage: removed the event-ids index an earlier version wrote (event ids are kept in memory)');
-    for await (const entry of this.store.entries()) {
+    const entries = this.store.entries();
+    for (;;) {
+      let next: IteratorResult<StoredEntry>;
+      try {
+        next = await entries.next();
+      } catch (err) {
+        if (err instanceof LedgerRowError) throw new FailedPreconditionError(`${err.message}; run "retrace verify"`);
+        throw err;
+      }
+      if (next.done) break;
+      const entry = next.value;
       if (entry.seq !== this.nextSeq) throw new FailedPreconditionError(`ledger has a gap at seq ${this.nextSeq} (found ${entry.seq}); run "retrace verify"`);
-      const body = LedgerEntryBody.decode(entry.body);
+      let body: LedgerEntryBody;
+      try {
+        body = LedgerEntryBody.decode(entry.body);
+      } catch {
+        throw new FailedPreconditionError(`ledger entry ${entry.seq} does not decode: it was altered or damaged; run "retrace verify"`);
+      }
       if (!body.event) throw new FailedPreconditionError(`ledger entry ${entry.seq} has no event; run "retrace verify"`);
-      this.applyToIndex(body.event, entry.seq, `ledger[${entry.seq}]`);
+      try {
+        this.applyToIndex(body.event, entry.seq, `ledger[${entry.seq}]`);
+      } catch (err) {
+        // Every stored entry passed these checks when it was submitted: one that fails them now
+        // was altered (or an entry it depends on was), not submitted out of order.
+        if (!(err instanceof InvalidArgumentError)) throw err;
+        throw new FailedPreconditionError(`ledger entry ${entry.seq} contradicts the entries before it (${err.message}): the ledger was altered or damaged; run "retrace verify"`);
+      }
       this.merkle.appendLeafHash(leafHash(entry.body));
       this.head = entry.entryHash;
       this.nextSeq++;
@@ -187,7 +209,11 @@ export class LineageEngine implements LineageApi {
     this.addedLog.length = 0;
     this.addedBase = 0;
     const cp = await this.store.latestCheckpoint();
-    this.checkpoint = cp === undefined ? undefined : (JSON.parse(cp) as Checkpoint);
+    try {
+      this.checkpoint = cp === undefined ? undefined : (JSON.parse(cp) as Checkpoint);
+    } catch {
+      throw new FailedPreconditionError(`the latest checkpoint row does not parse: it was altered or damaged; run "retrace verify"`);
+    }
     this.log(`lineage: recovered ${this.nextSeq} ledger entries, ${this.index.nodeCount} nodes, ${this.index.edgeCount} edges in ${Date.now() - started} ms`);
     this.transition('RUNNING');
   }
