@@ -683,7 +683,8 @@ export class LineageEngine implements LineageApi {
     const objectLevel = request.objectLevel || start.kind === NodeKind.NODE_KIND_OBJECT || start.kind === NodeKind.NODE_KIND_TRANSFORM;
     let starts = [id];
     if (start.kind === NodeKind.NODE_KIND_TRANSFORM || start.kind === NodeKind.NODE_KIND_RUN) {
-      starts = this.index.membersOf(key).map((k) => this.index.idOf(k) as number);
+      // As of a time, only the steps recorded by then (the walk filters edges, not starts).
+      starts = this.index.membersOf(key).map((k) => this.index.idOf(k) as number).filter((n) => this.index.timeOf(n) <= asOfMs);
     } else if (objectLevel && start.kind === NodeKind.NODE_KIND_OBJECT_VERSION) {
       starts = [this.index.idOf(`object:${start.id}`) as number];
     }
@@ -694,12 +695,22 @@ export class LineageEngine implements LineageApi {
     if (direction === Direction.DIRECTION_BOTH) {
       const down = this.index.walk(starts, { mode: 'down', objectLevel, depth, asOfMs });
       const up = this.index.walk(starts, { mode: 'up', objectLevel, depth, asOfMs });
+      // At object level a cycle across versions (raw → … → a new version of raw) puts nodes both
+      // upstream and downstream: each is answered once, at its downstream distance.
+      const seen = new Set<number>(down.nodes);
       nodes = new Int32Array(down.nodes.length + up.nodes.length);
-      nodes.set(down.nodes);
-      nodes.set(up.nodes, down.nodes.length);
       distances = new Int32Array(nodes.length);
+      nodes.set(down.nodes);
       distances.set(down.distances);
-      distances.set(up.distances, down.nodes.length);
+      let n = down.nodes.length;
+      for (let i = 0; i < up.nodes.length; i++) {
+        const id = up.nodes[i] as number;
+        if (seen.has(id)) continue;
+        nodes[n] = id;
+        distances[n++] = up.distances[i] as number;
+      }
+      nodes = nodes.subarray(0, n);
+      distances = distances.subarray(0, n);
     } else {
       const mode = direction === Direction.DIRECTION_UPSTREAM ? 'up' : direction === Direction.DIRECTION_ANY ? 'any' : 'down';
       if (direction !== Direction.DIRECTION_DOWNSTREAM && mode === 'down') throw new InvalidArgumentError('direction', 'unknown direction');
@@ -839,11 +850,21 @@ export class LineageEngine implements LineageApi {
     };
   }
 
-  /** The folded view of a step, or undefined. */
-  async readStep(stepId: string): Promise<Step | undefined> {
+  /**
+   * The folded view of a step, or undefined. With `asOfMs`, only its events recorded by then
+   * (as Trace's edges are): undefined when it had none.
+   */
+  async readStep(stepId: string, asOfMs = Number.POSITIVE_INFINITY): Promise<Step | undefined> {
     const seqs = await this.store.entitySeqs('steps', stepId);
     if (seqs.length === 0) return undefined;
-    return foldSteps((await this.readEvents(seqs)).flatMap((e) => (e.body?.$case === 'step' ? [{ timeNs: BigInt(e.eventTimeNs), step: e.body.value }] : [])));
+    const folded = (await this.readEvents(seqs)).flatMap((e) => (e.body?.$case === 'step' && nsToMs(BigInt(e.eventTimeNs)) <= asOfMs ? [{ timeNs: BigInt(e.eventTimeNs), step: e.body.value }] : []));
+    return folded.length > 0 ? foldSteps(folded) : undefined;
+  }
+
+  /** Whether the graph held `ref` as of `asOfMs` (a node appears with its first event). */
+  hasNodeAsOf(ref: NodeRef, asOfMs: number): boolean {
+    const id = this.index.idOf(nodeKey(ref));
+    return id !== undefined && this.index.timeOf(id) <= asOfMs;
   }
 
   /** The folded view of a run, or undefined when no event names it. */
