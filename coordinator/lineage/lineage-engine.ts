@@ -20,6 +20,7 @@ import { LedgerEntryBody, type Checkpoint, type LineageEvent, type ObjectVersion
 import { EVENT_LIMITS, normalizeEventChecked } from '../../common/event-validation.js';
 import { encodeLineageEvent } from '../../common/lineage-event-encoding.js';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../../common/errors.js';
+import { isContentHash } from '../../common/hash.js';
 import { nodeKey, nodeKindPrefix, parseNodeKey, versionKey } from '../../common/lineage-keys.js';
 import { leafHash, MerkleTree } from '../../common/merkle.js';
 import { describedVersions } from '../../common/step-versions.js';
@@ -625,6 +626,7 @@ export class LineageEngine implements LineageApi {
   async getNode(request: GetNodeRequest): Promise<GetNodeResponse> {
     const ref = request.node;
     if (!ref) throw new InvalidArgumentError('node', 'is required');
+    checkNodeRef(ref, 'node');
     const key = nodeKey(ref);
     switch (ref.kind) {
       case NodeKind.NODE_KIND_STEP: {
@@ -673,6 +675,9 @@ export class LineageEngine implements LineageApi {
     const request: TraceRequest = { ...TRACE_DEFAULTS, ...partial };
     const start = request.start;
     if (!start) throw new InvalidArgumentError('start', 'is required');
+    checkNodeRef(start, 'start');
+    checkAsOf(request.asOfNs);
+    if (!(request.view in TraceView) || request.view === TraceView.UNRECOGNIZED) throw new InvalidArgumentError('view', `unknown view ${request.view}`);
     const key = nodeKey(start);
     const id = this.index.idOf(key);
     if (id === undefined) throw new NotFoundError(`node ${key}`, 'start');
@@ -788,6 +793,8 @@ export class LineageEngine implements LineageApi {
 
   async getRecordPath(request: GetRecordPathRequest): Promise<GetRecordPathResponse> {
     if (request.objectId === '') throw new InvalidArgumentError('object_id', 'is required');
+    if (request.contentHash !== '' && !isContentHash(request.contentHash)) throw new InvalidArgumentError('content_hash', `malformed hash ${JSON.stringify(request.contentHash.slice(0, 80))}; expected sha256:<64 lowercase hex digits>`);
+    checkAsOf(request.asOfNs);
     const objectKey = `object:${request.objectId}`;
     if (!this.index.has(objectKey)) throw new NotFoundError(`object ${JSON.stringify(request.objectId)}`, 'object_id');
     const asOfMs = request.asOfNs === '0' || request.asOfNs === '' ? Number.POSITIVE_INFINITY : nsToMs(BigInt(request.asOfNs));
@@ -908,6 +915,25 @@ export class LineageEngine implements LineageApi {
     this.log(`lineage: ${this.state} -> ${to}`);
     this.state = to;
   }
+}
+
+/**
+ * A query's node: an object version's hash must be one (a malformed one is bad input, not an
+ * unknown node), and every node needs an id.
+ */
+function checkNodeRef(ref: NodeRef, field: string): void {
+  if (!(ref.kind in NodeKind) || ref.kind === NodeKind.NODE_KIND_UNSPECIFIED || ref.kind === NodeKind.UNRECOGNIZED) {
+    throw new InvalidArgumentError(`${field}.kind`, 'must be OBJECT, OBJECT_VERSION, STEP, RUN or TRANSFORM');
+  }
+  if (ref.id === '') throw new InvalidArgumentError(`${field}.id`, 'is required');
+  if (ref.kind === NodeKind.NODE_KIND_OBJECT_VERSION && !isContentHash(ref.contentHash)) {
+    throw new InvalidArgumentError(`${field}.content_hash`, ref.contentHash === '' ? 'is required for an object version (sha256:<64 hex digits>)' : `malformed hash ${JSON.stringify(ref.contentHash.slice(0, 80))}; expected sha256:<64 lowercase hex digits>`);
+  }
+}
+
+/** as_of_ns: 0 (now) or a time in nanoseconds since the epoch. */
+function checkAsOf(asOfNs: string): void {
+  if (asOfNs !== '' && asOfNs.startsWith('-')) throw new InvalidArgumentError('as_of_ns', `must be 0 (now) or nanoseconds since the epoch, got ${asOfNs}`);
 }
 
 function emptyVersion(objectId: string, contentHash: string): ObjectVersion {
