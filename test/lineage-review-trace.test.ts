@@ -105,4 +105,21 @@ describe('PROV-JSON export as of a time', () => {
     const cut = await exportProv(engine, { start, direction: Direction.DIRECTION_DOWNSTREAM, depth: 0, asOfNs: asOf(24) });
     expect(Object.keys(cut['wasGeneratedBy'] as object).length).toBe(5 * 9_999 + 5);
   }, 20_000);
+
+  it('relates each version to its object (specializationOf) when an object-level subgraph holds both', async () => {
+    const doc = await exportProv(engine, { start: obj('joined'), direction: Direction.DIRECTION_UPSTREAM, depth: 0, asOfNs: '0' });
+    const entity = (kind: string, id: string) => `retrace:${encodeURIComponent(`${kind}/${id}`)}`;
+    const relations = Object.values(doc['specializationOf'] as Record<string, Record<string, string>>);
+    // Upstream of joined at object level: s3, left, right, s1, s2, s5, raw, s4, lookup; every version the steps name sits under its object.
+    expect(relations).toContainEqual({ 'prov:specificEntity': entity('version', `left@${h('l')}`), 'prov:generalEntity': entity('object', 'left') });
+    expect(relations).toContainEqual({ 'prov:specificEntity': entity('version', `left@${h('l2')}`), 'prov:generalEntity': entity('object', 'left') });
+    const entities = new Set(Object.keys(doc['entity'] as object));
+    for (const r of relations) {
+      expect(entities.has(r['prov:specificEntity'] as string)).toBe(true);
+      expect(entities.has(r['prov:generalEntity'] as string)).toBe(true);
+    }
+    // Every object entity but the unversioned lookup has a version in the document.
+    const general = new Set(relations.map((r) => r['prov:generalEntity']));
+    expect([...entities].filter((e) => e.startsWith('retrace:object') && !general.has(e))).toEqual([entity('object', 'lookup')]);
+  });
 });
