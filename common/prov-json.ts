@@ -16,8 +16,9 @@ type ProvRecord = Record<string, unknown>;
 /**
  * A lineage subgraph as a W3C PROV-JSON document (https://www.w3.org/submissions/prov-json/):
  * object versions are entities, steps are activities, hosts and principals are agents, with
- * used / wasGeneratedBy / wasAssociatedWith relations. Identifiers are `retrace:` QNames with
- * the local part percent-encoded.
+ * used / wasGeneratedBy / wasAssociatedWith relations, and specializationOf from a version to
+ * its object when both are in the document (an object-level subgraph, an unversioned use).
+ * Identifiers are `retrace:` QNames with the local part percent-encoded.
  */
 export function toProvJson(graph: ProvSubgraph): Record<string, unknown> {
   const entity: Record<string, ProvRecord> = {};
@@ -26,6 +27,7 @@ export function toProvJson(graph: ProvSubgraph): Record<string, unknown> {
   const used: Record<string, ProvRecord> = {};
   const wasGeneratedBy: Record<string, ProvRecord> = {};
   const wasAssociatedWith: Record<string, ProvRecord> = {};
+  const specializationOf: Record<string, ProvRecord> = {};
   let n = 0;
   const blank = (): string => `_:r${++n}`;
 
@@ -42,6 +44,11 @@ export function toProvJson(graph: ProvSubgraph): Record<string, unknown> {
   }
   for (const o of graph.objects) {
     entity[qname(`object/${o}`)] = { 'prov:type': { $: 'retrace:Object', type: 'prov:QUALIFIED_NAME' }, 'retrace:objectId': o };
+  }
+  // An object and its versions both in the document: each version is a specialization of it.
+  const objects = new Set(graph.objects);
+  for (const v of graph.versions) {
+    if (objects.has(v.objectId)) specializationOf[blank()] = { 'prov:specificEntity': versionId(v.objectId, v.contentHash), 'prov:generalEntity': qname(`object/${v.objectId}`) };
   }
   for (const s of graph.steps) {
     const id = qname(`step/${s.stepId}`);
@@ -80,7 +87,7 @@ export function toProvJson(graph: ProvSubgraph): Record<string, unknown> {
     }
   }
   const doc: Record<string, unknown> = { prefix: { retrace: PROV_NAMESPACE } };
-  for (const [name, section] of Object.entries({ entity, activity, agent, used, wasGeneratedBy, wasAssociatedWith })) {
+  for (const [name, section] of Object.entries({ entity, activity, agent, used, wasGeneratedBy, wasAssociatedWith, specializationOf })) {
     if (Object.keys(section).length > 0) doc[name] = section;
   }
   return doc;

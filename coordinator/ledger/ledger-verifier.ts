@@ -4,7 +4,7 @@ import { versionKey } from '../../common/lineage-keys.js';
 import { leafHash, MerkleTree } from '../../common/merkle.js';
 import { describedVersions } from '../../common/step-versions.js';
 import { KeyTable } from '../lineage/key-table.js';
-import { adjacencyKey, entityKey, objectRowKey, seqKey, type EntityRef, type LineageStore } from '../store/lineage-store.js';
+import { adjacencyKey, entityKey, LedgerRowError, objectRowKey, seqKey, type EntityRef, type LineageStore, type StoredEntry } from '../store/lineage-store.js';
 import { CHECKPOINT_FILE, ledgerLossMessage } from './checkpoint-file.js';
 import { verifyCheckpoint } from './checkpoint-signer.js';
 
@@ -40,8 +40,15 @@ export async function verifyLedger(
 ): Promise<VerifyReport> {
   const limit = options.treeSize;
   const checkpoints: Checkpoint[] = [];
-  for await (const json of store.allCheckpoints()) {
-    const cp = JSON.parse(json) as Checkpoint;
+  for await (const { key, json } of store.checkpointRows()) {
+    // A row altered by hand must be named as such, not end the check with a parse error.
+    const cp = parseCheckpointRow(json);
+    const keySize = /^[0-9a-f]{16}$/.test(key) ? BigInt(`0x${key}`) : undefined;
+    if (!cp || keySize === undefined || BigInt(cp.treeSize) !== keySize) {
+      if (limit !== undefined && keySize !== undefined && keySize > limit) continue;
+      const what = !cp ? 'is not a checkpoint (it does not parse)' : `holds a checkpoint of tree size ${cp.treeSize}`;
+      return { ok: false, entriesChecked: 0n, firstBadSeq: keySize !== undefined && keySize > 0n ? keySize - 1n : 0n, problem: `checkpoint row ${JSON.stringify(key.slice(0, 64))}${keySize !== undefined ? ` (tree size ${keySize})` : ''} ${what}: it was altered` };
+    }
     if (limit === undefined || BigInt(cp.treeSize) <= limit) checkpoints.push(cp);
   }
   let cpIndex = 0;
@@ -90,8 +97,21 @@ export async function verifyLedger(
     return undefined;
   };
 
-  for await (const entry of store.entries()) {
-    if (limit !== undefined && entry.seq >= limit) break;
+  const entries = store.entries();
+  for (;;) {
+    let next: IteratorResult<StoredEntry>;
+    try {
+      next = await entries.next();
+    } catch (err) {
+      if (err instanceof LedgerRowError) return fail(expectedSeq, err.message);
+      throw err;
+    }
+    if (next.done) break;
+    const entry = next.value;
+    if (limit !== undefined && entry.seq >= limit) {
+      await entries.return(undefined);
+      break;
+    }
     if (entry.seq !== expectedSeq) return fail(expectedSeq, `entry ${expectedSeq} is missing (next stored entry is ${entry.seq})`);
     const computed = createHash('sha256').update(head).update(entry.body).digest();
     if (!computed.equals(Buffer.from(entry.entryHash))) return fail(entry.seq, `entry ${entry.seq}: stored hash does not match H(previous hash, body): the entry was altered`);
@@ -172,6 +192,17 @@ export async function verifyLedger(
   }
   if (worst) return fail(worst.seq, worst.problem);
   return { ok: true, entriesChecked: expectedSeq, ...(lastCheckpoint ? { checkpoint: lastCheckpoint } : {}) };
+}
+
+/** A checkpoint row's JSON as a checkpoint, or undefined when it is not one. */
+function parseCheckpointRow(json: string): Checkpoint | undefined {
+  try {
+    const cp = JSON.parse(json) as Partial<Checkpoint> | null;
+    if (!cp || typeof cp !== 'object' || typeof cp.treeSize !== 'string' || !/^\d+$/.test(cp.treeSize)) return undefined;
+    return cp as Checkpoint;
+  } catch {
+    return undefined;
+  }
 }
 
 /** The value an adjacency row had before this version: the step's id and edges as JSON. */

@@ -20,6 +20,7 @@ import { LedgerEntryBody, type Checkpoint, type LineageEvent, type ObjectVersion
 import { EVENT_LIMITS, normalizeEventChecked } from '../../common/event-validation.js';
 import { encodeLineageEvent } from '../../common/lineage-event-encoding.js';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../../common/errors.js';
+import { isContentHash } from '../../common/hash.js';
 import { nodeKey, nodeKindPrefix, parseNodeKey, versionKey } from '../../common/lineage-keys.js';
 import { leafHash, MerkleTree } from '../../common/merkle.js';
 import { describedVersions } from '../../common/step-versions.js';
@@ -29,7 +30,7 @@ import { CHECKPOINT_FILE, ledgerLossMessage, type CheckpointFileWriter } from '.
 import { verifyCheckpoint, type CheckpointSigner } from '../ledger/checkpoint-signer.js';
 import { LedgerHasher, type HashResult } from '../ledger/ledger-hasher.js';
 import type { NanoClock } from '../clock.js';
-import type { EntityRef, LineageBatch, LineageStore, PreparedEntry } from '../store/lineage-store.js';
+import { LedgerRowError, type EntityRef, type LineageBatch, type LineageStore, type PreparedEntry, type StoredEntry } from '../store/lineage-store.js';
 import { GraphIndex, type IndexMark } from './graph-index.js';
 import { KeyTable } from './key-table.js';
 import type { LineageApi, SubmitResult } from './lineage-api.js';
@@ -175,11 +176,33 @@ export class LineageEngine implements LineageApi {
     this.transition('RECOVERING');
     const started = Date.now();
     if (await this.store.dropLegacyEventIds()) this.log('lineage: removed the event-ids index an earlier version wrote (event ids are kept in memory)');
-    for await (const entry of this.store.entries()) {
+    const entries = this.store.entries();
+    for (;;) {
+      let next: IteratorResult<StoredEntry>;
+      try {
+        next = await entries.next();
+      } catch (err) {
+        if (err instanceof LedgerRowError) throw new FailedPreconditionError(`${err.message}; run "retrace verify"`);
+        throw err;
+      }
+      if (next.done) break;
+      const entry = next.value;
       if (entry.seq !== this.nextSeq) throw new FailedPreconditionError(`ledger has a gap at seq ${this.nextSeq} (found ${entry.seq}); run "retrace verify"`);
-      const body = LedgerEntryBody.decode(entry.body);
+      let body: LedgerEntryBody;
+      try {
+        body = LedgerEntryBody.decode(entry.body);
+      } catch {
+        throw new FailedPreconditionError(`ledger entry ${entry.seq} does not decode: it was altered or damaged; run "retrace verify"`);
+      }
       if (!body.event) throw new FailedPreconditionError(`ledger entry ${entry.seq} has no event; run "retrace verify"`);
-      this.applyToIndex(body.event, entry.seq, `ledger[${entry.seq}]`);
+      try {
+        this.applyToIndex(body.event, entry.seq, `ledger[${entry.seq}]`);
+      } catch (err) {
+        // Every stored entry passed these checks when it was submitted: one that fails them now
+        // was altered (or an entry it depends on was), not submitted out of order.
+        if (!(err instanceof InvalidArgumentError)) throw err;
+        throw new FailedPreconditionError(`ledger entry ${entry.seq} contradicts the entries before it (${err.message}): the ledger was altered or damaged; run "retrace verify"`);
+      }
       this.merkle.appendLeafHash(leafHash(entry.body));
       this.head = entry.entryHash;
       this.nextSeq++;
@@ -187,7 +210,11 @@ export class LineageEngine implements LineageApi {
     this.addedLog.length = 0;
     this.addedBase = 0;
     const cp = await this.store.latestCheckpoint();
-    this.checkpoint = cp === undefined ? undefined : (JSON.parse(cp) as Checkpoint);
+    try {
+      this.checkpoint = cp === undefined ? undefined : (JSON.parse(cp) as Checkpoint);
+    } catch {
+      throw new FailedPreconditionError(`the latest checkpoint row does not parse: it was altered or damaged; run "retrace verify"`);
+    }
     this.log(`lineage: recovered ${this.nextSeq} ledger entries, ${this.index.nodeCount} nodes, ${this.index.edgeCount} edges in ${Date.now() - started} ms`);
     this.transition('RUNNING');
   }
@@ -599,6 +626,7 @@ export class LineageEngine implements LineageApi {
   async getNode(request: GetNodeRequest): Promise<GetNodeResponse> {
     const ref = request.node;
     if (!ref) throw new InvalidArgumentError('node', 'is required');
+    checkNodeRef(ref, 'node');
     const key = nodeKey(ref);
     switch (ref.kind) {
       case NodeKind.NODE_KIND_STEP: {
@@ -647,6 +675,9 @@ export class LineageEngine implements LineageApi {
     const request: TraceRequest = { ...TRACE_DEFAULTS, ...partial };
     const start = request.start;
     if (!start) throw new InvalidArgumentError('start', 'is required');
+    checkNodeRef(start, 'start');
+    checkAsOf(request.asOfNs);
+    if (!(request.view in TraceView) || request.view === TraceView.UNRECOGNIZED) throw new InvalidArgumentError('view', `unknown view ${request.view}`);
     const key = nodeKey(start);
     const id = this.index.idOf(key);
     if (id === undefined) throw new NotFoundError(`node ${key}`, 'start');
@@ -657,7 +688,8 @@ export class LineageEngine implements LineageApi {
     const objectLevel = request.objectLevel || start.kind === NodeKind.NODE_KIND_OBJECT || start.kind === NodeKind.NODE_KIND_TRANSFORM;
     let starts = [id];
     if (start.kind === NodeKind.NODE_KIND_TRANSFORM || start.kind === NodeKind.NODE_KIND_RUN) {
-      starts = this.index.membersOf(key).map((k) => this.index.idOf(k) as number);
+      // As of a time, only the steps recorded by then (the walk filters edges, not starts).
+      starts = this.index.membersOf(key).map((k) => this.index.idOf(k) as number).filter((n) => this.index.timeOf(n) <= asOfMs);
     } else if (objectLevel && start.kind === NodeKind.NODE_KIND_OBJECT_VERSION) {
       starts = [this.index.idOf(`object:${start.id}`) as number];
     }
@@ -668,12 +700,22 @@ export class LineageEngine implements LineageApi {
     if (direction === Direction.DIRECTION_BOTH) {
       const down = this.index.walk(starts, { mode: 'down', objectLevel, depth, asOfMs });
       const up = this.index.walk(starts, { mode: 'up', objectLevel, depth, asOfMs });
+      // At object level a cycle across versions (raw → … → a new version of raw) puts nodes both
+      // upstream and downstream: each is answered once, at its downstream distance.
+      const seen = new Set<number>(down.nodes);
       nodes = new Int32Array(down.nodes.length + up.nodes.length);
-      nodes.set(down.nodes);
-      nodes.set(up.nodes, down.nodes.length);
       distances = new Int32Array(nodes.length);
+      nodes.set(down.nodes);
       distances.set(down.distances);
-      distances.set(up.distances, down.nodes.length);
+      let n = down.nodes.length;
+      for (let i = 0; i < up.nodes.length; i++) {
+        const id = up.nodes[i] as number;
+        if (seen.has(id)) continue;
+        nodes[n] = id;
+        distances[n++] = up.distances[i] as number;
+      }
+      nodes = nodes.subarray(0, n);
+      distances = distances.subarray(0, n);
     } else {
       const mode = direction === Direction.DIRECTION_UPSTREAM ? 'up' : direction === Direction.DIRECTION_ANY ? 'any' : 'down';
       if (direction !== Direction.DIRECTION_DOWNSTREAM && mode === 'down') throw new InvalidArgumentError('direction', 'unknown direction');
@@ -751,6 +793,8 @@ export class LineageEngine implements LineageApi {
 
   async getRecordPath(request: GetRecordPathRequest): Promise<GetRecordPathResponse> {
     if (request.objectId === '') throw new InvalidArgumentError('object_id', 'is required');
+    if (request.contentHash !== '' && !isContentHash(request.contentHash)) throw new InvalidArgumentError('content_hash', `malformed hash ${JSON.stringify(request.contentHash.slice(0, 80))}; expected sha256:<64 lowercase hex digits>`);
+    checkAsOf(request.asOfNs);
     const objectKey = `object:${request.objectId}`;
     if (!this.index.has(objectKey)) throw new NotFoundError(`object ${JSON.stringify(request.objectId)}`, 'object_id');
     const asOfMs = request.asOfNs === '0' || request.asOfNs === '' ? Number.POSITIVE_INFINITY : nsToMs(BigInt(request.asOfNs));
@@ -813,11 +857,21 @@ export class LineageEngine implements LineageApi {
     };
   }
 
-  /** The folded view of a step, or undefined. */
-  async readStep(stepId: string): Promise<Step | undefined> {
+  /**
+   * The folded view of a step, or undefined. With `asOfMs`, only its events recorded by then
+   * (as Trace's edges are): undefined when it had none.
+   */
+  async readStep(stepId: string, asOfMs = Number.POSITIVE_INFINITY): Promise<Step | undefined> {
     const seqs = await this.store.entitySeqs('steps', stepId);
     if (seqs.length === 0) return undefined;
-    return foldSteps((await this.readEvents(seqs)).flatMap((e) => (e.body?.$case === 'step' ? [{ timeNs: BigInt(e.eventTimeNs), step: e.body.value }] : [])));
+    const folded = (await this.readEvents(seqs)).flatMap((e) => (e.body?.$case === 'step' && nsToMs(BigInt(e.eventTimeNs)) <= asOfMs ? [{ timeNs: BigInt(e.eventTimeNs), step: e.body.value }] : []));
+    return folded.length > 0 ? foldSteps(folded) : undefined;
+  }
+
+  /** Whether the graph held `ref` as of `asOfMs` (a node appears with its first event). */
+  hasNodeAsOf(ref: NodeRef, asOfMs: number): boolean {
+    const id = this.index.idOf(nodeKey(ref));
+    return id !== undefined && this.index.timeOf(id) <= asOfMs;
   }
 
   /** The folded view of a run, or undefined when no event names it. */
@@ -861,6 +915,25 @@ export class LineageEngine implements LineageApi {
     this.log(`lineage: ${this.state} -> ${to}`);
     this.state = to;
   }
+}
+
+/**
+ * A query's node: an object version's hash must be one (a malformed one is bad input, not an
+ * unknown node), and every node needs an id.
+ */
+function checkNodeRef(ref: NodeRef, field: string): void {
+  if (!(ref.kind in NodeKind) || ref.kind === NodeKind.NODE_KIND_UNSPECIFIED || ref.kind === NodeKind.UNRECOGNIZED) {
+    throw new InvalidArgumentError(`${field}.kind`, 'must be OBJECT, OBJECT_VERSION, STEP, RUN or TRANSFORM');
+  }
+  if (ref.id === '') throw new InvalidArgumentError(`${field}.id`, 'is required');
+  if (ref.kind === NodeKind.NODE_KIND_OBJECT_VERSION && !isContentHash(ref.contentHash)) {
+    throw new InvalidArgumentError(`${field}.content_hash`, ref.contentHash === '' ? 'is required for an object version (sha256:<64 hex digits>)' : `malformed hash ${JSON.stringify(ref.contentHash.slice(0, 80))}; expected sha256:<64 lowercase hex digits>`);
+  }
+}
+
+/** as_of_ns: 0 (now) or a time in nanoseconds since the epoch. */
+function checkAsOf(asOfNs: string): void {
+  if (asOfNs !== '' && asOfNs.startsWith('-')) throw new InvalidArgumentError('as_of_ns', `must be 0 (now) or nanoseconds since the epoch, got ${asOfNs}`);
 }
 
 function emptyVersion(objectId: string, contentHash: string): ObjectVersion {

@@ -1,7 +1,8 @@
 import { Direction, NodeKind, type ExportProvRequest } from '../../common/gen/retrace/v1/lineage.js';
 import type { ObjectVersion, Step } from '../../common/gen/retrace/v1/provenance.js';
 import { toProvJson } from '../../common/prov-json.js';
-import type { LineageEngine } from './lineage-engine.js';
+import { InvalidArgumentError } from '../../common/errors.js';
+import { nsToMs, type LineageEngine } from './lineage-engine.js';
 
 /** Largest subgraph one export returns; beyond it the request is refused rather than cut. */
 const MAX_EXPORT_NODES = 100_000;
@@ -18,7 +19,12 @@ export async function exportProv(engine: LineageEngine, request: ExportProvReque
     includeEdges: false,
     objectLevel: false,
   });
-  const refs = [...trace.nodes.map((n) => n.node), ...(request.start ? [request.start] : [])];
+  if (trace.nextPageToken !== '') throw new InvalidArgumentError('depth', `the subgraph has ${trace.totalNodes} nodes, more than the ${MAX_EXPORT_NODES} one export holds: give a depth, a direction or an earlier as_of_ns`);
+  // As of a time, what the graph held then: not the start if it was recorded later, and each
+  // step folded from its events up to then (its used and generated references as they were).
+  const asOfMs = request.asOfNs === '0' || request.asOfNs === '' ? Number.POSITIVE_INFINITY : nsToMs(BigInt(request.asOfNs));
+  const start = request.start && engine.hasNodeAsOf(request.start, asOfMs) ? [request.start] : [];
+  const refs = [...trace.nodes.map((n) => n.node), ...start];
   const steps: Step[] = [];
   const versions: ObjectVersion[] = [];
   const objects: string[] = [];
@@ -26,7 +32,7 @@ export async function exportProv(engine: LineageEngine, request: ExportProvReque
     refs.map(async (ref) => {
       if (!ref) return;
       if (ref.kind === NodeKind.NODE_KIND_STEP) {
-        const s = await engine.readStep(ref.id);
+        const s = await engine.readStep(ref.id, asOfMs);
         if (s) steps.push(s);
       } else if (ref.kind === NodeKind.NODE_KIND_OBJECT_VERSION) {
         const v = await engine.readVersion(ref.id, ref.contentHash);

@@ -1,5 +1,6 @@
 import type { AbstractSublevel } from 'abstract-level';
 import type { Database } from './database.js';
+import { DataLossError } from '../../common/errors.js';
 
 type Table = AbstractSublevel<Database, string | Uint8Array, string, string>;
 type BinaryTable = AbstractSublevel<Database, string | Uint8Array, string, Uint8Array>;
@@ -163,6 +164,10 @@ export class LineageStore {
   /** Every entry from `fromSeq` on, in order. */
   async *entries(fromSeq = 0n): AsyncGenerator<StoredEntry> {
     for await (const [key, value] of this.ledger.iterator({ gte: seqKey(fromSeq) })) {
+      // Only the coordinator writes this table, always under seqKey; any other key was put there
+      // by hand (BigInt would throw a bare SyntaxError on it).
+      if (!SEQ_KEY.test(key)) throw new LedgerRowError(`ledger row ${JSON.stringify(key.slice(0, 64))} is not a ledger position (16 hex digits): it was written outside the coordinator`);
+      if (value.length < 32) throw new LedgerRowError(`ledger row ${key} holds ${value.length} bytes, less than an entry hash: it was altered`);
       yield splitEntry(BigInt(`0x${key}`), value);
     }
   }
@@ -246,7 +251,22 @@ export class LineageStore {
   async *allCheckpoints(): AsyncGenerator<string> {
     yield* this.checkpoints.values();
   }
+
+  /** Checkpoint rows in key order: each row's key (seqKey of its tree size) and its JSON, unparsed. */
+  async *checkpointRows(): AsyncGenerator<{ key: string; json: string }> {
+    for await (const [key, json] of this.checkpoints.iterator()) yield { key, json };
+  }
 }
+
+/** A ledger row that is not one the coordinator writes (tampering or damage); names the row. */
+export class LedgerRowError extends DataLossError {
+  constructor(message: string) {
+    super(message);
+    this.name = 'LedgerRowError';
+  }
+}
+
+const SEQ_KEY = /^[0-9a-f]{16}$/;
 
 const EMPTY = new Uint8Array(0);
 
