@@ -26,6 +26,7 @@ import {
   toTransformInputs,
   transformOfModule,
   type NormalizedOutput,
+  type NormalizeLimits,
   type ShardRecord,
   type TransformDefinition,
 } from '../common/transform.js';
@@ -55,6 +56,16 @@ function threadId(): number | null {
 function heapInUse(): number {
   const h = getHeapStatistics() as ReturnType<typeof getHeapStatistics> & { external_memory?: number };
   return h.used_heap_size + (h.external_memory ?? 0);
+}
+
+/**
+ * What the outputs of one run call may come to: a third of the heap left (serialising JSON holds
+ * its text and the pieces it was built from). Past the heap limit inside `JSON.stringify` or a
+ * string's flattening, V8 aborts the whole agent process, not only this worker.
+ */
+function outputLimits(): NormalizeLimits {
+  const h = getHeapStatistics();
+  return { maxChars: Math.max(0, Math.floor((h.heap_size_limit - h.used_heap_size) / 3)), heapLimitMb: Math.round(h.heap_size_limit / (1024 * 1024)) };
 }
 
 function tfBackend(): string {
@@ -277,7 +288,7 @@ function start(): void {
             runNs += Number(process.hrtime.bigint() - t0);
             observe();
             sampled = true;
-            for (const o of normalizeOutputs(result, input.key)) {
+            for (const o of normalizeOutputs(result, input.key, 'outputs', outputLimits())) {
               outputs.push(o);
               sampled = false;
             }
