@@ -34,6 +34,13 @@ import {
 /** TF.js backends that run kernels on a GPU. */
 const GPU_BACKENDS = new Set(['webgl', 'webgpu']);
 const MAX_LOG_CHARS = 4096;
+/**
+ * Bytes of stdout and stderr together one shard may print; the rest is dropped, and one line on
+ * stderr says how much. A worker's prints wait in its own heap until the agent reads them: a
+ * transform printing hundreds of MiB in a loop ran its worker out of heap after the shard ended,
+ * and everything it printed but the first line was lost without a word.
+ */
+const MAX_PRINT_BYTES = 1024 * 1024;
 /** Finished outcomes wait at most this long for the rest of their batch, ms. */
 const FLUSH_MS = 20;
 
@@ -85,6 +92,35 @@ async function loadVerified(bundleUrl: string, codeVersion: string): Promise<Tra
   return transformOfModule((await import(bundleUrl)) as Record<string, unknown>);
 }
 
+/** Caps what a shard prints (`MAX_PRINT_BYTES`); `reset` starts a shard's count and reports what the last one dropped. */
+function capPrints(): { reset: () => void } {
+  let printed = 0;
+  let dropped = 0;
+  const streams = [process.stdout, process.stderr];
+  const writes = streams.map((stream) => stream.write.bind(stream) as (chunk: unknown, ...rest: unknown[]) => boolean);
+  streams.forEach((stream, i) => {
+    const write = writes[i] as (chunk: unknown, ...rest: unknown[]) => boolean;
+    stream.write = ((chunk: unknown, ...rest: unknown[]): boolean => {
+      const n = typeof chunk === 'string' ? Buffer.byteLength(chunk) : chunk instanceof Uint8Array ? chunk.byteLength : 0;
+      if (printed + n <= MAX_PRINT_BYTES) {
+        printed += n;
+        return write(chunk, ...rest);
+      }
+      dropped += n;
+      const callback = rest.find((r): r is () => void => typeof r === 'function');
+      if (callback) process.nextTick(callback);
+      return true;
+    }) as typeof stream.write;
+  });
+  return {
+    reset() {
+      if (dropped > 0) (writes[1] as (chunk: string) => boolean)(`[retrace] ${dropped} bytes the shard printed were dropped: a shard prints ${MAX_PRINT_BYTES} bytes at most\n`);
+      printed = 0;
+      dropped = 0;
+    },
+  };
+}
+
 function start(): void {
   const boot = workerData as Partial<WorkerBoot>;
   const port = boot.port;
@@ -99,6 +135,7 @@ function start(): void {
   const slot = new Int32Array(progress, 0, 2);
   const startedAt = new BigInt64Array(progress, 8, 1);
   const peakOut = new Float64Array(progress, 16, 1);
+  const prints = capPrints();
   let definition: Promise<TransformDefinition> | undefined;
   /** The loaded transform, once `definition` resolved: later shards take it without an await. */
   let loaded: TransformDefinition | undefined;
@@ -186,6 +223,7 @@ function start(): void {
      */
     const end = (index: number, startHr: number, r: Omit<WorkerResult, 'index' | 'startHr' | 'endHr' | 'peakHeapBytes'> & Partial<WorkerResult>, outputs: NormalizedOutput[] = [], sampled = false): void => {
       if (!sampled) observe();
+      prints.reset();
       // Filled in place (`r` is always a fresh literal): a spread here was the worker's top cost.
       const result = r as WorkerResult;
       result.index = index;

@@ -17,6 +17,16 @@ const SOURCES: Record<string, string> = {
   hugeText: `
     import { defineTransform } from 'retrace/transform';
     export default defineTransform({ name: 'huge-text', run() { return { payload: 'y'.repeat(200 * 1024 * 1024) }; } });`,
+  flood: `
+    import { defineTransform } from 'retrace/transform';
+    export default defineTransform({
+      name: 'flood',
+      run(input) {
+        const line = 'z'.repeat(1000);
+        for (let i = 0; i < 300000; i++) console.log(line);
+        return { json: input.key };
+      },
+    });`,
   dated: `
     import { defineTransform } from 'retrace/transform';
     export default defineTransform({ name: 'dated', run() { return { json: { at: new Date(0), list: [new Date(1000)] } }; } });`,
@@ -56,6 +66,7 @@ describe('agent: outputs JSON cannot hold, or the worker cannot serialise', () =
     const versions: Record<string, string> = {};
     const bundles = new Map<string, Uint8Array>();
     let executor: ShardExecutor;
+    const logs: { event: string; fields?: Record<string, unknown> }[] = [];
 
     beforeAll(async () => {
       dir = mkdtempSync(join(tmpdir(), 'retrace-output-limits-'));
@@ -74,7 +85,7 @@ describe('agent: outputs JSON cannot hold, or the worker cannot serialise', () =
           return bytes;
         },
       });
-      executor = createShardExecutor({ codeCache, nodeId: 'node-test', maxConcurrent: 2, defaultTimeoutMs: 10_000, defaultMemoryMb: 64 });
+      executor = createShardExecutor({ codeCache, nodeId: 'node-test', maxConcurrent: 2, defaultTimeoutMs: 10_000, defaultMemoryMb: 64, log: (_level, event, fields) => logs.push(fields ? { event, fields } : { event }) });
     });
 
     afterAll(async () => {
@@ -111,5 +122,22 @@ describe('agent: outputs JSON cannot hold, or the worker cannot serialise', () =
       expect(dated.status, dated.error).toBe(ShardStatus.SHARD_STATUS_SUCCEEDED);
       expect(dated.outputs[0]?.payload.toString()).toBe('{"at":"1970-01-01T00:00:00.000Z","list":["1970-01-01T00:00:01.000Z"]}');
     }, 20_000);
+
+    it('keeps the first MiB a shard prints and says how much it dropped; the worker survives 300 MiB of prints', async () => {
+      // Before, the prints waited in the worker's 64 MiB heap: it died after the shard, and all but the first line was lost.
+      const first = await executor.execute(shard('flood'));
+      expect(first.status, first.error).toBe(ShardStatus.SHARD_STATUS_SUCCEEDED);
+      const second = await executor.execute(shard('flood'));
+      expect(second.status, second.error).toBe(ShardStatus.SHARD_STATUS_SUCCEEDED);
+      const lines = (): string[] => logs.filter((l) => l.event === 'shard:stdout' || l.event === 'shard:stderr').map((l) => String(l.fields?.line));
+      const notes = (): string[] => lines().filter((l) => l.startsWith('[retrace]'));
+      const deadline = Date.now() + 10_000;
+      const zs = (): number => lines().filter((l) => l.startsWith('zzz')).length;
+      // The notes go to stderr, the lines to stdout: either may come in first.
+      while ((notes().length < 2 || zs() < 2 * 1047) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      expect(notes()).toEqual(Array.from({ length: 2 }, () => `[retrace] ${300000 * 1001 - 1047 * 1001} bytes the shard printed were dropped: a shard prints 1048576 bytes at most`));
+      expect(zs()).toBe(2 * 1047);
+      expect(logs.some((l) => l.event === 'shard-worker:terminated')).toBe(false);
+    }, 30_000);
   });
 });
