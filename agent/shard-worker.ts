@@ -35,7 +35,7 @@ import {
 const GPU_BACKENDS = new Set(['webgl', 'webgpu']);
 const MAX_LOG_CHARS = 4096;
 /**
- * Bytes of stdout and stderr together one shard may print; the rest is dropped, and one line on
+ * Bytes of stdout, stderr and `ctx.log` together one shard may print; the rest is dropped, and one line on
  * stderr says how much. A worker's prints wait in its own heap until the agent reads them: a
  * transform printing hundreds of MiB in a loop ran its worker out of heap after the shard ended,
  * and everything it printed but the first line was lost without a word.
@@ -92,29 +92,38 @@ async function loadVerified(bundleUrl: string, codeVersion: string): Promise<Tra
   return transformOfModule((await import(bundleUrl)) as Record<string, unknown>);
 }
 
-/** Caps what a shard prints (`MAX_PRINT_BYTES`); `reset` starts a shard's count and reports what the last one dropped. */
-function capPrints(): { reset: () => void } {
+/**
+ * Caps what a shard prints and logs through `ctx.log` (`MAX_PRINT_BYTES` in all); `allow(n)` says
+ * whether `n` more bytes fit (counting them), `reset` starts a shard's count and reports what the
+ * last one dropped.
+ */
+function capPrints(): { allow: (bytes: number) => boolean; reset: () => void } {
   let printed = 0;
   let dropped = 0;
+  const allow = (n: number): boolean => {
+    if (printed + n <= MAX_PRINT_BYTES) {
+      printed += n;
+      return true;
+    }
+    dropped += n;
+    return false;
+  };
   const streams = [process.stdout, process.stderr];
   const writes = streams.map((stream) => stream.write.bind(stream) as (chunk: unknown, ...rest: unknown[]) => boolean);
   streams.forEach((stream, i) => {
     const write = writes[i] as (chunk: unknown, ...rest: unknown[]) => boolean;
     stream.write = ((chunk: unknown, ...rest: unknown[]): boolean => {
       const n = typeof chunk === 'string' ? Buffer.byteLength(chunk) : chunk instanceof Uint8Array ? chunk.byteLength : 0;
-      if (printed + n <= MAX_PRINT_BYTES) {
-        printed += n;
-        return write(chunk, ...rest);
-      }
-      dropped += n;
+      if (allow(n)) return write(chunk, ...rest);
       const callback = rest.find((r): r is () => void => typeof r === 'function');
       if (callback) process.nextTick(callback);
       return true;
     }) as typeof stream.write;
   });
   return {
+    allow,
     reset() {
-      if (dropped > 0) (writes[1] as (chunk: string) => boolean)(`[retrace] ${dropped} bytes the shard printed were dropped: a shard prints ${MAX_PRINT_BYTES} bytes at most\n`);
+      if (dropped > 0) (writes[1] as (chunk: string) => boolean)(`[retrace] ${dropped} bytes the shard printed or logged were dropped: a shard prints ${MAX_PRINT_BYTES} bytes at most\n`);
       printed = 0;
       dropped = 0;
     },
@@ -299,7 +308,11 @@ function start(): void {
             cur.controller ??= new AbortController();
             return cur.controller.signal;
           },
-          log: (message: string) => post({ type: 'log', shardId: shardId, message: String(message).slice(0, MAX_LOG_CHARS) }),
+          log: (message: string) => {
+            // Each message is queued in the agent's own memory, outside the worker's heap limit.
+            const text = String(message).slice(0, MAX_LOG_CHARS);
+            if (prints.allow(text.length)) post({ type: 'log', shardId: shardId, message: text });
+          },
         };
         let runNs = 0;
         let sampled = false;

@@ -21,9 +21,10 @@ const SOURCES: Record<string, string> = {
     import { defineTransform } from 'retrace/transform';
     export default defineTransform({
       name: 'flood',
-      run(input) {
+      run(input, params, ctx) {
         const line = 'z'.repeat(1000);
         for (let i = 0; i < 300000; i++) console.log(line);
+        for (let i = 0; i < 100000; i++) ctx.log('c'.repeat(1000));
         return { json: input.key };
       },
     });`,
@@ -135,9 +136,10 @@ describe('agent: outputs JSON cannot hold, or the worker cannot serialise', () =
       const zs = (): number => lines().filter((l) => l.startsWith('zzz')).length;
       // The notes go to stderr, the lines to stdout: either may come in first.
       while ((notes().length < 2 || zs() < 2 * 1047) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-      expect(notes()).toEqual(Array.from({ length: 2 }, () => `[retrace] ${300000 * 1001 - 1047 * 1001} bytes the shard printed were dropped: a shard prints 1048576 bytes at most`));
+      expect(notes()).toEqual(Array.from({ length: 2 }, () => `[retrace] ${300000 * 1001 - 1047 * 1001 + 100000 * 1000} bytes the shard printed or logged were dropped: a shard prints 1048576 bytes at most`));
       expect(zs()).toBe(2 * 1047);
       expect(logs.some((l) => l.event === 'shard-worker:terminated')).toBe(false);
+      expect(logs.filter((l) => l.event === 'shard:log')).toEqual([]);
     }, 30_000);
   });
 });
