@@ -4,8 +4,10 @@
  * one at a time, taking them in batches (one message in, outcomes back in one message per batch or
  * per 20 ms, whichever comes first). It talks to the executor only over the private MessagePort
  * it gets at start, which it removes from `workerData` before any bundle code runs, so the
- * transform cannot forge results on it. The worker has an empty environment and no arguments; the
- * agent's token never reaches it.
+ * transform cannot forge results on it. The worker has an empty `process.env` and no arguments,
+ * but it is a thread of the agent's process, not a sandbox: the transform can read what the
+ * agent's user can, `/proc/self/environ` and `/proc/self/cmdline` (the agent's token, when it was
+ * started with one there) included, and reach the network.
  *
  * Progress goes to a small SharedArrayBuffer (`WorkerBoot.progress`, see `PROGRESS_*`): the index
  * of the shard running, its phase, when it started and its heap peak so far. The executor's one
