@@ -21,6 +21,7 @@ import { millisToNanos } from '../common/time.js';
 import { DEFAULT_BACKOFF, backoffDelayMs, type BackoffPolicy } from './backoff.js';
 import { codeServiceFetcher, createCodeCache, type CodeCache } from './code-cache.js';
 import { loadOrCreateIdentity, saveIdentity } from './identity-store.js';
+import { capOutcome, frameOutcomes, outcomeBytes } from './outcome-frames.js';
 import { createResourceProbe, type ResourceProbe } from './resource-probe.js';
 import { createShardExecutor, type ShardExecutor, type ShardExecutorOptions } from './shard-executor.js';
 import { sleep } from '../common/abortable-sleep.js';
@@ -481,7 +482,10 @@ export function createAgentRuntime(options: AgentOptions): AgentRuntime {
       return;
     }
     if (run && run.attempt !== outcome.attempt) outcome = { ...outcome, attempt: run.attempt };
-    outgoing.push(outcome);
+    // An outcome past what the coordinator receives would close the stream and every outcome in it.
+    const capped = capOutcome(outcome);
+    if (capped !== outcome) log('warn', 'shard:outcome-too-large', { shardId: outcome.shardId, bytes: outcomeBytes(outcome) });
+    outgoing.push(capped);
     scheduleFlush();
   }
 
@@ -498,11 +502,14 @@ export function createAgentRuntime(options: AgentOptions): AgentRuntime {
     if (!s || !s.registered || outgoing.length === 0) return; // kept until the next registration
     const batch = outgoing;
     outgoing = [];
-    for (let i = 0; i < batch.length; i += 256) {
-      const outcomes = batch.slice(i, i + 256);
+    // Frames stay under the coordinator's message limit, however many large outcomes end together.
+    const frames = frameOutcomes(batch);
+    for (let f = 0; f < frames.length; f++) {
+      const outcomes = frames[f] as ShardOutcome[];
       if (!s.out.push({ body: { $case: 'outcomes', value: { outcomes } } })) {
-        outgoing.push(...batch.slice(i));
-        log('warn', 'agent:outcomes-deferred', { count: batch.length - i });
+        const left = frames.slice(f).flat();
+        outgoing.push(...left);
+        log('warn', 'agent:outcomes-deferred', { count: left.length });
         break;
       }
     }

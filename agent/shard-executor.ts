@@ -18,7 +18,9 @@ import { PHASE_IDLE, PHASE_RUN, PROGRESS_BYTES, SHARD_FIELDS, unpackResults, typ
  *
  * Isolation: shards run in `worker_threads` Workers with a V8 heap limit
  * (`resourceLimits.maxOldGenerationSizeMb`), an empty environment, no arguments, and only the
- * bundle's code (imported by file URL from the code cache). Workers are pooled per (code version,
+ * bundle's code (imported by file URL from the code cache). Not a sandbox: a worker is a thread of
+ * this process, with its user's files, network and `/proc/self` (environ, cmdline); and the heap
+ * limit leaves ArrayBuffers out. Workers are pooled per (code version,
  * heap limit) and reused; a worker that timed out, ran out of heap, crashed or did not answer a
  * cancellation is terminated and replaced.
  *

@@ -4,8 +4,10 @@
  * one at a time, taking them in batches (one message in, outcomes back in one message per batch or
  * per 20 ms, whichever comes first). It talks to the executor only over the private MessagePort
  * it gets at start, which it removes from `workerData` before any bundle code runs, so the
- * transform cannot forge results on it. The worker has an empty environment and no arguments; the
- * agent's token never reaches it.
+ * transform cannot forge results on it. The worker has an empty `process.env` and no arguments,
+ * but it is a thread of the agent's process, not a sandbox: the transform can read what the
+ * agent's user can, `/proc/self/environ` and `/proc/self/cmdline` (the agent's token, when it was
+ * started with one there) included, and reach the network.
  *
  * Progress goes to a small SharedArrayBuffer (`WorkerBoot.progress`, see `PROGRESS_*`): the index
  * of the shard running, its phase, when it started and its heap peak so far. The executor's one
@@ -26,6 +28,7 @@ import {
   toTransformInputs,
   transformOfModule,
   type NormalizedOutput,
+  type NormalizeLimits,
   type ShardRecord,
   type TransformDefinition,
 } from '../common/transform.js';
@@ -33,6 +36,13 @@ import {
 /** TF.js backends that run kernels on a GPU. */
 const GPU_BACKENDS = new Set(['webgl', 'webgpu']);
 const MAX_LOG_CHARS = 4096;
+/**
+ * Bytes of stdout, stderr and `ctx.log` together one shard may print; the rest is dropped, and one line on
+ * stderr says how much. A worker's prints wait in its own heap until the agent reads them: a
+ * transform printing hundreds of MiB in a loop ran its worker out of heap after the shard ended,
+ * and everything it printed but the first line was lost without a word.
+ */
+const MAX_PRINT_BYTES = 1024 * 1024;
 /** Finished outcomes wait at most this long for the rest of their batch, ms. */
 const FLUSH_MS = 20;
 
@@ -57,6 +67,16 @@ function heapInUse(): number {
   return h.used_heap_size + (h.external_memory ?? 0);
 }
 
+/**
+ * What the outputs of one run call may come to: a third of the heap left (serialising JSON holds
+ * its text and the pieces it was built from). Past the heap limit inside `JSON.stringify` or a
+ * string's flattening, V8 aborts the whole agent process, not only this worker.
+ */
+function outputLimits(): NormalizeLimits {
+  const h = getHeapStatistics();
+  return { maxChars: Math.max(0, Math.floor((h.heap_size_limit - h.used_heap_size) / 3)), heapLimitMb: Math.round(h.heap_size_limit / (1024 * 1024)) };
+}
+
 function tfBackend(): string {
   const engine = (globalThis as { _tfengine?: { backendName?: unknown } })._tfengine;
   return typeof engine?.backendName === 'string' ? engine.backendName : '';
@@ -74,6 +94,44 @@ async function loadVerified(bundleUrl: string, codeVersion: string): Promise<Tra
   return transformOfModule((await import(bundleUrl)) as Record<string, unknown>);
 }
 
+/**
+ * Caps what a shard prints and logs through `ctx.log` (`MAX_PRINT_BYTES` in all); `allow(n)` says
+ * whether `n` more bytes fit (counting them), `reset` starts a shard's count and reports what the
+ * last one dropped.
+ */
+function capPrints(): { allow: (bytes: number) => boolean; reset: () => void } {
+  let printed = 0;
+  let dropped = 0;
+  const allow = (n: number): boolean => {
+    if (printed + n <= MAX_PRINT_BYTES) {
+      printed += n;
+      return true;
+    }
+    dropped += n;
+    return false;
+  };
+  const streams = [process.stdout, process.stderr];
+  const writes = streams.map((stream) => stream.write.bind(stream) as (chunk: unknown, ...rest: unknown[]) => boolean);
+  streams.forEach((stream, i) => {
+    const write = writes[i] as (chunk: unknown, ...rest: unknown[]) => boolean;
+    stream.write = ((chunk: unknown, ...rest: unknown[]): boolean => {
+      const n = typeof chunk === 'string' ? Buffer.byteLength(chunk) : chunk instanceof Uint8Array ? chunk.byteLength : 0;
+      if (allow(n)) return write(chunk, ...rest);
+      const callback = rest.find((r): r is () => void => typeof r === 'function');
+      if (callback) process.nextTick(callback);
+      return true;
+    }) as typeof stream.write;
+  });
+  return {
+    allow,
+    reset() {
+      if (dropped > 0) (writes[1] as (chunk: string) => boolean)(`[retrace] ${dropped} bytes the shard printed or logged were dropped: a shard prints ${MAX_PRINT_BYTES} bytes at most\n`);
+      printed = 0;
+      dropped = 0;
+    },
+  };
+}
+
 function start(): void {
   const boot = workerData as Partial<WorkerBoot>;
   const port = boot.port;
@@ -88,6 +146,7 @@ function start(): void {
   const slot = new Int32Array(progress, 0, 2);
   const startedAt = new BigInt64Array(progress, 8, 1);
   const peakOut = new Float64Array(progress, 16, 1);
+  const prints = capPrints();
   let definition: Promise<TransformDefinition> | undefined;
   /** The loaded transform, once `definition` resolved: later shards take it without an await. */
   let loaded: TransformDefinition | undefined;
@@ -175,6 +234,7 @@ function start(): void {
      */
     const end = (index: number, startHr: number, r: Omit<WorkerResult, 'index' | 'startHr' | 'endHr' | 'peakHeapBytes'> & Partial<WorkerResult>, outputs: NormalizedOutput[] = [], sampled = false): void => {
       if (!sampled) observe();
+      prints.reset();
       // Filled in place (`r` is always a fresh literal): a spread here was the worker's top cost.
       const result = r as WorkerResult;
       result.index = index;
@@ -250,7 +310,11 @@ function start(): void {
             cur.controller ??= new AbortController();
             return cur.controller.signal;
           },
-          log: (message: string) => post({ type: 'log', shardId: shardId, message: String(message).slice(0, MAX_LOG_CHARS) }),
+          log: (message: string) => {
+            // Each message is queued in the agent's own memory, outside the worker's heap limit.
+            const text = String(message).slice(0, MAX_LOG_CHARS);
+            if (prints.allow(text.length)) post({ type: 'log', shardId: shardId, message: text });
+          },
         };
         let runNs = 0;
         let sampled = false;
@@ -277,7 +341,7 @@ function start(): void {
             runNs += Number(process.hrtime.bigint() - t0);
             observe();
             sampled = true;
-            for (const o of normalizeOutputs(result, input.key)) {
+            for (const o of normalizeOutputs(result, input.key, 'outputs', outputLimits())) {
               outputs.push(o);
               sampled = false;
             }

@@ -281,18 +281,112 @@ export interface NormalizedOutput {
   mediaType: string;
 }
 
+/** Limits of `normalizeOutputs`. */
+export interface NormalizeLimits {
+  /**
+   * Characters of JSON text (and of string payloads) the outputs of one call may come to, in all
+   * (default: no limit). A worker sets it from the heap it has left: V8 cannot stop a
+   * `JSON.stringify` that outgrows a worker's heap limit, and aborts the whole process instead.
+   */
+  maxChars?: number;
+  /** The worker's heap limit in MiB, named in the error when `maxChars` is passed. */
+  heapLimitMb?: number;
+}
+
 /**
  * Turns a run's result into output records. `defaultKey` is the input's key. Throws
  * TransformError naming the offending output (`outputs[1].json`...) for a result that is
- * not an output, an array of outputs, null or undefined.
+ * not an output, an array of outputs, null or undefined; for a `json` value JSON cannot hold as
+ * it is (NaN or ±Infinity, which JSON would write as null; a BigInt; a Map or Set, which it would
+ * write as {}; a cycle), naming where in it; and for outputs past `limits.maxChars`. Values with
+ * a `toJSON` method (a Date) are written as `JSON.stringify` writes them.
  */
-export function normalizeOutputs(result: unknown, defaultKey: string, field = 'outputs'): NormalizedOutput[] {
+export function normalizeOutputs(result: unknown, defaultKey: string, field = 'outputs', limits: NormalizeLimits = {}): NormalizedOutput[] {
   if (result === null || result === undefined) return [];
-  if (Array.isArray(result)) return result.flatMap((r, i) => normalizeOne(r, defaultKey, `${field}[${i}]`));
-  return normalizeOne(result, defaultKey, field);
+  const budget: Budget = { left: limits.maxChars ?? Infinity, max: limits.maxChars ?? Infinity, heapLimitMb: limits.heapLimitMb };
+  if (Array.isArray(result)) return result.flatMap((r, i) => normalizeOne(r, defaultKey, `${field}[${i}]`, budget));
+  return normalizeOne(result, defaultKey, field, budget);
 }
 
-function normalizeOne(out: unknown, defaultKey: string, field: string): NormalizedOutput[] {
+interface Budget {
+  left: number;
+  readonly max: number;
+  readonly heapLimitMb: number | undefined;
+}
+
+function spend(budget: Budget, chars: number, field: string): void {
+  budget.left -= chars;
+  if (budget.left >= 0) return;
+  const mib = (n: number): string => `${(n / (1024 * 1024)).toFixed(1)} MiB`;
+  const heap = budget.heapLimitMb !== undefined ? ` of its ${budget.heapLimitMb} MiB heap` : '';
+  throw new TransformError(field, `too large: more than ${mib(budget.max)} of text, what the worker can still hold while serialising it${heap}; return a Uint8Array payload or raise the step's memoryMb`);
+}
+
+/**
+ * Checks `value` as JSON text would hold it, counting its size against `budget`; returns it, or
+ * a copy where a `toJSON` method (a Date's) was applied. `path` names where it sits.
+ */
+function checkJson(value: unknown, path: string, budget: Budget, ancestors: Set<object>, key: string, applyToJson = true): unknown {
+  switch (typeof value) {
+    case 'string':
+      spend(budget, value.length + 2, path);
+      return value;
+    case 'number':
+      if (!Number.isFinite(value)) throw new TransformError(path, `${value} is not a JSON number (JSON would write it as null)`);
+      spend(budget, 24, path);
+      return value;
+    case 'boolean':
+      spend(budget, 5, path);
+      return value;
+    case 'bigint':
+      throw new TransformError(path, 'a BigInt is not JSON: convert it to a string or a number');
+    case 'object': {
+      if (value === null) {
+        spend(budget, 4, path);
+        return value;
+      }
+      if (applyToJson && typeof (value as { toJSON?: unknown }).toJSON === 'function') {
+        return checkJson((value as { toJSON: (key: string) => unknown }).toJSON(key), path, budget, ancestors, key, false);
+      }
+      if (value instanceof Map || value instanceof Set) throw new TransformError(path, `a ${value instanceof Map ? 'Map' : 'Set'} is not JSON (JSON would write it as {}): convert it to an object or an array`);
+      if (ancestors.has(value)) throw new TransformError(path, 'refers back to itself (a cycle): JSON cannot hold it');
+      ancestors.add(value);
+      let copy: unknown;
+      if (Array.isArray(value)) {
+        spend(budget, 2 + value.length, path);
+        let arr: unknown[] | undefined;
+        for (let i = 0; i < value.length; i++) {
+          const v: unknown = value[i];
+          const c = checkJson(v, `${path}[${i}]`, budget, ancestors, String(i));
+          if (c !== v) (arr ??= value.slice())[i] = c;
+        }
+        copy = arr;
+      } else if (value instanceof Uint8Array) {
+        // Written as {"0":n,...}: up to 10 characters a byte.
+        spend(budget, 2 + 10 * value.length, path);
+      } else {
+        spend(budget, 2, path);
+        const obj = value as Record<string, unknown>;
+        let rec: Record<string, unknown> | undefined;
+        for (const k of Object.keys(obj)) {
+          const v = obj[k];
+          if (v === undefined) continue;
+          spend(budget, k.length + 4, path);
+          const c = checkJson(v, `${path}.${k}`, budget, ancestors, k);
+          if (c !== v) (rec ??= { ...obj })[k] = c;
+        }
+        copy = rec;
+      }
+      ancestors.delete(value);
+      return copy ?? value;
+    }
+    default:
+      // undefined, functions and symbols: dropped from objects as JSON.stringify drops them.
+      return value;
+  }
+}
+
+function normalizeOne(out: unknown, defaultKey: string, field: string, budget: Budget): NormalizedOutput[] {
   if (out === null || out === undefined) return [];
   if (typeof out !== 'object' || Array.isArray(out) || out instanceof Uint8Array) {
     throw new TransformError(field, 'must be an object { key?, payload? | json?, mediaType? }');
@@ -306,9 +400,10 @@ function normalizeOne(out: unknown, defaultKey: string, field: string): Normaliz
   let payload: Uint8Array;
   let mediaType: string;
   if (hasJson) {
+    const json = checkJson(o.json, `${field}.json`, budget, new Set(), '');
     let text: string | undefined;
     try {
-      text = canonicalJson(o.json);
+      text = canonicalJson(json);
     } catch (err) {
       throw new TransformError(`${field}.json`, `is not JSON-serialisable: ${(err as Error).message}`);
     }
@@ -316,6 +411,7 @@ function normalizeOne(out: unknown, defaultKey: string, field: string): Normaliz
     payload = encoder.encode(text);
     mediaType = 'application/json';
   } else if (typeof o.payload === 'string') {
+    spend(budget, o.payload.length, `${field}.payload`);
     payload = encoder.encode(o.payload);
     mediaType = 'text/plain; charset=utf-8';
   } else if (o.payload instanceof Uint8Array) {
