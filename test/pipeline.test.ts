@@ -12,7 +12,7 @@ import { validatePipeline } from '../coordinator/pipeline/pipeline-store.js';
 import { replayExtension, type ReplayShared } from '../coordinator/replay/replay-extension.js';
 import { openDatabase, type Database } from '../coordinator/store/database.js';
 import { createPayloadStore } from '../coordinator/store/payload-store.js';
-import { LineageServiceDefinition } from '../common/gen/retrace/v1/lineage.js';
+import { LineageServiceDefinition, NodeKind } from '../common/gen/retrace/v1/lineage.js';
 import { Pipeline, PipelineServiceDefinition, type IngestRequest } from '../common/gen/retrace/v1/pipeline.js';
 import { TriggerKind } from '../common/gen/retrace/v1/provenance.js';
 import { ReplayServiceDefinition } from '../common/gen/retrace/v1/replay.js';
@@ -205,6 +205,10 @@ describe('pipelines', () => {
     expect(Buffer.from(p.payload).toString()).toBe(out);
     await expectStatus(pipelines.getPayload({ contentHash: contentHashOf('nothing') }), Status.NOT_FOUND, /payload/);
 
+    // The failed shard recorded no step, but the run's end lists it: queryable after the call.
+    const run = await lineage.getNode({ node: { kind: NodeKind.NODE_KIND_RUN, id: res.runId, contentHash: '' } });
+    const runFacets = JSON.stringify(run);
+    expect(runFacets).toContain('"failures":["checked/k4: SHARD_STATUS_FAILED: cannot handle ');
     // The failed shard recorded nothing for its output.
     await expectStatus(lineage.getRecordPath({ objectId: 'record:orders/checked:k4', contentHash: '', asOfNs: '0' }), Status.NOT_FOUND, /object/);
     const tagged4 = await lineage.getRecordPath({ objectId: 'record:orders/tagged:k4', contentHash: '', asOfNs: '0' });

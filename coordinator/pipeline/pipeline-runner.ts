@@ -235,7 +235,15 @@ interface Tally {
   shardsRun: number;
   shardsFailed: number;
   firstError: string;
+  /** The first MAX_RUN_FAILURES failures, as `step/key: what happened`. */
+  failures: string[];
 }
+
+/**
+ * Failures an ingest run's end event lists (its facet `failures`; `shardsFailed` counts them all).
+ * A failed shard records no step, so without them only the first failure was told anywhere.
+ */
+const MAX_RUN_FAILURES = 100;
 
 const PRODUCER = 'retrace://coordinator/pipeline';
 /** Records waiting for their provenance to be durable, in slots' worth (see `ingest`). */
@@ -342,7 +350,7 @@ export class PipelineRunner {
     const shardsOut = new Map<string, string>();
     this.runningIngests.set(runId, { runId, pipeline: pipelineName, shards: shardsOut });
     options.onRunStarted?.(runId);
-    const tally: Tally = { accepted: 0, duplicates: 0, shardsRun: 0, shardsFailed: 0, firstError: '' };
+    const tally: Tally = { accepted: 0, duplicates: 0, shardsRun: 0, shardsFailed: 0, firstError: '', failures: [] };
     const keyTails = new Map<string, Promise<void>>();
     // A record holds one of `concurrency` slots until its provenance is submitted; waiting for
     // it to be durable (the engine's next group commit) and updating the current records happen
@@ -406,6 +414,7 @@ export class PipelineRunner {
         duplicates: tally.duplicates,
         shardsRun: tally.shardsRun,
         shardsFailed: tally.shardsFailed,
+        ...(tally.failures.length === 0 ? {} : { failures: tally.failures }),
         ...(error === undefined ? {} : { error: error.slice(0, 1000) }),
       });
       // Once its end is recorded the run needs no closing at the next start.
@@ -428,7 +437,8 @@ export class PipelineRunner {
       if (latest && latest.version > pv.version) await listener.onStaleRun({ pipeline: pv, runId });
     }
     if (failure !== undefined) throw failure;
-    return { ...tally, runId, pipelineVersion: pv.version };
+    const { failures: _listed, ...counts } = tally;
+    return { ...counts, runId, pipelineVersion: pv.version };
   }
 
   /**
@@ -739,6 +749,7 @@ export class PipelineRunner {
   private fail(tally: Tally, message: string): void {
     tally.shardsFailed++;
     if (tally.firstError === '') tally.firstError = message;
+    if (tally.failures.length < MAX_RUN_FAILURES) tally.failures.push(message.slice(0, 1000));
   }
 
   /** A record's object version; `attributes` with their keys in sorted order. */

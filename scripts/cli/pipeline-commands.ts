@@ -267,6 +267,7 @@ already processed stay recorded) and the command exits 1 naming the reason.`,
         } else {
           io.stdout.write(`accepted ${res.accepted}  duplicates ${res.duplicates}  shards ${res.shardsRun} run, ${res.shardsFailed} failed  run ${res.runId}  (pipeline version ${res.pipelineVersion})\n`);
           if (res.firstError) io.stdout.write(`first failure: ${res.firstError}\n`);
+          if (Number(res.shardsFailed) > 1) io.stdout.write(`every failure (the first 100): retrace lineage node run:${res.runId}   # facet retrace.failures\n`);
         }
         return Number(res.shardsFailed) > 0 ? 1 : 0;
       } finally {
