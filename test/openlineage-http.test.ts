@@ -459,6 +459,15 @@ describe("Marquez's run states, runs, facets and versions", () => {
     expect((await get('/api/v1/namespaces/warehouse/datasets/nope/versions')).json).toMatchObject({ error: 'NOT_FOUND', field: 'dataset' });
   });
 
+  it('a version whose native event gave no created_at is dated by that event, not null (Marquez always has one)', async () => {
+    await tc.coordinator.lineage.submit([objectEvent('cre-v1', 'dataset:cre:native.v', 'v1', '1730455200000000000'), objectEvent('cre-v2', 'dataset:cre:native.v', 'v2', '1730455260000000000')]);
+    const res = await get('/api/v1/namespaces/cre/datasets/native.v/versions');
+    expect(res.json.versions.map((v: { createdAt: string; lastModifiedAt: string }) => [v.createdAt, v.lastModifiedAt])).toEqual([
+      ['2024-11-01T10:01:00Z', '2024-11-01T10:01:00Z'],
+      ['2024-11-01T10:00:00Z', '2024-11-01T10:00:00Z'],
+    ]);
+  });
+
   it('serves a job whose runs read and wrote no dataset: listed, by name, in lineage; with parentJobName and updatedAt', async () => {
     const [parent, child] = [uuid(), uuid()];
     const parentStart = runEvent('lonely.dag', parent, 'START', [], [], at(0));

@@ -281,19 +281,23 @@ async function datasetVersions(lineage: LineageApi, e: Entry, req: HttpRequest):
   return { versions, totalCount: all.length };
 }
 
-/** The run that wrote a version, as Marquez shows runs; null when no step wrote it. */
-async function datasetVersionRun(lineage: LineageApi, objectId: string, contentHash: string): Promise<Record<string, unknown> | null> {
+/**
+ * The run that wrote a version, as Marquez shows runs (null when no step wrote it), and when the
+ * version appeared in provenance ('0' when unknown).
+ */
+async function datasetVersionOrigin(lineage: LineageApi, objectId: string, contentHash: string): Promise<{ run: Record<string, unknown> | null; firstSeenNs: string }> {
   let generatedBy = '';
+  let firstSeenNs = '0';
   try {
-    generatedBy = (await lineage.getNode({ node: { kind: NodeKind.NODE_KIND_OBJECT_VERSION, id: objectId, contentHash } })).generatedBy;
+    ({ generatedBy, firstSeenNs } = await lineage.getNode({ node: { kind: NodeKind.NODE_KIND_OBJECT_VERSION, id: objectId, contentHash } }));
   } catch (err) {
     if (!(err instanceof NotFoundError)) throw err;
   }
-  if (!generatedBy.startsWith('step:')) return null;
+  if (!generatedBy.startsWith('step:')) return { run: null, firstSeenNs };
   const step = await getOptional(lineage, NodeKind.NODE_KIND_STEP, generatedBy.slice('step:'.length), 'step');
-  if (!step?.runId) return null;
+  if (!step?.runId) return { run: null, firstSeenNs };
   const run = await getOptional(lineage, NodeKind.NODE_KIND_RUN, step.runId, 'run');
-  return run === undefined ? null : runData(run, step);
+  return { run: run === undefined ? null : runData(run, step), firstSeenNs };
 }
 
 /** One version as Marquez's DatasetVersion. */
@@ -301,7 +305,10 @@ async function datasetVersionData(lineage: LineageApi, objectId: string, v: Obje
   const data = await datasetDataOf(lineage, objectId, v);
   const facets = facetMap(data['facets']);
   const lifecycle = facetMap(facets['lifecycleStateChange'])['lifecycleStateChange'];
-  const createdAt = v.createdAtNs !== '0' ? nanosToIso(v.createdAtNs) : null;
+  const origin = await datasetVersionOrigin(lineage, objectId, v.contentHash);
+  // Marquez always has a time here; an event that gave no created_at gives its own time.
+  const createdNs = v.createdAtNs !== '0' ? v.createdAtNs : origin.firstSeenNs;
+  const createdAt = createdNs !== '0' ? nanosToIso(createdNs) : null;
   const { namespace, name } = data as { namespace: string; name: string };
   return {
     id: { namespace, name, version: v.contentHash },
@@ -317,7 +324,7 @@ async function datasetVersionData(lineage: LineageApi, objectId: string, v: Obje
     lastModifiedAt: createdAt,
     description: null,
     lifecycleState: typeof lifecycle === 'string' ? lifecycle : null,
-    createdByRun: await datasetVersionRun(lineage, objectId, v.contentHash),
+    createdByRun: origin.run,
     facets,
   };
 }

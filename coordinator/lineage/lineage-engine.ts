@@ -628,17 +628,20 @@ export class LineageEngine implements LineageApi {
     if (!ref) throw new InvalidArgumentError('node', 'is required');
     checkNodeRef(ref, 'node');
     const key = nodeKey(ref);
+    const id = this.index.idOf(key);
+    // The index's time of a node: a version's created_at where given, else its first event's.
+    const firstSeenNs = id === undefined ? '0' : (BigInt(Math.round(this.index.timeOf(id) * 1000)) * 1000n).toString();
     switch (ref.kind) {
       case NodeKind.NODE_KIND_STEP: {
         const step = await this.readStep(ref.id);
         if (!step) throw new NotFoundError(`step ${JSON.stringify(ref.id)}`, 'node.id');
-        return { node: ref, body: { $case: 'step', value: step }, generatedBy: '', relatedSteps: [] };
+        return { node: ref, body: { $case: 'step', value: step }, generatedBy: '', relatedSteps: [], firstSeenNs };
       }
       case NodeKind.NODE_KIND_RUN: {
         const seqs = await this.store.entitySeqs('runs', ref.id);
         if (seqs.length === 0) throw new NotFoundError(`run ${JSON.stringify(ref.id)}`, 'node.id');
         const run = foldRuns((await this.readEvents(seqs)).flatMap((e) => (e.body?.$case === 'run' ? [{ timeNs: BigInt(e.eventTimeNs), run: e.body.value }] : [])));
-        return { node: ref, body: { $case: 'run', value: run }, generatedBy: '', relatedSteps: this.index.membersOf(key) };
+        return { node: ref, body: { $case: 'run', value: run }, generatedBy: '', relatedSteps: this.index.membersOf(key), firstSeenNs };
       }
       case NodeKind.NODE_KIND_OBJECT_VERSION: {
         const version = await this.readVersion(ref.id, ref.contentHash);
@@ -648,6 +651,7 @@ export class LineageEngine implements LineageApi {
           body: { $case: 'objectVersion', value: version },
           generatedBy: this.index.generatorOf(key) ?? '',
           relatedSteps: this.index.consumersOf(key),
+          firstSeenNs,
         };
       }
       case NodeKind.NODE_KIND_OBJECT: {
@@ -659,11 +663,12 @@ export class LineageEngine implements LineageApi {
           body: { $case: 'object', value: { objectId: ref.id, versions: versions.filter((v): v is ObjectVersion => v !== undefined) } },
           generatedBy: '',
           relatedSteps: this.index.consumersOf(key),
+          firstSeenNs,
         };
       }
       case NodeKind.NODE_KIND_TRANSFORM: {
         if (!this.index.has(key)) throw new NotFoundError(`transform ${JSON.stringify(ref.id)}`, 'node.id');
-        return { node: ref, body: undefined, generatedBy: '', relatedSteps: this.index.membersOf(key) };
+        return { node: ref, body: undefined, generatedBy: '', relatedSteps: this.index.membersOf(key), firstSeenNs };
       }
       default:
         throw new InvalidArgumentError('node.kind', 'is required');

@@ -289,6 +289,11 @@ export interface GetNodeResponse {
   generatedBy: string;
   /** Steps that used this node (object versions) or the steps of a run. */
   relatedSteps: string[];
+  /**
+   * When the node appeared in provenance: an object version's created_at_ns where its event gave
+   * one, else the time of the first event that named the node (ns since the epoch, µs precision).
+   */
+  firstSeenNs: string;
 }
 
 export interface ObjectSummary {
@@ -1010,7 +1015,7 @@ export const GetNodeRequest: MessageFns<GetNodeRequest> = {
 };
 
 function createBaseGetNodeResponse(): GetNodeResponse {
-  return { node: undefined, body: undefined, generatedBy: "", relatedSteps: [] };
+  return { node: undefined, body: undefined, generatedBy: "", relatedSteps: [], firstSeenNs: "0" };
 }
 
 export const GetNodeResponse: MessageFns<GetNodeResponse> = {
@@ -1037,6 +1042,9 @@ export const GetNodeResponse: MessageFns<GetNodeResponse> = {
     }
     for (const v of message.relatedSteps) {
       writer.uint32(170).string(v!);
+    }
+    if (message.firstSeenNs !== "0") {
+      writer.uint32(176).int64(message.firstSeenNs);
     }
     return writer;
   },
@@ -1110,6 +1118,14 @@ export const GetNodeResponse: MessageFns<GetNodeResponse> = {
             message.relatedSteps.push(reader.string());
             continue;
           }
+          case 22: {
+            if (tag !== 176) {
+              break;
+            }
+
+            message.firstSeenNs = reader.int64().toString();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1146,6 +1162,11 @@ export const GetNodeResponse: MessageFns<GetNodeResponse> = {
         : globalThis.Array.isArray(object?.related_steps)
         ? object.related_steps.map((e: any) => globalThis.String(e))
         : [],
+      firstSeenNs: isSet(object.firstSeenNs)
+        ? globalThis.String(object.firstSeenNs)
+        : isSet(object.first_seen_ns)
+        ? globalThis.String(object.first_seen_ns)
+        : "0",
     };
   },
 
@@ -1168,6 +1189,9 @@ export const GetNodeResponse: MessageFns<GetNodeResponse> = {
     }
     if (message.relatedSteps?.length) {
       obj.relatedSteps = message.relatedSteps;
+    }
+    if (message.firstSeenNs !== "0") {
+      obj.firstSeenNs = message.firstSeenNs;
     }
     return obj;
   },
@@ -1206,6 +1230,7 @@ export const GetNodeResponse: MessageFns<GetNodeResponse> = {
     }
     message.generatedBy = object.generatedBy ?? "";
     message.relatedSteps = object.relatedSteps?.map((e) => e) || [];
+    message.firstSeenNs = object.firstSeenNs ?? "0";
     return message;
   },
 };
