@@ -61,9 +61,10 @@ function threadId(): number | null {
   }
 }
 
+type HeapStats = ReturnType<typeof getHeapStatistics> & { external_memory?: number };
+
 /** Heap in use by this isolate: V8 heap plus external memory (ArrayBuffers) V8 knows of. */
-function heapInUse(): number {
-  const h = getHeapStatistics() as ReturnType<typeof getHeapStatistics> & { external_memory?: number };
+function heapInUse(h: HeapStats): number {
   return h.used_heap_size + (h.external_memory ?? 0);
 }
 
@@ -72,8 +73,7 @@ function heapInUse(): number {
  * its text and the pieces it was built from). Past the heap limit inside `JSON.stringify` or a
  * string's flattening, V8 aborts the whole agent process, not only this worker.
  */
-function outputLimits(): NormalizeLimits {
-  const h = getHeapStatistics();
+function outputLimits(h: HeapStats): NormalizeLimits {
   return { maxChars: Math.max(0, Math.floor((h.heap_size_limit - h.used_heap_size) / 3)), heapLimitMb: Math.round(h.heap_size_limit / (1024 * 1024)) };
 }
 
@@ -158,12 +158,15 @@ function start(): void {
   const post = (msg: FromWorker, transfer: ArrayBuffer[] = []): void => port.postMessage(msg, transfer);
 
   let peak = 0;
-  const observe = (): void => {
-    const h = heapInUse();
+  /** Updates the heap peak; returns the statistics it read. */
+  const observe = (): HeapStats => {
+    const stats = getHeapStatistics() as HeapStats;
+    const h = heapInUse(stats);
     if (h > peak) {
       peak = h;
       peakOut[0] = h;
     }
+    return stats;
   };
 
   /** Packs the outputs of `pending` into one buffer (one transfer instead of one per output). */
@@ -339,9 +342,9 @@ function start(): void {
             // A synchronous transform's result needs no trip through the microtask queue.
             if (result !== null && typeof result === 'object' && typeof (result as { then?: unknown }).then === 'function') result = await result;
             runNs += Number(process.hrtime.bigint() - t0);
-            observe();
+            const heap = observe();
             sampled = true;
-            for (const o of normalizeOutputs(result, input.key, 'outputs', outputLimits())) {
+            for (const o of normalizeOutputs(result, input.key, 'outputs', outputLimits(heap))) {
               outputs.push(o);
               sampled = false;
             }
