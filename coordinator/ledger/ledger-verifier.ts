@@ -4,7 +4,7 @@ import { versionKey } from '../../common/lineage-keys.js';
 import { leafHash, MerkleTree } from '../../common/merkle.js';
 import { describedVersions } from '../../common/step-versions.js';
 import { KeyTable } from '../lineage/key-table.js';
-import { adjacencyKey, entityKey, LedgerRowError, objectRowKey, seqKey, type EntityRef, type LineageStore, type StoredEntry } from '../store/lineage-store.js';
+import { adjacencyKey, entityKey, LedgerRowError, objectRowKey, parseSeqKey, seqKey, type EntityRef, type LineageStore, type StoredEntry } from '../store/lineage-store.js';
 import { CHECKPOINT_FILE, ledgerLossMessage } from './checkpoint-file.js';
 import { verifyCheckpoint } from './checkpoint-signer.js';
 
@@ -43,7 +43,7 @@ export async function verifyLedger(
   for await (const { key, json } of store.checkpointRows()) {
     // A row altered by hand must be named as such, not end the check with a parse error.
     const cp = parseCheckpointRow(json);
-    const keySize = /^[0-9a-f]{16}$/.test(key) ? BigInt(`0x${key}`) : undefined;
+    const keySize = parseSeqKey(key);
     if (!cp || keySize === undefined || BigInt(cp.treeSize) !== keySize) {
       if (limit !== undefined && keySize !== undefined && keySize > limit) continue;
       const what = !cp ? 'is not a checkpoint (it does not parse)' : `holds a checkpoint of tree size ${cp.treeSize}`;
@@ -159,7 +159,7 @@ export async function verifyLedger(
   // Index rows, both ways. The smallest seq at fault is reported.
   let worst: { seq: bigint; problem: string } | undefined;
   const note = (seqHex: string | undefined, problem: string): void => {
-    const s = seqHex && /^[0-9a-f]{16}$/.test(seqHex) ? BigInt(`0x${seqHex}`) : 0n;
+    const s = (seqHex === undefined ? undefined : parseSeqKey(seqHex)) ?? 0n;
     if (!worst || s < worst.seq) worst = { seq: s, problem };
   };
   // An older version's event-ids rows (LineageStore.dropLegacyEventIds) are not an index any more: not checked.

@@ -166,9 +166,10 @@ export class LineageStore {
     for await (const [key, value] of this.ledger.iterator({ gte: seqKey(fromSeq) })) {
       // Only the coordinator writes this table, always under seqKey; any other key was put there
       // by hand (BigInt would throw a bare SyntaxError on it).
-      if (!SEQ_KEY.test(key)) throw new LedgerRowError(`ledger row ${JSON.stringify(key.slice(0, 64))} is not a ledger position (16 hex digits): it was written outside the coordinator`);
+      const seq = parseSeqKey(key);
+      if (seq === undefined) throw new LedgerRowError(`ledger row ${JSON.stringify(key.slice(0, 64))} is not a ledger position (16 hex digits): it was written outside the coordinator`);
       if (value.length < 32) throw new LedgerRowError(`ledger row ${key} holds ${value.length} bytes, less than an entry hash: it was altered`);
-      yield splitEntry(BigInt(`0x${key}`), value);
+      yield splitEntry(seq, value);
     }
   }
 
@@ -267,6 +268,11 @@ export class LedgerRowError extends DataLossError {
 }
 
 const SEQ_KEY = /^[0-9a-f]{16}$/;
+
+/** The seq a `seqKey` names, or undefined for a key no `seqKey` makes (one written by hand). */
+export function parseSeqKey(key: string): bigint | undefined {
+  return SEQ_KEY.test(key) ? BigInt(`0x${key}`) : undefined;
+}
 
 const EMPTY = new Uint8Array(0);
 
