@@ -371,7 +371,8 @@ export function createNodeMesh(deps: NodeMeshDeps): NodeMesh {
       const metric = metricOf(request.metric);
       const horizonMs = positiveNs(request.horizonNs, 'horizon_ns', true);
       // Whole milliseconds: the history store and the forecaster work on an integer-ms grid.
-      const stepMs = Math.max(1, Math.round(positiveNs(request.stepNs, 'step_ns', false) || Math.max(node.record.reportIntervalMs, horizonMs / 60)));
+      const askedStepMs = positiveNs(request.stepNs, 'step_ns', false);
+      const stepMs = Math.max(1, Math.round(askedStepMs || Math.max(node.record.reportIntervalMs, horizonMs / 60)));
       const horizonSteps = Math.ceil(horizonMs / stepMs);
       if (horizonSteps > MAX_POINTS) throw new InvalidArgumentError('step_ns', `horizon / step exceeds ${MAX_POINTS} points`);
       const lookbackMs = positiveNs(request.lookbackNs, 'lookback_ns', false) || Math.max(4 * horizonMs, 60 * stepMs);
@@ -382,7 +383,7 @@ export function createNodeMesh(deps: NodeMeshDeps): NodeMesh {
       if (points.length < 3) {
         // A long horizon with no step asked for makes the step 1/60 of it: say so, since the
         // history may well be long enough at a finer step.
-        const auto = positiveNs(request.stepNs, 'step_ns', false) === 0 ? ` at the automatic step of ${formatDurationMs(stepMs)} (1/60 of the horizon; a smaller step_ns may find enough)` : ` at a step of ${formatDurationMs(stepMs)}`;
+        const auto = askedStepMs === 0 ? ` at the automatic step of ${formatDurationMs(stepMs)} (1/60 of the horizon; a smaller step_ns may find enough)` : ` at a step of ${formatDurationMs(stepMs)}`;
         throw new FailedPreconditionError(`not enough history of ${metric} on ${node.record.nodeId} to forecast: ${points.length} points${auto}, need 3`, 'metric');
       }
       const series = { t: points.map((p) => p.t), v: points.map((p) => p.value) };
