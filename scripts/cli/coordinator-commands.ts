@@ -9,9 +9,9 @@ import { openDatabase } from '../../coordinator/store/database.js';
 import { LineageStore } from '../../coordinator/store/lineage-store.js';
 import { LineageServiceDefinition, type ContentCheck } from '../../common/gen/retrace/v1/lineage.js';
 import { RetraceError } from '../../common/errors.js';
-import { flag, hasFlag, intFlag, UsageError, type CliCommand } from './command.js';
+import { flag, hasFlag, UsageError, type CliCommand } from './command.js';
 import { openClient, readNamedFile } from './client.js';
-import { COORDINATOR_FEATURE_USAGE, coordinatorExtensions, coordinatorFlags } from './coordinator-extensions.js';
+import { COORDINATOR_FEATURE_USAGE, coordinatorExtensions, coordinatorFlags, dataDirFlags } from './coordinator-extensions.js';
 import { progressBar, toJson } from './format.js';
 
 const coordinator: CliCommand = {
@@ -42,8 +42,7 @@ ${COORDINATOR_FEATURE_USAGE}
         grpc: flag(args, 'grpc', '127.0.0.1:7700') as string,
         http: flag(args, 'http', '127.0.0.1:7780') as string,
         allowRemote: hasFlag(args, 'allow-remote'),
-        acceptLedgerLoss: hasFlag(args, 'accept-ledger-loss'),
-        dbWriteBufferMiB: flag(args, 'db-write-buffer-mib') === undefined ? undefined : intFlag(args, 'db-write-buffer-mib', 0),
+        ...dataDirFlags(args),
         ...(certFile !== undefined && keyFile !== undefined ? { tls: { cert: readNamedFile('--tls-cert', certFile), key: readNamedFile('--tls-key', keyFile) } } : {}),
       },
       coordinatorExtensions({}, features),

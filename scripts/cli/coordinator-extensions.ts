@@ -1,6 +1,7 @@
 import { statSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { ExtensionFactory } from '../../coordinator/coordinator.js';
+import type { CoordinatorOptions } from '../../coordinator/coordinator-options.js';
 import type { CodeStore } from '../../coordinator/code/code-store.js';
 import { meshExtension } from '../../coordinator/mesh/mesh-extension.js';
 import { codeExtension } from '../../coordinator/code/code-extension.js';
@@ -13,7 +14,7 @@ import type { ReplayEngine } from '../../coordinator/replay/replay-engine.js';
 import { jobsExtension } from '../../coordinator/jobs/jobs-extension.js';
 import type { JobManager } from '../../coordinator/jobs/job-manager.js';
 import { recomputeExtension, type RecomputeExtensionOptions, type RecomputeHandles } from '../../coordinator/recompute/recompute-extension.js';
-import { durationFlagMs, flagAll, UsageError, type ParsedArgs } from './command.js';
+import { durationFlagMs, flag, flagAll, hasFlag, intFlag, UsageError, type ParsedArgs } from './command.js';
 
 /** Settings of the coordinator's features, as `coordinatorFlags` reads them. */
 export interface CoordinatorFeatureOptions {
@@ -39,6 +40,14 @@ export function coordinatorFlags(args: ParsedArgs): CoordinatorFeatureOptions {
         return resolve(d);
       }),
     },
+  };
+}
+
+/** The data dir's settings, which `retrace coordinator` and `retrace start` both take. */
+export function dataDirFlags(args: ParsedArgs): Pick<CoordinatorOptions, 'acceptLedgerLoss' | 'dbWriteBufferMiB'> {
+  return {
+    acceptLedgerLoss: hasFlag(args, 'accept-ledger-loss'),
+    dbWriteBufferMiB: flag(args, 'db-write-buffer-mib') === undefined ? undefined : intFlag(args, 'db-write-buffer-mib', 0),
   };
 }
 

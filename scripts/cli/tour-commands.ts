@@ -6,9 +6,9 @@ import { Coordinator, type CoordinatorAddresses } from '../../coordinator/coordi
 import { openDatabase } from '../../coordinator/store/database.js';
 import { LineageStore, seqKey } from '../../coordinator/store/lineage-store.js';
 import { LineageServiceDefinition } from '../../common/gen/retrace/v1/lineage.js';
-import { flag, hasFlag, intFlag, type CliCommand, type CliIo } from './command.js';
+import { flag, type CliCommand, type CliIo } from './command.js';
 import { openClient } from './client.js';
-import { COORDINATOR_FEATURE_USAGE, coordinatorExtensions, coordinatorFlags } from './coordinator-extensions.js';
+import { COORDINATOR_FEATURE_USAGE, coordinatorExtensions, coordinatorFlags, dataDirFlags } from './coordinator-extensions.js';
 import { buildExampleLineage } from './example-lineage.js';
 import { changeExampleRecords, runExamplePipeline } from './example-pipeline.js';
 import { parseArgs } from './command.js';
@@ -43,7 +43,7 @@ const start: CliCommand = {
     const dataDir = flag(args, 'data', './.retrace') as string;
     const features = coordinatorFlags(args);
     const c = new Coordinator(
-      { dataDir, grpc: flag(args, 'grpc', '127.0.0.1:7700') as string, http: flag(args, 'http', '127.0.0.1:7780') as string, acceptLedgerLoss: hasFlag(args, 'accept-ledger-loss'), dbWriteBufferMiB: flag(args, 'db-write-buffer-mib') === undefined ? undefined : intFlag(args, 'db-write-buffer-mib', 0), log: () => {} },
+      { dataDir, grpc: flag(args, 'grpc', '127.0.0.1:7700') as string, http: flag(args, 'http', '127.0.0.1:7780') as string, ...dataDirFlags(args), log: () => {} },
       coordinatorExtensions({}, features),
     );
     const addresses = await c.start();
