@@ -90,6 +90,33 @@ describe('lineage engine', () => {
     await expect(engine.trace({ start: version('src', 'src'), direction: 0, depth: 0, asOfNs: '0', pageSize: 7, pageToken: '!!bad', includeEdges: false, objectLevel: false })).rejects.toThrow(/page_token/);
   });
 
+  it('refuses a page token from another query (INVALID_ARGUMENT naming page_token); page_size alone may change', async () => {
+    const events = [objectEvent('src', 'src', 'src'), objectEvent('src2', 'src2', 'src2')];
+    for (let i = 0; i < 25; i++) events.push(stepEvent(`s${i}`, `s${i}`, [ref('src', 'src'), ref('src2', 'src2')], [ref(`o${i}`, `c${i}`)], { timeNs: String(2000 + i * 1000) }));
+    await engine.submit(events);
+    const query = { start: version('src', 'src'), direction: Direction.DIRECTION_DOWNSTREAM, pageSize: 7 };
+    const all = (await engine.trace({ ...query, pageSize: 0 })).nodes.map((n) => n.key);
+    const first = await engine.trace(query);
+    const token = first.nextPageToken;
+    expect(token).not.toBe('');
+    const others = [
+      { start: version('src2', 'src2') },
+      { direction: Direction.DIRECTION_BOTH },
+      { depth: 1 },
+      { asOfNs: '30000' },
+      { objectLevel: true },
+      { view: TraceView.TRACE_VIEW_KEYS },
+      { includeEdges: true },
+    ];
+    for (const other of others) {
+      await expect(engine.trace({ ...query, ...other, pageToken: token }), JSON.stringify(other)).rejects.toThrow(/^page_token: was issued for a different query/);
+      await expect(engine.trace({ ...query, ...other, pageToken: token })).rejects.toBeInstanceOf(InvalidArgumentError);
+    }
+    // The same query with another page size goes on where the first page ended.
+    expect((await engine.trace({ ...query, pageSize: 3, pageToken: token })).nodes.map((n) => n.key)).toEqual(all.slice(7, 10));
+    expect((await engine.trace({ ...query, pageToken: token })).nodes.map((n) => n.key)).toEqual(all.slice(7, 14));
+  });
+
   it('answers the same closure in every view, page by page, packed ids as little-endian uint32s', async () => {
     await chain();
     const events = [objectEvent('fan', 'fan', 'fan')];

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import {
   Direction,
   EdgeKind,
@@ -688,9 +689,11 @@ export class LineageEngine implements LineageApi {
     if (id === undefined) throw new NotFoundError(`node ${key}`, 'start');
     if (request.pageSize > MAX_PAGE) throw new InvalidArgumentError('page_size', `at most ${MAX_PAGE}`);
     const pageSize = request.pageSize === 0 ? DEFAULT_PAGE : request.pageSize;
-    const token = decodePageToken(request.pageToken);
-    const asOfMs = token?.asOfMs ?? (request.asOfNs === '0' || request.asOfNs === '' ? Number.POSITIVE_INFINITY : nsToMs(BigInt(request.asOfNs)));
+    const asOfMs = request.asOfNs === '0' || request.asOfNs === '' ? Number.POSITIVE_INFINITY : nsToMs(BigInt(request.asOfNs));
     const objectLevel = request.objectLevel || start.kind === NodeKind.NODE_KIND_OBJECT || start.kind === NodeKind.NODE_KIND_TRANSFORM;
+    const direction = request.direction === Direction.DIRECTION_UNSPECIFIED ? Direction.DIRECTION_DOWNSTREAM : request.direction;
+    const query = traceQueryFingerprint({ key, direction, depth: request.depth, asOfMs, objectLevel, view: request.view, includeEdges: request.includeEdges });
+    const offset = decodePageToken(request.pageToken, query) ?? 0;
     let starts = [id];
     if (start.kind === NodeKind.NODE_KIND_TRANSFORM || start.kind === NodeKind.NODE_KIND_RUN) {
       // As of a time, only the steps recorded by then (the walk filters edges, not starts).
@@ -699,7 +702,6 @@ export class LineageEngine implements LineageApi {
       starts = [this.index.idOf(`object:${start.id}`) as number];
     }
     const depth = request.depth;
-    const direction = request.direction === Direction.DIRECTION_UNSPECIFIED ? Direction.DIRECTION_DOWNSTREAM : request.direction;
     let nodes: Int32Array;
     let distances: Int32Array;
     if (direction === Direction.DIRECTION_BOTH) {
@@ -737,9 +739,8 @@ export class LineageEngine implements LineageApi {
       nodes = withStarts;
       distances = d;
     }
-    const offset = token?.offset ?? 0;
     const end = Math.max(offset, Math.min(nodes.length, offset + pageSize));
-    const nextPageToken = end < nodes.length ? encodePageToken({ offset: end, asOfMs }) : '';
+    const nextPageToken = end < nodes.length ? encodePageToken(end, query) : '';
     const totalNodes = nodes.length.toString();
     const ids = nodes.subarray(offset, end);
     const idDistances = distances.subarray(offset, end);
@@ -1048,19 +1049,35 @@ function packUint32(values: Int32Array): Buffer {
   return out;
 }
 
-function encodePageToken(t: { offset: number; asOfMs: number }): string {
-  return Buffer.from(JSON.stringify({ o: t.offset, a: Number.isFinite(t.asOfMs) ? t.asOfMs : null })).toString('base64url');
+/**
+ * What a Trace page token is tied to: everything that shapes the closure and its pages but the
+ * page size (which, as in AIP-158, may change between pages). A token from another query would
+ * silently page through the wrong answer.
+ */
+function traceQueryFingerprint(q: { key: string; direction: Direction; depth: number; asOfMs: number; objectLevel: boolean; view: TraceView; includeEdges: boolean }): string {
+  const view = q.view === TraceView.TRACE_VIEW_UNSPECIFIED ? TraceView.TRACE_VIEW_FULL : q.view;
+  const text = JSON.stringify([q.key, q.direction, q.depth, Number.isFinite(q.asOfMs) ? q.asOfMs : 'now', q.objectLevel, view, q.includeEdges]);
+  return createHash('sha256').update(text).digest('base64url').slice(0, 16);
 }
 
-function decodePageToken(token: string): { offset: number; asOfMs: number } | undefined {
+function encodePageToken(offset: number, query: string): string {
+  return Buffer.from(JSON.stringify({ o: offset, q: query })).toString('base64url');
+}
+
+/** The offset a page token resumes at; undefined for no token. Throws for a token of another query. */
+function decodePageToken(token: string, query: string): number | undefined {
   if (token === '') return undefined;
+  let v: { o?: unknown; q?: unknown };
   try {
-    const v = JSON.parse(Buffer.from(token, 'base64url').toString()) as { o: unknown; a: unknown };
+    v = JSON.parse(Buffer.from(token, 'base64url').toString()) as { o?: unknown; q?: unknown };
     if (typeof v.o !== 'number' || !Number.isInteger(v.o) || v.o < 0) throw new Error('bad offset');
-    return { offset: v.o, asOfMs: typeof v.a === 'number' ? v.a : Number.POSITIVE_INFINITY };
   } catch {
     throw new InvalidArgumentError('page_token', 'malformed page token');
   }
+  if (v.q !== query) {
+    throw new InvalidArgumentError('page_token', 'was issued for a different query: repeat the first page\'s start, direction, depth, as_of_ns, object_level, view and include_edges with it (only page_size may change), or leave it empty to start over');
+  }
+  return v.o;
 }
 
 export type { NodeRef };
