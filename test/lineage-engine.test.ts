@@ -117,6 +117,20 @@ describe('lineage engine', () => {
     expect((await engine.trace({ ...query, pageToken: token })).nodes.map((n) => n.key)).toEqual(all.slice(7, 14));
   });
 
+  it('answers NOT_FOUND for a start that did not exist yet as of the time asked, as for an unknown one', async () => {
+    await chain();
+    const out = version('out:1', 'x1');
+    const unknown = engine.trace({ start: version('out:1', 'nope'), direction: Direction.DIRECTION_UPSTREAM });
+    await expect(unknown).rejects.toThrow(`start: node version:out:1@${h('nope')} not found`);
+    // out:1 came with s2 at 3000 ns.
+    const early = engine.trace({ start: out, direction: Direction.DIRECTION_UPSTREAM, asOfNs: '2500' });
+    await expect(early).rejects.toBeInstanceOf(NotFoundError);
+    await expect(early).rejects.toThrow(`start: node version:out:1@${h('x1')} not found at as_of_ns 2500 (1970-01-01T00:00:00.0000025Z)`);
+    await expect(engine.trace({ start: { kind: NodeKind.NODE_KIND_OBJECT, id: 'out:1', contentHash: '' }, asOfNs: '2500' })).rejects.toThrow(/^start: node object:out:1 not found at as_of_ns 2500/);
+    await expect(engine.trace({ start: { kind: NodeKind.NODE_KIND_STEP, id: 's2', contentHash: '' }, asOfNs: '2999' })).rejects.toBeInstanceOf(NotFoundError);
+    expect(keysOf(await engine.trace({ start: out, direction: Direction.DIRECTION_UPSTREAM, asOfNs: '3000' }))).toContain('step:s2');
+  });
+
   it('answers the same closure in every view, page by page, packed ids as little-endian uint32s', async () => {
     await chain();
     const events = [objectEvent('fan', 'fan', 'fan')];

@@ -191,7 +191,8 @@ describe('LineageService over gRPC', () => {
     // [name, request, closure size now, as-of time that cuts it, closure size then]
     const cases: [string, Partial<TraceRequest>, number, string, number][] = [
       ['downstream', { start: version('cv:a', 'a'), direction: Direction.DIRECTION_DOWNSTREAM }, 26, '3500', 6],
-      ['upstream', { start: version('cv:w', 'w'), direction: Direction.DIRECTION_UPSTREAM }, 11, '4500', 0],
+      // Upstream of a version is whole from its first sighting (before it, NOT_FOUND): nothing to cut.
+      ['upstream', { start: version('cv:w', 'w'), direction: Direction.DIRECTION_UPSTREAM }, 11, '5000', 11],
       ['upstream object-level', { start: { kind: NodeKind.NODE_KIND_OBJECT, id: 'cv:y', contentHash: '' }, direction: Direction.DIRECTION_UPSTREAM }, 8, '5500', 7],
       ['both', { start: version('cv:x2', 'x2'), direction: Direction.DIRECTION_BOTH }, 7, '3500', 5],
     ];
