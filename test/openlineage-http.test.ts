@@ -227,6 +227,18 @@ describe('GET /api/v1/lineage', () => {
     expect(res.status).toBe(400);
     expect(await res.json()).toMatchObject({ field: 'nodeId' });
   });
+
+  it('answers 400 naming nodeId and its form for an id without a namespace and name, not 404', async () => {
+    for (const nodeId of ['dataset:warehouse', 'dataset:', 'job:warehouse', 'job:', 'foo:a:b', '']) {
+      const r = await lineage(nodeId);
+      expect([nodeId, r.status]).toEqual([nodeId, 400]);
+      expect(r.json).toMatchObject({ error: 'INVALID_ARGUMENT', field: 'nodeId' });
+      expect(r.json.message).toContain('dataset:<namespace>:<name> or job:<namespace>:<name>');
+    }
+    expect((await lineage('dataset:warehouse')).json.message).toBe('nodeId: must be dataset:<namespace>:<name> or job:<namespace>:<name>, got "dataset:warehouse" (no name)');
+    // Empty parts are well formed (OpenLineage accepts an empty namespace or name): looked up, 404 when absent.
+    expect((await lineage('dataset::nope')).status).toBe(404);
+  });
 });
 
 describe("Marquez's read API", () => {

@@ -96,13 +96,19 @@ function convert(validated: ValidatedOpenLineageEvent, prefix: string): LineageE
 
 // ---- GET /api/v1/lineage ---------------------------------------------------------------------
 
+/** The form of a Marquez node id, for messages. */
+const NODE_ID_FORM = 'dataset:<namespace>:<name> or job:<namespace>:<name>';
+
 async function getLineage(lineage: LineageApi, req: HttpRequest): Promise<HttpResponse> {
   const nodeId = req.query.get('nodeId');
-  if (nodeId === null || nodeId === '') throw new InvalidArgumentError('nodeId', 'is required: dataset:<namespace>:<name> or job:<namespace>:<name>');
+  if (nodeId === null || nodeId === '') throw new InvalidArgumentError('nodeId', `is required: ${NODE_ID_FORM}`);
   let kind: NodeKind;
   if (nodeId.startsWith('dataset:')) kind = NodeKind.NODE_KIND_OBJECT;
   else if (nodeId.startsWith('job:')) kind = NodeKind.NODE_KIND_TRANSFORM;
-  else throw new InvalidArgumentError('nodeId', `must start with dataset: or job:, got ${JSON.stringify(nodeId.slice(0, 200))}`);
+  else throw new InvalidArgumentError('nodeId', `must be ${NODE_ID_FORM}, got ${JSON.stringify(nodeId.slice(0, 200))}`);
+  // `dataset:warehouse` or `dataset:` names no node: a malformed id (400), not an unknown one (404).
+  // Empty parts (`dataset::x`) are well formed: OpenLineage accepts an empty namespace or name.
+  if (!nodeId.slice(nodeId.indexOf(':') + 1).includes(':')) throw new InvalidArgumentError('nodeId', `must be ${NODE_ID_FORM}, got ${JSON.stringify(nodeId.slice(0, 200))} (no name)`);
   const depth = intParam(req, 'depth', DEFAULT_LINEAGE_DEPTH, 1, MAX_LINEAGE_DEPTH);
 
   // The id as stored first, then the native object or transform it names in the `retrace` namespace.
