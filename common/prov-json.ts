@@ -1,5 +1,9 @@
 import type { ObjectVersion, Step } from './gen/retrace/v1/provenance.js';
+import { contentHashOf } from './hash.js';
 import { nanosToIso } from './time.js';
+
+/** The content hash of zero bytes: a version under it has size 0 for certain. */
+const EMPTY_CONTENT_HASH = contentHashOf('');
 
 /** Retrace's namespace in PROV documents. */
 export const PROV_NAMESPACE = 'https://retrace.dev/ns/prov#';
@@ -36,8 +40,8 @@ export function toProvJson(graph: ProvSubgraph): Record<string, unknown> {
       'prov:type': { $: 'retrace:ObjectVersion', type: 'prov:QUALIFIED_NAME' },
       'retrace:objectId': v.objectId,
       'retrace:contentHash': v.contentHash,
-      'retrace:size': Number(v.size),
     };
+    if (sizeIsKnown(v)) rec['retrace:size'] = Number(v.size);
     if (v.mediaType) rec['retrace:mediaType'] = v.mediaType;
     if (v.createdAtNs !== '0') rec['retrace:createdAt'] = { $: nanosToIso(v.createdAtNs), type: 'xsd:dateTime' };
     entity[versionId(v.objectId, v.contentHash)] = rec;
@@ -91,6 +95,17 @@ export function toProvJson(graph: ProvSubgraph): Record<string, unknown> {
     if (Object.keys(section).length > 0) doc[name] = section;
   }
   return doc;
+}
+
+/**
+ * Whether a version's size is a fact. `size` has no presence in the model: a version known only
+ * as a step's output, or one whose producer gave no size (an OpenLineage output without
+ * statistics), reads 0 like an empty content. Only the empty content's hash proves a 0, so any
+ * other 0 is left out of the document (unknown) rather than stated (a real 0 under another hash,
+ * such as an OpenLineage output's synthetic one, is lost, but nothing false is said).
+ */
+function sizeIsKnown(v: ObjectVersion): boolean {
+  return (v.size !== '0' && v.size !== '') || v.contentHash === EMPTY_CONTENT_HASH;
 }
 
 function versionId(objectId: string, contentHash: string): string {

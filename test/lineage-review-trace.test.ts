@@ -6,6 +6,7 @@ import { Direction, NodeKind, type NodeRef } from '../common/gen/retrace/v1/line
 import { loadCheckpointSigner } from '../coordinator/ledger/checkpoint-signer.js';
 import { LineageEngine } from '../coordinator/lineage/lineage-engine.js';
 import { exportProv } from '../coordinator/lineage/prov-export.js';
+import { toProvJson } from '../common/prov-json.js';
 import { openDatabase, type Database } from '../coordinator/store/database.js';
 import { LineageStore } from '../coordinator/store/lineage-store.js';
 import { h, objectEvent, ref, runEvent, stepEvent } from './helpers/lineage-events.js';
@@ -93,6 +94,18 @@ describe('PROV-JSON export as of a time', () => {
     expect((then['activity'] as Record<string, Record<string, unknown>>)['retrace:step%2Fol']?.['prov:endTime']).toBeUndefined();
     const later = await exportProv(engine, { start, direction: Direction.DIRECTION_BOTH, depth: 0, asOfNs: asOf(12) });
     expect(Object.keys(later['wasGeneratedBy'] as object)).toHaveLength(1);
+  });
+
+  it('leaves out the size of a version known only as a step output (size unknown), not 0; keeps a real one', async () => {
+    const doc = await exportProv(engine, { start: { kind: NodeKind.NODE_KIND_STEP, id: 's1', contentHash: '' }, direction: Direction.DIRECTION_BOTH, depth: 1, asOfNs: '0' });
+    const entity = doc['entity'] as Record<string, Record<string, unknown>>;
+    const left = entity[`retrace:${encodeURIComponent(`version/left@${h('l')}`)}`];
+    expect(left?.['retrace:objectId']).toBe('left');
+    expect(left).not.toHaveProperty('retrace:size');
+    expect(entity[`retrace:${encodeURIComponent(`version/raw@${h('a')}`)}`]?.['retrace:size']).toBe(1);
+    // An empty content (its hash says so) is a known size 0.
+    const empty = toProvJson({ versions: [{ objectId: 'e', contentHash: h(''), size: '0', mediaType: '', createdAtNs: '0', attributes: {}, facets: undefined }], objects: [], steps: [] });
+    expect((empty['entity'] as Record<string, Record<string, unknown>>)[`retrace:${encodeURIComponent(`version/e@${h('')}`)}`]?.['retrace:size']).toBe(0);
   });
 
   it('refuses a subgraph larger than one export holds rather than cutting it', async () => {
