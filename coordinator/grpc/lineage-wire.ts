@@ -1,6 +1,7 @@
 import { BinaryReader } from '@bufbuild/protobuf/wire';
 import { LineageServiceDefinition, SubmitEventsRequest } from '../../common/gen/retrace/v1/lineage.js';
 import { LineageEvent } from '../../common/gen/retrace/v1/provenance.js';
+import { AsciiBinaryReader } from '../../common/ascii-binary-reader.js';
 import { InvalidArgumentError } from '../../common/errors.js';
 import type { DeferredEvents } from '../lineage/lineage-engine.js';
 
@@ -29,7 +30,7 @@ export class LazySubmitEventsRequest implements SubmitEventsRequest, DeferredEve
     const events = new Array<LineageEvent>(wire.length);
     for (let i = 0; i < wire.length; i++) {
       try {
-        events[i] = LineageEvent.decode(wire[i] as Uint8Array);
+        events[i] = LineageEvent.decode(new AsciiBinaryReader(wire[i] as Uint8Array));
       } catch (err) {
         throw new InvalidArgumentError(`events[${i}]`, `does not decode as a LineageEvent: ${err instanceof Error ? err.message : String(err)}`, err);
       }

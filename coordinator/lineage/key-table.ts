@@ -141,7 +141,7 @@ export class KeyTable {
     if (key.length === 0) return 0;
     const room = 3 * key.length;
     this.reserve(room);
-    const written = this.bytes.write(key, this.byteCount, room, 'utf8');
+    const written = (this.bytes as unknown as Utf8Writer).utf8Write(key, this.byteCount, room);
     return written === key.length ? written : -1;
   }
 
@@ -214,6 +214,14 @@ export class KeyTable {
     this.slots = new Int32Array(size);
     for (let id = 0; id < this.count; id++) this.place(id, this.hashes[id] as number);
   }
+}
+
+/**
+ * Buffer's UTF-8 writer without `write`'s argument parsing, which for keys this short costs about
+ * as much as the writing (Node's own Buffer methods call it this way; it is not in the typings).
+ */
+interface Utf8Writer {
+  utf8Write(value: string, offset: number, length: number): number;
 }
 
 /** A copy of `a` in a new array of `size` elements. */

@@ -18,6 +18,7 @@ import {
   TraceView,
 } from '../../common/gen/retrace/v1/lineage.js';
 import { LedgerEntryBody, type Checkpoint, type LineageEvent, type ObjectVersion, type Run, type Step } from '../../common/gen/retrace/v1/provenance.js';
+import { AsciiBinaryReader } from '../../common/ascii-binary-reader.js';
 import { EVENT_LIMITS, normalizeEventChecked } from '../../common/event-validation.js';
 import { encodeLineageEvent } from '../../common/lineage-event-encoding.js';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../../common/errors.js';
@@ -192,7 +193,7 @@ export class LineageEngine implements LineageApi {
       if (entry.seq !== this.nextSeq) throw new FailedPreconditionError(`ledger has a gap at seq ${this.nextSeq} (found ${entry.seq}); run "retrace verify"`);
       let body: LedgerEntryBody;
       try {
-        body = LedgerEntryBody.decode(entry.body);
+        body = LedgerEntryBody.decode(new AsciiBinaryReader(entry.body));
       } catch {
         throw new FailedPreconditionError(`ledger entry ${entry.seq} does not decode: it was altered or damaged; run "retrace verify"`);
       }
@@ -915,7 +916,7 @@ export class LineageEngine implements LineageApi {
   async readEvents(seqs: readonly bigint[]): Promise<LineageEvent[]> {
     const entries = await this.store.getEntries(seqs);
     return entries.flatMap((e) => {
-      const body = LedgerEntryBody.decode(e.body);
+      const body = LedgerEntryBody.decode(new AsciiBinaryReader(e.body));
       return body.event ? [body.event] : [];
     });
   }

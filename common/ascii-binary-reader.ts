@@ -1,0 +1,39 @@
+import { BinaryReader, getTextEncoding } from '@bufbuild/protobuf/wire';
+
+/** Buffer's latin1 slicer (what `toString('latin1', …)` calls after parsing its arguments); not in the typings. */
+interface Latin1Slicer {
+  latin1Slice(start: number, end: number): string;
+}
+
+/**
+ * A BinaryReader whose string fields, when their bytes are all ASCII (ids, content hashes and
+ * names are, in practice), become strings in one native copy. BinaryReader makes a view and
+ * calls TextDecoder for strings over 32 bytes (a content hash is 71), or fills an array of char
+ * codes for shorter ones: per event, that was most of what decoding allocated. Other strings
+ * decode exactly as BinaryReader decodes them, so any input gives the same strings.
+ */
+export class AsciiBinaryReader extends BinaryReader {
+  private readonly source: Buffer;
+  private readonly utf8: (bytes: Uint8Array, strict?: boolean) => string;
+
+  constructor(bytes: Uint8Array) {
+    const buffer = Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    const utf8 = getTextEncoding().decodeUtf8;
+    super(buffer, utf8);
+    this.source = buffer;
+    this.utf8 = utf8;
+  }
+
+  override string(strict?: boolean): string {
+    const len = this.uint32();
+    const start = this.pos;
+    const end = start + len;
+    if (end > this.len) throw new RangeError('premature EOF');
+    this.pos = end;
+    const bytes = this.source;
+    for (let i = start; i < end; i++) {
+      if ((bytes[i] as number) > 0x7f) return this.utf8(bytes.subarray(start, end), strict);
+    }
+    return (bytes as unknown as Latin1Slicer).latin1Slice(start, end);
+  }
+}
