@@ -1219,20 +1219,36 @@ function memoryLimitMb(policyCapMb: number | undefined, stepMb: number | undefin
 
 /**
  * A what-if must change something the replay runs: a step or transform name that no replayed step
- * has (a typo, another pipeline's step) would otherwise replay unchanged and report no difference.
+ * has (a typo, another pipeline's step), or a parameter name the step's recorded parameters lack,
+ * would otherwise replay unchanged and report no difference. A parameter the step never had is
+ * added only on the caller's explicit opt-in (its "+" prefix, see CompiledReplayPolicy).
  */
 function checkOverridesApply(policy: CompiledReplayPolicy, plans: readonly RecordPlan[]): void {
   const steps = new Set<string>();
   const transforms = new Set<string>();
+  /** step name → the parameter names its replayed executions recorded (any of them) */
+  const recorded = new Map<string, Set<string>>();
   for (const plan of plans) {
     for (const ps of plan.steps) {
       steps.add(ps.name);
       transforms.add(ps.step.transform);
+      const names = recorded.get(ps.name) ?? new Set<string>();
+      for (const k of Object.keys((ps.step.parameters ?? {}) as Record<string, unknown>)) names.add(k);
+      recorded.set(ps.name, names);
     }
   }
   const list = (names: Set<string>): string => [...names].sort().join(', ');
-  for (const name of Object.keys(policy.stepParameters)) {
+  for (const [name, params] of Object.entries(policy.stepParameters)) {
     if (!steps.has(name)) throw new InvalidArgumentError(`policy.step_parameters[${name}]`, `no replayed step is named ${JSON.stringify(name)} (steps: ${list(steps)})`);
+    const has = recorded.get(name) ?? new Set<string>();
+    const added = new Set(policy.addedParameters[name] ?? []);
+    for (const param of Object.keys(params)) {
+      if (has.has(param) || added.has(param)) continue;
+      throw new InvalidArgumentError(
+        `policy.step_parameters[${name}]`,
+        `step ${JSON.stringify(name)} has no parameter ${JSON.stringify(param)} (its parameters: ${has.size > 0 ? list(has) : 'none'}); to add a new one, give it as "+${param}" (retrace replay start --set ${name}.+${param}=JSON)`,
+      );
+    }
   }
   for (const name of Object.keys(policy.codeVersions)) {
     if (!transforms.has(name)) throw new InvalidArgumentError(`policy.code_versions[${name}]`, `no replayed step runs a transform named ${JSON.stringify(name)} (transforms: ${list(transforms)})`);
