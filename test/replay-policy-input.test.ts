@@ -21,6 +21,7 @@ import { startTestCoordinator, type TestCoordinator } from './helpers/test-coord
 
 const CODE = contentHashOf('upper v1');
 const UNPUBLISHED = contentHashOf('upper v2, never published');
+const LOWER = contentHashOf('lower v1');
 const T0 = 1_767_225_600_000_000_000n;
 
 describe('replay policy input', () => {
@@ -47,8 +48,9 @@ describe('replay policy input', () => {
         yield { pipeline: 'orders', source: 'raw', records: [{ key: 'a', eventTimeNs: String(T0), payload: Buffer.from('order a'), mediaType: '' }] };
       })(),
     );
-    // Only CODE is published.
-    shared.code = { describe: async (v: string) => (v === CODE ? PublishedCode.fromPartial({ codeVersion: v, manifest: { transform: 'upper' } }) : undefined) };
+    // Only CODE (for upper) and LOWER (for another transform) are published.
+    const published = new Map([[CODE, 'upper'], [LOWER, 'lower']]);
+    shared.code = { describe: async (v: string) => (published.has(v) ? PublishedCode.fromPartial({ codeVersion: v, manifest: { transform: published.get(v) } }) : undefined) };
   });
   afterAll(async () => {
     await tc.stop();
@@ -99,11 +101,16 @@ describe('replay policy input', () => {
     expect(calls.at(-1)?.parameters).not.toHaveProperty('+tga');
   });
 
-  it('a what-if code version that is not published is refused naming it, before anything runs', async () => {
+  it('a what-if code version that is not published, or published for another transform, is refused naming it, before anything runs', async () => {
     const before = calls.length;
     const r = await runCli(['replay', 'start', '--record', 'record:orders/raw:a', '--code', `upper=${UNPUBLISHED}`, ...conn]);
     expect(r.code).toBe(1);
     expect(r.err).toContain(`policy.code_versions[upper]: code version ${UNPUBLISHED} is not published`);
+    expect(calls.length).toBe(before);
+    // Published, but for another transform: its code would run under upper's name.
+    const other = await runCli(['replay', 'start', '--record', 'record:orders/raw:a', '--code', `upper=${LOWER}`, ...conn]);
+    expect(other.code).toBe(1);
+    expect(other.err).toContain(`policy.code_versions[upper]: code version ${LOWER} is published for transform "lower", not "upper"`);
     expect(calls.length).toBe(before);
     const published = await runCli(['replay', 'start', '--record', 'record:orders/raw:a', '--code', `upper=${CODE}`, '--watch', ...conn]);
     expect(published.code, published.err).toBe(0);

@@ -61,10 +61,12 @@ export interface ReplayEngineDeps {
   /** What a code version's manifest declares (`defineTransform`'s requirements), or undefined. */
   codeRequirements?: (codeVersion: string) => Promise<TransformRequirements | undefined>;
   /**
-   * Whether a code version is published (a what-if's `code_versions` is checked with it before
-   * anything runs); without it, or when it resolves undefined (no code store), none is refused.
+   * The transform name a code version is published under (its manifest's `transform`), or null
+   * when it is not published. A what-if's `code_versions` is checked with it before anything runs:
+   * a version not published, or published for another transform, is refused. Without it, or when
+   * it resolves undefined (no code store), none is refused.
    */
-  codePublished?: (codeVersion: string) => Promise<boolean | undefined>;
+  publishedTransform?: (codeVersion: string) => Promise<string | null | undefined>;
   /**
    * The content hash a pipeline holds as current for a record (`record:<pipeline>/<dataset>:<key>`),
    * or undefined when none or unknown. It picks, among a record's executions of one step, the one
@@ -316,7 +318,12 @@ export class ReplayEngine {
     checkOverridesApply(policy, plans);
     for (const [transform, version] of Object.entries(policy.codeVersions)) {
       // Otherwise every shard of the transform fails CODE_UNAVAILABLE on every node it is tried on.
-      if ((await this.deps.codePublished?.(version)) === false) throw new InvalidArgumentError(`policy.code_versions[${transform}]`, `code version ${version} is not published (retrace code list --transform ${transform})`);
+      const publishedFor = await this.deps.publishedTransform?.(version);
+      if (publishedFor === null) throw new InvalidArgumentError(`policy.code_versions[${transform}]`, `code version ${version} is not published (retrace code list --transform ${transform})`);
+      // A bundle is published for one transform name: another's code would run under this name.
+      if (publishedFor !== undefined && publishedFor !== transform) {
+        throw new InvalidArgumentError(`policy.code_versions[${transform}]`, `code version ${version} is published for transform ${JSON.stringify(publishedFor)}, not ${JSON.stringify(transform)} (retrace code list --transform ${transform})`);
+      }
     }
     const specs = await this.stepSpecs(plans, policy.codeVersions);
     this.checkRequirements(policy, specs);
