@@ -46,9 +46,45 @@ const MAX_PRINT_BYTES = 1024 * 1024;
 /** Finished outcomes wait at most this long for the rest of their batch, ms. */
 const FLUSH_MS = 20;
 
-function describeError(err: unknown): string {
-  if (err instanceof Error) return err.name && err.name !== 'Error' ? `${err.name}: ${err.message}` : err.message;
-  return String(err);
+/** Longest text of a thrown value an error message quotes, characters. */
+const MAX_THROWN_CHARS = 2000;
+
+/**
+ * What `who` (the transform, the bundle) threw, as the shard's error says it. An Error by its
+ * name and message; anything else (`throw undefined`, a string, a number, a plain object) saying
+ * what it was, since `String(value)` read as just "undefined" or "" in the outcome, and an object
+ * whose `toString` throws must not throw again here.
+ */
+function describeThrown(err: unknown, who: string): string {
+  const quote = (text: string): string => (text.length > MAX_THROWN_CHARS ? `${text.slice(0, MAX_THROWN_CHARS)}...` : text);
+  if (err instanceof Error) {
+    const name = err.name && err.name !== 'Error' ? err.name : '';
+    const message = typeof err.message === 'string' ? err.message : '';
+    if (message === '') return `${who} threw ${name || 'an Error'} with no message`;
+    return quote(name ? `${name}: ${message}` : message);
+  }
+  if (err === undefined || err === null) return `${who} threw ${String(err)} (not an Error)`;
+  switch (typeof err) {
+    case 'string':
+      return `${who} threw a string (not an Error): ${quote(JSON.stringify(err))}`;
+    case 'number':
+    case 'boolean':
+    case 'bigint':
+      return `${who} threw a ${typeof err} (not an Error): ${String(err)}${typeof err === 'bigint' ? 'n' : ''}`;
+    case 'symbol':
+      return `${who} threw a symbol (not an Error): ${err.toString()}`;
+    case 'function':
+      return `${who} threw a function (not an Error)`;
+    default: {
+      let text: string;
+      try {
+        text = JSON.stringify(err) ?? Object.prototype.toString.call(err);
+      } catch {
+        text = Object.prototype.toString.call(err);
+      }
+      return `${who} threw an object (not an Error): ${quote(text)}`;
+    }
+  }
 }
 
 function threadId(): number | null {
@@ -295,7 +331,7 @@ function start(): void {
         } catch (err) {
           Atomics.store(slot, 1, PHASE_IDLE);
           // Every shard of the batch gets the same answer; the executor retires this worker.
-          const error = `cannot load the bundle: ${describeError(err)}`;
+          const error = `cannot load the bundle: ${describeThrown(err, 'the bundle')}`;
           end(index, startHr, { ok: false, status: 'failed', phase: 'load', error, runNs: 0 });
           for (let i = index + 1; i < count; i++) {
             const t = Number(process.hrtime.bigint());
@@ -357,7 +393,7 @@ function start(): void {
           else end(index, startHr, { ok: true, outputs: [], gpuTimeNs, runNs }, outputs, sampled);
         } catch (err) {
           if (cancelled.delete(shardId)) end(index, startHr, { ok: false, status: 'cancelled', phase: 'run', error: 'cancelled', runNs });
-          else end(index, startHr, { ok: false, status: 'failed', phase: 'run', error: describeError(err), runNs });
+          else end(index, startHr, { ok: false, status: 'failed', phase: 'run', error: describeThrown(err, 'transform'), runNs });
         } finally {
           current = undefined;
           Atomics.store(slot, 1, PHASE_IDLE);

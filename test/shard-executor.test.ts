@@ -30,6 +30,13 @@ const SOURCES: Record<string, string> = {
   throws: `
     import { defineTransform } from 'retrace/transform';
     export default defineTransform({ name: 'throws', run() { throw new TypeError('bad order'); } });`,
+  throwsValue: `
+    import { defineTransform } from 'retrace/transform';
+    const values = {
+      undefined: undefined, null: null, string: 'no rates for EUR', empty: '', number: 42,
+      object: { code: 7 }, bare: new Error(''), hostile: { toString() { throw new Error('no'); }, toJSON() { throw new Error('no'); } },
+    };
+    export default defineTransform({ name: 'throwsValue', run(input, params) { throw values[params.kind]; } });`,
   loop: `
     import { defineTransform } from 'retrace/transform';
     export default defineTransform({ name: 'loop', run() { for (;;) {} } });`,
@@ -226,6 +233,24 @@ describe('shard executor (real worker threads)', () => {
     const exits = await executor.execute(shard('exits'));
     expect(exits.status).toBe(ShardStatus.SHARD_STATUS_FAILED);
     expect(exits.error).toMatch(/exited \(code 3\)/);
+  });
+
+  it('reports a thrown non-Error (throw undefined, a string, a number...) saying what was thrown', async () => {
+    const expected: Record<string, string> = {
+      undefined: 'transform threw undefined (not an Error)',
+      null: 'transform threw null (not an Error)',
+      string: 'transform threw a string (not an Error): "no rates for EUR"',
+      empty: 'transform threw a string (not an Error): ""',
+      number: 'transform threw a number (not an Error): 42',
+      object: 'transform threw an object (not an Error): {"code":7}',
+      bare: 'transform threw an Error with no message',
+      hostile: 'transform threw an object (not an Error): [object Object]',
+    };
+    for (const [kind, error] of Object.entries(expected)) {
+      const out = await executor.execute(shard('throwsValue', { parameters: { kind } }));
+      expect(out.status, kind).toBe(ShardStatus.SHARD_STATUS_FAILED);
+      expect(out.error, kind).toBe(error);
+    }
   });
 
   it('times out an infinite loop within the timeout, with its CPU time measured', async () => {
