@@ -1,10 +1,10 @@
 /**
  * Entry of a shard worker thread (see shard-executor.ts). One worker serves one code version: on
- * its first shard it checks the bundle file's hash and imports it by file URL, and it runs shards
- * one at a time, taking them in batches (one message in, outcomes back in one message per batch or
- * per 20 ms, whichever comes first). It talks to the executor only over the private MessagePort
- * it gets at start, which it removes from `workerData` before any bundle code runs, so the
- * transform cannot forge results on it. The worker has an empty `process.env` and no arguments,
+ * its first shard it reads the bundle file, checks its hash and imports a private copy of the bytes
+ * it checked (see loadVerified), and it runs shards one at a time, taking them in batches (one
+ * message in, outcomes back in one message per batch or per 20 ms, whichever comes first). It talks
+ * to the executor only over the private MessagePort it gets at start, which it removes from
+ * `workerData` before any bundle code runs, so the transform cannot forge results on it. The worker has an empty `process.env` and no arguments,
  * but it is a thread of the agent's process, not a sandbox: the transform can read what the
  * agent's user can, `/proc/self/environ` and `/proc/self/cmdline` (the agent's token, when it was
  * started with one there) included, and reach the network.
@@ -17,8 +17,10 @@
  * Bundled into one script by the executor (esbuild) at first use; keep its imports to Node
  * built-ins and common/.
  */
-import { readFileSync, readlinkSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
+import { mkdtempSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { getHeapStatistics } from 'node:v8';
 import { workerData } from 'node:worker_threads';
 import { contentHashOf } from '../common/hash.js';
@@ -119,15 +121,29 @@ function tfBackend(): string {
 }
 
 /**
- * Imports the bundle once its file is checked against the code version. The code cache checked
- * it when it was fetched or first read, but every new worker loads the file again, maybe much
+ * Imports exactly the bytes of the bundle that hash to the code version. The code cache checked
+ * the file when it was fetched or first read, but every new worker loads it again, maybe much
  * later: a file changed since then (a bad disk, a hand edit) would run under a code version that
- * provenance records for other bytes.
+ * provenance records for other bytes. So the file is read once and checked, and those bytes are
+ * written to a new file (O_EXCL, 0600) in a new private folder (mkdtemp, 0700) under the system
+ * temporary folder, which is what is imported; the folder is removed once the module is loaded.
+ * Importing the cached file itself, by its path, read it a second time: a local user who can
+ * write the cache folder could swap it between the check and the import. A `data:` URL of the
+ * bytes would need no file, but bundles call `createRequire(import.meta.url)`, which takes only
+ * a file URL or path.
  */
 async function loadVerified(bundleUrl: string, codeVersion: string): Promise<TransformDefinition> {
-  const actual = contentHashOf(readFileSync(fileURLToPath(bundleUrl)));
+  const bytes = readFileSync(fileURLToPath(bundleUrl));
+  const actual = contentHashOf(bytes);
   if (actual !== codeVersion) throw new Error(`the cached bundle hashes to ${actual}, not to its code version ${codeVersion}; refused`);
-  return transformOfModule((await import(bundleUrl)) as Record<string, unknown>);
+  const dir = mkdtempSync(join(tmpdir(), 'retrace-bundle-'));
+  try {
+    const file = join(dir, `${codeVersion.slice('sha256:'.length)}.mjs`);
+    writeFileSync(file, bytes, { flag: 'wx', mode: 0o600 });
+    return transformOfModule((await import(pathToFileURL(file).href)) as Record<string, unknown>);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 /**
