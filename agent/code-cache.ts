@@ -13,7 +13,10 @@ export interface CachedCode {
   codeVersion: string;
   /** `<dir>/<hex>.mjs`. */
   path: string;
-  /** File URL of `path`, for `import()`. */
+  /**
+   * File URL of `path`. A shard worker reads the file once, checks it again and imports a private
+   * copy of the bytes it checked, never this URL itself (see loadVerified in shard-worker.ts).
+   */
   url: string;
   sizeBytes: number;
 }

@@ -1,10 +1,10 @@
 /**
  * Entry of a shard worker thread (see shard-executor.ts). One worker serves one code version: on
- * its first shard it checks the bundle file's hash and imports it by file URL, and it runs shards
- * one at a time, taking them in batches (one message in, outcomes back in one message per batch or
- * per 20 ms, whichever comes first). It talks to the executor only over the private MessagePort
- * it gets at start, which it removes from `workerData` before any bundle code runs, so the
- * transform cannot forge results on it. The worker has an empty `process.env` and no arguments,
+ * its first shard it reads the bundle file, checks its hash and imports a private copy of the bytes
+ * it checked (see loadVerified), and it runs shards one at a time, taking them in batches (one
+ * message in, outcomes back in one message per batch or per 20 ms, whichever comes first). It talks
+ * to the executor only over the private MessagePort it gets at start, which it removes from
+ * `workerData` before any bundle code runs, so the transform cannot forge results on it. The worker has an empty `process.env` and no arguments,
  * but it is a thread of the agent's process, not a sandbox: the transform can read what the
  * agent's user can, `/proc/self/environ` and `/proc/self/cmdline` (the agent's token, when it was
  * started with one there) included, and reach the network.
@@ -17,8 +17,10 @@
  * Bundled into one script by the executor (esbuild) at first use; keep its imports to Node
  * built-ins and common/.
  */
-import { readFileSync, readlinkSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
+import { mkdtempSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { getHeapStatistics } from 'node:v8';
 import { workerData } from 'node:worker_threads';
 import { contentHashOf } from '../common/hash.js';
@@ -46,9 +48,45 @@ const MAX_PRINT_BYTES = 1024 * 1024;
 /** Finished outcomes wait at most this long for the rest of their batch, ms. */
 const FLUSH_MS = 20;
 
-function describeError(err: unknown): string {
-  if (err instanceof Error) return err.name && err.name !== 'Error' ? `${err.name}: ${err.message}` : err.message;
-  return String(err);
+/** Longest text of a thrown value an error message quotes, characters. */
+const MAX_THROWN_CHARS = 2000;
+
+/**
+ * What `who` (the transform, the bundle) threw, as the shard's error says it. An Error by its
+ * name and message; anything else (`throw undefined`, a string, a number, a plain object) saying
+ * what it was, since `String(value)` read as just "undefined" or "" in the outcome, and an object
+ * whose `toString` throws must not throw again here.
+ */
+function describeThrown(err: unknown, who: string): string {
+  const quote = (text: string): string => (text.length > MAX_THROWN_CHARS ? `${text.slice(0, MAX_THROWN_CHARS)}...` : text);
+  if (err instanceof Error) {
+    const name = err.name && err.name !== 'Error' ? err.name : '';
+    const message = typeof err.message === 'string' ? err.message : '';
+    if (message === '') return `${who} threw ${name || 'an Error'} with no message`;
+    return quote(name ? `${name}: ${message}` : message);
+  }
+  if (err === undefined || err === null) return `${who} threw ${String(err)} (not an Error)`;
+  switch (typeof err) {
+    case 'string':
+      return `${who} threw a string (not an Error): ${quote(JSON.stringify(err))}`;
+    case 'number':
+    case 'boolean':
+    case 'bigint':
+      return `${who} threw a ${typeof err} (not an Error): ${String(err)}${typeof err === 'bigint' ? 'n' : ''}`;
+    case 'symbol':
+      return `${who} threw a symbol (not an Error): ${err.toString()}`;
+    case 'function':
+      return `${who} threw a function (not an Error)`;
+    default: {
+      let text: string;
+      try {
+        text = JSON.stringify(err) ?? Object.prototype.toString.call(err);
+      } catch {
+        text = Object.prototype.toString.call(err);
+      }
+      return `${who} threw an object (not an Error): ${quote(text)}`;
+    }
+  }
 }
 
 function threadId(): number | null {
@@ -83,15 +121,29 @@ function tfBackend(): string {
 }
 
 /**
- * Imports the bundle once its file is checked against the code version. The code cache checked
- * it when it was fetched or first read, but every new worker loads the file again, maybe much
+ * Imports exactly the bytes of the bundle that hash to the code version. The code cache checked
+ * the file when it was fetched or first read, but every new worker loads it again, maybe much
  * later: a file changed since then (a bad disk, a hand edit) would run under a code version that
- * provenance records for other bytes.
+ * provenance records for other bytes. So the file is read once and checked, and those bytes are
+ * written to a new file (O_EXCL, 0600) in a new private folder (mkdtemp, 0700) under the system
+ * temporary folder, which is what is imported; the folder is removed once the module is loaded.
+ * Importing the cached file itself, by its path, read it a second time: a local user who can
+ * write the cache folder could swap it between the check and the import. A `data:` URL of the
+ * bytes would need no file, but bundles call `createRequire(import.meta.url)`, which takes only
+ * a file URL or path.
  */
 async function loadVerified(bundleUrl: string, codeVersion: string): Promise<TransformDefinition> {
-  const actual = contentHashOf(readFileSync(fileURLToPath(bundleUrl)));
+  const bytes = readFileSync(fileURLToPath(bundleUrl));
+  const actual = contentHashOf(bytes);
   if (actual !== codeVersion) throw new Error(`the cached bundle hashes to ${actual}, not to its code version ${codeVersion}; refused`);
-  return transformOfModule((await import(bundleUrl)) as Record<string, unknown>);
+  const dir = mkdtempSync(join(tmpdir(), 'retrace-bundle-'));
+  try {
+    const file = join(dir, `${codeVersion.slice('sha256:'.length)}.mjs`);
+    writeFileSync(file, bytes, { flag: 'wx', mode: 0o600 });
+    return transformOfModule((await import(pathToFileURL(file).href)) as Record<string, unknown>);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 /**
@@ -295,7 +347,7 @@ function start(): void {
         } catch (err) {
           Atomics.store(slot, 1, PHASE_IDLE);
           // Every shard of the batch gets the same answer; the executor retires this worker.
-          const error = `cannot load the bundle: ${describeError(err)}`;
+          const error = `cannot load the bundle: ${describeThrown(err, 'the bundle')}`;
           end(index, startHr, { ok: false, status: 'failed', phase: 'load', error, runNs: 0 });
           for (let i = index + 1; i < count; i++) {
             const t = Number(process.hrtime.bigint());
@@ -357,7 +409,7 @@ function start(): void {
           else end(index, startHr, { ok: true, outputs: [], gpuTimeNs, runNs }, outputs, sampled);
         } catch (err) {
           if (cancelled.delete(shardId)) end(index, startHr, { ok: false, status: 'cancelled', phase: 'run', error: 'cancelled', runNs });
-          else end(index, startHr, { ok: false, status: 'failed', phase: 'run', error: describeError(err), runNs });
+          else end(index, startHr, { ok: false, status: 'failed', phase: 'run', error: describeThrown(err, 'transform'), runNs });
         } finally {
           current = undefined;
           Atomics.store(slot, 1, PHASE_IDLE);

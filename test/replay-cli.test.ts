@@ -92,7 +92,8 @@ describe('retrace replay start: every flag reaches the replay', () => {
     );
     // A code store only now, for replay: GPU_CODE's manifest declares a GPU, which node-a lacks.
     // (Before, ApplyPipeline would have checked each step's transform name against it.)
-    shared.code = { describe: async (v: string) => PublishedCode.fromPartial({ codeVersion: v, manifest: { transform: 'upper', requirements: { cpu: 0, memoryMb: 0, gpu: v === GPU_CODE ? 1 : 0, instructionSets: [], networkMbps: 0 } } }) };
+    // OTHER_CODE is published for "tag" (what --code tag=... names; a version is published for one transform).
+    shared.code = { describe: async (v: string) => PublishedCode.fromPartial({ codeVersion: v, manifest: { transform: v === OTHER_CODE ? 'tag' : 'upper', requirements: { cpu: 0, memoryMb: 0, gpu: v === GPU_CODE ? 1 : 0, instructionSets: [], networkMbps: 0 } } }) };
   });
   afterAll(async () => {
     await tc.stop();

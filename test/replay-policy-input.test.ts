@@ -1,8 +1,9 @@
+import { Status } from 'nice-grpc';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PublishedCode } from '../common/gen/retrace/v1/code.js';
 import { NodeInfo, NodeState } from '../common/gen/retrace/v1/node.js';
 import { Pipeline, PipelineServiceDefinition } from '../common/gen/retrace/v1/pipeline.js';
-import { ReplayPolicy } from '../common/gen/retrace/v1/replay.js';
+import { ReplayPolicy, ReplayServiceDefinition } from '../common/gen/retrace/v1/replay.js';
 import { ShardStatus, type ShardAssignment, type ShardOutcome } from '../common/gen/retrace/v1/shard.js';
 import { contentHashOf } from '../common/hash.js';
 import { pipelineExtension, type PipelineShared } from '../coordinator/pipeline/pipeline-extension.js';
@@ -20,6 +21,7 @@ import { startTestCoordinator, type TestCoordinator } from './helpers/test-coord
 
 const CODE = contentHashOf('upper v1');
 const UNPUBLISHED = contentHashOf('upper v2, never published');
+const LOWER = contentHashOf('lower v1');
 const T0 = 1_767_225_600_000_000_000n;
 
 describe('replay policy input', () => {
@@ -46,8 +48,9 @@ describe('replay policy input', () => {
         yield { pipeline: 'orders', source: 'raw', records: [{ key: 'a', eventTimeNs: String(T0), payload: Buffer.from('order a'), mediaType: '' }] };
       })(),
     );
-    // Only CODE is published.
-    shared.code = { describe: async (v: string) => (v === CODE ? PublishedCode.fromPartial({ codeVersion: v, manifest: { transform: 'upper' } }) : undefined) };
+    // Only CODE (for upper) and LOWER (for another transform) are published.
+    const published = new Map([[CODE, 'upper'], [LOWER, 'lower']]);
+    shared.code = { describe: async (v: string) => (published.has(v) ? PublishedCode.fromPartial({ codeVersion: v, manifest: { transform: published.get(v) } }) : undefined) };
   });
   afterAll(async () => {
     await tc.stop();
@@ -72,16 +75,42 @@ describe('replay policy input', () => {
     }
     expect(calls.length).toBe(before);
     // A bare word is still a string, and valid JSON still JSON.
-    const ok = await runCli(['replay', 'start', '--record', 'record:orders/raw:a', '--set', 'shout.tag=EUR', '--set', 'shout.n=[1,2]', '--fault', 'latency:1.5ms', '--watch', '--json', ...conn]);
+    const ok = await runCli(['replay', 'start', '--record', 'record:orders/raw:a', '--set', 'shout.tag=EUR', '--set', 'shout.+n=[1,2]', '--fault', 'latency:1.5ms', '--watch', '--json', ...conn]);
     expect(ok.code, ok.err).toBe(0);
-    expect(JSON.parse(ok.out).policy).toMatchObject({ stepParameters: { shout: { tag: 'EUR', n: [1, 2] } }, faults: { addedLatencyMs: 2 } });
+    expect(JSON.parse(ok.out).policy).toMatchObject({ stepParameters: { shout: { tag: 'EUR', '+n': [1, 2] } }, faults: { addedLatencyMs: 2 } });
   });
 
-  it('a what-if code version that is not published is refused naming it, before anything runs', async () => {
+  it('a what-if parameter the replayed step does not have is refused naming it, unless added with "+"', async () => {
+    const before = calls.length;
+    const typo = await runCli(['replay', 'start', '--record', 'record:orders/raw:a', '--set', 'shout.tga=EUR', ...conn]);
+    expect(typo.code).toBe(1);
+    expect(typo.err).toContain('policy.step_parameters[shout]: step "shout" has no parameter "tga" (its parameters: tag); to add a new one, give it as "+tga"');
+    const client = tc.client(ReplayServiceDefinition);
+    const one = { selector: { $case: 'recordIds' as const, value: { objectIds: ['record:orders/raw:a'] } } };
+    await expect(client.startReplay({ selector: one, policy: ReplayPolicy.fromPartial({ stepParameters: { shout: { tag: 'y', tga: 1 } } }) })).rejects.toMatchObject({
+      code: Status.INVALID_ARGUMENT,
+      details: expect.stringContaining('policy.step_parameters[shout]: step "shout" has no parameter "tga"'),
+    });
+    await expect(client.startReplay({ selector: one, policy: ReplayPolicy.fromPartial({ stepParameters: { shout: { '+': 1 } } }) })).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringContaining('"+" is not a parameter name') });
+    expect(calls.length).toBe(before);
+    // The explicit opt-in adds it; the shard gets it without the "+".
+    const added = await runCli(['replay', 'start', '--record', 'record:orders/raw:a', '--set', 'shout.+tga=EUR', '--watch', ...conn]);
+    expect(added.code, added.err).toBe(0);
+    expect(calls.length).toBe(before + 1);
+    expect(calls.at(-1)?.parameters).toMatchObject({ tag: 'x', tga: 'EUR' });
+    expect(calls.at(-1)?.parameters).not.toHaveProperty('+tga');
+  });
+
+  it('a what-if code version that is not published, or published for another transform, is refused naming it, before anything runs', async () => {
     const before = calls.length;
     const r = await runCli(['replay', 'start', '--record', 'record:orders/raw:a', '--code', `upper=${UNPUBLISHED}`, ...conn]);
     expect(r.code).toBe(1);
     expect(r.err).toContain(`policy.code_versions[upper]: code version ${UNPUBLISHED} is not published`);
+    expect(calls.length).toBe(before);
+    // Published, but for another transform: its code would run under upper's name.
+    const other = await runCli(['replay', 'start', '--record', 'record:orders/raw:a', '--code', `upper=${LOWER}`, ...conn]);
+    expect(other.code).toBe(1);
+    expect(other.err).toContain(`policy.code_versions[upper]: code version ${LOWER} is published for transform "lower", not "upper"`);
     expect(calls.length).toBe(before);
     const published = await runCli(['replay', 'start', '--record', 'record:orders/raw:a', '--code', `upper=${CODE}`, '--watch', ...conn]);
     expect(published.code, published.err).toBe(0);

@@ -1,4 +1,6 @@
-import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { constants, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -30,6 +32,13 @@ const SOURCES: Record<string, string> = {
   throws: `
     import { defineTransform } from 'retrace/transform';
     export default defineTransform({ name: 'throws', run() { throw new TypeError('bad order'); } });`,
+  throwsValue: `
+    import { defineTransform } from 'retrace/transform';
+    const values = {
+      undefined: undefined, null: null, string: 'no rates for EUR', empty: '', number: 42,
+      object: { code: 7 }, bare: new Error(''), hostile: { toString() { throw new Error('no'); }, toJSON() { throw new Error('no'); } },
+    };
+    export default defineTransform({ name: 'throwsValue', run(input, params) { throw values[params.kind]; } });`,
   loop: `
     import { defineTransform } from 'retrace/transform';
     export default defineTransform({ name: 'loop', run() { for (;;) {} } });`,
@@ -226,6 +235,24 @@ describe('shard executor (real worker threads)', () => {
     const exits = await executor.execute(shard('exits'));
     expect(exits.status).toBe(ShardStatus.SHARD_STATUS_FAILED);
     expect(exits.error).toMatch(/exited \(code 3\)/);
+  });
+
+  it('reports a thrown non-Error (throw undefined, a string, a number...) saying what was thrown', async () => {
+    const expected: Record<string, string> = {
+      undefined: 'transform threw undefined (not an Error)',
+      null: 'transform threw null (not an Error)',
+      string: 'transform threw a string (not an Error): "no rates for EUR"',
+      empty: 'transform threw a string (not an Error): ""',
+      number: 'transform threw a number (not an Error): 42',
+      object: 'transform threw an object (not an Error): {"code":7}',
+      bare: 'transform threw an Error with no message',
+      hostile: 'transform threw an object (not an Error): [object Object]',
+    };
+    for (const [kind, error] of Object.entries(expected)) {
+      const out = await executor.execute(shard('throwsValue', { parameters: { kind } }));
+      expect(out.status, kind).toBe(ShardStatus.SHARD_STATUS_FAILED);
+      expect(out.error, kind).toBe(error);
+    }
   });
 
   it('times out an infinite loop within the timeout, with its CPU time measured', async () => {
@@ -467,6 +494,50 @@ describe('shard executor (real worker threads)', () => {
       expect(out.status).toBe(ShardStatus.SHARD_STATUS_FAILED);
       expect(out.error).toMatch(new RegExp(`cannot load the bundle: .*hashes to ${versions.probe}, not to its code version ${versions.echo}; refused`));
       expect(out.outputs).toEqual([]);
+    } finally {
+      await ex.stop();
+    }
+  });
+
+  it('imports exactly the bytes it checked: a bundle file swapped after the check does not run', async () => {
+    // A FIFO stands in for the cache file, so the swap lands exactly between the check and the
+    // import: each open reads what the test writes next, echo's bytes first (they pass the check),
+    // then another transform's, which an import of the file by its path would read and run.
+    const fifo = join(dir, 'swapped.mjs');
+    execFileSync('mkfifo', [fifo]);
+    const cached = { codeVersion: versions.echo as string, path: fifo, url: pathToFileURL(fifo).href, sizeBytes: 1 };
+    const ex = createShardExecutor({ codeCache: { get: async () => cached, forget: () => {} }, nodeId: 'node-swapped', maxConcurrent: 1 });
+    const feed = async (bytes: Uint8Array): Promise<void> => {
+      const fh = await open(fifo, 'w');
+      try {
+        await fh.write(bytes);
+      } finally {
+        await fh.close();
+      }
+    };
+    // Whether a thread of this process (the worker) still has the FIFO open.
+    const opened = (): boolean =>
+      readdirSync('/proc/self/fd').some((fd) => {
+        try {
+          return readlinkSync(`/proc/self/fd/${fd}`) === fifo;
+        } catch {
+          return false;
+        }
+      });
+    try {
+      const done = ex.execute(shard('echo'));
+      await feed(bundles.get(versions.echo as string) as Uint8Array);
+      // The checked read is over (its end of the FIFO closed) before the swapped bytes are offered.
+      await until('the check read the file', () => (opened() ? undefined : true), 5000, 5);
+      const swapped = feed(bundles.get(versions.probe as string) as Uint8Array).catch(() => {});
+      const out = await done;
+      expect(out.status, out.error).toBe(ShardStatus.SHARD_STATUS_SUCCEEDED);
+      // echo's answer (the probe transform would have listed env and workerData instead).
+      expect(JSON.parse(out.outputs[0]?.payload.toString() ?? '{}')).toMatchObject({ key: 'o1', value: { total: 5 } });
+      // Nobody read the swapped bytes: take them here, so the writer waiting for a reader ends.
+      const reader = await open(fifo, constants.O_RDONLY | constants.O_NONBLOCK);
+      await swapped;
+      await reader.close();
     } finally {
       await ex.stop();
     }

@@ -61,10 +61,12 @@ export interface ReplayEngineDeps {
   /** What a code version's manifest declares (`defineTransform`'s requirements), or undefined. */
   codeRequirements?: (codeVersion: string) => Promise<TransformRequirements | undefined>;
   /**
-   * Whether a code version is published (a what-if's `code_versions` is checked with it before
-   * anything runs); without it, or when it resolves undefined (no code store), none is refused.
+   * The transform name a code version is published under (its manifest's `transform`), or null
+   * when it is not published. A what-if's `code_versions` is checked with it before anything runs:
+   * a version not published, or published for another transform, is refused. Without it, or when
+   * it resolves undefined (no code store), none is refused.
    */
-  codePublished?: (codeVersion: string) => Promise<boolean | undefined>;
+  publishedTransform?: (codeVersion: string) => Promise<string | null | undefined>;
   /**
    * The content hash a pipeline holds as current for a record (`record:<pipeline>/<dataset>:<key>`),
    * or undefined when none or unknown. It picks, among a record's executions of one step, the one
@@ -316,7 +318,12 @@ export class ReplayEngine {
     checkOverridesApply(policy, plans);
     for (const [transform, version] of Object.entries(policy.codeVersions)) {
       // Otherwise every shard of the transform fails CODE_UNAVAILABLE on every node it is tried on.
-      if ((await this.deps.codePublished?.(version)) === false) throw new InvalidArgumentError(`policy.code_versions[${transform}]`, `code version ${version} is not published (retrace code list --transform ${transform})`);
+      const publishedFor = await this.deps.publishedTransform?.(version);
+      if (publishedFor === null) throw new InvalidArgumentError(`policy.code_versions[${transform}]`, `code version ${version} is not published (retrace code list --transform ${transform})`);
+      // A bundle is published for one transform name: another's code would run under this name.
+      if (publishedFor !== undefined && publishedFor !== transform) {
+        throw new InvalidArgumentError(`policy.code_versions[${transform}]`, `code version ${version} is published for transform ${JSON.stringify(publishedFor)}, not ${JSON.stringify(transform)} (retrace code list --transform ${transform})`);
+      }
     }
     const specs = await this.stepSpecs(plans, policy.codeVersions);
     this.checkRequirements(policy, specs);
@@ -1219,20 +1226,36 @@ function memoryLimitMb(policyCapMb: number | undefined, stepMb: number | undefin
 
 /**
  * A what-if must change something the replay runs: a step or transform name that no replayed step
- * has (a typo, another pipeline's step) would otherwise replay unchanged and report no difference.
+ * has (a typo, another pipeline's step), or a parameter name the step's recorded parameters lack,
+ * would otherwise replay unchanged and report no difference. A parameter the step never had is
+ * added only on the caller's explicit opt-in (its "+" prefix, see CompiledReplayPolicy).
  */
 function checkOverridesApply(policy: CompiledReplayPolicy, plans: readonly RecordPlan[]): void {
   const steps = new Set<string>();
   const transforms = new Set<string>();
+  /** step name → the parameter names its replayed executions recorded (any of them) */
+  const recorded = new Map<string, Set<string>>();
   for (const plan of plans) {
     for (const ps of plan.steps) {
       steps.add(ps.name);
       transforms.add(ps.step.transform);
+      const names = recorded.get(ps.name) ?? new Set<string>();
+      for (const k of Object.keys((ps.step.parameters ?? {}) as Record<string, unknown>)) names.add(k);
+      recorded.set(ps.name, names);
     }
   }
   const list = (names: Set<string>): string => [...names].sort().join(', ');
-  for (const name of Object.keys(policy.stepParameters)) {
+  for (const [name, params] of Object.entries(policy.stepParameters)) {
     if (!steps.has(name)) throw new InvalidArgumentError(`policy.step_parameters[${name}]`, `no replayed step is named ${JSON.stringify(name)} (steps: ${list(steps)})`);
+    const has = recorded.get(name) ?? new Set<string>();
+    const added = new Set(policy.addedParameters[name] ?? []);
+    for (const param of Object.keys(params)) {
+      if (has.has(param) || added.has(param)) continue;
+      throw new InvalidArgumentError(
+        `policy.step_parameters[${name}]`,
+        `step ${JSON.stringify(name)} has no parameter ${JSON.stringify(param)} (its parameters: ${has.size > 0 ? list(has) : 'none'}); to add a new one, give it as "+${param}" (retrace replay start --set ${name}.+${param}=JSON)`,
+      );
+    }
   }
   for (const name of Object.keys(policy.codeVersions)) {
     if (!transforms.has(name)) throw new InvalidArgumentError(`policy.code_versions[${name}]`, `no replayed step runs a transform named ${JSON.stringify(name)} (transforms: ${list(transforms)})`);

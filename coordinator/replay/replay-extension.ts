@@ -39,7 +39,11 @@ export function replayExtension(shared: ReplayShared): ExtensionFactory {
       log: ctx.log,
       onStoreWritable: ctx.onStoreWritable,
       codeRequirements: async (codeVersion) => declaredRequirements(await shared.code?.describe(codeVersion)),
-      codePublished: async (codeVersion) => (shared.code ? (await shared.code.describe(codeVersion)) !== undefined : undefined),
+      async publishedTransform(codeVersion) {
+        if (!shared.code) return undefined;
+        const code = await shared.code.describe(codeVersion);
+        return code === undefined ? null : (code.manifest?.transform ?? '');
+      },
       async pipelineStep(pipeline, version, step) {
         const store = shared.pipelines?.store;
         if (!store) return undefined;

@@ -23,7 +23,13 @@ export interface CompiledReplayPolicy {
   readonly corruptInputProbability: number;
   readonly stepFailureProbability: number;
   readonly addedLatencyMs: number;
+  /** What-if parameters per step name, merged over the recorded ones (a "+" opt-in prefix removed). */
   readonly stepParameters: Readonly<Record<string, Record<string, unknown>>>;
+  /**
+   * Per step name, the what-if parameters given with the "+" prefix (`step_parameters[s]["+name"]`):
+   * the caller's explicit opt-in to add a parameter the recorded step does not have.
+   */
+  readonly addedParameters: Readonly<Record<string, readonly string[]>>;
   readonly codeVersions: Readonly<Record<string, string>>;
   readonly principal: string;
   /** Any fault at all: differences are then expected, not non-determinism. */
@@ -62,7 +68,20 @@ export function compileReplayPolicy(p: ReplayPolicy | undefined, knownNodes: Rea
     if (!isContentHash(version)) throw new InvalidArgumentError(`policy.code_versions[${transform}]`, 'must be sha256:<64 hex digits>');
   }
   const stepParameters: Record<string, Record<string, unknown>> = {};
-  for (const [step, params] of Object.entries(policy.stepParameters ?? {})) stepParameters[step] = (params ?? {}) as Record<string, unknown>;
+  const addedParameters: Record<string, string[]> = {};
+  for (const [step, params] of Object.entries(policy.stepParameters ?? {})) {
+    const merged: Record<string, unknown> = {};
+    for (const [key, value] of Object.entries((params ?? {}) as Record<string, unknown>)) {
+      // "+name" adds a parameter the recorded step lacks; a bare name must be one it has
+      // (checked against the replayed steps in StartReplay), so a typo is not replayed unchanged.
+      const name = key.startsWith('+') ? key.slice(1) : key;
+      if (name === '' || name.startsWith('+')) throw new InvalidArgumentError(`policy.step_parameters[${step}]`, `${JSON.stringify(key)} is not a parameter name`);
+      if (Object.hasOwn(merged, name)) throw new InvalidArgumentError(`policy.step_parameters[${step}]`, `parameter ${JSON.stringify(name)} is given both with and without "+"`);
+      merged[name] = value;
+      if (name !== key) (addedParameters[step] ??= []).push(name);
+    }
+    stepParameters[step] = merged;
+  }
   const gpu = policy.gpu === GpuMode.GPU_MODE_ONLY ? 'only' : policy.gpu === GpuMode.GPU_MODE_NONE ? 'none' : 'any';
   const placement: ReplayPlacement = { gpu };
   if (nodeIds.length > 0) placement.nodeIds = [...nodeIds];
@@ -80,6 +99,7 @@ export function compileReplayPolicy(p: ReplayPolicy | undefined, knownNodes: Rea
     stepFailureProbability: probability(faults?.stepFailureProbability, 'policy.faults.step_failure_probability'),
     addedLatencyMs: faults?.addedLatencyMs ?? 0,
     stepParameters,
+    addedParameters,
     codeVersions,
     principal: policy.principal || 'replay',
   };

@@ -20,7 +20,8 @@ const START_USAGE = `retrace replay start SELECTOR [POLICY] [--watch] [--json]
     --gpu only|none                   GPU-only or no-GPU nodes
     --fault outage:NODE:after=1s:for=5s | link:0.1 | corrupt:0.1 | fail:0.2 | latency:50ms   (repeatable)
     --seed N                          fault seed (default 1)
-    --set STEP.PARAM=JSON             what-if parameter (repeatable)
+    --set STEP.PARAM=JSON             what-if parameter the step has (repeatable);
+                                      STEP.+PARAM adds one it does not have
     --code TRANSFORM=sha256:...       what-if code version (repeatable)`;
 
 /** The longest fault duration the policy carries (uint32 milliseconds). */
