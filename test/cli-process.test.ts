@@ -136,4 +136,26 @@ describe('retrace usage errors', () => {
     }
   });
 
+  it.each(['grpc', 'http'] as const)('a coordinator whose --%s port is taken says so in one line naming the flag', async (taken) => {
+    const blocker = createServer();
+    blocker.listen(0, '127.0.0.1');
+    await once(blocker, 'listening');
+    const port = (blocker.address() as { port: number }).port;
+    const dir = mkdtempSync(join(tmpdir(), 'retrace-inuse-'));
+    const stop = new AbortController();
+    try {
+      const listen = { grpc: '127.0.0.1:0', http: '127.0.0.1:0', [taken]: `127.0.0.1:${port}` };
+      const running = runCli(['coordinator', '--data', dir, '--grpc', listen.grpc, '--http', listen.http], stop.signal);
+      const r = await Promise.race([running, new Promise<undefined>((res) => setTimeout(() => res(undefined), 15_000))]);
+      stop.abort();
+      expect(r?.code).toBe(1);
+      expect(r?.err.trim().split('\n').at(-1)).toBe(
+        `error: --${taken} 127.0.0.1:${port}: address already in use (another coordinator or retrace start is running?); stop it, or pick another port (0 picks a free one)`,
+      );
+    } finally {
+      stop.abort();
+      await new Promise((r) => blocker.close(r));
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 20_000);
 });

@@ -9,6 +9,7 @@ import { LineageServiceDefinition } from '../../common/gen/retrace/v1/lineage.js
 import { flag, type CliCommand, type CliIo } from './command.js';
 import { openClient } from './client.js';
 import { COORDINATOR_FEATURE_USAGE, coordinatorExtensions, coordinatorFlags, dataDirFlags } from './coordinator-extensions.js';
+import { startCoordinator } from './coordinator-commands.js';
 import { buildExampleLineage } from './example-lineage.js';
 import { changeExampleRecords, runExamplePipeline } from './example-pipeline.js';
 import { parseArgs } from './command.js';
@@ -42,11 +43,9 @@ const start: CliCommand = {
   async run(args, io) {
     const dataDir = flag(args, 'data', './.retrace') as string;
     const features = coordinatorFlags(args);
-    const c = new Coordinator(
-      { dataDir, grpc: flag(args, 'grpc', '127.0.0.1:7700') as string, http: flag(args, 'http', '127.0.0.1:7780') as string, ...dataDirFlags(args), log: () => {} },
-      coordinatorExtensions({}, features),
-    );
-    const addresses = await c.start();
+    const listen = { grpc: flag(args, 'grpc', '127.0.0.1:7700') as string, http: flag(args, 'http', '127.0.0.1:7780') as string };
+    const c = new Coordinator({ dataDir, ...listen, ...dataDirFlags(args), log: () => {} }, coordinatorExtensions({}, features));
+    const addresses = await startCoordinator(c, listen);
     let agents: LocalAgent[] = [];
     try {
       agents = await startLocalAgents(addresses.grpc, c.authToken, dataDir, [
