@@ -76,7 +76,7 @@ const start: CliCommand = {
         ['lineage path record:orders/classify:o2', 'a live record: code version, node, measured resources'],
         [`replay start --record ${live.firstRecord} --watch`, 'replay one record; hashes compared'],
         ['replay start --window orders/raw 2026-01-01T00:00:00Z 2026-01-01T00:00:02Z --speed 2x --watch', ''],
-        ['replay report REPLAY_ID --svg replay.svg', 'pacing and CPU against the original, charted'],
+        ['replay report REPLAY_ID --svg replay.svg', 'REPLAY_ID: the id replay start printed (replay list shows them); pacing and CPU against the original, charted'],
         ['replay start --last 100000d orders/raw --set classify.largeCents=2000 --watch', 'what-if'],
         ['pipeline list', ''],
         ['code list', ''],
