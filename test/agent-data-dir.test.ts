@@ -61,13 +61,14 @@ describe('agent data directory', () => {
     expect(agent.stderr.some((l) => l.startsWith(`error: --data: cannot create the directory ${JSON.stringify(join(root, 'file', 'agent'))}: ENOTDIR`))).toBe(true);
   }, 15_000);
 
-  it('retrace agent checks its intervals before it starts: at least 50 ms, and 0 turns the link probe off', async () => {
+  it('retrace agent checks its intervals before it starts: reports at least 50 ms, link probes at least 100 ms (what the runtime takes), and 0 turns the link probe off', async () => {
     const base = ['agent', '--coordinator', '127.0.0.1:1', '--token', 'unused', '--data', tempDir()];
     for (const [flagArgs, message] of [
       [['--report-interval', '10ms'], '--report-interval: at least 50ms, got 10ms'],
       [['--report-interval', '0s'], '--report-interval: at least 50ms, got 0s'],
       [['--report-interval', '0'], '--report-interval: expected a duration like 30s'],
-      [['--link-probe-interval', '20ms'], '--link-probe-interval: at least 50ms, got 20ms'],
+      [['--link-probe-interval', '20ms'], '--link-probe-interval: at least 100ms, got 20ms'],
+      [['--link-probe-interval', '60ms'], '--link-probe-interval: at least 100ms, got 60ms'],
     ] as const) {
       const r = await runCli([...base, ...flagArgs]);
       expect(r.code, r.err).toBe(2);

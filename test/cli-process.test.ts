@@ -1,11 +1,12 @@
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { once } from 'node:events';
 import { createServer, type Server, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { meshExtension } from '../coordinator/mesh/mesh-extension.js';
+import { runCli } from './helpers/in-process-cli.js';
 import { startTestCoordinator } from './helpers/test-coordinator.js';
 
 /** The `retrace` command as a real process: what a shell sees when a pipe closes or Ctrl-C comes. */
@@ -83,5 +84,78 @@ describe('retrace as a process', () => {
     p.child.kill('SIGINT');
     expect(await p.exited).toBe(130);
     expect(p.stderr()).toBe('interrupted (SIGINT)\n');
+  }, 20_000);
+});
+
+/** What a user mistyping at the shell meets: one line naming the mistake, exit 2, and nothing half done. */
+describe('retrace usage errors', () => {
+  const NOWHERE = ['--coordinator', '127.0.0.1:1', '--token', 'unused'];
+
+  it.each([
+    [['bogus'], 'error: unknown command "bogus"; retrace help lists every command\n'],
+    [['nodse'], 'error: unknown command "nodse" (did you mean nodes?); retrace help lists every command\n'],
+    [['lineage'], 'error: lineage needs a subcommand: trace, path, node, export, runs, proof; retrace help lists every command\n'],
+    [['lineage', 'tarce', 'object:x'], 'error: unknown command "lineage tarce" (did you mean lineage trace?); lineage takes trace, path, node, export, runs, proof; retrace help lists every command\n'],
+  ])('%j is one line on stderr with exit 2, not the command list on stdout', async (argv, message) => {
+    const r = await runCli(argv);
+    expect(r.code).toBe(2);
+    expect(r.out).toBe('');
+    expect(r.err).toBe(message);
+  });
+
+  it.each([[['--help']], [['-h']], [['help']], [[]], [['lineage', '--help']]])('%j prints the command list with exit 0', async (argv) => {
+    const r = await runCli(argv);
+    expect(r.code).toBe(0);
+    expect(r.err).toBe('');
+    expect(r.out).toContain('lineage trace');
+  });
+
+  it('a flag that takes a value but got none is a usage error, not the value "true" (no file named true)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'retrace-bare-'));
+    const cwd = process.cwd();
+    process.chdir(dir);
+    try {
+      for (const [argv, name] of [
+        [['lineage', 'trace', 'object:x', ...NOWHERE, '--svg'], 'svg'],
+        [['lineage', 'trace', 'object:x', '--depth', ...NOWHERE], 'depth'],
+        [['forecast', 'n1', '--metric', 'cpu', '--horizon', '1h', ...NOWHERE, '--plot'], 'plot'],
+        [['replay', 'start', '--record', '--watch', ...NOWHERE], 'record'],
+      ] as const) {
+        const r = await runCli([...argv]);
+        expect(r.err).toMatch(new RegExp(`^error: --${name} needs a value\n\nusage: retrace `));
+        expect(r.code).toBe(2);
+      }
+      expect(existsSync(join(dir, 'true'))).toBe(false);
+      // Flags that take no value still stand alone at the end.
+      const r = await runCli(['lineage', 'trace', 'object:x', ...NOWHERE, '--object-level', '--dot']);
+      expect(r.err).toMatch(/^error: cannot connect to the coordinator/);
+      expect(r.code).toBe(1);
+    } finally {
+      process.chdir(cwd);
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it.each(['grpc', 'http'] as const)('a coordinator whose --%s port is taken says so in one line naming the flag', async (taken) => {
+    const blocker = createServer();
+    blocker.listen(0, '127.0.0.1');
+    await once(blocker, 'listening');
+    const port = (blocker.address() as { port: number }).port;
+    const dir = mkdtempSync(join(tmpdir(), 'retrace-inuse-'));
+    const stop = new AbortController();
+    try {
+      const listen = { grpc: '127.0.0.1:0', http: '127.0.0.1:0', [taken]: `127.0.0.1:${port}` };
+      const running = runCli(['coordinator', '--data', dir, '--grpc', listen.grpc, '--http', listen.http], stop.signal);
+      const r = await Promise.race([running, new Promise<undefined>((res) => setTimeout(() => res(undefined), 15_000))]);
+      stop.abort();
+      expect(r?.code).toBe(1);
+      expect(r?.err.trim().split('\n').at(-1)).toBe(
+        `error: --${taken} 127.0.0.1:${port}: address already in use (another coordinator or retrace start is running?); stop it, or pick another port (0 picks a free one)`,
+      );
+    } finally {
+      stop.abort();
+      await new Promise((r) => blocker.close(r));
+      rmSync(dir, { recursive: true, force: true });
+    }
   }, 20_000);
 });

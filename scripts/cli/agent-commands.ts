@@ -65,7 +65,7 @@ export const commands: CliCommand[] = [
           labels,
           advertised,
           reportIntervalMs: durationFlagMs(args, 'report-interval', { minMs: 50 }) ?? 2000,
-          linkProbeIntervalMs: durationFlagMs(args, 'link-probe-interval', { minMs: 50, zeroTurnsOff: true }) ?? 120_000,
+          linkProbeIntervalMs: durationFlagMs(args, 'link-probe-interval', { minMs: 100, zeroTurnsOff: true }) ?? 120_000,
           agentVersion: agentVersion(),
           ...(payloadCacheBytes === undefined ? {} : { executor: { payloadCacheBytes } }),
         },

@@ -39,6 +39,12 @@ export interface CliIo {
 export interface ParsedArgs {
   positionals: string[];
   flags: Map<string, string[]>;
+  /**
+   * Flags not in `booleans` that came without a value (last word, or followed by another flag):
+   * their value reads "true", so the dispatcher refuses them rather than let `--svg` write a
+   * file named `true`.
+   */
+  bare?: ReadonlySet<string>;
 }
 
 export class UsageError extends Error {
@@ -84,6 +90,7 @@ export function parseArgs(argv: readonly string[], booleans: Iterable<string> = 
   const bools = new Set(booleans);
   const positionals: string[] = [];
   const flags = new Map<string, string[]>();
+  const bare = new Set<string>();
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i] as string;
     if (arg === '--') {
@@ -103,13 +110,13 @@ export function parseArgs(argv: readonly string[], booleans: Iterable<string> = 
       if (next !== undefined && (!next.startsWith('--') || next === '-')) {
         value = next;
         i++;
-      }
+      } else bare.add(name);
     }
     const list = flags.get(name) ?? [];
     list.push(value);
     flags.set(name, list);
   }
-  return { positionals, flags };
+  return { positionals, flags, bare };
 }
 
 /** Last value of a flag, or the default. */

@@ -14,6 +14,28 @@ import { openClient, readNamedFile } from './client.js';
 import { COORDINATOR_FEATURE_USAGE, coordinatorExtensions, coordinatorFlags, dataDirFlags } from './coordinator-extensions.js';
 import { progressBar, toJson } from './format.js';
 
+/**
+ * Starts `c`, turning a port that is taken into one line naming the flag and the address
+ * (`--grpc 127.0.0.1:7700: address already in use ...`) instead of grpc-js's "No address added
+ * out of total 1 resolved errors" reported as unexpected: the usual cause is a second
+ * `retrace start` or coordinator on the default ports. Other errors pass through unchanged.
+ */
+export async function startCoordinator(c: Coordinator, listen: { grpc: string; http: string }): Promise<Awaited<ReturnType<Coordinator['start']>>> {
+  try {
+    return await c.start();
+  } catch (err) {
+    const message = err instanceof Error ? err.message : String(err);
+    if (!/EADDRINUSE/.test(message) && (err as { code?: unknown }).code !== 'EADDRINUSE') throw err;
+    // grpc-js says "No address added ..."; the HTTP server's own error is a plain EADDRINUSE.
+    const [name, address] = /No address added/.test(message) ? ['--grpc', listen.grpc] : ['--http', listen.http];
+    throw new RetraceError(
+      'FAILED_PRECONDITION',
+      `${name} ${address}: address already in use (another coordinator or retrace start is running?); stop it, or pick another port (0 picks a free one)`,
+      { cause: err },
+    );
+  }
+}
+
 const coordinator: CliCommand = {
   path: ['coordinator'],
   stopsOnSignal: true,
@@ -36,18 +58,19 @@ ${COORDINATOR_FEATURE_USAGE}
     const certFile = flag(args, 'tls-cert');
     const keyFile = flag(args, 'tls-key');
     if ((certFile === undefined) !== (keyFile === undefined)) throw new UsageError(certFile === undefined ? '--tls-key needs --tls-cert' : '--tls-cert needs --tls-key');
+    const listen = { grpc: flag(args, 'grpc', '127.0.0.1:7700') as string, http: flag(args, 'http', '127.0.0.1:7780') as string };
     const c = new Coordinator(
       {
         dataDir: flag(args, 'data', './.retrace') as string,
-        grpc: flag(args, 'grpc', '127.0.0.1:7700') as string,
-        http: flag(args, 'http', '127.0.0.1:7780') as string,
+        grpc: listen.grpc,
+        http: listen.http,
         allowRemote: hasFlag(args, 'allow-remote'),
         ...dataDirFlags(args),
         ...(certFile !== undefined && keyFile !== undefined ? { tls: { cert: readNamedFile('--tls-cert', certFile), key: readNamedFile('--tls-key', keyFile) } } : {}),
       },
       coordinatorExtensions({}, features),
     );
-    const addresses = await c.start();
+    const addresses = await startCoordinator(c, listen);
     io.stdout.write(`${JSON.stringify(addresses)}\n`);
     await new Promise<void>((r) => (io.signal.aborted ? r() : io.signal.addEventListener('abort', () => r(), { once: true })));
     await c.stop();

@@ -37,10 +37,21 @@ export async function main(argv: readonly string[], io?: Partial<CliIo>): Promis
   servicing = false;
   try {
     const commands = await loadCommands();
-    const command = findCommand(commands, argv);
-    if (!command || argv[0] === 'help' || argv.length === 0) {
+    if (argv.length === 0 || argv[0] === 'help' || argv[0] === '--help' || argv[0] === '-h') {
       cli.stdout.write(helpText(commands));
-      return command || argv[0] === 'help' || argv.length === 0 ? 0 : 2;
+      return 0;
+    }
+    const command = findCommand(commands, argv);
+    if (!command) {
+      const group = commands.filter((c) => c.path.length > 1 && c.path[0] === argv[0]);
+      if (group.length > 0 && (argv[1] === '--help' || argv[1] === '-h')) {
+        cli.stdout.write(helpText(group));
+        return 0;
+      }
+      // A mistyped command gets one line saying so on stderr, not the whole list on stdout (where
+      // a script would take it for output) with nothing naming what was wrong.
+      cli.stderr.write(`error: ${unknownCommand(commands, argv)}; retrace help lists every command\n`);
+      return 2;
     }
     servicing = command.stopsOnSignal === true;
     const args = parseArgs(argv.slice(command.path.length), [...COMMON_BOOLEAN_FLAGS, ...(command.booleans ?? [])]);
@@ -88,12 +99,10 @@ function checkFlags(command: CliCommand, args: ParsedArgs): void {
   const known = new Set([...COMMON_FLAGS, ...(command.booleans ?? []), ...[...command.usage.matchAll(/--([a-z][a-z0-9-]*)/g)].map((m) => m[1] as string)]);
   for (const name of args.flags.keys()) {
     if (known.has(name)) continue;
-    const near = [...known]
-      .map((k) => ({ k, d: editDistance(k, name) }))
-      .filter((c) => c.d <= 2)
-      .sort((a, b) => a.d - b.d)[0]?.k;
+    const near = nearest([...known], name);
     throw new UsageError(`unknown flag --${name}${near ? ` (did you mean --${near}?)` : ''}`);
   }
+  for (const name of args.bare ?? []) throw new UsageError(`--${name} needs a value`);
   for (const [name, kind] of Object.entries(command.integers ?? {})) {
     for (const value of args.flags.get(name) ?? []) checkIntegerFlag(name, value, kind);
   }
@@ -124,6 +133,32 @@ function findCommand(commands: readonly CliCommand[], argv: readonly string[]): 
     }
   }
   return best;
+}
+
+/**
+ * Why `argv` names no command: a group word without its subcommand (`lineage`), a subcommand the
+ * group lacks (`lineage bogus`), or an unknown word, with the nearest command when one is close.
+ */
+function unknownCommand(commands: readonly CliCommand[], argv: readonly string[]): string {
+  const first = argv[0] as string;
+  const group = commands.filter((c) => c.path.length > 1 && c.path[0] === first).map((c) => c.path[1] as string);
+  if (group.length > 0) {
+    const sub = argv[1];
+    const subs = group.join(', ');
+    if (sub === undefined || sub.startsWith('-')) return `${first} needs a subcommand: ${subs}`;
+    const near = nearest(group, sub);
+    return `unknown command "${first} ${sub}"${near ? ` (did you mean ${first} ${near}?)` : ''}; ${first} takes ${subs}`;
+  }
+  const near = nearest([...new Set(commands.map((c) => c.path[0] as string))], first);
+  return `unknown command ${JSON.stringify(first)}${near ? ` (did you mean ${near}?)` : ''}`;
+}
+
+/** The candidate within edit distance 2 of `word`, the closest first; undefined when none is. */
+function nearest(candidates: readonly string[], word: string): string | undefined {
+  return candidates
+    .map((k) => ({ k, d: editDistance(k, word) }))
+    .filter((c) => c.d <= 2)
+    .sort((a, b) => a.d - b.d)[0]?.k;
 }
 
 function helpText(commands: readonly CliCommand[]): string {

@@ -9,6 +9,7 @@ import { LineageServiceDefinition } from '../../common/gen/retrace/v1/lineage.js
 import { flag, type CliCommand, type CliIo } from './command.js';
 import { openClient } from './client.js';
 import { COORDINATOR_FEATURE_USAGE, coordinatorExtensions, coordinatorFlags, dataDirFlags } from './coordinator-extensions.js';
+import { startCoordinator } from './coordinator-commands.js';
 import { buildExampleLineage } from './example-lineage.js';
 import { changeExampleRecords, runExamplePipeline } from './example-pipeline.js';
 import { parseArgs } from './command.js';
@@ -42,11 +43,9 @@ const start: CliCommand = {
   async run(args, io) {
     const dataDir = flag(args, 'data', './.retrace') as string;
     const features = coordinatorFlags(args);
-    const c = new Coordinator(
-      { dataDir, grpc: flag(args, 'grpc', '127.0.0.1:7700') as string, http: flag(args, 'http', '127.0.0.1:7780') as string, ...dataDirFlags(args), log: () => {} },
-      coordinatorExtensions({}, features),
-    );
-    const addresses = await c.start();
+    const listen = { grpc: flag(args, 'grpc', '127.0.0.1:7700') as string, http: flag(args, 'http', '127.0.0.1:7780') as string };
+    const c = new Coordinator({ dataDir, ...listen, ...dataDirFlags(args), log: () => {} }, coordinatorExtensions({}, features));
+    const addresses = await startCoordinator(c, listen);
     let agents: LocalAgent[] = [];
     try {
       agents = await startLocalAgents(addresses.grpc, c.authToken, dataDir, [
@@ -77,7 +76,7 @@ const start: CliCommand = {
         ['lineage path record:orders/classify:o2', 'a live record: code version, node, measured resources'],
         [`replay start --record ${live.firstRecord} --watch`, 'replay one record; hashes compared'],
         ['replay start --window orders/raw 2026-01-01T00:00:00Z 2026-01-01T00:00:02Z --speed 2x --watch', ''],
-        ['replay report REPLAY_ID --svg replay.svg', 'pacing and CPU against the original, charted'],
+        ['replay report REPLAY_ID --svg replay.svg', 'REPLAY_ID: the id replay start printed (replay list shows them); pacing and CPU against the original, charted'],
         ['replay start --last 100000d orders/raw --set classify.largeCents=2000 --watch', 'what-if'],
         ['pipeline list', ''],
         ['code list', ''],
