@@ -118,6 +118,15 @@ describe('dispatch end to end (real coordinator, real agent processes)', () => {
     }
   }, 60_000);
 
+  it('an idle node reserves exactly nothing once fractional reservations are released', async () => {
+    const node = agents[0]?.nodeId as string;
+    // 0.1 + 0.2 + 0.3 reserved, then released in another order: the sum alone would end at about 1e-17, not 0.
+    const cpus = [0.1, 0.2, 0.3, 0.7];
+    const results = await Promise.all(cpus.map((cpu, i) => dispatcher().run(shard(20 * (cpus.length - i)), { placement: { nodeIds: [node] }, requirements: { cpu, memoryMb: 0.3 * (i + 1) } })));
+    for (const r of results) expect(r.outcome.status, r.outcome.error).toBe(ShardStatus.SHARD_STATUS_SUCCEEDED);
+    expect(dispatcher().reservedOn(node)).toEqual({ cpuCores: 0, memoryMb: 0 });
+  }, 60_000);
+
   it('a gpu-only placement lands only on the agent advertising a gpu', async () => {
     const gpuNode = agents[2]?.nodeId;
     const results = await Promise.all(Array.from({ length: 12 }, () => dispatcher().run(shard(), { placement: { gpu: 'only' } })));

@@ -253,8 +253,15 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
     onNode.get(nodeId)?.delete(e.assignment.shardId);
     const l = loadOf(nodeId);
     l.inFlight--;
-    l.reservedCpu -= e.cpu;
-    l.reservedMemMb -= e.memMb;
+    if (l.inFlight === 0) {
+      // Adding and taking back fractions (0.1 + 0.2 − 0.1 − 0.2) leaves a residue of 1e-17 or so,
+      // which an idle node's forecast showed as reserved capacity (free -0.000).
+      l.reservedCpu = 0;
+      l.reservedMemMb = 0;
+    } else {
+      l.reservedCpu -= e.cpu;
+      l.reservedMemMb -= e.memMb;
+    }
     const fraction = e.options.placement?.maxCpuFraction;
     if (fraction !== undefined) {
       const caps = capsOn.get(nodeId);
