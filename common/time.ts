@@ -66,6 +66,24 @@ export function formatDurationMs(ms: number): string {
   return `${ms}ms`;
 }
 
+/**
+ * A span as a person reads it: under a second in ms (`412 ms`), else its two largest units
+ * (`119d 23h`, `5m 3s`, `12s`), rounded to the second.
+ */
+export function formatSpanMs(ms: number): string {
+  if (ms < 1000) return `${Math.max(0, Math.round(ms))} ms`;
+  const units: [string, number][] = [['d', 86_400], ['h', 3_600], ['m', 60], ['s', 1]];
+  let left = Math.round(ms / 1000);
+  const parts: string[] = [];
+  for (const [unit, size] of units) {
+    if (left >= size && parts.length < 2) {
+      parts.push(`${Math.floor(left / size)}${unit}`);
+      left %= size;
+    } else if (parts.length > 0) break;
+  }
+  return parts.join(' ');
+}
+
 /** Parses a duration such as "90s", "5m", "2h", "1d", "500ms" to milliseconds. */
 export function parseDurationMs(text: string, field = 'duration'): number {
   const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d|w)$/.exec(text.trim());

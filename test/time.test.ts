@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { InvalidArgumentError } from '../common/errors.js';
-import { isoToNanos, nanosToIso } from '../common/time.js';
+import { formatSpanMs, isoToNanos, nanosToIso } from '../common/time.js';
 
 describe('isoToNanos', () => {
   it('parses date-times with fractions and offsets to nanoseconds', () => {
@@ -16,5 +16,18 @@ describe('isoToNanos', () => {
       expect(() => isoToNanos(text, 'as_of'), text).toThrow(InvalidArgumentError);
       expect(() => isoToNanos(text, 'as_of'), text).toThrow(/^as_of: invalid date-time/);
     }
+  });
+});
+
+describe('formatSpanMs', () => {
+  it('says a span in its two largest units, or in ms under a second', () => {
+    expect(formatSpanMs(40)).toBe('40 ms');
+    expect(formatSpanMs(999.6)).toBe('1000 ms');
+    expect(formatSpanMs(12_000)).toBe('12s');
+    expect(formatSpanMs(303_000)).toBe('5m 3s');
+    expect(formatSpanMs(3_600_000)).toBe('1h');
+    // A replay report's recorded span of about 328 days.
+    expect(formatSpanMs(28_333_755_375)).toBe('327d 22h');
+    expect(formatSpanMs(10_367_990_000)).toBe('119d 23h');
   });
 });

@@ -15,7 +15,7 @@ import type { Database } from '../store/database.js';
 import { faultDraw } from './fault-draw.js';
 import { checkSelector, compileReplayPolicy, type CompiledReplayPolicy, type ReplayPlacement } from './replay-policy.js';
 import { setLongTimeout, sleep } from '../../common/abortable-sleep.js';
-import { nanosToIso } from '../../common/time.js';
+import { formatSpanMs, nanosToIso } from '../../common/time.js';
 import type { TransformRequirements } from '../../common/transform.js';
 import { gpuCount, mergeRequirements } from '../../common/requirements.js';
 
@@ -205,20 +205,6 @@ const WAITING_CHECK_MS = 1000;
  * watcher would otherwise see a replay that seems stuck.
  */
 const LONG_WAIT_MS = 1000;
-
-/** A wait as a watcher reads it: `119d 23h`, `5m 3s`, `12s`. */
-function formatWait(ms: number): string {
-  const units: [string, number][] = [['d', 86_400], ['h', 3_600], ['m', 60], ['s', 1]];
-  let left = Math.max(1, Math.round(ms / 1000));
-  const parts: string[] = [];
-  for (const [unit, size] of units) {
-    if (left >= size && parts.length < 2) {
-      parts.push(`${Math.floor(left / size)}${unit}`);
-      left %= size;
-    } else if (parts.length > 0) break;
-  }
-  return parts.join(' ');
-}
 
 /** Resolves at `deadlineMs` (performance.now() clock) or when `signal` aborts. */
 async function waitUntil(deadlineMs: number, signal: AbortSignal): Promise<void> {
@@ -1038,7 +1024,7 @@ export class ReplayEngine {
     const waitMs = p?.nextKey === undefined ? 0 : p.nextAtMs - performance.now();
     job.progress.message =
       waitMs >= LONG_WAIT_MS && p?.nextKey !== undefined
-        ? `${message}; next record ${p.nextKey} due at ${new Date(Date.now() + waitMs).toISOString()} (in ${formatWait(waitMs)}, at ${job.policy.speed}x)`
+        ? `${message}; next record ${p.nextKey} due at ${new Date(Date.now() + waitMs).toISOString()} (in ${formatSpanMs(Math.max(1000, waitMs))}, at ${job.policy.speed}x)`
         : message;
     job.events.emit('progress', job.progress);
   }

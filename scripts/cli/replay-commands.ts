@@ -1,7 +1,7 @@
 import { writeFileSync } from 'node:fs';
 import { ReplayServiceDefinition, ReplayState, GpuMode, type RecordSelector, type ReplayPolicy, ReplayReport } from '../../common/gen/retrace/v1/replay.js';
 import { renderScatterSvg } from '../../common/svg-chart.js';
-import { isoToNanos, parseDurationMs } from '../../common/time.js';
+import { formatSpanMs, isoToNanos, parseDurationMs } from '../../common/time.js';
 import { flag, flagAll, hasFlag, intFlag, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
 import { openClient } from './client.js';
 import { messageJson, responseJson } from './proto-json.js';
@@ -148,7 +148,7 @@ function printReport(r: ReplayReport, io: CliIo): void {
   if (s) {
     io.stdout.write(
       `  ${s.records} records, ${s.steps} steps: ${s.matched} matched, ${s.differed} differed, ${s.failed} failed${s.upstreamFailed ? `, ${s.upstreamFailed} upstream failed` : ''}${s.cancelled ? `, ${s.cancelled} cancelled` : ''}; non-deterministic ${s.nondeterministic}; corrupted inputs detected ${s.corruptedInputsDetected}; reassigned ${s.reassigned}\n` +
-        `  wall ${s.replayWallMs.toFixed(0)} ms for a recorded span of ${s.originalSpanMs.toFixed(0)} ms at speed ${s.speed || 'max'}; placements ${JSON.stringify(s.placements)}\n`,
+        `  wall ${formatSpanMs(s.replayWallMs)} for a recorded span of ${formatSpanMs(s.originalSpanMs)} at speed ${s.speed || 'max'}; placements ${JSON.stringify(s.placements)}\n`,
     );
     if (s.changedRecords > 0) io.stdout.write(`  changed records: ${s.changedRecords} (first: ${s.firstChangedRecords.join(', ')})\n`);
     const lag = s.speed > 0 ? recordTimings(r).map((t) => t.dispatchedMs - t.targetMs).sort((a, b) => a - b) : [];
