@@ -243,4 +243,48 @@ describe('impact analysis and recompute planning', () => {
     expect(moved).toEqual([contentHashOf('xa6'), contentHashOf('xa5')]);
     await db.close();
   });
+  it('two jobs recomputing the same task at once run its shard once: the second waits and is served from the memo', async () => {
+    const db = await openDatabase(null);
+    const payloads = createPayloadStore(db);
+    await payloads.put(Buffer.from('a7'));
+    const runs: ShardAssignment[] = [];
+    let release = (): void => {};
+    const gate = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const executor = new RecomputeExecutor({
+      lineage: tc.coordinator.lineage,
+      payloads: () => payloads,
+      setCurrent: async () => {},
+      memo: createMemoStore(db),
+      runner: () => ({
+        async run(assignment) {
+          runs.push(assignment);
+          await gate;
+          return { nodeId: 'n1', attempts: 1, queuedMs: 0, outcome: { shardId: assignment.shardId, nodeId: 'n1', status: ShardStatus.SHARD_STATUS_SUCCEEDED, error: '', outputs: [{ key: 'a', payload: Buffer.from('xa7'), mediaType: 'text/plain', contentHash: '' }], startedAtNs: '1', endedAtNs: '2', resources: undefined } as never };
+        },
+      }),
+      clock: () => 12_000_000_000n,
+    });
+    await tc.coordinator.lineage.submit([objectEvent('a7', 'record:p/raw:a', 'a7', '11500000000')]);
+    const g = await collectAffected(tc.coordinator.lineage, [{ kind: 'version', objectId: 'record:p/raw:a', oldHash: contentHashOf('a2') }]);
+    const job: JobSpec = planRecompute(g, { newVersions: new Map([['record:p/raw:a', contentHashOf('a7')]]), definitions: new Map(), changeIds: [], principal: 'me', title: 't' });
+    const ctx = (jobId: string, signal = new AbortController().signal): TaskRunContext => ({ jobId, job, task: job.tasks[0] as JobSpec['tasks'][number], attempt: 1, signal, deps: new Map() });
+    const first = executor.runTask(ctx('job-dup-1'));
+    const second = executor.runTask(ctx('job-dup-2'));
+    // A third, cancelled while it waits: it stops waiting at once.
+    const cancel = new AbortController();
+    const third = executor.runTask(ctx('job-dup-3', cancel.signal));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(runs).toHaveLength(1);
+    cancel.abort();
+    await expect(third).rejects.toThrow();
+    release();
+    expect((await first).outcome).toBe('executed');
+    const again = await second;
+    expect(again.outcome).toBe('cached');
+    expect((again.result as unknown as RecomputeTaskResult).cachedFrom).toBe('recompute:job-dup-1/t0001');
+    expect(runs).toHaveLength(1);
+    await db.close();
+  });
 });

@@ -93,6 +93,13 @@ function toResult(r: RecomputeTaskResult): JsonValue {
 export class RecomputeExecutor implements JobExecutor {
   readonly kind = 'recompute';
 
+  /**
+   * Cache keys being looked up or executed now, by any job: a task whose key is in flight waits
+   * for that attempt, then finds its result in the memo ('cached') instead of running the same
+   * shard a second time (two recomputes of one change, or equal inputs within one job).
+   */
+  private readonly inFlight = new Map<string, Promise<void>>();
+
   constructor(private readonly deps: RecomputeExecutorDeps) {}
 
   /**
@@ -164,6 +171,46 @@ export class RecomputeExecutor implements JobExecutor {
       return { outcome: 'executed', result: toResult({ outputs: outs, changed: changedFrom(outs), stepId, nodeId: recorded.nodeId, cachedFrom: '' }) };
     }
     const cacheKey = cacheKeyOf(t.codeVersion, t.parameters, inputs);
+    const release = await this.claim(cacheKey, ctx.signal);
+    try {
+      return await this.lookupOrExecute({ ctx, t, job, inputs, cacheKey, stepId }, changedFrom);
+    } finally {
+      release();
+    }
+  }
+
+  /**
+   * Waits until no other attempt holds the cache key (or the signal aborts: cancelled), then
+   * holds it; the returned function lets the next waiter go. Claimed with no await in between,
+   * so two waiters woken together cannot both miss the memo and run.
+   */
+  private async claim(cacheKey: string, signal: AbortSignal): Promise<() => void> {
+    for (let held = this.inFlight.get(cacheKey); held; held = this.inFlight.get(cacheKey)) {
+      signal.throwIfAborted();
+      await new Promise<void>((resolve) => {
+        const done = (): void => {
+          signal.removeEventListener('abort', done);
+          resolve();
+        };
+        signal.addEventListener('abort', done, { once: true });
+        void held.then(done);
+      });
+    }
+    signal.throwIfAborted();
+    let release = (): void => {};
+    const mine = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    this.inFlight.set(cacheKey, mine);
+    return () => {
+      if (this.inFlight.get(cacheKey) === mine) this.inFlight.delete(cacheKey);
+      release();
+    };
+  }
+
+  /** Steps 4 and 5 of an attempt: the memo (or the pipeline's own execution), else the shard runs. */
+  private async lookupOrExecute(task: TaskAttempt, changedFrom: (outs: Record<string, string>) => boolean): Promise<TaskRunResult> {
+    const { ctx, t, job, inputs, cacheKey, stepId } = task;
     const hit = await this.lookup(t, inputs, cacheKey);
     const own = hit && ownOutputs(t, hit.outputs);
     // A result whose payloads a retention swept is recomputed: the steps after it read them.
