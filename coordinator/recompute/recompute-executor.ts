@@ -15,7 +15,7 @@ import type { Placement } from '../scheduler/allocator.js';
 import type { PayloadStore } from '../store/payload-store.js';
 import { recordKeyOf } from './impact-analysis.js';
 import { cacheKeyOf, type MemoOutput, type MemoStore } from './memo-store.js';
-import type { RecomputeJobPayload, RecomputeTaskPayload, RecomputeTaskResult } from './recompute-planner.js';
+import type { RecomputeJobPayload, RecomputeTaskPayload, RecomputeTaskResult, StepDefinition } from './recompute-planner.js';
 
 /** Runs one shard (the dispatcher); always resolves with an outcome. */
 export interface RecomputeShardRunner {
@@ -30,6 +30,12 @@ export interface RecomputeExecutorDeps {
   /** An object's content hash now, where its newest version first seen does not say it (Recomputer.contentNow); else undefined. */
   currentOf?: (objectId: string) => Promise<string | undefined>;
   memo: MemoStore;
+  /**
+   * A pipeline step's definition now (its pipeline's latest version), read at each attempt: a
+   * retried or resumed task runs what the pipeline says then, so a fix applied after a failure
+   * takes effect. undefined (or no function): the definition the job was planned with.
+   */
+  definitionOf?: (pipeline: string, step: string) => Promise<StepDefinition | undefined>;
   runner: () => RecomputeShardRunner | undefined;
   clock: NanoClock;
   /** Called after each task with its outcome (progress, tests). */
@@ -139,7 +145,7 @@ export class RecomputeExecutor implements JobExecutor {
   }
 
   private async attempt(ctx: TaskRunContext): Promise<TaskRunResult> {
-    const t = ctx.task.payload as unknown as RecomputeTaskPayload;
+    const t = await this.currentDefinition(ctx.task.payload as unknown as RecomputeTaskPayload);
     const job = ctx.job.payload as unknown as RecomputeJobPayload;
     const inputs = t.inputs.map((i) => {
       let hash = i.newHash ?? i.originalHash;
@@ -177,6 +183,16 @@ export class RecomputeExecutor implements JobExecutor {
     } finally {
       release();
     }
+  }
+
+  /** The task with its step's definition now, where the pipeline still has that step. */
+  private async currentDefinition(planned: RecomputeTaskPayload): Promise<RecomputeTaskPayload> {
+    const def = planned.pipeline !== '' ? await this.deps.definitionOf?.(planned.pipeline, planned.step) : undefined;
+    if (!def) return planned;
+    const { requirements: _planned, ...rest } = planned;
+    const t: RecomputeTaskPayload = { ...rest, transform: def.transform, codeVersion: def.codeVersion, parameters: def.parameters, timeoutMs: def.timeoutMs };
+    if (def.requirements) t.requirements = def.requirements;
+    return t;
   }
 
   /**

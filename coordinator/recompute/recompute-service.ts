@@ -31,7 +31,7 @@ import type { ChangedFile } from './change-detector.js';
 import { stepChanges } from './change-detector.js';
 import type { ChangeInput, ChangeStore } from './change-store.js';
 import { collectAffected, toImpactResponse, type AffectedGraph, type AffectedNode, type ImpactRoot } from './impact-analysis.js';
-import { planRecompute, type StepDefinition } from './recompute-planner.js';
+import { planRecompute, toStepDefinition, type StepDefinition } from './recompute-planner.js';
 
 export interface RecomputerDeps {
   lineage: LineageEngine;
@@ -531,11 +531,7 @@ export class Recomputer {
     if (!pipes) return out;
     for (const name of new Set(graph.nodes.map((n) => n.pipeline).filter((p) => p !== ''))) {
       const pv = await pipes.store.get(name).catch(() => undefined);
-      for (const s of pv?.pipeline?.steps ?? []) {
-        const def: StepDefinition = { transform: s.transform, codeVersion: s.codeVersion, parameters: (s.parameters ?? {}) as Record<string, unknown>, timeoutMs: s.timeoutMs };
-        if (s.requirements) def.requirements = s.requirements;
-        out.set(`${name}/${s.name}`, def);
-      }
+      for (const s of pv?.pipeline?.steps ?? []) out.set(`${name}/${s.name}`, toStepDefinition(s));
     }
     return out;
   }
