@@ -20,6 +20,7 @@ import { NodeInfo, NodeState } from '../common/gen/retrace/v1/node.js';
 import { ShardStatus, type ShardAssignment } from '../common/gen/retrace/v1/shard.js';
 import { contentHashOf } from '../common/hash.js';
 import { startCoordinatorProcess } from './helpers/coordinator-process.js';
+import { parseRecordLine } from '../scripts/cli/pipeline-commands.js';
 import { runCli } from './helpers/in-process-cli.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 
@@ -417,6 +418,14 @@ describe('payload retention (coordinator with a retention, sweep over gRPC and t
       expect(r.err).toContain('--watch-root: ');
       expect(r.err).toContain('retrace-no-such-dir" is not a directory');
     }
+  });
+});
+
+describe('ingest JSONL lines', () => {
+  it('refuses an empty key and a mediaType that is not text, naming the line and field', () => {
+    expect(() => parseRecordLine('{"key":"","payload":1}', 3)).toThrow(expect.objectContaining({ field: 'line 3.key' }));
+    expect(() => parseRecordLine('{"key":"k","payload":{"x":1},"mediaType":5}', 2)).toThrow(expect.objectContaining({ field: 'line 2.mediaType', message: 'line 2.mediaType: expected text such as "application/json", got 5' }));
+    expect(parseRecordLine('{"key":"k","payload":{"x":1},"mediaType":"application/x-ndjson"}', 1)).toMatchObject({ key: 'k', mediaType: 'application/x-ndjson' });
   });
 });
 
