@@ -610,6 +610,13 @@ export class Recomputer {
       if (!change) throw new FailedPreconditionError(`this is the latest version of ${n.objectId} already, and no recorded change made it so: nothing changed`, `${field}payload`);
       contents.push({ request: req, field, change, recorded: unchanged });
     }
+    // New content nothing downstream has read would be recorded (a change, its payload, a
+    // version) only for the request to fail with nothing to recompute: refuse it first.
+    for (const c of contents) {
+      if (c.recorded) continue;
+      const graph = await collectAffected(this.deps.lineage, await this.rootsOfChange(c.change, `${c.field}object_id`));
+      if (graph.nodes.length === 0) throw new FailedPreconditionError(`no step has read a version of ${c.request.objectId}: nothing to recompute (retrace notify records new content without recomputing)`, `${c.field}object_id`);
+    }
     // A dry run stores nothing: no change, no payload, no version in provenance, no current
     // record moved, no pipeline version adopted. It plans from the changes as they would be.
     const dryRun = policy?.dryRun === true;
