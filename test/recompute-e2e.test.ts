@@ -127,6 +127,9 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
     expect(impact.steps.every((s) => s.placementNodeId !== '')).toBe(true);
     expect(impact.steps.find((s) => s.step === 'total')?.dependsOn).toEqual([impact.steps.find((s) => s.step === 'proj')?.stepId]);
 
+    // A change named twice is one change of the job (its title and change list name it once).
+    const twice = await recompute().recompute({ changeIds: [k2Change, k2Change], objectIds: [], newContents: [], policy: { maxAttempts: 0, concurrency: 0, targetNodeIds: [], targetLabels: {}, dryRun: true } });
+    expect(twice.changeIds).toEqual([k2Change]);
     const r = await recompute().recompute({ changeIds: [k2Change], objectIds: [], newContents: [], policy: undefined });
     expect(r.tasks).toHaveLength(3);
     const job = await finished(r.jobId);

@@ -568,6 +568,8 @@ export class Recomputer {
     if (policy) checkTargetLabels(policy.targetLabels, this.deps.nodes(), 'policy.target_labels');
     const changes: Change[] = [];
     for (const [i, id] of request.changeIds.entries()) {
+      // Named twice, it is one change of the job.
+      if (changes.some((c) => c.changeId === id)) continue;
       try {
         changes.push(await this.deps.changes.get(id));
       } catch (err) {
