@@ -192,6 +192,9 @@ describe('JobService and retrace jobs', () => {
     expect(shown.out).toMatch(/after\s+UPSTREAM_FAILED/);
     const listed = await cli('jobs', '--kind', 'test');
     expect(listed.out).toMatch(new RegExp(`${jobId}\\s+test\\s+CANCELLED\\s+\\[#+\\.*\\]`));
+    // A listing cut by --limit says there are more, and how to see them.
+    const one = await cli('jobs', '--kind', 'test', '--limit', '1');
+    expect(one.out).toMatch(new RegExp(`^job .*\\n-+.*\\n${jobId} .*\\nmore jobs than --limit 1 shows: retrace jobs --limit 2 \\(or --state, --kind\\)\\n$`));
 
     broken = false;
     gate('never').open();
