@@ -233,6 +233,23 @@ describe('pipelines', () => {
     await expectStatus(pipelines.ingest(records('ghost', 'raw', recs)), Status.NOT_FOUND, /pipeline/);
   });
 
+  it('a re-ingested record whose change a step does not see: the step reproduces its output (facet reproduced), the ingest succeeds', async () => {
+    await pipelines.applyPipeline({ pipeline: definition({ name: 'caseless' }) });
+    const first = await pipelines.ingest(records('caseless', 'raw', [{ key: 'k1', text: 'hello' }]));
+    expect(first).toMatchObject({ accepted: '1', shardsRun: '3', shardsFailed: '0' });
+    // Upper-casing makes "HELLO" exactly what "hello" made: shout's output version exists already.
+    const again = await pipelines.ingest(records('caseless', 'raw', [{ key: 'k1', text: 'HELLO' }]));
+    expect(again).toMatchObject({ accepted: '1', shardsRun: '1', shardsFailed: '0', firstError: '' });
+    const readers = tc.coordinator.lineage.index.consumersOf(`version:record:caseless/raw:k1@${contentHashOf('HELLO')}`);
+    expect(readers).toHaveLength(1);
+    const shout = await tc.coordinator.lineage.readStep((readers[0] as string).slice('step:'.length));
+    expect(shout?.generated).toEqual([]);
+    expect((shout?.facets as { retrace?: { reproduced?: unknown } }).retrace?.reproduced).toEqual([{ objectId: 'record:caseless/shout:k1', contentHash: contentHashOf('HELLO') }]);
+    // The record's path is the one that made its outputs.
+    const path = await lineage.getRecordPath({ objectId: 'record:caseless/checked:k1', contentHash: '', asOfNs: '0' });
+    expect(path.steps.map((s) => s.transform)).toEqual(['upper', 'enrich', 'boom']);
+  });
+
   it('retries a step whose transform failed as often as its `retries` says, recording the attempts; refusals are not retried', async () => {
     await expectStatus(
       pipelines.applyPipeline({ pipeline: definition({ name: 'retry-bad', steps: [{ ...definition().steps[0]!, retries: 101 }] }) }),
