@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ClientError, Status } from 'nice-grpc';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { RetraceError } from '../common/errors.js';
 import { CodeServiceDefinition } from '../common/gen/retrace/v1/code.js';
 import { JobServiceDefinition, JobState, TaskState } from '../common/gen/retrace/v1/job.js';
 import { PipelineServiceDefinition } from '../common/gen/retrace/v1/pipeline.js';
@@ -191,6 +192,9 @@ describe('JobService and retrace jobs', () => {
     expect(shown.out).toMatch(/after\s+UPSTREAM_FAILED/);
     const listed = await cli('jobs', '--kind', 'test');
     expect(listed.out).toMatch(new RegExp(`${jobId}\\s+test\\s+CANCELLED\\s+\\[#+\\.*\\]`));
+    // A listing cut by --limit says there are more, and how to see them.
+    const one = await cli('jobs', '--kind', 'test', '--limit', '1');
+    expect(one.out).toMatch(new RegExp(`^job .*\\n-+.*\\n${jobId} .*\\nmore jobs than --limit 1 shows: retrace jobs --limit 2 \\(or --state, --kind\\)\\n$`));
 
     broken = false;
     gate('never').open();
@@ -223,6 +227,26 @@ describe('JobService and retrace jobs', () => {
     expect(final).toMatchObject({ jobId, stateName: 'FAILED', done: true });
     expect(lines.join('')).toMatch(/\[\#+\] 100% FAILED 1\/1 tasks, 1 failed/);
   }, 60_000);
+
+  it('a watch that loses the coordinator says the job is kept and how to watch it again (not only "Connection dropped")', async () => {
+    const fake = {
+      async *watchJob() {
+        yield { job: { jobId: 'job-x', state: JobState.JOB_STATE_RUNNING, counts: { total: 2, pending: 1, running: 1 }, waiting: [], message: '' }, changedTasks: [] };
+        throw new RetraceError('UNAVAILABLE', 'Connection dropped');
+      },
+      async getJob() {
+        throw new Error('not reached');
+      },
+    };
+    const sink = new Writable({
+      write(_chunk: Buffer, _e, cb) {
+        cb();
+      },
+    });
+    const err = await watchJobProgress(fake as never, 'job-x', { out: sink }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'UNAVAILABLE' });
+    expect((err as Error).message).toBe('lost the coordinator while watching job job-x (Connection dropped); the job is kept (a recompute job resumes when the coordinator starts again): retrace jobs watch job-x');
+  });
 
   it('unknown and missing ids: NOT_FOUND / INVALID_ARGUMENT naming job_id, over gRPC and in the CLI', async () => {
     for (const call of [() => client().getJob({ jobId: 'job-20000101000000-abcdef' }), () => client().cancelJob({ jobId: 'job-nope' }), () => client().resumeJob({ jobId: 'replay-nope' })]) {

@@ -20,6 +20,7 @@ import { NodeInfo, NodeState } from '../common/gen/retrace/v1/node.js';
 import { ShardStatus, type ShardAssignment } from '../common/gen/retrace/v1/shard.js';
 import { contentHashOf } from '../common/hash.js';
 import { startCoordinatorProcess } from './helpers/coordinator-process.js';
+import { parseRecordLine } from '../scripts/cli/pipeline-commands.js';
 import { runCli } from './helpers/in-process-cli.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 
@@ -232,6 +233,23 @@ describe('pipelines', () => {
     await expectStatus(pipelines.ingest(records('ghost', 'raw', recs)), Status.NOT_FOUND, /pipeline/);
   });
 
+  it('a re-ingested record whose change a step does not see: the step reproduces its output (facet reproduced), the ingest succeeds', async () => {
+    await pipelines.applyPipeline({ pipeline: definition({ name: 'caseless' }) });
+    const first = await pipelines.ingest(records('caseless', 'raw', [{ key: 'k1', text: 'hello' }]));
+    expect(first).toMatchObject({ accepted: '1', shardsRun: '3', shardsFailed: '0' });
+    // Upper-casing makes "HELLO" exactly what "hello" made: shout's output version exists already.
+    const again = await pipelines.ingest(records('caseless', 'raw', [{ key: 'k1', text: 'HELLO' }]));
+    expect(again).toMatchObject({ accepted: '1', shardsRun: '1', shardsFailed: '0', firstError: '' });
+    const readers = tc.coordinator.lineage.index.consumersOf(`version:record:caseless/raw:k1@${contentHashOf('HELLO')}`);
+    expect(readers).toHaveLength(1);
+    const shout = await tc.coordinator.lineage.readStep((readers[0] as string).slice('step:'.length));
+    expect(shout?.generated).toEqual([]);
+    expect((shout?.facets as { retrace?: { reproduced?: unknown } }).retrace?.reproduced).toEqual([{ objectId: 'record:caseless/shout:k1', contentHash: contentHashOf('HELLO') }]);
+    // The record's path is the one that made its outputs.
+    const path = await lineage.getRecordPath({ objectId: 'record:caseless/checked:k1', contentHash: '', asOfNs: '0' });
+    expect(path.steps.map((s) => s.transform)).toEqual(['upper', 'enrich', 'boom']);
+  });
+
   it('retries a step whose transform failed as often as its `retries` says, recording the attempts; refusals are not retried', async () => {
     await expectStatus(
       pipelines.applyPipeline({ pipeline: definition({ name: 'retry-bad', steps: [{ ...definition().steps[0]!, retries: 101 }] }) }),
@@ -417,6 +435,14 @@ describe('payload retention (coordinator with a retention, sweep over gRPC and t
       expect(r.err).toContain('--watch-root: ');
       expect(r.err).toContain('retrace-no-such-dir" is not a directory');
     }
+  });
+});
+
+describe('ingest JSONL lines', () => {
+  it('refuses an empty key and a mediaType that is not text, naming the line and field', () => {
+    expect(() => parseRecordLine('{"key":"","payload":1}', 3)).toThrow(expect.objectContaining({ field: 'line 3.key' }));
+    expect(() => parseRecordLine('{"key":"k","payload":{"x":1},"mediaType":5}', 2)).toThrow(expect.objectContaining({ field: 'line 2.mediaType', message: 'line 2.mediaType: expected text such as "application/json", got 5' }));
+    expect(parseRecordLine('{"key":"k","payload":{"x":1},"mediaType":"application/x-ndjson"}', 1)).toMatchObject({ key: 'k', mediaType: 'application/x-ndjson' });
   });
 });
 

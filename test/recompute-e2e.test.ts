@@ -127,6 +127,9 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
     expect(impact.steps.every((s) => s.placementNodeId !== '')).toBe(true);
     expect(impact.steps.find((s) => s.step === 'total')?.dependsOn).toEqual([impact.steps.find((s) => s.step === 'proj')?.stepId]);
 
+    // A change named twice is one change of the job (its title and change list name it once).
+    const twice = await recompute().recompute({ changeIds: [k2Change, k2Change], objectIds: [], newContents: [], policy: { maxAttempts: 0, concurrency: 0, targetNodeIds: [], targetLabels: {}, dryRun: true } });
+    expect(twice.changeIds).toEqual([k2Change]);
     const r = await recompute().recompute({ changeIds: [k2Change], objectIds: [], newContents: [], policy: undefined });
     expect(r.tasks).toHaveLength(3);
     const job = await finished(r.jobId);
@@ -462,6 +465,15 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
     await expect(c.impact({ target: { $case: 'objectId', value: 'no-such-object' }, asOfNs: '0' })).rejects.toMatchObject({ code: Status.NOT_FOUND, details: expect.stringMatching(/^object_id: /) });
     await expect(c.recompute({ changeIds: ['chg-0000000000000000'], objectIds: [], newContents: [], policy: undefined })).rejects.toMatchObject({ code: Status.NOT_FOUND, details: expect.stringMatching(/^change_ids\[0\]: /) });
     await expect(c.recompute({ changeIds: [], objectIds: ['record:wf/raw:nope'], newContents: [], policy: undefined })).rejects.toMatchObject({ code: Status.NOT_FOUND, details: expect.stringMatching(/^object_ids\[0\]: /) });
+    // New content of an object no step reads: refused naming it, and nothing recorded (dry run or not).
+    const before = (await c.listChanges({ pipeline: 'wf', pageSize: 0, pageToken: '' })).changes.length;
+    for (const dryRun of [true, false]) {
+      await expect(c.recompute({ changeIds: [], objectIds: [], newContents: [{ objectId: 'record:wf/total:k1', payload: Buffer.from('{"leaf":1}'), mediaType: '' }], policy: { maxAttempts: 0, concurrency: 0, targetNodeIds: [], targetLabels: {}, dryRun } })).rejects.toMatchObject({
+        code: Status.FAILED_PRECONDITION,
+        details: 'new_contents[0].object_id: no step has read a version of record:wf/total:k1: nothing to recompute (retrace notify records new content without recomputing)',
+      });
+    }
+    expect((await c.listChanges({ pipeline: 'wf', pageSize: 0, pageToken: '' })).changes.length).toBe(before);
     const cyclic = { name: 'loop', sources: [{ name: 'raw', mediaType: '', description: '' }], steps: [{ name: 'a', transform: 'wf-task', codeVersion: wfV1, parameters: {}, requirements: undefined, inputs: ['b'], output: '', timeoutMs: 0, retries: 0, retryBackoffMs: 0 }, { name: 'b', transform: 'wf-task', codeVersion: wfV1, parameters: {}, requirements: undefined, inputs: ['a'], output: '', timeoutMs: 0, retries: 0, retryBackoffMs: 0 }] } as Pipeline;
     await expect(pipelines().applyPipeline({ pipeline: cyclic })).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringMatching(/cycle/) });
     const unknownCode = { ...pipeline, steps: pipeline.steps.map((s) => (s.name === 'audit' ? { ...s, codeVersion: `sha256:${'0'.repeat(64)}` } : s)) };

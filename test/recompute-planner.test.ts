@@ -12,7 +12,7 @@ import { stepChanges } from '../coordinator/recompute/change-detector.js';
 import { collectAffected, toImpactResponse, topoOrder, type AffectedNode } from '../coordinator/recompute/impact-analysis.js';
 import { cacheKeyOf, createMemoStore } from '../coordinator/recompute/memo-store.js';
 import { RecomputeExecutor } from '../coordinator/recompute/recompute-executor.js';
-import { planRecompute, type RecomputeTaskPayload, type RecomputeTaskResult } from '../coordinator/recompute/recompute-planner.js';
+import { planRecompute, type RecomputeTaskPayload, type RecomputeTaskResult, type StepDefinition } from '../coordinator/recompute/recompute-planner.js';
 import { objectEvent, ref, runEvent, stepEvent } from './helpers/lineage-events.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 
@@ -241,6 +241,83 @@ describe('impact analysis and recompute planning', () => {
     // Back at a5 (served from the memo): moved again.
     expect((await executor.runTask(ctx('job-a5-again', jobFor('a5')))).outcome).toBe('cached');
     expect(moved).toEqual([contentHashOf('xa6'), contentHashOf('xa5')]);
+    await db.close();
+  });
+  it('two jobs recomputing the same task at once run its shard once: the second waits and is served from the memo', async () => {
+    const db = await openDatabase(null);
+    const payloads = createPayloadStore(db);
+    await payloads.put(Buffer.from('a7'));
+    const runs: ShardAssignment[] = [];
+    let release = (): void => {};
+    const gate = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const executor = new RecomputeExecutor({
+      lineage: tc.coordinator.lineage,
+      payloads: () => payloads,
+      setCurrent: async () => {},
+      memo: createMemoStore(db),
+      runner: () => ({
+        async run(assignment) {
+          runs.push(assignment);
+          await gate;
+          return { nodeId: 'n1', attempts: 1, queuedMs: 0, outcome: { shardId: assignment.shardId, nodeId: 'n1', status: ShardStatus.SHARD_STATUS_SUCCEEDED, error: '', outputs: [{ key: 'a', payload: Buffer.from('xa7'), mediaType: 'text/plain', contentHash: '' }], startedAtNs: '1', endedAtNs: '2', resources: undefined } as never };
+        },
+      }),
+      clock: () => 12_000_000_000n,
+    });
+    await tc.coordinator.lineage.submit([objectEvent('a7', 'record:p/raw:a', 'a7', '11500000000')]);
+    const g = await collectAffected(tc.coordinator.lineage, [{ kind: 'version', objectId: 'record:p/raw:a', oldHash: contentHashOf('a2') }]);
+    const job: JobSpec = planRecompute(g, { newVersions: new Map([['record:p/raw:a', contentHashOf('a7')]]), definitions: new Map(), changeIds: [], principal: 'me', title: 't' });
+    const ctx = (jobId: string, signal = new AbortController().signal): TaskRunContext => ({ jobId, job, task: job.tasks[0] as JobSpec['tasks'][number], attempt: 1, signal, deps: new Map() });
+    const first = executor.runTask(ctx('job-dup-1'));
+    const second = executor.runTask(ctx('job-dup-2'));
+    // A third, cancelled while it waits: it stops waiting at once.
+    const cancel = new AbortController();
+    const third = executor.runTask(ctx('job-dup-3', cancel.signal));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(runs).toHaveLength(1);
+    cancel.abort();
+    await expect(third).rejects.toThrow();
+    release();
+    expect((await first).outcome).toBe('executed');
+    const again = await second;
+    expect(again.outcome).toBe('cached');
+    expect((again.result as unknown as RecomputeTaskResult).cachedFrom).toBe('recompute:job-dup-1/t0001');
+    expect(runs).toHaveLength(1);
+    await db.close();
+  });
+  it('a retried or resumed task runs its step as the pipeline defines it now: a fix applied after a failure takes effect', async () => {
+    const db = await openDatabase(null);
+    const payloads = createPayloadStore(db);
+    await payloads.put(Buffer.from('a8'));
+    const ran: unknown[] = [];
+    let current: StepDefinition | undefined;
+    const executor = new RecomputeExecutor({
+      lineage: tc.coordinator.lineage,
+      payloads: () => payloads,
+      setCurrent: async () => {},
+      memo: createMemoStore(db),
+      definitionOf: async (pipeline, step) => (pipeline === 'p' && step === 'X' ? current : undefined),
+      runner: () => ({
+        async run(assignment) {
+          ran.push(assignment.parameters);
+          const failed = (assignment.parameters as { failIf?: string }).failIf !== undefined;
+          return { nodeId: 'n1', attempts: 1, queuedMs: 0, outcome: { shardId: assignment.shardId, nodeId: 'n1', status: failed ? ShardStatus.SHARD_STATUS_FAILED : ShardStatus.SHARD_STATUS_SUCCEEDED, error: failed ? 'boom' : '', outputs: failed ? [] : [{ key: 'a', payload: Buffer.from('xa8'), mediaType: 'text/plain', contentHash: '' }], startedAtNs: '1', endedAtNs: '2', resources: undefined } as never };
+        },
+      }),
+      clock: () => 13_000_000_000n,
+    });
+    await tc.coordinator.lineage.submit([objectEvent('a8', 'record:p/raw:a', 'a8', '12500000000')]);
+    const g = await collectAffected(tc.coordinator.lineage, [{ kind: 'version', objectId: 'record:p/raw:a', oldHash: contentHashOf('a2') }]);
+    const planned: StepDefinition = { transform: 'tx', codeVersion: contentHashOf('code-x'), parameters: { failIf: 'a' }, timeoutMs: 0 };
+    const job: JobSpec = planRecompute(g, { newVersions: new Map([['record:p/raw:a', contentHashOf('a8')]]), definitions: new Map([['p/X', planned]]), changeIds: [], principal: 'me', title: 't' });
+    const ctx = (attempt: number): TaskRunContext => ({ jobId: 'job-fix', job, task: job.tasks[0] as JobSpec['tasks'][number], attempt, signal: new AbortController().signal, deps: new Map() });
+    await expect(executor.runTask(ctx(1))).rejects.toThrow('boom');
+    // The step is fixed (a new pipeline version without failIf), then the job is resumed.
+    current = { ...planned, parameters: { fixed: true } };
+    expect((await executor.runTask(ctx(2))).outcome).toBe('executed');
+    expect(ran).toEqual([{ failIf: 'a' }, { fixed: true }]);
     await db.close();
   });
 });

@@ -8,7 +8,9 @@ import type { PipelineSource, PipelineStep, PipelineVersion } from '../../common
 import { TriggerKind, type LineageEvent, type ObjectRef, type ObjectVersion, type Step } from '../../common/gen/retrace/v1/provenance.js';
 import { ShardStatus, type ShardAssignment, type ShardInput, type ShardOutcome } from '../../common/gen/retrace/v1/shard.js';
 import { contentHashOf, sha256Hex } from '../../common/hash.js';
+import { versionKey } from '../../common/lineage-keys.js';
 import { fullJitterBackoffMs } from '../../common/random.js';
+import { stepOutputs } from '../../common/step-versions.js';
 import type { NanoClock } from '../clock.js';
 import { crashPointForTests } from '../test-crash-point.js';
 import type { LineageEngine } from '../lineage/lineage-engine.js';
@@ -61,7 +63,7 @@ export interface IngestSummary {
 }
 
 export interface PipelineRunnerOptions {
-  lineage: Pick<LineageEngine, 'submit' | 'readStep' | 'readVersion'> & { index: Pick<LineageEngine['index'], 'has'> };
+  lineage: Pick<LineageEngine, 'submit' | 'readStep' | 'readVersion'> & { index: Pick<LineageEngine['index'], 'has'> & Partial<Pick<LineageEngine['index'], 'generatorOf'>> };
   pipelines: PipelineStore;
   payloads: PayloadStore;
   /** The runner, or a getter (the dispatcher may be attached after the extension is built). */
@@ -181,6 +183,8 @@ export interface RetraceStepFacet {
   shardId: string;
   /** Input name → object id. */
   inputs: Record<string, string>;
+  /** Outputs that came out exactly as an earlier step made them: listed here, not as generated. */
+  reproduced?: { objectId: string; contentHash: string }[];
 }
 
 /** Object id of a record of a source or a step's output. */
@@ -561,7 +565,7 @@ export class PipelineRunner {
         // would leave the current record naming an output provenance never recorded.
         if (capture && (inputs.every((i) => !i.rec.fresh) || lineage.index.has(`step:${stepId}`))) {
           const prior = await lineage.readStep(stepId);
-          const reused = prior?.generated.filter((g) => g.objectId.startsWith(outPrefix)) ?? [];
+          const reused = prior ? stepOutputs(prior).filter((g) => g.objectId.startsWith(outPrefix)) : [];
           if (prior && (await payloads.retain(reused.map((g) => g.contentHash)))) {
             for (const g of reused) {
               const v = await lineage.readVersion(g.objectId, g.contentHash);
@@ -643,9 +647,17 @@ export class PipelineRunner {
           continue;
         }
         const { startedAtNs, endedAtNs } = outcomeSpanNs(outcome, clock);
+        // A version has one generating step: an output that came out exactly as an earlier step
+        // made it (a re-ingest whose change this step does not see: `project`ed fields) is listed
+        // in the facet (`reproduced`), not generated again, as a recompute lists it.
+        const reproduced = outputs.filter((k) => {
+          const by = lineage.index.generatorOf?.(versionKey(k.objectId, k.contentHash));
+          return by !== undefined && by !== `step:${stepId}`;
+        });
+        if (reproduced.length > 0) generated.splice(0, generated.length, ...generated.filter((g) => !reproduced.some((k) => k.objectId === g.objectId && k.contentHash === g.contentHash)));
         // The outputs' versions travel in the step event itself: one event per shard instead of
         // one more per output, each of which cost the engine as much as the step's own.
-        const versions: ObjectVersion[] = outputs.map((k) => this.version(k, endedAtNs, { dataset: outputDataset, event_time_ns: k.eventTimeNs, key: k.objectId.slice(outPrefix.length), pipeline: p }));
+        const versions: ObjectVersion[] = outputs.filter((k) => !reproduced.includes(k)).map((k) => this.version(k, endedAtNs, { dataset: outputDataset, event_time_ns: k.eventTimeNs, key: k.objectId.slice(outPrefix.length), pipeline: p }));
         // Facets and attributes are built with their keys in canonical (sorted) order, so the
         // engine's normalisation keeps them as they are instead of copying them sorted.
         const facet: RetraceStepFacet & { attempts: number; output: string; queuedMs: number } = {
@@ -655,6 +667,7 @@ export class PipelineRunner {
           pipeline: p,
           pipelineVersion: ctx.pv.version,
           queuedMs: result.queuedMs,
+          ...(reproduced.length > 0 ? { reproduced: reproduced.map((k) => ({ objectId: k.objectId, contentHash: k.contentHash })) } : {}),
           shardId,
           step: step.name,
         };

@@ -15,7 +15,7 @@ import type { Placement } from '../scheduler/allocator.js';
 import type { PayloadStore } from '../store/payload-store.js';
 import { recordKeyOf } from './impact-analysis.js';
 import { cacheKeyOf, type MemoOutput, type MemoStore } from './memo-store.js';
-import type { RecomputeJobPayload, RecomputeTaskPayload, RecomputeTaskResult } from './recompute-planner.js';
+import type { RecomputeJobPayload, RecomputeTaskPayload, RecomputeTaskResult, StepDefinition } from './recompute-planner.js';
 
 /** Runs one shard (the dispatcher); always resolves with an outcome. */
 export interface RecomputeShardRunner {
@@ -30,6 +30,12 @@ export interface RecomputeExecutorDeps {
   /** An object's content hash now, where its newest version first seen does not say it (Recomputer.contentNow); else undefined. */
   currentOf?: (objectId: string) => Promise<string | undefined>;
   memo: MemoStore;
+  /**
+   * A pipeline step's definition now (its pipeline's latest version), read at each attempt: a
+   * retried or resumed task runs what the pipeline says then, so a fix applied after a failure
+   * takes effect. undefined (or no function): the definition the job was planned with.
+   */
+  definitionOf?: (pipeline: string, step: string) => Promise<StepDefinition | undefined>;
   runner: () => RecomputeShardRunner | undefined;
   clock: NanoClock;
   /** Called after each task with its outcome (progress, tests). */
@@ -93,6 +99,13 @@ function toResult(r: RecomputeTaskResult): JsonValue {
 export class RecomputeExecutor implements JobExecutor {
   readonly kind = 'recompute';
 
+  /**
+   * Cache keys being looked up or executed now, by any job: a task whose key is in flight waits
+   * for that attempt, then finds its result in the memo ('cached') instead of running the same
+   * shard a second time (two recomputes of one change, or equal inputs within one job).
+   */
+  private readonly inFlight = new Map<string, Promise<void>>();
+
   constructor(private readonly deps: RecomputeExecutorDeps) {}
 
   /**
@@ -132,7 +145,7 @@ export class RecomputeExecutor implements JobExecutor {
   }
 
   private async attempt(ctx: TaskRunContext): Promise<TaskRunResult> {
-    const t = ctx.task.payload as unknown as RecomputeTaskPayload;
+    const t = await this.currentDefinition(ctx.task.payload as unknown as RecomputeTaskPayload);
     const job = ctx.job.payload as unknown as RecomputeJobPayload;
     const inputs = t.inputs.map((i) => {
       let hash = i.newHash ?? i.originalHash;
@@ -164,6 +177,56 @@ export class RecomputeExecutor implements JobExecutor {
       return { outcome: 'executed', result: toResult({ outputs: outs, changed: changedFrom(outs), stepId, nodeId: recorded.nodeId, cachedFrom: '' }) };
     }
     const cacheKey = cacheKeyOf(t.codeVersion, t.parameters, inputs);
+    const release = await this.claim(cacheKey, ctx.signal);
+    try {
+      return await this.lookupOrExecute({ ctx, t, job, inputs, cacheKey, stepId }, changedFrom);
+    } finally {
+      release();
+    }
+  }
+
+  /** The task with its step's definition now, where the pipeline still has that step. */
+  private async currentDefinition(planned: RecomputeTaskPayload): Promise<RecomputeTaskPayload> {
+    const def = planned.pipeline !== '' ? await this.deps.definitionOf?.(planned.pipeline, planned.step) : undefined;
+    if (!def) return planned;
+    const { requirements: _planned, ...rest } = planned;
+    const t: RecomputeTaskPayload = { ...rest, transform: def.transform, codeVersion: def.codeVersion, parameters: def.parameters, timeoutMs: def.timeoutMs };
+    if (def.requirements) t.requirements = def.requirements;
+    return t;
+  }
+
+  /**
+   * Waits until no other attempt holds the cache key (or the signal aborts: cancelled), then
+   * holds it; the returned function lets the next waiter go. Claimed with no await in between,
+   * so two waiters woken together cannot both miss the memo and run.
+   */
+  private async claim(cacheKey: string, signal: AbortSignal): Promise<() => void> {
+    for (let held = this.inFlight.get(cacheKey); held; held = this.inFlight.get(cacheKey)) {
+      signal.throwIfAborted();
+      await new Promise<void>((resolve) => {
+        const done = (): void => {
+          signal.removeEventListener('abort', done);
+          resolve();
+        };
+        signal.addEventListener('abort', done, { once: true });
+        void held.then(done);
+      });
+    }
+    signal.throwIfAborted();
+    let release = (): void => {};
+    const mine = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    this.inFlight.set(cacheKey, mine);
+    return () => {
+      if (this.inFlight.get(cacheKey) === mine) this.inFlight.delete(cacheKey);
+      release();
+    };
+  }
+
+  /** Steps 4 and 5 of an attempt: the memo (or the pipeline's own execution), else the shard runs. */
+  private async lookupOrExecute(task: TaskAttempt, changedFrom: (outs: Record<string, string>) => boolean): Promise<TaskRunResult> {
+    const { ctx, t, job, inputs, cacheKey, stepId } = task;
     const hit = await this.lookup(t, inputs, cacheKey);
     const own = hit && ownOutputs(t, hit.outputs);
     // A result whose payloads a retention swept is recomputed: the steps after it read them.

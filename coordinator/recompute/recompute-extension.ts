@@ -12,6 +12,7 @@ import { ChangeDetector } from './change-detector.js';
 import { createChangeStore, type ChangeStore } from './change-store.js';
 import { createMemoStore, type MemoStore } from './memo-store.js';
 import { RecomputeExecutor, type RecomputeShardRunner } from './recompute-executor.js';
+import { toStepDefinition } from './recompute-planner.js';
 import { Recomputer } from './recompute-service.js';
 
 /** What the recompute extension publishes for later code (CLI demo, tests). */
@@ -121,6 +122,11 @@ export function recomputeExtension(shared: RecomputeShared, options: RecomputeEx
       setCurrent: async (pipeline, entries) => shared.pipelines?.store.setCurrent(pipeline, entries),
       currentOf: (objectId) => recomputer.contentNow(objectId),
       memo,
+      definitionOf: async (pipeline, step) => {
+        const pv = await shared.pipelines?.store.get(pipeline).catch(() => undefined);
+        const s = pv?.pipeline?.steps.find((x) => x.name === step);
+        return s ? toStepDefinition(s) : undefined;
+      },
       runner: () => shared.dispatcher,
       clock: ctx.clock,
     });

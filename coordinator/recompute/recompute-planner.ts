@@ -1,3 +1,4 @@
+import type { PipelineStep } from '../../common/gen/retrace/v1/pipeline.js';
 import type { JobSpec, JobTaskSpec, JsonValue } from '../jobs/job-types.js';
 import type { AffectedGraph } from './impact-analysis.js';
 
@@ -8,6 +9,13 @@ export interface StepDefinition {
   parameters: Record<string, unknown>;
   requirements?: { cpu: number; memoryMb: number; gpu: number; instructionSets: string[]; networkMbps: number };
   timeoutMs: number;
+}
+
+/** A pipeline version's step as the definition a recompute task runs. */
+export function toStepDefinition(s: PipelineStep): StepDefinition {
+  const def: StepDefinition = { transform: s.transform, codeVersion: s.codeVersion, parameters: (s.parameters ?? {}) as Record<string, unknown>, timeoutMs: s.timeoutMs };
+  if (s.requirements) def.requirements = s.requirements;
+  return def;
 }
 
 /** One input of a recompute task. */

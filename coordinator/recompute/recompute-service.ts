@@ -31,7 +31,7 @@ import type { ChangedFile } from './change-detector.js';
 import { stepChanges } from './change-detector.js';
 import type { ChangeInput, ChangeStore } from './change-store.js';
 import { collectAffected, toImpactResponse, type AffectedGraph, type AffectedNode, type ImpactRoot } from './impact-analysis.js';
-import { planRecompute, type StepDefinition } from './recompute-planner.js';
+import { planRecompute, toStepDefinition, type StepDefinition } from './recompute-planner.js';
 
 export interface RecomputerDeps {
   lineage: LineageEngine;
@@ -531,11 +531,7 @@ export class Recomputer {
     if (!pipes) return out;
     for (const name of new Set(graph.nodes.map((n) => n.pipeline).filter((p) => p !== ''))) {
       const pv = await pipes.store.get(name).catch(() => undefined);
-      for (const s of pv?.pipeline?.steps ?? []) {
-        const def: StepDefinition = { transform: s.transform, codeVersion: s.codeVersion, parameters: (s.parameters ?? {}) as Record<string, unknown>, timeoutMs: s.timeoutMs };
-        if (s.requirements) def.requirements = s.requirements;
-        out.set(`${name}/${s.name}`, def);
-      }
+      for (const s of pv?.pipeline?.steps ?? []) out.set(`${name}/${s.name}`, toStepDefinition(s));
     }
     return out;
   }
@@ -572,6 +568,8 @@ export class Recomputer {
     if (policy) checkTargetLabels(policy.targetLabels, this.deps.nodes(), 'policy.target_labels');
     const changes: Change[] = [];
     for (const [i, id] of request.changeIds.entries()) {
+      // Named twice, it is one change of the job.
+      if (changes.some((c) => c.changeId === id)) continue;
       try {
         changes.push(await this.deps.changes.get(id));
       } catch (err) {
@@ -613,6 +611,13 @@ export class Recomputer {
       const change = unchanged ? await this.changeTo(input.objectId, input.pipeline, input.newHash) : (await this.deps.changes.preview(input)).change;
       if (!change) throw new FailedPreconditionError(`this is the latest version of ${n.objectId} already, and no recorded change made it so: nothing changed`, `${field}payload`);
       contents.push({ request: req, field, change, recorded: unchanged });
+    }
+    // New content nothing downstream has read would be recorded (a change, its payload, a
+    // version) only for the request to fail with nothing to recompute: refuse it first.
+    for (const c of contents) {
+      if (c.recorded) continue;
+      const graph = await collectAffected(this.deps.lineage, await this.rootsOfChange(c.change, `${c.field}object_id`));
+      if (graph.nodes.length === 0) throw new FailedPreconditionError(`no step has read a version of ${c.request.objectId}: nothing to recompute (retrace notify records new content without recomputing)`, `${c.field}object_id`);
     }
     // A dry run stores nothing: no change, no payload, no version in provenance, no current
     // record moved, no pipeline version adopted. It plans from the changes as they would be.

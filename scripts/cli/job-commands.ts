@@ -89,6 +89,11 @@ const list: CliCommand = {
           }),
         ),
       );
+      // A listing cut by --limit would otherwise read as every job there is.
+      if (r.nextPageToken !== '') {
+        const shown = Math.min(limit, 1000);
+        io.stdout.write(`more jobs than --limit ${shown} shows: ${shown < 1000 ? `retrace jobs --limit ${Math.min(shown * 2, 1000)} (or --state, --kind)` : 'narrow it with --state or --kind'}\n`);
+      }
       return 0;
     } finally {
       close();

@@ -1,5 +1,6 @@
 import type { Client } from 'nice-grpc';
 import { JobState, TaskState, type Job, type JobServiceDefinition, type JobTask, type WatchJobResponse } from '../../common/gen/retrace/v1/job.js';
+import { isRetraceError, UnavailableError } from '../../common/errors.js';
 import { progressBar } from './format.js';
 
 /** How a watched job ended (or stood when the watch was aborted). */
@@ -62,7 +63,8 @@ export function renderTaskChange(t: JobTask): string {
  * (pipes, logs): a line per task that fails and one bar when it ends. With `json`: every
  * WatchJobResponse as one JSON line (NDJSON). Aborting `signal` stops watching (the job goes on)
  * and returns the state at that moment with `done: false`. Errors of the RPCs (NOT_FOUND naming
- * job_id, UNAVAILABLE) are thrown.
+ * job_id, UNAVAILABLE) are thrown; a watch that loses the coordinator says the job is kept and how
+ * to watch it again.
  */
 export async function watchJobProgress(
   client: Client<typeof JobServiceDefinition>,
@@ -97,7 +99,12 @@ export async function watchJobProgress(
     }
   } catch (err) {
     // Aborted by the caller: report where the job stood.
-    if (!options.signal?.aborted) throw err;
+    if (options.signal?.aborted) {
+      // fall through
+    } else if (isRetraceError(err) && err.code === 'UNAVAILABLE') {
+      // The watch lost the coordinator, not the job: jobs persist and resume on its next start.
+      throw new UnavailableError(`lost the coordinator while watching job ${jobId} (${err.message}); the job is kept (a recompute job resumes when the coordinator starts again): retrace jobs watch ${jobId}`, err);
+    } else throw err;
   } finally {
     options.signal?.removeEventListener('abort', onAbort);
     watchAbort.abort();

@@ -52,12 +52,14 @@ export function parseRecordLine(text: string, line: number): IngestRecord {
   }
   if (obj === null || typeof obj !== 'object' || Array.isArray(obj)) throw new RetraceError('INVALID_ARGUMENT', 'expected a JSON object {key, eventTime?, payload}', { field: `line ${line}` });
   const o = obj as { key?: unknown; eventTime?: unknown; payload?: unknown; mediaType?: unknown };
-  if (typeof o.key !== 'string' && typeof o.key !== 'number') throw new RetraceError('INVALID_ARGUMENT', 'key (string) is required', { field: `line ${line}.key` });
+  if ((typeof o.key !== 'string' && typeof o.key !== 'number') || o.key === '') throw new RetraceError('INVALID_ARGUMENT', 'key (string) is required', { field: `line ${line}.key` });
   if (o.payload === undefined) throw new RetraceError('INVALID_ARGUMENT', 'payload is required', { field: `line ${line}.payload` });
   let eventTimeNs = '0';
   if (typeof o.eventTime === 'number' && Number.isInteger(o.eventTime) && o.eventTime >= 0) eventTimeNs = BigInt(o.eventTime).toString();
   else if (typeof o.eventTime === 'string') eventTimeNs = /^\d+$/.test(o.eventTime) ? o.eventTime : isoToNanos(o.eventTime, `line ${line}.eventTime`).toString();
   else if (o.eventTime !== undefined) throw new RetraceError('INVALID_ARGUMENT', 'expected ISO-8601 text or integer nanoseconds', { field: `line ${line}.eventTime` });
+  // A mediaType of another type was dropped for the default: the payload would be typed wrongly.
+  if (o.mediaType !== undefined && typeof o.mediaType !== 'string') throw new RetraceError('INVALID_ARGUMENT', `expected text such as "application/json", got ${JSON.stringify(o.mediaType)}`, { field: `line ${line}.mediaType` });
   const isText = typeof o.payload === 'string';
   const payload = Buffer.from(isText ? (o.payload as string) : JSON.stringify(o.payload), 'utf8');
   const mediaType = typeof o.mediaType === 'string' ? o.mediaType : isText ? 'text/plain; charset=utf-8' : 'application/json';
