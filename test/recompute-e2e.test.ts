@@ -451,6 +451,10 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
     const early = await cli(['impact', 'record:wf/raw:k1', '--as-of', '1970-01-01T00:00:01Z', ...conn]);
     expect(early.code).toBe(1);
     expect(early.err).toMatch(/object_id: object "record:wf\/raw:k1" has no version as of 1970-01-01T00:00:01Z \(its first is from 20\d\d-/);
+    // A time that is no time is the command line's fault (exit 2), before anything is asked.
+    const bad = await cli(['impact', 'record:wf/raw:k1', '--as-of', 'yesterday', ...conn]);
+    expect(bad.code, bad.err).toBe(2);
+    expect(bad.err).toContain('--as-of: not an ISO-8601 date-time: "yesterday"');
     // A step id still falls back to the step.
     const stepId = (await recompute().impact({ target: { $case: 'objectId', value: 'record:wf/raw:k1' }, asOfNs: '0' })).steps[0]?.stepId ?? '';
     const step = await cli(['impact', stepId, ...conn]);

@@ -169,6 +169,7 @@ describe('retrace replay start: every flag reaches the replay', () => {
       [['--record', 'record:orders/raw:a', '--fault', 'boom:1'], 'unknown fault "boom"'],
       [['--record', 'record:orders/raw:a', '--set', 'nodot=1'], '--set STEP.PARAM=VALUE'],
       [['--window', 'orders', '2026-01-01T00:00:00Z', '2026-01-02T00:00:00Z'], 'expected PIPELINE/SOURCE'],
+      [['--window', 'orders/raw', '2026-01-01T00:00:00Z', 'tomorrow'], '--window: not an ISO-8601 date-time: "tomorrow"'],
       [[], 'a selector is required'],
     ] as const) {
       const r = await cli('replay', 'start', ...argv);

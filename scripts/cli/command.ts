@@ -1,4 +1,4 @@
-import { formatDurationMs, parseDurationMs } from '../../common/time.js';
+import { formatDurationMs, isoToNanos, parseDurationMs } from '../../common/time.js';
 /**
  * One CLI subcommand. `path` is the words that select it (e.g. ["lineage", "trace"]);
  * the longest matching path wins. `run` returns the exit code; errors thrown from it are
@@ -153,4 +153,18 @@ export function hasFlag(args: ParsedArgs, name: string): boolean {
 /** Every value of a repeatable flag. */
 export function flagAll(args: ParsedArgs, name: string): string[] {
   return args.flags.get(name) ?? [];
+}
+
+/**
+ * A time given on the command line (`--as-of`, `--window`'s FROM and TO): integer nanoseconds
+ * since the epoch as they are, or an ISO-8601 date-time. A bad one is a usage error naming `what`,
+ * as any other bad flag value is (exit 2), not the coordinator's kind of refusal.
+ */
+export function timeArgNs(text: string, what: string): string {
+  if (/^\d+$/.test(text)) return text;
+  try {
+    return isoToNanos(text, what).toString();
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
 }

@@ -5,11 +5,11 @@ import { LineageEvent } from '../../common/gen/retrace/v1/provenance.js';
 import { nodeKey, parseNodeKey } from '../../common/lineage-keys.js';
 import { verifyInclusion } from '../../common/merkle.js';
 import { checkProtoJson } from '../../common/proto-json-check.js';
-import { isoToNanos, nanosToIso } from '../../common/time.js';
+import { nanosToIso } from '../../common/time.js';
 import { validateOpenLineageBatch, validateOpenLineageEvent } from '../../common/openlineage/validate.js';
 import { toLineageEvents } from '../../common/openlineage/to-lineage-events.js';
 import { verifyCheckpoint } from '../../coordinator/ledger/checkpoint-signer.js';
-import { flag, hasFlag, intFlag, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
+import { flag, hasFlag, intFlag, timeArgNs, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
 import { openClient } from './client.js';
 import { messageSchema, responseJson } from './proto-json.js';
 import { nodeLines, renderTable, shortHash, toJson } from './format.js';
@@ -35,13 +35,7 @@ function directionArg(args: ParsedArgs, fallback: Direction): Direction {
 /** --as-of as ISO-8601 or integer nanoseconds; "0" when absent (now). */
 function asOfArg(args: ParsedArgs): string {
   const v = flag(args, 'as-of');
-  if (v === undefined) return '0';
-  if (/^\d+$/.test(v)) return v;
-  try {
-    return isoToNanos(v, '--as-of').toString();
-  } catch (err) {
-    throw new UsageError((err as Error).message);
-  }
+  return v === undefined ? '0' : timeArgNs(v, '--as-of');
 }
 
 function timeCell(ns: string): string {

@@ -12,8 +12,8 @@ import {
   type RecomputePolicy,
 } from '../../common/gen/retrace/v1/recompute.js';
 import { dagToDot, dagToSvg, type DagDrawing, type DagNode } from '../../common/dag-drawing.js';
-import { isoToNanos, nanosToIso, parseDurationMs } from '../../common/time.js';
-import { flag, flagAll, hasFlag, intFlag, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
+import { nanosToIso, parseDurationMs } from '../../common/time.js';
+import { flag, flagAll, hasFlag, intFlag, timeArgNs, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
 import { openClient } from './client.js';
 import { jobJson } from './job-commands.js';
 import { messageJson, responseJson } from './proto-json.js';
@@ -261,7 +261,7 @@ const impact: CliCommand = {
     const idArg = args.positionals[0];
     if (!idArg) throw new UsageError('ID is required');
     const asOfText = flag(args, 'as-of');
-    const asOfNs = asOfText === undefined ? '0' : /^\d+$/.test(asOfText) ? asOfText : isoToNanos(asOfText, '--as-of').toString();
+    const asOfNs = asOfText === undefined ? '0' : timeArgNs(asOfText, '--as-of');
     const { client, close } = openClient(RecomputeServiceDefinition, args);
     try {
       let r: ImpactResponse;

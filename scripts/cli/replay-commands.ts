@@ -1,8 +1,8 @@
 import { writeFileSync } from 'node:fs';
 import { ReplayServiceDefinition, ReplayState, GpuMode, type RecordSelector, type ReplayPolicy, ReplayReport } from '../../common/gen/retrace/v1/replay.js';
 import { renderScatterSvg } from '../../common/svg-chart.js';
-import { formatSpanMs, isoToNanos, parseDurationMs } from '../../common/time.js';
-import { flag, flagAll, hasFlag, intFlag, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
+import { formatSpanMs, parseDurationMs } from '../../common/time.js';
+import { flag, flagAll, hasFlag, intFlag, timeArgNs, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
 import { openClient } from './client.js';
 import { messageJson, responseJson } from './proto-json.js';
 import { progressBar, renderTable, shortHash, toJson } from './format.js';
@@ -39,7 +39,7 @@ function parseSelector(args: ParsedArgs): RecordSelector {
   };
   const time = (t: string | undefined): string => {
     if (!t) throw new UsageError('--window needs FROM and TO');
-    return /^\d+$/.test(t) ? t : isoToNanos(t, '--window').toString();
+    return timeArgNs(t, '--window');
   };
   const window = flag(args, 'window');
   if (window) return { selector: { $case: 'window', value: { ...split(window), fromNs: time(args.positionals[0]), toNs: time(args.positionals[1]) } } };
