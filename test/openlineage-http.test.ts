@@ -322,6 +322,23 @@ describe('deeply nested facets', () => {
   });
 });
 
+describe('a facet key named __proto__', () => {
+  it('is refused with 400 naming where it is, rather than dropped while the event is acknowledged', async () => {
+    const before = tc.coordinator.lineage.treeSize;
+    const e = runEvent('proto.job', uuid(), 'COMPLETE', ['proto.in'], ['proto.out']);
+    // Written as text: an object literal's __proto__ would set its prototype, not a key.
+    const withProto = JSON.stringify(e).replace(`"run":{"runId":"${e.run.runId}","facets":{}}`, `"run":{"runId":"${e.run.runId}","facets":{"__proto__":{"_producer":"p","_schemaURL":"s","x":1}}}`);
+    expect(Object.keys((JSON.parse(withProto) as { run: { facets: object } }).run.facets)).toEqual(['__proto__']);
+    const one = await post('/api/v1/lineage', withProto);
+    expect(one.status).toBe(400);
+    expect(one.json).toMatchObject({ error: 'INVALID_ARGUMENT', field: 'run.facets.__proto__' });
+    const batch = await post('/api/v1/lineage/batch', `[${JSON.stringify(runEvent('proto.job', uuid(), 'COMPLETE', [], ['proto.out']))},${withProto}]`);
+    expect(batch.status).toBe(400);
+    expect(batch.json).toMatchObject({ error: 'INVALID_ARGUMENT', field: '[1].run.facets.__proto__' });
+    expect(tc.coordinator.lineage.treeSize).toBe(before);
+  });
+});
+
 describe('event times past int64 nanoseconds', () => {
   it('answer 400 naming eventTime, not 500', async () => {
     for (const time of ['2280-01-02T00:00:00Z', '2262-04-11T23:47:16.854775808Z']) {
