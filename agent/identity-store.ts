@@ -48,12 +48,13 @@ export async function loadOrCreateIdentity(dataDir: string, now: () => number = 
 }
 
 /**
- * Creates the data directory if it is missing; InvalidArgumentError naming `field` (the option or
+ * Creates the data directory (and missing parents) if it is missing, mode 0700; InvalidArgumentError naming `field` (the option or
  * flag the directory came from) with the system's reason when it cannot be.
  */
 export async function prepareDataDir(dataDir: string, field: string): Promise<void> {
   try {
-    await makeDirectory(dataDir);
+    // For this user only: it holds the node identity and the code cache the workers load.
+    await makeDirectory(dataDir, 0o700);
   } catch (err) {
     throw new InvalidArgumentError(field, `cannot create the directory ${JSON.stringify(dataDir)}: ${(err as Error).message}`, err);
   }

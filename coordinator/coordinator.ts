@@ -100,7 +100,13 @@ export class Coordinator {
       log('coordinator: WARNING: --allow-remote without TLS: bearer tokens and data cross the network in cleartext; use --tls-cert FILE --tls-key FILE');
     }
     try {
-      if (dataDir !== null) makeDataDir(dataDir);
+      if (dataDir !== null) {
+        makeDataDir(dataDir);
+        // LevelDB makes its folder with the process umask (0755): in a data dir that others can
+        // enter (one an operator made, or ./.retrace made by `retrace agent`) they could read the
+        // ledger, every payload and every bundle. Made here first, for this user only.
+        makeDataDir(join(dataDir, 'db'));
+      }
       this.token = this.options.token ?? loadOrCreateToken(dataDir, log);
       this.db = await openDatabase(dataDir === null ? null : join(dataDir, 'db'), { writeBufferBytes: this.options.dbWriteBufferBytes });
       if (dataDir !== null) this.storageGuard = guardStorage(this.db, { dir: join(dataDir, 'db'), log, probeIntervalMs: this.options.storageProbeIntervalMs });

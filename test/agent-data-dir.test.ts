@@ -2,6 +2,7 @@ import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { loadOrCreateIdentity } from '../agent/identity-store.js';
 import { makeDirectory } from '../agent/make-directory.js';
 import { spawnAgent, type AgentProcess } from './helpers/mesh-server.js';
 import { runCli } from './helpers/in-process-cli.js';
@@ -35,6 +36,15 @@ describe('agent data directory', () => {
     expect(statSync(join(root, 'a')).mode & 0o777).toBe(0o700);
     await makeDirectory(deep);
     await makeDirectory(root);
+  });
+
+  it('the agent data dir and the parents it makes are for this user only (node identity, code cache)', async () => {
+    const root = tempDir();
+    const dataDir = join(root, '.retrace', 'agent');
+    await loadOrCreateIdentity(dataDir);
+    expect(statSync(join(root, '.retrace')).mode & 0o777).toBe(0o700);
+    expect(statSync(dataDir).mode & 0o777).toBe(0o700);
+    expect(statSync(join(dataDir, 'node-identity.json')).mode & 0o777).toBe(0o600);
   });
 
   it('makeDirectory rejects with the system error when a level cannot be made', async () => {

@@ -36,6 +36,16 @@ describe('coordinator data directory', () => {
     expect(statSync(deep).mode & 0o777).toBe(0o700);
   }, 20_000);
 
+  it('the database folder is for this user only, also in a data dir others can enter', async () => {
+    const root = mkdtempSync(join(tmpdir(), 'retrace-coord-dir-'));
+    dirs.push(root);
+    chmodSync(root, 0o755);
+    const c = new Coordinator({ dataDir: root, grpc: '127.0.0.1:0', http: '127.0.0.1:0', log: () => {} });
+    await c.start();
+    await c.stop();
+    expect(statSync(join(root, 'db')).mode & 0o777).toBe(0o700);
+  }, 20_000);
+
   it('--db-write-buffer-mib sizes LevelDB\'s memtable: 3 MiB of events stay in the log under the default, and are flushed to tables under 1 MiB; bad values are refused naming the option', async () => {
     const tables = async (bufferMiB: number | undefined): Promise<number> => {
       const root = mkdtempSync(join(tmpdir(), 'retrace-coord-wbuf-'));

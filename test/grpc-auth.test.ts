@@ -2,6 +2,7 @@ import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Client as GrpcClient, credentials, Metadata as GrpcMetadata } from '@grpc/grpc-js';
 import { createChannel, createClient, Metadata, Status, type Channel } from 'nice-grpc';
 import { HealthDefinition } from 'nice-grpc-server-health';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -64,5 +65,46 @@ describe('gRPC authentication', () => {
     expect(results.map((r) => (r.status === 'rejected' ? (r.reason as { code: Status }).code : 'stored'))).toEqual(Array(4).fill(Status.UNAUTHENTICATED));
     // Read after the whole request had arrived, these four would have taken at least 192 MiB.
     expect(peakRss() - before).toBeLessThan(64 * 1024 * 1024);
+  });
+
+  it('the open services (health, reflection) take no large request from anyone: RESOURCE_EXHAUSTED, nothing buffered', async () => {
+    const ch = channel();
+    const health = createClient(HealthDefinition, ch);
+    const service = 'a'.repeat(40 * 1024 * 1024);
+    const before = peakRss();
+    const results = await Promise.allSettled(Array.from({ length: 4 }, () => health.check({ service })));
+    expect(results.map((r) => (r.status === 'rejected' ? (r.reason as { code: Status }).code : 'answered'))).toEqual(Array(4).fill(Status.RESOURCE_EXHAUSTED));
+    expect(String((results[0] as PromiseRejectedResult).reason)).toMatch(/larger than max \(\d+ vs 65536\)/);
+    // Read whole, these four took well over 400 MiB.
+    expect(peakRss() - before).toBeLessThan(64 * 1024 * 1024);
+    // Reflection through grpc-js with hand-encoded requests (its nice-grpc service is google-protobuf's).
+    const raw = new GrpcClient(coord.grpc, credentials.createInsecure());
+    const reflect = (request: Buffer): Promise<{ code: number; answers: number }> =>
+      new Promise((resolve) => {
+        const call = raw.makeBidiStreamRequest('/grpc.reflection.v1.ServerReflection/ServerReflectionInfo', (b: Buffer) => b, (b: Buffer) => b, new GrpcMetadata());
+        let answers = 0;
+        call.on('data', () => answers++);
+        call.on('error', (err: { code: number }) => resolve({ code: err.code, answers }));
+        call.on('end', () => resolve({ code: Status.OK, answers }));
+        call.write(request);
+        call.end();
+      });
+    const field = (tag: number, text: string): Buffer => {
+      const bytes = Buffer.from(text);
+      const len: number[] = [];
+      for (let n = bytes.length; ; n >>>= 7) {
+        if (n < 128) { len.push(n); break; }
+        len.push((n & 127) | 128);
+      }
+      return Buffer.concat([Buffer.from([tag, ...len]), bytes]);
+    };
+    try {
+      expect(await reflect(field(0x22, 'x'.repeat(1024 * 1024)))).toMatchObject({ code: Status.RESOURCE_EXHAUSTED }); // file_containing_symbol
+      // What they are for still works without a token.
+      expect(await reflect(field(0x3a, ''))).toEqual({ code: Status.OK, answers: 1 }); // list_services
+      expect((await health.check({ service: '' })).status).toBe(1);
+    } finally {
+      raw.close();
+    }
   });
 });

@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { request as httpRequest } from 'node:http';
 import { NodeKind } from '../common/gen/retrace/v1/lineage.js';
 import { RETRACE_OPENLINEAGE_PRODUCER, RETRACE_RESOURCES_FACET_SCHEMA_URL } from '../common/openlineage/to-openlineage-event.js';
 import { buildExampleLineage } from '../scripts/cli/example-lineage.js';
@@ -321,6 +322,23 @@ describe('deeply nested facets', () => {
   });
 });
 
+describe('a facet key named __proto__', () => {
+  it('is refused with 400 naming where it is, rather than dropped while the event is acknowledged', async () => {
+    const before = tc.coordinator.lineage.treeSize;
+    const e = runEvent('proto.job', uuid(), 'COMPLETE', ['proto.in'], ['proto.out']);
+    // Written as text: an object literal's __proto__ would set its prototype, not a key.
+    const withProto = JSON.stringify(e).replace(`"run":{"runId":"${e.run.runId}","facets":{}}`, `"run":{"runId":"${e.run.runId}","facets":{"__proto__":{"_producer":"p","_schemaURL":"s","x":1}}}`);
+    expect(Object.keys((JSON.parse(withProto) as { run: { facets: object } }).run.facets)).toEqual(['__proto__']);
+    const one = await post('/api/v1/lineage', withProto);
+    expect(one.status).toBe(400);
+    expect(one.json).toMatchObject({ error: 'INVALID_ARGUMENT', field: 'run.facets.__proto__' });
+    const batch = await post('/api/v1/lineage/batch', `[${JSON.stringify(runEvent('proto.job', uuid(), 'COMPLETE', [], ['proto.out']))},${withProto}]`);
+    expect(batch.status).toBe(400);
+    expect(batch.json).toMatchObject({ error: 'INVALID_ARGUMENT', field: '[1].run.facets.__proto__' });
+    expect(tc.coordinator.lineage.treeSize).toBe(before);
+  });
+});
+
 describe('event times past int64 nanoseconds', () => {
   it('answer 400 naming eventTime, not 500', async () => {
     for (const time of ['2280-01-02T00:00:00Z', '2262-04-11T23:47:16.854775808Z']) {
@@ -525,5 +543,51 @@ describe("Marquez's run states, runs, facets and versions", () => {
     expect(runs).toMatchObject({ totalCount: 1, runs: [{ id: 'example-run-3', state: 'COMPLETED' }] });
     const versions = (await get('/api/v1/namespaces/reports/datasets/daily-revenue/versions')).json;
     expect(versions).toMatchObject({ totalCount: 1, versions: [{ createdByRun: { id: 'example-run-3' } }] });
+  });
+});
+
+describe('request body size limit', () => {
+  /** POSTs with node:http: `declared` as Content-Length (else chunked), `chunks` written one by one while the socket takes them. */
+  function rawPost(declared: number | undefined, chunks: number, chunkBytes: number): Promise<{ status: number; json: any; ms: number }> {
+    const url = new URL(`${tc.httpUrl}/api/v1/lineage`);
+    const started = Date.now();
+    return new Promise((resolve, reject) => {
+      const req = httpRequest({ host: url.hostname, port: url.port, path: url.pathname, method: 'POST', headers: { 'content-type': 'application/json', ...tc.httpAuth, ...(declared === undefined ? {} : { 'content-length': String(declared) }) } });
+      req.on('response', (res) => {
+        const parts: Buffer[] = [];
+        res.on('data', (c: Buffer) => parts.push(c));
+        res.on('end', () => {
+          req.destroy();
+          resolve({ status: res.statusCode ?? 0, json: JSON.parse(Buffer.concat(parts).toString('utf8')), ms: Date.now() - started });
+        });
+      });
+      // The server may close the connection before the whole body is written: that is the point.
+      req.on('error', (err) => (req.destroyed ? undefined : reject(err)));
+      const chunk = Buffer.alloc(chunkBytes, 0x20);
+      let sent = 0;
+      const write = (): void => {
+        while (sent < chunks && !req.destroyed) {
+          sent++;
+          if (!req.write(chunk)) return void req.once('drain', write);
+        }
+      };
+      write();
+    });
+  }
+
+  it('answers 413 RESOURCE_EXHAUSTED naming body, before reading it, when Content-Length is over 16 MiB', async () => {
+    const before = tc.coordinator.lineage.treeSize;
+    // 1 GB declared, 1 KiB sent: the answer must not wait for the rest.
+    const res = await rawPost(1_000_000_000, 1, 1024);
+    expect(res.status).toBe(413);
+    expect(res.json).toMatchObject({ error: 'RESOURCE_EXHAUSTED', field: 'body', message: expect.stringMatching(/Content-Length is 1000000000 bytes; the limit is 16777216/) });
+    expect(res.ms).toBeLessThan(5000);
+    expect(tc.coordinator.lineage.treeSize).toBe(before);
+  });
+
+  it('answers 413 once a chunked body passes 16 MiB', async () => {
+    const res = await rawPost(undefined, 40, 1024 * 1024);
+    expect(res.status).toBe(413);
+    expect(res.json).toMatchObject({ error: 'RESOURCE_EXHAUSTED', field: 'body', message: expect.stringMatching(/more than 16777216 bytes/) });
   });
 });

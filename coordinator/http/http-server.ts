@@ -5,8 +5,18 @@ import { bearerTokenCheck } from '../bearer-token.js';
 import { storeErrorOf } from '../store/database.js';
 import type { HttpRequest, Route } from './router.js';
 
-/** Largest accepted request body. */
+/** Largest accepted request body; a larger one is answered 413 (see BodyTooLargeError). */
 export const MAX_HTTP_BODY_BYTES = 16 * 1024 * 1024;
+
+/**
+ * A request body over MAX_HTTP_BODY_BYTES: 413 with `{error: "RESOURCE_EXHAUSTED", field: "body"}`,
+ * answered at once; the rest of the body is discarded as it arrives, never held.
+ */
+class BodyTooLargeError extends Error {}
+
+function bodyTooLarge(what: string): BodyTooLargeError {
+  return new BodyTooLargeError(`body: ${what}; the limit is ${MAX_HTTP_BODY_BYTES} bytes (16 MiB): send fewer events per request`);
+}
 
 /**
  * The coordinator's HTTP face: JSON in, JSON out, routes by path (router.ts). Every request needs
@@ -54,6 +64,10 @@ export function createHttpServer(
       const response = await route.handler(request);
       send(res, response.status, response.body);
     } catch (caught) {
+      if (caught instanceof BodyTooLargeError) {
+        send(res, 413, { error: 'RESOURCE_EXHAUSTED', message: caught.message, field: 'body' });
+        return;
+      }
       const err = isRetraceError(caught) ? caught : (storeErrorOf(caught) ?? caught);
       if (isRetraceError(err)) {
         const { status, body } = toHttpError(err);
@@ -117,13 +131,39 @@ function compileRoutes(routes: readonly Route[]): (method: string, path: string)
 }
 
 async function readJson(req: IncomingMessage): Promise<unknown> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req) {
-    size += (chunk as Buffer).length;
-    if (size > MAX_HTTP_BODY_BYTES) throw new InvalidArgumentError('body', `larger than ${MAX_HTTP_BODY_BYTES} bytes`);
-    chunks.push(chunk as Buffer);
-  }
+  // A declared length over the limit is refused before a byte of the body is read: a client that
+  // declares 1 GB and sends it slowly is not held until it has sent 16 MiB.
+  const declared = Number(req.headers['content-length'] ?? 0);
+  if (declared > MAX_HTTP_BODY_BYTES) throw bodyTooLarge(`Content-Length is ${declared} bytes`);
+  // Not `for await`: leaving that loop early destroys the request and with it the socket, and the
+  // client, still sending, could get a reset instead of the 413. Here the reader just stops
+  // listening: the stream keeps flowing and Node discards the rest of the body.
+  const { chunks, size } = await new Promise<{ chunks: Buffer[]; size: number }>((resolve, reject) => {
+    const parts: Buffer[] = [];
+    let total = 0;
+    const onData = (chunk: Buffer): void => {
+      total += chunk.length;
+      if (total > MAX_HTTP_BODY_BYTES) {
+        stop();
+        parts.length = 0;
+        reject(bodyTooLarge(`more than ${MAX_HTTP_BODY_BYTES} bytes`));
+        return;
+      }
+      parts.push(chunk);
+    };
+    const onEnd = (): void => {
+      stop();
+      resolve({ chunks: parts, size: total });
+    };
+    const onError = (err: Error): void => {
+      stop();
+      reject(err);
+    };
+    const stop = (): void => {
+      req.off('data', onData).off('end', onEnd).off('error', onError);
+    };
+    req.on('data', onData).on('end', onEnd).on('error', onError);
+  });
   if (size === 0) return undefined;
   const text = Buffer.concat(chunks).toString('utf8');
   try {
