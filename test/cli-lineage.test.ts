@@ -171,6 +171,18 @@ describe('retrace submit', () => {
     expect(r.stderr).toContain('usage: retrace submit');
   });
 
+  it('an OpenLineage facet key named __proto__ is refused naming its path, as the HTTP API refuses it, not dropped', async () => {
+    const file = join(dir, 'proto-key.json');
+    outFiles.push(file);
+    // As text: an object literal's __proto__ would set its prototype, not a key.
+    writeFileSync(file, JSON.stringify({ ...OL_EVENT, run: { runId: '01929a00-0000-7000-8000-00000000beef', facets: {} } }).replace('"facets":{}', '"facets":{"__proto__":{"_producer":"p","_schemaURL":"s","x":1}}'));
+    const before = tc.coordinator.lineage.treeSize;
+    const r = await cli(['submit', file]);
+    expect(r.code, r.stderr).toBe(1);
+    expect(r.stderr).toContain('run.facets.__proto__: a key named "__proto__" cannot be stored');
+    expect(tc.coordinator.lineage.treeSize).toBe(before);
+  });
+
   it('native events with a value of the wrong type are refused naming the field, and nothing of the file is stored', async () => {
     const good = LineageEvent.toJSON(LineageEvent.fromPartial({ eventId: 'ev-typed-ok', eventTimeNs: (T0 + 20n * S).toString(), producer: PRODUCER, body: { $case: 'objectVersion', value: { objectId: 'typed/ok', contentHash: h('typed ok') } } })) as Record<string, unknown>;
     const cases: [unknown, string][] = [

@@ -109,6 +109,24 @@ function field(path: string): string {
   return path === '' ? '$' : path;
 }
 
+/**
+ * Refuses a `__proto__` key anywhere in an event (facets are free-form JSON): the event becomes
+ * protobuf Structs held in plain objects, where that key sets the object's prototype instead of
+ * adding a field, so the facet was dropped without a word while the event was acknowledged.
+ * Called once the depth is known to be bounded.
+ */
+function refuseProtoKeys(value: unknown, path: string): void {
+  if (Array.isArray(value)) {
+    value.forEach((v, i) => refuseProtoKeys(v, `${path}[${i}]`));
+  } else if (value !== null && typeof value === 'object') {
+    for (const [key, v] of Object.entries(value)) {
+      const at = child(path, key);
+      if (key === '__proto__') throw new InvalidArgumentError(at, 'a key named "__proto__" cannot be stored; rename it');
+      refuseProtoKeys(v, at);
+    }
+  }
+}
+
 type JsonRecord = Record<string, unknown>;
 
 function isRecord(value: unknown): value is JsonRecord {
@@ -129,6 +147,7 @@ class Validator {
     // (a run facet sits two levels down), and the checks below recurse.
     const deep = tooDeepAt(value, MAX_OPENLINEAGE_DEPTH, path);
     if (deep !== undefined) throw new InvalidArgumentError(deep, `nested more than ${MAX_OPENLINEAGE_DEPTH} levels of objects and lists deep`);
+    refuseProtoKeys(value, path);
     const obj = this.object(value, path);
     this.dateTime(obj, path, 'eventTime');
     this.uri(obj, path, 'producer', true);
