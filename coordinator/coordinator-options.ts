@@ -1,3 +1,4 @@
+import { isIPv4 } from 'node:net';
 import { resolve } from 'node:path';
 import { createSecureContext } from 'node:tls';
 import { InvalidArgumentError } from '../common/errors.js';
@@ -50,14 +51,19 @@ export interface CompiledCoordinatorOptions {
   readonly log: (line: string) => void;
 }
 
-const LOOPBACK = new Set(['127.0.0.1', 'localhost', '::1', '[::1]']);
+const LOOPBACK = new Set(['localhost', '::1', '[::1]']);
+
+/** Whether a listen host is this machine only: localhost, ::1, or any IPv4 address of 127.0.0.0/8. */
+function isLoopback(host: string): boolean {
+  return LOOPBACK.has(host) || (isIPv4(host) && host.startsWith('127.'));
+}
 
 /** Validates and defaults once; the rest of the coordinator never re-checks. */
 export function compileCoordinatorOptions(o: CoordinatorOptions): CompiledCoordinatorOptions {
   const grpc = parseAddress(o.grpc ?? '127.0.0.1:7700', 'grpc');
   const http = parseAddress(o.http ?? '127.0.0.1:7780', 'http');
   for (const [field, a] of [['grpc', grpc], ['http', http]] as const) {
-    if (!o.allowRemote && !LOOPBACK.has(a.host)) {
+    if (!o.allowRemote && !isLoopback(a.host)) {
       throw new InvalidArgumentError(field, `${a.host} is not a loopback address; pass --allow-remote to listen beyond this machine`);
     }
   }
