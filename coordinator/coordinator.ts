@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import type { Server as HttpServer } from 'node:http';
@@ -104,8 +104,19 @@ export class Coordinator {
         makeDataDir(dataDir);
         // LevelDB makes its folder with the process umask (0755): in a data dir that others can
         // enter (one an operator made, or ./.retrace made by `retrace agent`) they could read the
-        // ledger, every payload and every bundle. Made here first, for this user only.
-        makeDataDir(join(dataDir, 'db'));
+        // ledger, every payload and every bundle. Made here first, for this user only; one an
+        // earlier version made that way is closed, as PostgreSQL insists on for its data dir.
+        const dbDir = join(dataDir, 'db');
+        makeDataDir(dbDir);
+        if ((statSync(dbDir).mode & 0o077) !== 0) {
+          try {
+            chmodSync(dbDir, 0o700);
+            log(`coordinator: ${dbDir} was readable by other users; it is now mode 0700`);
+          } catch (err) {
+            // A file system without Unix modes: warn, the data is still there to serve.
+            log(`coordinator: WARNING: ${dbDir} is readable by other users and could not be made 0700: ${(err as Error).message}`);
+          }
+        }
       }
       this.token = this.options.token ?? loadOrCreateToken(dataDir, log);
       this.db = await openDatabase(dataDir === null ? null : join(dataDir, 'db'), { writeBufferBytes: this.options.dbWriteBufferBytes });

@@ -44,6 +44,14 @@ describe('coordinator data directory', () => {
     await c.start();
     await c.stop();
     expect(statSync(join(root, 'db')).mode & 0o777).toBe(0o700);
+    // One an earlier version left open is closed at the next start, with a line saying so.
+    chmodSync(join(root, 'db'), 0o755);
+    const lines: string[] = [];
+    const again = new Coordinator({ dataDir: root, grpc: '127.0.0.1:0', http: '127.0.0.1:0', log: (l) => lines.push(l) });
+    await again.start();
+    await again.stop();
+    expect(statSync(join(root, 'db')).mode & 0o777).toBe(0o700);
+    expect(lines.join('\n')).toContain('was readable by other users; it is now mode 0700');
   }, 20_000);
 
   it('--db-write-buffer-mib sizes LevelDB\'s memtable: 3 MiB of events stay in the log under the default, and are flushed to tables under 1 MiB; bad values are refused naming the option', async () => {
