@@ -1,9 +1,8 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { AsyncQueue } from '../common/async-queue.js';
-import { ReadingSource, type ConnectRequest, type ResourceReading } from '../common/gen/retrace/v1/node.js';
+import { ReadingSource, type ResourceReading } from '../common/gen/retrace/v1/node.js';
 import { createForecaster } from '../coordinator/forecast/forecaster.js';
 import { runCli } from './helpers/in-process-cli.js';
-import { startMeshServer, waitFor, type MeshServer } from './helpers/mesh-server.js';
+import { rawConnect, registerRequest, startMeshServer, waitFor, type MeshServer } from './helpers/mesh-server.js';
 
 /** The first cpu.load readings (%) of a real agent on a 2-core VM, 2 s apart. */
 const AGENT_CPU = [49.7, 28.2, 56.3, 43.0, 20.5, 0.8, 1.0, 8.3, 3.0, 0.8];
@@ -37,14 +36,8 @@ describe('Forecast RPC on a growing history', () => {
   it('fits again once the history has doubled, and reports the points the fit saw', async () => {
     server = await startMeshServer();
     const s = server;
-    const out = new AsyncQueue<ConnectRequest>();
-    const done = (async () => {
-      for await (const _m of s.client().connect(out)) void _m;
-    })();
-    done.catch(() => {});
-    out.push({
-      body: { $case: 'register', value: { nodeId: 'grow-h', host: 'h', labels: {}, capabilities: [], codeVersions: [], agentVersion: '', reportIntervalNs: '1000000000', draining: false, processId: '', payloadCacheBytes: '0' } },
-    });
+    const { out } = rawConnect(s);
+    out.push(registerRequest('grow-h', '1000000000'));
     const t0 = Date.now() - 40_000;
     const push = (from: number, to: number): void => {
       for (let i = from; i < to; i++) out.push({ body: { $case: 'report', value: { timeNs: `${t0 + i * 1000}000000`, readings: [measured('cpu.load', i)], seq: String(i + 1) } } });
@@ -71,14 +64,8 @@ describe('Forecast RPC on a growing history', () => {
   it('answers a horizon reaching before the epoch from all of the history, not an internal field', async () => {
     server = await startMeshServer();
     const s = server;
-    const out = new AsyncQueue<ConnectRequest>();
-    const done = (async () => {
-      for await (const _m of s.client().connect(out)) void _m;
-    })();
-    done.catch(() => {});
-    out.push({
-      body: { $case: 'register', value: { nodeId: 'far-h', host: 'h', labels: {}, capabilities: [], codeVersions: [], agentVersion: '', reportIntervalNs: '1000000000', draining: false, processId: '', payloadCacheBytes: '0' } },
-    });
+    const { out } = rawConnect(s);
+    out.push(registerRequest('far-h', '1000000000'));
     out.push({ body: { $case: 'report', value: { timeNs: `${Date.now()}000000`, readings: [measured('cpu.load', 5)], seq: '1' } } });
     await waitFor(async () => (await s.history.count('far-h', 'cpu.load')) === 1, 5000, '1 sample');
     // 9.2e18 ns (292 years): the default lookback of 4 horizons started before 1970 and the
@@ -100,14 +87,8 @@ describe('retrace nodes history over a huge range', () => {
   it('--since longer than the epoch is all of the history, not a negative from_ns', async () => {
     server = await startMeshServer();
     const s = server;
-    const out = new AsyncQueue<ConnectRequest>();
-    const done = (async () => {
-      for await (const _m of s.client().connect(out)) void _m;
-    })();
-    done.catch(() => {});
-    out.push({
-      body: { $case: 'register', value: { nodeId: 'old-h', host: 'h', labels: {}, capabilities: [], codeVersions: [], agentVersion: '', reportIntervalNs: '1000000000', draining: false, processId: '', payloadCacheBytes: '0' } },
-    });
+    const { out } = rawConnect(s);
+    out.push(registerRequest('old-h', '1000000000'));
     // One sample two hours ago, outside GetHistory's default hour.
     const reading: ResourceReading = { name: 'cpu.load', value: 7, text: '', unit: 'percent', source: ReadingSource.READING_SOURCE_MEASURED };
     out.push({ body: { $case: 'report', value: { timeNs: `${Date.now() - 7_200_000}000000`, readings: [reading], seq: '1' } } });

@@ -7,13 +7,11 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { createAgentRuntime, type AgentRuntime } from '../agent/agent-runtime.js';
 import { backoffDelayMs } from '../agent/backoff.js';
 import { createResourceProbe, placementFlags, type ResourceProbe, type SystemInfo } from '../agent/resource-probe.js';
-import { AsyncQueue } from '../common/async-queue.js';
 import { InsufficientStorageError } from '../common/errors.js';
 import {
   NodeState,
   ReadingSource,
   type ConnectRequest,
-  type ConnectResponse,
   type ResourceReading,
 } from '../common/gen/retrace/v1/node.js';
 import { effectiveReading, parseAdvertise, resolveMetric } from '../common/node-resources.js';
@@ -22,7 +20,7 @@ import { compileMeshOptions } from '../coordinator/mesh/node-mesh.js';
 import { createNodeRecordStore } from '../coordinator/mesh/node-record-store.js';
 import { NodeRegistry, type Registration } from '../coordinator/mesh/node-registry.js';
 import type { Database } from '../coordinator/store/database.js';
-import { startMeshServer, waitFor, type MeshServer } from './helpers/mesh-server.js';
+import { rawConnect, registerRequest, startMeshServer, waitFor, type MeshServer } from './helpers/mesh-server.js';
 
 const measured = (name: string, value: number, unit = 'count'): ResourceReading => ({ name, value, text: '', unit, source: ReadingSource.READING_SOURCE_MEASURED });
 
@@ -195,19 +193,7 @@ describe('NodeService over gRPC (in-process)', () => {
     for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
   });
 
-  function rawConnect(s: MeshServer) {
-    const out = new AsyncQueue<ConnectRequest>();
-    const received: ConnectResponse[] = [];
-    const done = (async () => {
-      for await (const m of s.client().connect(out)) received.push(m);
-    })();
-    done.catch(() => {});
-    return { out, received, done };
-  }
-
-  const register = (nodeId: string): ConnectRequest => ({
-    body: { $case: 'register', value: { nodeId, host: 'h', labels: {}, capabilities: [], codeVersions: [], agentVersion: '', reportIntervalNs: '100000000', draining: false, processId: '', payloadCacheBytes: '0' } },
-  });
+  const register = (nodeId: string): ConnectRequest => registerRequest(nodeId);
   const report = (readings: ResourceReading[], timeNs = `${Date.now()}000000`): ConnectRequest => ({
     body: { $case: 'report', value: { timeNs, readings, seq: '1' } },
   });

@@ -2,7 +2,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { MemoryLevel } from 'memory-level';
 import { createChannel, createClientFactory, Metadata, type Channel, type Client } from 'nice-grpc';
-import { NodeServiceDefinition } from '../../common/gen/retrace/v1/node.js';
+import { AsyncQueue } from '../../common/async-queue.js';
+import { NodeServiceDefinition, type ConnectRequest, type ConnectResponse } from '../../common/gen/retrace/v1/node.js';
 import type { LogFn } from '../../common/log.js';
 import { createGrpcServer } from '../../coordinator/grpc/grpc-server.js';
 import { createNodeMesh, type MeshForecaster, type MeshHistoryStore, type NodeMesh, type NodeMeshOptions } from '../../coordinator/mesh/node-mesh.js';
@@ -97,6 +98,27 @@ export async function startMeshServer(
 }
 
 /** A real agent process (`node scripts/retrace.mjs agent ...`). */
+/**
+ * A node's Connect stream driven by hand: push ConnectRequests on `out`; what the coordinator
+ * sends collects in `received`; `done` settles when the stream ends.
+ */
+export function rawConnect(s: MeshServer): { out: AsyncQueue<ConnectRequest>; received: ConnectResponse[]; done: Promise<void> } {
+  const out = new AsyncQueue<ConnectRequest>();
+  const received: ConnectResponse[] = [];
+  const done = (async () => {
+    for await (const m of s.client().connect(out)) received.push(m);
+  })();
+  done.catch(() => {});
+  return { out, received, done };
+}
+
+/** A bare registration of `nodeId` that reports every `reportIntervalNs`. */
+export function registerRequest(nodeId: string, reportIntervalNs = '100000000'): ConnectRequest {
+  return {
+    body: { $case: 'register', value: { nodeId, host: 'h', labels: {}, capabilities: [], codeVersions: [], agentVersion: '', reportIntervalNs, draining: false, processId: '', payloadCacheBytes: '0' } },
+  };
+}
+
 export interface AgentProcess {
   child: ChildProcess;
   /** The `{"nodeId"...}` line, once registered. */
