@@ -142,9 +142,19 @@ async function watch(client: ReturnType<typeof openClient<typeof ReplayServiceDe
   io.stderr.write(tty ? '\n' : `${line}\n`);
 }
 
+/** A replay state as the CLI prints it: `RUNNING`, `SUCCEEDED`. */
+function stateName(state: ReplayState): string {
+  return ReplayState[state].replace('REPLAY_STATE_', '');
+}
+
+/** `replay ID: STATE (error)`: how a report starts, and what `replay watch` ends with. */
+function stateLine(r: ReplayReport): string {
+  return `replay ${r.replayId}: ${stateName(r.state)}${r.error ? ` (${r.error})` : ''}\n`;
+}
+
 function printReport(r: ReplayReport, io: CliIo): void {
   const s = r.summary;
-  io.stdout.write(`replay ${r.replayId}: ${ReplayState[r.state].replace('REPLAY_STATE_', '')}${r.error ? ` (${r.error})` : ''}\n`);
+  io.stdout.write(stateLine(r));
   if (s) {
     io.stdout.write(
       `  ${s.records} records, ${s.steps} steps: ${s.matched} matched, ${s.differed} differed, ${s.failed} failed${s.upstreamFailed ? `, ${s.upstreamFailed} upstream failed` : ''}${s.cancelled ? `, ${s.cancelled} cancelled` : ''}; non-deterministic ${s.nondeterministic}; corrupted inputs detected ${s.corruptedInputsDetected}; reassigned ${s.reassigned}\n` +
@@ -304,7 +314,7 @@ const list: CliCommand = {
     try {
       const r = await client.listReplays({}, { signal: io.signal });
       if (hasFlag(args, 'json')) io.stdout.write(toJson(responseJson(ReplayServiceDefinition, 'listReplays', r)));
-      else io.stdout.write(renderTable(['replay', 'state', 'records', 'steps', 'matched', 'failed', 'cancelled'], r.replays.map((x) => [x.replayId, ReplayState[x.state].replace('REPLAY_STATE_', ''), x.summary?.records ?? '', x.summary?.steps ?? '', x.summary?.matched ?? '', x.summary ? x.summary.failed + x.summary.upstreamFailed : '', x.summary?.cancelled ?? ''])));
+      else io.stdout.write(renderTable(['replay', 'state', 'records', 'steps', 'matched', 'failed', 'cancelled'], r.replays.map((x) => [x.replayId, stateName(x.state), x.summary?.records ?? '', x.summary?.steps ?? '', x.summary?.matched ?? '', x.summary ? x.summary.failed + x.summary.upstreamFailed : '', x.summary?.cancelled ?? ''])));
       return 0;
     } finally {
       close();
@@ -324,7 +334,7 @@ const watchCmd: CliCommand = {
       await watch(client, replayId, io);
       const { report: r } = await client.getReplayReport({ replayId }, { signal: io.signal });
       if (!r) return 1;
-      io.stderr.write(`replay ${replayId}: ${ReplayState[r.state].replace('REPLAY_STATE_', '')}${r.error ? ` (${r.error})` : ''}\n`);
+      io.stderr.write(stateLine(r));
       return r.state === ReplayState.REPLAY_STATE_SUCCEEDED ? 0 : 1;
     } finally {
       close();
@@ -342,7 +352,7 @@ const cancel: CliCommand = {
     const { client, close } = openClient(ReplayServiceDefinition, args);
     try {
       const r = await client.cancelReplay({ replayId }, { signal: io.signal });
-      io.stdout.write(hasFlag(args, 'json') ? toJson(responseJson(ReplayServiceDefinition, 'cancelReplay', r)) : `${replayId}: ${ReplayState[r.state].replace('REPLAY_STATE_', '')}\n`);
+      io.stdout.write(hasFlag(args, 'json') ? toJson(responseJson(ReplayServiceDefinition, 'cancelReplay', r)) : `${replayId}: ${stateName(r.state)}\n`);
       return 0;
     } finally {
       close();
