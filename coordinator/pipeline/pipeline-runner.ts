@@ -628,7 +628,6 @@ export class PipelineRunner {
           continue;
         }
         const outEventTime = maxNs(inputs.map((i) => i.rec.eventTimeNs));
-        const generated: ObjectRef[] = [];
         const outputs: Known[] = [];
         let bad = '';
         for (const [oi, o] of outcome.outputs.entries()) {
@@ -640,7 +639,6 @@ export class PipelineRunner {
           const outKey = o.key || key;
           const k: Known = { objectId: recordObjectId(p, outputDataset, outKey), contentHash: hash, size: o.payload.byteLength, mediaType: o.mediaType, eventTimeNs: outEventTime, payload: o.payload, fresh: true };
           outputs.push(k);
-          generated.push({ objectId: k.objectId, contentHash: hash, unversioned: false });
         }
         if (bad) {
           fail(`${step.name}/${key}: ${bad}`);
@@ -654,10 +652,11 @@ export class PipelineRunner {
           const by = lineage.index.generatorOf?.(versionKey(k.objectId, k.contentHash));
           return by !== undefined && by !== `step:${stepId}`;
         });
-        if (reproduced.length > 0) generated.splice(0, generated.length, ...generated.filter((g) => !reproduced.some((k) => k.objectId === g.objectId && k.contentHash === g.contentHash)));
+        const made = reproduced.length > 0 ? outputs.filter((k) => !reproduced.includes(k)) : outputs;
+        const generated: ObjectRef[] = made.map((k) => ({ objectId: k.objectId, contentHash: k.contentHash, unversioned: false }));
         // The outputs' versions travel in the step event itself: one event per shard instead of
         // one more per output, each of which cost the engine as much as the step's own.
-        const versions: ObjectVersion[] = outputs.filter((k) => !reproduced.includes(k)).map((k) => this.version(k, endedAtNs, { dataset: outputDataset, event_time_ns: k.eventTimeNs, key: k.objectId.slice(outPrefix.length), pipeline: p }));
+        const versions: ObjectVersion[] = made.map((k) => this.version(k, endedAtNs, { dataset: outputDataset, event_time_ns: k.eventTimeNs, key: k.objectId.slice(outPrefix.length), pipeline: p }));
         // Facets and attributes are built with their keys in canonical (sorted) order, so the
         // engine's normalisation keeps them as they are instead of copying them sorted.
         const facet: RetraceStepFacet & { attempts: number; output: string; queuedMs: number } = {
