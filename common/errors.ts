@@ -60,8 +60,9 @@ export class InvalidArgumentError extends RetraceError {
 }
 
 export class NotFoundError extends RetraceError {
-  constructor(what: string, field?: string) {
-    super('NOT_FOUND', `${what} not found`, field === undefined ? {} : { field });
+  /** `context` follows "not found" (`at as_of_ns …`: where or when it was looked for). */
+  constructor(what: string, field?: string, context?: string) {
+    super('NOT_FOUND', `${what} not found${context ? ` ${context}` : ''}`, field === undefined ? {} : { field });
     this.name = 'NotFoundError';
   }
 }

@@ -693,7 +693,7 @@ export class LineageEngine implements LineageApi {
     const pageSize = request.pageSize === 0 ? DEFAULT_PAGE : request.pageSize;
     const asOfMs = request.asOfNs === '0' || request.asOfNs === '' ? Number.POSITIVE_INFINITY : nsToMs(BigInt(request.asOfNs));
     // A node first seen after as_of did not exist then: unknown, as an unknown node is, not an empty closure.
-    if (this.index.timeOf(id) > asOfMs) throw notFoundAsOf(`node ${key}`, 'start', request.asOfNs);
+    if (this.index.timeOf(id) > asOfMs) throw new NotFoundError(`node ${key}`, 'start', `at as_of_ns ${request.asOfNs} (${nanosToIso(request.asOfNs)})`);
     const objectLevel = request.objectLevel || start.kind === NodeKind.NODE_KIND_OBJECT || start.kind === NodeKind.NODE_KIND_TRANSFORM;
     const direction = request.direction === Direction.DIRECTION_UNSPECIFIED ? Direction.DIRECTION_DOWNSTREAM : request.direction;
     const query = traceQueryFingerprint({ key, direction, depth: request.depth, asOfMs, objectLevel, view: request.view, includeEdges: request.includeEdges });
@@ -939,13 +939,6 @@ function checkNodeRef(ref: NodeRef, field: string): void {
   if (ref.kind === NodeKind.NODE_KIND_OBJECT_VERSION && !isContentHash(ref.contentHash)) {
     throw new InvalidArgumentError(`${field}.content_hash`, ref.contentHash === '' ? 'is required for an object version (sha256:<64 hex digits>)' : `malformed hash ${JSON.stringify(ref.contentHash.slice(0, 80))}; expected sha256:<64 lowercase hex digits>`);
   }
-}
-
-/** NOT_FOUND worded as for an unknown node (`<what> not found`), plus the time asked about. */
-function notFoundAsOf(what: string, field: string, asOfNs: string): NotFoundError {
-  const err = new NotFoundError(what, field);
-  err.message += ` at as_of_ns ${asOfNs} (${nanosToIso(asOfNs)})`;
-  return err;
 }
 
 /** as_of_ns: 0 (now) or a time in nanoseconds since the epoch. */
