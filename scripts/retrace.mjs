@@ -23,6 +23,14 @@ process.emitWarning = (warning, ...rest) => {
   const code = typeof rest[0] === 'object' && rest[0] !== null ? rest[0].code : rest[1];
   if (code !== 'DEP0123') emitWarning(warning, ...rest);
 };
+// grpc-js writes some failures to stderr itself, in its own format, before the error reaches the
+// CLI, which then says the same in its words: a taken port printed "E No address added out of
+// total 1 resolved" above "error: --grpc 127.0.0.1:7700: address already in use". Its lines
+// appear when asked for, through the variables grpc-js documents (GRPC_VERBOSITY=ERROR|INFO|DEBUG).
+if (!process.env.GRPC_VERBOSITY && !process.env.GRPC_NODE_VERBOSITY) {
+  const grpc = await import('@grpc/grpc-js');
+  grpc.setLogVerbosity(grpc.logVerbosity.NONE);
+}
 const { main, runningService } = await import('./cli/main.ts');
 // A reader that stopped reading (`retrace jobs | head -1`) is not an error of ours: a command
 // stops quietly, as `grep` and `rg` do, instead of crashing on the unhandled EPIPE. A service

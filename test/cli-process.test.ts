@@ -6,6 +6,7 @@ import { once } from 'node:events';
 import { createServer, type Server, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { meshExtension } from '../coordinator/mesh/mesh-extension.js';
+import { runCliProcess } from './helpers/coordinator-process.js';
 import { runCli } from './helpers/in-process-cli.js';
 import { startTestCoordinator } from './helpers/test-coordinator.js';
 
@@ -158,4 +159,25 @@ describe('retrace usage errors', () => {
       rmSync(dir, { recursive: true, force: true });
     }
   }, 20_000);
+
+  it('as a process, a taken port is reported once, in the CLI\'s words; GRPC_VERBOSITY brings back grpc-js\'s own line', async () => {
+    const blocker = createServer();
+    blocker.listen(0, '127.0.0.1');
+    await once(blocker, 'listening');
+    const port = (blocker.address() as { port: number }).port;
+    const dir = mkdtempSync(join(tmpdir(), 'retrace-inuse-'));
+    try {
+      const args = ['coordinator', '--data', dir, '--grpc', `127.0.0.1:${port}`, '--http', '127.0.0.1:0'];
+      const quiet = await runCliProcess(args);
+      expect(quiet.code).toBe(1);
+      expect(quiet.stderr).toContain(`error: --grpc 127.0.0.1:${port}: address already in use`);
+      expect(quiet.stderr).not.toMatch(/No address added/);
+      const verbose = await runCliProcess(args, undefined, { GRPC_VERBOSITY: 'ERROR' });
+      expect(verbose.code).toBe(1);
+      expect(verbose.stderr).toMatch(/^E No address added out of total 1 resolved/m);
+    } finally {
+      await new Promise((r) => blocker.close(r));
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 30_000);
 });

@@ -54,9 +54,9 @@ export async function killChildren(children: ChildProcess[]): Promise<void> {
   }
 }
 
-/** Runs `retrace ARGS` as a child process (pushed onto `children` when given); resolves with its exit code and output. */
-export async function runCliProcess(args: readonly string[], children?: ChildProcess[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const proc = spawn(process.execPath, [CLI, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+/** Runs `retrace ARGS` as a child process (pushed onto `children` when given; `env`: more environment); resolves with its exit code and output. */
+export async function runCliProcess(args: readonly string[], children?: ChildProcess[], env: Readonly<Record<string, string>> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const proc = spawn(process.execPath, [CLI, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   children?.push(proc);
   let stdout = '';
   let stderr = '';
