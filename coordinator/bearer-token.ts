@@ -9,9 +9,15 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 export function bearerTokenCheck(token: string): (authorization: string | undefined) => boolean {
   const expected = digest(token);
   return (authorization) => {
-    if (authorization === undefined || authorization.length <= 7 || authorization.slice(0, 7).toLowerCase() !== 'bearer ') return false;
-    return timingSafeEqual(digest(authorization.slice(7)), expected);
+    const sent = bearerTokenOf(authorization);
+    return sent !== undefined && timingSafeEqual(digest(sent), expected);
   };
+}
+
+/** The token of `Bearer <token>`, the scheme in any case (RFC 7235); undefined for anything else. */
+export function bearerTokenOf(authorization: string | undefined): string | undefined {
+  if (authorization === undefined || authorization.length <= 7 || authorization.slice(0, 7).toLowerCase() !== 'bearer ') return undefined;
+  return authorization.slice(7);
 }
 
 function digest(text: string): Buffer {

@@ -23,6 +23,7 @@ import { verifyContent } from './store/content-verifier.js';
 import { openDatabase, type Database } from './store/database.js';
 import { LineageStore } from './store/lineage-store.js';
 import { guardStorage, type StorageGuard } from './store/storage-guard.js';
+import { createTokenRegistry, type TokenRegistry } from './token-registry.js';
 
 export type CoordinatorState = 'NEW' | 'STARTING' | 'RUNNING' | 'STOPPING' | 'STOPPED' | 'FAILED';
 
@@ -73,6 +74,7 @@ export class Coordinator {
   private httpServer: HttpServer | HttpsServer | undefined;
   private extensions: CoordinatorExtension[] = [];
   private token = '';
+  private tokens: TokenRegistry | undefined;
   addresses: CoordinatorAddresses | undefined;
 
   constructor(options: CoordinatorOptions, private readonly extensionFactories: readonly ExtensionFactory[] = []) {
@@ -119,6 +121,9 @@ export class Coordinator {
         }
       }
       this.token = this.options.token ?? loadOrCreateToken(dataDir, log);
+      // The owner token and the named ones of <data>/tokens.json, watched from here on.
+      this.tokens = createTokenRegistry({ ownerToken: this.token, dataDir, log });
+      const authenticate = this.tokens.authenticate;
       this.db = await openDatabase(dataDir === null ? null : join(dataDir, 'db'), { writeBufferBytes: this.options.dbWriteBufferBytes });
       if (dataDir !== null) this.storageGuard = guardStorage(this.db, { dir: join(dataDir, 'db'), log, probeIntervalMs: this.options.storageProbeIntervalMs });
       const db = this.db;
@@ -135,7 +140,7 @@ export class Coordinator {
       for (const ext of this.extensions) await ext.start?.();
 
       const { server, health } = createGrpcServer({
-        token: this.token,
+        token: authenticate,
         log,
         services: [
           // The generated definition with SubmitEvents decoded by hand, so the ledger keeps each event's received bytes.
@@ -159,7 +164,7 @@ export class Coordinator {
       storage?.onChange((state) => health.setStatus(state === 'FULL' ? 'unhealthy' : 'healthy'));
 
       const routes = [...createOpenLineageRoutes(this.engine), ...createMarquezRoutes(this.engine), ...this.extensions.flatMap((e) => e.routes ?? [])];
-      this.httpServer = createHttpServer(routes, { token: this.token, log, tls });
+      this.httpServer = createHttpServer(routes, { token: authenticate, log, tls });
       const httpServer = this.httpServer;
       await new Promise<void>((resolve, reject) => {
         httpServer.once('error', reject);
@@ -186,6 +191,7 @@ export class Coordinator {
   }
 
   private async release(): Promise<void> {
+    this.tokens?.close();
     const http = this.httpServer;
     if (http) {
       await new Promise<void>((resolve) => {

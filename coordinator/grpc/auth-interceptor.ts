@@ -1,5 +1,8 @@
 import { ServerInterceptingCall, status as GrpcStatus, type ServerInterceptingCallInterface, type ServerInterceptor } from '@grpc/grpc-js';
-import { bearerTokenCheck } from '../bearer-token.js';
+import { toServerError } from '../../common/errors.js';
+import { mayCall, permissionDenied } from '../access-policy.js';
+import type { Authenticate } from '../token-registry.js';
+import { bindPrincipal } from './principal.js';
 
 /** Services that stay open without a token: health checks and reflection describe, never change. */
 const OPEN_PREFIXES = ['/grpc.health.v1.', '/grpc.reflection.'];
@@ -13,7 +16,10 @@ export const OPEN_SERVICE_MAX_MESSAGE_BYTES = 64 * 1024;
 const UNAUTHENTICATED = 'missing or wrong token: send "authorization: Bearer <token>" (the coordinator writes it to <data dir>/auth-token)';
 
 /**
- * Requires `authorization: Bearer <token>` on every call except health and reflection. A grpc-js
+ * Requires `authorization: Bearer <token>` on every call except health and reflection, and that
+ * the token's role may call the method (access-policy.ts): PERMISSION_DENIED naming the role and
+ * the method otherwise. It then binds the call's principal to the token (principal.ts): a client
+ * or agent token that names another in `x-retrace-principal` is refused. A grpc-js
  * interceptor rather than a nice-grpc middleware: it answers as soon as the call's metadata
  * arrives, before a single message is read. A middleware runs only once grpc-js has received the
  * whole request, so a caller without a token could make the coordinator buffer 64 MiB per call
@@ -25,8 +31,7 @@ const UNAUTHENTICATED = 'missing or wrong token: send "authorization: Bearer <to
  * so the call's own limit is lowered; should a grpc-js version lack the fields this relies on,
  * the open services need the token too rather than read 64 MiB from anyone.
  */
-export function createAuthInterceptor(token: string): ServerInterceptor {
-  const authorized = bearerTokenCheck(token);
+export function createAuthInterceptor(authenticate: Authenticate): ServerInterceptor {
   return (method, call) => {
     if (OPEN_PREFIXES.some((p) => method.path.startsWith(p)) && limitReceive(call, OPEN_SERVICE_MAX_MESSAGE_BYTES)) return new ServerInterceptingCall(call);
     return new ServerInterceptingCall(call, {
@@ -34,8 +39,16 @@ export function createAuthInterceptor(token: string): ServerInterceptor {
         next({
           onReceiveMetadata(metadata, pass) {
             const value = metadata.get('authorization')[0];
-            if (authorized(typeof value === 'string' ? value : undefined)) pass(metadata);
-            else call.sendStatus({ code: GrpcStatus.UNAUTHENTICATED, details: UNAUTHENTICATED });
+            const identity = authenticate(typeof value === 'string' ? value : undefined);
+            if (!identity) {
+              call.sendStatus({ code: GrpcStatus.UNAUTHENTICATED, details: UNAUTHENTICATED });
+              return;
+            }
+            const refused = mayCall(identity.role, method.path) ? bindPrincipal(identity, metadata) : permissionDenied(identity, method.path);
+            if (refused) {
+              const status = toServerError(refused);
+              call.sendStatus({ code: status.code as number, details: status.details });
+            } else pass(metadata);
           },
         });
       },

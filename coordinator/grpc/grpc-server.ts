@@ -4,6 +4,7 @@ import { FileDescriptorSetSchema } from '@bufbuild/protobuf/wkt';
 import { createServer, type Server } from 'nice-grpc';
 import { HealthDefinition, HealthServiceImpl, HealthState } from 'nice-grpc-server-health';
 import { ServerReflection, ServerReflectionService } from 'nice-grpc-server-reflection';
+import { ownerOnly, type Authenticate } from '../token-registry.js';
 import { createAuthInterceptor } from './auth-interceptor.js';
 import { createErrorMiddleware } from './error-middleware.js';
 import { guardRequestDecoding } from './request-decoding.js';
@@ -23,16 +24,17 @@ const DESCRIPTOR_SET = new URL('../../common/gen/descriptor-set.binpb', import.m
 /**
  * The coordinator's gRPC server: auth, then the error funnel, in front of every service; plus
  * the standard health service and server reflection so generic gRPC tools can list and call it.
+ * `token` is the owner token alone, or the coordinator's token registry's `authenticate`.
  * Request bytes that do not decode as the method's message are refused with INVALID_ARGUMENT
  * naming the message (grpc-js alone answers INTERNAL "Error deserializing request").
  */
-export function createGrpcServer(options: { token: string; services: ServiceMount[]; log: (line: string) => void }): { server: Server; health: HealthState } {
+export function createGrpcServer(options: { token: string | Authenticate; services: ServiceMount[]; log: (line: string) => void }): { server: Server; health: HealthState } {
   const server = createServer({
     'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
     'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
     // No channelz service is mounted, so its per-call and per-session bookkeeping is never read.
     'grpc.enable_channelz': 0,
-    interceptors: [createAuthInterceptor(options.token)],
+    interceptors: [createAuthInterceptor(typeof options.token === 'string' ? ownerOnly(options.token) : options.token)],
   })
     .use(createErrorMiddleware(options.log));
   const health = HealthState();

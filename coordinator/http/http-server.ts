@@ -1,7 +1,8 @@
 import { createServer, type IncomingMessage, type RequestListener, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import { InvalidArgumentError, isRetraceError, NotFoundError, RetraceError, toHttpError } from '../../common/errors.js';
-import { bearerTokenCheck } from '../bearer-token.js';
+import { mayUseHttp, permissionDenied } from '../access-policy.js';
+import { ownerOnly, type Authenticate } from '../token-registry.js';
 import { storeErrorOf } from '../store/database.js';
 import type { HttpRequest, Route } from './router.js';
 
@@ -21,16 +22,17 @@ function bodyTooLarge(what: string): BodyTooLargeError {
 /**
  * The coordinator's HTTP face: JSON in, JSON out, routes by path (router.ts). Every request needs
  * `Authorization: Bearer <token>`, the token the gRPC services take (OpenLineage clients send it
- * with their api_key auth); without it, 401 before any route is looked up. Errors go through the
+ * with their api_key auth); without it, 401 before any route is looked up; with an agent-role
+ * token, 403 (access-policy.ts). Errors go through the
  * shared error table, so a 400 carries `{error, message, field}` just as gRPC names the field.
  * With `tls` (PEM certificate and key) it serves HTTPS instead.
  */
 export function createHttpServer(
   routes: readonly Route[],
-  options: { token: string; log: (line: string) => void; tls?: { cert: Buffer; key: Buffer } | undefined },
+  options: { token: string | Authenticate; log: (line: string) => void; tls?: { cert: Buffer; key: Buffer } | undefined },
 ): Server | HttpsServer {
   const { log } = options;
-  const authorized = bearerTokenCheck(options.token);
+  const authenticate = typeof options.token === 'string' ? ownerOnly(options.token) : options.token;
   const match = compileRoutes(routes);
   const listener: RequestListener = (req, res) => {
     void handle(req, res).catch((err: unknown) => log(`http: response failed: ${String(err)}`));
@@ -41,10 +43,12 @@ export function createHttpServer(
     const controller = new AbortController();
     res.on('close', () => controller.abort(new Error('client went away')));
     try {
-      if (!authorized(req.headers.authorization)) {
+      const identity = authenticate(req.headers.authorization);
+      if (!identity) {
         throw new RetraceError('UNAUTHENTICATED', 'missing or wrong token: send "Authorization: Bearer <token>" (the coordinator writes it to <data dir>/auth-token; OpenLineage clients: api_key auth of the http transport)');
       }
       const url = new URL(req.url ?? '/', 'http://localhost');
+      if (!mayUseHttp(identity.role)) throw permissionDenied(identity, `HTTP ${req.method ?? 'GET'} ${url.pathname}`);
       const found = match(req.method ?? 'GET', url.pathname);
       if (found === 'METHOD_NOT_ALLOWED') {
         send(res, 405, { error: 'METHOD_NOT_ALLOWED', message: `${req.method} is not allowed on ${url.pathname}` });

@@ -1,6 +1,7 @@
-import { ReplayServiceDefinition, type ReplayServiceImplementation } from '../../common/gen/retrace/v1/replay.js';
+import { ReplayPolicy, ReplayServiceDefinition, type ReplayServiceImplementation } from '../../common/gen/retrace/v1/replay.js';
 import { InvalidArgumentError } from '../../common/errors.js';
 import type { CoordinatorExtension, ExtensionFactory } from '../coordinator.js';
+import { requestPrincipal } from '../grpc/principal.js';
 import type { PublishedCode } from '../../common/gen/retrace/v1/code.js';
 import type { NodeInfo } from '../../common/gen/retrace/v1/node.js';
 import { declaredRequirements } from '../../common/requirements.js';
@@ -61,7 +62,12 @@ export function replayExtension(shared: ReplayShared): ExtensionFactory {
     });
     shared.replay = engine;
     const implementation: ReplayServiceImplementation = {
-      startReplay: (request) => engine.startReplay(request),
+      // The principal recorded is the caller's: a client token's own name (another is refused).
+      startReplay: (request, context) => {
+        const sent = request.policy?.principal ?? '';
+        const principal = requestPrincipal(context, 'policy.principal', sent);
+        return engine.startReplay(principal === sent ? request : { ...request, policy: ReplayPolicy.fromPartial({ ...request.policy, principal }) });
+      },
       async *watchReplay(request, context) {
         if (!request.replayId) throw new InvalidArgumentError('replay_id', 'is required');
         yield* engine.watch(request.replayId, context.signal);

@@ -16,6 +16,7 @@ export async function loadCommands(): Promise<CliCommand[]> {
     import('./replay-commands.js'),
     import('./recompute-commands.js'),
     import('./job-commands.js'),
+    import('./token-commands.js'),
   ] as Promise<{ commands: CliCommand[] }>[]);
   return modules.flatMap((m) => m.commands);
 }

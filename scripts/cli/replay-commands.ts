@@ -22,7 +22,9 @@ const START_USAGE = `retrace replay start SELECTOR [POLICY] [--watch] [--json]
     --seed N                          fault seed (default 1)
     --set STEP.PARAM=JSON             what-if parameter the step has (repeatable);
                                       STEP.+PARAM adds one it does not have
-    --code TRANSFORM=sha256:...       what-if code version (repeatable)`;
+    --code TRANSFORM=sha256:...       what-if code version (repeatable)
+    --principal NAME                  who asked, as recorded (default: a named token's name, or
+                                      "replay" for the auth-token; a client token may name only itself)`;
 
 /** The longest fault duration the policy carries (uint32 milliseconds). */
 const MAX_FAULT_MS = 2 ** 32 - 1;
@@ -127,7 +129,9 @@ function parsePolicy(args: ParsedArgs): ReplayPolicy {
     faults,
     stepParameters,
     codeVersions,
-    principal: process.env.USER ?? 'cli',
+    // Empty: the coordinator records the token's name. $USER was sent before, which a client
+    // token (bound to its own name) would have been refused for.
+    principal: flag(args, 'principal') ?? '',
   };
 }
 

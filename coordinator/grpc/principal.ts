@@ -1,0 +1,61 @@
+import type { Metadata } from '@grpc/grpc-js';
+import type { CallContext } from 'nice-grpc';
+import { RetraceError } from '../../common/errors.js';
+import type { Identity } from '../token-registry.js';
+
+/**
+ * Who a call acts for, as handlers read it: the principal recorded in provenance (`why`), in
+ * jobs and changes. The owner token and admin tokens may name anyone with it; a client or agent
+ * token acts only as itself (see bindPrincipal).
+ */
+export const PRINCIPAL_HEADER = 'x-retrace-principal';
+
+/**
+ * Set by the auth interceptor, never taken from the caller: the name a client or agent token is
+ * bound to. A request field that names a principal (ReplayPolicy.principal) must then be empty
+ * or this name (requestPrincipal).
+ */
+export const BOUND_PRINCIPAL_HEADER = 'x-retrace-bound-principal';
+
+/**
+ * Rewrites the principal headers of a call made with `identity`'s token, before any handler reads
+ * them; PERMISSION_DENIED (nothing rewritten) when a client or agent token names another principal.
+ * Whatever the caller sent as BOUND_PRINCIPAL_HEADER is dropped. A named token that names no
+ * principal acts as its name; the owner token's calls keep what they sent (or each RPC's default).
+ */
+export function bindPrincipal(identity: Identity, metadata: Metadata): RetraceError | undefined {
+  metadata.remove(BOUND_PRINCIPAL_HEADER);
+  if (identity.owner) return undefined;
+  const claimed = metadata
+    .get(PRINCIPAL_HEADER)
+    .map((v) => (typeof v === 'string' ? v.trim() : '\0binary'))
+    .filter((v) => v !== '');
+  if (identity.role !== 'admin') {
+    const other = claimed.find((v) => v !== identity.name);
+    if (other !== undefined) {
+      return new RetraceError('PERMISSION_DENIED', `token ${JSON.stringify(identity.name)} (role ${identity.role}) acts only as principal ${JSON.stringify(identity.name)}, not ${JSON.stringify(other.slice(0, 100))}: drop the header or use an admin token`, { field: PRINCIPAL_HEADER });
+    }
+    metadata.set(BOUND_PRINCIPAL_HEADER, identity.name);
+  }
+  if (claimed.length === 0 || identity.role !== 'admin') metadata.set(PRINCIPAL_HEADER, identity.name);
+  return undefined;
+}
+
+/**
+ * The principal a request field names, checked against the caller's token: for a client or agent
+ * token the field must be empty (then it is the token's name) or that name, else PERMISSION_DENIED
+ * naming `field`. For the owner and admin tokens the field as sent, or when empty the
+ * x-retrace-principal header's, or '' (the RPC's own default).
+ */
+export function requestPrincipal(context: Pick<CallContext, 'metadata'>, field: string, value: string): string {
+  const bound = context.metadata.get(BOUND_PRINCIPAL_HEADER);
+  if (typeof bound === 'string' && bound !== '') {
+    if (value !== '' && value !== bound) {
+      throw new RetraceError('PERMISSION_DENIED', `this token acts only as principal ${JSON.stringify(bound)}, not ${JSON.stringify(value.slice(0, 100))}: leave it empty or use an admin token`, { field });
+    }
+    return bound;
+  }
+  if (value !== '') return value;
+  const header = context.metadata.get(PRINCIPAL_HEADER);
+  return typeof header === 'string' ? header.trim() : '';
+}

@@ -1,0 +1,72 @@
+import { unwatchFile, watchFile } from 'node:fs';
+import { bearerTokenCheck, bearerTokenOf } from './bearer-token.js';
+import { OWNER_NAME, readTokenFile, tokenDigest, tokensFilePath, type Role, type TokenEntry } from './token-file.js';
+
+/** Who a call's token says the caller is. */
+export interface Identity {
+  /** The token's name; `owner` for the auth-token. */
+  readonly name: string;
+  readonly role: Role;
+  /** The auth-token / --token identity: may name any principal (x-retrace-principal, request fields). */
+  readonly owner: boolean;
+}
+
+/** The identity of an `authorization` header value (`Bearer <token>`), or undefined: no such token. */
+export type Authenticate = (authorization: string | undefined) => Identity | undefined;
+
+const OWNER: Identity = Object.freeze({ name: OWNER_NAME, role: 'admin', owner: true });
+
+/**
+ * Only the owner token: what the coordinator accepted before named tokens (and what a server
+ * built with a bare token, as the tests' mesh server is, still does); see bearerTokenCheck.
+ */
+export function ownerOnly(token: string): Authenticate {
+  const check = bearerTokenCheck(token);
+  return (authorization) => (check(authorization) ? OWNER : undefined);
+}
+
+/** The owner token and the named tokens of `<data>/tokens.json`, kept current while it runs. */
+export interface TokenRegistry {
+  readonly authenticate: Authenticate;
+  /** Stops watching the file. */
+  close(): void;
+}
+
+/**
+ * Reads `<dataDir>/tokens.json` (none: only the owner token is taken) and watches it: a change
+ * (an add, a revoke, the file replaced by rename or removed) takes effect within `intervalMs`,
+ * without a restart. A malformed file throws here, naming the file and the entry; once running,
+ * one is logged and the previous table kept, so a bad hand edit does not lock every caller out.
+ * A presented token is looked up by its SHA-256 hex digest: the lookup's time depends on the
+ * digest, never on how much of the token matched.
+ */
+export function createTokenRegistry(options: { ownerToken: string; dataDir: string | null; log: (line: string) => void; intervalMs?: number }): TokenRegistry {
+  const owner = ownerOnly(options.ownerToken);
+  const { dataDir, log } = options;
+  let table = new Map<string, Identity>();
+  const load = (entries: readonly TokenEntry[]): void => {
+    table = new Map(entries.map((e) => [e.sha256, Object.freeze({ name: e.name, role: e.role, owner: false })]));
+  };
+  if (dataDir !== null) load(readTokenFile(dataDir));
+  const authenticate: Authenticate = (authorization) => {
+    const found = owner(authorization);
+    if (found) return found;
+    const sent = bearerTokenOf(authorization);
+    return sent === undefined ? undefined : table.get(tokenDigest(sent));
+  };
+  if (dataDir === null) return { authenticate, close: () => {} };
+  const file = tokensFilePath(dataDir);
+  const onChange = (): void => {
+    try {
+      // A removed file is no named tokens: readTokenFile answers [] for it.
+      load(readTokenFile(dataDir));
+      log(`coordinator: ${file} changed: ${table.size} named token${table.size === 1 ? '' : 's'}`);
+    } catch (err) {
+      log(`coordinator: WARNING: ${(err as Error).message}; keeping the ${table.size} named token${table.size === 1 ? '' : 's'} read before`);
+    }
+  };
+  // Polled (stat every interval) rather than fs.watch: it follows the path, so a file replaced
+  // by rename (as `retrace token` writes it), or made after start, is seen as well.
+  watchFile(file, { interval: options.intervalMs ?? 500, persistent: false }, onChange);
+  return { authenticate, close: () => unwatchFile(file, onChange) };
+}
