@@ -1,4 +1,4 @@
-import { unwatchFile, watchFile } from 'node:fs';
+import { statSync, unwatchFile, watchFile, type Stats } from 'node:fs';
 import { bearerTokenCheck, bearerTokenOf } from './bearer-token.js';
 import { OWNER_NAME, readTokenFile, tokenDigest, tokensFilePath, type Role, type TokenEntry } from './token-file.js';
 
@@ -44,26 +44,49 @@ export function createTokenRegistry(options: { ownerToken: string; dataDir: stri
   const owner = ownerOnly(options.ownerToken);
   const { dataDir, log } = options;
   let table = new Map<string, Identity>();
-  const load = (entries: readonly TokenEntry[]): void => {
-    table = new Map(entries.map((e) => [e.sha256, Object.freeze({ name: e.name, role: e.role, owner: false })]));
+  const file = dataDir === null ? null : tokensFilePath(dataDir);
+  // What the table was read from (undefined: no file), so that an unknown token can tell cheaply whether the file changed since.
+  let loadedFrom: string | undefined;
+  const fileVersion = (): string | undefined => {
+    let st: Stats | undefined;
+    try {
+      st = file === null ? undefined : statSync(file, { throwIfNoEntry: false });
+    } catch {
+      return loadedFrom;
+    }
+    return st && `${st.ino}:${st.size}:${st.mtimeMs}`;
   };
-  if (dataDir !== null) load(readTokenFile(dataDir));
+  const load = (): void => {
+    const version = fileVersion();
+    const entries: readonly TokenEntry[] = dataDir === null ? [] : readTokenFile(dataDir);
+    table = new Map(entries.map((e) => [e.sha256, Object.freeze({ name: e.name, role: e.role, owner: false })]));
+    loadedFrom = version;
+  };
+  const reload = (): void => {
+    try {
+      // A removed file is no named tokens: readTokenFile answers [] for it.
+      load();
+      log(`coordinator: ${file} changed: ${table.size} named token${table.size === 1 ? '' : 's'}`);
+    } catch (err) {
+      loadedFrom = fileVersion();
+      log(`coordinator: WARNING: ${(err as Error).message}; keeping the ${table.size} named token${table.size === 1 ? '' : 's'} read before`);
+    }
+  };
+  load();
   const authenticate: Authenticate = (authorization) => {
     const found = owner(authorization);
     if (found) return found;
     const sent = bearerTokenOf(authorization);
-    return sent === undefined ? undefined : table.get(tokenDigest(sent));
+    if (sent === undefined) return undefined;
+    const digest = tokenDigest(sent);
+    // A token made a moment ago (`retrace token add`, then a call at once) is not refused while
+    // the poll below has yet to see it: an unknown token first checks the file's stat.
+    if (!table.has(digest) && file !== null && fileVersion() !== loadedFrom) reload();
+    return table.get(digest);
   };
-  if (dataDir === null) return { authenticate, close: () => {} };
-  const file = tokensFilePath(dataDir);
+  if (dataDir === null || file === null) return { authenticate, close: () => {} };
   const onChange = (): void => {
-    try {
-      // A removed file is no named tokens: readTokenFile answers [] for it.
-      load(readTokenFile(dataDir));
-      log(`coordinator: ${file} changed: ${table.size} named token${table.size === 1 ? '' : 's'}`);
-    } catch (err) {
-      log(`coordinator: WARNING: ${(err as Error).message}; keeping the ${table.size} named token${table.size === 1 ? '' : 's'} read before`);
-    }
+    if (fileVersion() !== loadedFrom) reload();
   };
   // Polled (stat every interval) rather than fs.watch: it follows the path, so a file replaced
   // by rename (as `retrace token` writes it), or made after start, is seen as well.

@@ -136,6 +136,16 @@ describe('token roles', () => {
     await expect(as(tokens.admin, ReplayServiceDefinition).startReplay({ selector: { selector: { $case: 'recordIds', value: { objectIds: ['record:p/raw:1'] } } }, policy: { principal: 'alice' } as never }, { metadata: forged })).rejects.not.toMatchObject({ code: Status.PERMISSION_DENIED });
   });
 
+  it('a token made while the coordinator runs is taken at once, not only after the next poll of the file', async () => {
+    const r = await tokenCli('add', 'fresh', '--role', 'client');
+    expect(r, r.stderr).toMatchObject({ code: 0 });
+    await expect(as(r.stdout.trim(), LineageServiceDefinition).listRuns({})).resolves.toBeDefined();
+    // An unknown token is still unknown (and does not make the table forget the others).
+    await expect(as('f'.repeat(48), LineageServiceDefinition).listRuns({})).rejects.toMatchObject({ code: Status.UNAUTHENTICATED });
+    await as(tokens.client, LineageServiceDefinition).listRuns({});
+    expect(await tokenCli('revoke', 'fresh')).toMatchObject({ code: 0 });
+  });
+
   it('a revoked token is refused by the running coordinator within about a second', async () => {
     const lineage = as(tokens.doomed, LineageServiceDefinition);
     await lineage.listRuns({});
