@@ -69,6 +69,7 @@ const start: CliCommand = {
         ['lineage runs', ''],
         [`lineage export object:${ex.firstOrder} --out prov.json`, 'W3C PROV-JSON'],
         // Without --coordinator, verify reads a data dir offline (the running coordinator holds it).
+        [`token add analyst --role client${defaults ? '' : ` --data ${dataDir}`}`, 'a named token: reads and submits as "analyst", may not publish code (token list, token revoke)', true],
         [`verify --coordinator ${addresses.grpc}${defaults ? '' : ` --token-file ${join(dataDir, 'auth-token')}`}`, 'tamper check', true],
         ['nodes --watch', 'live inventory of the agents'],
         [`nodes history ${agents[0]?.nodeId ?? 'NODE'} --metric cpu`, ''],
@@ -146,6 +147,20 @@ const demo: CliCommand = {
       if (code !== expectCode) failures.push(`${title}: exit ${code}, expected ${expectCode}`);
       return text;
     };
+    // `token add` prints the new token once on stdout: the tour keeps it and shows only stderr.
+    const makeToken = async (name: string, role: string, why: string): Promise<string> => {
+      say(`${why}\n$ retrace token add ${name} --role ${role} --data ${dataDir}`);
+      const out = new PassThrough();
+      const err = new PassThrough();
+      const printed: Buffer[] = [];
+      const told: Buffer[] = [];
+      out.on('data', (d: Buffer) => printed.push(d));
+      err.on('data', (d: Buffer) => told.push(d));
+      const code = await main(['token', 'add', name, '--role', role, '--data', dataDir], { stdout: out, stderr: err, signal: io.signal });
+      io.stdout.write(`<token>\n${Buffer.concat(told).toString()}`);
+      if (code !== 0) failures.push(`token add ${name}: exit ${code}`);
+      return Buffer.concat(printed).toString().trim();
+    };
     try {
       const addresses = await c.start();
       const conn = ['--coordinator', addresses.grpc, '--token', c.authToken];
@@ -174,8 +189,9 @@ const demo: CliCommand = {
       if (nsRes.status !== 200 || !names.includes('reports') || dsRes.status !== 200 || !ds.totalCount) failures.push(`Marquez read API: ${nsRes.status} / ${dsRes.status}, expected the reports namespace and its datasets`);
       await step('Verify the ledger online', ['verify', ...conn]);
 
-      say('Two agents join: one measured as it is, one declaring a GPU and 64 GiB for tests and simulations');
-      const agents = await startLocalAgents(addresses.grpc, c.authToken, dataDir, [
+      const agentToken = await makeToken('demo-agents', 'agent', 'A token for the agents: role agent may only join the mesh and fetch published code');
+      say('Two agents join with it: one measured as it is, one declaring a GPU and 64 GiB for tests and simulations');
+      const agents = await startLocalAgents(addresses.grpc, agentToken, dataDir, [
         { name: 'demo-cpu', labels: ['pool=demo'], reportInterval: '300ms' },
         { name: 'demo-gpu', labels: ['pool=testing'], advertise: 'gpu=1,memory=64GiB', reportInterval: '300ms' },
       ]);
@@ -218,7 +234,11 @@ const demo: CliCommand = {
         await new Promise((r) => setTimeout(r, 300));
         await step('Watches, with what their last scan saw', ['watch', 'list', ...conn]);
         await step("Watching the coordinator's own data dir (its keys, its database) is refused (exit 1 expected)", ['watch', dataDir, '--prefix', 'x:', ...conn], 1);
-        await step('Drain a node', ['nodes', 'drain', agents[1]?.nodeId ?? '', ...conn]);
+        const analyst = ['--coordinator', addresses.grpc, '--token', await makeToken('demo-analyst', 'client', 'A client token: it reads and submits lineage, replays and recomputes as "demo-analyst"; it may not publish code or drain nodes')];
+        await step('The client token reads lineage', ['lineage', 'runs', '--limit', '3', ...analyst]);
+        await step('Draining a node is an operator\'s action: refused to a client token (exit 1 expected)', ['nodes', 'drain', agents[1]?.nodeId ?? '', ...analyst], 1);
+        await step('Named tokens (only their SHA-256 is stored; `retrace token revoke NAME` takes effect within a second)', ['token', 'list', '--data', dataDir]);
+        await step('Drain a node (the owner token)', ['nodes', 'drain', agents[1]?.nodeId ?? '', ...conn]);
       } finally {
         await stopLocalAgents(agents);
       }
