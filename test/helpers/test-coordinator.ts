@@ -59,6 +59,22 @@ export async function startTestCoordinator(
   };
 }
 
+/**
+ * A data dir a real coordinator wrote: starts one (quiet), runs `fill` against it and stops it,
+ * keeping the dir for the caller to copy and remove. When `fill` throws, the dir is removed too.
+ */
+export async function filledDataDir(fill: (tc: TestCoordinator) => Promise<void>): Promise<string> {
+  const tc = await startTestCoordinator({ quiet: true });
+  let filled = false;
+  try {
+    await fill(tc);
+    filled = true;
+  } finally {
+    await tc.stop({ keepData: filled });
+  }
+  return tc.dataDir;
+}
+
 /** One `retrace agent` process to start: its name (its data dir under `<dir>/agents`), labels, advertised resources. */
 export type AgentSpec = Parameters<typeof startLocalAgents>[3][number];
 
