@@ -55,7 +55,7 @@ describe('agent: outcomes too large for the coordinator', () => {
         mesh: { minReportIntervalMs: 50 },
         extensions: () => [schedulerExtension(shared, { shardTimeoutMs: 20_000 })],
         transforms: [{ name: 'big-output', source: SOURCE, file: 'big.ts' }],
-        agents: [{ name: 'a', reportInterval: '200ms' }],
+        agents: [{ name: 'a' }],
       });
       codeVersion = tc.codeVersions['big-output'] ?? '';
     }, 60_000);

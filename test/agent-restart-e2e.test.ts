@@ -29,7 +29,7 @@ describe('an agent SIGKILLed and restarted with the same id (real coordinator, r
       // LOST only after 20 s of silence: the restarted agent is back long before.
       mesh: { minReportIntervalMs: 50, suspectAfterIntervals: 50, lostAfterIntervals: 100 },
       transforms: [{ name: 'slow-echo', source: SOURCE, file: 'echo.ts' }],
-      agents: [{ name: 'r', reportInterval: '200ms' }],
+      agents: [{ name: 'r' }],
     });
     codeVersion = tc.codeVersions['slow-echo'] ?? '';
   }, 60_000);
@@ -57,7 +57,7 @@ describe('an agent SIGKILLed and restarted with the same id (real coordinator, r
       await new Promise((r) => setTimeout(r, 300)); // it reached the agent
       victim.process.kill('SIGKILL');
       await new Promise((r) => victim.process.once('exit', r));
-      const [again] = await tc.startAgents([{ name: 'r', reportInterval: '200ms' }]);
+      const [again] = await tc.startAgents([{ name: 'r' }]);
       expect(again?.nodeId).toBe(victim.nodeId);
       const r = await run;
       expect(r, r.outcome.error).toMatchObject({ nodeId: victim.nodeId, attempts: 2, outcome: { status: ShardStatus.SHARD_STATUS_SUCCEEDED } });

@@ -68,11 +68,7 @@ describe('dispatch end to end (real coordinator, real agent processes)', () => {
       mesh: { minReportIntervalMs: 50, suspectAfterIntervals: 5, lostAfterIntervals: 10 },
       extensions: () => [schedulerExtension(shared, { shardTimeoutMs: 20_000, maxInFlightPerNode: 8 }), pipelineExtension(shared)],
       transforms: [{ name: 'slow-echo', source: SOURCE, file: 'echo.ts' }],
-      agents: [
-        { name: 'a', reportInterval: '200ms' },
-        { name: 'b', reportInterval: '200ms' },
-        { name: 'gpu', reportInterval: '200ms', advertise: 'gpu=1' },
-      ],
+      agents: [{ name: 'a' }, { name: 'b' }, { name: 'gpu', advertise: 'gpu=1' }],
     });
     codeVersion = tc.codeVersions['slow-echo'] ?? '';
   }, 60_000);
@@ -204,7 +200,7 @@ describe('dispatch end to end (real coordinator, real agent processes)', () => {
     const p = dispatcher().run(s, { requirements: { cpu: 512 } });
     await until(() => dispatcher().waiting().some((w) => w.shardId === s.shardId));
     expect(dispatcher().waiting().find((w) => w.shardId === s.shardId)?.reason).toMatch(/needs cpu ≥ 512: no READY node meets it \(3 READY nodes/);
-    const [big] = await tc.startAgents([{ name: 'big', reportInterval: '200ms', advertise: 'cpu=1024' }]);
+    const [big] = await tc.startAgents([{ name: 'big', advertise: 'cpu=1024' }]);
     const r = await p;
     expect(r.nodeId).toBe(big?.nodeId);
     expect(r.outcome.status).toBe(ShardStatus.SHARD_STATUS_SUCCEEDED);

@@ -105,7 +105,7 @@ describe('JobService and retrace jobs', () => {
       mesh: { minReportIntervalMs: 50, suspectAfterIntervals: 5, lostAfterIntervals: 10 },
       extensions: () => [schedulerExtension(shared, { shardTimeoutMs: 20_000 }), pipelineExtension(shared), jobsExtension(shared, { waitingPollMs: 100 }), replayExtension(shared)],
       transforms: [{ name: 'echo', source: SOURCE }],
-      agents: [{ name: 'small', reportInterval: '200ms' }],
+      agents: [{ name: 'small' }],
     });
     shared.jobs?.registerExecutor({ kind: 'test', runTask });
     codeVersion = tc.codeVersions.echo ?? '';
@@ -263,7 +263,7 @@ describe('JobService and retrace jobs', () => {
     const listed = await cli('jobs');
     expect(listed.out).toMatch(new RegExp(`${jobId}\\s+test\\s+RUNNING \\(waiting\\)`));
 
-    const [big] = await tc.startAgents([{ name: 'big', reportInterval: '200ms', advertise: 'cpu=1024' }]);
+    const [big] = await tc.startAgents([{ name: 'big', advertise: 'cpu=1024' }]);
     const done = await waitFor(async () => {
       const j = (await client().getJob({ jobId })).job;
       return j && j.state !== JobState.JOB_STATE_RUNNING ? j : undefined;
@@ -284,7 +284,7 @@ describe('JobService and retrace jobs', () => {
     await pipelines.ingest((async function* () {
       yield { pipeline: 'jobtest', source: 'raw', records };
     })());
-    const [target] = await tc.startAgents([{ name: 'target', labels: ['pool=replay'], reportInterval: '200ms' }]);
+    const [target] = await tc.startAgents([{ name: 'target', labels: ['pool=replay'] }]);
     const policy = { speed: 0.1, targetLabels: { pool: 'replay' }, principal: 'tester', faults: { seed: '1', outages: [], linkOutageProbability: 0, corruptInputProbability: 0, stepFailureProbability: 0, addedLatencyMs: 0 } } as unknown as ReplayPolicy;
     const { replayId } = await tc.client(ReplayServiceDefinition).startReplay({ selector: { selector: { $case: 'window', value: { pipeline: 'jobtest', source: 'raw', fromNs: t0.toString(), toNs: (t0 + 5_000_000_000n).toString() } } }, policy });
     await waitFor(async () => ((await client().getJob({ jobId: replayId })).job?.counts?.succeeded ?? 0) >= 1, 30_000, 'the first record replayed');

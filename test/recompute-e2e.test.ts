@@ -59,14 +59,10 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
     tc = await startAgentCoordinator({
       tmpPrefix: 'retrace-recompute-',
       shared,
-      mesh: { minReportIntervalMs: 50, suspectAfterIntervals: 5, lostAfterIntervals: 12 },
       code: { onPublished: async (c, p) => shared.recompute?.recomputer.onCodePublished(c, p) },
       extensions: (dir) => [schedulerExtension(shared, { shardTimeoutMs: 20_000 }), pipelineExtension(shared), jobsExtension(shared, { seed: 1 }), recomputeExtension(shared, { watchRoots: [dir] })],
       transforms: [{ name: 'wf-task', path: WF_TASK }],
-      agents: [
-        { name: 'a1', labels: ['pool=a'], reportInterval: '200ms' },
-        { name: 'a2', labels: ['pool=b'], reportInterval: '200ms' },
-      ],
+      agents: [{ name: 'a1', labels: ['pool=a'] }, { name: 'a2', labels: ['pool=b'] }],
     });
     wfV1 = tc.codeVersions['wf-task'] ?? '';
     const step = (name: string, inputs: string[], parameters: Record<string, unknown>) => ({ name, transform: 'wf-task', codeVersion: wfV1, parameters, requirements: undefined, inputs, output: '', timeoutMs: 0, retries: 0, retryBackoffMs: 0 });

@@ -30,10 +30,9 @@ describe('recompute after a reverted change', () => {
     tc = await startAgentCoordinator({
       tmpPrefix: 'retrace-revert-',
       shared,
-      mesh: { minReportIntervalMs: 50, suspectAfterIntervals: 5, lostAfterIntervals: 12 },
       extensions: () => [schedulerExtension(shared, { shardTimeoutMs: 20_000 }), pipelineExtension(shared), jobsExtension(shared, { seed: 1 }), recomputeExtension(shared)],
       transforms: [{ name: 'wf-task', path: WF_TASK }],
-      agents: [{ name: 'a1', reportInterval: '200ms' }],
+      agents: [{ name: 'a1' }],
     });
     codeVersion = tc.codeVersions['wf-task'] ?? '';
   }, 120_000);

@@ -86,17 +86,9 @@ describe('replay end to end (real coordinator, real agent processes)', () => {
     tc = await startAgentCoordinator({
       tmpPrefix: 'retrace-replay-',
       shared,
-      mesh: { minReportIntervalMs: 50, suspectAfterIntervals: 5, lostAfterIntervals: 12 },
       extensions: () => [schedulerExtension(shared, { shardTimeoutMs: 15_000 }), pipelineExtension(shared), replayExtension(shared)],
-      transforms: [
-        { name: 'scale', source: SCALE },
-        { name: 'label', source: LABEL },
-        { name: 'wait', source: WAIT },
-      ],
-      agents: [
-        { name: 'plain', labels: ['pool=prod'], reportInterval: '200ms' },
-        { name: 'gpu', labels: ['pool=testing'], advertise: 'gpu=1', reportInterval: '200ms' },
-      ],
+      transforms: [{ name: 'scale', source: SCALE }, { name: 'label', source: LABEL }, { name: 'wait', source: WAIT }],
+      agents: [{ name: 'plain', labels: ['pool=prod'] }, { name: 'gpu', labels: ['pool=testing'], advertise: 'gpu=1' }],
     });
     const versions = tc.codeVersions;
     const pipelines = tc.client(PipelineServiceDefinition);

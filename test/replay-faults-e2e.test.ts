@@ -102,20 +102,11 @@ describe('replay under a CPU cap and an agent SIGKILL (real coordinator, real ag
     tc = await startAgentCoordinator({
       tmpPrefix: 'retrace-replay-faults-',
       shared,
-      // LOST after 12 silent 200 ms intervals: a killed agent's shards move within ~3 s, while
-      // a loaded machine does not make live agents flap.
-      mesh: { minReportIntervalMs: 50, suspectAfterIntervals: 5, lostAfterIntervals: 12 },
+      // The default mesh options (LOST after 12 silent 200 ms intervals): a killed agent's shards
+      // move within ~3 s, while a loaded machine does not make live agents flap.
       extensions: () => [schedulerExtension(shared, { shardTimeoutMs: 60_000 }), pipelineExtension(shared), replayExtension(shared)],
-      transforms: [
-        { name: 'burn', source: BURN },
-        { name: 'wait', source: WAIT },
-        { name: 'label', source: LABEL },
-      ],
-      agents: [
-        { name: 'cpu', labels: ['role=cpu'], reportInterval: '200ms' },
-        { name: 'io-a', labels: ['role=io'], reportInterval: '200ms' },
-        { name: 'io-b', labels: ['role=io'], reportInterval: '200ms' },
-      ],
+      transforms: [{ name: 'burn', source: BURN }, { name: 'wait', source: WAIT }, { name: 'label', source: LABEL }],
+      agents: [{ name: 'cpu', labels: ['role=cpu'] }, { name: 'io-a', labels: ['role=io'] }, { name: 'io-b', labels: ['role=io'] }],
     });
     const versions = tc.codeVersions;
     const pipelines = tc.client(PipelineServiceDefinition);

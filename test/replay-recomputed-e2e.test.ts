@@ -66,13 +66,9 @@ describe('replay of recomputed records (real coordinator, real agent process)', 
     tc = await startAgentCoordinator({
       tmpPrefix: 'retrace-replay-recomputed-',
       shared,
-      mesh: { minReportIntervalMs: 50, suspectAfterIntervals: 5, lostAfterIntervals: 12 },
       extensions: () => [schedulerExtension(shared, { shardTimeoutMs: 20_000 }), pipelineExtension(shared), jobsExtension(shared, { seed: 1 }), recomputeExtension(shared), replayExtension(shared)],
-      transforms: [
-        { name: 'scale-order', path: SCALE },
-        { name: 'classify-order', path: CLASSIFY },
-      ],
-      agents: [{ name: 'a1', reportInterval: '200ms' }],
+      transforms: [{ name: 'scale-order', path: SCALE }, { name: 'classify-order', path: CLASSIFY }],
+      agents: [{ name: 'a1' }],
     });
     const scale = tc.codeVersions['scale-order'] ?? '';
     const classify = tc.codeVersions['classify-order'] ?? '';

@@ -75,11 +75,18 @@ export async function filledDataDir(fill: (tc: TestCoordinator) => Promise<void>
   return tc.dataDir;
 }
 
-/** One `retrace agent` process to start: its name (its data dir under `<dir>/agents`), labels, advertised resources. */
+/** One `retrace agent` process to start: its name (its data dir under `<dir>/agents`), labels, advertised resources, report interval (default 200ms). */
 export type AgentSpec = Parameters<typeof startLocalAgents>[3][number];
 
 /** A transform to publish: its source text (written to `<dir>/src/<file>`, default `<name>.ts`) or the path of its file. */
 export type TransformSpec = { name: string; source: string; file?: string } | { name: string; path: string };
+
+/**
+ * The mesh options of startAgentCoordinator unless given: agents report every 200 ms at the
+ * soonest; SUSPECT after 5 silent intervals, LOST after 12 (a killed agent's shards move within
+ * about 3 s, while a loaded machine does not make live agents flap).
+ */
+export const DEFAULT_TEST_MESH_OPTIONS: Readonly<NodeMeshOptions> = { minReportIntervalMs: 50, suspectAfterIntervals: 5, lostAfterIntervals: 12 };
 
 /** A test coordinator with published transforms and real agent processes registered to it. */
 export interface AgentCoordinator extends TestCoordinator {
@@ -103,6 +110,7 @@ export async function startAgentCoordinator(options: {
   /** The prefix of the temp dir's name. */
   tmpPrefix: string;
   shared: CoordinatorServices;
+  /** Default DEFAULT_TEST_MESH_OPTIONS; given, it replaces them whole. */
   mesh?: NodeMeshOptions;
   code?: Omit<CodeExtensionOptions, 'onCodeStore'>;
   /** The extensions after mesh and code, given the temp dir. */
@@ -114,14 +122,14 @@ export async function startAgentCoordinator(options: {
   const dir = mkdtempSync(join(tmpdir(), options.tmpPrefix));
   const tc = await startTestCoordinator({
     extensions: [
-      meshExtension({ onMesh: (m) => (shared.mesh = m), ...(options.mesh ? { options: options.mesh } : {}) }),
+      meshExtension({ onMesh: (m) => (shared.mesh = m), options: options.mesh ?? DEFAULT_TEST_MESH_OPTIONS }),
       codeExtension({ onCodeStore: (s) => (shared.code = s), ...options.code }),
       ...(options.extensions?.(dir) ?? []),
     ],
   });
   const agents: LocalAgent[] = [];
   const startAgents = async (specs: readonly AgentSpec[]): Promise<LocalAgent[]> => {
-    const started = await startLocalAgents(tc.grpcAddress, tc.token, dir, specs);
+    const started = await startLocalAgents(tc.grpcAddress, tc.token, dir, specs.map((spec) => ({ reportInterval: '200ms', ...spec })));
     agents.push(...started);
     return started;
   };
