@@ -1,18 +1,10 @@
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { capOutcome, frameOutcomes, MAX_OUTCOME_FRAME_BYTES } from '../agent/outcome-frames.js';
-import { CodeServiceDefinition } from '../common/gen/retrace/v1/code.js';
 import { ShardStatus, type ShardAssignment, type ShardOutcome } from '../common/gen/retrace/v1/shard.js';
 import { contentHashOf } from '../common/hash.js';
-import { codeExtension } from '../coordinator/code/code-extension.js';
-import { meshExtension } from '../coordinator/mesh/mesh-extension.js';
 import { schedulerExtension } from '../coordinator/scheduler/scheduler-extension.js';
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
-import { startLocalAgents, stopLocalAgents, type LocalAgent } from '../scripts/cli/local-agents.js';
-import { publishTransform } from './helpers/publish-transform.js';
-import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
+import { startAgentCoordinator, type AgentCoordinator } from './helpers/test-coordinator.js';
 
 // Returns `params.mib` MiB of bytes: 70 MiB is past the 64 MiB the coordinator receives in one message.
 const SOURCE = `
@@ -52,31 +44,24 @@ describe('agent: outcomes too large for the coordinator', () => {
   });
 
   describe('with a real coordinator and agent', () => {
-    let tc: TestCoordinator;
-    let dir: string;
+    let tc: AgentCoordinator;
     const shared: CoordinatorServices = {};
-    const agents: LocalAgent[] = [];
     let codeVersion = '';
 
     beforeAll(async () => {
-      dir = mkdtempSync(join(tmpdir(), 'retrace-outcome-size-'));
-      tc = await startTestCoordinator({
-        extensions: [
-          meshExtension({ onMesh: (m) => (shared.mesh = m), options: { minReportIntervalMs: 50 } }),
-          codeExtension({ onCodeStore: (s) => (shared.code = s) }),
-          schedulerExtension(shared, { shardTimeoutMs: 20_000 }),
-        ],
+      tc = await startAgentCoordinator({
+        tmpPrefix: 'retrace-outcome-size-',
+        shared,
+        mesh: { minReportIntervalMs: 50 },
+        extensions: () => [schedulerExtension(shared, { shardTimeoutMs: 20_000 })],
+        transforms: [{ name: 'big-output', source: SOURCE, file: 'big.ts' }],
+        agents: [{ name: 'a' }],
       });
-      mkdirSync(join(dir, 'src'));
-      writeFileSync(join(dir, 'src', 'big.ts'), SOURCE);
-      codeVersion = await publishTransform(tc.client(CodeServiceDefinition), join(dir, 'src', 'big.ts'), 'big-output');
-      agents.push(...(await startLocalAgents(tc.grpcAddress, tc.token, dir, [{ name: 'a', reportInterval: '200ms' }])));
+      codeVersion = tc.codeVersions['big-output'] ?? '';
     }, 60_000);
 
     afterAll(async () => {
-      await stopLocalAgents(agents, 3000);
       await tc?.stop();
-      rmSync(dir, { recursive: true, force: true });
     }, 30_000);
 
     function shard(id: string, mib: number): ShardAssignment {

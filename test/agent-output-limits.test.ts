@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -7,7 +7,7 @@ import { createShardExecutor, type ShardExecutor } from '../agent/shard-executor
 import { ShardStatus, type ShardAssignment } from '../common/gen/retrace/v1/shard.js';
 import { contentHashOf } from '../common/hash.js';
 import { normalizeOutputs, TransformError } from '../common/transform.js';
-import { bundleTransform } from '../scripts/cli/publish-command.js';
+import { bundleSources } from './helpers/publish-transform.js';
 
 // Outputs that JSON.stringify would write wrongly or could not write inside the worker's heap.
 const SOURCES: Record<string, string> = {
@@ -71,13 +71,7 @@ describe('agent: outputs JSON cannot hold, or the worker cannot serialise', () =
 
     beforeAll(async () => {
       dir = mkdtempSync(join(tmpdir(), 'retrace-output-limits-'));
-      for (const [name, source] of Object.entries(SOURCES)) {
-        const file = join(dir, `${name}.ts`);
-        writeFileSync(file, source);
-        const b = await bundleTransform(file);
-        versions[name] = b.codeVersion;
-        bundles.set(b.codeVersion, b.bytes);
-      }
+      await bundleSources(dir, SOURCES, versions, bundles);
       const codeCache = createCodeCache({
         dir: join(dir, 'code'),
         fetch: async (v) => {

@@ -1,17 +1,10 @@
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CodeServiceDefinition } from '../common/gen/retrace/v1/code.js';
 import { ShardStatus, type ShardAssignment } from '../common/gen/retrace/v1/shard.js';
 import { contentHashOf } from '../common/hash.js';
-import { codeExtension } from '../coordinator/code/code-extension.js';
-import { meshExtension } from '../coordinator/mesh/mesh-extension.js';
 import { createDispatcher } from '../coordinator/scheduler/dispatcher.js';
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
-import { startLocalAgents, stopLocalAgents, type LocalAgent } from '../scripts/cli/local-agents.js';
-import { publishTransform } from './helpers/publish-transform.js';
-import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
+import type { LocalAgent } from '../scripts/cli/local-agents.js';
+import { startAgentCoordinator, type AgentCoordinator } from './helpers/test-coordinator.js';
 
 const SOURCE = `
 import { defineTransform } from 'retrace/transform';
@@ -25,31 +18,24 @@ export default defineTransform({
 `;
 
 describe('an agent SIGKILLed and restarted with the same id (real coordinator, real agent processes)', () => {
-  let tc: TestCoordinator;
-  let dir: string;
+  let tc: AgentCoordinator;
   const shared: CoordinatorServices = {};
-  const agents: LocalAgent[] = [];
   let codeVersion = '';
 
   beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'retrace-restart-'));
-    tc = await startTestCoordinator({
-      extensions: [
-        // LOST only after 20 s of silence: the restarted agent is back long before.
-        meshExtension({ onMesh: (m) => (shared.mesh = m), options: { minReportIntervalMs: 50, suspectAfterIntervals: 50, lostAfterIntervals: 100 } }),
-        codeExtension({ onCodeStore: (s) => (shared.code = s) }),
-      ],
+    tc = await startAgentCoordinator({
+      tmpPrefix: 'retrace-restart-',
+      shared,
+      // LOST only after 20 s of silence: the restarted agent is back long before.
+      mesh: { minReportIntervalMs: 50, suspectAfterIntervals: 50, lostAfterIntervals: 100 },
+      transforms: [{ name: 'slow-echo', source: SOURCE, file: 'echo.ts' }],
+      agents: [{ name: 'r' }],
     });
-    mkdirSync(join(dir, 'src'));
-    writeFileSync(join(dir, 'src', 'echo.ts'), SOURCE);
-    codeVersion = await publishTransform(tc.client(CodeServiceDefinition), join(dir, 'src', 'echo.ts'), 'slow-echo');
-    agents.push(...(await startLocalAgents(tc.grpcAddress, tc.token, dir, [{ name: 'r', reportInterval: '200ms' }])));
+    codeVersion = tc.codeVersions['slow-echo'] ?? '';
   }, 60_000);
 
   afterAll(async () => {
-    await stopLocalAgents(agents, 3000);
     await tc?.stop();
-    rmSync(dir, { recursive: true, force: true });
   }, 30_000);
 
   it('its shards are placed again as soon as the new process registers, not after the shard deadline', async () => {
@@ -65,14 +51,13 @@ describe('an agent SIGKILLed and restarted with the same id (real coordinator, r
         timeoutMs: 0, memoryLimitMb: 0, jobId: '', attempt: 0,
       };
       const run = d.run(s);
-      const victim = agents.pop() as LocalAgent;
+      const victim = tc.agents.pop() as LocalAgent;
       const end = Date.now() + 10_000;
       while ((d.inFlight().get(victim.nodeId) ?? 0) === 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 25));
       await new Promise((r) => setTimeout(r, 300)); // it reached the agent
       victim.process.kill('SIGKILL');
       await new Promise((r) => victim.process.once('exit', r));
-      const [again] = await startLocalAgents(tc.grpcAddress, tc.token, dir, [{ name: 'r', reportInterval: '200ms' }]);
-      agents.push(again as LocalAgent);
+      const [again] = await tc.startAgents([{ name: 'r' }]);
       expect(again?.nodeId).toBe(victim.nodeId);
       const r = await run;
       expect(r, r.outcome.error).toMatchObject({ nodeId: victim.nodeId, attempts: 2, outcome: { status: ShardStatus.SHARD_STATUS_SUCCEEDED } });

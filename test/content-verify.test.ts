@@ -12,7 +12,7 @@ import { verifyContent } from '../coordinator/store/content-verifier.js';
 import { openDatabase, type Database } from '../coordinator/store/database.js';
 import { createPayloadStore } from '../coordinator/store/payload-store.js';
 import { runCliProcess } from './helpers/coordinator-process.js';
-import { startTestCoordinator } from './helpers/test-coordinator.js';
+import { filledDataDir, startTestCoordinator } from './helpers/test-coordinator.js';
 
 /**
  * Stored content the ledger does not cover: payload blocks, code bundles, code version records
@@ -30,9 +30,7 @@ let codeVersion: string;
 const copies: string[] = [];
 
 beforeAll(async () => {
-  const tc = await startTestCoordinator({ quiet: true });
-  baseDir = tc.dataDir;
-  try {
+  baseDir = await filledDataDir(async (tc) => {
     const client = tc.client(LineageServiceDefinition);
     const events = PAYLOADS.map((p, i) =>
       LineageEvent.fromPartial({
@@ -47,9 +45,7 @@ beforeAll(async () => {
         yield { events };
       })(),
     );
-  } finally {
-    await tc.stop({ keepData: true });
-  }
+  });
   const db = await openDatabase(join(baseDir, 'db'));
   try {
     await createPayloadStore(db).putMany(PAYLOADS);

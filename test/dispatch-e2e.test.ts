@@ -1,21 +1,18 @@
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CodeServiceDefinition } from '../common/gen/retrace/v1/code.js';
 import { ShardStatus, type ShardAssignment } from '../common/gen/retrace/v1/shard.js';
 import { contentHashOf } from '../common/hash.js';
 import { CACHED_PAYLOAD_MIN_BYTES } from '../common/payload-locality.js';
-import { codeExtension } from '../coordinator/code/code-extension.js';
 import { pipelineExtension } from '../coordinator/pipeline/pipeline-extension.js';
-import { meshExtension } from '../coordinator/mesh/mesh-extension.js';
 import { createDispatcher } from '../coordinator/scheduler/dispatcher.js';
 import { schedulerExtension } from '../coordinator/scheduler/scheduler-extension.js';
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
-import { startLocalAgents, stopLocalAgents, type LocalAgent } from '../scripts/cli/local-agents.js';
+import type { LocalAgent } from '../scripts/cli/local-agents.js';
 import { runCli } from './helpers/in-process-cli.js';
 import { publishTransform } from './helpers/publish-transform.js';
-import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
+import { startAgentCoordinator, type AgentCoordinator } from './helpers/test-coordinator.js';
 
 // A transform that echoes its input after `params.sleepMs`, so shards can be caught in flight.
 const SOURCE = `
@@ -31,10 +28,8 @@ export default defineTransform({
 `;
 
 describe('dispatch end to end (real coordinator, real agent processes)', () => {
-  let tc: TestCoordinator;
-  let dir: string;
+  let tc: AgentCoordinator;
   const shared: CoordinatorServices = {};
-  const agents: LocalAgent[] = [];
   let codeVersion = '';
   let seq = 0;
 
@@ -67,31 +62,19 @@ describe('dispatch end to end (real coordinator, real agent processes)', () => {
   }
 
   beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'retrace-dispatch-'));
-    tc = await startTestCoordinator({
-      extensions: [
-        meshExtension({ onMesh: (m) => (shared.mesh = m), options: { minReportIntervalMs: 50, suspectAfterIntervals: 5, lostAfterIntervals: 10 } }),
-        codeExtension({ onCodeStore: (s) => (shared.code = s) }),
-        schedulerExtension(shared, { shardTimeoutMs: 20_000, maxInFlightPerNode: 8 }),
-        pipelineExtension(shared),
-      ],
+    tc = await startAgentCoordinator({
+      tmpPrefix: 'retrace-dispatch-',
+      shared,
+      mesh: { minReportIntervalMs: 50, suspectAfterIntervals: 5, lostAfterIntervals: 10 },
+      extensions: () => [schedulerExtension(shared, { shardTimeoutMs: 20_000, maxInFlightPerNode: 8 }), pipelineExtension(shared)],
+      transforms: [{ name: 'slow-echo', source: SOURCE, file: 'echo.ts' }],
+      agents: [{ name: 'a' }, { name: 'b' }, { name: 'gpu', advertise: 'gpu=1' }],
     });
-    mkdirSync(join(dir, 'src'));
-    writeFileSync(join(dir, 'src', 'echo.ts'), SOURCE);
-    codeVersion = await publishTransform(tc.client(CodeServiceDefinition), join(dir, 'src', 'echo.ts'), 'slow-echo');
-    agents.push(
-      ...(await startLocalAgents(tc.grpcAddress, tc.token, dir, [
-        { name: 'a', reportInterval: '200ms' },
-        { name: 'b', reportInterval: '200ms' },
-        { name: 'gpu', reportInterval: '200ms', advertise: 'gpu=1' },
-      ])),
-    );
+    codeVersion = tc.codeVersions['slow-echo'] ?? '';
   }, 60_000);
 
   afterAll(async () => {
-    await stopLocalAgents(agents, 3000);
     await tc?.stop();
-    rmSync(dir, { recursive: true, force: true });
   }, 30_000);
 
   it('runs shards on agents; outcomes come back with hashes and measured resources', async () => {
@@ -106,20 +89,20 @@ describe('dispatch end to end (real coordinator, real agent processes)', () => {
     expect(new Set(results.map((r) => r.nodeId)).size).toBeGreaterThanOrEqual(2);
     // Each agent fetched the bundle once over CodeService into <data>/code (reported as a code version at its next registration).
     const hex = codeVersion.slice('sha256:'.length);
-    expect(existsSync(join(dir, 'agents', 'a', 'code', `${hex}.mjs`)) || existsSync(join(dir, 'agents', 'b', 'code', `${hex}.mjs`))).toBe(true);
+    expect(existsSync(join(tc.dir, 'agents', 'a', 'code', `${hex}.mjs`)) || existsSync(join(tc.dir, 'agents', 'b', 'code', `${hex}.mjs`))).toBe(true);
     // Only the agent's user can change what its workers load.
-    for (const d of ['a', 'b'].map((n) => join(dir, 'agents', n, 'code')).filter((d) => existsSync(d))) {
+    for (const d of ['a', 'b'].map((n) => join(tc.dir, 'agents', n, 'code')).filter((d) => existsSync(d))) {
       expect(statSync(d).mode & 0o777).toBe(0o700);
       for (const f of readdirSync(d)) expect(statSync(join(d, f)).mode & 0o777, f).toBe(0o600);
     }
     // The token reached the agents through their environment, not their command lines (which any local user can read).
     if (process.platform === 'linux') {
-      for (const a of agents) expect(readFileSync(`/proc/${a.process.pid}/cmdline`, 'utf8')).not.toContain(tc.token);
+      for (const a of tc.agents) expect(readFileSync(`/proc/${a.process.pid}/cmdline`, 'utf8')).not.toContain(tc.token);
     }
   }, 60_000);
 
   it('an idle node reserves exactly nothing once fractional reservations are released', async () => {
-    const node = agents[0]?.nodeId as string;
+    const node = tc.agents[0]?.nodeId as string;
     // 0.1 + 0.2 + 0.3 reserved, then released in another order: the sum alone would end at about 1e-17, not 0.
     const cpus = [0.1, 0.2, 0.3, 0.7];
     const results = await Promise.all(cpus.map((cpu, i) => dispatcher().run(shard(20 * (cpus.length - i)), { placement: { nodeIds: [node] }, requirements: { cpu, memoryMb: 0.3 * (i + 1) } })));
@@ -128,14 +111,14 @@ describe('dispatch end to end (real coordinator, real agent processes)', () => {
   }, 60_000);
 
   it('a gpu-only placement lands only on the agent advertising a gpu', async () => {
-    const gpuNode = agents[2]?.nodeId;
+    const gpuNode = tc.agents[2]?.nodeId;
     const results = await Promise.all(Array.from({ length: 12 }, () => dispatcher().run(shard(), { placement: { gpu: 'only' } })));
     expect(results.map((r) => r.nodeId)).toEqual(results.map(() => gpuNode));
     expect(results.every((r) => r.outcome.status === ShardStatus.SHARD_STATUS_SUCCEEDED)).toBe(true);
   }, 60_000);
 
   it('a large input crosses the network once: the next shard on that agent names it by reference', async () => {
-    const node = agents[0]?.nodeId as string;
+    const node = tc.agents[0]?.nodeId as string;
     const payload = Buffer.from(JSON.stringify({ pad: 'p'.repeat(2 * CACHED_PAYLOAD_MIN_BYTES) }));
     const withBig = (): ShardAssignment => {
       const s = shard();
@@ -153,13 +136,13 @@ describe('dispatch end to end (real coordinator, real agent processes)', () => {
 
   it("a transform's own declared requirements (its code manifest) place its shards, with no step requirements", async () => {
     const publish = async (tag: string, requirements: object): Promise<string> => {
-      const file = join(dir, 'src', `echo-${tag}.ts`);
+      const file = join(tc.dir, 'src', `echo-${tag}.ts`);
       writeFileSync(file, `${SOURCE}\n// ${tag}\n`);
       return publishTransform(tc.client(CodeServiceDefinition), file, 'slow-echo', { requirements: { cpu: 0, memoryMb: 0, gpu: 0, instructionSets: [], networkMbps: 0, ...requirements } });
     };
     const gpuCode = await publish('gpu', { gpu: 1 });
     const results = await Promise.all(Array.from({ length: 8 }, () => dispatcher().run({ ...shard(), codeVersion: gpuCode })));
-    expect(results.map((r) => r.nodeId)).toEqual(results.map(() => agents[2]?.nodeId));
+    expect(results.map((r) => r.nodeId)).toEqual(results.map(() => tc.agents[2]?.nodeId));
     expect(results.every((r) => r.outcome.status === ShardStatus.SHARD_STATUS_SUCCEEDED)).toBe(true);
     // Step and code requirements add up: an instruction set no node has makes the shard wait, named.
     const isaCode = await publish('isa', { instructionSets: ['no-such-isa'] });
@@ -173,10 +156,10 @@ describe('dispatch end to end (real coordinator, real agent processes)', () => {
   }, 60_000);
 
   it('a pipeline step no READY node can run: apply warns (code requirements counted), ingest prints what it waits for, --wait-timeout gives up', async () => {
-    const file = join(dir, 'src', 'echo-huge.ts');
+    const file = join(tc.dir, 'src', 'echo-huge.ts');
     writeFileSync(file, `${SOURCE}\n// huge\n`);
     const huge = await publishTransform(tc.client(CodeServiceDefinition), file, 'slow-echo', { requirements: { cpu: 0, memoryMb: 50_000_000, gpu: 0, instructionSets: [], networkMbps: 0 } });
-    const def = join(dir, 'huge.json');
+    const def = join(tc.dir, 'huge.json');
     writeFileSync(
       def,
       JSON.stringify({
@@ -196,7 +179,7 @@ describe('dispatch end to end (real coordinator, real agent processes)', () => {
     expect(applied.err).toMatch(/^warning: steps\[1\] \(big\): needs memory ≥ 50000000 MiB: no READY node meets it \(3 READY nodes: .*\); its shards will wait until such a node joins$/m);
     expect(applied.err).toMatch(/^warning: steps\[2\] \(gpus\): needs gpu ≥ 2: no READY node meets it/m);
     expect(applied.err).not.toMatch(/fits/);
-    const data = join(dir, 'huge.jsonl');
+    const data = join(tc.dir, 'huge.jsonl');
     writeFileSync(data, `${JSON.stringify({ key: 'k', payload: { n: 1 } })}\n`);
     const ing = await runCli(['ingest', 'huge', 'in', data, '--wait-timeout', '1s', ...conn]);
     expect(ing.code, ing.out + ing.err).toBe(1);
@@ -217,8 +200,7 @@ describe('dispatch end to end (real coordinator, real agent processes)', () => {
     const p = dispatcher().run(s, { requirements: { cpu: 512 } });
     await until(() => dispatcher().waiting().some((w) => w.shardId === s.shardId));
     expect(dispatcher().waiting().find((w) => w.shardId === s.shardId)?.reason).toMatch(/needs cpu ≥ 512: no READY node meets it \(3 READY nodes/);
-    const [big] = await startLocalAgents(tc.grpcAddress, tc.token, dir, [{ name: 'big', reportInterval: '200ms', advertise: 'cpu=1024' }]);
-    agents.push(big as LocalAgent);
+    const [big] = await tc.startAgents([{ name: 'big', advertise: 'cpu=1024' }]);
     const r = await p;
     expect(r.nodeId).toBe(big?.nodeId);
     expect(r.outcome.status).toBe(ShardStatus.SHARD_STATUS_SUCCEEDED);
@@ -228,7 +210,7 @@ describe('dispatch end to end (real coordinator, real agent processes)', () => {
   it('the agent answers a shard placed again while it still runs it for the newest attempt: it joins a live run, and runs again after a cancelled one', async () => {
     const mesh = shared.mesh;
     if (!mesh) throw new Error('no mesh');
-    const node = (agents[1] as LocalAgent).nodeId;
+    const node = (tc.agents[1] as LocalAgent).nodeId;
     const joined = shard(600);
     const rerun = shard(1500);
     const got: string[] = [];
@@ -256,7 +238,7 @@ describe('dispatch end to end (real coordinator, real agent processes)', () => {
   it('shards queued on a busy agent are not timed out for waiting: the deadline counts from the node\'s last answer', async () => {
     const mesh = shared.mesh;
     if (!mesh) throw new Error('no mesh');
-    const node = (agents[1] as LocalAgent).nodeId;
+    const node = (tc.agents[1] as LocalAgent).nodeId;
     // Its own dispatcher with a short deadline; the agent runs one shard at a time.
     const d = createDispatcher({ mesh, log: () => {}, shardTimeoutMs: 1500 });
     mesh.send(node, { body: { $case: 'throttle', value: { cpuFraction: 0, maxConcurrent: 1 } } });
@@ -271,7 +253,7 @@ describe('dispatch end to end (real coordinator, real agent processes)', () => {
   }, 30_000);
 
   it('an agent SIGKILLed with shards in flight: they complete elsewhere, none lost or duplicated', async () => {
-    const victim = agents[0] as LocalAgent;
+    const victim = tc.agents[0] as LocalAgent;
     const shards = Array.from({ length: 24 }, () => shard(1500));
     const runs = shards.map((s) => dispatcher().run(s, { placement: { gpu: 'none' } }));
     await until(() => (dispatcher().inFlight().get(victim.nodeId) ?? 0) > 0);
@@ -285,7 +267,7 @@ describe('dispatch end to end (real coordinator, real agent processes)', () => {
   }, 90_000);
 
   it('a link outage: its shards are reassigned and complete', async () => {
-    const cut = agents[1] as LocalAgent;
+    const cut = tc.agents[1] as LocalAgent;
     const shards = Array.from({ length: 12 }, () => shard(800));
     const runs = shards.map((s) => dispatcher().run(s));
     await until(() => (dispatcher().inFlight().get(cut.nodeId) ?? 0) > 0);

@@ -1,29 +1,22 @@
 import { Writable } from 'node:stream';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { ClientError, Status } from 'nice-grpc';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RetraceError } from '../common/errors.js';
-import { CodeServiceDefinition } from '../common/gen/retrace/v1/code.js';
 import { JobServiceDefinition, JobState, TaskState } from '../common/gen/retrace/v1/job.js';
 import { PipelineServiceDefinition } from '../common/gen/retrace/v1/pipeline.js';
 import { ReplayServiceDefinition, type ReplayPolicy } from '../common/gen/retrace/v1/replay.js';
 import { ShardStatus } from '../common/gen/retrace/v1/shard.js';
 import { contentHashOf } from '../common/hash.js';
-import { codeExtension } from '../coordinator/code/code-extension.js';
 import { jobsExtension } from '../coordinator/jobs/jobs-extension.js';
 import type { JobSpec, TaskRunContext } from '../coordinator/jobs/job-types.js';
-import { meshExtension } from '../coordinator/mesh/mesh-extension.js';
 import { pipelineExtension } from '../coordinator/pipeline/pipeline-extension.js';
 import { replayExtension } from '../coordinator/replay/replay-extension.js';
 import { schedulerExtension } from '../coordinator/scheduler/scheduler-extension.js';
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
 import { watchJobProgress } from '../scripts/cli/job-progress.js';
-import { startLocalAgents, stopLocalAgents, type LocalAgent } from '../scripts/cli/local-agents.js';
-import { publishTransform } from './helpers/publish-transform.js';
+import { stopLocalAgents, type LocalAgent } from '../scripts/cli/local-agents.js';
 import { waitFor } from './helpers/mesh-server.js';
-import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
+import { startAgentCoordinator, type AgentCoordinator } from './helpers/test-coordinator.js';
 import { runCli } from './helpers/in-process-cli.js';
 
 const SOURCE = `
@@ -41,10 +34,8 @@ const retrace = runCli;
 // JobService over gRPC on a real coordinator (LevelDB in a temp dir), with the dispatcher and
 // real agent processes for the "fits nowhere" case; the CLI runs in-process against it.
 describe('JobService and retrace jobs', () => {
-  let tc: TestCoordinator;
-  let dir: string;
+  let tc: AgentCoordinator;
   const shared: CoordinatorServices = {};
-  const agents: LocalAgent[] = [];
   let codeVersion = '';
   /** Tasks with payload {gate: name} wait until the gate is opened (or the job is cancelled). */
   const gates = new Map<string, { open: () => void; promise: Promise<void> }>();
@@ -108,29 +99,21 @@ describe('JobService and retrace jobs', () => {
     });
 
   beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'retrace-jobsvc-'));
-    tc = await startTestCoordinator({
-      extensions: [
-        meshExtension({ onMesh: (m) => (shared.mesh = m), options: { minReportIntervalMs: 50, suspectAfterIntervals: 5, lostAfterIntervals: 10 } }),
-        codeExtension({ onCodeStore: (s) => (shared.code = s) }),
-        schedulerExtension(shared, { shardTimeoutMs: 20_000 }),
-        pipelineExtension(shared),
-        jobsExtension(shared, { waitingPollMs: 100 }),
-        replayExtension(shared),
-      ],
+    tc = await startAgentCoordinator({
+      tmpPrefix: 'retrace-jobsvc-',
+      shared,
+      mesh: { minReportIntervalMs: 50, suspectAfterIntervals: 5, lostAfterIntervals: 10 },
+      extensions: () => [schedulerExtension(shared, { shardTimeoutMs: 20_000 }), pipelineExtension(shared), jobsExtension(shared, { waitingPollMs: 100 }), replayExtension(shared)],
+      transforms: [{ name: 'echo', source: SOURCE }],
+      agents: [{ name: 'small' }],
     });
     shared.jobs?.registerExecutor({ kind: 'test', runTask });
-    mkdirSync(join(dir, 'src'));
-    writeFileSync(join(dir, 'src', 'echo.ts'), SOURCE);
-    codeVersion = await publishTransform(tc.client(CodeServiceDefinition), join(dir, 'src', 'echo.ts'), 'echo');
-    agents.push(...(await startLocalAgents(tc.grpcAddress, tc.token, dir, [{ name: 'small', reportInterval: '200ms' }])));
+    codeVersion = tc.codeVersions.echo ?? '';
   }, 60_000);
 
   afterAll(async () => {
     for (const g of gates.values()) g.open();
-    await stopLocalAgents(agents, 3000);
     await tc?.stop();
-    rmSync(dir, { recursive: true, force: true });
   }, 30_000);
 
   it('GetJob, ListJobs (filters, newest first, paging) and WatchJob to the end', async () => {
@@ -280,8 +263,7 @@ describe('JobService and retrace jobs', () => {
     const listed = await cli('jobs');
     expect(listed.out).toMatch(new RegExp(`${jobId}\\s+test\\s+RUNNING \\(waiting\\)`));
 
-    const [big] = await startLocalAgents(tc.grpcAddress, tc.token, dir, [{ name: 'big', reportInterval: '200ms', advertise: 'cpu=1024' }]);
-    agents.push(big as LocalAgent);
+    const [big] = await tc.startAgents([{ name: 'big', advertise: 'cpu=1024' }]);
     const done = await waitFor(async () => {
       const j = (await client().getJob({ jobId })).job;
       return j && j.state !== JobState.JOB_STATE_RUNNING ? j : undefined;
@@ -302,8 +284,7 @@ describe('JobService and retrace jobs', () => {
     await pipelines.ingest((async function* () {
       yield { pipeline: 'jobtest', source: 'raw', records };
     })());
-    const [target] = await startLocalAgents(tc.grpcAddress, tc.token, dir, [{ name: 'target', labels: ['pool=replay'], reportInterval: '200ms' }]);
-    agents.push(target as LocalAgent);
+    const [target] = await tc.startAgents([{ name: 'target', labels: ['pool=replay'] }]);
     const policy = { speed: 0.1, targetLabels: { pool: 'replay' }, principal: 'tester', faults: { seed: '1', outages: [], linkOutageProbability: 0, corruptInputProbability: 0, stepFailureProbability: 0, addedLatencyMs: 0 } } as unknown as ReplayPolicy;
     const { replayId } = await tc.client(ReplayServiceDefinition).startReplay({ selector: { selector: { $case: 'window', value: { pipeline: 'jobtest', source: 'raw', fromNs: t0.toString(), toNs: (t0 + 5_000_000_000n).toString() } } }, policy });
     await waitFor(async () => ((await client().getJob({ jobId: replayId })).job?.counts?.succeeded ?? 0) >= 1, 30_000, 'the first record replayed');

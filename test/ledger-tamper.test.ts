@@ -12,7 +12,7 @@ import { verifyLedger, type VerifyReport } from '../coordinator/ledger/ledger-ve
 import { openDatabase, type Database } from '../coordinator/store/database.js';
 import { adjacencyKey, entityKey, LineageStore, objectRowKey, seqKey } from '../coordinator/store/lineage-store.js';
 import { runCliProcess } from './helpers/coordinator-process.js';
-import { startTestCoordinator } from './helpers/test-coordinator.js';
+import { filledDataDir } from './helpers/test-coordinator.js';
 
 /**
  * Tamper evidence of the ledger: a real coordinator fills a LevelDB data dir, is stopped, and each
@@ -102,9 +102,7 @@ const openDbs: Database[] = [];
 const copies: string[] = [];
 
 beforeAll(async () => {
-  const tc = await startTestCoordinator({ quiet: true });
-  baseDir = tc.dataDir;
-  try {
+  baseDir = await filledDataDir(async (tc) => {
     const client = tc.client(LineageServiceDefinition);
     for (let i = 0; i < EVENTS.length; i += BATCH) {
       const events = EVENTS.slice(i, i + BATCH);
@@ -116,9 +114,7 @@ beforeAll(async () => {
       expect(r.accepted).toBe(String(events.length));
     }
     for (const [i, e] of EVENTS.entries()) expect((await client.getProof({ eventId: e.eventId })).seq).toBe(String(i));
-  } finally {
-    await tc.stop({ keepData: true });
-  }
+  });
 });
 
 afterAll(() => {

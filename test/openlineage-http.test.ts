@@ -4,6 +4,7 @@ import { NodeKind } from '../common/gen/retrace/v1/lineage.js';
 import { RETRACE_OPENLINEAGE_PRODUCER, RETRACE_RESOURCES_FACET_SCHEMA_URL } from '../common/openlineage/to-openlineage-event.js';
 import { buildExampleLineage } from '../scripts/cli/example-lineage.js';
 import { objectEvent, ref, runEvent as nativeRunEvent, stepEvent } from './helpers/lineage-events.js';
+import { getLineage, postJson, type GraphNode } from './helpers/openlineage-http.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 
 /** The OpenLineage HTTP face through a real coordinator (LevelDB in a temp dir, real sockets). */
@@ -40,14 +41,6 @@ function runEvent(job: string, runId: string, eventType: string, inputs: string[
   };
 }
 
-interface GraphNode {
-  id: string;
-  type: 'DATASET' | 'JOB';
-  data: Record<string, any>;
-  inEdges: { origin: string; destination: string }[];
-  outEdges: { origin: string; destination: string }[];
-}
-
 let tc: TestCoordinator;
 
 beforeAll(async () => {
@@ -58,21 +51,8 @@ afterAll(async () => {
   await tc?.stop();
 });
 
-async function post(path: string, body: unknown): Promise<{ status: number; json: any }> {
-  const res = await fetch(`${tc.httpUrl}${path}`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', ...tc.httpAuth },
-    body: typeof body === 'string' ? body : JSON.stringify(body),
-  });
-  return { status: res.status, json: await res.json() };
-}
-
-async function lineage(nodeId: string, depth?: number): Promise<{ status: number; json: any }> {
-  const q = new URLSearchParams({ nodeId });
-  if (depth !== undefined) q.set('depth', String(depth));
-  const res = await fetch(`${tc.httpUrl}/api/v1/lineage?${q}`, { headers: tc.httpAuth });
-  return { status: res.status, json: await res.json() };
-}
+const post = (path: string, body: unknown) => postJson(tc, path, body);
+const lineage = (nodeId: string, depth?: number) => getLineage(tc, nodeId, depth);
 
 function node(graph: GraphNode[], id: string): GraphNode {
   const n = graph.find((g) => g.id === id);

@@ -1,5 +1,4 @@
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -9,18 +8,15 @@ import { LineageServiceDefinition, NodeKind } from '../common/gen/retrace/v1/lin
 import { PipelineServiceDefinition, type Pipeline } from '../common/gen/retrace/v1/pipeline.js';
 import { TriggerKind } from '../common/gen/retrace/v1/provenance.js';
 import { ChangeKind, ChangePolicy, ChangeState, RecomputeServiceDefinition } from '../common/gen/retrace/v1/recompute.js';
-import { codeExtension } from '../coordinator/code/code-extension.js';
 import type { JobView } from '../coordinator/jobs/job-manager.js';
 import { jobsExtension } from '../coordinator/jobs/jobs-extension.js';
-import { meshExtension } from '../coordinator/mesh/mesh-extension.js';
 import { pipelineExtension } from '../coordinator/pipeline/pipeline-extension.js';
 import { recomputeExtension } from '../coordinator/recompute/recompute-extension.js';
 import { schedulerExtension } from '../coordinator/scheduler/scheduler-extension.js';
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
-import { startLocalAgents, stopLocalAgents, type LocalAgent } from '../scripts/cli/local-agents.js';
 import { publishTransform } from './helpers/publish-transform.js';
 import { contentHashOf } from '../common/hash.js';
-import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
+import { startAgentCoordinator, type AgentCoordinator } from './helpers/test-coordinator.js';
 import { runCli } from './helpers/in-process-cli.js';
 import { until } from './helpers/until.js';
 
@@ -31,10 +27,8 @@ const cli = runCli;
 
 
 describe('recompute end to end (real coordinator, real agent processes)', () => {
-  let tc: TestCoordinator;
-  let dir: string;
+  let tc: AgentCoordinator;
   const shared: CoordinatorServices = {};
-  const agents: LocalAgent[] = [];
   let wfV1 = '';
   let pipeline: Pipeline;
 
@@ -62,24 +56,15 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
   }
 
   beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'retrace-recompute-'));
-    tc = await startTestCoordinator({
-      extensions: [
-        meshExtension({ onMesh: (m) => (shared.mesh = m), options: { minReportIntervalMs: 50, suspectAfterIntervals: 5, lostAfterIntervals: 12 } }),
-        codeExtension({ onCodeStore: (s) => (shared.code = s), onPublished: async (c, p) => shared.recompute?.recomputer.onCodePublished(c, p) }),
-        schedulerExtension(shared, { shardTimeoutMs: 20_000 }),
-        pipelineExtension(shared),
-        jobsExtension(shared, { seed: 1 }),
-        recomputeExtension(shared, { watchRoots: [dir] }),
-      ],
+    tc = await startAgentCoordinator({
+      tmpPrefix: 'retrace-recompute-',
+      shared,
+      code: { onPublished: async (c, p) => shared.recompute?.recomputer.onCodePublished(c, p) },
+      extensions: (dir) => [schedulerExtension(shared, { shardTimeoutMs: 20_000 }), pipelineExtension(shared), jobsExtension(shared, { seed: 1 }), recomputeExtension(shared, { watchRoots: [dir] })],
+      transforms: [{ name: 'wf-task', path: WF_TASK }],
+      agents: [{ name: 'a1', labels: ['pool=a'] }, { name: 'a2', labels: ['pool=b'] }],
     });
-    wfV1 = await publishTransform(tc.client(CodeServiceDefinition), WF_TASK, 'wf-task');
-    agents.push(
-      ...(await startLocalAgents(tc.grpcAddress, tc.token, dir, [
-        { name: 'a1', labels: ['pool=a'], reportInterval: '200ms' },
-        { name: 'a2', labels: ['pool=b'], reportInterval: '200ms' },
-      ])),
-    );
+    wfV1 = tc.codeVersions['wf-task'] ?? '';
     const step = (name: string, inputs: string[], parameters: Record<string, unknown>) => ({ name, transform: 'wf-task', codeVersion: wfV1, parameters, requirements: undefined, inputs, output: '', timeoutMs: 0, retries: 0, retryBackoffMs: 0 });
     pipeline = {
       name: 'wf',
@@ -100,9 +85,7 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
   }, 180_000);
 
   afterAll(async () => {
-    await stopLocalAgents(agents);
     await tc?.stop();
-    rmSync(dir, { recursive: true, force: true });
   });
 
   let k2Change = '';
@@ -178,9 +161,9 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
 
   it('a new code version of a step recomputes that step everywhere and what its new outputs change', async () => {
     const src = readFileSync(WF_TASK, 'utf8').replace('const VERSION = 1;', 'const VERSION = 2;');
-    mkdirSync(join(dir, 'v2'), { recursive: true });
-    writeFileSync(join(dir, 'v2', 'wf-task.ts'), src);
-    const v2 = await publishTransform(tc.client(CodeServiceDefinition), join(dir, 'v2', 'wf-task.ts'), 'wf-task');
+    mkdirSync(join(tc.dir, 'v2'), { recursive: true });
+    writeFileSync(join(tc.dir, 'v2', 'wf-task.ts'), src);
+    const v2 = await publishTransform(tc.client(CodeServiceDefinition), join(tc.dir, 'v2', 'wf-task.ts'), 'wf-task');
     expect(v2).not.toBe(wfV1);
     const next = { ...pipeline, steps: pipeline.steps.map((s) => (s.name === 'proj' ? { ...s, codeVersion: v2 } : s)) };
     expect((await pipelines().applyPipeline({ pipeline: next })).created).toBe(true);
@@ -188,7 +171,7 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
     const change = changes.find((c) => c.kind === ChangeKind.CHANGE_KIND_CODE_VERSION);
     expect(change).toMatchObject({ step: 'proj', oldHash: wfV1, newHash: v2, state: ChangeState.CHANGE_STATE_REPORTED });
     // Placed where the policy says: every executed step on the second agent.
-    const target = agents[1]?.nodeId ?? '';
+    const target = tc.agents[1]?.nodeId ?? '';
     const r = await recompute().recompute({ changeIds: [change?.changeId ?? ''], objectIds: [], newContents: [], policy: { maxAttempts: 0, concurrency: 4, targetNodeIds: [target], targetLabels: {}, dryRun: false } });
     const job = await finished(r.jobId);
     const nodes = await Promise.all(r.tasks.map(async (t) => (await tc.coordinator.lineage.readStep(`recompute:${r.jobId}/${t.taskId}`))?.nodeId));
@@ -205,9 +188,9 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
   it('publishing a new code version of a used transform is a change: reported under manual, followed under auto', async () => {
     const publish = async (version: number): Promise<string> => {
       const src = readFileSync(WF_TASK, 'utf8').replace('const VERSION = 1;', `const VERSION = ${version};`);
-      mkdirSync(join(dir, `v${version}`), { recursive: true });
-      writeFileSync(join(dir, `v${version}`, 'wf-task.ts'), src);
-      return publishTransform(tc.client(CodeServiceDefinition), join(dir, `v${version}`, 'wf-task.ts'), 'wf-task');
+      mkdirSync(join(tc.dir, `v${version}`), { recursive: true });
+      writeFileSync(join(tc.dir, `v${version}`, 'wf-task.ts'), src);
+      return publishTransform(tc.client(CodeServiceDefinition), join(tc.dir, `v${version}`, 'wf-task.ts'), 'wf-task');
     };
     const published = async (hash: string) => (await recompute().listChanges({ pipeline: 'wf', pageSize: 0, pageToken: '' })).changes.filter((c) => c.kind === ChangeKind.CHANGE_KIND_CODE_PUBLISHED && c.newHash === hash);
     const stepVersions = async () => Object.fromEntries(((await pipelines().getPipeline({ name: 'wf', version: 0 })).pipeline?.pipeline?.steps ?? []).map((s) => [s.name, s.codeVersion]));
@@ -353,7 +336,7 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
   }, 90_000);
 
   it('a watched directory is a source: each file a record, edits become changes', async () => {
-    const docs = join(dir, 'docs');
+    const docs = join(tc.dir, 'docs');
     mkdirSync(docs);
     writeFileSync(join(docs, 'a.txt'), 'alpha');
     writeFileSync(join(docs, 'b.txt'), 'beta');
@@ -372,7 +355,7 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
 
   it('the CLI: notify, changes, impact (table, DOT, SVG), recompute --watch', async () => {
     const conn = ['--coordinator', tc.grpcAddress, '--token', tc.token];
-    const file = join(dir, 'k5.json');
+    const file = join(tc.dir, 'k5.json');
     writeFileSync(file, JSON.stringify({ id: 5, amount: 56, note: 'n' }));
     await recompute().setChangePolicy({ pipeline: 'wf', source: 'raw', policy: ChangePolicy.CHANGE_POLICY_MANUAL });
     const n = await cli(['notify', 'record:wf/raw:k5', file, ...conn]);
@@ -382,7 +365,7 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
     expect((await cli(['changes', ...conn])).out).toContain(changeId);
     const table = await cli(['impact', changeId, ...conn]);
     expect(table.out).toMatch(/3 steps, 3 objects/);
-    const svgFile = join(dir, 'impact.svg');
+    const svgFile = join(tc.dir, 'impact.svg');
     const dot = await cli(['impact', changeId, '--dot', '--svg', svgFile, ...conn]);
     expect(dot.out).toMatch(/^digraph "impact" \{/);
     // The changed record feeds two steps; one of them feeds the third.
@@ -399,7 +382,7 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
     const conn = ['--coordinator', tc.grpcAddress, '--token', tc.token];
     const objectId = 'record:wf/raw:k1';
     const content = Buffer.from(JSON.stringify({ id: 1, amount: 77, note: 'dry' }));
-    const file = join(dir, 'k1-dry.json');
+    const file = join(tc.dir, 'k1-dry.json');
     writeFileSync(file, content);
     const hash = contentHashOf(content);
     const payloads = (shared.pipelines as NonNullable<CoordinatorServices['pipelines']>).payloads;

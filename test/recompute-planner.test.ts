@@ -24,6 +24,16 @@ describe('impact analysis and recompute planning', () => {
   let tc: TestCoordinator;
   const S = 1_000_000_000n;
 
+  /** What the executors' runners answer: the shard succeeded on n1 with one output `a` holding `text`. */
+  const succeeded = (shardId: string, text: string) =>
+    ({ nodeId: 'n1', attempts: 1, queuedMs: 0, outcome: { shardId, nodeId: 'n1', status: ShardStatus.SHARD_STATUS_SUCCEEDED, error: '', outputs: [{ key: 'a', payload: Buffer.from(text), mediaType: 'text/plain', contentHash: '' }], startedAtNs: '1', endedAtNs: '2', resources: undefined } as never });
+  /** Records `content` as raw:a's new version at `eventTimeNs`; the recompute of raw:a's change from a2 to it. */
+  async function recomputeOfA(content: string, eventTimeNs: string): Promise<JobSpec> {
+    await tc.coordinator.lineage.submit([objectEvent(content, 'record:p/raw:a', content, eventTimeNs)]);
+    const g = await collectAffected(tc.coordinator.lineage, [{ kind: 'version', objectId: 'record:p/raw:a', oldHash: contentHashOf('a2') }]);
+    return planRecompute(g, { newVersions: new Map([['record:p/raw:a', contentHashOf(content)]]), definitions: new Map(), changeIds: [], principal: 'me', title: 't' });
+  }
+
   beforeAll(async () => {
     tc = await startTestCoordinator();
     const at = (s: bigint) => (s * S).toString();
@@ -134,14 +144,12 @@ describe('impact analysis and recompute planning', () => {
       runner: () => ({
         async run(assignment) {
           runs.push(assignment);
-          return { nodeId: 'n1', attempts: 1, queuedMs: 0, outcome: { shardId: assignment.shardId, nodeId: 'n1', status: ShardStatus.SHARD_STATUS_SUCCEEDED, error: '', outputs: [{ key: 'a', payload: Buffer.from('xa3'), mediaType: 'text/plain', contentHash: '' }], startedAtNs: '1', endedAtNs: '2', resources: undefined } as never };
+          return succeeded(assignment.shardId, 'xa3');
         },
       }),
       clock: () => 9_000_000_000n,
     });
-    await tc.coordinator.lineage.submit([objectEvent('a3', 'record:p/raw:a', 'a3', '8000000000')]);
-    const g = await collectAffected(tc.coordinator.lineage, [{ kind: 'version', objectId: 'record:p/raw:a', oldHash: contentHashOf('a2') }]);
-    const job: JobSpec = planRecompute(g, { newVersions: new Map([['record:p/raw:a', contentHashOf('a3')]]), definitions: new Map(), changeIds: [], principal: 'me', title: 't' });
+    const job = await recomputeOfA('a3', '8000000000');
     const ctx = (taskIndex: number, deps: Map<string, JsonValue>, attempt = 1): TaskRunContext => ({ jobId: 'job-1', job, task: job.tasks[taskIndex] as JobSpec['tasks'][number], attempt, signal: new AbortController().signal, deps });
     const x = await executor.runTask(ctx(0, new Map()));
     expect(x.outcome).toBe('executed');
@@ -191,14 +199,12 @@ describe('impact analysis and recompute planning', () => {
       memo: createMemoStore(db),
       runner: () => ({
         async run(assignment) {
-          return { nodeId: 'n1', attempts: 1, queuedMs: 0, outcome: { shardId: assignment.shardId, nodeId: 'n1', status: ShardStatus.SHARD_STATUS_SUCCEEDED, error: '', outputs: [{ key: 'a', payload: Buffer.from('xa4'), mediaType: 'text/plain', contentHash: '' }], startedAtNs: '1', endedAtNs: '2', resources: undefined } as never };
+          return succeeded(assignment.shardId, 'xa4');
         },
       }),
       clock: () => 10_000_000_000n,
     });
-    await tc.coordinator.lineage.submit([objectEvent('a4', 'record:p/raw:a', 'a4', '9500000000')]);
-    const g = await collectAffected(tc.coordinator.lineage, [{ kind: 'version', objectId: 'record:p/raw:a', oldHash: contentHashOf('a2') }]);
-    const job: JobSpec = planRecompute(g, { newVersions: new Map([['record:p/raw:a', contentHashOf('a4')]]), definitions: new Map(), changeIds: [], principal: 'me', title: 't' });
+    const job = await recomputeOfA('a4', '9500000000');
     const ctx = (attempt: number): TaskRunContext => ({ jobId: 'job-stop', job, task: job.tasks[0] as JobSpec['tasks'][number], attempt, signal: new AbortController().signal, deps: new Map() });
     await expect(executor.runTask(ctx(1))).rejects.toThrow('the coordinator stopped');
     expect((await executor.runTask(ctx(2))).outcome).toBe('executed');
@@ -223,7 +229,7 @@ describe('impact analysis and recompute planning', () => {
       runner: () => ({
         async run(assignment) {
           const text = `x${Buffer.from(assignment.inputs[0]?.payload ?? []).toString()}`;
-          return { nodeId: 'n1', attempts: 1, queuedMs: 0, outcome: { shardId: assignment.shardId, nodeId: 'n1', status: ShardStatus.SHARD_STATUS_SUCCEEDED, error: '', outputs: [{ key: 'a', payload: Buffer.from(text), mediaType: 'text/plain', contentHash: '' }], startedAtNs: '1', endedAtNs: '2', resources: undefined } as never };
+          return succeeded(assignment.shardId, text);
         },
       }),
       clock: () => 11_000_000_000n,
@@ -261,14 +267,12 @@ describe('impact analysis and recompute planning', () => {
         async run(assignment) {
           runs.push(assignment);
           await gate;
-          return { nodeId: 'n1', attempts: 1, queuedMs: 0, outcome: { shardId: assignment.shardId, nodeId: 'n1', status: ShardStatus.SHARD_STATUS_SUCCEEDED, error: '', outputs: [{ key: 'a', payload: Buffer.from('xa7'), mediaType: 'text/plain', contentHash: '' }], startedAtNs: '1', endedAtNs: '2', resources: undefined } as never };
+          return succeeded(assignment.shardId, 'xa7');
         },
       }),
       clock: () => 12_000_000_000n,
     });
-    await tc.coordinator.lineage.submit([objectEvent('a7', 'record:p/raw:a', 'a7', '11500000000')]);
-    const g = await collectAffected(tc.coordinator.lineage, [{ kind: 'version', objectId: 'record:p/raw:a', oldHash: contentHashOf('a2') }]);
-    const job: JobSpec = planRecompute(g, { newVersions: new Map([['record:p/raw:a', contentHashOf('a7')]]), definitions: new Map(), changeIds: [], principal: 'me', title: 't' });
+    const job = await recomputeOfA('a7', '11500000000');
     const ctx = (jobId: string, signal = new AbortController().signal): TaskRunContext => ({ jobId, job, task: job.tasks[0] as JobSpec['tasks'][number], attempt: 1, signal, deps: new Map() });
     const first = executor.runTask(ctx('job-dup-1'));
     const second = executor.runTask(ctx('job-dup-2'));

@@ -1,24 +1,16 @@
 import { fileURLToPath } from 'node:url';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CodeServiceDefinition } from '../common/gen/retrace/v1/code.js';
 import { LineageServiceDefinition, NodeKind } from '../common/gen/retrace/v1/lineage.js';
 import { JobServiceDefinition, JobState, TaskState, type Job } from '../common/gen/retrace/v1/job.js';
 import { PipelineServiceDefinition, type Pipeline } from '../common/gen/retrace/v1/pipeline.js';
 import { ChangePolicy, RecomputeServiceDefinition } from '../common/gen/retrace/v1/recompute.js';
-import { codeExtension } from '../coordinator/code/code-extension.js';
 import { jobsExtension } from '../coordinator/jobs/jobs-extension.js';
-import { meshExtension } from '../coordinator/mesh/mesh-extension.js';
 import { pipelineExtension } from '../coordinator/pipeline/pipeline-extension.js';
 import { recomputeExtension } from '../coordinator/recompute/recompute-extension.js';
 import { schedulerExtension } from '../coordinator/scheduler/scheduler-extension.js';
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
-import { startLocalAgents, stopLocalAgents, type LocalAgent } from '../scripts/cli/local-agents.js';
-import { publishTransform } from './helpers/publish-transform.js';
 import { h } from './helpers/lineage-events.js';
-import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
+import { startAgentCoordinator, type AgentCoordinator } from './helpers/test-coordinator.js';
 
 /**
  * A change reverted by a recompute served from the memo records no step, so the latest recorded
@@ -30,32 +22,23 @@ import { startTestCoordinator, type TestCoordinator } from './helpers/test-coord
 const WF_TASK = fileURLToPath(new URL('../scripts/examples/transforms/wf-task.ts', import.meta.url));
 
 describe('recompute after a reverted change', () => {
-  let tc: TestCoordinator;
-  let dir: string;
+  let tc: AgentCoordinator;
   const shared: CoordinatorServices = {};
-  let agents: LocalAgent[] = [];
   let codeVersion = '';
 
   beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'retrace-revert-'));
-    tc = await startTestCoordinator({
-      extensions: [
-        meshExtension({ onMesh: (m) => (shared.mesh = m), options: { minReportIntervalMs: 50, suspectAfterIntervals: 5, lostAfterIntervals: 12 } }),
-        codeExtension({ onCodeStore: (s) => (shared.code = s) }),
-        schedulerExtension(shared, { shardTimeoutMs: 20_000 }),
-        pipelineExtension(shared),
-        jobsExtension(shared, { seed: 1 }),
-        recomputeExtension(shared),
-      ],
+    tc = await startAgentCoordinator({
+      tmpPrefix: 'retrace-revert-',
+      shared,
+      extensions: () => [schedulerExtension(shared, { shardTimeoutMs: 20_000 }), pipelineExtension(shared), jobsExtension(shared, { seed: 1 }), recomputeExtension(shared)],
+      transforms: [{ name: 'wf-task', path: WF_TASK }],
+      agents: [{ name: 'a1' }],
     });
-    codeVersion = await publishTransform(tc.client(CodeServiceDefinition), WF_TASK, 'wf-task');
-    agents = await startLocalAgents(tc.grpcAddress, tc.token, dir, [{ name: 'a1', reportInterval: '200ms' }]);
+    codeVersion = tc.codeVersions['wf-task'] ?? '';
   }, 120_000);
 
   afterAll(async () => {
-    await stopLocalAgents(agents);
     await tc?.stop();
-    rmSync(dir, { recursive: true, force: true });
   });
 
   const pipelineOf = (name: string): Pipeline => {
@@ -184,7 +167,7 @@ describe('recompute after a reverted change', () => {
     expect(impact.steps.map((s) => s.step)).toEqual(['p', 'r']);
     for (const s of impact.steps) {
       expect(s.stepId).toMatch(/^recompute:/);
-      expect(s.nodeId).toBe(agents[0]?.nodeId);
+      expect(s.nodeId).toBe(tc.agents[0]?.nodeId);
       expect(Number(s.wallTimeNs)).toBeGreaterThan(0);
     }
   }, 120_000);

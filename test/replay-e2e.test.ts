@@ -1,27 +1,22 @@
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { PassThrough } from 'node:stream';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Status } from 'nice-grpc';
-import { CodeServiceDefinition } from '../common/gen/retrace/v1/code.js';
 import { LineageServiceDefinition, NodeKind } from '../common/gen/retrace/v1/lineage.js';
 import { NodeState } from '../common/gen/retrace/v1/node.js';
 import { PipelineServiceDefinition } from '../common/gen/retrace/v1/pipeline.js';
 import { GpuMode, ReplayServiceDefinition, ReplayState, type ReplayPolicy, type ReplayReport } from '../common/gen/retrace/v1/replay.js';
 import { TriggerKind } from '../common/gen/retrace/v1/provenance.js';
-import { codeExtension } from '../coordinator/code/code-extension.js';
-import { meshExtension } from '../coordinator/mesh/mesh-extension.js';
 import { pipelineExtension } from '../coordinator/pipeline/pipeline-extension.js';
 import { replayExtension } from '../coordinator/replay/replay-extension.js';
 import { schedulerExtension } from '../coordinator/scheduler/scheduler-extension.js';
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
-import { startLocalAgents, stopLocalAgents, type LocalAgent } from '../scripts/cli/local-agents.js';
+import { stopLocalAgents, type LocalAgent } from '../scripts/cli/local-agents.js';
 import { main } from '../scripts/cli/main.js';
-import { publishTransform } from './helpers/publish-transform.js';
 import { renderJobLine } from '../scripts/cli/job-progress.js';
 import { replayToJobProto } from '../coordinator/jobs/job-convert.js';
-import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
+import { startAgentCoordinator, type AgentCoordinator } from './helpers/test-coordinator.js';
 
 const SCALE = `
 import { defineTransform } from 'retrace/transform';
@@ -68,10 +63,8 @@ const needs = (r: { cpu?: number; memoryMb?: number; gpu?: number; instructionSe
 const GAP_MS = 200;
 
 describe('replay end to end (real coordinator, real agent processes)', () => {
-  let tc: TestCoordinator;
-  let dir: string;
+  let tc: AgentCoordinator;
   const shared: CoordinatorServices = {};
-  const agents: LocalAgent[] = [];
   const t0 = 1_767_225_600_000_000_000n;
 
   const replay = () => tc.client(ReplayServiceDefinition);
@@ -90,28 +83,14 @@ describe('replay end to end (real coordinator, real agent processes)', () => {
   const one = { selector: { $case: 'recordIds' as const, value: { objectIds: ['record:orders/raw:k2'] } } };
 
   beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'retrace-replay-'));
-    tc = await startTestCoordinator({
-      extensions: [
-        meshExtension({ onMesh: (m) => (shared.mesh = m), options: { minReportIntervalMs: 50, suspectAfterIntervals: 5, lostAfterIntervals: 12 } }),
-        codeExtension({ onCodeStore: (s) => (shared.code = s) }),
-        schedulerExtension(shared, { shardTimeoutMs: 15_000 }),
-        pipelineExtension(shared),
-        replayExtension(shared),
-      ],
+    tc = await startAgentCoordinator({
+      tmpPrefix: 'retrace-replay-',
+      shared,
+      extensions: () => [schedulerExtension(shared, { shardTimeoutMs: 15_000 }), pipelineExtension(shared), replayExtension(shared)],
+      transforms: [{ name: 'scale', source: SCALE }, { name: 'label', source: LABEL }, { name: 'wait', source: WAIT }],
+      agents: [{ name: 'plain', labels: ['pool=prod'] }, { name: 'gpu', labels: ['pool=testing'], advertise: 'gpu=1' }],
     });
-    mkdirSync(join(dir, 'src'));
-    const versions: Record<string, string> = {};
-    for (const [name, source] of [['scale', SCALE], ['label', LABEL], ['wait', WAIT]] as const) {
-      writeFileSync(join(dir, 'src', `${name}.ts`), source);
-      versions[name] = await publishTransform(tc.client(CodeServiceDefinition), join(dir, 'src', `${name}.ts`), name);
-    }
-    agents.push(
-      ...(await startLocalAgents(tc.grpcAddress, tc.token, dir, [
-        { name: 'plain', labels: ['pool=prod'], reportInterval: '200ms' },
-        { name: 'gpu', labels: ['pool=testing'], advertise: 'gpu=1', reportInterval: '200ms' },
-      ])),
-    );
+    const versions = tc.codeVersions;
     const pipelines = tc.client(PipelineServiceDefinition);
     await pipelines.applyPipeline({
       pipeline: {
@@ -147,9 +126,7 @@ describe('replay end to end (real coordinator, real agent processes)', () => {
   }, 120_000);
 
   afterAll(async () => {
-    await stopLocalAgents(agents);
     await tc?.stop();
-    rmSync(dir, { recursive: true, force: true });
   });
 
   it('replays one record and reproduces the original hashes, recorded with why = the replay', async () => {
@@ -197,7 +174,7 @@ describe('replay end to end (real coordinator, real agent processes)', () => {
     for (const s of firsts) expect(Math.abs(s.dispatchedAtMs - s.targetAtMs)).toBeLessThan(100);
 
     // The CLI's report gives the pacing error and charts it: one point per record, at (due, dispatched).
-    const file = join(dir, 'replay.svg');
+    const file = join(tc.dir, 'replay.svg');
     const out = new PassThrough();
     const chunks: Buffer[] = [];
     out.on('data', (d: Buffer) => chunks.push(d));
@@ -267,15 +244,15 @@ describe('replay end to end (real coordinator, real agent processes)', () => {
   });
 
   it('a GPU-only policy lands only on the node that advertises a GPU', async () => {
-    const gpuNode = agents[1]?.nodeId as string;
+    const gpuNode = tc.agents[1]?.nodeId as string;
     const report = await run({ gpu: GpuMode.GPU_MODE_ONLY }, window);
     expect(Object.keys(report.summary?.placements ?? {})).toEqual([gpuNode]);
     const labelled = await run({ targetLabels: { pool: 'prod' } }, one);
-    expect(Object.keys(labelled.summary?.placements ?? {})).toEqual([agents[0]?.nodeId]);
+    expect(Object.keys(labelled.summary?.placements ?? {})).toEqual([tc.agents[0]?.nodeId]);
   });
 
   it("a replayed shard carries its pipeline step's requirements: a GPU step lands only on the GPU node, the worker's memory limit is the step's", async () => {
-    const gpuNode = agents[1]?.nodeId as string;
+    const gpuNode = tc.agents[1]?.nodeId as string;
     const dispatcher = shared.dispatcher;
     if (!dispatcher) throw new Error('no dispatcher');
     const seen: { step: string; memoryLimitMb: number; gpu: unknown; memoryMb: unknown }[] = [];
@@ -342,7 +319,7 @@ describe('replay end to end (real coordinator, real agent processes)', () => {
   });
 
   it('an outage starting after the first shards went out gets the shards in flight there reassigned, and the replay succeeds', async () => {
-    const gpuNode = agents[1]?.nodeId as string;
+    const gpuNode = tc.agents[1]?.nodeId as string;
     // All records at once: each shard is in flight for WAIT_MS, on both nodes, when the outage starts.
     const startedMs = Date.now();
     const report = await run({ faults: { seed: '1', outages: [{ nodeId: gpuNode, startAfterMs: 500, durationMs: 3000 }], linkOutageProbability: 0, corruptInputProbability: 0, stepFailureProbability: 0, addedLatencyMs: 0 } }, windowOf('slow'));
@@ -350,17 +327,17 @@ describe('replay end to end (real coordinator, real agent processes)', () => {
     expect(report.summary).toMatchObject({ records: SLOW_RECORDS, matched: SLOW_RECORDS, failed: 0 });
     expect(report.summary?.reassigned).toBeGreaterThan(0);
     // Reassigned shards ended on the other node, each after a first attempt on the one cut off.
-    for (const s of report.steps.filter((x) => x.attempts > 1)) expect(s.replayNode).toBe(agents[0]?.nodeId);
+    for (const s of report.steps.filter((x) => x.attempts > 1)) expect(s.replayNode).toBe(tc.agents[0]?.nodeId);
     // The outage outlives the replay: let it end before the next test places shards.
     await new Promise((r) => setTimeout(r, Math.max(0, startedMs + 3700 - Date.now())));
   }, 60_000);
 
   it('an outage on one agent link gets its shards reassigned and the replay completes', async () => {
-    const gpuNode = agents[1]?.nodeId as string;
+    const gpuNode = tc.agents[1]?.nodeId as string;
     const report = await run({ faults: { seed: '1', outages: [{ nodeId: gpuNode, startAfterMs: 0, durationMs: 5000 }], linkOutageProbability: 0, corruptInputProbability: 0, stepFailureProbability: 0, addedLatencyMs: 0 } }, window);
     expect(report.state).toBe(ReplayState.REPLAY_STATE_SUCCEEDED);
     expect(report.summary?.matched).toBe(RECORDS * 2);
-    expect(Object.keys(report.summary?.placements ?? {})).toEqual([agents[0]?.nodeId]);
+    expect(Object.keys(report.summary?.placements ?? {})).toEqual([tc.agents[0]?.nodeId]);
   });
 
   it('refuses bad policies with the field at fault', async () => {
@@ -380,7 +357,7 @@ describe('replay end to end (real coordinator, real agent processes)', () => {
 
   // Last: it stops the GPU agent.
   it('refuses a replay of a step that no node meets any more, naming the step', async () => {
-    const gpu = agents[1] as LocalAgent;
+    const gpu = tc.agents[1] as LocalAgent;
     await stopLocalAgents([gpu]);
     const deadline = Date.now() + 30_000;
     while (shared.mesh?.nodes().some((n) => n.nodeId === gpu.nodeId && n.state === NodeState.NODE_STATE_READY) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));

@@ -1,22 +1,16 @@
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { availableParallelism, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { availableParallelism } from 'node:os';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CodeServiceDefinition } from '../common/gen/retrace/v1/code.js';
 import { PipelineServiceDefinition } from '../common/gen/retrace/v1/pipeline.js';
 import { TriggerKind } from '../common/gen/retrace/v1/provenance.js';
 import { ReplayServiceDefinition, ReplayState, type ReplayPolicy, type ReplayReport, type ReplayStepResult } from '../common/gen/retrace/v1/replay.js';
 import { effectiveReading } from '../common/node-resources.js';
-import { codeExtension } from '../coordinator/code/code-extension.js';
-import { meshExtension } from '../coordinator/mesh/mesh-extension.js';
 import { pipelineExtension } from '../coordinator/pipeline/pipeline-extension.js';
 import { faultDraw } from '../coordinator/replay/fault-draw.js';
 import { replayExtension } from '../coordinator/replay/replay-extension.js';
 import { schedulerExtension } from '../coordinator/scheduler/scheduler-extension.js';
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
-import { startLocalAgents, stopLocalAgents, type LocalAgent } from '../scripts/cli/local-agents.js';
-import { publishTransform } from './helpers/publish-transform.js';
-import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
+import type { LocalAgent } from '../scripts/cli/local-agents.js';
+import { startAgentCoordinator, type AgentCoordinator } from './helpers/test-coordinator.js';
 
 // A fixed amount of CPU work per record (not a wall-clock loop), so CPU time is what the cap
 // meters whatever the machine's load.
@@ -86,10 +80,8 @@ async function nodeCpuUsage(steps: readonly ReplayStepResult[], nodeId: string, 
 }
 
 describe('replay under a CPU cap and an agent SIGKILL (real coordinator, real agent processes)', () => {
-  let tc: TestCoordinator;
-  let dir: string;
+  let tc: AgentCoordinator;
   const shared: CoordinatorServices = {};
-  let agents: LocalAgent[] = [];
   const t0 = 1_767_225_600_000_000_000n;
 
   const replay = () => tc.client(ReplayServiceDefinition);
@@ -107,29 +99,16 @@ describe('replay under a CPU cap and an agent SIGKILL (real coordinator, real ag
   const windowOf = (pipeline: string) => ({ selector: { $case: 'window' as const, value: { pipeline, source: 'raw', fromNs: t0.toString(), toNs: (t0 + 100_000_000_000n).toString() } } });
 
   beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'retrace-replay-faults-'));
-    tc = await startTestCoordinator({
-      extensions: [
-        // LOST after 12 silent 200 ms intervals: a killed agent's shards move within ~3 s, while
-        // a loaded machine does not make live agents flap.
-        meshExtension({ onMesh: (m) => (shared.mesh = m), options: { minReportIntervalMs: 50, suspectAfterIntervals: 5, lostAfterIntervals: 12 } }),
-        codeExtension({ onCodeStore: (s) => (shared.code = s) }),
-        schedulerExtension(shared, { shardTimeoutMs: 60_000 }),
-        pipelineExtension(shared),
-        replayExtension(shared),
-      ],
+    tc = await startAgentCoordinator({
+      tmpPrefix: 'retrace-replay-faults-',
+      shared,
+      // The default mesh options (LOST after 12 silent 200 ms intervals): a killed agent's shards
+      // move within ~3 s, while a loaded machine does not make live agents flap.
+      extensions: () => [schedulerExtension(shared, { shardTimeoutMs: 60_000 }), pipelineExtension(shared), replayExtension(shared)],
+      transforms: [{ name: 'burn', source: BURN }, { name: 'wait', source: WAIT }, { name: 'label', source: LABEL }],
+      agents: [{ name: 'cpu', labels: ['role=cpu'] }, { name: 'io-a', labels: ['role=io'] }, { name: 'io-b', labels: ['role=io'] }],
     });
-    mkdirSync(join(dir, 'src'));
-    const versions: Record<string, string> = {};
-    for (const [name, source] of [['burn', BURN], ['wait', WAIT], ['label', LABEL]] as const) {
-      writeFileSync(join(dir, 'src', `${name}.ts`), source);
-      versions[name] = await publishTransform(tc.client(CodeServiceDefinition), join(dir, 'src', `${name}.ts`), name);
-    }
-    agents = await startLocalAgents(tc.grpcAddress, tc.token, dir, [
-      { name: 'cpu', labels: ['role=cpu'], reportInterval: '200ms' },
-      { name: 'io-a', labels: ['role=io'], reportInterval: '200ms' },
-      { name: 'io-b', labels: ['role=io'], reportInterval: '200ms' },
-    ]);
+    const versions = tc.codeVersions;
     const pipelines = tc.client(PipelineServiceDefinition);
     const step = (name: string, transform: string, parameters: Record<string, unknown>, inputs: string[]) => ({ name, transform, codeVersion: versions[transform] ?? '', parameters, requirements: undefined, inputs, output: '', timeoutMs: 0 });
     await pipelines.applyPipeline({ pipeline: { name: 'burn', sources: [{ name: 'raw', mediaType: 'application/json' }], steps: [step('burn', 'burn', { iterations: BURN_ITERATIONS }, ['raw'])] } } as never);
@@ -146,13 +125,11 @@ describe('replay under a CPU cap and an agent SIGKILL (real coordinator, real ag
   }, 180_000);
 
   afterAll(async () => {
-    await stopLocalAgents(agents);
     await tc?.stop();
-    rmSync(dir, { recursive: true, force: true });
   });
 
   it('the allocator sees forecast headroom from the mesh forecast of real agents', async () => {
-    const cpuNode = agents[0]?.nodeId as string;
+    const cpuNode = tc.agents[0]?.nodeId as string;
     // Refreshed on reports (every 5 s at most) once the node has enough history to forecast.
     const deadline = Date.now() + 30_000;
     let h = shared.headroom?.(cpuNode);
@@ -167,14 +144,14 @@ describe('replay under a CPU cap and an agent SIGKILL (real coordinator, real ag
   }, 60_000);
 
   it('a 50% CPU cap holds the measured usage of the agent to about half its CPUs; uncapped, the same work uses clearly more', async (ctx) => {
-    const cpuNode = agents[0]?.nodeId as string;
+    const cpuNode = tc.agents[0]?.nodeId as string;
     const info = shared.mesh?.nodes().find((n) => n.nodeId === cpuNode);
     const hostCpus = (info && (effectiveReading(info.capabilities, 'cpu.threads')?.value ?? effectiveReading(info.capabilities, 'cpu.cores')?.value)) || availableParallelism();
     // What the agent's executor was told (its JSON log on stderr): the cap must reach it whatever
     // the machine's load, and be lifted once the capped job's shards are done.
     const throttles: number[] = [];
     let partial = '';
-    agents[0]?.process.stderr?.on('data', (d: Buffer) => {
+    tc.agents[0]?.process.stderr?.on('data', (d: Buffer) => {
       const lines = (partial + d.toString()).split('\n');
       partial = lines.pop() ?? '';
       for (const line of lines) {
@@ -270,7 +247,7 @@ describe('replay under a CPU cap and an agent SIGKILL (real coordinator, real ag
   }, 120_000);
 
   it('an agent SIGKILLed mid-replay loses nothing: every step once, every hash as recorded', async () => {
-    const victim = agents[2] as LocalAgent;
+    const victim = tc.agents[2] as LocalAgent;
     const replayId = await startReplay({ targetLabels: { role: 'io' } }, windowOf('slow'));
     // Kill the victim once it holds shards (assigned, not yet answered).
     const deadline = Date.now() + 30_000;

@@ -1,24 +1,16 @@
 import { fileURLToPath } from 'node:url';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CodeServiceDefinition } from '../common/gen/retrace/v1/code.js';
 import { PipelineServiceDefinition, type Pipeline } from '../common/gen/retrace/v1/pipeline.js';
 import { ChangeKind, ChangePolicy, RecomputeServiceDefinition } from '../common/gen/retrace/v1/recompute.js';
 import { ReplayServiceDefinition, ReplayState, type ReplayPolicy, type ReplayReport, type StartReplayRequest } from '../common/gen/retrace/v1/replay.js';
 import type { JobView } from '../coordinator/jobs/job-manager.js';
-import { codeExtension } from '../coordinator/code/code-extension.js';
 import { jobsExtension } from '../coordinator/jobs/jobs-extension.js';
-import { meshExtension } from '../coordinator/mesh/mesh-extension.js';
 import { pipelineExtension } from '../coordinator/pipeline/pipeline-extension.js';
 import { recomputeExtension } from '../coordinator/recompute/recompute-extension.js';
 import { replayExtension } from '../coordinator/replay/replay-extension.js';
 import { schedulerExtension } from '../coordinator/scheduler/scheduler-extension.js';
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
-import { startLocalAgents, stopLocalAgents, type LocalAgent } from '../scripts/cli/local-agents.js';
-import { publishTransform } from './helpers/publish-transform.js';
-import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
+import { startAgentCoordinator, type AgentCoordinator } from './helpers/test-coordinator.js';
 import { until } from './helpers/until.js';
 
 /**
@@ -31,10 +23,8 @@ const SCALE = fileURLToPath(new URL('../scripts/examples/transforms/scale-order.
 const CLASSIFY = fileURLToPath(new URL('../scripts/examples/transforms/classify-order.ts', import.meta.url));
 
 describe('replay of recomputed records (real coordinator, real agent process)', () => {
-  let tc: TestCoordinator;
-  let dir: string;
+  let tc: AgentCoordinator;
   const shared: CoordinatorServices = {};
-  let agents: LocalAgent[] = [];
   let pipeline: Pipeline;
   let ingestRun = '';
   const t0 = 1_767_225_600_000_000_000n;
@@ -73,21 +63,15 @@ describe('replay of recomputed records (real coordinator, real agent process)', 
   const record = (key: string): StartReplayRequest['selector'] => ({ selector: { $case: 'recordIds', value: { objectIds: [`record:orders/raw:${key}`] } } });
 
   beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'retrace-replay-recomputed-'));
-    tc = await startTestCoordinator({
-      extensions: [
-        meshExtension({ onMesh: (m) => (shared.mesh = m), options: { minReportIntervalMs: 50, suspectAfterIntervals: 5, lostAfterIntervals: 12 } }),
-        codeExtension({ onCodeStore: (s) => (shared.code = s) }),
-        schedulerExtension(shared, { shardTimeoutMs: 20_000 }),
-        pipelineExtension(shared),
-        jobsExtension(shared, { seed: 1 }),
-        recomputeExtension(shared),
-        replayExtension(shared),
-      ],
+    tc = await startAgentCoordinator({
+      tmpPrefix: 'retrace-replay-recomputed-',
+      shared,
+      extensions: () => [schedulerExtension(shared, { shardTimeoutMs: 20_000 }), pipelineExtension(shared), jobsExtension(shared, { seed: 1 }), recomputeExtension(shared), replayExtension(shared)],
+      transforms: [{ name: 'scale-order', path: SCALE }, { name: 'classify-order', path: CLASSIFY }],
+      agents: [{ name: 'a1' }],
     });
-    const scale = await publishTransform(tc.client(CodeServiceDefinition), SCALE, 'scale-order');
-    const classify = await publishTransform(tc.client(CodeServiceDefinition), CLASSIFY, 'classify-order');
-    agents = await startLocalAgents(tc.grpcAddress, tc.token, dir, [{ name: 'a1', reportInterval: '200ms' }]);
+    const scale = tc.codeVersions['scale-order'] ?? '';
+    const classify = tc.codeVersions['classify-order'] ?? '';
     pipeline = {
       name: 'orders',
       sources: [{ name: 'raw', mediaType: 'application/json', description: '' }],
@@ -132,9 +116,7 @@ describe('replay of recomputed records (real coordinator, real agent process)', 
   }, 180_000);
 
   afterAll(async () => {
-    await stopLocalAgents(agents);
     await tc?.stop();
-    rmSync(dir, { recursive: true, force: true });
   });
 
   /** Each replayed step compares against the version the pipeline holds as current now. */

@@ -10,7 +10,7 @@ import { createShardExecutor, DEFAULT_PAYLOAD_CACHE_BYTES, type ShardExecutor } 
 import { ShardStatus, type ShardAssignment, type ShardInput, type ShardOutcome } from '../common/gen/retrace/v1/shard.js';
 import { contentHashOf } from '../common/hash.js';
 import { CACHED_PAYLOAD_MIN_BYTES } from '../common/payload-locality.js';
-import { bundleTransform } from '../scripts/cli/publish-command.js';
+import { bundleSources } from './helpers/publish-transform.js';
 import { until } from './helpers/until.js';
 
 // Small transforms, bundled through the real publish bundler and run in real worker threads.
@@ -124,13 +124,7 @@ describe('shard executor (real worker threads)', () => {
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'retrace-exec-'));
     process.env.RETRACE_TOKEN = 'agent-secret-token';
-    for (const [name, source] of Object.entries(SOURCES)) {
-      const file = join(dir, `${name}.ts`);
-      writeFileSync(file, source);
-      const b = await bundleTransform(file);
-      versions[name] = b.codeVersion;
-      bundles.set(b.codeVersion, b.bytes);
-    }
+    await bundleSources(dir, SOURCES, versions, bundles);
     const codeCache = createCodeCache({
       dir: join(dir, 'code'),
       fetch: async (v) => {

@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { toLineageEvents } from '../../common/openlineage/to-lineage-events.js';
 import type { OpenLineageRunEvent } from '../../common/openlineage/types.js';
 import { validateOpenLineageBatch, validateOpenLineageEvent } from '../../common/openlineage/validate.js';
+import { getLineage, postJson, type GraphEdge as Edge, type GraphNode } from '../helpers/openlineage-http.js';
 import { startTestCoordinator, type TestCoordinator } from '../helpers/test-coordinator.js';
 
 /**
@@ -12,18 +13,6 @@ import { startTestCoordinator, type TestCoordinator } from '../helpers/test-coor
  */
 
 const DATA = new URL('../../../shared/data/openlineage-events/', import.meta.url);
-
-interface Edge {
-  origin: string;
-  destination: string;
-}
-interface GraphNode {
-  id: string;
-  type: 'DATASET' | 'JOB';
-  data: Record<string, any>;
-  inEdges: Edge[];
-  outEdges: Edge[];
-}
 
 /** The 74 captured events, as MANIFEST.tsv lists them. */
 function capturedEvents(): { path: string; event: unknown }[] {
@@ -71,16 +60,11 @@ afterAll(async () => {
   await tc?.stop();
 });
 
-async function post(path: string, body: unknown): Promise<{ status: number; json: any }> {
-  const res = await fetch(`${tc.httpUrl}${path}`, { method: 'POST', headers: { 'content-type': 'application/json', ...tc.httpAuth }, body: JSON.stringify(body) });
-  return { status: res.status, json: await res.json() };
-}
+const post = (path: string, body: unknown) => postJson(tc, path, body);
 
 async function graphOf(nodeId: string, depth?: number): Promise<GraphNode[]> {
-  const q = new URLSearchParams({ nodeId });
-  if (depth !== undefined) q.set('depth', String(depth));
-  const res = await fetch(`${tc.httpUrl}/api/v1/lineage?${q}`, { headers: tc.httpAuth });
-  const json = (await res.json()) as { graph: GraphNode[] };
+  const res = await getLineage(tc, nodeId, depth);
+  const json = res.json as { graph: GraphNode[] };
   expect(res.status, `${nodeId}: ${JSON.stringify(json)}`).toBe(200);
   return json.graph;
 }
