@@ -66,7 +66,9 @@ describe('JobService and retrace jobs', () => {
     const p = ctx.task.payload as { gate?: string; fail?: boolean; cpu?: number };
     if (p.fail && broken) throw new Error('input not there yet');
     if (p.gate) {
-      await Promise.race([gate(p.gate).promise, new Promise((_r, reject) => ctx.signal.addEventListener('abort', () => reject(new Error('aborted')), { once: true }))]);
+      // A job cancelled right after it was submitted may start its task with the signal already aborted.
+      const aborted = new Promise((_r, reject) => (ctx.signal.aborted ? reject(new Error('aborted')) : ctx.signal.addEventListener('abort', () => reject(new Error('aborted')), { once: true })));
+      await Promise.race([gate(p.gate).promise, aborted]);
     }
     if (p.cpu !== undefined) {
       const payload = Buffer.from(JSON.stringify({ task: ctx.task.id }));
