@@ -171,6 +171,19 @@ describe('retrace submit', () => {
     expect(r.stderr).toContain('usage: retrace submit');
   });
 
+  it('a file without events ([], {"events": []}) is a usage error naming it; nothing is stored', async () => {
+    const before = tc.coordinator.lineage.treeSize;
+    for (const [name, text] of [['empty-array.json', '[]'], ['empty-events.json', '{"events": []}']]) {
+      const file = join(dir, name as string);
+      outFiles.push(file);
+      writeFileSync(file, text as string);
+      const r = await cli(['submit', file]);
+      expect(r.code).toBe(2);
+      expect(r.stderr).toContain(`error: ${file} holds no events`);
+    }
+    expect(tc.coordinator.lineage.treeSize).toBe(before);
+  });
+
   it('an OpenLineage facet key named __proto__ is refused naming its path, as the HTTP API refuses it, not dropped', async () => {
     const file = join(dir, 'proto-key.json');
     outFiles.push(file);

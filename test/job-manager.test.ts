@@ -228,7 +228,7 @@ describe('JobManager', () => {
     expect(resumed.resumes).toBe(1);
     expect(exec.calls.filter((c) => c.task === 'first')).toHaveLength(1);
     expect(exec.calls.filter((c) => c.task === 'slow')).toHaveLength(2);
-    expect((await manager.resume(jobId)).tasksToRun).toBe(0);
+    await expect(manager.resume(jobId)).rejects.toThrow(`job_id: job ${jobId} has already ended SUCCEEDED: there is nothing to resume`);
   });
 
   it('resumes a failed job after the cause is fixed, rerunning only failed and upstream-failed tasks', async () => {

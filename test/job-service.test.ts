@@ -57,7 +57,9 @@ describe('JobService and retrace jobs', () => {
     const p = ctx.task.payload as { gate?: string; fail?: boolean; cpu?: number };
     if (p.fail && broken) throw new Error('input not there yet');
     if (p.gate) {
-      await Promise.race([gate(p.gate).promise, new Promise((_r, reject) => ctx.signal.addEventListener('abort', () => reject(new Error('aborted')), { once: true }))]);
+      // A job cancelled right after it was submitted may start its task with the signal already aborted.
+      const aborted = new Promise((_r, reject) => (ctx.signal.aborted ? reject(new Error('aborted')) : ctx.signal.addEventListener('abort', () => reject(new Error('aborted')), { once: true })));
+      await Promise.race([gate(p.gate).promise, aborted]);
     }
     if (p.cpu !== undefined) {
       const payload = Buffer.from(JSON.stringify({ task: ctx.task.id }));
@@ -192,6 +194,32 @@ describe('JobService and retrace jobs', () => {
     expect(json.tasks.find((t) => t.id === 'ok')?.attempts).toBe(1);
     expect(json.tasks.find((t) => t.id === 'flaky')?.attempts).toBe(3);
   }, 60_000);
+
+  it('cancelling or resuming a job that already ended SUCCEEDED (or cancelling a FAILED one) is FAILED_PRECONDITION naming the job and its state; cancelling a CANCELLED job again is fine', async () => {
+    const ended = async (jobId: string) => waitFor(async () => ((await client().getJob({ jobId })).job?.state ?? 0) >= JobState.JOB_STATE_SUCCEEDED);
+    const { jobId: done } = await submit([{ id: 'one' }]);
+    await ended(done);
+    expect((await client().getJob({ jobId: done })).job?.state).toBe(JobState.JOB_STATE_SUCCEEDED);
+    for (const [call, what] of [[() => client().cancelJob({ jobId: done }), 'cancel'], [() => client().resumeJob({ jobId: done }), 'resume']] as const) {
+      await expect(call()).rejects.toMatchObject({ code: Status.FAILED_PRECONDITION, details: `job_id: job ${done} has already ended SUCCEEDED: there is nothing to ${what}` });
+    }
+    broken = true;
+    const { jobId: failed } = await submit([{ id: 'bad', payload: { fail: true } }]);
+    await ended(failed);
+    await expect(client().cancelJob({ jobId: failed })).rejects.toMatchObject({ code: Status.FAILED_PRECONDITION, details: expect.stringMatching(/has already ended FAILED: there is nothing to cancel \(jobs resume/) });
+    const { jobId: held } = await submit([{ id: 'held', payload: { gate: 'held-forever' } }]);
+    expect((await client().cancelJob({ jobId: held })).state).toBe(JobState.JOB_STATE_CANCELLED);
+    expect((await client().cancelJob({ jobId: held })).state).toBe(JobState.JOB_STATE_CANCELLED);
+    expect((await cli('jobs', 'cancel', held)).code).toBe(0);
+    for (const command of ['cancel', 'resume']) {
+      const r = await cli('jobs', command, done);
+      expect(r.code).not.toBe(0);
+      expect(r.err).toContain(`job ${done} has already ended SUCCEEDED: there is nothing to ${command}`);
+    }
+    // Nothing changed: the ended jobs keep their state and were not resumed.
+    const after = (await client().getJob({ jobId: done })).job;
+    expect([after?.state, after?.resumes]).toEqual([JobState.JOB_STATE_SUCCEEDED, 0]);
+  }, 30_000);
 
   it('a failed job makes `retrace jobs watch` exit non-zero; watchJobProgress returns the final state', async () => {
     broken = true;

@@ -319,6 +319,16 @@ describe('pipelines', () => {
       expect(JSON.parse(ing.out)).toMatchObject({ accepted: '2', shardsRun: '2' });
       const path = await lineage.getRecordPath({ objectId: 'record:cli/up:b', contentHash: '', asOfNs: '0' });
       expect(path.record?.contentHash).toBe(contentHashOf('{"N":1}'));
+      // A file without records (empty, or blank lines only) is a usage error naming it; no run is recorded.
+      const runsBefore = (await lineage.listRuns({ pageSize: 1000, pageToken: '', namePrefix: '' })).runs.length;
+      for (const [name, text] of [['empty.jsonl', ''], ['blank.jsonl', '\n  \n\n']]) {
+        const empty = join(dir, name as string);
+        writeFileSync(empty, text as string);
+        const r = await cli('ingest', ['cli', 'in', empty, ...conn]);
+        expect(r.code).toBe(2);
+        expect(r.err).toContain(`error: ${empty} holds no records: expected one JSON object per line`);
+      }
+      expect((await lineage.listRuns({ pageSize: 1000, pageToken: '', namePrefix: '' })).runs.length).toBe(runsBefore);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Status } from 'nice-grpc';
 import { CodeServiceDefinition } from '../common/gen/retrace/v1/code.js';
 import { LineageServiceDefinition, NodeKind } from '../common/gen/retrace/v1/lineage.js';
+import { JobServiceDefinition } from '../common/gen/retrace/v1/job.js';
 import { PipelineServiceDefinition, type Pipeline } from '../common/gen/retrace/v1/pipeline.js';
 import { TriggerKind } from '../common/gen/retrace/v1/provenance.js';
 import { ChangeKind, ChangePolicy, ChangeState, RecomputeServiceDefinition } from '../common/gen/retrace/v1/recompute.js';
@@ -452,6 +453,16 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
     await expect(c.impact({ target: { $case: 'objectId', value: 'no-such-object' }, asOfNs: '0' })).rejects.toMatchObject({ code: Status.NOT_FOUND, details: expect.stringMatching(/^object_id: /) });
     await expect(c.recompute({ changeIds: ['chg-0000000000000000'], objectIds: [], newContents: [], policy: undefined })).rejects.toMatchObject({ code: Status.NOT_FOUND, details: expect.stringMatching(/^change_ids\[0\]: /) });
     await expect(c.recompute({ changeIds: [], objectIds: ['record:wf/raw:nope'], newContents: [], policy: undefined })).rejects.toMatchObject({ code: Status.NOT_FOUND, details: expect.stringMatching(/^object_ids\[0\]: /) });
+    // At most 1024 steps at once: the RPC names the field, the CLI the flag, and nothing starts.
+    const jobsBefore = (await tc.client(JobServiceDefinition).listJobs({ state: 0, kind: '', pageSize: 0, pageToken: '' })).jobs.length;
+    await expect(c.recompute({ changeIds: [], objectIds: ['record:wf/raw:k1'], newContents: [], policy: { maxAttempts: 0, concurrency: 4_000_000_000, targetNodeIds: [], targetLabels: {}, dryRun: false } })).rejects.toMatchObject({
+      code: Status.INVALID_ARGUMENT,
+      details: 'policy.concurrency: at most 1024 steps at once (0: the default, 16), got 4000000000',
+    });
+    const tooMany = await cli(['recompute', 'record:wf/raw:k1', '--concurrency', '1025', '--coordinator', tc.grpcAddress, '--token', tc.token]);
+    expect(tooMany.code).toBe(2);
+    expect(tooMany.err).toContain('--concurrency: at most 1024 steps at once, got 1025');
+    expect((await tc.client(JobServiceDefinition).listJobs({ state: 0, kind: '', pageSize: 0, pageToken: '' })).jobs.length).toBe(jobsBefore);
     // New content of an object no step reads: refused naming it, and nothing recorded (dry run or not).
     const before = (await c.listChanges({ pipeline: 'wf', pageSize: 0, pageToken: '' })).changes.length;
     for (const dryRun of [true, false]) {

@@ -141,6 +141,11 @@ describe('replay end to end (real coordinator, real agent processes)', () => {
     const value = step.body?.$case === 'step' ? step.body.value : undefined;
     expect(value?.why).toMatchObject({ kind: TriggerKind.TRIGGER_KIND_REPLAY, id: report.replayId });
     expect(value?.generated[0]?.objectId).toBe(`replay:${report.replayId}/record:orders/label:k2`);
+    // A replay that has ended SUCCEEDED cannot be cancelled: FAILED_PRECONDITION naming it and its state.
+    await expect(replay().cancelReplay({ replayId: report.replayId })).rejects.toMatchObject({
+      code: Status.FAILED_PRECONDITION,
+      details: `replay_id: replay ${report.replayId} has already ended SUCCEEDED: there is nothing to cancel`,
+    });
   });
 
   it('a replayed shard keeps its pipeline step\'s timeout, as the pipeline run had it', async () => {

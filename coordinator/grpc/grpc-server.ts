@@ -7,6 +7,7 @@ import { ServerReflection, ServerReflectionService } from 'nice-grpc-server-refl
 import { ownerOnly, type Authenticate } from '../token-registry.js';
 import { createAuthInterceptor } from './auth-interceptor.js';
 import { createErrorMiddleware } from './error-middleware.js';
+import { createPublishBudgetInterceptor, PUBLISH_BUDGET_BYTES, PUBLISH_MAX_WAITING } from './publish-budget.js';
 import { guardRequestDecoding } from './request-decoding.js';
 
 /** A service to mount: its generated definition and implementation. */
@@ -27,6 +28,8 @@ const DESCRIPTOR_SET = new URL('../../common/gen/descriptor-set.binpb', import.m
  * `token` is the owner token alone, or the coordinator's token registry's `authenticate`.
  * Request bytes that do not decode as the method's message are refused with INVALID_ARGUMENT
  * naming the message (grpc-js alone answers INTERNAL "Error deserializing request").
+ * PublishCode calls together hold at most PUBLISH_BUDGET_BYTES (createPublishBudgetInterceptor);
+ * more wait, and one past PUBLISH_MAX_WAITING waiting is refused with RESOURCE_EXHAUSTED.
  */
 export function createGrpcServer(options: { token: string | Authenticate; services: ServiceMount[]; log: (line: string) => void }): { server: Server; health: HealthState } {
   const server = createServer({
@@ -34,7 +37,11 @@ export function createGrpcServer(options: { token: string | Authenticate; servic
     'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
     // No channelz service is mounted, so its per-call and per-session bookkeeping is never read.
     'grpc.enable_channelz': 0,
-    interceptors: [createAuthInterceptor(typeof options.token === 'string' ? ownerOnly(options.token) : options.token)],
+    // Auth first: the budget counts only calls that carry a token allowed to publish.
+    interceptors: [
+      createAuthInterceptor(typeof options.token === 'string' ? ownerOnly(options.token) : options.token),
+      createPublishBudgetInterceptor({ path: '/retrace.v1.CodeService/PublishCode', budgetBytes: PUBLISH_BUDGET_BYTES, reserveBytes: MAX_MESSAGE_BYTES, maxWaiting: PUBLISH_MAX_WAITING, sizeOf: bundleBytes }),
+    ],
   })
     .use(createErrorMiddleware(options.log));
   const health = HealthState();
@@ -48,4 +55,10 @@ export function createGrpcServer(options: { token: string | Authenticate; servic
   server.add(HealthDefinition, HealthServiceImpl(health));
   server.add(ServerReflectionService, ServerReflection(descriptors, options.services.map((s) => s.definition.fullName)));
   return { server, health };
+}
+
+/** The bytes a PublishCode request holds: its bundle (the rest is a few hundred bytes). */
+function bundleBytes(request: unknown): number {
+  const bundle = (request as { bundle?: unknown } | undefined)?.bundle;
+  return bundle instanceof Uint8Array ? bundle.byteLength : 0;
 }

@@ -256,12 +256,18 @@ export class JobManager implements JobSubmitter {
 
   /**
    * Cancels the job: running attempts are aborted through their signal, pending tasks end
-   * CANCELLED. Resolves with the job's state once it has ended; an ended job is left as it is.
+   * CANCELLED. Resolves with the job's state once it has ended. Cancelling a CANCELLED job (or
+   * one being cancelled) changes nothing and resolves CANCELLED, so a retried call is safe; a job
+   * that ended SUCCEEDED or FAILED is refused with FailedPreconditionError (`job_id`).
    */
   async cancel(jobId: string): Promise<JobState> {
     const job = this.live.get(jobId);
-    if (!job) return (await this.readStored(jobId)).record.state;
-    if (JOB_ENDED.has(job.record.state)) return job.record.state;
+    const ended = job ? job.record.state : (await this.readStored(jobId)).record.state;
+    if (ended === 'SUCCEEDED' || ended === 'FAILED') {
+      const hint = ended === 'FAILED' ? ' (jobs resume runs its failed tasks again)' : '';
+      throw new FailedPreconditionError(`job ${jobId} has already ended ${ended}: there is nothing to cancel${hint}`, 'job_id');
+    }
+    if (!job || JOB_ENDED.has(job.record.state)) return ended;
     job.cancelRequested = true;
     clearTimeout(job.parkTimer);
     job.parkTimer = undefined;
@@ -279,15 +285,19 @@ export class JobManager implements JobSubmitter {
   /**
    * Runs a FAILED or CANCELLED job again: its FAILED, UPSTREAM_FAILED and CANCELLED tasks get a
    * fresh retry budget; SUCCEEDED tasks keep their results and are never rerun. A job that has not
-   * ended, or SUCCEEDED, is left as it is (tasksToRun 0).
+   * ended is left as it is (tasksToRun 0), so a retried call is safe; a SUCCEEDED job is refused
+   * with FailedPreconditionError (`job_id`).
    */
   async resume(jobId: string): Promise<{ state: JobState; tasksToRun: number }> {
     this.requireRunning();
     let job = this.live.get(jobId);
     if (!job) {
-      job = this.toLive(await this.readStored(jobId));
+      const stored = await this.readStored(jobId);
+      if (stored.record.state === 'SUCCEEDED') throw succeeded(jobId);
+      job = this.toLive(stored);
       this.live.set(jobId, job);
     }
+    if (job.record.state === 'SUCCEEDED') throw succeeded(jobId);
     if (job.record.state !== 'FAILED' && job.record.state !== 'CANCELLED') return { state: job.record.state, tasksToRun: 0 };
     const again = [...job.tasks.values()].filter((t) => t.state === 'FAILED' || t.state === 'UPSTREAM_FAILED' || t.state === 'CANCELLED');
     for (const t of again) {
@@ -796,4 +806,9 @@ function errorMessage(err: unknown): string {
 /** A write refused by the store rather than a bug: a full data dir, or the database closed while it reopens. */
 function isStoreRefusal(err: unknown): boolean {
   return (isRetraceError(err) && err.code === 'INSUFFICIENT_STORAGE') || storeErrorOf(err) !== undefined;
+}
+
+/** The refusal to resume a job that has nothing left to run. */
+function succeeded(jobId: string): FailedPreconditionError {
+  return new FailedPreconditionError(`job ${jobId} has already ended SUCCEEDED: there is nothing to resume`, 'job_id');
 }

@@ -121,7 +121,7 @@ export function jobsExtension(shared: JobsShared, options: JobsExtensionOptions 
         if (!request.jobId) throw new InvalidArgumentError('job_id', 'is required');
         if (isReplayId(request.jobId)) {
           await getJob(request.jobId, false);
-          await (shared.replay as ReplayEngine).cancel(request.jobId);
+          await (shared.replay as ReplayEngine).cancel(request.jobId, 'job_id');
           return { state: (await getJob(request.jobId, false)).state };
         }
         await manager.cancel(request.jobId);

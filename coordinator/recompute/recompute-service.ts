@@ -16,6 +16,7 @@ import {
 } from '../../common/gen/retrace/v1/recompute.js';
 import type { NodeInfo } from '../../common/gen/retrace/v1/node.js';
 import { contentHashOf, isContentHash } from '../../common/hash.js';
+import { MAX_RECOMPUTE_ATTEMPTS, MAX_RECOMPUTE_CONCURRENCY } from '../../common/recompute-policy.js';
 import { parseNodeKey, versionKey } from '../../common/lineage-keys.js';
 import { declaredRequirements, mergeRequirements } from '../../common/requirements.js';
 import { nanosToIso } from '../../common/time.js';
@@ -560,7 +561,8 @@ export class Recomputer {
   async recompute(request: RecomputeRequest, principal: string): Promise<RecomputeResponse> {
     const policy = request.policy;
     if (request.changeIds.length + request.objectIds.length + request.newContents.length === 0) throw new InvalidArgumentError('change_ids', 'name at least one change, object or new content');
-    if (policy && policy.maxAttempts > 100) throw new InvalidArgumentError('policy.max_attempts', 'at most 100');
+    if (policy && policy.maxAttempts > MAX_RECOMPUTE_ATTEMPTS) throw new InvalidArgumentError('policy.max_attempts', `at most ${MAX_RECOMPUTE_ATTEMPTS}`);
+    if (policy && policy.concurrency > MAX_RECOMPUTE_CONCURRENCY) throw new InvalidArgumentError('policy.concurrency', `at most ${MAX_RECOMPUTE_CONCURRENCY} steps at once (0: the default, 16), got ${policy.concurrency}`);
     const known = new Set(this.deps.nodes().map((n) => n.nodeId));
     policy?.targetNodeIds.forEach((id, i) => {
       if (!known.has(id)) throw new InvalidArgumentError(`policy.target_node_ids[${i}]`, `unknown node ${JSON.stringify(id)}`);

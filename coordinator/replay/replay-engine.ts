@@ -417,9 +417,18 @@ export class ReplayEngine {
     return out;
   }
 
-  async cancel(replayId: string): Promise<ReplayState> {
+  /**
+   * Cancels the replay and resolves with its state once it has ended. Cancelling a CANCELLED
+   * replay changes nothing (resolves CANCELLED); one that ended SUCCEEDED or FAILED is refused
+   * with FailedPreconditionError naming `field`.
+   */
+  async cancel(replayId: string, field = 'replay_id'): Promise<ReplayState> {
     const job = this.jobs.get(replayId);
-    if (!job) return (await this.report(replayId)).state;
+    const state = job ? job.report.state : (await this.report(replayId)).state;
+    if (state === ReplayState.REPLAY_STATE_SUCCEEDED || state === ReplayState.REPLAY_STATE_FAILED) {
+      throw new FailedPreconditionError(`replay ${replayId} has already ended ${ReplayState[state].replace('REPLAY_STATE_', '')}: there is nothing to cancel`, field);
+    }
+    if (!job) return state;
     job.controller.abort(new Error('cancelled by operator'));
     await new Promise<void>((r) => (STATE_DONE.has(job.report.state) ? r() : job.events.once('done', () => r())));
     return job.report.state;

@@ -262,6 +262,7 @@ const submit: CliCommand = {
       throw new UsageError(`${file} is not JSON: ${(err as Error).message}`);
     }
     const events = toNativeEvents(json);
+    if (events.length === 0) throw new UsageError(`${file === '-' ? 'stdin' : file} holds no events`);
     const r = await withLineage(args, io, (c) =>
       c.submitEvents(
         (async function* () {

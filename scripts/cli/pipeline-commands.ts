@@ -227,13 +227,14 @@ already processed stay recorded) and the command exits 1 naming the reason.`,
       const progress = (bytes: number): void => {
         if (showBar) io.stderr.write(`\r${progressBar(bytes, total, 30, `${(bytes / 2 ** 20).toFixed(1)} MiB`)}`);
       };
+      // The first batch is read before the call: a file without records would open and close an
+      // empty run in the ledger.
+      const batches = readBatches(file, io, progress);
+      const head = await batches.next();
+      if (head.done) throw new UsageError(`${file === '-' ? 'stdin' : file} holds no records: expected one JSON object per line`);
       async function* requests(): AsyncGenerator<IngestRequest> {
-        let first = true;
-        for await (const records of readBatches(file as string, io, progress)) {
-          yield { pipeline: first ? (pipeline as string) : '', source: first ? (source as string) : '', records };
-          first = false;
-        }
-        if (first) yield { pipeline: pipeline as string, source: source as string, records: [] };
+        yield { pipeline: pipeline as string, source: source as string, records: head.value as IngestRequest['records'] };
+        for await (const records of batches) yield { pipeline: '', source: '', records };
       }
       const { client, close } = openClient(PipelineServiceDefinition, args);
       const call = new AbortController();

@@ -12,6 +12,7 @@ import {
   type RecomputePolicy,
 } from '../../common/gen/retrace/v1/recompute.js';
 import { dagToDot, dagToSvg, type DagDrawing, type DagNode } from '../../common/dag-drawing.js';
+import { MAX_RECOMPUTE_CONCURRENCY } from '../../common/recompute-policy.js';
 import { nanosToIso, parseDurationMs } from '../../common/time.js';
 import { flag, flagAll, hasFlag, intFlag, timeArgNs, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
 import { openClient } from './client.js';
@@ -306,14 +307,16 @@ function parseRecomputePolicy(args: ParsedArgs): RecomputePolicy {
     if (eq > 0) targetLabels[t.slice(0, eq)] = t.slice(eq + 1);
     else targetNodeIds.push(...t.split(',').filter(Boolean));
   }
-  return { maxAttempts: intFlag(args, 'max-attempts', 0), concurrency: intFlag(args, 'concurrency', 0), targetNodeIds, targetLabels, dryRun: hasFlag(args, 'dry-run') };
+  const concurrency = intFlag(args, 'concurrency', 0);
+  if (concurrency > MAX_RECOMPUTE_CONCURRENCY) throw new UsageError(`--concurrency: at most ${MAX_RECOMPUTE_CONCURRENCY} steps at once, got ${concurrency}`);
+  return { maxAttempts: intFlag(args, 'max-attempts', 0), concurrency, targetNodeIds, targetLabels, dryRun: hasFlag(args, 'dry-run') };
 }
 
 const recomputeCmd: CliCommand = {
   path: ['recompute'],
   summary: 'recompute what changes affect: only affected steps, memoized, with early cutoff (a job)',
   usage: `retrace recompute (CHANGE_ID|OBJECT_ID)... [--content OBJECT_ID=FILE ...] [--watch] [--dry-run] [--json]
-    [--max-attempts N] [--concurrency N] [--target NODE|key=value ...]
+    [--max-attempts N] [--concurrency N (at most 1024)] [--target NODE|key=value ...]
   CHANGE_ID: chg-... (retrace changes); OBJECT_ID: an object whose latest version its consumers have not used
   --content: new content for an object (reported as a change first)`,
   booleans: ['dry-run'],
