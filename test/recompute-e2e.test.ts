@@ -43,6 +43,13 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
       return ['SUCCEEDED', 'FAILED', 'CANCELLED'].includes(j.state) ? (j as JobView & { tasks: NonNullable<JobView['tasks']> }) : undefined;
     }, 90_000);
   }
+  /** The job's lineage run once closed in `state`: the job's end is stored before its executor closes the run (jobEnded). */
+  async function closedRun(jobId: string, state: string) {
+    return until(`run ${jobId} ${state}`, async () => {
+      const run = await tc.coordinator.lineage.readRun(jobId);
+      return run?.state === state ? run : undefined;
+    }, 10_000);
+  }
   /** label → outcome (or state when it did not succeed). */
   function outcomes(job: { tasks: NonNullable<JobView['tasks']> }): Record<string, string> {
     return Object.fromEntries(job.tasks.map((t) => [t.label, t.state === 'SUCCEEDED' ? (t.outcome ?? '?') : t.state]));
@@ -123,7 +130,7 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
     for (const ds of ['proj', 'total', 'audit']) expect(versionsOf(`record:wf/${ds}:k2`)).toHaveLength(2);
     for (const ds of ['proj', 'total', 'audit']) expect(versionsOf(`record:wf/${ds}:k1`)).toHaveLength(1);
     // The job's run is closed with it: COMPLETE, with its end time.
-    const jobRun = await tc.coordinator.lineage.readRun(r.jobId);
+    const jobRun = await closedRun(r.jobId, 'COMPLETE');
     expect(jobRun).toMatchObject({ name: `recompute/${r.jobId}`, state: 'COMPLETE' });
     expect(BigInt(jobRun?.endedAtNs ?? '0')).toBeGreaterThanOrEqual(BigInt(jobRun?.startedAtNs ?? '1'));
     const stepId = `recompute:${r.jobId}/${r.tasks.find((t) => t.label.includes('total'))?.taskId}`;
@@ -249,7 +256,7 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
     expect(o).toMatchObject({ 'wf/proj key=k4': 'FAILED', 'wf/total key=k4': 'UPSTREAM_FAILED', 'wf/audit key=k4': 'executed', 'wf/proj key=k5': 'executed', 'wf/total key=k5': 'executed', 'wf/audit key=k5': 'executed' });
     expect(job.tasks.find((t) => t.label === 'wf/proj key=k4')?.attempts).toBe(2);
     expect(job.tasks.find((t) => t.label === 'wf/proj key=k4')?.error).toMatch(/failIf/);
-    const closed = await tc.coordinator.lineage.readRun(r.jobId);
+    const closed = await closedRun(r.jobId, 'FAIL');
     expect(closed).toMatchObject({ state: 'FAIL', facets: { retrace: { jobState: 'FAILED', error: expect.stringMatching(/1 task\(s\) failed/) } } });
     expect(closed?.endedAtNs).not.toBe('0');
     // Resumed, the run is reopened, then closed again at the job's new end.
