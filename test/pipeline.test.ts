@@ -231,6 +231,23 @@ describe('pipelines', () => {
 
     await expectStatus(pipelines.ingest(records('orders', 'nope', recs)), Status.INVALID_ARGUMENT, /source/);
     await expectStatus(pipelines.ingest(records('ghost', 'raw', recs)), Status.NOT_FOUND, /pipeline/);
+
+    // A stream without records (messages that only name the pipeline and source) is refused and
+    // records no run; one whose records come after such a message ingests them.
+    const runs = async () => (await lineage.listRuns({ pageSize: 1000, pageToken: '', namePrefix: 'pipeline:orders' })).runs.length;
+    const runsBefore = await runs();
+    const headerOnly = (n: number, then: IngestRequest[] = []): AsyncIterable<IngestRequest> =>
+      (async function* () {
+        for (let k = 0; k < n; k++) yield { pipeline: 'orders', source: 'raw', records: [] };
+        yield* then;
+      })();
+    await expectStatus(pipelines.ingest(headerOnly(1)), Status.INVALID_ARGUMENT, /^requests: the stream sent no records for pipeline "orders" source "raw"/);
+    await expectStatus(pipelines.ingest(headerOnly(3)), Status.INVALID_ARGUMENT, /sent no records/);
+    expect(await runs()).toBe(runsBefore);
+    const late = await pipelines.ingest(headerOnly(2, [{ pipeline: '', source: '', records: [{ key: 'late', eventTimeNs: '1700000000000000000', payload: Buffer.from('late'), mediaType: '' }] }]));
+    expect(late).toMatchObject({ accepted: '1', shardsRun: '3' });
+    expect(await runs()).toBe(runsBefore + 1);
+    await expectStatus(pipelines.ingest(headerOnly(1, [{ pipeline: 'other', source: '', records: [] }])), Status.INVALID_ARGUMENT, /^requests\[1\]\.pipeline: every message must name pipeline "orders"/);
   });
 
   it('a re-ingested record whose change a step does not see: the step reproduces its output (facet reproduced), the ingest succeeds', async () => {

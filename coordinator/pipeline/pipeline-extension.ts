@@ -145,18 +145,27 @@ export function createPipelineHandlers(
       if (head.source === '') throw new InvalidArgumentError('requests[0].source', 'is required');
       const convert = (r: IngestRequest): IngestRecordInput[] =>
         r.records.map((rec) => ({ key: rec.key, eventTimeNs: rec.eventTimeNs, payload: rec.payload, mediaType: rec.mediaType }));
+      let i = 0;
+      const nextMessage = async (): Promise<IngestRequest | undefined> => {
+        const next = await iterator.next();
+        if (next.done) return undefined;
+        const r = next.value;
+        i++;
+        if (r.pipeline !== '' && r.pipeline !== head.pipeline) throw new InvalidArgumentError(`requests[${i}].pipeline`, `every message must name pipeline ${JSON.stringify(head.pipeline)}`);
+        if (r.source !== '' && r.source !== head.source) throw new InvalidArgumentError(`requests[${i}].source`, `every message must name source ${JSON.stringify(head.source)}`);
+        return r;
+      };
+      // A run is recorded only for a stream that brings records: the messages up to the first
+      // record are read before the runner starts one, and a stream without any is refused.
+      const before: IngestRequest[] = [head];
+      while ((before.at(-1) as IngestRequest).records.length === 0) {
+        const r = await nextMessage();
+        if (r === undefined) throw new InvalidArgumentError('requests', `the stream sent no records for pipeline ${JSON.stringify(head.pipeline)} source ${JSON.stringify(head.source)}: nothing was ingested or recorded`);
+        before.push(r);
+      }
       async function* batches(): AsyncGenerator<IngestRecordInput[]> {
-        yield convert(head);
-        let i = 1;
-        for (;;) {
-          const next = await iterator.next();
-          if (next.done) return;
-          const r = next.value;
-          if (r.pipeline !== '' && r.pipeline !== head.pipeline) throw new InvalidArgumentError(`requests[${i}].pipeline`, `every message must name pipeline ${JSON.stringify(head.pipeline)}`);
-          if (r.source !== '' && r.source !== head.source) throw new InvalidArgumentError(`requests[${i}].source`, `every message must name source ${JSON.stringify(head.source)}`);
-          i++;
-          yield convert(r);
-        }
+        for (const r of before) yield convert(r);
+        for (let r = await nextMessage(); r !== undefined; r = await nextMessage()) yield convert(r);
       }
       const s = await h.runner.ingest(head.pipeline, head.source, batches(), {
         principal: principalOf(context),
