@@ -73,6 +73,32 @@ describe('token revocation', () => {
     requests.close();
   }, 15_000);
 
+  it("an agent token may not take over a node connected with another token (PERMISSION_DENIED naming register.node_id); its own token and the owner's may", async () => {
+    const a = addToken(tc.dataDir, 'host-a', 'agent').token;
+    const b = addToken(tc.dataDir, 'host-b', 'agent').token;
+    const connect = async (token: string) => {
+      const requests = new AsyncQueue<ConnectRequest>(16);
+      requests.push({ body: { $case: 'register', value: AgentRegistration.fromPartial({ nodeId: 'gpu-node-1', host: token.slice(0, 6) }) } });
+      const stream = as(token, NodeServiceDefinition).connect(requests)[Symbol.asyncIterator]();
+      const first = await stream.next().catch((err: unknown) => err);
+      return { first, end: () => endOf({ [Symbol.asyncIterator]: () => stream }, 1000), requests };
+    };
+    const real = await connect(a);
+    expect(real.first).toMatchObject({ value: { body: { $case: 'registered' } } });
+    const impostor = await connect(b);
+    expect(impostor.first).toMatchObject({ code: Status.PERMISSION_DENIED, details: expect.stringMatching(/^register\.node_id: node "gpu-node-1" is connected with another token; token "host-b" may not take it over/) });
+    const nodes = await as(tc.token, NodeServiceDefinition).listNodes({});
+    expect(nodes.nodes.find((n) => n.nodeId === 'gpu-node-1')?.host).toBe(a.slice(0, 6));
+    // The same token (an agent restarted before its old connection timed out) still supersedes.
+    const realEnd = real.end();
+    const restarted = await connect(a);
+    expect(restarted.first).toMatchObject({ value: { body: { $case: 'registered' } } });
+    expect(await realEnd).toBe('done');
+    const byOwner = await connect(tc.token);
+    expect(byOwner.first).toMatchObject({ value: { body: { $case: 'registered' } } });
+    for (const c of [real, impostor, restarted, byOwner]) c.requests.close();
+  }, 15_000);
+
   it("ends an agent's Connect session when its agent token is revoked", async () => {
     const { token } = addToken(tc.dataDir, 'host-9', 'agent');
     const requests = new AsyncQueue<ConnectRequest>(16);
