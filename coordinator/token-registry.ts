@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events';
 import { statSync, unwatchFile, watchFile, type Stats } from 'node:fs';
 import { bearerTokenCheck, bearerTokenOf } from './bearer-token.js';
 import { OWNER_NAME, readTokenFile, tokenDigest, tokensFilePath, type Role, type TokenEntry } from './token-file.js';
@@ -77,6 +78,8 @@ export function createTokenRegistry(options: { ownerToken: string; dataDir: stri
         continue;
       }
       const controller = new AbortController();
+      // One listener per open call of the token (auth-interceptor.ts): any number is expected.
+      setMaxListeners(0, controller.signal);
       const identity: Identity = Object.freeze({ name: e.name, role: e.role, owner: false, revoked: controller.signal });
       revokers.set(identity, controller);
       next.set(e.sha256, identity);

@@ -99,6 +99,23 @@ describe('token revocation', () => {
     for (const c of [real, impostor, restarted, byOwner]) c.requests.close();
   }, 15_000);
 
+  it('many calls open at once with one token are not taken for a listener leak', async () => {
+    const { token } = addToken(tc.dataDir, 'busy', 'client');
+    const warnings: Error[] = [];
+    const onWarning = (w: Error): void => void warnings.push(w);
+    process.on('warning', onWarning);
+    try {
+      const watches = Array.from({ length: 12 }, () => as(token, NodeServiceDefinition).watchNodes({}));
+      const ends = watches.map((w) => endOf(w, 5000));
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      revokeToken(tc.dataDir, 'busy');
+      for (const end of ends) expect(await end).toMatchObject({ code: Status.UNAUTHENTICATED });
+      expect(warnings.map((w) => w.message)).toEqual([]);
+    } finally {
+      process.off('warning', onWarning);
+    }
+  }, 15_000);
+
   it("ends an agent's Connect session when its agent token is revoked", async () => {
     const { token } = addToken(tc.dataDir, 'host-9', 'agent');
     const requests = new AsyncQueue<ConnectRequest>(16);
