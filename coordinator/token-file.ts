@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { InvalidArgumentError, NotFoundError, RetraceError } from '../common/errors.js';
 
@@ -115,27 +115,70 @@ export function writeTokenFile(dataDir: string, entries: readonly TokenEntry[]):
   }
 }
 
+/** How long `token add|revoke` waits for another one editing the same file. */
+const LOCK_WAIT_MS = 10_000;
+
+/** A lock older than this was left by a process that died while editing (an edit takes milliseconds). */
+const LOCK_STALE_MS = 30_000;
+
+/**
+ * Runs `edit` (read the file, write it whole) holding `<dataDir>/tokens.json.lock`, made with
+ * O_EXCL: two `retrace token add|revoke` at once would otherwise both read the same table and
+ * the second rename would drop the first one's change: a token printed but never stored, or a
+ * revoked one back. Waits up to LOCK_WAIT_MS for another holder; a lock older than
+ * LOCK_STALE_MS is taken over. FAILED_PRECONDITION naming the lock when it stays held.
+ */
+function withFileLock<T>(dataDir: string, edit: () => T): T {
+  const lock = `${tokensFilePath(dataDir)}.lock`;
+  const deadline = Date.now() + LOCK_WAIT_MS;
+  for (;;) {
+    try {
+      closeSync(openSync(lock, 'wx', 0o600));
+      break;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      const age = Date.now() - (statSync(lock, { throwIfNoEntry: false })?.mtimeMs ?? Date.now());
+      if (age > LOCK_STALE_MS) {
+        rmSync(lock, { force: true });
+        continue;
+      }
+      if (Date.now() > deadline) throw new RetraceError('FAILED_PRECONDITION', `${lock} is held by another \`retrace token\` edit; if none runs, remove it`);
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5 + Math.floor(Math.random() * 10));
+    }
+  }
+  try {
+    return edit();
+  } finally {
+    rmSync(lock, { force: true });
+  }
+}
+
 /**
  * Makes a token for `name` with `role`, stores its digest and returns the token (24 random
  * bytes as hex, as the auth-token is made). InvalidArgumentError for a bad name or role,
- * ALREADY_EXISTS for a name taken; nothing is written then.
+ * ALREADY_EXISTS for a name taken; nothing is written then. Safe to run beside other adds and
+ * revokes of the same data dir (withFileLock).
  */
 export function addToken(dataDir: string, name: string, role: string, now: Date = new Date()): { token: string; entry: TokenEntry } {
   checkTokenName(name);
   if (!isRole(role)) throw new InvalidArgumentError('role', `must be one of ${ROLES.join(', ')}, got ${JSON.stringify(role)}`);
-  const entries = readTokenFile(dataDir);
-  if (entries.some((e) => e.name === name)) throw new RetraceError('ALREADY_EXISTS', `a token named ${JSON.stringify(name)} exists already in ${tokensFilePath(dataDir)}; revoke it first to replace it`, { field: 'name' });
-  const token = randomBytes(24).toString('hex');
-  const entry: TokenEntry = { name, role, sha256: tokenDigest(token), created: now.toISOString() };
-  writeTokenFile(dataDir, [...entries, entry]);
-  return { token, entry };
+  return withFileLock(dataDir, () => {
+    const entries = readTokenFile(dataDir);
+    if (entries.some((e) => e.name === name)) throw new RetraceError('ALREADY_EXISTS', `a token named ${JSON.stringify(name)} exists already in ${tokensFilePath(dataDir)}; revoke it first to replace it`, { field: 'name' });
+    const token = randomBytes(24).toString('hex');
+    const entry: TokenEntry = { name, role, sha256: tokenDigest(token), created: now.toISOString() };
+    writeTokenFile(dataDir, [...entries, entry]);
+    return { token, entry };
+  });
 }
 
 /** Removes the token named `name`; NotFoundError (nothing written) when there is none. */
 export function revokeToken(dataDir: string, name: string): TokenEntry {
-  const entries = readTokenFile(dataDir);
-  const gone = entries.find((e) => e.name === name);
-  if (!gone) throw new NotFoundError(`token ${JSON.stringify(name)} (in ${tokensFilePath(dataDir)})`, 'name');
-  writeTokenFile(dataDir, entries.filter((e) => e !== gone));
-  return gone;
+  return withFileLock(dataDir, () => {
+    const entries = readTokenFile(dataDir);
+    const gone = entries.find((e) => e.name === name);
+    if (!gone) throw new NotFoundError(`token ${JSON.stringify(name)} (in ${tokensFilePath(dataDir)})`, 'name');
+    writeTokenFile(dataDir, entries.filter((e) => e !== gone));
+    return gone;
+  });
 }

@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events';
 import { statSync, unwatchFile, watchFile, type Stats } from 'node:fs';
 import { bearerTokenCheck, bearerTokenOf } from './bearer-token.js';
 import { OWNER_NAME, readTokenFile, tokenDigest, tokensFilePath, type Role, type TokenEntry } from './token-file.js';
@@ -9,6 +10,12 @@ export interface Identity {
   readonly role: Role;
   /** The auth-token / --token identity: may name any principal (x-retrace-principal, request fields). */
   readonly owner: boolean;
+  /**
+   * Aborted once the token is revoked or its entry changes (another name or role): calls still
+   * open with it (streams) are ended then. Absent for the owner token, which lasts as long as
+   * the process.
+   */
+  readonly revoked?: AbortSignal;
 }
 
 /** The identity of an `authorization` header value (`Bearer <token>`), or undefined: no such token. */
@@ -37,6 +44,8 @@ export interface TokenRegistry {
  * (an add, a revoke, the file replaced by rename or removed) takes effect within `intervalMs`,
  * without a restart. A malformed file throws here, naming the file and the entry; once running,
  * one is logged and the previous table kept, so a bad hand edit does not lock every caller out.
+ * A token revoked (or whose role changes) has its identity's `revoked` signal aborted, so that
+ * the calls it opened before (an agent's Connect, a TraceSession, a watch) end too.
  * A presented token is looked up by its SHA-256 hex digest: the lookup's time depends on the
  * digest, never on how much of the token matched.
  */
@@ -44,6 +53,8 @@ export function createTokenRegistry(options: { ownerToken: string; dataDir: stri
   const owner = ownerOnly(options.ownerToken);
   const { dataDir, log } = options;
   let table = new Map<string, Identity>();
+  // The revocation signal of each identity in the table, by the identity.
+  const revokers = new WeakMap<Identity, AbortController>();
   const file = dataDir === null ? null : tokensFilePath(dataDir);
   // What the table was read from (undefined: no file), so that an unknown token can tell cheaply whether the file changed since.
   let loadedFrom: string | undefined;
@@ -59,8 +70,25 @@ export function createTokenRegistry(options: { ownerToken: string; dataDir: stri
   const load = (): void => {
     const version = fileVersion();
     const entries: readonly TokenEntry[] = dataDir === null ? [] : readTokenFile(dataDir);
-    table = new Map(entries.map((e) => [e.sha256, Object.freeze({ name: e.name, role: e.role, owner: false })]));
+    const next = new Map<string, Identity>();
+    for (const e of entries) {
+      const before = table.get(e.sha256);
+      if (before && before.name === e.name && before.role === e.role) {
+        next.set(e.sha256, before);
+        continue;
+      }
+      const controller = new AbortController();
+      // One listener per open call of the token (auth-interceptor.ts): any number is expected.
+      setMaxListeners(0, controller.signal);
+      const identity: Identity = Object.freeze({ name: e.name, role: e.role, owner: false, revoked: controller.signal });
+      revokers.set(identity, controller);
+      next.set(e.sha256, identity);
+    }
+    const gone = [...table.entries()].filter(([digest, identity]) => next.get(digest) !== identity).map(([, identity]) => identity);
+    table = next;
     loadedFrom = version;
+    // After the swap, so that a call ended by its listener and retried at once is refused.
+    for (const identity of gone) revokers.get(identity)?.abort(new Error(`token ${JSON.stringify(identity.name)} (role ${identity.role}) was revoked`));
   };
   const reload = (): void => {
     try {

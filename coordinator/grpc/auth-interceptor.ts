@@ -19,7 +19,8 @@ const UNAUTHENTICATED = 'missing or wrong token: send "authorization: Bearer <to
  * Requires `authorization: Bearer <token>` on every call except health and reflection, and that
  * the token's role may call the method (access-policy.ts): PERMISSION_DENIED naming the role and
  * the method otherwise. It then binds the call's principal to the token (principal.ts): a client
- * or agent token that names another in `x-retrace-principal` is refused. A grpc-js
+ * or agent token that names another in `x-retrace-principal` is refused. A call made with a named
+ * token that is revoked while it is open (a stream) ends with UNAUTHENTICATED. A grpc-js
  * interceptor rather than a nice-grpc middleware: it answers as soon as the call's metadata
  * arrives, before a single message is read. A middleware runs only once grpc-js has received the
  * whole request, so a caller without a token could make the coordinator buffer 64 MiB per call
@@ -34,6 +35,13 @@ const UNAUTHENTICATED = 'missing or wrong token: send "authorization: Bearer <to
 export function createAuthInterceptor(authenticate: Authenticate): ServerInterceptor {
   return (method, call) => {
     if (OPEN_PREFIXES.some((p) => method.path.startsWith(p)) && limitReceive(call, OPEN_SERVICE_MAX_MESSAGE_BYTES)) return new ServerInterceptingCall(call);
+    // A named token revoked while the call is open (a stream) ends it: revoking must cut off an
+    // agent's Connect session or a client's TraceSession, not only the calls made after.
+    let revoked: AbortSignal | undefined;
+    const onRevoked = (): void => {
+      const reason: unknown = revoked?.reason;
+      call.sendStatus({ code: GrpcStatus.UNAUTHENTICATED, details: `${reason instanceof Error ? reason.message : 'the token was revoked'} while this call was open` });
+    };
     return new ServerInterceptingCall(call, {
       start(next) {
         next({
@@ -48,7 +56,15 @@ export function createAuthInterceptor(authenticate: Authenticate): ServerInterce
             if (refused) {
               const status = toServerError(refused);
               call.sendStatus({ code: status.code as number, details: status.details });
-            } else pass(metadata);
+              return;
+            }
+            revoked = identity.revoked;
+            revoked?.addEventListener('abort', onRevoked, { once: true });
+            pass(metadata);
+          },
+          onCancel() {
+            // Every end of the call (its status sent, the client gone) comes here.
+            revoked?.removeEventListener('abort', onRevoked);
           },
         });
       },

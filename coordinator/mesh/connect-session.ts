@@ -1,7 +1,7 @@
 import { performance } from 'node:perf_hooks';
 import { isAbortError } from 'abort-controller-x';
 import { AsyncQueue } from '../../common/async-queue.js';
-import { FailedPreconditionError, InvalidArgumentError } from '../../common/errors.js';
+import { FailedPreconditionError, InvalidArgumentError, RetraceError } from '../../common/errors.js';
 import { ReadingSource, type ConnectRequest, type ConnectResponse, type ResourceReading } from '../../common/gen/retrace/v1/node.js';
 import type { LogFn } from '../../common/log.js';
 import { millisToNanos } from '../../common/time.js';
@@ -56,7 +56,14 @@ export class ConnectSession {
   private lastPingMs = 0;
   private clockWarned = false;
 
-  constructor(private readonly host: SessionHost) {}
+  /**
+   * @param boundTo the name of the client or agent token the stream was opened with (the auth
+   *   interceptor's x-retrace-bound-principal); undefined for the owner and admin tokens.
+   */
+  constructor(
+    private readonly host: SessionHost,
+    readonly boundTo?: string,
+  ) {}
 
   /** Queues a message to the agent; false once the stream is closing or its buffer is full. */
   send(message: ConnectResponse): boolean {
@@ -119,7 +126,12 @@ export class ConnectSession {
       const reg = validateRegistration(body.value, this.host.bounds);
       const previous = this.host.sessions.get(reg.nodeId);
       // The newest connection wins: an agent that restarted before its old TCP connection timed
-      // out must not be locked out by it.
+      // out must not be locked out by it. But only with the token the node is connected with (or
+      // an admin one): another agent token must not take over a live node and the shards, inputs
+      // and pinned replays sent to it.
+      if (previous && this.boundTo !== undefined && previous.boundTo !== this.boundTo) {
+        throw new RetraceError('PERMISSION_DENIED', `node ${JSON.stringify(reg.nodeId)} is connected with another token; token ${JSON.stringify(this.boundTo)} may not take it over: choose another node id, or stop that agent first`, { field: 'register.node_id' });
+      }
       if (previous) previous.end('superseded by a new connection');
       this.host.sessions.set(reg.nodeId, this);
       this.nodeId = reg.nodeId;

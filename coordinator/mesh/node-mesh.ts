@@ -22,6 +22,7 @@ import { formatDurationMs, millisToNanos, parseNanos } from '../../common/time.j
 import type { Database } from '../store/database.js';
 import { createHistoryStore, type HistoryStore } from '../store/history-store.js';
 import { createForecaster } from '../forecast/forecaster.js';
+import { BOUND_PRINCIPAL_HEADER } from '../grpc/principal.js';
 import { ConnectSession, type SessionHost } from './connect-session.js';
 import { MeshEmitter, type MeshEventName, type MeshEvents } from './mesh-events.js';
 import { createNodeRecordStore } from './node-record-store.js';
@@ -267,7 +268,8 @@ export function createNodeMesh(deps: NodeMeshDeps): NodeMesh {
   const implementation: NodeServiceImplementation = {
     async *connect(requests: AsyncIterable<ConnectRequest>, context: CallContext): AsyncGenerator<DeepPartial<ConnectResponse>, void, undefined> {
       assertRunning();
-      const session = new ConnectSession(host);
+      const bound = context.metadata.get(BOUND_PRINCIPAL_HEADER);
+      const session = new ConnectSession(host, typeof bound === 'string' && bound !== '' ? bound : undefined);
       openSessions.add(session);
       void session.read(requests, context.signal);
       try {
