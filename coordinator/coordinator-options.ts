@@ -2,6 +2,7 @@ import { isIPv4 } from 'node:net';
 import { resolve } from 'node:path';
 import { createSecureContext } from 'node:tls';
 import { InvalidArgumentError } from '../common/errors.js';
+import { PUBLISH_RECEIVE_TIMEOUT_MS } from './grpc/publish-budget.js';
 
 /** What an operator may set (CLI flags map onto these). */
 export interface CoordinatorOptions {
@@ -22,6 +23,8 @@ export interface CoordinatorOptions {
   tls?: { cert: Buffer; key: Buffer };
   /** How often a data dir that ran out of space is checked for room again, in ms. Default 1000. */
   storageProbeIntervalMs?: number;
+  /** How long a PublishCode call let into the publish budget may take to deliver its bundle, in ms. Default 5 min (publish-budget.ts). */
+  publishReceiveTimeoutMs?: number;
   /**
    * Start even though the ledger is shorter than (or differs from) the checkpoint kept in
    * `<dataDir>/checkpoint.jsonl`: acknowledged entries were lost. Default false: start refuses.
@@ -46,6 +49,7 @@ export interface CompiledCoordinatorOptions {
   /** Listening beyond loopback was allowed without TLS: tokens would cross the network in cleartext. */
   readonly cleartextRemote: boolean;
   readonly storageProbeIntervalMs: number;
+  readonly publishReceiveTimeoutMs: number;
   readonly acceptLedgerLoss: boolean;
   readonly dbWriteBufferBytes: number;
   readonly log: (line: string) => void;
@@ -71,6 +75,8 @@ export function compileCoordinatorOptions(o: CoordinatorOptions): CompiledCoordi
   if (o.tls) checkKeyPair(o.tls.cert, o.tls.key);
   const probeMs = o.storageProbeIntervalMs ?? 1000;
   if (!Number.isInteger(probeMs) || probeMs < 1) throw new InvalidArgumentError('storageProbeIntervalMs', `expected a whole number of ms, at least 1, got ${probeMs}`);
+  const publishMs = o.publishReceiveTimeoutMs ?? PUBLISH_RECEIVE_TIMEOUT_MS;
+  if (!Number.isInteger(publishMs) || publishMs < 1) throw new InvalidArgumentError('publishReceiveTimeoutMs', `expected a whole number of ms, at least 1, got ${publishMs}`);
   // Capture writes ~6 KB of rows per pipeline record, spread over the whole key space, so each
   // small level-0 table overlaps all of level 1 and its compaction rewrites that: with LevelDB's
   // 4 MiB, its compaction thread used more CPU than capture's whole path on the main thread
@@ -85,6 +91,7 @@ export function compileCoordinatorOptions(o: CoordinatorOptions): CompiledCoordi
     tls: o.tls ? Object.freeze({ cert: o.tls.cert, key: o.tls.key }) : undefined,
     cleartextRemote: o.allowRemote === true && !o.tls,
     storageProbeIntervalMs: probeMs,
+    publishReceiveTimeoutMs: publishMs,
     acceptLedgerLoss: o.acceptLedgerLoss === true,
     dbWriteBufferBytes: bufferMiB * 2 ** 20,
     log: o.log ?? ((line: string) => process.stderr.write(`${new Date().toISOString()} ${line}\n`)),

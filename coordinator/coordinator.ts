@@ -142,6 +142,7 @@ export class Coordinator {
       const { server, health } = createGrpcServer({
         token: authenticate,
         log,
+        publishReceiveTimeoutMs: this.options.publishReceiveTimeoutMs,
         services: [
           // The generated definition with SubmitEvents decoded by hand, so the ledger keeps each event's received bytes.
           {

@@ -39,9 +39,13 @@ describe('PublishCode memory budget', () => {
     let details = '';
     const status = new Promise<number>((resolve) => {
       let code = -1;
+      // A status ends the call for the caller, even one still sending (a stalled publish).
       const take = (h: Record<string, unknown>): void => {
-        if (h['grpc-status'] !== undefined) code = Number(h['grpc-status']);
         if (typeof h['grpc-message'] === 'string') details = decodeURIComponent(h['grpc-message']);
+        if (h['grpc-status'] !== undefined) {
+          code = Number(h['grpc-status']);
+          resolve(code);
+        }
       };
       stream.on('response', take);
       stream.on('trailers', take);
@@ -80,5 +84,25 @@ describe('PublishCode memory budget', () => {
     for (const c of again) c.stream.close(constants.NGHTTP2_CANCEL);
     expect(await Promise.all(queued.map((c) => c.status))).toEqual(queued.map(() => Status.OK));
     expect((await client.publishCode({ bundle: Buffer.alloc(10), manifest: { transform: 'late', requirements: undefined, sourceFile: 'l.js', bundler: 'test' } })).created).toBe(true);
+  }, 20_000);
+
+  it('publishes that stall after their metadata end DEADLINE_EXCEEDED once the receive time is up, and give their share back', async () => {
+    tc = await startTestCoordinator({ extensions: [codeExtension()], coordinatorOptions: { publishReceiveTimeoutMs: 400 } });
+    const coordinator = tc;
+    const s = connect(`http://${coordinator.grpcAddress}`);
+    session = s;
+    const message = PublishCodeRequest.encode({ bundle: Buffer.alloc(1024 * 1024, 1), manifest: { transform: 'stalled', requirements: undefined, sourceFile: 't.js', bundler: 'test' } }).finish();
+    // Two callers that send a little and then nothing hold the whole budget, until their time is up.
+    const stalled = [0, 1].map(() => rawPublish(s, coordinator.token, message, 1024));
+    const client = coordinator.client(CodeServiceDefinition);
+    const started = Date.now();
+    const waiting = client.publishCode({ bundle: Buffer.alloc(10), manifest: { transform: 'after', requirements: undefined, sourceFile: 'a.js', bundler: 'test' } });
+    expect(await Promise.all(stalled.map((c) => c.status))).toEqual([Status.DEADLINE_EXCEEDED, Status.DEADLINE_EXCEEDED]);
+    expect(await stalled[0]?.message).toMatch(/^PublishCode: the bundle did not arrive within 0\.4 s of the call being let in; it held 64 MiB of the 128 MiB publish budget/);
+    expect((await waiting).created).toBe(true);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(350);
+    // A publish that delivers its bundle in time is not cut off by the timer it started.
+    await new Promise((r) => setTimeout(r, 500));
+    expect((await client.publishCode({ bundle: Buffer.alloc(10, 7), manifest: { transform: 'in-time', requirements: undefined, sourceFile: 'i.js', bundler: 'test' } })).created).toBe(true);
   }, 20_000);
 });

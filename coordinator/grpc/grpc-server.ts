@@ -7,7 +7,7 @@ import { ServerReflection, ServerReflectionService } from 'nice-grpc-server-refl
 import { ownerOnly, type Authenticate } from '../token-registry.js';
 import { createAuthInterceptor } from './auth-interceptor.js';
 import { createErrorMiddleware } from './error-middleware.js';
-import { createPublishBudgetInterceptor, PUBLISH_BUDGET_BYTES, PUBLISH_MAX_WAITING } from './publish-budget.js';
+import { createPublishBudgetInterceptor, PUBLISH_BUDGET_BYTES, PUBLISH_MAX_WAITING, PUBLISH_RECEIVE_TIMEOUT_MS } from './publish-budget.js';
 import { guardRequestDecoding } from './request-decoding.js';
 
 /** A service to mount: its generated definition and implementation. */
@@ -31,7 +31,7 @@ const DESCRIPTOR_SET = new URL('../../common/gen/descriptor-set.binpb', import.m
  * PublishCode calls together hold at most PUBLISH_BUDGET_BYTES (createPublishBudgetInterceptor);
  * more wait, and one past PUBLISH_MAX_WAITING waiting is refused with RESOURCE_EXHAUSTED.
  */
-export function createGrpcServer(options: { token: string | Authenticate; services: ServiceMount[]; log: (line: string) => void }): { server: Server; health: HealthState } {
+export function createGrpcServer(options: { token: string | Authenticate; services: ServiceMount[]; log: (line: string) => void; publishReceiveTimeoutMs?: number }): { server: Server; health: HealthState } {
   const server = createServer({
     'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
     'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
@@ -40,7 +40,7 @@ export function createGrpcServer(options: { token: string | Authenticate; servic
     // Auth first: the budget counts only calls that carry a token allowed to publish.
     interceptors: [
       createAuthInterceptor(typeof options.token === 'string' ? ownerOnly(options.token) : options.token),
-      createPublishBudgetInterceptor({ path: '/retrace.v1.CodeService/PublishCode', budgetBytes: PUBLISH_BUDGET_BYTES, reserveBytes: MAX_MESSAGE_BYTES, maxWaiting: PUBLISH_MAX_WAITING, sizeOf: bundleBytes }),
+      createPublishBudgetInterceptor({ path: '/retrace.v1.CodeService/PublishCode', budgetBytes: PUBLISH_BUDGET_BYTES, reserveBytes: MAX_MESSAGE_BYTES, maxWaiting: PUBLISH_MAX_WAITING, sizeOf: bundleBytes, receiveTimeoutMs: options.publishReceiveTimeoutMs ?? PUBLISH_RECEIVE_TIMEOUT_MS }),
     ],
   })
     .use(createErrorMiddleware(options.log));

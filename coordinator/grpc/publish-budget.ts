@@ -6,6 +6,13 @@ export const PUBLISH_BUDGET_BYTES = 128 * 1024 * 1024;
 /** PublishCode calls that may wait for the budget at once; one more is refused (16). */
 export const PUBLISH_MAX_WAITING = 16;
 
+/**
+ * How long an admitted PublishCode call may take to deliver its bundle (5 min): a 32 MiB bundle
+ * then needs about 110 KiB/s. A caller that stalls after its metadata would otherwise hold its
+ * share until its connection dies, which for a dead peer can take hours.
+ */
+export const PUBLISH_RECEIVE_TIMEOUT_MS = 5 * 60_000;
+
 /** What the budget interceptor needs to know. */
 export interface PublishBudgetOptions {
   /** The method's path, e.g. `/retrace.v1.CodeService/PublishCode`. */
@@ -18,6 +25,8 @@ export interface PublishBudgetOptions {
   maxWaiting: number;
   /** Bytes the arrived request holds (its bundle), which the call counts for from then on. */
   sizeOf: (request: unknown) => number;
+  /** How long an admitted call may take to deliver its request; then it ends DEADLINE_EXCEEDED and its share comes back. */
+  receiveTimeoutMs: number;
 }
 
 const MIB = 1024 * 1024;
@@ -47,7 +56,9 @@ export function createPublishBudgetInterceptor(options: PublishBudgetOptions): S
     let mine = 0;
     let ended = false;
     let waiter: { admit: () => void } | undefined;
+    let timer: NodeJS.Timeout | undefined;
     const end = (): void => {
+      clearTimeout(timer);
       if (ended) return;
       ended = true;
       if (waiter) waiting.splice(waiting.indexOf(waiter), 1);
@@ -63,6 +74,14 @@ export function createPublishBudgetInterceptor(options: PublishBudgetOptions): S
               waiter = undefined;
               mine = options.reserveBytes;
               held += mine;
+              timer = setTimeout(() => {
+                end();
+                call.sendStatus({
+                  code: GrpcStatus.DEADLINE_EXCEEDED,
+                  details: `PublishCode: the bundle did not arrive within ${options.receiveTimeoutMs / 1000} s of the call being let in; it held ${options.reserveBytes / MIB} MiB of the ${options.budgetBytes / MIB} MiB publish budget meanwhile. Publish again over a faster link`,
+                });
+              }, options.receiveTimeoutMs);
+              timer.unref();
               pass(metadata);
             };
             if (waiting.length === 0 && fits()) return admit();
@@ -78,6 +97,7 @@ export function createPublishBudgetInterceptor(options: PublishBudgetOptions): S
             waiting.push(waiter);
           },
           onReceiveMessage(message, pass) {
+            clearTimeout(timer);
             if (!ended) {
               const size = Math.min(options.reserveBytes, Math.max(0, options.sizeOf(message)));
               held += size - mine;
