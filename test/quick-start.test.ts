@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { mkdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { createConnection } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -47,6 +47,30 @@ function listening(address: string): Promise<boolean> {
   });
 }
 
+/** The pids of `pid`'s child processes (Linux /proc). */
+function childPids(pid: number): number[] {
+  return readdirSync('/proc')
+    .filter((d) => /^\d+$/.test(d))
+    .filter((d) => {
+      try {
+        // Fields after the command name (which may hold spaces): state, then the parent pid.
+        return Number(readFileSync(`/proc/${d}/stat`, 'utf8').split(') ')[1]?.split(' ')[1]) === pid;
+      } catch {
+        return false;
+      }
+    })
+    .map(Number);
+}
+
+/** Whether `pid` is a live process: not gone, and not a zombie. */
+function running(pid: number): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.[0] !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
 describe('quick start', () => {
   it('retrace start prints Try lines that each work as printed, and SIGTERM frees its ports', async () => {
     const cwd = harness.tempDir('retrace-quick-start-');
@@ -91,6 +115,20 @@ describe('quick start', () => {
     expect(await listening(addresses.grpc)).toBe(false);
     expect(await listening(addresses.http)).toBe(false);
   }, 240_000);
+
+  it('the local agents of a retrace start killed outright (SIGKILL) leave too', async () => {
+    const cwd = harness.tempDir('retrace-quick-start-kill-');
+    const start = spawn(process.execPath, [CLI, 'start', '--data', join(cwd, 'data'), '--grpc', '127.0.0.1:0', '--http', '127.0.0.1:0'], { cwd, stdio: ['ignore', 'pipe', 'ignore'] });
+    harness.children.push(start);
+    let out = '';
+    start.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+    await until('retrace start to print its Try lines', () => (out.includes('Try, in another terminal here:') ? true : undefined), 90_000, 200);
+    const agents = childPids(start.pid as number).filter((pid) => readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').includes('agent'));
+    expect(agents).toHaveLength(2);
+    start.kill('SIGKILL');
+    // Gone, or a zombie its new parent has yet to reap: either way no longer running.
+    await until('the orphaned agents to exit', () => (agents.every((pid) => !running(pid)) ? true : undefined), 15_000, 100);
+  }, 120_000);
 
   it('retrace demo exits 0 with every stop working', async () => {
     const r = await retrace(['demo'], harness.tempDir('retrace-demo-cwd-'));

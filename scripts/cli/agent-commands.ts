@@ -2,12 +2,12 @@ import { readFileSync } from 'node:fs';
 import { prepareDataDir } from '../../agent/identity-store.js';
 import { runAgent } from '../../agent/run-agent.js';
 import { parseAdvertise, parseByteSize, parseLabels } from '../../common/node-resources.js';
-import { durationFlagMs, flag, flagAll, UsageError, type CliCommand } from './command.js';
+import { durationFlagMs, flag, flagAll, hasFlag, UsageError, type CliCommand } from './command.js';
 import { DEFAULT_TOKEN_FILE, resolveTlsCa, resolveToken } from './client.js';
 
 const USAGE = `retrace agent --coordinator HOST:PORT [--data DIR] [--label k=v ...] [--advertise k=v,...]
               [--report-interval 2s] [--link-probe-interval 2m] [--payload-cache 256MiB]
-              [--token T | --token-file F] [--tls-ca FILE]
+              [--token T | --token-file F] [--tls-ca FILE] [--exit-with-parent]
 
 Runs this host as a node of the mesh until SIGTERM/SIGINT, then leaves cleanly.
   --coordinator      the coordinator's gRPC address (required)
@@ -21,6 +21,8 @@ Runs this host as a node of the mesh until SIGTERM/SIGINT, then leaves cleanly.
                      by reference, so they cross the network once (default 256MiB, 0 = off)
   --token / --token-file / env RETRACE_TOKEN   bearer token (default: ${DEFAULT_TOKEN_FILE} if present)
   --tls-ca FILE / env RETRACE_TLS_CA   PEM CA for a coordinator started with --tls-cert: connect over TLS
+  --exit-with-parent leave cleanly, as on SIGTERM, once the process that started this one has exited
+                     (what \`retrace start\` and \`retrace demo\` give their local agents)
 Prints {"nodeId": ...} on stdout once registered; logs JSON lines on stderr.`;
 
 function agentVersion(): string {
@@ -36,6 +38,7 @@ export const commands: CliCommand[] = [
   {
     path: ['agent'],
     stopsOnSignal: true,
+    booleans: ['exit-with-parent'],
     summary: 'run this host as a node of the mesh (resource reports, identity, link probes)',
     usage: USAGE,
     async run(args, io) {
@@ -56,21 +59,40 @@ export const commands: CliCommand[] = [
       const dataDir = flag(args, 'data', './.retrace/agent') as string;
       // Here rather than only in the runtime, so the error names the flag the user typed.
       await prepareDataDir(dataDir, '--data');
-      return runAgent(
-        {
-          coordinator,
-          dataDir,
-          token: resolveToken(args, { defaultFile: DEFAULT_TOKEN_FILE }),
-          tlsCa: resolveTlsCa(args),
-          labels,
-          advertised,
-          reportIntervalMs: durationFlagMs(args, 'report-interval', { minMs: 50 }) ?? 2000,
-          linkProbeIntervalMs: durationFlagMs(args, 'link-probe-interval', { minMs: 100, zeroTurnsOff: true }) ?? 120_000,
-          agentVersion: agentVersion(),
-          ...(payloadCacheBytes === undefined ? {} : { executor: { payloadCacheBytes } }),
-        },
-        io,
-      );
+      const stop = new AbortController();
+      const stopOnSignal = (): void => stop.abort(io.signal.reason);
+      io.signal.addEventListener('abort', stopOnSignal, { once: true });
+      if (io.signal.aborted) stopOnSignal();
+      // A parent killed outright (SIGKILL, a crash) cannot stop its children: without this, the
+      // local agents of a killed `retrace start` went on running, retrying a coordinator that was gone.
+      // An orphan is adopted by another process, so its parent pid changes.
+      const parent = process.ppid;
+      const orphanCheck = hasFlag(args, 'exit-with-parent')
+        ? setInterval(() => {
+            if (process.ppid !== parent) stop.abort(new Error('parent process exited'));
+          }, 500)
+        : undefined;
+      orphanCheck?.unref();
+      try {
+        return await runAgent(
+          {
+            coordinator,
+            dataDir,
+            token: resolveToken(args, { defaultFile: DEFAULT_TOKEN_FILE }),
+            tlsCa: resolveTlsCa(args),
+            labels,
+            advertised,
+            reportIntervalMs: durationFlagMs(args, 'report-interval', { minMs: 50 }) ?? 2000,
+            linkProbeIntervalMs: durationFlagMs(args, 'link-probe-interval', { minMs: 100, zeroTurnsOff: true }) ?? 120_000,
+            agentVersion: agentVersion(),
+            ...(payloadCacheBytes === undefined ? {} : { executor: { payloadCacheBytes } }),
+          },
+          { ...io, signal: stop.signal },
+        );
+      } finally {
+        clearInterval(orphanCheck);
+        io.signal.removeEventListener('abort', stopOnSignal);
+      }
     },
   },
 ];

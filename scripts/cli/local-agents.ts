@@ -24,7 +24,7 @@ export async function startLocalAgents(
   return Promise.all(
     specs.map(async (spec) => {
       // The young-generation size retrace.mjs's shebang asks for (spawned through node, not the shebang).
-      const args = ['--max-semi-space-size=32', CLI, 'agent', '--coordinator', coordinator, '--data', join(dataDir, 'agents', spec.name), '--report-interval', spec.reportInterval ?? '2s'];
+      const args = ['--max-semi-space-size=32', CLI, 'agent', '--coordinator', coordinator, '--data', join(dataDir, 'agents', spec.name), '--report-interval', spec.reportInterval ?? '2s', '--exit-with-parent'];
       for (const l of spec.labels ?? []) args.push('--label', l);
       if (spec.advertise) args.push('--advertise', spec.advertise);
       // The token goes in the environment, which only this user can read; any local user can
