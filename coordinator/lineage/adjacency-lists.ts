@@ -66,6 +66,11 @@ export class AdjacencyLists {
     return this.tailDst.length;
   }
 
+  /** No tail edge leaves a node below this (+Infinity for an empty tail): a walk reads no tail chain below it. */
+  get tailFrom(): number {
+    return this.tailMinSrc;
+  }
+
   add(from: number, to: number, timeMs: number): void {
     this.ensureNodes(Math.max(from, to) + 1);
     this.src.push(from);
