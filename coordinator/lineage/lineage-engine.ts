@@ -696,8 +696,9 @@ export class LineageEngine implements LineageApi {
     if (this.index.timeOf(id) > asOfMs) throw new NotFoundError(`node ${key}`, 'start', `at as_of_ns ${request.asOfNs} (${nanosToIso(request.asOfNs)})`);
     const objectLevel = request.objectLevel || start.kind === NodeKind.NODE_KIND_OBJECT || start.kind === NodeKind.NODE_KIND_TRANSFORM;
     const direction = request.direction === Direction.DIRECTION_UNSPECIFIED ? Direction.DIRECTION_DOWNSTREAM : request.direction;
-    const query = traceQueryFingerprint({ key, direction, depth: request.depth, asOfMs, objectLevel, view: request.view, includeEdges: request.includeEdges });
-    const offset = decodePageToken(request.pageToken, query) ?? 0;
+    // Needed only to read or write a page token: a closure that fits one page skips the hashing.
+    const query = (): string => traceQueryFingerprint({ key, direction, depth: request.depth, asOfMs, objectLevel, view: request.view, includeEdges: request.includeEdges });
+    const offset = request.pageToken === '' ? 0 : decodePageToken(request.pageToken, query());
     let starts = [id];
     if (start.kind === NodeKind.NODE_KIND_TRANSFORM || start.kind === NodeKind.NODE_KIND_RUN) {
       // As of a time, only the steps recorded by then (the walk filters edges, not starts).
@@ -744,7 +745,7 @@ export class LineageEngine implements LineageApi {
       distances = d;
     }
     const end = Math.max(offset, Math.min(nodes.length, offset + pageSize));
-    const nextPageToken = end < nodes.length ? encodePageToken(end, query) : '';
+    const nextPageToken = end < nodes.length ? encodePageToken(end, query()) : '';
     const totalNodes = nodes.length.toString();
     const ids = nodes.subarray(offset, end);
     const idDistances = distances.subarray(offset, end);
@@ -1068,9 +1069,8 @@ function encodePageToken(offset: number, query: string): string {
   return Buffer.from(JSON.stringify({ o: offset, q: query })).toString('base64url');
 }
 
-/** The offset a page token resumes at; undefined for no token. Throws for a token of another query. */
-function decodePageToken(token: string, query: string): number | undefined {
-  if (token === '') return undefined;
+/** The offset a page token resumes at. Throws for a malformed token or one of another query. */
+function decodePageToken(token: string, query: string): number {
   let v: { o?: unknown; q?: unknown };
   try {
     v = JSON.parse(Buffer.from(token, 'base64url').toString()) as { o?: unknown; q?: unknown };
