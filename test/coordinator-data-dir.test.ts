@@ -79,9 +79,15 @@ describe('coordinator data directory', () => {
     for (const bad of [0, 1025, 1.5]) {
       expect(() => new Coordinator({ dataDir: null, dbWriteBufferMiB: bad, log: () => {} })).toThrow(`dbWriteBufferMiB: expected a whole number of MiB from 1 to 1024, got ${bad}`);
     }
-    const cli = await runCli(['coordinator', '--data', join(tmpdir(), 'retrace-never-made'), '--db-write-buffer-mib', '0']);
-    expect(cli.code).not.toBe(0);
-    expect(cli.err).toContain('dbWriteBufferMiB: expected a whole number of MiB from 1 to 1024, got 0');
+    // On the command line the flag is named (the option's name meant nothing there), as a usage error.
+    const parent = mkdtempSync(join(tmpdir(), 'retrace-coord-wbuf-cli-'));
+    dirs.push(parent);
+    for (const bad of ['0', '2000']) {
+      const cli = await runCli(['coordinator', '--data', join(parent, 'never-made'), '--db-write-buffer-mib', bad]);
+      expect(cli.code).toBe(2);
+      expect(cli.err).toContain(`error: --db-write-buffer-mib: expected a whole number of MiB from 1 to 1024, got ${bad}`);
+    }
+    expect(existsSync(join(parent, 'never-made'))).toBe(false);
   }, 20_000);
 
   it('a database that lost its CURRENT is refused and left as it was; a data dir in use names the other process', async () => {

@@ -45,10 +45,10 @@ export function coordinatorFlags(args: ParsedArgs): CoordinatorFeatureOptions {
 
 /** The data dir's settings, which `retrace coordinator` and `retrace start` both take. */
 export function dataDirFlags(args: ParsedArgs): Pick<CoordinatorOptions, 'acceptLedgerLoss' | 'dbWriteBufferMiB'> {
-  return {
-    acceptLedgerLoss: hasFlag(args, 'accept-ledger-loss'),
-    dbWriteBufferMiB: flag(args, 'db-write-buffer-mib') === undefined ? undefined : intFlag(args, 'db-write-buffer-mib', 0),
-  };
+  const bufferMiB = flag(args, 'db-write-buffer-mib') === undefined ? undefined : intFlag(args, 'db-write-buffer-mib', 0);
+  // The coordinator's own check names its option (dbWriteBufferMiB); on the command line the flag is what was wrong.
+  if (bufferMiB !== undefined && (bufferMiB < 1 || bufferMiB > 1024)) throw new UsageError(`--db-write-buffer-mib: expected a whole number of MiB from 1 to 1024, got ${bufferMiB}`);
+  return { acceptLedgerLoss: hasFlag(args, 'accept-ledger-loss'), dbWriteBufferMiB: bufferMiB };
 }
 
 /** What the coordinator's extensions publish for the ones after them (pipelines, replay). */

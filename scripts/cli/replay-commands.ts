@@ -349,7 +349,7 @@ const watchCmd: CliCommand = {
 const cancel: CliCommand = {
   path: ['replay', 'cancel'],
   summary: 'cancel a running replay (what it finished stays in its report)',
-  usage: 'retrace replay cancel REPLAY_ID [--json]\n  Prints the replay\'s state after the cancel (CANCELLED, or how it had already ended).',
+  usage: 'retrace replay cancel REPLAY_ID [--json]\n  Prints the replay\'s state after the cancel (CANCELLED, as for one already cancelled); one that\n  already ended SUCCEEDED or FAILED is refused (FAILED_PRECONDITION naming it and its state, exit 1).',
   async run(args, io) {
     const replayId = args.positionals[0];
     if (!replayId) throw new UsageError('REPLAY_ID is required');
