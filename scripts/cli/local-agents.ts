@@ -10,6 +10,8 @@ export interface LocalAgent {
 }
 
 const CLI = fileURLToPath(new URL('../retrace.mjs', import.meta.url));
+/** How much of a local agent's stderr is kept for the errors that quote it. */
+const STDERR_TAIL_CHARS = 4096;
 
 /**
  * Starts one `retrace agent` process per spec (each with its own data dir, so its identity
@@ -31,11 +33,13 @@ export async function startLocalAgents(
       // read a command line (ps, /proc/PID/cmdline). The coordinators of `start` and `demo` are
       // plaintext on loopback: a RETRACE_TLS_CA kept for a remote one must not turn TLS on here.
       const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RETRACE_TOKEN: token, RETRACE_TLS_CA: '' } });
-      const stderr: string[] = [];
-      child.stderr?.on('data', (d: Buffer) => stderr.push(d.toString()));
+      // The last of what it logged, for the errors below: the agent logs for as long as it runs
+      // (a line per transform print too), and keeping all of it grew `retrace start` without end.
+      let stderr = '';
+      child.stderr?.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-STDERR_TAIL_CHARS)));
       const nodeId = await new Promise<string>((resolve, reject) => {
         const lines = createInterface({ input: child.stdout as NodeJS.ReadableStream });
-        const timer = setTimeout(() => reject(new Error(`agent ${spec.name} did not register within 30 s: ${stderr.join('').slice(-500)}`)), 30_000);
+        const timer = setTimeout(() => reject(new Error(`agent ${spec.name} did not register within 30 s: ${stderr.slice(-500)}`)), 30_000);
         lines.on('line', (line) => {
           try {
             const parsed = JSON.parse(line) as { nodeId?: string };
@@ -49,7 +53,7 @@ export async function startLocalAgents(
         });
         child.once('exit', (code) => {
           clearTimeout(timer);
-          reject(new Error(`agent ${spec.name} exited with ${code}: ${stderr.join('').slice(-500)}`));
+          reject(new Error(`agent ${spec.name} exited with ${code}: ${stderr.slice(-500)}`));
         });
       });
       return { nodeId, process: child };
