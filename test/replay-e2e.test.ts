@@ -133,6 +133,8 @@ describe('replay end to end (real coordinator, real agent processes)', () => {
     const report = await run({}, one);
     expect(report.state).toBe(ReplayState.REPLAY_STATE_SUCCEEDED);
     expect(report.summary).toMatchObject({ records: 1, steps: 2, matched: 2, differed: 0, failed: 0, nondeterministic: 0 });
+    // No principal named (the owner token, no header): the report says who its steps record.
+    expect(report.policy?.principal).toBe('replay');
     for (const s of report.steps) {
       expect(s.replayOutputHashes).toEqual(s.originalOutputHashes);
       expect(s.replayResources?.wallTimeNs).not.toBe('0');

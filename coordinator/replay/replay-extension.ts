@@ -65,7 +65,9 @@ export function replayExtension(shared: ReplayShared): ExtensionFactory {
       // The principal recorded is the caller's: a client token's own name (another is refused).
       startReplay: (request, context) => {
         const sent = request.policy?.principal ?? '';
-        const principal = requestPrincipal(context, 'policy.principal', sent);
+        // Empty (the owner token naming no one): the default the replayed steps record, also in
+        // the report and the replay's job, which showed an empty principal.
+        const principal = requestPrincipal(context, 'policy.principal', sent) || 'replay';
         return engine.startReplay(principal === sent ? request : { ...request, policy: ReplayPolicy.fromPartial({ ...request.policy, principal }) });
       },
       async *watchReplay(request, context) {
