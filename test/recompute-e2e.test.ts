@@ -469,6 +469,9 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
     const tooMany = await cli(['recompute', 'record:wf/raw:k1', '--concurrency', '1025', '--coordinator', tc.grpcAddress, '--token', tc.token]);
     expect(tooMany.code).toBe(2);
     expect(tooMany.err).toContain('--concurrency: at most 1024 steps at once, got 1025');
+    const tooOften = await cli(['recompute', 'record:wf/raw:k1', '--max-attempts', '101', '--coordinator', tc.grpcAddress, '--token', tc.token]);
+    expect(tooOften.code).toBe(2);
+    expect(tooOften.err).toContain('--max-attempts: at most 100 attempts per step, got 101');
     expect((await tc.client(JobServiceDefinition).listJobs({ state: 0, kind: '', pageSize: 0, pageToken: '' })).jobs.length).toBe(jobsBefore);
     // New content of an object no step reads: refused naming it, and nothing recorded (dry run or not).
     const before = (await c.listChanges({ pipeline: 'wf', pageSize: 0, pageToken: '' })).changes.length;

@@ -191,6 +191,8 @@ describe('retrace token', () => {
       expect(r.stderr, args.join(' ')).toMatch(message);
       expect(r.stdout, args.join(' ')).toBe('');
     }
+    // Flags the command checks itself are usage errors (exit 2), as with every other command.
+    for (const args of [['add', 'new', '--role', 'root'], ['add', 'new']]) expect((await tokenCli(...args)).code, args.join(' ')).toBe(2);
     expect(readFileSync(file, 'utf8')).toBe(before);
     const list = await tokenCli('list', '--json');
     expect(JSON.parse(list.stdout)).toEqual([

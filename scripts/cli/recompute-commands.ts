@@ -12,7 +12,7 @@ import {
   type RecomputePolicy,
 } from '../../common/gen/retrace/v1/recompute.js';
 import { dagToDot, dagToSvg, type DagDrawing, type DagNode } from '../../common/dag-drawing.js';
-import { MAX_RECOMPUTE_CONCURRENCY } from '../../common/recompute-policy.js';
+import { MAX_RECOMPUTE_ATTEMPTS, MAX_RECOMPUTE_CONCURRENCY } from '../../common/recompute-policy.js';
 import { nanosToIso, parseDurationMs } from '../../common/time.js';
 import { flag, flagAll, hasFlag, intFlag, timeArgNs, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
 import { openClient } from './client.js';
@@ -309,7 +309,9 @@ function parseRecomputePolicy(args: ParsedArgs): RecomputePolicy {
   }
   const concurrency = intFlag(args, 'concurrency', 0);
   if (concurrency > MAX_RECOMPUTE_CONCURRENCY) throw new UsageError(`--concurrency: at most ${MAX_RECOMPUTE_CONCURRENCY} steps at once, got ${concurrency}`);
-  return { maxAttempts: intFlag(args, 'max-attempts', 0), concurrency, targetNodeIds, targetLabels, dryRun: hasFlag(args, 'dry-run') };
+  const maxAttempts = intFlag(args, 'max-attempts', 0);
+  if (maxAttempts > MAX_RECOMPUTE_ATTEMPTS) throw new UsageError(`--max-attempts: at most ${MAX_RECOMPUTE_ATTEMPTS} attempts per step, got ${maxAttempts}`);
+  return { maxAttempts, concurrency, targetNodeIds, targetLabels, dryRun: hasFlag(args, 'dry-run') };
 }
 
 const recomputeCmd: CliCommand = {

@@ -1,7 +1,7 @@
 import { existsSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { FailedPreconditionError } from '../../common/errors.js';
-import { addToken, readTokenFile, revokeToken, ROLES, tokensFilePath } from '../../coordinator/token-file.js';
+import { addToken, isRole, readTokenFile, revokeToken, ROLES, tokensFilePath } from '../../coordinator/token-file.js';
 import { flag, hasFlag, UsageError, type CliCommand, type ParsedArgs } from './command.js';
 import { renderTable, toJson } from './format.js';
 
@@ -42,6 +42,7 @@ is kept, in <data>/tokens.json. A running coordinator takes it within a second.
       const name = nameOf(args);
       const role = flag(args, 'role');
       if (role === undefined || role === 'true') throw new UsageError(`--role ${ROLES.join('|')} is required`);
+      if (!isRole(role)) throw new UsageError(`--role: must be one of ${ROLES.join(', ')}, got ${JSON.stringify(role)}`);
       const dataDir = dataDirOf(args);
       const { token } = addToken(dataDir, name, role);
       io.stdout.write(`${token}\n`);
