@@ -55,6 +55,8 @@ export class ConnectSession {
   private readonly pings = new Map<string, number>();
   private lastPingMs = 0;
   private clockWarned = false;
+  /** Whether `registered` has been sent: nothing else goes to the agent before it. */
+  private answered = false;
 
   /**
    * @param boundTo the name of the client or agent token the stream was opened with (the auth
@@ -80,7 +82,7 @@ export class ConnectSession {
 
   /** Sends a ping when one is due (the mesh's sweep calls this; one timer for all sessions). */
   maybePing(nowMs: number, intervalMs: number): void {
-    if (!this.nodeId || nowMs - this.lastPingMs < intervalMs) return;
+    if (!this.answered || nowMs - this.lastPingMs < intervalMs) return;
     this.lastPingMs = nowMs;
     const nonce = String(++this.pingNonce);
     // Only the latest few pings are awaited; a lost pong must not grow the map.
@@ -147,6 +149,9 @@ export class ConnectSession {
           },
         },
       });
+      // nodeId is set before the registry's write, during which the mesh's sweep may come by:
+      // a ping then reached the agent before the answer to its registration.
+      this.answered = true;
       if (node.record.drainReason) this.send({ body: { $case: 'drain', value: { reason: node.record.drainReason } } });
       return;
     }
