@@ -7,10 +7,21 @@ import { createHash, timingSafeEqual } from 'node:crypto';
  * of the token sent either (a length check first would tell a caller the token's length).
  */
 export function bearerTokenCheck(token: string): (authorization: string | undefined) => boolean {
-  const expected = digest(token);
+  const match = bearerTokenMatcher(token);
+  return (authorization) => match(authorization)?.matches === true;
+}
+
+/**
+ * bearerTokenCheck that also gives the presented token's SHA-256 (undefined: no bearer token at
+ * all), so that a caller looking the token up among others when it is not `token` hashes it once.
+ */
+export function bearerTokenMatcher(token: string): (authorization: string | undefined) => { matches: boolean; sha256: Buffer } | undefined {
+  const expected = tokenSha256(token);
   return (authorization) => {
     const sent = bearerTokenOf(authorization);
-    return sent !== undefined && timingSafeEqual(digest(sent), expected);
+    if (sent === undefined) return undefined;
+    const sha256 = tokenSha256(sent);
+    return { matches: timingSafeEqual(sha256, expected), sha256 };
   };
 }
 
@@ -20,6 +31,7 @@ export function bearerTokenOf(authorization: string | undefined): string | undef
   return authorization.slice(7);
 }
 
-function digest(text: string): Buffer {
-  return createHash('sha256').update(text, 'utf8').digest();
+/** SHA-256 of a token's UTF-8 bytes: what is compared, and (as hex) what tokens.json keeps. */
+export function tokenSha256(token: string): Buffer {
+  return createHash('sha256').update(token, 'utf8').digest();
 }

@@ -1,7 +1,8 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { closeSync, existsSync, openSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { InvalidArgumentError, NotFoundError, RetraceError } from '../common/errors.js';
+import { tokenSha256 } from './bearer-token.js';
 
 /**
  * Named tokens with roles, kept in `<data>/tokens.json` (mode 0600) beside the owner's
@@ -40,7 +41,7 @@ const NAME = /^[A-Za-z0-9._-]{1,64}$/;
 
 /** Hex SHA-256 of `token`: what the file keeps and what a presented token is looked up by. */
 export function tokenDigest(token: string): string {
-  return createHash('sha256').update(token, 'utf8').digest('hex');
+  return tokenSha256(token).toString('hex');
 }
 
 /** The path of the tokens file of `dataDir`. */

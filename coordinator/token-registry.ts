@@ -1,7 +1,7 @@
 import { setMaxListeners } from 'node:events';
 import { statSync, unwatchFile, watchFile, type Stats } from 'node:fs';
-import { bearerTokenCheck, bearerTokenOf } from './bearer-token.js';
-import { OWNER_NAME, readTokenFile, tokenDigest, tokensFilePath, type Role, type TokenEntry } from './token-file.js';
+import { bearerTokenCheck, bearerTokenMatcher } from './bearer-token.js';
+import { OWNER_NAME, readTokenFile, tokensFilePath, type Role, type TokenEntry } from './token-file.js';
 
 /** Who a call's token says the caller is. */
 export interface Identity {
@@ -50,7 +50,7 @@ export interface TokenRegistry {
  * digest, never on how much of the token matched.
  */
 export function createTokenRegistry(options: { ownerToken: string; dataDir: string | null; log: (line: string) => void; intervalMs?: number }): TokenRegistry {
-  const owner = ownerOnly(options.ownerToken);
+  const presented = bearerTokenMatcher(options.ownerToken);
   const { dataDir, log } = options;
   let table = new Map<string, Identity>();
   // The revocation signal of each identity in the table, by the identity.
@@ -102,11 +102,11 @@ export function createTokenRegistry(options: { ownerToken: string; dataDir: stri
   };
   load();
   const authenticate: Authenticate = (authorization) => {
-    const found = owner(authorization);
-    if (found) return found;
-    const sent = bearerTokenOf(authorization);
+    // One SHA-256 of the presented token: compared with the owner's, then looked up as hex.
+    const sent = presented(authorization);
     if (sent === undefined) return undefined;
-    const digest = tokenDigest(sent);
+    if (sent.matches) return OWNER;
+    const digest = sent.sha256.toString('hex');
     // A token made a moment ago (`retrace token add`, then a call at once) is not refused while
     // the poll below has yet to see it: an unknown token first checks the file's stat.
     if (!table.has(digest) && file !== null && fileVersion() !== loadedFrom) reload();
