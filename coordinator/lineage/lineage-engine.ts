@@ -633,7 +633,7 @@ export class LineageEngine implements LineageApi {
     const key = nodeKey(ref);
     const id = this.index.idOf(key);
     // The index's time of a node: a version's created_at where given, else its first event's.
-    const firstSeenNs = id === undefined ? '0' : (BigInt(Math.round(this.index.timeOf(id) * 1000)) * 1000n).toString();
+    const firstSeenNs = id === undefined ? '0' : msToNsString(this.index.timeOf(id));
     switch (ref.kind) {
       case NodeKind.NODE_KIND_STEP: {
         const step = await this.readStep(ref.id);
