@@ -6,12 +6,12 @@ import { ChangeKind } from '../common/gen/retrace/v1/recompute.js';
 import { ShardStatus, type ShardAssignment } from '../common/gen/retrace/v1/shard.js';
 import { contentHashOf } from '../common/hash.js';
 import type { JobSpec, JsonValue, TaskRunContext } from '../coordinator/jobs/job-types.js';
-import { openDatabase } from '../coordinator/store/database.js';
-import { createPayloadStore } from '../coordinator/store/payload-store.js';
+import { openDatabase, type Database } from '../coordinator/store/database.js';
+import { createPayloadStore, type PayloadStore } from '../coordinator/store/payload-store.js';
 import { stepChanges } from '../coordinator/recompute/change-detector.js';
 import { collectAffected, toImpactResponse, topoOrder, type AffectedNode } from '../coordinator/recompute/impact-analysis.js';
 import { cacheKeyOf, createMemoStore } from '../coordinator/recompute/memo-store.js';
-import { RecomputeExecutor } from '../coordinator/recompute/recompute-executor.js';
+import { RecomputeExecutor, type RecomputeExecutorDeps } from '../coordinator/recompute/recompute-executor.js';
 import { planRecompute, type RecomputeTaskPayload, type RecomputeTaskResult, type StepDefinition } from '../coordinator/recompute/recompute-planner.js';
 import { objectEvent, ref, runEvent, stepEvent } from './helpers/lineage-events.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
@@ -27,6 +27,9 @@ describe('impact analysis and recompute planning', () => {
   /** What the executors' runners answer: the shard succeeded on n1 with one output `a` holding `text`. */
   const succeeded = (shardId: string, text: string) =>
     ({ nodeId: 'n1', attempts: 1, queuedMs: 0, outcome: { shardId, nodeId: 'n1', status: ShardStatus.SHARD_STATUS_SUCCEEDED, error: '', outputs: [{ key: 'a', payload: Buffer.from(text), mediaType: 'text/plain', contentHash: '' }], startedAtNs: '1', endedAtNs: '2', resources: undefined } as never });
+  /** An executor on the test coordinator's lineage with `payloads` and a memo in `db`; `deps` gives the rest (setCurrent: none unless given). */
+  const executorOn = (db: Database, payloads: PayloadStore, deps: Pick<RecomputeExecutorDeps, 'runner' | 'clock'> & Partial<RecomputeExecutorDeps>): RecomputeExecutor =>
+    new RecomputeExecutor({ lineage: tc.coordinator.lineage, payloads: () => payloads, setCurrent: async () => {}, memo: createMemoStore(db), ...deps });
   /** Records `content` as raw:a's new version at `eventTimeNs`; the recompute of raw:a's change from a2 to it. */
   async function recomputeOfA(content: string, eventTimeNs: string): Promise<JobSpec> {
     await tc.coordinator.lineage.submit([objectEvent(content, 'record:p/raw:a', content, eventTimeNs)]);
@@ -136,11 +139,7 @@ describe('impact analysis and recompute planning', () => {
     let nowMs = 1_000;
     const payloads = createPayloadStore(db, { retentionMs: 60_000, now: () => nowMs });
     await payloads.put(Buffer.from('a3'));
-    const executor = new RecomputeExecutor({
-      lineage: tc.coordinator.lineage,
-      payloads: () => payloads,
-      setCurrent: async () => {},
-      memo: createMemoStore(db),
+    const executor = executorOn(db, payloads, {
       runner: () => ({
         async run(assignment) {
           runs.push(assignment);
@@ -186,9 +185,7 @@ describe('impact analysis and recompute planning', () => {
     await payloads.put(Buffer.from('a4'));
     const moved: string[][] = [];
     let stopBeforeCurrent = true;
-    const executor = new RecomputeExecutor({
-      lineage: tc.coordinator.lineage,
-      payloads: () => payloads,
+    const executor = executorOn(db, payloads, {
       async setCurrent(pipeline, entries) {
         if (stopBeforeCurrent) {
           stopBeforeCurrent = false;
@@ -196,7 +193,6 @@ describe('impact analysis and recompute planning', () => {
         }
         moved.push(...entries.map((e) => [pipeline, e.dataset, e.key, e.record.contentHash, String(e.record.size), e.record.mediaType]));
       },
-      memo: createMemoStore(db),
       runner: () => ({
         async run(assignment) {
           return succeeded(assignment.shardId, 'xa4');
@@ -218,14 +214,11 @@ describe('impact analysis and recompute planning', () => {
     await payloads.putMany([Buffer.from('a5'), Buffer.from('a6')]);
     const moved: string[] = [];
     let rawNow = contentHashOf('a6');
-    const executor = new RecomputeExecutor({
-      lineage: tc.coordinator.lineage,
-      payloads: () => payloads,
+    const executor = executorOn(db, payloads, {
       async setCurrent(_pipeline, entries) {
         moved.push(...entries.map((e) => e.record.contentHash));
       },
       currentOf: async (objectId) => (objectId === 'record:p/raw:a' ? rawNow : undefined),
-      memo: createMemoStore(db),
       runner: () => ({
         async run(assignment) {
           const text = `x${Buffer.from(assignment.inputs[0]?.payload ?? []).toString()}`;
@@ -258,11 +251,7 @@ describe('impact analysis and recompute planning', () => {
     const gate = new Promise<void>((resolve) => {
       release = resolve;
     });
-    const executor = new RecomputeExecutor({
-      lineage: tc.coordinator.lineage,
-      payloads: () => payloads,
-      setCurrent: async () => {},
-      memo: createMemoStore(db),
+    const executor = executorOn(db, payloads, {
       runner: () => ({
         async run(assignment) {
           runs.push(assignment);
@@ -297,11 +286,7 @@ describe('impact analysis and recompute planning', () => {
     await payloads.put(Buffer.from('a8'));
     const ran: unknown[] = [];
     let current: StepDefinition | undefined;
-    const executor = new RecomputeExecutor({
-      lineage: tc.coordinator.lineage,
-      payloads: () => payloads,
-      setCurrent: async () => {},
-      memo: createMemoStore(db),
+    const executor = executorOn(db, payloads, {
       definitionOf: async (pipeline, step) => (pipeline === 'p' && step === 'X' ? current : undefined),
       runner: () => ({
         async run(assignment) {
