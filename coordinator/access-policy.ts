@@ -32,6 +32,15 @@ export function mayUseHttp(role: Role): boolean {
   return role !== 'agent';
 }
 
+/**
+ * The principal a token is bound to: a client or agent token's name, which every principal its
+ * calls record must be (x-retrace-principal, request fields, step events' why.principal).
+ * Undefined for the owner token and admin tokens, which may name anyone.
+ */
+export function boundPrincipalOf(identity: Identity): string | undefined {
+  return identity.owner || identity.role === 'admin' ? undefined : identity.name;
+}
+
 /** The PERMISSION_DENIED answer to `identity` calling `what` (a gRPC method path, or `HTTP POST /api/...`). */
 export function permissionDenied(identity: Identity, what: string): RetraceError {
   const may =

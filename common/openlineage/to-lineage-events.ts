@@ -108,13 +108,17 @@ export function fromRetraceResourcesFacet(facet: RetraceResourcesRunFacet): Reso
  * - DatasetEvent: one `objectVersion`.
  * - JobEvent: nothing (see below).
  *
+ * The step's `why.principal` is `options.principal` when given (the name the submitting token is
+ * bound to), else the job's first owner (ownership facet), else the producer; the facet itself is
+ * kept either way.
+ *
  * Throws InvalidArgumentError only for what validation cannot see (an eventTime out of range).
  */
-export function toLineageEvents(validated: ValidatedOpenLineageEvent): LineageEvent[] {
+export function toLineageEvents(validated: ValidatedOpenLineageEvent, options: { principal?: string | undefined } = {}): LineageEvent[] {
   const ids = eventIds(validated.event);
   switch (validated.kind) {
     case 'RunEvent':
-      return fromRunEvent(validated.event, ids);
+      return fromRunEvent(validated.event, ids, options.principal);
     case 'DatasetEvent':
       return fromDatasetEvent(validated.event, ids);
     case 'JobEvent':
@@ -140,7 +144,7 @@ function eventTimeNs(eventTime: string): string {
   return ns.toString();
 }
 
-function fromRunEvent(event: OpenLineageRunEvent, id: (part: string) => string): LineageEvent[] {
+function fromRunEvent(event: OpenLineageRunEvent, id: (part: string) => string, principal: string | undefined): LineageEvent[] {
   const runId = event.run.runId;
   const transform = jobTransformName(event.job.namespace, event.job.name);
   const runFacets: RunFacets = event.run.facets ?? {};
@@ -224,7 +228,7 @@ function fromRunEvent(event: OpenLineageRunEvent, id: (part: string) => string):
     host: '',
     startedAtNs,
     endedAtNs,
-    why: { kind: TriggerKind.TRIGGER_KIND_EVENT, id: runId, principal: principalOf(event, jobFacets) },
+    why: { kind: TriggerKind.TRIGGER_KIND_EVENT, id: runId, principal: principal ?? principalOf(event, jobFacets) },
     resources: resourcesFacet === undefined ? undefined : fromRetraceResourcesFacet(resourcesFacet),
     used,
     generated,

@@ -1,13 +1,14 @@
 import type { CallContext } from 'nice-grpc';
 import type { ContentCheck, LineageServiceImplementation, SubmitEventsRequest, SubmitEventsResponse, TraceSessionResponse } from '../../common/gen/retrace/v1/lineage.js';
 import { ERROR_TABLE, InvalidArgumentError, isRetraceError, RetraceError } from '../../common/errors.js';
-import type { Checkpoint } from '../../common/gen/retrace/v1/provenance.js';
-import type { LineageEngine } from '../lineage/lineage-engine.js';
+import type { Checkpoint, LineageEvent } from '../../common/gen/retrace/v1/provenance.js';
+import type { DeferredEvents, LineageEngine } from '../lineage/lineage-engine.js';
 import type { SubmitResult } from '../lineage/lineage-api.js';
 import { verifyLedger } from '../ledger/ledger-verifier.js';
 import { exportProv } from '../lineage/prov-export.js';
 import type { LineageStore } from '../store/lineage-store.js';
 import { LazySubmitEventsRequest } from './lineage-wire.js';
+import { bindDeferredPrincipals, bindEventPrincipal, boundPrincipal } from './principal.js';
 
 /** How many batches of one SubmitEvents stream may wait for their commit at once. */
 const STREAM_PIPELINE_DEPTH = 16;
@@ -20,12 +21,19 @@ export interface VerifySources {
   verifyContent?: (signal: AbortSignal) => Promise<ContentCheck[]>;
 }
 
-/** LineageService over the engine. Handlers throw RetraceErrors only; the error middleware maps them. */
+/**
+ * LineageService over the engine. Handlers throw RetraceErrors only; the error middleware maps them.
+ * A call made with a client or agent token (bound to its name, see principal.ts) records step
+ * events as that name: `why.principal` empty is filled in, another name is PERMISSION_DENIED
+ * naming the field and nothing of the batch is stored. Owner and admin calls are stored as sent.
+ */
 export function createLineageHandlers(engine: LineageEngine, store: LineageStore, publicKey: string, sources: VerifySources = {}): LineageServiceImplementation {
   return {
     async submitEvent(request, context: CallContext) {
       if (!request.event) throw new InvalidArgumentError('event', 'is required');
-      const r = await engine.submit([request.event], { signal: context.signal });
+      const bound = boundPrincipal(context);
+      const event = bound === undefined ? request.event : bindEventPrincipal(request.event, bound, 'event');
+      const r = await engine.submit([event], { signal: context.signal });
       return { seq: (r.seqs[0] ?? 0n).toString(), duplicate: r.duplicates > 0 };
     },
 
@@ -50,12 +58,14 @@ export function createLineageHandlers(engine: LineageEngine, store: LineageStore
         }
       };
       const pending: { p: Promise<SubmitResult>; batch: number }[] = [];
+      const bound = boundPrincipal(context);
       for await (const req of requests) {
         const room = engine.room();
         if (room) await room;
         // The server decodes this method with decodeSubmitEventsRequest (lineage-wire.ts): the
-        // engine decodes the events when it prepares their commit group.
-        const p = engine.submit(req instanceof LazySubmitEventsRequest ? req : req.events, { signal: context.signal });
+        // engine decodes the events when it prepares their commit group, and a bound call's
+        // principals are checked then, before any of the batch is validated or stored.
+        const p = engine.submit(bound === undefined ? eventsOf(req) : bindAll(eventsOf(req), bound), { signal: context.signal });
         p.catch(() => {}); // observed in settle(), in order
         pending.push({ p, batch: index++ });
         if (pending.length >= STREAM_PIPELINE_DEPTH) {
@@ -112,4 +122,18 @@ export function createLineageHandlers(engine: LineageEngine, store: LineageStore
       return { provJson: JSON.stringify(await exportProv(engine, request)) };
     },
   };
+}
+
+function eventsOf(req: SubmitEventsRequest): LineageEvent[] | DeferredEvents {
+  return req instanceof LazySubmitEventsRequest ? req : req.events;
+}
+
+/**
+ * A bound call's batch with bindEventPrincipal applied to each event. Still in wire form, when
+ * the engine decodes it; already decoded (no wire bytes), as a DeferredEvents too, so a refusal
+ * reaches the caller named under its batch (`batches[b].events[i]...`) as the engine's errors do.
+ */
+function bindAll(events: LineageEvent[] | DeferredEvents, bound: string): DeferredEvents {
+  if (!Array.isArray(events)) return bindDeferredPrincipals(events, bound);
+  return bindDeferredPrincipals({ count: events.length, decode: () => ({ events: events.slice(), wire: new Array<undefined>(events.length) }) }, bound);
 }

@@ -1,7 +1,7 @@
 import { createServer, type IncomingMessage, type RequestListener, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import { InvalidArgumentError, isRetraceError, NotFoundError, RetraceError, toHttpError } from '../../common/errors.js';
-import { mayUseHttp, permissionDenied } from '../access-policy.js';
+import { boundPrincipalOf, mayUseHttp, permissionDenied } from '../access-policy.js';
 import { ownerOnly, type Authenticate } from '../token-registry.js';
 import { storeErrorOf } from '../store/database.js';
 import type { HttpRequest, Route } from './router.js';
@@ -63,6 +63,7 @@ export function createHttpServer(
         query: url.searchParams,
         body: await readJson(req),
         headers: req.headers,
+        boundPrincipal: boundPrincipalOf(identity),
         signal: controller.signal,
       };
       const response = await route.handler(request);

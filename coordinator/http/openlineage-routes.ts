@@ -65,7 +65,7 @@ export function createOpenLineageRoutes(lineage: LineageApi): Route[] {
 
 async function postEvent(lineage: LineageApi, req: HttpRequest): Promise<HttpResponse> {
   if (req.body === undefined) throw new InvalidArgumentError('$', 'an OpenLineage event (JSON object) is required');
-  const events = convert(validateOpenLineageEvent(req.body), '');
+  const events = convert(validateOpenLineageEvent(req.body), '', req.boundPrincipal);
   // A JobEvent converts to nothing; there is nothing to store, but it was accepted.
   if (events.length > 0) await lineage.submit(events, { signal: req.signal });
   return { status: 201, body: {} };
@@ -74,16 +74,20 @@ async function postEvent(lineage: LineageApi, req: HttpRequest): Promise<HttpRes
 async function postBatch(lineage: LineageApi, req: HttpRequest): Promise<HttpResponse> {
   if (req.body === undefined) throw new InvalidArgumentError('$', 'a JSON array of OpenLineage events is required');
   const validated = validateOpenLineageBatch(req.body);
-  const events = validated.flatMap((v, i) => convert(v, `[${i}]`));
+  const events = validated.flatMap((v, i) => convert(v, `[${i}]`, req.boundPrincipal));
   if (events.length === 0) return { status: 201, body: { accepted: 0, duplicates: 0 } };
   const result = await lineage.submit(events, { signal: req.signal });
   return { status: 201, body: { accepted: result.accepted, duplicates: result.duplicates } };
 }
 
-/** Conversion, with its (rare) errors moved under the event's path in the batch. */
-function convert(validated: ValidatedOpenLineageEvent, prefix: string): LineageEvent[] {
+/**
+ * Conversion, with its (rare) errors moved under the event's path in the batch. A client token's
+ * runs are recorded as caused by its name (`principal`), not by whom the ownership facet or the
+ * producer names; the owner's and admin tokens' as those say.
+ */
+function convert(validated: ValidatedOpenLineageEvent, prefix: string, principal: string | undefined): LineageEvent[] {
   try {
-    return toLineageEvents(validated);
+    return toLineageEvents(validated, { principal });
   } catch (err) {
     if (err instanceof InvalidArgumentError && prefix !== '') {
       const field = err.field ?? '$';

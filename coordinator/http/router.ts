@@ -15,6 +15,12 @@ export interface HttpRequest {
   /** Parsed JSON body (undefined for an empty body). Malformed JSON never reaches a handler: 400. */
   body: unknown;
   headers: Record<string, string | string[] | undefined>;
+  /**
+   * The name the request's token is bound to (a client token's, access-policy.ts
+   * boundPrincipalOf): the principal whatever it stores records. Undefined for the owner and
+   * admin tokens.
+   */
+  boundPrincipal: string | undefined;
   signal: AbortSignal;
 }
 

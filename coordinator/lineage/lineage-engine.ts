@@ -63,10 +63,11 @@ export type LineageEngineState = 'NEW' | 'RECOVERING' | 'RUNNING' | 'STOPPING' |
 export interface DeferredEvents {
   readonly count: number;
   /**
-   * Decodes every event afresh, with each event's bytes as received. Throws InvalidArgumentError
-   * naming `events[i]` on bytes that do not decode.
+   * Decodes every event afresh, with each event's bytes as received (undefined for an event the
+   * front end changed after decoding: it is encoded again). Throws InvalidArgumentError naming
+   * `events[i]` on bytes that do not decode; a front end's own check may throw another RetraceError.
    */
-  decode(): { events: LineageEvent[]; wire: Uint8Array[] };
+  decode(): { events: LineageEvent[]; wire: (Uint8Array | undefined)[] };
 }
 
 interface Submission {
@@ -1093,7 +1094,7 @@ function isDeferred(events: readonly LineageEvent[] | DeferredEvents): events is
 /** Normalises a submission's events; `given` bytes are kept for the events normalising leaves unchanged. */
 function normalizeAll(
   events: readonly LineageEvent[],
-  given: readonly Uint8Array[] | undefined,
+  given: readonly (Uint8Array | undefined)[] | undefined,
   receivedAt: string,
 ): { normalized: LineageEvent[]; wire: (Uint8Array | undefined)[] | undefined } {
   const bytes = given !== undefined && given.length === events.length ? given : undefined;
