@@ -65,7 +65,12 @@ beforeAll(async () => {
       return { outcome: { shardId: a.shardId, status: ShardStatus.SHARD_STATUS_SUCCEEDED, outputs: [{ key: '', contentHash: '', payload: Buffer.from('OUT'), mediaType: 'text/plain' }], resources: undefined, error: '', attempt: a.attempt, startedAtNs: now, endedAtNs: now, nodeId: 'node-a' }, nodeId: 'node-a', attempts: 1, queuedMs: 0, host: 'host-a' };
     },
   };
-  const replaying: ReplayShardRunner = { run: (_a, o) => untilAborted(o?.signal), waiting: () => [] };
+  // As the dispatcher does: a cancelled shard resolves CANCELLED (a rejection would fail the replay).
+  const replaying: ReplayShardRunner = {
+    run: (a, o) =>
+      untilAborted(o?.signal).catch(() => ({ outcome: { shardId: a.shardId, status: ShardStatus.SHARD_STATUS_CANCELLED, outputs: [], resources: undefined, error: 'cancelled', attempt: a.attempt, startedAtNs: '0', endedAtNs: '0', nodeId: '' }, nodeId: '', attempts: 0, queuedMs: 0 })),
+    waiting: () => [],
+  };
   Object.assign(shared, { dispatcher: replaying, mesh: { nodes: () => [NodeInfo.fromPartial({ nodeId: 'node-a', state: NodeState.NODE_STATE_READY })] } });
   tc = await startTestCoordinator({
     extensions: [pipelineExtension(shared, { runner: live, payloadRetentionMs: 3_600_000, sweepIntervalMs: 3_600_000 }), jobsExtension(shared), replayExtension(shared)],
