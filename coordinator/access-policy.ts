@@ -16,9 +16,20 @@ export const AGENT_METHODS: ReadonlySet<string> = new Set(['/retrace.v1.NodeServ
 /**
  * RPCs a client token may not call. PublishCode: published code runs on every agent. Connect:
  * only agents join the mesh (a client that joined would be sent shards and their inputs).
- * DrainNode: an operator's action on the cluster, not a user's on their data.
+ * DrainNode: an operator's action on the cluster, not a user's on their data. SweepPayloads:
+ * deletes stored payloads for everyone (a replay of a swept record then fails), dry run or not.
+ *
+ * Left to clients, on purpose: SetChangePolicy, WatchPath and UnwatchPath change shared settings
+ * as ApplyPipeline does (a user's pipeline work), delete no data and can be set back; WatchPath
+ * reads only under the roots the operator gave (`--watch-root`). Jobs and replays a client may
+ * cancel or resume are its own principal's only (checkActsFor in grpc/principal.ts).
  */
-export const ADMIN_ONLY_METHODS: ReadonlySet<string> = new Set(['/retrace.v1.CodeService/PublishCode', '/retrace.v1.NodeService/Connect', '/retrace.v1.NodeService/DrainNode']);
+export const ADMIN_ONLY_METHODS: ReadonlySet<string> = new Set([
+  '/retrace.v1.CodeService/PublishCode',
+  '/retrace.v1.NodeService/Connect',
+  '/retrace.v1.NodeService/DrainNode',
+  '/retrace.v1.PipelineService/SweepPayloads',
+]);
 
 /** Whether `role` may call the gRPC method at `path` (`/retrace.v1.Service/Method`). */
 export function mayCall(role: Role, path: string): boolean {

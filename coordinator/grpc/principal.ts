@@ -114,3 +114,24 @@ export function requestPrincipal(context: Pick<CallContext, 'metadata'>, field: 
   const header = context.metadata.get(PRINCIPAL_HEADER);
   return typeof header === 'string' ? header.trim() : '';
 }
+
+/**
+ * Refuses a client or agent token's call on something another principal started (a job, a
+ * replay): PERMISSION_DENIED naming `field`, the thing and both names. A user controls their own
+ * runs, an operator all of them: the owner and admin tokens may act on anything. Something
+ * started by the owner token with no principal (recorded as a default such as `replay`, or '')
+ * is no client's: a bound token whose name differs is refused too.
+ *
+ * @param what how the message names it, e.g. `job "job-..."`
+ * @param action the verb refused, e.g. `cancel`
+ * @param startedBy the principal recorded when it was started
+ */
+export function checkActsFor(context: Pick<CallContext, 'metadata'>, field: string, what: string, action: string, startedBy: string): void {
+  const bound = context.metadata.get(BOUND_PRINCIPAL_HEADER);
+  if (typeof bound !== 'string' || bound === '' || bound === startedBy) return;
+  throw new RetraceError(
+    'PERMISSION_DENIED',
+    `${what} was started by principal ${JSON.stringify(startedBy)}; this token acts as principal ${JSON.stringify(bound)} and may ${action} only what it started: use an admin token`,
+    { field },
+  );
+}

@@ -1,7 +1,9 @@
+import type { CallContext } from 'nice-grpc';
 import { JobServiceDefinition, JobState as JobStateProto, type Job, type JobServiceImplementation, type WatchJobResponse } from '../../common/gen/retrace/v1/job.js';
 import { ReplayState, type WatchReplayResponse } from '../../common/gen/retrace/v1/replay.js';
 import { InvalidArgumentError, NotFoundError } from '../../common/errors.js';
 import type { CoordinatorExtension, ExtensionFactory } from '../coordinator.js';
+import { checkActsFor } from '../grpc/principal.js';
 import type { ReplayEngine } from '../replay/replay-engine.js';
 import { fromJobStateProto, replayToJobProto, toJobProto, toJobTaskProto, type WaitingShardInfo } from './job-convert.js';
 import { JobManager, type JobManagerOptions } from './job-manager.js';
@@ -67,6 +69,17 @@ export function jobsExtension(shared: JobsShared, options: JobsExtensionOptions 
       return toJobProto(view, waitingOf(jobId));
     };
 
+    /**
+     * The job (or replay) `jobId` names, when the caller may change it: a client token only its own
+     * principal's (checkActsFor), the owner and admin tokens any. Read first, so a refused call
+     * leaves the job as it was.
+     */
+    const ownJob = async (jobId: string, context: CallContext, action: string): Promise<Job> => {
+      const job = await getJob(jobId, false);
+      checkActsFor(context, 'job_id', `job ${JSON.stringify(jobId)}`, action, job.principal);
+      return job;
+    };
+
     const implementation: JobServiceImplementation = {
       getJob: async (request) => ({ job: await getJob(request.jobId) }),
 
@@ -117,10 +130,9 @@ export function jobsExtension(shared: JobsShared, options: JobsExtensionOptions 
         yield* watchManagerJob(jobId, context.signal);
       },
 
-      async cancelJob(request) {
-        if (!request.jobId) throw new InvalidArgumentError('job_id', 'is required');
+      async cancelJob(request, context) {
+        await ownJob(request.jobId, context, 'cancel');
         if (isReplayId(request.jobId)) {
-          await getJob(request.jobId, false);
           await (shared.replay as ReplayEngine).cancel(request.jobId, 'job_id');
           return { state: (await getJob(request.jobId, false)).state };
         }
@@ -128,10 +140,9 @@ export function jobsExtension(shared: JobsShared, options: JobsExtensionOptions 
         return { state: (await getJob(request.jobId, false)).state };
       },
 
-      async resumeJob(request) {
-        if (!request.jobId) throw new InvalidArgumentError('job_id', 'is required');
+      async resumeJob(request, context) {
+        await ownJob(request.jobId, context, 'resume');
         if (isReplayId(request.jobId)) {
-          await getJob(request.jobId, false);
           throw new InvalidArgumentError('job_id', 'replays are not resumed; start the replay again (retrace replay start ...)');
         }
         const r = await manager.resume(request.jobId);

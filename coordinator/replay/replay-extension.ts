@@ -1,7 +1,7 @@
 import { ReplayPolicy, ReplayServiceDefinition, type ReplayServiceImplementation } from '../../common/gen/retrace/v1/replay.js';
 import { InvalidArgumentError } from '../../common/errors.js';
 import type { CoordinatorExtension, ExtensionFactory } from '../coordinator.js';
-import { requestPrincipal } from '../grpc/principal.js';
+import { checkActsFor, requestPrincipal } from '../grpc/principal.js';
 import type { PublishedCode } from '../../common/gen/retrace/v1/code.js';
 import type { NodeInfo } from '../../common/gen/retrace/v1/node.js';
 import { declaredRequirements } from '../../common/requirements.js';
@@ -79,8 +79,11 @@ export function replayExtension(shared: ReplayShared): ExtensionFactory {
         return { report: await engine.report(request.replayId) };
       },
       listReplays: async () => ({ replays: await engine.list() }),
-      async cancelReplay(request) {
+      async cancelReplay(request, context) {
         if (!request.replayId) throw new InvalidArgumentError('replay_id', 'is required');
+        // A client token cancels only its own principal's replays (as JobService/CancelJob).
+        const report = await engine.report(request.replayId);
+        checkActsFor(context, 'replay_id', `replay ${JSON.stringify(request.replayId)}`, 'cancel', report.policy?.principal ?? '');
         return { state: await engine.cancel(request.replayId) };
       },
     };

@@ -234,7 +234,7 @@ const demo: CliCommand = {
         await new Promise((r) => setTimeout(r, 300));
         await step('Watches, with what their last scan saw', ['watch', 'list', ...conn]);
         await step("Watching the coordinator's own data dir (its keys, its database) is refused (exit 1 expected)", ['watch', dataDir, '--prefix', 'x:', ...conn], 1);
-        const analyst = ['--coordinator', addresses.grpc, '--token', await makeToken('demo-analyst', 'client', 'A client token: it reads and submits lineage, replays and recomputes as "demo-analyst"; it may not publish code or drain nodes')];
+        const analyst = ['--coordinator', addresses.grpc, '--token', await makeToken('demo-analyst', 'client', 'A client token: it reads and submits lineage, replays and recomputes as "demo-analyst"; it may not publish code, drain nodes or sweep payloads, and cancels or resumes only its own jobs')];
         await step('The client token reads lineage', ['lineage', 'runs', '--limit', '3', ...analyst]);
         await step('Draining a node is an operator\'s action: refused to a client token (exit 1 expected)', ['nodes', 'drain', agents[1]?.nodeId ?? '', ...analyst], 1);
         await step('Named tokens (only their SHA-256 is stored; `retrace token revoke NAME` takes effect within a second)', ['token', 'list', '--data', dataDir]);
