@@ -50,6 +50,11 @@ export interface CoordinatorContext {
   dataDir: string | null;
   log: (line: string) => void;
   /**
+   * Whether a named token (tokens.json) called `name` exists now; false for `owner` and for a
+   * revoked name. What the mesh asks before it refuses a node bound to another agent token.
+   */
+  hasTokenNamed(name: string): boolean;
+  /**
    * Calls `listener` each time the store takes writes again after a full data dir refused them
    * (never for a data dir that was not full, nor on the in-memory store); returns the unsubscribe.
    * Work a refused write cut off resumes on it rather than on a timer or the next request.
@@ -122,8 +127,9 @@ export class Coordinator {
       }
       this.token = this.options.token ?? loadOrCreateToken(dataDir, log);
       // The owner token and the named ones of <data>/tokens.json, watched from here on.
-      this.tokens = createTokenRegistry({ ownerToken: this.token, dataDir, log });
-      const authenticate = this.tokens.authenticate;
+      const tokens = createTokenRegistry({ ownerToken: this.token, dataDir, log });
+      this.tokens = tokens;
+      const authenticate = tokens.authenticate;
       this.db = await openDatabase(dataDir === null ? null : join(dataDir, 'db'), { writeBufferBytes: this.options.dbWriteBufferBytes });
       if (dataDir !== null) this.storageGuard = guardStorage(this.db, { dir: join(dataDir, 'db'), log, probeIntervalMs: this.options.storageProbeIntervalMs });
       const db = this.db;
@@ -135,7 +141,7 @@ export class Coordinator {
       if (dataDir !== null) await this.checkLedgerLoss(this.engine, dataDir);
       const guard = this.storageGuard;
       const onStoreWritable = (listener: () => void): (() => void) => guard?.onChange((state) => state === 'WRITABLE' && listener()) ?? (() => {});
-      const ctx: CoordinatorContext = { db: this.db, lineage: this.engine, clock, dataDir, log, onStoreWritable };
+      const ctx: CoordinatorContext = { db: this.db, lineage: this.engine, clock, dataDir, log, hasTokenNamed: (name) => tokens.hasName(name), onStoreWritable };
       for (const factory of this.extensionFactories) this.extensions.push(await factory(ctx));
       for (const ext of this.extensions) await ext.start?.();
 

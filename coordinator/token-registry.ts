@@ -35,6 +35,11 @@ export function ownerOnly(token: string): Authenticate {
 /** The owner token and the named tokens of `<data>/tokens.json`, kept current while it runs. */
 export interface TokenRegistry {
   readonly authenticate: Authenticate;
+  /**
+   * Whether a named token called `name` is in the table now (never true for `owner`). The file is
+   * checked first, so a token revoked a moment ago (`retrace token revoke`) is already gone.
+   */
+  hasName(name: string): boolean;
   /** Stops watching the file. */
   close(): void;
 }
@@ -112,12 +117,17 @@ export function createTokenRegistry(options: { ownerToken: string; dataDir: stri
     if (!table.has(digest) && file !== null && fileVersion() !== loadedFrom) reload();
     return table.get(digest);
   };
-  if (dataDir === null || file === null) return { authenticate, close: () => {} };
+  const hasName = (name: string): boolean => {
+    if (file !== null && fileVersion() !== loadedFrom) reload();
+    for (const identity of table.values()) if (identity.name === name) return true;
+    return false;
+  };
+  if (dataDir === null || file === null) return { authenticate, hasName, close: () => {} };
   const onChange = (): void => {
     if (fileVersion() !== loadedFrom) reload();
   };
   // Polled (stat every interval) rather than fs.watch: it follows the path, so a file replaced
   // by rename (as `retrace token` writes it), or made after start, is seen as well.
   watchFile(file, { interval: options.intervalMs ?? 500, persistent: false }, onChange);
-  return { authenticate, close: () => unwatchFile(file, onChange) };
+  return { authenticate, hasName, close: () => unwatchFile(file, onChange) };
 }

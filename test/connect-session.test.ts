@@ -9,6 +9,7 @@ describe('ConnectSession', () => {
     let finishWrite!: () => void;
     const written = new Promise<void>((resolve) => (finishWrite = resolve));
     const registry = {
+      get: () => undefined,
       async register() {
         await written;
         return { node: { record: { reportIntervalMs: 2000, state: NodeState.NODE_STATE_READY, drainReason: '' } }, rejoined: false };
@@ -22,6 +23,7 @@ describe('ConnectSession', () => {
       bounds: { defaultReportIntervalMs: 2000, minReportIntervalMs: 50, maxReportIntervalMs: 60_000 },
       maxClockSkewMs: 5000,
       sessions: new Map(),
+      hasTokenNamed: () => true,
       append: async () => {},
       unhandled: () => {},
     } as unknown as SessionHost;

@@ -76,9 +76,9 @@ describe('token revocation', () => {
   it("an agent token may not take over a node connected with another token (PERMISSION_DENIED naming register.node_id); its own token and the owner's may", async () => {
     const a = addToken(tc.dataDir, 'host-a', 'agent').token;
     const b = addToken(tc.dataDir, 'host-b', 'agent').token;
-    const connect = async (token: string) => {
+    const connect = async (token: string, nodeId = 'gpu-node-1') => {
       const requests = new AsyncQueue<ConnectRequest>(16);
-      requests.push({ body: { $case: 'register', value: AgentRegistration.fromPartial({ nodeId: 'gpu-node-1', host: token.slice(0, 6) }) } });
+      requests.push({ body: { $case: 'register', value: AgentRegistration.fromPartial({ nodeId, host: token.slice(0, 6) }) } });
       const stream = as(token, NodeServiceDefinition).connect(requests)[Symbol.asyncIterator]();
       const first = await stream.next().catch((err: unknown) => err);
       return { first, end: () => endOf({ [Symbol.asyncIterator]: () => stream }, 1000), requests };
@@ -86,7 +86,8 @@ describe('token revocation', () => {
     const real = await connect(a);
     expect(real.first).toMatchObject({ value: { body: { $case: 'registered' } } });
     const impostor = await connect(b);
-    expect(impostor.first).toMatchObject({ code: Status.PERMISSION_DENIED, details: expect.stringMatching(/^register\.node_id: node "gpu-node-1" is connected with another token; token "host-b" may not take it over/) });
+    // The node is bound to host-a as well (test/node-binding.test.ts), which the answer says first.
+    expect(impostor.first).toMatchObject({ code: Status.PERMISSION_DENIED, details: expect.stringMatching(/^register\.node_id: node "gpu-node-1" is bound to token "host-a"; token "host-b" may not register it/) });
     const nodes = await as(tc.token, NodeServiceDefinition).listNodes({});
     expect(nodes.nodes.find((n) => n.nodeId === 'gpu-node-1')?.host).toBe(a.slice(0, 6));
     // The same token (an agent restarted before its old connection timed out) still supersedes.
@@ -96,7 +97,12 @@ describe('token revocation', () => {
     expect(await realEnd).toBe('done');
     const byOwner = await connect(tc.token);
     expect(byOwner.first).toMatchObject({ value: { body: { $case: 'registered' } } });
-    for (const c of [real, impostor, restarted, byOwner]) c.requests.close();
+    // A node connected with the owner token is bound to no agent token, but is live: not taken over either.
+    const ownerNode = await connect(tc.token, 'gpu-node-2');
+    expect(ownerNode.first).toMatchObject({ value: { body: { $case: 'registered' } } });
+    const takeover = await connect(b, 'gpu-node-2');
+    expect(takeover.first).toMatchObject({ code: Status.PERMISSION_DENIED, details: expect.stringMatching(/^register\.node_id: node "gpu-node-2" is connected with another token; token "host-b" may not take it over/) });
+    for (const c of [real, impostor, restarted, byOwner, ownerNode, takeover]) c.requests.close();
   }, 15_000);
 
   it('many calls open at once with one token are not taken for a listener leak', async () => {

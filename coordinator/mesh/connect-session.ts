@@ -31,6 +31,8 @@ export interface SessionHost {
   readonly maxClockSkewMs: number;
   /** The open session of each registered node. */
   readonly sessions: Map<string, ConnectSession>;
+  /** Whether a named token called `name` exists now (a node bound to a revoked name may be claimed). */
+  hasTokenNamed(name: string): boolean;
   /** Appends samples to the history store. */
   append(nodeId: string, samples: MeshSample[]): Promise<void>;
   /** Messages this mesh does not handle (cases added to the proto later). */
@@ -126,6 +128,16 @@ export class ConnectSession {
     if (body?.$case === 'register') {
       if (this.nodeId) throw new FailedPreconditionError('register was already sent on this stream', 'register');
       const reg = validateRegistration(body.value, this.host.bounds);
+      // A node belongs to the agent token that first registered it, online or offline: another
+      // agent token must not take its id, and with it its identity, history and the shards sent
+      // to it. Only once that token's name has left the token table (revoked) may another claim
+      // it, which is how an operator moves a host to a new token. The owner and admin tokens may
+      // connect as any node. Checked, and the binding taken (registry.register), without an
+      // await in between, so two Connects for one node id cannot both pass.
+      const boundTo = this.host.registry.get(reg.nodeId)?.record.boundToken;
+      if (this.boundTo !== undefined && boundTo !== undefined && boundTo !== this.boundTo && this.host.hasTokenNamed(boundTo)) {
+        throw new RetraceError('PERMISSION_DENIED', `node ${JSON.stringify(reg.nodeId)} is bound to token ${JSON.stringify(boundTo)}; token ${JSON.stringify(this.boundTo)} may not register it: choose another node id, or revoke token ${JSON.stringify(boundTo)} first (retrace token revoke ${boundTo})`, { field: 'register.node_id' });
+      }
       const previous = this.host.sessions.get(reg.nodeId);
       // The newest connection wins: an agent that restarted before its old TCP connection timed
       // out must not be locked out by it. But only with the token the node is connected with (or
@@ -137,7 +149,7 @@ export class ConnectSession {
       if (previous) previous.end('superseded by a new connection');
       this.host.sessions.set(reg.nodeId, this);
       this.nodeId = reg.nodeId;
-      const { node, rejoined } = await this.host.registry.register(reg, this.id);
+      const { node, rejoined } = await this.host.registry.register(reg, this.id, this.boundTo);
       this.send({
         body: {
           $case: 'registered',

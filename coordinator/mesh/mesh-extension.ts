@@ -28,6 +28,7 @@ export function meshExtension(extension: MeshExtensionOptions = {}): ExtensionFa
     const mesh = createNodeMesh({
       db: ctx.db,
       log,
+      hasTokenNamed: (name) => ctx.hasTokenNamed(name),
       ...(extension.history ? { history: extension.history } : {}),
       ...(extension.forecaster ? { forecaster: extension.forecaster } : {}),
       ...(extension.options ? { options: extension.options } : {}),

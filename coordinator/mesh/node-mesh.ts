@@ -122,6 +122,12 @@ export interface NodeMeshDeps {
   /** Wall clock, ms since the epoch (default Date.now). */
   now?: () => number;
   log?: LogFn;
+  /**
+   * Whether a named token called `name` exists now (the coordinator's token table). A node bound
+   * to a name that no longer exists may be claimed by another agent token. Default: every name
+   * exists, so a binding never moves.
+   */
+  hasTokenNamed?: (name: string) => boolean;
 }
 
 /** Lifecycle of the mesh. */
@@ -211,6 +217,7 @@ export function createNodeMesh(deps: NodeMeshDeps): NodeMesh {
     bounds: options,
     maxClockSkewMs: options.maxClockSkewMs,
     sessions,
+    hasTokenNamed: deps.hasTokenNamed ?? (() => true),
     async append(nodeId, samples) {
       if (samples.length === 0) return;
       try {

@@ -32,6 +32,13 @@ export interface NodeRecord {
   lastReportMs: number;
   /** Newest first, bounded. */
   transitions: TransitionRecord[];
+  /**
+   * The name of the `agent` token the node is bound to (never the token or its digest): set by
+   * the first Connect with a named agent token, moved only when that name has left the token
+   * table. Absent: unbound (registered only with the owner or admin tokens, or written before
+   * bindings existed); the next named agent token to connect binds it.
+   */
+  boundToken?: string;
 }
 
 /** The node table: `mesh-nodes` sublevel, node id → NodeRecord JSON. The only code knowing its layout. */

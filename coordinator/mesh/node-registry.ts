@@ -169,8 +169,14 @@ export class NodeRegistry {
     return this.nodes.size;
   }
 
-  /** Registers or re-registers a node for `sessionId`; resolves once its record is stored. */
-  async register(reg: Registration, sessionId: number): Promise<{ node: LiveNode; rejoined: boolean }> {
+  /**
+   * Registers or re-registers a node for `sessionId`; resolves once its record is stored.
+   * `token`: the name of the agent token the stream was opened with (undefined for the owner and
+   * admin tokens); the node is bound to it, before any await, replacing another binding (the
+   * caller checked that the other name was revoked; the move is logged). Undefined leaves the
+   * binding as it is.
+   */
+  async register(reg: Registration, sessionId: number, token?: string): Promise<{ node: LiveNode; rejoined: boolean }> {
     const now = this.now();
     let node = this.nodes.get(reg.nodeId);
     const rejoined = node !== undefined;
@@ -203,10 +209,15 @@ export class NodeRegistry {
         processId: reg.processId,
         persisting: Promise.resolve(),
       };
+      if (token !== undefined) node.record.boundToken = token;
       this.nodes.set(reg.nodeId, node);
       this.record(node, null, node.record.state, 'registered');
     } else {
       const r = node.record;
+      if (token !== undefined && r.boundToken !== token) {
+        if (r.boundToken !== undefined) this.log('warn', 'node:token-rebound', { nodeId: reg.nodeId, from: r.boundToken, to: token, reason: `token ${JSON.stringify(r.boundToken)} is no longer in the token table` });
+        r.boundToken = token;
+      }
       if (r.host !== reg.host) this.log('warn', 'node:host-changed', { nodeId: reg.nodeId, from: r.host, to: reg.host });
       Object.assign(r, {
         host: reg.host,
@@ -227,7 +238,7 @@ export class NodeRegistry {
       if (r.state !== target) this.transition(node, target, 'rejoined');
     }
     await this.persist(node);
-    this.log('info', 'node:registered', { nodeId: reg.nodeId, host: reg.host, rejoined, restarted, state: node.record.state });
+    this.log('info', 'node:registered', { nodeId: reg.nodeId, host: reg.host, rejoined, restarted, state: node.record.state, token: node.record.boundToken ?? null });
     this.emitter.emit('node:registered', { nodeId: reg.nodeId, rejoined, restarted, atMs: now, payloadCacheBytes: reg.payloadCacheBytes });
     return { node, rejoined };
   }
