@@ -49,10 +49,18 @@ export function tokensFilePath(dataDir: string): string {
   return join(dataDir, TOKENS_FILE);
 }
 
-/** Refuses a name that is not 1-64 of [A-Za-z0-9._-], or is the owner's. */
+/**
+ * The principals the coordinator records when a call names none (the owner token's ingest, apply,
+ * publish, replay, notify and recompute calls; the auto policy's recomputes). A token named after
+ * one would be taken for them: it could cancel their jobs and its steps would read as theirs.
+ */
+export const DEFAULT_PRINCIPALS: readonly string[] = ['ingest', 'apply', 'publish', 'replay', 'anonymous', 'auto-policy'];
+
+/** Refuses a name that is not 1-64 of [A-Za-z0-9._-], is the owner's, or is a default principal. */
 export function checkTokenName(name: string, field = 'name'): void {
   if (!NAME.test(name)) throw new InvalidArgumentError(field, `${JSON.stringify(name.slice(0, 100))} is not a token name: use 1 to 64 of the characters A-Z a-z 0-9 . _ -`);
   if (name === OWNER_NAME) throw new InvalidArgumentError(field, `"${OWNER_NAME}" is the name of the auth-token's identity; choose another`);
+  if (DEFAULT_PRINCIPALS.includes(name)) throw new InvalidArgumentError(field, `"${name}" is the principal the coordinator records for calls that name none; a token named so would act for them: choose another`);
 }
 
 export function isRole(value: unknown): value is Role {

@@ -182,6 +182,9 @@ describe('retrace token', () => {
       [['add', 'ci', '--role', 'client'], /a token named "ci" exists already/],
       [['add', 'new', '--role', 'root'], /role: must be one of agent, client, admin, got "root"/],
       [['add', 'owner', '--role', 'admin'], /"owner" is the name of the auth-token's identity/],
+      // A client named after a default principal would own the owner's default-principal jobs.
+      [['add', 'replay', '--role', 'client'], /"replay" is the principal the coordinator records for calls that name none/],
+      [['add', 'auto-policy', '--role', 'client'], /"auto-policy" is the principal/],
       [['add', 'new'], /--role agent\|client\|admin is required/],
       [['revoke', 'nobody'], /token "nobody" .* not found/],
     ];
