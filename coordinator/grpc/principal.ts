@@ -127,8 +127,8 @@ export function requestPrincipal(context: Pick<CallContext, 'metadata'>, field: 
  * @param startedBy the principal recorded when it was started
  */
 export function checkActsFor(context: Pick<CallContext, 'metadata'>, field: string, what: string, action: string, startedBy: string): void {
-  const bound = context.metadata.get(BOUND_PRINCIPAL_HEADER);
-  if (typeof bound !== 'string' || bound === '' || bound === startedBy) return;
+  const bound = boundPrincipal(context);
+  if (bound === undefined || bound === startedBy) return;
   throw new RetraceError(
     'PERMISSION_DENIED',
     `${what} was started by principal ${JSON.stringify(startedBy)}; this token acts as principal ${JSON.stringify(bound)} and may ${action} only what it started: use an admin token`,
