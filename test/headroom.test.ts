@@ -20,7 +20,7 @@ function info(nodeId: string, load: number): NodeInfo {
     state: NodeState.NODE_STATE_READY,
     capabilities: [r('cpu.threads', 4), r('memory.total', 8 * GIB)],
     latest: [r('cpu.load', load), r('memory.available', 6 * GIB)],
-    lastReportNs: '0', registeredNs: '0', firstSeenNs: '0', reportIntervalNs: '0', connected: true, agentVersion: '', codeVersions: [], coordinatorRttMs: 0, transitions: [], drainReason: '',
+    lastReportNs: '0', registeredNs: '0', firstSeenNs: '0', reportIntervalNs: '0', connected: true, agentVersion: '', codeVersions: [], coordinatorRttMs: 0, transitions: [], drainReason: '', boundToken: '',
   };
 }
 

@@ -4,17 +4,19 @@ import { join } from 'node:path';
 import { createChannel, createClient, Metadata, Status, type Channel } from 'nice-grpc';
 import { afterEach, describe, expect, it } from 'vitest';
 import { AsyncQueue } from '../common/async-queue.js';
-import { AgentRegistration, NodeServiceDefinition, type ConnectRequest, type ConnectResponse } from '../common/gen/retrace/v1/node.js';
+import { AgentRegistration, NodeEventKind, NodeServiceDefinition, type ConnectRequest, type ConnectResponse, type NodeInfo } from '../common/gen/retrace/v1/node.js';
 import { meshExtension } from '../coordinator/mesh/mesh-extension.js';
 import { createNodeRecordStore, type NodeRecord } from '../coordinator/mesh/node-record-store.js';
 import { openDatabase } from '../coordinator/store/database.js';
 import { addToken, revokeToken } from '../coordinator/token-file.js';
+import { runCli } from './helpers/in-process-cli.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 
 /**
  * A node id is bound to the agent token that first registered it, whether the node is online or
  * offline: another agent token is refused (PERMISSION_DENIED naming register.node_id) until the
  * bound name is revoked. The owner and admin tokens connect as any node and move no binding.
+ * Operators see the binding's name in NodeInfo.bound_token (and so in `retrace nodes show`).
  * Real coordinators on 127.0.0.1:0 over LevelDB in temp dirs, real Connect streams.
  */
 
@@ -88,10 +90,10 @@ describe('node ids bound to agent tokens', () => {
     const a = addToken(dir, 'host-a', 'agent').token;
     const b = addToken(dir, 'host-b', 'agent').token;
     expect(await connectOnce(tc, a, 'n1', 'real-host')).toMatchObject(registered(false));
-    // What an operator sees of the binding (NodeInfo has no field for it).
+    // What an operator sees of the binding: the log line and NodeInfo.bound_token.
     expect(logs.filter((l) => l.includes('node:registered'))).toEqual([expect.stringMatching(/"nodeId":"n1".*"token":"host-a"/)]);
     const before = await nodeOf(tc, 'n1');
-    expect(before?.connected).toBe(false);
+    expect(before).toMatchObject({ connected: false, boundToken: 'host-a' });
     expect(await connectOnce(tc, b, 'n1', 'impostor')).toMatchObject(refused('n1', 'host-a', 'host-b'));
     expect(await nodeOf(tc, 'n1')).toEqual(before);
     expect(await connectOnce(tc, a, 'n1', 'real-host')).toMatchObject(registered(true));
@@ -120,6 +122,7 @@ describe('node ids bound to agent tokens', () => {
     revokeToken(dir, 'host-a');
     expect(await connectOnce(tc, b, 'n3')).toMatchObject(registered(true));
     expect(logs.filter((l) => l.includes('node:token-rebound'))).toEqual([expect.stringMatching(/"nodeId":"n3","from":"host-a","to":"host-b"/)]);
+    expect((await nodeOf(tc, 'n3'))?.boundToken).toBe('host-b');
     // A new token under the old name is not the old binding back: the node is host-b's now.
     const a2 = addToken(dir, 'host-a', 'agent').token;
     expect(await connectOnce(tc, a2, 'n3')).toMatchObject(refused('n3', 'host-b', 'host-a'));
@@ -140,6 +143,39 @@ describe('node ids bound to agent tokens', () => {
     expect(await connectOnce(tc, tc.token, 'n5')).toMatchObject(registered(true));
     expect(await connectOnce(tc, b, 'n5')).toMatchObject(registered(true));
     expect(await connectOnce(tc, a, 'n5')).toMatchObject(refused('n5', 'host-b', 'host-a'));
+  }, 15_000);
+
+  it('shows the bound token name in GetNode, ListNodes, WatchNodes, DrainNode and `retrace nodes show`; an unbound node shows empty', async () => {
+    const dir = tempDir();
+    const tc = await start(dir);
+    const a = addToken(dir, 'host-a', 'agent').token;
+    expect(await connectOnce(tc, a, 'n7')).toMatchObject(registered(false));
+    // Registered only by the owner token: unbound.
+    expect(await connectOnce(tc, tc.token, 'n8')).toMatchObject(registered(false));
+    const client = tc.client(NodeServiceDefinition);
+    expect((await nodeOf(tc, 'n7'))?.boundToken).toBe('host-a');
+    expect((await nodeOf(tc, 'n8'))?.boundToken).toBe('');
+    const listed = (await client.listNodes({})).nodes.map((n) => [n.nodeId, n.boundToken]);
+    expect(listed).toEqual([['n7', 'host-a'], ['n8', '']]);
+    const abort = new AbortController();
+    const watched: NodeInfo[] = [];
+    try {
+      for await (const e of client.watchNodes({ nodeId: '', includeReports: false }, { signal: abort.signal })) {
+        if (e.kind === NodeEventKind.NODE_EVENT_KIND_SYNCED) break;
+        if (e.node) watched.push(e.node);
+      }
+    } finally {
+      abort.abort();
+    }
+    expect(watched.map((n) => [n.nodeId, n.boundToken])).toEqual([['n7', 'host-a'], ['n8', '']]);
+    expect((await client.drainNode({ nodeId: 'n7', reason: 'test' })).node?.boundToken).toBe('host-a');
+    // The CLI prints NodeInfo as protobuf JSON with every field, so an unbound node says "".
+    const conn = ['--coordinator', tc.grpcAddress, '--token', tc.token];
+    const shown = await runCli(['nodes', 'show', 'n7', ...conn]);
+    expect(shown).toMatchObject({ code: 0, err: '' });
+    expect(JSON.parse(shown.out)).toMatchObject({ nodeId: 'n7', boundToken: 'host-a' });
+    expect(shown.out).not.toContain(a);
+    expect(JSON.parse((await runCli(['nodes', 'show', 'n8', ...conn])).out)).toMatchObject({ nodeId: 'n8', boundToken: '' });
   }, 15_000);
 
   it('binds a node stored without a binding (an older coordinator) on its first named connect, durably', async () => {
@@ -165,7 +201,9 @@ describe('node ids bound to agent tokens', () => {
     const tc = await start(dir);
     const a = addToken(dir, 'host-a', 'agent').token;
     const b = addToken(dir, 'host-b', 'agent').token;
+    expect((await nodeOf(tc, 'old-1'))?.boundToken).toBe('');
     expect(await connectOnce(tc, a, 'old-1', 'old-host')).toMatchObject(registered(true));
+    expect((await nodeOf(tc, 'old-1'))?.boundToken).toBe('host-a');
     expect(await connectOnce(tc, b, 'old-1')).toMatchObject(refused('old-1', 'host-a', 'host-b'));
     await stop(tc);
     db = await openDatabase(join(dir, 'db'));

@@ -32,7 +32,7 @@ function info(nodeId: string, o: { state?: NodeState; cores?: number; memGiB?: n
       r('memory.available', (o.availGiB ?? o.memGiB ?? 8) * GIB),
       ...(o.up !== undefined ? [r('net.up', o.up), r('net.down', o.up)] : []),
     ],
-    lastReportNs: '0', registeredNs: '0', firstSeenNs: '0', reportIntervalNs: '0', connected: true, agentVersion: '', codeVersions: o.code ?? [], coordinatorRttMs: 0, transitions: [], drainReason: '',
+    lastReportNs: '0', registeredNs: '0', firstSeenNs: '0', reportIntervalNs: '0', connected: true, agentVersion: '', codeVersions: o.code ?? [], coordinatorRttMs: 0, transitions: [], drainReason: '', boundToken: '',
   };
 }
 const views = (...infos: NodeInfo[]): NodeView[] => infos.map(toNodeView);

@@ -90,7 +90,7 @@ export function toNodeTransition(t: TransitionRecord): NodeTransition {
   return { from: toProtoState(t.from), to: toProtoState(t.to), reason: t.reason, timeNs: ns(t.atMs) };
 }
 
-/** The NodeInfo the RPCs return for a live node. */
+/** The NodeInfo the RPCs (ListNodes, GetNode, WatchNodes, DrainNode) and the scheduler see of a live node. */
 export function toNodeInfo(node: LiveNode): NodeInfo {
   const r = node.record;
   return {
@@ -110,6 +110,8 @@ export function toNodeInfo(node: LiveNode): NodeInfo {
     coordinatorRttMs: node.rttMs,
     transitions: r.transitions.map(toNodeTransition),
     drainReason: r.drainReason,
+    // The name only (the record never holds the token); '' while no agent token has bound it.
+    boundToken: r.boundToken ?? '',
   };
 }
 

@@ -237,6 +237,13 @@ export interface NodeInfo {
   /** Most recent first, a bounded number of them. */
   transitions: NodeTransition[];
   drainReason: string;
+  /**
+   * The name of the agent token this node id is bound to (the first named agent token that
+   * registered it; only that token may register it until the name is revoked). Empty while
+   * unbound: registered only with the owner or an admin token, or stored before bindings
+   * existed. Never the token itself.
+   */
+  boundToken: string;
 }
 
 export interface NodeInfo_LabelsEntry {
@@ -751,6 +758,7 @@ function createBaseNodeInfo(): NodeInfo {
     coordinatorRttMs: 0,
     transitions: [],
     drainReason: "",
+    boundToken: "",
   };
 }
 
@@ -803,6 +811,9 @@ export const NodeInfo: MessageFns<NodeInfo> = {
     }
     if (message.drainReason !== "") {
       writer.uint32(130).string(message.drainReason);
+    }
+    if (message.boundToken !== "") {
+      writer.uint32(138).string(message.boundToken);
     }
     return writer;
   },
@@ -951,6 +962,14 @@ export const NodeInfo: MessageFns<NodeInfo> = {
             message.drainReason = reader.string();
             continue;
           }
+          case 17: {
+            if (tag !== 138) {
+              break;
+            }
+
+            message.boundToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1036,6 +1055,11 @@ export const NodeInfo: MessageFns<NodeInfo> = {
         : isSet(object.drain_reason)
         ? globalThis.String(object.drain_reason)
         : "",
+      boundToken: isSet(object.boundToken)
+        ? globalThis.String(object.boundToken)
+        : isSet(object.bound_token)
+        ? globalThis.String(object.bound_token)
+        : "",
     };
   },
 
@@ -1095,6 +1119,9 @@ export const NodeInfo: MessageFns<NodeInfo> = {
     if (message.drainReason !== "") {
       obj.drainReason = message.drainReason;
     }
+    if (message.boundToken !== "") {
+      obj.boundToken = message.boundToken;
+    }
     return obj;
   },
 
@@ -1127,6 +1154,7 @@ export const NodeInfo: MessageFns<NodeInfo> = {
     message.coordinatorRttMs = object.coordinatorRttMs ?? 0;
     message.transitions = object.transitions?.map((e) => NodeTransition.fromPartial(e)) || [];
     message.drainReason = object.drainReason ?? "";
+    message.boundToken = object.boundToken ?? "";
     return message;
   },
 };
