@@ -341,7 +341,7 @@ describe('replay end to end (real coordinator, real agent processes)', () => {
 
   it('an outage on one agent link gets its shards reassigned and the replay completes', async () => {
     const gpuNode = tc.agents[1]?.nodeId as string;
-    const report = await run({ faults: { seed: '1', outages: [{ nodeId: gpuNode, startAfterMs: 0, durationMs: 5000 }], linkOutageProbability: 0, corruptInputProbability: 0, stepFailureProbability: 0, addedLatencyMs: 0 } }, window);
+    const report = await run({ faults: { seed: '1', outages: [{ nodeId: gpuNode, startAfterMs: 0, durationMs: 120_000 }], linkOutageProbability: 0, corruptInputProbability: 0, stepFailureProbability: 0, addedLatencyMs: 0 } }, window);
     expect(report.state).toBe(ReplayState.REPLAY_STATE_SUCCEEDED);
     expect(report.summary?.matched).toBe(RECORDS * 2);
     expect(Object.keys(report.summary?.placements ?? {})).toEqual([tc.agents[0]?.nodeId]);
