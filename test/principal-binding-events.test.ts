@@ -1,9 +1,13 @@
 import { createChannel, createClient, Metadata, Status, type Channel, type Client, type CompatServiceDefinition } from 'nice-grpc';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LineageServiceDefinition, NodeKind } from '../common/gen/retrace/v1/lineage.js';
 import { TriggerKind, type LineageEvent, type Step } from '../common/gen/retrace/v1/provenance.js';
 import { addToken } from '../coordinator/token-file.js';
 import { objectEvent, ref, stepEvent } from './helpers/lineage-events.js';
+import { runCli } from './helpers/in-process-cli.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 
 /**
@@ -148,5 +152,24 @@ describe('principal of OpenLineage runs', () => {
     const runId = '00000000-0000-4000-8000-0000000000a3';
     expect(await post(tc.token, '/api/v1/lineage', runEvent(runId))).toBe(201);
     expect((await storedStep(`openlineage:${runId}`))?.why).toMatchObject({ principal: 'team:data' });
+  });
+
+  it('retrace submit of an OpenLineage file records what the HTTP API records: the client token\'s name, else the ownership facet\'s owner', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'retrace-submit-principal-'));
+    try {
+      const asClient = '00000000-0000-4000-8000-0000000000b1';
+      const asOwner = '00000000-0000-4000-8000-0000000000b2';
+      const conn = ['--coordinator', tc.grpcAddress];
+      writeFileSync(join(dir, 'client.json'), JSON.stringify([runEvent(asClient)]));
+      writeFileSync(join(dir, 'owner.json'), JSON.stringify(runEvent(asOwner)));
+      const byClient = await runCli(['submit', join(dir, 'client.json'), ...conn, '--token', client]);
+      expect(byClient.err).toBe('');
+      expect(byClient.code).toBe(0);
+      expect((await storedStep(`openlineage:${asClient}`))?.why).toMatchObject({ principal: 'ci-bot' });
+      expect((await runCli(['submit', join(dir, 'owner.json'), ...conn, '--token', tc.token])).code).toBe(0);
+      expect((await storedStep(`openlineage:${asOwner}`))?.why).toMatchObject({ principal: 'team:data' });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

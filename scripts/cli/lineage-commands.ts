@@ -1,7 +1,8 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { dagToDot, dagToSvg, type DagDrawing, type DagNode } from '../../common/dag-drawing.js';
-import { Direction, LineageServiceDefinition, NodeKind, type NodeRef, type TraceResponse } from '../../common/gen/retrace/v1/lineage.js';
+import { Direction, LineageServiceDefinition, NodeKind, type NodeRef, type SubmitEventsResponse, type TraceResponse } from '../../common/gen/retrace/v1/lineage.js';
 import { LineageEvent } from '../../common/gen/retrace/v1/provenance.js';
+import { isRetraceError } from '../../common/errors.js';
 import { nodeKey, parseNodeKey } from '../../common/lineage-keys.js';
 import { verifyInclusion } from '../../common/merkle.js';
 import { checkProtoJson } from '../../common/proto-json-check.js';
@@ -261,27 +262,43 @@ const submit: CliCommand = {
     } catch (err) {
       throw new UsageError(`${file} is not JSON: ${(err as Error).message}`);
     }
-    const events = toNativeEvents(json);
-    if (events.length === 0) throw new UsageError(`${file === '-' ? 'stdin' : file} holds no events`);
-    const r = await withLineage(args, io, (c) =>
-      c.submitEvents(
-        (async function* () {
-          yield { events };
-        })(),
-        { signal: io.signal },
-      ),
-    );
+    const input = toNativeEvents(json);
+    if (input.events.length === 0) throw new UsageError(`${file === '-' ? 'stdin' : file} holds no events`);
+    const submit = (events: LineageEvent[]): Promise<SubmitEventsResponse> =>
+      withLineage(args, io, (c) =>
+        c.submitEvents(
+          (async function* () {
+            yield { events };
+          })(),
+          { signal: io.signal },
+        ),
+      );
+    let r: SubmitEventsResponse;
+    try {
+      r = await submit(input.events);
+    } catch (err) {
+      // A client token records its runs as its own name, as the HTTP API does for it: the
+      // ownership owner (or producer) converted here is refused then, with nothing stored, and the
+      // runs go again without a principal, which the coordinator fills in with the token's name.
+      const refusedPrincipal = isRetraceError(err) && err.code === 'PERMISSION_DENIED' && /^\S*\.step\.why\.principal: /.test(err.message);
+      if (!refusedPrincipal || !input.withoutPrincipal) throw err;
+      r = await submit(input.withoutPrincipal());
+    }
     if (hasFlag(args, 'json')) io.stdout.write(toJson(responseJson(LineageServiceDefinition, 'submitEvents', r)));
     else io.stdout.write(`stored ${r.accepted} event(s), ${r.duplicates} already present; ledger size ${r.treeSize}\n`);
     return 0;
   },
 };
 
-/** OpenLineage (one or an array) or native events, as native events. */
-export function toNativeEvents(json: unknown): LineageEvent[] {
+/**
+ * OpenLineage (one or an array) or native events, as native events. For OpenLineage also
+ * `withoutPrincipal`: the same events with their runs' principal left empty (for a token bound to
+ * its name, which the coordinator records instead).
+ */
+export function toNativeEvents(json: unknown): { events: LineageEvent[]; withoutPrincipal?: () => LineageEvent[] } {
   const looksOpenLineage = (v: unknown): boolean => typeof v === 'object' && v !== null && ('eventType' in v || ('schemaURL' in v && 'producer' in v && !('body' in v)));
-  if (Array.isArray(json) && json.length > 0 && looksOpenLineage(json[0])) return validateOpenLineageBatch(json).flatMap((e) => toLineageEvents(e));
-  if (looksOpenLineage(json)) return toLineageEvents(validateOpenLineageEvent(json));
+  const openLineage = Array.isArray(json) && json.length > 0 && looksOpenLineage(json[0]) ? validateOpenLineageBatch(json) : looksOpenLineage(json) ? [validateOpenLineageEvent(json)] : undefined;
+  if (openLineage) return { events: openLineage.flatMap((e) => toLineageEvents(e)), withoutPrincipal: () => openLineage.flatMap((e) => toLineageEvents(e, { principal: '' })) };
   const list = Array.isArray(json) ? json : typeof json === 'object' && json !== null && Array.isArray((json as { events?: unknown }).events) ? (json as { events: unknown[] }).events : undefined;
   if (!list) throw new UsageError('expected an OpenLineage event, an array of them, {"events":[...]} or an array of native events');
   const desc = messageSchema('retrace.v1.LineageEvent');
@@ -289,7 +306,7 @@ export function toNativeEvents(json: unknown): LineageEvent[] {
   // fromJSON coerces any value to its field's type ("eventId": 12 would be stored as "12"): the
   // file is checked against the message's descriptor first, so nothing is sent unless all of it is right.
   list.forEach((e, i) => checkProtoJson(desc, e, `${prefix}[${i}]`));
-  return list.map((e) => LineageEvent.fromJSON(e));
+  return { events: list.map((e) => LineageEvent.fromJSON(e)) };
 }
 
 async function readAll(stream: NodeJS.ReadableStream): Promise<string> {
