@@ -198,7 +198,10 @@ const demo: CliCommand = {
       try {
         await new Promise((r) => setTimeout(r, 2000));
         await step('Live inventory', ['nodes', ...conn]);
-        await step('Declared values are reported as declared, never as measured', ['nodes', 'show', agents[1]?.nodeId ?? '', ...conn]);
+        const shown = await step('Declared values are reported as declared, never as measured', ['nodes', 'show', agents[1]?.nodeId ?? '', ...conn]);
+        const boundToken = (JSON.parse(shown) as { boundToken?: string }).boundToken;
+        io.stdout.write(`  "boundToken": ${JSON.stringify(boundToken)}: the agent token its node id is bound to (no other agent token may register it)\n`);
+        if (boundToken !== 'demo-agents') failures.push(`nodes show: boundToken ${JSON.stringify(boundToken)}, expected "demo-agents"`);
         await step('Resource history kept per node and metric', ['nodes', 'history', agents[0]?.nodeId ?? '', '--metric', 'cpu', '--since', '1m', ...conn]);
         await step('Capacity forecast (short history: the backtest falls back to a baseline)', ['forecast', agents[0]?.nodeId ?? '', '--metric', 'cpu', '--horizon', '30s', ...conn]);
         say('Publish two transforms, apply the "orders" pipeline and ingest 20 orders: the agents run it and the coordinator records provenance');
@@ -237,6 +240,7 @@ const demo: CliCommand = {
         const analyst = ['--coordinator', addresses.grpc, '--token', await makeToken('demo-analyst', 'client', 'A client token: it reads and submits lineage, replays and recomputes as "demo-analyst"; it may not publish code, drain nodes or sweep payloads, and cancels or resumes only its own jobs')];
         await step('The client token reads lineage', ['lineage', 'runs', '--limit', '3', ...analyst]);
         await step('Draining a node is an operator\'s action: refused to a client token (exit 1 expected)', ['nodes', 'drain', agents[1]?.nodeId ?? '', ...analyst], 1);
+        await step('A client token cancels only what it started: the owner\'s replay is refused (exit 1 expected)', ['replay', 'cancel', pacedId, ...analyst], 1);
         await step('Named tokens (only their SHA-256 is stored; `retrace token revoke NAME` takes effect within a second)', ['token', 'list', '--data', dataDir]);
         await step('Drain a node (the owner token)', ['nodes', 'drain', agents[1]?.nodeId ?? '', ...conn]);
       } finally {
