@@ -136,7 +136,7 @@ export class ConnectSession {
       // await in between, so two Connects for one node id cannot both pass.
       const boundTo = this.host.registry.get(reg.nodeId)?.record.boundToken;
       if (this.boundTo !== undefined && boundTo !== undefined && boundTo !== this.boundTo && this.host.hasTokenNamed(boundTo)) {
-        throw new RetraceError('PERMISSION_DENIED', `node ${JSON.stringify(reg.nodeId)} is bound to token ${JSON.stringify(boundTo)}; token ${JSON.stringify(this.boundTo)} may not register it: choose another node id, or revoke token ${JSON.stringify(boundTo)} first (retrace token revoke ${boundTo})`, { field: 'register.node_id' });
+        throw new RetraceError('PERMISSION_DENIED', `node ${JSON.stringify(reg.nodeId)} is bound to token ${JSON.stringify(boundTo)}; token ${JSON.stringify(this.boundTo)} may not register it: choose another node id (an agent keeps its id in its --data dir: a new dir makes a new one), or revoke token ${JSON.stringify(boundTo)} first (retrace token revoke ${boundTo})`, { field: 'register.node_id' });
       }
       const previous = this.host.sessions.get(reg.nodeId);
       // The newest connection wins: an agent that restarted before its old TCP connection timed
@@ -144,7 +144,7 @@ export class ConnectSession {
       // an admin one): another agent token must not take over a live node and the shards, inputs
       // and pinned replays sent to it.
       if (previous && this.boundTo !== undefined && previous.boundTo !== this.boundTo) {
-        throw new RetraceError('PERMISSION_DENIED', `node ${JSON.stringify(reg.nodeId)} is connected with another token; token ${JSON.stringify(this.boundTo)} may not take it over: choose another node id, or stop that agent first`, { field: 'register.node_id' });
+        throw new RetraceError('PERMISSION_DENIED', `node ${JSON.stringify(reg.nodeId)} is connected with another token; token ${JSON.stringify(this.boundTo)} may not take it over: choose another node id (an agent keeps its id in its --data dir: a new dir makes a new one), or stop that agent first`, { field: 'register.node_id' });
       }
       if (previous) previous.end('superseded by a new connection');
       this.host.sessions.set(reg.nodeId, this);
