@@ -83,6 +83,23 @@ describe('POST /api/v1/lineage', () => {
     expect((await post('/api/v1/lineage', [])).json.field).toBe('$');
   });
 
+  it('answers 415 naming content-type for a body that says it is not JSON, and stores nothing', async () => {
+    const e = runEvent('ctype.job', uuid(), 'COMPLETE', ['ctype.in'], ['ctype.out']);
+    const before = tc.coordinator.lineage.treeSize;
+    for (const [path, body] of [['/api/v1/lineage', e], ['/api/v1/lineage/batch', [e]]] as const) {
+      for (const contentType of ['text/plain', 'application/x-www-form-urlencoded', 'application/xml']) {
+        const res = await fetch(`${tc.httpUrl}${path}`, { method: 'POST', headers: { 'content-type': contentType, ...tc.httpAuth }, body: JSON.stringify(body) });
+        expect([path, contentType, res.status, await res.json()]).toEqual([path, contentType, 415, { error: 'INVALID_ARGUMENT', field: 'content-type', message: expect.stringContaining(contentType) }]);
+      }
+    }
+    expect(tc.coordinator.lineage.treeSize).toBe(before);
+    // JSON with parameters, a +json type, or no Content-Type at all is read as JSON.
+    for (const contentType of ['application/json; charset=utf-8', 'Application/JSON', 'application/vnd.openlineage+json', undefined]) {
+      const res = await fetch(`${tc.httpUrl}/api/v1/lineage`, { method: 'POST', headers: { ...(contentType === undefined ? {} : { 'content-type': contentType }), ...tc.httpAuth }, body: new TextEncoder().encode(JSON.stringify(e)) });
+      expect([contentType, res.status]).toEqual([contentType, 201]);
+    }
+  });
+
   it('accepts DatasetEvents and JobEvents', async () => {
     const base = { eventTime: '2024-01-01T00:00:00Z', producer: PRODUCER, schemaURL: 'https://openlineage.io/spec/2-0-2/OpenLineage.json' };
     expect((await post('/api/v1/lineage', { ...base, dataset: { namespace: NS, name: 'static.table' } })).status).toBe(201);
