@@ -516,6 +516,25 @@ describe("Marquez's run states, runs, facets and versions", () => {
     expect((await get('/api/v1/namespaces/warehouse/datasets/lonely.out')).json).toMatchObject({ updatedAt: '2024-11-01T10:05:00.000Z' });
   });
 
+  it("dates a job by its latest run's end and a dataset as Marquez does, with its tags and description", async () => {
+    // The Marquez demo seed's shape: START with the output, COMPLETE minutes later with nothing.
+    const [first, second] = [uuid(), uuid()];
+    const start = runEvent('upd.job', first, 'START', [], ['upd.out'], at(0)) as any;
+    start.outputs[0].facets.documentation = facet({ description: 'A table for orders.' });
+    const batch = [start, runEvent('upd.job', first, 'COMPLETE', [], [], at(6))];
+    expect((await post('/api/v1/lineage/batch', batch)).status).toBe(201);
+    expect((await get('/api/v1/namespaces/warehouse/jobs/upd.job')).json).toMatchObject({ createdAt: '2024-11-01T10:00:00.000Z', updatedAt: '2024-11-01T10:06:00.000Z', latestRun: { id: first, endedAt: '2024-11-01T10:06:00Z' }, tags: [], currentVersion: null });
+    const later = [runEvent('upd.job', second, 'START', [], ['upd.out'], at(30)), runEvent('upd.job', second, 'FAIL', [], [], at(33))];
+    expect((await post('/api/v1/lineage/batch', later)).status).toBe(201);
+    expect((await get('/api/v1/namespaces/warehouse/jobs/upd.job')).json).toMatchObject({ updatedAt: '2024-11-01T10:33:00.000Z', latestRun: { id: second, state: 'FAILED' } });
+    // createdAt: when the dataset first appeared; lastModifiedAt: its latest version.
+    const ds = (await get('/api/v1/namespaces/warehouse/datasets/upd.out')).json;
+    expect(ds).toMatchObject({ createdAt: '2024-11-01T10:00:00.000Z', lastModifiedAt: '2024-11-01T10:30:00Z', updatedAt: '2024-11-01T10:30:00.000Z', tags: [], versions: 2 });
+    expect((await get('/api/v1/namespaces/warehouse/datasets/upd.out/versions')).json.versions[1]).toMatchObject({ createdAt: '2024-11-01T10:00:00Z', description: 'A table for orders.' });
+    const graph = (await lineage('dataset:warehouse:upd.out')).json.graph as GraphNode[];
+    expect(node(graph, 'job:warehouse:upd.job').data).toMatchObject({ tags: [] });
+  });
+
   it('gives native objects and transforms Marquez ids in the retrace namespace that the API accepts back', async () => {
     const ex = buildExampleLineage({ orders: 3 });
     await tc.coordinator.lineage.submit(ex.events);
