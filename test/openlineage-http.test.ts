@@ -302,6 +302,15 @@ describe("Marquez's read API", () => {
     expect((await fetch(`${tc.httpUrl}/api/v1/namespaces/${ns}`, { method: 'POST', headers: tc.httpAuth })).status).toBe(405);
     expect((await get('/api/v1/namespaces/a/b/c/d')).status).toBe(404);
   });
+
+  it('pages namespaces with limit and offset, as Marquez does, and answers 400 naming a bad one', async () => {
+    const all = (await get('/api/v1/namespaces')).json.namespaces.map((n: { name: string }) => n.name) as string[];
+    expect(all.length).toBeGreaterThan(2);
+    expect((await get('/api/v1/namespaces?limit=2')).json.namespaces.map((n: { name: string }) => n.name)).toEqual(all.slice(0, 2));
+    expect((await get('/api/v1/namespaces?limit=1&offset=1')).json.namespaces.map((n: { name: string }) => n.name)).toEqual(all.slice(1, 2));
+    expect((await get('/api/v1/namespaces?limit=-1')).json).toMatchObject({ error: 'INVALID_ARGUMENT', field: 'limit' });
+    expect((await get('/api/v1/namespaces?offset=x')).json).toMatchObject({ error: 'INVALID_ARGUMENT', field: 'offset' });
+  });
 });
 
 describe('deeply nested facets', () => {

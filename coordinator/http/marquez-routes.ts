@@ -143,7 +143,11 @@ export function createMarquezRoutes(lineage: LineageApi): Route[] {
     {
       method: 'GET',
       path: '/api/v1/namespaces',
-      handler: async () => ({ status: 200, body: { namespaces: namespaces(await entries()) } }),
+      handler: async (req) => {
+        // Marquez pages namespaces too (limit, offset); a client paging through them must not get them all each time.
+        const page = paged(namespaces(await entries()), req);
+        return { status: 200, body: { namespaces: page } };
+      },
     },
     {
       method: 'GET',
