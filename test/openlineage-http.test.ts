@@ -83,6 +83,23 @@ describe('POST /api/v1/lineage', () => {
     expect((await post('/api/v1/lineage', [])).json.field).toBe('$');
   });
 
+  it('answers 415 naming content-type for a body that says it is not JSON, and stores nothing', async () => {
+    const e = runEvent('ctype.job', uuid(), 'COMPLETE', ['ctype.in'], ['ctype.out']);
+    const before = tc.coordinator.lineage.treeSize;
+    for (const [path, body] of [['/api/v1/lineage', e], ['/api/v1/lineage/batch', [e]]] as const) {
+      for (const contentType of ['text/plain', 'application/x-www-form-urlencoded', 'application/xml']) {
+        const res = await fetch(`${tc.httpUrl}${path}`, { method: 'POST', headers: { 'content-type': contentType, ...tc.httpAuth }, body: JSON.stringify(body) });
+        expect([path, contentType, res.status, await res.json()]).toEqual([path, contentType, 415, { error: 'INVALID_ARGUMENT', field: 'content-type', message: expect.stringContaining(contentType) }]);
+      }
+    }
+    expect(tc.coordinator.lineage.treeSize).toBe(before);
+    // JSON with parameters, a +json type, or no Content-Type at all is read as JSON.
+    for (const contentType of ['application/json; charset=utf-8', 'Application/JSON', 'application/vnd.openlineage+json', undefined]) {
+      const res = await fetch(`${tc.httpUrl}/api/v1/lineage`, { method: 'POST', headers: { ...(contentType === undefined ? {} : { 'content-type': contentType }), ...tc.httpAuth }, body: new TextEncoder().encode(JSON.stringify(e)) });
+      expect([contentType, res.status]).toEqual([contentType, 201]);
+    }
+  });
+
   it('accepts DatasetEvents and JobEvents', async () => {
     const base = { eventTime: '2024-01-01T00:00:00Z', producer: PRODUCER, schemaURL: 'https://openlineage.io/spec/2-0-2/OpenLineage.json' };
     expect((await post('/api/v1/lineage', { ...base, dataset: { namespace: NS, name: 'static.table' } })).status).toBe(201);
@@ -284,6 +301,15 @@ describe("Marquez's read API", () => {
     expect((await get('/api/v1/namespaces/%ZZ')).json).toMatchObject({ error: 'INVALID_ARGUMENT', field: 'namespace' });
     expect((await fetch(`${tc.httpUrl}/api/v1/namespaces/${ns}`, { method: 'POST', headers: tc.httpAuth })).status).toBe(405);
     expect((await get('/api/v1/namespaces/a/b/c/d')).status).toBe(404);
+  });
+
+  it('pages namespaces with limit and offset, as Marquez does, and answers 400 naming a bad one', async () => {
+    const all = (await get('/api/v1/namespaces')).json.namespaces.map((n: { name: string }) => n.name) as string[];
+    expect(all.length).toBeGreaterThan(2);
+    expect((await get('/api/v1/namespaces?limit=2')).json.namespaces.map((n: { name: string }) => n.name)).toEqual(all.slice(0, 2));
+    expect((await get('/api/v1/namespaces?limit=1&offset=1')).json.namespaces.map((n: { name: string }) => n.name)).toEqual(all.slice(1, 2));
+    expect((await get('/api/v1/namespaces?limit=-1')).json).toMatchObject({ error: 'INVALID_ARGUMENT', field: 'limit' });
+    expect((await get('/api/v1/namespaces?offset=x')).json).toMatchObject({ error: 'INVALID_ARGUMENT', field: 'offset' });
   });
 });
 
@@ -497,6 +523,25 @@ describe("Marquez's run states, runs, facets and versions", () => {
     expect(graph.status).toBe(200);
     expect(graph.json.graph).toMatchObject([{ id: 'job:warehouse:lonely.dag', type: 'JOB', inEdges: [], outEdges: [], data: { latestRun: { id: parent } } }]);
     expect((await get('/api/v1/namespaces/warehouse/datasets/lonely.out')).json).toMatchObject({ updatedAt: '2024-11-01T10:05:00.000Z' });
+  });
+
+  it("dates a job by its latest run's end and a dataset as Marquez does, with its tags and description", async () => {
+    // The Marquez demo seed's shape: START with the output, COMPLETE minutes later with nothing.
+    const [first, second] = [uuid(), uuid()];
+    const start = runEvent('upd.job', first, 'START', [], ['upd.out'], at(0)) as any;
+    start.outputs[0].facets.documentation = facet({ description: 'A table for orders.' });
+    const batch = [start, runEvent('upd.job', first, 'COMPLETE', [], [], at(6))];
+    expect((await post('/api/v1/lineage/batch', batch)).status).toBe(201);
+    expect((await get('/api/v1/namespaces/warehouse/jobs/upd.job')).json).toMatchObject({ createdAt: '2024-11-01T10:00:00.000Z', updatedAt: '2024-11-01T10:06:00.000Z', latestRun: { id: first, endedAt: '2024-11-01T10:06:00Z' }, tags: [], currentVersion: null });
+    const later = [runEvent('upd.job', second, 'START', [], ['upd.out'], at(30)), runEvent('upd.job', second, 'FAIL', [], [], at(33))];
+    expect((await post('/api/v1/lineage/batch', later)).status).toBe(201);
+    expect((await get('/api/v1/namespaces/warehouse/jobs/upd.job')).json).toMatchObject({ updatedAt: '2024-11-01T10:33:00.000Z', latestRun: { id: second, state: 'FAILED' } });
+    // createdAt: when the dataset first appeared; lastModifiedAt: its latest version.
+    const ds = (await get('/api/v1/namespaces/warehouse/datasets/upd.out')).json;
+    expect(ds).toMatchObject({ createdAt: '2024-11-01T10:00:00.000Z', lastModifiedAt: '2024-11-01T10:30:00Z', updatedAt: '2024-11-01T10:30:00.000Z', tags: [], versions: 2 });
+    expect((await get('/api/v1/namespaces/warehouse/datasets/upd.out/versions')).json.versions[1]).toMatchObject({ createdAt: '2024-11-01T10:00:00Z', description: 'A table for orders.' });
+    const graph = (await lineage('dataset:warehouse:upd.out')).json.graph as GraphNode[];
+    expect(node(graph, 'job:warehouse:upd.job').data).toMatchObject({ tags: [] });
   });
 
   it('gives native objects and transforms Marquez ids in the retrace namespace that the API accepts back', async () => {

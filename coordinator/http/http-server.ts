@@ -15,6 +15,27 @@ export const MAX_HTTP_BODY_BYTES = 16 * 1024 * 1024;
  */
 class BodyTooLargeError extends Error {}
 
+/**
+ * A request body that says it is not JSON (`Content-Type: text/plain`, a form, XML): 415 with
+ * `{error: "INVALID_ARGUMENT", field: "content-type"}`, as Marquez refuses it, before a byte of
+ * it is read. A body without a Content-Type is read as JSON.
+ */
+class UnsupportedMediaTypeError extends Error {}
+
+/** Whether a Content-Type names JSON: `application/json` or a `+json` type, any parameters. */
+function isJsonMediaType(contentType: string): boolean {
+  const type = (contentType.split(';')[0] ?? '').trim().toLowerCase();
+  return type === 'application/json' || /^application\/[a-z0-9.!#$&^_-]+\+json$/.test(type);
+}
+
+/** A request with a body whose Content-Type is not JSON. */
+function checkContentType(req: IncomingMessage): void {
+  const contentType = req.headers['content-type'];
+  const hasBody = req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0');
+  if (!hasBody || contentType === undefined || isJsonMediaType(contentType)) return;
+  throw new UnsupportedMediaTypeError(`content-type: the body must be JSON (application/json), got ${JSON.stringify(contentType.slice(0, 100))}`);
+}
+
 function bodyTooLarge(what: string): BodyTooLargeError {
   return new BodyTooLargeError(`body: ${what}; the limit is ${MAX_HTTP_BODY_BYTES} bytes (16 MiB): send fewer events per request`);
 }
@@ -56,6 +77,7 @@ export function createHttpServer(
       }
       if (!found) throw new NotFoundError(`route ${url.pathname}`);
       const { route, params } = found;
+      checkContentType(req);
       const request: HttpRequest = {
         method: req.method ?? 'GET',
         path: url.pathname,
@@ -69,6 +91,10 @@ export function createHttpServer(
       const response = await route.handler(request);
       send(res, response.status, response.body);
     } catch (caught) {
+      if (caught instanceof UnsupportedMediaTypeError) {
+        send(res, 415, { error: 'INVALID_ARGUMENT', message: caught.message, field: 'content-type' });
+        return;
+      }
       if (caught instanceof BodyTooLargeError) {
         send(res, 413, { error: 'RESOURCE_EXHAUSTED', message: caught.message, field: 'body' });
         return;

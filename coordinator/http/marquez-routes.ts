@@ -121,7 +121,9 @@ export function createMarquezRoutes(lineage: LineageApi): Route[] {
       const parent = await getOptional(lineage, NodeKind.NODE_KIND_RUN, parentRunId, 'run');
       if (parent?.name) parentJobName = (parseJobTransformName(parent.name) ?? { name: parent.name }).name;
     }
-    const ended = latest?.endedAtNs && latest.endedAtNs !== '0' ? Number(BigInt(latest.endedAtNs) / 1_000_000n) : 0;
+    // The job changed when its latest run last did: a COMPLETE after the START moves it on,
+    // whether or not that run has a step (the step keeps the time its outputs were written).
+    const ended = latest?.endedAtNs && latest.endedAtNs !== '0' ? Number(BigInt(latest.endedAtNs) / 1_000_000n) : isoMs(latestRun['endedAt']);
     return {
       ...data,
       createdAt: new Date(e.firstSeenMs).toISOString(),
@@ -131,6 +133,8 @@ export function createMarquezRoutes(lineage: LineageApi): Route[] {
   };
   const datasetData = async (e: Entry): Promise<Record<string, unknown>> => ({
     ...(await datasetDataOf(lineage, e.storeId ?? e.nodeId)),
+    // Marquez's createdAt is when the dataset first appeared; its latest version's time is lastModifiedAt.
+    createdAt: new Date(e.firstSeenMs).toISOString(),
     firstSeenAt: new Date(e.firstSeenMs).toISOString(),
     updatedAt: new Date(e.lastChangedMs).toISOString(),
   });
@@ -139,7 +143,11 @@ export function createMarquezRoutes(lineage: LineageApi): Route[] {
     {
       method: 'GET',
       path: '/api/v1/namespaces',
-      handler: async () => ({ status: 200, body: { namespaces: namespaces(await entries()) } }),
+      handler: async (req) => {
+        // Marquez pages namespaces too (limit, offset); a client paging through them must not get them all each time.
+        const page = paged(namespaces(await entries()), req);
+        return { status: 200, body: { namespaces: page } };
+      },
     },
     {
       method: 'GET',
@@ -322,7 +330,7 @@ async function datasetVersionData(lineage: LineageApi, objectId: string, v: Obje
     fields: data['fields'],
     tags: [],
     lastModifiedAt: createdAt,
-    description: null,
+    description: data['description'] ?? null,
     lifecycleState: typeof lifecycle === 'string' ? lifecycle : null,
     createdByRun: origin.run,
     facets,
@@ -368,6 +376,12 @@ async function search(entries: (type?: Entry['type']) => Promise<Entry[]>, req: 
     totalCount: hits.length,
     results: hits.slice(0, limit).map((e) => ({ type: e.type, name: e.name, updatedAt: new Date(e.lastChangedMs).toISOString(), namespace: e.namespace, nodeId: e.nodeId })),
   };
+}
+
+/** Milliseconds of an ISO time served (`endedAt`), 0 when there is none. */
+function isoMs(value: unknown): number {
+  const ms = typeof value === 'string' ? Date.parse(value) : Number.NaN;
+  return Number.isFinite(ms) ? ms : 0;
 }
 
 /** One item after another: a page holds only one item's lineage reads in memory at a time. */

@@ -284,6 +284,8 @@ export async function datasetDataOf(lineage: LineageApi, id: string, version?: O
   const namespace = attributes['openlineage.namespace'] ?? parsed?.namespace ?? NATIVE_NAMESPACE;
   const name = attributes['openlineage.name'] ?? parsed?.name ?? id;
   const facets = (latest?.facets ?? {}) as Record<string, unknown>;
+  const createdAt = latest && latest.createdAtNs !== '0' ? nanosToIso(latest.createdAtNs) : null;
+  const documentation = facetMap(facets['documentation']);
   return {
     id: { namespace, name },
     type: 'DB_TABLE',
@@ -292,10 +294,14 @@ export async function datasetDataOf(lineage: LineageApi, id: string, version?: O
     namespace,
     sourceName: namespace,
     fields: schemaFields(facets['schema']),
+    // Marquez always sends these; its web UI maps over tags.
+    tags: [],
+    description: typeof documentation['description'] === 'string' ? documentation['description'] : null,
     facets,
     currentVersion: latest?.contentHash ?? null,
     versions,
-    createdAt: latest && latest.createdAtNs !== '0' ? nanosToIso(latest.createdAtNs) : null,
+    createdAt,
+    lastModifiedAt: createdAt,
   };
 }
 
@@ -359,6 +365,9 @@ export function jobDataFrom(
     outputs: outEdges.map((e) => split(e, 'destination')),
     description: typeof documentation['description'] === 'string' ? documentation['description'] : null,
     location: typeof location['url'] === 'string' ? location['url'] : null,
+    // Marquez always sends these; its web UI maps over tags. Jobs have no Marquez job version here.
+    tags: [],
+    currentVersion: null,
     facets: jobFacets,
     latestRun: run === undefined ? null : runData(run, step),
   };
