@@ -105,6 +105,11 @@ export class Recomputer {
     return { input, unchanged: oldHash === hash };
   }
 
+  /** Stores the bytes of content that is its object's version already (see notify); none: nothing. */
+  private async storeReportedBytes(payload: Buffer): Promise<void> {
+    if (payload.length > 0) await this.deps.pipelines()?.payloads.put(payload);
+  }
+
   /** The recorded change that made `hash` this object's version, the newest if several did. */
   private changeTo(objectId: string, pipeline: string, hash: string): Promise<Change | undefined> {
     return this.deps.changes.latestTo(pipeline, objectId, hash);
@@ -120,6 +125,10 @@ export class Recomputer {
     const { objectId, newHash: hash, oldHash, noticedBy } = input;
     const submitAuto = options.submitAuto !== false;
     if (unchanged) {
+      // The bytes of a version reported by hash only (a recompute of it fails "content is not
+      // stored" until they come): stored now, so the report sent again with them lets the job
+      // resume. The hash was checked against them, so nothing else changes.
+      await this.storeReportedBytes(request.payload);
       // A repeated report is also how a report a coordinator stop cut short gets finished: its
       // version was written but not its change, or its change but not the auto job.
       const change = (await this.changeTo(objectId, input.pipeline, hash)) ?? (await this.recordCutShort(input));
@@ -627,6 +636,7 @@ export class Recomputer {
     for (const c of objectRecorded) if (!changes.some((x) => x.changeId === c.changeId)) changes.push(c);
     for (const r of objectRoots) changes.push((await (dryRun ? this.deps.changes.preview(r) : this.deps.changes.record(r))).change);
     for (const c of contents) {
+      if (c.recorded && !dryRun) await this.storeReportedBytes(c.request.payload);
       const change = dryRun || c.recorded ? c.change : (await this.notify(c.request, principal, { submitAuto: false, field: c.field })).change;
       if (change) changes.push(change);
     }
