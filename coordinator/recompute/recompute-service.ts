@@ -689,8 +689,9 @@ export class Recomputer {
     if (policy?.concurrency) planOptions.concurrency = policy.concurrency;
     const spec = planRecompute(graph, planOptions);
     const tasks = spec.tasks.map((t) => ({ taskId: t.id, label: t.label, originalStepId: (t.payload as { originalStepId: string }).originalStepId, dependsOn: t.dependsOn }));
-    if (dryRun) return { jobId: '', tasks, changeIds };
+    // A dry run answers what the real run would: with nothing downstream, the same refusal.
     if (spec.tasks.length === 0) throw new FailedPreconditionError(`no recorded step used the changed versions (${graph.roots.join(', ')}): nothing to recompute`, 'change_ids');
+    if (dryRun) return { jobId: '', tasks, changeIds };
     const jobs = this.deps.jobs();
     if (!jobs) throw new FailedPreconditionError('recompute needs the job manager (start the coordinator with the jobs extension)');
     const { jobId } = await jobs.submit(spec);

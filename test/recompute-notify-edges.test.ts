@@ -12,9 +12,10 @@ import { startTestCoordinator, type TestCoordinator } from './helpers/test-coord
 /**
  * A change reported by hash only has no bytes, and a recompute of it fails "content is not
  * stored: send its bytes". Sending them (the same content, now with its payload) answers
- * `unchanged`, and must still store them, or the job can never be resumed.
+ * `unchanged`, and must still store them, or the job can never be resumed. And a dry run
+ * answers what the real run would, for a change with nothing downstream too.
  */
-describe('the bytes of a version first reported by hash only', () => {
+describe('notified changes: bytes sent later, nothing downstream', () => {
   let tc: TestCoordinator;
   const shared: CoordinatorServices = {};
 
@@ -56,5 +57,15 @@ describe('the bytes of a version first reported by hash only', () => {
     const real = await recompute.recompute(request(false));
     expect(real.changeIds).toEqual([byHash.change?.changeId]);
     expect(await stored('C')).toBe('C');
+  });
+
+  it('a change with nothing downstream: the dry run refuses it as the real run does, naming why', async () => {
+    const recompute = tc.client(RecomputeServiceDefinition);
+    // dataset:clean is an output no step reads.
+    const leaf = await recompute.notifyChange({ objectId: 'dataset:clean', contentHash: h('CB'), payload: Buffer.alloc(0), mediaType: '', noticedBy: 'test' });
+    const request = (dryRun: boolean) => ({ changeIds: [leaf.change?.changeId ?? ''], objectIds: [], newContents: [], policy: { maxAttempts: 0, concurrency: 0, targetNodeIds: [], targetLabels: {}, dryRun } });
+    for (const dryRun of [true, false]) {
+      await expect(recompute.recompute(request(dryRun))).rejects.toMatchObject({ message: expect.stringMatching(/FAILED_PRECONDITION: change_ids: no recorded step used the changed versions .*nothing to recompute/) });
+    }
   });
 });
