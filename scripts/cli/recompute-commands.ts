@@ -15,6 +15,7 @@ import { dagToDot, dagToSvg, type DagDrawing, type DagNode } from '../../common/
 import { MAX_RECOMPUTE_ATTEMPTS, MAX_RECOMPUTE_CONCURRENCY } from '../../common/recompute-policy.js';
 import { nanosToIso, parseDurationMs } from '../../common/time.js';
 import { flag, flagAll, hasFlag, intFlag, timeArgNs, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
+import type { Client } from 'nice-grpc';
 import { openClient } from './client.js';
 import { jobJson } from './job-commands.js';
 import { messageJson, responseJson } from './proto-json.js';
@@ -29,6 +30,36 @@ function parsePolicy(text: string | undefined, what: string): ChangePolicy {
   if (text === 'auto') return ChangePolicy.CHANGE_POLICY_AUTO;
   if (text === 'manual') return ChangePolicy.CHANGE_POLICY_MANUAL;
   throw new UsageError(`${what} must be auto or manual, got ${JSON.stringify(text ?? '')}`);
+}
+
+/**
+ * The bytes of a FILE argument (notify FILE, --content ID=FILE). A file that cannot be read is a
+ * usage error naming the argument, read before any call so that nothing is sent.
+ */
+function readInputFile(file: string, argument: string): Buffer {
+  try {
+    return readFileSync(file);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    const why = code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'is a directory, not a file' : code === 'EACCES' ? 'permission denied' : (err as Error).message;
+    throw new UsageError(`${argument}: ${file}: ${why}`);
+  }
+}
+
+/**
+ * A line saying that a change with no job has nothing downstream, so that under `auto` it is
+ * clear why no recompute started (and under `manual` that none is needed); undefined otherwise.
+ */
+async function nothingDownstreamNote(client: Client<typeof RecomputeServiceDefinition>, c: Change, signal: AbortSignal): Promise<string | undefined> {
+  if (c.state !== ChangeState.CHANGE_STATE_REPORTED || c.jobIds.length > 0) return undefined;
+  try {
+    const r = await client.impact({ target: { $case: 'changeId', value: c.changeId }, asOfNs: '0' }, { signal });
+    const why = c.objectId ? `no recorded step has read ${c.objectId}` : `step ${what(c)} has no recorded execution`;
+    return r.stepCount === 0 ? `  nothing downstream: ${why}, so there is nothing to recompute\n` : undefined;
+  } catch {
+    // Impact could not tell (a step no longer in its pipeline): say nothing rather than guess.
+    return undefined;
+  }
 }
 
 function what(c: Change): string {
@@ -88,7 +119,10 @@ const changesShow: CliCommand = {
       const { change } = await client.getChange({ changeId }, { signal: io.signal });
       if (!change) return 1;
       if (hasFlag(args, 'json')) io.stdout.write(toJson(messageJson('retrace.v1.Change', Change, change)));
-      else printChange(change, io);
+      else {
+        printChange(change, io);
+        io.stdout.write((await nothingDownstreamNote(client, change, io.signal)) ?? '');
+      }
       return 0;
     } finally {
       close();
@@ -132,14 +166,17 @@ const notify: CliCommand = {
     if (!objectId) throw new UsageError('OBJECT_ID is required');
     const hash = flag(args, 'hash', '') as string;
     if (!file && !hash) throw new UsageError('give a FILE with the new content or --hash');
-    const payload = file ? readFileSync(file) : Buffer.alloc(0);
+    const payload = file ? readInputFile(file, 'FILE') : Buffer.alloc(0);
     const { client, close } = openClient(RecomputeServiceDefinition, args);
     try {
       const r = await client.notifyChange({ objectId, contentHash: hash, payload, mediaType: flag(args, 'media-type', '') as string, noticedBy: '' }, { signal: io.signal });
       if (hasFlag(args, 'json')) io.stdout.write(toJson(responseJson(RecomputeServiceDefinition, 'notifyChange', r)));
       else if (r.unchanged && r.change) io.stdout.write(`${objectId}: unchanged: that is its latest version, since change ${r.change.changeId} (${stateName(r.change.state)}${r.change.jobIds.length ? `; jobs ${r.change.jobIds.join(', ')}` : ''}; retrace changes show ${r.change.changeId})\n`);
       else if (r.unchanged || !r.change) io.stdout.write(`${objectId}: unchanged (that is its latest version)\n`);
-      else printChange(r.change, io);
+      else {
+        printChange(r.change, io);
+        io.stdout.write((await nothingDownstreamNote(client, r.change, io.signal)) ?? '');
+      }
       return 0;
     } finally {
       close();
@@ -329,7 +366,7 @@ const recomputeCmd: CliCommand = {
     const newContents = flagAll(args, 'content').map((c) => {
       const eq = c.lastIndexOf('=');
       if (eq <= 0) throw new UsageError(`--content OBJECT_ID=FILE, got ${JSON.stringify(c)}`);
-      return { objectId: c.slice(0, eq), payload: readFileSync(c.slice(eq + 1)), mediaType: '' };
+      return { objectId: c.slice(0, eq), payload: readInputFile(c.slice(eq + 1), `--content ${c.slice(0, eq)}`), mediaType: '' };
     });
     if (changeIds.length + objectIds.length + newContents.length === 0) throw new UsageError('name at least one CHANGE_ID, OBJECT_ID or --content');
     const policy = parseRecomputePolicy(args);
