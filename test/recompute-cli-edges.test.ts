@@ -13,7 +13,7 @@ import { objectEvent, ref, stepEvent } from './helpers/lineage-events.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 
 /** `retrace notify`, `changes show` and `recompute --content` as a user meets them. */
-describe('recompute CLI: files that are not there, changes with nothing downstream', () => {
+describe('recompute CLI: bad input, changes with nothing downstream', () => {
   let tc: TestCoordinator;
   let dir: string;
   const shared: CoordinatorServices = {};
@@ -58,5 +58,23 @@ describe('recompute CLI: files that are not there, changes with nothing downstre
     const raw = await cli('notify', 'dataset:raw', rawFile);
     expect(raw.code).toBe(0);
     expect(raw.out).not.toContain('nothing downstream');
+  });
+
+  it('bad words are refused, not half taken: jobs SUBCOMMAND, changes policy A/B/C, watch remove of an unknown id', async () => {
+    const jobs = await cli('jobs', 'shwo', 'job-x');
+    expect(jobs.code).toBe(2);
+    expect(jobs.err.split('\n')[0]).toBe('error: unknown subcommand "shwo": show, watch, cancel or resume (no word: the list)');
+    expect(jobs.out).toBe('');
+    for (const argv of [['orders/raw/extra', 'manual'], ['orders/', 'manual'], ['orders/raw'], ['orders', 'manual', 'extra']]) {
+      const policy = await cli('changes', 'policy', ...argv);
+      expect(policy.code, argv.join(' ')).toBe(2);
+      expect(policy.out).toBe('');
+    }
+    const { entries } = await tc.client(RecomputeServiceDefinition).listChangePolicies({});
+    expect(entries).toEqual([]);
+    const unwatch = await cli('watch', 'remove', 'w-nope');
+    expect(unwatch.code).toBe(1);
+    expect(unwatch.out).toBe('');
+    expect(unwatch.err).toBe('error: watch_id: no watch "w-nope" (retrace watch list shows them)\n');
   });
 });

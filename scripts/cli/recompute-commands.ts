@@ -147,7 +147,12 @@ const changesPolicy: CliCommand = {
         }
         return 0;
       }
-      const [pipeline = '', source = ''] = target.split('/');
+      // PIPELINE or PIPELINE/SOURCE: more parts (orders/raw/x) would set orders/raw and drop the rest.
+      const parts = target.split('/');
+      const [pipeline = '', source = ''] = parts;
+      if (parts.length > 2 || pipeline === '' || (parts.length === 2 && source === '')) throw new UsageError(`expected PIPELINE or PIPELINE/SOURCE, got ${JSON.stringify(target)}`);
+      if (policyText === undefined) throw new UsageError(`give the policy for ${target}: auto or manual`);
+      if (args.positionals.length > 2) throw new UsageError(`unexpected argument ${JSON.stringify(args.positionals[2])}`);
       const r = await client.setChangePolicy({ pipeline, source, policy: parsePolicy(policyText, 'the policy') }, { signal: io.signal });
       io.stdout.write(hasFlag(args, 'json') ? toJson(responseJson(RecomputeServiceDefinition, 'setChangePolicy', r)) : `${pipeline}${source ? `/${source}` : ''}: ${policyName(r.entry?.policy ?? 0)}\n`);
       return 0;
@@ -247,8 +252,13 @@ const watchRemove: CliCommand = {
     const { client, close } = openClient(RecomputeServiceDefinition, args);
     try {
       const r = await client.unwatchPath({ watchId }, { signal: io.signal });
-      io.stdout.write(r.removed ? `removed ${watchId}\n` : `${watchId}: no such watch\n`);
-      return r.removed ? 0 : 1;
+      // An unknown id is an error: on stderr, as every other command's.
+      if (!r.removed) {
+        io.stderr.write(`error: watch_id: no watch ${JSON.stringify(watchId)} (retrace watch list shows them)\n`);
+        return 1;
+      }
+      io.stdout.write(`removed ${watchId}\n`);
+      return 0;
     } finally {
       close();
     }
