@@ -237,6 +237,8 @@ describe('JobService and retrace jobs', () => {
     const final = await watchJobProgress(client(), jobId, { out: sink });
     expect(final).toMatchObject({ jobId, stateName: 'FAILED', done: true });
     expect(lines.join('')).toMatch(/\[\#+\] 100% FAILED 1\/1 tasks, 1 failed/);
+    // The bar cuts the job's message to keep to one line; what to do next comes whole after it.
+    expect(lines.join('')).toMatch(/\n  1 task\(s\) failed.*; fix the cause and resume the job\n$/);
   }, 60_000);
 
   it('a watch that loses the coordinator says the job is kept and how to watch it again (not only "Connection dropped")', async () => {

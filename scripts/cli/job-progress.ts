@@ -113,6 +113,9 @@ export async function watchJobProgress(
   const { job } = await client.getJob({ jobId });
   const final = job ?? last;
   if (!final) throw new Error(`job ${jobId}: the coordinator returned no job`);
+  // The bar keeps to one line and cuts the job's message; where it ended, the message (what to
+  // do next: "fix the cause and resume the job") is worth a line of its own, whole.
+  if (!json && line && final.message && !line.includes(final.message)) out.write(`  ${final.message}\n`);
   return { jobId, state: final.state, stateName: jobStateName(final.state), job: final, done: isJobEnded(final.state) };
 }
 
