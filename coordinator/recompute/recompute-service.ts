@@ -373,14 +373,16 @@ export class Recomputer {
    * Recomputing a published-code change moves its step to the new version first (a new pipeline
    * version, its step change recorded), so the recompute runs the code the change is about.
    */
-  private async adoptPublishedCode(change: Change): Promise<void> {
+  private async adoptPublishedCode(change: Change): Promise<Change[]> {
     const pipes = this.deps.pipelines();
     const pv = pipes ? await pipes.store.get(change.pipeline).catch(() => undefined) : undefined;
     const def = pv?.pipeline;
     const step = def?.steps.find((s) => s.name === change.step);
-    if (!pipes || !pv || !def || !step || step.codeVersion === change.newHash) return;
+    if (!pipes || !pv || !def || !step || step.codeVersion === change.newHash) return [];
     const { pipeline: current, created } = await pipes.store.apply({ ...def, steps: def.steps.map((s) => (s.name === change.step ? { ...s, codeVersion: change.newHash } : s)) });
-    if (created) for (const input of stepChanges(pv, current, change.noticedBy)) await this.deps.changes.record(input);
+    const recorded: Change[] = [];
+    if (created) for (const input of stepChanges(pv, current, change.noticedBy)) recorded.push((await this.deps.changes.record(input)).change);
+    return recorded;
   }
 
   /** A watched path's new files: ingested into its pipeline source, or reported as objects. */
@@ -640,7 +642,11 @@ export class Recomputer {
       const change = dryRun || c.recorded ? c.change : (await this.notify(c.request, principal, { submitAuto: false, field: c.field })).change;
       if (change) changes.push(change);
     }
-    if (!dryRun) for (const c of changes) if (c.kind === ChangeKind.CHANGE_KIND_CODE_PUBLISHED) await this.adoptPublishedCode(c);
+    // The new pipeline version an adoption applies records its step's code change too: the job
+    // recomputing the published code is that change's job (else it stays `reported`, as if
+    // still to do, after the job ran it).
+    const adopted: Change[] = [];
+    if (!dryRun) for (const c of changes) if (c.kind === ChangeKind.CHANGE_KIND_CODE_PUBLISHED) adopted.push(...(await this.adoptPublishedCode(c)));
     // A record that newer changes moved on is recomputed at its content now, not at the one this
     // change named (that would leave its downstream behind the record); the reported change
     // that made the content current is recomputed by the same job.
@@ -696,6 +702,7 @@ export class Recomputer {
     if (!jobs) throw new FailedPreconditionError('recompute needs the job manager (start the coordinator with the jobs extension)');
     const { jobId } = await jobs.submit(spec);
     for (const c of changeIds) await this.deps.changes.markSubmitted(c, jobId);
+    for (const c of adopted) if (c.state === ChangeState.CHANGE_STATE_REPORTED && !changeIds.includes(c.changeId)) await this.deps.changes.markSubmitted(c.changeId, jobId);
     return { jobId, tasks, changeIds };
   }
 }
