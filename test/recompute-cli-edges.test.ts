@@ -60,7 +60,7 @@ describe('recompute CLI: bad input, changes with nothing downstream', () => {
     expect(raw.out).not.toContain('nothing downstream');
   });
 
-  it('bad words are refused, not half taken: jobs SUBCOMMAND, changes policy A/B/C, watch remove of an unknown id', async () => {
+  it('bad words are refused, not half taken: jobs SUBCOMMAND, changes policy A/B/C, extra arguments, watch remove of an unknown id', async () => {
     const jobs = await cli('jobs', 'shwo', 'job-x');
     expect(jobs.code).toBe(2);
     expect(jobs.err.split('\n')[0]).toBe('error: unknown subcommand "shwo": show, watch, cancel or resume (no word: the list)');
@@ -72,6 +72,11 @@ describe('recompute CLI: bad input, changes with nothing downstream', () => {
     }
     const { entries } = await tc.client(RecomputeServiceDefinition).listChangePolicies({});
     expect(entries).toEqual([]);
+    for (const argv of [['impact', 'dataset:raw', 'dataset:clean'], ['notify', 'dataset:raw', 'a.txt', 'b.txt'], ['changes', 'list', 'extra'], ['changes', 'show', 'chg-1', 'chg-2'], ['watch', 'list', 'extra'], ['watch', 'remove', 'w-1', 'w-2']]) {
+      const extra = await cli(...argv);
+      expect(extra.code, argv.join(' ')).toBe(2);
+      expect(extra.err.split('\n')[0]).toBe(`error: unexpected argument ${JSON.stringify(argv.at(-1))}`);
+    }
     const unwatch = await cli('watch', 'remove', 'w-nope');
     expect(unwatch.code).toBe(1);
     expect(unwatch.out).toBe('');

@@ -62,6 +62,12 @@ async function nothingDownstreamNote(client: Client<typeof RecomputeServiceDefin
   }
 }
 
+/** A word past those the command takes is refused, not ignored (`impact A B` would answer for A only). */
+function noMorePositionals(args: ParsedArgs, count: number): void {
+  const extra = args.positionals[count];
+  if (extra !== undefined) throw new UsageError(`unexpected argument ${JSON.stringify(extra)}`);
+}
+
 function what(c: Change): string {
   return c.objectId || `${c.pipeline}/${c.step}`;
 }
@@ -89,6 +95,7 @@ retrace changes policy [PIPELINE[/SOURCE] auto|manual]   (no arguments: list the
   async run(args, io) {
     const sub = args.positionals[0];
     if (sub !== undefined && sub !== 'list') throw new UsageError(`unknown subcommand ${JSON.stringify(sub)}: list, show or policy`);
+    noMorePositionals(args, 1);
     const { client, close } = openClient(RecomputeServiceDefinition, args);
     try {
       const r = await client.listChanges({ pipeline: flag(args, 'pipeline', '') as string, pageSize: intFlag(args, 'limit', 100), pageToken: '' }, { signal: io.signal });
@@ -114,6 +121,7 @@ const changesShow: CliCommand = {
   async run(args, io) {
     const changeId = args.positionals[0];
     if (!changeId) throw new UsageError('CHANGE_ID is required');
+    noMorePositionals(args, 1);
     const { client, close } = openClient(RecomputeServiceDefinition, args);
     try {
       const { change } = await client.getChange({ changeId }, { signal: io.signal });
@@ -152,7 +160,7 @@ const changesPolicy: CliCommand = {
       const [pipeline = '', source = ''] = parts;
       if (parts.length > 2 || pipeline === '' || (parts.length === 2 && source === '')) throw new UsageError(`expected PIPELINE or PIPELINE/SOURCE, got ${JSON.stringify(target)}`);
       if (policyText === undefined) throw new UsageError(`give the policy for ${target}: auto or manual`);
-      if (args.positionals.length > 2) throw new UsageError(`unexpected argument ${JSON.stringify(args.positionals[2])}`);
+      noMorePositionals(args, 2);
       const r = await client.setChangePolicy({ pipeline, source, policy: parsePolicy(policyText, 'the policy') }, { signal: io.signal });
       io.stdout.write(hasFlag(args, 'json') ? toJson(responseJson(RecomputeServiceDefinition, 'setChangePolicy', r)) : `${pipeline}${source ? `/${source}` : ''}: ${policyName(r.entry?.policy ?? 0)}\n`);
       return 0;
@@ -169,6 +177,7 @@ const notify: CliCommand = {
   async run(args, io) {
     const [objectId, file] = args.positionals;
     if (!objectId) throw new UsageError('OBJECT_ID is required');
+    noMorePositionals(args, 2);
     const hash = flag(args, 'hash', '') as string;
     if (!file && !hash) throw new UsageError('give a FILE with the new content or --hash');
     const payload = file ? readInputFile(file, 'FILE') : Buffer.alloc(0);
@@ -201,6 +210,7 @@ The coordinator reads PATH itself: it must lie in a directory the coordinator wa
   async run(args, io) {
     const path = args.positionals[0];
     if (!path) throw new UsageError('PATH is required');
+    noMorePositionals(args, 1);
     const policyText = flag(args, 'policy');
     const { client, close } = openClient(RecomputeServiceDefinition, args);
     try {
@@ -230,6 +240,7 @@ const watchList: CliCommand = {
   summary: 'watched paths and their last scan',
   usage: 'retrace watch list [--json]',
   async run(args, io) {
+    noMorePositionals(args, 0);
     const { client, close } = openClient(RecomputeServiceDefinition, args);
     try {
       const r = await client.listWatches({}, { signal: io.signal });
@@ -249,6 +260,7 @@ const watchRemove: CliCommand = {
   async run(args, io) {
     const watchId = args.positionals[0];
     if (!watchId) throw new UsageError('WATCH_ID is required');
+    noMorePositionals(args, 1);
     const { client, close } = openClient(RecomputeServiceDefinition, args);
     try {
       const r = await client.unwatchPath({ watchId }, { signal: io.signal });
@@ -308,6 +320,7 @@ const impact: CliCommand = {
   async run(args, io) {
     const idArg = args.positionals[0];
     if (!idArg) throw new UsageError('ID is required');
+    noMorePositionals(args, 1);
     const asOfText = flag(args, 'as-of');
     const asOfNs = asOfText === undefined ? '0' : timeArgNs(asOfText, '--as-of');
     const { client, close } = openClient(RecomputeServiceDefinition, args);
