@@ -386,12 +386,14 @@ export class Recomputer {
   }
 
   /** A watched path's new files: ingested into its pipeline source, or reported as objects. */
-  async onFiles(watch: PathWatch, files: readonly ChangedFile[]): Promise<void> {
+  async onFiles(watch: PathWatch, files: readonly ChangedFile[]): Promise<string> {
     if (watch.pipeline !== '') {
       const pipes = this.deps.pipelines();
       if (!pipes) throw new FailedPreconditionError('watching a pipeline source needs the pipelines extension');
-      await pipes.runner.ingest(watch.pipeline, watch.source, [files.map((f) => ({ key: f.rel, payload: f.bytes }))], { principal: `watch:${watch.path}` });
-      return;
+      const summary = (await pipes.runner.ingest(watch.pipeline, watch.source, [files.map((f) => ({ key: f.rel, payload: f.bytes }))], { principal: `watch:${watch.path}` })) as { runId?: string; shardsFailed?: number; firstError?: string } | undefined;
+      // A step that failed on a file leaves its change reported: the watch says why (retrace watch list).
+      const failed = summary?.shardsFailed ?? 0;
+      return failed > 0 ? `ingest ${summary?.runId ?? ''}: ${failed} shard(s) failed: ${summary?.firstError ?? ''}` : '';
     }
     for (const f of files) {
       const objectId = `${watch.objectIdPrefix}${f.rel}`;
@@ -404,6 +406,7 @@ export class Recomputer {
       const nowNs = this.deps.clock().toString();
       await this.deps.lineage.submit([{ eventId: `version:${objectId}@${f.hash}`, eventTimeNs: nowNs, producer: PRODUCER, body: { $case: 'objectVersion', value: { objectId, contentHash: f.hash, size: String(f.bytes.length), mediaType: '', createdAtNs: nowNs, attributes: { noticed_by: `watch:${watch.path}` }, facets: undefined } } }]);
     }
+    return '';
   }
 
   private async autoRecompute(changes: Change[]): Promise<Change> {
