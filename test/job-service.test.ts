@@ -237,7 +237,40 @@ describe('JobService and retrace jobs', () => {
     const final = await watchJobProgress(client(), jobId, { out: sink });
     expect(final).toMatchObject({ jobId, stateName: 'FAILED', done: true });
     expect(lines.join('')).toMatch(/\[\#+\] 100% FAILED 1\/1 tasks, 1 failed/);
+    // The bar cuts the job's message to keep to one line; what to do next comes whole after it.
+    expect(lines.join('')).toMatch(/\n  1 task\(s\) failed.*; fix the cause and resume the job\n$/);
   }, 60_000);
+
+  it('off a terminal, a long job shows its bar as it advances (at most every lineEveryMs), not only when it ends', async () => {
+    const running = (done: number) => ({ job: { jobId: 'job-x', state: JobState.JOB_STATE_RUNNING, counts: { total: 4, pending: 4 - done - 1, running: 1 }, waiting: [], message: '' }, changedTasks: [] });
+    const ended = { jobId: 'job-x', state: JobState.JOB_STATE_SUCCEEDED, counts: { total: 4, pending: 0, running: 0, succeeded: 4 }, waiting: [], message: '', tasks: [] };
+    const fake = {
+      async *watchJob() {
+        for (const done of [0, 1, 1, 2, 3]) yield running(done);
+        yield { job: ended, changedTasks: [] };
+      },
+      async getJob() {
+        return { job: ended };
+      },
+    };
+    let clock = 0;
+    let text = '';
+    const sink = new Writable({
+      write(chunk: Buffer, _e, cb) {
+        text += chunk.toString();
+        cb();
+      },
+    });
+    // Each reading of the clock is 6 s after the one before.
+    const now = (): number => (clock += 6_000);
+    await watchJobProgress(fake as never, 'job-x', { out: sink, lineEveryMs: 10_000, now });
+    const lines = text.trim().split('\n');
+    // 12 s, 24 s, 36 s ...: a line each time 10 s passed and tasks finished since the last one.
+    expect(lines.length).toBeGreaterThan(1);
+    expect(lines.at(-1)).toMatch(/100% SUCCEEDED 4\/4 tasks/);
+    expect(lines.slice(0, -1).every((l) => /RUNNING [0-3]\/4 tasks, 1 running/.test(l))).toBe(true);
+    expect(new Set(lines.slice(0, -1)).size).toBe(lines.length - 1);
+  });
 
   it('a watch that loses the coordinator says the job is kept and how to watch it again (not only "Connection dropped")', async () => {
     const fake = {

@@ -218,6 +218,10 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
     expect(Object.keys(outcomes(job)).sort()).toEqual(Array.from({ length: KEYS }, (_, i) => `wf/audit key=k${i}`).sort());
     expect(await stepVersions()).toEqual({ ...before, audit: v3 });
     expect((await tc.coordinator.lineage.readStep(`recompute:${r.jobId}/${r.tasks[0]?.taskId ?? ''}`))?.codeVersion).toBe(v3);
+    // The pipeline version the recompute applied records audit's code change: that job ran it,
+    // so it is not left reported as if still to do.
+    const moved = (await recompute().listChanges({ pipeline: 'wf', pageSize: 0, pageToken: '' })).changes.filter((c) => c.kind === ChangeKind.CHANGE_KIND_CODE_VERSION && c.newHash === v3);
+    expect(moved.map((c) => [c.step, c.state, c.jobIds])).toEqual([['audit', ChangeState.CHANGE_STATE_RECOMPUTE_SUBMITTED, [r.jobId]]]);
 
     // Auto: the pipeline follows the new version at once and its step changes are recomputed.
     await recompute().setChangePolicy({ pipeline: 'wf', source: '', policy: ChangePolicy.CHANGE_POLICY_AUTO });

@@ -151,3 +151,29 @@ describe('watched paths', () => {
     });
   });
 });
+
+// A watched pipeline source whose ingest fails a step leaves the file's change reported; the
+// watch must say why, as it does for files it left out (retrace watch list).
+describe('a watched pipeline source whose ingest fails', () => {
+  const root = mkdtempSync(join(tmpdir(), 'retrace-watch-fail-'));
+  let tc: TestCoordinator | undefined;
+  afterAll(async () => {
+    await tc?.stop();
+    rmSync(root, { recursive: true, force: true });
+  });
+
+  it('shows the failed shards in the watch error', async () => {
+    const shared: CoordinatorServices = {};
+    tc = await startTestCoordinator({ extensions: [pipelineExtension(shared), recomputeExtension(shared, { watchRoots: [root] })] });
+    const pipelines = shared.pipelines as NonNullable<CoordinatorServices['pipelines']>;
+    await pipelines.store.apply(Pipeline.fromPartial({ name: 'w', sources: [{ name: 'raw', mediaType: 'text/plain' }], steps: [] }));
+    // The agents' part is not under test: the ingest of the file reports a failed shard.
+    pipelines.runner.ingest = async () => ({ accepted: 1, duplicates: 0, runId: 'ingest:w:1', shardsRun: 1, shardsFailed: 1, firstError: 'step parse: SHARD_STATUS_FAILED: bad input', pipelineVersion: 1 });
+    writeFileSync(join(root, 'a.txt'), 'x');
+    const client = tc.client(RecomputeServiceDefinition);
+    const w = await client.watchPath({ path: root, pipeline: 'w', source: 'raw', objectIdPrefix: '', policy: 0, rescanIntervalMs: 60_000, debounceMs: 0 });
+    await shared.recompute?.detector.scanNow(w.watch?.watchId ?? '');
+    const [listed] = (await client.listWatches({})).watches;
+    expect(listed?.lastError).toBe('ingest ingest:w:1: 1 shard(s) failed: step parse: SHARD_STATUS_FAILED: bad input');
+  });
+});

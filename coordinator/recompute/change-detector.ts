@@ -18,7 +18,11 @@ export interface ChangedFile {
 }
 
 /** Where a scan's new content goes: ingested into the pipeline source, or reported as objects. */
-export type FileSink = (watch: PathWatch, files: readonly ChangedFile[]) => Promise<void>;
+/**
+ * Takes a scan's changed files. Resolves with what went wrong with them that the watch should
+ * show (an ingest whose shards failed), '' or nothing when all went well.
+ */
+export type FileSink = (watch: PathWatch, files: readonly ChangedFile[]) => Promise<string | void>;
 
 const DEFAULT_RESCAN_MS = 5000;
 const DEFAULT_DEBOUNCE_MS = 200;
@@ -87,6 +91,8 @@ class PathWatcher {
   private scanning: Promise<void> | undefined;
   private again = false;
   private stopped = false;
+  /** What the sink said went wrong with the files it took last ('' when nothing). */
+  private sinkProblem = '';
   /** rel → last seen stat and hash. */
   private readonly seen = new Map<string, { mtimeMs: number; size: number; hash: string }>();
 
@@ -169,8 +175,14 @@ class PathWatcher {
     let updates: [string, { mtimeMs: number; size: number; hash: string }][] = [];
     let batchBytes = 0;
     const tooBig: string[] = [];
+    const sinkProblems: string[] = [];
+    let sank = false;
     const flush = async (): Promise<void> => {
-      if (changed.length > 0) await this.sink(this.spec, changed);
+      if (changed.length > 0) {
+        const problem = await this.sink(this.spec, changed);
+        sank = true;
+        if (problem) sinkProblems.push(problem);
+      }
       // Only after the sink took them: a failed ingest is retried by the next scan.
       for (const [rel, s] of updates) this.seen.set(rel, s);
       changed = [];
@@ -215,12 +227,16 @@ class PathWatcher {
       if (batchBytes >= SINK_BATCH_BYTES) await flush();
     }
     await flush();
+    // What went wrong with the files last taken stays shown until files are taken again: a
+    // rescan that finds nothing new does not make a failed ingest look fine.
+    if (sank) this.sinkProblem = sinkProblems.join('; ');
     this.spec.files = files.length;
     this.spec.lastScanNs = this.clock().toString();
     const names = (list: string[]): string => `${list.slice(0, 3).join(', ')}${list.length > 3 ? `, and ${list.length - 3} more` : ''}`;
     const left = [
       ...(tooBig.length > 0 ? [`left out ${tooBig.length} file(s) over 32 MiB: ${names(tooBig)}`] : []),
       ...(outside.length > 0 ? [`left out ${outside.length} link(s) or file(s) outside the watch roots: ${names(outside)}`] : []),
+      ...(this.sinkProblem !== '' ? [this.sinkProblem] : []),
     ].join('; ');
     if (left !== '') this.log(`recompute: watch ${root}: ${left}`);
     return left;

@@ -273,7 +273,7 @@ export class RecomputeExecutor implements JobExecutor {
     const shardInputs: ShardInput[] = [];
     for (const i of inputs) {
       const bytes = await payloads.find(i.contentHash);
-      if (!bytes) throw new PermanentError(`input ${i.name} (${i.objectId}@${i.contentHash}): content is not stored; send it with NotifyChange (payload) or re-ingest it`);
+      if (!bytes) throw new PermanentError(`input ${i.name} (${i.objectId}@${i.contentHash}): content is not stored: send its bytes (retrace notify ${i.objectId} FILE, or NotifyChange with the payload), then resume the job`);
       shardInputs.push({ name: i.name, objectId: i.objectId, contentHash: i.contentHash, payload: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength), key: t.key, eventTimeNs: '0', mediaType: '', cached: false });
     }
     const assignment: ShardAssignment = {

@@ -105,6 +105,11 @@ export class Recomputer {
     return { input, unchanged: oldHash === hash };
   }
 
+  /** Stores the bytes of content that is its object's version already (see notify); none: nothing. */
+  private async storeReportedBytes(payload: Buffer): Promise<void> {
+    if (payload.length > 0) await this.deps.pipelines()?.payloads.put(payload);
+  }
+
   /** The recorded change that made `hash` this object's version, the newest if several did. */
   private changeTo(objectId: string, pipeline: string, hash: string): Promise<Change | undefined> {
     return this.deps.changes.latestTo(pipeline, objectId, hash);
@@ -120,6 +125,10 @@ export class Recomputer {
     const { objectId, newHash: hash, oldHash, noticedBy } = input;
     const submitAuto = options.submitAuto !== false;
     if (unchanged) {
+      // The bytes of a version reported by hash only (a recompute of it fails "content is not
+      // stored" until they come): stored now, so the report sent again with them lets the job
+      // resume. The hash was checked against them, so nothing else changes.
+      await this.storeReportedBytes(request.payload);
       // A repeated report is also how a report a coordinator stop cut short gets finished: its
       // version was written but not its change, or its change but not the auto job.
       const change = (await this.changeTo(objectId, input.pipeline, hash)) ?? (await this.recordCutShort(input));
@@ -364,23 +373,27 @@ export class Recomputer {
    * Recomputing a published-code change moves its step to the new version first (a new pipeline
    * version, its step change recorded), so the recompute runs the code the change is about.
    */
-  private async adoptPublishedCode(change: Change): Promise<void> {
+  private async adoptPublishedCode(change: Change): Promise<Change[]> {
     const pipes = this.deps.pipelines();
     const pv = pipes ? await pipes.store.get(change.pipeline).catch(() => undefined) : undefined;
     const def = pv?.pipeline;
     const step = def?.steps.find((s) => s.name === change.step);
-    if (!pipes || !pv || !def || !step || step.codeVersion === change.newHash) return;
+    if (!pipes || !pv || !def || !step || step.codeVersion === change.newHash) return [];
     const { pipeline: current, created } = await pipes.store.apply({ ...def, steps: def.steps.map((s) => (s.name === change.step ? { ...s, codeVersion: change.newHash } : s)) });
-    if (created) for (const input of stepChanges(pv, current, change.noticedBy)) await this.deps.changes.record(input);
+    const recorded: Change[] = [];
+    if (created) for (const input of stepChanges(pv, current, change.noticedBy)) recorded.push((await this.deps.changes.record(input)).change);
+    return recorded;
   }
 
   /** A watched path's new files: ingested into its pipeline source, or reported as objects. */
-  async onFiles(watch: PathWatch, files: readonly ChangedFile[]): Promise<void> {
+  async onFiles(watch: PathWatch, files: readonly ChangedFile[]): Promise<string> {
     if (watch.pipeline !== '') {
       const pipes = this.deps.pipelines();
       if (!pipes) throw new FailedPreconditionError('watching a pipeline source needs the pipelines extension');
-      await pipes.runner.ingest(watch.pipeline, watch.source, [files.map((f) => ({ key: f.rel, payload: f.bytes }))], { principal: `watch:${watch.path}` });
-      return;
+      const summary = (await pipes.runner.ingest(watch.pipeline, watch.source, [files.map((f) => ({ key: f.rel, payload: f.bytes }))], { principal: `watch:${watch.path}` })) as { runId?: string; shardsFailed?: number; firstError?: string } | undefined;
+      // A step that failed on a file leaves its change reported: the watch says why (retrace watch list).
+      const failed = summary?.shardsFailed ?? 0;
+      return failed > 0 ? `ingest ${summary?.runId ?? ''}: ${failed} shard(s) failed: ${summary?.firstError ?? ''}` : '';
     }
     for (const f of files) {
       const objectId = `${watch.objectIdPrefix}${f.rel}`;
@@ -393,6 +406,7 @@ export class Recomputer {
       const nowNs = this.deps.clock().toString();
       await this.deps.lineage.submit([{ eventId: `version:${objectId}@${f.hash}`, eventTimeNs: nowNs, producer: PRODUCER, body: { $case: 'objectVersion', value: { objectId, contentHash: f.hash, size: String(f.bytes.length), mediaType: '', createdAtNs: nowNs, attributes: { noticed_by: `watch:${watch.path}` }, facets: undefined } } }]);
     }
+    return '';
   }
 
   private async autoRecompute(changes: Change[]): Promise<Change> {
@@ -627,10 +641,15 @@ export class Recomputer {
     for (const c of objectRecorded) if (!changes.some((x) => x.changeId === c.changeId)) changes.push(c);
     for (const r of objectRoots) changes.push((await (dryRun ? this.deps.changes.preview(r) : this.deps.changes.record(r))).change);
     for (const c of contents) {
+      if (c.recorded && !dryRun) await this.storeReportedBytes(c.request.payload);
       const change = dryRun || c.recorded ? c.change : (await this.notify(c.request, principal, { submitAuto: false, field: c.field })).change;
       if (change) changes.push(change);
     }
-    if (!dryRun) for (const c of changes) if (c.kind === ChangeKind.CHANGE_KIND_CODE_PUBLISHED) await this.adoptPublishedCode(c);
+    // The new pipeline version an adoption applies records its step's code change too: the job
+    // recomputing the published code is that change's job (else it stays `reported`, as if
+    // still to do, after the job ran it).
+    const adopted: Change[] = [];
+    if (!dryRun) for (const c of changes) if (c.kind === ChangeKind.CHANGE_KIND_CODE_PUBLISHED) adopted.push(...(await this.adoptPublishedCode(c)));
     // A record that newer changes moved on is recomputed at its content now, not at the one this
     // change named (that would leave its downstream behind the record); the reported change
     // that made the content current is recomputed by the same job.
@@ -679,12 +698,14 @@ export class Recomputer {
     if (policy?.concurrency) planOptions.concurrency = policy.concurrency;
     const spec = planRecompute(graph, planOptions);
     const tasks = spec.tasks.map((t) => ({ taskId: t.id, label: t.label, originalStepId: (t.payload as { originalStepId: string }).originalStepId, dependsOn: t.dependsOn }));
-    if (dryRun) return { jobId: '', tasks, changeIds };
+    // A dry run answers what the real run would: with nothing downstream, the same refusal.
     if (spec.tasks.length === 0) throw new FailedPreconditionError(`no recorded step used the changed versions (${graph.roots.join(', ')}): nothing to recompute`, 'change_ids');
+    if (dryRun) return { jobId: '', tasks, changeIds };
     const jobs = this.deps.jobs();
     if (!jobs) throw new FailedPreconditionError('recompute needs the job manager (start the coordinator with the jobs extension)');
     const { jobId } = await jobs.submit(spec);
     for (const c of changeIds) await this.deps.changes.markSubmitted(c, jobId);
+    for (const c of adopted) if (c.state === ChangeState.CHANGE_STATE_REPORTED && !changeIds.includes(c.changeId)) await this.deps.changes.markSubmitted(c.changeId, jobId);
     return { jobId, tasks, changeIds };
   }
 }

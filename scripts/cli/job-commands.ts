@@ -61,6 +61,9 @@ const list: CliCommand = {
   usage: `retrace jobs [--state ${STATES.join('|')}] [--kind KIND] [--limit N] [--json]`,
   integers: { limit: 'uint32' },
   async run(args, io) {
+    // `retrace jobs shwo ID` must not list every job and exit 0.
+    const sub = args.positionals[0];
+    if (sub !== undefined) throw new UsageError(`unknown subcommand ${JSON.stringify(sub)}: show, watch, cancel or resume (no word: the list)`);
     const stateText = flag(args, 'state');
     let state = JobState.JOB_STATE_UNSPECIFIED;
     if (stateText !== undefined) {

@@ -60,7 +60,8 @@ export function renderTaskChange(t: JobTask): string {
 /**
  * Follows a job through WatchJob and renders its progress on `out` until it ends, then returns
  * its final state (GetJob, with tasks). On a terminal: one live bar redrawn in place. Elsewhere
- * (pipes, logs): a line per task that fails and one bar when it ends. With `json`: every
+ * (pipes, logs): a line per task that fails, the bar at most every `lineEveryMs` (10 s) while
+ * tasks finish, and one bar when it ends. With `json`: every
  * WatchJobResponse as one JSON line (NDJSON). Aborting `signal` stops watching (the job goes on)
  * and returns the state at that moment with `done: false`. Errors of the RPCs (NOT_FOUND naming
  * job_id, UNAVAILABLE) are thrown; a watch that loses the coordinator says the job is kept and how
@@ -69,9 +70,13 @@ export function renderTaskChange(t: JobTask): string {
 export async function watchJobProgress(
   client: Client<typeof JobServiceDefinition>,
   jobId: string,
-  options: { out: NodeJS.WriteStream | NodeJS.WritableStream; signal?: AbortSignal; json?: boolean },
+  options: { out: NodeJS.WriteStream | NodeJS.WritableStream; signal?: AbortSignal; json?: boolean; lineEveryMs?: number; now?: () => number },
 ): Promise<JobFinal> {
-  const { out, json = false } = options;
+  const { out, json = false, lineEveryMs = 10_000, now = Date.now } = options;
+  // Off a terminal, where the bar is not redrawn: the bar as a line of its own at most every
+  // lineEveryMs while tasks finish, so that a long job's log shows it advancing.
+  let lineAtMs = now();
+  let lineDone = -1;
   const tty = !json && (out as { isTTY?: boolean }).isTTY === true;
   const watchAbort = new AbortController();
   const onAbort = (): void => watchAbort.abort();
@@ -94,6 +99,13 @@ export async function watchJobProgress(
         for (const t of update.changedTasks) {
           if (t.state === TaskState.TASK_STATE_FAILED) out.write(`${renderTaskChange(t)}\n`);
         }
+        const c = update.job.counts;
+        const done = (c?.total ?? 0) - (c?.pending ?? 0) - (c?.running ?? 0);
+        if (!isJobEnded(update.job.state) && done !== lineDone && now() - lineAtMs >= lineEveryMs) {
+          out.write(`${line}\n`);
+          lineAtMs = now();
+          lineDone = done;
+        }
       }
       if (isJobEnded(update.job.state)) break;
     }
@@ -113,6 +125,9 @@ export async function watchJobProgress(
   const { job } = await client.getJob({ jobId });
   const final = job ?? last;
   if (!final) throw new Error(`job ${jobId}: the coordinator returned no job`);
+  // The bar keeps to one line and cuts the job's message; where it ended, the message (what to
+  // do next: "fix the cause and resume the job") is worth a line of its own, whole.
+  if (!json && line && final.message && !line.includes(final.message)) out.write(`  ${final.message}\n`);
   return { jobId, state: final.state, stateName: jobStateName(final.state), job: final, done: isJobEnded(final.state) };
 }
 

@@ -15,6 +15,7 @@ import { dagToDot, dagToSvg, type DagDrawing, type DagNode } from '../../common/
 import { MAX_RECOMPUTE_ATTEMPTS, MAX_RECOMPUTE_CONCURRENCY } from '../../common/recompute-policy.js';
 import { nanosToIso, parseDurationMs } from '../../common/time.js';
 import { flag, flagAll, hasFlag, intFlag, timeArgNs, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
+import type { Client } from 'nice-grpc';
 import { openClient } from './client.js';
 import { jobJson } from './job-commands.js';
 import { messageJson, responseJson } from './proto-json.js';
@@ -29,6 +30,42 @@ function parsePolicy(text: string | undefined, what: string): ChangePolicy {
   if (text === 'auto') return ChangePolicy.CHANGE_POLICY_AUTO;
   if (text === 'manual') return ChangePolicy.CHANGE_POLICY_MANUAL;
   throw new UsageError(`${what} must be auto or manual, got ${JSON.stringify(text ?? '')}`);
+}
+
+/**
+ * The bytes of a FILE argument (notify FILE, --content ID=FILE). A file that cannot be read is a
+ * usage error naming the argument, read before any call so that nothing is sent.
+ */
+function readInputFile(file: string, argument: string): Buffer {
+  try {
+    return readFileSync(file);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    const why = code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'is a directory, not a file' : code === 'EACCES' ? 'permission denied' : (err as Error).message;
+    throw new UsageError(`${argument}: ${file}: ${why}`);
+  }
+}
+
+/**
+ * A line saying that a change with no job has nothing downstream, so that under `auto` it is
+ * clear why no recompute started (and under `manual` that none is needed); undefined otherwise.
+ */
+async function nothingDownstreamNote(client: Client<typeof RecomputeServiceDefinition>, c: Change, signal: AbortSignal): Promise<string | undefined> {
+  if (c.state !== ChangeState.CHANGE_STATE_REPORTED || c.jobIds.length > 0) return undefined;
+  try {
+    const r = await client.impact({ target: { $case: 'changeId', value: c.changeId }, asOfNs: '0' }, { signal });
+    const why = c.objectId ? `no recorded step has read ${c.objectId}` : `step ${what(c)} has no recorded execution`;
+    return r.stepCount === 0 ? `  nothing downstream: ${why}, so there is nothing to recompute\n` : undefined;
+  } catch {
+    // Impact could not tell (a step no longer in its pipeline): say nothing rather than guess.
+    return undefined;
+  }
+}
+
+/** A word past those the command takes is refused, not ignored (`impact A B` would answer for A only). */
+function noMorePositionals(args: ParsedArgs, count: number): void {
+  const extra = args.positionals[count];
+  if (extra !== undefined) throw new UsageError(`unexpected argument ${JSON.stringify(extra)}`);
 }
 
 function what(c: Change): string {
@@ -58,6 +95,7 @@ retrace changes policy [PIPELINE[/SOURCE] auto|manual]   (no arguments: list the
   async run(args, io) {
     const sub = args.positionals[0];
     if (sub !== undefined && sub !== 'list') throw new UsageError(`unknown subcommand ${JSON.stringify(sub)}: list, show or policy`);
+    noMorePositionals(args, 1);
     const { client, close } = openClient(RecomputeServiceDefinition, args);
     try {
       const r = await client.listChanges({ pipeline: flag(args, 'pipeline', '') as string, pageSize: intFlag(args, 'limit', 100), pageToken: '' }, { signal: io.signal });
@@ -83,12 +121,16 @@ const changesShow: CliCommand = {
   async run(args, io) {
     const changeId = args.positionals[0];
     if (!changeId) throw new UsageError('CHANGE_ID is required');
+    noMorePositionals(args, 1);
     const { client, close } = openClient(RecomputeServiceDefinition, args);
     try {
       const { change } = await client.getChange({ changeId }, { signal: io.signal });
       if (!change) return 1;
       if (hasFlag(args, 'json')) io.stdout.write(toJson(messageJson('retrace.v1.Change', Change, change)));
-      else printChange(change, io);
+      else {
+        printChange(change, io);
+        io.stdout.write((await nothingDownstreamNote(client, change, io.signal)) ?? '');
+      }
       return 0;
     } finally {
       close();
@@ -113,7 +155,12 @@ const changesPolicy: CliCommand = {
         }
         return 0;
       }
-      const [pipeline = '', source = ''] = target.split('/');
+      // PIPELINE or PIPELINE/SOURCE: more parts (orders/raw/x) would set orders/raw and drop the rest.
+      const parts = target.split('/');
+      const [pipeline = '', source = ''] = parts;
+      if (parts.length > 2 || pipeline === '' || (parts.length === 2 && source === '')) throw new UsageError(`expected PIPELINE or PIPELINE/SOURCE, got ${JSON.stringify(target)}`);
+      if (policyText === undefined) throw new UsageError(`give the policy for ${target}: auto or manual`);
+      noMorePositionals(args, 2);
       const r = await client.setChangePolicy({ pipeline, source, policy: parsePolicy(policyText, 'the policy') }, { signal: io.signal });
       io.stdout.write(hasFlag(args, 'json') ? toJson(responseJson(RecomputeServiceDefinition, 'setChangePolicy', r)) : `${pipeline}${source ? `/${source}` : ''}: ${policyName(r.entry?.policy ?? 0)}\n`);
       return 0;
@@ -130,16 +177,20 @@ const notify: CliCommand = {
   async run(args, io) {
     const [objectId, file] = args.positionals;
     if (!objectId) throw new UsageError('OBJECT_ID is required');
+    noMorePositionals(args, 2);
     const hash = flag(args, 'hash', '') as string;
     if (!file && !hash) throw new UsageError('give a FILE with the new content or --hash');
-    const payload = file ? readFileSync(file) : Buffer.alloc(0);
+    const payload = file ? readInputFile(file, 'FILE') : Buffer.alloc(0);
     const { client, close } = openClient(RecomputeServiceDefinition, args);
     try {
       const r = await client.notifyChange({ objectId, contentHash: hash, payload, mediaType: flag(args, 'media-type', '') as string, noticedBy: '' }, { signal: io.signal });
       if (hasFlag(args, 'json')) io.stdout.write(toJson(responseJson(RecomputeServiceDefinition, 'notifyChange', r)));
       else if (r.unchanged && r.change) io.stdout.write(`${objectId}: unchanged: that is its latest version, since change ${r.change.changeId} (${stateName(r.change.state)}${r.change.jobIds.length ? `; jobs ${r.change.jobIds.join(', ')}` : ''}; retrace changes show ${r.change.changeId})\n`);
       else if (r.unchanged || !r.change) io.stdout.write(`${objectId}: unchanged (that is its latest version)\n`);
-      else printChange(r.change, io);
+      else {
+        printChange(r.change, io);
+        io.stdout.write((await nothingDownstreamNote(client, r.change, io.signal)) ?? '');
+      }
       return 0;
     } finally {
       close();
@@ -159,6 +210,7 @@ The coordinator reads PATH itself: it must lie in a directory the coordinator wa
   async run(args, io) {
     const path = args.positionals[0];
     if (!path) throw new UsageError('PATH is required');
+    noMorePositionals(args, 1);
     const policyText = flag(args, 'policy');
     const { client, close } = openClient(RecomputeServiceDefinition, args);
     try {
@@ -188,6 +240,7 @@ const watchList: CliCommand = {
   summary: 'watched paths and their last scan',
   usage: 'retrace watch list [--json]',
   async run(args, io) {
+    noMorePositionals(args, 0);
     const { client, close } = openClient(RecomputeServiceDefinition, args);
     try {
       const r = await client.listWatches({}, { signal: io.signal });
@@ -207,11 +260,17 @@ const watchRemove: CliCommand = {
   async run(args, io) {
     const watchId = args.positionals[0];
     if (!watchId) throw new UsageError('WATCH_ID is required');
+    noMorePositionals(args, 1);
     const { client, close } = openClient(RecomputeServiceDefinition, args);
     try {
       const r = await client.unwatchPath({ watchId }, { signal: io.signal });
-      io.stdout.write(r.removed ? `removed ${watchId}\n` : `${watchId}: no such watch\n`);
-      return r.removed ? 0 : 1;
+      // An unknown id is an error: on stderr, as every other command's.
+      if (!r.removed) {
+        io.stderr.write(`error: watch_id: no watch ${JSON.stringify(watchId)} (retrace watch list shows them)\n`);
+        return 1;
+      }
+      io.stdout.write(`removed ${watchId}\n`);
+      return 0;
     } finally {
       close();
     }
@@ -261,6 +320,7 @@ const impact: CliCommand = {
   async run(args, io) {
     const idArg = args.positionals[0];
     if (!idArg) throw new UsageError('ID is required');
+    noMorePositionals(args, 1);
     const asOfText = flag(args, 'as-of');
     const asOfNs = asOfText === undefined ? '0' : timeArgNs(asOfText, '--as-of');
     const { client, close } = openClient(RecomputeServiceDefinition, args);
@@ -329,7 +389,7 @@ const recomputeCmd: CliCommand = {
     const newContents = flagAll(args, 'content').map((c) => {
       const eq = c.lastIndexOf('=');
       if (eq <= 0) throw new UsageError(`--content OBJECT_ID=FILE, got ${JSON.stringify(c)}`);
-      return { objectId: c.slice(0, eq), payload: readFileSync(c.slice(eq + 1)), mediaType: '' };
+      return { objectId: c.slice(0, eq), payload: readInputFile(c.slice(eq + 1), `--content ${c.slice(0, eq)}`), mediaType: '' };
     });
     if (changeIds.length + objectIds.length + newContents.length === 0) throw new UsageError('name at least one CHANGE_ID, OBJECT_ID or --content');
     const policy = parseRecomputePolicy(args);
