@@ -152,6 +152,35 @@ async function watch(
   return 0;
 }
 
+/** The unit of a usage metric by its reading name (common/node-resources.ts lists them). */
+function metricUnit(metric: string): 'bytes' | 'bytes/s' | 'percent' | 'ms' | undefined {
+  if (/^(memory|swap)\.|^disk\.(free|total)$|^gpu\.\d+\.memory(\.used)?$/.test(metric)) return 'bytes';
+  if (/^disk\.(read|write)$|^net\.(rx|tx|up|down)$/.test(metric)) return 'bytes/s';
+  if (/^cpu\.(core\.\d+\.)?load$|^gpu\.(\d+\.)?util$/.test(metric)) return 'percent';
+  if (metric === 'net.rtt') return 'ms';
+  return undefined;
+}
+
+/**
+ * A metric's value as a person reads it: bytes as KiB/MiB/GiB (per second for rates), percent
+ * and ms with one or two decimals, anything else with at most three significant decimals.
+ */
+export function formatMetricValue(metric: string, value: number): string {
+  if (!Number.isFinite(value)) return String(value);
+  switch (metricUnit(metric)) {
+    case 'bytes':
+      return formatBytes(value);
+    case 'bytes/s':
+      return `${formatBytes(value)}/s`;
+    case 'percent':
+      return `${value.toFixed(1)}%`;
+    case 'ms':
+      return `${value.toFixed(2)} ms`;
+    default:
+      return String(Number(value.toFixed(3)));
+  }
+}
+
 /**
  * The start of a history range, ns: a start before the epoch (`--since 100000d`, meaning all of
  * it) is the epoch's first nanosecond; 0 would mean "the default hour" to GetHistory.
@@ -199,6 +228,9 @@ agent token the node id is bound to ("" while unbound; never the token itself).`
         const res = await client.drainNode({ nodeId, reason: flag(args, 'reason', '') as string }, { signal: io.signal });
         const node = res.node;
         if (hasFlag(args, 'json')) io.stdout.write(`${JSON.stringify(node ? messageJson('retrace.v1.NodeInfo', NodeInfo, node) : {})}\n`);
+        // A SUSPECT node keeps its state until it reports again (node-registry.ts drain): saying
+        // "SUSPECT (drained by operator)" read as if the drain had not been taken.
+        else if (node?.state === NodeState.NODE_STATE_SUSPECT) io.stdout.write(`${nodeId}: SUSPECT, drain pending (${node.drainReason}): it becomes DRAINING when it reports again\n`);
         else io.stdout.write(`${nodeId}: ${node ? stateName(node.state) : '?'} (${node?.drainReason ?? ''})\n`);
         return 0;
       } finally {
@@ -234,7 +266,7 @@ reading name such as cpu.core.0.load or gpu.0.util.`,
           io.stdout.write(`${JSON.stringify(responseJson(NodeServiceDefinition, 'getHistory', res))}\n`);
         } else {
           io.stdout.write(`# ${res.nodeId} ${res.metric} (${res.points.length} points)\n`);
-          for (const p of res.points) io.stdout.write(`${nanosToIso(p.timeNs)}  ${p.value}\n`);
+          for (const p of res.points) io.stdout.write(`${nanosToIso(p.timeNs)}  ${formatMetricValue(res.metric, p.value)}\n`);
         }
         return 0;
       } finally {
@@ -285,10 +317,11 @@ reading name such as cpu.core.0.load or gpu.0.util.`,
         if (hasFlag(args, 'json')) {
           io.stdout.write(`${JSON.stringify(responseJson(NodeServiceDefinition, 'forecast', res))}\n`);
         } else {
-          io.stdout.write(`# ${res.nodeId} ${res.metric}: ${res.method}, ${Math.round(res.coverage * 100)}% interval, fitted on ${res.fittedPoints} points${Number.isFinite(res.capacity) ? `; free = capacity ${res.capacity} - usage - reserved by assigned shards` : ''}\n`);
+          const v = (x: number): string => formatMetricValue(res.metric, x);
+          io.stdout.write(`# ${res.nodeId} ${res.metric}: ${res.method}, ${Math.round(res.coverage * 100)}% interval, fitted on ${res.fittedPoints} points${Number.isFinite(res.capacity) ? `; free = capacity ${v(res.capacity)} - usage - reserved by assigned shards` : ''}\n`);
           for (const p of res.points) {
-            const free = Number.isFinite(p.free) ? `  free ${p.free.toFixed(3)} [${p.freeLower.toFixed(3)}, ${p.freeUpper.toFixed(3)}] reserved ${p.reserved.toFixed(3)}` : '';
-            io.stdout.write(`${nanosToIso(p.timeNs)}  ${p.mean.toFixed(3)}  [${p.lower.toFixed(3)}, ${p.upper.toFixed(3)}]${free}\n`);
+            const free = Number.isFinite(p.free) ? `  free ${v(p.free)} [${v(p.freeLower)}, ${v(p.freeUpper)}] reserved ${v(p.reserved)}` : '';
+            io.stdout.write(`${nanosToIso(p.timeNs)}  ${v(p.mean)}  [${v(p.lower)}, ${v(p.upper)}]${free}\n`);
           }
           if (plot !== undefined && plot !== 'true') io.stdout.write(`plot written to ${plot}\n`);
         }

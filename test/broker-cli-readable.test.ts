@@ -1,0 +1,59 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { ReadingSource, type ConnectRequest, type ResourceReading } from '../common/gen/retrace/v1/node.js';
+import { runCli } from './helpers/in-process-cli.js';
+import { rawConnect, registerRequest, startMeshServer, waitFor, type MeshServer } from './helpers/mesh-server.js';
+
+const GIB = 1024 ** 3;
+const measured = (name: string, value: number, unit: string): ResourceReading => ({ name, value, text: '', unit, source: ReadingSource.READING_SOURCE_MEASURED });
+
+function registerWithMemory(nodeId: string): ConnectRequest {
+  const r = registerRequest(nodeId, '1000000000');
+  if (r.body?.$case === 'register') r.body.value.capabilities = [measured('memory.total', 16 * GIB, 'bytes')];
+  return r;
+}
+
+describe('retrace nodes history / forecast / drain / --watch, as a person reads them', () => {
+  let server: MeshServer | undefined;
+  afterEach(async () => {
+    await server?.stop();
+    server = undefined;
+  });
+
+  it('history and forecast of memory print sizes with units, not raw bytes with decimals', async () => {
+    server = await startMeshServer();
+    const s = server;
+    const { out } = rawConnect(s);
+    out.push(registerWithMemory('mem-h'));
+    const t0 = Date.now() - 10_000;
+    for (let i = 0; i < 6; i++) {
+      out.push({ body: { $case: 'report', value: { timeNs: `${t0 + i * 1000}000000`, readings: [measured('memory.used', 1.5 * GIB + i * 1024 * 1024, 'bytes'), measured('cpu.load', 12.345678, 'percent')], seq: String(i + 1) } } });
+    }
+    await waitFor(async () => (await s.history.count('mem-h', 'memory.used')) === 6, 5000, '6 samples');
+    const conn = ['--coordinator', s.address, '--token', s.token];
+    const hist = await runCli(['nodes', 'history', 'mem-h', '--metric', 'memory', '--since', '1m', ...conn]);
+    expect(hist.code).toBe(0);
+    // Was "…Z  1610612736": bytes, no unit.
+    expect(hist.out.split('\n')[1]).toMatch(/Z {2}1\.5 GiB$/);
+    const cpu = await runCli(['nodes', 'history', 'mem-h', '--metric', 'cpu', '--since', '1m', ...conn]);
+    expect(cpu.out.split('\n')[1]).toMatch(/Z {2}12\.3%$/);
+    const f = await runCli(['forecast', 'mem-h', '--metric', 'memory', '--horizon', '3s', '--step', '1s', ...conn]);
+    expect(f.err).toBe('');
+    expect(f.code).toBe(0);
+    // Was "capacity 17179869184" and "1615855616.000  [1615855616.000, …] free 15563014144.000 …".
+    expect(f.out).toContain('capacity 16.0 GiB');
+    expect(f.out.split('\n')[1]).toMatch(/Z {2}1\.5 GiB {2}\[1\.\d GiB, 1\.\d GiB\] {2}free 14\.5 GiB \[14\.\d GiB, 14\.\d GiB\] reserved 0 B$/);
+    out.close();
+  });
+
+  it('draining a SUSPECT node says the drain is pending, not "SUSPECT (drained by operator)"', async () => {
+    server = await startMeshServer({ mesh: { suspectAfterIntervals: 2, lostAfterIntervals: 100 } });
+    const s = server;
+    const { out } = rawConnect(s);
+    out.push(registerRequest('quiet', '100000000'));
+    await waitFor(() => s.mesh.nodes().find((n) => n.nodeId === 'quiet')?.state === 2 /* SUSPECT */, 5000, 'SUSPECT');
+    const res = await runCli(['nodes', 'drain', 'quiet', ...['--coordinator', s.address, '--token', s.token]]);
+    expect(res.code).toBe(0);
+    expect(res.out).toBe('quiet: SUSPECT, drain pending (drained by operator): it becomes DRAINING when it reports again\n');
+    out.close();
+  });
+});
