@@ -45,6 +45,31 @@ describe('retrace nodes history / forecast / drain / --watch, as a person reads 
     out.close();
   });
 
+  it('--watch shows a node whose stream ended as disconnected at once, as `retrace nodes` does', async () => {
+    // Missed-report timers far off, so only the stream's end can change what is shown.
+    server = await startMeshServer({ mesh: { suspectAfterIntervals: 50, lostAfterIntervals: 60 } });
+    const s = server;
+    const keep = rawConnect(s);
+    keep.out.push(registerRequest('stays', '1000000000'));
+    const gone = rawConnect(s);
+    gone.out.push(registerRequest('killed', '1000000000'));
+    await waitFor(() => s.mesh.nodes().length === 2, 5000, 'two nodes');
+    const conn = ['--coordinator', s.address, '--token', s.token];
+    const abort = new AbortController();
+    const watching = runCli(['nodes', '--watch', ...conn], abort.signal);
+    await new Promise((r) => setTimeout(r, 700));
+    // The agent dies: its stream ends without a leave.
+    gone.out.fail(new Error('killed'));
+    await waitFor(() => s.mesh.nodes().find((n) => n.nodeId === 'killed')?.connected === false, 5000, 'disconnected');
+    expect((await runCli(['nodes', ...conn])).out).toMatch(/killed\s+h\s+READY \(disconnected\)/);
+    await new Promise((r) => setTimeout(r, 1200));
+    abort.abort();
+    const w = await watching;
+    const frames = w.out.split('\n\n').filter((f) => f.includes('killed'));
+    expect(frames.at(-1)).toMatch(/killed\s+h\s+READY \(disconnected\)/);
+    keep.out.close();
+  });
+
   it('draining a SUSPECT node says the drain is pending, not "SUSPECT (drained by operator)"', async () => {
     server = await startMeshServer({ mesh: { suspectAfterIntervals: 2, lostAfterIntervals: 100 } });
     const s = server;

@@ -13,6 +13,11 @@ export interface MeshEvents {
   'node:transition': { nodeId: string; from: NodeStateName | null; to: NodeStateName; reason: string; atMs: number };
   /** A report was validated and its samples appended to the history store. */
   'node:reported': { nodeId: string; reportTimeMs: number; receivedAtMs: number; storedAtMs: number; readings: number };
+  /**
+   * A node's Connect stream ended without a leave (agent killed, network cut): its state is left
+   * to the missed-report timers, but `connected` is now false.
+   */
+  'node:disconnected': { nodeId: string; reason: string; atMs: number };
   /** A node went LOST: work placed on it is to be given up (the scheduler listens). */
   'node:lost': { nodeId: string; atMs: number };
 }

@@ -281,6 +281,7 @@ export class NodeRegistry {
     node.connected = false;
     node.sessionId = 0;
     this.log('info', 'node:disconnected', { nodeId, reason, state: node.record.state });
+    this.emitter.emit('node:disconnected', { nodeId, reason, atMs: this.now() });
   }
 
   /**
