@@ -82,3 +82,38 @@ describe('retrace nodes history / forecast / drain / --watch, as a person reads 
     out.close();
   });
 });
+
+describe('retrace nodes --watch --json with filters', () => {
+  let server: MeshServer | undefined;
+  afterEach(async () => {
+    await server?.stop();
+    server = undefined;
+  });
+
+  it('prints only the events of nodes matching --label (it printed every node)', async () => {
+    server = await startMeshServer();
+    const s = server;
+    const a = rawConnect(s);
+    const ra = registerRequest('in-a', '1000000000');
+    if (ra.body?.$case === 'register') ra.body.value.labels = { zone: 'a' };
+    a.out.push(ra);
+    const b = rawConnect(s);
+    const rb = registerRequest('in-b', '1000000000');
+    if (rb.body?.$case === 'register') rb.body.value.labels = { zone: 'b' };
+    b.out.push(rb);
+    await waitFor(() => s.mesh.nodes().length === 2, 5000, 'two nodes');
+    const abort = new AbortController();
+    const watching = runCli(['nodes', '--watch', '--json', '--label', 'zone=a', '--coordinator', s.address, '--token', s.token], abort.signal);
+    await new Promise((r) => setTimeout(r, 500));
+    const drained = await runCli(['nodes', 'drain', 'in-b', '--coordinator', s.address, '--token', s.token]);
+    expect(drained.code).toBe(0);
+    await new Promise((r) => setTimeout(r, 300));
+    abort.abort();
+    const w = await watching;
+    const events = w.out.trim().split('\n').map((l) => JSON.parse(l) as { kind: string; node?: { nodeId: string } });
+    expect(events.map((e) => e.kind)).toContain('NODE_EVENT_KIND_SYNCED');
+    expect(events.filter((e) => e.node).map((e) => e.node?.nodeId)).toEqual(['in-a']);
+    a.out.close();
+    b.out.close();
+  });
+});

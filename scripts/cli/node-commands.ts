@@ -120,6 +120,7 @@ async function watch(
   labels: Record<string, string>,
 ): Promise<number> {
   const nodes = new Map<string, NodeInfo>();
+  const shown = new Set<string>();
   let synced = false;
   let lastRender = 0;
   let pending: NodeJS.Timeout | undefined;
@@ -135,6 +136,16 @@ async function watch(
   try {
     for await (const event of client.watchNodes({ nodeId: '', includeReports: !json }, { signal: io.signal })) {
       if (json) {
+        // --state and --label hold here too (they printed every node's events): an event is
+        // printed while its node matches, and once more when it stops matching (the transition
+        // that takes it out of the selection).
+        const node = event.node;
+        if (node) {
+          const was = shown.has(node.nodeId);
+          if (visible(node)) shown.add(node.nodeId);
+          else shown.delete(node.nodeId);
+          if (!was && !shown.has(node.nodeId)) continue;
+        }
         io.stdout.write(`${JSON.stringify(responseJson(NodeServiceDefinition, 'watchNodes', event))}\n`);
         continue;
       }
