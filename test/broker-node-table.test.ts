@@ -27,3 +27,18 @@ describe('retrace nodes table', () => {
     expect(nodeTable([node('a', NodeState.NODE_STATE_READY, true)], now)).not.toContain('(…)');
   });
 });
+
+describe('retrace nodes table: declared accelerators', () => {
+  const reading = (name: string, value: number, source = ReadingSource.READING_SOURCE_MEASURED) => ({ name, value, text: '', unit: '', source });
+  const node = (nodeId: string, capabilities: ReturnType<typeof reading>[]): NodeInfo =>
+    NodeInfo.fromPartial({ nodeId, host: 'h', state: NodeState.NODE_STATE_READY, connected: true, capabilities: [reading('cpu.threads', 2), reading('memory.total', 8 * 2 ** 30), ...capabilities] });
+
+  it('shows declared TPUs (they showed as "-") and explains "*" only when a cell shows one', () => {
+    const tpu = nodeTable([node('t', [reading('gpu.count', 0), reading('tpu.count', 4, ReadingSource.READING_SOURCE_DECLARED)])]);
+    expect(tpu.split('\n')[1]).toMatch(/\s2\s+8\.0 GiB\s+tpu 4\*\s/);
+    expect(tpu).toContain('* declared by the operator, not measured');
+    // Only a declared link speed, which no column shows: no footer about a '*' nobody sees.
+    const net = nodeTable([node('n', [reading('net.speed', 1e10, ReadingSource.READING_SOURCE_DECLARED)])]);
+    expect(net).not.toContain('*');
+  });
+});

@@ -57,11 +57,13 @@ function ago(ns: string, nowMs: number): string {
 }
 
 /**
- * One row per node: id, host, state, cpu, memory, gpu, last report, labels. `*` = declared, `?` =
+ * One row per node: id, host, state, cpu, memory, gpu (and declared tpu/accel counts), last report, labels. `*` = declared, `?` =
  * unknown; a LOST node's load figures, the last it sent, are in parentheses.
  */
 export function nodeTable(nodes: readonly NodeInfo[], nowMs = Date.now()): string {
   const header = ['ID', 'HOST', 'STATE', 'CPU', 'MEMORY', 'GPU', 'REPORT', 'LABELS'];
+  // The footer explains '*' only where a cell shows one (a declared net.speed is not in the table).
+  let declaredShown = false;
   const rows = nodes.map((n) => {
     const threads = effectiveReading(n.capabilities, 'cpu.threads');
     const load = latest(n, 'cpu.load');
@@ -73,14 +75,22 @@ export function nodeTable(nodes: readonly NodeInfo[], nowMs = Date.now()): strin
     const live = (text: string): string => (n.state === NodeState.NODE_STATE_LOST ? `(${text})` : text);
     const cpu = `${threads ? `${threads.value}${mark(threads)}` : '?'}${load === undefined ? '' : ` ${live(`${load.toFixed(0)}%`)}`}`;
     const mem = `${used === undefined ? '' : `${live(formatBytes(used))} / `}${total ? `${formatBytes(total.value)}${mark(total)}` : '?'}`;
-    const gpu = !gpus || (gpus.value === 0 && gpus.source !== ReadingSource.READING_SOURCE_DECLARED) ? '-' : `${gpus.value}${mark(gpus)}${gpuUtil === undefined ? '' : ` ${live(`${gpuUtil.toFixed(0)}%`)}`}`;
+    const gpuText = !gpus || (gpus.value === 0 && gpus.source !== ReadingSource.READING_SOURCE_DECLARED) ? '' : `${gpus.value}${mark(gpus)}${gpuUtil === undefined ? '' : ` ${live(`${gpuUtil.toFixed(0)}%`)}`}`;
+    // TPUs and other accelerators (`--advertise tpu=4`) had no column: a node declared with 4
+    // TPUs showed "-" and only `nodes show` told them apart.
+    const accels = (['tpu', 'accel'] as const).flatMap((kind) => {
+      const r = effectiveReading(n.capabilities, `${kind}.count`);
+      return r && r.value > 0 ? [`${kind} ${r.value}${mark(r)}`] : [];
+    });
+    const gpu = [gpuText, ...accels].filter((x) => x !== '').join(', ') || '-';
+    if ([cpu, mem, gpu].some((cell) => cell.includes('*'))) declaredShown = true;
     const state = `${stateName(n.state)}${n.connected ? '' : n.state === NodeState.NODE_STATE_READY || n.state === NodeState.NODE_STATE_DRAINING ? ' (disconnected)' : ''}`;
     const labels = Object.entries(n.labels).map(([k, v]) => `${k}=${v}`).join(',');
     return [n.nodeId, n.host, state, cpu, mem, gpu, ago(n.lastReportNs, nowMs), labels || '-'];
   });
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
   const line = (cells: string[]): string => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i] ?? 0))).join('  ');
-  let footer = nodes.some((n) => n.capabilities.some((c) => c.source === ReadingSource.READING_SOURCE_DECLARED)) ? '\n* declared by the operator, not measured' : '';
+  let footer = declaredShown ? '\n* declared by the operator, not measured' : '';
   if (nodes.some((n) => n.state === NodeState.NODE_STATE_LOST)) footer += '\n(…) the last reading of a node that stopped reporting (see REPORT)';
   return `${[line(header), ...rows.map(line)].join('\n')}${footer}\n`;
 }
@@ -206,7 +216,8 @@ export const commands: CliCommand[] = [
     path: ['nodes'],
     summary: 'list the nodes of the mesh (--watch keeps it live)',
     usage: `retrace nodes [--json] [--watch] [--state READY,SUSPECT] [--label k=v] ${CONNECT_FLAGS}
-Columns: id, host, state, cpu (threads, load), memory (used / total), gpu (count, load), age of the
+Columns: id, host, state, cpu (threads, load), memory (used / total), gpu (count, load; then tpu
+and accelerator counts), age of the
 last report, labels. "*" marks operator-declared capacity, "?" capacity the agent could not measure.`,
     run: listNodes,
   },
