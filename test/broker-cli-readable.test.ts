@@ -117,3 +117,30 @@ describe('retrace nodes --watch --json with filters', () => {
     b.out.close();
   });
 });
+
+describe('retrace nodes history / forecast errors', () => {
+  let server: MeshServer | undefined;
+  afterEach(async () => {
+    await server?.stop();
+    server = undefined;
+  });
+
+  it('an unknown metric is "not found (it has: …)", and an unwritable --plot names the flag', async () => {
+    server = await startMeshServer();
+    const s = server;
+    const { out } = rawConnect(s);
+    out.push(registerRequest('err-h', '1000000000'));
+    const t0 = Date.now() - 10_000;
+    for (let i = 0; i < 5; i++) out.push({ body: { $case: 'report', value: { timeNs: `${t0 + i * 1000}000000`, readings: [measured('cpu.load', 10 + i, 'percent')], seq: String(i + 1) } } });
+    await waitFor(async () => (await s.history.count('err-h', 'cpu.load')) === 5, 5000, '5 samples');
+    const conn = ['--coordinator', s.address, '--token', s.token];
+    const bad = await runCli(['nodes', 'history', 'err-h', '--metric', 'bogus', ...conn]);
+    expect(bad.code).toBe(1);
+    // Was 'metric "bogus" of node err-h (it has: cpu.load) not found'.
+    expect(bad.err).toBe('error: metric: metric "bogus" of node err-h not found (it has: cpu.load)\n');
+    const plot = await runCli(['forecast', 'err-h', '--metric', 'cpu', '--horizon', '3s', '--step', '1s', '--plot', '/nonexistent-dir/x.svg', ...conn]);
+    expect(plot.code).toBe(1);
+    expect(plot.err).toBe('error: --plot: /nonexistent-dir/x.svg: no such directory\n');
+    out.close();
+  });
+});

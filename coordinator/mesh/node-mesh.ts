@@ -261,7 +261,8 @@ export function createNodeMesh(deps: NodeMeshDeps): NodeMesh {
     if (points.length === 0) {
       const known = await history.listMetrics(nodeId);
       if (!known.includes(metric)) {
-        throw new NotFoundError(`metric ${JSON.stringify(metric)} of node ${nodeId} (it has: ${known.slice(0, 20).join(', ') || 'none yet'})`, 'metric');
+        // "… not found" after the list read as if the list was what was missing.
+        throw new NotFoundError(`metric ${JSON.stringify(metric)} of node ${nodeId}`, 'metric', `(it has: ${known.slice(0, 20).join(', ') || 'none yet'})`);
       }
     }
     return points;

@@ -1,5 +1,6 @@
 import { writeFileSync } from 'node:fs';
 import { isAbortError } from 'abort-controller-x';
+import { InvalidArgumentError } from '../../common/errors.js';
 import {
   NodeEventKind,
   NodeInfo,
@@ -334,7 +335,12 @@ reading name such as cpu.core.0.load or gpu.0.util.`,
             history: { t: hist.points.map((p) => ms(p.timeNs)), v: hist.points.map((p) => p.value) },
             forecast: { t: res.points.map((p) => ms(p.timeNs)), mean: res.points.map((p) => p.mean), lower: res.points.map((p) => p.lower), upper: res.points.map((p) => p.upper), coverage: res.coverage },
           });
-          writeFileSync(plot, chart);
+          try {
+            writeFileSync(plot, chart);
+          } catch (err) {
+            // It printed "error: ENOENT: no such file or directory, open 'x.svg'", naming no flag.
+            throw new InvalidArgumentError('--plot', `${plot}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such directory' : (err as Error).message}`);
+          }
         }
         if (hasFlag(args, 'json')) {
           io.stdout.write(`${JSON.stringify(responseJson(NodeServiceDefinition, 'forecast', res))}\n`);
