@@ -1,10 +1,10 @@
-import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { loadOrCreateIdentity } from '../agent/identity-store.js';
 import { makeDirectory } from '../agent/make-directory.js';
-import { spawnAgent, type AgentProcess } from './helpers/mesh-server.js';
+import { spawnAgent, waitFor, type AgentProcess } from './helpers/mesh-server.js';
 import { runCli } from './helpers/in-process-cli.js';
 
 // /proc/nope is the case that made Node's recursive mkdir spin forever (the agent hung at start).
@@ -84,5 +84,28 @@ describe('agent data directory', () => {
       expect(r.code, r.err).toBe(2);
       expect(r.err).toContain(message);
     }
+  });
+
+  it('one agent per data dir: a second is refused while the first runs, a killed one\'s lock is taken over', async () => {
+    const dir = tempDir();
+    // No coordinator: an agent keeps retrying, which is all this needs.
+    const args = ['--coordinator', '127.0.0.1:1', '--token', 'unused', '--data', dir];
+    const first = spawnAgent(args);
+    agents.push(first);
+    const lock = join(dir, 'agent.lock');
+    await waitFor(() => existsSync(lock) && readFileSync(lock, 'utf8').trim() === String(first.child.pid), 10_000, 'the first agent\'s lock');
+    // Two agents on one dir registered as the same node and took it from each other over and over.
+    const second = spawnAgent(args);
+    agents.push(second);
+    expect(await second.exited).toBe(1);
+    expect(second.stderr.join('\n')).toContain(`error: --data: ${dir} is in use by another agent (pid ${first.child.pid})`);
+    first.child.kill('SIGKILL');
+    await first.exited;
+    const third = spawnAgent(args);
+    agents.push(third);
+    await waitFor(() => readFileSync(lock, 'utf8').trim() === String(third.child.pid), 10_000, 'the lock taken over');
+    third.child.kill('SIGTERM');
+    await third.exited;
+    expect(existsSync(lock)).toBe(false);
   });
 });

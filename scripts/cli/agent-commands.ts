@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { prepareDataDir } from '../../agent/identity-store.js';
+import { lockDataDir, prepareDataDir } from '../../agent/identity-store.js';
 import { runAgent } from '../../agent/run-agent.js';
 import { parseAdvertise, parseByteSize, parseLabels } from '../../common/node-resources.js';
 import { durationFlagMs, flag, flagAll, hasFlag, UsageError, type CliCommand } from './command.js';
@@ -59,6 +59,8 @@ export const commands: CliCommand[] = [
       const dataDir = flag(args, 'data', './.retrace/agent') as string;
       // Here rather than only in the runtime, so the error names the flag the user typed.
       await prepareDataDir(dataDir, '--data');
+      // One agent per data dir: the dir is the node's identity.
+      const unlock = await lockDataDir(dataDir, '--data');
       const stop = new AbortController();
       const stopOnSignal = (): void => stop.abort(io.signal.reason);
       io.signal.addEventListener('abort', stopOnSignal, { once: true });
@@ -90,6 +92,7 @@ export const commands: CliCommand[] = [
           { ...io, signal: stop.signal },
         );
       } finally {
+        await unlock();
         clearInterval(orphanCheck);
         io.signal.removeEventListener('abort', stopOnSignal);
       }
