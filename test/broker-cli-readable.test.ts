@@ -144,3 +144,18 @@ describe('retrace nodes history / forecast errors', () => {
     out.close();
   });
 });
+
+describe('retrace nodes --watch when the coordinator stops', () => {
+  it('exits 1 saying the coordinator ended the watch (it exited 0 in silence)', async () => {
+    const s = await startMeshServer();
+    // Once, so the watch below connects at once (the first command loads the CLI's modules).
+    expect((await runCli(['nodes', '--coordinator', s.address, '--token', s.token])).code).toBe(0);
+    const abort = new AbortController();
+    const watching = runCli(['nodes', '--watch', '--coordinator', s.address, '--token', s.token], abort.signal);
+    await new Promise((r) => setTimeout(r, 800));
+    await s.stop();
+    const w = await watching;
+    expect(w.code).toBe(1);
+    expect(w.err).toBe('error: the coordinator ended the watch (it stopped or restarted); the table above is its last state\n');
+  });
+});

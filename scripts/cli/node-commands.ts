@@ -171,7 +171,11 @@ async function watch(
   } finally {
     if (pending) clearTimeout(pending);
   }
-  return 0;
+  if (io.signal.aborted) return 0;
+  // The coordinator ended the stream (it stopped): exiting 0 in silence left its last table on
+  // screen as if it were still live.
+  io.stderr.write('error: the coordinator ended the watch (it stopped or restarted); the table above is its last state\n');
+  return 1;
 }
 
 /** The unit of a usage metric by its reading name (common/node-resources.ts lists them). */
