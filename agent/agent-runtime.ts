@@ -381,6 +381,11 @@ export function createAgentRuntime(options: AgentOptions): AgentRuntime {
     s.registered = true;
     transition('RUNNING', msg.rejoined ? 'rejoined' : 'registered');
     log('info', 'agent:registered', { nodeId, rejoined: msg.rejoined, reportIntervalMs });
+    // The coordinator clamps the interval to its bounds (100 ms..60 s by default): `--report-interval
+    // 5m` reported every minute and said so only as a number in the line above.
+    if (ns > 0 && reportIntervalMs !== opts.reportIntervalMs) {
+      log('warn', 'agent:report-interval-changed', { askedMs: opts.reportIntervalMs, grantedMs: reportIntervalMs, reason: 'outside the coordinator\'s bounds' });
+    }
     emit('agent:registered', { nodeId: nodeId ?? '', rejoined: msg.rejoined, reportIntervalMs });
     // Outcomes that finished while disconnected go out now (the coordinator ignores duplicates).
     if (outgoing.length > 0) scheduleFlush();

@@ -46,6 +46,15 @@ describe('agent ⇄ node mesh (real processes)', () => {
     return a;
   }
 
+  it('says so when the coordinator grants another report interval than --report-interval asked', async () => {
+    const a = spawnAgent(['--coordinator', server.address, '--data', tempDir(), '--report-interval', '5m', '--link-probe-interval', '0', '--token', server.token]);
+    agents.push(a);
+    await a.registered;
+    // Clamped to the mesh's 60 s maximum: the agent only logged the number in agent:registered.
+    const warned = await waitFor(() => a.stderr.find((l) => l.includes('agent:report-interval-changed')), 5000, 'the warning');
+    expect(JSON.parse(warned)).toMatchObject({ level: 'warn', askedMs: 300_000, grantedMs: 60_000 });
+  });
+
   it('registers, reports into history, measures its link, and keeps declared apart from measured', async () => {
     const a = agent(tempDir(), ['--label', 'zone=eu-1', '--label', 'tier=gpu', '--advertise', 'gpu=2,memory=64GiB']);
     const { nodeId, rejoined } = await a.registered;
