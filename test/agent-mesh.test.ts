@@ -110,6 +110,11 @@ describe('agent ⇄ node mesh (real processes)', () => {
 
     first.child.kill('SIGKILL');
     await first.exited;
+    // The stream's end is told at once, before the missed reports make the node SUSPECT; this
+    // watch asked for no reports.
+    await waitFor(() => events.find((e) => e.kind === NodeEventKind.NODE_EVENT_KIND_DISCONNECTED), 5000, 'DISCONNECTED event');
+    const disconnected = events.find((e) => e.kind === NodeEventKind.NODE_EVENT_KIND_DISCONNECTED);
+    expect(disconnected?.node).toMatchObject({ nodeId, connected: false, state: NodeState.NODE_STATE_READY });
     await waitFor(async () => (await client.getNode({ nodeId })).node?.state === NodeState.NODE_STATE_SUSPECT, 5000, 'SUSPECT');
     await waitFor(async () => (await client.getNode({ nodeId })).node?.state === NodeState.NODE_STATE_LOST, 10_000, 'LOST');
     const changes = events.filter((e) => e.kind === NodeEventKind.NODE_EVENT_KIND_STATE_CHANGED).map((e) => e.transition?.to);

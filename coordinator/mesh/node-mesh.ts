@@ -330,18 +330,15 @@ export function createNodeMesh(deps: NodeMeshDeps): NodeMesh {
             push(watchEvent(NodeEventKind.NODE_EVENT_KIND_STATE_CHANGED, e.nodeId, { transition: toNodeTransition(e) }));
           }
         }),
+        // A stream that ends (an agent killed) changes the node's `connected` long before the
+        // missed-report timers change its state: a watcher learns it now, as `retrace nodes` does.
+        emitter.on('node:disconnected', (e) => {
+          if (match(e.nodeId)) push(watchEvent(NodeEventKind.NODE_EVENT_KIND_DISCONNECTED, e.nodeId));
+        }),
       ];
       if (request.includeReports) {
         offs.push(
           emitter.on('node:reported', (e) => {
-            if (match(e.nodeId)) push(watchEvent(NodeEventKind.NODE_EVENT_KIND_REPORTED, e.nodeId));
-          }),
-          // A stream that ends (an agent killed) changes the node's `connected` long before the
-          // missed-report timers change its state; without this, `retrace nodes --watch` showed
-          // a killed agent as READY and connected for 3 intervals, where `retrace nodes` said
-          // "(disconnected)". The proto has no kind for it: watchers that asked for reports get
-          // the node's fresh info as one more REPORTED event (a report that did not come).
-          emitter.on('node:disconnected', (e) => {
             if (match(e.nodeId)) push(watchEvent(NodeEventKind.NODE_EVENT_KIND_REPORTED, e.nodeId));
           }),
         );

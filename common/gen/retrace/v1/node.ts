@@ -137,6 +137,11 @@ export enum NodeEventKind {
   NODE_EVENT_KIND_STATE_CHANGED = 4,
   /** NODE_EVENT_KIND_REPORTED - A report arrived (only with `include_reports`). */
   NODE_EVENT_KIND_REPORTED = 5,
+  /**
+   * NODE_EVENT_KIND_DISCONNECTED - The node's Connect stream ended without a leave (agent killed, network cut): `connected` is
+   * now false; its state follows later, from the missed reports.
+   */
+  NODE_EVENT_KIND_DISCONNECTED = 6,
   UNRECOGNIZED = -1,
 }
 
@@ -160,6 +165,9 @@ export function nodeEventKindFromJSON(object: any): NodeEventKind {
     case 5:
     case "NODE_EVENT_KIND_REPORTED":
       return NodeEventKind.NODE_EVENT_KIND_REPORTED;
+    case 6:
+    case "NODE_EVENT_KIND_DISCONNECTED":
+      return NodeEventKind.NODE_EVENT_KIND_DISCONNECTED;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -181,6 +189,8 @@ export function nodeEventKindToJSON(object: NodeEventKind): string {
       return "NODE_EVENT_KIND_STATE_CHANGED";
     case NodeEventKind.NODE_EVENT_KIND_REPORTED:
       return "NODE_EVENT_KIND_REPORTED";
+    case NodeEventKind.NODE_EVENT_KIND_DISCONNECTED:
+      return "NODE_EVENT_KIND_DISCONNECTED";
     case NodeEventKind.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
