@@ -726,6 +726,12 @@ export class ReplayEngine {
     let stopped: 'failed' | 'cancelled' | undefined;
     /** original version key → replayed output */
     const produced = new Map<string, { ref: ObjectRef; payload: Uint8Array; mediaType: string }>();
+    /**
+     * Original version keys whose replayed output a what-if changed (the step's own parameters or
+     * code, or its inputs changed so upstream): a step reading one runs differently than recorded
+     * because of the what-if, so its differing output is the what-if's effect, not non-determinism.
+     */
+    const changedByWhatIf = new Set<string>();
     const events: LineageEvent[] = [];
     /** Output payloads, written with the record's events. */
     const toStore: Uint8Array[] = [];
@@ -735,7 +741,7 @@ export class ReplayEngine {
       const { step } = ps;
       const parameters = { ...((step.parameters ?? {}) as Record<string, unknown>), ...(policy.stepParameters[ps.name] ?? {}) };
       const codeVersion = policy.codeVersions[step.transform] ?? step.codeVersion;
-      const overridden = codeVersion !== step.codeVersion || policy.stepParameters[ps.name] !== undefined;
+      const overridden = codeVersion !== step.codeVersion || policy.stepParameters[ps.name] !== undefined || step.used.some((u) => changedByWhatIf.has(versionKey(u.objectId, u.contentHash)));
       // A recompute that reproduced an existing version lists it as reproduced, not generated.
       let originals = stepOutputs(step);
       const result: ReplayStepResult = {
@@ -880,7 +886,10 @@ export class ReplayEngine {
         const ref = { objectId, contentHash: hash, unversioned: false };
         generated.push(ref);
         result.replayOutputHashes.push(hash);
-        if (original) produced.set(versionKey(original.objectId, original.contentHash), { ref, payload: out.payload, mediaType: out.mediaType });
+        if (original) {
+          produced.set(versionKey(original.objectId, original.contentHash), { ref, payload: out.payload, mediaType: out.mediaType });
+          if (overridden && hash !== original.contentHash) changedByWhatIf.add(versionKey(original.objectId, original.contentHash));
+        }
         events.push({ eventId: `replay:${job.id}:obj:${objectId}@${hash}`, eventTimeNs: outcome.endedAtNs, producer: 'retrace-replay', body: { $case: 'objectVersion', value: { objectId, contentHash: hash, size: String(out.payload.length), mediaType: out.mediaType, createdAtNs: outcome.endedAtNs, attributes: { replayOf: original ? versionKey(original.objectId, original.contentHash) : '' }, facets: undefined } } });
       }
       result.matches = result.replayOutputHashes.length === result.originalOutputHashes.length && result.replayOutputHashes.every((h, i) => h === result.originalOutputHashes[i]);

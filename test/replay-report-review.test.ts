@@ -1,0 +1,93 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { NodeInfo, NodeState } from '../common/gen/retrace/v1/node.js';
+import { Pipeline, PipelineServiceDefinition } from '../common/gen/retrace/v1/pipeline.js';
+import { ReplayReport, ReplayServiceDefinition } from '../common/gen/retrace/v1/replay.js';
+import { ShardStatus, type ShardAssignment } from '../common/gen/retrace/v1/shard.js';
+import { contentHashOf } from '../common/hash.js';
+import { pipelineExtension, type PipelineShared } from '../coordinator/pipeline/pipeline-extension.js';
+import type { ShardRunner } from '../coordinator/pipeline/pipeline-runner.js';
+import { replayExtension, type ReplayShared } from '../coordinator/replay/replay-extension.js';
+import { replayReportSvg } from '../scripts/cli/replay-commands.js';
+import { runCli } from './helpers/in-process-cli.js';
+import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
+
+// What a replay's report says about a what-if's effect downstream, and which selections are
+// refused. Shards run in-process on one node: "scale" multiplies the number by its `factor`
+// parameter, "label" wraps whatever it is given.
+
+const CODE = contentHashOf('v1');
+const T0 = 1_767_225_600_000_000_000n;
+
+function runner(calls: ShardAssignment[]): ShardRunner {
+  return {
+    async run(a) {
+      calls.push(a);
+      const input = new TextDecoder().decode(a.inputs[0]?.payload);
+      const out = a.transform === 'scale' ? JSON.stringify({ n: Number(input) * Number((a.parameters as { factor?: number }).factor ?? 1) }) : JSON.stringify({ label: `big:${input}` });
+      const now = BigInt(Date.now()) * 1_000_000n;
+      const resources = { cpuTimeNs: '1000', peakMemoryBytes: '0', netBytesIn: '0', netBytesOut: '0', diskBytesRead: '0', diskBytesWritten: '0', gpuTimeNs: '0', gpuUtilization: 0, wallTimeNs: '1000' };
+      const outcome = { shardId: a.shardId, status: ShardStatus.SHARD_STATUS_SUCCEEDED, outputs: [{ key: '', contentHash: '', payload: Buffer.from(out), mediaType: 'application/json' }], resources, error: '', attempt: a.attempt, startedAtNs: String(now - 1000n), endedAtNs: String(now), nodeId: 'node-a' };
+      return { outcome, nodeId: 'node-a', attempts: 1, queuedMs: 0, host: 'host-a' };
+    },
+  };
+}
+
+describe('replay report: a what-if and what it changed downstream', () => {
+  let tc: TestCoordinator;
+  const calls: ShardAssignment[] = [];
+  let conn: string[] = [];
+  const cli = (...argv: string[]): ReturnType<typeof runCli> => runCli([...argv, ...conn]);
+
+  beforeAll(async () => {
+    const shared: PipelineShared & ReplayShared = { dispatcher: runner(calls), mesh: { nodes: () => [NodeInfo.fromPartial({ nodeId: 'node-a', state: NodeState.NODE_STATE_READY })] } };
+    tc = await startTestCoordinator({ extensions: [pipelineExtension(shared, { runner: runner(calls) }), replayExtension(shared)] });
+    conn = ['--coordinator', tc.grpcAddress, '--token', tc.token];
+    const pipelines = tc.client(PipelineServiceDefinition);
+    await pipelines.applyPipeline({
+      pipeline: Pipeline.fromJSON({
+        name: 'nums',
+        sources: [{ name: 'raw', mediaType: 'text/plain' }],
+        steps: [
+          { name: 'scale', transform: 'scale', codeVersion: CODE, parameters: { factor: 2 }, inputs: ['raw'] },
+          { name: 'label', transform: 'label', codeVersion: CODE, inputs: ['scale'] },
+        ],
+      }),
+    });
+    await pipelines.ingest(
+      (async function* () {
+        yield { pipeline: 'nums', source: 'raw', records: ['1', '2'].map((key, i) => ({ key, eventTimeNs: String(T0 + BigInt(i) * 10_000_000n), payload: Buffer.from(key), mediaType: '' })) };
+      })(),
+    );
+  });
+  afterAll(async () => {
+    await tc.stop();
+  });
+
+  it('a step whose input a what-if changed upstream is "changed", not flagged as non-deterministic, in the table, --json and the --svg chart', async () => {
+    const r = await cli('replay', 'start', '--record', 'record:nums/raw:1', '--set', 'scale.factor=3', '--watch');
+    expect(r.code, r.err).toBe(0);
+    // Both steps differ from the original, both because of the what-if: neither is "NO".
+    const rows = r.out.split('\n').filter((l) => l.startsWith('record:nums/raw:1'));
+    expect(rows).toHaveLength(2);
+    for (const row of rows) expect(row.split(/\s{2,}/)[3], row).toBe('changed');
+    expect(r.out).toContain('non-deterministic 0');
+    const id = /replay (replay-\S+):/.exec(r.err)?.[1] as string;
+    const { report } = await tc.client(ReplayServiceDefinition).getReplayReport({ replayId: id });
+    expect(report?.steps.map((s) => [s.step, s.matches, s.overridden])).toEqual([
+      ['scale', false, true],
+      ['label', false, true],
+    ]);
+    // The record is charted as changed by the what-if, not as having differed on its own.
+    const svg = replayReportSvg(report as ReplayReport);
+    expect(svg).toContain('changed (1)');
+    expect(svg).toContain('differed (0)');
+  });
+
+  it('without a what-if, steps that match read yes', async () => {
+    // The runner is deterministic: with no what-if nothing changes.
+    const r = await cli('replay', 'start', '--record', 'record:nums/raw:2', '--watch');
+    expect(r.code, r.err).toBe(0);
+    const rows = r.out.split('\n').filter((l) => l.startsWith('record:nums/raw:2'));
+    for (const row of rows) expect(row.split(/\s{2,}/)[3], row).toBe('yes');
+  });
+});
