@@ -90,4 +90,14 @@ describe('replay report: a what-if and what it changed downstream', () => {
     const rows = r.out.split('\n').filter((l) => l.startsWith('record:nums/raw:2'));
     for (const row of rows) expect(row.split(/\s{2,}/)[3], row).toBe('yes');
   });
+
+  it('a record selected twice is refused, naming the repeat, and nothing is recorded', async () => {
+    const before = (await tc.client(ReplayServiceDefinition).listReplays({})).replays.length;
+    const callsBefore = calls.length;
+    const r = await cli('replay', 'start', '--record', 'record:nums/raw:1', '--record', 'record:nums/raw:2', '--record', 'record:nums/raw:1');
+    expect(r.code, r.out).toBe(1);
+    expect(r.err.trim()).toBe('error: selector.record_ids.object_ids[2]: record "record:nums/raw:1" is already selected (object_ids[0]); name each record once');
+    expect((await tc.client(ReplayServiceDefinition).listReplays({})).replays).toHaveLength(before);
+    expect(calls.length).toBe(callsBefore);
+  });
 });
