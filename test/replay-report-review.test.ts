@@ -1,3 +1,4 @@
+import { Writable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NodeInfo, NodeState } from '../common/gen/retrace/v1/node.js';
 import { Pipeline, PipelineServiceDefinition } from '../common/gen/retrace/v1/pipeline.js';
@@ -7,7 +8,7 @@ import { contentHashOf } from '../common/hash.js';
 import { pipelineExtension, type PipelineShared } from '../coordinator/pipeline/pipeline-extension.js';
 import type { ShardRunner } from '../coordinator/pipeline/pipeline-runner.js';
 import { replayExtension, type ReplayShared } from '../coordinator/replay/replay-extension.js';
-import { replayReportSvg } from '../scripts/cli/replay-commands.js';
+import { replayReportSvg, watchReplayProgress } from '../scripts/cli/replay-commands.js';
 import { runCli } from './helpers/in-process-cli.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 
@@ -99,5 +100,24 @@ describe('replay report: a what-if and what it changed downstream', () => {
     expect(r.err.trim()).toBe('error: selector.record_ids.object_ids[2]: record "record:nums/raw:1" is already selected (object_ids[0]); name each record once');
     expect((await tc.client(ReplayServiceDefinition).listReplays({})).replays).toHaveLength(before);
     expect(calls.length).toBe(callsBefore);
+  });
+
+  it('off a terminal (a log), a paced replay shows its bar as it advances, not only when it ends', async () => {
+    const client = tc.client(ReplayServiceDefinition);
+    // Two records 10 ms apart at 0.02x: the second is due 500 ms after the first.
+    const { replayId } = await client.startReplay({ selector: { selector: { $case: 'recordIds', value: { objectIds: ['record:nums/raw:1', 'record:nums/raw:2'] } } }, policy: { speed: 0.02 } as never });
+    let err = '';
+    const stderr = new Writable({
+      write(chunk: Buffer, _enc, cb) {
+        err += chunk.toString();
+        cb();
+      },
+    });
+    await watchReplayProgress(client, replayId, { stderr, signal: new AbortController().signal }, { lineEveryMs: 0 });
+    const lines = err.split('\n').filter(Boolean);
+    // The first record's steps, then the final bar: more than the one line a log got before.
+    expect(lines.length, err).toBeGreaterThan(1);
+    expect(lines.some((l) => l.includes('2/4 steps')), err).toBe(true);
+    expect(lines.at(-1)).toContain('4/4 steps, 2/2 records');
   });
 });

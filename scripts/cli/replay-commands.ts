@@ -135,13 +135,34 @@ function parsePolicy(args: ParsedArgs): ReplayPolicy {
   };
 }
 
-async function watch(client: ReturnType<typeof openClient<typeof ReplayServiceDefinition>>['client'], replayId: string, io: CliIo): Promise<void> {
-  // A live bar on a terminal; elsewhere (logs, pipes) one line when it ends.
+/**
+ * Follows a replay through WatchReplay until it ends, rendering its progress on stderr. On a
+ * terminal: one live bar redrawn in place. Elsewhere (pipes, logs): the bar as a line of its own
+ * at most every `lineEveryMs` (10 s) while steps finish or its message changes (a paced wait), so
+ * a long replay's log shows it advancing, and the bar once more when it ends.
+ */
+export async function watchReplayProgress(
+  client: ReturnType<typeof openClient<typeof ReplayServiceDefinition>>['client'],
+  replayId: string,
+  io: Pick<CliIo, 'stderr' | 'signal'>,
+  options: { lineEveryMs?: number; now?: () => number } = {},
+): Promise<void> {
+  const { lineEveryMs = 10_000, now = Date.now } = options;
   const tty = (io.stderr as { isTTY?: boolean }).isTTY === true;
   let line = '';
-  for await (const p of client.watchReplay({ replayId }, { signal: io.signal })) {
+  let lineAtMs = now();
+  let lineState = '';
+  for await (const p of client.watchReplay({ replayId }, { ...(io.signal ? { signal: io.signal } : {}) })) {
     line = progressBar(p.stepsDone, p.stepsTotal, 30, `${p.stepsDone}/${p.stepsTotal} steps, ${p.recordsDone}/${p.recordsTotal} records, ${p.stepsFailed} failed${p.stepsSkipped > 0 ? `, ${p.stepsSkipped} not run` : ''}  ${p.message}`.slice(0, 110));
     if (tty) io.stderr.write(`\r${line}\x1b[K`);
+    else if (p.state === ReplayState.REPLAY_STATE_PENDING || p.state === ReplayState.REPLAY_STATE_RUNNING) {
+      const state = `${p.stepsDone} ${p.message}`;
+      if (state !== lineState && now() - lineAtMs >= lineEveryMs) {
+        io.stderr.write(`${line}\n`);
+        lineAtMs = now();
+        lineState = state;
+      }
+    }
   }
   io.stderr.write(tty ? '\n' : `${line}\n`);
 }
@@ -272,7 +293,7 @@ const start: CliCommand = {
         return 0;
       }
       io.stderr.write(`replay ${r.replayId}: ${r.records} records, ${r.steps} steps\n`);
-      await watch(client, r.replayId, io);
+      await watchReplayProgress(client, r.replayId, io);
       const { report } = await client.getReplayReport({ replayId: r.replayId }, { signal: io.signal });
       if (!report) return 1;
       if (hasFlag(args, 'json')) io.stdout.write(toJson(messageJson('retrace.v1.ReplayReport', ReplayReport, report)));
@@ -335,7 +356,7 @@ const watchCmd: CliCommand = {
     if (!replayId) throw new UsageError('REPLAY_ID is required');
     const { client, close } = openClient(ReplayServiceDefinition, args);
     try {
-      await watch(client, replayId, io);
+      await watchReplayProgress(client, replayId, io);
       const { report: r } = await client.getReplayReport({ replayId }, { signal: io.signal });
       if (!r) return 1;
       io.stderr.write(stateLine(r));
