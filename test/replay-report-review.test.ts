@@ -120,4 +120,25 @@ describe('replay report: a what-if and what it changed downstream', () => {
     expect(lines.some((l) => l.includes('2/4 steps')), err).toBe(true);
     expect(lines.at(-1)).toContain('4/4 steps, 2/2 records');
   });
+
+  it('a word past those a replay command takes is a usage error naming it (exit 2, nothing started)', async () => {
+    const before = (await tc.client(ReplayServiceDefinition).listReplays({})).replays.length;
+    const callsBefore = calls.length;
+    for (const [argv, text] of [
+      [['replay', 'start', '--record', 'record:nums/raw:1', 'record:nums/raw:2'], 'unexpected argument "record:nums/raw:2" (give each record its own --record)'],
+      [['replay', 'start', '--window', 'nums/raw', '2026-01-01T00:00:00Z', '2026-01-02T00:00:00Z', 'extra'], 'unexpected argument "extra"'],
+      [['replay', 'start', '--last', '100000d', 'nums/raw', 'extra'], 'unexpected argument "extra"'],
+      [['replay', 'start', '--run', 'r', 'extra'], 'unexpected argument "extra"'],
+      [['replay', 'report', 'replay-a', 'replay-b'], 'unexpected argument "replay-b"'],
+      [['replay', 'cancel', 'replay-a', 'replay-b'], 'unexpected argument "replay-b"'],
+      [['replay', 'watch', 'replay-a', 'replay-b'], 'unexpected argument "replay-b"'],
+      [['replay', 'list', 'x'], 'unexpected argument "x"'],
+    ] as const) {
+      const r = await cli(...argv);
+      expect(r.code, `${argv.join(' ')}: ${r.err}`).toBe(2);
+      expect(r.err.split('\n')[0]).toBe(`error: ${text}`);
+    }
+    expect((await tc.client(ReplayServiceDefinition).listReplays({})).replays).toHaveLength(before);
+    expect(calls.length).toBe(callsBefore);
+  });
 });

@@ -29,11 +29,26 @@ const START_USAGE = `retrace replay start SELECTOR [POLICY] [--watch] [--json]
 /** The longest fault duration the policy carries (uint32 milliseconds). */
 const MAX_FAULT_MS = 2 ** 32 - 1;
 
+/**
+ * A word past those the command takes is refused, not ignored: `--record A B` would replay A
+ * alone, and `--window P/S FROM TO X` drop X, both exiting 0.
+ */
+function noMorePositionals(args: ParsedArgs, count: number): void {
+  const extra = args.positionals[count];
+  if (extra !== undefined) throw new UsageError(`unexpected argument ${JSON.stringify(extra)}${count === 0 && args.flags.has('record') ? ' (give each record its own --record)' : ''}`);
+}
+
 function parseSelector(args: ParsedArgs): RecordSelector {
   const records = flagAll(args, 'record');
-  if (records.length > 0) return { selector: { $case: 'recordIds', value: { objectIds: records } } };
+  if (records.length > 0) {
+    noMorePositionals(args, 0);
+    return { selector: { $case: 'recordIds', value: { objectIds: records } } };
+  }
   const run = flag(args, 'run');
-  if (run) return { selector: { $case: 'runId', value: run } };
+  if (run) {
+    noMorePositionals(args, 0);
+    return { selector: { $case: 'runId', value: run } };
+  }
   const split = (ps: string | undefined): { pipeline: string; source: string } => {
     const [pipeline, source] = (ps ?? '').split('/');
     if (!pipeline || !source) throw new UsageError(`expected PIPELINE/SOURCE, got ${JSON.stringify(ps ?? '')}`);
@@ -44,9 +59,17 @@ function parseSelector(args: ParsedArgs): RecordSelector {
     return timeArgNs(t, '--window');
   };
   const window = flag(args, 'window');
-  if (window) return { selector: { $case: 'window', value: { ...split(window), fromNs: time(args.positionals[0]), toNs: time(args.positionals[1]) } } };
+  if (window) {
+    const value = { ...split(window), fromNs: time(args.positionals[0]), toNs: time(args.positionals[1]) };
+    noMorePositionals(args, 2);
+    return { selector: { $case: 'window', value } };
+  }
   const last = flag(args, 'last');
-  if (last) return { selector: { $case: 'last', value: { ...split(args.positionals[0]), minutes: parseDurationMs(last, '--last') / 60_000 } } };
+  if (last) {
+    const value = { ...split(args.positionals[0]), minutes: parseDurationMs(last, '--last') / 60_000 };
+    noMorePositionals(args, 1);
+    return { selector: { $case: 'last', value } };
+  }
   throw new UsageError('a selector is required: --record, --window, --last or --run');
 }
 
@@ -312,6 +335,7 @@ const report: CliCommand = {
   async run(args, io) {
     const replayId = args.positionals[0];
     if (!replayId) throw new UsageError('REPLAY_ID is required');
+    noMorePositionals(args, 1);
     const { client, close } = openClient(ReplayServiceDefinition, args);
     try {
       const { report: r } = await client.getReplayReport({ replayId }, { signal: io.signal });
@@ -335,6 +359,7 @@ const list: CliCommand = {
   summary: 'replays and their state',
   usage: 'retrace replay list [--json]',
   async run(args, io) {
+    noMorePositionals(args, 0);
     const { client, close } = openClient(ReplayServiceDefinition, args);
     try {
       const r = await client.listReplays({}, { signal: io.signal });
@@ -354,6 +379,7 @@ const watchCmd: CliCommand = {
   async run(args, io) {
     const replayId = args.positionals[0];
     if (!replayId) throw new UsageError('REPLAY_ID is required');
+    noMorePositionals(args, 1);
     const { client, close } = openClient(ReplayServiceDefinition, args);
     try {
       await watchReplayProgress(client, replayId, io);
@@ -374,6 +400,7 @@ const cancel: CliCommand = {
   async run(args, io) {
     const replayId = args.positionals[0];
     if (!replayId) throw new UsageError('REPLAY_ID is required');
+    noMorePositionals(args, 1);
     const { client, close } = openClient(ReplayServiceDefinition, args);
     try {
       const r = await client.cancelReplay({ replayId }, { signal: io.signal });
