@@ -141,4 +141,17 @@ describe('replay report: a what-if and what it changed downstream', () => {
     expect((await tc.client(ReplayServiceDefinition).listReplays({})).replays).toHaveLength(before);
     expect(calls.length).toBe(callsBefore);
   });
+
+  it('--max-cpu 0% (0 is "no cap" on the wire) is refused rather than run uncapped', async () => {
+    const before = (await tc.client(ReplayServiceDefinition).listReplays({})).replays.length;
+    for (const v of ['0%', '0', '0.0']) {
+      const r = await cli('replay', 'start', '--record', 'record:nums/raw:1', `--max-cpu=${v}`);
+      expect(r.code, `${v}: ${r.err}${r.out}`).toBe(2);
+      expect(r.err.split('\n')[0]).toBe(`error: --max-cpu must be above 0% (leave it out for no cap), got ${JSON.stringify(v)}`);
+    }
+    const empty = await cli('replay', 'start', '--record', 'record:nums/raw:1', '--max-cpu=%');
+    expect(empty.code).toBe(2);
+    expect(empty.err.split('\n')[0]).toBe('error: --max-cpu must be like 50% or 0.5');
+    expect((await tc.client(ReplayServiceDefinition).listReplays({})).replays).toHaveLength(before);
+  });
 });

@@ -86,8 +86,11 @@ function parsePolicy(args: ParsedArgs): ReplayPolicy {
     else targetNodeIds.push(...t.split(',').filter(Boolean));
   }
   const cpuText = flag(args, 'max-cpu');
-  const maxCpuFraction = cpuText === undefined ? 0 : cpuText.endsWith('%') ? Number(cpuText.slice(0, -1)) / 100 : Number(cpuText);
+  const cpuNumber = cpuText === undefined ? '' : cpuText.endsWith('%') ? cpuText.slice(0, -1) : cpuText;
+  const maxCpuFraction = cpuText === undefined ? 0 : cpuNumber.trim() === '' ? Number.NaN : cpuText.endsWith('%') ? Number(cpuNumber) / 100 : Number(cpuNumber);
   if (!Number.isFinite(maxCpuFraction) || maxCpuFraction < 0 || maxCpuFraction > 1) throw new UsageError('--max-cpu must be like 50% or 0.5');
+  // 0 means "no cap" on the wire: `--max-cpu 0%` would otherwise run uncapped without a word.
+  if (cpuText !== undefined && maxCpuFraction === 0) throw new UsageError(`--max-cpu must be above 0% (leave it out for no cap), got ${JSON.stringify(cpuText)}`);
   const gpuText = flag(args, 'gpu');
   const gpu = gpuText === undefined ? GpuMode.GPU_MODE_ANY : gpuText === 'only' ? GpuMode.GPU_MODE_ONLY : gpuText === 'none' ? GpuMode.GPU_MODE_NONE : undefined;
   if (gpu === undefined) throw new UsageError('--gpu must be only or none');
