@@ -154,4 +154,17 @@ describe('replay report: a what-if and what it changed downstream', () => {
     expect(empty.err.split('\n')[0]).toBe('error: --max-cpu must be like 50% or 0.5');
     expect((await tc.client(ReplayServiceDefinition).listReplays({})).replays).toHaveLength(before);
   });
+
+  it('a scheduled outage is reported on the steps sent while it lasted, and only on those', async () => {
+    const client = tc.client(ReplayServiceDefinition);
+    const during = await cli('replay', 'start', '--record', 'record:nums/raw:1', '--fault', 'outage:node-a:after=0s:for=1h', '--watch', '--json');
+    expect(during.code, during.err).toBe(0);
+    const report = JSON.parse(during.out) as { steps: { faults: string[] }[] };
+    expect(report.steps.map((x) => x.faults)).toEqual([['sent during the outage of node-a (after 0 ms for 1h)'], ['sent during the outage of node-a (after 0 ms for 1h)']]);
+    const before = await cli('replay', 'start', '--record', 'record:nums/raw:1', '--fault', 'outage:node-a:after=1h:for=1s', '--watch');
+    expect(before.code, before.err).toBe(0);
+    const id = /replay (replay-\S+):/.exec(before.err)?.[1] as string;
+    const { report: later } = await client.getReplayReport({ replayId: id });
+    expect(later?.steps.map((x) => x.faults)).toEqual([[], []]);
+  });
 });

@@ -129,6 +129,8 @@ interface ReplayJob {
   flushing: Promise<void>;
   /** The recorded steps' pipeline definitions, by `pipeline@version/step` (see specKey). */
   specs: ReadonlyMap<string, StepSpec>;
+  /** When the scheduled outages' clocks started (performance.now()): their `after` counts from here. */
+  outagesFromMs?: number;
 }
 
 /**
@@ -573,6 +575,7 @@ export class ReplayEngine {
     ]);
     const timers: (() => void)[] = [];
     const nowMs = (): number => Date.now();
+    job.outagesFromMs = performance.now();
     for (const o of policy.outages) {
       // start_after_ms is a uint32: up to 49 days, past what one timer takes.
       timers.push(setLongTimeout(() => runner.setLinkOutage?.(o.nodeId, nowMs() + o.durationMs), o.startAfterMs));
@@ -859,6 +862,14 @@ export class ReplayEngine {
         result.dispatchedAtMs = dispatchedMs;
       }
       if (outage) runner.setLinkOutage?.(outage, Date.now() + 1000);
+      // A scheduled outage (--fault outage:NODE:after=..:for=..) said on the steps it met, so the
+      // report shows where it struck and where they went instead, not only in the policy.
+      if (job.outagesFromMs !== undefined) {
+        const sinceMs = performance.now() - job.outagesFromMs;
+        for (const o of policy.outages) {
+          if (sinceMs >= o.startAfterMs && sinceMs < o.startAfterMs + o.durationMs) result.faults.push(`sent during the outage of ${o.nodeId} (after ${formatSpanMs(o.startAfterMs)} for ${formatSpanMs(o.durationMs)})`);
+        }
+      }
       result.status = 'RUNNING';
       const { outcome, nodeId, attempts } = await runner.run(assignment, { ...(requirements ? { requirements } : {}), placement: policy.placement, signal: job.controller.signal, ...(corrupted ? { inputsAsSent: true } : {}) });
       result.replayNode = nodeId;
