@@ -168,3 +168,30 @@ describe('replay report: a what-if and what it changed downstream', () => {
     expect(later?.steps.map((x) => x.faults)).toEqual([[], []]);
   });
 });
+
+describe('replay watch across a coordinator shutdown', () => {
+  it('says the replay ended CANCELLED by the shutdown, not only that the coordinator cannot be reached', async () => {
+    const calls: ShardAssignment[] = [];
+    const shared: PipelineShared & ReplayShared = { dispatcher: runner(calls), mesh: { nodes: () => [NodeInfo.fromPartial({ nodeId: 'node-a', state: NodeState.NODE_STATE_READY })] } };
+    const tc = await startTestCoordinator({ extensions: [pipelineExtension(shared, { runner: runner(calls) }), replayExtension(shared)] });
+    try {
+      const pipelines = tc.client(PipelineServiceDefinition);
+      await pipelines.applyPipeline({ pipeline: Pipeline.fromJSON({ name: 'nums', sources: [{ name: 'raw', mediaType: 'text/plain' }], steps: [{ name: 'scale', transform: 'scale', codeVersion: CODE, parameters: { factor: 2 }, inputs: ['raw'] }] }) });
+      await pipelines.ingest(
+        (async function* () {
+          yield { pipeline: 'nums', source: 'raw', records: ['1', '2'].map((key, i) => ({ key, eventTimeNs: String(T0 + BigInt(i) * 1_000_000_000n), payload: Buffer.from(key), mediaType: '' })) };
+        })(),
+      );
+      // The second record is due 100 s in: the replay is still running when the coordinator stops.
+      const { replayId } = await tc.client(ReplayServiceDefinition).startReplay({ selector: { selector: { $case: 'recordIds', value: { objectIds: ['record:nums/raw:1', 'record:nums/raw:2'] } } }, policy: { speed: 0.01 } as never });
+      const watching = runCli(['replay', 'watch', replayId, '--coordinator', tc.grpcAddress, '--token', tc.token]);
+      await new Promise((r) => setTimeout(r, 300));
+      await tc.stop({ keepData: true });
+      const r = await watching;
+      expect(r.code).toBe(1);
+      expect(r.err).toContain(`replay ${replayId}: CANCELLED (cancelled: the coordinator shut down during the replay; start it again); the coordinator went away before its report could be read`);
+    } finally {
+      await tc.stop().catch(() => undefined);
+    }
+  });
+});

@@ -635,7 +635,8 @@ export class ReplayEngine {
     await this.save(job.id, job.report);
     // The full report is saved: the progress rows are not needed any more.
     await this.progressTable.clear(progressRange(job.id)).catch((err: unknown) => this.deps.log(`replay ${job.id}: clearing its progress failed: ${String(err)}`));
-    this.publish(job, 'done');
+    // Why it ended, when it was cut short: a watcher may not reach the report (a coordinator shutting down).
+    this.publish(job, job.report.error ? `done: ${job.report.error}` : 'done');
     this.jobs.delete(job.id);
     job.events.emit('done');
   }

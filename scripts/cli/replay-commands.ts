@@ -1,9 +1,10 @@
 import { writeFileSync } from 'node:fs';
-import { ReplayServiceDefinition, ReplayState, GpuMode, type RecordSelector, type ReplayPolicy, ReplayReport } from '../../common/gen/retrace/v1/replay.js';
+import { ReplayServiceDefinition, ReplayState, GpuMode, type RecordSelector, type ReplayPolicy, ReplayReport, type WatchReplayResponse } from '../../common/gen/retrace/v1/replay.js';
 import { renderScatterSvg } from '../../common/svg-chart.js';
 import { formatSpanMs, parseDurationMs } from '../../common/time.js';
 import { flag, flagAll, hasFlag, intFlag, timeArgNs, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
 import { openClient } from './client.js';
+import { isRetraceError } from '../../common/errors.js';
 import { messageJson, responseJson } from './proto-json.js';
 import { progressBar, renderTable, shortHash, toJson } from './format.js';
 
@@ -172,13 +173,15 @@ export async function watchReplayProgress(
   replayId: string,
   io: Pick<CliIo, 'stderr' | 'signal'>,
   options: { lineEveryMs?: number; now?: () => number } = {},
-): Promise<void> {
+): Promise<WatchReplayResponse | undefined> {
   const { lineEveryMs = 10_000, now = Date.now } = options;
   const tty = (io.stderr as { isTTY?: boolean }).isTTY === true;
   let line = '';
   let lineAtMs = now();
   let lineState = '';
+  let last: WatchReplayResponse | undefined;
   for await (const p of client.watchReplay({ replayId }, { ...(io.signal ? { signal: io.signal } : {}) })) {
+    last = p;
     line = progressBar(p.stepsDone, p.stepsTotal, 30, `${p.stepsDone}/${p.stepsTotal} steps, ${p.recordsDone}/${p.recordsTotal} records, ${p.stepsFailed} failed${p.stepsSkipped > 0 ? `, ${p.stepsSkipped} not run` : ''}  ${p.message}`.slice(0, 110));
     if (tty) io.stderr.write(`\r${line}\x1b[K`);
     else if (p.state === ReplayState.REPLAY_STATE_PENDING || p.state === ReplayState.REPLAY_STATE_RUNNING) {
@@ -191,6 +194,24 @@ export async function watchReplayProgress(
     }
   }
   io.stderr.write(tty ? '\n' : `${line}\n`);
+  return last;
+}
+
+/**
+ * The report of a replay just watched to its end. A coordinator that shut down (ending the
+ * replay CANCELLED) may be gone before the report is read: then the state the watch last saw,
+ * and how to read the report later, rather than only a connection error.
+ */
+async function reportAfterWatch(client: ReturnType<typeof openClient<typeof ReplayServiceDefinition>>['client'], replayId: string, last: WatchReplayResponse | undefined, io: CliIo): Promise<ReplayReport | undefined> {
+  try {
+    const { report } = await client.getReplayReport({ replayId }, { signal: io.signal });
+    return report;
+  } catch (err) {
+    if (last === undefined || !isRetraceError(err) || err.code !== 'UNAVAILABLE') throw err;
+    const why = last.message.startsWith('done: ') ? ` (${last.message.slice('done: '.length)})` : '';
+    io.stderr.write(`replay ${replayId}: ${stateName(last.state)}${why}; the coordinator went away before its report could be read (${err.message}): retrace replay report ${replayId} once it is back\n`);
+    return undefined;
+  }
 }
 
 /** A replay state as the CLI prints it: `RUNNING`, `SUCCEEDED`. */
@@ -319,8 +340,7 @@ const start: CliCommand = {
         return 0;
       }
       io.stderr.write(`replay ${r.replayId}: ${r.records} records, ${r.steps} steps\n`);
-      await watchReplayProgress(client, r.replayId, io);
-      const { report } = await client.getReplayReport({ replayId: r.replayId }, { signal: io.signal });
+      const report = await reportAfterWatch(client, r.replayId, await watchReplayProgress(client, r.replayId, io), io);
       if (!report) return 1;
       if (hasFlag(args, 'json')) io.stdout.write(toJson(messageJson('retrace.v1.ReplayReport', ReplayReport, report)));
       else printReport(report, io);
@@ -385,8 +405,7 @@ const watchCmd: CliCommand = {
     noMorePositionals(args, 1);
     const { client, close } = openClient(ReplayServiceDefinition, args);
     try {
-      await watchReplayProgress(client, replayId, io);
-      const { report: r } = await client.getReplayReport({ replayId }, { signal: io.signal });
+      const r = await reportAfterWatch(client, replayId, await watchReplayProgress(client, replayId, io), io);
       if (!r) return 1;
       io.stderr.write(stateLine(r));
       return r.state === ReplayState.REPLAY_STATE_SUCCEEDED ? 0 : 1;
