@@ -11,6 +11,7 @@ import { replayExtension, type ReplayShared } from '../coordinator/replay/replay
 import { replayReportSvg, watchReplayProgress } from '../scripts/cli/replay-commands.js';
 import { runCli } from './helpers/in-process-cli.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
+import { until } from './helpers/until.js';
 
 // What a replay's report says about a what-if's effect downstream, and which selections are
 // refused. Shards run in-process on one node: "scale" multiplies the number by its `factor`
@@ -167,7 +168,27 @@ describe('replay report: a what-if and what it changed downstream', () => {
     const { report: later } = await client.getReplayReport({ replayId: id });
     expect(later?.steps.map((x) => x.faults)).toEqual([[], []]);
   });
+
+  it('a running replay\'s report and listing count the steps finished so far', async () => {
+    const client = tc.client(ReplayServiceDefinition);
+    // The second record is due 100 s after the first: the replay runs on while it is read.
+    const { replayId } = await client.startReplay({ selector: { selector: { $case: 'recordIds', value: { objectIds: ['record:nums/raw:1', 'record:nums/raw:2'] } } }, policy: { speed: 0.0001 } as never });
+    try {
+      const report = await until('the first record replayed', async () => {
+        const { report: r } = await client.getReplayReport({ replayId });
+        return r?.steps.filter((x) => x.status === 'SUCCEEDED').length === 2 ? r : undefined;
+      });
+      expect(report.summary).toMatchObject({ records: 2, steps: 4, matched: 2, failed: 0, cancelled: 0 });
+      const text = await cli('replay', 'report', replayId);
+      expect(text.out).toContain('2 records, 4 steps: 2 matched, 0 differed, 0 failed, 2 still to run;');
+      const listed = (await client.listReplays({})).replays.find((x) => x.replayId === replayId);
+      expect(listed?.summary).toMatchObject({ steps: 4, matched: 2 });
+    } finally {
+      await client.cancelReplay({ replayId });
+    }
+  });
 });
+
 
 describe('replay watch across a coordinator shutdown', () => {
   it('says the replay ended CANCELLED by the shutdown, not only that the coordinator cannot be reached', async () => {

@@ -131,6 +131,8 @@ interface ReplayJob {
   specs: ReadonlyMap<string, StepSpec>;
   /** When the scheduled outages' clocks started (performance.now()): their `after` counts from here. */
   outagesFromMs?: number;
+  /** When record offsets start counting (performance.now()), once execution has begun. */
+  startedMs?: number;
 }
 
 /**
@@ -400,7 +402,7 @@ export class ReplayEngine {
 
   async report(replayId: string): Promise<ReplayReport> {
     const live = this.jobs.get(replayId);
-    if (live) return live.report;
+    if (live) return withLiveSummary(live);
     const json = await this.table.get(replayId);
     if (json === undefined) throw new NotFoundError(`replay ${JSON.stringify(replayId)}`, 'replay_id');
     return ReplayReport.fromJSON(JSON.parse(json));
@@ -413,7 +415,8 @@ export class ReplayEngine {
   async list(): Promise<ReplayReport[]> {
     const out: ReplayReport[] = [];
     for await (const [id, json] of this.table.iterator()) {
-      const r = this.jobs.get(id)?.report ?? ReplayReport.fromJSON(JSON.parse(json));
+      const job = this.jobs.get(id);
+      const r = job ? withLiveSummary(job) : ReplayReport.fromJSON(JSON.parse(json));
       out.push({ ...r, steps: [] });
     }
     return out;
@@ -603,6 +606,7 @@ export class ReplayEngine {
     // Offsets count from here, after the run event is committed: a group commit's wait would
     // otherwise make only the first record late.
     const started = performance.now();
+    job.startedMs = started;
     const replayOne = async (plan: RecordPlan, targetMs: number, gate?: ReleaseGate): Promise<void> => {
       const results = await this.replayRecord(job, plan, runner, payloads, { startedMs: started, targetMs, ...(gate ? { gate } : {}) });
       job.progress.recordsDone++;
@@ -1115,6 +1119,19 @@ function cancelText(job: ReplayJob): string {
 /** A step that did not run because the replay was cancelled (its shard aborted, or never sent). */
 export function isCancelledStep(r: Pick<ReplayStepResult, 'status' | 'error'>): boolean {
   return r.status === 'CANCELLED' || (r.status === 'SKIPPED' && r.error.startsWith('cancelled'));
+}
+
+/**
+ * A running replay's report with a summary of the steps finished so far (a report read or listed
+ * mid-replay would otherwise say nothing of its progress): steps still pending or running are in
+ * `steps` but in none of the counts, and nothing is counted cancelled that was merely not reached.
+ */
+function withLiveSummary(job: ReplayJob): ReplayReport {
+  const report = job.report;
+  if (report.summary !== undefined || job.header === undefined || job.startedMs === undefined) return report;
+  const finished = report.steps.filter((r) => r.status !== 'PENDING' && r.status !== 'RUNNING');
+  const summary = summarize({ ...job.header, steps: finished.length }, finished, performance.now() - job.startedMs, job.header.originalSpanMs);
+  return { ...report, summary: { ...summary, steps: job.header.steps } };
 }
 
 /** A step that did not run because an earlier step of its record failed. */

@@ -228,8 +228,10 @@ function printReport(r: ReplayReport, io: CliIo): void {
   const s = r.summary;
   io.stdout.write(stateLine(r));
   if (s) {
+    // A running replay's summary counts the steps finished so far.
+    const toGo = s.steps - s.matched - s.differed - s.failed - s.upstreamFailed - s.cancelled;
     io.stdout.write(
-      `  ${s.records} records, ${s.steps} steps: ${s.matched} matched, ${s.differed} differed, ${s.failed} failed${s.upstreamFailed ? `, ${s.upstreamFailed} upstream failed` : ''}${s.cancelled ? `, ${s.cancelled} cancelled` : ''}; non-deterministic ${s.nondeterministic}; corrupted inputs detected ${s.corruptedInputsDetected}; reassigned ${s.reassigned}\n` +
+      `  ${s.records} records, ${s.steps} steps: ${s.matched} matched, ${s.differed} differed, ${s.failed} failed${s.upstreamFailed ? `, ${s.upstreamFailed} upstream failed` : ''}${s.cancelled ? `, ${s.cancelled} cancelled` : ''}${toGo > 0 ? `, ${toGo} still to run` : ''}; non-deterministic ${s.nondeterministic}; corrupted inputs detected ${s.corruptedInputsDetected}; reassigned ${s.reassigned}\n` +
         `  wall ${formatSpanMs(s.replayWallMs)} for a recorded span of ${formatSpanMs(s.originalSpanMs)} at speed ${s.speed || 'max'}; placements ${JSON.stringify(s.placements)}\n`,
     );
     if (s.changedRecords > 0) io.stdout.write(`  changed records: ${s.changedRecords} (first: ${s.firstChangedRecords.join(', ')})\n`);
