@@ -129,6 +129,10 @@ interface ReplayJob {
   flushing: Promise<void>;
   /** The recorded steps' pipeline definitions, by `pipeline@version/step` (see specKey). */
   specs: ReadonlyMap<string, StepSpec>;
+  /** When the scheduled outages' clocks started (performance.now()): their `after` counts from here. */
+  outagesFromMs?: number;
+  /** When record offsets start counting (performance.now()), once execution has begun. */
+  startedMs?: number;
 }
 
 /**
@@ -398,7 +402,7 @@ export class ReplayEngine {
 
   async report(replayId: string): Promise<ReplayReport> {
     const live = this.jobs.get(replayId);
-    if (live) return live.report;
+    if (live) return withLiveSummary(live);
     const json = await this.table.get(replayId);
     if (json === undefined) throw new NotFoundError(`replay ${JSON.stringify(replayId)}`, 'replay_id');
     return ReplayReport.fromJSON(JSON.parse(json));
@@ -411,7 +415,8 @@ export class ReplayEngine {
   async list(): Promise<ReplayReport[]> {
     const out: ReplayReport[] = [];
     for await (const [id, json] of this.table.iterator()) {
-      const r = this.jobs.get(id)?.report ?? ReplayReport.fromJSON(JSON.parse(json));
+      const job = this.jobs.get(id);
+      const r = job ? withLiveSummary(job) : ReplayReport.fromJSON(JSON.parse(json));
       out.push({ ...r, steps: [] });
     }
     return out;
@@ -573,6 +578,7 @@ export class ReplayEngine {
     ]);
     const timers: (() => void)[] = [];
     const nowMs = (): number => Date.now();
+    job.outagesFromMs = performance.now();
     for (const o of policy.outages) {
       // start_after_ms is a uint32: up to 49 days, past what one timer takes.
       timers.push(setLongTimeout(() => runner.setLinkOutage?.(o.nodeId, nowMs() + o.durationMs), o.startAfterMs));
@@ -600,6 +606,7 @@ export class ReplayEngine {
     // Offsets count from here, after the run event is committed: a group commit's wait would
     // otherwise make only the first record late.
     const started = performance.now();
+    job.startedMs = started;
     const replayOne = async (plan: RecordPlan, targetMs: number, gate?: ReleaseGate): Promise<void> => {
       const results = await this.replayRecord(job, plan, runner, payloads, { startedMs: started, targetMs, ...(gate ? { gate } : {}) });
       job.progress.recordsDone++;
@@ -632,7 +639,8 @@ export class ReplayEngine {
     await this.save(job.id, job.report);
     // The full report is saved: the progress rows are not needed any more.
     await this.progressTable.clear(progressRange(job.id)).catch((err: unknown) => this.deps.log(`replay ${job.id}: clearing its progress failed: ${String(err)}`));
-    this.publish(job, 'done');
+    // Why it ended, when it was cut short: a watcher may not reach the report (a coordinator shutting down).
+    this.publish(job, job.report.error ? `done: ${job.report.error}` : 'done');
     this.jobs.delete(job.id);
     job.events.emit('done');
   }
@@ -726,6 +734,12 @@ export class ReplayEngine {
     let stopped: 'failed' | 'cancelled' | undefined;
     /** original version key → replayed output */
     const produced = new Map<string, { ref: ObjectRef; payload: Uint8Array; mediaType: string }>();
+    /**
+     * Original version keys whose replayed output a what-if changed (the step's own parameters or
+     * code, or its inputs changed so upstream): a step reading one runs differently than recorded
+     * because of the what-if, so its differing output is the what-if's effect, not non-determinism.
+     */
+    const changedByWhatIf = new Set<string>();
     const events: LineageEvent[] = [];
     /** Output payloads, written with the record's events. */
     const toStore: Uint8Array[] = [];
@@ -735,7 +749,7 @@ export class ReplayEngine {
       const { step } = ps;
       const parameters = { ...((step.parameters ?? {}) as Record<string, unknown>), ...(policy.stepParameters[ps.name] ?? {}) };
       const codeVersion = policy.codeVersions[step.transform] ?? step.codeVersion;
-      const overridden = codeVersion !== step.codeVersion || policy.stepParameters[ps.name] !== undefined;
+      const overridden = codeVersion !== step.codeVersion || policy.stepParameters[ps.name] !== undefined || step.used.some((u) => changedByWhatIf.has(versionKey(u.objectId, u.contentHash)));
       // A recompute that reproduced an existing version lists it as reproduced, not generated.
       let originals = stepOutputs(step);
       const result: ReplayStepResult = {
@@ -853,6 +867,14 @@ export class ReplayEngine {
         result.dispatchedAtMs = dispatchedMs;
       }
       if (outage) runner.setLinkOutage?.(outage, Date.now() + 1000);
+      // A scheduled outage (--fault outage:NODE:after=..:for=..) said on the steps it met, so the
+      // report shows where it struck and where they went instead, not only in the policy.
+      if (job.outagesFromMs !== undefined) {
+        const sinceMs = performance.now() - job.outagesFromMs;
+        for (const o of policy.outages) {
+          if (sinceMs >= o.startAfterMs && sinceMs < o.startAfterMs + o.durationMs) result.faults.push(`sent during the outage of ${o.nodeId} (after ${formatSpanMs(o.startAfterMs)} for ${formatSpanMs(o.durationMs)})`);
+        }
+      }
       result.status = 'RUNNING';
       const { outcome, nodeId, attempts } = await runner.run(assignment, { ...(requirements ? { requirements } : {}), placement: policy.placement, signal: job.controller.signal, ...(corrupted ? { inputsAsSent: true } : {}) });
       result.replayNode = nodeId;
@@ -880,7 +902,10 @@ export class ReplayEngine {
         const ref = { objectId, contentHash: hash, unversioned: false };
         generated.push(ref);
         result.replayOutputHashes.push(hash);
-        if (original) produced.set(versionKey(original.objectId, original.contentHash), { ref, payload: out.payload, mediaType: out.mediaType });
+        if (original) {
+          produced.set(versionKey(original.objectId, original.contentHash), { ref, payload: out.payload, mediaType: out.mediaType });
+          if (overridden && hash !== original.contentHash) changedByWhatIf.add(versionKey(original.objectId, original.contentHash));
+        }
         events.push({ eventId: `replay:${job.id}:obj:${objectId}@${hash}`, eventTimeNs: outcome.endedAtNs, producer: 'retrace-replay', body: { $case: 'objectVersion', value: { objectId, contentHash: hash, size: String(out.payload.length), mediaType: out.mediaType, createdAtNs: outcome.endedAtNs, attributes: { replayOf: original ? versionKey(original.objectId, original.contentHash) : '' }, facets: undefined } } });
       }
       result.matches = result.replayOutputHashes.length === result.originalOutputHashes.length && result.replayOutputHashes.every((h, i) => h === result.originalOutputHashes[i]);
@@ -1094,6 +1119,19 @@ function cancelText(job: ReplayJob): string {
 /** A step that did not run because the replay was cancelled (its shard aborted, or never sent). */
 export function isCancelledStep(r: Pick<ReplayStepResult, 'status' | 'error'>): boolean {
   return r.status === 'CANCELLED' || (r.status === 'SKIPPED' && r.error.startsWith('cancelled'));
+}
+
+/**
+ * A running replay's report with a summary of the steps finished so far (a report read or listed
+ * mid-replay would otherwise say nothing of its progress): steps still pending or running are in
+ * `steps` but in none of the counts, and nothing is counted cancelled that was merely not reached.
+ */
+function withLiveSummary(job: ReplayJob): ReplayReport {
+  const report = job.report;
+  if (report.summary !== undefined || job.header === undefined || job.startedMs === undefined) return report;
+  const finished = report.steps.filter((r) => r.status !== 'PENDING' && r.status !== 'RUNNING');
+  const summary = summarize({ ...job.header, steps: finished.length }, finished, performance.now() - job.startedMs, job.header.originalSpanMs);
+  return { ...report, summary: { ...summary, steps: job.header.steps } };
 }
 
 /** A step that did not run because an earlier step of its record failed. */

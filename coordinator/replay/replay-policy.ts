@@ -117,6 +117,11 @@ export function checkSelector(selector: RecordSelector | undefined): NonNullable
   switch (s.$case) {
     case 'recordIds':
       if (s.value.objectIds.length === 0) throw new InvalidArgumentError('selector.record_ids.object_ids', 'at least one record is required');
+      // Named twice, a record would be replayed twice under the same replayed step ids.
+      s.value.objectIds.forEach((id, i) => {
+        const first = s.value.objectIds.indexOf(id);
+        if (first !== i) throw new InvalidArgumentError(`selector.record_ids.object_ids[${i}]`, `record ${JSON.stringify(id)} is already selected (object_ids[${first}]); name each record once`);
+      });
       break;
     case 'window':
       if (!s.value.pipeline || !s.value.source) throw new InvalidArgumentError('selector.window', 'pipeline and source are required');

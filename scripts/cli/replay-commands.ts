@@ -1,9 +1,10 @@
 import { writeFileSync } from 'node:fs';
-import { ReplayServiceDefinition, ReplayState, GpuMode, type RecordSelector, type ReplayPolicy, ReplayReport } from '../../common/gen/retrace/v1/replay.js';
+import { ReplayServiceDefinition, ReplayState, GpuMode, type RecordSelector, type ReplayPolicy, ReplayReport, type WatchReplayResponse } from '../../common/gen/retrace/v1/replay.js';
 import { renderScatterSvg } from '../../common/svg-chart.js';
 import { formatSpanMs, parseDurationMs } from '../../common/time.js';
 import { flag, flagAll, hasFlag, intFlag, timeArgNs, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
 import { openClient } from './client.js';
+import { isRetraceError } from '../../common/errors.js';
 import { messageJson, responseJson } from './proto-json.js';
 import { progressBar, renderTable, shortHash, toJson } from './format.js';
 
@@ -29,11 +30,26 @@ const START_USAGE = `retrace replay start SELECTOR [POLICY] [--watch] [--json]
 /** The longest fault duration the policy carries (uint32 milliseconds). */
 const MAX_FAULT_MS = 2 ** 32 - 1;
 
+/**
+ * A word past those the command takes is refused, not ignored: `--record A B` would replay A
+ * alone, and `--window P/S FROM TO X` drop X, both exiting 0.
+ */
+function noMorePositionals(args: ParsedArgs, count: number): void {
+  const extra = args.positionals[count];
+  if (extra !== undefined) throw new UsageError(`unexpected argument ${JSON.stringify(extra)}${count === 0 && args.flags.has('record') ? ' (give each record its own --record)' : ''}`);
+}
+
 function parseSelector(args: ParsedArgs): RecordSelector {
   const records = flagAll(args, 'record');
-  if (records.length > 0) return { selector: { $case: 'recordIds', value: { objectIds: records } } };
+  if (records.length > 0) {
+    noMorePositionals(args, 0);
+    return { selector: { $case: 'recordIds', value: { objectIds: records } } };
+  }
   const run = flag(args, 'run');
-  if (run) return { selector: { $case: 'runId', value: run } };
+  if (run) {
+    noMorePositionals(args, 0);
+    return { selector: { $case: 'runId', value: run } };
+  }
   const split = (ps: string | undefined): { pipeline: string; source: string } => {
     const [pipeline, source] = (ps ?? '').split('/');
     if (!pipeline || !source) throw new UsageError(`expected PIPELINE/SOURCE, got ${JSON.stringify(ps ?? '')}`);
@@ -44,9 +60,17 @@ function parseSelector(args: ParsedArgs): RecordSelector {
     return timeArgNs(t, '--window');
   };
   const window = flag(args, 'window');
-  if (window) return { selector: { $case: 'window', value: { ...split(window), fromNs: time(args.positionals[0]), toNs: time(args.positionals[1]) } } };
+  if (window) {
+    const value = { ...split(window), fromNs: time(args.positionals[0]), toNs: time(args.positionals[1]) };
+    noMorePositionals(args, 2);
+    return { selector: { $case: 'window', value } };
+  }
   const last = flag(args, 'last');
-  if (last) return { selector: { $case: 'last', value: { ...split(args.positionals[0]), minutes: parseDurationMs(last, '--last') / 60_000 } } };
+  if (last) {
+    const value = { ...split(args.positionals[0]), minutes: parseDurationMs(last, '--last') / 60_000 };
+    noMorePositionals(args, 1);
+    return { selector: { $case: 'last', value } };
+  }
   throw new UsageError('a selector is required: --record, --window, --last or --run');
 }
 
@@ -63,8 +87,11 @@ function parsePolicy(args: ParsedArgs): ReplayPolicy {
     else targetNodeIds.push(...t.split(',').filter(Boolean));
   }
   const cpuText = flag(args, 'max-cpu');
-  const maxCpuFraction = cpuText === undefined ? 0 : cpuText.endsWith('%') ? Number(cpuText.slice(0, -1)) / 100 : Number(cpuText);
+  const cpuNumber = cpuText === undefined ? '' : cpuText.endsWith('%') ? cpuText.slice(0, -1) : cpuText;
+  const maxCpuFraction = cpuText === undefined ? 0 : cpuNumber.trim() === '' ? Number.NaN : cpuText.endsWith('%') ? Number(cpuNumber) / 100 : Number(cpuNumber);
   if (!Number.isFinite(maxCpuFraction) || maxCpuFraction < 0 || maxCpuFraction > 1) throw new UsageError('--max-cpu must be like 50% or 0.5');
+  // 0 means "no cap" on the wire: `--max-cpu 0%` would otherwise run uncapped without a word.
+  if (cpuText !== undefined && maxCpuFraction === 0) throw new UsageError(`--max-cpu must be above 0% (leave it out for no cap), got ${JSON.stringify(cpuText)}`);
   const gpuText = flag(args, 'gpu');
   const gpu = gpuText === undefined ? GpuMode.GPU_MODE_ANY : gpuText === 'only' ? GpuMode.GPU_MODE_ONLY : gpuText === 'none' ? GpuMode.GPU_MODE_NONE : undefined;
   if (gpu === undefined) throw new UsageError('--gpu must be only or none');
@@ -135,15 +162,56 @@ function parsePolicy(args: ParsedArgs): ReplayPolicy {
   };
 }
 
-async function watch(client: ReturnType<typeof openClient<typeof ReplayServiceDefinition>>['client'], replayId: string, io: CliIo): Promise<void> {
-  // A live bar on a terminal; elsewhere (logs, pipes) one line when it ends.
+/**
+ * Follows a replay through WatchReplay until it ends, rendering its progress on stderr. On a
+ * terminal: one live bar redrawn in place. Elsewhere (pipes, logs): the bar as a line of its own
+ * at most every `lineEveryMs` (10 s) while steps finish or its message changes (a paced wait), so
+ * a long replay's log shows it advancing, and the bar once more when it ends.
+ */
+export async function watchReplayProgress(
+  client: ReturnType<typeof openClient<typeof ReplayServiceDefinition>>['client'],
+  replayId: string,
+  io: Pick<CliIo, 'stderr' | 'signal'>,
+  options: { lineEveryMs?: number; now?: () => number } = {},
+): Promise<WatchReplayResponse | undefined> {
+  const { lineEveryMs = 10_000, now = Date.now } = options;
   const tty = (io.stderr as { isTTY?: boolean }).isTTY === true;
   let line = '';
-  for await (const p of client.watchReplay({ replayId }, { signal: io.signal })) {
+  let lineAtMs = now();
+  let lineState = '';
+  let last: WatchReplayResponse | undefined;
+  for await (const p of client.watchReplay({ replayId }, { ...(io.signal ? { signal: io.signal } : {}) })) {
+    last = p;
     line = progressBar(p.stepsDone, p.stepsTotal, 30, `${p.stepsDone}/${p.stepsTotal} steps, ${p.recordsDone}/${p.recordsTotal} records, ${p.stepsFailed} failed${p.stepsSkipped > 0 ? `, ${p.stepsSkipped} not run` : ''}  ${p.message}`.slice(0, 110));
     if (tty) io.stderr.write(`\r${line}\x1b[K`);
+    else if (p.state === ReplayState.REPLAY_STATE_PENDING || p.state === ReplayState.REPLAY_STATE_RUNNING) {
+      const state = `${p.stepsDone} ${p.message}`;
+      if (state !== lineState && now() - lineAtMs >= lineEveryMs) {
+        io.stderr.write(`${line}\n`);
+        lineAtMs = now();
+        lineState = state;
+      }
+    }
   }
   io.stderr.write(tty ? '\n' : `${line}\n`);
+  return last;
+}
+
+/**
+ * The report of a replay just watched to its end. A coordinator that shut down (ending the
+ * replay CANCELLED) may be gone before the report is read: then the state the watch last saw,
+ * and how to read the report later, rather than only a connection error.
+ */
+async function reportAfterWatch(client: ReturnType<typeof openClient<typeof ReplayServiceDefinition>>['client'], replayId: string, last: WatchReplayResponse | undefined, io: CliIo): Promise<ReplayReport | undefined> {
+  try {
+    const { report } = await client.getReplayReport({ replayId }, { signal: io.signal });
+    return report;
+  } catch (err) {
+    if (last === undefined || !isRetraceError(err) || err.code !== 'UNAVAILABLE') throw err;
+    const why = last.message.startsWith('done: ') ? ` (${last.message.slice('done: '.length)})` : '';
+    io.stderr.write(`replay ${replayId}: ${stateName(last.state)}${why}; the coordinator went away before its report could be read (${err.message}): retrace replay report ${replayId} once it is back\n`);
+    return undefined;
+  }
 }
 
 /** A replay state as the CLI prints it: `RUNNING`, `SUCCEEDED`. */
@@ -160,8 +228,10 @@ function printReport(r: ReplayReport, io: CliIo): void {
   const s = r.summary;
   io.stdout.write(stateLine(r));
   if (s) {
+    // A running replay's summary counts the steps finished so far.
+    const toGo = s.steps - s.matched - s.differed - s.failed - s.upstreamFailed - s.cancelled;
     io.stdout.write(
-      `  ${s.records} records, ${s.steps} steps: ${s.matched} matched, ${s.differed} differed, ${s.failed} failed${s.upstreamFailed ? `, ${s.upstreamFailed} upstream failed` : ''}${s.cancelled ? `, ${s.cancelled} cancelled` : ''}; non-deterministic ${s.nondeterministic}; corrupted inputs detected ${s.corruptedInputsDetected}; reassigned ${s.reassigned}\n` +
+      `  ${s.records} records, ${s.steps} steps: ${s.matched} matched, ${s.differed} differed, ${s.failed} failed${s.upstreamFailed ? `, ${s.upstreamFailed} upstream failed` : ''}${s.cancelled ? `, ${s.cancelled} cancelled` : ''}${toGo > 0 ? `, ${toGo} still to run` : ''}; non-deterministic ${s.nondeterministic}; corrupted inputs detected ${s.corruptedInputsDetected}; reassigned ${s.reassigned}\n` +
         `  wall ${formatSpanMs(s.replayWallMs)} for a recorded span of ${formatSpanMs(s.originalSpanMs)} at speed ${s.speed || 'max'}; placements ${JSON.stringify(s.placements)}\n`,
     );
     if (s.changedRecords > 0) io.stdout.write(`  changed records: ${s.changedRecords} (first: ${s.firstChangedRecords.join(', ')})\n`);
@@ -272,8 +342,7 @@ const start: CliCommand = {
         return 0;
       }
       io.stderr.write(`replay ${r.replayId}: ${r.records} records, ${r.steps} steps\n`);
-      await watch(client, r.replayId, io);
-      const { report } = await client.getReplayReport({ replayId: r.replayId }, { signal: io.signal });
+      const report = await reportAfterWatch(client, r.replayId, await watchReplayProgress(client, r.replayId, io), io);
       if (!report) return 1;
       if (hasFlag(args, 'json')) io.stdout.write(toJson(messageJson('retrace.v1.ReplayReport', ReplayReport, report)));
       else printReport(report, io);
@@ -291,6 +360,7 @@ const report: CliCommand = {
   async run(args, io) {
     const replayId = args.positionals[0];
     if (!replayId) throw new UsageError('REPLAY_ID is required');
+    noMorePositionals(args, 1);
     const { client, close } = openClient(ReplayServiceDefinition, args);
     try {
       const { report: r } = await client.getReplayReport({ replayId }, { signal: io.signal });
@@ -314,6 +384,7 @@ const list: CliCommand = {
   summary: 'replays and their state',
   usage: 'retrace replay list [--json]',
   async run(args, io) {
+    noMorePositionals(args, 0);
     const { client, close } = openClient(ReplayServiceDefinition, args);
     try {
       const r = await client.listReplays({}, { signal: io.signal });
@@ -333,10 +404,10 @@ const watchCmd: CliCommand = {
   async run(args, io) {
     const replayId = args.positionals[0];
     if (!replayId) throw new UsageError('REPLAY_ID is required');
+    noMorePositionals(args, 1);
     const { client, close } = openClient(ReplayServiceDefinition, args);
     try {
-      await watch(client, replayId, io);
-      const { report: r } = await client.getReplayReport({ replayId }, { signal: io.signal });
+      const r = await reportAfterWatch(client, replayId, await watchReplayProgress(client, replayId, io), io);
       if (!r) return 1;
       io.stderr.write(stateLine(r));
       return r.state === ReplayState.REPLAY_STATE_SUCCEEDED ? 0 : 1;
@@ -353,6 +424,7 @@ const cancel: CliCommand = {
   async run(args, io) {
     const replayId = args.positionals[0];
     if (!replayId) throw new UsageError('REPLAY_ID is required');
+    noMorePositionals(args, 1);
     const { client, close } = openClient(ReplayServiceDefinition, args);
     try {
       const r = await client.cancelReplay({ replayId }, { signal: io.signal });
