@@ -2,7 +2,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { dagToDot, dagToSvg, type DagDrawing, type DagNode } from '../../common/dag-drawing.js';
 import { Direction, LineageServiceDefinition, NodeKind, type NodeRef, type SubmitEventsResponse, type TraceResponse } from '../../common/gen/retrace/v1/lineage.js';
 import { LineageEvent } from '../../common/gen/retrace/v1/provenance.js';
-import { isRetraceError } from '../../common/errors.js';
+import { isRetraceError, RetraceError } from '../../common/errors.js';
 import { nodeKey, parseNodeKey } from '../../common/lineage-keys.js';
 import { verifyInclusion } from '../../common/merkle.js';
 import { checkProtoJson } from '../../common/proto-json-check.js';
@@ -281,8 +281,12 @@ const submit: CliCommand = {
       // ownership owner (or producer) converted here is refused then, with nothing stored, and the
       // runs go again without a principal, which the coordinator fills in with the token's name.
       const refusedPrincipal = isRetraceError(err) && err.code === 'PERMISSION_DENIED' && /^\S*\.step\.why\.principal: /.test(err.message);
-      if (!refusedPrincipal || !input.withoutPrincipal) throw err;
-      r = await submit(input.withoutPrincipal());
+      if (!refusedPrincipal || !input.withoutPrincipal) throw inFileTerms(err, input.locate);
+      try {
+        r = await submit(input.withoutPrincipal());
+      } catch (again) {
+        throw inFileTerms(again, input.locate);
+      }
     }
     if (hasFlag(args, 'json')) io.stdout.write(toJson(responseJson(LineageServiceDefinition, 'submitEvents', r)));
     else io.stdout.write(`stored ${r.accepted} event(s), ${r.duplicates} already present; ledger size ${r.treeSize}\n`);
@@ -295,10 +299,22 @@ const submit: CliCommand = {
  * `withoutPrincipal`: the same events with their runs' principal left empty (for a token bound to
  * its name, which the coordinator records instead).
  */
-export function toNativeEvents(json: unknown): { events: LineageEvent[]; withoutPrincipal?: () => LineageEvent[] } {
+export function toNativeEvents(json: unknown): { events: LineageEvent[]; withoutPrincipal?: () => LineageEvent[]; locate: (index: number) => string | undefined } {
   const looksOpenLineage = (v: unknown): boolean => typeof v === 'object' && v !== null && ('eventType' in v || ('schemaURL' in v && 'producer' in v && !('body' in v)));
   const openLineage = Array.isArray(json) && json.length > 0 && looksOpenLineage(json[0]) ? validateOpenLineageBatch(json) : looksOpenLineage(json) ? [validateOpenLineageEvent(json)] : undefined;
-  if (openLineage) return { events: openLineage.flatMap((e) => toLineageEvents(e)), withoutPrincipal: () => openLineage.flatMap((e) => toLineageEvents(e, { principal: '' })) };
+  if (openLineage) {
+    const converted = openLineage.map((e) => toLineageEvents(e));
+    // One OpenLineage event becomes several native ones: the k-th native event, as the file's event it came from.
+    const source: number[] = converted.flatMap((events, i) => events.map(() => i));
+    const locate = (index: number): string | undefined => {
+      const i = source[index];
+      if (i === undefined) return undefined;
+      const e = (openLineage[i] as { event: unknown }).event as { eventType?: string; run?: { runId?: string }; job?: { namespace?: string; name?: string } };
+      const what = [e.eventType, e.run?.runId === undefined ? '' : `run ${e.run.runId}`, e.job?.name === undefined ? '' : `job ${e.job.namespace ?? ''}:${e.job.name}`].filter((x) => x);
+      return `${Array.isArray(json) ? `[${i}]` : 'event'}${what.length > 0 ? ` (OpenLineage ${what.join(', ')})` : ''}`;
+    };
+    return { events: converted.flat(), withoutPrincipal: () => openLineage.flatMap((e) => toLineageEvents(e, { principal: '' })), locate };
+  }
   const list = Array.isArray(json) ? json : typeof json === 'object' && json !== null && Array.isArray((json as { events?: unknown }).events) ? (json as { events: unknown[] }).events : undefined;
   if (!list) throw new UsageError('expected an OpenLineage event, an array of them, {"events":[...]} or an array of native events');
   const desc = messageSchema('retrace.v1.LineageEvent');
@@ -306,7 +322,21 @@ export function toNativeEvents(json: unknown): { events: LineageEvent[]; without
   // fromJSON coerces any value to its field's type ("eventId": 12 would be stored as "12"): the
   // file is checked against the message's descriptor first, so nothing is sent unless all of it is right.
   list.forEach((e, i) => checkProtoJson(desc, e, `${prefix}[${i}]`));
-  return { events: list.map((e) => LineageEvent.fromJSON(e)) };
+  return { events: list.map((e) => LineageEvent.fromJSON(e)), locate: (index) => (index < list.length ? `${prefix}[${index}]` : undefined) };
+}
+
+/**
+ * A refusal of the submitted batch, its field path (`batches[0].events[5].step...`, the
+ * converted events the coordinator saw) turned into the file's own: an OpenLineage file's
+ * `[1] (OpenLineage COMPLETE, run ..., job ...)`, a native file's `events[2]`.
+ */
+function inFileTerms(err: unknown, locate: (index: number) => string | undefined): unknown {
+  if (!isRetraceError(err)) return err;
+  const m = /^batches\[0\]\.events\[(\d+)\](\.?)/.exec(err.message);
+  const where = m ? locate(Number(m[1])) : undefined;
+  if (!m || where === undefined) return err;
+  const rest = err.message.slice(m[0].length);
+  return new RetraceError(err.code, `${where}${m[2] === '.' ? ': ' : ''}${rest}`);
 }
 
 async function readAll(stream: NodeJS.ReadableStream): Promise<string> {
