@@ -1,4 +1,5 @@
 import { once } from 'node:events';
+import { generateKeyPairSync } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -84,5 +85,25 @@ describe('retrace submit refusals name the event of the file', () => {
     expect(r.code).toBe(1);
     expect(r.stderr).toBe('error: events[2]: step.generated: would close a cycle: step:cy-s2 is upstream of its own inputs\n');
     expect(tc.coordinator.lineage.treeSize).toBe(before);
+  });
+});
+
+describe('retrace lineage proof', () => {
+  it('says which key the signature was checked under, and --public-key pins the coordinator key (another key: INVALID, exit 1)', async () => {
+    const f = file('proof.json', [{ eventId: 'pf-1', eventTimeNs: '1720000000000000000', producer: 't', objectVersion: { objectId: 'pf/a', contentHash: contentHashOf('pf') } }]);
+    expect((await cli(['submit', f])).code).toBe(0);
+    const unpinned = await cli(['lineage', 'proof', 'pf-1']);
+    expect(unpinned.code, unpinned.stderr).toBe(0);
+    expect(unpinned.stdout).toMatch(/checkpoint signature: valid under the key it names \(key sha256:[0-9a-f]{16}; --public-key to check it against the coordinator's\)\n$/);
+    const pinned = await cli(['lineage', 'proof', 'pf-1', '--public-key', join(tc.dataDir, 'signing-key.pem')]);
+    expect(pinned.code, pinned.stderr).toBe(0);
+    expect(pinned.stdout).toMatch(/audit path \(\d+ hashes\): verifies; checkpoint signature: valid under the given key \(key sha256:[0-9a-f]{16}\)\n$/);
+    const other = generateKeyPairSync('ed25519').publicKey.export({ format: 'der', type: 'spki' }).toString('base64');
+    const forged = await cli(['lineage', 'proof', 'pf-1', '--public-key', other, '--json']);
+    expect(forged.code).toBe(1);
+    expect(JSON.parse(forged.stdout).verified).toEqual({ included: true, signed: false, keyPinned: true });
+    const bad = await cli(['lineage', 'proof', 'pf-1', '--public-key', 'nonsense']);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/^error: --public-key: not a PEM file or base64 SPKI ed25519 key: "nonsense"/);
   });
 });

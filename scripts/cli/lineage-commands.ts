@@ -1,4 +1,5 @@
-import { readFileSync, writeFileSync } from 'node:fs';
+import { createHash, createPublicKey } from 'node:crypto';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { dagToDot, dagToSvg, type DagDrawing, type DagNode } from '../../common/dag-drawing.js';
 import { Direction, LineageServiceDefinition, NodeKind, type NodeRef, type SubmitEventsResponse, type TraceResponse } from '../../common/gen/retrace/v1/lineage.js';
 import { LineageEvent } from '../../common/gen/retrace/v1/provenance.js';
@@ -230,23 +231,44 @@ const runs: CliCommand = {
 const proof: CliCommand = {
   path: ['lineage', 'proof'],
   summary: "an event's Merkle inclusion proof, checked here against the signed checkpoint",
-  usage: 'retrace lineage proof EVENT_ID [--json]',
+  usage:
+    'retrace lineage proof EVENT_ID [--public-key FILE|BASE64] [--json]\n  --public-key: the coordinator key to check the checkpoint signature with (a PEM file, such as DATA/signing-key.pem, or base64 SPKI DER);\n  without it the signature is checked under the key the checkpoint itself names, which proves nothing about who signed it.',
   async run(args, io) {
     const eventId = args.positionals[0];
     if (!eventId) throw new UsageError('EVENT_ID is required');
+    const keyArg = flag(args, 'public-key');
+    const pinned = keyArg === undefined ? undefined : publicKeyArg(keyArg);
     const r = await withLineage(args, io, (c) => c.getProof({ eventId }, { signal: io.signal }));
     const cp = r.checkpoint;
     const included = cp !== undefined && verifyInclusion(Buffer.from(r.leafHash, 'hex'), Number(r.seq), Number(cp.treeSize), r.auditPath.map((h) => Buffer.from(h, 'hex')), Buffer.from(cp.rootHash, 'hex'));
-    const signed = cp !== undefined && verifyCheckpoint(cp);
-    if (hasFlag(args, 'json')) io.stdout.write(toJson({ ...(responseJson(LineageServiceDefinition, 'getProof', r) as object), verified: { included, signed } }));
+    const signed = cp !== undefined && verifyCheckpoint(cp, pinned ?? cp.publicKey);
+    if (hasFlag(args, 'json')) io.stdout.write(toJson({ ...(responseJson(LineageServiceDefinition, 'getProof', r) as object), verified: { included, signed, keyPinned: pinned !== undefined } }));
     else {
       io.stdout.write(`event ${eventId} is entry ${r.seq}; leaf ${r.leafHash}\n`);
       io.stdout.write(`checkpoint: tree size ${cp?.treeSize}, root ${cp?.rootHash}\n`);
-      io.stdout.write(`audit path (${r.auditPath.length} hashes): ${included ? 'verifies' : 'DOES NOT VERIFY'}; checkpoint signature: ${signed ? 'valid' : 'INVALID'}\n`);
+      const key = pinned === undefined ? `the key it names (${keyFingerprint(cp?.publicKey ?? '')}; --public-key to check it against the coordinator's)` : `the given key (${keyFingerprint(pinned)})`;
+      io.stdout.write(`audit path (${r.auditPath.length} hashes): ${included ? 'verifies' : 'DOES NOT VERIFY'}; checkpoint signature: ${signed ? 'valid' : 'INVALID'} under ${key}\n`);
     }
     return included && signed ? 0 : 1;
   },
 };
+
+/** --public-key as base64 SPKI DER: a PEM file (public key, or the private signing-key.pem) or base64 SPKI DER itself. */
+function publicKeyArg(value: string): string {
+  try {
+    const text = existsSync(value) ? readFileSync(value, 'utf8') : undefined;
+    const key = text !== undefined ? createPublicKey(text) : createPublicKey({ key: Buffer.from(value, 'base64'), format: 'der', type: 'spki' });
+    if (key.asymmetricKeyType !== 'ed25519') throw new Error(`an ${key.asymmetricKeyType ?? 'unknown'} key, not ed25519`);
+    return key.export({ format: 'der', type: 'spki' }).toString('base64');
+  } catch (err) {
+    throw new UsageError(`--public-key: not a PEM file or base64 SPKI ed25519 key: ${JSON.stringify(value.length > 80 ? `${value.slice(0, 80)}…` : value)} (${(err as Error).message.split('\n')[0]})`);
+  }
+}
+
+/** A short name for a key: sha256 of its SPKI DER bytes. */
+function keyFingerprint(publicKeyBase64: string): string {
+  return `key sha256:${createHash('sha256').update(Buffer.from(publicKeyBase64, 'base64')).digest('hex').slice(0, 16)}`;
+}
 
 const submit: CliCommand = {
   path: ['submit'],
