@@ -13,7 +13,8 @@ import { formatBytes } from '../../common/node-resources.js';
 import { formatDurationMs, isoToNanos, nanosToIso } from '../../common/time.js';
 import { durationFlagMs, flag, hasFlag, intFlag, UsageError, type CliCommand, type CliIo } from './command.js';
 import { openClient } from './client.js';
-import { responseJson } from './proto-json.js';
+import { messageSchema, responseJson } from './proto-json.js';
+import { checkProtoJson } from '../../common/proto-json-check.js';
 import { progressBar, renderTable, shortHash } from './format.js';
 
 const CONNECT_FLAGS = '[--coordinator HOST:PORT] [--token T | --token-file F] [--tls-ca FILE]';
@@ -39,8 +40,21 @@ export function readPipelineFile(file: string): Pipeline {
     throw new RetraceError('INVALID_ARGUMENT', `not JSON: ${(err as Error).message}`, { field: file });
   }
   if (json === null || typeof json !== 'object' || Array.isArray(json)) throw new RetraceError('INVALID_ARGUMENT', 'expected a JSON object', { field: file });
+  // Pipeline.fromJSON coerces what it gets: an unknown member ("retry": 2) or parameters that are
+  // not an object were dropped without a word, and "retries": -1 failed only in the encoder
+  // ("invalid uint32: -1", naming no field). Each member is checked first, named by its path.
+  try {
+    checkProtoJson(messageSchema('retrace.v1.Pipeline'), json, '');
+  } catch (err) {
+    // Paths below '' start with '.': `steps[0].retries`, as the coordinator names them.
+    if (!(err instanceof RetraceError) || err.field === undefined) throw err;
+    const field = err.field.replace(/^\./, '');
+    throw new RetraceError('INVALID_ARGUMENT', err.message.slice(err.field.length + 2), { field: field === 'name' ? 'pipeline.name' : field });
+  }
   return Pipeline.fromJSON(json);
 }
+
+const RECORD_FIELDS = ['key', 'eventTime', 'payload', 'mediaType'];
 
 /** One JSONL line → an IngestRecord. `line` is 1-based, for messages. */
 export function parseRecordLine(text: string, line: number): IngestRecord {
@@ -52,6 +66,8 @@ export function parseRecordLine(text: string, line: number): IngestRecord {
   }
   if (obj === null || typeof obj !== 'object' || Array.isArray(obj)) throw new RetraceError('INVALID_ARGUMENT', 'expected a JSON object {key, eventTime?, payload}', { field: `line ${line}` });
   const o = obj as { key?: unknown; eventTime?: unknown; payload?: unknown; mediaType?: unknown };
+  // A misspelt member ("evenTime") was ignored and the record ingested without it.
+  for (const name of Object.keys(o)) if (!RECORD_FIELDS.includes(name)) throw new RetraceError('INVALID_ARGUMENT', `unknown field; a record has ${RECORD_FIELDS.join(', ')}`, { field: `line ${line}.${name}` });
   if ((typeof o.key !== 'string' && typeof o.key !== 'number') || o.key === '') throw new RetraceError('INVALID_ARGUMENT', 'key (string) is required', { field: `line ${line}.key` });
   if (o.payload === undefined) throw new RetraceError('INVALID_ARGUMENT', 'payload is required', { field: `line ${line}.payload` });
   let eventTimeNs = '0';
