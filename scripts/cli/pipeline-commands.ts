@@ -24,6 +24,8 @@ const BATCH = 500;
 const PROGRESS_MIN_BYTES = 1 << 20;
 /** How often `retrace ingest` asks what its run waits for. */
 const STATUS_POLL_MS = 1000;
+/** How often `retrace ingest` on a terminal redraws how many records it sent and how long it has waited. */
+const PENDING_TICK_MS = 1000;
 
 /** Reads a pipeline definition file (proto JSON, camelCase or snake_case fields). */
 export function readPipelineFile(file: string): Pipeline {
@@ -114,7 +116,7 @@ async function* readBatches(file: string, io: CliIo, progress: (bytes: number) =
  * whenever it changes; when something has been waiting without a break for `timeoutMs`, calls
  * `giveUp` with it. A failed poll is skipped (the ingest call reports its own errors).
  */
-function watchWaiting(io: CliIo, intervalMs: number, poll: () => Promise<string[]>, timeoutMs: number | undefined, giveUp: (why: string) => void): { stop(): void } {
+function watchWaiting(io: CliIo, tty: boolean, intervalMs: number, poll: () => Promise<string[]>, timeoutMs: number | undefined, giveUp: (why: string) => void): { stop(): void } {
   let last = '';
   let since: number | undefined;
   let busy = false;
@@ -124,7 +126,8 @@ function watchWaiting(io: CliIo, intervalMs: number, poll: () => Promise<string[
     poll()
       .then((lines) => {
         const text = lines.join('\n');
-        if (text !== last && text !== '') io.stderr.write(`waiting: ${lines.join('\nwaiting: ')}\n`);
+        // On a terminal, over the progress line rather than after it.
+        if (text !== last && text !== '') io.stderr.write(`${tty ? '\r\x1b[K' : ''}waiting: ${lines.join('\nwaiting: ')}\n`);
         if (text === '') since = undefined;
         else since ??= Date.now();
         last = text;
@@ -221,7 +224,8 @@ no READY node meets now is stored all the same, with a warning on stderr.`,
     usage: `retrace ingest PIPELINE SOURCE FILE.jsonl|- [--wait-timeout DURATION] [--json] ${CONNECT_FLAGS}
 One JSON object per line: {"key": "...", "eventTime": ISO-8601 or integer ns (optional),
 "payload": text or any JSON value, "mediaType" (optional)}. "-" reads stdin. Prints accepted and
-duplicate records, the run id and failed shards; a progress bar goes to stderr for large files.
+duplicate records, the run id and failed shards; a progress bar goes to stderr for large files,
+and on a terminal a line counting the records sent and the seconds their steps have run.
 Shards that no READY node can run (a step needing a gpu or more memory than any node has) wait
 for one to join: what they wait for goes to stderr while they do. --wait-timeout 5m gives up
 when shards have waited that long for a node that meets them: the ingest is cancelled (records
@@ -248,16 +252,43 @@ already processed stay recorded) and the command exits 1 naming the reason.`,
       const batches = readBatches(file, io, progress);
       const head = await batches.next();
       if (head.done) throw new UsageError(`${file === '-' ? 'stdin' : file} holds no records: expected one JSON object per line`);
+      // What goes on after the bytes are read: a small file of slow records (200 records of a
+      // 300 ms step took 18 s) printed nothing until the summary, and a large one's bar stood at
+      // 100% while its last records ran. On a terminal, a line counts the records sent and the
+      // seconds waited, redrawn each second once the ingest has taken one.
+      let sent = 0;
+      let sentAll = false;
       async function* requests(): AsyncGenerator<IngestRequest> {
+        sent += (head.value as IngestRequest['records']).length;
         yield { pipeline: pipeline as string, source: source as string, records: head.value as IngestRequest['records'] };
-        for await (const records of batches) yield { pipeline: '', source: '', records };
+        for await (const records of batches) {
+          sent += records.length;
+          yield { pipeline: '', source: '', records };
+        }
+        sentAll = true;
       }
+      const tty = !hasFlag(args, 'json') && (io.stderr as { isTTY?: boolean }).isTTY === true;
+      const startedAt = Date.now();
+      let ticking = false;
+      const ticker = tty
+        ? setInterval(() => {
+            if (showBar && !sentAll) return;
+            ticking = true;
+            const secs = Math.round((Date.now() - startedAt) / 1000);
+            io.stderr.write(`\r\x1b[K${sentAll ? `${sent} record(s) sent; waiting for their steps to finish (${secs} s)` : `${sent} record(s) sent (${secs} s)`}`);
+          }, PENDING_TICK_MS)
+        : undefined;
+      const stopTicker = (): void => {
+        if (ticker) clearInterval(ticker);
+        if (ticking && !showBar) io.stderr.write('\r\x1b[K');
+        ticking = false;
+      };
       const { client, close } = openClient(PipelineServiceDefinition, args);
       const call = new AbortController();
       const signal = io.signal ? AbortSignal.any([io.signal, call.signal]) : call.signal;
       let runId = '';
       let gaveUp = '';
-      const watch = watchWaiting(io, STATUS_POLL_MS, async () => {
+      const watch = watchWaiting(io, tty, STATUS_POLL_MS, async () => {
         if (runId === '') return [];
         const s = await client.getIngestStatus({ pipeline: pipeline as string, runId }, { signal });
         return s.waiting.filter((w) => !w.busy).map((w) => `${w.shards} shard(s) of step ${w.step} wait: ${w.reason}`);
@@ -275,11 +306,13 @@ already processed stay recorded) and the command exits 1 naming the reason.`,
             },
           });
         } catch (err) {
+          stopTicker();
           if (gaveUp === '') throw err;
           if (showBar) io.stderr.write('\n');
           io.stderr.write(`ingest cancelled after --wait-timeout ${flag(args, 'wait-timeout') ?? ''}: ${gaveUp}\n`);
           return 1;
         }
+        stopTicker();
         if (showBar) io.stderr.write('\n');
         if (hasFlag(args, 'json')) {
           io.stdout.write(`${JSON.stringify(responseJson(PipelineServiceDefinition, 'ingest', res))}\n`);
@@ -290,6 +323,7 @@ already processed stay recorded) and the command exits 1 naming the reason.`,
         }
         return Number(res.shardsFailed) > 0 ? 1 : 0;
       } finally {
+        stopTicker();
         watch.stop();
         close();
       }
