@@ -477,6 +477,13 @@ describe('ingest JSONL lines', () => {
     expect(parseRecordLine('{"key":"k","payload":{"x":1},"mediaType":"application/x-ndjson"}', 1)).toMatchObject({ key: 'k', mediaType: 'application/x-ndjson' });
   });
 
+  it('refuses an event time past int64, naming the line (it failed in the encoder, naming none)', () => {
+    for (const t of ['"99999999999999999999999"', '1e30', '"2300-01-01T00:00:00Z"']) {
+      expect(() => parseRecordLine(`{"key":"k","payload":1,"eventTime":${t}}`, 7)).toThrow(expect.objectContaining({ field: 'line 7.eventTime', message: expect.stringContaining('past the latest event time') }));
+    }
+    expect(parseRecordLine('{"key":"k","payload":1,"eventTime":"9223372036854775807"}', 1).eventTimeNs).toBe('9223372036854775807');
+  });
+
   it('refuses a member a record does not have (a misspelt eventTime was ingested without it)', () => {
     expect(() => parseRecordLine('{"key":"k","payload":1,"evenTime":"2020-01-01T00:00:00Z"}', 4)).toThrow(expect.objectContaining({ field: 'line 4.evenTime', message: 'line 4.evenTime: unknown field; a record has key, eventTime, payload, mediaType' }));
   });

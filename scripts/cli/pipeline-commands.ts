@@ -57,6 +57,8 @@ export function readPipelineFile(file: string): Pipeline {
 }
 
 const RECORD_FIELDS = ['key', 'eventTime', 'payload', 'mediaType'];
+/** event_time_ns is an int64. */
+const MAX_EVENT_TIME_NS = 2n ** 63n - 1n;
 
 /** One JSONL line → an IngestRecord. `line` is 1-based, for messages. */
 export function parseRecordLine(text: string, line: number): IngestRecord {
@@ -76,6 +78,9 @@ export function parseRecordLine(text: string, line: number): IngestRecord {
   if (typeof o.eventTime === 'number' && Number.isInteger(o.eventTime) && o.eventTime >= 0) eventTimeNs = BigInt(o.eventTime).toString();
   else if (typeof o.eventTime === 'string') eventTimeNs = /^\d+$/.test(o.eventTime) ? o.eventTime : isoToNanos(o.eventTime, `line ${line}.eventTime`).toString();
   else if (o.eventTime !== undefined) throw new RetraceError('INVALID_ARGUMENT', 'expected ISO-8601 text or integer nanoseconds', { field: `line ${line}.eventTime` });
+  // Past int64 ("99999999999999999999999", 1e30, a date after 2262) it failed in the encoder as
+  // "Request message serialization failure: invalid int64: ...", naming no line.
+  if (BigInt(eventTimeNs) > MAX_EVENT_TIME_NS) throw new RetraceError('INVALID_ARGUMENT', `past the latest event time (${MAX_EVENT_TIME_NS} ns, 2262-04-11T23:47:16Z)`, { field: `line ${line}.eventTime` });
   // A mediaType of another type was dropped for the default: the payload would be typed wrongly.
   if (o.mediaType !== undefined && typeof o.mediaType !== 'string') throw new RetraceError('INVALID_ARGUMENT', `expected text such as "application/json", got ${JSON.stringify(o.mediaType)}`, { field: `line ${line}.mediaType` });
   const isText = typeof o.payload === 'string';
