@@ -143,6 +143,9 @@ describe('retrace publish / CodeService against a real coordinator', () => {
     const shown = await retrace('code show', [a.codeVersion, '--out', join(dir, 'out.mjs'), ...connect]);
     expect(shown.code).toBe(0);
     expect(contentHashOf(readFileSync(join(dir, 'out.mjs')))).toBe(a.codeVersion);
+    const toDir = await retrace('code show', [a.codeVersion, '--out', dir, ...connect]);
+    expect(toDir.code).toBe(1);
+    expect(toDir.err).toBe(`error: --out: cannot write ${dir}: it is a directory\n`);
     expect((await store?.list({ transform: 'nope' }))?.versions).toEqual([]);
   });
 

@@ -274,7 +274,14 @@ same source publishes as the same version. --name overrides the definition's nam
       try {
         const res = await client.getCode({ codeVersion }, { signal: io.signal });
         const out = flag(args, 'out');
-        if (out !== undefined && out !== 'true') writeFileSync(out, res.bundle);
+        if (out !== undefined && out !== 'true') {
+          try {
+            writeFileSync(out, res.bundle);
+          } catch (err) {
+            // Was the bare "EISDIR: illegal operation on a directory, open '/tmp/x'".
+            throw new RetraceError('INVALID_ARGUMENT', `cannot write ${out}: ${(err as NodeJS.ErrnoException).code === 'EISDIR' ? 'it is a directory' : (err as Error).message}`, { field: '--out' });
+          }
+        }
         io.stdout.write(`${JSON.stringify(res.code ? messageJson('retrace.v1.PublishedCode', PublishedCode, res.code) : {}, null, 2)}\n`);
         return 0;
       } finally {
