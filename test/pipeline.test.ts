@@ -334,6 +334,10 @@ describe('pipelines', () => {
       expect(a.out).toMatch(/cli version 1 {2}created/);
       expect((await cli('pipeline list', conn)).out).toMatch(/cli +1 +in +up/);
       expect((await cli('pipeline show', ['cli', ...conn])).out).toMatch(/up +upper/);
+      // The step's requirements, timeout and retries are shown (they were not: an apply could not be checked).
+      writeFileSync(file, JSON.stringify({ name: 'cli-opts', sources: [{ name: 'in' }], steps: [{ name: 'up', transform: 'upper', code_version: CODE.upper, inputs: ['in'], requirements: { memoryMb: 64 }, timeoutMs: 2000, retries: 2, retryBackoffMs: 50 }] }));
+      expect((await cli('pipeline apply', [file, ...conn])).code).toBe(0);
+      expect((await cli('pipeline show', ['cli-opts', ...conn])).out).toMatch(/OPTIONS\n[- ]+\nup +upper .* \{\} +mem=64MiB timeout=2000ms retries=2 backoff=50ms\n/);
       const data = join(dir, 'r.jsonl');
       writeFileSync(data, `${JSON.stringify({ key: 'a', eventTime: '2024-01-01T00:00:00Z', payload: 'abc' })}\n${JSON.stringify({ key: 'b', payload: { n: 1 } })}\n`);
       const ing = await cli('ingest', ['cli', 'in', data, '--json', ...conn]);

@@ -90,7 +90,23 @@ export function parseRecordLine(text: string, line: number): IngestRecord {
 }
 
 function describeSteps(pv: PipelineVersion): string[][] {
-  return (pv.pipeline?.steps ?? []).map((s) => [s.name, s.transform, shortHash(s.codeVersion), s.inputs.join(','), s.output || s.name, JSON.stringify(s.parameters ?? {})]);
+  return (pv.pipeline?.steps ?? []).map((s) => [s.name, s.transform, shortHash(s.codeVersion), s.inputs.join(','), s.output || s.name, JSON.stringify(s.parameters ?? {}), stepOptions(s)]);
+}
+
+/** The step's own requirements, timeout and retries; `pipeline show` printed none of them, so an apply could not be checked. */
+function stepOptions(s: NonNullable<PipelineVersion['pipeline']>['steps'][number]): string {
+  const r = s.requirements;
+  const parts = [
+    r?.cpu ? `cpu=${r.cpu}` : '',
+    r?.memoryMb ? `mem=${r.memoryMb}MiB` : '',
+    r?.gpu ? `gpu=${r.gpu}` : '',
+    r?.networkMbps ? `net=${r.networkMbps}Mbps` : '',
+    r?.instructionSets.length ? `isa=${r.instructionSets.join('+')}` : '',
+    s.timeoutMs ? `timeout=${s.timeoutMs}ms` : '',
+    s.retries ? `retries=${s.retries}` : '',
+    s.retries && s.retryBackoffMs ? `backoff=${s.retryBackoffMs}ms` : '',
+  ].filter(Boolean);
+  return parts.join(' ') || '-';
 }
 
 async function* readBatches(file: string, io: CliIo, progress: (bytes: number) => void): AsyncGenerator<IngestRequest['records']> {
@@ -216,7 +232,7 @@ no READY node meets now is stored all the same, with a warning on stderr.`,
         const pv = res.pipeline as PipelineVersion;
         io.stdout.write(`pipeline ${pv.pipeline?.name} version ${pv.version} of [${res.versions.join(', ')}]  created ${nanosToIso(pv.createdAtNs)}  ${pv.definitionHash}\n`);
         io.stdout.write(`sources: ${(pv.pipeline?.sources ?? []).map((s) => `${s.name}${s.mediaType ? ` (${s.mediaType})` : ''}`).join(', ')}\n`);
-        io.stdout.write(renderTable(['STEP', 'TRANSFORM', 'CODE', 'INPUTS', 'OUTPUT', 'PARAMETERS'], describeSteps(pv)));
+        io.stdout.write(renderTable(['STEP', 'TRANSFORM', 'CODE', 'INPUTS', 'OUTPUT', 'PARAMETERS', 'OPTIONS'], describeSteps(pv)));
         return 0;
       } finally {
         close();
