@@ -20,7 +20,7 @@ import { NodeInfo, NodeState } from '../common/gen/retrace/v1/node.js';
 import { ShardStatus, type ShardAssignment } from '../common/gen/retrace/v1/shard.js';
 import { contentHashOf } from '../common/hash.js';
 import { startCoordinatorProcess } from './helpers/coordinator-process.js';
-import { parseRecordLine } from '../scripts/cli/pipeline-commands.js';
+import { parseRecordLine, readPipelineFile } from '../scripts/cli/pipeline-commands.js';
 import { runCli } from './helpers/in-process-cli.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 
@@ -273,6 +273,11 @@ describe('pipelines', () => {
       Status.INVALID_ARGUMENT,
       /steps\[0\]\.retries: at most 100/,
     );
+    await expectStatus(
+      pipelines.applyPipeline({ pipeline: definition({ name: 'cpu-bad', steps: [{ ...definition().steps[0]!, requirements: { cpu: -1, memoryMb: 0, gpu: 0, instructionSets: [], networkMbps: 0 } }] }) }),
+      Status.INVALID_ARGUMENT,
+      /steps\[0\]\.requirements\.cpu: expected a number ≥ 0, got -1/,
+    );
     const def = Pipeline.fromJSON({
       name: 'retrying',
       sources: [{ name: 'raw' }],
@@ -329,6 +334,10 @@ describe('pipelines', () => {
       expect(a.out).toMatch(/cli version 1 {2}created/);
       expect((await cli('pipeline list', conn)).out).toMatch(/cli +1 +in +up/);
       expect((await cli('pipeline show', ['cli', ...conn])).out).toMatch(/up +upper/);
+      // The step's requirements, timeout and retries are shown (they were not: an apply could not be checked).
+      writeFileSync(file, JSON.stringify({ name: 'cli-opts', sources: [{ name: 'in' }], steps: [{ name: 'up', transform: 'upper', code_version: CODE.upper, inputs: ['in'], requirements: { memoryMb: 64 }, timeoutMs: 2000, retries: 2, retryBackoffMs: 50 }] }));
+      expect((await cli('pipeline apply', [file, ...conn])).code).toBe(0);
+      expect((await cli('pipeline show', ['cli-opts', ...conn])).out).toMatch(/OPTIONS\n[- ]+\nup +upper .* \{\} +mem=64MiB timeout=2000ms retries=2 backoff=50ms\n/);
       const data = join(dir, 'r.jsonl');
       writeFileSync(data, `${JSON.stringify({ key: 'a', eventTime: '2024-01-01T00:00:00Z', payload: 'abc' })}\n${JSON.stringify({ key: 'b', payload: { n: 1 } })}\n`);
       const ing = await cli('ingest', ['cli', 'in', data, '--json', ...conn]);
@@ -470,6 +479,40 @@ describe('ingest JSONL lines', () => {
     expect(() => parseRecordLine('{"key":"","payload":1}', 3)).toThrow(expect.objectContaining({ field: 'line 3.key' }));
     expect(() => parseRecordLine('{"key":"k","payload":{"x":1},"mediaType":5}', 2)).toThrow(expect.objectContaining({ field: 'line 2.mediaType', message: 'line 2.mediaType: expected text such as "application/json", got 5' }));
     expect(parseRecordLine('{"key":"k","payload":{"x":1},"mediaType":"application/x-ndjson"}', 1)).toMatchObject({ key: 'k', mediaType: 'application/x-ndjson' });
+  });
+
+  it('refuses an event time past int64, naming the line (it failed in the encoder, naming none)', () => {
+    for (const t of ['"99999999999999999999999"', '1e30', '"2300-01-01T00:00:00Z"']) {
+      expect(() => parseRecordLine(`{"key":"k","payload":1,"eventTime":${t}}`, 7)).toThrow(expect.objectContaining({ field: 'line 7.eventTime', message: expect.stringContaining('past the latest event time') }));
+    }
+    expect(parseRecordLine('{"key":"k","payload":1,"eventTime":"9223372036854775807"}', 1).eventTimeNs).toBe('9223372036854775807');
+  });
+
+  it('refuses a member a record does not have (a misspelt eventTime was ingested without it)', () => {
+    expect(() => parseRecordLine('{"key":"k","payload":1,"evenTime":"2020-01-01T00:00:00Z"}', 4)).toThrow(expect.objectContaining({ field: 'line 4.evenTime', message: 'line 4.evenTime: unknown field; a record has key, eventTime, payload, mediaType' }));
+  });
+});
+
+describe('pipeline apply FILE.json', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'retrace-pipeline-file-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  const step = { name: 's', transform: 't', codeVersion: `sha256:${'a'.repeat(64)}`, inputs: ['raw'] };
+  const read = (pipeline: unknown): Pipeline => {
+    const file = join(dir, 'p.json');
+    writeFileSync(file, JSON.stringify(pipeline));
+    return readPipelineFile(file);
+  };
+
+  it('names the field of a member the definition does not have or of the wrong type, instead of dropping it or failing in the encoder', () => {
+    // Each was dropped (a misspelt "retry", parameters that are not an object) or failed as
+    // "Request message serialization failure: invalid uint32: -1", naming no field.
+    expect(() => read({ name: 'p', sources: [{ name: 'raw' }], steps: [{ ...step, retry: 2 }] })).toThrow(expect.objectContaining({ field: 'steps[0].retry', message: expect.stringMatching(/^steps\[0\]\.retry: unknown field; PipelineStep has name, /) }));
+    expect(() => read({ name: 'p', sources: [{ name: 'raw' }], steps: [{ ...step, parameters: 'x' }] })).toThrow(expect.objectContaining({ field: 'steps[0].parameters', message: 'steps[0].parameters: expected an object, got "x"' }));
+    expect(() => read({ name: 'p', sources: [{ name: 'raw' }], steps: [{ ...step, retries: -1 }] })).toThrow(expect.objectContaining({ field: 'steps[0].retries' }));
+    expect(() => read({ name: 'p', sources: [{ name: 'raw' }], steps: [{ ...step, requirements: { memoryMb: 'lots' } }] })).toThrow(expect.objectContaining({ field: 'steps[0].requirements.memoryMb' }));
+    expect(() => read({ name: 5, sources: [{ name: 'raw' }], steps: [step] })).toThrow(expect.objectContaining({ field: 'pipeline.name' }));
+    // proto names are JSON too.
+    expect(read({ name: 'p', sources: [{ name: 'raw', media_type: 'application/json' }], steps: [{ ...step, timeout_ms: 100, parameters: { rate: 2 } }] })).toMatchObject({ name: 'p', steps: [{ timeoutMs: 100, parameters: { rate: 2 } }] });
   });
 });
 

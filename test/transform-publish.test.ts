@@ -115,6 +115,13 @@ describe('retrace publish / CodeService against a real coordinator', () => {
     const again = await retrace('publish', [file, ...connect]);
     expect(again.code).toBe(0);
     expect(again.out).toMatch(new RegExp(`^${a.codeVersion}  clean-orders  .*already published\\n$`));
+    // --name on a bundle already published under another name: the name cannot be applied, and
+    // was dropped without a word (exit 0, "clean-orders ... already published").
+    const renamed = await retrace('publish', [file, '--name', 'other-name', ...connect]);
+    expect(renamed.code).toBe(1);
+    expect(renamed.out).toBe('');
+    expect(renamed.err).toBe(`error: --name: code version ${a.codeVersion} is already published as transform "clean-orders", not "other-name"; a version keeps its first name (use "clean-orders", or change the source to make a new version)\n`);
+    expect((await retrace('publish', [file, '--name', 'clean-orders', ...connect])).code).toBe(0);
 
     // A change in the source (here in an imported file) is a new version; the old one stays.
     writeFileSync(join(dir, 'v1', 'helper.ts'), HELPER.replace('>= min', '> min'));
@@ -136,6 +143,9 @@ describe('retrace publish / CodeService against a real coordinator', () => {
     const shown = await retrace('code show', [a.codeVersion, '--out', join(dir, 'out.mjs'), ...connect]);
     expect(shown.code).toBe(0);
     expect(contentHashOf(readFileSync(join(dir, 'out.mjs')))).toBe(a.codeVersion);
+    const toDir = await retrace('code show', [a.codeVersion, '--out', dir, ...connect]);
+    expect(toDir.code).toBe(1);
+    expect(toDir.err).toBe(`error: --out: cannot write ${dir}: it is a directory\n`);
     expect((await store?.list({ transform: 'nope' }))?.versions).toEqual([]);
   });
 

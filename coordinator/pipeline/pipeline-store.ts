@@ -91,6 +91,21 @@ function checkName(value: string, field: string): void {
 }
 
 /**
+ * At apply only (stored versions are not checked again): `cpu` and `networkMbps` are doubles, and
+ * a step asking for -1 CPU or NaN Mbit/s was stored and placed as if it asked for less than nothing.
+ */
+function checkStepRequirements(p: Pipeline): void {
+  p.steps.forEach((s, i) => {
+    const r = s.requirements;
+    if (!r) return;
+    for (const [key, field] of [['cpu', 'cpu'], ['networkMbps', 'network_mbps']] as const) {
+      const v = r[key];
+      if (!Number.isFinite(v) || v < 0) throw new InvalidArgumentError(`steps[${i}].requirements.${field}`, `expected a number ≥ 0, got ${v}`);
+    }
+  });
+}
+
+/**
  * Structural validation of a definition (no I/O): names, unknown inputs, duplicates, cycles,
  * code version syntax. Returns the steps' indexes in dependency order. Errors name the field.
  */
@@ -217,6 +232,7 @@ export function createPipelineStore(db: Database, clock: NanoClock, code?: CodeL
   async function applyNow(input: Pipeline, followUp: string | undefined): Promise<{ pipeline: PipelineVersion; created: boolean }> {
     const pipeline = Pipeline.fromJSON(Pipeline.toJSON(input));
     validatePipeline(pipeline);
+    checkStepRequirements(pipeline);
     if (code) {
       for (const [i, s] of pipeline.steps.entries()) {
         const found = await code.describe(s.codeVersion);

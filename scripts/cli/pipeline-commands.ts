@@ -13,7 +13,8 @@ import { formatBytes } from '../../common/node-resources.js';
 import { formatDurationMs, isoToNanos, nanosToIso } from '../../common/time.js';
 import { durationFlagMs, flag, hasFlag, intFlag, UsageError, type CliCommand, type CliIo } from './command.js';
 import { openClient } from './client.js';
-import { responseJson } from './proto-json.js';
+import { messageSchema, responseJson } from './proto-json.js';
+import { checkProtoJson } from '../../common/proto-json-check.js';
 import { progressBar, renderTable, shortHash } from './format.js';
 
 const CONNECT_FLAGS = '[--coordinator HOST:PORT] [--token T | --token-file F] [--tls-ca FILE]';
@@ -23,6 +24,8 @@ const BATCH = 500;
 const PROGRESS_MIN_BYTES = 1 << 20;
 /** How often `retrace ingest` asks what its run waits for. */
 const STATUS_POLL_MS = 1000;
+/** How often `retrace ingest` on a terminal redraws how many records it sent and how long it has waited. */
+const PENDING_TICK_MS = 1000;
 
 /** Reads a pipeline definition file (proto JSON, camelCase or snake_case fields). */
 export function readPipelineFile(file: string): Pipeline {
@@ -39,8 +42,23 @@ export function readPipelineFile(file: string): Pipeline {
     throw new RetraceError('INVALID_ARGUMENT', `not JSON: ${(err as Error).message}`, { field: file });
   }
   if (json === null || typeof json !== 'object' || Array.isArray(json)) throw new RetraceError('INVALID_ARGUMENT', 'expected a JSON object', { field: file });
+  // Pipeline.fromJSON coerces what it gets: an unknown member ("retry": 2) or parameters that are
+  // not an object were dropped without a word, and "retries": -1 failed only in the encoder
+  // ("invalid uint32: -1", naming no field). Each member is checked first, named by its path.
+  try {
+    checkProtoJson(messageSchema('retrace.v1.Pipeline'), json, '');
+  } catch (err) {
+    // Paths below '' start with '.': `steps[0].retries`, as the coordinator names them.
+    if (!(err instanceof RetraceError) || err.field === undefined) throw err;
+    const field = err.field.replace(/^\./, '');
+    throw new RetraceError('INVALID_ARGUMENT', err.message.slice(err.field.length + 2), { field: field === 'name' ? 'pipeline.name' : field });
+  }
   return Pipeline.fromJSON(json);
 }
+
+const RECORD_FIELDS = ['key', 'eventTime', 'payload', 'mediaType'];
+/** event_time_ns is an int64. */
+const MAX_EVENT_TIME_NS = 2n ** 63n - 1n;
 
 /** One JSONL line → an IngestRecord. `line` is 1-based, for messages. */
 export function parseRecordLine(text: string, line: number): IngestRecord {
@@ -52,12 +70,17 @@ export function parseRecordLine(text: string, line: number): IngestRecord {
   }
   if (obj === null || typeof obj !== 'object' || Array.isArray(obj)) throw new RetraceError('INVALID_ARGUMENT', 'expected a JSON object {key, eventTime?, payload}', { field: `line ${line}` });
   const o = obj as { key?: unknown; eventTime?: unknown; payload?: unknown; mediaType?: unknown };
+  // A misspelt member ("evenTime") was ignored and the record ingested without it.
+  for (const name of Object.keys(o)) if (!RECORD_FIELDS.includes(name)) throw new RetraceError('INVALID_ARGUMENT', `unknown field; a record has ${RECORD_FIELDS.join(', ')}`, { field: `line ${line}.${name}` });
   if ((typeof o.key !== 'string' && typeof o.key !== 'number') || o.key === '') throw new RetraceError('INVALID_ARGUMENT', 'key (string) is required', { field: `line ${line}.key` });
   if (o.payload === undefined) throw new RetraceError('INVALID_ARGUMENT', 'payload is required', { field: `line ${line}.payload` });
   let eventTimeNs = '0';
   if (typeof o.eventTime === 'number' && Number.isInteger(o.eventTime) && o.eventTime >= 0) eventTimeNs = BigInt(o.eventTime).toString();
   else if (typeof o.eventTime === 'string') eventTimeNs = /^\d+$/.test(o.eventTime) ? o.eventTime : isoToNanos(o.eventTime, `line ${line}.eventTime`).toString();
   else if (o.eventTime !== undefined) throw new RetraceError('INVALID_ARGUMENT', 'expected ISO-8601 text or integer nanoseconds', { field: `line ${line}.eventTime` });
+  // Past int64 ("99999999999999999999999", 1e30, a date after 2262) it failed in the encoder as
+  // "Request message serialization failure: invalid int64: ...", naming no line.
+  if (BigInt(eventTimeNs) > MAX_EVENT_TIME_NS) throw new RetraceError('INVALID_ARGUMENT', `past the latest event time (${MAX_EVENT_TIME_NS} ns, 2262-04-11T23:47:16Z)`, { field: `line ${line}.eventTime` });
   // A mediaType of another type was dropped for the default: the payload would be typed wrongly.
   if (o.mediaType !== undefined && typeof o.mediaType !== 'string') throw new RetraceError('INVALID_ARGUMENT', `expected text such as "application/json", got ${JSON.stringify(o.mediaType)}`, { field: `line ${line}.mediaType` });
   const isText = typeof o.payload === 'string';
@@ -67,7 +90,23 @@ export function parseRecordLine(text: string, line: number): IngestRecord {
 }
 
 function describeSteps(pv: PipelineVersion): string[][] {
-  return (pv.pipeline?.steps ?? []).map((s) => [s.name, s.transform, shortHash(s.codeVersion), s.inputs.join(','), s.output || s.name, JSON.stringify(s.parameters ?? {})]);
+  return (pv.pipeline?.steps ?? []).map((s) => [s.name, s.transform, shortHash(s.codeVersion), s.inputs.join(','), s.output || s.name, JSON.stringify(s.parameters ?? {}), stepOptions(s)]);
+}
+
+/** The step's own requirements, timeout and retries; `pipeline show` printed none of them, so an apply could not be checked. */
+function stepOptions(s: NonNullable<PipelineVersion['pipeline']>['steps'][number]): string {
+  const r = s.requirements;
+  const parts = [
+    r?.cpu ? `cpu=${r.cpu}` : '',
+    r?.memoryMb ? `mem=${r.memoryMb}MiB` : '',
+    r?.gpu ? `gpu=${r.gpu}` : '',
+    r?.networkMbps ? `net=${r.networkMbps}Mbps` : '',
+    r?.instructionSets.length ? `isa=${r.instructionSets.join('+')}` : '',
+    s.timeoutMs ? `timeout=${s.timeoutMs}ms` : '',
+    s.retries ? `retries=${s.retries}` : '',
+    s.retries && s.retryBackoffMs ? `backoff=${s.retryBackoffMs}ms` : '',
+  ].filter(Boolean);
+  return parts.join(' ') || '-';
 }
 
 async function* readBatches(file: string, io: CliIo, progress: (bytes: number) => void): AsyncGenerator<IngestRequest['records']> {
@@ -98,7 +137,7 @@ async function* readBatches(file: string, io: CliIo, progress: (bytes: number) =
  * whenever it changes; when something has been waiting without a break for `timeoutMs`, calls
  * `giveUp` with it. A failed poll is skipped (the ingest call reports its own errors).
  */
-function watchWaiting(io: CliIo, intervalMs: number, poll: () => Promise<string[]>, timeoutMs: number | undefined, giveUp: (why: string) => void): { stop(): void } {
+function watchWaiting(io: CliIo, tty: boolean, intervalMs: number, poll: () => Promise<string[]>, timeoutMs: number | undefined, giveUp: (why: string) => void): { stop(): void } {
   let last = '';
   let since: number | undefined;
   let busy = false;
@@ -108,7 +147,8 @@ function watchWaiting(io: CliIo, intervalMs: number, poll: () => Promise<string[
     poll()
       .then((lines) => {
         const text = lines.join('\n');
-        if (text !== last && text !== '') io.stderr.write(`waiting: ${lines.join('\nwaiting: ')}\n`);
+        // On a terminal, over the progress line rather than after it.
+        if (text !== last && text !== '') io.stderr.write(`${tty ? '\r\x1b[K' : ''}waiting: ${lines.join('\nwaiting: ')}\n`);
         if (text === '') since = undefined;
         else since ??= Date.now();
         last = text;
@@ -192,7 +232,7 @@ no READY node meets now is stored all the same, with a warning on stderr.`,
         const pv = res.pipeline as PipelineVersion;
         io.stdout.write(`pipeline ${pv.pipeline?.name} version ${pv.version} of [${res.versions.join(', ')}]  created ${nanosToIso(pv.createdAtNs)}  ${pv.definitionHash}\n`);
         io.stdout.write(`sources: ${(pv.pipeline?.sources ?? []).map((s) => `${s.name}${s.mediaType ? ` (${s.mediaType})` : ''}`).join(', ')}\n`);
-        io.stdout.write(renderTable(['STEP', 'TRANSFORM', 'CODE', 'INPUTS', 'OUTPUT', 'PARAMETERS'], describeSteps(pv)));
+        io.stdout.write(renderTable(['STEP', 'TRANSFORM', 'CODE', 'INPUTS', 'OUTPUT', 'PARAMETERS', 'OPTIONS'], describeSteps(pv)));
         return 0;
       } finally {
         close();
@@ -205,7 +245,8 @@ no READY node meets now is stored all the same, with a warning on stderr.`,
     usage: `retrace ingest PIPELINE SOURCE FILE.jsonl|- [--wait-timeout DURATION] [--json] ${CONNECT_FLAGS}
 One JSON object per line: {"key": "...", "eventTime": ISO-8601 or integer ns (optional),
 "payload": text or any JSON value, "mediaType" (optional)}. "-" reads stdin. Prints accepted and
-duplicate records, the run id and failed shards; a progress bar goes to stderr for large files.
+duplicate records, the run id and failed shards; a progress bar goes to stderr for large files,
+and on a terminal a line counting the records sent and the seconds their steps have run.
 Shards that no READY node can run (a step needing a gpu or more memory than any node has) wait
 for one to join: what they wait for goes to stderr while they do. --wait-timeout 5m gives up
 when shards have waited that long for a node that meets them: the ingest is cancelled (records
@@ -232,16 +273,43 @@ already processed stay recorded) and the command exits 1 naming the reason.`,
       const batches = readBatches(file, io, progress);
       const head = await batches.next();
       if (head.done) throw new UsageError(`${file === '-' ? 'stdin' : file} holds no records: expected one JSON object per line`);
+      // What goes on after the bytes are read: a small file of slow records (200 records of a
+      // 300 ms step took 18 s) printed nothing until the summary, and a large one's bar stood at
+      // 100% while its last records ran. On a terminal, a line counts the records sent and the
+      // seconds waited, redrawn each second once the ingest has taken one.
+      let sent = 0;
+      let sentAll = false;
       async function* requests(): AsyncGenerator<IngestRequest> {
+        sent += (head.value as IngestRequest['records']).length;
         yield { pipeline: pipeline as string, source: source as string, records: head.value as IngestRequest['records'] };
-        for await (const records of batches) yield { pipeline: '', source: '', records };
+        for await (const records of batches) {
+          sent += records.length;
+          yield { pipeline: '', source: '', records };
+        }
+        sentAll = true;
       }
+      const tty = !hasFlag(args, 'json') && (io.stderr as { isTTY?: boolean }).isTTY === true;
+      const startedAt = Date.now();
+      let ticking = false;
+      const ticker = tty
+        ? setInterval(() => {
+            if (showBar && !sentAll) return;
+            ticking = true;
+            const secs = Math.round((Date.now() - startedAt) / 1000);
+            io.stderr.write(`\r\x1b[K${sentAll ? `${sent} record(s) sent; waiting for their steps to finish (${secs} s)` : `${sent} record(s) sent (${secs} s)`}`);
+          }, PENDING_TICK_MS)
+        : undefined;
+      const stopTicker = (): void => {
+        if (ticker) clearInterval(ticker);
+        if (ticking && !showBar) io.stderr.write('\r\x1b[K');
+        ticking = false;
+      };
       const { client, close } = openClient(PipelineServiceDefinition, args);
       const call = new AbortController();
       const signal = io.signal ? AbortSignal.any([io.signal, call.signal]) : call.signal;
       let runId = '';
       let gaveUp = '';
-      const watch = watchWaiting(io, STATUS_POLL_MS, async () => {
+      const watch = watchWaiting(io, tty, STATUS_POLL_MS, async () => {
         if (runId === '') return [];
         const s = await client.getIngestStatus({ pipeline: pipeline as string, runId }, { signal });
         return s.waiting.filter((w) => !w.busy).map((w) => `${w.shards} shard(s) of step ${w.step} wait: ${w.reason}`);
@@ -259,11 +327,13 @@ already processed stay recorded) and the command exits 1 naming the reason.`,
             },
           });
         } catch (err) {
+          stopTicker();
           if (gaveUp === '') throw err;
           if (showBar) io.stderr.write('\n');
           io.stderr.write(`ingest cancelled after --wait-timeout ${flag(args, 'wait-timeout') ?? ''}: ${gaveUp}\n`);
           return 1;
         }
+        stopTicker();
         if (showBar) io.stderr.write('\n');
         if (hasFlag(args, 'json')) {
           io.stdout.write(`${JSON.stringify(responseJson(PipelineServiceDefinition, 'ingest', res))}\n`);
@@ -274,6 +344,7 @@ already processed stay recorded) and the command exits 1 naming the reason.`,
         }
         return Number(res.shardsFailed) > 0 ? 1 : 0;
       } finally {
+        stopTicker();
         watch.stop();
         close();
       }

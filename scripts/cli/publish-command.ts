@@ -214,6 +214,13 @@ same source publishes as the same version. --name overrides the definition's nam
       try {
         const { response: res, bundle } = await publishTransformFile(client, file, { ...(nameFlag === undefined ? {} : { name: nameFlag }), signal: io.signal });
         const code = res.code;
+        // A version has one manifest, the first publisher's: `--name other` on a bundle already
+        // published as "double" said "double ... already published" and exited 0, so a pipeline
+        // step naming "other" was then refused (`steps[0].transform: ... is transform "double"`).
+        const storedName = code?.manifest?.transform;
+        if (!res.created && nameFlag !== undefined && storedName !== undefined && storedName !== nameFlag) {
+          throw new RetraceError('ALREADY_EXISTS', `code version ${code?.codeVersion ?? bundle.codeVersion} is already published as transform ${JSON.stringify(storedName)}, not ${JSON.stringify(nameFlag)}; a version keeps its first name (use ${JSON.stringify(storedName)}, or change the source to make a new version)`, { field: '--name' });
+        }
         if (hasFlag(args, 'json')) io.stdout.write(`${JSON.stringify(responseJson(CodeServiceDefinition, 'publishCode', res))}\n`);
         else {
           io.stdout.write(
@@ -267,7 +274,14 @@ same source publishes as the same version. --name overrides the definition's nam
       try {
         const res = await client.getCode({ codeVersion }, { signal: io.signal });
         const out = flag(args, 'out');
-        if (out !== undefined && out !== 'true') writeFileSync(out, res.bundle);
+        if (out !== undefined && out !== 'true') {
+          try {
+            writeFileSync(out, res.bundle);
+          } catch (err) {
+            // Was the bare "EISDIR: illegal operation on a directory, open '/tmp/x'".
+            throw new RetraceError('INVALID_ARGUMENT', `cannot write ${out}: ${(err as NodeJS.ErrnoException).code === 'EISDIR' ? 'it is a directory' : (err as Error).message}`, { field: '--out' });
+          }
+        }
         io.stdout.write(`${JSON.stringify(res.code ? messageJson('retrace.v1.PublishedCode', PublishedCode, res.code) : {}, null, 2)}\n`);
         return 0;
       } finally {
