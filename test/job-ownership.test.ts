@@ -1,4 +1,4 @@
-import { createChannel, createClient, Status, Metadata, type Channel, type Client, type CompatServiceDefinition } from 'nice-grpc';
+import { Status, type Client, type CompatServiceDefinition } from 'nice-grpc';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { JobServiceDefinition, JobState } from '../common/gen/retrace/v1/job.js';
 import { NodeInfo, NodeState } from '../common/gen/retrace/v1/node.js';
@@ -15,6 +15,7 @@ import { replayExtension } from '../coordinator/replay/replay-extension.js';
 import { addToken } from '../coordinator/token-file.js';
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
 import { runCli } from './helpers/in-process-cli.js';
+import { processHarness } from './helpers/process-harness.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 
 /**
@@ -26,13 +27,12 @@ import { startTestCoordinator, type TestCoordinator } from './helpers/test-coord
 
 let tc: TestCoordinator;
 const shared: CoordinatorServices = {};
-const channels: Channel[] = [];
+/** Client channels, closed after all. */
+const clients = processHarness();
 const tokens = { alice: '', bob: '', ops: '' };
 
 function as<S extends CompatServiceDefinition>(token: string, definition: S): Client<S> {
-  const channel = createChannel(tc.grpcAddress);
-  channels.push(channel);
-  return createClient(definition, channel, { '*': { metadata: Metadata({ authorization: `Bearer ${token}` }) } }) as Client<S>;
+  return clients.client(tc.grpcAddress, token, definition);
 }
 
 /** A job of kind `held` whose one task runs until the job is cancelled, started by `principal`. */
@@ -89,7 +89,7 @@ beforeAll(async () => {
 }, 20_000);
 
 afterAll(async () => {
-  for (const c of channels) c.close();
+  await clients.cleanup();
   await tc?.stop();
 });
 

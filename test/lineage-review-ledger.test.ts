@@ -1,12 +1,10 @@
-import { once } from 'node:events';
 import { generateKeyPairSync } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PassThrough } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { contentHashOf } from '../common/hash.js';
-import { main } from '../scripts/cli/main.js';
+import { runCli } from './helpers/in-process-cli.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 
 /**
@@ -18,17 +16,8 @@ let tc: TestCoordinator;
 let dir: string;
 
 async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const stdout = new PassThrough();
-  const stderr = new PassThrough();
-  const out: string[] = [];
-  const err: string[] = [];
-  stdout.setEncoding('utf8').on('data', (d: string) => out.push(d));
-  stderr.setEncoding('utf8').on('data', (d: string) => err.push(d));
-  const code = await main([...args, '--coordinator', tc.grpcAddress, '--token', tc.token], { stdout, stderr, stdin: new PassThrough().end('') });
-  stdout.end();
-  stderr.end();
-  await Promise.all([once(stdout, 'end'), once(stderr, 'end')]);
-  return { code, stdout: out.join(''), stderr: err.join('') };
+  const r = await runCli([...args, '--coordinator', tc.grpcAddress, '--token', tc.token]);
+  return { code: r.code, stdout: r.out, stderr: r.err };
 }
 
 function file(name: string, json: unknown): string {

@@ -1,4 +1,4 @@
-import { createChannel, createClient, Metadata, Status, type Channel, type Client, type CompatServiceDefinition } from 'nice-grpc';
+import { Status, type Client, type CompatServiceDefinition } from 'nice-grpc';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -8,6 +8,7 @@ import { TriggerKind, type LineageEvent, type Step } from '../common/gen/retrace
 import { addToken } from '../coordinator/token-file.js';
 import { objectEvent, ref, stepEvent } from './helpers/lineage-events.js';
 import { runCli } from './helpers/in-process-cli.js';
+import { processHarness } from './helpers/process-harness.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 
 /**
@@ -18,12 +19,11 @@ import { startTestCoordinator, type TestCoordinator } from './helpers/test-coord
 
 let tc: TestCoordinator;
 let client: string;
-const channels: Channel[] = [];
+/** Client channels, closed after all. */
+const clients = processHarness();
 
 function as<S extends CompatServiceDefinition>(token: string, definition: S): Client<S> {
-  const channel = createChannel(tc.grpcAddress);
-  channels.push(channel);
-  return createClient(definition, channel, { '*': { metadata: Metadata({ authorization: `Bearer ${token}` }) } }) as Client<S>;
+  return clients.client(tc.grpcAddress, token, definition);
 }
 
 async function* batches(...list: LineageEvent[][]): AsyncIterable<{ events: LineageEvent[] }> {
@@ -59,7 +59,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  for (const c of channels) c.close();
+  await clients.cleanup();
   await tc.stop();
 });
 

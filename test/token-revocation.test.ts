@@ -1,10 +1,11 @@
-import { createChannel, createClient, Metadata, Status, type Channel, type Client, type CompatServiceDefinition } from 'nice-grpc';
+import { Status, type Client, type CompatServiceDefinition } from 'nice-grpc';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AsyncQueue } from '../common/async-queue.js';
 import { Direction, LineageServiceDefinition, NodeKind, type TraceSessionRequest } from '../common/gen/retrace/v1/lineage.js';
 import { AgentRegistration, NodeServiceDefinition, type ConnectRequest } from '../common/gen/retrace/v1/node.js';
 import { meshExtension } from '../coordinator/mesh/mesh-extension.js';
 import { addToken, revokeToken } from '../coordinator/token-file.js';
+import { processHarness } from './helpers/process-harness.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 
 /**
@@ -14,12 +15,11 @@ import { startTestCoordinator, type TestCoordinator } from './helpers/test-coord
  */
 
 let tc: TestCoordinator;
-const channels: Channel[] = [];
+/** Client channels, closed after all. */
+const clients = processHarness();
 
 function as<S extends CompatServiceDefinition>(token: string, definition: S): Client<S> {
-  const channel = createChannel(tc.grpcAddress);
-  channels.push(channel);
-  return createClient(definition, channel, { '*': { metadata: Metadata({ authorization: `Bearer ${token}` }) } }) as Client<S>;
+  return clients.client(tc.grpcAddress, token, definition);
 }
 
 /** How an open stream ended: 'open' while it has not within `ms`. */
@@ -47,7 +47,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  for (const c of channels) c.close();
+  await clients.cleanup();
   await tc.stop();
 });
 
