@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { lockDataDir, prepareDataDir } from '../../agent/identity-store.js';
 import { runAgent } from '../../agent/run-agent.js';
 import { parseAdvertise, parseByteSize, parseLabels } from '../../common/node-resources.js';
-import { durationFlagMs, flag, flagAll, hasFlag, UsageError, type CliCommand } from './command.js';
+import { durationFlagMs, flag, flagAll, hasFlag, noMorePositionals, UsageError, type CliCommand } from './command.js';
 import { DEFAULT_TOKEN_FILE, resolveTlsCa, resolveToken } from './client.js';
 
 const USAGE = `retrace agent --coordinator HOST:PORT [--data DIR] [--label k=v ...] [--advertise k=v,...]
@@ -44,7 +44,7 @@ export const commands: CliCommand[] = [
     async run(args, io) {
       const coordinator = flag(args, 'coordinator');
       if (!coordinator || coordinator === 'true') throw new UsageError('--coordinator HOST:PORT is required');
-      if (args.positionals.length > 0) throw new UsageError(`unexpected argument ${JSON.stringify(args.positionals[0])}`);
+      noMorePositionals(args, 0);
       let labels: Record<string, string>;
       let advertised;
       let payloadCacheBytes: number | undefined;

@@ -54,6 +54,15 @@ export class UsageError extends Error {
   }
 }
 
+/**
+ * Refuses a word past the `count` positionals a command takes, rather than ignoring it (`impact
+ * A B` would answer for A alone, exit 0). `hint` is appended to the message.
+ */
+export function noMorePositionals(args: ParsedArgs, count: number, hint = ''): void {
+  const extra = args.positionals[count];
+  if (extra !== undefined) throw new UsageError(`unexpected argument ${JSON.stringify(extra)}${hint}`);
+}
+
 /** The protobuf integer types a flag can feed. */
 export type IntegerFlagKind = 'uint32' | 'int32' | 'uint64';
 

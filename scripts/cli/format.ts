@@ -42,6 +42,22 @@ export function nodeLines(key: string, label = ''): string[] {
   }
 }
 
+/**
+ * Off a terminal, where a bar is not redrawn in place: whether to write it now as a line of its
+ * own, at most every `everyMs` and only when `state` moved since the last line written, so a long
+ * job's log shows it advancing without repeating itself.
+ */
+export function lineThrottle(everyMs: number, now: () => number = Date.now): (state: string) => boolean {
+  let atMs = now();
+  let last: string | undefined;
+  return (state) => {
+    if (state === last || now() - atMs < everyMs) return false;
+    atMs = now();
+    last = state;
+    return true;
+  };
+}
+
 /** A one-line progress bar: "[#####.....] 50% label". */
 export function progressBar(done: number, total: number, width = 30, label = ''): string {
   const frac = total <= 0 ? 1 : Math.min(1, done / total);

@@ -1,7 +1,7 @@
 import type { Client } from 'nice-grpc';
 import { JobState, TaskState, type Job, type JobServiceDefinition, type JobTask, type WatchJobResponse } from '../../common/gen/retrace/v1/job.js';
 import { isRetraceError, UnavailableError } from '../../common/errors.js';
-import { progressBar } from './format.js';
+import { lineThrottle, progressBar } from './format.js';
 
 /** How a watched job ended (or stood when the watch was aborted). */
 export interface JobFinal {
@@ -73,10 +73,7 @@ export async function watchJobProgress(
   options: { out: NodeJS.WriteStream | NodeJS.WritableStream; signal?: AbortSignal; json?: boolean; lineEveryMs?: number; now?: () => number },
 ): Promise<JobFinal> {
   const { out, json = false, lineEveryMs = 10_000, now = Date.now } = options;
-  // Off a terminal, where the bar is not redrawn: the bar as a line of its own at most every
-  // lineEveryMs while tasks finish, so that a long job's log shows it advancing.
-  let lineAtMs = now();
-  let lineDone = -1;
+  const lineDue = lineThrottle(lineEveryMs, now);
   const tty = !json && (out as { isTTY?: boolean }).isTTY === true;
   const watchAbort = new AbortController();
   const onAbort = (): void => watchAbort.abort();
@@ -101,11 +98,7 @@ export async function watchJobProgress(
         }
         const c = update.job.counts;
         const done = (c?.total ?? 0) - (c?.pending ?? 0) - (c?.running ?? 0);
-        if (!isJobEnded(update.job.state) && done !== lineDone && now() - lineAtMs >= lineEveryMs) {
-          out.write(`${line}\n`);
-          lineAtMs = now();
-          lineDone = done;
-        }
+        if (!isJobEnded(update.job.state) && lineDue(String(done))) out.write(`${line}\n`);
       }
       if (isJobEnded(update.job.state)) break;
     }

@@ -14,7 +14,7 @@ import {
 import { effectiveReading, formatBytes, parseLabels } from '../../common/node-resources.js';
 import { renderForecastSvg } from '../../common/svg-chart.js';
 import { millisToNanos, nanosToIso } from '../../common/time.js';
-import { durationFlagMs, flag, flagAll, hasFlag, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
+import { durationFlagMs, flag, flagAll, hasFlag, noMorePositionals, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
 import { openClient } from './client.js';
 import { messageJson, responseJson } from './proto-json.js';
 
@@ -25,9 +25,9 @@ function duration(args: ParsedArgs, name: string, fallback?: string): number | u
 }
 
 function oneId(args: ParsedArgs): string {
-  const [id, extra] = args.positionals;
+  const id = args.positionals[0];
   if (!id) throw new UsageError('a node id is required');
-  if (extra !== undefined) throw new UsageError(`unexpected argument ${JSON.stringify(extra)}`);
+  noMorePositionals(args, 1);
   return id;
 }
 

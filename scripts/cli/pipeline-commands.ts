@@ -11,7 +11,7 @@ import {
 } from '../../common/gen/retrace/v1/pipeline.js';
 import { formatBytes } from '../../common/node-resources.js';
 import { formatDurationMs, isoToNanos, nanosToIso } from '../../common/time.js';
-import { durationFlagMs, flag, hasFlag, intFlag, UsageError, type CliCommand, type CliIo } from './command.js';
+import { durationFlagMs, flag, hasFlag, intFlag, noMorePositionals, UsageError, type CliCommand, type CliIo } from './command.js';
 import { openClient } from './client.js';
 import { messageSchema, responseJson } from './proto-json.js';
 import { checkProtoJson } from '../../common/proto-json-check.js';
@@ -172,9 +172,9 @@ FILE is a Pipeline as JSON: {"name", "sources": [{"name", "mediaType"}], "steps"
 that fails is run again up to "retries" times (default 0) after a jittered backoff. A step that
 no READY node meets now is stored all the same, with a warning on stderr.`,
     async run(args, io) {
-      const [file, extra] = args.positionals;
+      const [file] = args.positionals;
       if (!file) throw new UsageError('a pipeline file is required');
-      if (extra !== undefined) throw new UsageError(`unexpected argument ${JSON.stringify(extra)}`);
+      noMorePositionals(args, 1);
       const pipeline = readPipelineFile(file);
       const { client, close } = openClient(PipelineServiceDefinition, args);
       try {
@@ -193,7 +193,7 @@ no READY node meets now is stored all the same, with a warning on stderr.`,
     summary: 'pipelines (latest version of each)',
     usage: `retrace pipeline list [--json] ${CONNECT_FLAGS}`,
     async run(args, io) {
-      if (args.positionals.length > 0) throw new UsageError(`unexpected argument ${JSON.stringify(args.positionals[0])}`);
+      noMorePositionals(args, 0);
       const { client, close } = openClient(PipelineServiceDefinition, args);
       try {
         const res = await client.listPipelines({}, { signal: io.signal });
@@ -219,9 +219,9 @@ no READY node meets now is stored all the same, with a warning on stderr.`,
     usage: `retrace pipeline show NAME [--version N] [--json] ${CONNECT_FLAGS}`,
     integers: { version: 'uint32' },
     async run(args, io) {
-      const [name, extra] = args.positionals;
+      const [name] = args.positionals;
       if (!name) throw new UsageError('a pipeline name is required');
-      if (extra !== undefined) throw new UsageError(`unexpected argument ${JSON.stringify(extra)}`);
+      noMorePositionals(args, 1);
       const { client, close } = openClient(PipelineServiceDefinition, args);
       try {
         const res = await client.getPipeline({ name, version: intFlag(args, 'version', 0) }, { signal: io.signal });
@@ -252,9 +252,9 @@ for one to join: what they wait for goes to stderr while they do. --wait-timeout
 when shards have waited that long for a node that meets them: the ingest is cancelled (records
 already processed stay recorded) and the command exits 1 naming the reason.`,
     async run(args, io) {
-      const [pipeline, source, file, extra] = args.positionals;
+      const [pipeline, source, file] = args.positionals;
       if (!pipeline || !source || !file) throw new UsageError('PIPELINE, SOURCE and FILE (or -) are required');
-      if (extra !== undefined) throw new UsageError(`unexpected argument ${JSON.stringify(extra)}`);
+      noMorePositionals(args, 3);
       const waitTimeoutMs = durationFlagMs(args, 'wait-timeout', { minMs: 1 });
       let total = 0;
       if (file !== '-') {
@@ -360,7 +360,7 @@ use within the retention the coordinator was started with (retrace coordinator
 records and every object's newest version are kept however old. --dry-run only counts.`,
     booleans: ['dry-run'],
     async run(args, io) {
-      if (args.positionals.length > 0) throw new UsageError(`unexpected argument ${JSON.stringify(args.positionals[0])}`);
+      noMorePositionals(args, 0);
       const { client, close } = openClient(PipelineServiceDefinition, args);
       try {
         const r = await client.sweepPayloads({ dryRun: hasFlag(args, 'dry-run') }, { signal: io.signal });

@@ -10,7 +10,7 @@ import { contentHashOf } from '../../common/hash.js';
 import { formatBytes } from '../../common/node-resources.js';
 import { nanosToIso } from '../../common/time.js';
 import { TRANSFORM_BRAND, toRequirementsMessage, type TransformRequirements } from '../../common/transform.js';
-import { flag, hasFlag, UsageError, type CliCommand } from './command.js';
+import { flag, hasFlag, noMorePositionals, UsageError, type CliCommand } from './command.js';
 import { openClient } from './client.js';
 import { messageJson, responseJson } from './proto-json.js';
 import { renderTable } from './format.js';
@@ -205,9 +205,9 @@ Bundles FILE (TypeScript or JavaScript; its default export is defineTransform({.
 requirements, and stores it in the coordinator. The code version is sha256 of the bundle: the
 same source publishes as the same version. --name overrides the definition's name.`,
     async run(args, io) {
-      const [file, extra] = args.positionals;
+      const [file] = args.positionals;
       if (!file) throw new UsageError('a transform file is required');
-      if (extra !== undefined) throw new UsageError(`unexpected argument ${JSON.stringify(extra)}`);
+      noMorePositionals(args, 1);
       const nameFlag = flag(args, 'name');
       if (nameFlag === 'true') throw new UsageError('--name needs a value');
       const { client, close } = openClient(CodeServiceDefinition, args);
@@ -239,7 +239,7 @@ same source publishes as the same version. --name overrides the definition's nam
     usage: `retrace code list [--transform NAME] [--limit N] [--json] ${CONNECT_FLAGS}`,
     integers: { limit: 'uint32' },
     async run(args, io) {
-      if (args.positionals.length > 0) throw new UsageError(`unexpected argument ${JSON.stringify(args.positionals[0])}`);
+      noMorePositionals(args, 0);
       const limitText = flag(args, 'limit', '100') as string;
       const limit = Number(limitText);
       if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new UsageError(`--limit: expected 1..1000, got ${JSON.stringify(limitText)}`);
@@ -267,9 +267,9 @@ same source publishes as the same version. --name overrides the definition's nam
     summary: 'one code version: manifest as JSON (--out FILE writes the bundle)',
     usage: `retrace code show VERSION [--out FILE] ${CONNECT_FLAGS}`,
     async run(args, io) {
-      const [codeVersion, extra] = args.positionals;
+      const [codeVersion] = args.positionals;
       if (!codeVersion) throw new UsageError('a code version (sha256:...) is required');
-      if (extra !== undefined) throw new UsageError(`unexpected argument ${JSON.stringify(extra)}`);
+      noMorePositionals(args, 1);
       const { client, close } = openClient(CodeServiceDefinition, args);
       try {
         const res = await client.getCode({ codeVersion }, { signal: io.signal });

@@ -14,7 +14,7 @@ import {
 import { dagToDot, dagToSvg, type DagDrawing, type DagNode } from '../../common/dag-drawing.js';
 import { MAX_RECOMPUTE_ATTEMPTS, MAX_RECOMPUTE_CONCURRENCY } from '../../common/recompute-policy.js';
 import { nanosToIso, parseDurationMs } from '../../common/time.js';
-import { flag, flagAll, hasFlag, intFlag, timeArgNs, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
+import { flag, flagAll, hasFlag, intFlag, timeArgNs, noMorePositionals, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
 import type { Client } from 'nice-grpc';
 import { openClient } from './client.js';
 import { jobJson } from './job-commands.js';
@@ -60,12 +60,6 @@ async function nothingDownstreamNote(client: Client<typeof RecomputeServiceDefin
     // Impact could not tell (a step no longer in its pipeline): say nothing rather than guess.
     return undefined;
   }
-}
-
-/** A word past those the command takes is refused, not ignored (`impact A B` would answer for A only). */
-function noMorePositionals(args: ParsedArgs, count: number): void {
-  const extra = args.positionals[count];
-  if (extra !== undefined) throw new UsageError(`unexpected argument ${JSON.stringify(extra)}`);
 }
 
 function what(c: Change): string {

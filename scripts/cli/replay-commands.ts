@@ -2,11 +2,11 @@ import { writeFileSync } from 'node:fs';
 import { ReplayServiceDefinition, ReplayState, GpuMode, type RecordSelector, type ReplayPolicy, ReplayReport, type WatchReplayResponse } from '../../common/gen/retrace/v1/replay.js';
 import { renderScatterSvg } from '../../common/svg-chart.js';
 import { formatSpanMs, parseDurationMs } from '../../common/time.js';
-import { flag, flagAll, hasFlag, intFlag, timeArgNs, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
+import { flag, flagAll, hasFlag, intFlag, timeArgNs, noMorePositionals, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
 import { openClient } from './client.js';
 import { isRetraceError } from '../../common/errors.js';
 import { messageJson, responseJson } from './proto-json.js';
-import { progressBar, renderTable, shortHash, toJson } from './format.js';
+import { lineThrottle, progressBar, renderTable, shortHash, toJson } from './format.js';
 
 const START_USAGE = `retrace replay start SELECTOR [POLICY] [--watch] [--json]
   SELECTOR (one of):
@@ -30,19 +30,11 @@ const START_USAGE = `retrace replay start SELECTOR [POLICY] [--watch] [--json]
 /** The longest fault duration the policy carries (uint32 milliseconds). */
 const MAX_FAULT_MS = 2 ** 32 - 1;
 
-/**
- * A word past those the command takes is refused, not ignored: `--record A B` would replay A
- * alone, and `--window P/S FROM TO X` drop X, both exiting 0.
- */
-function noMorePositionals(args: ParsedArgs, count: number): void {
-  const extra = args.positionals[count];
-  if (extra !== undefined) throw new UsageError(`unexpected argument ${JSON.stringify(extra)}${count === 0 && args.flags.has('record') ? ' (give each record its own --record)' : ''}`);
-}
-
 function parseSelector(args: ParsedArgs): RecordSelector {
   const records = flagAll(args, 'record');
   if (records.length > 0) {
-    noMorePositionals(args, 0);
+    // `--record A B` would replay A alone.
+    noMorePositionals(args, 0, ' (give each record its own --record)');
     return { selector: { $case: 'recordIds', value: { objectIds: records } } };
   }
   const run = flag(args, 'run');
@@ -177,21 +169,13 @@ export async function watchReplayProgress(
   const { lineEveryMs = 10_000, now = Date.now } = options;
   const tty = (io.stderr as { isTTY?: boolean }).isTTY === true;
   let line = '';
-  let lineAtMs = now();
-  let lineState = '';
+  const lineDue = lineThrottle(lineEveryMs, now);
   let last: WatchReplayResponse | undefined;
   for await (const p of client.watchReplay({ replayId }, { ...(io.signal ? { signal: io.signal } : {}) })) {
     last = p;
     line = progressBar(p.stepsDone, p.stepsTotal, 30, `${p.stepsDone}/${p.stepsTotal} steps, ${p.recordsDone}/${p.recordsTotal} records, ${p.stepsFailed} failed${p.stepsSkipped > 0 ? `, ${p.stepsSkipped} not run` : ''}  ${p.message}`.slice(0, 110));
     if (tty) io.stderr.write(`\r${line}\x1b[K`);
-    else if (p.state === ReplayState.REPLAY_STATE_PENDING || p.state === ReplayState.REPLAY_STATE_RUNNING) {
-      const state = `${p.stepsDone} ${p.message}`;
-      if (state !== lineState && now() - lineAtMs >= lineEveryMs) {
-        io.stderr.write(`${line}\n`);
-        lineAtMs = now();
-        lineState = state;
-      }
-    }
+    else if ((p.state === ReplayState.REPLAY_STATE_PENDING || p.state === ReplayState.REPLAY_STATE_RUNNING) && lineDue(`${p.stepsDone} ${p.message}`)) io.stderr.write(`${line}\n`);
   }
   io.stderr.write(tty ? '\n' : `${line}\n`);
   return last;

@@ -2,7 +2,7 @@ import { existsSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { FailedPreconditionError } from '../../common/errors.js';
 import { addToken, isRole, readTokenFile, revokeToken, ROLES, tokensFilePath } from '../../coordinator/token-file.js';
-import { flag, hasFlag, UsageError, type CliCommand, type ParsedArgs } from './command.js';
+import { flag, hasFlag, noMorePositionals, UsageError, type CliCommand, type ParsedArgs } from './command.js';
 import { renderTable, toJson } from './format.js';
 
 const DATA_FLAG = `--data DIR    the coordinator's data dir (default ./.retrace); works while it runs`;
@@ -19,9 +19,9 @@ function dataDirOf(args: ParsedArgs): string {
 
 /** The one NAME positional of `token add|revoke`. */
 function nameOf(args: ParsedArgs): string {
-  const [name, extra] = args.positionals;
+  const name = args.positionals[0];
   if (name === undefined) throw new UsageError('a token NAME is required');
-  if (extra !== undefined) throw new UsageError(`unexpected argument ${JSON.stringify(extra)}`);
+  noMorePositionals(args, 1);
   return name;
 }
 
@@ -59,7 +59,7 @@ Lists the named tokens of <data>/tokens.json; the auth-token (the owner, role ad
   ${DATA_FLAG}
   --json        a JSON array of {name, role, created}`,
     async run(args, io) {
-      if (args.positionals.length > 0) throw new UsageError(`unexpected argument ${JSON.stringify(args.positionals[0])}`);
+      noMorePositionals(args, 0);
       const entries = readTokenFile(dataDirOf(args)).map(({ name, role, created }) => ({ name, role, created }));
       if (hasFlag(args, 'json')) io.stdout.write(toJson(entries));
       else if (entries.length === 0) io.stdout.write('no named tokens (the auth-token is the owner\'s, role admin)\n');
