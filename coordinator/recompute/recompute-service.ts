@@ -24,7 +24,7 @@ import type { NanoClock } from '../clock.js';
 import { crashPointForTests } from '../test-crash-point.js';
 import type { JobSubmitter } from '../jobs/job-types.js';
 import { nsToMs, type LineageEngine } from '../lineage/lineage-engine.js';
-import type { RecordChange } from '../pipeline/pipeline-runner.js';
+import type { IngestSummary, RecordChange } from '../pipeline/pipeline-runner.js';
 import type { CurrentRecord, PipelineStore } from '../pipeline/pipeline-store.js';
 import { allocate, toNodeView } from '../scheduler/allocator.js';
 import { checkTargetLabels } from '../scheduler/placement-targets.js';
@@ -37,7 +37,7 @@ import { planRecompute, toStepDefinition, type StepDefinition } from './recomput
 export interface RecomputerDeps {
   lineage: LineageEngine;
   changes: ChangeStore;
-  pipelines: () => { store: PipelineStore; payloads: { put(bytes: Uint8Array): Promise<string> }; runner: { ingest: (p: string, s: string, batches: Iterable<readonly { key: string; payload: Uint8Array }[]>, o: { principal: string }) => Promise<unknown> } } | undefined;
+  pipelines: () => { store: PipelineStore; payloads: { put(bytes: Uint8Array): Promise<string> }; runner: { ingest: (p: string, s: string, batches: Iterable<readonly { key: string; payload: Uint8Array }[]>, o: { principal: string }) => Promise<Pick<IngestSummary, 'runId' | 'shardsFailed' | 'firstError'>> } } | undefined;
   jobs: () => JobSubmitter | undefined;
   nodes: () => readonly NodeInfo[];
   /** The code store: `describe` checks a version exists; the follow-up notes are those of PublishCode. */
@@ -390,10 +390,9 @@ export class Recomputer {
     if (watch.pipeline !== '') {
       const pipes = this.deps.pipelines();
       if (!pipes) throw new FailedPreconditionError('watching a pipeline source needs the pipelines extension');
-      const summary = (await pipes.runner.ingest(watch.pipeline, watch.source, [files.map((f) => ({ key: f.rel, payload: f.bytes }))], { principal: `watch:${watch.path}` })) as { runId?: string; shardsFailed?: number; firstError?: string } | undefined;
+      const summary = await pipes.runner.ingest(watch.pipeline, watch.source, [files.map((f) => ({ key: f.rel, payload: f.bytes }))], { principal: `watch:${watch.path}` });
       // A step that failed on a file leaves its change reported: the watch says why (retrace watch list).
-      const failed = summary?.shardsFailed ?? 0;
-      return failed > 0 ? `ingest ${summary?.runId ?? ''}: ${failed} shard(s) failed: ${summary?.firstError ?? ''}` : '';
+      return summary.shardsFailed > 0 ? `ingest ${summary.runId}: ${summary.shardsFailed} shard(s) failed: ${summary.firstError}` : '';
     }
     for (const f of files) {
       const objectId = `${watch.objectIdPrefix}${f.rel}`;
