@@ -187,8 +187,10 @@ describe('JobService and retrace jobs', () => {
     expect(shown.out).toContain(`job ${jobId} (test): CANCELLED`);
     expect(shown.out).toMatch(/flaky\s+FAILED\s+2\s+step flaky\s+input not there yet/);
     expect(shown.out).toMatch(/after\s+UPSTREAM_FAILED/);
+    // The cancelled task never ran: the bar reads 3 of 4 tasks done (75%), not 100%.
+    expect(shown.out).toContain('] 75% CANCELLED 3/4 tasks, 1 failed, 1 upstream failed, 1 cancelled');
     const listed = await cli('jobs', '--kind', 'test');
-    expect(listed.out).toMatch(new RegExp(`${jobId}\\s+test\\s+CANCELLED\\s+\\[#+\\.*\\]`));
+    expect(listed.out).toMatch(new RegExp(`${jobId}\\s+test\\s+CANCELLED\\s+\\[#{15}\\.{5}\\] 75%\\s+1/4 ok, 1 failed, 1 upstream failed, 1 cancelled`));
     // A listing cut by --limit says there are more, and how to see them.
     const one = await cli('jobs', '--kind', 'test', '--limit', '1');
     expect(one.out).toMatch(new RegExp(`^job .*\\n-+.*\\n${jobId} .*\\nmore jobs than --limit 1 shows: retrace jobs --limit 2 \\(or --state, --kind\\)\\n$`));

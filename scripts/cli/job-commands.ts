@@ -3,7 +3,7 @@ import { isRetraceError } from '../../common/errors.js';
 import { flag, hasFlag, intFlag, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
 import { openClient } from './client.js';
 import { progressBar, renderTable, toJson } from './format.js';
-import { jobStateName, renderJobLine, taskStateName, watchJobProgress } from './job-progress.js';
+import { jobStateName, renderJobLine, taskStateName, tasksDone, watchJobProgress } from './job-progress.js';
 
 const STATES = ['pending', 'running', 'succeeded', 'failed', 'cancelled'];
 
@@ -92,8 +92,7 @@ const list: CliCommand = {
         renderTable(
           ['job', 'kind', 'state', 'progress', 'tasks', 'age', 'title'],
           r.jobs.map((j) => {
-            const done = (j.counts?.total ?? 0) - (j.counts?.pending ?? 0) - (j.counts?.running ?? 0);
-            return [j.jobId, j.kind, jobStateName(j.state) + (j.waiting.length > 0 ? ' (waiting)' : ''), progressBar(done, j.counts?.total ?? 0, 20), countsText(j), age(j.createdAtNs), j.title.slice(0, 40)];
+            return [j.jobId, j.kind, jobStateName(j.state) + (j.waiting.length > 0 ? ' (waiting)' : ''), progressBar(tasksDone(j.counts), j.counts?.total ?? 0, 20), countsText(j), age(j.createdAtNs), j.title.slice(0, 40)];
           }),
         ),
       );
