@@ -178,6 +178,9 @@ describe('retrace replay start: every flag reaches the replay', () => {
     }
     for (const [argv, text] of [
       [['--record', 'record:orders/raw:a', '--speed', '0x'], 'speed'],
+      // A replay paced at 1e-9x would take centuries: refused, naming the field and the bound.
+      [['--record', 'record:orders/raw:a', '--speed', '1e-9x'], 'policy.speed: 1e-9 is slower than the slowest pacing, 0.001x (a recorded second lasting 1000 s)'],
+      [['--record', 'record:orders/raw:a', '--speed', 'Infinityx'], 'policy.speed: must be a positive factor'],
       [['--record', 'record:orders/raw:a', '--target', 'node-nope'], 'node-nope'],
       [['--record', 'record:orders/raw:a', '--set', 'nostep.tag=1'], 'nostep'],
       [['--record', 'record:orders/raw:a', '--fault', 'outage:node-z:after=1s:for=1s'], 'policy.faults.outages[0].node_id: unknown node "node-z"'],

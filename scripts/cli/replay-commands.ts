@@ -15,7 +15,7 @@ const START_USAGE = `retrace replay start SELECTOR [POLICY] [--watch] [--json]
     --last DURATION PIPELINE/SOURCE   records of the last 10m, 2h...
     --run RUN_ID                      every source record of a run
   POLICY:
-    --speed 0.5x|1x|2x|max            pacing on the recorded inter-arrival times (default max)
+    --speed 0.5x|1x|2x|max            pacing on the recorded inter-arrival times (default max; 0.001x at slowest)
     --target NODE|key=value ...       only these nodes / labels (repeatable)
     --max-cpu 50%                     CPU cap per node;  --max-memory 512 (MiB)
     --gpu only|none                   GPU-only or no-GPU nodes
