@@ -123,7 +123,9 @@ const ADVERTISE_KEYS: Readonly<Record<string, { name: string; kind: 'count' | 'b
  * Parses operator-declared capacity, `gpu=1,memory=64GiB,cpu=8,gpu.0.model=A100`, into
  * DECLARED readings. Shorthand keys: cpu (threads), cores, gpu, memory, swap, disk, tpu, accel,
  * net (bit rate: 10Gbps). Other keys must be reading names; their value is a number, a byte size
- * or, failing both, text. Several `--advertise` flags may be given; a later key wins.
+ * or, failing both, text. Several `--advertise` flags may be given; a later key wins. Errors name
+ * the key after `field`: "--advertise memory: expected a size ..." (`field` a flag) or
+ * "advertise.memory: ..." (a field name).
  */
 export function parseAdvertise(specs: readonly string[], field = 'advertise'): ResourceReading[] {
   const byName = new Map<string, ResourceReading>();
@@ -135,23 +137,26 @@ export function parseAdvertise(specs: readonly string[], field = 'advertise'): R
       if (eq <= 0) throw new InvalidArgumentError(field, `expected key=value, got ${JSON.stringify(item)}`);
       const key = item.slice(0, eq).trim().toLowerCase();
       const raw = item.slice(eq + 1).trim();
+      // Every error about one key reads alike: "--advertise memory: ..." (a flag) or
+      // "advertise.memory: ..." (a field).
+      const keyField = field.startsWith('--') ? `${field} ${key}` : `${field}.${key}`;
       const known = ADVERTISE_KEYS[key];
       const name = known?.name ?? key;
-      if (!isReadingName(name)) throw new InvalidArgumentError(field, `unknown key ${JSON.stringify(key)}`);
+      if (!isReadingName(name)) throw new InvalidArgumentError(keyField, 'unknown key');
       const reading: ResourceReading = { name, value: 0, text: '', unit: '', source: ReadingSource.READING_SOURCE_DECLARED };
       const kind = known?.kind ?? (/^\d+(\.\d+)?$/.test(raw) ? 'count' : /^\d+(\.\d+)?\s*[kmgt]i?b?$/i.test(raw) ? 'bytes' : undefined);
       if (kind === 'count') {
         const n = Number(raw);
-        if (!/^\d+(\.\d+)?$/.test(raw) || !Number.isFinite(n)) throw new InvalidArgumentError(field, `${key}: expected a number, got ${JSON.stringify(raw)}`);
+        if (!/^\d+(\.\d+)?$/.test(raw) || !Number.isFinite(n)) throw new InvalidArgumentError(keyField, `expected a number, got ${JSON.stringify(raw)}`);
         reading.value = n;
         reading.unit = 'count';
       } else if (kind === 'bytes') {
-        reading.value = parseByteSize(raw, `${field}.${key}`);
+        reading.value = parseByteSize(raw, keyField);
         reading.unit = 'bytes';
       } else if (kind === 'bitrate') {
         const m = /^(\d+(?:\.\d+)?)\s*([a-z/]+)$/i.exec(raw);
         const mult = m ? BIT_RATE_UNITS[(m[2] ?? '').toLowerCase()] : undefined;
-        if (!m || mult === undefined) throw new InvalidArgumentError(field, `${key}: expected a bit rate such as 10Gbps, got ${JSON.stringify(raw)}`);
+        if (!m || mult === undefined) throw new InvalidArgumentError(keyField, `expected a bit rate such as 10Gbps, got ${JSON.stringify(raw)}`);
         reading.value = Number(m[1]) * mult;
         reading.unit = 'bit/s';
       } else {

@@ -28,6 +28,22 @@ describe('retrace nodes table', () => {
   });
 });
 
+describe('retrace nodes table: bound token', () => {
+  const node = (nodeId: string, boundToken: string): NodeInfo => NodeInfo.fromPartial({ nodeId, host: 'h', state: NodeState.NODE_STATE_READY, connected: true, boundToken, labels: { pool: 'x' } });
+
+  it('has a TOKEN column: the bound token\'s name, "-" when unbound, a long name cut to 16 characters', () => {
+    const table = nodeTable([node('a', 'agent-a'), node('b', ''), node('c', 'a-very-long-token-name-for-agents')]);
+    const [header, a, b, c] = table.split('\n');
+    expect(header).toMatch(/\sREPORT\s+TOKEN\s+LABELS$/);
+    expect(a).toMatch(/\sagent-a\s+pool=x$/);
+    expect(b).toMatch(/\s-\s+pool=x$/);
+    expect(c).toMatch(/\sa-very-long-tok…\s+pool=x$/);
+    // The column is as wide as its widest cell (16), not as the longest name.
+    expect(c?.indexOf('pool=x')).toBe(header?.indexOf('LABELS'));
+    expect((header?.indexOf('LABELS') ?? 0) - (header?.indexOf('TOKEN') ?? 0)).toBe(16 + 2);
+  });
+});
+
 describe('retrace nodes table: declared accelerators', () => {
   const reading = (name: string, value: number, source = ReadingSource.READING_SOURCE_MEASURED) => ({ name, value, text: '', unit: '', source });
   const node = (nodeId: string, capabilities: ReturnType<typeof reading>[]): NodeInfo =>

@@ -154,8 +154,20 @@ describe('JobService and retrace jobs', () => {
     const page2 = await client().listJobs({ state: JobState.JOB_STATE_SUCCEEDED, kind: 'test', pageSize: 1, pageToken: page1.nextPageToken });
     expect(page2.jobs[0]?.jobId).not.toBe(page1.jobs[0]?.jobId);
     expect((await client().listJobs({ state: JobState.JOB_STATE_FAILED, kind: 'test', pageSize: 10, pageToken: '' })).jobs.filter((j) => j.jobId === jobId)).toEqual([]);
-    expect((await client().listJobs({ state: 0, kind: 'other', pageSize: 10, pageToken: '' })).jobs).toEqual([]);
+    // A kind an executor runs, with no job of it in the asked state, is an empty list.
+    expect((await client().listJobs({ state: JobState.JOB_STATE_FAILED, kind: 'test', pageSize: 10, pageToken: '' })).jobs.filter((j) => j.kind !== 'test')).toEqual([]);
   }, 60_000);
+
+  it('an unknown --kind is INVALID_ARGUMENT naming kind and the kinds there are (not "no jobs"); the CLI exits 2', async () => {
+    const err = await client().listJobs({ state: 0, kind: 'bogus', pageSize: 10, pageToken: '' }).then(() => undefined, (e: unknown) => e);
+    expect((err as ClientError).code).toBe(Status.INVALID_ARGUMENT);
+    expect((err as ClientError).details).toBe('kind: unknown job kind "bogus": one of replay, test');
+    const listed = await cli('jobs', '--kind', 'bogus');
+    expect(listed.code).toBe(2);
+    expect(listed.out).toBe('');
+    expect(listed.err).toMatch(/^error: --kind: unknown job kind "bogus": one of replay, test\n/);
+    expect((await cli('jobs', '--kind', 'replay', '--state', 'failed')).code).toBe(0);
+  });
 
   it('CancelJob aborts a running job; ResumeJob reruns only what did not succeed; the CLI shows it', async () => {
     broken = true;
@@ -175,8 +187,10 @@ describe('JobService and retrace jobs', () => {
     expect(shown.out).toContain(`job ${jobId} (test): CANCELLED`);
     expect(shown.out).toMatch(/flaky\s+FAILED\s+2\s+step flaky\s+input not there yet/);
     expect(shown.out).toMatch(/after\s+UPSTREAM_FAILED/);
+    // The cancelled task never ran: the bar reads 3 of 4 tasks done (75%), not 100%.
+    expect(shown.out).toContain('] 75% CANCELLED 3/4 tasks, 1 failed, 1 upstream failed, 1 cancelled');
     const listed = await cli('jobs', '--kind', 'test');
-    expect(listed.out).toMatch(new RegExp(`${jobId}\\s+test\\s+CANCELLED\\s+\\[#+\\.*\\]`));
+    expect(listed.out).toMatch(new RegExp(`${jobId}\\s+test\\s+CANCELLED\\s+\\[#{15}\\.{5}\\] 75%\\s+1/4 ok, 1 failed, 1 upstream failed, 1 cancelled`));
     // A listing cut by --limit says there are more, and how to see them.
     const one = await cli('jobs', '--kind', 'test', '--limit', '1');
     expect(one.out).toMatch(new RegExp(`^job .*\\n-+.*\\n${jobId} .*\\nmore jobs than --limit 1 shows: retrace jobs --limit 2 \\(or --state, --kind\\)\\n$`));

@@ -21,6 +21,7 @@ import { createNodeRecordStore } from '../coordinator/mesh/node-record-store.js'
 import { NodeRegistry, type Registration } from '../coordinator/mesh/node-registry.js';
 import type { Database } from '../coordinator/store/database.js';
 import { rawConnect, registerRequest, startMeshServer, waitFor, type MeshServer } from './helpers/mesh-server.js';
+import { runCli } from './helpers/in-process-cli.js';
 
 const measured = (name: string, value: number, unit = 'count'): ResourceReading => ({ name, value, text: '', unit, source: ReadingSource.READING_SOURCE_MEASURED });
 
@@ -140,8 +141,27 @@ describe('node resources and probe', () => {
     expect(by('gpu.0.model')?.text).toBe('A100');
     expect(() => parseAdvertise(['gpu=lots'])).toThrow(/expected a number/);
     expect(() => parseAdvertise(['memory'])).toThrow(/key=value/);
+    // One form for every key's error: "--advertise KEY: problem" (it was "--advertise: cpu: ..."
+    // for counts and rates but "--advertise.memory: ..." for sizes).
+    expect(() => parseAdvertise(['cpu=lots'], '--advertise')).toThrow(/^--advertise cpu: expected a number, got "lots"$/);
+    expect(() => parseAdvertise(['memory=lots'], '--advertise')).toThrow(/^--advertise memory: expected a size such as 64GiB or 512MB, got "lots"$/);
+    expect(() => parseAdvertise(['net=lots'], '--advertise')).toThrow(/^--advertise net: expected a bit rate such as 10Gbps, got "lots"$/);
+    expect(() => parseAdvertise(['Bad Key=1'], '--advertise')).toThrow(/^--advertise bad key: unknown key$/);
+    expect(() => parseAdvertise(['memory=lots'])).toThrow(/^advertise\.memory: /);
     expect(resolveMetric('cpu')).toBe('cpu.load');
     expect(() => resolveMetric('CPU LOAD')).toThrow(/metric/);
+  });
+
+  it('retrace agent: a bad --advertise value is a usage error in the same form for every key', async () => {
+    for (const [value, text] of [
+      ['cpu=lots', '--advertise cpu: expected a number'],
+      ['memory=lots', '--advertise memory: expected a size'],
+      ['net=lots', '--advertise net: expected a bit rate'],
+    ] as const) {
+      const r = await runCli(['agent', '--coordinator', '127.0.0.1:1', '--data', tmpdir(), '--advertise', value]);
+      expect(r.code).toBe(2);
+      expect(r.err.split('\n')[0]).toBe(`error: ${text}${text.endsWith('number') ? '' : text.endsWith('size') ? ' such as 64GiB or 512MB' : ' such as 10Gbps'}, got "lots"`);
+    }
   });
 
   it('prefers declared over measured for placement, and keeps both', async () => {

@@ -12,6 +12,7 @@ import { recomputeExtension } from '../coordinator/recompute/recompute-extension
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 import { until } from './helpers/until.js';
+import { runCli } from './helpers/in-process-cli.js';
 
 
 // Watched paths as plain objects (no pipeline, no agents): first sight records a version, an edit
@@ -160,6 +161,27 @@ describe('a watched pipeline source whose ingest fails', () => {
   afterAll(async () => {
     await tc?.stop();
     rmSync(root, { recursive: true, force: true });
+  });
+
+  it('a watched file that is deleted shows as missing (deleted), not as ENOENT', async () => {
+    const single = join(root, 'single.txt');
+    writeFileSync(single, 'one');
+    const shared: CoordinatorServices = {};
+    const t = await startTestCoordinator({ extensions: [pipelineExtension(shared), recomputeExtension(shared, { watchRoots: [root] })] });
+    try {
+      const client = t.client(RecomputeServiceDefinition);
+      const w = await client.watchPath({ path: single, pipeline: '', source: '', objectIdPrefix: 'single:', policy: 0, rescanIntervalMs: 60_000, debounceMs: 0 });
+      const watchId = w.watch?.watchId ?? '';
+      rmSync(single);
+      await shared.recompute?.detector.scanNow(watchId);
+      const listed = (await client.listWatches({})).watches.find((x) => x.watchId === watchId);
+      expect(listed?.lastError).toBe('missing (deleted); scanned again until it is back');
+      const shown = await runCli(['watch', 'list', '--coordinator', t.grpcAddress, '--token', t.token]);
+      expect(shown.out).toContain('missing (deleted)');
+      expect(shown.out).not.toContain('ENOENT');
+    } finally {
+      await t.stop();
+    }
   });
 
   it('shows the failed shards in the watch error', async () => {

@@ -42,7 +42,7 @@ function runner(calls: ShardAssignment[], sentAsIs: string[] = []): ShardRunner 
       const out = a.transform === 'upper' ? text.toUpperCase() : JSON.stringify({ value: text, tag: (a.parameters as { tag?: string }).tag ?? '', code: a.codeVersion === CODE ? 1 : 2 });
       const now = BigInt(Date.now()) * 1_000_000n;
       const resources = { cpuTimeNs: '1000', peakMemoryBytes: '0', netBytesIn: '0', netBytesOut: '0', diskBytesRead: '0', diskBytesWritten: '0', gpuTimeNs: '0', gpuUtilization: 0, wallTimeNs: '1000' };
-      const outcome = { shardId: a.shardId, status: failed ? ShardStatus.SHARD_STATUS_FAILED : ShardStatus.SHARD_STATUS_SUCCEEDED, outputs: failed ? [] : [{ key: '', contentHash: '', payload: Buffer.from(out), mediaType: 'text/plain' }], resources, error: failed ? 'injected failure' : '', attempt: a.attempt, startedAtNs: String(now - 1000n), endedAtNs: String(now), nodeId: 'node-a' };
+      const outcome = { shardId: a.shardId, status: failed ? ShardStatus.SHARD_STATUS_FAILED : ShardStatus.SHARD_STATUS_SUCCEEDED, outputs: failed ? [] : [{ key: '', contentHash: '', payload: Buffer.from(out), mediaType: 'text/plain' }], resources, error: failed ? 'injected failure (faults.fail)' : '', attempt: a.attempt, startedAtNs: String(now - 1000n), endedAtNs: String(now), nodeId: 'node-a' };
       return { outcome, nodeId: 'node-a', attempts: 1, queuedMs: 0, host: 'host-a' };
     },
   };
@@ -125,6 +125,17 @@ describe('retrace replay start: every flag reaches the replay', () => {
     expect(report.summary).toMatchObject({ records: 2, steps: 4, failed: 2, upstreamFailed: 2 });
   });
 
+  it('--fault fail: the report row of a step failed on purpose says "injected" once', async () => {
+    const { report } = await replay(['--record', 'record:orders/raw:a', '--fault', 'fail:1'], 1);
+    const failedStep = (report.steps as { status: string; error: string; faults: string[] }[]).find((x) => x.status === 'FAILED');
+    // The JSON keeps both: the fault the policy injected, and the error the node reported.
+    expect(failedStep).toMatchObject({ error: 'injected failure (faults.fail)', faults: ['injected step failure'] });
+    const table = await cli('replay', 'report', report.replayId);
+    const row = table.out.split('\n').find((l) => l.includes(' FAILED '));
+    expect(row).toMatch(/injected failure \(faults\.fail\)\s*$/);
+    expect(row?.match(/injected/g)).toHaveLength(1);
+  });
+
   it('--fault corrupt: the altered bytes reach the node as they are (never by reference), which refuses them', async () => {
     const before = calls.length;
     const asIsBefore = sentAsIs.length;
@@ -178,6 +189,9 @@ describe('retrace replay start: every flag reaches the replay', () => {
     }
     for (const [argv, text] of [
       [['--record', 'record:orders/raw:a', '--speed', '0x'], 'speed'],
+      // A replay paced at 1e-9x would take centuries: refused, naming the field and the bound.
+      [['--record', 'record:orders/raw:a', '--speed', '1e-9x'], 'policy.speed: 1e-9 is slower than the slowest pacing, 0.001x (a recorded second lasting 1000 s)'],
+      [['--record', 'record:orders/raw:a', '--speed', 'Infinityx'], 'policy.speed: must be a positive factor'],
       [['--record', 'record:orders/raw:a', '--target', 'node-nope'], 'node-nope'],
       [['--record', 'record:orders/raw:a', '--set', 'nostep.tag=1'], 'nostep'],
       [['--record', 'record:orders/raw:a', '--fault', 'outage:node-z:after=1s:for=1s'], 'policy.faults.outages[0].node_id: unknown node "node-z"'],

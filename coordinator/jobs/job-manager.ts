@@ -186,6 +186,11 @@ export class JobManager implements JobSubmitter {
     for (const job of this.live.values()) if (job.compiled.spec.kind === executor.kind) this.launch(job);
   }
 
+  /** The kinds of the registered executors, sorted. */
+  kinds(): string[] {
+    return [...this.executors.keys()].sort();
+  }
+
   async submit(spec: JobSpec): Promise<{ jobId: string }> {
     this.requireRunning();
     const compiled = compileJob(spec);

@@ -90,6 +90,12 @@ export function jobsExtension(shared: JobsShared, options: JobsExtensionOptions 
         const jobs: Job[] = [];
         if (!request.kind || request.kind !== 'replay') {
           for (const v of await manager.list({ ...(state ? { state } : {}), ...(request.kind ? { kind: request.kind } : {}) })) jobs.push(toJobProto(v, waitingOf(v.jobId)));
+          // A misspelt kind would otherwise read as "no jobs". A kind no executor here runs but a
+          // stored job has (its executor not registered yet) is still a kind.
+          if (request.kind && jobs.length === 0 && !manager.kinds().includes(request.kind) && !(await manager.list({ kind: request.kind })).length) {
+            const kinds = [...new Set([...manager.kinds(), ...(shared.replay ? ['replay'] : [])])].sort();
+            throw new InvalidArgumentError('kind', `unknown job kind ${JSON.stringify(request.kind)}: ${kinds.length > 0 ? `one of ${kinds.join(', ')}` : 'this coordinator runs no jobs'}`);
+          }
         }
         if (shared.replay && (!request.kind || request.kind === 'replay')) {
           for (const listed of await shared.replay.list()) {

@@ -152,7 +152,12 @@ class PathWatcher {
   private async scanOnce(): Promise<string> {
     // Checked again on every scan: the path may since have become a link to somewhere else.
     const root = this.spec.path;
-    const problem = scopeProblem(await realpath(root), this.scope);
+    const real = await realpath(root).catch((err: unknown) => {
+      // A watched file or directory deleted: a state to show, not Node's "ENOENT: ..., realpath".
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new Error('missing (deleted); scanned again until it is back');
+      throw err;
+    });
+    const problem = scopeProblem(real, this.scope);
     if (problem) throw problem;
     const top = await stat(root);
     const files: { abs: string; rel: string }[] = [];

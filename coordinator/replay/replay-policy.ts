@@ -37,6 +37,12 @@ export interface CompiledReplayPolicy {
   readonly overrides: boolean;
 }
 
+/**
+ * The slowest pacing a replay takes: 0.001x (a recorded second lasts 1000 s). Below it a replay of
+ * a day's records would run for years; a factor of 1e-9 is a typo, not a plan.
+ */
+export const MIN_REPLAY_SPEED = 0.001;
+
 /** Validates a policy; errors name the field (`policy.speed`, `policy.faults.outages[0].node_id`...). */
 export function compileReplayPolicy(p: ReplayPolicy | undefined, knownNodes: ReadonlySet<string> | undefined): CompiledReplayPolicy {
   const policy = p ?? ({} as Partial<ReplayPolicy>);
@@ -44,6 +50,9 @@ export function compileReplayPolicy(p: ReplayPolicy | undefined, knownNodes: Rea
   const speed = policy.speed ?? 0;
   if (policy.speed !== undefined && (!Number.isFinite(speed) || speed <= 0)) {
     throw new InvalidArgumentError('policy.speed', 'must be a positive factor (0.5, 1, 2...); leave it unset for as fast as possible');
+  }
+  if (policy.speed !== undefined && speed < MIN_REPLAY_SPEED) {
+    throw new InvalidArgumentError('policy.speed', `${speed} is slower than the slowest pacing, ${MIN_REPLAY_SPEED}x (a recorded second lasting ${1 / MIN_REPLAY_SPEED} s); leave it unset for as fast as possible`);
   }
   const probability = (v: number | undefined, field: string): number => {
     const x = v ?? 0;

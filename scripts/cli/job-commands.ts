@@ -1,8 +1,9 @@
 import { JobServiceDefinition, JobState, type Job } from '../../common/gen/retrace/v1/job.js';
+import { isRetraceError } from '../../common/errors.js';
 import { flag, hasFlag, intFlag, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
 import { openClient } from './client.js';
 import { progressBar, renderTable, toJson } from './format.js';
-import { jobStateName, renderJobLine, taskStateName, watchJobProgress } from './job-progress.js';
+import { jobStateName, renderJobLine, taskStateName, tasksDone, watchJobProgress } from './job-progress.js';
 
 const STATES = ['pending', 'running', 'succeeded', 'failed', 'cancelled'];
 
@@ -74,7 +75,11 @@ const list: CliCommand = {
     if (limit <= 0) throw new UsageError('--limit must be a positive integer');
     const { client, close } = openClient(JobServiceDefinition, args);
     try {
-      const r = await client.listJobs({ state, kind: flag(args, 'kind') ?? '', pageSize: Math.min(limit, 1000), pageToken: '' }, { signal: io.signal });
+      const r = await client.listJobs({ state, kind: flag(args, 'kind') ?? '', pageSize: Math.min(limit, 1000), pageToken: '' }, { signal: io.signal }).catch((err: unknown) => {
+        // The coordinator knows which kinds exist: its refusal of one is a bad flag value (exit 2).
+        if (isRetraceError(err) && err.code === 'INVALID_ARGUMENT' && err.message.startsWith('kind: ')) throw new UsageError(`--kind${err.message.slice('kind'.length)}`);
+        throw err;
+      });
       if (hasFlag(args, 'json')) {
         io.stdout.write(toJson({ jobs: r.jobs.map(jobJson), nextPageToken: r.nextPageToken }));
         return 0;
@@ -87,8 +92,7 @@ const list: CliCommand = {
         renderTable(
           ['job', 'kind', 'state', 'progress', 'tasks', 'age', 'title'],
           r.jobs.map((j) => {
-            const done = (j.counts?.total ?? 0) - (j.counts?.pending ?? 0) - (j.counts?.running ?? 0);
-            return [j.jobId, j.kind, jobStateName(j.state) + (j.waiting.length > 0 ? ' (waiting)' : ''), progressBar(done, j.counts?.total ?? 0, 20), countsText(j), age(j.createdAtNs), j.title.slice(0, 40)];
+            return [j.jobId, j.kind, jobStateName(j.state) + (j.waiting.length > 0 ? ' (waiting)' : ''), progressBar(tasksDone(j.counts), j.counts?.total ?? 0, 20), countsText(j), age(j.createdAtNs), j.title.slice(0, 40)];
           }),
         ),
       );

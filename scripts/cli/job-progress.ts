@@ -32,13 +32,23 @@ export function isJobEnded(state: JobState): boolean {
 }
 
 /**
+ * Tasks that ran to an end (succeeded, failed or upstream failed): what a job's bar fills with.
+ * Cancelled tasks never ran, so a job cancelled half-way reads half done, not 100%.
+ */
+export function tasksDone(counts: Job['counts']): number {
+  const c = counts;
+  return Math.max(0, (c?.total ?? 0) - (c?.pending ?? 0) - (c?.running ?? 0) - (c?.cancelled ?? 0));
+}
+
+/**
  * One line for a job: "[#####.....] 50% 5/10 tasks, 1 failed, 2 running  message", the same bar
- * as `retrace replay watch` (format.ts progressBar).
+ * as `retrace replay watch` (format.ts progressBar). Cancelled tasks are not done: a cancelled
+ * job's bar stops where it was ("CANCELLED 3/10 tasks, 7 cancelled").
  */
 export function renderJobLine(job: Job, width = 30, withMessage = true): string {
   const c = job.counts;
   const total = c?.total ?? 0;
-  const finished = total - (c?.pending ?? 0) - (c?.running ?? 0);
+  const finished = tasksDone(c);
   const parts = [`${finished}/${total} tasks`];
   // The same words as `retrace jobs`: a cancelled task is not a failed one.
   if (c?.failed) parts.push(`${c.failed} failed`);
@@ -96,8 +106,7 @@ export async function watchJobProgress(
         for (const t of update.changedTasks) {
           if (t.state === TaskState.TASK_STATE_FAILED) out.write(`${renderTaskChange(t)}\n`);
         }
-        const c = update.job.counts;
-        const done = (c?.total ?? 0) - (c?.pending ?? 0) - (c?.running ?? 0);
+        const done = tasksDone(update.job.counts);
         if (!isJobEnded(update.job.state) && lineDue(String(done))) out.write(`${line}\n`);
       }
       if (isJobEnded(update.job.state)) break;

@@ -57,12 +57,16 @@ function ago(ns: string, nowMs: number): string {
   return s < 60 ? `${s.toFixed(1)}s` : s < 3600 ? `${(s / 60).toFixed(0)}m` : `${(s / 3600).toFixed(1)}h`;
 }
 
+/** The widest a TOKEN cell gets: longer token names end in "…" (`nodes show` has them whole). */
+const TOKEN_CELL = 16;
+
 /**
- * One row per node: id, host, state, cpu, memory, gpu (and declared tpu/accel counts), last report, labels. `*` = declared, `?` =
- * unknown; a LOST node's load figures, the last it sent, are in parentheses.
+ * One row per node: id, host, state, cpu, memory, gpu (and declared tpu/accel counts), last report,
+ * bound token ("-" when unbound; names over 16 characters cut with "…"), labels. `*` = declared,
+ * `?` = unknown; a LOST node's load figures, the last it sent, are in parentheses.
  */
 export function nodeTable(nodes: readonly NodeInfo[], nowMs = Date.now()): string {
-  const header = ['ID', 'HOST', 'STATE', 'CPU', 'MEMORY', 'GPU', 'REPORT', 'LABELS'];
+  const header = ['ID', 'HOST', 'STATE', 'CPU', 'MEMORY', 'GPU', 'REPORT', 'TOKEN', 'LABELS'];
   // The footer explains '*' only where a cell shows one (a declared net.speed is not in the table).
   let declaredShown = false;
   const rows = nodes.map((n) => {
@@ -87,7 +91,8 @@ export function nodeTable(nodes: readonly NodeInfo[], nowMs = Date.now()): strin
     if ([cpu, mem, gpu].some((cell) => cell.includes('*'))) declaredShown = true;
     const state = `${stateName(n.state)}${n.connected ? '' : n.state === NodeState.NODE_STATE_READY || n.state === NodeState.NODE_STATE_DRAINING ? ' (disconnected)' : ''}`;
     const labels = Object.entries(n.labels).map(([k, v]) => `${k}=${v}`).join(',');
-    return [n.nodeId, n.host, state, cpu, mem, gpu, ago(n.lastReportNs, nowMs), labels || '-'];
+    const token = n.boundToken.length > TOKEN_CELL ? `${n.boundToken.slice(0, TOKEN_CELL - 1)}…` : n.boundToken || '-';
+    return [n.nodeId, n.host, state, cpu, mem, gpu, ago(n.lastReportNs, nowMs), token, labels || '-'];
   });
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
   const line = (cells: string[]): string => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i] ?? 0))).join('  ');

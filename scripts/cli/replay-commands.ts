@@ -15,7 +15,7 @@ const START_USAGE = `retrace replay start SELECTOR [POLICY] [--watch] [--json]
     --last DURATION PIPELINE/SOURCE   records of the last 10m, 2h...
     --run RUN_ID                      every source record of a run
   POLICY:
-    --speed 0.5x|1x|2x|max            pacing on the recorded inter-arrival times (default max)
+    --speed 0.5x|1x|2x|max            pacing on the recorded inter-arrival times (default max; 0.001x at slowest)
     --target NODE|key=value ...       only these nodes / labels (repeatable)
     --max-cpu 50%                     CPU cap per node;  --max-memory 512 (MiB)
     --gpu only|none                   GPU-only or no-GPU nodes
@@ -238,10 +238,19 @@ function printReport(r: ReplayReport, io: CliIo): void {
         x.originalNode,
         x.replayNode,
         `${ms(x.originalResources?.cpuTimeNs)}/${ms(x.replayResources?.cpuTimeNs)}`,
-        [x.error, ...x.valueDiffs, ...x.faults].filter(Boolean).join('; ').slice(0, 80),
+        [x.error, ...x.valueDiffs, ...faultsBesidesError(x)].filter(Boolean).join('; ').slice(0, 80),
       ]),
     ),
   );
+}
+
+/**
+ * A row's injected faults for the table, less the step failure when the error already is that
+ * failure (the node's "injected failure (faults.fail)"): the cell says "injected" once. The JSON
+ * keeps both fields as they are.
+ */
+function faultsBesidesError(x: ReplayReport['steps'][number]): string[] {
+  return x.error.startsWith('injected failure') ? x.faults.filter((f) => f !== 'injected step failure') : x.faults;
 }
 
 type RecordOutcome = 'matched' | 'changed' | 'differed' | 'failed';
