@@ -171,8 +171,8 @@ describe('replay report: a what-if and what it changed downstream', () => {
 
   it('a running replay\'s report and listing count the steps finished so far', async () => {
     const client = tc.client(ReplayServiceDefinition);
-    // The second record is due 100 s after the first: the replay runs on while it is read.
-    const { replayId } = await client.startReplay({ selector: { selector: { $case: 'recordIds', value: { objectIds: ['record:nums/raw:1', 'record:nums/raw:2'] } } }, policy: { speed: 0.0001 } as never });
+    // The second record is due 10 s after the first (the slowest pacing, 0.001x): the replay runs on while it is read.
+    const { replayId } = await client.startReplay({ selector: { selector: { $case: 'recordIds', value: { objectIds: ['record:nums/raw:1', 'record:nums/raw:2'] } } }, policy: { speed: 0.001 } as never });
     try {
       const report = await until('the first record replayed', async () => {
         const { report: r } = await client.getReplayReport({ replayId });
