@@ -136,6 +136,17 @@ describe('retrace replay start: every flag reaches the replay', () => {
     expect(row?.match(/injected/g)).toHaveLength(1);
   });
 
+  it('the report lists steps in processing order: records by event time, each along its path', async () => {
+    // Given newest first, and run concurrently (their rows were added interleaved as steps ran).
+    const ids = ['d', 'c', 'b', 'a'].map((k) => `record:orders/raw:${k}`);
+    const { report } = await replay(ids.flatMap((id) => ['--record', id]));
+    const order = ['a', 'b', 'c', 'd'].flatMap((k) => [`record:orders/raw:${k} shout`, `record:orders/raw:${k} tagged`]);
+    expect((report.steps as { record: string; step: string }[]).map((x) => `${x.record} ${x.step}`)).toEqual(order);
+    const table = await cli('replay', 'report', report.replayId);
+    const rows = table.out.split('\n').filter((l) => /record:orders\/raw:\w\s/.test(l));
+    expect(rows.map((l) => /record:orders\/raw:(\w)/.exec(l)?.[1])).toEqual(['a', 'a', 'b', 'b', 'c', 'c', 'd', 'd']);
+  });
+
   it('--fault corrupt: the altered bytes reach the node as they are (never by reference), which refuses them', async () => {
     const before = calls.length;
     const asIsBefore = sentAsIs.length;

@@ -628,6 +628,11 @@ export class ReplayEngine {
       for (const cancel of timers) cancel();
     }
     const results = job.report.steps;
+    // Rows were added as records ran, interleaved by concurrency; the report reads in processing
+    // order instead: records by event time (the order they were paced in), each record's steps
+    // along its path (the order they were added: the sort is stable).
+    const position = new Map(plans.map((p, i) => [p.source.objectId, i]));
+    results.sort((a, b) => (position.get(a.record) ?? 0) - (position.get(b.record) ?? 0));
     const failed = results.filter((r) => r.status !== 'SUCCEEDED').length;
     job.report.summary = summarize(meta, results, performance.now() - started, spanMs);
     job.report.endedAtNs = this.deps.clock().toString();
