@@ -232,6 +232,14 @@ describe('retrace lineage trace', () => {
     expect((await cli(['lineage', 'trace', key(RAW), '--no-such-thing'])).stderr).toMatch(/^error: unknown flag --no-such-thing\n/);
   });
 
+  it('refuses --watch, which only the watching commands take, instead of printing once as if live (exit 2)', async () => {
+    const r = await cli(['lineage', 'runs', '--watch']);
+    expect(r.code).toBe(2);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toMatch(/^error: unknown flag --watch\n\nusage: retrace lineage runs/);
+    expect((await cli(['lineage', 'trace', key(RAW), '--watch'])).code).toBe(2);
+  });
+
   it('prints the downstream closure as a table', async () => {
     const r = await cli(['lineage', 'trace', key(RAW)]);
     expect(r.code, r.stderr).toBe(0);

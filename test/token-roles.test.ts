@@ -173,6 +173,13 @@ describe('token roles', () => {
 });
 
 describe('retrace token', () => {
+  it("add --help names every method a client token may not call (SweepPayloads too), as the coordinator refuses them", async () => {
+    const r = await runCli(['token', 'add', '--help']);
+    expect(r.code).toBe(0);
+    const client = r.out.split('\n').find((l) => l.includes('--role client')) ?? '';
+    for (const m of ['CodeService/PublishCode', 'NodeService/Connect', 'NodeService/DrainNode', 'PipelineService/SweepPayloads']) expect(client).toContain(m);
+  });
+
   it('refuses bad input with a clear message and a non-zero exit, and leaves the file as it was', async () => {
     const file = join(dataDir, 'tokens.json');
     const before = readFileSync(file, 'utf8');

@@ -1,9 +1,16 @@
 import { existsSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { FailedPreconditionError } from '../../common/errors.js';
+import { ADMIN_ONLY_METHODS, AGENT_METHODS } from '../../coordinator/access-policy.js';
 import { addToken, isRole, readTokenFile, revokeToken, ROLES, tokensFilePath } from '../../coordinator/token-file.js';
 import { flag, hasFlag, noMorePositionals, UsageError, type CliCommand, type ParsedArgs } from './command.js';
 import { renderTable, toJson } from './format.js';
+
+/** `a, b and c` of gRPC method paths as `Service/Method`, from the access policy itself so the help cannot drift from it. */
+function methodList(methods: ReadonlySet<string>): string {
+  const names = [...methods].map((m) => m.replace(/^\/retrace\.v1\./, ''));
+  return names.length > 1 ? `${names.slice(0, -1).join(', ')} and ${names[names.length - 1]}` : names.join('');
+}
 
 const DATA_FLAG = `--data DIR    the coordinator's data dir (default ./.retrace); works while it runs`;
 
@@ -34,8 +41,8 @@ export const commands: CliCommand[] = [
 
 Makes a token for NAME (1-64 of A-Z a-z 0-9 . _ -) and prints it once on stdout; only its SHA-256
 is kept, in <data>/tokens.json. A running coordinator takes it within a second.
-  --role agent   only what \`retrace agent\` needs (NodeService/Connect, CodeService/GetCode)
-  --role client  everything but PublishCode, NodeService/Connect and DrainNode
+  --role agent   only what \`retrace agent\` needs (${[...AGENT_METHODS].map((m) => m.replace(/^\/retrace\.v1\./, '')).join(', ')})
+  --role client  everything but ${methodList(ADMIN_ONLY_METHODS)}
   --role admin   everything, as the auth-token
   ${DATA_FLAG}`,
     async run(args, io) {
