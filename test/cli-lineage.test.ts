@@ -240,6 +240,18 @@ describe('retrace lineage trace', () => {
     expect((await cli(['lineage', 'trace', key(RAW), '--watch'])).code).toBe(2);
   });
 
+  it('refuses --json where a command has no JSON output, instead of printing text to a script that asked for JSON (exit 2)', async () => {
+    const r = await cli(['watch', 'remove', 'w-1', '--json']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/^error: unknown flag --json\n\nusage: retrace watch remove/);
+    expect((await cli(['replay', 'watch', 'replay-1', '--json'])).stderr).toMatch(/^error: unknown flag --json/);
+    // Commands that print JSON anyway, or have a JSON form, take it.
+    const shown = await cli(['nodes', 'show', 'no-such-node', '--json']);
+    expect(shown.stderr).not.toMatch(/unknown flag/);
+    expect((await cli(['jobs', 'cancel', 'job-none', '--json'])).stderr).not.toMatch(/unknown flag/);
+    expect((await cli(['lineage', 'export', key(RAW), '--json'])).code).toBe(0);
+  });
+
   it('prints the downstream closure as a table', async () => {
     const r = await cli(['lineage', 'trace', key(RAW)]);
     expect(r.code, r.stderr).toBe(0);

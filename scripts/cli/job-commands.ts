@@ -148,7 +148,7 @@ const watch: CliCommand = {
 const cancel: CliCommand = {
   path: ['jobs', 'cancel'],
   summary: 'cancel a job or replay (running attempts are aborted)',
-  usage: 'retrace jobs cancel JOB_ID',
+  usage: 'retrace jobs cancel JOB_ID [--json]',
   async run(args, io) {
     const jobId = jobIdArg(args);
     const { client, close } = openClient(JobServiceDefinition, args);

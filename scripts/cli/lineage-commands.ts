@@ -200,7 +200,7 @@ const node: CliCommand = {
 const exportCmd: CliCommand = {
   path: ['lineage', 'export'],
   summary: 'export the subgraph around a node as W3C PROV-JSON',
-  usage: `retrace lineage export NODE [--direction both|up|down|any] [--depth N] [--as-of ISO|ns] [--out FILE]\n  ${NODE_HELP}`,
+  usage: `retrace lineage export NODE [--direction both|up|down|any] [--depth N] [--as-of ISO|ns] [--out FILE] [--json]\n  Writes PROV-JSON (with or without --json).\n  ${NODE_HELP}`,
   integers: { depth: 'uint32' },
   async run(args, io) {
     const start = nodeArg(args, this.usage);

@@ -88,11 +88,12 @@ export async function main(argv: readonly string[], io?: Partial<CliIo>): Promis
 }
 
 /**
- * Flags every command takes: connection, output, help. `--watch` is not among them: it is parsed
- * as a flag without a value everywhere (so it never takes the next word), but only the commands
- * whose usage names it take it; elsewhere it would be ignored and the command print once.
+ * Flags every command takes: connection and help. `--json` and `--watch` are not among them: they
+ * are parsed as flags without a value everywhere (so they never take the next word), but only the
+ * commands whose usage names them take them; elsewhere they would be ignored (plain text printed
+ * to a script that asked for JSON, a command that prints once).
  */
-const COMMON_FLAGS = ['coordinator', 'token', 'token-file', 'tls-ca', ...COMMON_BOOLEAN_FLAGS.filter((f) => f !== 'watch')];
+const COMMON_FLAGS = ['coordinator', 'token', 'token-file', 'tls-ca', ...COMMON_BOOLEAN_FLAGS.filter((f) => f !== 'watch' && f !== 'json')];
 
 /**
  * A flag the command does not take is a usage error: ignored, a typo (`--dept 1`) silently ran

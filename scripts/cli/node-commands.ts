@@ -234,8 +234,8 @@ last report, labels. "*" marks operator-declared capacity, "?" capacity the agen
   {
     path: ['nodes', 'show'],
     summary: 'one node as JSON: capabilities, latest readings, transitions, bound token',
-    usage: `retrace nodes show ID ${CONNECT_FLAGS}
-Prints the node's NodeInfo as protobuf JSON, every field present: "boundToken" is the name of the
+    usage: `retrace nodes show ID [--json] ${CONNECT_FLAGS}
+Prints the node's NodeInfo as protobuf JSON (with or without --json), every field present: "boundToken" is the name of the
 agent token the node id is bound to ("" while unbound; never the token itself).`,
     async run(args, io) {
       const nodeId = oneId(args);

@@ -265,7 +265,7 @@ same source publishes as the same version. --name overrides the definition's nam
   {
     path: ['code', 'show'],
     summary: 'one code version: manifest as JSON (--out FILE writes the bundle)',
-    usage: `retrace code show VERSION [--out FILE] ${CONNECT_FLAGS}`,
+    usage: `retrace code show VERSION [--out FILE] [--json] ${CONNECT_FLAGS}\nPrints the version's manifest as JSON (with or without --json).`,
     async run(args, io) {
       const [codeVersion] = args.positionals;
       if (!codeVersion) throw new UsageError('a code version (sha256:...) is required');
