@@ -309,6 +309,16 @@ describe("Marquez's read API", () => {
     expect((await get('/api/v1/namespaces?limit=2')).json.namespaces.map((n: { name: string }) => n.name)).toEqual(all.slice(0, 2));
     expect((await get('/api/v1/namespaces?limit=1&offset=1')).json.namespaces.map((n: { name: string }) => n.name)).toEqual(all.slice(1, 2));
     expect((await get('/api/v1/namespaces?limit=-1')).json).toMatchObject({ error: 'INVALID_ARGUMENT', field: 'limit' });
+    // limit=0 is valid in Marquez (@Min(0)) on every list: an empty page, the count all the same.
+    expect((await get('/api/v1/namespaces?limit=0')).json).toEqual({ namespaces: [] });
+    const datasets = (await get('/api/v1/namespaces/warehouse/datasets')).json.totalCount as number;
+    expect(datasets).toBeGreaterThan(0);
+    expect((await get('/api/v1/namespaces/warehouse/datasets?limit=0')).json).toEqual({ totalCount: datasets, datasets: [] });
+    const jobs = (await get('/api/v1/namespaces/warehouse/jobs')).json.totalCount as number;
+    expect((await get('/api/v1/namespaces/warehouse/jobs?limit=0')).json).toEqual({ totalCount: jobs, jobs: [] });
+    const hits = (await get('/api/v1/search?q=a')).json.totalCount as number;
+    expect((await get('/api/v1/search?q=a&limit=0')).json).toEqual({ totalCount: hits, results: [] });
+    expect((await get('/api/v1/search?q=a&limit=-1')).json).toMatchObject({ error: 'INVALID_ARGUMENT', field: 'limit' });
     expect((await get('/api/v1/namespaces?offset=x')).json).toMatchObject({ error: 'INVALID_ARGUMENT', field: 'offset' });
   });
 });
@@ -453,7 +463,9 @@ describe("Marquez's run states, runs, facets and versions", () => {
     expect((await get('/api/v1/namespaces/warehouse/jobs/hist.job/runs?limit=1&offset=1')).json).toMatchObject({ totalCount: 3, runs: [{ id: ids[1] }] });
     expect((await get('/api/v1/namespaces/warehouse/jobs/hist.job')).json.latestRun).toMatchObject({ id: ids[2], state: 'RUNNING' });
     expect((await get('/api/v1/namespaces/warehouse/jobs/nope/runs')).json).toMatchObject({ error: 'NOT_FOUND', field: 'job' });
-    expect((await get('/api/v1/namespaces/warehouse/jobs/hist.job/runs?limit=0')).json).toMatchObject({ error: 'INVALID_ARGUMENT', field: 'limit' });
+    // Marquez takes limit=0 (@Min(0)): an empty page with the full count.
+    expect((await get('/api/v1/namespaces/warehouse/jobs/hist.job/runs?limit=0')).json).toEqual({ totalCount: 3, runs: [] });
+    expect((await get('/api/v1/namespaces/warehouse/jobs/hist.job/runs?limit=1.5')).json).toMatchObject({ error: 'INVALID_ARGUMENT', field: 'limit' });
   });
 
   it('GET /api/v1/jobs/runs/{id}/facets?type=run|job: {runId, facets}; 400 without a type, 404 for an unknown run', async () => {
@@ -490,6 +502,7 @@ describe("Marquez's run states, runs, facets and versions", () => {
     expect(older).toMatchObject({ createdAt: '2024-11-01T10:50:00Z', fields: [{ name: 'id' }], createdByRun: { id: first } });
     expect(newer.version).not.toBe(older.version);
     expect((await get('/api/v1/namespaces/warehouse/datasets/ver.table/versions?limit=1&offset=1')).json).toMatchObject({ totalCount: 2, versions: [{ version: older.version }] });
+    expect((await get('/api/v1/namespaces/warehouse/datasets/ver.table/versions?limit=0')).json).toEqual({ totalCount: 2, versions: [] });
     // Known only as an input: no versions.
     expect((await get('/api/v1/namespaces/warehouse/datasets/hist.in/versions')).json).toEqual({ totalCount: 0, versions: [] });
     expect((await get('/api/v1/namespaces/warehouse/datasets/nope/versions')).json).toMatchObject({ error: 'NOT_FOUND', field: 'dataset' });

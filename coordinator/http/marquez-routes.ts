@@ -40,7 +40,7 @@ interface Entry {
  * native ones in the `retrace` namespace, see marquez-ids.ts). An OpenLineage job whose runs
  * read and wrote no dataset has no transform; its runs (by name) make it a job all the same.
  * Names in paths are percent-encoded as Marquez's clients send them. Lists take `limit`
- * (default 100) and `offset`, with `totalCount`; namespaces, datasets and jobs come sorted by
+ * (default 100, 0 to 1000; 0 gives an empty page as in Marquez) and `offset`, with `totalCount`; namespaces, datasets and jobs come sorted by
  * name, runs and versions newest first. Unknown namespace, dataset, job or run: 404; a bad
  * query parameter: 400 naming it.
  */
@@ -366,7 +366,8 @@ async function search(entries: (type?: Entry['type']) => Promise<Entry[]>, req: 
   const filter = parseFilter(req);
   const sort = req.query.get('sort')?.toUpperCase() ?? 'NAME';
   if (sort !== 'NAME' && sort !== 'UPDATE_AT') throw new InvalidArgumentError('sort', `must be NAME or UPDATE_AT, got ${JSON.stringify(sort.slice(0, 40))}`);
-  const limit = intParam(req, 'limit', DEFAULT_SEARCH_LIMIT, 1, MAX_LIMIT);
+  // Marquez takes limit=0 (@Min(0)): no results, the count all the same.
+  const limit = intParam(req, 'limit', DEFAULT_SEARCH_LIMIT, 0, MAX_LIMIT);
   const namespace = req.query.get('namespace');
   const needle = q.toLowerCase();
   const hits = (await entries(filter))
@@ -391,8 +392,9 @@ async function inTurn<T, R>(items: readonly T[], f: (item: T) => Promise<R>): Pr
   return out;
 }
 
+/** One page of a list: `limit` (0 to 1000, default 100; 0 gives an empty page, as Marquez's @Min(0) does) from `offset`. */
 function paged<T>(all: readonly T[], req: HttpRequest): T[] {
-  const limit = intParam(req, 'limit', DEFAULT_LIMIT, 1, MAX_LIMIT);
+  const limit = intParam(req, 'limit', DEFAULT_LIMIT, 0, MAX_LIMIT);
   const offset = intParam(req, 'offset', 0, 0, Number.MAX_SAFE_INTEGER);
   return all.slice(offset, offset + limit);
 }
