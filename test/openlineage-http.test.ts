@@ -557,6 +557,18 @@ describe("Marquez's run states, runs, facets and versions", () => {
     expect(node(graph, 'job:warehouse:upd.job').data).toMatchObject({ tags: [] });
   });
 
+  it("moves a namespace's updatedAt on with a job's run end, as the job's own updatedAt does", async () => {
+    // START writes the output at 10:00; COMPLETE (no datasets) ends the run at 10:07.
+    const inNs = (e: any) => ({ ...e, job: { ...e.job, namespace: 'upd-ns' }, outputs: e.outputs.map((o: any) => ({ ...o, namespace: 'upd-ns' })) });
+    const runId = uuid();
+    const batch = [inNs(runEvent('ns.job', runId, 'START', [], ['ns.out'], at(0))), inNs(runEvent('ns.job', runId, 'COMPLETE', [], [], at(7)))];
+    expect((await post('/api/v1/lineage/batch', batch)).status).toBe(201);
+    expect((await get('/api/v1/namespaces/upd-ns/jobs/ns.job')).json).toMatchObject({ updatedAt: '2024-11-01T10:07:00.000Z' });
+    const expected = { name: 'upd-ns', createdAt: '2024-11-01T10:00:00.000Z', updatedAt: '2024-11-01T10:07:00.000Z' };
+    expect((await get('/api/v1/namespaces/upd-ns')).json).toMatchObject(expected);
+    expect((await get('/api/v1/namespaces?limit=1000')).json.namespaces.find((n: { name: string }) => n.name === 'upd-ns')).toMatchObject(expected);
+  });
+
   it('gives native objects and transforms Marquez ids in the retrace namespace that the API accepts back', async () => {
     const ex = buildExampleLineage({ orders: 3 });
     await tc.coordinator.lineage.submit(ex.events);
