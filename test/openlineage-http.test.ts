@@ -417,6 +417,32 @@ describe('resource facet over HTTP', () => {
   });
 });
 
+describe('a START that names no datasets', () => {
+  const stepOf = async (runId: string) => {
+    const res = await tc.coordinator.lineage.getNode({ node: { kind: NodeKind.NODE_KIND_STEP, id: `openlineage:${runId}`, contentHash: '' } });
+    return res.body?.$case === 'step' ? res.body.value : undefined;
+  };
+  const start = '2024-10-17T09:00:00.000Z';
+  const end = '2024-10-17T09:05:00.000Z';
+
+  it("gives the step its COMPLETE makes the START's time, posted one by one or in one batch", async () => {
+    // Airflow's shape: START with no datasets, COMPLETE with the inputs and outputs.
+    const apart = uuid();
+    expect((await post('/api/v1/lineage', runEvent('af.task', apart, 'START', [], [], start))).status).toBe(201);
+    expect((await post('/api/v1/lineage', runEvent('af.task', apart, 'COMPLETE', ['af.in'], ['af.out'], end))).status).toBe(201);
+    expect(await stepOf(apart)).toMatchObject({ startedAtNs: '1729155600000000000', endedAtNs: '1729155900000000000' });
+    const together = uuid();
+    // In one batch, whatever the order in it.
+    const batch = [runEvent('af.task', together, 'COMPLETE', ['af.in'], ['af.out'], end), runEvent('af.task', together, 'START', [], [], start)];
+    expect((await post('/api/v1/lineage/batch', batch)).status).toBe(201);
+    expect(await stepOf(together)).toMatchObject({ startedAtNs: '1729155600000000000', endedAtNs: '1729155900000000000' });
+    // The START stored before the fix kept its encoding: a run with no datasets makes no step.
+    const alone = uuid();
+    expect((await post('/api/v1/lineage', runEvent('af.task', alone, 'START', [], [], start))).status).toBe(201);
+    expect(await stepOf(alone).catch(() => undefined)).toBeUndefined();
+  });
+});
+
 describe("Marquez's run states, runs, facets and versions", () => {
   const get = async (path: string): Promise<{ status: number; json: any }> => {
     const res = await fetch(`${tc.httpUrl}${path}`, { headers: tc.httpAuth });

@@ -9,7 +9,7 @@ import { verifyInclusion } from '../../common/merkle.js';
 import { checkProtoJson } from '../../common/proto-json-check.js';
 import { nanosToIso } from '../../common/time.js';
 import { validateOpenLineageBatch, validateOpenLineageEvent } from '../../common/openlineage/validate.js';
-import { toLineageEvents } from '../../common/openlineage/to-lineage-events.js';
+import { fillStepStarts, toLineageEvents } from '../../common/openlineage/to-lineage-events.js';
 import { verifyCheckpoint } from '../../coordinator/ledger/checkpoint-signer.js';
 import { flag, hasFlag, intFlag, timeArgNs, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
 import { openClient } from './client.js';
@@ -335,7 +335,8 @@ export function toNativeEvents(json: unknown): { events: LineageEvent[]; without
       const what = [e.eventType, e.run?.runId === undefined ? '' : `run ${e.run.runId}`, e.job?.name === undefined ? '' : `job ${e.job.namespace ?? ''}:${e.job.name}`].filter((x) => x);
       return `${Array.isArray(json) ? `[${i}]` : 'event'}${what.length > 0 ? ` (OpenLineage ${what.join(', ')})` : ''}`;
     };
-    return { events: converted.flat(), withoutPrincipal: () => openLineage.flatMap((e) => toLineageEvents(e, { principal: '' })), locate };
+    // A START naming no datasets makes no step: the step a later event of the file makes starts with it.
+    return { events: fillStepStarts(converted.flat()), withoutPrincipal: () => fillStepStarts(openLineage.flatMap((e) => toLineageEvents(e, { principal: '' }))), locate };
   }
   const list = Array.isArray(json) ? json : typeof json === 'object' && json !== null && Array.isArray((json as { events?: unknown }).events) ? (json as { events: unknown[] }).events : undefined;
   if (!list) throw new UsageError('expected an OpenLineage event, an array of them, {"events":[...]} or an array of native events');
