@@ -3,7 +3,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { dagToDot, dagToSvg, type DagDrawing, type DagNode } from '../../common/dag-drawing.js';
 import { Direction, LineageServiceDefinition, NodeKind, type NodeRef, type SubmitEventsResponse, type TraceResponse } from '../../common/gen/retrace/v1/lineage.js';
 import { LineageEvent } from '../../common/gen/retrace/v1/provenance.js';
-import { isRetraceError, RetraceError } from '../../common/errors.js';
+import { InvalidArgumentError, isRetraceError, RetraceError } from '../../common/errors.js';
 import { nodeKey, parseNodeKey } from '../../common/lineage-keys.js';
 import { verifyInclusion } from '../../common/merkle.js';
 import { checkProtoJson } from '../../common/proto-json-check.js';
@@ -277,7 +277,7 @@ const submit: CliCommand = {
   async run(args, io) {
     const file = args.positionals[0];
     if (!file) throw new UsageError('FILE (or - for stdin) is required');
-    const text = file === '-' ? await readAll(io.stdin) : readFileSync(file, 'utf8');
+    const text = file === '-' ? await readAll(io.stdin) : readSubmitFile(file);
     let json: unknown;
     try {
       json = JSON.parse(text);
@@ -315,6 +315,20 @@ const submit: CliCommand = {
     return 0;
   },
 };
+
+/**
+ * The text of `submit FILE`. A file that cannot be read is the command's error in words
+ * (`submit: cannot read FILE: no such file`, exit 1), not Node's raw `ENOENT: ..., open '...'`.
+ */
+function readSubmitFile(file: string): string {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    const why = code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'is a directory, not a file' : code === 'EACCES' ? 'permission denied' : (err as Error).message;
+    throw new InvalidArgumentError('submit', `cannot read ${file}: ${why}`, err);
+  }
+}
 
 /**
  * OpenLineage (one or an array) or native events, as native events. For OpenLineage also
