@@ -355,6 +355,14 @@ describe('pipelines', () => {
         expect(r.err).toContain(`error: ${empty} holds no records: expected one JSON object per line`);
       }
       expect((await lineage.listRuns({ pageSize: 1000, pageToken: '', namePrefix: '' })).runs.length).toBe(runsBefore);
+      // A key too long, past the first batch of 500 records and after a blank line: the error names its line in the file.
+      const lines = Array.from({ length: 700 }, (_, i) => JSON.stringify({ key: i === 600 ? 'k'.repeat(5000) : `long-${i}`, payload: 'x' }));
+      lines.splice(10, 0, '');
+      const long = join(dir, 'long.jsonl');
+      writeFileSync(long, `${lines.join('\n')}\n`);
+      const r = await cli('ingest', ['cli', 'in', long, ...conn]);
+      expect(r.code).toBe(1);
+      expect(r.err).toMatch(/^error: line 602\.key: /);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
