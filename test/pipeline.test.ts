@@ -146,6 +146,18 @@ describe('pipelines', () => {
       /steps\[0\]\.code_version/,
     );
     expect(() => validatePipeline({ ...base, steps: [{ ...steps[0]!, inputs: ['shout'] }] })).toThrow(/steps\[0\]\.inputs\[0\]/);
+    // No steps, or two steps writing one output dataset, were stored; nothing is now.
+    const listed = (await pipelines.listPipelines({})).pipelines.length;
+    await expectStatus(pipelines.applyPipeline({ pipeline: { ...base, name: 'no-steps', steps: [] } }), Status.INVALID_ARGUMENT, /^steps: at least one step is required/);
+    await expectStatus(
+      pipelines.applyPipeline({ pipeline: { ...base, name: 'two-writers', steps: [{ ...steps[0]!, output: 'clean' }, { ...steps[1]!, output: 'clean' }] } }),
+      Status.INVALID_ARGUMENT,
+      /^steps\[1\]\.output: output dataset "clean" is written by both steps\[0\] \("shout"\) and steps\[1\] \("tagged"\)/,
+    );
+    // A step's output defaults to its name: another step naming that output is the same clash.
+    await expectStatus(pipelines.applyPipeline({ pipeline: { ...base, name: 'two-writers', steps: [steps[0]!, { ...steps[1]!, output: 'shout' }] } }), Status.INVALID_ARGUMENT, /^steps\[1\]\.output: output dataset "shout"/);
+    await expectStatus(pipelines.applyPipeline({ pipeline: { ...base, name: 'two-writers', steps: [{ ...steps[0]!, output: 'tagged' }, steps[1]!] } }), Status.INVALID_ARGUMENT, /^steps\[0\]\.output: output dataset "tagged"/);
+    expect((await pipelines.listPipelines({})).pipelines.length).toBe(listed);
   });
 
   it('versions definitions and keeps old versions', async () => {

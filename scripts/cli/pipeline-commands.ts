@@ -205,8 +205,8 @@ export const commands: CliCommand[] = [
     usage: `retrace pipeline apply FILE.json [--json] ${CONNECT_FLAGS}
 FILE is a Pipeline as JSON: {"name", "sources": [{"name", "mediaType"}], "steps": [{"name",
 "transform", "codeVersion": "sha256:...", "parameters": {...}, "inputs": [...], "output",
-"requirements": {"gpu", "memoryMb", ...}, "timeoutMs", "retries", "retryBackoffMs"}]}. A step
-that fails is run again up to "retries" times (default 0) after a jittered backoff. A step that
+"requirements": {"gpu", "memoryMb", ...}, "timeoutMs", "retries", "retryBackoffMs"}]}. At least
+one step; each step's "output" (default: its name) is its own. A step that fails is run again up to "retries" times (default 0) after a jittered backoff. A step that
 no READY node meets now is stored all the same, with a warning on stderr.`,
     async run(args, io) {
       const [file] = args.positionals;
