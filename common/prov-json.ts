@@ -1,4 +1,4 @@
-import type { ObjectVersion, Step } from './gen/retrace/v1/provenance.js';
+import { triggerKindToJSON, type ObjectVersion, type Step } from './gen/retrace/v1/provenance.js';
 import { contentHashOf } from './hash.js';
 import { nanosToIso } from './time.js';
 
@@ -19,7 +19,8 @@ type ProvRecord = Record<string, unknown>;
 
 /**
  * A lineage subgraph as a W3C PROV-JSON document (https://www.w3.org/submissions/prov-json/):
- * object versions are entities, steps are activities, hosts and principals are agents, with
+ * object versions are entities, steps are activities, hosts and principals are agents (a
+ * principal that is a URI, an OpenLineage producer, a prov:SoftwareAgent; others prov:Person), with
  * used / wasGeneratedBy / wasAssociatedWith relations, and specializationOf from a version to
  * its object when both are in the document (an object-level subgraph, an unversioned use).
  * Identifiers are `retrace:` QNames with the local part percent-encoded.
@@ -69,7 +70,8 @@ export function toProvJson(graph: ProvSubgraph): Record<string, unknown> {
       for (const [k, v] of Object.entries(s.resources)) rec[`retrace:${k}`] = Number(v);
     }
     if (s.why) {
-      rec['retrace:triggerKind'] = s.why.kind;
+      // The enum's name, as the CLI's --json and the proto JSON mapping print it, not its number.
+      rec['retrace:triggerKind'] = triggerKindToJSON(s.why.kind);
       if (s.why.id) rec['retrace:triggerId'] = s.why.id;
     }
     activity[id] = rec;
@@ -86,7 +88,7 @@ export function toProvJson(graph: ProvSubgraph): Record<string, unknown> {
     }
     if (s.why?.principal) {
       const agentId = qname(`principal/${s.why.principal}`);
-      agent[agentId] = { 'prov:type': { $: 'prov:Person', type: 'prov:QUALIFIED_NAME' } };
+      agent[agentId] = { 'prov:type': { $: principalIsSoftware(s.why.principal) ? 'prov:SoftwareAgent' : 'prov:Person', type: 'prov:QUALIFIED_NAME' } };
       wasAssociatedWith[blank()] = { 'prov:activity': id, 'prov:agent': agentId, 'prov:role': 'retrace:principal' };
     }
   }
@@ -95,6 +97,14 @@ export function toProvJson(graph: ProvSubgraph): Record<string, unknown> {
     if (Object.keys(section).length > 0) doc[name] = section;
   }
   return doc;
+}
+
+/**
+ * Whether a principal names software rather than a person: an OpenLineage run with no owner is
+ * caused by its producer, a URI (`https://github.com/OpenLineage/...`), which is a program.
+ */
+function principalIsSoftware(principal: string): boolean {
+  return /^[A-Za-z][A-Za-z0-9+.-]*:\/\//.test(principal);
 }
 
 /**

@@ -216,7 +216,11 @@ describe('retrace submit', () => {
   it('a missing file, or an unwritable --out, is one line of error without a stack trace (exit 1)', async () => {
     const missing = await cli(['submit', join(dir, 'no-such-file.json')]);
     expect(missing.code).toBe(1);
-    expect(missing.stderr).toBe(`error: ENOENT: no such file or directory, open '${join(dir, 'no-such-file.json')}'\n`);
+    // In words, naming the command, not Node's raw "ENOENT: no such file or directory, open '...'".
+    expect(missing.stderr).toBe(`error: submit: cannot read ${join(dir, 'no-such-file.json')}: no such file\n`);
+    const asDir = await cli(['submit', dir]);
+    expect(asDir.code).toBe(1);
+    expect(asDir.stderr).toBe(`error: submit: cannot read ${dir}: is a directory, not a file\n`);
     const out = await cli(['lineage', 'export', key(RAW), '--out', join(dir, 'no-such-dir', 'prov.json')]);
     expect(out.code).toBe(1);
     expect(out.stderr).toMatch(/^error: ENOENT: no such file or directory, open '.*prov\.json'\n$/);

@@ -5,7 +5,7 @@ import { Direction, LineageServiceDefinition, NodeKind, SubmitEventsRequest, Sub
 import { TraceSessionClient } from '../scripts/cli/trace-session-client.js';
 import { decodeCompactTrace } from '../common/trace-compact.js';
 import { decodeSubmitEventsRequest, LazySubmitEventsRequest } from '../coordinator/grpc/lineage-wire.js';
-import { LedgerEntryBody, LineageEvent } from '../common/gen/retrace/v1/provenance.js';
+import { LedgerEntryBody, LineageEvent, Step, TriggerKind } from '../common/gen/retrace/v1/provenance.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 import { h, objectEvent, ref, runEvent, stepEvent } from './helpers/lineage-events.js';
 
@@ -149,6 +149,27 @@ describe('LineageService over gRPC', () => {
     expect(Object.values(doc.wasGeneratedBy ?? {})[0]).toMatchObject({ 'prov:entity': `retrace:${encodeURIComponent(`version/g:out@${h('out')}`)}` });
     expect(Object.keys(doc.entity ?? {})).toHaveLength(2);
     expect(Object.keys(doc.agent ?? {})).toContain('retrace:node%2Fnode-1');
+  });
+
+  it("exports an OpenLineage producer as a prov:SoftwareAgent and the trigger kind by its name, as --json prints it", async () => {
+    const c = tc.client(LineageServiceDefinition);
+    const producer = 'https://github.com/OpenLineage/OpenLineage/tree/1.23.0/integration/spark';
+    await c.submitEvents(batches({
+      events: [
+        objectEvent('pa-in', 'pa:in', 'in'),
+        stepEvent('pa-s1', 'pa-s1', [ref('pa:in', 'in')], [ref('pa:out', 'out')], { why: { kind: TriggerKind.TRIGGER_KIND_EVENT, id: 'r1', principal: producer } }),
+        stepEvent('pa-s2', 'pa-s2', [ref('pa:in', 'in')], [ref('pa:out2', 'out2')], { why: { kind: TriggerKind.TRIGGER_KIND_MANUAL, id: 'r2', principal: 'alice' } }),
+      ],
+    }));
+    const r = await c.exportProv({ start: { kind: NodeKind.NODE_KIND_OBJECT, id: 'pa:in', contentHash: '' }, direction: Direction.DIRECTION_DOWNSTREAM });
+    const doc = JSON.parse(r.provJson) as Record<string, Record<string, Record<string, unknown>>>;
+    expect(doc.agent?.[`retrace:${encodeURIComponent(`principal/${producer}`)}`]).toEqual({ 'prov:type': { $: 'prov:SoftwareAgent', type: 'prov:QUALIFIED_NAME' } });
+    expect(doc.agent?.['retrace:principal%2Falice']).toEqual({ 'prov:type': { $: 'prov:Person', type: 'prov:QUALIFIED_NAME' } });
+    const s1 = await c.getNode({ node: { kind: NodeKind.NODE_KIND_STEP, id: 'pa-s1', contentHash: '' } });
+    const printed = s1.body?.$case === 'step' ? (Step.toJSON(s1.body.value) as { why: { kind: unknown } }).why.kind : undefined;
+    expect(printed).toBe('TRIGGER_KIND_EVENT');
+    expect(doc.activity?.['retrace:step%2Fpa-s1']?.['retrace:triggerKind']).toBe(printed);
+    expect(doc.activity?.['retrace:step%2Fpa-s2']?.['retrace:triggerKind']).toBe('TRIGGER_KIND_MANUAL');
   });
 
   it('answers the compact view with the nodes and distances of the ids view, page by page', async () => {

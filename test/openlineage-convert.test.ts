@@ -6,6 +6,7 @@ import { contentHashOf } from '../common/hash.js';
 import {
   datasetObjectId,
   datasetVersionHash,
+  fillStepStarts,
   jobTransformName,
   parseDatasetObjectId,
   parseJobTransformName,
@@ -173,6 +174,20 @@ describe('toLineageEvents: RunEvent', () => {
     const { inputs: _i, outputs: _o, ...bare } = olRunEvent();
     const none = convert(bare);
     expect(none.map((e) => e.body?.$case)).toEqual(['run']);
+  });
+
+  it('fillStepStarts: a START naming no datasets starts the step a later event makes; a started step is left alone', () => {
+    const start = convert(olRunEvent({ eventType: 'START', eventTime: '2024-11-26T13:10:40Z', inputs: [], outputs: [] }));
+    const complete = convert(olRunEvent());
+    expect(bodies(complete, 'step')[0]?.startedAtNs).toBe('0');
+    // In one file or batch, in either order.
+    expect(bodies(fillStepStarts([...complete, ...start]), 'step')[0]?.startedAtNs).toBe('1732626640000000000');
+    // Against what the store holds: a stored START, or a step stored with its start already.
+    expect(bodies(fillStepStarts(complete, () => ({ runStartedAtNs: '1732626640000000000', stepStarted: false })), 'step')[0]?.startedAtNs).toBe('1732626640000000000');
+    expect(fillStepStarts(complete, () => ({ runStartedAtNs: '1732626640000000000', stepStarted: true }))).toEqual(complete);
+    // A START naming datasets starts the step itself: the COMPLETE's step stays as converted.
+    const startWith = convert(olRunEvent({ eventType: 'START', eventTime: '2024-11-26T13:10:40Z' }));
+    expect(fillStepStarts([...startWith, ...complete])).toEqual([...startWith, ...complete]);
   });
 
   it('leaves empty facet maps out, so a bare COMPLETE does not erase what START said when the store folds them', () => {

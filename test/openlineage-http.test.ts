@@ -309,6 +309,16 @@ describe("Marquez's read API", () => {
     expect((await get('/api/v1/namespaces?limit=2')).json.namespaces.map((n: { name: string }) => n.name)).toEqual(all.slice(0, 2));
     expect((await get('/api/v1/namespaces?limit=1&offset=1')).json.namespaces.map((n: { name: string }) => n.name)).toEqual(all.slice(1, 2));
     expect((await get('/api/v1/namespaces?limit=-1')).json).toMatchObject({ error: 'INVALID_ARGUMENT', field: 'limit' });
+    // limit=0 is valid in Marquez (@Min(0)) on every list: an empty page, the count all the same.
+    expect((await get('/api/v1/namespaces?limit=0')).json).toEqual({ namespaces: [] });
+    const datasets = (await get('/api/v1/namespaces/warehouse/datasets')).json.totalCount as number;
+    expect(datasets).toBeGreaterThan(0);
+    expect((await get('/api/v1/namespaces/warehouse/datasets?limit=0')).json).toEqual({ totalCount: datasets, datasets: [] });
+    const jobs = (await get('/api/v1/namespaces/warehouse/jobs')).json.totalCount as number;
+    expect((await get('/api/v1/namespaces/warehouse/jobs?limit=0')).json).toEqual({ totalCount: jobs, jobs: [] });
+    const hits = (await get('/api/v1/search?q=a')).json.totalCount as number;
+    expect((await get('/api/v1/search?q=a&limit=0')).json).toEqual({ totalCount: hits, results: [] });
+    expect((await get('/api/v1/search?q=a&limit=-1')).json).toMatchObject({ error: 'INVALID_ARGUMENT', field: 'limit' });
     expect((await get('/api/v1/namespaces?offset=x')).json).toMatchObject({ error: 'INVALID_ARGUMENT', field: 'offset' });
   });
 });
@@ -407,6 +417,32 @@ describe('resource facet over HTTP', () => {
   });
 });
 
+describe('a START that names no datasets', () => {
+  const stepOf = async (runId: string) => {
+    const res = await tc.coordinator.lineage.getNode({ node: { kind: NodeKind.NODE_KIND_STEP, id: `openlineage:${runId}`, contentHash: '' } });
+    return res.body?.$case === 'step' ? res.body.value : undefined;
+  };
+  const start = '2024-10-17T09:00:00.000Z';
+  const end = '2024-10-17T09:05:00.000Z';
+
+  it("gives the step its COMPLETE makes the START's time, posted one by one or in one batch", async () => {
+    // Airflow's shape: START with no datasets, COMPLETE with the inputs and outputs.
+    const apart = uuid();
+    expect((await post('/api/v1/lineage', runEvent('af.task', apart, 'START', [], [], start))).status).toBe(201);
+    expect((await post('/api/v1/lineage', runEvent('af.task', apart, 'COMPLETE', ['af.in'], ['af.out'], end))).status).toBe(201);
+    expect(await stepOf(apart)).toMatchObject({ startedAtNs: '1729155600000000000', endedAtNs: '1729155900000000000' });
+    const together = uuid();
+    // In one batch, whatever the order in it.
+    const batch = [runEvent('af.task', together, 'COMPLETE', ['af.in'], ['af.out'], end), runEvent('af.task', together, 'START', [], [], start)];
+    expect((await post('/api/v1/lineage/batch', batch)).status).toBe(201);
+    expect(await stepOf(together)).toMatchObject({ startedAtNs: '1729155600000000000', endedAtNs: '1729155900000000000' });
+    // The START stored before the fix kept its encoding: a run with no datasets makes no step.
+    const alone = uuid();
+    expect((await post('/api/v1/lineage', runEvent('af.task', alone, 'START', [], [], start))).status).toBe(201);
+    expect(await stepOf(alone).catch(() => undefined)).toBeUndefined();
+  });
+});
+
 describe("Marquez's run states, runs, facets and versions", () => {
   const get = async (path: string): Promise<{ status: number; json: any }> => {
     const res = await fetch(`${tc.httpUrl}${path}`, { headers: tc.httpAuth });
@@ -453,7 +489,9 @@ describe("Marquez's run states, runs, facets and versions", () => {
     expect((await get('/api/v1/namespaces/warehouse/jobs/hist.job/runs?limit=1&offset=1')).json).toMatchObject({ totalCount: 3, runs: [{ id: ids[1] }] });
     expect((await get('/api/v1/namespaces/warehouse/jobs/hist.job')).json.latestRun).toMatchObject({ id: ids[2], state: 'RUNNING' });
     expect((await get('/api/v1/namespaces/warehouse/jobs/nope/runs')).json).toMatchObject({ error: 'NOT_FOUND', field: 'job' });
-    expect((await get('/api/v1/namespaces/warehouse/jobs/hist.job/runs?limit=0')).json).toMatchObject({ error: 'INVALID_ARGUMENT', field: 'limit' });
+    // Marquez takes limit=0 (@Min(0)): an empty page with the full count.
+    expect((await get('/api/v1/namespaces/warehouse/jobs/hist.job/runs?limit=0')).json).toEqual({ totalCount: 3, runs: [] });
+    expect((await get('/api/v1/namespaces/warehouse/jobs/hist.job/runs?limit=1.5')).json).toMatchObject({ error: 'INVALID_ARGUMENT', field: 'limit' });
   });
 
   it('GET /api/v1/jobs/runs/{id}/facets?type=run|job: {runId, facets}; 400 without a type, 404 for an unknown run', async () => {
@@ -490,6 +528,7 @@ describe("Marquez's run states, runs, facets and versions", () => {
     expect(older).toMatchObject({ createdAt: '2024-11-01T10:50:00Z', fields: [{ name: 'id' }], createdByRun: { id: first } });
     expect(newer.version).not.toBe(older.version);
     expect((await get('/api/v1/namespaces/warehouse/datasets/ver.table/versions?limit=1&offset=1')).json).toMatchObject({ totalCount: 2, versions: [{ version: older.version }] });
+    expect((await get('/api/v1/namespaces/warehouse/datasets/ver.table/versions?limit=0')).json).toEqual({ totalCount: 2, versions: [] });
     // Known only as an input: no versions.
     expect((await get('/api/v1/namespaces/warehouse/datasets/hist.in/versions')).json).toEqual({ totalCount: 0, versions: [] });
     expect((await get('/api/v1/namespaces/warehouse/datasets/nope/versions')).json).toMatchObject({ error: 'NOT_FOUND', field: 'dataset' });
@@ -542,6 +581,18 @@ describe("Marquez's run states, runs, facets and versions", () => {
     expect((await get('/api/v1/namespaces/warehouse/datasets/upd.out/versions')).json.versions[1]).toMatchObject({ createdAt: '2024-11-01T10:00:00Z', description: 'A table for orders.' });
     const graph = (await lineage('dataset:warehouse:upd.out')).json.graph as GraphNode[];
     expect(node(graph, 'job:warehouse:upd.job').data).toMatchObject({ tags: [] });
+  });
+
+  it("moves a namespace's updatedAt on with a job's run end, as the job's own updatedAt does", async () => {
+    // START writes the output at 10:00; COMPLETE (no datasets) ends the run at 10:07.
+    const inNs = (e: any) => ({ ...e, job: { ...e.job, namespace: 'upd-ns' }, outputs: e.outputs.map((o: any) => ({ ...o, namespace: 'upd-ns' })) });
+    const runId = uuid();
+    const batch = [inNs(runEvent('ns.job', runId, 'START', [], ['ns.out'], at(0))), inNs(runEvent('ns.job', runId, 'COMPLETE', [], [], at(7)))];
+    expect((await post('/api/v1/lineage/batch', batch)).status).toBe(201);
+    expect((await get('/api/v1/namespaces/upd-ns/jobs/ns.job')).json).toMatchObject({ updatedAt: '2024-11-01T10:07:00.000Z' });
+    const expected = { name: 'upd-ns', createdAt: '2024-11-01T10:00:00.000Z', updatedAt: '2024-11-01T10:07:00.000Z' };
+    expect((await get('/api/v1/namespaces/upd-ns')).json).toMatchObject(expected);
+    expect((await get('/api/v1/namespaces?limit=1000')).json.namespaces.find((n: { name: string }) => n.name === 'upd-ns')).toMatchObject(expected);
   });
 
   it('gives native objects and transforms Marquez ids in the retrace namespace that the API accepts back', async () => {

@@ -146,6 +146,18 @@ describe('pipelines', () => {
       /steps\[0\]\.code_version/,
     );
     expect(() => validatePipeline({ ...base, steps: [{ ...steps[0]!, inputs: ['shout'] }] })).toThrow(/steps\[0\]\.inputs\[0\]/);
+    // No steps, or two steps writing one output dataset, were stored; nothing is now.
+    const listed = (await pipelines.listPipelines({})).pipelines.length;
+    await expectStatus(pipelines.applyPipeline({ pipeline: { ...base, name: 'no-steps', steps: [] } }), Status.INVALID_ARGUMENT, /^steps: at least one step is required/);
+    await expectStatus(
+      pipelines.applyPipeline({ pipeline: { ...base, name: 'two-writers', steps: [{ ...steps[0]!, output: 'clean' }, { ...steps[1]!, output: 'clean' }] } }),
+      Status.INVALID_ARGUMENT,
+      /^steps\[1\]\.output: output dataset "clean" is written by both steps\[0\] \("shout"\) and steps\[1\] \("tagged"\)/,
+    );
+    // A step's output defaults to its name: another step naming that output is the same clash.
+    await expectStatus(pipelines.applyPipeline({ pipeline: { ...base, name: 'two-writers', steps: [steps[0]!, { ...steps[1]!, output: 'shout' }] } }), Status.INVALID_ARGUMENT, /^steps\[1\]\.output: output dataset "shout"/);
+    await expectStatus(pipelines.applyPipeline({ pipeline: { ...base, name: 'two-writers', steps: [{ ...steps[0]!, output: 'tagged' }, steps[1]!] } }), Status.INVALID_ARGUMENT, /^steps\[0\]\.output: output dataset "tagged"/);
+    expect((await pipelines.listPipelines({})).pipelines.length).toBe(listed);
   });
 
   it('versions definitions and keeps old versions', async () => {
@@ -355,6 +367,14 @@ describe('pipelines', () => {
         expect(r.err).toContain(`error: ${empty} holds no records: expected one JSON object per line`);
       }
       expect((await lineage.listRuns({ pageSize: 1000, pageToken: '', namePrefix: '' })).runs.length).toBe(runsBefore);
+      // A key too long, past the first batch of 500 records and after a blank line: the error names its line in the file.
+      const lines = Array.from({ length: 700 }, (_, i) => JSON.stringify({ key: i === 600 ? 'k'.repeat(5000) : `long-${i}`, payload: 'x' }));
+      lines.splice(10, 0, '');
+      const long = join(dir, 'long.jsonl');
+      writeFileSync(long, `${lines.join('\n')}\n`);
+      const r = await cli('ingest', ['cli', 'in', long, ...conn]);
+      expect(r.code).toBe(1);
+      expect(r.err).toMatch(/^error: line 602\.key: /);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

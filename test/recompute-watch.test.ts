@@ -82,7 +82,7 @@ describe('watched paths', () => {
       await refused(files, Status.INVALID_ARGUMENT, 'rescan_interval_ms', { rescanIntervalMs: 2_592_000_000 });
       await refused(files, Status.INVALID_ARGUMENT, 'debounce_ms: must be at most 60000 ms', { debounceMs: 60_001 });
       // A watch refused for its path leaves the source's change policy as it was.
-      await c.client(PipelineServiceDefinition).applyPipeline({ pipeline: Pipeline.fromJSON({ name: 'p', sources: [{ name: 's' }], steps: [] }) });
+      await c.client(PipelineServiceDefinition).applyPipeline({ pipeline: Pipeline.fromJSON({ name: 'p', sources: [{ name: 's' }], steps: [{ name: 'up', transform: 'upper', codeVersion: contentHashOf('upper'), inputs: ['s'] }] }) });
       await refused(outside, Status.PERMISSION_DENIED, 'is outside', { objectIdPrefix: '', pipeline: 'p', source: 's', policy: ChangePolicy.CHANGE_POLICY_MANUAL });
       expect((await client.listChangePolicies({})).entries).toEqual([]);
 
@@ -188,7 +188,7 @@ describe('a watched pipeline source whose ingest fails', () => {
     const shared: CoordinatorServices = {};
     tc = await startTestCoordinator({ extensions: [pipelineExtension(shared), recomputeExtension(shared, { watchRoots: [root] })] });
     const pipelines = shared.pipelines as NonNullable<CoordinatorServices['pipelines']>;
-    await pipelines.store.apply(Pipeline.fromPartial({ name: 'w', sources: [{ name: 'raw', mediaType: 'text/plain' }], steps: [] }));
+    await pipelines.store.apply(Pipeline.fromPartial({ name: 'w', sources: [{ name: 'raw', mediaType: 'text/plain' }], steps: [{ name: 'parse', transform: 'parse', codeVersion: contentHashOf('parse'), inputs: ['raw'] }] }));
     // The agents' part is not under test: the ingest of the file reports a failed shard.
     pipelines.runner.ingest = async () => ({ accepted: 1, duplicates: 0, runId: 'ingest:w:1', shardsRun: 1, shardsFailed: 1, firstError: 'step parse: SHARD_STATUS_FAILED: bad input', pipelineVersion: 1 });
     writeFileSync(join(root, 'a.txt'), 'x');

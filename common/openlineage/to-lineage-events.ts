@@ -238,6 +238,46 @@ function fromRunEvent(event: OpenLineageRunEvent, id: (part: string) => string, 
   return out;
 }
 
+/** What the store already holds of an OpenLineage run, for fillStepStarts. */
+export interface StoredRunStart {
+  /** When the run started ('0' when no START was stored). */
+  runStartedAtNs: string;
+  /** Whether the run's step is stored with a start already. */
+  stepStarted: boolean;
+}
+
+/**
+ * Gives an OpenLineage run's step the run's start where no event of the step carries one. A
+ * START that names no datasets (the usual Airflow case) makes no step, so the step first made by
+ * a later event (the COMPLETE with its outputs) would have no start time. Such a step takes the
+ * earliest START among the run events of `events` and the stored run (`stored`). A step that
+ * another event of `events` or the store already starts is left as converted, so runs whose START
+ * named datasets are encoded as before. Returns the events, the filled steps as copies.
+ */
+export function fillStepStarts(events: readonly LineageEvent[], stored: (runId: string) => StoredRunStart | undefined = () => undefined): LineageEvent[] {
+  const runStart = new Map<string, bigint>();
+  const started = new Set<string>();
+  for (const e of events) {
+    if (e.body?.$case === 'run' && e.body.value.startedAtNs !== '0') {
+      const t = BigInt(e.body.value.startedAtNs);
+      const prev = runStart.get(e.body.value.runId);
+      if (prev === undefined || t < prev) runStart.set(e.body.value.runId, t);
+    }
+    if (e.body?.$case === 'step' && e.body.value.startedAtNs !== '0') started.add(e.body.value.stepId);
+  }
+  return events.map((e) => {
+    if (e.body?.$case !== 'step') return e;
+    const step = e.body.value;
+    if (step.startedAtNs !== '0' || !step.stepId.startsWith(OPENLINEAGE_STEP_PREFIX) || started.has(step.stepId)) return e;
+    const known = stored(step.runId);
+    if (known?.stepStarted) return e;
+    let start = runStart.get(step.runId);
+    if (known && known.runStartedAtNs !== '0' && (start === undefined || BigInt(known.runStartedAtNs) < start)) start = BigInt(known.runStartedAtNs);
+    if (start === undefined) return e;
+    return { ...e, body: { $case: 'step', value: { ...step, startedAtNs: start.toString() } } };
+  });
+}
+
 function fromDatasetEvent(event: OpenLineageDatasetEvent, id: (part: string) => string): LineageEvent[] {
   const timeNs = eventTimeNs(event.eventTime);
   // A DatasetEvent has no run; its eventTime stands in for the writer of an unnamed version.

@@ -40,7 +40,7 @@ interface Entry {
  * native ones in the `retrace` namespace, see marquez-ids.ts). An OpenLineage job whose runs
  * read and wrote no dataset has no transform; its runs (by name) make it a job all the same.
  * Names in paths are percent-encoded as Marquez's clients send them. Lists take `limit`
- * (default 100) and `offset`, with `totalCount`; namespaces, datasets and jobs come sorted by
+ * (default 100, 0 to 1000; 0 gives an empty page as in Marquez) and `offset`, with `totalCount`; namespaces, datasets and jobs come sorted by
  * name, runs and versions newest first. Unknown namespace, dataset, job or run: 404; a bad
  * query parameter: 400 naming it.
  */
@@ -131,6 +131,17 @@ export function createMarquezRoutes(lineage: LineageApi): Route[] {
       parentJobName,
     };
   };
+  /**
+   * When an entry last changed as its own `updatedAt` says: a job's latest run's end counts (a
+   * COMPLETE later than the last START moves the job on, see jobData); a dataset's is lastChangedMs.
+   */
+  const updatedMs = async (e: Entry): Promise<number> => {
+    const newest = e.runs[0];
+    if (newest === undefined) return e.lastChangedMs;
+    const run = await getOptional(lineage, NodeKind.NODE_KIND_RUN, newest.runId, 'run');
+    const ended = run?.endedAtNs && run.endedAtNs !== '0' ? Number(BigInt(run.endedAtNs) / 1_000_000n) : 0;
+    return Math.max(e.lastChangedMs, ended);
+  };
   const datasetData = async (e: Entry): Promise<Record<string, unknown>> => ({
     ...(await datasetDataOf(lineage, e.storeId ?? e.nodeId)),
     // Marquez's createdAt is when the dataset first appeared; its latest version's time is lastModifiedAt.
@@ -145,7 +156,7 @@ export function createMarquezRoutes(lineage: LineageApi): Route[] {
       path: '/api/v1/namespaces',
       handler: async (req) => {
         // Marquez pages namespaces too (limit, offset); a client paging through them must not get them all each time.
-        const page = paged(namespaces(await entries()), req);
+        const page = paged(await namespaces(await entries(), updatedMs), req);
         return { status: 200, body: { namespaces: page } };
       },
     },
@@ -153,7 +164,8 @@ export function createMarquezRoutes(lineage: LineageApi): Route[] {
       method: 'GET',
       path: '/api/v1/namespaces/{namespace}',
       handler: async (req) => {
-        const ns = namespaces(await entries()).find((n) => n.name === req.params['namespace']);
+        const name = req.params['namespace'];
+        const ns = (await namespaces((await entries()).filter((e) => e.namespace === name), updatedMs))[0];
         if (!ns) throw new NotFoundError(`namespace ${JSON.stringify(req.params['namespace'])}`, 'namespace');
         return { status: 200, body: ns };
       },
@@ -343,15 +355,20 @@ function parseFilter(req: HttpRequest): Entry['type'] | undefined {
   return filter;
 }
 
-/** Marquez's namespaces: every namespace a dataset or job is in, when first seen and last changed. */
-function namespaces(all: readonly Entry[]): { name: string; createdAt: string; updatedAt: string; ownerName: string; description: null; isHidden: boolean }[] {
+/**
+ * Marquez's namespaces: every namespace a dataset or job is in, when first seen and last changed
+ * (the latest `updatedAt` of its datasets and jobs, a job's run end included, as Marquez moves a
+ * namespace on with every event in it).
+ */
+async function namespaces(all: readonly Entry[], updatedMs: (e: Entry) => Promise<number>): Promise<{ name: string; createdAt: string; updatedAt: string; ownerName: string; description: null; isHidden: boolean }[]> {
   const span = new Map<string, { first: number; last: number }>();
   for (const e of all) {
+    const last = await updatedMs(e);
     const s = span.get(e.namespace);
-    if (!s) span.set(e.namespace, { first: e.firstSeenMs, last: e.lastChangedMs });
+    if (!s) span.set(e.namespace, { first: e.firstSeenMs, last });
     else {
       s.first = Math.min(s.first, e.firstSeenMs);
-      s.last = Math.max(s.last, e.lastChangedMs);
+      s.last = Math.max(s.last, last);
     }
   }
   return [...span.entries()]
@@ -366,7 +383,8 @@ async function search(entries: (type?: Entry['type']) => Promise<Entry[]>, req: 
   const filter = parseFilter(req);
   const sort = req.query.get('sort')?.toUpperCase() ?? 'NAME';
   if (sort !== 'NAME' && sort !== 'UPDATE_AT') throw new InvalidArgumentError('sort', `must be NAME or UPDATE_AT, got ${JSON.stringify(sort.slice(0, 40))}`);
-  const limit = intParam(req, 'limit', DEFAULT_SEARCH_LIMIT, 1, MAX_LIMIT);
+  // Marquez takes limit=0 (@Min(0)): no results, the count all the same.
+  const limit = intParam(req, 'limit', DEFAULT_SEARCH_LIMIT, 0, MAX_LIMIT);
   const namespace = req.query.get('namespace');
   const needle = q.toLowerCase();
   const hits = (await entries(filter))
@@ -391,8 +409,9 @@ async function inTurn<T, R>(items: readonly T[], f: (item: T) => Promise<R>): Pr
   return out;
 }
 
+/** One page of a list: `limit` (0 to 1000, default 100; 0 gives an empty page, as Marquez's @Min(0) does) from `offset`. */
 function paged<T>(all: readonly T[], req: HttpRequest): T[] {
-  const limit = intParam(req, 'limit', DEFAULT_LIMIT, 1, MAX_LIMIT);
+  const limit = intParam(req, 'limit', DEFAULT_LIMIT, 0, MAX_LIMIT);
   const offset = intParam(req, 'offset', 0, 0, Number.MAX_SAFE_INTEGER);
   return all.slice(offset, offset + limit);
 }

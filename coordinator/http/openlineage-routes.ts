@@ -7,7 +7,7 @@ import {
   type TraceResponse,
 } from '../../common/gen/retrace/v1/lineage.js';
 import type { LineageEvent, ObjectVersion, Run, Step } from '../../common/gen/retrace/v1/provenance.js';
-import { openLineageStepId, parseDatasetObjectId, parseJobTransformName, toLineageEvents } from '../../common/openlineage/to-lineage-events.js';
+import { fillStepStarts, openLineageStepId, parseDatasetObjectId, parseJobTransformName, toLineageEvents, type StoredRunStart } from '../../common/openlineage/to-lineage-events.js';
 import { toRetraceResourcesFacet } from '../../common/openlineage/to-openlineage-event.js';
 import { RETRACE_RESOURCES_FACET, type ValidatedOpenLineageEvent } from '../../common/openlineage/types.js';
 import { validateOpenLineageBatch, validateOpenLineageEvent } from '../../common/openlineage/validate.js';
@@ -65,7 +65,7 @@ export function createOpenLineageRoutes(lineage: LineageApi): Route[] {
 
 async function postEvent(lineage: LineageApi, req: HttpRequest): Promise<HttpResponse> {
   if (req.body === undefined) throw new InvalidArgumentError('$', 'an OpenLineage event (JSON object) is required');
-  const events = convert(validateOpenLineageEvent(req.body), '', req.boundPrincipal);
+  const events = await withRunStarts(lineage, convert(validateOpenLineageEvent(req.body), '', req.boundPrincipal));
   // A JobEvent converts to nothing; there is nothing to store, but it was accepted.
   if (events.length > 0) await lineage.submit(events, { signal: req.signal });
   return { status: 201, body: {} };
@@ -74,10 +74,27 @@ async function postEvent(lineage: LineageApi, req: HttpRequest): Promise<HttpRes
 async function postBatch(lineage: LineageApi, req: HttpRequest): Promise<HttpResponse> {
   if (req.body === undefined) throw new InvalidArgumentError('$', 'a JSON array of OpenLineage events is required');
   const validated = validateOpenLineageBatch(req.body);
-  const events = validated.flatMap((v, i) => convert(v, `[${i}]`, req.boundPrincipal));
+  const events = await withRunStarts(lineage, validated.flatMap((v, i) => convert(v, `[${i}]`, req.boundPrincipal)));
   if (events.length === 0) return { status: 201, body: { accepted: 0, duplicates: 0 } };
   const result = await lineage.submit(events, { signal: req.signal });
   return { status: 201, body: { accepted: result.accepted, duplicates: result.duplicates } };
+}
+
+/**
+ * The events with each run's step started when its run did (fillStepStarts): a START naming no
+ * datasets, stored earlier, gives the step its COMPLETE makes its start. The store is read only for
+ * runs whose step the events themselves leave without a start.
+ */
+async function withRunStarts(lineage: LineageApi, events: LineageEvent[]): Promise<LineageEvent[]> {
+  const filled = fillStepStarts(events);
+  const unstarted = new Set(filled.flatMap((e) => (e.body?.$case === 'step' && e.body.value.startedAtNs === '0' && e.body.value.runId !== '' ? [e.body.value.runId] : [])));
+  if (unstarted.size === 0) return filled;
+  const stored = new Map<string, StoredRunStart>();
+  for (const runId of unstarted) {
+    const { run, step } = await runAndStep(lineage, runId);
+    if (run) stored.set(runId, { runStartedAtNs: run.startedAtNs || '0', stepStarted: step !== undefined && (step.startedAtNs || '0') !== '0' });
+  }
+  return fillStepStarts(events, (runId) => stored.get(runId));
 }
 
 /**

@@ -106,6 +106,27 @@ function checkStepRequirements(p: Pipeline): void {
 }
 
 /**
+ * At apply only (stored versions are not checked again, so one stored before keeps running): a
+ * definition with no steps runs nothing on what it ingests, and two steps writing one output
+ * dataset (`output`, or the step's name where it sets none) would mix their records under one
+ * name. Both were stored. Errors name `steps` and the later step's `output` (the earlier one's
+ * where only it set one).
+ */
+function checkStepsAndOutputs(p: Pipeline): void {
+  if (p.steps.length === 0) throw new InvalidArgumentError('steps', 'at least one step is required: a pipeline without steps runs nothing on what it ingests');
+  const writer = new Map<string, number>();
+  p.steps.forEach((s, i) => {
+    const output = s.output || s.name;
+    const first = writer.get(output);
+    if (first !== undefined) {
+      const field = s.output !== '' ? `steps[${i}].output` : `steps[${first}].output`;
+      throw new InvalidArgumentError(field, `output dataset ${JSON.stringify(output)} is written by both steps[${first}] (${JSON.stringify(p.steps[first]?.name)}) and steps[${i}] (${JSON.stringify(s.name)}); each step needs an output of its own`);
+    }
+    writer.set(output, i);
+  });
+}
+
+/**
  * Structural validation of a definition (no I/O): names, unknown inputs, duplicates, cycles,
  * code version syntax. Returns the steps' indexes in dependency order. Errors name the field.
  */
@@ -232,6 +253,7 @@ export function createPipelineStore(db: Database, clock: NanoClock, code?: CodeL
   async function applyNow(input: Pipeline, followUp: string | undefined): Promise<{ pipeline: PipelineVersion; created: boolean }> {
     const pipeline = Pipeline.fromJSON(Pipeline.toJSON(input));
     validatePipeline(pipeline);
+    checkStepsAndOutputs(pipeline);
     checkStepRequirements(pipeline);
     if (code) {
       for (const [i, s] of pipeline.steps.entries()) {

@@ -3,13 +3,13 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { dagToDot, dagToSvg, type DagDrawing, type DagNode } from '../../common/dag-drawing.js';
 import { Direction, LineageServiceDefinition, NodeKind, type NodeRef, type SubmitEventsResponse, type TraceResponse } from '../../common/gen/retrace/v1/lineage.js';
 import { LineageEvent } from '../../common/gen/retrace/v1/provenance.js';
-import { isRetraceError, RetraceError } from '../../common/errors.js';
+import { InvalidArgumentError, isRetraceError, RetraceError } from '../../common/errors.js';
 import { nodeKey, parseNodeKey } from '../../common/lineage-keys.js';
 import { verifyInclusion } from '../../common/merkle.js';
 import { checkProtoJson } from '../../common/proto-json-check.js';
 import { nanosToIso } from '../../common/time.js';
 import { validateOpenLineageBatch, validateOpenLineageEvent } from '../../common/openlineage/validate.js';
-import { toLineageEvents } from '../../common/openlineage/to-lineage-events.js';
+import { fillStepStarts, toLineageEvents } from '../../common/openlineage/to-lineage-events.js';
 import { verifyCheckpoint } from '../../coordinator/ledger/checkpoint-signer.js';
 import { flag, hasFlag, intFlag, timeArgNs, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
 import { openClient } from './client.js';
@@ -277,7 +277,7 @@ const submit: CliCommand = {
   async run(args, io) {
     const file = args.positionals[0];
     if (!file) throw new UsageError('FILE (or - for stdin) is required');
-    const text = file === '-' ? await readAll(io.stdin) : readFileSync(file, 'utf8');
+    const text = file === '-' ? await readAll(io.stdin) : readSubmitFile(file);
     let json: unknown;
     try {
       json = JSON.parse(text);
@@ -317,6 +317,20 @@ const submit: CliCommand = {
 };
 
 /**
+ * The text of `submit FILE`. A file that cannot be read is the command's error in words
+ * (`submit: cannot read FILE: no such file`, exit 1), not Node's raw `ENOENT: ..., open '...'`.
+ */
+function readSubmitFile(file: string): string {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    const why = code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'is a directory, not a file' : code === 'EACCES' ? 'permission denied' : (err as Error).message;
+    throw new InvalidArgumentError('submit', `cannot read ${file}: ${why}`, err);
+  }
+}
+
+/**
  * OpenLineage (one or an array) or native events, as native events. For OpenLineage also
  * `withoutPrincipal`: the same events with their runs' principal left empty (for a token bound to
  * its name, which the coordinator records instead).
@@ -335,7 +349,8 @@ export function toNativeEvents(json: unknown): { events: LineageEvent[]; without
       const what = [e.eventType, e.run?.runId === undefined ? '' : `run ${e.run.runId}`, e.job?.name === undefined ? '' : `job ${e.job.namespace ?? ''}:${e.job.name}`].filter((x) => x);
       return `${Array.isArray(json) ? `[${i}]` : 'event'}${what.length > 0 ? ` (OpenLineage ${what.join(', ')})` : ''}`;
     };
-    return { events: converted.flat(), withoutPrincipal: () => openLineage.flatMap((e) => toLineageEvents(e, { principal: '' })), locate };
+    // A START naming no datasets makes no step: the step a later event of the file makes starts with it.
+    return { events: fillStepStarts(converted.flat()), withoutPrincipal: () => fillStepStarts(openLineage.flatMap((e) => toLineageEvents(e, { principal: '' }))), locate };
   }
   const list = Array.isArray(json) ? json : typeof json === 'object' && json !== null && Array.isArray((json as { events?: unknown }).events) ? (json as { events: unknown[] }).events : undefined;
   if (!list) throw new UsageError('expected an OpenLineage event, an array of them, {"events":[...]} or an array of native events');

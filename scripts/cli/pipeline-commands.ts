@@ -1,6 +1,6 @@
 import { createReadStream, readFileSync, statSync } from 'node:fs';
 import { createInterface } from 'node:readline';
-import { RetraceError } from '../../common/errors.js';
+import { isRetraceError, RetraceError } from '../../common/errors.js';
 import {
   IngestResponse,
   Pipeline,
@@ -109,7 +109,42 @@ function stepOptions(s: NonNullable<PipelineVersion['pipeline']>['steps'][number
   return parts.join(' ') || '-';
 }
 
-async function* readBatches(file: string, io: CliIo, progress: (bytes: number) => void): AsyncGenerator<IngestRequest['records']> {
+/**
+ * Which line of the file each record sent came from, so that an error the coordinator names by
+ * the record's place in the call (`records[600].key`) names the line instead (`line 602.key`):
+ * blank lines are skipped, so the two differ. Kept as the points where the offset changes (one
+ * per run of blank lines), not one number per record.
+ */
+export class RecordLines {
+  /** [record index, line - index] from that record on, ascending. */
+  private readonly offsets: [number, number][] = [[0, 1]];
+
+  /** Record `index` (0-based, in the call) was read from `line` (1-based). */
+  note(index: number, line: number): void {
+    const last = this.offsets[this.offsets.length - 1] as [number, number];
+    if (line - index !== last[1]) this.offsets.push([index, line - index]);
+  }
+
+  /** The 1-based line of record `index`. */
+  lineOf(index: number): number {
+    let offset = 1;
+    for (const [from, off] of this.offsets) {
+      if (from > index) break;
+      offset = off;
+    }
+    return index + offset;
+  }
+
+  /** An error naming `records[i]` (the coordinator's field) as the same error naming the record's line. */
+  relocate(err: unknown): unknown {
+    if (!isRetraceError(err) || err.code !== 'INVALID_ARGUMENT') return err;
+    const m = /^records\[(\d+)\]((?:\.\w+)*): ([\s\S]*)$/.exec(err.message);
+    if (!m) return err;
+    return new RetraceError('INVALID_ARGUMENT', m[3] ?? '', { field: `line ${this.lineOf(Number(m[1]))}${m[2] ?? ''}`, cause: err });
+  }
+}
+
+async function* readBatches(file: string, io: CliIo, progress: (bytes: number) => void, recordLines: RecordLines): AsyncGenerator<IngestRequest['records']> {
   const input: NodeJS.ReadableStream = file === '-' ? io.stdin : createReadStream(file);
   let bytes = 0;
   (input as NodeJS.EventEmitter).on('data', (chunk: Buffer | string) => {
@@ -118,10 +153,12 @@ async function* readBatches(file: string, io: CliIo, progress: (bytes: number) =
   const lines = createInterface({ input, crlfDelay: Infinity });
   let batch: IngestRecord[] = [];
   let n = 0;
+  let records = 0;
   for await (const text of lines) {
     n++;
     if (text.trim() === '') continue;
     batch.push(parseRecordLine(text, n));
+    recordLines.note(records++, n);
     if (batch.length >= BATCH) {
       progress(bytes);
       yield batch;
@@ -168,8 +205,8 @@ export const commands: CliCommand[] = [
     usage: `retrace pipeline apply FILE.json [--json] ${CONNECT_FLAGS}
 FILE is a Pipeline as JSON: {"name", "sources": [{"name", "mediaType"}], "steps": [{"name",
 "transform", "codeVersion": "sha256:...", "parameters": {...}, "inputs": [...], "output",
-"requirements": {"gpu", "memoryMb", ...}, "timeoutMs", "retries", "retryBackoffMs"}]}. A step
-that fails is run again up to "retries" times (default 0) after a jittered backoff. A step that
+"requirements": {"gpu", "memoryMb", ...}, "timeoutMs", "retries", "retryBackoffMs"}]}. At least
+one step; each step's "output" (default: its name) is its own. A step that fails is run again up to "retries" times (default 0) after a jittered backoff. A step that
 no READY node meets now is stored all the same, with a warning on stderr.`,
     async run(args, io) {
       const [file] = args.positionals;
@@ -270,7 +307,8 @@ already processed stay recorded) and the command exits 1 naming the reason.`,
       };
       // The first batch is read before the call: a file without records would open and close an
       // empty run in the ledger.
-      const batches = readBatches(file, io, progress);
+      const recordLines = new RecordLines();
+      const batches = readBatches(file, io, progress, recordLines);
       const head = await batches.next();
       if (head.done) throw new UsageError(`${file === '-' ? 'stdin' : file} holds no records: expected one JSON object per line`);
       // What goes on after the bytes are read: a small file of slow records (200 records of a
@@ -328,7 +366,7 @@ already processed stay recorded) and the command exits 1 naming the reason.`,
           });
         } catch (err) {
           stopTicker();
-          if (gaveUp === '') throw err;
+          if (gaveUp === '') throw recordLines.relocate(err);
           if (showBar) io.stderr.write('\n');
           io.stderr.write(`ingest cancelled after --wait-timeout ${flag(args, 'wait-timeout') ?? ''}: ${gaveUp}\n`);
           return 1;
