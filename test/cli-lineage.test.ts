@@ -223,7 +223,8 @@ describe('retrace submit', () => {
     expect(asDir.stderr).toBe(`error: submit: cannot read ${dir}: is a directory, not a file\n`);
     const out = await cli(['lineage', 'export', key(RAW), '--out', join(dir, 'no-such-dir', 'prov.json')]);
     expect(out.code).toBe(1);
-    expect(out.stderr).toMatch(/^error: ENOENT: no such file or directory, open '.*prov\.json'\n$/);
+    // The file first, in words, not Node's "ENOENT: no such file or directory, open '...'".
+    expect(out.stderr).toBe(`error: cannot open ${join(dir, 'no-such-dir', 'prov.json')}: no such file or directory (ENOENT)\n`);
   });
 });
 

@@ -72,9 +72,11 @@ export async function main(argv: readonly string[], io?: Partial<CliIo>): Promis
     }
   } catch (err) {
     if (interrupted()) return reportInterrupted();
-    if (isRetraceError(err) || isSystemError(err)) {
-      // What the user asked for failed (a missing file, a port in use): the message says it all.
+    if (isRetraceError(err)) {
       cli.stderr.write(`error: ${err.message}\n`);
+    } else if (isSystemError(err)) {
+      // What the user asked for failed (a missing file, a port in use): the message says it all.
+      cli.stderr.write(`error: ${systemErrorText(err)}\n`);
     } else if (process.env.RETRACE_DEBUG) {
       cli.stderr.write(`error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
     } else {
@@ -128,6 +130,19 @@ function editDistance(a: string, b: string): number {
 function isSystemError(err: unknown): err is Error & { code: string } {
   const code = err instanceof Error ? (err as { code?: unknown }).code : undefined;
   return typeof code === 'string' && /^E[A-Z0-9]+$/.test(code);
+}
+
+/**
+ * A file error in words, naming the file first: "cannot open out/prov.json: no such file or
+ * directory (ENOENT)" rather than Node's "ENOENT: no such file or directory, open 'out/prov.json'".
+ * Errors that name no path (a port in use) keep Node's message.
+ */
+function systemErrorText(err: Error & { code: string }): string {
+  const { path, syscall } = err as { path?: unknown; syscall?: unknown };
+  if (typeof path !== 'string' || typeof syscall !== 'string') return err.message;
+  const reason = /^[A-Z0-9]+: ([^,]+)/.exec(err.message)?.[1] ?? err.message;
+  const verb = syscall === 'mkdir' ? 'create the directory' : syscall === 'scandir' ? 'list' : syscall === 'unlink' || syscall === 'rmdir' ? 'remove' : syscall;
+  return `cannot ${verb} ${path}: ${reason} (${err.code})`;
 }
 
 function findCommand(commands: readonly CliCommand[], argv: readonly string[]): CliCommand | undefined {
