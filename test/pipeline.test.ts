@@ -531,6 +531,10 @@ describe('pipeline apply FILE.json', () => {
     expect(() => read({ name: 'p', sources: [{ name: 'raw' }], steps: [{ ...step, retries: -1 }] })).toThrow(expect.objectContaining({ field: 'steps[0].retries' }));
     expect(() => read({ name: 'p', sources: [{ name: 'raw' }], steps: [{ ...step, requirements: { memoryMb: 'lots' } }] })).toThrow(expect.objectContaining({ field: 'steps[0].requirements.memoryMb' }));
     expect(() => read({ name: 5, sources: [{ name: 'raw' }], steps: [step] })).toThrow(expect.objectContaining({ field: 'pipeline.name' }));
+    // gpu as defineTransform takes it: true is one GPU, false none; another kind is still named.
+    expect(read({ name: 'p', sources: [{ name: 'raw' }], steps: [{ ...step, requirements: { gpu: true } }] }).steps[0]?.requirements?.gpu).toBe(1);
+    expect(read({ name: 'p', sources: [{ name: 'raw' }], steps: [{ ...step, requirements: { gpu: false } }] }).steps[0]?.requirements?.gpu).toBe(0);
+    expect(() => read({ name: 'p', sources: [{ name: 'raw' }], steps: [{ ...step, requirements: { gpu: 'yes' } }] })).toThrow(expect.objectContaining({ field: 'steps[0].requirements.gpu' }));
     // proto names are JSON too.
     expect(read({ name: 'p', sources: [{ name: 'raw', media_type: 'application/json' }], steps: [{ ...step, timeout_ms: 100, parameters: { rate: 2 } }] })).toMatchObject({ name: 'p', steps: [{ timeoutMs: 100, parameters: { rate: 2 } }] });
   });

@@ -15,6 +15,7 @@ import { durationFlagMs, flag, hasFlag, intFlag, noMorePositionals, UsageError, 
 import { openClient } from './client.js';
 import { messageSchema, responseJson } from './proto-json.js';
 import { checkProtoJson } from '../../common/proto-json-check.js';
+import { gpuCount } from '../../common/requirements.js';
 import { progressBar, renderTable, shortHash } from './format.js';
 
 const CONNECT_FLAGS = '[--coordinator HOST:PORT] [--token T | --token-file F] [--tls-ca FILE]';
@@ -45,6 +46,7 @@ export function readPipelineFile(file: string): Pipeline {
   // Pipeline.fromJSON coerces what it gets: an unknown member ("retry": 2) or parameters that are
   // not an object were dropped without a word, and "retries": -1 failed only in the encoder
   // ("invalid uint32: -1", naming no field). Each member is checked first, named by its path.
+  gpuFlagsAsCounts(json);
   try {
     checkProtoJson(messageSchema('retrace.v1.Pipeline'), json, '');
   } catch (err) {
@@ -54,6 +56,20 @@ export function readPipelineFile(file: string): Pipeline {
     throw new RetraceError('INVALID_ARGUMENT', err.message.slice(err.field.length + 2), { field: field === 'name' ? 'pipeline.name' : field });
   }
   return Pipeline.fromJSON(json);
+}
+
+/**
+ * A step's `requirements.gpu: true` (or false) as the count 1 (or 0) the proto field holds: a
+ * transform's own requirements take `gpu: true` (defineTransform), so requirements copied from
+ * one into a pipeline file mean the same there.
+ */
+function gpuFlagsAsCounts(json: object): void {
+  const steps = (json as { steps?: unknown }).steps;
+  if (!Array.isArray(steps)) return;
+  for (const step of steps) {
+    const r = (step as { requirements?: unknown } | null)?.requirements as { gpu?: unknown } | null | undefined;
+    if (r !== null && typeof r === 'object' && typeof r.gpu === 'boolean') r.gpu = gpuCount({ gpu: r.gpu });
+  }
 }
 
 const RECORD_FIELDS = ['key', 'eventTime', 'payload', 'mediaType'];
