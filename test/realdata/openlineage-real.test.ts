@@ -237,6 +237,9 @@ describe('Marquez demo seed (food_delivery)', () => {
     expect(jobs.json.jobs.map((j: { name: string }) => j.name)).toEqual(jobNames);
     const page = await get('/api/v1/namespaces/food_delivery/jobs?limit=5&offset=10');
     expect(page.json.jobs.map((j: { name: string }) => j.name)).toEqual(jobNames.slice(10, 15));
+    // As Marquez (@Min(0)): limit=0 is the count alone.
+    const none = await get('/api/v1/namespaces/food_delivery/jobs?limit=0');
+    expect([none.status, none.json.jobs, none.json.totalCount]).toEqual([200, [], 13]);
     const etl = await get('/api/v1/namespaces/food_delivery/jobs/etl_menus');
     expect(etl.json).toMatchObject({ name: 'etl_menus', outputs: [{ namespace: 'food_delivery', name: 'public.menus' }], latestRun: { id: '4d3b8069-69b6-4708-ade0-3275112c9f04', state: 'COMPLETED' } });
 
@@ -259,7 +262,7 @@ describe('Marquez demo seed (food_delivery)', () => {
       ['/api/v1/namespaces/food_delivery/jobs/nope', 404, 'job'],
       ['/api/v1/namespaces/food_delivery/datasets/nope', 404, 'dataset'],
       ['/api/v1/jobs/runs/nope', 404, 'id'],
-      ['/api/v1/namespaces/food_delivery/jobs?limit=0', 400, 'limit'],
+      ['/api/v1/namespaces/food_delivery/jobs?limit=-1', 400, 'limit'],
       ['/api/v1/search', 400, 'q'],
       ['/api/v1/search?q=x&filter=RUN', 400, 'filter'],
       ['/api/v1/namespaces/%E0%A4%A', 400, 'namespace'],
