@@ -441,6 +441,25 @@ describe('a START that names no datasets', () => {
     expect((await post('/api/v1/lineage', runEvent('af.task', alone, 'START', [], [], start))).status).toBe(201);
     expect(await stepOf(alone).catch(() => undefined)).toBeUndefined();
   });
+
+  it('gives the step its start when the START comes after the COMPLETE (emitted asynchronously), once', async () => {
+    const late = uuid();
+    expect((await post('/api/v1/lineage', runEvent('af.task', late, 'COMPLETE', ['af.in'], ['af.out'], end))).status).toBe(201);
+    expect(await stepOf(late)).toMatchObject({ startedAtNs: '0', endedAtNs: '1729155900000000000' });
+    const before = tc.coordinator.lineage.treeSize;
+    expect((await post('/api/v1/lineage', runEvent('af.task', late, 'START', [], [], start))).status).toBe(201);
+    // The COMPLETE's edges, end and why stay; only the start is added.
+    const step = await stepOf(late);
+    expect(step).toMatchObject({ startedAtNs: '1729155600000000000', endedAtNs: '1729155900000000000', transform: expect.stringContaining('af.task') });
+    expect(step?.used.map((u) => u.objectId)).toEqual(['dataset:warehouse:af.in']);
+    expect(step?.generated).toHaveLength(1);
+    // The run event and one event of the step, the start alone.
+    expect(tc.coordinator.lineage.treeSize - before).toBe(2n);
+    // Sent again: a duplicate, nothing more stored.
+    const again = await post('/api/v1/lineage/batch', [runEvent('af.task', late, 'START', [], [], start)]);
+    expect(again.json).toMatchObject({ accepted: 0, duplicates: 1 });
+    expect(tc.coordinator.lineage.treeSize - before).toBe(2n);
+  });
 });
 
 describe("Marquez's run states, runs, facets and versions", () => {

@@ -244,6 +244,8 @@ export interface StoredRunStart {
   runStartedAtNs: string;
   /** Whether the run's step is stored with a start already. */
   stepStarted: boolean;
+  /** Whether the run's step is stored at all. */
+  stepStored?: boolean;
 }
 
 /**
@@ -253,6 +255,11 @@ export interface StoredRunStart {
  * earliest START among the run events of `events` and the stored run (`stored`). A step that
  * another event of `events` or the store already starts is left as converted, so runs whose START
  * named datasets are encoded as before. Returns the events, the filled steps as copies.
+ *
+ * The other order: producers emit asynchronously, so such a START may come after the COMPLETE
+ * whose step is stored without a start. Then one more event of that step, carrying only the start
+ * (no edges, no facets: the later COMPLETE's values win in the fold), is added after the run
+ * event, its id derived from the run event's so a resent START is a duplicate.
  */
 export function fillStepStarts(events: readonly LineageEvent[], stored: (runId: string) => StoredRunStart | undefined = () => undefined): LineageEvent[] {
   const runStart = new Map<string, bigint>();
@@ -265,16 +272,26 @@ export function fillStepStarts(events: readonly LineageEvent[], stored: (runId: 
     }
     if (e.body?.$case === 'step' && e.body.value.startedAtNs !== '0') started.add(e.body.value.stepId);
   }
-  return events.map((e) => {
-    if (e.body?.$case !== 'step') return e;
+  const stepped = new Set(events.flatMap((e) => (e.body?.$case === 'step' ? [e.body.value.runId] : [])));
+  return events.flatMap((e): LineageEvent[] => {
+    if (e.body?.$case === 'run') {
+      const run = e.body.value;
+      if (run.startedAtNs === '0' || stepped.has(run.runId)) return [e];
+      const known = stored(run.runId);
+      if (!known?.stepStored || known.stepStarted) return [e];
+      stepped.add(run.runId);
+      const startOnly: Step = { stepId: openLineageStepId(run.runId), runId: run.runId, transform: run.name, codeVersion: '', parameters: undefined, nodeId: '', host: '', startedAtNs: run.startedAtNs, endedAtNs: '0', why: undefined, resources: undefined, used: [], generated: [], facets: undefined };
+      return [e, { eventId: sha256Hex(`${e.eventId}:step-start`), eventTimeNs: e.eventTimeNs, producer: e.producer, body: { $case: 'step', value: startOnly } }];
+    }
+    if (e.body?.$case !== 'step') return [e];
     const step = e.body.value;
-    if (step.startedAtNs !== '0' || !step.stepId.startsWith(OPENLINEAGE_STEP_PREFIX) || started.has(step.stepId)) return e;
+    if (step.startedAtNs !== '0' || !step.stepId.startsWith(OPENLINEAGE_STEP_PREFIX) || started.has(step.stepId)) return [e];
     const known = stored(step.runId);
-    if (known?.stepStarted) return e;
+    if (known?.stepStarted) return [e];
     let start = runStart.get(step.runId);
     if (known && known.runStartedAtNs !== '0' && (start === undefined || BigInt(known.runStartedAtNs) < start)) start = BigInt(known.runStartedAtNs);
-    if (start === undefined) return e;
-    return { ...e, body: { $case: 'step', value: { ...step, startedAtNs: start.toString() } } };
+    if (start === undefined) return [e];
+    return [{ ...e, body: { $case: 'step', value: { ...step, startedAtNs: start.toString() } } }];
   });
 }
 

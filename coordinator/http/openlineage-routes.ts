@@ -88,11 +88,14 @@ async function postBatch(lineage: LineageApi, req: HttpRequest): Promise<HttpRes
 async function withRunStarts(lineage: LineageApi, events: LineageEvent[]): Promise<LineageEvent[]> {
   const filled = fillStepStarts(events);
   const unstarted = new Set(filled.flatMap((e) => (e.body?.$case === 'step' && e.body.value.startedAtNs === '0' && e.body.value.runId !== '' ? [e.body.value.runId] : [])));
+  // A START of a run none of whose events here makes a step: its COMPLETE may be stored already.
+  const stepped = new Set(events.flatMap((e) => (e.body?.$case === 'step' ? [e.body.value.runId] : [])));
+  for (const e of events) if (e.body?.$case === 'run' && e.body.value.startedAtNs !== '0' && !stepped.has(e.body.value.runId)) unstarted.add(e.body.value.runId);
   if (unstarted.size === 0) return filled;
   const stored = new Map<string, StoredRunStart>();
   for (const runId of unstarted) {
     const { run, step } = await runAndStep(lineage, runId);
-    if (run) stored.set(runId, { runStartedAtNs: run.startedAtNs || '0', stepStarted: step !== undefined && (step.startedAtNs || '0') !== '0' });
+    if (run) stored.set(runId, { runStartedAtNs: run.startedAtNs || '0', stepStarted: step !== undefined && (step.startedAtNs || '0') !== '0', stepStored: step !== undefined });
   }
   return fillStepStarts(events, (runId) => stored.get(runId));
 }
