@@ -1,8 +1,9 @@
 import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, openSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync, renameSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { InvalidArgumentError, NotFoundError, RetraceError } from '../common/errors.js';
 import { tokenSha256 } from './bearer-token.js';
+import { crashPointForTests } from './test-crash-point.js';
 
 /**
  * Named tokens with roles, kept in `<data>/tokens.json` (mode 0600) beside the owner's
@@ -117,6 +118,7 @@ export function writeTokenFile(dataDir: string, entries: readonly TokenEntry[]):
   const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
   try {
     writeFileSync(tmp, `${JSON.stringify({ tokens: entries }, null, 2)}\n`, { mode: 0o600, flag: 'wx' });
+    crashPointForTests('token-file-written');
     renameSync(tmp, file);
   } catch (err) {
     rmSync(tmp, { force: true });
@@ -131,29 +133,86 @@ const LOCK_WAIT_MS = 10_000;
 const LOCK_STALE_MS = 30_000;
 
 /**
+ * Whether the process whose pid `<lock>` holds has exited: a `retrace token` killed while editing
+ * (SIGKILL, OOM) leaves its lock behind. False while the pid is unknown (the holder has yet to
+ * write it, or a lock from before pids were written) or names a live process (EPERM: another
+ * user's, alive); those wait for LOCK_STALE_MS.
+ */
+function holderDied(lock: string): boolean {
+  let pid: number;
+  try {
+    pid = Number(readFileSync(lock, 'utf8').trim());
+  } catch {
+    return false;
+  }
+  if (!Number.isSafeInteger(pid) || pid <= 0 || pid === process.pid) return false;
+  try {
+    process.kill(pid, 0);
+    return false;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'ESRCH';
+  }
+}
+
+/** Whether `path` was last modified more than LOCK_STALE_MS ago (false when it is gone). */
+function olderThanStale(path: string): boolean {
+  const st = statSync(path, { throwIfNoEntry: false });
+  return st !== undefined && Date.now() - st.mtimeMs > LOCK_STALE_MS;
+}
+
+/**
+ * Removes `lock` if its holder died or it is older than LOCK_STALE_MS, judged again while holding
+ * `<lock>.takeover` (O_EXCL): two waiters that both found it stale would otherwise both remove
+ * it, the second one removing the lock the first had just taken. A takeover guard left by a
+ * process killed in those few microseconds is itself removed once stale. True: removed.
+ */
+function takeOverStaleLock(lock: string): boolean {
+  const guard = `${lock}.takeover`;
+  try {
+    closeSync(openSync(guard, 'wx', 0o600));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    if (olderThanStale(guard)) rmSync(guard, { force: true });
+    return false;
+  }
+  try {
+    if (!holderDied(lock) && !olderThanStale(lock)) return false;
+    rmSync(lock, { force: true });
+    return true;
+  } finally {
+    rmSync(guard, { force: true });
+  }
+}
+
+/**
  * Runs `edit` (read the file, write it whole) holding `<dataDir>/tokens.json.lock`, made with
- * O_EXCL: two `retrace token add|revoke` at once would otherwise both read the same table and
- * the second rename would drop the first one's change: a token printed but never stored, or a
- * revoked one back. Waits up to LOCK_WAIT_MS for another holder; a lock older than
- * LOCK_STALE_MS is taken over. FAILED_PRECONDITION naming the lock when it stays held.
+ * O_EXCL and holding the holder's pid: two `retrace token add|revoke` at once would otherwise
+ * both read the same table and the second rename would drop the first one's change: a token
+ * printed but never stored, or a revoked one back. Waits up to LOCK_WAIT_MS for another holder.
+ * A lock whose holder has exited (killed while editing) is taken over at once, so a `token
+ * revoke` right after a killed `token add` is not refused; one whose holder is unknown, once it
+ * is older than LOCK_STALE_MS. FAILED_PRECONDITION naming the lock when it stays held.
  */
 function withFileLock<T>(dataDir: string, edit: () => T): T {
   const lock = `${tokensFilePath(dataDir)}.lock`;
   const deadline = Date.now() + LOCK_WAIT_MS;
   for (;;) {
+    let fd: number;
     try {
-      closeSync(openSync(lock, 'wx', 0o600));
-      break;
+      fd = openSync(lock, 'wx', 0o600);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-      const age = Date.now() - (statSync(lock, { throwIfNoEntry: false })?.mtimeMs ?? Date.now());
-      if (age > LOCK_STALE_MS) {
-        rmSync(lock, { force: true });
-        continue;
-      }
+      if ((holderDied(lock) || olderThanStale(lock)) && takeOverStaleLock(lock)) continue;
       if (Date.now() > deadline) throw new RetraceError('FAILED_PRECONDITION', `${lock} is held by another \`retrace token\` edit; if none runs, remove it`);
       Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5 + Math.floor(Math.random() * 10));
+      continue;
     }
+    try {
+      writeSync(fd, String(process.pid));
+    } finally {
+      closeSync(fd);
+    }
+    break;
   }
   try {
     return edit();

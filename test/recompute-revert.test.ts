@@ -172,6 +172,35 @@ describe('recompute after a reverted change', () => {
     }
   }, 120_000);
 
+  it('under auto, a step whose parameters are applied A, B, A and B again recomputes each time: the last apply is not taken for the first', async () => {
+    const rc = tc.client(RecomputeServiceDefinition);
+    const withParams = (v: string): Pipeline => {
+      const p = pipelineOf('redo');
+      for (const s of p.steps) if (s.name === 'p') s.parameters = { step: 'p', v };
+      return p;
+    };
+    await tc.client(PipelineServiceDefinition).applyPipeline({ pipeline: withParams('A') });
+    await ingest('redo', 'x', 'x0');
+    await ingest('redo', 'y', 'y0');
+    const outputOf: Record<string, string | undefined> = { A: await current('redo', 'p') };
+    const changeIds: string[] = [];
+    for (const v of ['B', 'A', 'B']) {
+      const before = new Set((await rc.listChanges({ pipeline: 'redo', pageSize: 0, pageToken: '' })).changes.map((c) => c.changeId));
+      await tc.client(PipelineServiceDefinition).applyPipeline({ pipeline: withParams(v) });
+      const made = (await rc.listChanges({ pipeline: 'redo', pageSize: 0, pageToken: '' })).changes.filter((c) => !before.has(c.changeId));
+      // The apply's change of step p, with its job.
+      expect(made.map((c) => c.step), `apply of ${v}`).toEqual(['p']);
+      expect(made[0]?.jobIds).toHaveLength(1);
+      changeIds.push(made[0]?.changeId ?? '');
+      await succeeded(made[0]?.jobIds[0] ?? '');
+      const out = await current('redo', 'p');
+      if (outputOf[v] !== undefined) expect(out, `p after the apply of ${v} again`).toBe(outputOf[v]);
+      outputOf[v] = out;
+    }
+    expect(new Set(changeIds).size).toBe(3);
+    expect(outputOf.B).not.toBe(outputOf.A);
+  }, 120_000);
+
   it('a record moved by a memo hit gets versions with the size and media type the reused run recorded', async () => {
     // x0 under wf was served from wf's own ingest run (the first test's revert), so that memo entry
     // came from a recorded step, not from an execution: a new record moved to x0 reuses it.

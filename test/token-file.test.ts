@@ -1,10 +1,10 @@
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
-import { addToken, readTokenFile, tokenDigest, tokensFilePath } from '../coordinator/token-file.js';
+import { addToken, readTokenFile, revokeToken, tokenDigest, tokensFilePath } from '../coordinator/token-file.js';
 
 /** `<data>/tokens.json` edited by several `retrace token` processes at once. */
 
@@ -39,6 +39,17 @@ for (let i = 0; i < ${count}; i++) {
   });
 }
 
+/** A child process running one real addToken with RETRACE_TEST_CRASH_AT set; resolves with the signal that ended it. */
+function addCrashingAt(dataDir: string, name: string, point: string): Promise<NodeJS.Signals | null> {
+  const script = `
+const { addToken } = await import(${JSON.stringify(pathToFileURL(join(ROOT, 'coordinator/token-file.ts')).href)});
+addToken(${JSON.stringify(dataDir)}, ${JSON.stringify(name)}, 'client');`;
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: ROOT, stdio: 'ignore', env: { ...process.env, RETRACE_TEST_CRASH_AT: point } });
+    child.on('exit', (_code, signal) => resolve(signal));
+  });
+}
+
 describe('tokens file', () => {
   it('keeps every token that concurrent adds printed', async () => {
     const dataDir = tempDir();
@@ -48,6 +59,24 @@ describe('tokens file', () => {
     const stored = new Map(readTokenFile(dataDir).map((e) => [e.name, e.sha256]));
     const lost = printed.filter(([name, token]) => stored.get(name) !== tokenDigest(token)).map(([name]) => name);
     expect(lost).toEqual([]);
+  }, 30_000);
+
+  it('a token add killed mid-write (SIGKILL) loses nothing stored and blocks no later add or revoke', async () => {
+    const dataDir = tempDir();
+    const kept = addToken(dataDir, 'kept', 'client');
+    // Killed after writing its new table beside the file, holding the lock, before the rename.
+    expect(await addCrashingAt(dataDir, 'killed', 'token-file-written')).toBe('SIGKILL');
+    expect(existsSync(`${tokensFilePath(dataDir)}.lock`)).toBe(true);
+    expect(readTokenFile(dataDir).map((e) => e.name)).toEqual(['kept']);
+    // The next edits take the dead process's lock over at once, rather than waiting for it to
+    // grow stale (30 s) and refusing meanwhile: a revoke must not wait on a killed add.
+    const started = Date.now();
+    addToken(dataDir, 'after', 'client');
+    revokeToken(dataDir, 'kept');
+    expect(Date.now() - started).toBeLessThan(2_000);
+    expect(readTokenFile(dataDir).map((e) => e.name)).toEqual(['after']);
+    expect(readTokenFile(dataDir).some((e) => e.sha256 === tokenDigest(kept.token))).toBe(false);
+    expect(readdirSync(dataDir).filter((f) => f.endsWith('.lock') || f.endsWith('.takeover'))).toEqual([]);
   }, 30_000);
 
   it('takes over a lock left by a process that died while editing', () => {

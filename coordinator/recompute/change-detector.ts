@@ -397,6 +397,10 @@ export class ChangeDetector {
 export function stepChanges(previous: PipelineVersion | undefined, current: PipelineVersion, noticedBy: string): ChangeInput[] {
   if (!previous?.pipeline || !current.pipeline) return [];
   const before = new Map(previous.pipeline.steps.map((s) => [s.name, s]));
+  // The version the change is made from is part of its id: the same move of a step made again
+  // later (A -> B, B -> A, A -> B) is a new change, while the apply, its follow-up after a crash
+  // and a stale run's listener (each from the same previous version) still name one change.
+  const after = `v${previous.version}`;
   const out: ChangeInput[] = [];
   for (const s of current.pipeline.steps) {
     const b = before.get(s.name);
@@ -412,10 +416,11 @@ export function stepChanges(previous: PipelineVersion | undefined, current: Pipe
         pipeline,
         step: s.name,
         noticedBy,
+        after,
         detail: `code version of step ${s.name} (v${previous.version} -> v${current.version})${oldParams !== newParams ? ', parameters too' : ''}`,
       });
     } else if (oldParams !== newParams) {
-      out.push({ kind: ChangeKind.CHANGE_KIND_PARAMETERS, oldHash: oldParams, newHash: newParams, pipeline, step: s.name, noticedBy, detail: `parameters of step ${s.name} (v${previous.version} -> v${current.version}): ${canonicalJson(b.parameters ?? {})} -> ${canonicalJson(s.parameters ?? {})}` });
+      out.push({ kind: ChangeKind.CHANGE_KIND_PARAMETERS, oldHash: oldParams, newHash: newParams, pipeline, step: s.name, noticedBy, after, detail: `parameters of step ${s.name} (v${previous.version} -> v${current.version}): ${canonicalJson(b.parameters ?? {})} -> ${canonicalJson(s.parameters ?? {})}` });
     }
   }
   return out;

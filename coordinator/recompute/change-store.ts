@@ -17,6 +17,13 @@ export interface ChangeInput {
   step?: string;
   noticedBy: string;
   detail?: string;
+  /**
+   * For a change of a pipeline step's definition (code version, parameters): what tells it from
+   * the same change made before, `v<the pipeline version it is made from>` (stepChanges). A step
+   * moved A -> B, back to A and to B again is a change each time; without it the third apply
+   * would be taken for the first and recompute nothing. Not stored: it only goes into the id.
+   */
+  after?: string;
 }
 
 /** The policy that applies where nothing is set: recompute at once, as ingest always did. */
@@ -148,7 +155,7 @@ export function createChangeStore(db: Database, lineage: Pick<LineageEngine, 'su
 
   /** See ChangeStore.idOf; call after ensureToIndex. */
   async function idOf(input: ChangeInput): Promise<string> {
-    if (!CONTENT_KINDS.has(input.kind) || !input.objectId || input.oldHash === '') return changeIdOf(input);
+    if (!CONTENT_KINDS.has(input.kind) || !input.objectId || input.oldHash === '') return changeIdOf(input, input.after ?? '');
     const after = await changesTo.get(toKey(input.pipeline ?? '', input.objectId, input.oldHash));
     return changeIdOf(input, after ?? '');
   }
