@@ -51,14 +51,23 @@ function trim(x: number): string {
   return String(Number(x.toPrecision(3)));
 }
 
-/** "Nice" ticks (1, 2, 5 × 10^k) covering [lo, hi]. */
+/**
+ * "Nice" ticks (1, 2, 5 × 10^k) covering [lo, hi]. Each tick is k × step, not a running sum: a step
+ * below the values' float resolution (1e17 ± 16) left `v += step` at v forever.
+ */
 function valueTicks(lo: number, hi: number, target = 5): number[] {
   const span = hi - lo;
   const raw = span / target;
   const mag = 10 ** Math.floor(Math.log10(raw));
   const step = ([1, 2, 5, 10].map((m) => m * mag).find((s) => span / s <= target) ?? 10 * mag);
   const ticks: number[] = [];
-  for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) ticks.push(Math.abs(v) < step * 1e-9 ? 0 : v);
+  if (!(step > 0) || !Number.isFinite(step)) return ticks;
+  const first = Math.ceil(lo / step);
+  for (let k = first; k * step <= hi + step * 1e-9 && k - first <= 2 * target; k++) {
+    const v = k * step;
+    if (ticks.length > 0 && v === ticks[ticks.length - 1]) break;
+    ticks.push(Math.abs(v) < step * 1e-9 ? 0 : v);
+  }
   return ticks;
 }
 

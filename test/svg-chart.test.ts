@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { InvalidArgumentError } from '../common/errors.js';
-import { renderScatterSvg } from '../common/svg-chart.js';
+import { renderForecastSvg, renderScatterSvg } from '../common/svg-chart.js';
 
 describe('scatter chart', () => {
   it('draws each finite point once, in its series colour, and y = x on shared axes', () => {
@@ -31,5 +31,18 @@ describe('scatter chart', () => {
   it('says so when there is nothing to draw, and refuses a series whose x and y differ in length', () => {
     expect(renderScatterSvg({ title: 't', xLabel: 'x', yLabel: 'y', series: [{ name: 's', color: '#000', x: [], y: [] }] })).toContain('>no data</text>');
     expect(() => renderScatterSvg({ title: 't', xLabel: 'x', yLabel: 'y', series: [{ name: 's', color: '#000', x: [1, 2], y: [1] }] })).toThrow(InvalidArgumentError);
+  });
+});
+
+describe('value axis', () => {
+  it('ends with a handful of ticks when the values differ below their float resolution', () => {
+    // 1e17 and 1e17 + 16: a tick step of 5 is below the spacing of doubles there (16), so adding it
+    // to the tick left it where it was; the loop ran until the process died (invalid array size).
+    const t0 = Date.UTC(2026, 0, 1);
+    const svg = renderForecastSvg({ title: 'flat', history: { t: [t0, t0 + 60_000], v: [1e17, 1e17 + 16] } });
+    const ticks = svg.match(/<text x="58" [^>]*text-anchor="end"/g) ?? [];
+    expect(ticks.length).toBeGreaterThan(0);
+    expect(ticks.length).toBeLessThanOrEqual(11);
+    expect(renderScatterSvg({ title: 's', xLabel: 'x', yLabel: 'y', series: [{ name: 'a', color: '#000', x: [1e17, 1e17 + 16], y: [1, 2] }] })).toContain('class="point"');
   });
 });
