@@ -179,7 +179,12 @@ export function renderForecastSvg(input: ForecastChartInput): string {
   if (fc?.lower && fc.upper) {
     let run: number[] = [];
     const flush = (): void => {
-      if (run.length > 0) {
+      if (run.length === 1) {
+        // One step: the band has no width; an error bar shows it.
+        const k = run[0] as number;
+        const px = r(x(fc.t[k] as number));
+        parts.push(`<line class="interval" x1="${px}" x2="${px}" y1="${r(y(fc.upper?.[k] as number))}" y2="${r(y(fc.lower?.[k] as number))}" stroke="${COLORS.band}" stroke-opacity="0.5" stroke-width="6"/>`);
+      } else if (run.length > 1) {
         const upper = run.map((k) => `${r(x(fc.t[k] as number))},${r(y(fc.upper?.[k] as number))}`);
         const lower = [...run].reverse().map((k) => `${r(x(fc.t[k] as number))},${r(y(fc.lower?.[k] as number))}`);
         parts.push(`<polygon class="interval" points="${[...upper, ...lower].join(' ')}" fill="${COLORS.band}" fill-opacity="0.2" stroke="none"/>`);
@@ -194,18 +199,24 @@ export function renderForecastSvg(input: ForecastChartInput): string {
   }
   const line = (tsArr: readonly number[], vsArr: readonly number[], color: string, cls: string, dash?: string): void => {
     let d = '';
-    let pen = false;
+    // A point with no finite neighbour (the only one, or one between gaps) is a path of one
+    // moveto, which draws nothing: it gets a dot instead.
+    const dots: string[] = [];
+    let run: [number, number][] = [];
+    const flush = (): void => {
+      if (run.length === 1) dots.push(`<circle class="${cls}" cx="${r(x(run[0]?.[0] as number))}" cy="${r(y(run[0]?.[1] as number))}" r="2.5" fill="${color}"/>`);
+      else run.forEach(([t, v], k) => (d += `${k === 0 ? 'M' : 'L'}${r(x(t))},${r(y(v))}`));
+      run = [];
+    };
     for (let k = 0; k < tsArr.length; k++) {
       const t = tsArr[k];
       const v = vsArr[k];
-      if (!finite(t) || !finite(v)) {
-        pen = false;
-        continue;
-      }
-      d += `${pen ? 'L' : 'M'}${r(x(t))},${r(y(v))}`;
-      pen = true;
+      if (finite(t) && finite(v)) run.push([t, v]);
+      else flush();
     }
+    flush();
     if (d) parts.push(`<path class="${cls}" d="${d}" fill="none" stroke="${color}" stroke-width="1.5"${dash ? ` stroke-dasharray="${dash}"` : ''}/>`);
+    parts.push(...dots);
   };
   line(input.history.t, input.history.v, COLORS.history, 'history');
   if (fc) line(fc.t, fc.mean, COLORS.forecast, 'forecast', '5,3');

@@ -46,3 +46,24 @@ describe('value axis', () => {
     expect(renderScatterSvg({ title: 's', xLabel: 'x', yLabel: 'y', series: [{ name: 'a', color: '#000', x: [1e17, 1e17 + 16], y: [1, 2] }] })).toContain('class="point"');
   });
 });
+
+describe('forecast chart', () => {
+  const T0 = Date.UTC(2026, 0, 1);
+
+  it('shows a lone point: the only history point, one between gaps, a forecast of one step', () => {
+    // A path of one moveto draws nothing: one history point (an agent that reported once) or a
+    // one-step forecast left an empty plot under a legend naming them.
+    const one = renderForecastSvg({
+      title: 'one',
+      history: { t: [T0], v: [5] },
+      forecast: { t: [T0 + 60_000], mean: [6], lower: [4], upper: [8], coverage: 0.8 },
+    });
+    expect(one.match(/<circle class="history"/g)).toHaveLength(1);
+    expect(one.match(/<circle class="forecast"/g)).toHaveLength(1);
+    const bar = /<line class="interval" x1="([\d.]+)" x2="([\d.]+)" y1="([\d.]+)" y2="([\d.]+)"/.exec(one);
+    expect(Number(bar?.[4])).toBeGreaterThan(Number(bar?.[3]));
+    const gaps = renderForecastSvg({ title: 'gaps', history: { t: [T0, T0 + 1000, T0 + 2000, T0 + 3000, T0 + 4000], v: [1, 2, Number.NaN, 3, Number.NaN] } });
+    expect(gaps).toMatch(/<path class="history" d="M[\d.]+,[\d.]+L[\d.]+,[\d.]+"/);
+    expect(gaps.match(/<circle class="history"/g)).toHaveLength(1);
+  });
+});
