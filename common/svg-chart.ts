@@ -52,6 +52,20 @@ function trim(x: number): string {
 }
 
 /**
+ * A tick's label, with as many decimals as the tick step needs: formatValue's three significant
+ * digits gave 2.147G, 2.148G and 2.149G all as "2.15G".
+ */
+function tickLabel(v: number, step: number): string {
+  if (v === 0) return '0';
+  const abs = Math.abs(v);
+  const size = ([1e12, 1e9, 1e6, 1e3].find((s) => abs >= s) ?? 1);
+  const suffix = ({ 1e12: 'T', 1e9: 'G', 1e6: 'M', 1e3: 'k' } as Record<number, string>)[size] ?? '';
+  const decimals = Math.min(12, Math.max(0, Math.ceil(-Math.log10(step / size) - 1e-9)));
+  // Trailing zeros go (2.150G reads 2.15G): labels that differ still differ.
+  return `${Number((v / size).toFixed(decimals))}${suffix}`;
+}
+
+/**
  * "Nice" ticks (1, 2, 5 × 10^k) covering [lo, hi]. Each tick is k × step, not a running sum: a step
  * below the values' float resolution (1e17 ± 16) left `v += step` at v forever.
  */
@@ -69,6 +83,11 @@ function valueTicks(lo: number, hi: number, target = 5): number[] {
     ticks.push(Math.abs(v) < step * 1e-9 ? 0 : v);
   }
   return ticks;
+}
+
+/** The spacing of ticks (the whole span where there is one tick). */
+function tickStep(ticks: readonly number[], span: number): number {
+  return ticks.length > 1 ? (ticks[1] as number) - (ticks[0] as number) : span;
 }
 
 function pad2(n: number): string {
@@ -109,10 +128,11 @@ function finite(x: number | undefined): x is number {
 
 /** The value axis: a grid line and a label at each nice tick in [lo, hi]; `y` maps a value to pixels. */
 function valueAxis(parts: string[], lo: number, hi: number, y: (v: number) => number, plotW: number): void {
-  for (const v of valueTicks(lo, hi)) {
+  const ticks = valueTicks(lo, hi);
+  for (const v of ticks) {
     const py = y(v).toFixed(1);
     parts.push(`<line x1="${MARGIN.left}" x2="${MARGIN.left + plotW}" y1="${py}" y2="${py}" stroke="${COLORS.grid}"/>`);
-    parts.push(`<text x="${MARGIN.left - 6}" y="${(y(v) + 4).toFixed(1)}" text-anchor="end" fill="${COLORS.text}">${escapeXml(formatValue(v))}</text>`);
+    parts.push(`<text x="${MARGIN.left - 6}" y="${(y(v) + 4).toFixed(1)}" text-anchor="end" fill="${COLORS.text}">${escapeXml(tickLabel(v, tickStep(ticks, hi - lo)))}</text>`);
   }
 }
 
@@ -289,9 +309,10 @@ export function renderScatterSvg(input: ScatterChartInput): string {
   const y = (v: number): number => MARGIN.top + (1 - (v - y0) / (y1 - y0)) * plotH;
   const r = (n: number): string => n.toFixed(1);
   valueAxis(parts, y0, y1, y, plotW);
-  for (const v of valueTicks(x0, x1, 8)) {
+  const xTicks = valueTicks(x0, x1, 8);
+  for (const v of xTicks) {
     parts.push(`<line x1="${r(x(v))}" x2="${r(x(v))}" y1="${MARGIN.top}" y2="${MARGIN.top + plotH}" stroke="${COLORS.grid}"/>`);
-    parts.push(`<text x="${r(x(v))}" y="${MARGIN.top + plotH + 16}" text-anchor="middle" fill="${COLORS.text}">${escapeXml(formatValue(v))}</text>`);
+    parts.push(`<text x="${r(x(v))}" y="${MARGIN.top + plotH + 16}" text-anchor="middle" fill="${COLORS.text}">${escapeXml(tickLabel(v, tickStep(xTicks, x1 - x0)))}</text>`);
   }
   parts.push(`<rect x="${MARGIN.left}" y="${MARGIN.top}" width="${plotW}" height="${plotH}" fill="none" stroke="${COLORS.axis}"/>`);
   parts.push(`<text x="${MARGIN.left + plotW / 2}" y="${height - 8}" text-anchor="middle" fill="${COLORS.text}">${escapeXml(input.xLabel)}</text>`);

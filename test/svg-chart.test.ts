@@ -67,3 +67,21 @@ describe('forecast chart', () => {
     expect(gaps.match(/<circle class="history"/g)).toHaveLength(1);
   });
 });
+
+describe('tick labels', () => {
+  it('differ where the ticks differ: memory moving by a few MB around 2.15 GB', () => {
+    // Three significant digits labelled every tick between 2.147G and 2.151G "2.15G".
+    const T0 = Date.UTC(2026, 0, 1);
+    const t = Array.from({ length: 30 }, (_, i) => T0 + i * 10_000);
+    const svg = renderForecastSvg({ title: 'memory', history: { t, v: t.map((_, i) => 2_147_000_000 + (i % 5) * 1_000_000) } });
+    const labels = [...svg.matchAll(/<text x="58" [^>]*text-anchor="end"[^>]*>([^<]*)</g)].map((m) => m[1]);
+    expect(labels.length).toBeGreaterThan(2);
+    expect(new Set(labels).size).toBe(labels.length);
+    expect(labels).toContain('2.15G');
+    expect(labels).toContain('2.149G');
+    const scatter = renderScatterSvg({ title: 's', xLabel: 'x', yLabel: 'y', series: [{ name: 'a', color: '#000', x: [1000.1, 1000.2, 1000.3], y: [0, 500, 1000] }] });
+    const xs = [...scatter.matchAll(/text-anchor="middle" fill="#222222">([^<]*)</g)].map((m) => m[1]).filter((s) => /^[\d.]+k?$/.test(s as string));
+    expect(new Set(xs).size).toBe(xs.length);
+    expect(scatter).toContain('>500<');
+  });
+});
