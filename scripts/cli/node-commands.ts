@@ -213,6 +213,30 @@ export function formatMetricValue(metric: string, value: number): string {
 }
 
 /**
+ * The value axis of a metric's chart, named with its unit: bytes (and bytes/s) in the binary unit
+ * of the largest value, as the text output reads them (the chart's decimal "2.1G" read
+ * "2.0 GiB" there), divided by `divisor`; percent and ms named.
+ */
+export function metricAxis(metric: string, values: readonly number[]): { divisor: number; label: string } {
+  const unit = metricUnit(metric);
+  if (unit === 'bytes' || unit === 'bytes/s') {
+    let max = 0;
+    for (const v of values) if (Number.isFinite(v)) max = Math.max(max, Math.abs(v));
+    const names = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+    let i = 0;
+    // 1000, not 1024: 1010 MiB is 0.99 GiB, where "1.01k MiB" would be the tick.
+    while (max >= 1000 && i < names.length - 1) {
+      max /= 1024;
+      i++;
+    }
+    return { divisor: 1024 ** i, label: `${metric} (${names[i] as string}${unit === 'bytes/s' ? '/s' : ''})` };
+  }
+  if (unit === 'percent') return { divisor: 1, label: `${metric} (%)` };
+  if (unit === 'ms') return { divisor: 1, label: `${metric} (ms)` };
+  return { divisor: 1, label: metric };
+}
+
+/**
  * The start of a history range, ns: a start before the epoch (`--since 100000d`, meaning all of
  * it) is the epoch's first nanosecond; 0 would mean "the default hour" to GetHistory.
  */
@@ -338,11 +362,13 @@ reading name such as cpu.core.0.load or gpu.0.util.`,
             { signal: io.signal },
           );
           const ms = (ns: string): number => Number(BigInt(ns) / 1_000_000n);
+          const axis = metricAxis(res.metric, [...hist.points.map((p) => p.value), ...res.points.map((p) => p.upper)]);
+          const scaled = (v: number): number => v / axis.divisor;
           const chart = renderForecastSvg({
             title: `${nodeId} ${res.metric}: ${res.method}`,
-            yLabel: res.metric,
-            history: { t: hist.points.map((p) => ms(p.timeNs)), v: hist.points.map((p) => p.value) },
-            forecast: { t: res.points.map((p) => ms(p.timeNs)), mean: res.points.map((p) => p.mean), lower: res.points.map((p) => p.lower), upper: res.points.map((p) => p.upper), coverage: res.coverage },
+            yLabel: axis.label,
+            history: { t: hist.points.map((p) => ms(p.timeNs)), v: hist.points.map((p) => scaled(p.value)) },
+            forecast: { t: res.points.map((p) => ms(p.timeNs)), mean: res.points.map((p) => scaled(p.mean)), lower: res.points.map((p) => scaled(p.lower)), upper: res.points.map((p) => scaled(p.upper)), coverage: res.coverage },
           });
           try {
             writeFileSync(plot, chart);
