@@ -126,6 +126,20 @@ function finite(x: number | undefined): x is number {
   return typeof x === 'number' && Number.isFinite(x);
 }
 
+/** Pixels a character of the 11 px sans-serif labels takes, at most (digits and colons less). */
+const CHAR_W = 6.5;
+
+/**
+ * A label under the x axis, centred on its tick, but ending there (or starting there) where
+ * centring would cut it at the image's edge: a tick at the right end of the plot ("00:02:00")
+ * showed as "00:02:0".
+ */
+function xTickText(px: number, py: number, label: string, width: number): string {
+  const half = (label.length * CHAR_W) / 2;
+  const anchor = px + half > width ? 'end' : px - half < 0 ? 'start' : 'middle';
+  return `<text x="${px.toFixed(1)}" y="${py}" text-anchor="${anchor}" fill="${COLORS.text}">${escapeXml(label)}</text>`;
+}
+
 /** The value axis: a grid line and a label at each nice tick in [lo, hi]; `y` maps a value to pixels. */
 function valueAxis(parts: string[], lo: number, hi: number, y: (v: number) => number, plotW: number): void {
   const ticks = valueTicks(lo, hi);
@@ -187,7 +201,7 @@ export function renderForecastSvg(input: ForecastChartInput): string {
   const shift = offset * 60_000;
   for (let t = Math.ceil((t0 + shift) / step) * step - shift; t <= t1; t += step) {
     parts.push(`<line x1="${r(x(t))}" x2="${r(x(t))}" y1="${MARGIN.top}" y2="${MARGIN.top + plotH}" stroke="${COLORS.grid}"/>`);
-    parts.push(`<text x="${r(x(t))}" y="${MARGIN.top + plotH + 16}" text-anchor="middle" fill="${COLORS.text}">${escapeXml(timeLabel(t, step, span, offset))}</text>`);
+    parts.push(xTickText(x(t), MARGIN.top + plotH + 16, timeLabel(t, step, span, offset), width));
   }
   parts.push(`<rect x="${MARGIN.left}" y="${MARGIN.top}" width="${plotW}" height="${plotH}" fill="none" stroke="${COLORS.axis}"/>`);
   parts.push(`<text x="${MARGIN.left + plotW / 2}" y="${height - 8}" text-anchor="middle" fill="${COLORS.text}">time (${offset === 0 ? 'UTC' : `UTC${offset > 0 ? '+' : '-'}${pad2(Math.floor(Math.abs(offset) / 60))}:${pad2(Math.abs(offset) % 60)}`})</text>`);
@@ -312,7 +326,7 @@ export function renderScatterSvg(input: ScatterChartInput): string {
   const xTicks = valueTicks(x0, x1, 8);
   for (const v of xTicks) {
     parts.push(`<line x1="${r(x(v))}" x2="${r(x(v))}" y1="${MARGIN.top}" y2="${MARGIN.top + plotH}" stroke="${COLORS.grid}"/>`);
-    parts.push(`<text x="${r(x(v))}" y="${MARGIN.top + plotH + 16}" text-anchor="middle" fill="${COLORS.text}">${escapeXml(tickLabel(v, tickStep(xTicks, x1 - x0)))}</text>`);
+    parts.push(xTickText(x(v), MARGIN.top + plotH + 16, tickLabel(v, tickStep(xTicks, x1 - x0)), width));
   }
   parts.push(`<rect x="${MARGIN.left}" y="${MARGIN.top}" width="${plotW}" height="${plotH}" fill="none" stroke="${COLORS.axis}"/>`);
   parts.push(`<text x="${MARGIN.left + plotW / 2}" y="${height - 8}" text-anchor="middle" fill="${COLORS.text}">${escapeXml(input.xLabel)}</text>`);

@@ -85,3 +85,25 @@ describe('tick labels', () => {
     expect(scatter).toContain('>500<');
   });
 });
+
+describe('x-axis labels', () => {
+  it('stay inside the image at the plot\'s right end', () => {
+    // Centred on a tick at the right edge of the plot, "00:02:00" ran 8 pixels past the image.
+    const T0 = Date.UTC(2026, 0, 1);
+    const labels = (svg: string): { x: number; anchor: string; text: string }[] =>
+      [...svg.matchAll(/<text x="([\d.]+)" y="332" text-anchor="(\w+)" fill="#222222">([^<]*)</g)].map((m) => ({ x: Number(m[1]), anchor: m[2] as string, text: m[3] as string }));
+    const chart = renderForecastSvg({ title: 'two minutes', history: { t: [T0, T0 + 60_000, T0 + 120_000], v: [1, 2, 3] } });
+    const scatter = renderScatterSvg({ title: 's', xLabel: 'x', yLabel: 'y', series: [{ name: 'a', color: '#000', x: [0.001, 12345.678], y: [1, 2] }] });
+    for (const svg of [chart, scatter]) {
+      const ls = labels(svg);
+      expect(ls.length).toBeGreaterThan(2);
+      for (const l of ls) {
+        const w = l.text.length * 6.5;
+        const [left, right] = l.anchor === 'end' ? [l.x - w, l.x] : l.anchor === 'start' ? [l.x, l.x + w] : [l.x - w / 2, l.x + w / 2];
+        expect(left, l.text).toBeGreaterThanOrEqual(0);
+        expect(right, l.text).toBeLessThanOrEqual(800);
+      }
+    }
+    expect(labels(chart).at(-1)).toMatchObject({ text: '00:02:00', anchor: 'end' });
+  });
+});
