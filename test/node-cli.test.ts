@@ -91,7 +91,7 @@ describe('retrace agent / nodes / forecast against a real coordinator', () => {
     expect(['MiB', 'GiB', 'TiB']).toContain(unit);
     const memSvg = readFileSync(memPlot, 'utf8');
     expect(memSvg).toContain(`>memory.used (${unit as string})</text>`);
-    const ticks = [...memSvg.matchAll(/text-anchor="end"[^>]*>([^<]*)</g)].map((x) => x[1] as string);
+    const ticks = [...memSvg.matchAll(/<text x="58" [^>]*text-anchor="end"[^>]*>([^<]*)</g)].map((x) => x[1] as string);
     expect(ticks.length).toBeGreaterThan(1);
     for (const tick of ticks) expect(tick).toMatch(/^-?[\d.]+$/);
     const bad = await retrace(['forecast', nodeId, '--metric', 'cpu', '--horizon', '-2h', ...conn()]);

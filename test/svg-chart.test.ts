@@ -21,11 +21,11 @@ describe('scatter chart', () => {
     expect(svg).toContain('>matched (3)</text>');
     // Shared axes: the diagonal runs corner to corner of the plot.
     const d = /<line class="diagonal" x1="([\d.]+)" y1="([\d.]+)" x2="([\d.]+)" y2="([\d.]+)"/.exec(svg);
-    expect(d?.slice(1).map(Number)).toEqual([64, 316, 784, 40]);
+    expect(d?.slice(1).map(Number)).toEqual([64, 316, 784, 48]);
     // The point (300, 900) sits above the diagonal: a lower y on screen than y = x at x = 300.
     const late = /<circle class="point" cx="([\d.]+)" cy="([\d.]+)" r="3" fill="#d62728"/.exec(svg);
     const [cx, cy] = [Number(late?.[1]), Number(late?.[2])];
-    expect(cy).toBeLessThan(316 - ((cx - 64) / 720) * 276);
+    expect(cy).toBeLessThan(316 - ((cx - 64) / 720) * 268);
   });
 
   it('says so when there is nothing to draw, and refuses a series whose x and y differ in length', () => {
@@ -105,5 +105,34 @@ describe('x-axis labels', () => {
       }
     }
     expect(labels(chart).at(-1)).toMatchObject({ text: '00:02:00', anchor: 'end' });
+  });
+});
+
+describe('legend', () => {
+  it('wraps onto more rows instead of running past the image, each series named once', () => {
+    // Fourteen steps in a replay's CPU chart: one row ran off the right edge after the third.
+    const series = Array.from({ length: 14 }, (_, i) => ({ name: `enrich-currency-step-${i}`, color: '#1f77b4', x: [i], y: [i] }));
+    const svg = renderScatterSvg({ title: 'cpu', xLabel: 'x', yLabel: 'y', diagonal: true, series });
+    const texts = [...svg.matchAll(/<text x="([\d.]+)" y="([\d.]+)" fill="#222222">([^<]*)</g)].map((m) => ({ x: Number(m[1]), y: Number(m[2]), text: m[3] as string }));
+    for (let i = 0; i < 14; i++) {
+      const t = texts.find((l) => l.text === `enrich-currency-step-${i} (1)`);
+      expect(t, `step ${i}`).toBeDefined();
+      expect((t?.x ?? 0) + (t?.text.length ?? 0) * 6.5).toBeLessThanOrEqual(800);
+    }
+    expect(new Set(texts.map((t) => t.y)).size).toBeGreaterThan(1);
+    // Above the plot, not over its points: every legend row ends above the plot's frame.
+    const frame = /<rect x="64" y="([\d.]+)" width="720" height="([\d.]+)" fill="none"/.exec(svg);
+    const legendYs = texts.filter((t) => t.text.startsWith('enrich-currency-step-')).map((t) => t.y);
+    expect(Math.max(...legendYs)).toBeLessThan(Number(frame?.[1]));
+    for (const c of svg.matchAll(/<circle class="point" cx="[\d.]+" cy="([\d.]+)"/g)) expect(Number(c[1])).toBeGreaterThanOrEqual(Number(frame?.[1]));
+    // A hundred series leave the plot room: the legend stops, saying how many it leaves out.
+    const hundred = renderScatterSvg({ title: 'cpu', xLabel: 'x', yLabel: 'y', series: Array.from({ length: 100 }, (_, i) => ({ ...series[0], name: `step-${i}` })) as typeof series });
+    const h = /<rect x="64" y="([\d.]+)" width="720" height="([\d.]+)" fill="none"/.exec(hundred);
+    expect(Number(h?.[2])).toBeGreaterThanOrEqual(100);
+    expect(hundred).toMatch(/>… \d+ more</);
+    // A name longer than the plot is cut, not drawn past the edge.
+    const long = renderScatterSvg({ title: 'cpu', xLabel: 'x', yLabel: 'y', series: [{ name: 's'.repeat(300), color: '#000', x: [1], y: [1] }] });
+    const l = /<text x="([\d.]+)" y="36" fill="#222222">(s+…)</.exec(long);
+    expect(Number(l?.[1]) + (l?.[2]?.length ?? 999) * 6.5).toBeLessThanOrEqual(800);
   });
 });
