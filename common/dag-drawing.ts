@@ -134,6 +134,9 @@ export function dagToSvg(d: DagDrawing): string {
   const width = Math.max(graphWidth, 2 * LEFT + Math.ceil(d.title.length * 7));
   const out: string[] = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="Helvetica, Arial, sans-serif" font-size="11">`,
+    // Opaque white, as the charts are: transparent, it showed black text on black in image
+    // viewers and dark-mode pages.
+    `<rect x="0" y="0" width="${width}" height="${height}" fill="#ffffff"/>`,
     '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#888888" /></marker></defs>',
     `<text x="${LEFT}" y="24" font-size="13">${escapeXml(d.title)}</text>`,
   ];

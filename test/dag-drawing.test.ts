@@ -78,3 +78,13 @@ describe('DAG drawings of big closures', () => {
     expect(pos.get(`s${n - 1}`)?.x).toBe(290);
   });
 });
+
+describe('DAG drawing background', () => {
+  it('is opaque white under everything, as the charts are', () => {
+    // Transparent, the black labels and title were unreadable on a dark page or image viewer.
+    const svg = dagToSvg({ title: 't', nodes: [node('a', 'start'), node('b')], edges: [{ from: 'a', to: 'b' }] });
+    const size = /<svg [^>]*width="(\d+)" height="(\d+)"/.exec(svg);
+    const first = svg.split('\n')[1];
+    expect(first).toBe(`<rect x="0" y="0" width="${size?.[1]}" height="${size?.[2]}" fill="#ffffff"/>`);
+  });
+});
