@@ -123,8 +123,16 @@ export function dagLayout(d: DagDrawing): DagLayout {
   return { layers, pos, edges, width: 2 * LEFT + layers.length * (W + GAP_X) - GAP_X, height: TOP + rows * (H + GAP_Y) + 10 };
 }
 
+/** Characters a cut line keeps from its start; the rest of the room goes to its end. */
+const HEAD = 11;
+
+/**
+ * A line cut to fit its box, in the middle: what tells nodes apart is mostly at the end (the key of
+ * record:orders/raw:o17, the task number of fertilizer_increase_cycles_ID0000003), and a cut end
+ * drew a column of identical "fertilizer_increase_cycles_ID0…" boxes.
+ */
 function cut(text: string): string {
-  return text.length <= CHARS ? text : `${text.slice(0, CHARS - 1)}…`;
+  return text.length <= CHARS ? text : `${text.slice(0, HEAD)}…${text.slice(text.length - (CHARS - 1 - HEAD))}`;
 }
 
 /** The drawing as a standalone SVG document. */
