@@ -67,6 +67,15 @@ describe('retrace agent / nodes / forecast against a real coordinator', () => {
     const hist = await retrace(['nodes', 'history', nodeId, '--metric', 'cpu', '--since', '1m', ...conn()]);
     expect(hist.code).toBe(0);
     expect(hist.out).toMatch(new RegExp(`^# ${nodeId} cpu\\.load \\(\\d+ points\\)`));
+    // The history alone, charted: a line over time in the metric's unit.
+    const histPlot = join(outDir, 'history.svg');
+    const h = await retrace(['nodes', 'history', nodeId, '--metric', 'memory', '--since', '1m', '--plot', histPlot, ...conn()]);
+    expect(h.code).toBe(0);
+    expect(h.out).toContain(`plot written to ${histPlot}`);
+    const histSvg = readFileSync(histPlot, 'utf8');
+    expect(histSvg).toMatch(/class="history"[^>]* d="M[\d.]+,[\d.]+L/);
+    expect(histSvg).toMatch(/>memory\.used \((MiB|GiB|TiB)\)<\/text>/);
+    expect(histSvg).toContain('>time (UTC)</text>');
     const plot = join(outDir, 'cpu.svg');
     const f = await retrace(['forecast', nodeId, '--metric', 'cpu', '--horizon', '2s', '--step', '200ms', '--plot', plot, ...conn()]);
     expect(f.err).toBe('');

@@ -297,9 +297,10 @@ agent token the node id is bound to ("" while unbound; never the token itself).`
   {
     path: ['nodes', 'history'],
     summary: 'stored samples of one metric of a node',
-    usage: `retrace nodes history ID --metric cpu [--since 1h] [--step 1m] [--json] ${CONNECT_FLAGS}
+    usage: `retrace nodes history ID --metric cpu [--since 1h] [--step 1m] [--plot out.svg] [--json] ${CONNECT_FLAGS}
 Metrics: cpu, memory, swap, gpu, disk, disk-read, disk-write, rx, tx, rtt, bandwidth, or a
-reading name such as cpu.core.0.load or gpu.0.util.`,
+reading name such as cpu.core.0.load or gpu.0.util.
+--plot FILE charts the samples over time (SVG, UTC, the metric's unit on the value axis).`,
     async run(args, io) {
       const nodeId = oneId(args);
       const metric = requiredFlag(args, 'metric');
@@ -318,11 +319,25 @@ reading name such as cpu.core.0.load or gpu.0.util.`,
           },
           { signal: io.signal },
         );
+        // An hour of 2 s reports is 1,800 lines of table; the chart shows its shape at a glance.
+        const plot = flag(args, 'plot');
+        if (plot !== undefined) {
+          const axis = metricAxis(res.metric, res.points.map((p) => p.value));
+          writeFileSync(
+            plot,
+            renderForecastSvg({
+              title: `${res.nodeId} ${res.metric}`,
+              yLabel: axis.label,
+              history: { t: res.points.map((p) => Number(BigInt(p.timeNs) / 1_000_000n)), v: res.points.map((p) => p.value / axis.divisor) },
+            }),
+          );
+        }
         if (hasFlag(args, 'json')) {
           io.stdout.write(`${JSON.stringify(responseJson(NodeServiceDefinition, 'getHistory', res))}\n`);
         } else {
           io.stdout.write(`# ${res.nodeId} ${res.metric} (${res.points.length} points)\n`);
           for (const p of res.points) io.stdout.write(`${nanosToIso(p.timeNs)}  ${formatMetricValue(res.metric, p.value)}\n`);
+          if (plot !== undefined) io.stdout.write(`plot written to ${plot}\n`);
         }
         return 0;
       } finally {
