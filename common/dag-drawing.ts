@@ -123,8 +123,16 @@ export function dagLayout(d: DagDrawing): DagLayout {
   return { layers, pos, edges, width: 2 * LEFT + layers.length * (W + GAP_X) - GAP_X, height: TOP + rows * (H + GAP_Y) + 10 };
 }
 
+/** Characters a cut line keeps from its start; the rest of the room goes to its end. */
+const HEAD = 11;
+
+/**
+ * A line cut to fit its box, in the middle: what tells nodes apart is mostly at the end (the key of
+ * record:orders/raw:o17, the task number of fertilizer_increase_cycles_ID0000003), and a cut end
+ * drew a column of identical "fertilizer_increase_cycles_ID0…" boxes.
+ */
 function cut(text: string): string {
-  return text.length <= CHARS ? text : `${text.slice(0, CHARS - 1)}…`;
+  return text.length <= CHARS ? text : `${text.slice(0, HEAD)}…${text.slice(text.length - (CHARS - 1 - HEAD))}`;
 }
 
 /** The drawing as a standalone SVG document. */
@@ -134,6 +142,9 @@ export function dagToSvg(d: DagDrawing): string {
   const width = Math.max(graphWidth, 2 * LEFT + Math.ceil(d.title.length * 7));
   const out: string[] = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="Helvetica, Arial, sans-serif" font-size="11">`,
+    // Opaque white, as the charts are: transparent, it showed black text on black in image
+    // viewers and dark-mode pages.
+    `<rect x="0" y="0" width="${width}" height="${height}" fill="#ffffff"/>`,
     '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#888888" /></marker></defs>',
     `<text x="${LEFT}" y="24" font-size="13">${escapeXml(d.title)}</text>`,
   ];

@@ -51,15 +51,43 @@ function trim(x: number): string {
   return String(Number(x.toPrecision(3)));
 }
 
-/** "Nice" ticks (1, 2, 5 × 10^k) covering [lo, hi]. */
+/**
+ * A tick's label, with as many decimals as the tick step needs: formatValue's three significant
+ * digits gave 2.147G, 2.148G and 2.149G all as "2.15G".
+ */
+function tickLabel(v: number, step: number): string {
+  if (v === 0) return '0';
+  const abs = Math.abs(v);
+  const size = ([1e12, 1e9, 1e6, 1e3].find((s) => abs >= s) ?? 1);
+  const suffix = ({ 1e12: 'T', 1e9: 'G', 1e6: 'M', 1e3: 'k' } as Record<number, string>)[size] ?? '';
+  const decimals = Math.min(12, Math.max(0, Math.ceil(-Math.log10(step / size) - 1e-9)));
+  // Trailing zeros go (2.150G reads 2.15G): labels that differ still differ.
+  return `${Number((v / size).toFixed(decimals))}${suffix}`;
+}
+
+/**
+ * "Nice" ticks (1, 2, 5 × 10^k) covering [lo, hi]. Each tick is k × step, not a running sum: a step
+ * below the values' float resolution (1e17 ± 16) left `v += step` at v forever.
+ */
 function valueTicks(lo: number, hi: number, target = 5): number[] {
   const span = hi - lo;
   const raw = span / target;
   const mag = 10 ** Math.floor(Math.log10(raw));
   const step = ([1, 2, 5, 10].map((m) => m * mag).find((s) => span / s <= target) ?? 10 * mag);
   const ticks: number[] = [];
-  for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) ticks.push(Math.abs(v) < step * 1e-9 ? 0 : v);
+  if (!(step > 0) || !Number.isFinite(step)) return ticks;
+  const first = Math.ceil(lo / step);
+  for (let k = first; k * step <= hi + step * 1e-9 && k - first <= 2 * target; k++) {
+    const v = k * step;
+    if (ticks.length > 0 && v === ticks[ticks.length - 1]) break;
+    ticks.push(Math.abs(v) < step * 1e-9 ? 0 : v);
+  }
   return ticks;
+}
+
+/** The spacing of ticks (the whole span where there is one tick). */
+function tickStep(ticks: readonly number[], span: number): number {
+  return ticks.length > 1 ? (ticks[1] as number) - (ticks[0] as number) : span;
 }
 
 function pad2(n: number): string {
@@ -98,12 +126,90 @@ function finite(x: number | undefined): x is number {
   return typeof x === 'number' && Number.isFinite(x);
 }
 
+/** Pixels a character of the 11 px sans-serif labels takes, at most (digits and colons less). */
+const CHAR_W = 6.5;
+
+/**
+ * A label under the x axis, centred on its tick, but ending there (or starting there) where
+ * centring would cut it at the image's edge: a tick at the right end of the plot ("00:02:00")
+ * showed as "00:02:0".
+ */
+function xTickText(px: number, py: number, label: string, width: number): string {
+  const half = (label.length * CHAR_W) / 2;
+  const anchor = px + half > width ? 'end' : px - half < 0 ? 'start' : 'middle';
+  return `<text x="${px.toFixed(1)}" y="${py}" text-anchor="${anchor}" fill="${COLORS.text}">${escapeXml(label)}</text>`;
+}
+
+interface LegendItem {
+  label: string;
+  color: string;
+  kind: 'line' | 'band' | 'dot';
+}
+
+type LegendRows = { x: number; label: string; item: LegendItem }[][];
+
+/**
+ * The legend's rows, between the title and the plot: items go on in a row and wrap to the next
+ * where the plot ends (one row ran past the image's edge, cutting off the series after the third
+ * or fourth, and drawn inside the plot it covered the data), and a label longer than the plot is
+ * cut with an ellipsis.
+ */
+function legendRows(items: readonly LegendItem[], width: number, height: number): LegendRows {
+  const left = MARGIN.left + 8;
+  const right = width - MARGIN.right - 8;
+  const maxChars = Math.max(4, Math.floor((right - left - 22) / CHAR_W));
+  const rows: LegendRows = [];
+  let lx = left;
+  for (const item of items) {
+    const label = item.label.length <= maxChars ? item.label : `${item.label.slice(0, maxChars - 1)}…`;
+    const w = 22 + label.length * CHAR_W;
+    if (rows.length === 0 || (lx + w > right && (rows.at(-1)?.length ?? 0) > 0)) {
+      rows.push([]);
+      lx = left;
+    }
+    rows.at(-1)?.push({ x: lx, label, item });
+    lx += w + 8;
+  }
+  // At most as many rows as leave the plot 100 pixels; the last says how many it leaves out.
+  const most = Math.max(1, Math.floor((height - MARGIN.top - MARGIN.bottom - 8 - 100) / 16) + 1);
+  if (rows.length > most) {
+    const shown = rows.slice(0, most);
+    const last = shown[most - 1] as LegendRows[number];
+    const hidden = items.length - shown.reduce((n, row) => n + row.length, 0) + 1;
+    last.splice(last.length - 1, 1, { x: (last.at(-1) as LegendRows[number][number]).x, label: `… ${hidden} more`, item: { label: '', color: '#ffffff', kind: 'line' } });
+    return shown;
+  }
+  return rows;
+}
+
+/** The plot's top edge: below the title and the legend's rows. */
+function plotTop(rows: LegendRows): number {
+  return rows.length === 0 ? MARGIN.top : MARGIN.top + 8 + 16 * (rows.length - 1);
+}
+
+function drawLegend(parts: string[], rows: LegendRows): void {
+  rows.forEach((row, r) => {
+    const cy = 32 + r * 16;
+    for (const { x, label, item } of row) {
+      parts.push(
+        item.kind === 'line'
+          ? `<line x1="${x}" x2="${x + 18}" y1="${cy}" y2="${cy}" stroke="${item.color}" stroke-width="2"/>`
+          : item.kind === 'band'
+            ? `<rect x="${x}" y="${cy - 6}" width="18" height="12" fill="${item.color}" fill-opacity="0.2"/>`
+            : `<circle cx="${x + 9}" cy="${cy}" r="4" fill="${item.color}"/>`,
+      );
+      parts.push(`<text x="${(x + 22).toFixed(1)}" y="${cy + 4}" fill="${COLORS.text}">${escapeXml(label)}</text>`);
+    }
+  });
+}
+
 /** The value axis: a grid line and a label at each nice tick in [lo, hi]; `y` maps a value to pixels. */
 function valueAxis(parts: string[], lo: number, hi: number, y: (v: number) => number, plotW: number): void {
-  for (const v of valueTicks(lo, hi)) {
+  const ticks = valueTicks(lo, hi);
+  for (const v of ticks) {
     const py = y(v).toFixed(1);
     parts.push(`<line x1="${MARGIN.left}" x2="${MARGIN.left + plotW}" y1="${py}" y2="${py}" stroke="${COLORS.grid}"/>`);
-    parts.push(`<text x="${MARGIN.left - 6}" y="${(y(v) + 4).toFixed(1)}" text-anchor="end" fill="${COLORS.text}">${escapeXml(formatValue(v))}</text>`);
+    parts.push(`<text x="${MARGIN.left - 6}" y="${(y(v) + 4).toFixed(1)}" text-anchor="end" fill="${COLORS.text}">${escapeXml(tickLabel(v, tickStep(ticks, hi - lo)))}</text>`);
   }
 }
 
@@ -128,8 +234,13 @@ export function renderForecastSvg(input: ForecastChartInput): string {
 
   const ts: number[] = [...input.history.t, ...(fc?.t ?? [])].filter(finite);
   const vs: number[] = [...input.history.v, ...(fc?.mean ?? []), ...(fc?.lower ?? []), ...(fc?.upper ?? [])].filter(finite);
+  const items: LegendItem[] = [{ label: 'history', color: COLORS.history, kind: 'line' }];
+  if (fc) items.push({ label: 'forecast', color: COLORS.forecast, kind: 'line' });
+  if (fc?.lower && fc.upper) items.push({ label: fc.coverage !== undefined ? `${Math.round(fc.coverage * 100)}% interval` : 'interval', color: COLORS.band, kind: 'band' });
+  const rows = legendRows(items, width, height);
+  const top = plotTop(rows);
   const plotW = width - MARGIN.left - MARGIN.right;
-  const plotH = height - MARGIN.top - MARGIN.bottom;
+  const plotH = height - top - MARGIN.bottom;
   const parts: string[] = [];
   parts.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="11">`);
   parts.push(`<rect x="0" y="0" width="${width}" height="${height}" fill="#ffffff"/>`);
@@ -148,7 +259,7 @@ export function renderForecastSvg(input: ForecastChartInput): string {
   }
   const [lo, hi] = paddedRange(extent(vs));
   const x = (t: number): number => MARGIN.left + ((t - t0) / (t1 - t0)) * plotW;
-  const y = (v: number): number => MARGIN.top + (1 - (v - lo) / (hi - lo)) * plotH;
+  const y = (v: number): number => top + (1 - (v - lo) / (hi - lo)) * plotH;
   const r = (n: number): string => n.toFixed(1);
 
   valueAxis(parts, lo, hi, y, plotW);
@@ -157,20 +268,25 @@ export function renderForecastSvg(input: ForecastChartInput): string {
   const step = TIME_STEPS_MS.find((s) => span / s <= 8) ?? Math.ceil(span / 8 / 86_400_000) * 86_400_000;
   const shift = offset * 60_000;
   for (let t = Math.ceil((t0 + shift) / step) * step - shift; t <= t1; t += step) {
-    parts.push(`<line x1="${r(x(t))}" x2="${r(x(t))}" y1="${MARGIN.top}" y2="${MARGIN.top + plotH}" stroke="${COLORS.grid}"/>`);
-    parts.push(`<text x="${r(x(t))}" y="${MARGIN.top + plotH + 16}" text-anchor="middle" fill="${COLORS.text}">${escapeXml(timeLabel(t, step, span, offset))}</text>`);
+    parts.push(`<line x1="${r(x(t))}" x2="${r(x(t))}" y1="${top}" y2="${top + plotH}" stroke="${COLORS.grid}"/>`);
+    parts.push(xTickText(x(t), top + plotH + 16, timeLabel(t, step, span, offset), width));
   }
-  parts.push(`<rect x="${MARGIN.left}" y="${MARGIN.top}" width="${plotW}" height="${plotH}" fill="none" stroke="${COLORS.axis}"/>`);
+  parts.push(`<rect x="${MARGIN.left}" y="${top}" width="${plotW}" height="${plotH}" fill="none" stroke="${COLORS.axis}"/>`);
   parts.push(`<text x="${MARGIN.left + plotW / 2}" y="${height - 8}" text-anchor="middle" fill="${COLORS.text}">time (${offset === 0 ? 'UTC' : `UTC${offset > 0 ? '+' : '-'}${pad2(Math.floor(Math.abs(offset) / 60))}:${pad2(Math.abs(offset) % 60)}`})</text>`);
   if (input.yLabel) {
-    parts.push(`<text x="14" y="${MARGIN.top + plotH / 2}" text-anchor="middle" transform="rotate(-90 14 ${MARGIN.top + plotH / 2})" fill="${COLORS.text}">${escapeXml(input.yLabel)}</text>`);
+    parts.push(`<text x="14" y="${top + plotH / 2}" text-anchor="middle" transform="rotate(-90 14 ${top + plotH / 2})" fill="${COLORS.text}">${escapeXml(input.yLabel)}</text>`);
   }
 
   // Interval band: one polygon per run of steps where both bounds are finite.
   if (fc?.lower && fc.upper) {
     let run: number[] = [];
     const flush = (): void => {
-      if (run.length > 0) {
+      if (run.length === 1) {
+        // One step: the band has no width; an error bar shows it.
+        const k = run[0] as number;
+        const px = r(x(fc.t[k] as number));
+        parts.push(`<line class="interval" x1="${px}" x2="${px}" y1="${r(y(fc.upper?.[k] as number))}" y2="${r(y(fc.lower?.[k] as number))}" stroke="${COLORS.band}" stroke-opacity="0.5" stroke-width="6"/>`);
+      } else if (run.length > 1) {
         const upper = run.map((k) => `${r(x(fc.t[k] as number))},${r(y(fc.upper?.[k] as number))}`);
         const lower = [...run].reverse().map((k) => `${r(x(fc.t[k] as number))},${r(y(fc.lower?.[k] as number))}`);
         parts.push(`<polygon class="interval" points="${[...upper, ...lower].join(' ')}" fill="${COLORS.band}" fill-opacity="0.2" stroke="none"/>`);
@@ -185,36 +301,29 @@ export function renderForecastSvg(input: ForecastChartInput): string {
   }
   const line = (tsArr: readonly number[], vsArr: readonly number[], color: string, cls: string, dash?: string): void => {
     let d = '';
-    let pen = false;
+    // A point with no finite neighbour (the only one, or one between gaps) is a path of one
+    // moveto, which draws nothing: it gets a dot instead.
+    const dots: string[] = [];
+    let run: [number, number][] = [];
+    const flush = (): void => {
+      if (run.length === 1) dots.push(`<circle class="${cls}" cx="${r(x(run[0]?.[0] as number))}" cy="${r(y(run[0]?.[1] as number))}" r="2.5" fill="${color}"/>`);
+      else run.forEach(([t, v], k) => (d += `${k === 0 ? 'M' : 'L'}${r(x(t))},${r(y(v))}`));
+      run = [];
+    };
     for (let k = 0; k < tsArr.length; k++) {
       const t = tsArr[k];
       const v = vsArr[k];
-      if (!finite(t) || !finite(v)) {
-        pen = false;
-        continue;
-      }
-      d += `${pen ? 'L' : 'M'}${r(x(t))},${r(y(v))}`;
-      pen = true;
+      if (finite(t) && finite(v)) run.push([t, v]);
+      else flush();
     }
+    flush();
     if (d) parts.push(`<path class="${cls}" d="${d}" fill="none" stroke="${color}" stroke-width="1.5"${dash ? ` stroke-dasharray="${dash}"` : ''}/>`);
+    parts.push(...dots);
   };
   line(input.history.t, input.history.v, COLORS.history, 'history');
   if (fc) line(fc.t, fc.mean, COLORS.forecast, 'forecast', '5,3');
 
-  // Legend.
-  const legend: [string, string, string][] = [['history', COLORS.history, 'line']];
-  if (fc) legend.push(['forecast', COLORS.forecast, 'line']);
-  if (fc?.lower && fc.upper) legend.push([fc.coverage !== undefined ? `${Math.round(fc.coverage * 100)}% interval` : 'interval', COLORS.band, 'band']);
-  let lx = MARGIN.left + 8;
-  for (const [label, color, kind] of legend) {
-    parts.push(
-      kind === 'line'
-        ? `<line x1="${lx}" x2="${lx + 18}" y1="${MARGIN.top + 12}" y2="${MARGIN.top + 12}" stroke="${color}" stroke-width="2"/>`
-        : `<rect x="${lx}" y="${MARGIN.top + 6}" width="18" height="12" fill="${color}" fill-opacity="0.2"/>`,
-    );
-    parts.push(`<text x="${lx + 22}" y="${MARGIN.top + 16}" fill="${COLORS.text}">${escapeXml(label)}</text>`);
-    lx += 30 + label.length * 6.5;
-  }
+  drawLegend(parts, rows);
   parts.push('</svg>');
   return parts.join('\n');
 }
@@ -247,8 +356,10 @@ export function renderScatterSvg(input: ScatterChartInput): string {
   const points = input.series.map((s) => s.x.flatMap((x, k) => (finite(x) && finite(s.y[k]) ? [[x, s.y[k] as number] as const] : [])));
   const xs = points.flatMap((p) => p.map(([x]) => x));
   const ys = points.flatMap((p) => p.map(([, y]) => y));
+  const rows = legendRows(input.series.map((s, i) => ({ label: `${s.name} (${points[i]?.length ?? 0})`, color: s.color, kind: 'dot' })), width, height);
+  const top = plotTop(rows);
   const plotW = width - MARGIN.left - MARGIN.right;
-  const plotH = height - MARGIN.top - MARGIN.bottom;
+  const plotH = height - top - MARGIN.bottom;
   const parts: string[] = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="11">`,
     `<rect x="0" y="0" width="${width}" height="${height}" fill="#ffffff"/>`,
@@ -266,26 +377,22 @@ export function renderScatterSvg(input: ScatterChartInput): string {
     x1 = y1 = Math.max(x1, y1);
   }
   const x = (v: number): number => MARGIN.left + ((v - x0) / (x1 - x0)) * plotW;
-  const y = (v: number): number => MARGIN.top + (1 - (v - y0) / (y1 - y0)) * plotH;
+  const y = (v: number): number => top + (1 - (v - y0) / (y1 - y0)) * plotH;
   const r = (n: number): string => n.toFixed(1);
   valueAxis(parts, y0, y1, y, plotW);
-  for (const v of valueTicks(x0, x1, 8)) {
-    parts.push(`<line x1="${r(x(v))}" x2="${r(x(v))}" y1="${MARGIN.top}" y2="${MARGIN.top + plotH}" stroke="${COLORS.grid}"/>`);
-    parts.push(`<text x="${r(x(v))}" y="${MARGIN.top + plotH + 16}" text-anchor="middle" fill="${COLORS.text}">${escapeXml(formatValue(v))}</text>`);
+  const xTicks = valueTicks(x0, x1, 8);
+  for (const v of xTicks) {
+    parts.push(`<line x1="${r(x(v))}" x2="${r(x(v))}" y1="${top}" y2="${top + plotH}" stroke="${COLORS.grid}"/>`);
+    parts.push(xTickText(x(v), top + plotH + 16, tickLabel(v, tickStep(xTicks, x1 - x0)), width));
   }
-  parts.push(`<rect x="${MARGIN.left}" y="${MARGIN.top}" width="${plotW}" height="${plotH}" fill="none" stroke="${COLORS.axis}"/>`);
+  parts.push(`<rect x="${MARGIN.left}" y="${top}" width="${plotW}" height="${plotH}" fill="none" stroke="${COLORS.axis}"/>`);
   parts.push(`<text x="${MARGIN.left + plotW / 2}" y="${height - 8}" text-anchor="middle" fill="${COLORS.text}">${escapeXml(input.xLabel)}</text>`);
-  parts.push(`<text x="14" y="${MARGIN.top + plotH / 2}" text-anchor="middle" transform="rotate(-90 14 ${MARGIN.top + plotH / 2})" fill="${COLORS.text}">${escapeXml(input.yLabel)}</text>`);
+  parts.push(`<text x="14" y="${top + plotH / 2}" text-anchor="middle" transform="rotate(-90 14 ${top + plotH / 2})" fill="${COLORS.text}">${escapeXml(input.yLabel)}</text>`);
   if (input.diagonal) parts.push(`<line class="diagonal" x1="${r(x(x0))}" y1="${r(y(x0))}" x2="${r(x(x1))}" y2="${r(y(x1))}" stroke="${COLORS.axis}" stroke-dasharray="4,3"/>`);
   input.series.forEach((s, i) => {
     for (const [px, py] of points[i] ?? []) parts.push(`<circle class="point" cx="${r(x(px))}" cy="${r(y(py))}" r="3" fill="${s.color}" fill-opacity="0.75"/>`);
   });
-  let lx = MARGIN.left + 8;
-  input.series.forEach((s, i) => {
-    const label = `${s.name} (${points[i]?.length ?? 0})`;
-    parts.push(`<circle cx="${lx + 5}" cy="${MARGIN.top + 12}" r="4" fill="${s.color}"/>`, `<text x="${lx + 14}" y="${MARGIN.top + 16}" fill="${COLORS.text}">${escapeXml(label)}</text>`);
-    lx += 26 + label.length * 6.5;
-  });
+  drawLegend(parts, rows);
   parts.push('</svg>');
   return parts.join('\n');
 }

@@ -67,6 +67,15 @@ describe('retrace agent / nodes / forecast against a real coordinator', () => {
     const hist = await retrace(['nodes', 'history', nodeId, '--metric', 'cpu', '--since', '1m', ...conn()]);
     expect(hist.code).toBe(0);
     expect(hist.out).toMatch(new RegExp(`^# ${nodeId} cpu\\.load \\(\\d+ points\\)`));
+    // The history alone, charted: a line over time in the metric's unit.
+    const histPlot = join(outDir, 'history.svg');
+    const h = await retrace(['nodes', 'history', nodeId, '--metric', 'memory', '--since', '1m', '--plot', histPlot, ...conn()]);
+    expect(h.code).toBe(0);
+    expect(h.out).toContain(`plot written to ${histPlot}`);
+    const histSvg = readFileSync(histPlot, 'utf8');
+    expect(histSvg).toMatch(/class="history"[^>]* d="M[\d.]+,[\d.]+L/);
+    expect(histSvg).toMatch(/>memory\.used \((MiB|GiB|TiB)\)<\/text>/);
+    expect(histSvg).toContain('>time (UTC)</text>');
     const plot = join(outDir, 'cpu.svg');
     const f = await retrace(['forecast', nodeId, '--metric', 'cpu', '--horizon', '2s', '--step', '200ms', '--plot', plot, ...conn()]);
     expect(f.err).toBe('');
@@ -81,6 +90,19 @@ describe('retrace agent / nodes / forecast against a real coordinator', () => {
     expect(svg).toContain('class="interval"');
     expect(svg).toMatch(/\d+% interval/);
     expect(svg).not.toContain('NaN');
+    expect(svg).toContain('>cpu.load (%)</text>');
+    // Memory in the binary unit the text prints (GiB or MiB), named on the axis; decimal ticks
+    // ("2.1G") read 2.0 GiB in the text, and the axis named no unit.
+    const memPlot = join(outDir, 'memory.svg');
+    const m = await retrace(['forecast', nodeId, '--metric', 'memory', '--horizon', '2s', '--step', '200ms', '--plot', memPlot, ...conn()]);
+    expect(m.code).toBe(0);
+    const unit = /fitted on[^\n]*\n\S+\s+[\d.]+ (\w+)/.exec(m.out)?.[1];
+    expect(['MiB', 'GiB', 'TiB']).toContain(unit);
+    const memSvg = readFileSync(memPlot, 'utf8');
+    expect(memSvg).toContain(`>memory.used (${unit as string})</text>`);
+    const ticks = [...memSvg.matchAll(/<text x="58" [^>]*text-anchor="end"[^>]*>([^<]*)</g)].map((x) => x[1] as string);
+    expect(ticks.length).toBeGreaterThan(1);
+    for (const tick of ticks) expect(tick).toMatch(/^-?[\d.]+$/);
     const bad = await retrace(['forecast', nodeId, '--metric', 'cpu', '--horizon', '-2h', ...conn()]);
     expect(bad.code).toBe(2);
     const unknown = await retrace(['nodes', 'history', 'no-such-node', '--metric', 'cpu', ...conn()]);

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { InvalidArgumentError } from '../common/errors.js';
-import { renderScatterSvg } from '../common/svg-chart.js';
+import { renderForecastSvg, renderScatterSvg } from '../common/svg-chart.js';
 
 describe('scatter chart', () => {
   it('draws each finite point once, in its series colour, and y = x on shared axes', () => {
@@ -21,15 +21,118 @@ describe('scatter chart', () => {
     expect(svg).toContain('>matched (3)</text>');
     // Shared axes: the diagonal runs corner to corner of the plot.
     const d = /<line class="diagonal" x1="([\d.]+)" y1="([\d.]+)" x2="([\d.]+)" y2="([\d.]+)"/.exec(svg);
-    expect(d?.slice(1).map(Number)).toEqual([64, 316, 784, 40]);
+    expect(d?.slice(1).map(Number)).toEqual([64, 316, 784, 48]);
     // The point (300, 900) sits above the diagonal: a lower y on screen than y = x at x = 300.
     const late = /<circle class="point" cx="([\d.]+)" cy="([\d.]+)" r="3" fill="#d62728"/.exec(svg);
     const [cx, cy] = [Number(late?.[1]), Number(late?.[2])];
-    expect(cy).toBeLessThan(316 - ((cx - 64) / 720) * 276);
+    expect(cy).toBeLessThan(316 - ((cx - 64) / 720) * 268);
   });
 
   it('says so when there is nothing to draw, and refuses a series whose x and y differ in length', () => {
     expect(renderScatterSvg({ title: 't', xLabel: 'x', yLabel: 'y', series: [{ name: 's', color: '#000', x: [], y: [] }] })).toContain('>no data</text>');
     expect(() => renderScatterSvg({ title: 't', xLabel: 'x', yLabel: 'y', series: [{ name: 's', color: '#000', x: [1, 2], y: [1] }] })).toThrow(InvalidArgumentError);
+  });
+});
+
+describe('value axis', () => {
+  it('ends with a handful of ticks when the values differ below their float resolution', () => {
+    // 1e17 and 1e17 + 16: a tick step of 5 is below the spacing of doubles there (16), so adding it
+    // to the tick left it where it was; the loop ran until the process died (invalid array size).
+    const t0 = Date.UTC(2026, 0, 1);
+    const svg = renderForecastSvg({ title: 'flat', history: { t: [t0, t0 + 60_000], v: [1e17, 1e17 + 16] } });
+    const ticks = svg.match(/<text x="58" [^>]*text-anchor="end"/g) ?? [];
+    expect(ticks.length).toBeGreaterThan(0);
+    expect(ticks.length).toBeLessThanOrEqual(11);
+    expect(renderScatterSvg({ title: 's', xLabel: 'x', yLabel: 'y', series: [{ name: 'a', color: '#000', x: [1e17, 1e17 + 16], y: [1, 2] }] })).toContain('class="point"');
+  });
+});
+
+describe('forecast chart', () => {
+  const T0 = Date.UTC(2026, 0, 1);
+
+  it('shows a lone point: the only history point, one between gaps, a forecast of one step', () => {
+    // A path of one moveto draws nothing: one history point (an agent that reported once) or a
+    // one-step forecast left an empty plot under a legend naming them.
+    const one = renderForecastSvg({
+      title: 'one',
+      history: { t: [T0], v: [5] },
+      forecast: { t: [T0 + 60_000], mean: [6], lower: [4], upper: [8], coverage: 0.8 },
+    });
+    expect(one.match(/<circle class="history"/g)).toHaveLength(1);
+    expect(one.match(/<circle class="forecast"/g)).toHaveLength(1);
+    const bar = /<line class="interval" x1="([\d.]+)" x2="([\d.]+)" y1="([\d.]+)" y2="([\d.]+)"/.exec(one);
+    expect(Number(bar?.[4])).toBeGreaterThan(Number(bar?.[3]));
+    const gaps = renderForecastSvg({ title: 'gaps', history: { t: [T0, T0 + 1000, T0 + 2000, T0 + 3000, T0 + 4000], v: [1, 2, Number.NaN, 3, Number.NaN] } });
+    expect(gaps).toMatch(/<path class="history" d="M[\d.]+,[\d.]+L[\d.]+,[\d.]+"/);
+    expect(gaps.match(/<circle class="history"/g)).toHaveLength(1);
+  });
+});
+
+describe('tick labels', () => {
+  it('differ where the ticks differ: memory moving by a few MB around 2.15 GB', () => {
+    // Three significant digits labelled every tick between 2.147G and 2.151G "2.15G".
+    const T0 = Date.UTC(2026, 0, 1);
+    const t = Array.from({ length: 30 }, (_, i) => T0 + i * 10_000);
+    const svg = renderForecastSvg({ title: 'memory', history: { t, v: t.map((_, i) => 2_147_000_000 + (i % 5) * 1_000_000) } });
+    const labels = [...svg.matchAll(/<text x="58" [^>]*text-anchor="end"[^>]*>([^<]*)</g)].map((m) => m[1]);
+    expect(labels.length).toBeGreaterThan(2);
+    expect(new Set(labels).size).toBe(labels.length);
+    expect(labels).toContain('2.15G');
+    expect(labels).toContain('2.149G');
+    const scatter = renderScatterSvg({ title: 's', xLabel: 'x', yLabel: 'y', series: [{ name: 'a', color: '#000', x: [1000.1, 1000.2, 1000.3], y: [0, 500, 1000] }] });
+    const xs = [...scatter.matchAll(/text-anchor="middle" fill="#222222">([^<]*)</g)].map((m) => m[1]).filter((s) => /^[\d.]+k?$/.test(s as string));
+    expect(new Set(xs).size).toBe(xs.length);
+    expect(scatter).toContain('>500<');
+  });
+});
+
+describe('x-axis labels', () => {
+  it('stay inside the image at the plot\'s right end', () => {
+    // Centred on a tick at the right edge of the plot, "00:02:00" ran 8 pixels past the image.
+    const T0 = Date.UTC(2026, 0, 1);
+    const labels = (svg: string): { x: number; anchor: string; text: string }[] =>
+      [...svg.matchAll(/<text x="([\d.]+)" y="332" text-anchor="(\w+)" fill="#222222">([^<]*)</g)].map((m) => ({ x: Number(m[1]), anchor: m[2] as string, text: m[3] as string }));
+    const chart = renderForecastSvg({ title: 'two minutes', history: { t: [T0, T0 + 60_000, T0 + 120_000], v: [1, 2, 3] } });
+    const scatter = renderScatterSvg({ title: 's', xLabel: 'x', yLabel: 'y', series: [{ name: 'a', color: '#000', x: [0.001, 12345.678], y: [1, 2] }] });
+    for (const svg of [chart, scatter]) {
+      const ls = labels(svg);
+      expect(ls.length).toBeGreaterThan(2);
+      for (const l of ls) {
+        const w = l.text.length * 6.5;
+        const [left, right] = l.anchor === 'end' ? [l.x - w, l.x] : l.anchor === 'start' ? [l.x, l.x + w] : [l.x - w / 2, l.x + w / 2];
+        expect(left, l.text).toBeGreaterThanOrEqual(0);
+        expect(right, l.text).toBeLessThanOrEqual(800);
+      }
+    }
+    expect(labels(chart).at(-1)).toMatchObject({ text: '00:02:00', anchor: 'end' });
+  });
+});
+
+describe('legend', () => {
+  it('wraps onto more rows instead of running past the image, each series named once', () => {
+    // Fourteen steps in a replay's CPU chart: one row ran off the right edge after the third.
+    const series = Array.from({ length: 14 }, (_, i) => ({ name: `enrich-currency-step-${i}`, color: '#1f77b4', x: [i], y: [i] }));
+    const svg = renderScatterSvg({ title: 'cpu', xLabel: 'x', yLabel: 'y', diagonal: true, series });
+    const texts = [...svg.matchAll(/<text x="([\d.]+)" y="([\d.]+)" fill="#222222">([^<]*)</g)].map((m) => ({ x: Number(m[1]), y: Number(m[2]), text: m[3] as string }));
+    for (let i = 0; i < 14; i++) {
+      const t = texts.find((l) => l.text === `enrich-currency-step-${i} (1)`);
+      expect(t, `step ${i}`).toBeDefined();
+      expect((t?.x ?? 0) + (t?.text.length ?? 0) * 6.5).toBeLessThanOrEqual(800);
+    }
+    expect(new Set(texts.map((t) => t.y)).size).toBeGreaterThan(1);
+    // Above the plot, not over its points: every legend row ends above the plot's frame.
+    const frame = /<rect x="64" y="([\d.]+)" width="720" height="([\d.]+)" fill="none"/.exec(svg);
+    const legendYs = texts.filter((t) => t.text.startsWith('enrich-currency-step-')).map((t) => t.y);
+    expect(Math.max(...legendYs)).toBeLessThan(Number(frame?.[1]));
+    for (const c of svg.matchAll(/<circle class="point" cx="[\d.]+" cy="([\d.]+)"/g)) expect(Number(c[1])).toBeGreaterThanOrEqual(Number(frame?.[1]));
+    // A hundred series leave the plot room: the legend stops, saying how many it leaves out.
+    const hundred = renderScatterSvg({ title: 'cpu', xLabel: 'x', yLabel: 'y', series: Array.from({ length: 100 }, (_, i) => ({ ...series[0], name: `step-${i}` })) as typeof series });
+    const h = /<rect x="64" y="([\d.]+)" width="720" height="([\d.]+)" fill="none"/.exec(hundred);
+    expect(Number(h?.[2])).toBeGreaterThanOrEqual(100);
+    expect(hundred).toMatch(/>… \d+ more</);
+    // A name longer than the plot is cut, not drawn past the edge.
+    const long = renderScatterSvg({ title: 'cpu', xLabel: 'x', yLabel: 'y', series: [{ name: 's'.repeat(300), color: '#000', x: [1], y: [1] }] });
+    const l = /<text x="([\d.]+)" y="36" fill="#222222">(s+…)</.exec(long);
+    expect(Number(l?.[1]) + (l?.[2]?.length ?? 999) * 6.5).toBeLessThanOrEqual(800);
   });
 });

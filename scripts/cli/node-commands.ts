@@ -213,6 +213,30 @@ export function formatMetricValue(metric: string, value: number): string {
 }
 
 /**
+ * The value axis of a metric's chart, named with its unit: bytes (and bytes/s) in the binary unit
+ * of the largest value, as the text output reads them (the chart's decimal "2.1G" read
+ * "2.0 GiB" there), divided by `divisor`; percent and ms named.
+ */
+export function metricAxis(metric: string, values: readonly number[]): { divisor: number; label: string } {
+  const unit = metricUnit(metric);
+  if (unit === 'bytes' || unit === 'bytes/s') {
+    let max = 0;
+    for (const v of values) if (Number.isFinite(v)) max = Math.max(max, Math.abs(v));
+    const names = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+    let i = 0;
+    // 1000, not 1024: 1010 MiB is 0.99 GiB, where "1.01k MiB" would be the tick.
+    while (max >= 1000 && i < names.length - 1) {
+      max /= 1024;
+      i++;
+    }
+    return { divisor: 1024 ** i, label: `${metric} (${names[i] as string}${unit === 'bytes/s' ? '/s' : ''})` };
+  }
+  if (unit === 'percent') return { divisor: 1, label: `${metric} (%)` };
+  if (unit === 'ms') return { divisor: 1, label: `${metric} (ms)` };
+  return { divisor: 1, label: metric };
+}
+
+/**
  * The start of a history range, ns: a start before the epoch (`--since 100000d`, meaning all of
  * it) is the epoch's first nanosecond; 0 would mean "the default hour" to GetHistory.
  */
@@ -273,9 +297,10 @@ agent token the node id is bound to ("" while unbound; never the token itself).`
   {
     path: ['nodes', 'history'],
     summary: 'stored samples of one metric of a node',
-    usage: `retrace nodes history ID --metric cpu [--since 1h] [--step 1m] [--json] ${CONNECT_FLAGS}
+    usage: `retrace nodes history ID --metric cpu [--since 1h] [--step 1m] [--plot out.svg] [--json] ${CONNECT_FLAGS}
 Metrics: cpu, memory, swap, gpu, disk, disk-read, disk-write, rx, tx, rtt, bandwidth, or a
-reading name such as cpu.core.0.load or gpu.0.util.`,
+reading name such as cpu.core.0.load or gpu.0.util.
+--plot FILE charts the samples over time (SVG, UTC, the metric's unit on the value axis).`,
     async run(args, io) {
       const nodeId = oneId(args);
       const metric = requiredFlag(args, 'metric');
@@ -294,11 +319,25 @@ reading name such as cpu.core.0.load or gpu.0.util.`,
           },
           { signal: io.signal },
         );
+        // An hour of 2 s reports is 1,800 lines of table; the chart shows its shape at a glance.
+        const plot = flag(args, 'plot');
+        if (plot !== undefined) {
+          const axis = metricAxis(res.metric, res.points.map((p) => p.value));
+          writeFileSync(
+            plot,
+            renderForecastSvg({
+              title: `${res.nodeId} ${res.metric}`,
+              yLabel: axis.label,
+              history: { t: res.points.map((p) => Number(BigInt(p.timeNs) / 1_000_000n)), v: res.points.map((p) => p.value / axis.divisor) },
+            }),
+          );
+        }
         if (hasFlag(args, 'json')) {
           io.stdout.write(`${JSON.stringify(responseJson(NodeServiceDefinition, 'getHistory', res))}\n`);
         } else {
           io.stdout.write(`# ${res.nodeId} ${res.metric} (${res.points.length} points)\n`);
           for (const p of res.points) io.stdout.write(`${nanosToIso(p.timeNs)}  ${formatMetricValue(res.metric, p.value)}\n`);
+          if (plot !== undefined) io.stdout.write(`plot written to ${plot}\n`);
         }
         return 0;
       } finally {
@@ -338,11 +377,13 @@ reading name such as cpu.core.0.load or gpu.0.util.`,
             { signal: io.signal },
           );
           const ms = (ns: string): number => Number(BigInt(ns) / 1_000_000n);
+          const axis = metricAxis(res.metric, [...hist.points.map((p) => p.value), ...res.points.map((p) => p.upper)]);
+          const scaled = (v: number): number => v / axis.divisor;
           const chart = renderForecastSvg({
             title: `${nodeId} ${res.metric}: ${res.method}`,
-            yLabel: res.metric,
-            history: { t: hist.points.map((p) => ms(p.timeNs)), v: hist.points.map((p) => p.value) },
-            forecast: { t: res.points.map((p) => ms(p.timeNs)), mean: res.points.map((p) => p.mean), lower: res.points.map((p) => p.lower), upper: res.points.map((p) => p.upper), coverage: res.coverage },
+            yLabel: axis.label,
+            history: { t: hist.points.map((p) => ms(p.timeNs)), v: hist.points.map((p) => scaled(p.value)) },
+            forecast: { t: res.points.map((p) => ms(p.timeNs)), mean: res.points.map((p) => scaled(p.mean)), lower: res.points.map((p) => scaled(p.lower)), upper: res.points.map((p) => scaled(p.upper)), coverage: res.coverage },
           });
           try {
             writeFileSync(plot, chart);
