@@ -4,7 +4,10 @@ import { parseNodeKey } from '../../common/lineage-keys.js';
 /** Renders rows as an aligned text table with a header; cells are stringified. */
 export function renderTable(headers: readonly string[], rows: readonly (readonly unknown[])[]): string {
   const cells = rows.map((r) => r.map((c) => (c === undefined || c === null ? '' : String(c))));
-  const widths = headers.map((h, i) => Math.max(h.length, ...cells.map((r) => (r[i] ?? '').length)));
+  // A loop, not Math.max(...cells): past about 120,000 rows (`jobs show` of a recompute over
+  // 150,000 records) the spread overflowed the call stack and the command printed only an error.
+  const widths = headers.map((h) => h.length);
+  for (const r of cells) for (let i = 0; i < widths.length; i++) widths[i] = Math.max(widths[i] as number, (r[i] ?? '').length);
   const line = (r: readonly string[]): string => r.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd();
   return [line(headers), line(widths.map((w) => '-'.repeat(w))), ...cells.map(line)].join('\n') + '\n';
 }
