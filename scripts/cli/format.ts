@@ -67,3 +67,38 @@ export function progressBar(done: number, total: number, width = 30, label = '')
   const filled = Math.round(frac * width);
   return `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${Math.round(frac * 100)}% ${label}`.trimEnd();
 }
+
+/** Rows a long table prints by default (`--limit`, 0 for all), as `lineage trace` does. */
+export const DEFAULT_TABLE_LIMIT = 1000;
+
+/**
+ * At most `limit` of `rows` (0: all), for a table that grows with the data (a replay's steps, a
+ * job's tasks): the rows `notable` marks (failures, mismatches) are kept first, the rest fill
+ * what is left, and the rows come out in their order. `footer` says what was left out and how to
+ * see it ('' when nothing was), e.g. `1000 of 30000 steps shown (all 2 not matched among them;
+ * --limit N, 0 for all)`: 30,000 rows flooded the terminal, and a failed row among them was easy to miss.
+ */
+export function limitRows<T>(rows: readonly T[], limit: number, notable: (row: T) => boolean, words: { noun: string; notable: string; how: string }): { rows: T[]; footer: string } {
+  if (limit === 0 || rows.length <= limit) return { rows: [...rows], footer: '' };
+  const keep = new Uint8Array(rows.length);
+  let kept = 0;
+  let notableCount = 0;
+  rows.forEach((r, i) => {
+    if (!notable(r)) return;
+    notableCount++;
+    if (kept < limit) {
+      keep[i] = 1;
+      kept++;
+    }
+  });
+  for (let i = 0; i < rows.length && kept < limit; i++) {
+    if (keep[i] === 0) {
+      keep[i] = 1;
+      kept++;
+    }
+  }
+  const shown = rows.filter((_, i) => keep[i] === 1);
+  const hidden = notableCount - Math.min(notableCount, limit);
+  const which = notableCount === 0 ? '' : hidden > 0 ? `${limit} of ${notableCount} ${words.notable} among them; ` : `all ${notableCount} ${words.notable} among them; `;
+  return { rows: shown, footer: `${shown.length} of ${rows.length} ${words.noun} shown (${which}${words.how})\n` };
+}
