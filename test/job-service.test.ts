@@ -189,6 +189,13 @@ describe('JobService and retrace jobs', () => {
     expect(shown.out).toMatch(/after\s+UPSTREAM_FAILED/);
     // The cancelled task never ran: the bar reads 3 of 4 tasks done (75%), not 100%.
     expect(shown.out).toContain('] 75% CANCELLED 3/4 tasks, 1 failed, 1 upstream failed, 1 cancelled');
+    // --limit keeps the tasks that did not succeed first and says what it left out (a recompute of
+    // 20,000 records printed 20,000 rows).
+    const limited = await cli('jobs', 'show', jobId, '--limit', '2');
+    expect(limited.out).toMatch(/flaky\s+FAILED/);
+    expect(limited.out).toMatch(/after\s+UPSTREAM_FAILED/);
+    expect(limited.out).not.toMatch(/^ok\s/m);
+    expect(limited.out.endsWith('2 of 4 tasks shown (2 of 3 not succeeded among them; --limit N, 0 for all)\n')).toBe(true);
     const listed = await cli('jobs', '--kind', 'test');
     expect(listed.out).toMatch(new RegExp(`${jobId}\\s+test\\s+CANCELLED\\s+\\[#{15}\\.{5}\\] 75%\\s+1/4 ok, 1 failed, 1 upstream failed, 1 cancelled`));
     // A listing cut by --limit says there are more, and how to see them.

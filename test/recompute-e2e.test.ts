@@ -377,6 +377,8 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
     expect((await cli(['changes', ...conn])).out).toContain(changeId);
     const table = await cli(['impact', changeId, ...conn]);
     expect(table.out).toMatch(/3 steps, 3 objects/);
+    const limited = await cli(['impact', changeId, '--limit', '1', ...conn]);
+    expect(limited.out.endsWith('1 of 3 steps shown (--limit N, 0 for all)\n')).toBe(true);
     const svgFile = join(tc.dir, 'impact.svg');
     const dot = await cli(['impact', changeId, '--dot', '--svg', svgFile, ...conn]);
     expect(dot.out).toMatch(/^digraph "impact" \{/);

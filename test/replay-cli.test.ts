@@ -147,6 +147,21 @@ describe('retrace replay start: every flag reaches the replay', () => {
     expect(rows.map((l) => /record:orders\/raw:(\w)/.exec(l)?.[1])).toEqual(['a', 'a', 'b', 'b', 'c', 'c', 'd', 'd']);
   });
 
+  it('report --limit N lists N steps and says how many it left out (a 10,000-record replay printed 30,000 rows)', async () => {
+    const { report } = await replay(['--run', runId]);
+    expect(report.summary).toMatchObject({ records: 4, steps: 8, matched: 8 });
+    const limited = await cli('replay', 'report', report.replayId, '--limit', '3');
+    expect(limited.code).toBe(0);
+    const rows = limited.out.split('\n').filter((l) => /^record:orders\/raw:\w\s/.test(l));
+    expect(rows.map((l) => /record:orders\/raw:(\w)\s+(\w+)/.exec(l)?.slice(1).join(' '))).toEqual(['a shout', 'a tagged', 'b shout']);
+    expect(limited.out.endsWith('3 of 8 steps shown (--limit N, 0 for all)\n')).toBe(true);
+    // 0 lists all, and a report within the limit has no such line.
+    const all = await cli('replay', 'report', report.replayId, '--limit', '0');
+    expect(all.out.split('\n').filter((l) => /^record:orders\/raw:\w\s/.test(l))).toHaveLength(8);
+    expect(all.out).not.toContain('shown (');
+    expect((await cli('replay', 'report', report.replayId, '--limit', '-1')).code).toBe(2);
+  });
+
   it('--fault corrupt: the altered bytes reach the node as they are (never by reference), which refuses them', async () => {
     const before = calls.length;
     const asIsBefore = sentAsIs.length;

@@ -164,6 +164,19 @@ describe('retrace publish / CodeService against a real coordinator', () => {
     expect(new Set([...page1.versions, ...page2.versions].map((v) => v.codeVersion))).toEqual(new Set(bundles.map((b) => contentHashOf(b))));
   });
 
+  it('code show fetches a bundle past grpc-js\'s default 4 MiB message limit', async () => {
+    // A bundle may be 32 MiB; the CLI's channel took 4 MiB at most, so `code show` of a
+    // 5 MiB bundle (a transform with a lookup table) failed: "Received message larger than max".
+    const client = coord.client(CodeServiceDefinition);
+    const bundle = Buffer.alloc(5 * 1024 * 1024, 'a');
+    const { code } = await client.publishCode({ bundle, manifest: { transform: 'big-table', sourceFile: 'big.ts', bundler: 'test' } });
+    const out = join(dir, 'big.mjs');
+    const shown = await retrace('code show', [code?.codeVersion ?? '', '--out', out, ...connect]);
+    expect(shown.err).toBe('');
+    expect(shown.code).toBe(0);
+    expect(contentHashOf(readFileSync(out))).toBe(code?.codeVersion);
+  });
+
   it('rejects bad input with the status and field', async () => {
     const client = coord.client(CodeServiceDefinition);
     const manifest = { transform: 'x', sourceFile: 'x.ts', bundler: 'test' };

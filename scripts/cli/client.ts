@@ -83,6 +83,14 @@ export function resolveTlsCa(args: ParsedArgs, options: { env?: NodeJS.ProcessEn
   return pem;
 }
 
+/**
+ * Largest response a CLI call takes: the coordinator's own send limit (its MAX_MESSAGE_BYTES,
+ * 64 MiB). grpc-js's default of 4 MiB refused the report of a 10,000-record replay (30,000
+ * steps, 16 MB) with "Received message larger than max" after the replay had run, and
+ * `code show` of a 5 MiB bundle (32 MiB are allowed) the same way.
+ */
+export const CLIENT_MAX_RECEIVE_BYTES = 64 * 1024 * 1024;
+
 /** A connected client; `close()` releases the channel. */
 export interface CliClient<S extends CompatServiceDefinition> {
   client: Client<S>;
@@ -104,7 +112,9 @@ export function openClient<S extends CompatServiceDefinition>(definition: S, arg
   const ca = resolveTlsCa(args, options);
   const metadata = Metadata();
   if (token) metadata.set('authorization', `Bearer ${token}`);
-  const channel = createChannel(address, ca ? ChannelCredentials.createSsl(ca) : ChannelCredentials.createInsecure());
+  const channel = createChannel(address, ca ? ChannelCredentials.createSsl(ca) : ChannelCredentials.createInsecure(), {
+    'grpc.max_receive_message_length': CLIENT_MAX_RECEIVE_BYTES,
+  });
   const client = createClientFactory()
     .use(errorMiddleware({ address, tls: ca !== undefined }))
     .use(retryMiddleware)

@@ -4,7 +4,10 @@ import { parseNodeKey } from '../../common/lineage-keys.js';
 /** Renders rows as an aligned text table with a header; cells are stringified. */
 export function renderTable(headers: readonly string[], rows: readonly (readonly unknown[])[]): string {
   const cells = rows.map((r) => r.map((c) => (c === undefined || c === null ? '' : String(c))));
-  const widths = headers.map((h, i) => Math.max(h.length, ...cells.map((r) => (r[i] ?? '').length)));
+  // A loop, not Math.max(...cells): past about 120,000 rows (`jobs show` of a recompute over
+  // 150,000 records) the spread overflowed the call stack and the command printed only an error.
+  const widths = headers.map((h) => h.length);
+  for (const r of cells) for (let i = 0; i < widths.length; i++) widths[i] = Math.max(widths[i] as number, (r[i] ?? '').length);
   const line = (r: readonly string[]): string => r.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd();
   return [line(headers), line(widths.map((w) => '-'.repeat(w))), ...cells.map(line)].join('\n') + '\n';
 }
@@ -63,4 +66,39 @@ export function progressBar(done: number, total: number, width = 30, label = '')
   const frac = total <= 0 ? 1 : Math.min(1, done / total);
   const filled = Math.round(frac * width);
   return `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${Math.round(frac * 100)}% ${label}`.trimEnd();
+}
+
+/** Rows a long table prints by default (`--limit`, 0 for all), as `lineage trace` does. */
+export const DEFAULT_TABLE_LIMIT = 1000;
+
+/**
+ * At most `limit` of `rows` (0: all), for a table that grows with the data (a replay's steps, a
+ * job's tasks): the rows `notable` marks (failures, mismatches) are kept first, the rest fill
+ * what is left, and the rows come out in their order. `footer` says what was left out and how to
+ * see it ('' when nothing was), e.g. `1000 of 30000 steps shown (all 2 not matched among them;
+ * --limit N, 0 for all)`: 30,000 rows flooded the terminal, and a failed row among them was easy to miss.
+ */
+export function limitRows<T>(rows: readonly T[], limit: number, notable: (row: T) => boolean, words: { noun: string; notable: string; how: string }): { rows: T[]; footer: string } {
+  if (limit === 0 || rows.length <= limit) return { rows: [...rows], footer: '' };
+  const keep = new Uint8Array(rows.length);
+  let kept = 0;
+  let notableCount = 0;
+  rows.forEach((r, i) => {
+    if (!notable(r)) return;
+    notableCount++;
+    if (kept < limit) {
+      keep[i] = 1;
+      kept++;
+    }
+  });
+  for (let i = 0; i < rows.length && kept < limit; i++) {
+    if (keep[i] === 0) {
+      keep[i] = 1;
+      kept++;
+    }
+  }
+  const shown = rows.filter((_, i) => keep[i] === 1);
+  const hidden = notableCount - Math.min(notableCount, limit);
+  const which = notableCount === 0 ? '' : hidden > 0 ? `${limit} of ${notableCount} ${words.notable} among them; ` : `all ${notableCount} ${words.notable} among them; `;
+  return { rows: shown, footer: `${shown.length} of ${rows.length} ${words.noun} shown (${which}${words.how})\n` };
 }

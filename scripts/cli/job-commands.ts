@@ -1,8 +1,8 @@
-import { JobServiceDefinition, JobState, type Job } from '../../common/gen/retrace/v1/job.js';
+import { JobServiceDefinition, JobState, TaskState, type Job } from '../../common/gen/retrace/v1/job.js';
 import { isRetraceError } from '../../common/errors.js';
 import { flag, hasFlag, intFlag, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
 import { openClient } from './client.js';
-import { progressBar, renderTable, toJson } from './format.js';
+import { DEFAULT_TABLE_LIMIT, limitRows, progressBar, renderTable, toJson } from './format.js';
 import { jobStateName, renderJobLine, taskStateName, tasksDone, watchJobProgress } from './job-progress.js';
 
 const STATES = ['pending', 'running', 'succeeded', 'failed', 'cancelled'];
@@ -37,7 +37,8 @@ export function jobJson(j: Job): unknown {
   return { ...j, state: jobStateName(j.state), tasks: j.tasks.map((t) => ({ ...t, state: taskStateName(t.state) })) };
 }
 
-function printJob(j: Job, io: CliIo): void {
+/** The job as text: its tasks at most `limit` (0: all; those not SUCCEEDED first), with a line saying how many were left out. */
+function printJob(j: Job, io: CliIo, limit: number): void {
   const out = io.stdout;
   out.write(`job ${j.jobId} (${j.kind}): ${jobStateName(j.state)}${j.title ? `  ${j.title}` : ''}\n`);
   out.write(`  ${renderJobLine(j, 30, false)}\n`);
@@ -52,7 +53,9 @@ function printJob(j: Job, io: CliIo): void {
   }
   if (j.tasks.length > 0) {
     out.write('\n');
-    out.write(renderTable(['task', 'state', 'attempts', 'outcome', 'label', 'error'], j.tasks.map((t) => [t.id, taskStateName(t.state), t.attempts, t.outcome, t.label, t.error.slice(0, 100)])));
+    const shown = limitRows(j.tasks, limit, (t) => t.state !== TaskState.TASK_STATE_SUCCEEDED, { noun: 'tasks', notable: 'not succeeded', how: '--limit N, 0 for all' });
+    out.write(renderTable(['task', 'state', 'attempts', 'outcome', 'label', 'error'], shown.rows.map((t) => [t.id, taskStateName(t.state), t.attempts, t.outcome, t.label, t.error.slice(0, 100)])));
+    out.write(shown.footer);
   }
 }
 
@@ -111,7 +114,9 @@ const list: CliCommand = {
 const show: CliCommand = {
   path: ['jobs', 'show'],
   summary: 'one job or replay: tasks, attempts, errors, and which requirement no node meets for shards that wait',
-  usage: 'retrace jobs show JOB_ID [--json]',
+  usage: `retrace jobs show JOB_ID [--limit N] [--json]
+  --limit N  tasks listed, at most (default ${DEFAULT_TABLE_LIMIT}, 0 for all): those not SUCCEEDED first; --json lists all`,
+  integers: { limit: 'uint32' },
   async run(args, io) {
     const jobId = jobIdArg(args);
     const { client, close } = openClient(JobServiceDefinition, args);
@@ -119,7 +124,7 @@ const show: CliCommand = {
       const { job } = await client.getJob({ jobId }, { signal: io.signal });
       if (!job) return 1;
       if (hasFlag(args, 'json')) io.stdout.write(toJson(jobJson(job)));
-      else printJob(job, io);
+      else printJob(job, io, intFlag(args, 'limit', DEFAULT_TABLE_LIMIT));
       return 0;
     } finally {
       close();

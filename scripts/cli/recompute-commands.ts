@@ -19,7 +19,7 @@ import type { Client } from 'nice-grpc';
 import { openClient } from './client.js';
 import { jobJson } from './job-commands.js';
 import { messageJson, responseJson } from './proto-json.js';
-import { nodeLines, renderTable, shortHash, toJson } from './format.js';
+import { DEFAULT_TABLE_LIMIT, limitRows, nodeLines, renderTable, shortHash, toJson } from './format.js';
 import { taskStateName, watchJobProgress } from './job-progress.js';
 
 const kindName = (k: ChangeKind): string => (ChangeKind[k] ?? 'UNKNOWN').replace('CHANGE_KIND_', '').toLowerCase();
@@ -290,27 +290,32 @@ export function impactDrawing(r: ImpactResponse): DagDrawing {
   return { title: `impact of ${r.roots.map((root) => nodeLines(root)[0]).join(', ')}: ${r.stepCount} steps, ${r.objectCount} objects, est. ${(Number(r.estimatedWallTimeNs) / 1e6).toFixed(1)} ms wall`, nodes, edges };
 }
 
-function printImpact(r: ImpactResponse, io: CliIo): void {
+/** The impact as text: its totals, then its steps at most `limit` (0: all), with a line saying how many were left out. */
+function printImpact(r: ImpactResponse, io: CliIo, limit: number): void {
   io.stdout.write(
     `impact of ${r.roots.join(', ')}${r.asOfNs !== '0' ? ` as of ${nanosToIso(r.asOfNs)}` : ''}: ${r.stepCount} steps, ${r.objectCount} objects\n` +
       `  recorded cost: cpu ${(Number(r.estimatedCpuTimeNs) / 1e6).toFixed(1)} ms, wall ${(Number(r.estimatedWallTimeNs) / 1e6).toFixed(1)} ms (critical path ${(Number(r.criticalPathWallTimeNs) / 1e6).toFixed(1)} ms)\n` +
       `  placement now: ${Object.entries(r.placements).map(([n, c]) => `${n} ${c}`).join(', ') || 'none'}\n`,
   );
+  const shown = limitRows(r.steps, limit, (s) => !s.placementNodeId, { noun: 'steps', notable: 'waiting for a node', how: '--limit N, 0 for all' });
   io.stdout.write(
     renderTable(
       ['depth', 'step', 'key', 'recorded step', 'ran on', 'wall ms', 'would run on'],
-      r.steps.map((s) => [s.depth, `${s.pipeline ? `${s.pipeline}/` : ''}${s.step}`, s.key, s.stepId.slice(0, 48), s.nodeId, (Number(s.wallTimeNs) / 1e6).toFixed(1), s.placementNodeId || `waiting: ${s.placementWaiting}`]),
+      shown.rows.map((s) => [s.depth, `${s.pipeline ? `${s.pipeline}/` : ''}${s.step}`, s.key, s.stepId.slice(0, 48), s.nodeId, (Number(s.wallTimeNs) / 1e6).toFixed(1), s.placementNodeId || `waiting: ${s.placementWaiting}`]),
     ),
   );
+  io.stdout.write(shown.footer);
 }
 
 const impact: CliCommand = {
   path: ['impact'],
   summary: 'every step and object downstream of a change, an object or a step, with cost and placement',
-  usage: `retrace impact ID [--as-of TIME] [--json] [--dot] [--svg FILE]
+  usage: `retrace impact ID [--as-of TIME] [--limit N] [--json] [--dot] [--svg FILE]
   ID: a change id (chg-...), an object id (record:orders/raw:o1) or a step id; --object/--step force the kind
-  TIME: ISO-8601 or nanoseconds since the epoch`,
+  TIME: ISO-8601 or nanoseconds since the epoch
+  --limit N  steps listed, at most (default ${DEFAULT_TABLE_LIMIT}, 0 for all): those waiting for a node first; --json lists all`,
   booleans: ['dot', 'object', 'step'],
+  integers: { limit: 'uint32' },
   async run(args, io) {
     const idArg = args.positionals[0];
     if (!idArg) throw new UsageError('ID is required');
@@ -345,7 +350,7 @@ const impact: CliCommand = {
       }
       if (hasFlag(args, 'json')) io.stdout.write(toJson(responseJson(RecomputeServiceDefinition, 'impact', r)));
       else if (hasFlag(args, 'dot')) io.stdout.write(dagToDot(impactDrawing(r), 'impact'));
-      else printImpact(r, io);
+      else printImpact(r, io, intFlag(args, 'limit', DEFAULT_TABLE_LIMIT));
       return 0;
     } finally {
       close();
@@ -371,12 +376,13 @@ function parseRecomputePolicy(args: ParsedArgs): RecomputePolicy {
 const recomputeCmd: CliCommand = {
   path: ['recompute'],
   summary: 'recompute what changes affect: only affected steps, memoized, with early cutoff (a job)',
-  usage: `retrace recompute (CHANGE_ID|OBJECT_ID)... [--content OBJECT_ID=FILE ...] [--watch] [--dry-run] [--json]
+  usage: `retrace recompute (CHANGE_ID|OBJECT_ID)... [--content OBJECT_ID=FILE ...] [--watch] [--dry-run] [--limit N] [--json]
     [--max-attempts N] [--concurrency N (at most 1024)] [--target NODE|key=value ...]
   CHANGE_ID: chg-... (retrace changes); OBJECT_ID: an object whose latest version its consumers have not used
-  --content: new content for an object (reported as a change first)`,
+  --content: new content for an object (reported as a change first)
+  --limit N: tasks listed by --watch and --dry-run, at most (default ${DEFAULT_TABLE_LIMIT}, 0 for all; --watch: those not SUCCEEDED first)`,
   booleans: ['dry-run'],
-  integers: { 'max-attempts': 'uint32', concurrency: 'uint32' },
+  integers: { 'max-attempts': 'uint32', concurrency: 'uint32', limit: 'uint32' },
   async run(args, io) {
     const changeIds = args.positionals.filter((p) => p.startsWith('chg-'));
     const objectIds = args.positionals.filter((p) => !p.startsWith('chg-'));
@@ -387,12 +393,16 @@ const recomputeCmd: CliCommand = {
     });
     if (changeIds.length + objectIds.length + newContents.length === 0) throw new UsageError('name at least one CHANGE_ID, OBJECT_ID or --content');
     const policy = parseRecomputePolicy(args);
+    const limit = intFlag(args, 'limit', DEFAULT_TABLE_LIMIT);
     const { client, close } = openClient(RecomputeServiceDefinition, args);
     try {
       const r = await client.recompute({ changeIds, objectIds, newContents, policy }, { signal: io.signal });
       if (policy.dryRun) {
         if (hasFlag(args, 'json')) io.stdout.write(toJson(responseJson(RecomputeServiceDefinition, 'recompute', r)));
-        else io.stdout.write(`dry run: ${r.tasks.length} tasks for ${r.changeIds.join(', ')}\n${renderTable(['task', 'step', 'recorded step', 'after'], r.tasks.map((t) => [t.taskId, t.label, t.originalStepId.slice(0, 48), t.dependsOn.join(',')]))}`);
+        else {
+          const shown = limitRows(r.tasks, limit, () => false, { noun: 'tasks', notable: '', how: '--limit N, 0 for all' });
+          io.stdout.write(`dry run: ${r.tasks.length} tasks for ${r.changeIds.join(', ')}\n${renderTable(['task', 'step', 'recorded step', 'after'], shown.rows.map((t) => [t.taskId, t.label, t.originalStepId.slice(0, 48), t.dependsOn.join(',')]))}${shown.footer}`);
+        }
         return 0;
       }
       if (!hasFlag(args, 'watch')) {
@@ -408,7 +418,9 @@ const recomputeCmd: CliCommand = {
         if (hasFlag(args, 'json')) io.stdout.write(toJson(jobJson(final.job)));
         else {
           io.stdout.write(`${r.jobId}: ${final.stateName}: ${count('executed')} executed, ${count('cached')} cached, ${count('cutoff')} cut off, ${tasks.filter((t) => t.state !== TaskState.TASK_STATE_SUCCEEDED).length} not done\n`);
-          io.stdout.write(renderTable(['task', 'step', 'state', 'outcome', 'attempts', 'error'], tasks.map((t) => [t.id, t.label, taskStateName(t.state), t.outcome, t.attempts, t.error.slice(0, 80)])));
+          const shown = limitRows(tasks, limit, (t) => t.state !== TaskState.TASK_STATE_SUCCEEDED, { noun: 'tasks', notable: 'not succeeded', how: `retrace jobs show ${r.jobId} --limit N, 0 for all` });
+          io.stdout.write(renderTable(['task', 'step', 'state', 'outcome', 'attempts', 'error'], shown.rows.map((t) => [t.id, t.label, taskStateName(t.state), t.outcome, t.attempts, t.error.slice(0, 80)])));
+          io.stdout.write(shown.footer);
         }
         return final.stateName === 'SUCCEEDED' ? 0 : 1;
       } finally {

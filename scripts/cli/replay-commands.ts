@@ -6,7 +6,7 @@ import { flag, flagAll, hasFlag, intFlag, timeArgNs, noMorePositionals, UsageErr
 import { openClient } from './client.js';
 import { isRetraceError } from '../../common/errors.js';
 import { messageJson, responseJson } from './proto-json.js';
-import { lineThrottle, progressBar, renderTable, shortHash, toJson } from './format.js';
+import { DEFAULT_TABLE_LIMIT, limitRows, lineThrottle, progressBar, renderTable, shortHash, toJson } from './format.js';
 
 const START_USAGE = `retrace replay start SELECTOR [POLICY] [--watch] [--json]
   SELECTOR (one of):
@@ -208,7 +208,11 @@ function stateLine(r: ReplayReport): string {
   return `replay ${r.replayId}: ${stateName(r.state)}${r.error ? ` (${r.error})` : ''}\n`;
 }
 
-function printReport(r: ReplayReport, io: CliIo): void {
+/**
+ * The report as text: the summary, then a row per step, at most `limit` (0: all; the steps that
+ * did not match or did not succeed first), with a line saying how many were left out.
+ */
+function printReport(r: ReplayReport, io: CliIo, limit: number, how: string): void {
   const s = r.summary;
   io.stdout.write(stateLine(r));
   if (s) {
@@ -225,10 +229,11 @@ function printReport(r: ReplayReport, io: CliIo): void {
       io.stdout.write(`  pacing, dispatched - due over ${lag.length} records: p50 ${q(0.5)} ms, p99 ${q(0.99)} ms, max ${(lag[lag.length - 1] as number).toFixed(1)} ms\n`);
     }
   }
+  const shown = limitRows(r.steps, limit, (x) => x.status !== 'SUCCEEDED' || !x.matches, { noun: 'steps', notable: 'not matched', how });
   io.stdout.write(
     renderTable(
       ['record', 'step', 'status', 'match', 'original', 'replay', 'orig node', 'node', 'cpu ms o/r', 'diff / error'],
-      r.steps.map((x) => [
+      shown.rows.map((x) => [
         x.record,
         x.step,
         x.status,
@@ -242,6 +247,7 @@ function printReport(r: ReplayReport, io: CliIo): void {
       ]),
     ),
   );
+  io.stdout.write(shown.footer);
 }
 
 /**
@@ -338,7 +344,7 @@ const start: CliCommand = {
       const report = await reportAfterWatch(client, r.replayId, await watchReplayProgress(client, r.replayId, io), io);
       if (!report) return 1;
       if (hasFlag(args, 'json')) io.stdout.write(toJson(messageJson('retrace.v1.ReplayReport', ReplayReport, report)));
-      else printReport(report, io);
+      else printReport(report, io, DEFAULT_TABLE_LIMIT, `retrace replay report ${report.replayId} --limit N, 0 for all`);
       return report.state === ReplayState.REPLAY_STATE_SUCCEEDED ? 0 : 1;
     } finally {
       close();
@@ -349,7 +355,10 @@ const start: CliCommand = {
 const report: CliCommand = {
   path: ['replay', 'report'],
   summary: 'how a replay differed from the original: hashes, diffs, placements, resources',
-  usage: 'retrace replay report REPLAY_ID [--json] [--svg FILE]\n  --svg FILE charts when each record was dispatched against when the speed had it due, and each step\'s CPU time against the original\'s',
+  usage: `retrace replay report REPLAY_ID [--limit N] [--json] [--svg FILE]
+  --limit N  steps listed, at most (default ${DEFAULT_TABLE_LIMIT}, 0 for all): those that did not match or failed first; --json lists all
+  --svg FILE charts when each record was dispatched against when the speed had it due, and each step's CPU time against the original's`,
+  integers: { limit: 'uint32' },
   async run(args, io) {
     const replayId = args.positionals[0];
     if (!replayId) throw new UsageError('REPLAY_ID is required');
@@ -364,7 +373,7 @@ const report: CliCommand = {
         io.stderr.write(`wrote ${svg}\n`);
       }
       if (hasFlag(args, 'json')) io.stdout.write(toJson(messageJson('retrace.v1.ReplayReport', ReplayReport, r)));
-      else printReport(r, io);
+      else printReport(r, io, intFlag(args, 'limit', DEFAULT_TABLE_LIMIT), '--limit N, 0 for all');
       return 0;
     } finally {
       close();
