@@ -508,6 +508,14 @@ describe('ingest JSONL lines', () => {
     expect(parseRecordLine('{"key":"k","payload":1,"eventTime":"9223372036854775807"}', 1).eventTimeNs).toBe('9223372036854775807');
   });
 
+  it('refuses an event time in ns given as a JSON number past 2^53 (it was stored rounded), naming the line; a string keeps every digit', () => {
+    expect(() => parseRecordLine('{"key":"k","payload":1,"eventTime":1763000000123456789}', 5)).toThrow(
+      expect.objectContaining({ field: 'line 5.eventTime', message: expect.stringContaining('line 5.eventTime: a JSON number past 2^53 (9007199254740991) cannot be read exactly') }),
+    );
+    expect(parseRecordLine('{"key":"k","payload":1,"eventTime":"1763000000123456789"}', 1).eventTimeNs).toBe('1763000000123456789');
+    expect(parseRecordLine('{"key":"k","payload":1,"eventTime":9007199254740991}', 1).eventTimeNs).toBe('9007199254740991');
+  });
+
   it('refuses a member a record does not have (a misspelt eventTime was ingested without it)', () => {
     expect(() => parseRecordLine('{"key":"k","payload":1,"evenTime":"2020-01-01T00:00:00Z"}', 4)).toThrow(expect.objectContaining({ field: 'line 4.evenTime', message: 'line 4.evenTime: unknown field; a record has key, eventTime, payload, mediaType' }));
   });
