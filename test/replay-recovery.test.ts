@@ -1,12 +1,14 @@
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { JobServiceDefinition } from '../common/gen/retrace/v1/job.js';
 import { LineageServiceDefinition } from '../common/gen/retrace/v1/lineage.js';
-import { ReplayReport, ReplayServiceDefinition, ReplayState } from '../common/gen/retrace/v1/replay.js';
+import { ReplayReport, ReplayServiceDefinition, ReplayState, ReplayStepResult, ReplaySummary } from '../common/gen/retrace/v1/replay.js';
 import { jobsExtension } from '../coordinator/jobs/jobs-extension.js';
 import { replayExtension } from '../coordinator/replay/replay-extension.js';
 import { openDatabase } from '../coordinator/store/database.js';
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
 import { runCliProcess } from './helpers/coordinator-process.js';
+import { runCli } from './helpers/in-process-cli.js';
 import { processHarness } from './helpers/process-harness.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 
@@ -63,6 +65,39 @@ describe('a replay interrupted by a coordinator stop', () => {
       expect(runs.find((r) => r.runId === replayId)).toMatchObject({ state: 'FAIL', endedAtNs: expect.not.stringMatching(/^0$/) as unknown });
     } finally {
       await third.stop();
+    }
+  }, 20_000);
+
+  it('is counted alike by `jobs` and `jobs show`: planned steps that never ran are cancelled (show said "FAILED 2/2 tasks")', async () => {
+    const dataDir = h.tempDir('retrace-replay-counts-');
+    const replayId = 'replay-20260101000000-bbbbbb';
+    // As the start after an interrupted replay saves it: the results of finished records, and a summary of all 6 planned steps.
+    const step = (record: string): ReplayStepResult => ReplayStepResult.fromPartial({ record, step: 'shout', replayStepId: `replay:${replayId}/${record}`, status: 'SUCCEEDED', matches: true, attempts: 1 });
+    await (await coordinatorOn(dataDir)).stop();
+    await storeReport(
+      dataDir,
+      ReplayReport.fromPartial({
+        replayId,
+        state: ReplayState.REPLAY_STATE_FAILED,
+        startedAtNs: T0.toString(),
+        endedAtNs: (T0 + 1_000_000_000n).toString(),
+        error: 'interrupted: the coordinator stopped during the replay; start it again',
+        steps: [step('a'), step('b')],
+        summary: ReplaySummary.fromPartial({ records: 6, steps: 6, matched: 2, cancelled: 4 }),
+      }),
+    );
+    const tc = await coordinatorOn(dataDir);
+    try {
+      const { job } = await tc.client(JobServiceDefinition).getJob({ jobId: replayId });
+      expect(job?.counts).toMatchObject({ total: 6, succeeded: 2, cancelled: 4, failed: 0 });
+      const connect = ['--coordinator', tc.grpcAddress, '--token', tc.token];
+      const listed = await runCli(['jobs', ...connect]);
+      expect(listed.out).toContain('2/6 ok, 4 cancelled');
+      const shown = await runCli(['jobs', 'show', replayId, ...connect]);
+      expect(shown.code, shown.err).toBe(0);
+      expect(shown.out).toContain('FAILED 2/6 tasks, 4 cancelled');
+    } finally {
+      await tc.stop();
     }
   }, 20_000);
 });

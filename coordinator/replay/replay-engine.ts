@@ -361,7 +361,9 @@ export class ReplayEngine {
     const job = this.jobs.get(replayId);
     if (!job) {
       const report = await this.report(replayId);
-      yield { state: report.state, stepsDone: report.steps.length, stepsTotal: report.steps.length, stepsFailed: report.summary?.failed ?? 0, stepsSkipped: (report.summary?.upstreamFailed ?? 0) + (report.summary?.cancelled ?? 0), recordsDone: report.summary?.records ?? 0, recordsTotal: report.summary?.records ?? 0, message: report.error };
+      // Its planned steps, those that never ran included (as its summary and ListReplays count them):
+      // the steps with a result only, an interrupted replay's 40 of 6,040 read as "40/40 tasks" in `jobs show`.
+      yield { state: report.state, stepsDone: report.steps.length, stepsTotal: Math.max(report.summary?.steps ?? 0, report.steps.length), stepsFailed: report.summary?.failed ?? 0, stepsSkipped: (report.summary?.upstreamFailed ?? 0) + (report.summary?.cancelled ?? 0), recordsDone: report.summary?.records ?? 0, recordsTotal: report.summary?.records ?? 0, message: report.error };
       return;
     }
     // The latest snapshot only, at most one per WATCH_INTERVAL_MS (the final one at once): a
