@@ -108,6 +108,11 @@ function checkScalar(type: ScalarType, value: unknown, path: string): void {
       fail(path, `expected a number, got ${describe(value)}`);
   }
   const range = INTEGER_RANGES[type] as { min: bigint; max: bigint };
+  // A JSON number past 2^53 was parsed rounded (1763000000123456789 as ...768): refused as before,
+  // saying why and what to write instead, which proto JSON allows for every 64-bit integer.
+  if (typeof value === 'number' && Number.isInteger(value) && !Number.isSafeInteger(value) && BigInt(value) >= range.min && BigInt(value) <= range.max) {
+    fail(path, `a JSON number past 2^53 (${Number.MAX_SAFE_INTEGER}) cannot be read exactly; give this ${ScalarType[type].toLowerCase()} as a string ("${BigInt(value)}" is how it was read)`);
+  }
   const n = typeof value === 'number' && Number.isSafeInteger(value) ? BigInt(value) : typeof value === 'string' && /^-?\d+$/.test(value) ? BigInt(value) : undefined;
   if (n === undefined || n < range.min || n > range.max) fail(path, `expected an integer from ${range.min} to ${range.max} (${ScalarType[type].toLowerCase()}), got ${describe(value)}`);
 }

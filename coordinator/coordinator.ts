@@ -40,6 +40,12 @@ export interface CoordinatorExtension {
   routes?: Route[];
   start?(): Promise<void>;
   stop?(): Promise<void>;
+  /**
+   * The content hash of the version of `objectId` this extension holds as current (a pipeline's
+   * current record), or undefined for an object it keeps none of. GetRecordPath without a hash
+   * or a time shows that version rather than the newest one first seen.
+   */
+  currentVersion?(objectId: string): Promise<string | undefined>;
 }
 
 /** What an extension factory gets: the open database and the lineage engine. */
@@ -156,6 +162,13 @@ export class Coordinator {
             implementation: createLineageHandlers(this.engine, store, signer.publicKeyBase64, {
               ...(dataDir !== null ? { externalCheckpoint: () => readCheckpointFile(dataDir) } : {}),
               verifyContent: (signal) => verifyContent(db, { signal }),
+              currentVersion: async (objectId) => {
+                for (const ext of this.extensions) {
+                  const hash = await ext.currentVersion?.(objectId);
+                  if (hash !== undefined) return hash;
+                }
+                return undefined;
+              },
             }),
           },
           ...this.extensions.flatMap((e) => e.services ?? []),

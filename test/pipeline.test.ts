@@ -279,6 +279,18 @@ describe('pipelines', () => {
     expect(path.steps.map((s) => s.transform)).toEqual(['upper', 'enrich', 'boom']);
   });
 
+  it("a record's path without a hash is the pipeline's current record, also when a step reproduced an older version (it showed the newest version first seen)", async () => {
+    await pipelines.applyPipeline({ pipeline: definition({ name: 'backagain' }) });
+    for (const text of ['hello', 'bye', 'HELLO']) expect(await pipelines.ingest(records('backagain', 'raw', [{ key: 'k1', text }]))).toMatchObject({ accepted: '1', shardsFailed: '0' });
+    // shout made HELLO, then BYE, then HELLO again (reproduced: no new version): HELLO is current.
+    const path = await lineage.getRecordPath({ objectId: 'record:backagain/shout:k1', contentHash: '', asOfNs: '0' });
+    expect(path.record?.contentHash).toBe(contentHashOf('HELLO'));
+    expect(path.steps.map((s) => s.used[0]?.contentHash)).toEqual([contentHashOf('hello')]);
+    // A hash or a time still picks the version asked for.
+    const bye = await lineage.getRecordPath({ objectId: 'record:backagain/shout:k1', contentHash: contentHashOf('BYE'), asOfNs: '0' });
+    expect(bye.record?.contentHash).toBe(contentHashOf('BYE'));
+  });
+
   it('retries a step whose transform failed as often as its `retries` says, recording the attempts; refusals are not retried', async () => {
     await expectStatus(
       pipelines.applyPipeline({ pipeline: definition({ name: 'retry-bad', steps: [{ ...definition().steps[0]!, retries: 101 }] }) }),
@@ -506,6 +518,14 @@ describe('ingest JSONL lines', () => {
       expect(() => parseRecordLine(`{"key":"k","payload":1,"eventTime":${t}}`, 7)).toThrow(expect.objectContaining({ field: 'line 7.eventTime', message: expect.stringContaining('past the latest event time') }));
     }
     expect(parseRecordLine('{"key":"k","payload":1,"eventTime":"9223372036854775807"}', 1).eventTimeNs).toBe('9223372036854775807');
+  });
+
+  it('refuses an event time in ns given as a JSON number past 2^53 (it was stored rounded), naming the line; a string keeps every digit', () => {
+    expect(() => parseRecordLine('{"key":"k","payload":1,"eventTime":1763000000123456789}', 5)).toThrow(
+      expect.objectContaining({ field: 'line 5.eventTime', message: expect.stringContaining('line 5.eventTime: a JSON number past 2^53 (9007199254740991) cannot be read exactly') }),
+    );
+    expect(parseRecordLine('{"key":"k","payload":1,"eventTime":"1763000000123456789"}', 1).eventTimeNs).toBe('1763000000123456789');
+    expect(parseRecordLine('{"key":"k","payload":1,"eventTime":9007199254740991}', 1).eventTimeNs).toBe('9007199254740991');
   });
 
   it('refuses a member a record does not have (a misspelt eventTime was ingested without it)', () => {

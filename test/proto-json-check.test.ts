@@ -36,6 +36,8 @@ describe('checkProtoJson (native events before LineageEvent.fromJSON)', () => {
     [{ eventId: 'e', producer: { a: 1 } }, 'events[0].producer: expected a string, got an object'],
     [{ eventId: 'e', eventTimeNs: 'soon' }, 'events[0].eventTimeNs: expected an integer from -9223372036854775808 to 9223372036854775807 (int64), got "soon"'],
     [{ eventId: 'e', eventTimeNs: 1.5 }, 'events[0].eventTimeNs: expected an integer from -9223372036854775808 to 9223372036854775807 (int64), got 1.5'],
+    // Past 2^53 a JSON number is parsed rounded: an event was refused with "got 1763000000123456800", the digits it was never given.
+    [JSON.parse('{"eventId":"e","eventTimeNs":1763000000123456789}') as unknown, 'events[0].eventTimeNs: a JSON number past 2^53 (9007199254740991) cannot be read exactly; give this int64 as a string ("1763000000123456768" is how it was read)'],
     [{ eventId: 'e', objectVersion: 'o' }, 'events[0].objectVersion: expected an object (ObjectVersion), got "o"'],
     [{ eventId: 'e', objectVersion: { objectId: 'o', attributes: { k: 1 } } }, 'events[0].objectVersion.attributes["k"]: expected a string, got 1'],
     [{ eventId: 'e', objectVersion: { objectId: 'o', attributes: ['k'] } }, 'events[0].objectVersion.attributes: expected an object, got an array'],

@@ -184,6 +184,15 @@ describe('retrace replay start: every flag reaches the replay', () => {
     const list = await cli('replay', 'list', '--json');
     expect(list.code).toBe(0);
     expect(list.out).toContain(byRun.report.replayId);
+    // Newest first, as `retrace jobs` (the oldest came first), and --limit says what it left out.
+    const all = await cli('replay', 'list', '--limit', '0');
+    expect(all.out.indexOf(last.report.replayId)).toBeGreaterThan(0);
+    expect(all.out.indexOf(last.report.replayId)).toBeLessThan(all.out.indexOf(byRun.report.replayId));
+    const newest = await cli('replay', 'list', '--limit', '1');
+    expect(newest.code, newest.err).toBe(0);
+    expect(newest.out).toContain(last.report.replayId);
+    expect(newest.out).not.toContain(byRun.report.replayId);
+    expect(newest.out).toMatch(/\n1 of (\d+) replays shown, newest first \(\d+ older left out; --limit N, 0 for all\)\n$/);
   });
 
   it('what the replayed code declares (its manifest) is checked before anything runs, like the step\'s own requirements', async () => {

@@ -19,6 +19,11 @@ export interface VerifySources {
   externalCheckpoint?: () => Checkpoint | undefined;
   /** Checks the stored content (content-verifier.ts); skipped with ledger_only. */
   verifyContent?: (signal: AbortSignal) => Promise<ContentCheck[]>;
+  /**
+   * The content hash of the version an object's owner holds as current now (a pipeline's current
+   * record), or undefined when none does: GetRecordPath without a hash or a time shows that version.
+   */
+  currentVersion?: (objectId: string) => Promise<string | undefined>;
 }
 
 /**
@@ -96,7 +101,15 @@ export function createLineageHandlers(engine: LineageEngine, store: LineageStore
         yield answer;
       }
     },
-    getRecordPath: (request) => engine.getRecordPath(request),
+    // Without a hash or a time: the version the pipeline holds as current, where the ledger has
+    // it. The newest version first seen is not always that one: a step that reproduces an older
+    // content (a recompute, a re-ingest) makes it current again, and the path showed the one it replaced.
+    async getRecordPath(request) {
+      const asOf = request.asOfNs !== '' && request.asOfNs !== '0';
+      const current = request.contentHash === '' && !asOf && request.objectId !== '' ? await sources.currentVersion?.(request.objectId) : undefined;
+      if (current !== undefined && engine.hasVersion(request.objectId, current)) return engine.getRecordPath({ ...request, contentHash: current });
+      return engine.getRecordPath(request);
+    },
     listRuns: (request) => engine.listRuns(request),
     getProof: (request) => engine.getProof(request.eventId),
     resolveNodes: async (request) => ({ keys: engine.resolveNodes(request.nodeIds) }),

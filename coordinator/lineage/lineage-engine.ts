@@ -803,6 +803,11 @@ export class LineageEngine implements LineageApi {
     return ids.map((n) => (n >= 0 && n < this.index.nodeCount ? this.index.keyOf(n) : ''));
   }
 
+  /** Whether the ledger has version `contentHash` of object `objectId`. */
+  hasVersion(objectId: string, contentHash: string): boolean {
+    return this.index.idOf(versionKey(objectId, contentHash)) !== undefined;
+  }
+
   async getRecordPath(request: GetRecordPathRequest): Promise<GetRecordPathResponse> {
     if (request.objectId === '') throw new InvalidArgumentError('object_id', 'is required');
     if (request.contentHash !== '' && !isContentHash(request.contentHash)) throw new InvalidArgumentError('content_hash', `malformed hash ${JSON.stringify(request.contentHash.slice(0, 80))}; expected sha256:<64 lowercase hex digits>`);

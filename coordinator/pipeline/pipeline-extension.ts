@@ -282,6 +282,11 @@ export function pipelineExtension(shared: PipelineShared = {}, options: Pipeline
     return {
       name: 'pipelines',
       services: [{ definition: PipelineServiceDefinition, implementation: createPipelineHandlers(handles, sweepPayloads, scheduler, ctx.log) }],
+      // A record's object id is record:PIPELINE/DATASET:KEY (recordObjectId).
+      async currentVersion(objectId) {
+        const m = /^record:([^/]+)\/([^:]+):(.*)$/s.exec(objectId);
+        return m ? (await store.getCurrent(m[1] as string, m[2] as string, m[3] as string))?.contentHash : undefined;
+      },
       async start() {
         unsubscribeWritable = ctx.onStoreWritable(() => void runner.recordUnrecordedEnds());
         waitingTimer = setInterval(logWaiting, options.waitingLogIntervalMs ?? 5000);

@@ -18,6 +18,7 @@ import { setLongTimeout, sleep } from '../../common/abortable-sleep.js';
 import { formatSpanMs, nanosToIso } from '../../common/time.js';
 import type { TransformRequirements } from '../../common/transform.js';
 import { gpuCount, mergeRequirements } from '../../common/requirements.js';
+import { crashPointForTests } from '../test-crash-point.js';
 
 /** Runs one shard somewhere and always resolves with its outcome (the dispatcher). */
 export interface ReplayShardRunner {
@@ -274,10 +275,14 @@ export class ReplayEngine {
         report.steps = progress.steps;
         report.summary = summarize(h, progress.steps, h.wallMs, h.originalSpanMs);
       }
-      await this.save(id, report);
-      this.deps.log(`replay ${id}: interrupted by a coordinator stop; marked FAILED with ${report.steps.length} step result(s) of finished records`);
+      // The run is closed before the replay is saved ended: a stop between the two then leaves the
+      // replay unended, and the next start closes it again (closeRun does nothing to a closed run).
+      // Saved first, a replay stopped there was skipped as ended at every later start, its run open for good.
       // A run left open is a wrong answer in lineage, not a reason to refuse to start.
       await this.closeRun(id, report).catch((err: unknown) => this.deps.log(`replay ${id}: closing its run failed: ${String(err)}`));
+      crashPointForTests('replay-recovery-between-writes');
+      await this.save(id, report);
+      this.deps.log(`replay ${id}: interrupted by a coordinator stop; marked FAILED with ${report.steps.length} step result(s) of finished records`);
     }
     for (const id of saved.keys()) await this.progressTable.clear(progressRange(id));
   }
@@ -356,7 +361,9 @@ export class ReplayEngine {
     const job = this.jobs.get(replayId);
     if (!job) {
       const report = await this.report(replayId);
-      yield { state: report.state, stepsDone: report.steps.length, stepsTotal: report.steps.length, stepsFailed: report.summary?.failed ?? 0, stepsSkipped: (report.summary?.upstreamFailed ?? 0) + (report.summary?.cancelled ?? 0), recordsDone: report.summary?.records ?? 0, recordsTotal: report.summary?.records ?? 0, message: report.error };
+      // Its planned steps, those that never ran included (as its summary and ListReplays count them):
+      // the steps with a result only, an interrupted replay's 40 of 6,040 read as "40/40 tasks" in `jobs show`.
+      yield { state: report.state, stepsDone: report.steps.length, stepsTotal: Math.max(report.summary?.steps ?? 0, report.steps.length), stepsFailed: report.summary?.failed ?? 0, stepsSkipped: (report.summary?.upstreamFailed ?? 0) + (report.summary?.cancelled ?? 0), recordsDone: report.summary?.records ?? 0, recordsTotal: report.summary?.records ?? 0, message: report.error };
       return;
     }
     // The latest snapshot only, at most one per WATCH_INTERVAL_MS (the final one at once): a

@@ -155,7 +155,10 @@ const trace: CliCommand = {
 const path: CliCommand = {
   path: ['lineage', 'path'],
   summary: "a record's full processing path: every step with code version, params, node and resources",
-  usage: 'retrace lineage path OBJECT_ID [--hash sha256:...] [--as-of ISO|ns] [--json]',
+  usage: `retrace lineage path OBJECT_ID [--hash sha256:...] [--as-of ISO|ns] [--json]
+  The path of version --hash; without it, of the newest version as of --as-of; without either, of
+  the version the pipeline holds as current for a pipeline record (record:PIPELINE/DATASET:KEY; a
+  step that reproduced an older content makes that one current again), else of the newest version.`,
   async run(args, io) {
     const objectId = args.positionals[0];
     if (!objectId) throw new UsageError('OBJECT_ID is required');

@@ -91,6 +91,12 @@ export function parseRecordLine(text: string, line: number): IngestRecord {
   if ((typeof o.key !== 'string' && typeof o.key !== 'number') || o.key === '') throw new RetraceError('INVALID_ARGUMENT', 'key (string) is required', { field: `line ${line}.key` });
   if (o.payload === undefined) throw new RetraceError('INVALID_ARGUMENT', 'payload is required', { field: `line ${line}.payload` });
   let eventTimeNs = '0';
+  // JSON.parse reads a number past 2^53 rounded (1763000000123456789 ns as 1763000000123456768):
+  // the record was stored at another time, silently. Nanoseconds since 1970 are all past 2^53;
+  // only a string keeps their digits. Past int64 it is refused below.
+  if (typeof o.eventTime === 'number' && Number.isInteger(o.eventTime) && o.eventTime > Number.MAX_SAFE_INTEGER && BigInt(o.eventTime) <= MAX_EVENT_TIME_NS) {
+    throw new RetraceError('INVALID_ARGUMENT', `a JSON number past 2^53 (${Number.MAX_SAFE_INTEGER}) cannot be read exactly (any time after April 1970 in nanoseconds is one); give it as a string ("eventTime": "1700000000000000000") or an ISO-8601 time`, { field: `line ${line}.eventTime` });
+  }
   if (typeof o.eventTime === 'number' && Number.isInteger(o.eventTime) && o.eventTime >= 0) eventTimeNs = BigInt(o.eventTime).toString();
   else if (typeof o.eventTime === 'string') eventTimeNs = /^\d+$/.test(o.eventTime) ? o.eventTime : isoToNanos(o.eventTime, `line ${line}.eventTime`).toString();
   else if (o.eventTime !== undefined) throw new RetraceError('INVALID_ARGUMENT', 'expected ISO-8601 text or integer nanoseconds', { field: `line ${line}.eventTime` });
@@ -296,7 +302,8 @@ no READY node meets now is stored all the same, with a warning on stderr.`,
     path: ['ingest'],
     summary: 'stream JSONL records into a pipeline source; runs its steps and records provenance',
     usage: `retrace ingest PIPELINE SOURCE FILE.jsonl|- [--wait-timeout DURATION] [--json] ${CONNECT_FLAGS}
-One JSON object per line: {"key": "...", "eventTime": ISO-8601 or integer ns (optional),
+One JSON object per line: {"key": "...", "eventTime": ISO-8601 or integer ns (optional; ns as a
+string, "1700000000000000000": a JSON number past 2^53 is refused, it cannot be read exactly),
 "payload": text or any JSON value, "mediaType" (optional)}. "-" reads stdin. Prints accepted and
 duplicate records, the run id and failed shards; a progress bar goes to stderr for large files,
 and on a terminal a line counting the records sent and the seconds their steps have run.

@@ -381,17 +381,36 @@ const report: CliCommand = {
   },
 };
 
+/** Replays `replay list` prints by default (`--limit N`, 0 for all), as `retrace jobs` lists 50. */
+const REPLAY_LIST_LIMIT = 50;
+
 const list: CliCommand = {
   path: ['replay', 'list'],
-  summary: 'replays and their state',
-  usage: 'retrace replay list [--json]',
+  summary: 'replays and their state, newest first',
+  usage: `retrace replay list [--limit N] [--json]
+  Newest first (by start time). --limit N  replays listed, at most (default ${REPLAY_LIST_LIMIT}, 0 for all), with
+  a line saying how many older ones were left out; --json lists all.`,
+  integers: { limit: 'uint32' },
   async run(args, io) {
     noMorePositionals(args, 0);
+    const limit = intFlag(args, 'limit', REPLAY_LIST_LIMIT);
     const { client, close } = openClient(ReplayServiceDefinition, args);
     try {
       const r = await client.listReplays({}, { signal: io.signal });
-      if (hasFlag(args, 'json')) io.stdout.write(toJson(responseJson(ReplayServiceDefinition, 'listReplays', r)));
-      else io.stdout.write(renderTable(['replay', 'state', 'records', 'steps', 'matched', 'failed', 'cancelled'], r.replays.map((x) => [x.replayId, stateName(x.state), x.summary?.records ?? '', x.summary?.steps ?? '', x.summary?.matched ?? '', x.summary ? x.summary.failed + x.summary.upstreamFailed : '', x.summary?.cancelled ?? ''])));
+      // ListReplays answers in id order, oldest first: after a few hundred replays the ones just
+      // started were at the bottom of a long table, and `retrace jobs` lists newest first.
+      const replays = [...r.replays].sort((a, b) => (BigInt(b.startedAtNs) > BigInt(a.startedAtNs) ? 1 : BigInt(b.startedAtNs) < BigInt(a.startedAtNs) ? -1 : b.replayId.localeCompare(a.replayId)));
+      if (hasFlag(args, 'json')) {
+        io.stdout.write(toJson(responseJson(ReplayServiceDefinition, 'listReplays', { replays })));
+        return 0;
+      }
+      if (replays.length === 0) {
+        io.stdout.write('no replays\n');
+        return 0;
+      }
+      const shown = limit === 0 ? replays : replays.slice(0, limit);
+      io.stdout.write(renderTable(['replay', 'state', 'records', 'steps', 'matched', 'failed', 'cancelled'], shown.map((x) => [x.replayId, stateName(x.state), x.summary?.records ?? '', x.summary?.steps ?? '', x.summary?.matched ?? '', x.summary ? x.summary.failed + x.summary.upstreamFailed : '', x.summary?.cancelled ?? ''])));
+      if (shown.length < replays.length) io.stdout.write(`${shown.length} of ${replays.length} replays shown, newest first (${replays.length - shown.length} older left out; --limit N, 0 for all)\n`);
       return 0;
     } finally {
       close();
