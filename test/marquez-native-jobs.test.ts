@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NodeKind } from '../common/gen/retrace/v1/lineage.js';
 import { contentHashOf } from '../common/hash.js';
 import { createMarquezRoutes } from '../coordinator/http/marquez-routes.js';
-import { createOpenLineageRoutes } from '../coordinator/http/openlineage-routes.js';
+import { createOpenLineageRoutes, MAX_JOB_RECORDS } from '../coordinator/http/openlineage-routes.js';
 import type { HttpRequest, Route } from '../coordinator/http/router.js';
 import type { LineageApi } from '../coordinator/lineage/lineage-api.js';
 import { buildExampleLineage } from '../scripts/cli/example-lineage.js';
@@ -70,5 +70,34 @@ describe('Marquez native jobs over many records', () => {
     expect(body.runs[0].codeVersion).toMatch(/^sha256:/);
     // The job has 270 steps; one per run is read to place it, one per run served (old: 272).
     expect(reads.get(NodeKind.NODE_KIND_STEP) ?? 0).toBeLessThanOrEqual(4);
+  });
+
+  it('a job lists at most MAX_JOB_RECORDS inputs and outputs, the latest, sorted; its lineage graph keeps every edge', async () => {
+    const job = await get('/api/v1/namespaces/{namespace}/jobs/{job}', { namespace: 'retrace', job: 'aggregate-daily' });
+    expect(job.inputs).toHaveLength(MAX_JOB_RECORDS);
+    // The records first seen last: enriched 51 to 150.
+    const expected = Array.from({ length: MAX_JOB_RECORDS }, (_, i) => `record:enriched:${ORDERS - MAX_JOB_RECORDS + 1 + i}`).sort();
+    expect(job.inputs).toEqual(expected.map((name) => ({ namespace: 'retrace', name })));
+    expect(job.outputs).toEqual([{ namespace: 'reports', name: 'daily-revenue' }]);
+    const parse = await get('/api/v1/namespaces/{namespace}/jobs/{job}', { namespace: 'retrace', job: 'parse-order' });
+    expect(parse.inputs).toHaveLength(MAX_JOB_RECORDS);
+    expect(parse.outputs).toHaveLength(MAX_JOB_RECORDS);
+    // The job list answers the same data.
+    const list = await get('/api/v1/namespaces/{namespace}/jobs', { namespace: 'retrace' }, 'limit=1000');
+    const listed = list.jobs.find((j: { name: string }) => j.name === 'aggregate-daily');
+    expect(listed.inputs).toEqual(job.inputs);
+    for (const j of list.jobs) expect(j.inputs.length + j.outputs.length, j.name).toBeLessThanOrEqual(2 * MAX_JOB_RECORDS + 2);
+    // The lineage graph is the whole graph: every record is an edge of the job there.
+    const graph = await get('/api/v1/lineage', {}, 'nodeId=job:retrace:aggregate-daily&depth=1');
+    const node = graph.graph.find((n: { id: string }) => n.id === 'job:retrace:aggregate-daily');
+    expect(node.inEdges).toHaveLength(ORDERS);
+    expect(node.data.inputs).toHaveLength(MAX_JOB_RECORDS);
+  });
+
+  it('a job lists every dataset that is not a record, however many records crowd it', async () => {
+    // enrich-currency read 150 records and the currency table, first seen before all of them.
+    const job = await get('/api/v1/namespaces/{namespace}/jobs/{job}', { namespace: 'retrace', job: 'enrich-currency' });
+    expect(job.inputs).toHaveLength(MAX_JOB_RECORDS + 1);
+    expect(job.inputs[0]).toEqual({ namespace: 'reference', name: 'currency' });
   });
 });
