@@ -11,13 +11,14 @@ import type { ShardRunner } from '../coordinator/pipeline/pipeline-runner.js';
 import { topoOrder, type AffectedNode } from '../coordinator/recompute/impact-analysis.js';
 import { recomputeExtension } from '../coordinator/recompute/recompute-extension.js';
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
+import { runCli } from './helpers/in-process-cli.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 
 /**
  * Impact over many steps. A code change of a step run over 20,000 records took `retrace impact`
  * 19.5 s: Kahn's order sorted its whole ready list again each time a step became ready, and
  * each affected step looked its code up and ran the allocator over every node again. Work is
- * counted here (comparisons, code lookups), not timed.
+ * counted here (comparisons, code lookups), not timed; and the CLI said nothing while it worked.
  */
 
 const RECORDS = 60;
@@ -36,6 +37,7 @@ describe('impact over many steps', () => {
   let tc: TestCoordinator;
   const shared: CoordinatorServices = {};
   let pipeline: Pipeline;
+  let changeId = '';
 
   beforeAll(async () => {
     shared.mesh = { nodes: () => [NodeInfo.fromPartial({ nodeId: 'cpu-node', state: NodeState.NODE_STATE_READY })] } as unknown as CoordinatorServices['mesh'];
@@ -75,6 +77,25 @@ describe('impact over many steps', () => {
     // One lookup per pipeline step (scale at v2, classify at v1), not 120.
     expect(describeSpy.mock.calls.length).toBeLessThanOrEqual(2);
     describeSpy.mockRestore();
+    changeId = change?.changeId ?? '';
+  });
+
+  it('retrace impact says on stderr that it is still working when the answer is long in coming', async () => {
+    const recomputer = (shared.recompute as NonNullable<CoordinatorServices['recompute']>).recomputer;
+    const original = recomputer.impact.bind(recomputer);
+    // An impact that takes 2.5 s, as one over many thousand steps does.
+    const slow = vi.spyOn(recomputer, 'impact').mockImplementation(async (request) => {
+      await new Promise((r) => setTimeout(r, 2500));
+      return original(request);
+    });
+    try {
+      const r = await runCli(['impact', changeId, '--limit', '3', '--coordinator', tc.grpcAddress, '--token', tc.token]);
+      expect(r.code, r.err).toBe(0);
+      expect(r.err).toMatch(new RegExp(`^computing the impact of ${changeId}: still working \\(2 s\\)\n`));
+      expect(r.out).toContain(`${2 * RECORDS} steps`);
+    } finally {
+      slow.mockRestore();
+    }
   });
 
   it('orders thousands of affected steps with O(n log n) comparisons, in the order it always had', () => {
