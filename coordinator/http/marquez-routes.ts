@@ -240,13 +240,12 @@ export function createMarquezRoutes(lineage: LineageApi): Route[] {
   ];
 }
 
-/** Most steps of a native job read to find its runs: the newest ones. */
-const MAX_NATIVE_JOB_STEPS = MAX_JOB_NODES;
-
 /**
  * `GET .../jobs/{job}/runs`: Marquez's `{runs, totalCount}`, newest first. An OpenLineage job's
- * runs are those named after it; a native job's are the runs of its steps (of its newest
- * 100000 steps), each served with the job's step in it.
+ * runs are those named after it; a native job's are the native runs some of its steps belong
+ * to, each served with the job's latest step in it (the one recorded last) and ordered by that
+ * step's start. The graph's run -> step membership finds them: one step is read per run, not
+ * every step of the job (a run list over 20,000 records read 20,000 steps, 7.8 s, for 3 runs).
  */
 async function jobRuns(lineage: LineageApi, e: Entry, req: HttpRequest): Promise<{ runs: Record<string, unknown>[]; totalCount: number }> {
   let ids: { runId: string; stepId: string | undefined }[];
@@ -254,17 +253,27 @@ async function jobRuns(lineage: LineageApi, e: Entry, req: HttpRequest): Promise
     ids = e.runs.map((r) => ({ runId: r.runId, stepId: openLineageStepId(r.runId) }));
   } else {
     const res = await lineage.getNode({ node: { kind: NodeKind.NODE_KIND_TRANSFORM, id: e.storeId, contentHash: '' } });
-    const steps = res.relatedSteps.slice(-MAX_NATIVE_JOB_STEPS);
-    const seen = new Map<string, { runId: string; stepId: string; timeNs: bigint }>();
-    for (const key of steps) {
+    const jobSteps = new Set(res.relatedSteps);
+    const found: { runId: string; stepId: string; timeNs: bigint }[] = [];
+    // OpenLineage runs (`job:` names) have only their own `job:` transform's steps.
+    for (const r of await runIndexOf(lineage).all()) {
+      if (r.job.startsWith('job:')) continue;
+      let members: string[];
+      try {
+        members = (await lineage.getNode({ node: { kind: NodeKind.NODE_KIND_RUN, id: r.runId, contentHash: '' } })).relatedSteps;
+      } catch (err) {
+        if (err instanceof NotFoundError) continue;
+        throw err;
+      }
+      // Members come newest first: the first of the job's is the one recorded last.
+      const key = members.find((k) => jobSteps.has(k));
+      if (key === undefined) continue;
       const stepId = key.startsWith('step:') ? key.slice('step:'.length) : key;
       const step = await getOptional(lineage, NodeKind.NODE_KIND_STEP, stepId, 'step');
-      if (!step?.runId) continue;
-      const timeNs = BigInt(step.startedAtNs || '0');
-      const prev = seen.get(step.runId);
-      if (!prev || timeNs > prev.timeNs) seen.set(step.runId, { runId: step.runId, stepId, timeNs });
+      if (!step || step.runId !== r.runId) continue;
+      found.push({ runId: r.runId, stepId, timeNs: BigInt(step.startedAtNs || '0') });
     }
-    ids = [...seen.values()].sort((a, b) => (a.timeNs < b.timeNs ? 1 : a.timeNs > b.timeNs ? -1 : 0));
+    ids = found.sort((a, b) => (a.timeNs < b.timeNs ? 1 : a.timeNs > b.timeNs ? -1 : 0));
   }
   const page = paged(ids, req);
   const runs: Record<string, unknown>[] = [];

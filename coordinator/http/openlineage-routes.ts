@@ -198,6 +198,8 @@ interface JobAccumulator {
 export async function buildGraph(lineage: LineageApi, start: NodeRef, trace: TraceResponse, options: { datasetData?: boolean } = {}): Promise<MarquezNode[]> {
   /** Marquez id -> object id. */
   const datasets = new Map<string, string>();
+  /** Marquez id -> when the dataset was first seen (ms), for the datasets a job's data lists. */
+  const datasetTimes = new Map<string, number>();
   /** Marquez id -> the job's steps. */
   const jobs = new Map<string, JobAccumulator>();
   const jobOfStep = new Map<string, string>();
@@ -213,8 +215,11 @@ export async function buildGraph(lineage: LineageApi, start: NodeRef, trace: Tra
   for (const node of trace.nodes) {
     const ref = node.node;
     if (!ref) continue;
-    if (ref.kind === NodeKind.NODE_KIND_OBJECT || ref.kind === NodeKind.NODE_KIND_OBJECT_VERSION) addDataset(ref.id);
-    else if (ref.kind === NodeKind.NODE_KIND_STEP) {
+    if (ref.kind === NodeKind.NODE_KIND_OBJECT || ref.kind === NodeKind.NODE_KIND_OBJECT_VERSION) {
+      const id = addDataset(ref.id);
+      const ms = Number(BigInt(node.timeNs || '0') / 1_000_000n);
+      if (ms > (datasetTimes.get(id) ?? Number.NEGATIVE_INFINITY)) datasetTimes.set(id, ms);
+    } else if (ref.kind === NodeKind.NODE_KIND_STEP) {
       const transform = jobNodeId(node.label !== '' ? node.label : await transformOf(lineage, ref.id));
       jobOfStep.set(node.key, transform);
       const job = jobs.get(transform) ?? { steps: [] };
@@ -265,7 +270,7 @@ export async function buildGraph(lineage: LineageApi, start: NodeRef, trace: Tra
   });
   const jobEntries = [...jobs.entries()];
   const jobData = await Promise.all(
-    jobEntries.map(([id, acc]) => jobDataOf(lineage, id, acc, inEdges.get(id) ?? [], outEdges.get(id) ?? [])),
+    jobEntries.map(([id, acc]) => jobDataOf(lineage, id, acc, inEdges.get(id) ?? [], outEdges.get(id) ?? [], (d) => datasetTimes.get(d) ?? 0)),
   );
   jobEntries.forEach(([id], i) => {
     nodes.push({ id, type: 'JOB', data: jobData[i] ?? {}, inEdges: inEdges.get(id) ?? [], outEdges: outEdges.get(id) ?? [] });
@@ -349,6 +354,7 @@ async function jobDataOf(
   acc: JobAccumulator,
   inEdges: readonly MarquezEdge[],
   outEdges: readonly MarquezEdge[],
+  timeOf: (datasetId: string) => number,
 ): Promise<Record<string, unknown>> {
   const latestStep = [...acc.steps].sort((a, b) => (a.timeNs < b.timeNs ? 1 : a.timeNs > b.timeNs ? -1 : 0))[0];
   let step: Step | undefined;
@@ -357,32 +363,61 @@ async function jobDataOf(
     step = await getOptional(lineage, NodeKind.NODE_KIND_STEP, latestStep.stepId, 'step');
     if (step?.runId) run = await getOptional(lineage, NodeKind.NODE_KIND_RUN, step.runId, 'run');
   }
-  return jobDataFrom(id, run, step, inEdges, outEdges);
+  return jobDataFrom(id, run, step, inEdges, outEdges, timeOf);
 }
 
-/** Marquez's job data of the job `id` (a Marquez id) from its latest run and that run's step. */
+/**
+ * Most records (native `record:` objects) a job's `inputs` (and, apart, its `outputs`) list. A
+ * native job works record by record: its steps over 20,000 records read and wrote 40,000
+ * records, each a Marquez dataset, and one job came to 3.4 MB (a job list of 3 jobs, 11.2 MB).
+ * Other datasets (a reference table, a report, every OpenLineage dataset) are always listed.
+ * The job's graph edges (`GET /api/v1/lineage`) keep every record.
+ */
+export const MAX_JOB_RECORDS = 100;
+
+const RECORD_PREFIX = `dataset:${NATIVE_NAMESPACE}:record:`;
+
+/**
+ * The ends of a job's edges it lists as inputs or outputs, in id order: every dataset that is
+ * not a record, and the records up to MAX_JOB_RECORDS, else the MAX_JOB_RECORDS first seen
+ * last (`timeOf`, ms; ties by id).
+ */
+function jobDatasets(edges: readonly MarquezEdge[], end: 'origin' | 'destination', timeOf: (datasetId: string) => number): string[] {
+  const ids = edges.map((e) => e[end]);
+  const records = ids.filter((id) => id.startsWith(RECORD_PREFIX));
+  if (records.length <= MAX_JOB_RECORDS) return ids;
+  const times = new Map(records.map((id) => [id, timeOf(id)]));
+  const latest = records.sort((a, b) => (times.get(b) as number) - (times.get(a) as number) || compare(a, b)).slice(0, MAX_JOB_RECORDS);
+  return [...ids.filter((id) => !id.startsWith(RECORD_PREFIX)), ...latest].sort(compare);
+}
+
+/**
+ * Marquez's job data of the job `id` (a Marquez id) from its latest run and that run's step;
+ * inputs and outputs from its edges, each with at most MAX_JOB_RECORDS records (the latest by `timeOf`).
+ */
 export function jobDataFrom(
   id: string,
   run: Run | undefined,
   step: Step | undefined,
   inEdges: readonly MarquezEdge[],
   outEdges: readonly MarquezEdge[],
+  timeOf: (datasetId: string) => number = () => 0,
 ): Record<string, unknown> {
   const { namespace, name } = parseJobTransformName(id) ?? { namespace: NATIVE_NAMESPACE, name: id };
   const jobFacets = facetMap((run?.facets ?? step?.facets)?.['job']);
   const jobType = facetMap(jobFacets['jobType']);
   const documentation = facetMap(jobFacets['documentation']);
   const location = facetMap(jobFacets['sourceCodeLocation']);
-  const split = (e: MarquezEdge, end: 'origin' | 'destination'): { namespace: string; name: string } =>
-    parseDatasetObjectId(e[end]) ?? { namespace: '', name: e[end] };
+  const split = (id: string): { namespace: string; name: string } => parseDatasetObjectId(id) ?? { namespace: '', name: id };
   return {
     id: { namespace, name },
     type: typeof jobType['processingType'] === 'string' ? jobType['processingType'] : 'BATCH',
     name,
     simpleName: name,
     namespace,
-    inputs: inEdges.map((e) => split(e, 'origin')),
-    outputs: outEdges.map((e) => split(e, 'destination')),
+    // At most MAX_JOB_RECORDS records each, the latest: a record-level job touches one per record.
+    inputs: jobDatasets(inEdges, 'origin', timeOf).map(split),
+    outputs: jobDatasets(outEdges, 'destination', timeOf).map(split),
     description: typeof documentation['description'] === 'string' ? documentation['description'] : null,
     location: typeof location['url'] === 'string' ? location['url'] : null,
     // Marquez always sends these; its web UI maps over tags. Jobs have no Marquez job version here.

@@ -93,6 +93,7 @@ export async function collectAffected(lineage: ImpactLineage, roots: readonly Im
     depthOf.set(stepKey, depth);
     queue.push(stepKey);
   };
+  const steps = new Map<string, Step>();
   const rootNames: string[] = [];
   for (const [i, r] of roots.entries()) {
     if (r.kind === 'version') {
@@ -111,14 +112,18 @@ export async function collectAffected(lineage: ImpactLineage, roots: readonly Im
         if (!visible(s)) continue;
         const step = await lineage.readStep(parseNodeKey(s).id);
         const f = step ? retraceFacetOf(step) : {};
-        if (step && !isReplay(step) && f.pipeline === r.pipeline && f.step === r.step) enqueue(s, 1);
+        if (step && !isReplay(step) && f.pipeline === r.pipeline && f.step === r.step) {
+          // Read once: the walk below takes it from here instead of reading it again.
+          steps.set(s, step);
+          enqueue(s, 1);
+        }
       }
     }
   }
-  const steps = new Map<string, Step>();
   const objects = new Map<string, AffectedObject>();
-  while (queue.length > 0) {
-    const key = queue.shift() as string;
+  // An index into the queue, not queue.shift(): shifting moves the whole queue each time.
+  for (let head = 0; head < queue.length; head++) {
+    const key = queue[head] as string;
     const depth = depthOf.get(key) as number;
     let step = steps.get(key);
     if (!step) {
@@ -182,32 +187,79 @@ export async function collectAffected(lineage: ImpactLineage, roots: readonly Im
   return { roots: rootNames, nodes: ordered, objects: [...objects.values()].sort((a, b) => a.depth - b.depth || a.objectId.localeCompare(b.objectId)) };
 }
 
-/** Kahn's order (ties by depth, then step id); a leftover means a cycle. */
+/**
+ * Kahn's order (ties by depth, then step id); a leftover means a cycle. The ready steps are a
+ * binary heap: sorting the whole ready list again each time a step became ready was O(n²)
+ * comparisons (a code change over 20,000 records, 60,000 steps: 125 s); a heap is O(n log n).
+ */
 export function topoOrder(nodes: readonly AffectedNode[]): AffectedNode[] {
   const byId = new Map(nodes.map((n) => [n.step.stepId, n]));
   const indegree = new Map(nodes.map((n) => [n.step.stepId, n.dependsOn.filter((d) => byId.has(d)).length]));
   const dependants = new Map<string, string[]>();
-  for (const n of nodes) for (const d of n.dependsOn) if (byId.has(d)) dependants.set(d, [...(dependants.get(d) ?? []), n.step.stepId]);
+  for (const n of nodes) {
+    for (const d of n.dependsOn) {
+      if (!byId.has(d)) continue;
+      const list = dependants.get(d);
+      if (list) list.push(n.step.stepId);
+      else dependants.set(d, [n.step.stepId]);
+    }
+  }
   const cmp = (a: AffectedNode, b: AffectedNode): number => a.depth - b.depth || a.step.stepId.localeCompare(b.step.stepId);
-  const ready = nodes.filter((n) => indegree.get(n.step.stepId) === 0).sort(cmp);
+  const ready = new Heap(cmp);
+  for (const n of nodes) if (indegree.get(n.step.stepId) === 0) ready.push(n);
   const out: AffectedNode[] = [];
-  while (ready.length > 0) {
-    const n = ready.shift() as AffectedNode;
+  for (let n = ready.pop(); n !== undefined; n = ready.pop()) {
     out.push(n);
     for (const d of dependants.get(n.step.stepId) ?? []) {
       const left = (indegree.get(d) as number) - 1;
       indegree.set(d, left);
-      if (left === 0) {
-        ready.push(byId.get(d) as AffectedNode);
-        ready.sort(cmp);
-      }
+      if (left === 0) ready.push(byId.get(d) as AffectedNode);
     }
   }
   if (out.length < nodes.length) {
-    const stuck = nodes.filter((n) => !out.includes(n)).map((n) => `${n.pipeline}/${n.stepName}`);
+    const done = new Set(out);
+    const stuck = nodes.filter((n) => !done.has(n)).map((n) => `${n.pipeline}/${n.stepName}`);
     throw new InvalidArgumentError('pipeline', `the affected steps depend on each other in a cycle: ${[...new Set(stuck)].slice(0, 5).join(', ')}`);
   }
   return out;
+}
+
+/** A binary min-heap under `cmp`: pop gives the least item. */
+class Heap<T> {
+  private readonly items: T[] = [];
+
+  constructor(private readonly cmp: (a: T, b: T) => number) {}
+
+  push(item: T): void {
+    const a = this.items;
+    a.push(item);
+    let i = a.length - 1;
+    while (i > 0) {
+      const parent = (i - 1) >> 1;
+      if (this.cmp(a[i] as T, a[parent] as T) >= 0) break;
+      [a[i], a[parent]] = [a[parent] as T, a[i] as T];
+      i = parent;
+    }
+  }
+
+  pop(): T | undefined {
+    const a = this.items;
+    const top = a[0];
+    const last = a.pop();
+    if (a.length === 0 || last === undefined) return top;
+    a[0] = last;
+    for (let i = 0; ;) {
+      const l = 2 * i + 1;
+      const r = l + 1;
+      let least = i;
+      if (l < a.length && this.cmp(a[l] as T, a[least] as T) < 0) least = l;
+      if (r < a.length && this.cmp(a[r] as T, a[least] as T) < 0) least = r;
+      if (least === i) break;
+      [a[i], a[least]] = [a[least] as T, a[i] as T];
+      i = least;
+    }
+    return top;
+  }
 }
 
 /** Where the allocator would place a step now: a node id, or why none can take it. */

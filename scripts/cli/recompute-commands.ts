@@ -19,7 +19,7 @@ import type { Client } from 'nice-grpc';
 import { openClient } from './client.js';
 import { jobJson } from './job-commands.js';
 import { messageJson, responseJson } from './proto-json.js';
-import { DEFAULT_TABLE_LIMIT, limitRows, nodeLines, renderTable, shortHash, toJson } from './format.js';
+import { DEFAULT_TABLE_LIMIT, limitRows, lineThrottle, nodeLines, renderTable, shortHash, toJson } from './format.js';
 import { taskStateName, watchJobProgress } from './job-progress.js';
 
 const kindName = (k: ChangeKind): string => (ChangeKind[k] ?? 'UNKNOWN').replace('CHANGE_KIND_', '').toLowerCase();
@@ -307,6 +307,38 @@ function printImpact(r: ImpactResponse, io: CliIo, limit: number): void {
   io.stdout.write(shown.footer);
 }
 
+/** Milliseconds without an answer before `impact` says on stderr that it is still working. */
+const IMPACT_NOTE_AFTER_MS = 2000;
+
+/**
+ * `work`, saying on `err` while it lasts past IMPACT_NOTE_AFTER_MS that `what` is still being
+ * computed (Impact is one unary call: the elapsed time is all there is to show). On a terminal
+ * one line counts the seconds and is cleared at the end; elsewhere a line every 10 s at most.
+ */
+async function withWaitNote<T>(work: Promise<T>, err: NodeJS.WritableStream, what: string): Promise<T> {
+  const tty = (err as { isTTY?: boolean }).isTTY === true;
+  const started = Date.now();
+  const note = (): string => `${what}: still working (${Math.round((Date.now() - started) / 1000)} s)`;
+  const throttle = lineThrottle(10_000);
+  let shown = false;
+  let ticker: NodeJS.Timeout | undefined;
+  const first = setTimeout(() => {
+    shown = true;
+    err.write(tty ? `\r${note()}\u001b[K` : `${note()}\n`);
+    ticker = setInterval(() => {
+      if (tty) err.write(`\r${note()}\u001b[K`);
+      else if (throttle(note())) err.write(`${note()}\n`);
+    }, 1000);
+  }, IMPACT_NOTE_AFTER_MS);
+  try {
+    return await work;
+  } finally {
+    clearTimeout(first);
+    if (ticker) clearInterval(ticker);
+    if (shown && tty) err.write('\r\u001b[K');
+  }
+}
+
 const impact: CliCommand = {
   path: ['impact'],
   summary: 'every step and object downstream of a change, an object or a step, with cost and placement',
@@ -325,18 +357,18 @@ const impact: CliCommand = {
     const { client, close } = openClient(RecomputeServiceDefinition, args);
     try {
       let r: ImpactResponse;
-      if (idArg.startsWith('chg-') && !hasFlag(args, 'object') && !hasFlag(args, 'step')) r = await client.impact({ target: { $case: 'changeId', value: idArg }, asOfNs }, { signal: io.signal });
-      else if (hasFlag(args, 'step')) r = await client.impact({ target: { $case: 'stepId', value: idArg }, asOfNs }, { signal: io.signal });
+      if (idArg.startsWith('chg-') && !hasFlag(args, 'object') && !hasFlag(args, 'step')) r = await withWaitNote(client.impact({ target: { $case: 'changeId', value: idArg }, asOfNs }, { signal: io.signal }), io.stderr, `computing the impact of ${idArg}`);
+      else if (hasFlag(args, 'step')) r = await withWaitNote(client.impact({ target: { $case: 'stepId', value: idArg }, asOfNs }, { signal: io.signal }), io.stderr, `computing the impact of ${idArg}`);
       else {
         try {
-          r = await client.impact({ target: { $case: 'objectId', value: idArg }, asOfNs }, { signal: io.signal });
+          r = await withWaitNote(client.impact({ target: { $case: 'objectId', value: idArg }, asOfNs }, { signal: io.signal }), io.stderr, `computing the impact of ${idArg}`);
         } catch (err) {
           // Not an object: maybe a step id. When it is no step either, the object's error is the
           // one to show: it says whether no object or step has the id, or the object had no
           // version as of --as-of.
           if (hasFlag(args, 'object') || !(err instanceof RetraceError) || err.code !== 'NOT_FOUND' || !err.message.startsWith('object_id:')) throw err;
           try {
-            r = await client.impact({ target: { $case: 'stepId', value: idArg }, asOfNs }, { signal: io.signal });
+            r = await withWaitNote(client.impact({ target: { $case: 'stepId', value: idArg }, asOfNs }, { signal: io.signal }), io.stderr, `computing the impact of ${idArg}`);
           } catch (stepErr) {
             if (stepErr instanceof RetraceError && stepErr.code === 'NOT_FOUND' && stepErr.message.startsWith('step_id:')) throw err;
             throw stepErr;
