@@ -72,7 +72,7 @@ const start: CliCommand = {
         [`token add analyst --role client${defaults ? '' : ` --data ${dataDir}`}`, 'a named token: reads and submits as "analyst", may not publish code (token list, token revoke)', true],
         [`verify --coordinator ${addresses.grpc}${defaults ? '' : ` --token-file ${join(dataDir, 'auth-token')}`}`, 'tamper check', true],
         ['nodes --watch', 'live inventory of the agents'],
-        [`nodes history ${agents[0]?.nodeId ?? 'NODE'} --metric cpu`, ''],
+        [`nodes history ${agents[0]?.nodeId ?? 'NODE'} --metric cpu --plot history.svg`, 'its stored samples, charted'],
         [`forecast ${agents[0]?.nodeId ?? 'NODE'} --metric cpu --horizon 10m --plot cpu.svg`, 'once the agents have reported for about 30 s (3 points at its 10 s step)'],
         ['lineage path record:orders/classify:o2', 'a live record: code version, node, measured resources'],
         [`replay start --record ${live.firstRecord} --watch`, 'replay one record; hashes compared'],
