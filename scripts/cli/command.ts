@@ -55,6 +55,16 @@ export class UsageError extends Error {
 }
 
 /**
+ * Why a file given on the command line could not be read, in words ("no such file", "is a
+ * directory, not a file", "permission denied"), not Node's "ENOENT: ..., open '...'"; the
+ * caller names the file and the argument.
+ */
+export function unreadableFileReason(err: unknown): string {
+  const code = (err as NodeJS.ErrnoException).code;
+  return code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'is a directory, not a file' : code === 'EACCES' ? 'permission denied' : (err as Error).message;
+}
+
+/**
  * Refuses a word past the `count` positionals a command takes, rather than ignoring it (`impact
  * A B` would answer for A alone, exit 0). `hint` is appended to the message.
  */

@@ -11,7 +11,7 @@ import { nanosToIso } from '../../common/time.js';
 import { validateOpenLineageBatch, validateOpenLineageEvent } from '../../common/openlineage/validate.js';
 import { fillStepStarts, toLineageEvents } from '../../common/openlineage/to-lineage-events.js';
 import { verifyCheckpoint } from '../../coordinator/ledger/checkpoint-signer.js';
-import { flag, hasFlag, intFlag, timeArgNs, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
+import { flag, hasFlag, intFlag, timeArgNs, unreadableFileReason, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
 import { openClient } from './client.js';
 import { messageSchema, responseJson } from './proto-json.js';
 import { nodeLines, renderTable, shortHash, toJson } from './format.js';
@@ -327,9 +327,7 @@ function readSubmitFile(file: string): string {
   try {
     return readFileSync(file, 'utf8');
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    const why = code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'is a directory, not a file' : code === 'EACCES' ? 'permission denied' : (err as Error).message;
-    throw new InvalidArgumentError('submit', `cannot read ${file}: ${why}`, err);
+    throw new InvalidArgumentError('submit', `cannot read ${file}: ${unreadableFileReason(err)}`, err);
   }
 }
 

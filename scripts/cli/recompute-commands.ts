@@ -14,7 +14,7 @@ import {
 import { dagToDot, dagToSvg, type DagDrawing, type DagNode } from '../../common/dag-drawing.js';
 import { MAX_RECOMPUTE_ATTEMPTS, MAX_RECOMPUTE_CONCURRENCY } from '../../common/recompute-policy.js';
 import { nanosToIso, parseDurationMs } from '../../common/time.js';
-import { flag, flagAll, hasFlag, intFlag, timeArgNs, noMorePositionals, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
+import { flag, flagAll, hasFlag, intFlag, timeArgNs, noMorePositionals, unreadableFileReason, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
 import type { Client } from 'nice-grpc';
 import { openClient } from './client.js';
 import { jobJson } from './job-commands.js';
@@ -40,9 +40,7 @@ function readInputFile(file: string, argument: string): Buffer {
   try {
     return readFileSync(file);
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    const why = code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'is a directory, not a file' : code === 'EACCES' ? 'permission denied' : (err as Error).message;
-    throw new UsageError(`${argument}: ${file}: ${why}`);
+    throw new UsageError(`${argument}: ${file}: ${unreadableFileReason(err)}`);
   }
 }
 
