@@ -262,17 +262,7 @@ export interface StoredRunStart {
  * event, its id derived from the run event's so a resent START is a duplicate.
  */
 export function fillStepStarts(events: readonly LineageEvent[], stored: (runId: string) => StoredRunStart | undefined = () => undefined): LineageEvent[] {
-  const runStart = new Map<string, bigint>();
-  const started = new Set<string>();
-  for (const e of events) {
-    if (e.body?.$case === 'run' && e.body.value.startedAtNs !== '0') {
-      const t = BigInt(e.body.value.startedAtNs);
-      const prev = runStart.get(e.body.value.runId);
-      if (prev === undefined || t < prev) runStart.set(e.body.value.runId, t);
-    }
-    if (e.body?.$case === 'step' && e.body.value.startedAtNs !== '0') started.add(e.body.value.stepId);
-  }
-  const stepped = new Set(events.flatMap((e) => (e.body?.$case === 'step' ? [e.body.value.runId] : [])));
+  const { runStart, started, stepped } = startsIn(events);
   return events.flatMap((e): LineageEvent[] => {
     if (e.body?.$case === 'run') {
       const run = e.body.value;
@@ -293,6 +283,42 @@ export function fillStepStarts(events: readonly LineageEvent[], stored: (runId: 
     if (start === undefined) return [e];
     return [{ ...e, body: { $case: 'step', value: { ...step, startedAtNs: start.toString() } } }];
   });
+}
+
+/**
+ * The runs whose stored state can change what fillStepStarts makes of `events`, so a caller
+ * reads only those: the runs of OpenLineage steps that no event of `events` starts, and the runs
+ * of START events that make no step.
+ */
+export function runsNeedingStoredStart(events: readonly LineageEvent[]): Set<string> {
+  const { runStart, started, stepped } = startsIn(events);
+  const out = new Set<string>();
+  for (const e of events) {
+    if (e.body?.$case === 'run' && e.body.value.startedAtNs !== '0' && !stepped.has(e.body.value.runId)) out.add(e.body.value.runId);
+    if (e.body?.$case !== 'step') continue;
+    const step = e.body.value;
+    if (step.startedAtNs === '0' && step.runId !== '' && step.stepId.startsWith(OPENLINEAGE_STEP_PREFIX) && !started.has(step.stepId) && !runStart.has(step.runId)) out.add(step.runId);
+  }
+  return out;
+}
+
+/** What `events` themselves say of starts: each run's earliest START, the steps started, the runs with a step event. */
+function startsIn(events: readonly LineageEvent[]): { runStart: Map<string, bigint>; started: Set<string>; stepped: Set<string> } {
+  const runStart = new Map<string, bigint>();
+  const started = new Set<string>();
+  const stepped = new Set<string>();
+  for (const e of events) {
+    if (e.body?.$case === 'run' && e.body.value.startedAtNs !== '0') {
+      const t = BigInt(e.body.value.startedAtNs);
+      const prev = runStart.get(e.body.value.runId);
+      if (prev === undefined || t < prev) runStart.set(e.body.value.runId, t);
+    }
+    if (e.body?.$case === 'step') {
+      stepped.add(e.body.value.runId);
+      if (e.body.value.startedAtNs !== '0') started.add(e.body.value.stepId);
+    }
+  }
+  return { runStart, started, stepped };
 }
 
 function fromDatasetEvent(event: OpenLineageDatasetEvent, id: (part: string) => string): LineageEvent[] {

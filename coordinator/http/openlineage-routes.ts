@@ -7,7 +7,7 @@ import {
   type TraceResponse,
 } from '../../common/gen/retrace/v1/lineage.js';
 import type { LineageEvent, ObjectVersion, Run, Step } from '../../common/gen/retrace/v1/provenance.js';
-import { fillStepStarts, openLineageStepId, parseDatasetObjectId, parseJobTransformName, toLineageEvents, type StoredRunStart } from '../../common/openlineage/to-lineage-events.js';
+import { fillStepStarts, openLineageStepId, parseDatasetObjectId, parseJobTransformName, runsNeedingStoredStart, toLineageEvents, type StoredRunStart } from '../../common/openlineage/to-lineage-events.js';
 import { toRetraceResourcesFacet } from '../../common/openlineage/to-openlineage-event.js';
 import { RETRACE_RESOURCES_FACET, type ValidatedOpenLineageEvent } from '../../common/openlineage/types.js';
 import { validateOpenLineageBatch, validateOpenLineageEvent } from '../../common/openlineage/validate.js';
@@ -82,18 +82,13 @@ async function postBatch(lineage: LineageApi, req: HttpRequest): Promise<HttpRes
 
 /**
  * The events with each run's step started when its run did (fillStepStarts): a START naming no
- * datasets, stored earlier, gives the step its COMPLETE makes its start. The store is read only for
- * runs whose step the events themselves leave without a start.
+ * datasets, stored earlier, gives the step its COMPLETE makes its start, and one stored after the
+ * COMPLETE starts the stored step. The store is read only for the runs fillStepStarts can use it
+ * for (runsNeedingStoredStart).
  */
 async function withRunStarts(lineage: LineageApi, events: LineageEvent[]): Promise<LineageEvent[]> {
-  const filled = fillStepStarts(events);
-  const unstarted = new Set(filled.flatMap((e) => (e.body?.$case === 'step' && e.body.value.startedAtNs === '0' && e.body.value.runId !== '' ? [e.body.value.runId] : [])));
-  // A START of a run none of whose events here makes a step: its COMPLETE may be stored already.
-  const stepped = new Set(events.flatMap((e) => (e.body?.$case === 'step' ? [e.body.value.runId] : [])));
-  for (const e of events) if (e.body?.$case === 'run' && e.body.value.startedAtNs !== '0' && !stepped.has(e.body.value.runId)) unstarted.add(e.body.value.runId);
-  if (unstarted.size === 0) return filled;
   const stored = new Map<string, StoredRunStart>();
-  for (const runId of unstarted) {
+  for (const runId of runsNeedingStoredStart(events)) {
     const { run, step } = await runAndStep(lineage, runId);
     if (run) stored.set(runId, { runStartedAtNs: run.startedAtNs || '0', stepStarted: step !== undefined && (step.startedAtNs || '0') !== '0', stepStored: step !== undefined });
   }
