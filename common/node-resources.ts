@@ -93,14 +93,26 @@ export function parseByteSize(text: string, field = 'size'): number {
 /** Formats bytes with binary units, e.g. 68719476736 → "64.0 GiB". */
 export function formatBytes(bytes: number): string {
   if (!Number.isFinite(bytes)) return '?';
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
-  let v = Math.abs(bytes);
+  const unit = binaryUnit(Math.abs(bytes));
+  const v = Math.abs(bytes) / unit.divisor;
+  return `${bytes < 0 ? '-' : ''}${unit.divisor === 1 ? v.toFixed(0) : v.toFixed(1)} ${unit.name}`;
+}
+
+const BINARY_UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+
+/**
+ * The binary unit to show `bytes` (not negative) in: the largest in which the value stays under
+ * `below` (1024 for text; a chart's axis takes 1000, so 1010 MiB is 0.99 GiB rather than a
+ * "1.01k MiB" tick), and the divisor into it.
+ */
+export function binaryUnit(bytes: number, below = 1024): { name: string; divisor: number } {
+  let v = bytes;
   let i = 0;
-  while (v >= 1024 && i < units.length - 1) {
+  while (v >= below && i < BINARY_UNITS.length - 1) {
     v /= 1024;
     i++;
   }
-  return `${bytes < 0 ? '-' : ''}${i === 0 ? v.toFixed(0) : v.toFixed(1)} ${units[i]}`;
+  return { name: BINARY_UNITS[i] as string, divisor: 1024 ** i };
 }
 
 /** Advertise keys that are shorthands; any other key must be a full reading name. */

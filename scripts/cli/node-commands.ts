@@ -11,7 +11,7 @@ import {
   nodeStateToJSON,
   type ResourceReading,
 } from '../../common/gen/retrace/v1/node.js';
-import { effectiveReading, formatBytes, parseLabels } from '../../common/node-resources.js';
+import { binaryUnit, effectiveReading, formatBytes, parseLabels } from '../../common/node-resources.js';
 import { renderForecastSvg } from '../../common/svg-chart.js';
 import { millisToNanos, nanosToIso } from '../../common/time.js';
 import { durationFlagMs, flag, flagAll, hasFlag, noMorePositionals, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
@@ -222,14 +222,9 @@ export function metricAxis(metric: string, values: readonly number[]): { divisor
   if (unit === 'bytes' || unit === 'bytes/s') {
     let max = 0;
     for (const v of values) if (Number.isFinite(v)) max = Math.max(max, Math.abs(v));
-    const names = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
-    let i = 0;
     // 1000, not 1024: 1010 MiB is 0.99 GiB, where "1.01k MiB" would be the tick.
-    while (max >= 1000 && i < names.length - 1) {
-      max /= 1024;
-      i++;
-    }
-    return { divisor: 1024 ** i, label: `${metric} (${names[i] as string}${unit === 'bytes/s' ? '/s' : ''})` };
+    const { name, divisor } = binaryUnit(max, 1000);
+    return { divisor, label: `${metric} (${name}${unit === 'bytes/s' ? '/s' : ''})` };
   }
   if (unit === 'percent') return { divisor: 1, label: `${metric} (%)` };
   if (unit === 'ms') return { divisor: 1, label: `${metric} (ms)` };
