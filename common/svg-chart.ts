@@ -39,27 +39,17 @@ export function escapeXml(text: string): string {
   return text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;').replace(/'/g, '&apos;');
 }
 
-/** Short value label: 1234 → `1.23k`, 5e9 → `5G`, 0.125 → `0.125`. */
-export function formatValue(x: number): string {
-  const abs = Math.abs(x);
-  const units: [number, string][] = [[1e12, 'T'], [1e9, 'G'], [1e6, 'M'], [1e3, 'k']];
-  for (const [size, suffix] of units) if (abs >= size) return `${trim(x / size)}${suffix}`;
-  return trim(x);
-}
-
-function trim(x: number): string {
-  return String(Number(x.toPrecision(3)));
-}
+/** Decimal sizes a label is written in, largest first. */
+const SI_SIZES: readonly [number, string][] = [[1e12, 'T'], [1e9, 'G'], [1e6, 'M'], [1e3, 'k']];
 
 /**
- * A tick's label, with as many decimals as the tick step needs: formatValue's three significant
- * digits gave 2.147G, 2.148G and 2.149G all as "2.15G".
+ * A tick's label in k, M, G or T, with as many decimals as the tick step needs:
+ * three significant digits gave 2.147G, 2.148G and 2.149G all as "2.15G".
  */
 function tickLabel(v: number, step: number): string {
   if (v === 0) return '0';
   const abs = Math.abs(v);
-  const size = ([1e12, 1e9, 1e6, 1e3].find((s) => abs >= s) ?? 1);
-  const suffix = ({ 1e12: 'T', 1e9: 'G', 1e6: 'M', 1e3: 'k' } as Record<number, string>)[size] ?? '';
+  const [size, suffix] = SI_SIZES.find(([s]) => abs >= s) ?? [1, ''];
   const decimals = Math.min(12, Math.max(0, Math.ceil(-Math.log10(step / size) - 1e-9)));
   // Trailing zeros go (2.150G reads 2.15G): labels that differ still differ.
   return `${Number((v / size).toFixed(decimals))}${suffix}`;
