@@ -2,13 +2,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NodeInfo, NodeState } from '../common/gen/retrace/v1/node.js';
 import { Pipeline, PipelineServiceDefinition, type IngestRequest } from '../common/gen/retrace/v1/pipeline.js';
 import { RecomputeServiceDefinition } from '../common/gen/retrace/v1/recompute.js';
-import { ShardStatus } from '../common/gen/retrace/v1/shard.js';
 import { codeExtension } from '../coordinator/code/code-extension.js';
 import type { CodeStore } from '../coordinator/code/code-store.js';
 import { pipelineExtension } from '../coordinator/pipeline/pipeline-extension.js';
-import type { ShardRunner } from '../coordinator/pipeline/pipeline-runner.js';
 import { recomputeExtension } from '../coordinator/recompute/recompute-extension.js';
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
+import { impactRunner } from './helpers/impact-runner.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 
 /**
@@ -17,23 +16,13 @@ import { startTestCoordinator, type TestCoordinator } from './helpers/test-coord
  * shards are dispatched: a step whose transform needs a GPU is not "placed" on a node without one.
  */
 
-const runner: ShardRunner = {
-  async run(assignment) {
-    const started = BigInt(Date.now()) * 1_000_000n;
-    const resources = { cpuTimeNs: '1000', peakMemoryBytes: '4096', netBytesIn: '0', netBytesOut: '0', diskBytesRead: '0', diskBytesWritten: '0', gpuTimeNs: '0', gpuUtilization: 0, wallTimeNs: '1000' };
-    const payload = Buffer.from(`${assignment.stepName}(${new TextDecoder().decode(assignment.inputs[0]?.payload)})`);
-    const outcome = { shardId: assignment.shardId, startedAtNs: started.toString(), endedAtNs: (started + 1000n).toString(), nodeId: 'cpu-node', attempt: 1, status: ShardStatus.SHARD_STATUS_SUCCEEDED, outputs: [{ key: '', contentHash: '', payload, mediaType: 'text/plain' }], resources, error: '' };
-    return { outcome, nodeId: 'cpu-node', attempts: 1, queuedMs: 0, host: 'host-a' };
-  },
-};
-
 describe('impact placement', () => {
   let tc: TestCoordinator;
   const shared: CoordinatorServices = {};
 
   beforeAll(async () => {
     shared.mesh = { nodes: () => [NodeInfo.fromPartial({ nodeId: 'cpu-node', state: NodeState.NODE_STATE_READY })] } as unknown as CoordinatorServices['mesh'];
-    tc = await startTestCoordinator({ extensions: [codeExtension({ onCodeStore: (s) => (shared.code = s) }), pipelineExtension(shared, { runner }), recomputeExtension(shared)] });
+    tc = await startTestCoordinator({ extensions: [codeExtension({ onCodeStore: (s) => (shared.code = s) }), pipelineExtension(shared, { runner: impactRunner }), recomputeExtension(shared)] });
     const code = shared.code as CodeStore;
     const plain = await code.publish(new TextEncoder().encode('// plain'), { transform: 'plain', requirements: undefined, sourceFile: 'plain.ts', bundler: 'test' });
     const gpu = await code.publish(new TextEncoder().encode('// gpu'), { transform: 'render', requirements: { cpu: 0, memoryMb: 0, gpu: 1, instructionSets: [], networkMbps: 0 }, sourceFile: 'render.ts', bundler: 'test' });
