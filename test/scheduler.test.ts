@@ -189,6 +189,28 @@ const shard = (id: string): ShardAssignment => ({ shardId: id, stepName: 'step',
 const tick = () => new Promise((r) => setTimeout(r, 5));
 const quiet = () => {};
 
+/**
+ * The dispatcher's clock for tests whose budgets are tens of milliseconds: time moves only when
+ * the test moves it, so a timer that fires late on a loaded machine is not taken for a node's
+ * silence. The deadline sweep still runs on real timers.
+ */
+function manualClock() {
+  const clock = { t: 1_000_000, now: () => clock.t };
+  return clock;
+}
+
+/** Waits for `p`, moving `clock` on by `stepMs` every 20 ms of real time meanwhile. */
+async function advancing<T>(clock: { t: number }, stepMs: number, p: Promise<T>): Promise<T> {
+  const timer = setInterval(() => {
+    clock.t += stepMs;
+  }, 20);
+  try {
+    return await p;
+  } finally {
+    clearInterval(timer);
+  }
+}
+
 describe('dispatcher (fake mesh)', () => {
   it('batches per node, first outcome wins, bounded in flight', async () => {
     const f = fakeMesh([info('a'), info('b')]);
@@ -361,7 +383,8 @@ describe('dispatcher (fake mesh)', () => {
   });
   it('reassigns on LOST, on timeout, on link outage; fails after maxAttempts', async () => {
     const f = fakeMesh([info('a'), info('b')]);
-    const d = createDispatcher({ mesh: f.mesh, log: quiet, shardTimeoutMs: 60, maxAttempts: 3, maxInFlightPerNode: 1 });
+    const clock = manualClock();
+    const d = createDispatcher({ mesh: f.mesh, log: quiet, shardTimeoutMs: 60, maxAttempts: 3, maxInFlightPerNode: 1, now: clock.now });
     const p1 = d.run(shard('x'));
     await tick();
     const firstNode = f.assigned()[0] === 'x' ? (f.sent.find((s) => s.msg.body?.$case === 'assign')?.nodeId as string) : '';
@@ -374,11 +397,11 @@ describe('dispatcher (fake mesh)', () => {
     expect(await p1).toMatchObject({ nodeId: other, attempts: 2 });
 
     f.set([info('a'), info('b')]);
-    f.emit('node:registered', { nodeId: firstNode, rejoined: true, restarted: true, atMs: Date.now(), payloadCacheBytes: 0 });
+    f.emit('node:registered', { nodeId: firstNode, rejoined: true, restarted: true, atMs: clock.t, payloadCacheBytes: 0 });
     const p2 = d.run(shard('y'));
     await tick();
     const yNode = f.sent.filter((s) => s.msg.body?.$case === 'assign').at(-1)?.nodeId as string;
-    d.setLinkOutage(yNode, Date.now() + 10_000);
+    d.setLinkOutage(yNode, clock.t + 10_000);
     await tick();
     const yOther = yNode === 'a' ? 'b' : 'a';
     expect(f.assigned(yOther)).toContain('y');
@@ -387,8 +410,8 @@ describe('dispatcher (fake mesh)', () => {
     f.reply(yOther, ['y']);
     expect(await p2).toMatchObject({ nodeId: yOther, attempts: 2 });
 
-    const p3 = d.run(shard('z')); // nobody answers
-    const r3 = await p3;
+    // Nobody answers: each attempt times out once the clock passes its budget.
+    const r3 = await advancing(clock, 61, d.run(shard('z')));
     expect(r3.outcome.status).toBe(ShardStatus.SHARD_STATUS_FAILED);
     expect(r3.attempts).toBe(3);
     d.stop();
@@ -455,14 +478,17 @@ describe('dispatcher (fake mesh)', () => {
   });
   it('a shard queued behind others on a busy node is not timed out while that node keeps answering', async () => {
     const f = fakeMesh([info('a')]);
-    const d = createDispatcher({ mesh: f.mesh, log: quiet, shardTimeoutMs: 400 });
+    const clock = manualClock();
+    const d = createDispatcher({ mesh: f.mesh, log: quiet, shardTimeoutMs: 400, now: clock.now });
     const ids = Array.from({ length: 10 }, (_, i) => `q${i + 1}`);
     const runs = ids.map((id) => d.run(shard(id)));
     await tick();
-    // The node runs one at a time, 60 ms each: q10 answers about 600 ms after it was placed,
-    // past its 400 ms budget, while no gap between answers comes near it.
+    // The node runs one at a time, 60 ms each: q10 answers 600 ms after it was placed, past its
+    // 400 ms budget, while no gap between answers comes near it. Each answer comes after a real
+    // wait longer than the deadline sweep's period (100 ms here), so every deadline is checked.
     for (const id of ids) {
-      await new Promise((r) => setTimeout(r, 60));
+      clock.t += 60;
+      await new Promise((r) => setTimeout(r, 110));
       f.reply('a', [id], ShardStatus.SHARD_STATUS_SUCCEEDED, 1);
     }
     for (const r of await Promise.all(runs)) expect(r).toMatchObject({ nodeId: 'a', attempts: 1 });
@@ -471,13 +497,16 @@ describe('dispatcher (fake mesh)', () => {
   });
   it('a node that keeps answering other shards pardons a silent one for ten budgets at most', async () => {
     const f = fakeMesh([info('a')]);
-    const d = createDispatcher({ mesh: f.mesh, log: quiet, shardTimeoutMs: 50 });
+    const clock = manualClock();
+    const d = createDispatcher({ mesh: f.mesh, log: quiet, shardTimeoutMs: 50, now: clock.now });
+    const started = clock.t;
     const silent = d.run(shard('silent'));
     await tick();
-    // Other shards keep finishing on the node, well within each budget, for longer than ten.
-    const started = Date.now();
+    // Other shards keep finishing on the node, 5 ms apart (well within each budget), for longer
+    // than ten budgets.
     for (let i = 0; f.attempts('a').filter((x) => x.startsWith('silent')).length < 2; i++) {
-      if (Date.now() - started > 10_000) throw new Error('the silent shard was never taken back');
+      if (i > 1_000) throw new Error('the silent shard was never taken back');
+      clock.t += 5;
       const id = `busy${i}`;
       const run = d.run(shard(id));
       await tick();
@@ -485,16 +514,19 @@ describe('dispatcher (fake mesh)', () => {
       await run;
     }
     // Not at one budget (the node kept answering), but at ten.
-    expect(Date.now() - started).toBeGreaterThanOrEqual(400);
+    expect(clock.t - started).toBeGreaterThanOrEqual(500);
     f.reply('a', ['silent'], ShardStatus.SHARD_STATUS_SUCCEEDED, 2);
     expect(await silent).toMatchObject({ attempts: 2 });
     d.stop();
   });
   it('the cancel echo of a timed-out attempt does not count against the next attempt on the same node', async () => {
     const f = fakeMesh([info('a')]);
-    const d = createDispatcher({ mesh: f.mesh, log: quiet, shardTimeoutMs: 300, maxAttempts: 3 });
+    const clock = manualClock();
+    const d = createDispatcher({ mesh: f.mesh, log: quiet, shardTimeoutMs: 300, maxAttempts: 3, now: clock.now });
     const p = d.run(shard('e'));
+    await tick();
     // Timed out, cancelled, and placed on the same node again as attempt 2.
+    clock.t += 300;
     await until('attempt 2 placed', () => (f.attempts('a').length >= 2 ? true : undefined), 10_000, 5);
     expect(f.attempts('a').slice(0, 2)).toEqual(['e#1', 'e#2']);
     f.reply('a', ['e'], ShardStatus.SHARD_STATUS_CANCELLED, 1); // the first attempt's answer to the cancel
