@@ -206,13 +206,13 @@ describe('GraphIndex walks over merged and appended edges', () => {
           steps++;
           let rejected = false;
           try {
-            merged.addStep(edges, time, 'step');
+            merged.addStep(edges, time, 'step', BigInt(steps));
           } catch {
             rejected = true;
           }
           let plainRejected = false;
           try {
-            plain.addStep(edges, time, 'step');
+            plain.addStep(edges, time, 'step', BigInt(steps));
           } catch {
             plainRejected = true;
           }
@@ -279,7 +279,7 @@ describe('GraphIndex idle merge', () => {
     let steps = 0;
     while (steps < 40 || Math.max(...index.tailEdges) < 4) {
       const out = `version:a@sha256:${steps + 1}`;
-      index.addStep({ stepKey: `step:${steps}`, transformKey: 'transform:t', runKey: undefined, used: [prev], generated: [out] }, 10 + steps, 'step');
+      index.addStep({ stepKey: `step:${steps}`, transformKey: 'transform:t', runKey: undefined, used: [prev], generated: [out] }, 10 + steps, 'step', BigInt(steps));
       prev = out;
       steps++;
       vi.advanceTimersByTime(30);

@@ -10,7 +10,7 @@ import { LineageStore } from '../coordinator/store/lineage-store.js';
 import { h, objectEvent, ref, runEvent, stepEvent } from './helpers/lineage-events.js';
 import { decodeSubmitEventsRequest, type LazySubmitEventsRequest } from '../coordinator/grpc/lineage-wire.js';
 import { BinaryWriter } from '@bufbuild/protobuf/wire';
-import { LedgerEntryBody, LineageEvent, type ObjectVersion } from '../common/gen/retrace/v1/provenance.js';
+import { LedgerEntryBody, LineageEvent, type ObjectVersion, type Step } from '../common/gen/retrace/v1/provenance.js';
 
 let db: Database;
 let store: LineageStore;
@@ -382,6 +382,39 @@ describe('lineage engine', () => {
     const run = await engine.getNode({ node: { kind: NodeKind.NODE_KIND_RUN, id: 'run-1', contentHash: '' } });
     expect(run.relatedSteps).toEqual(['step:ol-step']);
     await expect(engine.submit([stepEvent('other', 'ol-step', [], [], { transform: 'different' })])).rejects.toThrow(/events\[0\]\.step\.transform: step already recorded/);
+  });
+
+  it('reads a step with one event at the position the index keeps, one with several from its rows; alike after a rejected batch and a restart', async () => {
+    await chain();
+    await engine.submit([stepEvent('start', 'two', [ref('raw:1', 'r1')], [], { timeNs: '5000', endedAtNs: '0' })]);
+    await engine.submit([stepEvent('complete', 'two', [], [ref('two:1', 't1')], { timeNs: '6000', endedAtNs: '6000' })]);
+    // A second event about s1 in a batch that is then rejected: s1 is read from its rows from
+    // here on, which gives the same step.
+    await expect(engine.submit([stepEvent('late', 's1', [], []), stepEvent('bad', 'sx', [ref('missing', 'm')], [])])).rejects.toThrow(/unknown object version/);
+    expect(engine.index.soleEventSeqOf('step:s2')).toBe(3n);
+    expect(engine.index.soleEventSeqOf('step:s1')).toBeUndefined();
+    expect(engine.index.soleEventSeqOf('step:two')).toBeUndefined();
+    const ids = ['s2', 'two', 'nope', 's1', 's3'];
+    const shape = (s: Step | undefined) => s && { id: s.stepId, used: s.used.map((u) => u.objectId), generated: s.generated.map((g) => g.objectId), endedAtNs: s.endedAtNs };
+    const expected = [
+      { id: 's2', used: ['mid:1'], generated: ['out:1'], endedAtNs: expect.any(String) as unknown as string },
+      { id: 'two', used: ['raw:1'], generated: ['two:1'], endedAtNs: '6000' },
+      undefined,
+      { id: 's1', used: ['raw:1'], generated: ['mid:1'], endedAtNs: expect.any(String) as unknown as string },
+      { id: 's3', used: ['raw:2'], generated: ['side:1'], endedAtNs: expect.any(String) as unknown as string },
+    ];
+    const batched = await engine.readSteps(ids);
+    expect(batched.map(shape)).toEqual(expected);
+    expect(await Promise.all(ids.map((id) => engine.readStep(id)))).toEqual(batched);
+    // As of a time before the COMPLETE: the START alone.
+    expect(shape((await engine.readSteps(['two'], 0.0055))[0])).toMatchObject({ generated: [] });
+    // Rebuilt from the ledger at start: the same positions.
+    await engine.stop();
+    engine = new LineageEngine({ store, signer, clock });
+    await engine.start();
+    expect(engine.index.soleEventSeqOf('step:s2')).toBe(3n);
+    expect(engine.index.soleEventSeqOf('step:two')).toBeUndefined();
+    expect((await engine.readSteps(ids)).map(shape)).toEqual(expected);
   });
 
   it('a START that arrives after its run ended, stamped with the same instant, does not reopen the run; a later one does', async () => {

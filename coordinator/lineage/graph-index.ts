@@ -60,6 +60,12 @@ export class GraphIndex {
   private readonly generator = new GrowableInt32();
   /** Step → its transform node (a step's label is the transform's name); other kinds → NO_NODE. */
   private readonly transformOf = new GrowableInt32();
+  /**
+   * Step → the ledger seq of its only event; NO_NODE for other kinds and for steps with several
+   * events. Lets a step be read with one point lookup instead of a scan of the steps table,
+   * which cost most of an impact analysis's time (an iterator per step).
+   */
+  private readonly soleEventSeq = new GrowableFloat64();
   /** Transform node → its name: the one string its steps' labels share. */
   private readonly transformNames = new Map<number, string>();
   private readonly lastTransform = { key: '', id: NO_NODE };
@@ -109,7 +115,7 @@ export class GraphIndex {
 
   /** Bytes held by the typed arrays, the keys' included (a few maps of transforms are extra). */
   get arrayBytes(): number {
-    const perNode = [this.kinds, this.firstSeen, this.objectOf, this.generator, this.transformOf];
+    const perNode = [this.kinds, this.firstSeen, this.objectOf, this.generator, this.transformOf, this.soleEventSeq];
     return this.lists.reduce((n, l) => n + l.byteLength, 0) + perNode.reduce((n, a) => n + a.byteLength, 0) + this.keys.byteLength;
   }
 
@@ -198,6 +204,16 @@ export class GraphIndex {
     return { nodes: this.keys.size, edges: this.lists.map((l) => l.edgeCount), generatorLog: this.generatorLog.length };
   }
 
+  /**
+   * The ledger seq of step `stepKey`'s event when it has exactly one; undefined for an unknown
+   * step or one with several events (read the steps table for those).
+   */
+  soleEventSeqOf(stepKey: string): bigint | undefined {
+    const id = this.keys.get(stepKey);
+    const seq = id === undefined ? NO_NODE : (this.soleEventSeq.data[id] as number);
+    return seq === NO_NODE ? undefined : BigInt(seq);
+  }
+
   /** Undoes everything added since `mark`. */
   rollback(mark: IndexMark): void {
     this.lists.forEach((l, i) => l.rollback(mark.edges[i] as number, mark.nodes));
@@ -206,7 +222,9 @@ export class GraphIndex {
     for (const id of this.transformNames.keys()) if (id >= mark.nodes) this.transformNames.delete(id);
     for (const cache of [this.lastTransform, this.lastRun]) if (cache.id >= mark.nodes) cache.id = NO_NODE;
     this.keys.truncate(mark.nodes);
-    this.kinds.length = this.firstSeen.length = this.objectOf.length = this.generator.length = this.transformOf.length = mark.nodes;
+    // A step that got a second event in the undone batch stays marked as having several: its
+    // reads then scan the steps table, which is right either way.
+    this.kinds.length = this.firstSeen.length = this.objectOf.length = this.generator.length = this.transformOf.length = this.soleEventSeq.length = mark.nodes;
   }
 
   /** Adds (or finds) a node. Object versions also get their object node. */
@@ -243,20 +261,22 @@ export class GraphIndex {
     this.objectOf.push(object);
     this.generator.push(NO_NODE);
     this.transformOf.push(NO_NODE);
+    this.soleEventSeq.push(NO_NODE);
     if (object !== NO_NODE) this.members.add(object, id, timeMs);
     return id;
   }
 
   /**
-   * Adds a step event's edges. Throws InvalidArgumentError (leaving the index as it was) when an
-   * output already has another generator or the edges would close a cycle. `path` prefixes
-   * the field names in errors.
+   * Adds the edges of a step event (at ledger position `seq`). Throws InvalidArgumentError
+   * (leaving the index as it was) when an output already has another generator or the edges
+   * would close a cycle. `path` prefixes the field names in errors.
    */
-  addStep(edges: StepEdges, timeMs: number, path: string): void {
+  addStep(edges: StepEdges, timeMs: number, path: string, seq: bigint): void {
     const mark = this.mark();
     try {
       const known = this.keys.get(edges.stepKey);
       const step = known ?? this.addNode(edges.stepKey, NodeKind.NODE_KIND_STEP, timeMs);
+      this.soleEventSeq.data[step] = known === undefined ? Number(seq) : NO_NODE;
       if (known === undefined) {
         const transform = this.cachedNode(this.lastTransform, edges.transformKey, NodeKind.NODE_KIND_TRANSFORM, timeMs);
         // Steps share their transform's label string: a slice per step outlived the step event.

@@ -590,6 +590,7 @@ export class LineageEngine implements LineageApi {
           },
           timeMs,
           p,
+          seq,
         );
         result = { ref: { table: 'steps', stepId: s.stepId }, adjacency: { timeNs } };
         break;
@@ -879,10 +880,31 @@ export class LineageEngine implements LineageApi {
    * (as Trace's edges are): undefined when it had none.
    */
   async readStep(stepId: string, asOfMs = Number.POSITIVE_INFINITY): Promise<Step | undefined> {
-    const seqs = await this.store.entitySeqs('steps', stepId);
+    const sole = this.index.soleEventSeqOf(`step:${stepId}`);
+    const seqs = sole !== undefined ? [sole] : await this.store.entitySeqs('steps', stepId);
     if (seqs.length === 0) return undefined;
-    const folded = (await this.readEvents(seqs)).flatMap((e) => (e.body?.$case === 'step' && nsToMs(BigInt(e.eventTimeNs)) <= asOfMs ? [{ timeNs: BigInt(e.eventTimeNs), step: e.body.value }] : []));
-    return folded.length > 0 ? foldSteps(folded) : undefined;
+    return foldStepEvents(await this.readEvents(seqs), asOfMs);
+  }
+
+  /**
+   * readStep of each step id, in the order given: the steps with one event (most) in one read of
+   * the ledger, which for thousands of steps costs a fraction of a read each.
+   */
+  async readSteps(stepIds: readonly string[], asOfMs = Number.POSITIVE_INFINITY): Promise<(Step | undefined)[]> {
+    const sole = stepIds.map((id) => this.index.soleEventSeqOf(`step:${id}`));
+    const events = new Map<bigint, LineageEvent>();
+    for (const entry of await this.store.getEntries(sole.filter((seq): seq is bigint => seq !== undefined))) {
+      const event = LedgerEntryBody.decode(new AsciiBinaryReader(entry.body)).event;
+      if (event) events.set(entry.seq, event);
+    }
+    return Promise.all(
+      stepIds.map((id, i) => {
+        const seq = sole[i];
+        if (seq === undefined) return this.readStep(id, asOfMs);
+        const event = events.get(seq);
+        return event ? foldStepEvents([event], asOfMs) : undefined;
+      }),
+    );
   }
 
   /** Whether the graph held `ref` as of `asOfMs` (a node appears with its first event). */
@@ -951,6 +973,12 @@ function checkNodeRef(ref: NodeRef, field: string): void {
 /** as_of_ns: 0 (now) or a time in nanoseconds since the epoch. */
 function checkAsOf(asOfNs: string): void {
   if (asOfNs !== '' && asOfNs.startsWith('-')) throw new InvalidArgumentError('as_of_ns', `must be 0 (now) or nanoseconds since the epoch, got ${asOfNs}`);
+}
+
+/** The folded view of a step from its events; with `asOfMs`, those recorded by then. */
+function foldStepEvents(events: readonly LineageEvent[], asOfMs: number): Step | undefined {
+  const folded = events.flatMap((e) => (e.body?.$case === 'step' && nsToMs(BigInt(e.eventTimeNs)) <= asOfMs ? [{ timeNs: BigInt(e.eventTimeNs), step: e.body.value }] : []));
+  return folded.length > 0 ? foldSteps(folded) : undefined;
 }
 
 function emptyVersion(objectId: string, contentHash: string): ObjectVersion {

@@ -47,7 +47,7 @@ export interface AffectedGraph {
   objects: AffectedObject[];
 }
 
-export type ImpactLineage = Pick<LineageEngine, 'index' | 'readStep'>;
+export type ImpactLineage = Pick<LineageEngine, 'index' | 'readSteps'>;
 
 function isReplay(step: Step): boolean {
   return step.why?.kind === TriggerKind.TRIGGER_KIND_REPLAY;
@@ -64,6 +64,19 @@ export function recordKeyOf(objectId: string): string {
 function datasetOf(objectId: string): string {
   const m = /^record:[^/]+\/([^:]+):/.exec(objectId);
   return m ? (m[1] as string) : '';
+}
+
+/**
+ * Steps read at once, ahead of the walk. One at a time, each read waited for the store (a key
+ * scan, then the event) with the main thread idle: 60,000 steps took about 15 s.
+ */
+const READ_AHEAD = 256;
+
+/** `lineage.readSteps` of the step ids, READ_AHEAD at a time, in the order given. */
+async function readSteps(lineage: ImpactLineage, stepIds: readonly string[]): Promise<(Step | undefined)[]> {
+  const out: (Step | undefined)[] = [];
+  for (let i = 0; i < stepIds.length; i += READ_AHEAD) out.push(...(await lineage.readSteps(stepIds.slice(i, i + READ_AHEAD))));
+  return out;
 }
 
 function compareNs(a: string, b: string): number {
@@ -108,9 +121,10 @@ export async function collectAffected(lineage: ImpactLineage, roots: readonly Im
       enqueue(key, 0);
     } else {
       rootNames.push(`${r.pipeline}/${r.step}`);
-      for (const s of index.membersOf(`transform:${r.transform}`)) {
-        if (!visible(s)) continue;
-        const step = await lineage.readStep(parseNodeKey(s).id);
+      const members = index.membersOf(`transform:${r.transform}`).filter(visible);
+      const read = await readSteps(lineage, members.map((s) => parseNodeKey(s).id));
+      for (const [j, s] of members.entries()) {
+        const step = read[j];
         const f = step ? retraceFacetOf(step) : {};
         if (step && !isReplay(step) && f.pipeline === r.pipeline && f.step === r.step) {
           // Read once: the walk below takes it from here instead of reading it again.
@@ -121,13 +135,21 @@ export async function collectAffected(lineage: ImpactLineage, roots: readonly Im
     }
   }
   const objects = new Map<string, AffectedObject>();
+  // Steps read ahead of the walk (each read once), READ_AHEAD at a time.
+  const readAhead = new Map<string, Step | undefined>();
   // An index into the queue, not queue.shift(): shifting moves the whole queue each time.
   for (let head = 0; head < queue.length; head++) {
     const key = queue[head] as string;
     const depth = depthOf.get(key) as number;
     let step = steps.get(key);
     if (!step) {
-      step = await lineage.readStep(parseNodeKey(key).id);
+      if (!readAhead.has(key)) {
+        readAhead.clear();
+        const next = [...new Set(queue.slice(head, head + READ_AHEAD))].filter((k) => !steps.has(k));
+        const read = await readSteps(lineage, next.map((k) => parseNodeKey(k).id));
+        for (const [j, k] of next.entries()) readAhead.set(k, read[j]);
+      }
+      step = readAhead.get(key);
       // Replays run in their own namespace (replay:<id>/...): what-ifs and checks, never inputs
       // of the live pipelines, so nothing a change affects.
       if (!step || isReplay(step)) continue;
@@ -178,9 +200,13 @@ export async function collectAffected(lineage: ImpactLineage, roots: readonly Im
     }
     n.dependsOn = [...deps].sort();
   }
-  for (const n of kept.values()) {
+  const cached = [...kept.values()].flatMap((n) => {
     const from = retraceFacetOf(n.step).cachedFrom;
-    const ran = typeof from === 'string' && from !== '' ? await lineage.readStep(from) : undefined;
+    return typeof from === 'string' && from !== '' ? [{ n, from }] : [];
+  });
+  const ranAs = await readSteps(lineage, cached.map((c) => c.from));
+  for (const [j, { n }] of cached.entries()) {
+    const ran = ranAs[j];
     if (ran) n.ranAs = ran;
   }
   const ordered = topoOrder([...kept.values()]);
