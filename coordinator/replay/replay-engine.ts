@@ -493,8 +493,7 @@ export class ReplayEngine {
         const steps = lineage.index.membersOf(`run:${s.value}`);
         if (steps.length === 0) throw new NotFoundError(`run ${JSON.stringify(s.value)}`, 'selector.run_id');
         const out = new Map<string, { ref: ObjectRef; eventTimeNs: bigint }>();
-        for (const key of steps) {
-          const step = await lineage.readStep(key.slice('step:'.length));
+        for (const step of await lineage.readSteps(steps.map((key) => key.slice('step:'.length)))) {
           for (const u of step?.used ?? []) {
             const k = versionKey(u.objectId, u.contentHash);
             if (u.unversioned || out.has(k) || lineage.index.generatorOf(k)) continue;
@@ -523,9 +522,8 @@ export class ReplayEngine {
     const lineage = this.deps.lineage;
     const trace = await lineage.trace({ start: { kind: NodeKind.NODE_KIND_OBJECT_VERSION, id: source.ref.objectId, contentHash: source.ref.contentHash }, pageSize: 100_000 });
     const executions = new Map<string, Step[]>();
-    for (const n of trace.nodes) {
-      if (n.node?.kind !== NodeKind.NODE_KIND_STEP) continue;
-      const step = await lineage.readStep(n.node.id);
+    const stepIds = trace.nodes.flatMap((n) => (n.node?.kind === NodeKind.NODE_KIND_STEP ? [n.node.id] : []));
+    for (const step of await lineage.readSteps(stepIds)) {
       if (!step || step.why?.kind === TriggerKind.TRIGGER_KIND_REPLAY) continue;
       const key = logicalStepKey(step);
       const group = executions.get(key);
