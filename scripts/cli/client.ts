@@ -34,7 +34,7 @@ export function coordinatorAddress(args: ParsedArgs): string {
 }
 
 /**
- * The bearer token, first found of: `--token T`, `--token-file F`, env RETRACE_TOKEN, and (when
+ * The bearer token, first found of: `--token T`, `--token-file F` (`-`: read stdin to its end), env RETRACE_TOKEN, and (when
  * `defaultFile` is given) that file if it exists. Undefined when none is set.
  */
 export function resolveToken(args: ParsedArgs, options: { env?: NodeJS.ProcessEnv; defaultFile?: string } = {}): string | undefined {
@@ -44,6 +44,7 @@ export function resolveToken(args: ParsedArgs, options: { env?: NodeJS.ProcessEn
     return direct.trim();
   }
   const file = flag(args, 'token-file');
+  if (file === '-') return readStdin('--token-file -').toString('utf8').trim();
   if (file !== undefined) return readNamedFile('--token-file', file).toString('utf8').trim();
   const env = (options.env ?? process.env).RETRACE_TOKEN;
   if (env !== undefined && env.trim() !== '') return env.trim();
@@ -75,6 +76,18 @@ function hideTokenArgument(value: string): void {
     words = [process.argv0, ...process.execArgv, ...argv.slice(1)];
   }
   process.title = words.map((a, i) => (a === `--token=${value}` ? '--token=***' : a === value && words[i - 1] === '--token' ? '***' : a)).join(' ');
+}
+
+/**
+ * All of stdin, to its end. Read from fd 0 rather than by opening /dev/stdin, which fails
+ * (ENXIO) when stdin is a socket, as a Node parent's `stdio: 'pipe'` makes it.
+ */
+function readStdin(source: string): Buffer {
+  try {
+    return readFileSync(0);
+  } catch (err) {
+    throw new UsageError(`${source}: cannot read stdin: ${(err as Error).message}`);
+  }
 }
 
 /** The bytes of the file a flag (or variable) names; a usage error naming `source` when it cannot be read. */
