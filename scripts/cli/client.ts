@@ -58,8 +58,8 @@ export function resolveToken(args: ParsedArgs, options: { env?: NodeJS.ProcessEn
  * `--token T` leaves T in this process's command line, which every local user reads (`ps`,
  * /proc/PID/cmdline) and so does a transform running on an agent (its worker threads share the
  * process). Once the flag is read, the command line is rewritten with the value as `***`:
- * `process.title` overwrites the memory the kernel shows as the command line (libuv, Linux and
- * macOS). Until then (the process's first second) it is visible: --token-file or RETRACE_TOKEN
+ * `process.title` overwrites the memory the kernel shows as the command line (libuv; checked on
+ * Linux). Until then (the process's first second) it is visible: --token-file or RETRACE_TOKEN
  * keep it out entirely. Nothing happens when this process's own arguments do not hold the value
  * (a command run in-process, as the tests do).
  */
