@@ -6,8 +6,12 @@
  * to the executor only over the private MessagePort it gets at start, which it removes from
  * `workerData` before any bundle code runs, so the transform cannot forge results on it. The worker has an empty `process.env` and no arguments,
  * but it is a thread of the agent's process, not a sandbox: the transform can read what the
- * agent's user can, `/proc/self/environ` and `/proc/self/cmdline` (the agent's token, when it was
- * started with one there) included, and reach the network.
+ * agent's user can and reach the network. The agent's token among it: `/proc/self/environ` when
+ * the agent was started with RETRACE_TOKEN, the file of --token-file (or ./.retrace/auth-token, the
+ * owner's token when the agent runs in a coordinator's directory), and in any case the agent's
+ * memory through `/proc/self/mem` (a thread may read its own process's; Node 20 has no per-thread
+ * permission model). A --token value is masked in `/proc/self/cmdline` once parsed, and local
+ * agents get theirs on stdin. Only a separate process under another user would close this.
  *
  * Progress goes to a small SharedArrayBuffer (`WorkerBoot.progress`, see `PROGRESS_*`): the index
  * of the shard running, its phase, when it started and its heap peak so far. The executor's one

@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ClientError, Status } from 'nice-grpc';
@@ -45,6 +45,16 @@ describe('agent ⇄ node mesh (real processes)', () => {
     agents.push(a);
     return a;
   }
+
+  it('hides a --token value from its command line (ps, /proc/PID/cmdline, a transform reading /proc/self/cmdline) once running', async () => {
+    const a = agent(tempDir());
+    await a.registered;
+    const cmdline = readFileSync(`/proc/${a.child.pid}/cmdline`, 'utf8');
+    expect(cmdline).not.toContain(server.token);
+    // What an operator still sees.
+    expect(cmdline).toContain(`--coordinator ${server.address}`);
+    expect(cmdline).toContain('--token ***');
+  });
 
   it('says so when the coordinator grants another report interval than --report-interval asked', async () => {
     const a = spawnAgent(['--coordinator', server.address, '--data', tempDir(), '--report-interval', '5m', '--link-probe-interval', '0', '--token', server.token]);

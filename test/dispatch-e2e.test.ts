@@ -95,9 +95,11 @@ describe('dispatch end to end (real coordinator, real agent processes)', () => {
       expect(statSync(d).mode & 0o777).toBe(0o700);
       for (const f of readdirSync(d)) expect(statSync(join(d, f)).mode & 0o777, f).toBe(0o600);
     }
-    // The token reached the agents through their environment, not their command lines (which any local user can read).
+    // The token reached the agents through a pipe: not their command lines (which any local user
+    // can read), nor their environments (which the transforms they run read in /proc/self/environ).
     if (process.platform === 'linux') {
       for (const a of tc.agents) expect(readFileSync(`/proc/${a.process.pid}/cmdline`, 'utf8')).not.toContain(tc.token);
+      for (const a of tc.agents) expect(readFileSync(`/proc/${a.process.pid}/environ`, 'utf8')).not.toContain(tc.token);
     }
   }, 60_000);
 

@@ -128,6 +128,38 @@ describe('node ids bound to agent tokens', () => {
     expect(await connectOnce(tc, a2, 'n3')).toMatchObject(refused('n3', 'host-b', 'host-a'));
   }, 15_000);
 
+  it("lets another agent token claim a node at once after the revoke while the revoked token's session is still open", async () => {
+    const dir = tempDir();
+    const tc = await start(dir);
+    const a = addToken(dir, 'host-a', 'agent').token;
+    const b = addToken(dir, 'host-b', 'agent').token;
+    // host-a's agent stays connected: its stream is open when the operator revokes the token.
+    const channel = createChannel(tc.grpcAddress);
+    channels.push(channel);
+    const client = createClient(NodeServiceDefinition, channel, { '*': { metadata: Metadata({ authorization: `Bearer ${a}` }) } });
+    const requests = new AsyncQueue<ConnectRequest>(16);
+    requests.push({ body: { $case: 'register', value: AgentRegistration.fromPartial({ nodeId: 'n9', host: 'h' }) } });
+    const live = client.connect(requests)[Symbol.asyncIterator]();
+    expect((await live.next()).value).toMatchObject(registered(false));
+    const liveEnd = (async () => {
+      try {
+        while (!(await live.next()).done) {
+          // Pings until the coordinator ends the stream.
+        }
+        return undefined;
+      } catch (err) {
+        return err as { code: Status };
+      }
+    })();
+    // At once after the revoke (before the token file's next poll): the new token's agent is
+    // the legitimate one; the revoked session must not be taken for a live owner of the node.
+    revokeToken(dir, 'host-a');
+    expect(await connectOnce(tc, b, 'n9')).toMatchObject(registered(true));
+    expect(await liveEnd).toMatchObject({ code: Status.UNAUTHENTICATED });
+    requests.close();
+    expect((await nodeOf(tc, 'n9'))?.boundToken).toBe('host-b');
+  }, 15_000);
+
   it('lets the owner and admin tokens connect as a bound node without moving the binding', async () => {
     const dir = tempDir();
     const tc = await start(dir);

@@ -142,8 +142,10 @@ export class ConnectSession {
       // The newest connection wins: an agent that restarted before its old TCP connection timed
       // out must not be locked out by it. But only with the token the node is connected with (or
       // an admin one): another agent token must not take over a live node and the shards, inputs
-      // and pinned replays sent to it.
-      if (previous && this.boundTo !== undefined && previous.boundTo !== this.boundTo) {
+      // and pinned replays sent to it. A session opened with a token since revoked is no live
+      // owner: the revoke ends it, but only once its stream's teardown has run, and an agent
+      // started with the new token at once after `retrace token revoke` was refused meanwhile.
+      if (previous && this.boundTo !== undefined && previous.boundTo !== this.boundTo && (previous.boundTo === undefined || this.host.hasTokenNamed(previous.boundTo))) {
         throw new RetraceError('PERMISSION_DENIED', `node ${JSON.stringify(reg.nodeId)} is connected with another token; token ${JSON.stringify(this.boundTo)} may not take it over: choose another node id (an agent keeps its id in its --data dir: a new dir makes a new one), or stop that agent first`, { field: 'register.node_id' });
       }
       if (previous) previous.end('superseded by a new connection');

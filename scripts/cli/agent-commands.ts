@@ -19,7 +19,8 @@ Runs this host as a node of the mesh until SIGTERM/SIGINT, then leaves cleanly.
   --link-probe-interval  period of the bandwidth/RTT measurement to the coordinator (default 2m, 0 = off)
   --payload-cache    memory for inputs and outputs of 64 KiB or more that later shards here may use
                      by reference, so they cross the network once (default 256MiB, 0 = off)
-  --token / --token-file / env RETRACE_TOKEN   bearer token (default: ${DEFAULT_TOKEN_FILE} if present)
+  --token / --token-file / env RETRACE_TOKEN   bearer token (default: ${DEFAULT_TOKEN_FILE} if present);
+                     --token-file - reads it from stdin, which keeps it out of the command line and environment
   --tls-ca FILE / env RETRACE_TLS_CA   PEM CA for a coordinator started with --tls-cert: connect over TLS
   --exit-with-parent leave cleanly, as on SIGTERM, once the process that started this one has exited
                      (what \`retrace start\` and \`retrace demo\` give their local agents)

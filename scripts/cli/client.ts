@@ -34,13 +34,17 @@ export function coordinatorAddress(args: ParsedArgs): string {
 }
 
 /**
- * The bearer token, first found of: `--token T`, `--token-file F`, env RETRACE_TOKEN, and (when
+ * The bearer token, first found of: `--token T`, `--token-file F` (`-`: read stdin to its end), env RETRACE_TOKEN, and (when
  * `defaultFile` is given) that file if it exists. Undefined when none is set.
  */
 export function resolveToken(args: ParsedArgs, options: { env?: NodeJS.ProcessEnv; defaultFile?: string } = {}): string | undefined {
   const direct = flag(args, 'token');
-  if (direct !== undefined && direct !== 'true') return direct.trim();
+  if (direct !== undefined && direct !== 'true') {
+    hideTokenArgument(direct);
+    return direct.trim();
+  }
   const file = flag(args, 'token-file');
+  if (file === '-') return readStdin('--token-file -').toString('utf8').trim();
   if (file !== undefined) return readNamedFile('--token-file', file).toString('utf8').trim();
   const env = (options.env ?? process.env).RETRACE_TOKEN;
   if (env !== undefined && env.trim() !== '') return env.trim();
@@ -48,6 +52,42 @@ export function resolveToken(args: ParsedArgs, options: { env?: NodeJS.ProcessEn
     return readFileSync(options.defaultFile, 'utf8').trim();
   }
   return undefined;
+}
+
+/**
+ * `--token T` leaves T in this process's command line, which every local user reads (`ps`,
+ * /proc/PID/cmdline) and so does a transform running on an agent (its worker threads share the
+ * process). Once the flag is read, the command line is rewritten with the value as `***`:
+ * `process.title` overwrites the memory the kernel shows as the command line (libuv; checked on
+ * Linux). Until then (the process's first second) it is visible: --token-file or RETRACE_TOKEN
+ * keep it out entirely. Nothing happens when this process's own arguments do not hold the value
+ * (a command run in-process, as the tests do).
+ */
+function hideTokenArgument(value: string): void {
+  const argv = process.argv;
+  const passed = argv.some((a, i) => a === `--token=${value}` || (a === value && argv[i - 1] === '--token'));
+  if (!passed) return;
+  let words: string[];
+  try {
+    // The command line as the kernel shows it (node's own flags included), where there is one.
+    words = readFileSync('/proc/self/cmdline', 'utf8').split('\0');
+    if (words.at(-1) === '') words.pop();
+  } catch {
+    words = [process.argv0, ...process.execArgv, ...argv.slice(1)];
+  }
+  process.title = words.map((a, i) => (a === `--token=${value}` ? '--token=***' : a === value && words[i - 1] === '--token' ? '***' : a)).join(' ');
+}
+
+/**
+ * All of stdin, to its end. Read from fd 0 rather than by opening /dev/stdin, which fails
+ * (ENXIO) when stdin is a socket, as a Node parent's `stdio: 'pipe'` makes it.
+ */
+function readStdin(source: string): Buffer {
+  try {
+    return readFileSync(0);
+  } catch (err) {
+    throw new UsageError(`${source}: cannot read stdin: ${(err as Error).message}`);
+  }
 }
 
 /** The bytes of the file a flag (or variable) names; a usage error naming `source` when it cannot be read. */

@@ -29,10 +29,16 @@ export async function startLocalAgents(
       const args = ['--max-semi-space-size=32', CLI, 'agent', '--coordinator', coordinator, '--data', join(dataDir, 'agents', spec.name), '--report-interval', spec.reportInterval ?? '2s', '--exit-with-parent'];
       for (const l of spec.labels ?? []) args.push('--label', l);
       if (spec.advertise) args.push('--advertise', spec.advertise);
-      // The token goes in the environment, which only this user can read; any local user can
-      // read a command line (ps, /proc/PID/cmdline). The coordinators of `start` and `demo` are
+      // The token goes down a pipe (the agent's stdin, read whole at start): any local user can
+      // read a command line (ps, /proc/PID/cmdline), and the transforms the agent runs can read
+      // its environment (/proc/self/environ keeps the variables it started with, whatever the
+      // process does with process.env later). The coordinators of `start` and `demo` are
       // plaintext on loopback: a RETRACE_TLS_CA kept for a remote one must not turn TLS on here.
-      const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RETRACE_TOKEN: token, RETRACE_TLS_CA: '' } });
+      args.push('--token-file', '-');
+      const env: NodeJS.ProcessEnv = { ...process.env, RETRACE_TLS_CA: '' };
+      delete env.RETRACE_TOKEN;
+      const child = spawn(process.execPath, args, { stdio: ['pipe', 'pipe', 'pipe'], env });
+      child.stdin?.end(token);
       // The last of what it logged, for the errors below: the agent logs for as long as it runs
       // (a line per transform print too), and keeping all of it grew `retrace start` without end.
       let stderr = '';
