@@ -55,24 +55,43 @@ function tickLabel(v: number, step: number): string {
   return `${Number((v / size).toFixed(decimals))}${suffix}`;
 }
 
-/**
- * "Nice" ticks (1, 2, 5 × 10^k) covering [lo, hi]. Each tick is k × step, not a running sum: a step
- * below the values' float resolution (1e17 ± 16) left `v += step` at v forever.
- */
-function valueTicks(lo: number, hi: number, target = 5): number[] {
-  const span = hi - lo;
-  const raw = span / target;
-  const mag = 10 ** Math.floor(Math.log10(raw));
-  const step = ([1, 2, 5, 10].map((m) => m * mag).find((s) => span / s <= target) ?? 10 * mag);
+/** The ticks k × step in [lo, hi], each k × step, not a running sum (see valueTicks). */
+function ticksAt(lo: number, hi: number, step: number, most: number): number[] {
   const ticks: number[] = [];
-  if (!(step > 0) || !Number.isFinite(step)) return ticks;
   const first = Math.ceil(lo / step);
-  for (let k = first; k * step <= hi + step * 1e-9 && k - first <= 2 * target; k++) {
+  for (let k = first; k * step <= hi + step * 1e-9 && ticks.length < most; k++) {
     const v = k * step;
     if (ticks.length > 0 && v === ticks[ticks.length - 1]) break;
     ticks.push(Math.abs(v) < step * 1e-9 ? 0 : v);
   }
   return ticks;
+}
+
+/**
+ * "Nice" ticks (1, 2, 5 × 10^k) covering [lo, hi], about `target` of them: of the nice steps
+ * around span / target, the one whose tick count in the range comes nearest `target`, fewer than
+ * 4 counting as worst (the step that only kept span / step under the target gave a 1.05-wide
+ * range the step 0.5 and two ticks). Each tick is k × step, not a running sum: a step below the
+ * values' float resolution (1e17 ± 16) left `v += step` at v forever.
+ */
+function valueTicks(lo: number, hi: number, target = 5): number[] {
+  const span = hi - lo;
+  if (!(span > 0) || !Number.isFinite(span)) return [];
+  const mag = 10 ** Math.floor(Math.log10(span / target));
+  let best: number[] = [];
+  let bestScore = Number.POSITIVE_INFINITY;
+  for (const m of [0.5, 1, 2, 5, 10, 20]) {
+    const step = m * mag;
+    if (!(step > 0) || !Number.isFinite(step)) continue;
+    const ticks = ticksAt(lo, hi, step, 4 * target);
+    const score = ticks.length < Math.min(4, target) ? 100 + target - ticks.length : Math.abs(ticks.length - target);
+    // Ties go to the larger step (fewer labels).
+    if (score <= bestScore) {
+      best = ticks;
+      bestScore = score;
+    }
+  }
+  return best;
 }
 
 /** The spacing of ticks (the whole span where there is one tick). */
