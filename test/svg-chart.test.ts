@@ -93,6 +93,33 @@ describe('forecast chart', () => {
   });
 });
 
+describe('long histories', () => {
+  it('are thinned per pixel column, keeping each column\'s lowest and highest point; short ones are drawn exactly', () => {
+    // 25,000 points drew 25,000 path vertices on a 720-pixel plot.
+    const T0 = Date.UTC(2026, 0, 1);
+    const n = 25_000;
+    const t = Array.from({ length: n }, (_, i) => T0 + i * 10_000);
+    const v = t.map((_, i) => 20 + 5 * Math.sin(i / 300) + (i % 7));
+    v[12_345] = 400;
+    v[20_001] = -50;
+    const svg = renderForecastSvg({ title: 'cpu', history: { t, v } });
+    const d = /<path class="history" d="([^"]*)"/.exec(svg)?.[1] ?? '';
+    const pts = [...d.matchAll(/[ML]([\d.-]+),([\d.-]+)/g)].map((m) => [Number(m[1]), Number(m[2])] as const);
+    expect(pts.length).toBeGreaterThan(720);
+    expect(pts.length).toBeLessThanOrEqual(4 * 720);
+    // The spike and the dip are the highest and lowest vertices: the plot's top and bottom padding.
+    const ys = pts.map(([, py]) => py);
+    const frame = /<rect x="64" y="([\d.]+)" width="720" height="([\d.]+)" fill="none"/.exec(svg);
+    const [top, h] = [Number(frame?.[1]), Number(frame?.[2])];
+    expect(Math.min(...ys)).toBeCloseTo(top + h * (0.05 / 1.1), 0);
+    expect(Math.max(...ys)).toBeCloseTo(top + h * (1 - 0.05 / 1.1), 0);
+    // x stays in time order.
+    for (let k = 1; k < pts.length; k++) expect((pts[k] as readonly number[])[0]).toBeGreaterThanOrEqual((pts[k - 1] as readonly number[])[0] as number);
+    const few = renderForecastSvg({ title: 'cpu', history: { t: t.slice(0, 1000), v: v.slice(0, 1000) } });
+    expect((/<path class="history" d="([^"]*)"/.exec(few)?.[1] ?? '').match(/[ML]/g)).toHaveLength(1000);
+  });
+});
+
 describe('tick labels', () => {
   it('differ where the ticks differ: memory moving by a few MB around 2.15 GB', () => {
     // Three significant digits labelled every tick between 2.147G and 2.151G "2.15G".
