@@ -103,12 +103,50 @@ function pad2(n: number): string {
   return String(n).padStart(2, '0');
 }
 
-function timeLabel(t: number, stepMs: number, spanMs: number, offsetMin: number): string {
+const DAY_MS = 86_400_000;
+
+/**
+ * A time tick's label: the clock within a day, the date (MM-DD) when the axis spans days, and
+ * with `withYear` the year before the date (where the caller wants it: the first tick and where
+ * the year changes).
+ */
+function timeLabel(t: number, stepMs: number, spanMs: number, offsetMin: number, withYear = false): string {
   const d = new Date(t + offsetMin * 60_000);
-  const date = `${pad2(d.getUTCMonth() + 1)}-${pad2(d.getUTCDate())}`;
+  const date = `${withYear ? `${d.getUTCFullYear()}-` : ''}${pad2(d.getUTCMonth() + 1)}-${pad2(d.getUTCDate())}`;
   const clock = `${pad2(d.getUTCHours())}:${pad2(d.getUTCMinutes())}${stepMs < 60_000 ? `:${pad2(d.getUTCSeconds())}` : ''}`;
-  if (stepMs >= 86_400_000) return date;
-  return spanMs > 86_400_000 ? `${date} ${clock}` : clock;
+  if (stepMs >= DAY_MS) return date;
+  return spanMs > DAY_MS || withYear ? `${date} ${clock}` : clock;
+}
+
+/**
+ * The time axis's ticks and labels. The year shows where a reader needs it: on the first tick and
+ * where it changes, when the axis spans months or crosses a new year ("12-30", "01-02" read as
+ * one year's end and start of the same year otherwise). The step is the smallest whose labels,
+ * the longest measured, fit side by side in the plot, 8 at most: a 200-pixel chart crowded 8
+ * "MM-DD HH:MM" labels into 136 pixels.
+ */
+function timeTicks(t0: number, t1: number, offsetMin: number, plotW: number): { t: number; label: string }[] {
+  const span = t1 - t0;
+  const shift = offsetMin * 60_000;
+  const yearOf = (t: number): number => new Date(t + shift).getUTCFullYear();
+  const needYear = span >= 60 * DAY_MS || yearOf(t0) !== yearOf(t1);
+  const fits = (step: number): number => {
+    const chars = timeLabel(t0, step, span, offsetMin, needYear).length;
+    return Math.max(2, Math.min(8, Math.floor(plotW / (chars * CHAR_W + 12))));
+  };
+  let step = TIME_STEPS_MS.find((s) => span / s <= fits(s));
+  if (step === undefined) {
+    const most = fits(DAY_MS);
+    step = Math.ceil(span / most / DAY_MS) * DAY_MS;
+  }
+  const ticks: { t: number; label: string }[] = [];
+  let year = Number.NaN;
+  for (let t = Math.ceil((t0 + shift) / step) * step - shift; t <= t1; t += step) {
+    const y = yearOf(t);
+    ticks.push({ t, label: timeLabel(t, step, span, offsetMin, needYear && y !== year) });
+    year = y;
+  }
+  return ticks;
 }
 
 function extent(xs: readonly number[]): [number, number] {
@@ -305,13 +343,10 @@ export function renderForecastSvg(input: ForecastChartInput): string {
   const r = (n: number): string => n.toFixed(1);
 
   valueAxis(parts, lo, hi, y, plotW);
-  // Time axis: the smallest step giving at most 8 ticks, aligned to the (offset) clock.
-  const span = t1 - t0;
-  const step = TIME_STEPS_MS.find((s) => span / s <= 8) ?? Math.ceil(span / 8 / 86_400_000) * 86_400_000;
-  const shift = offset * 60_000;
-  for (let t = Math.ceil((t0 + shift) / step) * step - shift; t <= t1; t += step) {
+  // Time axis: ticks aligned to the (offset) clock.
+  for (const { t, label } of timeTicks(t0, t1, offset, plotW)) {
     parts.push(`<line x1="${r(x(t))}" x2="${r(x(t))}" y1="${top}" y2="${top + plotH}" stroke="${COLORS.grid}"/>`);
-    parts.push(xTickText(x(t), top + plotH + 16, timeLabel(t, step, span, offset), width));
+    parts.push(xTickText(x(t), top + plotH + 16, label, width));
   }
   parts.push(`<rect x="${MARGIN.left}" y="${top}" width="${plotW}" height="${plotH}" fill="none" stroke="${COLORS.axis}"/>`);
   parts.push(`<text x="${MARGIN.left + plotW / 2}" y="${height - 8}" text-anchor="middle" fill="${COLORS.text}">time (${offset === 0 ? 'UTC' : `UTC${offset > 0 ? '+' : '-'}${pad2(Math.floor(Math.abs(offset) / 60))}:${pad2(Math.abs(offset) % 60)}`})</text>`);

@@ -160,6 +160,59 @@ describe('x-axis labels', () => {
   });
 });
 
+describe('time axis years', () => {
+  const labels = (svg: string): { x: number; anchor: string; text: string }[] =>
+    [...svg.matchAll(/<text x="([\d.]+)" y="\d+" text-anchor="(\w+)" fill="#222222">([^<]*)</g)]
+      .map((m) => ({ x: Number(m[1]), anchor: m[2] as string, text: m[3] as string }))
+      .filter((l) => /^(\d{4}-)?\d\d-\d\d( \d\d:\d\d)?$|^\d\d:\d\d$/.test(l.text));
+  const chart = (from: number, to: number, width?: number): string => renderForecastSvg({ title: 'y', width, history: { t: [from, (from + to) / 2, to], v: [1, 2, 3] } });
+  const noOverlap = (ls: { x: number; anchor: string; text: string }[], width: number): void => {
+    const boxes = ls.map((l) => {
+      const w = l.text.length * 6.5;
+      return l.anchor === 'end' ? [l.x - w, l.x] : l.anchor === 'start' ? [l.x, l.x + w] : [l.x - w / 2, l.x + w / 2];
+    });
+    boxes.forEach(([a, b], i) => {
+      expect(a, ls[i]?.text).toBeGreaterThanOrEqual(0);
+      expect(b, ls[i]?.text).toBeLessThanOrEqual(width);
+      if (i > 0) expect(a, `${ls[i - 1]?.text} / ${ls[i]?.text}`).toBeGreaterThan((boxes[i - 1] as number[])[1] as number);
+    });
+  };
+
+  it('show the year on the first tick and where it changes when the axis spans months or a new year', () => {
+    // Five months from October showed "10-01 ... 02-28": no year anywhere, and January after December.
+    const months = labels(chart(Date.UTC(2025, 9, 1), Date.UTC(2026, 2, 1)));
+    expect(months[0]?.text).toMatch(/^2025-/);
+    const change = months.findIndex((l) => l.text.startsWith('2026-'));
+    expect(change).toBeGreaterThan(0);
+    expect(months.filter((l) => /^\d{4}-/.test(l.text))).toHaveLength(2);
+    expect(months[change]?.text).toMatch(/^2026-01-|^2026-02-/);
+    noOverlap(months, 800);
+    // Three months in one year: the year once, on the first tick.
+    const spring = labels(chart(Date.UTC(2026, 1, 1), Date.UTC(2026, 4, 1)));
+    expect(spring[0]?.text).toMatch(/^2026-\d\d-\d\d$/);
+    expect(spring.slice(1).every((l) => /^\d\d-\d\d$/.test(l.text))).toBe(true);
+    // Two days over a new year, ticks within the days: the year on the first tick and at 01-01.
+    const newYear = labels(chart(Date.UTC(2025, 11, 31, 2), Date.UTC(2026, 0, 2, 2)));
+    expect(newYear[0]?.text).toMatch(/^2025-12-31 \d\d:\d\d$/);
+    expect(newYear.some((l) => l.text === '2026-01-01 00:00')).toBe(true);
+    noOverlap(newYear, 800);
+    // Within a week of one year, nothing changes: no year.
+    expect(labels(chart(Date.UTC(2026, 5, 1), Date.UTC(2026, 5, 3))).every((l) => !/^\d{4}-/.test(l.text))).toBe(true);
+    // Years: a year on every tick that starts one.
+    const years = labels(chart(Date.UTC(2022, 0, 1), Date.UTC(2026, 0, 1)));
+    expect(years[0]?.text).toMatch(/^2022-/);
+    expect(years.some((l) => l.text.startsWith('2025-'))).toBe(true);
+    noOverlap(years, 800);
+  });
+
+  it('do not overlap on a narrow chart', () => {
+    // 200 pixels wide, two days: 8 "MM-DD HH:MM" labels in 120 pixels of plot.
+    const narrow = labels(chart(Date.UTC(2026, 5, 1), Date.UTC(2026, 5, 3), 200));
+    expect(narrow.length).toBeGreaterThanOrEqual(1);
+    noOverlap(narrow, 200);
+  });
+});
+
 describe('legend', () => {
   it('wraps onto more rows instead of running past the image, each series named once', () => {
     // Fourteen steps in a replay's CPU chart: one row ran off the right edge after the third.
