@@ -27,7 +27,7 @@ export interface ForecastChartInput {
   utcOffsetMinutes?: number;
 }
 
-const MARGIN = { left: 64, right: 16, top: 40, bottom: 44 };
+const MARGIN = { left: 64, right: 16, bottom: 44 };
 const COLORS = { history: '#1f77b4', forecast: '#ff7f0e', band: '#ff7f0e', grid: '#e5e5e5', axis: '#333333', text: '#222222' };
 const TIME_STEPS_MS = [
   1_000, 5_000, 15_000, 30_000, 60_000, 300_000, 900_000, 1_800_000, 3_600_000, 3 * 3_600_000, 6 * 3_600_000, 12 * 3_600_000,
@@ -201,7 +201,7 @@ type LegendRows = { x: number; label: string; item: LegendItem }[][];
  * or fourth, and drawn inside the plot it covered the data), and a label longer than the plot is
  * cut with an ellipsis.
  */
-function legendRows(items: readonly LegendItem[], width: number, height: number): LegendRows {
+function legendRows(items: readonly LegendItem[], width: number, height: number, legendTop: number): LegendRows {
   const left = MARGIN.left + 8;
   const right = width - MARGIN.right - 8;
   const maxChars = Math.max(4, Math.floor((right - left - 22) / CHAR_W));
@@ -218,7 +218,7 @@ function legendRows(items: readonly LegendItem[], width: number, height: number)
     lx += w + 8;
   }
   // At most as many rows as leave the plot 100 pixels; the last says how many it leaves out.
-  const most = Math.max(1, Math.floor((height - MARGIN.top - MARGIN.bottom - 8 - 100) / 16) + 1);
+  const most = Math.max(1, Math.floor((height - legendTop - 8 - MARGIN.bottom - 100) / LEGEND_ROW));
   if (rows.length > most) {
     const shown = rows.slice(0, most);
     const last = shown[most - 1] as LegendRows[number];
@@ -229,21 +229,82 @@ function legendRows(items: readonly LegendItem[], width: number, height: number)
   return rows;
 }
 
-/** The plot's top edge: below the title and the legend's rows. */
-function plotTop(rows: LegendRows): number {
-  return rows.length === 0 ? MARGIN.top : MARGIN.top + 8 + 16 * (rows.length - 1);
+/** The title's font size, the pixels a line of it takes (baseline to baseline) and its widest character. */
+const TITLE_SIZE = 14;
+const TITLE_LINE = 18;
+const TITLE_CHAR_W = 0.6 * TITLE_SIZE;
+/** Pixels above the title, between the title and the legend, and between the legend and the plot. */
+const PAD = 8;
+/** A legend row's height; its marker (12 pixels) and 11 px label are centred in it. */
+const LEGEND_ROW = 16;
+
+/**
+ * The title in lines that fit the image, wrapped at spaces (a word longer than a line is cut),
+ * two at most, the second ending in an ellipsis where the title goes on: one line of 150
+ * characters ran off both sides of an 800-pixel chart.
+ */
+function titleLines(title: string, width: number): string[] {
+  const max = Math.max(8, Math.floor((width - 2 * PAD) / TITLE_CHAR_W));
+  const lines: string[] = [];
+  let rest = title.trim();
+  while (rest.length > 0 && lines.length < 2) {
+    if (rest.length <= max) {
+      lines.push(rest);
+      rest = '';
+      break;
+    }
+    const space = rest.lastIndexOf(' ', max);
+    const end = space > max / 2 ? space : max;
+    lines.push(rest.slice(0, end).trimEnd());
+    rest = rest.slice(end).trimStart();
+  }
+  if (rest.length > 0) {
+    const last = lines[lines.length - 1] as string;
+    lines[lines.length - 1] = `${last.length < max ? last : last.slice(0, max - 1)}…`;
+  }
+  return lines.length > 0 ? lines : [''];
 }
 
-function drawLegend(parts: string[], rows: LegendRows): void {
-  rows.forEach((row, r) => {
-    const cy = 32 + r * 16;
+/** Where the title, the legend and the plot go, top to bottom. */
+interface Header {
+  title: string[];
+  rows: LegendRows;
+  /** The top of the legend's first row. */
+  legendTop: number;
+  /** The plot's top edge. */
+  top: number;
+}
+
+/**
+ * The title's lines, then the legend's rows a gap below the title's last line, then the plot a
+ * gap below the legend, laid out from the title's and legend's line heights: the legend's first
+ * row sat at a fixed 32 pixels, 4 below a 14 px title's baseline, so the title's descenders and
+ * the legend's markers touched.
+ */
+function header(title: string, items: readonly LegendItem[], width: number, height: number): Header {
+  const lines = titleLines(title, width);
+  const titleBottom = PAD + lines.length * TITLE_LINE;
+  const legendTop = titleBottom + PAD;
+  const rows = legendRows(items, width, height, legendTop);
+  return { title: lines, rows, legendTop, top: rows.length === 0 ? titleBottom + PAD : legendTop + rows.length * LEGEND_ROW + PAD };
+}
+
+function drawTitle(parts: string[], h: Header, width: number): void {
+  h.title.forEach((line, i) => {
+    parts.push(`<text class="title" x="${width / 2}" y="${PAD + TITLE_SIZE + i * TITLE_LINE}" text-anchor="middle" font-size="${TITLE_SIZE}" fill="${COLORS.text}">${escapeXml(line)}</text>`);
+  });
+}
+
+function drawLegend(parts: string[], h: Header): void {
+  h.rows.forEach((row, r) => {
+    const cy = h.legendTop + LEGEND_ROW / 2 + r * LEGEND_ROW;
     for (const { x, label, item } of row) {
       parts.push(
         item.kind === 'line'
-          ? `<line x1="${x}" x2="${x + 18}" y1="${cy}" y2="${cy}" stroke="${item.color}" stroke-width="2"/>`
+          ? `<line class="legend" x1="${x}" x2="${x + 18}" y1="${cy}" y2="${cy}" stroke="${item.color}" stroke-width="2"/>`
           : item.kind === 'band'
-            ? `<rect x="${x}" y="${cy - 6}" width="18" height="12" fill="${item.color}" fill-opacity="0.2"/>`
-            : `<circle cx="${x + 9}" cy="${cy}" r="4" fill="${item.color}"/>`,
+            ? `<rect class="legend" x="${x}" y="${cy - 6}" width="18" height="12" fill="${item.color}" fill-opacity="0.2"/>`
+            : `<circle class="legend" cx="${x + 9}" cy="${cy}" r="4" fill="${item.color}"/>`,
       );
       parts.push(`<text x="${(x + 22).toFixed(1)}" y="${cy + 4}" fill="${COLORS.text}">${escapeXml(label)}</text>`);
     }
@@ -317,14 +378,14 @@ export function renderForecastSvg(input: ForecastChartInput): string {
   const items: LegendItem[] = [{ label: 'history', color: COLORS.history, kind: 'line' }];
   if (fc) items.push({ label: 'forecast', color: COLORS.forecast, kind: 'line' });
   if (fc?.lower && fc.upper) items.push({ label: fc.coverage !== undefined ? `${Math.round(fc.coverage * 100)}% interval` : 'interval', color: COLORS.band, kind: 'band' });
-  const rows = legendRows(items, width, height);
-  const top = plotTop(rows);
+  const head = header(input.title, items, width, height);
+  const top = head.top;
   const plotW = width - MARGIN.left - MARGIN.right;
   const plotH = height - top - MARGIN.bottom;
   const parts: string[] = [];
   parts.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="11">`);
   parts.push(`<rect x="0" y="0" width="${width}" height="${height}" fill="#ffffff"/>`);
-  parts.push(`<text x="${width / 2}" y="20" text-anchor="middle" font-size="14" fill="${COLORS.text}">${escapeXml(input.title)}</text>`);
+  drawTitle(parts, head, width);
   if (ts.length === 0 || vs.length === 0) {
     parts.push(`<text x="${width / 2}" y="${height / 2}" text-anchor="middle" fill="${COLORS.text}">no data</text>`);
     parts.push('</svg>');
@@ -400,7 +461,7 @@ export function renderForecastSvg(input: ForecastChartInput): string {
   line(input.history.t, input.history.v, COLORS.history, 'history');
   if (fc) line(fc.t, fc.mean, COLORS.forecast, 'forecast', '5,3');
 
-  drawLegend(parts, rows);
+  drawLegend(parts, head);
   parts.push('</svg>');
   return parts.join('\n');
 }
@@ -433,15 +494,15 @@ export function renderScatterSvg(input: ScatterChartInput): string {
   const points = input.series.map((s) => s.x.flatMap((x, k) => (finite(x) && finite(s.y[k]) ? [[x, s.y[k] as number] as const] : [])));
   const xs = points.flatMap((p) => p.map(([x]) => x));
   const ys = points.flatMap((p) => p.map(([, y]) => y));
-  const rows = legendRows(input.series.map((s, i) => ({ label: `${s.name} (${points[i]?.length ?? 0})`, color: s.color, kind: 'dot' })), width, height);
-  const top = plotTop(rows);
+  const head = header(input.title, input.series.map((s, i) => ({ label: `${s.name} (${points[i]?.length ?? 0})`, color: s.color, kind: 'dot' as const })), width, height);
+  const top = head.top;
   const plotW = width - MARGIN.left - MARGIN.right;
   const plotH = height - top - MARGIN.bottom;
   const parts: string[] = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="11">`,
     `<rect x="0" y="0" width="${width}" height="${height}" fill="#ffffff"/>`,
-    `<text x="${width / 2}" y="20" text-anchor="middle" font-size="14" fill="${COLORS.text}">${escapeXml(input.title)}</text>`,
   ];
+  drawTitle(parts, head, width);
   if (xs.length === 0) {
     parts.push(`<text x="${width / 2}" y="${height / 2}" text-anchor="middle" fill="${COLORS.text}">no data</text>`, '</svg>');
     return parts.join('\n');
@@ -469,7 +530,7 @@ export function renderScatterSvg(input: ScatterChartInput): string {
   input.series.forEach((s, i) => {
     for (const [px, py] of points[i] ?? []) parts.push(`<circle class="point" cx="${r(x(px))}" cy="${r(y(py))}" r="3" fill="${s.color}" fill-opacity="0.75"/>`);
   });
-  drawLegend(parts, rows);
+  drawLegend(parts, head);
   parts.push('</svg>');
   return parts.join('\n');
 }

@@ -21,11 +21,11 @@ describe('scatter chart', () => {
     expect(svg).toContain('>matched (3)</text>');
     // Shared axes: the diagonal runs corner to corner of the plot.
     const d = /<line class="diagonal" x1="([\d.]+)" y1="([\d.]+)" x2="([\d.]+)" y2="([\d.]+)"/.exec(svg);
-    expect(d?.slice(1).map(Number)).toEqual([64, 316, 784, 48]);
+    expect(d?.slice(1).map(Number)).toEqual([64, 316, 784, 58]);
     // The point (300, 900) sits above the diagonal: a lower y on screen than y = x at x = 300.
     const late = /<circle class="point" cx="([\d.]+)" cy="([\d.]+)" r="3" fill="#d62728"/.exec(svg);
     const [cx, cy] = [Number(late?.[1]), Number(late?.[2])];
-    expect(cy).toBeLessThan(316 - ((cx - 64) / 720) * 268);
+    expect(cy).toBeLessThan(316 - ((cx - 64) / 720) * 258);
   });
 
   it('says so when there is nothing to draw, and refuses a series whose x and y differ in length', () => {
@@ -214,6 +214,45 @@ describe('time axis years', () => {
 });
 
 describe('legend', () => {
+  it('sits a clear gap below the title, which wraps to fit the image', () => {
+    // The legend's first row was at a fixed y = 32, 4 pixels under the 14 px title's baseline:
+    // descenders and legend markers touched; a long title ran off both sides of the image.
+    const geometry = (svg: string): { titleBottom: number; legendTop: number; plotTop: number; titles: string[] } => {
+      const titles = [...svg.matchAll(/<text (?:class="title" )?x="[\d.]+" y="([\d.]+)"[^>]*font-size="14"[^>]*>([^<]*)</g)];
+      const marks = [
+        ...[...svg.matchAll(/<line (?:class="legend" )?x1="[\d.]+" x2="[\d.]+" y1="([\d.]+)"[^>]*stroke-width="2"/g)].map((m) => Number(m[1]) - 1),
+        ...[...svg.matchAll(/<rect (?:class="legend" )?x="[\d.]+" y="([\d.]+)" width="18" height="12"/g)].map((m) => Number(m[1])),
+        ...[...svg.matchAll(/<circle (?:class="legend" )?cx="[\d.]+" cy="([\d.]+)" r="4"/g)].map((m) => Number(m[1]) - 4),
+      ];
+      const frame = /<rect x="64" y="([\d.]+)" width="720" height="[\d.]+" fill="none"/.exec(svg);
+      return {
+        // Descenders reach about a quarter of the font size below the baseline; the legend's 11 px
+        // labels rise about 8 pixels above theirs, which sit 4 below the row's marker.
+        titleBottom: Math.max(...titles.map((m) => Number(m[1]))) + 0.25 * 14,
+        legendTop: Math.min(...marks, ...[...svg.matchAll(/<text x="[\d.]+" y="([\d.]+)" fill="#222222">/g)].map((m) => Number(m[1]) - 8)),
+        plotTop: Number(frame?.[1]),
+        titles: titles.map((m) => m[2] as string),
+      };
+    };
+    const T0 = Date.UTC(2026, 0, 1);
+    const long = `forecast of memory on node worker-17.eu-west.example.internal over the last 30 days, ${'with a long explanation '.repeat(6)}`;
+    for (const title of ['cpu', long]) {
+      for (const svg of [
+        renderForecastSvg({ title, history: { t: [T0, T0 + 60_000], v: [1, 2] }, forecast: { t: [T0 + 120_000], mean: [3], lower: [2], upper: [4], coverage: 0.8 } }),
+        renderScatterSvg({ title, xLabel: 'x', yLabel: 'y', series: Array.from({ length: 14 }, (_, i) => ({ name: `step-${i}-with-a-name`, color: '#000', x: [i], y: [i] })) }),
+      ]) {
+        const g = geometry(svg);
+        expect(g.legendTop - g.titleBottom, title).toBeGreaterThanOrEqual(4);
+        expect(g.plotTop - Math.max(...[...svg.matchAll(/<text x="[\d.]+" y="([\d.]+)" fill="#222222">/g)].map((m) => Number(m[1]) + 3)), title).toBeGreaterThanOrEqual(4);
+        for (const line of g.titles) expect(line.length * 0.6 * 14, line).toBeLessThanOrEqual(800);
+      }
+    }
+    const wrapped = geometry(renderForecastSvg({ title: long, history: { t: [T0], v: [1] } })).titles;
+    expect(wrapped).toHaveLength(2);
+    expect(wrapped[0]).toBe('forecast of memory on node worker-17.eu-west.example.internal over the last 30 days, with a');
+    expect(wrapped[1]).toMatch(/…$/);
+  });
+
   it('wraps onto more rows instead of running past the image, each series named once', () => {
     // Fourteen steps in a replay's CPU chart: one row ran off the right edge after the third.
     const series = Array.from({ length: 14 }, (_, i) => ({ name: `enrich-currency-step-${i}`, color: '#1f77b4', x: [i], y: [i] }));
@@ -237,7 +276,7 @@ describe('legend', () => {
     expect(hundred).toMatch(/>… \d+ more</);
     // A name longer than the plot is cut, not drawn past the edge.
     const long = renderScatterSvg({ title: 'cpu', xLabel: 'x', yLabel: 'y', series: [{ name: 's'.repeat(300), color: '#000', x: [1], y: [1] }] });
-    const l = /<text x="([\d.]+)" y="36" fill="#222222">(s+…)</.exec(long);
+    const l = /<text x="([\d.]+)" y="[\d.]+" fill="#222222">(s+…)</.exec(long);
     expect(Number(l?.[1]) + (l?.[2]?.length ?? 999) * 6.5).toBeLessThanOrEqual(800);
   });
 });
