@@ -43,16 +43,18 @@ export function escapeXml(text: string): string {
 const SI_SIZES: readonly [number, string][] = [[1e12, 'T'], [1e9, 'G'], [1e6, 'M'], [1e3, 'k']];
 
 /**
- * A tick's label in k, M, G or T, with as many decimals as the tick step needs:
- * three significant digits gave 2.147G, 2.148G and 2.149G all as "2.15G".
+ * The ticks' labels in one unit, k, M, G or T, read from the largest tick (k from 10,000 up, so
+ * four-digit values stay plain), with as many decimals as the tick step needs: three significant
+ * digits gave 2.147G, 2.148G and 2.149G all as "2.15G", and a unit picked per tick labelled one
+ * axis "0, 200, 400, 600, 800, 1k" and another "0, 500, 1k, 1.5k".
  */
-function tickLabel(v: number, step: number): string {
-  if (v === 0) return '0';
-  const abs = Math.abs(v);
-  const [size, suffix] = SI_SIZES.find(([s]) => abs >= s) ?? [1, ''];
+function tickLabels(ticks: readonly number[], step: number): string[] {
+  let most = 0;
+  for (const v of ticks) most = Math.max(most, Math.abs(v));
+  const [size, suffix] = SI_SIZES.find(([s]) => most >= (s === 1e3 ? 1e4 : s)) ?? [1, ''];
   const decimals = Math.min(12, Math.max(0, Math.ceil(-Math.log10(step / size) - 1e-9)));
   // Trailing zeros go (2.150G reads 2.15G): labels that differ still differ.
-  return `${Number((v / size).toFixed(decimals))}${suffix}`;
+  return ticks.map((v) => (v === 0 ? '0' : `${Number((v / size).toFixed(decimals))}${suffix}`));
 }
 
 /** The ticks k × step in [lo, hi], each k × step, not a running sum (see valueTicks). */
@@ -314,11 +316,12 @@ function drawLegend(parts: string[], h: Header): void {
 /** The value axis: a grid line and a label at each nice tick in [lo, hi]; `y` maps a value to pixels. */
 function valueAxis(parts: string[], lo: number, hi: number, y: (v: number) => number, plotW: number): void {
   const ticks = valueTicks(lo, hi);
-  for (const v of ticks) {
+  const labels = tickLabels(ticks, tickStep(ticks, hi - lo));
+  ticks.forEach((v, i) => {
     const py = y(v).toFixed(1);
     parts.push(`<line x1="${MARGIN.left}" x2="${MARGIN.left + plotW}" y1="${py}" y2="${py}" stroke="${COLORS.grid}"/>`);
-    parts.push(`<text x="${MARGIN.left - 6}" y="${(y(v) + 4).toFixed(1)}" text-anchor="end" fill="${COLORS.text}">${escapeXml(tickLabel(v, tickStep(ticks, hi - lo)))}</text>`);
-  }
+    parts.push(`<text x="${MARGIN.left - 6}" y="${(y(v) + 4).toFixed(1)}" text-anchor="end" fill="${COLORS.text}">${escapeXml(labels[i] as string)}</text>`);
+  });
 }
 
 /**
@@ -519,10 +522,11 @@ export function renderScatterSvg(input: ScatterChartInput): string {
   const r = (n: number): string => n.toFixed(1);
   valueAxis(parts, y0, y1, y, plotW);
   const xTicks = valueTicks(x0, x1, 8);
-  for (const v of xTicks) {
+  const xLabels = tickLabels(xTicks, tickStep(xTicks, x1 - x0));
+  xTicks.forEach((v, i) => {
     parts.push(`<line x1="${r(x(v))}" x2="${r(x(v))}" y1="${top}" y2="${top + plotH}" stroke="${COLORS.grid}"/>`);
-    parts.push(xTickText(x(v), top + plotH + 16, tickLabel(v, tickStep(xTicks, x1 - x0)), width));
-  }
+    parts.push(xTickText(x(v), top + plotH + 16, xLabels[i] as string, width));
+  });
   parts.push(`<rect x="${MARGIN.left}" y="${top}" width="${plotW}" height="${plotH}" fill="none" stroke="${COLORS.axis}"/>`);
   parts.push(`<text x="${MARGIN.left + plotW / 2}" y="${height - 8}" text-anchor="middle" fill="${COLORS.text}">${escapeXml(input.xLabel)}</text>`);
   parts.push(`<text x="14" y="${top + plotH / 2}" text-anchor="middle" transform="rotate(-90 14 ${top + plotH / 2})" fill="${COLORS.text}">${escapeXml(input.yLabel)}</text>`);

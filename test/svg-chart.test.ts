@@ -138,6 +138,18 @@ describe('tick labels', () => {
   });
 });
 
+describe('axis units', () => {
+  it('are one for the whole axis, four-digit values plain', () => {
+    // A pacing chart to 1 s labelled its axes "0, 200, 400, 600, 800, 1k": 1k beside 800.
+    const svg = renderScatterSvg({ title: 'p', xLabel: 'due', yLabel: 'dispatched', diagonal: true, series: [{ name: 'm', color: '#000', x: [0, 1000], y: [0, 1000] }] });
+    const y = [...svg.matchAll(/<text x="58" [^>]*text-anchor="end"[^>]*>([^<]*)</g)].map((m) => m[1]);
+    expect(y).toEqual(['0', '200', '400', '600', '800', '1000']);
+    const wide = renderScatterSvg({ title: 'p', xLabel: 'x', yLabel: 'y', series: [{ name: 'm', color: '#000', x: [0, 1], y: [0, 1_500_000] }] });
+    const w = [...wide.matchAll(/<text x="58" [^>]*text-anchor="end"[^>]*>([^<]*)</g)].map((m) => m[1] as string);
+    expect(w.filter((l) => l !== '0').every((l) => l.endsWith('M')), w.join(' ')).toBe(true);
+  });
+});
+
 describe('x-axis labels', () => {
   it('stay inside the image at the plot\'s right end', () => {
     // Centred on a tick at the right edge of the plot, "00:02:00" ran 8 pixels past the image.
