@@ -31,6 +31,8 @@ const GAP_Y = 14;
 const TOP = 44;
 const LEFT = 20;
 const CHARS = 31;
+/** How far below its boxes an edge going back to the left dips (its curve, about 3/4 of this). */
+const BACK_DIP = 40;
 /** Rounds of barycentre ordering (one down and one up the layers each). */
 const ORDER_ROUNDS = 4;
 
@@ -141,7 +143,9 @@ export function dagLayout(d: DagDrawing): DagLayout {
     const offset = ((rows - layer.length) * (H + GAP_Y)) / 2;
     layer.forEach((id, i) => pos.set(id, { x: LEFT + l * (W + GAP_X), y: TOP + offset + i * (H + GAP_Y) }));
   });
-  return { layers, pos, edges, width: 2 * LEFT + layers.length * (W + GAP_X) - GAP_X, height: TOP + rows * (H + GAP_Y) + 10 };
+  // Room under the lowest boxes for the loops of edges drawn back to the left (see dagToSvg).
+  const back = edges.some((e) => (layerOf.get(e.to) as number) <= (layerOf.get(e.from) as number));
+  return { layers, pos, edges, width: 2 * LEFT + layers.length * (W + GAP_X) - GAP_X, height: TOP + rows * (H + GAP_Y) + 10 + (back ? BACK_DIP : 0) };
 }
 
 /** Characters a cut line keeps from its start; the rest of the room goes to its end. */
@@ -172,6 +176,15 @@ export function dagToSvg(d: DagDrawing): string {
   for (const e of edges) {
     const a = pos.get(e.from) as { x: number; y: number };
     const b = pos.get(e.to) as { x: number; y: number };
+    if (b.x <= a.x) {
+      // Back to the left or within a layer (a cycle: a step that reads and writes one object, at
+      // object level): under the boxes, bottom to bottom. Drawn right to left like the others, it
+      // ran along the forward edges' line, hidden under the boxes and their arrows.
+      const [ax, bx] = [a.x + W / 2 + 12, b.x + W / 2 - 12];
+      const dip = Math.max(a.y, b.y) + H + BACK_DIP;
+      out.push(`<path class="back" d="M ${ax} ${a.y + H} C ${ax} ${dip}, ${bx} ${dip}, ${bx} ${b.y + H}" fill="none" stroke="#888888" stroke-dasharray="4,3" marker-end="url(#arrow)" />`);
+      continue;
+    }
     const x1 = a.x + W;
     const y1 = a.y + H / 2;
     const x2 = b.x;
