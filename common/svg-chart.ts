@@ -358,6 +358,25 @@ function thinned(run: readonly [number, number][], x: (t: number) => number, plo
 }
 
 /**
+ * The time between two history points past which the line breaks: 5 times the median spacing,
+ * so an agent down for a day (or a trace missing 30 hours) shows as a gap, not as a straight
+ * line across the hours nobody measured. Infinite below three points (nothing to compare with).
+ */
+function gapAfterMs(ts: readonly number[], vs: readonly number[]): number {
+  const gaps: number[] = [];
+  let prev = Number.NaN;
+  for (let k = 0; k < ts.length; k++) {
+    const t = ts[k];
+    if (!finite(t) || !finite(vs[k])) continue;
+    if (finite(prev) && t > prev) gaps.push(t - prev);
+    prev = t;
+  }
+  if (gaps.length < 2) return Number.POSITIVE_INFINITY;
+  gaps.sort((a, b) => a - b);
+  return 5 * (gaps[Math.floor((gaps.length - 1) / 2)] as number);
+}
+
+/**
  * Renders the chart as a standalone SVG document.
  * @throws InvalidArgumentError for mismatched array lengths or a bad width/height.
  */
@@ -440,7 +459,7 @@ export function renderForecastSvg(input: ForecastChartInput): string {
     }
     flush();
   }
-  const line = (tsArr: readonly number[], vsArr: readonly number[], color: string, cls: string, dash?: string): void => {
+  const line = (tsArr: readonly number[], vsArr: readonly number[], color: string, cls: string, dash?: string, gapMs = Number.POSITIVE_INFINITY): void => {
     let d = '';
     // A point with no finite neighbour (the only one, or one between gaps) is a path of one
     // moveto, which draws nothing: it gets a dot instead.
@@ -454,14 +473,16 @@ export function renderForecastSvg(input: ForecastChartInput): string {
     for (let k = 0; k < tsArr.length; k++) {
       const t = tsArr[k];
       const v = vsArr[k];
-      if (finite(t) && finite(v)) run.push([t, v]);
-      else flush();
+      if (finite(t) && finite(v)) {
+        if (run.length > 0 && Math.abs(t - (run[run.length - 1] as [number, number])[0]) > gapMs) flush();
+        run.push([t, v]);
+      } else flush();
     }
     flush();
     if (d) parts.push(`<path class="${cls}" d="${d}" fill="none" stroke="${color}" stroke-width="1.5"${dash ? ` stroke-dasharray="${dash}"` : ''}/>`);
     parts.push(...dots);
   };
-  line(input.history.t, input.history.v, COLORS.history, 'history');
+  line(input.history.t, input.history.v, COLORS.history, 'history', undefined, gapAfterMs(input.history.t, input.history.v));
   if (fc) line(fc.t, fc.mean, COLORS.forecast, 'forecast', '5,3');
 
   drawLegend(parts, head);

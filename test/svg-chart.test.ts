@@ -120,6 +120,22 @@ describe('long histories', () => {
   });
 });
 
+describe('missing data', () => {
+  it('breaks the history line where no point came for more than 5 times the usual spacing', () => {
+    // A trace missing 30 hours between 5-minute samples (bitbrains rnd VM 1, July 2013) drew a
+    // straight line across the hours nobody measured.
+    const T0 = Date.UTC(2013, 6, 16);
+    const t = [...Array.from({ length: 50 }, (_, i) => T0 + i * 300_000), ...Array.from({ length: 50 }, (_, i) => T0 + 30 * 3_600_000 + i * 300_000)];
+    const svg = renderForecastSvg({ title: 'cpu', history: { t, v: t.map((_, i) => 10 + (i % 3)) } });
+    const d = /<path class="history" d="([^"]*)"/.exec(svg)?.[1] ?? '';
+    expect(d.match(/M/g)).toHaveLength(2);
+    expect(d.match(/[ML]/g)).toHaveLength(100);
+    // Irregular but unbroken reporting stays one line.
+    const jitter = t.slice(0, 50).map((x, i) => x + (i % 2) * 200_000);
+    expect((/<path class="history" d="([^"]*)"/.exec(renderForecastSvg({ title: 'cpu', history: { t: jitter, v: jitter.map(() => 1) } }))?.[1] ?? '').match(/M/g)).toHaveLength(1);
+  });
+});
+
 describe('tick labels', () => {
   it('differ where the ticks differ: memory moving by a few MB around 2.15 GB', () => {
     // Three significant digits labelled every tick between 2.147G and 2.151G "2.15G".
