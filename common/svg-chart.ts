@@ -31,8 +31,10 @@ const MARGIN = { left: 64, right: 16, bottom: 44 };
 const COLORS = { history: '#1f77b4', forecast: '#ff7f0e', band: '#ff7f0e', grid: '#e5e5e5', axis: '#333333', text: '#222222' };
 const TIME_STEPS_MS = [
   1_000, 5_000, 15_000, 30_000, 60_000, 300_000, 900_000, 1_800_000, 3_600_000, 3 * 3_600_000, 6 * 3_600_000, 12 * 3_600_000,
-  86_400_000, 2 * 86_400_000, 7 * 86_400_000, 14 * 86_400_000, 30 * 86_400_000,
+  86_400_000, 2 * 86_400_000, 7 * 86_400_000, 14 * 86_400_000,
 ];
+/** Steps past two weeks, in calendar months, so ticks fall on month (and year) starts. */
+const MONTH_STEPS = [1, 2, 3, 6, 12, 24, 60, 120, 240];
 
 /** Escapes text for SVG content and attribute values. */
 export function escapeXml(text: string): string {
@@ -136,19 +138,31 @@ function timeTicks(t0: number, t1: number, offsetMin: number, plotW: number): { 
     const chars = timeLabel(t0, step, span, offsetMin, needYear).length;
     return Math.max(2, Math.min(8, Math.floor(plotW / (chars * CHAR_W + 12))));
   };
-  let step = TIME_STEPS_MS.find((s) => span / s <= fits(s));
-  if (step === undefined) {
+  const times: number[] = [];
+  const step = TIME_STEPS_MS.find((s) => span / s <= fits(s));
+  if (step !== undefined) {
+    for (let t = Math.ceil((t0 + shift) / step) * step - shift; t <= t1; t += step) times.push(t);
+  } else {
+    // Month starts (in the offset's time), every `months` months counted from year 0: a fixed
+    // 30-day step put ticks on 10-09, 11-08, 12-08.
+    const start = new Date(t0 + shift);
     const most = fits(DAY_MS);
-    step = Math.ceil(span / most / DAY_MS) * DAY_MS;
+    for (const months of MONTH_STEPS) {
+      times.length = 0;
+      let m = Math.ceil((start.getUTCFullYear() * 12 + start.getUTCMonth()) / months) * months;
+      for (let t = Date.UTC(Math.floor(m / 12), m % 12, 1) - shift; t <= t1; m += months, t = Date.UTC(Math.floor(m / 12), m % 12, 1) - shift) {
+        if (t >= t0) times.push(t);
+      }
+      if (times.length <= most) break;
+    }
   }
-  const ticks: { t: number; label: string }[] = [];
   let year = Number.NaN;
-  for (let t = Math.ceil((t0 + shift) / step) * step - shift; t <= t1; t += step) {
+  return times.map((t) => {
     const y = yearOf(t);
-    ticks.push({ t, label: timeLabel(t, step, span, offsetMin, needYear && y !== year) });
+    const label = timeLabel(t, step ?? DAY_MS, span, offsetMin, needYear && y !== year);
     year = y;
-  }
-  return ticks;
+    return { t, label };
+  });
 }
 
 function extent(xs: readonly number[]): [number, number] {

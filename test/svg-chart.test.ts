@@ -233,6 +233,15 @@ describe('time axis years', () => {
     noOverlap(years, 800);
   });
 
+  it('fall on month starts when the axis spans months, and on year starts over years', () => {
+    // A fixed 30-day step put ticks on 10-09, 11-08, 12-08, 01-07.
+    expect(labels(chart(Date.UTC(2025, 9, 1), Date.UTC(2026, 2, 1))).map((l) => l.text)).toEqual(['2025-10-01', '11-01', '12-01', '2026-01-01', '02-01', '03-01']);
+    expect(labels(chart(Date.UTC(2022, 0, 1), Date.UTC(2026, 0, 1))).map((l) => l.text)).toEqual(['2022-01-01', '2023-01-01', '2024-01-01', '2025-01-01', '2026-01-01']);
+    // In the chart's own time zone: month starts at UTC+02:00 midnight.
+    const east = renderForecastSvg({ title: 'y', utcOffsetMinutes: 120, history: { t: [Date.UTC(2026, 1, 10), Date.UTC(2026, 6, 10)], v: [1, 2] } });
+    expect(labels(east).map((l) => l.text)).toEqual(['2026-03-01', '04-01', '05-01', '06-01', '07-01']);
+  });
+
   it('do not overlap on a narrow chart', () => {
     // 200 pixels wide, two days: 8 "MM-DD HH:MM" labels in 120 pixels of plot.
     const narrow = labels(chart(Date.UTC(2026, 5, 1), Date.UTC(2026, 5, 3), 200));
