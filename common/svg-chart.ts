@@ -27,12 +27,14 @@ export interface ForecastChartInput {
   utcOffsetMinutes?: number;
 }
 
-const MARGIN = { left: 64, right: 16, top: 40, bottom: 44 };
+const MARGIN = { left: 64, right: 16, bottom: 44 };
 const COLORS = { history: '#1f77b4', forecast: '#ff7f0e', band: '#ff7f0e', grid: '#e5e5e5', axis: '#333333', text: '#222222' };
 const TIME_STEPS_MS = [
   1_000, 5_000, 15_000, 30_000, 60_000, 300_000, 900_000, 1_800_000, 3_600_000, 3 * 3_600_000, 6 * 3_600_000, 12 * 3_600_000,
-  86_400_000, 2 * 86_400_000, 7 * 86_400_000, 14 * 86_400_000, 30 * 86_400_000,
+  86_400_000, 2 * 86_400_000, 7 * 86_400_000, 14 * 86_400_000,
 ];
+/** Steps past two weeks, in calendar months, so ticks fall on month (and year) starts. */
+const MONTH_STEPS = [1, 2, 3, 6, 12, 24, 60, 120, 240];
 
 /** Escapes text for SVG content and attribute values. */
 export function escapeXml(text: string): string {
@@ -43,36 +45,57 @@ export function escapeXml(text: string): string {
 const SI_SIZES: readonly [number, string][] = [[1e12, 'T'], [1e9, 'G'], [1e6, 'M'], [1e3, 'k']];
 
 /**
- * A tick's label in k, M, G or T, with as many decimals as the tick step needs:
- * three significant digits gave 2.147G, 2.148G and 2.149G all as "2.15G".
+ * The ticks' labels in one unit, k, M, G or T, read from the largest tick (k from 10,000 up, so
+ * four-digit values stay plain), with as many decimals as the tick step needs: three significant
+ * digits gave 2.147G, 2.148G and 2.149G all as "2.15G", and a unit picked per tick labelled one
+ * axis "0, 200, 400, 600, 800, 1k" and another "0, 500, 1k, 1.5k".
  */
-function tickLabel(v: number, step: number): string {
-  if (v === 0) return '0';
-  const abs = Math.abs(v);
-  const [size, suffix] = SI_SIZES.find(([s]) => abs >= s) ?? [1, ''];
+function tickLabels(ticks: readonly number[], step: number): string[] {
+  let most = 0;
+  for (const v of ticks) most = Math.max(most, Math.abs(v));
+  const [size, suffix] = SI_SIZES.find(([s]) => most >= (s === 1e3 ? 1e4 : s)) ?? [1, ''];
   const decimals = Math.min(12, Math.max(0, Math.ceil(-Math.log10(step / size) - 1e-9)));
   // Trailing zeros go (2.150G reads 2.15G): labels that differ still differ.
-  return `${Number((v / size).toFixed(decimals))}${suffix}`;
+  return ticks.map((v) => (v === 0 ? '0' : `${Number((v / size).toFixed(decimals))}${suffix}`));
 }
 
-/**
- * "Nice" ticks (1, 2, 5 × 10^k) covering [lo, hi]. Each tick is k × step, not a running sum: a step
- * below the values' float resolution (1e17 ± 16) left `v += step` at v forever.
- */
-function valueTicks(lo: number, hi: number, target = 5): number[] {
-  const span = hi - lo;
-  const raw = span / target;
-  const mag = 10 ** Math.floor(Math.log10(raw));
-  const step = ([1, 2, 5, 10].map((m) => m * mag).find((s) => span / s <= target) ?? 10 * mag);
+/** The ticks k × step in [lo, hi], each k × step, not a running sum (see valueTicks). */
+function ticksAt(lo: number, hi: number, step: number, most: number): number[] {
   const ticks: number[] = [];
-  if (!(step > 0) || !Number.isFinite(step)) return ticks;
   const first = Math.ceil(lo / step);
-  for (let k = first; k * step <= hi + step * 1e-9 && k - first <= 2 * target; k++) {
+  for (let k = first; k * step <= hi + step * 1e-9 && ticks.length < most; k++) {
     const v = k * step;
     if (ticks.length > 0 && v === ticks[ticks.length - 1]) break;
     ticks.push(Math.abs(v) < step * 1e-9 ? 0 : v);
   }
   return ticks;
+}
+
+/**
+ * "Nice" ticks (1, 2, 5 × 10^k) covering [lo, hi], about `target` of them: of the nice steps
+ * around span / target, the one whose tick count in the range comes nearest `target`, fewer than
+ * 4 counting as worst (the step that only kept span / step under the target gave a 1.05-wide
+ * range the step 0.5 and two ticks). Each tick is k × step, not a running sum: a step below the
+ * values' float resolution (1e17 ± 16) left `v += step` at v forever.
+ */
+function valueTicks(lo: number, hi: number, target = 5): number[] {
+  const span = hi - lo;
+  if (!(span > 0) || !Number.isFinite(span)) return [];
+  const mag = 10 ** Math.floor(Math.log10(span / target));
+  let best: number[] = [];
+  let bestScore = Number.POSITIVE_INFINITY;
+  for (const m of [0.5, 1, 2, 5, 10, 20]) {
+    const step = m * mag;
+    if (!(step > 0) || !Number.isFinite(step)) continue;
+    const ticks = ticksAt(lo, hi, step, 4 * target);
+    const score = ticks.length < Math.min(4, target) ? 100 + target - ticks.length : Math.abs(ticks.length - target);
+    // Ties go to the larger step (fewer labels).
+    if (score <= bestScore) {
+      best = ticks;
+      bestScore = score;
+    }
+  }
+  return best;
 }
 
 /** The spacing of ticks (the whole span where there is one tick). */
@@ -84,12 +107,62 @@ function pad2(n: number): string {
   return String(n).padStart(2, '0');
 }
 
-function timeLabel(t: number, stepMs: number, spanMs: number, offsetMin: number): string {
+const DAY_MS = 86_400_000;
+
+/**
+ * A time tick's label: the clock within a day, the date (MM-DD) when the axis spans days, and
+ * with `withYear` the year before the date (where the caller wants it: the first tick and where
+ * the year changes).
+ */
+function timeLabel(t: number, stepMs: number, spanMs: number, offsetMin: number, withYear = false): string {
   const d = new Date(t + offsetMin * 60_000);
-  const date = `${pad2(d.getUTCMonth() + 1)}-${pad2(d.getUTCDate())}`;
+  const date = `${withYear ? `${d.getUTCFullYear()}-` : ''}${pad2(d.getUTCMonth() + 1)}-${pad2(d.getUTCDate())}`;
   const clock = `${pad2(d.getUTCHours())}:${pad2(d.getUTCMinutes())}${stepMs < 60_000 ? `:${pad2(d.getUTCSeconds())}` : ''}`;
-  if (stepMs >= 86_400_000) return date;
-  return spanMs > 86_400_000 ? `${date} ${clock}` : clock;
+  if (stepMs >= DAY_MS) return date;
+  return spanMs > DAY_MS || withYear ? `${date} ${clock}` : clock;
+}
+
+/**
+ * The time axis's ticks and labels. The year shows where a reader needs it: on the first tick and
+ * where it changes, when the axis spans months or crosses a new year ("12-30", "01-02" read as
+ * one year's end and start of the same year otherwise). The step is the smallest whose labels,
+ * the longest measured, fit side by side in the plot, 8 at most: a 200-pixel chart crowded 8
+ * "MM-DD HH:MM" labels into 136 pixels.
+ */
+function timeTicks(t0: number, t1: number, offsetMin: number, plotW: number): { t: number; label: string }[] {
+  const span = t1 - t0;
+  const shift = offsetMin * 60_000;
+  const yearOf = (t: number): number => new Date(t + shift).getUTCFullYear();
+  const needYear = span >= 60 * DAY_MS || yearOf(t0) !== yearOf(t1);
+  const fits = (step: number): number => {
+    const chars = timeLabel(t0, step, span, offsetMin, needYear).length;
+    return Math.max(2, Math.min(8, Math.floor(plotW / (chars * CHAR_W + 12))));
+  };
+  const times: number[] = [];
+  const step = TIME_STEPS_MS.find((s) => span / s <= fits(s));
+  if (step !== undefined) {
+    for (let t = Math.ceil((t0 + shift) / step) * step - shift; t <= t1; t += step) times.push(t);
+  } else {
+    // Month starts (in the offset's time), every `months` months counted from year 0: a fixed
+    // 30-day step put ticks on 10-09, 11-08, 12-08.
+    const start = new Date(t0 + shift);
+    const most = fits(DAY_MS);
+    for (const months of MONTH_STEPS) {
+      times.length = 0;
+      let m = Math.ceil((start.getUTCFullYear() * 12 + start.getUTCMonth()) / months) * months;
+      for (let t = Date.UTC(Math.floor(m / 12), m % 12, 1) - shift; t <= t1; m += months, t = Date.UTC(Math.floor(m / 12), m % 12, 1) - shift) {
+        if (t >= t0) times.push(t);
+      }
+      if (times.length <= most) break;
+    }
+  }
+  let year = Number.NaN;
+  return times.map((t) => {
+    const y = yearOf(t);
+    const label = timeLabel(t, step ?? DAY_MS, span, offsetMin, needYear && y !== year);
+    year = y;
+    return { t, label };
+  });
 }
 
 function extent(xs: readonly number[]): [number, number] {
@@ -144,7 +217,7 @@ type LegendRows = { x: number; label: string; item: LegendItem }[][];
  * or fourth, and drawn inside the plot it covered the data), and a label longer than the plot is
  * cut with an ellipsis.
  */
-function legendRows(items: readonly LegendItem[], width: number, height: number): LegendRows {
+function legendRows(items: readonly LegendItem[], width: number, height: number, legendTop: number): LegendRows {
   const left = MARGIN.left + 8;
   const right = width - MARGIN.right - 8;
   const maxChars = Math.max(4, Math.floor((right - left - 22) / CHAR_W));
@@ -161,7 +234,7 @@ function legendRows(items: readonly LegendItem[], width: number, height: number)
     lx += w + 8;
   }
   // At most as many rows as leave the plot 100 pixels; the last says how many it leaves out.
-  const most = Math.max(1, Math.floor((height - MARGIN.top - MARGIN.bottom - 8 - 100) / 16) + 1);
+  const most = Math.max(1, Math.floor((height - legendTop - 8 - MARGIN.bottom - 100) / LEGEND_ROW));
   if (rows.length > most) {
     const shown = rows.slice(0, most);
     const last = shown[most - 1] as LegendRows[number];
@@ -172,21 +245,82 @@ function legendRows(items: readonly LegendItem[], width: number, height: number)
   return rows;
 }
 
-/** The plot's top edge: below the title and the legend's rows. */
-function plotTop(rows: LegendRows): number {
-  return rows.length === 0 ? MARGIN.top : MARGIN.top + 8 + 16 * (rows.length - 1);
+/** The title's font size, the pixels a line of it takes (baseline to baseline) and its widest character. */
+const TITLE_SIZE = 14;
+const TITLE_LINE = 18;
+const TITLE_CHAR_W = 0.6 * TITLE_SIZE;
+/** Pixels above the title, between the title and the legend, and between the legend and the plot. */
+const PAD = 8;
+/** A legend row's height; its marker (12 pixels) and 11 px label are centred in it. */
+const LEGEND_ROW = 16;
+
+/**
+ * The title in lines that fit the image, wrapped at spaces (a word longer than a line is cut),
+ * two at most, the second ending in an ellipsis where the title goes on: one line of 150
+ * characters ran off both sides of an 800-pixel chart.
+ */
+function titleLines(title: string, width: number): string[] {
+  const max = Math.max(8, Math.floor((width - 2 * PAD) / TITLE_CHAR_W));
+  const lines: string[] = [];
+  let rest = title.trim();
+  while (rest.length > 0 && lines.length < 2) {
+    if (rest.length <= max) {
+      lines.push(rest);
+      rest = '';
+      break;
+    }
+    const space = rest.lastIndexOf(' ', max);
+    const end = space > max / 2 ? space : max;
+    lines.push(rest.slice(0, end).trimEnd());
+    rest = rest.slice(end).trimStart();
+  }
+  if (rest.length > 0) {
+    const last = lines[lines.length - 1] as string;
+    lines[lines.length - 1] = `${last.length < max ? last : last.slice(0, max - 1)}…`;
+  }
+  return lines.length > 0 ? lines : [''];
 }
 
-function drawLegend(parts: string[], rows: LegendRows): void {
-  rows.forEach((row, r) => {
-    const cy = 32 + r * 16;
+/** Where the title, the legend and the plot go, top to bottom. */
+interface Header {
+  title: string[];
+  rows: LegendRows;
+  /** The top of the legend's first row. */
+  legendTop: number;
+  /** The plot's top edge. */
+  top: number;
+}
+
+/**
+ * The title's lines, then the legend's rows a gap below the title's last line, then the plot a
+ * gap below the legend, laid out from the title's and legend's line heights: the legend's first
+ * row sat at a fixed 32 pixels, 4 below a 14 px title's baseline, so the title's descenders and
+ * the legend's markers touched.
+ */
+function header(title: string, items: readonly LegendItem[], width: number, height: number): Header {
+  const lines = titleLines(title, width);
+  const titleBottom = PAD + lines.length * TITLE_LINE;
+  const legendTop = titleBottom + PAD;
+  const rows = legendRows(items, width, height, legendTop);
+  return { title: lines, rows, legendTop, top: rows.length === 0 ? titleBottom + PAD : legendTop + rows.length * LEGEND_ROW + PAD };
+}
+
+function drawTitle(parts: string[], h: Header, width: number): void {
+  h.title.forEach((line, i) => {
+    parts.push(`<text class="title" x="${width / 2}" y="${PAD + TITLE_SIZE + i * TITLE_LINE}" text-anchor="middle" font-size="${TITLE_SIZE}" fill="${COLORS.text}">${escapeXml(line)}</text>`);
+  });
+}
+
+function drawLegend(parts: string[], h: Header): void {
+  h.rows.forEach((row, r) => {
+    const cy = h.legendTop + LEGEND_ROW / 2 + r * LEGEND_ROW;
     for (const { x, label, item } of row) {
       parts.push(
         item.kind === 'line'
-          ? `<line x1="${x}" x2="${x + 18}" y1="${cy}" y2="${cy}" stroke="${item.color}" stroke-width="2"/>`
+          ? `<line class="legend" x1="${x}" x2="${x + 18}" y1="${cy}" y2="${cy}" stroke="${item.color}" stroke-width="2"/>`
           : item.kind === 'band'
-            ? `<rect x="${x}" y="${cy - 6}" width="18" height="12" fill="${item.color}" fill-opacity="0.2"/>`
-            : `<circle cx="${x + 9}" cy="${cy}" r="4" fill="${item.color}"/>`,
+            ? `<rect class="legend" x="${x}" y="${cy - 6}" width="18" height="12" fill="${item.color}" fill-opacity="0.2"/>`
+            : `<circle class="legend" cx="${x + 9}" cy="${cy}" r="4" fill="${item.color}"/>`,
       );
       parts.push(`<text x="${(x + 22).toFixed(1)}" y="${cy + 4}" fill="${COLORS.text}">${escapeXml(label)}</text>`);
     }
@@ -196,11 +330,64 @@ function drawLegend(parts: string[], rows: LegendRows): void {
 /** The value axis: a grid line and a label at each nice tick in [lo, hi]; `y` maps a value to pixels. */
 function valueAxis(parts: string[], lo: number, hi: number, y: (v: number) => number, plotW: number): void {
   const ticks = valueTicks(lo, hi);
-  for (const v of ticks) {
+  const labels = tickLabels(ticks, tickStep(ticks, hi - lo));
+  ticks.forEach((v, i) => {
     const py = y(v).toFixed(1);
     parts.push(`<line x1="${MARGIN.left}" x2="${MARGIN.left + plotW}" y1="${py}" y2="${py}" stroke="${COLORS.grid}"/>`);
-    parts.push(`<text x="${MARGIN.left - 6}" y="${(y(v) + 4).toFixed(1)}" text-anchor="end" fill="${COLORS.text}">${escapeXml(tickLabel(v, tickStep(ticks, hi - lo)))}</text>`);
+    parts.push(`<text x="${MARGIN.left - 6}" y="${(y(v) + 4).toFixed(1)}" text-anchor="end" fill="${COLORS.text}">${escapeXml(labels[i] as string)}</text>`);
+  });
+}
+
+/**
+ * A run of points to draw, thinned where it has more than two a pixel column: each column keeps
+ * its first point, its lowest and highest (so a one-sample spike still shows) and its last, in
+ * time order. A 25,000-point history drew 25,000 path vertices on 720 pixels. Fewer points are
+ * drawn exactly. Consecutive points in one column make a column's group, so unsorted times are
+ * drawn as they come.
+ */
+function thinned(run: readonly [number, number][], x: (t: number) => number, plotW: number): readonly [number, number][] {
+  if (run.length <= 2 * plotW) return run;
+  const out: [number, number][] = [];
+  let start = 0;
+  const flush = (end: number): void => {
+    let lo = start;
+    let hi = start;
+    for (let k = start; k < end; k++) {
+      if ((run[k] as [number, number])[1] < (run[lo] as [number, number])[1]) lo = k;
+      if ((run[k] as [number, number])[1] > (run[hi] as [number, number])[1]) hi = k;
+    }
+    for (const k of [...new Set([start, lo, hi, end - 1])].sort((a, b) => a - b)) out.push(run[k] as [number, number]);
+  };
+  let col = Math.floor(x((run[0] as [number, number])[0]));
+  for (let k = 1; k < run.length; k++) {
+    const c = Math.floor(x((run[k] as [number, number])[0]));
+    if (c !== col) {
+      flush(k);
+      start = k;
+      col = c;
+    }
   }
+  flush(run.length);
+  return out;
+}
+
+/**
+ * The time between two history points past which the line breaks: 5 times the median spacing,
+ * so an agent down for a day (or a trace missing 30 hours) shows as a gap, not as a straight
+ * line across the hours nobody measured. Infinite below three points (nothing to compare with).
+ */
+function gapAfterMs(ts: readonly number[], vs: readonly number[]): number {
+  const gaps: number[] = [];
+  let prev = Number.NaN;
+  for (let k = 0; k < ts.length; k++) {
+    const t = ts[k];
+    if (!finite(t) || !finite(vs[k])) continue;
+    if (finite(prev) && t > prev) gaps.push(t - prev);
+    prev = t;
+  }
+  if (gaps.length < 2) return Number.POSITIVE_INFINITY;
+  gaps.sort((a, b) => a - b);
+  return 5 * (gaps[Math.floor((gaps.length - 1) / 2)] as number);
 }
 
 /**
@@ -227,14 +414,14 @@ export function renderForecastSvg(input: ForecastChartInput): string {
   const items: LegendItem[] = [{ label: 'history', color: COLORS.history, kind: 'line' }];
   if (fc) items.push({ label: 'forecast', color: COLORS.forecast, kind: 'line' });
   if (fc?.lower && fc.upper) items.push({ label: fc.coverage !== undefined ? `${Math.round(fc.coverage * 100)}% interval` : 'interval', color: COLORS.band, kind: 'band' });
-  const rows = legendRows(items, width, height);
-  const top = plotTop(rows);
+  const head = header(input.title, items, width, height);
+  const top = head.top;
   const plotW = width - MARGIN.left - MARGIN.right;
   const plotH = height - top - MARGIN.bottom;
   const parts: string[] = [];
   parts.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="11">`);
   parts.push(`<rect x="0" y="0" width="${width}" height="${height}" fill="#ffffff"/>`);
-  parts.push(`<text x="${width / 2}" y="20" text-anchor="middle" font-size="14" fill="${COLORS.text}">${escapeXml(input.title)}</text>`);
+  drawTitle(parts, head, width);
   if (ts.length === 0 || vs.length === 0) {
     parts.push(`<text x="${width / 2}" y="${height / 2}" text-anchor="middle" fill="${COLORS.text}">no data</text>`);
     parts.push('</svg>');
@@ -253,13 +440,10 @@ export function renderForecastSvg(input: ForecastChartInput): string {
   const r = (n: number): string => n.toFixed(1);
 
   valueAxis(parts, lo, hi, y, plotW);
-  // Time axis: the smallest step giving at most 8 ticks, aligned to the (offset) clock.
-  const span = t1 - t0;
-  const step = TIME_STEPS_MS.find((s) => span / s <= 8) ?? Math.ceil(span / 8 / 86_400_000) * 86_400_000;
-  const shift = offset * 60_000;
-  for (let t = Math.ceil((t0 + shift) / step) * step - shift; t <= t1; t += step) {
+  // Time axis: ticks aligned to the (offset) clock.
+  for (const { t, label } of timeTicks(t0, t1, offset, plotW)) {
     parts.push(`<line x1="${r(x(t))}" x2="${r(x(t))}" y1="${top}" y2="${top + plotH}" stroke="${COLORS.grid}"/>`);
-    parts.push(xTickText(x(t), top + plotH + 16, timeLabel(t, step, span, offset), width));
+    parts.push(xTickText(x(t), top + plotH + 16, label, width));
   }
   parts.push(`<rect x="${MARGIN.left}" y="${top}" width="${plotW}" height="${plotH}" fill="none" stroke="${COLORS.axis}"/>`);
   parts.push(`<text x="${MARGIN.left + plotW / 2}" y="${height - 8}" text-anchor="middle" fill="${COLORS.text}">time (${offset === 0 ? 'UTC' : `UTC${offset > 0 ? '+' : '-'}${pad2(Math.floor(Math.abs(offset) / 60))}:${pad2(Math.abs(offset) % 60)}`})</text>`);
@@ -289,7 +473,7 @@ export function renderForecastSvg(input: ForecastChartInput): string {
     }
     flush();
   }
-  const line = (tsArr: readonly number[], vsArr: readonly number[], color: string, cls: string, dash?: string): void => {
+  const line = (tsArr: readonly number[], vsArr: readonly number[], color: string, cls: string, dash?: string, gapMs = Number.POSITIVE_INFINITY): void => {
     let d = '';
     // A point with no finite neighbour (the only one, or one between gaps) is a path of one
     // moveto, which draws nothing: it gets a dot instead.
@@ -297,23 +481,25 @@ export function renderForecastSvg(input: ForecastChartInput): string {
     let run: [number, number][] = [];
     const flush = (): void => {
       if (run.length === 1) dots.push(`<circle class="${cls}" cx="${r(x(run[0]?.[0] as number))}" cy="${r(y(run[0]?.[1] as number))}" r="2.5" fill="${color}"/>`);
-      else run.forEach(([t, v], k) => (d += `${k === 0 ? 'M' : 'L'}${r(x(t))},${r(y(v))}`));
+      else thinned(run, x, plotW).forEach(([t, v], k) => (d += `${k === 0 ? 'M' : 'L'}${r(x(t))},${r(y(v))}`));
       run = [];
     };
     for (let k = 0; k < tsArr.length; k++) {
       const t = tsArr[k];
       const v = vsArr[k];
-      if (finite(t) && finite(v)) run.push([t, v]);
-      else flush();
+      if (finite(t) && finite(v)) {
+        if (run.length > 0 && Math.abs(t - (run[run.length - 1] as [number, number])[0]) > gapMs) flush();
+        run.push([t, v]);
+      } else flush();
     }
     flush();
     if (d) parts.push(`<path class="${cls}" d="${d}" fill="none" stroke="${color}" stroke-width="1.5"${dash ? ` stroke-dasharray="${dash}"` : ''}/>`);
     parts.push(...dots);
   };
-  line(input.history.t, input.history.v, COLORS.history, 'history');
+  line(input.history.t, input.history.v, COLORS.history, 'history', undefined, gapAfterMs(input.history.t, input.history.v));
   if (fc) line(fc.t, fc.mean, COLORS.forecast, 'forecast', '5,3');
 
-  drawLegend(parts, rows);
+  drawLegend(parts, head);
   parts.push('</svg>');
   return parts.join('\n');
 }
@@ -346,15 +532,15 @@ export function renderScatterSvg(input: ScatterChartInput): string {
   const points = input.series.map((s) => s.x.flatMap((x, k) => (finite(x) && finite(s.y[k]) ? [[x, s.y[k] as number] as const] : [])));
   const xs = points.flatMap((p) => p.map(([x]) => x));
   const ys = points.flatMap((p) => p.map(([, y]) => y));
-  const rows = legendRows(input.series.map((s, i) => ({ label: `${s.name} (${points[i]?.length ?? 0})`, color: s.color, kind: 'dot' })), width, height);
-  const top = plotTop(rows);
+  const head = header(input.title, input.series.map((s, i) => ({ label: `${s.name} (${points[i]?.length ?? 0})`, color: s.color, kind: 'dot' as const })), width, height);
+  const top = head.top;
   const plotW = width - MARGIN.left - MARGIN.right;
   const plotH = height - top - MARGIN.bottom;
   const parts: string[] = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="11">`,
     `<rect x="0" y="0" width="${width}" height="${height}" fill="#ffffff"/>`,
-    `<text x="${width / 2}" y="20" text-anchor="middle" font-size="14" fill="${COLORS.text}">${escapeXml(input.title)}</text>`,
   ];
+  drawTitle(parts, head, width);
   if (xs.length === 0) {
     parts.push(`<text x="${width / 2}" y="${height / 2}" text-anchor="middle" fill="${COLORS.text}">no data</text>`, '</svg>');
     return parts.join('\n');
@@ -371,10 +557,11 @@ export function renderScatterSvg(input: ScatterChartInput): string {
   const r = (n: number): string => n.toFixed(1);
   valueAxis(parts, y0, y1, y, plotW);
   const xTicks = valueTicks(x0, x1, 8);
-  for (const v of xTicks) {
+  const xLabels = tickLabels(xTicks, tickStep(xTicks, x1 - x0));
+  xTicks.forEach((v, i) => {
     parts.push(`<line x1="${r(x(v))}" x2="${r(x(v))}" y1="${top}" y2="${top + plotH}" stroke="${COLORS.grid}"/>`);
-    parts.push(xTickText(x(v), top + plotH + 16, tickLabel(v, tickStep(xTicks, x1 - x0)), width));
-  }
+    parts.push(xTickText(x(v), top + plotH + 16, xLabels[i] as string, width));
+  });
   parts.push(`<rect x="${MARGIN.left}" y="${top}" width="${plotW}" height="${plotH}" fill="none" stroke="${COLORS.axis}"/>`);
   parts.push(`<text x="${MARGIN.left + plotW / 2}" y="${height - 8}" text-anchor="middle" fill="${COLORS.text}">${escapeXml(input.xLabel)}</text>`);
   parts.push(`<text x="14" y="${top + plotH / 2}" text-anchor="middle" transform="rotate(-90 14 ${top + plotH / 2})" fill="${COLORS.text}">${escapeXml(input.yLabel)}</text>`);
@@ -382,7 +569,7 @@ export function renderScatterSvg(input: ScatterChartInput): string {
   input.series.forEach((s, i) => {
     for (const [px, py] of points[i] ?? []) parts.push(`<circle class="point" cx="${r(x(px))}" cy="${r(y(py))}" r="3" fill="${s.color}" fill-opacity="0.75"/>`);
   });
-  drawLegend(parts, rows);
+  drawLegend(parts, head);
   parts.push('</svg>');
   return parts.join('\n');
 }

@@ -33,8 +33,17 @@ describe('DAG drawings', () => {
     const d: DagDrawing = { ...chain, edges: [...chain.edges, { from: 'c', to: 'elsewhere' }, { from: 'a', to: 'a' }] };
     expect(dagToSvg(d).match(/marker-end="url\(#arrow\)"/g)).toHaveLength(5);
     const dot = dagToDot(d);
-    expect(dot.match(/ -> /g)).toHaveLength(6);
+    expect(dot.match(/ -> /g)).toHaveLength(5);
     expect(dot).not.toContain('"elsewhere"');
+  });
+
+  it('draws the same edges in DOT as in SVG: no self-loop, each edge once', () => {
+    // --dot drew "a" -> "a" as a loop that --svg left out, so the two drawings of one trace disagreed.
+    const d: DagDrawing = { ...chain, edges: [{ from: 'a', to: 'a' }, ...chain.edges, { from: 's1', to: 's1' }, { from: 'a', to: 's1' }] };
+    const dotEdges = [...dagToDot(d).matchAll(/^ {2}"([^"]+)" -> "([^"]+)";$/gm)].map((m) => `${m[1]}->${m[2]}`);
+    expect(dotEdges).toEqual(chain.edges.map((e) => `${e.from}->${e.to}`));
+    expect(dagLayout(d).edges.map((e) => `${e.from}->${e.to}`)).toEqual(dotEdges);
+    expect(dagToSvg(d).match(/marker-end="url\(#arrow\)"/g)).toHaveLength(dotEdges.length);
   });
 
   it('escapes ids and labels for SVG and DOT, and cuts long lines', () => {
@@ -54,6 +63,38 @@ describe('DAG drawings', () => {
     expect(dot).toContain('"object:<a&\\"b>" [label="<a&\\"b>\\n');
     expect(dot).toContain('"step:q\\\\r" [label="line one\\nline two"');
     expect(dot).toContain('"object:<a&\\"b>" -> "step:q\\\\r";');
+  });
+
+  it('draws an edge back to the left under the boxes, where it can be seen', () => {
+    // At object level a step that reads and writes one object (rollup reads orders/agg and
+    // writes a new version of it) closes a cycle. Its edge back to the left ran along the forward
+    // edges' line, hidden under the boxes and their arrowheads: --dot showed it, --svg did not.
+    const d: DagDrawing = {
+      title: 'object level',
+      nodes: [node('raw', 'start'), node('enrich', 'step'), node('agg'), node('rollup', 'step')],
+      edges: [{ from: 'raw', to: 'enrich' }, { from: 'enrich', to: 'agg' }, { from: 'agg', to: 'rollup' }, { from: 'rollup', to: 'agg' }],
+    };
+    const svg = dagToSvg(d);
+    const { pos } = dagLayout(d);
+    const agg = pos.get('agg') as { x: number; y: number };
+    const rollup = pos.get('rollup') as { x: number; y: number };
+    expect(rollup.x).toBeGreaterThan(agg.x);
+    const paths = [...svg.matchAll(/<path [^>]*d="M ([\d.]+) ([\d.]+) C [\d.]+ ([\d.]+), [\d.]+ ([\d.]+), ([\d.]+) ([\d.]+)"[^>]*marker-end/g)].map((m) => m.slice(1).map(Number));
+    expect(paths).toHaveLength(4);
+    const back = paths.filter(([x1, , , , x2]) => (x2 as number) < (x1 as number));
+    expect(back).toHaveLength(1);
+    const [x1, y1, c1, c2, x2, y2] = back[0] as number[];
+    // From rollup's box to agg's box, through the space below both (not along the boxes' middle).
+    expect(x1).toBeGreaterThan(rollup.x);
+    expect(x1).toBeLessThan(rollup.x + 200);
+    expect(x2).toBeGreaterThan(agg.x);
+    expect(x2).toBeLessThan(agg.x + 200);
+    expect(y1).toBe(rollup.y + 44);
+    expect(y2).toBe(agg.y + 44);
+    expect(Math.min(c1 as number, c2 as number)).toBeGreaterThan(agg.y + 44 + 20);
+    // And inside the image.
+    const height = Number(/<svg [^>]*height="(\d+)"/.exec(svg)?.[1]);
+    expect(0.25 * (y1 as number) + 0.75 * (c1 as number)).toBeLessThanOrEqual(height);
   });
 
   it('draws a cycle instead of looping forever, and a graph with no edges', () => {

@@ -1,6 +1,6 @@
 import { createHash, createPublicKey } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
-import { dagToDot, dagToSvg, type DagDrawing, type DagNode } from '../../common/dag-drawing.js';
+import { dagToDot, dagToSvg, drawnEdges, type DagDrawing, type DagNode } from '../../common/dag-drawing.js';
 import { Direction, LineageServiceDefinition, NodeKind, type NodeRef, type SubmitEventsResponse, type TraceResponse } from '../../common/gen/retrace/v1/lineage.js';
 import { LineageEvent } from '../../common/gen/retrace/v1/provenance.js';
 import { InvalidArgumentError, isRetraceError, RetraceError } from '../../common/errors.js';
@@ -133,7 +133,7 @@ const trace: CliCommand = {
       if (shown < total) io.stderr.write(`drawing ${shown} of the closure's ${total} nodes (--limit ${limit})\n`);
       if (svg !== undefined) {
         writeFileSync(svg, dagToSvg(drawing));
-        io.stderr.write(`wrote ${svg}: ${drawing.nodes.length} nodes, ${drawing.edges.length} edges\n`);
+        io.stderr.write(`wrote ${svg}: ${drawing.nodes.length} nodes, ${drawnEdges(drawing).length} edges\n`);
       }
       if (hasFlag(args, 'dot')) io.stdout.write(dagToDot(drawing));
     }
