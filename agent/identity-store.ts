@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { link, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { DataLossError, FailedPreconditionError, InvalidArgumentError } from '../common/errors.js';
@@ -90,9 +90,18 @@ function isAlive(pid: number): boolean {
  */
 export async function lockDataDir(dataDir: string, field: string): Promise<() => Promise<void>> {
   const path = join(dataDir, LOCK_FILE);
+  // The lock appears with its pid in it, by a hard link of a file written first: created empty
+  // and then written (open with O_EXCL), it could be read empty by an agent started at the same
+  // moment, which took it for a dead holder's, removed it and ran too.
+  const mine = `${path}.${process.pid}`;
   for (let attempt = 0; ; attempt++) {
     try {
-      await writeFile(path, `${process.pid}\n`, { flag: 'wx', mode: 0o600 });
+      await writeFile(mine, `${process.pid}\n`, { mode: 0o600 });
+      try {
+        await link(mine, path);
+      } finally {
+        await rm(mine, { force: true });
+      }
       return async () => {
         await rm(path, { force: true });
       };

@@ -2,7 +2,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { loadOrCreateIdentity } from '../agent/identity-store.js';
+import { loadOrCreateIdentity, lockDataDir } from '../agent/identity-store.js';
 import { makeDirectory } from '../agent/make-directory.js';
 import { spawnAgent, waitFor, type AgentProcess } from './helpers/mesh-server.js';
 import { runCli } from './helpers/in-process-cli.js';
@@ -86,6 +86,17 @@ describe('agent data directory', () => {
     }
   });
 
+  it('of agents locking one data dir at the same moment, exactly one gets it', async () => {
+    // The lock was created empty and then written: one read empty took it for a dead holder's.
+    for (let round = 0; round < 20; round++) {
+      const dir = tempDir();
+      const tries = await Promise.allSettled(Array.from({ length: 8 }, () => lockDataDir(dir, 'data')));
+      expect(tries.filter((t) => t.status === 'fulfilled')).toHaveLength(1);
+      for (const t of tries) if (t.status === 'rejected') expect(String(t.reason)).toMatch(/is in use by another agent|is being taken by another agent/);
+      expect(readFileSync(join(dir, 'agent.lock'), 'utf8')).toBe(`${process.pid}\n`);
+    }
+  });
+
   it('one agent per data dir: a second is refused while the first runs, a killed one\'s lock is taken over', async () => {
     const dir = tempDir();
     // No coordinator: an agent keeps retrying, which is all this needs.
@@ -93,7 +104,15 @@ describe('agent data directory', () => {
     const first = spawnAgent(args);
     agents.push(first);
     const lock = join(dir, 'agent.lock');
-    await waitFor(() => existsSync(lock) && readFileSync(lock, 'utf8').trim() === String(first.child.pid), 10_000, 'the first agent\'s lock');
+    // The lock's pid, or '' while there is none (a takeover removes the stale one first).
+    const holder = (): string => {
+      try {
+        return readFileSync(lock, 'utf8').trim();
+      } catch {
+        return '';
+      }
+    };
+    await waitFor(() => holder() === String(first.child.pid), 10_000, 'the first agent\'s lock');
     // Two agents on one dir registered as the same node and took it from each other over and over.
     const second = spawnAgent(args);
     agents.push(second);
@@ -103,7 +122,7 @@ describe('agent data directory', () => {
     await first.exited;
     const third = spawnAgent(args);
     agents.push(third);
-    await waitFor(() => readFileSync(lock, 'utf8').trim() === String(third.child.pid), 10_000, 'the lock taken over');
+    await waitFor(() => holder() === String(third.child.pid), 10_000, 'the lock taken over');
     third.child.kill('SIGTERM');
     await third.exited;
     expect(existsSync(lock)).toBe(false);
