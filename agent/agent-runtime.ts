@@ -25,6 +25,8 @@ import { capOutcome, frameOutcomes, outcomeBytes } from './outcome-frames.js';
 import { createResourceProbe, type ResourceProbe } from './resource-probe.js';
 import { createShardExecutor, type ShardExecutor, type ShardExecutorOptions } from './shard-executor.js';
 import { sleep } from '../common/abortable-sleep.js';
+// A Struct key `__proto__` (a step parameter) is kept as an own property, not dropped.
+import '../common/struct-own-keys.js';
 
 /**
  * Lifecycle of an agent process:

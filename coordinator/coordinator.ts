@@ -24,6 +24,8 @@ import { openDatabase, type Database } from './store/database.js';
 import { LineageStore } from './store/lineage-store.js';
 import { guardStorage, type StorageGuard } from './store/storage-guard.js';
 import { createTokenRegistry, type TokenRegistry } from './token-registry.js';
+// A Struct key `__proto__` (a step parameter) is kept as an own property, not dropped.
+import '../common/struct-own-keys.js';
 
 export type CoordinatorState = 'NEW' | 'STARTING' | 'RUNNING' | 'STOPPING' | 'STOPPED' | 'FAILED';
 

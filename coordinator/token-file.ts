@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, openSync, readFileSync, renameSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fsyncSync, openSync, readFileSync, renameSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { InvalidArgumentError, NotFoundError, RetraceError } from '../common/errors.js';
 import { tokenSha256 } from './bearer-token.js';
@@ -109,20 +109,40 @@ export function readTokenFile(dataDir: string): TokenEntry[] {
 }
 
 /**
- * Replaces `<dataDir>/tokens.json` with `entries`, whole or not at all: written to a temp file
- * (mode 0600) beside it, then renamed over it, so a coordinator reading it meanwhile sees the old
- * table or the new one, never half of one.
+ * Replaces `<dataDir>/tokens.json` with `entries`, whole or not at all, and durably: written to a
+ * temp file (mode 0600) beside it and fsynced, renamed over it, then the directory fsynced. A
+ * coordinator reading it meanwhile sees the old table or the new one, never half of one; a power
+ * loss after this returns keeps the new table (without the fsyncs the rename could reach the disk
+ * before the data, leaving an empty or truncated file, or be lost itself: a printed token unstored
+ * or a revoked one back).
  */
 export function writeTokenFile(dataDir: string, entries: readonly TokenEntry[]): void {
   const file = tokensFilePath(dataDir);
   const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
   try {
-    writeFileSync(tmp, `${JSON.stringify({ tokens: entries }, null, 2)}\n`, { mode: 0o600, flag: 'wx' });
+    const fd = openSync(tmp, 'wx', 0o600);
+    try {
+      writeFileSync(fd, `${JSON.stringify({ tokens: entries }, null, 2)}\n`);
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
     crashPointForTests('token-file-written');
     renameSync(tmp, file);
   } catch (err) {
     rmSync(tmp, { force: true });
     throw err;
+  }
+  syncDirectory(dataDir);
+}
+
+/** fsyncs directory `dir`, making a rename or create in it durable. */
+function syncDirectory(dir: string): void {
+  const fd = openSync(dir, 'r');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
   }
 }
 

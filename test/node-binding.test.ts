@@ -8,6 +8,8 @@ import { AgentRegistration, NodeEventKind, NodeServiceDefinition, type ConnectRe
 import { meshExtension } from '../coordinator/mesh/mesh-extension.js';
 import { createNodeRecordStore, type NodeRecord } from '../coordinator/mesh/node-record-store.js';
 import { openDatabase } from '../coordinator/store/database.js';
+import { InsufficientStorageError } from '../common/errors.js';
+import type { ExtensionFactory } from '../coordinator/coordinator.js';
 import { addToken, revokeToken } from '../coordinator/token-file.js';
 import { runCli } from './helpers/in-process-cli.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
@@ -256,5 +258,40 @@ describe('node ids bound to agent tokens', () => {
     // Offline now: the loser is still refused, the winner still welcome.
     expect(await connectOnce(tc, tokens[loser], 'n6')).toMatchObject(refused('n6', winner, loser));
     expect(await connectOnce(tc, tokens[winner], 'n6')).toMatchObject(registered(true));
+  }, 15_000);
+  it('keeps no binding whose write was refused (a full data dir): the connect fails naming the node, and another agent token may take the id', async () => {
+    const dir = tempDir();
+    // Refuses node-record writes while armed, as the storage guard refuses writes to a full disk.
+    let refuse = false;
+    const failingNodeWrites: ExtensionFactory = (ctx) => {
+      const db = ctx.db as unknown as { put: (key: unknown, ...rest: unknown[]) => Promise<void> };
+      const put = db.put.bind(db);
+      db.put = async (key, ...rest) => {
+        if (refuse && String(key).includes('mesh-nodes')) throw new InsufficientStorageError(join(dir, 'db'));
+        return put(key, ...rest);
+      };
+      return { name: 'failing-node-writes' };
+    };
+    const tc = await startTestCoordinator({ dataDir: dir, extensions: [failingNodeWrites, meshExtension()] });
+    running.push(tc);
+    const a = addToken(dir, 'host-a', 'agent').token;
+    const b = addToken(dir, 'host-b', 'agent').token;
+    const c = addToken(dir, 'host-c', 'agent').token;
+    // A new node id, then one stored unbound (registered with the owner token).
+    expect(await connectOnce(tc, tc.token, 'old')).toMatchObject(registered(false));
+    refuse = true;
+    for (const nodeId of ['fresh', 'old']) {
+      expect(await connectOnce(tc, a, nodeId)).toMatchObject({
+        code: Status.RESOURCE_EXHAUSTED,
+        details: expect.stringMatching(new RegExp(`node "${nodeId}".*not stored.*out of space`)),
+      });
+      expect((await nodeOf(tc, nodeId))?.boundToken ?? '').toBe('');
+    }
+    refuse = false;
+    // The refused token bound nothing: another agent token takes both ids, durably.
+    expect(await connectOnce(tc, b, 'fresh')).toMatchObject(registered(true));
+    expect(await connectOnce(tc, b, 'old')).toMatchObject(registered(true));
+    expect((await nodeOf(tc, 'fresh'))?.boundToken).toBe('host-b');
+    expect(await connectOnce(tc, c, 'old')).toMatchObject(refused('old', 'host-b', 'host-c'));
   }, 15_000);
 });

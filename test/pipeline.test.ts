@@ -291,6 +291,29 @@ describe('pipelines', () => {
     expect(bye.record?.contentHash).toBe(contentHashOf('BYE'));
   });
 
+  it('keeps a step parameter named `__proto__` (dropped by the Struct conversion) as an own key, stored and returned, without touching any prototype', async () => {
+    // As a raw gRPC client can send it: JSON.parse makes `__proto__` an own key.
+    const parameters = JSON.parse('{"__proto__": {"polluted": true}, "tag": "p1"}') as Record<string, unknown>;
+    const pipeline = definition({ name: 'protokey' });
+    pipeline.steps[1]!.parameters = parameters;
+    expect(Buffer.from(Pipeline.encode(pipeline).finish()).includes('__proto__')).toBe(true);
+    await pipelines.applyPipeline({ pipeline });
+    const ownProto = (o: unknown) => (o !== null && typeof o === 'object' && Object.hasOwn(o, '__proto__') ? (o as Record<string, unknown>)['__proto__'] : 'missing');
+    const stored = (await pipelines.getPipeline({ name: 'protokey', version: 0 })).pipeline?.pipeline?.steps[1]?.parameters;
+    expect(ownProto(stored)).toEqual({ polluted: true });
+    expect(Object.getPrototypeOf(stored)).toBe(Object.prototype);
+    expect((stored as { polluted?: unknown }).polluted).toBeUndefined();
+    const seen = calls.length;
+    expect(await pipelines.ingest(records('protokey', 'raw', [{ key: 'k1', text: 'hi' }]))).toMatchObject({ accepted: '1' });
+    expect(ownProto(calls.slice(seen).find((a) => a.transform === 'enrich')?.parameters)).toEqual({ polluted: true });
+    const path = await lineage.getRecordPath({ objectId: 'record:protokey/tagged:k1', contentHash: '', asOfNs: '0' });
+    expect(ownProto(path.steps.find((st) => st.transform === 'enrich')?.parameters)).toEqual({ polluted: true });
+    // A step whose parameters differ only by that key is a different definition.
+    pipeline.steps[1]!.parameters = { tag: 'p1' };
+    expect((await pipelines.applyPipeline({ pipeline })).created).toBe(true);
+    expect(({} as { polluted?: unknown }).polluted).toBeUndefined();
+  });
+
   it('retries a step whose transform failed as often as its `retries` says, recording the attempts; refusals are not retried', async () => {
     await expectStatus(
       pipelines.applyPipeline({ pipeline: definition({ name: 'retry-bad', steps: [{ ...definition().steps[0]!, retries: 101 }] }) }),

@@ -389,6 +389,8 @@ describe('recompute end to end (real coordinator, real agent processes)', () => 
     expect(dry.out).toMatch(/dry run: 3 tasks/);
     const run = await cli(['recompute', changeId, '--watch', ...conn]);
     expect(run.code).toBe(0);
+    // Said at once, before planning (seconds for a large pipeline) ends in the job line.
+    expect(run.err.split('\n').slice(0, 2)).toEqual([`planning the recompute of ${changeId}: finding the steps it affects...`, expect.stringMatching(new RegExp(`^job \\S+: 3 tasks for ${changeId}$`))]);
     expect(run.out).toMatch(/SUCCEEDED: 3 executed, 0 cached, 0 cut off/);
   });
 

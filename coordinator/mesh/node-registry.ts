@@ -1,4 +1,4 @@
-import { FailedPreconditionError, NotFoundError } from '../../common/errors.js';
+import { FailedPreconditionError, NotFoundError, RetraceError } from '../../common/errors.js';
 import { NodeState, type NodeInfo, type NodeTransition, type ResourceReading } from '../../common/gen/retrace/v1/node.js';
 import type { LogFn } from '../../common/log.js';
 import { LINK_READINGS } from '../../common/node-resources.js';
@@ -176,12 +176,14 @@ export class NodeRegistry {
    * `token`: the name of the agent token the stream was opened with (undefined for the owner and
    * admin tokens); the node is bound to it, before any await, replacing another binding (the
    * caller checked that the other name was revoked; the move is logged). Undefined leaves the
-   * binding as it is.
+   * binding as it is. When the record's write fails the binding taken here is undone and the
+   * error (same code, naming the node) is thrown: a binding is kept only once stored.
    */
   async register(reg: Registration, sessionId: number, token?: string): Promise<{ node: LiveNode; rejoined: boolean }> {
     const now = this.now();
     let node = this.nodes.get(reg.nodeId);
     const rejoined = node !== undefined;
+    const boundBefore = node?.record.boundToken;
     // Another process than the last one registered runs none of its shards. Without process ids
     // (an older agent) a restart cannot be told from a reconnect: counted as one, the safe side
     // (shards run again, and outputs are idempotent by shard id).
@@ -239,7 +241,19 @@ export class NodeRegistry {
       const target: NodeStateName = r.drainReason ? 'DRAINING' : 'READY';
       if (r.state !== target) this.transition(node, target, 'rejoined');
     }
-    await this.persist(node);
+    try {
+      await this.persist(node);
+    } catch (err) {
+      // All or nothing: a binding kept in memory but not stored would hold the node id for this
+      // token until a restart and then vanish. Undone unless a newer registration took the node.
+      if (token !== undefined && token !== boundBefore && node.sessionId === sessionId && node.record.boundToken === token) {
+        if (boundBefore === undefined) delete node.record.boundToken;
+        else node.record.boundToken = boundBefore;
+      }
+      const message = `the registration of node ${JSON.stringify(reg.nodeId)} was not stored${token !== undefined && token !== boundBefore ? `, so it is not bound to token ${JSON.stringify(token)}` : ''}; connect again once the coordinator can write: ${err instanceof Error ? err.message : String(err)}`;
+      this.log('error', 'node:register-not-stored', { nodeId: reg.nodeId, token: token ?? null, error: String(err) });
+      throw new RetraceError(err instanceof RetraceError ? err.code : 'UNAVAILABLE', message, { cause: err });
+    }
     this.log('info', 'node:registered', { nodeId: reg.nodeId, host: reg.host, rejoined, restarted, state: node.record.state, token: node.record.boundToken ?? null });
     this.emitter.emit('node:registered', { nodeId: reg.nodeId, rejoined, restarted, atMs: now, payloadCacheBytes: reg.payloadCacheBytes });
     return { node, rejoined };

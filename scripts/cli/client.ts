@@ -17,6 +17,8 @@ import {
 import { describeConnectFailure } from '../../common/connect-failure.js';
 import { fromClientError, RetraceError } from '../../common/errors.js';
 import { flag, UsageError, type ParsedArgs } from './command.js';
+// A Struct key `__proto__` (a step parameter) is kept as an own property, not dropped.
+import '../../common/struct-own-keys.js';
 
 /** Where client commands connect when `--coordinator` is not given. */
 export const DEFAULT_COORDINATOR = '127.0.0.1:7700';

@@ -1,6 +1,6 @@
 import { createReadStream, readFileSync, statSync } from 'node:fs';
 import { createInterface } from 'node:readline';
-import { isRetraceError, RetraceError } from '../../common/errors.js';
+import { isRetraceError, RetraceError, UnavailableError } from '../../common/errors.js';
 import {
   IngestResponse,
   Pipeline,
@@ -310,7 +310,9 @@ and on a terminal a line counting the records sent and the seconds their steps h
 Shards that no READY node can run (a step needing a gpu or more memory than any node has) wait
 for one to join: what they wait for goes to stderr while they do. --wait-timeout 5m gives up
 when shards have waited that long for a node that meets them: the ingest is cancelled (records
-already processed stay recorded) and the command exits 1 naming the reason.`,
+already processed stay recorded) and the command exits 1 naming the reason. Losing the coordinator
+mid-run (killed, restarted) names the run cut short: send the same file again to finish it
+(records already ingested come back as duplicates).`,
     async run(args, io) {
       const [pipeline, source, file] = args.positionals;
       if (!pipeline || !source || !file) throw new UsageError('PIPELINE, SOURCE and FILE (or -) are required');
@@ -389,6 +391,17 @@ already processed stay recorded) and the command exits 1 naming the reason.`,
           });
         } catch (err) {
           stopTicker();
+          if (gaveUp === '' && !io.signal?.aborted && isRetraceError(err) && err.code === 'UNAVAILABLE' && runId !== '') {
+            if (showBar) io.stderr.write('\n');
+            // Lost the coordinator mid-run (killed, restarted): "Connection dropped" alone named
+            // neither the run cut short nor how to finish it. Records are idempotent by key and
+            // content, so sending them all again ingests only what was not stored.
+            const again = file === '-' ? `the same records again (retrace ingest ${pipeline} ${source} -)` : `the same file again: retrace ingest ${pipeline} ${source} ${file}`;
+            throw new UnavailableError(
+              `lost the coordinator during ingest run ${runId} (${err.message}); the coordinator closes the run as FAIL (interrupted) when it starts again (retrace lineage node run:${runId}). To finish, send ${again}: records already ingested come back as duplicates, the rest are ingested`,
+              err,
+            );
+          }
           if (gaveUp === '') throw recordLines.relocate(err);
           if (showBar) io.stderr.write('\n');
           io.stderr.write(`ingest cancelled after --wait-timeout ${flag(args, 'wait-timeout') ?? ''}: ${gaveUp}\n`);

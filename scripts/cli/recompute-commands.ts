@@ -305,7 +305,7 @@ function printImpact(r: ImpactResponse, io: CliIo, limit: number): void {
   io.stdout.write(shown.footer);
 }
 
-/** Milliseconds without an answer before `impact` says on stderr that it is still working. */
+/** Milliseconds without an answer before `impact` (or `recompute --watch`'s planning) says on stderr that it is still working. */
 const IMPACT_NOTE_AFTER_MS = 2000;
 
 /**
@@ -410,6 +410,7 @@ const recomputeCmd: CliCommand = {
     [--max-attempts N] [--concurrency N (at most 1024)] [--target NODE|key=value ...]
   CHANGE_ID: chg-... (retrace changes); OBJECT_ID: an object whose latest version its consumers have not used
   --content: new content for an object (reported as a change first)
+  --watch: stderr says at once that the job is being planned (with the seconds once past 2 s), then shows its progress
   --limit N: tasks listed by --watch and --dry-run, at most (default ${DEFAULT_TABLE_LIMIT}, 0 for all; --watch: those not SUCCEEDED first)`,
   booleans: ['dry-run'],
   integers: { 'max-attempts': 'uint32', concurrency: 'uint32', limit: 'uint32' },
@@ -426,7 +427,13 @@ const recomputeCmd: CliCommand = {
     const limit = intFlag(args, 'limit', DEFAULT_TABLE_LIMIT);
     const { client, close } = openClient(RecomputeServiceDefinition, args);
     try {
-      const r = await client.recompute({ changeIds, objectIds, newContents, policy }, { signal: io.signal });
+      const watching = hasFlag(args, 'watch') && !policy.dryRun;
+      // Planning (finding the affected steps) took ~10 s at 60k records, and --watch printed
+      // nothing before its job line: it says at once that it works, then counts the seconds.
+      const named = [...changeIds, ...objectIds, ...newContents.map((c) => c.objectId)].join(', ');
+      if (watching) io.stderr.write(`planning the recompute of ${named}: finding the steps it affects...\n`);
+      const call = client.recompute({ changeIds, objectIds, newContents, policy }, { signal: io.signal });
+      const r = watching ? await withWaitNote(call, io.stderr, 'planning') : await call;
       if (policy.dryRun) {
         if (hasFlag(args, 'json')) io.stdout.write(toJson(responseJson(RecomputeServiceDefinition, 'recompute', r)));
         else {

@@ -408,7 +408,12 @@ export interface ResolveNodesResponse {
 
 export interface GetRecordPathRequest {
   objectId: string;
-  /** The version whose path to return; empty means the latest version. */
+  /**
+   * The version whose path to return. Empty: the newest version as of `as_of_ns` when that is
+   * set; else, for a pipeline record, the pipeline's current record (a step that reproduced an
+   * older content makes that one current again, and the path is the one that first made it);
+   * else the newest version.
+   */
   contentHash: string;
   asOfNs: string;
 }
