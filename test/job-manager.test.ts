@@ -6,7 +6,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { InvalidArgumentError, NotFoundError } from '../common/errors.js';
 import { JobManager, type JobView } from '../coordinator/jobs/job-manager.js';
-import { createJobStore } from '../coordinator/jobs/job-store.js';
+import { createJobStore, type JobStore } from '../coordinator/jobs/job-store.js';
 import type { JobExecutor, JobSpec, JobTaskSpec, TaskRunContext, TaskRunResult } from '../coordinator/jobs/job-types.js';
 import { openDatabase, type Database } from '../coordinator/store/database.js';
 import { guardStorage } from '../coordinator/store/storage-guard.js';
@@ -79,7 +79,10 @@ async function untilEnded(manager: JobManager, jobId: string): Promise<JobView> 
 const stateOf = (job: JobView, id: string): string | undefined => job.tasks?.find((t) => t.id === id)?.state;
 
 const abortable = (signal: AbortSignal): Promise<never> =>
-  new Promise((_r, reject) => signal.addEventListener('abort', () => reject(new Error('aborted')), { once: true }));
+  new Promise((_r, reject) => {
+    if (signal.aborted) reject(new Error('aborted'));
+    else signal.addEventListener('abort', () => reject(new Error('aborted')), { once: true });
+  });
 
 describe('JobManager', () => {
   it('runs tasks in dependency order, hands results to dependents, and persists the job', async () => {
@@ -214,7 +217,9 @@ describe('JobManager', () => {
     });
     manager.registerExecutor(exec);
     const { jobId } = await manager.submit(spec([task('first'), task('slow', ['first']), task('after', ['slow'])]));
-    await waitFor(async () => stateOf(await manager.get(jobId), 'slow') === 'RUNNING', 10_000, 'slow running');
+    // Running in the executor, not only recorded as RUNNING (a cancel in between stops the
+    // attempt before it starts: the next case).
+    await waitFor(() => exec.calls.some((c) => c.task === 'slow'), 10_000, 'slow running');
     expect(await manager.cancel(jobId)).toBe('CANCELLED');
     expect(aborted).toEqual(['slow']);
     const cancelled = await manager.get(jobId);
@@ -229,6 +234,33 @@ describe('JobManager', () => {
     expect(exec.calls.filter((c) => c.task === 'first')).toHaveLength(1);
     expect(exec.calls.filter((c) => c.task === 'slow')).toHaveLength(2);
     await expect(manager.resume(jobId)).rejects.toThrow(`job_id: job ${jobId} has already ended SUCCEEDED: there is nothing to resume`);
+  });
+
+  it('a cancel that comes while an attempt is being recorded stops it before it starts', async () => {
+    const { manager } = await startManager();
+    const exec = fakeExecutor(() => ({ outcome: 'executed', result: null }));
+    manager.registerExecutor(exec);
+    const store = (manager as unknown as { store: JobStore }).store;
+    const update = store.update.bind(store);
+    let release = (): void => {};
+    const held = new Promise<void>((r) => (release = r));
+    let holding = false;
+    // The write that records the attempt as RUNNING waits until the job has been cancelled.
+    store.update = async (record, changed) => {
+      if (!holding && changed.some((t) => t.id === 'only' && t.state === 'RUNNING')) {
+        holding = true;
+        await held;
+      }
+      return update(record, changed);
+    };
+    const { jobId } = await manager.submit(spec([task('only')]));
+    await waitFor(() => holding, 10_000, 'the attempt being recorded');
+    const cancelled = manager.cancel(jobId);
+    release();
+    expect(await cancelled).toBe('CANCELLED');
+    // The executor was never handed the attempt (and its already-aborted signal).
+    expect(exec.calls).toEqual([]);
+    expect(stateOf(await manager.get(jobId), 'only')).toBe('CANCELLED');
   });
 
   it('resumes a failed job after the cause is fixed, rerunning only failed and upstream-failed tasks', async () => {

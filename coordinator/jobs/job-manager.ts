@@ -569,6 +569,9 @@ export class JobManager implements JobSubmitter {
       t.startedAtMs = this.now();
       delete t.endedAtMs;
       await this.persist(job, [t]);
+      // Cancelled (or stopping) while the attempt was being recorded: it does not start. The
+      // executor would be handed a signal already aborted, whose abort event never comes.
+      if (signal.aborted) return this.abortedTask(job, t);
       let outcome: { outcome: TaskOutcome; result: JsonValue } | undefined;
       let error: unknown;
       try {
