@@ -1,4 +1,4 @@
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { Direction, NodeKind, TraceView } from '../common/gen/retrace/v1/lineage.js';
 import { InvalidArgumentError, NotFoundError } from '../common/errors.js';
 import { leafHash, verifyInclusion } from '../common/merkle.js';
@@ -403,7 +403,12 @@ describe('lineage engine', () => {
       { id: 's1', used: ['raw:1'], generated: ['mid:1'], endedAtNs: expect.any(String) as unknown as string },
       { id: 's3', used: ['raw:2'], generated: ['side:1'], endedAtNs: expect.any(String) as unknown as string },
     ];
+    // Only the steps with several events are looked up in the steps table; an unknown one is
+    // not looked up at all (the index holds every stored step).
+    const scans = vi.spyOn(store, 'entitySeqs');
     const batched = await engine.readSteps(ids);
+    expect(scans.mock.calls.map((c) => c[1])).toEqual(['two', 's1']);
+    scans.mockRestore();
     expect(batched.map(shape)).toEqual(expected);
     expect(await Promise.all(ids.map((id) => engine.readStep(id)))).toEqual(batched);
     // As of a time before the COMPLETE: the START alone.

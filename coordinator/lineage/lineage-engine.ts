@@ -880,7 +880,12 @@ export class LineageEngine implements LineageApi {
    * (as Trace's edges are): undefined when it had none.
    */
   async readStep(stepId: string, asOfMs = Number.POSITIVE_INFINITY): Promise<Step | undefined> {
-    const sole = this.index.soleEventSeqOf(`step:${stepId}`);
+    const key = `step:${stepId}`;
+    const sole = this.index.soleEventSeqOf(key);
+    // The index holds every stored step (it takes a step's event before the store does, and
+    // gives it back if the write fails): one it does not know needs no scan of the steps table,
+    // which the recompute executor's look-ups of steps not yet run did each time.
+    if (sole === undefined && !this.index.has(key)) return undefined;
     const seqs = sole !== undefined ? [sole] : await this.store.entitySeqs('steps', stepId);
     if (seqs.length === 0) return undefined;
     return foldStepEvents(await this.readEvents(seqs), asOfMs);
