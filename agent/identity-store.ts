@@ -93,7 +93,8 @@ export async function lockDataDir(dataDir: string, field: string): Promise<() =>
   // The lock appears with its pid in it, by a hard link of a file written first: created empty
   // and then written (open with O_EXCL), it could be read empty by an agent started at the same
   // moment, which took it for a dead holder's, removed it and ran too.
-  const mine = `${path}.${process.pid}`;
+  // Named for this call, not only this process: two calls of one process must not share it.
+  const mine = `${path}.${process.pid}.${randomBytes(4).toString('hex')}`;
   for (let attempt = 0; ; attempt++) {
     try {
       await writeFile(mine, `${process.pid}\n`, { mode: 0o600 });
