@@ -97,6 +97,36 @@ describe('impact over many steps', () => {
     }
   });
 
+  it('a cut answer (step_limit) keeps the rows a table shows and counts every step; retrace impact asks for only the rows it prints', async () => {
+    const recompute = tc.client(RecomputeServiceDefinition);
+    const target = { $case: 'changeId' as const, value: changeId };
+    const full = await recompute.impact({ target, asOfNs: '' });
+    const cut = await recompute.impact({ target, asOfNs: '', stepLimit: 5 });
+    // None waits for a node here: the first five in dependency order, and the five nearest objects.
+    expect(cut.steps.map((s) => s.stepId)).toEqual(full.steps.slice(0, 5).map((s) => s.stepId));
+    expect(cut.objects).toEqual(full.objects.slice(0, 5));
+    expect({ ...cut, steps: [], objects: [] }).toEqual({ ...full, steps: [], objects: [] });
+    expect(full.steps).toHaveLength(2 * RECORDS);
+
+    const recomputer = (shared.recompute as NonNullable<CoordinatorServices['recompute']>).recomputer;
+    const asked = vi.spyOn(recomputer, 'impact');
+    try {
+      const conn = ['--coordinator', tc.grpcAddress, '--token', tc.token];
+      const r = await runCli(['impact', changeId, '--limit', '3', ...conn]);
+      expect(r.code, r.err).toBe(0);
+      expect(asked.mock.calls.at(-1)?.[0].stepLimit).toBe(3);
+      expect(r.out).toContain(`: ${2 * RECORDS} steps`);
+      expect(r.out).toContain(`3 of ${2 * RECORDS} steps shown (--limit N, 0 for all)`);
+      expect(r.out.split('\n').filter((l) => /^\d+ +many\//.test(l))).toHaveLength(3);
+      // --json and the drawings take every step.
+      const j = await runCli(['impact', changeId, '--json', ...conn]);
+      expect(asked.mock.calls.at(-1)?.[0].stepLimit).toBe(0);
+      expect((JSON.parse(j.out) as { steps: unknown[] }).steps).toHaveLength(2 * RECORDS);
+    } finally {
+      asked.mockRestore();
+    }
+  });
+
   it('orders thousands of affected steps with O(n log n) comparisons, in the order it always had', () => {
     const CHAINS = 400;
     let reads = 0;

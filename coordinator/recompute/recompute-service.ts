@@ -1,4 +1,5 @@
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError, RetraceError } from '../../common/errors.js';
+import { keptRows } from '../../common/row-limit.js';
 import type { PublishedCode } from '../../common/gen/retrace/v1/code.js';
 import type { PipelineVersion } from '../../common/gen/retrace/v1/pipeline.js';
 import {
@@ -524,7 +525,7 @@ export class Recomputer {
     // without loads: one placement each, not one per affected step (a code lookup and an
     // allocation over every node, 20,000 times over 20,000 records).
     const placed = new Map<string, Promise<{ nodeId: string } | { waiting: string }>>();
-    return toImpactResponse(graph, asOfNs, (n) => {
+    const response = await toImpactResponse(graph, asOfNs, (n) => {
       const key = `${n.pipeline}/${n.stepName}\u0000${n.step.codeVersion}`;
       let p = placed.get(key);
       if (!p) {
@@ -533,6 +534,12 @@ export class Recomputer {
       }
       return p;
     });
+    if (request.stepLimit > 0) {
+      // The rows a client shows, not every one: the counts and sums above still cover all.
+      response.steps = keptRows(response.steps, request.stepLimit, (s) => s.placementNodeId === '');
+      response.objects = response.objects.slice(0, request.stepLimit);
+    }
+    return response;
   }
 
   /**

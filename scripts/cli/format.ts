@@ -1,5 +1,6 @@
 import { NodeKind, type NodeRef } from '../../common/gen/retrace/v1/lineage.js';
 import { parseNodeKey } from '../../common/lineage-keys.js';
+import { keptRows } from '../../common/row-limit.js';
 
 /** Renders rows as an aligned text table with a header; cells are stringified. */
 export function renderTable(headers: readonly string[], rows: readonly (readonly unknown[])[]): string {
@@ -78,27 +79,28 @@ export const DEFAULT_TABLE_LIMIT = 1000;
  * see it ('' when nothing was), e.g. `1000 of 30000 steps shown (all 2 not matched among them;
  * --limit N, 0 for all)`: 30,000 rows flooded the terminal, and a failed row among them was easy to miss.
  */
-export function limitRows<T>(rows: readonly T[], limit: number, notable: (row: T) => boolean, words: { noun: string; notable: string; how: string }): { rows: T[]; footer: string } {
+export function limitRows<T>(rows: readonly T[], limit: number, notable: (row: T) => boolean, words: LimitWords): { rows: T[]; footer: string } {
   if (limit === 0 || rows.length <= limit) return { rows: [...rows], footer: '' };
-  const keep = new Uint8Array(rows.length);
-  let kept = 0;
   let notableCount = 0;
-  rows.forEach((r, i) => {
-    if (!notable(r)) return;
-    notableCount++;
-    if (kept < limit) {
-      keep[i] = 1;
-      kept++;
-    }
-  });
-  for (let i = 0; i < rows.length && kept < limit; i++) {
-    if (keep[i] === 0) {
-      keep[i] = 1;
-      kept++;
-    }
-  }
-  const shown = rows.filter((_, i) => keep[i] === 1);
-  const hidden = notableCount - Math.min(notableCount, limit);
-  const which = notableCount === 0 ? '' : hidden > 0 ? `${limit} of ${notableCount} ${words.notable} among them; ` : `all ${notableCount} ${words.notable} among them; `;
-  return { rows: shown, footer: `${shown.length} of ${rows.length} ${words.noun} shown (${which}${words.how})\n` };
+  for (const r of rows) if (notable(r)) notableCount++;
+  const shown = keptRows(rows, limit, notable);
+  return { rows: shown, footer: limitFooter(shown.length, rows.length, notableCount, limit, words) };
+}
+
+/** How `limitRows` names what it counts: `noun` (steps), `notable` (waiting for a node), `how` (to see all). */
+export interface LimitWords {
+  noun: string;
+  notable: string;
+  how: string;
+}
+
+/**
+ * limitRows' footer from counts, for rows the server already cut (ImpactRequest.step_limit):
+ * `shown` of `total`, `notableTotal` of them notable.
+ */
+export function limitFooter(shown: number, total: number, notableTotal: number, limit: number, words: LimitWords): string {
+  if (shown >= total) return '';
+  const hidden = notableTotal - Math.min(notableTotal, limit);
+  const which = notableTotal === 0 ? '' : hidden > 0 ? `${limit} of ${notableTotal} ${words.notable} among them; ` : `all ${notableTotal} ${words.notable} among them; `;
+  return `${shown} of ${total} ${words.noun} shown (${which}${words.how})\n`;
 }

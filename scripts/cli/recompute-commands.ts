@@ -19,7 +19,7 @@ import type { Client } from 'nice-grpc';
 import { openClient } from './client.js';
 import { jobJson } from './job-commands.js';
 import { messageJson, responseJson } from './proto-json.js';
-import { DEFAULT_TABLE_LIMIT, limitRows, lineThrottle, nodeLines, renderTable, shortHash, toJson } from './format.js';
+import { DEFAULT_TABLE_LIMIT, limitFooter, limitRows, lineThrottle, nodeLines, renderTable, shortHash, toJson } from './format.js';
 import { taskStateName, watchJobProgress } from './job-progress.js';
 
 const kindName = (k: ChangeKind): string => (ChangeKind[k] ?? 'UNKNOWN').replace('CHANGE_KIND_', '').toLowerCase();
@@ -295,7 +295,10 @@ function printImpact(r: ImpactResponse, io: CliIo, limit: number): void {
       `  recorded cost: cpu ${(Number(r.estimatedCpuTimeNs) / 1e6).toFixed(1)} ms, wall ${(Number(r.estimatedWallTimeNs) / 1e6).toFixed(1)} ms (critical path ${(Number(r.criticalPathWallTimeNs) / 1e6).toFixed(1)} ms)\n` +
       `  placement now: ${Object.entries(r.placements).map(([n, c]) => `${n} ${c}`).join(', ') || 'none'}\n`,
   );
-  const shown = limitRows(r.steps, limit, (s) => !s.placementNodeId, { noun: 'steps', notable: 'waiting for a node', how: '--limit N, 0 for all' });
+  const words = { noun: 'steps', notable: 'waiting for a node', how: '--limit N, 0 for all' };
+  // Cut by the coordinator (ImpactRequest.step_limit): the footer counts from its totals.
+  const placedCount = Object.values(r.placements).reduce((a, b) => a + b, 0);
+  const shown = r.steps.length < r.stepCount ? { rows: r.steps, footer: limitFooter(r.steps.length, r.stepCount, r.stepCount - placedCount, limit, words) } : limitRows(r.steps, limit, (s) => !s.placementNodeId, words);
   io.stdout.write(
     renderTable(
       ['depth', 'step', 'key', 'recorded step', 'ran on', 'wall ms', 'would run on'],
@@ -352,21 +355,25 @@ const impact: CliCommand = {
     noMorePositionals(args, 1);
     const asOfText = flag(args, 'as-of');
     const asOfNs = asOfText === undefined ? '0' : timeArgNs(asOfText, '--as-of');
+    // The table needs only the rows it shows (the coordinator picks them as limitRows would);
+    // --json and the drawings take every step.
+    const limit = intFlag(args, 'limit', DEFAULT_TABLE_LIMIT);
+    const stepLimit = hasFlag(args, 'json') || hasFlag(args, 'dot') || flag(args, 'svg') !== undefined ? 0 : limit;
     const { client, close } = openClient(RecomputeServiceDefinition, args);
     try {
       let r: ImpactResponse;
-      if (idArg.startsWith('chg-') && !hasFlag(args, 'object') && !hasFlag(args, 'step')) r = await withWaitNote(client.impact({ target: { $case: 'changeId', value: idArg }, asOfNs }, { signal: io.signal }), io.stderr, `computing the impact of ${idArg}`);
-      else if (hasFlag(args, 'step')) r = await withWaitNote(client.impact({ target: { $case: 'stepId', value: idArg }, asOfNs }, { signal: io.signal }), io.stderr, `computing the impact of ${idArg}`);
+      if (idArg.startsWith('chg-') && !hasFlag(args, 'object') && !hasFlag(args, 'step')) r = await withWaitNote(client.impact({ target: { $case: 'changeId', value: idArg }, asOfNs, stepLimit }, { signal: io.signal }), io.stderr, `computing the impact of ${idArg}`);
+      else if (hasFlag(args, 'step')) r = await withWaitNote(client.impact({ target: { $case: 'stepId', value: idArg }, asOfNs, stepLimit }, { signal: io.signal }), io.stderr, `computing the impact of ${idArg}`);
       else {
         try {
-          r = await withWaitNote(client.impact({ target: { $case: 'objectId', value: idArg }, asOfNs }, { signal: io.signal }), io.stderr, `computing the impact of ${idArg}`);
+          r = await withWaitNote(client.impact({ target: { $case: 'objectId', value: idArg }, asOfNs, stepLimit }, { signal: io.signal }), io.stderr, `computing the impact of ${idArg}`);
         } catch (err) {
           // Not an object: maybe a step id. When it is no step either, the object's error is the
           // one to show: it says whether no object or step has the id, or the object had no
           // version as of --as-of.
           if (hasFlag(args, 'object') || !(err instanceof RetraceError) || err.code !== 'NOT_FOUND' || !err.message.startsWith('object_id:')) throw err;
           try {
-            r = await withWaitNote(client.impact({ target: { $case: 'stepId', value: idArg }, asOfNs }, { signal: io.signal }), io.stderr, `computing the impact of ${idArg}`);
+            r = await withWaitNote(client.impact({ target: { $case: 'stepId', value: idArg }, asOfNs, stepLimit }, { signal: io.signal }), io.stderr, `computing the impact of ${idArg}`);
           } catch (stepErr) {
             if (stepErr instanceof RetraceError && stepErr.code === 'NOT_FOUND' && stepErr.message.startsWith('step_id:')) throw err;
             throw stepErr;
@@ -380,7 +387,7 @@ const impact: CliCommand = {
       }
       if (hasFlag(args, 'json')) io.stdout.write(toJson(responseJson(RecomputeServiceDefinition, 'impact', r)));
       else if (hasFlag(args, 'dot')) io.stdout.write(dagToDot(impactDrawing(r), 'impact'));
-      else printImpact(r, io, intFlag(args, 'limit', DEFAULT_TABLE_LIMIT));
+      else printImpact(r, io, limit);
       return 0;
     } finally {
       close();
