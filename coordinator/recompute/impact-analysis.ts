@@ -3,7 +3,7 @@ import { TriggerKind, type Step } from '../../common/gen/retrace/v1/provenance.j
 import type { AffectedObject, AffectedStep, ImpactResponse } from '../../common/gen/retrace/v1/recompute.js';
 import { parseNodeKey, versionKey } from '../../common/lineage-keys.js';
 import { logicalStepKey, retraceFacetOf, stepOutputs } from '../../common/step-versions.js';
-import type { LineageEngine } from '../lineage/lineage-engine.js';
+import { STEP_READ_BATCH, type LineageEngine } from '../lineage/lineage-engine.js';
 
 /**
  * What changed, as impact analysis starts from it:
@@ -67,15 +67,13 @@ function datasetOf(objectId: string): string {
 }
 
 /**
- * Steps read at once, ahead of the walk. One at a time, each read waited for the store (a key
- * scan, then the event) with the main thread mostly idle: an impact over 60,000 steps took 26 s.
+ * `lineage.readSteps` of the step ids, STEP_READ_BATCH at a time, in the order given. One at a
+ * time, each read waited for the store (a key scan, then the event) with the main thread mostly
+ * idle: an impact over 60,000 steps took 26 s.
  */
-const READ_AHEAD = 256;
-
-/** `lineage.readSteps` of the step ids, READ_AHEAD at a time, in the order given. */
 async function readSteps(lineage: ImpactLineage, stepIds: readonly string[]): Promise<(Step | undefined)[]> {
   const out: (Step | undefined)[] = [];
-  for (let i = 0; i < stepIds.length; i += READ_AHEAD) out.push(...(await lineage.readSteps(stepIds.slice(i, i + READ_AHEAD))));
+  for (let i = 0; i < stepIds.length; i += STEP_READ_BATCH) out.push(...(await lineage.readSteps(stepIds.slice(i, i + STEP_READ_BATCH))));
   return out;
 }
 
@@ -135,7 +133,7 @@ export async function collectAffected(lineage: ImpactLineage, roots: readonly Im
     }
   }
   const objects = new Map<string, AffectedObject>();
-  // Steps read ahead of the walk (each read once), READ_AHEAD at a time.
+  // Steps read ahead of the walk (each read once), STEP_READ_BATCH at a time.
   const readAhead = new Map<string, Step | undefined>();
   // An index into the queue, not queue.shift(): shifting moves the whole queue each time.
   for (let head = 0; head < queue.length; head++) {
@@ -145,7 +143,7 @@ export async function collectAffected(lineage: ImpactLineage, roots: readonly Im
     if (!step) {
       if (!readAhead.has(key)) {
         readAhead.clear();
-        const next = [...new Set(queue.slice(head, head + READ_AHEAD))].filter((k) => !steps.has(k));
+        const next = [...new Set(queue.slice(head, head + STEP_READ_BATCH))].filter((k) => !steps.has(k));
         const read = await readSteps(lineage, next.map((k) => parseNodeKey(k).id));
         for (const [j, k] of next.entries()) readAhead.set(k, read[j]);
       }

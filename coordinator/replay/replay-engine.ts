@@ -10,7 +10,7 @@ import { FailedPreconditionError, InvalidArgumentError, isRetraceError, NotFound
 import { contentHashOf, sha256Hex } from '../../common/hash.js';
 import { versionKey } from '../../common/lineage-keys.js';
 import type { NanoClock } from '../clock.js';
-import { orderByDependencies, type LineageEngine } from '../lineage/lineage-engine.js';
+import { orderByDependencies, STEP_READ_BATCH, type LineageEngine } from '../lineage/lineage-engine.js';
 import type { Database } from '../store/database.js';
 import { faultDraw } from './fault-draw.js';
 import { checkSelector, compileReplayPolicy, type CompiledReplayPolicy, type ReplayPlacement } from './replay-policy.js';
@@ -493,12 +493,14 @@ export class ReplayEngine {
         const steps = lineage.index.membersOf(`run:${s.value}`);
         if (steps.length === 0) throw new NotFoundError(`run ${JSON.stringify(s.value)}`, 'selector.run_id');
         const out = new Map<string, { ref: ObjectRef; eventTimeNs: bigint }>();
-        for (const step of await lineage.readSteps(steps.map((key) => key.slice('step:'.length)))) {
-          for (const u of step?.used ?? []) {
-            const k = versionKey(u.objectId, u.contentHash);
-            if (u.unversioned || out.has(k) || lineage.index.generatorOf(k)) continue;
-            const v = await lineage.readVersion(u.objectId, u.contentHash);
-            out.set(k, { ref: u, eventTimeNs: recordTime(v) });
+        for (let i = 0; i < steps.length; i += STEP_READ_BATCH) {
+          for (const step of await lineage.readSteps(steps.slice(i, i + STEP_READ_BATCH).map((key) => key.slice('step:'.length)))) {
+            for (const u of step?.used ?? []) {
+              const k = versionKey(u.objectId, u.contentHash);
+              if (u.unversioned || out.has(k) || lineage.index.generatorOf(k)) continue;
+              const v = await lineage.readVersion(u.objectId, u.contentHash);
+              out.set(k, { ref: u, eventTimeNs: recordTime(v) });
+            }
           }
         }
         return [...out.values()];
