@@ -1,14 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { NodeInfo, NodeState } from '../common/gen/retrace/v1/node.js';
-import { Pipeline, PipelineServiceDefinition, type IngestRequest } from '../common/gen/retrace/v1/pipeline.js';
+import { Pipeline } from '../common/gen/retrace/v1/pipeline.js';
 import { RecomputeServiceDefinition } from '../common/gen/retrace/v1/recompute.js';
-import { codeExtension } from '../coordinator/code/code-extension.js';
-import type { CodeStore } from '../coordinator/code/code-store.js';
-import { pipelineExtension } from '../coordinator/pipeline/pipeline-extension.js';
-import { recomputeExtension } from '../coordinator/recompute/recompute-extension.js';
-import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
-import { impactRunner } from './helpers/impact-runner.js';
-import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
+import { applyAndIngest, startImpactCoordinator } from './helpers/impact-runner.js';
+import type { TestCoordinator } from './helpers/test-coordinator.js';
 
 /**
  * Impact says where the allocator would place each affected step now. A transform's declared
@@ -18,12 +12,11 @@ import { startTestCoordinator, type TestCoordinator } from './helpers/test-coord
 
 describe('impact placement', () => {
   let tc: TestCoordinator;
-  const shared: CoordinatorServices = {};
 
   beforeAll(async () => {
-    shared.mesh = { nodes: () => [NodeInfo.fromPartial({ nodeId: 'cpu-node', state: NodeState.NODE_STATE_READY })] } as unknown as CoordinatorServices['mesh'];
-    tc = await startTestCoordinator({ extensions: [codeExtension({ onCodeStore: (s) => (shared.code = s) }), pipelineExtension(shared, { runner: impactRunner }), recomputeExtension(shared)] });
-    const code = shared.code as CodeStore;
+    const started = await startImpactCoordinator();
+    tc = started.tc;
+    const code = started.code;
     const plain = await code.publish(new TextEncoder().encode('// plain'), { transform: 'plain', requirements: undefined, sourceFile: 'plain.ts', bundler: 'test' });
     const gpu = await code.publish(new TextEncoder().encode('// gpu'), { transform: 'render', requirements: { cpu: 0, memoryMb: 0, gpu: 1, instructionSets: [], networkMbps: 0 }, sourceFile: 'render.ts', bundler: 'test' });
     const pipeline = Pipeline.fromJSON({
@@ -34,13 +27,7 @@ describe('impact placement', () => {
         { name: 'rendered', transform: 'render', codeVersion: gpu.code.codeVersion, inputs: ['cleaned'] },
       ],
     });
-    const pipelines = tc.client(PipelineServiceDefinition);
-    await pipelines.applyPipeline({ pipeline });
-    await pipelines.ingest(
-      (async function* (): AsyncIterable<IngestRequest> {
-        yield { pipeline: 'pics', source: 'raw', records: [{ key: 'k', eventTimeNs: '0', payload: Buffer.from('a picture'), mediaType: '' }] };
-      })(),
-    );
+    await applyAndIngest(tc, pipeline, [['k', 'a picture']]);
   }, 30_000);
   afterAll(async () => tc?.stop());
 

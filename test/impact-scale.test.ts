@@ -1,17 +1,13 @@
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { NodeInfo, NodeState } from '../common/gen/retrace/v1/node.js';
-import { Pipeline, PipelineServiceDefinition, type IngestRequest } from '../common/gen/retrace/v1/pipeline.js';
+import { Pipeline, PipelineServiceDefinition } from '../common/gen/retrace/v1/pipeline.js';
 import type { Step } from '../common/gen/retrace/v1/provenance.js';
 import { ChangeKind, RecomputeServiceDefinition } from '../common/gen/retrace/v1/recompute.js';
-import { codeExtension } from '../coordinator/code/code-extension.js';
 import type { CodeStore } from '../coordinator/code/code-store.js';
-import { pipelineExtension } from '../coordinator/pipeline/pipeline-extension.js';
 import { topoOrder, type AffectedNode } from '../coordinator/recompute/impact-analysis.js';
-import { recomputeExtension } from '../coordinator/recompute/recompute-extension.js';
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
 import { runCli } from './helpers/in-process-cli.js';
-import { impactRunner } from './helpers/impact-runner.js';
-import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
+import { applyAndIngest, startImpactCoordinator } from './helpers/impact-runner.js';
+import type { TestCoordinator } from './helpers/test-coordinator.js';
 
 /**
  * Impact over many steps. A code change of a step run over 20,000 records took `retrace impact`
@@ -25,14 +21,13 @@ const RECORDS = 60;
 
 describe('impact over many steps', () => {
   let tc: TestCoordinator;
-  const shared: CoordinatorServices = {};
+  let shared: CoordinatorServices;
   let pipeline: Pipeline;
   let changeId = '';
 
   beforeAll(async () => {
-    shared.mesh = { nodes: () => [NodeInfo.fromPartial({ nodeId: 'cpu-node', state: NodeState.NODE_STATE_READY })] } as unknown as CoordinatorServices['mesh'];
-    tc = await startTestCoordinator({ extensions: [codeExtension({ onCodeStore: (s) => (shared.code = s) }), pipelineExtension(shared, { runner: impactRunner }), recomputeExtension(shared)] });
-    const code = shared.code as CodeStore;
+    let code: CodeStore;
+    ({ tc, shared, code } = await startImpactCoordinator());
     const plain = await code.publish(new TextEncoder().encode('// plain'), { transform: 'plain', requirements: undefined, sourceFile: 'plain.ts', bundler: 'test' });
     pipeline = Pipeline.fromJSON({
       name: 'many',
@@ -42,13 +37,7 @@ describe('impact over many steps', () => {
         { name: 'classify', transform: 'plain', codeVersion: plain.code.codeVersion, inputs: ['scale'] },
       ],
     });
-    const pipelines = tc.client(PipelineServiceDefinition);
-    await pipelines.applyPipeline({ pipeline });
-    await pipelines.ingest(
-      (async function* (): AsyncIterable<IngestRequest> {
-        yield { pipeline: 'many', source: 'raw', records: Array.from({ length: RECORDS }, (_, i) => ({ key: `k${i}`, eventTimeNs: '0', payload: Buffer.from(`r${i}`), mediaType: '' })) };
-      })(),
-    );
+    await applyAndIngest(tc, pipeline, Array.from({ length: RECORDS }, (_, i) => [`k${i}`, `r${i}`] as const));
   }, 30_000);
   afterAll(async () => tc?.stop());
 

@@ -1,5 +1,13 @@
+import { NodeInfo, NodeState } from '../../common/gen/retrace/v1/node.js';
+import { PipelineServiceDefinition, type IngestRequest, type Pipeline } from '../../common/gen/retrace/v1/pipeline.js';
 import { ShardStatus } from '../../common/gen/retrace/v1/shard.js';
+import { codeExtension } from '../../coordinator/code/code-extension.js';
+import type { CodeStore } from '../../coordinator/code/code-store.js';
+import { pipelineExtension } from '../../coordinator/pipeline/pipeline-extension.js';
 import type { ShardRunner } from '../../coordinator/pipeline/pipeline-runner.js';
+import { recomputeExtension } from '../../coordinator/recompute/recompute-extension.js';
+import type { CoordinatorServices } from '../../scripts/cli/coordinator-extensions.js';
+import { startTestCoordinator, type TestCoordinator } from './test-coordinator.js';
 
 /**
  * Runs every shard in-process on "cpu-node": its output is `step(input)`, so each record's
@@ -14,3 +22,25 @@ export const impactRunner: ShardRunner = {
     return { outcome, nodeId: 'cpu-node', attempts: 1, queuedMs: 0, host: 'host-a' };
   },
 };
+
+/**
+ * A real coordinator with the code, pipeline and recompute services, its pipelines run by
+ * impactRunner, beside a mesh of one READY node "cpu-node" (where the allocator places them).
+ */
+export async function startImpactCoordinator(): Promise<{ tc: TestCoordinator; shared: CoordinatorServices; code: CodeStore }> {
+  const shared: CoordinatorServices = {};
+  shared.mesh = { nodes: () => [NodeInfo.fromPartial({ nodeId: 'cpu-node', state: NodeState.NODE_STATE_READY })] } as unknown as CoordinatorServices['mesh'];
+  const tc = await startTestCoordinator({ extensions: [codeExtension({ onCodeStore: (s) => (shared.code = s) }), pipelineExtension(shared, { runner: impactRunner }), recomputeExtension(shared)] });
+  return { tc, shared, code: shared.code as CodeStore };
+}
+
+/** Applies `pipeline` and ingests `records` (key, payload) into its source `raw` with one Ingest call. */
+export async function applyAndIngest(tc: TestCoordinator, pipeline: Pipeline, records: readonly (readonly [string, string])[]): Promise<void> {
+  const pipelines = tc.client(PipelineServiceDefinition);
+  await pipelines.applyPipeline({ pipeline });
+  await pipelines.ingest(
+    (async function* (): AsyncIterable<IngestRequest> {
+      yield { pipeline: pipeline.name, source: 'raw', records: records.map(([key, payload]) => ({ key, eventTimeNs: '0', payload: Buffer.from(payload), mediaType: '' })) };
+    })(),
+  );
+}
