@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { NodeKind } from '../common/gen/retrace/v1/lineage.js';
+import { Direction, EdgeKind, NodeKind } from '../common/gen/retrace/v1/lineage.js';
 import { contentHashOf } from '../common/hash.js';
 import { createMarquezRoutes } from '../coordinator/http/marquez-routes.js';
 import { createOpenLineageRoutes, MAX_JOB_RECORDS } from '../coordinator/http/openlineage-routes.js';
@@ -44,6 +44,7 @@ beforeAll(async () => {
     },
     trace: (request) => lineage.trace(request),
     listNodes: (kind, prefix) => lineage.listNodes(kind, prefix),
+    transformObjects: (transformId, pageSize) => lineage.transformObjects(transformId, pageSize),
   };
   routes = [...createMarquezRoutes(counting), ...createOpenLineageRoutes(counting)];
 }, 30_000);
@@ -99,5 +100,22 @@ describe('Marquez native jobs over many records', () => {
     const job = await get('/api/v1/namespaces/{namespace}/jobs/{job}', { namespace: 'retrace', job: 'enrich-currency' });
     expect(job.inputs).toHaveLength(MAX_JOB_RECORDS + 1);
     expect(job.inputs[0]).toEqual({ namespace: 'reference', name: 'currency' });
+  });
+
+  it("a job's objects and latest step are those of its trace, a page cut short included", async () => {
+    const lineage = tc.coordinator.lineage;
+    for (const { id } of lineage.listNodes(NodeKind.NODE_KIND_TRANSFORM, '')) {
+      for (const pageSize of [100_000, 200, 3]) {
+        const trace = await lineage.trace({ start: { kind: NodeKind.NODE_KIND_TRANSFORM, id, contentHash: '' }, direction: Direction.DIRECTION_ANY, depth: 1, pageSize, includeEdges: true, objectLevel: true });
+        const steps = trace.nodes.filter((n) => n.node?.kind === NodeKind.NODE_KIND_STEP);
+        const latest = [...steps].sort((a, b) => Number(BigInt(b.timeNs) - BigInt(a.timeNs)))[0];
+        const ends = (kind: EdgeKind, end: 'from' | 'to'): string[] => [...new Set(trace.edges.filter((e) => e.kind === kind).map((e) => e[end].slice('object:'.length)))].sort();
+        const found = lineage.transformObjects(id, pageSize);
+        expect(found?.latestStepId, `${id} ${pageSize}`).toBe(latest?.node?.id);
+        expect(found?.used.map((o) => o.objectId).sort(), `${id} ${pageSize}`).toEqual(ends(EdgeKind.EDGE_KIND_USED, 'to'));
+        expect(found?.generated.map((o) => o.objectId).sort(), `${id} ${pageSize}`).toEqual(ends(EdgeKind.EDGE_KIND_GENERATED_BY, 'from'));
+      }
+    }
+    expect(lineage.transformObjects('no-such-transform', 100)).toBeUndefined();
   });
 });

@@ -23,6 +23,7 @@ function lineageWith(objects: number): LineageApi {
     getNode: unused,
     trace: unused,
     listNodes: (kind: NodeKind) => (kind === NodeKind.NODE_KIND_OBJECT ? nodes : []),
+    transformObjects: unused,
   };
 }
 

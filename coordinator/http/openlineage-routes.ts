@@ -190,7 +190,7 @@ interface JobAccumulator {
  * and its step-level edges into job-level ones (deduplicated: many runs of a job read the same
  * dataset once in Marquez's graph). Nodes and edges carry Marquez ids (marquez-ids.ts).
  */
-export async function buildGraph(lineage: LineageApi, start: NodeRef, trace: TraceResponse, options: { datasetData?: boolean } = {}): Promise<MarquezNode[]> {
+async function buildGraph(lineage: LineageApi, start: NodeRef, trace: TraceResponse): Promise<MarquezNode[]> {
   /** Marquez id -> object id. */
   const datasets = new Map<string, string>();
   /** Marquez id -> when the dataset was first seen (ms), for the datasets a job's data lists. */
@@ -258,8 +258,7 @@ export async function buildGraph(lineage: LineageApi, start: NodeRef, trace: Tra
 
   const nodes: MarquezNode[] = [];
   const datasetEntries = [...datasets.entries()];
-  // Without dataset data (a caller after one job's data), datasets are only their ids.
-  const datasetData = options.datasetData === false ? [] : await Promise.all(datasetEntries.map(([, objectId]) => datasetDataOf(lineage, objectId)));
+  const datasetData = await Promise.all(datasetEntries.map(([, objectId]) => datasetDataOf(lineage, objectId)));
   datasetEntries.forEach(([id], i) => {
     nodes.push({ id, type: 'DATASET', data: datasetData[i] ?? {}, inEdges: inEdges.get(id) ?? [], outEdges: outEdges.get(id) ?? [] });
   });
@@ -373,17 +372,21 @@ export const MAX_JOB_RECORDS = 100;
 const RECORD_PREFIX = `dataset:${NATIVE_NAMESPACE}:record:`;
 
 /**
- * The ends of a job's edges it lists as inputs or outputs, in id order: every dataset that is
- * not a record, and the records up to MAX_JOB_RECORDS, else the MAX_JOB_RECORDS first seen
- * last (`timeOf`, ms; ties by id).
+ * The ends of a job's edges (each end once) it lists as inputs or outputs, in id order: every
+ * dataset that is not a record, and the records up to MAX_JOB_RECORDS, else the MAX_JOB_RECORDS
+ * first seen last (`timeOf`, ms; ties by id).
  */
 function jobDatasets(edges: readonly MarquezEdge[], end: 'origin' | 'destination', timeOf: (datasetId: string) => number): string[] {
   const ids = edges.map((e) => e[end]);
   const records = ids.filter((id) => id.startsWith(RECORD_PREFIX));
-  if (records.length <= MAX_JOB_RECORDS) return ids;
-  const times = new Map(records.map((id) => [id, timeOf(id)]));
-  const latest = records.sort((a, b) => (times.get(b) as number) - (times.get(a) as number) || compare(a, b)).slice(0, MAX_JOB_RECORDS);
-  return [...ids.filter((id) => !id.startsWith(RECORD_PREFIX)), ...latest].sort(compare);
+  if (records.length <= MAX_JOB_RECORDS) return ids.sort(compare);
+  const times = records.map(timeOf);
+  // Only records first seen no earlier than the MAX_JOB_RECORDS-th latest can be listed: those
+  // are sorted by time and id, not the 20,000 a job over 20,000 records has.
+  const cut = Float64Array.from(times).sort()[times.length - MAX_JOB_RECORDS] as number;
+  const candidates = records.flatMap((id, i) => ((times[i] as number) >= cut ? [{ id, time: times[i] as number }] : []));
+  const latest = candidates.sort((a, b) => b.time - a.time || compare(a.id, b.id)).slice(0, MAX_JOB_RECORDS);
+  return [...ids.filter((id) => !id.startsWith(RECORD_PREFIX)), ...latest.map((c) => c.id)].sort(compare);
 }
 
 /**

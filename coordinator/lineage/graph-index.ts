@@ -170,6 +170,42 @@ export class GraphIndex {
   }
 
   /**
+   * A transform's steps and the objects they read (`used`) and wrote (`generated`), as now, in
+   * the first `pageSize` nodes of a depth-1 object-level walk either way from its steps (its
+   * steps in member order, then the objects in walk order), which is what a trace page of the
+   * transform holds. Each object once per list; node ids, no key made a string. Empty for an
+   * unknown key.
+   */
+  transformObjects(transformKey: string, pageSize: number): { steps: number[]; used: number[]; generated: number[] } {
+    const id = this.keys.get(transformKey);
+    const steps = id === undefined ? [] : this.members.targets(id, Number.POSITIVE_INFINITY, []).reverse();
+    const walked = this.walkScratch(steps, { mode: 'any', objectLevel: true, depth: 1, asOfMs: Number.POSITIVE_INFINITY }).nodes;
+    // Bit 1: in the page; 2: listed as used; 4: listed as generated.
+    const marks = new Uint8Array(this.nodeCount);
+    const objects = walked.subarray(0, Math.max(0, pageSize - steps.length));
+    for (const n of objects) marks[n] = 1;
+    const used: number[] = [];
+    const generated: number[] = [];
+    const targets: number[] = [];
+    // The page's edges include every step's, as a trace's do: its starts are always among them.
+    for (const s of steps) {
+      targets.length = 0;
+      for (const o of this.oUp.targets(s, Number.POSITIVE_INFINITY, targets)) {
+        if (((marks[o] as number) & 3) !== 1) continue;
+        marks[o] = (marks[o] as number) | 2;
+        used.push(o);
+      }
+      targets.length = 0;
+      for (const o of this.oDown.targets(s, Number.POSITIVE_INFINITY, targets)) {
+        if (((marks[o] as number) & 5) !== 1) continue;
+        marks[o] = (marks[o] as number) | 4;
+        generated.push(o);
+      }
+    }
+    return { steps: steps.slice(0, pageSize), used, generated };
+  }
+
+  /**
    * For every object whose key does not start with `skipKeyPrefix`: the content hash of its
    * newest version (the latest first seen; every one of them on a tie). What an object is now,
    * which a payload sweep must keep however old.

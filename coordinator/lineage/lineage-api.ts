@@ -36,4 +36,21 @@ export interface LineageApi {
    * of a transform; ms since the epoch). Scans every node of the kind.
    */
   listNodes(kind: NodeKind, idPrefix: string): { id: string; firstSeenMs: number; lastChangedMs: number }[];
+  /**
+   * What a trace from transform `transformId` (depth 1, object level, either direction, as of
+   * now, its first `pageSize` nodes with edges) tells of the transform, without a message per
+   * node or edge: its latest step and the objects its steps read and wrote. Undefined for an
+   * unknown transform. Reads nothing from the store.
+   */
+  transformObjects(transformId: string, pageSize: number): TransformObjects | undefined;
+}
+
+/** A transform's latest step and the objects its steps read and wrote (see LineageApi.transformObjects). */
+export interface TransformObjects {
+  /** The step first seen last (to the microsecond, as trace gives times); the first in the transform's member order on a tie. */
+  latestStepId: string | undefined;
+  /** The objects its steps read, each once, with when each was first seen (ms since the epoch). */
+  used: { objectId: string; firstSeenMs: number }[];
+  /** The objects its steps wrote, each once. */
+  generated: { objectId: string; firstSeenMs: number }[];
 }

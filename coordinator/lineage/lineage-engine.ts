@@ -36,7 +36,7 @@ import type { NanoClock } from '../clock.js';
 import { LedgerRowError, type EntityRef, type LineageBatch, type LineageStore, type PreparedEntry, type StoredEntry } from '../store/lineage-store.js';
 import { GraphIndex, type IndexMark } from './graph-index.js';
 import { KeyTable } from './key-table.js';
-import type { LineageApi, SubmitResult } from './lineage-api.js';
+import type { LineageApi, SubmitResult, TransformObjects } from './lineage-api.js';
 import { foldObjectVersions, foldRuns, foldSteps } from './step-fold.js';
 
 export interface LineageEngineOptions {
@@ -802,6 +802,25 @@ export class LineageEngine implements LineageApi {
     response.nodes = page;
     response.edges = edges;
     return response;
+  }
+
+  transformObjects(transformId: string, pageSize: number): TransformObjects | undefined {
+    const index = this.index;
+    const key = nodeKey({ kind: NodeKind.NODE_KIND_TRANSFORM, id: transformId, contentHash: '' });
+    if (!index.has(key)) return undefined;
+    const { steps, used, generated } = index.transformObjects(key, pageSize);
+    let latest: number | undefined;
+    let latestUs = Number.NEGATIVE_INFINITY;
+    for (const s of steps) {
+      // Trace's times are whole microseconds (msToNsString): steps within one tie there.
+      const us = Math.round(index.timeOf(s) * 1000);
+      if (us > latestUs) {
+        latest = s;
+        latestUs = us;
+      }
+    }
+    const objects = (ids: number[]): { objectId: string; firstSeenMs: number }[] => ids.map((n) => ({ objectId: index.keyOf(n).slice('object:'.length), firstSeenMs: index.timeOf(n) }));
+    return { latestStepId: latest === undefined ? undefined : index.keyOf(latest).slice('step:'.length), used: objects(used), generated: objects(generated) };
   }
 
   /** Keys of node numbers (from TRACE_VIEW_IDS); empty strings for unknown numbers. */
