@@ -1,7 +1,12 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { Pipeline, PipelineServiceDefinition } from '../common/gen/retrace/v1/pipeline.js';
 import { ChangeKind, RecomputeServiceDefinition, type ImpactRequest, type ImpactResponse } from '../common/gen/retrace/v1/recompute.js';
 import type { CodeStore } from '../coordinator/code/code-store.js';
+import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
+import { toJson } from '../scripts/cli/format.js';
+import { responseJson } from '../scripts/cli/proto-json.js';
+import { impactJsonPaging } from '../scripts/cli/recompute-commands.js';
+import { runCli } from './helpers/in-process-cli.js';
 import { applyAndIngest, startImpactCoordinator } from './helpers/impact-runner.js';
 import type { TestCoordinator } from './helpers/test-coordinator.js';
 
@@ -17,12 +22,13 @@ const PAGE = 7;
 
 describe('impact in pages', () => {
   let tc: TestCoordinator;
+  let shared: CoordinatorServices;
   let pipeline: Pipeline;
   let changeId = '';
 
   beforeAll(async () => {
     let code: CodeStore;
-    ({ tc, code } = await startImpactCoordinator());
+    ({ tc, shared, code } = await startImpactCoordinator());
     const plain = await code.publish(new TextEncoder().encode('// plain'), { transform: 'plain', requirements: undefined, sourceFile: 'plain.ts', bundler: 'test' });
     pipeline = Pipeline.fromJSON({
       name: 'paged',
@@ -127,5 +133,48 @@ describe('impact in pages', () => {
     const next = await recompute.impact({ target, asOfNs: '', pageSize: PAGE, pageToken: again.nextPageToken });
     const latest = await recompute.impact({ target, asOfNs: '' });
     expect(next.steps).toEqual(latest.steps.slice(PAGE, 2 * PAGE));
+  });
+
+  it('retrace impact --json fetches the answer in pages and prints it as one answer, as before', async () => {
+    const recompute = tc.client(RecomputeServiceDefinition);
+    const target = { $case: 'changeId' as const, value: changeId };
+    const whole = await recompute.impact({ target, asOfNs: '' });
+    const recomputer = (shared.recompute as NonNullable<CoordinatorServices['recompute']>).recomputer;
+    const asked = vi.spyOn(recomputer, 'impact');
+    const saved = impactJsonPaging.pageSize;
+    impactJsonPaging.pageSize = PAGE;
+    try {
+      const r = await runCli(['impact', changeId, '--json', '--coordinator', tc.grpcAddress, '--token', tc.token]);
+      expect(r.code, r.err).toBe(0);
+      const pages = Math.ceil(Math.max(whole.steps.length, whole.objects.length) / PAGE);
+      expect(asked.mock.calls).toHaveLength(pages);
+      expect(asked.mock.calls.every(([req]) => req.pageSize === PAGE)).toBe(true);
+      // The text a single answer printed (protobuf JSON of ImpactResponse, without the token).
+      const json = responseJson(RecomputeServiceDefinition, 'impact', whole) as Record<string, unknown>;
+      delete json.nextPageToken;
+      expect(r.out).toBe(toJson(json));
+      // Progress on stderr (not a terminal here: a line at the end).
+      expect(r.err).toContain(`${changeId}: ${whole.steps.length}/${whole.stepCount} steps, ${whole.objects.length}/${whole.objectCount} objects`);
+    } finally {
+      impactJsonPaging.pageSize = saved;
+      asked.mockRestore();
+    }
+  });
+
+  it('retrace impact --dot of an answer over 64 MiB says it is too large to draw, not "Received message larger than max"', async () => {
+    const recompute = tc.client(RecomputeServiceDefinition);
+    const whole = await recompute.impact({ target: { $case: 'changeId', value: changeId }, asOfNs: '' });
+    const recomputer = (shared.recompute as NonNullable<CoordinatorServices['recompute']>).recomputer;
+    // 65 steps with a key of 1 MiB each: an answer the size of one of about 190,000 steps.
+    const big = { ...whole, steps: Array.from({ length: 65 }, (_, i) => ({ ...(whole.steps[0] as ImpactResponse['steps'][number]), stepId: `s${i}`, key: 'k'.repeat(1 << 20) })) };
+    const huge = vi.spyOn(recomputer, 'impact').mockResolvedValue(big);
+    try {
+      const r = await runCli(['impact', changeId, '--dot', '--coordinator', tc.grpcAddress, '--token', tc.token]);
+      expect(r.code).not.toBe(0);
+      expect(r.err).toContain(`the impact of ${changeId} is too large to draw (over the 64 MiB one answer may have): --json fetches it in pages`);
+      expect(r.err).not.toContain('Received message larger than max');
+    } finally {
+      huge.mockRestore();
+    }
   });
 });
