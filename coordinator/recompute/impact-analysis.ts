@@ -338,5 +338,6 @@ export async function toImpactResponse(graph: AffectedGraph, asOfNs: string, pla
     criticalPathWallTimeNs: critical.toString(),
     asOfNs,
     placements,
+    nextPageToken: '',
   };
 }

@@ -32,6 +32,7 @@ import { checkTargetLabels } from '../scheduler/placement-targets.js';
 import type { ChangedFile } from './change-detector.js';
 import { stepChanges } from './change-detector.js';
 import type { ChangeInput, ChangeStore } from './change-store.js';
+import { ImpactPages, impactPaging } from './impact-pages.js';
 import { collectAffected, toImpactResponse, type AffectedGraph, type AffectedNode, type ImpactRoot } from './impact-analysis.js';
 import { planRecompute, toStepDefinition, type StepDefinition } from './recompute-planner.js';
 
@@ -70,6 +71,8 @@ function parseRecordId(objectId: string): { pipeline: string; dataset: string; k
 export class Recomputer {
   /** Auto recomputes being submitted, by change id (see submitAutoOnce). */
   private readonly autoSubmitting = new Map<string, Promise<Change>>();
+  /** The answer paged Impact requests are being cut from. */
+  private readonly impactPages = new ImpactPages();
 
   constructor(private readonly deps: RecomputerDeps) {}
 
@@ -485,9 +488,26 @@ export class Recomputer {
     return change.newHash;
   }
 
+  /**
+   * Impact; see the proto. With `page_size`, a page of the whole answer (ImpactPages: the pages
+   * are cut from one answer, kept between pages); with `step_limit`, the rows a table shows.
+   */
   async impact(request: ImpactRequest): Promise<ImpactResponse> {
     const asOfNs = request.asOfNs === '' ? '0' : request.asOfNs;
     if (!/^\d{1,19}$/.test(asOfNs)) throw new InvalidArgumentError('as_of_ns', 'must be non-negative nanoseconds since the epoch');
+    const paging = impactPaging(request);
+    if (paging.pageSize > 0) return this.impactPages.page(request, paging, () => this.wholeImpact(request, asOfNs));
+    const response = await this.wholeImpact(request, asOfNs);
+    if (request.stepLimit > 0) {
+      // The rows a client shows, not every one: the counts and sums above still cover all.
+      response.steps = keptRows(response.steps, request.stepLimit, (s) => s.placementNodeId === '');
+      response.objects = response.objects.slice(0, request.stepLimit);
+    }
+    return response;
+  }
+
+  /** The whole answer of an Impact request (every affected step and object); `asOfNs` checked. */
+  private async wholeImpact(request: ImpactRequest, asOfNs: string): Promise<ImpactResponse> {
     const asOfMs = asOfNs === '0' ? Number.POSITIVE_INFINITY : nsToMs(BigInt(asOfNs));
     const t = request.target;
     let roots: ImpactRoot[];
@@ -525,7 +545,7 @@ export class Recomputer {
     // without loads: one placement each, not one per affected step (a code lookup and an
     // allocation over every node, 20,000 times over 20,000 records).
     const placed = new Map<string, Promise<{ nodeId: string } | { waiting: string }>>();
-    const response = await toImpactResponse(graph, asOfNs, (n) => {
+    return toImpactResponse(graph, asOfNs, (n) => {
       const key = `${n.pipeline}/${n.stepName}\u0000${n.step.codeVersion}`;
       let p = placed.get(key);
       if (!p) {
@@ -534,12 +554,6 @@ export class Recomputer {
       }
       return p;
     });
-    if (request.stepLimit > 0) {
-      // The rows a client shows, not every one: the counts and sums above still cover all.
-      response.steps = keptRows(response.steps, request.stepLimit, (s) => s.placementNodeId === '');
-      response.objects = response.objects.slice(0, request.stepLimit);
-    }
-    return response;
   }
 
   /**

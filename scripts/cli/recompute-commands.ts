@@ -8,6 +8,7 @@ import {
   ChangeState,
   RecomputeServiceDefinition,
   Change,
+  type ImpactRequest,
   type ImpactResponse,
   type RecomputePolicy,
 } from '../../common/gen/retrace/v1/recompute.js';
@@ -16,10 +17,10 @@ import { MAX_RECOMPUTE_ATTEMPTS, MAX_RECOMPUTE_CONCURRENCY } from '../../common/
 import { nanosToIso, parseDurationMs } from '../../common/time.js';
 import { flag, flagAll, hasFlag, intFlag, timeArgNs, noMorePositionals, unreadableFileReason, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
 import type { Client } from 'nice-grpc';
-import { openClient } from './client.js';
+import { CLIENT_MAX_RECEIVE_BYTES, openClient } from './client.js';
 import { jobJson } from './job-commands.js';
 import { messageJson, responseJson } from './proto-json.js';
-import { DEFAULT_TABLE_LIMIT, limitFooter, limitRows, lineThrottle, nodeLines, renderTable, shortHash, toJson } from './format.js';
+import { DEFAULT_TABLE_LIMIT, limitFooter, limitRows, lineThrottle, nodeLines, progressBar, renderTable, shortHash, toJson } from './format.js';
 import { taskStateName, watchJobProgress } from './job-progress.js';
 
 const kindName = (k: ChangeKind): string => (ChangeKind[k] ?? 'UNKNOWN').replace('CHANGE_KIND_', '').toLowerCase();
@@ -51,7 +52,8 @@ function readInputFile(file: string, argument: string): Buffer {
 async function nothingDownstreamNote(client: Client<typeof RecomputeServiceDefinition>, c: Change, signal: AbortSignal): Promise<string | undefined> {
   if (c.state !== ChangeState.CHANGE_STATE_REPORTED || c.jobIds.length > 0) return undefined;
   try {
-    const r = await client.impact({ target: { $case: 'changeId', value: c.changeId }, asOfNs: '0' }, { signal });
+    // Only the count is read: one row, not the whole answer (over 64 MiB past about 180,000 steps).
+    const r = await client.impact({ target: { $case: 'changeId', value: c.changeId }, asOfNs: '0', stepLimit: 1 }, { signal });
     const why = c.objectId ? `no recorded step has read ${c.objectId}` : `step ${what(c)} has no recorded execution`;
     return r.stepCount === 0 ? `  nothing downstream: ${why}, so there is nothing to recompute\n` : undefined;
   } catch {
@@ -340,13 +342,98 @@ async function withWaitNote<T>(work: Promise<T>, err: NodeJS.WritableStream, wha
   }
 }
 
+/** Rows (steps and objects) a page of `impact --json` asks for; about 10 MB. Tests set it lower. */
+export const impactJsonPaging = { pageSize: 25_000 };
+
+/** Times `impact --json` starts over when the answer changed between its pages. */
+const IMPACT_PAGE_ATTEMPTS = 3;
+
+type ImpactTarget = NonNullable<ImpactRequest['target']>;
+type RecomputeClient = Client<typeof RecomputeServiceDefinition>;
+
+/**
+ * Every row of an impact, page by page (ImpactRequest.page_size): one answer as big as the whole
+ * is over the CLI's 64 MiB receive limit past about 180,000 steps. The pages are cut from one
+ * answer; when the coordinator says it changed between pages (FAILED_PRECONDITION page_token),
+ * it starts over, at most IMPACT_PAGE_ATTEMPTS times. Past the first page, progress on `err`.
+ */
+async function wholeImpact(client: RecomputeClient, target: ImpactTarget, asOfNs: string, io: CliIo, what: string): Promise<ImpactResponse> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await impactPages(client, target, asOfNs, io, what);
+    } catch (err) {
+      const changed = err instanceof RetraceError && err.code === 'FAILED_PRECONDITION' && err.message.startsWith('page_token:');
+      if (!changed || attempt >= IMPACT_PAGE_ATTEMPTS) throw err;
+      io.stderr.write(`${what}: the answer changed between its pages (steps recorded meanwhile); starting over\n`);
+    }
+  }
+}
+
+async function impactPages(client: RecomputeClient, target: ImpactTarget, asOfNs: string, io: CliIo, what: string): Promise<ImpactResponse> {
+  const pageSize = impactJsonPaging.pageSize;
+  const first = await withWaitNote(client.impact({ target, asOfNs, pageSize }, { signal: io.signal }), io.stderr, `computing the impact of ${what}`);
+  if (first.nextPageToken === '') return first;
+  const tty = (io.stderr as { isTTY?: boolean }).isTTY === true;
+  const throttle = lineThrottle(10_000);
+  const rows = Math.max(first.stepCount, first.objectCount);
+  const steps = [...first.steps];
+  const objects = [...first.objects];
+  const progress = (): string => progressBar(Math.max(steps.length, objects.length), rows, 30, `${what}: ${steps.length}/${first.stepCount} steps, ${objects.length}/${first.objectCount} objects`);
+  let token = first.nextPageToken;
+  try {
+    while (token !== '') {
+      if (tty) io.stderr.write(`\r${progress()}\u001b[K`);
+      else if (throttle(progress())) io.stderr.write(`${progress()}\n`);
+      const page = await client.impact({ target, asOfNs, pageSize, pageToken: token }, { signal: io.signal });
+      steps.push(...page.steps);
+      objects.push(...page.objects);
+      token = page.nextPageToken;
+    }
+  } finally {
+    if (tty) io.stderr.write('\r\u001b[K');
+  }
+  if (!tty) io.stderr.write(`${progress()}\n`);
+  return { ...first, steps, objects, nextPageToken: '' };
+}
+
+/**
+ * `r` as `--json` prints it (protobuf JSON of ImpactResponse, as toJson formats it, without
+ * next_page_token, which the pages it was fetched in used), written a chunk of rows at a time:
+ * the whole text of a million steps is past the longest string V8 makes.
+ */
+async function writeImpactJson(out: NodeJS.WritableStream, r: ImpactResponse): Promise<void> {
+  const CHUNK = 10_000;
+  const head = responseJson(RecomputeServiceDefinition, 'impact', { ...r, steps: [], objects: [] }) as Record<string, unknown>;
+  delete head.nextPageToken;
+  const text = toJson({ ...head, steps: '\u0000steps', objects: '\u0000objects' });
+  const write = (chunk: string): Promise<void> | undefined => (out.write(chunk) ? undefined : new Promise((done) => out.once('drain', done)));
+  const rowsOf = async (list: 'steps' | 'objects'): Promise<void> => {
+    const all = r[list];
+    if (all.length === 0) return void (await write('[]'));
+    await write('[\n');
+    for (let i = 0; i < all.length; i += CHUNK) {
+      const part = responseJson(RecomputeServiceDefinition, 'impact', { ...r, roots: [], placements: {}, steps: list === 'steps' ? r.steps.slice(i, i + CHUNK) : [], objects: list === 'objects' ? r.objects.slice(i, i + CHUNK) : [] }) as Record<string, unknown[]>;
+      const lines = (part[list] ?? []).map((row) => JSON.stringify(row, null, 2).replace(/^/gm, '    '));
+      await write(`${i > 0 ? ',\n' : ''}${lines.join(',\n')}`);
+    }
+    await write('\n  ]');
+  };
+  const [beforeSteps, rest] = text.split('"\\u0000steps"') as [string, string];
+  const [between, afterObjects] = rest.split('"\\u0000objects"') as [string, string];
+  await write(beforeSteps);
+  await rowsOf('steps');
+  await write(between);
+  await rowsOf('objects');
+  await write(afterObjects);
+}
+
 const impact: CliCommand = {
   path: ['impact'],
   summary: 'every step and object downstream of a change, an object or a step, with cost and placement',
   usage: `retrace impact ID [--as-of TIME] [--limit N] [--json] [--dot] [--svg FILE]
   ID: a change id (chg-...), an object id (record:orders/raw:o1) or a step id; --object/--step force the kind
   TIME: ISO-8601 or nanoseconds since the epoch
-  --limit N  steps listed, at most (default ${DEFAULT_TABLE_LIMIT}, 0 for all): those waiting for a node first; --json lists all`,
+  --limit N  steps listed, at most (default ${DEFAULT_TABLE_LIMIT}, 0 for all): those waiting for a node first; --json lists all (fetched in pages)`,
   booleans: ['dot', 'object', 'step'],
   integers: { limit: 'uint32' },
   async run(args, io) {
@@ -356,36 +443,51 @@ const impact: CliCommand = {
     const asOfText = flag(args, 'as-of');
     const asOfNs = asOfText === undefined ? '0' : timeArgNs(asOfText, '--as-of');
     // The table needs only the rows it shows (the coordinator picks them as limitRows would);
-    // --json and the drawings take every step.
+    // --json takes every step in pages, the drawings in one answer.
     const limit = intFlag(args, 'limit', DEFAULT_TABLE_LIMIT);
-    const stepLimit = hasFlag(args, 'json') || hasFlag(args, 'dot') || flag(args, 'svg') !== undefined ? 0 : limit;
+    const json = hasFlag(args, 'json');
+    const svg = flag(args, 'svg');
+    const drawing = hasFlag(args, 'dot') || svg !== undefined;
+    const stepLimit = json || drawing ? 0 : limit;
     const { client, close } = openClient(RecomputeServiceDefinition, args);
+    const ask = async (target: ImpactTarget): Promise<ImpactResponse> => {
+      if (json) return wholeImpact(client, target, asOfNs, io, idArg);
+      try {
+        return await withWaitNote(client.impact({ target, asOfNs, stepLimit }, { signal: io.signal }), io.stderr, `computing the impact of ${idArg}`);
+      } catch (err) {
+        // Drawings ask for the whole answer in one message (a drawing of 180,000 steps shows
+        // nothing anyway): say so rather than grpc-js's "Received message larger than max".
+        if (drawing && err instanceof RetraceError && err.code === 'RESOURCE_EXHAUSTED' && /larger than max/i.test(err.message)) {
+          throw new RetraceError('RESOURCE_EXHAUSTED', `the impact of ${idArg} is too large to draw (over the ${CLIENT_MAX_RECEIVE_BYTES / (1024 * 1024)} MiB one answer may have): --json fetches it in pages, the table shows --limit N of its steps`, { cause: err });
+        }
+        throw err;
+      }
+    };
     try {
       let r: ImpactResponse;
-      if (idArg.startsWith('chg-') && !hasFlag(args, 'object') && !hasFlag(args, 'step')) r = await withWaitNote(client.impact({ target: { $case: 'changeId', value: idArg }, asOfNs, stepLimit }, { signal: io.signal }), io.stderr, `computing the impact of ${idArg}`);
-      else if (hasFlag(args, 'step')) r = await withWaitNote(client.impact({ target: { $case: 'stepId', value: idArg }, asOfNs, stepLimit }, { signal: io.signal }), io.stderr, `computing the impact of ${idArg}`);
+      if (idArg.startsWith('chg-') && !hasFlag(args, 'object') && !hasFlag(args, 'step')) r = await ask({ $case: 'changeId', value: idArg });
+      else if (hasFlag(args, 'step')) r = await ask({ $case: 'stepId', value: idArg });
       else {
         try {
-          r = await withWaitNote(client.impact({ target: { $case: 'objectId', value: idArg }, asOfNs, stepLimit }, { signal: io.signal }), io.stderr, `computing the impact of ${idArg}`);
+          r = await ask({ $case: 'objectId', value: idArg });
         } catch (err) {
           // Not an object: maybe a step id. When it is no step either, the object's error is the
           // one to show: it says whether no object or step has the id, or the object had no
           // version as of --as-of.
           if (hasFlag(args, 'object') || !(err instanceof RetraceError) || err.code !== 'NOT_FOUND' || !err.message.startsWith('object_id:')) throw err;
           try {
-            r = await withWaitNote(client.impact({ target: { $case: 'stepId', value: idArg }, asOfNs, stepLimit }, { signal: io.signal }), io.stderr, `computing the impact of ${idArg}`);
+            r = await ask({ $case: 'stepId', value: idArg });
           } catch (stepErr) {
             if (stepErr instanceof RetraceError && stepErr.code === 'NOT_FOUND' && stepErr.message.startsWith('step_id:')) throw err;
             throw stepErr;
           }
         }
       }
-      const svg = flag(args, 'svg');
       if (svg) {
         writeFileSync(svg, dagToSvg(impactDrawing(r)));
         io.stderr.write(`wrote ${svg}\n`);
       }
-      if (hasFlag(args, 'json')) io.stdout.write(toJson(responseJson(RecomputeServiceDefinition, 'impact', r)));
+      if (json) await writeImpactJson(io.stdout, r);
       else if (hasFlag(args, 'dot')) io.stdout.write(dagToDot(impactDrawing(r), 'impact'));
       else printImpact(r, io, limit);
       return 0;

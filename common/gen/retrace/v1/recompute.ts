@@ -341,9 +341,28 @@ export interface ImpactRequest {
    * waiting for a node first, then the others, in dependency order as always; the objects, the
    * nearest first. step_count, object_count, the estimates and placements still count every
    * affected step and object. A whole answer grows with the records: 60,000 affected steps
-   * (a code change over 20,000 records) are about 22 MB.
+   * (a code change over 20,000 records) are about 22 MB, and past about 180,000 it is over the
+   * 64 MiB a client such as the CLI takes in one message: page it (`page_size`) to get every row.
    */
   stepLimit: number;
+  /**
+   * Pages of the whole answer (1..100,000; 0 = no pages): at most this many entries of `steps`
+   * and of `objects` a response, in the whole answer's order (dependency order; nearest objects
+   * first), page N holding rows N*page_size.. of both. `next_page_token` is set while either has
+   * more. Every page carries the same roots, counts, estimates, placements and as_of_ns (they
+   * cover every affected step). INVALID_ARGUMENT `step_limit` with both set, `page_size` over
+   * 100,000 or missing with a `page_token`.
+   */
+  pageSize: number;
+  /**
+   * The `next_page_token` of the previous page; the target and `as_of_ns` must be those of the
+   * first page (INVALID_ARGUMENT `page_token` otherwise, or for a malformed token); `page_size`
+   * may change. The pages are cut from one answer: the coordinator keeps it for a minute after
+   * each page, and past that (or after a restart) computes it again; if the answer is no longer
+   * the same (steps recorded since, with `as_of_ns` 0; a node gone), FAILED_PRECONDITION
+   * `page_token` says to start over from the first page, rather than mixing two answers.
+   */
+  pageToken: string;
 }
 
 export interface AffectedStep {
@@ -390,6 +409,8 @@ export interface ImpactResponse {
   asOfNs: string;
   /** Affected steps per node the allocator would pick now. */
   placements: { [key: string]: number };
+  /** With `page_size`: the token of the next page; empty on the last page. */
+  nextPageToken: string;
 }
 
 export interface ImpactResponse_PlacementsEntry {
@@ -2510,7 +2531,7 @@ export const UnwatchPathResponse: MessageFns<UnwatchPathResponse> = {
 };
 
 function createBaseImpactRequest(): ImpactRequest {
-  return { target: undefined, asOfNs: "0", stepLimit: 0 };
+  return { target: undefined, asOfNs: "0", stepLimit: 0, pageSize: 0, pageToken: "" };
 }
 
 export const ImpactRequest: MessageFns<ImpactRequest> = {
@@ -2531,6 +2552,12 @@ export const ImpactRequest: MessageFns<ImpactRequest> = {
     }
     if (message.stepLimit !== 0) {
       writer.uint32(40).uint32(message.stepLimit);
+    }
+    if (message.pageSize !== 0) {
+      writer.uint32(48).uint32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(58).string(message.pageToken);
     }
     return writer;
   },
@@ -2588,6 +2615,22 @@ export const ImpactRequest: MessageFns<ImpactRequest> = {
             message.stepLimit = reader.uint32();
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.pageSize = reader.uint32();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2625,6 +2668,16 @@ export const ImpactRequest: MessageFns<ImpactRequest> = {
         : isSet(object.step_limit)
         ? globalThis.Number(object.step_limit)
         : 0,
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
     };
   },
 
@@ -2642,6 +2695,12 @@ export const ImpactRequest: MessageFns<ImpactRequest> = {
     }
     if (message.stepLimit !== 0) {
       obj.stepLimit = Math.round(message.stepLimit);
+    }
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
     }
     return obj;
   },
@@ -2673,6 +2732,8 @@ export const ImpactRequest: MessageFns<ImpactRequest> = {
     }
     message.asOfNs = object.asOfNs ?? "0";
     message.stepLimit = object.stepLimit ?? 0;
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
     return message;
   },
 };
@@ -3126,6 +3187,7 @@ function createBaseImpactResponse(): ImpactResponse {
     criticalPathWallTimeNs: "0",
     asOfNs: "0",
     placements: {},
+    nextPageToken: "",
   };
 }
 
@@ -3161,6 +3223,9 @@ export const ImpactResponse: MessageFns<ImpactResponse> = {
     globalThis.Object.entries(message.placements).forEach(([key, value]: [string, number]) => {
       ImpactResponse_PlacementsEntry.encode({ key: key as any, value }, writer.uint32(82).fork()).join();
     });
+    if (message.nextPageToken !== "") {
+      writer.uint32(90).string(message.nextPageToken);
+    }
     return writer;
   },
 
@@ -3260,6 +3325,14 @@ export const ImpactResponse: MessageFns<ImpactResponse> = {
             }
             continue;
           }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3323,6 +3396,11 @@ export const ImpactResponse: MessageFns<ImpactResponse> = {
           {},
         )
         : {},
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
     };
   },
 
@@ -3364,6 +3442,9 @@ export const ImpactResponse: MessageFns<ImpactResponse> = {
         });
       }
     }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
+    }
     return obj;
   },
 
@@ -3390,6 +3471,7 @@ export const ImpactResponse: MessageFns<ImpactResponse> = {
       },
       {},
     );
+    message.nextPageToken = object.nextPageToken ?? "";
     return message;
   },
 };

@@ -1,0 +1,180 @@
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { Pipeline, PipelineServiceDefinition } from '../common/gen/retrace/v1/pipeline.js';
+import { ChangeKind, RecomputeServiceDefinition, type ImpactRequest, type ImpactResponse } from '../common/gen/retrace/v1/recompute.js';
+import type { CodeStore } from '../coordinator/code/code-store.js';
+import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
+import { toJson } from '../scripts/cli/format.js';
+import { responseJson } from '../scripts/cli/proto-json.js';
+import { impactJsonPaging } from '../scripts/cli/recompute-commands.js';
+import { runCli } from './helpers/in-process-cli.js';
+import { applyAndIngest, startImpactCoordinator } from './helpers/impact-runner.js';
+import type { TestCoordinator } from './helpers/test-coordinator.js';
+
+/**
+ * Impact in pages (ImpactRequest.page_size, page_token). A whole answer is about 367 B a step:
+ * past about 180,000 affected steps it is over the CLI's 64 MiB receive limit, and `retrace
+ * impact --json`, which asked for it in one message, failed. Here a few dozen steps are paged
+ * in pages of 7.
+ */
+
+const RECORDS = 20;
+const PAGE = 7;
+
+describe('impact in pages', () => {
+  let tc: TestCoordinator;
+  let shared: CoordinatorServices;
+  let pipeline: Pipeline;
+  let changeId = '';
+
+  beforeAll(async () => {
+    let code: CodeStore;
+    ({ tc, shared, code } = await startImpactCoordinator());
+    const plain = await code.publish(new TextEncoder().encode('// plain'), { transform: 'plain', requirements: undefined, sourceFile: 'plain.ts', bundler: 'test' });
+    pipeline = Pipeline.fromJSON({
+      name: 'paged',
+      sources: [{ name: 'raw', mediaType: 'text/plain' }],
+      steps: [
+        { name: 'scale', transform: 'plain', codeVersion: plain.code.codeVersion, inputs: ['raw'] },
+        { name: 'classify', transform: 'plain', codeVersion: plain.code.codeVersion, inputs: ['scale'] },
+      ],
+    });
+    await applyAndIngest(tc, pipeline, Array.from({ length: RECORDS }, (_, i) => [`k${i}`, `r${i}`] as const));
+    const v2 = await code.publish(new TextEncoder().encode('// plain v2'), { transform: 'plain', requirements: undefined, sourceFile: 'plain.ts', bundler: 'test' });
+    await tc.client(PipelineServiceDefinition).applyPipeline({ pipeline: { ...pipeline, steps: pipeline.steps.map((s) => (s.name === 'scale' ? { ...s, codeVersion: v2.code.codeVersion } : s)) } });
+    const changes = await tc.client(RecomputeServiceDefinition).listChanges({ pipeline: 'paged', pageSize: 0, pageToken: '' });
+    changeId = changes.changes.find((c) => c.kind === ChangeKind.CHANGE_KIND_CODE_VERSION)?.changeId ?? '';
+    expect(changeId).not.toBe('');
+  }, 30_000);
+  afterAll(async () => tc?.stop());
+
+  const summary = (r: ImpactResponse): Partial<ImpactResponse> => ({ ...r, steps: [], objects: [], nextPageToken: '' });
+
+  /** Every page of `request`, first to last. */
+  async function allPages(request: Partial<ImpactRequest>, pageSize = PAGE): Promise<ImpactResponse[]> {
+    const recompute = tc.client(RecomputeServiceDefinition);
+    const pages: ImpactResponse[] = [];
+    let pageToken = '';
+    do {
+      const page = await recompute.impact({ ...request, pageSize, pageToken });
+      pages.push(page);
+      pageToken = page.nextPageToken;
+    } while (pageToken !== '' && pages.length < 100);
+    return pages;
+  }
+
+  it('pages hold exactly the rows of the whole answer, in its order, each with the same counts, estimates and placements', async () => {
+    const recompute = tc.client(RecomputeServiceDefinition);
+    const target = { $case: 'changeId' as const, value: changeId };
+    const whole = await recompute.impact({ target, asOfNs: '' });
+    expect(whole.steps).toHaveLength(2 * RECORDS);
+    expect(whole.nextPageToken).toBe('');
+    const pages = await allPages({ target, asOfNs: '' });
+    const rows = Math.max(whole.steps.length, whole.objects.length);
+    expect(pages).toHaveLength(Math.ceil(rows / PAGE));
+    expect(pages.flatMap((p) => p.steps)).toEqual(whole.steps);
+    expect(pages.flatMap((p) => p.objects)).toEqual(whole.objects);
+    for (const p of pages) {
+      expect(p.steps.length).toBeLessThanOrEqual(PAGE);
+      expect(summary(p)).toEqual(summary(whole));
+    }
+    expect(pages.at(-1)?.nextPageToken).toBe('');
+    // page_size may change between pages.
+    const first = await recompute.impact({ target, asOfNs: '', pageSize: PAGE });
+    const rest = await recompute.impact({ target, asOfNs: '', pageSize: 1000, pageToken: first.nextPageToken });
+    expect([...first.steps, ...rest.steps]).toEqual(whole.steps);
+    expect(rest.nextPageToken).toBe('');
+    // An answer that fits one page comes whole, without a token.
+    const one = await recompute.impact({ target, asOfNs: '', pageSize: 1000 });
+    expect(one).toEqual(whole);
+  });
+
+  it('refuses bad paging values, naming the field', async () => {
+    const recompute = tc.client(RecomputeServiceDefinition);
+    const target = { $case: 'changeId' as const, value: changeId };
+    const first = await recompute.impact({ target, asOfNs: '', pageSize: PAGE });
+    const cases: [Partial<ImpactRequest>, RegExp][] = [
+      [{ pageSize: 100_001 }, /INVALID_ARGUMENT.*page_size: at most 100,000/],
+      [{ pageSize: PAGE, stepLimit: 5 }, /INVALID_ARGUMENT.*step_limit: .*send one of them/],
+      [{ pageToken: first.nextPageToken }, /INVALID_ARGUMENT.*page_size: is required with page_token/],
+      [{ pageSize: PAGE, pageToken: 'not-a-token' }, /INVALID_ARGUMENT.*page_token: is not a next_page_token/],
+      [{ pageSize: PAGE, pageToken: first.nextPageToken, asOfNs: '1' }, /INVALID_ARGUMENT.*page_token: was issued for a different query/],
+      [{ pageSize: PAGE, pageToken: Buffer.from(JSON.stringify({ ...JSON.parse(Buffer.from(first.nextPageToken, 'base64url').toString()), o: 10_000 })).toString('base64url') }, /INVALID_ARGUMENT.*page_token: starts at row 10000, past the end/],
+    ];
+    for (const [fields, error] of cases) await expect(recompute.impact({ target, asOfNs: '', ...fields })).rejects.toThrow(error);
+    await expect(recompute.impact({ target: { $case: 'stepId', value: 'x' }, asOfNs: '', pageSize: PAGE, pageToken: first.nextPageToken })).rejects.toThrow(/INVALID_ARGUMENT.*page_token: was issued for a different query/);
+  });
+
+  it('cuts every page from one answer: steps recorded between pages do not mix in, and an answer that changed where it is no longer kept is refused', async () => {
+    const recompute = tc.client(RecomputeServiceDefinition);
+    const target = { $case: 'changeId' as const, value: changeId };
+    const whole = await recompute.impact({ target, asOfNs: '' });
+    const first = await recompute.impact({ target, asOfNs: '', pageSize: PAGE });
+    // New records between the pages: the code change now affects their steps too.
+    await applyAndIngest(tc, pipeline, [['late1', 'l1']]);
+    expect((await recompute.impact({ target, asOfNs: '' })).stepCount).toBe(whole.stepCount + 2);
+    let token = first.nextPageToken;
+    const steps = [...first.steps];
+    while (token !== '') {
+      const page = await recompute.impact({ target, asOfNs: '', pageSize: PAGE, pageToken: token });
+      expect(summary(page)).toEqual(summary(whole));
+      steps.push(...page.steps);
+      token = page.nextPageToken;
+    }
+    expect(steps).toEqual(whole.steps);
+
+    // Another paged query since, so the coordinator computes this one's answer again: it differs.
+    const now = await recompute.impact({ target, asOfNs: '', pageSize: PAGE });
+    await allPages({ target: { $case: 'objectId', value: 'record:paged/raw:k1' }, asOfNs: '' }, 1);
+    await applyAndIngest(tc, pipeline, [['late2', 'l2']]);
+    await expect(recompute.impact({ target, asOfNs: '', pageSize: PAGE, pageToken: now.nextPageToken })).rejects.toThrow(/FAILED_PRECONDITION.*page_token: the impact is no longer the answer the earlier pages came from/);
+    // Unchanged, it is computed again and paged on.
+    const again = await recompute.impact({ target, asOfNs: '', pageSize: PAGE });
+    await allPages({ target: { $case: 'objectId', value: 'record:paged/raw:k1' }, asOfNs: '' }, 1);
+    const next = await recompute.impact({ target, asOfNs: '', pageSize: PAGE, pageToken: again.nextPageToken });
+    const latest = await recompute.impact({ target, asOfNs: '' });
+    expect(next.steps).toEqual(latest.steps.slice(PAGE, 2 * PAGE));
+  });
+
+  it('retrace impact --json fetches the answer in pages and prints it as one answer, as before', async () => {
+    const recompute = tc.client(RecomputeServiceDefinition);
+    const target = { $case: 'changeId' as const, value: changeId };
+    const whole = await recompute.impact({ target, asOfNs: '' });
+    const recomputer = (shared.recompute as NonNullable<CoordinatorServices['recompute']>).recomputer;
+    const asked = vi.spyOn(recomputer, 'impact');
+    const saved = impactJsonPaging.pageSize;
+    impactJsonPaging.pageSize = PAGE;
+    try {
+      const r = await runCli(['impact', changeId, '--json', '--coordinator', tc.grpcAddress, '--token', tc.token]);
+      expect(r.code, r.err).toBe(0);
+      const pages = Math.ceil(Math.max(whole.steps.length, whole.objects.length) / PAGE);
+      expect(asked.mock.calls).toHaveLength(pages);
+      expect(asked.mock.calls.every(([req]) => req.pageSize === PAGE)).toBe(true);
+      // The text a single answer printed (protobuf JSON of ImpactResponse, without the token).
+      const json = responseJson(RecomputeServiceDefinition, 'impact', whole) as Record<string, unknown>;
+      delete json.nextPageToken;
+      expect(r.out).toBe(toJson(json));
+      // Progress on stderr (not a terminal here: a line at the end).
+      expect(r.err).toContain(`${changeId}: ${whole.steps.length}/${whole.stepCount} steps, ${whole.objects.length}/${whole.objectCount} objects`);
+    } finally {
+      impactJsonPaging.pageSize = saved;
+      asked.mockRestore();
+    }
+  });
+
+  it('retrace impact --dot of an answer over 64 MiB says it is too large to draw, not "Received message larger than max"', async () => {
+    const recompute = tc.client(RecomputeServiceDefinition);
+    const whole = await recompute.impact({ target: { $case: 'changeId', value: changeId }, asOfNs: '' });
+    const recomputer = (shared.recompute as NonNullable<CoordinatorServices['recompute']>).recomputer;
+    // 65 steps with a key of 1 MiB each: an answer the size of one of about 190,000 steps.
+    const big = { ...whole, steps: Array.from({ length: 65 }, (_, i) => ({ ...(whole.steps[0] as ImpactResponse['steps'][number]), stepId: `s${i}`, key: 'k'.repeat(1 << 20) })) };
+    const huge = vi.spyOn(recomputer, 'impact').mockResolvedValue(big);
+    try {
+      const r = await runCli(['impact', changeId, '--dot', '--coordinator', tc.grpcAddress, '--token', tc.token]);
+      expect(r.code).not.toBe(0);
+      expect(r.err).toContain(`the impact of ${changeId} is too large to draw (over the 64 MiB one answer may have): --json fetches it in pages`);
+      expect(r.err).not.toContain('Received message larger than max');
+    } finally {
+      huge.mockRestore();
+    }
+  });
+});
