@@ -85,8 +85,9 @@ function isAlive(pid: number): boolean {
  * two agents never share one node identity: two `retrace agent --data D` registered as the same
  * node and took the node from each other every few hundred ms (39 registrations in 8 s, each a
  * "restart" that ended drains and gave up the node's shards). A lock left by a process that is
- * gone (SIGKILL, a crash) is taken over. Resolves the function that releases it.
- * @throws FailedPreconditionError naming `field` when a live process holds the lock.
+ * gone (SIGKILL, a crash) is taken over, by one agent only. Resolves the function that releases it.
+ * @throws FailedPreconditionError naming `field` when a live process holds the lock, or another
+ * agent starting at the same moment takes it.
  */
 export async function lockDataDir(dataDir: string, field: string): Promise<() => Promise<void>> {
   const path = join(dataDir, LOCK_FILE);
@@ -95,31 +96,89 @@ export async function lockDataDir(dataDir: string, field: string): Promise<() =>
   // moment, which took it for a dead holder's, removed it and ran too.
   // Named for this call, not only this process: two calls of one process must not share it.
   const mine = `${path}.${process.pid}.${randomBytes(4).toString('hex')}`;
-  for (let attempt = 0; ; attempt++) {
-    try {
-      await writeFile(mine, `${process.pid}\n`, { mode: 0o600 });
+  try {
+    await writeFile(mine, `${process.pid}\n`, { mode: 0o600 });
+  } catch (err) {
+    throw new InvalidArgumentError(field, `cannot lock the directory ${JSON.stringify(dataDir)}: ${(err as Error).message}`, err);
+  }
+  const release = async (): Promise<void> => {
+    await rm(path, { force: true });
+  };
+  try {
+    for (let attempt = 0; ; attempt++) {
       try {
         await link(mine, path);
-      } finally {
-        await rm(mine, { force: true });
+        return release;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') {
+          throw new InvalidArgumentError(field, `cannot lock the directory ${JSON.stringify(dataDir)}: ${(err as Error).message}`, err);
+        }
       }
-      return async () => {
-        await rm(path, { force: true });
-      };
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') {
-        throw new InvalidArgumentError(field, `cannot lock the directory ${JSON.stringify(dataDir)}: ${(err as Error).message}`, err);
+      const held = await readFile(path, 'utf8').catch(() => undefined);
+      const pid = pidIn(held);
+      if (pid !== undefined && isAlive(pid)) {
+        throw new FailedPreconditionError(
+          `${dataDir} is in use by another agent (pid ${pid}); give each agent its own data directory (remove ${path} if that process is not an agent)`,
+          field,
+        );
       }
+      // Left by a process that is gone (or released just now): taken over once; a second loss
+      // means another agent starting at the same moment has it.
+      if (attempt > 0) throw new FailedPreconditionError(`${dataDir} is being taken by another agent`, field);
+      // Replaced whole (rename), not removed and linked: between the two another agent found no
+      // lock, linked its own, and both ran.
+      if (held !== undefined && (await replaceStale(path, held, () => rename(mine, path)))) return release;
     }
-    const pid = Number((await readFile(path, 'utf8').catch(() => '')).trim());
-    if (Number.isInteger(pid) && pid > 0 && isAlive(pid)) {
-      throw new FailedPreconditionError(
-        `${dataDir} is in use by another agent (pid ${pid}); give each agent its own data directory (remove ${path} if that process is not an agent)`,
-        field,
-      );
-    }
-    // Left by a process that is gone: take it over (once; a second loss means a race with another starting agent).
-    if (attempt > 0) throw new FailedPreconditionError(`${dataDir} is being taken by another agent`, field);
-    await rm(path, { force: true });
+  } finally {
+    await rm(mine, { force: true });
+  }
+}
+
+/** The pid a lock or claim file holds; undefined when it holds none. */
+function pidIn(text: string | undefined): number | undefined {
+  const pid = Number(text?.trim());
+  return text !== undefined && Number.isInteger(pid) && pid > 0 ? pid : undefined;
+}
+
+/**
+ * Runs `replace` (which removes or replaces `path`) if `path` still holds `held`, the text of a
+ * process that is gone, and only in one caller of all that found it so: each first creates
+ * `<path>.takeover-<its pid>` exclusively, and whoever fails to is refused. Two agents that both
+ * read a dead holder's pid each removed the lock and linked their own, the second removing the
+ * first's fresh lock: both ran. Under the claim the file is read again: a caller that read it
+ * before the winner replaced it finds the winner's pid and leaves it. Resolves whether `replace` ran.
+ */
+async function replaceStale(path: string, held: string, replace: () => Promise<void>): Promise<boolean> {
+  const claim = `${path}.takeover-${pidIn(held) ?? 'unreadable'}`;
+  if (!(await createWithPid(claim))) {
+    const holder = await readFile(claim, 'utf8').catch(() => undefined);
+    const pid = pidIn(holder);
+    if (holder === undefined || (pid !== undefined && isAlive(pid))) return false;
+    // A claim left by a process that died mid-takeover would hold every agent off for good: it is
+    // removed the same way (a claim on it, named by its dead holder's pid), then made again.
+    if (!(await replaceStale(claim, holder, () => rm(claim)))) return false;
+    if (!(await createWithPid(claim))) return false;
+  }
+  try {
+    if ((await readFile(path, 'utf8').catch(() => undefined)) !== held) return false;
+    await replace();
+    return true;
+  } finally {
+    await rm(claim, { force: true });
+  }
+}
+
+/** Creates `path` holding this process's pid, never seen empty (a hard link of a file written first); false when it exists. */
+async function createWithPid(path: string): Promise<boolean> {
+  const tmp = `${path}.${process.pid}.${randomBytes(4).toString('hex')}`;
+  await writeFile(tmp, `${process.pid}\n`, { mode: 0o600 });
+  try {
+    await link(tmp, path);
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false;
+    throw err;
+  } finally {
+    await rm(tmp, { force: true });
   }
 }

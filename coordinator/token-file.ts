@@ -3,6 +3,7 @@ import { closeSync, existsSync, fsyncSync, openSync, readFileSync, renameSync, r
 import { join } from 'node:path';
 import { InvalidArgumentError, NotFoundError, RetraceError } from '../common/errors.js';
 import { tokenSha256 } from './bearer-token.js';
+import { syncDirectory } from './directory-fsync.js';
 import { crashPointForTests } from './test-crash-point.js';
 
 /**
@@ -134,16 +135,6 @@ export function writeTokenFile(dataDir: string, entries: readonly TokenEntry[]):
     throw err;
   }
   syncDirectory(dataDir);
-}
-
-/** fsyncs directory `dir`, making a rename or create in it durable. */
-function syncDirectory(dir: string): void {
-  const fd = openSync(dir, 'r');
-  try {
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
 }
 
 /** How long `token add|revoke` waits for another one editing the same file. */

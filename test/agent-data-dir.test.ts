@@ -1,8 +1,10 @@
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { loadOrCreateIdentity, lockDataDir } from '../agent/identity-store.js';
+import { FailedPreconditionError } from '../common/errors.js';
 import { makeDirectory } from '../agent/make-directory.js';
 import { spawnAgent, waitFor, type AgentProcess } from './helpers/mesh-server.js';
 import { runCli } from './helpers/in-process-cli.js';
@@ -95,6 +97,38 @@ describe('agent data directory', () => {
       for (const t of tries) if (t.status === 'rejected') expect(String(t.reason)).toMatch(/is in use by another agent|is being taken by another agent/);
       expect(readFileSync(join(dir, 'agent.lock'), 'utf8')).toBe(`${process.pid}\n`);
     }
+  });
+
+  it('of agents taking over a dead process\'s lock at the same moment, exactly one gets it', async () => {
+    // Each read the dead pid; one removed the lock and linked its own, and the next removed that
+    // fresh lock and linked its own: both ran. A process that has exited: its pid is not alive.
+    const dead = spawnSync(process.execPath, ['-e', '']).pid;
+    for (let round = 0; round < 60; round++) {
+      const dir = tempDir();
+      writeFileSync(join(dir, 'agent.lock'), `${dead}\n`);
+      // Started a few event-loop turns apart, so that one's removal falls between another's steps
+      // (started together, they move in lockstep and all remove before any links).
+      const after = async (turns: number): Promise<void> => {
+        for (let i = 0; i < turns; i++) await new Promise((r) => setImmediate(r));
+      };
+      const tries = await Promise.allSettled(Array.from({ length: 4 }, (_, i) => after((i * round) % 7).then(() => lockDataDir(dir, 'data'))));
+      expect(tries.filter((t) => t.status === 'fulfilled')).toHaveLength(1);
+      for (const t of tries) if (t.status === 'rejected') expect(t.reason).toBeInstanceOf(FailedPreconditionError);
+      expect(readFileSync(join(dir, 'agent.lock'), 'utf8')).toBe(`${process.pid}\n`);
+      // Nothing of the takeover is left behind.
+      expect(readdirSync(dir)).toEqual(['agent.lock']);
+    }
+  });
+
+  it('a takeover left half done by a process that died holds no one off', async () => {
+    const dead = spawnSync(process.execPath, ['-e', '']).pid;
+    const dir = tempDir();
+    writeFileSync(join(dir, 'agent.lock'), `${dead}\n`);
+    writeFileSync(join(dir, `agent.lock.takeover-${dead}`), `${dead}\n`);
+    const release = await lockDataDir(dir, 'data');
+    expect(readFileSync(join(dir, 'agent.lock'), 'utf8')).toBe(`${process.pid}\n`);
+    expect(readdirSync(dir)).toEqual(['agent.lock']);
+    await release();
   });
 
   it('one agent per data dir: a second is refused while the first runs, a killed one\'s lock is taken over', async () => {

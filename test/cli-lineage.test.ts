@@ -499,6 +499,38 @@ describe('retrace lineage errors', () => {
     expect(trace.stderr).toContain('not found');
   });
 
+  it('--token-file - reads the token from the CLI\'s stdin; with an argument - (stdin too) it is a usage error, before anything is read or sent', async () => {
+    /** `retrace ...args --coordinator ADDR --token-file -`, `stdin` given; also how much of stdin was left unread. */
+    const fromStdin = async (args: string[], text: string): Promise<CliResult & { unread: number }> => {
+      const stdin = new PassThrough().end(text);
+      const stdout = new PassThrough();
+      const stderr = new PassThrough();
+      const out: string[] = [];
+      const err: string[] = [];
+      stdout.setEncoding('utf8').on('data', (d: string) => out.push(d));
+      stderr.setEncoding('utf8').on('data', (d: string) => err.push(d));
+      const code = await main([...args, '--coordinator', tc.grpcAddress, '--token-file', '-'], { stdout, stderr, stdin });
+      stdout.end();
+      stderr.end();
+      await Promise.all([once(stdout, 'end'), once(stderr, 'end')]);
+      return { code, stdout: out.join(''), stderr: err.join(''), unread: stdin.readableLength };
+    };
+    const runs = await fromStdin(['lineage', 'runs'], `${tc.token}\n`);
+    expect(runs.code, runs.stderr).toBe(0);
+    expect(runs.stdout).toContain('nightly-1');
+    const wrong = await fromStdin(['lineage', 'runs'], 'wrong-token-xxxxxxxx\n');
+    expect(wrong.code).toBe(1);
+    expect(wrong.stderr).toMatch(/^error: .*token/);
+    // One stdin cannot hold both: one of the two read nothing (the token, or the events sent without it).
+    const events = readFileSync(nativeFile, 'utf8');
+    for (const args of [['submit', '-'], ['ingest', 'orders', 'raw', '-'], ['lineage', 'trace', '-']]) {
+      const r = await fromStdin(args, events);
+      expect(r.code, r.stderr).toBe(2);
+      expect(r.stderr).toContain('error: --token-file - and the argument - both read stdin, which holds one of them only: give the token with --token-file FILE or RETRACE_TOKEN');
+      expect(r.unread).toBe(Buffer.byteLength(events));
+    }
+  }, 15_000);
+
   it('a wrong token exits 1 and says so', async () => {
     const r = await cli(['lineage', 'runs'], { token: 'wrong-token-xxxxxxxx' });
     expect(r.code).toBe(1);

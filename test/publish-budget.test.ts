@@ -1,9 +1,15 @@
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { connect, constants, type ClientHttp2Session, type ClientHttp2Stream } from 'node:http2';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PassThrough, Writable } from 'node:stream';
 import { Status } from 'nice-grpc';
 import { afterEach, describe, expect, it } from 'vitest';
 import { codeExtension } from '../coordinator/code/code-extension.js';
 import { PUBLISH_MAX_WAITING } from '../coordinator/grpc/publish-budget.js';
 import { CodeServiceDefinition, PublishCodeRequest } from '../common/gen/retrace/v1/code.js';
+import { main } from '../scripts/cli/main.js';
+import { runCli } from './helpers/in-process-cli.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 
 /**
@@ -104,5 +110,53 @@ describe('PublishCode memory budget', () => {
     // A publish that delivers its bundle in time is not cut off by the timer it started.
     await new Promise((r) => setTimeout(r, 500));
     expect((await client.publishCode({ bundle: Buffer.alloc(10, 7), manifest: { transform: 'in-time', requirements: undefined, sourceFile: 'i.js', bundler: 'test' } })).created).toBe(true);
+  }, 20_000);
+
+  it('retrace coordinator --publish-receive-timeout sets the receive time; retrace coordinator and start refuse a bad one naming the flag', async () => {
+    const root = mkdtempSync(join(tmpdir(), 'retrace-publish-flag-'));
+    try {
+      for (const command of ['coordinator', 'start']) {
+        for (const [value, message] of [
+          ['500ms', '--publish-receive-timeout: at least 1s, got 500ms'],
+          ['soon', '--publish-receive-timeout: expected a duration like 30s, 5m, 2h or 1d, got "soon"'],
+        ]) {
+          const r = await runCli([command, '--data', join(root, 'never-made'), '--grpc', '127.0.0.1:0', '--http', '127.0.0.1:0', '--publish-receive-timeout', value as string]);
+          expect(r.code, r.err).toBe(2);
+          expect(r.err).toContain(`error: ${message}`);
+        }
+      }
+      expect(existsSync(join(root, 'never-made'))).toBe(false);
+
+      const dataDir = join(root, 'data');
+      const stop = new AbortController();
+      let printed = '';
+      let running: Promise<number> | undefined;
+      const listening = new Promise<{ grpc: string }>((resolve) => {
+        const stdout = new Writable({
+          write(chunk: Buffer, _enc, cb) {
+            printed += chunk.toString();
+            if (printed.includes('\n')) resolve(JSON.parse(printed.split('\n')[0] as string) as { grpc: string });
+            cb();
+          },
+        });
+        running = main(['coordinator', '--data', dataDir, '--grpc', '127.0.0.1:0', '--http', '127.0.0.1:0', '--publish-receive-timeout', '1s'], { stdout, stderr: new PassThrough().resume(), signal: stop.signal });
+      });
+      try {
+        const { grpc } = await listening;
+        const s = connect(`http://${grpc}`);
+        session = s;
+        const message = PublishCodeRequest.encode({ bundle: Buffer.alloc(64 * 1024, 1), manifest: { transform: 'stalled', requirements: undefined, sourceFile: 't.js', bundler: 'test' } }).finish();
+        const started = Date.now();
+        const stalled = rawPublish(s, readFileSync(join(dataDir, 'auth-token'), 'utf8').trim(), message, 1024);
+        expect(await stalled.status).toBe(Status.DEADLINE_EXCEEDED);
+        expect(await stalled.message).toMatch(/^PublishCode: the bundle did not arrive within 1 s of the call being let in/);
+        expect(Date.now() - started).toBeLessThan(5000);
+      } finally {
+        stop.abort();
+        expect(await running).toBe(0);
+      }
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
   }, 20_000);
 });

@@ -3,6 +3,7 @@ import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { FailedPreconditionError } from '../../common/errors.js';
 import type { Checkpoint } from '../../common/gen/retrace/v1/provenance.js';
+import { syncDirectory } from '../directory-fsync.js';
 
 /**
  * The latest signed checkpoint, kept beside the database in `<dataDir>/checkpoint.jsonl`. LevelDB
@@ -73,7 +74,7 @@ export async function writeCheckpointFile(dataDir: string, cp: Checkpoint): Prom
     await fh.close();
   }
   await rename(tmp, file);
-  await syncDir(dataDir);
+  syncDirectory(dataDir);
 }
 
 /** Removes `<dataDir>/checkpoint.jsonl` (durably), where there is one. */
@@ -84,16 +85,7 @@ export async function removeCheckpointFile(dataDir: string): Promise<void> {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
     throw err;
   }
-  await syncDir(dataDir);
-}
-
-async function syncDir(dir: string): Promise<void> {
-  const d = await open(dir, 'r');
-  try {
-    await d.sync();
-  } finally {
-    await d.close();
-  }
+  syncDirectory(dataDir);
 }
 
 /**

@@ -36,7 +36,8 @@ export function coordinatorAddress(args: ParsedArgs): string {
 }
 
 /**
- * The bearer token, first found of: `--token T`, `--token-file F` (`-`: read stdin to its end), env RETRACE_TOKEN, and (when
+ * The bearer token, first found of: `--token T`, `--token-file F` (`-`: stdin to its end, as `takeStdinToken` read it, else
+ * read from fd 0 now), env RETRACE_TOKEN, and (when
  * `defaultFile` is given) that file if it exists. Undefined when none is set.
  */
 export function resolveToken(args: ParsedArgs, options: { env?: NodeJS.ProcessEnv; defaultFile?: string } = {}): string | undefined {
@@ -46,7 +47,7 @@ export function resolveToken(args: ParsedArgs, options: { env?: NodeJS.ProcessEn
     return direct.trim();
   }
   const file = flag(args, 'token-file');
-  if (file === '-') return readStdin('--token-file -').toString('utf8').trim();
+  if (file === '-') return (args.stdinToken ?? readStdin('--token-file -').toString('utf8')).trim();
   if (file !== undefined) return readNamedFile('--token-file', file).toString('utf8').trim();
   const env = (options.env ?? process.env).RETRACE_TOKEN;
   if (env !== undefined && env.trim() !== '') return env.trim();
@@ -54,6 +55,29 @@ export function resolveToken(args: ParsedArgs, options: { env?: NodeJS.ProcessEn
     return readFileSync(options.defaultFile, 'utf8').trim();
   }
   return undefined;
+}
+
+/**
+ * Reads the token of `--token-file -` from `stdin` (the CLI's own, which tests replace) into
+ * `args.stdinToken`, before the command runs; nothing when `--token` is given, which comes first.
+ * A usage error, before anything is read, when an argument `-` (`retrace submit -`, `ingest P S -`,
+ * `lineage trace -`) reads stdin too: one of the two read nothing, and the command ran without its
+ * token or with no input.
+ */
+export async function takeStdinToken(args: ParsedArgs, stdin: NodeJS.ReadableStream): Promise<void> {
+  if (flag(args, 'token-file') !== '-') return;
+  const direct = flag(args, 'token');
+  if (direct !== undefined && direct !== 'true') return;
+  if (args.positionals.includes('-')) {
+    throw new UsageError('--token-file - and the argument - both read stdin, which holds one of them only: give the token with --token-file FILE or RETRACE_TOKEN');
+  }
+  const chunks: Buffer[] = [];
+  try {
+    for await (const c of stdin) chunks.push(typeof c === 'string' ? Buffer.from(c) : (c as Buffer));
+  } catch (err) {
+    throw new UsageError(`--token-file -: cannot read stdin: ${(err as Error).message}`);
+  }
+  args.stdinToken = Buffer.concat(chunks).toString('utf8');
 }
 
 /**

@@ -45,6 +45,8 @@ export interface ParsedArgs {
    * file named `true`.
    */
   bare?: ReadonlySet<string>;
+  /** What `--token-file -` read from the CLI's stdin, before the command ran (`takeStdinToken`). */
+  stdinToken?: string;
 }
 
 export class UsageError extends Error {

@@ -11,7 +11,7 @@ import { LineageServiceDefinition, type ContentCheck } from '../../common/gen/re
 import { RetraceError } from '../../common/errors.js';
 import { flag, hasFlag, UsageError, type CliCommand } from './command.js';
 import { openClient, readNamedFile } from './client.js';
-import { COORDINATOR_FEATURE_USAGE, coordinatorExtensions, coordinatorFlags, dataDirFlags } from './coordinator-extensions.js';
+import { COORDINATOR_FEATURE_USAGE, coordinatorExtensions, coordinatorFlags, coordinatorOptionFlags, PUBLISH_RECEIVE_TIMEOUT_USAGE } from './coordinator-extensions.js';
 import { progressBar, toJson } from './format.js';
 
 /**
@@ -42,6 +42,7 @@ const coordinator: CliCommand = {
   summary: 'start the coordinator (LevelDB store, gRPC and OpenLineage HTTP)',
   usage: `retrace coordinator [--data DIR] [--grpc HOST:PORT] [--http HOST:PORT] [--allow-remote] [--tls-cert FILE --tls-key FILE]
                     [--payload-retention DURATION] [--watch-root DIR ...] [--accept-ledger-loss] [--db-write-buffer-mib N]
+                    [--publish-receive-timeout DURATION]
   defaults: --data ./.retrace --grpc 127.0.0.1:7700 --http 127.0.0.1:7780; port 0 picks a free port.
   --tls-cert/--tls-key: PEM certificate (chain) and private key; gRPC and the HTTP API then serve TLS
   (clients pass --tls-ca). --allow-remote without them sends tokens in cleartext (warned on stderr).
@@ -49,6 +50,7 @@ const coordinator: CliCommand = {
   the last signed checkpoint kept outside the database (acknowledged entries were lost); without it
   the coordinator refuses to start on such a data dir.
   --db-write-buffer-mib: LevelDB's memtable, 1 to 1024 MiB (default 64); it may hold twice this in memory.
+${PUBLISH_RECEIVE_TIMEOUT_USAGE}
 ${COORDINATOR_FEATURE_USAGE}
   Prints {"grpc":"HOST:PORT","http":"HOST:PORT"} on stdout once listening; stops on SIGINT/SIGTERM.`,
   booleans: ['allow-remote', 'accept-ledger-loss'],
@@ -65,7 +67,7 @@ ${COORDINATOR_FEATURE_USAGE}
         grpc: listen.grpc,
         http: listen.http,
         allowRemote: hasFlag(args, 'allow-remote'),
-        ...dataDirFlags(args),
+        ...coordinatorOptionFlags(args),
         ...(certFile !== undefined && keyFile !== undefined ? { tls: { cert: readNamedFile('--tls-cert', certFile), key: readNamedFile('--tls-key', keyFile) } } : {}),
       },
       coordinatorExtensions({}, features),

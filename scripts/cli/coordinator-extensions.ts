@@ -43,12 +43,25 @@ export function coordinatorFlags(args: ParsedArgs): CoordinatorFeatureOptions {
   };
 }
 
-/** The data dir's settings, which `retrace coordinator` and `retrace start` both take. */
-export function dataDirFlags(args: ParsedArgs): Pick<CoordinatorOptions, 'acceptLedgerLoss' | 'dbWriteBufferMiB'> {
+/** Usage line of `--publish-receive-timeout`, which `retrace coordinator` and `retrace start` both take. */
+export const PUBLISH_RECEIVE_TIMEOUT_USAGE = `  --publish-receive-timeout DURATION: how long a PublishCode call let into the publish budget may take
+  to deliver its bundle (default 5m, at least 1s); a slower one ends DEADLINE_EXCEEDED.`;
+
+/**
+ * The coordinator's own settings (data dir, publish deadline) that `retrace coordinator` and
+ * `retrace start` both take; usage errors name the flag.
+ */
+export function coordinatorOptionFlags(args: ParsedArgs): Pick<CoordinatorOptions, 'acceptLedgerLoss' | 'dbWriteBufferMiB' | 'publishReceiveTimeoutMs'> {
   const bufferMiB = flag(args, 'db-write-buffer-mib') === undefined ? undefined : intFlag(args, 'db-write-buffer-mib', 0);
   // The coordinator's own check names its option (dbWriteBufferMiB); on the command line the flag is what was wrong.
   if (bufferMiB !== undefined && (bufferMiB < 1 || bufferMiB > 1024)) throw new UsageError(`--db-write-buffer-mib: expected a whole number of MiB from 1 to 1024, got ${bufferMiB}`);
-  return { acceptLedgerLoss: hasFlag(args, 'accept-ledger-loss'), dbWriteBufferMiB: bufferMiB };
+  // Less than a second would cut off every publish but the smallest; the coordinator takes whole ms.
+  const publishMs = durationFlagMs(args, 'publish-receive-timeout', { minMs: 1000 });
+  return {
+    acceptLedgerLoss: hasFlag(args, 'accept-ledger-loss'),
+    dbWriteBufferMiB: bufferMiB,
+    ...(publishMs === undefined ? {} : { publishReceiveTimeoutMs: Math.round(publishMs) }),
+  };
 }
 
 /** What the coordinator's extensions publish for the ones after them (pipelines, replay). */

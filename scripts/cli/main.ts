@@ -1,6 +1,7 @@
 import { isRetraceError } from '../../common/errors.js';
 import { checkIntegerFlag, COMMON_BOOLEAN_FLAGS, parseArgs, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
 import { loadCommands } from './command-list.js';
+import { takeStdinToken } from './client.js';
 
 let servicing = false;
 
@@ -61,6 +62,7 @@ export async function main(argv: readonly string[], io?: Partial<CliIo>): Promis
     }
     try {
       checkFlags(command, args);
+      await takeStdinToken(args, cli.stdin);
       const code = await command.run(args, cli);
       return interrupted() ? reportInterrupted() : code;
     } catch (err) {

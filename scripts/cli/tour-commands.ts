@@ -8,7 +8,7 @@ import { LineageStore, seqKey } from '../../coordinator/store/lineage-store.js';
 import { LineageServiceDefinition } from '../../common/gen/retrace/v1/lineage.js';
 import { flag, type CliCommand, type CliIo } from './command.js';
 import { openClient } from './client.js';
-import { COORDINATOR_FEATURE_USAGE, coordinatorExtensions, coordinatorFlags, dataDirFlags } from './coordinator-extensions.js';
+import { COORDINATOR_FEATURE_USAGE, coordinatorExtensions, coordinatorFlags, coordinatorOptionFlags } from './coordinator-extensions.js';
 import { startCoordinator } from './coordinator-commands.js';
 import { buildExampleLineage } from './example-lineage.js';
 import { changeExampleRecords, runExamplePipeline } from './example-pipeline.js';
@@ -37,14 +37,14 @@ const start: CliCommand = {
   path: ['start'],
   stopsOnSignal: true,
   summary: 'quick start: coordinator on ./.retrace with an example pipeline, until Ctrl-C',
-  usage: `retrace start [--data DIR] [--grpc HOST:PORT] [--http HOST:PORT] [--payload-retention DURATION] [--watch-root DIR ...] [--accept-ledger-loss] [--db-write-buffer-mib N]\n${COORDINATOR_FEATURE_USAGE}\n  --accept-ledger-loss, --db-write-buffer-mib: as for retrace coordinator.`,
+  usage: `retrace start [--data DIR] [--grpc HOST:PORT] [--http HOST:PORT] [--payload-retention DURATION] [--watch-root DIR ...] [--accept-ledger-loss] [--db-write-buffer-mib N] [--publish-receive-timeout DURATION]\n${COORDINATOR_FEATURE_USAGE}\n  --accept-ledger-loss, --db-write-buffer-mib, --publish-receive-timeout: as for retrace coordinator.`,
   booleans: ['accept-ledger-loss'],
   integers: { 'db-write-buffer-mib': 'uint32' },
   async run(args, io) {
     const dataDir = flag(args, 'data', './.retrace') as string;
     const features = coordinatorFlags(args);
     const listen = { grpc: flag(args, 'grpc', '127.0.0.1:7700') as string, http: flag(args, 'http', '127.0.0.1:7780') as string };
-    const c = new Coordinator({ dataDir, ...listen, ...dataDirFlags(args), log: () => {} }, coordinatorExtensions({}, features));
+    const c = new Coordinator({ dataDir, ...listen, ...coordinatorOptionFlags(args), log: () => {} }, coordinatorExtensions({}, features));
     const addresses = await startCoordinator(c, listen);
     let agents: LocalAgent[] = [];
     try {
