@@ -46,8 +46,8 @@ export interface TokenRegistry {
 
 /**
  * Reads `<dataDir>/tokens.json` (none: only the owner token is taken) and watches it: a change
- * (an add, a revoke, the file replaced by rename or removed) takes effect within `intervalMs`,
- * without a restart. A malformed file throws here, naming the file and the entry; once running,
+ * (an add, a revoke, the file replaced by rename or removed) takes effect for every call
+ * made after it, and for the streams open before within `intervalMs`, without a restart. A malformed file throws here, naming the file and the entry; once running,
  * one is logged and the previous table kept, so a bad hand edit does not lock every caller out.
  * A token revoked (or whose role changes) has its identity's `revoked` signal aborted, so that
  * the calls it opened before (an agent's Connect, a TraceSession, a watch) end too.
@@ -112,9 +112,10 @@ export function createTokenRegistry(options: { ownerToken: string; dataDir: stri
     if (sent === undefined) return undefined;
     if (sent.matches) return OWNER;
     const digest = sent.sha256.toString('hex');
-    // A token made a moment ago (`retrace token add`, then a call at once) is not refused while
-    // the poll below has yet to see it: an unknown token first checks the file's stat.
-    if (!table.has(digest) && file !== null && fileVersion() !== loadedFrom) reload();
+    // Every named token's call checks the file's stat first (a few µs), not only the poll below:
+    // a token revoked a moment ago was let in until the next poll (up to `intervalMs`), and one
+    // made a moment ago (`retrace token add`, then a call at once) was refused.
+    if (file !== null && fileVersion() !== loadedFrom) reload();
     return table.get(digest);
   };
   const hasName = (name: string): boolean => {

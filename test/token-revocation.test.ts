@@ -122,6 +122,19 @@ describe('token revocation', () => {
     }
   }, 15_000);
 
+  it('refuses a revoked token from its very next call, and takes a new one at once, without waiting for the poll', async () => {
+    const { token } = addToken(tc.dataDir, 'auditor', 'client');
+    const lineage = as(token, LineageServiceDefinition);
+    const traceOf = () => lineage.trace(traceRequest(0).trace as never);
+    // A known token reaches the handler: an unknown start node is NOT_FOUND, not UNAUTHENTICATED.
+    await expect(traceOf()).rejects.toMatchObject({ code: Status.NOT_FOUND });
+    // The registry polls the file every 500 ms: these calls come well before its next look.
+    revokeToken(tc.dataDir, 'auditor');
+    await expect(traceOf()).rejects.toMatchObject({ code: Status.UNAUTHENTICATED });
+    const again = addToken(tc.dataDir, 'auditor', 'client');
+    await expect(as(again.token, LineageServiceDefinition).trace(traceRequest(0).trace as never)).rejects.toMatchObject({ code: Status.NOT_FOUND });
+  }, 15_000);
+
   it("ends an agent's Connect session when its agent token is revoked", async () => {
     const { token } = addToken(tc.dataDir, 'host-9', 'agent');
     const requests = new AsyncQueue<ConnectRequest>(16);

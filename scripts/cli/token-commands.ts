@@ -40,7 +40,7 @@ export const commands: CliCommand[] = [
     usage: `retrace token add NAME --role ${ROLES.join('|')} [--data DIR]
 
 Makes a token for NAME (1-64 of A-Z a-z 0-9 . _ -) and prints it once on stdout; only its SHA-256
-is kept, in <data>/tokens.json. A running coordinator takes it within a second.
+is kept, in <data>/tokens.json. A running coordinator takes it from its first call.
   --role agent   only what \`retrace agent\` needs (${[...AGENT_METHODS].map((m) => m.replace(/^\/retrace\.v1\./, '')).join(', ')})
   --role client  everything but ${methodList(ADMIN_ONLY_METHODS)}
   --role admin   everything, as the auth-token
@@ -76,10 +76,10 @@ Lists the named tokens of <data>/tokens.json; the auth-token (the owner, role ad
   },
   {
     path: ['token', 'revoke'],
-    summary: 'revoke a named token (a running coordinator refuses it within a second)',
+    summary: 'revoke a named token (a running coordinator refuses it from its next call, and ends its open calls within a second)',
     usage: `retrace token revoke NAME [--data DIR]
 
-Removes NAME from <data>/tokens.json; a running coordinator refuses the token within a second.
+Removes NAME from <data>/tokens.json; a running coordinator refuses the token from its next call and ends the calls it has open within a second.
   ${DATA_FLAG}`,
     async run(args, io) {
       const name = nameOf(args);

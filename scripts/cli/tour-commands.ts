@@ -241,7 +241,7 @@ const demo: CliCommand = {
         await step('The client token reads lineage', ['lineage', 'runs', '--limit', '3', ...analyst]);
         await step('Draining a node is an operator\'s action: refused to a client token (exit 1 expected)', ['nodes', 'drain', agents[1]?.nodeId ?? '', ...analyst], 1);
         await step('A client token cancels only what it started: the owner\'s replay is refused (exit 1 expected)', ['replay', 'cancel', pacedId, ...analyst], 1);
-        await step('Named tokens (only their SHA-256 is stored; `retrace token revoke NAME` takes effect within a second)', ['token', 'list', '--data', dataDir]);
+        await step('Named tokens (only their SHA-256 is stored; `retrace token revoke NAME` takes effect from the next call)', ['token', 'list', '--data', dataDir]);
         await step('Drain a node (the owner token)', ['nodes', 'drain', agents[1]?.nodeId ?? '', ...conn]);
       } finally {
         await stopLocalAgents(agents);
