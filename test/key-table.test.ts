@@ -26,6 +26,17 @@ describe('KeyTable', () => {
     expect(t.get(longWide)).toBe(4);
   });
 
+  it('tests a prefix of a key from any char, narrow or wide, as startsWith on the key', () => {
+    const t = new KeyTable();
+    const keys = ['object:record:orders:1', 'object:naïve ☃', 'object:', '', 'object:\ud800x', 'object:ÿ'];
+    keys.forEach((k) => t.add(k));
+    const prefixes = ['', 'o', 'object:', 'object:record:', 'object:naïve', 'naïve ☃', 'naïve ☃!', '☃', 'ÿ', '\ud800', 'record:orders:1', 'record:orders:12'];
+    keys.forEach((k, id) => {
+      for (const from of [0, 'object:'.length]) for (const p of prefixes) expect(t.startsWith(id, p, from), `${k} ${from} ${p}`).toBe(k.startsWith(p, from) && k.length >= from);
+    });
+    expect(() => t.startsWith(keys.length, '')).toThrow(RangeError);
+  });
+
   it('keeps keys apart that one byte encoding would merge: lone surrogates, Latin-1 and ASCII', () => {
     const t = new KeyTable();
     // UTF-8 writes every lone surrogate as U+FFFD; each is its own key here.

@@ -4,7 +4,7 @@ import { contentHashOf } from '../common/hash.js';
 import { createMarquezRoutes } from '../coordinator/http/marquez-routes.js';
 import { createOpenLineageRoutes, MAX_JOB_RECORDS } from '../coordinator/http/openlineage-routes.js';
 import type { HttpRequest, Route } from '../coordinator/http/router.js';
-import type { LineageApi } from '../coordinator/lineage/lineage-api.js';
+import type { LineageApi, ObjectList } from '../coordinator/lineage/lineage-api.js';
 import { buildExampleLineage } from '../scripts/cli/example-lineage.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 
@@ -45,6 +45,11 @@ beforeAll(async () => {
     trace: (request) => lineage.trace(request),
     listNodes: (kind, prefix) => lineage.listNodes(kind, prefix),
     transformObjects: (transformId, pageSize) => lineage.transformObjects(transformId, pageSize),
+    readRun: (runId) => {
+      reads.set(NodeKind.NODE_KIND_RUN, (reads.get(NodeKind.NODE_KIND_RUN) ?? 0) + 1);
+      return lineage.readRun(runId);
+    },
+    runStepOf: (runId, transformId) => lineage.runStepOf(runId, transformId),
   };
   routes = [...createMarquezRoutes(counting), ...createOpenLineageRoutes(counting)];
 }, 30_000);
@@ -60,6 +65,11 @@ async function get(pattern: string, params: Record<string, string> = {}, query =
   const res = await route.handler(req);
   expect(res.status).toBe(200);
   return res.body;
+}
+
+/** The ids of a list, sorted. */
+function objectIds(list: ObjectList | undefined): string[] {
+  return Array.from({ length: list?.length ?? 0 }, (_, i) => list?.objectId(i) ?? '').sort();
 }
 
 describe('Marquez native jobs over many records', () => {
@@ -102,8 +112,9 @@ describe('Marquez native jobs over many records', () => {
     expect(job.inputs[0]).toEqual({ namespace: 'reference', name: 'currency' });
   });
 
-  it("a job's objects and latest step are those of its trace, a page cut short included", async () => {
+  it("a job's objects and latest step are those of its trace, a page cut short included; ids tested without strings", async () => {
     const lineage = tc.coordinator.lineage;
+    const firstSeen = new Map(lineage.listNodes(NodeKind.NODE_KIND_OBJECT, '').map((n) => [n.id, n.firstSeenMs]));
     for (const { id } of lineage.listNodes(NodeKind.NODE_KIND_TRANSFORM, '')) {
       for (const pageSize of [100_000, 200, 3]) {
         const trace = await lineage.trace({ start: { kind: NodeKind.NODE_KIND_TRANSFORM, id, contentHash: '' }, direction: Direction.DIRECTION_ANY, depth: 1, pageSize, includeEdges: true, objectLevel: true });
@@ -112,10 +123,47 @@ describe('Marquez native jobs over many records', () => {
         const ends = (kind: EdgeKind, end: 'from' | 'to'): string[] => [...new Set(trace.edges.filter((e) => e.kind === kind).map((e) => e[end].slice('object:'.length)))].sort();
         const found = lineage.transformObjects(id, pageSize);
         expect(found?.latestStepId, `${id} ${pageSize}`).toBe(latest?.node?.id);
-        expect(found?.used.map((o) => o.objectId).sort(), `${id} ${pageSize}`).toEqual(ends(EdgeKind.EDGE_KIND_USED, 'to'));
-        expect(found?.generated.map((o) => o.objectId).sort(), `${id} ${pageSize}`).toEqual(ends(EdgeKind.EDGE_KIND_GENERATED_BY, 'from'));
+        expect(objectIds(found?.used), `${id} ${pageSize}`).toEqual(ends(EdgeKind.EDGE_KIND_USED, 'to'));
+        expect(objectIds(found?.generated), `${id} ${pageSize}`).toEqual(ends(EdgeKind.EDGE_KIND_GENERATED_BY, 'from'));
+        for (const list of [found?.used, found?.generated]) {
+          for (let i = 0; i < (list?.length ?? 0); i++) {
+            const objectId = list?.objectId(i) ?? '';
+            for (const prefix of ['', 'record:', 'record:enriched:', objectId, `${objectId}x`, 'dataset:retrace:']) expect(list?.idStartsWith(i, prefix), `${objectId} ${prefix}`).toBe(objectId.startsWith(prefix));
+            expect(list?.firstSeenMs(i)).toBe(firstSeen.get(objectId));
+          }
+        }
       }
     }
     expect(lineage.transformObjects('no-such-transform', 100)).toBeUndefined();
+  });
+
+  it('a run read without its steps is the run getNode gives', async () => {
+    const lineage = tc.coordinator.lineage;
+    const runs = lineage.listNodes(NodeKind.NODE_KIND_RUN, '');
+    expect(runs.length).toBeGreaterThan(1);
+    for (const { id } of runs) {
+      const node = await lineage.getNode({ node: { kind: NodeKind.NODE_KIND_RUN, id, contentHash: '' } });
+      expect(node.body?.$case).toBe('run');
+      expect(await lineage.readRun(id), id).toEqual(node.body?.value);
+    }
+    expect(await lineage.readRun('no-such-run')).toBeUndefined();
+  });
+
+  it("a run's step of a transform is the first of the run's related steps that is the transform's", async () => {
+    const lineage = tc.coordinator.lineage;
+    const transforms = lineage.listNodes(NodeKind.NODE_KIND_TRANSFORM, '');
+    let found = 0;
+    for (const { id: runId } of lineage.listNodes(NodeKind.NODE_KIND_RUN, '')) {
+      const members = (await lineage.getNode({ node: { kind: NodeKind.NODE_KIND_RUN, id: runId, contentHash: '' } })).relatedSteps;
+      for (const { id: transformId } of transforms) {
+        const steps = new Set((await lineage.getNode({ node: { kind: NodeKind.NODE_KIND_TRANSFORM, id: transformId, contentHash: '' } })).relatedSteps);
+        const expected = members.find((k) => steps.has(k))?.slice('step:'.length);
+        if (expected !== undefined) found++;
+        expect(lineage.runStepOf(runId, transformId), `${runId} ${transformId}`).toBe(expected);
+      }
+      expect(lineage.runStepOf(runId, 'no-such-transform')).toBeUndefined();
+    }
+    expect(found).toBeGreaterThan(transforms.length);
+    expect(lineage.runStepOf('no-such-run', transforms[0]?.id ?? '')).toBeUndefined();
   });
 });

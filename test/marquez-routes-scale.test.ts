@@ -24,6 +24,8 @@ function lineageWith(objects: number): LineageApi {
     trace: unused,
     listNodes: (kind: NodeKind) => (kind === NodeKind.NODE_KIND_OBJECT ? nodes : []),
     transformObjects: unused,
+    readRun: unused,
+    runStepOf: unused,
   };
 }
 

@@ -167,7 +167,7 @@ async function getLineage(lineage: LineageApi, req: HttpRequest): Promise<HttpRe
 
 /** A run and its OpenLineage step (whose code version and resources are the run's), each undefined when not stored. */
 export async function runAndStep(lineage: LineageApi, runId: string): Promise<{ run: Run | undefined; step: Step | undefined }> {
-  const run = await getOptional(lineage, NodeKind.NODE_KIND_RUN, runId, 'run');
+  const run = await lineage.readRun(runId);
   const step = run === undefined ? undefined : await getOptional(lineage, NodeKind.NODE_KIND_STEP, openLineageStepId(runId), 'step');
   return { run, step };
 }
@@ -355,7 +355,7 @@ async function jobDataOf(
   let run: Run | undefined;
   if (latestStep !== undefined) {
     step = await getOptional(lineage, NodeKind.NODE_KIND_STEP, latestStep.stepId, 'step');
-    if (step?.runId) run = await getOptional(lineage, NodeKind.NODE_KIND_RUN, step.runId, 'run');
+    if (step?.runId) run = await lineage.readRun(step.runId);
   }
   return jobDataFrom(id, run, step, inEdges, outEdges, timeOf);
 }

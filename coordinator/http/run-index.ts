@@ -1,4 +1,3 @@
-import { NotFoundError } from '../../common/errors.js';
 import { NodeKind } from '../../common/gen/retrace/v1/lineage.js';
 import type { LineageApi } from '../lineage/lineage-api.js';
 
@@ -53,13 +52,7 @@ export class RunIndex {
   }
 
   private async nameOf(runId: string): Promise<string | undefined> {
-    try {
-      const res = await this.lineage.getNode({ node: { kind: NodeKind.NODE_KIND_RUN, id: runId, contentHash: '' } });
-      return res.body?.$case === 'run' ? res.body.value.name : undefined;
-    } catch (err) {
-      if (err instanceof NotFoundError) return undefined;
-      throw err;
-    }
+    return (await this.lineage.readRun(runId))?.name;
   }
 
   /** The runs of each OpenLineage job (`job:` names), newest first (first seen; later in the store first on a tie). */

@@ -131,6 +131,11 @@ export class GraphIndex {
     return this.keys.keyOf(id);
   }
 
+  /** Whether node `id`'s key has `prefix` at char `from` (no string made). */
+  keyStartsWith(id: number, prefix: string, from = 0): boolean {
+    return this.keys.startsWith(id, prefix, from);
+  }
+
   kindOf(id: number): NodeKind {
     return this.kinds.data[id] as NodeKind;
   }
@@ -167,6 +172,20 @@ export class GraphIndex {
     if (id === undefined) return out;
     for (const n of this.members.targets(id, Number.POSITIVE_INFINITY, [])) out.push(this.keys.keyOf(n));
     return out.reverse();
+  }
+
+  /** The first of membersOf(runKey) whose transform is `transformKey`'s node; undefined when none or either key is unknown. */
+  runStepOf(runKey: string, transformKey: string): number | undefined {
+    const run = this.keys.get(runKey);
+    const transform = this.keys.get(transformKey);
+    if (run === undefined || transform === undefined) return undefined;
+    const steps = this.members.targets(run, Number.POSITIVE_INFINITY, []);
+    // membersOf lists the targets reversed.
+    for (let i = steps.length - 1; i >= 0; i--) {
+      const step = steps[i] as number;
+      if (this.transformOf.data[step] === transform) return step;
+    }
+    return undefined;
   }
 
   /**

@@ -170,6 +170,22 @@ export class KeyTable {
     return this.bytes.toString(this.wide[id] === 0 ? 'latin1' : 'utf16le', start, end);
   }
 
+  /** Whether key `id` has `prefix` at char `from`, read from the arena without making the key a string. */
+  startsWith(id: number, prefix: string, from = 0): boolean {
+    if (id < 0 || id >= this.count) throw new RangeError(`no key ${id}`);
+    const bytes = this.bytes;
+    const start = this.starts[id] as number;
+    const length = (this.starts[id + 1] as number) - start;
+    if (this.wide[id] === 1) {
+      if (length < 2 * (from + prefix.length)) return false;
+      for (let i = 0, at = start + 2 * from; i < prefix.length; i++, at += 2) if (((bytes[at] as number) | ((bytes[at + 1] as number) << 8)) !== prefix.charCodeAt(i)) return false;
+      return true;
+    }
+    if (length < from + prefix.length) return false;
+    for (let i = 0, at = start + from; i < prefix.length; i++, at++) if (bytes[at] !== prefix.charCodeAt(i)) return false;
+    return true;
+  }
+
   /** Removes the keys with ids ≥ `size` (the last ones added). */
   truncate(size: number): void {
     this.stagedKey = undefined;

@@ -5,7 +5,7 @@ import type {
   TraceRequest,
   TraceResponse,
 } from '../../common/gen/retrace/v1/lineage.js';
-import type { LineageEvent } from '../../common/gen/retrace/v1/provenance.js';
+import type { LineageEvent, Run } from '../../common/gen/retrace/v1/provenance.js';
 
 /** Outcome of one atomic submission. */
 export interface SubmitResult {
@@ -43,14 +43,41 @@ export interface LineageApi {
    * unknown transform. Reads nothing from the store.
    */
   transformObjects(transformId: string, pageSize: number): TransformObjects | undefined;
+  /**
+   * The run getNode gives for `runId` (folded from its events), or undefined for a run no event
+   * names; without the run's steps (getNode's relatedSteps), which for a run of 60,000 steps
+   * were most of a read's cost.
+   */
+  readRun(runId: string): Promise<Run | undefined>;
+  /**
+   * The step of transform `transformId` in run `runId` that getNode's relatedSteps of the run
+   * list first (the one recorded last), by id; undefined when the run has none or either is
+   * unknown. Reads nothing from the store and makes no key of the run's other steps.
+   */
+  runStepOf(runId: string, transformId: string): string | undefined;
 }
 
 /** A transform's latest step and the objects its steps read and wrote (see LineageApi.transformObjects). */
 export interface TransformObjects {
   /** The step first seen last (to the microsecond, as trace gives times); the first in the transform's member order on a tie. */
   latestStepId: string | undefined;
-  /** The objects its steps read, each once, with when each was first seen (ms since the epoch). */
-  used: { objectId: string; firstSeenMs: number }[];
+  /** The objects its steps read, each once. */
+  used: ObjectList;
   /** The objects its steps wrote, each once. */
-  generated: { objectId: string; firstSeenMs: number }[];
+  generated: ObjectList;
+}
+
+/**
+ * Objects of the graph as they are now, each id made a string only when asked for: the objects of
+ * a job over 20,000 records are 40,000. Read it before the graph changes (before an await): it
+ * holds the graph's node numbers.
+ */
+export interface ObjectList {
+  readonly length: number;
+  /** The id of object `i` (0 to length - 1). */
+  objectId(i: number): string;
+  /** When object `i` was first seen (ms since the epoch). */
+  firstSeenMs(i: number): number;
+  /** Whether the id of object `i` starts with `prefix`. */
+  idStartsWith(i: number, prefix: string): boolean;
 }

@@ -36,7 +36,7 @@ import type { NanoClock } from '../clock.js';
 import { LedgerRowError, type EntityRef, type LineageBatch, type LineageStore, type PreparedEntry, type StoredEntry } from '../store/lineage-store.js';
 import { GraphIndex, type IndexMark } from './graph-index.js';
 import { KeyTable } from './key-table.js';
-import type { LineageApi, SubmitResult, TransformObjects } from './lineage-api.js';
+import type { LineageApi, ObjectList, SubmitResult, TransformObjects } from './lineage-api.js';
 import { foldObjectVersions, foldRuns, foldSteps } from './step-fold.js';
 
 export interface LineageEngineOptions {
@@ -819,8 +819,26 @@ export class LineageEngine implements LineageApi {
         latestUs = us;
       }
     }
-    const objects = (ids: number[]): { objectId: string; firstSeenMs: number }[] => ids.map((n) => ({ objectId: index.keyOf(n).slice('object:'.length), firstSeenMs: index.timeOf(n) }));
+    const from = 'object:'.length;
+    const objects = (ids: number[]): ObjectList => {
+      const node = (i: number): number => {
+        const n = ids[i];
+        if (n === undefined) throw new RangeError(`no object ${i} of ${ids.length}`);
+        return n;
+      };
+      return {
+        length: ids.length,
+        objectId: (i) => index.keyOf(node(i)).slice(from),
+        firstSeenMs: (i) => index.timeOf(node(i)),
+        idStartsWith: (i, prefix) => index.keyStartsWith(node(i), prefix, from),
+      };
+    };
     return { latestStepId: latest === undefined ? undefined : index.keyOf(latest).slice('step:'.length), used: objects(used), generated: objects(generated) };
+  }
+
+  runStepOf(runId: string, transformId: string): string | undefined {
+    const step = this.index.runStepOf(`run:${runId}`, `transform:${transformId}`);
+    return step === undefined ? undefined : this.index.keyOf(step).slice('step:'.length);
   }
 
   /** Keys of node numbers (from TRACE_VIEW_IDS); empty strings for unknown numbers. */
