@@ -587,8 +587,13 @@ export class ReplayEngine {
     const nowMs = (): number => Date.now();
     job.outagesFromMs = performance.now();
     for (const o of policy.outages) {
+      const cut = (): void => runner.setLinkOutage?.(o.nodeId, nowMs() + o.durationMs);
+      // An outage from the start is cut now, before any shard goes out. A timer, even of 0 ms,
+      // fires only after the I/O below: the first shards were placed on the node by then, and on
+      // a loaded machine their outcomes came back from it before its link was cut.
+      if (o.startAfterMs === 0) cut();
       // start_after_ms is a uint32: up to 49 days, past what one timer takes.
-      timers.push(setLongTimeout(() => runner.setLinkOutage?.(o.nodeId, nowMs() + o.durationMs), o.startAfterMs));
+      else timers.push(setLongTimeout(cut, o.startAfterMs));
     }
     // Shards no node can take now (a target node that died, a cap no node meets any more) leave
     // the progress at the last record's message, a replay that seems stuck: say what they wait for.
