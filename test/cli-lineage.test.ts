@@ -111,21 +111,28 @@ interface CliResult {
   code: number;
   stdout: string;
   stderr: string;
+  /** Bytes of stdin the command left unread. */
+  unread: number;
 }
 
-/** Runs `retrace ...args --coordinator ADDR --token TOKEN` in-process. */
-async function cli(args: string[], options: { token?: string; stdin?: string } = {}): Promise<CliResult> {
+/**
+ * Runs `retrace ...args --coordinator ADDR --token TOKEN` in-process, or with `--token-file -`
+ * (`tokenFromStdin`) for the token to come from `stdin`.
+ */
+async function cli(args: string[], options: { token?: string; stdin?: string; tokenFromStdin?: boolean } = {}): Promise<CliResult> {
+  const stdin = new PassThrough().end(options.stdin ?? '');
   const stdout = new PassThrough();
   const stderr = new PassThrough();
   const out: string[] = [];
   const err: string[] = [];
   stdout.setEncoding('utf8').on('data', (d: string) => out.push(d));
   stderr.setEncoding('utf8').on('data', (d: string) => err.push(d));
-  const code = await main([...args, '--coordinator', tc.grpcAddress, '--token', options.token ?? tc.token], { stdout, stderr, stdin: new PassThrough().end(options.stdin ?? '') });
+  const auth = options.tokenFromStdin ? ['--token-file', '-'] : ['--token', options.token ?? tc.token];
+  const code = await main([...args, '--coordinator', tc.grpcAddress, ...auth], { stdout, stderr, stdin });
   stdout.end();
   stderr.end();
   await Promise.all([once(stdout, 'end'), once(stderr, 'end')]);
-  return { code, stdout: out.join(''), stderr: err.join('') };
+  return { code, stdout: out.join(''), stderr: err.join(''), unread: stdin.readableLength };
 }
 
 beforeAll(async () => {
@@ -500,21 +507,7 @@ describe('retrace lineage errors', () => {
   });
 
   it('--token-file - reads the token from the CLI\'s stdin; with an argument - (stdin too) it is a usage error, before anything is read or sent', async () => {
-    /** `retrace ...args --coordinator ADDR --token-file -`, `stdin` given; also how much of stdin was left unread. */
-    const fromStdin = async (args: string[], text: string): Promise<CliResult & { unread: number }> => {
-      const stdin = new PassThrough().end(text);
-      const stdout = new PassThrough();
-      const stderr = new PassThrough();
-      const out: string[] = [];
-      const err: string[] = [];
-      stdout.setEncoding('utf8').on('data', (d: string) => out.push(d));
-      stderr.setEncoding('utf8').on('data', (d: string) => err.push(d));
-      const code = await main([...args, '--coordinator', tc.grpcAddress, '--token-file', '-'], { stdout, stderr, stdin });
-      stdout.end();
-      stderr.end();
-      await Promise.all([once(stdout, 'end'), once(stderr, 'end')]);
-      return { code, stdout: out.join(''), stderr: err.join(''), unread: stdin.readableLength };
-    };
+    const fromStdin = (args: string[], text: string): Promise<CliResult> => cli(args, { stdin: text, tokenFromStdin: true });
     const runs = await fromStdin(['lineage', 'runs'], `${tc.token}\n`);
     expect(runs.code, runs.stderr).toBe(0);
     expect(runs.stdout).toContain('nightly-1');

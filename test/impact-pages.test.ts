@@ -7,7 +7,7 @@ import { toJson } from '../scripts/cli/format.js';
 import { responseJson } from '../scripts/cli/proto-json.js';
 import { impactJsonPaging } from '../scripts/cli/recompute-commands.js';
 import { runCli } from './helpers/in-process-cli.js';
-import { applyAndIngest, startImpactCoordinator } from './helpers/impact-runner.js';
+import { applyAndIngest, plainPipeline, startImpactCoordinator } from './helpers/impact-runner.js';
 import type { TestCoordinator } from './helpers/test-coordinator.js';
 
 /**
@@ -29,15 +29,7 @@ describe('impact in pages', () => {
   beforeAll(async () => {
     let code: CodeStore;
     ({ tc, shared, code } = await startImpactCoordinator());
-    const plain = await code.publish(new TextEncoder().encode('// plain'), { transform: 'plain', requirements: undefined, sourceFile: 'plain.ts', bundler: 'test' });
-    pipeline = Pipeline.fromJSON({
-      name: 'paged',
-      sources: [{ name: 'raw', mediaType: 'text/plain' }],
-      steps: [
-        { name: 'scale', transform: 'plain', codeVersion: plain.code.codeVersion, inputs: ['raw'] },
-        { name: 'classify', transform: 'plain', codeVersion: plain.code.codeVersion, inputs: ['scale'] },
-      ],
-    });
+    pipeline = await plainPipeline(code, 'paged');
     await applyAndIngest(tc, pipeline, Array.from({ length: RECORDS }, (_, i) => [`k${i}`, `r${i}`] as const));
     const v2 = await code.publish(new TextEncoder().encode('// plain v2'), { transform: 'plain', requirements: undefined, sourceFile: 'plain.ts', bundler: 'test' });
     await tc.client(PipelineServiceDefinition).applyPipeline({ pipeline: { ...pipeline, steps: pipeline.steps.map((s) => (s.name === 'scale' ? { ...s, codeVersion: v2.code.codeVersion } : s)) } });

@@ -6,7 +6,7 @@ import type { CodeStore } from '../coordinator/code/code-store.js';
 import { topoOrder, type AffectedNode } from '../coordinator/recompute/impact-analysis.js';
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
 import { runCli } from './helpers/in-process-cli.js';
-import { applyAndIngest, startImpactCoordinator } from './helpers/impact-runner.js';
+import { applyAndIngest, plainPipeline, startImpactCoordinator } from './helpers/impact-runner.js';
 import type { TestCoordinator } from './helpers/test-coordinator.js';
 
 /**
@@ -28,15 +28,7 @@ describe('impact over many steps', () => {
   beforeAll(async () => {
     let code: CodeStore;
     ({ tc, shared, code } = await startImpactCoordinator());
-    const plain = await code.publish(new TextEncoder().encode('// plain'), { transform: 'plain', requirements: undefined, sourceFile: 'plain.ts', bundler: 'test' });
-    pipeline = Pipeline.fromJSON({
-      name: 'many',
-      sources: [{ name: 'raw', mediaType: 'text/plain' }],
-      steps: [
-        { name: 'scale', transform: 'plain', codeVersion: plain.code.codeVersion, inputs: ['raw'] },
-        { name: 'classify', transform: 'plain', codeVersion: plain.code.codeVersion, inputs: ['scale'] },
-      ],
-    });
+    pipeline = await plainPipeline(code, 'many');
     await applyAndIngest(tc, pipeline, Array.from({ length: RECORDS }, (_, i) => [`k${i}`, `r${i}`] as const));
   }, 30_000);
   afterAll(async () => tc?.stop());

@@ -1,5 +1,5 @@
 import { NodeInfo, NodeState } from '../../common/gen/retrace/v1/node.js';
-import { PipelineServiceDefinition, type IngestRequest, type Pipeline } from '../../common/gen/retrace/v1/pipeline.js';
+import { Pipeline, PipelineServiceDefinition, type IngestRequest } from '../../common/gen/retrace/v1/pipeline.js';
 import { ShardStatus } from '../../common/gen/retrace/v1/shard.js';
 import { codeExtension } from '../../coordinator/code/code-extension.js';
 import type { CodeStore } from '../../coordinator/code/code-store.js';
@@ -43,4 +43,17 @@ export async function applyAndIngest(tc: TestCoordinator, pipeline: Pipeline, re
       yield { pipeline: pipeline.name, source: 'raw', records: records.map(([key, payload]) => ({ key, eventTimeNs: '0', payload: Buffer.from(payload), mediaType: '' })) };
     })(),
   );
+}
+
+/** Publishes transform "plain" and gives pipeline `name`: source raw -> scale -> classify, both steps "plain". */
+export async function plainPipeline(code: CodeStore, name: string): Promise<Pipeline> {
+  const plain = await code.publish(new TextEncoder().encode('// plain'), { transform: 'plain', requirements: undefined, sourceFile: 'plain.ts', bundler: 'test' });
+  return Pipeline.fromJSON({
+    name,
+    sources: [{ name: 'raw', mediaType: 'text/plain' }],
+    steps: [
+      { name: 'scale', transform: 'plain', codeVersion: plain.code.codeVersion, inputs: ['raw'] },
+      { name: 'classify', transform: 'plain', codeVersion: plain.code.codeVersion, inputs: ['scale'] },
+    ],
+  });
 }
