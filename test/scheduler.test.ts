@@ -416,6 +416,59 @@ describe('dispatcher (fake mesh)', () => {
     expect(r3.attempts).toBe(3);
     d.stop();
   });
+  it('a link outage set ahead takes effect at its start and ends at its end, with no timer of the caller', async () => {
+    const f = fakeMesh([info('a'), info('b')]);
+    const clock = manualClock();
+    // A long timeout: the deadline sweep (a real timer) is not what moves the shards here.
+    const d = createDispatcher({ mesh: f.mesh, log: quiet, shardTimeoutMs: 600_000, now: clock.now });
+    const p1 = d.run(shard('x'));
+    await tick();
+    const xNode = f.sent.find((s) => s.msg.body?.$case === 'assign')?.nodeId as string;
+    const other = xNode === 'a' ? 'b' : 'a';
+    const fromMs = clock.t + 1000;
+    const untilMs = fromMs + 1000;
+    d.setLinkOutage(xNode, untilMs, fromMs);
+    // Ahead of its start: nothing moves, and what the node answers would count.
+    await tick();
+    expect(f.assigned()).toEqual(['x']);
+    expect(d.inFlight()).toEqual(new Map([[xNode, 1]]));
+
+    // At its start, however late any timer: the node's outcome is dropped, and the next placement
+    // round takes the shard back and places it and new work elsewhere.
+    clock.t = fromMs;
+    f.reply(xNode, ['x']);
+    await tick();
+    const p2 = d.run(shard('y'));
+    await tick();
+    expect(f.assigned(xNode)).toEqual(['x']);
+    expect(f.assigned(other).sort()).toEqual(['x', 'y']);
+    f.reply(other, ['x', 'y']);
+    expect(await p1).toMatchObject({ nodeId: other, attempts: 2 });
+    expect(await p2).toMatchObject({ nodeId: other, attempts: 1 });
+
+    // Just before its end a shard bound to the node waits; at its end it goes there and counts.
+    clock.t = untilMs - 1;
+    const p3 = d.run(shard('z1'), { placement: { nodeIds: [xNode] } });
+    await tick();
+    expect(f.assigned(xNode)).toEqual(['x']);
+    clock.t = untilMs;
+    const p4 = d.run(shard('z2'), { placement: { nodeIds: [xNode] } });
+    await tick();
+    expect(f.assigned(xNode).sort()).toEqual(['x', 'z1', 'z2']);
+    f.reply(xNode, ['z1', 'z2']);
+    expect(await p3).toMatchObject({ nodeId: xNode, attempts: 1 });
+    expect(await p4).toMatchObject({ nodeId: xNode, attempts: 1 });
+
+    // A window withdrawn before it begins never strikes.
+    const withdraw = d.setLinkOutage(xNode, clock.t + 2000, clock.t + 1000);
+    withdraw();
+    clock.t += 1500;
+    const p5 = d.run(shard('w'), { placement: { nodeIds: [xNode] } });
+    await tick();
+    f.reply(xNode, ['w']);
+    expect(await p5).toMatchObject({ nodeId: xNode, attempts: 1 });
+    d.stop();
+  });
   it('throttles for maxCpuFraction and cancels on abort', async () => {
     const f = fakeMesh([info('a')]);
     const d = createDispatcher({ mesh: f.mesh, log: quiet, shardTimeoutMs: 10_000 });

@@ -14,7 +14,7 @@ import { orderByDependencies, STEP_READ_BATCH, type LineageEngine } from '../lin
 import type { Database } from '../store/database.js';
 import { faultDraw } from './fault-draw.js';
 import { checkSelector, compileReplayPolicy, type CompiledReplayPolicy, type ReplayPlacement } from './replay-policy.js';
-import { setLongTimeout, sleep } from '../../common/abortable-sleep.js';
+import { sleep } from '../../common/abortable-sleep.js';
 import { formatSpanMs, nanosToIso } from '../../common/time.js';
 import type { TransformRequirements } from '../../common/transform.js';
 import { gpuCount, mergeRequirements } from '../../common/requirements.js';
@@ -27,7 +27,12 @@ export interface ReplayShardRunner {
     assignment: ShardAssignment,
     options?: { requirements?: TransformRequirements; placement?: ReplayPlacement; signal?: AbortSignal; inputsAsSent?: boolean },
   ): Promise<{ outcome: ShardOutcome; nodeId: string; attempts: number; queuedMs: number }>;
-  setLinkOutage?(nodeId: string, untilMs: number): void;
+  /**
+   * Cuts the node's link from `fromMs` (default: now) until `untilMs`, both on the runner's
+   * clock (Date.now()); a window set ahead must take effect at `fromMs` on its own. May return
+   * a function that withdraws the window if it has not begun yet.
+   */
+  setLinkOutage?(nodeId: string, untilMs: number, fromMs?: number): (() => void) | void;
   /** Shards no node can take now and why, each with the job (replay id) its assignment names. */
   waiting?(): readonly { jobId?: string; reason: string }[];
 }
@@ -130,7 +135,10 @@ interface ReplayJob {
   flushing: Promise<void>;
   /** The recorded steps' pipeline definitions, by `pipeline@version/step` (see specKey). */
   specs: ReadonlyMap<string, StepSpec>;
-  /** When the scheduled outages' clocks started (performance.now()): their `after` counts from here. */
+  /**
+   * When the scheduled outages' clocks started (Date.now(), the runner's clock): their `after`
+   * counts from here, for the dispatcher's windows and the report's notes alike.
+   */
   outagesFromMs?: number;
   /** When record offsets start counting (performance.now()), once execution has begun. */
   startedMs?: number;
@@ -584,16 +592,18 @@ export class ReplayEngine {
       },
     ]);
     const timers: (() => void)[] = [];
-    const nowMs = (): number => Date.now();
-    job.outagesFromMs = performance.now();
+    // Every outage's whole window is given to the runner now, before any shard goes out: it
+    // drops the node's messages and outcomes from the window's first millisecond to its last on
+    // its own clock. A timer here would fire late on a loaded machine (even a 0 ms one fires only
+    // after the I/O below), and until it did the node was given shards and its outcomes taken,
+    // and the outage ended that much late too, while the report's notes said otherwise.
+    const outagesFromMs = Date.now();
+    job.outagesFromMs = outagesFromMs;
     for (const o of policy.outages) {
-      const cut = (): void => runner.setLinkOutage?.(o.nodeId, nowMs() + o.durationMs);
-      // An outage from the start is cut now, before any shard goes out. A timer, even of 0 ms,
-      // fires only after the I/O below: the first shards were placed on the node by then, and on
-      // a loaded machine their outcomes came back from it before its link was cut.
-      if (o.startAfterMs === 0) cut();
-      // start_after_ms is a uint32: up to 49 days, past what one timer takes.
-      else timers.push(setLongTimeout(cut, o.startAfterMs));
+      const fromMs = outagesFromMs + o.startAfterMs;
+      const withdraw = runner.setLinkOutage?.(o.nodeId, fromMs + o.durationMs, fromMs);
+      // One that has not begun when the replay ends is not left to strike later work.
+      if (typeof withdraw === 'function') timers.push(withdraw);
     }
     // Shards no node can take now (a target node that died, a cap no node meets any more) leave
     // the progress at the last record's message, a replay that seems stuck: say what they wait for.
@@ -887,7 +897,8 @@ export class ReplayEngine {
       // A scheduled outage (--fault outage:NODE:after=..:for=..) said on the steps it met, so the
       // report shows where it struck and where they went instead, not only in the policy.
       if (job.outagesFromMs !== undefined) {
-        const sinceMs = performance.now() - job.outagesFromMs;
+        // The runner's clock and origin, so that the note and the window the runner keeps agree.
+        const sinceMs = Date.now() - job.outagesFromMs;
         for (const o of policy.outages) {
           if (sinceMs >= o.startAfterMs && sinceMs < o.startAfterMs + o.durationMs) result.faults.push(`sent during the outage of ${o.nodeId} (after ${formatSpanMs(o.startAfterMs)} for ${formatSpanMs(o.durationMs)})`);
         }

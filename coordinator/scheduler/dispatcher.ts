@@ -105,14 +105,29 @@ export interface Dispatcher {
    * could. Load and reservations are left out: they pass.
    */
   unmet(requirements: TransformRequirements | undefined): string | undefined;
-  /** Drops every message to and from `nodeId` until `untilMs` (`now()` clock); its shards move elsewhere. */
-  setLinkOutage(nodeId: string, untilMs: number): void;
+  /**
+   * Drops every message to and from `nodeId` from `fromMs` (default: now) until `untilMs`, both
+   * on the `now()` clock; the shards it has at `fromMs` move elsewhere. A window set ahead takes
+   * effect at `fromMs` exactly, needing no timer of the caller: sends and outcomes follow the
+   * clock, and the shards in flight are taken back on the next placement round or sweep. A window
+   * that begins at once and overlaps one in force extends it. Returns a function that withdraws
+   * the window if it has not begun yet (a no-op after).
+   */
+  setLinkOutage(nodeId: string, untilMs: number, fromMs?: number): () => void;
   /** Shards in flight per node. */
   inFlight(): Map<string, number>;
   /** CPU cores and memory reserved on a node by the shards assigned to it now. */
   reservedOn(nodeId: string): { cpuCores: number; memoryMb: number } | undefined;
   /** Resolves every open shard CANCELLED and stops listening. Idempotent. */
   stop(): void;
+}
+
+/** A link outage of one node: [fromMs, untilMs) on the `now()` clock. */
+interface OutageWindow {
+  fromMs: number;
+  untilMs: number;
+  /** Its start was acted on: the node's views marked stale, its shards taken back. */
+  begun: boolean;
 }
 
 interface Entry {
@@ -181,7 +196,10 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
   const onNode = new Map<string, Map<string, Entry>>();
   const load = new Map<string, NodeLoad>();
   const outbox = new Map<string, ShardAssignment[]>();
-  const outages = new Map<string, number>(options.linkFaults ?? []);
+  /** Link outage windows by node, in force or set ahead; ended ones are removed by `turnOutages`. */
+  const outages = new Map<string, OutageWindow[]>([...(options.linkFaults ?? [])].map(([nodeId, untilMs]) => [nodeId, [{ fromMs: Number.NEGATIVE_INFINITY, untilMs, begun: true }]]));
+  /** When `turnOutages` next has a window to begin or end (`now()` clock). */
+  let nextOutageTurnMs = Number.NEGATIVE_INFINITY;
   /** When each node last reported an outcome (`now()` clock): its queue is moving. */
   const progressed = new Map<string, number>();
   /** The CPU fraction last sent to each node (absent or 0: no cap). */
@@ -201,12 +219,54 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
   let scheduled = false;
   let stopped = false;
 
+  /**
+   * Whether the node's link is down now. Read from the clock, not from `turnOutages`' flags, so
+   * sends and outcomes follow each window from its first millisecond to its last however late
+   * the round that begins or ends it runs.
+   */
   function inOutage(nodeId: string): boolean {
-    const until = outages.get(nodeId);
-    if (until === undefined) return false;
-    if (now() < until) return true;
-    outages.delete(nodeId);
-    return false;
+    const windows = outages.get(nodeId);
+    if (windows === undefined) return false;
+    const t = now();
+    return windows.some((w) => t >= w.fromMs && t < w.untilMs);
+  }
+
+  /**
+   * Begins and ends the outage windows whose time has come: a node's views are recomputed at
+   * either edge, and at the start the shards it holds are taken back (their messages and outcomes
+   * are dropped from `fromMs` on). Run before each placement round and on each sweep; cheap when
+   * no edge is due.
+   */
+  function turnOutages(): void {
+    const t = now();
+    if (t < nextOutageTurnMs) return;
+    let next = Number.POSITIVE_INFINITY;
+    for (const [nodeId, windows] of [...outages]) {
+      for (const w of [...windows]) {
+        if (!w.begun) {
+          if (t < w.fromMs) {
+            next = Math.min(next, w.fromMs);
+            continue;
+          }
+          w.begun = true;
+          viewsStale = true;
+          log('warn', 'link:outage', { nodeId, fromMs: w.fromMs, untilMs: w.untilMs });
+          // Shards placed after the window ended (when this round comes that late) did reach the node.
+          evacuate(nodeId, 'link outage', Math.min(t, w.untilMs));
+          schedule();
+        }
+        if (t < w.untilMs) {
+          next = Math.min(next, w.untilMs);
+          continue;
+        }
+        windows.splice(windows.indexOf(w), 1);
+        viewsStale = true;
+        if (!inOutage(nodeId)) log('info', 'link:restored', { nodeId });
+        schedule();
+      }
+      if (windows.length === 0) outages.delete(nodeId);
+    }
+    nextOutageTurnMs = next;
   }
 
   function send(nodeId: string, message: ConnectResponse): boolean {
@@ -430,6 +490,7 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
 
   function pump(): void {
     if (stopped || active.size === 0) return;
+    turnOutages();
     refreshViews();
     for (const [key, c] of classes) {
       for (;;) {
@@ -586,15 +647,8 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
   // One sweep for every deadline instead of a timer per shard.
   const sweepMs = Math.max(10, Math.min(500, Math.floor(shardTimeoutMs / 4)));
   const sweeper = setInterval(() => {
+    turnOutages();
     const t = now();
-    for (const [nodeId, until] of outages) {
-      if (t >= until) {
-        outages.delete(nodeId);
-        viewsStale = true;
-        log('info', 'link:restored', { nodeId });
-        schedule();
-      }
-    }
     for (const [nodeId, m] of onNode) {
       const moved = progressed.get(nodeId) ?? 0;
       for (const e of [...m.values()]) {
@@ -672,16 +726,36 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
       return out;
     },
     unmet(requirements) {
+      turnOutages();
       refreshViews();
       const result = allocate(views, requirements ? { requirements } : {}, new Map(), { maxInFlight: Number.POSITIVE_INFINITY });
       return 'waiting' in result ? result.waiting : undefined;
     },
-    setLinkOutage(nodeId, untilMs) {
-      outages.set(nodeId, untilMs);
-      viewsStale = true;
-      log('warn', 'link:outage', { nodeId, untilMs });
-      evacuate(nodeId, 'link outage');
-      schedule();
+    setLinkOutage(nodeId, untilMs, fromMs = now()) {
+      turnOutages();
+      const windows = outages.get(nodeId) ?? [];
+      if (untilMs <= fromMs) return () => {};
+      // A cut from now while one is in force (a replay's per-step link faults, drawn again and
+      // again) lengthens that one: the list stays one window long however often it is cut.
+      const current = fromMs <= now() ? windows.find((w) => w.begun && fromMs <= w.untilMs) : undefined;
+      if (current) {
+        current.untilMs = Math.max(current.untilMs, untilMs);
+        nextOutageTurnMs = Number.NEGATIVE_INFINITY;
+        return () => {};
+      }
+      const w: OutageWindow = { fromMs, untilMs, begun: false };
+      windows.push(w);
+      outages.set(nodeId, windows);
+      nextOutageTurnMs = Number.NEGATIVE_INFINITY;
+      if (fromMs > now()) log('info', 'link:outage-set', { nodeId, fromMs, untilMs });
+      turnOutages();
+      return () => {
+        const list = outages.get(nodeId);
+        const i = list?.indexOf(w) ?? -1;
+        if (w.begun || !list || i < 0) return;
+        list.splice(i, 1);
+        if (list.length === 0) outages.delete(nodeId);
+      };
     },
     inFlight() {
       const out = new Map<string, number>();
