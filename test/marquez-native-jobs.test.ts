@@ -44,6 +44,7 @@ beforeAll(async () => {
     },
     trace: (request) => lineage.trace(request),
     listNodes: (kind, prefix) => lineage.listNodes(kind, prefix),
+    listObjects: () => lineage.listObjects(),
     transformObjects: (transformId, pageSize) => lineage.transformObjects(transformId, pageSize),
     readRun: (runId) => {
       reads.set(NodeKind.NODE_KIND_RUN, (reads.get(NodeKind.NODE_KIND_RUN) ?? 0) + 1);

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { NodeKind } from '../common/gen/retrace/v1/lineage.js';
-import type { LineageApi } from '../coordinator/lineage/lineage-api.js';
+import type { LineageApi, ObjectTable } from '../coordinator/lineage/lineage-api.js';
 import { createMarquezRoutes } from '../coordinator/http/marquez-routes.js';
 import type { HttpRequest, Route } from '../coordinator/http/router.js';
 
@@ -23,9 +23,30 @@ function lineageWith(objects: number): LineageApi {
     getNode: unused,
     trace: unused,
     listNodes: (kind: NodeKind) => (kind === NodeKind.NODE_KIND_OBJECT ? nodes : []),
+    listObjects: () => objectTableOf(nodes),
     transformObjects: unused,
     readRun: unused,
     runStepOf: unused,
+  };
+}
+
+/** An ObjectTable over listed nodes, by their id strings. */
+function objectTableOf(nodes: readonly { id: string; firstSeenMs: number; lastChangedMs: number }[]): ObjectTable {
+  const at = (i: number): { id: string; firstSeenMs: number; lastChangedMs: number } => {
+    const n = nodes[i];
+    if (n === undefined) throw new RangeError(`no object ${i}`);
+    return n;
+  };
+  const places = new Map(nodes.map((n, i) => [n.id, i]));
+  return {
+    length: nodes.length,
+    objectId: (i) => at(i).id,
+    firstSeenMs: (i) => at(i).firstSeenMs,
+    lastChangedMs: (i) => at(i).lastChangedMs,
+    idStartsWith: (i, prefix) => at(i).id.startsWith(prefix),
+    indexOf: (id) => places.get(id),
+    compareIds: (i, j) => (at(i).id < at(j).id ? -1 : at(i).id > at(j).id ? 1 : 0),
+    idIncludesLowerCase: (i, needle) => at(i).id.toLowerCase().includes(needle),
   };
 }
 

@@ -1,11 +1,12 @@
 import { InvalidArgumentError, NotFoundError } from '../../common/errors.js';
 import { NodeKind } from '../../common/gen/retrace/v1/lineage.js';
 import type { ObjectVersion, Run, Step } from '../../common/gen/retrace/v1/provenance.js';
-import { openLineageStepId, parseDatasetObjectId, parseJobTransformName } from '../../common/openlineage/to-lineage-events.js';
+import { openLineageStepId, parseJobTransformName } from '../../common/openlineage/to-lineage-events.js';
 import { nanosToIso } from '../../common/time.js';
 import type { LineageApi, ObjectList } from '../lineage/lineage-api.js';
 import { datasetNodeId, jobNodeId, NATIVE_NAMESPACE } from './marquez-ids.js';
 import { compare, datasetDataOf, facetMap, getOptional, intParam, jobDataFrom, MAX_JOB_RECORDS, runAndStep, runData, runFacetsOf, type MarquezEdge } from './openlineage-routes.js';
+import { firstInOrder, MarquezDatasets, widen } from './marquez-datasets.js';
 import { runIndexOf, type RunEntry } from './run-index.js';
 import type { HttpRequest, Route } from './router.js';
 
@@ -50,52 +51,69 @@ interface Entry {
  */
 export function createMarquezRoutes(lineage: LineageApi): Route[] {
   const runIndex = runIndexOf(lineage);
-  const entries = async (type?: Entry['type']): Promise<Entry[]> => {
+  /** The datasets served, without an Entry per object (see MarquezDatasets). */
+  const datasets = (): MarquezDatasets => MarquezDatasets.of(lineage.listObjects());
+  const datasetEntry = (d: MarquezDatasets, i: number): Entry => {
+    const storeId = d.objects.objectId(i);
+    return { type: 'DATASET', namespace: d.namespaceOf(i), name: d.nameOf(i), nodeId: datasetNodeId(storeId), storeId, runs: [], firstSeenMs: d.objects.firstSeenMs(i), lastChangedMs: d.objects.lastChangedMs(i) };
+  };
+  const jobs = async (): Promise<Entry[]> => {
     const out: Entry[] = [];
-    if (type !== 'JOB') {
-      const byId = new Map<string, Entry>();
-      for (const n of lineage.listNodes(NodeKind.NODE_KIND_OBJECT, '')) {
-        const nodeId = datasetNodeId(n.id);
-        const p = parseDatasetObjectId(nodeId);
-        // Where a native id and an OpenLineage one share a Marquez id, the OpenLineage one is served.
-        if (p && (!byId.has(nodeId) || n.id.startsWith('dataset:'))) byId.set(nodeId, { type: 'DATASET', ...p, nodeId, storeId: n.id, runs: [], firstSeenMs: n.firstSeenMs, lastChangedMs: n.lastChangedMs });
-      }
-      // A loop, not out.push(...byId.values()): past about 120,000 objects (40,000 records of a
-      // 3-step pipeline) the spread overflowed the call stack and every list route answered 500.
-      for (const e of byId.values()) out.push(e);
+    const runs = await runIndex.byJob();
+    const byId = new Map<string, Entry>();
+    for (const n of lineage.listNodes(NodeKind.NODE_KIND_TRANSFORM, '')) {
+      const nodeId = jobNodeId(n.id);
+      const p = parseJobTransformName(nodeId);
+      if (p && (!byId.has(nodeId) || n.id.startsWith('job:'))) byId.set(nodeId, { type: 'JOB', ...p, nodeId, storeId: n.id, runs: [], firstSeenMs: n.firstSeenMs, lastChangedMs: n.lastChangedMs });
     }
-    if (type !== 'DATASET') {
-      const runs = await runIndex.byJob();
-      const byId = new Map<string, Entry>();
-      for (const n of lineage.listNodes(NodeKind.NODE_KIND_TRANSFORM, '')) {
-        const nodeId = jobNodeId(n.id);
-        const p = parseJobTransformName(nodeId);
-        if (p && (!byId.has(nodeId) || n.id.startsWith('job:'))) byId.set(nodeId, { type: 'JOB', ...p, nodeId, storeId: n.id, runs: [], firstSeenMs: n.firstSeenMs, lastChangedMs: n.lastChangedMs });
+    for (const [job, jobRuns] of runs) {
+      const p = parseJobTransformName(job);
+      if (!p) continue;
+      const e = byId.get(job) ?? { type: 'JOB', ...p, nodeId: job, storeId: undefined, runs: [], firstSeenMs: Number.POSITIVE_INFINITY, lastChangedMs: 0 };
+      e.runs = jobRuns;
+      for (const r of jobRuns) {
+        e.firstSeenMs = Math.min(e.firstSeenMs, r.firstSeenMs);
+        e.lastChangedMs = Math.max(e.lastChangedMs, r.lastChangedMs);
       }
-      for (const [job, jobRuns] of runs) {
-        const p = parseJobTransformName(job);
-        if (!p) continue;
-        const e = byId.get(job) ?? { type: 'JOB', ...p, nodeId: job, storeId: undefined, runs: [], firstSeenMs: Number.POSITIVE_INFINITY, lastChangedMs: 0 };
-        e.runs = jobRuns;
-        for (const r of jobRuns) {
-          e.firstSeenMs = Math.min(e.firstSeenMs, r.firstSeenMs);
-          e.lastChangedMs = Math.max(e.lastChangedMs, r.lastChangedMs);
-        }
-        byId.set(job, e);
-      }
-      for (const e of byId.values()) out.push(e);
+      byId.set(job, e);
     }
+    // A loop, not out.push(...byId.values()): a spread of 120,000 entries overflowed the call stack.
+    for (const e of byId.values()) out.push(e);
     return out;
   };
-  const inNamespace = async (namespace: string, type: Entry['type']): Promise<Entry[]> => {
-    const all = (await entries(type)).filter((e) => e.namespace === namespace);
-    if (all.length === 0 && !(await entries()).some((e) => e.namespace === namespace)) throw new NotFoundError(`namespace ${JSON.stringify(namespace)}`, 'namespace');
+  /** Every namespace a dataset or job is in, with when it was first seen and last changed (see namespaces). */
+  const spans = async (): Promise<Map<string, { first: number; last: number }>> => {
+    const all = datasets().spans();
+    for (const e of await jobs()) {
+      const updated = updatedMs(e);
+      widen(all, e.namespace, e.firstSeenMs, typeof updated === 'number' ? updated : await updated);
+    }
+    return all;
+  };
+  const noNamespace = (namespace: string): NotFoundError => new NotFoundError(`namespace ${JSON.stringify(namespace)}`, 'namespace');
+  /** The datasets of `namespace` by place, in no order; 404 for a namespace with no dataset or job. */
+  const datasetsIn = async (namespace: string): Promise<{ d: MarquezDatasets; places: number[] }> => {
+    const d = datasets();
+    const places = d.inNamespace(namespace);
+    if (places.length === 0 && !(await jobs()).some((e) => e.namespace === namespace)) throw noNamespace(namespace);
+    return { d, places };
+  };
+  const findDataset = async (req: HttpRequest): Promise<Entry> => {
+    const namespace = req.params['namespace'] ?? '';
+    const name = req.params['dataset'];
+    const { d, places } = await datasetsIn(namespace);
+    const i = places.length === 0 || name === undefined ? undefined : d.find(namespace, name);
+    if (i === undefined) throw new NotFoundError(`dataset ${JSON.stringify(name)} in namespace ${JSON.stringify(req.params['namespace'])}`, 'dataset');
+    return datasetEntry(d, i);
+  };
+  const jobsIn = async (namespace: string): Promise<Entry[]> => {
+    const all = (await jobs()).filter((e) => e.namespace === namespace);
+    if (all.length === 0 && datasets().inNamespace(namespace).length === 0) throw noNamespace(namespace);
     return all.sort((a, b) => compare(a.name, b.name));
   };
-  const findEntry = async (req: HttpRequest, type: Entry['type']): Promise<Entry> => {
-    const param = type === 'JOB' ? 'job' : 'dataset';
-    const e = (await inNamespace(req.params['namespace'] ?? '', type)).find((d) => d.name === req.params[param]);
-    if (!e) throw new NotFoundError(`${param} ${JSON.stringify(req.params[param])} in namespace ${JSON.stringify(req.params['namespace'])}`, param);
+  const findJob = async (req: HttpRequest): Promise<Entry> => {
+    const e = (await jobsIn(req.params['namespace'] ?? '')).find((d) => d.name === req.params['job']);
+    if (!e) throw new NotFoundError(`job ${JSON.stringify(req.params['job'])} in namespace ${JSON.stringify(req.params['namespace'])}`, 'job');
     return e;
   };
   const jobData = async (e: Entry): Promise<Record<string, unknown>> => {
@@ -181,7 +199,7 @@ export function createMarquezRoutes(lineage: LineageApi): Route[] {
       path: '/api/v1/namespaces',
       handler: async (req) => {
         // Marquez pages namespaces too (limit, offset); a client paging through them must not get them all each time.
-        const page = paged(await namespaces(await entries(), updatedMs), req);
+        const page = paged(namespaces(await spans()), req);
         return { status: 200, body: { namespaces: page } };
       },
     },
@@ -190,8 +208,9 @@ export function createMarquezRoutes(lineage: LineageApi): Route[] {
       path: '/api/v1/namespaces/{namespace}',
       handler: async (req) => {
         const name = req.params['namespace'];
-        const ns = (await namespaces((await entries()).filter((e) => e.namespace === name), updatedMs))[0];
-        if (!ns) throw new NotFoundError(`namespace ${JSON.stringify(req.params['namespace'])}`, 'namespace');
+        const span = name === undefined ? undefined : (await spans()).get(name);
+        if (!span) throw noNamespace(req.params['namespace'] ?? '');
+        const ns = namespaces(new Map([[name as string, span]]))[0];
         return { status: 200, body: ns };
       },
     },
@@ -199,26 +218,28 @@ export function createMarquezRoutes(lineage: LineageApi): Route[] {
       method: 'GET',
       path: '/api/v1/namespaces/{namespace}/datasets',
       handler: async (req) => {
-        const all = await inNamespace(req.params['namespace'] ?? '', 'DATASET');
-        const page = paged(all, req);
-        return { status: 200, body: { totalCount: all.length, datasets: await inTurn(page, datasetData) } };
+        const { d, places } = await datasetsIn(req.params['namespace'] ?? '');
+        const { offset, limit } = pageOf(req);
+        // Sorted by name as far as the page goes, not the 80,000 datasets of a namespace.
+        const page = firstInOrder(places, Math.min(offset + limit, places.length), (a, b) => d.compareNames(a, b)).slice(offset).map((i) => datasetEntry(d, i));
+        return { status: 200, body: { totalCount: places.length, datasets: await inTurn(page, datasetData) } };
       },
     },
     {
       method: 'GET',
       path: '/api/v1/namespaces/{namespace}/datasets/{dataset}',
-      handler: async (req) => ({ status: 200, body: await datasetData(await findEntry(req, 'DATASET')) }),
+      handler: async (req) => ({ status: 200, body: await datasetData(await findDataset(req)) }),
     },
     {
       method: 'GET',
       path: '/api/v1/namespaces/{namespace}/datasets/{dataset}/versions',
-      handler: async (req) => ({ status: 200, body: await datasetVersions(lineage, await findEntry(req, 'DATASET'), req) }),
+      handler: async (req) => ({ status: 200, body: await datasetVersions(lineage, await findDataset(req), req) }),
     },
     {
       method: 'GET',
       path: '/api/v1/namespaces/{namespace}/jobs',
       handler: async (req) => {
-        const all = await inNamespace(req.params['namespace'] ?? '', 'JOB');
+        const all = await jobsIn(req.params['namespace'] ?? '');
         const page = paged(all, req);
         return { status: 200, body: { totalCount: all.length, jobs: await inTurn(page, jobData) } };
       },
@@ -226,12 +247,12 @@ export function createMarquezRoutes(lineage: LineageApi): Route[] {
     {
       method: 'GET',
       path: '/api/v1/namespaces/{namespace}/jobs/{job}',
-      handler: async (req) => ({ status: 200, body: await jobData(await findEntry(req, 'JOB')) }),
+      handler: async (req) => ({ status: 200, body: await jobData(await findJob(req)) }),
     },
     {
       method: 'GET',
       path: '/api/v1/namespaces/{namespace}/jobs/{job}/runs',
-      handler: async (req) => ({ status: 200, body: await jobRuns(lineage, await findEntry(req, 'JOB'), req) }),
+      handler: async (req) => ({ status: 200, body: await jobRuns(lineage, await findJob(req), req) }),
     },
     {
       method: 'GET',
@@ -258,7 +279,7 @@ export function createMarquezRoutes(lineage: LineageApi): Route[] {
     {
       method: 'GET',
       path: '/api/v1/search',
-      handler: async (req) => ({ status: 200, body: await search(entries, req) }),
+      handler: async (req) => ({ status: 200, body: await search(datasets, jobs, req) }),
     },
   ];
 }
@@ -381,29 +402,24 @@ function parseFilter(req: HttpRequest): Entry['type'] | undefined {
 }
 
 /**
- * Marquez's namespaces: every namespace a dataset or job is in, when first seen and last changed
- * (the latest `updatedAt` of its datasets and jobs, a job's run end included, as Marquez moves a
- * namespace on with every event in it).
+ * Marquez's namespaces from their spans: every namespace a dataset or job is in, when first seen
+ * and last changed (the latest `updatedAt` of its datasets and jobs, a job's run end included, as
+ * Marquez moves a namespace on with every event in it), by name.
  */
-async function namespaces(all: readonly Entry[], updatedMs: (e: Entry) => number | Promise<number>): Promise<{ name: string; createdAt: string; updatedAt: string; ownerName: string; description: null; isHidden: boolean }[]> {
-  const span = new Map<string, { first: number; last: number }>();
-  for (const e of all) {
-    const updated = updatedMs(e);
-    const last = typeof updated === 'number' ? updated : await updated;
-    const s = span.get(e.namespace);
-    if (!s) span.set(e.namespace, { first: e.firstSeenMs, last });
-    else {
-      s.first = Math.min(s.first, e.firstSeenMs);
-      s.last = Math.max(s.last, last);
-    }
-  }
-  return [...span.entries()]
+function namespaces(spans: ReadonlyMap<string, { first: number; last: number }>): { name: string; createdAt: string; updatedAt: string; ownerName: string; description: null; isHidden: boolean }[] {
+  return [...spans.entries()]
     .sort(([a], [b]) => compare(a, b))
     .map(([name, s]) => ({ name, createdAt: new Date(s.first).toISOString(), updatedAt: new Date(s.last).toISOString(), ownerName: 'anonymous', description: null, isHidden: false }));
 }
 
-/** `GET /api/v1/search?q=TEXT[&filter=DATASET|JOB][&sort=NAME|UPDATE_AT][&limit=N][&namespace=NS]`: names or namespaces containing q, case-insensitively. */
-async function search(entries: (type?: Entry['type']) => Promise<Entry[]>, req: HttpRequest): Promise<{ totalCount: number; results: Record<string, unknown>[] }> {
+/**
+ * `GET /api/v1/search?q=TEXT[&filter=DATASET|JOB][&sort=NAME|UPDATE_AT][&limit=N][&namespace=NS]`:
+ * names or namespaces containing q, case-insensitively. A hit is a dataset's place (below
+ * `datasetHits.length`) or a job's after them, the datasets first, each in list order, which
+ * breaks ties as a stable sort of the list did; a plain native dataset's name is matched and
+ * compared with no string made.
+ */
+async function search(datasets: () => MarquezDatasets, jobs: () => Promise<Entry[]>, req: HttpRequest): Promise<{ totalCount: number; results: Record<string, unknown>[] }> {
   const q = req.query.get('q');
   if (q === null || q.trim() === '') throw new InvalidArgumentError('q', 'is required: the text to look for in dataset and job names');
   const filter = parseFilter(req);
@@ -413,12 +429,43 @@ async function search(entries: (type?: Entry['type']) => Promise<Entry[]>, req: 
   const limit = intParam(req, 'limit', DEFAULT_SEARCH_LIMIT, 0, MAX_LIMIT);
   const namespace = req.query.get('namespace');
   const needle = q.toLowerCase();
-  const hits = (await entries(filter))
-    .filter((e) => (namespace === null || e.namespace === namespace) && (e.name.toLowerCase().includes(needle) || e.namespace.toLowerCase().includes(needle)))
-    .sort((a, b) => (sort === 'NAME' ? compare(a.name, b.name) || compare(a.namespace, b.namespace) : b.lastChangedMs - a.lastChangedMs));
+  const matches = (ns: string, name: string): boolean => (namespace === null || ns === namespace) && (name.toLowerCase().includes(needle) || ns.toLowerCase().includes(needle));
+  const d = filter === 'JOB' ? undefined : datasets();
+  const datasetHits: number[] = [];
+  if (d !== undefined) {
+    const nativeHits = (namespace === null || namespace === NATIVE_NAMESPACE) && NATIVE_NAMESPACE.toLowerCase().includes(needle);
+    for (const i of d.places) {
+      if (!d.isPlain(i)) {
+        if (matches(d.namespaceOf(i), d.nameOf(i))) datasetHits.push(i);
+      } else if (namespace === null || namespace === NATIVE_NAMESPACE) {
+        if (nativeHits || d.objects.idIncludesLowerCase(i, needle)) datasetHits.push(i);
+      }
+    }
+  }
+  const jobHits = filter === 'DATASET' ? [] : (await jobs()).filter((e) => matches(e.namespace, e.name));
+  const count = datasetHits.length + jobHits.length;
+  const job = (h: number): Entry => jobHits[h - datasetHits.length] as Entry;
+  const place = (h: number): number => datasetHits[h] as number;
+  const isDataset = (h: number): boolean => h < datasetHits.length;
+  const nameOf = (h: number): string => (isDataset(h) ? (d as MarquezDatasets).nameOf(place(h)) : job(h).name);
+  const namespaceOf = (h: number): string => (isDataset(h) ? (d as MarquezDatasets).namespaceOf(place(h)) : job(h).namespace);
+  const updated = new Float64Array(count);
+  for (let h = 0; h < count; h++) updated[h] = isDataset(h) ? (d as MarquezDatasets).objects.lastChangedMs(place(h)) : job(h).lastChangedMs;
+  const byName = (a: number, b: number): number => {
+    if (isDataset(a) && isDataset(b)) return (d as MarquezDatasets).compareNames(place(a), place(b)) || compare(namespaceOf(a), namespaceOf(b)) || a - b;
+    return compare(nameOf(a), nameOf(b)) || compare(namespaceOf(a), namespaceOf(b)) || a - b;
+  };
+  const byUpdate = (a: number, b: number): number => (updated[b] as number) - (updated[a] as number) || a - b;
+  const hits = firstInOrder(Array.from({ length: count }, (_, h) => h), Math.min(limit, count), sort === 'NAME' ? byName : byUpdate);
   return {
-    totalCount: hits.length,
-    results: hits.slice(0, limit).map((e) => ({ type: e.type, name: e.name, updatedAt: new Date(e.lastChangedMs).toISOString(), namespace: e.namespace, nodeId: e.nodeId })),
+    totalCount: count,
+    results: hits.map((h) => ({
+      type: isDataset(h) ? 'DATASET' : 'JOB',
+      name: nameOf(h),
+      updatedAt: new Date(updated[h] as number).toISOString(),
+      namespace: namespaceOf(h),
+      nodeId: isDataset(h) ? datasetNodeId((d as MarquezDatasets).objects.objectId(place(h))) : job(h).nodeId,
+    })),
   };
 }
 
@@ -475,7 +522,13 @@ async function inTurn<T, R>(items: readonly T[], f: (item: T) => Promise<R>): Pr
 
 /** One page of a list: `limit` (0 to 1000, default 100; 0 gives an empty page, as Marquez's @Min(0) does) from `offset`. */
 function paged<T>(all: readonly T[], req: HttpRequest): T[] {
+  const { offset, limit } = pageOf(req);
+  return all.slice(offset, offset + limit);
+}
+
+/** The page a list request asks for (see paged). */
+function pageOf(req: HttpRequest): { offset: number; limit: number } {
   const limit = intParam(req, 'limit', DEFAULT_LIMIT, 0, MAX_LIMIT);
   const offset = intParam(req, 'offset', 0, 0, Number.MAX_SAFE_INTEGER);
-  return all.slice(offset, offset + limit);
+  return { offset, limit };
 }

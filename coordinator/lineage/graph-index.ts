@@ -93,6 +93,8 @@ export class GraphIndex {
   private queue = new Int32Array(0);
   private queueDistance = new Int32Array(0);
   private stamp = 0;
+  /** lastChangedOf's scratch: empty between calls. */
+  private readonly memberScratch: number[] = [];
 
   constructor(options: GraphIndexOptions = {}) {
     this.minTail = options.minTail ?? DEFAULT_MIN_TAIL;
@@ -131,6 +133,16 @@ export class GraphIndex {
     return this.keys.keyOf(id);
   }
 
+  /** The code-unit order of nodes `a`'s and `b`'s keys from char `from` on (no string made). */
+  compareKeys(a: number, b: number, from = 0): number {
+    return this.keys.compare(a, b, from);
+  }
+
+  /** Whether node `id`'s key from char `from` on, lower-cased, contains `needle` (no string made for a one-byte key and an ASCII needle). */
+  keyIncludesLowerCase(id: number, needle: string, from = 0): boolean {
+    return this.keys.includesLowerCase(id, needle, from);
+  }
+
   /** Whether node `id`'s key has `prefix` at char `from` (no string made). */
   keyStartsWith(id: number, prefix: string, from = 0): boolean {
     return this.keys.startsWith(id, prefix, from);
@@ -147,7 +159,10 @@ export class GraphIndex {
   /** When a node last changed: its latest member's first sighting (an object's versions, a transform's or run's steps), else its own. */
   lastChangedOf(id: number): number {
     let last = this.timeOf(id);
-    for (const m of this.members.targets(id, Number.POSITIVE_INFINITY, [])) last = Math.max(last, this.timeOf(m));
+    // One array for every call: a namespace list asks this of each of 80,000 objects.
+    const members = this.members.targets(id, Number.POSITIVE_INFINITY, this.memberScratch);
+    for (const m of members) last = Math.max(last, this.timeOf(m));
+    members.length = 0;
     return last;
   }
 

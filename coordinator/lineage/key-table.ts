@@ -186,6 +186,67 @@ export class KeyTable {
     return true;
   }
 
+  /** The code-unit order of keys `a` and `b` from char `from` on (as `<` orders their strings), read from the arena. */
+  compare(a: number, b: number, from = 0): number {
+    if (a < 0 || a >= this.count || b < 0 || b >= this.count) throw new RangeError(`no key ${a} or ${b}`);
+    const bytes = this.bytes;
+    if (this.wide[a] === 0 && this.wide[b] === 0) {
+      const startA = (this.starts[a] as number) + from;
+      const startB = (this.starts[b] as number) + from;
+      const lengthA = (this.starts[a + 1] as number) - startA;
+      const lengthB = (this.starts[b + 1] as number) - startB;
+      const common = Math.min(lengthA, lengthB);
+      for (let i = 0; i < common; i++) {
+        const d = (bytes[startA + i] as number) - (bytes[startB + i] as number);
+        if (d !== 0) return d < 0 ? -1 : 1;
+      }
+      return lengthA < lengthB ? -1 : lengthA > lengthB ? 1 : 0;
+    }
+    const lengthA = this.lengthOf(a) - from;
+    const lengthB = this.lengthOf(b) - from;
+    const common = Math.min(lengthA, lengthB);
+    for (let i = 0; i < common; i++) {
+      const d = this.unitAt(a, from + i) - this.unitAt(b, from + i);
+      if (d !== 0) return d < 0 ? -1 : 1;
+    }
+    return lengthA < lengthB ? -1 : lengthA > lengthB ? 1 : 0;
+  }
+
+  /**
+   * Whether key `id` from char `from` on, lower-cased, contains `needle` (`key.slice(from).toLowerCase().includes(needle)`).
+   * A one-byte key and an ASCII needle are matched in the arena: lower-casing maps A-Z alone to
+   * ASCII and every char from U+0080 to U+00FF to one such char, never to an ASCII one.
+   */
+  includesLowerCase(id: number, needle: string, from = 0): boolean {
+    if (id < 0 || id >= this.count) throw new RangeError(`no key ${id}`);
+    if (this.wide[id] === 1 || !isAscii(needle)) return this.keyOf(id).slice(from).toLowerCase().includes(needle);
+    const bytes = this.bytes;
+    const start = (this.starts[id] as number) + from;
+    const last = (this.starts[id + 1] as number) - needle.length;
+    for (let at = start; at <= last; at++) {
+      let i = 0;
+      for (; i < needle.length; i++) {
+        const c = bytes[at + i] as number;
+        if ((c >= 0x41 && c <= 0x5a ? c + 0x20 : c) !== needle.charCodeAt(i)) break;
+      }
+      if (i === needle.length) return true;
+    }
+    return false;
+  }
+
+  /** Key `id`'s length in UTF-16 code units. */
+  private lengthOf(id: number): number {
+    const bytes = (this.starts[id + 1] as number) - (this.starts[id] as number);
+    return this.wide[id] === 1 ? bytes / 2 : bytes;
+  }
+
+  /** Code unit `i` of key `id`. */
+  private unitAt(id: number, i: number): number {
+    const start = this.starts[id] as number;
+    if (this.wide[id] === 0) return this.bytes[start + i] as number;
+    return (this.bytes[start + 2 * i] as number) | ((this.bytes[start + 2 * i + 1] as number) << 8);
+  }
+
   /** Removes the keys with ids ≥ `size` (the last ones added). */
   truncate(size: number): void {
     this.stagedKey = undefined;
@@ -238,6 +299,11 @@ export class KeyTable {
  */
 interface Utf8Writer {
   utf8Write(value: string, offset: number, length: number): number;
+}
+
+function isAscii(text: string): boolean {
+  for (let i = 0; i < text.length; i++) if (text.charCodeAt(i) > 0x7f) return false;
+  return true;
 }
 
 /** A copy of `a` in a new array of `size` elements. */

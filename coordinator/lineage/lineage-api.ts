@@ -37,6 +37,12 @@ export interface LineageApi {
    */
   listNodes(kind: NodeKind, idPrefix: string): { id: string; firstSeenMs: number; lastChangedMs: number }[];
   /**
+   * The graph's objects as listNodes(NODE_KIND_OBJECT, '') lists them (in the order first seen,
+   * with the same times), each id made a string only when asked for: a namespace list over
+   * 20,000 records of a 3-step pipeline made 80,000. Reads nothing from the store.
+   */
+  listObjects(): ObjectTable;
+  /**
    * What a trace from transform `transformId` (depth 1, object level, either direction, as of
    * now, its first `pageSize` nodes with edges) tells of the transform, without a message per
    * node or edge: its latest step and the objects its steps read and wrote. Undefined for an
@@ -80,4 +86,16 @@ export interface ObjectList {
   firstSeenMs(i: number): number;
   /** Whether the id of object `i` starts with `prefix`. */
   idStartsWith(i: number, prefix: string): boolean;
+}
+
+/** Every object of the graph (see LineageApi.listObjects); like an ObjectList, read it before the graph changes. */
+export interface ObjectTable extends ObjectList {
+  /** When object `i` last changed: its latest version's first sighting, else its own (ms since the epoch). */
+  lastChangedMs(i: number): number;
+  /** The place of the object `objectId` in the table; undefined when the graph has no such object. */
+  indexOf(objectId: string): number | undefined;
+  /** The code-unit order of the ids of objects `i` and `j` (as `<` orders the strings): negative, 0 or positive. */
+  compareIds(i: number, j: number): number;
+  /** Whether the id of object `i`, lower-cased, contains `needle` (`objectId(i).toLowerCase().includes(needle)`). */
+  idIncludesLowerCase(i: number, needle: string): boolean;
 }

@@ -36,7 +36,7 @@ import type { NanoClock } from '../clock.js';
 import { LedgerRowError, type EntityRef, type LineageBatch, type LineageStore, type PreparedEntry, type StoredEntry } from '../store/lineage-store.js';
 import { GraphIndex, type IndexMark } from './graph-index.js';
 import { KeyTable } from './key-table.js';
-import type { LineageApi, ObjectList, SubmitResult, TransformObjects } from './lineage-api.js';
+import type { LineageApi, ObjectList, ObjectTable, SubmitResult, TransformObjects } from './lineage-api.js';
 import { foldObjectVersions, foldRuns, foldSteps } from './step-fold.js';
 
 export interface LineageEngineOptions {
@@ -631,6 +631,43 @@ export class LineageEngine implements LineageApi {
       if (key.startsWith(prefix)) out.push({ id: key.slice(prefix.length - idPrefix.length), firstSeenMs: index.timeOf(n), lastChangedMs: index.lastChangedOf(n) });
     }
     return out;
+  }
+
+  listObjects(): ObjectTable {
+    const index = this.index;
+    const nodes: number[] = [];
+    for (let n = 0; n < index.nodeCount; n++) if (index.kindOf(n) === NodeKind.NODE_KIND_OBJECT) nodes.push(n);
+    const ids = Int32Array.from(nodes);
+    const from = 'object:'.length;
+    const node = (i: number): number => {
+      const n = ids[i];
+      if (n === undefined) throw new RangeError(`no object ${i} of ${ids.length}`);
+      return n;
+    };
+    return {
+      length: ids.length,
+      objectId: (i) => index.keyOf(node(i)).slice(from),
+      firstSeenMs: (i) => index.timeOf(node(i)),
+      lastChangedMs: (i) => index.lastChangedOf(node(i)),
+      idStartsWith: (i, prefix) => index.keyStartsWith(node(i), prefix, from),
+      indexOf: (objectId) => {
+        const n = index.idOf(`object:${objectId}`);
+        if (n === undefined) return undefined;
+        // Node numbers grow in the order first seen, and so does the table.
+        let lo = 0;
+        let hi = ids.length - 1;
+        while (lo <= hi) {
+          const mid = (lo + hi) >>> 1;
+          const m = ids[mid] as number;
+          if (m === n) return mid;
+          if (m < n) lo = mid + 1;
+          else hi = mid - 1;
+        }
+        return undefined;
+      },
+      compareIds: (i, j) => index.compareKeys(node(i), node(j), from),
+      idIncludesLowerCase: (i, needle) => index.keyIncludesLowerCase(node(i), needle, from),
+    };
   }
 
   async getNode(request: GetNodeRequest): Promise<GetNodeResponse> {
