@@ -1,5 +1,5 @@
 /**
- * `npm run bench -- capture-overhead [--records N] [--reps R] [--harsh-records M] [--work-ms W] [--breakdown]`
+ * `npm run bench -- capture-overhead [--records N] [--reps R] [--warm W] [--harsh-records M] [--work-ms W] [--breakdown]`
  *
  * Cost of automatic provenance capture: the same 3-step pipeline (parse → enrich → summarise) over
  * the same records, run with capture and without recording, repetitions interleaved (the order
@@ -26,6 +26,14 @@
  *   bound of the ratio. `--breakdown` also runs it with parts of capture's I/O stubbed out (no
  *   I/O; + current-record index; + payloads; everything), so the differences say what each part
  *   costs per record.
+ *
+ * Both sides are measured warm, as a long-running deployment runs: `--warm W` records go through
+ * each side first, untimed (default: as many as a timed run). Each agent runs 6 shard workers
+ * (3 code versions, 2 slots), fresh isolates that V8 goes on compiling for thousands of records:
+ * after the former warm-up of 400 records a side, the agents' helper threads were still
+ * compiling through the 2nd and 3rd timed runs (perf: 361 and 373 of 827 and 867 samples), which
+ * the alternating order gives to the "with capture" side, so its agent CPU per record read
+ * 355–385 µs against 215–220 without; from the 5th run on the two sides matched.
  *
  * Records carry fresh keys in every run (a key already ingested with the same content would be a
  * duplicate and run no steps); their contents are the same on both sides.
@@ -190,7 +198,7 @@ function report(label: string, records: number, reps: number, c: Comparison, age
 }
 
 /** Publishes the transforms, applies the pipeline and ingests through the gRPC API, on two local agents. */
-async function realAgents(records: number, reps: number): Promise<Comparison> {
+async function realAgents(records: number, reps: number, warm: number): Promise<Comparison> {
   const dir = mkdtempSync(join(tmpdir(), 'retrace-bench-capture-agents-'));
   const shared: CoordinatorServices = {};
   const coordinator = new Coordinator({ dataDir: dir, grpc: '127.0.0.1:0', http: '127.0.0.1:0', log: () => {} }, coordinatorExtensions(shared));
@@ -233,7 +241,6 @@ async function realAgents(records: number, reps: number): Promise<Comparison> {
       }
     };
     // Warm-up: agents' workers started, bundles cached, JIT and LevelDB files on both sides.
-    const warm = Math.max(200, Math.round(records / 5));
     await ingest(true, 'warm-cap', warm);
     await ingest(false, 'warm-plain', warm);
     return await compare(records, reps, agents, () => coordinator.lineage.treeSize, (capture, tag) => ingest(capture, tag, records));
@@ -304,13 +311,14 @@ async function harshest(records: number, reps: number, workMs: number, concurren
 export async function main(argv: string[]): Promise<void> {
   const records = num(argv, 'records', 2000);
   const reps = num(argv, 'reps', 3);
+  const warm = Math.max(1, num(argv, 'warm', records));
   const harshRecords = num(argv, 'harsh-records', 5000);
   const workMs = num(argv, 'work-ms', 0);
   const breakdown = argv.includes('--breakdown');
   const harshConcurrency = 64;
   const load0 = loadavg();
-  const real = await realAgents(records, reps);
-  report('real agents (2 local agent processes, Ingest over gRPC, every coordinator extension)', records, reps, real, true);
+  const real = await realAgents(records, reps, warm);
+  report(`real agents (2 local agent processes, Ingest over gRPC, every coordinator extension; ${warm} records a side untimed first)`, records, reps, real, true);
   const harsh = await harshest(harshRecords, reps, workMs, harshConcurrency, breakdown);
   report(`harshest case (in-process fake shard runner, ${workMs} ms work per shard, concurrency ${harshConcurrency})`, harshRecords, reps, harsh, false);
   const load1 = loadavg();
@@ -322,6 +330,7 @@ export async function main(argv: string[]): Promise<void> {
     goal: 1.15,
     records,
     reps,
+    warmRecords: warm,
     withRecordsPerSec: rps(real.with.ms, records),
     withoutRecordsPerSec: rps(real.without.ms, records),
     harshestRatio: Math.round(harsh.ratio * 1000) / 1000,
