@@ -79,6 +79,7 @@ const start: CliCommand = {
         ['replay start --window orders/raw 2026-01-01T00:00:00Z 2026-01-01T00:00:02Z --speed 2x --watch', ''],
         ['replay report REPLAY_ID --svg replay.svg', 'REPLAY_ID: the id replay start printed (replay list shows them); pacing and CPU against the original, charted'],
         ['replay start --last 100000d orders/raw --set classify.largeCents=2000 --watch', 'what-if'],
+        [`replay start --last 100000d orders/raw --fault outage:${agents[1]?.nodeId ?? 'NODE'}:after=0s:for=10s --watch`, 'one agent\'s link cut: its shards run on the other'],
         ['pipeline list', ''],
         ['code list', ''],
         ['impact record:orders/raw:o1 --svg impact.svg', 'what a change of one order would recompute'],
@@ -215,6 +216,10 @@ const demo: CliCommand = {
         if (!existsSync(join(dataDir, 'replay.svg'))) failures.push('the replay chart was not written');
         await step('What-if: a lower "large" threshold; the report shows exactly which records change', ['replay', 'start', '--window', 'orders/raw', '2026-01-01T00:00:00Z', '2026-01-01T00:00:01Z', '--set', 'classify.largeCents=2000', '--watch', ...conn], 0);
         await step('Injected faults: corrupted inputs are detected and reported (exit 1 expected)', ['replay', 'start', '--record', live.firstRecord, '--fault', 'corrupt:1', '--seed', '4', '--watch', ...conn], 1);
+        const cut = agents[1]?.nodeId ?? '';
+        const outage = await step(`Injected faults: the link of ${cut} is cut for the whole replay; every shard runs on the other agent`, ['replay', 'start', '--window', 'orders/raw', '2026-01-01T00:00:00Z', '2026-01-01T00:00:01Z', '--fault', `outage:${cut}:after=0s:for=10s`, '--watch', ...conn]);
+        const placed = /placements (\{.*\})$/m.exec(outage)?.[1];
+        if (placed === undefined || cut in (JSON.parse(placed) as Record<string, number>)) failures.push(`the replay with ${cut}'s link cut: placements ${placed ?? 'not shown'}`);
         await step('Replays so far', ['replay', 'list', ...conn]);
         await step('Recompute: changes to orders/raw are only reported from now on (manual policy)', ['changes', 'policy', 'orders/raw', 'manual', ...conn]);
         say('Re-ingest o2 with a new amount and o3 with only a note the steps ignore');
