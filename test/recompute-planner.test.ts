@@ -9,7 +9,7 @@ import type { JobSpec, JsonValue, TaskRunContext } from '../coordinator/jobs/job
 import { openDatabase, type Database } from '../coordinator/store/database.js';
 import { createPayloadStore, type PayloadStore } from '../coordinator/store/payload-store.js';
 import { stepChanges } from '../coordinator/recompute/change-detector.js';
-import { collectAffected, toImpactResponse, topoOrder, type AffectedNode } from '../coordinator/recompute/impact-analysis.js';
+import { collectAffected, hasAffected, toImpactResponse, topoOrder, type AffectedNode, type ImpactRoot } from '../coordinator/recompute/impact-analysis.js';
 import { cacheKeyOf, createMemoStore } from '../coordinator/recompute/memo-store.js';
 import { RecomputeExecutor, type RecomputeExecutorDeps } from '../coordinator/recompute/recompute-executor.js';
 import { planRecompute, type RecomputeTaskPayload, type RecomputeTaskResult, type StepDefinition } from '../coordinator/recompute/recompute-planner.js';
@@ -81,6 +81,35 @@ describe('impact analysis and recompute planning', () => {
     const asOfMs = 3000;
     const g = await collectAffected(tc.coordinator.lineage, [{ kind: 'pipelineStep', pipeline: 'p', step: 'X', transform: 'upper' }], asOfMs);
     expect(g.nodes.map((n) => n.step.stepId).sort()).toEqual(['p/X/a1', 'p/X/b1', 'p/Y/a1', 'p/Y/b1']);
+  });
+
+  it('whether a version has anything downstream is answered as the walk would, from the first steps below it only', async () => {
+    const lineage = tc.coordinator.lineage;
+    const version = (objectId: string, content: string): ImpactRoot[] => [{ kind: 'version', objectId, oldHash: contentHashOf(content) }];
+    // Read by steps; read by nothing; read by a replay only (raw:a v2 is read by X' and the replay).
+    for (const roots of [version('record:p/raw:a', 'a1'), version('record:p/Y:a', 'ya1'), version('record:p/X:a', 'xa2')]) {
+      expect(await hasAffected(lineage, roots)).toBe((await collectAffected(lineage, roots)).nodes.length > 0);
+    }
+    expect(await hasAffected(lineage, version('record:p/Y:a', 'ya1'))).toBe(false);
+    await expect(hasAffected(lineage, version('nope', 'x'))).rejects.toMatchObject({ code: 'NOT_FOUND', field: 'roots[0]' });
+    // A lookup table read by 600 steps (3 pages of reads), each step's output read again: the
+    // walk reads all 1,200 steps; the check, the first page of the 600 only.
+    const T = 3_000_000_000n;
+    const events = [objectEvent('rates', 'table:rates', 'rates-1', T.toString())];
+    for (let i = 0; i < 600; i++) {
+      events.push(stepEvent(`use-${i}`, `p/U/${i}`, [ref('table:rates', 'rates-1')], [ref(`record:p/U:${i}`, `u${i}`)], { timeNs: T.toString(), facets: facet('U', { rates: 'table:rates' }) }));
+      events.push(stepEvent(`then-${i}`, `p/V/${i}`, [ref(`record:p/U:${i}`, `u${i}`)], [ref(`record:p/V:${i}`, `v${i}`)], { timeNs: T.toString(), facets: facet('V', { U: `record:p/U:${i}` }) }));
+    }
+    await lineage.submit(events);
+    const read: number[] = [];
+    const readSteps = lineage.readSteps.bind(lineage);
+    const counting = { index: lineage.index, readSteps: (ids: readonly string[]) => (read.push(ids.length), readSteps(ids)) };
+    expect(await hasAffected(counting, version('table:rates', 'rates-1'))).toBe(true);
+    expect(read).toEqual([256]);
+    read.length = 0;
+    // The 600 U steps are one logical step (same pipeline, step and inputs): its latest is kept.
+    expect((await collectAffected(counting, version('table:rates', 'rates-1'))).nodes).toHaveLength(601);
+    expect(read.reduce((a, b) => a + b, 0)).toBe(1200);
   });
 
   it('unknown roots and cycles are refused', async () => {

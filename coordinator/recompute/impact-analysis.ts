@@ -84,6 +84,28 @@ function compareNs(a: string, b: string): number {
 }
 
 /**
+ * Whether `collectAffected(lineage, roots)` (as of now) would find any step, reading only the
+ * first steps below each root, and those only until one counts. The walk reads every affected
+ * step; a recompute's check that new content has something downstream walked it all once more
+ * before planning (an object read by every record's step: all of them twice).
+ */
+export async function hasAffected(lineage: ImpactLineage, roots: readonly ImpactRoot[]): Promise<boolean> {
+  const index = lineage.index;
+  for (const [i, r] of roots.entries()) {
+    if (r.kind !== 'version') return (await collectAffected(lineage, roots)).nodes.length > 0;
+    const key = versionKey(r.objectId, r.oldHash);
+    if (!index.has(key)) throw new NotFoundError(`object version ${key}`, `roots[${i}]`);
+    // The walk goes on below a step it keeps, and keeps every step it reads but replays.
+    const consumers = index.consumersOf(key);
+    for (let at = 0; at < consumers.length; at += STEP_READ_BATCH) {
+      const read = await lineage.readSteps(consumers.slice(at, at + STEP_READ_BATCH).map((k) => parseNodeKey(k).id));
+      if (read.some((step) => step !== undefined && !isReplay(step))) return true;
+    }
+  }
+  return false;
+}
+
+/**
  * Walks the graph downstream from the roots, as of `asOfMs` (steps recorded later are ignored),
  * and returns the affected logical steps in dependency order with their dependencies. Throws
  * NotFoundError for an unknown version or step, InvalidArgumentError (`pipeline`) when the

@@ -33,7 +33,7 @@ import type { ChangedFile } from './change-detector.js';
 import { stepChanges } from './change-detector.js';
 import type { ChangeInput, ChangeStore } from './change-store.js';
 import { ImpactPages, impactPaging } from './impact-pages.js';
-import { collectAffected, toImpactResponse, type AffectedGraph, type AffectedNode, type ImpactRoot } from './impact-analysis.js';
+import { collectAffected, hasAffected, toImpactResponse, type AffectedGraph, type AffectedNode, type ImpactRoot } from './impact-analysis.js';
 import { planRecompute, toStepDefinition, type StepDefinition } from './recompute-planner.js';
 
 export interface RecomputerDeps {
@@ -664,8 +664,7 @@ export class Recomputer {
     // version) only for the request to fail with nothing to recompute: refuse it first.
     for (const c of contents) {
       if (c.recorded) continue;
-      const graph = await collectAffected(this.deps.lineage, await this.rootsOfChange(c.change, `${c.field}object_id`));
-      if (graph.nodes.length === 0) throw new FailedPreconditionError(`no step has read a version of ${c.request.objectId}: nothing to recompute (retrace notify records new content without recomputing)`, `${c.field}object_id`);
+      if (!(await hasAffected(this.deps.lineage, await this.rootsOfChange(c.change, `${c.field}object_id`)))) throw new FailedPreconditionError(`no step has read a version of ${c.request.objectId}: nothing to recompute (retrace notify records new content without recomputing)`, `${c.field}object_id`);
     }
     // A dry run stores nothing: no change, no payload, no version in provenance, no current
     // record moved, no pipeline version adopted. It plans from the changes as they would be.
