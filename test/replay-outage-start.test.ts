@@ -2,13 +2,14 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { NodeInfo, NodeState } from '../common/gen/retrace/v1/node.js';
 import { Pipeline, PipelineServiceDefinition } from '../common/gen/retrace/v1/pipeline.js';
 import { ReplayServiceDefinition, ReplayState, type ReplayPolicy } from '../common/gen/retrace/v1/replay.js';
-import { ShardStatus, type ShardAssignment, type ShardOutcome } from '../common/gen/retrace/v1/shard.js';
+import type { ShardAssignment } from '../common/gen/retrace/v1/shard.js';
 import { contentHashOf } from '../common/hash.js';
 import { pipelineExtension, type PipelineShared } from '../coordinator/pipeline/pipeline-extension.js';
 import type { ShardRunner } from '../coordinator/pipeline/pipeline-runner.js';
 import type { ReplayShardRunner } from '../coordinator/replay/replay-engine.js';
 import { replayExtension, type ReplayShared } from '../coordinator/replay/replay-extension.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
+import { upperOutcome } from './helpers/upper-outcome.js';
 
 // An outage from a replay's start (start_after_ms 0) used to be cut by a 0 ms timer, which fired
 // only after the replay's first I/O: its first shards went to the node first, and on a loaded
@@ -22,12 +23,6 @@ vi.mock('../common/abortable-sleep.js', async (importOriginal) => {
 const CODE = contentHashOf('upper');
 const OUTAGE_MS = 60_000;
 
-function succeed(a: ShardAssignment, nodeId: string): ShardOutcome {
-  const now = String(BigInt(Date.now()) * 1_000_000n);
-  const text = new TextDecoder().decode(a.inputs[0]?.payload);
-  return { shardId: a.shardId, status: ShardStatus.SHARD_STATUS_SUCCEEDED, outputs: [{ key: '', contentHash: '', payload: Buffer.from(text.toUpperCase()), mediaType: 'text/plain' }], resources: undefined, error: '', attempt: a.attempt, startedAtNs: now, endedAtNs: now, nodeId };
-}
-
 describe('a replay with a link outage from its start', () => {
   let tc: TestCoordinator;
   /** Link outages cut (node id → until, ms), as the dispatcher keeps them. */
@@ -37,13 +32,13 @@ describe('a replay with a link outage from its start', () => {
   const ranOn: string[] = [];
 
   beforeAll(async () => {
-    const live: ShardRunner = { run: async (a) => ({ outcome: succeed(a, 'node-a'), nodeId: 'node-a', attempts: 1, queuedMs: 0, host: 'host-a' }) };
+    const live: ShardRunner = { run: async (a) => ({ outcome: upperOutcome(a, 'node-a'), nodeId: 'node-a', attempts: 1, queuedMs: 0, host: 'host-a' }) };
     // Places as the dispatcher would, node-b first: any node whose link is up, none whose link is cut.
     const replaying = {
       async run(a: ShardAssignment) {
         const nodeId = (cut.get('node-b') ?? 0) > Date.now() ? 'node-a' : 'node-b';
         ranOn.push(nodeId);
-        return { outcome: succeed(a, nodeId), nodeId, attempts: 1, queuedMs: 0, host: nodeId };
+        return { outcome: upperOutcome(a, nodeId), nodeId, attempts: 1, queuedMs: 0, host: nodeId };
       },
       setLinkOutage(nodeId: string, untilMs: number) {
         cut.set(nodeId, untilMs);

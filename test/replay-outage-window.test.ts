@@ -2,13 +2,14 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { NodeInfo, NodeState } from '../common/gen/retrace/v1/node.js';
 import { Pipeline, PipelineServiceDefinition } from '../common/gen/retrace/v1/pipeline.js';
 import { ReplayServiceDefinition, ReplayState, type ReplayPolicy } from '../common/gen/retrace/v1/replay.js';
-import { ShardStatus, type ShardAssignment, type ShardOutcome } from '../common/gen/retrace/v1/shard.js';
+import type { ShardAssignment } from '../common/gen/retrace/v1/shard.js';
 import { contentHashOf } from '../common/hash.js';
 import { pipelineExtension, type PipelineShared } from '../coordinator/pipeline/pipeline-extension.js';
 import type { ShardRunner } from '../coordinator/pipeline/pipeline-runner.js';
 import type { ReplayShardRunner } from '../coordinator/replay/replay-engine.js';
 import { replayExtension, type ReplayShared } from '../coordinator/replay/replay-extension.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
+import { upperOutcome } from './helpers/upper-outcome.js';
 
 // An outage that starts after the replay's start (start_after_ms > 0) used to be cut by a timer:
 // on a loaded machine it fired late, and until then the node was given shards and its outcomes
@@ -27,12 +28,6 @@ const FOR_MS = 400;
 /** How long each step runs in the fake runner: s2 is sent inside the window, s3 after its end. */
 const RUNS_MS: Record<string, number> = { s1: 200, s2: 400, s3: 0 };
 
-function succeed(a: ShardAssignment, nodeId: string): ShardOutcome {
-  const now = String(BigInt(Date.now()) * 1_000_000n);
-  const text = new TextDecoder().decode(a.inputs[0]?.payload);
-  return { shardId: a.shardId, status: ShardStatus.SHARD_STATUS_SUCCEEDED, outputs: [{ key: '', contentHash: '', payload: Buffer.from(text.toUpperCase()), mediaType: 'text/plain' }], resources: undefined, error: '', attempt: a.attempt, startedAtNs: now, endedAtNs: now, nodeId };
-}
-
 describe('a replay with a link outage after its start', () => {
   let tc: TestCoordinator;
   /** Link outage windows given to the runner, as the dispatcher keeps them (Date.now() clock). */
@@ -40,7 +35,7 @@ describe('a replay with a link outage after its start', () => {
   const ranOn = new Map<string, string>();
 
   beforeAll(async () => {
-    const live: ShardRunner = { run: async (a) => ({ outcome: succeed(a, 'node-a'), nodeId: 'node-a', attempts: 1, queuedMs: 0, host: 'host-a' }) };
+    const live: ShardRunner = { run: async (a) => ({ outcome: upperOutcome(a, 'node-a'), nodeId: 'node-a', attempts: 1, queuedMs: 0, host: 'host-a' }) };
     // Places as the dispatcher would, node-b first: any node whose link is up now, none whose link is down.
     const replaying = {
       async run(a: ShardAssignment) {
@@ -48,7 +43,7 @@ describe('a replay with a link outage after its start', () => {
         const nodeId = windows.some((w) => w.nodeId === 'node-b' && t >= w.fromMs && t < w.untilMs) ? 'node-a' : 'node-b';
         ranOn.set(a.stepName, nodeId);
         await new Promise((r) => setTimeout(r, RUNS_MS[a.stepName] ?? 0));
-        return { outcome: succeed(a, nodeId), nodeId, attempts: 1, queuedMs: 0, host: nodeId };
+        return { outcome: upperOutcome(a, nodeId), nodeId, attempts: 1, queuedMs: 0, host: nodeId };
       },
       setLinkOutage(nodeId: string, untilMs: number, fromMs = Date.now()) {
         windows.push({ nodeId, fromMs, untilMs });

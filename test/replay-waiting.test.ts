@@ -2,13 +2,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NodeInfo, NodeState } from '../common/gen/retrace/v1/node.js';
 import { Pipeline, PipelineServiceDefinition } from '../common/gen/retrace/v1/pipeline.js';
 import { ReplayServiceDefinition, ReplayState } from '../common/gen/retrace/v1/replay.js';
-import { ShardStatus, type ShardAssignment, type ShardOutcome } from '../common/gen/retrace/v1/shard.js';
+import type { ShardAssignment } from '../common/gen/retrace/v1/shard.js';
 import { contentHashOf } from '../common/hash.js';
 import { pipelineExtension, type PipelineShared } from '../coordinator/pipeline/pipeline-extension.js';
 import type { ShardRunner } from '../coordinator/pipeline/pipeline-runner.js';
 import type { ReplayShardRunner } from '../coordinator/replay/replay-engine.js';
 import { replayExtension, type ReplayShared } from '../coordinator/replay/replay-extension.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
+import { upperOutcome } from './helpers/upper-outcome.js';
 
 // A replay whose shards no node can take (its target died after it started) used to show only the
 // last record's message for as long as it waited. The dispatcher's waiting list, filtered to the
@@ -16,23 +17,17 @@ import { startTestCoordinator, type TestCoordinator } from './helpers/test-coord
 
 const CODE = contentHashOf('upper');
 
-function succeed(a: ShardAssignment): ShardOutcome {
-  const now = String(BigInt(Date.now()) * 1_000_000n);
-  const text = new TextDecoder().decode(a.inputs[0]?.payload);
-  return { shardId: a.shardId, status: ShardStatus.SHARD_STATUS_SUCCEEDED, outputs: [{ key: '', contentHash: '', payload: Buffer.from(text.toUpperCase()), mediaType: 'text/plain' }], resources: undefined, error: '', attempt: a.attempt, startedAtNs: now, endedAtNs: now, nodeId: 'node-a' };
-}
-
 describe('a replay whose shards wait for a node', () => {
   let tc: TestCoordinator;
   /** Shards held back (as the dispatcher holds those no node can take), with their release. */
   const held: { a: ShardAssignment; release: () => void }[] = [];
 
   beforeAll(async () => {
-    const live: ShardRunner = { run: async (a) => ({ outcome: succeed(a), nodeId: 'node-a', attempts: 1, queuedMs: 0, host: 'host-a' }) };
+    const live: ShardRunner = { run: async (a) => ({ outcome: upperOutcome(a, 'node-a'), nodeId: 'node-a', attempts: 1, queuedMs: 0, host: 'host-a' }) };
     const replaying: ReplayShardRunner = {
       async run(a) {
         await new Promise<void>((release) => held.push({ a, release }));
-        return { outcome: succeed(a), nodeId: 'node-a', attempts: 1, queuedMs: 0 };
+        return { outcome: upperOutcome(a, 'node-a'), nodeId: 'node-a', attempts: 1, queuedMs: 0 };
       },
       waiting: () => held.map((h) => ({ jobId: h.a.jobId, reason: 'no READY node (1 known)' })),
     };

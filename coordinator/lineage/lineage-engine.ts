@@ -638,18 +638,11 @@ export class LineageEngine implements LineageApi {
     const nodes: number[] = [];
     for (let n = 0; n < index.nodeCount; n++) if (index.kindOf(n) === NodeKind.NODE_KIND_OBJECT) nodes.push(n);
     const ids = Int32Array.from(nodes);
-    const from = 'object:'.length;
-    const node = (i: number): number => {
-      const n = ids[i];
-      if (n === undefined) throw new RangeError(`no object ${i} of ${ids.length}`);
-      return n;
-    };
+    const { list, node } = objectListOf(index, ids);
+    const from = OBJECT_PREFIX.length;
     return {
-      length: ids.length,
-      objectId: (i) => index.keyOf(node(i)).slice(from),
-      firstSeenMs: (i) => index.timeOf(node(i)),
+      ...list,
       lastChangedMs: (i) => index.lastChangedOf(node(i)),
-      idStartsWith: (i, prefix) => index.keyStartsWith(node(i), prefix, from),
       indexOf: (objectId) => {
         const n = index.idOf(`object:${objectId}`);
         if (n === undefined) return undefined;
@@ -856,21 +849,7 @@ export class LineageEngine implements LineageApi {
         latestUs = us;
       }
     }
-    const from = 'object:'.length;
-    const objects = (ids: number[]): ObjectList => {
-      const node = (i: number): number => {
-        const n = ids[i];
-        if (n === undefined) throw new RangeError(`no object ${i} of ${ids.length}`);
-        return n;
-      };
-      return {
-        length: ids.length,
-        objectId: (i) => index.keyOf(node(i)).slice(from),
-        firstSeenMs: (i) => index.timeOf(node(i)),
-        idStartsWith: (i, prefix) => index.keyStartsWith(node(i), prefix, from),
-      };
-    };
-    return { latestStepId: latest === undefined ? undefined : index.keyOf(latest).slice('step:'.length), used: objects(used), generated: objects(generated) };
+    return { latestStepId: latest === undefined ? undefined : index.keyOf(latest).slice('step:'.length), used: objectListOf(index, used).list, generated: objectListOf(index, generated).list };
   }
 
   runStepOf(runId: string, transformId: string): string | undefined {
@@ -1243,4 +1222,23 @@ function parseRunToken(token: string): { ms: number; id: string } {
     throw new InvalidArgumentError('page_token', 'is not a token from a previous ListRuns response');
   }
   return { ms: parsed[0], id: parsed[1] };
+}
+
+const OBJECT_PREFIX = 'object:';
+
+/** The objects of graph nodes `ids` as an ObjectList (ids made strings only when asked for), and the node of each entry. */
+function objectListOf(index: GraphIndex, ids: ArrayLike<number>): { list: ObjectList; node: (i: number) => number } {
+  const from = OBJECT_PREFIX.length;
+  const node = (i: number): number => {
+    const n = ids[i];
+    if (n === undefined) throw new RangeError(`no object ${i} of ${ids.length}`);
+    return n;
+  };
+  const list: ObjectList = {
+    length: ids.length,
+    objectId: (i) => index.keyOf(node(i)).slice(from),
+    firstSeenMs: (i) => index.timeOf(node(i)),
+    idStartsWith: (i, prefix) => index.keyStartsWith(node(i), prefix, from),
+  };
+  return { list, node };
 }
