@@ -177,8 +177,8 @@ export class KeyTable {
     const start = this.starts[id] as number;
     const length = (this.starts[id + 1] as number) - start;
     if (this.wide[id] === 1) {
-      if (length < 2 * (from + prefix.length)) return false;
-      for (let i = 0, at = start + 2 * from; i < prefix.length; i++, at += 2) if (((bytes[at] as number) | ((bytes[at + 1] as number) << 8)) !== prefix.charCodeAt(i)) return false;
+      if (this.lengthOf(id) < from + prefix.length) return false;
+      for (let i = 0; i < prefix.length; i++) if (this.unitAt(id, from + i) !== prefix.charCodeAt(i)) return false;
       return true;
     }
     if (length < from + prefix.length) return false;
