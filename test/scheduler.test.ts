@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { NodeState, ReadingSource, type ConnectRequest, type ConnectResponse, type NodeInfo, type ResourceReading } from '../common/gen/retrace/v1/node.js';
 import { ShardStatus, type ShardAssignment } from '../common/gen/retrace/v1/shard.js';
 import { contentHashOf } from '../common/hash.js';
@@ -415,6 +415,47 @@ describe('dispatcher (fake mesh)', () => {
     expect(r3.outcome.status).toBe(ShardStatus.SHARD_STATUS_FAILED);
     expect(r3.attempts).toBe(3);
     d.stop();
+  });
+  it('a link outage set ahead takes back the shards in flight at its start, not a sweep later', async () => {
+    // Date and the dispatcher's own timers are faked; setImmediate (its placement rounds) is not.
+    vi.useFakeTimers({ toFake: ['Date', 'setTimeout', 'clearTimeout', 'setInterval', 'clearInterval'] });
+    // The file's tick waits on a (faked) timer; a placement round needs only an I/O turn.
+    const turn = () => new Promise((r) => setImmediate(r));
+    try {
+      const f = fakeMesh([info('a'), info('b')]);
+      // Sweeps every 500 ms; nothing else places shards after the first round.
+      const d = createDispatcher({ mesh: f.mesh, log: quiet, shardTimeoutMs: 600_000 });
+      const p = d.run(shard('x'));
+      await turn();
+      const xNode = f.sent.find((s) => s.msg.body?.$case === 'assign')?.nodeId as string;
+      const other = xNode === 'a' ? 'b' : 'a';
+      // Between two sweeps, so that only a timer of its own can begin it on time.
+      await vi.advanceTimersByTimeAsync(120);
+      d.setLinkOutage(xNode, Date.now() + 10_000, Date.now() + 50);
+      await vi.advanceTimersByTimeAsync(40);
+      await turn();
+      expect(f.assigned(other)).toEqual([]);
+      await vi.advanceTimersByTimeAsync(10);
+      await turn();
+      expect(f.assigned(other)).toEqual(['x']);
+      f.reply(other, ['x']);
+      expect(await p).toMatchObject({ nodeId: other, attempts: 2 });
+      // A window ahead of the next sweep is left to the sweeps until it nears: still on time.
+      const q = d.run(shard('y'), { placement: { nodeIds: [other] } });
+      await turn();
+      d.setLinkOutage(other, Date.now() + 10_000, Date.now() + 1_234);
+      await vi.advanceTimersByTimeAsync(1_233);
+      await turn();
+      expect(d.inFlight()).toEqual(new Map([[other, 1]]));
+      await vi.advanceTimersByTimeAsync(1);
+      await turn();
+      // Taken back; bound to the node, it waits for the link.
+      expect(d.inFlight()).toEqual(new Map());
+      d.stop();
+      expect(await q).toMatchObject({ outcome: { status: ShardStatus.SHARD_STATUS_CANCELLED } });
+    } finally {
+      vi.useRealTimers();
+    }
   });
   it('a link outage set ahead takes effect at its start and ends at its end, with no timer of the caller', async () => {
     const f = fakeMesh([info('a'), info('b')]);

@@ -183,6 +183,8 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
   const log = options.log;
   const maxInFlight = options.maxInFlightPerNode ?? 64;
   const shardTimeoutMs = options.shardTimeoutMs ?? 60_000;
+  // One sweep for every deadline instead of a timer per shard.
+  const sweepMs = Math.max(10, Math.min(500, Math.floor(shardTimeoutMs / 4)));
   const maxAttempts = options.maxAttempts ?? 3;
   const maxBatch = options.maxBatch ?? 256;
   const deadlineMarginMs = options.deadlineMarginMs ?? 10_000;
@@ -200,6 +202,9 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
   const outages = new Map<string, OutageWindow[]>([...(options.linkFaults ?? [])].map(([nodeId, untilMs]) => [nodeId, [{ fromMs: Number.NEGATIVE_INFINITY, untilMs, begun: true }]]));
   /** When `turnOutages` next has a window to begin or end (`now()` clock). */
   let nextOutageTurnMs = Number.NEGATIVE_INFINITY;
+  /** The timer that runs `turnOutages` at an edge due before the next sweep, and the edge it is for. */
+  let edgeTimer: ReturnType<typeof setTimeout> | undefined;
+  let edgeTimerFor = Number.NaN;
   /** When each node last reported an outcome (`now()` clock): its queue is moving. */
   const progressed = new Map<string, number>();
   /** The CPU fraction last sent to each node (absent or 0: no cap). */
@@ -239,7 +244,11 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
    */
   function turnOutages(): void {
     const t = now();
-    if (t < nextOutageTurnMs) return;
+    if (t >= nextOutageTurnMs) beginAndEndOutages(t);
+    armOutageEdge(t);
+  }
+
+  function beginAndEndOutages(t: number): void {
     let next = Number.POSITIVE_INFINITY;
     for (const [nodeId, windows] of [...outages]) {
       for (const w of [...windows]) {
@@ -267,6 +276,28 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
       if (windows.length === 0) outages.delete(nodeId);
     }
     nextOutageTurnMs = next;
+  }
+
+  /**
+   * Times the next edge when it comes before the next sweep could: shards on a node whose window
+   * begins are taken back at its start, not up to a sweep later (half a second by default), when
+   * no placement round happens to run in between. Later edges are left to the sweeps, which
+   * arm this again as they near, so the timer never waits longer than a sweep.
+   */
+  function armOutageEdge(t: number): void {
+    if (nextOutageTurnMs === edgeTimerFor || stopped) return;
+    clearTimeout(edgeTimer);
+    edgeTimer = undefined;
+    edgeTimerFor = Number.NaN;
+    const wait = nextOutageTurnMs - t;
+    if (!(wait < sweepMs)) return;
+    edgeTimerFor = nextOutageTurnMs;
+    edgeTimer = setTimeout(() => {
+      edgeTimer = undefined;
+      edgeTimerFor = Number.NaN;
+      turnOutages();
+    }, Math.max(0, wait));
+    edgeTimer.unref();
   }
 
   function send(nodeId: string, message: ConnectResponse): boolean {
@@ -644,8 +675,6 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
     }),
   ];
 
-  // One sweep for every deadline instead of a timer per shard.
-  const sweepMs = Math.max(10, Math.min(500, Math.floor(shardTimeoutMs / 4)));
   const sweeper = setInterval(() => {
     turnOutages();
     const t = now();
@@ -769,6 +798,7 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
     stop() {
       if (stopped) return;
       clearInterval(sweeper);
+      clearTimeout(edgeTimer);
       for (const off of offs) off();
       for (const e of [...active.values()]) {
         if (e.nodeId !== undefined) send(e.nodeId, { body: { $case: 'cancel', value: { shardIds: [e.assignment.shardId], reason: 'dispatcher stopped' } } });
