@@ -23,10 +23,15 @@ vi.mock('../common/abortable-sleep.js', async (importOriginal) => {
 });
 
 const CODE = contentHashOf('upper');
-const AFTER_MS = 100;
+const AFTER_MS = 250;
 const FOR_MS = 400;
-/** How long each step runs in the fake runner: s2 is sent inside the window, s3 after its end. */
+/**
+ * How long each step runs in the fake runner: s1 before the window, s2 inside it, s3 after its
+ * end. s2 is handed over before the window's start (at 200 ms) and placed after it, as a shard
+ * waiting in the dispatcher's queue would be.
+ */
 const RUNS_MS: Record<string, number> = { s1: 200, s2: 400, s3: 0 };
+const QUEUED_MS: Record<string, number> = { s2: 100 };
 
 describe('a replay with a link outage after its start', () => {
   let tc: TestCoordinator;
@@ -39,11 +44,13 @@ describe('a replay with a link outage after its start', () => {
     // Places as the dispatcher would, node-b first: any node whose link is up now, none whose link is down.
     const replaying = {
       async run(a: ShardAssignment) {
+        const handedMs = Date.now();
+        await new Promise((r) => setTimeout(r, QUEUED_MS[a.stepName] ?? 0));
         const t = Date.now();
         const nodeId = windows.some((w) => w.nodeId === 'node-b' && t >= w.fromMs && t < w.untilMs) ? 'node-a' : 'node-b';
         ranOn.set(a.stepName, nodeId);
         await new Promise((r) => setTimeout(r, RUNS_MS[a.stepName] ?? 0));
-        return { outcome: upperOutcome(a, nodeId), nodeId, attempts: 1, queuedMs: 0, host: nodeId };
+        return { outcome: upperOutcome(a, nodeId), nodeId, attempts: 1, queuedMs: t - handedMs, host: nodeId };
       },
       setLinkOutage(nodeId: string, untilMs: number, fromMs = Date.now()) {
         windows.push({ nodeId, fromMs, untilMs });
@@ -89,7 +96,7 @@ describe('a replay with a link outage after its start', () => {
     expect(w.nodeId).toBe('node-b');
     expect(w.untilMs - w.fromMs).toBe(FOR_MS);
     expect(w.fromMs).toBeGreaterThanOrEqual(startedMs + AFTER_MS);
-    // s3 is sent after s1 and s2 have run (600 ms), past the window's end: back on node-b.
+    // s3 is sent after s1 and s2 have run (700 ms), past the window's end: back on node-b.
     expect(report?.steps.find((s) => s.step === 's3')?.replayNode).toBe('node-b');
   }, 20_000);
 });

@@ -894,17 +894,20 @@ export class ReplayEngine {
         result.dispatchedAtMs = dispatchedMs;
       }
       if (outage) runner.setLinkOutage?.(outage, Date.now() + 1000);
+      // The runner's clock, on which it keeps the outage windows.
+      const handedMs = Date.now();
+      result.status = 'RUNNING';
+      const { outcome, nodeId, attempts, queuedMs } = await runner.run(assignment, { ...(requirements ? { requirements } : {}), placement: policy.placement, signal: job.controller.signal, ...(corrupted ? { inputsAsSent: true } : {}) });
       // A scheduled outage (--fault outage:NODE:after=..:for=..) said on the steps it met, so the
-      // report shows where it struck and where they went instead, not only in the policy.
-      if (job.outagesFromMs !== undefined) {
-        // The runner's clock and origin, so that the note and the window the runner keeps agree.
-        const sinceMs = Date.now() - job.outagesFromMs;
+      // report shows where it struck and where they went instead, not only in the policy. Met
+      // when the shard's last placement fell in the window: that decided where it ran, and a
+      // shard handed over just before the window's start can be placed just after it.
+      if (job.outagesFromMs !== undefined && attempts > 0) {
+        const sinceMs = handedMs + queuedMs - job.outagesFromMs;
         for (const o of policy.outages) {
           if (sinceMs >= o.startAfterMs && sinceMs < o.startAfterMs + o.durationMs) result.faults.push(`sent during the outage of ${o.nodeId} (after ${formatSpanMs(o.startAfterMs)} for ${formatSpanMs(o.durationMs)})`);
         }
       }
-      result.status = 'RUNNING';
-      const { outcome, nodeId, attempts } = await runner.run(assignment, { ...(requirements ? { requirements } : {}), placement: policy.placement, signal: job.controller.signal, ...(corrupted ? { inputsAsSent: true } : {}) });
       result.replayNode = nodeId;
       result.attempts = attempts;
       result.replayResources = outcome.resources;
