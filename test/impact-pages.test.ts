@@ -1,7 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { Pipeline, PipelineServiceDefinition } from '../common/gen/retrace/v1/pipeline.js';
-import { ChangeKind, RecomputeServiceDefinition, type ImpactRequest, type ImpactResponse } from '../common/gen/retrace/v1/recompute.js';
+import { AffectedStep, ChangeKind, ImpactRequest, ImpactResponse, RecomputeServiceDefinition } from '../common/gen/retrace/v1/recompute.js';
 import type { CodeStore } from '../coordinator/code/code-store.js';
+import { IMPACT_ANSWERS_KEPT, ImpactPages, impactPaging } from '../coordinator/recompute/impact-pages.js';
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
 import { toJson } from '../scripts/cli/format.js';
 import { responseJson } from '../scripts/cli/proto-json.js';
@@ -114,17 +115,56 @@ describe('impact in pages', () => {
     }
     expect(steps).toEqual(whole.steps);
 
-    // Another paged query since, so the coordinator computes this one's answer again: it differs.
+    // Other paged queries since, as many as are kept, push it out; so the coordinator computes
+    // this one's answer again: it differs.
     const now = await recompute.impact({ target, asOfNs: '', pageSize: PAGE });
-    await allPages({ target: { $case: 'objectId', value: 'record:paged/raw:k1' }, asOfNs: '' }, 1);
+    await pushOut();
     await applyAndIngest(tc, pipeline, [['late2', 'l2']]);
     await expect(recompute.impact({ target, asOfNs: '', pageSize: PAGE, pageToken: now.nextPageToken })).rejects.toThrow(/FAILED_PRECONDITION.*page_token: the impact is no longer the answer the earlier pages came from/);
     // Unchanged, it is computed again and paged on.
     const again = await recompute.impact({ target, asOfNs: '', pageSize: PAGE });
-    await allPages({ target: { $case: 'objectId', value: 'record:paged/raw:k1' }, asOfNs: '' }, 1);
+    await pushOut();
     const next = await recompute.impact({ target, asOfNs: '', pageSize: PAGE, pageToken: again.nextPageToken });
     const latest = await recompute.impact({ target, asOfNs: '' });
     expect(next.steps).toEqual(latest.steps.slice(PAGE, 2 * PAGE));
+  });
+
+  /** First pages of IMPACT_ANSWERS_KEPT other queries, left unfinished: kept, they push out older answers. */
+  async function pushOut(): Promise<void> {
+    const recompute = tc.client(RecomputeServiceDefinition);
+    for (let i = 1; i <= IMPACT_ANSWERS_KEPT; i++) {
+      expect((await recompute.impact({ target: { $case: 'objectId', value: `record:paged/raw:k${i}` }, asOfNs: '', pageSize: 1 })).nextPageToken).not.toBe('');
+    }
+  }
+
+  it('clients paging different queries at once each page their own kept answer, computed once', async () => {
+    const recompute = tc.client(RecomputeServiceDefinition);
+    const recomputer = (shared.recompute as NonNullable<CoordinatorServices['recompute']>).recomputer;
+    const queries: Partial<ImpactRequest>[] = [
+      { target: { $case: 'changeId', value: changeId }, asOfNs: '' },
+      { target: { $case: 'objectId', value: 'record:paged/raw:k3' }, asOfNs: '' },
+    ];
+    const wholes = await Promise.all(queries.map((q) => recompute.impact(q)));
+    // Each call computing a whole answer (the service's impact is called once per page).
+    const computed = vi.spyOn(recomputer as unknown as { wholeImpact: (...args: unknown[]) => Promise<ImpactResponse> }, 'wholeImpact');
+    try {
+      const steps = queries.map(() => [] as ImpactResponse['steps']);
+      const tokens = queries.map(() => '');
+      const pageSizes = [PAGE, 1];
+      // Turn about, page by page, until both are done.
+      for (let turn = 0; turn === 0 || tokens.some((t) => t !== ''); turn++) {
+        for (const [i, q] of queries.entries()) {
+          if (turn > 0 && tokens[i] === '') continue;
+          const page = await recompute.impact({ ...q, pageSize: pageSizes[i], pageToken: tokens[i] });
+          steps[i]?.push(...page.steps);
+          tokens[i] = page.nextPageToken;
+        }
+      }
+      expect(steps).toEqual(wholes.map((w) => w.steps));
+      expect(computed).toHaveBeenCalledTimes(queries.length);
+    } finally {
+      computed.mockRestore();
+    }
   });
 
   it('retrace impact --json fetches the answer in pages and prints it as one answer, as before', async () => {
@@ -168,5 +208,51 @@ describe('impact in pages', () => {
     } finally {
       huge.mockRestore();
     }
+  });
+});
+
+describe('kept impact answers', () => {
+  /** Pages `stepId` targets' answers of `rows` steps each; counts the whole answers computed. */
+  function pager(limits: { answers: number; rows: number }) {
+    const pages = new ImpactPages(limits);
+    const computed: string[] = [];
+    const page = async (id: string, rows: number, pageToken = ''): Promise<ImpactResponse> => {
+      const request = ImpactRequest.fromPartial({ target: { $case: 'stepId', value: id }, pageSize: 1, pageToken });
+      return pages.page(request, impactPaging(request), async () => {
+        computed.push(id);
+        return ImpactResponse.fromPartial({ steps: Array.from({ length: rows }, (_, i) => AffectedStep.fromPartial({ stepId: `${id}/${i}` })), stepCount: rows });
+      });
+    };
+    return { page, computed };
+  }
+
+  it('keeps at most `answers` answers and `rows` rows in all, the least recently paged going first; the one being paged stays whatever its size', async () => {
+    const { page, computed } = pager({ answers: 2, rows: 10 });
+    const a = await page('a', 4);
+    const b = await page('b', 4);
+    // Both kept: their next pages compute nothing.
+    await page('a', 4, a.nextPageToken);
+    await page('b', 4, b.nextPageToken);
+    expect(computed).toEqual(['a', 'b']);
+    // A third answer: 'a' (paged least recently) goes, by count.
+    const c = await page('c', 2);
+    await page('b', 4, (await page('b', 4, b.nextPageToken)).nextPageToken);
+    await page('c', 2, c.nextPageToken);
+    await page('a', 4, a.nextPageToken);
+    expect(computed).toEqual(['a', 'b', 'c', 'a']);
+    // One over the rows in all: every other answer goes; it stays.
+    const big = await page('big', 20);
+    await page('big', 20, big.nextPageToken);
+    await page('b', 4, b.nextPageToken);
+    expect(computed).toEqual(['a', 'b', 'c', 'a', 'big', 'b']);
+  });
+
+  it('forgets an answer once its last page was given', async () => {
+    const { page, computed } = pager({ answers: 2, rows: 10 });
+    const a = await page('a', 2);
+    const last = await page('a', 2, a.nextPageToken);
+    expect(last.nextPageToken).toBe('');
+    await page('a', 2, a.nextPageToken);
+    expect(computed).toEqual(['a', 'a']);
   });
 });

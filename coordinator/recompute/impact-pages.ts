@@ -8,6 +8,14 @@ export const MAX_IMPACT_PAGE = 100_000;
 /** How long a paged answer is kept after its last page was asked for (ms). */
 export const IMPACT_PAGES_KEPT_MS = 60_000;
 
+/**
+ * How many paged answers are kept at once, the least recently paged going first, and how many
+ * rows (steps or objects, whichever are more) they may hold in all: about 200 MB at 400,000.
+ * The answer being paged is kept whatever its size.
+ */
+export const IMPACT_ANSWERS_KEPT = 4;
+export const IMPACT_ROWS_KEPT = 400_000;
+
 /** The paging fields of an ImpactRequest, checked: 0 = no pages. */
 export interface ImpactPaging {
   pageSize: number;
@@ -68,13 +76,18 @@ export function impactPaging(request: ImpactRequest): ImpactPaging {
 }
 
 /**
- * The pages of Impact answers. The answer a first page was cut from is kept (one, the latest),
- * so the next pages are slices of it: every page describes the same graph and the analysis runs
- * once. A page whose answer is no longer kept (past IMPACT_PAGES_KEPT_MS, another paged query
- * since, a restart) is cut from the answer computed again, if that is still the same one.
+ * The pages of Impact answers. The answer a first page was cut from is kept, so the next pages
+ * are slices of it: every page describes the same graph and the analysis runs once. Several are
+ * kept (see IMPACT_ANSWERS_KEPT), so clients paging different queries at once do not make each
+ * other's answers be computed again. A page whose answer is no longer kept (past
+ * IMPACT_PAGES_KEPT_MS, pushed out by others, a restart) is cut from the answer computed again,
+ * if that is still the same one.
  */
 export class ImpactPages {
-  private kept: { q: string; a: string; response: ImpactResponse; timer: NodeJS.Timeout } | undefined;
+  /** By answer fingerprint, least recently paged first. */
+  private readonly kept = new Map<string, { q: string; response: ImpactResponse; rows: number; timer: NodeJS.Timeout }>();
+
+  constructor(private readonly limits: { answers: number; rows: number } = { answers: IMPACT_ANSWERS_KEPT, rows: IMPACT_ROWS_KEPT }) {}
 
   /**
    * The page of `request` (checked into `paging`). `compute` gives the whole answer, and is called
@@ -85,12 +98,12 @@ export class ImpactPages {
   async page(request: ImpactRequest, paging: ImpactPaging, compute: () => Promise<ImpactResponse>): Promise<ImpactResponse> {
     const { pageSize, token } = paging;
     const q = token?.q ?? queryFingerprint(request);
-    const kept = this.kept;
+    const kept = token ? this.kept.get(token.a) : undefined;
     let whole: ImpactResponse;
     let a: string;
-    if (token && kept && kept.q === token.q && kept.a === token.a) {
+    if (token && kept && kept.q === token.q) {
       whole = kept.response;
-      a = kept.a;
+      a = token.a;
     } else {
       whole = await compute();
       const rows = Math.max(whole.steps.length, whole.objects.length);
@@ -105,8 +118,8 @@ export class ImpactPages {
     const start = token?.o ?? 0;
     if (start >= rows) throw new InvalidArgumentError('page_token', `starts at row ${start}, past the end of the answer (${rows} rows)`);
     const end = Math.min(rows, start + pageSize);
-    if (end < rows) this.keep(q, a, whole);
-    else if (this.kept?.a === a) this.drop();
+    if (end < rows) this.keep(q, a, whole, rows);
+    else this.drop(a);
     return {
       ...whole,
       steps: whole.steps.slice(start, end),
@@ -115,19 +128,28 @@ export class ImpactPages {
     };
   }
 
-  /** Forgets the kept answer: its last page was given. */
-  private drop(): void {
-    if (this.kept) clearTimeout(this.kept.timer);
-    this.kept = undefined;
+  /** Forgets answer `a`: its last page was given. */
+  private drop(a: string): void {
+    const k = this.kept.get(a);
+    if (!k) return;
+    clearTimeout(k.timer);
+    this.kept.delete(a);
   }
 
-  private keep(q: string, a: string, response: ImpactResponse): void {
-    if (this.kept) clearTimeout(this.kept.timer);
+  private keep(q: string, a: string, response: ImpactResponse, rows: number): void {
+    this.drop(a);
     const timer = setTimeout(() => {
-      if (this.kept?.timer === timer) this.kept = undefined;
+      if (this.kept.get(a)?.timer === timer) this.kept.delete(a);
     }, IMPACT_PAGES_KEPT_MS);
     // A kept answer never holds the process open.
     timer.unref();
-    this.kept = { q, a, response, timer };
+    this.kept.set(a, { q, response, rows, timer });
+    let total = 0;
+    for (const k of this.kept.values()) total += k.rows;
+    for (const [oldest, k] of this.kept) {
+      if (oldest === a || (this.kept.size <= this.limits.answers && total <= this.limits.rows)) break;
+      total -= k.rows;
+      this.drop(oldest);
+    }
   }
 }
