@@ -10,7 +10,8 @@ export const IMPACT_PAGES_KEPT_MS = 60_000;
 
 /**
  * How many paged answers are kept at once, the least recently paged going first, and how many
- * rows (steps or objects, whichever are more) they may hold in all: about 200 MB at 400,000.
+ * rows (steps or objects, whichever are more) they may hold in all: a step row is about 700 B of
+ * heap, so 400,000 are some 300 MB.
  * The answer being paged is kept whatever its size.
  */
 export const IMPACT_ANSWERS_KEPT = 4;
