@@ -193,6 +193,40 @@ describe('impact in pages', () => {
     }
   });
 
+  it('retrace impact --json starts over when the answer changed between its pages, and prints the new one', async () => {
+    const recompute = tc.client(RecomputeServiceDefinition);
+    const target = { $case: 'changeId' as const, value: changeId };
+    const recomputer = (shared.recompute as NonNullable<CoordinatorServices['recompute']>).recomputer;
+    const impact = recomputer.impact.bind(recomputer);
+    let changed = false;
+    // Before the CLI's second page: its answer pushed out, and a record ingested that the change affects.
+    const asked = vi.spyOn(recomputer, 'impact').mockImplementation(async (request) => {
+      if (request.pageToken !== '' && !changed) {
+        changed = true;
+        await pushOut();
+        await applyAndIngest(tc, pipeline, [['late-cli', 'lc']]);
+      }
+      return impact(request);
+    });
+    const saved = impactJsonPaging.pageSize;
+    impactJsonPaging.pageSize = PAGE;
+    try {
+      const before = await recompute.impact({ target, asOfNs: '' });
+      const r = await runCli(['impact', changeId, '--json', '--coordinator', tc.grpcAddress, '--token', tc.token]);
+      expect(r.code, r.err).toBe(0);
+      expect(changed).toBe(true);
+      expect(r.err).toContain(`${changeId}: the answer changed between its pages (steps recorded meanwhile); starting over`);
+      const after = await recompute.impact({ target, asOfNs: '' });
+      expect(after.stepCount).toBe(before.stepCount + 2);
+      const json = responseJson(RecomputeServiceDefinition, 'impact', after) as Record<string, unknown>;
+      delete json.nextPageToken;
+      expect(r.out).toBe(toJson(json));
+    } finally {
+      impactJsonPaging.pageSize = saved;
+      asked.mockRestore();
+    }
+  });
+
   it('retrace impact --dot of an answer over 64 MiB says it is too large to draw, not "Received message larger than max"', async () => {
     const recompute = tc.client(RecomputeServiceDefinition);
     const whole = await recompute.impact({ target: { $case: 'changeId', value: changeId }, asOfNs: '' });
