@@ -68,9 +68,16 @@ export class GraphIndex {
   private readonly soleEventSeq = new GrowableFloat64();
   /** Transform node → its name: the one string its steps' labels share. */
   private readonly transformNames = new Map<number, string>();
-  private readonly lastTransform = { key: '', id: NO_NODE };
+  /**
+   * Transform name → its node: steps of a few transforms interleave (a pipeline's stages), so a
+   * one-entry cache, as for runs, missed on nearly every step and paid a lookup in the key table.
+   * Keyed by the strings transformNames holds, so it adds no string of its own.
+   */
+  private readonly transformIds = new Map<string, number>();
   private readonly lastRun = { key: '', id: NO_NODE };
   private readonly generatorLog: number[] = [];
+  /** addStep's mark, refilled by every step rather than made anew (a step is undone at most once, before the next). */
+  private readonly stepMark = { nodes: 0, edges: [0, 0, 0, 0, 0], generatorLog: 0 };
 
   /** Version-level edges: down = input → step → output; up = reverse. */
   private readonly vDown: AdjacencyLists;
@@ -289,8 +296,12 @@ export class GraphIndex {
     this.lists.forEach((l, i) => l.rollback(mark.edges[i] as number, mark.nodes));
     while (this.generatorLog.length > mark.generatorLog) this.generator.data[this.generatorLog.pop() as number] = NO_NODE;
     // Few transforms exist, and rollbacks are rare: a scan is cheaper than a log.
-    for (const id of this.transformNames.keys()) if (id >= mark.nodes) this.transformNames.delete(id);
-    for (const cache of [this.lastTransform, this.lastRun]) if (cache.id >= mark.nodes) cache.id = NO_NODE;
+    for (const [id, name] of this.transformNames) {
+      if (id < mark.nodes) continue;
+      this.transformNames.delete(id);
+      this.transformIds.delete(name);
+    }
+    if (this.lastRun.id >= mark.nodes) this.lastRun.id = NO_NODE;
     this.keys.truncate(mark.nodes);
     // A step that got a second event in the undone batch stays marked as having several: its
     // reads then scan the steps table, which is right either way.
@@ -307,12 +318,13 @@ export class GraphIndex {
   }
 
   /**
-   * ensureNode through a one-entry cache: consecutive steps mostly share their transform and
-   * run, and comparing a short key is cheaper than a lookup in the map of every node.
+   * A run's node through a one-entry cache: consecutive steps mostly share their run, and
+   * comparing a short key is cheaper than a lookup in the table of every node.
    */
-  private cachedNode(cache: { key: string; id: number }, key: string, kind: NodeKind, timeMs: number): number {
+  private runNode(key: string, timeMs: number): number {
+    const cache = this.lastRun;
     if (cache.id >= 0 && cache.id < this.keys.size && cache.key === key) return cache.id;
-    const id = this.ensureNode(key, kind, timeMs);
+    const id = this.ensureNode(key, NodeKind.NODE_KIND_RUN, timeMs);
     cache.key = key;
     cache.id = id;
     return id;
@@ -342,22 +354,26 @@ export class GraphIndex {
    * would close a cycle. `path` prefixes the field names in errors.
    */
   addStep(edges: StepEdges, timeMs: number, path: string, seq: bigint): void {
-    const mark = this.mark();
+    const mark = this.stepMark;
+    mark.nodes = this.keys.size;
+    for (let i = 0; i < this.lists.length; i++) mark.edges[i] = (this.lists[i] as AdjacencyLists).edgeCount;
+    mark.generatorLog = this.generatorLog.length;
     try {
       const known = this.keys.get(edges.stepKey);
       const step = known ?? this.addNode(edges.stepKey, NodeKind.NODE_KIND_STEP, timeMs);
       this.soleEventSeq.data[step] = known === undefined ? Number(seq) : NO_NODE;
       if (known === undefined) {
-        const transform = this.cachedNode(this.lastTransform, edges.transformKey, NodeKind.NODE_KIND_TRANSFORM, timeMs);
-        // Steps share their transform's label string: a slice per step outlived the step event.
-        let label = this.transformNames.get(transform);
-        if (label === undefined) {
-          label = edges.transformKey.slice('transform:'.length);
-          this.transformNames.set(transform, label);
+        const name = edges.transformKey.slice('transform:'.length);
+        let transform = this.transformIds.get(name);
+        if (transform === undefined) {
+          transform = this.ensureNode(edges.transformKey, NodeKind.NODE_KIND_TRANSFORM, timeMs);
+          // Steps share their transform's label string: a slice per step outlived the step event.
+          this.transformNames.set(transform, name);
+          this.transformIds.set(name, transform);
         }
         this.transformOf.data[step] = transform;
         this.members.add(transform, step, timeMs);
-        if (edges.runKey) this.members.add(this.cachedNode(this.lastRun, edges.runKey, NodeKind.NODE_KIND_RUN, timeMs), step, timeMs);
+        if (edges.runKey) this.members.add(this.runNode(edges.runKey, timeMs), step, timeMs);
       } else if (this.labelOf(step) !== edges.transformKey.slice('transform:'.length)) {
         throw new InvalidArgumentError(`${path}.transform`, `step already recorded with transform ${JSON.stringify(this.labelOf(step))}`);
       }
