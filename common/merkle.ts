@@ -32,16 +32,19 @@ export class MerkleTree {
    * appendLeafHash would compute them; `nodes` must hold exactly those, 32 bytes each.
    */
   appendPrecomputed(leaves: Uint8Array, nodes: Uint8Array): void {
+    // Hashes are copied from `leaves` and `nodes` by offset: a subarray each was an allocation a hash.
     let next = 0;
     for (let i = 0; i < leaves.length; i += 32) {
       let level = 0;
-      let hash = leaves.subarray(i, i + 32);
+      let src = leaves;
+      let at = i;
       for (;;) {
         const lv = this.levelAt(level);
-        lv.push(hash);
+        lv.pushFrom(src, at);
         if (lv.count % 2 === 1) break;
         if (next + 32 > nodes.length) throw new RangeError('appendPrecomputed: fewer interior nodes than the leaves complete');
-        hash = nodes.subarray(next, next + 32);
+        src = nodes;
+        at = next;
         next += 32;
         level++;
       }
@@ -165,12 +168,19 @@ class HashLevel {
   count = 0;
 
   push(hash: Uint8Array): void {
+    this.pushFrom(hash, 0);
+  }
+
+  /** Appends the 32 bytes of `src` from `at`. */
+  pushFrom(src: Uint8Array, at: number): void {
     if ((this.count + 1) * 32 > this.buf.length) {
       const next = new Uint8Array(this.buf.length * 2);
       next.set(this.buf);
       this.buf = next;
     }
-    this.buf.set(hash, this.count * 32);
+    const buf = this.buf;
+    const to = this.count * 32;
+    for (let j = 0; j < 32; j++) buf[to + j] = src[at + j] as number;
     this.count++;
   }
 

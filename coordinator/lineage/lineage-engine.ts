@@ -1093,13 +1093,26 @@ function msToNsString(ms: number): string {
 
 const EMPTY_BYTES = Buffer.alloc(0);
 
-/** Copies the rows of entries[from..] into one shared buffer (a hasher job) and points the entries at them. */
+/**
+ * A hasher job over the rows of entries[from..]. Rows writeEntryBody built already lie in one
+ * shared buffer, which the job names as is; otherwise (a row encoded another way, or rows on
+ * both sides of a new chunk) they are copied into a new one and the entries pointed at them.
+ */
 function packRows(entries: PreparedEntry[], from: number): { buf: SharedArrayBuffer; offsets: Int32Array } {
+  const offsets = new Int32Array(2 * (entries.length - from));
+  const shared = ((entries[from] as PreparedEntry).value as Uint8Array).buffer;
   let total = 0;
-  for (let i = from; i < entries.length; i++) total += ((entries[i] as PreparedEntry).value as Uint8Array).length;
+  let inPlace = shared instanceof SharedArrayBuffer;
+  for (let i = from; i < entries.length; i++) {
+    const value = (entries[i] as PreparedEntry).value as Uint8Array;
+    offsets[2 * (i - from)] = value.byteOffset;
+    offsets[2 * (i - from) + 1] = value.byteOffset + value.length;
+    total += value.length;
+    if (value.buffer !== shared) inPlace = false;
+  }
+  if (inPlace) return { buf: shared as SharedArrayBuffer, offsets };
   const buf = new SharedArrayBuffer(total);
   const arena = Buffer.from(buf);
-  const offsets = new Int32Array(2 * (entries.length - from));
   let pos = 0;
   for (let i = from; i < entries.length; i++) {
     const e = entries[i] as PreparedEntry;
@@ -1113,6 +1126,18 @@ function packRows(entries: PreparedEntry[], from: number): { buf: SharedArrayBuf
   return { buf, offsets };
 }
 
+/** Bytes of shared memory writeEntryBody takes at a time for the rows it builds. */
+const ROW_CHUNK_BYTES = 4 << 20;
+
+/**
+ * Where writeEntryBody builds rows: in shared memory, so that the hasher (which writes their
+ * entry hashes in place) takes them where they lie. Built one allocation a row and then copied
+ * into a hasher job, they cost the committer a copy and a view a row, and the collector an
+ * 8 KiB pool buffer every 23 rows. A chunk lives while any row in it does; the batch copies
+ * the rows, so that is until a group is sealed.
+ */
+let rowChunk = { bytes: Buffer.from(new SharedArrayBuffer(0)), pos: 0 };
+
 /**
  * 32 free bytes, then LedgerEntryBody { seq = 1; received_at_ns = 2; event = 3 } written by hand
  * around the event's own bytes, field for field what LedgerEntryBody.encode writes (zero scalars
@@ -1120,7 +1145,10 @@ function packRows(entries: PreparedEntry[], from: number): { buf: SharedArrayBuf
  */
 function writeEntryBody(seq: number, receivedAt: Uint8Array, event: Uint8Array): Buffer {
   const head = 32 + (seq === 0 ? 0 : 1 + varintLength(seq)) + receivedAt.length + 1 + varintLength(event.length);
-  const out = Buffer.allocUnsafe(head + event.length);
+  const length = head + event.length;
+  if (rowChunk.pos + length > rowChunk.bytes.length) rowChunk = { bytes: Buffer.from(new SharedArrayBuffer(Math.max(ROW_CHUNK_BYTES, length))), pos: 0 };
+  const out = rowChunk.bytes.subarray(rowChunk.pos, rowChunk.pos + length);
+  rowChunk.pos += length;
   let pos = 32;
   if (seq !== 0) {
     out[pos++] = 0x08;
