@@ -157,14 +157,19 @@ class EventCursor {
   }
 }
 
+/** 1 for the bytes of lowercase hex digits: one load a digit instead of three comparisons. */
+const HEX_DIGIT = new Uint8Array(256);
+for (const c of '0123456789abcdef') HEX_DIGIT[c.charCodeAt(0)] = 1;
+
+const HASH_PREFIX_BYTES = Buffer.from(HASH_PREFIX, 'latin1');
+
 /** Whether buf[at, at + HASH_LENGTH) is "sha256:" and 64 lowercase hex digits, as isContentHash asks of a string. */
 function isHashBytes(buf: Buffer, at: number): boolean {
-  for (let i = 0; i < HASH_PREFIX.length; i++) {
-    if (buf[at + i] !== HASH_PREFIX.charCodeAt(i)) return false;
+  for (let i = 0; i < HASH_PREFIX_BYTES.length; i++) {
+    if (buf[at + i] !== HASH_PREFIX_BYTES[i]) return false;
   }
   for (let i = at + HASH_PREFIX.length; i < at + HASH_LENGTH; i++) {
-    const c = buf[i] as number;
-    if (c < 48 || (c > 57 && c < 97) || c > 102) return false;
+    if (HEX_DIGIT[buf[i] as number] !== 1) return false;
   }
   return true;
 }

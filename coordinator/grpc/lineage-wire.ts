@@ -36,7 +36,8 @@ export class LazySubmitEventsRequest implements SubmitEventsRequest, DeferredEve
     const events: LineageEvent[] = [];
     scanEvents(buffer, (start, end) => {
       const i = wire.length;
-      const event = buffer.subarray(start, end);
+      // A plain view: Buffer's subarray costs about four times as much (species lookup, FastBuffer).
+      const event = new Uint8Array(buffer.buffer, buffer.byteOffset + start, end - start);
       wire.push(event);
       events.push(decodeLineageEventFast(buffer, start, end, plain, i) ?? decodeLineageEvent(event, i));
     });
