@@ -1,11 +1,7 @@
 import { getTextEncoding } from '@bufbuild/protobuf/wire';
+import type { Latin1Slicer } from '../../common/ascii-binary-reader.js';
 import { EVENT_LIMITS } from '../../common/event-validation.js';
 import type { LineageEvent, ObjectRef, ObjectVersion, ObjectVersions, ResourceUsage, Run, Step, Trigger } from '../../common/gen/retrace/v1/provenance.js';
-
-/** Buffer's latin1 slicer (what `toString('latin1', …)` calls after parsing its arguments); not in the typings. */
-interface Latin1Slicer {
-  latin1Slice(start: number, end: number): string;
-}
 
 /** Thrown for input outside what decodeLineageEventFast takes; caught there, never seen outside. */
 const UNSUPPORTED = new Error('outside the fast decoder');
