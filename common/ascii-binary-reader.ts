@@ -1,7 +1,7 @@
 import { BinaryReader, getTextEncoding } from '@bufbuild/protobuf/wire';
 
 /** Buffer's latin1 slicer (what `toString('latin1', …)` calls after parsing its arguments); not in the typings. */
-interface Latin1Slicer {
+export interface Latin1Slicer {
   latin1Slice(start: number, end: number): string;
 }
 

@@ -13,6 +13,14 @@ export const EVENT_LIMITS = {
 } as const;
 
 /**
+ * Event bytes as a front end hands them to the engine (DeferredEvents.decode's `wire`), with
+ * `plain[i]` 1 where its decoder found that the event it decoded from wire[i] passes every check
+ * of normalizeEventChecked and is left unchanged by it, so that it needs no check again. The
+ * flag speaks for the bytes: an event whose bytes were dropped (undefined) is checked in full.
+ */
+export type CheckedEventBytes = readonly (Uint8Array | undefined)[] & { readonly plain?: Uint8Array };
+
+/**
  * Structural validation of one native event (no store lookups): required fields, hash syntax,
  * int64 ranges, limits. Returns a normalised event (Struct and map keys sorted, so the encoding
  * is canonical; a zero event time replaced by `receivedAtNs`). Errors name the field under `path`.

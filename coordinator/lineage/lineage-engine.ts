@@ -19,7 +19,7 @@ import {
 } from '../../common/gen/retrace/v1/lineage.js';
 import { LedgerEntryBody, type Checkpoint, type LineageEvent, type ObjectVersion, type Run, type Step } from '../../common/gen/retrace/v1/provenance.js';
 import { AsciiBinaryReader } from '../../common/ascii-binary-reader.js';
-import { EVENT_LIMITS, normalizeEventChecked } from '../../common/event-validation.js';
+import { EVENT_LIMITS, normalizeEventChecked, type CheckedEventBytes } from '../../common/event-validation.js';
 import { encodeLineageEvent } from '../../common/lineage-event-encoding.js';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../../common/errors.js';
 import { isContentHash } from '../../common/hash.js';
@@ -1224,13 +1224,19 @@ function isDeferred(events: readonly LineageEvent[] | DeferredEvents): events is
 /** Normalises a submission's events; `given` bytes are kept for the events normalising leaves unchanged. */
 function normalizeAll(
   events: readonly LineageEvent[],
-  given: readonly (Uint8Array | undefined)[] | undefined,
+  given: CheckedEventBytes | undefined,
   receivedAt: string,
 ): { normalized: LineageEvent[]; wire: (Uint8Array | undefined)[] | undefined } {
   const bytes = given !== undefined && given.length === events.length ? given : undefined;
   const normalized = new Array<LineageEvent>(events.length);
   const wire = bytes ? new Array<Uint8Array | undefined>(events.length) : undefined;
+  const plain = bytes?.plain;
   for (let i = 0; i < events.length; i++) {
+    if (plain !== undefined && plain[i] === 1 && wire && bytes?.[i] !== undefined) {
+      normalized[i] = events[i] as LineageEvent;
+      wire[i] = bytes[i];
+      continue;
+    }
     const n = normalizeEventChecked(events[i] as LineageEvent, `events[${i}]`, receivedAt);
     normalized[i] = n.event;
     if (wire && bytes) wire[i] = n.changed ? undefined : bytes[i];
