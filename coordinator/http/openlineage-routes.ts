@@ -65,19 +65,99 @@ export function createOpenLineageRoutes(lineage: LineageApi): Route[] {
 
 async function postEvent(lineage: LineageApi, req: HttpRequest): Promise<HttpResponse> {
   if (req.body === undefined) throw new InvalidArgumentError('$', 'an OpenLineage event (JSON object) is required');
-  const events = await withRunStarts(lineage, convert(validateOpenLineageEvent(req.body), '', req.boundPrincipal));
+  const validated = validateOpenLineageEvent(req.body);
+  const converted = convert(validated, '', req.boundPrincipal);
+  const events = await withRunStarts(lineage, converted);
   // A JobEvent converts to nothing; there is nothing to store, but it was accepted.
-  if (events.length > 0) await lineage.submit(events, { signal: req.signal });
+  if (events.length > 0) await submitAs(lineage, req, events, sourcesOf([converted], events), [validated], () => '');
   return { status: 201, body: {} };
 }
 
 async function postBatch(lineage: LineageApi, req: HttpRequest): Promise<HttpResponse> {
   if (req.body === undefined) throw new InvalidArgumentError('$', 'a JSON array of OpenLineage events is required');
   const validated = validateOpenLineageBatch(req.body);
-  const events = await withRunStarts(lineage, validated.flatMap((v, i) => convert(v, `[${i}]`, req.boundPrincipal)));
+  const converted = validated.map((v, i) => convert(v, `[${i}]`, req.boundPrincipal));
+  const events = await withRunStarts(lineage, converted.flat());
   if (events.length === 0) return { status: 201, body: { accepted: 0, duplicates: 0 } };
-  const result = await lineage.submit(events, { signal: req.signal });
+  const result = await submitAs(lineage, req, events, sourcesOf(converted, events), validated, (i) => `[${i}]`);
   return { status: 201, body: { accepted: result.accepted, duplicates: result.duplicates } };
+}
+
+/**
+ * For each native event of `events`, the index of the OpenLineage event it came from:
+ * `converted[i]` are event i's native events; withRunStarts keeps their ids and puts an event it
+ * adds right after the one it adds it for.
+ */
+function sourcesOf(converted: readonly LineageEvent[][], events: readonly LineageEvent[]): number[] {
+  const byId = new Map<string, number>();
+  converted.forEach((list, i) => {
+    for (const e of list) if (!byId.has(e.eventId)) byId.set(e.eventId, i);
+  });
+  const out: number[] = [];
+  for (const e of events) out.push(byId.get(e.eventId) ?? out[out.length - 1] ?? 0);
+  return out;
+}
+
+/**
+ * Submits the converted events; a refusal of the store (a run's step already recorded under
+ * another job, a dataset version already written by another run) names the OpenLineage event's
+ * field, not the converted events' (`job.name`, `[1].outputs[0]`, not `events[5].step.transform`,
+ * which the sender never wrote).
+ */
+async function submitAs(
+  lineage: LineageApi,
+  req: HttpRequest,
+  events: LineageEvent[],
+  sources: readonly number[],
+  validated: readonly ValidatedOpenLineageEvent[],
+  prefixOf: (i: number) => string,
+): Promise<Awaited<ReturnType<LineageApi['submit']>>> {
+  try {
+    return await lineage.submit(events, { signal: req.signal });
+  } catch (err) {
+    const field = err instanceof InvalidArgumentError ? err.field : undefined;
+    const m = field === undefined ? null : /^events\[(\d+)\](?:\.(.*))?$/.exec(field);
+    if (!m || field === undefined) throw err;
+    const i = sources[Number(m[1])] ?? 0;
+    const source = validated[i];
+    const detail = (err as InvalidArgumentError).message.startsWith(`${field}: `) ? (err as InvalidArgumentError).message.slice(field.length + 2) : (err as InvalidArgumentError).message;
+    const { path, message } = openLineageFieldOf(m[2] ?? '', detail, source);
+    const prefix = prefixOf(i);
+    throw new InvalidArgumentError(prefix === '' ? path : path === '$' ? prefix : `${prefix}.${path}`, message, err);
+  }
+}
+
+/** The OpenLineage field a store refusal at `nativePath` of a converted event is about, and what to say. */
+function openLineageFieldOf(nativePath: string, detail: string, source: ValidatedOpenLineageEvent | undefined): { path: string; message: string } {
+  const run = source?.kind === 'RunEvent' ? source.event : undefined;
+  if (run && nativePath === 'step.transform') {
+    const job = /transform "job:(.*)"$/.exec(detail)?.[1];
+    return {
+      path: 'job.name',
+      message: `run ${run.run.runId} is already recorded under ${job === undefined ? 'another job' : `job ${JSON.stringify(job)}`}; all events of a run must name the same job (namespace and name)`,
+    };
+  }
+  const generated = /^step\.generated\[(\d+)\]$/.exec(nativePath);
+  if (run && generated) {
+    // The step's outputs are the event's distinct outputs, in order.
+    const seen = new Set<string>();
+    const distinct: number[] = [];
+    (run.outputs ?? []).forEach((o, j) => {
+      const key = JSON.stringify([o.namespace, o.name]);
+      if (!seen.has(key)) distinct.push(j);
+      seen.add(key);
+    });
+    const j = distinct[Number(generated[1])];
+    const by = /already generated by step:openlineage:(.*)$/.exec(detail)?.[1];
+    if (j !== undefined) {
+      return {
+        path: `outputs[${j}]`,
+        message: by === undefined ? detail : `this version of the dataset was already written by run ${by}; a version (its version facet) is written by one run: give this run's output a version of its own`,
+      };
+    }
+  }
+  if (run && nativePath === 'step.generated') return { path: 'outputs', message: detail };
+  return { path: '$', message: `${nativePath === '' ? 'the event' : nativePath}: ${detail}` };
 }
 
 /**

@@ -1,0 +1,80 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { postJson } from './helpers/openlineage-http.js';
+import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
+
+/**
+ * What a Marquez/OpenLineage user meets on the HTTP face (found in review): refusals that name
+ * the field the sender wrote, and read answers that agree with each other and with Marquez's
+ * shapes. A real coordinator: LevelDB in a temp dir, real sockets.
+ */
+
+const PRODUCER = 'https://github.com/OpenLineage/OpenLineage/tree/1.23.0/integration/spark';
+const SCHEMA_URL = 'https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent';
+
+let counter = 0;
+function uuid(): string {
+  counter++;
+  return `00000000-0000-4000-8000-${(0xabc000 + counter).toString(16).padStart(12, '0')}`;
+}
+
+interface Dataset {
+  namespace: string;
+  name: string;
+  facets?: Record<string, unknown>;
+}
+
+function runEvent(ns: string, job: string, runId: string, eventType: string, time: string, outputs: Dataset[], inputs: Dataset[] = []) {
+  return { eventTime: time, producer: PRODUCER, schemaURL: SCHEMA_URL, eventType, run: { runId }, job: { namespace: ns, name: job }, inputs, outputs };
+}
+
+const versionFacet = (v: string) => ({ version: { _producer: PRODUCER, _schemaURL: 'https://openlineage.io/spec/facets/1-0-1/DatasetVersionDatasetFacet.json', datasetVersion: v } });
+
+let tc: TestCoordinator;
+
+beforeAll(async () => {
+  tc = await startTestCoordinator({ quiet: true });
+});
+
+afterAll(async () => {
+  await tc?.stop();
+});
+
+const post = (path: string, body: unknown) => postJson(tc, path, body);
+async function get(path: string): Promise<{ status: number; json: any }> {
+  const res = await fetch(`${tc.httpUrl}${path}`, { headers: tc.httpAuth });
+  return { status: res.status, json: await res.json() };
+}
+
+describe('store refusals name the OpenLineage field', () => {
+  it('a run whose COMPLETE names another job than its START: 400 naming job.name, nothing of the batch stored', async () => {
+    const runId = uuid();
+    expect((await post('/api/v1/lineage', runEvent('ren', 'old_name', runId, 'START', '2026-02-05T00:00:00Z', [{ namespace: 'ren', name: 'out' }]))).status).toBe(201);
+    const single = await post('/api/v1/lineage', runEvent('ren', 'new_name', runId, 'COMPLETE', '2026-02-05T00:03:00Z', [{ namespace: 'ren', name: 'out' }]));
+    expect(single.status).toBe(400);
+    expect(single.json.field).toBe('job.name');
+    expect(single.json.message).toContain(runId);
+    expect(single.json.message).toContain('"ren:old_name"');
+
+    const other = uuid();
+    const batch = await post('/api/v1/lineage/batch', [
+      runEvent('ren2', 'first', other, 'START', '2026-02-06T00:00:00Z', [{ namespace: 'ren2', name: 'out' }]),
+      runEvent('ren2', 'second', other, 'COMPLETE', '2026-02-06T00:01:00Z', [{ namespace: 'ren2', name: 'out' }]),
+    ]);
+    expect(batch.status).toBe(400);
+    expect(batch.json).toMatchObject({ error: 'INVALID_ARGUMENT', field: '[1].job.name' });
+    expect((await get('/api/v1/namespaces/ren2')).status).toBe(404);
+  });
+
+  it('a dataset version already written by another run: 400 naming that output', async () => {
+    const out = { namespace: 'ver', name: 't', facets: versionFacet('v1') };
+    const first = uuid();
+    expect((await post('/api/v1/lineage', runEvent('ver', 'w', first, 'COMPLETE', '2026-05-02T00:00:00Z', [out]))).status).toBe(201);
+    const res = await post('/api/v1/lineage/batch', [
+      runEvent('ver', 'w', uuid(), 'COMPLETE', '2026-05-02T01:00:00Z', [{ namespace: 'ver', name: 'a' }, { namespace: 'ver', name: 'a' }, out]),
+    ]);
+    expect(res.status).toBe(400);
+    expect(res.json.field).toBe('[0].outputs[2]');
+    expect(res.json.message).toContain(first);
+    expect((await get('/api/v1/namespaces/ver/datasets/a')).status).toBe(404);
+  });
+});
