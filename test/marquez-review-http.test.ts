@@ -78,3 +78,32 @@ describe('store refusals name the OpenLineage field', () => {
     expect((await get('/api/v1/namespaces/ver/datasets/a')).status).toBe(404);
   });
 });
+
+describe('search', () => {
+  it("dates a job as its own answer does (its latest run's end), and sorts UPDATE_AT by that", async () => {
+    const dag = uuid();
+    const task = uuid();
+    const load = uuid();
+    for (const e of [
+      runEvent('srch', 'srchdag', dag, 'START', '2026-06-01T10:00:00Z', []),
+      runEvent('srch', 'srchdag.task', task, 'START', '2026-06-01T10:00:01Z', [{ namespace: 'srch', name: 'srchout' }]),
+      runEvent('srch', 'srchdag.task', task, 'COMPLETE', '2026-06-01T10:00:05Z', [{ namespace: 'srch', name: 'srchout' }]),
+      runEvent('srch', 'srchdag', dag, 'COMPLETE', '2026-06-01T10:00:10Z', []),
+      // A START naming its output, then a COMPLETE naming it again 7 minutes later.
+      runEvent('srch', 'srchload', load, 'START', '2026-06-01T09:00:00Z', [{ namespace: 'srch', name: 'srchloaded' }]),
+      runEvent('srch', 'srchload', load, 'COMPLETE', '2026-06-01T09:07:00Z', [{ namespace: 'srch', name: 'srchloaded' }]),
+    ]) {
+      expect((await post('/api/v1/lineage', e)).status).toBe(201);
+    }
+    const res = await get('/api/v1/search?q=srch&filter=JOB&sort=UPDATE_AT');
+    expect(res.status).toBe(200);
+    const results = res.json.results as { name: string; updatedAt: string }[];
+    expect(results.map((r) => r.name)).toEqual(['srchdag', 'srchdag.task', 'srchload']);
+    for (const r of results) {
+      const job = await get(`/api/v1/namespaces/srch/jobs/${encodeURIComponent(r.name)}`);
+      expect(r.updatedAt).toBe(job.json.updatedAt);
+    }
+    expect(results[0]?.updatedAt).toBe('2026-06-01T10:00:10.000Z');
+    expect(results[2]?.updatedAt).toBe('2026-06-01T09:07:00.000Z');
+  });
+});

@@ -279,7 +279,7 @@ export function createMarquezRoutes(lineage: LineageApi): Route[] {
     {
       method: 'GET',
       path: '/api/v1/search',
-      handler: async (req) => ({ status: 200, body: await search(datasets, jobs, req) }),
+      handler: async (req) => ({ status: 200, body: await search(datasets, jobs, updatedMs, req) }),
     },
   ];
 }
@@ -419,7 +419,12 @@ function namespaces(spans: ReadonlyMap<string, { first: number; last: number }>)
  * breaks ties as a stable sort of the list did; a plain native dataset's name is matched and
  * compared with no string made.
  */
-async function search(datasets: () => MarquezDatasets, jobs: () => Promise<Entry[]>, req: HttpRequest): Promise<{ totalCount: number; results: Record<string, unknown>[] }> {
+async function search(
+  datasets: () => MarquezDatasets,
+  jobs: () => Promise<Entry[]>,
+  updatedMs: (e: Entry) => number | Promise<number>,
+  req: HttpRequest,
+): Promise<{ totalCount: number; results: Record<string, unknown>[] }> {
   const q = req.query.get('q');
   if (q === null || q.trim() === '') throw new InvalidArgumentError('q', 'is required: the text to look for in dataset and job names');
   const filter = parseFilter(req);
@@ -450,7 +455,15 @@ async function search(datasets: () => MarquezDatasets, jobs: () => Promise<Entry
   const nameOf = (h: number): string => (isDataset(h) ? (d as MarquezDatasets).nameOf(place(h)) : job(h).name);
   const namespaceOf = (h: number): string => (isDataset(h) ? (d as MarquezDatasets).namespaceOf(place(h)) : job(h).namespace);
   const updated = new Float64Array(count);
-  for (let h = 0; h < count; h++) updated[h] = isDataset(h) ? (d as MarquezDatasets).objects.lastChangedMs(place(h)) : job(h).lastChangedMs;
+  // A job's updatedAt is its own answer's (its latest run's end included), so UPDATE_AT orders
+  // jobs as their pages date them: an Airflow DAG's run ends after all its tasks.
+  for (let h = 0; h < count; h++) {
+    if (isDataset(h)) updated[h] = (d as MarquezDatasets).objects.lastChangedMs(place(h));
+    else {
+      const t = updatedMs(job(h));
+      updated[h] = typeof t === 'number' ? t : await t;
+    }
+  }
   const byName = (a: number, b: number): number => {
     if (isDataset(a) && isDataset(b)) return (d as MarquezDatasets).compareNames(place(a), place(b)) || compare(namespaceOf(a), namespaceOf(b)) || a - b;
     return compare(nameOf(a), nameOf(b)) || compare(namespaceOf(a), namespaceOf(b)) || a - b;
