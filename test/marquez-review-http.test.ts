@@ -107,3 +107,34 @@ describe('search', () => {
     expect(results[2]?.updatedAt).toBe('2026-06-01T09:07:00.000Z');
   });
 });
+
+describe('GET /api/v1/lineage node data', () => {
+  it("carries the createdAt, updatedAt (and a job's parentJobName) that the dataset's and job's own answers give", async () => {
+    const dag = uuid();
+    const task = uuid();
+    const parent = { parent: { _producer: PRODUCER, _schemaURL: 'https://openlineage.io/spec/facets/1-0-1/ParentRunFacet.json', run: { runId: dag }, job: { namespace: 'lgt', name: 'lgtdag' } } };
+    const start = runEvent('lgt', 'lgtdag.load', task, 'START', '2026-07-01T10:00:00Z', [{ namespace: 'lgt', name: 'lgtout' }], [{ namespace: 'lgt', name: 'lgtin' }]);
+    const complete = runEvent('lgt', 'lgtdag.load', task, 'COMPLETE', '2026-07-01T10:07:00Z', [{ namespace: 'lgt', name: 'lgtout' }], [{ namespace: 'lgt', name: 'lgtin' }]);
+    for (const e of [
+      runEvent('lgt', 'lgtdag', dag, 'START', '2026-07-01T09:59:00Z', []),
+      { ...start, run: { runId: task, facets: parent } },
+      { ...complete, run: { runId: task, facets: parent } },
+    ]) {
+      expect((await post('/api/v1/lineage', e)).status).toBe(201);
+    }
+    const res = await get(`/api/v1/lineage?nodeId=${encodeURIComponent('job:lgt:lgtdag.load')}`);
+    expect(res.status).toBe(200);
+    const graph = res.json.graph as { id: string; type: string; data: Record<string, unknown> }[];
+    expect(graph.map((n) => n.id)).toEqual(['dataset:lgt:lgtin', 'dataset:lgt:lgtout', 'job:lgt:lgtdag.load']);
+    for (const n of graph) {
+      const own = n.type === 'JOB' ? await get(`/api/v1/namespaces/lgt/jobs/${encodeURIComponent(String(n.data['name']))}`) : await get(`/api/v1/namespaces/lgt/datasets/${encodeURIComponent(String(n.data['name']))}`);
+      expect(own.status).toBe(200);
+      expect(n.data['createdAt']).toBe(own.json.createdAt);
+      expect(n.data['updatedAt']).toBe(own.json.updatedAt);
+      expect(typeof n.data['updatedAt']).toBe('string');
+      if (n.type === 'JOB') expect(n.data['parentJobName']).toBe('lgtdag');
+    }
+    const job = graph[2] as { data: Record<string, unknown> };
+    expect(job.data['updatedAt']).toBe('2026-07-01T10:07:00.000Z');
+  });
+});

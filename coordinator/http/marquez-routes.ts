@@ -7,6 +7,7 @@ import type { LineageApi, ObjectList } from '../lineage/lineage-api.js';
 import { datasetNodeId, jobNodeId, NATIVE_NAMESPACE } from './marquez-ids.js';
 import { compare, datasetDataOf, facetMap, getOptional, intParam, jobDataFrom, MAX_JOB_RECORDS, runAndStep, runData, runFacetsOf, type MarquezEdge } from './openlineage-routes.js';
 import { firstInOrder, MarquezDatasets, widen } from './marquez-datasets.js';
+import { registerNodeTimes } from './marquez-node-times.js';
 import { runIndexOf, type RunEntry } from './run-index.js';
 import type { HttpRequest, Route } from './router.js';
 
@@ -155,6 +156,13 @@ export function createMarquezRoutes(lineage: LineageApi): Route[] {
       latest = run;
     }
     if (data === undefined) throw new NotFoundError(`job ${JSON.stringify(e.nodeId)}`, 'job');
+    return { ...data, ...(await jobTimes(e, data, latest)) };
+  };
+  /**
+   * A job's createdAt, updatedAt and parentJobName, from its data's latestRun (`latest`: that
+   * run, when it was read as the newest run by name).
+   */
+  const jobTimes = async (e: Entry, data: Record<string, unknown>, latest: Run | undefined): Promise<{ createdAt: string; updatedAt: string; parentJobName: string | null }> => {
     const latestRun = facetMap(data['latestRun']);
     const parentRunId = typeof latestRun['parentRunId'] === 'string' ? latestRun['parentRunId'] : undefined;
     let parentJobName: string | null = null;
@@ -166,7 +174,6 @@ export function createMarquezRoutes(lineage: LineageApi): Route[] {
     // whether or not that run has a step (the step keeps the time its outputs were written).
     const ended = latest?.endedAtNs && latest.endedAtNs !== '0' ? Number(BigInt(latest.endedAtNs) / 1_000_000n) : isoMs(latestRun['endedAt']);
     return {
-      ...data,
       createdAt: new Date(e.firstSeenMs).toISOString(),
       updatedAt: new Date(Math.max(e.lastChangedMs, ended)).toISOString(),
       parentJobName,
@@ -187,10 +194,33 @@ export function createMarquezRoutes(lineage: LineageApi): Route[] {
   };
   const datasetData = async (e: Entry): Promise<Record<string, unknown>> => ({
     ...(await datasetDataOf(lineage, e.storeId ?? e.nodeId)),
-    // Marquez's createdAt is when the dataset first appeared; its latest version's time is lastModifiedAt.
+    ...datasetTimes(e),
+  });
+  // Marquez's createdAt is when the dataset first appeared; its latest version's time is lastModifiedAt.
+  const datasetTimes = (e: Entry): { createdAt: string; firstSeenAt: string; updatedAt: string } => ({
     createdAt: new Date(e.firstSeenMs).toISOString(),
     firstSeenAt: new Date(e.firstSeenMs).toISOString(),
     updatedAt: new Date(e.lastChangedMs).toISOString(),
+  });
+  // The lineage graph's nodes carry the times their own answers give (Marquez's JobData and
+  // DatasetData always have createdAt and updatedAt); the jobs and datasets are listed once a graph.
+  registerNodeTimes(lineage, async (nodes) => {
+    const jobNodes = nodes.filter((n) => n.type === 'JOB');
+    const byId = jobNodes.length === 0 ? new Map<string, Entry>() : new Map((await jobs()).map((e) => [e.nodeId, e]));
+    for (const n of jobNodes) {
+      const e = byId.get(n.id);
+      if (e === undefined) continue;
+      const newest = e.runs[0];
+      const latest = newest !== undefined && facetMap(n.data['latestRun'])['id'] !== newest.runId ? await lineage.readRun(newest.runId) : undefined;
+      Object.assign(n.data, await jobTimes(e, n.data, latest));
+    }
+    const datasetNodes = nodes.filter((n) => n.type === 'DATASET');
+    const d = datasetNodes.length === 0 ? undefined : datasets();
+    for (const n of datasetNodes) {
+      const { namespace, name } = n.data as { namespace?: unknown; name?: unknown };
+      const i = d === undefined || typeof namespace !== 'string' || typeof name !== 'string' ? undefined : d.find(namespace, name);
+      if (i !== undefined) Object.assign(n.data, datasetTimes(datasetEntry(d as MarquezDatasets, i)));
+    }
   });
 
   return [

@@ -14,6 +14,7 @@ import { validateOpenLineageBatch, validateOpenLineageEvent } from '../../common
 import { nanosToIso } from '../../common/time.js';
 import type { LineageApi } from '../lineage/lineage-api.js';
 import { datasetNodeId, jobNodeId, marquezRunState, NATIVE_NAMESPACE, nativeIdOf } from './marquez-ids.js';
+import { nodeTimesOf } from './marquez-node-times.js';
 import { runIndexOf } from './run-index.js';
 import type { HttpRequest, HttpResponse, Route } from './router.js';
 
@@ -231,7 +232,9 @@ async function getLineage(lineage: LineageApi, req: HttpRequest): Promise<HttpRe
       if (err instanceof NotFoundError) continue;
       throw err;
     }
-    return { status: 200, body: { graph: await buildGraph(lineage, start, trace) } };
+    const graph = await buildGraph(lineage, start, trace);
+    await nodeTimesOf(lineage)?.(graph);
+    return { status: 200, body: { graph } };
   }
   if (kind === NodeKind.NODE_KIND_TRANSFORM) {
     // A job whose runs touched no dataset has runs but no transform: it stands alone.
@@ -239,7 +242,9 @@ async function getLineage(lineage: LineageApi, req: HttpRequest): Promise<HttpRe
     const newest = runs?.[0];
     if (newest !== undefined) {
       const { run, step } = await runAndStep(lineage, newest.runId);
-      return { status: 200, body: { graph: [{ id: nodeId, type: 'JOB', data: jobDataFrom(nodeId, run, step, [], []), inEdges: [], outEdges: [] }] } };
+      const graph: MarquezNode[] = [{ id: nodeId, type: 'JOB', data: jobDataFrom(nodeId, run, step, [], []), inEdges: [], outEdges: [] }];
+      await nodeTimesOf(lineage)?.(graph);
+      return { status: 200, body: { graph } };
     }
   }
   throw new NotFoundError(`node ${JSON.stringify(nodeId)}`, 'nodeId');
