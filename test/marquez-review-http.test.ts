@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { deflateSync, gzipSync } from 'node:zlib';
 import { postJson } from './helpers/openlineage-http.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 
@@ -136,5 +137,36 @@ describe('GET /api/v1/lineage node data', () => {
     }
     const job = graph[2] as { data: Record<string, unknown> };
     expect(job.data['updatedAt']).toBe('2026-07-01T10:07:00.000Z');
+  });
+});
+
+describe('compressed bodies (OpenLineage transports with compression: gzip)', () => {
+  async function postRaw(body: Buffer, encoding: string): Promise<{ status: number; json: any }> {
+    const res = await fetch(`${tc.httpUrl}/api/v1/lineage`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'content-encoding': encoding, ...tc.httpAuth },
+      body,
+    });
+    return { status: res.status, json: await res.json() };
+  }
+
+  it('reads a gzip or deflate body as the JSON it holds', async () => {
+    const gz = uuid();
+    const event = runEvent('zip', 'gzipped', gz, 'COMPLETE', '2026-08-01T00:00:00Z', [{ namespace: 'zip', name: 'zipped_out' }]);
+    expect(await postRaw(gzipSync(JSON.stringify(event)), 'gzip')).toEqual({ status: 201, json: {} });
+    expect((await get(`/api/v1/jobs/runs/${gz}`)).json).toMatchObject({ id: gz, state: 'COMPLETED' });
+    const df = uuid();
+    const other = runEvent('zip', 'deflated', df, 'COMPLETE', '2026-08-01T00:00:00Z', [{ namespace: 'zip', name: 'zipped_out2' }]);
+    expect((await postRaw(deflateSync(JSON.stringify(other)), 'deflate')).status).toBe(201);
+    expect((await get(`/api/v1/jobs/runs/${df}`)).status).toBe(200);
+  });
+
+  it('refuses an unknown encoding (415 naming content-encoding), a corrupt one (400) and one over 16 MiB once decompressed (413)', async () => {
+    const body = gzipSync(JSON.stringify(runEvent('zip', 'x', uuid(), 'COMPLETE', '2026-08-01T00:00:00Z', [])));
+    expect(await postRaw(body, 'br')).toMatchObject({ status: 415, json: { error: 'INVALID_ARGUMENT', field: 'content-encoding' } });
+    expect(await postRaw(Buffer.from('{"not":"gzip"}'), 'gzip')).toMatchObject({ status: 400, json: { error: 'INVALID_ARGUMENT', field: 'body' } });
+    const bomb = gzipSync(Buffer.alloc(17 * 1024 * 1024, 0x20));
+    expect(bomb.length).toBeLessThan(1024 * 1024);
+    expect(await postRaw(bomb, 'gzip')).toMatchObject({ status: 413, json: { error: 'RESOURCE_EXHAUSTED', field: 'body' } });
   });
 });

@@ -1,5 +1,7 @@
 import { createServer, type IncomingMessage, type RequestListener, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
+import { promisify } from 'node:util';
+import { gunzip, inflate } from 'node:zlib';
 import { InvalidArgumentError, isRetraceError, NotFoundError, RetraceError, toHttpError } from '../../common/errors.js';
 import { boundPrincipalOf, mayUseHttp, permissionDenied } from '../access-policy.js';
 import { ownerOnly, type Authenticate } from '../token-registry.js';
@@ -20,7 +22,15 @@ class BodyTooLargeError extends Error {}
  * `{error: "INVALID_ARGUMENT", field: "content-type"}`, as Marquez refuses it, before a byte of
  * it is read. A body without a Content-Type is read as JSON.
  */
-class UnsupportedMediaTypeError extends Error {}
+class UnsupportedMediaTypeError extends Error {
+  constructor(
+    message: string,
+    /** The header at fault. */
+    readonly field: 'content-type' | 'content-encoding' = 'content-type',
+  ) {
+    super(message);
+  }
+}
 
 /** Whether a Content-Type names JSON: `application/json` or a `+json` type, any parameters. */
 function isJsonMediaType(contentType: string): boolean {
@@ -28,12 +38,42 @@ function isJsonMediaType(contentType: string): boolean {
   return type === 'application/json' || /^application\/[a-z0-9.!#$&^_-]+\+json$/.test(type);
 }
 
-/** A request with a body whose Content-Type is not JSON. */
+/** A request with a body whose Content-Type is not JSON, or whose Content-Encoding is not one read (see contentEncodingOf). */
 function checkContentType(req: IncomingMessage): void {
   const contentType = req.headers['content-type'];
   const hasBody = req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0');
-  if (!hasBody || contentType === undefined || isJsonMediaType(contentType)) return;
+  if (!hasBody) return;
+  contentEncodingOf(req);
+  if (contentType === undefined || isJsonMediaType(contentType)) return;
   throw new UnsupportedMediaTypeError(`content-type: the body must be JSON (application/json), got ${JSON.stringify(contentType.slice(0, 100))}`);
+}
+
+const gunzipAsync = promisify(gunzip);
+const inflateAsync = promisify(inflate);
+
+/**
+ * How the body is compressed: OpenLineage's HTTP transports send `Content-Encoding: gzip` when
+ * configured with `compression: gzip` (Python and Java clients), and Marquez reads it. `gzip`
+ * (`x-gzip`) and `deflate` are read; no header or `identity` is plain; any other is 415 naming
+ * `content-encoding` before the body is read.
+ */
+function contentEncodingOf(req: IncomingMessage): 'gzip' | 'deflate' | undefined {
+  const header = req.headers['content-encoding'];
+  const value = (Array.isArray(header) ? header.join(',') : (header ?? '')).trim().toLowerCase();
+  if (value === '' || value === 'identity') return undefined;
+  if (value === 'gzip' || value === 'x-gzip') return 'gzip';
+  if (value === 'deflate') return 'deflate';
+  throw new UnsupportedMediaTypeError(`content-encoding: must be gzip, deflate or identity, got ${JSON.stringify(value.slice(0, 100))}`, 'content-encoding');
+}
+
+/** A compressed body made plain, at most MAX_HTTP_BODY_BYTES of it (413 beyond, 400 when it does not decompress). */
+async function decompressed(body: Buffer, encoding: 'gzip' | 'deflate'): Promise<Buffer> {
+  try {
+    return await (encoding === 'gzip' ? gunzipAsync : inflateAsync)(body, { maxOutputLength: MAX_HTTP_BODY_BYTES });
+  } catch (err) {
+    if ((err as { code?: unknown }).code === 'ERR_BUFFER_TOO_LARGE') throw bodyTooLarge(`more than ${MAX_HTTP_BODY_BYTES} bytes once decompressed`);
+    throw new InvalidArgumentError('body', `not valid ${encoding} (Content-Encoding: ${encoding}): ${(err as Error).message}`);
+  }
 }
 
 function bodyTooLarge(what: string): BodyTooLargeError {
@@ -92,7 +132,7 @@ export function createHttpServer(
       send(res, response.status, response.body);
     } catch (caught) {
       if (caught instanceof UnsupportedMediaTypeError) {
-        send(res, 415, { error: 'INVALID_ARGUMENT', message: caught.message, field: 'content-type' });
+        send(res, 415, { error: 'INVALID_ARGUMENT', message: caught.message, field: caught.field });
         return;
       }
       if (caught instanceof BodyTooLargeError) {
@@ -196,7 +236,11 @@ async function readJson(req: IncomingMessage): Promise<unknown> {
     req.on('data', onData).on('end', onEnd).on('error', onError);
   });
   if (size === 0) return undefined;
-  const text = Buffer.concat(chunks).toString('utf8');
+  const encoding = contentEncodingOf(req);
+  const raw = Buffer.concat(chunks);
+  const body = encoding === undefined ? raw : await decompressed(raw, encoding);
+  if (body.length === 0) return undefined;
+  const text = body.toString('utf8');
   try {
     return JSON.parse(text) as unknown;
   } catch (err) {
