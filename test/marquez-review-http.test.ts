@@ -170,3 +170,16 @@ describe('compressed bodies (OpenLineage transports with compression: gzip)', ()
     expect(await postRaw(bomb, 'gzip')).toMatchObject({ status: 413, json: { error: 'RESOURCE_EXHAUSTED', field: 'body' } });
   });
 });
+
+describe('run states', () => {
+  it('an OTHER event after COMPLETE adds its facets and leaves the run COMPLETED, ended when it ended', async () => {
+    const runId = uuid();
+    expect((await post('/api/v1/lineage', runEvent('other', 'job', runId, 'START', '2026-02-06T00:00:00Z', []))).status).toBe(201);
+    expect((await post('/api/v1/lineage', runEvent('other', 'job', runId, 'COMPLETE', '2026-02-06T00:10:00Z', []))).status).toBe(201);
+    const late = { ...runEvent('other', 'job', runId, 'OTHER', '2026-02-06T00:20:00Z', []), run: { runId, facets: { note: { _producer: PRODUCER, _schemaURL: 'https://example.com/Note.json', text: 'late metadata' } } } };
+    expect((await post('/api/v1/lineage', late)).status).toBe(201);
+    const run = (await get(`/api/v1/jobs/runs/${runId}`)).json;
+    expect(run).toMatchObject({ state: 'COMPLETED', endedAt: '2026-02-06T00:10:00Z', durationMs: 600_000 });
+    expect(run.facets?.note?.text).toBe('late metadata');
+  });
+});

@@ -50,7 +50,8 @@ export function foldRuns(events: readonly { timeNs: bigint; run: Run }[]): Run {
   for (const { run } of sorted.slice(1)) {
     if (run.name) out.name = run.name;
     if (run.parentRunId) out.parentRunId = run.parentRunId;
-    if (run.state) out.state = run.state;
+    // OTHER carries metadata at any point of a run, also after its end (the OpenLineage spec): no change of state.
+    if (run.state && run.state !== 'OTHER') out.state = run.state;
     // A run closed and then started again (a resumed recompute job) is open again until its next end.
     if (OPEN_RUN_STATES.has(run.state) && run.endedAtNs === '0') out.endedAtNs = '0';
     if (run.startedAtNs !== '0' && (out.startedAtNs === '0' || BigInt(run.startedAtNs) < BigInt(out.startedAtNs))) out.startedAtNs = run.startedAtNs;
