@@ -559,6 +559,10 @@ const recomputeCmd: CliCommand = {
       const jobs = openClient(JobServiceDefinition, args);
       try {
         const final = await watchJobProgress(jobs.client, r.jobId, { out: io.stderr, signal: io.signal });
+        // Ctrl-C stops the watch, not the job: say so, and how to stop it, before "interrupted".
+        if (io.signal.aborted && !final.done) {
+          io.stderr.write(`job ${r.jobId} goes on (${final.stateName}): Ctrl-C stopped the watch, not the job; retrace jobs watch ${r.jobId} follows it, retrace jobs cancel ${r.jobId} stops it\n`);
+        }
         const tasks = final.job.tasks;
         const count = (o: string): number => tasks.filter((t) => t.state === TaskState.TASK_STATE_SUCCEEDED && t.outcome === o).length;
         if (hasFlag(args, 'json')) io.stdout.write(toJson(jobJson(final.job)));
