@@ -230,7 +230,18 @@ export async function collectAffected(lineage: ImpactLineage, roots: readonly Im
     if (ran) n.ranAs = ran;
   }
   const ordered = topoOrder([...kept.values()]);
-  return { roots: rootNames, nodes: ordered, objects: [...objects.values()].sort((a, b) => a.depth - b.depth || a.objectId.localeCompare(b.objectId)) };
+  // The affected objects are what the kept executions output: a version that a superseded
+  // execution made (before a re-ingest, an older recompute) is history a recompute does not
+  // touch, and counting it made "40 steps, 62 objects" of 40 one-output steps.
+  const affectedObjects = new Map<string, AffectedObject>();
+  for (const n of ordered) {
+    for (const o of n.outputs) {
+      const vk = versionKey(o.objectId, o.contentHash);
+      const walked = objects.get(vk);
+      if (walked && !affectedObjects.has(vk)) affectedObjects.set(vk, walked);
+    }
+  }
+  return { roots: rootNames, nodes: ordered, objects: [...affectedObjects.values()].sort((a, b) => a.depth - b.depth || a.objectId.localeCompare(b.objectId)) };
 }
 
 /**

@@ -78,7 +78,7 @@ export function createRecomputeHandlers(h: RecomputeHandles, checkTarget: (pipel
       return { removed: await h.detector.unwatch(request.watchId) };
     },
     impact: (request) => h.recomputer.impact(request),
-    recompute: (request, context) => h.recomputer.recompute(request, principalOf(context)),
+    recompute: (request, context) => h.recomputer.recompute(request, principalOf(context), context.signal),
   };
 }
 

@@ -1,3 +1,4 @@
+import { throwIfAborted } from 'abort-controller-x';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError, RetraceError } from '../../common/errors.js';
 import { keptRows } from '../../common/row-limit.js';
 import type { PublishedCode } from '../../common/gen/retrace/v1/code.js';
@@ -604,7 +605,13 @@ export class Recomputer {
 
   // ---- recompute ----
 
-  async recompute(request: RecomputeRequest, principal: string): Promise<RecomputeResponse> {
+  /**
+   * Plans and submits a recompute job (or only plans: `policy.dry_run`). `signal` is the caller's
+   * call: once it is cancelled (Ctrl-C while `retrace recompute --watch` plans), nothing more is
+   * recorded and no job is submitted, so a caller told "interrupted" has not started a job it
+   * never learnt the id of; changes recorded before that stay `reported`.
+   */
+  async recompute(request: RecomputeRequest, principal: string, signal?: AbortSignal): Promise<RecomputeResponse> {
     const policy = request.policy;
     if (request.changeIds.length + request.objectIds.length + request.newContents.length === 0) throw new InvalidArgumentError('change_ids', 'name at least one change, object or new content');
     if (policy && policy.maxAttempts > MAX_RECOMPUTE_ATTEMPTS) throw new InvalidArgumentError('policy.max_attempts', `at most ${MAX_RECOMPUTE_ATTEMPTS}`);
@@ -669,6 +676,7 @@ export class Recomputer {
     // A dry run stores nothing: no change, no payload, no version in provenance, no current
     // record moved, no pipeline version adopted. It plans from the changes as they would be.
     const dryRun = policy?.dryRun === true;
+    if (signal) throwIfAborted(signal);
     for (const c of objectRecorded) if (!changes.some((x) => x.changeId === c.changeId)) changes.push(c);
     for (const r of objectRoots) changes.push((await (dryRun ? this.deps.changes.preview(r) : this.deps.changes.record(r))).change);
     for (const c of contents) {
@@ -734,6 +742,7 @@ export class Recomputer {
     if (dryRun) return { jobId: '', tasks, changeIds };
     const jobs = this.deps.jobs();
     if (!jobs) throw new FailedPreconditionError('recompute needs the job manager (start the coordinator with the jobs extension)');
+    if (signal) throwIfAborted(signal);
     const { jobId } = await jobs.submit(spec);
     for (const c of changeIds) await this.deps.changes.markSubmitted(c, jobId);
     for (const c of adopted) if (c.state === ChangeState.CHANGE_STATE_REPORTED && !changeIds.includes(c.changeId)) await this.deps.changes.markSubmitted(c.changeId, jobId);

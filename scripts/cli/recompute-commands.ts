@@ -505,6 +505,11 @@ function parseRecomputePolicy(args: ParsedArgs): RecomputePolicy {
     if (eq > 0) targetLabels[t.slice(0, eq)] = t.slice(eq + 1);
     else targetNodeIds.push(...t.split(',').filter(Boolean));
   }
+  // 0 is the proto's "the default": typed out, it reads as "none at once" or "no retries", and
+  // was taken silently as 16 steps at once and 3 attempts.
+  for (const [name, what] of [['concurrency', 'step at once (default 16)'], ['max-attempts', 'attempt per step (default 3)']] as const) {
+    if (flag(args, name) !== undefined && intFlag(args, name, 0) === 0) throw new UsageError(`--${name}: at least 1 ${what}, got 0`);
+  }
   const concurrency = intFlag(args, 'concurrency', 0);
   if (concurrency > MAX_RECOMPUTE_CONCURRENCY) throw new UsageError(`--concurrency: at most ${MAX_RECOMPUTE_CONCURRENCY} steps at once, got ${concurrency}`);
   const maxAttempts = intFlag(args, 'max-attempts', 0);
@@ -516,7 +521,7 @@ const recomputeCmd: CliCommand = {
   path: ['recompute'],
   summary: 'recompute what changes affect: only affected steps, memoized, with early cutoff (a job)',
   usage: `retrace recompute (CHANGE_ID|OBJECT_ID)... [--content OBJECT_ID=FILE ...] [--watch] [--dry-run] [--limit N] [--json]
-    [--max-attempts N] [--concurrency N (at most 1024)] [--target NODE|key=value ...]
+    [--max-attempts N (1..100, default 3)] [--concurrency N (1..1024, default 16)] [--target NODE|key=value ...]
   CHANGE_ID: chg-... (retrace changes); OBJECT_ID: an object whose latest version its consumers have not used
   --content: new content for an object (reported as a change first)
   --watch: stderr says at once that the job is being planned (with the seconds once past 2 s), then shows its progress
@@ -559,6 +564,10 @@ const recomputeCmd: CliCommand = {
       const jobs = openClient(JobServiceDefinition, args);
       try {
         const final = await watchJobProgress(jobs.client, r.jobId, { out: io.stderr, signal: io.signal });
+        // Ctrl-C stops the watch, not the job: say so, and how to stop it, before "interrupted".
+        if (io.signal.aborted && !final.done) {
+          io.stderr.write(`job ${r.jobId} goes on (${final.stateName}): Ctrl-C stopped the watch, not the job; retrace jobs watch ${r.jobId} follows it, retrace jobs cancel ${r.jobId} stops it\n`);
+        }
         const tasks = final.job.tasks;
         const count = (o: string): number => tasks.filter((t) => t.state === TaskState.TASK_STATE_SUCCEEDED && t.outcome === o).length;
         if (hasFlag(args, 'json')) io.stdout.write(toJson(jobJson(final.job)));

@@ -1,0 +1,88 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { isAbortError } from 'abort-controller-x';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { JobServiceDefinition, JobState } from '../common/gen/retrace/v1/job.js';
+import { LineageServiceDefinition } from '../common/gen/retrace/v1/lineage.js';
+import { RecomputeServiceDefinition } from '../common/gen/retrace/v1/recompute.js';
+import { jobsExtension } from '../coordinator/jobs/jobs-extension.js';
+import { pipelineExtension } from '../coordinator/pipeline/pipeline-extension.js';
+import type { RecomputeShardRunner } from '../coordinator/recompute/recompute-executor.js';
+import { recomputeExtension } from '../coordinator/recompute/recompute-extension.js';
+import type { Dispatcher } from '../coordinator/scheduler/dispatcher.js';
+import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
+import { main } from '../scripts/cli/main.js';
+import { objectEvent, ref, stepEvent } from './helpers/lineage-events.js';
+import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
+
+/** A recompute interrupted by its caller: while it is planned, and while `--watch` follows its job. */
+describe('recompute interrupted (review)', () => {
+  let tc: TestCoordinator;
+  let dir: string;
+  const shared: CoordinatorServices = {};
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'retrace-recompute-interrupt-'));
+    tc = await startTestCoordinator({ extensions: [pipelineExtension(shared), jobsExtension(shared), recomputeExtension(shared)] });
+    // A shard runner that runs until its attempt is aborted: the job stays RUNNING until cancelled.
+    const runner: RecomputeShardRunner & { waiting(): [] } = {
+      run: (_assignment, options) =>
+        new Promise((_resolve, reject) => {
+          options?.signal?.addEventListener('abort', () => reject(new Error('aborted')), { once: true });
+        }),
+      waiting: () => [],
+    };
+    shared.dispatcher = runner as unknown as Dispatcher;
+    const lineage = tc.client(LineageServiceDefinition);
+    for (const event of [objectEvent('v-a', 'dataset:raw', 'A'), stepEvent('s1', 'job/clean/1', [ref('dataset:raw', 'A')], [ref('dataset:clean', 'CA')])]) await lineage.submitEvent({ event });
+  }, 30_000);
+  afterAll(async () => {
+    await tc?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('a call cancelled while it is planned records nothing and submits no job', async () => {
+    const recomputer = shared.recompute?.recomputer;
+    if (!recomputer) throw new Error('no recompute extension');
+    const call = recomputer.recompute({ changeIds: [], objectIds: [], newContents: [{ objectId: 'dataset:raw', payload: Buffer.from('B'), mediaType: '' }], policy: undefined }, 'me', AbortSignal.abort());
+    const err = await call.then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    // Before: the job was submitted (and the change recorded) for a caller told "interrupted", who never learnt its id.
+    expect(isAbortError(err)).toBe(true);
+    expect((await tc.client(JobServiceDefinition).listJobs({ state: 0, kind: '', pageSize: 10, pageToken: '' })).jobs).toEqual([]);
+    expect((await tc.client(RecomputeServiceDefinition).listChanges({ pipeline: '', pageSize: 10, pageToken: '' })).changes).toEqual([]);
+  });
+
+  it('Ctrl-C during recompute --watch says the job goes on and how to cancel it', async () => {
+    const file = join(dir, 'raw.txt');
+    writeFileSync(file, 'C');
+    const controller = new AbortController();
+    let out = '';
+    let err = '';
+    const sink = (append: (s: string) => void): Writable =>
+      new Writable({
+        write(chunk: Buffer, _enc, cb) {
+          append(chunk.toString());
+          cb();
+        },
+      });
+    const stderr = sink((s) => {
+      err += s;
+      // Ctrl-C once the job is being watched.
+      if (s.startsWith('job job-')) setTimeout(() => controller.abort(), 300);
+    });
+    const code = await main(['recompute', '--content', `dataset:raw=${file}`, '--watch', '--coordinator', tc.grpcAddress, '--token', tc.token], { stdout: sink((s) => (out += s)), stderr, signal: controller.signal });
+    const jobId = /job (job-[0-9a-f-]+):/.exec(err)?.[1] ?? '';
+    expect(jobId).not.toBe('');
+    expect(code).toBe(130);
+    expect(out).toContain(`${jobId}: RUNNING`);
+    expect(err).toContain(`job ${jobId} goes on (RUNNING): Ctrl-C stopped the watch, not the job; retrace jobs watch ${jobId} follows it, retrace jobs cancel ${jobId} stops it\n`);
+    expect(err.trimEnd().split('\n').at(-1)).toBe('interrupted');
+    // It did go on: cancelling it now is what ends it.
+    expect((await tc.client(JobServiceDefinition).cancelJob({ jobId })).state).toBe(JobState.JOB_STATE_CANCELLED);
+  });
+});
