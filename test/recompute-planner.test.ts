@@ -125,7 +125,7 @@ describe('impact analysis and recompute planning', () => {
     const g = await collectAffected(tc.coordinator.lineage, [{ kind: 'version', objectId: 'record:p/raw:a', oldHash: contentHashOf('a2') }]);
     const spec = planRecompute(g, {
       newVersions: new Map([['record:p/raw:a', contentHashOf('a3')]]),
-      definitions: new Map([['p/Y', { transform: 'upper', codeVersion: contentHashOf('code:v2'), parameters: { factor: 3 }, timeoutMs: 0 }]]),
+      definitions: new Map([['p/Y', { transform: 'upper', codeVersion: contentHashOf('code:v2'), parameters: { factor: 3 }, timeoutMs: 0, inputs: ['X'] }]]),
       changeIds: ['chg-1'],
       principal: 'me',
       title: 't',
@@ -334,10 +334,14 @@ describe('impact analysis and recompute planning', () => {
     });
     await tc.coordinator.lineage.submit([objectEvent('a8', 'record:p/raw:a', 'a8', '12500000000')]);
     const g = await collectAffected(tc.coordinator.lineage, [{ kind: 'version', objectId: 'record:p/raw:a', oldHash: contentHashOf('a2') }]);
-    const planned: StepDefinition = { transform: 'tx', codeVersion: contentHashOf('code-x'), parameters: { failIf: 'a' }, timeoutMs: 0 };
+    const planned: StepDefinition = { transform: 'tx', codeVersion: contentHashOf('code-x'), parameters: { failIf: 'a' }, timeoutMs: 0, inputs: ['raw'] };
     const job: JobSpec = planRecompute(g, { newVersions: new Map([['record:p/raw:a', contentHashOf('a8')]]), definitions: new Map([['p/X', planned]]), changeIds: [], principal: 'me', title: 't' });
     const ctx = (attempt: number): TaskRunContext => ({ jobId: 'job-fix', job, task: job.tasks[0] as JobSpec['tasks'][number], attempt, signal: new AbortController().signal, deps: new Map() });
     await expect(executor.runTask(ctx(1))).rejects.toThrow('boom');
+    // Rewired meanwhile: the task refuses to run the new wiring's code over the old input.
+    current = { ...planned, inputs: ['Y'] };
+    await expect(executor.runTask(ctx(2))).rejects.toThrow(/step p\/X reads Y in the pipeline's current version, but its execution for key "a" read raw/);
+    expect(ran).toEqual([{ failIf: 'a' }]);
     // The step is fixed (a new pipeline version without failIf), then the job is resumed.
     current = { ...planned, parameters: { fixed: true } };
     expect((await executor.runTask(ctx(2))).outcome).toBe('executed');

@@ -15,7 +15,7 @@ import type { Placement } from '../scheduler/allocator.js';
 import type { PayloadStore } from '../store/payload-store.js';
 import { recordKeyOf } from './impact-analysis.js';
 import { cacheKeyOf, type MemoOutput, type MemoStore } from './memo-store.js';
-import type { RecomputeJobPayload, RecomputeTaskPayload, RecomputeTaskResult, StepDefinition } from './recompute-planner.js';
+import { rewiredReason, type RecomputeJobPayload, type RecomputeTaskPayload, type RecomputeTaskResult, type StepDefinition } from './recompute-planner.js';
 
 /** Runs one shard (the dispatcher); always resolves with an outcome. */
 export interface RecomputeShardRunner {
@@ -189,6 +189,9 @@ export class RecomputeExecutor implements JobExecutor {
   private async currentDefinition(planned: RecomputeTaskPayload): Promise<RecomputeTaskPayload> {
     const def = planned.pipeline !== '' ? await this.deps.definitionOf?.(planned.pipeline, planned.step) : undefined;
     if (!def) return planned;
+    // Rewired after the job was planned (a pipeline applied while it waited, or before a resume).
+    const rewired = rewiredReason(planned.pipeline, planned.step, planned.key, planned.inputs.map((i) => i.name), def);
+    if (rewired) throw new FailedPreconditionError(rewired);
     const { requirements: _planned, ...rest } = planned;
     const t: RecomputeTaskPayload = { ...rest, transform: def.transform, codeVersion: def.codeVersion, parameters: def.parameters, timeoutMs: def.timeoutMs };
     if (def.requirements) t.requirements = def.requirements;

@@ -9,13 +9,31 @@ export interface StepDefinition {
   parameters: Record<string, unknown>;
   requirements?: { cpu: number; memoryMb: number; gpu: number; instructionSets: string[]; networkMbps: number };
   timeoutMs: number;
+  /** The steps or sources it reads, by name. */
+  inputs: string[];
 }
 
 /** A pipeline version's step as the definition a recompute task runs. */
 export function toStepDefinition(s: PipelineStep): StepDefinition {
-  const def: StepDefinition = { transform: s.transform, codeVersion: s.codeVersion, parameters: (s.parameters ?? {}) as Record<string, unknown>, timeoutMs: s.timeoutMs };
+  const def: StepDefinition = { transform: s.transform, codeVersion: s.codeVersion, parameters: (s.parameters ?? {}) as Record<string, unknown>, timeoutMs: s.timeoutMs, inputs: [...s.inputs] };
   if (s.requirements) def.requirements = s.requirements;
   return def;
+}
+
+/**
+ * Why a recorded execution of `pipeline/step` (for `key`, over inputs named `recorded`) cannot be
+ * recomputed under `def`, a definition that reads other inputs (the step was rewired since it
+ * ran), or undefined. A task reruns the execution over the inputs it used, whose versions the
+ * recompute updates: over a rewired step's old inputs it would record the new code reading what
+ * the definition no longer reads, and move the current record to that. Names recorded without
+ * the runner's input map (an object id in their place) are not compared.
+ */
+export function rewiredReason(pipeline: string, step: string, key: string, recorded: readonly string[], def: StepDefinition | undefined): string | undefined {
+  if (!def || recorded.some((n) => n.includes(':'))) return undefined;
+  const was = [...new Set(recorded)].sort();
+  const now = [...new Set(def.inputs)].sort();
+  if (was.length === now.length && was.every((n, i) => n === now[i])) return undefined;
+  return `step ${pipeline}/${step} reads ${now.join(', ') || 'nothing'} in the pipeline's current version, but its execution for key ${JSON.stringify(key)} read ${was.join(', ') || 'nothing'}: a recompute reruns executions over the inputs they used, so it cannot recompute a rewired step; ingest the record again to run it as the pipeline is now`;
 }
 
 /** One input of a recompute task. */

@@ -35,7 +35,7 @@ import { stepChanges } from './change-detector.js';
 import type { ChangeInput, ChangeStore } from './change-store.js';
 import { ImpactPages, impactPaging } from './impact-pages.js';
 import { collectAffected, hasAffected, toImpactResponse, type AffectedGraph, type AffectedNode, type ImpactRoot } from './impact-analysis.js';
-import { planRecompute, toStepDefinition, type StepDefinition } from './recompute-planner.js';
+import { planRecompute, rewiredReason, toStepDefinition, type StepDefinition } from './recompute-planner.js';
 
 export interface RecomputerDeps {
   lineage: LineageEngine;
@@ -707,6 +707,10 @@ export class Recomputer {
     const graph = await collectAffected(this.deps.lineage, roots);
     await this.addCurrentInputs(graph, newVersions);
     const definitions = await this.definitions(graph);
+    for (const n of graph.nodes) {
+      const rewired = n.pipeline === '' ? undefined : rewiredReason(n.pipeline, n.stepName, n.key, n.inputNames, definitions.get(`${n.pipeline}/${n.stepName}`));
+      if (rewired) throw new FailedPreconditionError(rewired, 'change_ids');
+    }
     // What adopting a published code version would make each such step run.
     if (dryRun) {
       for (const c of changes) {
