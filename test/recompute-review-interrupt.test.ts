@@ -1,7 +1,6 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
 import { isAbortError } from 'abort-controller-x';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { JobServiceDefinition, JobState } from '../common/gen/retrace/v1/job.js';
@@ -13,7 +12,7 @@ import type { RecomputeShardRunner } from '../coordinator/recompute/recompute-ex
 import { recomputeExtension } from '../coordinator/recompute/recompute-extension.js';
 import type { Dispatcher } from '../coordinator/scheduler/dispatcher.js';
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
-import { main } from '../scripts/cli/main.js';
+import { runCli } from './helpers/in-process-cli.js';
 import { objectEvent, ref, stepEvent } from './helpers/lineage-events.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 
@@ -61,21 +60,11 @@ describe('recompute interrupted (review)', () => {
     const file = join(dir, 'raw.txt');
     writeFileSync(file, 'C');
     const controller = new AbortController();
-    let out = '';
-    let err = '';
-    const sink = (append: (s: string) => void): Writable =>
-      new Writable({
-        write(chunk: Buffer, _enc, cb) {
-          append(chunk.toString());
-          cb();
-        },
-      });
-    const stderr = sink((s) => {
-      err += s;
-      // Ctrl-C once the job is being watched.
+    // Ctrl-C once the job is being watched.
+    const onErr = (s: string): void => {
       if (s.startsWith('job job-')) setTimeout(() => controller.abort(), 300);
-    });
-    const code = await main(['recompute', '--content', `dataset:raw=${file}`, '--watch', '--coordinator', tc.grpcAddress, '--token', tc.token], { stdout: sink((s) => (out += s)), stderr, signal: controller.signal });
+    };
+    const { code, out, err } = await runCli(['recompute', '--content', `dataset:raw=${file}`, '--watch', '--coordinator', tc.grpcAddress, '--token', tc.token], controller.signal, onErr);
     const jobId = /job (job-[0-9a-f-]+):/.exec(err)?.[1] ?? '';
     expect(jobId).not.toBe('');
     expect(code).toBe(130);
