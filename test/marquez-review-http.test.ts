@@ -183,3 +183,15 @@ describe('run states', () => {
     expect(run.facets?.note?.text).toBe('late metadata');
   });
 });
+
+describe('names', () => {
+  it('an empty namespace or name is refused with 400 naming it, and nothing of the event is stored', async () => {
+    const emptyJob = await post('/api/v1/lineage', runEvent('', 'job', uuid(), 'COMPLETE', '2026-02-07T00:00:00Z', [{ namespace: 'names', name: 'out' }]));
+    expect([emptyJob.status, emptyJob.json.field]).toEqual([400, 'job.namespace']);
+    const emptyInput = await post('/api/v1/lineage/batch', [runEvent('names', 'job', uuid(), 'COMPLETE', '2026-02-07T00:00:00Z', [], [{ namespace: 'names', name: '' }])]);
+    expect([emptyInput.status, emptyInput.json.field]).toEqual([400, '[0].inputs[0].name']);
+    const names = ((await get('/api/v1/namespaces')).json.namespaces as { name: string }[]).map((n) => n.name);
+    expect(names).not.toContain('');
+    expect(names).not.toContain('names');
+  });
+});

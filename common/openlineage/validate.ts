@@ -235,6 +235,8 @@ class Validator {
     const namespace = this.string(obj, path, 'namespace', true);
     const name = this.string(obj, path, 'name', true);
     for (const [key, v] of [['namespace', namespace], ['name', name]] as const) {
+      // An empty part makes an id whose namespace or name no Marquez URL can name (`/namespaces//jobs`), so nothing of it could be browsed.
+      if (v === '') throw new InvalidArgumentError(child(path, key), 'must not be empty');
       if (v.includes('\u0000')) throw new InvalidArgumentError(child(path, key), 'must not contain a NUL character');
     }
     const length = kind.length + namespace.length + name.length + 2;
