@@ -185,7 +185,8 @@ export class Coordinator {
       health.setStatus(storage?.state === 'FULL' ? 'unhealthy' : 'healthy');
       storage?.onChange((state) => health.setStatus(state === 'FULL' ? 'unhealthy' : 'healthy'));
 
-      const routes = [...createOpenLineageRoutes(this.engine), ...createMarquezRoutes(this.engine), ...this.extensions.flatMap((e) => e.routes ?? [])];
+      const marquez = createMarquezRoutes(this.engine);
+      const routes = [...createOpenLineageRoutes(this.engine, marquez.nodeTimes), ...marquez.routes, ...this.extensions.flatMap((e) => e.routes ?? [])];
       this.httpServer = createHttpServer(routes, { token: authenticate, log, tls });
       const httpServer = this.httpServer;
       await new Promise<void>((resolve, reject) => {

@@ -52,7 +52,8 @@ beforeAll(async () => {
     },
     runStepOf: (runId, transformId) => lineage.runStepOf(runId, transformId),
   };
-  routes = [...createMarquezRoutes(counting), ...createOpenLineageRoutes(counting)];
+  const marquez = createMarquezRoutes(counting);
+  routes = [...marquez.routes, ...createOpenLineageRoutes(counting, marquez.nodeTimes)];
 }, 30_000);
 
 afterAll(async () => {

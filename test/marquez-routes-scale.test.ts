@@ -58,7 +58,7 @@ function get(routes: Route[], path: string, pattern: string, params: Record<stri
 }
 
 describe('Marquez list routes over many objects', () => {
-  const routes = createMarquezRoutes(lineageWith(OBJECTS));
+  const { routes } = createMarquezRoutes(lineageWith(OBJECTS));
 
   it('lists namespaces with every dataset counted', async () => {
     const res = await get(routes, '/api/v1/namespaces', '/api/v1/namespaces');

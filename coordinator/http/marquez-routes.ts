@@ -5,9 +5,8 @@ import { openLineageStepId, parseJobTransformName } from '../../common/openlinea
 import { nanosToIso } from '../../common/time.js';
 import type { LineageApi, ObjectList } from '../lineage/lineage-api.js';
 import { datasetNodeId, jobNodeId, NATIVE_NAMESPACE } from './marquez-ids.js';
-import { compare, datasetDataOf, facetMap, getOptional, intParam, jobDataFrom, MAX_JOB_RECORDS, runAndStep, runData, runFacetsOf, type MarquezEdge } from './openlineage-routes.js';
+import { compare, datasetDataOf, facetMap, getOptional, intParam, jobDataFrom, MAX_JOB_RECORDS, runAndStep, runData, runFacetsOf, type MarquezEdge, type NodeTimes } from './openlineage-routes.js';
 import { firstInOrder, MarquezDatasets, widen } from './marquez-datasets.js';
-import { registerNodeTimes } from './marquez-node-times.js';
 import { runIndexOf, type RunEntry } from './run-index.js';
 import type { HttpRequest, Route } from './router.js';
 
@@ -48,9 +47,10 @@ interface Entry {
  * Names in paths are percent-encoded as Marquez's clients send them. Lists take `limit`
  * (default 100, 0 to 1000; 0 gives an empty page as in Marquez) and `offset`, with `totalCount`; namespaces, datasets and jobs come sorted by
  * name, runs and versions newest first. Unknown namespace, dataset, job or run: 404; a bad
- * query parameter: 400 naming it.
+ * query parameter: 400 naming it. `nodeTimes` dates the lineage graph's nodes as these answers do,
+ * for the OpenLineage routes, which serve the graph.
  */
-export function createMarquezRoutes(lineage: LineageApi): Route[] {
+export function createMarquezRoutes(lineage: LineageApi): { routes: Route[]; nodeTimes: NodeTimes } {
   const runIndex = runIndexOf(lineage);
   /** The datasets served, without an Entry per object (see MarquezDatasets). */
   const datasets = (): MarquezDatasets => MarquezDatasets.of(lineage.listObjects());
@@ -172,7 +172,7 @@ export function createMarquezRoutes(lineage: LineageApi): Route[] {
     }
     // The job changed when its latest run last did: a COMPLETE after the START moves it on,
     // whether or not that run has a step (the step keeps the time its outputs were written).
-    const ended = latest?.endedAtNs && latest.endedAtNs !== '0' ? Number(BigInt(latest.endedAtNs) / 1_000_000n) : isoMs(latestRun['endedAt']);
+    const ended = endedMsOf(latest) ?? isoMs(latestRun['endedAt']);
     return {
       createdAt: new Date(e.firstSeenMs).toISOString(),
       updatedAt: new Date(Math.max(e.lastChangedMs, ended)).toISOString(),
@@ -188,8 +188,7 @@ export function createMarquezRoutes(lineage: LineageApi): Route[] {
     const newest = e.runs[0];
     if (newest === undefined) return e.lastChangedMs;
     return lineage.readRun(newest.runId).then((run) => {
-      const ended = run?.endedAtNs && run.endedAtNs !== '0' ? Number(BigInt(run.endedAtNs) / 1_000_000n) : 0;
-      return Math.max(e.lastChangedMs, ended);
+      return Math.max(e.lastChangedMs, endedMsOf(run) ?? 0);
     });
   };
   const datasetData = async (e: Entry): Promise<Record<string, unknown>> => ({
@@ -204,7 +203,7 @@ export function createMarquezRoutes(lineage: LineageApi): Route[] {
   });
   // The lineage graph's nodes carry the times their own answers give (Marquez's JobData and
   // DatasetData always have createdAt and updatedAt); the jobs and datasets are listed once a graph.
-  registerNodeTimes(lineage, async (nodes) => {
+  const nodeTimes: NodeTimes = async (nodes) => {
     const jobNodes = nodes.filter((n) => n.type === 'JOB');
     const byId = jobNodes.length === 0 ? new Map<string, Entry>() : new Map((await jobs()).map((e) => [e.nodeId, e]));
     for (const n of jobNodes) {
@@ -221,9 +220,9 @@ export function createMarquezRoutes(lineage: LineageApi): Route[] {
       const i = d === undefined || typeof namespace !== 'string' || typeof name !== 'string' ? undefined : d.find(namespace, name);
       if (i !== undefined) Object.assign(n.data, datasetTimes(datasetEntry(d as MarquezDatasets, i)));
     }
-  });
+  };
 
-  return [
+  const routes: Route[] = [
     {
       method: 'GET',
       path: '/api/v1/namespaces',
@@ -312,6 +311,7 @@ export function createMarquezRoutes(lineage: LineageApi): Route[] {
       handler: async (req) => ({ status: 200, body: await search(datasets, jobs, updatedMs, req) }),
     },
   ];
+  return { routes, nodeTimes };
 }
 
 /**
@@ -551,6 +551,11 @@ function shownObjects(list: ObjectList, cut: boolean): { objectId: string; first
 }
 
 /** Milliseconds of an ISO time served (`endedAt`), 0 when there is none. */
+/** When `run` ended (ms), if it has. */
+function endedMsOf(run: Run | undefined): number | undefined {
+  return run?.endedAtNs && run.endedAtNs !== '0' ? Number(BigInt(run.endedAtNs) / 1_000_000n) : undefined;
+}
+
 function isoMs(value: unknown): number {
   const ms = typeof value === 'string' ? Date.parse(value) : Number.NaN;
   return Number.isFinite(ms) ? ms : 0;

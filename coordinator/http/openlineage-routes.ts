@@ -14,7 +14,6 @@ import { validateOpenLineageBatch, validateOpenLineageEvent } from '../../common
 import { nanosToIso } from '../../common/time.js';
 import type { LineageApi } from '../lineage/lineage-api.js';
 import { datasetNodeId, jobNodeId, marquezRunState, NATIVE_NAMESPACE, nativeIdOf } from './marquez-ids.js';
-import { nodeTimesOf } from './marquez-node-times.js';
 import { runIndexOf } from './run-index.js';
 import type { HttpRequest, HttpResponse, Route } from './router.js';
 
@@ -41,6 +40,13 @@ export interface MarquezNode {
 }
 
 /**
+ * Adds to a lineage graph's nodes the times (and a job's parentJobName) their own answers give
+ * (`GET .../datasets/{name}`, `GET .../jobs/{name}`), which Marquez's node data always carries:
+ * the Marquez read routes know them (createMarquezRoutes' `nodeTimes`).
+ */
+export type NodeTimes = (nodes: readonly MarquezNode[]) => Promise<void>;
+
+/**
  * The OpenLineage face of the coordinator, Marquez-compatible:
  *
  * - `POST /api/v1/lineage`: one OpenLineage event; validated, converted and submitted
@@ -56,11 +62,11 @@ export interface MarquezNode {
  *   beyond one trace page (100000 nodes) is answered with its first page.
  *   Unknown node: NotFoundError (404); malformed query: InvalidArgumentError (400).
  */
-export function createOpenLineageRoutes(lineage: LineageApi): Route[] {
+export function createOpenLineageRoutes(lineage: LineageApi, nodeTimes?: NodeTimes): Route[] {
   return [
     { method: 'POST', path: '/api/v1/lineage', handler: (req) => postEvent(lineage, req) },
     { method: 'POST', path: '/api/v1/lineage/batch', handler: (req) => postBatch(lineage, req) },
-    { method: 'GET', path: '/api/v1/lineage', handler: (req) => getLineage(lineage, req) },
+    { method: 'GET', path: '/api/v1/lineage', handler: (req) => getLineage(lineage, req, nodeTimes) },
   ];
 }
 
@@ -199,7 +205,7 @@ function convert(validated: ValidatedOpenLineageEvent, prefix: string, principal
 /** The form of a Marquez node id, for messages. */
 const NODE_ID_FORM = 'dataset:<namespace>:<name> or job:<namespace>:<name>';
 
-async function getLineage(lineage: LineageApi, req: HttpRequest): Promise<HttpResponse> {
+async function getLineage(lineage: LineageApi, req: HttpRequest, nodeTimes: NodeTimes | undefined): Promise<HttpResponse> {
   const nodeId = req.query.get('nodeId');
   if (nodeId === null || nodeId === '') throw new InvalidArgumentError('nodeId', `is required: ${NODE_ID_FORM}`);
   let kind: NodeKind;
@@ -207,7 +213,7 @@ async function getLineage(lineage: LineageApi, req: HttpRequest): Promise<HttpRe
   else if (nodeId.startsWith('job:')) kind = NodeKind.NODE_KIND_TRANSFORM;
   else throw new InvalidArgumentError('nodeId', `must be ${NODE_ID_FORM}, got ${JSON.stringify(nodeId.slice(0, 200))}`);
   // `dataset:warehouse` or `dataset:` names no node: a malformed id (400), not an unknown one (404).
-  // Empty parts (`dataset::x`) are well formed: OpenLineage accepts an empty namespace or name.
+  // Empty parts (`dataset::x`) are well formed, and name no node (events with one are refused): 404.
   if (!nodeId.slice(nodeId.indexOf(':') + 1).includes(':')) throw new InvalidArgumentError('nodeId', `must be ${NODE_ID_FORM}, got ${JSON.stringify(nodeId.slice(0, 200))} (no name)`);
   const depth = intParam(req, 'depth', DEFAULT_LINEAGE_DEPTH, 1, MAX_LINEAGE_DEPTH);
 
@@ -233,7 +239,7 @@ async function getLineage(lineage: LineageApi, req: HttpRequest): Promise<HttpRe
       throw err;
     }
     const graph = await buildGraph(lineage, start, trace);
-    await nodeTimesOf(lineage)?.(graph);
+    await nodeTimes?.(graph);
     return { status: 200, body: { graph } };
   }
   if (kind === NodeKind.NODE_KIND_TRANSFORM) {
@@ -243,7 +249,7 @@ async function getLineage(lineage: LineageApi, req: HttpRequest): Promise<HttpRe
     if (newest !== undefined) {
       const { run, step } = await runAndStep(lineage, newest.runId);
       const graph: MarquezNode[] = [{ id: nodeId, type: 'JOB', data: jobDataFrom(nodeId, run, step, [], []), inEdges: [], outEdges: [] }];
-      await nodeTimesOf(lineage)?.(graph);
+      await nodeTimes?.(graph);
       return { status: 200, body: { graph } };
     }
   }
