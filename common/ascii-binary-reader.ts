@@ -1,9 +1,5 @@
 import { BinaryReader, getTextEncoding } from '@bufbuild/protobuf/wire';
-
-/** Buffer's latin1 slicer (what `toString('latin1', …)` calls after parsing its arguments); not in the typings. */
-export interface Latin1Slicer {
-  latin1Slice(start: number, end: number): string;
-}
+import type { Latin1Slicer } from './buffer-natives.js';
 
 /**
  * A BinaryReader whose string fields, when their bytes are all ASCII (ids, content hashes and

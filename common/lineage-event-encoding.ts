@@ -1,6 +1,7 @@
 import type { LineageEvent, ObjectRef, ObjectVersion, ResourceUsage, Run, Step, Trigger } from './gen/retrace/v1/provenance.js';
 import { writeVarint } from './varint.js';
 import { withRoom } from './buffer-room.js';
+import type { Utf8Writer } from './buffer-natives.js';
 
 /**
  * A LineageEvent encoder that writes, byte for byte, what `LineageEvent.encode(event).finish()`
@@ -111,11 +112,6 @@ function string(w: Writer, tag: number, s: string): void {
   varint32(w, bytes);
   ensure(w, bytes);
   w.pos += w.buf.write(s, w.pos, bytes, 'utf8');
-}
-
-/** Buffer's native UTF-8 writer (what Buffer#write calls after checking its arguments); answers the bytes written. */
-interface Utf8Writer {
-  utf8Write(s: string, offset: number, room: number): number;
 }
 
 /** An int64 field given as a decimal string (forceLong=string), left out when "0". */

@@ -1,5 +1,5 @@
 import { getTextEncoding } from '@bufbuild/protobuf/wire';
-import type { Latin1Slicer } from '../../common/ascii-binary-reader.js';
+import type { Latin1Slicer } from '../../common/buffer-natives.js';
 import { EVENT_LIMITS } from '../../common/event-validation.js';
 import type { LineageEvent, ObjectRef, ObjectVersion, ObjectVersions, ResourceUsage, Run, Step, Trigger } from '../../common/gen/retrace/v1/provenance.js';
 

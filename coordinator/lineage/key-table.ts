@@ -1,4 +1,5 @@
 import { withRoom } from '../../common/buffer-room.js';
+import type { Utf8Writer } from '../../common/buffer-natives.js';
 
 /**
  * Interns strings as dense ids 0, 1, 2, … in insertion order, in typed arrays only: the
@@ -302,14 +303,6 @@ export class KeyTable {
     this.slots = new Int32Array(size);
     for (let id = 0; id < this.count; id++) this.place(id, this.hashes[id] as number);
   }
-}
-
-/**
- * Buffer's UTF-8 writer without `write`'s argument parsing, which for keys this short costs about
- * as much as the writing (Node's own Buffer methods call it this way; it is not in the typings).
- */
-interface Utf8Writer {
-  utf8Write(value: string, offset: number, length: number): number;
 }
 
 function isAscii(text: string): boolean {
