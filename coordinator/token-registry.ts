@@ -46,9 +46,10 @@ export interface TokenRegistry {
 
 /**
  * Reads `<dataDir>/tokens.json` (none: only the owner token is taken) and watches it: a change
- * (an add, a revoke, the file replaced by rename or removed) takes effect for every call
- * made after it, and for the streams open before within `intervalMs`, without a restart. A malformed file throws here, naming the file and the entry; once running,
- * one is logged and the previous table kept, so a bad hand edit does not lock every caller out.
+ * (an add, a revoke, the file replaced by rename or removed) takes effect for every call made
+ * after it, and for the streams open before within `intervalMs`, without a restart. A malformed
+ * file throws here, naming the file and the entry; once running, one is logged and the previous
+ * table kept, so a bad hand edit does not lock every caller out.
  * A token revoked (or whose role changes) has its identity's `revoked` signal aborted, so that
  * the calls it opened before (an agent's Connect, a TraceSession, a watch) end too.
  * A presented token is looked up by its SHA-256 hex digest: the lookup's time depends on the

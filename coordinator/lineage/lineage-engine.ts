@@ -644,7 +644,7 @@ export class LineageEngine implements LineageApi {
       ...list,
       lastChangedMs: (i) => index.lastChangedOf(node(i)),
       indexOf: (objectId) => {
-        const n = index.idOf(`object:${objectId}`);
+        const n = index.idOf(`${OBJECT_PREFIX}${objectId}`);
         if (n === undefined) return undefined;
         // Node numbers grow in the order first seen, and so does the table.
         let lo = 0;

@@ -109,7 +109,7 @@ export interface Dispatcher {
    * Drops every message to and from `nodeId` from `fromMs` (default: now) until `untilMs`, both
    * on the `now()` clock; the shards it has at `fromMs` move elsewhere. A window set ahead takes
    * effect at `fromMs` exactly, needing no timer of the caller: sends and outcomes follow the
-   * clock, and the shards in flight are taken back on the next placement round or sweep. A window
+   * clock, and the shards in flight are taken back at its start (see armOutageEdge). A window
    * that begins at once and overlaps one in force extends it. Returns a function that withdraws
    * the window if it has not begun yet (a no-op after).
    */
