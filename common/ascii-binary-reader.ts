@@ -10,14 +10,11 @@ import type { Latin1Slicer } from './buffer-natives.js';
  */
 export class AsciiBinaryReader extends BinaryReader {
   private readonly source: Buffer;
-  private readonly utf8: (bytes: Uint8Array, strict?: boolean) => string;
 
   constructor(bytes: Uint8Array) {
     const buffer = Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-    const utf8 = getTextEncoding().decodeUtf8;
-    super(buffer, utf8);
+    super(buffer, getTextEncoding().decodeUtf8);
     this.source = buffer;
-    this.utf8 = utf8;
   }
 
   override string(strict?: boolean): string {
@@ -26,10 +23,17 @@ export class AsciiBinaryReader extends BinaryReader {
     const end = start + len;
     if (end > this.len) throw new RangeError('premature EOF');
     this.pos = end;
-    const bytes = this.source;
-    for (let i = start; i < end; i++) {
-      if ((bytes[i] as number) > 0x7f) return this.utf8(bytes.subarray(start, end), strict);
-    }
-    return (bytes as unknown as Latin1Slicer).latin1Slice(start, end);
+    return stringAt(this.source, start, end, strict);
   }
+}
+
+/**
+ * bytes[start, end) as a protobuf string field: in one native copy when every byte is ASCII,
+ * else as BinaryReader decodes it (TextDecoder, `strict` for invalid UTF-8).
+ */
+export function stringAt(bytes: Buffer, start: number, end: number, strict?: boolean): string {
+  for (let i = start; i < end; i++) {
+    if ((bytes[i] as number) > 0x7f) return getTextEncoding().decodeUtf8(bytes.subarray(start, end), strict);
+  }
+  return (bytes as unknown as Latin1Slicer).latin1Slice(start, end);
 }

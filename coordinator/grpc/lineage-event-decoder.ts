@@ -1,12 +1,10 @@
-import { getTextEncoding } from '@bufbuild/protobuf/wire';
+import { stringAt } from '../../common/ascii-binary-reader.js';
 import type { Latin1Slicer } from '../../common/buffer-natives.js';
 import { EVENT_LIMITS } from '../../common/event-validation.js';
 import type { LineageEvent, ObjectRef, ObjectVersion, ObjectVersions, ResourceUsage, Run, Step, Trigger } from '../../common/gen/retrace/v1/provenance.js';
 
 /** Thrown for input outside what decodeLineageEventFast takes; caught there, never seen outside. */
 const UNSUPPORTED = new Error('outside the fast decoder');
-
-const decodeUtf8 = getTextEncoding().decodeUtf8;
 
 // int64 values are made strings as the generated decoder makes them (a BigInt from the two
 // halves, then its decimal), through one view instead of one per call.
@@ -69,11 +67,7 @@ class EventCursor {
 
   /** buf[start, stop) as AsciiBinaryReader.string() decodes it. */
   private text(start: number, stop: number): string {
-    const buf = this.buf;
-    for (let i = start; i < stop; i++) {
-      if ((buf[i] as number) > 0x7f) return decodeUtf8(buf.subarray(start, stop));
-    }
-    return (buf as unknown as Latin1Slicer).latin1Slice(start, stop);
+    return stringAt(this.buf, start, stop);
   }
 
   /**
