@@ -9,6 +9,7 @@ import { NodeServiceConnectWireDefinition } from '../common/connect-wire.js';
 import { FailedPreconditionError, InvalidArgumentError, RetraceError } from '../common/errors.js';
 import { CodeServiceDefinition, type CodeServiceClient } from '../common/gen/retrace/v1/code.js';
 import type { ShardAssignment, ShardOutcome } from '../common/gen/retrace/v1/shard.js';
+import { FLOW_CONTROL_WINDOW_BYTES, FLOW_CONTROL_WINDOW_OPTION } from '../common/grpc-flow-control.js';
 import {
   ReadingSource,
   type ConnectRequest,
@@ -566,7 +567,7 @@ export function createAgentRuntime(options: AgentOptions): AgentRuntime {
     if (opts.token) metadata.set('authorization', `Bearer ${opts.token}`);
     // Bundles may be up to 32 MiB; GetCode answers need more than gRPC's 4 MiB default.
     const credentials = opts.tlsCa ? ChannelCredentials.createSsl(opts.tlsCa) : ChannelCredentials.createInsecure();
-    channel = createChannel(opts.coordinator, credentials, { 'grpc.max_receive_message_length': 64 * 1024 * 1024 });
+    channel = createChannel(opts.coordinator, credentials, { 'grpc.max_receive_message_length': 64 * 1024 * 1024, [FLOW_CONTROL_WINDOW_OPTION]: FLOW_CONTROL_WINDOW_BYTES });
     const client: NodeServiceClient = createClient(NodeServiceConnectWireDefinition, channel, { '*': { metadata } });
     codeClient = createClient(CodeServiceDefinition, channel, { '*': { metadata } });
     let attempt = 0;

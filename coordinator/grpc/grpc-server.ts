@@ -4,11 +4,13 @@ import { FileDescriptorSetSchema } from '@bufbuild/protobuf/wkt';
 import { createServer, type Server } from 'nice-grpc';
 import { HealthDefinition, HealthServiceImpl, HealthState } from 'nice-grpc-server-health';
 import { ServerReflection, ServerReflectionService } from 'nice-grpc-server-reflection';
+import { FLOW_CONTROL_WINDOW_BYTES, FLOW_CONTROL_WINDOW_OPTION } from '../../common/grpc-flow-control.js';
 import { ownerOnly, type Authenticate } from '../token-registry.js';
 import { createAuthInterceptor } from './auth-interceptor.js';
 import { createErrorMiddleware } from './error-middleware.js';
 import { createPublishBudgetInterceptor, PUBLISH_BUDGET_BYTES, PUBLISH_MAX_WAITING, PUBLISH_RECEIVE_TIMEOUT_MS } from './publish-budget.js';
 import { guardRequestDecoding } from './request-decoding.js';
+import { installServerFlowControlWindow } from './server-flow-control.js';
 
 /** A service to mount: its generated definition and implementation. */
 export interface ServiceMount {
@@ -30,9 +32,12 @@ const DESCRIPTOR_SET = new URL('../../common/gen/descriptor-set.binpb', import.m
  * naming the message (grpc-js alone answers INTERNAL "Error deserializing request").
  * PublishCode calls together hold at most PUBLISH_BUDGET_BYTES (createPublishBudgetInterceptor);
  * more wait, and one past PUBLISH_MAX_WAITING waiting is refused with RESOURCE_EXHAUSTED.
+ * Streams and connections get FLOW_CONTROL_WINDOW_BYTES windows (see common/grpc-flow-control.ts).
  */
 export function createGrpcServer(options: { token: string | Authenticate; services: ServiceMount[]; log: (line: string) => void; publishReceiveTimeoutMs?: number }): { server: Server; health: HealthState } {
+  if (!installServerFlowControlWindow()) options.log(`grpc-js no longer lets the coordinator set its HTTP/2 flow-control window: streams from other hosts stay at 64 KiB in flight`);
   const server = createServer({
+    [FLOW_CONTROL_WINDOW_OPTION]: FLOW_CONTROL_WINDOW_BYTES,
     'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
     'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
     // No channelz service is mounted, so its per-call and per-session bookkeeping is never read.

@@ -16,6 +16,7 @@ import {
 } from 'nice-grpc';
 import { describeConnectFailure } from '../../common/connect-failure.js';
 import { fromClientError, RetraceError } from '../../common/errors.js';
+import { FLOW_CONTROL_WINDOW_BYTES, FLOW_CONTROL_WINDOW_OPTION } from '../../common/grpc-flow-control.js';
 import { flag, UsageError, type ParsedArgs } from './command.js';
 // A Struct key `__proto__` (a step parameter) is kept as an own property, not dropped.
 import '../../common/struct-own-keys.js';
@@ -180,6 +181,7 @@ export function openClient<S extends CompatServiceDefinition>(definition: S, arg
   if (token) metadata.set('authorization', `Bearer ${token}`);
   const channel = createChannel(address, ca ? ChannelCredentials.createSsl(ca) : ChannelCredentials.createInsecure(), {
     'grpc.max_receive_message_length': CLIENT_MAX_RECEIVE_BYTES,
+    [FLOW_CONTROL_WINDOW_OPTION]: FLOW_CONTROL_WINDOW_BYTES,
   });
   const client = createClientFactory()
     .use(errorMiddleware({ address, tls: ca !== undefined }))

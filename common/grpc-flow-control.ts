@@ -1,0 +1,17 @@
+/**
+ * HTTP/2 flow-control window for every Retrace channel and server, per stream and per connection.
+ *
+ * HTTP/2 starts both at 64 KiB, and a sender may have no more than the window unacknowledged: a
+ * stream then moves at most window / round-trip time. Producers and agents on other hosts stream
+ * lineage in 100–300 KiB batches, so with 64 KiB a `SubmitEvents` stream crawled: measured through
+ * a delaying proxy (bench/ingest's client and the real coordinator), 23k events/s at 5 ms RTT and
+ * 6.6k at 20 ms, against 76k and 69k with 4 MiB (and 80k on loopback either way). 1 MiB reached
+ * 73k at 5 ms but 45k at 20 ms. grpc-java's server default is 1 MiB; grpc-go tunes its window up to
+ * 16 MiB from the measured bandwidth-delay product, which grpc-js does not do.
+ *
+ * What a window costs is memory: a connection can have this much unread at the receiver.
+ */
+export const FLOW_CONTROL_WINDOW_BYTES = 4 * 1024 * 1024;
+
+/** grpc-js's channel option for it (the client honours it; see coordinator/grpc/server-flow-control.ts for the server). */
+export const FLOW_CONTROL_WINDOW_OPTION = 'grpc-node.flow_control_window';
