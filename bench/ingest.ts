@@ -1,5 +1,5 @@
 /**
- * `npm run bench -- ingest [--events N] [--streams K] [--batch B]`
+ * `npm run bench -- ingest [--events N] [--streams K] [--batch B] [--rtt-ms R]`
  *
  * Events/s through LineageService.SubmitEvents of a real coordinator (in-process, LevelDB in a
  * temp dir), against raw `level` writes of exactly the keys and values the coordinator stored,
@@ -18,6 +18,9 @@
  * - CPU is split three ways from per-thread schedstat: the committer (main thread), the client's
  *   thread (left out), and every other thread (LevelDB, V8's GC and compiler helpers); the main
  *   thread's GC pauses come from a PerformanceObserver. Rows are counted per table.
+ * - `--rtt-ms R` puts a TCP proxy in the client's thread that holds each chunk R/2 ms each way: a
+ *   producer on another host, where HTTP/2 flow-control windows bound a stream to a window per
+ *   round trip. Loopback by default.
  * - Raw baseline: with the coordinator stopped, every key/value of the ledger and the
  *   entity/adjacency sublevels is read back, grouped by event (ledger seq), and written into a
  *   fresh `level` DB with chained db.batch() of the same number of events per batch,
@@ -25,6 +28,7 @@
  */
 import { randomUUID, createHash } from 'node:crypto';
 import { mkdtempSync, readlinkSync, rmSync } from 'node:fs';
+import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance, PerformanceObserver, constants as perfConstants } from 'node:perf_hooks';
@@ -44,6 +48,7 @@ interface ClientConfig {
   events: number;
   streams: number;
   batch: number;
+  rttMs: number;
 }
 
 type ToMain =
@@ -67,15 +72,16 @@ export async function main(argv: string[]): Promise<void> {
   const events = flag(argv, 'events', 200_000);
   const streams = flag(argv, 'streams', 4);
   const batch = flag(argv, 'batch', 500);
+  const rttMs = argv.includes('--rtt-ms') ? flag(argv, 'rtt-ms', 0) : 0;
   const root = mkdtempSync(join(tmpdir(), 'retrace-bench-ingest-'));
   try {
-    await run(root, events, streams, batch);
+    await run(root, events, streams, batch, rttMs);
   } finally {
     rmSync(root, { recursive: true, force: true });
   }
 }
 
-async function run(root: string, events: number, streams: number, batch: number): Promise<void> {
+async function run(root: string, events: number, streams: number, batch: number, rttMs: number): Promise<void> {
   const dataDir = join(root, 'coordinator');
   const coordinator = new Coordinator({ dataDir, grpc: '127.0.0.1:0', http: '127.0.0.1:0', log: () => {} });
   const addresses = await coordinator.start();
@@ -114,7 +120,8 @@ async function run(root: string, events: number, streams: number, batch: number)
   };
 
   console.log(`ingest: ${fmt(events)} events, ${streams} concurrent SubmitEvents streams, ${batch} events per batch; load average ${loadavg().map((x) => x.toFixed(1)).join(' ')}`);
-  const config: ClientConfig = { kind: 'retrace-ingest-client', address: addresses.grpc, token: coordinator.authToken, events, streams, batch };
+  if (rttMs > 0) console.log(`client reaches the coordinator through a proxy adding ${rttMs} ms per round trip`);
+  const config: ClientConfig = { kind: 'retrace-ingest-client', address: addresses.grpc, token: coordinator.authToken, events, streams, batch, rttMs };
   const worker = startTsWorker(import.meta.url, config);
   const next = (): Promise<ToMain> =>
     new Promise((resolve, reject) => {
@@ -207,6 +214,7 @@ async function run(root: string, events: number, streams: number, batch: number)
     events,
     streams,
     batch,
+    rttMs,
     meanEventBytes: round(ready.eventBytes, 1),
     ackP50Ms: round(percentile(ackMs, 50), 2),
     ackP99Ms: round(percentile(ackMs, 99), 2),
@@ -404,6 +412,26 @@ function clientThreadId(): number | undefined {
   }
 }
 
+/** A TCP proxy to `target` on 127.0.0.1 that holds every chunk `delayMs` each way; answers its address. */
+async function delayingProxy(target: string, delayMs: number): Promise<string> {
+  const [host, port] = [target.slice(0, target.lastIndexOf(':')), Number(target.slice(target.lastIndexOf(':') + 1))];
+  const relay = (from: Socket, to: Socket): void => {
+    from.on('data', (chunk) => setTimeout(() => to.write(chunk), delayMs));
+    from.on('end', () => setTimeout(() => to.end(), delayMs));
+    from.on('error', () => to.destroy());
+  };
+  const server = createServer((client) => {
+    const upstream = connect(port, host);
+    client.setNoDelay(true);
+    upstream.setNoDelay(true);
+    relay(client, upstream);
+    relay(upstream, client);
+  });
+  server.unref();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return `127.0.0.1:${(server.address() as AddressInfo).port}`;
+}
+
 async function runClient(config: ClientConfig): Promise<void> {
   const port = parentPort;
   if (!port) return;
@@ -429,7 +457,8 @@ async function runClient(config: ClientConfig): Promise<void> {
       for (let i = 0; i < evs.length; i += config.batch) list.push(SubmitEventsRequest.encode({ events: evs.slice(i, i + config.batch) }).finish());
       batches.push(list);
     }
-    const channel = createChannel(config.address, undefined, { 'grpc.max_send_message_length': 64 << 20 });
+    const address = config.rttMs > 0 ? await delayingProxy(config.address, config.rttMs / 2) : config.address;
+    const channel = createChannel(address, undefined, { 'grpc.max_send_message_length': 64 << 20 });
     const client = createClientFactory().create(RawSubmitEvents, channel, { '*': { metadata: Metadata({ authorization: `Bearer ${config.token}` }) } });
     port.postMessage({
       type: 'ready',
