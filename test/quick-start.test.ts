@@ -18,14 +18,26 @@ afterAll(async () => {
   await harness.cleanup();
 });
 
-/** `retrace ARGS` in `cwd`; ends it after `stopAfterMs` (SIGINT, as Ctrl-C) when given. */
-function retrace(args: readonly string[], cwd: string, stopAfterMs?: number): Promise<{ code: number | null; out: string }> {
+/**
+ * `retrace ARGS` in `cwd`. With `stopWhenShown`, ends it (SIGINT, as Ctrl-C) 500 ms after its first
+ * output, or after 30 s of none: a fixed 2.5 s once ended a watch that, on a machine at load 5–11,
+ * had not yet printed anything.
+ */
+function retrace(args: readonly string[], cwd: string, stopWhenShown = false): Promise<{ code: number | null; out: string }> {
   const child = spawn(process.execPath, [CLI, ...args], { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
   harness.children.push(child);
   let out = '';
-  child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+  let timer: NodeJS.Timeout | undefined;
+  const stop = (ms: number): void => {
+    clearTimeout(timer);
+    timer = setTimeout(() => child.kill('SIGINT'), ms);
+  };
+  child.stdout.setEncoding('utf8').on('data', (d: string) => {
+    if (stopWhenShown && out === '') stop(500);
+    out += d;
+  });
   child.stderr.setEncoding('utf8').on('data', (d: string) => (out += d));
-  const timer = stopAfterMs === undefined ? undefined : setTimeout(() => child.kill('SIGINT'), stopAfterMs);
+  if (stopWhenShown) stop(30_000);
   return new Promise((resolve) =>
     child.once('close', (code) => {
       clearTimeout(timer);
@@ -97,7 +109,7 @@ describe('quick start', () => {
       // 30 s of reports first (its comment says so), are not run as printed.
       if (/\b(REPLAY_ID|NODE)\b/.test(line) || argv[0] === 'forecast') continue;
       const watching = argv.includes('--watch') && (argv[0] === 'nodes' || argv[0] === 'watch');
-      const r = await retrace(argv, cwd, watching ? 2500 : undefined);
+      const r = await retrace(argv, cwd, watching);
       // A watch that never ends on its own is stopped like Ctrl-C after showing something.
       const ok = watching ? r.code === 130 && r.out.trim() !== 'interrupted (SIGINT)' : r.code === 0;
       if (!ok) failed.push(`retrace ${line}: exit ${r.code}\n${r.out.slice(0, 600)}`);
