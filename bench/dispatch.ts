@@ -32,7 +32,9 @@ import { CodeServiceDefinition } from '../common/gen/retrace/v1/code.js';
 import { TriggerKind, type LineageEvent, type ObjectVersion, type Step } from '../common/gen/retrace/v1/provenance.js';
 import { ShardBatch, ShardOutcomes, ShardStatus, type ShardAssignment, type ShardOutcome } from '../common/gen/retrace/v1/shard.js';
 import { contentHashOf } from '../common/hash.js';
+import { FLOW_CONTROL_WINDOW_BYTES, FLOW_CONTROL_WINDOW_OPTION } from '../common/grpc-flow-control.js';
 import { Coordinator } from '../coordinator/coordinator.js';
+import { installServerFlowControlWindow } from '../coordinator/grpc/server-flow-control.js';
 import type { LineageEngine } from '../coordinator/lineage/lineage-engine.js';
 import type { DispatchResult } from '../coordinator/scheduler/dispatcher.js';
 import { createChannel, createClient, Metadata } from 'nice-grpc';
@@ -78,14 +80,17 @@ function cpuDelta(pid: number, before: Map<number, number>, after: Map<number, n
  * Raw echo: one bidi stream. The client sends request frames of `perRequest` shards, keeping
  * `inFlight` shards outstanding; the server answers with response frames of `perResponse`
  * outcomes as soon as it has received that many shards (the remainder when the client half-
- * closes). Returns shards (= outcomes received) per second.
+ * closes). Returns shards (= outcomes received) per second. Server and channel open the HTTP/2
+ * windows Retrace's do (common/grpc-flow-control.ts).
  */
 async function rawEcho(request: Buffer, perRequest: number, response: Buffer, perResponse: number, shards: number, inFlight: number): Promise<number> {
   const id = (b: Buffer): Buffer => b;
   const service: grpc.ServiceDefinition = {
     echo: { path: '/bench.Echo/Echo', requestStream: true, responseStream: true, requestSerialize: id, requestDeserialize: id, responseSerialize: id, responseDeserialize: id },
   };
-  const server = new grpc.Server();
+  installServerFlowControlWindow();
+  const windows = { [FLOW_CONTROL_WINDOW_OPTION]: FLOW_CONTROL_WINDOW_BYTES };
+  const server = new grpc.Server(windows);
   server.addService(service, {
     echo: (call: grpc.ServerDuplexStream<Buffer, Buffer>) => {
       let owed = 0;
@@ -98,7 +103,7 @@ async function rawEcho(request: Buffer, perRequest: number, response: Buffer, pe
   });
   const port = await new Promise<number>((res, rej) => server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? rej(e) : res(p))));
   const Client = grpc.makeGenericClientConstructor(service, 'Echo');
-  const client = new Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure()) as unknown as { echo(): grpc.ClientDuplexStream<Buffer, Buffer>; close(): void };
+  const client = new Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), windows) as unknown as { echo(): grpc.ClientDuplexStream<Buffer, Buffer>; close(): void };
   const call = client.echo();
   call.on('error', () => {}); // the CANCELLED of our own close
   // Whole frames only: the run ends when every shard sent has come back.
