@@ -28,7 +28,8 @@ function claimOn(text: string): string {
 
 /**
  * A process that locks each of `dirs` with lockDataDir, the first at `atMs` (epoch ms) and each
- * next `stepMs` later, writes `<i> ok` or `<i> refused` for each, and then keeps what it got until killed.
+ * next `stepMs` later, writes `<i> ok` or `<i> refused` for each, and then keeps what it got until
+ * killed (or exits, given a fifth argument `exit`).
  */
 const LOCKER = `
 const { lockDataDir } = await import(process.argv[1]);
@@ -42,8 +43,14 @@ for (let i = 0; i < dirs.length; i++) {
   const line = await lockDataDir(dirs[i], 'data').then(() => 'ok', (err) => 'refused ' + err.message);
   process.stdout.write(i + ' ' + line + '\\n');
 }
-setInterval(() => {}, 1 << 30);
+if (process.argv[5] !== 'exit') setInterval(() => {}, 1 << 30);
 `;
+
+/**
+ * Whether this host lets a user make a user and pid namespace (`unshare -Urpf`), in which a
+ * test may choose the next pid (/proc/sys/kernel/ns_last_pid) and so have a pid really reused.
+ */
+const CAN_REUSE_PIDS = HAS_PROC && spawnSync('unshare', ['-Urpf', '--mount-proc', 'true']).status === 0;
 
 describe('agent data directory', () => {
   const dirs: string[] = [];
@@ -227,6 +234,33 @@ describe('agent data directory', () => {
     await expect(lockDataDir(dir, 'data')).rejects.toThrow(`is in use by another agent (pid ${pid})`);
     expect(readdirSync(dir)).toEqual(['agent.lock']);
   });
+
+  it.runIf(CAN_REUSE_PIDS)('a restarted agent takes over from a killed one whose pid the kernel gave to another process', async () => {
+    // In a pid namespace of its own the next pid can be chosen: the killed agent's goes to `sleep`.
+    const dir = tempDir();
+    const script = `
+      set -e
+      node --import tsx --input-type=module -e "$LOCKER" "$STORE" '["${dir}"]' 0 0 > "$OUT" & agent=$!
+      until grep -q ok "$OUT"; do sleep 0.02; done
+      kill -9 $agent; wait $agent || true
+      echo $((agent - 1)) > /proc/sys/kernel/ns_last_pid
+      sleep 30 & other=$!
+      echo "killed $agent, now $other"
+      node --import tsx --input-type=module -e "$LOCKER" "$STORE" '["${dir}"]' 0 0 exit
+      kill $other`;
+    const r = spawnSync('unshare', ['-Urpf', '--mount-proc', 'bash', '-c', script], {
+      cwd: REPO_ROOT,
+      encoding: 'utf8',
+      env: { ...process.env, LOCKER, STORE: join(REPO_ROOT, 'agent', 'identity-store.ts'), OUT: join(tempDir(), 'out') },
+      timeout: 15_000,
+    });
+    expect(r.status, r.stderr).toBe(0);
+    const [reuse, outcome] = r.stdout.trim().split('\n');
+    const m = /^killed (\d+), now (\d+)$/.exec(reuse ?? '');
+    expect(m?.[1], reuse).toBe(m?.[2]);
+    expect(outcome).toBe('0 ok');
+    expect(readdirSync(dir)).toEqual(['agent.lock']);
+  }, 20_000);
 
   it.runIf(HAS_PROC)("a dead claimant's takeover claim is taken over even when its pid now names another process", async () => {
     const dead = await deadAgentsLock();
