@@ -80,13 +80,15 @@ interface Holder {
   start: string | undefined;
 }
 
-/** The start time of process `pid` (/proc/PID/stat field 22); undefined where it cannot be read. */
-async function startTimeOf(pid: number | 'self'): Promise<string | undefined> {
+/** What /proc/PID/stat says of a process: its state (field 3) and start time (field 22); undefined where it cannot be read. */
+async function statOf(pid: number | 'self'): Promise<{ state: string; start: string } | undefined> {
   try {
     const stat = await readFile(`/proc/${pid}/stat`, 'latin1');
     // Fields from the third on follow the command name, which may itself hold spaces and ")".
-    const start = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[22 - 3];
-    return start !== undefined && /^\d+$/.test(start) ? start : undefined;
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const state = fields[3 - 3];
+    const start = fields[22 - 3];
+    return state !== undefined && start !== undefined && /^\d+$/.test(start) ? { state, start } : undefined;
   } catch {
     return undefined;
   }
@@ -116,15 +118,17 @@ function pidExists(pid: number): boolean {
 
 /**
  * Whether `holder` still runs. Its pid alone is not enough: a dead agent's pid given to an
- * unrelated process held every restarted agent off until that process ended. A pid whose start
- * time differs from the one recorded is another process. Where the start time cannot be read
- * (no /proc, another user's process hidden by hidepid, or none recorded) the pid's existence decides.
+ * unrelated process held every restarted agent off until that process ended, and so did a dead
+ * agent its parent had not reaped (a zombie: a container's init that reaps none keeps it for good).
+ * A pid whose start time differs from the one recorded is another process. Where /proc/PID/stat
+ * cannot be read (no /proc, another user's process hidden by hidepid) the pid's existence decides.
  */
 async function isRunning(holder: Holder): Promise<boolean> {
   if (!pidExists(holder.pid)) return false;
-  if (holder.start === undefined) return true;
-  const start = await startTimeOf(holder.pid);
-  return start === undefined || start === holder.start;
+  const stat = await statOf(holder.pid);
+  if (stat === undefined) return true;
+  if (stat.state === 'Z' || stat.state === 'X') return false;
+  return holder.start === undefined || stat.start === holder.start;
 }
 
 /**
@@ -139,7 +143,7 @@ async function isRunning(holder: Holder): Promise<boolean> {
  */
 export async function lockDataDir(dataDir: string, field: string): Promise<() => Promise<void>> {
   const path = join(dataDir, LOCK_FILE);
-  const me = textOf({ pid: process.pid, start: await startTimeOf('self') });
+  const me = textOf({ pid: process.pid, start: (await statOf('self'))?.start });
   // The lock appears with its holder in it, by a hard link of a file written first: created empty
   // and then written (open with O_EXCL), it could be read empty by an agent started at the same
   // moment, which took it for a dead holder's, removed it and ran too.

@@ -262,6 +262,21 @@ describe('agent data directory', () => {
     expect(readdirSync(dir)).toEqual(['agent.lock']);
   }, 20_000);
 
+  it.runIf(HAS_PROC)('a dead agent its parent has not reaped (a zombie) holds no lock', async () => {
+    // bash starts a child and becomes `sleep`, which never reaps it: once the child ends it stays a zombie.
+    const parent = spawn('bash', ['-c', 'sleep 0.01 & echo $!; exec sleep 30'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    children.push(parent);
+    let out = '';
+    parent.stdout?.on('data', (d: Buffer) => (out += d.toString()));
+    const zombie = await waitFor(() => /^\d+\n/.exec(out)?.[0].trim(), 5000, 'the child\'s pid');
+    await waitFor(() => readFileSync(`/proc/${zombie}/stat`, 'latin1').split(') ')[1]?.startsWith('Z'), 5000, 'a zombie');
+    const dir = tempDir();
+    writeFileSync(join(dir, 'agent.lock'), `${zombie}\n`);
+    const release = await lockDataDir(dir, 'data');
+    expect(pidIn(join(dir, 'agent.lock'))).toBe(String(process.pid));
+    await release();
+  });
+
   it.runIf(HAS_PROC)("a dead claimant's takeover claim is taken over even when its pid now names another process", async () => {
     const dead = await deadAgentsLock();
     const dir = tempDir();
