@@ -681,7 +681,7 @@ export class PipelineRunner {
           pipeline: p,
           pipelineVersion: ctx.pv.version,
           queuedMs: result.queuedMs,
-          ...(reproduced.length > 0 ? { reproduced: reproduced.map((k) => ({ objectId: k.objectId, contentHash: k.contentHash })) } : {}),
+          ...(reproduced.length > 0 ? { reproduced: reproduced.map((k) => ({ contentHash: k.contentHash, objectId: k.objectId })) } : {}),
           shardId,
           step: step.name,
         };
