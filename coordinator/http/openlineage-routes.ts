@@ -349,9 +349,12 @@ async function buildGraph(lineage: LineageApi, start: NodeRef, trace: TraceRespo
 
   const nodes: MarquezNode[] = [];
   const datasetEntries = [...datasets.entries()];
-  const datasetData = await Promise.all(datasetEntries.map(([, objectId]) => datasetDataOf(lineage, objectId)));
-  datasetEntries.forEach(([id], i) => {
-    nodes.push({ id, type: 'DATASET', data: datasetData[i] ?? {}, inEdges: inEdges.get(id) ?? [], outEdges: outEdges.get(id) ?? [] });
+  // All at once (a trace page holds at most TRACE_PAGE_SIZE): a step's event describes the
+  // version it read and the one it wrote, and is read and decoded once. A getNode each took a
+  // job's graph over 20,000 records 10 s for its 60,000 datasets.
+  const versions = await lineage.readObjects(datasetEntries.map(([, objectId]) => objectId));
+  datasetEntries.forEach(([id, objectId], i) => {
+    nodes.push({ id, type: 'DATASET', data: datasetDataFrom(objectId, versions[i] ?? []), inEdges: inEdges.get(id) ?? [], outEdges: outEdges.get(id) ?? [] });
   });
   const jobEntries = [...jobs.entries()];
   const jobData = await Promise.all(
@@ -373,21 +376,25 @@ async function transformOf(lineage: LineageApi, stepId: string): Promise<string>
  * `version`, that version's, read from nothing else (`versions` is then 0).
  */
 export async function datasetDataOf(lineage: LineageApi, id: string, version?: ObjectVersion): Promise<Record<string, unknown>> {
+  if (version !== undefined) return datasetDataFrom(id, [], version);
+  try {
+    const res = await lineage.getNode({ node: { kind: NodeKind.NODE_KIND_OBJECT, id, contentHash: '' } });
+    return datasetDataFrom(id, res.body?.$case === 'object' ? res.body.value.versions : []);
+  } catch (err) {
+    // An object known only as an input has no stored versions; its identity is all there is.
+    if (!(err instanceof NotFoundError)) throw err;
+    return datasetDataFrom(id, []);
+  }
+}
+
+/**
+ * datasetDataOf from the object's stored `versions` (the latest is the last with the greatest
+ * created_at), or from one `version` alone (`versions` is then 0).
+ */
+function datasetDataFrom(id: string, versions: readonly ObjectVersion[], version?: ObjectVersion): Record<string, unknown> {
   let latest: ObjectVersion | undefined = version;
-  let versions = 0;
-  if (version === undefined) {
-    try {
-      const res = await lineage.getNode({ node: { kind: NodeKind.NODE_KIND_OBJECT, id, contentHash: '' } });
-      if (res.body?.$case === 'object') {
-        versions = res.body.value.versions.length;
-        for (const v of res.body.value.versions) {
-          if (latest === undefined || BigInt(v.createdAtNs || '0') >= BigInt(latest.createdAtNs || '0')) latest = v;
-        }
-      }
-    } catch (err) {
-      // An object known only as an input has no stored versions; its identity is all there is.
-      if (!(err instanceof NotFoundError)) throw err;
-    }
+  for (const v of versions) {
+    if (latest === undefined || BigInt(v.createdAtNs || '0') >= BigInt(latest.createdAtNs || '0')) latest = v;
   }
   const attributes = latest?.attributes ?? {};
   const parsed = parseDatasetObjectId(id);
@@ -409,7 +416,7 @@ export async function datasetDataOf(lineage: LineageApi, id: string, version?: O
     description: typeof documentation['description'] === 'string' ? documentation['description'] : null,
     facets,
     currentVersion: latest?.contentHash ?? null,
-    versions,
+    versions: versions.length,
     createdAt,
     lastModifiedAt: createdAt,
   };
