@@ -2,6 +2,7 @@ import { InvalidArgumentError, NotFoundError } from '../../common/errors.js';
 import { NodeKind } from '../../common/gen/retrace/v1/lineage.js';
 import type { ObjectVersion, Run, Step } from '../../common/gen/retrace/v1/provenance.js';
 import { openLineageStepId, parseJobTransformName } from '../../common/openlineage/to-lineage-events.js';
+import { isUuid } from '../../common/openlineage/validate.js';
 import { nanosToIso } from '../../common/time.js';
 import type { LineageApi, ObjectList } from '../lineage/lineage-api.js';
 import { datasetNodeId, jobNodeId, NATIVE_NAMESPACE } from './marquez-ids.js';
@@ -288,7 +289,7 @@ export function createMarquezRoutes(lineage: LineageApi): { routes: Route[]; nod
       path: '/api/v1/jobs/runs/{id}',
       handler: async (req) => {
         const id = req.params['id'] ?? '';
-        const { run, step } = await runAndStep(lineage, id);
+        const { run, step } = await runById(lineage, id);
         if (!run) throw new NotFoundError(`run ${JSON.stringify(id)}`, 'id');
         return { status: 200, body: runData(run, step) };
       },
@@ -300,7 +301,7 @@ export function createMarquezRoutes(lineage: LineageApi): { routes: Route[]; nod
         const id = req.params['id'] ?? '';
         const type = req.query.get('type')?.toLowerCase();
         if (type !== 'run' && type !== 'job') throw new InvalidArgumentError('type', `is required: run or job, got ${JSON.stringify((req.query.get('type') ?? '').slice(0, 40))}`);
-        const { run, step } = await runAndStep(lineage, id);
+        const { run, step } = await runById(lineage, id);
         if (!run) throw new NotFoundError(`run ${JSON.stringify(id)}`, 'id');
         return { status: 200, body: { runId: run.runId, facets: type === 'run' ? runFacetsOf(run, step) : facetMap((run.facets ?? step?.facets)?.['job']) } };
       },
@@ -312,6 +313,21 @@ export function createMarquezRoutes(lineage: LineageApi): { routes: Route[]; nod
     },
   ];
   return { routes, nodeTimes };
+}
+
+/**
+ * The run (and its OpenLineage step) a run id in a Marquez path names. Run ids are stored as
+ * their producer sent them; Marquez's are UUIDs, which it takes in any case (a user pastes one
+ * upper-case from a log or a UI): a UUID not stored as given is looked up lower-case, then
+ * upper-case, the forms producers send. Other ids (native runs) match exactly.
+ */
+async function runById(lineage: LineageApi, id: string): Promise<{ run: Run | undefined; step: Step | undefined }> {
+  const ids = isUuid(id) ? new Set([id, id.toLowerCase(), id.toUpperCase()]) : [id];
+  for (const runId of ids) {
+    const found = await runAndStep(lineage, runId);
+    if (found.run) return found;
+  }
+  return { run: undefined, step: undefined };
 }
 
 /**
