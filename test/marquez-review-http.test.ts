@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { deflateSync, gzipSync } from 'node:zlib';
+import { buildExampleLineage } from '../scripts/cli/example-lineage.js';
 import { postJson } from './helpers/openlineage-http.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 
@@ -181,6 +182,24 @@ describe('run states', () => {
     const run = (await get(`/api/v1/jobs/runs/${runId}`)).json;
     expect(run).toMatchObject({ state: 'COMPLETED', endedAt: '2026-02-06T00:10:00Z', durationMs: 600_000 });
     expect(run.facets?.note?.text).toBe('late metadata');
+  });
+});
+
+describe('run ids', () => {
+  it('a run is found by its UUID in either case, as Marquez finds it; a native run id matches exactly', async () => {
+    const lower = uuid();
+    expect((await post('/api/v1/lineage', runEvent('case', 'lower', lower, 'COMPLETE', '2026-02-08T00:00:00Z', [{ namespace: 'case', name: 'out' }]))).status).toBe(201);
+    expect((await get(`/api/v1/jobs/runs/${lower.toUpperCase()}`)).json).toMatchObject({ id: lower, state: 'COMPLETED' });
+    expect((await get(`/api/v1/jobs/runs/${lower.toUpperCase()}/facets?type=job`)).json).toMatchObject({ runId: lower });
+    // A producer that sends upper-case UUIDs is found by the lower-case one a user copies from elsewhere.
+    const upper = uuid().toUpperCase();
+    expect((await post('/api/v1/lineage', runEvent('case', 'upper', upper, 'COMPLETE', '2026-02-08T00:00:00Z', [{ namespace: 'case', name: 'out2' }]))).status).toBe(201);
+    expect((await get(`/api/v1/jobs/runs/${upper.toLowerCase()}`)).json).toMatchObject({ id: upper, state: 'COMPLETED' });
+    expect((await get(`/api/v1/jobs/runs/${upper}`)).json).toMatchObject({ id: upper });
+    expect((await get(`/api/v1/jobs/runs/${uuid().toUpperCase()}`)).status).toBe(404);
+    await tc.coordinator.lineage.submit(buildExampleLineage({ orders: 2 }).events);
+    expect((await get('/api/v1/jobs/runs/example-run-2')).status).toBe(200);
+    expect((await get('/api/v1/jobs/runs/EXAMPLE-RUN-2')).status).toBe(404);
   });
 });
 

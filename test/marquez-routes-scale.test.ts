@@ -27,6 +27,7 @@ function lineageWith(objects: number): LineageApi {
     transformObjects: unused,
     readRun: unused,
     runStepOf: unused,
+    readObjects: unused,
   };
 }
 

@@ -20,6 +20,8 @@ export class MarquezDatasets {
   readonly places: Int32Array;
   /** Namespace and name of each object served that is not plain native, by place. */
   private readonly parsed = new Map<number, { namespace: string; name: string }>();
+  /** See byName. */
+  private names: Map<string, number[]> | undefined;
 
   private constructor(readonly objects: ObjectTable) {
     const n = objects.length;
@@ -80,8 +82,26 @@ export class MarquezDatasets {
       // A plain native object is served unless an OpenLineage one has its Marquez id.
       if (i !== undefined && this.isPlain(i) && this.objects.indexOf(`${NATIVE_DATASET_PREFIX}${name}`) === undefined) return i;
     }
-    for (const [i, p] of this.parsed) if (p.namespace === namespace && p.name === name && this.isServed(i)) return i;
+    for (const i of this.byName().get(`${namespace}\u0000${name}`) ?? []) if (this.isServed(i)) return i;
     return undefined;
+  }
+
+  /**
+   * The parsed places by namespace and name, each list in place order; made on first use. A
+   * lineage graph dates each of its datasets by `find`, which looked through every parsed object
+   * for each: a graph of n OpenLineage datasets cost n² steps.
+   */
+  private byName(): Map<string, number[]> {
+    if (this.names === undefined) {
+      this.names = new Map();
+      for (const [i, p] of this.parsed) {
+        const key = `${p.namespace}\u0000${p.name}`;
+        const list = this.names.get(key);
+        if (list) list.push(i);
+        else this.names.set(key, [i]);
+      }
+    }
+    return this.names;
   }
 
   /** Every namespace served with its datasets' earliest first sighting and latest change (ms). */

@@ -2,6 +2,7 @@ import { InvalidArgumentError, NotFoundError } from '../../common/errors.js';
 import { NodeKind } from '../../common/gen/retrace/v1/lineage.js';
 import type { ObjectVersion, Run, Step } from '../../common/gen/retrace/v1/provenance.js';
 import { openLineageStepId, parseJobTransformName } from '../../common/openlineage/to-lineage-events.js';
+import { isUuid } from '../../common/openlineage/validate.js';
 import { nanosToIso } from '../../common/time.js';
 import type { LineageApi, ObjectList } from '../lineage/lineage-api.js';
 import { datasetNodeId, jobNodeId, NATIVE_NAMESPACE } from './marquez-ids.js';
@@ -196,11 +197,7 @@ export function createMarquezRoutes(lineage: LineageApi): { routes: Route[]; nod
     ...datasetTimes(e),
   });
   // Marquez's createdAt is when the dataset first appeared; its latest version's time is lastModifiedAt.
-  const datasetTimes = (e: Entry): { createdAt: string; firstSeenAt: string; updatedAt: string } => ({
-    createdAt: new Date(e.firstSeenMs).toISOString(),
-    firstSeenAt: new Date(e.firstSeenMs).toISOString(),
-    updatedAt: new Date(e.lastChangedMs).toISOString(),
-  });
+  const datasetTimes = (e: Entry): { createdAt: string; firstSeenAt: string; updatedAt: string } => timesOf(e.firstSeenMs, e.lastChangedMs);
   // The lineage graph's nodes carry the times their own answers give (Marquez's JobData and
   // DatasetData always have createdAt and updatedAt); the jobs and datasets are listed once a graph.
   const nodeTimes: NodeTimes = async (nodes) => {
@@ -218,7 +215,8 @@ export function createMarquezRoutes(lineage: LineageApi): { routes: Route[]; nod
     for (const n of datasetNodes) {
       const { namespace, name } = n.data as { namespace?: unknown; name?: unknown };
       const i = d === undefined || typeof namespace !== 'string' || typeof name !== 'string' ? undefined : d.find(namespace, name);
-      if (i !== undefined) Object.assign(n.data, datasetTimes(datasetEntry(d as MarquezDatasets, i)));
+      // From the place alone, no entry (its id and Marquez id made strings) for each of 60,000.
+      if (i !== undefined) Object.assign(n.data, timesOf((d as MarquezDatasets).objects.firstSeenMs(i), (d as MarquezDatasets).objects.lastChangedMs(i)));
     }
   };
 
@@ -288,7 +286,7 @@ export function createMarquezRoutes(lineage: LineageApi): { routes: Route[]; nod
       path: '/api/v1/jobs/runs/{id}',
       handler: async (req) => {
         const id = req.params['id'] ?? '';
-        const { run, step } = await runAndStep(lineage, id);
+        const { run, step } = await runById(lineage, id);
         if (!run) throw new NotFoundError(`run ${JSON.stringify(id)}`, 'id');
         return { status: 200, body: runData(run, step) };
       },
@@ -300,7 +298,7 @@ export function createMarquezRoutes(lineage: LineageApi): { routes: Route[]; nod
         const id = req.params['id'] ?? '';
         const type = req.query.get('type')?.toLowerCase();
         if (type !== 'run' && type !== 'job') throw new InvalidArgumentError('type', `is required: run or job, got ${JSON.stringify((req.query.get('type') ?? '').slice(0, 40))}`);
-        const { run, step } = await runAndStep(lineage, id);
+        const { run, step } = await runById(lineage, id);
         if (!run) throw new NotFoundError(`run ${JSON.stringify(id)}`, 'id');
         return { status: 200, body: { runId: run.runId, facets: type === 'run' ? runFacetsOf(run, step) : facetMap((run.facets ?? step?.facets)?.['job']) } };
       },
@@ -312,6 +310,21 @@ export function createMarquezRoutes(lineage: LineageApi): { routes: Route[]; nod
     },
   ];
   return { routes, nodeTimes };
+}
+
+/**
+ * The run (and its OpenLineage step) a run id in a Marquez path names. Run ids are stored as
+ * their producer sent them; Marquez's are UUIDs, which it takes in any case (a user pastes one
+ * upper-case from a log or a UI): a UUID not stored as given is looked up lower-case, then
+ * upper-case, the forms producers send. Other ids (native runs) match exactly.
+ */
+async function runById(lineage: LineageApi, id: string): Promise<{ run: Run | undefined; step: Step | undefined }> {
+  const ids = isUuid(id) ? new Set([id, id.toLowerCase(), id.toUpperCase()]) : [id];
+  for (const runId of ids) {
+    const found = await runAndStep(lineage, runId);
+    if (found.run) return found;
+  }
+  return { run: undefined, step: undefined };
 }
 
 /**
@@ -510,6 +523,12 @@ async function search(
       nodeId: isDataset(h) ? datasetNodeId((d as MarquezDatasets).objects.objectId(place(h))) : job(h).nodeId,
     })),
   };
+}
+
+/** A dataset's createdAt and firstSeenAt (when first seen) and updatedAt (when last changed), from ms. */
+function timesOf(firstSeenMs: number, lastChangedMs: number): { createdAt: string; firstSeenAt: string; updatedAt: string } {
+  const created = new Date(firstSeenMs).toISOString();
+  return { createdAt: created, firstSeenAt: created, updatedAt: new Date(lastChangedMs).toISOString() };
 }
 
 /** A dataset's time as a job's data orders its records: the whole ms of trace's microseconds (its ns, truncated). */

@@ -5,7 +5,7 @@ import type {
   TraceRequest,
   TraceResponse,
 } from '../../common/gen/retrace/v1/lineage.js';
-import type { LineageEvent, Run } from '../../common/gen/retrace/v1/provenance.js';
+import type { LineageEvent, ObjectVersion, Run } from '../../common/gen/retrace/v1/provenance.js';
 
 /** Outcome of one atomic submission. */
 export interface SubmitResult {
@@ -55,6 +55,12 @@ export interface LineageApi {
    * were most of a read's cost.
    */
   readRun(runId: string): Promise<Run | undefined>;
+  /**
+   * The versions getNode gives each of `objectIds` (its `object` body's versions, in that
+   * order), or undefined for an unknown object; read together, at a fraction of a getNode each
+   * (a job's lineage graph over 20,000 records reads 60,000 objects).
+   */
+  readObjects(objectIds: readonly string[]): Promise<(ObjectVersion[] | undefined)[]>;
   /**
    * The step of transform `transformId` in run `runId` that getNode's relatedSteps of the run
    * list first (the one recorded last), by id; undefined when the run has none or either is

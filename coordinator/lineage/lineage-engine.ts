@@ -993,16 +993,45 @@ export class LineageEngine implements LineageApi {
   async readVersion(objectId: string, contentHash: string): Promise<ObjectVersion | undefined> {
     const seqs = (await this.store.objectVersionSeqs(objectId, contentHash)).get(contentHash) ?? [];
     if (seqs.length === 0) return this.index.has(versionKey(objectId, contentHash)) ? emptyVersion(objectId, contentHash) : undefined;
-    const versions: { timeNs: bigint; version: ObjectVersion }[] = [];
-    for (const e of await this.readEvents(seqs)) {
-      if (e.body?.$case === 'objectVersion') versions.push({ timeNs: BigInt(e.eventTimeNs), version: e.body.value });
-      else if (e.body?.$case === 'step') {
-        for (const v of describedVersions(e.body.value)) {
-          if (v.objectId === objectId && v.contentHash === contentHash) versions.push({ timeNs: BigInt(e.eventTimeNs), version: v });
-        }
-      }
+    return foldVersion(objectId, contentHash, await this.readEvents(seqs));
+  }
+
+  /**
+   * The versions getNode gives each object (its `object` body's versions, in that order), or
+   * undefined for an object the graph does not hold. The versions' rows are found by one
+   * iterator and their events read together (an event describing several is decoded once): a
+   * job's lineage graph over 20,000 records read its 60,000 objects one getNode each, 10 s.
+   */
+  async readObjects(objectIds: readonly string[]): Promise<(ObjectVersion[] | undefined)[]> {
+    const hashes = objectIds.map((id) => {
+      const key = nodeKey({ kind: NodeKind.NODE_KIND_OBJECT, id, contentHash: '' });
+      return this.index.has(key) ? this.index.membersOf(key).map((k) => parseNodeKey(k).contentHash) : undefined;
+    });
+    const wanted: string[] = [];
+    objectIds.forEach((id, i) => {
+      for (const hash of hashes[i] ?? []) wanted.push(`${id}\u0000${hash}`);
+    });
+    const seqsOf = await this.store.versionSeqs(wanted);
+    const unique = [...new Set([...seqsOf.values()].flat())];
+    const events = new Map<bigint, LineageEvent>();
+    for (const entry of await this.store.getEntries(unique)) {
+      const event = eventOf(entry);
+      if (event) events.set(entry.seq, event);
     }
-    return versions.length > 0 ? foldObjectVersions(versions) : emptyVersion(objectId, contentHash);
+    return objectIds.map((id, i) => {
+      const list = hashes[i];
+      if (list === undefined) return undefined;
+      const versions: ObjectVersion[] = [];
+      for (const hash of list) {
+        const seqs = seqsOf.get(`${id}\u0000${hash}`) ?? [];
+        if (seqs.length === 0) {
+          if (this.index.has(versionKey(id, hash))) versions.push(emptyVersion(id, hash));
+          continue;
+        }
+        versions.push(foldVersion(id, hash, seqs.flatMap((seq) => events.get(seq) ?? [])));
+      }
+      return versions;
+    });
   }
 
   /** Events stored at these ledger positions, in the given order. */
@@ -1048,6 +1077,23 @@ function eventOf(entry: StoredEntry): LineageEvent | undefined {
 function foldStepEvents(events: readonly LineageEvent[], asOfMs: number): Step | undefined {
   const folded = events.flatMap((e) => (e.body?.$case === 'step' && nsToMs(BigInt(e.eventTimeNs)) <= asOfMs ? [{ timeNs: BigInt(e.eventTimeNs), step: e.body.value }] : []));
   return folded.length > 0 ? foldSteps(folded) : undefined;
+}
+
+/**
+ * An object version folded from the events its rows name: its object_version events and the
+ * steps that describe it (generated_versions, used_versions); a bare one when none describes it.
+ */
+function foldVersion(objectId: string, contentHash: string, events: readonly LineageEvent[]): ObjectVersion {
+  const versions: { timeNs: bigint; version: ObjectVersion }[] = [];
+  for (const e of events) {
+    if (e.body?.$case === 'objectVersion') versions.push({ timeNs: BigInt(e.eventTimeNs), version: e.body.value });
+    else if (e.body?.$case === 'step') {
+      for (const v of describedVersions(e.body.value)) {
+        if (v.objectId === objectId && v.contentHash === contentHash) versions.push({ timeNs: BigInt(e.eventTimeNs), version: v });
+      }
+    }
+  }
+  return versions.length > 0 ? foldObjectVersions(versions) : emptyVersion(objectId, contentHash);
 }
 
 function emptyVersion(objectId: string, contentHash: string): ObjectVersion {
