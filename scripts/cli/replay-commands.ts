@@ -59,11 +59,24 @@ function parseSelector(args: ParsedArgs): RecordSelector {
   }
   const last = flag(args, 'last');
   if (last) {
-    const value = { ...split(args.positionals[0]), minutes: parseDurationMs(last, '--last') / 60_000 };
+    const value = { ...split(args.positionals[0]), minutes: durationArgMs(last, '--last') / 60_000 };
     noMorePositionals(args, 1);
     return { selector: { $case: 'last', value } };
   }
   throw new UsageError('a selector is required: --record, --window, --last or --run');
+}
+
+/**
+ * A duration argument in milliseconds; malformed, a usage error (exit 2) naming the flag, as
+ * every other malformed replay flag is: `--last -5m` and `--fault latency:abc` exited 1 as if the
+ * coordinator had refused them.
+ */
+function durationArgMs(text: string, field: string): number {
+  try {
+    return parseDurationMs(text, field);
+  } catch (err) {
+    throw new UsageError(err instanceof Error ? err.message : String(err));
+  }
 }
 
 function parsePolicy(args: ParsedArgs): ReplayPolicy {
@@ -98,7 +111,7 @@ function parsePolicy(args: ParsedArgs): ReplayPolicy {
     };
     // The policy carries milliseconds as uint32: a longer one would fail in serialization, naming nothing.
     const ms = (text: string, field: string): number => {
-      const v = Math.round(parseDurationMs(text, field));
+      const v = Math.round(durationArgMs(text, field));
       if (v > MAX_FAULT_MS) throw new UsageError(`${field}: at most ${MAX_FAULT_MS} ms (about 49 days), got ${JSON.stringify(text)}`);
       return v;
     };
