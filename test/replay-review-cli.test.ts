@@ -1,4 +1,6 @@
 import { describe, expect, it } from 'vitest';
+import { ReplayState, WatchReplayResponse } from '../common/gen/retrace/v1/replay.js';
+import { watchReplayProgress } from '../scripts/cli/replay-commands.js';
 import { runCli } from './helpers/in-process-cli.js';
 
 describe('replay start: malformed durations are usage errors', () => {
@@ -17,5 +19,36 @@ describe('replay start: malformed durations are usage errors', () => {
       expect(r.err.split('\n')[0]).toMatch(new RegExp(`^error: ${text}: expected a duration`));
       expect(r.err).toContain('usage: retrace replay start');
     }
+  });
+});
+
+describe('replay watch off a terminal', () => {
+  // A replay whose shards wait for a node says so once, about a second in; the log then showed
+  // nothing but the header for as long as it waited: the line came within the 10 s throttle and
+  // was dropped, and no later message brought it back.
+  it('writes a change that came within the throttle once its time is up', async () => {
+    const msg = (stepsDone: number, message: string, state = ReplayState.REPLAY_STATE_RUNNING) => WatchReplayResponse.fromPartial({ state, stepsDone, stepsTotal: 2, recordsTotal: 1, message });
+    let release!: () => void;
+    const ended = new Promise<void>((r) => (release = r));
+    const client = {
+      watchReplay: async function* () {
+        yield msg(0, 'running');
+        await new Promise((r) => setTimeout(r, 20));
+        yield msg(0, '1 shard waits for a node: no READY node (2 known)');
+        await ended;
+        yield msg(2, 'done: succeeded', ReplayState.REPLAY_STATE_SUCCEEDED);
+      },
+    };
+    let err = '';
+    const stderr = { write: (s: string) => ((err += s), true) } as unknown as NodeJS.WritableStream;
+    const watching = watchReplayProgress(client as never, 'replay-x', { stderr, signal: new AbortController().signal }, { lineEveryMs: 150 });
+    await new Promise((r) => setTimeout(r, 400));
+    // Before the end: the wait is in the log.
+    expect(err).toContain('1 shard waits for a node: no READY node');
+    release();
+    await watching;
+    const lines = err.split('\n').filter(Boolean);
+    expect(lines.filter((l) => l.includes('waits for a node'))).toHaveLength(1);
+    expect(lines.at(-1)).toContain('2/2 steps');
   });
 });
