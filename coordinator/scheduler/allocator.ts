@@ -229,7 +229,12 @@ export function allocate(candidates: readonly NodeView[], need: ShardNeed, load:
   if (best) return { nodeId: best.nodeId };
   const readyText = `${ready.length} READY node${ready.length === 1 ? '' : 's'}${ready.length > 0 ? `: ${ready.slice(0, 8).join(', ')}${ready.length > 8 ? ', …' : ''}` : ''}`;
   if (busy > 0) return { waiting: `all ${busy} fitting node${busy === 1 ? ' is' : 's are'} at capacity (in-flight limit or reserved cpu/memory)`, busy: true };
-  if (ready.length === 0) return { waiting: `no READY node (${candidates.length} known)`, busy: false };
+  if (ready.length === 0) {
+    // Each known node's state: a node whose link is cut (a replay's injected outage) or whose agent
+    // disconnected is READY in `retrace nodes`, and "no READY node" alone read as a contradiction.
+    const states = candidates.slice(0, 8).map((n) => `${n.nodeId} ${n.state === 'UNREACHABLE' ? 'unreachable (link down or agent disconnected)' : n.state}`);
+    return { waiting: `no READY node (${candidates.length} known)${states.length > 0 ? `: ${states.join(', ')}${candidates.length > 8 ? ', …' : ''}` : ''}`, busy: false };
+  }
   // The requirement that excluded the most READY nodes names the problem.
   let worst: [string, string[]] | undefined;
   for (const entry of misses) if (entry[0] !== 'not READY' && (!worst || entry[1].length > worst[1].length)) worst = entry;
