@@ -48,4 +48,16 @@ describe('a replay outage withdrawn while in force', () => {
       d.stop();
     }
   });
+  it('a shard bound to the cut node says that node is unreachable, not only which READY nodes miss the target', async () => {
+    const mesh = { nodes: () => [node('a'), node('b')], send: () => true, onMessage: () => () => {}, on: () => () => {} };
+    const d = createDispatcher({ mesh: mesh as never, log: () => {}, shardTimeoutMs: 600_000 });
+    try {
+      d.setLinkOutage('a', Date.now() + 30 * 86_400_000);
+      void d.run(shard('y'), { placement: { nodeIds: ['a'] } });
+      await new Promise((r) => setTimeout(r, 50));
+      expect(d.waiting().map((w) => w.reason)).toEqual(['placement.nodeIds is [a]: no READY node meets it (1 READY node: b); not READY: a unreachable (link down or agent disconnected)']);
+    } finally {
+      d.stop();
+    }
+  });
 });
