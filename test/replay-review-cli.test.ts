@@ -22,6 +22,18 @@ describe('replay start: malformed durations are usage errors', () => {
   });
 });
 
+describe('replay start: a fault kind given twice', () => {
+  // `--fault fail:0.5 --fault fail:0.1` started a replay with 0.1, the first dropped without a word.
+  it('is a usage error naming both; outages of several nodes are still taken', async () => {
+    const r = await runCli(['replay', 'start', '--record', 'record:orders/raw:o1', '--fault', 'fail:0.5', '--fault', 'fail:0.1', '--coordinator', '127.0.0.1:1', '--token', 't']);
+    expect(r.code, r.err).toBe(2);
+    expect(r.err.split('\n')[0]).toBe('error: --fault fail is given twice ("fail:0.5" and "fail:0.1"); give it once');
+    // Past the parser (two outages and one of each kind): only the connection fails.
+    const ok = await runCli(['replay', 'start', '--record', 'record:orders/raw:o1', '--fault', 'outage:a:after=0s:for=1s', '--fault', 'outage:b:after=0s:for=1s', '--fault', 'link:0.1', '--fault', 'fail:0.1', '--coordinator', '127.0.0.1:1', '--token', 't']);
+    expect(ok.code, ok.err).toBe(1);
+  });
+});
+
 describe('replay watch off a terminal', () => {
   // A replay whose shards wait for a node says so once, about a second in; the log then showed
   // nothing but the header for as long as it waited: the line came within the 10 s throttle and

@@ -101,8 +101,13 @@ function parsePolicy(args: ParsedArgs): ReplayPolicy {
   const gpu = gpuText === undefined ? GpuMode.GPU_MODE_ANY : gpuText === 'only' ? GpuMode.GPU_MODE_ONLY : gpuText === 'none' ? GpuMode.GPU_MODE_NONE : undefined;
   if (gpu === undefined) throw new UsageError('--gpu must be only or none');
   const faults = { seed: flag(args, 'seed', '1') as string, outages: [] as { nodeId: string; startAfterMs: number; durationMs: number }[], linkOutageProbability: 0, corruptInputProbability: 0, stepFailureProbability: 0, addedLatencyMs: 0 };
+  // `--fault fail:0.5 --fault fail:0.1` took the last one without a word; only outages repeat.
+  const seenFaults = new Map<string, string>();
   for (const f of flagAll(args, 'fault')) {
     const [kind, ...rest] = f.split(':');
+    const earlier = kind === 'outage' || kind === undefined ? undefined : seenFaults.get(kind);
+    if (earlier !== undefined) throw new UsageError(`--fault ${kind} is given twice (${JSON.stringify(earlier)} and ${JSON.stringify(f)}); give it once`);
+    if (kind !== undefined) seenFaults.set(kind, f);
     const prob = (): number => {
       // Number('') is 0: `link:` would otherwise inject nothing without a word.
       const p = rest.length === 1 && rest[0] !== '' ? Number(rest[0]) : Number.NaN;
