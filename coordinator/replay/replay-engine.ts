@@ -30,7 +30,7 @@ export interface ReplayShardRunner {
   /**
    * Cuts the node's link from `fromMs` (default: now) until `untilMs`, both on the runner's
    * clock (Date.now()); a window set ahead must take effect at `fromMs` on its own. May return
-   * a function that withdraws the window if it has not begun yet.
+   * a function that withdraws the window: one not begun never begins, one in force ends at once.
    */
   setLinkOutage?(nodeId: string, untilMs: number, fromMs?: number): (() => void) | void;
   /** Shards no node can take now and why, each with the job (replay id) its assignment names. */
@@ -602,7 +602,8 @@ export class ReplayEngine {
     for (const o of policy.outages) {
       const fromMs = outagesFromMs + o.startAfterMs;
       const withdraw = runner.setLinkOutage?.(o.nodeId, fromMs + o.durationMs, fromMs);
-      // One that has not begun when the replay ends is not left to strike later work.
+      // When the replay ends (or is cancelled) its outage ends too: one not begun is withdrawn
+      // and one in force is lifted, not left to cut the node off from later work.
       if (typeof withdraw === 'function') timers.push(withdraw);
     }
     // Shards no node can take now (a target node that died, a cap no node meets any more) leave

@@ -229,10 +229,24 @@ export function allocate(candidates: readonly NodeView[], need: ShardNeed, load:
   if (best) return { nodeId: best.nodeId };
   const readyText = `${ready.length} READY node${ready.length === 1 ? '' : 's'}${ready.length > 0 ? `: ${ready.slice(0, 8).join(', ')}${ready.length > 8 ? ', …' : ''}` : ''}`;
   if (busy > 0) return { waiting: `all ${busy} fitting node${busy === 1 ? ' is' : 's are'} at capacity (in-flight limit or reserved cpu/memory)`, busy: true };
-  if (ready.length === 0) return { waiting: `no READY node (${candidates.length} known)`, busy: false };
+  if (ready.length === 0) {
+    // Each known node's state: a node whose link is cut (a replay's injected outage) or whose agent
+    // disconnected is READY in `retrace nodes`, and "no READY node" alone read as a contradiction.
+    const states = candidates.slice(0, 8).map(stateOf);
+    return { waiting: `no READY node (${candidates.length} known)${states.length > 0 ? `: ${states.join(', ')}${candidates.length > 8 ? ', …' : ''}` : ''}`, busy: false };
+  }
   // The requirement that excluded the most READY nodes names the problem.
   let worst: [string, string[]] | undefined;
   for (const entry of misses) if (entry[0] !== 'not READY' && (!worst || entry[1].length > worst[1].length)) worst = entry;
   const what = worst?.[0] ?? 'no fitting node';
-  return { waiting: `${what}: no READY node meets it (${readyText})`, busy: false };
+  // A target node whose link is cut is left out of the READY ones: say so, or the reason read as if
+  // the target did not fit.
+  const notReady = candidates.filter((n) => n.state !== 'READY');
+  const notReadyText = notReady.length > 0 ? `; not READY: ${notReady.slice(0, 8).map(stateOf).join(', ')}${notReady.length > 8 ? ', …' : ''}` : '';
+  return { waiting: `${what}: no READY node meets it (${readyText})${notReadyText}`, busy: false };
+}
+
+/** `vm-2 LOST`, `vm-3 unreachable (link down or agent disconnected)`: a node and its state, for a waiting reason. */
+function stateOf(n: NodeView): string {
+  return `${n.nodeId} ${n.state === 'UNREACHABLE' ? 'unreachable (link down or agent disconnected)' : n.state}`;
 }

@@ -111,7 +111,7 @@ export interface Dispatcher {
    * effect at `fromMs` exactly, needing no timer of the caller: sends and outcomes follow the
    * clock, and the shards in flight are taken back at its start (see armOutageEdge). A window
    * that begins at once and overlaps one in force extends it. Returns a function that withdraws
-   * the window if it has not begun yet (a no-op after).
+   * the window: one not begun yet never begins, one in force ends at once (the node's link is back).
    */
   setLinkOutage(nodeId: string, untilMs: number, fromMs?: number): () => void;
   /** Shards in flight per node. */
@@ -778,12 +778,21 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
       nextOutageTurnMs = Number.NEGATIVE_INFINITY;
       if (fromMs > now()) log('info', 'link:outage-set', { nodeId, fromMs, untilMs });
       turnOutages();
+      // Withdrawn (its replay ended or was cancelled): one not begun never strikes, and one in
+      // force ends now. A 30-day outage of a cancelled replay used to keep the node cut off from
+      // every later shard (live ingest, other replays) until its nominal end.
       return () => {
         const list = outages.get(nodeId);
         const i = list?.indexOf(w) ?? -1;
-        if (w.begun || !list || i < 0) return;
-        list.splice(i, 1);
-        if (list.length === 0) outages.delete(nodeId);
+        if (!list || i < 0) return;
+        if (!w.begun) {
+          list.splice(i, 1);
+          if (list.length === 0) outages.delete(nodeId);
+          return;
+        }
+        w.untilMs = Math.min(w.untilMs, now());
+        nextOutageTurnMs = Number.NEGATIVE_INFINITY;
+        turnOutages();
       };
     },
     inFlight() {

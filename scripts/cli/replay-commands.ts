@@ -6,7 +6,7 @@ import { flag, flagAll, hasFlag, intFlag, timeArgNs, noMorePositionals, UsageErr
 import { openClient } from './client.js';
 import { isRetraceError } from '../../common/errors.js';
 import { messageJson, responseJson } from './proto-json.js';
-import { DEFAULT_TABLE_LIMIT, limitRows, lineThrottle, progressBar, renderTable, shortHash, toJson } from './format.js';
+import { DEFAULT_TABLE_LIMIT, limitRows, progressBar, renderTable, shortHash, toJson } from './format.js';
 
 const START_USAGE = `retrace replay start SELECTOR [POLICY] [--watch] [--json]
   SELECTOR (one of):
@@ -59,11 +59,24 @@ function parseSelector(args: ParsedArgs): RecordSelector {
   }
   const last = flag(args, 'last');
   if (last) {
-    const value = { ...split(args.positionals[0]), minutes: parseDurationMs(last, '--last') / 60_000 };
+    const value = { ...split(args.positionals[0]), minutes: durationArgMs(last, '--last') / 60_000 };
     noMorePositionals(args, 1);
     return { selector: { $case: 'last', value } };
   }
   throw new UsageError('a selector is required: --record, --window, --last or --run');
+}
+
+/**
+ * A duration argument in milliseconds; malformed, a usage error (exit 2) naming the flag, as
+ * every other malformed replay flag is: `--last -5m` and `--fault latency:abc` exited 1 as if the
+ * coordinator had refused them.
+ */
+function durationArgMs(text: string, field: string): number {
+  try {
+    return parseDurationMs(text, field);
+  } catch (err) {
+    throw new UsageError(err instanceof Error ? err.message : String(err));
+  }
 }
 
 function parsePolicy(args: ParsedArgs): ReplayPolicy {
@@ -88,8 +101,13 @@ function parsePolicy(args: ParsedArgs): ReplayPolicy {
   const gpu = gpuText === undefined ? GpuMode.GPU_MODE_ANY : gpuText === 'only' ? GpuMode.GPU_MODE_ONLY : gpuText === 'none' ? GpuMode.GPU_MODE_NONE : undefined;
   if (gpu === undefined) throw new UsageError('--gpu must be only or none');
   const faults = { seed: flag(args, 'seed', '1') as string, outages: [] as { nodeId: string; startAfterMs: number; durationMs: number }[], linkOutageProbability: 0, corruptInputProbability: 0, stepFailureProbability: 0, addedLatencyMs: 0 };
+  // `--fault fail:0.5 --fault fail:0.1` took the last one without a word; only outages repeat.
+  const seenFaults = new Map<string, string>();
   for (const f of flagAll(args, 'fault')) {
     const [kind, ...rest] = f.split(':');
+    const earlier = kind === 'outage' || kind === undefined ? undefined : seenFaults.get(kind);
+    if (earlier !== undefined) throw new UsageError(`--fault ${kind} is given twice (${JSON.stringify(earlier)} and ${JSON.stringify(f)}); give it once`);
+    if (kind !== undefined) seenFaults.set(kind, f);
     const prob = (): number => {
       // Number('') is 0: `link:` would otherwise inject nothing without a word.
       const p = rest.length === 1 && rest[0] !== '' ? Number(rest[0]) : Number.NaN;
@@ -98,7 +116,7 @@ function parsePolicy(args: ParsedArgs): ReplayPolicy {
     };
     // The policy carries milliseconds as uint32: a longer one would fail in serialization, naming nothing.
     const ms = (text: string, field: string): number => {
-      const v = Math.round(parseDurationMs(text, field));
+      const v = Math.round(durationArgMs(text, field));
       if (v > MAX_FAULT_MS) throw new UsageError(`${field}: at most ${MAX_FAULT_MS} ms (about 49 days), got ${JSON.stringify(text)}`);
       return v;
     };
@@ -169,13 +187,48 @@ export async function watchReplayProgress(
   const { lineEveryMs = 10_000, now = Date.now } = options;
   const tty = (io.stderr as { isTTY?: boolean }).isTTY === true;
   let line = '';
-  const lineDue = lineThrottle(lineEveryMs, now);
+  // Off a terminal: a change that comes sooner than `lineEveryMs` after the last line is written
+  // once that time is up, unless a newer one replaced it. It used to be dropped: a replay whose
+  // shards wait for a node says so once, a second in, and then nothing more comes until it ends,
+  // so its log showed nothing at all, for as long as it waited.
+  let lastAtMs = now();
+  let lastKey: string | undefined;
+  let pending: { key: string; line: string } | undefined;
+  let timer: NodeJS.Timeout | undefined;
+  const emit = (key: string, text: string): void => {
+    lastAtMs = now();
+    lastKey = key;
+    pending = undefined;
+    io.stderr.write(`${text}\n`);
+  };
   let last: WatchReplayResponse | undefined;
-  for await (const p of client.watchReplay({ replayId }, { ...(io.signal ? { signal: io.signal } : {}) })) {
-    last = p;
-    line = progressBar(p.stepsDone, p.stepsTotal, 30, `${p.stepsDone}/${p.stepsTotal} steps, ${p.recordsDone}/${p.recordsTotal} records, ${p.stepsFailed} failed${p.stepsSkipped > 0 ? `, ${p.stepsSkipped} not run` : ''}  ${p.message}`.slice(0, 110));
-    if (tty) io.stderr.write(`\r${line}\x1b[K`);
-    else if ((p.state === ReplayState.REPLAY_STATE_PENDING || p.state === ReplayState.REPLAY_STATE_RUNNING) && lineDue(`${p.stepsDone} ${p.message}`)) io.stderr.write(`${line}\n`);
+  try {
+    for await (const p of client.watchReplay({ replayId }, { ...(io.signal ? { signal: io.signal } : {}) })) {
+      last = p;
+      line = progressBar(p.stepsDone, p.stepsTotal, 30, `${p.stepsDone}/${p.stepsTotal} steps, ${p.recordsDone}/${p.recordsTotal} records, ${p.stepsFailed} failed${p.stepsSkipped > 0 ? `, ${p.stepsSkipped} not run` : ''}  ${p.message}`.slice(0, 110));
+      if (tty) {
+        io.stderr.write(`\r${line}\x1b[K`);
+        continue;
+      }
+      if (p.state !== ReplayState.REPLAY_STATE_PENDING && p.state !== ReplayState.REPLAY_STATE_RUNNING) continue;
+      const key = `${p.stepsDone} ${p.message}`;
+      if (key === lastKey) {
+        pending = undefined;
+        continue;
+      }
+      const waitMs = lastAtMs + lineEveryMs - now();
+      if (waitMs <= 0) {
+        emit(key, line);
+        continue;
+      }
+      pending = { key, line };
+      timer ??= setTimeout(() => {
+        timer = undefined;
+        if (pending) emit(pending.key, pending.line);
+      }, waitMs);
+    }
+  } finally {
+    if (timer) clearTimeout(timer);
   }
   io.stderr.write(tty ? '\n' : `${line}\n`);
   return last;
