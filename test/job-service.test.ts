@@ -293,6 +293,39 @@ describe('JobService and retrace jobs', () => {
     expect(new Set(lines.slice(0, -1)).size).toBe(lines.length - 1);
   });
 
+  it('off a terminal, progress that came within lineEveryMs is written once its time is up, not dropped while the job stalls', async () => {
+    const running = (done: number) => ({ job: { jobId: 'job-x', state: JobState.JOB_STATE_RUNNING, counts: { total: 4, pending: 4 - done - 1, running: 1 }, waiting: [], message: '' }, changedTasks: [] });
+    const ended = { jobId: 'job-x', state: JobState.JOB_STATE_SUCCEEDED, counts: { total: 4, pending: 0, running: 0, succeeded: 4 }, waiting: [], message: '', tasks: [] };
+    let release!: () => void;
+    const stalled = new Promise<void>((r) => (release = r));
+    const fake = {
+      async *watchJob() {
+        yield running(0);
+        await new Promise((r) => setTimeout(r, 20));
+        // Inside the 150 ms after the first line; then the job's last task takes long.
+        yield running(3);
+        await stalled;
+        yield { job: ended, changedTasks: [] };
+      },
+      async getJob() {
+        return { job: ended };
+      },
+    };
+    let text = '';
+    const sink = new Writable({
+      write(chunk: Buffer, _e, cb) {
+        text += chunk.toString();
+        cb();
+      },
+    });
+    const watching = watchJobProgress(fake as never, 'job-x', { out: sink, lineEveryMs: 150 });
+    await new Promise((r) => setTimeout(r, 400));
+    expect(text).toMatch(/RUNNING 3\/4 tasks/);
+    release();
+    await watching;
+    expect(text.trim().split('\n').filter((l) => /RUNNING 3\/4 tasks/.test(l))).toHaveLength(1);
+  });
+
   it('a watch that loses the coordinator says the job is kept and how to watch it again (not only "Connection dropped")', async () => {
     const fake = {
       async *watchJob() {

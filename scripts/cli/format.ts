@@ -62,6 +62,49 @@ export function lineThrottle(everyMs: number, now: () => number = Date.now): (st
   };
 }
 
+/**
+ * lineThrottle for a watch whose updates may stop for long (a replay waiting for a node, a job's
+ * slow task): a line offered sooner than `everyMs` after the last one written is held and written
+ * once that time is up, unless a newer one replaced it or its `state` is the one last written.
+ * Dropped instead, the last change before a wait stayed out of the log for as long as it waited.
+ * `close()` drops what is held (the caller writes its final line itself).
+ */
+export function heldLines(everyMs: number, write: (line: string) => void, now: () => number = Date.now): { offer(state: string, line: string): void; close(): void } {
+  let atMs = now();
+  let last: string | undefined;
+  let held: { state: string; line: string } | undefined;
+  let timer: NodeJS.Timeout | undefined;
+  const emit = (state: string, line: string): void => {
+    atMs = now();
+    last = state;
+    held = undefined;
+    write(line);
+  };
+  return {
+    offer(state, line) {
+      if (state === last) {
+        held = undefined;
+        return;
+      }
+      const waitMs = atMs + everyMs - now();
+      if (waitMs <= 0) {
+        emit(state, line);
+        return;
+      }
+      held = { state, line };
+      timer ??= setTimeout(() => {
+        timer = undefined;
+        if (held) emit(held.state, held.line);
+      }, waitMs);
+    },
+    close() {
+      clearTimeout(timer);
+      timer = undefined;
+      held = undefined;
+    },
+  };
+}
+
 /** A one-line progress bar: "[#####.....] 50% label". */
 export function progressBar(done: number, total: number, width = 30, label = ''): string {
   const frac = total <= 0 ? 1 : Math.min(1, done / total);

@@ -1,7 +1,7 @@
 import type { Client } from 'nice-grpc';
 import { JobState, TaskState, type Job, type JobServiceDefinition, type JobTask, type WatchJobResponse } from '../../common/gen/retrace/v1/job.js';
 import { isRetraceError, UnavailableError } from '../../common/errors.js';
-import { lineThrottle, progressBar } from './format.js';
+import { heldLines, progressBar } from './format.js';
 
 /** How a watched job ended (or stood when the watch was aborted). */
 export interface JobFinal {
@@ -83,7 +83,7 @@ export async function watchJobProgress(
   options: { out: NodeJS.WriteStream | NodeJS.WritableStream; signal?: AbortSignal; json?: boolean; lineEveryMs?: number; now?: () => number },
 ): Promise<JobFinal> {
   const { out, json = false, lineEveryMs = 10_000, now = Date.now } = options;
-  const lineDue = lineThrottle(lineEveryMs, now);
+  const lines = heldLines(lineEveryMs, (text) => out.write(`${text}\n`), now);
   const tty = !json && (out as { isTTY?: boolean }).isTTY === true;
   const watchAbort = new AbortController();
   const onAbort = (): void => watchAbort.abort();
@@ -107,7 +107,7 @@ export async function watchJobProgress(
           if (t.state === TaskState.TASK_STATE_FAILED) out.write(`${renderTaskChange(t)}\n`);
         }
         const done = tasksDone(update.job.counts);
-        if (!isJobEnded(update.job.state) && lineDue(String(done))) out.write(`${line}\n`);
+        if (!isJobEnded(update.job.state)) lines.offer(String(done), line);
       }
       if (isJobEnded(update.job.state)) break;
     }
@@ -120,6 +120,7 @@ export async function watchJobProgress(
       throw new UnavailableError(`lost the coordinator while watching job ${jobId} (${err.message}); the job is kept (a recompute job resumes when the coordinator starts again): retrace jobs watch ${jobId}`, err);
     } else throw err;
   } finally {
+    lines.close();
     options.signal?.removeEventListener('abort', onAbort);
     watchAbort.abort();
   }

@@ -6,7 +6,7 @@ import { flag, flagAll, hasFlag, intFlag, timeArgNs, noMorePositionals, UsageErr
 import { openClient } from './client.js';
 import { isRetraceError } from '../../common/errors.js';
 import { messageJson, responseJson } from './proto-json.js';
-import { DEFAULT_TABLE_LIMIT, limitRows, progressBar, renderTable, shortHash, toJson } from './format.js';
+import { DEFAULT_TABLE_LIMIT, heldLines, limitRows, progressBar, renderTable, shortHash, toJson } from './format.js';
 
 const START_USAGE = `retrace replay start SELECTOR [POLICY] [--watch] [--json]
   SELECTOR (one of):
@@ -187,48 +187,19 @@ export async function watchReplayProgress(
   const { lineEveryMs = 10_000, now = Date.now } = options;
   const tty = (io.stderr as { isTTY?: boolean }).isTTY === true;
   let line = '';
-  // Off a terminal: a change that comes sooner than `lineEveryMs` after the last line is written
-  // once that time is up, unless a newer one replaced it. It used to be dropped: a replay whose
-  // shards wait for a node says so once, a second in, and then nothing more comes until it ends,
-  // so its log showed nothing at all, for as long as it waited.
-  let lastAtMs = now();
-  let lastKey: string | undefined;
-  let pending: { key: string; line: string } | undefined;
-  let timer: NodeJS.Timeout | undefined;
-  const emit = (key: string, text: string): void => {
-    lastAtMs = now();
-    lastKey = key;
-    pending = undefined;
-    io.stderr.write(`${text}\n`);
-  };
+  // Off a terminal: a replay whose shards wait for a node says so once, a second in, and then
+  // nothing more comes until it ends, so that line is held, not dropped (heldLines).
+  const lines = heldLines(lineEveryMs, (text) => io.stderr.write(`${text}\n`), now);
   let last: WatchReplayResponse | undefined;
   try {
     for await (const p of client.watchReplay({ replayId }, { ...(io.signal ? { signal: io.signal } : {}) })) {
       last = p;
       line = progressBar(p.stepsDone, p.stepsTotal, 30, `${p.stepsDone}/${p.stepsTotal} steps, ${p.recordsDone}/${p.recordsTotal} records, ${p.stepsFailed} failed${p.stepsSkipped > 0 ? `, ${p.stepsSkipped} not run` : ''}  ${p.message}`.slice(0, 110));
-      if (tty) {
-        io.stderr.write(`\r${line}\x1b[K`);
-        continue;
-      }
-      if (p.state !== ReplayState.REPLAY_STATE_PENDING && p.state !== ReplayState.REPLAY_STATE_RUNNING) continue;
-      const key = `${p.stepsDone} ${p.message}`;
-      if (key === lastKey) {
-        pending = undefined;
-        continue;
-      }
-      const waitMs = lastAtMs + lineEveryMs - now();
-      if (waitMs <= 0) {
-        emit(key, line);
-        continue;
-      }
-      pending = { key, line };
-      timer ??= setTimeout(() => {
-        timer = undefined;
-        if (pending) emit(pending.key, pending.line);
-      }, waitMs);
+      if (tty) io.stderr.write(`\r${line}\x1b[K`);
+      else if (p.state === ReplayState.REPLAY_STATE_PENDING || p.state === ReplayState.REPLAY_STATE_RUNNING) lines.offer(`${p.stepsDone} ${p.message}`, line);
     }
   } finally {
-    if (timer) clearTimeout(timer);
+    lines.close();
   }
   io.stderr.write(tty ? '\n' : `${line}\n`);
   return last;
