@@ -22,6 +22,20 @@ describe('replay start: malformed durations are usage errors', () => {
   });
 });
 
+describe('replay start: two selectors', () => {
+  // `--record X --last 10m orders/raw` replayed X alone had it not refused orders/raw as "unexpected argument (give each record its own --record)".
+  it('is a usage error naming both', async () => {
+    for (const [argv, named] of [
+      [['--record', 'record:orders/raw:o1', '--last', '10m', 'orders/raw'], '--record and --last'],
+      [['--run', 'r1', '--window', 'orders/raw', '2026-01-01T00:00:00Z', '2026-01-02T00:00:00Z'], '--window and --run'],
+    ] as const) {
+      const r = await runCli(['replay', 'start', ...argv, '--coordinator', '127.0.0.1:1', '--token', 't']);
+      expect(r.code, r.err).toBe(2);
+      expect(r.err.split('\n')[0]).toBe(`error: give one selector, not ${named}`);
+    }
+  });
+});
+
 describe('replay start: a fault kind given twice', () => {
   // `--fault fail:0.5 --fault fail:0.1` started a replay with 0.1, the first dropped without a word.
   it('is a usage error naming both; outages of several nodes are still taken', async () => {

@@ -30,7 +30,12 @@ const START_USAGE = `retrace replay start SELECTOR [POLICY] [--watch] [--json]
 /** The longest fault duration the policy carries (uint32 milliseconds). */
 const MAX_FAULT_MS = 2 ** 32 - 1;
 
+const SELECTOR_FLAGS = ['record', 'window', 'last', 'run'] as const;
+
 function parseSelector(args: ParsedArgs): RecordSelector {
+  // `--record X --last 10m SRC` was taken as --record alone, and refused SRC as "unexpected argument".
+  const given = SELECTOR_FLAGS.filter((f) => hasFlag(args, f));
+  if (given.length > 1) throw new UsageError(`give one selector, not ${given.map((f) => `--${f}`).join(' and ')}`);
   const records = flagAll(args, 'record');
   if (records.length > 0) {
     // `--record A B` would replay A alone.
