@@ -381,6 +381,23 @@ describe('dispatcher (fake mesh)', () => {
     expect((await p).nodeId).toBe('gpu');
     d.stop();
   });
+  it('tells onPlaced of each placement as it is made, the first before any outcome and again when the shard moves', async () => {
+    const f = fakeMesh([info('a'), info('b')]);
+    const d = createDispatcher({ mesh: f.mesh, log: quiet, shardTimeoutMs: 10_000 });
+    const placed: string[] = [];
+    const p = d.run(shard('x'), { onPlaced: (nodeId) => placed.push(nodeId) });
+    await tick();
+    const first = f.sent.find((s) => s.msg.body?.$case === 'assign')?.nodeId as string;
+    expect(placed).toEqual([first]);
+    const other = first === 'a' ? 'b' : 'a';
+    f.set([info(first, { state: NodeState.NODE_STATE_LOST }), info(other)]);
+    f.emit('node:transition', { nodeId: first, from: 'READY', to: 'LOST', reason: 't', atMs: 0 });
+    await tick();
+    expect(placed).toEqual([first, other]);
+    f.reply(other, ['x']);
+    expect(await p).toMatchObject({ nodeId: other });
+    d.stop();
+  });
   it('reassigns on LOST, on timeout, on link outage; fails after maxAttempts', async () => {
     const f = fakeMesh([info('a'), info('b')]);
     const clock = manualClock();

@@ -25,7 +25,7 @@ export interface ReplayShardRunner {
   /** `inputsAsSent`: the bytes differ from their content hash on purpose (an injected corruption) and must travel as they are. */
   run(
     assignment: ShardAssignment,
-    options?: { requirements?: TransformRequirements; placement?: ReplayPlacement; signal?: AbortSignal; inputsAsSent?: boolean },
+    options?: { requirements?: TransformRequirements; placement?: ReplayPlacement; signal?: AbortSignal; inputsAsSent?: boolean; onPlaced?: (nodeId: string) => void },
   ): Promise<{ outcome: ShardOutcome; nodeId: string; attempts: number; queuedMs: number }>;
   /**
    * Cuts the node's link from `fromMs` (default: now) until `untilMs`, both on the runner's
@@ -898,7 +898,11 @@ export class ReplayEngine {
       // The runner's clock, on which it keeps the outage windows.
       const handedMs = Date.now();
       result.status = 'RUNNING';
-      const { outcome, nodeId, attempts, queuedMs } = await runner.run(assignment, { ...(requirements ? { requirements } : {}), placement: policy.placement, signal: job.controller.signal, ...(corrupted ? { inputsAsSent: true } : {}) });
+      // Where it runs, shown while it runs (a report read mid-replay), and where it moves on a retry.
+      const onPlaced = (node: string): void => {
+        result.replayNode = node;
+      };
+      const { outcome, nodeId, attempts, queuedMs } = await runner.run(assignment, { ...(requirements ? { requirements } : {}), placement: policy.placement, signal: job.controller.signal, ...(corrupted ? { inputsAsSent: true } : {}), onPlaced });
       // A scheduled outage (--fault outage:NODE:after=..:for=..) said on the steps it met, so the
       // report shows where it struck and where they went instead, not only in the policy. Met
       // when the shard's last placement fell in the window: that decided where it ran, and a

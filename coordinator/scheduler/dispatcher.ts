@@ -61,6 +61,8 @@ export interface RunOptions {
    * run's. `maxAttempts` and the result's `attempts` count this run's placements only. Default 0.
    */
   attemptsBefore?: number;
+  /** Told the node of each placement as it is made (a replay's report shows where its running steps are). */
+  onPlaced?: (nodeId: string) => void;
 }
 
 /** What `run` resolves: always an outcome, never a rejection. */
@@ -512,6 +514,7 @@ export function createDispatcher(options: DispatcherOptions): Dispatcher {
     if (!box) outbox.set(nodeId, (box = []));
     // Numbered, so that the agent's outcome says which placement it answers.
     box.push({ ...e.assignment, inputs: inputsFor(e, nodeId), attempt: e.attemptsBefore + e.attempts });
+    e.options.onPlaced?.(nodeId);
   }
 
   /** Still to be placed from its class's queue (not finished, not placed). */

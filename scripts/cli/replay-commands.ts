@@ -288,22 +288,25 @@ function faultsBesidesError(x: ReplayReport['steps'][number]): string[] {
   return x.error.startsWith('injected failure') ? x.faults.filter((f) => f !== 'injected step failure') : x.faults;
 }
 
-type RecordOutcome = 'matched' | 'changed' | 'differed' | 'failed';
+type RecordOutcome = 'matched' | 'changed' | 'differed' | 'running' | 'failed';
 
 /**
  * Each dispatched replayed record's dispatch (its first step's) against when the speed policy had
- * it due, both from the replay's start, with what became of the record: failed if a step failed, changed
- * or differed (no overrides: non-determinism) if an output hash did, else matched.
+ * it due, both from the replay's start, with what became of the record: failed if a step failed, else
+ * running while one is placed and not done (a report read mid-replay), else changed or differed (no
+ * overrides: non-determinism) if an output hash did, else matched.
  */
 function recordTimings(r: ReplayReport): { record: string; targetMs: number; dispatchedMs: number; outcome: RecordOutcome }[] {
   const byRecord = new Map<string, { record: string; targetMs: number; dispatchedMs: number; outcome: RecordOutcome }>();
-  const rank: Record<RecordOutcome, number> = { matched: 0, changed: 1, differed: 2, failed: 3 };
+  const rank: Record<RecordOutcome, number> = { matched: 0, changed: 1, differed: 2, running: 3, failed: 4 };
   // A record none of whose steps reached a node was never dispatched (cancelled before its due
   // time, or its input payload missing): it has no dispatch time to set against its due time.
   const reached = new Set(r.steps.filter((x) => x.replayNode !== '').map((x) => x.record));
   for (const x of r.steps) {
     if (!reached.has(x.record)) continue;
-    const outcome: RecordOutcome = x.status !== 'SUCCEEDED' ? 'failed' : x.matches ? 'matched' : x.overridden ? 'changed' : 'differed';
+    // A step placed and running names its node now: it has no outcome yet, not a failure.
+    const running = x.status === 'RUNNING' || x.status === 'PENDING';
+    const outcome: RecordOutcome = running ? 'running' : x.status !== 'SUCCEEDED' ? 'failed' : x.matches ? 'matched' : x.overridden ? 'changed' : 'differed';
     const t = byRecord.get(x.record);
     if (!t) byRecord.set(x.record, { record: x.record, targetMs: x.targetAtMs, dispatchedMs: x.dispatchedAtMs, outcome });
     else {
@@ -314,7 +317,7 @@ function recordTimings(r: ReplayReport): { record: string; targetMs: number; dis
   return [...byRecord.values()].sort((a, b) => a.targetMs - b.targetMs || a.dispatchedMs - b.dispatchedMs);
 }
 
-const OUTCOME_COLORS: Record<RecordOutcome, string> = { matched: '#2ca02c', changed: '#ff7f0e', differed: '#9467bd', failed: '#d62728' };
+const OUTCOME_COLORS: Record<RecordOutcome, string> = { matched: '#2ca02c', changed: '#ff7f0e', differed: '#9467bd', running: '#a0a0a0', failed: '#d62728' };
 const STEP_COLORS = ['#1f77b4', '#ff7f0e', '#2ca02c', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f', '#bcbd22', '#17becf', '#d62728'];
 
 /**
