@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { deflateSync, gzipSync } from 'node:zlib';
 import { buildExampleLineage } from '../scripts/cli/example-lineage.js';
-import { postJson } from './helpers/openlineage-http.js';
+import { getJson, postJson } from './helpers/openlineage-http.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 
 /**
@@ -42,10 +42,7 @@ afterAll(async () => {
 });
 
 const post = (path: string, body: unknown) => postJson(tc, path, body);
-async function get(path: string): Promise<{ status: number; json: any }> {
-  const res = await fetch(`${tc.httpUrl}${path}`, { headers: tc.httpAuth });
-  return { status: res.status, json: await res.json() };
-}
+const get = (path: string) => getJson(tc, path);
 
 describe('store refusals name the OpenLineage field', () => {
   it('a run whose COMPLETE names another job than its START: 400 naming job.name, nothing of the batch stored', async () => {

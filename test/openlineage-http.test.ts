@@ -4,7 +4,7 @@ import { NodeKind } from '../common/gen/retrace/v1/lineage.js';
 import { RETRACE_OPENLINEAGE_PRODUCER, RETRACE_RESOURCES_FACET_SCHEMA_URL } from '../common/openlineage/to-openlineage-event.js';
 import { buildExampleLineage } from '../scripts/cli/example-lineage.js';
 import { objectEvent, ref, runEvent as nativeRunEvent, stepEvent } from './helpers/lineage-events.js';
-import { getLineage, postJson, type GraphNode } from './helpers/openlineage-http.js';
+import { getJson, getLineage, postJson, type GraphNode } from './helpers/openlineage-http.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
 
 /** The OpenLineage HTTP face through a real coordinator (LevelDB in a temp dir, real sockets). */
@@ -240,10 +240,7 @@ describe('GET /api/v1/lineage', () => {
 });
 
 describe("Marquez's read API", () => {
-  const get = async (path: string): Promise<{ status: number; json: any }> => {
-    const res = await fetch(`${tc.httpUrl}${path}`, { headers: tc.httpAuth });
-    return { status: res.status, json: await res.json() };
-  };
+  const get = (path: string) => getJson(tc, path);
   const run = uuid();
   beforeAll(async () => {
     // A namespace with a ":" and a name with a "/", as URIs and paths give them.
@@ -463,10 +460,7 @@ describe('a START that names no datasets', () => {
 });
 
 describe("Marquez's run states, runs, facets and versions", () => {
-  const get = async (path: string): Promise<{ status: number; json: any }> => {
-    const res = await fetch(`${tc.httpUrl}${path}`, { headers: tc.httpAuth });
-    return { status: res.status, json: await res.json() };
-  };
+  const get = (path: string) => getJson(tc, path);
   const at = (minute: number): string => `2024-11-01T10:${String(minute).padStart(2, '0')}:00Z`;
 
   it("serves run states in Marquez's RunState (COMPLETED, FAILED, ABORTED, RUNNING), with durationMs", async () => {

@@ -25,10 +25,15 @@ export async function postJson(tc: TestCoordinator, path: string, body: unknown)
   return { status: res.status, json: await res.json() };
 }
 
+/** GETs the coordinator's HTTP `path` with its token; the status and the parsed answer. */
+export async function getJson(tc: TestCoordinator, path: string): Promise<{ status: number; json: any }> {
+  const res = await fetch(`${tc.httpUrl}${path}`, { headers: tc.httpAuth });
+  return { status: res.status, json: await res.json() };
+}
+
 /** GET /api/v1/lineage?nodeId=…[&depth=…] with the token; the status and the parsed answer. */
 export async function getLineage(tc: TestCoordinator, nodeId: string, depth?: number): Promise<{ status: number; json: any }> {
   const q = new URLSearchParams({ nodeId });
   if (depth !== undefined) q.set('depth', String(depth));
-  const res = await fetch(`${tc.httpUrl}/api/v1/lineage?${q}`, { headers: tc.httpAuth });
-  return { status: res.status, json: await res.json() };
+  return getJson(tc, `/api/v1/lineage?${q}`);
 }
