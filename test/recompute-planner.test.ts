@@ -13,10 +13,8 @@ import { collectAffected, hasAffected, toImpactResponse, topoOrder, type Affecte
 import { cacheKeyOf, createMemoStore } from '../coordinator/recompute/memo-store.js';
 import { RecomputeExecutor, type RecomputeExecutorDeps } from '../coordinator/recompute/recompute-executor.js';
 import { planRecompute, type RecomputeTaskPayload, type RecomputeTaskResult, type StepDefinition } from '../coordinator/recompute/recompute-planner.js';
-import { objectEvent, ref, runEvent, stepEvent } from './helpers/lineage-events.js';
+import { objectEvent, pipelineFacet as facet, ref, runEvent, stepEvent, twoRecordPipelineEvents } from './helpers/lineage-events.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
-
-const facet = (step: string, inputs: Record<string, string>) => ({ retrace: { pipeline: 'p', step, inputs } });
 
 // raw:a (v1) → X → mid:a → Y → out:a, and raw:b (v1) → X → mid:b → Y → out:b; later raw:a v2 re-ran X
 // (X') and Y (Y'). Times: the first pipeline pass at 2 s, the second at 5 s (event times in ns).
@@ -41,16 +39,7 @@ describe('impact analysis and recompute planning', () => {
     tc = await startTestCoordinator();
     const at = (s: bigint) => (s * S).toString();
     await tc.coordinator.lineage.submit([
-      runEvent('r', 'run-1'),
-      objectEvent('a1', 'record:p/raw:a', 'a1', at(1n)),
-      objectEvent('b1', 'record:p/raw:b', 'b1', at(1n)),
-      stepEvent('x-a', 'p/X/a1', [ref('record:p/raw:a', 'a1')], [ref('record:p/X:a', 'xa1')], { timeNs: at(2n), facets: facet('X', { raw: 'record:p/raw:a' }) }),
-      stepEvent('y-a', 'p/Y/a1', [ref('record:p/X:a', 'xa1')], [ref('record:p/Y:a', 'ya1')], { timeNs: at(2n), facets: facet('Y', { X: 'record:p/X:a' }) }),
-      stepEvent('x-b', 'p/X/b1', [ref('record:p/raw:b', 'b1')], [ref('record:p/X:b', 'xb1')], { timeNs: at(2n), facets: facet('X', { raw: 'record:p/raw:b' }) }),
-      stepEvent('y-b', 'p/Y/b1', [ref('record:p/X:b', 'xb1')], [ref('record:p/Y:b', 'yb1')], { timeNs: at(2n), facets: facet('Y', { X: 'record:p/X:b' }) }),
-      objectEvent('a2', 'record:p/raw:a', 'a2', at(5n)),
-      stepEvent('x-a2', 'p/X/a2', [ref('record:p/raw:a', 'a2')], [ref('record:p/X:a', 'xa2')], { timeNs: at(5n), facets: facet('X', { raw: 'record:p/raw:a' }) }),
-      stepEvent('y-a2', 'p/Y/a2', [ref('record:p/X:a', 'xa2')], [ref('record:p/Y:a', 'ya2')], { timeNs: at(5n), facets: facet('Y', { X: 'record:p/X:a' }) }),
+      ...twoRecordPipelineEvents(),
       // A later replay of X over raw:a v2, in its own namespace: never part of an impact.
       runEvent('rr', 'replay-1'),
       stepEvent('x-replay', 'replay:replay-1/p/X/a2', [ref('record:p/raw:a', 'a2')], [ref('replay:replay-1/record:p/X:a', 'xa2')], { timeNs: at(6n), runId: 'replay-1', why: { kind: TriggerKind.TRIGGER_KIND_REPLAY, id: 'replay-1', principal: '' }, facets: facet('X', { raw: 'record:p/raw:a' }) }),

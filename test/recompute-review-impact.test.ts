@@ -1,31 +1,17 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { contentHashOf } from '../common/hash.js';
 import { collectAffected, toImpactResponse } from '../coordinator/recompute/impact-analysis.js';
-import { objectEvent, ref, runEvent, stepEvent } from './helpers/lineage-events.js';
+import { twoRecordPipelineEvents } from './helpers/lineage-events.js';
 import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
-
-const facet = (step: string, inputs: Record<string, string>) => ({ retrace: { pipeline: 'p', step, inputs } });
 
 // raw:a (v1) → X → X:a → Y → Y:a and raw:b → X → X:b → Y → Y:b at 2 s; raw:a v2 re-ran X and Y at 5 s,
 // so X:a and Y:a each have a superseded version (xa1, ya1) and a current one (xa2, ya2).
 describe('impact objects (review)', () => {
   let tc: TestCoordinator;
-  const at = (s: bigint) => (s * 1_000_000_000n).toString();
 
   beforeAll(async () => {
     tc = await startTestCoordinator();
-    await tc.coordinator.lineage.submit([
-      runEvent('r', 'run-1'),
-      objectEvent('a1', 'record:p/raw:a', 'a1', at(1n)),
-      objectEvent('b1', 'record:p/raw:b', 'b1', at(1n)),
-      stepEvent('x-a', 'p/X/a1', [ref('record:p/raw:a', 'a1')], [ref('record:p/X:a', 'xa1')], { timeNs: at(2n), facets: facet('X', { raw: 'record:p/raw:a' }) }),
-      stepEvent('y-a', 'p/Y/a1', [ref('record:p/X:a', 'xa1')], [ref('record:p/Y:a', 'ya1')], { timeNs: at(2n), facets: facet('Y', { X: 'record:p/X:a' }) }),
-      stepEvent('x-b', 'p/X/b1', [ref('record:p/raw:b', 'b1')], [ref('record:p/X:b', 'xb1')], { timeNs: at(2n), facets: facet('X', { raw: 'record:p/raw:b' }) }),
-      stepEvent('y-b', 'p/Y/b1', [ref('record:p/X:b', 'xb1')], [ref('record:p/Y:b', 'yb1')], { timeNs: at(2n), facets: facet('Y', { X: 'record:p/X:b' }) }),
-      objectEvent('a2', 'record:p/raw:a', 'a2', at(5n)),
-      stepEvent('x-a2', 'p/X/a2', [ref('record:p/raw:a', 'a2')], [ref('record:p/X:a', 'xa2')], { timeNs: at(5n), facets: facet('X', { raw: 'record:p/raw:a' }) }),
-      stepEvent('y-a2', 'p/Y/a2', [ref('record:p/X:a', 'xa2')], [ref('record:p/Y:a', 'ya2')], { timeNs: at(5n), facets: facet('Y', { X: 'record:p/X:a' }) }),
-    ]);
+    await tc.coordinator.lineage.submit(twoRecordPipelineEvents());
   });
   afterAll(async () => tc?.stop());
 
