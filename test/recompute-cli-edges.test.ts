@@ -2,15 +2,11 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { LineageServiceDefinition } from '../common/gen/retrace/v1/lineage.js';
 import { RecomputeServiceDefinition } from '../common/gen/retrace/v1/recompute.js';
-import { jobsExtension } from '../coordinator/jobs/jobs-extension.js';
-import { pipelineExtension } from '../coordinator/pipeline/pipeline-extension.js';
-import { recomputeExtension } from '../coordinator/recompute/recompute-extension.js';
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
 import { runCli } from './helpers/in-process-cli.js';
-import { objectEvent, ref, stepEvent } from './helpers/lineage-events.js';
-import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
+import { startRawToCleanCoordinator } from './helpers/recompute-coordinator.js';
+import type { TestCoordinator } from './helpers/test-coordinator.js';
 
 /** `retrace notify`, `changes show` and `recompute --content` as a user meets them. */
 describe('recompute CLI: bad input, changes with nothing downstream', () => {
@@ -21,9 +17,7 @@ describe('recompute CLI: bad input, changes with nothing downstream', () => {
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'retrace-recompute-cli-'));
-    tc = await startTestCoordinator({ extensions: [pipelineExtension(shared), jobsExtension(shared), recomputeExtension(shared)] });
-    const lineage = tc.client(LineageServiceDefinition);
-    for (const event of [objectEvent('v-a', 'dataset:raw', 'A'), stepEvent('s1', 'job/clean/1', [ref('dataset:raw', 'A')], [ref('dataset:clean', 'CA')])]) await lineage.submitEvent({ event });
+    tc = await startRawToCleanCoordinator(shared);
   }, 30_000);
   afterAll(async () => {
     await tc?.stop();

@@ -1,13 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { LineageServiceDefinition } from '../common/gen/retrace/v1/lineage.js';
 import { PipelineServiceDefinition } from '../common/gen/retrace/v1/pipeline.js';
 import { RecomputeServiceDefinition } from '../common/gen/retrace/v1/recompute.js';
-import { jobsExtension } from '../coordinator/jobs/jobs-extension.js';
-import { pipelineExtension } from '../coordinator/pipeline/pipeline-extension.js';
-import { recomputeExtension } from '../coordinator/recompute/recompute-extension.js';
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
-import { h, objectEvent, ref, stepEvent } from './helpers/lineage-events.js';
-import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
+import { h } from './helpers/lineage-events.js';
+import { startRawToCleanCoordinator } from './helpers/recompute-coordinator.js';
+import type { TestCoordinator } from './helpers/test-coordinator.js';
 
 /**
  * A change reported by hash only has no bytes, and a recompute of it fails "content is not
@@ -20,9 +17,7 @@ describe('notified changes: bytes sent later, nothing downstream', () => {
   const shared: CoordinatorServices = {};
 
   beforeAll(async () => {
-    tc = await startTestCoordinator({ extensions: [pipelineExtension(shared), jobsExtension(shared), recomputeExtension(shared)] });
-    const lineage = tc.client(LineageServiceDefinition);
-    for (const event of [objectEvent('v-a', 'dataset:raw', 'A'), stepEvent('s1', 'job/clean/1', [ref('dataset:raw', 'A')], [ref('dataset:clean', 'CA')])]) await lineage.submitEvent({ event });
+    tc = await startRawToCleanCoordinator(shared);
   }, 30_000);
   afterAll(async () => tc?.stop());
 

@@ -1,11 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LineageServiceDefinition } from '../common/gen/retrace/v1/lineage.js';
 import { RecomputeServiceDefinition, type NotifyChangeResponse } from '../common/gen/retrace/v1/recompute.js';
-import { pipelineExtension } from '../coordinator/pipeline/pipeline-extension.js';
-import { recomputeExtension } from '../coordinator/recompute/recompute-extension.js';
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
-import { h, objectEvent, ref, stepEvent } from './helpers/lineage-events.js';
-import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
+import { h, objectEvent } from './helpers/lineage-events.js';
+import { startRawToCleanCoordinator } from './helpers/recompute-coordinator.js';
+import type { TestCoordinator } from './helpers/test-coordinator.js';
 
 /**
  * Objects that are not pipeline records (datasets an OpenLineage or gRPC producer reports) have no
@@ -18,9 +17,7 @@ describe('changes of an object that is not a pipeline record', () => {
   const shared: CoordinatorServices = {};
 
   beforeAll(async () => {
-    tc = await startTestCoordinator({ extensions: [pipelineExtension(shared), recomputeExtension(shared)] });
-    const lineage = tc.client(LineageServiceDefinition);
-    for (const event of [objectEvent('v-a', 'dataset:raw', 'A'), stepEvent('s1', 'job/clean/1', [ref('dataset:raw', 'A')], [ref('dataset:clean', 'CA')])]) await lineage.submitEvent({ event });
+    tc = await startRawToCleanCoordinator(shared, { jobs: false });
   }, 30_000);
   afterAll(async () => tc?.stop());
 

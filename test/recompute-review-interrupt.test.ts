@@ -4,17 +4,13 @@ import { join } from 'node:path';
 import { isAbortError } from 'abort-controller-x';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { JobServiceDefinition, JobState } from '../common/gen/retrace/v1/job.js';
-import { LineageServiceDefinition } from '../common/gen/retrace/v1/lineage.js';
 import { RecomputeServiceDefinition } from '../common/gen/retrace/v1/recompute.js';
-import { jobsExtension } from '../coordinator/jobs/jobs-extension.js';
-import { pipelineExtension } from '../coordinator/pipeline/pipeline-extension.js';
 import type { RecomputeShardRunner } from '../coordinator/recompute/recompute-executor.js';
-import { recomputeExtension } from '../coordinator/recompute/recompute-extension.js';
 import type { Dispatcher } from '../coordinator/scheduler/dispatcher.js';
 import type { CoordinatorServices } from '../scripts/cli/coordinator-extensions.js';
 import { runCli } from './helpers/in-process-cli.js';
-import { objectEvent, ref, stepEvent } from './helpers/lineage-events.js';
-import { startTestCoordinator, type TestCoordinator } from './helpers/test-coordinator.js';
+import { startRawToCleanCoordinator } from './helpers/recompute-coordinator.js';
+import type { TestCoordinator } from './helpers/test-coordinator.js';
 
 /** A recompute interrupted by its caller: while it is planned, and while `--watch` follows its job. */
 describe('recompute interrupted (review)', () => {
@@ -24,7 +20,7 @@ describe('recompute interrupted (review)', () => {
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'retrace-recompute-interrupt-'));
-    tc = await startTestCoordinator({ extensions: [pipelineExtension(shared), jobsExtension(shared), recomputeExtension(shared)] });
+    tc = await startRawToCleanCoordinator(shared);
     // A shard runner that runs until its attempt is aborted: the job stays RUNNING until cancelled.
     const runner: RecomputeShardRunner & { waiting(): [] } = {
       run: (_assignment, options) =>
@@ -34,8 +30,6 @@ describe('recompute interrupted (review)', () => {
       waiting: () => [],
     };
     shared.dispatcher = runner as unknown as Dispatcher;
-    const lineage = tc.client(LineageServiceDefinition);
-    for (const event of [objectEvent('v-a', 'dataset:raw', 'A'), stepEvent('s1', 'job/clean/1', [ref('dataset:raw', 'A')], [ref('dataset:clean', 'CA')])]) await lineage.submitEvent({ event });
   }, 30_000);
   afterAll(async () => {
     await tc?.stop();
