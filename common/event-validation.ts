@@ -296,7 +296,7 @@ function canonicalWithin(value: unknown, levels: number): boolean {
 }
 
 /** True when sortKeys(value) would equal `value` member for member, in the same order. */
-function isCanonical(value: unknown): boolean {
+export function isCanonical(value: unknown): boolean {
   if (Array.isArray(value)) return value.every(isCanonical);
   if (value === null || typeof value !== 'object' || value instanceof Uint8Array) return true;
   let previous: string | undefined;

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { sortKeys } from '../common/canonical-json.js';
-import { MAX_STRUCT_DEPTH, normalizeEventChecked } from '../common/event-validation.js';
+import { isCanonical, MAX_STRUCT_DEPTH, normalizeEventChecked } from '../common/event-validation.js';
 import { tooDeepAt } from '../common/json-depth.js';
 import { createRng } from '../common/random.js';
 import { stepEvent } from './helpers/lineage-events.js';
@@ -10,21 +10,6 @@ function expected(parameters: Record<string, unknown>): { error: string } | { sa
   const deep = tooDeepAt(parameters, MAX_STRUCT_DEPTH, 'events[0].step.parameters');
   if (deep !== undefined) return { error: `${deep}: nested more than ${MAX_STRUCT_DEPTH} levels of objects and lists deep` };
   return isCanonical(parameters) ? { same: true, value: parameters } : { same: false, value: sortKeys(parameters) };
-}
-
-/** The key order check as it was. */
-function isCanonical(value: unknown): boolean {
-  if (Array.isArray(value)) return value.every(isCanonical);
-  if (value === null || typeof value !== 'object' || value instanceof Uint8Array) return true;
-  let previous: string | undefined;
-  for (const key in value) {
-    if (!Object.hasOwn(value, key)) continue;
-    if (previous !== undefined && !(previous < key)) return false;
-    const v = (value as Record<string, unknown>)[key];
-    if (v === undefined || !isCanonical(v)) return false;
-    previous = key;
-  }
-  return true;
 }
 
 describe('Struct fields: depth and key order', () => {
