@@ -155,15 +155,19 @@ export function durationFlagMs(args: ParsedArgs, name: string, options: { fallba
   const v = flag(args, name, options.fallback);
   if (v === undefined) return undefined;
   if (options.zeroTurnsOff && v.trim() === '0') return 0;
-  let ms: number;
-  try {
-    ms = parseDurationMs(v, `--${name}`);
-  } catch (err) {
-    throw new UsageError((err as Error).message);
-  }
+  const ms = durationArgMs(v, `--${name}`);
   if (options.zeroTurnsOff && ms === 0) return 0;
   if (options.minMs !== undefined && ms < options.minMs) throw new UsageError(`--${name}: at least ${formatDurationMs(options.minMs)}, got ${v}`);
   return ms;
+}
+
+/** A duration in an argument (`5m`, or part of one: `--fault latency:50ms`) in milliseconds; malformed, a usage error naming `field`. */
+export function durationArgMs(text: string, field: string): number {
+  try {
+    return parseDurationMs(text, field);
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
 }
 
 export function hasFlag(args: ParsedArgs, name: string): boolean {

@@ -1,8 +1,8 @@
 import { writeFileSync } from 'node:fs';
 import { ReplayServiceDefinition, ReplayState, GpuMode, type RecordSelector, type ReplayPolicy, ReplayReport, type WatchReplayResponse } from '../../common/gen/retrace/v1/replay.js';
 import { renderScatterSvg } from '../../common/svg-chart.js';
-import { formatSpanMs, parseDurationMs } from '../../common/time.js';
-import { flag, flagAll, hasFlag, intFlag, timeArgNs, noMorePositionals, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
+import { formatSpanMs } from '../../common/time.js';
+import { durationArgMs, flag, flagAll, hasFlag, intFlag, timeArgNs, noMorePositionals, UsageError, type CliCommand, type CliIo, type ParsedArgs } from './command.js';
 import { openClient } from './client.js';
 import { isRetraceError } from '../../common/errors.js';
 import { messageJson, responseJson } from './proto-json.js';
@@ -69,19 +69,6 @@ function parseSelector(args: ParsedArgs): RecordSelector {
     return { selector: { $case: 'last', value } };
   }
   throw new UsageError('a selector is required: --record, --window, --last or --run');
-}
-
-/**
- * A duration argument in milliseconds; malformed, a usage error (exit 2) naming the flag, as
- * every other malformed replay flag is: `--last -5m` and `--fault latency:abc` exited 1 as if the
- * coordinator had refused them.
- */
-function durationArgMs(text: string, field: string): number {
-  try {
-    return parseDurationMs(text, field);
-  } catch (err) {
-    throw new UsageError(err instanceof Error ? err.message : String(err));
-  }
 }
 
 function parsePolicy(args: ParsedArgs): ReplayPolicy {
